@@ -1,0 +1,43 @@
+# agentmesh: the one entry point for building, running, testing and linting.
+#
+#   make run      all five services in one process (embedded mode: SQLite under ./data)
+#   make test     every test: unit, in-process gRPC, real binaries with grpcurl, PostgreSQL
+#   make lint     rustfmt, clippy -D warnings, buf lint, buf format
+#   make build    the workspace
+
+CARGO ?= cargo
+
+.PHONY: all build run test test-deps lint fmt proto clean
+
+all: build
+
+build:
+	$(CARGO) build --workspace
+
+run:
+	$(CARGO) run -p agentmesh -- up
+
+# The black-box tests drive the real binaries, so build them first; nextest
+# runs each test in its own process, in parallel.
+test:
+	$(CARGO) build --workspace --bins
+	$(CARGO) nextest run --workspace --no-fail-fast
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	buf lint
+	buf format -d --exit-code
+
+fmt:
+	$(CARGO) fmt --all
+	buf format -w
+
+# Check the contract: lint, formatting, and no breaking change against main.
+proto:
+	buf lint
+	buf format -d --exit-code
+	buf breaking --against '.git#branch=main'
+
+clean:
+	$(CARGO) clean

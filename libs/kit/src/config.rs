@@ -1,0 +1,534 @@
+//! Layered, validated configuration.
+//!
+//! Every service's configuration is a typed struct (implementing
+//! [`ServiceConfig`]) read in layers, each overriding the one before:
+//!
+//! 1. the struct's `Default` (the embedded mode: SQLite, default ports);
+//! 2. a TOML file: either a file for this service alone (top-level keys) or one
+//!    file with a section per service (`[orchestrator]`, `[llm_gateway]`, …);
+//! 3. environment variables `AGENTMESH_<SECTION>__<KEY>__<SUBKEY>`, for example
+//!    `AGENTMESH_ORCHESTRATOR__SERVER__PORT=6000`;
+//! 4. command-line flags (`--port`, `--set server.grace_period=5s`).
+//!
+//! The result is checked before anything starts; a bad value becomes a
+//! [`ConfigError`] whose one-line message names the setting and where it came from.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// What a service's configuration struct provides to the kit.
+pub trait ServiceConfig:
+    Serialize + DeserializeOwned + Default + Clone + fmt::Debug + Send + Sync + 'static
+{
+    /// The service's name as it appears in binaries, logs and metrics, e.g. `llm-gateway`.
+    const SERVICE: &'static str;
+    /// Its section in a shared configuration file and its environment prefix, e.g. `llm_gateway`.
+    const SECTION: &'static str;
+
+    /// The gRPC and admin server settings.
+    fn server(&self) -> &ServerConfig;
+    /// The gRPC and admin server settings, for flags that override them.
+    fn server_mut(&mut self) -> &mut ServerConfig;
+    /// Logging settings.
+    fn log(&self) -> &LogConfig;
+    /// Checks the service's own settings (the server settings are checked by the kit).
+    fn validate(&self) -> Result<(), ConfigError> {
+        Ok(())
+    }
+}
+
+/// A configuration value that cannot be used, with the setting it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted path of the setting, e.g. `orchestrator.server.port`.
+    pub setting: String,
+    /// What is wrong with it, and where the value came from when known.
+    pub message: String,
+}
+
+impl ConfigError {
+    /// A problem with `setting` (a path relative to the service's section).
+    pub fn new(setting: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            setting: setting.into(),
+            message: message.into(),
+        }
+    }
+
+    fn within(mut self, section: &str) -> Self {
+        if self.setting.is_empty() {
+            self.setting = section.to_owned();
+        } else if !self.setting.starts_with(section) {
+            self.setting = format!("{section}.{}", self.setting);
+        }
+        self
+    }
+
+    fn from_figment(section: &str, env_prefix: &str, error: figment::Error) -> Self {
+        // figment can report several errors; the first one is enough to act on,
+        // and a second run reports the next.
+        let Some(first) = error.into_iter().next() else {
+            return Self::new(section, "invalid configuration");
+        };
+        let setting = first.path.join(".");
+        let source = first
+            .metadata
+            .as_ref()
+            .map(|meta| match &meta.source {
+                Some(figment::Source::File(path)) => {
+                    let profile = first.profile.clone().unwrap_or_default();
+                    let key = meta.interpolate(&profile, &first.path);
+                    format!(" (set in {} as {key})", path.display())
+                }
+                // figment names an environment value by its key path; name
+                // the variable the operator actually set.
+                _ if meta.name.contains("environment") => format!(
+                    " (from environment variable {env_prefix}{})",
+                    first.path.join("__").to_ascii_uppercase()
+                ),
+                _ => format!(" (from {})", meta.name),
+            })
+            .unwrap_or_default();
+        Self::new(setting, format!("{}{source}", first.kind)).within(section)
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid setting `{}`: {}", self.setting, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Settings of the gRPC server and the admin HTTP server beside it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address both servers listen on.
+    pub host: IpAddr,
+    /// gRPC port; 0 picks a free one.
+    pub port: u16,
+    /// Admin HTTP port (`/metrics`, `/healthz`, `/readyz`); unset = `port + 1000`.
+    pub admin_port: Option<u16>,
+    /// How long a shutdown may take: in-flight calls and streams get this long
+    /// to finish before they are ended.
+    #[serde(with = "humantime_serde")]
+    pub grace_period: Duration,
+    /// How long to keep serving after health turns NOT_SERVING, so load
+    /// balancers stop sending new calls before the listener closes.
+    #[serde(with = "humantime_serde")]
+    pub drain_delay: Duration,
+    /// Largest accepted or sent gRPC message, in bytes.
+    pub max_message_bytes: usize,
+    /// Calls handled at once across all connections; more are refused with
+    /// UNAVAILABLE at once instead of queueing.
+    pub max_concurrent_requests: usize,
+    /// HTTP/2 streams one connection may have open at once.
+    pub max_concurrent_streams_per_connection: u32,
+    /// Interval of HTTP/2 keep-alive pings on idle connections.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    /// How long to wait for a keep-alive ping's answer before closing.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+}
+
+/// The admin port is the gRPC port plus this, as DESIGN fixes (51051 for 50051).
+pub const ADMIN_PORT_OFFSET: u16 = 1000;
+
+impl ServerConfig {
+    /// Defaults with the given gRPC port.
+    pub fn with_port(port: u16) -> Self {
+        Self {
+            port,
+            ..Self::default()
+        }
+    }
+
+    /// The admin port: as set, or the gRPC port plus 1000 (0 stays 0).
+    pub fn admin_port(&self) -> u16 {
+        match (self.admin_port, self.port) {
+            (Some(port), _) => port,
+            (None, 0) => 0,
+            (None, port) => port.saturating_add(ADMIN_PORT_OFFSET),
+        }
+    }
+
+    /// Checks the values that types alone do not rule out.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        const MIB: usize = 1024 * 1024;
+        if self.port != 0 && self.admin_port.is_none() && self.port > u16::MAX - ADMIN_PORT_OFFSET {
+            return Err(ConfigError::new(
+                "server.admin_port",
+                format!(
+                    "the default admin port (port + {ADMIN_PORT_OFFSET}) does not fit for port {}; set server.admin_port",
+                    self.port
+                ),
+            ));
+        }
+        if self.port != 0 && self.admin_port() == self.port {
+            return Err(ConfigError::new(
+                "server.admin_port",
+                format!("must differ from server.port ({})", self.port),
+            ));
+        }
+        if !(1024..=256 * MIB).contains(&self.max_message_bytes) {
+            return Err(ConfigError::new(
+                "server.max_message_bytes",
+                format!(
+                    "{} is out of range: use 1024 to {} bytes",
+                    self.max_message_bytes,
+                    256 * MIB
+                ),
+            ));
+        }
+        if self.max_concurrent_requests == 0 {
+            return Err(ConfigError::new(
+                "server.max_concurrent_requests",
+                "must be at least 1",
+            ));
+        }
+        if self.max_concurrent_streams_per_connection == 0 {
+            return Err(ConfigError::new(
+                "server.max_concurrent_streams_per_connection",
+                "must be at least 1",
+            ));
+        }
+        if self.grace_period.is_zero() || self.grace_period > Duration::from_secs(3600) {
+            return Err(ConfigError::new(
+                "server.grace_period",
+                "must be between 1ms and 1h",
+            ));
+        }
+        if self.drain_delay >= self.grace_period {
+            return Err(ConfigError::new(
+                "server.drain_delay",
+                format!(
+                    "must be shorter than server.grace_period ({})",
+                    humantime_serde::re::humantime::format_duration(self.grace_period)
+                ),
+            ));
+        }
+        if self.keepalive_interval.is_zero() || self.keepalive_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "server.keepalive_interval",
+                "keep-alive interval and timeout must be positive",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            port: 0,
+            admin_port: None,
+            grace_period: Duration::from_secs(30),
+            drain_delay: Duration::ZERO,
+            max_message_bytes: 4 * 1024 * 1024,
+            max_concurrent_requests: 1024,
+            max_concurrent_streams_per_connection: 256,
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line (for log collectors).
+    Json,
+    /// Human-readable lines (for a terminal).
+    Pretty,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `json` or `pretty`.
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `info,agentmesh_kit=debug`;
+    /// `RUST_LOG`, when set, wins.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Json,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+impl LogConfig {
+    /// Checks that the level parses as a filter.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        tracing_subscriber::EnvFilter::try_new(&self.level)
+            .map(|_| ())
+            .map_err(|err| ConfigError::new("log.level", err.to_string()))
+    }
+}
+
+/// Settings given on the command line, applied over file and environment.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--host`.
+    pub host: Option<IpAddr>,
+    /// `--port`.
+    pub port: Option<u16>,
+    /// `--admin-port`.
+    pub admin_port: Option<u16>,
+    /// `--set key=value` pairs, keys relative to the service's section.
+    pub set: Vec<(String, String)>,
+}
+
+/// Reads a service's configuration: defaults, then `file`, then the
+/// environment, then `overrides`; then validates it.
+pub fn load<C: ServiceConfig>(
+    file: Option<&Path>,
+    overrides: &Overrides,
+) -> Result<C, ConfigError> {
+    load_from_env(
+        file,
+        overrides,
+        Env::prefixed(&env_prefix::<C>()).split("__"),
+    )
+}
+
+/// The environment prefix of a service, e.g. `AGENTMESH_LLM_GATEWAY__`.
+pub fn env_prefix<C: ServiceConfig>() -> String {
+    format!("AGENTMESH_{}__", C::SECTION.to_ascii_uppercase())
+}
+
+fn load_from_env<C: ServiceConfig>(
+    file: Option<&Path>,
+    overrides: &Overrides,
+    env: Env,
+) -> Result<C, ConfigError> {
+    let section = C::SECTION;
+    let mut figment = Figment::from(Serialized::defaults(C::default()));
+    if let Some(path) = file {
+        if !path.is_file() {
+            return Err(ConfigError::new(
+                "config",
+                format!("configuration file {} does not exist", path.display()),
+            ));
+        }
+        let file = Figment::from(Toml::file_exact(path));
+        let sectioned = file
+            .find_value(section)
+            .is_ok_and(|value| value.as_dict().is_some());
+        figment = if sectioned {
+            figment.merge(file.focus(section))
+        } else {
+            figment.merge(file)
+        };
+    }
+    figment = figment.merge(env);
+    for (key, value) in &overrides.set {
+        let parsed: figment::value::Value = value
+            .parse()
+            .unwrap_or_else(|_| figment::value::Value::from(value.clone()));
+        figment = figment.merge(Serialized::default(key, parsed));
+    }
+    if let Some(host) = overrides.host {
+        figment = figment.merge(Serialized::default("server.host", host));
+    }
+    if let Some(port) = overrides.port {
+        figment = figment.merge(Serialized::default("server.port", port));
+    }
+    if let Some(port) = overrides.admin_port {
+        figment = figment.merge(Serialized::default("server.admin_port", port));
+    }
+
+    let config: C = figment
+        .extract()
+        .map_err(|err| ConfigError::from_figment(section, &env_prefix::<C>(), err))?;
+    validate(&config)?;
+    Ok(config)
+}
+
+/// Runs the kit's and the service's checks on an already-built configuration.
+pub fn validate<C: ServiceConfig>(config: &C) -> Result<(), ConfigError> {
+    config
+        .server()
+        .validate()
+        .and_then(|()| config.log().validate())
+        .and_then(|()| config.validate())
+        .map_err(|err| err.within(C::SECTION))
+}
+
+/// Renders a configuration as TOML, for `--dump-config`.
+pub fn to_toml<C: ServiceConfig>(config: &C) -> String {
+    toml::to_string_pretty(config).unwrap_or_else(|err| format!("# cannot render: {err}\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+    #[serde(default, deny_unknown_fields)]
+    struct TestConfig {
+        server: ServerConfig,
+        log: LogConfig,
+        greeting: String,
+    }
+
+    impl Default for TestConfig {
+        fn default() -> Self {
+            Self {
+                server: ServerConfig::with_port(50099),
+                log: LogConfig::default(),
+                greeting: "hello".into(),
+            }
+        }
+    }
+
+    impl ServiceConfig for TestConfig {
+        const SERVICE: &'static str = "test-svc";
+        const SECTION: &'static str = "test_svc";
+        fn server(&self) -> &ServerConfig {
+            &self.server
+        }
+        fn server_mut(&mut self) -> &mut ServerConfig {
+            &mut self.server
+        }
+        fn log(&self) -> &LogConfig {
+            &self.log
+        }
+        fn validate(&self) -> Result<(), ConfigError> {
+            if self.greeting.is_empty() {
+                return Err(ConfigError::new("greeting", "must not be empty"));
+            }
+            Ok(())
+        }
+    }
+
+    fn load_with(file: Option<&Path>, overrides: &Overrides) -> Result<TestConfig, ConfigError> {
+        // An empty environment source keeps these tests away from the process environment.
+        let env = Env::prefixed("AGENTMESH_TEST_SVC_UNUSED__").split("__");
+        load_from_env::<TestConfig>(file, overrides, env)
+    }
+
+    #[test]
+    #[expect(
+        clippy::result_large_err,
+        reason = "figment's Jail fixes the closure's error type"
+    )]
+    fn environment_overrides_the_file_and_names_the_variable() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("svc.toml", "[server]\nport = 7000\n")?;
+            jail.set_env("AGENTMESH_TEST_SVC__SERVER__GRACE_PERIOD", "3s");
+            let config: TestConfig = load(Some(Path::new("svc.toml")), &Overrides::default())
+                .map_err(|e| e.to_string())?;
+            assert_eq!(config.server.port, 7000);
+            assert_eq!(config.server.grace_period, Duration::from_secs(3));
+
+            jail.set_env("AGENTMESH_TEST_SVC__SERVER__PORT", "abc");
+            let err = load::<TestConfig>(None, &Overrides::default()).unwrap_err();
+            assert_eq!(err.setting, "test_svc.server.port");
+            assert!(
+                err.to_string()
+                    .contains("environment variable AGENTMESH_TEST_SVC__SERVER__PORT"),
+                "{err}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = load_with(None, &Overrides::default()).unwrap();
+        assert_eq!(config, TestConfig::default());
+        assert_eq!(config.server.admin_port(), 51099);
+    }
+
+    #[test]
+    fn file_section_and_flags_layer_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mesh.toml");
+        std::fs::write(
+            &path,
+            "[test_svc]\ngreeting = \"hi\"\n[test_svc.server]\nport = 7000\ngrace_period = \"5s\"\n[other]\nx = 1\n",
+        )
+        .unwrap();
+        let overrides = Overrides {
+            port: Some(7100),
+            set: vec![("server.drain_delay".into(), "1s".into())],
+            ..Overrides::default()
+        };
+        let config = load_with(Some(&path), &overrides).unwrap();
+        assert_eq!(config.greeting, "hi");
+        assert_eq!(config.server.port, 7100);
+        assert_eq!(config.server.admin_port(), 8100);
+        assert_eq!(config.server.grace_period, Duration::from_secs(5));
+        assert_eq!(config.server.drain_delay, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_bad_port_names_the_setting_and_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("svc.toml");
+        std::fs::write(&path, "[server]\nport = \"abc\"\n").unwrap();
+        let err = load_with(Some(&path), &Overrides::default()).unwrap_err();
+        assert_eq!(err.setting, "test_svc.server.port");
+        let line = err.to_string();
+        assert!(line.contains("abc"), "{line}");
+        assert!(line.contains("svc.toml"), "{line}");
+        assert!(!line.contains('\n'), "{line}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let overrides = Overrides {
+            set: vec![("server.prot".into(), "1".into())],
+            ..Overrides::default()
+        };
+        let err = load_with(None, &overrides).unwrap_err();
+        assert!(err.to_string().contains("prot"), "{err}");
+    }
+
+    #[test]
+    fn semantic_checks_name_the_setting() {
+        let cases = [
+            ("server.max_message_bytes", "10"),
+            ("server.max_concurrent_requests", "0"),
+            ("server.drain_delay", "1h"),
+            ("log.level", "[[["),
+            ("greeting", "\"\""),
+        ];
+        for (key, value) in cases {
+            let overrides = Overrides {
+                set: vec![(key.into(), value.into())],
+                ..Overrides::default()
+            };
+            let err = load_with(None, &overrides).unwrap_err();
+            assert_eq!(err.setting, format!("test_svc.{key}"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_missing_file_is_an_error() {
+        let err = load_with(
+            Some(Path::new("/nonexistent/agentmesh.toml")),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("does not exist"), "{err}");
+    }
+}

@@ -1,0 +1,49 @@
+//! The agentmesh service kit: everything a service needs besides its own
+//! handlers, so that each service's `main` is a few lines and every service
+//! behaves the same at the edges.
+//!
+//! # Layout
+//!
+//! * [`config`]: layered, validated configuration (defaults → TOML file →
+//!   `AGENTMESH_<SERVICE>__*` environment → flags); a bad value is one line
+//!   naming the setting.
+//! * [`server`]: [`ServiceHost`] binds the gRPC and admin listeners, adds
+//!   health and reflection, wraps every call in the layers below, and runs the
+//!   life cycle (NOT_SERVING → start-up → SERVING → drain → stop).
+//! * Layers, each a tower `Layer` + `Service` pair: [`propagation`] (request
+//!   context and metadata forwarding, both directions), [`metrics`] (gRPC
+//!   server metrics), [`limits`] (load shedding), [`drain`] (ending streams
+//!   at shutdown). [`body`] holds the response-body wrapper they share.
+//! * [`health`], [`admin`] (`/metrics`, `/healthz`, `/readyz`), [`logging`],
+//!   [`shutdown`] (signals), [`client`] (channels to other services),
+//!   [`status`] (errors a person can act on), [`main_support`] (a service
+//!   binary's `main`).
+//!
+//! # Data flow of a call
+//!
+//! An incoming call passes [`propagation::PropagationLayer`] (its headers and
+//! deadline become the current [`RequestContext`]), is counted by
+//! [`metrics::GrpcMetricsLayer`], refused by [`limits::InFlightLimitLayer`]
+//! if the server is full, and reaches its handler; the response body is
+//! watched by [`drain::DrainLayer`] so shutdown can end it cleanly. Calls the
+//! handler makes through a [`client::channel`] carry the same context on.
+
+pub mod admin;
+pub mod body;
+pub mod client;
+pub mod config;
+pub mod drain;
+pub mod health;
+pub mod limits;
+pub mod logging;
+pub mod main_support;
+pub mod metrics;
+pub mod propagation;
+pub mod server;
+pub mod shutdown;
+pub mod status;
+
+pub use config::{ConfigError, LogConfig, ServerConfig, ServiceConfig};
+pub use drain::Drain;
+pub use propagation::RequestContext;
+pub use server::{Listeners, ServeError, ServiceHost, StartupError};

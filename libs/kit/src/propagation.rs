@@ -1,0 +1,408 @@
+//! The metadata that crosses every hop.
+//!
+//! On the way in, [`PropagationLayer`] reads the headers listed in
+//! [`FORWARDED_HEADERS`] and the caller's `grpc-timeout` into a
+//! [`RequestContext`], creating an `x-request-id` when the caller sent none
+//! (so every call can be followed in logs), and makes the context current for
+//! the handler (a task-local) and visible in the request's extensions.
+//!
+//! On the way out, [`ForwardingLayer`] wraps a client channel: every call made
+//! while a context is current carries the same headers, and a `grpc-timeout`
+//! no longer than what is left of the caller's deadline, so deadlines shrink
+//! hop by hop and a call that has no time left fails at once with
+//! DEADLINE_EXCEEDED instead of being sent.
+//!
+//! `authorization` is deliberately not forwarded: credentials are checked at
+//! the edge, and downstream services trust the tenant and subject the edge
+//! derived from them.
+
+use std::future::Future;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, Request, Response};
+
+/// The request id header.
+pub const REQUEST_ID: &str = "x-request-id";
+/// The gRPC deadline header.
+pub const GRPC_TIMEOUT: &str = "grpc-timeout";
+
+/// Headers copied from an incoming call onto every call it causes: identity,
+/// request id, W3C trace context and baggage, and the B3 headers Istio asks
+/// applications to forward.
+pub const FORWARDED_HEADERS: &[&str] = &[
+    "x-agentmesh-tenant",
+    "x-agentmesh-subject",
+    REQUEST_ID,
+    "traceparent",
+    "tracestate",
+    "baggage",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+    "x-ot-span-context",
+];
+
+tokio::task_local! {
+    static CURRENT: RequestContext;
+}
+
+/// What an incoming call passes on to the calls it makes.
+#[derive(Debug, Clone, Default)]
+pub struct RequestContext {
+    headers: Vec<(HeaderName, HeaderValue)>,
+    deadline: Option<Instant>,
+}
+
+impl RequestContext {
+    /// Reads the forwarded headers and deadline of an incoming call, adding an
+    /// `x-request-id` to `headers` when there is none.
+    pub fn from_incoming(headers: &mut HeaderMap, now: Instant) -> Self {
+        if !headers.contains_key(REQUEST_ID) {
+            let id = uuid::Uuid::new_v4().to_string();
+            if let Ok(value) = HeaderValue::from_str(&id) {
+                headers.insert(REQUEST_ID, value);
+            }
+        }
+        let forwarded = FORWARDED_HEADERS
+            .iter()
+            .filter_map(|name| {
+                let value = headers.get(*name)?;
+                Some((HeaderName::from_static(name), value.clone()))
+            })
+            .collect();
+        let deadline = headers
+            .get(GRPC_TIMEOUT)
+            .and_then(|value| value.to_str().ok())
+            .and_then(parse_grpc_timeout)
+            .and_then(|timeout| now.checked_add(timeout));
+        Self {
+            headers: forwarded,
+            deadline,
+        }
+    }
+
+    /// The context of the call being handled, if any.
+    pub fn current() -> Option<Self> {
+        CURRENT.try_with(Clone::clone).ok()
+    }
+
+    /// The context stored in a tonic request's extensions by [`PropagationLayer`].
+    pub fn from_request<T>(request: &tonic::Request<T>) -> Option<Self> {
+        request.extensions().get::<Self>().cloned()
+    }
+
+    /// Runs `future` with this context current, e.g. in a task spawned by a
+    /// handler, so its outgoing calls forward this call's metadata.
+    pub fn scope<F: Future>(self, future: F) -> impl Future<Output = F::Output> {
+        CURRENT.scope(self, future)
+    }
+
+    /// The request id.
+    pub fn request_id(&self) -> Option<&str> {
+        self.header(REQUEST_ID)
+    }
+
+    /// A forwarded header's value, if it was sent and is text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.as_str() == name)
+            .and_then(|(_, value)| value.to_str().ok())
+    }
+
+    /// When the caller stops waiting, if it said.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Adds this context to an outgoing request: forwarded headers the request
+    /// does not set itself, and a `grpc-timeout` shrunk to the time left.
+    /// Fails with DEADLINE_EXCEEDED when no time is left.
+    pub fn apply(&self, headers: &mut HeaderMap, now: Instant) -> Result<(), tonic::Status> {
+        for (name, value) in &self.headers {
+            if !headers.contains_key(name) {
+                headers.insert(name.clone(), value.clone());
+            }
+        }
+        let Some(deadline) = self.deadline else {
+            return Ok(());
+        };
+        let left = deadline.saturating_duration_since(now);
+        if left.is_zero() {
+            return Err(tonic::Status::deadline_exceeded(
+                "the caller's deadline passed before this downstream call was made",
+            ));
+        }
+        let own = headers
+            .get(GRPC_TIMEOUT)
+            .and_then(|value| value.to_str().ok())
+            .and_then(parse_grpc_timeout);
+        let timeout = own.map_or(left, |own| own.min(left));
+        if let Ok(value) = HeaderValue::from_str(&format_grpc_timeout(timeout)) {
+            headers.insert(GRPC_TIMEOUT, value);
+        }
+        Ok(())
+    }
+}
+
+/// Parses a `grpc-timeout` value: at most 8 digits and a unit
+/// (`H`, `M`, `S`, `m`, `u`, `n`).
+pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    let (digits, unit) = value.split_at_checked(value.len().checked_sub(1)?)?;
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.checked_mul(3600)?),
+        "M" => Duration::from_secs(amount.checked_mul(60)?),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+/// Formats a `grpc-timeout` value in the finest unit that fits in 8 digits,
+/// rounding up so the callee never gets less time than stated.
+pub fn format_grpc_timeout(timeout: Duration) -> String {
+    const MAX: u128 = 99_999_999;
+    let nanos = timeout.as_nanos();
+    let units: [(u128, char); 6] = [
+        (1, 'n'),
+        (1_000, 'u'),
+        (1_000_000, 'm'),
+        (1_000_000_000, 'S'),
+        (60_000_000_000, 'M'),
+        (3_600_000_000_000, 'H'),
+    ];
+    for (scale, unit) in units {
+        let amount = nanos.div_ceil(scale);
+        if amount <= MAX {
+            return format!("{amount}{unit}");
+        }
+    }
+    format!("{MAX}H")
+}
+
+// === impl PropagationLayer ===
+
+/// Server side: makes each incoming call's [`RequestContext`] current and
+/// echoes the request id in the response headers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PropagationLayer;
+
+impl<S> tower::Layer<S> for PropagationLayer {
+    type Service = Propagation<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Propagation { inner }
+    }
+}
+
+/// The service made by [`PropagationLayer`].
+#[derive(Debug, Clone)]
+pub struct Propagation<S> {
+    inner: S,
+}
+
+impl<S, ReqBody, ResBody> tower::Service<Request<ReqBody>> for Propagation<S>
+where
+    S: tower::Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<Response<ResBody>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let context = RequestContext::from_incoming(request.headers_mut(), Instant::now());
+        let request_id = request.headers().get(REQUEST_ID).cloned();
+        request.extensions_mut().insert(context.clone());
+        let future = CURRENT.sync_scope(context.clone(), || self.inner.call(request));
+        Box::pin(CURRENT.scope(context, async move {
+            let mut response = future.await?;
+            if let Some(id) = request_id {
+                response.headers_mut().insert(REQUEST_ID, id);
+            }
+            Ok(response)
+        }))
+    }
+}
+
+// === impl ForwardingLayer ===
+
+/// Client side: adds the current [`RequestContext`] to every outgoing call.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ForwardingLayer;
+
+impl<S> tower::Layer<S> for ForwardingLayer {
+    type Service = Forwarding<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Forwarding { inner }
+    }
+}
+
+/// The service made by [`ForwardingLayer`]: a channel that forwards metadata.
+#[derive(Debug, Clone)]
+pub struct Forwarding<S> {
+    inner: S,
+}
+
+impl<S, ReqBody, ResBody> tower::Service<Request<ReqBody>> for Forwarding<S>
+where
+    S: tower::Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Error: Into<tower::BoxError>,
+    S::Future: Send + 'static,
+    ResBody: Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = tower::BoxError;
+    type Future = futures::future::BoxFuture<'static, Result<Response<ResBody>, tower::BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        if let Some(context) = RequestContext::current()
+            && let Err(status) = context.apply(request.headers_mut(), Instant::now())
+        {
+            return Box::pin(std::future::ready(Err(status.into())));
+        }
+        let future = self.inner.call(request);
+        Box::pin(async move { future.await.map_err(Into::into) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tower::{Layer, Service, ServiceExt};
+    use tower_test::mock;
+
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_round_trips() {
+        for (text, duration) in [
+            ("1H", Duration::from_secs(3600)),
+            ("2M", Duration::from_secs(120)),
+            ("3S", Duration::from_secs(3)),
+            ("250m", Duration::from_millis(250)),
+            ("7u", Duration::from_micros(7)),
+            ("99999999n", Duration::from_nanos(99_999_999)),
+        ] {
+            assert_eq!(parse_grpc_timeout(text), Some(duration), "{text}");
+        }
+        for bad in ["", "S", "123456789S", "1s", "-1S", "1.5S", "١S"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
+        }
+        for duration in [
+            Duration::from_nanos(1),
+            Duration::from_millis(1500),
+            Duration::from_secs(30),
+            Duration::from_secs(86_400 * 365),
+        ] {
+            let text = format_grpc_timeout(duration);
+            let back = parse_grpc_timeout(&text).unwrap();
+            assert!(back >= duration, "{text} is shorter than {duration:?}");
+            assert!(text.len() <= 9, "{text}");
+        }
+    }
+
+    #[test]
+    fn incoming_context_creates_a_request_id_and_keeps_forwarded_headers() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-agentmesh-tenant", HeaderValue::from_static("acme"));
+        headers.insert("authorization", HeaderValue::from_static("Bearer secret"));
+        headers.insert("grpc-timeout", HeaderValue::from_static("2S"));
+        let now = Instant::now();
+        let context = RequestContext::from_incoming(&mut headers, now);
+        assert_eq!(context.header("x-agentmesh-tenant"), Some("acme"));
+        assert!(context.header("authorization").is_none());
+        let id = context.request_id().unwrap().to_owned();
+        assert_eq!(headers.get(REQUEST_ID).unwrap(), id.as_str());
+        assert_eq!(context.deadline(), Some(now + Duration::from_secs(2)));
+
+        let mut outgoing = HeaderMap::new();
+        outgoing.insert("grpc-timeout", HeaderValue::from_static("10S"));
+        context
+            .apply(&mut outgoing, now + Duration::from_millis(500))
+            .unwrap();
+        assert_eq!(outgoing.get(REQUEST_ID).unwrap(), id.as_str());
+        assert!(outgoing.get("authorization").is_none());
+        let left = parse_grpc_timeout(outgoing[GRPC_TIMEOUT].to_str().unwrap()).unwrap();
+        assert_eq!(left, Duration::from_millis(1500));
+
+        let err = context
+            .apply(&mut HeaderMap::new(), now + Duration::from_secs(3))
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::DeadlineExceeded);
+    }
+
+    #[tokio::test]
+    async fn a_handler_call_forwards_the_incoming_metadata() {
+        // The "downstream" channel, seen through the forwarding layer.
+        let (downstream, mut downstream_handle) = mock::pair::<Request<()>, Response<()>>();
+        let client = ForwardingLayer.layer(downstream);
+
+        // The "handler": makes one downstream call while serving.
+        let (handler, mut handler_handle) = mock::pair::<Request<()>, Response<()>>();
+        let mut server = PropagationLayer.layer(handler);
+
+        let incoming = Request::builder()
+            .uri("/svc.S/M")
+            .header("x-request-id", "req-1")
+            .header(
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            )
+            .body(())
+            .unwrap();
+        let serving =
+            tokio::spawn(
+                async move { server.ready().await.unwrap().call(incoming).await.unwrap() },
+            );
+        let (request, reply) = handler_handle.next_request().await.unwrap();
+        let context = request
+            .extensions()
+            .get::<RequestContext>()
+            .unwrap()
+            .clone();
+        // What the handler would do: call downstream inside its context.
+        let downstream_call = tokio::spawn(context.scope(async move {
+            let mut client = client;
+            client
+                .ready()
+                .await
+                .unwrap()
+                .call(Request::builder().uri("/down.D/M").body(()).unwrap())
+                .await
+        }));
+        let (sent, down_reply) = downstream_handle.next_request().await.unwrap();
+        assert_eq!(sent.headers()[REQUEST_ID], "req-1");
+        assert!(
+            sent.headers()["traceparent"]
+                .to_str()
+                .unwrap()
+                .starts_with("00-0af7")
+        );
+        down_reply.send_response(Response::new(()));
+        downstream_call.await.unwrap().unwrap();
+
+        reply.send_response(Response::new(()));
+        let response = serving.await.unwrap();
+        assert_eq!(response.headers()[REQUEST_ID], "req-1");
+    }
+}

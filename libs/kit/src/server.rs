@@ -1,0 +1,356 @@
+//! One way to serve every agentmesh service.
+//!
+//! A service builds a [`ServiceHost`], adds its tonic services, and calls
+//! [`ServiceHost::serve`]. The host does all the cross-cutting wiring:
+//!
+//! ```text
+//!  client ─▶ Propagation ─▶ GrpcMetrics ─▶ InFlightLimit ─▶ Drain ─▶ routes
+//!            (context,       (count,        (shed load      (end     ├─ the service
+//!             request id)     time)          at the limit)   streams ├─ grpc.health.v1.Health
+//!                                                            on      └─ reflection v1 + v1alpha
+//!                                                            shutdown)
+//! ```
+//!
+//! plus the admin HTTP server (`/metrics`, `/healthz`, `/readyz`), and the
+//! life cycle: health is NOT_SERVING while the service's start-up work runs
+//! (retried with backoff until it succeeds), SERVING after, and NOT_SERVING
+//! again the moment shutdown begins. Shutdown then waits `drain_delay`, stops
+//! accepting, ends endless streams, lets other calls finish until the grace
+//! period is nearly over, ends what is left cleanly, and returns.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tonic::body::Body;
+use tonic::server::NamedService;
+use tonic::service::RoutesBuilder;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+use crate::config::ServerConfig;
+use crate::drain::{Drain, DrainLayer, DrainPhase};
+use crate::health::Health;
+use crate::limits::InFlightLimitLayer;
+use crate::metrics::{GrpcMetricsLayer, GrpcServerMetrics, KnownMethods, Metrics};
+use crate::propagation::PropagationLayer;
+
+/// Why a service could not serve.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} for {what} (setting `{setting}`): {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// `gRPC` or `admin HTTP`.
+        what: &'static str,
+        /// The setting that chose the address.
+        setting: &'static str,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// The reflection service could not be built from the descriptors.
+    #[error("cannot build gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// Metrics could not be registered.
+    #[error("cannot register metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The gRPC server failed.
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Another I/O failure.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The bound gRPC and admin listeners of a service. Binding before serving
+/// lets tests use port 0 and learn the ports.
+#[derive(Debug)]
+pub struct Listeners {
+    grpc: TcpListener,
+    admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds both listeners as `config` says.
+    pub async fn bind(config: &ServerConfig) -> Result<Self, ServeError> {
+        let grpc_addr = SocketAddr::new(config.host, config.port);
+        let admin_addr = SocketAddr::new(config.host, config.admin_port());
+        let grpc = TcpListener::bind(grpc_addr)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr: grpc_addr,
+                what: "gRPC",
+                setting: "server.port",
+                source,
+            })?;
+        let admin = TcpListener::bind(admin_addr)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr: admin_addr,
+                what: "admin HTTP",
+                setting: "server.admin_port",
+                source,
+            })?;
+        Ok(Self { grpc, admin })
+    }
+
+    /// The gRPC listener's address.
+    pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
+        self.grpc.local_addr()
+    }
+
+    /// The admin listener's address.
+    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
+        self.admin.local_addr()
+    }
+}
+
+/// A boxed error from a service's start-up work.
+pub type StartupError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Builds and runs one service's servers.
+#[derive(Debug)]
+pub struct ServiceHost {
+    service: &'static str,
+    config: ServerConfig,
+    routes: RoutesBuilder,
+    names: Vec<String>,
+    end_on_drain: HashSet<String>,
+    metrics: Metrics,
+    drain: Drain,
+}
+
+/// Fully-qualified name of the health service.
+const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
+
+impl ServiceHost {
+    /// A host for the service called `service` (e.g. `orchestrator`).
+    pub fn new(service: &'static str, config: &ServerConfig) -> Self {
+        Self {
+            service,
+            config: config.clone(),
+            routes: RoutesBuilder::default(),
+            names: Vec::new(),
+            end_on_drain: HashSet::from([format!("/{HEALTH_SERVICE}/Watch")]),
+            metrics: Metrics::new(service),
+            drain: Drain::new(),
+        }
+    }
+
+    /// Adds a tonic service; its name gets a health status and is listed by
+    /// reflection.
+    pub fn add_service<S>(&mut self, service: S) -> &mut Self
+    where
+        S: tower::Service<http::Request<Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Response: axum::response::IntoResponse,
+        S::Future: Send + 'static,
+    {
+        self.names.push(S::NAME.to_owned());
+        self.routes.add_service(service);
+        self
+    }
+
+    /// Marks a streaming method (`/pkg.Service/Method`) whose streams never end
+    /// by themselves, so they end as soon as a shutdown begins.
+    pub fn end_on_drain(&mut self, path: impl Into<String>) -> &mut Self {
+        self.end_on_drain.insert(path.into());
+        self
+    }
+
+    /// The service's metrics, for it to register its own.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The shutdown phase, for handlers of long streams.
+    pub fn drain(&self) -> Drain {
+        self.drain.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then drains and returns.
+    ///
+    /// `startup` is the service's start-up work (connecting to its database,
+    /// say): it runs while health says NOT_SERVING and is retried with backoff
+    /// until it succeeds; then health says SERVING.
+    pub async fn serve<Start, StartFuture>(
+        mut self,
+        listeners: Listeners,
+        mut startup: Start,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServeError>
+    where
+        Start: FnMut() -> StartFuture,
+        StartFuture: Future<Output = Result<(), StartupError>>,
+    {
+        let service = self.service;
+        let grpc_addr = listeners.grpc_addr()?;
+        let admin_addr = listeners.admin_addr()?;
+
+        let (health, health_server) = Health::new(self.names.clone()).await;
+        self.routes.add_service(health_server);
+        let (reflection_v1, reflection_v1alpha) = reflection(&self.names)?;
+        self.routes.add_service(reflection_v1);
+        self.routes.add_service(reflection_v1alpha);
+
+        let methods = Arc::new(KnownMethods::from_descriptor_sets(&[
+            agentmesh_proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ]));
+        let grpc_metrics = GrpcServerMetrics::register(self.metrics.registry())?;
+        let layers = tower::ServiceBuilder::new()
+            .layer(PropagationLayer)
+            .layer(GrpcMetricsLayer::new(grpc_metrics, methods))
+            .layer(InFlightLimitLayer::new(self.config.max_concurrent_requests))
+            .layer(DrainLayer::new(
+                self.drain.clone(),
+                std::mem::take(&mut self.end_on_drain),
+            ))
+            .into_inner();
+
+        let stop_accepting = CancellationToken::new();
+        let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
+        let server = Server::builder()
+            .http2_keepalive_interval(Some(self.config.keepalive_interval))
+            .http2_keepalive_timeout(Some(self.config.keepalive_timeout))
+            .max_concurrent_streams(Some(self.config.max_concurrent_streams_per_connection))
+            .layer(layers)
+            .add_routes(std::mem::take(&mut self.routes).routes())
+            .serve_with_incoming_shutdown(incoming, stop_accepting.clone().cancelled_owned());
+        let mut server = pin!(server);
+
+        let stop_admin = CancellationToken::new();
+        let admin = tokio::spawn(crate::admin::serve(
+            listeners.admin,
+            crate::admin::router(self.metrics.clone(), health.clone()),
+            stop_admin.clone().cancelled_owned(),
+        ));
+        tracing::info!(%service, grpc = %grpc_addr, admin = %admin_addr, "listening (NOT_SERVING until started)");
+
+        // === starting, then serving ===
+        let ready = async {
+            let mut backoff = Duration::from_millis(500);
+            loop {
+                match startup().await {
+                    Ok(()) => break,
+                    Err(err) => {
+                        tracing::warn!(%service, error = %err, retry_in = ?backoff, "start-up failed; staying NOT_SERVING");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                    }
+                }
+            }
+            health.set_serving().await;
+            tracing::info!(%service, "SERVING");
+            std::future::pending::<()>().await;
+        };
+        tokio::select! {
+            result = &mut server => {
+                stop_admin.cancel();
+                result?;
+                return Ok(());
+            }
+            () = shutdown => {}
+            () = ready => {}
+        }
+
+        // === draining ===
+        let begun = Instant::now();
+        let grace = self.config.grace_period;
+        health.set_not_serving().await;
+        tracing::info!(%service, grace_period = ?grace, drain_delay = ?self.config.drain_delay, "shutting down: NOT_SERVING");
+        let keep_accepting_until = begun + self.config.drain_delay;
+        let finished = tokio::select! {
+            result = &mut server => Some(result),
+            () = tokio::time::sleep_until(keep_accepting_until) => None,
+        };
+        let result = match finished {
+            Some(result) => result,
+            None => {
+                stop_accepting.cancel();
+                self.drain.advance(DrainPhase::Draining);
+                // Leave time at the end of the grace period to end what is
+                // still open cleanly rather than cut connections.
+                let margin = (grace / 4).min(Duration::from_secs(2));
+                let force_at = begun + grace.saturating_sub(margin);
+                let finished = tokio::select! {
+                    result = &mut server => Some(result),
+                    () = tokio::time::sleep_until(force_at) => None,
+                };
+                match finished {
+                    Some(result) => result,
+                    None => {
+                        tracing::warn!(%service, "grace period nearly over: ending the streams still open");
+                        self.drain.advance(DrainPhase::Forced);
+                        match tokio::time::timeout_at(begun + grace, &mut server).await {
+                            Ok(result) => result,
+                            Err(_) => {
+                                tracing::warn!(%service, "connections still open at the end of the grace period; closing them");
+                                Ok(())
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        stop_admin.cancel();
+        if tokio::time::timeout(Duration::from_secs(1), admin)
+            .await
+            .is_err()
+        {
+            tracing::warn!(%service, "admin server did not stop within 1s");
+        }
+        tracing::info!(%service, took = ?begun.elapsed(), "stopped");
+        result.map_err(ServeError::from)
+    }
+}
+
+/// Reflection v1 and v1alpha listing exactly the services this process serves.
+fn reflection(
+    names: &[String],
+) -> Result<
+    (
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    ),
+    ServeError,
+> {
+    let builder = || {
+        let mut builder = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(agentmesh_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name(HEALTH_SERVICE)
+            .with_service_name("grpc.reflection.v1.ServerReflection")
+            .with_service_name("grpc.reflection.v1alpha.ServerReflection");
+        for name in names {
+            builder = builder.with_service_name(name.clone());
+        }
+        builder
+    };
+    let v1 = builder()
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let v1alpha = builder()
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    Ok((v1, v1alpha))
+}

@@ -1,0 +1,65 @@
+//! Building gRPC statuses that a person can act on.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// INVALID_ARGUMENT with a `google.rpc.BadRequest` listing every field
+/// violation, and a message that repeats them for clients that do not read
+/// details.
+pub fn invalid_argument<F, D>(violations: impl IntoIterator<Item = (F, D)>) -> Status
+where
+    F: Into<String>,
+    D: Into<String>,
+{
+    let violations: Vec<(String, String)> = violations
+        .into_iter()
+        .map(|(field, description)| (field.into(), description.into()))
+        .collect();
+    let message = violations
+        .iter()
+        .map(|(field, description)| format!("{field}: {description}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let mut details = ErrorDetails::new();
+    for (field, description) in violations {
+        details.add_bad_request_violation(field, description);
+    }
+    Status::with_error_details(Code::InvalidArgument, message, details)
+}
+
+/// UNIMPLEMENTED for an RPC of the contract whose behaviour is not built yet,
+/// saying so plainly (never a fake success).
+pub fn not_built_yet(rpc: &str, what: &str) -> Status {
+    Status::unimplemented(format!(
+        "{rpc} is part of the agentmesh contract but is not implemented in this build yet: {what}"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_argument_carries_field_violations() {
+        let status = invalid_argument([
+            ("objective", "must not be empty"),
+            ("limits.max_steps", "must be at most 100"),
+        ]);
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains("objective: must not be empty"));
+        let details = status.get_error_details();
+        let bad_request = details.bad_request().unwrap();
+        assert_eq!(bad_request.field_violations.len(), 2);
+        assert_eq!(bad_request.field_violations[1].field, "limits.max_steps");
+    }
+
+    #[test]
+    fn not_built_yet_is_unimplemented_and_says_what() {
+        let status = not_built_yet(
+            "AuditService/Record",
+            "the audit log arrives with the audit issue",
+        );
+        assert_eq!(status.code(), Code::Unimplemented);
+        assert!(status.message().contains("AuditService/Record"));
+    }
+}

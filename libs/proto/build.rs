@@ -1,0 +1,50 @@
+//! Compiles `proto/` into Rust with protox (a pure-Rust protobuf compiler), so a
+//! fresh machine needs nothing beyond cargo, and writes the file descriptor set
+//! that the servers hand to gRPC reflection.
+
+use std::path::{Path, PathBuf};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
+    let root = manifest_dir.join("../..");
+    let contract = root.join("proto");
+    let third_party = root.join("third_party/proto");
+    println!("cargo:rerun-if-changed={}", contract.display());
+    println!("cargo:rerun-if-changed={}", third_party.display());
+
+    let mut files = Vec::new();
+    collect_protos(&contract, &mut files)?;
+    files.sort();
+
+    let descriptors = protox::Compiler::new([&contract, &third_party])?
+        .include_imports(true)
+        // Source info carries the proto comments: `grpcurl describe` shows them.
+        .include_source_info(true)
+        .open_files(&files)?
+        .file_descriptor_set();
+
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out_dir.join("agentmesh_descriptor.bin"),
+        prost::Message::encode_to_vec(&descriptors),
+    )?;
+
+    tonic_prost_build::configure()
+        // google.rpc.Status and its details come from tonic-types, so our
+        // messages and tonic's richer-error helpers share one type.
+        .extern_path(".google.rpc", "::tonic_types::pb")
+        .compile_fds(descriptors)?;
+    Ok(())
+}
+
+fn collect_protos(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            collect_protos(&path, out)?;
+        } else if path.extension().is_some_and(|ext| ext == "proto") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}

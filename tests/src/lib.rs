@@ -1,0 +1,343 @@
+//! Helpers for the cross-service tests: start any service in-process on
+//! ephemeral loopback ports, or run the real binaries and learn their ports
+//! from their logs; query health and reflection through real tonic clients.
+
+#![expect(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "test helpers fail loudly"
+)]
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use agentmesh_kit::{Listeners, ServeError, ServerConfig};
+use futures::future::BoxFuture;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+/// The five services: name, fully-qualified gRPC service name.
+pub const SERVICES: [(&str, &str); 5] = [
+    (
+        "orchestrator",
+        "agentmesh.orchestrator.v1.OrchestratorService",
+    ),
+    ("llm-gateway", "agentmesh.llm.v1.LlmGatewayService"),
+    ("tool-runner", "agentmesh.tools.v1.ToolRunnerService"),
+    ("audit", "agentmesh.audit.v1.AuditService"),
+    ("alerting", "agentmesh.alerting.v1.AlertingService"),
+];
+
+/// Server settings for a test: loopback, ephemeral ports, short grace.
+pub fn test_server_config() -> ServerConfig {
+    ServerConfig {
+        host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        port: 0,
+        admin_port: Some(0),
+        grace_period: Duration::from_secs(5),
+        ..ServerConfig::default()
+    }
+}
+
+/// A service running in this process; stops (and waits) when dropped via
+/// [`InProcess::stop`].
+#[derive(Debug)]
+pub struct InProcess {
+    /// gRPC address.
+    pub grpc: SocketAddr,
+    /// Admin HTTP address.
+    pub admin: SocketAddr,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), ServeError>>,
+    _data: tempfile::TempDir,
+}
+
+impl InProcess {
+    /// Starts the service `name` with defaults, loopback ephemeral ports and a
+    /// fresh data directory.
+    pub async fn start(name: &str) -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let server = test_server_config();
+        let listeners = Listeners::bind(&server).await.unwrap();
+        let grpc = listeners.grpc_addr().unwrap();
+        let admin = listeners.admin_addr().unwrap();
+        let stop = CancellationToken::new();
+        let shutdown = stop.clone().cancelled_owned();
+        let data_dir = data.path().to_path_buf();
+        let served: BoxFuture<'static, Result<(), ServeError>> = match name {
+            "orchestrator" => {
+                let mut config = agentmesh_orchestrator::Config {
+                    server,
+                    ..Default::default()
+                };
+                config.storage.data_dir = data_dir;
+                Box::pin(agentmesh_orchestrator::serve_with_listeners(
+                    config, listeners, shutdown,
+                ))
+            }
+            "llm-gateway" => {
+                let config = agentmesh_llm_gateway::Config {
+                    server,
+                    ..Default::default()
+                };
+                Box::pin(agentmesh_llm_gateway::serve_with_listeners(
+                    config, listeners, shutdown,
+                ))
+            }
+            "tool-runner" => {
+                let config = agentmesh_tool_runner::Config {
+                    server,
+                    ..Default::default()
+                };
+                Box::pin(agentmesh_tool_runner::serve_with_listeners(
+                    config, listeners, shutdown,
+                ))
+            }
+            "audit" => {
+                let mut config = agentmesh_audit::Config {
+                    server,
+                    ..Default::default()
+                };
+                config.storage.data_dir = data_dir;
+                Box::pin(agentmesh_audit::serve_with_listeners(
+                    config, listeners, shutdown,
+                ))
+            }
+            "alerting" => {
+                let mut config = agentmesh_alerting::Config {
+                    server,
+                    ..Default::default()
+                };
+                config.storage.data_dir = data_dir;
+                Box::pin(agentmesh_alerting::serve_with_listeners(
+                    config, listeners, shutdown,
+                ))
+            }
+            other => panic!("no service called {other}"),
+        };
+        let task = tokio::spawn(served);
+        Self {
+            grpc,
+            admin,
+            stop,
+            task,
+            _data: data,
+        }
+    }
+
+    /// A channel to the service.
+    pub fn channel(&self) -> Channel {
+        channel(self.grpc)
+    }
+
+    /// Shuts the service down and returns how `serve` ended.
+    pub async fn stop(self) -> Result<(), ServeError> {
+        self.stop.cancel();
+        self.task.await.expect("the service task panicked")
+    }
+}
+
+/// A lazily-connecting channel to `addr`.
+pub fn channel(addr: SocketAddr) -> Channel {
+    agentmesh_kit::client::plain_channel(&format!("http://{addr}")).unwrap()
+}
+
+/// The health status of `service` ("" = overall).
+pub async fn health_status(
+    channel: Channel,
+    service: &str,
+) -> Result<ServingStatus, tonic::Status> {
+    let mut client = HealthClient::new(channel);
+    let response = client
+        .check(HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await?;
+    Ok(response.into_inner().status())
+}
+
+/// Waits until `service` reports SERVING.
+pub async fn wait_serving(channel: Channel, service: &str) {
+    agentmesh_testkit::eventually(
+        &format!("{service:?} to report SERVING"),
+        Duration::from_secs(20),
+        || {
+            let channel = channel.clone();
+            async move {
+                matches!(
+                    health_status(channel, service).await,
+                    Ok(ServingStatus::Serving)
+                )
+                .then_some(())
+            }
+        },
+    )
+    .await;
+}
+
+/// The services that reflection (v1) lists.
+pub async fn reflected_services(channel: Channel) -> Vec<String> {
+    let mut client = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses
+        .message()
+        .await
+        .unwrap()
+        .expect("a reflection answer");
+    match response.message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            list.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("unexpected reflection answer {other:?}"),
+    }
+}
+
+/// GETs `path` from an admin server with a plain HTTP/1.1 request.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+// === real binaries ===
+
+/// The path of a binary of this workspace, built next to the test binary.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is not built; run the tests through `make test` (cargo builds the workspace binaries first)",
+        path.display()
+    );
+    path
+}
+
+/// A service binary running as a child process.
+#[derive(Debug)]
+pub struct RunningBinary {
+    /// The process.
+    pub child: Child,
+    /// Its gRPC address, read from its "listening" log line.
+    pub grpc: SocketAddr,
+    /// Its admin address.
+    pub admin: SocketAddr,
+    /// Every stderr line so far (logs), shared with the reader task.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl RunningBinary {
+    /// Starts `binary` with `args` (ports 0 on loopback unless the args say
+    /// otherwise), logging JSON, in `dir`; waits for its listening line.
+    pub async fn start(
+        binary_name: &str,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        dir: &Path,
+    ) -> Self {
+        let mut command = Command::new(binary(binary_name));
+        command
+            .args(["--host", "127.0.0.1", "--port", "0", "--admin-port", "0"])
+            .args(args)
+            .envs(envs.iter().copied())
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (addrs_tx, addrs_rx) = tokio::sync::oneshot::channel();
+        {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut addrs_tx = Some(addrs_tx);
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line)
+                        && let (Some(grpc), Some(admin)) =
+                            (json["grpc"].as_str(), json["admin"].as_str())
+                        && let (Ok(grpc), Ok(admin)) = (grpc.parse(), admin.parse())
+                        && let Some(tx) = addrs_tx.take()
+                    {
+                        let _ = tx.send((grpc, admin));
+                    }
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let (grpc, admin) = tokio::time::timeout(Duration::from_secs(30), addrs_rx)
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{binary_name} did not log its listening addresses: {:?}",
+                    log.lock().unwrap()
+                )
+            })
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{binary_name} exited before listening: {:?}",
+                    log.lock().unwrap()
+                )
+            });
+        Self {
+            child,
+            grpc,
+            admin,
+            log,
+        }
+    }
+
+    /// Sends a signal (e.g. "TERM") to the process.
+    pub async fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("the process is running").to_string();
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success(), "kill -{signal} {pid} failed");
+    }
+}
+
+/// Runs `future` with a bound, panicking with `what` when it takes longer.
+pub async fn within<T>(what: &str, limit: Duration, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(limit, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what} took longer than {limit:?}"))
+}
