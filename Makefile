@@ -6,6 +6,7 @@
 #   make build    the workspace
 
 CARGO ?= cargo
+PYTHON ?= python3
 
 .PHONY: all build run test test-deps lint fmt proto clean
 
@@ -22,6 +23,7 @@ run:
 test:
 	$(CARGO) build --workspace --bins
 	$(CARGO) nextest run --workspace --no-fail-fast
+	$(PYTHON) -m pytest -q tests/python
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -1,0 +1,112 @@
+"""Fixtures for the Python client tests.
+
+`stubs` compiles proto/ into Python modules with grpcio-tools (the same way a
+platform team would), into a fresh directory, once per session. `mesh` runs the
+real `agentmesh up` binary on free loopback ports and stops it with SIGINT.
+"""
+
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+BIN_DIR = pathlib.Path(os.environ.get("AGENTMESH_BIN_DIR", ROOT / "target" / "debug"))
+
+SERVICES = [
+    ("orchestrator", "agentmesh.orchestrator.v1.OrchestratorService"),
+    ("llm-gateway", "agentmesh.llm.v1.LlmGatewayService"),
+    ("tool-runner", "agentmesh.tools.v1.ToolRunnerService"),
+    ("audit", "agentmesh.audit.v1.AuditService"),
+    ("alerting", "agentmesh.alerting.v1.AlertingService"),
+]
+
+
+@pytest.fixture(scope="session")
+def stubs():
+    out = pathlib.Path(tempfile.mkdtemp(prefix="agentmesh-stubs-"))
+    protos = sorted(str(p.relative_to(ROOT / "proto")) for p in (ROOT / "proto").rglob("*.proto"))
+    from grpc_tools import protoc
+    import grpc_tools
+
+    well_known = pathlib.Path(grpc_tools.__file__).parent / "_proto"
+    args = [
+        "protoc",
+        f"-I{ROOT / 'proto'}",
+        f"-I{ROOT / 'third_party' / 'proto'}",
+        f"-I{well_known}",
+        f"--python_out={out}",
+        f"--grpc_python_out={out}",
+        *protos,
+    ]
+    assert protoc.main(args) == 0, "grpcio-tools could not compile proto/"
+    sys.path.insert(0, str(out))
+    yield out
+    sys.path.remove(str(out))
+
+
+def _port_free(port):
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def _free_base_port():
+    for base in range(31000 + os.getpid() % 500 * 2, 40000, 7):
+        if all(_port_free(base + i) and _port_free(base + i + 1000) for i in range(5)):
+            return base
+    raise RuntimeError("no ten free loopback ports")
+
+
+def wait_serving(channel, service="", patience=20.0):
+    stub = health_pb2_grpc.HealthStub(channel)
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            answer = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
+            if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+        except grpc.RpcError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{service!r} not SERVING after {patience}s")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def mesh():
+    binary = BIN_DIR / "agentmesh"
+    assert binary.is_file(), f"{binary} is not built: run `make test`"
+    base = _free_base_port()
+    data = tempfile.mkdtemp(prefix="agentmesh-data-")
+    process = subprocess.Popen(
+        [str(binary), "up", "--base-port", str(base), "--data-dir", data, "--log-format", "json"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    addresses = {name: f"127.0.0.1:{base + i}" for i, (name, _) in enumerate(SERVICES)}
+    try:
+        for name, _ in SERVICES:
+            with grpc.insecure_channel(addresses[name]) as channel:
+                wait_serving(channel)
+        yield addresses
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=15)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert process.returncode == 0, process.stderr.read().decode(errors="replace")[-2000:]

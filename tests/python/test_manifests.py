@@ -1,0 +1,75 @@
+"""The Kubernetes and Istio manifests agree with the services they deploy:
+ports, probes, protocol names, and environment variables that the real
+binaries accept as settings."""
+
+import subprocess
+
+import yaml
+
+from conftest import BIN_DIR, ROOT, SERVICES
+
+PORTS = {name: 50051 + i for i, (name, _) in enumerate(SERVICES)}
+
+
+def _documents(path):
+    with open(path) as f:
+        return [doc for doc in yaml.safe_load_all(f) if doc]
+
+
+def _base():
+    kustomization = yaml.safe_load((ROOT / "k8s/base/kustomization.yaml").read_text())
+    docs = []
+    for resource in kustomization["resources"]:
+        docs.extend(_documents(ROOT / "k8s/base" / resource))
+    return docs
+
+
+def test_each_service_has_a_deployment_and_a_grpc_service():
+    docs = _base()
+    for name, _ in SERVICES:
+        port = PORTS[name]
+        deployment = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == name)
+        pod = deployment["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports == {"grpc": port, "http-admin": port + 1000}, name
+        assert container["readinessProbe"]["grpc"]["port"] == port
+        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        section = name.replace("-", "_").upper()
+        grace = int(env[f"AGENTMESH_{section}__SERVER__GRACE_PERIOD"].rstrip("s"))
+        drain = int(env[f"AGENTMESH_{section}__SERVER__DRAIN_DELAY"].rstrip("s"))
+        assert pod["terminationGracePeriodSeconds"] > grace + drain, name
+
+        service = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == name)
+        grpc_port = next(p for p in service["spec"]["ports"] if p["name"] == "grpc")
+        assert grpc_port["port"] == port and grpc_port["appProtocol"] == "grpc"
+
+
+def test_the_manifests_environment_is_accepted_by_the_binaries():
+    for doc in _base():
+        if doc["kind"] != "Deployment":
+            continue
+        name = doc["metadata"]["name"]
+        container = doc["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+        result = subprocess.run(
+            [str(BIN_DIR / f"agentmesh-{name}"), "--dump-config"],
+            env={"PATH": "/usr/bin:/bin", **env},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.returncode == 0, f"{name}: {result.stderr}"
+        assert "grace_period = \"25s\"" in result.stdout, result.stdout
+
+
+def test_istio_policy_covers_every_service():
+    docs = _documents(ROOT / "istio/mesh-policy.yaml")
+    peer = next(d for d in docs if d["kind"] == "PeerAuthentication")
+    assert peer["spec"]["mtls"]["mode"] == "STRICT"
+    hosts = {d["spec"]["host"] for d in docs if d["kind"] == "DestinationRule"}
+    assert hosts == set(PORTS)
+    for vs in (d for d in docs if d["kind"] == "VirtualService"):
+        route = vs["spec"]["http"][0]
+        assert route["route"][0]["destination"]["port"]["number"] == PORTS[vs["metadata"]["name"]]
