@@ -44,6 +44,42 @@ pub trait ServiceConfig:
     }
 }
 
+/// Implements [`ServiceConfig`] for a struct with `server: ServerConfig` and
+/// `log: LogConfig` fields, optionally with the service's own checks:
+///
+/// ```ignore
+/// agentmesh_kit::service_config!(Config, service = "audit", section = "audit",
+///     validate = |config: &Config| config.storage.validate());
+/// ```
+#[macro_export]
+macro_rules! service_config {
+    ($config:ty, service = $service:expr, section = $section:literal $(, validate = $validate:expr)? $(,)?) => {
+        impl $crate::config::ServiceConfig for $config {
+            const SERVICE: &'static str = $service;
+            const SECTION: &'static str = $section;
+
+            fn server(&self) -> &$crate::config::ServerConfig {
+                &self.server
+            }
+
+            fn server_mut(&mut self) -> &mut $crate::config::ServerConfig {
+                &mut self.server
+            }
+
+            fn log(&self) -> &$crate::config::LogConfig {
+                &self.log
+            }
+
+            $(
+            fn validate(&self) -> Result<(), $crate::config::ConfigError> {
+                let validate: fn(&Self) -> Result<(), $crate::config::ConfigError> = $validate;
+                validate(self)
+            }
+            )?
+        }
+    };
+}
+
 /// A configuration value that cannot be used, with the setting it belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {

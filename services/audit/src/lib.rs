@@ -11,9 +11,7 @@
 use std::future::Future;
 
 use agentmesh_kit::status::not_built_yet;
-use agentmesh_kit::{
-    Listeners, LogConfig, ServeError, ServerConfig, ServiceConfig, ServiceHost, StartupError,
-};
+use agentmesh_kit::{Listeners, LogConfig, ServeError, ServerConfig, ServiceHost, StartupError};
 use agentmesh_proto::audit::v1::{
     self,
     audit_service_server::{AuditService, AuditServiceServer},
@@ -51,26 +49,12 @@ impl Default for Config {
     }
 }
 
-impl ServiceConfig for Config {
-    const SERVICE: &'static str = SERVICE;
-    const SECTION: &'static str = "audit";
-
-    fn server(&self) -> &ServerConfig {
-        &self.server
-    }
-
-    fn server_mut(&mut self) -> &mut ServerConfig {
-        &mut self.server
-    }
-
-    fn log(&self) -> &LogConfig {
-        &self.log
-    }
-
-    fn validate(&self) -> Result<(), agentmesh_kit::ConfigError> {
-        self.storage.validate()
-    }
-}
+agentmesh_kit::service_config!(
+    Config,
+    service = SERVICE,
+    section = "audit",
+    validate = |config: &Config| config.storage.validate(),
+);
 
 /// Serves on the configured ports until `shutdown` resolves, then drains.
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {

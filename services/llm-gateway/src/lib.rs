@@ -11,9 +11,7 @@
 use std::future::Future;
 
 use agentmesh_kit::status::not_built_yet;
-use agentmesh_kit::{
-    Listeners, LogConfig, ServeError, ServerConfig, ServiceConfig, ServiceHost, StartupError,
-};
+use agentmesh_kit::{Listeners, LogConfig, ServeError, ServerConfig, ServiceHost, StartupError};
 use agentmesh_proto::llm::v1::{
     self,
     llm_gateway_service_server::{LlmGatewayService, LlmGatewayServiceServer},
@@ -47,22 +45,7 @@ impl Default for Config {
     }
 }
 
-impl ServiceConfig for Config {
-    const SERVICE: &'static str = SERVICE;
-    const SECTION: &'static str = "llm_gateway";
-
-    fn server(&self) -> &ServerConfig {
-        &self.server
-    }
-
-    fn server_mut(&mut self) -> &mut ServerConfig {
-        &mut self.server
-    }
-
-    fn log(&self) -> &LogConfig {
-        &self.log
-    }
-}
+agentmesh_kit::service_config!(Config, service = SERVICE, section = "llm_gateway",);
 
 /// Serves on the configured ports until `shutdown` resolves, then drains.
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
