@@ -3,12 +3,13 @@
 #   make run      all five services in one process (embedded mode: SQLite under ./data)
 #   make test     every test: unit, in-process gRPC, real binaries with grpcurl, PostgreSQL
 #   make lint     rustfmt, clippy -D warnings, buf lint, buf format
+#   make bench    benchmark programs (the kit's per-hop cost against bare tonic)
 #   make build    the workspace
 
 CARGO ?= cargo
 PYTHON ?= python3
 
-.PHONY: all build run test test-deps lint fmt proto clean
+.PHONY: all build run test lint fmt proto bench clean
 
 all: build
 
@@ -24,6 +25,10 @@ test:
 	$(CARGO) build --workspace --bins
 	$(CARGO) nextest run --workspace --no-fail-fast
 	$(PYTHON) -m pytest -q tests/python
+
+# Benchmark programs that print figures (release build).
+bench:
+	$(CARGO) bench -p agentmesh-kit --bench hop
 
 lint:
 	$(CARGO) fmt --all -- --check
