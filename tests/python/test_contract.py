@@ -23,9 +23,8 @@ NOT_BUILT_YET = [
 
 def _modules(package, service):
     snake = "".join("_" + c.lower() if c.isupper() else c for c in service).lstrip("_")
-    base = package.replace(".", "/").replace("/", ".")
-    messages = importlib.import_module(f"{base}.{snake}_pb2")
-    grpc_module = importlib.import_module(f"{base}.{snake}_pb2_grpc")
+    messages = importlib.import_module(f"{package}.{snake}_pb2")
+    grpc_module = importlib.import_module(f"{package}.{snake}_pb2_grpc")
     return messages, grpc_module
 
 

@@ -27,9 +27,11 @@ const THROUGHPUT_TIME: Duration = Duration::from_secs(3);
 async fn bare_server() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let (_reporter, health) = tonic_health::server::health_reporter();
+    // The reporter owns the statuses the health service answers with: keep it
+    // alive as long as the server.
+    let (reporter, health) = tonic_health::server::health_reporter();
     tokio::spawn(async move {
-        let _reporter = _reporter;
+        let _reporter = reporter;
         tonic::transport::Server::builder()
             .add_service(health)
             .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true)))

@@ -34,8 +34,6 @@ pub trait ServiceConfig:
 
     /// The gRPC and admin server settings.
     fn server(&self) -> &ServerConfig;
-    /// The gRPC and admin server settings, for flags that override them.
-    fn server_mut(&mut self) -> &mut ServerConfig;
     /// Logging settings.
     fn log(&self) -> &LogConfig;
     /// Checks the service's own settings (the server settings are checked by the kit).
@@ -60,10 +58,6 @@ macro_rules! service_config {
 
             fn server(&self) -> &$crate::config::ServerConfig {
                 &self.server
-            }
-
-            fn server_mut(&mut self) -> &mut $crate::config::ServerConfig {
-                &mut self.server
             }
 
             fn log(&self) -> &$crate::config::LogConfig {
@@ -440,9 +434,6 @@ mod tests {
         const SECTION: &'static str = "test_svc";
         fn server(&self) -> &ServerConfig {
             &self.server
-        }
-        fn server_mut(&mut self) -> &mut ServerConfig {
-            &mut self.server
         }
         fn log(&self) -> &LogConfig {
             &self.log

@@ -45,7 +45,7 @@ impl Default for Config {
     }
 }
 
-agentmesh_kit::service_config!(Config, service = SERVICE, section = "llm_gateway",);
+agentmesh_kit::service_config!(Config, service = SERVICE, section = "llm_gateway");
 
 /// Serves on the configured ports until `shutdown` resolves, then drains.
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {

@@ -45,7 +45,7 @@ impl Default for Config {
     }
 }
 
-agentmesh_kit::service_config!(Config, service = SERVICE, section = "tool_runner",);
+agentmesh_kit::service_config!(Config, service = SERVICE, section = "tool_runner");
 
 /// Serves on the configured ports until `shutdown` resolves, then drains.
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
