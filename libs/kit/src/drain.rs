@@ -12,7 +12,8 @@
 //!
 //! A stream is ended cleanly, between messages, with the trailers of an
 //! UNAVAILABLE status saying the server is shutting down, which tells a gRPC
-//! client to reconnect (to another replica) and resume.
+//! client to reconnect (to another replica) and resume. Messages the stream has
+//! already produced go out first (a health watch's NOT_SERVING, say).
 
 use std::collections::HashSet;
 use std::pin::Pin;
@@ -162,9 +163,15 @@ struct DrainBody {
     state: BodyState,
 }
 
+/// How many ready messages a stream may still send once it is told to end.
+const FLUSH_LIMIT: u32 = 64;
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum BodyState {
     Open,
+    /// Told to end: sending what is ready (at most this many more), then the
+    /// shutdown trailers.
+    Flushing(u32),
     /// The inner body ended (its trailers went out) or we ended it.
     Done,
 }
@@ -206,14 +213,25 @@ impl HttpBody for DrainBody {
         while let Poll::Ready(Some(next)) = Pin::new(&mut self.phase).poll_next(cx) {
             phase = next;
         }
-        if phase >= self.ends_at {
-            self.state = BodyState::Done;
-            return Poll::Ready(Some(Ok(Frame::trailers(Self::shutdown_trailers()))));
+        if phase >= self.ends_at && self.state == BodyState::Open {
+            self.state = BodyState::Flushing(FLUSH_LIMIT);
         }
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.state = BodyState::Done,
-            Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => self.state = BodyState::Done,
+        match (&polled, self.state) {
+            (Poll::Ready(None), _) => self.state = BodyState::Done,
+            (Poll::Ready(Some(Ok(frame))), _) if frame.is_trailers() => {
+                self.state = BodyState::Done
+            }
+            // Ending: messages already produced (such as the NOT_SERVING a
+            // health watch has just been given) still go out, a bounded
+            // number of them, and the stream ends as soon as nothing is ready.
+            (Poll::Ready(Some(Ok(_))), BodyState::Flushing(left)) if left > 0 => {
+                self.state = BodyState::Flushing(left - 1)
+            }
+            (_, BodyState::Flushing(_)) => {
+                self.state = BodyState::Done;
+                return Poll::Ready(Some(Ok(Frame::trailers(Self::shutdown_trailers()))));
+            }
             _ => {}
         }
         polled
@@ -311,5 +329,42 @@ mod tests {
         drain.advance(DrainPhase::Draining);
         assert_eq!(drain.phase(), DrainPhase::Forced);
         drain.draining().await;
+    }
+
+    #[tokio::test]
+    async fn messages_ready_when_the_drain_begins_go_out_before_the_end() {
+        let drain = Drain::new();
+        let layer = DrainLayer::new(drain.clone(), HashSet::from(["/svc.S/Watch".to_owned()]));
+        let (inner, mut handle) = mock::pair::<Request<()>, Response<Body>>();
+        let mut service = layer.layer(inner);
+        let call = service
+            .ready()
+            .await
+            .unwrap()
+            .call(Request::builder().uri("/svc.S/Watch").body(()).unwrap());
+        let (_, reply) = handle.next_request().await.unwrap();
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        let stream = tokio_stream::wrappers::UnboundedReceiverStream::new(receiver);
+        reply.send_response(Response::new(Body::new(http_body_util::StreamBody::new(
+            stream,
+        ))));
+        let mut body = call.await.unwrap().into_body();
+
+        // The message and the drain arrive together: the message wins.
+        sender
+            .send(Ok::<_, tonic::Status>(Frame::data(
+                bytes::Bytes::from_static(b"last"),
+            )))
+            .unwrap();
+        drain.advance(DrainPhase::Draining);
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(
+            frame.into_data().unwrap(),
+            bytes::Bytes::from_static(b"last")
+        );
+        let trailers = trailers_of(body).await;
+        let status = tonic::Status::from_header_map(&trailers).unwrap();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        drop(sender);
     }
 }
