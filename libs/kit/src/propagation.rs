@@ -120,6 +120,14 @@ impl RequestContext {
         self.deadline
     }
 
+    /// The same context with another deadline: work that outlives the call
+    /// that started it (a run started by `StartRun`) keeps the caller's
+    /// identity and trace but not the caller's deadline.
+    pub fn with_deadline(mut self, deadline: Option<Instant>) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
     /// Adds this context to an outgoing request: forwarded headers the request
     /// does not set itself, and a `grpc-timeout` shrunk to the time left.
     /// Fails with DEADLINE_EXCEEDED when no time is left.

@@ -117,6 +117,42 @@ pub enum StorageError {
     /// The database refused or failed.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// One schema migration, compiled into the binary (`include_str!`), so a
+/// service needs no files beside its executable.
+#[derive(Debug, Clone, Copy)]
+pub struct EmbeddedMigration {
+    /// Applied in increasing order; never reuse or change an applied one.
+    pub version: i64,
+    /// What it does, recorded in the migrations table.
+    pub description: &'static str,
+    /// The SQL, one or more statements.
+    pub sql: &'static str,
+}
+
+/// A service's migrations, written once per backend because SQLite and
+/// PostgreSQL differ in types (BLOB/BYTEA) and in what enforces append-only.
+#[derive(Debug, Clone, Copy)]
+pub struct Migrations {
+    pub sqlite: &'static [EmbeddedMigration],
+    pub postgres: &'static [EmbeddedMigration],
+}
+
+/// Runs the same code on whichever pool a [`Database`] holds: `$pool` is a
+/// `&SqlitePool` in one arm and a `&PgPool` in the other, so the body is
+/// written once and type-checked for both backends. Queries use `$1, $2…`
+/// placeholders, which both SQLite and PostgreSQL understand.
+#[macro_export]
+macro_rules! with_pool {
+    ($database:expr, |$pool:ident| $body:expr) => {
+        match $database {
+            $crate::Database::Sqlite($pool) => $body,
+            $crate::Database::Postgres($pool) => $body,
+        }
+    };
 }
 
 /// A pool of connections to a service's database.
@@ -170,6 +206,31 @@ impl Database {
     }
 
     /// Which backend this is.
+    /// Brings the schema up to date (applied migrations are recorded in
+    /// `_sqlx_migrations`; a changed applied migration is an error).
+    pub async fn migrate(&self, migrations: &Migrations) -> Result<(), StorageError> {
+        use sqlx::SqlSafeStr as _;
+        let list = match self.backend() {
+            Backend::Sqlite => migrations.sqlite,
+            Backend::Postgres => migrations.postgres,
+        };
+        let migrator = sqlx::migrate::Migrator::with_migrations(
+            list.iter()
+                .map(|m| {
+                    sqlx::migrate::Migration::new(
+                        m.version,
+                        std::borrow::Cow::Borrowed(m.description),
+                        sqlx::migrate::MigrationType::Simple,
+                        m.sql.into_sql_str(),
+                        false,
+                    )
+                })
+                .collect(),
+        );
+        with_pool!(self, |pool| migrator.run(pool).await?);
+        Ok(())
+    }
+
     pub fn backend(&self) -> Backend {
         match self {
             Self::Sqlite(_) => Backend::Sqlite,
@@ -204,6 +265,7 @@ impl Database {
 pub struct LazyDatabase {
     config: StorageConfig,
     service: &'static str,
+    migrations: Option<&'static Migrations>,
     database: std::sync::Arc<std::sync::OnceLock<Database>>,
 }
 
@@ -213,8 +275,15 @@ impl LazyDatabase {
         Self {
             config,
             service,
+            migrations: None,
             database: std::sync::Arc::default(),
         }
+    }
+
+    /// Applies `migrations` when the database is opened.
+    pub fn with_migrations(mut self, migrations: &'static Migrations) -> Self {
+        self.migrations = Some(migrations);
+        self
     }
 
     /// Opens and checks the database; does nothing if it is already open.
@@ -224,6 +293,9 @@ impl LazyDatabase {
         }
         let database = Database::connect(&self.config, self.service).await?;
         database.ping().await?;
+        if let Some(migrations) = self.migrations {
+            database.migrate(migrations).await?;
+        }
         tracing::info!(service = self.service, backend = ?database.backend(), "database ready");
         // A concurrent opener may have won; its pool is as good as ours.
         let _ = self.database.set(database);
