@@ -1,51 +1,67 @@
-//! The LLM gateway service: one API over model providers, with routes, streaming, and token and cost accounting.
+//! The LLM gateway service: one provider-neutral chat API
+//! (`agentmesh.llm.v1.LlmGatewayService`) in front of model providers —
+//! OpenAI and compatible servers, Anthropic, and a scripted stand-in for
+//! tests and the offline demo.
 //!
-//! The service owns providers, model routes, retries and fallbacks, token and cost accounting. [`serve`] binds the gRPC and admin
-//! listeners from [`Config`] and hands the service to the kit's
-//! [`ServiceHost`], which adds health, reflection, metrics, limits, metadata
-//! forwarding and graceful shutdown; `main.rs` only calls it.
+//! # Data flow
 //!
-//! Every RPC of the contract answers UNIMPLEMENTED with a message saying what
-//! is missing until its behaviour is built: a client never gets a fake success.
+//! ```text
+//! Generate / GenerateStream
+//!   └─ validate ─ resolve model (route name, or provider/model)
+//!        └─ Provider (openai | anthropic | scripted)
+//!             request  → provider wire JSON  → POST (pooled HTTP client)
+//!             response ← SSE events / JSON  ← ProviderEvent / Completion
+//!        └─ relay deltas as they arrive ─ `finished` with the assembled
+//!           message, finish reason and usage (estimated when not reported)
+//! ```
+//!
+//! # Layout
+//!
+//! * [`config`]: [`Config`] — provider instances (kind, base URL, key
+//!   variable, timeouts) and routes, checked at start.
+//! * [`service`]: the gRPC handlers, model resolution, ListModels, and the
+//!   stream relay (a stream that breaks after output ends with `finished`
+//!   FINISH_REASON_ERROR, then the error status).
+//! * [`validate`]: request checks, INVALID_ARGUMENT with field violations.
+//! * [`providers`]: the [`providers::Provider`] trait and one module per wire
+//!   protocol; [`providers::http`] holds the shared HTTP client, timeouts and
+//!   SSE decoding.
+//! * [`completion`]: provider events, their assembly, usage estimates.
+//! * [`error`]: provider failures and the gRPC status each becomes.
+//!
+//! [`serve`] binds the listeners from [`Config`]; [`serve_with_listeners`]
+//! takes bound ones (tests bind port 0). Both hand the service to the kit's
+//! [`ServiceHost`] (health, reflection, metrics, limits, metadata forwarding,
+//! graceful shutdown); `main.rs` only calls [`serve`].
+//!
+//! Not yet here: retries, fallbacks, circuit breakers, rate limits, prices,
+//! audit events and the gateway's own metrics (`attempts` is always 1).
+
+pub mod completion;
+pub mod config;
+pub mod error;
+pub mod providers;
+pub mod service;
+pub mod validate;
 
 use std::future::Future;
+use std::sync::Arc;
 
-use agentmesh_kit::status::not_built_yet;
-use agentmesh_kit::{Listeners, LogConfig, ServeError, ServerConfig, ServiceHost, StartupError};
-use agentmesh_proto::llm::v1::{
-    self,
-    llm_gateway_service_server::{LlmGatewayService, LlmGatewayServiceServer},
-};
-use futures::stream::BoxStream;
-use serde::{Deserialize, Serialize};
-use tonic::{Request, Response, Status};
+use agentmesh_kit::{Listeners, ServeError, ServiceHost, StartupError};
+use agentmesh_proto::llm::v1::llm_gateway_service_server::LlmGatewayServiceServer;
+
+pub use config::{Config, DEFAULT_PORT, ProviderConfig, ProviderKind, RouteConfig};
+pub use service::{Gateway, LlmGatewayServiceImpl};
 
 /// The service's name in logs, metrics and file names.
 pub const SERVICE: &str = "llm-gateway";
-/// The default gRPC port (the admin port is this plus 1000).
-pub const DEFAULT_PORT: u16 = 50052;
 
-/// The service's configuration (section `[llm_gateway]`, environment
-/// `AGENTMESH_LLM_GATEWAY__*`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Config {
-    /// gRPC and admin servers.
-    pub server: ServerConfig,
-    /// Logging.
-    pub log: LogConfig,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            server: ServerConfig::with_port(DEFAULT_PORT),
-            log: LogConfig::default(),
-        }
-    }
-}
-
-agentmesh_kit::service_config!(Config, service = SERVICE, section = "llm_gateway");
+agentmesh_kit::service_config!(
+    Config,
+    service = SERVICE,
+    section = "llm_gateway",
+    validate = |config: &Config| config.validate()
+);
 
 /// Serves on the configured ports until `shutdown` resolves, then drains.
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
@@ -54,15 +70,29 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
 }
 
 /// Serves on listeners bound by the caller (tests bind port 0).
+///
+/// The configuration is checked first (it may have been built in code rather
+/// than loaded); an invalid one, or a scripted rules file that cannot be
+/// loaded, is refused with a message naming the setting.
 pub async fn serve_with_listeners(
     config: Config,
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    agentmesh_kit::config::validate(&config).map_err(refused)?;
+    if !providers::http::install_tls_crypto() {
+        tracing::warn!("no TLS crypto provider: calls to https providers will fail");
+    }
+    let gateway = Gateway::from_config(&config).map_err(|err| {
+        refused(format!(
+            "invalid setting `llm_gateway.{}`: {}",
+            err.setting, err.message
+        ))
+    })?;
     let mut host = ServiceHost::new(SERVICE, &config.server);
     let limit = config.server.max_message_bytes;
     host.add_service(
-        LlmGatewayServiceServer::new(LlmGatewayServiceImpl)
+        LlmGatewayServiceServer::new(LlmGatewayServiceImpl::new(Arc::new(gateway)))
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit),
     );
@@ -70,35 +100,9 @@ pub async fn serve_with_listeners(
         .await
 }
 
-/// What every RPC answers until its behaviour is built.
-const NOT_BUILT: &str = "model providers and routes are not built yet";
-
-/// The `agentmesh.llm.v1.LlmGatewayService` handlers.
-#[derive(Debug, Clone, Copy)]
-struct LlmGatewayServiceImpl;
-
-#[tonic::async_trait]
-impl LlmGatewayService for LlmGatewayServiceImpl {
-    type GenerateStreamStream = BoxStream<'static, Result<v1::GenerateStreamResponse, Status>>;
-
-    async fn generate(
-        &self,
-        _request: Request<v1::GenerateRequest>,
-    ) -> Result<Response<v1::GenerateResponse>, Status> {
-        Err(not_built_yet("LlmGatewayService/Generate", NOT_BUILT))
-    }
-
-    async fn generate_stream(
-        &self,
-        _request: Request<v1::GenerateStreamRequest>,
-    ) -> Result<Response<Self::GenerateStreamStream>, Status> {
-        Err(not_built_yet("LlmGatewayService/GenerateStream", NOT_BUILT))
-    }
-
-    async fn list_models(
-        &self,
-        _request: Request<v1::ListModelsRequest>,
-    ) -> Result<Response<v1::ListModelsResponse>, Status> {
-        Err(not_built_yet("LlmGatewayService/ListModels", NOT_BUILT))
-    }
+fn refused(err: impl ToString) -> ServeError {
+    ServeError::Io(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        err.to_string(),
+    ))
 }

@@ -1,0 +1,508 @@
+//! The gateway's configuration: provider instances, model routes, and the
+//! checks that stop the service at start when a setting cannot work.
+//!
+//! A *provider instance* is a named connection to one provider protocol
+//! (`openai`, `anthropic` or `scripted`) with its base URL, key and timeouts;
+//! several instances may speak the same protocol (OpenAI itself and a local
+//! vLLM, say). A *route* is a name callers use as `GenerateRequest.model`
+//! that resolves to `instance/model`. Callers may also address
+//! `instance/model` directly.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use agentmesh_kit::{ConfigError, LogConfig, ServerConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::providers::scripted::RuleSet;
+
+/// The default gRPC port (the admin port is this plus 1000).
+pub const DEFAULT_PORT: u16 = 50052;
+
+/// The service's configuration (section `[llm_gateway]`, environment
+/// `AGENTMESH_LLM_GATEWAY__*`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// gRPC and admin servers.
+    pub server: ServerConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Route used when a request's `model` is empty.
+    pub default_route: String,
+    /// Provider instances by name (the `provider` of `provider/model`).
+    pub providers: BTreeMap<String, ProviderConfig>,
+    /// Model routes by name.
+    pub routes: BTreeMap<String, RouteConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let providers = BTreeMap::from([
+            (
+                "scripted".to_owned(),
+                ProviderConfig::new(ProviderKind::Scripted),
+            ),
+            (
+                "openai".to_owned(),
+                ProviderConfig {
+                    api_key_env: "OPENAI_API_KEY".to_owned(),
+                    ..ProviderConfig::new(ProviderKind::Openai)
+                },
+            ),
+            (
+                "anthropic".to_owned(),
+                ProviderConfig {
+                    api_key_env: "ANTHROPIC_API_KEY".to_owned(),
+                    ..ProviderConfig::new(ProviderKind::Anthropic)
+                },
+            ),
+        ]);
+        let routes = BTreeMap::from([
+            (
+                "default".to_owned(),
+                RouteConfig::new(
+                    "scripted/demo",
+                    "The scripted demo model (offline, deterministic)",
+                ),
+            ),
+            (
+                "fast".to_owned(),
+                RouteConfig::new(
+                    "scripted/demo",
+                    "A quick model for small steps; the scripted demo model until configured",
+                ),
+            ),
+        ]);
+        Self {
+            server: ServerConfig::with_port(DEFAULT_PORT),
+            log: LogConfig::default(),
+            default_route: "default".to_owned(),
+            providers,
+            routes,
+        }
+    }
+}
+
+/// The wire protocol a provider instance speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// OpenAI Chat Completions, also spoken by vLLM, Ollama, llama.cpp, LiteLLM.
+    Openai,
+    /// The Anthropic Messages API.
+    Anthropic,
+    /// The deterministic stand-in driven by a rules file.
+    Scripted,
+}
+
+impl ProviderKind {
+    /// The name used in configuration and in `ModelTarget.provider_kind`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Openai => "openai",
+            Self::Anthropic => "anthropic",
+            Self::Scripted => "scripted",
+        }
+    }
+
+    /// The base URL used when `base_url` is empty.
+    pub fn default_base_url(self) -> &'static str {
+        match self {
+            Self::Openai => "https://api.openai.com/v1",
+            Self::Anthropic => "https://api.anthropic.com",
+            Self::Scripted => "",
+        }
+    }
+}
+
+impl fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Settings of one provider instance.
+///
+/// `kind` is required in a file; every other field has a default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// The protocol: `openai`, `anthropic` or `scripted`.
+    pub kind: ProviderKind,
+    /// Base URL of the API; empty = the kind's default
+    /// (`https://api.openai.com/v1`, `https://api.anthropic.com`).
+    #[serde(default)]
+    pub base_url: String,
+    /// Name of the environment variable holding the API key, read at each
+    /// request; empty = send no key (fine for local OpenAI-compatible servers).
+    #[serde(default)]
+    pub api_key_env: String,
+    /// Time allowed to open a connection.
+    #[serde(default = "defaults::connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Time allowed until a streamed answer's response headers and first
+    /// event. (A one-shot answer's headers come only when it is complete, so
+    /// `request_timeout` bounds those.)
+    #[serde(default = "defaults::first_token_timeout", with = "humantime_serde")]
+    pub first_token_timeout: Duration,
+    /// Time allowed for the whole call, or the whole stream.
+    #[serde(default = "defaults::request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Output token limit sent when a request gives 0. Anthropic requires a
+    /// limit; for `openai` 0 here means "send none" (the model's own limit).
+    #[serde(default = "defaults::max_output_tokens")]
+    pub max_output_tokens: i32,
+    /// `scripted` only: the rules file (TOML); empty = the built-in demo rules.
+    #[serde(default)]
+    pub rules_file: String,
+    /// `scripted` only: delay between streamed pieces, overriding the rules
+    /// file's and every rule's pace (e.g. `0s` in tests).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub pace: Option<Duration>,
+}
+
+mod defaults {
+    use std::time::Duration;
+
+    pub(super) fn connect_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub(super) fn first_token_timeout() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub(super) fn request_timeout() -> Duration {
+        Duration::from_secs(300)
+    }
+    pub(super) fn max_output_tokens() -> i32 {
+        4096
+    }
+}
+
+impl ProviderConfig {
+    /// An instance of `kind` with every other setting at its default.
+    pub fn new(kind: ProviderKind) -> Self {
+        Self {
+            kind,
+            base_url: String::new(),
+            api_key_env: String::new(),
+            connect_timeout: defaults::connect_timeout(),
+            first_token_timeout: defaults::first_token_timeout(),
+            request_timeout: defaults::request_timeout(),
+            max_output_tokens: defaults::max_output_tokens(),
+            rules_file: String::new(),
+            pace: None,
+        }
+    }
+
+    /// The base URL requests go to: as configured, or the kind's default.
+    pub fn effective_base_url(&self) -> &str {
+        if self.base_url.is_empty() {
+            self.kind.default_base_url()
+        } else {
+            &self.base_url
+        }
+    }
+
+    /// Whether the API key this instance needs is present in the environment
+    /// (always true when it needs none).
+    pub fn key_available(&self) -> bool {
+        self.api_key_env.is_empty()
+            || std::env::var_os(&self.api_key_env).is_some_and(|value| !value.is_empty())
+    }
+}
+
+impl Default for ProviderConfig {
+    /// An OpenAI-protocol instance with every other setting at its default.
+    fn default() -> Self {
+        Self::new(ProviderKind::Openai)
+    }
+}
+
+/// A model route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouteConfig {
+    /// `provider_instance/model`, e.g. `openai/gpt-4o-mini`.
+    pub target: String,
+    /// Free text shown by ListModels.
+    pub description: String,
+}
+
+impl RouteConfig {
+    /// A route to `target` (`instance/model`).
+    pub fn new(target: impl Into<String>, description: impl Into<String>) -> Self {
+        Self {
+            target: target.into(),
+            description: description.into(),
+        }
+    }
+}
+
+impl Default for RouteConfig {
+    fn default() -> Self {
+        Self::new("", "")
+    }
+}
+
+/// Splits `instance/model` at the first `/` (model names may contain more,
+/// e.g. `vllm/meta-llama/Llama-3.1-8B-Instruct`).
+pub fn split_target(target: &str) -> Option<(&str, &str)> {
+    target.split_once('/')
+}
+
+// === validation ===
+
+impl Config {
+    /// Checks providers and routes; errors name the setting relative to the
+    /// `llm_gateway` section (the kit adds the section).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (name, provider) in &self.providers {
+            validate_provider(name, provider)?;
+        }
+        for (name, route) in &self.routes {
+            let setting = format!("routes.{name}.target");
+            if name.is_empty() {
+                return Err(ConfigError::new("routes", "a route name must not be empty"));
+            }
+            let Some((instance, model)) = split_target(&route.target) else {
+                return Err(ConfigError::new(
+                    setting,
+                    format!(
+                        "`{}` is not `provider/model` (e.g. `openai/gpt-4o-mini`)",
+                        route.target
+                    ),
+                ));
+            };
+            if !self.providers.contains_key(instance) {
+                return Err(ConfigError::new(
+                    setting,
+                    format!(
+                        "provider `{instance}` is not configured; configured providers: {}",
+                        join_names(self.providers.keys())
+                    ),
+                ));
+            }
+            if model.is_empty() {
+                return Err(ConfigError::new(
+                    setting,
+                    format!("`{}` names no model after `{instance}/`", route.target),
+                ));
+            }
+        }
+        if !self.routes.contains_key(&self.default_route) {
+            return Err(ConfigError::new(
+                "default_route",
+                format!(
+                    "route `{}` is not configured; configured routes: {}",
+                    self.default_route,
+                    join_names(self.routes.keys())
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn validate_provider(name: &str, provider: &ProviderConfig) -> Result<(), ConfigError> {
+    let setting = |key: &str| format!("providers.{name}.{key}");
+    if name.is_empty() || name.contains('/') {
+        return Err(ConfigError::new(
+            format!("providers.{name}"),
+            "a provider name must be non-empty and must not contain `/` (it is the first part of `provider/model`)",
+        ));
+    }
+    for (key, value) in [
+        ("connect_timeout", provider.connect_timeout),
+        ("first_token_timeout", provider.first_token_timeout),
+        ("request_timeout", provider.request_timeout),
+    ] {
+        if value.is_zero() {
+            return Err(ConfigError::new(setting(key), "must be longer than 0s"));
+        }
+    }
+    if provider.max_output_tokens < 0 {
+        return Err(ConfigError::new(
+            setting("max_output_tokens"),
+            "must not be negative",
+        ));
+    }
+    if provider.api_key_env.contains(['=', '\0']) {
+        return Err(ConfigError::new(
+            setting("api_key_env"),
+            "must be the name of an environment variable (no `=`), not a key",
+        ));
+    }
+    match provider.kind {
+        ProviderKind::Openai | ProviderKind::Anthropic => {
+            if provider.kind == ProviderKind::Anthropic && provider.max_output_tokens == 0 {
+                return Err(ConfigError::new(
+                    setting("max_output_tokens"),
+                    "the Anthropic API requires an output token limit: use a positive number",
+                ));
+            }
+            check_base_url(provider.effective_base_url())
+                .map_err(|message| ConfigError::new(setting("base_url"), message))?;
+            if !provider.rules_file.is_empty() {
+                return Err(ConfigError::new(
+                    setting("rules_file"),
+                    format!(
+                        "is used by `scripted` providers only, and this one is `{}`",
+                        provider.kind
+                    ),
+                ));
+            }
+            if provider.pace.is_some() {
+                return Err(ConfigError::new(
+                    setting("pace"),
+                    format!(
+                        "is used by `scripted` providers only, and this one is `{}`",
+                        provider.kind
+                    ),
+                ));
+            }
+        }
+        ProviderKind::Scripted => {
+            RuleSet::load(&provider.rules_file)
+                .map_err(|err| ConfigError::new(setting("rules_file"), err.to_string()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Accepts absolute `http` and `https` URLs with a host.
+fn check_base_url(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|err| format!("`{url}` is not a URL: {err}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!("`{url}` must start with http:// or https://"));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(format!("`{url}` has no host"));
+    }
+    Ok(())
+}
+
+pub(crate) fn join_names<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let names: Vec<&str> = names.map(String::as_str).collect();
+    if names.is_empty() {
+        "(none)".to_owned()
+    } else {
+        names.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_route_to_the_scripted_demo() {
+        let config = Config::default();
+        config.validate().unwrap();
+        assert_eq!(config.routes["default"].target, "scripted/demo");
+        assert_eq!(config.providers["openai"].api_key_env, "OPENAI_API_KEY");
+        assert_eq!(
+            config.providers["anthropic"].effective_base_url(),
+            "https://api.anthropic.com"
+        );
+    }
+
+    #[test]
+    fn a_route_to_an_unknown_provider_names_the_setting() {
+        let mut config = Config::default();
+        config
+            .routes
+            .insert("fast".into(), RouteConfig::new("nope/model", ""));
+        let err = config.validate().unwrap_err();
+        assert_eq!(err.setting, "routes.fast.target");
+        assert!(err.message.contains("anthropic, openai, scripted"), "{err}");
+
+        config
+            .routes
+            .insert("fast".into(), RouteConfig::new("openai/", ""));
+        assert_eq!(config.validate().unwrap_err().setting, "routes.fast.target");
+        config
+            .routes
+            .insert("fast".into(), RouteConfig::new("gpt-4o", ""));
+        assert_eq!(config.validate().unwrap_err().setting, "routes.fast.target");
+    }
+
+    #[test]
+    fn the_default_route_must_exist() {
+        let config = Config {
+            default_route: "missing".into(),
+            ..Config::default()
+        };
+        assert_eq!(config.validate().unwrap_err().setting, "default_route");
+    }
+
+    #[test]
+    fn base_urls_must_be_http() {
+        let mut config = Config::default();
+        for bad in ["ftp://example.com", "not a url", "http://"] {
+            config.providers.insert(
+                "openai".into(),
+                ProviderConfig {
+                    base_url: bad.into(),
+                    ..ProviderConfig::new(ProviderKind::Openai)
+                },
+            );
+            let err = config.validate().unwrap_err();
+            assert_eq!(err.setting, "providers.openai.base_url", "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_file_needs_only_the_kind_of_a_new_provider() {
+        let text = r#"
+            default_route = "local"
+            [providers.vllm]
+            kind = "openai"
+            base_url = "http://127.0.0.1:8000/v1"
+            first_token_timeout = "2s"
+            [routes.local]
+            target = "vllm/meta-llama/Llama-3.1-8B-Instruct"
+        "#;
+        let config: Config = toml::from_str(text).unwrap();
+        config.validate().unwrap();
+        let vllm = &config.providers["vllm"];
+        assert_eq!(vllm.first_token_timeout, Duration::from_secs(2));
+        assert_eq!(vllm.request_timeout, Duration::from_secs(300));
+        assert_eq!(
+            split_target(&config.routes["local"].target),
+            Some(("vllm", "meta-llama/Llama-3.1-8B-Instruct"))
+        );
+
+        let missing_kind = "[providers.x]\nbase_url = \"http://h\"\n";
+        assert!(toml::from_str::<Config>(missing_kind).is_err());
+    }
+
+    #[test]
+    fn scripted_settings_on_other_kinds_are_refused() {
+        let mut config = Config::default();
+        config.providers.insert(
+            "openai".into(),
+            ProviderConfig {
+                pace: Some(Duration::ZERO),
+                ..ProviderConfig::new(ProviderKind::Openai)
+            },
+        );
+        assert_eq!(
+            config.validate().unwrap_err().setting,
+            "providers.openai.pace"
+        );
+    }
+
+    #[test]
+    fn the_configuration_round_trips_through_toml() {
+        let config = Config::default();
+        let text = toml::to_string_pretty(&config).unwrap();
+        let back: Config = toml::from_str(&text).unwrap();
+        assert_eq!(back, config);
+    }
+}

@@ -1,0 +1,211 @@
+//! Why a provider call failed, and the gRPC status each failure becomes.
+//!
+//! Providers report [`ProviderError`]s without knowing which route or
+//! instance they serve; [`ProviderError::into_status`] adds that, so every
+//! message says which provider and model failed and what happened. The
+//! mapping follows the contract: HTTP 400 → INVALID_ARGUMENT, 401/403 →
+//! PERMISSION_DENIED, 404 → NOT_FOUND, 429 → RESOURCE_EXHAUSTED with
+//! `google.rpc.RetryInfo`, 5xx and broken connections → UNAVAILABLE,
+//! timeouts → DEADLINE_EXCEEDED.
+
+use std::time::Duration;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// The delay suggested to a caller after a 429 that said nothing about when
+/// to come back.
+pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// A failed provider call.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ProviderError {
+    /// The environment variable holding the API key is not set.
+    #[error("environment variable {env} is not set")]
+    MissingKey {
+        /// The variable's name.
+        env: String,
+    },
+    /// The provider answered with an HTTP error status.
+    #[error("HTTP {status}: {message}")]
+    Http {
+        /// The HTTP status code.
+        status: u16,
+        /// The provider's error message (key values removed).
+        message: String,
+        /// The request field the provider blamed, when it said.
+        param: Option<String>,
+        /// From `retry-after`, when sent.
+        retry_after: Option<Duration>,
+    },
+    /// The provider reported an error inside the response (an SSE `error`
+    /// event, or an error object in a 200 body).
+    #[error("{kind}: {message}")]
+    Upstream {
+        /// The provider's error type or code, e.g. `overloaded_error`.
+        kind: String,
+        /// The provider's message.
+        message: String,
+    },
+    /// No connection could be made, or it broke before a response.
+    #[error("cannot reach {url}: {message}")]
+    Connect {
+        /// The URL.
+        url: String,
+        /// What failed.
+        message: String,
+    },
+    /// The stream broke after the response had started.
+    #[error("{0}")]
+    Broken(String),
+    /// The provider sent something that is not its protocol.
+    #[error("malformed response: {0}")]
+    Malformed(String),
+    /// A time limit passed.
+    #[error("{0}")]
+    Timeout(String),
+    /// The gateway cannot make the call at all (e.g. no TLS roots).
+    #[error("{0}")]
+    Setup(String),
+}
+
+impl ProviderError {
+    /// The gRPC code of this failure.
+    pub fn code(&self) -> Code {
+        match self {
+            Self::MissingKey { .. } | Self::Setup(_) => Code::FailedPrecondition,
+            Self::Http { status, .. } => http_status_code(*status),
+            Self::Upstream { kind, .. } => upstream_error_code(kind),
+            Self::Connect { .. } | Self::Broken(_) | Self::Malformed(_) => Code::Unavailable,
+            Self::Timeout(_) => Code::DeadlineExceeded,
+        }
+    }
+
+    /// The status a caller gets: code, a message naming the provider instance
+    /// and model, and details (field violation, retry delay) where they apply.
+    pub fn into_status(self, instance: &str, model: &str) -> Status {
+        let code = self.code();
+        let message = format!("provider {instance} (model {model}): {self}");
+        match self {
+            Self::Http {
+                param: Some(param), ..
+            } if code == Code::InvalidArgument => {
+                let mut details = ErrorDetails::new();
+                details.add_bad_request_violation(param, message.clone());
+                Status::with_error_details(code, message, details)
+            }
+            Self::Http { retry_after, .. } if code == Code::ResourceExhausted => {
+                let details =
+                    ErrorDetails::with_retry_info(Some(retry_after.unwrap_or(DEFAULT_RETRY_DELAY)));
+                Status::with_error_details(code, message, details)
+            }
+            Self::Upstream { .. } if code == Code::ResourceExhausted => {
+                let details = ErrorDetails::with_retry_info(Some(DEFAULT_RETRY_DELAY));
+                Status::with_error_details(code, message, details)
+            }
+            _ => Status::new(code, message),
+        }
+    }
+}
+
+/// HTTP status → gRPC code, as the contract fixes it (and the usual gRPC
+/// mapping for the rest).
+pub fn http_status_code(status: u16) -> Code {
+    match status {
+        400 | 413 | 422 => Code::InvalidArgument,
+        401 | 403 => Code::PermissionDenied,
+        404 => Code::NotFound,
+        429 => Code::ResourceExhausted,
+        // 408: the provider gave up waiting for us; 409: a transient conflict.
+        408 | 409 | 500..=599 => Code::Unavailable,
+        402 => Code::FailedPrecondition,
+        _ => Code::Unknown,
+    }
+}
+
+/// Provider error type/code strings (Anthropic's `error.type`, OpenAI's
+/// `error.type` or `error.code`) → gRPC code. Unknown kinds in the middle of
+/// a response are the provider's trouble: UNAVAILABLE.
+pub fn upstream_error_code(kind: &str) -> Code {
+    match kind {
+        "invalid_request_error" | "invalid_request" | "context_length_exceeded" => {
+            Code::InvalidArgument
+        }
+        "authentication_error" | "permission_error" | "invalid_api_key" => Code::PermissionDenied,
+        "not_found_error" | "model_not_found" => Code::NotFound,
+        "rate_limit_error" | "rate_limit_exceeded" | "insufficient_quota" | "tokens" => {
+            Code::ResourceExhausted
+        }
+        "request_too_large" => Code::InvalidArgument,
+        _ => Code::Unavailable,
+    }
+}
+
+/// Removes API keys from a provider's message: the exact key, and anything
+/// shaped like a provider key (`sk-…`), which OpenAI echoes partly masked in
+/// its 401 messages.
+pub fn redact(message: &str, key: Option<&str>) -> String {
+    let mut text = message.to_owned();
+    if let Some(key) = key.filter(|key| key.len() >= 4) {
+        text = text.replace(key, "[redacted]");
+    }
+    text.split_inclusive(char::is_whitespace)
+        .map(|word| {
+            let trimmed = word.trim_start_matches(|c: char| !c.is_alphanumeric());
+            if trimmed.starts_with("sk-") || trimmed.starts_with("sk_") {
+                let tail: String = word.chars().filter(|c| c.is_whitespace()).collect();
+                format!("[redacted]{tail}")
+            } else {
+                word.to_owned()
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_statuses_map_as_the_contract_says() {
+        for (status, code) in [
+            (400, Code::InvalidArgument),
+            (401, Code::PermissionDenied),
+            (403, Code::PermissionDenied),
+            (404, Code::NotFound),
+            (429, Code::ResourceExhausted),
+            (500, Code::Unavailable),
+            (503, Code::Unavailable),
+            (529, Code::Unavailable),
+        ] {
+            assert_eq!(http_status_code(status), code, "{status}");
+        }
+    }
+
+    #[test]
+    fn rate_limits_carry_a_retry_delay() {
+        let status = ProviderError::Http {
+            status: 429,
+            message: "slow down".into(),
+            param: None,
+            retry_after: Some(Duration::from_secs(7)),
+        }
+        .into_status("openai", "gpt-4o");
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert!(status.message().contains("provider openai (model gpt-4o)"));
+        let retry = status.get_details_retry_info().unwrap();
+        assert_eq!(retry.retry_delay, Some(Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn keys_are_redacted() {
+        let text = redact(
+            "Incorrect API key provided: sk-abc123***xyz. You can find your key at ...",
+            Some("sk-abc123secretxyz"),
+        );
+        assert!(!text.contains("sk-"), "{text}");
+        assert!(text.contains("provided: [redacted] You can"), "{text}");
+        let text = redact("bad key my-secret-key here", Some("my-secret-key"));
+        assert_eq!(text, "bad key [redacted] here");
+    }
+}

@@ -1,0 +1,648 @@
+//! What the HTTP providers share: one pooled client per provider instance,
+//! API keys read from the environment at each call, the call's time limits,
+//! error responses turned into [`ProviderError`]s, and server-sent events
+//! decoded by `eventsource-stream` and handed to a protocol's [`SseDecoder`].
+//!
+//! Time limits: a streamed answer's response headers and first event must
+//! arrive within `first_token_timeout`; every call ends within
+//! `request_timeout`; and nothing waits past the caller's gRPC deadline.
+
+use std::collections::VecDeque;
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use eventsource_stream::{Event, EventStreamError, Eventsource};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::completion::ProviderEvent;
+use crate::config::ProviderConfig;
+use crate::error::{ProviderError, redact};
+use crate::providers::EventStream;
+
+/// Largest non-streamed response body read.
+const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+/// Largest error body read (the message is all we need).
+const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+/// Longest provider message quoted in a status.
+const MAX_QUOTED_CHARS: usize = 1000;
+
+// === impl HttpCore ===
+
+/// The parts of an HTTP provider instance that do not depend on its protocol.
+#[derive(Debug)]
+pub struct HttpCore {
+    instance: String,
+    config: ProviderConfig,
+    base_url: String,
+    // Built on first use: loading the platform's CA roots can fail on a bare
+    // machine, and that must not stop the gateway serving other providers.
+    client: OnceLock<Result<reqwest::Client, String>>,
+}
+
+impl HttpCore {
+    /// The shared parts of instance `instance`.
+    pub fn new(instance: &str, config: &ProviderConfig) -> Self {
+        Self {
+            instance: instance.to_owned(),
+            config: config.clone(),
+            base_url: config.effective_base_url().trim_end_matches('/').to_owned(),
+            client: OnceLock::new(),
+        }
+    }
+
+    /// The instance's configuration.
+    pub fn config(&self) -> &ProviderConfig {
+        &self.config
+    }
+
+    /// `path` under the base URL.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/{}", self.base_url, path.trim_start_matches('/'))
+    }
+
+    /// The API key from the configured environment variable; `None` when the
+    /// instance is configured without one.
+    pub fn api_key(&self) -> Result<Option<String>, ProviderError> {
+        let env = &self.config.api_key_env;
+        if env.is_empty() {
+            return Ok(None);
+        }
+        match std::env::var(env) {
+            Ok(key) if !key.is_empty() => Ok(Some(key)),
+            _ => Err(ProviderError::MissingKey { env: env.clone() }),
+        }
+    }
+
+    fn client(&self) -> Result<reqwest::Client, ProviderError> {
+        self.client
+            .get_or_init(|| build_client(&self.config))
+            .clone()
+            .map_err(|err| {
+                ProviderError::Setup(format!(
+                    "cannot build the HTTP client of provider {}: {err}",
+                    self.instance
+                ))
+            })
+    }
+
+    /// The time limits of a call starting now.
+    pub fn timing(&self, caller_deadline: Option<Instant>) -> Timing {
+        Timing::new(
+            Instant::now(),
+            self.config.first_token_timeout,
+            self.config.request_timeout,
+            caller_deadline,
+        )
+    }
+
+    /// POSTs a one-shot request: `body` as JSON to `path` with `headers`, and
+    /// returns the response once its headers say success; an error status
+    /// becomes the matching [`ProviderError`] with the provider's message
+    /// (`key` removed from it).
+    ///
+    /// The headers of a non-streamed answer come only once the whole answer
+    /// is generated, so the wait is bounded by `request_timeout`, not by the
+    /// time-to-first-token limit (which would cap the answer's length).
+    pub async fn post_json(
+        &self,
+        path: &str,
+        headers: HeaderMap,
+        body: &Value,
+        key: Option<&str>,
+        timing: &Timing,
+    ) -> Result<reqwest::Response, ProviderError> {
+        self.send(path, headers, body, key, timing, false).await
+    }
+
+    async fn send(
+        &self,
+        path: &str,
+        headers: HeaderMap,
+        body: &Value,
+        key: Option<&str>,
+        timing: &Timing,
+        streaming: bool,
+    ) -> Result<reqwest::Response, ProviderError> {
+        let client = self.client()?;
+        let url = self.url(path);
+        let body = serde_json::to_vec(body)
+            .map_err(|err| ProviderError::Setup(format!("cannot encode the request: {err}")))?;
+        let request = client
+            .post(&url)
+            .headers(headers)
+            .header(CONTENT_TYPE, "application/json")
+            .body(body)
+            .send();
+        let sent = if streaming {
+            timing.before_first_event(request).await?
+        } else {
+            timing.before_end(request).await?
+        };
+        let response = sent.map_err(|err| send_error(&url, err, &self.config))?;
+        if response.status().is_success() {
+            Ok(response)
+        } else {
+            Err(error_response(response, key, timing).await)
+        }
+    }
+
+    /// POSTs a streaming request and returns its events decoded by `decoder`.
+    pub async fn post_stream<D: SseDecoder>(
+        &self,
+        path: &str,
+        headers: HeaderMap,
+        body: &Value,
+        key: Option<&str>,
+        timing: Timing,
+        decoder: D,
+    ) -> Result<EventStream, ProviderError> {
+        let mut headers = headers;
+        headers.insert(
+            HeaderName::from_static("accept"),
+            HeaderValue::from_static("text/event-stream"),
+        );
+        let response = self.send(path, headers, body, key, &timing, true).await?;
+        let is_json = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|value| value.starts_with("application/json"));
+        if is_json {
+            // Some compatible servers answer a streaming request that fails
+            // with a plain JSON error (and a 200).
+            let value = read_json(response, &timing).await?;
+            let (kind, message) = error_object(&value).unwrap_or_else(|| {
+                (
+                    "unexpected_response".to_owned(),
+                    truncate(&value.to_string()),
+                )
+            });
+            return Err(ProviderError::Upstream {
+                kind,
+                message: redact(&message, key),
+            });
+        }
+        Ok(sse_stream(response, decoder, timing))
+    }
+}
+
+/// Makes rustls on ring the process's TLS crypto provider, unless one is
+/// installed already; true when there is one. reqwest (built with
+/// `rustls-no-provider`) takes the process default and panics without one.
+pub fn install_tls_crypto() -> bool {
+    // An Err only means another part of the process installed a provider
+    // first, which reqwest then uses.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    rustls::crypto::CryptoProvider::get_default().is_some()
+}
+
+/// Builds the instance's client: pooled connections, TCP_NODELAY (streamed
+/// events are small; Nagle's algorithm would hold them back), rustls on ring.
+fn build_client(config: &ProviderConfig) -> Result<reqwest::Client, String> {
+    // Checked here too: building a client without a provider would panic.
+    if !install_tls_crypto() {
+        return Err("no TLS crypto provider could be installed".to_owned());
+    }
+    reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .connect_timeout(config.connect_timeout)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .user_agent(concat!("agentmesh-llm-gateway/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|err| error_chain(&err))
+}
+
+fn send_error(url: &str, err: reqwest::Error, config: &ProviderConfig) -> ProviderError {
+    if err.is_timeout() {
+        return ProviderError::Timeout(format!(
+            "no connection to {url} within connect_timeout ({})",
+            humantime_serde::re::humantime::format_duration(config.connect_timeout)
+        ));
+    }
+    ProviderError::Connect {
+        url: url.to_owned(),
+        // The URL is in our message already.
+        message: error_chain(&err.without_url()),
+    }
+}
+
+/// An error and its sources, joined: reqwest's own message is only "error
+/// sending request"; the cause (connection refused, reset) is in the chain.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+async fn error_response(
+    response: reqwest::Response,
+    key: Option<&str>,
+    timing: &Timing,
+) -> ProviderError {
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| parse_retry_after(value, SystemTime::now()));
+    let body = read_body(response, MAX_ERROR_BODY_BYTES, timing)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&body);
+    let parsed = serde_json::from_str::<Value>(&text).ok();
+    let (message, param) = match parsed.as_ref().and_then(error_object) {
+        Some((kind, message)) => {
+            let param = parsed
+                .as_ref()
+                .and_then(|value| value.pointer("/error/param"))
+                .and_then(Value::as_str)
+                .filter(|param| !param.is_empty())
+                .map(str::to_owned);
+            let message = if kind.is_empty() {
+                message
+            } else {
+                format!("{message} ({kind})")
+            };
+            (message, param)
+        }
+        None if text.trim().is_empty() => (
+            status
+                .canonical_reason()
+                .unwrap_or("no error message")
+                .to_owned(),
+            None,
+        ),
+        None => (truncate(text.trim()), None),
+    };
+    ProviderError::Http {
+        status: status.as_u16(),
+        message: redact(&message, key),
+        param,
+        retry_after,
+    }
+}
+
+/// The `(type, message)` of a provider error body, in the shapes seen in the
+/// wild: `{"error":{"message","type"|"code"}}` (OpenAI, Anthropic),
+/// `{"error":"text"}` (Ollama), `{"message":..}` (vLLM), `{"detail":..}`.
+pub fn error_object(value: &Value) -> Option<(String, String)> {
+    let text = |value: Option<&Value>| match value {
+        Some(Value::String(text)) => Some(text.clone()),
+        Some(Value::Null) | None => None,
+        Some(other) => Some(other.to_string()),
+    };
+    match value.get("error") {
+        Some(Value::Object(error)) => {
+            let kind = text(error.get("type"))
+                .or_else(|| text(error.get("code")))
+                .unwrap_or_default();
+            let message = text(error.get("message")).unwrap_or_else(|| kind.clone());
+            Some((kind, truncate(&message)))
+        }
+        Some(Value::String(message)) => Some((String::new(), truncate(message))),
+        _ => {
+            let message = text(value.get("message")).or_else(|| text(value.get("detail")))?;
+            let kind = text(value.get("type")).unwrap_or_default();
+            Some((kind, truncate(&message)))
+        }
+    }
+}
+
+/// Reads and parses a JSON body within the call's time limit.
+pub async fn read_json(
+    response: reqwest::Response,
+    timing: &Timing,
+) -> Result<Value, ProviderError> {
+    let body = read_body(response, MAX_BODY_BYTES, timing).await?;
+    serde_json::from_slice(&body)
+        .map_err(|err| ProviderError::Malformed(format!("the response body is not JSON: {err}")))
+}
+
+async fn read_body(
+    mut response: reqwest::Response,
+    limit: usize,
+    timing: &Timing,
+) -> Result<Vec<u8>, ProviderError> {
+    let read = async {
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|err| {
+            ProviderError::Broken(format!(
+                "the connection broke while reading the response: {}",
+                error_chain(&err)
+            ))
+        })? {
+            if body.len() + chunk.len() > limit {
+                return Err(ProviderError::Malformed(format!(
+                    "the response body is larger than {limit} bytes"
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    };
+    timing.before_end(read).await?
+}
+
+/// Parses `retry-after`: delay seconds, or an HTTP date (RFC 9110).
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    const MAX: Duration = Duration::from_secs(24 * 3600);
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<f64>() {
+        return (seconds.is_finite() && seconds >= 0.0)
+            .then(|| Duration::from_secs_f64(seconds.min(MAX.as_secs_f64())));
+    }
+    let timestamp = jiff::fmt::rfc2822::DateTimeParser::new()
+        .parse_timestamp(value)
+        .ok()?;
+    let at = SystemTime::from(timestamp);
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO).min(MAX))
+}
+
+/// `text`, cut at 1000 characters with an ellipsis.
+pub fn truncate(text: &str) -> String {
+    match text.char_indices().nth(MAX_QUOTED_CHARS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+// === impl Timing ===
+
+/// The time limits of one call.
+#[derive(Debug, Clone)]
+pub struct Timing {
+    first_event_by: Instant,
+    end_by: Instant,
+    first_token_timeout: Duration,
+    request_timeout: Duration,
+    caller_deadline_binds: bool,
+}
+
+impl Timing {
+    /// Limits for a call started at `start`.
+    pub fn new(
+        start: Instant,
+        first_token_timeout: Duration,
+        request_timeout: Duration,
+        caller_deadline: Option<Instant>,
+    ) -> Self {
+        let own_end = start + request_timeout;
+        let (end_by, caller_deadline_binds) = match caller_deadline {
+            Some(deadline) if deadline < own_end => (deadline, true),
+            _ => (own_end, false),
+        };
+        Self {
+            first_event_by: (start + first_token_timeout).min(end_by),
+            end_by,
+            first_token_timeout,
+            request_timeout,
+            caller_deadline_binds,
+        }
+    }
+
+    fn end_message(&self) -> String {
+        if self.caller_deadline_binds {
+            "the caller's deadline passed before the provider finished".to_owned()
+        } else {
+            format!(
+                "the call took longer than request_timeout ({})",
+                humantime_serde::re::humantime::format_duration(self.request_timeout)
+            )
+        }
+    }
+
+    fn first_event_message(&self) -> String {
+        if self.first_event_by < self.end_by {
+            format!(
+                "no response within first_token_timeout ({})",
+                humantime_serde::re::humantime::format_duration(self.first_token_timeout)
+            )
+        } else {
+            self.end_message()
+        }
+    }
+
+    /// Runs `future` until the first-event limit.
+    pub async fn before_first_event<F: Future>(
+        &self,
+        future: F,
+    ) -> Result<F::Output, ProviderError> {
+        tokio::time::timeout_at(self.first_event_by, future)
+            .await
+            .map_err(|_| ProviderError::Timeout(self.first_event_message()))
+    }
+
+    /// Runs `future` until the end of the call.
+    pub async fn before_end<F: Future>(&self, future: F) -> Result<F::Output, ProviderError> {
+        tokio::time::timeout_at(self.end_by, future)
+            .await
+            .map_err(|_| ProviderError::Timeout(self.end_message()))
+    }
+}
+
+// === SSE ===
+
+/// Turns one protocol's server-sent events into [`ProviderEvent`]s.
+pub trait SseDecoder: Send + 'static {
+    /// Decodes one event; may yield several provider events, or none.
+    fn on_event(&mut self, event: &Event) -> Result<Vec<ProviderEvent>, ProviderError>;
+    /// Whether the protocol's end marker has been seen (then `Finished` has
+    /// been yielded and nothing more is read).
+    fn is_complete(&self) -> bool;
+    /// The end marker, for the message when a stream ends without it.
+    fn end_marker(&self) -> &'static str;
+}
+
+type SseEvents = BoxStream<'static, Result<Event, EventStreamError<reqwest::Error>>>;
+
+struct SseState<D> {
+    events: SseEvents,
+    decoder: D,
+    pending: VecDeque<ProviderEvent>,
+    timing: Timing,
+    received_any: bool,
+    done: bool,
+}
+
+/// The provider events of an SSE response. Ends with an error when the
+/// connection breaks, the bytes are not SSE, the decoder fails, a time limit
+/// passes, or the body ends before the protocol's end marker: a truncated
+/// answer never looks complete.
+pub fn sse_stream<D: SseDecoder>(
+    response: reqwest::Response,
+    decoder: D,
+    timing: Timing,
+) -> EventStream {
+    let bytes: BoxStream<'static, reqwest::Result<Bytes>> = response.bytes_stream().boxed();
+    decode_sse(bytes, decoder, timing)
+}
+
+/// [`sse_stream`] over any byte stream (tests feed recorded bytes).
+pub fn decode_sse<D: SseDecoder>(
+    bytes: BoxStream<'static, reqwest::Result<Bytes>>,
+    decoder: D,
+    timing: Timing,
+) -> EventStream {
+    let state = SseState {
+        events: bytes.eventsource().boxed(),
+        decoder,
+        pending: VecDeque::new(),
+        timing,
+        received_any: false,
+        done: false,
+    };
+    futures::stream::unfold(state, |mut state| async move {
+        loop {
+            if let Some(event) = state.pending.pop_front() {
+                return Some((Ok(event), state));
+            }
+            if state.done {
+                return None;
+            }
+            let next = if state.received_any {
+                state.timing.before_end(state.events.next()).await
+            } else {
+                state.timing.before_first_event(state.events.next()).await
+            };
+            let failure = match next {
+                Err(timeout) => timeout,
+                Ok(None) if state.decoder.is_complete() => {
+                    state.done = true;
+                    continue;
+                }
+                Ok(None) => ProviderError::Broken(format!(
+                    "the stream ended before {}: the answer is incomplete",
+                    state.decoder.end_marker()
+                )),
+                Ok(Some(Err(EventStreamError::Transport(err)))) => ProviderError::Broken(format!(
+                    "the connection broke mid-stream: {}",
+                    error_chain(&err)
+                )),
+                Ok(Some(Err(err))) => {
+                    ProviderError::Malformed(format!("the event stream cannot be parsed: {err}"))
+                }
+                Ok(Some(Ok(event))) => {
+                    state.received_any = true;
+                    match state.decoder.on_event(&event) {
+                        Ok(events) => {
+                            state.pending.extend(events);
+                            state.done = state.decoder.is_complete();
+                            continue;
+                        }
+                        Err(err) => err,
+                    }
+                }
+            };
+            state.done = true;
+            state.pending.clear();
+            return Some((Err(failure), state));
+        }
+    })
+    .boxed()
+}
+
+/// Parses an event's data as JSON.
+pub fn event_json(event: &Event) -> Result<Value, ProviderError> {
+    serde_json::from_str(&event.data).map_err(|err| {
+        ProviderError::Malformed(format!(
+            "event data is not JSON ({err}): {}",
+            truncate(&event.data)
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_takes_seconds_or_a_date() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_470);
+        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
+        assert_eq!(
+            parse_retry_after(" 1.5 ", now),
+            Some(Duration::from_millis(1500))
+        );
+        // 2015-10-21T07:28:00Z is 10 s after `now`.
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-3", now), None);
+    }
+
+    #[test]
+    fn error_bodies_of_every_shape_give_a_message() {
+        let openai = serde_json::json!({"error": {"message": "bad", "type": "invalid_request_error", "param": "messages", "code": null}});
+        assert_eq!(
+            error_object(&openai),
+            Some(("invalid_request_error".into(), "bad".into()))
+        );
+        let anthropic = serde_json::json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}});
+        assert_eq!(
+            error_object(&anthropic),
+            Some(("overloaded_error".into(), "Overloaded".into()))
+        );
+        let ollama = serde_json::json!({"error": "model 'x' not found"});
+        assert_eq!(
+            error_object(&ollama),
+            Some((String::new(), "model 'x' not found".into()))
+        );
+        let vllm = serde_json::json!({"object": "error", "message": "no such model", "type": "NotFoundError"});
+        assert_eq!(
+            error_object(&vllm),
+            Some(("NotFoundError".into(), "no such model".into()))
+        );
+        assert_eq!(error_object(&serde_json::json!({"ok": true})), None);
+    }
+
+    #[test]
+    fn long_messages_are_truncated_on_a_character_boundary() {
+        let text = "é".repeat(MAX_QUOTED_CHARS + 5);
+        let cut = truncate(&text);
+        assert_eq!(cut.chars().count(), MAX_QUOTED_CHARS + 1);
+        assert!(cut.ends_with('…'));
+    }
+
+    #[test]
+    fn the_tightest_limit_names_itself() {
+        let start = Instant::now();
+        let timing = Timing::new(
+            start,
+            Duration::from_secs(60),
+            Duration::from_secs(300),
+            Some(start + Duration::from_secs(1)),
+        );
+        assert!(timing.first_event_message().contains("caller's deadline"));
+        let timing = Timing::new(
+            start,
+            Duration::from_secs(60),
+            Duration::from_secs(300),
+            None,
+        );
+        assert!(
+            timing
+                .first_event_message()
+                .contains("first_token_timeout (1m)")
+        );
+        assert!(timing.end_message().contains("request_timeout (5m)"));
+    }
+}

@@ -1,0 +1,335 @@
+//! Checks a generate request before any provider sees it, so callers get
+//! INVALID_ARGUMENT with every offending field named (`messages[2].tool_call_id`)
+//! instead of a provider's less specific 400.
+
+use std::collections::HashSet;
+
+use agentmesh_proto::llm::v1::{
+    GenerateRequest, Message, ResponseFormatType, Role, ToolChoiceMode,
+};
+use tonic::Status;
+
+/// Most stop sequences a request may give (OpenAI's limit, the tightest).
+pub const MAX_STOP_SEQUENCES: usize = 4;
+/// Longest tool or schema name.
+const MAX_NAME_CHARS: usize = 64;
+
+/// Every field violation of `request`, or `Ok` when there is none.
+pub fn validate_request(request: &GenerateRequest) -> Result<(), Status> {
+    let mut violations: Vec<(String, String)> = Vec::new();
+    let mut violate = |field: String, description: &str| {
+        violations.push((field, description.to_owned()));
+    };
+
+    if request.messages.is_empty() {
+        violate("messages".into(), "at least one message is required");
+    }
+    for (index, message) in request.messages.iter().enumerate() {
+        check_message(index, message, &mut violate);
+    }
+
+    let mut names = HashSet::new();
+    for (index, tool) in request.tools.iter().enumerate() {
+        let field = |name: &str| format!("tools[{index}].{name}");
+        if !is_name(&tool.name) {
+            violate(
+                field("name"),
+                "must be 1-64 characters of letters, digits, `_` and `-`",
+            );
+        } else if !names.insert(tool.name.as_str()) {
+            violate(
+                field("name"),
+                "another tool of this request has the same name",
+            );
+        }
+        if !tool.parameters_json.trim().is_empty() && !is_json_object(&tool.parameters_json) {
+            violate(
+                field("parameters_json"),
+                "must be a JSON Schema as a JSON object, e.g. {\"type\":\"object\",\"properties\":{}}",
+            );
+        }
+    }
+
+    if let Some(choice) = &request.tool_choice {
+        match ToolChoiceMode::try_from(choice.mode) {
+            Err(_) => violate("tool_choice.mode".into(), "unknown tool choice mode"),
+            Ok(ToolChoiceMode::Tool) => {
+                if choice.tool.is_empty() {
+                    violate(
+                        "tool_choice.tool".into(),
+                        "required with TOOL_CHOICE_MODE_TOOL: name one of the request's tools",
+                    );
+                } else if !request.tools.iter().any(|tool| tool.name == choice.tool) {
+                    violate(
+                        "tool_choice.tool".into(),
+                        "must name one of the request's tools",
+                    );
+                }
+            }
+            Ok(mode) => {
+                if !choice.tool.is_empty() {
+                    violate(
+                        "tool_choice.tool".into(),
+                        "only allowed with TOOL_CHOICE_MODE_TOOL",
+                    );
+                }
+                if mode == ToolChoiceMode::Required && request.tools.is_empty() {
+                    violate(
+                        "tool_choice.mode".into(),
+                        "TOOL_CHOICE_MODE_REQUIRED needs at least one tool in `tools`",
+                    );
+                }
+            }
+        }
+    }
+
+    if let Some(format) = &request.response_format {
+        match ResponseFormatType::try_from(format.r#type) {
+            Err(_) => violate(
+                "response_format.type".into(),
+                "unknown response format type",
+            ),
+            Ok(ResponseFormatType::JsonSchema) => {
+                if !is_json_object(&format.schema_json) {
+                    violate(
+                        "response_format.schema_json".into(),
+                        "required with RESPONSE_FORMAT_TYPE_JSON_SCHEMA: a JSON Schema as a JSON object",
+                    );
+                }
+                if !format.schema_name.is_empty() && !is_name(&format.schema_name) {
+                    violate(
+                        "response_format.schema_name".into(),
+                        "must be at most 64 characters of letters, digits, `_` and `-`",
+                    );
+                }
+            }
+            Ok(_) => {
+                if !format.schema_json.is_empty() || !format.schema_name.is_empty() {
+                    violate(
+                        "response_format.schema_json".into(),
+                        "a schema is only used with RESPONSE_FORMAT_TYPE_JSON_SCHEMA",
+                    );
+                }
+            }
+        }
+    }
+
+    if let Some(temperature) = request.temperature
+        && !(0.0..=2.0).contains(&temperature)
+    {
+        violate("temperature".into(), "must be between 0.0 and 2.0");
+    }
+    if let Some(top_p) = request.top_p
+        && !(0.0..=1.0).contains(&top_p)
+    {
+        violate("top_p".into(), "must be between 0.0 and 1.0");
+    }
+    if request.max_output_tokens < 0 {
+        violate(
+            "max_output_tokens".into(),
+            "must not be negative (0 = the route's default)",
+        );
+    }
+    if request.stop.len() > MAX_STOP_SEQUENCES {
+        violate("stop".into(), "at most 4 stop sequences");
+    }
+    for (index, stop) in request.stop.iter().enumerate() {
+        if stop.is_empty() {
+            violate(format!("stop[{index}]"), "must not be empty");
+        }
+    }
+
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(agentmesh_kit::status::invalid_argument(violations))
+    }
+}
+
+fn check_message(index: usize, message: &Message, violate: &mut impl FnMut(String, &str)) {
+    let field = |name: &str| format!("messages[{index}].{name}");
+    let role = Role::try_from(message.role).unwrap_or(Role::Unspecified);
+    if role == Role::Unspecified {
+        violate(
+            field("role"),
+            "must be set: ROLE_SYSTEM, ROLE_USER, ROLE_ASSISTANT or ROLE_TOOL",
+        );
+        return;
+    }
+    if role == Role::Tool {
+        if message.tool_call_id.is_empty() {
+            violate(
+                field("tool_call_id"),
+                "required for ROLE_TOOL: the id of the tool call this result answers",
+            );
+        }
+    } else if !message.tool_call_id.is_empty() {
+        violate(
+            field("tool_call_id"),
+            "only ROLE_TOOL messages answer a tool call",
+        );
+    }
+    if message.is_error && role != Role::Tool {
+        violate(field("is_error"), "only ROLE_TOOL messages can be errors");
+    }
+    if role == Role::Assistant {
+        for (call_index, call) in message.tool_calls.iter().enumerate() {
+            if call.id.is_empty() {
+                violate(
+                    field(&format!("tool_calls[{call_index}].id")),
+                    "required: tool results refer to it",
+                );
+            }
+            if call.name.is_empty() {
+                violate(field(&format!("tool_calls[{call_index}].name")), "required");
+            }
+        }
+    } else if !message.tool_calls.is_empty() {
+        violate(
+            field("tool_calls"),
+            "only ROLE_ASSISTANT messages carry tool calls",
+        );
+    }
+    // Empty system prompts are harmless (and agents may have none); an empty
+    // user turn is a mistake every provider refuses.
+    if role == Role::User && message.content.is_empty() {
+        violate(field("content"), "must not be empty");
+    }
+}
+
+fn is_name(name: &str) -> bool {
+    (1..=MAX_NAME_CHARS).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn is_json_object(text: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(text).is_ok_and(|value| value.is_object())
+}
+
+#[cfg(test)]
+mod tests {
+    use agentmesh_proto::llm::v1::{ResponseFormat, ToolCall, ToolChoice, ToolSpec};
+    use tonic_types::StatusExt;
+
+    use super::*;
+
+    fn user(text: &str) -> Message {
+        Message {
+            role: Role::User.into(),
+            content: text.into(),
+            ..Message::default()
+        }
+    }
+
+    fn fields(status: &Status) -> Vec<String> {
+        status
+            .get_details_bad_request()
+            .unwrap()
+            .field_violations
+            .into_iter()
+            .map(|violation| violation.field)
+            .collect()
+    }
+
+    #[test]
+    fn a_plain_request_is_valid() {
+        let request = GenerateRequest {
+            messages: vec![user("hi")],
+            tools: vec![ToolSpec {
+                name: "calculator".into(),
+                parameters_json: String::new(),
+                ..ToolSpec::default()
+            }],
+            temperature: Some(0.0),
+            ..GenerateRequest::default()
+        };
+        validate_request(&request).unwrap();
+    }
+
+    #[test]
+    fn every_violation_is_named() {
+        let request = GenerateRequest {
+            messages: vec![
+                user("hi"),
+                Message {
+                    role: Role::Assistant.into(),
+                    tool_calls: vec![ToolCall {
+                        id: String::new(),
+                        name: "calc".into(),
+                        arguments_json: "{".into(),
+                    }],
+                    ..Message::default()
+                },
+                Message {
+                    role: Role::Tool.into(),
+                    content: "{}".into(),
+                    ..Message::default()
+                },
+                Message::default(),
+            ],
+            tools: vec![
+                ToolSpec {
+                    name: "calc".into(),
+                    parameters_json: "not json".into(),
+                    ..ToolSpec::default()
+                },
+                ToolSpec {
+                    name: "calc".into(),
+                    ..ToolSpec::default()
+                },
+                ToolSpec {
+                    name: "bad name!".into(),
+                    ..ToolSpec::default()
+                },
+            ],
+            tool_choice: Some(ToolChoice {
+                mode: ToolChoiceMode::Tool.into(),
+                tool: "missing".into(),
+            }),
+            response_format: Some(ResponseFormat {
+                r#type: ResponseFormatType::JsonSchema.into(),
+                schema_json: "[]".into(),
+                ..ResponseFormat::default()
+            }),
+            temperature: Some(2.5),
+            top_p: Some(-0.1),
+            max_output_tokens: -1,
+            stop: vec![
+                "a".into(),
+                String::new(),
+                "c".into(),
+                "d".into(),
+                "e".into(),
+            ],
+            ..GenerateRequest::default()
+        };
+        let status = validate_request(&request).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            fields(&status),
+            [
+                "messages[1].tool_calls[0].id",
+                "messages[2].tool_call_id",
+                "messages[3].role",
+                "tools[0].parameters_json",
+                "tools[1].name",
+                "tools[2].name",
+                "tool_choice.tool",
+                "response_format.schema_json",
+                "temperature",
+                "top_p",
+                "max_output_tokens",
+                "stop",
+                "stop[1]",
+            ]
+        );
+    }
+
+    #[test]
+    fn no_messages_is_invalid() {
+        let status = validate_request(&GenerateRequest::default()).unwrap_err();
+        assert_eq!(fields(&status), ["messages"]);
+    }
+}
