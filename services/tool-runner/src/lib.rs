@@ -1,51 +1,72 @@
-//! The tool runner service: a registry of tools that agents may call, and their validated, sandboxed execution.
+//! The tool runner service: a registry of tools that agents may call, and
+//! their validated, sandboxed execution (`agentmesh.tools.v1.ToolRunnerService`).
 //!
-//! The service owns the tool registry (built-in, command and MCP tools), argument validation and sandboxing. [`serve`] binds the gRPC and admin
-//! listeners from [`Config`] and hands the service to the kit's
-//! [`ServiceHost`], which adds health, reflection, metrics, limits, metadata
-//! forwarding and graceful shutdown; `main.rs` only calls it.
+//! The orchestrator calls it when a model asks for a tool. A tool that fails
+//! is not a gRPC error: the call answers normally with `is_error = true` and
+//! an error kind, so the failure can go back to the model. gRPC errors are
+//! for calls that cannot be attempted (unknown tool, malformed request,
+//! deadline already passed).
 //!
-//! Every RPC of the contract answers UNIMPLEMENTED with a message saying what
-//! is missing until its behaviour is built: a client never gets a fake success.
+//! # How a call flows
+//!
+//! ```text
+//! ExecuteTool / ExecuteToolStream
+//!   │ validate the request      INVALID_ARGUMENT (field violations): empty tool,
+//!   │                           arguments_json not JSON, negative timeout, bad run_id
+//!   │ look the tool up          NOT_FOUND, listing known tools
+//!   │ effective timeout         min(request timeout, tool timeout, max_timeout,
+//!   │                           caller's gRPC deadline)
+//!   ▼ ── from here on, every failure is a result with is_error ──
+//!   │ schema check              INVALID_ARGUMENTS, each violation with its JSON pointer
+//!   │ run under the timeout     built-in: calculator inline, file and time tools on
+//!   │                           the blocking pool; command: a child process
+//!   │                           (EXECUTION_FAILED, TIMEOUT, INVALID_OUTPUT, DENIED)
+//!   ▼ result                    output_json, duration, call_id echoed
+//! ```
+//!
+//! ExecuteToolStream relays a command tool's stderr as output chunks and its
+//! `progress:` lines as progress while it runs, then sends the result. If
+//! the client goes away, the running tool is dropped, which kills a command.
+//!
+//! # Layout
+//!
+//! * [`config`]: [`Config`] and [`CommandToolConfig`] (the `[tool_runner]`
+//!   section; command tools are the plugin mechanism).
+//! * `registry`: the tools, their compiled JSON Schemas, schema messages.
+//! * `runner`: request checks, timeouts, execution, results.
+//! * `service`: the gRPC handlers and ListTools paging.
+//! * `builtin`: `calculator`, `current_time`, `read_file`, `write_file`,
+//!   `list_files`; `workspace`: per-run directories and path confinement;
+//!   `command`: running configured programs.
+//!
+//! [`serve`] binds the gRPC and admin listeners from [`Config`] and hands
+//! the service to the kit's [`ServiceHost`], which adds health, reflection,
+//! metrics, limits, metadata forwarding and graceful shutdown; `main.rs`
+//! only calls it.
+
+mod builtin;
+mod command;
+pub mod config;
+mod outcome;
+mod registry;
+mod runner;
+mod service;
+mod workspace;
 
 use std::future::Future;
 
-use agentmesh_kit::status::not_built_yet;
-use agentmesh_kit::{Listeners, LogConfig, ServeError, ServerConfig, ServiceHost, StartupError};
-use agentmesh_proto::tools::v1::{
-    self,
-    tool_runner_service_server::{ToolRunnerService, ToolRunnerServiceServer},
-};
-use futures::stream::BoxStream;
-use serde::{Deserialize, Serialize};
-use tonic::{Request, Response, Status};
+use agentmesh_kit::{Listeners, ServeError, ServiceHost, StartupError};
+use agentmesh_proto::tools::v1::tool_runner_service_server::ToolRunnerServiceServer;
+
+pub use config::{CommandToolConfig, Config};
+
+use crate::runner::ToolRunner;
+use crate::service::ToolRunnerServiceImpl;
 
 /// The service's name in logs, metrics and file names.
 pub const SERVICE: &str = "tool-runner";
 /// The default gRPC port (the admin port is this plus 1000).
 pub const DEFAULT_PORT: u16 = 50053;
-
-/// The service's configuration (section `[tool_runner]`, environment
-/// `AGENTMESH_TOOL_RUNNER__*`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Config {
-    /// gRPC and admin servers.
-    pub server: ServerConfig,
-    /// Logging.
-    pub log: LogConfig,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            server: ServerConfig::with_port(DEFAULT_PORT),
-            log: LogConfig::default(),
-        }
-    }
-}
-
-agentmesh_kit::service_config!(Config, service = SERVICE, section = "tool_runner");
 
 /// Serves on the configured ports until `shutdown` resolves, then drains.
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
@@ -54,15 +75,21 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
 }
 
 /// Serves on listeners bound by the caller (tests bind port 0).
+///
+/// The configuration is checked first (it may not have come through the
+/// kit's loader): a bad command tool stops the start with an error naming
+/// the setting.
 pub async fn serve_with_listeners(
     config: Config,
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    agentmesh_kit::config::validate(&config).map_err(invalid_config)?;
+    let runner = ToolRunner::new(&config).map_err(invalid_config)?;
     let mut host = ServiceHost::new(SERVICE, &config.server);
     let limit = config.server.max_message_bytes;
     host.add_service(
-        ToolRunnerServiceServer::new(ToolRunnerServiceImpl)
+        ToolRunnerServiceServer::new(ToolRunnerServiceImpl::new(runner))
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit),
     );
@@ -70,39 +97,11 @@ pub async fn serve_with_listeners(
         .await
 }
 
-/// What every RPC answers until its behaviour is built.
-const NOT_BUILT: &str = "the tool registry and tool execution are not built yet";
-
-/// The `agentmesh.tools.v1.ToolRunnerService` handlers.
-#[derive(Debug, Clone, Copy)]
-struct ToolRunnerServiceImpl;
-
-#[tonic::async_trait]
-impl ToolRunnerService for ToolRunnerServiceImpl {
-    type ExecuteToolStreamStream =
-        BoxStream<'static, Result<v1::ExecuteToolStreamResponse, Status>>;
-
-    async fn list_tools(
-        &self,
-        _request: Request<v1::ListToolsRequest>,
-    ) -> Result<Response<v1::ListToolsResponse>, Status> {
-        Err(not_built_yet("ToolRunnerService/ListTools", NOT_BUILT))
-    }
-
-    async fn execute_tool(
-        &self,
-        _request: Request<v1::ExecuteToolRequest>,
-    ) -> Result<Response<v1::ExecuteToolResponse>, Status> {
-        Err(not_built_yet("ToolRunnerService/ExecuteTool", NOT_BUILT))
-    }
-
-    async fn execute_tool_stream(
-        &self,
-        _request: Request<v1::ExecuteToolStreamRequest>,
-    ) -> Result<Response<Self::ExecuteToolStreamStream>, Status> {
-        Err(not_built_yet(
-            "ToolRunnerService/ExecuteToolStream",
-            NOT_BUILT,
-        ))
-    }
+/// A configuration error as the kit's serve error (it has no variant of its
+/// own for configuration; the message names the setting).
+fn invalid_config(error: agentmesh_kit::ConfigError) -> ServeError {
+    ServeError::Io(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        error.to_string(),
+    ))
 }

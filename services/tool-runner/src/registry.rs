@@ -1,0 +1,499 @@
+//! The tool registry: every tool the service can run, built once at start
+//! from the built-ins and the configured command tools.
+//!
+//! Building it is also the configuration check: names are validated, and
+//! each tool's JSON Schemas are compiled here, once, so a call only runs the
+//! compiled validator. The `jsonschema` crate is used without its default
+//! features, so a schema can never make the service fetch anything over the
+//! network or from disk: a remote `$ref` is a configuration error.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentmesh_kit::ConfigError;
+use agentmesh_proto::tools::v1::{self, ToolKind};
+use serde_json::Value;
+
+use crate::builtin::Builtin;
+use crate::command::{CommandTool, service_path};
+use crate::config::{CommandToolConfig, Config, format_duration};
+use crate::outcome::{ToolFailure, truncate};
+
+/// At most this many schema violations are listed in one message.
+const MAX_LISTED_VIOLATIONS: usize = 10;
+/// Each violation's text is cut to this many bytes (the validator quotes
+/// the offending value, which may be large).
+const MAX_VIOLATION_BYTES: usize = 300;
+
+/// How a tool runs.
+#[derive(Debug)]
+pub(crate) enum Implementation {
+    Builtin(Builtin),
+    Command(CommandTool),
+}
+
+/// One tool: its public description, compiled schemas and implementation.
+#[derive(Debug)]
+pub(crate) struct RegisteredTool {
+    /// What ListTools returns for it.
+    pub(crate) descriptor: v1::Tool,
+    /// The tool's own timeout.
+    pub(crate) timeout: Duration,
+    pub(crate) implementation: Implementation,
+    arguments: jsonschema::Validator,
+    output: Option<jsonschema::Validator>,
+}
+
+impl RegisteredTool {
+    /// The tool's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.descriptor.name
+    }
+
+    /// Checks arguments against the parameter schema; the failure lists
+    /// every violation with its JSON pointer, for the model to fix its call.
+    pub(crate) fn check_arguments(&self, arguments: &Value) -> Result<(), ToolFailure> {
+        if self.arguments.is_valid(arguments) {
+            return Ok(());
+        }
+        Err(ToolFailure::invalid_arguments(format!(
+            "arguments do not match the parameter schema of `{}`: {}",
+            self.name(),
+            describe_violations(self.arguments.iter_errors(arguments))
+        )))
+    }
+
+    /// Checks a command tool's output against its declared output schema.
+    pub(crate) fn check_output(&self, output: &Value) -> Result<(), ToolFailure> {
+        let Some(schema) = &self.output else {
+            return Ok(());
+        };
+        if schema.is_valid(output) {
+            return Ok(());
+        }
+        Err(ToolFailure::invalid_output(format!(
+            "the output of `{}` does not match its output schema: {}",
+            self.name(),
+            describe_violations(schema.iter_errors(output))
+        ))
+        .with_output(output.to_string()))
+    }
+}
+
+/// Every violation as `<JSON pointer>: <what is wrong>` (`/` is the
+/// top level), joined with `; `.
+fn describe_violations<'a>(
+    errors: impl Iterator<Item = jsonschema::ValidationError<'a>>,
+) -> String {
+    let mut listed = Vec::new();
+    let mut total = 0_usize;
+    for error in errors {
+        total += 1;
+        if listed.len() < MAX_LISTED_VIOLATIONS {
+            let path = error.instance_path().as_str();
+            let path = if path.is_empty() { "/" } else { path };
+            listed.push(format!(
+                "{path}: {}",
+                truncate(&error.to_string(), MAX_VIOLATION_BYTES)
+            ));
+        }
+    }
+    if total > listed.len() {
+        listed.push(format!("and {} more", total - listed.len()));
+    }
+    listed.join("; ")
+}
+
+/// All tools, by name.
+#[derive(Debug)]
+pub(crate) struct Registry {
+    tools: BTreeMap<String, Arc<RegisteredTool>>,
+}
+
+impl Registry {
+    /// Builds the registry from the configuration, checking it: errors name
+    /// the setting (relative to the `[tool_runner]` section).
+    pub(crate) fn from_config(config: &Config) -> Result<Self, ConfigError> {
+        config.validate_limits()?;
+        let mut tools = BTreeMap::new();
+        for builtin in Builtin::ALL {
+            let tool = builtin_tool(builtin, config).map_err(|message| {
+                ConfigError::new("", format!("built-in tool {}: {message}", builtin.name()))
+            })?;
+            tools.insert(builtin.name().to_owned(), Arc::new(tool));
+        }
+        let path = service_path();
+        for (name, command) in &config.commands {
+            let setting = format!("commands.{name}");
+            if !is_valid_tool_name(name) {
+                return Err(ConfigError::new(
+                    setting,
+                    "a tool name must be 1 to 64 characters of [a-zA-Z0-9_-]",
+                ));
+            }
+            if tools.contains_key(name) {
+                return Err(ConfigError::new(
+                    setting,
+                    format!("`{name}` is the name of a built-in tool; choose another name"),
+                ));
+            }
+            let tool = command_tool(name, command, config, &setting, path.clone())?;
+            tools.insert(name.clone(), Arc::new(tool));
+        }
+        Ok(Self { tools })
+    }
+
+    /// The tool called `name`.
+    pub(crate) fn get(&self, name: &str) -> Option<&Arc<RegisteredTool>> {
+        self.tools.get(name)
+    }
+
+    /// Every tool, ordered by name.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &RegisteredTool> {
+        self.tools.values().map(|tool| &**tool)
+    }
+
+    /// The names, ordered.
+    pub(crate) fn names(&self) -> impl Iterator<Item = &str> {
+        self.tools.keys().map(String::as_str)
+    }
+
+    /// How many tools there are.
+    pub(crate) fn len(&self) -> usize {
+        self.tools.len()
+    }
+}
+
+/// 1 to 64 characters of `[a-zA-Z0-9_-]`, as the contract says.
+pub(crate) fn is_valid_tool_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-'))
+}
+
+fn builtin_tool(builtin: Builtin, config: &Config) -> Result<RegisteredTool, String> {
+    let parameters = builtin.parameters(config.max_file_bytes);
+    let output = builtin.output_schema();
+    let arguments = compile(&parameters)?;
+    // Built-in outputs are ours and tested; the schema is published for the
+    // model, not checked on every call.
+    compile(&output)?;
+    Ok(RegisteredTool {
+        descriptor: v1::Tool {
+            name: builtin.name().to_owned(),
+            description: builtin.description().to_owned(),
+            parameters_json: parameters.to_string(),
+            output_schema_json: output.to_string(),
+            kind: ToolKind::Builtin.into(),
+            idempotent: builtin.idempotent(),
+            streaming: false,
+            timeout: proto_duration(config.default_timeout),
+            max_concurrency: 0,
+            labels: builtin.labels().into_iter().collect(),
+        },
+        timeout: config.default_timeout,
+        implementation: Implementation::Builtin(builtin),
+        arguments,
+        output: None,
+    })
+}
+
+fn command_tool(
+    name: &str,
+    command: &CommandToolConfig,
+    config: &Config,
+    setting: &str,
+    path: std::ffi::OsString,
+) -> Result<RegisteredTool, ConfigError> {
+    if command.description.trim().is_empty() {
+        return Err(ConfigError::new(
+            format!("{setting}.description"),
+            "required: say what the tool does and when to use it, for the model",
+        ));
+    }
+    check_argv(&command.command)
+        .map_err(|message| ConfigError::new(format!("{setting}.command"), message))?;
+    for (key, value) in &command.env {
+        if key.is_empty() || key.contains(['=', '\0']) || value.contains('\0') {
+            return Err(ConfigError::new(
+                format!("{setting}.env"),
+                format!(
+                    "`{key}` is not a valid environment variable name (or its value holds a NUL character)"
+                ),
+            ));
+        }
+    }
+    let timeout = command.timeout.unwrap_or(config.default_timeout);
+    if timeout.is_zero() || timeout > config.max_timeout {
+        return Err(ConfigError::new(
+            format!("{setting}.timeout"),
+            format!(
+                "must be positive and at most max_timeout ({})",
+                format_duration(config.max_timeout)
+            ),
+        ));
+    }
+    let parameters_setting = format!("{setting}.parameters_json");
+    let parameters = parse_schema(&command.parameters_json)
+        .map_err(|message| ConfigError::new(&parameters_setting, message))?;
+    let arguments =
+        compile(&parameters).map_err(|message| ConfigError::new(&parameters_setting, message))?;
+    let output = if command.output_schema_json.trim().is_empty() {
+        None
+    } else {
+        let output_setting = format!("{setting}.output_schema_json");
+        let schema = parse_schema(&command.output_schema_json)
+            .map_err(|message| ConfigError::new(&output_setting, message))?;
+        Some(compile(&schema).map_err(|message| ConfigError::new(&output_setting, message))?)
+    };
+    Ok(RegisteredTool {
+        descriptor: v1::Tool {
+            name: name.to_owned(),
+            description: command.description.clone(),
+            parameters_json: parameters.to_string(),
+            output_schema_json: if output.is_some() {
+                command.output_schema_json.trim().to_owned()
+            } else {
+                String::new()
+            },
+            kind: ToolKind::Command.into(),
+            idempotent: command.idempotent,
+            streaming: command.streaming,
+            timeout: proto_duration(timeout),
+            max_concurrency: 0,
+            labels: command.labels.clone().into_iter().collect(),
+        },
+        timeout,
+        implementation: Implementation::Command(CommandTool {
+            name: name.to_owned(),
+            argv: command.command.clone(),
+            env: command.env.clone(),
+            path,
+            max_output_bytes: config.max_output_bytes,
+        }),
+        arguments,
+        output,
+    })
+}
+
+/// A program is a name looked up on `PATH` or an absolute path: a relative
+/// path would be resolved in each run's workspace, never what is meant.
+fn check_argv(argv: &[String]) -> Result<(), String> {
+    let Some(program) = argv.first() else {
+        return Err(
+            "must name the program to run, e.g. [\"python3\", \"/opt/tools/wc.py\"]".to_owned(),
+        );
+    };
+    if program.is_empty() {
+        return Err("the program (first element) must not be empty".to_owned());
+    }
+    if program.contains('/') && !Path::new(program).is_absolute() {
+        return Err(format!(
+            "the program `{program}` is a relative path, which would be resolved in each run's workspace; give an absolute path or a program name on PATH"
+        ));
+    }
+    if argv.iter().any(|arg| arg.contains('\0')) {
+        return Err("arguments must not contain NUL characters".to_owned());
+    }
+    Ok(())
+}
+
+fn parse_schema(text: &str) -> Result<Value, String> {
+    let schema: Value =
+        serde_json::from_str(text).map_err(|err| format!("is not valid JSON: {err}"))?;
+    if !schema.is_object() {
+        return Err(
+            "must be a JSON Schema object, e.g. {\"type\":\"object\",\"properties\":{...}}"
+                .to_owned(),
+        );
+    }
+    Ok(schema)
+}
+
+fn compile(schema: &Value) -> Result<jsonschema::Validator, String> {
+    jsonschema::options()
+        .build(schema)
+        .map_err(|err| format!("is not a valid JSON Schema: {err}"))
+}
+
+fn proto_duration(duration: Duration) -> Option<prost_types::Duration> {
+    prost_types::Duration::try_from(duration).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn registry() -> Registry {
+        Registry::from_config(&Config::default()).unwrap()
+    }
+
+    #[test]
+    fn builtins_are_registered_in_name_order() {
+        let registry = registry();
+        let names: Vec<&str> = registry.names().collect();
+        assert_eq!(
+            names,
+            [
+                "calculator",
+                "current_time",
+                "list_files",
+                "read_file",
+                "write_file"
+            ]
+        );
+        for tool in registry.iter() {
+            assert!(is_valid_tool_name(tool.name()));
+            assert!(!tool.descriptor.description.is_empty());
+            let schema: Value = serde_json::from_str(&tool.descriptor.parameters_json).unwrap();
+            assert_eq!(schema["type"], "object");
+            assert_eq!(tool.descriptor.timeout.unwrap().seconds, 30);
+        }
+    }
+
+    #[test]
+    fn schema_violations_name_the_pointer_and_the_problem() {
+        let registry = registry();
+        let calculator = registry.get("calculator").unwrap();
+        calculator
+            .check_arguments(&json!({"expression": "1+1"}))
+            .unwrap();
+
+        let failure = calculator
+            .check_arguments(&json!({"expression": 12}))
+            .unwrap_err();
+        assert_eq!(
+            failure.kind,
+            agentmesh_proto::tools::v1::ToolErrorKind::InvalidArguments
+        );
+        assert!(
+            failure
+                .message
+                .contains(r#"/expression: 12 is not of type "string""#),
+            "{}",
+            failure.message
+        );
+
+        let failure = calculator.check_arguments(&json!({})).unwrap_err();
+        assert!(
+            failure
+                .message
+                .contains(r#"/: "expression" is a required property"#),
+            "{}",
+            failure.message
+        );
+
+        let failure = calculator
+            .check_arguments(&json!({"expresion": "1"}))
+            .unwrap_err();
+        assert!(failure.message.contains("expresion"), "{}", failure.message);
+        assert!(
+            failure
+                .message
+                .contains("\"expression\" is a required property")
+        );
+
+        let failure = calculator.check_arguments(&json!([1])).unwrap_err();
+        assert!(
+            failure.message.contains("is not of type \"object\""),
+            "{}",
+            failure.message
+        );
+    }
+
+    #[test]
+    fn huge_offending_values_are_not_quoted_in_full() {
+        let registry = registry();
+        let calculator = registry.get("calculator").unwrap();
+        let failure = calculator
+            .check_arguments(&json!({"expression": "1".repeat(100_000)}))
+            .unwrap_err();
+        assert!(failure.message.len() < 1000, "{}", failure.message.len());
+        assert!(failure.message.starts_with("arguments do not match"));
+    }
+
+    #[test]
+    fn many_violations_are_summarised() {
+        let mut config = Config::default();
+        let properties: serde_json::Map<String, Value> = (0..20)
+            .map(|index| (format!("p{index}"), json!({"type": "string"})))
+            .collect();
+        config.commands.insert(
+            "many".into(),
+            CommandToolConfig {
+                description: "d".into(),
+                command: vec!["true".into()],
+                parameters_json: json!({"type": "object", "properties": properties}).to_string(),
+                ..CommandToolConfig::default()
+            },
+        );
+        let registry = Registry::from_config(&config).unwrap();
+        let arguments: serde_json::Map<String, Value> = (0..20)
+            .map(|index| (format!("p{index}"), json!(index)))
+            .collect();
+        let failure = registry
+            .get("many")
+            .unwrap()
+            .check_arguments(&Value::Object(arguments))
+            .unwrap_err();
+        assert!(
+            failure.message.ends_with("and 10 more"),
+            "{}",
+            failure.message
+        );
+    }
+
+    #[test]
+    fn remote_references_are_refused_at_start() {
+        let mut config = Config::default();
+        config.commands.insert(
+            "remote".into(),
+            CommandToolConfig {
+                description: "d".into(),
+                command: vec!["true".into()],
+                parameters_json: r#"{"$ref": "https://example.com/schema.json"}"#.into(),
+                ..CommandToolConfig::default()
+            },
+        );
+        let err = Registry::from_config(&config).unwrap_err();
+        assert_eq!(err.setting, "commands.remote.parameters_json");
+    }
+
+    #[test]
+    fn output_schemas_of_command_tools_are_checked() {
+        let mut config = Config::default();
+        config.commands.insert(
+            "typed".into(),
+            CommandToolConfig {
+                description: "d".into(),
+                command: vec!["true".into()],
+                output_schema_json: r#"{"type":"object","required":["count"]}"#.into(),
+                ..CommandToolConfig::default()
+            },
+        );
+        let registry = Registry::from_config(&config).unwrap();
+        let tool = registry.get("typed").unwrap();
+        tool.check_output(&json!({"count": 1})).unwrap();
+        let failure = tool.check_output(&json!({"total": 1})).unwrap_err();
+        assert_eq!(
+            failure.kind,
+            agentmesh_proto::tools::v1::ToolErrorKind::InvalidOutput
+        );
+        assert!(failure.message.contains("\"count\" is a required property"));
+        assert_eq!(failure.output_json, r#"{"total":1}"#);
+    }
+
+    #[test]
+    fn tool_names_follow_the_contract() {
+        assert!(is_valid_tool_name("word_count-2"));
+        assert!(!is_valid_tool_name(""));
+        assert!(!is_valid_tool_name("a b"));
+        assert!(!is_valid_tool_name("é"));
+        assert!(!is_valid_tool_name(&"a".repeat(65)));
+    }
+}

@@ -1,0 +1,405 @@
+//! Running one tool call: request checks, registry lookup, schema check,
+//! execution under the effective timeout, and the result.
+//!
+//! [`ToolRunner::prepare`] does everything that can fail as a gRPC status
+//! (before anything runs and before a stream starts); [`ToolRunner::execute`]
+//! never fails: whatever the tool does becomes a [`v1::ToolResult`], with
+//! `is_error` and an error kind when it went wrong.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agentmesh_kit::ConfigError;
+use agentmesh_kit::status::invalid_argument;
+use agentmesh_proto::tools::v1::{self, ToolErrorKind};
+use serde_json::Value;
+use tonic::Status;
+
+use crate::builtin::files::FileLimits;
+use crate::builtin::{self, BuiltinContext};
+use crate::command::EventSender;
+use crate::config::{Config, format_duration};
+use crate::outcome::{ToolFailure, ToolOutcome, truncate};
+use crate::registry::{Implementation, RegisteredTool, Registry};
+use crate::workspace::{check_run_id, workspace_dir};
+
+/// The longest `call_id` accepted.
+const MAX_CALL_ID_LENGTH: usize = 256;
+/// How many known tool names a NOT_FOUND message lists.
+const LISTED_TOOL_NAMES: usize = 10;
+
+/// The fields ExecuteToolRequest and ExecuteToolStreamRequest share.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CallRequest {
+    pub(crate) tool: String,
+    pub(crate) arguments_json: String,
+    pub(crate) call_id: String,
+    pub(crate) timeout: Option<prost_types::Duration>,
+    pub(crate) run_id: String,
+}
+
+impl From<v1::ExecuteToolRequest> for CallRequest {
+    fn from(request: v1::ExecuteToolRequest) -> Self {
+        Self {
+            tool: request.tool,
+            arguments_json: request.arguments_json,
+            call_id: request.call_id,
+            timeout: request.timeout,
+            run_id: request.run_id,
+        }
+    }
+}
+
+impl From<v1::ExecuteToolStreamRequest> for CallRequest {
+    fn from(request: v1::ExecuteToolStreamRequest) -> Self {
+        Self {
+            tool: request.tool,
+            arguments_json: request.arguments_json,
+            call_id: request.call_id,
+            timeout: request.timeout,
+            run_id: request.run_id,
+        }
+    }
+}
+
+/// A call that passed every check and may run.
+#[derive(Debug)]
+pub(crate) struct Call {
+    tool: Arc<RegisteredTool>,
+    arguments: Value,
+    call_id: String,
+    run_id: String,
+    timeout: Duration,
+}
+
+impl Call {
+    /// The tool to run.
+    pub(crate) fn tool(&self) -> &RegisteredTool {
+        &self.tool
+    }
+
+    /// How long it may run.
+    #[cfg(test)]
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+}
+
+/// The registry plus what running tools needs.
+#[derive(Debug)]
+pub(crate) struct ToolRunner {
+    registry: Registry,
+    workspaces_dir: PathBuf,
+    file_limits: FileLimits,
+    max_timeout: Duration,
+}
+
+impl ToolRunner {
+    /// Builds the registry and settings; a bad configuration is an error
+    /// naming the setting.
+    pub(crate) fn new(config: &Config) -> Result<Self, ConfigError> {
+        Ok(Self {
+            registry: Registry::from_config(config)?,
+            workspaces_dir: config.workspaces_dir.clone(),
+            file_limits: FileLimits {
+                max_file_bytes: config.max_file_bytes,
+                max_list_entries: config.max_list_entries,
+            },
+            max_timeout: config.max_timeout,
+        })
+    }
+
+    /// The tools.
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Checks a request and finds its tool. `deadline` is the caller's gRPC
+    /// deadline, if it set one.
+    pub(crate) fn prepare(
+        &self,
+        request: CallRequest,
+        deadline: Option<Instant>,
+    ) -> Result<Call, Status> {
+        let mut violations: Vec<(&str, String)> = Vec::new();
+        if request.tool.is_empty() {
+            violations.push((
+                "tool",
+                "required: the name of the tool to run (ListTools lists them)".to_owned(),
+            ));
+        }
+        let arguments = if request.arguments_json.trim().is_empty() {
+            Value::Object(serde_json::Map::new())
+        } else {
+            match serde_json::from_str::<Value>(&request.arguments_json) {
+                Ok(arguments) => arguments,
+                Err(err) => {
+                    violations.push((
+                        "arguments_json",
+                        format!("is not valid JSON: {err}; send the arguments as a JSON object"),
+                    ));
+                    Value::Null
+                }
+            }
+        };
+        let requested_timeout = match request.timeout.as_ref().map(to_std_duration).transpose() {
+            Ok(timeout) => timeout,
+            Err(message) => {
+                violations.push(("timeout", message));
+                None
+            }
+        };
+        if !request.run_id.is_empty()
+            && let Err(message) = check_run_id(&request.run_id)
+        {
+            violations.push(("run_id", message));
+        }
+        if request.call_id.len() > MAX_CALL_ID_LENGTH {
+            violations.push((
+                "call_id",
+                format!("must be at most {MAX_CALL_ID_LENGTH} bytes"),
+            ));
+        }
+        if !violations.is_empty() {
+            return Err(invalid_argument(violations));
+        }
+
+        let Some(tool) = self.registry.get(&request.tool) else {
+            return Err(self.unknown_tool(&request.tool));
+        };
+
+        let mut timeout = tool.timeout.min(self.max_timeout);
+        if let Some(requested) = requested_timeout.filter(|requested| !requested.is_zero()) {
+            timeout = timeout.min(requested);
+        }
+        if let Some(deadline) = deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Status::deadline_exceeded(
+                    "the caller's deadline passed before the tool could run",
+                ));
+            }
+            timeout = timeout.min(left);
+        }
+        Ok(Call {
+            tool: Arc::clone(tool),
+            arguments,
+            call_id: request.call_id,
+            run_id: request.run_id,
+            timeout,
+        })
+    }
+
+    fn unknown_tool(&self, name: &str) -> Status {
+        let known: Vec<&str> = self.registry.names().take(LISTED_TOOL_NAMES).collect();
+        let more = self.registry.len().saturating_sub(known.len());
+        let more = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
+        Status::not_found(format!(
+            "no tool named {:?}; known tools: {}{more} (ListTools describes them)",
+            truncate(name, 64),
+            known.join(", ")
+        ))
+    }
+
+    /// Runs a prepared call to its result, relaying progress and output to
+    /// `events` when given. Dropping the future stops the tool.
+    pub(crate) async fn execute(
+        &self,
+        call: &Call,
+        events: Option<&EventSender>,
+    ) -> v1::ToolResult {
+        let started = Instant::now();
+        let outcome = match tokio::time::timeout(call.timeout, self.run(call, events)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(ToolFailure::timeout(format!(
+                "timed out after {}",
+                format_duration(call.timeout)
+            ))),
+        };
+        let duration = started.elapsed();
+        let result = match outcome {
+            Ok(output) => v1::ToolResult {
+                output_json: output.to_string(),
+                ..v1::ToolResult::default()
+            },
+            Err(failure) => v1::ToolResult {
+                output_json: failure.output_json,
+                is_error: true,
+                error_message: failure.message,
+                error_kind: failure.kind.into(),
+                ..v1::ToolResult::default()
+            },
+        };
+        let result = v1::ToolResult {
+            duration: prost_types::Duration::try_from(duration).ok(),
+            call_id: call.call_id.clone(),
+            attempts: 1,
+            ..result
+        };
+        tracing::info!(
+            tool = call.tool.name(),
+            call_id = %call.call_id,
+            run_id = %call.run_id,
+            duration_ms = duration.as_millis(),
+            is_error = result.is_error,
+            error_kind = ToolErrorKind::try_from(result.error_kind).map_or("unknown", |kind| kind.as_str_name()),
+            "tool call finished"
+        );
+        result
+    }
+
+    async fn run(&self, call: &Call, events: Option<&EventSender>) -> ToolOutcome {
+        let tool = &call.tool;
+        tool.check_arguments(&call.arguments)?;
+        let workspace_dir = workspace_dir(&self.workspaces_dir, &call.run_id);
+        match &tool.implementation {
+            Implementation::Builtin(builtin) => {
+                let context = BuiltinContext {
+                    workspace_dir,
+                    limits: self.file_limits,
+                };
+                builtin::run(*builtin, call.arguments.clone(), &context).await
+            }
+            Implementation::Command(command) => {
+                let output = command.run(&call.arguments, &workspace_dir, events).await?;
+                tool.check_output(&output)?;
+                Ok(output)
+            }
+        }
+    }
+}
+
+/// A request's timeout as a std duration. Checked by hand rather than with
+/// prost-types' conversion, which negates `seconds` and would overflow on
+/// `i64::MIN`.
+fn to_std_duration(duration: &prost_types::Duration) -> Result<Duration, String> {
+    if duration.seconds < 0 || duration.nanos < 0 {
+        return Err("must not be negative (0 or unset = the tool's own timeout)".to_owned());
+    }
+    let seconds = u64::try_from(duration.seconds).unwrap_or(u64::MAX);
+    let nanos = u32::try_from(duration.nanos).unwrap_or(u32::MAX);
+    if nanos >= 1_000_000_000 {
+        return Err("nanos must be between 0 and 999,999,999".to_owned());
+    }
+    Ok(Duration::new(seconds, nanos))
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::*;
+
+    fn runner() -> ToolRunner {
+        ToolRunner::new(&Config::default()).unwrap()
+    }
+
+    fn request(tool: &str, arguments_json: &str) -> CallRequest {
+        CallRequest {
+            tool: tool.into(),
+            arguments_json: arguments_json.into(),
+            ..CallRequest::default()
+        }
+    }
+
+    #[test]
+    fn effective_timeout_is_the_smallest_bound() {
+        let runner = runner();
+        let call = runner.prepare(request("calculator", ""), None).unwrap();
+        assert_eq!(call.timeout(), Duration::from_secs(30));
+        let mut short = request("calculator", "");
+        short.timeout = Some(prost_types::Duration {
+            seconds: 2,
+            nanos: 0,
+        });
+        assert_eq!(
+            runner.prepare(short.clone(), None).unwrap().timeout(),
+            Duration::from_secs(2)
+        );
+        let deadline = Instant::now() + Duration::from_secs(1);
+        assert!(runner.prepare(short, Some(deadline)).unwrap().timeout() <= Duration::from_secs(1));
+        let mut long = request("calculator", "");
+        long.timeout = Some(prost_types::Duration {
+            seconds: 3600,
+            nanos: 0,
+        });
+        assert_eq!(
+            runner.prepare(long, None).unwrap().timeout(),
+            Duration::from_secs(30)
+        );
+    }
+
+    #[test]
+    fn a_passed_deadline_is_deadline_exceeded() {
+        let runner = runner();
+        let past = Instant::now()
+            .checked_sub(Duration::from_millis(1))
+            .unwrap();
+        let status = runner
+            .prepare(request("calculator", ""), Some(past))
+            .unwrap_err();
+        assert_eq!(status.code(), Code::DeadlineExceeded);
+    }
+
+    #[test]
+    fn request_problems_are_statuses() {
+        let runner = runner();
+        let status = runner.prepare(request("", "{"), None).unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(
+            status.message().contains("tool: required"),
+            "{}",
+            status.message()
+        );
+        assert!(
+            status.message().contains(
+                "arguments_json: is not valid JSON: EOF while parsing an object at line 1 column 1"
+            ),
+            "{}",
+            status.message()
+        );
+
+        let status = runner.prepare(request("nope", "{}"), None).unwrap_err();
+        assert_eq!(status.code(), Code::NotFound);
+        assert!(
+            status.message().contains("calculator, current_time"),
+            "{}",
+            status.message()
+        );
+
+        for (seconds, nanos) in [(-1, 0), (0, -1), (i64::MIN, i32::MIN), (0, 1_000_000_000)] {
+            let mut bad = request("calculator", "{}");
+            bad.timeout = Some(prost_types::Duration { seconds, nanos });
+            let status = runner.prepare(bad, None).unwrap_err();
+            assert_eq!(status.code(), Code::InvalidArgument);
+            assert!(
+                status.message().starts_with("timeout:"),
+                "{}",
+                status.message()
+            );
+        }
+        let mut huge = request("calculator", "{}");
+        huge.timeout = Some(prost_types::Duration {
+            seconds: i64::MAX,
+            nanos: 999_999_999,
+        });
+        assert_eq!(
+            runner.prepare(huge, None).unwrap().timeout(),
+            Duration::from_secs(30)
+        );
+
+        let mut bad_run = request("calculator", "{}");
+        bad_run.run_id = "../etc".into();
+        let status = runner.prepare(bad_run, None).unwrap_err();
+        assert!(
+            status.message().starts_with("run_id:"),
+            "{}",
+            status.message()
+        );
+    }
+}

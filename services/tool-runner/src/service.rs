@@ -1,0 +1,411 @@
+//! The `agentmesh.tools.v1.ToolRunnerService` handlers: ListTools (filters
+//! and pages over the registry) and the two ways to run a call, both through
+//! [`ToolRunner`].
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use agentmesh_kit::RequestContext;
+use agentmesh_kit::status::invalid_argument;
+use agentmesh_proto::tools::v1::{
+    self, ExecuteToolStreamResponse, ToolKind, execute_tool_stream_response::Event,
+    tool_runner_service_server::ToolRunnerService,
+};
+use futures::stream::BoxStream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::runner::ToolRunner;
+
+/// ListTools' page size when the request sets none.
+const DEFAULT_PAGE_SIZE: usize = 50;
+/// ListTools' largest page.
+const MAX_PAGE_SIZE: usize = 1000;
+/// Stream messages buffered ahead of a slow client; beyond this the tool's
+/// stderr relay waits (and with it, eventually, the tool).
+const STREAM_BUFFER: usize = 32;
+
+/// The service, sharing one [`ToolRunner`] across calls.
+#[derive(Debug, Clone)]
+pub(crate) struct ToolRunnerServiceImpl {
+    runner: Arc<ToolRunner>,
+}
+
+impl ToolRunnerServiceImpl {
+    pub(crate) fn new(runner: ToolRunner) -> Self {
+        Self {
+            runner: Arc::new(runner),
+        }
+    }
+
+    fn deadline() -> Option<std::time::Instant> {
+        RequestContext::current().and_then(|context| context.deadline())
+    }
+}
+
+#[tonic::async_trait]
+impl ToolRunnerService for ToolRunnerServiceImpl {
+    type ExecuteToolStreamStream = BoxStream<'static, Result<ExecuteToolStreamResponse, Status>>;
+
+    async fn list_tools(
+        &self,
+        request: Request<v1::ListToolsRequest>,
+    ) -> Result<Response<v1::ListToolsResponse>, Status> {
+        list_tools(&self.runner, request.into_inner()).map(Response::new)
+    }
+
+    async fn execute_tool(
+        &self,
+        request: Request<v1::ExecuteToolRequest>,
+    ) -> Result<Response<v1::ExecuteToolResponse>, Status> {
+        let call = self
+            .runner
+            .prepare(request.into_inner().into(), Self::deadline())?;
+        // If the client cancels, tonic drops this future, and with it the
+        // running tool (a command is killed).
+        let result = self.runner.execute(&call, None).await;
+        Ok(Response::new(v1::ExecuteToolResponse {
+            output_json: result.output_json,
+            is_error: result.is_error,
+            error_message: result.error_message,
+            duration: result.duration,
+            call_id: result.call_id,
+            error_kind: result.error_kind,
+            attempts: result.attempts,
+        }))
+    }
+
+    async fn execute_tool_stream(
+        &self,
+        request: Request<v1::ExecuteToolStreamRequest>,
+    ) -> Result<Response<Self::ExecuteToolStreamStream>, Status> {
+        let call = self
+            .runner
+            .prepare(request.into_inner().into(), Self::deadline())?;
+        let (events, receiver) = mpsc::channel(STREAM_BUFFER);
+        let runner = Arc::clone(&self.runner);
+        let context = RequestContext::current().unwrap_or_default();
+        // The task ends with the call: when the tool finishes, or as soon as
+        // the client goes away (the receiver is dropped), which drops the
+        // running tool and so stops it.
+        tokio::spawn(context.scope(async move {
+            let result = tokio::select! {
+                result = runner.execute(&call, Some(&events)) => result,
+                () = events.closed() => {
+                    tracing::info!(tool = call.tool().name(), "client left; tool call stopped");
+                    return;
+                }
+            };
+            let _ = events
+                .send(Ok(ExecuteToolStreamResponse {
+                    event: Some(Event::Result(result)),
+                }))
+                .await;
+        }));
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+}
+
+/// Filters, orders (by name) and pages the registry.
+fn list_tools(
+    runner: &ToolRunner,
+    request: v1::ListToolsRequest,
+) -> Result<v1::ListToolsResponse, Status> {
+    let mut violations: Vec<(String, String)> = Vec::new();
+    let page_size = match usize::try_from(request.page_size) {
+        Ok(0) => DEFAULT_PAGE_SIZE,
+        Ok(size) => size.min(MAX_PAGE_SIZE),
+        Err(_) => {
+            violations.push((
+                "page_size".into(),
+                format!("must not be negative (0 = the default of {DEFAULT_PAGE_SIZE})"),
+            ));
+            DEFAULT_PAGE_SIZE
+        }
+    };
+    let mut kinds = BTreeSet::new();
+    for (index, kind) in request.kinds.iter().enumerate() {
+        match ToolKind::try_from(*kind) {
+            Ok(ToolKind::Unspecified) | Err(_) => violations.push((
+                format!("kinds[{index}]"),
+                format!(
+                    "{kind} is not a tool kind to filter by; use TOOL_KIND_BUILTIN, TOOL_KIND_COMMAND or TOOL_KIND_MCP"
+                ),
+            )),
+            Ok(kind) => {
+                kinds.insert(kind as i32);
+            }
+        }
+    }
+    let names: BTreeSet<&str> = request.names.iter().map(String::as_str).collect();
+    let filter = filter_fingerprint(&names, &kinds);
+    let after = if request.page_token.is_empty() {
+        None
+    } else {
+        match page_token::decode(&request.page_token, filter) {
+            Some(after) => Some(after),
+            None => {
+                violations.push((
+                    "page_token".into(),
+                    "is not a next_page_token of ListTools with the same names and kinds; start again with an empty page_token".into(),
+                ));
+                None
+            }
+        }
+    };
+    if !violations.is_empty() {
+        return Err(invalid_argument(violations));
+    }
+
+    let mut matching = runner
+        .registry()
+        .iter()
+        .filter(|tool| names.is_empty() || names.contains(tool.name()))
+        .filter(|tool| kinds.is_empty() || kinds.contains(&tool.descriptor.kind))
+        .filter(|tool| after.as_deref().is_none_or(|after| tool.name() > after));
+    let tools: Vec<v1::Tool> = matching
+        .by_ref()
+        .take(page_size)
+        .map(|tool| tool.descriptor.clone())
+        .collect();
+    let next_page_token = match (matching.next(), tools.last()) {
+        (Some(_), Some(last)) => page_token::encode(&last.name, filter),
+        _ => String::new(),
+    };
+    Ok(v1::ListToolsResponse {
+        tools,
+        next_page_token,
+    })
+}
+
+/// A stable fingerprint of the filters, so a page token is only accepted
+/// with the filters it was made for (FNV-1a: stable across builds and
+/// replicas, unlike std's hasher).
+fn filter_fingerprint(names: &BTreeSet<&str>, kinds: &BTreeSet<i32>) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for byte in bytes {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for name in names {
+        feed(name.as_bytes());
+        feed(&[0]);
+    }
+    feed(&[1]);
+    for kind in kinds {
+        feed(&kind.to_le_bytes());
+    }
+    hash
+}
+
+/// Opaque page tokens: hex of `v1:<filter fingerprint>:<last name>`. The
+/// position is the last tool's name, not an offset, so a page stays correct
+/// across replicas and restarts with a changed tool list.
+mod page_token {
+    const VERSION: &str = "v1";
+
+    pub(super) fn encode(last_name: &str, filter: u64) -> String {
+        format!("{VERSION}:{filter:016x}:{last_name}")
+            .bytes()
+            .map(|byte| format!("{byte:02x}"))
+            .collect()
+    }
+
+    /// The last name of the previous page, if the token is ours and was made
+    /// for the same filters.
+    pub(super) fn decode(token: &str, filter: u64) -> Option<String> {
+        if !token.len().is_multiple_of(2) || token.len() > 512 {
+            return None;
+        }
+        let bytes: Option<Vec<u8>> = (0..token.len())
+            .step_by(2)
+            .map(|index| {
+                token
+                    .get(index..index + 2)
+                    .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+            })
+            .collect();
+        let text = String::from_utf8(bytes?).ok()?;
+        let mut parts = text.splitn(3, ':');
+        let (version, fingerprint, last) = (parts.next()?, parts.next()?, parts.next()?);
+        (version == VERSION && fingerprint == format!("{filter:016x}")).then(|| last.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::*;
+    use crate::config::{CommandToolConfig, Config};
+
+    fn runner_with_commands(count: usize) -> ToolRunner {
+        let mut config = Config::default();
+        for index in 0..count {
+            config.commands.insert(
+                format!("cmd_{index:03}"),
+                CommandToolConfig {
+                    description: "d".into(),
+                    command: vec!["true".into()],
+                    ..CommandToolConfig::default()
+                },
+            );
+        }
+        ToolRunner::new(&config).unwrap()
+    }
+
+    fn names(response: &v1::ListToolsResponse) -> Vec<&str> {
+        response
+            .tools
+            .iter()
+            .map(|tool| tool.name.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn pages_cover_everything_once_in_order() {
+        let runner = runner_with_commands(120);
+        let mut all = Vec::new();
+        let mut token = String::new();
+        let mut pages = 0;
+        loop {
+            let response = list_tools(
+                &runner,
+                v1::ListToolsRequest {
+                    page_token: token.clone(),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            pages += 1;
+            assert!(response.tools.len() <= DEFAULT_PAGE_SIZE);
+            all.extend(response.tools.into_iter().map(|tool| tool.name));
+            if response.next_page_token.is_empty() {
+                break;
+            }
+            token = response.next_page_token;
+        }
+        assert_eq!(pages, 3);
+        assert_eq!(all.len(), 125);
+        let mut sorted = all.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(all, sorted);
+    }
+
+    #[test]
+    fn an_exact_last_page_has_no_token() {
+        let runner = runner_with_commands(0);
+        let response = list_tools(
+            &runner,
+            v1::ListToolsRequest {
+                page_size: 5,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(response.tools.len(), 5);
+        assert!(response.next_page_token.is_empty());
+    }
+
+    #[test]
+    fn filters_by_name_and_kind() {
+        let runner = runner_with_commands(2);
+        let response = list_tools(
+            &runner,
+            v1::ListToolsRequest {
+                names: vec!["read_file".into(), "calculator".into(), "nope".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(names(&response), ["calculator", "read_file"]);
+        let response = list_tools(
+            &runner,
+            v1::ListToolsRequest {
+                kinds: vec![ToolKind::Command.into()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(names(&response), ["cmd_000", "cmd_001"]);
+        let response = list_tools(
+            &runner,
+            v1::ListToolsRequest {
+                kinds: vec![ToolKind::Mcp.into()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(response.tools.is_empty());
+    }
+
+    #[test]
+    fn bad_requests_name_the_field() {
+        let runner = runner_with_commands(0);
+        let field = |request: v1::ListToolsRequest| {
+            let status = list_tools(&runner, request).unwrap_err();
+            assert_eq!(status.code(), Code::InvalidArgument);
+            status.message().split(':').next().unwrap().to_owned()
+        };
+        assert_eq!(
+            field(v1::ListToolsRequest {
+                page_size: -1,
+                ..Default::default()
+            }),
+            "page_size"
+        );
+        assert_eq!(
+            field(v1::ListToolsRequest {
+                kinds: vec![ToolKind::Builtin.into(), 0],
+                ..Default::default()
+            }),
+            "kinds[1]"
+        );
+        assert_eq!(
+            field(v1::ListToolsRequest {
+                kinds: vec![42],
+                ..Default::default()
+            }),
+            "kinds[0]"
+        );
+        assert_eq!(
+            field(v1::ListToolsRequest {
+                page_token: "zz".into(),
+                ..Default::default()
+            }),
+            "page_token"
+        );
+        // A token made for other filters is refused.
+        let first = list_tools(
+            &runner,
+            v1::ListToolsRequest {
+                page_size: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            field(v1::ListToolsRequest {
+                page_size: 1,
+                page_token: first.next_page_token,
+                kinds: vec![ToolKind::Builtin.into()],
+                ..Default::default()
+            }),
+            "page_token"
+        );
+    }
+
+    #[test]
+    fn tokens_round_trip_and_reject_garbage() {
+        let token = page_token::encode("read_file", 7);
+        assert_eq!(page_token::decode(&token, 7).as_deref(), Some("read_file"));
+        assert_eq!(page_token::decode(&token, 8), None);
+        for garbage in ["", "0", "zz", "ffff", "76313a", "é1"] {
+            assert_eq!(page_token::decode(garbage, 7), None, "{garbage}");
+        }
+    }
+}
