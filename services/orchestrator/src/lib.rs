@@ -1,60 +1,44 @@
-//! The orchestrator service: runs agents by looping over the LLM gateway and the tool runner, and streams their progress to clients.
+//! The orchestrator service: runs agents by looping over the LLM gateway and
+//! the tool runner, and streams their progress to clients.
 //!
-//! The service owns runs, their events and checkpoints, agent profiles and sessions. [`serve`] binds the gRPC and admin
-//! listeners from [`Config`] and hands the service to the kit's
-//! [`ServiceHost`], which adds health, reflection, metrics, limits, metadata
-//! forwarding and graceful shutdown; `main.rs` only calls it.
+//! The service owns runs, their events and checkpoints, agent profiles and
+//! sessions. Data flows like this:
 //!
-//! Every RPC of the contract answers UNIMPLEMENTED with a message saying what
-//! is missing until its behaviour is built: a client never gets a fake success.
+//! * [`service`] validates each call. `StartRun`/`Run` store the run
+//!   (QUEUED) and hand it to the [`engine`], which drives it in a task of its
+//!   own: `GenerateStream` on the gateway (text relayed live as
+//!   `token_delta` events), `ExecuteTool` on the tool runner for each tool
+//!   call (in parallel), and one transaction per step in the [`store`]
+//!   (the step's events, the run row, the checkpoint).
+//! * `StreamRun`/`Run` followers replay stored events, then tail the live
+//!   ones; a client that leaves does not stop the run.
+//! * Every instance claims the runs it drives for a lease it keeps renewing;
+//!   an unfinished run whose lease ran out (its instance died) is claimed by
+//!   another instance and resumed from its last checkpoint.
+//!
+//! [`serve`] binds the listeners and hands the service to the kit's
+//! [`ServiceHost`] (health, reflection, metrics, limits, metadata forwarding,
+//! graceful shutdown); `main.rs` only calls it.
+
+pub mod config;
+pub mod engine;
+pub mod service;
+pub mod store;
 
 use std::future::Future;
+use std::sync::{Arc, OnceLock};
 
-use agentmesh_kit::status::not_built_yet;
-use agentmesh_kit::{Listeners, LogConfig, ServeError, ServerConfig, ServiceHost, StartupError};
-use agentmesh_proto::orchestrator::v1::{
-    self,
-    orchestrator_service_server::{OrchestratorService, OrchestratorServiceServer},
-};
-use agentmesh_storage::{LazyDatabase, StorageConfig};
-use futures::stream::BoxStream;
-use serde::{Deserialize, Serialize};
-use tonic::{Request, Response, Status};
+use agentmesh_kit::{Listeners, ServeError, ServiceHost, StartupError};
+use agentmesh_proto::orchestrator::v1::orchestrator_service_server::OrchestratorServiceServer;
+use agentmesh_storage::LazyDatabase;
+
+pub use config::{AgentProfile, Config};
+use engine::Engine;
 
 /// The service's name in logs, metrics and file names.
 pub const SERVICE: &str = "orchestrator";
 /// The default gRPC port (the admin port is this plus 1000).
 pub const DEFAULT_PORT: u16 = 50051;
-
-/// The service's configuration (section `[orchestrator]`, environment
-/// `AGENTMESH_ORCHESTRATOR__*`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Config {
-    /// gRPC and admin servers.
-    pub server: ServerConfig,
-    /// Logging.
-    pub log: LogConfig,
-    /// Where the service keeps its database.
-    pub storage: StorageConfig,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            server: ServerConfig::with_port(DEFAULT_PORT),
-            log: LogConfig::default(),
-            storage: StorageConfig::default(),
-        }
-    }
-}
-
-agentmesh_kit::service_config!(
-    Config,
-    service = SERVICE,
-    section = "orchestrator",
-    validate = |config: &Config| config.storage.validate(),
-);
 
 /// Serves on the configured ports until `shutdown` resolves, then drains.
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
@@ -68,90 +52,80 @@ pub async fn serve_with_listeners(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    let config = Arc::new(config);
     let mut host = ServiceHost::new(SERVICE, &config.server);
     let limit = config.server.max_message_bytes;
+    let engine: Arc<OnceLock<Arc<Engine>>> = Arc::default();
     host.add_service(
-        OrchestratorServiceServer::new(OrchestratorServiceImpl)
-            .max_decoding_message_size(limit)
-            .max_encoding_message_size(limit),
+        OrchestratorServiceServer::new(service::OrchestratorServiceImpl::new(
+            Arc::clone(&config),
+            Arc::clone(&engine),
+        ))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit),
     );
-    let database = LazyDatabase::new(config.storage.clone(), SERVICE);
+    let database =
+        LazyDatabase::new(config.storage.clone(), SERVICE).with_migrations(&store::MIGRATIONS);
+    let maintenance: Arc<OnceLock<tokio::task::JoinHandle<()>>> = Arc::default();
     let result = host
         .serve(
             listeners,
-            || async { database.open().await.map_err(StartupError::from) },
+            || async {
+                database.open().await.map_err(StartupError::from)?;
+                if engine.get().is_none() {
+                    let db = database
+                        .get()
+                        .cloned()
+                        .ok_or_else(|| StartupError::from("the database did not open"))?;
+                    let started = Engine::new(Arc::clone(&config), store::Store::new(db))
+                        .map_err(|err| StartupError::from(err.to_string()))?;
+                    let _ = engine.set(Arc::clone(&started));
+                    let _ = maintenance.set(tokio::spawn(maintain(started, Arc::clone(&config))));
+                }
+                Ok(())
+            },
             shutdown,
         )
         .await;
+    if let Some(task) = maintenance.get() {
+        task.abort();
+    }
     database.close().await;
     result
 }
 
-/// What every RPC answers until its behaviour is built.
-const NOT_BUILT: &str = "running agents (the loop over the LLM gateway and the tool runner, with runs, events and checkpoints) is not built yet";
-
-/// The `agentmesh.orchestrator.v1.OrchestratorService` handlers.
-#[derive(Debug, Clone, Copy)]
-struct OrchestratorServiceImpl;
-
-#[tonic::async_trait]
-impl OrchestratorService for OrchestratorServiceImpl {
-    type StreamRunStream = BoxStream<'static, Result<v1::StreamRunResponse, Status>>;
-    type RunStream = BoxStream<'static, Result<v1::RunResponse, Status>>;
-
-    async fn start_run(
-        &self,
-        _request: Request<v1::StartRunRequest>,
-    ) -> Result<Response<v1::StartRunResponse>, Status> {
-        Err(not_built_yet("OrchestratorService/StartRun", NOT_BUILT))
-    }
-
-    async fn stream_run(
-        &self,
-        _request: Request<v1::StreamRunRequest>,
-    ) -> Result<Response<Self::StreamRunStream>, Status> {
-        Err(not_built_yet("OrchestratorService/StreamRun", NOT_BUILT))
-    }
-
-    async fn run(
-        &self,
-        _request: Request<v1::RunRequest>,
-    ) -> Result<Response<Self::RunStream>, Status> {
-        Err(not_built_yet("OrchestratorService/Run", NOT_BUILT))
-    }
-
-    async fn get_run(
-        &self,
-        _request: Request<v1::GetRunRequest>,
-    ) -> Result<Response<v1::GetRunResponse>, Status> {
-        Err(not_built_yet("OrchestratorService/GetRun", NOT_BUILT))
-    }
-
-    async fn list_runs(
-        &self,
-        _request: Request<v1::ListRunsRequest>,
-    ) -> Result<Response<v1::ListRunsResponse>, Status> {
-        Err(not_built_yet("OrchestratorService/ListRuns", NOT_BUILT))
-    }
-
-    async fn cancel_run(
-        &self,
-        _request: Request<v1::CancelRunRequest>,
-    ) -> Result<Response<v1::CancelRunResponse>, Status> {
-        Err(not_built_yet("OrchestratorService/CancelRun", NOT_BUILT))
-    }
-
-    async fn list_agents(
-        &self,
-        _request: Request<v1::ListAgentsRequest>,
-    ) -> Result<Response<v1::ListAgentsResponse>, Status> {
-        Err(not_built_yet("OrchestratorService/ListAgents", NOT_BUILT))
-    }
-
-    async fn get_agent(
-        &self,
-        _request: Request<v1::GetAgentRequest>,
-    ) -> Result<Response<v1::GetAgentResponse>, Status> {
-        Err(not_built_yet("OrchestratorService/GetAgent", NOT_BUILT))
+/// Keeps this instance's claims on its runs alive, and resumes runs whose
+/// instance died (their claim ran out), from their last checkpoint.
+async fn maintain(engine: Arc<Engine>, config: Arc<Config>) {
+    let period = config.run_lease / 3;
+    loop {
+        if let Err(err) = engine
+            .store()
+            .renew_leases(engine.owner(), engine.lease_until())
+            .await
+        {
+            tracing::warn!(error = %err, "cannot renew the claims on this instance's runs");
+        }
+        match engine
+            .store()
+            .claim_orphans(engine.owner(), engine.lease_until(), 16)
+            .await
+        {
+            Ok(runs) => {
+                for run in runs {
+                    let checkpoint = match engine.store().checkpoint(&run.run_id).await {
+                        Ok(checkpoint) => checkpoint,
+                        Err(err) => {
+                            tracing::warn!(run_id = %run.run_id, error = %err, "cannot read the checkpoint of an orphaned run");
+                            continue;
+                        }
+                    };
+                    tracing::info!(run_id = %run.run_id, step = checkpoint.as_ref().map_or(0, |c| c.step), "resuming a run whose instance stopped");
+                    engine.spawn(run, checkpoint, agentmesh_kit::RequestContext::default());
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "cannot look for orphaned runs"),
+        }
+        tokio::time::sleep(period).await;
     }
 }

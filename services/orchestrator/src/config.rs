@@ -1,0 +1,244 @@
+//! The orchestrator's configuration: where its peers are, its limits, and the
+//! agent profiles it can run.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use agentmesh_kit::{ConfigError, LogConfig, ServerConfig};
+use agentmesh_proto::orchestrator::v1 as pb;
+use agentmesh_storage::StorageConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::{DEFAULT_PORT, SERVICE};
+
+/// The service's configuration (section `[orchestrator]`, environment
+/// `AGENTMESH_ORCHESTRATOR__*`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// gRPC and admin servers.
+    pub server: ServerConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Where the service keeps its database.
+    pub storage: StorageConfig,
+    /// The LLM gateway, e.g. `http://127.0.0.1:50052`.
+    pub llm_gateway_url: String,
+    /// The tool runner, e.g. `http://127.0.0.1:50053`.
+    pub tool_runner_url: String,
+    /// The profile used when a request names none.
+    pub default_agent: String,
+    /// Agent profiles by name. A `default` profile is always there unless
+    /// replaced.
+    pub agents: BTreeMap<String, AgentProfile>,
+    /// Largest accepted objective, in bytes.
+    pub max_objective_bytes: usize,
+    /// How long a run stream may stay silent before it gets a heartbeat.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// Runs driven at the same time by this instance; more wait QUEUED.
+    pub max_concurrent_runs: usize,
+    /// Runs waiting for a slot beyond which StartRun answers
+    /// RESOURCE_EXHAUSTED.
+    pub max_queued_runs: usize,
+    /// How long this instance's claim on a run lasts without renewal; an
+    /// unfinished run whose claim ran out (its instance died) is resumed from
+    /// its last checkpoint by the next instance that starts or looks.
+    #[serde(with = "humantime_serde")]
+    pub run_lease: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::with_port(DEFAULT_PORT),
+            log: LogConfig::default(),
+            storage: StorageConfig::default(),
+            llm_gateway_url: "http://127.0.0.1:50052".to_owned(),
+            tool_runner_url: "http://127.0.0.1:50053".to_owned(),
+            default_agent: DEFAULT_AGENT.to_owned(),
+            agents: BTreeMap::from([(DEFAULT_AGENT.to_owned(), AgentProfile::default())]),
+            max_objective_bytes: 64 * 1024,
+            heartbeat_interval: Duration::from_secs(15),
+            max_concurrent_runs: 64,
+            max_queued_runs: 1024,
+            run_lease: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The name of the profile shipped with the service.
+pub const DEFAULT_AGENT: &str = "default";
+
+/// An agent profile: how runs of this agent behave.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentProfile {
+    /// What the agent is for (shown by ListAgents).
+    pub description: String,
+    /// The system prompt every run starts with.
+    pub system_prompt: String,
+    /// The gateway route (or `provider/model`); empty = the gateway's default.
+    pub model: String,
+    /// Tools the agent may call, by name; `*` allows every tool.
+    pub tools: Vec<String>,
+    /// Model calls per run before it fails with RESOURCE_EXHAUSTED.
+    pub max_steps: i32,
+    /// Output tokens per model call; 0 = the gateway's default.
+    pub max_output_tokens: i32,
+    /// Wall-clock limit of a run.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Sampling temperature; unset = the model's default.
+    pub temperature: Option<f64>,
+}
+
+impl Default for AgentProfile {
+    fn default() -> Self {
+        Self {
+            description: "A general assistant with a calculator, a clock and a scratch workspace."
+                .to_owned(),
+            system_prompt: "You are a helpful assistant running inside agentmesh. Use the tools \
+                            when they help (the calculator for arithmetic, current_time for the \
+                            time, the file tools for the run's workspace), then answer concisely."
+                .to_owned(),
+            model: String::new(),
+            tools: [
+                "calculator",
+                "current_time",
+                "read_file",
+                "write_file",
+                "list_files",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+            max_steps: 8,
+            max_output_tokens: 0,
+            timeout: Duration::from_secs(300),
+            temperature: None,
+        }
+    }
+}
+
+impl AgentProfile {
+    /// Whether the profile lets runs call `tool`.
+    pub fn allows(&self, tool: &str) -> bool {
+        self.tools
+            .iter()
+            .any(|allowed| allowed == "*" || allowed == tool)
+    }
+
+    /// The profile as the API shows it.
+    pub fn to_proto(&self, name: &str, is_default: bool) -> pb::Agent {
+        pb::Agent {
+            name: name.to_owned(),
+            description: self.description.clone(),
+            is_default,
+            system_prompt: self.system_prompt.clone(),
+            model: self.model.clone(),
+            tools: self.tools.clone(),
+            limits: Some(pb::RunLimits {
+                max_steps: self.max_steps,
+                max_output_tokens: self.max_output_tokens,
+                timeout: prost_types::Duration::try_from(self.timeout).ok(),
+            }),
+            temperature: self.temperature,
+            max_concurrent_runs: 0,
+        }
+    }
+}
+
+/// Largest step limit a profile or request may set.
+pub const MAX_STEPS_LIMIT: i32 = 1000;
+
+agentmesh_kit::service_config!(
+    Config,
+    service = SERVICE,
+    section = "orchestrator",
+    validate = validate,
+);
+
+fn validate(config: &Config) -> Result<(), ConfigError> {
+    config.storage.validate()?;
+    for (setting, url) in [
+        ("llm_gateway_url", &config.llm_gateway_url),
+        ("tool_runner_url", &config.tool_runner_url),
+    ] {
+        if !(url.starts_with("http://") || url.starts_with("https://"))
+            || url.parse::<http::Uri>().is_err()
+        {
+            return Err(ConfigError::new(
+                setting,
+                format!("{url:?} is not an http:// or https:// address"),
+            ));
+        }
+    }
+    if !config.agents.contains_key(&config.default_agent) {
+        return Err(ConfigError::new(
+            "default_agent",
+            format!(
+                "names no configured agent profile (have: {})",
+                config.agents.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        ));
+    }
+    for (name, profile) in &config.agents {
+        let setting = |field: &str| format!("agents.{name}.{field}");
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(ConfigError::new(
+                format!("agents.{name}"),
+                "profile names are 1 to 64 letters, digits, '-' or '_'",
+            ));
+        }
+        if !(1..=MAX_STEPS_LIMIT).contains(&profile.max_steps) {
+            return Err(ConfigError::new(
+                setting("max_steps"),
+                format!("must be between 1 and {MAX_STEPS_LIMIT}"),
+            ));
+        }
+        if profile.max_output_tokens < 0 {
+            return Err(ConfigError::new(
+                setting("max_output_tokens"),
+                "must not be negative",
+            ));
+        }
+        if profile.timeout.is_zero() {
+            return Err(ConfigError::new(setting("timeout"), "must be above zero"));
+        }
+        if let Some(temperature) = profile.temperature
+            && !(0.0..=2.0).contains(&temperature)
+        {
+            return Err(ConfigError::new(
+                setting("temperature"),
+                "must be between 0 and 2",
+            ));
+        }
+    }
+    if config.max_objective_bytes == 0 {
+        return Err(ConfigError::new(
+            "max_objective_bytes",
+            "must be above zero",
+        ));
+    }
+    if config.heartbeat_interval < Duration::from_millis(10) {
+        return Err(ConfigError::new(
+            "heartbeat_interval",
+            "must be at least 10ms",
+        ));
+    }
+    if config.max_concurrent_runs == 0 {
+        return Err(ConfigError::new(
+            "max_concurrent_runs",
+            "must be at least 1",
+        ));
+    }
+    if config.run_lease < Duration::from_secs(1) {
+        return Err(ConfigError::new("run_lease", "must be at least 1s"));
+    }
+    Ok(())
+}

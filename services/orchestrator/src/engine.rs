@@ -1,0 +1,969 @@
+//! The agent loop and the live state of the runs this instance drives.
+//!
+//! Each run is driven by one task ([`Engine::drive`]): it asks the gateway
+//! for the next answer (streaming its text to followers as `token_delta`
+//! events), runs the tool calls the model asked for in parallel, feeds the
+//! results back, and repeats until a final answer, the step limit, the
+//! timeout, a cancel or an unrecoverable error.
+//!
+//! Events get their sequence numbers here, go at once to followers through a
+//! broadcast channel, and wait in [`Live::pending`] until the end of the step,
+//! when one transaction stores them with the run row and the checkpoint. A
+//! follower ([`Engine::follow`]) takes, under one lock, the stored position,
+//! the pending events and a subscription, so replay and live tail meet
+//! without a gap or a duplicate.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use agentmesh_kit::RequestContext;
+use agentmesh_kit::client::MeshChannel;
+use agentmesh_proto::llm::v1::{self as llm, generate_stream_response};
+use agentmesh_proto::orchestrator::v1::{self as pb, run_event};
+use agentmesh_proto::tools::v1 as tools;
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
+use llm::llm_gateway_service_client::LlmGatewayServiceClient;
+use prost::Message as _;
+use tokio::sync::{Semaphore, broadcast, mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+use tools::tool_runner_service_client::ToolRunnerServiceClient;
+
+use crate::config::{AgentProfile, Config};
+use crate::store::{self, Checkpoint, RunRow, Store, now_micros};
+
+/// Events a slow follower may fall behind before it re-reads from the store.
+const FOLLOWER_BUFFER: usize = 1024;
+/// How often a follower of a run driven elsewhere looks for new events.
+const REMOTE_POLL: Duration = Duration::from_millis(200);
+/// How long the tool list is cached.
+const TOOL_CACHE: Duration = Duration::from_secs(10);
+
+/// The runs this instance drives, and what it needs to drive them.
+#[derive(Debug)]
+pub struct Engine {
+    store: Store,
+    config: Arc<Config>,
+    gateway: LlmGatewayServiceClient<MeshChannel>,
+    tools: ToolRunnerServiceClient<MeshChannel>,
+    active: Mutex<HashMap<String, Arc<ActiveRun>>>,
+    slots: Arc<Semaphore>,
+    /// This instance's name in the runs it claims.
+    owner: String,
+    tool_cache: tokio::sync::Mutex<Option<(Instant, Vec<tools::Tool>)>>,
+}
+
+/// A run driven by this instance.
+#[derive(Debug)]
+pub struct ActiveRun {
+    run_id: String,
+    cancel: CancellationToken,
+    cancel_reason: Mutex<Option<String>>,
+    live: Mutex<Live>,
+    /// Becomes true once the run's terminal event is stored.
+    ended: watch::Sender<bool>,
+}
+
+/// Events not yet stored, and the channel to the followers.
+#[derive(Debug)]
+struct Live {
+    /// Highest sequence stored.
+    stored: i32,
+    /// Events with a larger sequence, in order.
+    pending: Vec<pb::RunEvent>,
+    last_sequence: i32,
+    state: pb::RunState,
+    followers: broadcast::Sender<pb::RunEvent>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding the lock leaves plain data behind; keep going.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl ActiveRun {
+    fn new(run: &RunRow) -> Arc<Self> {
+        let (followers, _) = broadcast::channel(FOLLOWER_BUFFER);
+        Arc::new(Self {
+            run_id: run.run_id.clone(),
+            cancel: CancellationToken::new(),
+            cancel_reason: Mutex::new(None),
+            live: Mutex::new(Live {
+                stored: run.last_sequence,
+                pending: Vec::new(),
+                last_sequence: run.last_sequence,
+                state: run.state,
+                followers,
+            }),
+            ended: watch::Sender::new(false),
+        })
+    }
+
+    /// Gives the event the next sequence number, keeps it for the next
+    /// flush and sends it to the followers.
+    fn emit(&self, event: run_event::Event) -> pb::RunEvent {
+        let mut live = lock(&self.live);
+        live.last_sequence += 1;
+        let event = pb::RunEvent {
+            run_id: self.run_id.clone(),
+            sequence: live.last_sequence,
+            time: Some(store::timestamp(now_micros())),
+            event: Some(event),
+        };
+        live.pending.push(event.clone());
+        // No followers is fine: the event is stored at the end of the step.
+        let _ = live.followers.send(event.clone());
+        event
+    }
+
+    /// Gives the terminal event its sequence number without publishing it:
+    /// it goes to the followers only once stored ([`Self::publish_stored`]),
+    /// so a client that sees the end of a run finds it ended everywhere
+    /// (GetRun, a new run in the same session).
+    fn reserve(&self, event: run_event::Event) -> pb::RunEvent {
+        let mut live = lock(&self.live);
+        live.last_sequence += 1;
+        pb::RunEvent {
+            run_id: self.run_id.clone(),
+            sequence: live.last_sequence,
+            time: Some(store::timestamp(now_micros())),
+            event: Some(event),
+        }
+    }
+
+    /// Publishes a reserved event stored by the caller.
+    fn publish_stored(&self, event: pb::RunEvent) {
+        let mut live = lock(&self.live);
+        live.stored = live.stored.max(event.sequence);
+        live.pending
+            .retain(|pending| pending.sequence > event.sequence);
+        let _ = live.followers.send(event);
+    }
+
+    fn set_state(&self, state: pb::RunState) {
+        lock(&self.live).state = state;
+    }
+
+    /// The events to store now, and the last sequence among them.
+    fn unstored(&self) -> (Vec<pb::RunEvent>, i32) {
+        let live = lock(&self.live);
+        (live.pending.clone(), live.last_sequence)
+    }
+
+    /// Marks events up to `sequence` as stored.
+    fn stored(&self, sequence: i32) {
+        let mut live = lock(&self.live);
+        live.pending.retain(|event| event.sequence > sequence);
+        live.stored = live.stored.max(sequence);
+    }
+
+    /// Requests the run to stop; the driver records the cancel.
+    pub fn cancel(&self, reason: String) {
+        lock(&self.cancel_reason).get_or_insert(reason);
+        self.cancel.cancel();
+    }
+
+    /// Waits until the run's terminal event is stored.
+    pub async fn ended(&self) {
+        let mut ended = self.ended.subscribe();
+        let _ = ended.wait_for(|ended| *ended).await;
+    }
+}
+
+/// How a run's loop ended.
+enum Ending {
+    Finished(String),
+    Failed(Status),
+    Cancelled(String),
+}
+
+/// What the loop carries from step to step (and stores as the checkpoint).
+struct Progress {
+    checkpoint: Checkpoint,
+}
+
+impl Engine {
+    /// An engine over `store`, calling the gateway and the tool runner at
+    /// the configured addresses (connections are made lazily and reused).
+    pub fn new(config: Arc<Config>, store: Store) -> Result<Arc<Self>, tonic::transport::Error> {
+        let gateway =
+            LlmGatewayServiceClient::new(agentmesh_kit::client::channel(&config.llm_gateway_url)?)
+                .max_decoding_message_size(config.server.max_message_bytes)
+                .max_encoding_message_size(config.server.max_message_bytes);
+        let tools =
+            ToolRunnerServiceClient::new(agentmesh_kit::client::channel(&config.tool_runner_url)?)
+                .max_decoding_message_size(config.server.max_message_bytes)
+                .max_encoding_message_size(config.server.max_message_bytes);
+        Ok(Arc::new(Self {
+            store,
+            slots: Arc::new(Semaphore::new(config.max_concurrent_runs)),
+            config,
+            gateway,
+            tools,
+            active: Mutex::new(HashMap::new()),
+            owner: format!("orchestrator-{}", uuid::Uuid::new_v4()),
+            tool_cache: tokio::sync::Mutex::new(None),
+        }))
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// This instance's name in run claims.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// When a claim made now runs out.
+    pub fn lease_until(&self) -> i64 {
+        now_micros()
+            .saturating_add(i64::try_from(self.config.run_lease.as_micros()).unwrap_or(i64::MAX))
+    }
+
+    /// Runs driven here and not yet started (waiting for a slot) or running.
+    pub fn active_count(&self) -> usize {
+        lock(&self.active).len()
+    }
+
+    /// The run, if this instance drives it.
+    pub fn active(&self, run_id: &str) -> Option<Arc<ActiveRun>> {
+        lock(&self.active).get(run_id).cloned()
+    }
+
+    /// Starts driving a stored run in the background, from its checkpoint
+    /// when `resume` is set. `context` carries the identity and trace of the
+    /// request that started it (its deadline is dropped: the run outlives
+    /// the call).
+    pub fn spawn(
+        self: &Arc<Self>,
+        run: RunRow,
+        resume: Option<Checkpoint>,
+        context: RequestContext,
+    ) {
+        let active = ActiveRun::new(&run);
+        lock(&self.active).insert(run.run_id.clone(), Arc::clone(&active));
+        let engine = Arc::clone(self);
+        tokio::spawn(
+            context
+                .with_deadline(None)
+                .scope(async move { engine.drive(run, active, resume).await }),
+        );
+    }
+
+    async fn drive(
+        self: Arc<Self>,
+        mut run: RunRow,
+        active: Arc<ActiveRun>,
+        resume: Option<Checkpoint>,
+    ) {
+        let run_id = run.run_id.clone();
+        // Wait for a slot (QUEUED), unless cancelled meanwhile.
+        let permit = tokio::select! {
+            permit = Arc::clone(&self.slots).acquire_owned() => permit.ok(),
+            () = active.cancel.cancelled() => None,
+        };
+        let profile = self
+            .config
+            .agents
+            .get(&run.agent)
+            .cloned()
+            .unwrap_or_default();
+        let mut progress = Progress {
+            checkpoint: match resume {
+                Some(checkpoint) => checkpoint,
+                None => self.first_checkpoint(&run, &profile).await,
+            },
+        };
+        let started = Instant::now();
+        let ending = if permit.is_none() {
+            Ending::Cancelled(self.cancel_reason(&active))
+        } else {
+            if run.start_time.is_none() {
+                run.start_time = Some(now_micros());
+                run.state = pb::RunState::Running;
+                active.set_state(run.state);
+                active.emit(run_event::Event::RunStarted(pb::RunStarted {
+                    agent: run.agent.clone(),
+                    model: run.model.clone(),
+                    session_id: run.session_id.clone(),
+                    limits: run.to_proto().limits,
+                    objective: run.objective.clone(),
+                }));
+                self.flush(&mut run, &active, Some(&progress.checkpoint))
+                    .await;
+            } else {
+                // Resumed after the instance that drove it stopped.
+                active.emit(run_event::Event::Progress(pb::Progress {
+                    step: progress.checkpoint.step + 1,
+                    max_steps: run.limits.max_steps,
+                    percent: percent(progress.checkpoint.step, run.limits.max_steps),
+                    message: format!(
+                        "step {} restarted: the run resumed from its checkpoint after the instance driving it stopped",
+                        progress.checkpoint.step + 1
+                    ),
+                    step_restarted: true,
+                }));
+            }
+            let elapsed_before = run
+                .start_time
+                .map(|start| {
+                    Duration::from_micros(u64::try_from(now_micros() - start).unwrap_or(0))
+                })
+                .unwrap_or_default();
+            let timeout = Duration::from_millis(u64::try_from(run.limits.timeout_ms).unwrap_or(0))
+                .saturating_sub(elapsed_before);
+            let deadline = started + timeout;
+            let work = self.steps(&mut run, &active, &profile, &mut progress, deadline);
+            tokio::select! {
+                () = active.cancel.cancelled() => Ending::Cancelled(self.cancel_reason(&active)),
+                result = tokio::time::timeout_at(deadline, work) => match result {
+                    Ok(Ok(output)) => Ending::Finished(output),
+                    Ok(Err(status)) => Ending::Failed(status),
+                    Err(_) => Ending::Failed(Status::deadline_exceeded(format!(
+                        "the run exceeded its timeout of {:?}",
+                        Duration::from_millis(u64::try_from(run.limits.timeout_ms).unwrap_or(0))
+                    ))),
+                },
+            }
+        };
+        drop(permit);
+        self.finish(&mut run, &active, progress, ending, started.elapsed())
+            .await;
+        lock(&self.active).remove(&run_id);
+        active.ended.send_replace(true);
+    }
+
+    fn cancel_reason(&self, active: &ActiveRun) -> String {
+        lock(&active.cancel_reason).clone().unwrap_or_default()
+    }
+
+    /// The conversation a new run starts with: the profile's system prompt,
+    /// the session's history, the objective.
+    async fn first_checkpoint(&self, run: &RunRow, profile: &AgentProfile) -> Checkpoint {
+        let mut messages = Vec::new();
+        let history = match self.store.session_history(&run.session_id).await {
+            Ok(history) => history,
+            Err(err) => {
+                tracing::warn!(run_id = %run.run_id, error = %err, "cannot read the session's history; starting without it");
+                Vec::new()
+            }
+        };
+        if history.first().map(|m| m.role()) != Some(llm::Role::System)
+            && !profile.system_prompt.is_empty()
+        {
+            messages.push(llm::Message {
+                role: llm::Role::System.into(),
+                content: profile.system_prompt.clone(),
+                ..llm::Message::default()
+            });
+        }
+        messages.extend(history);
+        messages.push(llm::Message {
+            role: llm::Role::User.into(),
+            content: run.objective.clone(),
+            ..llm::Message::default()
+        });
+        Checkpoint {
+            messages,
+            ..Checkpoint::default()
+        }
+    }
+
+    /// The loop. Returns the final answer.
+    async fn steps(
+        &self,
+        run: &mut RunRow,
+        active: &ActiveRun,
+        profile: &AgentProfile,
+        progress: &mut Progress,
+        deadline: Instant,
+    ) -> Result<String, Status> {
+        let specs = self.tool_specs(profile).await?;
+        loop {
+            let step = progress.checkpoint.step + 1;
+            if step > run.limits.max_steps {
+                return Err(Status::resource_exhausted(format!(
+                    "the run reached its step limit ({}) without a final answer",
+                    run.limits.max_steps
+                )));
+            }
+            active.emit(run_event::Event::Progress(pb::Progress {
+                step,
+                max_steps: run.limits.max_steps,
+                percent: percent(step - 1, run.limits.max_steps),
+                message: format!("step {step}: asking the model"),
+                step_restarted: false,
+            }));
+            let answer = self
+                .generate(
+                    run,
+                    active,
+                    profile,
+                    &progress.checkpoint.messages,
+                    &specs,
+                    step,
+                    deadline,
+                )
+                .await?;
+            let usage = answer.usage.unwrap_or_default();
+            progress.checkpoint.input_tokens += i64::from(usage.input_tokens);
+            progress.checkpoint.output_tokens += i64::from(usage.output_tokens);
+            let mut message = answer.message.unwrap_or_default();
+            message.role = llm::Role::Assistant.into();
+            progress.checkpoint.messages.push(message.clone());
+            progress.checkpoint.step = step;
+            if message.tool_calls.is_empty() {
+                return Ok(message.content);
+            }
+            let results = self
+                .call_tools(run, active, profile, &message.tool_calls, step, deadline)
+                .await;
+            progress.checkpoint.tool_calls += i32::try_from(results.len()).unwrap_or(i32::MAX);
+            progress.checkpoint.messages.extend(results);
+            self.apply(run, &progress.checkpoint);
+            self.flush(run, active, Some(&progress.checkpoint)).await;
+        }
+    }
+
+    /// Copies the checkpoint's counters onto the run row.
+    fn apply(&self, run: &mut RunRow, checkpoint: &Checkpoint) {
+        run.steps = checkpoint.step;
+        run.tool_calls = checkpoint.tool_calls;
+        run.input_tokens = checkpoint.input_tokens;
+        run.output_tokens = checkpoint.output_tokens;
+    }
+
+    /// One model call, its text relayed as it arrives.
+    #[expect(clippy::too_many_arguments, reason = "one call's worth of context")]
+    async fn generate(
+        &self,
+        run: &RunRow,
+        active: &ActiveRun,
+        profile: &AgentProfile,
+        messages: &[llm::Message],
+        specs: &[llm::ToolSpec],
+        step: i32,
+        deadline: Instant,
+    ) -> Result<llm::StreamFinished, Status> {
+        let mut request = tonic::Request::new(llm::GenerateStreamRequest {
+            model: run.model.clone(),
+            messages: messages.to_vec(),
+            tools: specs.to_vec(),
+            temperature: profile.temperature,
+            max_output_tokens: run.limits.max_output_tokens,
+            run_id: run.run_id.clone(),
+            ..llm::GenerateStreamRequest::default()
+        });
+        request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        let mut stream = self
+            .gateway
+            .clone()
+            .generate_stream(request)
+            .await
+            .map_err(|status| downstream("the model call", status))?
+            .into_inner();
+        let mut finished = None;
+        while let Some(message) = stream
+            .message()
+            .await
+            .map_err(|status| downstream("the model stream", status))?
+        {
+            match message.event {
+                Some(generate_stream_response::Event::TextDelta(delta)) => {
+                    active.emit(run_event::Event::TokenDelta(pb::TokenDelta {
+                        text: delta.text,
+                        step,
+                    }));
+                }
+                Some(generate_stream_response::Event::Reset(reset)) => {
+                    active.emit(run_event::Event::Progress(pb::Progress {
+                        step,
+                        max_steps: run.limits.max_steps,
+                        percent: percent(step - 1, run.limits.max_steps),
+                        message: format!("step {step} restarted: {}", reset.reason),
+                        step_restarted: true,
+                    }));
+                }
+                Some(generate_stream_response::Event::Finished(done)) => finished = Some(done),
+                Some(generate_stream_response::Event::ToolCallDelta(_)) | None => {}
+            }
+        }
+        finished
+            .ok_or_else(|| Status::unavailable("the model stream ended without its final message"))
+    }
+
+    /// Runs the tool calls of one answer in parallel; each result (or error)
+    /// becomes a tool message for the model, in the order of the calls.
+    async fn call_tools(
+        &self,
+        run: &RunRow,
+        active: &ActiveRun,
+        profile: &AgentProfile,
+        calls: &[llm::ToolCall],
+        step: i32,
+        deadline: Instant,
+    ) -> Vec<llm::Message> {
+        for call in calls {
+            active.emit(run_event::Event::ToolCallStarted(pb::ToolCallStarted {
+                call_id: call.id.clone(),
+                tool: call.name.clone(),
+                arguments_json: call.arguments_json.clone(),
+                step,
+            }));
+        }
+        let mut pending: FuturesUnordered<_> = calls
+            .iter()
+            .enumerate()
+            .map(|(index, call)| async move {
+                (index, self.call_tool(run, profile, call, deadline).await)
+            })
+            .collect();
+        let mut results: Vec<Option<llm::Message>> = vec![None; calls.len()];
+        while let Some((index, result)) = pending.next().await {
+            let call = &calls[index];
+            active.emit(run_event::Event::ToolCallFinished(pb::ToolCallFinished {
+                call_id: call.id.clone(),
+                output_json: result.output_json.clone(),
+                is_error: result.is_error,
+                error_message: result.error_message.clone(),
+                duration: result.duration,
+                tool: call.name.clone(),
+                step,
+            }));
+            let content = if result.is_error {
+                serde_json::json!({ "error": result.error_message }).to_string()
+            } else {
+                result.output_json
+            };
+            results[index] = Some(llm::Message {
+                role: llm::Role::Tool.into(),
+                content,
+                tool_call_id: call.id.clone(),
+                name: call.name.clone(),
+                is_error: result.is_error,
+                ..llm::Message::default()
+            });
+        }
+        results.into_iter().flatten().collect()
+    }
+
+    async fn call_tool(
+        &self,
+        run: &RunRow,
+        profile: &AgentProfile,
+        call: &llm::ToolCall,
+        deadline: Instant,
+    ) -> tools::ExecuteToolResponse {
+        let failed = |message: String| tools::ExecuteToolResponse {
+            is_error: true,
+            error_message: message,
+            call_id: call.id.clone(),
+            ..tools::ExecuteToolResponse::default()
+        };
+        if !profile.allows(&call.name) {
+            return failed(format!(
+                "tool {:?} is not available to agent {:?}; available: {}",
+                call.name,
+                run.agent,
+                profile.tools.join(", ")
+            ));
+        }
+        let mut request = tonic::Request::new(tools::ExecuteToolRequest {
+            tool: call.name.clone(),
+            arguments_json: call.arguments_json.clone(),
+            call_id: call.id.clone(),
+            timeout: None,
+            run_id: run.run_id.clone(),
+        });
+        request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        match self.tools.clone().execute_tool(request).await {
+            Ok(response) => response.into_inner(),
+            // The model gets the error as the tool's result and may recover.
+            Err(status) => failed(format!(
+                "the tool call failed ({:?}): {}",
+                status.code(),
+                status.message()
+            )),
+        }
+    }
+
+    /// The tool specs the profile may use, from the tool runner (cached
+    /// briefly: tools change rarely and a run needs them at every step).
+    async fn tool_specs(&self, profile: &AgentProfile) -> Result<Vec<llm::ToolSpec>, Status> {
+        if profile.tools.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cache = self.tool_cache.lock().await;
+        let fresh = cache
+            .as_ref()
+            .is_some_and(|(fetched, _)| fetched.elapsed() < TOOL_CACHE);
+        if !fresh {
+            let mut all = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let page = self
+                    .tools
+                    .clone()
+                    .list_tools(tools::ListToolsRequest {
+                        page_size: 1000,
+                        page_token: page_token.clone(),
+                        ..tools::ListToolsRequest::default()
+                    })
+                    .await
+                    .map_err(|status| downstream("listing the tools", status))?
+                    .into_inner();
+                all.extend(page.tools);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            *cache = Some((Instant::now(), all));
+        }
+        Ok(cache
+            .as_ref()
+            .map(|(_, all)| {
+                all.iter()
+                    .filter(|tool| profile.allows(&tool.name))
+                    .map(|tool| llm::ToolSpec {
+                        name: tool.name.clone(),
+                        description: tool.description.clone(),
+                        parameters_json: tool.parameters_json.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// Records the run's end: the terminal event, the row, the final
+    /// checkpoint (the session's history for the next run).
+    async fn finish(
+        &self,
+        run: &mut RunRow,
+        active: &ActiveRun,
+        progress: Progress,
+        ending: Ending,
+        duration: Duration,
+    ) {
+        self.apply(run, &progress.checkpoint);
+        let usage = Some(store::usage(run.input_tokens, run.output_tokens));
+        let duration = prost_types::Duration::try_from(duration).ok();
+        let event = match ending {
+            Ending::Finished(output) => {
+                run.state = pb::RunState::Succeeded;
+                run.output.clone_from(&output);
+                run_event::Event::RunFinished(pb::RunFinished {
+                    output,
+                    usage,
+                    steps: run.steps,
+                    duration,
+                })
+            }
+            Ending::Failed(status) => {
+                tracing::info!(run_id = %run.run_id, code = ?status.code(), message = status.message(), "run failed");
+                run.state = pb::RunState::Failed;
+                let error = rpc_status(&status);
+                run.error = Some(error.clone());
+                run_event::Event::RunFailed(pb::RunFailed {
+                    error: Some(error),
+                    usage,
+                    steps: run.steps,
+                    duration,
+                })
+            }
+            Ending::Cancelled(reason) => {
+                run.state = pb::RunState::Cancelled;
+                run_event::Event::RunCancelled(pb::RunCancelled {
+                    reason,
+                    cancelled_by: String::new(),
+                    usage,
+                    steps: run.steps,
+                })
+            }
+        };
+        run.end_time = Some(now_micros());
+        active.set_state(run.state);
+        let terminal = active.reserve(event);
+        // The end must be stored: retry a while (the store may be restarting).
+        let mut delay = Duration::from_millis(50);
+        for attempt in 1..=8 {
+            let (mut events, _) = active.unstored();
+            events.push(terminal.clone());
+            run.last_sequence = terminal.sequence;
+            match self
+                .store
+                .flush(
+                    run,
+                    &events,
+                    Some(&progress.checkpoint),
+                    &self.owner,
+                    self.lease_until(),
+                )
+                .await
+            {
+                Ok(()) => break,
+                Err(err) if attempt == 8 => {
+                    tracing::error!(run_id = %run.run_id, error = %err, "could not store the end of the run; another instance will resume it from its last checkpoint");
+                }
+                Err(err) => {
+                    tracing::warn!(run_id = %run.run_id, error = %err, "cannot store the end of the run yet; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        active.publish_stored(terminal);
+    }
+
+    /// Stores the pending events, the run row and the checkpoint; true when
+    /// stored. A failure keeps the events pending for the next flush.
+    async fn flush(
+        &self,
+        run: &mut RunRow,
+        active: &ActiveRun,
+        checkpoint: Option<&Checkpoint>,
+    ) -> bool {
+        let (events, last_sequence) = active.unstored();
+        run.last_sequence = last_sequence;
+        match self
+            .store
+            .flush(run, &events, checkpoint, &self.owner, self.lease_until())
+            .await
+        {
+            Ok(()) => {
+                active.stored(last_sequence);
+                true
+            }
+            Err(err) => {
+                tracing::error!(run_id = %run.run_id, error = %err, "cannot store the run's step");
+                false
+            }
+        }
+    }
+
+    /// Sends the run's events after `after` to `sender`: the stored ones,
+    /// then the live ones, until the terminal event or until the receiver
+    /// goes away. Idle periods get heartbeats.
+    pub async fn follow(
+        self: Arc<Self>,
+        run: RunRow,
+        after: i32,
+        sender: mpsc::Sender<Result<pb::RunEvent, Status>>,
+    ) {
+        let mut follower = Follower {
+            engine: &self,
+            run_id: run.run_id.clone(),
+            last: after,
+            sender,
+            next_heartbeat: Instant::now() + self.config.heartbeat_interval,
+        };
+        if let Err(FollowEnd::Error(status)) = follower.run().await {
+            let _ = follower.sender.send(Err(status)).await;
+        }
+    }
+}
+
+/// Why a follower stopped.
+enum FollowEnd {
+    /// The terminal event went out, or the client left.
+    Done,
+    /// The stream must end with this status.
+    Error(Status),
+}
+
+impl From<store::StoreError> for FollowEnd {
+    fn from(err: store::StoreError) -> Self {
+        Self::Error(store_status(&err))
+    }
+}
+
+struct Follower<'a> {
+    engine: &'a Engine,
+    run_id: String,
+    last: i32,
+    sender: mpsc::Sender<Result<pb::RunEvent, Status>>,
+    next_heartbeat: Instant,
+}
+
+impl Follower<'_> {
+    async fn run(&mut self) -> Result<(), FollowEnd> {
+        loop {
+            match self.engine.active(&self.run_id) {
+                Some(active) => self.follow_live(&active).await?,
+                None => self.follow_stored().await?,
+            }
+        }
+    }
+
+    async fn send(&mut self, event: pb::RunEvent) -> Result<(), FollowEnd> {
+        if event.sequence <= self.last {
+            return Ok(());
+        }
+        self.last = event.sequence;
+        let terminal = matches!(
+            event.event,
+            Some(
+                run_event::Event::RunFinished(_)
+                    | run_event::Event::RunFailed(_)
+                    | run_event::Event::RunCancelled(_)
+            )
+        );
+        self.sender
+            .send(Ok(event))
+            .await
+            .map_err(|_| FollowEnd::Done)?;
+        self.next_heartbeat = Instant::now() + self.engine.config.heartbeat_interval;
+        if terminal {
+            return Err(FollowEnd::Done);
+        }
+        Ok(())
+    }
+
+    async fn heartbeat(&mut self, state: pb::RunState) -> Result<(), FollowEnd> {
+        let beat = pb::RunEvent {
+            run_id: self.run_id.clone(),
+            sequence: 0,
+            time: Some(store::timestamp(now_micros())),
+            event: Some(run_event::Event::Heartbeat(pb::Heartbeat {
+                last_sequence: self.last,
+                state: state.into(),
+            })),
+        };
+        self.sender
+            .send(Ok(beat))
+            .await
+            .map_err(|_| FollowEnd::Done)?;
+        self.next_heartbeat = Instant::now() + self.engine.config.heartbeat_interval;
+        Ok(())
+    }
+
+    /// Catch up from the store and the pending events, then tail the live
+    /// ones. Returns to be called again when the run stops being driven here
+    /// or this follower fell behind.
+    async fn follow_live(&mut self, active: &ActiveRun) -> Result<(), FollowEnd> {
+        let (stored, pending, mut live) = {
+            let live = lock(&active.live);
+            (
+                live.stored,
+                live.pending.clone(),
+                live.followers.subscribe(),
+            )
+        };
+        if stored > self.last {
+            for event in self
+                .engine
+                .store
+                .events(&self.run_id, self.last, stored)
+                .await?
+            {
+                self.send(event).await?;
+            }
+        }
+        for event in pending {
+            self.send(event).await?;
+        }
+        loop {
+            tokio::select! {
+                received = live.recv() => match received {
+                    Ok(event) => self.send(event).await?,
+                    // Fell behind, or the run ended: catch up again.
+                    Err(broadcast::error::RecvError::Lagged(_) | broadcast::error::RecvError::Closed) => return Ok(()),
+                },
+                () = tokio::time::sleep_until(self.next_heartbeat) => {
+                    let state = lock(&active.live).state;
+                    self.heartbeat(state).await?;
+                }
+                () = self.sender.closed() => return Err(FollowEnd::Done),
+            }
+            if *active.ended.borrow() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Replay from the store; for a run driven elsewhere, look again
+    /// periodically.
+    async fn follow_stored(&mut self) -> Result<(), FollowEnd> {
+        let run = self
+            .engine
+            .store
+            .get_run_any_tenant(&self.run_id)
+            .await?
+            .ok_or_else(|| {
+                FollowEnd::Error(Status::not_found(format!(
+                    "run {} no longer exists",
+                    self.run_id
+                )))
+            })?;
+        for event in self
+            .engine
+            .store
+            .events(&self.run_id, self.last, i32::MAX)
+            .await?
+        {
+            self.send(event).await?;
+        }
+        if run.is_terminal() {
+            // The terminal event is always stored with the terminal state.
+            return Err(FollowEnd::Done);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(REMOTE_POLL) => {}
+            () = self.sender.closed() => return Err(FollowEnd::Done),
+        }
+        if Instant::now() >= self.next_heartbeat {
+            self.heartbeat(run.state).await?;
+        }
+        Ok(())
+    }
+}
+
+fn percent(done: i32, max: i32) -> f32 {
+    if max <= 0 {
+        return 0.0;
+    }
+    #[expect(clippy::cast_precision_loss, reason = "step counts are small")]
+    let ratio = done.clamp(0, max) as f32 / max as f32;
+    ratio * 100.0
+}
+
+/// A downstream failure as the run's error, saying which call failed.
+fn downstream(what: &str, status: Status) -> Status {
+    Status::with_details(
+        status.code(),
+        format!("{what} failed: {}", status.message()),
+        status.details().to_vec().into(),
+    )
+}
+
+/// A tonic status as a google.rpc.Status (keeping its details).
+pub fn rpc_status(status: &Status) -> tonic_types::pb::Status {
+    let details = tonic_types::pb::Status::decode(status.details())
+        .map(|decoded| decoded.details)
+        .unwrap_or_default();
+    tonic_types::pb::Status {
+        code: status.code().into(),
+        message: status.message().to_owned(),
+        details,
+    }
+}
+
+/// A store failure as a status: the database is a dependency that may come
+/// back, so UNAVAILABLE (retryable), with no SQL in the message.
+pub fn store_status(err: &store::StoreError) -> Status {
+    match err {
+        store::StoreError::Database(_) => {
+            tracing::error!(error = %err, "database error");
+            Status::unavailable("the run store is unavailable; retry shortly")
+        }
+        store::StoreError::Corrupt(_) => {
+            tracing::error!(error = %err, "corrupt stored data");
+            Status::internal("stored run data cannot be read")
+        }
+    }
+}

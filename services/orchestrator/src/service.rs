@@ -1,0 +1,627 @@
+//! The `agentmesh.orchestrator.v1.OrchestratorService` handlers: validate,
+//! then hand over to the [`Engine`] (runs) or read the [`Store`].
+
+use std::collections::BTreeMap;
+use std::hash::{Hash as _, Hasher as _};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use agentmesh_kit::RequestContext;
+use agentmesh_kit::status::invalid_argument;
+use agentmesh_proto::orchestrator::v1::{
+    self as pb, orchestrator_service_server::OrchestratorService,
+};
+use futures::StreamExt as _;
+use futures::stream::BoxStream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt as _};
+
+use crate::config::{Config, MAX_STEPS_LIMIT};
+use crate::engine::{Engine, store_status};
+use crate::store::{self, Created, Limits, RunFilter, RunRow, now_micros};
+
+const TENANT: &str = "x-agentmesh-tenant";
+const SUBJECT: &str = "x-agentmesh-subject";
+/// Default and largest page sizes of the List RPCs.
+const DEFAULT_PAGE: usize = 50;
+const MAX_PAGE: usize = 1000;
+/// Longest run timeout a request may ask for.
+const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// The handlers; the engine is set once start-up has opened the database.
+#[derive(Debug)]
+pub struct OrchestratorServiceImpl {
+    config: Arc<Config>,
+    engine: Arc<OnceLock<Arc<Engine>>>,
+}
+
+impl OrchestratorServiceImpl {
+    pub fn new(config: Arc<Config>, engine: Arc<OnceLock<Arc<Engine>>>) -> Self {
+        Self { config, engine }
+    }
+
+    fn engine(&self) -> Result<&Arc<Engine>, Status> {
+        self.engine
+            .get()
+            .ok_or_else(|| Status::unavailable("the orchestrator is starting; retry shortly"))
+    }
+}
+
+/// Who is calling: the tenant owns the runs it starts.
+fn caller<T>(request: &Request<T>) -> (String, String, RequestContext) {
+    let context = RequestContext::from_request(request).unwrap_or_default();
+    let tenant = context.header(TENANT).unwrap_or_default().to_owned();
+    let subject = context.header(SUBJECT).unwrap_or_default().to_owned();
+    (tenant, subject, context)
+}
+
+/// The fields StartRun and Run share.
+struct StartFields {
+    objective: String,
+    agent: String,
+    session_id: String,
+    idempotency_key: String,
+    limits: Option<pb::RunLimits>,
+    labels: std::collections::HashMap<String, String>,
+}
+
+impl From<pb::StartRunRequest> for StartFields {
+    fn from(r: pb::StartRunRequest) -> Self {
+        Self {
+            objective: r.objective,
+            agent: r.agent,
+            session_id: r.session_id,
+            idempotency_key: r.idempotency_key,
+            limits: r.limits,
+            labels: r.labels,
+        }
+    }
+}
+
+impl From<pb::RunRequest> for StartFields {
+    fn from(r: pb::RunRequest) -> Self {
+        Self {
+            objective: r.objective,
+            agent: r.agent,
+            session_id: r.session_id,
+            idempotency_key: r.idempotency_key,
+            limits: r.limits,
+            labels: r.labels,
+        }
+    }
+}
+
+fn not_found(what: &str, id: &str) -> Status {
+    Status::not_found(format!("{what} {id:?} not found"))
+}
+
+impl OrchestratorServiceImpl {
+    /// Validates, stores and starts a run (or finds the one an idempotency
+    /// key names). Returns the run and whether it already existed.
+    async fn start(
+        &self,
+        fields: StartFields,
+        tenant: String,
+        subject: String,
+        context: RequestContext,
+    ) -> Result<(RunRow, bool), Status> {
+        let engine = self.engine()?;
+        let mut violations: Vec<(String, String)> = Vec::new();
+        if fields.objective.trim().is_empty() {
+            violations.push((
+                "objective".into(),
+                "must not be empty: say what the agent should achieve".into(),
+            ));
+        } else if fields.objective.len() > self.config.max_objective_bytes {
+            violations.push((
+                "objective".into(),
+                format!(
+                    "is {} bytes; the limit is {} bytes",
+                    fields.objective.len(),
+                    self.config.max_objective_bytes
+                ),
+            ));
+        }
+        if fields.idempotency_key.chars().count() > 256 {
+            violations.push((
+                "idempotency_key".into(),
+                "must be at most 256 characters".into(),
+            ));
+        }
+        let limits = fields.limits.unwrap_or_default();
+        if !(0..=MAX_STEPS_LIMIT).contains(&limits.max_steps) {
+            violations.push((
+                "limits.max_steps".into(),
+                format!("must be between 0 (the profile's) and {MAX_STEPS_LIMIT}"),
+            ));
+        }
+        if limits.max_output_tokens < 0 {
+            violations.push((
+                "limits.max_output_tokens".into(),
+                "must not be negative".into(),
+            ));
+        }
+        let timeout = match &limits.timeout {
+            None => None,
+            Some(timeout) => match Duration::try_from(*timeout) {
+                Ok(timeout) if timeout <= MAX_TIMEOUT => Some(timeout).filter(|t| !t.is_zero()),
+                _ => {
+                    violations.push((
+                        "limits.timeout".into(),
+                        "must be between 0 (the profile's) and 24h".into(),
+                    ));
+                    None
+                }
+            },
+        };
+        validate_labels(&fields.labels, "labels", &mut violations);
+        if !violations.is_empty() {
+            return Err(invalid_argument(violations));
+        }
+        let agent = if fields.agent.is_empty() {
+            self.config.default_agent.clone()
+        } else {
+            fields.agent
+        };
+        let Some(profile) = self.config.agents.get(&agent) else {
+            return Err(Status::not_found(format!(
+                "agent {agent:?} not found; configured agents: {}",
+                self.config
+                    .agents
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        };
+        let store = engine.store();
+        let new_session = fields.session_id.is_empty();
+        let session_id = if new_session {
+            uuid::Uuid::now_v7().to_string()
+        } else {
+            if !store
+                .session_exists(&tenant, &fields.session_id)
+                .await
+                .map_err(|e| store_status(&e))?
+            {
+                return Err(not_found("session", &fields.session_id));
+            }
+            fields.session_id
+        };
+        let queued = engine.active_count();
+        if queued >= self.config.max_concurrent_runs + self.config.max_queued_runs {
+            let mut details = ErrorDetails::new();
+            details.set_retry_info(Some(Duration::from_secs(5)));
+            return Err(Status::with_error_details(
+                tonic::Code::ResourceExhausted,
+                format!(
+                    "{queued} runs are running or queued on this instance, the most it takes; retry later"
+                ),
+                details,
+            ));
+        }
+        let run = RunRow {
+            run_id: uuid::Uuid::now_v7().to_string(),
+            tenant,
+            subject,
+            agent,
+            session_id,
+            objective: fields.objective,
+            state: pb::RunState::Queued,
+            idempotency_key: Some(fields.idempotency_key).filter(|key| !key.is_empty()),
+            model: profile.model.clone(),
+            limits: Limits {
+                max_steps: if limits.max_steps > 0 {
+                    limits.max_steps
+                } else {
+                    profile.max_steps
+                },
+                max_output_tokens: if limits.max_output_tokens > 0 {
+                    limits.max_output_tokens
+                } else {
+                    profile.max_output_tokens
+                },
+                timeout_ms: i64::try_from(timeout.unwrap_or(profile.timeout).as_millis())
+                    .unwrap_or(i64::MAX),
+            },
+            labels: fields.labels.into_iter().collect(),
+            create_time: now_micros(),
+            start_time: None,
+            end_time: None,
+            output: String::new(),
+            error: None,
+            input_tokens: 0,
+            output_tokens: 0,
+            steps: 0,
+            tool_calls: 0,
+            last_sequence: 0,
+        };
+        if !new_session
+            && let Some(other) = store
+                .unfinished_run_in_session(&run.session_id)
+                .await
+                .map_err(|e| store_status(&e))?
+        {
+            return Err(Status::failed_precondition(format!(
+                "session {} has a run in progress ({other}); wait for it to end or cancel it",
+                run.session_id
+            )));
+        }
+        match store
+            .create_run(&run, new_session, engine.owner(), engine.lease_until())
+            .await
+            .map_err(|e| store_status(&e))?
+        {
+            Created::New(run) => {
+                tracing::info!(run_id = %run.run_id, agent = %run.agent, "run queued");
+                engine.spawn(run.clone(), None, context);
+                Ok((run, false))
+            }
+            Created::Existing(existing) => {
+                if existing.objective != run.objective || existing.agent != run.agent {
+                    return Err(Status::already_exists(format!(
+                        "idempotency key {:?} was used for run {} with a different objective or agent",
+                        run.idempotency_key.unwrap_or_default(),
+                        existing.run_id
+                    )));
+                }
+                Ok((existing, true))
+            }
+        }
+    }
+
+    /// A stream of the run's events after `after`.
+    fn follow(
+        &self,
+        run: RunRow,
+        after: i32,
+    ) -> Result<ReceiverStream<Result<pb::RunEvent, Status>>, Status> {
+        let engine = Arc::clone(self.engine()?);
+        let (sender, receiver) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(engine.follow(run, after, sender));
+        Ok(ReceiverStream::new(receiver))
+    }
+
+    async fn run_of(&self, tenant: &str, run_id: &str) -> Result<RunRow, Status> {
+        if run_id.is_empty() {
+            return Err(invalid_argument([("run_id", "must not be empty")]));
+        }
+        self.engine()?
+            .store()
+            .get_run(tenant, run_id)
+            .await
+            .map_err(|e| store_status(&e))?
+            .ok_or_else(|| not_found("run", run_id))
+    }
+}
+
+fn validate_labels(
+    labels: &std::collections::HashMap<String, String>,
+    field: &str,
+    violations: &mut Vec<(String, String)>,
+) {
+    if labels.len() > 32 {
+        violations.push((
+            field.to_owned(),
+            format!("has {} labels; at most 32 are allowed", labels.len()),
+        ));
+    }
+    let mut keys: Vec<_> = labels.keys().collect();
+    keys.sort();
+    for key in keys {
+        if key.is_empty() || key.chars().count() > 63 {
+            violations.push((
+                format!("{field}[{key:?}]"),
+                "label keys are 1 to 63 characters".into(),
+            ));
+        }
+        if labels[key].chars().count() > 256 {
+            violations.push((
+                format!("{field}[{key:?}]"),
+                "label values are at most 256 characters".into(),
+            ));
+        }
+    }
+}
+
+/// The page size a request asks for.
+fn page_size(requested: i32) -> Result<usize, Status> {
+    match usize::try_from(requested) {
+        Err(_) => Err(invalid_argument([("page_size", "must not be negative")])),
+        Ok(0) => Ok(DEFAULT_PAGE),
+        Ok(n) => Ok(n.min(MAX_PAGE)),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// ListRuns page tokens: the last run's position and a fingerprint of the
+/// filters, so a token is not reused with other filters.
+fn filter_fingerprint(request: &pb::ListRunsRequest) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    request.states.hash(&mut hasher);
+    let labels: BTreeMap<_, _> = request.labels.iter().collect();
+    labels.hash(&mut hasher);
+    request.agent.hash(&mut hasher);
+    request.session_id.hash(&mut hasher);
+    request
+        .create_time_start
+        .map(|t| (t.seconds, t.nanos))
+        .hash(&mut hasher);
+    request
+        .create_time_end
+        .map(|t| (t.seconds, t.nanos))
+        .hash(&mut hasher);
+    hasher.finish()
+}
+
+fn runs_page_token(last: &RunRow, fingerprint: u64) -> String {
+    hex(format!("{}|{}|{fingerprint:x}", last.create_time, last.run_id).as_bytes())
+}
+
+fn parse_runs_page_token(token: &str, fingerprint: u64) -> Result<Option<(i64, String)>, Status> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || {
+        invalid_argument([(
+            "page_token",
+            "is not a page token of this query (filters must stay the same between pages)",
+        )])
+    };
+    let text = unhex(token)
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or_else(bad)?;
+    let mut parts = text.splitn(3, '|');
+    let (Some(time), Some(run_id), Some(print)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(bad());
+    };
+    if print != format!("{fingerprint:x}") {
+        return Err(bad());
+    }
+    Ok(Some((time.parse().map_err(|_| bad())?, run_id.to_owned())))
+}
+
+#[tonic::async_trait]
+impl OrchestratorService for OrchestratorServiceImpl {
+    type StreamRunStream = BoxStream<'static, Result<pb::StreamRunResponse, Status>>;
+    type RunStream = BoxStream<'static, Result<pb::RunResponse, Status>>;
+
+    async fn start_run(
+        &self,
+        request: Request<pb::StartRunRequest>,
+    ) -> Result<Response<pb::StartRunResponse>, Status> {
+        let (tenant, subject, context) = caller(&request);
+        let (run, existing) = self
+            .start(request.into_inner().into(), tenant, subject, context)
+            .await?;
+        Ok(Response::new(pb::StartRunResponse {
+            run_id: run.run_id.clone(),
+            run: Some(run.to_proto()),
+            existing,
+        }))
+    }
+
+    async fn stream_run(
+        &self,
+        request: Request<pb::StreamRunRequest>,
+    ) -> Result<Response<Self::StreamRunStream>, Status> {
+        let (tenant, _, _) = caller(&request);
+        let request = request.into_inner();
+        if request.after_sequence < 0 {
+            return Err(invalid_argument([(
+                "after_sequence",
+                "must not be negative (0 = from the first event)",
+            )]));
+        }
+        let run = self.run_of(&tenant, &request.run_id).await?;
+        let events = self.follow(run, request.after_sequence)?;
+        Ok(Response::new(
+            events
+                .map(|event| event.map(|event| pb::StreamRunResponse { event: Some(event) }))
+                .boxed(),
+        ))
+    }
+
+    async fn run(
+        &self,
+        request: Request<pb::RunRequest>,
+    ) -> Result<Response<Self::RunStream>, Status> {
+        let (tenant, subject, context) = caller(&request);
+        let (run, _) = self
+            .start(request.into_inner().into(), tenant, subject, context)
+            .await?;
+        let events = self.follow(run, 0)?;
+        Ok(Response::new(
+            events
+                .map(|event| event.map(|event| pb::RunResponse { event: Some(event) }))
+                .boxed(),
+        ))
+    }
+
+    async fn get_run(
+        &self,
+        request: Request<pb::GetRunRequest>,
+    ) -> Result<Response<pb::GetRunResponse>, Status> {
+        let (tenant, _, _) = caller(&request);
+        let run = self.run_of(&tenant, &request.get_ref().run_id).await?;
+        Ok(Response::new(pb::GetRunResponse {
+            run: Some(run.to_proto()),
+        }))
+    }
+
+    async fn list_runs(
+        &self,
+        request: Request<pb::ListRunsRequest>,
+    ) -> Result<Response<pb::ListRunsResponse>, Status> {
+        let (tenant, _, _) = caller(&request);
+        let request = request.into_inner();
+        let size = page_size(request.page_size)?;
+        let mut violations: Vec<(String, String)> = Vec::new();
+        for (index, state) in request.states.iter().enumerate() {
+            if pb::RunState::try_from(*state).map_or(true, |s| s == pb::RunState::Unspecified) {
+                violations.push((
+                    format!("states[{index}]"),
+                    format!("{state} is not a run state"),
+                ));
+            }
+        }
+        let labels: std::collections::HashMap<String, String> = request.labels.clone();
+        validate_labels(&labels, "labels", &mut violations);
+        if let (Some(start), Some(end)) = (&request.create_time_start, &request.create_time_end)
+            && store::micros_of(start) > store::micros_of(end)
+        {
+            violations.push((
+                "create_time_end".into(),
+                "must not be before create_time_start".into(),
+            ));
+        }
+        if !violations.is_empty() {
+            return Err(invalid_argument(violations));
+        }
+        let fingerprint = filter_fingerprint(&request);
+        let after = parse_runs_page_token(&request.page_token, fingerprint)?;
+        let filter = RunFilter {
+            states: request.states.clone(),
+            labels: request.labels.clone().into_iter().collect(),
+            agent: request.agent.clone(),
+            session_id: request.session_id.clone(),
+            create_time_start: request.create_time_start.as_ref().map(store::micros_of),
+            create_time_end: request.create_time_end.as_ref().map(store::micros_of),
+        };
+        let mut runs = self
+            .engine()?
+            .store()
+            .list_runs(&tenant, &filter, after, size + 1)
+            .await
+            .map_err(|e| store_status(&e))?;
+        let next_page_token = if runs.len() > size {
+            runs.truncate(size);
+            runs.last()
+                .map(|last| runs_page_token(last, fingerprint))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListRunsResponse {
+            runs: runs.iter().map(RunRow::to_proto).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn cancel_run(
+        &self,
+        request: Request<pb::CancelRunRequest>,
+    ) -> Result<Response<pb::CancelRunResponse>, Status> {
+        let (tenant, subject, _) = caller(&request);
+        let request = request.into_inner();
+        let run = self.run_of(&tenant, &request.run_id).await?;
+        if run.is_terminal() {
+            return Err(Status::failed_precondition(format!(
+                "run {} has already ended ({})",
+                run.run_id,
+                run.state.as_str_name()
+            )));
+        }
+        let engine = self.engine()?;
+        let Some(active) = engine.active(&run.run_id) else {
+            return Err(Status::unavailable(format!(
+                "run {} is driven by another orchestrator instance that is not reachable from here; retry shortly (it resumes here once its claim runs out)",
+                run.run_id
+            )));
+        };
+        let reason = if request.reason.is_empty() {
+            if subject.is_empty() {
+                "cancelled by request".to_owned()
+            } else {
+                format!("cancelled by {subject}")
+            }
+        } else {
+            request.reason
+        };
+        active.cancel(reason);
+        active.ended().await;
+        let run = self.run_of(&tenant, &run.run_id).await?;
+        if run.state != pb::RunState::Cancelled {
+            return Err(Status::failed_precondition(format!(
+                "run {} ended ({}) before the cancel took effect",
+                run.run_id,
+                run.state.as_str_name()
+            )));
+        }
+        Ok(Response::new(pb::CancelRunResponse {
+            run: Some(run.to_proto()),
+        }))
+    }
+
+    async fn list_agents(
+        &self,
+        request: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        let request = request.into_inner();
+        let size = page_size(request.page_size)?;
+        let after = if request.page_token.is_empty() {
+            None
+        } else {
+            Some(
+                unhex(&request.page_token)
+                    .and_then(|bytes| String::from_utf8(bytes).ok())
+                    .ok_or_else(|| {
+                        invalid_argument([("page_token", "is not a page token of ListAgents")])
+                    })?,
+            )
+        };
+        let mut agents: Vec<pb::Agent> = self
+            .config
+            .agents
+            .iter()
+            .filter(|(name, _)| after.as_ref().is_none_or(|after| *name > after))
+            .take(size + 1)
+            .map(|(name, profile)| profile.to_proto(name, *name == self.config.default_agent))
+            .collect();
+        let next_page_token = if agents.len() > size {
+            agents.truncate(size);
+            agents
+                .last()
+                .map(|a| hex(a.name.as_bytes()))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListAgentsResponse {
+            agents,
+            next_page_token,
+        }))
+    }
+
+    async fn get_agent(
+        &self,
+        request: Request<pb::GetAgentRequest>,
+    ) -> Result<Response<pb::GetAgentResponse>, Status> {
+        let name = &request.get_ref().name;
+        if name.is_empty() {
+            return Err(invalid_argument([("name", "must not be empty")]));
+        }
+        let profile = self
+            .config
+            .agents
+            .get(name)
+            .ok_or_else(|| not_found("agent", name))?;
+        Ok(Response::new(pb::GetAgentResponse {
+            agent: Some(profile.to_proto(name, *name == self.config.default_agent)),
+        }))
+    }
+}

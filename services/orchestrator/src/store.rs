@@ -1,0 +1,685 @@
+//! Runs as stored: the `runs` row, the event log, the latest checkpoint and
+//! sessions, on SQLite or PostgreSQL through the same queries.
+//!
+//! The engine is the only writer of a run while it drives it. It writes once
+//! per step ([`Store::flush`]: the step's events, the run row and the
+//! checkpoint in one transaction), never once per token, so a crash loses at
+//! most the step in flight, which is then run again from the checkpoint.
+
+use std::collections::BTreeMap;
+
+use agentmesh_proto::llm::v1 as llm;
+use agentmesh_proto::orchestrator::v1 as pb;
+use agentmesh_storage::{Database, EmbeddedMigration, Migrations, with_pool};
+use prost::Message as _;
+
+/// The orchestrator's schema, per backend.
+pub static MIGRATIONS: Migrations = Migrations {
+    sqlite: &[EmbeddedMigration {
+        version: 1,
+        description: "runs, events, checkpoints, sessions",
+        sql: include_str!("../migrations/sqlite/0001_runs.sql"),
+    }],
+    postgres: &[EmbeddedMigration {
+        version: 1,
+        description: "runs, events, checkpoints, sessions",
+        sql: include_str!("../migrations/postgres/0001_runs.sql"),
+    }],
+};
+
+/// Rows per multi-row INSERT of events (3 parameters each; far below
+/// SQLite's and PostgreSQL's parameter limits).
+const EVENTS_PER_INSERT: usize = 300;
+
+/// A failure of the store; the service maps it to UNAVAILABLE/INTERNAL.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("stored data cannot be read: {0}")]
+    Corrupt(String),
+}
+
+impl From<prost::DecodeError> for StoreError {
+    fn from(err: prost::DecodeError) -> Self {
+        Self::Corrupt(err.to_string())
+    }
+}
+
+/// What a run is limited to, resolved from the request and its profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_steps: i32,
+    pub max_output_tokens: i32,
+    pub timeout_ms: i64,
+}
+
+/// A run as stored in `runs`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRow {
+    pub run_id: String,
+    pub tenant: String,
+    pub subject: String,
+    pub agent: String,
+    pub session_id: String,
+    pub objective: String,
+    pub state: pb::RunState,
+    pub idempotency_key: Option<String>,
+    pub model: String,
+    pub limits: Limits,
+    pub labels: BTreeMap<String, String>,
+    pub create_time: i64,
+    pub start_time: Option<i64>,
+    pub end_time: Option<i64>,
+    pub output: String,
+    pub error: Option<tonic_types::pb::Status>,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub steps: i32,
+    pub tool_calls: i32,
+    pub last_sequence: i32,
+}
+
+impl RunRow {
+    /// Whether the run has ended.
+    pub fn is_terminal(&self) -> bool {
+        is_terminal(self.state)
+    }
+
+    /// The run as the API shows it.
+    pub fn to_proto(&self) -> pb::Run {
+        pb::Run {
+            run_id: self.run_id.clone(),
+            objective: self.objective.clone(),
+            agent: self.agent.clone(),
+            session_id: self.session_id.clone(),
+            state: self.state.into(),
+            limits: Some(pb::RunLimits {
+                max_steps: self.limits.max_steps,
+                max_output_tokens: self.limits.max_output_tokens,
+                timeout: Some(duration_from_millis(self.limits.timeout_ms)),
+            }),
+            labels: self.labels.clone().into_iter().collect(),
+            idempotency_key: self.idempotency_key.clone().unwrap_or_default(),
+            model: self.model.clone(),
+            create_time: Some(timestamp(self.create_time)),
+            start_time: self.start_time.map(timestamp),
+            end_time: self.end_time.map(timestamp),
+            output: self.output.clone(),
+            error: self.error.clone(),
+            usage: Some(usage(self.input_tokens, self.output_tokens)),
+            steps: self.steps,
+            tool_calls: self.tool_calls,
+            last_sequence: self.last_sequence,
+            tenant: self.tenant.clone(),
+            subject: self.subject.clone(),
+        }
+    }
+}
+
+/// Whether `state` is one a run ends in.
+pub fn is_terminal(state: pb::RunState) -> bool {
+    matches!(
+        state,
+        pb::RunState::Succeeded | pb::RunState::Failed | pb::RunState::Cancelled
+    )
+}
+
+/// Token usage as the API shows it.
+pub fn usage(input_tokens: i64, output_tokens: i64) -> llm::Usage {
+    let clamp = |n: i64| i32::try_from(n).unwrap_or(i32::MAX);
+    llm::Usage {
+        input_tokens: clamp(input_tokens),
+        output_tokens: clamp(output_tokens),
+        total_tokens: clamp(input_tokens.saturating_add(output_tokens)),
+        ..llm::Usage::default()
+    }
+}
+
+/// Microseconds since the Unix epoch as a protobuf timestamp.
+pub fn timestamp(micros: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: micros.div_euclid(1_000_000),
+        nanos: i32::try_from(micros.rem_euclid(1_000_000) * 1000).unwrap_or(0),
+    }
+}
+
+/// A protobuf timestamp as microseconds since the Unix epoch.
+pub fn micros_of(timestamp: &prost_types::Timestamp) -> i64 {
+    timestamp
+        .seconds
+        .saturating_mul(1_000_000)
+        .saturating_add(i64::from(timestamp.nanos) / 1000)
+}
+
+/// Now, in microseconds since the Unix epoch.
+pub fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn duration_from_millis(millis: i64) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: millis.div_euclid(1000),
+        nanos: i32::try_from(millis.rem_euclid(1000) * 1_000_000).unwrap_or(0),
+    }
+}
+
+/// What a run resumes from: the conversation and counters after its last
+/// completed step. Stored protobuf-encoded in `checkpoints.state`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Checkpoint {
+    /// The conversation so far (system prompt, history, objective, every
+    /// answer and tool result).
+    #[prost(message, repeated, tag = "1")]
+    pub messages: Vec<llm::Message>,
+    /// Steps completed.
+    #[prost(int32, tag = "2")]
+    pub step: i32,
+    /// Tool calls made.
+    #[prost(int32, tag = "3")]
+    pub tool_calls: i32,
+    /// Tokens used so far.
+    #[prost(int64, tag = "4")]
+    pub input_tokens: i64,
+    #[prost(int64, tag = "5")]
+    pub output_tokens: i64,
+}
+
+/// The outcome of [`Store::create_run`].
+#[derive(Debug)]
+pub enum Created {
+    /// The run was stored.
+    New(RunRow),
+    /// The tenant's idempotency key already named this run.
+    Existing(RunRow),
+}
+
+/// Filters of [`Store::list_runs`].
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub states: Vec<i32>,
+    pub labels: BTreeMap<String, String>,
+    pub agent: String,
+    pub session_id: String,
+    pub create_time_start: Option<i64>,
+    pub create_time_end: Option<i64>,
+}
+
+/// The orchestrator's database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: Database,
+}
+
+const RUN_COLUMNS: &str = "run_id, tenant, subject, agent, session_id, objective, state, \
+     idempotency_key, model, max_steps, max_output_tokens, timeout_ms, labels, create_time, \
+     start_time, end_time, output, error, input_tokens, output_tokens, steps, tool_calls, \
+     last_sequence";
+
+macro_rules! select_runs {
+    ($tail:literal) => {
+        concat!(
+            "SELECT run_id, tenant, subject, agent, session_id, objective, state, \
+             idempotency_key, model, max_steps, max_output_tokens, timeout_ms, labels, \
+             create_time, start_time, end_time, output, error, input_tokens, output_tokens, \
+             steps, tool_calls, last_sequence FROM runs ",
+            $tail
+        )
+    };
+}
+
+fn run_from_row<R>(row: &R) -> Result<RunRow, StoreError>
+where
+    R: sqlx::Row,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> i32: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<i64>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<Vec<u8>>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    let state: i32 = row.try_get("state")?;
+    let labels: String = row.try_get("labels")?;
+    let error: Option<Vec<u8>> = row.try_get("error")?;
+    Ok(RunRow {
+        run_id: row.try_get("run_id")?,
+        tenant: row.try_get("tenant")?,
+        subject: row.try_get("subject")?,
+        agent: row.try_get("agent")?,
+        session_id: row.try_get("session_id")?,
+        objective: row.try_get("objective")?,
+        state: pb::RunState::try_from(state)
+            .map_err(|_| StoreError::Corrupt(format!("unknown run state {state}")))?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        model: row.try_get("model")?,
+        limits: Limits {
+            max_steps: row.try_get("max_steps")?,
+            max_output_tokens: row.try_get("max_output_tokens")?,
+            timeout_ms: row.try_get("timeout_ms")?,
+        },
+        labels: serde_json::from_str(&labels)
+            .map_err(|err| StoreError::Corrupt(format!("run labels: {err}")))?,
+        create_time: row.try_get("create_time")?,
+        start_time: row.try_get("start_time")?,
+        end_time: row.try_get("end_time")?,
+        output: row.try_get("output")?,
+        error: error
+            .map(|bytes| tonic_types::pb::Status::decode(bytes.as_slice()))
+            .transpose()?,
+        input_tokens: row.try_get("input_tokens")?,
+        output_tokens: row.try_get("output_tokens")?,
+        steps: row.try_get("steps")?,
+        tool_calls: row.try_get("tool_calls")?,
+        last_sequence: row.try_get("last_sequence")?,
+    })
+}
+
+impl Store {
+    /// A store over an opened, migrated database.
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+
+    /// Stores a new run (and its new session), or returns the run an
+    /// idempotency key already names.
+    /// `owner` claims the run until `lease_until` (so no other instance takes
+    /// it for an orphan while it waits for a slot).
+    pub async fn create_run(
+        &self,
+        run: &RunRow,
+        new_session: bool,
+        owner: &str,
+        lease_until: i64,
+    ) -> Result<Created, StoreError> {
+        if let Some(existing) = self.find_by_idempotency_key(run).await? {
+            return Ok(Created::Existing(existing));
+        }
+        let labels = serde_json::to_string(&run.labels)
+            .map_err(|err| StoreError::Corrupt(err.to_string()))?;
+        let inserted: Result<(), sqlx::Error> = with_pool!(&self.db, |pool| {
+            async {
+                let mut tx = pool.begin().await?;
+                if new_session {
+                    sqlx::query(
+                        "INSERT INTO sessions (session_id, tenant, agent, create_time) \
+                         VALUES ($1, $2, $3, $4)",
+                    )
+                    .bind(&run.session_id)
+                    .bind(&run.tenant)
+                    .bind(&run.agent)
+                    .bind(run.create_time)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                sqlx::query(
+                    "INSERT INTO runs (run_id, tenant, subject, agent, session_id, objective, \
+                     state, idempotency_key, model, max_steps, max_output_tokens, timeout_ms, \
+                     labels, create_time, owner, lease_until) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+                )
+                .bind(&run.run_id)
+                .bind(&run.tenant)
+                .bind(&run.subject)
+                .bind(&run.agent)
+                .bind(&run.session_id)
+                .bind(&run.objective)
+                .bind(i32::from(run.state))
+                .bind(&run.idempotency_key)
+                .bind(&run.model)
+                .bind(run.limits.max_steps)
+                .bind(run.limits.max_output_tokens)
+                .bind(run.limits.timeout_ms)
+                .bind(&labels)
+                .bind(run.create_time)
+                .bind(owner)
+                .bind(lease_until)
+                .execute(&mut *tx)
+                .await?;
+                for (key, value) in &run.labels {
+                    sqlx::query("INSERT INTO run_labels (run_id, key, value) VALUES ($1, $2, $3)")
+                        .bind(&run.run_id)
+                        .bind(key)
+                        .bind(value)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await
+            }
+            .await
+        });
+        match inserted {
+            Ok(()) => Ok(Created::New(run.clone())),
+            // Two requests with the same key raced; the other one won.
+            Err(sqlx::Error::Database(err)) if err.is_unique_violation() => {
+                match self.find_by_idempotency_key(run).await? {
+                    Some(existing) => Ok(Created::Existing(existing)),
+                    None => Err(sqlx::Error::Database(err).into()),
+                }
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    async fn find_by_idempotency_key(&self, run: &RunRow) -> Result<Option<RunRow>, StoreError> {
+        let Some(key) = &run.idempotency_key else {
+            return Ok(None);
+        };
+        with_pool!(&self.db, |pool| {
+            sqlx::query(select_runs!("WHERE tenant = $1 AND idempotency_key = $2"))
+                .bind(&run.tenant)
+                .bind(key)
+                .fetch_optional(pool)
+                .await?
+                .map(|row| run_from_row(&row))
+                .transpose()
+        })
+    }
+
+    /// A run of `tenant`.
+    pub async fn get_run(&self, tenant: &str, run_id: &str) -> Result<Option<RunRow>, StoreError> {
+        with_pool!(&self.db, |pool| {
+            sqlx::query(select_runs!("WHERE tenant = $1 AND run_id = $2"))
+                .bind(tenant)
+                .bind(run_id)
+                .fetch_optional(pool)
+                .await?
+                .map(|row| run_from_row(&row))
+                .transpose()
+        })
+    }
+
+    /// A run, whoever owns it (for callers that checked the tenant already).
+    pub async fn get_run_any_tenant(&self, run_id: &str) -> Result<Option<RunRow>, StoreError> {
+        with_pool!(&self.db, |pool| {
+            sqlx::query(select_runs!("WHERE run_id = $1"))
+                .bind(run_id)
+                .fetch_optional(pool)
+                .await?
+                .map(|row| run_from_row(&row))
+                .transpose()
+        })
+    }
+
+    /// Runs of `tenant`, newest first, after the `(create_time, run_id)`
+    /// position of the previous page.
+    pub async fn list_runs(
+        &self,
+        tenant: &str,
+        filter: &RunFilter,
+        after: Option<(i64, String)>,
+        limit: usize,
+    ) -> Result<Vec<RunRow>, StoreError> {
+        with_pool!(&self.db, |pool| {
+            let mut query = sqlx::QueryBuilder::new("SELECT ");
+            query.push(RUN_COLUMNS);
+            query.push(" FROM runs r WHERE tenant = ");
+            query.push_bind(tenant);
+            if !filter.states.is_empty() {
+                query.push(" AND state IN (");
+                let mut states = query.separated(", ");
+                for state in &filter.states {
+                    states.push_bind(*state);
+                }
+                query.push(")");
+            }
+            if !filter.agent.is_empty() {
+                query.push(" AND agent = ").push_bind(&filter.agent);
+            }
+            if !filter.session_id.is_empty() {
+                query
+                    .push(" AND session_id = ")
+                    .push_bind(&filter.session_id);
+            }
+            if let Some(start) = filter.create_time_start {
+                query.push(" AND create_time >= ").push_bind(start);
+            }
+            if let Some(end) = filter.create_time_end {
+                query.push(" AND create_time < ").push_bind(end);
+            }
+            for (key, value) in &filter.labels {
+                query
+                    .push(" AND EXISTS (SELECT 1 FROM run_labels l WHERE l.run_id = r.run_id AND l.key = ")
+                    .push_bind(key)
+                    .push(" AND l.value = ")
+                    .push_bind(value)
+                    .push(")");
+            }
+            if let Some((time, run_id)) = &after {
+                query
+                    .push(" AND (create_time < ")
+                    .push_bind(*time)
+                    .push(" OR (create_time = ")
+                    .push_bind(*time)
+                    .push(" AND run_id < ")
+                    .push_bind(run_id)
+                    .push("))");
+            }
+            query
+                .push(" ORDER BY create_time DESC, run_id DESC LIMIT ")
+                .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
+            query
+                .build()
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(run_from_row)
+                .collect()
+        })
+    }
+
+    /// Whether `session_id` exists for `tenant`.
+    pub async fn session_exists(&self, tenant: &str, session_id: &str) -> Result<bool, StoreError> {
+        let found: Option<i64> = with_pool!(&self.db, |pool| {
+            sqlx::query_scalar(
+                "SELECT create_time FROM sessions WHERE tenant = $1 AND session_id = $2",
+            )
+            .bind(tenant)
+            .bind(session_id)
+            .fetch_optional(pool)
+            .await?
+        });
+        Ok(found.is_some())
+    }
+
+    /// The unfinished run of a session, if one is still going.
+    pub async fn unfinished_run_in_session(
+        &self,
+        session_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(with_pool!(&self.db, |pool| {
+            sqlx::query_scalar(
+                "SELECT run_id FROM runs WHERE session_id = $1 AND state IN (1, 2) LIMIT 1",
+            )
+            .bind(session_id)
+            .fetch_optional(pool)
+            .await?
+        }))
+    }
+
+    /// The conversation a session has reached: the final checkpoint of its
+    /// latest run that succeeded (failed and cancelled runs add nothing).
+    pub async fn session_history(&self, session_id: &str) -> Result<Vec<llm::Message>, StoreError> {
+        let state: Option<Vec<u8>> = with_pool!(&self.db, |pool| {
+            sqlx::query_scalar(
+                "SELECT c.state FROM checkpoints c JOIN runs r ON r.run_id = c.run_id \
+                 WHERE r.session_id = $1 AND r.state = 3 \
+                 ORDER BY r.create_time DESC, r.run_id DESC LIMIT 1",
+            )
+            .bind(session_id)
+            .fetch_optional(pool)
+            .await?
+        });
+        Ok(match state {
+            Some(bytes) => Checkpoint::decode(bytes.as_slice())?.messages,
+            None => Vec::new(),
+        })
+    }
+
+    /// The run's latest checkpoint.
+    pub async fn checkpoint(&self, run_id: &str) -> Result<Option<Checkpoint>, StoreError> {
+        let state: Option<Vec<u8>> = with_pool!(&self.db, |pool| {
+            sqlx::query_scalar("SELECT state FROM checkpoints WHERE run_id = $1")
+                .bind(run_id)
+                .fetch_optional(pool)
+                .await?
+        });
+        Ok(state
+            .map(|bytes| Checkpoint::decode(bytes.as_slice()))
+            .transpose()?)
+    }
+
+    /// Stored events of a run with `after < sequence <= upto`, in order.
+    pub async fn events(
+        &self,
+        run_id: &str,
+        after: i32,
+        upto: i32,
+    ) -> Result<Vec<pb::RunEvent>, StoreError> {
+        let rows: Vec<Vec<u8>> = with_pool!(&self.db, |pool| {
+            sqlx::query_scalar(
+                "SELECT event FROM run_events WHERE run_id = $1 AND sequence > $2 \
+                 AND sequence <= $3 ORDER BY sequence",
+            )
+            .bind(run_id)
+            .bind(after)
+            .bind(upto)
+            .fetch_all(pool)
+            .await?
+        });
+        rows.iter()
+            .map(|bytes| Ok(pb::RunEvent::decode(bytes.as_slice())?))
+            .collect()
+    }
+
+    /// Writes one step in one transaction: the step's events, the run row's
+    /// changing columns, the checkpoint (when given), and this instance's
+    /// claim on the run until `lease_until`.
+    pub async fn flush(
+        &self,
+        run: &RunRow,
+        events: &[pb::RunEvent],
+        checkpoint: Option<&Checkpoint>,
+        owner: &str,
+        lease_until: i64,
+    ) -> Result<(), StoreError> {
+        let error = run.error.as_ref().map(prost::Message::encode_to_vec);
+        let checkpoint = checkpoint.map(|c| (c.step, c.encode_to_vec()));
+        let now = now_micros();
+        with_pool!(&self.db, |pool| {
+            let mut tx = pool.begin().await?;
+            for chunk in events.chunks(EVENTS_PER_INSERT) {
+                let mut insert =
+                    sqlx::QueryBuilder::new("INSERT INTO run_events (run_id, sequence, event) ");
+                insert.push_values(chunk, |mut row, event| {
+                    row.push_bind(&run.run_id)
+                        .push_bind(event.sequence)
+                        .push_bind(event.encode_to_vec());
+                });
+                insert.build().execute(&mut *tx).await?;
+            }
+            sqlx::query(
+                "UPDATE runs SET state = $2, start_time = $3, end_time = $4, output = $5, \
+                 error = $6, input_tokens = $7, output_tokens = $8, steps = $9, \
+                 tool_calls = $10, last_sequence = $11, owner = $12, lease_until = $13 \
+                 WHERE run_id = $1",
+            )
+            .bind(&run.run_id)
+            .bind(i32::from(run.state))
+            .bind(run.start_time)
+            .bind(run.end_time)
+            .bind(&run.output)
+            .bind(&error)
+            .bind(run.input_tokens)
+            .bind(run.output_tokens)
+            .bind(run.steps)
+            .bind(run.tool_calls)
+            .bind(run.last_sequence)
+            .bind(owner)
+            .bind(lease_until)
+            .execute(&mut *tx)
+            .await?;
+            if let Some((step, state)) = &checkpoint {
+                sqlx::query(
+                    "INSERT INTO checkpoints (run_id, step, state, update_time) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (run_id) DO UPDATE \
+                     SET step = excluded.step, state = excluded.state, \
+                     update_time = excluded.update_time",
+                )
+                .bind(&run.run_id)
+                .bind(*step)
+                .bind(state)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// Extends this instance's claim on the runs it drives.
+    pub async fn renew_leases(&self, owner: &str, lease_until: i64) -> Result<(), StoreError> {
+        with_pool!(&self.db, |pool| {
+            sqlx::query("UPDATE runs SET lease_until = $2 WHERE owner = $1 AND state IN (1, 2)")
+                .bind(owner)
+                .bind(lease_until)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// Claims unfinished runs whose claim ran out (their instance is gone),
+    /// at most `limit`, for `owner` until `lease_until`. Each is claimed with
+    /// a conditional update, so two instances never both take one.
+    pub async fn claim_orphans(
+        &self,
+        owner: &str,
+        lease_until: i64,
+        limit: i64,
+    ) -> Result<Vec<RunRow>, StoreError> {
+        let now = now_micros();
+        let candidates: Vec<String> = with_pool!(&self.db, |pool| {
+            sqlx::query_scalar(
+                "SELECT run_id FROM runs WHERE state IN (1, 2) AND lease_until < $1 \
+                 ORDER BY create_time LIMIT $2",
+            )
+            .bind(now)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+        });
+        let mut claimed = Vec::new();
+        for run_id in candidates {
+            let rows = with_pool!(&self.db, |pool| {
+                sqlx::query(
+                    "UPDATE runs SET owner = $2, lease_until = $3 \
+                     WHERE run_id = $1 AND state IN (1, 2) AND lease_until < $4",
+                )
+                .bind(&run_id)
+                .bind(owner)
+                .bind(lease_until)
+                .bind(now)
+                .execute(pool)
+                .await?
+                .rows_affected()
+            });
+            if rows == 1 {
+                let run = with_pool!(&self.db, |pool| {
+                    sqlx::query(select_runs!("WHERE run_id = $1"))
+                        .bind(&run_id)
+                        .fetch_optional(pool)
+                        .await?
+                        .map(|row| run_from_row(&row))
+                        .transpose()?
+                });
+                claimed.extend(run);
+            }
+        }
+        Ok(claimed)
+    }
+}
