@@ -9,14 +9,19 @@
 CARGO ?= cargo
 PYTHON ?= python3
 
-.PHONY: all build run test lint fmt proto bench clean
+.PHONY: all build run up test lint fmt proto bench clean
 
 all: build
 
 build:
 	$(CARGO) build --workspace
 
+OBJECTIVE ?= What is 17 * 23 + sqrt(144)?
+
 run:
+	$(CARGO) run -p agentmesh -- run "$(OBJECTIVE)"
+
+up:
 	$(CARGO) run -p agentmesh -- up
 
 # The black-box tests drive the real binaries, so build them first; nextest
@@ -29,6 +34,7 @@ test:
 # Benchmark programs that print figures (release build).
 bench:
 	$(CARGO) bench -p agentmesh-kit --bench hop
+	$(CARGO) bench -p agentmesh-tests --bench run_step
 
 lint:
 	$(CARGO) fmt --all -- --check

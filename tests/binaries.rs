@@ -34,14 +34,15 @@ async fn grpcurl(args: &[&str]) -> (bool, String, String) {
     )
 }
 
-/// One RPC of each service with an empty request, to see it answer.
-fn sample_rpc(grpc_name: &str) -> &'static str {
+/// One RPC of each service with an empty request, to see it answer, and the
+/// field its answer must carry (`None`: the RPC is not built yet).
+fn sample_rpc(grpc_name: &str) -> (&'static str, Option<&'static str>) {
     match grpc_name {
-        "agentmesh.orchestrator.v1.OrchestratorService" => "ListAgents",
-        "agentmesh.llm.v1.LlmGatewayService" => "ListModels",
-        "agentmesh.tools.v1.ToolRunnerService" => "ListTools",
-        "agentmesh.audit.v1.AuditService" => "VerifyChain",
-        _ => "ListRules",
+        "agentmesh.orchestrator.v1.OrchestratorService" => ("ListAgents", Some("\"agents\"")),
+        "agentmesh.llm.v1.LlmGatewayService" => ("ListModels", Some("\"models\"")),
+        "agentmesh.tools.v1.ToolRunnerService" => ("ListTools", Some("\"calculator\"")),
+        "agentmesh.audit.v1.AuditService" => ("VerifyChain", None),
+        _ => ("ListRules", None),
     }
 }
 
@@ -74,7 +75,7 @@ async fn grpcurl_lists_describes_and_health_checks_every_binary() {
             "{described}"
         );
         assert!(
-            described.contains(&format!("rpc {}", sample_rpc(grpc_name))),
+            described.contains(&format!("rpc {}", sample_rpc(grpc_name).0)),
             "{described}"
         );
         // Proto comments travel with the descriptors.
@@ -94,11 +95,17 @@ async fn grpcurl_lists_describes_and_health_checks_every_binary() {
             assert!(answer.contains("\"SERVING\""), "{name}: {answer}");
         }
 
-        let method = format!("{grpc_name}/{}", sample_rpc(grpc_name));
-        let (ok, _, err) = grpcurl(&["-plaintext", "-d", "{}", &addr, &method]).await;
-        assert!(!ok, "{method} must not pretend to succeed");
-        assert!(err.contains("Unimplemented"), "{method}: {err}");
-        assert!(err.contains("not built yet"), "{method}: {err}");
+        let (rpc, expected) = sample_rpc(grpc_name);
+        let method = format!("{grpc_name}/{rpc}");
+        let (ok, answer, err) = grpcurl(&["-plaintext", "-d", "{}", &addr, &method]).await;
+        if let Some(field) = expected {
+            assert!(ok, "{method}: {err}");
+            assert!(answer.contains(field), "{method}: {answer}");
+        } else {
+            assert!(!ok, "{method} must not pretend to succeed");
+            assert!(err.contains("Unimplemented"), "{method}: {err}");
+            assert!(err.contains("not built yet"), "{method}: {err}");
+        }
 
         let (status, metrics) = http_get(service.admin, "/metrics").await;
         assert_eq!(status, 200);
@@ -327,4 +334,90 @@ async fn agentmesh_up_runs_all_five_and_agentmesh_health_sees_them() {
         .unwrap();
     assert!(!health.status.success());
     assert!(String::from_utf8_lossy(&health.stdout).contains("UNREACHABLE"));
+}
+
+/// Runs the `agentmesh` CLI in `dir` with no provider keys; returns (exit
+/// code, stdout, stderr).
+async fn agentmesh(dir: &std::path::Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let output = within(
+        "agentmesh",
+        Duration::from_secs(60),
+        Command::new(binary("agentmesh"))
+            .args(args)
+            .current_dir(dir)
+            .env_remove("OPENAI_API_KEY")
+            .env_remove("ANTHROPIC_API_KEY")
+            .env_remove("AGENTMESH_ORCHESTRATOR")
+            .env_remove("AGENTMESH_CONFIG")
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn agentmesh_run_answers_403_with_the_calculator_on_the_embedded_mesh() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, stdout, stderr) =
+        agentmesh(dir.path(), &["run", "What is 17 * 23 + sqrt(144)?"]).await;
+    assert_eq!(code, Some(0), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stdout.contains("403"), "stdout: {stdout}");
+    assert!(stderr.contains("scripted demo"), "stderr: {stderr}");
+    assert!(stderr.contains("calculator"), "stderr: {stderr}");
+    assert!(
+        stderr.contains("input") && stderr.contains("output tokens"),
+        "stderr: {stderr}"
+    );
+    assert!(dir.path().join("data/orchestrator.db").is_file());
+
+    // Every event as a JSON line.
+    let (code, stdout, stderr) = agentmesh(dir.path(), &["run", "--json", "What is 2+2?"]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let events: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .filter(|event: &serde_json::Value| event.get("heartbeat").is_none())
+        .collect();
+    let sequences: Vec<i64> = events
+        .iter()
+        .map(|e| e["sequence"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        sequences,
+        (1..=i64::try_from(events.len()).unwrap()).collect::<Vec<_>>()
+    );
+    assert!(events[0].get("run_started").is_some(), "{stdout}");
+    assert!(
+        events.last().unwrap()["run_finished"]["output"]
+            .as_str()
+            .unwrap()
+            .contains('4')
+    );
+
+    // Both runs are on record.
+    let (code, stdout, stderr) = agentmesh(dir.path(), &["runs", "list"]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains("17 * 23") && stdout.contains("2+2"),
+        "{stdout}"
+    );
+    assert_eq!(stdout.matches("succeeded").count(), 2, "{stdout}");
+
+    let (code, stdout, stderr) = agentmesh(dir.path(), &["tools", "list"]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains("calculator") && stdout.contains("current_time"),
+        "{stdout}"
+    );
+
+    // A bad objective fails with a message and a non-zero exit.
+    let (code, _, stderr) = agentmesh(dir.path(), &["run", ""]).await;
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("objective"), "{stderr}");
 }

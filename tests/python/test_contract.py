@@ -12,10 +12,6 @@ from conftest import SERVICES
 
 # (service, stub module, stub class, RPC, request message, request fields)
 NOT_BUILT_YET = [
-    ("orchestrator", "agentmesh.orchestrator.v1", "OrchestratorService", "StartRun", "StartRunRequest", {"objective": "What is 2+2?"}),
-    ("orchestrator", "agentmesh.orchestrator.v1", "OrchestratorService", "ListAgents", "ListAgentsRequest", {}),
-    ("llm-gateway", "agentmesh.llm.v1", "LlmGatewayService", "ListModels", "ListModelsRequest", {}),
-    ("tool-runner", "agentmesh.tools.v1", "ToolRunnerService", "ListTools", "ListToolsRequest", {}),
     ("audit", "agentmesh.audit.v1", "AuditService", "Query", "QueryRequest", {}),
     ("alerting", "agentmesh.alerting.v1", "AlertingService", "ListSilences", "ListSilencesRequest", {}),
 ]

@@ -341,3 +341,102 @@ pub async fn within<T>(what: &str, limit: Duration, future: impl Future<Output =
         .await
         .unwrap_or_else(|_| panic!("{what} took longer than {limit:?}"))
 }
+
+/// The three services of an agent run, in this process, wired together: the
+/// gateway (scripted provider), the tool runner and the orchestrator.
+#[derive(Debug)]
+pub struct RunMesh {
+    /// Where the orchestrator listens.
+    pub orchestrator: SocketAddr,
+    stop: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<Result<(), ServeError>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl RunMesh {
+    /// The three services of a run; `rules` replaces the demo rules;
+    /// `tweak` adjusts the orchestrator's configuration.
+    pub async fn start(
+        rules: Option<&str>,
+        tweak: impl FnOnce(&mut agentmesh_orchestrator::Config),
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let stop = CancellationToken::new();
+        let mut tasks = Vec::new();
+
+        let mut gateway = agentmesh_llm_gateway::Config {
+            server: test_server_config(),
+            ..Default::default()
+        };
+        if let Some(rules) = rules {
+            let path = dir.path().join("rules.toml");
+            std::fs::write(&path, rules).unwrap();
+            gateway.providers.get_mut("scripted").unwrap().rules_file = path.display().to_string();
+        }
+        let listeners = Listeners::bind(&gateway.server).await.unwrap();
+        let gateway_addr = listeners.grpc_addr().unwrap();
+        let served: BoxFuture<'static, _> = Box::pin(agentmesh_llm_gateway::serve_with_listeners(
+            gateway,
+            listeners,
+            stop.clone().cancelled_owned(),
+        ));
+        tasks.push(tokio::spawn(served));
+
+        let mut tools = agentmesh_tool_runner::Config {
+            server: test_server_config(),
+            ..Default::default()
+        };
+        tools.workspaces_dir = dir.path().join("workspaces");
+        let listeners = Listeners::bind(&tools.server).await.unwrap();
+        let tools_addr = listeners.grpc_addr().unwrap();
+        let served: BoxFuture<'static, _> = Box::pin(agentmesh_tool_runner::serve_with_listeners(
+            tools,
+            listeners,
+            stop.clone().cancelled_owned(),
+        ));
+        tasks.push(tokio::spawn(served));
+
+        let mut orchestrator = agentmesh_orchestrator::Config {
+            server: test_server_config(),
+            llm_gateway_url: format!("http://{gateway_addr}"),
+            tool_runner_url: format!("http://{tools_addr}"),
+            ..Default::default()
+        };
+        orchestrator.storage.data_dir = dir.path().join("data");
+        tweak(&mut orchestrator);
+        let listeners = Listeners::bind(&orchestrator.server).await.unwrap();
+        let orchestrator_addr = listeners.grpc_addr().unwrap();
+        let served: BoxFuture<'static, _> = Box::pin(agentmesh_orchestrator::serve_with_listeners(
+            orchestrator,
+            listeners,
+            stop.clone().cancelled_owned(),
+        ));
+        tasks.push(tokio::spawn(served));
+
+        for addr in [gateway_addr, tools_addr, orchestrator_addr] {
+            wait_serving(channel(addr), "").await;
+        }
+        Self {
+            orchestrator: orchestrator_addr,
+            stop,
+            tasks,
+            _dir: dir,
+        }
+    }
+
+    /// A client of the orchestrator.
+    pub fn client(&self) -> agentmesh_proto::orchestrator::v1::orchestrator_service_client::OrchestratorServiceClient<Channel>{
+        agentmesh_proto::orchestrator::v1::orchestrator_service_client::OrchestratorServiceClient::new(channel(self.orchestrator))
+    }
+
+    /// Stops the services and waits for them.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        for task in self.tasks {
+            within("a service to stop", Duration::from_secs(10), task)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+    }
+}

@@ -4,21 +4,30 @@
 //!   own port (50051…50055 by default, admin ports 51051…51055), with the
 //!   embedded defaults: SQLite files under `./data`, no setup. Ctrl-C drains
 //!   and stops them all.
+//! * `agentmesh run "OBJECTIVE"` runs an agent and shows it live. With no
+//!   orchestrator address (`--orchestrator`, `AGENTMESH_ORCHESTRATOR`) it
+//!   starts the whole mesh in this process on free loopback ports (real gRPC
+//!   between the services, SQLite under `./data`) and runs there.
+//! * `agentmesh runs list|get|cancel` and `agentmesh tools list` talk to a
+//!   running mesh, or, with no address given, to the embedded one.
 //! * `agentmesh health` asks each service of a running mesh for its
 //!   `grpc.health.v1` status and prints a table; the exit code says whether
 //!   all are SERVING.
 
+mod commands;
+mod mesh;
+mod run;
+
 use std::io::Write;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use agentmesh_kit::config::{self, LogFormat, Overrides, ServiceConfig};
-use agentmesh_kit::{ConfigError, LogConfig};
+use agentmesh_kit::LogConfig;
+use agentmesh_kit::config::LogFormat;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use tokio_util::sync::CancellationToken;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
@@ -52,6 +61,14 @@ struct Cli {
 enum Command {
     /// Run all five services in this process (embedded mode), until Ctrl-C.
     Up(UpArgs),
+    /// Run an agent on an objective and show its answer live.
+    Run(commands::RunArgs),
+    /// List, show or cancel runs.
+    #[command(subcommand)]
+    Runs(commands::RunsCommand),
+    /// List the tools agents can call.
+    #[command(subcommand)]
+    Tools(commands::ToolsCommand),
     /// Show the health status of each service of a running mesh.
     Health(HealthArgs),
 }
@@ -110,6 +127,9 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Up(args) => up(args).await,
+            Command::Run(args) => commands::run(args).await,
+            Command::Runs(command) => commands::runs(command).await,
+            Command::Tools(command) => commands::tools(command).await,
             Command::Health(args) => health(args).await,
         }
     });
@@ -127,37 +147,6 @@ fn fail(message: &str) -> ExitCode {
 
 // === up ===
 
-/// The configuration of a service for `up`: the file section and environment
-/// as usual, with this run's ports, host and data directory on top.
-fn service_config<C: ServiceConfig>(
-    args: &UpArgs,
-    index: u16,
-    with_storage: bool,
-) -> Result<C, ConfigError> {
-    let port = args.base_port.checked_add(index).ok_or_else(|| {
-        ConfigError::new("--base-port", "leaves no room for five consecutive ports")
-    })?;
-    let admin_port = port
-        .checked_add(config::ADMIN_PORT_OFFSET)
-        .ok_or_else(|| ConfigError::new("--base-port", "admin ports (+1000) do not fit"))?;
-    let mut set = Vec::new();
-    if with_storage {
-        set.push(("storage.data_dir".to_owned(), quoted(&args.data_dir)));
-    }
-    let overrides = Overrides {
-        host: Some(args.host),
-        port: Some(port),
-        admin_port: Some(admin_port),
-        set,
-    };
-    config::load::<C>(args.config.as_deref(), &overrides)
-}
-
-/// A path as a TOML string, so that figment does not read it as a number.
-fn quoted(path: &Path) -> String {
-    format!("{:?}", path.display().to_string())
-}
-
 async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     agentmesh_kit::logging::init(&LogConfig {
         format: match args.log_format {
@@ -166,105 +155,26 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         },
         level: args.log_level.clone(),
     });
-    let orchestrator = service_config::<agentmesh_orchestrator::Config>(&args, 0, true);
-    let llm_gateway = service_config::<agentmesh_llm_gateway::Config>(&args, 1, false);
-    let tool_runner = service_config::<agentmesh_tool_runner::Config>(&args, 2, false);
-    let audit = service_config::<agentmesh_audit::Config>(&args, 3, true);
-    let alerting = service_config::<agentmesh_alerting::Config>(&args, 4, true);
-    let (orchestrator, llm_gateway, tool_runner, audit, alerting) =
-        match (orchestrator, llm_gateway, tool_runner, audit, alerting) {
-            (Ok(a), Ok(b), Ok(c), Ok(d), Ok(e)) => (a, b, c, d, e),
-            (a, b, c, d, e) => {
-                let first = [a.err(), b.err(), c.err(), d.err(), e.err()]
-                    .into_iter()
-                    .flatten()
-                    .next();
-                let message =
-                    first.map_or_else(|| "invalid configuration".to_owned(), |e| e.to_string());
-                let _ = writeln!(std::io::stderr(), "agentmesh: {message}");
-                return Ok(ExitCode::from(agentmesh_kit::main_support::EXIT_CONFIG));
-            }
-        };
-
-    let stop = CancellationToken::new();
-    let signal = {
-        let stop = stop.clone();
-        async move {
-            tokio::select! {
-                () = agentmesh_kit::shutdown::signal() => stop.cancel(),
-                () = stop.cancelled() => {}
-            }
+    let configs = match mesh::MeshConfigs::load(
+        args.config.as_deref(),
+        mesh::Ports::From(args.host, args.base_port),
+        &args.data_dir,
+    ) {
+        Ok(configs) => configs,
+        Err(err) => {
+            let _ = writeln!(std::io::stderr(), "agentmesh: {err}");
+            return Ok(ExitCode::from(agentmesh_kit::main_support::EXIT_CONFIG));
         }
     };
-    let signal_task = tokio::spawn(signal);
-
-    // Each service stops when asked, or when another one fails (a port in
-    // use, say), so `up` never runs half a mesh.
-    let run = |name: &'static str,
-               served: futures::future::BoxFuture<
-        'static,
-        Result<(), agentmesh_kit::ServeError>,
-    >| {
-        let stop = stop.clone();
-        async move {
-            let result = served.await;
-            if let Err(err) = &result {
-                tracing::error!(service = name, error = %err, "service failed; stopping the mesh");
-                stop.cancel();
-            }
-            result.map_err(|err| anyhow::anyhow!("{name}: {err}"))
-        }
-    };
-    let results = futures::future::join_all([
-        run(
-            "orchestrator",
-            Box::pin(agentmesh_orchestrator::serve(
-                orchestrator,
-                stop.clone().cancelled_owned(),
-            )),
-        ),
-        run(
-            "llm-gateway",
-            Box::pin(agentmesh_llm_gateway::serve(
-                llm_gateway,
-                stop.clone().cancelled_owned(),
-            )),
-        ),
-        run(
-            "tool-runner",
-            Box::pin(agentmesh_tool_runner::serve(
-                tool_runner,
-                stop.clone().cancelled_owned(),
-            )),
-        ),
-        run(
-            "audit",
-            Box::pin(agentmesh_audit::serve(
-                audit,
-                stop.clone().cancelled_owned(),
-            )),
-        ),
-        run(
-            "alerting",
-            Box::pin(agentmesh_alerting::serve(
-                alerting,
-                stop.clone().cancelled_owned(),
-            )),
-        ),
-    ])
-    .await;
-    stop.cancel();
-    signal_task.abort();
-    let failures: Vec<String> = results
-        .into_iter()
-        .filter_map(Result::err)
-        .map(|err| err.to_string())
-        .collect();
-    if failures.is_empty() {
-        Ok(ExitCode::SUCCESS)
-    } else {
-        Err(anyhow::anyhow!(failures.join("; ")))
+    let mesh = mesh::Mesh::start(configs).await?;
+    let stopper = mesh.stopper();
+    tokio::select! {
+        () = agentmesh_kit::shutdown::signal() => {}
+        () = mesh.stopped() => {}
     }
+    stopper.cancel();
+    mesh.stop().await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 // === health ===

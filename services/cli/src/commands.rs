@@ -1,0 +1,430 @@
+//! The client commands: `run`, `runs list|get|cancel`, `tools list`.
+//!
+//! Each talks to the orchestrator (or tool runner) at the address given by
+//! flag or environment; with none, it starts the embedded mesh in this
+//! process on the data directory, so `agentmesh run` and `agentmesh runs
+//! list` work on a fresh clone with nothing else running.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use agentmesh_proto::orchestrator::v1::{
+    self as pb, orchestrator_service_client::OrchestratorServiceClient,
+};
+use agentmesh_proto::tools::v1::{
+    self as tools, tool_runner_service_client::ToolRunnerServiceClient,
+};
+use anyhow::Context as _;
+use tonic::transport::Channel;
+
+use crate::mesh::{Mesh, MeshConfigs, Ports};
+
+/// Where to find the mesh.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct Target {
+    /// Address of a running orchestrator (e.g. http://localhost:50051).
+    /// Unset: start the embedded mesh in this process.
+    #[arg(long, env = "AGENTMESH_ORCHESTRATOR", global = true)]
+    orchestrator: Option<String>,
+    /// Directory of the embedded mesh's databases and workspaces.
+    #[arg(long, default_value = "data", global = true)]
+    data_dir: PathBuf,
+    /// Configuration file of the embedded mesh (a section per service).
+    #[arg(long, short = 'c', env = "AGENTMESH_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Show the embedded services' logs at this level (e.g. info).
+    #[arg(long, default_value = "error", global = true)]
+    log_level: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct RunArgs {
+    /// What the agent should achieve.
+    objective: String,
+    /// Agent profile (see `agentmesh agents`); default: the default profile.
+    #[arg(long, default_value = "")]
+    agent: String,
+    /// Continue the conversation of an earlier run's session.
+    #[arg(long, default_value = "")]
+    session: String,
+    /// Print every event as a JSON line on stdout instead.
+    #[arg(long)]
+    json: bool,
+    /// Most model calls the run may make (0 = the profile's).
+    #[arg(long, default_value_t = 0)]
+    max_steps: i32,
+    /// A label for the run, KEY=VALUE (repeatable).
+    #[arg(long = "label", value_parser = key_value)]
+    labels: Vec<(String, String)>,
+    /// Model route or provider/model for the embedded gateway's default
+    /// route (with OPENAI_API_KEY or ANTHROPIC_API_KEY set).
+    #[arg(long, env = "AGENTMESH_MODEL")]
+    model: Option<String>,
+    #[command(flatten)]
+    target: Target,
+}
+
+fn key_value(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum RunsCommand {
+    /// List runs, newest first.
+    List {
+        /// Only runs in this state (queued, running, succeeded, failed, cancelled).
+        #[arg(long)]
+        state: Vec<String>,
+        /// How many runs to show.
+        #[arg(long, default_value_t = 20)]
+        limit: i32,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Show one run.
+    Get {
+        run_id: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Cancel a run.
+    Cancel {
+        run_id: String,
+        /// Why (recorded with the run).
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum ToolsCommand {
+    /// List the tools, with their arguments' schema.
+    List {
+        /// Address of a running tool runner (e.g. http://localhost:50053).
+        #[arg(long, env = "AGENTMESH_TOOL_RUNNER")]
+        tool_runner: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// A connection to the mesh, embedded or remote.
+struct Connection {
+    orchestrator: Channel,
+    tool_runner: Option<Channel>,
+    embedded: Option<Mesh>,
+}
+
+impl Connection {
+    async fn open(target: &Target) -> anyhow::Result<Self> {
+        Self::open_with_model(target, None).await
+    }
+
+    async fn open_with_model(target: &Target, model: Option<&str>) -> anyhow::Result<Self> {
+        if let Some(address) = &target.orchestrator {
+            let orchestrator = agentmesh_kit::client::plain_channel(address)
+                .with_context(|| format!("bad orchestrator address {address:?}"))?;
+            return Ok(Self {
+                orchestrator,
+                tool_runner: None,
+                embedded: None,
+            });
+        }
+        agentmesh_kit::logging::init(&agentmesh_kit::LogConfig {
+            format: agentmesh_kit::config::LogFormat::Pretty,
+            level: target.log_level.clone(),
+        });
+        let mut configs =
+            MeshConfigs::load(target.config.as_deref(), Ports::Ephemeral, &target.data_dir)
+                .map_err(|err| anyhow::anyhow!("{err}"))?;
+        choose_provider(&mut configs.llm_gateway, model);
+        let mesh = Mesh::start(configs).await?;
+        let orchestrator =
+            agentmesh_kit::client::plain_channel(&format!("http://{}", mesh.orchestrator))?;
+        let tool_runner =
+            agentmesh_kit::client::plain_channel(&format!("http://{}", mesh.tool_runner))?;
+        wait_serving(
+            &orchestrator,
+            "agentmesh.orchestrator.v1.OrchestratorService",
+        )
+        .await?;
+        Ok(Self {
+            orchestrator,
+            tool_runner: Some(tool_runner),
+            embedded: Some(mesh),
+        })
+    }
+
+    async fn close(self) {
+        if let Some(mesh) = self.embedded
+            && let Err(err) = mesh.stop().await
+        {
+            let _ = writeln!(
+                std::io::stderr(),
+                "agentmesh: stopping the embedded mesh: {err:#}"
+            );
+        }
+    }
+}
+
+/// Points the embedded gateway's default route at a real provider when a key
+/// is in the environment, else says that the scripted demo answers.
+fn choose_provider(gateway: &mut agentmesh_llm_gateway::Config, model: Option<&str>) {
+    let route = gateway.default_route.clone();
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let target = if env("OPENAI_API_KEY").is_some() {
+        if let (Some(url), Some(openai)) =
+            (env("OPENAI_BASE_URL"), gateway.providers.get_mut("openai"))
+        {
+            openai.base_url = url;
+        }
+        format!("openai/{}", model.unwrap_or("gpt-4o-mini"))
+    } else if env("ANTHROPIC_API_KEY").is_some() {
+        format!("anthropic/{}", model.unwrap_or("claude-sonnet-4-5"))
+    } else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "agentmesh: no OPENAI_API_KEY or ANTHROPIC_API_KEY set: the scripted demo model answers \
+             (it does arithmetic and tells the time). Set one of them to run a real model."
+        );
+        return;
+    };
+    // A route named on the command line that the gateway knows is used as is.
+    if let Some(model) = model
+        && gateway.routes.contains_key(model)
+    {
+        gateway.default_route = model.to_owned();
+        return;
+    }
+    if let Some(default) = gateway.routes.get_mut(&route) {
+        default.target = target;
+    }
+}
+
+/// Waits until the service answers SERVING (the embedded mesh is starting).
+async fn wait_serving(channel: &Channel, service: &str) -> anyhow::Result<()> {
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let started = tokio::time::Instant::now();
+    loop {
+        let answer = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.to_owned(),
+            })
+            .await;
+        if let Ok(answer) = &answer
+            && answer.get_ref().status()
+                == tonic_health::pb::health_check_response::ServingStatus::Serving
+        {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            anyhow::bail!("the embedded {service} did not become ready within 30s: {answer:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn status_error(what: &str, status: &tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{what}: {:?}: {}", status.code(), status.message())
+}
+
+pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let connection = Connection::open_with_model(&args.target, args.model.as_deref()).await?;
+    let request = pb::RunRequest {
+        objective: args.objective,
+        agent: args.agent,
+        session_id: args.session,
+        limits: (args.max_steps > 0).then_some(pb::RunLimits {
+            max_steps: args.max_steps,
+            ..pb::RunLimits::default()
+        }),
+        labels: args.labels.into_iter().collect(),
+        ..pb::RunRequest::default()
+    };
+    let result =
+        crate::run::run_and_show(connection.orchestrator.clone(), request, args.json).await;
+    connection.close().await;
+    result
+}
+
+fn state_name(state: i32) -> String {
+    pb::RunState::try_from(state)
+        .map(|s| {
+            s.as_str_name()
+                .trim_start_matches("RUN_STATE_")
+                .to_lowercase()
+        })
+        .unwrap_or_else(|_| state.to_string())
+}
+
+fn time_text(time: Option<&prost_types::Timestamp>) -> String {
+    time.and_then(|t| jiff::Timestamp::new(t.seconds, t.nanos).ok())
+        .map(|t| t.strftime("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|| "-".to_owned())
+}
+
+pub(crate) async fn runs(command: RunsCommand) -> anyhow::Result<ExitCode> {
+    let target = match &command {
+        RunsCommand::List { target, .. }
+        | RunsCommand::Get { target, .. }
+        | RunsCommand::Cancel { target, .. } => target.clone(),
+    };
+    let connection = Connection::open(&target).await?;
+    let mut client = OrchestratorServiceClient::new(connection.orchestrator.clone());
+    let result = async {
+        let mut out = std::io::stdout().lock();
+        match command {
+            RunsCommand::List { state, limit, .. } => {
+                let states = state
+                    .iter()
+                    .map(|name| {
+                        pb::RunState::from_str_name(&format!("RUN_STATE_{}", name.to_uppercase()))
+                            .map(i32::from)
+                            .ok_or_else(|| anyhow::anyhow!("--state {name:?}: use queued, running, succeeded, failed or cancelled"))
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let runs = client
+                    .list_runs(pb::ListRunsRequest { page_size: limit, states, ..pb::ListRunsRequest::default() })
+                    .await
+                    .map_err(|s| status_error("listing runs", &s))?
+                    .into_inner()
+                    .runs;
+                writeln!(out, "{:<36}  {:<9}  {:<19}  {:>5}  OBJECTIVE", "RUN", "STATE", "CREATED", "STEPS")?;
+                for run in runs {
+                    let mut objective: String = run.objective.chars().take(60).collect();
+                    if run.objective.chars().count() > 60 {
+                        objective.push('…');
+                    }
+                    writeln!(
+                        out,
+                        "{:<36}  {:<9}  {:<19}  {:>5}  {}",
+                        run.run_id,
+                        state_name(run.state),
+                        time_text(run.create_time.as_ref()),
+                        run.steps,
+                        objective.replace('\n', " ")
+                    )?;
+                }
+            }
+            RunsCommand::Get { run_id, .. } => {
+                let run = client
+                    .get_run(pb::GetRunRequest { run_id })
+                    .await
+                    .map_err(|s| status_error("getting the run", &s))?
+                    .into_inner()
+                    .run
+                    .unwrap_or_default();
+                show_run(&mut out, &run)?;
+            }
+            RunsCommand::Cancel { run_id, reason, .. } => {
+                let run = client
+                    .cancel_run(pb::CancelRunRequest { run_id, reason })
+                    .await
+                    .map_err(|s| status_error("cancelling the run", &s))?
+                    .into_inner()
+                    .run
+                    .unwrap_or_default();
+                show_run(&mut out, &run)?;
+            }
+        }
+        anyhow::Ok(ExitCode::SUCCESS)
+    }
+    .await;
+    connection.close().await;
+    result
+}
+
+fn show_run(out: &mut impl std::io::Write, run: &pb::Run) -> std::io::Result<()> {
+    let usage = run.usage.unwrap_or_default();
+    writeln!(out, "run:        {}", run.run_id)?;
+    writeln!(out, "state:      {}", state_name(run.state))?;
+    writeln!(out, "agent:      {}", run.agent)?;
+    writeln!(out, "session:    {}", run.session_id)?;
+    writeln!(out, "objective:  {}", run.objective)?;
+    writeln!(out, "created:    {}", time_text(run.create_time.as_ref()))?;
+    writeln!(out, "ended:      {}", time_text(run.end_time.as_ref()))?;
+    writeln!(
+        out,
+        "steps:      {} ({} tool calls)",
+        run.steps, run.tool_calls
+    )?;
+    writeln!(
+        out,
+        "tokens:     {} input, {} output",
+        usage.input_tokens, usage.output_tokens
+    )?;
+    if let Some(error) = &run.error {
+        writeln!(
+            out,
+            "error:      {:?}: {}",
+            tonic::Code::from_i32(error.code),
+            error.message
+        )?;
+    }
+    if !run.output.is_empty() {
+        writeln!(out, "output:\n{}", run.output)?;
+    }
+    Ok(())
+}
+
+pub(crate) async fn tools(command: ToolsCommand) -> anyhow::Result<ExitCode> {
+    let ToolsCommand::List {
+        tool_runner,
+        mut target,
+    } = command;
+    // The tool runner is asked directly: at its address when given, else in
+    // the embedded mesh.
+    let (channel, connection) = match tool_runner {
+        Some(address) => (
+            agentmesh_kit::client::plain_channel(&address)
+                .with_context(|| format!("bad tool runner address {address:?}"))?,
+            None,
+        ),
+        None => {
+            target.orchestrator = None;
+            let connection = Connection::open(&target).await?;
+            let channel = connection
+                .tool_runner
+                .clone()
+                .context("the embedded mesh has no tool runner")?;
+            (channel, Some(connection))
+        }
+    };
+    let result = async {
+        let list = ToolRunnerServiceClient::new(channel)
+            .list_tools(tools::ListToolsRequest {
+                page_size: 1000,
+                ..tools::ListToolsRequest::default()
+            })
+            .await
+            .map_err(|s| status_error("listing tools", &s))?
+            .into_inner();
+        let mut out = std::io::stdout().lock();
+        for tool in list.tools {
+            let kind = tools::ToolKind::try_from(tool.kind)
+                .map(|k| {
+                    k.as_str_name()
+                        .trim_start_matches("TOOL_KIND_")
+                        .to_lowercase()
+                })
+                .unwrap_or_default();
+            writeln!(
+                out,
+                "{} ({kind})\n  {}\n  arguments: {}",
+                tool.name, tool.description, tool.parameters_json
+            )?;
+        }
+        anyhow::Ok(ExitCode::SUCCESS)
+    }
+    .await;
+    if let Some(connection) = connection {
+        connection.close().await;
+    }
+    result
+}
