@@ -421,3 +421,137 @@ async fn agentmesh_run_answers_403_with_the_calculator_on_the_embedded_mesh() {
     assert_ne!(code, Some(0));
     assert!(stderr.contains("objective"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_run_whose_orchestrator_is_killed_resumes_from_its_checkpoint_on_another() {
+    use agentmesh_proto::orchestrator::v1::{
+        self as pb, orchestrator_service_client::OrchestratorServiceClient, run_event,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        r#"
+pace = "0s"
+[[rules]]
+on = "user"
+match = '(?i)what is (?P<expr>.+?)\?'
+tool_calls = [{ name = "calculator", arguments = '{"expression": "${expr}"}' }]
+[[rules]]
+on = "tool"
+match = '"result":\s*(?P<result>[-0-9.e+]+)'
+pace = "100ms"
+text = "after a long think one two three four five six the answer is ${result}"
+"#,
+    )
+    .unwrap();
+    let gateway = RunningBinary::start(
+        "agentmesh-llm-gateway",
+        &[
+            "--set",
+            &format!(
+                "providers.scripted.rules_file={:?}",
+                rules.display().to_string()
+            ),
+        ],
+        &[],
+        dir.path(),
+    )
+    .await;
+    let tools = RunningBinary::start("agentmesh-tool-runner", &[], &[], dir.path()).await;
+    let args = [
+        "--set".to_owned(),
+        format!("llm_gateway_url=\"http://{}\"", gateway.grpc),
+        "--set".to_owned(),
+        format!("tool_runner_url=\"http://{}\"", tools.grpc),
+        "--set".to_owned(),
+        "run_lease=\"1s\"".to_owned(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut first = RunningBinary::start("agentmesh-orchestrator", &args, &[], dir.path()).await;
+    wait_serving(channel(first.grpc), "").await;
+    let mut client = OrchestratorServiceClient::new(channel(first.grpc));
+    let run_id = client
+        .start_run(pb::StartRunRequest {
+            objective: "What is 6*7?".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .run_id;
+    // Wait until step 1 (the tool call) is checkpointed and step 2 is streaming.
+    let mut stream = client
+        .stream_run(pb::StreamRunRequest {
+            run_id: run_id.clone(),
+            after_sequence: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    loop {
+        let event = within(
+            "step 2's first token",
+            Duration::from_secs(20),
+            stream.message(),
+        )
+        .await
+        .unwrap()
+        .unwrap()
+        .event
+        .unwrap();
+        if let Some(run_event::Event::TokenDelta(delta)) = event.event {
+            assert_eq!(delta.step, 2);
+            break;
+        }
+    }
+    first.child.kill().await.unwrap();
+    drop(stream);
+
+    // Another instance on the same database takes the run over once the dead
+    // one's claim runs out, and finishes it from the checkpoint.
+    let second = RunningBinary::start("agentmesh-orchestrator", &args, &[], dir.path()).await;
+    let mut client = OrchestratorServiceClient::new(channel(second.grpc));
+    wait_serving(channel(second.grpc), "").await;
+    let mut stream = client
+        .stream_run(pb::StreamRunRequest {
+            run_id: run_id.clone(),
+            after_sequence: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut events = Vec::new();
+    while let Some(response) = within("the resumed run", Duration::from_secs(30), stream.message())
+        .await
+        .unwrap()
+    {
+        let event = response.event.unwrap();
+        if event.sequence > 0 {
+            events.push(event);
+        }
+    }
+    let sequences: Vec<i32> = events.iter().map(|e| e.sequence).collect();
+    assert_eq!(
+        sequences,
+        (1..=i32::try_from(events.len()).unwrap()).collect::<Vec<_>>()
+    );
+    assert!(
+        events.iter().any(|e| matches!(&e.event, Some(run_event::Event::Progress(p)) if p.step_restarted && p.step == 2)),
+        "{events:#?}"
+    );
+    let Some(run_event::Event::RunFinished(done)) = &events.last().unwrap().event else {
+        panic!("{events:#?}");
+    };
+    assert!(done.output.ends_with("42"), "{done:?}");
+    let run = client
+        .get_run(pb::GetRunRequest { run_id })
+        .await
+        .unwrap()
+        .into_inner()
+        .run
+        .unwrap();
+    assert_eq!(run.state(), pb::RunState::Succeeded);
+    // The calculator ran once: step 1 was not repeated.
+    assert_eq!(run.tool_calls, 1);
+}
