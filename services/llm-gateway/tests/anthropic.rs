@@ -6,12 +6,11 @@ mod common;
 
 use agentmesh_llm_gateway::ProviderKind;
 use agentmesh_proto::llm::v1::{
-    FinishReason, GenerateRequest, GenerateStreamRequest, Message, Role, TextDelta, ToolCall,
-    ToolCallDelta, ToolSpec, generate_stream_response::Event,
+    FinishReason, GenerateRequest, GenerateStreamRequest, Message, Role, ToolCall, ToolSpec,
 };
 use common::{
-    FakeProvider, Reply, TestGateway, config_with, finished, present_env_var, provider, stream_all,
-    user, wire,
+    FakeProvider, Reply, TestGateway, call_delta, config_with, finished, present_env_var, provider,
+    stream_all, text, user, wire,
 };
 use serde_json::json;
 
@@ -25,19 +24,6 @@ async fn gateway_for(fake: &FakeProvider, key_env: &str) -> TestGateway {
         vec![("claude", "anthropic/claude-sonnet-4")],
     );
     TestGateway::start(config).await
-}
-
-fn text(text: &str) -> Event {
-    Event::TextDelta(TextDelta { text: text.into() })
-}
-
-fn call_delta(index: i32, id: &str, name: &str, fragment: &str) -> Event {
-    Event::ToolCallDelta(ToolCallDelta {
-        index,
-        id: id.into(),
-        name: name.into(),
-        arguments_json_delta: fragment.into(),
-    })
 }
 
 #[tokio::test]

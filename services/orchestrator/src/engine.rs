@@ -180,11 +180,6 @@ enum Ending {
     Cancelled(String),
 }
 
-/// What the loop carries from step to step (and stores as the checkpoint).
-struct Progress {
-    checkpoint: Checkpoint,
-}
-
 impl Engine {
     /// An engine over `store`, calling the gateway and the tool runner at
     /// the configured addresses (connections are made lazily and reused).
@@ -273,11 +268,10 @@ impl Engine {
             .get(&run.agent)
             .cloned()
             .unwrap_or_default();
-        let mut progress = Progress {
-            checkpoint: match resume {
-                Some(checkpoint) => checkpoint,
-                None => self.first_checkpoint(&run, &profile).await,
-            },
+        // What the loop carries from step to step, stored after each one.
+        let mut checkpoint = match resume {
+            Some(checkpoint) => checkpoint,
+            None => self.first_checkpoint(&run, &profile).await,
         };
         let started = Instant::now();
         let ending = if permit.is_none() {
@@ -294,17 +288,16 @@ impl Engine {
                     limits: run.to_proto().limits,
                     objective: run.objective.clone(),
                 }));
-                self.flush(&mut run, &active, Some(&progress.checkpoint))
-                    .await;
+                self.flush(&mut run, &active, Some(&checkpoint)).await;
             } else {
                 // Resumed after the instance that drove it stopped.
                 active.emit(run_event::Event::Progress(pb::Progress {
-                    step: progress.checkpoint.step + 1,
+                    step: checkpoint.step + 1,
                     max_steps: run.limits.max_steps,
-                    percent: percent(progress.checkpoint.step, run.limits.max_steps),
+                    percent: percent(checkpoint.step, run.limits.max_steps),
                     message: format!(
                         "step {} restarted: the run resumed from its checkpoint after the instance driving it stopped",
-                        progress.checkpoint.step + 1
+                        checkpoint.step + 1
                     ),
                     step_restarted: true,
                 }));
@@ -318,7 +311,7 @@ impl Engine {
             let timeout = Duration::from_millis(u64::try_from(run.limits.timeout_ms).unwrap_or(0))
                 .saturating_sub(elapsed_before);
             let deadline = started + timeout;
-            let work = self.steps(&mut run, &active, &profile, &mut progress, deadline);
+            let work = self.steps(&mut run, &active, &profile, &mut checkpoint, deadline);
             tokio::select! {
                 () = active.cancel.cancelled() => Ending::Cancelled(self.cancel_reason(&active)),
                 result = tokio::time::timeout_at(deadline, work) => match result {
@@ -332,7 +325,7 @@ impl Engine {
             }
         };
         drop(permit);
-        self.finish(&mut run, &active, progress, ending, started.elapsed())
+        self.finish(&mut run, &active, checkpoint, ending, started.elapsed())
             .await;
         lock(&self.active).remove(&run_id);
         active.ended.send_replace(true);
@@ -380,12 +373,12 @@ impl Engine {
         run: &mut RunRow,
         active: &ActiveRun,
         profile: &AgentProfile,
-        progress: &mut Progress,
+        checkpoint: &mut Checkpoint,
         deadline: Instant,
     ) -> Result<String, Status> {
         let specs = self.tool_specs(profile).await?;
         loop {
-            let step = progress.checkpoint.step + 1;
+            let step = checkpoint.step + 1;
             if step > run.limits.max_steps {
                 return Err(Status::resource_exhausted(format!(
                     "the run reached its step limit ({}) without a final answer",
@@ -404,29 +397,29 @@ impl Engine {
                     run,
                     active,
                     profile,
-                    &progress.checkpoint.messages,
+                    &checkpoint.messages,
                     &specs,
                     step,
                     deadline,
                 )
                 .await?;
             let usage = answer.usage.unwrap_or_default();
-            progress.checkpoint.input_tokens += i64::from(usage.input_tokens);
-            progress.checkpoint.output_tokens += i64::from(usage.output_tokens);
+            checkpoint.input_tokens += i64::from(usage.input_tokens);
+            checkpoint.output_tokens += i64::from(usage.output_tokens);
             let mut message = answer.message.unwrap_or_default();
             message.role = llm::Role::Assistant.into();
-            progress.checkpoint.messages.push(message.clone());
-            progress.checkpoint.step = step;
+            checkpoint.messages.push(message.clone());
+            checkpoint.step = step;
             if message.tool_calls.is_empty() {
                 return Ok(message.content);
             }
             let results = self
                 .call_tools(run, active, profile, &message.tool_calls, step, deadline)
                 .await;
-            progress.checkpoint.tool_calls += i32::try_from(results.len()).unwrap_or(i32::MAX);
-            progress.checkpoint.messages.extend(results);
-            self.apply(run, &progress.checkpoint);
-            self.flush(run, active, Some(&progress.checkpoint)).await;
+            checkpoint.tool_calls += i32::try_from(results.len()).unwrap_or(i32::MAX);
+            checkpoint.messages.extend(results);
+            self.apply(run, checkpoint);
+            self.flush(run, active, Some(checkpoint)).await;
         }
     }
 
@@ -646,11 +639,11 @@ impl Engine {
         &self,
         run: &mut RunRow,
         active: &ActiveRun,
-        progress: Progress,
+        checkpoint: Checkpoint,
         ending: Ending,
         duration: Duration,
     ) {
-        self.apply(run, &progress.checkpoint);
+        self.apply(run, &checkpoint);
         let usage = Some(store::usage(run.input_tokens, run.output_tokens));
         let duration = prost_types::Duration::try_from(duration).ok();
         let event = match ending {
@@ -700,7 +693,7 @@ impl Engine {
                 .flush(
                     run,
                     &events,
-                    Some(&progress.checkpoint),
+                    Some(&checkpoint),
                     &self.owner,
                     self.lease_until(),
                 )

@@ -214,20 +214,18 @@ pub struct Store {
     db: Database,
 }
 
-const RUN_COLUMNS: &str = "run_id, tenant, subject, agent, session_id, objective, state, \
-     idempotency_key, model, max_steps, max_output_tokens, timeout_ms, labels, create_time, \
-     start_time, end_time, output, error, input_tokens, output_tokens, steps, tool_calls, \
-     last_sequence";
+/// The `runs` columns a [`RunRow`] is read from.
+macro_rules! run_columns {
+    () => {
+        "run_id, tenant, subject, agent, session_id, objective, state, idempotency_key, model, \
+         max_steps, max_output_tokens, timeout_ms, labels, create_time, start_time, end_time, \
+         output, error, input_tokens, output_tokens, steps, tool_calls, last_sequence"
+    };
+}
 
 macro_rules! select_runs {
     ($tail:literal) => {
-        concat!(
-            "SELECT run_id, tenant, subject, agent, session_id, objective, state, \
-             idempotency_key, model, max_steps, max_output_tokens, timeout_ms, labels, \
-             create_time, start_time, end_time, output, error, input_tokens, output_tokens, \
-             steps, tool_calls, last_sequence FROM runs ",
-            $tail
-        )
+        concat!("SELECT ", run_columns!(), " FROM runs ", $tail)
     };
 }
 
@@ -415,7 +413,7 @@ impl Store {
     ) -> Result<Vec<RunRow>, StoreError> {
         with_pool!(&self.db, |pool| {
             let mut query = sqlx::QueryBuilder::new("SELECT ");
-            query.push(RUN_COLUMNS);
+            query.push(run_columns!());
             query.push(" FROM runs r WHERE tenant = ");
             query.push_bind(tenant);
             if !filter.states.is_empty() {

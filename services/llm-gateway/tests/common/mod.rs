@@ -462,3 +462,18 @@ pub fn awkward_pieces(bytes: &[u8]) -> Vec<Vec<u8>> {
     }
     pieces
 }
+
+/// A text delta event.
+pub fn text(text: &str) -> Event {
+    Event::TextDelta(agentmesh_proto::llm::v1::TextDelta { text: text.into() })
+}
+
+/// A tool-call delta event.
+pub fn call_delta(index: i32, id: &str, name: &str, fragment: &str) -> Event {
+    Event::ToolCallDelta(agentmesh_proto::llm::v1::ToolCallDelta {
+        index,
+        id: id.into(),
+        name: name.into(),
+        arguments_json_delta: fragment.into(),
+    })
+}
