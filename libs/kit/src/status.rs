@@ -35,6 +35,20 @@ pub fn not_built_yet(rpc: &str, what: &str) -> Status {
     ))
 }
 
+/// A tonic status as a `google.rpc.Status` message (keeping its details), for
+/// responses that carry a per-item error.
+pub fn to_rpc_status(status: &Status) -> tonic_types::pb::Status {
+    use prost::Message as _;
+    let details = tonic_types::pb::Status::decode(status.details())
+        .map(|decoded| decoded.details)
+        .unwrap_or_default();
+    tonic_types::pb::Status {
+        code: status.code().into(),
+        message: status.message().to_owned(),
+        details,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,15 +17,18 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use agentmesh_audit_client::{AuditClient, code_name};
 use agentmesh_kit::RequestContext;
 use agentmesh_kit::client::MeshChannel;
+use agentmesh_proto::audit::v1::{
+    AuditEvent, ErrorDetails, EventType, Outcome, RunDetails, audit_event::Details,
+};
 use agentmesh_proto::llm::v1::{self as llm, generate_stream_response};
 use agentmesh_proto::orchestrator::v1::{self as pb, run_event};
 use agentmesh_proto::tools::v1 as tools;
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use llm::llm_gateway_service_client::LlmGatewayServiceClient;
-use prost::Message as _;
 use tokio::sync::{Semaphore, broadcast, mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -41,6 +44,8 @@ const FOLLOWER_BUFFER: usize = 1024;
 const REMOTE_POLL: Duration = Duration::from_millis(200);
 /// How long the tool list is cached.
 const TOOL_CACHE: Duration = Duration::from_secs(10);
+/// The component named in ERROR audit events about the run store.
+const DATABASE: &str = "database";
 
 /// The runs this instance drives, and what it needs to drive them.
 #[derive(Debug)]
@@ -54,6 +59,7 @@ pub struct Engine {
     /// This instance's name in the runs it claims.
     owner: String,
     tool_cache: tokio::sync::Mutex<Option<(Instant, Vec<tools::Tool>)>>,
+    audit: AuditClient,
 }
 
 /// A run driven by this instance.
@@ -61,7 +67,8 @@ pub struct Engine {
 pub struct ActiveRun {
     run_id: String,
     cancel: CancellationToken,
-    cancel_reason: Mutex<Option<String>>,
+    /// The first cancel's reason and the subject who asked for it.
+    cancel_reason: Mutex<Option<(String, String)>>,
     live: Mutex<Live>,
     /// Becomes true once the run's terminal event is stored.
     ended: watch::Sender<bool>,
@@ -160,9 +167,10 @@ impl ActiveRun {
         live.stored = live.stored.max(sequence);
     }
 
-    /// Requests the run to stop; the driver records the cancel.
-    pub fn cancel(&self, reason: String) {
-        lock(&self.cancel_reason).get_or_insert(reason);
+    /// Requests the run to stop, for `reason`, on behalf of `by` (the
+    /// caller's subject, may be empty); the driver records the cancel.
+    pub fn cancel(&self, reason: String, by: String) {
+        lock(&self.cancel_reason).get_or_insert((reason, by));
         self.cancel.cancel();
     }
 
@@ -182,8 +190,13 @@ enum Ending {
 
 impl Engine {
     /// An engine over `store`, calling the gateway and the tool runner at
-    /// the configured addresses (connections are made lazily and reused).
-    pub fn new(config: Arc<Config>, store: Store) -> Result<Arc<Self>, tonic::transport::Error> {
+    /// the configured addresses (connections are made lazily and reused),
+    /// recording run starts and ends in `audit`.
+    pub fn new(
+        config: Arc<Config>,
+        store: Store,
+        audit: AuditClient,
+    ) -> Result<Arc<Self>, tonic::transport::Error> {
         let gateway =
             LlmGatewayServiceClient::new(agentmesh_kit::client::channel(&config.llm_gateway_url)?)
                 .max_decoding_message_size(config.server.max_message_bytes)
@@ -201,6 +214,7 @@ impl Engine {
             active: Mutex::new(HashMap::new()),
             owner: format!("orchestrator-{}", uuid::Uuid::new_v4()),
             tool_cache: tokio::sync::Mutex::new(None),
+            audit,
         }))
     }
 
@@ -332,7 +346,17 @@ impl Engine {
     }
 
     fn cancel_reason(&self, active: &ActiveRun) -> String {
-        lock(&active.cancel_reason).clone().unwrap_or_default()
+        lock(&active.cancel_reason)
+            .as_ref()
+            .map(|(reason, _)| reason.clone())
+            .unwrap_or_default()
+    }
+
+    fn cancelled_by(&self, active: &ActiveRun) -> String {
+        lock(&active.cancel_reason)
+            .as_ref()
+            .map(|(_, by)| by.clone())
+            .unwrap_or_default()
     }
 
     /// The conversation a new run starts with: the profile's system prompt,
@@ -646,6 +670,20 @@ impl Engine {
         self.apply(run, &checkpoint);
         let usage = Some(store::usage(run.input_tokens, run.output_tokens));
         let duration = prost_types::Duration::try_from(duration).ok();
+        let (audit_type, audit_failure) = match &ending {
+            Ending::Finished(_) => (EventType::RunFinished, None),
+            Ending::Failed(status) => (
+                EventType::RunFailed,
+                Some((status.message().to_owned(), code_name(status.code()))),
+            ),
+            Ending::Cancelled(reason) => (
+                EventType::RunCancelled,
+                Some((
+                    cancel_audit_reason(reason, &self.cancelled_by(active)),
+                    code_name(tonic::Code::Cancelled),
+                )),
+            ),
+        };
         let event = match ending {
             Ending::Finished(output) => {
                 run.state = pb::RunState::Succeeded;
@@ -660,7 +698,7 @@ impl Engine {
             Ending::Failed(status) => {
                 tracing::info!(run_id = %run.run_id, code = ?status.code(), message = status.message(), "run failed");
                 run.state = pb::RunState::Failed;
-                let error = rpc_status(&status);
+                let error = agentmesh_kit::status::to_rpc_status(&status);
                 run.error = Some(error.clone());
                 run_event::Event::RunFailed(pb::RunFailed {
                     error: Some(error),
@@ -673,7 +711,7 @@ impl Engine {
                 run.state = pb::RunState::Cancelled;
                 run_event::Event::RunCancelled(pb::RunCancelled {
                     reason,
-                    cancelled_by: String::new(),
+                    cancelled_by: self.cancelled_by(active),
                     usage,
                     steps: run.steps,
                 })
@@ -684,6 +722,7 @@ impl Engine {
         let terminal = active.reserve(event);
         // The end must be stored: retry a while (the store may be restarting).
         let mut delay = Duration::from_millis(50);
+        let mut stored = false;
         for attempt in 1..=8 {
             let (mut events, _) = active.unstored();
             events.push(terminal.clone());
@@ -699,9 +738,18 @@ impl Engine {
                 )
                 .await
             {
-                Ok(()) => break,
+                Ok(()) => {
+                    stored = true;
+                    break;
+                }
                 Err(err) if attempt == 8 => {
                     tracing::error!(run_id = %run.run_id, error = %err, "could not store the end of the run; another instance will resume it from its last checkpoint");
+                    self.audit_error(
+                        DATABASE,
+                        store_code(&err),
+                        format!("could not store the end of run {}: {err}", run.run_id),
+                        Some(run),
+                    );
                 }
                 Err(err) => {
                     tracing::warn!(run_id = %run.run_id, error = %err, "cannot store the end of the run yet; retrying");
@@ -710,7 +758,94 @@ impl Engine {
                 }
             }
         }
+        // Recorded once, by the instance that stored the end; when storing
+        // failed, the instance that resumes the run records its end.
+        if stored {
+            let mut event = self.run_audit_event(audit_type, run);
+            if let Some((reason, code)) = audit_failure {
+                event.outcome = Outcome::Failure.into();
+                event.reason = reason;
+                if let Some(Details::Run(details)) = &mut event.details {
+                    code.clone_into(&mut details.error_code);
+                }
+            }
+            self.audit.emit(event);
+        }
         active.publish_stored(terminal);
+    }
+
+    /// Records that `run` was created (RUN_STARTED), while handling the
+    /// request that created it.
+    pub fn audit_run_started(&self, run: &RunRow) {
+        self.audit
+            .emit(self.run_audit_event(EventType::RunStarted, run));
+    }
+
+    /// An audit event about `run`. Tenant and subject come from the run row:
+    /// a run ends outside the request that started it (or on another
+    /// instance, after a resume).
+    fn run_audit_event(&self, event_type: EventType, run: &RunRow) -> AuditEvent {
+        let mut event = self.audit.event(event_type);
+        event.run_id.clone_from(&run.run_id);
+        event.tenant.clone_from(&run.tenant);
+        event.subject.clone_from(&run.subject);
+        let duration = (event_type != EventType::RunStarted).then(|| {
+            let start = run.start_time.unwrap_or(run.create_time);
+            agentmesh_audit_client::duration(Duration::from_micros(
+                u64::try_from(now_micros().saturating_sub(start)).unwrap_or(0),
+            ))
+        });
+        event.details = Some(Details::Run(RunDetails {
+            agent: run.agent.clone(),
+            session_id: run.session_id.clone(),
+            model: run.model.clone(),
+            objective: Some(self.audit.capture(&run.objective)),
+            steps: run.steps,
+            input_tokens: run.input_tokens,
+            output_tokens: run.output_tokens,
+            estimated_cost_usd: None,
+            duration,
+            error_code: String::new(),
+            labels: run
+                .labels
+                .iter()
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect(),
+        }));
+        event
+    }
+
+    /// Records an infrastructure failure of this instance (one it logs as
+    /// an error) as an ERROR audit event.
+    fn audit_error(
+        &self,
+        component: &str,
+        code: tonic::Code,
+        message: String,
+        run: Option<&RunRow>,
+    ) {
+        let mut event = self.audit.event(EventType::Error);
+        if let Some(run) = run {
+            event.run_id.clone_from(&run.run_id);
+            event.tenant.clone_from(&run.tenant);
+            event.subject.clone_from(&run.subject);
+        }
+        event.outcome = Outcome::Failure.into();
+        event.reason.clone_from(&message);
+        event.details = Some(Details::Error(ErrorDetails {
+            code: code_name(code).to_owned(),
+            message,
+            component: component.to_owned(),
+        }));
+        self.audit.emit(event);
+    }
+
+    /// A store failure as the status a caller gets ([`store_status`]),
+    /// recorded as an ERROR audit event.
+    pub fn store_failed(&self, err: &store::StoreError) -> Status {
+        let status = store_status(err);
+        self.audit_error(DATABASE, status.code(), err.to_string(), None);
+        status
     }
 
     /// Stores the pending events, the run row and the checkpoint; true when
@@ -734,6 +869,12 @@ impl Engine {
             }
             Err(err) => {
                 tracing::error!(run_id = %run.run_id, error = %err, "cannot store the run's step");
+                self.audit_error(
+                    DATABASE,
+                    store_code(&err),
+                    format!("cannot store a step of run {}: {err}", run.run_id),
+                    Some(run),
+                );
                 false
             }
         }
@@ -769,12 +910,6 @@ enum FollowEnd {
     Error(Status),
 }
 
-impl From<store::StoreError> for FollowEnd {
-    fn from(err: store::StoreError) -> Self {
-        Self::Error(store_status(&err))
-    }
-}
-
 struct Follower<'a> {
     engine: &'a Engine,
     run_id: String,
@@ -784,6 +919,10 @@ struct Follower<'a> {
 }
 
 impl Follower<'_> {
+    fn store_failed(&self, err: &store::StoreError) -> FollowEnd {
+        FollowEnd::Error(self.engine.store_failed(err))
+    }
+
     async fn run(&mut self) -> Result<(), FollowEnd> {
         loop {
             match self.engine.active(&self.run_id) {
@@ -852,7 +991,8 @@ impl Follower<'_> {
                 .engine
                 .store
                 .events(&self.run_id, self.last, stored)
-                .await?
+                .await
+                .map_err(|err| self.store_failed(&err))?
             {
                 self.send(event).await?;
             }
@@ -886,7 +1026,8 @@ impl Follower<'_> {
             .engine
             .store
             .get_run_any_tenant(&self.run_id)
-            .await?
+            .await
+            .map_err(|err| self.store_failed(&err))?
             .ok_or_else(|| {
                 FollowEnd::Error(Status::not_found(format!(
                     "run {} no longer exists",
@@ -897,7 +1038,8 @@ impl Follower<'_> {
             .engine
             .store
             .events(&self.run_id, self.last, i32::MAX)
-            .await?
+            .await
+            .map_err(|err| self.store_failed(&err))?
         {
             self.send(event).await?;
         }
@@ -934,15 +1076,23 @@ fn downstream(what: &str, status: Status) -> Status {
     )
 }
 
-/// A tonic status as a google.rpc.Status (keeping its details).
-pub fn rpc_status(status: &Status) -> tonic_types::pb::Status {
-    let details = tonic_types::pb::Status::decode(status.details())
-        .map(|decoded| decoded.details)
-        .unwrap_or_default();
-    tonic_types::pb::Status {
-        code: status.code().into(),
-        message: status.message().to_owned(),
-        details,
+/// The status code of a store failure (see [`store_status`]).
+fn store_code(err: &store::StoreError) -> tonic::Code {
+    match err {
+        store::StoreError::Database(_) => tonic::Code::Unavailable,
+        store::StoreError::Corrupt(_) => tonic::Code::Internal,
+    }
+}
+
+/// How the audit log says why a run was cancelled: "cancelled by <who>",
+/// with the reason given, if any.
+fn cancel_audit_reason(reason: &str, by: &str) -> String {
+    match (reason.trim(), by) {
+        (reason, _) if reason.starts_with("cancelled") => reason.to_owned(),
+        ("", "") => "cancelled".to_owned(),
+        ("", by) => format!("cancelled by {by}"),
+        (reason, "") => format!("cancelled: {reason}"),
+        (reason, by) => format!("cancelled by {by}: {reason}"),
     }
 }
 
@@ -958,5 +1108,32 @@ pub fn store_status(err: &store::StoreError) -> Status {
             tracing::error!(error = %err, "corrupt stored data");
             Status::internal("stored run data cannot be read")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cancels_say_who_and_why() {
+        assert_eq!(
+            cancel_audit_reason("cancelled by ana", "ana"),
+            "cancelled by ana"
+        );
+        assert_eq!(
+            cancel_audit_reason("cancelled by request", ""),
+            "cancelled by request"
+        );
+        assert_eq!(
+            cancel_audit_reason("wrong objective", "ana"),
+            "cancelled by ana: wrong objective"
+        );
+        assert_eq!(
+            cancel_audit_reason("wrong objective", ""),
+            "cancelled: wrong objective"
+        );
+        assert_eq!(cancel_audit_reason("", "ana"), "cancelled by ana");
+        assert_eq!(cancel_audit_reason(" ", ""), "cancelled");
     }
 }
