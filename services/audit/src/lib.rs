@@ -1,59 +1,72 @@
-//! The audit service: the append-only, tamper-evident record of what every service did.
+//! The audit service: the append-only, tamper-evident record of what every
+//! agentmesh service did — runs, model calls with tokens and cost, tool
+//! calls, access decisions, rate limits, circuit breakers, configuration.
 //!
-//! The service owns the append-only, tamper-evident event log, its queries, exports and reports. [`serve`] binds the gRPC and admin
-//! listeners from [`Config`] and hands the service to the kit's
-//! [`ServiceHost`], which adds health, reflection, metrics, limits, metadata
-//! forwarding and graceful shutdown; `main.rs` only calls it.
+//! Data flow:
 //!
-//! Every RPC of the contract answers UNIMPLEMENTED with a message saying what
-//! is missing until its behaviour is built: a client never gets a fake success.
+//! ```text
+//! producers (libs/audit-client) ──Record──▶ service::record: validate, redact, seal body
+//!                                              │
+//!                                              ▼
+//!                                     writer: group commit ──▶ store (SQLite | PostgreSQL)
+//!                                              │                 audit_events, audit_chains
+//!                                              ▼
+//!                                  live commits ──▶ Subscribe (alerting, tails)
+//! Query / Export / Report / VerifyChain ◀── store
+//! retention task ──▶ store.delete_before ──▶ a RETENTION event through the writer
+//! ```
+//!
+//! Modules:
+//! * `event`: validation, the stored body and its columns, chains, hashes.
+//! * `store`: schema and every SQL statement, both backends.
+//! * `writer`: one task grouping concurrent writes into one transaction.
+//! * `filter`, `subscribe`, `export`, `report`, `verify`, `retention`: one
+//!   concern each; `service` holds the RPC handlers.
+//!
+//! **Chains.** Each tenant's events form one hash chain (`tenant:<name>`);
+//! events without a tenant form the chain `system`. Each event stores
+//! SHA-256 over its chain, the previous event's hash and its stored body;
+//! `VerifyChain` recomputes them. Retention deletes the oldest events of the
+//! log and keeps, per chain, the hash of the last deleted event as the
+//! chain's anchor, so what remains still verifies.
+
+mod config;
+mod event;
+mod export;
+mod filter;
+mod report;
+mod retention;
+mod service;
+mod store;
+mod subscribe;
+mod verify;
+mod writer;
 
 use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::SystemTime;
 
-use agentmesh_kit::status::not_built_yet;
-use agentmesh_kit::{Listeners, LogConfig, ServeError, ServerConfig, ServiceHost, StartupError};
+use agentmesh_audit_client::Redactor;
+use agentmesh_kit::{Listeners, ServeError, ServiceHost, StartupError};
 use agentmesh_proto::audit::v1::{
-    self,
-    audit_service_server::{AuditService, AuditServiceServer},
+    AuditEvent, ConfigDetails, EventType, Outcome, audit_event::Details,
+    audit_service_server::AuditServiceServer,
 };
-use agentmesh_storage::{LazyDatabase, StorageConfig};
-use futures::stream::BoxStream;
-use serde::{Deserialize, Serialize};
-use tonic::{Request, Response, Status};
+use agentmesh_storage::LazyDatabase;
+
+pub use config::{Config, RetentionConfig};
+pub use store::MIGRATIONS;
 
 /// The service's name in logs, metrics and file names.
 pub const SERVICE: &str = "audit";
 /// The default gRPC port (the admin port is this plus 1000).
 pub const DEFAULT_PORT: u16 = 50054;
 
-/// The service's configuration (section `[audit]`, environment
-/// `AGENTMESH_AUDIT__*`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Config {
-    /// gRPC and admin servers.
-    pub server: ServerConfig,
-    /// Logging.
-    pub log: LogConfig,
-    /// Where the service keeps its database.
-    pub storage: StorageConfig,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            server: ServerConfig::with_port(DEFAULT_PORT),
-            log: LogConfig::default(),
-            storage: StorageConfig::default(),
-        }
-    }
-}
-
 agentmesh_kit::service_config!(
     Config,
     service = SERVICE,
     section = "audit",
-    validate = |config: &Config| config.storage.validate(),
+    validate = |config: &Config| config.validate(),
 );
 
 /// Serves on the configured ports until `shutdown` resolves, then drains.
@@ -68,79 +81,83 @@ pub async fn serve_with_listeners(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    let config = Arc::new(config);
     let mut host = ServiceHost::new(SERVICE, &config.server);
     let limit = config.server.max_message_bytes;
+    // Patterns were checked by Config::validate, so this only fails for a
+    // config that skipped validation: then it stops the service.
+    let redactor = Redactor::new(&config.redact_patterns).map_err(|err| {
+        ServeError::from(std::io::Error::other(format!(
+            "audit.redact_patterns: {err}"
+        )))
+    })?;
+    let redactor = Arc::new(redactor);
+    let ready: Arc<OnceLock<service::Ready>> = Arc::default();
     host.add_service(
-        AuditServiceServer::new(AuditServiceImpl)
-            .max_decoding_message_size(limit)
-            .max_encoding_message_size(limit),
+        AuditServiceServer::new(service::AuditServiceImpl::new(
+            Arc::clone(&config),
+            Arc::clone(&ready),
+            redactor,
+        ))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit),
     );
     // Subscribe streams run until the client leaves: end them as soon as
     // a shutdown begins so the drain is not held up.
     host.end_on_drain("/agentmesh.audit.v1.AuditService/Subscribe");
-    let database = LazyDatabase::new(config.storage.clone(), SERVICE);
+    let database =
+        LazyDatabase::new(config.storage.clone(), SERVICE).with_migrations(&store::MIGRATIONS);
+    let retention: Arc<OnceLock<tokio::task::JoinHandle<()>>> = Arc::default();
     let result = host
         .serve(
             listeners,
-            || async { database.open().await.map_err(StartupError::from) },
+            || async {
+                database.open().await.map_err(StartupError::from)?;
+                if ready.get().is_none() {
+                    let db = database
+                        .get()
+                        .cloned()
+                        .ok_or_else(|| StartupError::from("the database did not open"))?;
+                    let store = store::Store::new(db);
+                    let writer = writer::Writer::start(store.clone(), config.max_commit_events);
+                    retention::record_own(&writer, config_loaded(&config)).await;
+                    let task = tokio::spawn(retention::run(
+                        store.clone(),
+                        writer.clone(),
+                        config.retention.clone(),
+                    ));
+                    let _ = retention.set(task);
+                    let _ = ready.set(service::Ready { store, writer });
+                }
+                Ok(())
+            },
             shutdown,
         )
         .await;
+    if let Some(task) = retention.get() {
+        task.abort();
+    }
     database.close().await;
     result
 }
 
-/// What every RPC answers until its behaviour is built.
-const NOT_BUILT: &str = "the audit log (storage, hash chain, queries and exports) is not built yet";
-
-/// The `agentmesh.audit.v1.AuditService` handlers.
-#[derive(Debug, Clone, Copy)]
-struct AuditServiceImpl;
-
-#[tonic::async_trait]
-impl AuditService for AuditServiceImpl {
-    type SubscribeStream = BoxStream<'static, Result<v1::SubscribeResponse, Status>>;
-    type ExportStream = BoxStream<'static, Result<v1::ExportResponse, Status>>;
-
-    async fn record(
-        &self,
-        _request: Request<v1::RecordRequest>,
-    ) -> Result<Response<v1::RecordResponse>, Status> {
-        Err(not_built_yet("AuditService/Record", NOT_BUILT))
-    }
-
-    async fn query(
-        &self,
-        _request: Request<v1::QueryRequest>,
-    ) -> Result<Response<v1::QueryResponse>, Status> {
-        Err(not_built_yet("AuditService/Query", NOT_BUILT))
-    }
-
-    async fn subscribe(
-        &self,
-        _request: Request<v1::SubscribeRequest>,
-    ) -> Result<Response<Self::SubscribeStream>, Status> {
-        Err(not_built_yet("AuditService/Subscribe", NOT_BUILT))
-    }
-
-    async fn export(
-        &self,
-        _request: Request<v1::ExportRequest>,
-    ) -> Result<Response<Self::ExportStream>, Status> {
-        Err(not_built_yet("AuditService/Export", NOT_BUILT))
-    }
-
-    async fn report(
-        &self,
-        _request: Request<v1::ReportRequest>,
-    ) -> Result<Response<v1::ReportResponse>, Status> {
-        Err(not_built_yet("AuditService/Report", NOT_BUILT))
-    }
-
-    async fn verify_chain(
-        &self,
-        _request: Request<v1::VerifyChainRequest>,
-    ) -> Result<Response<v1::VerifyChainResponse>, Status> {
-        Err(not_built_yet("AuditService/VerifyChain", NOT_BUILT))
+/// The CONFIG_LOADED event of the audit service itself.
+fn config_loaded(config: &Config) -> AuditEvent {
+    let effective = serde_json::to_vec(config).unwrap_or_default();
+    AuditEvent {
+        event_id: uuid::Uuid::now_v7().to_string(),
+        time: Some(prost_types::Timestamp::from(SystemTime::now())),
+        r#type: EventType::ConfigLoaded as i32,
+        service: SERVICE.to_owned(),
+        outcome: Outcome::Success as i32,
+        details: Some(Details::Config(ConfigDetails {
+            source:
+                "agentmesh-audit configuration (defaults, file, AGENTMESH_AUDIT__* environment)"
+                    .to_owned(),
+            sha256: agentmesh_audit_client::sha256_hex(&effective),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            changed_settings: Vec::new(),
+        })),
+        ..AuditEvent::default()
     }
 }

@@ -1,0 +1,514 @@
+//! `Report`: usage, security and cost figures, computed by the database.
+//!
+//! Time buckets are computed here, in the requested time zone (so a "day"
+//! in Europe/Berlin is 23 or 25 hours across daylight-saving changes), and
+//! handed to the database as a small `VALUES` table; the database joins the
+//! events of the range to their bucket, groups by bucket and dimensions and
+//! sums. No event is loaded into memory.
+
+use std::collections::HashMap;
+
+use agentmesh_kit::status::invalid_argument;
+use agentmesh_proto::audit::v1::{
+    CostMetrics, ReportDimension, ReportKind, ReportRequest, ReportResponse, ReportRow,
+    SecurityMetrics, TimeBucket, UsageMetrics, report_row::Metrics,
+};
+use agentmesh_storage::with_pool;
+use prost::Message;
+use sha2::{Digest, Sha256};
+use sqlx::{QueryBuilder, Row};
+use tonic::Status;
+
+use crate::event::timestamp;
+use crate::filter::Filter;
+use crate::store::Store;
+
+/// Rows per page by default, and at most.
+const DEFAULT_PAGE: usize = 1000;
+const MAX_PAGE: usize = 10_000;
+
+/// The metric columns of each kind: (SQL expression, alias).
+fn metric_sql(kind: ReportKind) -> &'static [(&'static str, &'static str)] {
+    const USAGE: &[(&str, &str)] = &[
+        (
+            "CAST(SUM(CASE WHEN e.type = 1 THEN 1 ELSE 0 END) AS BIGINT)",
+            "runs_started",
+        ),
+        (
+            "CAST(SUM(CASE WHEN e.type = 2 THEN 1 ELSE 0 END) AS BIGINT)",
+            "runs_succeeded",
+        ),
+        (
+            "CAST(SUM(CASE WHEN e.type = 3 THEN 1 ELSE 0 END) AS BIGINT)",
+            "runs_failed",
+        ),
+        (
+            "CAST(SUM(CASE WHEN e.type = 4 THEN 1 ELSE 0 END) AS BIGINT)",
+            "runs_cancelled",
+        ),
+        (
+            "CAST(SUM(CASE WHEN e.type = 5 THEN 1 ELSE 0 END) AS BIGINT)",
+            "llm_calls",
+        ),
+        (
+            "CAST(SUM(CASE WHEN e.type = 5 AND e.outcome IN (2, 3) THEN 1 ELSE 0 END) AS BIGINT)",
+            "llm_call_failures",
+        ),
+        (
+            "CAST(SUM(CASE WHEN e.type = 5 THEN e.input_tokens ELSE 0 END) AS BIGINT)",
+            "input_tokens",
+        ),
+        (
+            "CAST(SUM(CASE WHEN e.type = 5 THEN e.output_tokens ELSE 0 END) AS BIGINT)",
+            "output_tokens",
+        ),
+        (
+            "CAST(SUM(CASE WHEN e.type = 6 THEN 1 ELSE 0 END) AS BIGINT)",
+            "tool_calls",
+        ),
+        (
+            "CAST(SUM(CASE WHEN e.type = 6 AND e.outcome IN (2, 3) THEN 1 ELSE 0 END) AS BIGINT)",
+            "tool_call_failures",
+        ),
+        (
+            "CAST(SUM(CASE WHEN e.type = 5 THEN COALESCE(e.cost_usd, 0.0) ELSE 0.0 END) AS DOUBLE PRECISION)",
+            "cost_usd",
+        ),
+    ];
+    const SECURITY: &[(&str, &str)] = &[
+        (
+            "CAST(SUM(CASE WHEN e.type = 7 AND e.outcome IN (2, 3) THEN 1 ELSE 0 END) AS BIGINT)",
+            "authentication_failures",
+        ),
+        (
+            "CAST(SUM(CASE WHEN e.type = 8 AND e.outcome = 3 THEN 1 ELSE 0 END) AS BIGINT)",
+            "authorization_denials",
+        ),
+        (
+            "CAST(SUM(CASE WHEN e.type = 9 THEN 1 ELSE 0 END) AS BIGINT)",
+            "rate_limited",
+        ),
+        (
+            "CAST(SUM(CASE WHEN e.outcome = 3 THEN 1 ELSE 0 END) AS BIGINT)",
+            "denied",
+        ),
+        (
+            "CAST(SUM(CASE WHEN e.type = 7 AND e.outcome = 1 THEN 1 ELSE 0 END) AS BIGINT)",
+            "authentication_successes",
+        ),
+    ];
+    const COST: &[(&str, &str)] = &[
+        (
+            "CAST(SUM(CASE WHEN e.type = 5 THEN COALESCE(e.cost_usd, 0.0) ELSE 0.0 END) AS DOUBLE PRECISION)",
+            "cost_usd",
+        ),
+        (
+            "CAST(SUM(CASE WHEN e.type = 5 THEN e.input_tokens ELSE 0 END) AS BIGINT)",
+            "input_tokens",
+        ),
+        (
+            "CAST(SUM(CASE WHEN e.type = 5 THEN e.output_tokens ELSE 0 END) AS BIGINT)",
+            "output_tokens",
+        ),
+        (
+            "CAST(SUM(CASE WHEN e.type = 5 THEN 1 ELSE 0 END) AS BIGINT)",
+            "llm_calls",
+        ),
+        (
+            "CAST(SUM(CASE WHEN e.type = 5 AND e.cost_usd IS NULL THEN 1 ELSE 0 END) AS BIGINT)",
+            "unpriced_llm_calls",
+        ),
+    ];
+    match kind {
+        ReportKind::Usage => USAGE,
+        ReportKind::Security => SECURITY,
+        ReportKind::Cost | ReportKind::Unspecified => COST,
+    }
+}
+
+/// The column and key of a dimension.
+fn dimension(dimension: ReportDimension) -> Option<(&'static str, &'static str)> {
+    Some(match dimension {
+        ReportDimension::Tenant => ("e.tenant", "tenant"),
+        ReportDimension::Subject => ("e.subject", "subject"),
+        ReportDimension::Model => ("e.model", "model"),
+        ReportDimension::Provider => ("e.provider", "provider"),
+        ReportDimension::Tool => ("e.tool", "tool"),
+        ReportDimension::Service => ("e.service", "service"),
+        ReportDimension::Unspecified => return None,
+    })
+}
+
+/// The buckets `[start, end)` covering the range, in `zone`.
+fn buckets(
+    start_us: i64,
+    end_us: i64,
+    bucket: TimeBucket,
+    zone: &jiff::tz::TimeZone,
+    max: usize,
+) -> Result<Vec<(i64, i64)>, Status> {
+    let too_many = || {
+        invalid_argument([(
+            "filter.end_time",
+            format!("the range spans more than {max} buckets; shorten it or use larger buckets"),
+        )])
+    };
+    let bad_time =
+        |err: jiff::Error| invalid_argument([("filter", format!("time out of range: {err}"))]);
+    let unit = match bucket {
+        TimeBucket::Unspecified => return Ok(vec![(start_us, end_us)]),
+        TimeBucket::Hour => jiff::Unit::Hour,
+        TimeBucket::Day => jiff::Unit::Day,
+    };
+    let start = jiff::Timestamp::from_microsecond(start_us)
+        .map_err(bad_time)?
+        .to_zoned(zone.clone());
+    let mut current = match unit {
+        jiff::Unit::Day => start.start_of_day().map_err(bad_time)?,
+        _ => start
+            .round(
+                jiff::ZonedRound::new()
+                    .smallest(jiff::Unit::Hour)
+                    .mode(jiff::RoundMode::Trunc),
+            )
+            .map_err(bad_time)?,
+    };
+    let mut out = Vec::new();
+    while current.timestamp().as_microsecond() < end_us {
+        if out.len() >= max {
+            return Err(too_many());
+        }
+        let next = match unit {
+            jiff::Unit::Day => current
+                .tomorrow()
+                .and_then(|d| d.start_of_day())
+                .map_err(bad_time)?,
+            _ => current
+                .checked_add(jiff::Span::new().hours(1))
+                .map_err(bad_time)?,
+        };
+        out.push((
+            current.timestamp().as_microsecond(),
+            next.timestamp().as_microsecond(),
+        ));
+        current = next;
+    }
+    Ok(out)
+}
+
+/// A checked report request.
+#[derive(Debug)]
+struct Plan {
+    kind: ReportKind,
+    filter: Filter,
+    bucketed: bool,
+    buckets: Vec<(i64, i64)>,
+    dims: Vec<(&'static str, &'static str)>,
+    page_size: usize,
+    offset: usize,
+    fingerprint: String,
+}
+
+fn plan(request: &ReportRequest, max_buckets: usize) -> Result<Plan, Status> {
+    let mut violations: Vec<(String, String)> = Vec::new();
+    let kind = ReportKind::try_from(request.kind).unwrap_or(ReportKind::Unspecified);
+    if kind == ReportKind::Unspecified {
+        violations.push(("kind".into(), "is required: USAGE, SECURITY or COST".into()));
+    }
+    let filter = Filter::parse(request.filter.as_ref(), "filter")?;
+    if filter.start_us.is_none() {
+        violations.push((
+            "filter.start_time".into(),
+            "is required (the start of the report)".into(),
+        ));
+    }
+    if filter.end_us.is_none() {
+        violations.push((
+            "filter.end_time".into(),
+            "is required (the end of the report)".into(),
+        ));
+    }
+    let bucket = TimeBucket::try_from(request.bucket).map_err(|_| {
+        invalid_argument([("bucket", format!("{} is not a TimeBucket", request.bucket))])
+    })?;
+    let mut dims = Vec::new();
+    for (i, value) in request.group_by.iter().enumerate() {
+        match ReportDimension::try_from(*value).ok().and_then(dimension) {
+            Some(dim) if !dims.contains(&dim) => dims.push(dim),
+            Some(_) => violations.push((format!("group_by[{i}]"), "is repeated".into())),
+            None => violations.push((
+                format!("group_by[{i}]"),
+                format!("{value} is not a report dimension"),
+            )),
+        }
+    }
+    let zone = if request.time_zone.is_empty() {
+        jiff::tz::TimeZone::UTC
+    } else {
+        match jiff::tz::TimeZone::get(&request.time_zone) {
+            Ok(zone) => zone,
+            Err(_) => {
+                violations.push((
+                    "time_zone".into(),
+                    format!("{:?} is not a known IANA time zone", request.time_zone),
+                ));
+                jiff::tz::TimeZone::UTC
+            }
+        }
+    };
+    if request.page_size < 0 {
+        violations.push(("page_size".into(), "must not be negative".into()));
+    }
+    if !violations.is_empty() {
+        return Err(invalid_argument(violations));
+    }
+    let (Some(start_us), Some(end_us)) = (filter.start_us, filter.end_us) else {
+        return Err(invalid_argument([(
+            "filter",
+            "needs start_time and end_time",
+        )]));
+    };
+    let buckets = buckets(start_us, end_us, bucket, &zone, max_buckets)?;
+    let page_size = match usize::try_from(request.page_size).unwrap_or(0) {
+        0 => DEFAULT_PAGE,
+        n => n.min(MAX_PAGE),
+    };
+    let mut fingerprinted = request.clone();
+    fingerprinted.page_token.clear();
+    fingerprinted.page_size = 0;
+    let fingerprint = hex::encode(&Sha256::digest(fingerprinted.encode_to_vec())[..8]);
+    let offset = if request.page_token.is_empty() {
+        0
+    } else {
+        parse_token(&request.page_token, &fingerprint).ok_or_else(|| {
+            invalid_argument([(
+                "page_token",
+                "is not a page token of this report (the other fields must stay the same between pages)",
+            )])
+        })?
+    };
+    Ok(Plan {
+        kind,
+        filter,
+        bucketed: bucket != TimeBucket::Unspecified,
+        buckets,
+        dims,
+        page_size,
+        offset,
+        fingerprint,
+    })
+}
+
+fn parse_token(token: &str, fingerprint: &str) -> Option<usize> {
+    let text = String::from_utf8(hex::decode(token).ok()?).ok()?;
+    let (offset, print) = text.split_once('|')?;
+    (print == fingerprint).then_some(())?;
+    offset.parse().ok()
+}
+
+/// Computes a report page.
+pub(crate) async fn report(
+    store: &Store,
+    request: &ReportRequest,
+    max_buckets: usize,
+) -> Result<ReportResponse, Status> {
+    let plan = plan(request, max_buckets)?;
+    let rows = query(
+        store,
+        &plan,
+        &plan.buckets,
+        &plan.dims,
+        Some((plan.page_size + 1, plan.offset)),
+    )
+    .await?;
+    let (Some(start), Some(end)) = (plan.filter.start_us, plan.filter.end_us) else {
+        return Err(invalid_argument([(
+            "filter",
+            "needs start_time and end_time",
+        )]));
+    };
+    let totals = query(store, &plan, &[(start, end)], &[], None).await?;
+    let more = rows.len() > plan.page_size;
+    let rows: Vec<ReportRow> = rows
+        .into_iter()
+        .take(plan.page_size)
+        .map(|mut row| {
+            if !plan.bucketed {
+                row.bucket_start = None;
+            }
+            row
+        })
+        .collect();
+    let mut totals = totals
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| empty_row(plan.kind));
+    totals.bucket_start = None;
+    Ok(ReportResponse {
+        kind: plan.kind as i32,
+        rows,
+        totals: Some(totals),
+        next_page_token: if more {
+            hex::encode(format!(
+                "{}|{}",
+                plan.offset + plan.page_size,
+                plan.fingerprint
+            ))
+        } else {
+            String::new()
+        },
+    })
+}
+
+fn empty_row(kind: ReportKind) -> ReportRow {
+    ReportRow {
+        bucket_start: None,
+        group: HashMap::new(),
+        metrics: Some(match kind {
+            ReportKind::Usage => Metrics::Usage(UsageMetrics::default()),
+            ReportKind::Security => Metrics::Security(SecurityMetrics::default()),
+            ReportKind::Cost | ReportKind::Unspecified => Metrics::Cost(CostMetrics::default()),
+        }),
+    }
+}
+
+async fn query(
+    store: &Store,
+    plan: &Plan,
+    buckets: &[(i64, i64)],
+    dims: &[(&'static str, &'static str)],
+    page: Option<(usize, usize)>,
+) -> Result<Vec<ReportRow>, Status> {
+    if buckets.is_empty() {
+        return Ok(Vec::new());
+    }
+    let metrics = metric_sql(plan.kind);
+    let unavailable =
+        |err: sqlx::Error| Status::unavailable(format!("the audit database cannot be read: {err}"));
+    with_pool!(store.database(), |pool| {
+        // Bucket bounds are integers computed here, written into the SQL as
+        // literals: a VALUES table of any length costs no bind parameters.
+        let mut sql = String::from("WITH buckets (bucket_start, bucket_end) AS (VALUES ");
+        for (i, (start, end)) in buckets.iter().enumerate() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("(CAST({start} AS BIGINT), CAST({end} AS BIGINT))"));
+        }
+        sql.push_str(") SELECT b.bucket_start AS bucket_start");
+        for (i, (column, _)) in dims.iter().enumerate() {
+            sql.push_str(&format!(", {column} AS g{i}"));
+        }
+        for (expression, alias) in metrics {
+            sql.push_str(&format!(", {expression} AS {alias}"));
+        }
+        sql.push_str(" FROM audit_events e JOIN buckets b ON e.time_us >= b.bucket_start AND e.time_us < b.bucket_end WHERE 1 = 1");
+        let mut query = QueryBuilder::new(sql);
+        plan.filter.push_sql(&mut query);
+        let mut group = String::from(" GROUP BY b.bucket_start");
+        for (column, _) in dims {
+            group.push_str(&format!(", {column}"));
+        }
+        query.push(&group);
+        query.push(group.replace(" GROUP BY ", " ORDER BY "));
+        if let Some((limit, offset)) = page {
+            query
+                .push(" LIMIT ")
+                .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
+            query
+                .push(" OFFSET ")
+                .push_bind(i64::try_from(offset).unwrap_or(i64::MAX));
+        }
+        let rows = query.build().fetch_all(pool).await.map_err(unavailable)?;
+        rows.iter()
+            .map(|row| {
+                let get = |name: &str| {
+                    row.try_get::<Option<i64>, _>(name)
+                        .map(Option::unwrap_or_default)
+                };
+                let cost = || {
+                    row.try_get::<Option<f64>, _>("cost_usd")
+                        .map(Option::unwrap_or_default)
+                };
+                let metrics = match plan.kind {
+                    ReportKind::Usage => Metrics::Usage(UsageMetrics {
+                        runs_started: get("runs_started")?,
+                        runs_succeeded: get("runs_succeeded")?,
+                        runs_failed: get("runs_failed")?,
+                        runs_cancelled: get("runs_cancelled")?,
+                        llm_calls: get("llm_calls")?,
+                        llm_call_failures: get("llm_call_failures")?,
+                        input_tokens: get("input_tokens")?,
+                        output_tokens: get("output_tokens")?,
+                        tool_calls: get("tool_calls")?,
+                        tool_call_failures: get("tool_call_failures")?,
+                        estimated_cost_usd: cost()?,
+                    }),
+                    ReportKind::Security => Metrics::Security(SecurityMetrics {
+                        authentication_failures: get("authentication_failures")?,
+                        authorization_denials: get("authorization_denials")?,
+                        rate_limited: get("rate_limited")?,
+                        denied: get("denied")?,
+                        authentication_successes: get("authentication_successes")?,
+                    }),
+                    ReportKind::Cost | ReportKind::Unspecified => Metrics::Cost(CostMetrics {
+                        estimated_cost_usd: cost()?,
+                        input_tokens: get("input_tokens")?,
+                        output_tokens: get("output_tokens")?,
+                        llm_calls: get("llm_calls")?,
+                        unpriced_llm_calls: get("unpriced_llm_calls")?,
+                    }),
+                };
+                let mut group = HashMap::new();
+                for (i, (_, key)) in dims.iter().enumerate() {
+                    group.insert(
+                        (*key).to_owned(),
+                        row.try_get::<String, _>(format!("g{i}").as_str())?,
+                    );
+                }
+                Ok(ReportRow {
+                    bucket_start: Some(timestamp(row.try_get("bucket_start")?)),
+                    group,
+                    metrics: Some(metrics),
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(unavailable)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn day_buckets_follow_the_time_zone() {
+        // 2026-03-29 is the spring-forward day in Berlin: 23 hours long.
+        let zone = jiff::tz::TimeZone::get("Europe/Berlin").unwrap_or(jiff::tz::TimeZone::UTC);
+        let start = "2026-03-28T00:00[Europe/Berlin]"
+            .parse::<jiff::Zoned>()
+            .map(|z| z.timestamp().as_microsecond())
+            .unwrap_or(0);
+        let end = start + 3 * 86_400_000_000 - 3_600_000_000;
+        let days = buckets(start, end, TimeBucket::Day, &zone, 100).unwrap_or_default();
+        assert_eq!(days.len(), 3);
+        assert_eq!(days[0].0, start);
+        assert_eq!(days[1].1 - days[1].0, 23 * 3_600_000_000);
+    }
+
+    #[test]
+    fn too_many_buckets_is_refused() {
+        let zone = jiff::tz::TimeZone::UTC;
+        assert!(buckets(0, 3_600_000_000 * 10, TimeBucket::Hour, &zone, 5).is_err());
+        assert_eq!(
+            buckets(0, 3_600_000_000 * 10, TimeBucket::Hour, &zone, 10)
+                .map(|b| b.len())
+                .ok(),
+            Some(10)
+        );
+        assert_eq!(
+            buckets(5, 10, TimeBucket::Unspecified, &zone, 1).ok(),
+            Some(vec![(5, 10)])
+        );
+    }
+}

@@ -1,0 +1,338 @@
+//! The `agentmesh.audit.v1.AuditService` handlers: request checks, then the
+//! store, the writer, or a streaming task.
+
+use std::sync::{Arc, OnceLock};
+use std::time::SystemTime;
+
+use agentmesh_audit_client::Redactor;
+use agentmesh_kit::status::{invalid_argument, to_rpc_status};
+use agentmesh_proto::audit::v1::{
+    self as pb, RecordResult, RecordStatus, SortOrder, audit_service_server::AuditService,
+};
+use futures::stream::BoxStream;
+use prost::Message;
+use sha2::{Digest, Sha256};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::config::Config;
+use crate::event::{Prepared, cursor, parse_cursor, validate};
+use crate::filter::Filter;
+use crate::store::{Store, Written};
+use crate::subscribe::{Start, Subscription};
+use crate::writer::Writer;
+
+/// What the handlers need once the database is open.
+#[derive(Debug, Clone)]
+pub(crate) struct Ready {
+    pub store: Store,
+    pub writer: Writer,
+}
+
+/// The handlers.
+#[derive(Debug, Clone)]
+pub(crate) struct AuditServiceImpl {
+    config: Arc<Config>,
+    ready: Arc<OnceLock<Ready>>,
+    redactor: Arc<Redactor>,
+}
+
+/// Events per Query page by default, and at most.
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+
+impl AuditServiceImpl {
+    pub(crate) fn new(
+        config: Arc<Config>,
+        ready: Arc<OnceLock<Ready>>,
+        redactor: Arc<Redactor>,
+    ) -> Self {
+        Self {
+            config,
+            ready,
+            redactor,
+        }
+    }
+
+    fn ready(&self) -> Result<&Ready, Status> {
+        self.ready.get().ok_or_else(|| {
+            Status::unavailable(
+                "the audit service is starting: its database is not open yet; retry",
+            )
+        })
+    }
+}
+
+fn store_unavailable(err: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!("the audit database cannot be used: {err}; retry"))
+}
+
+/// A short fingerprint of a request's fields other than paging, so a page
+/// token cannot be replayed with other filters.
+fn fingerprint(filter: Option<&pb::EventFilter>, order: i32) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(filter.map(Message::encode_to_vec).unwrap_or_default());
+    hasher.update(order.to_le_bytes());
+    hex::encode(&hasher.finalize()[..8])
+}
+
+fn page_token(time_us: i64, seq: i64, fingerprint: &str) -> String {
+    hex::encode(format!("{time_us}|{seq}|{fingerprint}"))
+}
+
+fn parse_page_token(token: &str, fingerprint: &str) -> Result<Option<(i64, i64)>, Status> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let parsed = hex::decode(token)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .and_then(|text| {
+            let mut parts = text.split('|');
+            let time_us = parts.next()?.parse().ok()?;
+            let seq = parts.next()?.parse().ok()?;
+            (parts.next()? == fingerprint && parts.next().is_none()).then_some((time_us, seq))
+        });
+    parsed.map(Some).ok_or_else(|| {
+        invalid_argument([(
+            "page_token",
+            "is not a page token of this query (the filter and order must stay the same between pages)",
+        )])
+    })
+}
+
+fn newest_first(order: i32, field: &str, default_newest: bool) -> Result<bool, Status> {
+    match SortOrder::try_from(order) {
+        Ok(SortOrder::Unspecified) => Ok(default_newest),
+        Ok(SortOrder::NewestFirst) => Ok(true),
+        Ok(SortOrder::OldestFirst) => Ok(false),
+        Err(_) => Err(invalid_argument([(
+            field,
+            format!("{order} is not a SortOrder"),
+        )])),
+    }
+}
+
+#[tonic::async_trait]
+impl AuditService for AuditServiceImpl {
+    type SubscribeStream = BoxStream<'static, Result<pb::SubscribeResponse, Status>>;
+    type ExportStream = BoxStream<'static, Result<pb::ExportResponse, Status>>;
+
+    async fn record(
+        &self,
+        request: Request<pb::RecordRequest>,
+    ) -> Result<Response<pb::RecordResponse>, Status> {
+        let events = request.into_inner().events;
+        if events.is_empty() {
+            return Err(invalid_argument([(
+                "events",
+                "is empty: send at least one event",
+            )]));
+        }
+        if events.len() > self.config.max_batch_events {
+            return Err(invalid_argument([(
+                "events",
+                format!(
+                    "has {} events, over the limit of {} per call; split the batch",
+                    events.len(),
+                    self.config.max_batch_events
+                ),
+            )]));
+        }
+        let ready = self.ready()?;
+        let now = SystemTime::now();
+        let mut results: Vec<RecordResult> = Vec::with_capacity(events.len());
+        let mut prepared = Vec::with_capacity(events.len());
+        for (index, mut event) in events.into_iter().enumerate() {
+            let event_id = event.event_id.clone();
+            let index_i32 = i32::try_from(index).unwrap_or(i32::MAX);
+            if let Err((field, problem)) =
+                validate(&event, event.encoded_len(), self.config.max_event_bytes)
+            {
+                let status = invalid_argument([(format!("events[{index}].{field}"), problem)]);
+                results.push(RecordResult {
+                    index: index_i32,
+                    event_id,
+                    status: RecordStatus::Rejected as i32,
+                    error: Some(to_rpc_status(&status)),
+                    cursor: String::new(),
+                });
+                continue;
+            }
+            self.redactor.redact_event(&mut event);
+            results.push(RecordResult {
+                index: index_i32,
+                event_id,
+                status: RecordStatus::Unspecified as i32,
+                error: None,
+                cursor: String::new(),
+            });
+            prepared.push(Prepared::new(index, event, now));
+        }
+        if !prepared.is_empty() {
+            let indexes: Vec<usize> = prepared.iter().map(|p| p.index).collect();
+            let written = ready
+                .writer
+                .write(prepared)
+                .await
+                .map_err(store_unavailable)?
+                .map_err(store_unavailable)?;
+            for (index, outcome) in indexes.into_iter().zip(written) {
+                let (status, seq) = match outcome {
+                    Written::Stored(seq) => (RecordStatus::Accepted, seq),
+                    Written::Duplicate(seq) => (RecordStatus::Duplicate, seq),
+                };
+                if let Some(result) = results.get_mut(index) {
+                    result.status = status as i32;
+                    result.cursor = cursor(seq);
+                }
+            }
+        }
+        let count = |status: RecordStatus| {
+            i32::try_from(results.iter().filter(|r| r.status == status as i32).count())
+                .unwrap_or(i32::MAX)
+        };
+        Ok(Response::new(pb::RecordResponse {
+            accepted_count: count(RecordStatus::Accepted),
+            duplicate_count: count(RecordStatus::Duplicate),
+            rejected_count: count(RecordStatus::Rejected),
+            results,
+        }))
+    }
+
+    async fn query(
+        &self,
+        request: Request<pb::QueryRequest>,
+    ) -> Result<Response<pb::QueryResponse>, Status> {
+        let request = request.into_inner();
+        let filter = Filter::parse(request.filter.as_ref(), "filter")?;
+        let newest = newest_first(request.order, "order", true)?;
+        let size = match request.page_size {
+            n if n < 0 => return Err(invalid_argument([("page_size", "must not be negative")])),
+            0 => DEFAULT_PAGE,
+            n => usize::try_from(n).unwrap_or(MAX_PAGE).min(MAX_PAGE),
+        };
+        let print = fingerprint(request.filter.as_ref(), request.order);
+        let after = parse_page_token(&request.page_token, &print)?;
+        let ready = self.ready()?;
+        let mut page = ready
+            .store
+            .page(&filter, newest, after, None, size + 1)
+            .await
+            .map_err(store_unavailable)?;
+        let next_page_token = if page.len() > size {
+            page.truncate(size);
+            page.last()
+                .map(|(time_us, seq, _)| page_token(*time_us, *seq, &print))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::QueryResponse {
+            events: page.into_iter().map(|(_, _, event)| event).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let request = request.into_inner();
+        let filter = Filter::parse(request.filter.as_ref(), "filter")?;
+        let start = if request.after_cursor.is_empty() {
+            if request.from_beginning {
+                Start::Beginning
+            } else {
+                Start::Now
+            }
+        } else {
+            let seq = parse_cursor(&request.after_cursor).ok_or_else(|| {
+                invalid_argument([(
+                    "after_cursor",
+                    "is not a cursor of this audit log (pass the `cursor` of an event or heartbeat)",
+                )])
+            })?;
+            Start::After(seq)
+        };
+        let ready = self.ready()?.clone();
+        let (sender, receiver) = tokio::sync::mpsc::channel(64);
+        let subscription = Subscription {
+            filter,
+            start,
+            heartbeat: self.config.subscribe_heartbeat,
+            end_grace: self.config.subscribe_end_grace,
+        };
+        tokio::spawn(crate::subscribe::run(
+            ready.store,
+            ready.writer,
+            subscription,
+            sender,
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn export(
+        &self,
+        request: Request<pb::ExportRequest>,
+    ) -> Result<Response<Self::ExportStream>, Status> {
+        let request = request.into_inner();
+        let filter = Filter::parse(request.filter.as_ref(), "filter")?;
+        let format = match pb::ExportFormat::try_from(request.format) {
+            Ok(pb::ExportFormat::Csv) => pb::ExportFormat::Csv,
+            Ok(_) => pb::ExportFormat::Jsonl,
+            Err(_) => {
+                return Err(invalid_argument([(
+                    "format",
+                    format!("{} is not an ExportFormat (CSV or JSONL)", request.format),
+                )]));
+            }
+        };
+        let newest = newest_first(request.order, "order", false)?;
+        let ready = self.ready()?.clone();
+        // Two chunks in flight at most: a slow reader slows the export down
+        // instead of filling memory.
+        let (sender, receiver) = tokio::sync::mpsc::channel(2);
+        tokio::spawn(crate::export::run(
+            ready.store,
+            filter,
+            format,
+            newest,
+            self.config.export_chunk_events,
+            sender,
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn report(
+        &self,
+        request: Request<pb::ReportRequest>,
+    ) -> Result<Response<pb::ReportResponse>, Status> {
+        let request = request.into_inner();
+        let ready = self.ready()?;
+        crate::report::report(&ready.store, &request, self.config.max_report_buckets)
+            .await
+            .map(Response::new)
+    }
+
+    async fn verify_chain(
+        &self,
+        request: Request<pb::VerifyChainRequest>,
+    ) -> Result<Response<pb::VerifyChainResponse>, Status> {
+        let request = request.into_inner();
+        for (field, time) in [
+            ("start_time", &request.start_time),
+            ("end_time", &request.end_time),
+        ] {
+            if let Some(time) = time
+                && !(0..1_000_000_000).contains(&time.nanos)
+            {
+                return Err(invalid_argument([(field, "has nanos outside 0..1e9")]));
+            }
+        }
+        let ready = self.ready()?;
+        crate::verify::verify(&ready.store, &request)
+            .await
+            .map(Response::new)
+    }
+}

@@ -1,0 +1,210 @@
+//! `Subscribe`: stored events after a cursor, then the live tail, with no
+//! gap and no duplicate at the seam.
+//!
+//! The stream subscribes to the writer's commits *before* it reads the
+//! database, so every event is either already stored when it reads or
+//! arrives as a commit afterwards. Each commit says which sequence number
+//! came before it: when that is where the stream stands, the commit is
+//! delivered from memory; when the stream stands further back (it lagged, or
+//! another replica wrote in between), it catches up from the database first.
+//! Heartbeats carry the position reached, filtered-out events included, so a
+//! consumer resuming from a heartbeat's cursor skips nothing it wants.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use agentmesh_proto::audit::v1::{
+    AuditEvent, SubscribeHeartbeat, SubscribeResponse, subscribe_response::Item,
+};
+use tokio::sync::{broadcast, mpsc};
+use tonic::Status;
+
+use crate::filter::Filter;
+use crate::store::{Committed, Store, StoreError};
+use crate::writer::Writer;
+
+/// Events read from the database per query while catching up.
+const CATCH_UP_PAGE: usize = 500;
+
+/// Where a subscription starts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Start {
+    /// After this sequence number.
+    After(i64),
+    /// From the first retained event.
+    Beginning,
+    /// From now on.
+    Now,
+}
+
+/// The settings of one subscription.
+#[derive(Debug, Clone)]
+pub(crate) struct Subscription {
+    pub filter: Filter,
+    pub start: Start,
+    pub heartbeat: Duration,
+    pub end_grace: Duration,
+}
+
+type Sender = mpsc::Sender<Result<SubscribeResponse, Status>>;
+
+/// The stream ended: the client left, or the server cannot go on.
+enum Stop {
+    ClientGone,
+    Failed(Status),
+}
+
+impl From<StoreError> for Stop {
+    fn from(err: StoreError) -> Self {
+        Self::Failed(Status::unavailable(format!(
+            "the audit database cannot be read: {err}; resubscribe with the last cursor"
+        )))
+    }
+}
+
+/// Runs a subscription into `sender` until the client leaves, the filter's
+/// end time has passed, or the service stops.
+pub(crate) async fn run(store: Store, writer: Writer, subscription: Subscription, sender: Sender) {
+    let live = writer.subscribe();
+    let mut stream = Stream {
+        store,
+        filter: subscription.filter,
+        sender,
+        position: 0,
+    };
+    let result = stream
+        .run(
+            live,
+            subscription.start,
+            subscription.heartbeat,
+            subscription.end_grace,
+        )
+        .await;
+    if let Err(Stop::Failed(status)) = result {
+        let _ = stream.sender.send(Err(status)).await;
+    }
+}
+
+struct Stream {
+    store: Store,
+    filter: Filter,
+    sender: Sender,
+    /// The last sequence number looked at.
+    position: i64,
+}
+
+impl Stream {
+    async fn run(
+        &mut self,
+        mut live: broadcast::Receiver<Arc<Committed>>,
+        start: Start,
+        heartbeat: Duration,
+        end_grace: Duration,
+    ) -> Result<(), Stop> {
+        let (last_seq, retained_from) = self.store.state().await?;
+        self.position = match start {
+            Start::After(seq) if seq + 1 < retained_from => {
+                return Err(Stop::Failed(Status::out_of_range(format!(
+                    "cursor {seq} points before the oldest retained event ({retained_from}): older events were deleted by retention; \
+                     resubscribe with from_beginning to continue from the oldest retained event"
+                ))));
+            }
+            Start::After(seq) => seq,
+            Start::Beginning => retained_from - 1,
+            Start::Now => last_seq,
+        };
+        self.catch_up(last_seq).await?;
+        self.heartbeat().await?;
+        let end_at = self.filter.end_us.map(|end| {
+            let end =
+                SystemTime::UNIX_EPOCH + Duration::from_micros(u64::try_from(end).unwrap_or(0));
+            end + end_grace
+        });
+        let mut ticker = tokio::time::interval(heartbeat);
+        ticker.reset();
+        let client = self.sender.clone();
+        loop {
+            if end_at.is_some_and(|end| SystemTime::now() >= end) {
+                return Ok(());
+            }
+            tokio::select! {
+                commit = live.recv() => match commit {
+                    Ok(commit) => {
+                        if commit.last_seq <= self.position {
+                            continue;
+                        }
+                        if commit.prev_seq <= self.position {
+                            let position = self.position;
+                            for (seq, event) in commit.events.iter().filter(|(seq, _)| *seq > position) {
+                                self.position = *seq;
+                                if self.filter.matches(event) {
+                                    self.send_event(event.clone()).await?;
+                                    ticker.reset();
+                                }
+                            }
+                            self.position = commit.last_seq;
+                        } else {
+                            self.catch_up(commit.last_seq).await?;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let (last_seq, _) = self.store.state().await?;
+                        self.catch_up(last_seq).await?;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {
+                        return Err(Stop::Failed(Status::unavailable(
+                            "the audit service is stopping; resubscribe with the last cursor",
+                        )));
+                    }
+                },
+                _ = ticker.tick() => {
+                    // Events written by another replica reach this one only
+                    // through the database.
+                    let (last_seq, _) = self.store.state().await?;
+                    self.catch_up(last_seq).await?;
+                    self.heartbeat().await?;
+                }
+                () = client.closed() => return Err(Stop::ClientGone),
+            }
+        }
+    }
+
+    /// Sends the stored events after the position, up to `upto`.
+    async fn catch_up(&mut self, upto: i64) -> Result<(), Stop> {
+        while self.position < upto {
+            let events = self
+                .store
+                .after_seq(&self.filter, self.position, upto, CATCH_UP_PAGE)
+                .await?;
+            let full = events.len() == CATCH_UP_PAGE;
+            for (seq, event) in events {
+                self.position = seq;
+                self.send_event(event).await?;
+            }
+            if !full {
+                self.position = upto;
+            }
+        }
+        Ok(())
+    }
+
+    async fn send_event(&self, event: AuditEvent) -> Result<(), Stop> {
+        self.send(Item::Event(event)).await
+    }
+
+    async fn heartbeat(&self) -> Result<(), Stop> {
+        self.send(Item::Heartbeat(SubscribeHeartbeat {
+            cursor: crate::event::cursor(self.position),
+            live: true,
+            time: Some(prost_types::Timestamp::from(SystemTime::now())),
+        }))
+        .await
+    }
+
+    async fn send(&self, item: Item) -> Result<(), Stop> {
+        self.sender
+            .send(Ok(SubscribeResponse { item: Some(item) }))
+            .await
+            .map_err(|_| Stop::ClientGone)
+    }
+}

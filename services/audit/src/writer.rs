@@ -1,0 +1,121 @@
+//! The single writer: `Record` calls hand their validated events to one task,
+//! which groups whatever has arrived into one transaction (group commit).
+//! Under load, many calls share one commit, so the cost of a commit — the
+//! fsync — is paid once per group, not once per call. After each commit the
+//! new events are published to the live tail of subscriptions, in sequence
+//! order, tagged with the sequence number before them so a subscriber can
+//! tell whether it missed anything.
+
+use std::sync::Arc;
+
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::event::Prepared;
+use crate::store::{Committed, Store, StoreError, Written};
+
+/// Writes queued ahead of the writer before `Record` calls wait.
+const QUEUED_WRITES: usize = 256;
+
+/// Commits kept for subscribers that fall behind before they must catch up
+/// from the database.
+const LIVE_BUFFER: usize = 1024;
+
+struct Write {
+    events: Vec<Prepared>,
+    reply: oneshot::Sender<Result<Vec<Written>, Arc<StoreError>>>,
+}
+
+/// The handle `Record` and `Subscribe` use.
+#[derive(Debug, Clone)]
+pub(crate) struct Writer {
+    writes: mpsc::Sender<Write>,
+    live: broadcast::Sender<Arc<Committed>>,
+}
+
+impl std::fmt::Debug for Write {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Write")
+            .field("events", &self.events.len())
+            .finish()
+    }
+}
+
+/// The writer is gone (the service is stopping).
+#[derive(Debug, thiserror::Error)]
+#[error("the audit writer has stopped")]
+pub(crate) struct WriterStopped;
+
+impl Writer {
+    /// Starts the writer task over `store`, committing at most
+    /// `max_commit_events` events per transaction.
+    pub(crate) fn start(store: Store, max_commit_events: usize) -> Self {
+        let (writes, receiver) = mpsc::channel(QUEUED_WRITES);
+        let (live, _) = broadcast::channel(LIVE_BUFFER);
+        tokio::spawn(run(store, receiver, live.clone(), max_commit_events));
+        Self { writes, live }
+    }
+
+    /// Stores events; answers once they are committed.
+    pub(crate) async fn write(
+        &self,
+        events: Vec<Prepared>,
+    ) -> Result<Result<Vec<Written>, Arc<StoreError>>, WriterStopped> {
+        let (reply, answer) = oneshot::channel();
+        self.writes
+            .send(Write { events, reply })
+            .await
+            .map_err(|_| WriterStopped)?;
+        answer.await.map_err(|_| WriterStopped)
+    }
+
+    /// The live tail: every commit from now on.
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Arc<Committed>> {
+        self.live.subscribe()
+    }
+}
+
+async fn run(
+    store: Store,
+    mut receiver: mpsc::Receiver<Write>,
+    live: broadcast::Sender<Arc<Committed>>,
+    max_commit_events: usize,
+) {
+    while let Some(first) = receiver.recv().await {
+        let mut group = vec![first];
+        let mut count = group[0].events.len();
+        while count < max_commit_events {
+            match receiver.try_recv() {
+                Ok(write) => {
+                    count += write.events.len();
+                    group.push(write);
+                }
+                Err(_) => break,
+            }
+        }
+        let mut events = Vec::with_capacity(count);
+        let mut replies = Vec::with_capacity(group.len());
+        for write in group {
+            replies.push((write.events.len(), write.reply));
+            events.extend(write.events);
+        }
+        match store.append(&events).await {
+            Ok((written, committed)) => {
+                let mut written = written.into_iter();
+                for (len, reply) in replies {
+                    let _ = reply.send(Ok(written.by_ref().take(len).collect()));
+                }
+                if !committed.events.is_empty() {
+                    // No subscriber is not an error.
+                    let _ = live.send(Arc::new(committed));
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, events = events.len(), "storing audit events failed");
+                let err = Arc::new(err);
+                for (_, reply) in replies {
+                    let _ = reply.send(Err(Arc::clone(&err)));
+                }
+            }
+        }
+    }
+}

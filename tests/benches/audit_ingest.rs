@@ -1,0 +1,184 @@
+//! What the audit trail costs: sustained ingestion into the real audit
+//! service (real gRPC on loopback, hash chain, group commit) on SQLite and on
+//! PostgreSQL, and the latency of `emit` at the caller with the real producer
+//! sending to that service in the background. Run with `make bench`.
+//!
+//! Ingestion: `PRODUCERS` concurrent clients each send `Record` batches of
+//! `BATCH` events (the producer library's default batch size), spread over
+//! four tenants (four chains), until `EVENTS` events are stored.
+
+#![expect(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::cast_precision_loss,
+    reason = "a benchmark program"
+)]
+
+use std::time::{Duration, Instant};
+
+use agentmesh_audit_client::{AuditClient, AuditConfig};
+use agentmesh_kit::Listeners;
+use agentmesh_proto::audit::v1::{
+    self as pb, AuditEvent, EventType, LlmCallDetails, Outcome, audit_event::Details,
+    audit_service_client::AuditServiceClient,
+};
+use agentmesh_tests::{test_server_config, wait_serving};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+const PRODUCERS: usize = 8;
+const BATCH: usize = 500;
+const EVENTS: usize = 200_000;
+const EMITS: usize = 200_000;
+
+fn event(n: usize) -> AuditEvent {
+    AuditEvent {
+        event_id: uuid::Uuid::now_v7().to_string(),
+        r#type: EventType::LlmCall as i32,
+        service: "bench".into(),
+        tenant: format!("tenant-{}", n % 4),
+        subject: "bench-user".into(),
+        run_id: format!("run-{}", n / 10),
+        outcome: Outcome::Success as i32,
+        details: Some(Details::LlmCall(LlmCallDetails {
+            provider: "openai".into(),
+            model: "gpt-4o-mini".into(),
+            route: "default".into(),
+            input_tokens: 812,
+            output_tokens: 97,
+            estimated_cost_usd: Some(0.000_18),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "an index"
+    )]
+    let index = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[index]
+}
+
+struct Service {
+    addr: std::net::SocketAddr,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), agentmesh_kit::ServeError>>,
+}
+
+async fn start(url: String) -> Service {
+    let mut config = agentmesh_audit::Config {
+        server: test_server_config(),
+        ..Default::default()
+    };
+    config.storage.url = Some(url);
+    config.storage.max_connections = 16;
+    let listeners = Listeners::bind(&config.server).await.unwrap();
+    let addr = listeners.grpc_addr().unwrap();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(agentmesh_audit::serve_with_listeners(
+        config,
+        listeners,
+        stop.clone().cancelled_owned(),
+    ));
+    wait_serving(
+        agentmesh_tests::channel(addr),
+        "agentmesh.audit.v1.AuditService",
+    )
+    .await;
+    Service { addr, stop, task }
+}
+
+impl Service {
+    async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// Sends `EVENTS` events from `PRODUCERS` clients; returns events/s.
+async fn ingest(service: &Service) -> f64 {
+    let client = AuditServiceClient::new(agentmesh_tests::channel(service.addr))
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20);
+    // Build the batches first: the figure is the service's, not the encoder's.
+    let batches: Vec<Vec<AuditEvent>> = (0..EVENTS / BATCH)
+        .map(|b| (0..BATCH).map(|i| event(b * BATCH + i)).collect())
+        .collect();
+    let started = Instant::now();
+    let stored: usize = futures::stream::iter(batches)
+        .map(|events| {
+            let mut client = client.clone();
+            async move {
+                let response = client
+                    .record(pb::RecordRequest { events })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                usize::try_from(response.accepted_count).unwrap()
+            }
+        })
+        .buffer_unordered(PRODUCERS)
+        .fold(0, |sum, n| async move { sum + n })
+        .await;
+    let elapsed = started.elapsed();
+    assert_eq!(stored, EVENTS);
+    EVENTS as f64 / elapsed.as_secs_f64()
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let data = tempfile::tempdir().unwrap();
+
+        let sqlite = start(format!("sqlite://{}", data.path().join("audit.db").display())).await;
+        let rate = ingest(&sqlite).await;
+        println!("audit ingest, SQLite:     {rate:>9.0} events/s ({EVENTS} events, {PRODUCERS} producers x batches of {BATCH})");
+
+        // emit() at the caller, the producer sending to the service meanwhile.
+        let config = AuditConfig {
+            url: format!("http://{}", sqlite.addr),
+            spool_dir: data.path().join("spool"),
+            ..AuditConfig::default()
+        };
+        let registry = prometheus::Registry::new();
+        let producer = AuditClient::start(&config, "bench", &registry).unwrap();
+        let mut latencies = Vec::with_capacity(EMITS);
+        let prepared: Vec<AuditEvent> = (0..EMITS).map(event).collect();
+        let started = Instant::now();
+        for event in prepared {
+            let before = Instant::now();
+            producer.emit(event);
+            latencies.push(before.elapsed());
+            // About 100,000 events/s offered: a busy service, not a tight loop.
+            if latencies.len() % 100 == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        let offered = started.elapsed();
+        producer.flush().await;
+        let delivered = started.elapsed();
+        producer.shutdown().await;
+        latencies.sort_unstable();
+        println!(
+            "emit at the caller:       p50 {:?}, p99 {:?}, max {:?} ({EMITS} emits over {offered:.2?}; all delivered after {delivered:.2?}, spool {} bytes)",
+            percentile(&latencies, 0.5),
+            percentile(&latencies, 0.99),
+            latencies[latencies.len() - 1],
+            producer.spooled_bytes(),
+        );
+        sqlite.stop().await;
+
+        let server = agentmesh_testkit::postgres::shared().await;
+        let postgres = start(server.create_database("audit_bench").await).await;
+        let rate = ingest(&postgres).await;
+        println!("audit ingest, PostgreSQL: {rate:>9.0} events/s ({EVENTS} events, {PRODUCERS} producers x batches of {BATCH})");
+        postgres.stop().await;
+    });
+}
