@@ -35,6 +35,7 @@ test:
 bench:
 	$(CARGO) bench -p agentmesh-kit --bench hop
 	$(CARGO) bench -p agentmesh-tests --bench run_step
+	$(CARGO) bench -p agentmesh-tests --bench audit_ingest
 
 lint:
 	$(CARGO) fmt --all -- --check

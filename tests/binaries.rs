@@ -11,6 +11,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use agentmesh_tests::{RunningBinary, SERVICES, binary, channel, http_get, wait_serving, within};
+use futures::StreamExt;
 use tokio::process::Command;
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -41,7 +42,7 @@ fn sample_rpc(grpc_name: &str) -> (&'static str, Option<&'static str>) {
         "agentmesh.orchestrator.v1.OrchestratorService" => ("ListAgents", Some("\"agents\"")),
         "agentmesh.llm.v1.LlmGatewayService" => ("ListModels", Some("\"models\"")),
         "agentmesh.tools.v1.ToolRunnerService" => ("ListTools", Some("\"calculator\"")),
-        "agentmesh.audit.v1.AuditService" => ("VerifyChain", None),
+        "agentmesh.audit.v1.AuditService" => ("VerifyChain", Some("\"ok\": true")),
         _ => ("ListRules", None),
     }
 }
@@ -420,6 +421,200 @@ async fn agentmesh_run_answers_403_with_the_calculator_on_the_embedded_mesh() {
     let (code, _, stderr) = agentmesh(dir.path(), &["run", ""]).await;
     assert_ne!(code, Some(0));
     assert!(stderr.contains("objective"), "{stderr}");
+
+    // The audit log has the first run's lifecycle, its model calls with
+    // tokens and its tool call, and the chain is intact.
+    let run_id = events[0]["run_id"].as_str().unwrap().to_owned();
+    let (code, stdout, stderr) = agentmesh(dir.path(), &["runs", "list"]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let first_run = stdout
+        .lines()
+        .find(|line| line.contains("17 * 23"))
+        .and_then(|line| line.split_whitespace().next())
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("no 17 * 23 run in {stdout}"));
+    assert_ne!(first_run, run_id);
+    let (code, stdout, stderr) = agentmesh(
+        dir.path(),
+        &[
+            "audit",
+            "query",
+            "--run",
+            &first_run,
+            "--oldest-first",
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let audit: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let types: Vec<&str> = audit.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types.first(), Some(&"EVENT_TYPE_RUN_STARTED"), "{stdout}");
+    assert_eq!(types.last(), Some(&"EVENT_TYPE_RUN_FINISHED"), "{stdout}");
+    let llm_calls: Vec<&serde_json::Value> = audit
+        .iter()
+        .filter(|e| e["type"] == "EVENT_TYPE_LLM_CALL")
+        .collect();
+    assert_eq!(llm_calls.len(), 2, "{stdout}");
+    assert!(
+        llm_calls.iter().all(|e| e["llm_call"]["input_tokens"]
+            .as_str()
+            .is_some_and(|n| n != "0")),
+        "{stdout}"
+    );
+    let tool_calls: Vec<&serde_json::Value> = audit
+        .iter()
+        .filter(|e| e["type"] == "EVENT_TYPE_TOOL_CALL")
+        .collect();
+    assert_eq!(tool_calls.len(), 1, "{stdout}");
+    assert_eq!(tool_calls[0]["tool_call"]["tool"], "calculator");
+    // Contents are not recorded by default: sizes and hashes only.
+    assert!(
+        tool_calls[0]["tool_call"]["arguments"]
+            .get("text")
+            .is_none()
+    );
+    let (code, stdout, stderr) =
+        agentmesh(dir.path(), &["audit", "query", "--run", &first_run]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains("llm_call") && stdout.contains("calculator"),
+        "{stdout}"
+    );
+    let (code, stdout, stderr) = agentmesh(dir.path(), &["audit", "verify"]).await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("chain intact"), "{stdout}");
+}
+
+#[tokio::test]
+async fn events_emitted_while_the_audit_service_is_killed_are_stored_once() {
+    use agentmesh_proto::audit::v1 as audit;
+    use agentmesh_proto::tools::v1 as tools;
+    const CALLS: usize = 10_000;
+    let dir = tempfile::tempdir().unwrap();
+    let mut audit_service = RunningBinary::start("agentmesh-audit", &[], &[], dir.path()).await;
+    let port = audit_service.grpc.port().to_string();
+    let audit_url = format!("http://127.0.0.1:{port}");
+    let audit_args = ["--port", port.as_str()];
+    wait_serving(channel(audit_service.grpc), "").await;
+    let tool_runner = RunningBinary::start(
+        "agentmesh-tool-runner",
+        &[],
+        &[
+            ("AGENTMESH_TOOL_RUNNER__AUDIT__URL", audit_url.as_str()),
+            ("AGENTMESH_TOOL_RUNNER__AUDIT__RETRY_INTERVAL", "200ms"),
+            ("AGENTMESH_TOOL_RUNNER__AUDIT__SEND_TIMEOUT", "2s"),
+        ],
+        dir.path(),
+    )
+    .await;
+    wait_serving(channel(tool_runner.grpc), "").await;
+
+    // 10,000 tool calls, 16 at a time; the audit service is killed -9 after
+    // the first 2,000 and comes back after the last.
+    let tools_channel = channel(tool_runner.grpc);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let calls = futures::stream::iter(0..CALLS)
+        .map(|i| {
+            let mut client = tools::tool_runner_service_client::ToolRunnerServiceClient::new(
+                tools_channel.clone(),
+            );
+            let done = done.clone();
+            async move {
+                let response = client
+                    .execute_tool(tools::ExecuteToolRequest {
+                        tool: "calculator".into(),
+                        arguments_json: format!("{{\"expression\": \"{i} + 1\"}}"),
+                        call_id: format!("call-{i}"),
+                        run_id: "audit-kill-test".into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                assert!(!response.is_error, "{response:?}");
+                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<()>>();
+    let killer = async {
+        agentmesh_testkit::eventually("2,000 calls", Duration::from_secs(120), || async {
+            (done.load(std::sync::atomic::Ordering::Relaxed) >= 2000).then_some(())
+        })
+        .await;
+        audit_service.child.start_kill().unwrap();
+        audit_service.child.wait().await.unwrap();
+    };
+    within(
+        "10,000 tool calls",
+        Duration::from_secs(300),
+        futures::future::join(calls, killer),
+    )
+    .await;
+    // The events emitted meanwhile went to the tool runner's spool.
+    let (_, metrics) = http_get(tool_runner.admin, "/metrics").await;
+    let spooled: f64 = metrics
+        .lines()
+        .find(|line| line.starts_with("agentmesh_audit_events_spooled_total"))
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no spool counter in {metrics}"));
+    assert!(
+        spooled > 0.0,
+        "nothing was spooled while the audit service was down"
+    );
+    let restarted = RunningBinary::start("agentmesh-audit", &audit_args, &[], dir.path()).await;
+    let audit_channel = channel(restarted.grpc);
+    wait_serving(audit_channel.clone(), "").await;
+
+    let stored =
+        agentmesh_testkit::eventually("all 10,000 events stored", Duration::from_secs(120), || {
+            let mut client =
+                audit::audit_service_client::AuditServiceClient::new(audit_channel.clone());
+            async move {
+                let mut ids = Vec::new();
+                let mut page_token = String::new();
+                loop {
+                    let page = client
+                        .query(audit::QueryRequest {
+                            filter: Some(audit::EventFilter {
+                                run_ids: vec!["audit-kill-test".into()],
+                                types: vec![audit::EventType::ToolCall as i32],
+                                ..Default::default()
+                            }),
+                            order: audit::SortOrder::OldestFirst as i32,
+                            page_size: 1000,
+                            page_token,
+                        })
+                        .await
+                        .ok()?
+                        .into_inner();
+                    ids.extend(page.events.into_iter().map(|e| match e.details {
+                        Some(audit::audit_event::Details::ToolCall(call)) => call.call_id,
+                        _ => String::new(),
+                    }));
+                    if page.next_page_token.is_empty() {
+                        break;
+                    }
+                    page_token = page.next_page_token;
+                }
+                (ids.len() >= CALLS).then_some(ids)
+            }
+        })
+        .await;
+    assert_eq!(stored.len(), CALLS, "some events were stored twice");
+    let distinct: std::collections::HashSet<&String> = stored.iter().collect();
+    assert_eq!(distinct.len(), CALLS, "some events were stored twice");
+    assert!((0..CALLS).all(|i| distinct.contains(&format!("call-{i}"))));
+    let verified = audit::audit_service_client::AuditServiceClient::new(audit_channel)
+        .verify_chain(audit::VerifyChainRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(verified.ok, "{verified:?}");
 }
 
 #[tokio::test]

@@ -12,7 +12,6 @@ from conftest import SERVICES
 
 # (service, stub module, stub class, RPC, request message, request fields)
 NOT_BUILT_YET = [
-    ("audit", "agentmesh.audit.v1", "AuditService", "Query", "QueryRequest", {}),
     ("alerting", "agentmesh.alerting.v1", "AlertingService", "ListSilences", "ListSilencesRequest", {}),
 ]
 

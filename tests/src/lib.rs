@@ -65,7 +65,8 @@ pub struct InProcess {
 
 impl InProcess {
     /// Starts the service `name` with defaults, loopback ephemeral ports and a
-    /// fresh data directory.
+    /// fresh data directory; auditing is off (no audit service to reach, no
+    /// spool).
     pub async fn start(name: &str) -> Self {
         let data = tempfile::tempdir().unwrap();
         let server = test_server_config();
@@ -79,6 +80,7 @@ impl InProcess {
             "orchestrator" => {
                 let mut config = agentmesh_orchestrator::Config {
                     server,
+                    audit: agentmesh_orchestrator::AuditConfig::disabled(),
                     ..Default::default()
                 };
                 config.storage.data_dir = data_dir;
@@ -89,6 +91,7 @@ impl InProcess {
             "llm-gateway" => {
                 let config = agentmesh_llm_gateway::Config {
                     server,
+                    audit: agentmesh_llm_gateway::AuditConfig::disabled(),
                     ..Default::default()
                 };
                 Box::pin(agentmesh_llm_gateway::serve_with_listeners(
@@ -98,6 +101,7 @@ impl InProcess {
             "tool-runner" => {
                 let config = agentmesh_tool_runner::Config {
                     server,
+                    audit: agentmesh_tool_runner::AuditConfig::disabled(),
                     ..Default::default()
                 };
                 Box::pin(agentmesh_tool_runner::serve_with_listeners(
@@ -117,6 +121,7 @@ impl InProcess {
             "alerting" => {
                 let mut config = agentmesh_alerting::Config {
                     server,
+                    audit: agentmesh_alerting::AuditConfig::disabled(),
                     ..Default::default()
                 };
                 config.storage.data_dir = data_dir;
@@ -270,8 +275,11 @@ impl RunningBinary {
         dir: &Path,
     ) -> Self {
         let mut command = Command::new(binary(binary_name));
+        command.args(["--host", "127.0.0.1", "--admin-port", "0"]);
+        if !args.contains(&"--port") {
+            command.args(["--port", "0"]);
+        }
         command
-            .args(["--host", "127.0.0.1", "--port", "0", "--admin-port", "0"])
             .args(args)
             .envs(envs.iter().copied())
             .current_dir(dir)
@@ -354,8 +362,8 @@ pub struct RunMesh {
 }
 
 impl RunMesh {
-    /// The three services of a run; `rules` replaces the demo rules;
-    /// `tweak` adjusts the orchestrator's configuration.
+    /// The three services of a run, auditing off; `rules` replaces the demo
+    /// rules; `tweak` adjusts the orchestrator's configuration.
     pub async fn start(
         rules: Option<&str>,
         tweak: impl FnOnce(&mut agentmesh_orchestrator::Config),
@@ -366,6 +374,7 @@ impl RunMesh {
 
         let mut gateway = agentmesh_llm_gateway::Config {
             server: test_server_config(),
+            audit: agentmesh_llm_gateway::AuditConfig::disabled(),
             ..Default::default()
         };
         if let Some(rules) = rules {
@@ -384,6 +393,7 @@ impl RunMesh {
 
         let mut tools = agentmesh_tool_runner::Config {
             server: test_server_config(),
+            audit: agentmesh_tool_runner::AuditConfig::disabled(),
             ..Default::default()
         };
         tools.workspaces_dir = dir.path().join("workspaces");
@@ -400,6 +410,7 @@ impl RunMesh {
             server: test_server_config(),
             llm_gateway_url: format!("http://{gateway_addr}"),
             tool_runner_url: format!("http://{tools_addr}"),
+            audit: agentmesh_orchestrator::AuditConfig::disabled(),
             ..Default::default()
         };
         orchestrator.storage.data_dir = dir.path().join("data");

@@ -10,6 +10,7 @@
 
 use std::future::Future;
 
+use agentmesh_audit_client::without_password;
 use agentmesh_kit::status::not_built_yet;
 use agentmesh_kit::{Listeners, LogConfig, ServeError, ServerConfig, ServiceHost, StartupError};
 use agentmesh_proto::alerting::v1::{
@@ -20,6 +21,8 @@ use agentmesh_storage::{LazyDatabase, StorageConfig};
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status};
+
+pub use agentmesh_audit_client::AuditConfig;
 
 /// The service's name in logs, metrics and file names.
 pub const SERVICE: &str = "alerting";
@@ -37,6 +40,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Where the service keeps its database.
     pub storage: StorageConfig,
+    /// Where audit events go.
+    pub audit: AuditConfig,
 }
 
 impl Default for Config {
@@ -45,6 +50,7 @@ impl Default for Config {
             server: ServerConfig::with_port(DEFAULT_PORT),
             log: LogConfig::default(),
             storage: StorageConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -53,7 +59,10 @@ agentmesh_kit::service_config!(
     Config,
     service = SERVICE,
     section = "alerting",
-    validate = |config: &Config| config.storage.validate(),
+    validate = |config: &Config| {
+        config.storage.validate()?;
+        config.audit.validate()
+    },
 );
 
 /// Serves on the configured ports until `shutdown` resolves, then drains.
@@ -69,6 +78,14 @@ pub async fn serve_with_listeners(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let mut host = ServiceHost::new(SERVICE, &config.server);
+    let mut effective = config.clone();
+    effective.storage.url = effective.storage.url.as_deref().map(without_password);
+    let audit = agentmesh_audit_client::start_service::<Config>(
+        &config.audit,
+        SERVICE,
+        host.metrics().registry(),
+        &effective,
+    )?;
     let limit = config.server.max_message_bytes;
     host.add_service(
         AlertingServiceServer::new(AlertingServiceImpl)
@@ -87,6 +104,8 @@ pub async fn serve_with_listeners(
         )
         .await;
     database.close().await;
+    // The drain is over: send what is queued, or spool it.
+    audit.shutdown().await;
     result
 }
 
@@ -148,5 +167,18 @@ impl AlertingService for AlertingServiceImpl {
         _request: Request<v1::ListRulesRequest>,
     ) -> Result<Response<v1::ListRulesResponse>, Status> {
         Err(not_built_yet("AlertingService/ListRules", NOT_BUILT))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audit_settings_are_checked() {
+        let mut config = Config::default();
+        config.audit.batch_size = 0;
+        let err = agentmesh_kit::config::validate(&config).unwrap_err();
+        assert_eq!(err.setting, "alerting.audit.batch_size");
     }
 }

@@ -18,6 +18,7 @@ use agentmesh_proto::tools::v1::{
 };
 use anyhow::Context as _;
 use tonic::transport::Channel;
+use tonic_types::StatusExt as _;
 
 use crate::mesh::{Mesh, MeshConfigs, Ports};
 
@@ -28,15 +29,32 @@ pub(crate) struct Target {
     /// Unset: start the embedded mesh in this process.
     #[arg(long, env = "AGENTMESH_ORCHESTRATOR", global = true)]
     orchestrator: Option<String>,
+    #[command(flatten)]
+    embedded: Embedded,
+}
+
+/// The services started in this process when no address is given.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct Embedded {
     /// Directory of the embedded mesh's databases and workspaces.
     #[arg(long, default_value = "data", global = true)]
-    data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
     /// Configuration file of the embedded mesh (a section per service).
     #[arg(long, short = 'c', env = "AGENTMESH_CONFIG", global = true)]
-    config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// Show the embedded services' logs at this level (e.g. info).
     #[arg(long, default_value = "error", global = true)]
-    log_level: String,
+    pub(crate) log_level: String,
+}
+
+impl Embedded {
+    /// Sends the embedded services' logs to stderr, at the chosen level.
+    pub(crate) fn init_logging(&self) {
+        agentmesh_kit::logging::init(&agentmesh_kit::LogConfig {
+            format: agentmesh_kit::config::LogFormat::Pretty,
+            level: self.log_level.clone(),
+        });
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -136,13 +154,14 @@ impl Connection {
                 embedded: None,
             });
         }
-        agentmesh_kit::logging::init(&agentmesh_kit::LogConfig {
-            format: agentmesh_kit::config::LogFormat::Pretty,
-            level: target.log_level.clone(),
-        });
-        let mut configs =
-            MeshConfigs::load(target.config.as_deref(), Ports::Ephemeral, &target.data_dir)
-                .map_err(|err| anyhow::anyhow!("{err}"))?;
+        let embedded = &target.embedded;
+        embedded.init_logging();
+        let mut configs = MeshConfigs::load(
+            embedded.config.as_deref(),
+            Ports::Ephemeral,
+            &embedded.data_dir,
+        )
+        .map_err(|err| anyhow::anyhow!("{err}"))?;
         choose_provider(&mut configs.llm_gateway, model);
         let mesh = Mesh::start(configs).await?;
         let orchestrator =
@@ -208,7 +227,7 @@ fn choose_provider(gateway: &mut agentmesh_llm_gateway::Config, model: Option<&s
 }
 
 /// Waits until the service answers SERVING (the embedded mesh is starting).
-async fn wait_serving(channel: &Channel, service: &str) -> anyhow::Result<()> {
+pub(crate) async fn wait_serving(channel: &Channel, service: &str) -> anyhow::Result<()> {
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
     let started = tokio::time::Instant::now();
     loop {
@@ -231,7 +250,41 @@ async fn wait_serving(channel: &Channel, service: &str) -> anyhow::Result<()> {
 }
 
 fn status_error(what: &str, status: &tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{what}: {:?}: {}", status.code(), status.message())
+    anyhow::anyhow!("{what}: {}", status_text(status))
+}
+
+/// A failed call, for a person: `CODE: message`, then each field violation
+/// of a `google.rpc.BadRequest` detail on a line of its own.
+pub(crate) fn status_text(status: &tonic::Status) -> String {
+    let mut text = format!("{}: {}", code_name(status.code()), status.message());
+    if let Some(bad_request) = status.get_error_details().bad_request() {
+        for violation in &bad_request.field_violations {
+            text.push_str(&format!(
+                "\n  {}: {}",
+                violation.field, violation.description
+            ));
+        }
+    }
+    text
+}
+
+/// Prints a failed call as `error: CODE: message` (and its field violations)
+/// on stderr; the command's exit code.
+pub(crate) fn print_status(status: &tonic::Status) -> ExitCode {
+    let _ = writeln!(std::io::stderr(), "error: {}", status_text(status));
+    ExitCode::FAILURE
+}
+
+/// The canonical name of a gRPC status code, e.g. `INVALID_ARGUMENT`.
+fn code_name(code: tonic::Code) -> String {
+    let mut name = String::new();
+    for (index, c) in format!("{code:?}").chars().enumerate() {
+        if c.is_ascii_uppercase() && index > 0 {
+            name.push('_');
+        }
+        name.push(c.to_ascii_uppercase());
+    }
+    name
 }
 
 pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -427,4 +480,45 @@ pub(crate) async fn tools(command: ToolsCommand) -> anyhow::Result<ExitCode> {
         connection.close().await;
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_text_names_the_code_and_every_field_violation() {
+        let status = agentmesh_kit::status::invalid_argument([
+            ("filter.start_time", "must be before filter.end_time"),
+            ("page_size", "must not be negative"),
+        ]);
+        let text = status_text(&status);
+        let mut lines = text.lines();
+        assert!(
+            lines
+                .next()
+                .unwrap()
+                .starts_with("INVALID_ARGUMENT: filter.start_time")
+        );
+        assert_eq!(
+            lines.next(),
+            Some("  filter.start_time: must be before filter.end_time")
+        );
+        assert_eq!(lines.next(), Some("  page_size: must not be negative"));
+        assert_eq!(lines.next(), None);
+    }
+
+    #[test]
+    fn code_names_are_the_canonical_ones() {
+        assert_eq!(code_name(tonic::Code::Ok), "OK");
+        assert_eq!(code_name(tonic::Code::NotFound), "NOT_FOUND");
+        assert_eq!(
+            code_name(tonic::Code::ResourceExhausted),
+            "RESOURCE_EXHAUSTED"
+        );
+        assert_eq!(
+            status_text(&tonic::Status::unimplemented("not yet")),
+            "UNIMPLEMENTED: not yet"
+        );
+    }
 }

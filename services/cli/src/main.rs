@@ -10,12 +10,17 @@
 //!   between the services, SQLite under `./data`) and runs there.
 //! * `agentmesh runs list|get|cancel` and `agentmesh tools list` talk to a
 //!   running mesh, or, with no address given, to the embedded one.
+//! * `agentmesh audit query|export|report|verify` reads the audit log: from
+//!   the audit service at `--audit` (`AGENTMESH_AUDIT`), or, with none, from
+//!   the audit service started alone in this process over the data directory.
 //! * `agentmesh health` asks each service of a running mesh for its
 //!   `grpc.health.v1` status and prints a table; the exit code says whether
 //!   all are SERVING.
 
+mod audit;
 mod commands;
 mod mesh;
+mod output;
 mod run;
 
 use std::io::Write;
@@ -69,6 +74,9 @@ enum Command {
     /// List the tools agents can call.
     #[command(subcommand)]
     Tools(commands::ToolsCommand),
+    /// Query, export, report on and verify the audit log.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Show the health status of each service of a running mesh.
     Health(HealthArgs),
 }
@@ -130,6 +138,7 @@ fn main() -> ExitCode {
             Command::Run(args) => commands::run(args).await,
             Command::Runs(command) => commands::runs(command).await,
             Command::Tools(command) => commands::tools(command).await,
+            Command::Audit(command) => audit::audit(command).await,
             Command::Health(args) => health(args).await,
         }
     });

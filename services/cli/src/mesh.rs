@@ -1,9 +1,15 @@
 //! The whole mesh in this process: five services, each on its own loopback
 //! (or configured) port, talking real gRPC to each other.
+//!
+//! The audit service runs apart from the other four: they send it their audit
+//! events, so it starts first and stops last, after they have flushed their
+//! queues. [`EmbeddedAudit`] is that service alone, which the `agentmesh
+//! audit` commands also start on their own over the data directory.
 
 use std::net::SocketAddr;
 use std::path::Path;
 
+use agentmesh_audit_client::AuditConfig;
 use agentmesh_kit::config::{self, Overrides, ServiceConfig};
 use agentmesh_kit::{ConfigError, Listeners, ServeError, ServerConfig};
 use futures::future::BoxFuture;
@@ -28,6 +34,9 @@ pub(crate) enum Ports {
     Ephemeral,
 }
 
+/// The audit service's place in the port order.
+const AUDIT_INDEX: u16 = 3;
+
 impl MeshConfigs {
     /// Each service's section of `file` (if any) and its environment, with
     /// `ports` and `data_dir` on top.
@@ -36,7 +45,7 @@ impl MeshConfigs {
         ports: Ports,
         data_dir: &Path,
     ) -> Result<Self, ConfigError> {
-        Ok(Self {
+        let mut configs = Self {
             orchestrator: load_one(file, ports, 0, Some(data_dir))?,
             llm_gateway: load_one(file, ports, 1, None)?,
             tool_runner: load_one(file, ports, 2, None).map(
@@ -48,10 +57,38 @@ impl MeshConfigs {
                     c
                 },
             )?,
-            audit: load_one(file, ports, 3, Some(data_dir))?,
+            audit: load_audit(file, ports, data_dir)?,
             alerting: load_one(file, ports, 4, Some(data_dir))?,
-        })
+        };
+        // Audit events that cannot be sent yet wait beside the databases.
+        let default_spool = AuditConfig::default().spool_dir;
+        for audit in configs.producers_audit() {
+            if audit.spool_dir == default_spool {
+                audit.spool_dir = data_dir.join("spool");
+            }
+        }
+        Ok(configs)
     }
+
+    /// The audit settings of the four services that send audit events.
+    fn producers_audit(&mut self) -> [&mut AuditConfig; 4] {
+        [
+            &mut self.orchestrator.audit,
+            &mut self.llm_gateway.audit,
+            &mut self.tool_runner.audit,
+            &mut self.alerting.audit,
+        ]
+    }
+}
+
+/// The audit service's section of `file` (if any) and its environment, with
+/// `ports` and `data_dir` on top.
+pub(crate) fn load_audit(
+    file: Option<&Path>,
+    ports: Ports,
+    data_dir: &Path,
+) -> Result<agentmesh_audit::Config, ConfigError> {
+    load_one(file, ports, AUDIT_INDEX, Some(data_dir))
 }
 
 fn load_one<C: ServiceConfig>(
@@ -92,17 +129,6 @@ fn load_one<C: ServiceConfig>(
     config::load::<C>(file, &overrides)
 }
 
-/// A running mesh.
-#[derive(Debug)]
-pub(crate) struct Mesh {
-    /// Where the orchestrator listens.
-    pub(crate) orchestrator: SocketAddr,
-    /// Where the tool runner listens.
-    pub(crate) tool_runner: SocketAddr,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<Vec<anyhow::Result<()>>>,
-}
-
 /// An address a client on this machine can reach (`0.0.0.0` → loopback).
 fn reachable(addr: SocketAddr) -> SocketAddr {
     if addr.ip().is_unspecified() {
@@ -121,79 +147,214 @@ async fn bind(server: &ServerConfig) -> anyhow::Result<(Listeners, SocketAddr)> 
     Ok((listeners, addr))
 }
 
-impl Mesh {
-    /// Binds every service's ports, points the orchestrator at the gateway
-    /// and the tool runner it just bound, and starts all five. A service
-    /// that fails stops the others, so no half mesh keeps running.
-    pub(crate) async fn start(mut configs: MeshConfigs) -> anyhow::Result<Self> {
-        let (orchestrator_listeners, orchestrator) = bind(&configs.orchestrator.server).await?;
-        let (gateway_listeners, gateway) = bind(&configs.llm_gateway.server).await?;
-        let (tools_listeners, tool_runner) = bind(&configs.tool_runner.server).await?;
-        let (audit_listeners, _) = bind(&configs.audit.server).await?;
-        let (alerting_listeners, _) = bind(&configs.alerting.server).await?;
-        configs.orchestrator.llm_gateway_url = format!("http://{gateway}");
-        configs.orchestrator.tool_runner_url = format!("http://{tool_runner}");
+// === impl Services ===
 
-        let stop = CancellationToken::new();
-        let run = |name: &'static str, served: BoxFuture<'static, Result<(), ServeError>>| {
-            let stop = stop.clone();
+/// A service's `serve_with_listeners` future.
+type Served = BoxFuture<'static, Result<(), ServeError>>;
+
+/// Services that stop together (when `stop` is cancelled), running on a task
+/// of their own.
+#[derive(Debug)]
+struct Services {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Vec<anyhow::Result<()>>>,
+}
+
+impl Services {
+    /// Runs `services`, each serving until `stop` is cancelled; one that
+    /// fails cancels `failed`, so that the rest are stopped too (no half mesh
+    /// keeps running).
+    fn spawn(
+        stop: CancellationToken,
+        services: Vec<(&'static str, Served)>,
+        failed: &CancellationToken,
+    ) -> Self {
+        let running = services.into_iter().map(|(name, served)| {
+            let failed = failed.clone();
             async move {
                 let result = served.await;
                 if let Err(err) = &result {
                     tracing::error!(service = name, error = %err, "service failed; stopping the mesh");
-                    stop.cancel();
+                    failed.cancel();
                 }
                 result.map_err(|err| anyhow::anyhow!("{name}: {err}"))
             }
-        };
-        let services = [
-            run(
-                "orchestrator",
-                Box::pin(agentmesh_orchestrator::serve_with_listeners(
-                    configs.orchestrator,
-                    orchestrator_listeners,
-                    stop.clone().cancelled_owned(),
-                )),
-            ),
-            run(
-                "llm-gateway",
-                Box::pin(agentmesh_llm_gateway::serve_with_listeners(
-                    configs.llm_gateway,
-                    gateway_listeners,
-                    stop.clone().cancelled_owned(),
-                )),
-            ),
-            run(
-                "tool-runner",
-                Box::pin(agentmesh_tool_runner::serve_with_listeners(
-                    configs.tool_runner,
-                    tools_listeners,
-                    stop.clone().cancelled_owned(),
-                )),
-            ),
-            run(
-                "audit",
-                Box::pin(agentmesh_audit::serve_with_listeners(
-                    configs.audit,
-                    audit_listeners,
-                    stop.clone().cancelled_owned(),
-                )),
-            ),
-            run(
-                "alerting",
-                Box::pin(agentmesh_alerting::serve_with_listeners(
-                    configs.alerting,
-                    alerting_listeners,
-                    stop.clone().cancelled_owned(),
-                )),
-            ),
-        ];
-        let task = tokio::spawn(futures::future::join_all(services));
+        });
+        let task = tokio::spawn(futures::future::join_all(running));
+        Self { stop, task }
+    }
+
+    /// Tells the services to stop, waits until they have drained, and
+    /// returns their failures.
+    async fn stop(self) -> anyhow::Result<Vec<String>> {
+        self.stop.cancel();
+        let results = self.task.await?;
+        Ok(results
+            .into_iter()
+            .filter_map(Result::err)
+            .map(|err| err.to_string())
+            .collect())
+    }
+}
+
+fn all_ok(failures: Vec<String>) -> anyhow::Result<()> {
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!(failures.join("; ")))
+    }
+}
+
+// === impl EmbeddedAudit ===
+
+/// The audit service running in this process.
+#[derive(Debug)]
+pub(crate) struct EmbeddedAudit {
+    /// Where it listens.
+    pub(crate) addr: SocketAddr,
+    /// Cancelled when the service fails.
+    failed: CancellationToken,
+    services: Services,
+}
+
+impl EmbeddedAudit {
+    /// Binds the audit service's ports per `config` and starts it.
+    pub(crate) async fn start(config: agentmesh_audit::Config) -> anyhow::Result<Self> {
+        let (listeners, addr) = bind(&config.server).await?;
+        Ok(Self::spawn(
+            config,
+            listeners,
+            addr,
+            CancellationToken::new(),
+        ))
+    }
+
+    /// Starts the service on `listeners` (bound at `addr`); its failure
+    /// cancels `failed`.
+    fn spawn(
+        config: agentmesh_audit::Config,
+        listeners: Listeners,
+        addr: SocketAddr,
+        failed: CancellationToken,
+    ) -> Self {
+        // Its own stop signal: it stops only when told, after its producers.
+        let stop = CancellationToken::new();
+        let served = agentmesh_audit::serve_with_listeners(
+            config,
+            listeners,
+            stop.clone().cancelled_owned(),
+        );
+        let services = Services::spawn(stop, vec![("audit", Box::pin(served))], &failed);
+        Self {
+            addr,
+            failed,
+            services,
+        }
+    }
+
+    /// Resolves when the service has failed (e.g. its database cannot be
+    /// opened); [`Self::stop`] then says why.
+    pub(crate) async fn failed(&self) {
+        self.failed.cancelled().await;
+    }
+
+    /// Stops the service (draining) and reports its failure, if any.
+    pub(crate) async fn stop(self) -> anyhow::Result<()> {
+        all_ok(self.services.stop().await?)
+    }
+}
+
+// === impl Mesh ===
+
+/// A running mesh.
+#[derive(Debug)]
+pub(crate) struct Mesh {
+    /// Where the orchestrator listens.
+    pub(crate) orchestrator: SocketAddr,
+    /// Where the tool runner listens.
+    pub(crate) tool_runner: SocketAddr,
+    /// Cancelled to stop the mesh, or by a service that failed.
+    stop: CancellationToken,
+    /// The four services that produce audit events; they stop on `stop`.
+    producers: Services,
+    /// Their audit service, stopped after them so that their last events
+    /// (flushed as they stop) are recorded.
+    audit: EmbeddedAudit,
+}
+
+impl Mesh {
+    /// Binds every service's ports, points the orchestrator at the gateway
+    /// and the tool runner, and every producer of audit events at the audit
+    /// service it just bound, and starts all five. A service that fails
+    /// stops the others, so no half mesh keeps running.
+    pub(crate) async fn start(mut configs: MeshConfigs) -> anyhow::Result<Self> {
+        let (orchestrator_listeners, orchestrator) = bind(&configs.orchestrator.server).await?;
+        let (gateway_listeners, gateway) = bind(&configs.llm_gateway.server).await?;
+        let (tools_listeners, tool_runner) = bind(&configs.tool_runner.server).await?;
+        let (audit_listeners, audit) = bind(&configs.audit.server).await?;
+        let (alerting_listeners, _) = bind(&configs.alerting.server).await?;
+        configs.orchestrator.llm_gateway_url = format!("http://{gateway}");
+        configs.orchestrator.tool_runner_url = format!("http://{tool_runner}");
+        // Every producer sends its events to the audit service bound here,
+        // unless its configuration names an audit service (or "" for none).
+        let default_url = AuditConfig::default().url;
+        for producer in configs.producers_audit() {
+            if producer.url == default_url {
+                producer.url = format!("http://{audit}");
+            }
+        }
+
+        let stop = CancellationToken::new();
+        // The audit service first, so that the producers' first events find it.
+        let audit = EmbeddedAudit::spawn(configs.audit, audit_listeners, audit, stop.clone());
+        // Stopping the mesh stops the producers at once; the audit service
+        // only when `stop()` has seen them finish.
+        let producers_stop = stop.child_token();
+        let signal = || producers_stop.clone().cancelled_owned();
+        let producers = Services::spawn(
+            producers_stop.clone(),
+            vec![
+                (
+                    "orchestrator",
+                    Box::pin(agentmesh_orchestrator::serve_with_listeners(
+                        configs.orchestrator,
+                        orchestrator_listeners,
+                        signal(),
+                    )),
+                ),
+                (
+                    "llm-gateway",
+                    Box::pin(agentmesh_llm_gateway::serve_with_listeners(
+                        configs.llm_gateway,
+                        gateway_listeners,
+                        signal(),
+                    )),
+                ),
+                (
+                    "tool-runner",
+                    Box::pin(agentmesh_tool_runner::serve_with_listeners(
+                        configs.tool_runner,
+                        tools_listeners,
+                        signal(),
+                    )),
+                ),
+                (
+                    "alerting",
+                    Box::pin(agentmesh_alerting::serve_with_listeners(
+                        configs.alerting,
+                        alerting_listeners,
+                        signal(),
+                    )),
+                ),
+            ],
+            &stop,
+        );
         Ok(Self {
             orchestrator,
             tool_runner,
             stop,
-            task,
+            producers,
+            audit,
         })
     }
 
@@ -207,19 +368,13 @@ impl Mesh {
         self.stop.cancelled().await;
     }
 
-    /// Stops every service (draining) and reports the failures.
+    /// Stops every service (draining) and reports the failures: first the
+    /// four producers of audit events, which flush their audit queues as they
+    /// stop, then the audit service.
     pub(crate) async fn stop(self) -> anyhow::Result<()> {
         self.stop.cancel();
-        let results = self.task.await?;
-        let failures: Vec<String> = results
-            .into_iter()
-            .filter_map(Result::err)
-            .map(|err| err.to_string())
-            .collect();
-        if failures.is_empty() {
-            Ok(())
-        } else {
-            Err(anyhow::anyhow!(failures.join("; ")))
-        }
+        let mut failures = self.producers.stop().await?;
+        failures.extend(self.audit.services.stop().await?);
+        all_ok(failures)
     }
 }

@@ -9,14 +9,14 @@ use std::time::Duration;
 use agentmesh_proto::orchestrator::v1::{
     self as pb, orchestrator_service_client::OrchestratorServiceClient, run_event,
 };
-use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
-use prost::Message as _;
 use tonic::transport::Channel;
+
+use crate::output::ProtoJson;
 
 /// How events are shown.
 pub(crate) struct Renderer {
-    json: Option<prost_reflect::MessageDescriptor>,
+    json: Option<ProtoJson>,
     spinner: Option<ProgressBar>,
     /// Whether answer text is on the current stdout line.
     mid_line: bool,
@@ -27,12 +27,7 @@ pub(crate) struct Renderer {
 impl Renderer {
     pub(crate) fn new(json: bool) -> anyhow::Result<Self> {
         let json = if json {
-            let pool = prost_reflect::DescriptorPool::decode(agentmesh_proto::FILE_DESCRIPTOR_SET)
-                .context("the built-in proto descriptors do not load")?;
-            Some(
-                pool.get_message_by_name("agentmesh.orchestrator.v1.RunEvent")
-                    .context("RunEvent is missing from the descriptors")?,
-            )
+            Some(ProtoJson::new("agentmesh.orchestrator.v1.RunEvent")?)
         } else {
             None
         };
@@ -77,21 +72,13 @@ impl Renderer {
 
     /// Shows one event; returns the exit code once the run has ended.
     pub(crate) fn show(&mut self, event: &pb::RunEvent) -> Option<ExitCode> {
-        if let Some(descriptor) = &self.json {
+        if let Some(json) = &self.json {
             let mut out = std::io::stdout().lock();
-            let bytes = event.encode_to_vec();
-            match prost_reflect::DynamicMessage::decode(descriptor.clone(), bytes.as_slice()) {
-                Ok(message) => {
-                    let mut serializer = serde_json::Serializer::new(&mut out);
-                    let options = prost_reflect::SerializeOptions::new()
-                        .use_proto_field_name(true)
-                        .skip_default_fields(true);
-                    let _ = message.serialize_with_options(&mut serializer, &options);
-                    let _ = writeln!(out);
-                }
-                Err(err) => {
-                    let _ = writeln!(std::io::stderr(), "agentmesh: cannot show an event: {err}");
-                }
+            if let Err(err) = json.write_line(&mut out, event) {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "agentmesh: cannot show an event: {err:#}"
+                );
             }
             let _ = out.flush();
             return exit_of(event);

@@ -7,11 +7,32 @@
 //! vLLM, say). A *route* is a name callers use as `GenerateRequest.model`
 //! that resolves to `instance/model`. Callers may also address
 //! `instance/model` directly.
+//!
+//! *Prices* turn token counts into an estimated cost in US dollars, shown in
+//! every response's `usage.estimated_cost_usd`, in ListModels and in the
+//! LLM_CALL audit events:
+//!
+//! ```toml
+//! [llm_gateway.prices."gpt-4o-mini"]          # this model on any provider
+//! input_per_million_usd = 0.15
+//! output_per_million_usd = 0.60
+//!
+//! [llm_gateway.prices."vllm/meta-llama/Llama-3.1-8B-Instruct"]   # one instance's model
+//! input_per_million_usd = 0
+//! output_per_million_usd = 0
+//! ```
+//!
+//! A call is priced by `instance/model` first, then by the bare model name
+//! (the model as requested, then as the provider reported it); with no price
+//! the cost is absent, not zero. Prices for `gpt-4o-mini`, `gpt-4o`,
+//! `claude-sonnet-4-5` and `claude-haiku-4-5` are built in; a file adds to
+//! them or overrides them.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+use agentmesh_audit_client::AuditConfig;
 use agentmesh_kit::{ConfigError, LogConfig, ServerConfig};
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +56,12 @@ pub struct Config {
     pub providers: BTreeMap<String, ProviderConfig>,
     /// Model routes by name.
     pub routes: BTreeMap<String, RouteConfig>,
+    /// Prices per million tokens, keyed by `provider/model` (a provider
+    /// instance and the provider's model name) or by a bare model name (that
+    /// model on any provider); see the module docs.
+    pub prices: BTreeMap<String, Price>,
+    /// Where audit events go.
+    pub audit: AuditConfig,
 }
 
 impl Default for Config {
@@ -81,8 +108,61 @@ impl Default for Config {
             default_route: "default".to_owned(),
             providers,
             routes,
+            prices: default_prices(),
+            audit: AuditConfig::default(),
         }
     }
+}
+
+/// The built-in prices (US dollars per million tokens, list prices).
+fn default_prices() -> BTreeMap<String, Price> {
+    [
+        ("gpt-4o-mini", 0.15, 0.60),
+        ("gpt-4o", 2.50, 10.00),
+        ("claude-sonnet-4-5", 3.00, 15.00),
+        ("claude-haiku-4-5", 1.00, 5.00),
+    ]
+    .into_iter()
+    .map(|(model, input, output)| (model.to_owned(), Price::new(input, output)))
+    .collect()
+}
+
+/// What a model's tokens cost.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    /// US dollars per million input (prompt) tokens.
+    pub input_per_million_usd: f64,
+    /// US dollars per million output (generated) tokens.
+    pub output_per_million_usd: f64,
+}
+
+impl Price {
+    /// A price per million input and output tokens.
+    pub fn new(input_per_million_usd: f64, output_per_million_usd: f64) -> Self {
+        Self {
+            input_per_million_usd,
+            output_per_million_usd,
+        }
+    }
+
+    /// The cost in US dollars of a call with these token counts.
+    pub fn cost_usd(&self, input_tokens: i32, output_tokens: i32) -> f64 {
+        f64::from(input_tokens.max(0)) * self.input_per_million_usd / 1e6
+            + f64::from(output_tokens.max(0)) * self.output_per_million_usd / 1e6
+    }
+}
+
+/// The price of `model` on provider instance `instance`: by
+/// `instance/model`, else by the bare model name.
+pub fn price_of(prices: &BTreeMap<String, Price>, instance: &str, model: &str) -> Option<Price> {
+    if model.is_empty() {
+        return None;
+    }
+    prices
+        .get(&format!("{instance}/{model}"))
+        .or_else(|| prices.get(model))
+        .copied()
 }
 
 /// The wire protocol a provider instance speaks.
@@ -295,6 +375,10 @@ impl Config {
                 ));
             }
         }
+        for (key, price) in &self.prices {
+            validate_price(key, price)?;
+        }
+        self.audit.validate()?;
         if !self.routes.contains_key(&self.default_route) {
             return Err(ConfigError::new(
                 "default_route",
@@ -307,6 +391,29 @@ impl Config {
         }
         Ok(())
     }
+}
+
+fn validate_price(key: &str, price: &Price) -> Result<(), ConfigError> {
+    if key.is_empty() || key.starts_with('/') || key.ends_with('/') {
+        return Err(ConfigError::new(
+            format!("prices.{key}"),
+            "a price is keyed by `provider/model` or by a model name, e.g. `openai/gpt-4o` or `gpt-4o`",
+        ));
+    }
+    for (field, value) in [
+        ("input_per_million_usd", price.input_per_million_usd),
+        ("output_per_million_usd", price.output_per_million_usd),
+    ] {
+        if !value.is_finite() || value < 0.0 {
+            return Err(ConfigError::new(
+                format!("prices.{key}.{field}"),
+                format!(
+                    "{value} is not a price: use a non-negative number of US dollars per million tokens"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn validate_provider(name: &str, provider: &ProviderConfig) -> Result<(), ConfigError> {
@@ -496,6 +603,124 @@ mod tests {
             config.validate().unwrap_err().setting,
             "providers.openai.pace"
         );
+    }
+
+    #[test]
+    fn cost_is_tokens_times_the_price_per_million() {
+        let price = Price::new(0.15, 0.60);
+        let cost = price.cost_usd(1_000_000, 500_000);
+        assert!((cost - 0.45).abs() < 1e-12, "{cost}");
+        let cost = price.cost_usd(1200, 300);
+        assert!(
+            (cost - (1200.0 * 0.15 + 300.0 * 0.60) / 1e6).abs() < 1e-15,
+            "{cost}"
+        );
+        assert!(price.cost_usd(0, 0).abs() < f64::EPSILON);
+        assert!(Price::new(0.0, 0.0).cost_usd(10, 10).abs() < f64::EPSILON);
+    }
+
+    #[test]
+    fn prices_are_found_by_instance_and_model_then_by_model() {
+        let mut prices = default_prices();
+        assert_eq!(
+            price_of(&prices, "openai", "gpt-4o-mini"),
+            Some(Price::new(0.15, 0.60))
+        );
+        assert_eq!(
+            price_of(&prices, "azure", "gpt-4o"),
+            Some(Price::new(2.50, 10.00))
+        );
+        assert_eq!(
+            price_of(&prices, "anthropic", "claude-sonnet-4-5"),
+            Some(Price::new(3.00, 15.00))
+        );
+        assert_eq!(
+            price_of(&prices, "anthropic", "claude-haiku-4-5"),
+            Some(Price::new(1.00, 5.00))
+        );
+        assert_eq!(price_of(&prices, "scripted", "demo"), None);
+        assert_eq!(price_of(&prices, "openai", ""), None);
+        prices.insert("azure/gpt-4o".into(), Price::new(3.0, 12.0));
+        assert_eq!(
+            price_of(&prices, "azure", "gpt-4o"),
+            Some(Price::new(3.0, 12.0))
+        );
+        assert_eq!(
+            price_of(&prices, "openai", "gpt-4o"),
+            Some(Price::new(2.50, 10.00))
+        );
+        prices.insert(
+            "vllm/meta-llama/Llama-3.1-8B-Instruct".into(),
+            Price::new(0.0, 0.0),
+        );
+        assert_eq!(
+            price_of(&prices, "vllm", "meta-llama/Llama-3.1-8B-Instruct"),
+            Some(Price::new(0.0, 0.0))
+        );
+    }
+
+    #[test]
+    fn prices_must_be_non_negative_and_finite() {
+        for (value, field) in [
+            (-0.01, "input_per_million_usd"),
+            (f64::NAN, "input_per_million_usd"),
+            (f64::INFINITY, "input_per_million_usd"),
+        ] {
+            let mut config = Config::default();
+            config
+                .prices
+                .insert("gpt-4o".into(), Price::new(value, 1.0));
+            let err = config.validate().unwrap_err();
+            assert_eq!(err.setting, format!("prices.gpt-4o.{field}"), "{value}");
+        }
+        let mut config = Config::default();
+        config
+            .prices
+            .insert("openai/gpt-4o".into(), Price::new(1.0, -1.0));
+        assert_eq!(
+            config.validate().unwrap_err().setting,
+            "prices.openai/gpt-4o.output_per_million_usd"
+        );
+        for key in ["", "/gpt-4o", "openai/"] {
+            let mut config = Config::default();
+            config.prices.insert(key.into(), Price::new(1.0, 1.0));
+            assert_eq!(
+                config.validate().unwrap_err().setting,
+                format!("prices.{key}"),
+                "{key:?}"
+            );
+        }
+        let mut config = Config::default();
+        config.prices.insert("free".into(), Price::new(0.0, 0.0));
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn prices_in_a_file_add_to_the_built_in_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(
+            &path,
+            "[llm_gateway.prices.\"openai/gpt-4.1\"]\ninput_per_million_usd = 2.0\noutput_per_million_usd = 8.0\n",
+        )
+        .unwrap();
+        let config: Config =
+            agentmesh_kit::config::load(Some(&path), &agentmesh_kit::config::Overrides::default())
+                .unwrap();
+        assert_eq!(config.prices["openai/gpt-4.1"], Price::new(2.0, 8.0));
+        assert_eq!(config.prices["gpt-4o-mini"], Price::new(0.15, 0.60));
+
+        std::fs::write(
+            &path,
+            "[llm_gateway.prices.x]\ninput_per_million_usd = 1.0\n",
+        )
+        .unwrap();
+        let err = agentmesh_kit::config::load::<Config>(
+            Some(&path),
+            &agentmesh_kit::config::Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.setting.starts_with("llm_gateway.prices"), "{err}");
     }
 
     #[test]

@@ -18,7 +18,7 @@
 //! # Layout
 //!
 //! * [`config`]: [`Config`] — provider instances (kind, base URL, key
-//!   variable, timeouts) and routes, checked at start.
+//!   variable, timeouts), routes and prices, checked at start.
 //! * [`service`]: the gRPC handlers, model resolution, ListModels, and the
 //!   stream relay (a stream that breaks after output ends with `finished`
 //!   FINISH_REASON_ERROR, then the error status).
@@ -28,15 +28,18 @@
 //!   SSE decoding.
 //! * [`completion`]: provider events, their assembly, usage estimates.
 //! * [`error`]: provider failures and the gRPC status each becomes.
+//! * [`audit`]: the LLM_CALL audit event of every call, and provider keys
+//!   registered as secrets to redact.
 //!
 //! [`serve`] binds the listeners from [`Config`]; [`serve_with_listeners`]
 //! takes bound ones (tests bind port 0). Both hand the service to the kit's
 //! [`ServiceHost`] (health, reflection, metrics, limits, metadata forwarding,
 //! graceful shutdown); `main.rs` only calls [`serve`].
 //!
-//! Not yet here: retries, fallbacks, circuit breakers, rate limits, prices,
-//! audit events and the gateway's own metrics (`attempts` is always 1).
+//! Not yet here: retries, fallbacks, circuit breakers, rate limits and the
+//! gateway's own metrics (`attempts` is always 1).
 
+pub mod audit;
 pub mod completion;
 pub mod config;
 pub mod error;
@@ -50,7 +53,8 @@ use std::sync::Arc;
 use agentmesh_kit::{Listeners, ServeError, ServiceHost, StartupError};
 use agentmesh_proto::llm::v1::llm_gateway_service_server::LlmGatewayServiceServer;
 
-pub use config::{Config, DEFAULT_PORT, ProviderConfig, ProviderKind, RouteConfig};
+pub use agentmesh_audit_client::AuditConfig;
+pub use config::{Config, DEFAULT_PORT, Price, ProviderConfig, ProviderKind, RouteConfig};
 pub use service::{Gateway, LlmGatewayServiceImpl};
 
 /// The service's name in logs, metrics and file names.
@@ -90,14 +94,29 @@ pub async fn serve_with_listeners(
         ))
     })?;
     let mut host = ServiceHost::new(SERVICE, &config.server);
+    // The configuration names the environment variables holding the API
+    // keys, never the keys: it is recorded as it is.
+    let audit = agentmesh_audit_client::start_service::<Config>(
+        &config.audit,
+        SERVICE,
+        host.metrics().registry(),
+        &config,
+    )?;
     let limit = config.server.max_message_bytes;
     host.add_service(
-        LlmGatewayServiceServer::new(LlmGatewayServiceImpl::new(Arc::new(gateway)))
-            .max_decoding_message_size(limit)
-            .max_encoding_message_size(limit),
+        LlmGatewayServiceServer::new(LlmGatewayServiceImpl::with_audit(
+            Arc::new(gateway),
+            audit.clone(),
+        ))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit),
     );
-    host.serve(listeners, || async { Ok::<(), StartupError>(()) }, shutdown)
-        .await
+    let result = host
+        .serve(listeners, || async { Ok::<(), StartupError>(()) }, shutdown)
+        .await;
+    // The drain is over: send what is queued, or spool it.
+    audit.shutdown().await;
+    result
 }
 
 fn refused(err: impl ToString) -> ServeError {

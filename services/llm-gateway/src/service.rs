@@ -8,25 +8,31 @@
 //! after output was sent ends with `finished` (FINISH_REASON_ERROR, the usage
 //! so far) and then the error status; one that fails before any output ends
 //! with the error status alone.
+//!
+//! Every call's usage carries its estimated cost when the model has a price
+//! ([`crate::config::Price`]), and every call ends with one LLM_CALL audit
+//! event ([`crate::audit`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant as StdInstant;
 
+use agentmesh_audit_client::AuditClient;
 use agentmesh_kit::status::invalid_argument;
 use agentmesh_kit::{ConfigError, RequestContext};
 use agentmesh_proto::llm::v1::{
     self, FinishReason, GenerateRequest, GenerateResponse, GenerateStreamRequest,
     GenerateStreamResponse, ListModelsRequest, ListModelsResponse, Model, ModelTarget,
-    StreamFinished, TextDelta, ToolCallDelta, generate_stream_response::Event,
+    StreamFinished, TextDelta, ToolCallDelta, Usage, generate_stream_response::Event,
     llm_gateway_service_server::LlmGatewayService,
 };
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use tonic::{Request, Response, Status};
 
+use crate::audit::{CallEnd, KeyRegistry, LlmCallRecord};
 use crate::completion::{Assembler, Completion, ProviderEvent};
-use crate::config::{Config, join_names, split_target};
+use crate::config::{Config, Price, join_names, price_of, split_target};
 use crate::error::ProviderError;
 use crate::providers::{EventStream, ProviderCall, ProviderInstance};
 use crate::validate::validate_request;
@@ -44,6 +50,7 @@ pub struct Gateway {
     default_route: String,
     routes: BTreeMap<String, Route>,
     providers: BTreeMap<String, ProviderInstance>,
+    prices: BTreeMap<String, Price>,
 }
 
 #[derive(Debug, Clone)]
@@ -92,7 +99,28 @@ impl Gateway {
             default_route: config.default_route.clone(),
             routes,
             providers,
+            prices: config.prices.clone(),
         })
+    }
+
+    /// The provider instances.
+    pub fn providers(&self) -> impl Iterator<Item = &ProviderInstance> {
+        self.providers.values()
+    }
+
+    /// The price of a call resolved to `resolved`: by the model requested,
+    /// else by the model the provider reported.
+    pub fn price(&self, resolved: &Resolved, reported_model: &str) -> Option<Price> {
+        price_of(&self.prices, &resolved.instance, &resolved.model)
+            .or_else(|| price_of(&self.prices, &resolved.instance, reported_model))
+    }
+
+    /// `usage` with its estimated cost (absent when the model has no price).
+    fn priced(&self, resolved: &Resolved, reported_model: &str, mut usage: Usage) -> Usage {
+        usage.estimated_cost_usd = self
+            .price(resolved, reported_model)
+            .map(|price| price.cost_usd(usage.input_tokens, usage.output_tokens));
+        usage
     }
 
     /// Resolves a request's `model`: empty = the default route; a route name;
@@ -193,6 +221,7 @@ impl Gateway {
     fn model(&self, name: &str, route: &Route) -> Model {
         let instance = self.providers.get(&route.instance);
         let available = instance.is_some_and(|instance| instance.config.key_available());
+        let price = price_of(&self.prices, &route.instance, &route.model);
         Model {
             name: name.to_owned(),
             description: route.description.clone(),
@@ -205,8 +234,8 @@ impl Gateway {
                 circuit_state: v1::CircuitState::Unspecified.into(),
                 supports_tools: true,
                 context_window_tokens: 0,
-                input_usd_per_million_tokens: None,
-                output_usd_per_million_tokens: None,
+                input_usd_per_million_tokens: price.map(|price| price.input_per_million_usd),
+                output_usd_per_million_tokens: price.map(|price| price.output_per_million_usd),
             }],
             is_default: name == self.default_route,
             available,
@@ -243,19 +272,42 @@ fn decode_page_token(token: &str) -> Option<String> {
 #[derive(Debug, Clone)]
 pub struct LlmGatewayServiceImpl {
     gateway: Arc<Gateway>,
+    audit: AuditClient,
+    keys: Arc<KeyRegistry>,
 }
 
 impl LlmGatewayServiceImpl {
-    /// Serves `gateway`.
+    /// Serves `gateway`, with auditing off.
     pub fn new(gateway: Arc<Gateway>) -> Self {
-        Self { gateway }
+        Self::with_audit(gateway, AuditClient::disabled(crate::SERVICE))
+    }
+
+    /// Serves `gateway`, recording every call in `audit`. The provider API
+    /// keys set now are registered as secrets at once; keys are read at
+    /// each call, and one that changes is registered when first read.
+    pub fn with_audit(gateway: Arc<Gateway>, audit: AuditClient) -> Self {
+        let keys = Arc::new(KeyRegistry::default());
+        for instance in gateway.providers() {
+            keys.register(&audit, &instance.config);
+        }
+        Self {
+            gateway,
+            audit,
+            keys,
+        }
     }
 
     /// Validates and resolves a request, and captures the caller's deadline
     /// (the task-local context is gone once a stream is being polled).
-    fn prepare(&self, request: GenerateRequest) -> Result<(Resolved, ProviderCall), Status> {
+    fn prepare(
+        &self,
+        request: GenerateRequest,
+        record: &mut LlmCallRecord,
+    ) -> Result<(Resolved, ProviderCall), Status> {
         validate_request(&request)?;
         let resolved = self.gateway.resolve(&request.model)?;
+        record.resolved(&resolved);
+        self.keys.register(&self.audit, &resolved.provider.config);
         let caller_deadline = RequestContext::current()
             .and_then(|context| context.deadline())
             .map(|deadline| tokio::time::Instant::from_std(deadline.min(far_future())));
@@ -282,16 +334,42 @@ impl LlmGatewayService for LlmGatewayServiceImpl {
         &self,
         request: Request<GenerateRequest>,
     ) -> Result<Response<GenerateResponse>, Status> {
-        let (resolved, call) = self.prepare(request.into_inner())?;
+        let request = request.into_inner();
+        // Dropped with this future when the caller goes away: then it
+        // records the call as abandoned.
+        let mut record = LlmCallRecord::new(&self.audit, &request, false);
+        let (resolved, call) = match self.prepare(request, &mut record) {
+            Ok(prepared) => prepared,
+            Err(status) => {
+                record.failed(&status, &CallEnd::default());
+                return Err(status);
+            }
+        };
         let started = StdInstant::now();
         let request = Arc::clone(&call.request);
         let deadline = call.caller_deadline;
         let completion =
-            within_caller_deadline(deadline, resolved.provider.provider.generate(call))
+            match within_caller_deadline(deadline, resolved.provider.provider.generate(call))
                 .await
                 .and_then(|result| result)
-                .map_err(|err| log_failure(&resolved, err))?;
-        let usage = completion.final_usage(&request);
+            {
+                Ok(completion) => completion,
+                Err(err) => {
+                    let status = log_failure(&resolved, err);
+                    record.failed(&status, &CallEnd::default());
+                    return Err(status);
+                }
+            };
+        let usage = self.gateway.priced(
+            &resolved,
+            &completion.model,
+            completion.final_usage(&request),
+        );
+        record.succeeded(&CallEnd {
+            completion: Some(&completion),
+            usage: Some(&usage),
+            finish_reason: Some(completion.finish_reason),
+        });
         tracing::info!(
             route = %resolved.route,
             provider = %resolved.instance,
@@ -320,7 +398,17 @@ impl LlmGatewayService for LlmGatewayServiceImpl {
         &self,
         request: Request<GenerateStreamRequest>,
     ) -> Result<Response<Self::GenerateStreamStream>, Status> {
-        let (resolved, call) = self.prepare(into_generate_request(request.into_inner()))?;
+        let request = into_generate_request(request.into_inner());
+        // Goes with the stream; dropped before its end is recorded (the
+        // caller went away), it records the call as abandoned.
+        let mut record = LlmCallRecord::new(&self.audit, &request, true);
+        let (resolved, call) = match self.prepare(request, &mut record) {
+            Ok(prepared) => prepared,
+            Err(status) => {
+                record.failed(&status, &CallEnd::default());
+                return Err(status);
+            }
+        };
         let request = Arc::clone(&call.request);
         let deadline = call.caller_deadline;
         let mut events = resolved.provider.provider.generate_stream(call);
@@ -328,11 +416,21 @@ impl LlmGatewayService for LlmGatewayServiceImpl {
         // (no key, refused connection, HTTP error) fails as a whole, with
         // its status at once rather than after an empty stream.
         let first = match within_caller_deadline(deadline, events.next()).await {
-            Err(err) | Ok(Some(Err(err))) => return Err(log_failure(&resolved, err)),
+            Err(err) | Ok(Some(Err(err))) => {
+                let status = log_failure(&resolved, err);
+                record.failed(&status, &CallEnd::default());
+                return Err(status);
+            }
             Ok(first) => first,
         };
         Ok(Response::new(relay(
-            resolved, request, deadline, first, events,
+            Arc::clone(&self.gateway),
+            resolved,
+            request,
+            deadline,
+            first,
+            events,
+            record,
         )))
     }
 
@@ -406,6 +504,7 @@ pub fn into_generate_request(request: GenerateStreamRequest) -> GenerateRequest 
 // === relay ===
 
 struct RelayState {
+    gateway: Arc<Gateway>,
     resolved: Resolved,
     request: Arc<GenerateRequest>,
     caller_deadline: Option<tokio::time::Instant>,
@@ -416,17 +515,22 @@ struct RelayState {
     then_fail: Option<Status>,
     done: bool,
     started: StdInstant,
+    /// The call's audit record, until its end is recorded.
+    record: Option<LlmCallRecord>,
 }
 
 /// Relays provider events to the caller as they arrive, then `finished`.
 fn relay(
+    gateway: Arc<Gateway>,
     resolved: Resolved,
     request: Arc<GenerateRequest>,
     caller_deadline: Option<tokio::time::Instant>,
     first: Option<Result<ProviderEvent, ProviderError>>,
     events: EventStream,
+    record: LlmCallRecord,
 ) -> BoxStream<'static, Result<GenerateStreamResponse, Status>> {
     let state = RelayState {
+        gateway,
         resolved,
         request,
         caller_deadline,
@@ -436,6 +540,7 @@ fn relay(
         then_fail: None,
         done: false,
         started: StdInstant::now(),
+        record: Some(record),
     };
     futures::stream::unfold(state, |mut state| async move {
         if let Some(status) = state.then_fail.take() {
@@ -465,6 +570,11 @@ fn relay(
                 }
             };
             state.assembler.push(&event);
+            if state.assembler.output_started()
+                && let Some(record) = state.record.as_mut()
+            {
+                record.first_token();
+            }
             let out = match event {
                 ProviderEvent::Text(text) if !text.is_empty() => {
                     Event::TextDelta(TextDelta { text })
@@ -482,7 +592,7 @@ fn relay(
                 }),
                 ProviderEvent::Finished { .. } => {
                     state.done = true;
-                    let finished = state.finished(None);
+                    let finished = state.finished(None, None);
                     return Some((Ok(finished), state));
                 }
                 ProviderEvent::Text(_)
@@ -503,23 +613,51 @@ impl RelayState {
     fn fail(mut self, err: ProviderError) -> (Result<GenerateStreamResponse, Status>, Self) {
         let status = log_failure(&self.resolved, err);
         if self.assembler.output_started() {
-            let finished = self.finished(Some(FinishReason::Error));
+            let finished = self.finished(Some(FinishReason::Error), Some(&status));
             self.then_fail = Some(status);
             (Ok(finished), self)
         } else {
+            if let Some(record) = self.record.take() {
+                record.failed(&status, &CallEnd::default());
+            }
             self.done = true;
             (Err(status), self)
         }
     }
 
-    fn finished(&self, override_reason: Option<FinishReason>) -> GenerateStreamResponse {
+    /// Usage so far (`complete` false) or final, with its cost.
+    fn usage(&self, complete: bool) -> Usage {
         let completion = self.assembler.completion();
-        let usage = if override_reason.is_some() {
-            completion.usage_so_far(&self.request)
-        } else {
+        let usage = if complete {
             completion.final_usage(&self.request)
+        } else {
+            completion.usage_so_far(&self.request)
         };
+        self.gateway
+            .priced(&self.resolved, &completion.model, usage)
+    }
+
+    /// The `finished` message, and the end of the call's record: a success,
+    /// or with `failure`, the status the stream ends with next.
+    fn finished(
+        &mut self,
+        override_reason: Option<FinishReason>,
+        failure: Option<&Status>,
+    ) -> GenerateStreamResponse {
+        let usage = self.usage(override_reason.is_none());
+        let completion = self.assembler.completion();
         let finish_reason = override_reason.unwrap_or(completion.finish_reason);
+        if let Some(record) = self.record.take() {
+            let end = CallEnd {
+                completion: Some(completion),
+                usage: Some(&usage),
+                finish_reason: Some(finish_reason),
+            };
+            match failure {
+                Some(status) => record.failed(status, &end),
+                None => record.succeeded(&end),
+            }
+        }
         if override_reason.is_none() {
             tracing::info!(
                 route = %self.resolved.route,
@@ -545,6 +683,27 @@ impl RelayState {
                 attempts: 1,
                 provider_finish_reason: completion.provider_finish_reason.clone(),
             })),
+        }
+    }
+}
+
+impl Drop for RelayState {
+    /// The stream was dropped before its end was recorded: the caller went
+    /// away mid-answer. Record what arrived, and its usage so far.
+    fn drop(&mut self) {
+        if self.record.is_some() {
+            let usage = self.usage(false);
+            let completion = self
+                .assembler
+                .output_started()
+                .then(|| self.assembler.completion());
+            if let Some(record) = self.record.take() {
+                record.abandoned(&CallEnd {
+                    completion,
+                    usage: Some(&usage),
+                    finish_reason: None,
+                });
+            }
         }
     }
 }

@@ -71,6 +71,14 @@ async fn text_streams_through_awkward_chunks_with_usage() {
         (25, 11, 36)
     );
     assert!(!usage.tokens_estimated);
+    // gpt-4o-mini's built-in price: $0.15 in, $0.60 out per million tokens.
+    let cost = usage
+        .estimated_cost_usd
+        .expect("gpt-4o-mini has a built-in price");
+    assert!(
+        (cost - (25.0 * 0.15 + 11.0 * 0.60) / 1e6).abs() < 1e-12,
+        "{cost}"
+    );
 
     let requests = fake.requests();
     assert_eq!(requests.len(), 1);

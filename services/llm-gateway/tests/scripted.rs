@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use agentmesh_kit::{Listeners, ServerConfig};
-use agentmesh_llm_gateway::{Config, ProviderConfig, ProviderKind, RouteConfig};
+use agentmesh_llm_gateway::{AuditConfig, Config, ProviderConfig, ProviderKind, RouteConfig};
 use agentmesh_proto::llm::v1::{
     FinishReason, GenerateRequest, GenerateStreamRequest, ListModelsRequest, Message, Role,
     TextDelta, ToolCall, ToolCallDelta, ToolSpec, generate_stream_response::Event,
@@ -248,6 +248,7 @@ async fn a_bad_rules_file_stops_the_start_naming_the_rule() {
             admin_port: Some(0),
             ..ServerConfig::default()
         },
+        audit: AuditConfig::disabled(),
         ..Config::default()
     };
     config.providers.insert(
@@ -313,11 +314,17 @@ async fn list_models_lists_routes_with_targets_and_availability() {
     assert_eq!(default.targets[0].provider, "scripted");
     assert_eq!(default.targets[0].provider_kind, "scripted");
     assert_eq!(default.targets[0].model, "demo");
+    assert_eq!(
+        default.targets[0].input_usd_per_million_tokens, None,
+        "the demo model has no price"
+    );
     let smart = &listed.models[2];
     assert!(!smart.is_default);
     assert!(!smart.available, "its key variable is not set");
     assert_eq!(smart.description, "a real model");
     assert_eq!(smart.targets[0].provider_kind, "openai");
+    assert_eq!(smart.targets[0].input_usd_per_million_tokens, Some(2.50));
+    assert_eq!(smart.targets[0].output_usd_per_million_tokens, Some(10.00));
 
     let page = client
         .list_models(ListModelsRequest {

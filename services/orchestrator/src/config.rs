@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use agentmesh_audit_client::AuditConfig;
 use agentmesh_kit::{ConfigError, LogConfig, ServerConfig};
 use agentmesh_proto::orchestrator::v1 as pb;
 use agentmesh_storage::StorageConfig;
@@ -46,6 +47,8 @@ pub struct Config {
     /// its last checkpoint by the next instance that starts or looks.
     #[serde(with = "humantime_serde")]
     pub run_lease: Duration,
+    /// Where audit events go.
+    pub audit: AuditConfig,
 }
 
 impl Default for Config {
@@ -63,6 +66,7 @@ impl Default for Config {
             max_concurrent_runs: 64,
             max_queued_runs: 1024,
             run_lease: Duration::from_secs(30),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -160,6 +164,7 @@ agentmesh_kit::service_config!(
 
 fn validate(config: &Config) -> Result<(), ConfigError> {
     config.storage.validate()?;
+    config.audit.validate()?;
     for (setting, url) in [
         ("llm_gateway_url", &config.llm_gateway_url),
         ("tool_runner_url", &config.tool_runner_url),

@@ -15,6 +15,10 @@
 //! * Every instance claims the runs it drives for a lease it keeps renewing;
 //!   an unfinished run whose lease ran out (its instance died) is claimed by
 //!   another instance and resumed from its last checkpoint.
+//! * Audit events: RUN_STARTED when StartRun/Run creates a run; exactly one
+//!   of RUN_FINISHED, RUN_FAILED or RUN_CANCELLED once the run's end is
+//!   stored, by the instance that stored it; ERROR for store failures
+//!   (CONFIG_LOADED at start).
 //!
 //! [`serve`] binds the listeners and hands the service to the kit's
 //! [`ServiceHost`] (health, reflection, metrics, limits, metadata forwarding,
@@ -28,10 +32,12 @@ pub mod store;
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
+use agentmesh_audit_client::without_password;
 use agentmesh_kit::{Listeners, ServeError, ServiceHost, StartupError};
 use agentmesh_proto::orchestrator::v1::orchestrator_service_server::OrchestratorServiceServer;
 use agentmesh_storage::LazyDatabase;
 
+pub use agentmesh_audit_client::AuditConfig;
 pub use config::{AgentProfile, Config};
 use engine::Engine;
 
@@ -54,6 +60,14 @@ pub async fn serve_with_listeners(
 ) -> Result<(), ServeError> {
     let config = Arc::new(config);
     let mut host = ServiceHost::new(SERVICE, &config.server);
+    let mut effective = (*config).clone();
+    effective.storage.url = effective.storage.url.as_deref().map(without_password);
+    let audit = agentmesh_audit_client::start_service::<Config>(
+        &config.audit,
+        SERVICE,
+        host.metrics().registry(),
+        &effective,
+    )?;
     let limit = config.server.max_message_bytes;
     let engine: Arc<OnceLock<Arc<Engine>>> = Arc::default();
     host.add_service(
@@ -77,8 +91,9 @@ pub async fn serve_with_listeners(
                         .get()
                         .cloned()
                         .ok_or_else(|| StartupError::from("the database did not open"))?;
-                    let started = Engine::new(Arc::clone(&config), store::Store::new(db))
-                        .map_err(|err| StartupError::from(err.to_string()))?;
+                    let started =
+                        Engine::new(Arc::clone(&config), store::Store::new(db), audit.clone())
+                            .map_err(|err| StartupError::from(err.to_string()))?;
                     let _ = engine.set(Arc::clone(&started));
                     let _ = maintenance.set(tokio::spawn(maintain(started, Arc::clone(&config))));
                 }
@@ -91,6 +106,9 @@ pub async fn serve_with_listeners(
         task.abort();
     }
     database.close().await;
+    // The drain is over: send what is queued, or spool it. (Runs still
+    // being driven record their end in the spool.)
+    audit.shutdown().await;
     result
 }
 
@@ -127,5 +145,18 @@ async fn maintain(engine: Arc<Engine>, config: Arc<Config>) {
             Err(err) => tracing::warn!(error = %err, "cannot look for orphaned runs"),
         }
         tokio::time::sleep(period).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audit_settings_are_checked() {
+        let mut config = Config::default();
+        config.audit.url = "ftp://audit".into();
+        let err = agentmesh_kit::config::validate(&config).unwrap_err();
+        assert_eq!(err.setting, "orchestrator.audit.url");
     }
 }

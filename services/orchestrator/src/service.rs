@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
 
 use crate::config::{Config, MAX_STEPS_LIMIT};
-use crate::engine::{Engine, store_status};
+use crate::engine::Engine;
 use crate::store::{self, Created, Limits, RunFilter, RunRow, now_micros};
 
 const TENANT: &str = "x-agentmesh-tenant";
@@ -183,7 +183,7 @@ impl OrchestratorServiceImpl {
             if !store
                 .session_exists(&tenant, &fields.session_id)
                 .await
-                .map_err(|e| store_status(&e))?
+                .map_err(|e| engine.store_failed(&e))?
             {
                 return Err(not_found("session", &fields.session_id));
             }
@@ -241,7 +241,7 @@ impl OrchestratorServiceImpl {
             && let Some(other) = store
                 .unfinished_run_in_session(&run.session_id)
                 .await
-                .map_err(|e| store_status(&e))?
+                .map_err(|e| engine.store_failed(&e))?
         {
             return Err(Status::failed_precondition(format!(
                 "session {} has a run in progress ({other}); wait for it to end or cancel it",
@@ -251,10 +251,11 @@ impl OrchestratorServiceImpl {
         match store
             .create_run(&run, new_session, engine.owner(), engine.lease_until())
             .await
-            .map_err(|e| store_status(&e))?
+            .map_err(|e| engine.store_failed(&e))?
         {
             Created::New(run) => {
                 tracing::info!(run_id = %run.run_id, agent = %run.agent, "run queued");
+                engine.audit_run_started(&run);
                 engine.spawn(run.clone(), None, context);
                 Ok((run, false))
             }
@@ -287,11 +288,12 @@ impl OrchestratorServiceImpl {
         if run_id.is_empty() {
             return Err(invalid_argument([("run_id", "must not be empty")]));
         }
-        self.engine()?
+        let engine = self.engine()?;
+        engine
             .store()
             .get_run(tenant, run_id)
             .await
-            .map_err(|e| store_status(&e))?
+            .map_err(|e| engine.store_failed(&e))?
             .ok_or_else(|| not_found("run", run_id))
     }
 }
@@ -502,12 +504,12 @@ impl OrchestratorService for OrchestratorServiceImpl {
             create_time_start: request.create_time_start.as_ref().map(store::micros_of),
             create_time_end: request.create_time_end.as_ref().map(store::micros_of),
         };
-        let mut runs = self
-            .engine()?
+        let engine = self.engine()?;
+        let mut runs = engine
             .store()
             .list_runs(&tenant, &filter, after, size + 1)
             .await
-            .map_err(|e| store_status(&e))?;
+            .map_err(|e| engine.store_failed(&e))?;
         let next_page_token = if runs.len() > size {
             runs.truncate(size);
             runs.last()
@@ -552,7 +554,7 @@ impl OrchestratorService for OrchestratorServiceImpl {
         } else {
             request.reason
         };
-        active.cancel(reason);
+        active.cancel(reason, subject);
         active.ended().await;
         let run = self.run_of(&tenant, &run.run_id).await?;
         if run.state != pb::RunState::Cancelled {

@@ -28,6 +28,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use agentmesh_audit_client::AuditConfig;
 use agentmesh_kit::{ConfigError, LogConfig, ServerConfig};
 use serde::{Deserialize, Serialize};
 
@@ -63,6 +64,8 @@ pub struct Config {
     pub max_timeout: Duration,
     /// Command tools by name.
     pub commands: BTreeMap<String, CommandToolConfig>,
+    /// Where audit events go.
+    pub audit: AuditConfig,
 }
 
 impl Default for Config {
@@ -77,6 +80,7 @@ impl Default for Config {
             default_timeout: Duration::from_secs(30),
             max_timeout: Duration::from_secs(300),
             commands: BTreeMap::new(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -93,6 +97,7 @@ impl Config {
     /// registry (which compiles every JSON Schema). Setting names in errors
     /// are relative to the `[tool_runner]` section.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.audit.validate()?;
         Registry::from_config(self).map(|_| ())
     }
 

@@ -24,6 +24,10 @@
 //!   ▼ result                    output_json, duration, call_id echoed
 //! ```
 //!
+//! Every ExecuteTool and ExecuteToolStream call is recorded as one TOOL_CALL
+//! audit event when it ends: with its result, with the status that refused
+//! it, or as cancelled when the caller went away.
+//!
 //! ExecuteToolStream relays a command tool's stderr as output chunks and its
 //! `progress:` lines as progress while it runs, then sends the result. If
 //! the client goes away, the running tool is dropped, which kills a command.
@@ -58,6 +62,7 @@ use std::future::Future;
 use agentmesh_kit::{Listeners, ServeError, ServiceHost, StartupError};
 use agentmesh_proto::tools::v1::tool_runner_service_server::ToolRunnerServiceServer;
 
+pub use agentmesh_audit_client::AuditConfig;
 pub use config::{CommandToolConfig, Config};
 
 use crate::runner::ToolRunner;
@@ -87,14 +92,37 @@ pub async fn serve_with_listeners(
     agentmesh_kit::config::validate(&config).map_err(invalid_config)?;
     let runner = ToolRunner::new(&config).map_err(invalid_config)?;
     let mut host = ServiceHost::new(SERVICE, &config.server);
+    let audit = agentmesh_audit_client::start_service::<Config>(
+        &config.audit,
+        SERVICE,
+        host.metrics().registry(),
+        &effective_config(&config),
+    )?;
     let limit = config.server.max_message_bytes;
     host.add_service(
-        ToolRunnerServiceServer::new(ToolRunnerServiceImpl::new(runner))
+        ToolRunnerServiceServer::new(ToolRunnerServiceImpl::new(runner, audit.clone()))
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit),
     );
-    host.serve(listeners, || async { Ok::<(), StartupError>(()) }, shutdown)
-        .await
+    let result = host
+        .serve(listeners, || async { Ok::<(), StartupError>(()) }, shutdown)
+        .await;
+    // The drain is over: send what is queued, or spool it.
+    audit.shutdown().await;
+    result
+}
+
+/// Hex SHA-256 of the effective configuration, to spot changes. Values of
+/// command tools' `env` may be secrets (tokens a tool needs): only their
+/// names count.
+fn effective_config(config: &Config) -> Config {
+    let mut effective = config.clone();
+    for command in effective.commands.values_mut() {
+        for value in command.env.values_mut() {
+            "[REDACTED]".clone_into(value);
+        }
+    }
+    effective
 }
 
 /// A configuration error as the kit's serve error (it has no variant of its

@@ -25,7 +25,7 @@ use crate::registry::{Implementation, RegisteredTool, Registry};
 use crate::workspace::{check_run_id, workspace_dir};
 
 /// The longest `call_id` accepted.
-const MAX_CALL_ID_LENGTH: usize = 256;
+pub(crate) const MAX_CALL_ID_LENGTH: usize = 256;
 /// How many known tool names a NOT_FOUND message lists.
 const LISTED_TOOL_NAMES: usize = 10;
 

@@ -4,11 +4,16 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Instant;
 
+use agentmesh_audit_client::{AuditClient, code_name};
 use agentmesh_kit::RequestContext;
 use agentmesh_kit::status::invalid_argument;
+use agentmesh_proto::audit::v1::{
+    AuditEvent, EventType, Outcome, ToolCallDetails, audit_event::Details,
+};
 use agentmesh_proto::tools::v1::{
-    self, ExecuteToolStreamResponse, ToolKind, execute_tool_stream_response::Event,
+    self, ExecuteToolStreamResponse, ToolErrorKind, ToolKind, execute_tool_stream_response::Event,
     tool_runner_service_server::ToolRunnerService,
 };
 use futures::stream::BoxStream;
@@ -16,7 +21,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::runner::ToolRunner;
+use crate::outcome::truncate;
+use crate::runner::{CallRequest, ToolRunner};
+use crate::workspace::check_run_id;
 
 /// ListTools' page size when the request sets none.
 const DEFAULT_PAGE_SIZE: usize = 50;
@@ -26,16 +33,23 @@ const MAX_PAGE_SIZE: usize = 1000;
 /// stderr relay waits (and with it, eventually, the tool).
 const STREAM_BUFFER: usize = 32;
 
-/// The service, sharing one [`ToolRunner`] across calls.
+/// Longest tool name recorded in an audit event (a longer one is unknown
+/// anyway, and is cut).
+const MAX_AUDITED_NAME: usize = 128;
+
+/// The service, sharing one [`ToolRunner`] across calls, recording each
+/// call as a TOOL_CALL audit event.
 #[derive(Debug, Clone)]
 pub(crate) struct ToolRunnerServiceImpl {
     runner: Arc<ToolRunner>,
+    audit: AuditClient,
 }
 
 impl ToolRunnerServiceImpl {
-    pub(crate) fn new(runner: ToolRunner) -> Self {
+    pub(crate) fn new(runner: ToolRunner, audit: AuditClient) -> Self {
         Self {
             runner: Arc::new(runner),
+            audit,
         }
     }
 
@@ -59,12 +73,20 @@ impl ToolRunnerService for ToolRunnerServiceImpl {
         &self,
         request: Request<v1::ExecuteToolRequest>,
     ) -> Result<Response<v1::ExecuteToolResponse>, Status> {
-        let call = self
-            .runner
-            .prepare(request.into_inner().into(), Self::deadline())?;
+        let request: CallRequest = request.into_inner().into();
+        let record = ToolCallRecord::new(&self.audit, &request);
+        let call = match self.runner.prepare(request, Self::deadline()) {
+            Ok(call) => call,
+            Err(status) => {
+                record.refused(&status);
+                return Err(status);
+            }
+        };
         // If the client cancels, tonic drops this future, and with it the
-        // running tool (a command is killed).
+        // running tool (a command is killed) and the record (which then
+        // records the call as cancelled).
         let result = self.runner.execute(&call, None).await;
+        record.finished(&result);
         Ok(Response::new(v1::ExecuteToolResponse {
             output_json: result.output_json,
             is_error: result.is_error,
@@ -80,9 +102,15 @@ impl ToolRunnerService for ToolRunnerServiceImpl {
         &self,
         request: Request<v1::ExecuteToolStreamRequest>,
     ) -> Result<Response<Self::ExecuteToolStreamStream>, Status> {
-        let call = self
-            .runner
-            .prepare(request.into_inner().into(), Self::deadline())?;
+        let request: CallRequest = request.into_inner().into();
+        let record = ToolCallRecord::new(&self.audit, &request);
+        let call = match self.runner.prepare(request, Self::deadline()) {
+            Ok(call) => call,
+            Err(status) => {
+                record.refused(&status);
+                return Err(status);
+            }
+        };
         let (events, receiver) = mpsc::channel(STREAM_BUFFER);
         let runner = Arc::clone(&self.runner);
         let context = RequestContext::current().unwrap_or_default();
@@ -94,9 +122,11 @@ impl ToolRunnerService for ToolRunnerServiceImpl {
                 result = runner.execute(&call, Some(&events)) => result,
                 () = events.closed() => {
                     tracing::info!(tool = call.tool().name(), "client left; tool call stopped");
+                    // Dropping the record records the call as cancelled.
                     return;
                 }
             };
+            record.finished(&result);
             let _ = events
                 .send(Ok(ExecuteToolStreamResponse {
                     event: Some(Event::Result(result)),
@@ -104,6 +134,126 @@ impl ToolRunnerService for ToolRunnerServiceImpl {
                 .await;
         }));
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+}
+
+// === impl ToolCallRecord ===
+
+/// The TOOL_CALL audit event of one call, emitted exactly once: with the
+/// tool's result, with the status that refused the call, or — when the
+/// caller goes away first and the call is dropped — as cancelled.
+///
+/// The event is built when the call arrives, while the request's context
+/// (tenant, subject, request and trace ids) is current.
+#[derive(Debug)]
+struct ToolCallRecord {
+    audit: AuditClient,
+    event: Option<AuditEvent>,
+    started: Instant,
+}
+
+impl ToolCallRecord {
+    fn new(audit: &AuditClient, request: &CallRequest) -> Self {
+        let mut event = audit.event(EventType::ToolCall);
+        // An invalid run id is refused (INVALID_ARGUMENT); it is not an id
+        // to file the event under.
+        if check_run_id(&request.run_id).is_ok() {
+            event.run_id.clone_from(&request.run_id);
+        }
+        event.details = Some(Details::ToolCall(ToolCallDetails {
+            tool: truncate(&request.tool, MAX_AUDITED_NAME),
+            call_id: truncate(&request.call_id, crate::runner::MAX_CALL_ID_LENGTH),
+            arguments: Some(audit.capture(&request.arguments_json)),
+            attempts: 1,
+            ..ToolCallDetails::default()
+        }));
+        Self {
+            audit: audit.clone(),
+            event: Some(event),
+            started: Instant::now(),
+        }
+    }
+
+    /// The tool ran (successfully or not): record its result.
+    fn finished(mut self, result: &v1::ToolResult) {
+        let output = self.audit.capture(&result.output_json);
+        self.emit(|event, details| {
+            details.output = Some(output);
+            details.duration = result.duration;
+            details.attempts = result.attempts.max(1);
+            if result.is_error {
+                let kind = error_kind_name(result.error_kind);
+                details.is_error = true;
+                details.error.clone_from(&result.error_message);
+                details.error_kind = kind.to_owned();
+                event.outcome = Outcome::Failure.into();
+                event.reason = if kind.is_empty() {
+                    result.error_message.clone()
+                } else {
+                    format!("{kind}: {}", result.error_message)
+                };
+            }
+        });
+    }
+
+    /// The call was refused before the tool ran (unknown tool, malformed
+    /// request, deadline already passed).
+    fn refused(mut self, status: &Status) {
+        self.emit(|event, details| {
+            // Nothing ran.
+            details.attempts = 0;
+            refuse(event, status.code(), status.message());
+        });
+    }
+
+    fn emit(&mut self, fill: impl FnOnce(&mut AuditEvent, &mut ToolCallDetails)) {
+        let Some(mut event) = self.event.take() else {
+            return;
+        };
+        if let Some(Details::ToolCall(mut details)) = event.details.take() {
+            fill(&mut event, &mut details);
+            event.details = Some(Details::ToolCall(details));
+        }
+        self.audit.emit(event);
+    }
+}
+
+impl Drop for ToolCallRecord {
+    /// The call ended without a result: the caller went away (or its
+    /// deadline passed) and the running tool was stopped.
+    fn drop(&mut self) {
+        let took = self.started.elapsed();
+        self.emit(|event, details| {
+            details.duration = Some(agentmesh_audit_client::duration(took));
+            refuse(
+                event,
+                tonic::Code::Cancelled,
+                "the caller went away before the tool call finished; the tool was stopped",
+            );
+        });
+    }
+}
+
+/// Marks `event` as failed with a gRPC status: the code goes in the reason
+/// and in the `error_code` attribute.
+fn refuse(event: &mut AuditEvent, code: tonic::Code, message: &str) {
+    let code = code_name(code);
+    event.outcome = Outcome::Failure.into();
+    event.reason = format!("{code}: {message}");
+    event
+        .attributes
+        .insert("error_code".to_owned(), code.to_owned());
+}
+
+/// A tool error kind as audit events spell it: the enum name without its
+/// prefix (e.g. `TIMEOUT`); empty when unclassified.
+fn error_kind_name(kind: i32) -> &'static str {
+    match ToolErrorKind::try_from(kind) {
+        Ok(ToolErrorKind::Unspecified) | Err(_) => "",
+        Ok(kind) => kind
+            .as_str_name()
+            .strip_prefix("TOOL_ERROR_KIND_")
+            .unwrap_or(kind.as_str_name()),
     }
 }
 
@@ -397,6 +547,26 @@ mod tests {
             }),
             "page_token"
         );
+    }
+
+    #[test]
+    fn audit_events_name_error_kinds_without_prefix() {
+        assert_eq!(error_kind_name(ToolErrorKind::Timeout.into()), "TIMEOUT");
+        assert_eq!(
+            error_kind_name(ToolErrorKind::InvalidArguments.into()),
+            "INVALID_ARGUMENTS"
+        );
+        assert_eq!(error_kind_name(ToolErrorKind::Unspecified.into()), "");
+        assert_eq!(error_kind_name(99), "");
+    }
+
+    #[test]
+    fn refused_calls_carry_the_code() {
+        let mut event = AuditEvent::default();
+        refuse(&mut event, Code::NotFound, "no tool named \"nope\"");
+        assert_eq!(event.outcome, i32::from(Outcome::Failure));
+        assert_eq!(event.reason, "NOT_FOUND: no tool named \"nope\"");
+        assert_eq!(event.attributes["error_code"], "NOT_FOUND");
     }
 
     #[test]

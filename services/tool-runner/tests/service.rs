@@ -17,7 +17,7 @@ use agentmesh_proto::tools::v1::{
     OutputStream, ToolErrorKind, ToolKind, execute_tool_stream_response::Event,
     tool_runner_service_client::ToolRunnerServiceClient,
 };
-use agentmesh_tool_runner::{CommandToolConfig, Config};
+use agentmesh_tool_runner::{AuditConfig, CommandToolConfig, Config};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
@@ -44,6 +44,7 @@ impl Running {
             server: test_server(),
             workspaces_dir: dir.path().join("workspaces"),
             commands: configure(dir.path()),
+            audit: AuditConfig::disabled(),
             ..Config::default()
         };
         let listeners = Listeners::bind(&config.server).await.unwrap();
@@ -906,6 +907,7 @@ async fn a_bad_command_tool_stops_the_start_naming_the_setting() {
                 ..command(&["true"])
             },
         )]),
+        audit: AuditConfig::disabled(),
         ..Config::default()
     };
     let listeners = Listeners::bind(&config.server).await.unwrap();

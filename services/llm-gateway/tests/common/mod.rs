@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agentmesh_kit::{Listeners, ServeError, ServerConfig};
-use agentmesh_llm_gateway::{Config, ProviderConfig, ProviderKind, RouteConfig};
+use agentmesh_llm_gateway::{AuditConfig, Config, ProviderConfig, ProviderKind, RouteConfig};
 use agentmesh_proto::llm::v1::{
     GenerateStreamRequest, GenerateStreamResponse, Message, Role, StreamFinished,
     generate_stream_response::Event, llm_gateway_service_client::LlmGatewayServiceClient,
@@ -80,8 +80,9 @@ pub struct TestGateway {
 
 impl TestGateway {
     /// Starts a gateway with `config` (its server settings replaced by
-    /// loopback ephemeral ports).
+    /// loopback ephemeral ports, auditing off).
     pub async fn start(mut config: Config) -> Self {
+        config.audit = AuditConfig::disabled();
         config.server = ServerConfig {
             host: IpAddr::V4(Ipv4Addr::LOCALHOST),
             port: 0,

@@ -1,0 +1,335 @@
+//! How the gateway records its calls in the audit log: one LLM_CALL event per
+//! `Generate` or `GenerateStream` call, emitted when the call ends, however
+//! it ends.
+//!
+//! An [`LlmCallRecord`] is made when a call arrives, while the request's
+//! context (tenant, subject, request and trace ids) is current; the handler
+//! or the stream relay fills it in as the call goes and finishes it once
+//! (success or failure). A call that ends otherwise — the caller went away,
+//! so tonic dropped the handler or the stream — is recorded by the record's
+//! `Drop` as cancelled.
+//!
+//! Provider API keys are registered with the audit producer as secrets
+//! ([`KeyRegistry`]) so that they are redacted wherever they might appear in
+//! an event.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use agentmesh_audit_client::{AuditClient, code_name, duration};
+use agentmesh_proto::audit::v1::{
+    AuditEvent, EventType, LlmCallDetails, Outcome, audit_event::Details,
+};
+use agentmesh_proto::llm::v1::{FinishReason, GenerateRequest, Message, Role, Usage};
+use serde_json::{Value, json};
+use tonic::Status;
+
+use crate::completion::Completion;
+use crate::config::ProviderConfig;
+use crate::service::Resolved;
+
+/// Longest run id or model name recorded (longer ones are cut).
+const MAX_AUDITED_ID: usize = 128;
+
+// === impl LlmCallRecord ===
+
+/// The LLM_CALL audit event of one call, emitted exactly once.
+#[derive(Debug)]
+pub struct LlmCallRecord {
+    audit: AuditClient,
+    event: Option<AuditEvent>,
+    started: Instant,
+    first_token: Option<Duration>,
+}
+
+/// How a call ended, as far as its record is concerned.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CallEnd<'a> {
+    /// The answer (or what arrived of it).
+    pub completion: Option<&'a Completion>,
+    /// Token counts and cost.
+    pub usage: Option<&'a Usage>,
+    /// Why generation stopped.
+    pub finish_reason: Option<FinishReason>,
+}
+
+impl LlmCallRecord {
+    /// The record of a call of `request`, made while its context is current.
+    pub fn new(audit: &AuditClient, request: &GenerateRequest, streaming: bool) -> Self {
+        let mut event = audit.event(EventType::LlmCall);
+        event.run_id = cut(&request.run_id);
+        event.details = Some(Details::LlmCall(LlmCallDetails {
+            streaming,
+            attempts: 1,
+            prompt: Some(audit.capture(&prompt_text(request))),
+            ..LlmCallDetails::default()
+        }));
+        Self {
+            audit: audit.clone(),
+            event: Some(event),
+            started: Instant::now(),
+            first_token: None,
+        }
+    }
+
+    /// The call was resolved to a provider instance and model.
+    pub fn resolved(&mut self, resolved: &Resolved) {
+        if let Some(details) = self.details() {
+            details.provider.clone_from(&resolved.instance);
+            details.model = cut(&resolved.model);
+            details.route.clone_from(&resolved.route);
+        }
+    }
+
+    /// Output started arriving (streams): the time to the first token.
+    pub fn first_token(&mut self) {
+        if self.first_token.is_none() {
+            self.first_token = Some(self.started.elapsed());
+        }
+    }
+
+    /// The call answered.
+    pub fn succeeded(mut self, end: &CallEnd<'_>) {
+        self.emit(end, None);
+    }
+
+    /// The call failed with `status` (after what `end` says arrived); its
+    /// finish reason is ERROR unless `end` says otherwise.
+    pub fn failed(mut self, status: &Status, end: &CallEnd<'_>) {
+        let end = CallEnd {
+            finish_reason: end.finish_reason.or(Some(FinishReason::Error)),
+            ..*end
+        };
+        self.emit(&end, Some((status.code(), status.message().to_owned())));
+    }
+
+    /// The call ended without an answer or an error: the caller went away
+    /// (or stopped reading), so the provider call was abandoned.
+    pub fn abandoned(mut self, end: &CallEnd<'_>) {
+        self.abandon(end);
+    }
+
+    fn abandon(&mut self, end: &CallEnd<'_>) {
+        self.emit(
+            end,
+            Some((
+                tonic::Code::Cancelled,
+                "the caller went away before the answer was complete".to_owned(),
+            )),
+        );
+    }
+
+    fn details(&mut self) -> Option<&mut LlmCallDetails> {
+        match self.event.as_mut()?.details.as_mut()? {
+            Details::LlmCall(details) => Some(details),
+            _ => None,
+        }
+    }
+
+    fn emit(&mut self, end: &CallEnd<'_>, failure: Option<(tonic::Code, String)>) {
+        let latency = self.started.elapsed();
+        let first_token = self.first_token;
+        let audit = self.audit.clone();
+        let Some(mut event) = self.event.take() else {
+            return;
+        };
+        if let Some(Details::LlmCall(details)) = event.details.as_mut() {
+            details.latency = Some(duration(latency));
+            details.time_to_first_token = first_token.map(duration);
+            if let Some(completion) = end.completion {
+                if !completion.model.is_empty() {
+                    details.model = cut(&completion.model);
+                }
+                details.completion = Some(audit.capture(&completion_text(&completion.message)));
+            }
+            if let Some(usage) = end.usage {
+                details.input_tokens = i64::from(usage.input_tokens);
+                details.output_tokens = i64::from(usage.output_tokens);
+                details.tokens_estimated = usage.tokens_estimated;
+                details.estimated_cost_usd = usage.estimated_cost_usd;
+            }
+            if let Some(reason) = end.finish_reason {
+                details.finish_reason = finish_reason_name(reason).to_owned();
+            }
+            if let Some((code, _)) = &failure {
+                code_name(*code).clone_into(&mut details.error_code);
+            }
+        }
+        if let Some((_, message)) = failure {
+            event.outcome = Outcome::Failure.into();
+            event.reason = message;
+        }
+        audit.emit(event);
+    }
+}
+
+impl Drop for LlmCallRecord {
+    fn drop(&mut self) {
+        // Only when the call was dropped before its end was recorded.
+        self.abandon(&CallEnd::default());
+    }
+}
+
+/// A finish reason as audit events spell it: the enum name without its
+/// prefix (e.g. `TOOL_CALLS`); empty when not known.
+pub fn finish_reason_name(reason: FinishReason) -> &'static str {
+    match reason {
+        FinishReason::Unspecified => "",
+        reason => reason
+            .as_str_name()
+            .strip_prefix("FINISH_REASON_")
+            .unwrap_or(reason.as_str_name()),
+    }
+}
+
+fn cut(text: &str) -> String {
+    if text.len() <= MAX_AUDITED_ID {
+        return text.to_owned();
+    }
+    let mut end = MAX_AUDITED_ID;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.get(..end).unwrap_or_default().to_owned()
+}
+
+/// The prompt as captured: the messages and tool specs sent, as JSON.
+pub fn prompt_text(request: &GenerateRequest) -> String {
+    let messages: Vec<Value> = request.messages.iter().map(message_json).collect();
+    let tools: Vec<Value> = request
+        .tools
+        .iter()
+        .map(|tool| {
+            json!({
+                "name": tool.name,
+                "description": tool.description,
+                "parameters_json": tool.parameters_json,
+            })
+        })
+        .collect();
+    json!({ "messages": messages, "tools": tools }).to_string()
+}
+
+/// The answer as captured: its text and tool calls, as JSON.
+pub fn completion_text(message: &Message) -> String {
+    message_json(message).to_string()
+}
+
+fn message_json(message: &Message) -> Value {
+    let role = Role::try_from(message.role).unwrap_or(Role::Unspecified);
+    let mut value = json!({
+        "role": role.as_str_name().strip_prefix("ROLE_").unwrap_or_default().to_ascii_lowercase(),
+        "content": message.content,
+    });
+    if !message.tool_calls.is_empty() {
+        value["tool_calls"] = message
+            .tool_calls
+            .iter()
+            .map(|call| {
+                json!({
+                    "id": call.id,
+                    "name": call.name,
+                    "arguments_json": call.arguments_json,
+                })
+            })
+            .collect();
+    }
+    if !message.tool_call_id.is_empty() {
+        value["tool_call_id"] = json!(message.tool_call_id);
+    }
+    value
+}
+
+// === impl KeyRegistry ===
+
+/// Registers each provider API key the gateway reads with the audit
+/// producer as a secret, once per value (keys are read at each call, so a
+/// rotated key is registered when first seen).
+#[derive(Debug, Default)]
+pub struct KeyRegistry {
+    /// A hash of the value last registered, per environment variable.
+    seen: Mutex<HashMap<String, u64>>,
+}
+
+impl KeyRegistry {
+    /// Registers the key `provider` reads, if it has one and it is set.
+    pub fn register(&self, audit: &AuditClient, provider: &ProviderConfig) {
+        let env = &provider.api_key_env;
+        if env.is_empty() {
+            return;
+        }
+        let Ok(key) = std::env::var(env) else {
+            return;
+        };
+        if key.is_empty() {
+            return;
+        }
+        let mut hasher = DefaultHasher::new();
+        key.hash(&mut hasher);
+        let fingerprint = hasher.finish();
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        if seen.get(env) != Some(&fingerprint) {
+            audit.add_secret(&key);
+            seen.insert(env.clone(), fingerprint);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use agentmesh_proto::llm::v1::{ToolCall, ToolSpec};
+
+    use super::*;
+
+    #[test]
+    fn finish_reasons_lose_their_prefix() {
+        assert_eq!(finish_reason_name(FinishReason::Stop), "STOP");
+        assert_eq!(finish_reason_name(FinishReason::ToolCalls), "TOOL_CALLS");
+        assert_eq!(finish_reason_name(FinishReason::Error), "ERROR");
+        assert_eq!(finish_reason_name(FinishReason::Unspecified), "");
+    }
+
+    #[test]
+    fn the_prompt_is_captured_as_json_with_messages_and_tools() {
+        let request = GenerateRequest {
+            messages: vec![
+                Message {
+                    role: Role::User.into(),
+                    content: "What is 2+2?".into(),
+                    ..Message::default()
+                },
+                Message {
+                    role: Role::Assistant.into(),
+                    tool_calls: vec![ToolCall {
+                        id: "c1".into(),
+                        name: "calculator".into(),
+                        arguments_json: "{\"expression\":\"2+2\"}".into(),
+                    }],
+                    ..Message::default()
+                },
+            ],
+            tools: vec![ToolSpec {
+                name: "calculator".into(),
+                description: "arithmetic".into(),
+                parameters_json: "{}".into(),
+            }],
+            ..GenerateRequest::default()
+        };
+        let prompt: Value = serde_json::from_str(&prompt_text(&request)).unwrap();
+        assert_eq!(prompt["messages"][0]["role"], "user");
+        assert_eq!(prompt["messages"][0]["content"], "What is 2+2?");
+        assert_eq!(prompt["messages"][1]["tool_calls"][0]["name"], "calculator");
+        assert_eq!(prompt["tools"][0]["name"], "calculator");
+    }
+
+    #[test]
+    fn long_ids_are_cut_at_a_character_boundary() {
+        assert_eq!(cut("run-1"), "run-1");
+        let long = "é".repeat(100);
+        let cut = cut(&long);
+        assert!(cut.len() <= MAX_AUDITED_ID);
+        assert!(long.starts_with(&cut));
+    }
+}
