@@ -51,21 +51,15 @@ pub(crate) struct Columns {
 impl Columns {
     /// The columns of a stored body.
     pub(crate) fn of(event: &AuditEvent) -> Self {
-        let (mut tool, mut model, mut route, mut provider) =
-            (String::new(), String::new(), String::new(), String::new());
-        let (mut input_tokens, mut output_tokens, mut cost_usd) = (0, 0, None);
-        match &event.details {
-            Some(Details::LlmCall(call)) => {
-                model.clone_from(&call.model);
-                route.clone_from(&call.route);
-                provider.clone_from(&call.provider);
-                input_tokens = call.input_tokens;
-                output_tokens = call.output_tokens;
-                cost_usd = call.estimated_cost_usd;
-            }
-            Some(Details::ToolCall(call)) => tool.clone_from(&call.tool),
-            _ => {}
-        }
+        let detail = DetailKeys::of(event);
+        let (input_tokens, output_tokens, cost_usd) = match &event.details {
+            Some(Details::LlmCall(call)) => (
+                call.input_tokens,
+                call.output_tokens,
+                call.estimated_cost_usd,
+            ),
+            _ => (0, 0, None),
+        };
         let mut keys: Vec<&str> = event.attributes.keys().map(String::as_str).collect();
         keys.sort_unstable();
         Self {
@@ -78,15 +72,43 @@ impl Columns {
             run_id: event.run_id.clone(),
             trace_id: event.trace_id.clone(),
             outcome: event.outcome,
-            tool,
-            model,
-            route,
-            provider,
+            tool: detail.tool.to_owned(),
+            model: detail.model.to_owned(),
+            route: detail.route.to_owned(),
+            provider: detail.provider.to_owned(),
             input_tokens,
             output_tokens,
             cost_usd,
             attribute_keys: keys.join("\n"),
             chain: chain_of(&event.tenant),
+        }
+    }
+}
+
+/// The detail fields an event is filtered by, borrowed: empty for events
+/// whose details do not have them.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct DetailKeys<'a> {
+    pub tool: &'a str,
+    pub model: &'a str,
+    pub route: &'a str,
+    pub provider: &'a str,
+}
+
+impl<'a> DetailKeys<'a> {
+    pub(crate) fn of(event: &'a AuditEvent) -> Self {
+        match &event.details {
+            Some(Details::LlmCall(call)) => Self {
+                model: &call.model,
+                route: &call.route,
+                provider: &call.provider,
+                ..Self::default()
+            },
+            Some(Details::ToolCall(call)) => Self {
+                tool: &call.tool,
+                ..Self::default()
+            },
+            _ => Self::default(),
         }
     }
 }

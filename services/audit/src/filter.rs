@@ -8,7 +8,7 @@ use agentmesh_proto::audit::v1::{AuditEvent, EventFilter, EventType, Outcome};
 use sqlx::QueryBuilder;
 use tonic::Status;
 
-use crate::event::{Columns, micros};
+use crate::event::{DetailKeys, micros};
 
 /// A checked filter.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -93,28 +93,31 @@ impl Filter {
 
     /// Whether an event matches (the live tail of a subscription).
     pub(crate) fn matches(&self, event: &AuditEvent) -> bool {
-        let columns = Columns::of(event);
+        // Runs for every live event of every subscription: reads the event
+        // in place rather than building its columns.
+        let keys = DetailKeys::of(event);
+        let time_us = micros(event.time.as_ref());
         let any =
             |values: &[String], value: &str| values.is_empty() || values.iter().any(|v| v == value);
-        self.start_us.is_none_or(|start| columns.time_us >= start)
-            && self.end_us.is_none_or(|end| columns.time_us < end)
-            && any(&self.tenants, &columns.tenant)
-            && any(&self.subjects, &columns.subject)
-            && any(&self.run_ids, &columns.run_id)
-            && (self.types.is_empty() || self.types.contains(&columns.event_type))
-            && (self.outcomes.is_empty() || self.outcomes.contains(&columns.outcome))
-            && any(&self.services, &columns.service)
+        self.start_us.is_none_or(|start| time_us >= start)
+            && self.end_us.is_none_or(|end| time_us < end)
+            && any(&self.tenants, &event.tenant)
+            && any(&self.subjects, &event.subject)
+            && any(&self.run_ids, &event.run_id)
+            && (self.types.is_empty() || self.types.contains(&event.r#type))
+            && (self.outcomes.is_empty() || self.outcomes.contains(&event.outcome))
+            && any(&self.services, &event.service)
             && self
                 .trace_id
                 .as_ref()
-                .is_none_or(|id| *id == columns.trace_id)
-            && any(&self.tools, &columns.tool)
+                .is_none_or(|id| *id == event.trace_id)
+            && any(&self.tools, keys.tool)
             && (self.models.is_empty()
                 || self
                     .models
                     .iter()
-                    .any(|m| *m == columns.model || *m == columns.route))
-            && any(&self.providers, &columns.provider)
+                    .any(|m| m == keys.model || m == keys.route))
+            && any(&self.providers, keys.provider)
     }
 
     /// Appends ` AND …` conditions for this filter (the caller has written a

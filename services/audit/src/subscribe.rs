@@ -103,7 +103,7 @@ impl Stream {
     ) -> Result<(), Stop> {
         let (last_seq, retained_from) = self.store.state().await?;
         self.position = match start {
-            Start::After(seq) if seq + 1 < retained_from => {
+            Start::After(seq) if seq < retained_from - 1 => {
                 return Err(Stop::Failed(Status::out_of_range(format!(
                     "cursor {seq} points before the oldest retained event ({retained_from}): older events were deleted by retention; \
                      resubscribe with from_beginning to continue from the oldest retained event"
