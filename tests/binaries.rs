@@ -132,7 +132,7 @@ async fn grpcurl_lists_describes_and_health_checks_every_binary() {
 async fn sigterm_flips_health_first_ends_the_open_stream_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let grace = Duration::from_secs(8);
-    let service = RunningBinary::start(
+    let mut service = RunningBinary::start(
         "agentmesh-tool-runner",
         &["--set", "server.grace_period=8s"],
         &[],
@@ -169,17 +169,13 @@ async fn sigterm_flips_health_first_ends_the_open_stream_and_exits_zero() {
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     assert!(status.message().contains("shutting down"), "{status:?}");
 
-    let mut child = service.child;
-    let exit = within("exit within the grace period", grace, child.wait())
-        .await
-        .unwrap();
+    let (exit, log) = service.exit_and_log(grace).await;
     assert_eq!(exit.code(), Some(0), "exit status {exit}");
     assert!(
         signalled.elapsed() < grace,
         "took {:?}",
         signalled.elapsed()
     );
-    let log = service.log.lock().unwrap().join("\n");
     assert!(log.contains("shutting down"), "{log}");
 }
 

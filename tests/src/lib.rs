@@ -263,6 +263,8 @@ pub struct RunningBinary {
     pub admin: SocketAddr,
     /// Every stderr line so far (logs), shared with the reader task.
     pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// The task reading stderr into `log`; it ends at the pipe's end.
+    reader: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl RunningBinary {
@@ -291,7 +293,7 @@ impl RunningBinary {
         let stderr = child.stderr.take().unwrap();
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (addrs_tx, addrs_rx) = tokio::sync::oneshot::channel();
-        {
+        let reader = {
             let log = log.clone();
             tokio::spawn(async move {
                 let mut addrs_tx = Some(addrs_tx);
@@ -307,8 +309,8 @@ impl RunningBinary {
                     }
                     log.lock().unwrap().push(line);
                 }
-            });
-        }
+            })
+        };
         let (grpc, admin) = tokio::time::timeout(Duration::from_secs(30), addrs_rx)
             .await
             .unwrap_or_else(|_| {
@@ -328,7 +330,21 @@ impl RunningBinary {
             grpc,
             admin,
             log,
+            reader: Some(reader),
         }
+    }
+
+    /// Waits (up to `limit`) for the process to exit, then for every line it
+    /// wrote to be read: the process's exit does not mean the reader task has
+    /// seen the pipe's last lines yet.
+    pub async fn exit_and_log(&mut self, limit: Duration) -> (std::process::ExitStatus, String) {
+        let exit = within("the process's exit", limit, self.child.wait())
+            .await
+            .unwrap();
+        if let Some(reader) = self.reader.take() {
+            within("the end of its log", limit, reader).await.unwrap();
+        }
+        (exit, self.log.lock().unwrap().join("\n"))
     }
 
     /// Sends a signal (e.g. "TERM") to the process.
