@@ -1,8 +1,6 @@
 //! Each service started in-process on ephemeral loopback ports, checked
-//! through real tonic clients: health, reflection, the contract's RPCs
-//! answering UNIMPLEMENTED honestly, metrics, metadata and the drain.
-
-#![expect(clippy::expect_used, reason = "test helpers fail loudly")]
+//! through real tonic clients: health, reflection, answers before any
+//! dependency is reachable, metrics, metadata and the drain.
 
 use std::time::Duration;
 
@@ -60,42 +58,39 @@ async fn every_service_serves_health_and_reflection() {
     }
 }
 
-fn assert_not_built<T: std::fmt::Debug>(result: Result<T, tonic::Status>, rpc: &str) {
-    let status = result.expect_err("an RPC that is not built must not succeed");
-    assert_eq!(
-        status.code(),
-        tonic::Code::Unimplemented,
-        "{rpc}: {status:?}"
-    );
-    assert!(
-        status.message().contains(rpc),
-        "{rpc}: {}",
-        status.message()
-    );
-    assert!(
-        status.message().contains("not built yet"),
-        "{}",
-        status.message()
-    );
-}
-
 #[tokio::test]
-async fn rpcs_not_built_yet_say_so() {
+async fn alerting_answers_with_its_shipped_rules_before_any_audit_event() {
+    // Its audit service is unreachable here: the API answers all the same.
     let service = InProcess::start("alerting").await;
+    wait_serving(service.channel(), "agentmesh.alerting.v1.AlertingService").await;
     let mut client =
         alerting::v1::alerting_service_client::AlertingServiceClient::new(service.channel());
-    assert_not_built(
-        client
-            .list_rules(alerting::v1::ListRulesRequest::default())
-            .await,
-        "AlertingService/ListRules",
-    );
-    assert_not_built(
-        client
-            .fire_alert(alerting::v1::FireAlertRequest::default())
-            .await,
-        "AlertingService/FireAlert",
-    );
+    let rules = client
+        .list_rules(alerting::v1::ListRulesRequest {
+            page_size: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rules.rules.len(), 2);
+    assert!(!rules.next_page_token.is_empty());
+    let rest = client
+        .list_rules(alerting::v1::ListRulesRequest {
+            page_size: 100,
+            page_token: rules.next_page_token,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rest.rules.len(), 4, "six shipped rules in all");
+    assert!(rules.rules[1].name < rest.rules[0].name);
+    let alerts = client
+        .list_alerts(alerting::v1::ListAlertsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(alerts.alerts.is_empty());
     service.stop().await.unwrap();
 }
 

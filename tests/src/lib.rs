@@ -119,12 +119,14 @@ impl InProcess {
                 ))
             }
             "alerting" => {
-                let mut config = agentmesh_alerting::Config {
-                    server,
-                    audit: agentmesh_alerting::AuditConfig::disabled(),
-                    ..Default::default()
-                };
+                // Rules and receivers come from TOML, so the config is
+                // adjusted field by field rather than built.
+                let mut config = agentmesh_alerting::Config::default();
+                config.server = server;
+                config.audit = agentmesh_alerting::AuditConfig::disabled();
                 config.storage.data_dir = data_dir;
+                // No audit service here: a port nothing listens on.
+                config.source.url = "http://127.0.0.1:9".to_owned();
                 Box::pin(agentmesh_alerting::serve_with_listeners(
                     config, listeners, shutdown,
                 ))

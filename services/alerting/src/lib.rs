@@ -1,68 +1,80 @@
-//! The alerting service: rules over the audit stream, alert state, silences, and notifications to receivers.
+//! The alerting service: rules over the audit stream, alert state,
+//! silences, and notifications to receivers — Prometheus Alertmanager's
+//! behaviour, fed by agentmesh's audit trail.
 //!
-//! The service owns rules over the audit stream, alert state, silences and receivers. [`serve`] binds the gRPC and admin
-//! listeners from [`Config`] and hands the service to the kit's
-//! [`ServiceHost`], which adds health, reflection, metrics, limits, metadata
-//! forwarding and graceful shutdown; `main.rs` only calls it.
+//! Data flow:
 //!
-//! Every RPC of the contract answers UNIMPLEMENTED with a message saying what
-//! is missing until its behaviour is built: a client never gets a fake success.
+//! ```text
+//! AuditService/Subscribe ─▶ source: batches + cursor ─▶ engine ◀─ FireAlert, silences (service)
+//!                                                         │ rules::Evaluator: windows per rule and group
+//!                                                         │ lifecycle: pending → firing → resolved
+//!                                                         │ marks: silences, inhibition (routing)
+//!                                                         ├─▶ store: alerts, windows, cursor (one tx)
+//!                                                         ├─▶ WatchAlerts streams
+//!                                                         ├─▶ forward: Prometheus Alertmanagers
+//!                                                         ▼
+//!                          dispatch: routing tree, aggregation groups, notification log
+//!                                                         ▼
+//!                          receivers: webhook (v4), Slack, email, PagerDuty
+//!                                                         ▼
+//!                          delivery reports ─▶ NOTIFICATION audit events, metrics, logs
+//! ```
+//!
+//! Modules: `config` (settings, checked at start), `rules` (conditions,
+//! templates, shipped rules), `engine` (the alert state machine), `source`
+//! (the audit stream), `routing` and `dispatch` (Alertmanager's routing
+//! tree, inhibition, grouping and notification log), `receivers` (the wire
+//! formats), `forward` (Alertmanager forwarding), `silence`, `store`,
+//! `service` (the RPC handlers), `matcher` and `model` (shared types).
+//!
+//! **After a restart** the service resumes the audit stream from the cursor
+//! committed with its rule windows (nothing missed, nothing counted twice),
+//! and the persisted notification log keeps it from notifying again what it
+//! notified before, as Alertmanager's nflog does.
+
+mod config;
+mod dispatch;
+mod engine;
+mod forward;
+mod matcher;
+mod metrics;
+mod model;
+mod receivers;
+mod routing;
+mod rules;
+mod service;
+mod silence;
+mod source;
+mod store;
 
 use std::future::Future;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
 
-use agentmesh_audit_client::without_password;
-use agentmesh_kit::status::not_built_yet;
-use agentmesh_kit::{Listeners, LogConfig, ServeError, ServerConfig, ServiceHost, StartupError};
-use agentmesh_proto::alerting::v1::{
-    self,
-    alerting_service_server::{AlertingService, AlertingServiceServer},
-};
-use agentmesh_storage::{LazyDatabase, StorageConfig};
-use futures::stream::BoxStream;
-use serde::{Deserialize, Serialize};
-use tonic::{Request, Response, Status};
+use agentmesh_audit_client::{AuditClient, without_password};
+use agentmesh_kit::{Listeners, ServeError, ServiceHost, StartupError};
+use agentmesh_proto::alerting::v1::alerting_service_server::AlertingServiceServer;
+use agentmesh_proto::audit::v1::{EventType, NotificationDetails, Outcome, audit_event::Details};
+use agentmesh_storage::LazyDatabase;
+use tokio::task::JoinHandle;
 
 pub use agentmesh_audit_client::AuditConfig;
+pub use config::{Config, DEFAULT_PORT, SourceConfig};
+pub use store::MIGRATIONS;
+
+use crate::dispatch::Dispatcher;
+use crate::engine::{Engine, EngineSettings};
+use crate::metrics::Metrics;
+use crate::model::{DeliveryReport, NotificationLog, Notifier};
 
 /// The service's name in logs, metrics and file names.
 pub const SERVICE: &str = "alerting";
-/// The default gRPC port (the admin port is this plus 1000).
-pub const DEFAULT_PORT: u16 = 50055;
-
-/// The service's configuration (section `[alerting]`, environment
-/// `AGENTMESH_ALERTING__*`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Config {
-    /// gRPC and admin servers.
-    pub server: ServerConfig,
-    /// Logging.
-    pub log: LogConfig,
-    /// Where the service keeps its database.
-    pub storage: StorageConfig,
-    /// Where audit events go.
-    pub audit: AuditConfig,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            server: ServerConfig::with_port(DEFAULT_PORT),
-            log: LogConfig::default(),
-            storage: StorageConfig::default(),
-            audit: AuditConfig::default(),
-        }
-    }
-}
 
 agentmesh_kit::service_config!(
     Config,
     service = SERVICE,
     section = "alerting",
-    validate = |config: &Config| {
-        config.storage.validate()?;
-        config.audit.validate()
-    },
+    validate = |config: &Config| config.validate(),
 );
 
 /// Serves on the configured ports until `shutdown` resolves, then drains.
@@ -71,12 +83,25 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     serve_with_listeners(config, listeners, shutdown).await
 }
 
+/// What runs once the database is open.
+struct Running {
+    dispatcher: Dispatcher,
+    tasks: Vec<JoinHandle<()>>,
+}
+
 /// Serves on listeners bound by the caller (tests bind port 0).
 pub async fn serve_with_listeners(
     config: Config,
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    // Checked by the kit at start; a config that skipped it stops here.
+    let compiled = config.compile().map_err(|err| {
+        ServeError::from(std::io::Error::other(format!(
+            "alerting.{}: {}",
+            err.setting, err.message
+        )))
+    })?;
     let mut host = ServiceHost::new(SERVICE, &config.server);
     let mut effective = config.clone();
     effective.storage.url = effective.storage.url.as_deref().map(without_password);
@@ -86,87 +111,242 @@ pub async fn serve_with_listeners(
         host.metrics().registry(),
         &effective,
     )?;
+    let metrics = Metrics::new(host.metrics().registry()).map_err(|err| {
+        ServeError::from(std::io::Error::other(format!("alerting metrics: {err}")))
+    })?;
+    let engine: Arc<OnceLock<Arc<Engine>>> = Arc::default();
     let limit = config.server.max_message_bytes;
     host.add_service(
-        AlertingServiceServer::new(AlertingServiceImpl)
-            .max_decoding_message_size(limit)
-            .max_encoding_message_size(limit),
+        AlertingServiceServer::new(service::AlertingServiceImpl::new(
+            Arc::clone(&engine),
+            config.watch_heartbeat,
+        ))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit),
     );
     // WatchAlerts streams run until the client leaves: end them as soon as
     // a shutdown begins so the drain is not held up.
     host.end_on_drain("/agentmesh.alerting.v1.AlertingService/WatchAlerts");
-    let database = LazyDatabase::new(config.storage.clone(), SERVICE);
+    let database = LazyDatabase::new(config.storage.clone(), SERVICE).with_migrations(&MIGRATIONS);
+    let compiled = Mutex::new(Some(compiled));
+    let running: Mutex<Option<Running>> = Mutex::new(None);
     let result = host
         .serve(
             listeners,
-            || async { database.open().await.map_err(StartupError::from) },
+            || async {
+                database.open().await.map_err(StartupError::from)?;
+                if engine.get().is_some() {
+                    return Ok(());
+                }
+                let db = database
+                    .get()
+                    .cloned()
+                    .ok_or_else(|| StartupError::from("the database did not open"))?;
+                let store = store::Store::new(db);
+                let loaded = store
+                    .load()
+                    .await
+                    .map_err(|err| StartupError::from(format!("alerting state: {err}")))?;
+                let Some(parts) = compiled.lock().ok().and_then(|mut parts| parts.take()) else {
+                    return Err(StartupError::from("the alerting service was started twice"));
+                };
+                let (started, tasks_and_dispatcher) = start_engine(
+                    &config,
+                    parts,
+                    store,
+                    loaded,
+                    metrics.clone(),
+                    audit.clone(),
+                )
+                .await;
+                if let Ok(mut running) = running.lock() {
+                    *running = Some(tasks_and_dispatcher);
+                }
+                let _ = engine.set(started);
+                Ok(())
+            },
             shutdown,
         )
         .await;
+    let running = running.lock().ok().and_then(|mut running| running.take());
+    if let Some(running) = running {
+        for task in &running.tasks {
+            task.abort();
+        }
+        running.dispatcher.shutdown().await;
+    }
     database.close().await;
     // The drain is over: send what is queued, or spool it.
     audit.shutdown().await;
     result
 }
 
-/// What every RPC answers until its behaviour is built.
-const NOT_BUILT: &str = "alert rules, alerts, silences and receivers are not built yet";
-
-/// The `agentmesh.alerting.v1.AlertingService` handlers.
-#[derive(Debug, Clone, Copy)]
-struct AlertingServiceImpl;
-
-#[tonic::async_trait]
-impl AlertingService for AlertingServiceImpl {
-    type WatchAlertsStream = BoxStream<'static, Result<v1::WatchAlertsResponse, Status>>;
-
-    async fn fire_alert(
-        &self,
-        _request: Request<v1::FireAlertRequest>,
-    ) -> Result<Response<v1::FireAlertResponse>, Status> {
-        Err(not_built_yet("AlertingService/FireAlert", NOT_BUILT))
+/// Builds the engine over the loaded state and starts the tasks around it.
+async fn start_engine(
+    config: &Config,
+    parts: config::Compiled,
+    store: store::Store,
+    loaded: store::Loaded,
+    metrics: Metrics,
+    audit: AuditClient,
+) -> (Arc<Engine>, Running) {
+    let (reports, report_receiver) = tokio::sync::mpsc::unbounded_channel();
+    let notifier: Arc<dyn Notifier> = Arc::new(parts.receivers);
+    let log: Arc<dyn NotificationLog> = Arc::new(store.clone());
+    let dispatcher = Dispatcher::start_with(
+        dispatch::DispatcherLimits {
+            max_groups: config.max_aggregation_groups,
+            shutdown_grace: config.server.grace_period,
+        },
+        Arc::new(parts.route),
+        notifier,
+        log,
+        reports,
+        config.external_url.clone(),
+        dispatch::Clock::system(),
+    );
+    let evaluator =
+        rules::Evaluator::new(parts.rules, SystemTime::now(), config.max_groups_per_rule);
+    let interest = source::Interest::of(
+        &evaluator
+            .rules()
+            .iter()
+            .map(rules::Rule::to_proto)
+            .collect::<Vec<_>>(),
+    );
+    let engine = Engine::start(
+        evaluator,
+        loaded,
+        store.clone(),
+        dispatcher.clone(),
+        parts.inhibitor,
+        EngineSettings {
+            resolve_timeout: config.resolve_timeout,
+            resolved_retention: config.resolved_retention,
+            max_alerts: config.max_alerts,
+        },
+        metrics.clone(),
+    );
+    engine.resume().await;
+    let mut tasks = vec![
+        tokio::spawn(source::run(
+            Arc::clone(&engine),
+            config.source.clone(),
+            interest,
+            metrics.clone(),
+        )),
+        tokio::spawn(evaluate_every(
+            Arc::clone(&engine),
+            config.evaluation_interval,
+        )),
+        tokio::spawn(housekeeping(
+            Arc::clone(&engine),
+            store,
+            config.silence_retention,
+            config.notification_log_retention,
+        )),
+        tokio::spawn(report_deliveries(
+            report_receiver,
+            metrics.clone(),
+            audit.clone(),
+        )),
+    ];
+    for forwarder in parts.forwarders {
+        tasks.push(tokio::spawn(forward::run(
+            Arc::clone(&engine),
+            forwarder,
+            metrics.clone(),
+            audit.clone(),
+        )));
     }
+    (engine, Running { dispatcher, tasks })
+}
 
-    async fn list_alerts(
-        &self,
-        _request: Request<v1::ListAlertsRequest>,
-    ) -> Result<Response<v1::ListAlertsResponse>, Status> {
-        Err(not_built_yet("AlertingService/ListAlerts", NOT_BUILT))
+/// Re-evaluates the rules every `interval`, events or not.
+async fn evaluate_every(engine: Arc<Engine>, interval: Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        engine.tick().await;
     }
+}
 
-    async fn watch_alerts(
-        &self,
-        _request: Request<v1::WatchAlertsRequest>,
-    ) -> Result<Response<Self::WatchAlertsStream>, Status> {
-        Err(not_built_yet("AlertingService/WatchAlerts", NOT_BUILT))
+/// Forgets old silences and notification log entries, once a minute.
+async fn housekeeping(
+    engine: Arc<Engine>,
+    store: store::Store,
+    silence_retention: Duration,
+    log_retention: Duration,
+) {
+    let mut ticks = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        ticks.tick().await;
+        let now = SystemTime::now();
+        engine
+            .forget_silences_ended_before(
+                now.checked_sub(silence_retention)
+                    .unwrap_or(SystemTime::UNIX_EPOCH),
+            )
+            .await;
+        if let Err(err) = store
+            .prune_notification_log(
+                now.checked_sub(log_retention)
+                    .unwrap_or(SystemTime::UNIX_EPOCH),
+            )
+            .await
+        {
+            tracing::warn!(error = %err, "old notification log entries could not be deleted; will retry");
+        }
     }
+}
 
-    async fn create_silence(
-        &self,
-        _request: Request<v1::CreateSilenceRequest>,
-    ) -> Result<Response<v1::CreateSilenceResponse>, Status> {
-        Err(not_built_yet("AlertingService/CreateSilence", NOT_BUILT))
-    }
-
-    async fn list_silences(
-        &self,
-        _request: Request<v1::ListSilencesRequest>,
-    ) -> Result<Response<v1::ListSilencesResponse>, Status> {
-        Err(not_built_yet("AlertingService/ListSilences", NOT_BUILT))
-    }
-
-    async fn delete_silence(
-        &self,
-        _request: Request<v1::DeleteSilenceRequest>,
-    ) -> Result<Response<v1::DeleteSilenceResponse>, Status> {
-        Err(not_built_yet("AlertingService/DeleteSilence", NOT_BUILT))
-    }
-
-    async fn list_rules(
-        &self,
-        _request: Request<v1::ListRulesRequest>,
-    ) -> Result<Response<v1::ListRulesResponse>, Status> {
-        Err(not_built_yet("AlertingService/ListRules", NOT_BUILT))
+/// Turns every delivery outcome into a metric, a log line and a
+/// NOTIFICATION audit event (receiver names, never URLs or secrets).
+async fn report_deliveries(
+    mut reports: tokio::sync::mpsc::UnboundedReceiver<DeliveryReport>,
+    metrics: Metrics,
+    audit: AuditClient,
+) {
+    while let Some(report) = reports.recv().await {
+        metrics.delivered(&report);
+        match &report.error {
+            None => tracing::info!(
+                receiver = %report.receiver,
+                integration = report.kind,
+                group_key = %report.group_key,
+                status = report.status,
+                alerts = report.alert_count,
+                attempts = report.attempts,
+                "notification delivered"
+            ),
+            Some(error) => tracing::warn!(
+                receiver = %report.receiver,
+                integration = report.kind,
+                group_key = %report.group_key,
+                status = report.status,
+                attempts = report.attempts,
+                %error,
+                "notification failed; retried at the group's next flush"
+            ),
+        }
+        let mut event = audit.event(EventType::Notification);
+        event.outcome = if report.error.is_none() {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        } as i32;
+        event.reason = report.error.clone().unwrap_or_default();
+        event.details = Some(Details::Notification(NotificationDetails {
+            receiver: report.receiver.clone(),
+            receiver_kind: report.kind.to_owned(),
+            group_key: report.group_key.clone(),
+            status: report.status.to_owned(),
+            alert_count: i32::try_from(report.alert_count).unwrap_or(i32::MAX),
+            attempts: i32::try_from(report.attempts).unwrap_or(i32::MAX),
+            error: report.error.unwrap_or_default(),
+        }));
+        audit.emit(event);
     }
 }
 
@@ -180,5 +360,10 @@ mod tests {
         config.audit.batch_size = 0;
         let err = agentmesh_kit::config::validate(&config).unwrap_err();
         assert_eq!(err.setting, "alerting.audit.batch_size");
+    }
+
+    #[test]
+    fn the_defaults_are_valid() {
+        agentmesh_kit::config::validate(&Config::default()).unwrap();
     }
 }

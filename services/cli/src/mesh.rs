@@ -303,6 +303,10 @@ impl Mesh {
                 producer.url = format!("http://{audit}");
             }
         }
+        // The alerting service's rules read the same audit service.
+        if configs.alerting.source.url == agentmesh_alerting::SourceConfig::default().url {
+            configs.alerting.source.url = format!("http://{audit}");
+        }
 
         let stop = CancellationToken::new();
         // The audit service first, so that the producers' first events find it.
