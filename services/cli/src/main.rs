@@ -13,15 +13,20 @@
 //! * `agentmesh audit query|export|report|verify` reads the audit log: from
 //!   the audit service at `--audit` (`AGENTMESH_AUDIT`), or, with none, from
 //!   the audit service started alone in this process over the data directory.
+//! * `agentmesh alerts list|watch` and `agentmesh silences add|list|expire`
+//!   talk to the alerting service at `--alerting` (`AGENTMESH_ALERTING`,
+//!   default the port `agentmesh up` uses), in the manner of `amtool`.
 //! * `agentmesh health` asks each service of a running mesh for its
 //!   `grpc.health.v1` status and prints a table; the exit code says whether
 //!   all are SERVING.
 
+mod alerts;
 mod audit;
 mod commands;
 mod mesh;
 mod output;
 mod run;
+mod silences;
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -77,6 +82,12 @@ enum Command {
     /// Query, export, report on and verify the audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// List or watch the alerts of the alerting service.
+    #[command(subcommand)]
+    Alerts(alerts::AlertsCommand),
+    /// Add, list or expire silences of the alerting service.
+    #[command(subcommand)]
+    Silences(silences::SilencesCommand),
     /// Show the health status of each service of a running mesh.
     Health(HealthArgs),
 }
@@ -139,6 +150,8 @@ fn main() -> ExitCode {
             Command::Runs(command) => commands::runs(command).await,
             Command::Tools(command) => commands::tools(command).await,
             Command::Audit(command) => audit::audit(command).await,
+            Command::Alerts(command) => alerts::alerts(command).await,
+            Command::Silences(command) => silences::silences(command).await,
             Command::Health(args) => health(args).await,
         }
     });
