@@ -511,6 +511,22 @@ async fn bad_requests_get_field_violations() {
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
 
+    // A watcher sees the snapshot end, then each change.
+    let mut watch = client
+        .watch_alerts(pb::WatchAlertsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let first = within(
+        "the snapshot's end",
+        Duration::from_secs(5),
+        watch.message(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(first.r#type, pb::AlertChangeType::SnapshotEnd as i32);
+
     // A pushed alert: deduplicated by labels, resolved when its end passes.
     let labels: std::collections::HashMap<String, String> = [
         ("alertname".to_owned(), "Pushed".to_owned()),
@@ -553,6 +569,32 @@ async fn bad_requests_get_field_violations() {
     let listed = alerts(alerting.addr, pb::ListAlertsRequest::default()).await;
     assert_eq!(listed.len(), 1);
     assert_eq!(state(&listed[0]), pb::AlertState::Resolved);
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let change = within("a change", Duration::from_secs(5), watch.message())
+            .await
+            .unwrap()
+            .unwrap();
+        if change.r#type != pb::AlertChangeType::Heartbeat as i32 {
+            seen.push((
+                change.r#type,
+                change.previous_state,
+                change.alert.unwrap().state,
+            ));
+        }
+    }
+    let (firing, resolved) = (
+        pb::AlertState::Firing as i32,
+        pb::AlertState::Resolved as i32,
+    );
+    assert_eq!(
+        seen,
+        [
+            (pb::AlertChangeType::StateChanged as i32, 0, firing),
+            (pb::AlertChangeType::Updated as i32, firing, firing),
+            (pb::AlertChangeType::StateChanged as i32, firing, resolved),
+        ]
+    );
 
     // The rules in effect: the shipped ones, with the test's ToolFailing.
     let rules = client
