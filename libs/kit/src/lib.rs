@@ -39,6 +39,7 @@ pub mod logging;
 pub mod main_support;
 pub mod metrics;
 pub mod propagation;
+pub mod retry_after;
 pub mod server;
 pub mod shutdown;
 pub mod status;

@@ -17,7 +17,7 @@
 //! read-modify-write, including the database write, so the stored state is
 //! always one the service actually was in.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -225,7 +225,6 @@ impl Engine {
         };
         alert.updated_at = now;
         alert.value = 0.0;
-        let mut commit = Commit::default();
         let previous = existing
             .as_ref()
             .map_or(AlertState::Unspecified, |old| old.state);
@@ -236,16 +235,12 @@ impl Engine {
         };
         let mut changes = vec![(kind, previous, alert.clone())];
         state.alerts.insert(fingerprint, alert);
-        commit
-            .alerts
-            .insert(fingerprint, state.alerts.get(&fingerprint).cloned());
         self.reconcile_marks(&mut state, now, &mut changes);
+        let mut commit = Commit::default();
         self.publish(&mut state, now, changes, &mut commit);
         self.write(&mut state, commit).await;
-        Ok(state.alerts.get(&fingerprint).cloned().unwrap_or_else(|| {
-            // Unreachable: inserted above under the same lock.
-            Alert::new(pushed.labels, AlertState::Firing, now)
-        }))
+        // Inserted above under the same lock; nothing removes it since.
+        Ok(state.alerts[&fingerprint].clone())
     }
 
     /// Stores a new silence and re-marks the alerts.
@@ -328,8 +323,9 @@ impl Engine {
         let now = SystemTime::now();
         let mut changes = Vec::new();
         self.reconcile_marks(state, now, &mut changes);
-        let mut commit = Commit::default();
-        self.publish(state, now, changes, &mut commit);
+        // Marks are derived (recomputed at start), not stored: only the
+        // dispatcher and the watchers need to hear of them.
+        self.publish(state, now, changes, &mut Commit::default());
     }
 
     /// Moves alerts through their lifecycle at `now`.
@@ -339,10 +335,10 @@ impl Engine {
             commit.rule_groups.insert((rule, group_key), group);
         }
         let mut changes: Vec<(pb::AlertChangeType, AlertState, Alert)> = Vec::new();
-        let mut seen: HashMap<Fingerprint, ()> = HashMap::with_capacity(active.len());
+        let mut seen: HashSet<Fingerprint> = HashSet::with_capacity(active.len());
         for rule_alert in active {
             let fingerprint = Fingerprint::of(&rule_alert.labels);
-            seen.insert(fingerprint, ());
+            seen.insert(fingerprint);
             let existing = state.alerts.get(&fingerprint);
             let previous = existing.map_or(AlertState::Unspecified, |alert| alert.state);
             let wanted = if rule_alert.firing {
@@ -400,11 +396,11 @@ impl Engine {
         for (fingerprint, alert) in &mut state.alerts {
             let from_rule = !alert.rule.is_empty();
             match alert.state {
-                AlertState::Pending if from_rule && !seen.contains_key(fingerprint) => {
+                AlertState::Pending if from_rule && !seen.contains(fingerprint) => {
                     removed.push(*fingerprint);
                 }
                 AlertState::Firing
-                    if (from_rule && !seen.contains_key(fingerprint))
+                    if (from_rule && !seen.contains(fingerprint))
                         || (!from_rule && alert.ends_at.is_some_and(|end| end <= now)) =>
                 {
                     let previous = alert.state;

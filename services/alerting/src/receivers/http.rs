@@ -8,6 +8,7 @@
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
+use agentmesh_kit::retry_after::parse_retry_after;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
 
@@ -186,23 +187,6 @@ fn retry_after(status: StatusCode, headers: &HeaderMap, now: SystemTime) -> Opti
         .and_then(|value| parse_retry_after(value, now))
 }
 
-/// Parses `Retry-After`: delay seconds, or an HTTP date (RFC 9110); at most a
-/// day, so a bogus value cannot park a delivery forever (the deadline ends it
-/// sooner anyway).
-pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
-    const MAX: Duration = Duration::from_secs(24 * 3600);
-    let value = value.trim();
-    if let Ok(seconds) = value.parse::<f64>() {
-        return (seconds.is_finite() && seconds >= 0.0)
-            .then(|| Duration::from_secs_f64(seconds.min(MAX.as_secs_f64())));
-    }
-    let timestamp = jiff::fmt::rfc2822::DateTimeParser::new()
-        .parse_timestamp(value)
-        .ok()?;
-    let at = SystemTime::from(timestamp);
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO).min(MAX))
-}
-
 fn send_error(err: reqwest::Error, timeout: Duration, redactor: &Redactor) -> DeliveryError {
     // The URL carries tokens: drop it from the error before it is printed.
     let err = err.without_url();
@@ -247,34 +231,6 @@ mod tests {
     use super::*;
     use crate::receivers::secret::Secret;
     use crate::receivers::test_server::{Reply as Scripted, TestServer};
-
-    #[test]
-    fn retry_after_is_parsed_as_seconds_or_a_date() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777);
-        assert_eq!(
-            parse_retry_after("120", now),
-            Some(Duration::from_secs(120))
-        );
-        assert_eq!(
-            parse_retry_after(" 1.5 ", now),
-            Some(Duration::from_millis(1500))
-        );
-        assert_eq!(parse_retry_after("-1", now), None);
-        assert_eq!(parse_retry_after("soon", now), None);
-        assert_eq!(
-            parse_retry_after("999999999", now),
-            Some(Duration::from_secs(86_400))
-        );
-        // RFC 9110's example date is 1994-11-06T08:49:37Z = 784111777.
-        assert_eq!(
-            parse_retry_after("Sun, 06 Nov 1994 08:50:37 GMT", now),
-            Some(Duration::from_secs(60))
-        );
-        assert_eq!(
-            parse_retry_after("Sun, 06 Nov 1994 08:48:37 GMT", now),
-            Some(Duration::ZERO)
-        );
-    }
 
     #[test]
     fn quotes_are_short_single_lines() {

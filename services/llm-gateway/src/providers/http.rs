@@ -11,6 +11,7 @@ use std::collections::VecDeque;
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
+use agentmesh_kit::retry_after::parse_retry_after;
 use bytes::Bytes;
 use eventsource_stream::{Event, EventStreamError, Eventsource};
 use futures::StreamExt;
@@ -356,21 +357,6 @@ async fn read_body(
     timing.before_end(read).await?
 }
 
-/// Parses `retry-after`: delay seconds, or an HTTP date (RFC 9110).
-pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
-    const MAX: Duration = Duration::from_secs(24 * 3600);
-    let value = value.trim();
-    if let Ok(seconds) = value.parse::<f64>() {
-        return (seconds.is_finite() && seconds >= 0.0)
-            .then(|| Duration::from_secs_f64(seconds.min(MAX.as_secs_f64())));
-    }
-    let timestamp = jiff::fmt::rfc2822::DateTimeParser::new()
-        .parse_timestamp(value)
-        .ok()?;
-    let at = SystemTime::from(timestamp);
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO).min(MAX))
-}
-
 /// `text`, cut at 1000 characters with an ellipsis.
 pub fn truncate(text: &str) -> String {
     match text.char_indices().nth(MAX_QUOTED_CHARS) {
@@ -567,27 +553,6 @@ pub fn event_json(event: &Event) -> Result<Value, ProviderError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn retry_after_takes_seconds_or_a_date() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_470);
-        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
-        assert_eq!(
-            parse_retry_after(" 1.5 ", now),
-            Some(Duration::from_millis(1500))
-        );
-        // 2015-10-21T07:28:00Z is 10 s after `now`.
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now),
-            Some(Duration::from_secs(10))
-        );
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_retry_after("soon", now), None);
-        assert_eq!(parse_retry_after("-3", now), None);
-    }
 
     #[test]
     fn error_bodies_of_every_shape_give_a_message() {
