@@ -4,12 +4,13 @@
 #   make test     every test: unit, in-process gRPC, real binaries with grpcurl, PostgreSQL
 #   make lint     rustfmt, clippy -D warnings, buf lint, buf format
 #   make bench    benchmark programs (the kit's per-hop cost against bare tonic)
+#   make rules    check and unit-test the Prometheus alert rules (promtool)
 #   make build    the workspace
 
 CARGO ?= cargo
 PYTHON ?= python3
 
-.PHONY: all build run up test lint fmt proto bench clean
+.PHONY: all build run up test lint fmt proto bench rules clean
 
 all: build
 
@@ -36,6 +37,13 @@ bench:
 	$(CARGO) bench -p agentmesh-kit --bench hop
 	$(CARGO) bench -p agentmesh-tests --bench run_step
 	$(CARGO) bench -p agentmesh-tests --bench audit_ingest
+
+# The Prometheus alert rules: syntax, their unit tests, and the generated
+# PrometheusRule of the monitoring overlay being up to date.
+rules:
+	promtool check rules deploy/prometheus/agentmesh.rules.yml
+	promtool test rules deploy/prometheus/agentmesh.rules.test.yml
+	$(PYTHON) deploy/prometheus/gen-prometheusrule.py --check
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -50,9 +50,23 @@ fn sample_rpc(grpc_name: &str) -> (&'static str, &'static str) {
 #[tokio::test]
 async fn grpcurl_lists_describes_and_health_checks_every_binary() {
     let dir = tempfile::tempdir().unwrap();
+    // The orchestrator is ready only with its peers up: give it a pair.
+    let gateway = RunningBinary::start("agentmesh-llm-gateway", &[], &[], dir.path()).await;
+    let tools = RunningBinary::start("agentmesh-tool-runner", &[], &[], dir.path()).await;
+    let peers = [
+        "--set".to_owned(),
+        format!("llm_gateway_url=\"http://{}\"", gateway.grpc),
+        "--set".to_owned(),
+        format!("tool_runner_url=\"http://{}\"", tools.grpc),
+    ];
     for (name, grpc_name) in SERVICES {
+        let args: Vec<&str> = if name == "orchestrator" {
+            peers.iter().map(String::as_str).collect()
+        } else {
+            Vec::new()
+        };
         let service =
-            RunningBinary::start(&format!("agentmesh-{name}"), &[], &[], dir.path()).await;
+            RunningBinary::start(&format!("agentmesh-{name}"), &args, &[], dir.path()).await;
         wait_serving(channel(service.grpc), "").await;
         let addr = service.grpc.to_string();
 
@@ -82,7 +96,7 @@ async fn grpcurl_lists_describes_and_health_checks_every_binary() {
         // Proto comments travel with the descriptors.
         assert!(described.contains("//"), "no comments in {described}");
 
-        for health_name in ["", grpc_name] {
+        for health_name in ["", grpc_name, "liveness"] {
             let body = format!("{{\"service\":\"{health_name}\"}}");
             let (ok, answer, err) = grpcurl(&[
                 "-plaintext",
@@ -739,4 +753,140 @@ text = "after a long think one two three four five six the answer is ${result}"
     assert_eq!(run.state(), pb::RunState::Succeeded);
     // The calculator ran once: step 1 was not repeated.
     assert_eq!(run.tool_calls, 1);
+}
+
+#[tokio::test]
+async fn the_orchestrator_is_not_ready_without_its_tool_runner_but_stays_live() {
+    use agentmesh_tests::health_status;
+
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = RunningBinary::start("agentmesh-llm-gateway", &[], &[], dir.path()).await;
+    let mut tools = RunningBinary::start("agentmesh-tool-runner", &[], &[], dir.path()).await;
+    let tools_addr = tools.grpc;
+    let tools_port = tools_addr.port().to_string();
+    let args = [
+        "--set".to_owned(),
+        format!("llm_gateway_url=\"http://{}\"", gateway.grpc),
+        "--set".to_owned(),
+        format!("tool_runner_url=\"http://{tools_addr}\""),
+        "--set".to_owned(),
+        "server.health_check_interval=\"200ms\"".to_owned(),
+        "--set".to_owned(),
+        "server.health_check_timeout=\"1s\"".to_owned(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let orchestrator = RunningBinary::start("agentmesh-orchestrator", &args, &[], dir.path()).await;
+    let orchestrator_channel = channel(orchestrator.grpc);
+    wait_serving(orchestrator_channel.clone(), "").await;
+    assert_eq!(http_get(orchestrator.admin, "/readyz").await.0, 200);
+
+    // The tool runner goes away.
+    tools.signal("TERM").await;
+    let (exit, _) = tools.exit_and_log(Duration::from_secs(15)).await;
+    assert!(exit.success(), "{exit}");
+
+    // Within a few check intervals the orchestrator says NOT_SERVING...
+    agentmesh_testkit::eventually(
+        "the orchestrator to report NOT_SERVING",
+        Duration::from_secs(20),
+        || {
+            let channel = orchestrator_channel.clone();
+            async move {
+                (health_status(channel, "").await.ok()? == ServingStatus::NotServing).then_some(())
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        health_status(
+            orchestrator_channel.clone(),
+            "agentmesh.orchestrator.v1.OrchestratorService"
+        )
+        .await
+        .unwrap(),
+        ServingStatus::NotServing
+    );
+    // ...while it stays live: no reason for Kubernetes to restart it.
+    assert_eq!(
+        health_status(orchestrator_channel.clone(), "liveness")
+            .await
+            .unwrap(),
+        ServingStatus::Serving
+    );
+    let (ok, answer, err) = grpcurl(&[
+        "-plaintext",
+        "-d",
+        r#"{"service":"liveness"}"#,
+        &orchestrator.grpc.to_string(),
+        "grpc.health.v1.Health/Check",
+    ])
+    .await;
+    assert!(ok, "{err}");
+    assert!(answer.contains("\"SERVING\""), "{answer}");
+    assert_eq!(http_get(orchestrator.admin, "/livez").await.0, 200);
+    let (status, text) = http_get(orchestrator.admin, "/readyz?verbose").await;
+    assert_eq!(status, 503, "{text}");
+    assert!(
+        text.contains(&format!("[-]tool-runner failed: peer {tools_addr}")),
+        "{text}"
+    );
+    assert!(text.contains("[+]llm-gateway ok"), "{text}");
+    assert!(text.contains("readyz check failed"), "{text}");
+
+    // `agentmesh health --deep` names the missing dependency and fails.
+    let orchestrator_addr = orchestrator.grpc.to_string();
+    let orchestrator_admin = orchestrator.admin.to_string();
+    let tools_addr_text = tools_addr.to_string();
+    let cli_args = [
+        "health",
+        "--deep",
+        "--orchestrator",
+        &orchestrator_addr,
+        "--orchestrator-admin",
+        &orchestrator_admin,
+        "--tool-runner",
+        &tools_addr_text,
+    ];
+    let (code, stdout, stderr) = agentmesh(dir.path(), &cli_args).await;
+    assert_eq!(code, Some(1), "stdout: {stdout}\nstderr: {stderr}");
+    let failing = stdout
+        .lines()
+        .find(|line| line.trim_start().starts_with("- tool-runner"))
+        .unwrap_or_else(|| panic!("no tool-runner component in {stdout}"));
+    assert!(failing.contains("required"), "{failing}");
+    assert!(failing.contains("FAILING"), "{failing}");
+    assert!(failing.contains(&tools_addr_text), "{failing}");
+    assert!(
+        stdout
+            .lines()
+            .any(|line| line.starts_with("tool-runner") && line.contains("UNREACHABLE")),
+        "{stdout}"
+    );
+    let (code, json, _) = agentmesh(dir.path(), &[&cli_args[..], &["--json"]].concat()).await;
+    assert_eq!(code, Some(1), "{json}");
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["ready"], false);
+    let components = json["services"][0]["deep"]["components"]
+        .as_array()
+        .unwrap();
+    let tool_runner = components
+        .iter()
+        .find(|c| c["name"] == "tool-runner")
+        .unwrap();
+    assert_eq!(tool_runner["ok"], false, "{tool_runner}");
+    assert_eq!(tool_runner["required"], true, "{tool_runner}");
+
+    // The tool runner comes back on the same port: ready again.
+    let _tools = RunningBinary::start(
+        "agentmesh-tool-runner",
+        &["--port", &tools_port],
+        &[],
+        dir.path(),
+    )
+    .await;
+    wait_serving(orchestrator_channel.clone(), "").await;
+    assert_eq!(http_get(orchestrator.admin, "/readyz").await.0, 200);
+    let (code, stdout, stderr) = agentmesh(dir.path(), &cli_args).await;
+    assert_eq!(code, Some(0), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(!stdout.contains("FAILING  peer"), "{stdout}");
 }

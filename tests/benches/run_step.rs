@@ -47,6 +47,18 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
+        // Logs and traces as a service has them: JSON logs at info, and
+        // OpenTelemetry export when OTEL_EXPORTER_OTLP_ENDPOINT is set (run
+        // the bench with and without it to see what traces cost).
+        agentmesh_kit::logging::init("bench", &agentmesh_kit::LogConfig::default());
+        let traces = if agentmesh_kit::telemetry::enabled() {
+            format!(
+                "traces exported to {}",
+                std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").unwrap_or_default()
+            )
+        } else {
+            "traces off".to_owned()
+        };
         let mesh = RunMesh::start(Some(FAST_RULES), |_| {}).await;
         let mut client = mesh.client();
         let mut per_run = Vec::with_capacity(RUNS);
@@ -76,7 +88,7 @@ fn main() {
         per_run.sort();
         first_token.sort();
         let step = |d: Duration| d / 2;
-        println!("agent runs through the mesh: {RUNS} runs of 2 steps each (scripted provider, zero delay, SQLite)");
+        println!("agent runs through the mesh: {RUNS} runs of 2 steps each (scripted provider, zero delay, SQLite; {traces})");
         println!(
             "  per run:  median {:>8.3} ms   p99 {:>8.3} ms",
             percentile(&per_run, 0.5).as_secs_f64() * 1e3,
@@ -93,5 +105,6 @@ fn main() {
             percentile(&first_token, 0.99).as_secs_f64() * 1e3
         );
         mesh.stop().await;
+        drop(tokio::task::spawn_blocking(agentmesh_kit::telemetry::shutdown).await);
     });
 }

@@ -33,8 +33,11 @@ def test_each_service_has_a_deployment_and_a_grpc_service():
         container = pod["containers"][0]
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         assert ports == {"grpc": port, "http-admin": port + 1000}, name
-        assert container["readinessProbe"]["grpc"]["port"] == port
-        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        # Readiness follows the dependencies (""); liveness never does.
+        assert container["readinessProbe"]["grpc"] == {"port": port, "service": ""}
+        assert container["livenessProbe"]["grpc"] == {"port": port, "service": "liveness"}
+        # A dependency down at start keeps the pod unready, never restarts it.
+        assert container["startupProbe"]["grpc"] == {"port": port, "service": "liveness"}
         env = {e["name"]: e.get("value") for e in container["env"]}
         section = name.replace("-", "_").upper()
         grace = int(env[f"AGENTMESH_{section}__SERVER__GRACE_PERIOD"].rstrip("s"))

@@ -66,7 +66,8 @@ pub struct InProcess {
 impl InProcess {
     /// Starts the service `name` with defaults, loopback ephemeral ports and a
     /// fresh data directory; auditing is off (no audit service to reach, no
-    /// spool).
+    /// spool). The orchestrator comes with an LLM gateway and a tool runner
+    /// of its own: its readiness depends on them.
     pub async fn start(name: &str) -> Self {
         let data = tempfile::tempdir().unwrap();
         let server = test_server_config();
@@ -78,15 +79,21 @@ impl InProcess {
         let data_dir = data.path().to_path_buf();
         let served: BoxFuture<'static, Result<(), ServeError>> = match name {
             "orchestrator" => {
+                let peers = Peers::start(&stop, &data_dir).await;
                 let mut config = agentmesh_orchestrator::Config {
                     server,
+                    llm_gateway_url: format!("http://{}", peers.gateway),
+                    tool_runner_url: format!("http://{}", peers.tool_runner),
                     audit: agentmesh_orchestrator::AuditConfig::disabled(),
                     ..Default::default()
                 };
                 config.storage.data_dir = data_dir;
-                Box::pin(agentmesh_orchestrator::serve_with_listeners(
-                    config, listeners, shutdown,
-                ))
+                let orchestrator =
+                    agentmesh_orchestrator::serve_with_listeners(config, listeners, shutdown);
+                Box::pin(async move {
+                    let (orchestrator, peers) = tokio::join!(orchestrator, peers.served);
+                    orchestrator.and(peers)
+                })
             }
             "llm-gateway" => {
                 let config = agentmesh_llm_gateway::Config {
@@ -152,6 +159,53 @@ impl InProcess {
     pub async fn stop(self) -> Result<(), ServeError> {
         self.stop.cancel();
         self.task.await.expect("the service task panicked")
+    }
+}
+
+/// An LLM gateway and a tool runner serving beside an orchestrator until
+/// `stop`, auditing off.
+struct Peers {
+    gateway: SocketAddr,
+    tool_runner: SocketAddr,
+    /// Both servers; the first failure, if any.
+    served: BoxFuture<'static, Result<(), ServeError>>,
+}
+
+impl Peers {
+    async fn start(stop: &CancellationToken, data_dir: &Path) -> Self {
+        let gateway = agentmesh_llm_gateway::Config {
+            server: test_server_config(),
+            audit: agentmesh_llm_gateway::AuditConfig::disabled(),
+            ..Default::default()
+        };
+        let gateway_listeners = Listeners::bind(&gateway.server).await.unwrap();
+        let gateway_addr = gateway_listeners.grpc_addr().unwrap();
+        let mut tools = agentmesh_tool_runner::Config {
+            server: test_server_config(),
+            audit: agentmesh_tool_runner::AuditConfig::disabled(),
+            ..Default::default()
+        };
+        tools.workspaces_dir = data_dir.join("workspaces");
+        let tools_listeners = Listeners::bind(&tools.server).await.unwrap();
+        let tools_addr = tools_listeners.grpc_addr().unwrap();
+        let gateway_served = agentmesh_llm_gateway::serve_with_listeners(
+            gateway,
+            gateway_listeners,
+            stop.clone().cancelled_owned(),
+        );
+        let tools_served = agentmesh_tool_runner::serve_with_listeners(
+            tools,
+            tools_listeners,
+            stop.clone().cancelled_owned(),
+        );
+        Self {
+            gateway: gateway_addr,
+            tool_runner: tools_addr,
+            served: Box::pin(async move {
+                let (gateway, tools) = tokio::join!(gateway_served, tools_served);
+                gateway.and(tools)
+            }),
+        }
     }
 }
 

@@ -55,7 +55,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use agentmesh_kit::{ConfigError, RequestContext};
+use agentmesh_kit::{ConfigError, RequestContext, telemetry};
 use agentmesh_proto::audit::v1::{AuditEvent, CapturedContent, EventType, Outcome};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -211,7 +211,23 @@ impl AuditClient {
         service: &'static str,
         registry: &prometheus::Registry,
     ) -> Result<Self, AuditError> {
-        sender::start(config, service, registry).map(|inner| Self { inner })
+        Self::start_with_client_metrics(
+            config,
+            service,
+            registry,
+            &agentmesh_kit::metrics::GrpcClientMetrics::disabled(),
+        )
+    }
+
+    /// [`AuditClient::start`], also counting the calls to the audit service
+    /// in `client_metrics` (the service's `grpc_client_*` metrics).
+    pub fn start_with_client_metrics(
+        config: &AuditConfig,
+        service: &'static str,
+        registry: &prometheus::Registry,
+        client_metrics: &agentmesh_kit::metrics::GrpcClientMetrics,
+    ) -> Result<Self, AuditError> {
+        sender::start(config, service, registry, client_metrics).map(|inner| Self { inner })
     }
 
     /// A producer that discards every event (auditing off).
@@ -300,6 +316,25 @@ impl AuditClient {
         self.inner.spooled_bytes()
     }
 
+    /// Where delivery to the audit service stands: whether the last call
+    /// succeeded, and what waits in the spool.
+    pub fn delivery(&self) -> Delivery {
+        self.inner.delivery()
+    }
+
+    /// The optional readiness check `audit`: failing while the audit
+    /// service is unreachable or events wait in the spool, with the spool's
+    /// size in the reason. Optional because nothing is lost meanwhile (the
+    /// events are spooled), so the service stays ready. Passing when
+    /// auditing is off.
+    pub fn health_check(&self) -> agentmesh_kit::health::DependencyCheck {
+        let client = self.clone();
+        agentmesh_kit::health::DependencyCheck::optional("audit", move || {
+            let delivery = client.delivery();
+            async move { delivery.health() }
+        })
+    }
+
     /// Waits until every event emitted so far has been acknowledged by the
     /// audit service or written to the spool (for tests and shutdown).
     pub async fn flush(&self) {
@@ -314,6 +349,48 @@ impl AuditClient {
     }
 }
 
+/// Where delivery to the audit service stands (see [`AuditClient::delivery`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// Auditing is on (a URL is configured).
+    pub enabled: bool,
+    /// The audit service's URL.
+    pub url: String,
+    /// The last call to the audit service succeeded (or none failed yet).
+    pub reachable: bool,
+    /// The error of the last failed call, if any.
+    pub last_error: Option<String>,
+    /// Bytes in the spool, waiting for the audit service.
+    pub spooled_bytes: u64,
+    /// Events in memory, not yet sent or spooled.
+    pub queued: usize,
+}
+
+impl Delivery {
+    /// `Ok` when events flow straight to the audit service; otherwise why
+    /// not, for a health check.
+    pub fn health(&self) -> Result<(), String> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let spooled = self.spooled_bytes;
+        if !self.reachable {
+            let error = self.last_error.as_deref().unwrap_or("the last call failed");
+            return Err(format!(
+                "audit service at {} unreachable ({error}); spooling: {spooled} bytes in the spool",
+                self.url
+            ));
+        }
+        if spooled > 0 {
+            return Err(format!(
+                "replaying the spool to the audit service at {}: {spooled} bytes left",
+                self.url
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Copies the caller's identity and trace from a request context.
 pub fn apply_context(event: &mut AuditEvent, context: &RequestContext) {
     if let Some(tenant) = context.header("x-agentmesh-tenant") {
@@ -325,42 +402,21 @@ pub fn apply_context(event: &mut AuditEvent, context: &RequestContext) {
     if let Some(request_id) = context.request_id() {
         event.request_id = request_id.to_owned();
     }
-    if let Some(trace_id) = context.header("traceparent").and_then(trace_id_of) {
+    // The current span, when traces are exported, is the event's origin;
+    // otherwise the trace the caller named.
+    if let Some((trace_id, span_id)) = telemetry::current_ids() {
+        event.trace_id = trace_id;
+        event.span_id = span_id;
+    } else if let Some(trace_id) = context
+        .header("traceparent")
+        .and_then(telemetry::trace_id_of)
+    {
         event.trace_id = trace_id.to_owned();
     }
 }
 
-/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`).
-fn trace_id_of(traceparent: &str) -> Option<&str> {
-    let trace_id = traceparent.split('-').nth(1)?;
-    (trace_id.len() == 32
-        && trace_id.bytes().all(|b| b.is_ascii_hexdigit())
-        && trace_id != "0".repeat(32))
-    .then_some(trace_id)
-}
-
 /// A gRPC status code's name as events spell it (e.g. `UNAVAILABLE`).
-pub fn code_name(code: tonic::Code) -> &'static str {
-    match code {
-        tonic::Code::Ok => "OK",
-        tonic::Code::Cancelled => "CANCELLED",
-        tonic::Code::Unknown => "UNKNOWN",
-        tonic::Code::InvalidArgument => "INVALID_ARGUMENT",
-        tonic::Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        tonic::Code::NotFound => "NOT_FOUND",
-        tonic::Code::AlreadyExists => "ALREADY_EXISTS",
-        tonic::Code::PermissionDenied => "PERMISSION_DENIED",
-        tonic::Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        tonic::Code::FailedPrecondition => "FAILED_PRECONDITION",
-        tonic::Code::Aborted => "ABORTED",
-        tonic::Code::OutOfRange => "OUT_OF_RANGE",
-        tonic::Code::Unimplemented => "UNIMPLEMENTED",
-        tonic::Code::Internal => "INTERNAL",
-        tonic::Code::Unavailable => "UNAVAILABLE",
-        tonic::Code::DataLoss => "DATA_LOSS",
-        tonic::Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
+pub use agentmesh_kit::trace::code_name;
 
 /// A protobuf duration from a std one.
 pub fn duration(value: Duration) -> prost_types::Duration {
@@ -379,14 +435,22 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// section names the settings in errors) and records what it runs with: a
 /// CONFIG_LOADED event carrying the SHA-256 of `effective`, the effective
 /// configuration with its secrets removed, to spot configuration changes.
-/// A spool that cannot be opened stops the start.
+/// A spool that cannot be opened stops the start. The producer's metrics,
+/// and its calls to the audit service, are counted in the service's
+/// `metrics`.
 pub fn start_service<C: agentmesh_kit::ServiceConfig>(
     audit: &AuditConfig,
     service: &'static str,
-    registry: &prometheus::Registry,
+    metrics: &agentmesh_kit::metrics::Metrics,
     effective: &impl Serialize,
 ) -> Result<AuditClient, agentmesh_kit::ServeError> {
-    let client = AuditClient::start(audit, service, registry).map_err(|err| {
+    let client = AuditClient::start_with_client_metrics(
+        audit,
+        service,
+        metrics.registry(),
+        metrics.grpc_client(),
+    )
+    .map_err(|err| {
         agentmesh_kit::ServeError::Io(std::io::Error::other(format!(
             "cannot start the audit producer (settings `{}.audit.*`): {err}",
             C::SECTION
@@ -428,6 +492,33 @@ pub fn without_password(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delivery_health_names_the_spool() {
+        let mut delivery = Delivery {
+            enabled: true,
+            url: "http://audit:50054".into(),
+            reachable: false,
+            last_error: Some("UNAVAILABLE: tcp connect error".into()),
+            spooled_bytes: 2048,
+            queued: 3,
+        };
+        let reason = delivery.health().unwrap_err();
+        assert!(
+            reason.contains("http://audit:50054 unreachable"),
+            "{reason}"
+        );
+        assert!(
+            reason.contains("UNAVAILABLE: tcp connect error"),
+            "{reason}"
+        );
+        assert!(reason.contains("2048 bytes in the spool"), "{reason}");
+        delivery.reachable = true;
+        assert!(delivery.health().unwrap_err().contains("2048 bytes left"));
+        delivery.spooled_bytes = 0;
+        delivery.health().unwrap();
+        assert_eq!(AuditClient::disabled("test").delivery().health(), Ok(()));
+    }
 
     #[test]
     fn database_passwords_are_taken_out_of_urls() {

@@ -307,6 +307,7 @@ impl Walk<'_> {
             subject,
             run_id,
             trace_id,
+            span_id,
             outcome: _,
             reason,
             request_id,
@@ -320,7 +321,7 @@ impl Walk<'_> {
             record_time: _,
         } = event;
         for text in [
-            service, tenant, subject, run_id, trace_id, reason, request_id,
+            service, tenant, subject, run_id, trace_id, span_id, reason, request_id,
         ] {
             self.text(text);
         }

@@ -55,6 +55,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use agentmesh_kit::client::MeshChannel;
+use agentmesh_kit::metrics::GrpcClientMetrics;
 use agentmesh_proto::audit::v1::audit_service_client::AuditServiceClient;
 use agentmesh_proto::audit::v1::{AuditEvent, RecordRequest, RecordStatus};
 use prometheus::core::Collector;
@@ -97,6 +98,7 @@ pub(crate) fn start(
     config: &AuditConfig,
     service: &'static str,
     registry: &Registry,
+    client_metrics: &GrpcClientMetrics,
 ) -> Result<Arc<Shared>, AuditError> {
     if config.url.is_empty() {
         tracing::warn!(service, "audit disabled: events are discarded");
@@ -109,7 +111,7 @@ pub(crate) fn start(
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
         AuditError::Config("AuditClient::start must be called within a Tokio runtime".to_owned())
     })?;
-    let channel = agentmesh_kit::client::channel(&config.url)
+    let channel = agentmesh_kit::client::channel_with_metrics(&config.url, client_metrics)
         .map_err(|err| AuditError::Config(format!("audit.url {:?}: {err}", config.url)))?;
     let dir = config.spool_dir.join(service);
     let spool = Spool::open(&dir).map_err(|source| AuditError::Spool {
@@ -148,6 +150,8 @@ pub(crate) fn start(
         spool_bytes: AtomicU64::new(spooled),
         metrics,
         task: Mutex::new(None),
+        url: config.url.clone(),
+        link: Mutex::new(Link::default()),
     });
     let sender = Sender::new(Arc::clone(&active), AuditServiceClient::new(channel));
     let task = runtime.spawn(sender.run());
@@ -206,6 +210,31 @@ impl Shared {
         self.active
             .as_ref()
             .map_or(0, |active| active.spool_bytes.load(Ordering::Acquire))
+    }
+
+    /// Where delivery stands, for health checks.
+    pub(crate) fn delivery(&self) -> crate::Delivery {
+        match &self.active {
+            None => crate::Delivery {
+                enabled: false,
+                url: String::new(),
+                reachable: true,
+                last_error: None,
+                spooled_bytes: 0,
+                queued: 0,
+            },
+            Some(active) => {
+                let link = lock(&active.link).clone();
+                crate::Delivery {
+                    enabled: true,
+                    url: active.url.clone(),
+                    reachable: !link.down,
+                    last_error: link.last_error,
+                    spooled_bytes: active.spool_bytes.load(Ordering::Acquire),
+                    queued: self.queued(),
+                }
+            }
+        }
     }
 
     pub(crate) async fn flush(&self) {
@@ -273,6 +302,19 @@ struct Active {
     spool_bytes: AtomicU64,
     metrics: Metrics,
     task: Mutex<Option<JoinHandle<()>>>,
+    /// The audit service's URL, for health reasons.
+    url: String,
+    /// How the last call to the audit service went, for health checks.
+    link: Mutex<Link>,
+}
+
+/// How the last call to the audit service went.
+#[derive(Debug, Clone, Default)]
+struct Link {
+    /// The last call failed (the sender is spooling and retrying).
+    down: bool,
+    /// Why, as the last failed call said.
+    last_error: Option<String>,
 }
 
 struct Queue {
@@ -903,6 +945,14 @@ impl Sender {
 
     fn mark_down(&mut self, status: &tonic::Status, batch: usize) {
         self.active.metrics.send_failures.inc();
+        *lock(&self.active.link) = Link {
+            down: true,
+            last_error: Some(format!(
+                "{}: {}",
+                code_name(status.code()),
+                status.message()
+            )),
+        };
         if status.code() == tonic::Code::InvalidArgument && batch > 1 {
             // The audit service refuses the batch itself, most likely its
             // size: smaller batches may pass where retrying cannot.
@@ -931,6 +981,7 @@ impl Sender {
     }
 
     fn mark_up(&mut self) {
+        lock(&self.active.link).down = false;
         if self.down {
             let bytes = self.active.spooled_bytes();
             tracing::info!(

@@ -1,17 +1,35 @@
-//! The admin HTTP server beside each gRPC server: `/metrics` (Prometheus text
-//! format), `/healthz` (liveness: the process answers) and `/readyz`
-//! (readiness: the service reports SERVING).
+//! The admin HTTP server beside each gRPC server, and a client for its health
+//! report.
+//!
+//! Routes:
+//!
+//! * `/metrics`: Prometheus text format.
+//! * `/livez` (and `/healthz`, its older name): 200 for as long as the
+//!   process answers, draining included — liveness never depends on
+//!   anything else, so an outage elsewhere does not get pods restarted.
+//! * `/readyz`: 200 when the service reports SERVING, else 503 with the
+//!   failing components. `/readyz?verbose` lists every component the way
+//!   Kubernetes components do (`[+]database ok`, `[-]tool-runner failed:
+//!   …`, then `readyz check passed|failed`).
+//! * `/health/deep`: the whole [`DeepHealth`] report as JSON (always 200:
+//!   the body says whether the service is ready).
+//!
+//! Everything comes from the service's [`Health`]; this module only renders
+//! it. [`fetch_deep_health`] reads `/health/deep` of another process (for
+//! `agentmesh health --deep`).
 
+use std::fmt::Write as _;
 use std::future::Future;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{StatusCode, Uri, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio::net::TcpListener;
 
-use crate::health::Health;
+use crate::health::{DeepHealth, Health};
 use crate::metrics::Metrics;
 
 #[derive(Clone)]
@@ -24,8 +42,10 @@ struct AdminState {
 pub fn router(metrics: Metrics, health: Health) -> Router {
     Router::new()
         .route("/metrics", get(metrics_text))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/livez", get(live))
+        .route("/healthz", get(live))
         .route("/readyz", get(ready))
+        .route("/health/deep", get(deep))
         .with_state(AdminState { metrics, health })
 }
 
@@ -50,10 +70,278 @@ async fn metrics_text(State(state): State<AdminState>) -> impl IntoResponse {
     )
 }
 
-async fn ready(State(state): State<AdminState>) -> impl IntoResponse {
-    if state.health.is_serving() {
-        (StatusCode::OK, "serving\n")
+/// Whether the query asks for the verbose form (`?verbose`, `?verbose=true`,
+/// as Kubernetes spells it).
+fn verbose(uri: &Uri) -> bool {
+    uri.query().is_some_and(|query| {
+        query.split('&').any(|pair| match pair.split_once('=') {
+            None => pair == "verbose",
+            Some((key, value)) => key == "verbose" && !matches!(value, "false" | "0"),
+        })
+    })
+}
+
+const TEXT: (header::HeaderName, &str) = (header::CONTENT_TYPE, "text/plain; charset=utf-8");
+
+async fn live(uri: Uri) -> impl IntoResponse {
+    let body = if verbose(&uri) {
+        "[+]ping ok\nlivez check passed\n"
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not serving\n")
+        "ok\n"
+    };
+    ([TEXT], body)
+}
+
+async fn ready(State(state): State<AdminState>, uri: Uri) -> impl IntoResponse {
+    let report = state.health.report();
+    let code = if report.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    // As Kubernetes does: a short answer when ready, the list when asked
+    // for or when something fails (that is when someone reads it).
+    let body = if report.ready && !verbose(&uri) {
+        "ok\n".to_owned()
+    } else {
+        readyz_lines(&report)
+    };
+    (code, [TEXT], body)
+}
+
+/// The verbose `/readyz` text of a report.
+pub fn readyz_lines(report: &DeepHealth) -> String {
+    let mut text = String::new();
+    for component in &report.components {
+        let _ = match (component.ok, component.required) {
+            (true, _) => writeln!(text, "[+]{} ok", component.name),
+            (false, required) => writeln!(
+                text,
+                "[-]{} failed: {}{}",
+                component.name,
+                component.reason.as_deref().unwrap_or("failing"),
+                if required {
+                    ""
+                } else {
+                    " (optional: readiness unaffected)"
+                }
+            ),
+        };
+    }
+    let _ = if report.draining {
+        writeln!(text, "[-]shutdown failed: the service is shutting down")
+    } else {
+        writeln!(text, "[+]shutdown ok")
+    };
+    let verdict = if report.ready { "passed" } else { "failed" };
+    let _ = writeln!(text, "readyz check {verdict}");
+    text
+}
+
+async fn deep(State(state): State<AdminState>) -> impl IntoResponse {
+    let report = state.health.report();
+    let body = serde_json::to_string_pretty(&report)
+        .unwrap_or_else(|err| format!("{{\"error\": \"cannot render the report: {err}\"}}"));
+    ([(header::CONTENT_TYPE, "application/json")], body + "\n")
+}
+
+// === client ===
+
+/// Reads `/health/deep` from the admin server at `address` (`host:port`),
+/// within `timeout`.
+///
+/// The request travels over the kit's gRPC client stack (hyper, HTTP/2 with
+/// prior knowledge): the admin server speaks HTTP/1.1 and HTTP/2 alike, so
+/// no second HTTP client is needed.
+pub async fn fetch_deep_health(address: &str, timeout: Duration) -> Result<DeepHealth, String> {
+    let body = tokio::time::timeout(timeout, http_get(address, "/health/deep"))
+        .await
+        .map_err(|_| {
+            format!(
+                "no answer within {}",
+                humantime_serde::re::humantime::format_duration(timeout)
+            )
+        })??;
+    serde_json::from_slice(&body).map_err(|err| format!("not a health report: {err}"))
+}
+
+/// `GET http://{address}{path}`; the body of a 2xx answer.
+async fn http_get(address: &str, path: &str) -> Result<bytes::Bytes, String> {
+    use http_body_util::BodyExt as _;
+
+    let base = format!("http://{address}");
+    let channel = tonic::transport::Endpoint::from_shared(base.clone())
+        .map_err(|err| format!("bad address {address:?}: {err}"))?
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|err| format!("cannot connect: {}", error_chain(&err)))?;
+    let request = http::Request::get(format!("{base}{path}"))
+        .body(tonic::body::Body::empty())
+        .map_err(|err| format!("bad request: {err}"))?;
+    let response = tower::ServiceExt::oneshot(channel, request)
+        .await
+        .map_err(|err| format!("GET {path} failed: {}", error_chain(&err)))?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|err| format!("GET {path}: reading the answer failed: {err}"))?
+        .to_bytes();
+    if !status.is_success() {
+        return Err(format!("GET {path} answered {status}"));
+    }
+    Ok(body)
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use http_body_util::BodyExt as _;
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    async fn get_text(router: &Router, path: &str) -> (u16, String) {
+        let response = router
+            .clone()
+            .oneshot(http::Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    async fn service() -> (Router, Health) {
+        let metrics = Metrics::new("test");
+        let (health, _server) = Health::new("test", Vec::new(), metrics.registry())
+            .await
+            .unwrap();
+        health.add_component("tool-runner", true);
+        health.add_component("audit", false);
+        (router(metrics, health.clone()), health)
+    }
+
+    #[tokio::test]
+    async fn readyz_lists_components_and_livez_stays_up() {
+        let (router, health) = service().await;
+        let (code, text) = get_text(&router, "/readyz").await;
+        assert_eq!(code, 503);
+        assert!(text.contains("[-]startup failed: starting\n"), "{text}");
+        assert!(text.ends_with("readyz check failed\n"), "{text}");
+
+        health.mark_started().await;
+        health
+            .record(
+                "tool-runner",
+                Err("peer 127.0.0.1:50053 unreachable: connection refused".into()),
+            )
+            .await;
+        health.record("audit", Err("spooling".into())).await;
+        let (code, text) = get_text(&router, "/readyz?verbose").await;
+        assert_eq!(code, 503);
+        assert!(text.contains("[+]startup ok\n"), "{text}");
+        assert!(
+            text.contains(
+                "[-]tool-runner failed: peer 127.0.0.1:50053 unreachable: connection refused\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("[-]audit failed: spooling (optional"),
+            "{text}"
+        );
+        assert!(text.ends_with("readyz check failed\n"), "{text}");
+        for path in ["/livez", "/healthz"] {
+            assert_eq!(get_text(&router, path).await, (200, "ok\n".to_owned()));
+        }
+
+        health.record("tool-runner", Ok(())).await;
+        assert_eq!(get_text(&router, "/readyz").await, (200, "ok\n".to_owned()));
+        let (code, text) = get_text(&router, "/readyz?verbose=true").await;
+        assert_eq!(code, 200);
+        assert!(text.contains("[+]tool-runner ok\n"), "{text}");
+        assert!(
+            text.ends_with("[+]shutdown ok\nreadyz check passed\n"),
+            "{text}"
+        );
+
+        health.begin_drain().await;
+        let (code, text) = get_text(&router, "/readyz?verbose").await;
+        assert_eq!(code, 503);
+        assert!(text.contains("[-]shutdown failed"), "{text}");
+        assert_eq!(get_text(&router, "/livez?verbose").await.0, 200);
+    }
+
+    #[tokio::test]
+    async fn health_deep_is_json_with_every_component() {
+        let (router, health) = service().await;
+        health.mark_started().await;
+        health.record("tool-runner", Err("down".into())).await;
+        let (code, text) = get_text(&router, "/health/deep").await;
+        assert_eq!(code, 200);
+        let report: DeepHealth = serde_json::from_str(&text).unwrap();
+        assert_eq!(report.service, "test");
+        assert!(!report.ready && report.live);
+        let names: Vec<&str> = report.components.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["startup", "tool-runner", "audit"]);
+        let tools = &report.components[1];
+        assert!(tools.required && !tools.ok);
+        assert_eq!(tools.reason.as_deref(), Some("down"));
+        assert!(tools.checked_at.is_some() && tools.last_ok_at.is_none());
+        assert_eq!(tools.consecutive_failures, 1);
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        for key in [
+            "name",
+            "required",
+            "ok",
+            "reason",
+            "checked_at",
+            "last_ok_at",
+            "consecutive_failures",
+        ] {
+            assert!(
+                json["components"][0].get(key).is_some(),
+                "{key} missing: {json}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn the_report_can_be_fetched_over_the_network() {
+        let (router, health) = service().await;
+        health.mark_started().await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let server = tokio::spawn(serve(listener, router, stop.clone().cancelled_owned()));
+        let report = fetch_deep_health(&address, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(report.service, "test");
+        assert_eq!(report.components.len(), 3);
+        stop.cancel();
+        server.await.unwrap().unwrap();
+
+        let err = fetch_deep_health(&address, Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        assert!(err.contains("cannot connect"), "{err}");
     }
 }

@@ -2,23 +2,46 @@
 //!
 //! Connections are made lazily (a service starts even when its peers are not
 //! up yet), reused for every call, with TCP_NODELAY (small streamed messages
-//! otherwise stall ~40 ms behind Nagle's algorithm) and HTTP/2 keep-alive, and
-//! wrapped in [`ForwardingLayer`] so every call forwards the current request's
-//! metadata and deadline.
+//! otherwise stall ~40 ms behind Nagle's algorithm) and HTTP/2 keep-alive.
+//! A [`MeshChannel`] wraps the connection in two layers:
+//!
+//! ```text
+//! generated client ─▶ ForwardingLayer ─▶ GrpcClientMetricsLayer ─▶ Channel (HTTP/2)
+//!                     (metadata,          (grpc_client_* metrics,
+//!                      deadline, span)     when the service gave them)
+//! ```
+//!
+//! so every call forwards the current request's metadata and deadline, and
+//! is counted in the calling service's `grpc_client_*` metrics.
 
 use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
 
+use crate::metrics::{GrpcClientMetrics, GrpcClientMetricsLayer, GrpcClientMetricsService};
 use crate::propagation::{Forwarding, ForwardingLayer};
 
-/// A channel that forwards request metadata; generated clients take it as is
-/// (`FooClient::new(channel)`).
-pub type MeshChannel = Forwarding<Channel>;
+/// A channel that forwards request metadata and records client metrics;
+/// generated clients take it as is (`FooClient::new(channel)`).
+pub type MeshChannel = Forwarding<GrpcClientMetricsService<Channel>>;
 
-/// A lazily-connecting channel to `uri` (e.g. `http://127.0.0.1:50052`).
+/// A lazily-connecting channel to `uri` (e.g. `http://127.0.0.1:50052`),
+/// without client metrics (for callers that have no registry).
 pub fn channel(uri: &str) -> Result<MeshChannel, tonic::transport::Error> {
-    Ok(tower::Layer::layer(&ForwardingLayer, plain_channel(uri)?))
+    channel_with_metrics(uri, &GrpcClientMetrics::disabled())
+}
+
+/// A lazily-connecting channel to `uri` whose calls are counted in
+/// `metrics` (a service passes `host.metrics().grpc_client()`).
+pub fn channel_with_metrics(
+    uri: &str,
+    metrics: &GrpcClientMetrics,
+) -> Result<MeshChannel, tonic::transport::Error> {
+    let metered = tower::Layer::layer(
+        &GrpcClientMetricsLayer::new(metrics.clone()),
+        plain_channel(uri)?,
+    );
+    Ok(tower::Layer::layer(&ForwardingLayer, metered))
 }
 
 /// A lazily-connecting channel without metadata forwarding, for tools that

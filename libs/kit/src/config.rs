@@ -169,6 +169,13 @@ pub struct ServerConfig {
     /// How long to wait for a keep-alive ping's answer before closing.
     #[serde(with = "humantime_serde")]
     pub keepalive_timeout: Duration,
+    /// How often each dependency check behind readiness runs (a failing one
+    /// is retried sooner, up to this interval).
+    #[serde(with = "humantime_serde")]
+    pub health_check_interval: Duration,
+    /// How long one dependency check may take before it counts as failed.
+    #[serde(with = "humantime_serde")]
+    pub health_check_timeout: Duration,
 }
 
 /// The admin port is the gRPC port plus this, as DESIGN fixes (51051 for 50051).
@@ -253,6 +260,18 @@ impl ServerConfig {
                 "keep-alive interval and timeout must be positive",
             ));
         }
+        if self.health_check_interval.is_zero() {
+            return Err(ConfigError::new(
+                "server.health_check_interval",
+                "must be positive",
+            ));
+        }
+        if self.health_check_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "server.health_check_timeout",
+                "must be positive",
+            ));
+        }
         Ok(())
     }
 }
@@ -270,6 +289,8 @@ impl Default for ServerConfig {
             max_concurrent_streams_per_connection: 256,
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
+            health_check_interval: Duration::from_secs(5),
+            health_check_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -293,6 +314,8 @@ pub struct LogConfig {
     /// A tracing filter such as `info` or `info,agentmesh_kit=debug`;
     /// `RUST_LOG`, when set, wins.
     pub level: String,
+    /// OpenTelemetry trace export (`[log.traces]`).
+    pub traces: crate::telemetry::TracesConfig,
 }
 
 impl Default for LogConfig {
@@ -300,6 +323,7 @@ impl Default for LogConfig {
         Self {
             format: LogFormat::Json,
             level: "info".to_owned(),
+            traces: crate::telemetry::TracesConfig::default(),
         }
     }
 }
@@ -308,8 +332,8 @@ impl LogConfig {
     /// Checks that the level parses as a filter.
     pub fn validate(&self) -> Result<(), ConfigError> {
         tracing_subscriber::EnvFilter::try_new(&self.level)
-            .map(|_| ())
-            .map_err(|err| ConfigError::new("log.level", err.to_string()))
+            .map_err(|err| ConfigError::new("log.level", err.to_string()))?;
+        self.traces.validate()
     }
 }
 
@@ -536,6 +560,8 @@ mod tests {
             ("server.max_message_bytes", "10"),
             ("server.max_concurrent_requests", "0"),
             ("server.drain_delay", "1h"),
+            ("server.health_check_interval", "0s"),
+            ("server.health_check_timeout", "0s"),
             ("log.level", "[[["),
             ("greeting", "\"\""),
         ];

@@ -11,9 +11,11 @@
 //!   health and reflection, wraps every call in the layers below, and runs the
 //!   life cycle (NOT_SERVING → start-up → SERVING → drain → stop).
 //! * Layers, each a tower `Layer` + `Service` pair: [`propagation`] (request
-//!   context and metadata forwarding, both directions), [`metrics`] (gRPC
-//!   server metrics), [`limits`] (load shedding), [`drain`] (ending streams
+//!   context and metadata forwarding, both directions), [`trace`] (a span per
+//!   call, server and client side), [`metrics`] (gRPC
+//!   server and client metrics), [`limits`] (load shedding), [`drain`] (ending streams
 //!   at shutdown). [`body`] holds the response-body wrapper they share.
+//! * [`telemetry`]: the OpenTelemetry exporter and W3C trace propagation.
 //! * [`health`], [`admin`] (`/metrics`, `/healthz`, `/readyz`), [`logging`],
 //!   [`shutdown`] (signals), [`client`] (channels to other services),
 //!   [`status`] (errors a person can act on), [`main_support`] (a service
@@ -26,7 +28,8 @@
 //! [`metrics::GrpcMetricsLayer`], refused by [`limits::InFlightLimitLayer`]
 //! if the server is full, and reaches its handler; the response body is
 //! watched by [`drain::DrainLayer`] so shutdown can end it cleanly. Calls the
-//! handler makes through a [`client::channel`] carry the same context on.
+//! handler makes through a [`client::channel`] carry the same context on,
+//! each in a client span whose context they carry as `traceparent`.
 
 pub mod admin;
 pub mod body;
@@ -43,6 +46,8 @@ pub mod retry_after;
 pub mod server;
 pub mod shutdown;
 pub mod status;
+pub mod telemetry;
+pub mod trace;
 
 pub use config::{ConfigError, LogConfig, ServerConfig, ServiceConfig};
 pub use drain::Drain;

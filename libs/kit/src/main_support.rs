@@ -86,8 +86,6 @@ where
         let _ = write!(std::io::stdout(), "{}", config::to_toml(&config));
         return ExitCode::SUCCESS;
     }
-    crate::logging::init(config.log());
-
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -101,6 +99,10 @@ where
             return ExitCode::FAILURE;
         }
     };
+    {
+        let _runtime = runtime.enter();
+        crate::logging::init(C::SERVICE, config.log());
+    }
     let result = runtime.block_on(async move {
         tracing::info!(
             service = C::SERVICE,
@@ -109,8 +111,13 @@ where
         );
         serve(config, Box::pin(crate::shutdown::signal())).await
     });
-    // Tasks still running (connections cut at the end of the grace period)
-    // must not hold up the exit.
+    // Export the last spans while the runtime (the exporter's connection)
+    // still runs; then tasks still running (connections cut at the end of
+    // the grace period) must not hold up the exit.
+    {
+        let _runtime = runtime.enter();
+        crate::telemetry::shutdown();
+    }
     runtime.shutdown_background();
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,24 +1,67 @@
-//! Prometheus metrics: one registry per service, the gRPC server metrics every
-//! service shares (recorded by [`GrpcMetricsLayer`]), and the text rendering
-//! served on the admin port's `/metrics`.
+//! Prometheus metrics: one registry per service, the gRPC metrics every
+//! service shares — server side recorded by [`GrpcMetricsLayer`], client side
+//! by [`GrpcClientMetricsLayer`] on the channels to peers — and the text
+//! rendering served on the admin port's `/metrics`.
 //!
 //! Metric and label names follow go-grpc-prometheus, so existing dashboards
-//! and alerts work unchanged. Label values are bounded by the proto contract,
-//! not by traffic: a path that is no known method is counted as `unknown`.
+//! and alerts work unchanged:
+//!
+//! | server                              | client                          | labels                                |
+//! |-------------------------------------|---------------------------------|---------------------------------------|
+//! | `grpc_server_started_total`         | `grpc_client_started_total`     | `grpc_type, grpc_service, grpc_method` |
+//! | `grpc_server_handled_total`         | `grpc_client_handled_total`     | the same and `grpc_code`              |
+//! | `grpc_server_handling_seconds`      | `grpc_client_handling_seconds`  | `grpc_type, grpc_service, grpc_method` |
+//! | `grpc_server_msg_received_total`    | `grpc_client_msg_received_total`| `grpc_type, grpc_service, grpc_method` |
+//! | `grpc_server_msg_sent_total`        | `grpc_client_msg_sent_total`    | `grpc_type, grpc_service, grpc_method` |
+//! | `grpc_server_in_flight_requests`    |                                 | `grpc_type, grpc_service, grpc_method` |
+//!
+//! Label values are bounded by the proto contract, not by traffic: a path
+//! that is no known method is counted as `unknown`.
+//!
+//! # Data flow of one call
+//!
+//! The layer looks the request path up in a table built once from
+//! [`KnownMethods`]; the first call of a method resolves its label children
+//! (`with_label_values`, a hash and a lock) and keeps them, so later calls
+//! only touch atomics. `started` counts at once; a unary or server-streaming
+//! call counts its one request message at once, a client or bidi stream
+//! counts each request body frame as it is read. The response body is
+//! wrapped in an [`ObservedBody`], which counts each data frame as a message
+//! and, when the call ends (trailers, end of body, or drop), observes the
+//! handling time and counts `handled` with the final code.
 
+use std::any::Any;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use http::{Request, Response};
+use http_body::Frame;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use prost::Message;
+use tonic::Code;
 use tonic::body::Body;
 
-use crate::body::{EndGuard, code_label};
+use crate::body::{EndGuard, ObservedBody, code_label};
+
+/// The Prometheus client the kit's registry belongs to, re-exported so every
+/// service registers its own metrics with the very same version.
+pub use prometheus;
+
+/// Buckets of the handling-time histograms, in seconds: sub-millisecond
+/// loopback calls up to five-minute streams.
+const HANDLING_BUCKETS: [f64; 17] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 300.0,
+];
+
+/// The number of gRPC status codes (0 through 16).
+const CODES: usize = 17;
 
 /// The kind of a gRPC method, as the `grpc_type` label spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +84,11 @@ impl MethodType {
             Self::ClientStream => "client_stream",
             Self::BidiStream => "bidi_stream",
         }
+    }
+
+    /// Whether requests come as a stream (counted frame by frame).
+    fn streams_requests(self) -> bool {
+        matches!(self, Self::ClientStream | Self::BidiStream)
     }
 }
 
@@ -105,66 +153,330 @@ impl KnownMethods {
         Self { by_path }
     }
 
+    /// The methods a mesh process serves or calls: agentmesh's services,
+    /// gRPC health and reflection (v1 and v1alpha).
+    pub fn mesh() -> Self {
+        Self::from_descriptor_sets(&[
+            agentmesh_proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ])
+    }
+
     /// The method at `path`, if known.
     pub fn get(&self, path: &str) -> Option<&MethodInfo> {
         self.by_path.get(path)
     }
 }
 
-/// The gRPC server metrics.
+// === metric families and per-method series ===
+
+/// Which end of a call a set of gRPC metrics describes.
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    Server,
+    Client,
+}
+
+impl Side {
+    fn prefix(self) -> &'static str {
+        match self {
+            Self::Server => "grpc_server",
+            Self::Client => "grpc_client",
+        }
+    }
+
+    fn on_the(self) -> &'static str {
+        match self {
+            Self::Server => "on the server",
+            Self::Client => "by the client",
+        }
+    }
+}
+
+/// The label names of every family but `handled`.
+const LABELS: [&str; 3] = ["grpc_type", "grpc_service", "grpc_method"];
+
+/// The metric families of one side.
 #[derive(Debug, Clone)]
-pub struct GrpcServerMetrics {
+struct Families {
     started: IntCounterVec,
     handled: IntCounterVec,
     handling_seconds: HistogramVec,
-    in_flight: IntGaugeVec,
+    msg_received: IntCounterVec,
+    msg_sent: IntCounterVec,
+    /// Server side only (go-grpc-prometheus has no client gauge).
+    in_flight: Option<IntGaugeVec>,
 }
 
-impl GrpcServerMetrics {
-    /// Creates the metrics and registers them in `registry`.
-    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
-        let labels = ["grpc_type", "grpc_service", "grpc_method"];
+impl Families {
+    /// Creates the families of `side` and registers them in `registry`.
+    fn register(registry: &Registry, side: Side) -> prometheus::Result<Self> {
+        let prefix = side.prefix();
+        let on_the = side.on_the();
         let started = IntCounterVec::new(
             Opts::new(
-                "grpc_server_started_total",
-                "Total number of RPCs started on the server.",
+                format!("{prefix}_started_total"),
+                format!("Total number of RPCs started {on_the}."),
             ),
-            &labels,
+            &LABELS,
         )?;
         let handled = IntCounterVec::new(
             Opts::new(
-                "grpc_server_handled_total",
-                "Total number of RPCs completed on the server, regardless of success or failure.",
+                format!("{prefix}_handled_total"),
+                format!(
+                    "Total number of RPCs completed {on_the}, regardless of success or failure."
+                ),
             ),
             &["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
         )?;
         let handling_seconds = HistogramVec::new(
             HistogramOpts::new(
-                "grpc_server_handling_seconds",
-                "Time from the start of an RPC to its end (the last message of a stream), as seen by the server.",
+                format!("{prefix}_handling_seconds"),
+                format!(
+                    "Time from the start of an RPC to its end (the last message of a stream), as seen {on_the}."
+                ),
             )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0, 30.0, 60.0, 300.0,
-            ]),
-            &labels,
+            .buckets(HANDLING_BUCKETS.to_vec()),
+            &LABELS,
         )?;
-        let in_flight = IntGaugeVec::new(
+        let (received, sent) = match side {
+            Side::Server => ("received on the server", "sent by the server"),
+            Side::Client => ("received by the client", "sent by the client"),
+        };
+        let msg_received = IntCounterVec::new(
             Opts::new(
-                "grpc_server_in_flight_requests",
-                "RPCs started on the server and not yet completed.",
+                format!("{prefix}_msg_received_total"),
+                format!("Total number of RPC messages {received}."),
             ),
-            &labels,
+            &LABELS,
         )?;
+        let msg_sent = IntCounterVec::new(
+            Opts::new(
+                format!("{prefix}_msg_sent_total"),
+                format!("Total number of RPC messages {sent}."),
+            ),
+            &LABELS,
+        )?;
+        let in_flight = match side {
+            Side::Server => Some(IntGaugeVec::new(
+                Opts::new(
+                    "grpc_server_in_flight_requests",
+                    "RPCs started on the server and not yet completed.",
+                ),
+                &LABELS,
+            )?),
+            Side::Client => None,
+        };
         registry.register(Box::new(started.clone()))?;
         registry.register(Box::new(handled.clone()))?;
         registry.register(Box::new(handling_seconds.clone()))?;
-        registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(msg_received.clone()))?;
+        registry.register(Box::new(msg_sent.clone()))?;
+        if let Some(in_flight) = &in_flight {
+            registry.register(Box::new(in_flight.clone()))?;
+        }
         Ok(Self {
             started,
             handled,
             handling_seconds,
+            msg_received,
+            msg_sent,
             in_flight,
+        })
+    }
+}
+
+/// One method's label children, resolved on its first call and kept.
+#[derive(Debug)]
+struct MethodSeries {
+    /// `None` for a path that is no known method.
+    kind: Option<MethodType>,
+    labels: [String; 3],
+    started: IntCounter,
+    handling_seconds: Histogram,
+    msg_received: IntCounter,
+    msg_sent: IntCounter,
+    in_flight: Option<IntGauge>,
+    /// Per code, resolved on the first call ending with it (creating all 17
+    /// up front would export 17 zero series per method).
+    handled: [OnceLock<IntCounter>; CODES],
+    handled_family: IntCounterVec,
+}
+
+impl MethodSeries {
+    fn new(families: &Families, info: Option<&MethodInfo>) -> Self {
+        let (kind, service, method) = match info {
+            Some(info) => (Some(info.kind), info.service.as_str(), info.method.as_str()),
+            None => (None, "unknown", "unknown"),
+        };
+        let kind_label = kind.map_or("unknown", MethodType::label);
+        let values = [kind_label, service, method];
+        Self {
+            kind,
+            labels: values.map(str::to_owned),
+            started: families.started.with_label_values(&values),
+            handling_seconds: families.handling_seconds.with_label_values(&values),
+            msg_received: families.msg_received.with_label_values(&values),
+            msg_sent: families.msg_sent.with_label_values(&values),
+            in_flight: families
+                .in_flight
+                .as_ref()
+                .map(|family| family.with_label_values(&values)),
+            handled: std::array::from_fn(|_| OnceLock::new()),
+            handled_family: families.handled.clone(),
+        }
+    }
+
+    fn streams_requests(&self) -> bool {
+        self.kind.is_some_and(MethodType::streams_requests)
+    }
+
+    /// A call starts.
+    fn start(&self) {
+        self.started.inc();
+        if let Some(in_flight) = &self.in_flight {
+            in_flight.inc();
+        }
+    }
+
+    /// A call that started at `start` ended with `code`.
+    fn end(&self, code: Code, start: Instant) {
+        if let Some(in_flight) = &self.in_flight {
+            in_flight.dec();
+        }
+        self.handling_seconds.observe(start.elapsed().as_secs_f64());
+        let index = usize::try_from(i32::from(code)).unwrap_or(0).min(CODES - 1);
+        if let Some(slot) = self.handled.get(index) {
+            slot.get_or_init(|| {
+                let [kind, service, method] = &self.labels;
+                self.handled_family
+                    .with_label_values(&[kind, service, method, code_label(code)])
+            })
+            .inc();
+        }
+    }
+
+    /// The request body, counting its messages: each frame of a request
+    /// stream, or the one message of any other call.
+    fn count_requests<B>(&self, request: Request<B>) -> Request<Body>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<tower::BoxError>,
+    {
+        if self.streams_requests() {
+            let messages = self.msg_received.clone();
+            request.map(|body| Body::new(CountingBody::new(body, messages)))
+        } else {
+            self.msg_received.inc();
+            request.map(Body::new)
+        }
+    }
+}
+
+/// A method's slot in a [`SeriesTable`].
+#[derive(Debug, Default)]
+struct Slot {
+    info: Option<MethodInfo>,
+    series: OnceLock<Arc<MethodSeries>>,
+}
+
+/// Every known method's series by request path, made once per layer.
+#[derive(Debug)]
+struct SeriesTable {
+    families: Families,
+    by_path: HashMap<String, Slot>,
+    unknown: Slot,
+}
+
+impl SeriesTable {
+    fn new(families: Families, methods: &KnownMethods) -> Self {
+        let by_path = methods
+            .by_path
+            .iter()
+            .map(|(path, info)| {
+                (
+                    path.clone(),
+                    Slot {
+                        info: Some(info.clone()),
+                        series: OnceLock::new(),
+                    },
+                )
+            })
+            .collect();
+        Self {
+            families,
+            by_path,
+            unknown: Slot::default(),
+        }
+    }
+
+    /// The series of the method at `path` (`unknown` when it is none).
+    fn series(&self, path: &str) -> Arc<MethodSeries> {
+        let slot = self.by_path.get(path).unwrap_or(&self.unknown);
+        Arc::clone(
+            slot.series
+                .get_or_init(|| Arc::new(MethodSeries::new(&self.families, slot.info.as_ref()))),
+        )
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request body that counts its data frames as messages.
+    struct CountingBody<B> {
+        #[pin]
+        inner: B,
+        messages: IntCounter,
+    }
+}
+
+impl<B> CountingBody<B> {
+    fn new(inner: B, messages: IntCounter) -> Self {
+        Self { inner, messages }
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for CountingBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && frame.is_data()
+        {
+            this.messages.inc();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+// === server side ===
+
+/// The gRPC server metrics.
+#[derive(Debug, Clone)]
+pub struct GrpcServerMetrics {
+    families: Families,
+}
+
+impl GrpcServerMetrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        Ok(Self {
+            families: Families::register(registry, Side::Server)?,
         })
     }
 }
@@ -173,6 +485,7 @@ impl GrpcServerMetrics {
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,
+    client: Arc<OnceLock<GrpcClientMetrics>>,
 }
 
 impl Metrics {
@@ -188,12 +501,29 @@ impl Metrics {
                 tracing::warn!(%err, "process metrics unavailable");
             }
         }
-        Self { registry }
+        Self {
+            registry,
+            client: Arc::default(),
+        }
     }
 
     /// The registry, for a service to register its own metrics in.
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// The gRPC client metrics of this service, registered on first use (so
+    /// every channel of the service, and the audit producer's, share one
+    /// set). Should registration fail, channels work without metrics.
+    pub fn grpc_client(&self) -> &GrpcClientMetrics {
+        self.client.get_or_init(|| {
+            GrpcClientMetrics::register(&self.registry, &KnownMethods::mesh()).unwrap_or_else(
+                |err| {
+                    tracing::warn!(%err, "gRPC client metrics unavailable");
+                    GrpcClientMetrics::disabled()
+                },
+            )
+        })
     }
 
     /// All metrics in the Prometheus text exposition format.
@@ -212,14 +542,15 @@ impl Metrics {
 /// Records [`GrpcServerMetrics`] for every call through the server.
 #[derive(Debug, Clone)]
 pub struct GrpcMetricsLayer {
-    metrics: GrpcServerMetrics,
-    methods: Arc<KnownMethods>,
+    table: Arc<SeriesTable>,
 }
 
 impl GrpcMetricsLayer {
     /// A layer recording into `metrics`, labelling calls by `methods`.
     pub fn new(metrics: GrpcServerMetrics, methods: Arc<KnownMethods>) -> Self {
-        Self { metrics, methods }
+        Self {
+            table: Arc::new(SeriesTable::new(metrics.families, &methods)),
+        }
     }
 }
 
@@ -243,9 +574,11 @@ pub struct GrpcMetrics<S> {
 
 impl<S, ReqBody> tower::Service<Request<ReqBody>> for GrpcMetrics<S>
 where
-    S: tower::Service<Request<ReqBody>, Response = Response<Body>>,
+    S: tower::Service<Request<Body>, Response = Response<Body>>,
     S::Error: Send + 'static,
     S::Future: Send + 'static,
+    ReqBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    ReqBody::Error: Into<tower::BoxError>,
 {
     type Response = Response<Body>;
     type Error = S::Error;
@@ -256,40 +589,521 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let (kind, service, method) = match self.layer.methods.get(request.uri().path()) {
-            Some(info) => (info.kind.label(), info.service.clone(), info.method.clone()),
-            None => ("unknown", "unknown".to_owned(), "unknown".to_owned()),
-        };
-        let metrics = self.layer.metrics.clone();
-        let labels = [kind, service.as_str(), method.as_str()];
-        metrics.started.with_label_values(&labels).inc();
-        let in_flight = metrics.in_flight.with_label_values(&labels);
-        in_flight.inc();
-        let handling = metrics.handling_seconds.with_label_values(&labels);
+        let series = self.layer.table.series(request.uri().path());
+        series.start();
+        let request = series.count_requests(request);
+        let sent = series.msg_sent.clone();
         let start = Instant::now();
-
-        let on_end = move |code: tonic::Code| {
-            in_flight.dec();
-            handling.observe(start.elapsed().as_secs_f64());
-            metrics
-                .handled
-                .with_label_values(&[kind, service.as_str(), method.as_str(), code_label(code)])
-                .inc();
-        };
-        let guard = EndGuard::new(Box::new(on_end));
+        let guard = EndGuard::new(Box::new(move |code| series.end(code, start)));
         let future = self.inner.call(request);
         Box::pin(async move {
             match future.await {
                 Ok(response) => {
                     let (parts, body) = response.into_parts();
-                    let body = guard.observe(body, &parts.headers);
+                    let body = guard.observe(body, &parts.headers).counting_messages(sent);
                     Ok(Response::from_parts(parts, Body::new(body)))
                 }
                 Err(err) => {
-                    guard.fail(tonic::Code::Internal);
+                    guard.fail(Code::Internal);
                     Err(err)
                 }
             }
         })
+    }
+}
+
+// === client side ===
+
+/// The gRPC client metrics of a service: register them once per registry
+/// (see [`Metrics::grpc_client`]) and hand them to every channel
+/// ([`crate::client::channel_with_metrics`]). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct GrpcClientMetrics {
+    /// `None`: recording nothing.
+    table: Option<Arc<SeriesTable>>,
+}
+
+impl GrpcClientMetrics {
+    /// Creates the metrics, labelling calls by `methods`, and registers them
+    /// in `registry`.
+    pub fn register(registry: &Registry, methods: &KnownMethods) -> prometheus::Result<Self> {
+        let families = Families::register(registry, Side::Client)?;
+        Ok(Self {
+            table: Some(Arc::new(SeriesTable::new(families, methods))),
+        })
+    }
+
+    /// Metrics that record nothing, for channels of callers without a
+    /// registry (the CLI, tests).
+    pub fn disabled() -> Self {
+        Self { table: None }
+    }
+}
+
+/// Records [`GrpcClientMetrics`] for every call through a channel. Generic
+/// over the channel it wraps.
+#[derive(Debug, Clone)]
+pub struct GrpcClientMetricsLayer {
+    metrics: GrpcClientMetrics,
+}
+
+impl GrpcClientMetricsLayer {
+    /// A layer recording into `metrics`.
+    pub fn new(metrics: GrpcClientMetrics) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S> tower::Layer<S> for GrpcClientMetricsLayer {
+    type Service = GrpcClientMetricsService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcClientMetricsService {
+            inner,
+            table: self.metrics.table.clone(),
+        }
+    }
+}
+
+/// The service made by [`GrpcClientMetricsLayer`].
+#[derive(Debug, Clone)]
+pub struct GrpcClientMetricsService<S> {
+    inner: S,
+    table: Option<Arc<SeriesTable>>,
+}
+
+impl<S, ResBody> tower::Service<Request<Body>> for GrpcClientMetricsService<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<ResBody>>,
+    S::Error: Send + 'static,
+    S::Future: Send + 'static,
+    ResBody: Send + 'static,
+{
+    type Response = Response<ObservedBody<ResBody>>;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let Some(table) = &self.table else {
+            let future = self.inner.call(request);
+            return Box::pin(async move {
+                let (parts, body) = future.await?.into_parts();
+                // A closure that captures nothing: boxing it allocates nothing.
+                let body = ObservedBody::new(body, &parts.headers, Box::new(|_| {}));
+                Ok(Response::from_parts(parts, body))
+            });
+        };
+        let series = table.series(request.uri().path());
+        series.start();
+        // The client sends the requests: count them like the server counts
+        // what it receives.
+        let request = if series.streams_requests() {
+            let messages = series.msg_sent.clone();
+            request.map(|body| Body::new(CountingBody::new(body, messages)))
+        } else {
+            series.msg_sent.inc();
+            request
+        };
+        let received = series.msg_received.clone();
+        let start = Instant::now();
+        let guard = EndGuard::new(Box::new(move |code| series.end(code, start)));
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            match future.await {
+                Ok(response) => {
+                    let (parts, body) = response.into_parts();
+                    let body = guard
+                        .observe(body, &parts.headers)
+                        .counting_messages(received);
+                    Ok(Response::from_parts(parts, body))
+                }
+                Err(err) => {
+                    guard.fail(error_code(&err));
+                    Err(err)
+                }
+            }
+        })
+    }
+}
+
+/// The code a channel's error stands for: the status it carries, else
+/// UNAVAILABLE (the call did not reach the server), as tonic reports it.
+fn error_code<E: 'static>(err: &E) -> Code {
+    let any: &dyn Any = err;
+    if let Some(status) = any.downcast_ref::<tonic::Status>() {
+        return status.code();
+    }
+    if let Some(boxed) = any.downcast_ref::<tower::BoxError>()
+        && let Some(status) = boxed.downcast_ref::<tonic::Status>()
+    {
+        return status.code();
+    }
+    Code::Unavailable
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use bytes::Bytes;
+    use http::HeaderMap;
+    use http_body_util::{BodyExt, StreamBody};
+    use tower::{Layer, Service, ServiceExt};
+    use tower_test::mock;
+
+    use super::*;
+
+    const CHECK: &str = "/grpc.health.v1.Health/Check";
+    const WATCH: &str = "/grpc.health.v1.Health/Watch";
+
+    /// The value of the series `name{labels}` in `registry` (a histogram's
+    /// sample count), or `None` when it does not exist.
+    fn value(registry: &Registry, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let family = registry.gather().into_iter().find(|f| f.name() == name)?;
+        let metric = family.get_metric().iter().find(|metric| {
+            labels.iter().all(|(key, want)| {
+                metric
+                    .get_label()
+                    .iter()
+                    .any(|pair| pair.name() == *key && pair.value() == *want)
+            })
+        })?;
+        Some(match family.get_field_type() {
+            prometheus::proto::MetricType::COUNTER => metric.get_counter().get_value(),
+            prometheus::proto::MetricType::GAUGE => metric.get_gauge().get_value(),
+            _ => metric.get_histogram().get_sample_count() as f64,
+        })
+    }
+
+    /// `service`, once ready for a request with a tonic body.
+    async fn ready<S>(service: &mut S) -> &mut S
+    where
+        S: Service<Request<Body>>,
+        S::Error: std::fmt::Debug,
+    {
+        ServiceExt::<Request<Body>>::ready(service).await.unwrap()
+    }
+
+    fn method(path: &str) -> [(&'static str, String); 3] {
+        let info = KnownMethods::mesh().get(path).cloned().unwrap();
+        [
+            ("grpc_type", info.kind.label().to_owned()),
+            ("grpc_service", info.service),
+            ("grpc_method", info.method),
+        ]
+    }
+
+    fn labels<'a>(method: &'a [(&'static str, String); 3]) -> Vec<(&'static str, &'a str)> {
+        method.iter().map(|(k, v)| (*k, v.as_str())).collect()
+    }
+
+    fn with_code<'a>(
+        method: &'a [(&'static str, String); 3],
+        code: &'a str,
+    ) -> Vec<(&'static str, &'a str)> {
+        let mut labels = labels(method);
+        labels.push(("grpc_code", code));
+        labels
+    }
+
+    fn frames(messages: usize, code: Option<i32>) -> Body {
+        let mut frames: Vec<Result<Frame<Bytes>, Infallible>> = (0..messages)
+            .map(|_| Ok(Frame::data(Bytes::from_static(&[0, 0, 0, 0, 0]))))
+            .collect();
+        if let Some(code) = code {
+            let mut trailers = HeaderMap::new();
+            trailers.insert("grpc-status", code.to_string().parse().unwrap());
+            frames.push(Ok(Frame::trailers(trailers)));
+        }
+        Body::new(StreamBody::new(futures::stream::iter(frames)))
+    }
+
+    fn request(path: &str, body: Body) -> Request<Body> {
+        Request::builder().uri(path).body(body).unwrap()
+    }
+
+    #[tokio::test]
+    async fn server_calls_are_counted_timed_and_their_messages_counted() {
+        let registry = Registry::new();
+        let metrics = GrpcServerMetrics::register(&registry).unwrap();
+        let layer = GrpcMetricsLayer::new(metrics, Arc::new(KnownMethods::mesh()));
+        let (inner, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let mut service = layer.layer(inner);
+
+        let call = ready(&mut service)
+            .await
+            .call(request(WATCH, frames(1, None)));
+        let (_, reply) = handle.next_request().await.unwrap();
+        let watch = method(WATCH);
+        assert_eq!(
+            value(&registry, "grpc_server_in_flight_requests", &labels(&watch)),
+            Some(1.0)
+        );
+        reply.send_response(Response::new(frames(3, Some(0))));
+        call.await.unwrap().into_body().collect().await.unwrap();
+
+        assert_eq!(
+            value(&registry, "grpc_server_started_total", &labels(&watch)),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&registry, "grpc_server_msg_received_total", &labels(&watch)),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&registry, "grpc_server_msg_sent_total", &labels(&watch)),
+            Some(3.0)
+        );
+        assert_eq!(
+            value(
+                &registry,
+                "grpc_server_handled_total",
+                &with_code(&watch, "OK")
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&registry, "grpc_server_handling_seconds", &labels(&watch)),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&registry, "grpc_server_in_flight_requests", &labels(&watch)),
+            Some(0.0)
+        );
+        assert!(
+            value(
+                &registry,
+                "grpc_server_handled_total",
+                &[("grpc_code", "NotFound")]
+            )
+            .is_none()
+        );
+
+        // An error in the headers (trailers-only), then an unknown path.
+        let call = ready(&mut service)
+            .await
+            .call(request(CHECK, frames(1, None)));
+        let (_, reply) = handle.next_request().await.unwrap();
+        reply.send_response(tonic::Status::not_found("no such service").into_http());
+        call.await.unwrap().into_body().collect().await.unwrap();
+        let check = method(CHECK);
+        assert_eq!(
+            value(
+                &registry,
+                "grpc_server_handled_total",
+                &with_code(&check, "NotFound")
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&registry, "grpc_server_msg_sent_total", &labels(&check)),
+            Some(0.0)
+        );
+
+        let call = ready(&mut service)
+            .await
+            .call(request("/evil.Service/Whatever", frames(1, None)));
+        let (_, reply) = handle.next_request().await.unwrap();
+        reply.send_response(Response::new(frames(0, Some(12))));
+        call.await.unwrap().into_body().collect().await.unwrap();
+        let unknown = [
+            ("grpc_type", "unknown"),
+            ("grpc_service", "unknown"),
+            ("grpc_method", "unknown"),
+            ("grpc_code", "Unimplemented"),
+        ];
+        assert_eq!(
+            value(&registry, "grpc_server_handled_total", &unknown),
+            Some(1.0)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_response_dropped_unfinished_is_counted_as_canceled() {
+        let registry = Registry::new();
+        let metrics = GrpcServerMetrics::register(&registry).unwrap();
+        let layer = GrpcMetricsLayer::new(metrics, Arc::new(KnownMethods::mesh()));
+        let (inner, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let mut service = layer.layer(inner);
+        let call = ready(&mut service)
+            .await
+            .call(request(WATCH, frames(1, None)));
+        let (_, reply) = handle.next_request().await.unwrap();
+        reply.send_response(Response::new(frames(2, None)));
+        let mut body = call.await.unwrap().into_body();
+        body.frame().await.unwrap().unwrap();
+        drop(body);
+        let watch = method(WATCH);
+        assert_eq!(
+            value(
+                &registry,
+                "grpc_server_handled_total",
+                &with_code(&watch, "Canceled")
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&registry, "grpc_server_msg_sent_total", &labels(&watch)),
+            Some(1.0)
+        );
+    }
+
+    /// Methods of a made-up service with every streaming kind.
+    fn streaming_methods() -> KnownMethods {
+        use prost_types::{
+            FileDescriptorProto, FileDescriptorSet, MethodDescriptorProto, ServiceDescriptorProto,
+        };
+        let method = |name: &str, client: bool, server: bool| MethodDescriptorProto {
+            name: Some(name.to_owned()),
+            client_streaming: Some(client),
+            server_streaming: Some(server),
+            ..MethodDescriptorProto::default()
+        };
+        let set = FileDescriptorSet {
+            file: vec![FileDescriptorProto {
+                package: Some("test.v1".to_owned()),
+                service: vec![ServiceDescriptorProto {
+                    name: Some("Echo".to_owned()),
+                    method: vec![method("Upload", true, false), method("Chat", true, true)],
+                    ..ServiceDescriptorProto::default()
+                }],
+                ..FileDescriptorProto::default()
+            }],
+        };
+        KnownMethods::from_descriptor_sets(&[&set.encode_to_vec()])
+    }
+
+    #[tokio::test]
+    async fn request_streams_count_each_request_frame() {
+        let registry = Registry::new();
+        let metrics = GrpcServerMetrics::register(&registry).unwrap();
+        let layer = GrpcMetricsLayer::new(metrics, Arc::new(streaming_methods()));
+        let (inner, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let mut service = layer.layer(inner);
+        let call = ready(&mut service)
+            .await
+            .call(request("/test.v1.Echo/Chat", frames(4, None)));
+        let (received, reply) = handle.next_request().await.unwrap();
+        received.into_body().collect().await.unwrap();
+        reply.send_response(Response::new(frames(2, Some(0))));
+        call.await.unwrap().into_body().collect().await.unwrap();
+        let chat = [
+            ("grpc_type", "bidi_stream"),
+            ("grpc_service", "test.v1.Echo"),
+            ("grpc_method", "Chat"),
+        ];
+        assert_eq!(
+            value(&registry, "grpc_server_msg_received_total", &chat),
+            Some(4.0)
+        );
+        assert_eq!(
+            value(&registry, "grpc_server_msg_sent_total", &chat),
+            Some(2.0)
+        );
+    }
+
+    #[tokio::test]
+    async fn client_calls_are_counted_once_per_registry() {
+        let metrics = Metrics::new("test");
+        let client = metrics.grpc_client().clone();
+        // The same set again: no second registration, no error.
+        let again = metrics.grpc_client().clone();
+        let (inner, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let mut channel = GrpcClientMetricsLayer::new(client).layer(inner);
+        let mut other = GrpcClientMetricsLayer::new(again).layer(channel.clone());
+
+        let call = ready(&mut channel)
+            .await
+            .call(request(WATCH, frames(1, None)));
+        let (_, reply) = handle.next_request().await.unwrap();
+        reply.send_response(Response::new(frames(2, Some(14))));
+        call.await.unwrap().into_body().collect().await.unwrap();
+
+        let registry = metrics.registry();
+        let watch = method(WATCH);
+        assert_eq!(
+            value(registry, "grpc_client_started_total", &labels(&watch)),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(registry, "grpc_client_msg_sent_total", &labels(&watch)),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(registry, "grpc_client_msg_received_total", &labels(&watch)),
+            Some(2.0)
+        );
+        assert_eq!(
+            value(
+                registry,
+                "grpc_client_handled_total",
+                &with_code(&watch, "Unavailable")
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(registry, "grpc_client_handling_seconds", &labels(&watch)),
+            Some(1.0)
+        );
+        assert!(metrics.render().contains("grpc_client_handled_total{"));
+
+        // Through two layers sharing the set, a call counts twice: each
+        // layer is one client.
+        let call = ready(&mut other)
+            .await
+            .call(request(CHECK, frames(1, None)));
+        let (_, reply) = handle.next_request().await.unwrap();
+        reply.send_response(Response::new(frames(1, Some(0))));
+        call.await.unwrap().into_body().collect().await.unwrap();
+        let check = method(CHECK);
+        assert_eq!(
+            value(
+                registry,
+                "grpc_client_handled_total",
+                &with_code(&check, "OK")
+            ),
+            Some(2.0)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_client_call_counts_its_status_and_disabled_metrics_count_nothing() {
+        let registry = Registry::new();
+        let metrics = GrpcClientMetrics::register(&registry, &KnownMethods::mesh()).unwrap();
+        let (inner, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let mut channel = GrpcClientMetricsLayer::new(metrics).layer(inner);
+        let call = ready(&mut channel)
+            .await
+            .call(request(CHECK, frames(1, None)));
+        let (_, reply) = handle.next_request().await.unwrap();
+        reply.send_error(tonic::Status::deadline_exceeded("too late"));
+        assert!(call.await.is_err());
+        let check = method(CHECK);
+        assert_eq!(
+            value(
+                &registry,
+                "grpc_client_handled_total",
+                &with_code(&check, "DeadlineExceeded")
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            error_code(&std::io::Error::other("refused")),
+            Code::Unavailable
+        );
+
+        let (inner, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let mut channel = GrpcClientMetricsLayer::new(GrpcClientMetrics::disabled()).layer(inner);
+        let call = ready(&mut channel)
+            .await
+            .call(request(CHECK, frames(1, None)));
+        let (_, reply) = handle.next_request().await.unwrap();
+        reply.send_response(Response::new(frames(1, Some(0))));
+        let body = call.await.unwrap().into_body().collect().await.unwrap();
+        assert_eq!(body.to_bytes().len(), 5);
     }
 }

@@ -10,7 +10,10 @@
 //! while a context is current carries the same headers, and a `grpc-timeout`
 //! no longer than what is left of the caller's deadline, so deadlines shrink
 //! hop by hop and a call that has no time left fails at once with
-//! DEADLINE_EXCEEDED instead of being sent.
+//! DEADLINE_EXCEEDED instead of being sent. When traces are exported, the call
+//! also gets a client span ([`crate::trace`]) whose W3C context replaces the
+//! forwarded `traceparent`; when they are not, trace headers pass through as
+//! they came, as Istio asks of applications.
 //!
 //! `authorization` is deliberately not forwarded: credentials are checked at
 //! the edge, and downstream services trust the tenant and subject the edge
@@ -22,6 +25,9 @@ use std::time::{Duration, Instant};
 
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response};
+use tracing::Instrument;
+
+use crate::body::{EndGuard, ObservedBody};
 
 /// The request id header.
 pub const REQUEST_ID: &str = "x-request-id";
@@ -275,22 +281,46 @@ where
     S::Future: Send + 'static,
     ResBody: Send + 'static,
 {
-    type Response = Response<ResBody>;
+    type Response = Response<ObservedBody<ResBody>>;
     type Error = tower::BoxError;
-    type Future = futures::future::BoxFuture<'static, Result<Response<ResBody>, tower::BoxError>>;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, tower::BoxError>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        // The client span's context goes first, so the forwarded
+        // `traceparent` (the caller's) does not replace it.
+        let span = crate::trace::client_span(request.uri().path());
+        if let Some(span) = &span {
+            crate::telemetry::inject(span, request.headers_mut());
+        }
         if let Some(context) = RequestContext::current()
             && let Err(status) = context.apply(request.headers_mut(), Instant::now())
         {
+            crate::trace::client_end(span)(status.code());
             return Box::pin(std::future::ready(Err(status.into())));
         }
         let future = self.inner.call(request);
-        Box::pin(async move { future.await.map_err(Into::into) })
+        let instrument = span.clone().unwrap_or_else(tracing::Span::none);
+        let guard = EndGuard::new(crate::trace::client_end(span));
+        Box::pin(
+            async move {
+                match future.await {
+                    Ok(response) => {
+                        let (parts, body) = response.into_parts();
+                        let body = guard.observe(body, &parts.headers);
+                        Ok(Response::from_parts(parts, body))
+                    }
+                    Err(err) => {
+                        guard.fail(tonic::Code::Unavailable);
+                        Err(err.into())
+                    }
+                }
+            }
+            .instrument(instrument),
+        )
     }
 }
 
@@ -407,7 +437,7 @@ mod tests {
                 .starts_with("00-0af7")
         );
         down_reply.send_response(Response::new(()));
-        downstream_call.await.unwrap().unwrap();
+        drop(downstream_call.await.unwrap().unwrap());
 
         reply.send_response(Response::new(()));
         let response = serving.await.unwrap();

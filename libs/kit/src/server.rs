@@ -4,19 +4,21 @@
 //! [`ServiceHost::serve`]. The host does all the cross-cutting wiring:
 //!
 //! ```text
-//!  client ─▶ Propagation ─▶ GrpcMetrics ─▶ InFlightLimit ─▶ Drain ─▶ routes
-//!            (context,       (count,        (shed load      (end     ├─ the service
-//!             request id)     time)          at the limit)   streams ├─ grpc.health.v1.Health
-//!                                                            on      └─ reflection v1 + v1alpha
-//!                                                            shutdown)
+//!  client ─▶ Propagation ─▶ ServerTrace ─▶ GrpcMetrics ─▶ InFlightLimit ─▶ Drain ─▶ routes
+//!            (context,       (the call's   (count,        (shed load      (end     ├─ the service
+//!             request id)     span)         time)          at the limit)   streams ├─ grpc.health.v1.Health
+//!                                                                          on      └─ reflection v1 + v1alpha
+//!                                                                          shutdown)
 //! ```
 //!
-//! plus the admin HTTP server (`/metrics`, `/healthz`, `/readyz`), and the
-//! life cycle: health is NOT_SERVING while the service's start-up work runs
-//! (retried with backoff until it succeeds), SERVING after, and NOT_SERVING
-//! again the moment shutdown begins. Shutdown then waits `drain_delay`, stops
-//! accepting, ends endless streams, lets other calls finish until the grace
-//! period is nearly over, ends what is left cleanly, and returns.
+//! plus the admin HTTP server (`/metrics`, `/livez`, `/readyz`,
+//! `/health/deep`), and the life cycle: health is NOT_SERVING while the
+//! service's start-up work runs (retried with backoff until it succeeds),
+//! SERVING after while its required dependency checks pass (see
+//! [`crate::health`]), and NOT_SERVING again the moment shutdown begins.
+//! Shutdown then waits `drain_delay`, stops accepting, ends endless streams,
+//! lets other calls finish until the grace period is nearly over, ends what
+//! is left cleanly, and returns.
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -37,10 +39,11 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::config::ServerConfig;
 use crate::drain::{Drain, DrainLayer, DrainPhase};
-use crate::health::Health;
+use crate::health::{DependencyCheck, Health, STARTUP};
 use crate::limits::InFlightLimitLayer;
 use crate::metrics::{GrpcMetricsLayer, GrpcServerMetrics, KnownMethods, Metrics};
 use crate::propagation::PropagationLayer;
+use crate::trace::ServerTraceLayer;
 
 /// Why a service could not serve.
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +128,7 @@ pub struct ServiceHost {
     routes: RoutesBuilder,
     names: Vec<String>,
     end_on_drain: HashSet<String>,
+    checks: Vec<DependencyCheck>,
     metrics: Metrics,
     drain: Drain,
 }
@@ -141,6 +145,7 @@ impl ServiceHost {
             routes: RoutesBuilder::default(),
             names: Vec::new(),
             end_on_drain: HashSet::from([format!("/{HEALTH_SERVICE}/Watch")]),
+            checks: Vec::new(),
             metrics: Metrics::new(service),
             drain: Drain::new(),
         }
@@ -171,6 +176,15 @@ impl ServiceHost {
         self
     }
 
+    /// Adds a dependency check: run in the background every
+    /// `server.health_check_interval`; while a required one fails, health
+    /// says NOT_SERVING. Names must differ from each other and from
+    /// `startup`.
+    pub fn add_check(&mut self, check: DependencyCheck) -> &mut Self {
+        self.checks.push(check);
+        self
+    }
+
     /// The service's metrics, for it to register its own.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
@@ -185,7 +199,8 @@ impl ServiceHost {
     ///
     /// `startup` is the service's start-up work (connecting to its database,
     /// say): it runs while health says NOT_SERVING and is retried with backoff
-    /// until it succeeds; then health says SERVING.
+    /// until it succeeds; then health says SERVING, as long as every required
+    /// dependency check passes.
     pub async fn serve<Start, StartFuture>(
         mut self,
         listeners: Listeners,
@@ -200,8 +215,15 @@ impl ServiceHost {
         let grpc_addr = listeners.grpc_addr()?;
         let admin_addr = listeners.admin_addr()?;
 
-        let (health, health_server) = Health::new(self.names.clone()).await;
+        let (health, health_server) =
+            Health::new(service, self.names.clone(), self.metrics.registry()).await?;
         self.routes.add_service(health_server);
+        // Checked from now on, start-up or not; the tasks end with `serve`.
+        let _checks = health.spawn_checks(
+            std::mem::take(&mut self.checks),
+            self.config.health_check_interval,
+            self.config.health_check_timeout,
+        );
         let (reflection_v1, reflection_v1alpha) = reflection(&self.names)?;
         self.routes.add_service(reflection_v1);
         self.routes.add_service(reflection_v1alpha);
@@ -215,6 +237,7 @@ impl ServiceHost {
         let grpc_metrics = GrpcServerMetrics::register(self.metrics.registry())?;
         let layers = tower::ServiceBuilder::new()
             .layer(PropagationLayer)
+            .layer(ServerTraceLayer)
             .layer(GrpcMetricsLayer::new(grpc_metrics, methods))
             .layer(InFlightLimitLayer::new(self.config.max_concurrent_requests))
             .layer(DrainLayer::new(
@@ -250,13 +273,22 @@ impl ServiceHost {
                     Ok(()) => break,
                     Err(err) => {
                         tracing::warn!(%service, error = %err, retry_in = ?backoff, "start-up failed; staying NOT_SERVING");
+                        health.record(STARTUP, Err(err.to_string())).await;
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(30));
                     }
                 }
             }
-            health.set_serving().await;
-            tracing::info!(%service, "SERVING");
+            // SERVING once every required dependency is up too (logged then).
+            health.mark_started().await;
+            let waiting: Vec<String> = health
+                .report()
+                .failing_required()
+                .map(|component| component.name.clone())
+                .collect();
+            if !waiting.is_empty() {
+                tracing::info!(%service, waiting_for = %waiting.join(", "), "started; NOT_SERVING until the dependencies are up");
+            }
             std::future::pending::<()>().await;
         };
         tokio::select! {
@@ -272,7 +304,7 @@ impl ServiceHost {
         // === draining ===
         let begun = Instant::now();
         let grace = self.config.grace_period;
-        health.set_not_serving().await;
+        health.begin_drain().await;
         tracing::info!(%service, grace_period = ?grace, drain_delay = ?self.config.drain_delay, "shutting down: NOT_SERVING");
         let keep_accepting_until = begun + self.config.drain_delay;
         let finished = tokio::select! {

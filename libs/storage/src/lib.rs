@@ -313,6 +313,33 @@ impl LazyDatabase {
             database.close().await;
         }
     }
+
+    /// The required readiness check `database`: `SELECT 1` on the pool.
+    /// Failing until start-up has opened (and migrated) the database, and
+    /// whenever the database stops answering.
+    pub fn health_check(&self) -> agentmesh_kit::health::DependencyCheck {
+        let database = self.clone();
+        agentmesh_kit::health::DependencyCheck::required("database", move || {
+            let database = database.clone();
+            async move {
+                match database.get() {
+                    None => Err("not open yet: start-up connects and migrates it".to_owned()),
+                    Some(db) => db
+                        .ping()
+                        .await
+                        .map_err(|err| format!("SELECT 1 failed: {err}")),
+                }
+            }
+        })
+        .with_target(format!("{} database", self.backend_name()))
+    }
+
+    fn backend_name(&self) -> &'static str {
+        match Backend::of(&self.config.url_for(self.service)) {
+            Some(Backend::Postgres) => "PostgreSQL",
+            _ => "SQLite",
+        }
+    }
 }
 
 #[cfg(test)]
@@ -344,6 +371,26 @@ mod tests {
         db.ping().await.unwrap();
         assert_eq!(db.backend(), Backend::Postgres);
         db.close().await;
+    }
+
+    #[tokio::test]
+    async fn the_health_check_fails_until_open_then_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StorageConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..StorageConfig::default()
+        };
+        let database = LazyDatabase::new(config, "audit");
+        let check = database.health_check();
+        assert_eq!(check.name(), "database");
+        assert!(check.is_required());
+        let reason = check.run(Duration::from_secs(5)).await.unwrap_err();
+        assert!(reason.contains("not open yet"), "{reason}");
+        database.open().await.unwrap();
+        check.run(Duration::from_secs(5)).await.unwrap();
+        database.close().await;
+        let reason = check.run(Duration::from_secs(5)).await.unwrap_err();
+        assert!(reason.contains("SELECT 1 failed"), "{reason}");
     }
 
     #[test]

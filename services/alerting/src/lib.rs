@@ -27,6 +27,10 @@
 //! formats), `forward` (Alertmanager forwarding), `silence`, `store`,
 //! `service` (the RPC handlers), `matcher` and `model` (shared types).
 //!
+//! **Health**: ready (SERVING) while the database answers; the audit stream
+//! (`audit-stream`) and the audit service (`audit`) are reported but
+//! optional: the API answers without them.
+//!
 //! **After a restart** the service resumes the audit stream from the cursor
 //! committed with its rule windows (nothing missed, nothing counted twice),
 //! and the persisted notification log keeps it from notifying again what it
@@ -52,6 +56,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use agentmesh_audit_client::{AuditClient, without_password};
+use agentmesh_kit::health::DependencyCheck;
 use agentmesh_kit::{Listeners, ServeError, ServiceHost, StartupError};
 use agentmesh_proto::alerting::v1::alerting_service_server::AlertingServiceServer;
 use agentmesh_proto::audit::v1::{EventType, NotificationDetails, Outcome, audit_event::Details};
@@ -108,12 +113,12 @@ pub async fn serve_with_listeners(
     let audit = agentmesh_audit_client::start_service::<Config>(
         &config.audit,
         SERVICE,
-        host.metrics().registry(),
+        host.metrics(),
         &effective,
     )?;
-    let metrics = Metrics::new(host.metrics().registry()).map_err(|err| {
-        ServeError::from(std::io::Error::other(format!("alerting metrics: {err}")))
-    })?;
+    let metrics = Metrics::new(host.metrics().registry())
+        .map_err(|err| ServeError::from(std::io::Error::other(format!("alerting metrics: {err}"))))?
+        .with_grpc_client(host.metrics().grpc_client().clone());
     let engine: Arc<OnceLock<Arc<Engine>>> = Arc::default();
     let limit = config.server.max_message_bytes;
     host.add_service(
@@ -128,6 +133,14 @@ pub async fn serve_with_listeners(
     // a shutdown begins so the drain is not held up.
     host.end_on_drain("/agentmesh.alerting.v1.AlertingService/WatchAlerts");
     let database = LazyDatabase::new(config.storage.clone(), SERVICE).with_migrations(&MIGRATIONS);
+    // Ready while the database answers. The audit stream and the audit
+    // service are reported, but the API answers without them.
+    host.add_check(database.health_check())
+        .add_check(audit_stream_check(
+            metrics.clone(),
+            config.source.url.clone(),
+        ))
+        .add_check(audit.health_check());
     let compiled = Mutex::new(Some(compiled));
     let running: Mutex<Option<Running>> = Mutex::new(None);
     let result = host
@@ -179,6 +192,21 @@ pub async fn serve_with_listeners(
     // The drain is over: send what is queued, or spool it.
     audit.shutdown().await;
     result
+}
+
+/// The optional readiness check `audit-stream`: connected to
+/// `AuditService/Subscribe`, as the source task reports it.
+fn audit_stream_check(metrics: Metrics, url: String) -> DependencyCheck {
+    DependencyCheck::optional("audit-stream", move || {
+        let result = if metrics.is_stream_connected() {
+            Ok(())
+        } else {
+            Err(format!(
+                "not connected to the audit stream (AuditService/Subscribe at {url}); reconnecting with backoff"
+            ))
+        };
+        async move { result }
+    })
 }
 
 /// Builds the engine over the loaded state and starts the tasks around it.

@@ -2,6 +2,7 @@
 //! ones): alerts by state, audit events evaluated, the audit stream's
 //! connection, notifications by receiver, integration and outcome.
 
+use agentmesh_kit::metrics::GrpcClientMetrics;
 use prometheus::core::Collector;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
@@ -19,6 +20,8 @@ pub(crate) struct Metrics {
     store_failures: IntCounter,
     notifications: IntCounterVec,
     forwarded: IntCounterVec,
+    /// The service's `grpc_client_*` metrics, for the audit stream's channel.
+    grpc_client: GrpcClientMetrics,
 }
 
 impl Metrics {
@@ -71,6 +74,7 @@ impl Metrics {
                 ),
                 &["alertmanager", "outcome"],
             )?,
+            grpc_client: GrpcClientMetrics::disabled(),
         };
         let collectors: [Box<dyn Collector>; 9] = [
             Box::new(metrics.alerts.clone()),
@@ -91,6 +95,18 @@ impl Metrics {
         Ok(metrics)
     }
 
+    /// Also counts the audit stream's calls in `grpc_client` (the service's
+    /// gRPC client metrics).
+    pub(crate) fn with_grpc_client(mut self, grpc_client: GrpcClientMetrics) -> Self {
+        self.grpc_client = grpc_client;
+        self
+    }
+
+    /// The service's gRPC client metrics.
+    pub(crate) fn grpc_client(&self) -> &GrpcClientMetrics {
+        &self.grpc_client
+    }
+
     /// Sets the alerts gauge from the current alerts.
     pub(crate) fn set_alerts<'a>(&self, alerts: impl Iterator<Item = &'a Alert>) {
         let (mut pending, mut firing, mut resolved) = (0, 0, 0);
@@ -109,6 +125,11 @@ impl Metrics {
 
     pub(crate) fn events_observed(&self, count: usize) {
         self.events.inc_by(u64::try_from(count).unwrap_or(u64::MAX));
+    }
+
+    /// Whether the audit stream is connected (for the health check).
+    pub(crate) fn is_stream_connected(&self) -> bool {
+        self.stream_connected.get() > 0
     }
 
     pub(crate) fn stream_connected(&self, connected: bool) {

@@ -79,7 +79,12 @@ pub(crate) async fn run(
     interest: Interest,
     metrics: Metrics,
 ) {
-    let mut client = match agentmesh_kit::client::plain_channel(&config.url) {
+    // Counted in the service's grpc_client_* metrics; there is no request
+    // context to forward here, so the channel forwards nothing.
+    let mut client = match agentmesh_kit::client::channel_with_metrics(
+        &config.url,
+        metrics.grpc_client(),
+    ) {
         Ok(channel) => AuditServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024),
         Err(err) => {
             // The URL was checked at start; this is unreachable in practice.
@@ -135,6 +140,18 @@ pub(crate) async fn run(
                         match item {
                             Ok(message) => match message.item {
                                 Some(Item::Event(event)) => {
+                                    // Joins the alerting side of a request
+                                    // to its logs elsewhere (debug level:
+                                    // one line per event).
+                                    tracing::debug!(
+                                        event_id = %event.event_id,
+                                        event_type = event.r#type().as_str_name(),
+                                        sequence = %event.cursor,
+                                        run_id = %event.run_id,
+                                        request_id = %event.request_id,
+                                        trace_id = %event.trace_id,
+                                        "evaluating audit event"
+                                    );
                                     position = Some(event.cursor.clone());
                                     events.push(event);
                                 }

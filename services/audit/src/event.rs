@@ -220,6 +220,14 @@ pub(crate) fn validate(
     if !event.trace_id.is_empty() && !hex_trace_id {
         return Err(("trace_id", "must be 32 lowercase hex characters".to_owned()));
     }
+    let hex_span_id = event.span_id.len() == 16
+        && event
+            .span_id
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if !event.span_id.is_empty() && !hex_span_id {
+        return Err(("span_id", "must be 16 lowercase hex characters".to_owned()));
+    }
     if event.attributes.len() > MAX_ATTRIBUTES {
         return Err((
             "attributes",

@@ -22,6 +22,11 @@
 //! * `writer`: one task grouping concurrent writes into one transaction.
 //! * `filter`, `subscribe`, `export`, `report`, `verify`, `retention`: one
 //!   concern each; `service` holds the RPC handlers.
+//! * `metrics`: events ingested by type, duplicates, invalid events, group
+//!   commit durations, live subscribers (the kit adds the gRPC metrics).
+//!
+//! **Health.** Ready (SERVING) once the database is opened and migrated, and
+//! while it answers `SELECT 1` (the `database` check).
 //!
 //! **Chains.** Each tenant's events form one hash chain (`tenant:<name>`);
 //! events without a tenant form the chain `system`. Each event stores
@@ -34,6 +39,7 @@ mod config;
 mod event;
 mod export;
 mod filter;
+mod metrics;
 mod report;
 mod retention;
 mod service;
@@ -83,6 +89,7 @@ pub async fn serve_with_listeners(
 ) -> Result<(), ServeError> {
     let config = Arc::new(config);
     let mut host = ServiceHost::new(SERVICE, &config.server);
+    let metrics = metrics::AuditMetrics::new(host.metrics().registry())?;
     let limit = config.server.max_message_bytes;
     // Patterns were checked by Config::validate, so this only fails for a
     // config that skipped validation: then it stops the service.
@@ -107,6 +114,8 @@ pub async fn serve_with_listeners(
     host.end_on_drain("/agentmesh.audit.v1.AuditService/Subscribe");
     let database =
         LazyDatabase::new(config.storage.clone(), SERVICE).with_migrations(&store::MIGRATIONS);
+    // Ready only while the database answers (opened and migrated at start-up).
+    host.add_check(database.health_check());
     let retention: Arc<OnceLock<tokio::task::JoinHandle<()>>> = Arc::default();
     let result = host
         .serve(
@@ -119,7 +128,11 @@ pub async fn serve_with_listeners(
                         .cloned()
                         .ok_or_else(|| StartupError::from("the database did not open"))?;
                     let store = store::Store::new(db);
-                    let writer = writer::Writer::start(store.clone(), config.max_commit_events);
+                    let writer = writer::Writer::start(
+                        store.clone(),
+                        config.max_commit_events,
+                        metrics.clone(),
+                    );
                     retention::record_own(&writer, config_loaded(&config)).await;
                     let task = tokio::spawn(retention::run(
                         store.clone(),

@@ -169,6 +169,10 @@ impl AuditService for AuditServiceImpl {
             });
             prepared.push(Prepared::new(index, event, now));
         }
+        ready
+            .writer
+            .metrics()
+            .invalid(results.len().saturating_sub(prepared.len()));
         if !prepared.is_empty() {
             let indexes: Vec<usize> = prepared.iter().map(|p| p.index).collect();
             let written = ready

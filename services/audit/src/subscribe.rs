@@ -65,6 +65,8 @@ impl From<StoreError> for Stop {
 /// Runs a subscription into `sender` until the client leaves, the filter's
 /// end time has passed, or the service stops.
 pub(crate) async fn run(store: Store, writer: Writer, subscription: Subscription, sender: Sender) {
+    // Counted in `agentmesh_audit_subscribers` until the stream ends.
+    let _subscriber = writer.metrics().subscriber();
     let live = writer.subscribe();
     let mut stream = Stream {
         store,

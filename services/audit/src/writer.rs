@@ -4,13 +4,18 @@
 //! fsync — is paid once per group, not once per call. After each commit the
 //! new events are published to the live tail of subscriptions, in sequence
 //! order, tagged with the sequence number before them so a subscriber can
-//! tell whether it missed anything.
+//! tell whether it missed anything. When traces are exported, each event
+//! that names the span it came from gets an `audit.write` span under it.
 
 use std::sync::Arc;
+use std::time::Instant;
 
+use agentmesh_kit::telemetry;
 use tokio::sync::{broadcast, mpsc, oneshot};
+use tracing::field::Empty;
 
 use crate::event::Prepared;
+use crate::metrics::AuditMetrics;
 use crate::store::{Committed, Store, StoreError, Written};
 
 /// Writes queued ahead of the writer before `Record` calls wait.
@@ -30,6 +35,7 @@ struct Write {
 pub(crate) struct Writer {
     writes: mpsc::Sender<Write>,
     live: broadcast::Sender<Arc<Committed>>,
+    metrics: AuditMetrics,
 }
 
 impl std::fmt::Debug for Write {
@@ -47,12 +53,28 @@ pub(crate) struct WriterStopped;
 
 impl Writer {
     /// Starts the writer task over `store`, committing at most
-    /// `max_commit_events` events per transaction.
-    pub(crate) fn start(store: Store, max_commit_events: usize) -> Self {
+    /// `max_commit_events` events per transaction, counting commits and the
+    /// events they store in `metrics`.
+    pub(crate) fn start(store: Store, max_commit_events: usize, metrics: AuditMetrics) -> Self {
         let (writes, receiver) = mpsc::channel(QUEUED_WRITES);
         let (live, _) = broadcast::channel(LIVE_BUFFER);
-        tokio::spawn(run(store, receiver, live.clone(), max_commit_events));
-        Self { writes, live }
+        tokio::spawn(run(
+            store,
+            receiver,
+            live.clone(),
+            max_commit_events,
+            metrics.clone(),
+        ));
+        Self {
+            writes,
+            live,
+            metrics,
+        }
+    }
+
+    /// The service's metrics (for `Record` and `Subscribe`).
+    pub(crate) fn metrics(&self) -> &AuditMetrics {
+        &self.metrics
     }
 
     /// Stores events; answers once they are committed.
@@ -79,6 +101,7 @@ async fn run(
     mut receiver: mpsc::Receiver<Write>,
     live: broadcast::Sender<Arc<Committed>>,
     max_commit_events: usize,
+    metrics: AuditMetrics,
 ) {
     while let Some(first) = receiver.recv().await {
         let mut group = vec![first];
@@ -98,8 +121,33 @@ async fn run(
             replies.push((write.events.len(), write.reply));
             events.extend(write.events);
         }
-        match store.append(&events).await {
+        // One span per event whose origin span was sampled: the write of
+        // the event as a child of the span that emitted it, so the run's
+        // trace shows its audit writes. Nothing is built when traces are off.
+        let spans = write_spans(&events);
+        let began = Instant::now();
+        let appended = store.append(&events).await;
+        metrics.commit(began.elapsed());
+        match appended {
             Ok((written, committed)) => {
+                for (prepared, outcome) in events.iter().zip(&written) {
+                    match outcome {
+                        Written::Stored(_) => metrics.stored(prepared.event.r#type),
+                        Written::Duplicate(_) => metrics.duplicate(),
+                    }
+                }
+                for (_, event) in &committed.events {
+                    tracing::debug!(
+                        event_id = %event.event_id,
+                        event_type = event.r#type().as_str_name(),
+                        sequence = %event.cursor,
+                        run_id = %event.run_id,
+                        request_id = %event.request_id,
+                        trace_id = %event.trace_id,
+                        "stored audit event"
+                    );
+                }
+                drop(spans);
                 let mut written = written.into_iter();
                 for (len, reply) in replies {
                     let _ = reply.send(Ok(written.by_ref().take(len).collect()));
@@ -110,6 +158,11 @@ async fn run(
                 }
             }
             Err(err) => {
+                for span in &spans {
+                    span.record("otel.status_code", "error");
+                    span.record("error.type", "storage_error");
+                }
+                drop(spans);
                 tracing::error!(error = %err, events = events.len(), "storing audit events failed");
                 let err = Arc::new(err);
                 for (_, reply) in replies {
@@ -118,4 +171,36 @@ async fn run(
             }
         }
     }
+}
+
+/// The spans of writing `events` (see [`run`]).
+fn write_spans(events: &[Prepared]) -> Vec<tracing::Span> {
+    if !telemetry::enabled() {
+        return Vec::new();
+    }
+    events
+        .iter()
+        .filter(|prepared| {
+            !prepared.event.span_id.is_empty() && !prepared.event.trace_id.is_empty()
+        })
+        .map(|prepared| {
+            let event = &prepared.event;
+            let kind = event.r#type().as_str_name();
+            let kind = kind.strip_prefix("EVENT_TYPE_").unwrap_or(kind);
+            let span = tracing::info_span!(
+                target: "agentmesh::audit",
+                parent: None,
+                "audit.write",
+                otel.name = %format_args!("audit.write {}", kind.to_ascii_lowercase()),
+                otel.status_code = Empty,
+                error.type = Empty,
+                audit.event_id = %event.event_id,
+                audit.event_type = kind,
+                audit.service = %event.service,
+                run_id = %event.run_id,
+            );
+            telemetry::set_remote_parent(&span, &event.trace_id, &event.span_id);
+            span
+        })
+        .collect()
 }

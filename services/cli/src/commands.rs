@@ -50,10 +50,14 @@ pub(crate) struct Embedded {
 impl Embedded {
     /// Sends the embedded services' logs to stderr, at the chosen level.
     pub(crate) fn init_logging(&self) {
-        agentmesh_kit::logging::init(&agentmesh_kit::LogConfig {
-            format: agentmesh_kit::config::LogFormat::Pretty,
-            level: self.log_level.clone(),
-        });
+        agentmesh_kit::logging::init(
+            "agentmesh",
+            &agentmesh_kit::LogConfig {
+                format: agentmesh_kit::config::LogFormat::Pretty,
+                level: self.log_level.clone(),
+                ..Default::default()
+            },
+        );
     }
 }
 

@@ -17,12 +17,14 @@
 //!   talk to the alerting service at `--alerting` (`AGENTMESH_ALERTING`,
 //!   default the port `agentmesh up` uses), in the manner of `amtool`.
 //! * `agentmesh health` asks each service of a running mesh for its
-//!   `grpc.health.v1` status and prints a table; the exit code says whether
-//!   all are SERVING.
+//!   `grpc.health.v1` status and prints a table; `--deep` adds every
+//!   dependency of each (from its admin port's `/health/deep`) with the
+//!   reason of each failing one. The exit code says whether all are ready.
 
 mod alerts;
 mod audit;
 mod commands;
+mod health;
 mod mesh;
 mod output;
 mod run;
@@ -32,14 +34,10 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use agentmesh_kit::LogConfig;
 use agentmesh_kit::config::LogFormat;
-use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_client::HealthClient;
 
 /// The five services in port order: name, fully-qualified gRPC service.
 const SERVICES: [(&str, &str); 5] = [
@@ -89,7 +87,7 @@ enum Command {
     #[command(subcommand)]
     Silences(silences::SilencesCommand),
     /// Show the health status of each service of a running mesh.
-    Health(HealthArgs),
+    Health(health::HealthArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -121,19 +119,6 @@ enum LogFormatArg {
     Json,
 }
 
-#[derive(Debug, clap::Args)]
-struct HealthArgs {
-    /// Host the services run on.
-    #[arg(long, default_value = "localhost")]
-    host: String,
-    /// Port of the orchestrator; the other services are on the next four.
-    #[arg(long, default_value_t = DEFAULT_BASE_PORT)]
-    base_port: u16,
-    /// Seconds to wait for each answer.
-    #[arg(long, default_value_t = 2.0)]
-    timeout: f64,
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -144,7 +129,7 @@ fn main() -> ExitCode {
         Err(err) => return fail(&format!("cannot start the runtime: {err}")),
     };
     let result = runtime.block_on(async move {
-        match cli.command {
+        let result = match cli.command {
             Command::Up(args) => up(args).await,
             Command::Run(args) => commands::run(args).await,
             Command::Runs(command) => commands::runs(command).await,
@@ -152,8 +137,12 @@ fn main() -> ExitCode {
             Command::Audit(command) => audit::audit(command).await,
             Command::Alerts(command) => alerts::alerts(command).await,
             Command::Silences(command) => silences::silences(command).await,
-            Command::Health(args) => health(args).await,
-        }
+            Command::Health(args) => health::health(args).await,
+        };
+        // The embedded services' last spans, when traces are on.
+        // (It blocks while it exports: off the runtime's threads.)
+        drop(tokio::task::spawn_blocking(agentmesh_kit::telemetry::shutdown).await);
+        result
     });
     runtime.shutdown_background();
     match result {
@@ -170,13 +159,17 @@ fn fail(message: &str) -> ExitCode {
 // === up ===
 
 async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
-    agentmesh_kit::logging::init(&LogConfig {
-        format: match args.log_format {
-            LogFormatArg::Pretty => LogFormat::Pretty,
-            LogFormatArg::Json => LogFormat::Json,
+    agentmesh_kit::logging::init(
+        "agentmesh",
+        &LogConfig {
+            format: match args.log_format {
+                LogFormatArg::Pretty => LogFormat::Pretty,
+                LogFormatArg::Json => LogFormat::Json,
+            },
+            level: args.log_level.clone(),
+            ..Default::default()
         },
-        level: args.log_level.clone(),
-    });
+    );
     let configs = match mesh::MeshConfigs::load(
         args.config.as_deref(),
         mesh::Ports::From(args.host, args.base_port),
@@ -197,73 +190,4 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     stopper.cancel();
     mesh.stop().await?;
     Ok(ExitCode::SUCCESS)
-}
-
-// === health ===
-
-async fn health(args: HealthArgs) -> anyhow::Result<ExitCode> {
-    let timeout = Duration::try_from_secs_f64(args.timeout)
-        .ok()
-        .filter(|t| !t.is_zero())
-        .context("--timeout must be a positive number of seconds")?;
-    let checks = SERVICES
-        .iter()
-        .enumerate()
-        .map(|(index, (name, grpc_name))| {
-            let host = args.host.clone();
-            let port = u16::try_from(index)
-                .ok()
-                .and_then(|i| args.base_port.checked_add(i));
-            async move {
-                let Some(port) = port else {
-                    return (
-                        *name,
-                        String::from("-"),
-                        Err("port out of range".to_owned()),
-                    );
-                };
-                let address = format!("{host}:{port}");
-                let status = check(&address, grpc_name, timeout).await;
-                (*name, address, status)
-            }
-        });
-    let results = futures::future::join_all(checks).await;
-
-    let mut out = std::io::stdout().lock();
-    let mut all_serving = true;
-    writeln!(out, "{:<14} {:<22} STATUS", "SERVICE", "ADDRESS")?;
-    for (name, address, status) in results {
-        let shown = match status {
-            Ok(text) => {
-                all_serving &= text == "SERVING";
-                text
-            }
-            Err(err) => {
-                all_serving = false;
-                format!("UNREACHABLE ({err})")
-            }
-        };
-        writeln!(out, "{name:<14} {address:<22} {shown}")?;
-    }
-    Ok(if all_serving {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
-}
-
-/// The service's own health status (its gRPC name), as text.
-async fn check(address: &str, grpc_name: &str, timeout: Duration) -> Result<String, String> {
-    let channel = agentmesh_kit::client::plain_channel(&format!("http://{address}"))
-        .map_err(|err| err.to_string())?;
-    let mut client = HealthClient::new(channel);
-    let mut request = tonic::Request::new(HealthCheckRequest {
-        service: grpc_name.to_owned(),
-    });
-    request.set_timeout(timeout);
-    let answer = tokio::time::timeout(timeout, client.check(request))
-        .await
-        .map_err(|_| format!("no answer within {timeout:?}"))?
-        .map_err(|status| format!("{:?}: {}", status.code(), status.message()))?;
-    Ok(answer.into_inner().status().as_str_name().to_owned())
 }

@@ -15,19 +15,22 @@
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use agentmesh_audit_client::{AuditClient, code_name, duration};
+use agentmesh_kit::telemetry;
 use agentmesh_proto::audit::v1::{
     AuditEvent, EventType, LlmCallDetails, Outcome, audit_event::Details,
 };
 use agentmesh_proto::llm::v1::{FinishReason, GenerateRequest, Message, Role, Usage};
 use serde_json::{Value, json};
 use tonic::Status;
+use tracing::field::Empty;
 
 use crate::completion::Completion;
 use crate::config::ProviderConfig;
+use crate::metrics::{CallOutcome, CallSeries, GatewayMetrics};
 use crate::service::Resolved;
 
 /// Longest run id or model name recorded (longer ones are cut).
@@ -42,6 +45,13 @@ pub struct LlmCallRecord {
     event: Option<AuditEvent>,
     started: Instant,
     first_token: Option<Duration>,
+    /// The call's `chat {model}` span (GenAI semantic conventions), open
+    /// until the call's end is recorded.
+    span: tracing::Span,
+    /// Where the call's end is counted, once metrics are attached.
+    metrics: Option<Arc<GatewayMetrics>>,
+    /// The call's series, once it is resolved.
+    series: Option<Arc<CallSeries>>,
 }
 
 /// How a call ended, as far as its record is concerned.
@@ -58,7 +68,30 @@ pub struct CallEnd<'a> {
 impl LlmCallRecord {
     /// The record of a call of `request`, made while its context is current.
     pub fn new(audit: &AuditClient, request: &GenerateRequest, streaming: bool) -> Self {
-        let mut event = audit.event(EventType::LlmCall);
+        let span = tracing::info_span!(
+            target: "agentmesh::llm",
+            "chat",
+            otel.name = %format_args!("chat {}", request.model),
+            otel.kind = "client",
+            otel.status_code = Empty,
+            error.type = Empty,
+            gen_ai.operation.name = "chat",
+            gen_ai.provider.name = Empty,
+            gen_ai.request.model = %request.model,
+            gen_ai.response.model = Empty,
+            gen_ai.usage.input_tokens = Empty,
+            gen_ai.usage.output_tokens = Empty,
+            gen_ai.response.time_to_first_chunk = Empty,
+            agentmesh.route = Empty,
+            agentmesh.streaming = streaming,
+            span_id = Empty,
+        );
+        telemetry::record_ids(&span);
+        if telemetry::enabled() && telemetry::capture_content() {
+            telemetry::set_text(&span, "gen_ai.input.messages", prompt_text(request));
+        }
+        // Made inside the span, so the event names it as its origin.
+        let mut event = span.in_scope(|| audit.event(EventType::LlmCall));
         event.run_id = cut(&request.run_id);
         event.details = Some(Details::LlmCall(LlmCallDetails {
             streaming,
@@ -71,7 +104,21 @@ impl LlmCallRecord {
             event: Some(event),
             started: Instant::now(),
             first_token: None,
+            span,
+            metrics: None,
+            series: None,
         }
+    }
+
+    /// Also records the call's end in `metrics` (the GenAI metrics).
+    pub fn with_metrics(mut self, metrics: Option<Arc<GatewayMetrics>>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The call's span, for the work done on its behalf.
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
     }
 
     /// The call was resolved to a provider instance and model.
@@ -81,12 +128,28 @@ impl LlmCallRecord {
             details.model = cut(&resolved.model);
             details.route.clone_from(&resolved.route);
         }
+        if let Some(metrics) = &self.metrics {
+            self.series = Some(metrics.series(resolved));
+        }
+        // Named by the model the call resolved to (a route name or an
+        // empty request names none).
+        telemetry::rename(&self.span, format!("chat {}", resolved.model));
+        self.span
+            .record(
+                "gen_ai.provider.name",
+                resolved.provider.config.kind.semconv_name(),
+            )
+            .record("gen_ai.request.model", resolved.model.as_str())
+            .record("agentmesh.route", resolved.route.as_str());
     }
 
     /// Output started arriving (streams): the time to the first token.
     pub fn first_token(&mut self) {
         if self.first_token.is_none() {
-            self.first_token = Some(self.started.elapsed());
+            let elapsed = self.started.elapsed();
+            self.first_token = Some(elapsed);
+            self.span
+                .record("gen_ai.response.time_to_first_chunk", elapsed.as_secs_f64());
         }
     }
 
@@ -157,11 +220,76 @@ impl LlmCallRecord {
                 code_name(*code).clone_into(&mut details.error_code);
             }
         }
+        self.finish_span(&event, end, failure.as_ref().map(|(code, _)| *code));
+        self.record_metrics(
+            latency,
+            first_token,
+            end,
+            failure.as_ref().map(|(code, _)| *code),
+        );
         if let Some((_, message)) = failure {
             event.outcome = Outcome::Failure.into();
             event.reason = message;
         }
         audit.emit(event);
+    }
+}
+
+impl LlmCallRecord {
+    /// Counts the call's end in the GenAI metrics, if attached.
+    fn record_metrics(
+        &self,
+        latency: Duration,
+        first_token: Option<Duration>,
+        end: &CallEnd<'_>,
+        failure: Option<tonic::Code>,
+    ) {
+        let Some(metrics) = &self.metrics else {
+            return;
+        };
+        let series = self.series.clone().unwrap_or_else(|| metrics.unresolved());
+        series.record(&CallOutcome {
+            duration: latency,
+            first_token,
+            tokens: end
+                .usage
+                .map(|usage| (usage.input_tokens, usage.output_tokens)),
+            cost_usd: end.usage.and_then(|usage| usage.estimated_cost_usd),
+            error_type: failure.map(code_name),
+        });
+    }
+
+    /// Puts what the call's end says on its span (which ends with the record).
+    fn finish_span(&self, event: &AuditEvent, end: &CallEnd<'_>, failure: Option<tonic::Code>) {
+        let span = &self.span;
+        if let Some(Details::LlmCall(details)) = event.details.as_ref() {
+            span.record("gen_ai.response.model", details.model.as_str());
+            if end.usage.is_some() {
+                span.record("gen_ai.usage.input_tokens", details.input_tokens);
+                span.record("gen_ai.usage.output_tokens", details.output_tokens);
+            }
+            if !details.finish_reason.is_empty() {
+                telemetry::set_texts(
+                    span,
+                    "gen_ai.response.finish_reasons",
+                    vec![details.finish_reason.clone()],
+                );
+            }
+        }
+        if telemetry::enabled()
+            && telemetry::capture_content()
+            && let Some(completion) = end.completion
+        {
+            telemetry::set_text(
+                span,
+                "gen_ai.output.messages",
+                completion_text(&completion.message),
+            );
+        }
+        if let Some(code) = failure {
+            span.record("otel.status_code", "error");
+            span.record("error.type", code_name(code));
+        }
     }
 }
 

@@ -178,6 +178,17 @@ pub enum ProviderKind {
 }
 
 impl ProviderKind {
+    /// The `gen_ai.provider.name` of the OpenTelemetry GenAI conventions.
+    pub fn semconv_name(self) -> &'static str {
+        match self {
+            Self::Openai => "openai",
+            Self::Anthropic => "anthropic",
+            Self::Scripted => "agentmesh.scripted",
+        }
+    }
+}
+
+impl ProviderKind {
     /// The name used in configuration and in `ModelTarget.provider_kind`.
     pub fn as_str(self) -> &'static str {
         match self {

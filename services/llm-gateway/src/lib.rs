@@ -30,19 +30,27 @@
 //! * [`error`]: provider failures and the gRPC status each becomes.
 //! * [`audit`]: the LLM_CALL audit event of every call, and provider keys
 //!   registered as secrets to redact.
+//! * [`metrics`]: the GenAI metrics (tokens, durations, time to first
+//!   token, time per output token) and the estimated cost, recorded where
+//!   the LLM_CALL event is.
 //!
 //! [`serve`] binds the listeners from [`Config`]; [`serve_with_listeners`]
 //! takes bound ones (tests bind port 0). Both hand the service to the kit's
 //! [`ServiceHost`] (health, reflection, metrics, limits, metadata forwarding,
 //! graceful shutdown); `main.rs` only calls [`serve`].
 //!
-//! Not yet here: retries, fallbacks, circuit breakers, rate limits and the
-//! gateway's own metrics (`attempts` is always 1).
+//! Health: ready (SERVING) while at least one route leads to a usable
+//! provider (the `providers` check); the audit service is reported but
+//! optional.
+//!
+//! Not yet here: retries, fallbacks, circuit breakers and rate limits
+//! (`attempts` is always 1).
 
 pub mod audit;
 pub mod completion;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod providers;
 pub mod service;
 pub mod validate;
@@ -50,6 +58,7 @@ pub mod validate;
 use std::future::Future;
 use std::sync::Arc;
 
+use agentmesh_kit::health::DependencyCheck;
 use agentmesh_kit::{Listeners, ServeError, ServiceHost, StartupError};
 use agentmesh_proto::llm::v1::llm_gateway_service_server::LlmGatewayServiceServer;
 
@@ -99,18 +108,24 @@ pub async fn serve_with_listeners(
     let audit = agentmesh_audit_client::start_service::<Config>(
         &config.audit,
         SERVICE,
-        host.metrics().registry(),
+        host.metrics(),
         &config,
     )?;
+    let metrics = Arc::new(metrics::GatewayMetrics::new(
+        host.metrics().registry(),
+        &config,
+    )?);
     let limit = config.server.max_message_bytes;
     host.add_service(
-        LlmGatewayServiceServer::new(LlmGatewayServiceImpl::with_audit(
-            Arc::new(gateway),
-            audit.clone(),
-        ))
+        LlmGatewayServiceServer::new(
+            LlmGatewayServiceImpl::with_audit(Arc::new(gateway), audit.clone())
+                .with_metrics(metrics),
+        )
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit),
     );
+    host.add_check(providers_check(&config))
+        .add_check(audit.health_check());
     let result = host
         .serve(listeners, || async { Ok::<(), StartupError>(()) }, shutdown)
         .await;
@@ -119,9 +134,92 @@ pub async fn serve_with_listeners(
     result
 }
 
+/// The required readiness check `providers`: at least one route leads to a
+/// usable provider instance (its API key is in the environment, if it needs
+/// one; the scripted provider always is). Keys are read at each request, so
+/// they are looked for at each check too.
+fn providers_check(config: &Config) -> DependencyCheck {
+    let config = Arc::new(config.clone());
+    DependencyCheck::required("providers", move || {
+        let result = usable_route(&config);
+        async move { result }
+    })
+}
+
+/// `Ok` when some route's provider is usable, else what each one lacks.
+fn usable_route(config: &Config) -> Result<(), String> {
+    let mut missing = Vec::new();
+    for (name, route) in &config.routes {
+        let Some((instance, _)) = config::split_target(&route.target) else {
+            missing.push(format!(
+                "route `{name}`: `{}` is not provider/model",
+                route.target
+            ));
+            continue;
+        };
+        let Some(provider) = config.providers.get(instance) else {
+            missing.push(format!(
+                "route `{name}`: provider `{instance}` is not configured"
+            ));
+            continue;
+        };
+        if provider.kind == ProviderKind::Scripted {
+            return Ok(());
+        }
+        if provider.effective_base_url().is_empty() {
+            missing.push(format!(
+                "route `{name}`: provider `{instance}` has no base_url"
+            ));
+        } else if !provider.key_available() {
+            missing.push(format!(
+                "route `{name}`: provider `{instance}` needs its API key in ${}",
+                provider.api_key_env
+            ));
+        } else {
+            return Ok(());
+        }
+    }
+    if missing.is_empty() {
+        return Err("no route is configured".to_owned());
+    }
+    Err(format!("no usable route: {}", missing.join("; ")))
+}
+
 fn refused(err: impl ToString) -> ServeError {
     ServeError::Io(std::io::Error::new(
         std::io::ErrorKind::InvalidInput,
         err.to_string(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_route_to_the_scripted_provider_is_always_usable() {
+        usable_route(&Config::default()).unwrap();
+    }
+
+    #[test]
+    fn routes_to_providers_without_keys_are_not_usable_and_named() {
+        let mut config = Config::default();
+        let variable = "AGENTMESH_TEST_KEY_THAT_IS_NEVER_SET";
+        for provider in config.providers.values_mut() {
+            if provider.kind == ProviderKind::Openai {
+                provider.api_key_env = variable.to_owned();
+            }
+        }
+        config.routes = [(
+            "default".to_owned(),
+            RouteConfig::new("openai/gpt-4o-mini", "a real model"),
+        )]
+        .into();
+        let reason = usable_route(&config).unwrap_err();
+        assert!(reason.contains("route `default`"), "{reason}");
+        assert!(reason.contains(&format!("${variable}")), "{reason}");
+
+        config.providers.get_mut("openai").unwrap().api_key_env = String::new();
+        usable_route(&config).unwrap();
+    }
 }

@@ -29,11 +29,13 @@ use agentmesh_proto::llm::v1::{
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
 use crate::audit::{CallEnd, KeyRegistry, LlmCallRecord};
 use crate::completion::{Assembler, Completion, ProviderEvent};
 use crate::config::{Config, Price, join_names, price_of, split_target};
 use crate::error::ProviderError;
+use crate::metrics::GatewayMetrics;
 use crate::providers::{EventStream, ProviderCall, ProviderInstance};
 use crate::validate::validate_request;
 
@@ -274,6 +276,7 @@ pub struct LlmGatewayServiceImpl {
     gateway: Arc<Gateway>,
     audit: AuditClient,
     keys: Arc<KeyRegistry>,
+    metrics: Option<Arc<GatewayMetrics>>,
 }
 
 impl LlmGatewayServiceImpl {
@@ -294,7 +297,14 @@ impl LlmGatewayServiceImpl {
             gateway,
             audit,
             keys,
+            metrics: None,
         }
+    }
+
+    /// Also records every call in `metrics` (the GenAI metrics).
+    pub fn with_metrics(mut self, metrics: Arc<GatewayMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Validates and resolves a request, and captures the caller's deadline
@@ -337,7 +347,8 @@ impl LlmGatewayService for LlmGatewayServiceImpl {
         let request = request.into_inner();
         // Dropped with this future when the caller goes away: then it
         // records the call as abandoned.
-        let mut record = LlmCallRecord::new(&self.audit, &request, false);
+        let mut record =
+            LlmCallRecord::new(&self.audit, &request, false).with_metrics(self.metrics.clone());
         let (resolved, call) = match self.prepare(request, &mut record) {
             Ok(prepared) => prepared,
             Err(status) => {
@@ -348,18 +359,24 @@ impl LlmGatewayService for LlmGatewayServiceImpl {
         let started = StdInstant::now();
         let request = Arc::clone(&call.request);
         let deadline = call.caller_deadline;
-        let completion =
-            match within_caller_deadline(deadline, resolved.provider.provider.generate(call))
-                .await
-                .and_then(|result| result)
-            {
-                Ok(completion) => completion,
-                Err(err) => {
-                    let status = log_failure(&resolved, err);
-                    record.failed(&status, &CallEnd::default());
-                    return Err(status);
-                }
-            };
+        let completion = match within_caller_deadline(
+            deadline,
+            resolved
+                .provider
+                .provider
+                .generate(call)
+                .instrument(record.span().clone()),
+        )
+        .await
+        .and_then(|result| result)
+        {
+            Ok(completion) => completion,
+            Err(err) => {
+                let status = log_failure(&resolved, err);
+                record.failed(&status, &CallEnd::default());
+                return Err(status);
+            }
+        };
         let usage = self.gateway.priced(
             &resolved,
             &completion.model,
@@ -401,7 +418,8 @@ impl LlmGatewayService for LlmGatewayServiceImpl {
         let request = into_generate_request(request.into_inner());
         // Goes with the stream; dropped before its end is recorded (the
         // caller went away), it records the call as abandoned.
-        let mut record = LlmCallRecord::new(&self.audit, &request, true);
+        let mut record =
+            LlmCallRecord::new(&self.audit, &request, true).with_metrics(self.metrics.clone());
         let (resolved, call) = match self.prepare(request, &mut record) {
             Ok(prepared) => prepared,
             Err(status) => {
@@ -415,14 +433,17 @@ impl LlmGatewayService for LlmGatewayServiceImpl {
         // Wait for the first event, so a call that fails before any output
         // (no key, refused connection, HTTP error) fails as a whole, with
         // its status at once rather than after an empty stream.
-        let first = match within_caller_deadline(deadline, events.next()).await {
-            Err(err) | Ok(Some(Err(err))) => {
-                let status = log_failure(&resolved, err);
-                record.failed(&status, &CallEnd::default());
-                return Err(status);
-            }
-            Ok(first) => first,
-        };
+        let first =
+            match within_caller_deadline(deadline, events.next().instrument(record.span().clone()))
+                .await
+            {
+                Err(err) | Ok(Some(Err(err))) => {
+                    let status = log_failure(&resolved, err);
+                    record.failed(&status, &CallEnd::default());
+                    return Err(status);
+                }
+                Ok(first) => first,
+            };
         Ok(Response::new(relay(
             Arc::clone(&self.gateway),
             resolved,

@@ -18,8 +18,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use agentmesh_audit_client::{AuditClient, code_name};
-use agentmesh_kit::RequestContext;
 use agentmesh_kit::client::MeshChannel;
+use agentmesh_kit::metrics::GrpcClientMetrics;
+use agentmesh_kit::{RequestContext, telemetry};
 use agentmesh_proto::audit::v1::{
     AuditEvent, ErrorDetails, EventType, Outcome, RunDetails, audit_event::Details,
 };
@@ -34,8 +35,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tools::tool_runner_service_client::ToolRunnerServiceClient;
+use tracing::Instrument as _;
+use tracing::field::Empty;
 
 use crate::config::{AgentProfile, Config};
+use crate::metrics::{RunEnd, RunMetrics};
 use crate::store::{self, Checkpoint, RunRow, Store, now_micros};
 
 /// Events a slow follower may fall behind before it re-reads from the store.
@@ -60,6 +64,7 @@ pub struct Engine {
     owner: String,
     tool_cache: tokio::sync::Mutex<Option<(Instant, Vec<tools::Tool>)>>,
     audit: AuditClient,
+    metrics: RunMetrics,
 }
 
 /// A run driven by this instance.
@@ -191,20 +196,22 @@ enum Ending {
 impl Engine {
     /// An engine over `store`, calling the gateway and the tool runner at
     /// the configured addresses (connections are made lazily and reused),
-    /// recording run starts and ends in `audit`.
+    /// recording run starts and ends in `audit`, runs in `metrics` and the
+    /// calls to its peers in `client_metrics`.
     pub fn new(
         config: Arc<Config>,
         store: Store,
         audit: AuditClient,
+        metrics: RunMetrics,
+        client_metrics: &GrpcClientMetrics,
     ) -> Result<Arc<Self>, tonic::transport::Error> {
-        let gateway =
-            LlmGatewayServiceClient::new(agentmesh_kit::client::channel(&config.llm_gateway_url)?)
-                .max_decoding_message_size(config.server.max_message_bytes)
-                .max_encoding_message_size(config.server.max_message_bytes);
-        let tools =
-            ToolRunnerServiceClient::new(agentmesh_kit::client::channel(&config.tool_runner_url)?)
-                .max_decoding_message_size(config.server.max_message_bytes)
-                .max_encoding_message_size(config.server.max_message_bytes);
+        let channel = |uri: &str| agentmesh_kit::client::channel_with_metrics(uri, client_metrics);
+        let gateway = LlmGatewayServiceClient::new(channel(&config.llm_gateway_url)?)
+            .max_decoding_message_size(config.server.max_message_bytes)
+            .max_encoding_message_size(config.server.max_message_bytes);
+        let tools = ToolRunnerServiceClient::new(channel(&config.tool_runner_url)?)
+            .max_decoding_message_size(config.server.max_message_bytes)
+            .max_encoding_message_size(config.server.max_message_bytes);
         Ok(Arc::new(Self {
             store,
             slots: Arc::new(Semaphore::new(config.max_concurrent_runs)),
@@ -215,6 +222,7 @@ impl Engine {
             owner: format!("orchestrator-{}", uuid::Uuid::new_v4()),
             tool_cache: tokio::sync::Mutex::new(None),
             audit,
+            metrics,
         }))
     }
 
@@ -257,10 +265,29 @@ impl Engine {
         let active = ActiveRun::new(&run);
         lock(&self.active).insert(run.run_id.clone(), Arc::clone(&active));
         let engine = Arc::clone(self);
+        // The run's span: a child of the call that started it (or a root
+        // when a run resumes after a restart), open until the run ends.
+        let span = tracing::info_span!(
+            target: "agentmesh::run",
+            "invoke_agent",
+            otel.name = %format_args!("invoke_agent {}", run.agent),
+            otel.kind = "internal",
+            otel.status_code = Empty,
+            error.type = Empty,
+            gen_ai.operation.name = "invoke_agent",
+            gen_ai.agent.name = %run.agent,
+            gen_ai.conversation.id = %run.session_id,
+            gen_ai.request.model = %run.model,
+            run_id = %run.run_id,
+            trace_id = Empty,
+            span_id = Empty,
+        );
+        telemetry::record_ids(&span);
         tokio::spawn(
             context
                 .with_deadline(None)
-                .scope(async move { engine.drive(run, active, resume).await }),
+                .scope(async move { engine.drive(run, active, resume).await })
+                .instrument(span),
         );
     }
 
@@ -272,10 +299,12 @@ impl Engine {
     ) {
         let run_id = run.run_id.clone();
         // Wait for a slot (QUEUED), unless cancelled meanwhile.
+        let queued = self.metrics.queued();
         let permit = tokio::select! {
             permit = Arc::clone(&self.slots).acquire_owned() => permit.ok(),
             () = active.cancel.cancelled() => None,
         };
+        drop(queued);
         let profile = self
             .config
             .agents
@@ -288,9 +317,15 @@ impl Engine {
             None => self.first_checkpoint(&run, &profile).await,
         };
         let started = Instant::now();
+        let mut running = None;
         let ending = if permit.is_none() {
             Ending::Cancelled(self.cancel_reason(&active))
         } else {
+            running = Some(
+                self.metrics
+                    .agent(&run.agent)
+                    .running(run.start_time.is_none()),
+            );
             if run.start_time.is_none() {
                 run.start_time = Some(now_micros());
                 run.state = pb::RunState::Running;
@@ -339,8 +374,12 @@ impl Engine {
             }
         };
         drop(permit);
+        if let Ending::Failed(status) = &ending {
+            mark_failed(&tracing::Span::current(), status);
+        }
         self.finish(&mut run, &active, checkpoint, ending, started.elapsed())
             .await;
+        drop(running);
         lock(&self.active).remove(&run_id);
         active.ended.send_replace(true);
     }
@@ -401,7 +440,9 @@ impl Engine {
         deadline: Instant,
     ) -> Result<String, Status> {
         let specs = self.tool_specs(profile).await?;
+        let series = Arc::clone(self.metrics.agent(&run.agent));
         loop {
+            let step_started = Instant::now();
             let step = checkpoint.step + 1;
             if step > run.limits.max_steps {
                 return Err(Status::resource_exhausted(format!(
@@ -416,6 +457,17 @@ impl Engine {
                 message: format!("step {step}: asking the model"),
                 step_restarted: false,
             }));
+            // A span per step: the model call and the tool calls it asks for.
+            let span = tracing::info_span!(
+                target: "agentmesh::run",
+                "step",
+                otel.name = %format_args!("step {step}"),
+                otel.status_code = Empty,
+                error.type = Empty,
+                agentmesh.run.step = step,
+                span_id = Empty,
+            );
+            telemetry::record_ids(&span);
             let answer = self
                 .generate(
                     run,
@@ -426,7 +478,9 @@ impl Engine {
                     step,
                     deadline,
                 )
-                .await?;
+                .instrument(span.clone())
+                .await
+                .inspect_err(|status| mark_failed(&span, status))?;
             let usage = answer.usage.unwrap_or_default();
             checkpoint.input_tokens += i64::from(usage.input_tokens);
             checkpoint.output_tokens += i64::from(usage.output_tokens);
@@ -435,15 +489,19 @@ impl Engine {
             checkpoint.messages.push(message.clone());
             checkpoint.step = step;
             if message.tool_calls.is_empty() {
+                // The last step is stored with the run's end.
+                series.step(step_started.elapsed());
                 return Ok(message.content);
             }
             let results = self
                 .call_tools(run, active, profile, &message.tool_calls, step, deadline)
+                .instrument(span)
                 .await;
             checkpoint.tool_calls += i32::try_from(results.len()).unwrap_or(i32::MAX);
             checkpoint.messages.extend(results);
             self.apply(run, checkpoint);
             self.flush(run, active, Some(checkpoint)).await;
+            series.step(step_started.elapsed());
         }
     }
 
@@ -770,6 +828,13 @@ impl Engine {
                 }
             }
             self.audit.emit(event);
+            if let Some(end) = RunEnd::of(run.state) {
+                let start = run.start_time.unwrap_or(run.create_time);
+                let took = Duration::from_micros(
+                    u64::try_from(now_micros().saturating_sub(start)).unwrap_or(0),
+                );
+                self.metrics.agent(&run.agent).finished(end, took);
+            }
         }
         active.publish_stored(terminal);
     }
@@ -1056,6 +1121,12 @@ impl Follower<'_> {
         }
         Ok(())
     }
+}
+
+/// Marks a span failed with `status`'s code as its `error.type`.
+fn mark_failed(span: &tracing::Span, status: &Status) {
+    span.record("otel.status_code", "error");
+    span.record("error.type", code_name(status.code()));
 }
 
 fn percent(done: i32, max: i32) -> f32 {

@@ -15,10 +15,16 @@
 //! * Every instance claims the runs it drives for a lease it keeps renewing;
 //!   an unfinished run whose lease ran out (its instance died) is claimed by
 //!   another instance and resumed from its last checkpoint.
+//! * Health: ready (SERVING) only while the LLM gateway, the tool runner
+//!   (their own health) and the database answer; the audit service is
+//!   reported but optional (events are spooled while it is away).
 //! * Audit events: RUN_STARTED when StartRun/Run creates a run; exactly one
 //!   of RUN_FINISHED, RUN_FAILED or RUN_CANCELLED once the run's end is
 //!   stored, by the instance that stored it; ERROR for store failures
 //!   (CONFIG_LOADED at start).
+//! * Metrics ([`metrics`]): runs started, active, queued and finished by
+//!   state, run and step durations, by agent profile; the calls to the peers
+//!   are counted in the kit's `grpc_client_*` metrics.
 //!
 //! [`serve`] binds the listeners and hands the service to the kit's
 //! [`ServiceHost`] (health, reflection, metrics, limits, metadata forwarding,
@@ -26,6 +32,7 @@
 
 pub mod config;
 pub mod engine;
+pub mod metrics;
 pub mod service;
 pub mod store;
 
@@ -33,6 +40,7 @@ use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
 use agentmesh_audit_client::without_password;
+use agentmesh_kit::health::DependencyCheck;
 use agentmesh_kit::{Listeners, ServeError, ServiceHost, StartupError};
 use agentmesh_proto::orchestrator::v1::orchestrator_service_server::OrchestratorServiceServer;
 use agentmesh_storage::LazyDatabase;
@@ -65,9 +73,14 @@ pub async fn serve_with_listeners(
     let audit = agentmesh_audit_client::start_service::<Config>(
         &config.audit,
         SERVICE,
-        host.metrics().registry(),
+        host.metrics(),
         &effective,
     )?;
+    let run_metrics = metrics::RunMetrics::new(
+        host.metrics().registry(),
+        config.agents.keys().map(String::as_str),
+    )?;
+    let client_metrics = host.metrics().grpc_client().clone();
     let limit = config.server.max_message_bytes;
     let engine: Arc<OnceLock<Arc<Engine>>> = Arc::default();
     host.add_service(
@@ -80,6 +93,20 @@ pub async fn serve_with_listeners(
     );
     let database =
         LazyDatabase::new(config.storage.clone(), SERVICE).with_migrations(&store::MIGRATIONS);
+    // Ready only while both peers of a run and the database are; audit
+    // events are spooled meanwhile, so the audit service is optional.
+    host.add_check(DependencyCheck::grpc_peer(
+        "llm-gateway",
+        &config.llm_gateway_url,
+        true,
+    ))
+    .add_check(DependencyCheck::grpc_peer(
+        "tool-runner",
+        &config.tool_runner_url,
+        true,
+    ))
+    .add_check(database.health_check())
+    .add_check(audit.health_check());
     let maintenance: Arc<OnceLock<tokio::task::JoinHandle<()>>> = Arc::default();
     let result = host
         .serve(
@@ -91,9 +118,14 @@ pub async fn serve_with_listeners(
                         .get()
                         .cloned()
                         .ok_or_else(|| StartupError::from("the database did not open"))?;
-                    let started =
-                        Engine::new(Arc::clone(&config), store::Store::new(db), audit.clone())
-                            .map_err(|err| StartupError::from(err.to_string()))?;
+                    let started = Engine::new(
+                        Arc::clone(&config),
+                        store::Store::new(db),
+                        audit.clone(),
+                        run_metrics.clone(),
+                        &client_metrics,
+                    )
+                    .map_err(|err| StartupError::from(err.to_string()))?;
                     let _ = engine.set(Arc::clone(&started));
                     let _ = maintenance.set(tokio::spawn(maintain(started, Arc::clone(&config))));
                 }

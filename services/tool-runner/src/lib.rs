@@ -38,10 +38,17 @@
 //!   section; command tools are the plugin mechanism).
 //! * `registry`: the tools, their compiled JSON Schemas, schema messages.
 //! * `runner`: request checks, timeouts, execution, results.
+//! * `metrics`: executions by tool and outcome, their duration, those in
+//!   flight (the kit adds the gRPC metrics).
 //! * `service`: the gRPC handlers and ListTools paging.
 //! * `builtin`: `calculator`, `current_time`, `read_file`, `write_file`,
 //!   `list_files`; `workspace`: per-run directories and path confinement;
 //!   `command`: running configured programs.
+//!
+//! Health: ready (SERVING) while every command tool's program is there to
+//! run (the `tools` check, also a start-up step retried with backoff, so a
+//! program installed late is picked up); the audit service is reported but
+//! optional.
 //!
 //! [`serve`] binds the gRPC and admin listeners from [`Config`] and hands
 //! the service to the kit's [`ServiceHost`], which adds health, reflection,
@@ -51,14 +58,20 @@
 mod builtin;
 mod command;
 pub mod config;
+mod metrics;
 mod outcome;
 mod registry;
 mod runner;
 mod service;
 mod workspace;
 
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
 
+use agentmesh_kit::health::DependencyCheck;
 use agentmesh_kit::{Listeners, ServeError, ServiceHost, StartupError};
 use agentmesh_proto::tools::v1::tool_runner_service_server::ToolRunnerServiceServer;
 
@@ -92,10 +105,12 @@ pub async fn serve_with_listeners(
     agentmesh_kit::config::validate(&config).map_err(invalid_config)?;
     let runner = ToolRunner::new(&config).map_err(invalid_config)?;
     let mut host = ServiceHost::new(SERVICE, &config.server);
+    let metrics = metrics::ToolMetrics::new(host.metrics().registry(), runner.registry().names())?;
+    let runner = runner.with_metrics(metrics);
     let audit = agentmesh_audit_client::start_service::<Config>(
         &config.audit,
         SERVICE,
-        host.metrics().registry(),
+        host.metrics(),
         &effective_config(&config),
     )?;
     let limit = config.server.max_message_bytes;
@@ -104,12 +119,80 @@ pub async fn serve_with_listeners(
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit),
     );
-    let result = host
-        .serve(listeners, || async { Ok::<(), StartupError>(()) }, shutdown)
-        .await;
+    let commands = Arc::new(config.commands.clone());
+    host.add_check(tools_check(Arc::clone(&commands)))
+        .add_check(audit.health_check());
+    // A program that is not installed yet keeps the service NOT_SERVING,
+    // with the reason logged, and is looked for again with backoff.
+    let startup = || {
+        let result = programs_present(&commands);
+        async move { result.map_err(StartupError::from) }
+    };
+    let result = host.serve(listeners, startup, shutdown).await;
     // The drain is over: send what is queued, or spool it.
     audit.shutdown().await;
     result
+}
+
+/// The required readiness check `tools`: the registry is loaded (it is, once
+/// `serve` runs) and every command tool's program is there to run.
+fn tools_check(commands: Arc<BTreeMap<String, CommandToolConfig>>) -> DependencyCheck {
+    DependencyCheck::required("tools", move || {
+        let result = programs_present(&commands);
+        async move { result }
+    })
+}
+
+/// `Ok` when every command tool's program can be started; else the tools
+/// whose program is missing, and what was looked for.
+fn programs_present(commands: &BTreeMap<String, CommandToolConfig>) -> Result<(), String> {
+    let missing: Vec<String> = commands
+        .iter()
+        .filter_map(|(name, tool)| {
+            let program = tool.command.first()?;
+            let path = tool
+                .env
+                .get("PATH")
+                .map_or_else(command::service_path, Into::into);
+            (!program_found(program, &path))
+                .then(|| format!("tool `{name}`: program `{program}` not found or not executable"))
+        })
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("command tools cannot run: {}", missing.join("; ")))
+    }
+}
+
+/// Whether `program` can be started with `PATH` = `path`: an executable
+/// file at that path when it names one, else in some `PATH` directory. A
+/// relative path with a directory part is relative to each run's workspace,
+/// so it cannot be checked ahead; it counts as found.
+fn program_found(program: &str, path: &OsStr) -> bool {
+    let program = Path::new(program);
+    if program.is_absolute() {
+        return is_executable(program);
+    }
+    if program.components().count() > 1 {
+        return true;
+    }
+    std::env::split_paths(path).any(|dir| is_executable(&dir.join(program)))
+}
+
+fn is_executable(path: &Path) -> bool {
+    let Ok(metadata) = std::fs::metadata(path) else {
+        return false;
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        metadata.is_file() && metadata.permissions().mode() & 0o111 != 0
+    }
+    #[cfg(not(unix))]
+    {
+        metadata.is_file()
+    }
 }
 
 /// Hex SHA-256 of the effective configuration, to spot changes. Values of
@@ -132,4 +215,49 @@ fn invalid_config(error: agentmesh_kit::ConfigError) -> ServeError {
         std::io::ErrorKind::InvalidInput,
         error.to_string(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tool(argv: &[&str]) -> CommandToolConfig {
+        CommandToolConfig {
+            description: "a test tool".into(),
+            command: argv.iter().map(|arg| (*arg).to_owned()).collect(),
+            ..CommandToolConfig::default()
+        }
+    }
+
+    #[test]
+    fn programs_are_looked_for_on_path_and_missing_ones_named() {
+        let mut commands = BTreeMap::from([
+            ("shell".to_owned(), tool(&["sh", "-c", "true"])),
+            ("absolute".to_owned(), tool(&["/bin/sh"])),
+        ]);
+        programs_present(&commands).unwrap();
+        commands.insert("gone".to_owned(), tool(&["agentmesh-no-such-program", "x"]));
+        commands.insert("nowhere".to_owned(), tool(&["/nonexistent/program"]));
+        let reason = programs_present(&commands).unwrap_err();
+        assert!(
+            reason.contains("tool `gone`: program `agentmesh-no-such-program`"),
+            "{reason}"
+        );
+        assert!(reason.contains("tool `nowhere`"), "{reason}");
+        assert!(!reason.contains("shell"), "{reason}");
+    }
+
+    #[test]
+    fn a_file_that_is_not_executable_does_not_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("script.sh");
+        std::fs::write(&script, "#!/bin/sh\n").unwrap();
+        let script = script.to_str().unwrap();
+        assert!(!program_found(script, OsStr::new("")));
+        let mut tool = tool(&["my-tool"]);
+        tool.env
+            .insert("PATH".into(), dir.path().display().to_string());
+        std::fs::copy("/bin/sh", dir.path().join("my-tool")).unwrap();
+        programs_present(&BTreeMap::from([("mine".to_owned(), tool)])).unwrap();
+    }
 }

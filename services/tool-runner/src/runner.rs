@@ -20,6 +20,7 @@ use crate::builtin::files::FileLimits;
 use crate::builtin::{self, BuiltinContext};
 use crate::command::EventSender;
 use crate::config::{Config, format_duration};
+use crate::metrics::{Outcome, ToolMetrics};
 use crate::outcome::{ToolFailure, ToolOutcome, truncate};
 use crate::registry::{Implementation, RegisteredTool, Registry};
 use crate::workspace::{check_run_id, workspace_dir};
@@ -93,6 +94,7 @@ pub(crate) struct ToolRunner {
     workspaces_dir: PathBuf,
     file_limits: FileLimits,
     max_timeout: Duration,
+    metrics: Option<ToolMetrics>,
 }
 
 impl ToolRunner {
@@ -107,7 +109,14 @@ impl ToolRunner {
                 max_list_entries: config.max_list_entries,
             },
             max_timeout: config.max_timeout,
+            metrics: None,
         })
+    }
+
+    /// Also counts every execution in `metrics`.
+    pub(crate) fn with_metrics(mut self, metrics: ToolMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The tools.
@@ -214,6 +223,12 @@ impl ToolRunner {
         events: Option<&EventSender>,
     ) -> v1::ToolResult {
         let started = Instant::now();
+        // Dropped with this future when the caller goes away: then it counts
+        // the execution as cancelled.
+        let execution = self
+            .metrics
+            .as_ref()
+            .map(|metrics| metrics.start(call.tool.name()));
         let outcome = match tokio::time::timeout(call.timeout, self.run(call, events)).await {
             Ok(outcome) => outcome,
             Err(_) => Err(ToolFailure::timeout(format!(
@@ -222,6 +237,12 @@ impl ToolRunner {
             ))),
         };
         let duration = started.elapsed();
+        if let Some(execution) = execution {
+            execution.finish(match &outcome {
+                Ok(_) => Outcome::Ok,
+                Err(failure) => Outcome::of_failure(failure.kind),
+            });
+        }
         let result = match outcome {
             Ok(output) => v1::ToolResult {
                 output_json: output.to_string(),

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use agentmesh_audit_client::{AuditClient, code_name};
-use agentmesh_kit::RequestContext;
 use agentmesh_kit::status::invalid_argument;
+use agentmesh_kit::{RequestContext, telemetry};
 use agentmesh_proto::audit::v1::{
     AuditEvent, EventType, Outcome, ToolCallDetails, audit_event::Details,
 };
@@ -20,6 +20,8 @@ use futures::stream::BoxStream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
+use tracing::field::Empty;
 
 use crate::outcome::truncate;
 use crate::runner::{CallRequest, ToolRunner};
@@ -85,7 +87,11 @@ impl ToolRunnerService for ToolRunnerServiceImpl {
         // If the client cancels, tonic drops this future, and with it the
         // running tool (a command is killed) and the record (which then
         // records the call as cancelled).
-        let result = self.runner.execute(&call, None).await;
+        let result = self
+            .runner
+            .execute(&call, None)
+            .instrument(record.span())
+            .await;
         record.finished(&result);
         Ok(Response::new(v1::ExecuteToolResponse {
             output_json: result.output_json,
@@ -117,6 +123,7 @@ impl ToolRunnerService for ToolRunnerServiceImpl {
         // The task ends with the call: when the tool finishes, or as soon as
         // the client goes away (the receiver is dropped), which drops the
         // running tool and so stops it.
+        let span = record.span();
         tokio::spawn(context.scope(async move {
             let result = tokio::select! {
                 result = runner.execute(&call, Some(&events)) => result,
@@ -132,7 +139,7 @@ impl ToolRunnerService for ToolRunnerServiceImpl {
                     event: Some(Event::Result(result)),
                 }))
                 .await;
-        }));
+        }.instrument(span)));
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 }
@@ -150,11 +157,36 @@ struct ToolCallRecord {
     audit: AuditClient,
     event: Option<AuditEvent>,
     started: Instant,
+    /// The call's `execute_tool {name}` span (GenAI semantic conventions),
+    /// open until the record is emitted.
+    span: tracing::Span,
 }
 
 impl ToolCallRecord {
     fn new(audit: &AuditClient, request: &CallRequest) -> Self {
-        let mut event = audit.event(EventType::ToolCall);
+        let span = tracing::info_span!(
+            target: "agentmesh::tools",
+            "execute_tool",
+            otel.name = %format_args!("execute_tool {}", truncate(&request.tool, MAX_AUDITED_NAME)),
+            otel.status_code = Empty,
+            error.type = Empty,
+            gen_ai.operation.name = "execute_tool",
+            gen_ai.tool.name = %truncate(&request.tool, MAX_AUDITED_NAME),
+            gen_ai.tool.call.id = %truncate(&request.call_id, crate::runner::MAX_CALL_ID_LENGTH),
+            gen_ai.tool.type = "function",
+            run_id = %request.run_id,
+            span_id = Empty,
+        );
+        telemetry::record_ids(&span);
+        if telemetry::capture_content() {
+            telemetry::set_text(
+                &span,
+                "gen_ai.tool.call.arguments",
+                request.arguments_json.clone(),
+            );
+        }
+        // Made inside the span, so the event names it as its origin.
+        let mut event = span.in_scope(|| audit.event(EventType::ToolCall));
         // An invalid run id is refused (INVALID_ARGUMENT); it is not an id
         // to file the event under.
         if check_run_id(&request.run_id).is_ok() {
@@ -171,12 +203,32 @@ impl ToolCallRecord {
             audit: audit.clone(),
             event: Some(event),
             started: Instant::now(),
+            span,
         }
+    }
+
+    /// The call's span, for the tool's own work.
+    fn span(&self) -> tracing::Span {
+        self.span.clone()
     }
 
     /// The tool ran (successfully or not): record its result.
     fn finished(mut self, result: &v1::ToolResult) {
         let output = self.audit.capture(&result.output_json);
+        if result.is_error {
+            let kind = error_kind_name(result.error_kind);
+            self.span.record("otel.status_code", "error");
+            self.span.record(
+                "error.type",
+                if kind.is_empty() { "tool_error" } else { kind },
+            );
+        } else if telemetry::capture_content() {
+            telemetry::set_text(
+                &self.span,
+                "gen_ai.tool.call.result",
+                result.output_json.clone(),
+            );
+        }
         self.emit(|event, details| {
             details.output = Some(output);
             details.duration = result.duration;
@@ -199,6 +251,8 @@ impl ToolCallRecord {
     /// The call was refused before the tool ran (unknown tool, malformed
     /// request, deadline already passed).
     fn refused(mut self, status: &Status) {
+        self.span.record("otel.status_code", "error");
+        self.span.record("error.type", code_name(status.code()));
         self.emit(|event, details| {
             // Nothing ran.
             details.attempts = 0;

@@ -370,6 +370,30 @@ async fn outage_spools_then_replays_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_check_follows_delivery() {
+    let (url, server) = start_server().await;
+    server.set_failing(true);
+    let tmp = tempfile::tempdir().unwrap();
+    let client = AuditClient::start(&config(&url, tmp.path()), SERVICE, &Registry::new()).unwrap();
+    let check = client.health_check();
+    assert_eq!(check.name(), "audit");
+    assert!(!check.is_required());
+    client.emit(event(&client, 0));
+    bounded("flush", client.flush()).await;
+    let delivery = client.delivery();
+    assert!(delivery.enabled && !delivery.reachable, "{delivery:?}");
+    let reason = check.run(Duration::from_secs(5)).await.unwrap_err();
+    assert!(reason.contains(&format!("{url} unreachable")), "{reason}");
+    assert!(reason.contains("bytes in the spool"), "{reason}");
+
+    server.set_failing(false);
+    eventually("the spool replayed", || client.spooled_bytes() == 0).await;
+    assert!(client.delivery().reachable);
+    check.run(Duration::from_secs(5)).await.unwrap();
+    bounded("shutdown", client.shutdown()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_replays_an_existing_spool_first() {
     let (url, server) = start_server().await;
     let tmp = tempfile::tempdir().unwrap();
