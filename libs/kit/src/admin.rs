@@ -31,6 +31,7 @@ use tokio::net::TcpListener;
 
 use crate::health::{DeepHealth, Health};
 use crate::metrics::Metrics;
+use crate::status::error_chain;
 
 #[derive(Clone)]
 struct AdminState {
@@ -149,64 +150,35 @@ async fn deep(State(state): State<AdminState>) -> impl IntoResponse {
 
 /// Reads `/health/deep` from the admin server at `address` (`host:port`),
 /// within `timeout`.
-///
-/// The request travels over the kit's gRPC client stack (hyper, HTTP/2 with
-/// prior knowledge): the admin server speaks HTTP/1.1 and HTTP/2 alike, so
-/// no second HTTP client is needed.
 pub async fn fetch_deep_health(address: &str, timeout: Duration) -> Result<DeepHealth, String> {
-    let body = tokio::time::timeout(timeout, http_get(address, "/health/deep"))
-        .await
-        .map_err(|_| {
+    crate::client::install_tls_crypto();
+    let url = format!("http://{address}/health/deep");
+    let client = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .timeout(timeout)
+        .build()
+        .map_err(|err| format!("cannot make an HTTP client: {}", error_chain(&err)))?;
+    let response = client.get(&url).send().await.map_err(|err| {
+        if err.is_timeout() {
             format!(
                 "no answer within {}",
                 humantime_serde::re::humantime::format_duration(timeout)
             )
-        })??;
-    serde_json::from_slice(&body).map_err(|err| format!("not a health report: {err}"))
-}
-
-/// `GET http://{address}{path}`; the body of a 2xx answer.
-async fn http_get(address: &str, path: &str) -> Result<bytes::Bytes, String> {
-    use http_body_util::BodyExt as _;
-
-    let base = format!("http://{address}");
-    let channel = tonic::transport::Endpoint::from_shared(base.clone())
-        .map_err(|err| format!("bad address {address:?}: {err}"))?
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .map_err(|err| format!("cannot connect: {}", error_chain(&err)))?;
-    let request = http::Request::get(format!("{base}{path}"))
-        .body(tonic::body::Body::empty())
-        .map_err(|err| format!("bad request: {err}"))?;
-    let response = tower::ServiceExt::oneshot(channel, request)
-        .await
-        .map_err(|err| format!("GET {path} failed: {}", error_chain(&err)))?;
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|err| format!("GET {path}: reading the answer failed: {err}"))?
-        .to_bytes();
-    if !status.is_success() {
-        return Err(format!("GET {path} answered {status}"));
-    }
-    Ok(body)
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let part = cause.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
+        } else {
+            format!("cannot connect: {}", error_chain(&err))
         }
-        source = cause.source();
+    })?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(format!("GET {url} answered {status}"));
     }
-    text
+    let body = response.bytes().await.map_err(|err| {
+        format!(
+            "GET {url}: reading the answer failed: {}",
+            error_chain(&err)
+        )
+    })?;
+    serde_json::from_slice(&body).map_err(|err| format!("not a health report: {err}"))
 }
 
 #[cfg(test)]

@@ -55,3 +55,13 @@ pub fn plain_channel(uri: &str) -> Result<Channel, tonic::transport::Error> {
         .keep_alive_while_idle(true)
         .connect_lazy())
 }
+
+/// Makes rustls on ring the process's TLS crypto provider, unless one is
+/// installed already; true when there is one. reqwest (built with
+/// `rustls-no-provider`) takes the process default and panics without one.
+pub fn install_tls_crypto() -> bool {
+    // An Err only means another part of the process installed a provider
+    // first, which reqwest then uses.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    rustls::crypto::CryptoProvider::get_default().is_some()
+}

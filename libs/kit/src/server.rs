@@ -228,12 +228,7 @@ impl ServiceHost {
         self.routes.add_service(reflection_v1);
         self.routes.add_service(reflection_v1alpha);
 
-        let methods = Arc::new(KnownMethods::from_descriptor_sets(&[
-            agentmesh_proto::FILE_DESCRIPTOR_SET,
-            tonic_health::pb::FILE_DESCRIPTOR_SET,
-            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
-            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-        ]));
+        let methods = Arc::new(KnownMethods::mesh());
         let grpc_metrics = GrpcServerMetrics::register(self.metrics.registry())?;
         let layers = tower::ServiceBuilder::new()
             .layer(PropagationLayer)

@@ -49,6 +49,23 @@ pub fn to_rpc_status(status: &Status) -> tonic_types::pb::Status {
     }
 }
 
+/// An error followed by its causes (`error sending request: client error
+/// (Connect): tcp connect error: Connection refused (os error 111)`), each
+/// said once: what a person needs to see why a connection failed.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -212,21 +212,17 @@ pub(crate) fn validate(
     {
         return Err(("time", "is outside the years 1970 to 9999".to_owned()));
     }
-    let hex_trace_id = event.trace_id.len() == 32
-        && event
-            .trace_id
-            .bytes()
-            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-    if !event.trace_id.is_empty() && !hex_trace_id {
-        return Err(("trace_id", "must be 32 lowercase hex characters".to_owned()));
-    }
-    let hex_span_id = event.span_id.len() == 16
-        && event
-            .span_id
-            .bytes()
-            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-    if !event.span_id.is_empty() && !hex_span_id {
-        return Err(("span_id", "must be 16 lowercase hex characters".to_owned()));
+    for (field, value, len) in [
+        ("trace_id", &event.trace_id, 32),
+        ("span_id", &event.span_id, 16),
+    ] {
+        let lower_hex = value.len() == len
+            && value
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if !value.is_empty() && !lower_hex {
+            return Err((field, format!("must be {len} lowercase hex characters")));
+        }
     }
     if event.attributes.len() > MAX_ATTRIBUTES {
         return Err((

@@ -8,7 +8,9 @@
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
+pub(crate) use agentmesh_kit::client::install_tls_crypto;
 use agentmesh_kit::retry_after::parse_retry_after;
+pub(crate) use agentmesh_kit::status::error_chain;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
 
@@ -22,16 +24,6 @@ pub(crate) const USER_AGENT: &str = concat!("agentmesh-alerting/", env!("CARGO_P
 const MAX_QUOTED_CHARS: usize = 200;
 /// Largest answer read (integrations answer "ok" or a short JSON).
 const MAX_BODY_BYTES: usize = 64 * 1024;
-
-/// Makes rustls on ring the process's TLS crypto provider, unless one is
-/// installed already; true when there is one. reqwest (built with
-/// `rustls-no-provider`) takes the process default and panics without one.
-pub(crate) fn install_tls_crypto() -> bool {
-    // An Err only means another part of the process installed a provider
-    // first, which reqwest then uses.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    rustls::crypto::CryptoProvider::get_default().is_some()
-}
 
 /// The process's client, built on first use: loading the platform's CA
 /// roots can fail on a bare machine, and that must fail deliveries (which
@@ -208,22 +200,6 @@ fn send_error(err: reqwest::Error, timeout: Duration, redactor: &Redactor) -> De
     }
     // Resets, broken connections: the request may not have arrived.
     DeliveryError::transient(chain)
-}
-
-/// An error and its sources, joined: reqwest's own message is only "error
-/// sending request"; the cause (connection refused, reset) is in the chain.
-pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -11,7 +11,9 @@ use std::collections::VecDeque;
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
+pub use agentmesh_kit::client::install_tls_crypto;
 use agentmesh_kit::retry_after::parse_retry_after;
+pub use agentmesh_kit::status::error_chain;
 use bytes::Bytes;
 use eventsource_stream::{Event, EventStreamError, Eventsource};
 use futures::StreamExt;
@@ -192,16 +194,6 @@ impl HttpCore {
     }
 }
 
-/// Makes rustls on ring the process's TLS crypto provider, unless one is
-/// installed already; true when there is one. reqwest (built with
-/// `rustls-no-provider`) takes the process default and panics without one.
-pub fn install_tls_crypto() -> bool {
-    // An Err only means another part of the process installed a provider
-    // first, which reqwest then uses.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    rustls::crypto::CryptoProvider::get_default().is_some()
-}
-
 /// Builds the instance's client: pooled connections, TCP_NODELAY (streamed
 /// events are small; Nagle's algorithm would hold them back), rustls on ring.
 fn build_client(config: &ProviderConfig) -> Result<reqwest::Client, String> {
@@ -230,22 +222,6 @@ fn send_error(url: &str, err: reqwest::Error, config: &ProviderConfig) -> Provid
         // The URL is in our message already.
         message: error_chain(&err.without_url()),
     }
-}
-
-/// An error and its sources, joined: reqwest's own message is only "error
-/// sending request"; the cause (connection refused, reset) is in the chain.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 async fn error_response(
