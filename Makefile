@@ -37,6 +37,7 @@ bench:
 	$(CARGO) bench -p agentmesh-kit --bench hop
 	$(CARGO) bench -p agentmesh-tests --bench run_step
 	$(CARGO) bench -p agentmesh-tests --bench audit_ingest
+	$(CARGO) bench -p agentmesh-tests --bench gateway_faults
 
 # The Prometheus alert rules: syntax, their unit tests, and the generated
 # PrometheusRule of the monitoring overlay being up to date.

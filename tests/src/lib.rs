@@ -428,6 +428,8 @@ pub async fn within<T>(what: &str, limit: Duration, future: impl Future<Output =
 pub struct RunMesh {
     /// Where the orchestrator listens.
     pub orchestrator: SocketAddr,
+    /// The orchestrator's admin server (`/metrics`).
+    pub orchestrator_admin: SocketAddr,
     stop: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<Result<(), ServeError>>>,
     _dir: tempfile::TempDir,
@@ -438,6 +440,16 @@ impl RunMesh {
     /// rules; `tweak` adjusts the orchestrator's configuration.
     pub async fn start(
         rules: Option<&str>,
+        tweak: impl FnOnce(&mut agentmesh_orchestrator::Config),
+    ) -> Self {
+        Self::start_with(rules, |_| {}, tweak).await
+    }
+
+    /// [`RunMesh::start`], with `tweak_gateway` adjusting the gateway's
+    /// configuration too (providers, routes) before it starts.
+    pub async fn start_with(
+        rules: Option<&str>,
+        tweak_gateway: impl FnOnce(&mut agentmesh_llm_gateway::Config),
         tweak: impl FnOnce(&mut agentmesh_orchestrator::Config),
     ) -> Self {
         let dir = tempfile::tempdir().unwrap();
@@ -454,6 +466,7 @@ impl RunMesh {
             std::fs::write(&path, rules).unwrap();
             gateway.providers.get_mut("scripted").unwrap().rules_file = path.display().to_string();
         }
+        tweak_gateway(&mut gateway);
         let listeners = Listeners::bind(&gateway.server).await.unwrap();
         let gateway_addr = listeners.grpc_addr().unwrap();
         let served: BoxFuture<'static, _> = Box::pin(agentmesh_llm_gateway::serve_with_listeners(
@@ -489,6 +502,7 @@ impl RunMesh {
         tweak(&mut orchestrator);
         let listeners = Listeners::bind(&orchestrator.server).await.unwrap();
         let orchestrator_addr = listeners.grpc_addr().unwrap();
+        let orchestrator_admin = listeners.admin_addr().unwrap();
         let served: BoxFuture<'static, _> = Box::pin(agentmesh_orchestrator::serve_with_listeners(
             orchestrator,
             listeners,
@@ -501,6 +515,7 @@ impl RunMesh {
         }
         Self {
             orchestrator: orchestrator_addr,
+            orchestrator_admin,
             stop,
             tasks,
             _dir: dir,

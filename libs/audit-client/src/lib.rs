@@ -48,6 +48,7 @@
 //! or reaches the spool (see [`Redactor`]).
 
 mod redact;
+pub mod resilience;
 mod sender;
 mod spool;
 

@@ -23,6 +23,7 @@ const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
 pub struct InFlightLimitLayer {
     permits: Arc<Semaphore>,
     limit: usize,
+    shed: Option<prometheus::IntCounter>,
 }
 
 impl InFlightLimitLayer {
@@ -31,7 +32,20 @@ impl InFlightLimitLayer {
         Self {
             permits: Arc::new(Semaphore::new(limit)),
             limit,
+            shed: None,
         }
+    }
+
+    /// Also counts refused calls in `agentmesh_shed_requests_total`,
+    /// registered in `registry`.
+    pub fn counted(mut self, registry: &prometheus::Registry) -> prometheus::Result<Self> {
+        let shed = prometheus::IntCounter::new(
+            "agentmesh_shed_requests_total",
+            "Calls refused with UNAVAILABLE because the server was at its limit of calls in flight (server.max_concurrent_requests).",
+        )?;
+        registry.register(Box::new(shed.clone()))?;
+        self.shed = Some(shed);
+        Ok(self)
     }
 }
 
@@ -72,6 +86,9 @@ where
             return Box::pin(self.inner.call(request));
         }
         let Ok(permit) = self.layer.permits.clone().try_acquire_owned() else {
+            if let Some(shed) = &self.layer.shed {
+                shed.inc();
+            }
             let status = tonic::Status::unavailable(format!(
                 "server is at its limit of {} calls in flight (server.max_concurrent_requests); retry with backoff",
                 self.layer.limit

@@ -234,7 +234,10 @@ impl ServiceHost {
             .layer(PropagationLayer)
             .layer(ServerTraceLayer)
             .layer(GrpcMetricsLayer::new(grpc_metrics, methods))
-            .layer(InFlightLimitLayer::new(self.config.max_concurrent_requests))
+            .layer(
+                InFlightLimitLayer::new(self.config.max_concurrent_requests)
+                    .counted(self.metrics.registry())?,
+            )
             .layer(DrainLayer::new(
                 self.drain.clone(),
                 std::mem::take(&mut self.end_on_drain),

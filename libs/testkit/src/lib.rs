@@ -3,6 +3,10 @@
 //! * [`postgres`]: a real PostgreSQL server on a loopback port, started for
 //!   the tests (as the unprivileged `postgres` account when running as root),
 //!   with a fresh database per test, stopped when the last user drops it.
+//! * [`fault_provider`]: an OpenAI-compatible model provider on a loopback
+//!   port that answers deterministically and injects faults on demand (500,
+//!   429, hangs, cut streams, broken SSE frames, outages), counting what it
+//!   saw, for resilience tests and benchmarks.
 //! * [`eventually`]: waits for a condition with a patience bound, instead of
 //!   sleeping a guessed amount.
 //! * [`find_program`]: locates an external program a test drives (grpcurl,
@@ -14,6 +18,7 @@
     reason = "test helpers fail loudly"
 )]
 
+pub mod fault_provider;
 pub mod postgres;
 
 use std::future::Future;

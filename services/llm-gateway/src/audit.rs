@@ -143,6 +143,14 @@ impl LlmCallRecord {
             .record("agentmesh.route", resolved.route.as_str());
     }
 
+    /// The number of upstream attempts the call made (retries and
+    /// fallbacks included).
+    pub fn attempts(&mut self, attempts: u32) {
+        if let Some(details) = self.details() {
+            details.attempts = i32::try_from(attempts).unwrap_or(i32::MAX);
+        }
+    }
+
     /// Output started arriving (streams): the time to the first token.
     pub fn first_token(&mut self) {
         if self.first_token.is_none() {

@@ -34,6 +34,7 @@ use std::time::Duration;
 
 use agentmesh_audit_client::AuditConfig;
 use agentmesh_kit::{ConfigError, LogConfig, ServerConfig};
+use agentmesh_resilience::{CircuitConfig, Limit, RetryConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::providers::scripted::RuleSet;
@@ -62,6 +63,122 @@ pub struct Config {
     pub prices: BTreeMap<String, Price>,
     /// Where audit events go.
     pub audit: AuditConfig,
+    /// Retries of a failed provider call (per target), with backoff and a
+    /// budget shared by every call (fallbacks count against it too).
+    pub retry: RetryConfig,
+    /// The circuit breaker of every provider target (`provider/model`).
+    pub circuit_breaker: CircuitConfig,
+    /// Rate limits per tenant and per route, on requests and tokens.
+    pub rate_limits: RateLimitsConfig,
+}
+
+/// Rate limits on requests and tokens (input + output) per minute; 0 = none.
+///
+/// ```toml
+/// [llm_gateway.rate_limits.tenant]            # every tenant, each on its own
+/// requests_per_minute = 600
+/// tokens_per_minute = 2000000
+/// [llm_gateway.rate_limits.tenants.acme]      # one tenant's own limit
+/// requests_per_minute = 6000
+/// [llm_gateway.rate_limits.routes.default]    # one route, all tenants together
+/// tokens_per_minute = 10000000
+/// ```
+///
+/// The state is in this process's memory: with N replicas behind a load
+/// balancer, a key may get up to N times its limit. Divide the limits by the
+/// replica count, or keep one replica's share in mind.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitsConfig {
+    /// The limit of each tenant without its own entry in `tenants`.
+    pub tenant: Limit,
+    /// Limits of named tenants (the `x-agentmesh-tenant` value; `-` for calls
+    /// without a tenant).
+    pub tenants: BTreeMap<String, Limit>,
+    /// The limit of each route without its own entry in `routes` (calls
+    /// addressed as `provider/model` count under that name).
+    pub route: Limit,
+    /// Limits of named routes.
+    pub routes: BTreeMap<String, Limit>,
+}
+
+/// Why a provider call failed, as retries, fallbacks and circuit breakers
+/// see it. `fallback_on` of a route lists the classes that hand a call over
+/// to the route's next target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureClass {
+    /// No connection could be made (refused, DNS, TLS). Retried.
+    Connect,
+    /// HTTP 5xx, 408, 409, or an overloaded/server error in the stream. Retried.
+    ServerError,
+    /// HTTP 429 or a rate-limit error from the provider. Retried after its
+    /// `retry-after`.
+    RateLimited,
+    /// The provider's first-token or whole-call timeout passed. Retried.
+    Timeout,
+    /// The stream broke or was malformed. Retried.
+    Broken,
+    /// The target's circuit is open (no call was made).
+    CircuitOpen,
+    /// The target cannot be called: its API key is not set, or no TLS.
+    Unconfigured,
+    /// HTTP 400/413/422: the request itself is wrong. Never retried.
+    InvalidRequest,
+    /// HTTP 401/403. Never retried.
+    PermissionDenied,
+    /// HTTP 404: the provider does not know the model. Never retried.
+    NotFound,
+}
+
+impl FailureClass {
+    /// The name used in configuration and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::ServerError => "server_error",
+            Self::RateLimited => "rate_limited",
+            Self::Timeout => "timeout",
+            Self::Broken => "broken",
+            Self::CircuitOpen => "circuit_open",
+            Self::Unconfigured => "unconfigured",
+            Self::InvalidRequest => "invalid_request",
+            Self::PermissionDenied => "permission_denied",
+            Self::NotFound => "not_found",
+        }
+    }
+
+    /// Whether another attempt at the same target may succeed.
+    pub fn retryable(self) -> bool {
+        matches!(
+            self,
+            Self::Connect | Self::ServerError | Self::RateLimited | Self::Timeout | Self::Broken
+        )
+    }
+
+    /// Whether the failure says the target is unhealthy (and counts against
+    /// its circuit). A 429 is the provider protecting our quota, not a sick
+    /// target: it is retried after its delay but does not open the circuit.
+    pub fn counts_against_circuit(self) -> bool {
+        matches!(
+            self,
+            Self::Connect | Self::ServerError | Self::Timeout | Self::Broken
+        )
+    }
+}
+
+/// The classes that hand a call to the next target by default: every
+/// failure of the target rather than of the request.
+pub fn default_fallback_on() -> Vec<FailureClass> {
+    vec![
+        FailureClass::Connect,
+        FailureClass::ServerError,
+        FailureClass::RateLimited,
+        FailureClass::Timeout,
+        FailureClass::Broken,
+        FailureClass::CircuitOpen,
+        FailureClass::Unconfigured,
+    ]
 }
 
 impl Default for Config {
@@ -110,6 +227,9 @@ impl Default for Config {
             routes,
             prices: default_prices(),
             audit: AuditConfig::default(),
+            retry: RetryConfig::default(),
+            circuit_breaker: CircuitConfig::default(),
+            rate_limits: RateLimitsConfig::default(),
         }
     }
 }
@@ -315,12 +435,26 @@ impl Default for ProviderConfig {
     }
 }
 
-/// A model route.
+/// A model route: its first target and the fallbacks after it.
+///
+/// ```toml
+/// [llm_gateway.routes.default]
+/// target = "openai/gpt-4o-mini"
+/// fallbacks = ["anthropic/claude-haiku-4-5", "scripted/demo"]
+/// fallback_on = ["connect", "server_error", "rate_limited", "timeout", "broken", "circuit_open"]
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RouteConfig {
-    /// `provider_instance/model`, e.g. `openai/gpt-4o-mini`.
+    /// `provider_instance/model`, e.g. `openai/gpt-4o-mini`: tried first.
     pub target: String,
+    /// Further `provider_instance/model` targets, in order: a target that
+    /// fails (after its retries) with a class in `fallback_on`, or whose
+    /// circuit is open, hands the call to the next.
+    pub fallbacks: Vec<String>,
+    /// The failure classes that trigger a fallback (see [`FailureClass`]);
+    /// by default every failure of the target rather than of the request.
+    pub fallback_on: Vec<FailureClass>,
     /// Free text shown by ListModels.
     pub description: String,
 }
@@ -330,8 +464,29 @@ impl RouteConfig {
     pub fn new(target: impl Into<String>, description: impl Into<String>) -> Self {
         Self {
             target: target.into(),
+            fallbacks: Vec::new(),
+            fallback_on: default_fallback_on(),
             description: description.into(),
         }
+    }
+
+    /// Adds fallback targets.
+    pub fn with_fallbacks<I: IntoIterator<Item = S>, S: Into<String>>(
+        mut self,
+        targets: I,
+    ) -> Self {
+        self.fallbacks.extend(targets.into_iter().map(Into::into));
+        self
+    }
+
+    /// The targets in order, each with the name of its setting.
+    pub fn chain(&self) -> impl Iterator<Item = (String, &str)> {
+        std::iter::once(("target".to_owned(), self.target.as_str())).chain(
+            self.fallbacks
+                .iter()
+                .enumerate()
+                .map(|(index, target)| (format!("fallbacks[{index}]"), target.as_str())),
+        )
     }
 }
 
@@ -357,10 +512,42 @@ impl Config {
             validate_provider(name, provider)?;
         }
         for (name, route) in &self.routes {
-            let setting = format!("routes.{name}.target");
             if name.is_empty() {
                 return Err(ConfigError::new("routes", "a route name must not be empty"));
             }
+            for (field, target) in route.chain() {
+                self.validate_target(name, &field, target)?;
+            }
+        }
+        for (key, price) in &self.prices {
+            validate_price(key, price)?;
+        }
+        self.audit.validate()?;
+        self.retry
+            .validate()
+            .map_err(|(field, message)| ConfigError::new(format!("retry.{field}"), message))?;
+        self.circuit_breaker
+            .validate()
+            .map_err(|(field, message)| {
+                ConfigError::new(format!("circuit_breaker.{field}"), message)
+            })?;
+        if !self.routes.contains_key(&self.default_route) {
+            return Err(ConfigError::new(
+                "default_route",
+                format!(
+                    "route `{}` is not configured; configured routes: {}",
+                    self.default_route,
+                    join_names(self.routes.keys())
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_target(&self, name: &str, field: &str, target: &str) -> Result<(), ConfigError> {
+        let setting = format!("routes.{name}.{field}");
+        {
+            let route = RouteConfig::new(target, "");
             let Some((instance, model)) = split_target(&route.target) else {
                 return Err(ConfigError::new(
                     setting,
@@ -385,20 +572,6 @@ impl Config {
                     format!("`{}` names no model after `{instance}/`", route.target),
                 ));
             }
-        }
-        for (key, price) in &self.prices {
-            validate_price(key, price)?;
-        }
-        self.audit.validate()?;
-        if !self.routes.contains_key(&self.default_route) {
-            return Err(ConfigError::new(
-                "default_route",
-                format!(
-                    "route `{}` is not configured; configured routes: {}",
-                    self.default_route,
-                    join_names(self.routes.keys())
-                ),
-            ));
         }
         Ok(())
     }

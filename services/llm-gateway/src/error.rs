@@ -67,6 +67,9 @@ pub enum ProviderError {
     /// The gateway cannot make the call at all (e.g. no TLS roots).
     #[error("{0}")]
     Setup(String),
+    /// The target's circuit is open: no call was made.
+    #[error("{0}")]
+    CircuitOpen(String),
 }
 
 impl ProviderError {
@@ -76,7 +79,9 @@ impl ProviderError {
             Self::MissingKey { .. } | Self::Setup(_) => Code::FailedPrecondition,
             Self::Http { status, .. } => http_status_code(*status),
             Self::Upstream { kind, .. } => upstream_error_code(kind),
-            Self::Connect { .. } | Self::Broken(_) | Self::Malformed(_) => Code::Unavailable,
+            Self::Connect { .. } | Self::Broken(_) | Self::Malformed(_) | Self::CircuitOpen(_) => {
+                Code::Unavailable
+            }
             Self::Timeout(_) => Code::DeadlineExceeded,
         }
     }

@@ -52,12 +52,14 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod providers;
+pub mod resilience;
 pub mod service;
 pub mod validate;
 
 use std::future::Future;
 use std::sync::Arc;
 
+use agentmesh_audit_client::resilience::ResilienceReporter;
 use agentmesh_kit::health::DependencyCheck;
 use agentmesh_kit::{Listeners, ServeError, ServiceHost, StartupError};
 use agentmesh_proto::llm::v1::llm_gateway_service_server::LlmGatewayServiceServer;
@@ -96,12 +98,6 @@ pub async fn serve_with_listeners(
     if !providers::http::install_tls_crypto() {
         tracing::warn!("no TLS crypto provider: calls to https providers will fail");
     }
-    let gateway = Gateway::from_config(&config).map_err(|err| {
-        refused(format!(
-            "invalid setting `llm_gateway.{}`: {}",
-            err.setting, err.message
-        ))
-    })?;
     let mut host = ServiceHost::new(SERVICE, &config.server);
     // The configuration names the environment variables holding the API
     // keys, never the keys: it is recorded as it is.
@@ -111,6 +107,13 @@ pub async fn serve_with_listeners(
         host.metrics(),
         &config,
     )?;
+    let reporter = ResilienceReporter::new(audit.clone(), host.metrics().registry());
+    let gateway = Gateway::build(&config, reporter).map_err(|err| {
+        refused(format!(
+            "invalid setting `llm_gateway.{}`: {}",
+            err.setting, err.message
+        ))
+    })?;
     let metrics = Arc::new(metrics::GatewayMetrics::new(
         host.metrics().registry(),
         &config,
@@ -150,33 +153,32 @@ fn providers_check(config: &Config) -> DependencyCheck {
 fn usable_route(config: &Config) -> Result<(), String> {
     let mut missing = Vec::new();
     for (name, route) in &config.routes {
-        let Some((instance, _)) = config::split_target(&route.target) else {
-            missing.push(format!(
-                "route `{name}`: `{}` is not provider/model",
-                route.target
-            ));
-            continue;
-        };
-        let Some(provider) = config.providers.get(instance) else {
-            missing.push(format!(
-                "route `{name}`: provider `{instance}` is not configured"
-            ));
-            continue;
-        };
-        if provider.kind == ProviderKind::Scripted {
-            return Ok(());
-        }
-        if provider.effective_base_url().is_empty() {
-            missing.push(format!(
-                "route `{name}`: provider `{instance}` has no base_url"
-            ));
-        } else if !provider.key_available() {
-            missing.push(format!(
-                "route `{name}`: provider `{instance}` needs its API key in ${}",
-                provider.api_key_env
-            ));
-        } else {
-            return Ok(());
+        for (_, target) in route.chain() {
+            let Some((instance, _)) = config::split_target(target) else {
+                missing.push(format!("route `{name}`: `{target}` is not provider/model"));
+                continue;
+            };
+            let Some(provider) = config.providers.get(instance) else {
+                missing.push(format!(
+                    "route `{name}`: provider `{instance}` is not configured"
+                ));
+                continue;
+            };
+            if provider.kind == ProviderKind::Scripted {
+                return Ok(());
+            }
+            if provider.effective_base_url().is_empty() {
+                missing.push(format!(
+                    "route `{name}`: provider `{instance}` has no base_url"
+                ));
+            } else if !provider.key_available() {
+                missing.push(format!(
+                    "route `{name}`: provider `{instance}` needs its API key in ${}",
+                    provider.api_key_env
+                ));
+            } else {
+                return Ok(());
+            }
         }
     }
     if missing.is_empty() {

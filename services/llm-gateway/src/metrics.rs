@@ -152,6 +152,11 @@ impl GatewayMetrics {
         }
         let mut by_route = HashMap::new();
         for (name, route) in &config.routes {
+            for (_, target) in route.chain().skip(1) {
+                if let Some((instance, model)) = split_target(target) {
+                    known_targets.insert((instance.to_owned(), model.to_owned()));
+                }
+            }
             if let Some((instance, model)) = split_target(&route.target) {
                 known_targets.insert((instance.to_owned(), model.to_owned()));
                 // Validation guarantees the instance exists.

@@ -18,25 +18,32 @@ use std::sync::Arc;
 use std::time::Instant as StdInstant;
 
 use agentmesh_audit_client::AuditClient;
+use agentmesh_audit_client::resilience::ResilienceReporter;
 use agentmesh_kit::status::invalid_argument;
 use agentmesh_kit::{ConfigError, RequestContext};
 use agentmesh_proto::llm::v1::{
     self, FinishReason, GenerateRequest, GenerateResponse, GenerateStreamRequest,
     GenerateStreamResponse, ListModelsRequest, ListModelsResponse, Model, ModelTarget,
-    StreamFinished, TextDelta, ToolCallDelta, Usage, generate_stream_response::Event,
+    StreamFinished, StreamReset, TextDelta, ToolCallDelta, Usage, generate_stream_response::Event,
     llm_gateway_service_server::LlmGatewayService,
 };
+use agentmesh_resilience::CircuitState;
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
 use crate::audit::{CallEnd, KeyRegistry, LlmCallRecord};
+use crate::completion::estimate_input_tokens;
 use crate::completion::{Assembler, Completion, ProviderEvent};
-use crate::config::{Config, Price, join_names, price_of, split_target};
+use crate::config::{Config, FailureClass, Price, join_names, price_of, split_target};
 use crate::error::ProviderError;
 use crate::metrics::GatewayMetrics;
-use crate::providers::{EventStream, ProviderCall, ProviderInstance};
+use crate::providers::{ProviderCall, ProviderInstance};
+use crate::resilience::{
+    Charges, Circuits, Limits, Next, Plan, RetryPolicy, Target, settle_permit,
+};
 use crate::validate::validate_request;
 
 /// ListModels page size when the request gives 0.
@@ -53,12 +60,16 @@ pub struct Gateway {
     routes: BTreeMap<String, Route>,
     providers: BTreeMap<String, ProviderInstance>,
     prices: BTreeMap<String, Price>,
+    circuits: Circuits,
+    retry: RetryPolicy,
+    limits: Arc<Limits>,
 }
 
 #[derive(Debug, Clone)]
 struct Route {
-    instance: String,
-    model: String,
+    /// `(instance, model)` in fallback order; never empty.
+    chain: Vec<(String, String)>,
+    fallback_on: Vec<FailureClass>,
     description: String,
 }
 
@@ -67,32 +78,65 @@ struct Route {
 pub struct Resolved {
     /// The route name; empty when addressed as `provider/model`.
     pub route: String,
-    /// The provider instance name.
+    /// The provider instance name (of the target being tried).
     pub instance: String,
-    /// The provider's model name.
+    /// The provider's model name (of the target being tried).
     pub model: String,
     /// The instance.
     pub provider: ProviderInstance,
+    /// Every target of the route, in fallback order.
+    pub chain: Vec<Target>,
+    /// The failure classes that hand over to the next target.
+    pub fallback_on: Vec<FailureClass>,
+}
+
+impl Resolved {
+    /// This resolution, at `target` of its chain.
+    pub fn at(&self, target: &Target) -> Self {
+        Self {
+            instance: target.instance.clone(),
+            model: target.model.clone(),
+            provider: target.provider.clone(),
+            ..self.clone()
+        }
+    }
 }
 
 impl Gateway {
     /// Builds routes and provider instances from a configuration that passed
     /// [`Config::validate`]; fails on a rules file that cannot be loaded.
+    /// Circuit changes and refusals are reported nowhere (see [`Self::build`]).
     pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
+        Self::build(
+            config,
+            ResilienceReporter::without_metrics(AuditClient::disabled(crate::SERVICE)),
+        )
+    }
+
+    /// As [`Self::from_config`], reporting circuit changes, retries and
+    /// rate-limit refusals to `reporter`.
+    pub fn build(config: &Config, reporter: ResilienceReporter) -> Result<Self, ConfigError> {
         let providers = crate::providers::build_all(&config.providers)?;
         let mut routes = BTreeMap::new();
+        let circuits = Circuits::new(config.circuit_breaker.clone(), reporter.clone());
         for (name, route) in &config.routes {
-            let (instance, model) = split_target(&route.target).ok_or_else(|| {
-                ConfigError::new(
-                    format!("routes.{name}.target"),
-                    format!("`{}` is not `provider/model`", route.target),
-                )
-            })?;
+            let mut chain = Vec::new();
+            for (field, target) in route.chain() {
+                let (instance, model) = split_target(target).ok_or_else(|| {
+                    ConfigError::new(
+                        format!("routes.{name}.{field}"),
+                        format!("`{target}` is not `provider/model`"),
+                    )
+                })?;
+                // Made now, so their state shows before the first call.
+                circuits.of(instance, model, true);
+                chain.push((instance.to_owned(), model.to_owned()));
+            }
             routes.insert(
                 name.clone(),
                 Route {
-                    instance: instance.to_owned(),
-                    model: model.to_owned(),
+                    chain,
+                    fallback_on: route.fallback_on.clone(),
                     description: route.description.clone(),
                 },
             );
@@ -102,6 +146,9 @@ impl Gateway {
             routes,
             providers,
             prices: config.prices.clone(),
+            circuits,
+            retry: RetryPolicy::new(&config.retry, reporter.clone()),
+            limits: Arc::new(Limits::new(config, reporter)),
         })
     }
 
@@ -133,11 +180,11 @@ impl Gateway {
         } else {
             requested
         };
-        let (route, instance, model) = if let Some(route) = self.routes.get(requested) {
+        let (route, chain, fallback_on) = if let Some(route) = self.routes.get(requested) {
             (
                 requested.to_owned(),
-                route.instance.clone(),
-                route.model.clone(),
+                route.chain.clone(),
+                route.fallback_on.clone(),
             )
         } else if let Some((instance, model)) = split_target(requested) {
             if !self.providers.contains_key(instance) {
@@ -152,7 +199,11 @@ impl Gateway {
                     format!("`{requested}` names no model after `{instance}/`"),
                 )]));
             }
-            (String::new(), instance.to_owned(), model.to_owned())
+            (
+                String::new(),
+                vec![(instance.to_owned(), model.to_owned())],
+                Vec::new(),
+            )
         } else {
             return Err(Status::not_found(format!(
                 "model route `{requested}` is not configured; routes: {}; or address a provider directly as `provider/model` with provider one of: {}",
@@ -160,16 +211,34 @@ impl Gateway {
                 join_names(self.providers.keys())
             )));
         };
-        let provider = self.providers.get(&instance).cloned().ok_or_else(|| {
-            Status::internal(format!(
-                "route `{route}` names provider `{instance}`, which is not built"
-            ))
-        })?;
+        let configured = !route.is_empty();
+        let chain = chain
+            .into_iter()
+            .map(|(instance, model)| {
+                let provider = self.providers.get(&instance).cloned().ok_or_else(|| {
+                    Status::internal(format!(
+                        "route `{route}` names provider `{instance}`, which is not built"
+                    ))
+                })?;
+                Ok(Target {
+                    circuit: self.circuits.of(&instance, &model, configured),
+                    instance,
+                    model,
+                    provider,
+                })
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
+        let first = chain
+            .first()
+            .cloned()
+            .ok_or_else(|| Status::internal(format!("route `{route}` has no target")))?;
         Ok(Resolved {
             route,
-            instance,
-            model,
-            provider,
+            instance: first.instance,
+            model: first.model,
+            provider: first.provider,
+            chain,
+            fallback_on,
         })
     }
 
@@ -221,24 +290,42 @@ impl Gateway {
     }
 
     fn model(&self, name: &str, route: &Route) -> Model {
-        let instance = self.providers.get(&route.instance);
-        let available = instance.is_some_and(|instance| instance.config.key_available());
-        let price = price_of(&self.prices, &route.instance, &route.model);
+        let targets: Vec<ModelTarget> = route
+            .chain
+            .iter()
+            .map(|(instance_name, model)| {
+                let instance = self.providers.get(instance_name);
+                let price = price_of(&self.prices, instance_name, model);
+                let circuit_state = match self.circuits.state(instance_name, model) {
+                    CircuitState::Closed => v1::CircuitState::Closed,
+                    CircuitState::Open => v1::CircuitState::Open,
+                    CircuitState::HalfOpen => v1::CircuitState::HalfOpen,
+                };
+                ModelTarget {
+                    provider: instance_name.clone(),
+                    provider_kind: instance
+                        .map(|instance| instance.config.kind.as_str().to_owned())
+                        .unwrap_or_default(),
+                    model: model.clone(),
+                    circuit_state: circuit_state.into(),
+                    supports_tools: true,
+                    context_window_tokens: 0,
+                    input_usd_per_million_tokens: price.map(|price| price.input_per_million_usd),
+                    output_usd_per_million_tokens: price.map(|price| price.output_per_million_usd),
+                }
+            })
+            .collect();
+        let available = targets.iter().any(|target| {
+            target.circuit_state != v1::CircuitState::Open as i32
+                && self
+                    .providers
+                    .get(&target.provider)
+                    .is_some_and(|instance| instance.config.key_available())
+        });
         Model {
             name: name.to_owned(),
             description: route.description.clone(),
-            targets: vec![ModelTarget {
-                provider: route.instance.clone(),
-                provider_kind: instance
-                    .map(|instance| instance.config.kind.as_str().to_owned())
-                    .unwrap_or_default(),
-                model: route.model.clone(),
-                circuit_state: v1::CircuitState::Unspecified.into(),
-                supports_tools: true,
-                context_window_tokens: 0,
-                input_usd_per_million_tokens: price.map(|price| price.input_per_million_usd),
-                output_usd_per_million_tokens: price.map(|price| price.output_per_million_usd),
-            }],
+            targets,
             is_default: name == self.default_route,
             available,
         }
@@ -307,27 +394,118 @@ impl LlmGatewayServiceImpl {
         self
     }
 
-    /// Validates and resolves a request, and captures the caller's deadline
-    /// (the task-local context is gone once a stream is being polled).
+    /// Validates and resolves a request, applies the rate limits, and
+    /// captures the caller's deadline (the task-local context is gone once a
+    /// stream is being polled).
     fn prepare(
         &self,
         request: GenerateRequest,
         record: &mut LlmCallRecord,
-    ) -> Result<(Resolved, ProviderCall), Status> {
+        method: &str,
+    ) -> Result<Prepared, Status> {
         validate_request(&request)?;
         let resolved = self.gateway.resolve(&request.model)?;
         record.resolved(&resolved);
-        self.keys.register(&self.audit, &resolved.provider.config);
-        let caller_deadline = RequestContext::current()
+        for target in &resolved.chain {
+            self.keys.register(&self.audit, &target.provider.config);
+        }
+        let context = RequestContext::current();
+        let tenant = context
+            .as_ref()
+            .and_then(|context| context.header("x-agentmesh-tenant"))
+            .filter(|tenant| !tenant.is_empty())
+            .unwrap_or("-")
+            .to_owned();
+        let route_key = if resolved.route.is_empty() {
+            format!("{}/{}", resolved.instance, resolved.model)
+        } else {
+            resolved.route.clone()
+        };
+        let charges = self.gateway.limits.admit(
+            &tenant,
+            &route_key,
+            estimate_input_tokens(&request),
+            method,
+        )?;
+        let caller_deadline = context
             .and_then(|context| context.deadline())
             .map(|deadline| tokio::time::Instant::from_std(deadline.min(far_future())));
-        let call = ProviderCall {
-            model: resolved.model.clone(),
+        let plan = Plan::new(
+            resolved.chain.clone(),
+            resolved.fallback_on.clone(),
+            &self.gateway.retry,
+            caller_deadline,
+        );
+        Ok(Prepared {
+            resolved,
             request: Arc::new(request),
             caller_deadline,
-        };
-        Ok((resolved, call))
+            plan,
+            charges,
+        })
     }
+}
+
+/// A call that passed its checks and limits, with its plan of attempts.
+struct Prepared {
+    resolved: Resolved,
+    request: Arc<GenerateRequest>,
+    caller_deadline: Option<tokio::time::Instant>,
+    plan: Plan,
+    charges: Charges,
+}
+
+impl Prepared {
+    /// The provider call for the plan's current target.
+    fn call(&self) -> ProviderCall {
+        ProviderCall {
+            model: self.plan.target().model.clone(),
+            request: Arc::clone(&self.request),
+            caller_deadline: self.caller_deadline,
+        }
+    }
+
+    /// The status a call that failed for good ends with: the last error's,
+    /// saying how many attempts were made and why retrying stopped.
+    fn final_status(&self, err: ProviderError) -> Status {
+        let resolved = self.resolved.at(self.plan.target());
+        let attempts = self.plan.attempts();
+        let status = log_failure(&resolved, err);
+        if attempts <= 1 && self.plan.stopped().is_none() {
+            return status;
+        }
+        let mut message = format!("{} (after {attempts} attempts", status.message());
+        if let Some(why) = self.plan.stopped() {
+            message.push_str("; no further retry: ");
+            message.push_str(why);
+        }
+        message.push(')');
+        Status::with_details(status.code(), message, status.details().to_vec().into())
+    }
+
+    /// Tokens used, for the token limits.
+    fn used_tokens(usage: &Usage) -> u64 {
+        u64::try_from(usage.input_tokens.max(0)).unwrap_or(0)
+            + u64::try_from(usage.output_tokens.max(0)).unwrap_or(0)
+    }
+}
+
+/// Adds `more` to `total` (tokens; the cost when both have one).
+fn add_usage(total: &mut Usage, more: &Usage) {
+    total.input_tokens = total.input_tokens.saturating_add(more.input_tokens);
+    total.output_tokens = total.output_tokens.saturating_add(more.output_tokens);
+    total.total_tokens = total.total_tokens.saturating_add(more.total_tokens);
+    total.cached_input_tokens = total
+        .cached_input_tokens
+        .saturating_add(more.cached_input_tokens);
+    total.reasoning_tokens = total.reasoning_tokens.saturating_add(more.reasoning_tokens);
+    total.tokens_estimated |= more.tokens_estimated;
+    total.estimated_cost_usd = match (total.estimated_cost_usd, more.estimated_cost_usd) {
+        (Some(a), Some(b)) => Some(a + b),
+        (a, None) if more.input_tokens == 0 && more.output_tokens == 0 => a,
+        (None, b) if total.input_tokens == more.input_tokens => b,
+        _ => None,
+    };
 }
 
 /// A deadline a year away stands for "none" where an `Instant` is needed
@@ -349,7 +527,7 @@ impl LlmGatewayService for LlmGatewayServiceImpl {
         // records the call as abandoned.
         let mut record =
             LlmCallRecord::new(&self.audit, &request, false).with_metrics(self.metrics.clone());
-        let (resolved, call) = match self.prepare(request, &mut record) {
+        let mut prepared = match self.prepare(request, &mut record, GENERATE) {
             Ok(prepared) => prepared,
             Err(status) => {
                 record.failed(&status, &CallEnd::default());
@@ -357,36 +535,64 @@ impl LlmGatewayService for LlmGatewayServiceImpl {
             }
         };
         let started = StdInstant::now();
-        let request = Arc::clone(&call.request);
-        let deadline = call.caller_deadline;
-        let completion = match within_caller_deadline(
-            deadline,
-            resolved
-                .provider
-                .provider
-                .generate(call)
-                .instrument(record.span().clone()),
-        )
-        .await
-        .and_then(|result| result)
-        {
-            Ok(completion) => completion,
-            Err(err) => {
-                let status = log_failure(&resolved, err);
-                record.failed(&status, &CallEnd::default());
-                return Err(status);
+        let deadline = prepared.caller_deadline;
+        let (resolved, completion) = loop {
+            let permit = match prepared.plan.admit() {
+                Ok(permit) => permit,
+                Err((Next::Fallback(_), _)) => continue,
+                Err((_, err)) => {
+                    let status = prepared.final_status(err);
+                    record.failed(&status, &CallEnd::default());
+                    return Err(status);
+                }
+            };
+            let resolved = prepared.resolved.at(prepared.plan.target());
+            record.resolved(&resolved);
+            let result = within_caller_deadline(
+                deadline,
+                resolved
+                    .provider
+                    .provider
+                    .generate(prepared.call())
+                    .instrument(record.span().clone()),
+            )
+            .await
+            .and_then(|result| result);
+            match result {
+                Ok(completion) => {
+                    settle_permit(permit, Ok(()));
+                    break (resolved, completion);
+                }
+                Err(err) => {
+                    settle_permit(permit, Err(&err));
+                    match prepared.plan.after_failure(&err) {
+                        Next::Retry(delay) => {
+                            log_retry(&resolved, &err, "retrying");
+                            tokio::time::sleep(delay).await;
+                        }
+                        Next::Fallback(_) => log_retry(&resolved, &err, "falling back"),
+                        Next::GiveUp => {
+                            let status = prepared.final_status(err);
+                            record.failed(&status, &CallEnd::default());
+                            return Err(status);
+                        }
+                    }
+                }
             }
         };
+        let request = Arc::clone(&prepared.request);
         let usage = self.gateway.priced(
             &resolved,
             &completion.model,
             completion.final_usage(&request),
         );
+        record.attempts(prepared.plan.attempts());
         record.succeeded(&CallEnd {
             completion: Some(&completion),
             usage: Some(&usage),
             finish_reason: Some(completion.finish_reason),
         });
+        prepared.charges.settle(Prepared::used_tokens(&usage));
         tracing::info!(
             route = %resolved.route,
             provider = %resolved.instance,
@@ -394,6 +600,7 @@ impl LlmGatewayService for LlmGatewayServiceImpl {
             finish_reason = ?completion.finish_reason,
             input_tokens = usage.input_tokens,
             output_tokens = usage.output_tokens,
+            attempts = prepared.plan.attempts(),
             took = ?started.elapsed(),
             run_id = %request.run_id,
             "generated"
@@ -405,7 +612,7 @@ impl LlmGatewayService for LlmGatewayServiceImpl {
             model: reported_model(&completion, &resolved),
             route: resolved.route,
             response_id: completion.response_id,
-            attempts: 1,
+            attempts: i32::try_from(prepared.plan.attempts()).unwrap_or(i32::MAX),
             provider_finish_reason: completion.provider_finish_reason,
             message: Some(completion.message),
         }))
@@ -420,39 +627,45 @@ impl LlmGatewayService for LlmGatewayServiceImpl {
         // caller went away), it records the call as abandoned.
         let mut record =
             LlmCallRecord::new(&self.audit, &request, true).with_metrics(self.metrics.clone());
-        let (resolved, call) = match self.prepare(request, &mut record) {
+        let prepared = match self.prepare(request, &mut record, GENERATE_STREAM) {
             Ok(prepared) => prepared,
             Err(status) => {
                 record.failed(&status, &CallEnd::default());
                 return Err(status);
             }
         };
-        let request = Arc::clone(&call.request);
-        let deadline = call.caller_deadline;
-        let mut events = resolved.provider.provider.generate_stream(call);
-        // Wait for the first event, so a call that fails before any output
-        // (no key, refused connection, HTTP error) fails as a whole, with
-        // its status at once rather than after an empty stream.
-        let first =
-            match within_caller_deadline(deadline, events.next().instrument(record.span().clone()))
-                .await
-            {
-                Err(err) | Ok(Some(Err(err))) => {
-                    let status = log_failure(&resolved, err);
-                    record.failed(&status, &CallEnd::default());
-                    return Err(status);
-                }
-                Ok(first) => first,
-            };
-        Ok(Response::new(relay(
-            Arc::clone(&self.gateway),
-            resolved,
-            request,
-            deadline,
-            first,
-            events,
-            record,
-        )))
+        let (sender, mut receiver) = mpsc::channel(STREAM_BUFFER);
+        let span = record.span().clone();
+        let relay = Relay {
+            gateway: Arc::clone(&self.gateway),
+            prepared,
+            record: Some(record),
+            sender,
+            spent: Usage::default(),
+            output_sent: false,
+            started: StdInstant::now(),
+        };
+        tokio::spawn(relay.run().instrument(span));
+        // Wait for the first message, so a call that fails before any
+        // output (no key, refused connection, HTTP error, after every
+        // retry and fallback) fails as a whole, with its status at once.
+        let first = match receiver.recv().await {
+            Some(Ok(first)) => first,
+            Some(Err(status)) => return Err(status),
+            None => {
+                return Err(Status::internal(
+                    "the stream ended before its first message",
+                ));
+            }
+        };
+        let rest = futures::stream::unfold(receiver, |mut receiver| async move {
+            receiver.recv().await.map(|message| (message, receiver))
+        });
+        Ok(Response::new(
+            futures::stream::once(async move { Ok(first) })
+                .chain(rest)
+                .boxed(),
+        ))
     }
 
     async fn list_models(
@@ -482,6 +695,20 @@ async fn within_caller_deadline<F: Future>(
         None => Ok(future.await),
     }
 }
+
+fn log_retry(resolved: &Resolved, err: &ProviderError, action: &str) {
+    tracing::info!(
+        route = %resolved.route,
+        provider = %resolved.instance,
+        model = %resolved.model,
+        error = %err,
+        "provider attempt failed; {action}"
+    );
+}
+
+/// Method names, as rate-limit events report them.
+const GENERATE: &str = "/agentmesh.llm.v1.LlmGatewayService/Generate";
+const GENERATE_STREAM: &str = "/agentmesh.llm.v1.LlmGatewayService/GenerateStream";
 
 fn log_failure(resolved: &Resolved, err: ProviderError) -> Status {
     let status = err.into_status(&resolved.instance, &resolved.model);
@@ -524,75 +751,148 @@ pub fn into_generate_request(request: GenerateStreamRequest) -> GenerateRequest 
 
 // === relay ===
 
-struct RelayState {
+/// Messages the relay may run ahead of a slow caller.
+const STREAM_BUFFER: usize = 32;
+
+/// One streamed call: attempts over its plan, relaying each attempt's
+/// events to the caller as they arrive, with a `reset` between an attempt
+/// that sent output and the next, and exactly one `finished` at the end.
+/// Runs as its own task; the caller's side is the channel's receiver.
+struct Relay {
     gateway: Arc<Gateway>,
-    resolved: Resolved,
-    request: Arc<GenerateRequest>,
-    caller_deadline: Option<tokio::time::Instant>,
-    pending_first: Option<Result<ProviderEvent, ProviderError>>,
-    events: EventStream,
-    assembler: Assembler,
-    /// A status to end with, after the `finished` just sent.
-    then_fail: Option<Status>,
-    done: bool,
-    started: StdInstant,
+    prepared: Prepared,
     /// The call's audit record, until its end is recorded.
     record: Option<LlmCallRecord>,
+    sender: mpsc::Sender<Result<GenerateStreamResponse, Status>>,
+    /// Usage of abandoned attempts.
+    spent: Usage,
+    /// Whether any delta reached the caller (in any attempt).
+    output_sent: bool,
+    started: StdInstant,
 }
 
-/// Relays provider events to the caller as they arrive, then `finished`.
-fn relay(
-    gateway: Arc<Gateway>,
-    resolved: Resolved,
-    request: Arc<GenerateRequest>,
-    caller_deadline: Option<tokio::time::Instant>,
-    first: Option<Result<ProviderEvent, ProviderError>>,
-    events: EventStream,
-    record: LlmCallRecord,
-) -> BoxStream<'static, Result<GenerateStreamResponse, Status>> {
-    let state = RelayState {
-        gateway,
-        resolved,
-        request,
-        caller_deadline,
-        pending_first: first,
-        events,
-        assembler: Assembler::default(),
-        then_fail: None,
-        done: false,
-        started: StdInstant::now(),
-        record: Some(record),
-    };
-    futures::stream::unfold(state, |mut state| async move {
-        if let Some(status) = state.then_fail.take() {
-            state.done = true;
-            return Some((Err(status), state));
-        }
-        if state.done {
-            return None;
-        }
+/// How one attempt ended.
+enum AttemptEnd {
+    /// The answer is complete and `finished` was sent.
+    Finished,
+    /// The attempt failed; whether it had sent output, and its assembler.
+    Failed(ProviderError, bool, Box<Assembler>),
+    /// The caller went away.
+    Gone(Box<Assembler>),
+}
+
+impl Relay {
+    async fn run(mut self) {
         loop {
-            let next = match state.pending_first.take() {
-                Some(first) => Some(first),
-                None => {
-                    match within_caller_deadline(state.caller_deadline, state.events.next()).await {
-                        Ok(next) => next,
-                        Err(err) => Some(Err(err)),
+            let permit = match self.prepared.plan.admit() {
+                Ok(permit) => permit,
+                Err((Next::Fallback(_), _)) => continue,
+                Err((_, err)) => {
+                    self.give_up(err, &Assembler::default()).await;
+                    return;
+                }
+            };
+            let resolved = self.prepared.resolved.at(self.prepared.plan.target());
+            if let Some(record) = self.record.as_mut() {
+                record.resolved(&resolved);
+            }
+            match self.attempt(&resolved).await {
+                AttemptEnd::Finished => {
+                    settle_permit(permit, Ok(()));
+                    return;
+                }
+                AttemptEnd::Gone(assembler) => {
+                    drop(permit);
+                    self.abandoned(&resolved, &assembler);
+                    return;
+                }
+                AttemptEnd::Failed(err, sent, assembler) => {
+                    settle_permit(permit, Err(&err));
+                    let next = self.prepared.plan.after_failure(&err);
+                    if matches!(next, Next::GiveUp) {
+                        self.give_up(err, &assembler).await;
+                        return;
+                    }
+                    let attempt_usage = self.usage_of(&resolved, &assembler, false);
+                    add_usage(&mut self.spent, &attempt_usage);
+                    let action = match next {
+                        Next::Retry(_) => "retrying",
+                        _ => "falling back",
+                    };
+                    log_retry(&resolved, &err, action);
+                    if sent {
+                        // The caller has part of an answer that will not be
+                        // finished: tell it to discard it.
+                        let next_target = self.prepared.plan.target().name();
+                        let reason = format!(
+                            "{}/{}: {err}; {action} to {next_target}",
+                            resolved.instance, resolved.model
+                        );
+                        let cause = err.clone().into_status(&resolved.instance, &resolved.model);
+                        let reset = GenerateStreamResponse {
+                            event: Some(Event::Reset(StreamReset {
+                                reason,
+                                cause: Some(agentmesh_kit::status::to_rpc_status(&cause)),
+                                abandoned_provider: resolved.instance.clone(),
+                                abandoned_model: resolved.model.clone(),
+                                abandoned_usage: Some(attempt_usage),
+                                next_attempt: i32::try_from(self.prepared.plan.attempts() + 1)
+                                    .unwrap_or(i32::MAX),
+                            })),
+                        };
+                        tracing::Span::current().in_scope(|| {
+                            tracing::info!(reason = %err, "stream reset");
+                        });
+                        if self.sender.send(Ok(reset)).await.is_err() {
+                            self.abandoned(&resolved, &Assembler::default());
+                            return;
+                        }
+                    }
+                    if let Next::Retry(delay) = next {
+                        tokio::select! {
+                            () = self.sender.closed() => {
+                                self.abandoned(&resolved, &Assembler::default());
+                                return;
+                            }
+                            () = tokio::time::sleep(delay) => {}
+                        }
                     }
                 }
+            }
+        }
+    }
+
+    /// One attempt at `resolved`: its events relayed until it finishes,
+    /// fails or the caller goes away.
+    async fn attempt(&mut self, resolved: &Resolved) -> AttemptEnd {
+        let mut events = resolved
+            .provider
+            .provider
+            .generate_stream(self.prepared.call());
+        let mut assembler = Assembler::default();
+        let mut sent = false;
+        let deadline = self.prepared.caller_deadline;
+        loop {
+            let next = tokio::select! {
+                biased;
+                () = self.sender.closed() => return AttemptEnd::Gone(Box::new(assembler)),
+                next = within_caller_deadline(deadline, events.next()) => next,
             };
             let event = match next {
-                Some(Ok(event)) => event,
-                Some(Err(err)) => return Some(state.fail(err)),
-                None => {
-                    return Some(state.fail(ProviderError::Broken(
+                Ok(Some(Ok(event))) => event,
+                Ok(Some(Err(err))) | Err(err) => {
+                    return AttemptEnd::Failed(err, sent, Box::new(assembler));
+                }
+                Ok(None) => {
+                    let err = ProviderError::Broken(
                         "the provider's stream ended without finishing the answer".to_owned(),
-                    )));
+                    );
+                    return AttemptEnd::Failed(err, sent, Box::new(assembler));
                 }
             };
-            state.assembler.push(&event);
-            if state.assembler.output_started()
-                && let Some(record) = state.record.as_mut()
+            assembler.push(&event);
+            if assembler.output_started()
+                && let Some(record) = self.record.as_mut()
             {
                 record.first_token();
             }
@@ -612,9 +912,9 @@ fn relay(
                     arguments_json_delta: arguments_fragment,
                 }),
                 ProviderEvent::Finished { .. } => {
-                    state.done = true;
-                    let finished = state.finished(None, None);
-                    return Some((Ok(finished), state));
+                    let finished = self.finished(resolved, &assembler, None, None);
+                    let _ = self.sender.send(Ok(finished)).await;
+                    return AttemptEnd::Finished;
                 }
                 ProviderEvent::Text(_)
                 | ProviderEvent::Metadata { .. }
@@ -622,53 +922,96 @@ fn relay(
                     continue;
                 }
             };
-            return Some((Ok(GenerateStreamResponse { event: Some(out) }), state));
-        }
-    })
-    .boxed()
-}
-
-impl RelayState {
-    /// The stream failed: `finished` with FINISH_REASON_ERROR first when
-    /// output was sent, then the status.
-    fn fail(mut self, err: ProviderError) -> (Result<GenerateStreamResponse, Status>, Self) {
-        let status = log_failure(&self.resolved, err);
-        if self.assembler.output_started() {
-            let finished = self.finished(Some(FinishReason::Error), Some(&status));
-            self.then_fail = Some(status);
-            (Ok(finished), self)
-        } else {
-            if let Some(record) = self.record.take() {
-                record.failed(&status, &CallEnd::default());
+            if self
+                .sender
+                .send(Ok(GenerateStreamResponse { event: Some(out) }))
+                .await
+                .is_err()
+            {
+                return AttemptEnd::Gone(Box::new(assembler));
             }
-            self.done = true;
-            (Err(status), self)
+            sent = true;
+            self.output_sent = true;
         }
     }
 
-    /// Usage so far (`complete` false) or final, with its cost.
-    fn usage(&self, complete: bool) -> Usage {
-        let completion = self.assembler.completion();
+    /// The call failed for good: `finished` with FINISH_REASON_ERROR first
+    /// when output was sent, then the status.
+    async fn give_up(&mut self, err: ProviderError, assembler: &Assembler) {
+        let status = self.prepared.final_status(err);
+        let resolved = self.prepared.resolved.at(self.prepared.plan.target());
+        if self.output_sent {
+            let finished = self.finished(
+                &resolved,
+                assembler,
+                Some(FinishReason::Error),
+                Some(&status),
+            );
+            let _ = self.sender.send(Ok(finished)).await;
+        } else if let Some(record) = self.record.take() {
+            let mut usage = self.spent;
+            add_usage(&mut usage, &self.usage_of(&resolved, assembler, false));
+            self.settle(&usage);
+            record.failed(&status, &CallEnd::default());
+        }
+        let _ = self.sender.send(Err(status)).await;
+    }
+
+    /// The caller went away mid-answer: record what arrived, and its usage.
+    fn abandoned(&mut self, resolved: &Resolved, assembler: &Assembler) {
+        let mut usage = self.spent;
+        add_usage(&mut usage, &self.usage_of(resolved, assembler, false));
+        self.settle(&usage);
+        let completion = assembler.output_started().then(|| assembler.completion());
+        if let Some(mut record) = self.record.take() {
+            record.attempts(self.prepared.plan.attempts());
+            record.abandoned(&CallEnd {
+                completion,
+                usage: Some(&usage),
+                finish_reason: None,
+            });
+        }
+    }
+
+    fn settle(&mut self, usage: &Usage) {
+        self.prepared.charges.settle(Prepared::used_tokens(usage));
+    }
+
+    /// An attempt's usage so far (`complete` false) or final, with its cost.
+    fn usage_of(&self, resolved: &Resolved, assembler: &Assembler, complete: bool) -> Usage {
+        let completion = assembler.completion();
         let usage = if complete {
-            completion.final_usage(&self.request)
+            completion.final_usage(&self.prepared.request)
+        } else if assembler.output_started() {
+            completion.usage_so_far(&self.prepared.request)
         } else {
-            completion.usage_so_far(&self.request)
+            // Nothing came back: nothing was generated or billed.
+            Usage::default()
         };
-        self.gateway
-            .priced(&self.resolved, &completion.model, usage)
+        self.gateway.priced(resolved, &completion.model, usage)
     }
 
     /// The `finished` message, and the end of the call's record: a success,
-    /// or with `failure`, the status the stream ends with next.
+    /// or with `failure`, the status the stream ends with next. Its usage
+    /// is the whole call's: abandoned attempts and this one.
     fn finished(
         &mut self,
+        resolved: &Resolved,
+        assembler: &Assembler,
         override_reason: Option<FinishReason>,
         failure: Option<&Status>,
     ) -> GenerateStreamResponse {
-        let usage = self.usage(override_reason.is_none());
-        let completion = self.assembler.completion();
+        let mut usage = self.spent;
+        add_usage(
+            &mut usage,
+            &self.usage_of(resolved, assembler, override_reason.is_none()),
+        );
+        self.settle(&usage);
+        let completion = assembler.completion();
         let finish_reason = override_reason.unwrap_or(completion.finish_reason);
-        if let Some(record) = self.record.take() {
+        let attempts = self.prepared.plan.attempts();
+        if let Some(mut record) = self.record.take() {
+            record.attempts(attempts);
             let end = CallEnd {
                 completion: Some(completion),
                 usage: Some(&usage),
@@ -681,14 +1024,15 @@ impl RelayState {
         }
         if override_reason.is_none() {
             tracing::info!(
-                route = %self.resolved.route,
-                provider = %self.resolved.instance,
-                model = %self.resolved.model,
+                route = %resolved.route,
+                provider = %resolved.instance,
+                model = %resolved.model,
                 finish_reason = ?finish_reason,
                 input_tokens = usage.input_tokens,
                 output_tokens = usage.output_tokens,
+                attempts,
                 took = ?self.started.elapsed(),
-                run_id = %self.request.run_id,
+                run_id = %self.prepared.request.run_id,
                 "streamed"
             );
         }
@@ -697,34 +1041,13 @@ impl RelayState {
                 message: Some(completion.message.clone()),
                 finish_reason: finish_reason.into(),
                 usage: Some(usage),
-                provider: self.resolved.instance.clone(),
-                model: reported_model(completion, &self.resolved),
-                route: self.resolved.route.clone(),
+                provider: resolved.instance.clone(),
+                model: reported_model(completion, resolved),
+                route: resolved.route.clone(),
                 response_id: completion.response_id.clone(),
-                attempts: 1,
+                attempts: i32::try_from(attempts).unwrap_or(i32::MAX),
                 provider_finish_reason: completion.provider_finish_reason.clone(),
             })),
-        }
-    }
-}
-
-impl Drop for RelayState {
-    /// The stream was dropped before its end was recorded: the caller went
-    /// away mid-answer. Record what arrived, and its usage so far.
-    fn drop(&mut self) {
-        if self.record.is_some() {
-            let usage = self.usage(false);
-            let completion = self
-                .assembler
-                .output_started()
-                .then(|| self.assembler.completion());
-            if let Some(record) = self.record.take() {
-                record.abandoned(&CallEnd {
-                    completion,
-                    usage: Some(&usage),
-                    finish_reason: None,
-                });
-            }
         }
     }
 }

@@ -7,6 +7,7 @@ mod common;
 use agentmesh_llm_gateway::ProviderKind;
 use agentmesh_proto::llm::v1::{
     FinishReason, GenerateRequest, GenerateStreamRequest, Message, Role, ToolCall, ToolSpec,
+    generate_stream_response::Event,
 };
 use common::{
     FakeProvider, Reply, TestGateway, call_delta, config_with, finished, present_env_var, provider,
@@ -225,12 +226,32 @@ async fn an_error_event_mid_stream_ends_with_finished_error_then_unavailable() {
     )
     .await
     .unwrap();
+    // An overloaded provider is retried (three attempts by default); each
+    // attempt that sent output is followed by a reset.
     assert_eq!(events[0], text("Here is a long"));
+    let resets: Vec<_> = events
+        .iter()
+        .filter_map(|event| match event {
+            Event::Reset(reset) => Some(reset),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(resets.len(), 2, "{events:?}");
+    assert_eq!(resets[0].next_attempt, 2);
+    assert_eq!(resets[0].abandoned_provider, "anthropic");
+    assert_eq!(resets[0].abandoned_usage.as_ref().unwrap().input_tokens, 18);
+    assert!(
+        resets[0].reason.contains("retrying"),
+        "{}",
+        resets[0].reason
+    );
     let done = finished(&events);
     assert_eq!(done.finish_reason, i32::from(FinishReason::Error));
+    assert_eq!(done.attempts, 3);
     let usage = done.usage.unwrap();
-    // The input count came with message_start; the output is estimated.
-    assert_eq!(usage.input_tokens, 18);
+    // The input count came with message_start, once per attempt; the output
+    // is estimated.
+    assert_eq!(usage.input_tokens, 3 * 18);
     assert!(usage.tokens_estimated);
     let error = error.expect("the stream must end with an error");
     assert_eq!(error.code(), tonic::Code::Unavailable);

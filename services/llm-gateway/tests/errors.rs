@@ -30,7 +30,9 @@ fn request() -> GenerateRequest {
 }
 
 /// Calls Generate, then GenerateStream, through a gateway whose route `gpt`
-/// goes to `base_url`; both must fail the same way; returns the status.
+/// goes to `base_url`, without retries (these tests are about how one
+/// failure maps to a status; retries have their own tests); both must fail
+/// the same way; returns the status.
 async fn failure(
     base_url: &str,
     key_env: &str,
@@ -38,10 +40,11 @@ async fn failure(
 ) -> tonic::Status {
     let mut openai = provider(ProviderKind::Openai, base_url, key_env);
     tune(&mut openai);
-    let config = config_with(
+    let mut config = config_with(
         vec![("openai", openai)],
         vec![("gpt", "openai/gpt-4o-mini")],
     );
+    config.retry.max_attempts = 1;
     let gateway = TestGateway::start(config).await;
     let mut client = gateway.client().await;
     let unary = within("Generate", client.generate(request()))
@@ -207,7 +210,7 @@ async fn a_refused_connection_is_unavailable() {
 #[tokio::test]
 async fn a_provider_that_never_answers_hits_the_time_limits() {
     let fake = FakeProvider::start(Reply::Silence).await;
-    let config = config_with(
+    let mut config = config_with(
         vec![(
             "openai",
             agentmesh_llm_gateway::ProviderConfig {
@@ -218,6 +221,9 @@ async fn a_provider_that_never_answers_hits_the_time_limits() {
         )],
         vec![("gpt", "openai/gpt-4o-mini")],
     );
+    // Six timeouts in a row would open the circuit; this test is about the
+    // time limits.
+    config.circuit_breaker.consecutive_failures = 0;
     let gateway = TestGateway::start(config).await;
     let mut client = gateway.client().await;
     // A stream must start within first_token_timeout...
@@ -245,13 +251,19 @@ async fn a_provider_that_never_answers_hits_the_time_limits() {
     let status = within("Generate", client.generate(request()))
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::DeadlineExceeded);
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     assert!(
         status.message().contains("request_timeout (600ms)"),
         "{}",
         status.message()
     );
-    assert_eq!(fake.requests().len(), 2);
+    // Timeouts are retried: three attempts each.
+    assert!(
+        status.message().contains("after 3 attempts"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(fake.requests().len(), 6);
     gateway.stop().await;
 }
 

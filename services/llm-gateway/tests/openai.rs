@@ -10,7 +10,7 @@ use agentmesh_proto::llm::v1::{
 };
 use common::{
     FakeProvider, Reply, TestGateway, call_delta, config_with, finished, present_env_var, provider,
-    stream_all, text, text_of, user, wire,
+    resets, stream_all, text, text_of, user, wire,
 };
 use serde_json::json;
 
@@ -360,8 +360,11 @@ async fn a_stream_cut_mid_way_ends_with_finished_error_then_unavailable() {
     )
     .await
     .unwrap();
+    // Cut streams are retried, each after a reset: three attempts.
+    assert_eq!(resets(&events), 2);
     assert_eq!(text_of(&events), "Voilà");
     let done = finished(&events);
+    assert_eq!(done.attempts, 3);
     assert_eq!(done.finish_reason, i32::from(FinishReason::Error));
     let usage = done.usage.unwrap();
     assert!(usage.tokens_estimated);
@@ -396,6 +399,7 @@ async fn a_stream_ending_without_done_is_not_an_answer() {
     .await
     .unwrap();
     assert_eq!(text_of(&events), "Voilà: 17 × 23");
+    assert_eq!(resets(&events), 2);
     assert_eq!(
         finished(&events).finish_reason,
         i32::from(FinishReason::Error)

@@ -42,6 +42,13 @@ pub struct Config {
     /// Runs waiting for a slot beyond which StartRun answers
     /// RESOURCE_EXHAUSTED.
     pub max_queued_runs: usize,
+    /// Runs of one tenant (the `x-agentmesh-tenant` value; calls without one
+    /// share the tenant `-`) driven at the same time by this instance; more
+    /// wait QUEUED, so one tenant's burst cannot take every slot.
+    pub max_concurrent_runs_per_tenant: usize,
+    /// Runs of one tenant waiting for a place beyond which StartRun and Run
+    /// answer RESOURCE_EXHAUSTED (0 = no queue: refused at once when full).
+    pub max_queued_runs_per_tenant: usize,
     /// How long this instance's claim on a run lasts without renewal; an
     /// unfinished run whose claim ran out (its instance died) is resumed from
     /// its last checkpoint by the next instance that starts or looks.
@@ -65,6 +72,8 @@ impl Default for Config {
             heartbeat_interval: Duration::from_secs(15),
             max_concurrent_runs: 64,
             max_queued_runs: 1024,
+            max_concurrent_runs_per_tenant: 16,
+            max_queued_runs_per_tenant: 64,
             run_lease: Duration::from_secs(30),
             audit: AuditConfig::default(),
         }
@@ -95,6 +104,13 @@ pub struct AgentProfile {
     pub timeout: Duration,
     /// Sampling temperature; unset = the model's default.
     pub temperature: Option<f64>,
+    /// Runs of this profile driven at the same time by this instance; more
+    /// wait QUEUED. 0 = no limit beyond the instance's and the tenant's.
+    pub max_concurrent_runs: usize,
+    /// Runs of this profile waiting for a place beyond which StartRun and
+    /// Run answer RESOURCE_EXHAUSTED (0 = no queue). Only with
+    /// `max_concurrent_runs` above 0.
+    pub max_queued_runs: usize,
 }
 
 impl Default for AgentProfile {
@@ -120,6 +136,8 @@ impl Default for AgentProfile {
             max_output_tokens: 0,
             timeout: Duration::from_secs(300),
             temperature: None,
+            max_concurrent_runs: 0,
+            max_queued_runs: 0,
         }
     }
 }
@@ -147,7 +165,7 @@ impl AgentProfile {
                 timeout: prost_types::Duration::try_from(self.timeout).ok(),
             }),
             temperature: self.temperature,
-            max_concurrent_runs: 0,
+            max_concurrent_runs: i32::try_from(self.max_concurrent_runs).unwrap_or(i32::MAX),
         }
     }
 }
@@ -223,6 +241,14 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
                 "must be between 0 and 2",
             ));
         }
+        if profile.max_queued_runs > 0 && profile.max_concurrent_runs == 0 {
+            return Err(ConfigError::new(
+                setting("max_queued_runs"),
+                format!(
+                    "only applies with a limit: set agents.{name}.max_concurrent_runs above 0, or this to 0"
+                ),
+            ));
+        }
     }
     if config.max_objective_bytes == 0 {
         return Err(ConfigError::new(
@@ -242,8 +268,94 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
             "must be at least 1",
         ));
     }
+    if config.max_concurrent_runs_per_tenant == 0 {
+        return Err(ConfigError::new(
+            "max_concurrent_runs_per_tenant",
+            "must be at least 1",
+        ));
+    }
     if config.run_lease < Duration::from_secs(1) {
         return Err(ConfigError::new("run_lease", "must be at least 1s"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setting_of(config: &Config) -> String {
+        agentmesh_kit::config::validate(config).unwrap_err().setting
+    }
+
+    #[test]
+    fn run_limits_default_to_per_tenant_bulkheads_and_no_profile_limit() {
+        let config = Config::default();
+        agentmesh_kit::config::validate(&config).unwrap();
+        assert_eq!(config.max_concurrent_runs_per_tenant, 16);
+        assert_eq!(config.max_queued_runs_per_tenant, 64);
+        let profile = &config.agents[DEFAULT_AGENT];
+        assert_eq!(profile.max_concurrent_runs, 0);
+        assert_eq!(profile.to_proto(DEFAULT_AGENT, true).max_concurrent_runs, 0);
+    }
+
+    #[test]
+    fn run_limits_are_checked_and_named() {
+        let mut config = Config {
+            max_concurrent_runs_per_tenant: 0,
+            ..Config::default()
+        };
+        assert_eq!(
+            setting_of(&config),
+            "orchestrator.max_concurrent_runs_per_tenant"
+        );
+        config.max_concurrent_runs_per_tenant = 1;
+        // No queue at all is a valid choice.
+        config.max_queued_runs_per_tenant = 0;
+        agentmesh_kit::config::validate(&config).unwrap();
+
+        let profile = config.agents.get_mut(DEFAULT_AGENT).unwrap();
+        profile.max_queued_runs = 4;
+        assert_eq!(
+            setting_of(&config),
+            "orchestrator.agents.default.max_queued_runs"
+        );
+        let profile = config.agents.get_mut(DEFAULT_AGENT).unwrap();
+        profile.max_concurrent_runs = 2;
+        agentmesh_kit::config::validate(&config).unwrap();
+        assert_eq!(
+            config.agents[DEFAULT_AGENT]
+                .to_proto(DEFAULT_AGENT, true)
+                .max_concurrent_runs,
+            2
+        );
+    }
+
+    #[test]
+    fn run_limits_are_read_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agentmesh.toml");
+        std::fs::write(
+            &path,
+            r#"
+            [orchestrator]
+            max_concurrent_runs_per_tenant = 2
+            max_queued_runs_per_tenant = 3
+            [orchestrator.agents.default]
+            max_concurrent_runs = 4
+            max_queued_runs = 5
+            "#,
+        )
+        .unwrap();
+        let config: Config =
+            agentmesh_kit::config::load(Some(&path), &agentmesh_kit::config::Overrides::default())
+                .unwrap();
+        assert_eq!(config.max_concurrent_runs_per_tenant, 2);
+        assert_eq!(config.max_queued_runs_per_tenant, 3);
+        let profile = &config.agents[DEFAULT_AGENT];
+        assert_eq!(profile.max_concurrent_runs, 4);
+        assert_eq!(profile.max_queued_runs, 5);
+        // The rest of the profile keeps its defaults.
+        assert_eq!(profile.max_steps, AgentProfile::default().max_steps);
+    }
 }

@@ -1,10 +1,17 @@
 //! The agent loop and the live state of the runs this instance drives.
 //!
-//! Each run is driven by one task ([`Engine::drive`]): it asks the gateway
+//! Each run is driven by one task ([`Engine::drive`]): it waits (QUEUED)
+//! for its places — its tenant's and its profile's bulkheads
+//! ([`crate::admission`]), then this instance's slot — then asks the gateway
 //! for the next answer (streaming its text to followers as `token_delta`
 //! events), runs the tool calls the model asked for in parallel, feeds the
 //! results back, and repeats until a final answer, the step limit, the
 //! timeout, a cancel or an unrecoverable error.
+//!
+//! Deadlines: every call to a peer carries a `grpc-timeout` of what is left
+//! of the run's time. A run started by `Run` also ends at its caller's
+//! deadline (FAILED, DEADLINE_EXCEEDED), queued or running; one started by
+//! `StartRun` outlives the call and has only its own timeout.
 //!
 //! Events get their sequence numbers here, go at once to followers through a
 //! broadcast channel, and wait in [`Live::pending`] until the end of the step,
@@ -27,6 +34,7 @@ use agentmesh_proto::audit::v1::{
 use agentmesh_proto::llm::v1::{self as llm, generate_stream_response};
 use agentmesh_proto::orchestrator::v1::{self as pb, run_event};
 use agentmesh_proto::tools::v1 as tools;
+use agentmesh_resilience::Backoff;
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use llm::llm_gateway_service_client::LlmGatewayServiceClient;
@@ -38,6 +46,7 @@ use tools::tool_runner_service_client::ToolRunnerServiceClient;
 use tracing::Instrument as _;
 use tracing::field::Empty;
 
+use crate::admission::{Admission, Places};
 use crate::config::{AgentProfile, Config};
 use crate::metrics::{RunEnd, RunMetrics};
 use crate::store::{self, Checkpoint, RunRow, Store, now_micros};
@@ -50,6 +59,13 @@ const REMOTE_POLL: Duration = Duration::from_millis(200);
 const TOOL_CACHE: Duration = Duration::from_secs(10);
 /// The component named in ERROR audit events about the run store.
 const DATABASE: &str = "database";
+/// How close to the caller's deadline a failed call counts as cut by it
+/// (a peer's or the client's own timer may fire a hair before ours:
+/// `grpc-timeout` values are truncated to their unit).
+const DEADLINE_SLACK: Duration = Duration::from_millis(5);
+/// Attempts at listing the tools when the tool runner is UNAVAILABLE
+/// (draining or restarting): the call is idempotent.
+const LIST_TOOLS_ATTEMPTS: u32 = 3;
 
 /// The runs this instance drives, and what it needs to drive them.
 #[derive(Debug)]
@@ -65,6 +81,7 @@ pub struct Engine {
     tool_cache: tokio::sync::Mutex<Option<(Instant, Vec<tools::Tool>)>>,
     audit: AuditClient,
     metrics: RunMetrics,
+    admission: Admission,
 }
 
 /// A run driven by this instance.
@@ -193,17 +210,48 @@ enum Ending {
     Cancelled(String),
 }
 
+/// How a queued run's wait for its places and slot ended.
+enum Wait {
+    Admitted(tokio::sync::OwnedSemaphorePermit),
+    Cancelled,
+    CallerDeadline,
+}
+
+/// The status of a run stopped by its caller's deadline.
+fn caller_deadline_passed(waited: Duration, queued: bool) -> Status {
+    let when = if queued {
+        "while the run was still queued"
+    } else {
+        "while the run was running"
+    };
+    Status::deadline_exceeded(format!(
+        "the caller's deadline passed {when} ({waited:.1?} after it was created), so the run was \
+         stopped: a run started with Run ends with its call; use StartRun and StreamRun for runs \
+         that outlive the call"
+    ))
+}
+
+/// Waits until `deadline`, or forever without one.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
 impl Engine {
     /// An engine over `store`, calling the gateway and the tool runner at
     /// the configured addresses (connections are made lazily and reused),
-    /// recording run starts and ends in `audit`, runs in `metrics` and the
-    /// calls to its peers in `client_metrics`.
+    /// recording run starts and ends in `audit`, runs in `metrics`, the
+    /// calls to its peers in `client_metrics`, and bulkheads, refusals and
+    /// retries through `admission`.
     pub fn new(
         config: Arc<Config>,
         store: Store,
         audit: AuditClient,
         metrics: RunMetrics,
         client_metrics: &GrpcClientMetrics,
+        admission: Admission,
     ) -> Result<Arc<Self>, tonic::transport::Error> {
         let channel = |uri: &str| agentmesh_kit::client::channel_with_metrics(uri, client_metrics);
         let gateway = LlmGatewayServiceClient::new(channel(&config.llm_gateway_url)?)
@@ -223,7 +271,13 @@ impl Engine {
             tool_cache: tokio::sync::Mutex::new(None),
             audit,
             metrics,
+            admission,
         }))
+    }
+
+    /// The bulkheads runs are admitted through.
+    pub fn admission(&self) -> &Admission {
+        &self.admission
     }
 
     /// The store.
@@ -253,14 +307,18 @@ impl Engine {
     }
 
     /// Starts driving a stored run in the background, from its checkpoint
-    /// when `resume` is set. `context` carries the identity and trace of the
-    /// request that started it (its deadline is dropped: the run outlives
-    /// the call).
+    /// when `resume` is set, once it holds `places` (and a slot of this
+    /// instance). `context` carries the identity and trace of the request
+    /// that started it; its deadline is dropped (a run outlives the call
+    /// that started it) unless given again as `caller_deadline`, by `Run`,
+    /// whose run ends at its caller's deadline.
     pub fn spawn(
         self: &Arc<Self>,
         run: RunRow,
         resume: Option<Checkpoint>,
         context: RequestContext,
+        places: Places,
+        caller_deadline: Option<Instant>,
     ) {
         let active = ActiveRun::new(&run);
         lock(&self.active).insert(run.run_id.clone(), Arc::clone(&active));
@@ -286,7 +344,11 @@ impl Engine {
         tokio::spawn(
             context
                 .with_deadline(None)
-                .scope(async move { engine.drive(run, active, resume).await })
+                .scope(async move {
+                    engine
+                        .drive(run, active, resume, places, caller_deadline)
+                        .await
+                })
                 .instrument(span),
         );
     }
@@ -296,13 +358,26 @@ impl Engine {
         mut run: RunRow,
         active: Arc<ActiveRun>,
         resume: Option<Checkpoint>,
+        mut places: Places,
+        caller_deadline: Option<Instant>,
     ) {
         let run_id = run.run_id.clone();
-        // Wait for a slot (QUEUED), unless cancelled meanwhile.
+        // Wait for the tenant's place, the profile's and a slot of this
+        // instance (QUEUED), unless cancelled or out of the caller's time
+        // meanwhile; leaving drops the queue slots.
         let queued = self.metrics.queued();
-        let permit = tokio::select! {
-            permit = Arc::clone(&self.slots).acquire_owned() => permit.ok(),
-            () = active.cancel.cancelled() => None,
+        let queued_at = Instant::now();
+        let wait = tokio::select! {
+            permit = async {
+                places.acquire().await;
+                Arc::clone(&self.slots).acquire_owned().await
+            } => match permit {
+                Ok(permit) => Wait::Admitted(permit),
+                // The semaphore is never closed.
+                Err(_) => Wait::Cancelled,
+            },
+            () = active.cancel.cancelled() => Wait::Cancelled,
+            () = until(caller_deadline) => Wait::CallerDeadline,
         };
         drop(queued);
         let profile = self
@@ -318,62 +393,87 @@ impl Engine {
         };
         let started = Instant::now();
         let mut running = None;
-        let ending = if permit.is_none() {
-            Ending::Cancelled(self.cancel_reason(&active))
-        } else {
-            running = Some(
-                self.metrics
-                    .agent(&run.agent)
-                    .running(run.start_time.is_none()),
-            );
-            if run.start_time.is_none() {
-                run.start_time = Some(now_micros());
-                run.state = pb::RunState::Running;
-                active.set_state(run.state);
-                active.emit(run_event::Event::RunStarted(pb::RunStarted {
-                    agent: run.agent.clone(),
-                    model: run.model.clone(),
-                    session_id: run.session_id.clone(),
-                    limits: run.to_proto().limits,
-                    objective: run.objective.clone(),
-                }));
-                self.flush(&mut run, &active, Some(&checkpoint)).await;
-            } else {
-                // Resumed after the instance that drove it stopped.
-                active.emit(run_event::Event::Progress(pb::Progress {
-                    step: checkpoint.step + 1,
-                    max_steps: run.limits.max_steps,
-                    percent: percent(checkpoint.step, run.limits.max_steps),
-                    message: format!(
-                        "step {} restarted: the run resumed from its checkpoint after the instance driving it stopped",
-                        checkpoint.step + 1
-                    ),
-                    step_restarted: true,
-                }));
+        let mut permit = None;
+        let ending = match wait {
+            Wait::Cancelled => Ending::Cancelled(self.cancel_reason(&active)),
+            Wait::CallerDeadline => {
+                Ending::Failed(caller_deadline_passed(queued_at.elapsed(), true))
             }
-            let elapsed_before = run
-                .start_time
-                .map(|start| {
-                    Duration::from_micros(u64::try_from(now_micros() - start).unwrap_or(0))
-                })
-                .unwrap_or_default();
-            let timeout = Duration::from_millis(u64::try_from(run.limits.timeout_ms).unwrap_or(0))
-                .saturating_sub(elapsed_before);
-            let deadline = started + timeout;
-            let work = self.steps(&mut run, &active, &profile, &mut checkpoint, deadline);
-            tokio::select! {
-                () = active.cancel.cancelled() => Ending::Cancelled(self.cancel_reason(&active)),
-                result = tokio::time::timeout_at(deadline, work) => match result {
-                    Ok(Ok(output)) => Ending::Finished(output),
-                    Ok(Err(status)) => Ending::Failed(status),
-                    Err(_) => Ending::Failed(Status::deadline_exceeded(format!(
-                        "the run exceeded its timeout of {:?}",
-                        Duration::from_millis(u64::try_from(run.limits.timeout_ms).unwrap_or(0))
-                    ))),
-                },
+            Wait::Admitted(slot) => {
+                permit = Some(slot);
+                // Time the run already ran (on an instance that stopped),
+                // measured now: storing its start below takes time too.
+                let elapsed_before = run
+                    .start_time
+                    .map(|start| {
+                        Duration::from_micros(u64::try_from(now_micros() - start).unwrap_or(0))
+                    })
+                    .unwrap_or_default();
+                running = Some(
+                    self.metrics
+                        .agent(&run.agent)
+                        .running(run.start_time.is_none()),
+                );
+                if run.start_time.is_none() {
+                    run.start_time = Some(now_micros());
+                    run.state = pb::RunState::Running;
+                    active.set_state(run.state);
+                    active.emit(run_event::Event::RunStarted(pb::RunStarted {
+                        agent: run.agent.clone(),
+                        model: run.model.clone(),
+                        session_id: run.session_id.clone(),
+                        limits: run.to_proto().limits,
+                        objective: run.objective.clone(),
+                    }));
+                    self.flush(&mut run, &active, Some(&checkpoint)).await;
+                } else {
+                    // Resumed after the instance that drove it stopped.
+                    active.emit(run_event::Event::Progress(pb::Progress {
+                        step: checkpoint.step + 1,
+                        max_steps: run.limits.max_steps,
+                        percent: percent(checkpoint.step, run.limits.max_steps),
+                        message: format!(
+                            "step {} restarted: the run resumed from its checkpoint after the \
+                             instance driving it stopped",
+                            checkpoint.step + 1
+                        ),
+                        step_restarted: true,
+                    }));
+                }
+                let timeout =
+                    Duration::from_millis(u64::try_from(run.limits.timeout_ms).unwrap_or(0))
+                        .saturating_sub(elapsed_before);
+                // The run's own timeout, or its caller's deadline if sooner.
+                let own_deadline = started + timeout;
+                let by_caller = caller_deadline.is_some_and(|caller| caller <= own_deadline);
+                let deadline =
+                    caller_deadline.map_or(own_deadline, |caller| caller.min(own_deadline));
+                let work = self.steps(&mut run, &active, &profile, &mut checkpoint, deadline);
+                tokio::select! {
+                    () = active.cancel.cancelled() => Ending::Cancelled(self.cancel_reason(&active)),
+                    result = tokio::time::timeout_at(deadline, work) => match result {
+                        Ok(Ok(output)) => Ending::Finished(output),
+                        Ok(Err(status)) if by_caller && Instant::now() + DEADLINE_SLACK >= deadline => {
+                            // A peer answered DEADLINE_EXCEEDED (or its call was
+                            // not made) just as the caller's time ran out.
+                            tracing::debug!(run_id = %run.run_id, error = %status, "a call failed at the caller's deadline");
+                            Ending::Failed(caller_deadline_passed(queued_at.elapsed(), false))
+                        }
+                        Ok(Err(status)) => Ending::Failed(status),
+                        Err(_) if by_caller => {
+                            Ending::Failed(caller_deadline_passed(queued_at.elapsed(), false))
+                        }
+                        Err(_) => Ending::Failed(Status::deadline_exceeded(format!(
+                            "the run exceeded its timeout of {:?}",
+                            Duration::from_millis(u64::try_from(run.limits.timeout_ms).unwrap_or(0))
+                        ))),
+                    },
+                }
             }
         };
+        // Give back the slot and the places: the run has stopped working.
         drop(permit);
+        drop(places);
         if let Ending::Failed(status) = &ending {
             mark_failed(&tracing::Span::current(), status);
         }
@@ -439,7 +539,7 @@ impl Engine {
         checkpoint: &mut Checkpoint,
         deadline: Instant,
     ) -> Result<String, Status> {
-        let specs = self.tool_specs(profile).await?;
+        let specs = self.tool_specs(profile, deadline).await?;
         let series = Arc::clone(self.metrics.agent(&run.agent));
         loop {
             let step_started = Instant::now();
@@ -669,7 +769,11 @@ impl Engine {
 
     /// The tool specs the profile may use, from the tool runner (cached
     /// briefly: tools change rarely and a run needs them at every step).
-    async fn tool_specs(&self, profile: &AgentProfile) -> Result<Vec<llm::ToolSpec>, Status> {
+    async fn tool_specs(
+        &self,
+        profile: &AgentProfile,
+        deadline: Instant,
+    ) -> Result<Vec<llm::ToolSpec>, Status> {
         if profile.tools.is_empty() {
             return Ok(Vec::new());
         }
@@ -682,16 +786,9 @@ impl Engine {
             let mut page_token = String::new();
             loop {
                 let page = self
-                    .tools
-                    .clone()
-                    .list_tools(tools::ListToolsRequest {
-                        page_size: 1000,
-                        page_token: page_token.clone(),
-                        ..tools::ListToolsRequest::default()
-                    })
+                    .list_tools(&page_token, deadline)
                     .await
-                    .map_err(|status| downstream("listing the tools", status))?
-                    .into_inner();
+                    .map_err(|status| downstream("listing the tools", status))?;
                 all.extend(page.tools);
                 if page.next_page_token.is_empty() {
                     break;
@@ -713,6 +810,46 @@ impl Engine {
                     .collect()
             })
             .unwrap_or_default())
+    }
+
+    /// One page of ListTools, with what is left of the run's time, retried
+    /// (it is idempotent) while the tool runner is UNAVAILABLE — draining
+    /// or restarting — with jittered backoff that stops at the deadline.
+    async fn list_tools(
+        &self,
+        page_token: &str,
+        deadline: Instant,
+    ) -> Result<tools::ListToolsResponse, Status> {
+        let backoff = Backoff::new(
+            Duration::from_millis(50),
+            Duration::from_millis(500),
+            Duration::ZERO,
+        );
+        let mut attempt = 1;
+        loop {
+            let mut request = tonic::Request::new(tools::ListToolsRequest {
+                page_size: 1000,
+                page_token: page_token.to_owned(),
+                ..tools::ListToolsRequest::default()
+            });
+            request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+            let status = match self.tools.clone().list_tools(request).await {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status) => status,
+            };
+            if status.code() != tonic::Code::Unavailable || attempt >= LIST_TOOLS_ATTEMPTS {
+                return Err(status);
+            }
+            let Ok(delay) = backoff.delay(attempt, None, Some(deadline)) else {
+                return Err(status);
+            };
+            tracing::debug!(attempt, ?delay, error = %status, "the tool runner is unavailable; listing the tools again");
+            self.admission
+                .reporter()
+                .retried("tool-runner/ListTools", "unavailable");
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
     }
 
     /// Records the run's end: the terminal event, the row, the final

@@ -4,14 +4,17 @@
 //! The service owns runs, their events and checkpoints, agent profiles and
 //! sessions. Data flows like this:
 //!
-//! * [`service`] validates each call. `StartRun`/`Run` store the run
-//!   (QUEUED) and hand it to the [`engine`], which drives it in a task of its
-//!   own: `GenerateStream` on the gateway (text relayed live as
+//! * [`service`] validates each call. `StartRun`/`Run` admit the run
+//!   through its tenant's and its profile's bulkheads ([`admission`]:
+//!   RESOURCE_EXHAUSTED when their queues are full), store it (QUEUED) and
+//!   hand it to the [`engine`], which drives it in a task of its own once it
+//!   holds its places and a slot of this instance: `GenerateStream` on the gateway (text relayed live as
 //!   `token_delta` events), `ExecuteTool` on the tool runner for each tool
 //!   call (in parallel), and one transaction per step in the [`store`]
 //!   (the step's events, the run row, the checkpoint).
 //! * `StreamRun`/`Run` followers replay stored events, then tail the live
-//!   ones; a client that leaves does not stop the run.
+//!   ones; a client that leaves does not stop the run. A run started by
+//!   `Run` ends at its caller's deadline (`grpc-timeout`), DEADLINE_EXCEEDED.
 //! * Every instance claims the runs it drives for a lease it keeps renewing;
 //!   an unfinished run whose lease ran out (its instance died) is claimed by
 //!   another instance and resumed from its last checkpoint.
@@ -24,12 +27,16 @@
 //!   (CONFIG_LOADED at start).
 //! * Metrics ([`metrics`]): runs started, active, queued and finished by
 //!   state, run and step durations, by agent profile; the calls to the peers
-//!   are counted in the kit's `grpc_client_*` metrics.
+//!   are counted in the kit's `grpc_client_*` metrics; bulkhead gauges,
+//!   refusals and retries in the shared resilience metrics
+//!   (`agentmesh_bulkhead_*`, `agentmesh_rate_limited_total`,
+//!   `agentmesh_retries_total`).
 //!
 //! [`serve`] binds the listeners and hands the service to the kit's
 //! [`ServiceHost`] (health, reflection, metrics, limits, metadata forwarding,
 //! graceful shutdown); `main.rs` only calls it.
 
+pub mod admission;
 pub mod config;
 pub mod engine;
 pub mod metrics;
@@ -39,6 +46,7 @@ pub mod store;
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
+use agentmesh_audit_client::resilience::ResilienceReporter;
 use agentmesh_audit_client::without_password;
 use agentmesh_kit::health::DependencyCheck;
 use agentmesh_kit::{Listeners, ServeError, ServiceHost, StartupError};
@@ -81,6 +89,7 @@ pub async fn serve_with_listeners(
         config.agents.keys().map(String::as_str),
     )?;
     let client_metrics = host.metrics().grpc_client().clone();
+    let reporter = ResilienceReporter::new(audit.clone(), host.metrics().registry());
     let limit = config.server.max_message_bytes;
     let engine: Arc<OnceLock<Arc<Engine>>> = Arc::default();
     host.add_service(
@@ -124,6 +133,7 @@ pub async fn serve_with_listeners(
                         audit.clone(),
                         run_metrics.clone(),
                         &client_metrics,
+                        admission::Admission::new(&config, reporter.clone()),
                     )
                     .map_err(|err| StartupError::from(err.to_string()))?;
                     let _ = engine.set(Arc::clone(&started));
@@ -171,7 +181,16 @@ async fn maintain(engine: Arc<Engine>, config: Arc<Config>) {
                         }
                     };
                     tracing::info!(run_id = %run.run_id, step = checkpoint.as_ref().map_or(0, |c| c.step), "resuming a run whose instance stopped");
-                    engine.spawn(run, checkpoint, agentmesh_kit::RequestContext::default());
+                    // Resumed runs take their places too, but wait for them
+                    // rather than being refused.
+                    let places = engine.admission().later(&run.tenant, &run.agent);
+                    engine.spawn(
+                        run,
+                        checkpoint,
+                        agentmesh_kit::RequestContext::default(),
+                        places,
+                        None,
+                    );
                 }
             }
             Err(err) => tracing::warn!(error = %err, "cannot look for orphaned runs"),

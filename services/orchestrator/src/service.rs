@@ -1,5 +1,11 @@
 //! The `agentmesh.orchestrator.v1.OrchestratorService` handlers: validate,
-//! then hand over to the [`Engine`] (runs) or read the [`Store`].
+//! admit (runs: this instance's queue bound, then the tenant's and the
+//! profile's bulkheads), then hand over to the [`Engine`] (runs) or read the
+//! [`Store`](crate::store::Store).
+//!
+//! `Run` is `StartRun` and `StreamRun` in one call, with one difference: its
+//! run ends at the caller's deadline, and its stream ends then with
+//! DEADLINE_EXCEEDED.
 
 use std::collections::BTreeMap;
 use std::hash::{Hash as _, Hasher as _};
@@ -28,6 +34,9 @@ const DEFAULT_PAGE: usize = 50;
 const MAX_PAGE: usize = 1000;
 /// Longest run timeout a request may ask for.
 const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// The methods that start runs, as refusals name them.
+const START_RUN: &str = "/agentmesh.orchestrator.v1.OrchestratorService/StartRun";
+const RUN: &str = "/agentmesh.orchestrator.v1.OrchestratorService/Run";
 
 /// The handlers; the engine is set once start-up has opened the database.
 #[derive(Debug)]
@@ -96,15 +105,24 @@ fn not_found(what: &str, id: &str) -> Status {
     Status::not_found(format!("{what} {id:?} not found"))
 }
 
+/// How a run is started: by which method, and (for `Run`) until when its
+/// caller waits.
+struct Starter {
+    method: &'static str,
+    caller_deadline: Option<tokio::time::Instant>,
+}
+
 impl OrchestratorServiceImpl {
-    /// Validates, stores and starts a run (or finds the one an idempotency
-    /// key names). Returns the run and whether it already existed.
+    /// Validates, admits, stores and starts a run (or finds the one an
+    /// idempotency key names). Returns the run and whether it already
+    /// existed.
     async fn start(
         &self,
         fields: StartFields,
         tenant: String,
         subject: String,
         context: RequestContext,
+        starter: Starter,
     ) -> Result<(RunRow, bool), Status> {
         let engine = self.engine()?;
         let mut violations: Vec<(String, String)> = Vec::new();
@@ -222,8 +240,7 @@ impl OrchestratorServiceImpl {
                 } else {
                     profile.max_output_tokens
                 },
-                timeout_ms: i64::try_from(timeout.unwrap_or(profile.timeout).as_millis())
-                    .unwrap_or(i64::MAX),
+                timeout_ms: timeout_ms(timeout.unwrap_or(profile.timeout), starter.caller_deadline),
             },
             labels: fields.labels.into_iter().collect(),
             create_time: now_micros(),
@@ -248,6 +265,12 @@ impl OrchestratorServiceImpl {
                 run.session_id
             )));
         }
+        // Places in the tenant's and the profile's bulkheads, held or
+        // queued, before the run exists; given back if it is not started.
+        let places = engine
+            .admission()
+            .admit(&run.tenant, &run.agent, starter.method)
+            .await?;
         match store
             .create_run(&run, new_session, engine.owner(), engine.lease_until())
             .await
@@ -256,7 +279,7 @@ impl OrchestratorServiceImpl {
             Created::New(run) => {
                 tracing::info!(run_id = %run.run_id, agent = %run.agent, "run queued");
                 engine.audit_run_started(&run);
-                engine.spawn(run.clone(), None, context);
+                engine.spawn(run.clone(), None, context, places, starter.caller_deadline);
                 Ok((run, false))
             }
             Created::Existing(existing) => {
@@ -296,6 +319,50 @@ impl OrchestratorServiceImpl {
             .map_err(|e| engine.store_failed(&e))?
             .ok_or_else(|| not_found("run", run_id))
     }
+}
+
+/// A run's timeout in milliseconds: its own, or what is left of its
+/// caller's time (`Run`) if less — rounded up, so the caller's deadline is
+/// what ends such a run, and it shows in GetRun and in a resume elsewhere.
+fn timeout_ms(timeout: Duration, caller_deadline: Option<tokio::time::Instant>) -> i64 {
+    let timeout = match caller_deadline {
+        Some(deadline) => {
+            timeout.min(deadline.saturating_duration_since(tokio::time::Instant::now()))
+        }
+        None => timeout,
+    };
+    i64::try_from(timeout.as_micros().div_ceil(1000))
+        .unwrap_or(i64::MAX)
+        .max(1)
+}
+
+/// The events of a run started by `Run`, ending with DEADLINE_EXCEEDED at
+/// the caller's deadline: when it passes first, or after the run's terminal
+/// event if that came at (or after) it. (The server's own timeout covers the
+/// handler, not a stream it returned.)
+fn until_deadline(
+    events: impl futures::Stream<Item = Result<pb::RunEvent, Status>> + Send + Unpin + 'static,
+    deadline: tokio::time::Instant,
+) -> impl futures::Stream<Item = Result<pb::RunEvent, Status>> + Send {
+    let passed = || {
+        Status::deadline_exceeded(
+            "the caller's deadline passed; a run started by Run ends with its call (GetRun shows \
+             how it ended)",
+        )
+    };
+    let timer = Box::pin(tokio::time::sleep_until(deadline));
+    futures::stream::unfold(Some((events, timer)), move |state| async move {
+        let (mut events, mut timer) = state?;
+        tokio::select! {
+            biased;
+            event = events.next() => match event {
+                Some(event) => Some((event, Some((events, timer)))),
+                None if tokio::time::Instant::now() >= deadline => Some((Err(passed()), None)),
+                None => None,
+            },
+            () = &mut timer => Some((Err(passed()), None)),
+        }
+    })
 }
 
 fn validate_labels(
@@ -407,8 +474,20 @@ impl OrchestratorService for OrchestratorServiceImpl {
         request: Request<pb::StartRunRequest>,
     ) -> Result<Response<pb::StartRunResponse>, Status> {
         let (tenant, subject, context) = caller(&request);
+        // The run outlives this call: the caller's deadline bounds only the
+        // call.
+        let starter = Starter {
+            method: START_RUN,
+            caller_deadline: None,
+        };
         let (run, existing) = self
-            .start(request.into_inner().into(), tenant, subject, context)
+            .start(
+                request.into_inner().into(),
+                tenant,
+                subject,
+                context,
+                starter,
+            )
             .await?;
         Ok(Response::new(pb::StartRunResponse {
             run_id: run.run_id.clone(),
@@ -443,10 +522,26 @@ impl OrchestratorService for OrchestratorServiceImpl {
         request: Request<pb::RunRequest>,
     ) -> Result<Response<Self::RunStream>, Status> {
         let (tenant, subject, context) = caller(&request);
+        // The run ends at the caller's deadline, if it gave one.
+        let caller_deadline = context.deadline().map(tokio::time::Instant::from_std);
+        let starter = Starter {
+            method: RUN,
+            caller_deadline,
+        };
         let (run, _) = self
-            .start(request.into_inner().into(), tenant, subject, context)
+            .start(
+                request.into_inner().into(),
+                tenant,
+                subject,
+                context,
+                starter,
+            )
             .await?;
         let events = self.follow(run, 0)?;
+        let events = match caller_deadline {
+            Some(deadline) => until_deadline(events, deadline).boxed(),
+            None => events.boxed(),
+        };
         Ok(Response::new(
             events
                 .map(|event| event.map(|event| pb::RunResponse { event: Some(event) }))

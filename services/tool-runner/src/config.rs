@@ -8,6 +8,22 @@
 //! max_file_bytes = 1048576
 //! default_timeout = "30s"
 //! max_timeout = "5m"
+//! max_concurrency_per_tool = 16   # calls of one tool running at once
+//! max_queued_per_tool = 32        # and waiting for a place; beyond: RESOURCE_EXHAUSTED
+//!
+//! [tool_runner.circuit_breaker]   # one breaker per tool
+//! consecutive_failures = 5
+//! failure_ratio = 0.5
+//! window = "30s"
+//! minimum_calls = 20
+//! open_for = "30s"
+//! half_open_probes = 1
+//!
+//! [tool_runner.retry]             # only idempotent tools are retried
+//! max_attempts = 2
+//! initial_backoff = "100ms"
+//! max_backoff = "2s"
+//! budget_ratio = 0.2
 //!
 //! [tool_runner.commands.word_count]
 //! description = "Counts words in a text"
@@ -16,7 +32,13 @@
 //! timeout = "10s"
 //! env = { LANG = "C.UTF-8" }
 //! streaming = false
+//! idempotent = true     # safe to run twice: failed runs may be retried
+//! max_concurrency = 4   # 0 = max_concurrency_per_tool
+//! max_queued = 8        # 0 = max_queued_per_tool
 //! ```
+//!
+//! How the limits, the breakers and the retries act on a call is in the
+//! crate docs ("How a call flows").
 //!
 //! [`Config::validate`] runs when the configuration is loaded (the kit calls
 //! it) and again when the service starts, by building the tool registry:
@@ -30,6 +52,7 @@ use std::time::Duration;
 
 use agentmesh_audit_client::AuditConfig;
 use agentmesh_kit::{ConfigError, LogConfig, ServerConfig};
+use agentmesh_resilience::{CircuitConfig, RetryConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::registry::Registry;
@@ -62,11 +85,31 @@ pub struct Config {
     /// Upper bound of every timeout: a tool's own and a request's.
     #[serde(with = "humantime_serde")]
     pub max_timeout: Duration,
+    /// Calls of one tool that may run at once (the tool's bulkhead), for
+    /// the built-ins and for command tools that set no `max_concurrency`.
+    pub max_concurrency_per_tool: u32,
+    /// Calls of one tool that may wait for a place when all are taken, for
+    /// the built-ins and for command tools that set no `max_queued`. A call
+    /// beyond them is refused with RESOURCE_EXHAUSTED; a waiting call's time
+    /// counts against its timeout.
+    pub max_queued_per_tool: u32,
+    /// The circuit breaker each tool gets (`[tool_runner.circuit_breaker]`):
+    /// runs that time out or fail open it; while open, calls of that tool
+    /// are refused with UNAVAILABLE.
+    pub circuit_breaker: CircuitConfig,
+    /// Retries of idempotent tools whose run failed or timed out
+    /// (`[tool_runner.retry]`); `max_attempts` counts the first run.
+    pub retry: RetryConfig,
     /// Command tools by name.
     pub commands: BTreeMap<String, CommandToolConfig>,
     /// Where audit events go.
     pub audit: AuditConfig,
 }
+
+/// The most places a tool's bulkhead may have.
+pub(crate) const MAX_CONCURRENCY: u32 = 10_000;
+/// The most callers a tool's bulkhead may queue.
+pub(crate) const MAX_QUEUED: u32 = 100_000;
 
 impl Default for Config {
     fn default() -> Self {
@@ -79,6 +122,16 @@ impl Default for Config {
             max_list_entries: 1000,
             default_timeout: Duration::from_secs(30),
             max_timeout: Duration::from_secs(300),
+            max_concurrency_per_tool: 16,
+            max_queued_per_tool: 32,
+            circuit_breaker: CircuitConfig::default(),
+            // A tool call is retried once at most: a model can call it again
+            // itself, and a command that failed twice is unlikely to be
+            // transiently broken.
+            retry: RetryConfig {
+                max_attempts: 2,
+                ..RetryConfig::default()
+            },
             commands: BTreeMap::new(),
             audit: AuditConfig::default(),
         }
@@ -143,6 +196,32 @@ impl Config {
                 ),
             ));
         }
+        if !(1..=MAX_CONCURRENCY).contains(&self.max_concurrency_per_tool) {
+            return Err(ConfigError::new(
+                "max_concurrency_per_tool",
+                format!(
+                    "{} is out of range: use 1 to {MAX_CONCURRENCY}",
+                    self.max_concurrency_per_tool
+                ),
+            ));
+        }
+        if self.max_queued_per_tool > MAX_QUEUED {
+            return Err(ConfigError::new(
+                "max_queued_per_tool",
+                format!(
+                    "{} is out of range: use 0 (no queue) to {MAX_QUEUED}",
+                    self.max_queued_per_tool
+                ),
+            ));
+        }
+        self.circuit_breaker
+            .validate()
+            .map_err(|(field, message)| {
+                ConfigError::new(format!("circuit_breaker.{field}"), message)
+            })?;
+        self.retry
+            .validate()
+            .map_err(|(field, message)| ConfigError::new(format!("retry.{field}"), message))?;
         Ok(())
     }
 }
@@ -175,8 +254,13 @@ pub struct CommandToolConfig {
     /// runs (see the crate docs for the protocol).
     pub streaming: bool,
     /// True when running it twice with the same arguments has the same
-    /// effect as once.
+    /// effect as once. Only idempotent tools are retried (see `retry`).
     pub idempotent: bool,
+    /// Calls of this tool that may run at once; 0 = `max_concurrency_per_tool`.
+    pub max_concurrency: u32,
+    /// Calls of this tool that may wait for a place; 0 =
+    /// `max_queued_per_tool`.
+    pub max_queued: u32,
     /// Free-form labels shown by ListTools (e.g. `category = "text"`).
     pub labels: BTreeMap<String, String>,
 }
@@ -192,6 +276,8 @@ impl Default for CommandToolConfig {
             env: BTreeMap::new(),
             streaming: false,
             idempotent: false,
+            max_concurrency: 0,
+            max_queued: 0,
             labels: BTreeMap::new(),
         }
     }
@@ -399,6 +485,140 @@ mod tests {
         ];
         for (name, command, setting) in cases {
             assert_eq!(setting_of(&with_command(name, command)), setting, "{name}");
+        }
+    }
+
+    #[test]
+    fn the_resilience_settings_parse_and_keep_their_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agentmesh.toml");
+        std::fs::write(
+            &path,
+            r#"
+                [tool_runner]
+                max_concurrency_per_tool = 4
+                max_queued_per_tool = 0
+                [tool_runner.circuit_breaker]
+                consecutive_failures = 2
+                open_for = "1m"
+                [tool_runner.retry]
+                initial_backoff = "50ms"
+                [tool_runner.commands.fetch]
+                description = "Fetches"
+                command = ["true"]
+                idempotent = true
+                max_concurrency = 2
+                max_queued = 3
+            "#,
+        )
+        .unwrap();
+        let overrides = agentmesh_kit::config::Overrides::default();
+        let config: Config = agentmesh_kit::config::load(Some(&path), &overrides).unwrap();
+        assert_eq!(config.max_concurrency_per_tool, 4);
+        assert_eq!(config.max_queued_per_tool, 0);
+        assert_eq!(config.circuit_breaker.consecutive_failures, 2);
+        assert_eq!(config.circuit_breaker.open_for, Duration::from_secs(60));
+        // Unset fields of a section keep the service's defaults.
+        assert_eq!(
+            config.circuit_breaker.half_open_probes,
+            CircuitConfig::default().half_open_probes
+        );
+        assert_eq!(config.retry.initial_backoff, Duration::from_millis(50));
+        assert_eq!(config.retry.max_attempts, 2);
+        let fetch = &config.commands["fetch"];
+        assert!(fetch.idempotent);
+        assert_eq!((fetch.max_concurrency, fetch.max_queued), (2, 3));
+
+        let dumped = agentmesh_kit::config::to_toml(&config);
+        let reread: Config = toml::from_str(&dumped).unwrap();
+        assert_eq!(reread, config);
+
+        let defaults = Config::default();
+        assert_eq!(defaults.max_concurrency_per_tool, 16);
+        assert_eq!(defaults.max_queued_per_tool, 32);
+        assert_eq!(defaults.retry.max_attempts, 2);
+    }
+
+    #[test]
+    fn bad_resilience_settings_name_the_setting() {
+        let cases = [
+            (
+                Config {
+                    max_concurrency_per_tool: 0,
+                    ..Config::default()
+                },
+                "tool_runner.max_concurrency_per_tool",
+            ),
+            (
+                Config {
+                    max_queued_per_tool: MAX_QUEUED + 1,
+                    ..Config::default()
+                },
+                "tool_runner.max_queued_per_tool",
+            ),
+            (
+                Config {
+                    circuit_breaker: CircuitConfig {
+                        failure_ratio: 2.0,
+                        ..CircuitConfig::default()
+                    },
+                    ..Config::default()
+                },
+                "tool_runner.circuit_breaker.failure_ratio",
+            ),
+            (
+                Config {
+                    circuit_breaker: CircuitConfig {
+                        open_for: Duration::ZERO,
+                        ..CircuitConfig::default()
+                    },
+                    ..Config::default()
+                },
+                "tool_runner.circuit_breaker.open_for",
+            ),
+            (
+                Config {
+                    retry: RetryConfig {
+                        max_attempts: 0,
+                        ..RetryConfig::default()
+                    },
+                    ..Config::default()
+                },
+                "tool_runner.retry.max_attempts",
+            ),
+            (
+                Config {
+                    retry: RetryConfig {
+                        budget_ttl: Duration::ZERO,
+                        ..RetryConfig::default()
+                    },
+                    ..Config::default()
+                },
+                "tool_runner.retry.budget_ttl",
+            ),
+            (
+                with_command(
+                    "word_count",
+                    CommandToolConfig {
+                        max_concurrency: MAX_CONCURRENCY + 1,
+                        ..word_count()
+                    },
+                ),
+                "tool_runner.commands.word_count.max_concurrency",
+            ),
+            (
+                with_command(
+                    "word_count",
+                    CommandToolConfig {
+                        max_queued: MAX_QUEUED + 1,
+                        ..word_count()
+                    },
+                ),
+                "tool_runner.commands.word_count.max_queued",
+            ),
+        ];
+        for (config, setting) in cases {
+            assert_eq!(setting_of(&config), setting);
         }
     }
 

@@ -15,14 +15,27 @@
 //!   │                           arguments_json not JSON, negative timeout, bad run_id
 //!   │ look the tool up          NOT_FOUND, listing known tools
 //!   │ effective timeout         min(request timeout, tool timeout, max_timeout,
-//!   │                           caller's gRPC deadline)
+//!   │                           caller's gRPC deadline), from the call's arrival: it
+//!   │                           bounds the wait for a place, every attempt and backoff
+//!   │ the tool's circuit        open: UNAVAILABLE, RetryInfo = when it is probed
+//!   │ the tool's bulkhead       a place (max_concurrency), or a wait in its queue
+//!   │                           (max_queued); queue full: RESOURCE_EXHAUSTED with
+//!   │                           RetryInfo; timeout while waiting: DEADLINE_EXCEEDED
 //!   ▼ ── from here on, every failure is a result with is_error ──
-//!   │ schema check              INVALID_ARGUMENTS, each violation with its JSON pointer
-//!   │ run under the timeout     built-in: calculator inline, file and time tools on
-//!   │                           the blocking pool; command: a child process
-//!   │                           (EXECUTION_FAILED, TIMEOUT, INVALID_OUTPUT, DENIED)
-//!   ▼ result                    output_json, duration, call_id echoed
+//!   │ ┌ attempt, until the deadline
+//!   │ │ schema check            INVALID_ARGUMENTS, each violation with its JSON pointer
+//!   │ │ run                     built-in: calculator inline, file and time tools on
+//!   │ │                         the blocking pool; command: a child process
+//!   │ │                         (EXECUTION_FAILED, TIMEOUT, INVALID_OUTPUT, DENIED)
+//!   │ │ circuit                 TIMEOUT and a command's EXECUTION_FAILED are failures
+//!   │ └ retry                   idempotent tools only: EXECUTION_FAILED (and TIMEOUT
+//!   │                           with time left), after a backoff that ends before the
+//!   │                           deadline, within the retry budget, circuit permitting
+//!   ▼ result                    output_json, duration, attempts, call_id echoed
 //! ```
+//!
+//! So one slow or broken tool holds at most its own places and queue, and
+//! its failures open only its own circuit: the other tools keep working.
 //!
 //! Every ExecuteTool and ExecuteToolStream call is recorded as one TOOL_CALL
 //! audit event when it ends: with its result, with the status that refused
@@ -37,7 +50,11 @@
 //! * [`config`]: [`Config`] and [`CommandToolConfig`] (the `[tool_runner]`
 //!   section; command tools are the plugin mechanism).
 //! * `registry`: the tools, their compiled JSON Schemas, schema messages.
-//! * `runner`: request checks, timeouts, execution, results.
+//! * `runner`: request checks, timeouts, admission, attempts, results.
+//! * `resilience`: the per-tool guards (bulkhead, circuit breaker, retries
+//!   of idempotent tools), their statuses and what counts as a failure;
+//!   reported through the service's one `ResilienceReporter` (circuit
+//!   gauges and audit events, refusals, retries, bulkhead gauges).
 //! * `metrics`: executions by tool and outcome, their duration, those in
 //!   flight (the kit adds the gRPC metrics).
 //! * `service`: the gRPC handlers and ListTools paging.
@@ -61,6 +78,7 @@ pub mod config;
 mod metrics;
 mod outcome;
 mod registry;
+mod resilience;
 mod runner;
 mod service;
 mod workspace;
@@ -71,6 +89,7 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
+use agentmesh_audit_client::resilience::ResilienceReporter;
 use agentmesh_kit::health::DependencyCheck;
 use agentmesh_kit::{Listeners, ServeError, ServiceHost, StartupError};
 use agentmesh_proto::tools::v1::tool_runner_service_server::ToolRunnerServiceServer;
@@ -106,13 +125,16 @@ pub async fn serve_with_listeners(
     let runner = ToolRunner::new(&config).map_err(invalid_config)?;
     let mut host = ServiceHost::new(SERVICE, &config.server);
     let metrics = metrics::ToolMetrics::new(host.metrics().registry(), runner.registry().names())?;
-    let runner = runner.with_metrics(metrics);
     let audit = agentmesh_audit_client::start_service::<Config>(
         &config.audit,
         SERVICE,
         host.metrics(),
         &effective_config(&config),
     )?;
+    // One reporter for the service: circuits, refusals, retries and
+    // bulkhead gauges of every tool, in the service's registry.
+    let reporter = ResilienceReporter::new(audit.clone(), host.metrics().registry());
+    let runner = runner.with_metrics(metrics).with_reporter(reporter);
     let limit = config.server.max_message_bytes;
     host.add_service(
         ToolRunnerServiceServer::new(ToolRunnerServiceImpl::new(runner, audit.clone()))

@@ -1,5 +1,8 @@
-//! The tool runner's own Prometheus metrics (the kit adds the gRPC ones):
-//! tool executions by tool and outcome, their duration, and those running.
+//! The tool runner's own Prometheus metrics (the kit adds the gRPC ones,
+//! and the service's `ResilienceReporter` the circuit, refusal, retry and
+//! bulkhead families, with targets named `tool:<name>`): tool executions by
+//! tool and outcome, their duration, and those running. An execution is one
+//! attempt: a retried call counts each.
 //!
 //! | metric | type | labels |
 //! |---|---|---|
@@ -14,14 +17,15 @@
 //! went away while the tool ran, so it was stopped). `tool` is a registered
 //! tool (built-in or configured command); anything else would be `other`,
 //! though only registered tools ever execute. Calls refused before they
-//! execute (unknown tool, malformed request) are gRPC errors, counted by the
-//! kit's `grpc_server_handled_total`.
+//! execute (unknown tool, malformed request, a full bulkhead, an open
+//! circuit) are gRPC errors, counted by the kit's `grpc_server_handled_total`.
 //!
 //! # Data flow
 //!
 //! [`ToolMetrics::new`] resolves every label child of every registered tool
-//! once. [`crate::runner::ToolRunner::execute`] takes an [`Execution`] guard
-//! when the tool starts (in flight) and finishes it with the outcome; a guard
+//! once. Each attempt of [`crate::runner::ToolRunner::execute`] takes an
+//! [`Execution`] guard when the tool starts (in flight) and finishes it with
+//! the outcome; a guard
 //! dropped unfinished — the execution future was dropped because the caller
 //! went away — counts as `cancelled`.
 

@@ -6,6 +6,10 @@
 //! compiled validator. The `jsonschema` crate is used without its default
 //! features, so a schema can never make the service fetch anything over the
 //! network or from disk: a remote `$ref` is a configuration error.
+//!
+//! Each tool also gets its guards here, named `tool:<name>`: a bulkhead of
+//! its concurrency limit and queue, and a circuit breaker (see `runner` for
+//! how a call passes them).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -14,11 +18,12 @@ use std::time::Duration;
 
 use agentmesh_kit::ConfigError;
 use agentmesh_proto::tools::v1::{self, ToolKind};
+use agentmesh_resilience::{Bulkhead, CircuitBreaker};
 use serde_json::Value;
 
 use crate::builtin::Builtin;
 use crate::command::{CommandTool, service_path};
-use crate::config::{CommandToolConfig, Config, format_duration};
+use crate::config::{CommandToolConfig, Config, MAX_CONCURRENCY, MAX_QUEUED, format_duration};
 use crate::outcome::{ToolFailure, truncate};
 
 /// At most this many schema violations are listed in one message.
@@ -42,6 +47,10 @@ pub(crate) struct RegisteredTool {
     /// The tool's own timeout.
     pub(crate) timeout: Duration,
     pub(crate) implementation: Implementation,
+    /// At most `max_concurrency` calls at once, `max_queued` waiting.
+    pub(crate) bulkhead: Bulkhead,
+    /// Opens when runs keep failing or timing out.
+    pub(crate) breaker: CircuitBreaker,
     arguments: jsonschema::Validator,
     output: Option<jsonschema::Validator>,
 }
@@ -50,6 +59,12 @@ impl RegisteredTool {
     /// The tool's name.
     pub(crate) fn name(&self) -> &str {
         &self.descriptor.name
+    }
+
+    /// `tool:<name>`: how its bulkhead and circuit are named in metrics,
+    /// audit events and logs.
+    pub(crate) fn target(&self) -> &str {
+        self.breaker.target()
     }
 
     /// Checks arguments against the parameter schema; the failure lists
@@ -191,11 +206,17 @@ fn builtin_tool(builtin: Builtin, config: &Config) -> Result<RegisteredTool, Str
             idempotent: builtin.idempotent(),
             streaming: false,
             timeout: proto_duration(config.default_timeout),
-            max_concurrency: 0,
+            max_concurrency: max_concurrency(config.max_concurrency_per_tool),
             labels: builtin.labels().into_iter().collect(),
         },
         timeout: config.default_timeout,
         implementation: Implementation::Builtin(builtin),
+        bulkhead: bulkhead(
+            builtin.name(),
+            config.max_concurrency_per_tool,
+            config.max_queued_per_tool,
+        ),
+        breaker: breaker(builtin.name(), config),
         arguments,
         output: None,
     })
@@ -236,6 +257,7 @@ fn command_tool(
             ),
         ));
     }
+    let (concurrency, queued) = limits(command, config, setting)?;
     let parameters_setting = format!("{setting}.parameters_json");
     let parameters = parse_schema(&command.parameters_json)
         .map_err(|message| ConfigError::new(&parameters_setting, message))?;
@@ -263,10 +285,12 @@ fn command_tool(
             idempotent: command.idempotent,
             streaming: command.streaming,
             timeout: proto_duration(timeout),
-            max_concurrency: 0,
+            max_concurrency: max_concurrency(concurrency),
             labels: command.labels.clone().into_iter().collect(),
         },
         timeout,
+        bulkhead: bulkhead(name, concurrency, queued),
+        breaker: breaker(name, config),
         implementation: Implementation::Command(CommandTool {
             name: name.to_owned(),
             argv: command.command.clone(),
@@ -277,6 +301,54 @@ fn command_tool(
         arguments,
         output,
     })
+}
+
+/// A command tool's concurrency limit and queue: its own, or the service's
+/// defaults where it sets 0.
+fn limits(
+    command: &CommandToolConfig,
+    config: &Config,
+    setting: &str,
+) -> Result<(u32, u32), ConfigError> {
+    if command.max_concurrency > MAX_CONCURRENCY {
+        return Err(ConfigError::new(
+            format!("{setting}.max_concurrency"),
+            format!(
+                "{} is out of range: use 1 to {MAX_CONCURRENCY}, or 0 for max_concurrency_per_tool",
+                command.max_concurrency
+            ),
+        ));
+    }
+    if command.max_queued > MAX_QUEUED {
+        return Err(ConfigError::new(
+            format!("{setting}.max_queued"),
+            format!(
+                "{} is out of range: use 1 to {MAX_QUEUED}, or 0 for max_queued_per_tool",
+                command.max_queued
+            ),
+        ));
+    }
+    let or_default = |own: u32, default: u32| if own == 0 { default } else { own };
+    Ok((
+        or_default(command.max_concurrency, config.max_concurrency_per_tool),
+        or_default(command.max_queued, config.max_queued_per_tool),
+    ))
+}
+
+fn bulkhead(name: &str, max_concurrency: u32, max_queued: u32) -> Bulkhead {
+    let places = usize::try_from(max_concurrency).unwrap_or(usize::MAX);
+    let queue = usize::try_from(max_queued).unwrap_or(usize::MAX);
+    Bulkhead::new(format!("tool:{name}"), places, queue)
+}
+
+fn breaker(name: &str, config: &Config) -> CircuitBreaker {
+    CircuitBreaker::new(format!("tool:{name}"), config.circuit_breaker.clone())
+}
+
+/// The limit as ListTools reports it (checked to be at most
+/// [`MAX_CONCURRENCY`], so it fits).
+fn max_concurrency(limit: u32) -> i32 {
+    i32::try_from(limit).unwrap_or(i32::MAX)
 }
 
 /// A program is a name looked up on `PATH` or an absolute path: a relative
@@ -486,6 +558,38 @@ mod tests {
         );
         assert!(failure.message.contains("\"count\" is a required property"));
         assert_eq!(failure.output_json, r#"{"total":1}"#);
+    }
+
+    #[test]
+    fn each_tool_gets_its_limits_and_guards() {
+        let mut config = Config {
+            max_concurrency_per_tool: 3,
+            max_queued_per_tool: 5,
+            ..Config::default()
+        };
+        for (name, max_concurrency, max_queued) in [("own", 1, 2), ("defaults", 0, 0)] {
+            config.commands.insert(
+                name.into(),
+                CommandToolConfig {
+                    description: "d".into(),
+                    command: vec!["true".into()],
+                    max_concurrency,
+                    max_queued,
+                    ..CommandToolConfig::default()
+                },
+            );
+        }
+        let registry = Registry::from_config(&config).unwrap();
+        let own = registry.get("own").unwrap();
+        assert_eq!(own.descriptor.max_concurrency, 1);
+        assert_eq!(own.bulkhead.max_concurrent(), 1);
+        assert_eq!(own.bulkhead.name(), "tool:own");
+        assert_eq!(own.target(), "tool:own");
+        let defaults = registry.get("defaults").unwrap();
+        assert_eq!(defaults.descriptor.max_concurrency, 3);
+        let calculator = registry.get("calculator").unwrap();
+        assert_eq!(calculator.descriptor.max_concurrency, 3);
+        assert_eq!(calculator.target(), "tool:calculator");
     }
 
     #[test]

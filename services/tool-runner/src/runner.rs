@@ -1,18 +1,30 @@
-//! Running one tool call: request checks, registry lookup, schema check,
-//! execution under the effective timeout, and the result.
+//! Running one tool call: request checks, registry lookup, the tool's
+//! guards, schema check, attempts under the effective timeout, and the
+//! result.
 //!
-//! [`ToolRunner::prepare`] does everything that can fail as a gRPC status
-//! (before anything runs and before a stream starts); [`ToolRunner::execute`]
-//! never fails: whatever the tool does becomes a [`v1::ToolResult`], with
-//! `is_error` and an error kind when it went wrong.
+//! [`ToolRunner::prepare`] and [`ToolRunner::admit`] do everything that can
+//! fail as a gRPC status (before anything runs and before a stream starts);
+//! [`ToolRunner::execute`] never fails: whatever the tool does becomes a
+//! [`v1::ToolResult`], with `is_error` and an error kind when it went wrong.
+//!
+//! The effective timeout bounds the whole call from its arrival: the wait
+//! for a place in the tool's bulkhead, every attempt and the backoff between
+//! them all end at the call's deadline (see `resilience` for the guards).
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use agentmesh_audit_client::resilience::ResilienceReporter;
 use agentmesh_kit::ConfigError;
 use agentmesh_kit::status::invalid_argument;
-use agentmesh_proto::tools::v1::{self, ToolErrorKind};
+use agentmesh_proto::tools::v1::{
+    self, ExecuteToolStreamResponse, ToolErrorKind, ToolProgress,
+    execute_tool_stream_response::Event,
+};
+use agentmesh_resilience::CircuitState;
 use serde_json::Value;
 use tonic::Status;
 
@@ -23,10 +35,13 @@ use crate::config::{Config, format_duration};
 use crate::metrics::{Outcome, ToolMetrics};
 use crate::outcome::{ToolFailure, ToolOutcome, truncate};
 use crate::registry::{Implementation, RegisteredTool, Registry};
+use crate::resilience::{self, Admission, Place, Retries, Waiting};
 use crate::workspace::{check_run_id, workspace_dir};
 
 /// The longest `call_id` accepted.
 pub(crate) const MAX_CALL_ID_LENGTH: usize = 256;
+/// How much of a failed attempt's message a retry's progress quotes.
+const MAX_QUOTED_FAILURE: usize = 200;
 /// How many known tool names a NOT_FOUND message lists.
 const LISTED_TOOL_NAMES: usize = 10;
 
@@ -71,7 +86,10 @@ pub(crate) struct Call {
     arguments: Value,
     call_id: String,
     run_id: String,
+    /// How long the call may take, from its arrival.
     timeout: Duration,
+    /// When it must end: its arrival plus `timeout`.
+    deadline: Instant,
 }
 
 impl Call {
@@ -95,6 +113,9 @@ pub(crate) struct ToolRunner {
     file_limits: FileLimits,
     max_timeout: Duration,
     metrics: Option<ToolMetrics>,
+    retries: Retries,
+    /// Reports refusals, retries, circuit changes and bulkhead gauges.
+    reporter: Option<ResilienceReporter>,
 }
 
 impl ToolRunner {
@@ -110,7 +131,21 @@ impl ToolRunner {
             },
             max_timeout: config.max_timeout,
             metrics: None,
+            retries: Retries::new(&config.retry),
+            reporter: None,
         })
+    }
+
+    /// Also reports every resilience decision through `reporter`: each
+    /// tool's circuit is watched, and its bulkhead gauges exported from now
+    /// on (at zero).
+    pub(crate) fn with_reporter(mut self, reporter: ResilienceReporter) -> Self {
+        for tool in self.registry.iter() {
+            reporter.watch_circuit(&tool.breaker);
+            reporter.bulkhead(&tool.bulkhead);
+        }
+        self.reporter = Some(reporter);
+        self
     }
 
     /// Also counts every execution in `metrics`.
@@ -178,12 +213,13 @@ impl ToolRunner {
             return Err(self.unknown_tool(&request.tool));
         };
 
+        let arrived = Instant::now();
         let mut timeout = tool.timeout.min(self.max_timeout);
         if let Some(requested) = requested_timeout.filter(|requested| !requested.is_zero()) {
             timeout = timeout.min(requested);
         }
         if let Some(deadline) = deadline {
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = deadline.saturating_duration_since(arrived);
             if left.is_zero() {
                 return Err(Status::deadline_exceeded(
                     "the caller's deadline passed before the tool could run",
@@ -197,6 +233,62 @@ impl ToolRunner {
             call_id: request.call_id,
             run_id: request.run_id,
             timeout,
+            deadline: arrived + timeout,
+        })
+    }
+
+    /// Lets a prepared call through its tool's guards (see `resilience`):
+    /// refused at once when the tool's circuit is open (UNAVAILABLE) or its
+    /// bulkhead's queue is full (RESOURCE_EXHAUSTED); else it waits for a
+    /// place until its deadline (DEADLINE_EXCEEDED when that passes first).
+    /// `method` is the gRPC method, for the refusal's audit event.
+    pub(crate) async fn admit(&self, call: &Call, method: &str) -> Result<Admission, Status> {
+        let tool = &*call.tool;
+        let reporter = self.reporter.as_ref();
+        // An open circuit refuses before the call takes a queue slot that a
+        // call with a chance would need; `try_acquire` then only reads the
+        // time left.
+        if tool.breaker.state() == CircuitState::Open
+            && let Err(open) = tool.breaker.try_acquire()
+        {
+            return Err(resilience::circuit_open(tool, &open));
+        }
+
+        let queued_at = Instant::now();
+        let mut acquire = Box::pin(tool.bulkhead.acquire());
+        // Polled once by hand: a free place or a full queue is known at
+        // once; otherwise the call is now in the queue.
+        let first = std::future::poll_fn(|cx| Poll::Ready(acquire.as_mut().poll(cx))).await;
+        let (permit, waited) = match first {
+            Poll::Ready(Ok(permit)) => (permit, Duration::ZERO),
+            Poll::Ready(Err(full)) => {
+                return Err(resilience::queue_full(tool, &full, method, reporter));
+            }
+            Poll::Pending => {
+                let mut waiting = Waiting::new(acquire, &tool.bulkhead, reporter);
+                let deadline = tokio::time::Instant::from_std(call.deadline);
+                let waited = tokio::time::timeout_at(deadline, waiting.place()).await;
+                drop(waiting);
+                match waited {
+                    Ok(Ok(permit)) => (permit, queued_at.elapsed()),
+                    Ok(Err(full)) => {
+                        return Err(resilience::queue_full(tool, &full, method, reporter));
+                    }
+                    Err(_) => return Err(resilience::queue_timeout(tool, call.timeout)),
+                }
+            }
+        };
+        let place = Place::new(permit, &tool.bulkhead, reporter);
+        // Asked again after the wait: the circuit may have opened meanwhile,
+        // and this is the leave the first attempt reports to.
+        let permit = tool
+            .breaker
+            .try_acquire()
+            .map_err(|open| resilience::circuit_open(tool, &open))?;
+        Ok(Admission {
+            place,
+            permit,
+            waited,
         })
     }
 
@@ -215,34 +307,93 @@ impl ToolRunner {
         ))
     }
 
-    /// Runs a prepared call to its result, relaying progress and output to
-    /// `events` when given. Dropping the future stops the tool.
+    /// Runs an admitted call to its result, relaying progress and output to
+    /// `events` when given: one attempt, and more for an idempotent tool
+    /// whose attempt failed in a way that may pass (see `resilience`), while
+    /// attempts, time, the retry budget and the circuit allow. Dropping the
+    /// future stops the tool and gives the place back.
     pub(crate) async fn execute(
         &self,
         call: &Call,
+        admission: Admission,
         events: Option<&EventSender>,
     ) -> v1::ToolResult {
+        let Admission {
+            place,
+            permit,
+            waited,
+        } = admission;
+        let tool = &*call.tool;
         let started = Instant::now();
-        // Dropped with this future when the caller goes away: then it counts
-        // the execution as cancelled.
-        let execution = self
-            .metrics
-            .as_ref()
-            .map(|metrics| metrics.start(call.tool.name()));
-        let outcome = match tokio::time::timeout(call.timeout, self.run(call, events)).await {
-            Ok(outcome) => outcome,
-            Err(_) => Err(ToolFailure::timeout(format!(
-                "timed out after {}",
-                format_duration(call.timeout)
-            ))),
+        let retry = &self.retries.config;
+        let backoff = retry.backoff();
+        let deadline = tokio::time::Instant::from_std(call.deadline);
+        // Every call counts towards the budget that retries draw on.
+        self.retries.budget.deposit();
+        let mut permit = Some(permit);
+        let mut attempts: u32 = 0;
+        let outcome = loop {
+            attempts += 1;
+            let outcome = self.attempt(call, events, waited).await;
+            if let Some(permit) = permit.take() {
+                match (&outcome, resilience::health_failure(tool, &outcome)) {
+                    (Ok(_), _) => permit.success(),
+                    (Err(_), Some(reason)) => permit.failure(&reason),
+                    // Says nothing about the tool's health: counts for nothing.
+                    (Err(_), None) => drop(permit),
+                }
+            }
+            let Err(failure) = &outcome else {
+                break outcome;
+            };
+            let Some(reason) = resilience::retry_reason(tool, failure) else {
+                break outcome;
+            };
+            if attempts >= retry.max_attempts {
+                break outcome;
+            }
+            // No retry whose backoff would end past the deadline, nor one
+            // the budget cannot pay for.
+            let Ok(delay) = backoff.delay(attempts, None, Some(deadline)) else {
+                break outcome;
+            };
+            if !self.retries.budget.withdraw() {
+                tracing::info!(tool = tool.name(), "retry budget spent; not retrying");
+                break outcome;
+            }
+            tracing::info!(
+                tool = tool.name(),
+                call_id = %call.call_id,
+                attempt = attempts,
+                reason,
+                delay_ms = delay.as_millis(),
+                error = %failure.message,
+                "tool attempt failed; retrying"
+            );
+            tokio::time::sleep(delay).await;
+            // Runs that failed meanwhile (this call's or others') may have
+            // opened the circuit: then this failure is the answer.
+            match tool.breaker.try_acquire() {
+                Ok(next) => permit = Some(next),
+                Err(_) => break outcome,
+            }
+            if let Some(reporter) = &self.reporter {
+                reporter.retried(tool.target(), reason);
+            }
+            progress(
+                events,
+                format!(
+                    "attempt {attempts} failed ({}); retrying, attempt {} of {}",
+                    truncate(&failure.message, MAX_QUOTED_FAILURE),
+                    attempts + 1,
+                    retry.max_attempts
+                ),
+            )
+            .await;
         };
         let duration = started.elapsed();
-        if let Some(execution) = execution {
-            execution.finish(match &outcome {
-                Ok(_) => Outcome::Ok,
-                Err(failure) => Outcome::of_failure(failure.kind),
-            });
-        }
+        // The place is given back before the result is sent on.
+        drop(place);
         let result = match outcome {
             Ok(output) => v1::ToolResult {
                 output_json: output.to_string(),
@@ -259,19 +410,49 @@ impl ToolRunner {
         let result = v1::ToolResult {
             duration: prost_types::Duration::try_from(duration).ok(),
             call_id: call.call_id.clone(),
-            attempts: 1,
+            attempts: i32::try_from(attempts).unwrap_or(i32::MAX),
             ..result
         };
         tracing::info!(
-            tool = call.tool.name(),
+            tool = tool.name(),
             call_id = %call.call_id,
             run_id = %call.run_id,
             duration_ms = duration.as_millis(),
+            waited_ms = waited.as_millis(),
+            attempts,
             is_error = result.is_error,
             error_kind = ToolErrorKind::try_from(result.error_kind).map_or("unknown", |kind| kind.as_str_name()),
             "tool call finished"
         );
         result
+    }
+
+    /// One attempt, until the call's deadline; counted in the metrics as one
+    /// execution.
+    async fn attempt(
+        &self,
+        call: &Call,
+        events: Option<&EventSender>,
+        waited: Duration,
+    ) -> ToolOutcome {
+        // Dropped with this future when the caller goes away: then it counts
+        // the execution as cancelled.
+        let execution = self
+            .metrics
+            .as_ref()
+            .map(|metrics| metrics.start(call.tool.name()));
+        let deadline = tokio::time::Instant::from_std(call.deadline);
+        let outcome = match tokio::time::timeout_at(deadline, self.run(call, events)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(ToolFailure::timeout(timeout_message(call.timeout, waited))),
+        };
+        if let Some(execution) = execution {
+            execution.finish(match &outcome {
+                Ok(_) => Outcome::Ok,
+                Err(failure) => Outcome::of_failure(failure.kind),
+            });
+        }
+        outcome
     }
 
     async fn run(&self, call: &Call, events: Option<&EventSender>) -> ToolOutcome {
@@ -292,6 +473,37 @@ impl ToolRunner {
                 Ok(output)
             }
         }
+    }
+}
+
+/// Why an attempt was stopped: the call's timeout, and the part of it spent
+/// waiting for a place, if any.
+fn timeout_message(timeout: Duration, waited: Duration) -> String {
+    let waited = Duration::from_millis(u64::try_from(waited.as_millis()).unwrap_or(u64::MAX));
+    if waited.is_zero() {
+        format!("timed out after {}", format_duration(timeout))
+    } else {
+        format!(
+            "timed out after {} (of which {} waiting for a place)",
+            format_duration(timeout),
+            format_duration(waited)
+        )
+    }
+}
+
+/// Tells a streaming caller what happens (a retry), as progress.
+async fn progress(events: Option<&EventSender>, message: String) {
+    if let Some(events) = events {
+        // The receiver is gone only when the client left; the caller
+        // notices and stops the call.
+        let _ = events
+            .send(Ok(ExecuteToolStreamResponse {
+                event: Some(Event::Progress(ToolProgress {
+                    percent: None,
+                    message,
+                })),
+            }))
+            .await;
     }
 }
 

@@ -24,7 +24,8 @@ use tracing::Instrument as _;
 use tracing::field::Empty;
 
 use crate::outcome::truncate;
-use crate::runner::{CallRequest, ToolRunner};
+use crate::resilience::Admission;
+use crate::runner::{Call, CallRequest, ToolRunner};
 use crate::workspace::check_run_id;
 
 /// ListTools' page size when the request sets none.
@@ -34,6 +35,10 @@ const MAX_PAGE_SIZE: usize = 1000;
 /// Stream messages buffered ahead of a slow client; beyond this the tool's
 /// stderr relay waits (and with it, eventually, the tool).
 const STREAM_BUFFER: usize = 32;
+
+/// The gRPC methods, as refusals name them.
+const EXECUTE_TOOL: &str = "/agentmesh.tools.v1.ToolRunnerService/ExecuteTool";
+const EXECUTE_TOOL_STREAM: &str = "/agentmesh.tools.v1.ToolRunnerService/ExecuteToolStream";
 
 /// Longest tool name recorded in an audit event (a longer one is unknown
 /// anyway, and is cut).
@@ -58,6 +63,14 @@ impl ToolRunnerServiceImpl {
     fn deadline() -> Option<std::time::Instant> {
         RequestContext::current().and_then(|context| context.deadline())
     }
+
+    /// Checks a request and lets it through its tool's guards: everything
+    /// that can refuse a call with a status.
+    async fn admit(&self, request: CallRequest, method: &str) -> Result<(Call, Admission), Status> {
+        let call = self.runner.prepare(request, Self::deadline())?;
+        let admission = self.runner.admit(&call, method).await?;
+        Ok((call, admission))
+    }
 }
 
 #[tonic::async_trait]
@@ -77,19 +90,23 @@ impl ToolRunnerService for ToolRunnerServiceImpl {
     ) -> Result<Response<v1::ExecuteToolResponse>, Status> {
         let request: CallRequest = request.into_inner().into();
         let record = ToolCallRecord::new(&self.audit, &request);
-        let call = match self.runner.prepare(request, Self::deadline()) {
-            Ok(call) => call,
+        // If the client cancels, tonic drops this future, and with it the
+        // call waiting for a place or the running tool (a command is killed),
+        // and the record (which then records the call as cancelled).
+        let (call, admission) = match self
+            .admit(request, EXECUTE_TOOL)
+            .instrument(record.span())
+            .await
+        {
+            Ok(admitted) => admitted,
             Err(status) => {
                 record.refused(&status);
                 return Err(status);
             }
         };
-        // If the client cancels, tonic drops this future, and with it the
-        // running tool (a command is killed) and the record (which then
-        // records the call as cancelled).
         let result = self
             .runner
-            .execute(&call, None)
+            .execute(&call, admission, None)
             .instrument(record.span())
             .await;
         record.finished(&result);
@@ -110,8 +127,14 @@ impl ToolRunnerService for ToolRunnerServiceImpl {
     ) -> Result<Response<Self::ExecuteToolStreamStream>, Status> {
         let request: CallRequest = request.into_inner().into();
         let record = ToolCallRecord::new(&self.audit, &request);
-        let call = match self.runner.prepare(request, Self::deadline()) {
-            Ok(call) => call,
+        // Admitted before the stream starts, so that a refusal is the
+        // call's status; the wait for a place happens here too.
+        let (call, admission) = match self
+            .admit(request, EXECUTE_TOOL_STREAM)
+            .instrument(record.span())
+            .await
+        {
+            Ok(admitted) => admitted,
             Err(status) => {
                 record.refused(&status);
                 return Err(status);
@@ -126,7 +149,7 @@ impl ToolRunnerService for ToolRunnerServiceImpl {
         let span = record.span();
         tokio::spawn(context.scope(async move {
             let result = tokio::select! {
-                result = runner.execute(&call, Some(&events)) => result,
+                result = runner.execute(&call, admission, Some(&events)) => result,
                 () = events.closed() => {
                     tracing::info!(tool = call.tool().name(), "client left; tool call stopped");
                     // Dropping the record records the call as cancelled.
@@ -249,7 +272,8 @@ impl ToolCallRecord {
     }
 
     /// The call was refused before the tool ran (unknown tool, malformed
-    /// request, deadline already passed).
+    /// request, deadline already passed, the tool's bulkhead full or its
+    /// circuit open, its time spent waiting for a place).
     fn refused(mut self, status: &Status) {
         self.span.record("otel.status_code", "error");
         self.span.record("error.type", code_name(status.code()));

@@ -5,13 +5,13 @@
 
 #![expect(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use agentmesh_kit::{Listeners, ServeError, ServerConfig};
+use agentmesh_kit::{Listeners, ServeError};
 use agentmesh_proto::tools::v1::{
     ExecuteToolRequest, ExecuteToolResponse, ExecuteToolStreamRequest, ListToolsRequest,
     OutputStream, ToolErrorKind, ToolKind, execute_tool_stream_response::Event,
@@ -23,6 +23,8 @@ use tokio::sync::oneshot;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
+
+use common::{command, kind, pid_in, process_ends, script, test_server, within};
 
 // === harness ===
 
@@ -105,38 +107,6 @@ impl Running {
     }
 }
 
-fn test_server() -> ServerConfig {
-    ServerConfig {
-        host: IpAddr::V4(Ipv4Addr::LOCALHOST),
-        port: 0,
-        admin_port: Some(0),
-        grace_period: Duration::from_secs(5),
-        ..ServerConfig::default()
-    }
-}
-
-/// Bounds every wait of a test, so a hang fails instead of blocking CI.
-async fn within<T>(future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(30), future)
-        .await
-        .expect("the test step did not finish within 30s")
-}
-
-/// Writes a script into `dir` and returns its path.
-fn script(dir: &Path, name: &str, text: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path.to_str().unwrap().to_owned()
-}
-
-fn command(argv: &[&str]) -> CommandToolConfig {
-    CommandToolConfig {
-        description: "a test tool".into(),
-        command: argv.iter().map(|arg| (*arg).to_owned()).collect(),
-        ..CommandToolConfig::default()
-    }
-}
-
 fn output(response: &ExecuteToolResponse) -> Value {
     assert!(
         !response.is_error,
@@ -144,10 +114,6 @@ fn output(response: &ExecuteToolResponse) -> Value {
         response.error_message
     );
     serde_json::from_str(&response.output_json).unwrap()
-}
-
-fn kind(response: &ExecuteToolResponse) -> ToolErrorKind {
-    ToolErrorKind::try_from(response.error_kind).unwrap()
 }
 
 /// The fields named by a status's BadRequest details.
@@ -163,41 +129,6 @@ fn violated_fields(status: &Status) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// Waits until process `pid` is gone (or a zombie: dead, not yet reaped).
-async fn process_ends(pid: u32) {
-    within(async {
-        loop {
-            match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-                Err(_) => return,
-                Ok(stat) => {
-                    // The state follows the parenthesised command name.
-                    let state = stat.rsplit(')').next().unwrap_or("").trim_start();
-                    if state.starts_with('Z') || state.starts_with('X') {
-                        return;
-                    }
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-}
-
-/// Reads a pid a script wrote, waiting until it is there.
-async fn pid_in(path: PathBuf) -> u32 {
-    within(async {
-        loop {
-            if let Ok(text) = std::fs::read_to_string(&path)
-                && let Ok(pid) = text.trim().parse()
-            {
-                return pid;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
 }
 
 // === ListTools ===

@@ -213,13 +213,26 @@ pub async fn stream_all(
 
 /// The text deltas of `events`, concatenated.
 pub fn text_of(events: &[Event]) -> String {
-    events
+    // As a consumer must: a reset discards everything before it.
+    let start = events
+        .iter()
+        .rposition(|event| matches!(event, Event::Reset(_)))
+        .map_or(0, |at| at + 1);
+    events[start..]
         .iter()
         .filter_map(|event| match event {
             Event::TextDelta(delta) => Some(delta.text.as_str()),
             _ => None,
         })
         .collect()
+}
+
+/// The number of resets among `events`.
+pub fn resets(events: &[Event]) -> usize {
+    events
+        .iter()
+        .filter(|event| matches!(event, Event::Reset(_)))
+        .count()
 }
 
 /// The last event, which must be `finished`.

@@ -1,0 +1,309 @@
+//! Makes resilience decisions visible: every circuit change, rate-limit or
+//! bulkhead refusal, retry and bulkhead wait becomes a metric, and the ones
+//! an operator must be able to reconstruct later (circuits opening and
+//! closing, callers refused) also an audit event.
+//!
+//! ```text
+//! CircuitBreaker ── on_transition ──▶ ResilienceReporter::circuit ──▶ CIRCUIT_OPENED / CIRCUIT_CLOSED
+//!                                                                    agentmesh_circuit_state{target}
+//!                                                                    agentmesh_circuit_transitions_total
+//! limiter / bulkhead refusal ──────▶ ResilienceReporter::refused ──▶ RATE_LIMITED
+//!                                                                    agentmesh_rate_limited_total
+//! retry made ──────────────────────▶ ResilienceReporter::retried ──▶ agentmesh_retries_total
+//! bulkhead ─── gauges on scrape ───▶ agentmesh_bulkhead_in_use / _queue_depth
+//! ```
+//!
+//! One reporter per service; its families live in the service's registry.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentmesh_proto::audit::v1::{
+    CircuitDetails, EventType, Outcome, RateLimitDetails, audit_event::Details,
+};
+use agentmesh_resilience::{Bulkhead, CircuitBreaker, CircuitState, Transition};
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+
+use crate::{AuditClient, duration};
+
+/// A refusal to report (a rate limit or a full bulkhead).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal<'a> {
+    /// What the limit applies to: `tenant`, `route`, `tool`, `agent`.
+    pub scope: &'a str,
+    /// The limited entity: the tenant, route, tool or agent name.
+    pub key: &'a str,
+    /// What is counted: `requests`, `tokens`, `concurrency`.
+    pub resource: &'a str,
+    /// The configured limit (per `period`, or a concurrency).
+    pub limit: f64,
+    /// The limit's period; none for concurrency limits.
+    pub period: Option<Duration>,
+    /// The delay the caller was told to wait.
+    pub retry_after: Duration,
+    /// The gRPC method refused.
+    pub method: &'a str,
+}
+
+/// Reports resilience decisions of one service as audit events and metrics.
+#[derive(Debug, Clone)]
+pub struct ResilienceReporter {
+    audit: AuditClient,
+    metrics: Option<Arc<Families>>,
+}
+
+#[derive(Debug)]
+struct Families {
+    circuit_state: IntGaugeVec,
+    transitions: IntCounterVec,
+    refused: IntCounterVec,
+    retries: IntCounterVec,
+    bulkhead_in_use: IntGaugeVec,
+    bulkhead_queued: IntGaugeVec,
+}
+
+impl ResilienceReporter {
+    /// A reporter sending events to `audit`, with its metric families
+    /// registered in `registry` (without metrics, with a log line, should
+    /// that fail).
+    pub fn new(audit: AuditClient, registry: &Registry) -> Self {
+        let metrics = match Families::register(registry) {
+            Ok(families) => Some(Arc::new(families)),
+            Err(err) => {
+                tracing::warn!(%err, "resilience metrics unavailable");
+                None
+            }
+        };
+        Self { audit, metrics }
+    }
+
+    /// A reporter that only emits audit events (tests, tools).
+    pub fn without_metrics(audit: AuditClient) -> Self {
+        Self {
+            audit,
+            metrics: None,
+        }
+    }
+
+    /// Watches `breaker`: its state gauge from now on, and an event and
+    /// counter per change.
+    pub fn watch_circuit(&self, breaker: &CircuitBreaker) {
+        if let Some(metrics) = &self.metrics {
+            metrics
+                .circuit_state
+                .with_label_values(&[breaker.target()])
+                .set(CircuitState::Closed.gauge_value());
+        }
+        let reporter = self.clone();
+        breaker.on_transition(move |transition| reporter.circuit(transition));
+    }
+
+    /// Reports one circuit change: gauge and counter always; an audit
+    /// event for changes to OPEN (CIRCUIT_OPENED) and to CLOSED
+    /// (CIRCUIT_CLOSED). OPEN → HALF_OPEN is only a metric.
+    pub fn circuit(&self, transition: &Transition) {
+        if let Some(metrics) = &self.metrics {
+            metrics
+                .circuit_state
+                .with_label_values(&[transition.target.as_str()])
+                .set(transition.to.gauge_value());
+            metrics
+                .transitions
+                .with_label_values(&[transition.target.as_str(), transition.to.as_str()])
+                .inc();
+        }
+        let event_type = match transition.to {
+            CircuitState::Open => EventType::CircuitOpened,
+            CircuitState::Closed => EventType::CircuitClosed,
+            CircuitState::HalfOpen => return,
+        };
+        if transition.to == CircuitState::Open {
+            tracing::warn!(
+                target_name = %transition.target,
+                from = %transition.from,
+                consecutive_failures = transition.consecutive_failures,
+                failure_ratio = transition.failure_ratio,
+                open_for = ?transition.open_for,
+                last_error = %transition.last_error,
+                "circuit opened"
+            );
+        } else {
+            tracing::info!(target_name = %transition.target, from = %transition.from, "circuit closed");
+        }
+        let mut event = self.audit.event(event_type);
+        if transition.to == CircuitState::Open {
+            event.outcome = Outcome::Failure as i32;
+            event.reason = transition.last_error.clone();
+        }
+        event.details = Some(Details::Circuit(CircuitDetails {
+            target: transition.target.clone(),
+            from_state: transition.from.as_str().to_owned(),
+            to_state: transition.to.as_str().to_owned(),
+            consecutive_failures: i32::try_from(transition.consecutive_failures)
+                .unwrap_or(i32::MAX),
+            failure_ratio: transition.failure_ratio,
+            open_duration: (transition.to == CircuitState::Open)
+                .then(|| duration(transition.open_for)),
+            last_error: transition.last_error.clone(),
+        }));
+        self.audit.emit(event);
+    }
+
+    /// Reports a refused call: counter and RATE_LIMITED event (with the
+    /// caller's identity when called while handling its request).
+    pub fn refused(&self, refusal: &Refusal<'_>) {
+        if let Some(metrics) = &self.metrics {
+            metrics
+                .refused
+                .with_label_values(&[refusal.scope, refusal.resource])
+                .inc();
+        }
+        let mut event = self.audit.event(EventType::RateLimited);
+        event.outcome = Outcome::Denied as i32;
+        event.reason = format!(
+            "{} limit of {} {} reached; retry after {:?}",
+            refusal.scope, refusal.limit, refusal.resource, refusal.retry_after
+        );
+        event.details = Some(Details::RateLimit(RateLimitDetails {
+            scope: refusal.scope.to_owned(),
+            key: refusal.key.to_owned(),
+            resource: refusal.resource.to_owned(),
+            limit: refusal.limit,
+            period: refusal.period.map(duration),
+            retry_after: Some(duration(refusal.retry_after)),
+            method: refusal.method.to_owned(),
+        }));
+        self.audit.emit(event);
+    }
+
+    /// Counts one retry (or fallback) against `target` for `reason`.
+    pub fn retried(&self, target: &str, reason: &str) {
+        if let Some(metrics) = &self.metrics {
+            metrics.retries.with_label_values(&[target, reason]).inc();
+        }
+    }
+
+    /// Sets the gauges of `bulkhead` (call after each acquire and release,
+    /// or periodically).
+    pub fn bulkhead(&self, bulkhead: &Bulkhead) {
+        if let Some(metrics) = &self.metrics {
+            let in_use = i64::try_from(bulkhead.in_use()).unwrap_or(i64::MAX);
+            let queued = i64::try_from(bulkhead.queued()).unwrap_or(i64::MAX);
+            metrics
+                .bulkhead_in_use
+                .with_label_values(&[bulkhead.name()])
+                .set(in_use);
+            metrics
+                .bulkhead_queued
+                .with_label_values(&[bulkhead.name()])
+                .set(queued);
+        }
+    }
+}
+
+impl Families {
+    fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let circuit_state = IntGaugeVec::new(
+            Opts::new(
+                "agentmesh_circuit_state",
+                "Circuit breaker state per target: 0 closed, 1 open, 2 half-open.",
+            ),
+            &["target"],
+        )?;
+        let transitions = IntCounterVec::new(
+            Opts::new(
+                "agentmesh_circuit_transitions_total",
+                "Circuit breaker state changes per target and new state.",
+            ),
+            &["target", "to"],
+        )?;
+        let refused = IntCounterVec::new(
+            Opts::new(
+                "agentmesh_rate_limited_total",
+                "Calls refused by a rate limit or a full bulkhead, by scope (tenant, route, tool, agent) and resource (requests, tokens, concurrency).",
+            ),
+            &["scope", "resource"],
+        )?;
+        let retries = IntCounterVec::new(
+            Opts::new(
+                "agentmesh_retries_total",
+                "Retries and fallbacks made, by target and reason (connect, server_error, rate_limited, timeout, broken, circuit_open, ...).",
+            ),
+            &["target", "reason"],
+        )?;
+        let bulkhead_in_use = IntGaugeVec::new(
+            Opts::new(
+                "agentmesh_bulkhead_in_use",
+                "Places taken in a bulkhead (calls running).",
+            ),
+            &["bulkhead"],
+        )?;
+        let bulkhead_queued = IntGaugeVec::new(
+            Opts::new(
+                "agentmesh_bulkhead_queue_depth",
+                "Calls waiting for a place in a bulkhead.",
+            ),
+            &["bulkhead"],
+        )?;
+        registry.register(Box::new(circuit_state.clone()))?;
+        registry.register(Box::new(transitions.clone()))?;
+        registry.register(Box::new(refused.clone()))?;
+        registry.register(Box::new(retries.clone()))?;
+        registry.register(Box::new(bulkhead_in_use.clone()))?;
+        registry.register(Box::new(bulkhead_queued.clone()))?;
+        Ok(Self {
+            circuit_state,
+            transitions,
+            refused,
+            retries,
+            bulkhead_in_use,
+            bulkhead_queued,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use agentmesh_resilience::CircuitConfig;
+
+    use super::*;
+
+    #[test]
+    fn circuit_changes_and_refusals_are_counted() {
+        let registry = Registry::new();
+        let reporter = ResilienceReporter::new(AuditClient::disabled("test"), &registry);
+        let breaker = CircuitBreaker::new(
+            "openai/gpt-4o",
+            CircuitConfig {
+                consecutive_failures: 1,
+                ..CircuitConfig::default()
+            },
+        );
+        reporter.watch_circuit(&breaker);
+        breaker.try_acquire().unwrap().failure("HTTP 500");
+        reporter.refused(&Refusal {
+            scope: "tenant",
+            key: "acme",
+            resource: "requests",
+            limit: 60.0,
+            period: Some(Duration::from_secs(60)),
+            retry_after: Duration::from_secs(1),
+            method: "/agentmesh.llm.v1.LlmGatewayService/Generate",
+        });
+        reporter.retried("openai/gpt-4o", "server_error");
+        let bulkhead = Bulkhead::new("tool:sleep", 2, 3);
+        reporter.bulkhead(&bulkhead);
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&registry.gather())
+            .unwrap();
+        for line in [
+            r#"agentmesh_circuit_state{target="openai/gpt-4o"} 1"#,
+            r#"agentmesh_circuit_transitions_total{target="openai/gpt-4o",to="OPEN"} 1"#,
+            r#"agentmesh_rate_limited_total{resource="requests",scope="tenant"} 1"#,
+            r#"agentmesh_retries_total{reason="server_error",target="openai/gpt-4o"} 1"#,
+            r#"agentmesh_bulkhead_queue_depth{bulkhead="tool:sleep"} 0"#,
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! Bulkheads: at most N calls of one kind at once, a bounded queue behind
+//! them, and a clear refusal beyond that — so one slow tool, agent profile
+//! or tenant cannot take every worker.
+//!
+//! ```text
+//! acquire ─▶ a place free?   yes ─▶ permit (held until dropped)
+//!              │ no
+//!              ▼
+//!            queue below max_queued?  yes ─▶ wait for a place (FIFO)
+//!              │ no
+//!              ▼
+//!            BulkheadFull (the caller answers RESOURCE_EXHAUSTED)
+//! ```
+//!
+//! tower's `ConcurrencyLimit` queues without bound and `LoadShed` has no
+//! queue at all; a bulkhead is the bounded middle, built on tokio's fair
+//! semaphore. [`BulkheadLayer`] puts one in front of a tower service.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// A call refused because every place and every queue slot is taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{name} is at its limit of {max_concurrent} at once with {max_queued} waiting; retry later"
+)]
+pub struct BulkheadFull {
+    /// What the bulkhead guards, e.g. `tool sleep` or `tenant acme`.
+    pub name: String,
+    /// Places.
+    pub max_concurrent: usize,
+    /// Queue slots.
+    pub max_queued: usize,
+}
+
+/// A bounded-concurrency, bounded-queue gate. Cheap to clone.
+#[derive(Clone)]
+pub struct Bulkhead {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    name: String,
+    places: Arc<Semaphore>,
+    max_concurrent: usize,
+    max_queued: usize,
+    queued: AtomicUsize,
+    in_use: AtomicUsize,
+}
+
+impl fmt::Debug for Bulkhead {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bulkhead")
+            .field("name", &self.shared.name)
+            .field("max_concurrent", &self.shared.max_concurrent)
+            .field("max_queued", &self.shared.max_queued)
+            .field("in_use", &self.in_use())
+            .field("queued", &self.queued())
+            .finish()
+    }
+}
+
+/// A place in a bulkhead, given back when dropped.
+#[derive(Debug)]
+pub struct BulkheadPermit {
+    _permit: OwnedSemaphorePermit,
+    shared: Arc<Shared>,
+}
+
+impl Drop for BulkheadPermit {
+    fn drop(&mut self) {
+        self.shared.in_use.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+/// Counts a waiter for as long as it waits (also when its future is
+/// dropped while waiting).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Bulkhead {
+    /// A bulkhead named `name` with `max_concurrent` places (at least 1)
+    /// and `max_queued` queue slots.
+    pub fn new(name: impl Into<String>, max_concurrent: usize, max_queued: usize) -> Self {
+        let max_concurrent = max_concurrent.clamp(1, Semaphore::MAX_PERMITS);
+        Self {
+            shared: Arc::new(Shared {
+                name: name.into(),
+                places: Arc::new(Semaphore::new(max_concurrent)),
+                max_concurrent,
+                max_queued,
+                queued: AtomicUsize::new(0),
+                in_use: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// What it guards.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Places taken now.
+    pub fn in_use(&self) -> usize {
+        self.shared.in_use.load(Ordering::Relaxed)
+    }
+
+    /// Callers waiting now.
+    pub fn queued(&self) -> usize {
+        self.shared.queued.load(Ordering::Relaxed)
+    }
+
+    /// The number of places.
+    pub fn max_concurrent(&self) -> usize {
+        self.shared.max_concurrent
+    }
+
+    /// A place now, or a place after waiting in the queue, or
+    /// [`BulkheadFull`] at once when the queue is full too.
+    pub async fn acquire(&self) -> Result<BulkheadPermit, BulkheadFull> {
+        let shared = &self.shared;
+        let permit = match Arc::clone(&shared.places).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                // Take a queue slot, unless there is none.
+                let mut queued = shared.queued.load(Ordering::Relaxed);
+                loop {
+                    if queued >= shared.max_queued {
+                        return Err(self.full());
+                    }
+                    match shared.queued.compare_exchange_weak(
+                        queued,
+                        queued + 1,
+                        Ordering::AcqRel,
+                        Ordering::Relaxed,
+                    ) {
+                        Ok(_) => break,
+                        Err(now) => queued = now,
+                    }
+                }
+                let _waiting = Waiting(&shared.queued);
+                Arc::clone(&shared.places)
+                    .acquire_owned()
+                    .await
+                    // The semaphore is never closed.
+                    .map_err(|_| self.full())?
+            }
+        };
+        shared.in_use.fetch_add(1, Ordering::Relaxed);
+        Ok(BulkheadPermit {
+            _permit: permit,
+            shared: Arc::clone(shared),
+        })
+    }
+
+    fn full(&self) -> BulkheadFull {
+        BulkheadFull {
+            name: self.shared.name.clone(),
+            max_concurrent: self.shared.max_concurrent,
+            max_queued: self.shared.max_queued,
+        }
+    }
+}
+
+// === as a tower layer ===
+
+/// What a [`BulkheadLayer`] service fails with.
+#[derive(Debug, thiserror::Error)]
+pub enum BulkheadError<E> {
+    /// Refused: no place and no queue slot.
+    #[error(transparent)]
+    Full(BulkheadFull),
+    /// The inner service failed.
+    #[error(transparent)]
+    Inner(E),
+}
+
+/// Puts a [`Bulkhead`] in front of a service: a call waits for a place (or
+/// is refused) before the inner service sees it, and holds the place until
+/// its response future ends.
+#[derive(Debug, Clone)]
+pub struct BulkheadLayer {
+    bulkhead: Bulkhead,
+}
+
+impl BulkheadLayer {
+    /// A layer over `bulkhead`.
+    pub fn new(bulkhead: Bulkhead) -> Self {
+        Self { bulkhead }
+    }
+}
+
+impl<S> tower::Layer<S> for BulkheadLayer {
+    type Service = BulkheadService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        BulkheadService {
+            inner,
+            bulkhead: self.bulkhead.clone(),
+        }
+    }
+}
+
+/// The service made by [`BulkheadLayer`]. The inner service must be ready
+/// whenever asked (a `service_fn`, a `Buffer`, a cloneable client), since the
+/// wait happens inside the call.
+#[derive(Debug, Clone)]
+pub struct BulkheadService<S> {
+    inner: S,
+    bulkhead: Bulkhead,
+}
+
+impl<S, R> tower::Service<R> for BulkheadService<S>
+where
+    S: tower::Service<R> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    S::Response: Send + 'static,
+    R: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = BulkheadError<S::Error>;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        let bulkhead = self.bulkhead.clone();
+        // The clone answers this call; `self.inner` stays for the next.
+        let mut inner = self.inner.clone();
+        Box::pin(async move {
+            let permit = bulkhead.acquire().await.map_err(BulkheadError::Full)?;
+            let result = tower::ServiceExt::ready(&mut inner)
+                .await
+                .map_err(BulkheadError::Inner)?
+                .call(request)
+                .await
+                .map_err(BulkheadError::Inner);
+            drop(permit);
+            result
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::oneshot;
+    use tower::{Layer, Service, ServiceExt};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn admits_queues_then_refuses_and_frees_in_order() {
+        let bulkhead = Bulkhead::new("tool sleep", 2, 1);
+        let first = bulkhead.acquire().await.unwrap();
+        let second = bulkhead.acquire().await.unwrap();
+        assert_eq!(bulkhead.in_use(), 2);
+
+        // The third waits in the queue.
+        let waiting = tokio::spawn({
+            let bulkhead = bulkhead.clone();
+            async move { bulkhead.acquire().await.map(|_| ()) }
+        });
+        while bulkhead.queued() == 0 {
+            tokio::task::yield_now().await;
+        }
+        // The fourth finds the queue full.
+        let refused = bulkhead.acquire().await.unwrap_err();
+        assert_eq!(refused.max_concurrent, 2);
+        assert!(refused.to_string().contains("tool sleep"), "{refused}");
+
+        drop(first);
+        waiting.await.unwrap().unwrap();
+        assert_eq!(bulkhead.queued(), 0);
+        drop(second);
+        assert_eq!(bulkhead.in_use(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_goes_away_leaves_the_queue() {
+        let bulkhead = Bulkhead::new("agent default", 1, 1);
+        let _held = bulkhead.acquire().await.unwrap();
+        let waiter = bulkhead.acquire();
+        let timed_out = tokio::time::timeout(std::time::Duration::from_millis(10), waiter).await;
+        assert!(timed_out.is_err());
+        assert_eq!(bulkhead.queued(), 0);
+        // Its slot is free for the next.
+        let next = tokio::spawn({
+            let bulkhead = bulkhead.clone();
+            async move { bulkhead.acquire().await.map(|_| ()) }
+        });
+        while bulkhead.queued() == 0 {
+            tokio::task::yield_now().await;
+        }
+        next.abort();
+    }
+
+    #[tokio::test]
+    async fn the_layer_holds_a_place_for_the_whole_call() {
+        let (release, released) = oneshot::channel::<()>();
+        let released = Arc::new(tokio::sync::Mutex::new(Some(released)));
+        let inner = tower::service_fn(move |hold: bool| {
+            let released = Arc::clone(&released);
+            async move {
+                if hold && let Some(released) = released.lock().await.take() {
+                    let _ = released.await;
+                }
+                Ok::<_, std::convert::Infallible>(hold)
+            }
+        });
+        let bulkhead = Bulkhead::new("tool", 1, 0);
+        let mut service = BulkheadLayer::new(bulkhead.clone()).layer(inner);
+        let held = tokio::spawn(service.clone().oneshot(true));
+        while bulkhead.in_use() == 0 {
+            tokio::task::yield_now().await;
+        }
+        let refused = service.ready().await.unwrap().call(false).await;
+        assert!(matches!(refused, Err(BulkheadError::Full(_))));
+        release.send(()).unwrap();
+        assert!(held.await.unwrap().unwrap());
+        assert!(!service.ready().await.unwrap().call(false).await.unwrap());
+    }
+}

@@ -1,0 +1,745 @@
+//! Circuit breakers: stop calling a target that keeps failing, and probe it
+//! again after a cool-down.
+//!
+//! ```text
+//!            N consecutive failures, or failure ratio ≥ R
+//!            over the window with at least M calls
+//!   CLOSED ──────────────────────────────────────────────▶ OPEN
+//!     ▲                                                     │ open_for passes
+//!     │ every probe succeeds       a probe fails            ▼
+//!     └────────────────────── HALF_OPEN ──────────────▶ OPEN (again)
+//! ```
+//!
+//! A caller asks [`CircuitBreaker::try_acquire`] before each call: in OPEN
+//! it is refused at once ([`CircuitOpen`], with the time left), in HALF_OPEN
+//! only `half_open_probes` calls at a time get through. The [`CallPermit`]
+//! it gets says how the call ended ([`CallPermit::success`],
+//! [`CallPermit::failure`]); a permit dropped without either (the caller went
+//! away, or the error says nothing about the target's health, like a bad
+//! request) counts for nothing. Every state change is handed to the
+//! breaker's observer ([`CircuitBreaker::on_transition`]): services turn
+//! them into CIRCUIT_OPENED / CIRCUIT_CLOSED audit events and a gauge.
+//!
+//! [`CircuitBreakerLayer`] puts a breaker in front of any tower service, with
+//! a classifier saying which results are failures.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+/// How a circuit breaker decides to open, and how it probes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CircuitConfig {
+    /// Open after this many failures in a row; 0 = never on a streak.
+    pub consecutive_failures: u32,
+    /// Open when the share of failed calls over `window` reaches this (0 to
+    /// 1); 0 = never on a ratio.
+    pub failure_ratio: f64,
+    /// The sliding window the ratio is computed over.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Fewest calls in the window before the ratio counts, so two failures
+    /// out of three calls do not open a circuit.
+    pub minimum_calls: u32,
+    /// How long an open circuit refuses calls before probing.
+    #[serde(with = "humantime_serde")]
+    pub open_for: Duration,
+    /// Calls let through at once while half-open; that many successes close
+    /// the circuit, one failure opens it again.
+    pub half_open_probes: u32,
+}
+
+impl Default for CircuitConfig {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            failure_ratio: 0.5,
+            window: Duration::from_secs(30),
+            minimum_calls: 20,
+            open_for: Duration::from_secs(30),
+            half_open_probes: 1,
+        }
+    }
+}
+
+impl CircuitConfig {
+    /// Checks the settings; the error names the field (relative to the
+    /// section) and says what is wrong.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if !(0.0..=1.0).contains(&self.failure_ratio) {
+            return Err((
+                "failure_ratio",
+                format!("must be between 0 and 1, not {}", self.failure_ratio),
+            ));
+        }
+        if self.failure_ratio > 0.0 && self.window.is_zero() {
+            return Err((
+                "window",
+                "must be positive when failure_ratio is set".into(),
+            ));
+        }
+        if self.open_for.is_zero() {
+            return Err(("open_for", "must be positive".into()));
+        }
+        if self.half_open_probes == 0 {
+            return Err(("half_open_probes", "must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// A circuit's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CircuitState {
+    /// Calls go through.
+    Closed,
+    /// Calls are refused until the cool-down ends.
+    Open,
+    /// A few probe calls go through.
+    HalfOpen,
+}
+
+impl CircuitState {
+    /// `CLOSED`, `OPEN`, `HALF_OPEN`: the names audit events use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "CLOSED",
+            Self::Open => "OPEN",
+            Self::HalfOpen => "HALF_OPEN",
+        }
+    }
+
+    /// 0 closed, 1 open, 2 half-open: the value of a state gauge.
+    pub fn gauge_value(self) -> i64 {
+        match self {
+            Self::Closed => 0,
+            Self::Open => 1,
+            Self::HalfOpen => 2,
+        }
+    }
+}
+
+impl fmt::Display for CircuitState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One state change, as the observer gets it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    /// The guarded target, e.g. `openai/gpt-4o` or `tool:web_fetch`.
+    pub target: String,
+    /// State before.
+    pub from: CircuitState,
+    /// State after.
+    pub to: CircuitState,
+    /// Failures in a row at the change.
+    pub consecutive_failures: u32,
+    /// Failure share over the window at the change.
+    pub failure_ratio: f64,
+    /// How long the circuit stays open (for changes to OPEN).
+    pub open_for: Duration,
+    /// The error that caused the change to OPEN, if one did.
+    pub last_error: String,
+}
+
+/// A call refused because the circuit is open.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the circuit of {target} is open after repeated failures; it is probed again in {retry_in:?}"
+)]
+pub struct CircuitOpen {
+    /// The guarded target.
+    pub target: String,
+    /// Time until the circuit lets a probe through.
+    pub retry_in: Duration,
+}
+
+/// Most outcomes a window keeps: under heavy traffic the ratio is over the
+/// latest calls rather than the whole window, which bounds memory.
+const MAX_WINDOW_CALLS: usize = 4096;
+
+type Observer = Arc<dyn Fn(&Transition) + Send + Sync>;
+
+/// A circuit breaker guarding one target. Cheap to clone (shared state).
+#[derive(Clone)]
+pub struct CircuitBreaker {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    target: String,
+    config: CircuitConfig,
+    state: Mutex<Inner>,
+    observer: Mutex<Option<Observer>>,
+}
+
+struct Inner {
+    state: CircuitState,
+    consecutive_failures: u32,
+    /// Outcomes in the window, oldest first: (when, failed).
+    window: VecDeque<(Instant, bool)>,
+    failures_in_window: u32,
+    /// When an open circuit starts probing.
+    open_until: Instant,
+    /// Probes in flight and successes so far, while half-open.
+    probes_in_flight: u32,
+    probe_successes: u32,
+}
+
+impl fmt::Debug for CircuitBreaker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CircuitBreaker")
+            .field("target", &self.shared.target)
+            .field("state", &self.state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CircuitBreaker {
+    /// A closed breaker for `target`.
+    pub fn new(target: impl Into<String>, config: CircuitConfig) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                target: target.into(),
+                config,
+                state: Mutex::new(Inner {
+                    state: CircuitState::Closed,
+                    consecutive_failures: 0,
+                    window: VecDeque::new(),
+                    failures_in_window: 0,
+                    open_until: Instant::now(),
+                    probes_in_flight: 0,
+                    probe_successes: 0,
+                }),
+                observer: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// Calls `observer` on every state change (after the change, outside
+    /// the breaker's lock). Replaces an earlier observer.
+    pub fn on_transition(&self, observer: impl Fn(&Transition) + Send + Sync + 'static) {
+        *lock(&self.shared.observer) = Some(Arc::new(observer));
+    }
+
+    /// The guarded target.
+    pub fn target(&self) -> &str {
+        &self.shared.target
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &CircuitConfig {
+        &self.shared.config
+    }
+
+    /// The state now (an open circuit whose cool-down ended reads as
+    /// half-open, as the next call would find it).
+    pub fn state(&self) -> CircuitState {
+        let inner = lock(&self.shared.state);
+        if inner.state == CircuitState::Open && Instant::now() >= inner.open_until {
+            CircuitState::HalfOpen
+        } else {
+            inner.state
+        }
+    }
+
+    /// Asks to make a call: a permit to report its outcome with, or the
+    /// refusal of an open circuit (also when half-open with every probe
+    /// place taken).
+    pub fn try_acquire(&self) -> Result<CallPermit, CircuitOpen> {
+        let now = Instant::now();
+        let mut transition = None;
+        let result = {
+            let mut inner = lock(&self.shared.state);
+            if inner.state == CircuitState::Open && now >= inner.open_until {
+                inner.state = CircuitState::HalfOpen;
+                inner.probes_in_flight = 0;
+                inner.probe_successes = 0;
+                transition =
+                    Some(self.transition(&inner, CircuitState::Open, CircuitState::HalfOpen, ""));
+            }
+            match inner.state {
+                CircuitState::Closed => Ok(false),
+                CircuitState::HalfOpen
+                    if inner.probes_in_flight < self.shared.config.half_open_probes =>
+                {
+                    inner.probes_in_flight += 1;
+                    Ok(true)
+                }
+                CircuitState::HalfOpen => Err(CircuitOpen {
+                    target: self.shared.target.clone(),
+                    // A probe is out; its answer decides.
+                    retry_in: Duration::ZERO,
+                }),
+                CircuitState::Open => Err(CircuitOpen {
+                    target: self.shared.target.clone(),
+                    retry_in: inner.open_until.saturating_duration_since(now),
+                }),
+            }
+        };
+        self.notify(transition);
+        result.map(|probe| CallPermit {
+            breaker: Some(self.clone()),
+            probe,
+        })
+    }
+
+    fn record(&self, probe: bool, failure: Option<&str>) {
+        let now = Instant::now();
+        let config = &self.shared.config;
+        let mut transition = None;
+        {
+            let mut inner = lock(&self.shared.state);
+            // The window, pruned to its length.
+            if config.failure_ratio > 0.0 {
+                inner.window.push_back((now, failure.is_some()));
+                if failure.is_some() {
+                    inner.failures_in_window += 1;
+                }
+                while let Some(&(at, failed)) = inner.window.front() {
+                    let recent = now.saturating_duration_since(at) <= config.window;
+                    if recent && inner.window.len() <= MAX_WINDOW_CALLS {
+                        break;
+                    }
+                    inner.window.pop_front();
+                    if failed {
+                        inner.failures_in_window -= 1;
+                    }
+                }
+            }
+            if failure.is_some() {
+                inner.consecutive_failures = inner.consecutive_failures.saturating_add(1);
+            } else {
+                inner.consecutive_failures = 0;
+            }
+            match (inner.state, failure) {
+                (CircuitState::HalfOpen, _) if probe => {
+                    inner.probes_in_flight = inner.probes_in_flight.saturating_sub(1);
+                    if let Some(error) = failure {
+                        transition =
+                            Some(self.open(&mut inner, now, CircuitState::HalfOpen, error));
+                    } else {
+                        inner.probe_successes += 1;
+                        if inner.probe_successes >= config.half_open_probes {
+                            inner.state = CircuitState::Closed;
+                            inner.window.clear();
+                            inner.failures_in_window = 0;
+                            transition = Some(self.transition(
+                                &inner,
+                                CircuitState::HalfOpen,
+                                CircuitState::Closed,
+                                "",
+                            ));
+                        }
+                    }
+                }
+                (CircuitState::Closed, Some(error)) if self.should_open(&inner) => {
+                    transition = Some(self.open(&mut inner, now, CircuitState::Closed, error));
+                }
+                // Calls that started before the circuit opened, and
+                // successes while closed, change nothing more.
+                _ => {}
+            }
+        }
+        self.notify(transition);
+    }
+
+    fn should_open(&self, inner: &Inner) -> bool {
+        let config = &self.shared.config;
+        let streak = config.consecutive_failures > 0
+            && inner.consecutive_failures >= config.consecutive_failures;
+        let calls = u32::try_from(inner.window.len()).unwrap_or(u32::MAX);
+        let ratio = config.failure_ratio > 0.0
+            && calls >= config.minimum_calls.max(1)
+            && ratio(inner) >= config.failure_ratio;
+        streak || ratio
+    }
+
+    fn open(&self, inner: &mut Inner, now: Instant, from: CircuitState, error: &str) -> Transition {
+        inner.state = CircuitState::Open;
+        inner.open_until = now + self.shared.config.open_for;
+        inner.probes_in_flight = 0;
+        inner.probe_successes = 0;
+        self.transition(inner, from, CircuitState::Open, error)
+    }
+
+    fn release_probe(&self) {
+        let mut inner = lock(&self.shared.state);
+        if inner.state == CircuitState::HalfOpen {
+            inner.probes_in_flight = inner.probes_in_flight.saturating_sub(1);
+        }
+    }
+
+    fn transition(
+        &self,
+        inner: &Inner,
+        from: CircuitState,
+        to: CircuitState,
+        error: &str,
+    ) -> Transition {
+        Transition {
+            target: self.shared.target.clone(),
+            from,
+            to,
+            consecutive_failures: inner.consecutive_failures,
+            failure_ratio: ratio(inner),
+            open_for: self.shared.config.open_for,
+            last_error: error.to_owned(),
+        }
+    }
+
+    fn notify(&self, transition: Option<Transition>) {
+        if let Some(transition) = transition {
+            let observer = lock(&self.shared.observer).clone();
+            if let Some(observer) = observer {
+                observer(&transition);
+            }
+        }
+    }
+}
+
+fn ratio(inner: &Inner) -> f64 {
+    if inner.window.is_empty() {
+        0.0
+    } else {
+        f64::from(inner.failures_in_window) / inner.window.len() as f64
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Leave to make one call; report how it ended.
+#[must_use = "report the call's outcome with success() or failure()"]
+pub struct CallPermit {
+    breaker: Option<CircuitBreaker>,
+    probe: bool,
+}
+
+impl fmt::Debug for CallPermit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CallPermit")
+            .field("probe", &self.probe)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CallPermit {
+    /// Whether this call is a half-open probe.
+    pub fn is_probe(&self) -> bool {
+        self.probe
+    }
+
+    /// The call succeeded.
+    pub fn success(mut self) {
+        if let Some(breaker) = self.breaker.take() {
+            breaker.record(self.probe, None);
+        }
+    }
+
+    /// The call failed in a way that speaks about the target's health
+    /// (connection refused, 5xx, timeout, a broken stream).
+    pub fn failure(mut self, error: &str) {
+        if let Some(breaker) = self.breaker.take() {
+            breaker.record(self.probe, Some(error));
+        }
+    }
+}
+
+impl Drop for CallPermit {
+    /// Neither outcome was reported: the call counts for nothing, and a
+    /// probe's place is freed.
+    fn drop(&mut self) {
+        if let Some(breaker) = self.breaker.take()
+            && self.probe
+        {
+            breaker.release_probe();
+        }
+    }
+}
+
+// === as a tower layer ===
+
+/// What a [`CircuitBreakerLayer`] service fails with.
+#[derive(Debug, thiserror::Error)]
+pub enum CircuitError<E> {
+    /// Refused: the circuit is open.
+    #[error(transparent)]
+    Open(CircuitOpen),
+    /// The inner service failed.
+    #[error(transparent)]
+    Inner(E),
+}
+
+/// How a [`CircuitBreakerLayer`] reads a result: `Some(reason)` for a
+/// failure that counts against the target, `None` for a success or a
+/// failure that is the caller's (a bad request).
+pub type Classifier<T, E> = Arc<dyn Fn(&Result<T, E>) -> Option<String> + Send + Sync>;
+
+/// Guards a service with a [`CircuitBreaker`].
+pub struct CircuitBreakerLayer<T, E> {
+    breaker: CircuitBreaker,
+    classify: Classifier<T, E>,
+}
+
+impl<T, E> Clone for CircuitBreakerLayer<T, E> {
+    fn clone(&self) -> Self {
+        Self {
+            breaker: self.breaker.clone(),
+            classify: Arc::clone(&self.classify),
+        }
+    }
+}
+
+impl<T, E> fmt::Debug for CircuitBreakerLayer<T, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CircuitBreakerLayer")
+            .field("breaker", &self.breaker)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T, E> CircuitBreakerLayer<T, E> {
+    /// A layer calling through `breaker`, classifying results with
+    /// `classify`.
+    pub fn new(
+        breaker: CircuitBreaker,
+        classify: impl Fn(&Result<T, E>) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            breaker,
+            classify: Arc::new(classify),
+        }
+    }
+}
+
+impl<S, T, E> tower::Layer<S> for CircuitBreakerLayer<T, E> {
+    type Service = CircuitBreakerService<S, T, E>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CircuitBreakerService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service made by [`CircuitBreakerLayer`].
+pub struct CircuitBreakerService<S, T, E> {
+    inner: S,
+    layer: CircuitBreakerLayer<T, E>,
+}
+
+impl<S: Clone, T, E> Clone for CircuitBreakerService<S, T, E> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            layer: self.layer.clone(),
+        }
+    }
+}
+
+impl<S, T, E> fmt::Debug for CircuitBreakerService<S, T, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CircuitBreakerService")
+            .field("breaker", &self.layer.breaker)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, R, T, E> tower::Service<R> for CircuitBreakerService<S, T, E>
+where
+    S: tower::Service<R, Response = T, Error = E>,
+    S::Future: Send + 'static,
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    type Response = T;
+    type Error = CircuitError<E>;
+    type Future = Pin<Box<dyn Future<Output = Result<T, CircuitError<E>>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(CircuitError::Inner)
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        let permit = match self.layer.breaker.try_acquire() {
+            Ok(permit) => permit,
+            Err(open) => return Box::pin(std::future::ready(Err(CircuitError::Open(open)))),
+        };
+        let classify = Arc::clone(&self.layer.classify);
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let result = future.await;
+            match classify(&result) {
+                Some(reason) => permit.failure(&reason),
+                None => permit.success(),
+            }
+            result.map_err(CircuitError::Inner)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use tower::{Layer, Service, ServiceExt};
+
+    use super::*;
+
+    fn breaker(config: CircuitConfig) -> (CircuitBreaker, Arc<Mutex<Vec<Transition>>>) {
+        let breaker = CircuitBreaker::new("openai/gpt-4o", config);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&seen);
+        breaker.on_transition(move |transition| sink.lock().unwrap().push(transition.clone()));
+        (breaker, seen)
+    }
+
+    fn streak_only(n: u32) -> CircuitConfig {
+        CircuitConfig {
+            consecutive_failures: n,
+            failure_ratio: 0.0,
+            open_for: Duration::from_secs(10),
+            ..CircuitConfig::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn opens_on_a_streak_fails_fast_probes_and_closes() {
+        let (breaker, seen) = breaker(streak_only(3));
+        for _ in 0..2 {
+            breaker.try_acquire().unwrap().failure("HTTP 500");
+        }
+        // A success breaks the streak.
+        breaker.try_acquire().unwrap().success();
+        for _ in 0..3 {
+            breaker.try_acquire().unwrap().failure("HTTP 503");
+        }
+        assert_eq!(breaker.state(), CircuitState::Open);
+        let refused = breaker.try_acquire().unwrap_err();
+        assert_eq!(refused.retry_in, Duration::from_secs(10));
+        assert!(refused.to_string().contains("openai/gpt-4o"));
+
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(breaker.state(), CircuitState::HalfOpen);
+        let probe = breaker.try_acquire().unwrap();
+        assert!(probe.is_probe());
+        // Only one probe at a time.
+        assert!(breaker.try_acquire().is_err());
+        probe.success();
+        assert_eq!(breaker.state(), CircuitState::Closed);
+
+        let seen = seen.lock().unwrap();
+        let changes: Vec<_> = seen.iter().map(|t| (t.from, t.to)).collect();
+        assert_eq!(
+            changes,
+            [
+                (CircuitState::Closed, CircuitState::Open),
+                (CircuitState::Open, CircuitState::HalfOpen),
+                (CircuitState::HalfOpen, CircuitState::Closed),
+            ]
+        );
+        assert_eq!(seen[0].consecutive_failures, 3);
+        assert_eq!(seen[0].last_error, "HTTP 503");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_probe_opens_again_and_a_dropped_probe_frees_its_place() {
+        let (breaker, _) = breaker(streak_only(1));
+        breaker.try_acquire().unwrap().failure("refused");
+        tokio::time::advance(Duration::from_secs(10)).await;
+        drop(breaker.try_acquire().unwrap());
+        breaker.try_acquire().unwrap().failure("refused again");
+        assert_eq!(breaker.state(), CircuitState::Open);
+        assert_eq!(
+            breaker.try_acquire().unwrap_err().retry_in,
+            Duration::from_secs(10)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn opens_on_a_ratio_only_with_enough_calls_in_the_window() {
+        let config = CircuitConfig {
+            consecutive_failures: 0,
+            failure_ratio: 0.5,
+            minimum_calls: 10,
+            window: Duration::from_secs(30),
+            ..CircuitConfig::default()
+        };
+        let (breaker, _) = breaker(config);
+        // 4 failures of 8 calls: half, but too few calls.
+        for index in 0..8 {
+            let permit = breaker.try_acquire().unwrap();
+            if index % 2 == 0 {
+                permit.failure("500");
+            } else {
+                permit.success();
+            }
+        }
+        assert_eq!(breaker.state(), CircuitState::Closed);
+        // Old calls leave the window.
+        tokio::time::advance(Duration::from_secs(31)).await;
+        for _ in 0..4 {
+            breaker.try_acquire().unwrap().success();
+        }
+        for _ in 0..5 {
+            breaker.try_acquire().unwrap().failure("500");
+        }
+        // 5 of 9: over half, but 9 < 10 calls.
+        assert_eq!(breaker.state(), CircuitState::Closed);
+        breaker.try_acquire().unwrap().failure("500");
+        assert_eq!(breaker.state(), CircuitState::Open);
+    }
+
+    #[test]
+    fn settings_are_checked() {
+        CircuitConfig::default().validate().unwrap();
+        let bad = CircuitConfig {
+            failure_ratio: 1.5,
+            ..CircuitConfig::default()
+        };
+        assert_eq!(bad.validate().unwrap_err().0, "failure_ratio");
+        let bad = CircuitConfig {
+            half_open_probes: 0,
+            ..CircuitConfig::default()
+        };
+        assert_eq!(bad.validate().unwrap_err().0, "half_open_probes");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_layer_fails_fast_once_open() {
+        let breaker = CircuitBreaker::new("tool:flaky", streak_only(2));
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = Arc::clone(&calls);
+        let inner = tower::service_fn(move |fail: bool| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move { if fail { Err("boom") } else { Ok(()) } }
+        });
+        let mut service = CircuitBreakerLayer::new(breaker.clone(), |result: &Result<(), &str>| {
+            result.as_ref().err().map(|err| (*err).to_owned())
+        })
+        .layer(inner);
+        for _ in 0..2 {
+            let result = service.ready().await.unwrap().call(true).await;
+            assert!(matches!(result, Err(CircuitError::Inner("boom"))));
+        }
+        let result = service.ready().await.unwrap().call(false).await;
+        assert!(matches!(result, Err(CircuitError::Open(_))));
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        service.ready().await.unwrap().call(false).await.unwrap();
+        assert_eq!(breaker.state(), CircuitState::Closed);
+    }
+}

@@ -1,0 +1,370 @@
+//! The guards around a tool's runs, so that one slow or broken tool cannot
+//! take the service down with it: a bulkhead per tool (a concurrency limit
+//! with a bounded queue), a circuit breaker per tool, and retries for the
+//! tools declared idempotent. [`crate::runner::ToolRunner`] drives them; this
+//! module holds the pieces and the rules.
+//!
+//! ```text
+//! admit     circuit open?                  yes ─▶ UNAVAILABLE (RetryInfo: when it is probed)
+//!             │ no
+//!           a place in the tool's bulkhead? queue full ─▶ RESOURCE_EXHAUSTED (RetryInfo: 1s)
+//!             │ else waits, until the call's deadline at most ─▶ DEADLINE_EXCEEDED
+//!           leave from the circuit          refused ─▶ UNAVAILABLE
+//!             ▼ Admission (the place, held until the result; the leave for attempt 1)
+//! execute   attempt under the call's deadline ─▶ outcome ─▶ circuit: success, failure
+//!             │                                              (TIMEOUT, a command's
+//!             │                                              EXECUTION_FAILED) or neither
+//!             │ failed, idempotent, retryable, attempts left, the backoff ends before
+//!             │ the deadline, the budget allows, the circuit gives leave
+//!             └─▶ sleep(backoff) ─▶ attempt again
+//! ```
+//!
+//! The crate's tower pieces (`BulkheadLayer`, `CircuitBreakerLayer`,
+//! `tower::retry` with `RetryPolicy`) are not used, only the primitives they
+//! are built on, with the same rules: ExecuteToolStream must answer a refusal
+//! as a gRPC status before its stream starts, while the attempts run later,
+//! in a task that relays the tool's progress — a tower service's single
+//! response future would have to carry both. A plain admission step and an
+//! attempt loop keep the two RPCs on one path.
+//!
+//! Every refusal and retry is reported through the service's
+//! [`ResilienceReporter`]: circuit changes (CIRCUIT_OPENED / CIRCUIT_CLOSED
+//! audit events, `agentmesh_circuit_state{target="tool:<name>"}`), full
+//! bulkheads (RATE_LIMITED events, `agentmesh_rate_limited_total{scope="tool"}`),
+//! retries (`agentmesh_retries_total`) and the bulkhead gauges
+//! (`agentmesh_bulkhead_in_use` / `_queue_depth{bulkhead="tool:<name>"}`).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::Duration;
+
+use agentmesh_audit_client::resilience::{Refusal, ResilienceReporter};
+use agentmesh_proto::tools::v1::ToolErrorKind;
+use agentmesh_resilience::{
+    Bulkhead, BulkheadFull, BulkheadPermit, CallPermit, CircuitOpen, RetryBudget, RetryConfig,
+};
+use tonic::{Code, Status};
+
+use crate::config::format_duration;
+use crate::outcome::{ToolFailure, ToolOutcome};
+use crate::registry::{Implementation, RegisteredTool};
+
+/// How long a caller refused by a full bulkhead is told to wait.
+pub(crate) const QUEUE_FULL_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// The retry settings shared by every call: attempts and backoff, and one
+/// budget, so retries stay a small share of all calls.
+#[derive(Debug, Clone)]
+pub(crate) struct Retries {
+    pub(crate) config: RetryConfig,
+    pub(crate) budget: RetryBudget,
+}
+
+impl Retries {
+    pub(crate) fn new(config: &RetryConfig) -> Self {
+        Self {
+            config: config.clone(),
+            budget: RetryBudget::new(config),
+        }
+    }
+}
+
+/// A call let through its tool's guards: it holds a place in the bulkhead
+/// until it is dropped (after the result), and leave from the circuit for
+/// its first attempt.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    pub(crate) place: Place,
+    pub(crate) permit: CallPermit,
+    /// How long the call waited in the queue (it counts against its
+    /// timeout).
+    pub(crate) waited: Duration,
+}
+
+/// A place in a tool's bulkhead; giving it back updates the gauges.
+#[derive(Debug)]
+pub(crate) struct Place {
+    permit: Option<BulkheadPermit>,
+    bulkhead: Bulkhead,
+    reporter: Option<ResilienceReporter>,
+}
+
+impl Place {
+    pub(crate) fn new(
+        permit: BulkheadPermit,
+        bulkhead: &Bulkhead,
+        reporter: Option<&ResilienceReporter>,
+    ) -> Self {
+        let place = Self {
+            permit: Some(permit),
+            bulkhead: bulkhead.clone(),
+            reporter: reporter.cloned(),
+        };
+        gauges(reporter, bulkhead);
+        place
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        gauges(self.reporter.as_ref(), &self.bulkhead);
+    }
+}
+
+/// A call waiting in a tool's queue. However the wait ends — a place, the
+/// deadline, the caller going away — dropping this leaves the queue first
+/// and then sets the gauges, so they never show a waiter that left.
+pub(crate) struct Waiting<'a, F> {
+    wait: Option<Pin<Box<F>>>,
+    bulkhead: &'a Bulkhead,
+    reporter: Option<&'a ResilienceReporter>,
+}
+
+impl<F> fmt::Debug for Waiting<'_, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Waiting")
+            .field("bulkhead", &self.bulkhead)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a, F: Future> Waiting<'a, F> {
+    /// `wait`, already polled once (so the call is in the queue), for a
+    /// place in `bulkhead`.
+    pub(crate) fn new(
+        wait: Pin<Box<F>>,
+        bulkhead: &'a Bulkhead,
+        reporter: Option<&'a ResilienceReporter>,
+    ) -> Self {
+        gauges(reporter, bulkhead);
+        Self {
+            wait: Some(wait),
+            bulkhead,
+            reporter,
+        }
+    }
+
+    /// Waits for the place.
+    pub(crate) fn place(&mut self) -> impl Future<Output = F::Output> + '_ {
+        std::future::poll_fn(|cx| match self.wait.as_mut() {
+            Some(wait) => wait.as_mut().poll(cx),
+            // Not reached: the wait is only taken when this is dropped.
+            None => Poll::Pending,
+        })
+    }
+}
+
+impl<F> Drop for Waiting<'_, F> {
+    fn drop(&mut self) {
+        drop(self.wait.take());
+        gauges(self.reporter, self.bulkhead);
+    }
+}
+
+/// Sets a bulkhead's gauges to what it holds now.
+pub(crate) fn gauges(reporter: Option<&ResilienceReporter>, bulkhead: &Bulkhead) {
+    if let Some(reporter) = reporter {
+        reporter.bulkhead(bulkhead);
+    }
+}
+
+// === statuses of refused calls ===
+
+/// RESOURCE_EXHAUSTED for a call refused by a full bulkhead, reported as a
+/// refusal (RATE_LIMITED audit event and counter).
+pub(crate) fn queue_full(
+    tool: &RegisteredTool,
+    full: &BulkheadFull,
+    method: &str,
+    reporter: Option<&ResilienceReporter>,
+) -> Status {
+    if let Some(reporter) = reporter {
+        reporter.refused(&Refusal {
+            scope: "tool",
+            key: tool.name(),
+            resource: "concurrency",
+            limit: full.max_concurrent as f64,
+            period: None,
+            retry_after: QUEUE_FULL_RETRY_AFTER,
+            method,
+        });
+    }
+    with_retry_info(
+        Code::ResourceExhausted,
+        format!(
+            "tool `{}` is at its concurrency limit: {} call(s) run at once and {} may wait, and all are taken; retry in {}",
+            tool.name(),
+            full.max_concurrent,
+            full.max_queued,
+            format_duration(QUEUE_FULL_RETRY_AFTER)
+        ),
+        QUEUE_FULL_RETRY_AFTER,
+    )
+}
+
+/// UNAVAILABLE for a call refused by an open circuit; RetryInfo says when
+/// the tool is probed again.
+pub(crate) fn circuit_open(tool: &RegisteredTool, open: &CircuitOpen) -> Status {
+    // Whole milliseconds: the sub-millisecond part is noise to a person.
+    let retry_in =
+        Duration::from_millis(u64::try_from(open.retry_in.as_millis()).unwrap_or(u64::MAX));
+    let when = if retry_in.is_zero() {
+        "a probe call is running; retry shortly".to_owned()
+    } else {
+        format!("it is probed again in {}", format_duration(retry_in))
+    };
+    with_retry_info(
+        Code::Unavailable,
+        format!(
+            "tool `{}` is unavailable: its runs kept failing or timing out, so its circuit is open and calls are refused; {when}",
+            tool.name()
+        ),
+        retry_in,
+    )
+}
+
+/// DEADLINE_EXCEEDED for a call whose time ran out while it waited for a
+/// place (it never ran).
+pub(crate) fn queue_timeout(tool: &RegisteredTool, timeout: Duration) -> Status {
+    Status::deadline_exceeded(format!(
+        "the call's timeout of {} passed while it waited for a place: tool `{}` runs at most {} call(s) at once and all were busy; the tool did not run",
+        format_duration(timeout),
+        tool.name(),
+        tool.bulkhead.max_concurrent()
+    ))
+}
+
+// === outcomes ===
+
+/// The failure an outcome counts against the tool's circuit, if any: runs
+/// that time out, and command tools that fail, speak about the tool's
+/// health. Bad arguments, refusals and bad output are the caller's or the
+/// program's contract, not its health; and a built-in's EXECUTION_FAILED
+/// comes from its input (a file that does not exist, a division by zero),
+/// so a confused model cannot open a built-in's circuit for everyone.
+pub(crate) fn health_failure(tool: &RegisteredTool, outcome: &ToolOutcome) -> Option<String> {
+    let failure = outcome.as_ref().err()?;
+    match (failure.kind, &tool.implementation) {
+        (ToolErrorKind::Timeout, _)
+        | (ToolErrorKind::ExecutionFailed, Implementation::Command(_)) => {
+            Some(failure.message.clone())
+        }
+        _ => None,
+    }
+}
+
+/// Why a failed attempt may be retried (the `reason` label of
+/// `agentmesh_retries_total`), or `None` when it may not: only idempotent
+/// tools, and only failures that may go away — a command's EXECUTION_FAILED,
+/// and TIMEOUT (whose retry the deadline check then refuses unless time is
+/// left, which with one deadline for the whole call it is not).
+pub(crate) fn retry_reason(tool: &RegisteredTool, failure: &ToolFailure) -> Option<&'static str> {
+    if !tool.descriptor.idempotent {
+        return None;
+    }
+    match (failure.kind, &tool.implementation) {
+        (ToolErrorKind::ExecutionFailed, Implementation::Command(_)) => Some("execution_failed"),
+        (ToolErrorKind::Timeout, _) => Some("timeout"),
+        _ => None,
+    }
+}
+
+/// A status carrying a `google.rpc.RetryInfo` detail with `delay`.
+pub(crate) fn with_retry_info(code: Code, message: String, delay: Duration) -> Status {
+    use tonic_types::StatusExt as _;
+    Status::with_error_details(
+        code,
+        message,
+        tonic_types::ErrorDetails::with_retry_info(Some(delay)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic_types::StatusExt as _;
+
+    use super::*;
+    use crate::config::{CommandToolConfig, Config};
+    use crate::registry::Registry;
+
+    fn registry() -> Registry {
+        let mut config = Config::default();
+        for (name, idempotent) in [("fetch", true), ("send", false)] {
+            config.commands.insert(
+                name.into(),
+                CommandToolConfig {
+                    description: "d".into(),
+                    command: vec!["true".into()],
+                    idempotent,
+                    ..CommandToolConfig::default()
+                },
+            );
+        }
+        Registry::from_config(&config).unwrap()
+    }
+
+    #[test]
+    fn what_counts_against_a_circuit_and_what_is_retried() {
+        let registry = registry();
+        let failures = [
+            ToolFailure::failed("exited with code 1"),
+            ToolFailure::timeout("timed out after 1s"),
+            ToolFailure::invalid_arguments("/x: required"),
+            ToolFailure::invalid_output("not JSON"),
+            ToolFailure::denied("outside the workspace"),
+        ];
+        // Per failure above: does it count against the tool's circuit, and
+        // why is it retried.
+        type Expected<'a> = (&'a str, [bool; 5], [Option<&'a str>; 5]);
+        let expected: [Expected<'_>; 3] = [
+            (
+                "fetch",
+                [true, true, false, false, false],
+                [Some("execution_failed"), Some("timeout"), None, None, None],
+            ),
+            ("send", [true, true, false, false, false], [None; 5]),
+            // A built-in's failures come from its input: only timeouts count.
+            (
+                "read_file",
+                [false, true, false, false, false],
+                [None, Some("timeout"), None, None, None],
+            ),
+        ];
+        for (name, counts, retried) in expected {
+            let tool = registry.get(name).unwrap();
+            for (index, failure) in failures.iter().enumerate() {
+                let outcome: ToolOutcome = Err(failure.clone());
+                assert_eq!(
+                    health_failure(tool, &outcome).is_some(),
+                    counts[index],
+                    "{name}: {failure:?}"
+                );
+                assert_eq!(
+                    retry_reason(tool, failure),
+                    retried[index],
+                    "{name}: {failure:?}"
+                );
+            }
+            assert_eq!(health_failure(tool, &Ok(serde_json::json!(1))), None);
+        }
+    }
+
+    #[test]
+    fn retry_info_reads_back_with_the_standard_decoder() {
+        for delay in [
+            Duration::from_secs(1),
+            Duration::from_millis(29_950),
+            Duration::ZERO,
+            Duration::from_secs(300),
+        ] {
+            let status = with_retry_info(Code::ResourceExhausted, "full: é".into(), delay);
+            assert_eq!(status.code(), Code::ResourceExhausted);
+            assert_eq!(status.message(), "full: é");
+            let retry = status.get_details_retry_info().unwrap();
+            assert_eq!(retry.retry_delay, Some(delay), "{delay:?}");
+        }
+    }
+}
