@@ -348,3 +348,92 @@ async fn a_tenants_burst_is_queued_then_refused_without_touching_another_tenant(
     }
     mesh.stop().await;
 }
+
+/// A model stream cut mid-answer falls back to the route's second target:
+/// the gateway sends a reset, the run's followers see the step restarted,
+/// and the run's output is the fallback's whole answer, never a splice.
+#[tokio::test]
+async fn a_stream_cut_mid_answer_restarts_the_step_and_never_splices() {
+    let cutting = FaultProvider::start(FaultConfig {
+        faults: FaultMix::only(Fault::CutStream),
+        cut_after_tokens: 3,
+        ..FaultConfig::named("cutting")
+    })
+    .await;
+    let healthy = FaultProvider::start(FaultConfig::named("healthy")).await;
+    let (cutting_url, healthy_url) = (cutting.base_url(), healthy.base_url());
+    let mesh = Mesh::start_with(
+        None,
+        |gateway| {
+            for (name, url) in [("cutting", cutting_url), ("healthy", healthy_url)] {
+                let mut instance = ProviderConfig::new(ProviderKind::Openai);
+                instance.base_url = url;
+                gateway.providers.insert(name.to_owned(), instance);
+            }
+            gateway.routes.insert(
+                "chain".to_owned(),
+                RouteConfig::new("cutting/model-a", "cuts its streams")
+                    .with_fallbacks(["healthy/model-b"]),
+            );
+            // One attempt per target: the cut goes straight to the fallback.
+            gateway.retry.max_attempts = 1;
+        },
+        |orchestrator| {
+            orchestrator.agents.get_mut("default").unwrap().model = "chain".to_owned();
+        },
+    )
+    .await;
+    let mut client = mesh.client();
+    let events = within("the run", PATIENCE, async {
+        let mut stream = client
+            .run(for_tenant(
+                pb::RunRequest {
+                    objective: "Say your tokens.".to_owned(),
+                    ..Default::default()
+                },
+                "acme",
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut events = Vec::new();
+        while let Some(response) = stream.message().await.unwrap() {
+            events.extend(response.event.and_then(|event| event.event));
+        }
+        events
+    })
+    .await;
+    let answer = agentmesh_testkit::fault_provider::expected_answer("healthy", 8);
+    // What a follower sees: three tokens of the cut answer, the restart,
+    // then the fallback's whole answer.
+    let restarted = events
+        .iter()
+        .position(|event| {
+            matches!(event, pb::run_event::Event::Progress(progress) if progress.step_restarted)
+        })
+        .expect("a step_restarted progress event");
+    let text_after: String = events[restarted..]
+        .iter()
+        .filter_map(|event| match event {
+            pb::run_event::Event::TokenDelta(delta) => Some(delta.text.as_str()),
+            _ => None,
+        })
+        .collect();
+    let text_before: String = events[..restarted]
+        .iter()
+        .filter_map(|event| match event {
+            pb::run_event::Event::TokenDelta(delta) => Some(delta.text.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(text_before, "cutting-0 cutting-1 cutting-2 ");
+    assert_eq!(text_after, answer);
+    let Some(pb::run_event::Event::RunFinished(finished)) = events.last() else {
+        panic!("the run did not finish: {events:?}");
+    };
+    assert_eq!(finished.output, answer, "the output must not be spliced");
+    // Both attempts' tokens are billed.
+    let usage = finished.usage.unwrap();
+    assert!(usage.output_tokens >= 8 + 3, "{usage:?}");
+    mesh.stop().await;
+}

@@ -22,7 +22,7 @@ use agentmesh_proto::audit::v1::{
     self as pb, AuditEvent, EventType, LlmCallDetails, Outcome, audit_event::Details,
     audit_service_client::AuditServiceClient,
 };
-use agentmesh_tests::{test_server_config, wait_serving};
+use agentmesh_tests::{percentile, test_server_config, wait_serving};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
@@ -51,16 +51,6 @@ fn event(n: usize) -> AuditEvent {
         })),
         ..Default::default()
     }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    #[expect(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        reason = "an index"
-    )]
-    let index = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[index]
 }
 
 struct Service {

@@ -23,22 +23,11 @@ use agentmesh_proto::llm::v1::{
 };
 use agentmesh_resilience::{CircuitConfig, RetryConfig};
 use agentmesh_testkit::fault_provider::{Fault, FaultConfig, FaultMix, FaultProvider};
-use agentmesh_tests::{channel, test_server_config};
+use agentmesh_tests::{channel, percentile, test_server_config};
 use tokio_util::sync::CancellationToken;
 
 const CALLS: usize = 3000;
 const CONCURRENCY: usize = 32;
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    #[expect(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss,
-        reason = "an index"
-    )]
-    let index = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[index]
-}
 
 async fn scenario(name: &str, faults: FaultMix) {
     let mut providers = Vec::new();

@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use agentmesh_proto::orchestrator::v1::{self as pb, run_event};
-use agentmesh_tests::RunMesh;
+use agentmesh_tests::{RunMesh, percentile};
 
 const WARMUP: usize = 20;
 const RUNS: usize = 300;
@@ -29,17 +29,6 @@ on = "tool"
 match = '"result":\s*(?P<result>[-0-9.e+]+)'
 text = "The answer is ${result}."
 "#;
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    #[expect(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss,
-        reason = "an index"
-    )]
-    let index = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[index]
-}
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -538,3 +538,16 @@ impl RunMesh {
         }
     }
 }
+
+/// The `p` quantile (0 to 1) of sorted durations, for the benchmark
+/// programs' reports; zero when there are none.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss,
+        reason = "an index into the slice"
+    )]
+    let index = ((sorted.len().saturating_sub(1)) as f64 * p.clamp(0.0, 1.0)).round() as usize;
+    sorted.get(index).copied().unwrap_or_default()
+}

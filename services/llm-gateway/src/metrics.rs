@@ -85,7 +85,9 @@ const COMMON: [&str; 4] = [
 #[derive(Debug)]
 pub struct GatewayMetrics {
     families: Families,
-    by_route: HashMap<String, Arc<CallSeries>>,
+    /// Series by (route, instance, model) for every target of every route,
+    /// so a call answered by a fallback is counted under that target.
+    by_route: HashMap<(String, String, String), Arc<CallSeries>>,
     /// `(instance, model)` pairs the configuration names: route targets and
     /// `provider/model` prices.
     known_targets: HashSet<(String, String)>,
@@ -152,22 +154,19 @@ impl GatewayMetrics {
         }
         let mut by_route = HashMap::new();
         for (name, route) in &config.routes {
-            for (_, target) in route.chain().skip(1) {
+            for (_, target) in route.chain() {
                 if let Some((instance, model)) = split_target(target) {
                     known_targets.insert((instance.to_owned(), model.to_owned()));
+                    // Validation guarantees the instance exists.
+                    let provider = config
+                        .providers
+                        .get(instance)
+                        .map_or(OTHER, |provider| provider.kind.semconv_name());
+                    by_route.insert(
+                        (name.clone(), instance.to_owned(), model.to_owned()),
+                        Arc::new(CallSeries::new(&families, provider, model, name)),
+                    );
                 }
-            }
-            if let Some((instance, model)) = split_target(&route.target) {
-                known_targets.insert((instance.to_owned(), model.to_owned()));
-                // Validation guarantees the instance exists.
-                let provider = config
-                    .providers
-                    .get(instance)
-                    .map_or(OTHER, |provider| provider.kind.semconv_name());
-                by_route.insert(
-                    name.clone(),
-                    Arc::new(CallSeries::new(&families, provider, model, name)),
-                );
             }
         }
         let unresolved = Arc::new(CallSeries::new(&families, "", "", ""));
@@ -184,7 +183,12 @@ impl GatewayMetrics {
     /// addressed directly, resolved now (the model is `other` unless the
     /// configuration names it).
     pub fn series(&self, resolved: &Resolved) -> Arc<CallSeries> {
-        if let Some(series) = self.by_route.get(&resolved.route) {
+        let key = (
+            resolved.route.clone(),
+            resolved.instance.clone(),
+            resolved.model.clone(),
+        );
+        if let Some(series) = self.by_route.get(&key) {
             return Arc::clone(series);
         }
         let target = (resolved.instance.clone(), resolved.model.clone());
@@ -215,7 +219,7 @@ impl GatewayMetrics {
     fn routes(&self) -> std::collections::BTreeMap<&str, &CallSeries> {
         self.by_route
             .iter()
-            .map(|(name, series)| (name.as_str(), series.as_ref()))
+            .map(|((name, _, _), series)| (name.as_str(), series.as_ref()))
             .collect()
     }
 }
