@@ -26,10 +26,9 @@ use agentmesh_testkit::fault_provider::{Fault, FaultConfig, FaultMix, FaultProvi
 use agentmesh_tests::{channel, percentile, test_server_config};
 use tokio_util::sync::CancellationToken;
 
-const CALLS: usize = 3000;
-const CONCURRENCY: usize = 32;
+const CALLS: usize = 2000;
 
-async fn scenario(name: &str, faults: FaultMix) {
+async fn scenario(name: &str, faults: FaultMix, concurrency: usize) {
     let mut providers = Vec::new();
     for (index, provider) in (0u64..).zip(["primary", "secondary"]) {
         providers.push((
@@ -89,7 +88,7 @@ async fn scenario(name: &str, faults: FaultMix) {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
     let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..CONCURRENCY {
+    for _ in 0..concurrency {
         let mut client = client.clone();
         let next = Arc::clone(&next);
         workers.spawn(async move {
@@ -121,7 +120,7 @@ async fn scenario(name: &str, faults: FaultMix) {
     #[expect(clippy::cast_precision_loss, reason = "a ratio")]
     let rate = answered as f64 * 100.0 / CALLS as f64;
     println!(
-        "{name:<22} {CALLS} streamed calls, {CONCURRENCY} at once: p50 {:>9.3?}  p90 {:>9.3?}  p99 {:>9.3?}  \
+        "{name:<22} {CALLS} streamed calls, {concurrency:>2} at once: p50 {:>9.3?}  p90 {:>9.3?}  p99 {:>9.3?}  \
          answered {rate:.2}%  upstream {per_call:.3} requests/call  {:.0} calls/s",
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.9),
@@ -162,15 +161,16 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        scenario("healthy providers", FaultMix::NONE).await;
-        scenario(
-            "30% upstream faults",
-            FaultMix::NONE
-                .with(Fault::Error500, 0.075)
-                .with(Fault::RateLimited429, 0.075)
-                .with(Fault::Hang, 0.075)
-                .with(Fault::CutStream, 0.075),
-        )
-        .await;
+        let faulty = FaultMix::NONE
+            .with(Fault::Error500, 0.075)
+            .with(Fault::RateLimited429, 0.075)
+            .with(Fault::Hang, 0.075)
+            .with(Fault::CutStream, 0.075);
+        // One at a time: the cost of a call; 32 at once: the throughput of
+        // the gateway and both providers sharing this machine.
+        for concurrency in [1, 32] {
+            scenario("healthy providers", FaultMix::NONE, concurrency).await;
+            scenario("30% upstream faults", faulty, concurrency).await;
+        }
     });
 }
