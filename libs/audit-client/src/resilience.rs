@@ -10,7 +10,7 @@
 //! limiter / bulkhead refusal ──────▶ ResilienceReporter::refused ──▶ RATE_LIMITED
 //!                                                                    agentmesh_rate_limited_total
 //! retry made ──────────────────────▶ ResilienceReporter::retried ──▶ agentmesh_retries_total
-//! bulkhead ─── gauges on scrape ───▶ agentmesh_bulkhead_in_use / _queue_depth
+//! Bulkhead ── on_change ─────────▶ ResilienceReporter::watch_bulkhead ▶ agentmesh_bulkhead_in_use / _queue_depth
 //! ```
 //!
 //! One reporter per service; its families live in the service's registry.
@@ -183,9 +183,16 @@ impl ResilienceReporter {
         }
     }
 
-    /// Sets the gauges of `bulkhead` (call after each acquire and release,
-    /// or periodically).
-    pub fn bulkhead(&self, bulkhead: &Bulkhead) {
+    /// Exports the gauges of `bulkhead` from now on: set now, and after
+    /// every change of its places or queue.
+    pub fn watch_bulkhead(&self, bulkhead: &Bulkhead) {
+        self.bulkhead(bulkhead);
+        let reporter = self.clone();
+        bulkhead.on_change(move |bulkhead| reporter.bulkhead(bulkhead));
+    }
+
+    /// Sets the gauges of `bulkhead` to what it holds now.
+    fn bulkhead(&self, bulkhead: &Bulkhead) {
         if let Some(metrics) = &self.metrics {
             let in_use = i64::try_from(bulkhead.in_use()).unwrap_or(i64::MAX);
             let queued = i64::try_from(bulkhead.queued()).unwrap_or(i64::MAX);
@@ -292,7 +299,8 @@ mod tests {
         });
         reporter.retried("openai/gpt-4o", "server_error");
         let bulkhead = Bulkhead::new("tool:sleep", 2, 3);
-        reporter.bulkhead(&bulkhead);
+        reporter.watch_bulkhead(&bulkhead);
+        let _place = bulkhead.enter().unwrap();
         let text = prometheus::TextEncoder::new()
             .encode_to_string(&registry.gather())
             .unwrap();
@@ -301,6 +309,7 @@ mod tests {
             r#"agentmesh_circuit_transitions_total{target="openai/gpt-4o",to="OPEN"} 1"#,
             r#"agentmesh_rate_limited_total{resource="requests",scope="tenant"} 1"#,
             r#"agentmesh_retries_total{reason="server_error",target="openai/gpt-4o"} 1"#,
+            r#"agentmesh_bulkhead_in_use{bulkhead="tool:sleep"} 1"#,
             r#"agentmesh_bulkhead_queue_depth{bulkhead="tool:sleep"} 0"#,
         ] {
             assert!(text.contains(line), "{line} missing in\n{text}");

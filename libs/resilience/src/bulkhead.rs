@@ -12,6 +12,13 @@
 //!            BulkheadFull (the caller answers RESOURCE_EXHAUSTED)
 //! ```
 //!
+//! [`Bulkhead::enter`] answers at once, without waiting: a place, a
+//! [`Queued`] ticket that already holds its queue slot (the caller may await
+//! it later, in another task; dropping it leaves the queue), or
+//! [`BulkheadFull`]. [`Bulkhead::acquire`] is `enter` then the wait. Every
+//! change of the places taken or the queue calls the bulkhead's observer
+//! ([`Bulkhead::on_change`]), which services use for their gauges.
+//!
 //! tower's `ConcurrencyLimit` queues without bound and `LoadShed` has no
 //! queue at all; a bulkhead is the bounded middle, built on tokio's fair
 //! semaphore. [`BulkheadLayer`] puts one in front of a tower service.
@@ -19,11 +26,11 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
 
 /// A call refused because every place and every queue slot is taken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -52,6 +59,25 @@ struct Shared {
     max_queued: usize,
     queued: AtomicUsize,
     in_use: AtomicUsize,
+    observer: Mutex<Option<Observer>>,
+}
+
+type Observer = Arc<dyn Fn(&Bulkhead) + Send + Sync>;
+
+impl Shared {
+    /// Tells the observer that the places or the queue changed.
+    fn changed(self: &Arc<Self>) {
+        let observer = self
+            .observer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(observer) = observer {
+            observer(&Bulkhead {
+                shared: Arc::clone(self),
+            });
+        }
+    }
 }
 
 impl fmt::Debug for Bulkhead {
@@ -69,13 +95,26 @@ impl fmt::Debug for Bulkhead {
 /// A place in a bulkhead, given back when dropped.
 #[derive(Debug)]
 pub struct BulkheadPermit {
-    _permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
     shared: Arc<Shared>,
+}
+
+impl BulkheadPermit {
+    fn new(permit: OwnedSemaphorePermit, shared: &Arc<Shared>) -> Self {
+        shared.in_use.fetch_add(1, Ordering::Relaxed);
+        shared.changed();
+        Self {
+            permit: Some(permit),
+            shared: Arc::clone(shared),
+        }
+    }
 }
 
 impl Drop for BulkheadPermit {
     fn drop(&mut self) {
+        drop(self.permit.take());
         self.shared.in_use.fetch_sub(1, Ordering::Relaxed);
+        self.shared.changed();
     }
 }
 
@@ -85,13 +124,61 @@ impl fmt::Debug for Shared {
     }
 }
 
-/// Counts a waiter for as long as it waits (also when its future is
-/// dropped while waiting).
-struct Waiting<'a>(&'a AtomicUsize);
+/// What [`Bulkhead::enter`] got.
+#[derive(Debug)]
+pub enum Entry {
+    /// A place, at once.
+    Held(BulkheadPermit),
+    /// A slot in the queue; await it for the place.
+    Queued(Queued),
+}
 
-impl Drop for Waiting<'_> {
+/// A caller waiting in a bulkhead's queue: a future of its place. It holds
+/// its queue slot until it resolves or is dropped.
+pub struct Queued {
+    waiting: Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>,
+    shared: Arc<Shared>,
+    /// Whether the queue slot is still held.
+    in_queue: bool,
+}
+
+impl fmt::Debug for Queued {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Queued")
+            .field("bulkhead", &self.shared.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Queued {
+    fn leave_queue(&mut self) {
+        if std::mem::take(&mut self.in_queue) {
+            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+            self.shared.changed();
+        }
+    }
+}
+
+impl Future for Queued {
+    type Output = Result<BulkheadPermit, BulkheadFull>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let result = std::task::ready!(self.waiting.as_mut().poll(cx));
+        self.leave_queue();
+        Poll::Ready(match result {
+            Ok(permit) => Ok(BulkheadPermit::new(permit, &self.shared)),
+            // The semaphore is never closed.
+            Err(_) => Err(Bulkhead {
+                shared: Arc::clone(&self.shared),
+            }
+            .full()),
+        })
+    }
+}
+
+impl Drop for Queued {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.leave_queue();
     }
 }
 
@@ -108,6 +195,7 @@ impl Bulkhead {
                 max_queued,
                 queued: AtomicUsize::new(0),
                 in_use: AtomicUsize::new(0),
+                observer: Mutex::new(None),
             }),
         }
     }
@@ -132,42 +220,54 @@ impl Bulkhead {
         self.shared.max_concurrent
     }
 
+    /// Calls `observer` after every change of the places taken or the
+    /// queue (e.g. to set gauges). Replaces an earlier observer.
+    pub fn on_change(&self, observer: impl Fn(&Bulkhead) + Send + Sync + 'static) {
+        *self
+            .shared
+            .observer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(observer));
+    }
+
+    /// A place now, a slot in the queue, or [`BulkheadFull`] when the queue
+    /// is full too; never waits.
+    pub fn enter(&self) -> Result<Entry, BulkheadFull> {
+        let shared = &self.shared;
+        if let Ok(permit) = Arc::clone(&shared.places).try_acquire_owned() {
+            return Ok(Entry::Held(BulkheadPermit::new(permit, shared)));
+        }
+        // Take a queue slot, unless there is none.
+        let mut queued = shared.queued.load(Ordering::Relaxed);
+        loop {
+            if queued >= shared.max_queued {
+                return Err(self.full());
+            }
+            match shared.queued.compare_exchange_weak(
+                queued,
+                queued + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(now) => queued = now,
+            }
+        }
+        shared.changed();
+        Ok(Entry::Queued(Queued {
+            waiting: Box::pin(Arc::clone(&shared.places).acquire_owned()),
+            shared: Arc::clone(shared),
+            in_queue: true,
+        }))
+    }
+
     /// A place now, or a place after waiting in the queue, or
     /// [`BulkheadFull`] at once when the queue is full too.
     pub async fn acquire(&self) -> Result<BulkheadPermit, BulkheadFull> {
-        let shared = &self.shared;
-        let permit = match Arc::clone(&shared.places).try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                // Take a queue slot, unless there is none.
-                let mut queued = shared.queued.load(Ordering::Relaxed);
-                loop {
-                    if queued >= shared.max_queued {
-                        return Err(self.full());
-                    }
-                    match shared.queued.compare_exchange_weak(
-                        queued,
-                        queued + 1,
-                        Ordering::AcqRel,
-                        Ordering::Relaxed,
-                    ) {
-                        Ok(_) => break,
-                        Err(now) => queued = now,
-                    }
-                }
-                let _waiting = Waiting(&shared.queued);
-                Arc::clone(&shared.places)
-                    .acquire_owned()
-                    .await
-                    // The semaphore is never closed.
-                    .map_err(|_| self.full())?
-            }
-        };
-        shared.in_use.fetch_add(1, Ordering::Relaxed);
-        Ok(BulkheadPermit {
-            _permit: permit,
-            shared: Arc::clone(shared),
-        })
+        match self.enter()? {
+            Entry::Held(permit) => Ok(permit),
+            Entry::Queued(queued) => queued.await,
+        }
     }
 
     fn full(&self) -> BulkheadFull {
@@ -293,6 +393,49 @@ mod tests {
         assert_eq!(bulkhead.queued(), 0);
         drop(second);
         assert_eq!(bulkhead.in_use(), 0);
+    }
+
+    #[tokio::test]
+    async fn entering_never_waits_and_the_observer_sees_every_change() {
+        let bulkhead = Bulkhead::new("tenant:acme", 1, 1);
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = Arc::clone(&seen);
+        bulkhead.on_change(move |bulkhead| {
+            sink.lock()
+                .unwrap()
+                .push((bulkhead.in_use(), bulkhead.queued()));
+        });
+        let Ok(Entry::Held(held)) = bulkhead.enter() else {
+            panic!("a free place");
+        };
+        // Queued without being polled: the ticket holds the slot.
+        let Ok(Entry::Queued(queued)) = bulkhead.enter() else {
+            panic!("a queue slot");
+        };
+        assert!(bulkhead.enter().is_err());
+        // Awaited elsewhere, it gets the place once the holder leaves.
+        let waiter = tokio::spawn(queued);
+        drop(held);
+        let place = waiter.await.unwrap().unwrap();
+        drop(place);
+        // A ticket dropped unawaited leaves the queue.
+        let _held = bulkhead.acquire().await.unwrap();
+        drop(bulkhead.enter().unwrap());
+        assert_eq!(bulkhead.queued(), 0);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [
+                (1, 0), // held
+                (1, 1), // queued
+                (0, 1), // held given back
+                (0, 0), // the waiter leaves the queue…
+                (1, 0), // …and takes the place
+                (0, 0), // given back
+                (1, 0), // held again
+                (1, 1), // a ticket…
+                (1, 0), // …dropped unawaited
+            ]
+        );
     }
 
     #[tokio::test]

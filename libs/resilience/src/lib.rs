@@ -27,7 +27,9 @@ pub mod circuit;
 pub mod rate_limit;
 pub mod retry;
 
-pub use bulkhead::{Bulkhead, BulkheadError, BulkheadFull, BulkheadLayer, BulkheadPermit};
+pub use bulkhead::{
+    Bulkhead, BulkheadError, BulkheadFull, BulkheadLayer, BulkheadPermit, Entry, Queued,
+};
 pub use circuit::{
     CallPermit, CircuitBreaker, CircuitBreakerLayer, CircuitConfig, CircuitError, CircuitOpen,
     CircuitState, Transition,

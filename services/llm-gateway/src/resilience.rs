@@ -22,14 +22,16 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use agentmesh_audit_client::resilience::{Refusal, ResilienceReporter};
+use agentmesh_proto::llm::v1::GenerateRequest;
 use agentmesh_resilience::{
-    Backoff, CallPermit, CircuitBreaker, CircuitConfig, CircuitState, KeyedRateLimiter,
-    RateLimited, RetryBudget, RetryConfig, TokenCharge, rate_limit::PERIOD,
+    Backoff, CallPermit, CircuitBreaker, CircuitConfig, KeyedRateLimiter, RateLimited, RetryBudget,
+    RetryConfig, TokenCharge, rate_limit::PERIOD,
 };
 use tokio::time::Instant;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::completion::estimate_input_tokens;
 use crate::config::{Config, FailureClass};
 use crate::error::ProviderError;
 use crate::providers::ProviderInstance;
@@ -122,15 +124,6 @@ impl Circuits {
         by_target.insert(name, breaker.clone());
         Some(breaker)
     }
-
-    /// The state of `instance/model`'s circuit; closed when it has none yet.
-    pub fn state(&self, instance: &str, model: &str) -> CircuitState {
-        self.by_target
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&format!("{instance}/{model}"))
-            .map_or(CircuitState::Closed, CircuitBreaker::state)
-    }
 }
 
 /// What to do after an attempt failed.
@@ -147,8 +140,8 @@ pub enum Next {
 /// The attempts of one call over its chain of targets.
 #[derive(Debug)]
 pub struct Plan {
-    chain: Vec<Target>,
-    fallback_on: Vec<FailureClass>,
+    chain: Arc<[Target]>,
+    fallback_on: Arc<[FailureClass]>,
     max_attempts: u32,
     backoff: Backoff,
     budget: RetryBudget,
@@ -167,8 +160,8 @@ pub struct Plan {
 impl Plan {
     /// A plan over `chain`; counts the call in the budget.
     pub fn new(
-        chain: Vec<Target>,
-        fallback_on: Vec<FailureClass>,
+        chain: Arc<[Target]>,
+        fallback_on: Arc<[FailureClass]>,
         policy: &RetryPolicy,
         deadline: Option<Instant>,
     ) -> Self {
@@ -333,14 +326,14 @@ impl Limits {
         }
     }
 
-    /// Admits a call of `tenant` on `route` expected to use
-    /// `estimated_tokens`, or refuses it with RESOURCE_EXHAUSTED and
+    /// Admits a call of `tenant` on `route`, charged the estimated input
+    /// tokens of `request`, or refuses it with RESOURCE_EXHAUSTED and
     /// RetryInfo (and a RATE_LIMITED event).
     pub fn admit(
         self: &Arc<Self>,
         tenant: &str,
         route: &str,
-        estimated_tokens: u64,
+        request: &GenerateRequest,
         method: &str,
     ) -> Result<Charges, Status> {
         let mut charges = Charges {
@@ -348,6 +341,10 @@ impl Limits {
             tenant: None,
             route: None,
         };
+        if self.tenants.is_unlimited() && self.routes.is_unlimited() {
+            return Ok(charges);
+        }
+        let estimated_tokens = estimate_input_tokens(request);
         if !self.tenants.is_unlimited() {
             let charge = self
                 .tenants

@@ -27,7 +27,7 @@ use agentmesh_proto::llm::v1::{
     StreamFinished, StreamReset, TextDelta, ToolCallDelta, Usage, generate_stream_response::Event,
     llm_gateway_service_server::LlmGatewayService,
 };
-use agentmesh_resilience::CircuitState;
+use agentmesh_resilience::{CircuitBreaker, CircuitState};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use tokio::sync::mpsc;
@@ -35,7 +35,6 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
 use crate::audit::{CallEnd, KeyRegistry, LlmCallRecord};
-use crate::completion::estimate_input_tokens;
 use crate::completion::{Assembler, Completion, ProviderEvent};
 use crate::config::{Config, FailureClass, Price, join_names, price_of, split_target};
 use crate::error::ProviderError;
@@ -67,9 +66,9 @@ pub struct Gateway {
 
 #[derive(Debug, Clone)]
 struct Route {
-    /// `(instance, model)` in fallback order; never empty.
-    chain: Vec<(String, String)>,
-    fallback_on: Vec<FailureClass>,
+    /// The targets in fallback order, with their circuits; never empty.
+    chain: Arc<[Target]>,
+    fallback_on: Arc<[FailureClass]>,
     description: String,
 }
 
@@ -85,9 +84,9 @@ pub struct Resolved {
     /// The instance.
     pub provider: ProviderInstance,
     /// Every target of the route, in fallback order.
-    pub chain: Vec<Target>,
+    pub chain: Arc<[Target]>,
     /// The failure classes that hand over to the next target.
-    pub fallback_on: Vec<FailureClass>,
+    pub fallback_on: Arc<[FailureClass]>,
 }
 
 impl Resolved {
@@ -128,15 +127,25 @@ impl Gateway {
                         format!("`{target}` is not `provider/model`"),
                     )
                 })?;
-                // Made now, so their state shows before the first call.
-                circuits.of(instance, model, true);
-                chain.push((instance.to_owned(), model.to_owned()));
+                let provider = providers.get(instance).cloned().ok_or_else(|| {
+                    ConfigError::new(
+                        format!("routes.{name}.{field}"),
+                        format!("provider `{instance}` is not configured"),
+                    )
+                })?;
+                chain.push(Target {
+                    // Made now, so their state shows before the first call.
+                    circuit: circuits.of(instance, model, true),
+                    instance: instance.to_owned(),
+                    model: model.to_owned(),
+                    provider,
+                });
             }
             routes.insert(
                 name.clone(),
                 Route {
-                    chain,
-                    fallback_on: route.fallback_on.clone(),
+                    chain: chain.into(),
+                    fallback_on: route.fallback_on.clone().into(),
                     description: route.description.clone(),
                 },
             );
@@ -183,27 +192,29 @@ impl Gateway {
         let (route, chain, fallback_on) = if let Some(route) = self.routes.get(requested) {
             (
                 requested.to_owned(),
-                route.chain.clone(),
-                route.fallback_on.clone(),
+                Arc::clone(&route.chain),
+                Arc::clone(&route.fallback_on),
             )
         } else if let Some((instance, model)) = split_target(requested) {
-            if !self.providers.contains_key(instance) {
+            let Some(provider) = self.providers.get(instance) else {
                 return Err(Status::not_found(format!(
                     "provider `{instance}` (from model `{requested}`) is not configured; configured providers: {}",
                     join_names(self.providers.keys())
                 )));
-            }
+            };
             if model.is_empty() {
                 return Err(invalid_argument([(
                     "model",
                     format!("`{requested}` names no model after `{instance}/`"),
                 )]));
             }
-            (
-                String::new(),
-                vec![(instance.to_owned(), model.to_owned())],
-                Vec::new(),
-            )
+            let target = Target {
+                circuit: self.circuits.of(instance, model, false),
+                instance: instance.to_owned(),
+                model: model.to_owned(),
+                provider: provider.clone(),
+            };
+            (String::new(), Arc::from([target]), Arc::from([]))
         } else {
             return Err(Status::not_found(format!(
                 "model route `{requested}` is not configured; routes: {}; or address a provider directly as `provider/model` with provider one of: {}",
@@ -211,23 +222,6 @@ impl Gateway {
                 join_names(self.providers.keys())
             )));
         };
-        let configured = !route.is_empty();
-        let chain = chain
-            .into_iter()
-            .map(|(instance, model)| {
-                let provider = self.providers.get(&instance).cloned().ok_or_else(|| {
-                    Status::internal(format!(
-                        "route `{route}` names provider `{instance}`, which is not built"
-                    ))
-                })?;
-                Ok(Target {
-                    circuit: self.circuits.of(&instance, &model, configured),
-                    instance,
-                    model,
-                    provider,
-                })
-            })
-            .collect::<Result<Vec<_>, Status>>()?;
         let first = chain
             .first()
             .cloned()
@@ -293,10 +287,15 @@ impl Gateway {
         let targets: Vec<ModelTarget> = route
             .chain
             .iter()
-            .map(|(instance_name, model)| {
-                let instance = self.providers.get(instance_name);
+            .map(|target| {
+                let (instance_name, model) = (&target.instance, &target.model);
+                let instance = Some(&target.provider);
                 let price = price_of(&self.prices, instance_name, model);
-                let circuit_state = match self.circuits.state(instance_name, model) {
+                let state = target
+                    .circuit
+                    .as_ref()
+                    .map_or(CircuitState::Closed, CircuitBreaker::state);
+                let circuit_state = match state {
                     CircuitState::Closed => v1::CircuitState::Closed,
                     CircuitState::Open => v1::CircuitState::Open,
                     CircuitState::HalfOpen => v1::CircuitState::HalfOpen,
@@ -406,7 +405,7 @@ impl LlmGatewayServiceImpl {
         validate_request(&request)?;
         let resolved = self.gateway.resolve(&request.model)?;
         record.resolved(&resolved);
-        for target in &resolved.chain {
+        for target in resolved.chain.iter() {
             self.keys.register(&self.audit, &target.provider.config);
         }
         let context = RequestContext::current();
@@ -421,18 +420,16 @@ impl LlmGatewayServiceImpl {
         } else {
             resolved.route.clone()
         };
-        let charges = self.gateway.limits.admit(
-            &tenant,
-            &route_key,
-            estimate_input_tokens(&request),
-            method,
-        )?;
+        let charges = self
+            .gateway
+            .limits
+            .admit(&tenant, &route_key, &request, method)?;
         let caller_deadline = context
             .and_then(|context| context.deadline())
             .map(|deadline| tokio::time::Instant::from_std(deadline.min(far_future())));
         let plan = Plan::new(
-            resolved.chain.clone(),
-            resolved.fallback_on.clone(),
+            Arc::clone(&resolved.chain),
+            Arc::clone(&resolved.fallback_on),
             &self.gateway.retry,
             caller_deadline,
         );
@@ -490,8 +487,20 @@ impl Prepared {
     }
 }
 
-/// Adds `more` to `total` (tokens; the cost when both have one).
+/// Adds `more` to `total`: the tokens, and the cost while every part with
+/// tokens has one (a part without a price makes the sum's cost unknown).
 fn add_usage(total: &mut Usage, more: &Usage) {
+    let priced = |usage: &Usage| {
+        usage.estimated_cost_usd.is_some() || (usage.input_tokens == 0 && usage.output_tokens == 0)
+    };
+    total.estimated_cost_usd = if priced(total) && priced(more) {
+        match (total.estimated_cost_usd, more.estimated_cost_usd) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0.0) + b.unwrap_or(0.0)),
+        }
+    } else {
+        None
+    };
     total.input_tokens = total.input_tokens.saturating_add(more.input_tokens);
     total.output_tokens = total.output_tokens.saturating_add(more.output_tokens);
     total.total_tokens = total.total_tokens.saturating_add(more.total_tokens);
@@ -500,12 +509,6 @@ fn add_usage(total: &mut Usage, more: &Usage) {
         .saturating_add(more.cached_input_tokens);
     total.reasoning_tokens = total.reasoning_tokens.saturating_add(more.reasoning_tokens);
     total.tokens_estimated |= more.tokens_estimated;
-    total.estimated_cost_usd = match (total.estimated_cost_usd, more.estimated_cost_usd) {
-        (Some(a), Some(b)) => Some(a + b),
-        (a, None) if more.input_tokens == 0 && more.output_tokens == 0 => a,
-        (None, b) if total.input_tokens == more.input_tokens => b,
-        _ => None,
-    };
 }
 
 /// A deadline a year away stands for "none" where an `Instant` is needed
@@ -840,9 +843,7 @@ impl Relay {
                                     .unwrap_or(i32::MAX),
                             })),
                         };
-                        tracing::Span::current().in_scope(|| {
-                            tracing::info!(reason = %err, "stream reset");
-                        });
+                        tracing::debug!(reason = %err, "stream reset sent");
                         if self.sender.send(Ok(reset)).await.is_err() {
                             self.abandoned(&resolved, &Assembler::default());
                             return;

@@ -11,10 +11,10 @@
 //!             instance slot, and gives them all back when the run ends
 //! ```
 //!
-//! A place that is not free at once is taken by a waiting `acquire` future
-//! polled once in the RPC: from then on it holds a slot in the bulkhead's
-//! queue, and the run's task awaits it. Dropping it (a queued run cancelled,
-//! or its caller's deadline passed) leaves the queue.
+//! A place that is not free at once is a [`Queued`] ticket from
+//! [`Bulkhead::enter`]: it holds a slot in the bulkhead's queue from the
+//! RPC on, and the run's task awaits it. Dropping it (a queued run
+//! cancelled, or its caller's deadline passed) leaves the queue.
 //!
 //! Places are taken in order: an agent place is only taken once the tenant
 //! place is held, so a tenant queued behind its own limit does not sit on
@@ -24,22 +24,19 @@
 //! restart ([`Admission::later`]) wait for every place the same way.
 //!
 //! Tenants' bulkheads are made on first use; the map drops bulkheads nobody
-//! uses once it grows past [`IDLE_TENANTS`]. Every acquire and release sets
-//! the bulkhead gauges (`agentmesh_bulkhead_in_use`,
-//! `agentmesh_bulkhead_queue_depth`); every refusal is counted in
+//! uses once it grows past [`IDLE_TENANTS`]. Every bulkhead is watched by
+//! the reporter, which keeps its gauges (`agentmesh_bulkhead_in_use`,
+//! `agentmesh_bulkhead_queue_depth`) current; every refusal is counted in
 //! `agentmesh_rate_limited_total{scope,resource="concurrency"}` and recorded
 //! as a RATE_LIMITED audit event.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::Poll;
 use std::time::Duration;
 
 use agentmesh_audit_client::resilience::{Refusal, ResilienceReporter};
-use agentmesh_resilience::{Bulkhead, BulkheadFull, BulkheadPermit};
+use agentmesh_resilience::{Bulkhead, BulkheadFull, BulkheadPermit, Entry, Queued};
 use tonic::Status;
 use tonic_types::{ErrorDetails, StatusExt as _};
 
@@ -51,8 +48,6 @@ pub const IDLE_TENANTS: usize = 1024;
 const RETRY_AFTER: Duration = Duration::from_secs(2);
 /// The tenant name of calls without `x-agentmesh-tenant`.
 const NO_TENANT: &str = "-";
-
-type Acquiring = Pin<Box<dyn Future<Output = Result<BulkheadPermit, BulkheadFull>> + Send>>;
 
 /// The bulkheads runs are admitted through; one per engine.
 pub struct Admission {
@@ -82,7 +77,7 @@ enum State {
         BulkheadPermit,
     ),
     /// In the bulkhead's queue.
-    Queued(Acquiring),
+    Queued(Queued),
     /// Not asked for yet (or given back).
     Later,
 }
@@ -91,7 +86,6 @@ enum State {
 struct Place {
     bulkhead: Arc<Bulkhead>,
     state: State,
-    reporter: ResilienceReporter,
 }
 
 impl fmt::Debug for Place {
@@ -109,34 +103,18 @@ impl fmt::Debug for Place {
 }
 
 impl Place {
-    fn new(bulkhead: Arc<Bulkhead>, state: State, reporter: &ResilienceReporter) -> Self {
-        reporter.bulkhead(&bulkhead);
-        Self {
-            bulkhead,
-            state,
-            reporter: reporter.clone(),
-        }
+    fn new(bulkhead: Arc<Bulkhead>, state: State) -> Self {
+        Self { bulkhead, state }
     }
 
-    /// Polls an acquire of `bulkhead` once: a place, a queue slot (kept by
-    /// the pending future), or full.
-    async fn try_take(
-        bulkhead: &Arc<Bulkhead>,
-        reporter: &ResilienceReporter,
-    ) -> Result<Self, BulkheadFull> {
-        let mut acquiring: Acquiring = Box::pin({
-            let bulkhead = Arc::clone(bulkhead);
-            async move { bulkhead.acquire().await }
-        });
-        // One poll, in this task: the future enters the queue if it must,
-        // and the run's task polls it from then on.
-        let polled = std::future::poll_fn(|cx| Poll::Ready(acquiring.as_mut().poll(cx))).await;
-        let state = match polled {
-            Poll::Ready(Ok(permit)) => State::Held(permit),
-            Poll::Ready(Err(full)) => return Err(full),
-            Poll::Pending => State::Queued(acquiring),
+    /// A place of `bulkhead` now, a slot in its queue (kept by the
+    /// ticket), or full; never waits.
+    fn try_take(bulkhead: &Arc<Bulkhead>) -> Result<Self, BulkheadFull> {
+        let state = match bulkhead.enter()? {
+            Entry::Held(permit) => State::Held(permit),
+            Entry::Queued(queued) => State::Queued(queued),
         };
-        Ok(Self::new(Arc::clone(bulkhead), state, reporter))
+        Ok(Self::new(Arc::clone(bulkhead), state))
     }
 
     fn held(&self) -> bool {
@@ -147,7 +125,7 @@ impl Place {
     async fn acquire(&mut self) {
         let permit = match &mut self.state {
             State::Held(_) => return,
-            State::Queued(acquiring) => match acquiring.as_mut().await {
+            State::Queued(queued) => match queued.await {
                 Ok(permit) => permit,
                 // A queued acquire is not refused; wait anyway if it were.
                 Err(_) => wait(&self.bulkhead).await,
@@ -155,15 +133,6 @@ impl Place {
             State::Later => wait(&self.bulkhead).await,
         };
         self.state = State::Held(permit);
-        self.reporter.bulkhead(&self.bulkhead);
-    }
-}
-
-impl Drop for Place {
-    fn drop(&mut self) {
-        // Give the place (or the queue slot) back first, then show it.
-        self.state = State::Later;
-        self.reporter.bulkhead(&self.bulkhead);
     }
 }
 
@@ -222,7 +191,7 @@ impl Admission {
                     profile.max_concurrent_runs,
                     profile.max_queued_runs,
                 ));
-                reporter.bulkhead(&bulkhead);
+                reporter.watch_bulkhead(&bulkhead);
                 (name.clone(), (bulkhead, profile.max_queued_runs))
             })
             .collect();
@@ -258,6 +227,7 @@ impl Admission {
             self.per_tenant,
             self.queued_per_tenant,
         ));
+        self.reporter.watch_bulkhead(&bulkhead);
         tenants.insert(key.to_owned(), Arc::clone(&bulkhead));
         bulkhead
     }
@@ -273,16 +243,16 @@ impl Admission {
     /// Admits a new run of `agent` for `tenant`, called by `method`: its
     /// places, held or queued, or RESOURCE_EXHAUSTED (with RetryInfo,
     /// counted and audited) when a queue is full. Does not wait.
-    pub async fn admit(&self, tenant: &str, agent: &str, method: &str) -> Result<Places, Status> {
+    pub fn admit(&self, tenant: &str, agent: &str, method: &str) -> Result<Places, Status> {
         let key = if tenant.is_empty() { NO_TENANT } else { tenant };
-        let tenant_place = match Place::try_take(&self.tenant(tenant), &self.reporter).await {
+        let tenant_place = match Place::try_take(&self.tenant(tenant)) {
             Ok(place) => place,
             Err(full) => return Err(self.refuse("tenant", key, &full, method)),
         };
         let agent_place = match self.agents.get(agent) {
             None => None,
             Some((bulkhead, _)) if tenant_place.held() => {
-                match Place::try_take(bulkhead, &self.reporter).await {
+                match Place::try_take(bulkhead) {
                     Ok(place) => Some(place),
                     // Dropping the tenant place gives it back.
                     Err(full) => return Err(self.refuse("agent", agent, &full, method)),
@@ -301,11 +271,7 @@ impl Admission {
                     };
                     return Err(self.refuse("agent", agent, &full, method));
                 }
-                Some(Place::new(
-                    Arc::clone(bulkhead),
-                    State::Later,
-                    &self.reporter,
-                ))
+                Some(Place::new(Arc::clone(bulkhead), State::Later))
             }
         };
         Ok(Places {
@@ -318,14 +284,11 @@ impl Admission {
     /// never refused (the run waits for them).
     pub fn later(&self, tenant: &str, agent: &str) -> Places {
         Places {
-            tenant: Some(Place::new(
-                self.tenant(tenant),
-                State::Later,
-                &self.reporter,
-            )),
-            agent: self.agents.get(agent).map(|(bulkhead, _)| {
-                Place::new(Arc::clone(bulkhead), State::Later, &self.reporter)
-            }),
+            tenant: Some(Place::new(self.tenant(tenant), State::Later)),
+            agent: self
+                .agents
+                .get(agent)
+                .map(|(bulkhead, _)| Place::new(Arc::clone(bulkhead), State::Later)),
         }
     }
 
@@ -402,14 +365,11 @@ mod tests {
     #[tokio::test]
     async fn a_tenant_gets_its_places_then_its_queue_then_a_refusal() {
         let admission = admission(1, 1, None);
-        let first = admission.admit("a", DEFAULT_AGENT, METHOD).await.unwrap();
+        let first = admission.admit("a", DEFAULT_AGENT, METHOD).unwrap();
         assert!(first.held());
-        let second = admission.admit("a", DEFAULT_AGENT, METHOD).await.unwrap();
+        let second = admission.admit("a", DEFAULT_AGENT, METHOD).unwrap();
         assert!(!second.held());
-        let refused = admission
-            .admit("a", DEFAULT_AGENT, METHOD)
-            .await
-            .unwrap_err();
+        let refused = admission.admit("a", DEFAULT_AGENT, METHOD).unwrap_err();
         assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
         assert!(refused.message().contains("tenant \"a\""), "{refused:?}");
         assert!(
@@ -423,21 +383,9 @@ mod tests {
             Some(RETRY_AFTER)
         );
         // Another tenant is not affected.
-        assert!(
-            admission
-                .admit("b", DEFAULT_AGENT, METHOD)
-                .await
-                .unwrap()
-                .held()
-        );
+        assert!(admission.admit("b", DEFAULT_AGENT, METHOD).unwrap().held());
         // Calls without a tenant share one.
-        assert!(
-            admission
-                .admit("", DEFAULT_AGENT, METHOD)
-                .await
-                .unwrap()
-                .held()
-        );
+        assert!(admission.admit("", DEFAULT_AGENT, METHOD).unwrap().held());
 
         // The queued place moves to the run's task, as the engine does; the
         // first run ends and the queued one gets its place.
@@ -458,19 +406,19 @@ mod tests {
     #[tokio::test]
     async fn a_dropped_queued_run_leaves_the_queue() {
         let admission = admission(1, 1, None);
-        let _running = admission.admit("a", DEFAULT_AGENT, METHOD).await.unwrap();
-        let queued = admission.admit("a", DEFAULT_AGENT, METHOD).await.unwrap();
+        let _running = admission.admit("a", DEFAULT_AGENT, METHOD).unwrap();
+        let queued = admission.admit("a", DEFAULT_AGENT, METHOD).unwrap();
         drop(queued);
-        let again = admission.admit("a", DEFAULT_AGENT, METHOD).await.unwrap();
+        let again = admission.admit("a", DEFAULT_AGENT, METHOD).unwrap();
         assert!(!again.held());
     }
 
     #[tokio::test]
     async fn a_profile_limit_applies_across_tenants() {
         let admission = admission(4, 4, Some((1, 0)));
-        let running = admission.admit("a", "limited", METHOD).await.unwrap();
+        let running = admission.admit("a", "limited", METHOD).unwrap();
         assert!(running.held());
-        let refused = admission.admit("b", "limited", METHOD).await.unwrap_err();
+        let refused = admission.admit("b", "limited", METHOD).unwrap_err();
         assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
         assert!(
             refused.message().contains("agent profile \"limited\""),
@@ -486,31 +434,19 @@ mod tests {
         let tenant_b = admission.tenant("b");
         assert_eq!(tenant_b.in_use(), 0);
         // Other profiles are not limited.
-        assert!(
-            admission
-                .admit("b", DEFAULT_AGENT, METHOD)
-                .await
-                .unwrap()
-                .held()
-        );
+        assert!(admission.admit("b", DEFAULT_AGENT, METHOD).unwrap().held());
         drop(running);
-        assert!(
-            admission
-                .admit("b", "limited", METHOD)
-                .await
-                .unwrap()
-                .held()
-        );
+        assert!(admission.admit("b", "limited", METHOD).unwrap().held());
     }
 
     #[tokio::test]
     async fn a_run_queued_for_its_tenant_takes_no_profile_place() {
         let admission = admission(1, 1, Some((1, 1)));
-        let first = admission.admit("a", "limited", METHOD).await.unwrap();
-        let mut second = admission.admit("a", "limited", METHOD).await.unwrap();
+        let first = admission.admit("a", "limited", METHOD).unwrap();
+        let mut second = admission.admit("a", "limited", METHOD).unwrap();
         assert!(!second.held());
         // Tenant b's run queues for the profile, ahead of a's second run.
-        let mut other = admission.admit("b", "limited", METHOD).await.unwrap();
+        let mut other = admission.admit("b", "limited", METHOD).unwrap();
         assert!(!other.held());
         drop(first);
         tokio::time::timeout(Duration::from_secs(5), other.acquire())
@@ -526,7 +462,7 @@ mod tests {
     #[tokio::test]
     async fn resumed_runs_wait_rather_than_being_refused() {
         let admission = admission(1, 0, None);
-        let running = admission.admit("a", DEFAULT_AGENT, METHOD).await.unwrap();
+        let running = admission.admit("a", DEFAULT_AGENT, METHOD).unwrap();
         let mut resumed = admission.later("a", DEFAULT_AGENT);
         assert!(!resumed.held());
         let waiting = tokio::spawn(async move {
@@ -545,15 +481,11 @@ mod tests {
     #[tokio::test]
     async fn idle_tenants_are_dropped_once_there_are_many() {
         let admission = admission(1, 1, None);
-        let held = admission
-            .admit("busy", DEFAULT_AGENT, METHOD)
-            .await
-            .unwrap();
+        let held = admission.admit("busy", DEFAULT_AGENT, METHOD).unwrap();
         for tenant in 0..IDLE_TENANTS + 10 {
             drop(
                 admission
                     .admit(&format!("t{tenant}"), DEFAULT_AGENT, METHOD)
-                    .await
                     .unwrap(),
             );
         }
@@ -566,7 +498,6 @@ mod tests {
         assert!(
             !admission
                 .admit("busy", DEFAULT_AGENT, METHOD)
-                .await
                 .unwrap()
                 .held()
         );

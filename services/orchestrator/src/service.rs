@@ -269,8 +269,7 @@ impl OrchestratorServiceImpl {
         // queued, before the run exists; given back if it is not started.
         let places = engine
             .admission()
-            .admit(&run.tenant, &run.agent, starter.method)
-            .await?;
+            .admit(&run.tenant, &run.agent, starter.method)?;
         match store
             .create_run(&run, new_session, engine.owner(), engine.lease_until())
             .await

@@ -31,19 +31,15 @@
 //! [`ResilienceReporter`]: circuit changes (CIRCUIT_OPENED / CIRCUIT_CLOSED
 //! audit events, `agentmesh_circuit_state{target="tool:<name>"}`), full
 //! bulkheads (RATE_LIMITED events, `agentmesh_rate_limited_total{scope="tool"}`),
-//! retries (`agentmesh_retries_total`) and the bulkhead gauges
-//! (`agentmesh_bulkhead_in_use` / `_queue_depth{bulkhead="tool:<name>"}`).
+//! retries (`agentmesh_retries_total`) and, as the bulkhead's observer, its
+//! gauges (`agentmesh_bulkhead_in_use` / `_queue_depth{bulkhead="tool:<name>"}`).
 
-use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::Poll;
 use std::time::Duration;
 
 use agentmesh_audit_client::resilience::{Refusal, ResilienceReporter};
 use agentmesh_proto::tools::v1::ToolErrorKind;
 use agentmesh_resilience::{
-    Bulkhead, BulkheadFull, BulkheadPermit, CallPermit, CircuitOpen, RetryBudget, RetryConfig,
+    BulkheadFull, BulkheadPermit, CallPermit, CircuitOpen, RetryBudget, RetryConfig,
 };
 use tonic::{Code, Status};
 
@@ -76,99 +72,11 @@ impl Retries {
 /// its first attempt.
 #[derive(Debug)]
 pub(crate) struct Admission {
-    pub(crate) place: Place,
+    pub(crate) place: BulkheadPermit,
     pub(crate) permit: CallPermit,
     /// How long the call waited in the queue (it counts against its
     /// timeout).
     pub(crate) waited: Duration,
-}
-
-/// A place in a tool's bulkhead; giving it back updates the gauges.
-#[derive(Debug)]
-pub(crate) struct Place {
-    permit: Option<BulkheadPermit>,
-    bulkhead: Bulkhead,
-    reporter: Option<ResilienceReporter>,
-}
-
-impl Place {
-    pub(crate) fn new(
-        permit: BulkheadPermit,
-        bulkhead: &Bulkhead,
-        reporter: Option<&ResilienceReporter>,
-    ) -> Self {
-        let place = Self {
-            permit: Some(permit),
-            bulkhead: bulkhead.clone(),
-            reporter: reporter.cloned(),
-        };
-        gauges(reporter, bulkhead);
-        place
-    }
-}
-
-impl Drop for Place {
-    fn drop(&mut self) {
-        drop(self.permit.take());
-        gauges(self.reporter.as_ref(), &self.bulkhead);
-    }
-}
-
-/// A call waiting in a tool's queue. However the wait ends — a place, the
-/// deadline, the caller going away — dropping this leaves the queue first
-/// and then sets the gauges, so they never show a waiter that left.
-pub(crate) struct Waiting<'a, F> {
-    wait: Option<Pin<Box<F>>>,
-    bulkhead: &'a Bulkhead,
-    reporter: Option<&'a ResilienceReporter>,
-}
-
-impl<F> fmt::Debug for Waiting<'_, F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Waiting")
-            .field("bulkhead", &self.bulkhead)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<'a, F: Future> Waiting<'a, F> {
-    /// `wait`, already polled once (so the call is in the queue), for a
-    /// place in `bulkhead`.
-    pub(crate) fn new(
-        wait: Pin<Box<F>>,
-        bulkhead: &'a Bulkhead,
-        reporter: Option<&'a ResilienceReporter>,
-    ) -> Self {
-        gauges(reporter, bulkhead);
-        Self {
-            wait: Some(wait),
-            bulkhead,
-            reporter,
-        }
-    }
-
-    /// Waits for the place.
-    pub(crate) fn place(&mut self) -> impl Future<Output = F::Output> + '_ {
-        std::future::poll_fn(|cx| match self.wait.as_mut() {
-            Some(wait) => wait.as_mut().poll(cx),
-            // Not reached: the wait is only taken when this is dropped.
-            None => Poll::Pending,
-        })
-    }
-}
-
-impl<F> Drop for Waiting<'_, F> {
-    fn drop(&mut self) {
-        drop(self.wait.take());
-        gauges(self.reporter, self.bulkhead);
-    }
-}
-
-/// Sets a bulkhead's gauges to what it holds now.
-pub(crate) fn gauges(reporter: Option<&ResilienceReporter>, bulkhead: &Bulkhead) {
-    if let Some(reporter) = reporter {
-        reporter.bulkhead(bulkhead);
-    }
 }
 
 // === statuses of refused calls ===

@@ -11,10 +11,8 @@
 //! for a place in the tool's bulkhead, every attempt and the backoff between
 //! them all end at the call's deadline (see `resilience` for the guards).
 
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use agentmesh_audit_client::resilience::ResilienceReporter;
@@ -24,7 +22,7 @@ use agentmesh_proto::tools::v1::{
     self, ExecuteToolStreamResponse, ToolErrorKind, ToolProgress,
     execute_tool_stream_response::Event,
 };
-use agentmesh_resilience::CircuitState;
+use agentmesh_resilience::{CircuitState, Entry};
 use serde_json::Value;
 use tonic::Status;
 
@@ -35,7 +33,7 @@ use crate::config::{Config, format_duration};
 use crate::metrics::{Outcome, ToolMetrics};
 use crate::outcome::{ToolFailure, ToolOutcome, truncate};
 use crate::registry::{Implementation, RegisteredTool, Registry};
-use crate::resilience::{self, Admission, Place, Retries, Waiting};
+use crate::resilience::{self, Admission, Retries};
 use crate::workspace::{check_run_id, workspace_dir};
 
 /// The longest `call_id` accepted.
@@ -142,7 +140,7 @@ impl ToolRunner {
     pub(crate) fn with_reporter(mut self, reporter: ResilienceReporter) -> Self {
         for tool in self.registry.iter() {
             reporter.watch_circuit(&tool.breaker);
-            reporter.bulkhead(&tool.bulkhead);
+            reporter.watch_bulkhead(&tool.bulkhead);
         }
         self.reporter = Some(reporter);
         self
@@ -255,22 +253,16 @@ impl ToolRunner {
         }
 
         let queued_at = Instant::now();
-        let mut acquire = Box::pin(tool.bulkhead.acquire());
-        // Polled once by hand: a free place or a full queue is known at
-        // once; otherwise the call is now in the queue.
-        let first = std::future::poll_fn(|cx| Poll::Ready(acquire.as_mut().poll(cx))).await;
-        let (permit, waited) = match first {
-            Poll::Ready(Ok(permit)) => (permit, Duration::ZERO),
-            Poll::Ready(Err(full)) => {
-                return Err(resilience::queue_full(tool, &full, method, reporter));
-            }
-            Poll::Pending => {
-                let mut waiting = Waiting::new(acquire, &tool.bulkhead, reporter);
+        let entry = tool
+            .bulkhead
+            .enter()
+            .map_err(|full| resilience::queue_full(tool, &full, method, reporter))?;
+        let (place, waited) = match entry {
+            Entry::Held(place) => (place, Duration::ZERO),
+            Entry::Queued(queued) => {
                 let deadline = tokio::time::Instant::from_std(call.deadline);
-                let waited = tokio::time::timeout_at(deadline, waiting.place()).await;
-                drop(waiting);
-                match waited {
-                    Ok(Ok(permit)) => (permit, queued_at.elapsed()),
+                match tokio::time::timeout_at(deadline, queued).await {
+                    Ok(Ok(place)) => (place, queued_at.elapsed()),
                     Ok(Err(full)) => {
                         return Err(resilience::queue_full(tool, &full, method, reporter));
                     }
@@ -278,7 +270,6 @@ impl ToolRunner {
                 }
             }
         };
-        let place = Place::new(permit, &tool.bulkhead, reporter);
         // Asked again after the wait: the circuit may have opened meanwhile,
         // and this is the leave the first attempt reports to.
         let permit = tool
