@@ -2,7 +2,7 @@
 #
 #   make run      all five services in one process (embedded mode: SQLite under ./data)
 #   make test     every test: unit, in-process gRPC, real binaries with grpcurl, PostgreSQL
-#   make lint     rustfmt, clippy -D warnings, buf lint, buf format
+#   make lint     rustfmt, clippy -D warnings, module structure, cargo deny, buf lint, buf format
 #   make bench    benchmark programs (the kit's per-hop cost against bare tonic)
 #   make rules    check and unit-test the Prometheus alert rules (promtool)
 #   make build    the workspace
@@ -49,6 +49,8 @@ rules:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(PYTHON) tools/check_structure.py
+	$(CARGO) deny check licenses bans sources
 	buf lint
 	buf format -d --exit-code
 
