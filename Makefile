@@ -25,9 +25,12 @@ run:
 up:
 	$(CARGO) run -p agentmesh -- up
 
-# The black-box tests drive the real binaries, so build them first; nextest
-# runs each test in its own process, in parallel.
+# Installs what is missing first (PostgreSQL, grpcurl, promtool, Alertmanager,
+# the Python packages, cargo-nextest). The black-box tests drive the real
+# binaries, so build them first; nextest runs each test in its own process,
+# in parallel.
 test:
+	tools/install-test-deps test
 	$(CARGO) build --workspace --bins
 	$(CARGO) nextest run --workspace --no-fail-fast
 	$(PYTHON) -m pytest -q tests/python
@@ -47,6 +50,7 @@ rules:
 	$(PYTHON) deploy/prometheus/gen-prometheusrule.py --check
 
 lint:
+	tools/install-test-deps lint
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(PYTHON) tools/check_structure.py
