@@ -3,7 +3,13 @@
 //! and pages, the hash chain and tampering, Subscribe across the replay/live
 //! seam and across reconnects, Export as CSV and JSON Lines, Report sums
 //! computed by the database, retention that keeps the chain verifiable.
-#![expect(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "a test fails by panicking"
+)]
 
 use std::collections::HashSet;
 use std::time::Duration;

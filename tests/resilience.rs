@@ -4,7 +4,11 @@
 //! checked where an operator would look — ListModels, `/metrics`, and the
 //! audit log.
 
-#![expect(clippy::unwrap_used, reason = "tests")]
+#![expect(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    reason = "a test fails by panicking"
+)]
 
 use std::net::SocketAddr;
 use std::time::Duration;

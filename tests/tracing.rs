@@ -4,7 +4,13 @@
 //! opentelemetry-proto definitions), and a client starts a run with its own
 //! `traceparent` and `x-request-id`.
 
-#![expect(clippy::unwrap_used, reason = "tests")]
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "a test fails by panicking"
+)]
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -188,85 +194,90 @@ fn problems(spans: &[Span], client_span: &str) -> Vec<String> {
     problems
 }
 
-#[tokio::test]
-async fn one_run_is_one_trace_through_every_service() {
-    let dir = tempfile::tempdir().unwrap();
-    let (collector, endpoint) = Collector::start().await;
-    let traced = [
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-        // Export every 100 ms rather than every 5 s.
-        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-        ("RUST_LOG", "info,agentmesh=debug"),
-    ];
-    let with = |extra: &[(&'static str, String)]| {
-        let mut envs: Vec<(String, String)> = traced
-            .iter()
-            .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
-            .collect();
-        envs.extend(
-            extra
-                .iter()
-                .map(|(key, value)| ((*key).to_owned(), value.clone())),
-        );
-        envs
-    };
-    let start = |name: &'static str, envs: Vec<(String, String)>| {
-        let dir = dir.path().join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        async move {
-            let envs: Vec<(&str, &str)> = envs
-                .iter()
-                .map(|(key, value)| (key.as_str(), value.as_str()))
-                .collect();
-            let service =
-                RunningBinary::start(&format!("agentmesh-{name}"), &[], &envs, &dir).await;
-            wait_serving(channel(service.grpc), "").await;
-            service
+/// The five real binaries, exporting spans to `collector`'s endpoint.
+struct TracedMesh {
+    orchestrator: RunningBinary,
+    gateway: RunningBinary,
+    tool_runner: RunningBinary,
+    audit: RunningBinary,
+    alerting: RunningBinary,
+}
+
+impl TracedMesh {
+    async fn start(dir: &std::path::Path, endpoint: &str) -> Self {
+        let traced = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            // Export every 100 ms rather than every 5 s.
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("RUST_LOG", "info,agentmesh=debug"),
+        ];
+        let start = |name: &'static str, extra: Vec<(&'static str, String)>| {
+            let dir = dir.join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            async move {
+                let mut envs: Vec<(&str, &str)> = traced.to_vec();
+                envs.extend(extra.iter().map(|(key, value)| (*key, value.as_str())));
+                let service =
+                    RunningBinary::start(&format!("agentmesh-{name}"), &[], &envs, &dir).await;
+                wait_serving(channel(service.grpc), "").await;
+                service
+            }
+        };
+
+        let audit = start("audit", vec![]).await;
+        let audit_url = format!("http://{}", audit.grpc);
+        let tool_runner = start(
+            "tool-runner",
+            vec![("AGENTMESH_TOOL_RUNNER__AUDIT__URL", audit_url.clone())],
+        )
+        .await;
+        let gateway = start(
+            "llm-gateway",
+            vec![("AGENTMESH_LLM_GATEWAY__AUDIT__URL", audit_url.clone())],
+        )
+        .await;
+        let orchestrator = start(
+            "orchestrator",
+            vec![
+                ("AGENTMESH_ORCHESTRATOR__AUDIT__URL", audit_url.clone()),
+                (
+                    "AGENTMESH_ORCHESTRATOR__LLM_GATEWAY_URL",
+                    format!("http://{}", gateway.grpc),
+                ),
+                (
+                    "AGENTMESH_ORCHESTRATOR__TOOL_RUNNER_URL",
+                    format!("http://{}", tool_runner.grpc),
+                ),
+            ],
+        )
+        .await;
+        let alerting = start(
+            "alerting",
+            vec![
+                ("AGENTMESH_ALERTING__AUDIT__URL", audit_url.clone()),
+                ("AGENTMESH_ALERTING__SOURCE__URL", audit_url),
+            ],
+        )
+        .await;
+        Self {
+            orchestrator,
+            gateway,
+            tool_runner,
+            audit,
+            alerting,
         }
-    };
+    }
+}
 
-    let audit = start("audit", with(&[])).await;
-    let audit_url = format!("http://{}", audit.grpc);
-    let tool_runner = start(
-        "tool-runner",
-        with(&[("AGENTMESH_TOOL_RUNNER__AUDIT__URL", audit_url.clone())]),
-    )
-    .await;
-    let gateway = start(
-        "llm-gateway",
-        with(&[("AGENTMESH_LLM_GATEWAY__AUDIT__URL", audit_url.clone())]),
-    )
-    .await;
-    let orchestrator = start(
-        "orchestrator",
-        with(&[
-            ("AGENTMESH_ORCHESTRATOR__AUDIT__URL", audit_url.clone()),
-            (
-                "AGENTMESH_ORCHESTRATOR__LLM_GATEWAY_URL",
-                format!("http://{}", gateway.grpc),
-            ),
-            (
-                "AGENTMESH_ORCHESTRATOR__TOOL_RUNNER_URL",
-                format!("http://{}", tool_runner.grpc),
-            ),
-        ]),
-    )
-    .await;
-    let alerting = start(
-        "alerting",
-        with(&[
-            ("AGENTMESH_ALERTING__AUDIT__URL", audit_url.clone()),
-            ("AGENTMESH_ALERTING__SOURCE__URL", audit_url.clone()),
-        ]),
-    )
-    .await;
+// The client's own trace and span, as an instrumented client (or a sidecar in
+// front of it) would send them.
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CLIENT_SPAN: &str = "00f067aa0ba902b7";
+const REQUEST_ID: &str = "req-one-trace-7f3a";
 
-    // The client's own trace and span, as an instrumented client (or a
-    // sidecar in front of it) would send them.
-    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let client_span = "00f067aa0ba902b7";
-    let request_id = "req-one-trace-7f3a";
+/// Runs one objective with the client's trace context; the run's usage.
+async fn run_traced(mesh: &TracedMesh) -> agentmesh_proto::llm::v1::Usage {
     let mut request = tonic::Request::new(orchestrator::RunRequest {
         objective: "What is 17 * 23 + sqrt(144)?".to_owned(),
         ..Default::default()
@@ -274,12 +285,12 @@ async fn one_run_is_one_trace_through_every_service() {
     let metadata = request.metadata_mut();
     metadata.insert(
         "traceparent",
-        format!("00-{trace_id}-{client_span}-01").parse().unwrap(),
+        format!("00-{TRACE_ID}-{CLIENT_SPAN}-01").parse().unwrap(),
     );
-    metadata.insert("x-request-id", request_id.parse().unwrap());
+    metadata.insert("x-request-id", REQUEST_ID.parse().unwrap());
     metadata.insert("x-agentmesh-tenant", "acme".parse().unwrap());
     let mut client = orchestrator::orchestrator_service_client::OrchestratorServiceClient::new(
-        channel(orchestrator.grpc),
+        channel(mesh.orchestrator.grpc),
     );
     let mut stream = client.run(request).await.unwrap().into_inner();
     let mut usage = None;
@@ -294,15 +305,17 @@ async fn one_run_is_one_trace_through_every_service() {
             _ => {}
         }
     }
-    let usage = usage.expect("the run finished");
+    usage.expect("the run finished")
+}
 
-    // The spans arrive in batches; wait for the whole trace.
+/// The spans arrive in batches: waits for the whole trace.
+async fn whole_trace(collector: &Collector) -> Vec<Span> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let spans = loop {
-        let spans = collector.trace(trace_id);
-        let problems = problems(&spans, client_span);
+    loop {
+        let spans = collector.trace(TRACE_ID);
+        let problems = problems(&spans, CLIENT_SPAN);
         if problems.is_empty() {
-            break spans;
+            return spans;
         }
         if tokio::time::Instant::now() > deadline {
             let shown: Vec<String> = spans
@@ -317,12 +330,14 @@ async fn one_run_is_one_trace_through_every_service() {
             panic!("the trace is incomplete: {problems:#?}\nspans: {shown:#?}");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    }
+}
 
-    // The root is the orchestrator's server span of the client's call.
+/// The root is the orchestrator's server span of the client's call.
+fn check_root_span(spans: &[Span]) {
     let root = spans
         .iter()
-        .find(|span| span.parent_span_id == client_span)
+        .find(|span| span.parent_span_id == CLIENT_SPAN)
         .unwrap();
     assert_eq!(root.service, "agentmesh-orchestrator");
     assert_eq!(
@@ -337,8 +352,10 @@ async fn one_run_is_one_trace_through_every_service() {
     assert_eq!(root.text("rpc.method"), Some("Run"));
     assert_eq!(root.int("rpc.grpc.status_code"), Some(0));
     assert_eq!(root.kind, 2, "SPAN_KIND_SERVER");
+}
 
-    // Every hop: a client span in the caller, a server span in the callee.
+/// Every hop: a client span in the caller, a server span in the callee.
+fn check_hops(spans: &[Span]) {
     let by_id: BTreeMap<&str, &Span> = spans
         .iter()
         .map(|span| (span.span_id.as_str(), span))
@@ -356,9 +373,11 @@ async fn one_run_is_one_trace_through_every_service() {
         assert_eq!(client.kind, 3, "SPAN_KIND_CLIENT");
         assert_eq!(client.text("rpc.method"), Some(method));
     }
+}
 
-    // GenAI spans: the scripted provider's token counts, summed over the
-    // run's model calls, are the run's usage.
+/// GenAI spans: the scripted provider's token counts, summed over the run's
+/// model calls, are the run's usage; contents stay off spans.
+fn check_model_call_spans(spans: &[Span], usage: &agentmesh_proto::llm::v1::Usage) {
     let chats: Vec<&Span> = spans
         .iter()
         .filter(|span| span.name.starts_with("chat "))
@@ -402,7 +421,10 @@ async fn one_run_is_one_trace_through_every_service() {
     assert_eq!(input, i64::from(usage.input_tokens));
     assert_eq!(output, i64::from(usage.output_tokens));
     assert!(input > 0 && output > 0);
+}
 
+/// The tool call, the agent and the audit writes each have their span.
+fn check_tool_agent_and_audit_spans(spans: &[Span]) {
     let tool = spans
         .iter()
         .find(|span| span.name == "execute_tool calculator")
@@ -423,14 +445,17 @@ async fn one_run_is_one_trace_through_every_service() {
     {
         assert_eq!(write.service, "agentmesh-audit");
     }
+}
 
-    // The client's request id is in every service's log lines for the run.
+/// The client's request id is in every service's log lines for the run, as
+/// a JSON field.
+async fn check_request_id_in_every_log(mesh: &TracedMesh) {
     let services = [
-        ("orchestrator", &orchestrator),
-        ("llm-gateway", &gateway),
-        ("tool-runner", &tool_runner),
-        ("audit", &audit),
-        ("alerting", &alerting),
+        ("orchestrator", &mesh.orchestrator),
+        ("llm-gateway", &mesh.gateway),
+        ("tool-runner", &mesh.tool_runner),
+        ("audit", &mesh.audit),
+        ("alerting", &mesh.alerting),
     ];
     let mut missing = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -440,11 +465,10 @@ async fn one_run_is_one_trace_through_every_service() {
             let log = service.log.lock().unwrap();
             let lines: Vec<serde_json::Value> = log
                 .iter()
-                .filter(|line| line.contains(request_id))
+                .filter(|line| line.contains(REQUEST_ID))
                 .filter_map(|line| serde_json::from_str(line).ok())
                 .collect();
-            // A line for the run, as JSON with the request id as a field.
-            if !lines.iter().any(|line| line["request_id"] == request_id) {
+            if !lines.iter().any(|line| line["request_id"] == REQUEST_ID) {
                 missing.push(*name);
             }
         }
@@ -455,16 +479,39 @@ async fn one_run_is_one_trace_through_every_service() {
     }
     assert!(
         missing.is_empty(),
-        "no log line with request_id {request_id} from {missing:?}"
+        "no log line with request_id {REQUEST_ID} from {missing:?}"
     );
-    // Logs and traces join: the orchestrator's lines for the run carry the
-    // trace id, and a span id.
+}
+
+/// Logs and traces join: the orchestrator's lines for the run carry the trace
+/// id, a span id and the tenant.
+fn check_logs_join_the_trace(orchestrator: &RunningBinary) {
     let log = orchestrator.log.lock().unwrap();
     let joined = log
         .iter()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .find(|line| line["request_id"] == request_id && line["trace_id"] == trace_id)
+        .find(|line| line["request_id"] == REQUEST_ID && line["trace_id"] == TRACE_ID)
         .unwrap_or_else(|| panic!("no orchestrator log line with the trace id: {log:#?}"));
     assert_eq!(joined["tenant"], "acme");
     assert_eq!(joined["span_id"].as_str().map(str::len), Some(16));
+}
+
+// One test, one mesh: starting five binaries with exporters is the expensive
+// part, so each property the trace must have is its own check over the same
+// run rather than its own test.
+#[tokio::test]
+async fn one_run_is_one_trace_through_every_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let (collector, endpoint) = Collector::start().await;
+    let mesh = TracedMesh::start(dir.path(), &endpoint).await;
+
+    let usage = run_traced(&mesh).await;
+    let spans = whole_trace(&collector).await;
+
+    check_root_span(&spans);
+    check_hops(&spans);
+    check_model_call_spans(&spans, &usage);
+    check_tool_agent_and_audit_spans(&spans);
+    check_request_id_in_every_log(&mesh).await;
+    check_logs_join_the_trace(&mesh.orchestrator);
 }

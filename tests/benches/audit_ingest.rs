@@ -11,6 +11,7 @@
     clippy::unwrap_used,
     clippy::print_stdout,
     clippy::cast_precision_loss,
+    clippy::indexing_slicing,
     reason = "a benchmark program"
 )]
 

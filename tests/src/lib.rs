@@ -5,6 +5,8 @@
 #![expect(
     clippy::expect_used,
     clippy::unwrap_used,
+    clippy::panic,
+    clippy::indexing_slicing,
     reason = "test helpers fail loudly"
 )]
 
