@@ -321,7 +321,7 @@ fn state_name(state: i32) -> String {
 }
 
 fn time_text(time: Option<&prost_types::Timestamp>) -> String {
-    time.and_then(|t| jiff::Timestamp::new(t.seconds, t.nanos).ok())
+    crate::time::from_proto(time)
         .map(|t| t.strftime("%Y-%m-%d %H:%M:%S").to_string())
         .unwrap_or_else(|| "-".to_owned())
 }
