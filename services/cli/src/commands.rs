@@ -3,7 +3,9 @@
 //! Each talks to the orchestrator (or tool runner) at the address given by
 //! flag or environment; with none, it starts the embedded mesh in this
 //! process on the data directory, so `agentmesh run` and `agentmesh runs
-//! list` work on a fresh clone with nothing else running.
+//! list` work on a fresh clone with nothing else running. Only `run` says
+//! (on stderr) that the scripted demo model answers when no provider key is
+//! set: the other commands run no model.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -144,11 +146,18 @@ struct Connection {
 }
 
 impl Connection {
+    /// To read runs or tools: no model answers, so nothing is said about it.
     async fn open(target: &Target) -> anyhow::Result<Self> {
-        Self::open_with_model(target, None).await
+        Self::open_with_model(target, None, false).await
     }
 
-    async fn open_with_model(target: &Target, model: Option<&str>) -> anyhow::Result<Self> {
+    /// To answer a run on `model`; `announce` says on stderr when, embedded,
+    /// the scripted demo model is the one answering.
+    async fn open_with_model(
+        target: &Target,
+        model: Option<&str>,
+        announce: bool,
+    ) -> anyhow::Result<Self> {
         if let Some(address) = &target.orchestrator {
             let orchestrator = agentmesh_kit::client::plain_channel(address)
                 .with_context(|| format!("bad orchestrator address {address:?}"))?;
@@ -166,7 +175,15 @@ impl Connection {
             &embedded.data_dir,
         )
         .map_err(|err| anyhow::anyhow!("{err}"))?;
-        choose_provider(&mut configs.llm_gateway, model);
+        let provider = choose_provider(&mut configs.llm_gateway, model);
+        if announce && provider == Provider::ScriptedDemo {
+            let _ = writeln!(
+                std::io::stderr(),
+                "agentmesh: no OPENAI_API_KEY or ANTHROPIC_API_KEY set: the scripted demo model \
+                 answers (it does arithmetic and tells the time). Set one of them to run a real \
+                 model."
+            );
+        }
         let mesh = Mesh::start(configs).await?;
         let orchestrator =
             agentmesh_kit::client::plain_channel(&format!("http://{}", mesh.orchestrator))?;
@@ -196,9 +213,18 @@ impl Connection {
     }
 }
 
+/// Who answers the embedded mesh's runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Provider {
+    /// A real provider, whose key is in the environment.
+    Real,
+    /// The scripted demo model: no key is set.
+    ScriptedDemo,
+}
+
 /// Points the embedded gateway's default route at a real provider when a key
-/// is in the environment, else says that the scripted demo answers.
-fn choose_provider(gateway: &mut agentmesh_llm_gateway::Config, model: Option<&str>) {
+/// is in the environment; says which answers.
+fn choose_provider(gateway: &mut agentmesh_llm_gateway::Config, model: Option<&str>) -> Provider {
     let route = gateway.default_route.clone();
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let target = if env("OPENAI_API_KEY").is_some() {
@@ -211,23 +237,19 @@ fn choose_provider(gateway: &mut agentmesh_llm_gateway::Config, model: Option<&s
     } else if env("ANTHROPIC_API_KEY").is_some() {
         format!("anthropic/{}", model.unwrap_or("claude-sonnet-4-5"))
     } else {
-        let _ = writeln!(
-            std::io::stderr(),
-            "agentmesh: no OPENAI_API_KEY or ANTHROPIC_API_KEY set: the scripted demo model answers \
-             (it does arithmetic and tells the time). Set one of them to run a real model."
-        );
-        return;
+        return Provider::ScriptedDemo;
     };
     // A route named on the command line that the gateway knows is used as is.
     if let Some(model) = model
         && gateway.routes.contains_key(model)
     {
         gateway.default_route = model.to_owned();
-        return;
+        return Provider::Real;
     }
     if let Some(default) = gateway.routes.get_mut(&route) {
         default.target = target;
     }
+    Provider::Real
 }
 
 /// Waits until the service answers SERVING (the embedded mesh is starting).
@@ -292,7 +314,7 @@ fn code_name(code: tonic::Code) -> String {
 }
 
 pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let connection = Connection::open_with_model(&args.target, args.model.as_deref()).await?;
+    let connection = Connection::open_with_model(&args.target, args.model.as_deref(), true).await?;
     let request = pb::RunRequest {
         objective: args.objective,
         agent: args.agent,
@@ -321,7 +343,7 @@ fn state_name(state: i32) -> String {
 }
 
 fn time_text(time: Option<&prost_types::Timestamp>) -> String {
-    time.and_then(|t| jiff::Timestamp::new(t.seconds, t.nanos).ok())
+    crate::time::from_proto(time)
         .map(|t| t.strftime("%Y-%m-%d %H:%M:%S").to_string())
         .unwrap_or_else(|| "-".to_owned())
 }

@@ -20,7 +20,29 @@
 //!   `grpc.health.v1` status and prints a table; `--deep` adds every
 //!   dependency of each (from its admin port's `/health/deep`) with the
 //!   reason of each failing one. The exit code says whether all are ready.
+//!
+//! # Layout
+//!
+//! Flags are parsed by clap into each command's arguments; a command turns
+//! them into requests, calls the service (remote, or started in this
+//! process), and renders the answers.
+//!
+//! * `mesh`: the embedded services and their configuration (`up`, and the
+//!   commands run with no address).
+//! * `commands` (`run`, `runs`, `tools`, with `run` showing a run live) and
+//!   `health`.
+//! * `audit/`: `flags` and `filter` (the TIME parser, the `EventFilter`),
+//!   `connection`, then one module per command (`query` with `events`,
+//!   `export`, `report`, `verify`).
+//! * `alerting/`: what `alerts` and `silences` share: the target and
+//!   connection, the output choice, the label matchers (and, in tests, a
+//!   fake alerting service). `alerts/`: the flags and requests, `list`,
+//!   `watch`, `render`. `silences`: add, list, expire.
+//! * `output`: protobuf JSON lines and the one table formatter; `time`: the
+//!   one duration grammar (`30m`, `1h30m`, `PT2H`) and the conversions
+//!   between jiff and protobuf timestamps.
 
+mod alerting;
 mod alerts;
 mod audit;
 mod commands;
@@ -29,6 +51,7 @@ mod mesh;
 mod output;
 mod run;
 mod silences;
+mod time;
 
 use std::io::Write;
 use std::net::IpAddr;

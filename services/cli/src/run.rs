@@ -73,14 +73,7 @@ impl Renderer {
     /// Shows one event; returns the exit code once the run has ended.
     pub(crate) fn show(&mut self, event: &pb::RunEvent) -> Option<ExitCode> {
         if let Some(json) = &self.json {
-            let mut out = std::io::stdout().lock();
-            if let Err(err) = json.write_line(&mut out, event) {
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "agentmesh: cannot show an event: {err:#}"
-                );
-            }
-            let _ = out.flush();
+            show_json(json, event);
             return exit_of(event);
         }
         match &event.event {
@@ -108,21 +101,7 @@ impl Renderer {
                 self.note(&format!("→ {} {}", call.tool, call.arguments_json));
                 self.status(&format!("running {}", call.tool));
             }
-            Some(run_event::Event::ToolCallFinished(done)) => {
-                let took = done
-                    .duration
-                    .and_then(|d| Duration::try_from(d).ok())
-                    .map(|d| format!(" ({} ms)", d.as_millis()))
-                    .unwrap_or_default();
-                if done.is_error {
-                    self.note(&format!(
-                        "✗ {} failed: {}{took}",
-                        done.tool, done.error_message
-                    ));
-                } else {
-                    self.note(&format!("← {} {}{took}", done.tool, done.output_json));
-                }
-            }
+            Some(run_event::Event::ToolCallFinished(done)) => self.note(&tool_finished_line(done)),
             Some(run_event::Event::Progress(progress)) => {
                 if progress.step_restarted && !self.step_text.is_empty() {
                     self.note("(the answer so far was discarded)");
@@ -173,6 +152,32 @@ impl Renderer {
     /// Clears the spinner when the stream ends without a terminal event.
     pub(crate) fn close(&mut self) {
         self.finish_line();
+    }
+}
+
+/// An event as a JSON line on stdout.
+fn show_json(json: &ProtoJson, event: &pb::RunEvent) {
+    let mut out = std::io::stdout().lock();
+    if let Err(err) = json.write_line(&mut out, event) {
+        let _ = writeln!(
+            std::io::stderr(),
+            "agentmesh: cannot show an event: {err:#}"
+        );
+    }
+    let _ = out.flush();
+}
+
+/// A finished tool call: `← tool output (12 ms)` or `✗ tool failed: …`.
+fn tool_finished_line(done: &pb::ToolCallFinished) -> String {
+    let took = done
+        .duration
+        .and_then(|d| Duration::try_from(d).ok())
+        .map(|d| format!(" ({} ms)", d.as_millis()))
+        .unwrap_or_default();
+    if done.is_error {
+        format!("✗ {} failed: {}{took}", done.tool, done.error_message)
+    } else {
+        format!("← {} {}{took}", done.tool, done.output_json)
     }
 }
 

@@ -2,8 +2,8 @@
 //! from the command line, in the manner of Alertmanager's `amtool silence`.
 //!
 //! Each command connects to the alerting service at `--alerting` (see
-//! `alerts.rs`, which also holds the matcher parser and the table and time
-//! formatting shared with `agentmesh alerts`). `add` turns its matchers and
+//! `alerting`, which also holds the matcher parser shared with `agentmesh
+//! alerts`; tables and times are formatted by `output` and `time`). `add` turns its matchers and
 //! flags into a `CreateSilenceRequest` (the end from `--end`, or from the
 //! start plus `--duration`; the start left unset means "now" on the server)
 //! and prints the new silence's id; `list` follows every page and prints a
@@ -15,15 +15,14 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use agentmesh_proto::alerting::v1::{self as pb, alerting_service_client::AlertingServiceClient};
-use jiff::{SignedDuration, Span, SpanRelativeTo, Timestamp};
+use jiff::{SignedDuration, Timestamp};
 use tonic::transport::Channel;
 
-use crate::alerts::{
-    AlertingTarget, MAX_PAGE, Output, matcher_text, one_line, parse_matchers, quiet_on_broken_pipe,
-    table, utc_text,
-};
+use crate::alerting::matchers::{matcher_text, parse_matchers};
+use crate::alerting::{AlertingTarget, MAX_PAGE, Output};
 use crate::commands::{print_status, status_text};
-use crate::output::ProtoJson;
+use crate::output::{ProtoJson, one_line, quiet_on_broken_pipe, table};
+use crate::time::{proto_utc_text, to_proto};
 
 /// The author of a silence when neither `--author` nor `$USER` says.
 const DEFAULT_AUTHOR: &str = "agentmesh-cli";
@@ -120,14 +119,11 @@ pub(crate) struct ExpireArgs {
 
 // === parsing flags ===
 
-/// A duration such as `30m`, `2h`, `1h30m`, `1d` or `1w` (days of 24 hours),
-/// or ISO 8601 (`PT2H`). Must be positive.
+/// A positive duration in the CLI's one grammar (`30m`, `2h`, `1h30m`, `1d`,
+/// `1w`, `PT2H`; see `time::parse_duration`).
 fn parse_duration(text: &str) -> Result<SignedDuration, String> {
-    let invalid = || format!("{text:?} is not a duration: use e.g. 30m, 2h, 1h30m, 1d");
-    let span: Span = text.trim().parse().map_err(|_| invalid())?;
-    let duration = span
-        .to_duration(SpanRelativeTo::days_are_24_hours())
-        .map_err(|_| invalid())?;
+    let duration = crate::time::parse_duration(text)
+        .ok_or_else(|| format!("{text:?} is not a duration: use e.g. 30m, 2h, 1h30m, 1d, PT2H"))?;
     if duration.is_positive() {
         Ok(duration)
     } else {
@@ -139,13 +135,6 @@ fn parse_rfc3339(text: &str) -> Result<Timestamp, String> {
     text.trim()
         .parse()
         .map_err(|_| format!("{text:?} is not a time: use RFC 3339, e.g. 2026-11-21T18:00:00Z"))
-}
-
-fn timestamp(time: Timestamp) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: time.as_second(),
-        nanos: time.subsec_nanosecond(),
-    }
 }
 
 /// The `CreateSilenceRequest` the arguments ask for, at `now`; `user` is
@@ -188,8 +177,8 @@ fn create_request(
         silence: Some(pb::Silence {
             matchers,
             // Unset: the server starts the silence at its own "now".
-            starts_at: args.start.map(timestamp),
-            ends_at: Some(timestamp(ends_at)),
+            starts_at: args.start.map(to_proto),
+            ends_at: Some(to_proto(ends_at)),
             created_by: author.to_owned(),
             comment: comment.to_owned(),
             ..pb::Silence::default()
@@ -327,7 +316,7 @@ async fn expire_to(
 /// What `expire` prints for a silence it expired.
 fn expired_line(id: &str, silence: &pb::Silence) -> String {
     match silence.ends_at.as_ref() {
-        Some(ends_at) => format!("expired {id} (ended {})", utc_text(Some(ends_at))),
+        Some(ends_at) => format!("expired {id} (ended {})", proto_utc_text(Some(ends_at))),
         None => format!("expired {id}"),
     }
 }
@@ -350,8 +339,8 @@ fn silence_row(silence: &pb::Silence) -> Vec<String> {
         silence.id.clone(),
         state_name(silence.state),
         one_line(&matchers.join(" ")),
-        utc_text(silence.starts_at.as_ref()),
-        utc_text(silence.ends_at.as_ref()),
+        proto_utc_text(silence.starts_at.as_ref()),
+        proto_utc_text(silence.ends_at.as_ref()),
         one_line(&silence.created_by),
         one_line(&silence.comment),
     ]
@@ -378,15 +367,9 @@ fn silence_table(silences: &[pb::Silence]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::alerting::fake::matcher;
+    use crate::time::testing::{at, time};
     use clap::Parser as _;
-
-    fn at(text: &str) -> Timestamp {
-        text.parse().unwrap()
-    }
-
-    fn time(text: &str) -> Option<prost_types::Timestamp> {
-        Some(timestamp(at(text)))
-    }
 
     #[derive(Debug, clap::Parser)]
     struct Cli {
@@ -403,14 +386,6 @@ mod tests {
         match parse(&[&["add"], args].concat()).unwrap() {
             SilencesCommand::Add(args) => args,
             other => panic!("not an add: {other:?}"),
-        }
-    }
-
-    fn matcher(name: &str, match_type: pb::MatchType, value: &str) -> pb::Matcher {
-        pb::Matcher {
-            name: name.to_owned(),
-            value: value.to_owned(),
-            r#type: match_type.into(),
         }
     }
 
@@ -636,7 +611,8 @@ s-2                                   EXPIRED  severity!=\"info\"               
 
     #[tokio::test]
     async fn add_prints_the_new_id_or_the_silence() {
-        let (fake, target) = crate::alerts::fake::serve(crate::alerts::fake::Fake::default()).await;
+        let (fake, target) =
+            crate::alerting::fake::serve(crate::alerting::fake::Fake::default()).await;
         let mut client = target.connect().await.unwrap();
         let request = create_request(
             &add_args(&["ToolFailing", "--comment", "c", "--author", "al"]),
@@ -671,9 +647,9 @@ s-2                                   EXPIRED  severity!=\"info\"               
             state: pb::SilenceState::Active.into(),
             ..pb::Silence::default()
         };
-        let (fake, target) = crate::alerts::fake::serve(crate::alerts::fake::Fake {
+        let (fake, target) = crate::alerting::fake::serve(crate::alerting::fake::Fake {
             silence_pages: vec![vec![silence("s-1"), silence("s-2")], vec![silence("s-3")]],
-            ..crate::alerts::fake::Fake::default()
+            ..crate::alerting::fake::Fake::default()
         })
         .await;
         let mut client = target.connect().await.unwrap();
@@ -705,7 +681,8 @@ s-2                                   EXPIRED  severity!=\"info\"               
 
     #[tokio::test]
     async fn expire_tries_every_id_and_fails_if_one_failed() {
-        let (fake, target) = crate::alerts::fake::serve(crate::alerts::fake::Fake::default()).await;
+        let (fake, target) =
+            crate::alerting::fake::serve(crate::alerting::fake::Fake::default()).await;
         let mut client = target.connect().await.unwrap();
         let ids = ["s-1", "missing", "s-2"].map(str::to_owned);
         let mut out = Vec::new();
