@@ -458,7 +458,15 @@ pub(crate) async fn tools(command: ToolsCommand) -> anyhow::Result<ExitCode> {
         mut target,
     } = command;
     // The tool runner is asked directly: at its address when given, else in
-    // the embedded mesh.
+    // the embedded mesh. The orchestrator cannot list tools, so an
+    // orchestrator address alone would silently list the embedded mesh's
+    // tools instead of the running mesh's.
+    if tool_runner.is_none() && target.orchestrator.is_some() {
+        anyhow::bail!(
+            "tools list asks the tool runner, not the orchestrator: give its address with \
+             --tool-runner http://host:50053 (or AGENTMESH_TOOL_RUNNER)"
+        );
+    }
     let (channel, connection) = match tool_runner {
         Some(address) => (
             agentmesh_kit::client::plain_channel(&address)

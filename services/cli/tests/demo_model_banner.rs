@@ -32,6 +32,9 @@ fn nobody_listens() -> std::io::Result<String> {
     Ok(format!("http://127.0.0.1:{port}"))
 }
 
+// The orchestrator cannot list tools: an orchestrator address without the
+// tool runner's is refused (listing the embedded mesh's tools instead would
+// show tools the running mesh may not have), and quietly about the model.
 #[test]
 fn tools_list_with_an_orchestrator_says_nothing_about_the_demo_model() {
     let dir = tempfile::tempdir().unwrap();
@@ -41,6 +44,22 @@ fn tools_list_with_an_orchestrator_says_nothing_about_the_demo_model() {
         &["tools", "list", "--orchestrator", &orchestrator],
     )
     .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(
+        !output.status.success(),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    assert!(stderr.contains("--tool-runner"), "{stderr}");
+    assert!(!stderr.contains(BANNER), "{stderr}");
+}
+
+#[test]
+fn tools_list_embedded_lists_the_built_in_tools_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = agentmesh(dir.path(), &["tools", "list"]).unwrap();
     let (stdout, stderr) = (
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr),
