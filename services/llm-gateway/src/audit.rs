@@ -24,7 +24,7 @@ use agentmesh_proto::audit::v1::{
     AuditEvent, EventType, LlmCallDetails, Outcome, audit_event::Details,
 };
 use agentmesh_proto::llm::v1::{FinishReason, GenerateRequest, Message, Role, Usage};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use tonic::Status;
 use tracing::field::Empty;
 
@@ -32,6 +32,7 @@ use crate::completion::Completion;
 use crate::config::ProviderConfig;
 use crate::metrics::{CallOutcome, CallSeries, GatewayMetrics};
 use crate::service::Resolved;
+use crate::text::prefix_bytes;
 
 /// Longest run id or model name recorded (longer ones are cut).
 const MAX_AUDITED_ID: usize = 128;
@@ -321,14 +322,7 @@ pub fn finish_reason_name(reason: FinishReason) -> &'static str {
 }
 
 fn cut(text: &str) -> String {
-    if text.len() <= MAX_AUDITED_ID {
-        return text.to_owned();
-    }
-    let mut end = MAX_AUDITED_ID;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text.get(..end).unwrap_or_default().to_owned()
+    prefix_bytes(text, MAX_AUDITED_ID).to_owned()
 }
 
 /// The prompt as captured: the messages and tool specs sent, as JSON.
@@ -355,12 +349,19 @@ pub fn completion_text(message: &Message) -> String {
 
 fn message_json(message: &Message) -> Value {
     let role = Role::try_from(message.role).unwrap_or(Role::Unspecified);
-    let mut value = json!({
-        "role": role.as_str_name().strip_prefix("ROLE_").unwrap_or_default().to_ascii_lowercase(),
-        "content": message.content,
-    });
+    let mut value = Map::new();
+    value.insert(
+        "role".into(),
+        json!(
+            role.as_str_name()
+                .strip_prefix("ROLE_")
+                .unwrap_or_default()
+                .to_ascii_lowercase()
+        ),
+    );
+    value.insert("content".into(), json!(message.content));
     if !message.tool_calls.is_empty() {
-        value["tool_calls"] = message
+        let calls = message
             .tool_calls
             .iter()
             .map(|call| {
@@ -371,11 +372,12 @@ fn message_json(message: &Message) -> Value {
                 })
             })
             .collect();
+        value.insert("tool_calls".into(), Value::Array(calls));
     }
     if !message.tool_call_id.is_empty() {
-        value["tool_call_id"] = json!(message.tool_call_id);
+        value.insert("tool_call_id".into(), json!(message.tool_call_id));
     }
-    value
+    Value::Object(value)
 }
 
 // === impl KeyRegistry ===

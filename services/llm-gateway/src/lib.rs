@@ -53,7 +53,9 @@ pub mod error;
 pub mod metrics;
 pub mod providers;
 pub mod resilience;
+pub mod scripted_rules;
 pub mod service;
+mod text;
 pub mod validate;
 
 use std::future::Future;

@@ -182,9 +182,12 @@ impl Plan {
     }
 
     /// The current target.
+    #[expect(
+        clippy::indexing_slicing,
+        reason = "the chain is never empty (a route has its target, a direct call its one) and \
+                  `target` only moves to valid indexes"
+    )]
     pub fn target(&self) -> &Target {
-        // The chain is never empty (a route has its target) and `target`
-        // only moves to valid indexes.
         &self.chain[self.target.min(self.chain.len() - 1)]
     }
 

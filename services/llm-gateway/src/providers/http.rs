@@ -26,6 +26,7 @@ use crate::completion::ProviderEvent;
 use crate::config::ProviderConfig;
 use crate::error::{ProviderError, redact};
 use crate::providers::EventStream;
+use crate::text::ellipsize;
 
 /// Largest non-streamed response body read.
 const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
@@ -335,10 +336,7 @@ async fn read_body(
 
 /// `text`, cut at 1000 characters with an ellipsis.
 pub fn truncate(text: &str) -> String {
-    match text.char_indices().nth(MAX_QUOTED_CHARS) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_owned(),
-    }
+    ellipsize(text, MAX_QUOTED_CHARS)
 }
 
 // === impl Timing ===
