@@ -30,8 +30,8 @@ use tracing::field::Empty;
 
 use crate::completion::Completion;
 use crate::config::ProviderConfig;
+use crate::gateway::Resolved;
 use crate::metrics::{CallOutcome, CallSeries, GatewayMetrics};
-use crate::service::Resolved;
 use crate::text::prefix_bytes;
 
 /// Longest run id or model name recorded (longer ones are cut).

@@ -47,15 +47,19 @@
 //! (`attempts` is always 1).
 
 pub mod audit;
+mod call;
 pub mod completion;
 pub mod config;
 pub mod error;
+mod gateway;
 pub mod metrics;
 pub mod providers;
+mod relay;
 pub mod resilience;
 pub mod scripted_rules;
 pub mod service;
 mod text;
+mod unary;
 pub mod validate;
 
 use std::future::Future;
@@ -68,7 +72,8 @@ use agentmesh_proto::llm::v1::llm_gateway_service_server::LlmGatewayServiceServe
 
 pub use agentmesh_audit_client::AuditConfig;
 pub use config::{Config, DEFAULT_PORT, Price, ProviderConfig, ProviderKind, RouteConfig};
-pub use service::{Gateway, LlmGatewayServiceImpl};
+pub use gateway::Gateway;
+pub use service::LlmGatewayServiceImpl;
 
 /// The service's name in logs, metrics and file names.
 pub const SERVICE: &str = "llm-gateway";

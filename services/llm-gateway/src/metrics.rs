@@ -38,7 +38,7 @@ use agentmesh_kit::metrics::prometheus::{
 };
 
 use crate::config::{Config, split_target};
-use crate::service::Resolved;
+use crate::gateway::Resolved;
 
 /// The only operation the gateway performs, as the GenAI conventions name it.
 const OPERATION: &str = "chat";

@@ -12,9 +12,10 @@
 //!      ─▶ Charges::settle(real tokens)
 //! ```
 //!
-//! [`Plan`] only decides; the service's unary and streaming paths make the
+//! [`Plan`] only decides; the attempt loops of the unary path
+//! ([`crate::unary`]) and the stream relay ([`crate::relay`]) make the
 //! attempts (a stream that already sent output must send a reset before the
-//! next attempt, see `service`). The mechanisms themselves (breaker,
+//! next attempt). The mechanisms themselves (breaker,
 //! backoff, budget, GCRA) are in `agentmesh-resilience`.
 
 use std::collections::HashMap;
