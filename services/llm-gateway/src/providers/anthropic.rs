@@ -167,46 +167,7 @@ pub fn request_body(
         Value::Array(messages_json(&request.messages)),
     );
 
-    let tool_choice =
-        ToolChoiceMode::try_from(request.tool_choice.as_ref().map_or(0, |choice| choice.mode))
-            .unwrap_or_default();
-    if !request.tools.is_empty() {
-        let tools = request
-            .tools
-            .iter()
-            .map(|tool| {
-                let mut spec = Map::new();
-                spec.insert("name".into(), json!(tool.name));
-                if !tool.description.is_empty() {
-                    spec.insert("description".into(), json!(tool.description));
-                }
-                spec.insert(
-                    "input_schema".into(),
-                    parameters_schema(&tool.parameters_json),
-                );
-                Value::Object(spec)
-            })
-            .collect();
-        body.insert("tools".into(), Value::Array(tools));
-        let mut choice = match tool_choice {
-            ToolChoiceMode::Unspecified | ToolChoiceMode::Auto => json!({"type": "auto"}),
-            ToolChoiceMode::None => json!({"type": "none"}),
-            ToolChoiceMode::Required => json!({"type": "any"}),
-            ToolChoiceMode::Tool => json!({
-                "type": "tool",
-                "name": request.tool_choice.as_ref().map_or("", |choice| choice.tool.as_str()),
-            }),
-        };
-        let explicit = request.tool_choice.is_some();
-        if request.parallel_tool_calls == Some(false) && tool_choice != ToolChoiceMode::None {
-            if let Some(object) = choice.as_object_mut() {
-                object.insert("disable_parallel_tool_use".into(), json!(true));
-            }
-            body.insert("tool_choice".into(), choice);
-        } else if explicit {
-            body.insert("tool_choice".into(), choice);
-        }
-    }
+    insert_tools(&mut body, request);
     if let Some(temperature) = request.temperature {
         // Anthropic's range is 0-1, ours (OpenAI's) 0-2: clamp rather than fail.
         body.insert("temperature".into(), json!(temperature.min(1.0)));
@@ -221,6 +182,51 @@ pub fn request_body(
         body.insert("stream".into(), json!(true));
     }
     Value::Object(body)
+}
+
+/// The tools and the tool choice, when the request offers tools.
+fn insert_tools(body: &mut Map<String, Value>, request: &GenerateRequest) {
+    if request.tools.is_empty() {
+        return;
+    }
+    let tool_choice =
+        ToolChoiceMode::try_from(request.tool_choice.as_ref().map_or(0, |choice| choice.mode))
+            .unwrap_or_default();
+    let tools = request
+        .tools
+        .iter()
+        .map(|tool| {
+            let mut spec = Map::new();
+            spec.insert("name".into(), json!(tool.name));
+            if !tool.description.is_empty() {
+                spec.insert("description".into(), json!(tool.description));
+            }
+            spec.insert(
+                "input_schema".into(),
+                parameters_schema(&tool.parameters_json),
+            );
+            Value::Object(spec)
+        })
+        .collect();
+    body.insert("tools".into(), Value::Array(tools));
+    let mut choice = match tool_choice {
+        ToolChoiceMode::Unspecified | ToolChoiceMode::Auto => json!({"type": "auto"}),
+        ToolChoiceMode::None => json!({"type": "none"}),
+        ToolChoiceMode::Required => json!({"type": "any"}),
+        ToolChoiceMode::Tool => json!({
+            "type": "tool",
+            "name": request.tool_choice.as_ref().map_or("", |choice| choice.tool.as_str()),
+        }),
+    };
+    let explicit = request.tool_choice.is_some();
+    if request.parallel_tool_calls == Some(false) && tool_choice != ToolChoiceMode::None {
+        if let Some(object) = choice.as_object_mut() {
+            object.insert("disable_parallel_tool_use".into(), json!(true));
+        }
+        body.insert("tool_choice".into(), choice);
+    } else if explicit {
+        body.insert("tool_choice".into(), choice);
+    }
 }
 
 fn response_format_instruction(request: &GenerateRequest) -> Option<String> {
@@ -398,6 +404,97 @@ pub struct EventDecoder {
     done: bool,
 }
 
+impl EventDecoder {
+    /// A content block opens: text may come with it; a tool_use block
+    /// starts a tool call.
+    fn block_start(&mut self, data: &Value, events: &mut Vec<ProviderEvent>) {
+        let index = data.get("index").and_then(Value::as_u64).unwrap_or(0);
+        let block = data.get("content_block").unwrap_or(&Value::Null);
+        match str_at(block, "/type") {
+            "text" => {
+                let text = str_at(block, "/text");
+                if !text.is_empty() {
+                    events.push(ProviderEvent::Text(text.to_owned()));
+                }
+            }
+            "tool_use" => {
+                let tool_index = self.tool_calls;
+                self.tool_calls += 1;
+                self.tool_blocks.insert(
+                    index,
+                    OpenToolBlock {
+                        tool_index,
+                        got_input: false,
+                    },
+                );
+                events.push(ProviderEvent::ToolCallDelta {
+                    index: tool_index,
+                    id: str_at(block, "/id").to_owned(),
+                    name: str_at(block, "/name").to_owned(),
+                    arguments_fragment: String::new(),
+                });
+            }
+            _ => {}
+        }
+    }
+
+    /// A piece of a content block: text, or a fragment of a tool call's
+    /// input.
+    fn block_delta(
+        &mut self,
+        data: &Value,
+        events: &mut Vec<ProviderEvent>,
+    ) -> Result<(), ProviderError> {
+        let index = data.get("index").and_then(Value::as_u64).unwrap_or(0);
+        let delta = data.get("delta").unwrap_or(&Value::Null);
+        match str_at(delta, "/type") {
+            "text_delta" => {
+                let text = str_at(delta, "/text");
+                if !text.is_empty() {
+                    events.push(ProviderEvent::Text(text.to_owned()));
+                }
+            }
+            "input_json_delta" => {
+                let fragment = str_at(delta, "/partial_json");
+                let Some(block) = self.tool_blocks.get_mut(&index) else {
+                    return Err(ProviderError::Malformed(format!(
+                        "input_json_delta for content block {index}, which is not a tool_use block"
+                    )));
+                };
+                if !fragment.is_empty() {
+                    block.got_input = true;
+                    events.push(ProviderEvent::ToolCallDelta {
+                        index: block.tool_index,
+                        id: String::new(),
+                        name: String::new(),
+                        arguments_fragment: fragment.to_owned(),
+                    });
+                }
+            }
+            // Thinking and signatures are hidden reasoning.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A content block closes.
+    fn block_stop(&mut self, data: &Value, events: &mut Vec<ProviderEvent>) {
+        let index = data.get("index").and_then(Value::as_u64).unwrap_or(0);
+        if let Some(block) = self.tool_blocks.remove(&index)
+            && !block.got_input
+        {
+            // A call without arguments streams no input; its
+            // arguments are still a JSON object.
+            events.push(ProviderEvent::ToolCallDelta {
+                index: block.tool_index,
+                id: String::new(),
+                name: String::new(),
+                arguments_fragment: "{}".to_owned(),
+            });
+        }
+    }
+}
+
 impl SseDecoder for EventDecoder {
     fn on_event(&mut self, event: &Event) -> Result<Vec<ProviderEvent>, ProviderError> {
         let data = event_json(event)?;
@@ -418,82 +515,9 @@ impl SseDecoder for EventDecoder {
                     events.push(ProviderEvent::Usage(usage(reported)));
                 }
             }
-            "content_block_start" => {
-                let index = data.get("index").and_then(Value::as_u64).unwrap_or(0);
-                let block = data.get("content_block").unwrap_or(&Value::Null);
-                match str_at(block, "/type") {
-                    "text" => {
-                        let text = str_at(block, "/text");
-                        if !text.is_empty() {
-                            events.push(ProviderEvent::Text(text.to_owned()));
-                        }
-                    }
-                    "tool_use" => {
-                        let tool_index = self.tool_calls;
-                        self.tool_calls += 1;
-                        self.tool_blocks.insert(
-                            index,
-                            OpenToolBlock {
-                                tool_index,
-                                got_input: false,
-                            },
-                        );
-                        events.push(ProviderEvent::ToolCallDelta {
-                            index: tool_index,
-                            id: str_at(block, "/id").to_owned(),
-                            name: str_at(block, "/name").to_owned(),
-                            arguments_fragment: String::new(),
-                        });
-                    }
-                    _ => {}
-                }
-            }
-            "content_block_delta" => {
-                let index = data.get("index").and_then(Value::as_u64).unwrap_or(0);
-                let delta = data.get("delta").unwrap_or(&Value::Null);
-                match str_at(delta, "/type") {
-                    "text_delta" => {
-                        let text = str_at(delta, "/text");
-                        if !text.is_empty() {
-                            events.push(ProviderEvent::Text(text.to_owned()));
-                        }
-                    }
-                    "input_json_delta" => {
-                        let fragment = str_at(delta, "/partial_json");
-                        let Some(block) = self.tool_blocks.get_mut(&index) else {
-                            return Err(ProviderError::Malformed(format!(
-                                "input_json_delta for content block {index}, which is not a tool_use block"
-                            )));
-                        };
-                        if !fragment.is_empty() {
-                            block.got_input = true;
-                            events.push(ProviderEvent::ToolCallDelta {
-                                index: block.tool_index,
-                                id: String::new(),
-                                name: String::new(),
-                                arguments_fragment: fragment.to_owned(),
-                            });
-                        }
-                    }
-                    // Thinking and signatures are hidden reasoning.
-                    _ => {}
-                }
-            }
-            "content_block_stop" => {
-                let index = data.get("index").and_then(Value::as_u64).unwrap_or(0);
-                if let Some(block) = self.tool_blocks.remove(&index)
-                    && !block.got_input
-                {
-                    // A call without arguments streams no input; its
-                    // arguments are still a JSON object.
-                    events.push(ProviderEvent::ToolCallDelta {
-                        index: block.tool_index,
-                        id: String::new(),
-                        name: String::new(),
-                        arguments_fragment: "{}".to_owned(),
-                    });
-                }
-            }
+            "content_block_start" => self.block_start(&data, &mut events),
+            "content_block_delta" => self.block_delta(&data, &mut events)?,
+            "content_block_stop" => self.block_stop(&data, &mut events),
             "message_delta" => {
                 if let Some(reason) = data.pointer("/delta/stop_reason").and_then(Value::as_str) {
                     reason.clone_into(&mut self.stop_reason);

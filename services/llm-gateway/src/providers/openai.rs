@@ -20,7 +20,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use agentmesh_proto::llm::v1::{
-    FinishReason, GenerateRequest, Message, ResponseFormatType, Role, ToolCall, ToolChoiceMode,
+    FinishReason, GenerateRequest, Message, ResponseFormat, ResponseFormatType, Role, ToolCall,
+    ToolChoiceMode,
 };
 use eventsource_stream::Event;
 use futures::future::BoxFuture;
@@ -164,61 +165,11 @@ pub fn request_body(
         "messages".into(),
         Value::Array(request.messages.iter().map(message_json).collect()),
     );
-    if !request.tools.is_empty() {
-        let tools = request
-            .tools
-            .iter()
-            .map(|tool| {
-                json!({
-                    "type": "function",
-                    "function": {
-                        "name": tool.name,
-                        "description": tool.description,
-                        "parameters": parameters_schema(&tool.parameters_json),
-                    }
-                })
-            })
-            .collect();
-        body.insert("tools".into(), Value::Array(tools));
-        if let Some(choice) = &request.tool_choice {
-            let value = match ToolChoiceMode::try_from(choice.mode).unwrap_or_default() {
-                ToolChoiceMode::Unspecified | ToolChoiceMode::Auto => json!("auto"),
-                ToolChoiceMode::None => json!("none"),
-                ToolChoiceMode::Required => json!("required"),
-                ToolChoiceMode::Tool => {
-                    json!({"type": "function", "function": {"name": choice.tool}})
-                }
-            };
-            body.insert("tool_choice".into(), value);
-        }
-        // OpenAI refuses parallel_tool_calls in a request without tools.
-        if let Some(parallel) = request.parallel_tool_calls {
-            body.insert("parallel_tool_calls".into(), json!(parallel));
-        }
-    }
-    if let Some(format) = &request.response_format {
-        match ResponseFormatType::try_from(format.r#type).unwrap_or_default() {
-            ResponseFormatType::Unspecified | ResponseFormatType::Text => {}
-            ResponseFormatType::JsonObject => {
-                body.insert("response_format".into(), json!({"type": "json_object"}));
-            }
-            ResponseFormatType::JsonSchema => {
-                let name = if format.schema_name.is_empty() {
-                    "response"
-                } else {
-                    &format.schema_name
-                };
-                let schema: Value =
-                    serde_json::from_str(&format.schema_json).unwrap_or_else(|_| json!({}));
-                body.insert(
-                    "response_format".into(),
-                    json!({
-                        "type": "json_schema",
-                        "json_schema": {"name": name, "schema": schema, "strict": format.strict}
-                    }),
-                );
-            }
-        }
+    insert_tools(&mut body, request);
+    if let Some(format) = &request.response_format
+        && let Some(value) = response_format_json(format)
+    {
+        body.insert("response_format".into(), value);
     }
     if let Some(temperature) = request.temperature {
         body.insert("temperature".into(), json!(temperature));
@@ -249,6 +200,65 @@ pub fn request_body(
         body.insert("stream_options".into(), json!({"include_usage": true}));
     }
     Value::Object(body)
+}
+
+/// The tools, the tool choice and `parallel_tool_calls`, when the request
+/// offers tools.
+fn insert_tools(body: &mut Map<String, Value>, request: &GenerateRequest) {
+    if request.tools.is_empty() {
+        return;
+    }
+    let tools = request
+        .tools
+        .iter()
+        .map(|tool| {
+            json!({
+                "type": "function",
+                "function": {
+                    "name": tool.name,
+                    "description": tool.description,
+                    "parameters": parameters_schema(&tool.parameters_json),
+                }
+            })
+        })
+        .collect();
+    body.insert("tools".into(), Value::Array(tools));
+    if let Some(choice) = &request.tool_choice {
+        let value = match ToolChoiceMode::try_from(choice.mode).unwrap_or_default() {
+            ToolChoiceMode::Unspecified | ToolChoiceMode::Auto => json!("auto"),
+            ToolChoiceMode::None => json!("none"),
+            ToolChoiceMode::Required => json!("required"),
+            ToolChoiceMode::Tool => {
+                json!({"type": "function", "function": {"name": choice.tool}})
+            }
+        };
+        body.insert("tool_choice".into(), value);
+    }
+    // OpenAI refuses parallel_tool_calls in a request without tools.
+    if let Some(parallel) = request.parallel_tool_calls {
+        body.insert("parallel_tool_calls".into(), json!(parallel));
+    }
+}
+
+/// The `response_format` of a response format, if it sends one.
+fn response_format_json(format: &ResponseFormat) -> Option<Value> {
+    match ResponseFormatType::try_from(format.r#type).unwrap_or_default() {
+        ResponseFormatType::Unspecified | ResponseFormatType::Text => None,
+        ResponseFormatType::JsonObject => Some(json!({"type": "json_object"})),
+        ResponseFormatType::JsonSchema => {
+            let name = if format.schema_name.is_empty() {
+                "response"
+            } else {
+                &format.schema_name
+            };
+            let schema: Value =
+                serde_json::from_str(&format.schema_json).unwrap_or_else(|_| json!({}));
+            Some(json!({
+                "type": "json_schema",
+                "json_schema": {"name": name, "schema": schema, "strict": format.strict}
+            }))
+        }
+    }
 }
 
 fn message_json(message: &Message) -> Value {
