@@ -55,7 +55,7 @@ struct Route {
 
 /// Where a request goes.
 #[derive(Debug, Clone)]
-pub struct Resolved {
+pub(crate) struct Resolved {
     /// The route name; empty when addressed as `provider/model`.
     pub route: String,
     /// The provider instance name (of the target being tried).
@@ -72,7 +72,7 @@ pub struct Resolved {
 
 impl Resolved {
     /// This resolution, at `target` of its chain.
-    pub fn at(&self, target: &Target) -> Self {
+    pub(crate) fn at(&self, target: &Target) -> Self {
         Self {
             instance: target.instance.clone(),
             model: target.model.clone(),
@@ -95,7 +95,10 @@ impl Gateway {
 
     /// As [`Self::from_config`], reporting circuit changes, retries and
     /// rate-limit refusals to `reporter`.
-    pub fn build(config: &Config, reporter: ResilienceReporter) -> Result<Self, ConfigError> {
+    pub(crate) fn build(
+        config: &Config,
+        reporter: ResilienceReporter,
+    ) -> Result<Self, ConfigError> {
         let providers = crate::providers::build_all(&config.providers)?;
         let mut routes = BTreeMap::new();
         let circuits = Circuits::new(config.circuit_breaker.clone(), reporter.clone());
@@ -143,13 +146,13 @@ impl Gateway {
     }
 
     /// The provider instances.
-    pub fn providers(&self) -> impl Iterator<Item = &ProviderInstance> {
+    pub(crate) fn providers(&self) -> impl Iterator<Item = &ProviderInstance> {
         self.providers.values()
     }
 
     /// The price of a call resolved to `resolved`: by the model requested,
     /// else by the model the provider reported.
-    pub fn price(&self, resolved: &Resolved, reported_model: &str) -> Option<Price> {
+    fn price(&self, resolved: &Resolved, reported_model: &str) -> Option<Price> {
         price_of(&self.prices, &resolved.instance, &resolved.model)
             .or_else(|| price_of(&self.prices, &resolved.instance, reported_model))
     }
@@ -179,7 +182,7 @@ impl Gateway {
 
     /// Resolves a request's `model`: empty = the default route; a route name;
     /// or `instance/model`.
-    pub fn resolve(&self, requested: &str) -> Result<Resolved, Status> {
+    pub(crate) fn resolve(&self, requested: &str) -> Result<Resolved, Status> {
         let requested = if requested.is_empty() {
             self.default_route.as_str()
         } else {

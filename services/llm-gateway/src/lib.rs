@@ -46,21 +46,21 @@
 //! Not yet here: retries, fallbacks, circuit breakers and rate limits
 //! (`attempts` is always 1).
 
-pub mod audit;
+mod audit;
 mod call;
-pub mod completion;
-pub mod config;
-pub mod error;
+mod completion;
+mod config;
+mod error;
 mod gateway;
-pub mod metrics;
-pub mod providers;
+mod metrics;
+mod providers;
 mod relay;
-pub mod resilience;
-pub mod scripted_rules;
-pub mod service;
+mod resilience;
+mod scripted_rules;
+mod service;
 mod text;
 mod unary;
-pub mod validate;
+mod validate;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -71,7 +71,10 @@ use agentmesh_kit::{Listeners, ServeError, ServiceHost, StartupError};
 use agentmesh_proto::llm::v1::llm_gateway_service_server::LlmGatewayServiceServer;
 
 pub use agentmesh_audit_client::AuditConfig;
-pub use config::{Config, DEFAULT_PORT, Price, ProviderConfig, ProviderKind, RouteConfig};
+pub use config::{
+    Config, DEFAULT_PORT, FailureClass, Price, ProviderConfig, ProviderKind, RateLimitsConfig,
+    RouteConfig,
+};
 pub use gateway::Gateway;
 pub use service::LlmGatewayServiceImpl;
 

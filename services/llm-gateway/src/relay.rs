@@ -113,7 +113,7 @@ impl Relay {
         loop {
             let permit = match self.prepared.plan.admit() {
                 Ok(permit) => permit,
-                Err((Next::Fallback(_), _)) => continue,
+                Err((Next::Fallback, _)) => continue,
                 Err((_, err)) => {
                     self.give_up(err, &Assembler::default()).await;
                     return;

@@ -47,7 +47,7 @@ use regex::{Captures, Regex};
 use serde::Deserialize;
 
 /// The built-in demo rules.
-pub const DEMO_RULES: &str = include_str!("../demo/rules.toml");
+pub(crate) const DEMO_RULES: &str = include_str!("../demo/rules.toml");
 
 // === rules file ===
 
@@ -90,7 +90,7 @@ fn empty_object() -> String {
 /// Which message a rule looks at.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum On {
+pub(crate) enum On {
     /// The last message, when it is a user message.
     User,
     /// The last message, when it is a tool result.
@@ -105,14 +105,14 @@ pub enum On {
 /// A rules file that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{source_name}: {message}")]
-pub struct RulesError {
+pub(crate) struct RulesError {
     source_name: String,
     message: String,
 }
 
 /// A compiled rules file.
 #[derive(Debug)]
-pub struct RuleSet {
+pub(crate) struct RuleSet {
     /// Names the file in errors and in the answer when no rule matches.
     pub(crate) source_name: String,
     /// The file's pace (zero when it gives none).
@@ -144,7 +144,7 @@ pub(crate) enum Answer {
 impl RuleSet {
     /// Loads the rules file at `path`, or the built-in demo rules when `path`
     /// is empty.
-    pub fn load(path: &str) -> Result<Self, RulesError> {
+    pub(crate) fn load(path: &str) -> Result<Self, RulesError> {
         if path.is_empty() {
             return Self::parse(DEMO_RULES, "the built-in demo rules");
         }
@@ -157,7 +157,7 @@ impl RuleSet {
     }
 
     /// Compiles rules from TOML text; `source_name` names it in errors.
-    pub fn parse(text: &str, source_name: &str) -> Result<Self, RulesError> {
+    pub(crate) fn parse(text: &str, source_name: &str) -> Result<Self, RulesError> {
         let error = |message: String| RulesError {
             source_name: source_name.to_owned(),
             message,

@@ -52,7 +52,7 @@ async fn attempt_loop(
     loop {
         let permit = match prepared.plan.admit() {
             Ok(permit) => permit,
-            Err((Next::Fallback(_), _)) => continue,
+            Err((Next::Fallback, _)) => continue,
             Err((_, err)) => return Err(prepared.final_status(err)),
         };
         let resolved = prepared.resolved.at(prepared.plan.target());
@@ -79,7 +79,7 @@ async fn attempt_loop(
                         log_retry(&resolved, &err, "retrying");
                         tokio::time::sleep(delay).await;
                     }
-                    Next::Fallback(_) => log_retry(&resolved, &err, "falling back"),
+                    Next::Fallback => log_retry(&resolved, &err, "falling back"),
                     Next::GiveUp => return Err(prepared.final_status(err)),
                 }
             }

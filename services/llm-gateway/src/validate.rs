@@ -10,12 +10,12 @@ use agentmesh_proto::llm::v1::{
 use tonic::Status;
 
 /// Most stop sequences a request may give (OpenAI's limit, the tightest).
-pub const MAX_STOP_SEQUENCES: usize = 4;
+pub(crate) const MAX_STOP_SEQUENCES: usize = 4;
 /// Longest tool or schema name.
 const MAX_NAME_CHARS: usize = 64;
 
 /// Every field violation of `request`, or `Ok` when there is none.
-pub fn validate_request(request: &GenerateRequest) -> Result<(), Status> {
+pub(crate) fn validate_request(request: &GenerateRequest) -> Result<(), Status> {
     let mut violations: Vec<(String, String)> = Vec::new();
     let mut violate = |field: String, description: &str| {
         violations.push((field, description.to_owned()));

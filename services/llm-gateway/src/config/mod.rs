@@ -50,9 +50,11 @@ use agentmesh_resilience::{CircuitConfig, RetryConfig};
 use serde::{Deserialize, Serialize};
 
 pub use limits::RateLimitsConfig;
-pub use prices::{Price, price_of};
+pub use prices::Price;
+pub(crate) use prices::price_of;
 pub use providers::{ProviderConfig, ProviderKind};
-pub use routes::{FailureClass, RouteConfig, default_fallback_on, split_target};
+pub(crate) use routes::split_target;
+pub use routes::{FailureClass, RouteConfig};
 
 use prices::{default_prices, validate_price};
 use providers::validate_provider;

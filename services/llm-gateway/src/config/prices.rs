@@ -47,7 +47,11 @@ impl Price {
 
 /// The price of `model` on provider instance `instance`: by
 /// `instance/model`, else by the bare model name.
-pub fn price_of(prices: &BTreeMap<String, Price>, instance: &str, model: &str) -> Option<Price> {
+pub(crate) fn price_of(
+    prices: &BTreeMap<String, Price>,
+    instance: &str,
+    model: &str,
+) -> Option<Price> {
     if model.is_empty() {
         return None;
     }

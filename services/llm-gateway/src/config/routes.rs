@@ -71,7 +71,7 @@ impl FailureClass {
 
 /// The classes that hand a call to the next target by default: every
 /// failure of the target rather than of the request.
-pub fn default_fallback_on() -> Vec<FailureClass> {
+pub(crate) fn default_fallback_on() -> Vec<FailureClass> {
     vec![
         FailureClass::Connect,
         FailureClass::ServerError,
@@ -146,6 +146,6 @@ impl Default for RouteConfig {
 
 /// Splits `instance/model` at the first `/` (model names may contain more,
 /// e.g. `vllm/meta-llama/Llama-3.1-8B-Instruct`).
-pub fn split_target(target: &str) -> Option<(&str, &str)> {
+pub(crate) fn split_target(target: &str) -> Option<(&str, &str)> {
     target.split_once('/')
 }

@@ -37,17 +37,17 @@ use crate::providers::openai::parameters_schema;
 use crate::providers::{EventStream, Provider, ProviderCall};
 
 /// The API version this adapter speaks.
-pub const API_VERSION: &str = "2023-06-01";
+pub(crate) const API_VERSION: &str = "2023-06-01";
 
 /// An Anthropic-protocol provider instance.
 #[derive(Debug, Clone)]
-pub struct Anthropic {
+pub(crate) struct Anthropic {
     core: Arc<HttpCore>,
 }
 
 impl Anthropic {
     /// The instance `instance` configured by `config`.
-    pub fn new(instance: &str, config: &ProviderConfig) -> Self {
+    pub(crate) fn new(instance: &str, config: &ProviderConfig) -> Self {
         Self {
             core: Arc::new(HttpCore::new(instance, config)),
         }
@@ -135,7 +135,7 @@ impl Provider for Anthropic {
 // === request mapping ===
 
 /// The Messages API request body for `request` sent to `model`.
-pub fn request_body(
+pub(crate) fn request_body(
     model: &str,
     request: &GenerateRequest,
     default_max_tokens: i32,
@@ -300,7 +300,7 @@ fn text_block(text: &str) -> Vec<Value> {
 
 /// A tool call's `input` object. Arguments a model produced that are not a
 /// JSON object are kept, wrapped, so the model still sees what it sent.
-pub fn tool_input(arguments_json: &str) -> Value {
+pub(crate) fn tool_input(arguments_json: &str) -> Value {
     if arguments_json.trim().is_empty() {
         return json!({});
     }
@@ -313,7 +313,7 @@ pub fn tool_input(arguments_json: &str) -> Value {
 // === response mapping ===
 
 /// Anthropic stop reason → ours.
-pub fn finish_reason(reason: &str) -> FinishReason {
+pub(crate) fn finish_reason(reason: &str) -> FinishReason {
     match reason {
         "end_turn" | "stop_sequence" | "pause_turn" => FinishReason::Stop,
         "max_tokens" | "model_context_window_exceeded" => FinishReason::Length,
@@ -325,7 +325,7 @@ pub fn finish_reason(reason: &str) -> FinishReason {
 
 /// Anthropic's `input_tokens` excludes tokens read from or written to the
 /// prompt cache; ours includes them.
-pub fn usage(value: &Value) -> ReportedUsage {
+pub(crate) fn usage(value: &Value) -> ReportedUsage {
     let count = |name: &str| value.get(name).and_then(Value::as_u64);
     let cache_read = count("cache_read_input_tokens");
     let cache_write = count("cache_creation_input_tokens");
@@ -347,7 +347,7 @@ fn str_at<'a>(value: &'a Value, pointer: &str) -> &'a str {
 }
 
 /// A non-streamed message object → [`Completion`].
-pub fn parse_message(value: &Value) -> Result<Completion, ProviderError> {
+pub(crate) fn parse_message(value: &Value) -> Result<Completion, ProviderError> {
     if str_at(value, "/type") == "error" {
         let (kind, message) =
             error_object(value).unwrap_or_else(|| ("error".to_owned(), value.to_string()));
@@ -396,7 +396,7 @@ struct OpenToolBlock {
 
 /// Decodes the typed events of a streamed message.
 #[derive(Debug, Default)]
-pub struct EventDecoder {
+pub(crate) struct EventDecoder {
     /// Content block index → the tool call it streams.
     tool_blocks: HashMap<u64, OpenToolBlock>,
     tool_calls: usize,

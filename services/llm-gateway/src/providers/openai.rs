@@ -37,13 +37,13 @@ use crate::providers::{EventStream, Provider, ProviderCall};
 
 /// An OpenAI-protocol provider instance.
 #[derive(Debug, Clone)]
-pub struct OpenAi {
+pub(crate) struct OpenAi {
     core: Arc<HttpCore>,
 }
 
 impl OpenAi {
     /// The instance `instance` configured by `config`.
-    pub fn new(instance: &str, config: &ProviderConfig) -> Self {
+    pub(crate) fn new(instance: &str, config: &ProviderConfig) -> Self {
         Self {
             core: Arc::new(HttpCore::new(instance, config)),
         }
@@ -52,7 +52,7 @@ impl OpenAi {
 
 /// How the output limit is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenLimitField {
+pub(crate) enum TokenLimitField {
     /// `max_completion_tokens` (OpenAI).
     MaxCompletionTokens,
     /// `max_tokens` (compatible servers).
@@ -61,7 +61,7 @@ pub enum TokenLimitField {
 
 impl TokenLimitField {
     /// The field for a base URL.
-    pub fn for_base_url(base_url: &str) -> Self {
+    pub(crate) fn for_base_url(base_url: &str) -> Self {
         if base_url.trim_end_matches('/') == ProviderKind::Openai.default_base_url() {
             Self::MaxCompletionTokens
         } else {
@@ -152,7 +152,7 @@ impl Provider for OpenAi {
 
 /// The Chat Completions request body for `request` sent to `model`.
 /// `default_max_tokens` applies when the request gives no limit (0 = none).
-pub fn request_body(
+pub(crate) fn request_body(
     model: &str,
     request: &GenerateRequest,
     default_max_tokens: i32,
@@ -311,7 +311,7 @@ fn message_json(message: &Message) -> Value {
 }
 
 /// A tool's JSON Schema; empty means "no arguments".
-pub fn parameters_schema(parameters_json: &str) -> Value {
+pub(crate) fn parameters_schema(parameters_json: &str) -> Value {
     if parameters_json.trim().is_empty() {
         return json!({"type": "object", "properties": {}});
     }
@@ -322,7 +322,7 @@ pub fn parameters_schema(parameters_json: &str) -> Value {
 // === response mapping ===
 
 /// OpenAI finish reason → ours.
-pub fn finish_reason(reason: &str) -> FinishReason {
+pub(crate) fn finish_reason(reason: &str) -> FinishReason {
     match reason {
         "stop" => FinishReason::Stop,
         "length" => FinishReason::Length,
@@ -334,7 +334,7 @@ pub fn finish_reason(reason: &str) -> FinishReason {
 
 /// The usage object (`prompt_tokens`, `completion_tokens`, and the cached
 /// and reasoning details).
-pub fn usage(value: &Value) -> ReportedUsage {
+pub(crate) fn usage(value: &Value) -> ReportedUsage {
     let count = |pointer: &str| value.pointer(pointer).and_then(Value::as_u64);
     ReportedUsage {
         input_tokens: count("/prompt_tokens"),
@@ -350,7 +350,7 @@ fn str_at<'a>(value: &'a Value, pointer: &str) -> &'a str {
 }
 
 /// A non-streamed `chat.completion` object → [`Completion`].
-pub fn parse_completion(value: &Value) -> Result<Completion, ProviderError> {
+pub(crate) fn parse_completion(value: &Value) -> Result<Completion, ProviderError> {
     if let Some((kind, message)) = value.get("error").and_then(|_| error_object(value)) {
         return Err(ProviderError::Upstream { kind, message });
     }
@@ -393,7 +393,7 @@ pub fn parse_completion(value: &Value) -> Result<Completion, ProviderError> {
 
 /// Decodes the `chat.completion.chunk` events of a streamed answer.
 #[derive(Debug, Default)]
-pub struct ChunkDecoder {
+pub(crate) struct ChunkDecoder {
     metadata_sent: bool,
     finish_reason: Option<String>,
     /// Provider tool-call index → ours (dense, in order of appearance).

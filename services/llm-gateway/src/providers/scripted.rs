@@ -49,7 +49,7 @@ const QUOTE_CHARS: usize = 80;
 
 /// A scripted provider instance.
 #[derive(Debug)]
-pub struct Scripted {
+pub(crate) struct Scripted {
     rules: Arc<RuleSet>,
     pace_override: Option<Duration>,
     responses: AtomicU64,
@@ -58,7 +58,7 @@ pub struct Scripted {
 /// What a scripted call answers: the events in order, and the pace between
 /// output deltas.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Script {
+pub(crate) struct Script {
     /// Metadata, deltas, usage and `Finished`.
     pub events: Vec<ProviderEvent>,
     /// Delay between output deltas.
@@ -67,13 +67,13 @@ pub struct Script {
 
 impl Scripted {
     /// The instance `config` describes (its rules file loaded and checked).
-    pub fn from_config(config: &ProviderConfig) -> Result<Self, RulesError> {
+    pub(crate) fn from_config(config: &ProviderConfig) -> Result<Self, RulesError> {
         Ok(Self::new(RuleSet::load(&config.rules_file)?, config.pace))
     }
 
     /// An instance answering by `rules`; `pace_override` wins over every pace
     /// in the rules.
-    pub fn new(rules: RuleSet, pace_override: Option<Duration>) -> Self {
+    pub(crate) fn new(rules: RuleSet, pace_override: Option<Duration>) -> Self {
         Self {
             rules: Arc::new(rules),
             pace_override,
@@ -82,7 +82,7 @@ impl Scripted {
     }
 
     /// The answer to `request` for model `model`.
-    pub fn script(&self, model: &str, request: &GenerateRequest) -> Script {
+    pub(crate) fn script(&self, model: &str, request: &GenerateRequest) -> Script {
         let number = self.responses.fetch_add(1, Ordering::Relaxed) + 1;
         let mut events = vec![ProviderEvent::Metadata {
             response_id: format!("scripted-{number}"),
@@ -223,7 +223,7 @@ fn quote(text: &str) -> String {
 
 /// Text split into words, each keeping the whitespace after it (and the
 /// first keeping any before it).
-pub fn words(text: &str) -> Vec<&str> {
+pub(crate) fn words(text: &str) -> Vec<&str> {
     let mut pieces = Vec::new();
     let mut start = 0;
     let mut previous_was_space = false;
