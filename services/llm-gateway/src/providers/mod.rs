@@ -11,8 +11,9 @@
 //! * [`scripted`]: a deterministic stand-in driven by regex rules.
 //!
 //! [`http`] holds what the two HTTP providers share: the pooled client,
-//! timeouts, error responses and SSE decoding. Retries and fallbacks, when
-//! they come, wrap this trait without the providers changing.
+//! timeouts, error responses and SSE decoding. Retries and fallbacks wrap
+//! this trait (the attempt loops of [`crate::unary`] and [`crate::relay`]);
+//! the providers know nothing of them.
 
 pub(crate) mod anthropic;
 pub(crate) mod http;
