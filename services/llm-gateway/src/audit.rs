@@ -24,14 +24,15 @@ use agentmesh_proto::audit::v1::{
     AuditEvent, EventType, LlmCallDetails, Outcome, audit_event::Details,
 };
 use agentmesh_proto::llm::v1::{FinishReason, GenerateRequest, Message, Role, Usage};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use tonic::Status;
 use tracing::field::Empty;
 
 use crate::completion::Completion;
 use crate::config::ProviderConfig;
+use crate::gateway::Resolved;
 use crate::metrics::{CallOutcome, CallSeries, GatewayMetrics};
-use crate::service::Resolved;
+use crate::text::prefix_bytes;
 
 /// Longest run id or model name recorded (longer ones are cut).
 const MAX_AUDITED_ID: usize = 128;
@@ -40,7 +41,7 @@ const MAX_AUDITED_ID: usize = 128;
 
 /// The LLM_CALL audit event of one call, emitted exactly once.
 #[derive(Debug)]
-pub struct LlmCallRecord {
+pub(crate) struct LlmCallRecord {
     audit: AuditClient,
     event: Option<AuditEvent>,
     started: Instant,
@@ -56,7 +57,7 @@ pub struct LlmCallRecord {
 
 /// How a call ended, as far as its record is concerned.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct CallEnd<'a> {
+pub(crate) struct CallEnd<'a> {
     /// The answer (or what arrived of it).
     pub completion: Option<&'a Completion>,
     /// Token counts and cost.
@@ -67,7 +68,7 @@ pub struct CallEnd<'a> {
 
 impl LlmCallRecord {
     /// The record of a call of `request`, made while its context is current.
-    pub fn new(audit: &AuditClient, request: &GenerateRequest, streaming: bool) -> Self {
+    pub(crate) fn new(audit: &AuditClient, request: &GenerateRequest, streaming: bool) -> Self {
         let span = tracing::info_span!(
             target: "agentmesh::llm",
             "chat",
@@ -111,18 +112,18 @@ impl LlmCallRecord {
     }
 
     /// Also records the call's end in `metrics` (the GenAI metrics).
-    pub fn with_metrics(mut self, metrics: Option<Arc<GatewayMetrics>>) -> Self {
+    pub(crate) fn with_metrics(mut self, metrics: Option<Arc<GatewayMetrics>>) -> Self {
         self.metrics = metrics;
         self
     }
 
     /// The call's span, for the work done on its behalf.
-    pub fn span(&self) -> &tracing::Span {
+    pub(crate) fn span(&self) -> &tracing::Span {
         &self.span
     }
 
     /// The call was resolved to a provider instance and model.
-    pub fn resolved(&mut self, resolved: &Resolved) {
+    pub(crate) fn resolved(&mut self, resolved: &Resolved) {
         if let Some(details) = self.details() {
             details.provider.clone_from(&resolved.instance);
             details.model = cut(&resolved.model);
@@ -145,14 +146,14 @@ impl LlmCallRecord {
 
     /// The number of upstream attempts the call made (retries and
     /// fallbacks included).
-    pub fn attempts(&mut self, attempts: u32) {
+    pub(crate) fn attempts(&mut self, attempts: u32) {
         if let Some(details) = self.details() {
             details.attempts = i32::try_from(attempts).unwrap_or(i32::MAX);
         }
     }
 
     /// Output started arriving (streams): the time to the first token.
-    pub fn first_token(&mut self) {
+    pub(crate) fn first_token(&mut self) {
         if self.first_token.is_none() {
             let elapsed = self.started.elapsed();
             self.first_token = Some(elapsed);
@@ -162,13 +163,13 @@ impl LlmCallRecord {
     }
 
     /// The call answered.
-    pub fn succeeded(mut self, end: &CallEnd<'_>) {
+    pub(crate) fn succeeded(mut self, end: &CallEnd<'_>) {
         self.emit(end, None);
     }
 
     /// The call failed with `status` (after what `end` says arrived); its
     /// finish reason is ERROR unless `end` says otherwise.
-    pub fn failed(mut self, status: &Status, end: &CallEnd<'_>) {
+    pub(crate) fn failed(mut self, status: &Status, end: &CallEnd<'_>) {
         let end = CallEnd {
             finish_reason: end.finish_reason.or(Some(FinishReason::Error)),
             ..*end
@@ -178,7 +179,7 @@ impl LlmCallRecord {
 
     /// The call ended without an answer or an error: the caller went away
     /// (or stopped reading), so the provider call was abandoned.
-    pub fn abandoned(mut self, end: &CallEnd<'_>) {
+    pub(crate) fn abandoned(mut self, end: &CallEnd<'_>) {
         self.abandon(end);
     }
 
@@ -310,7 +311,7 @@ impl Drop for LlmCallRecord {
 
 /// A finish reason as audit events spell it: the enum name without its
 /// prefix (e.g. `TOOL_CALLS`); empty when not known.
-pub fn finish_reason_name(reason: FinishReason) -> &'static str {
+pub(crate) fn finish_reason_name(reason: FinishReason) -> &'static str {
     match reason {
         FinishReason::Unspecified => "",
         reason => reason
@@ -321,18 +322,11 @@ pub fn finish_reason_name(reason: FinishReason) -> &'static str {
 }
 
 fn cut(text: &str) -> String {
-    if text.len() <= MAX_AUDITED_ID {
-        return text.to_owned();
-    }
-    let mut end = MAX_AUDITED_ID;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text.get(..end).unwrap_or_default().to_owned()
+    prefix_bytes(text, MAX_AUDITED_ID).to_owned()
 }
 
 /// The prompt as captured: the messages and tool specs sent, as JSON.
-pub fn prompt_text(request: &GenerateRequest) -> String {
+pub(crate) fn prompt_text(request: &GenerateRequest) -> String {
     let messages: Vec<Value> = request.messages.iter().map(message_json).collect();
     let tools: Vec<Value> = request
         .tools
@@ -349,18 +343,25 @@ pub fn prompt_text(request: &GenerateRequest) -> String {
 }
 
 /// The answer as captured: its text and tool calls, as JSON.
-pub fn completion_text(message: &Message) -> String {
+pub(crate) fn completion_text(message: &Message) -> String {
     message_json(message).to_string()
 }
 
 fn message_json(message: &Message) -> Value {
     let role = Role::try_from(message.role).unwrap_or(Role::Unspecified);
-    let mut value = json!({
-        "role": role.as_str_name().strip_prefix("ROLE_").unwrap_or_default().to_ascii_lowercase(),
-        "content": message.content,
-    });
+    let mut value = Map::new();
+    value.insert(
+        "role".into(),
+        json!(
+            role.as_str_name()
+                .strip_prefix("ROLE_")
+                .unwrap_or_default()
+                .to_ascii_lowercase()
+        ),
+    );
+    value.insert("content".into(), json!(message.content));
     if !message.tool_calls.is_empty() {
-        value["tool_calls"] = message
+        let calls = message
             .tool_calls
             .iter()
             .map(|call| {
@@ -371,11 +372,12 @@ fn message_json(message: &Message) -> Value {
                 })
             })
             .collect();
+        value.insert("tool_calls".into(), Value::Array(calls));
     }
     if !message.tool_call_id.is_empty() {
-        value["tool_call_id"] = json!(message.tool_call_id);
+        value.insert("tool_call_id".into(), json!(message.tool_call_id));
     }
-    value
+    Value::Object(value)
 }
 
 // === impl KeyRegistry ===
@@ -384,14 +386,14 @@ fn message_json(message: &Message) -> Value {
 /// producer as a secret, once per value (keys are read at each call, so a
 /// rotated key is registered when first seen).
 #[derive(Debug, Default)]
-pub struct KeyRegistry {
+pub(crate) struct KeyRegistry {
     /// A hash of the value last registered, per environment variable.
     seen: Mutex<HashMap<String, u64>>,
 }
 
 impl KeyRegistry {
     /// Registers the key `provider` reads, if it has one and it is set.
-    pub fn register(&self, audit: &AuditClient, provider: &ProviderConfig) {
+    pub(crate) fn register(&self, audit: &AuditClient, provider: &ProviderConfig) {
         let env = &provider.api_key_env;
         if env.is_empty() {
             return;

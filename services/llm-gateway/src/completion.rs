@@ -11,7 +11,7 @@ use agentmesh_proto::llm::v1::{FinishReason, GenerateRequest, Message, Role, Too
 
 /// One normalised piece of a streamed answer.
 #[derive(Debug, Clone, PartialEq)]
-pub enum ProviderEvent {
+pub(crate) enum ProviderEvent {
     /// The provider's response id and the model that answers, when known.
     Metadata {
         /// Provider's response id (may be empty).
@@ -47,7 +47,7 @@ pub enum ProviderEvent {
 
 /// Token counts as a provider reported them; `None` = not reported.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ReportedUsage {
+pub(crate) struct ReportedUsage {
     /// Prompt tokens, cached ones included.
     pub input_tokens: Option<u64>,
     /// Generated tokens, reasoning included.
@@ -62,7 +62,7 @@ pub struct ReportedUsage {
 
 impl ReportedUsage {
     /// Overrides the fields `later` reports.
-    pub fn merge(&mut self, later: ReportedUsage) {
+    pub(crate) fn merge(&mut self, later: ReportedUsage) {
         self.input_tokens = later.input_tokens.or(self.input_tokens);
         self.output_tokens = later.output_tokens.or(self.output_tokens);
         self.cached_input_tokens = later.cached_input_tokens.or(self.cached_input_tokens);
@@ -73,7 +73,7 @@ impl ReportedUsage {
 
 /// A complete (or, after a failure, partial) answer.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Completion {
+pub(crate) struct Completion {
     /// Role assistant, text and tool calls.
     pub message: Message,
     /// Why generation stopped.
@@ -91,14 +91,14 @@ pub struct Completion {
 impl Completion {
     /// Usage for the response: reported counts where there are some,
     /// estimates from `request` and the answer otherwise.
-    pub fn final_usage(&self, request: &GenerateRequest) -> Usage {
+    pub(crate) fn final_usage(&self, request: &GenerateRequest) -> Usage {
         self.usage_with(request, true)
     }
 
     /// Usage of an answer cut short: the output count a provider reported
     /// early (Anthropic sends one at the start) misses what came after, so
     /// the larger of it and the estimate is used, flagged as estimated.
-    pub fn usage_so_far(&self, request: &GenerateRequest) -> Usage {
+    pub(crate) fn usage_so_far(&self, request: &GenerateRequest) -> Usage {
         self.usage_with(request, false)
     }
 
@@ -136,12 +136,12 @@ fn clamp_tokens(count: u64) -> i32 {
 /// Roughly four characters per token: the usual rule of thumb for English
 /// text with the tokenizers of current models. Used only when a provider
 /// reports nothing, and flagged as an estimate.
-pub fn estimate_tokens(chars: usize) -> u64 {
+pub(crate) fn estimate_tokens(chars: usize) -> u64 {
     u64::try_from(chars.div_ceil(4)).unwrap_or(u64::MAX)
 }
 
 /// Estimated prompt tokens of a request: its messages and tool specs.
-pub fn estimate_input_tokens(request: &GenerateRequest) -> u64 {
+pub(crate) fn estimate_input_tokens(request: &GenerateRequest) -> u64 {
     let messages: usize = request
         .messages
         .iter()
@@ -171,7 +171,7 @@ fn message_chars(message: &Message) -> usize {
 /// A stop that requested tool calls is a tool-call finish: OpenAI says
 /// `stop` when a specific tool was forced, and consumers decide whether to
 /// run tools from the finish reason.
-pub fn normalise_finish(reason: FinishReason, message: &Message) -> FinishReason {
+pub(crate) fn normalise_finish(reason: FinishReason, message: &Message) -> FinishReason {
     if reason == FinishReason::Stop && !message.tool_calls.is_empty() {
         FinishReason::ToolCalls
     } else {
@@ -180,7 +180,7 @@ pub fn normalise_finish(reason: FinishReason, message: &Message) -> FinishReason
 }
 
 /// An empty assistant message.
-pub fn assistant_message() -> Message {
+pub(crate) fn assistant_message() -> Message {
     Message {
         role: Role::Assistant.into(),
         ..Message::default()
@@ -191,8 +191,11 @@ pub fn assistant_message() -> Message {
 
 /// Folds a stream's events into a [`Completion`].
 #[derive(Debug, Clone)]
-pub struct Assembler {
+pub(crate) struct Assembler {
     completion: Completion,
+    /// Whether `Finished` came (only tests ask: the call paths act on the
+    /// event itself).
+    #[cfg(test)]
     finished: bool,
     output_started: bool,
 }
@@ -208,6 +211,7 @@ impl Default for Assembler {
                 response_id: String::new(),
                 model: String::new(),
             },
+            #[cfg(test)]
             finished: false,
             output_started: false,
         }
@@ -216,7 +220,7 @@ impl Default for Assembler {
 
 impl Assembler {
     /// Takes in one event.
-    pub fn push(&mut self, event: &ProviderEvent) {
+    pub(crate) fn push(&mut self, event: &ProviderEvent) {
         let completion = &mut self.completion;
         match event {
             ProviderEvent::Metadata { response_id, model } => {
@@ -261,28 +265,32 @@ impl Assembler {
                 completion
                     .provider_finish_reason
                     .clone_from(provider_finish_reason);
-                self.finished = true;
+                #[cfg(test)]
+                {
+                    self.finished = true;
+                }
             }
         }
     }
 
     /// Whether any text or tool call has been received.
-    pub fn output_started(&self) -> bool {
+    pub(crate) fn output_started(&self) -> bool {
         self.output_started
     }
 
     /// Whether the `Finished` event has been received.
-    pub fn is_finished(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_finished(&self) -> bool {
         self.finished
     }
 
     /// What has been assembled so far.
-    pub fn completion(&self) -> &Completion {
+    pub(crate) fn completion(&self) -> &Completion {
         &self.completion
     }
 
     /// The assembled completion.
-    pub fn into_completion(self) -> Completion {
+    pub(crate) fn into_completion(self) -> Completion {
         self.completion
     }
 }

@@ -15,11 +15,11 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 /// The delay suggested to a caller after a 429 that said nothing about when
 /// to come back.
-pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(1);
+pub(crate) const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(1);
 
 /// A failed provider call.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum ProviderError {
+pub(crate) enum ProviderError {
     /// The environment variable holding the API key is not set.
     #[error("environment variable {env} is not set")]
     MissingKey {
@@ -74,7 +74,7 @@ pub enum ProviderError {
 
 impl ProviderError {
     /// The gRPC code of this failure.
-    pub fn code(&self) -> Code {
+    pub(crate) fn code(&self) -> Code {
         match self {
             Self::MissingKey { .. } | Self::Setup(_) => Code::FailedPrecondition,
             Self::Http { status, .. } => http_status_code(*status),
@@ -88,7 +88,7 @@ impl ProviderError {
 
     /// The status a caller gets: code, a message naming the provider instance
     /// and model, and details (field violation, retry delay) where they apply.
-    pub fn into_status(self, instance: &str, model: &str) -> Status {
+    pub(crate) fn into_status(self, instance: &str, model: &str) -> Status {
         let code = self.code();
         let message = format!("provider {instance} (model {model}): {self}");
         match self {
@@ -115,7 +115,7 @@ impl ProviderError {
 
 /// HTTP status → gRPC code, as the contract fixes it (and the usual gRPC
 /// mapping for the rest).
-pub fn http_status_code(status: u16) -> Code {
+pub(crate) fn http_status_code(status: u16) -> Code {
     match status {
         400 | 413 | 422 => Code::InvalidArgument,
         401 | 403 => Code::PermissionDenied,
@@ -131,7 +131,7 @@ pub fn http_status_code(status: u16) -> Code {
 /// Provider error type/code strings (Anthropic's `error.type`, OpenAI's
 /// `error.type` or `error.code`) → gRPC code. Unknown kinds in the middle of
 /// a response are the provider's trouble: UNAVAILABLE.
-pub fn upstream_error_code(kind: &str) -> Code {
+pub(crate) fn upstream_error_code(kind: &str) -> Code {
     match kind {
         "invalid_request_error" | "invalid_request" | "context_length_exceeded" => {
             Code::InvalidArgument
@@ -149,7 +149,7 @@ pub fn upstream_error_code(kind: &str) -> Code {
 /// Removes API keys from a provider's message: the exact key, and anything
 /// shaped like a provider key (`sk-…`), which OpenAI echoes partly masked in
 /// its 401 messages.
-pub fn redact(message: &str, key: Option<&str>) -> String {
+pub(crate) fn redact(message: &str, key: Option<&str>) -> String {
     let mut text = message.to_owned();
     if let Some(key) = key.filter(|key| key.len() >= 4) {
         text = text.replace(key, "[redacted]");

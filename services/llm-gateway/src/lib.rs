@@ -1,60 +1,95 @@
 //! The LLM gateway service: one provider-neutral chat API
 //! (`agentmesh.llm.v1.LlmGatewayService`) in front of model providers —
 //! OpenAI and compatible servers, Anthropic, and a scripted stand-in for
-//! tests and the offline demo.
+//! tests and the offline demo — with retries, fallbacks along a route,
+//! circuit breakers per target, rate limits per tenant and route, and
+//! token and cost accounting.
 //!
 //! # Data flow
 //!
 //! ```text
-//! Generate / GenerateStream
-//!   └─ validate ─ resolve model (route name, or provider/model)
-//!        └─ Provider (openai | anthropic | scripted)
+//! Generate / GenerateStream                                   (service)
+//!   └─ LLM_CALL record opened (audit; metrics at its end)     (audit, metrics)
+//!   └─ validate ─ resolve `model` to a route's chain ─ rate limits ─ plan
+//!                                          (validate, gateway, resilience, call)
+//!   └─ attempt loop over the plan: retry with backoff, fall back along the
+//!      chain, skip open circuits                              (unary | relay)
+//!        └─ Provider (openai | anthropic | scripted)          (providers)
 //!             request  → provider wire JSON  → POST (pooled HTTP client)
 //!             response ← SSE events / JSON  ← ProviderEvent / Completion
-//!        └─ relay deltas as they arrive ─ `finished` with the assembled
-//!           message, finish reason and usage (estimated when not reported)
+//!   └─ Generate: the completion, priced ─ GenerateStream: deltas relayed as
+//!      they arrive, a `reset` before a new attempt once output was sent,
+//!      one `finished` with the message, finish reason and usage (estimated
+//!      when not reported) ─ the record ends, once
 //! ```
 //!
 //! # Layout
 //!
-//! * [`config`]: [`Config`] — provider instances (kind, base URL, key
-//!   variable, timeouts), routes and prices, checked at start.
-//! * [`service`]: the gRPC handlers, model resolution, ListModels, and the
-//!   stream relay (a stream that breaks after output ends with `finished`
-//!   FINISH_REASON_ERROR, then the error status).
-//! * [`validate`]: request checks, INVALID_ARGUMENT with field violations.
-//! * [`providers`]: the [`providers::Provider`] trait and one module per wire
-//!   protocol; [`providers::http`] holds the shared HTTP client, timeouts and
-//!   SSE decoding.
-//! * [`completion`]: provider events, their assembly, usage estimates.
-//! * [`error`]: provider failures and the gRPC status each becomes.
-//! * [`audit`]: the LLM_CALL audit event of every call, and provider keys
+//! * `service`: the tonic trait; opens each call's record, prepares it and
+//!   hands it to `unary` or `relay` (ListModels to the gateway).
+//! * `gateway`: the state built from [`Config`] — provider instances,
+//!   routes and their chains of targets, prices — resolution of a request's
+//!   `model` to a `Resolved` target, and ListModels.
+//! * `call`: the prepared call (validated, resolved, admitted by the rate
+//!   limits, with its plan and the caller's deadline) and what both call
+//!   paths share: the final status, usage across attempts.
+//! * `unary`: `Generate`, its attempt loop in one function.
+//! * `relay`: `GenerateStream`'s relay task, its attempt loop with resets
+//!   in one function; a stream that breaks after output ends with
+//!   `finished` FINISH_REASON_ERROR, then the error status.
+//! * `resilience`: the plan of attempts (retry, backoff, budget, fallback),
+//!   circuit breakers of targets, rate limits; the mechanisms themselves are
+//!   in `agentmesh-resilience`.
+//! * `validate`: request checks, INVALID_ARGUMENT with field violations.
+//! * `providers`: the `Provider` trait and one module per wire protocol;
+//!   `providers::http` holds the shared HTTP client, timeouts and SSE
+//!   decoding.
+//! * `scripted_rules`: the scripted provider's rules file (format, checks,
+//!   compiled rules), shared by the configuration checks and the provider.
+//! * `completion`: provider events, their assembly, usage estimates.
+//! * `error`: provider failures and the gRPC status each becomes.
+//! * `audit`: the LLM_CALL audit event of every call, and provider keys
 //!   registered as secrets to redact.
-//! * [`metrics`]: the GenAI metrics (tokens, durations, time to first
-//!   token, time per output token) and the estimated cost, recorded where
-//!   the LLM_CALL event is.
+//! * `metrics`: the GenAI metrics (tokens, durations, time to first token,
+//!   time per output token) and the estimated cost, recorded where the
+//!   LLM_CALL event is.
+//! * `config`: [`Config`] — providers, routes, prices, rate limits —
+//!   checked at start, naming the setting that is wrong.
+//! * `text`: cutting text without splitting a UTF-8 character.
+//!
+//! The modules form layers, none reaching back up: `text`,
+//! `scripted_rules`, `completion`, `error` and `validate` at the bottom;
+//! `config`; `providers`; `resilience`; `gateway`; `metrics`, then `audit`;
+//! `call`; `unary` and `relay`; `service` on top.
+//!
+//! # Library surface
 //!
 //! [`serve`] binds the listeners from [`Config`]; [`serve_with_listeners`]
 //! takes bound ones (tests bind port 0). Both hand the service to the kit's
 //! [`ServiceHost`] (health, reflection, metrics, limits, metadata forwarding,
-//! graceful shutdown); `main.rs` only calls [`serve`].
+//! graceful shutdown); `main.rs` only calls [`serve`]. Tests that call the
+//! service in process build it with [`Gateway::from_config`] and
+//! [`LlmGatewayServiceImpl::new`]. Everything else is private to the crate.
 //!
 //! Health: ready (SERVING) while at least one route leads to a usable
 //! provider (the `providers` check); the audit service is reported but
 //! optional.
-//!
-//! Not yet here: retries, fallbacks, circuit breakers and rate limits
-//! (`attempts` is always 1).
 
-pub mod audit;
-pub mod completion;
-pub mod config;
-pub mod error;
-pub mod metrics;
-pub mod providers;
-pub mod resilience;
-pub mod service;
-pub mod validate;
+mod audit;
+mod call;
+mod completion;
+mod config;
+mod error;
+mod gateway;
+mod metrics;
+mod providers;
+mod relay;
+mod resilience;
+mod scripted_rules;
+mod service;
+mod text;
+mod unary;
+mod validate;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -65,8 +100,12 @@ use agentmesh_kit::{Listeners, ServeError, ServiceHost, StartupError};
 use agentmesh_proto::llm::v1::llm_gateway_service_server::LlmGatewayServiceServer;
 
 pub use agentmesh_audit_client::AuditConfig;
-pub use config::{Config, DEFAULT_PORT, Price, ProviderConfig, ProviderKind, RouteConfig};
-pub use service::{Gateway, LlmGatewayServiceImpl};
+pub use config::{
+    Config, DEFAULT_PORT, FailureClass, Price, ProviderConfig, ProviderKind, RateLimitsConfig,
+    RouteConfig,
+};
+pub use gateway::Gateway;
+pub use service::LlmGatewayServiceImpl;
 
 /// The service's name in logs, metrics and file names.
 pub const SERVICE: &str = "llm-gateway";

@@ -38,7 +38,7 @@ use agentmesh_kit::metrics::prometheus::{
 };
 
 use crate::config::{Config, split_target};
-use crate::service::Resolved;
+use crate::gateway::Resolved;
 
 /// The only operation the gateway performs, as the GenAI conventions name it.
 const OPERATION: &str = "chat";
@@ -83,7 +83,7 @@ const COMMON: [&str; 4] = [
 
 /// The families, and the series of every configured route.
 #[derive(Debug)]
-pub struct GatewayMetrics {
+pub(crate) struct GatewayMetrics {
     families: Families,
     /// Series by (route, instance, model) for every target of every route,
     /// so a call answered by a fallback is counted under that target.
@@ -107,7 +107,7 @@ struct Families {
 
 /// The children of one (provider, model, route), resolved once.
 #[derive(Debug)]
-pub struct CallSeries {
+pub(crate) struct CallSeries {
     labels: [String; 4],
     input_tokens: Histogram,
     output_tokens: Histogram,
@@ -122,7 +122,7 @@ pub struct CallSeries {
 
 /// How one call ended, as far as metrics are concerned.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct CallOutcome {
+pub(crate) struct CallOutcome {
     /// From the call's arrival to its end.
     pub duration: Duration,
     /// From the call's arrival to the first output (streams).
@@ -138,7 +138,7 @@ pub struct CallOutcome {
 impl GatewayMetrics {
     /// Creates and registers the metrics, with the series of every route in
     /// `config` resolved (and exported, at zero) at once.
-    pub fn new(registry: &Registry, config: &Config) -> prometheus::Result<Self> {
+    pub(crate) fn new(registry: &Registry, config: &Config) -> prometheus::Result<Self> {
         let families = Families::register(registry)?;
         let mut known_targets: HashSet<(String, String)> = HashSet::new();
         let mut known_models = HashSet::new();
@@ -182,7 +182,7 @@ impl GatewayMetrics {
     /// The series of a resolved call: its route's, cached; for a model
     /// addressed directly, resolved now (the model is `other` unless the
     /// configuration names it).
-    pub fn series(&self, resolved: &Resolved) -> Arc<CallSeries> {
+    pub(crate) fn series(&self, resolved: &Resolved) -> Arc<CallSeries> {
         let key = (
             resolved.route.clone(),
             resolved.instance.clone(),
@@ -210,7 +210,7 @@ impl GatewayMetrics {
     }
 
     /// The series of calls refused before they were resolved.
-    pub fn unresolved(&self) -> Arc<CallSeries> {
+    pub(crate) fn unresolved(&self) -> Arc<CallSeries> {
         Arc::clone(&self.unresolved)
     }
 
@@ -308,7 +308,7 @@ impl CallSeries {
     }
 
     /// Records one call's end.
-    pub fn record(&self, outcome: &CallOutcome) {
+    pub(crate) fn record(&self, outcome: &CallOutcome) {
         let seconds = outcome.duration.as_secs_f64();
         match outcome.error_type {
             None => self.succeeded.observe(seconds),

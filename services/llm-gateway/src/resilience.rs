@@ -12,9 +12,10 @@
 //!      ─▶ Charges::settle(real tokens)
 //! ```
 //!
-//! [`Plan`] only decides; the service's unary and streaming paths make the
+//! [`Plan`] only decides; the attempt loops of the unary path
+//! ([`crate::unary`]) and the stream relay ([`crate::relay`]) make the
 //! attempts (a stream that already sent output must send a reset before the
-//! next attempt, see `service`). The mechanisms themselves (breaker,
+//! next attempt). The mechanisms themselves (breaker,
 //! backoff, budget, GCRA) are in `agentmesh-resilience`.
 
 use std::collections::HashMap;
@@ -41,7 +42,7 @@ use crate::providers::ProviderInstance;
 const MAX_DIRECT_CIRCUITS: usize = 256;
 
 /// The class of a provider failure.
-pub fn classify(err: &ProviderError) -> FailureClass {
+pub(crate) fn classify(err: &ProviderError) -> FailureClass {
     match err {
         ProviderError::Connect { .. } => FailureClass::Connect,
         ProviderError::Broken(_) | ProviderError::Malformed(_) => FailureClass::Broken,
@@ -60,7 +61,7 @@ pub fn classify(err: &ProviderError) -> FailureClass {
 }
 
 /// The `retry-after` a failure carries.
-pub fn retry_after(err: &ProviderError) -> Option<Duration> {
+pub(crate) fn retry_after(err: &ProviderError) -> Option<Duration> {
     match err {
         ProviderError::Http { retry_after, .. } => *retry_after,
         _ => None,
@@ -69,7 +70,7 @@ pub fn retry_after(err: &ProviderError) -> Option<Duration> {
 
 /// One target of a call's chain.
 #[derive(Debug, Clone)]
-pub struct Target {
+pub(crate) struct Target {
     /// Provider instance name.
     pub instance: String,
     /// The provider's model name.
@@ -82,14 +83,14 @@ pub struct Target {
 
 impl Target {
     /// `instance/model`.
-    pub fn name(&self) -> String {
+    pub(crate) fn name(&self) -> String {
         format!("{}/{}", self.instance, self.model)
     }
 }
 
 /// The circuit breakers of every provider target.
 #[derive(Debug)]
-pub struct Circuits {
+pub(crate) struct Circuits {
     config: CircuitConfig,
     reporter: ResilienceReporter,
     by_target: Mutex<HashMap<String, CircuitBreaker>>,
@@ -97,7 +98,7 @@ pub struct Circuits {
 
 impl Circuits {
     /// Breakers configured by `config`, reported to `reporter`.
-    pub fn new(config: CircuitConfig, reporter: ResilienceReporter) -> Self {
+    pub(crate) fn new(config: CircuitConfig, reporter: ResilienceReporter) -> Self {
         Self {
             config,
             reporter,
@@ -107,7 +108,12 @@ impl Circuits {
 
     /// The breaker of `instance/model`, made on first use (bounded for
     /// targets no route names).
-    pub fn of(&self, instance: &str, model: &str, configured: bool) -> Option<CircuitBreaker> {
+    pub(crate) fn of(
+        &self,
+        instance: &str,
+        model: &str,
+        configured: bool,
+    ) -> Option<CircuitBreaker> {
         let name = format!("{instance}/{model}");
         let mut by_target = self
             .by_target
@@ -128,18 +134,18 @@ impl Circuits {
 
 /// What to do after an attempt failed.
 #[derive(Debug)]
-pub enum Next {
+pub(crate) enum Next {
     /// Try the same target again after the delay.
     Retry(Duration),
-    /// Go to the next target (index into the chain) at once.
-    Fallback(usize),
+    /// Go to the next target of the chain at once.
+    Fallback,
     /// Stop: answer with the failure.
     GiveUp,
 }
 
 /// The attempts of one call over its chain of targets.
 #[derive(Debug)]
-pub struct Plan {
+pub(crate) struct Plan {
     chain: Arc<[Target]>,
     fallback_on: Arc<[FailureClass]>,
     max_attempts: u32,
@@ -159,7 +165,7 @@ pub struct Plan {
 
 impl Plan {
     /// A plan over `chain`; counts the call in the budget.
-    pub fn new(
+    pub(crate) fn new(
         chain: Arc<[Target]>,
         fallback_on: Arc<[FailureClass]>,
         policy: &RetryPolicy,
@@ -182,25 +188,28 @@ impl Plan {
     }
 
     /// The current target.
-    pub fn target(&self) -> &Target {
-        // The chain is never empty (a route has its target) and `target`
-        // only moves to valid indexes.
+    #[expect(
+        clippy::indexing_slicing,
+        reason = "the chain is never empty (a route has its target, a direct call its one) and \
+                  `target` only moves to valid indexes"
+    )]
+    pub(crate) fn target(&self) -> &Target {
         &self.chain[self.target.min(self.chain.len() - 1)]
     }
 
     /// Upstream attempts made.
-    pub fn attempts(&self) -> u32 {
+    pub(crate) fn attempts(&self) -> u32 {
         self.attempts
     }
 
     /// Why retrying stopped early, if it did (budget, deadline).
-    pub fn stopped(&self) -> Option<&str> {
+    pub(crate) fn stopped(&self) -> Option<&str> {
         self.stopped.as_deref()
     }
 
     /// Asks the current target's circuit for leave to call it. `Err` with
     /// the next step when it is open.
-    pub fn admit(&mut self) -> Result<Option<CallPermit>, (Next, ProviderError)> {
+    pub(crate) fn admit(&mut self) -> Result<Option<CallPermit>, (Next, ProviderError)> {
         let target = self.target().clone();
         let Some(circuit) = &target.circuit else {
             self.attempts += 1;
@@ -222,7 +231,7 @@ impl Plan {
     }
 
     /// Decides what follows a failed attempt at the current target.
-    pub fn after_failure(&mut self, err: &ProviderError) -> Next {
+    pub(crate) fn after_failure(&mut self, err: &ProviderError) -> Next {
         let class = classify(err);
         if self
             .deadline
@@ -263,13 +272,13 @@ impl Plan {
         );
         self.target += 1;
         self.at_target = 0;
-        Next::Fallback(self.target)
+        Next::Fallback
     }
 }
 
 /// Retry settings and the budget shared by every call.
 #[derive(Debug, Clone)]
-pub struct RetryPolicy {
+pub(crate) struct RetryPolicy {
     config: RetryConfig,
     budget: RetryBudget,
     reporter: ResilienceReporter,
@@ -277,7 +286,7 @@ pub struct RetryPolicy {
 
 impl RetryPolicy {
     /// The policy of `config`.
-    pub fn new(config: &RetryConfig, reporter: ResilienceReporter) -> Self {
+    pub(crate) fn new(config: &RetryConfig, reporter: ResilienceReporter) -> Self {
         Self {
             config: config.clone(),
             budget: RetryBudget::new(config),
@@ -287,7 +296,7 @@ impl RetryPolicy {
 }
 
 /// Reports how a circuit permit's call ended.
-pub fn settle_permit(permit: Option<CallPermit>, result: Result<(), &ProviderError>) {
+pub(crate) fn settle_permit(permit: Option<CallPermit>, result: Result<(), &ProviderError>) {
     let Some(permit) = permit else { return };
     match result {
         Ok(()) => permit.success(),
@@ -301,7 +310,7 @@ pub fn settle_permit(permit: Option<CallPermit>, result: Result<(), &ProviderErr
 
 /// The rate limits per tenant and per route.
 #[derive(Debug)]
-pub struct Limits {
+pub(crate) struct Limits {
     tenants: KeyedRateLimiter,
     routes: KeyedRateLimiter,
     reporter: ResilienceReporter,
@@ -309,7 +318,7 @@ pub struct Limits {
 
 /// Tokens taken from the limits for one call, settled with its real usage.
 #[derive(Debug)]
-pub struct Charges {
+pub(crate) struct Charges {
     limits: Arc<Limits>,
     tenant: Option<TokenCharge>,
     route: Option<TokenCharge>,
@@ -317,7 +326,7 @@ pub struct Charges {
 
 impl Limits {
     /// The limits of `config`.
-    pub fn new(config: &Config, reporter: ResilienceReporter) -> Self {
+    pub(crate) fn new(config: &Config, reporter: ResilienceReporter) -> Self {
         let limits = &config.rate_limits;
         Self {
             tenants: KeyedRateLimiter::new(limits.tenant, limits.tenants.clone()),
@@ -329,7 +338,7 @@ impl Limits {
     /// Admits a call of `tenant` on `route`, charged the estimated input
     /// tokens of `request`, or refuses it with RESOURCE_EXHAUSTED and
     /// RetryInfo (and a RATE_LIMITED event).
-    pub fn admit(
+    pub(crate) fn admit(
         self: &Arc<Self>,
         tenant: &str,
         route: &str,
@@ -388,7 +397,7 @@ impl Limits {
 impl Charges {
     /// Settles the tokens taken with what the call used (input + output);
     /// once (later calls do nothing).
-    pub fn settle(&mut self, used_tokens: u64) {
+    pub(crate) fn settle(&mut self, used_tokens: u64) {
         if let Some(charge) = self.tenant.take() {
             self.limits.tenants.reconcile(charge, used_tokens);
         }

@@ -5,17 +5,17 @@
 use std::collections::HashSet;
 
 use agentmesh_proto::llm::v1::{
-    GenerateRequest, Message, ResponseFormatType, Role, ToolChoiceMode,
+    GenerateRequest, Message, ResponseFormat, ResponseFormatType, Role, ToolChoice, ToolChoiceMode,
 };
 use tonic::Status;
 
 /// Most stop sequences a request may give (OpenAI's limit, the tightest).
-pub const MAX_STOP_SEQUENCES: usize = 4;
+pub(crate) const MAX_STOP_SEQUENCES: usize = 4;
 /// Longest tool or schema name.
 const MAX_NAME_CHARS: usize = 64;
 
 /// Every field violation of `request`, or `Ok` when there is none.
-pub fn validate_request(request: &GenerateRequest) -> Result<(), Status> {
+pub(crate) fn validate_request(request: &GenerateRequest) -> Result<(), Status> {
     let mut violations: Vec<(String, String)> = Vec::new();
     let mut violate = |field: String, description: &str| {
         violations.push((field, description.to_owned()));
@@ -27,7 +27,24 @@ pub fn validate_request(request: &GenerateRequest) -> Result<(), Status> {
     for (index, message) in request.messages.iter().enumerate() {
         check_message(index, message, &mut violate);
     }
+    check_tools(request, &mut violate);
+    if let Some(choice) = &request.tool_choice {
+        check_tool_choice(request, choice, &mut violate);
+    }
+    if let Some(format) = &request.response_format {
+        check_response_format(format, &mut violate);
+    }
+    check_generation(request, &mut violate);
 
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(agentmesh_kit::status::invalid_argument(violations))
+    }
+}
+
+/// Tool names (well-formed, unique) and parameter schemas.
+fn check_tools(request: &GenerateRequest, violate: &mut impl FnMut(String, &str)) {
     let mut names = HashSet::new();
     for (index, tool) in request.tools.iter().enumerate() {
         let field = |name: &str| format!("tools[{index}].{name}");
@@ -49,71 +66,80 @@ pub fn validate_request(request: &GenerateRequest) -> Result<(), Status> {
             );
         }
     }
+}
 
-    if let Some(choice) = &request.tool_choice {
-        match ToolChoiceMode::try_from(choice.mode) {
-            Err(_) => violate("tool_choice.mode".into(), "unknown tool choice mode"),
-            Ok(ToolChoiceMode::Tool) => {
-                if choice.tool.is_empty() {
-                    violate(
-                        "tool_choice.tool".into(),
-                        "required with TOOL_CHOICE_MODE_TOOL: name one of the request's tools",
-                    );
-                } else if !request.tools.iter().any(|tool| tool.name == choice.tool) {
-                    violate(
-                        "tool_choice.tool".into(),
-                        "must name one of the request's tools",
-                    );
-                }
+/// The tool choice agrees with the tools offered.
+fn check_tool_choice(
+    request: &GenerateRequest,
+    choice: &ToolChoice,
+    violate: &mut impl FnMut(String, &str),
+) {
+    match ToolChoiceMode::try_from(choice.mode) {
+        Err(_) => violate("tool_choice.mode".into(), "unknown tool choice mode"),
+        Ok(ToolChoiceMode::Tool) => {
+            if choice.tool.is_empty() {
+                violate(
+                    "tool_choice.tool".into(),
+                    "required with TOOL_CHOICE_MODE_TOOL: name one of the request's tools",
+                );
+            } else if !request.tools.iter().any(|tool| tool.name == choice.tool) {
+                violate(
+                    "tool_choice.tool".into(),
+                    "must name one of the request's tools",
+                );
             }
-            Ok(mode) => {
-                if !choice.tool.is_empty() {
-                    violate(
-                        "tool_choice.tool".into(),
-                        "only allowed with TOOL_CHOICE_MODE_TOOL",
-                    );
-                }
-                if mode == ToolChoiceMode::Required && request.tools.is_empty() {
-                    violate(
-                        "tool_choice.mode".into(),
-                        "TOOL_CHOICE_MODE_REQUIRED needs at least one tool in `tools`",
-                    );
-                }
+        }
+        Ok(mode) => {
+            if !choice.tool.is_empty() {
+                violate(
+                    "tool_choice.tool".into(),
+                    "only allowed with TOOL_CHOICE_MODE_TOOL",
+                );
+            }
+            if mode == ToolChoiceMode::Required && request.tools.is_empty() {
+                violate(
+                    "tool_choice.mode".into(),
+                    "TOOL_CHOICE_MODE_REQUIRED needs at least one tool in `tools`",
+                );
             }
         }
     }
+}
 
-    if let Some(format) = &request.response_format {
-        match ResponseFormatType::try_from(format.r#type) {
-            Err(_) => violate(
-                "response_format.type".into(),
-                "unknown response format type",
-            ),
-            Ok(ResponseFormatType::JsonSchema) => {
-                if !is_json_object(&format.schema_json) {
-                    violate(
-                        "response_format.schema_json".into(),
-                        "required with RESPONSE_FORMAT_TYPE_JSON_SCHEMA: a JSON Schema as a JSON object",
-                    );
-                }
-                if !format.schema_name.is_empty() && !is_name(&format.schema_name) {
-                    violate(
-                        "response_format.schema_name".into(),
-                        "must be at most 64 characters of letters, digits, `_` and `-`",
-                    );
-                }
+/// A schema is given exactly when the format asks for one.
+fn check_response_format(format: &ResponseFormat, violate: &mut impl FnMut(String, &str)) {
+    match ResponseFormatType::try_from(format.r#type) {
+        Err(_) => violate(
+            "response_format.type".into(),
+            "unknown response format type",
+        ),
+        Ok(ResponseFormatType::JsonSchema) => {
+            if !is_json_object(&format.schema_json) {
+                violate(
+                    "response_format.schema_json".into(),
+                    "required with RESPONSE_FORMAT_TYPE_JSON_SCHEMA: a JSON Schema as a JSON object",
+                );
             }
-            Ok(_) => {
-                if !format.schema_json.is_empty() || !format.schema_name.is_empty() {
-                    violate(
-                        "response_format.schema_json".into(),
-                        "a schema is only used with RESPONSE_FORMAT_TYPE_JSON_SCHEMA",
-                    );
-                }
+            if !format.schema_name.is_empty() && !is_name(&format.schema_name) {
+                violate(
+                    "response_format.schema_name".into(),
+                    "must be at most 64 characters of letters, digits, `_` and `-`",
+                );
+            }
+        }
+        Ok(_) => {
+            if !format.schema_json.is_empty() || !format.schema_name.is_empty() {
+                violate(
+                    "response_format.schema_json".into(),
+                    "a schema is only used with RESPONSE_FORMAT_TYPE_JSON_SCHEMA",
+                );
             }
         }
     }
+}
 
+/// Sampling parameters, the output limit and stop sequences.
+fn check_generation(request: &GenerateRequest, violate: &mut impl FnMut(String, &str)) {
     if let Some(temperature) = request.temperature
         && !(0.0..=2.0).contains(&temperature)
     {
@@ -137,12 +163,6 @@ pub fn validate_request(request: &GenerateRequest) -> Result<(), Status> {
         if stop.is_empty() {
             violate(format!("stop[{index}]"), "must not be empty");
         }
-    }
-
-    if violations.is_empty() {
-        Ok(())
-    } else {
-        Err(agentmesh_kit::status::invalid_argument(violations))
     }
 }
 

@@ -37,17 +37,17 @@ use crate::providers::openai::parameters_schema;
 use crate::providers::{EventStream, Provider, ProviderCall};
 
 /// The API version this adapter speaks.
-pub const API_VERSION: &str = "2023-06-01";
+pub(crate) const API_VERSION: &str = "2023-06-01";
 
 /// An Anthropic-protocol provider instance.
 #[derive(Debug, Clone)]
-pub struct Anthropic {
+pub(crate) struct Anthropic {
     core: Arc<HttpCore>,
 }
 
 impl Anthropic {
     /// The instance `instance` configured by `config`.
-    pub fn new(instance: &str, config: &ProviderConfig) -> Self {
+    pub(crate) fn new(instance: &str, config: &ProviderConfig) -> Self {
         Self {
             core: Arc::new(HttpCore::new(instance, config)),
         }
@@ -135,7 +135,7 @@ impl Provider for Anthropic {
 // === request mapping ===
 
 /// The Messages API request body for `request` sent to `model`.
-pub fn request_body(
+pub(crate) fn request_body(
     model: &str,
     request: &GenerateRequest,
     default_max_tokens: i32,
@@ -167,46 +167,7 @@ pub fn request_body(
         Value::Array(messages_json(&request.messages)),
     );
 
-    let tool_choice =
-        ToolChoiceMode::try_from(request.tool_choice.as_ref().map_or(0, |choice| choice.mode))
-            .unwrap_or_default();
-    if !request.tools.is_empty() {
-        let tools = request
-            .tools
-            .iter()
-            .map(|tool| {
-                let mut spec = Map::new();
-                spec.insert("name".into(), json!(tool.name));
-                if !tool.description.is_empty() {
-                    spec.insert("description".into(), json!(tool.description));
-                }
-                spec.insert(
-                    "input_schema".into(),
-                    parameters_schema(&tool.parameters_json),
-                );
-                Value::Object(spec)
-            })
-            .collect();
-        body.insert("tools".into(), Value::Array(tools));
-        let mut choice = match tool_choice {
-            ToolChoiceMode::Unspecified | ToolChoiceMode::Auto => json!({"type": "auto"}),
-            ToolChoiceMode::None => json!({"type": "none"}),
-            ToolChoiceMode::Required => json!({"type": "any"}),
-            ToolChoiceMode::Tool => json!({
-                "type": "tool",
-                "name": request.tool_choice.as_ref().map_or("", |choice| choice.tool.as_str()),
-            }),
-        };
-        let explicit = request.tool_choice.is_some();
-        if request.parallel_tool_calls == Some(false) && tool_choice != ToolChoiceMode::None {
-            if let Some(object) = choice.as_object_mut() {
-                object.insert("disable_parallel_tool_use".into(), json!(true));
-            }
-            body.insert("tool_choice".into(), choice);
-        } else if explicit {
-            body.insert("tool_choice".into(), choice);
-        }
-    }
+    insert_tools(&mut body, request);
     if let Some(temperature) = request.temperature {
         // Anthropic's range is 0-1, ours (OpenAI's) 0-2: clamp rather than fail.
         body.insert("temperature".into(), json!(temperature.min(1.0)));
@@ -221,6 +182,51 @@ pub fn request_body(
         body.insert("stream".into(), json!(true));
     }
     Value::Object(body)
+}
+
+/// The tools and the tool choice, when the request offers tools.
+fn insert_tools(body: &mut Map<String, Value>, request: &GenerateRequest) {
+    if request.tools.is_empty() {
+        return;
+    }
+    let tool_choice =
+        ToolChoiceMode::try_from(request.tool_choice.as_ref().map_or(0, |choice| choice.mode))
+            .unwrap_or_default();
+    let tools = request
+        .tools
+        .iter()
+        .map(|tool| {
+            let mut spec = Map::new();
+            spec.insert("name".into(), json!(tool.name));
+            if !tool.description.is_empty() {
+                spec.insert("description".into(), json!(tool.description));
+            }
+            spec.insert(
+                "input_schema".into(),
+                parameters_schema(&tool.parameters_json),
+            );
+            Value::Object(spec)
+        })
+        .collect();
+    body.insert("tools".into(), Value::Array(tools));
+    let mut choice = match tool_choice {
+        ToolChoiceMode::Unspecified | ToolChoiceMode::Auto => json!({"type": "auto"}),
+        ToolChoiceMode::None => json!({"type": "none"}),
+        ToolChoiceMode::Required => json!({"type": "any"}),
+        ToolChoiceMode::Tool => json!({
+            "type": "tool",
+            "name": request.tool_choice.as_ref().map_or("", |choice| choice.tool.as_str()),
+        }),
+    };
+    let explicit = request.tool_choice.is_some();
+    if request.parallel_tool_calls == Some(false) && tool_choice != ToolChoiceMode::None {
+        if let Some(object) = choice.as_object_mut() {
+            object.insert("disable_parallel_tool_use".into(), json!(true));
+        }
+        body.insert("tool_choice".into(), choice);
+    } else if explicit {
+        body.insert("tool_choice".into(), choice);
+    }
 }
 
 fn response_format_instruction(request: &GenerateRequest) -> Option<String> {
@@ -294,7 +300,7 @@ fn text_block(text: &str) -> Vec<Value> {
 
 /// A tool call's `input` object. Arguments a model produced that are not a
 /// JSON object are kept, wrapped, so the model still sees what it sent.
-pub fn tool_input(arguments_json: &str) -> Value {
+pub(crate) fn tool_input(arguments_json: &str) -> Value {
     if arguments_json.trim().is_empty() {
         return json!({});
     }
@@ -307,7 +313,7 @@ pub fn tool_input(arguments_json: &str) -> Value {
 // === response mapping ===
 
 /// Anthropic stop reason → ours.
-pub fn finish_reason(reason: &str) -> FinishReason {
+pub(crate) fn finish_reason(reason: &str) -> FinishReason {
     match reason {
         "end_turn" | "stop_sequence" | "pause_turn" => FinishReason::Stop,
         "max_tokens" | "model_context_window_exceeded" => FinishReason::Length,
@@ -319,7 +325,7 @@ pub fn finish_reason(reason: &str) -> FinishReason {
 
 /// Anthropic's `input_tokens` excludes tokens read from or written to the
 /// prompt cache; ours includes them.
-pub fn usage(value: &Value) -> ReportedUsage {
+pub(crate) fn usage(value: &Value) -> ReportedUsage {
     let count = |name: &str| value.get(name).and_then(Value::as_u64);
     let cache_read = count("cache_read_input_tokens");
     let cache_write = count("cache_creation_input_tokens");
@@ -341,7 +347,7 @@ fn str_at<'a>(value: &'a Value, pointer: &str) -> &'a str {
 }
 
 /// A non-streamed message object → [`Completion`].
-pub fn parse_message(value: &Value) -> Result<Completion, ProviderError> {
+pub(crate) fn parse_message(value: &Value) -> Result<Completion, ProviderError> {
     if str_at(value, "/type") == "error" {
         let (kind, message) =
             error_object(value).unwrap_or_else(|| ("error".to_owned(), value.to_string()));
@@ -390,12 +396,103 @@ struct OpenToolBlock {
 
 /// Decodes the typed events of a streamed message.
 #[derive(Debug, Default)]
-pub struct EventDecoder {
+pub(crate) struct EventDecoder {
     /// Content block index → the tool call it streams.
     tool_blocks: HashMap<u64, OpenToolBlock>,
     tool_calls: usize,
     stop_reason: String,
     done: bool,
+}
+
+impl EventDecoder {
+    /// A content block opens: text may come with it; a tool_use block
+    /// starts a tool call.
+    fn block_start(&mut self, data: &Value, events: &mut Vec<ProviderEvent>) {
+        let index = data.get("index").and_then(Value::as_u64).unwrap_or(0);
+        let block = data.get("content_block").unwrap_or(&Value::Null);
+        match str_at(block, "/type") {
+            "text" => {
+                let text = str_at(block, "/text");
+                if !text.is_empty() {
+                    events.push(ProviderEvent::Text(text.to_owned()));
+                }
+            }
+            "tool_use" => {
+                let tool_index = self.tool_calls;
+                self.tool_calls += 1;
+                self.tool_blocks.insert(
+                    index,
+                    OpenToolBlock {
+                        tool_index,
+                        got_input: false,
+                    },
+                );
+                events.push(ProviderEvent::ToolCallDelta {
+                    index: tool_index,
+                    id: str_at(block, "/id").to_owned(),
+                    name: str_at(block, "/name").to_owned(),
+                    arguments_fragment: String::new(),
+                });
+            }
+            _ => {}
+        }
+    }
+
+    /// A piece of a content block: text, or a fragment of a tool call's
+    /// input.
+    fn block_delta(
+        &mut self,
+        data: &Value,
+        events: &mut Vec<ProviderEvent>,
+    ) -> Result<(), ProviderError> {
+        let index = data.get("index").and_then(Value::as_u64).unwrap_or(0);
+        let delta = data.get("delta").unwrap_or(&Value::Null);
+        match str_at(delta, "/type") {
+            "text_delta" => {
+                let text = str_at(delta, "/text");
+                if !text.is_empty() {
+                    events.push(ProviderEvent::Text(text.to_owned()));
+                }
+            }
+            "input_json_delta" => {
+                let fragment = str_at(delta, "/partial_json");
+                let Some(block) = self.tool_blocks.get_mut(&index) else {
+                    return Err(ProviderError::Malformed(format!(
+                        "input_json_delta for content block {index}, which is not a tool_use block"
+                    )));
+                };
+                if !fragment.is_empty() {
+                    block.got_input = true;
+                    events.push(ProviderEvent::ToolCallDelta {
+                        index: block.tool_index,
+                        id: String::new(),
+                        name: String::new(),
+                        arguments_fragment: fragment.to_owned(),
+                    });
+                }
+            }
+            // Thinking and signatures are hidden reasoning.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A content block closes.
+    fn block_stop(&mut self, data: &Value, events: &mut Vec<ProviderEvent>) {
+        let index = data.get("index").and_then(Value::as_u64).unwrap_or(0);
+        if let Some(block) = self.tool_blocks.remove(&index)
+            && !block.got_input
+        {
+            // A call without arguments streams no input; its
+            // arguments are still a JSON object.
+            events.push(ProviderEvent::ToolCallDelta {
+                index: block.tool_index,
+                id: String::new(),
+                name: String::new(),
+                arguments_fragment: "{}".to_owned(),
+            });
+        }
+    }
 }
 
 impl SseDecoder for EventDecoder {
@@ -418,82 +515,9 @@ impl SseDecoder for EventDecoder {
                     events.push(ProviderEvent::Usage(usage(reported)));
                 }
             }
-            "content_block_start" => {
-                let index = data.get("index").and_then(Value::as_u64).unwrap_or(0);
-                let block = data.get("content_block").unwrap_or(&Value::Null);
-                match str_at(block, "/type") {
-                    "text" => {
-                        let text = str_at(block, "/text");
-                        if !text.is_empty() {
-                            events.push(ProviderEvent::Text(text.to_owned()));
-                        }
-                    }
-                    "tool_use" => {
-                        let tool_index = self.tool_calls;
-                        self.tool_calls += 1;
-                        self.tool_blocks.insert(
-                            index,
-                            OpenToolBlock {
-                                tool_index,
-                                got_input: false,
-                            },
-                        );
-                        events.push(ProviderEvent::ToolCallDelta {
-                            index: tool_index,
-                            id: str_at(block, "/id").to_owned(),
-                            name: str_at(block, "/name").to_owned(),
-                            arguments_fragment: String::new(),
-                        });
-                    }
-                    _ => {}
-                }
-            }
-            "content_block_delta" => {
-                let index = data.get("index").and_then(Value::as_u64).unwrap_or(0);
-                let delta = data.get("delta").unwrap_or(&Value::Null);
-                match str_at(delta, "/type") {
-                    "text_delta" => {
-                        let text = str_at(delta, "/text");
-                        if !text.is_empty() {
-                            events.push(ProviderEvent::Text(text.to_owned()));
-                        }
-                    }
-                    "input_json_delta" => {
-                        let fragment = str_at(delta, "/partial_json");
-                        let Some(block) = self.tool_blocks.get_mut(&index) else {
-                            return Err(ProviderError::Malformed(format!(
-                                "input_json_delta for content block {index}, which is not a tool_use block"
-                            )));
-                        };
-                        if !fragment.is_empty() {
-                            block.got_input = true;
-                            events.push(ProviderEvent::ToolCallDelta {
-                                index: block.tool_index,
-                                id: String::new(),
-                                name: String::new(),
-                                arguments_fragment: fragment.to_owned(),
-                            });
-                        }
-                    }
-                    // Thinking and signatures are hidden reasoning.
-                    _ => {}
-                }
-            }
-            "content_block_stop" => {
-                let index = data.get("index").and_then(Value::as_u64).unwrap_or(0);
-                if let Some(block) = self.tool_blocks.remove(&index)
-                    && !block.got_input
-                {
-                    // A call without arguments streams no input; its
-                    // arguments are still a JSON object.
-                    events.push(ProviderEvent::ToolCallDelta {
-                        index: block.tool_index,
-                        id: String::new(),
-                        name: String::new(),
-                        arguments_fragment: "{}".to_owned(),
-                    });
-                }
-            }
+            "content_block_start" => self.block_start(&data, &mut events),
+            "content_block_delta" => self.block_delta(&data, &mut events)?,
+            "content_block_stop" => self.block_stop(&data, &mut events),
             "message_delta" => {
                 if let Some(reason) = data.pointer("/delta/stop_reason").and_then(Value::as_str) {
                     reason.clone_into(&mut self.stop_reason);

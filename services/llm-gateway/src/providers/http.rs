@@ -11,9 +11,9 @@ use std::collections::VecDeque;
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
-pub use agentmesh_kit::client::install_tls_crypto;
+pub(crate) use agentmesh_kit::client::install_tls_crypto;
 use agentmesh_kit::retry_after::parse_retry_after;
-pub use agentmesh_kit::status::error_chain;
+pub(crate) use agentmesh_kit::status::error_chain;
 use bytes::Bytes;
 use eventsource_stream::{Event, EventStreamError, Eventsource};
 use futures::StreamExt;
@@ -26,6 +26,7 @@ use crate::completion::ProviderEvent;
 use crate::config::ProviderConfig;
 use crate::error::{ProviderError, redact};
 use crate::providers::EventStream;
+use crate::text::ellipsize;
 
 /// Largest non-streamed response body read.
 const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
@@ -38,7 +39,7 @@ const MAX_QUOTED_CHARS: usize = 1000;
 
 /// The parts of an HTTP provider instance that do not depend on its protocol.
 #[derive(Debug)]
-pub struct HttpCore {
+pub(crate) struct HttpCore {
     instance: String,
     config: ProviderConfig,
     base_url: String,
@@ -49,7 +50,7 @@ pub struct HttpCore {
 
 impl HttpCore {
     /// The shared parts of instance `instance`.
-    pub fn new(instance: &str, config: &ProviderConfig) -> Self {
+    pub(crate) fn new(instance: &str, config: &ProviderConfig) -> Self {
         Self {
             instance: instance.to_owned(),
             config: config.clone(),
@@ -59,18 +60,18 @@ impl HttpCore {
     }
 
     /// The instance's configuration.
-    pub fn config(&self) -> &ProviderConfig {
+    pub(crate) fn config(&self) -> &ProviderConfig {
         &self.config
     }
 
     /// `path` under the base URL.
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}/{}", self.base_url, path.trim_start_matches('/'))
     }
 
     /// The API key from the configured environment variable; `None` when the
     /// instance is configured without one.
-    pub fn api_key(&self) -> Result<Option<String>, ProviderError> {
+    pub(crate) fn api_key(&self) -> Result<Option<String>, ProviderError> {
         let env = &self.config.api_key_env;
         if env.is_empty() {
             return Ok(None);
@@ -94,7 +95,7 @@ impl HttpCore {
     }
 
     /// The time limits of a call starting now.
-    pub fn timing(&self, caller_deadline: Option<Instant>) -> Timing {
+    pub(crate) fn timing(&self, caller_deadline: Option<Instant>) -> Timing {
         Timing::new(
             Instant::now(),
             self.config.first_token_timeout,
@@ -111,7 +112,7 @@ impl HttpCore {
     /// The headers of a non-streamed answer come only once the whole answer
     /// is generated, so the wait is bounded by `request_timeout`, not by the
     /// time-to-first-token limit (which would cap the answer's length).
-    pub async fn post_json(
+    pub(crate) async fn post_json(
         &self,
         path: &str,
         headers: HeaderMap,
@@ -155,7 +156,7 @@ impl HttpCore {
     }
 
     /// POSTs a streaming request and returns its events decoded by `decoder`.
-    pub async fn post_stream<D: SseDecoder>(
+    pub(crate) async fn post_stream<D: SseDecoder>(
         &self,
         path: &str,
         headers: HeaderMap,
@@ -275,7 +276,7 @@ async fn error_response(
 /// The `(type, message)` of a provider error body, in the shapes seen in the
 /// wild: `{"error":{"message","type"|"code"}}` (OpenAI, Anthropic),
 /// `{"error":"text"}` (Ollama), `{"message":..}` (vLLM), `{"detail":..}`.
-pub fn error_object(value: &Value) -> Option<(String, String)> {
+pub(crate) fn error_object(value: &Value) -> Option<(String, String)> {
     let text = |value: Option<&Value>| match value {
         Some(Value::String(text)) => Some(text.clone()),
         Some(Value::Null) | None => None,
@@ -299,7 +300,7 @@ pub fn error_object(value: &Value) -> Option<(String, String)> {
 }
 
 /// Reads and parses a JSON body within the call's time limit.
-pub async fn read_json(
+pub(crate) async fn read_json(
     response: reqwest::Response,
     timing: &Timing,
 ) -> Result<Value, ProviderError> {
@@ -334,18 +335,15 @@ async fn read_body(
 }
 
 /// `text`, cut at 1000 characters with an ellipsis.
-pub fn truncate(text: &str) -> String {
-    match text.char_indices().nth(MAX_QUOTED_CHARS) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_owned(),
-    }
+pub(crate) fn truncate(text: &str) -> String {
+    ellipsize(text, MAX_QUOTED_CHARS)
 }
 
 // === impl Timing ===
 
 /// The time limits of one call.
 #[derive(Debug, Clone)]
-pub struct Timing {
+pub(crate) struct Timing {
     first_event_by: Instant,
     end_by: Instant,
     first_token_timeout: Duration,
@@ -355,7 +353,7 @@ pub struct Timing {
 
 impl Timing {
     /// Limits for a call started at `start`.
-    pub fn new(
+    pub(crate) fn new(
         start: Instant,
         first_token_timeout: Duration,
         request_timeout: Duration,
@@ -398,7 +396,7 @@ impl Timing {
     }
 
     /// Runs `future` until the first-event limit.
-    pub async fn before_first_event<F: Future>(
+    pub(crate) async fn before_first_event<F: Future>(
         &self,
         future: F,
     ) -> Result<F::Output, ProviderError> {
@@ -408,7 +406,10 @@ impl Timing {
     }
 
     /// Runs `future` until the end of the call.
-    pub async fn before_end<F: Future>(&self, future: F) -> Result<F::Output, ProviderError> {
+    pub(crate) async fn before_end<F: Future>(
+        &self,
+        future: F,
+    ) -> Result<F::Output, ProviderError> {
         tokio::time::timeout_at(self.end_by, future)
             .await
             .map_err(|_| ProviderError::Timeout(self.end_message()))
@@ -418,7 +419,7 @@ impl Timing {
 // === SSE ===
 
 /// Turns one protocol's server-sent events into [`ProviderEvent`]s.
-pub trait SseDecoder: Send + 'static {
+pub(crate) trait SseDecoder: Send + 'static {
     /// Decodes one event; may yield several provider events, or none.
     fn on_event(&mut self, event: &Event) -> Result<Vec<ProviderEvent>, ProviderError>;
     /// Whether the protocol's end marker has been seen (then `Finished` has
@@ -443,7 +444,7 @@ struct SseState<D> {
 /// connection breaks, the bytes are not SSE, the decoder fails, a time limit
 /// passes, or the body ends before the protocol's end marker: a truncated
 /// answer never looks complete.
-pub fn sse_stream<D: SseDecoder>(
+pub(crate) fn sse_stream<D: SseDecoder>(
     response: reqwest::Response,
     decoder: D,
     timing: Timing,
@@ -453,7 +454,7 @@ pub fn sse_stream<D: SseDecoder>(
 }
 
 /// [`sse_stream`] over any byte stream (tests feed recorded bytes).
-pub fn decode_sse<D: SseDecoder>(
+pub(crate) fn decode_sse<D: SseDecoder>(
     bytes: BoxStream<'static, reqwest::Result<Bytes>>,
     decoder: D,
     timing: Timing,
@@ -517,7 +518,7 @@ pub fn decode_sse<D: SseDecoder>(
 }
 
 /// Parses an event's data as JSON.
-pub fn event_json(event: &Event) -> Result<Value, ProviderError> {
+pub(crate) fn event_json(event: &Event) -> Result<Value, ProviderError> {
     serde_json::from_str(&event.data).map_err(|err| {
         ProviderError::Malformed(format!(
             "event data is not JSON ({err}): {}",

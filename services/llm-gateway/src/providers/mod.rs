@@ -11,13 +11,14 @@
 //! * [`scripted`]: a deterministic stand-in driven by regex rules.
 //!
 //! [`http`] holds what the two HTTP providers share: the pooled client,
-//! timeouts, error responses and SSE decoding. Retries and fallbacks, when
-//! they come, wrap this trait without the providers changing.
+//! timeouts, error responses and SSE decoding. Retries and fallbacks wrap
+//! this trait (the attempt loops of [`crate::unary`] and [`crate::relay`]);
+//! the providers know nothing of them.
 
-pub mod anthropic;
-pub mod http;
-pub mod openai;
-pub mod scripted;
+pub(crate) mod anthropic;
+pub(crate) mod http;
+pub(crate) mod openai;
+pub(crate) mod scripted;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -35,7 +36,7 @@ use crate::error::ProviderError;
 
 /// One call to a provider.
 #[derive(Debug, Clone)]
-pub struct ProviderCall {
+pub(crate) struct ProviderCall {
     /// The provider's model name (the part after `instance/`).
     pub model: String,
     /// The validated request (its `model` field is the caller's, not used).
@@ -45,10 +46,10 @@ pub struct ProviderCall {
 }
 
 /// A stream of normalised events; the last item is `Finished` or an error.
-pub type EventStream = BoxStream<'static, Result<ProviderEvent, ProviderError>>;
+pub(crate) type EventStream = BoxStream<'static, Result<ProviderEvent, ProviderError>>;
 
 /// A model provider.
-pub trait Provider: Send + Sync + fmt::Debug {
+pub(crate) trait Provider: Send + Sync + fmt::Debug {
     /// One complete answer.
     fn generate(&self, call: ProviderCall)
     -> BoxFuture<'static, Result<Completion, ProviderError>>;
@@ -60,7 +61,7 @@ pub trait Provider: Send + Sync + fmt::Debug {
 
 /// A configured provider instance.
 #[derive(Debug, Clone)]
-pub struct ProviderInstance {
+pub(crate) struct ProviderInstance {
     /// Its configuration.
     pub config: ProviderConfig,
     /// The client.
@@ -70,7 +71,7 @@ pub struct ProviderInstance {
 /// Builds every configured provider instance. Fails on a scripted rules file
 /// that cannot be loaded (HTTP clients are built on first use, so a machine
 /// without CA certificates still serves the scripted demo).
-pub fn build_all(
+pub(crate) fn build_all(
     configs: &BTreeMap<String, ProviderConfig>,
 ) -> Result<BTreeMap<String, ProviderInstance>, ConfigError> {
     let mut instances = BTreeMap::new();

@@ -20,7 +20,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use agentmesh_proto::llm::v1::{
-    FinishReason, GenerateRequest, Message, ResponseFormatType, Role, ToolCall, ToolChoiceMode,
+    FinishReason, GenerateRequest, Message, ResponseFormat, ResponseFormatType, Role, ToolCall,
+    ToolChoiceMode,
 };
 use eventsource_stream::Event;
 use futures::future::BoxFuture;
@@ -36,13 +37,13 @@ use crate::providers::{EventStream, Provider, ProviderCall};
 
 /// An OpenAI-protocol provider instance.
 #[derive(Debug, Clone)]
-pub struct OpenAi {
+pub(crate) struct OpenAi {
     core: Arc<HttpCore>,
 }
 
 impl OpenAi {
     /// The instance `instance` configured by `config`.
-    pub fn new(instance: &str, config: &ProviderConfig) -> Self {
+    pub(crate) fn new(instance: &str, config: &ProviderConfig) -> Self {
         Self {
             core: Arc::new(HttpCore::new(instance, config)),
         }
@@ -51,7 +52,7 @@ impl OpenAi {
 
 /// How the output limit is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenLimitField {
+pub(crate) enum TokenLimitField {
     /// `max_completion_tokens` (OpenAI).
     MaxCompletionTokens,
     /// `max_tokens` (compatible servers).
@@ -60,7 +61,7 @@ pub enum TokenLimitField {
 
 impl TokenLimitField {
     /// The field for a base URL.
-    pub fn for_base_url(base_url: &str) -> Self {
+    pub(crate) fn for_base_url(base_url: &str) -> Self {
         if base_url.trim_end_matches('/') == ProviderKind::Openai.default_base_url() {
             Self::MaxCompletionTokens
         } else {
@@ -151,7 +152,7 @@ impl Provider for OpenAi {
 
 /// The Chat Completions request body for `request` sent to `model`.
 /// `default_max_tokens` applies when the request gives no limit (0 = none).
-pub fn request_body(
+pub(crate) fn request_body(
     model: &str,
     request: &GenerateRequest,
     default_max_tokens: i32,
@@ -164,61 +165,11 @@ pub fn request_body(
         "messages".into(),
         Value::Array(request.messages.iter().map(message_json).collect()),
     );
-    if !request.tools.is_empty() {
-        let tools = request
-            .tools
-            .iter()
-            .map(|tool| {
-                json!({
-                    "type": "function",
-                    "function": {
-                        "name": tool.name,
-                        "description": tool.description,
-                        "parameters": parameters_schema(&tool.parameters_json),
-                    }
-                })
-            })
-            .collect();
-        body.insert("tools".into(), Value::Array(tools));
-        if let Some(choice) = &request.tool_choice {
-            let value = match ToolChoiceMode::try_from(choice.mode).unwrap_or_default() {
-                ToolChoiceMode::Unspecified | ToolChoiceMode::Auto => json!("auto"),
-                ToolChoiceMode::None => json!("none"),
-                ToolChoiceMode::Required => json!("required"),
-                ToolChoiceMode::Tool => {
-                    json!({"type": "function", "function": {"name": choice.tool}})
-                }
-            };
-            body.insert("tool_choice".into(), value);
-        }
-        // OpenAI refuses parallel_tool_calls in a request without tools.
-        if let Some(parallel) = request.parallel_tool_calls {
-            body.insert("parallel_tool_calls".into(), json!(parallel));
-        }
-    }
-    if let Some(format) = &request.response_format {
-        match ResponseFormatType::try_from(format.r#type).unwrap_or_default() {
-            ResponseFormatType::Unspecified | ResponseFormatType::Text => {}
-            ResponseFormatType::JsonObject => {
-                body.insert("response_format".into(), json!({"type": "json_object"}));
-            }
-            ResponseFormatType::JsonSchema => {
-                let name = if format.schema_name.is_empty() {
-                    "response"
-                } else {
-                    &format.schema_name
-                };
-                let schema: Value =
-                    serde_json::from_str(&format.schema_json).unwrap_or_else(|_| json!({}));
-                body.insert(
-                    "response_format".into(),
-                    json!({
-                        "type": "json_schema",
-                        "json_schema": {"name": name, "schema": schema, "strict": format.strict}
-                    }),
-                );
-            }
-        }
+    insert_tools(&mut body, request);
+    if let Some(format) = &request.response_format
+        && let Some(value) = response_format_json(format)
+    {
+        body.insert("response_format".into(), value);
     }
     if let Some(temperature) = request.temperature {
         body.insert("temperature".into(), json!(temperature));
@@ -249,6 +200,65 @@ pub fn request_body(
         body.insert("stream_options".into(), json!({"include_usage": true}));
     }
     Value::Object(body)
+}
+
+/// The tools, the tool choice and `parallel_tool_calls`, when the request
+/// offers tools.
+fn insert_tools(body: &mut Map<String, Value>, request: &GenerateRequest) {
+    if request.tools.is_empty() {
+        return;
+    }
+    let tools = request
+        .tools
+        .iter()
+        .map(|tool| {
+            json!({
+                "type": "function",
+                "function": {
+                    "name": tool.name,
+                    "description": tool.description,
+                    "parameters": parameters_schema(&tool.parameters_json),
+                }
+            })
+        })
+        .collect();
+    body.insert("tools".into(), Value::Array(tools));
+    if let Some(choice) = &request.tool_choice {
+        let value = match ToolChoiceMode::try_from(choice.mode).unwrap_or_default() {
+            ToolChoiceMode::Unspecified | ToolChoiceMode::Auto => json!("auto"),
+            ToolChoiceMode::None => json!("none"),
+            ToolChoiceMode::Required => json!("required"),
+            ToolChoiceMode::Tool => {
+                json!({"type": "function", "function": {"name": choice.tool}})
+            }
+        };
+        body.insert("tool_choice".into(), value);
+    }
+    // OpenAI refuses parallel_tool_calls in a request without tools.
+    if let Some(parallel) = request.parallel_tool_calls {
+        body.insert("parallel_tool_calls".into(), json!(parallel));
+    }
+}
+
+/// The `response_format` of a response format, if it sends one.
+fn response_format_json(format: &ResponseFormat) -> Option<Value> {
+    match ResponseFormatType::try_from(format.r#type).unwrap_or_default() {
+        ResponseFormatType::Unspecified | ResponseFormatType::Text => None,
+        ResponseFormatType::JsonObject => Some(json!({"type": "json_object"})),
+        ResponseFormatType::JsonSchema => {
+            let name = if format.schema_name.is_empty() {
+                "response"
+            } else {
+                &format.schema_name
+            };
+            let schema: Value =
+                serde_json::from_str(&format.schema_json).unwrap_or_else(|_| json!({}));
+            Some(json!({
+                "type": "json_schema",
+                "json_schema": {"name": name, "schema": schema, "strict": format.strict}
+            }))
+        }
+    }
 }
 
 fn message_json(message: &Message) -> Value {
@@ -301,7 +311,7 @@ fn message_json(message: &Message) -> Value {
 }
 
 /// A tool's JSON Schema; empty means "no arguments".
-pub fn parameters_schema(parameters_json: &str) -> Value {
+pub(crate) fn parameters_schema(parameters_json: &str) -> Value {
     if parameters_json.trim().is_empty() {
         return json!({"type": "object", "properties": {}});
     }
@@ -312,7 +322,7 @@ pub fn parameters_schema(parameters_json: &str) -> Value {
 // === response mapping ===
 
 /// OpenAI finish reason → ours.
-pub fn finish_reason(reason: &str) -> FinishReason {
+pub(crate) fn finish_reason(reason: &str) -> FinishReason {
     match reason {
         "stop" => FinishReason::Stop,
         "length" => FinishReason::Length,
@@ -324,7 +334,7 @@ pub fn finish_reason(reason: &str) -> FinishReason {
 
 /// The usage object (`prompt_tokens`, `completion_tokens`, and the cached
 /// and reasoning details).
-pub fn usage(value: &Value) -> ReportedUsage {
+pub(crate) fn usage(value: &Value) -> ReportedUsage {
     let count = |pointer: &str| value.pointer(pointer).and_then(Value::as_u64);
     ReportedUsage {
         input_tokens: count("/prompt_tokens"),
@@ -340,7 +350,7 @@ fn str_at<'a>(value: &'a Value, pointer: &str) -> &'a str {
 }
 
 /// A non-streamed `chat.completion` object → [`Completion`].
-pub fn parse_completion(value: &Value) -> Result<Completion, ProviderError> {
+pub(crate) fn parse_completion(value: &Value) -> Result<Completion, ProviderError> {
     if let Some((kind, message)) = value.get("error").and_then(|_| error_object(value)) {
         return Err(ProviderError::Upstream { kind, message });
     }
@@ -383,7 +393,7 @@ pub fn parse_completion(value: &Value) -> Result<Completion, ProviderError> {
 
 /// Decodes the `chat.completion.chunk` events of a streamed answer.
 #[derive(Debug, Default)]
-pub struct ChunkDecoder {
+pub(crate) struct ChunkDecoder {
     metadata_sent: bool,
     finish_reason: Option<String>,
     /// Provider tool-call index → ours (dense, in order of appearance).

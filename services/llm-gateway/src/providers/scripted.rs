@@ -3,40 +3,9 @@
 //! provider `scripted`, the model part of its target (e.g. `demo`), and
 //! usage flagged as estimated.
 //!
-//! # Rules file
-//!
-//! Answers come from a TOML rules file (the instance's `rules_file`; empty =
-//! the built-in demo rules, `demo/rules.toml` in this crate):
-//!
-//! ```toml
-//! # Default delay between streamed pieces (humantime). 0s = as fast as possible.
-//! pace = "25ms"
-//!
-//! [[rules]]
-//! # Which message the regex is matched against:
-//! #   "user"       the last message, when it is a user message;
-//! #   "tool"       the last message, when it is a tool result;
-//! #   "tool_error" the last message, when it is a tool result flagged is_error;
-//! #   "any"        the last user or tool message (the default).
-//! on = "user"
-//! # A regex (Rust `regex` syntax). The first matching rule wins; a rule
-//! # without `match` matches anything (`${0}` is then the whole message).
-//! match = '(?i)^\s*(?:what is|calculate)\s+(?P<expr>[-+*/^%()., 0-9a-z]+?)\s*\??\s*$'
-//! # Either tool calls, whose `arguments` is a JSON template where `${name}`
-//! # or `${1}` is replaced by the capture, escaped for a JSON string...
-//! tool_calls = [{ name = "calculator", arguments = '{"expression": "${expr}"}' }]
-//! # ...or `text`, streamed word by word (whitespace kept), with the same
-//! # substitution, unescaped.
-//! # text = "The answer is ${result}."
-//! # This rule's own pace, overriding the file's.
-//! # pace = "200ms"
-//! ```
-//!
-//! Loading checks every rule (exactly one of `text` and `tool_calls`, a
-//! regex that compiles, placeholders naming groups of the regex, arguments
-//! that are a JSON object) and names the offending rule (`rules[2]`); the
-//! service refuses to start on a bad file. The instance's `pace` setting, when
-//! set, overrides the file's and every rule's pace.
+//! What it answers is decided by a rules file, loaded and compiled by
+//! [`crate::scripted_rules`]; this module matches a request against the
+//! rules and turns the chosen answer into provider events.
 //!
 //! # Answers
 //!
@@ -55,7 +24,6 @@
 //! went away) stops at once.
 
 use std::collections::VecDeque;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -63,8 +31,7 @@ use std::time::Duration;
 use agentmesh_proto::llm::v1::{FinishReason, GenerateRequest, Message, Role, ToolChoiceMode};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
-use regex::{Captures, Regex};
-use serde::Deserialize;
+use regex::Captures;
 
 use crate::completion::{
     Assembler, Completion, ProviderEvent, ReportedUsage, estimate_input_tokens,
@@ -72,297 +39,17 @@ use crate::completion::{
 use crate::config::ProviderConfig;
 use crate::error::ProviderError;
 use crate::providers::{EventStream, Provider, ProviderCall};
-
-/// The built-in demo rules.
-pub const DEMO_RULES: &str = include_str!("../../demo/rules.toml");
+use crate::scripted_rules::{Answer, On, Rule, RuleSet, RulesError, Template};
+use crate::text::ellipsize;
 
 /// How much of an unmatched message the fallback answer quotes.
 const QUOTE_CHARS: usize = 80;
-
-// === rules file ===
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RulesFile {
-    #[serde(default, with = "humantime_serde")]
-    pace: Option<Duration>,
-    #[serde(default)]
-    rules: Vec<RuleSpec>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RuleSpec {
-    #[serde(default)]
-    on: On,
-    #[serde(default, rename = "match")]
-    pattern: Option<String>,
-    #[serde(default)]
-    text: Option<String>,
-    #[serde(default)]
-    tool_calls: Option<Vec<ToolCallSpec>>,
-    #[serde(default, with = "humantime_serde")]
-    pace: Option<Duration>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ToolCallSpec {
-    name: String,
-    #[serde(default = "empty_object")]
-    arguments: String,
-}
-
-fn empty_object() -> String {
-    "{}".to_owned()
-}
-
-/// Which message a rule looks at.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum On {
-    /// The last message, when it is a user message.
-    User,
-    /// The last message, when it is a tool result.
-    Tool,
-    /// The last message, when it is a tool result flagged `is_error`.
-    ToolError,
-    /// The last user or tool message.
-    #[default]
-    Any,
-}
-
-/// A rules file that cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{source_name}: {message}")]
-pub struct RulesError {
-    source_name: String,
-    message: String,
-}
-
-/// A compiled rules file.
-#[derive(Debug)]
-pub struct RuleSet {
-    source_name: String,
-    pace: Duration,
-    rules: Vec<Rule>,
-}
-
-#[derive(Debug)]
-struct Rule {
-    on: On,
-    regex: Regex,
-    answer: Answer,
-    pace: Option<Duration>,
-}
-
-#[derive(Debug)]
-enum Answer {
-    Text(Template),
-    ToolCalls(Vec<(String, Template)>),
-}
-
-impl RuleSet {
-    /// Loads the rules file at `path`, or the built-in demo rules when `path`
-    /// is empty.
-    pub fn load(path: &str) -> Result<Self, RulesError> {
-        if path.is_empty() {
-            return Self::parse(DEMO_RULES, "the built-in demo rules");
-        }
-        let source_name = format!("rules file {path}");
-        let text = std::fs::read_to_string(Path::new(path)).map_err(|err| RulesError {
-            source_name: source_name.clone(),
-            message: format!("cannot be read: {err}"),
-        })?;
-        Self::parse(&text, &source_name)
-    }
-
-    /// Compiles rules from TOML text; `source_name` names it in errors.
-    pub fn parse(text: &str, source_name: &str) -> Result<Self, RulesError> {
-        let error = |message: String| RulesError {
-            source_name: source_name.to_owned(),
-            message,
-        };
-        let file: RulesFile =
-            toml::from_str(text).map_err(|err| error(format!("not a valid rules file: {err}")))?;
-        let rules = file
-            .rules
-            .into_iter()
-            .enumerate()
-            .map(|(index, spec)| {
-                compile_rule(spec).map_err(|message| error(format!("rules[{index}]: {message}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self {
-            source_name: source_name.to_owned(),
-            pace: file.pace.unwrap_or(Duration::ZERO),
-            rules,
-        })
-    }
-}
-
-fn compile_rule(spec: RuleSpec) -> Result<Rule, String> {
-    // No `match`: everything, the whole message being group 0.
-    let pattern = spec.pattern.as_deref().unwrap_or(r"(?s)\A.*\z");
-    let regex =
-        Regex::new(pattern).map_err(|err| format!("`match` is not a valid regex: {err}"))?;
-    let answer = match (spec.text, spec.tool_calls) {
-        (Some(_), Some(_)) => {
-            return Err("has both `text` and `tool_calls`; give exactly one".to_owned());
-        }
-        (None, None) => {
-            return Err("has neither `text` nor `tool_calls`; give exactly one".to_owned());
-        }
-        (Some(text), None) => {
-            Answer::Text(Template::parse(&text, &regex).map_err(|err| format!("text: {err}"))?)
-        }
-        (None, Some(calls)) => {
-            if calls.is_empty() {
-                return Err("`tool_calls` is empty".to_owned());
-            }
-            let mut compiled = Vec::with_capacity(calls.len());
-            for (call_index, call) in calls.into_iter().enumerate() {
-                let field = format!("tool_calls[{call_index}]");
-                if call.name.is_empty()
-                    || call.name.len() > 64
-                    || !call
-                        .name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-                {
-                    return Err(format!(
-                        "{field}.name `{}` must be 1-64 characters of letters, digits, `_` and `-`",
-                        call.name
-                    ));
-                }
-                let template = Template::parse(&call.arguments, &regex)
-                    .map_err(|err| format!("{field}.arguments: {err}"))?;
-                // Captures go inside JSON strings; with a stand-in for each,
-                // the template must be a JSON object.
-                let sample = template.render_with(|_| "0".to_owned());
-                if !serde_json::from_str::<serde_json::Value>(&sample)
-                    .is_ok_and(|value| value.is_object())
-                {
-                    return Err(format!(
-                        "{field}.arguments `{}` is not a JSON object template",
-                        call.arguments
-                    ));
-                }
-                compiled.push((call.name, template));
-            }
-            Answer::ToolCalls(compiled)
-        }
-    };
-    Ok(Rule {
-        on: spec.on,
-        regex,
-        answer,
-        pace: spec.pace,
-    })
-}
-
-// === impl Template ===
-
-/// Text with `${name}` / `${1}` placeholders.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Template {
-    parts: Vec<Part>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Part {
-    Literal(String),
-    Index(usize),
-    Name(String),
-}
-
-impl Template {
-    /// Parses `text`, checking each placeholder names a group of `regex`.
-    fn parse(text: &str, regex: &Regex) -> Result<Self, String> {
-        let mut parts = Vec::new();
-        let mut literal = String::new();
-        let mut rest = text;
-        while let Some(start) = rest.find("${") {
-            literal.push_str(&rest[..start]);
-            let after = &rest[start + 2..];
-            let end = after
-                .find('}')
-                .ok_or_else(|| format!("`${{` without a closing `}}` in `{text}`"))?;
-            let reference = &after[..end];
-            let part = if let Ok(index) = reference.parse::<usize>() {
-                if index >= regex.captures_len() {
-                    return Err(format!(
-                        "`${{{reference}}}`: the regex has only {} group(s) besides ${{0}}",
-                        regex.captures_len().saturating_sub(1)
-                    ));
-                }
-                Part::Index(index)
-            } else if regex
-                .capture_names()
-                .flatten()
-                .any(|name| name == reference)
-            {
-                Part::Name(reference.to_owned())
-            } else {
-                return Err(format!("`${{{reference}}}` names no group of the regex"));
-            };
-            if !literal.is_empty() {
-                parts.push(Part::Literal(std::mem::take(&mut literal)));
-            }
-            parts.push(part);
-            rest = &after[end + 1..];
-        }
-        literal.push_str(rest);
-        if !literal.is_empty() {
-            parts.push(Part::Literal(literal));
-        }
-        Ok(Self { parts })
-    }
-
-    fn render_with(&self, mut value: impl FnMut(&Part) -> String) -> String {
-        self.parts
-            .iter()
-            .map(|part| match part {
-                Part::Literal(text) => text.clone(),
-                other => value(other),
-            })
-            .collect()
-    }
-
-    /// The text with captures inserted (a group that did not take part in
-    /// the match is empty), JSON-escaped when `json_escape`.
-    fn render(&self, captures: &Captures<'_>, json_escape: bool) -> String {
-        self.render_with(|part| {
-            let captured = match part {
-                Part::Index(index) => captures.get(*index),
-                Part::Name(name) => captures.name(name),
-                Part::Literal(_) => None,
-            }
-            .map_or("", |found| found.as_str());
-            if json_escape {
-                json_string_content(captured)
-            } else {
-                captured.to_owned()
-            }
-        })
-    }
-}
-
-/// `text` escaped for use between the quotes of a JSON string.
-fn json_string_content(text: &str) -> String {
-    let quoted = serde_json::Value::String(text.to_owned()).to_string();
-    quoted
-        .strip_prefix('"')
-        .and_then(|inner| inner.strip_suffix('"'))
-        .unwrap_or(&quoted)
-        .to_owned()
-}
 
 // === impl Scripted ===
 
 /// A scripted provider instance.
 #[derive(Debug)]
-pub struct Scripted {
+pub(crate) struct Scripted {
     rules: Arc<RuleSet>,
     pace_override: Option<Duration>,
     responses: AtomicU64,
@@ -371,7 +58,7 @@ pub struct Scripted {
 /// What a scripted call answers: the events in order, and the pace between
 /// output deltas.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Script {
+pub(crate) struct Script {
     /// Metadata, deltas, usage and `Finished`.
     pub events: Vec<ProviderEvent>,
     /// Delay between output deltas.
@@ -380,13 +67,13 @@ pub struct Script {
 
 impl Scripted {
     /// The instance `config` describes (its rules file loaded and checked).
-    pub fn from_config(config: &ProviderConfig) -> Result<Self, RulesError> {
+    pub(crate) fn from_config(config: &ProviderConfig) -> Result<Self, RulesError> {
         Ok(Self::new(RuleSet::load(&config.rules_file)?, config.pace))
     }
 
     /// An instance answering by `rules`; `pace_override` wins over every pace
     /// in the rules.
-    pub fn new(rules: RuleSet, pace_override: Option<Duration>) -> Self {
+    pub(crate) fn new(rules: RuleSet, pace_override: Option<Duration>) -> Self {
         Self {
             rules: Arc::new(rules),
             pace_override,
@@ -395,7 +82,7 @@ impl Scripted {
     }
 
     /// The answer to `request` for model `model`.
-    pub fn script(&self, model: &str, request: &GenerateRequest) -> Script {
+    pub(crate) fn script(&self, model: &str, request: &GenerateRequest) -> Script {
         let number = self.responses.fetch_add(1, Ordering::Relaxed) + 1;
         let mut events = vec![ProviderEvent::Metadata {
             response_id: format!("scripted-{number}"),
@@ -531,31 +218,32 @@ fn last_subject(request: &GenerateRequest) -> &str {
 
 fn quote(text: &str) -> String {
     let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    match flat.char_indices().nth(QUOTE_CHARS) {
-        Some((cut, _)) => format!("{}…", &flat[..cut]),
-        None => flat,
-    }
+    ellipsize(&flat, QUOTE_CHARS)
 }
 
 /// Text split into words, each keeping the whitespace after it (and the
 /// first keeping any before it).
-pub fn words(text: &str) -> Vec<&str> {
+pub(crate) fn words(text: &str) -> Vec<&str> {
     let mut pieces = Vec::new();
     let mut start = 0;
     let mut previous_was_space = false;
     for (at, c) in text.char_indices() {
         let is_space = c.is_whitespace();
-        if previous_was_space && !is_space && at > start {
-            let has_word = text[start..at].chars().any(|c| !c.is_whitespace());
-            if has_word {
-                pieces.push(&text[start..at]);
-                start = at;
-            }
+        if previous_was_space
+            && !is_space
+            && at > start
+            && let Some(piece) = text.get(start..at)
+            && piece.chars().any(|c| !c.is_whitespace())
+        {
+            pieces.push(piece);
+            start = at;
         }
         previous_was_space = is_space;
     }
-    if start < text.len() {
-        pieces.push(&text[start..]);
+    if let Some(rest) = text.get(start..)
+        && !rest.is_empty()
+    {
+        pieces.push(rest);
     }
     pieces
 }
@@ -568,7 +256,7 @@ fn push_words(events: &mut Vec<ProviderEvent>, text: &str, limit: i32) -> (u64, 
         .ok()
         .filter(|limit| *limit > 0)
         .map_or(all.len(), |limit| limit.min(all.len()));
-    for word in &all[..keep] {
+    for word in all.iter().take(keep) {
         events.push(ProviderEvent::Text((*word).to_owned()));
     }
     (u64::try_from(keep).unwrap_or(u64::MAX), keep < all.len())
@@ -581,10 +269,9 @@ fn halves(text: &str) -> Vec<&str> {
     let cut = (middle..text.len())
         .find(|at| text.is_char_boundary(*at))
         .unwrap_or(text.len());
-    if cut == 0 || cut >= text.len() {
-        vec![text]
-    } else {
-        vec![&text[..cut], &text[cut..]]
+    match text.split_at_checked(cut) {
+        Some((first, second)) if !first.is_empty() && !second.is_empty() => vec![first, second],
+        _ => vec![text],
     }
 }
 
@@ -908,49 +595,6 @@ mod tests {
         );
         assert!(text.contains('…'), "{text}");
         assert!(text.contains("test rules"), "{text}");
-    }
-
-    #[test]
-    fn bad_rules_are_refused_naming_the_rule() {
-        for (text, expected) in [
-            (
-                "[[rules]]\ntext = \"a\"\n[[rules]]\ntext = \"b\"\ntool_calls = [{name = \"t\"}]\n",
-                "rules[1]: has both",
-            ),
-            ("[[rules]]\non = \"user\"\n", "rules[0]: has neither"),
-            (
-                "[[rules]]\nmatch = \"(\"\ntext = \"a\"\n",
-                "rules[0]: `match` is not a valid regex",
-            ),
-            (
-                "[[rules]]\nmatch = \"(?P<a>x)\"\ntext = \"${b}\"\n",
-                "rules[0]: text: `${b}` names no group",
-            ),
-            ("[[rules]]\ntext = \"${2}\"\n", "rules[0]: text: `${2}`"),
-            (
-                "[[rules]]\ntool_calls = [{name = \"t\", arguments = \"[1]\"}]\n",
-                "rules[0]: tool_calls[0].arguments",
-            ),
-            (
-                "[[rules]]\ntool_calls = [{name = \"bad name\"}]\n",
-                "rules[0]: tool_calls[0].name",
-            ),
-            (
-                "[[rules]]\non = \"system\"\ntext = \"a\"\n",
-                "not a valid rules file",
-            ),
-            ("pace = \"soon\"\n", "not a valid rules file"),
-        ] {
-            let err = RuleSet::parse(text, "rules file x.toml")
-                .unwrap_err()
-                .to_string();
-            assert!(err.starts_with("rules file x.toml: "), "{err}");
-            assert!(err.contains(expected), "{expected}: {err}");
-        }
-        let err = RuleSet::load("/nonexistent/rules.toml")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("cannot be read"), "{err}");
     }
 
     #[test]

@@ -7,9 +7,11 @@
 #![expect(
     clippy::unwrap_used,
     clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
     dead_code,
     unreachable_pub,
-    reason = "test helpers fail loudly; each test binary uses some of them"
+    reason = "test helpers fail loudly (a test fails by panicking); each test binary uses some of them"
 )]
 
 use std::collections::BTreeMap;
