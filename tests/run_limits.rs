@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use agentmesh_llm_gateway::config::{ProviderConfig, ProviderKind, RouteConfig};
+use agentmesh_llm_gateway::{ProviderConfig, ProviderKind, RouteConfig};
 use agentmesh_proto::orchestrator::v1::{
     self as pb, orchestrator_service_client::OrchestratorServiceClient,
 };
