@@ -1,7 +1,8 @@
-//! The `agentmesh.orchestrator.v1.OrchestratorService` handlers: validate,
-//! admit (runs: this instance's queue bound, then the tenant's and the
-//! profile's bulkheads), then hand over to the [`Engine`] (runs) or read the
-//! [`Store`](crate::store::Store).
+//! The `agentmesh.orchestrator.v1.OrchestratorService` handlers: validate
+//! ([`crate::validate`]), then hand over to the [`Engine`] (runs) or read
+//! the [`Store`](crate::store::Store). Starting a run — this instance's
+//! queue bound, the tenant's and the profile's bulkheads, storing it — is
+//! [`start`]'s. List page tokens are made and checked here.
 //!
 //! `Run` is `StartRun` and `StreamRun` in one call, with one difference: its
 //! run ends at the caller's deadline, and its stream ends then with
@@ -23,7 +24,7 @@ use futures::stream::BoxStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use self::start::{Caller, Starter};
+use self::start::Starter;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::store::{self, RunFilter, RunRow};
@@ -58,11 +59,21 @@ impl OrchestratorServiceImpl {
 }
 
 /// Who is calling: the tenant owns the runs it starts.
-fn caller<T>(request: &Request<T>) -> (String, String, RequestContext) {
+#[derive(Debug)]
+struct Caller {
+    tenant: String,
+    subject: String,
+    /// Identity and trace, handed to the task of a run it starts.
+    context: RequestContext,
+}
+
+fn caller<T>(request: &Request<T>) -> Caller {
     let context = RequestContext::from_request(request).unwrap_or_default();
-    let tenant = context.header(TENANT).unwrap_or_default().to_owned();
-    let subject = context.header(SUBJECT).unwrap_or_default().to_owned();
-    (tenant, subject, context)
+    Caller {
+        tenant: context.header(TENANT).unwrap_or_default().to_owned(),
+        subject: context.header(SUBJECT).unwrap_or_default().to_owned(),
+        context,
+    }
 }
 
 fn not_found(what: &str, id: &str) -> Status {
@@ -204,17 +215,12 @@ impl OrchestratorService for OrchestratorServiceImpl {
         &self,
         request: Request<pb::StartRunRequest>,
     ) -> Result<Response<pb::StartRunResponse>, Status> {
-        let (tenant, subject, context) = caller(&request);
+        let caller = caller(&request);
         // The run outlives this call: the caller's deadline bounds only the
         // call.
         let starter = Starter {
             method: START_RUN,
             caller_deadline: None,
-        };
-        let caller = Caller {
-            tenant,
-            subject,
-            context,
         };
         let (run, existing) = self
             .start(request.into_inner().into(), caller, starter)
@@ -230,7 +236,7 @@ impl OrchestratorService for OrchestratorServiceImpl {
         &self,
         request: Request<pb::StreamRunRequest>,
     ) -> Result<Response<Self::StreamRunStream>, Status> {
-        let (tenant, _, _) = caller(&request);
+        let tenant = caller(&request).tenant;
         let request = request.into_inner();
         if request.after_sequence < 0 {
             return Err(invalid_argument([(
@@ -251,17 +257,15 @@ impl OrchestratorService for OrchestratorServiceImpl {
         &self,
         request: Request<pb::RunRequest>,
     ) -> Result<Response<Self::RunStream>, Status> {
-        let (tenant, subject, context) = caller(&request);
+        let caller = caller(&request);
         // The run ends at the caller's deadline, if it gave one.
-        let caller_deadline = context.deadline().map(tokio::time::Instant::from_std);
+        let caller_deadline = caller
+            .context
+            .deadline()
+            .map(tokio::time::Instant::from_std);
         let starter = Starter {
             method: RUN,
             caller_deadline,
-        };
-        let caller = Caller {
-            tenant,
-            subject,
-            context,
         };
         let (run, _) = self
             .start(request.into_inner().into(), caller, starter)
@@ -282,7 +286,7 @@ impl OrchestratorService for OrchestratorServiceImpl {
         &self,
         request: Request<pb::GetRunRequest>,
     ) -> Result<Response<pb::GetRunResponse>, Status> {
-        let (tenant, _, _) = caller(&request);
+        let tenant = caller(&request).tenant;
         let run = self.run_of(&tenant, &request.get_ref().run_id).await?;
         Ok(Response::new(pb::GetRunResponse {
             run: Some(run.to_proto()),
@@ -293,7 +297,7 @@ impl OrchestratorService for OrchestratorServiceImpl {
         &self,
         request: Request<pb::ListRunsRequest>,
     ) -> Result<Response<pb::ListRunsResponse>, Status> {
-        let (tenant, _, _) = caller(&request);
+        let tenant = caller(&request).tenant;
         let request = request.into_inner();
         let size = page_size(request.page_size)?;
         validate::list_runs_request(&request)?;
@@ -331,7 +335,9 @@ impl OrchestratorService for OrchestratorServiceImpl {
         &self,
         request: Request<pb::CancelRunRequest>,
     ) -> Result<Response<pb::CancelRunResponse>, Status> {
-        let (tenant, subject, _) = caller(&request);
+        let Caller {
+            tenant, subject, ..
+        } = caller(&request);
         let request = request.into_inner();
         let run = self.run_of(&tenant, &request.run_id).await?;
         if run.is_terminal() {

@@ -243,9 +243,10 @@ impl Engine {
         checkpoint: &mut Checkpoint,
         clock: &Clock,
     ) -> Ending {
-        let timeout = run_timeout(run).saturating_sub(clock.elapsed_before);
-        // The run's own timeout, or its caller's deadline if sooner.
-        let own_deadline = clock.started + timeout;
+        let timeout = run_timeout(run);
+        // The run's own timeout (less what it ran before a resume), or its
+        // caller's deadline if sooner.
+        let own_deadline = clock.started + timeout.saturating_sub(clock.elapsed_before);
         let by_caller = clock
             .caller_deadline
             .is_some_and(|caller| caller <= own_deadline);
@@ -253,7 +254,6 @@ impl Engine {
             .caller_deadline
             .map_or(own_deadline, |caller| caller.min(own_deadline));
         let run_id = run.run_id.clone();
-        let timeout = run_timeout(run);
         let work = self.run_steps(run, active, profile, checkpoint, deadline);
         tokio::select! {
             () = active.cancelled() => Ending::Cancelled(active.cancel_reason()),

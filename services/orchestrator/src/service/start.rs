@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use tonic::Status;
 use tonic_types::{ErrorDetails, StatusExt as _};
 
-use super::{OrchestratorServiceImpl, not_found};
+use super::{Caller, OrchestratorServiceImpl, not_found};
 use crate::admission::Places;
 use crate::config::{AgentProfile, Config};
 use crate::engine::Engine;
@@ -37,15 +37,6 @@ use crate::validate::{self, RequestedLimits, StartFields, StartRequest};
 pub(super) struct Starter {
     pub(super) method: &'static str,
     pub(super) caller_deadline: Option<Instant>,
-}
-
-/// Who starts the run.
-#[derive(Debug)]
-pub(super) struct Caller {
-    pub(super) tenant: String,
-    pub(super) subject: String,
-    /// Identity and trace, handed to the run's task.
-    pub(super) context: RequestContext,
 }
 
 impl OrchestratorServiceImpl {
