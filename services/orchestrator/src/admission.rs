@@ -43,14 +43,14 @@ use tonic_types::{ErrorDetails, StatusExt as _};
 use crate::config::Config;
 
 /// Tenants' bulkheads kept beyond which unused ones are dropped.
-pub const IDLE_TENANTS: usize = 1024;
+pub(crate) const IDLE_TENANTS: usize = 1024;
 /// What a refused caller is told to wait.
 const RETRY_AFTER: Duration = Duration::from_secs(2);
 /// The tenant name of calls without `x-agentmesh-tenant`.
 const NO_TENANT: &str = "-";
 
 /// The bulkheads runs are admitted through; one per engine.
-pub struct Admission {
+pub(crate) struct Admission {
     per_tenant: usize,
     queued_per_tenant: usize,
     tenants: Mutex<HashMap<String, Arc<Bulkhead>>>,
@@ -154,7 +154,7 @@ async fn wait(bulkhead: &Bulkhead) -> BulkheadPermit {
 /// The places of one run: its tenant's, then its profile's (if limited).
 /// Everything is given back when dropped.
 #[derive(Debug, Default)]
-pub struct Places {
+pub(crate) struct Places {
     tenant: Option<Place>,
     agent: Option<Place>,
 }
@@ -163,7 +163,7 @@ impl Places {
     /// Waits until every place is held: the tenant's first, then the
     /// profile's. Dropping the future keeps what is held and queued; dropping
     /// the places gives everything back.
-    pub async fn acquire(&mut self) {
+    pub(crate) async fn acquire(&mut self) {
         if let Some(tenant) = &mut self.tenant {
             tenant.acquire().await;
         }
@@ -173,14 +173,15 @@ impl Places {
     }
 
     /// Whether every place is held.
-    pub fn held(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn held(&self) -> bool {
         self.tenant.as_ref().is_none_or(Place::held) && self.agent.as_ref().is_none_or(Place::held)
     }
 }
 
 impl Admission {
     /// The bulkheads `config` asks for, reported through `reporter`.
-    pub fn new(config: &Config, reporter: ResilienceReporter) -> Self {
+    pub(crate) fn new(config: &Config, reporter: ResilienceReporter) -> Self {
         let agents = config
             .agents
             .iter()
@@ -205,7 +206,7 @@ impl Admission {
     }
 
     /// The reporter of the service's resilience decisions.
-    pub fn reporter(&self) -> &ResilienceReporter {
+    pub(crate) fn reporter(&self) -> &ResilienceReporter {
         &self.reporter
     }
 
@@ -233,7 +234,8 @@ impl Admission {
     }
 
     /// Tenants with a bulkhead now.
-    pub fn tenants(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn tenants(&self) -> usize {
         self.tenants
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -243,7 +245,7 @@ impl Admission {
     /// Admits a new run of `agent` for `tenant`, called by `method`: its
     /// places, held or queued, or RESOURCE_EXHAUSTED (with RetryInfo,
     /// counted and audited) when a queue is full. Does not wait.
-    pub fn admit(&self, tenant: &str, agent: &str, method: &str) -> Result<Places, Status> {
+    pub(crate) fn admit(&self, tenant: &str, agent: &str, method: &str) -> Result<Places, Status> {
         let key = if tenant.is_empty() { NO_TENANT } else { tenant };
         let tenant_place = match Place::try_take(&self.tenant(tenant)) {
             Ok(place) => place,
@@ -282,7 +284,7 @@ impl Admission {
 
     /// The places of a run resumed after a restart: nothing taken yet, and
     /// never refused (the run waits for them).
-    pub fn later(&self, tenant: &str, agent: &str) -> Places {
+    pub(crate) fn later(&self, tenant: &str, agent: &str) -> Places {
         Places {
             tenant: Some(Place::new(self.tenant(tenant), State::Later)),
             agent: self
@@ -476,6 +478,70 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(resumed.held());
+    }
+
+    #[tokio::test]
+    async fn a_queued_run_keeps_its_queue_slot_until_it_gets_its_place() {
+        let admission = admission(1, 1, None);
+        let first = admission.admit("a", DEFAULT_AGENT, METHOD).unwrap();
+        let mut second = admission.admit("a", DEFAULT_AGENT, METHOD).unwrap();
+        assert!(!second.held());
+        // The queue's one slot is the second run's, however long it waits.
+        for _ in 0..3 {
+            let refused = admission.admit("a", DEFAULT_AGENT, METHOD).unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+            tokio::task::yield_now().await;
+        }
+        drop(first);
+        tokio::time::timeout(Duration::from_secs(5), second.acquire())
+            .await
+            .unwrap();
+        assert!(second.held());
+        // It left the queue for the place: the queue has room again, the
+        // place does not.
+        let third = admission.admit("a", DEFAULT_AGENT, METHOD).unwrap();
+        assert!(!third.held());
+        assert!(admission.admit("a", DEFAULT_AGENT, METHOD).is_err());
+        assert_eq!(admission.tenant("a").in_use(), 1);
+        assert_eq!(admission.tenant("a").queued(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_full_profile_queue_refuses_across_tenants() {
+        let admission = admission(4, 4, Some((1, 1)));
+        let running = admission.admit("a", "limited", METHOD).unwrap();
+        assert!(running.held());
+        let queued = admission.admit("b", "limited", METHOD).unwrap();
+        assert!(!queued.held());
+        let refused = admission.admit("c", "limited", METHOD).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            refused.message().contains("agent profile \"limited\""),
+            "{refused:?}"
+        );
+        // The refused run's tenant place was given back.
+        assert_eq!(admission.tenant("c").in_use(), 0);
+        // The queued run leaving frees the profile's queue slot.
+        drop(queued);
+        assert!(!admission.admit("c", "limited", METHOD).unwrap().held());
+        drop(running);
+    }
+
+    #[tokio::test]
+    async fn a_run_queued_for_its_tenant_is_refused_if_its_profile_has_no_room() {
+        let admission = admission(1, 1, Some((1, 0)));
+        let running = admission.admit("a", "limited", METHOD).unwrap();
+        // Queued for tenant a, and the profile is full with no queue.
+        let refused = admission.admit("a", "limited", METHOD).unwrap_err();
+        assert!(
+            refused.message().contains("agent profile \"limited\""),
+            "{refused:?}"
+        );
+        // The tenant queue slot it had was given back.
+        assert_eq!(admission.tenant("a").queued(), 0);
+        // Another profile of the same tenant still queues.
+        assert!(!admission.admit("a", DEFAULT_AGENT, METHOD).unwrap().held());
+        drop(running);
     }
 
     #[tokio::test]

@@ -81,7 +81,7 @@ impl Default for Config {
 }
 
 /// The name of the profile shipped with the service.
-pub const DEFAULT_AGENT: &str = "default";
+pub(crate) const DEFAULT_AGENT: &str = "default";
 
 /// An agent profile: how runs of this agent behave.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -144,14 +144,14 @@ impl Default for AgentProfile {
 
 impl AgentProfile {
     /// Whether the profile lets runs call `tool`.
-    pub fn allows(&self, tool: &str) -> bool {
+    pub(crate) fn allows(&self, tool: &str) -> bool {
         self.tools
             .iter()
             .any(|allowed| allowed == "*" || allowed == tool)
     }
 
     /// The profile as the API shows it.
-    pub fn to_proto(&self, name: &str, is_default: bool) -> pb::Agent {
+    pub(crate) fn to_proto(&self, name: &str, is_default: bool) -> pb::Agent {
         pb::Agent {
             name: name.to_owned(),
             description: self.description.clone(),
@@ -171,7 +171,7 @@ impl AgentProfile {
 }
 
 /// Largest step limit a profile or request may set.
-pub const MAX_STEPS_LIMIT: i32 = 1000;
+pub(crate) const MAX_STEPS_LIMIT: i32 = 1000;
 
 agentmesh_kit::service_config!(
     Config,
@@ -206,49 +206,7 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
         ));
     }
     for (name, profile) in &config.agents {
-        let setting = |field: &str| format!("agents.{name}.{field}");
-        if name.is_empty()
-            || name.len() > 64
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            return Err(ConfigError::new(
-                format!("agents.{name}"),
-                "profile names are 1 to 64 letters, digits, '-' or '_'",
-            ));
-        }
-        if !(1..=MAX_STEPS_LIMIT).contains(&profile.max_steps) {
-            return Err(ConfigError::new(
-                setting("max_steps"),
-                format!("must be between 1 and {MAX_STEPS_LIMIT}"),
-            ));
-        }
-        if profile.max_output_tokens < 0 {
-            return Err(ConfigError::new(
-                setting("max_output_tokens"),
-                "must not be negative",
-            ));
-        }
-        if profile.timeout.is_zero() {
-            return Err(ConfigError::new(setting("timeout"), "must be above zero"));
-        }
-        if let Some(temperature) = profile.temperature
-            && !(0.0..=2.0).contains(&temperature)
-        {
-            return Err(ConfigError::new(
-                setting("temperature"),
-                "must be between 0 and 2",
-            ));
-        }
-        if profile.max_queued_runs > 0 && profile.max_concurrent_runs == 0 {
-            return Err(ConfigError::new(
-                setting("max_queued_runs"),
-                format!(
-                    "only applies with a limit: set agents.{name}.max_concurrent_runs above 0, or this to 0"
-                ),
-            ));
-        }
+        validate_profile(name, profile)?;
     }
     if config.max_objective_bytes == 0 {
         return Err(ConfigError::new(
@@ -276,6 +234,54 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
     }
     if config.run_lease < Duration::from_secs(1) {
         return Err(ConfigError::new("run_lease", "must be at least 1s"));
+    }
+    Ok(())
+}
+
+/// Checks one agent profile; errors name `agents.<name>.<field>`.
+fn validate_profile(name: &str, profile: &AgentProfile) -> Result<(), ConfigError> {
+    let setting = |field: &str| format!("agents.{name}.{field}");
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(ConfigError::new(
+            format!("agents.{name}"),
+            "profile names are 1 to 64 letters, digits, '-' or '_'",
+        ));
+    }
+    if !(1..=MAX_STEPS_LIMIT).contains(&profile.max_steps) {
+        return Err(ConfigError::new(
+            setting("max_steps"),
+            format!("must be between 1 and {MAX_STEPS_LIMIT}"),
+        ));
+    }
+    if profile.max_output_tokens < 0 {
+        return Err(ConfigError::new(
+            setting("max_output_tokens"),
+            "must not be negative",
+        ));
+    }
+    if profile.timeout.is_zero() {
+        return Err(ConfigError::new(setting("timeout"), "must be above zero"));
+    }
+    if let Some(temperature) = profile.temperature
+        && !(0.0..=2.0).contains(&temperature)
+    {
+        return Err(ConfigError::new(
+            setting("temperature"),
+            "must be between 0 and 2",
+        ));
+    }
+    if profile.max_queued_runs > 0 && profile.max_concurrent_runs == 0 {
+        return Err(ConfigError::new(
+            setting("max_queued_runs"),
+            format!(
+                "only applies with a limit: set agents.{name}.max_concurrent_runs above 0, or this to 0"
+            ),
+        ));
     }
     Ok(())
 }

@@ -2,19 +2,51 @@
 //! the tool runner, and streams their progress to clients.
 //!
 //! The service owns runs, their events and checkpoints, agent profiles and
-//! sessions. Data flows like this:
+//! sessions.
 //!
-//! * [`service`] validates each call. `StartRun`/`Run` admit the run
-//!   through its tenant's and its profile's bulkheads ([`admission`]:
-//!   RESOURCE_EXHAUSTED when their queues are full), store it (QUEUED) and
-//!   hand it to the [`engine`], which drives it in a task of its own once it
-//!   holds its places and a slot of this instance: `GenerateStream` on the gateway (text relayed live as
-//!   `token_delta` events), `ExecuteTool` on the tool runner for each tool
-//!   call (in parallel), and one transaction per step in the [`store`]
-//!   (the step's events, the run row, the checkpoint).
-//! * `StreamRun`/`Run` followers replay stored events, then tail the live
-//!   ones; a client that leaves does not stop the run. A run started by
-//!   `Run` ends at its caller's deadline (`grpc-timeout`), DEADLINE_EXCEEDED.
+//! # Layout
+//!
+//! ```text
+//! service ──▶ validate          the request alone (INVALID_ARGUMENT)
+//!    │   └──▶ service::start    profile, session, this instance's queue
+//!    │             │            bound, admission, create the run (QUEUED)
+//!    │             └──▶ admission   tenant's and profile's bulkheads
+//!    ▼
+//! engine ──▶ drive  (one task per run: wait for places and a slot, the
+//!    │               loop over steps, deadlines, cancel, the run's end)
+//!    │         └──▶ step   (GenerateStream, the tool calls, checkpoint)
+//!    │                └──▶ peers  (LLM gateway, tool runner)
+//!    ├──▶ active   (a run's live event buffer: numbers, broadcast, pending)
+//!    ├──▶ persist  (one transaction per step; the run's end, retried)
+//!    ├──▶ follow   (StreamRun/Run: stored events, then the live ones)
+//!    ├──▶ audit_events, metrics
+//!    └──▶ maintain (claims renewed, orphaned runs resumed)
+//! store  (runs, events, checkpoints, sessions; store::row maps them)
+//! ```
+//!
+//! # Data flow
+//!
+//! * `service` answers every RPC. `StartRun`/`Run` go through
+//!   `validate` (every field violation in one BadRequest), then
+//!   `service::start`: the agent profile and the session must exist, this
+//!   instance must have room (RESOURCE_EXHAUSTED otherwise), the session
+//!   must have no run in progress, and the run is admitted through its
+//!   tenant's and its profile's bulkheads (`admission`: places held or
+//!   queued, RESOURCE_EXHAUSTED when their queues are full). The run is
+//!   stored QUEUED (or the run its idempotency key names is returned),
+//!   audited (RUN_STARTED) and handed to the `engine`.
+//! * The engine drives each run in a task of its own once it holds its
+//!   places and a slot of this instance. The loop over steps is the run's
+//!   strategy, separate from what one step does — `GenerateStream` on the
+//!   gateway (text relayed live as `token_delta` events), `ExecuteTool` on
+//!   the tool runner for each tool call (in parallel), and one transaction
+//!   in the `store` (the step's events, the run row, the checkpoint) — so
+//!   another strategy can drive the same steps differently.
+//! * Every event is numbered in the run's live buffer and broadcast at once;
+//!   `StreamRun`/`Run` followers replay stored events, then tail the live
+//!   ones, with no gap or duplicate; a client that leaves does not stop the
+//!   run. A run started by `Run` ends at its caller's deadline
+//!   (`grpc-timeout`), DEADLINE_EXCEEDED.
 //! * Every instance claims the runs it drives for a lease it keeps renewing;
 //!   an unfinished run whose lease ran out (its instance died) is claimed by
 //!   another instance and resumed from its last checkpoint.
@@ -25,7 +57,7 @@
 //!   of RUN_FINISHED, RUN_FAILED or RUN_CANCELLED once the run's end is
 //!   stored, by the instance that stored it; ERROR for store failures
 //!   (CONFIG_LOADED at start).
-//! * Metrics ([`metrics`]): runs started, active, queued and finished by
+//! * Metrics (`metrics`): runs started, active, queued and finished by
 //!   state, run and step durations, by agent profile; the calls to the peers
 //!   are counted in the kit's `grpc_client_*` metrics; bulkhead gauges,
 //!   refusals and retries in the shared resilience metrics
@@ -34,24 +66,30 @@
 //!
 //! [`serve`] binds the listeners and hands the service to the kit's
 //! [`ServiceHost`] (health, reflection, metrics, limits, metadata forwarding,
-//! graceful shutdown); `main.rs` only calls it.
+//! graceful shutdown); start-up opens the database and starts the engine.
+//! `main.rs` only calls [`serve`]. The library exposes only [`Config`]
+//! (with [`AgentProfile`] and [`AuditConfig`]), [`serve`],
+//! [`serve_with_listeners`], [`SERVICE`] and [`DEFAULT_PORT`].
 
-pub mod admission;
-pub mod config;
-pub mod engine;
-pub mod metrics;
-pub mod service;
-pub mod store;
+mod admission;
+mod config;
+mod engine;
+mod metrics;
+mod service;
+mod store;
+mod validate;
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
 use agentmesh_audit_client::resilience::ResilienceReporter;
-use agentmesh_audit_client::without_password;
+use agentmesh_audit_client::{AuditClient, without_password};
 use agentmesh_kit::health::DependencyCheck;
+use agentmesh_kit::metrics::GrpcClientMetrics;
 use agentmesh_kit::{Listeners, ServeError, ServiceHost, StartupError};
 use agentmesh_proto::orchestrator::v1::orchestrator_service_server::OrchestratorServiceServer;
 use agentmesh_storage::LazyDatabase;
+use tokio::task::JoinHandle;
 
 pub use agentmesh_audit_client::AuditConfig;
 pub use config::{AgentProfile, Config};
@@ -84,118 +122,99 @@ pub async fn serve_with_listeners(
         host.metrics(),
         &effective,
     )?;
-    let run_metrics = metrics::RunMetrics::new(
-        host.metrics().registry(),
-        config.agents.keys().map(String::as_str),
-    )?;
-    let client_metrics = host.metrics().grpc_client().clone();
-    let reporter = ResilienceReporter::new(audit.clone(), host.metrics().registry());
-    let limit = config.server.max_message_bytes;
-    let engine: Arc<OnceLock<Arc<Engine>>> = Arc::default();
+    let startup = Startup {
+        run_metrics: metrics::RunMetrics::new(
+            host.metrics().registry(),
+            config.agents.keys().map(String::as_str),
+        )?,
+        client_metrics: host.metrics().grpc_client().clone(),
+        reporter: ResilienceReporter::new(audit.clone(), host.metrics().registry()),
+        database: LazyDatabase::new(config.storage.clone(), SERVICE)
+            .with_migrations(&store::MIGRATIONS),
+        engine: Arc::default(),
+        maintenance: OnceLock::new(),
+        audit,
+        config,
+    };
+    let limit = startup.config.server.max_message_bytes;
     host.add_service(
         OrchestratorServiceServer::new(service::OrchestratorServiceImpl::new(
-            Arc::clone(&config),
-            Arc::clone(&engine),
+            Arc::clone(&startup.config),
+            Arc::clone(&startup.engine),
         ))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit),
     );
-    let database =
-        LazyDatabase::new(config.storage.clone(), SERVICE).with_migrations(&store::MIGRATIONS);
     // Ready only while both peers of a run and the database are; audit
     // events are spooled meanwhile, so the audit service is optional.
     host.add_check(DependencyCheck::grpc_peer(
         "llm-gateway",
-        &config.llm_gateway_url,
+        &startup.config.llm_gateway_url,
         true,
     ))
     .add_check(DependencyCheck::grpc_peer(
         "tool-runner",
-        &config.tool_runner_url,
+        &startup.config.tool_runner_url,
         true,
     ))
-    .add_check(database.health_check())
-    .add_check(audit.health_check());
-    let maintenance: Arc<OnceLock<tokio::task::JoinHandle<()>>> = Arc::default();
-    let result = host
-        .serve(
-            listeners,
-            || async {
-                database.open().await.map_err(StartupError::from)?;
-                if engine.get().is_none() {
-                    let db = database
-                        .get()
-                        .cloned()
-                        .ok_or_else(|| StartupError::from("the database did not open"))?;
-                    let started = Engine::new(
-                        Arc::clone(&config),
-                        store::Store::new(db),
-                        audit.clone(),
-                        run_metrics.clone(),
-                        &client_metrics,
-                        admission::Admission::new(&config, reporter.clone()),
-                    )
-                    .map_err(|err| StartupError::from(err.to_string()))?;
-                    let _ = engine.set(Arc::clone(&started));
-                    let _ = maintenance.set(tokio::spawn(maintain(started, Arc::clone(&config))));
-                }
-                Ok(())
-            },
-            shutdown,
-        )
-        .await;
-    if let Some(task) = maintenance.get() {
+    .add_check(startup.database.health_check())
+    .add_check(startup.audit.health_check());
+    let result = {
+        let startup = &startup;
+        host.serve(listeners, || startup.open(), shutdown).await
+    };
+    if let Some(task) = startup.maintenance.get() {
         task.abort();
     }
-    database.close().await;
+    startup.database.close().await;
     // The drain is over: send what is queued, or spool it. (Runs still
     // being driven record their end in the spool.)
-    audit.shutdown().await;
+    startup.audit.shutdown().await;
     result
 }
 
-/// Keeps this instance's claims on its runs alive, and resumes runs whose
-/// instance died (their claim ran out), from their last checkpoint.
-async fn maintain(engine: Arc<Engine>, config: Arc<Config>) {
-    let period = config.run_lease / 3;
-    loop {
-        if let Err(err) = engine
-            .store()
-            .renew_leases(engine.owner(), engine.lease_until())
-            .await
-        {
-            tracing::warn!(error = %err, "cannot renew the claims on this instance's runs");
+/// What start-up needs to open the database and start the engine, and what
+/// it leaves for the drain to close.
+struct Startup {
+    config: Arc<Config>,
+    audit: AuditClient,
+    run_metrics: metrics::RunMetrics,
+    client_metrics: GrpcClientMetrics,
+    reporter: ResilienceReporter,
+    database: LazyDatabase,
+    /// Set once the database is open; the handlers answer UNAVAILABLE until.
+    engine: Arc<OnceLock<Arc<Engine>>>,
+    /// The task renewing claims and resuming orphaned runs.
+    maintenance: OnceLock<JoinHandle<()>>,
+}
+
+impl Startup {
+    /// Opens the database, then starts the engine and its maintenance task
+    /// (once; start-up is retried until the database opens).
+    async fn open(&self) -> Result<(), StartupError> {
+        self.database.open().await.map_err(StartupError::from)?;
+        if self.engine.get().is_none() {
+            let db = self
+                .database
+                .get()
+                .cloned()
+                .ok_or_else(|| StartupError::from("the database did not open"))?;
+            let started = Engine::new(
+                Arc::clone(&self.config),
+                store::Store::new(db),
+                self.audit.clone(),
+                self.run_metrics.clone(),
+                &self.client_metrics,
+                admission::Admission::new(&self.config, self.reporter.clone()),
+            )
+            .map_err(|err| StartupError::from(err.to_string()))?;
+            let _ = self.engine.set(Arc::clone(&started));
+            let _ = self.maintenance.set(tokio::spawn(engine::maintain(
+                started,
+                Arc::clone(&self.config),
+            )));
         }
-        match engine
-            .store()
-            .claim_orphans(engine.owner(), engine.lease_until(), 16)
-            .await
-        {
-            Ok(runs) => {
-                for run in runs {
-                    let checkpoint = match engine.store().checkpoint(&run.run_id).await {
-                        Ok(checkpoint) => checkpoint,
-                        Err(err) => {
-                            tracing::warn!(run_id = %run.run_id, error = %err, "cannot read the checkpoint of an orphaned run");
-                            continue;
-                        }
-                    };
-                    tracing::info!(run_id = %run.run_id, step = checkpoint.as_ref().map_or(0, |c| c.step), "resuming a run whose instance stopped");
-                    // Resumed runs take their places too, but wait for them
-                    // rather than being refused.
-                    let places = engine.admission().later(&run.tenant, &run.agent);
-                    engine.spawn(
-                        run,
-                        checkpoint,
-                        agentmesh_kit::RequestContext::default(),
-                        places,
-                        None,
-                    );
-                }
-            }
-            Err(err) => tracing::warn!(error = %err, "cannot look for orphaned runs"),
-        }
-        tokio::time::sleep(period).await;
+        Ok(())
     }
 }
 

@@ -50,7 +50,7 @@ const STEP_BUCKETS: [f64; 14] = [
 
 /// How a run ended, as the `state` label spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunEnd {
+pub(crate) enum RunEnd {
     /// A final answer.
     Succeeded,
     /// An error, a limit or the timeout.
@@ -79,7 +79,7 @@ impl RunEnd {
     }
 
     /// The end of a run in a terminal state; `None` for any other state.
-    pub fn of(state: RunState) -> Option<Self> {
+    pub(crate) fn of(state: RunState) -> Option<Self> {
         match state {
             RunState::Succeeded => Some(Self::Succeeded),
             RunState::Failed => Some(Self::Failed),
@@ -91,7 +91,7 @@ impl RunEnd {
 
 /// The run metrics of one orchestrator; cheap to clone.
 #[derive(Debug, Clone)]
-pub struct RunMetrics {
+pub(crate) struct RunMetrics {
     by_agent: Arc<HashMap<String, Arc<AgentSeries>>>,
     other: Arc<AgentSeries>,
     queue_depth: IntGauge,
@@ -99,7 +99,7 @@ pub struct RunMetrics {
 
 /// The label children of one agent.
 #[derive(Debug)]
-pub struct AgentSeries {
+pub(crate) struct AgentSeries {
     started: IntCounter,
     active: IntGauge,
     steps: IntCounter,
@@ -120,7 +120,7 @@ struct Families {
 impl RunMetrics {
     /// Creates and registers the metrics, with the series of every agent in
     /// `agents` (and `other`) resolved — and exported, at zero — at once.
-    pub fn new<'a>(
+    pub(crate) fn new<'a>(
         registry: &Registry,
         agents: impl IntoIterator<Item = &'a str>,
     ) -> prometheus::Result<Self> {
@@ -193,12 +193,12 @@ impl RunMetrics {
     }
 
     /// The series of `agent` (`other` when it is not configured).
-    pub fn agent(&self, agent: &str) -> &Arc<AgentSeries> {
+    pub(crate) fn agent(&self, agent: &str) -> &Arc<AgentSeries> {
         self.by_agent.get(agent).unwrap_or(&self.other)
     }
 
     /// A run starts waiting for a slot; it stops when the guard is dropped.
-    pub fn queued(&self) -> Queued {
+    pub(crate) fn queued(&self) -> Queued {
         self.queue_depth.inc();
         Queued(self.queue_depth.clone())
     }
@@ -223,7 +223,7 @@ impl Families {
 impl AgentSeries {
     /// A run leaves the queue and starts running: counted, and active until
     /// the guard is dropped.
-    pub fn running(&self, first_start: bool) -> Running {
+    pub(crate) fn running(&self, first_start: bool) -> Running {
         if first_start {
             self.started.inc();
         }
@@ -232,13 +232,13 @@ impl AgentSeries {
     }
 
     /// A step completed in `took`.
-    pub fn step(&self, took: Duration) {
+    pub(crate) fn step(&self, took: Duration) {
         self.steps.inc();
         self.step_duration.observe(took.as_secs_f64());
     }
 
     /// A run ended as `end` after `took`.
-    pub fn finished(&self, end: RunEnd, took: Duration) {
+    pub(crate) fn finished(&self, end: RunEnd, took: Duration) {
         let index = end.index();
         if let Some(counter) = self.finished.get(index) {
             counter.inc();
@@ -251,7 +251,7 @@ impl AgentSeries {
 
 /// Holds a place in `agentmesh_run_queue_depth`.
 #[derive(Debug)]
-pub struct Queued(IntGauge);
+pub(crate) struct Queued(IntGauge);
 
 impl Drop for Queued {
     fn drop(&mut self) {
@@ -261,7 +261,7 @@ impl Drop for Queued {
 
 /// Holds a place in `agentmesh_runs_active`.
 #[derive(Debug)]
-pub struct Running(IntGauge);
+pub(crate) struct Running(IntGauge);
 
 impl Drop for Running {
     fn drop(&mut self) {

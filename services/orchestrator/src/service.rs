@@ -1,16 +1,18 @@
-//! The `agentmesh.orchestrator.v1.OrchestratorService` handlers: validate,
-//! admit (runs: this instance's queue bound, then the tenant's and the
-//! profile's bulkheads), then hand over to the [`Engine`] (runs) or read the
-//! [`Store`](crate::store::Store).
+//! The `agentmesh.orchestrator.v1.OrchestratorService` handlers: validate
+//! ([`crate::validate`]), then hand over to the [`Engine`] (runs) or read
+//! the [`Store`](crate::store::Store). Starting a run — this instance's
+//! queue bound, the tenant's and the profile's bulkheads, storing it — is
+//! [`start`]'s. List page tokens are made and checked here.
 //!
 //! `Run` is `StartRun` and `StreamRun` in one call, with one difference: its
 //! run ends at the caller's deadline, and its stream ends then with
 //! DEADLINE_EXCEEDED.
 
+mod start;
+
 use std::collections::BTreeMap;
 use std::hash::{Hash as _, Hasher as _};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use agentmesh_kit::RequestContext;
 use agentmesh_kit::status::invalid_argument;
@@ -21,32 +23,31 @@ use futures::StreamExt as _;
 use futures::stream::BoxStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
-use tonic_types::{ErrorDetails, StatusExt as _};
 
-use crate::config::{Config, MAX_STEPS_LIMIT};
+use self::start::Starter;
+use crate::config::Config;
 use crate::engine::Engine;
-use crate::store::{self, Created, Limits, RunFilter, RunRow, now_micros};
+use crate::store::{self, RunFilter, RunRow};
+use crate::validate;
 
 const TENANT: &str = "x-agentmesh-tenant";
 const SUBJECT: &str = "x-agentmesh-subject";
 /// Default and largest page sizes of the List RPCs.
 const DEFAULT_PAGE: usize = 50;
 const MAX_PAGE: usize = 1000;
-/// Longest run timeout a request may ask for.
-const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// The methods that start runs, as refusals name them.
 const START_RUN: &str = "/agentmesh.orchestrator.v1.OrchestratorService/StartRun";
 const RUN: &str = "/agentmesh.orchestrator.v1.OrchestratorService/Run";
 
 /// The handlers; the engine is set once start-up has opened the database.
 #[derive(Debug)]
-pub struct OrchestratorServiceImpl {
+pub(crate) struct OrchestratorServiceImpl {
     config: Arc<Config>,
     engine: Arc<OnceLock<Arc<Engine>>>,
 }
 
 impl OrchestratorServiceImpl {
-    pub fn new(config: Arc<Config>, engine: Arc<OnceLock<Arc<Engine>>>) -> Self {
+    pub(crate) fn new(config: Arc<Config>, engine: Arc<OnceLock<Arc<Engine>>>) -> Self {
         Self { config, engine }
     }
 
@@ -58,46 +59,20 @@ impl OrchestratorServiceImpl {
 }
 
 /// Who is calling: the tenant owns the runs it starts.
-fn caller<T>(request: &Request<T>) -> (String, String, RequestContext) {
+#[derive(Debug)]
+struct Caller {
+    tenant: String,
+    subject: String,
+    /// Identity and trace, handed to the task of a run it starts.
+    context: RequestContext,
+}
+
+fn caller<T>(request: &Request<T>) -> Caller {
     let context = RequestContext::from_request(request).unwrap_or_default();
-    let tenant = context.header(TENANT).unwrap_or_default().to_owned();
-    let subject = context.header(SUBJECT).unwrap_or_default().to_owned();
-    (tenant, subject, context)
-}
-
-/// The fields StartRun and Run share.
-struct StartFields {
-    objective: String,
-    agent: String,
-    session_id: String,
-    idempotency_key: String,
-    limits: Option<pb::RunLimits>,
-    labels: std::collections::HashMap<String, String>,
-}
-
-impl From<pb::StartRunRequest> for StartFields {
-    fn from(r: pb::StartRunRequest) -> Self {
-        Self {
-            objective: r.objective,
-            agent: r.agent,
-            session_id: r.session_id,
-            idempotency_key: r.idempotency_key,
-            limits: r.limits,
-            labels: r.labels,
-        }
-    }
-}
-
-impl From<pb::RunRequest> for StartFields {
-    fn from(r: pb::RunRequest) -> Self {
-        Self {
-            objective: r.objective,
-            agent: r.agent,
-            session_id: r.session_id,
-            idempotency_key: r.idempotency_key,
-            limits: r.limits,
-            labels: r.labels,
-        }
+    Caller {
+        tenant: context.header(TENANT).unwrap_or_default().to_owned(),
+        subject: context.header(SUBJECT).unwrap_or_default().to_owned(),
+        context,
     }
 }
 
@@ -105,195 +80,7 @@ fn not_found(what: &str, id: &str) -> Status {
     Status::not_found(format!("{what} {id:?} not found"))
 }
 
-/// How a run is started: by which method, and (for `Run`) until when its
-/// caller waits.
-struct Starter {
-    method: &'static str,
-    caller_deadline: Option<tokio::time::Instant>,
-}
-
 impl OrchestratorServiceImpl {
-    /// Validates, admits, stores and starts a run (or finds the one an
-    /// idempotency key names). Returns the run and whether it already
-    /// existed.
-    async fn start(
-        &self,
-        fields: StartFields,
-        tenant: String,
-        subject: String,
-        context: RequestContext,
-        starter: Starter,
-    ) -> Result<(RunRow, bool), Status> {
-        let engine = self.engine()?;
-        let mut violations: Vec<(String, String)> = Vec::new();
-        if fields.objective.trim().is_empty() {
-            violations.push((
-                "objective".into(),
-                "must not be empty: say what the agent should achieve".into(),
-            ));
-        } else if fields.objective.len() > self.config.max_objective_bytes {
-            violations.push((
-                "objective".into(),
-                format!(
-                    "is {} bytes; the limit is {} bytes",
-                    fields.objective.len(),
-                    self.config.max_objective_bytes
-                ),
-            ));
-        }
-        if fields.idempotency_key.chars().count() > 256 {
-            violations.push((
-                "idempotency_key".into(),
-                "must be at most 256 characters".into(),
-            ));
-        }
-        let limits = fields.limits.unwrap_or_default();
-        if !(0..=MAX_STEPS_LIMIT).contains(&limits.max_steps) {
-            violations.push((
-                "limits.max_steps".into(),
-                format!("must be between 0 (the profile's) and {MAX_STEPS_LIMIT}"),
-            ));
-        }
-        if limits.max_output_tokens < 0 {
-            violations.push((
-                "limits.max_output_tokens".into(),
-                "must not be negative".into(),
-            ));
-        }
-        let timeout = match &limits.timeout {
-            None => None,
-            Some(timeout) => match Duration::try_from(*timeout) {
-                Ok(timeout) if timeout <= MAX_TIMEOUT => Some(timeout).filter(|t| !t.is_zero()),
-                _ => {
-                    violations.push((
-                        "limits.timeout".into(),
-                        "must be between 0 (the profile's) and 24h".into(),
-                    ));
-                    None
-                }
-            },
-        };
-        validate_labels(&fields.labels, "labels", &mut violations);
-        if !violations.is_empty() {
-            return Err(invalid_argument(violations));
-        }
-        let agent = if fields.agent.is_empty() {
-            self.config.default_agent.clone()
-        } else {
-            fields.agent
-        };
-        let Some(profile) = self.config.agents.get(&agent) else {
-            return Err(Status::not_found(format!(
-                "agent {agent:?} not found; configured agents: {}",
-                self.config
-                    .agents
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        };
-        let store = engine.store();
-        let new_session = fields.session_id.is_empty();
-        let session_id = if new_session {
-            uuid::Uuid::now_v7().to_string()
-        } else {
-            if !store
-                .session_exists(&tenant, &fields.session_id)
-                .await
-                .map_err(|e| engine.store_failed(&e))?
-            {
-                return Err(not_found("session", &fields.session_id));
-            }
-            fields.session_id
-        };
-        let queued = engine.active_count();
-        if queued >= self.config.max_concurrent_runs + self.config.max_queued_runs {
-            let mut details = ErrorDetails::new();
-            details.set_retry_info(Some(Duration::from_secs(5)));
-            return Err(Status::with_error_details(
-                tonic::Code::ResourceExhausted,
-                format!(
-                    "{queued} runs are running or queued on this instance, the most it takes; retry later"
-                ),
-                details,
-            ));
-        }
-        let run = RunRow {
-            run_id: uuid::Uuid::now_v7().to_string(),
-            tenant,
-            subject,
-            agent,
-            session_id,
-            objective: fields.objective,
-            state: pb::RunState::Queued,
-            idempotency_key: Some(fields.idempotency_key).filter(|key| !key.is_empty()),
-            model: profile.model.clone(),
-            limits: Limits {
-                max_steps: if limits.max_steps > 0 {
-                    limits.max_steps
-                } else {
-                    profile.max_steps
-                },
-                max_output_tokens: if limits.max_output_tokens > 0 {
-                    limits.max_output_tokens
-                } else {
-                    profile.max_output_tokens
-                },
-                timeout_ms: timeout_ms(timeout.unwrap_or(profile.timeout), starter.caller_deadline),
-            },
-            labels: fields.labels.into_iter().collect(),
-            create_time: now_micros(),
-            start_time: None,
-            end_time: None,
-            output: String::new(),
-            error: None,
-            input_tokens: 0,
-            output_tokens: 0,
-            steps: 0,
-            tool_calls: 0,
-            last_sequence: 0,
-        };
-        if !new_session
-            && let Some(other) = store
-                .unfinished_run_in_session(&run.session_id)
-                .await
-                .map_err(|e| engine.store_failed(&e))?
-        {
-            return Err(Status::failed_precondition(format!(
-                "session {} has a run in progress ({other}); wait for it to end or cancel it",
-                run.session_id
-            )));
-        }
-        // Places in the tenant's and the profile's bulkheads, held or
-        // queued, before the run exists; given back if it is not started.
-        let places = engine
-            .admission()
-            .admit(&run.tenant, &run.agent, starter.method)?;
-        match store
-            .create_run(&run, new_session, engine.owner(), engine.lease_until())
-            .await
-            .map_err(|e| engine.store_failed(&e))?
-        {
-            Created::New(run) => {
-                tracing::info!(run_id = %run.run_id, agent = %run.agent, "run queued");
-                engine.audit_run_started(&run);
-                engine.spawn(run.clone(), None, context, places, starter.caller_deadline);
-                Ok((run, false))
-            }
-            Created::Existing(existing) => {
-                if existing.objective != run.objective || existing.agent != run.agent {
-                    return Err(Status::already_exists(format!(
-                        "idempotency key {:?} was used for run {} with a different objective or agent",
-                        run.idempotency_key.unwrap_or_default(),
-                        existing.run_id
-                    )));
-                }
-                Ok((existing, true))
-            }
-        }
-    }
-
     /// A stream of the run's events after `after`.
     fn follow(
         &self,
@@ -318,21 +105,6 @@ impl OrchestratorServiceImpl {
             .map_err(|e| engine.store_failed(&e))?
             .ok_or_else(|| not_found("run", run_id))
     }
-}
-
-/// A run's timeout in milliseconds: its own, or what is left of its
-/// caller's time (`Run`) if less — rounded up, so the caller's deadline is
-/// what ends such a run, and it shows in GetRun and in a resume elsewhere.
-fn timeout_ms(timeout: Duration, caller_deadline: Option<tokio::time::Instant>) -> i64 {
-    let timeout = match caller_deadline {
-        Some(deadline) => {
-            timeout.min(deadline.saturating_duration_since(tokio::time::Instant::now()))
-        }
-        None => timeout,
-    };
-    i64::try_from(timeout.as_micros().div_ceil(1000))
-        .unwrap_or(i64::MAX)
-        .max(1)
 }
 
 /// The events of a run started by `Run`, ending with DEADLINE_EXCEEDED at
@@ -362,35 +134,6 @@ fn until_deadline(
             () = &mut timer => Some((Err(passed()), None)),
         }
     })
-}
-
-fn validate_labels(
-    labels: &std::collections::HashMap<String, String>,
-    field: &str,
-    violations: &mut Vec<(String, String)>,
-) {
-    if labels.len() > 32 {
-        violations.push((
-            field.to_owned(),
-            format!("has {} labels; at most 32 are allowed", labels.len()),
-        ));
-    }
-    let mut keys: Vec<_> = labels.keys().collect();
-    keys.sort();
-    for key in keys {
-        if key.is_empty() || key.chars().count() > 63 {
-            violations.push((
-                format!("{field}[{key:?}]"),
-                "label keys are 1 to 63 characters".into(),
-            ));
-        }
-        if labels[key].chars().count() > 256 {
-            violations.push((
-                format!("{field}[{key:?}]"),
-                "label values are at most 256 characters".into(),
-            ));
-        }
-    }
 }
 
 /// The page size a request asks for.
@@ -472,7 +215,7 @@ impl OrchestratorService for OrchestratorServiceImpl {
         &self,
         request: Request<pb::StartRunRequest>,
     ) -> Result<Response<pb::StartRunResponse>, Status> {
-        let (tenant, subject, context) = caller(&request);
+        let caller = caller(&request);
         // The run outlives this call: the caller's deadline bounds only the
         // call.
         let starter = Starter {
@@ -480,13 +223,7 @@ impl OrchestratorService for OrchestratorServiceImpl {
             caller_deadline: None,
         };
         let (run, existing) = self
-            .start(
-                request.into_inner().into(),
-                tenant,
-                subject,
-                context,
-                starter,
-            )
+            .start(request.into_inner().into(), caller, starter)
             .await?;
         Ok(Response::new(pb::StartRunResponse {
             run_id: run.run_id.clone(),
@@ -499,7 +236,7 @@ impl OrchestratorService for OrchestratorServiceImpl {
         &self,
         request: Request<pb::StreamRunRequest>,
     ) -> Result<Response<Self::StreamRunStream>, Status> {
-        let (tenant, _, _) = caller(&request);
+        let tenant = caller(&request).tenant;
         let request = request.into_inner();
         if request.after_sequence < 0 {
             return Err(invalid_argument([(
@@ -520,21 +257,18 @@ impl OrchestratorService for OrchestratorServiceImpl {
         &self,
         request: Request<pb::RunRequest>,
     ) -> Result<Response<Self::RunStream>, Status> {
-        let (tenant, subject, context) = caller(&request);
+        let caller = caller(&request);
         // The run ends at the caller's deadline, if it gave one.
-        let caller_deadline = context.deadline().map(tokio::time::Instant::from_std);
+        let caller_deadline = caller
+            .context
+            .deadline()
+            .map(tokio::time::Instant::from_std);
         let starter = Starter {
             method: RUN,
             caller_deadline,
         };
         let (run, _) = self
-            .start(
-                request.into_inner().into(),
-                tenant,
-                subject,
-                context,
-                starter,
-            )
+            .start(request.into_inner().into(), caller, starter)
             .await?;
         let events = self.follow(run, 0)?;
         let events = match caller_deadline {
@@ -552,7 +286,7 @@ impl OrchestratorService for OrchestratorServiceImpl {
         &self,
         request: Request<pb::GetRunRequest>,
     ) -> Result<Response<pb::GetRunResponse>, Status> {
-        let (tenant, _, _) = caller(&request);
+        let tenant = caller(&request).tenant;
         let run = self.run_of(&tenant, &request.get_ref().run_id).await?;
         Ok(Response::new(pb::GetRunResponse {
             run: Some(run.to_proto()),
@@ -563,31 +297,10 @@ impl OrchestratorService for OrchestratorServiceImpl {
         &self,
         request: Request<pb::ListRunsRequest>,
     ) -> Result<Response<pb::ListRunsResponse>, Status> {
-        let (tenant, _, _) = caller(&request);
+        let tenant = caller(&request).tenant;
         let request = request.into_inner();
         let size = page_size(request.page_size)?;
-        let mut violations: Vec<(String, String)> = Vec::new();
-        for (index, state) in request.states.iter().enumerate() {
-            if pb::RunState::try_from(*state).map_or(true, |s| s == pb::RunState::Unspecified) {
-                violations.push((
-                    format!("states[{index}]"),
-                    format!("{state} is not a run state"),
-                ));
-            }
-        }
-        let labels: std::collections::HashMap<String, String> = request.labels.clone();
-        validate_labels(&labels, "labels", &mut violations);
-        if let (Some(start), Some(end)) = (&request.create_time_start, &request.create_time_end)
-            && store::micros_of(start) > store::micros_of(end)
-        {
-            violations.push((
-                "create_time_end".into(),
-                "must not be before create_time_start".into(),
-            ));
-        }
-        if !violations.is_empty() {
-            return Err(invalid_argument(violations));
-        }
+        validate::list_runs_request(&request)?;
         let fingerprint = filter_fingerprint(&request);
         let after = parse_runs_page_token(&request.page_token, fingerprint)?;
         let filter = RunFilter {
@@ -622,7 +335,9 @@ impl OrchestratorService for OrchestratorServiceImpl {
         &self,
         request: Request<pb::CancelRunRequest>,
     ) -> Result<Response<pb::CancelRunResponse>, Status> {
-        let (tenant, subject, _) = caller(&request);
+        let Caller {
+            tenant, subject, ..
+        } = caller(&request);
         let request = request.into_inner();
         let run = self.run_of(&tenant, &request.run_id).await?;
         if run.is_terminal() {

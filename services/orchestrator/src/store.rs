@@ -6,6 +6,8 @@
 //! checkpoint in one transaction), never once per token, so a crash loses at
 //! most the step in flight, which is then run again from the checkpoint.
 
+mod row;
+
 use std::collections::BTreeMap;
 
 use agentmesh_proto::llm::v1 as llm;
@@ -13,8 +15,11 @@ use agentmesh_proto::orchestrator::v1 as pb;
 use agentmesh_storage::{Database, EmbeddedMigration, Migrations, with_pool};
 use prost::Message as _;
 
+use row::run_from_row;
+pub(crate) use row::{Checkpoint, Limits, RunRow, micros_of, now_micros, timestamp, usage};
+
 /// The orchestrator's schema, per backend.
-pub static MIGRATIONS: Migrations = Migrations {
+pub(crate) static MIGRATIONS: Migrations = Migrations {
     sqlite: &[EmbeddedMigration {
         version: 1,
         description: "runs, events, checkpoints, sessions",
@@ -33,7 +38,7 @@ const EVENTS_PER_INSERT: usize = 300;
 
 /// A failure of the store; the service maps it to UNAVAILABLE/INTERNAL.
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub(crate) enum StoreError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("stored data cannot be read: {0}")]
@@ -46,151 +51,9 @@ impl From<prost::DecodeError> for StoreError {
     }
 }
 
-/// What a run is limited to, resolved from the request and its profile.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    pub max_steps: i32,
-    pub max_output_tokens: i32,
-    pub timeout_ms: i64,
-}
-
-/// A run as stored in `runs`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RunRow {
-    pub run_id: String,
-    pub tenant: String,
-    pub subject: String,
-    pub agent: String,
-    pub session_id: String,
-    pub objective: String,
-    pub state: pb::RunState,
-    pub idempotency_key: Option<String>,
-    pub model: String,
-    pub limits: Limits,
-    pub labels: BTreeMap<String, String>,
-    pub create_time: i64,
-    pub start_time: Option<i64>,
-    pub end_time: Option<i64>,
-    pub output: String,
-    pub error: Option<tonic_types::pb::Status>,
-    pub input_tokens: i64,
-    pub output_tokens: i64,
-    pub steps: i32,
-    pub tool_calls: i32,
-    pub last_sequence: i32,
-}
-
-impl RunRow {
-    /// Whether the run has ended.
-    pub fn is_terminal(&self) -> bool {
-        is_terminal(self.state)
-    }
-
-    /// The run as the API shows it.
-    pub fn to_proto(&self) -> pb::Run {
-        pb::Run {
-            run_id: self.run_id.clone(),
-            objective: self.objective.clone(),
-            agent: self.agent.clone(),
-            session_id: self.session_id.clone(),
-            state: self.state.into(),
-            limits: Some(pb::RunLimits {
-                max_steps: self.limits.max_steps,
-                max_output_tokens: self.limits.max_output_tokens,
-                timeout: Some(duration_from_millis(self.limits.timeout_ms)),
-            }),
-            labels: self.labels.clone().into_iter().collect(),
-            idempotency_key: self.idempotency_key.clone().unwrap_or_default(),
-            model: self.model.clone(),
-            create_time: Some(timestamp(self.create_time)),
-            start_time: self.start_time.map(timestamp),
-            end_time: self.end_time.map(timestamp),
-            output: self.output.clone(),
-            error: self.error.clone(),
-            usage: Some(usage(self.input_tokens, self.output_tokens)),
-            steps: self.steps,
-            tool_calls: self.tool_calls,
-            last_sequence: self.last_sequence,
-            tenant: self.tenant.clone(),
-            subject: self.subject.clone(),
-        }
-    }
-}
-
-/// Whether `state` is one a run ends in.
-pub fn is_terminal(state: pb::RunState) -> bool {
-    matches!(
-        state,
-        pb::RunState::Succeeded | pb::RunState::Failed | pb::RunState::Cancelled
-    )
-}
-
-/// Token usage as the API shows it.
-pub fn usage(input_tokens: i64, output_tokens: i64) -> llm::Usage {
-    let clamp = |n: i64| i32::try_from(n).unwrap_or(i32::MAX);
-    llm::Usage {
-        input_tokens: clamp(input_tokens),
-        output_tokens: clamp(output_tokens),
-        total_tokens: clamp(input_tokens.saturating_add(output_tokens)),
-        ..llm::Usage::default()
-    }
-}
-
-/// Microseconds since the Unix epoch as a protobuf timestamp.
-pub fn timestamp(micros: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: micros.div_euclid(1_000_000),
-        nanos: i32::try_from(micros.rem_euclid(1_000_000) * 1000).unwrap_or(0),
-    }
-}
-
-/// A protobuf timestamp as microseconds since the Unix epoch.
-pub fn micros_of(timestamp: &prost_types::Timestamp) -> i64 {
-    timestamp
-        .seconds
-        .saturating_mul(1_000_000)
-        .saturating_add(i64::from(timestamp.nanos) / 1000)
-}
-
-/// Now, in microseconds since the Unix epoch.
-pub fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
-fn duration_from_millis(millis: i64) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: millis.div_euclid(1000),
-        nanos: i32::try_from(millis.rem_euclid(1000) * 1_000_000).unwrap_or(0),
-    }
-}
-
-/// What a run resumes from: the conversation and counters after its last
-/// completed step. Stored protobuf-encoded in `checkpoints.state`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct Checkpoint {
-    /// The conversation so far (system prompt, history, objective, every
-    /// answer and tool result).
-    #[prost(message, repeated, tag = "1")]
-    pub messages: Vec<llm::Message>,
-    /// Steps completed.
-    #[prost(int32, tag = "2")]
-    pub step: i32,
-    /// Tool calls made.
-    #[prost(int32, tag = "3")]
-    pub tool_calls: i32,
-    /// Tokens used so far.
-    #[prost(int64, tag = "4")]
-    pub input_tokens: i64,
-    #[prost(int64, tag = "5")]
-    pub output_tokens: i64,
-}
-
 /// The outcome of [`Store::create_run`].
 #[derive(Debug)]
-pub enum Created {
+pub(crate) enum Created {
     /// The run was stored.
     New(RunRow),
     /// The tenant's idempotency key already named this run.
@@ -199,18 +62,18 @@ pub enum Created {
 
 /// Filters of [`Store::list_runs`].
 #[derive(Debug, Clone, Default)]
-pub struct RunFilter {
-    pub states: Vec<i32>,
-    pub labels: BTreeMap<String, String>,
-    pub agent: String,
-    pub session_id: String,
-    pub create_time_start: Option<i64>,
-    pub create_time_end: Option<i64>,
+pub(crate) struct RunFilter {
+    pub(crate) states: Vec<i32>,
+    pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) agent: String,
+    pub(crate) session_id: String,
+    pub(crate) create_time_start: Option<i64>,
+    pub(crate) create_time_end: Option<i64>,
 }
 
 /// The orchestrator's database.
 #[derive(Debug, Clone)]
-pub struct Store {
+pub(crate) struct Store {
     db: Database,
 }
 
@@ -229,56 +92,9 @@ macro_rules! select_runs {
     };
 }
 
-fn run_from_row<R>(row: &R) -> Result<RunRow, StoreError>
-where
-    R: sqlx::Row,
-    for<'a> &'a str: sqlx::ColumnIndex<R>,
-    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> i32: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> Option<i64>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> Option<Vec<u8>>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-{
-    let state: i32 = row.try_get("state")?;
-    let labels: String = row.try_get("labels")?;
-    let error: Option<Vec<u8>> = row.try_get("error")?;
-    Ok(RunRow {
-        run_id: row.try_get("run_id")?,
-        tenant: row.try_get("tenant")?,
-        subject: row.try_get("subject")?,
-        agent: row.try_get("agent")?,
-        session_id: row.try_get("session_id")?,
-        objective: row.try_get("objective")?,
-        state: pb::RunState::try_from(state)
-            .map_err(|_| StoreError::Corrupt(format!("unknown run state {state}")))?,
-        idempotency_key: row.try_get("idempotency_key")?,
-        model: row.try_get("model")?,
-        limits: Limits {
-            max_steps: row.try_get("max_steps")?,
-            max_output_tokens: row.try_get("max_output_tokens")?,
-            timeout_ms: row.try_get("timeout_ms")?,
-        },
-        labels: serde_json::from_str(&labels)
-            .map_err(|err| StoreError::Corrupt(format!("run labels: {err}")))?,
-        create_time: row.try_get("create_time")?,
-        start_time: row.try_get("start_time")?,
-        end_time: row.try_get("end_time")?,
-        output: row.try_get("output")?,
-        error: error
-            .map(|bytes| tonic_types::pb::Status::decode(bytes.as_slice()))
-            .transpose()?,
-        input_tokens: row.try_get("input_tokens")?,
-        output_tokens: row.try_get("output_tokens")?,
-        steps: row.try_get("steps")?,
-        tool_calls: row.try_get("tool_calls")?,
-        last_sequence: row.try_get("last_sequence")?,
-    })
-}
-
 impl Store {
     /// A store over an opened, migrated database.
-    pub fn new(db: Database) -> Self {
+    pub(crate) fn new(db: Database) -> Self {
         Self { db }
     }
 
@@ -286,7 +102,7 @@ impl Store {
     /// idempotency key already names.
     /// `owner` claims the run until `lease_until` (so no other instance takes
     /// it for an orphan while it waits for a slot).
-    pub async fn create_run(
+    pub(crate) async fn create_run(
         &self,
         run: &RunRow,
         new_session: bool,
@@ -378,7 +194,11 @@ impl Store {
     }
 
     /// A run of `tenant`.
-    pub async fn get_run(&self, tenant: &str, run_id: &str) -> Result<Option<RunRow>, StoreError> {
+    pub(crate) async fn get_run(
+        &self,
+        tenant: &str,
+        run_id: &str,
+    ) -> Result<Option<RunRow>, StoreError> {
         with_pool!(&self.db, |pool| {
             sqlx::query(select_runs!("WHERE tenant = $1 AND run_id = $2"))
                 .bind(tenant)
@@ -391,7 +211,10 @@ impl Store {
     }
 
     /// A run, whoever owns it (for callers that checked the tenant already).
-    pub async fn get_run_any_tenant(&self, run_id: &str) -> Result<Option<RunRow>, StoreError> {
+    pub(crate) async fn get_run_any_tenant(
+        &self,
+        run_id: &str,
+    ) -> Result<Option<RunRow>, StoreError> {
         with_pool!(&self.db, |pool| {
             sqlx::query(select_runs!("WHERE run_id = $1"))
                 .bind(run_id)
@@ -404,7 +227,7 @@ impl Store {
 
     /// Runs of `tenant`, newest first, after the `(create_time, run_id)`
     /// position of the previous page.
-    pub async fn list_runs(
+    pub(crate) async fn list_runs(
         &self,
         tenant: &str,
         filter: &RunFilter,
@@ -470,7 +293,11 @@ impl Store {
     }
 
     /// Whether `session_id` exists for `tenant`.
-    pub async fn session_exists(&self, tenant: &str, session_id: &str) -> Result<bool, StoreError> {
+    pub(crate) async fn session_exists(
+        &self,
+        tenant: &str,
+        session_id: &str,
+    ) -> Result<bool, StoreError> {
         let found: Option<i64> = with_pool!(&self.db, |pool| {
             sqlx::query_scalar(
                 "SELECT create_time FROM sessions WHERE tenant = $1 AND session_id = $2",
@@ -484,7 +311,7 @@ impl Store {
     }
 
     /// The unfinished run of a session, if one is still going.
-    pub async fn unfinished_run_in_session(
+    pub(crate) async fn unfinished_run_in_session(
         &self,
         session_id: &str,
     ) -> Result<Option<String>, StoreError> {
@@ -500,7 +327,10 @@ impl Store {
 
     /// The conversation a session has reached: the final checkpoint of its
     /// latest run that succeeded (failed and cancelled runs add nothing).
-    pub async fn session_history(&self, session_id: &str) -> Result<Vec<llm::Message>, StoreError> {
+    pub(crate) async fn session_history(
+        &self,
+        session_id: &str,
+    ) -> Result<Vec<llm::Message>, StoreError> {
         let state: Option<Vec<u8>> = with_pool!(&self.db, |pool| {
             sqlx::query_scalar(
                 "SELECT c.state FROM checkpoints c JOIN runs r ON r.run_id = c.run_id \
@@ -518,7 +348,7 @@ impl Store {
     }
 
     /// The run's latest checkpoint.
-    pub async fn checkpoint(&self, run_id: &str) -> Result<Option<Checkpoint>, StoreError> {
+    pub(crate) async fn checkpoint(&self, run_id: &str) -> Result<Option<Checkpoint>, StoreError> {
         let state: Option<Vec<u8>> = with_pool!(&self.db, |pool| {
             sqlx::query_scalar("SELECT state FROM checkpoints WHERE run_id = $1")
                 .bind(run_id)
@@ -531,7 +361,7 @@ impl Store {
     }
 
     /// Stored events of a run with `after < sequence <= upto`, in order.
-    pub async fn events(
+    pub(crate) async fn events(
         &self,
         run_id: &str,
         after: i32,
@@ -556,7 +386,7 @@ impl Store {
     /// Writes one step in one transaction: the step's events, the run row's
     /// changing columns, the checkpoint (when given), and this instance's
     /// claim on the run until `lease_until`.
-    pub async fn flush(
+    pub(crate) async fn flush(
         &self,
         run: &RunRow,
         events: &[pb::RunEvent],
@@ -620,7 +450,11 @@ impl Store {
     }
 
     /// Extends this instance's claim on the runs it drives.
-    pub async fn renew_leases(&self, owner: &str, lease_until: i64) -> Result<(), StoreError> {
+    pub(crate) async fn renew_leases(
+        &self,
+        owner: &str,
+        lease_until: i64,
+    ) -> Result<(), StoreError> {
         with_pool!(&self.db, |pool| {
             sqlx::query("UPDATE runs SET lease_until = $2 WHERE owner = $1 AND state IN (1, 2)")
                 .bind(owner)
@@ -634,7 +468,7 @@ impl Store {
     /// Claims unfinished runs whose claim ran out (their instance is gone),
     /// at most `limit`, for `owner` until `lease_until`. Each is claimed with
     /// a conditional update, so two instances never both take one.
-    pub async fn claim_orphans(
+    pub(crate) async fn claim_orphans(
         &self,
         owner: &str,
         lease_until: i64,

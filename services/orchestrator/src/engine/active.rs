@@ -1,0 +1,203 @@
+//! The live event buffer of one run this instance drives.
+//!
+//! The run's task numbers every event as it happens ([`ActiveRun::emit`]),
+//! sends it at once to the followers through a broadcast channel, and keeps
+//! it pending until the end of the step, when one transaction stores the
+//! pending events ([`ActiveRun::unstored`], then [`ActiveRun::stored`]).
+//! The terminal event is numbered but withheld ([`ActiveRun::reserve`])
+//! until it is stored ([`ActiveRun::publish_stored`]), so a client that sees
+//! a run's end finds it ended everywhere.
+//!
+//! A follower joining mid-run takes a [`Snapshot`] under the buffer's one
+//! lock: the highest stored sequence, the pending events and a subscription.
+//! Every event is then in exactly one of three places — the store (up to
+//! `stored`), `pending`, or the subscription — so replay and live tail meet
+//! without a gap or a duplicate.
+
+use std::sync::{Arc, Mutex};
+
+use agentmesh_proto::orchestrator::v1::{self as pb, run_event};
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::sync::WaitForCancellationFuture;
+
+use super::lock;
+use crate::store::{self, now_micros};
+
+/// Events a slow follower may fall behind before it re-reads from the store.
+const FOLLOWER_BUFFER: usize = 1024;
+
+/// A run driven by this instance.
+#[derive(Debug)]
+pub(crate) struct ActiveRun {
+    run_id: String,
+    cancel: CancellationToken,
+    /// The first cancel's reason and the subject who asked for it.
+    cancel_reason: Mutex<Option<(String, String)>>,
+    live: Mutex<Live>,
+    /// Becomes true once the run's terminal event is stored.
+    ended: watch::Sender<bool>,
+}
+
+/// Events not yet stored, and the channel to the followers.
+#[derive(Debug)]
+struct Live {
+    /// Highest sequence stored.
+    stored: i32,
+    /// Events with a larger sequence, in order.
+    pending: Vec<pb::RunEvent>,
+    last_sequence: i32,
+    state: pb::RunState,
+    followers: broadcast::Sender<pb::RunEvent>,
+}
+
+/// Where a follower joining now picks up: events up to `stored` are in the
+/// store, `pending` holds the ones after it, and `live` receives every
+/// event published after the snapshot.
+#[derive(Debug)]
+pub(super) struct Snapshot {
+    pub(super) stored: i32,
+    pub(super) pending: Vec<pb::RunEvent>,
+    pub(super) live: broadcast::Receiver<pb::RunEvent>,
+}
+
+impl ActiveRun {
+    /// The buffer of run `run_id`, whose events up to `last_sequence` are
+    /// stored, in `state`.
+    pub(super) fn new(run_id: String, last_sequence: i32, state: pb::RunState) -> Arc<Self> {
+        let (followers, _) = broadcast::channel(FOLLOWER_BUFFER);
+        Arc::new(Self {
+            run_id,
+            cancel: CancellationToken::new(),
+            cancel_reason: Mutex::new(None),
+            live: Mutex::new(Live {
+                stored: last_sequence,
+                pending: Vec::new(),
+                last_sequence,
+                state,
+                followers,
+            }),
+            ended: watch::Sender::new(false),
+        })
+    }
+
+    /// Gives the event the next sequence number, keeps it for the next
+    /// flush and sends it to the followers.
+    pub(super) fn emit(&self, event: run_event::Event) -> pb::RunEvent {
+        let mut live = lock(&self.live);
+        live.last_sequence += 1;
+        let event = pb::RunEvent {
+            run_id: self.run_id.clone(),
+            sequence: live.last_sequence,
+            time: Some(store::timestamp(now_micros())),
+            event: Some(event),
+        };
+        live.pending.push(event.clone());
+        // No followers is fine: the event is stored at the end of the step.
+        let _ = live.followers.send(event.clone());
+        event
+    }
+
+    /// Gives the terminal event its sequence number without publishing it:
+    /// it goes to the followers only once stored ([`Self::publish_stored`]),
+    /// so a client that sees the end of a run finds it ended everywhere
+    /// (GetRun, a new run in the same session).
+    pub(super) fn reserve(&self, event: run_event::Event) -> pb::RunEvent {
+        let mut live = lock(&self.live);
+        live.last_sequence += 1;
+        pb::RunEvent {
+            run_id: self.run_id.clone(),
+            sequence: live.last_sequence,
+            time: Some(store::timestamp(now_micros())),
+            event: Some(event),
+        }
+    }
+
+    /// Publishes a reserved event stored by the caller.
+    pub(super) fn publish_stored(&self, event: pb::RunEvent) {
+        let mut live = lock(&self.live);
+        live.stored = live.stored.max(event.sequence);
+        live.pending
+            .retain(|pending| pending.sequence > event.sequence);
+        let _ = live.followers.send(event);
+    }
+
+    pub(super) fn set_state(&self, state: pb::RunState) {
+        lock(&self.live).state = state;
+    }
+
+    /// The run's state as its task last set it.
+    pub(super) fn state(&self) -> pb::RunState {
+        lock(&self.live).state
+    }
+
+    /// The events to store now, and the last sequence among them.
+    pub(super) fn unstored(&self) -> (Vec<pb::RunEvent>, i32) {
+        let live = lock(&self.live);
+        (live.pending.clone(), live.last_sequence)
+    }
+
+    /// Marks events up to `sequence` as stored.
+    pub(super) fn stored(&self, sequence: i32) {
+        let mut live = lock(&self.live);
+        live.pending.retain(|event| event.sequence > sequence);
+        live.stored = live.stored.max(sequence);
+    }
+
+    /// Where a follower joining now picks up (see the module's doc).
+    pub(super) fn snapshot(&self) -> Snapshot {
+        let live = lock(&self.live);
+        Snapshot {
+            stored: live.stored,
+            pending: live.pending.clone(),
+            live: live.followers.subscribe(),
+        }
+    }
+
+    /// Requests the run to stop, for `reason`, on behalf of `by` (the
+    /// caller's subject, may be empty); the driver records the cancel.
+    pub(crate) fn cancel(&self, reason: String, by: String) {
+        lock(&self.cancel_reason).get_or_insert((reason, by));
+        self.cancel.cancel();
+    }
+
+    /// Resolves once the run is asked to stop.
+    pub(super) fn cancelled(&self) -> WaitForCancellationFuture<'_> {
+        self.cancel.cancelled()
+    }
+
+    /// The reason of the first cancel ("" if none was given).
+    pub(super) fn cancel_reason(&self) -> String {
+        lock(&self.cancel_reason)
+            .as_ref()
+            .map(|(reason, _)| reason.clone())
+            .unwrap_or_default()
+    }
+
+    /// Who asked for the first cancel ("" if unknown).
+    pub(super) fn cancelled_by(&self) -> String {
+        lock(&self.cancel_reason)
+            .as_ref()
+            .map(|(_, by)| by.clone())
+            .unwrap_or_default()
+    }
+
+    /// Marks the run's terminal event stored and the run gone from here.
+    pub(super) fn mark_ended(&self) {
+        self.ended.send_replace(true);
+    }
+
+    /// Whether [`Self::mark_ended`] was called.
+    pub(super) fn has_ended(&self) -> bool {
+        *self.ended.borrow()
+    }
+
+    /// Waits until the run's terminal event is stored.
+    pub(crate) async fn ended(&self) {
+        let mut ended = self.ended.subscribe();
+        let _ = ended.wait_for(|ended| *ended).await;
+    }
+}
+
+#[cfg(test)]
+mod tests;

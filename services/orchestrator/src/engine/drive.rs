@@ -1,0 +1,422 @@
+//! A run's task, from QUEUED to its end.
+//!
+//! ```text
+//! drive ─ wait_for_places: tenant place, profile place, instance slot   QUEUED
+//!       │   (or a cancel, or the caller's deadline)
+//!       ├ begin: RUN_STARTED stored, or "step restarted" after a resume  RUNNING
+//!       ├ run_until_end: run_steps under the run's deadline, or a cancel
+//!       │   └ run_steps — THE STRATEGY: the loop over steps
+//!       │       └ Engine::step (step.rs): model call, tools, checkpoint
+//!       └ finish: terminal event, stored (persist.rs), then published;
+//!                 audit event and metrics by the instance that stored it
+//! ```
+//!
+//! **Where a strategy plugs in.** [`Engine::run_steps`] is the only place
+//! that decides what the next step is and when the run has its answer; it
+//! receives everything a step needs ([`StepContext`]) and the checkpoint it
+//! carries from step to step. Today's strategy asks the model, runs the
+//! tools it called, and repeats until an answer without tool calls or the
+//! step limit. Another strategy (plan, then execute the plan's steps) is
+//! another loop over [`Engine::step`] with the same inputs and output (the
+//! final answer or the run's failure); waiting, deadlines, cancels,
+//! storing and the end of the run stay here, shared.
+//!
+//! Deadlines: the run's own timeout (less the time it already ran on an
+//! instance that stopped), or its caller's deadline (`Run`) if sooner,
+//! bounds the whole loop; a call cut by the caller's deadline ends the run
+//! with DEADLINE_EXCEEDED naming the caller's deadline.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentmesh_proto::llm::v1 as llm;
+use agentmesh_proto::orchestrator::v1::{self as pb, run_event};
+use tokio::time::Instant;
+use tonic::Status;
+
+use super::active::ActiveRun;
+use super::audit_events::RunEndAudit;
+use super::persist::apply;
+use super::step::{StepContext, StepOutcome, percent};
+use super::{Engine, lock, mark_failed};
+use crate::admission::Places;
+use crate::config::AgentProfile;
+use crate::metrics::RunEnd;
+use crate::store::{self, Checkpoint, RunRow, now_micros};
+
+/// How close to the caller's deadline a failed call counts as cut by it
+/// (a peer's or the client's own timer may fire a hair before ours:
+/// `grpc-timeout` values are truncated to their unit).
+const DEADLINE_SLACK: Duration = Duration::from_millis(5);
+
+/// How a run's loop ended.
+#[derive(Debug)]
+pub(super) enum Ending {
+    Finished(String),
+    Failed(Status),
+    Cancelled(String),
+}
+
+/// How a queued run's wait for its places and slot ended.
+enum Wait {
+    Admitted(tokio::sync::OwnedSemaphorePermit),
+    Cancelled,
+    CallerDeadline,
+}
+
+/// The clocks a running run's deadline is computed from.
+struct Clock {
+    /// When the run was created here (or picked up after a resume).
+    queued_at: Instant,
+    /// When this instance started driving it (after the wait).
+    started: Instant,
+    /// How long it already ran on an instance that stopped.
+    elapsed_before: Duration,
+    /// The caller's deadline, for a run started by `Run`.
+    caller_deadline: Option<Instant>,
+}
+
+/// The status of a run stopped by its caller's deadline.
+fn caller_deadline_passed(waited: Duration, queued: bool) -> Status {
+    let when = if queued {
+        "while the run was still queued"
+    } else {
+        "while the run was running"
+    };
+    Status::deadline_exceeded(format!(
+        "the caller's deadline passed {when} ({waited:.1?} after it was created), so the run was \
+         stopped: a run started with Run ends with its call; use StartRun and StreamRun for runs \
+         that outlive the call"
+    ))
+}
+
+/// Waits until `deadline`, or forever without one.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The run's time limit, from its stored `timeout_ms`.
+fn run_timeout(run: &RunRow) -> Duration {
+    Duration::from_millis(u64::try_from(run.limits.timeout_ms).unwrap_or(0))
+}
+
+impl Engine {
+    /// Drives `run` from QUEUED to its stored end (see the module's doc),
+    /// then forgets it.
+    pub(super) async fn drive(
+        self: Arc<Self>,
+        mut run: RunRow,
+        active: Arc<ActiveRun>,
+        resume: Option<Checkpoint>,
+        mut places: Places,
+        caller_deadline: Option<Instant>,
+    ) {
+        let run_id = run.run_id.clone();
+        let queued = self.metrics.queued();
+        let queued_at = Instant::now();
+        let wait = self
+            .wait_for_places(&active, &mut places, caller_deadline)
+            .await;
+        drop(queued);
+        let profile = self
+            .config
+            .agents
+            .get(&run.agent)
+            .cloned()
+            .unwrap_or_default();
+        // What the loop carries from step to step, stored after each one.
+        let mut checkpoint = match resume {
+            Some(checkpoint) => checkpoint,
+            None => self.first_checkpoint(&run, &profile).await,
+        };
+        let started = Instant::now();
+        let mut running = None;
+        let mut permit = None;
+        let ending = match wait {
+            Wait::Cancelled => Ending::Cancelled(active.cancel_reason()),
+            Wait::CallerDeadline => {
+                Ending::Failed(caller_deadline_passed(queued_at.elapsed(), true))
+            }
+            Wait::Admitted(slot) => {
+                permit = Some(slot);
+                // Time the run already ran (on an instance that stopped),
+                // measured now: storing its start below takes time too.
+                let elapsed_before = run
+                    .start_time
+                    .map(|start| {
+                        Duration::from_micros(u64::try_from(now_micros() - start).unwrap_or(0))
+                    })
+                    .unwrap_or_default();
+                running = Some(
+                    self.metrics
+                        .agent(&run.agent)
+                        .running(run.start_time.is_none()),
+                );
+                self.begin(&mut run, &active, &checkpoint).await;
+                let clock = Clock {
+                    queued_at,
+                    started,
+                    elapsed_before,
+                    caller_deadline,
+                };
+                self.run_until_end(&mut run, &active, &profile, &mut checkpoint, &clock)
+                    .await
+            }
+        };
+        // Give back the slot and the places: the run has stopped working.
+        drop(permit);
+        drop(places);
+        if let Ending::Failed(status) = &ending {
+            mark_failed(&tracing::Span::current(), status);
+        }
+        self.finish(&mut run, &active, checkpoint, ending, started.elapsed())
+            .await;
+        drop(running);
+        lock(&self.active).remove(&run_id);
+        active.mark_ended();
+    }
+
+    /// Waits for the tenant's place, the profile's and a slot of this
+    /// instance (QUEUED), unless cancelled or out of the caller's time
+    /// meanwhile; leaving drops the queue slots.
+    async fn wait_for_places(
+        &self,
+        active: &ActiveRun,
+        places: &mut Places,
+        caller_deadline: Option<Instant>,
+    ) -> Wait {
+        tokio::select! {
+            permit = async {
+                places.acquire().await;
+                Arc::clone(&self.slots).acquire_owned().await
+            } => match permit {
+                Ok(permit) => Wait::Admitted(permit),
+                // The semaphore is never closed.
+                Err(_) => Wait::Cancelled,
+            },
+            () = active.cancelled() => Wait::Cancelled,
+            () = until(caller_deadline) => Wait::CallerDeadline,
+        }
+    }
+
+    /// Marks a run that starts now RUNNING (RUN_STARTED, stored at once), or
+    /// tells the followers of a resumed run that its step restarts.
+    async fn begin(&self, run: &mut RunRow, active: &ActiveRun, checkpoint: &Checkpoint) {
+        if run.start_time.is_none() {
+            run.start_time = Some(now_micros());
+            run.state = pb::RunState::Running;
+            active.set_state(run.state);
+            active.emit(run_event::Event::RunStarted(pb::RunStarted {
+                agent: run.agent.clone(),
+                model: run.model.clone(),
+                session_id: run.session_id.clone(),
+                limits: run.to_proto().limits,
+                objective: run.objective.clone(),
+            }));
+            self.flush(run, active, Some(checkpoint)).await;
+        } else {
+            // Resumed after the instance that drove it stopped.
+            active.emit(run_event::Event::Progress(pb::Progress {
+                step: checkpoint.step + 1,
+                max_steps: run.limits.max_steps,
+                percent: percent(checkpoint.step, run.limits.max_steps),
+                message: format!(
+                    "step {} restarted: the run resumed from its checkpoint after the \
+                     instance driving it stopped",
+                    checkpoint.step + 1
+                ),
+                step_restarted: true,
+            }));
+        }
+    }
+
+    /// Runs the steps until an ending: an answer, a failure, the run's
+    /// timeout or its caller's deadline, or a cancel.
+    async fn run_until_end(
+        &self,
+        run: &mut RunRow,
+        active: &ActiveRun,
+        profile: &AgentProfile,
+        checkpoint: &mut Checkpoint,
+        clock: &Clock,
+    ) -> Ending {
+        let timeout = run_timeout(run);
+        // The run's own timeout (less what it ran before a resume), or its
+        // caller's deadline if sooner.
+        let own_deadline = clock.started + timeout.saturating_sub(clock.elapsed_before);
+        let by_caller = clock
+            .caller_deadline
+            .is_some_and(|caller| caller <= own_deadline);
+        let deadline = clock
+            .caller_deadline
+            .map_or(own_deadline, |caller| caller.min(own_deadline));
+        let run_id = run.run_id.clone();
+        let work = self.run_steps(run, active, profile, checkpoint, deadline);
+        tokio::select! {
+            () = active.cancelled() => Ending::Cancelled(active.cancel_reason()),
+            result = tokio::time::timeout_at(deadline, work) => match result {
+                Ok(Ok(output)) => Ending::Finished(output),
+                Ok(Err(status)) if by_caller && Instant::now() + DEADLINE_SLACK >= deadline => {
+                    // A peer answered DEADLINE_EXCEEDED (or its call was
+                    // not made) just as the caller's time ran out.
+                    tracing::debug!(run_id = %run_id, error = %status, "a call failed at the caller's deadline");
+                    Ending::Failed(caller_deadline_passed(clock.queued_at.elapsed(), false))
+                }
+                Ok(Err(status)) => Ending::Failed(status),
+                Err(_) if by_caller => {
+                    Ending::Failed(caller_deadline_passed(clock.queued_at.elapsed(), false))
+                }
+                Err(_) => Ending::Failed(Status::deadline_exceeded(format!(
+                    "the run exceeded its timeout of {timeout:?}"
+                ))),
+            },
+        }
+    }
+
+    /// The loop over steps: the run's strategy (see the module's doc).
+    /// Asks the model, runs the tools it called, and repeats until an
+    /// answer without tool calls (the run's output) or the step limit
+    /// (RESOURCE_EXHAUSTED).
+    async fn run_steps(
+        &self,
+        run: &mut RunRow,
+        active: &ActiveRun,
+        profile: &AgentProfile,
+        checkpoint: &mut Checkpoint,
+        deadline: Instant,
+    ) -> Result<String, Status> {
+        let specs = self.peers.tool_specs(profile, deadline).await?;
+        let cx = StepContext {
+            active,
+            profile,
+            specs: &specs,
+            deadline,
+            series: Arc::clone(self.metrics.agent(&run.agent)),
+        };
+        loop {
+            if checkpoint.step + 1 > run.limits.max_steps {
+                return Err(Status::resource_exhausted(format!(
+                    "the run reached its step limit ({}) without a final answer",
+                    run.limits.max_steps
+                )));
+            }
+            match self.step(run, &cx, checkpoint).await? {
+                StepOutcome::Answer(output) => return Ok(output),
+                StepOutcome::ToolsCalled => {}
+            }
+        }
+    }
+
+    /// The conversation a new run starts with: the profile's system prompt,
+    /// the session's history, the objective.
+    async fn first_checkpoint(&self, run: &RunRow, profile: &AgentProfile) -> Checkpoint {
+        let mut messages = Vec::new();
+        let history = match self.store.session_history(&run.session_id).await {
+            Ok(history) => history,
+            Err(err) => {
+                tracing::warn!(run_id = %run.run_id, error = %err, "cannot read the session's history; starting without it");
+                Vec::new()
+            }
+        };
+        if history.first().map(|m| m.role()) != Some(llm::Role::System)
+            && !profile.system_prompt.is_empty()
+        {
+            messages.push(llm::Message {
+                role: llm::Role::System.into(),
+                content: profile.system_prompt.clone(),
+                ..llm::Message::default()
+            });
+        }
+        messages.extend(history);
+        messages.push(llm::Message {
+            role: llm::Role::User.into(),
+            content: run.objective.clone(),
+            ..llm::Message::default()
+        });
+        Checkpoint {
+            messages,
+            ..Checkpoint::default()
+        }
+    }
+
+    /// Records the run's end: the terminal event, the row, the final
+    /// checkpoint (the session's history for the next run); then, if this
+    /// instance stored it, the audit event and the metrics; then the
+    /// terminal event goes to the followers.
+    async fn finish(
+        &self,
+        run: &mut RunRow,
+        active: &ActiveRun,
+        checkpoint: Checkpoint,
+        ending: Ending,
+        duration: Duration,
+    ) {
+        apply(run, &checkpoint);
+        let audit = RunEndAudit::of(&ending, &active.cancelled_by());
+        let event = terminal_event(run, active, ending, duration);
+        run.end_time = Some(now_micros());
+        active.set_state(run.state);
+        let terminal = active.reserve(event);
+        // Recorded once, by the instance that stored the end; when storing
+        // failed, the instance that resumes the run records its end.
+        if self.store_end(run, active, &checkpoint, &terminal).await {
+            self.audit_run_end(run, audit);
+            if let Some(end) = RunEnd::of(run.state) {
+                let start = run.start_time.unwrap_or(run.create_time);
+                let took = Duration::from_micros(
+                    u64::try_from(now_micros().saturating_sub(start)).unwrap_or(0),
+                );
+                self.metrics.agent(&run.agent).finished(end, took);
+            }
+        }
+        active.publish_stored(terminal);
+    }
+}
+
+/// Sets the run row's final state (and output or error) for `ending`, and
+/// returns the terminal event that says so.
+fn terminal_event(
+    run: &mut RunRow,
+    active: &ActiveRun,
+    ending: Ending,
+    duration: Duration,
+) -> run_event::Event {
+    let usage = Some(store::usage(run.input_tokens, run.output_tokens));
+    let duration = prost_types::Duration::try_from(duration).ok();
+    match ending {
+        Ending::Finished(output) => {
+            run.state = pb::RunState::Succeeded;
+            run.output.clone_from(&output);
+            run_event::Event::RunFinished(pb::RunFinished {
+                output,
+                usage,
+                steps: run.steps,
+                duration,
+            })
+        }
+        Ending::Failed(status) => {
+            tracing::info!(run_id = %run.run_id, code = ?status.code(), message = status.message(), "run failed");
+            run.state = pb::RunState::Failed;
+            let error = agentmesh_kit::status::to_rpc_status(&status);
+            run.error = Some(error.clone());
+            run_event::Event::RunFailed(pb::RunFailed {
+                error: Some(error),
+                usage,
+                steps: run.steps,
+                duration,
+            })
+        }
+        Ending::Cancelled(reason) => {
+            run.state = pb::RunState::Cancelled;
+            run_event::Event::RunCancelled(pb::RunCancelled {
+                reason,
+                cancelled_by: active.cancelled_by(),
+                usage,
+                steps: run.steps,
+            })
+        }
+    }
+}

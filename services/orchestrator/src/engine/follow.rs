@@ -1,0 +1,221 @@
+//! `StreamRun`/`Run` followers: a run's events after a given sequence,
+//! stored ones first, then the live ones, until the terminal event or until
+//! the client leaves (which does not stop the run).
+//!
+//! ```text
+//! Follower::run ─┬ run driven here  ─▶ follow_live: snapshot of the buffer
+//! (loops)        │                      → store up to `stored`, `pending`,
+//!                │                      then the subscription (tail)
+//!                └ run not driven here ─▶ follow_stored: read the store,
+//!                                         poll again (driven elsewhere)
+//! ```
+//!
+//! A follower only ever sends events with a sequence above the last it
+//! sent, so the hand-over between the store, the pending events and the
+//! subscription — and between follow_live and follow_stored when the run
+//! ends or moves — never repeats an event; the snapshot ([`super::active`])
+//! makes sure none is skipped. A follower that falls behind the broadcast
+//! starts over from the store. Idle periods get heartbeats (sequence 0,
+//! the run's state and the last sequence sent).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentmesh_proto::orchestrator::v1::{self as pb, run_event};
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
+use tonic::Status;
+
+use super::Engine;
+use super::active::{ActiveRun, Snapshot};
+use crate::store::{self, RunRow, now_micros};
+
+/// How often a follower of a run driven elsewhere looks for new events.
+const REMOTE_POLL: Duration = Duration::from_millis(200);
+
+impl Engine {
+    /// Sends the run's events after `after` to `sender`: the stored ones,
+    /// then the live ones, until the terminal event or until the receiver
+    /// goes away. Idle periods get heartbeats.
+    pub(crate) async fn follow(
+        self: Arc<Self>,
+        run: RunRow,
+        after: i32,
+        sender: mpsc::Sender<Result<pb::RunEvent, Status>>,
+    ) {
+        let mut follower = Follower {
+            engine: &self,
+            run_id: run.run_id.clone(),
+            last: after,
+            sender,
+            next_heartbeat: Instant::now() + self.config.heartbeat_interval,
+        };
+        if let Err(FollowEnd::Error(status)) = follower.run().await {
+            let _ = follower.sender.send(Err(status)).await;
+        }
+    }
+}
+
+/// Why a follower stopped.
+enum FollowEnd {
+    /// The terminal event went out, or the client left.
+    Done,
+    /// The stream must end with this status.
+    Error(Status),
+}
+
+struct Follower<'a> {
+    engine: &'a Engine,
+    run_id: String,
+    /// The last sequence sent.
+    last: i32,
+    sender: mpsc::Sender<Result<pb::RunEvent, Status>>,
+    next_heartbeat: Instant,
+}
+
+/// Whether `event` ends its run.
+fn is_terminal(event: &pb::RunEvent) -> bool {
+    matches!(
+        event.event,
+        Some(
+            run_event::Event::RunFinished(_)
+                | run_event::Event::RunFailed(_)
+                | run_event::Event::RunCancelled(_)
+        )
+    )
+}
+
+impl Follower<'_> {
+    fn store_failed(&self, err: &store::StoreError) -> FollowEnd {
+        FollowEnd::Error(self.engine.store_failed(err))
+    }
+
+    async fn run(&mut self) -> Result<(), FollowEnd> {
+        loop {
+            match self.engine.active(&self.run_id) {
+                Some(active) => self.follow_live(&active).await?,
+                None => self.follow_stored().await?,
+            }
+        }
+    }
+
+    /// Sends `event` unless it was sent already; `Done` after the terminal
+    /// event or when the client left.
+    async fn send(&mut self, event: pb::RunEvent) -> Result<(), FollowEnd> {
+        if event.sequence <= self.last {
+            return Ok(());
+        }
+        self.last = event.sequence;
+        let terminal = is_terminal(&event);
+        self.sender
+            .send(Ok(event))
+            .await
+            .map_err(|_| FollowEnd::Done)?;
+        self.next_heartbeat = Instant::now() + self.engine.config.heartbeat_interval;
+        if terminal {
+            return Err(FollowEnd::Done);
+        }
+        Ok(())
+    }
+
+    async fn heartbeat(&mut self, state: pb::RunState) -> Result<(), FollowEnd> {
+        let beat = pb::RunEvent {
+            run_id: self.run_id.clone(),
+            sequence: 0,
+            time: Some(store::timestamp(now_micros())),
+            event: Some(run_event::Event::Heartbeat(pb::Heartbeat {
+                last_sequence: self.last,
+                state: state.into(),
+            })),
+        };
+        self.sender
+            .send(Ok(beat))
+            .await
+            .map_err(|_| FollowEnd::Done)?;
+        self.next_heartbeat = Instant::now() + self.engine.config.heartbeat_interval;
+        Ok(())
+    }
+
+    /// Catch up from the store and the pending events, then tail the live
+    /// ones. Returns to be called again when the run stops being driven here
+    /// or this follower fell behind.
+    async fn follow_live(&mut self, active: &ActiveRun) -> Result<(), FollowEnd> {
+        let Snapshot {
+            stored,
+            pending,
+            mut live,
+        } = active.snapshot();
+        if stored > self.last {
+            for event in self
+                .engine
+                .store
+                .events(&self.run_id, self.last, stored)
+                .await
+                .map_err(|err| self.store_failed(&err))?
+            {
+                self.send(event).await?;
+            }
+        }
+        for event in pending {
+            self.send(event).await?;
+        }
+        loop {
+            tokio::select! {
+                received = live.recv() => match received {
+                    Ok(event) => self.send(event).await?,
+                    // Fell behind, or the run ended: catch up again.
+                    Err(broadcast::error::RecvError::Lagged(_) | broadcast::error::RecvError::Closed) => return Ok(()),
+                },
+                () = tokio::time::sleep_until(self.next_heartbeat) => {
+                    let state = active.state();
+                    self.heartbeat(state).await?;
+                }
+                () = self.sender.closed() => return Err(FollowEnd::Done),
+            }
+            if active.has_ended() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Replay from the store; for a run driven elsewhere, look again
+    /// periodically.
+    async fn follow_stored(&mut self) -> Result<(), FollowEnd> {
+        let run = self
+            .engine
+            .store
+            .get_run_any_tenant(&self.run_id)
+            .await
+            .map_err(|err| self.store_failed(&err))?
+            .ok_or_else(|| {
+                FollowEnd::Error(Status::not_found(format!(
+                    "run {} no longer exists",
+                    self.run_id
+                )))
+            })?;
+        for event in self
+            .engine
+            .store
+            .events(&self.run_id, self.last, i32::MAX)
+            .await
+            .map_err(|err| self.store_failed(&err))?
+        {
+            self.send(event).await?;
+        }
+        if run.is_terminal() {
+            // The terminal event is always stored with the terminal state.
+            return Err(FollowEnd::Done);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(REMOTE_POLL) => {}
+            () = self.sender.closed() => return Err(FollowEnd::Done),
+        }
+        if Instant::now() >= self.next_heartbeat {
+            self.heartbeat(run.state).await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

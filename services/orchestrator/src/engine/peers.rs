@@ -1,0 +1,218 @@
+//! The calls a run makes to its peers: `GenerateStream` on the LLM gateway,
+//! `ListTools` and `ExecuteTool` on the tool runner.
+//!
+//! Every call carries a `grpc-timeout` of what is left of the run's time.
+//! A failed model call fails the step (the status says which call failed,
+//! [`downstream`]); a failed tool call becomes the tool's result, which the
+//! model sees and may recover from. The tool list is cached briefly, and
+//! `ListTools` (idempotent) is retried while the tool runner is UNAVAILABLE.
+//! Connections are made lazily and reused; the kit's `grpc_client_*`
+//! metrics count every call.
+
+use std::time::Duration;
+
+use agentmesh_audit_client::resilience::ResilienceReporter;
+use agentmesh_kit::client::MeshChannel;
+use agentmesh_kit::metrics::GrpcClientMetrics;
+use agentmesh_proto::llm::v1 as llm;
+use agentmesh_proto::tools::v1 as tools;
+use agentmesh_resilience::Backoff;
+use llm::llm_gateway_service_client::LlmGatewayServiceClient;
+use tokio::time::Instant;
+use tonic::Status;
+use tools::tool_runner_service_client::ToolRunnerServiceClient;
+
+use crate::config::{AgentProfile, Config};
+use crate::store::RunRow;
+
+/// How long the tool list is cached.
+const TOOL_CACHE: Duration = Duration::from_secs(10);
+/// Attempts at listing the tools when the tool runner is UNAVAILABLE
+/// (draining or restarting): the call is idempotent.
+const LIST_TOOLS_ATTEMPTS: u32 = 3;
+
+/// The clients of the gateway and the tool runner, shared by every run.
+#[derive(Debug)]
+pub(super) struct Peers {
+    gateway: LlmGatewayServiceClient<MeshChannel>,
+    tools: ToolRunnerServiceClient<MeshChannel>,
+    tool_cache: tokio::sync::Mutex<Option<(Instant, Vec<tools::Tool>)>>,
+    /// Counts the retries of ListTools.
+    reporter: ResilienceReporter,
+}
+
+impl Peers {
+    /// Clients of the configured gateway and tool runner (connected on
+    /// first use), their calls counted in `client_metrics`.
+    pub(super) fn new(
+        config: &Config,
+        client_metrics: &GrpcClientMetrics,
+        reporter: ResilienceReporter,
+    ) -> Result<Self, tonic::transport::Error> {
+        let channel = |uri: &str| agentmesh_kit::client::channel_with_metrics(uri, client_metrics);
+        let gateway = LlmGatewayServiceClient::new(channel(&config.llm_gateway_url)?)
+            .max_decoding_message_size(config.server.max_message_bytes)
+            .max_encoding_message_size(config.server.max_message_bytes);
+        let tools = ToolRunnerServiceClient::new(channel(&config.tool_runner_url)?)
+            .max_decoding_message_size(config.server.max_message_bytes)
+            .max_encoding_message_size(config.server.max_message_bytes);
+        Ok(Self {
+            gateway,
+            tools,
+            tool_cache: tokio::sync::Mutex::new(None),
+            reporter,
+        })
+    }
+
+    /// Opens the model's answer stream, with what is left until `deadline`.
+    pub(super) async fn generate_stream(
+        &self,
+        request: llm::GenerateStreamRequest,
+        deadline: Instant,
+    ) -> Result<tonic::Streaming<llm::GenerateStreamResponse>, Status> {
+        let mut request = tonic::Request::new(request);
+        request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        Ok(self
+            .gateway
+            .clone()
+            .generate_stream(request)
+            .await
+            .map_err(|status| downstream("the model call", status))?
+            .into_inner())
+    }
+
+    /// Runs one tool call of `run`; a refusal or a failure is the result,
+    /// marked as an error, for the model to see.
+    pub(super) async fn call_tool(
+        &self,
+        run: &RunRow,
+        profile: &AgentProfile,
+        call: &llm::ToolCall,
+        deadline: Instant,
+    ) -> tools::ExecuteToolResponse {
+        let failed = |message: String| tools::ExecuteToolResponse {
+            is_error: true,
+            error_message: message,
+            call_id: call.id.clone(),
+            ..tools::ExecuteToolResponse::default()
+        };
+        if !profile.allows(&call.name) {
+            return failed(format!(
+                "tool {:?} is not available to agent {:?}; available: {}",
+                call.name,
+                run.agent,
+                profile.tools.join(", ")
+            ));
+        }
+        let mut request = tonic::Request::new(tools::ExecuteToolRequest {
+            tool: call.name.clone(),
+            arguments_json: call.arguments_json.clone(),
+            call_id: call.id.clone(),
+            timeout: None,
+            run_id: run.run_id.clone(),
+        });
+        request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        match self.tools.clone().execute_tool(request).await {
+            Ok(response) => response.into_inner(),
+            // The model gets the error as the tool's result and may recover.
+            Err(status) => failed(format!(
+                "the tool call failed ({:?}): {}",
+                status.code(),
+                status.message()
+            )),
+        }
+    }
+
+    /// The tool specs the profile may use, from the tool runner (cached
+    /// briefly: tools change rarely and a run needs them at every step).
+    pub(super) async fn tool_specs(
+        &self,
+        profile: &AgentProfile,
+        deadline: Instant,
+    ) -> Result<Vec<llm::ToolSpec>, Status> {
+        if profile.tools.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cache = self.tool_cache.lock().await;
+        let fresh = cache
+            .as_ref()
+            .is_some_and(|(fetched, _)| fetched.elapsed() < TOOL_CACHE);
+        if !fresh {
+            let mut all = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let page = self
+                    .list_tools(&page_token, deadline)
+                    .await
+                    .map_err(|status| downstream("listing the tools", status))?;
+                all.extend(page.tools);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            *cache = Some((Instant::now(), all));
+        }
+        Ok(cache
+            .as_ref()
+            .map(|(_, all)| {
+                all.iter()
+                    .filter(|tool| profile.allows(&tool.name))
+                    .map(|tool| llm::ToolSpec {
+                        name: tool.name.clone(),
+                        description: tool.description.clone(),
+                        parameters_json: tool.parameters_json.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// One page of ListTools, with what is left of the run's time, retried
+    /// (it is idempotent) while the tool runner is UNAVAILABLE — draining
+    /// or restarting — with jittered backoff that stops at the deadline.
+    async fn list_tools(
+        &self,
+        page_token: &str,
+        deadline: Instant,
+    ) -> Result<tools::ListToolsResponse, Status> {
+        let backoff = Backoff::new(
+            Duration::from_millis(50),
+            Duration::from_millis(500),
+            Duration::ZERO,
+        );
+        let mut attempt = 1;
+        loop {
+            let mut request = tonic::Request::new(tools::ListToolsRequest {
+                page_size: 1000,
+                page_token: page_token.to_owned(),
+                ..tools::ListToolsRequest::default()
+            });
+            request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+            let status = match self.tools.clone().list_tools(request).await {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status) => status,
+            };
+            if status.code() != tonic::Code::Unavailable || attempt >= LIST_TOOLS_ATTEMPTS {
+                return Err(status);
+            }
+            let Ok(delay) = backoff.delay(attempt, None, Some(deadline)) else {
+                return Err(status);
+            };
+            tracing::debug!(attempt, ?delay, error = %status, "the tool runner is unavailable; listing the tools again");
+            self.reporter
+                .retried("tool-runner/ListTools", "unavailable");
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
+    }
+}
+
+/// A downstream failure as the run's error, saying which call failed.
+pub(super) fn downstream(what: &str, status: Status) -> Status {
+    Status::with_details(
+        status.code(),
+        format!("{what} failed: {}", status.message()),
+        status.details().to_vec().into(),
+    )
+}

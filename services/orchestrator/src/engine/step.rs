@@ -1,0 +1,241 @@
+//! One step of a run: the unit a strategy ([`super::drive`]'s loop) is
+//! built from.
+//!
+//! A step asks the model for its next answer over the conversation so far
+//! (`GenerateStream`, its text relayed live as `token_delta` events, a
+//! restarted attempt announced as a `progress` event), then:
+//!
+//! * no tool calls: the answer is the run's final answer
+//!   ([`StepOutcome::Answer`]); the step is stored with the run's end;
+//! * tool calls: they run in parallel (`tool_call_started`/`_finished`
+//!   events), their results join the conversation in the order of the
+//!   calls, and the step is stored — its events, the run row, the
+//!   checkpoint — in one transaction ([`StepOutcome::ToolsCalled`]).
+//!
+//! The step owns its span (`step N`, the model call and the tool calls
+//! under it) and its duration metric. It knows nothing of limits or
+//! deadlines beyond the one it is given: deciding whether there is a next
+//! step is the strategy's job.
+
+use std::sync::Arc;
+
+use agentmesh_kit::telemetry;
+use agentmesh_proto::llm::v1::{self as llm, generate_stream_response};
+use agentmesh_proto::orchestrator::v1::{self as pb, run_event};
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
+use tokio::time::Instant;
+use tonic::Status;
+use tracing::Instrument as _;
+use tracing::field::Empty;
+
+use super::active::ActiveRun;
+use super::peers::downstream;
+use super::{Engine, mark_failed};
+use crate::config::AgentProfile;
+use crate::metrics::AgentSeries;
+use crate::store::{Checkpoint, RunRow};
+
+/// What every step of one run shares.
+#[derive(Debug)]
+pub(super) struct StepContext<'a> {
+    pub(super) active: &'a ActiveRun,
+    pub(super) profile: &'a AgentProfile,
+    /// The tools the model may call.
+    pub(super) specs: &'a [llm::ToolSpec],
+    /// When the run's time is up: every call's `grpc-timeout`.
+    pub(super) deadline: Instant,
+    /// The run's profile's metrics.
+    pub(super) series: Arc<AgentSeries>,
+}
+
+/// How a step ended.
+#[derive(Debug)]
+pub(super) enum StepOutcome {
+    /// The model answered without tool calls: the run's final answer. The
+    /// step is counted in the checkpoint but not stored yet: it is stored
+    /// with the run's end.
+    Answer(String),
+    /// The model called tools; their results are in the checkpoint, and the
+    /// step is stored (or kept pending, if the store failed).
+    ToolsCalled,
+}
+
+impl Engine {
+    /// Runs step `checkpoint.step + 1` of `run`, adding the model's answer
+    /// and the tool results to `checkpoint`. An error is the run's failure
+    /// (a model call that failed).
+    pub(super) async fn step(
+        &self,
+        run: &mut RunRow,
+        cx: &StepContext<'_>,
+        checkpoint: &mut Checkpoint,
+    ) -> Result<StepOutcome, Status> {
+        let step_started = Instant::now();
+        let step = checkpoint.step + 1;
+        cx.active.emit(run_event::Event::Progress(pb::Progress {
+            step,
+            max_steps: run.limits.max_steps,
+            percent: percent(step - 1, run.limits.max_steps),
+            message: format!("step {step}: asking the model"),
+            step_restarted: false,
+        }));
+        // A span per step: the model call and the tool calls it asks for.
+        let span = tracing::info_span!(
+            target: "agentmesh::run",
+            "step",
+            otel.name = %format_args!("step {step}"),
+            otel.status_code = Empty,
+            error.type = Empty,
+            agentmesh.run.step = step,
+            span_id = Empty,
+        );
+        telemetry::record_ids(&span);
+        let answer = self
+            .generate(run, cx, &checkpoint.messages, step)
+            .instrument(span.clone())
+            .await
+            .inspect_err(|status| mark_failed(&span, status))?;
+        let usage = answer.usage.unwrap_or_default();
+        checkpoint.input_tokens += i64::from(usage.input_tokens);
+        checkpoint.output_tokens += i64::from(usage.output_tokens);
+        let mut message = answer.message.unwrap_or_default();
+        message.role = llm::Role::Assistant.into();
+        checkpoint.messages.push(message.clone());
+        checkpoint.step = step;
+        if message.tool_calls.is_empty() {
+            // The last step is stored with the run's end.
+            cx.series.step(step_started.elapsed());
+            return Ok(StepOutcome::Answer(message.content));
+        }
+        let results = self
+            .call_tools(run, cx, &message.tool_calls, step)
+            .instrument(span)
+            .await;
+        checkpoint.tool_calls += i32::try_from(results.len()).unwrap_or(i32::MAX);
+        checkpoint.messages.extend(results);
+        super::persist::apply(run, checkpoint);
+        self.flush(run, cx.active, Some(checkpoint)).await;
+        cx.series.step(step_started.elapsed());
+        Ok(StepOutcome::ToolsCalled)
+    }
+
+    /// One model call, its text relayed as it arrives.
+    async fn generate(
+        &self,
+        run: &RunRow,
+        cx: &StepContext<'_>,
+        messages: &[llm::Message],
+        step: i32,
+    ) -> Result<llm::StreamFinished, Status> {
+        let request = llm::GenerateStreamRequest {
+            model: run.model.clone(),
+            messages: messages.to_vec(),
+            tools: cx.specs.to_vec(),
+            temperature: cx.profile.temperature,
+            max_output_tokens: run.limits.max_output_tokens,
+            run_id: run.run_id.clone(),
+            ..llm::GenerateStreamRequest::default()
+        };
+        let mut stream = self.peers.generate_stream(request, cx.deadline).await?;
+        let mut finished = None;
+        while let Some(message) = stream
+            .message()
+            .await
+            .map_err(|status| downstream("the model stream", status))?
+        {
+            match message.event {
+                Some(generate_stream_response::Event::TextDelta(delta)) => {
+                    cx.active.emit(run_event::Event::TokenDelta(pb::TokenDelta {
+                        text: delta.text,
+                        step,
+                    }));
+                }
+                Some(generate_stream_response::Event::Reset(reset)) => {
+                    cx.active.emit(run_event::Event::Progress(pb::Progress {
+                        step,
+                        max_steps: run.limits.max_steps,
+                        percent: percent(step - 1, run.limits.max_steps),
+                        message: format!("step {step} restarted: {}", reset.reason),
+                        step_restarted: true,
+                    }));
+                }
+                Some(generate_stream_response::Event::Finished(done)) => finished = Some(done),
+                Some(generate_stream_response::Event::ToolCallDelta(_)) | None => {}
+            }
+        }
+        finished
+            .ok_or_else(|| Status::unavailable("the model stream ended without its final message"))
+    }
+
+    /// Runs the tool calls of one answer in parallel; each result (or error)
+    /// becomes a tool message for the model, in the order of the calls.
+    async fn call_tools(
+        &self,
+        run: &RunRow,
+        cx: &StepContext<'_>,
+        calls: &[llm::ToolCall],
+        step: i32,
+    ) -> Vec<llm::Message> {
+        for call in calls {
+            cx.active
+                .emit(run_event::Event::ToolCallStarted(pb::ToolCallStarted {
+                    call_id: call.id.clone(),
+                    tool: call.name.clone(),
+                    arguments_json: call.arguments_json.clone(),
+                    step,
+                }));
+        }
+        let mut pending: FuturesUnordered<_> = calls
+            .iter()
+            .enumerate()
+            .map(|(index, call)| async move {
+                let result = self
+                    .peers
+                    .call_tool(run, cx.profile, call, cx.deadline)
+                    .await;
+                (index, call, result)
+            })
+            .collect();
+        let mut results: Vec<Option<llm::Message>> = vec![None; calls.len()];
+        while let Some((index, call, result)) = pending.next().await {
+            cx.active
+                .emit(run_event::Event::ToolCallFinished(pb::ToolCallFinished {
+                    call_id: call.id.clone(),
+                    output_json: result.output_json.clone(),
+                    is_error: result.is_error,
+                    error_message: result.error_message.clone(),
+                    duration: result.duration,
+                    tool: call.name.clone(),
+                    step,
+                }));
+            let content = if result.is_error {
+                serde_json::json!({ "error": result.error_message }).to_string()
+            } else {
+                result.output_json
+            };
+            // `index` enumerates `calls`, and `results` has one slot per call.
+            if let Some(slot) = results.get_mut(index) {
+                *slot = Some(llm::Message {
+                    role: llm::Role::Tool.into(),
+                    content,
+                    tool_call_id: call.id.clone(),
+                    name: call.name.clone(),
+                    is_error: result.is_error,
+                    ..llm::Message::default()
+                });
+            }
+        }
+        results.into_iter().flatten().collect()
+    }
+}
+
+/// How far a run is, in percent of its step limit.
+pub(super) fn percent(done: i32, max: i32) -> f32 {
+    if max <= 0 {
+        return 0.0;
+    }
+    #[expect(clippy::cast_precision_loss, reason = "step counts are small")]
+    let ratio = done.clamp(0, max) as f32 / max as f32;
+    ratio * 100.0
+}

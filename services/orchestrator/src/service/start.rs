@@ -1,0 +1,317 @@
+//! Starting a run (`StartRun`, `Run`), in the order the checks cost:
+//!
+//! ```text
+//! validate::start_request  the request alone            INVALID_ARGUMENT
+//! profile                  the agent profile exists      NOT_FOUND
+//! session                  the session exists (or new)   NOT_FOUND
+//! instance_room            this instance's queue bound   RESOURCE_EXHAUSTED
+//! new_run                  the run row: limits resolved from the profile
+//! no_run_in_progress       one run at a time per session FAILED_PRECONDITION
+//! admission                tenant's and profile's places RESOURCE_EXHAUSTED
+//! create                   stored (QUEUED), or the run its idempotency
+//!                          key names; a new run is audited and handed to
+//!                          the engine with its places
+//! ```
+//!
+//! Nothing is stored before the last step, and places taken by admission
+//! are given back (dropped) if the run is not created.
+
+use std::time::Duration;
+
+use agentmesh_kit::RequestContext;
+use agentmesh_proto::orchestrator::v1 as pb;
+use tokio::time::Instant;
+use tonic::Status;
+use tonic_types::{ErrorDetails, StatusExt as _};
+
+use super::{Caller, OrchestratorServiceImpl, not_found};
+use crate::admission::Places;
+use crate::config::{AgentProfile, Config};
+use crate::engine::Engine;
+use crate::store::{Created, Limits, RunRow, now_micros};
+use crate::validate::{self, RequestedLimits, StartFields, StartRequest};
+
+/// How a run is started: by which method, and (for `Run`) until when its
+/// caller waits.
+#[derive(Debug)]
+pub(super) struct Starter {
+    pub(super) method: &'static str,
+    pub(super) caller_deadline: Option<Instant>,
+}
+
+impl OrchestratorServiceImpl {
+    /// Validates, admits, stores and starts a run (or finds the one an
+    /// idempotency key names). Returns the run and whether it already
+    /// existed.
+    pub(super) async fn start(
+        &self,
+        fields: StartFields,
+        caller: Caller,
+        starter: Starter,
+    ) -> Result<(RunRow, bool), Status> {
+        let engine = self.engine()?;
+        let mut request = validate::start_request(fields, self.config.max_objective_bytes)?;
+        let (agent, profile) = profile(&self.config, std::mem::take(&mut request.agent))?;
+        let (session_id, new_session) = session(
+            engine,
+            &caller.tenant,
+            std::mem::take(&mut request.session_id),
+        )
+        .await?;
+        instance_room(engine, &self.config)?;
+        let run = new_run(
+            request,
+            profile,
+            RunOwner {
+                tenant: caller.tenant,
+                subject: caller.subject,
+                agent,
+                session_id,
+            },
+            starter.caller_deadline,
+        );
+        if !new_session {
+            no_run_in_progress(engine, &run.session_id).await?;
+        }
+        // Places in the tenant's and the profile's bulkheads, held or
+        // queued, before the run exists; given back if it is not started.
+        let places = engine
+            .admission()
+            .admit(&run.tenant, &run.agent, starter.method)?;
+        create(engine, run, new_session, caller.context, places, starter).await
+    }
+}
+
+/// The profile a request names (empty: the default one), with its name.
+fn profile(config: &Config, agent: String) -> Result<(String, &AgentProfile), Status> {
+    let agent = if agent.is_empty() {
+        config.default_agent.clone()
+    } else {
+        agent
+    };
+    match config.agents.get(&agent) {
+        Some(profile) => Ok((agent, profile)),
+        None => Err(Status::not_found(format!(
+            "agent {agent:?} not found; configured agents: {}",
+            config.agents.keys().cloned().collect::<Vec<_>>().join(", ")
+        ))),
+    }
+}
+
+/// The run's session: the tenant's existing one it names, or a new one
+/// (empty). Returns its id and whether it is new.
+async fn session(
+    engine: &Engine,
+    tenant: &str,
+    session_id: String,
+) -> Result<(String, bool), Status> {
+    if session_id.is_empty() {
+        return Ok((uuid::Uuid::now_v7().to_string(), true));
+    }
+    if !engine
+        .store()
+        .session_exists(tenant, &session_id)
+        .await
+        .map_err(|e| engine.store_failed(&e))?
+    {
+        return Err(not_found("session", &session_id));
+    }
+    Ok((session_id, false))
+}
+
+/// RESOURCE_EXHAUSTED when this instance already runs or queues as many
+/// runs as it takes.
+fn instance_room(engine: &Engine, config: &Config) -> Result<(), Status> {
+    let queued = engine.active_count();
+    if queued < config.max_concurrent_runs + config.max_queued_runs {
+        return Ok(());
+    }
+    let mut details = ErrorDetails::new();
+    details.set_retry_info(Some(Duration::from_secs(5)));
+    Err(Status::with_error_details(
+        tonic::Code::ResourceExhausted,
+        format!(
+            "{queued} runs are running or queued on this instance, the most it takes; retry later"
+        ),
+        details,
+    ))
+}
+
+/// FAILED_PRECONDITION when the session has a run that has not ended.
+async fn no_run_in_progress(engine: &Engine, session_id: &str) -> Result<(), Status> {
+    match engine
+        .store()
+        .unfinished_run_in_session(session_id)
+        .await
+        .map_err(|e| engine.store_failed(&e))?
+    {
+        Some(other) => Err(Status::failed_precondition(format!(
+            "session {session_id} has a run in progress ({other}); wait for it to end or cancel it"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Whose the run is, and where.
+struct RunOwner {
+    tenant: String,
+    subject: String,
+    agent: String,
+    session_id: String,
+}
+
+/// The new run's row (QUEUED), its limits resolved from the request and
+/// `profile`.
+fn new_run(
+    request: StartRequest,
+    profile: &AgentProfile,
+    owner: RunOwner,
+    caller_deadline: Option<Instant>,
+) -> RunRow {
+    RunRow {
+        run_id: uuid::Uuid::now_v7().to_string(),
+        tenant: owner.tenant,
+        subject: owner.subject,
+        agent: owner.agent,
+        session_id: owner.session_id,
+        objective: request.objective,
+        state: pb::RunState::Queued,
+        idempotency_key: Some(request.idempotency_key).filter(|key| !key.is_empty()),
+        model: profile.model.clone(),
+        limits: limits(request.limits, profile, caller_deadline),
+        labels: request.labels.into_iter().collect(),
+        create_time: now_micros(),
+        start_time: None,
+        end_time: None,
+        output: String::new(),
+        error: None,
+        input_tokens: 0,
+        output_tokens: 0,
+        steps: 0,
+        tool_calls: 0,
+        last_sequence: 0,
+    }
+}
+
+/// The limits a request asked for, the profile's where it did not.
+fn limits(
+    requested: RequestedLimits,
+    profile: &AgentProfile,
+    caller_deadline: Option<Instant>,
+) -> Limits {
+    Limits {
+        max_steps: if requested.max_steps > 0 {
+            requested.max_steps
+        } else {
+            profile.max_steps
+        },
+        max_output_tokens: if requested.max_output_tokens > 0 {
+            requested.max_output_tokens
+        } else {
+            profile.max_output_tokens
+        },
+        timeout_ms: timeout_ms(
+            requested.timeout.unwrap_or(profile.timeout),
+            caller_deadline,
+        ),
+    }
+}
+
+/// A run's timeout in milliseconds: its own, or what is left of its
+/// caller's time (`Run`) if less — rounded up, so the caller's deadline is
+/// what ends such a run, and it shows in GetRun and in a resume elsewhere.
+fn timeout_ms(timeout: Duration, caller_deadline: Option<Instant>) -> i64 {
+    let timeout = match caller_deadline {
+        Some(deadline) => timeout.min(deadline.saturating_duration_since(Instant::now())),
+        None => timeout,
+    };
+    i64::try_from(timeout.as_micros().div_ceil(1000))
+        .unwrap_or(i64::MAX)
+        .max(1)
+}
+
+/// Stores the run and hands it to the engine with its places; or returns
+/// the run its idempotency key already names (ALREADY_EXISTS if that one
+/// has another objective or agent).
+async fn create(
+    engine: &std::sync::Arc<Engine>,
+    run: RunRow,
+    new_session: bool,
+    context: RequestContext,
+    places: Places,
+    starter: Starter,
+) -> Result<(RunRow, bool), Status> {
+    match engine
+        .store()
+        .create_run(&run, new_session, engine.owner(), engine.lease_until())
+        .await
+        .map_err(|e| engine.store_failed(&e))?
+    {
+        Created::New(run) => {
+            tracing::info!(run_id = %run.run_id, agent = %run.agent, "run queued");
+            engine.audit_run_started(&run);
+            engine.spawn(run.clone(), None, context, places, starter.caller_deadline);
+            Ok((run, false))
+        }
+        Created::Existing(existing) => {
+            if existing.objective != run.objective || existing.agent != run.agent {
+                return Err(Status::already_exists(format!(
+                    "idempotency key {:?} was used for run {} with a different objective or agent",
+                    run.idempotency_key.unwrap_or_default(),
+                    existing.run_id
+                )));
+            }
+            Ok((existing, true))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_s_limits_win_over_the_profile_s() {
+        let profile = AgentProfile::default();
+        let asked = RequestedLimits {
+            max_steps: 3,
+            max_output_tokens: 100,
+            timeout: Some(Duration::from_secs(2)),
+        };
+        assert_eq!(
+            limits(asked, &profile, None),
+            Limits {
+                max_steps: 3,
+                max_output_tokens: 100,
+                timeout_ms: 2000,
+            }
+        );
+        let none = RequestedLimits {
+            max_steps: 0,
+            max_output_tokens: 0,
+            timeout: None,
+        };
+        assert_eq!(
+            limits(none, &profile, None),
+            Limits {
+                max_steps: profile.max_steps,
+                max_output_tokens: profile.max_output_tokens,
+                timeout_ms: i64::try_from(profile.timeout.as_millis()).unwrap(),
+            }
+        );
+    }
+
+    #[test]
+    fn a_run_s_timeout_is_cut_to_its_caller_s_time_rounded_up() {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let cut = timeout_ms(Duration::from_secs(60), Some(deadline));
+        assert!((9_000..=10_000).contains(&cut), "{cut}");
+        // Its own timeout when that is sooner.
+        assert_eq!(timeout_ms(Duration::from_secs(2), Some(deadline)), 2000);
+        // Rounded up to the millisecond, and never zero, even once the
+        // caller's time is up.
+        assert_eq!(timeout_ms(Duration::from_micros(1500), None), 2);
+        assert_eq!(timeout_ms(Duration::from_secs(60), Some(Instant::now())), 1);
+        assert_eq!(timeout_ms(Duration::from_secs(60), None), 60_000);
+    }
+}

@@ -1,0 +1,202 @@
+//! The run row and the checkpoint as the orchestrator holds them, and their
+//! mapping to and from what is stored and what the API shows: a `runs` row
+//! is read into a [`RunRow`] ([`run_from_row`]), shown as a `pb::Run`
+//! ([`RunRow::to_proto`]); a [`Checkpoint`] is stored protobuf-encoded.
+//! Times are microseconds since the Unix epoch throughout.
+
+use std::collections::BTreeMap;
+
+use agentmesh_proto::llm::v1 as llm;
+use agentmesh_proto::orchestrator::v1 as pb;
+use prost::Message as _;
+
+use super::StoreError;
+
+/// What a run is limited to, resolved from the request and its profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Limits {
+    pub(crate) max_steps: i32,
+    pub(crate) max_output_tokens: i32,
+    pub(crate) timeout_ms: i64,
+}
+
+/// A run as stored in `runs`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RunRow {
+    pub(crate) run_id: String,
+    pub(crate) tenant: String,
+    pub(crate) subject: String,
+    pub(crate) agent: String,
+    pub(crate) session_id: String,
+    pub(crate) objective: String,
+    pub(crate) state: pb::RunState,
+    pub(crate) idempotency_key: Option<String>,
+    pub(crate) model: String,
+    pub(crate) limits: Limits,
+    pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) create_time: i64,
+    pub(crate) start_time: Option<i64>,
+    pub(crate) end_time: Option<i64>,
+    pub(crate) output: String,
+    pub(crate) error: Option<tonic_types::pb::Status>,
+    pub(crate) input_tokens: i64,
+    pub(crate) output_tokens: i64,
+    pub(crate) steps: i32,
+    pub(crate) tool_calls: i32,
+    pub(crate) last_sequence: i32,
+}
+
+impl RunRow {
+    /// Whether the run has ended.
+    pub(crate) fn is_terminal(&self) -> bool {
+        is_terminal(self.state)
+    }
+
+    /// The run as the API shows it.
+    pub(crate) fn to_proto(&self) -> pb::Run {
+        pb::Run {
+            run_id: self.run_id.clone(),
+            objective: self.objective.clone(),
+            agent: self.agent.clone(),
+            session_id: self.session_id.clone(),
+            state: self.state.into(),
+            limits: Some(pb::RunLimits {
+                max_steps: self.limits.max_steps,
+                max_output_tokens: self.limits.max_output_tokens,
+                timeout: Some(duration_from_millis(self.limits.timeout_ms)),
+            }),
+            labels: self.labels.clone().into_iter().collect(),
+            idempotency_key: self.idempotency_key.clone().unwrap_or_default(),
+            model: self.model.clone(),
+            create_time: Some(timestamp(self.create_time)),
+            start_time: self.start_time.map(timestamp),
+            end_time: self.end_time.map(timestamp),
+            output: self.output.clone(),
+            error: self.error.clone(),
+            usage: Some(usage(self.input_tokens, self.output_tokens)),
+            steps: self.steps,
+            tool_calls: self.tool_calls,
+            last_sequence: self.last_sequence,
+            tenant: self.tenant.clone(),
+            subject: self.subject.clone(),
+        }
+    }
+}
+
+/// Whether `state` is one a run ends in.
+pub(crate) fn is_terminal(state: pb::RunState) -> bool {
+    matches!(
+        state,
+        pb::RunState::Succeeded | pb::RunState::Failed | pb::RunState::Cancelled
+    )
+}
+
+/// Token usage as the API shows it.
+pub(crate) fn usage(input_tokens: i64, output_tokens: i64) -> llm::Usage {
+    let clamp = |n: i64| i32::try_from(n).unwrap_or(i32::MAX);
+    llm::Usage {
+        input_tokens: clamp(input_tokens),
+        output_tokens: clamp(output_tokens),
+        total_tokens: clamp(input_tokens.saturating_add(output_tokens)),
+        ..llm::Usage::default()
+    }
+}
+
+/// Microseconds since the Unix epoch as a protobuf timestamp.
+pub(crate) fn timestamp(micros: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: micros.div_euclid(1_000_000),
+        nanos: i32::try_from(micros.rem_euclid(1_000_000) * 1000).unwrap_or(0),
+    }
+}
+
+/// A protobuf timestamp as microseconds since the Unix epoch.
+pub(crate) fn micros_of(timestamp: &prost_types::Timestamp) -> i64 {
+    timestamp
+        .seconds
+        .saturating_mul(1_000_000)
+        .saturating_add(i64::from(timestamp.nanos) / 1000)
+}
+
+/// Now, in microseconds since the Unix epoch.
+pub(crate) fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn duration_from_millis(millis: i64) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: millis.div_euclid(1000),
+        nanos: i32::try_from(millis.rem_euclid(1000) * 1_000_000).unwrap_or(0),
+    }
+}
+
+/// What a run resumes from: the conversation and counters after its last
+/// completed step. Stored protobuf-encoded in `checkpoints.state`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct Checkpoint {
+    /// The conversation so far (system prompt, history, objective, every
+    /// answer and tool result).
+    #[prost(message, repeated, tag = "1")]
+    pub(crate) messages: Vec<llm::Message>,
+    /// Steps completed.
+    #[prost(int32, tag = "2")]
+    pub(crate) step: i32,
+    /// Tool calls made.
+    #[prost(int32, tag = "3")]
+    pub(crate) tool_calls: i32,
+    /// Tokens used so far.
+    #[prost(int64, tag = "4")]
+    pub(crate) input_tokens: i64,
+    #[prost(int64, tag = "5")]
+    pub(crate) output_tokens: i64,
+}
+
+pub(super) fn run_from_row<R>(row: &R) -> Result<RunRow, StoreError>
+where
+    R: sqlx::Row,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> i32: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<i64>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<Vec<u8>>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    let state: i32 = row.try_get("state")?;
+    let labels: String = row.try_get("labels")?;
+    let error: Option<Vec<u8>> = row.try_get("error")?;
+    Ok(RunRow {
+        run_id: row.try_get("run_id")?,
+        tenant: row.try_get("tenant")?,
+        subject: row.try_get("subject")?,
+        agent: row.try_get("agent")?,
+        session_id: row.try_get("session_id")?,
+        objective: row.try_get("objective")?,
+        state: pb::RunState::try_from(state)
+            .map_err(|_| StoreError::Corrupt(format!("unknown run state {state}")))?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        model: row.try_get("model")?,
+        limits: Limits {
+            max_steps: row.try_get("max_steps")?,
+            max_output_tokens: row.try_get("max_output_tokens")?,
+            timeout_ms: row.try_get("timeout_ms")?,
+        },
+        labels: serde_json::from_str(&labels)
+            .map_err(|err| StoreError::Corrupt(format!("run labels: {err}")))?,
+        create_time: row.try_get("create_time")?,
+        start_time: row.try_get("start_time")?,
+        end_time: row.try_get("end_time")?,
+        output: row.try_get("output")?,
+        error: error
+            .map(|bytes| tonic_types::pb::Status::decode(bytes.as_slice()))
+            .transpose()?,
+        input_tokens: row.try_get("input_tokens")?,
+        output_tokens: row.try_get("output_tokens")?,
+        steps: row.try_get("steps")?,
+        tool_calls: row.try_get("tool_calls")?,
+        last_sequence: row.try_get("last_sequence")?,
+    })
+}

@@ -1,0 +1,386 @@
+//! Request validation: the checks that need nothing but the request (and a
+//! configured size limit). Each check collects every field violation, and
+//! a request with any is refused as INVALID_ARGUMENT with a
+//! `google.rpc.BadRequest` naming each field; a valid `StartRun`/`Run`
+//! request comes back as a [`StartRequest`] whose values the handlers can
+//! use without looking again. Checks against state (the agent profile, the
+//! session, the run) are the handlers' own.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use agentmesh_kit::status::invalid_argument;
+use agentmesh_proto::orchestrator::v1 as pb;
+use tonic::Status;
+
+use crate::config::MAX_STEPS_LIMIT;
+use crate::store;
+
+/// Longest run timeout a request may ask for.
+const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// Labels per request.
+const MAX_LABELS: usize = 32;
+/// Longest label key, in characters.
+const MAX_LABEL_KEY: usize = 63;
+/// Longest label value, and longest idempotency key, in characters.
+const MAX_VALUE: usize = 256;
+
+/// The fields StartRun and Run share.
+#[derive(Debug)]
+pub(crate) struct StartFields {
+    objective: String,
+    agent: String,
+    session_id: String,
+    idempotency_key: String,
+    limits: Option<pb::RunLimits>,
+    labels: HashMap<String, String>,
+}
+
+impl From<pb::StartRunRequest> for StartFields {
+    fn from(r: pb::StartRunRequest) -> Self {
+        Self {
+            objective: r.objective,
+            agent: r.agent,
+            session_id: r.session_id,
+            idempotency_key: r.idempotency_key,
+            limits: r.limits,
+            labels: r.labels,
+        }
+    }
+}
+
+impl From<pb::RunRequest> for StartFields {
+    fn from(r: pb::RunRequest) -> Self {
+        Self {
+            objective: r.objective,
+            agent: r.agent,
+            session_id: r.session_id,
+            idempotency_key: r.idempotency_key,
+            limits: r.limits,
+            labels: r.labels,
+        }
+    }
+}
+
+/// A valid StartRun/Run request.
+#[derive(Debug)]
+pub(crate) struct StartRequest {
+    /// Not blank, within the configured size.
+    pub(crate) objective: String,
+    /// The profile asked for; empty = the default one.
+    pub(crate) agent: String,
+    /// The session to continue; empty = a new session.
+    pub(crate) session_id: String,
+    /// Empty = none.
+    pub(crate) idempotency_key: String,
+    pub(crate) limits: RequestedLimits,
+    pub(crate) labels: HashMap<String, String>,
+}
+
+/// The limits a request asks for; 0 or `None` means the profile's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RequestedLimits {
+    /// 0 to [`MAX_STEPS_LIMIT`].
+    pub(crate) max_steps: i32,
+    /// Not negative.
+    pub(crate) max_output_tokens: i32,
+    /// Above zero, at most 24h.
+    pub(crate) timeout: Option<Duration>,
+}
+
+/// Checks a StartRun/Run request; `max_objective_bytes` is the configured
+/// limit.
+pub(crate) fn start_request(
+    fields: StartFields,
+    max_objective_bytes: usize,
+) -> Result<StartRequest, Status> {
+    let mut violations: Vec<(String, String)> = Vec::new();
+    if fields.objective.trim().is_empty() {
+        violations.push((
+            "objective".into(),
+            "must not be empty: say what the agent should achieve".into(),
+        ));
+    } else if fields.objective.len() > max_objective_bytes {
+        violations.push((
+            "objective".into(),
+            format!(
+                "is {} bytes; the limit is {} bytes",
+                fields.objective.len(),
+                max_objective_bytes
+            ),
+        ));
+    }
+    if fields.idempotency_key.chars().count() > MAX_VALUE {
+        violations.push((
+            "idempotency_key".into(),
+            "must be at most 256 characters".into(),
+        ));
+    }
+    let limits = run_limits(fields.limits.unwrap_or_default(), &mut violations);
+    labels(&fields.labels, "labels", &mut violations);
+    if !violations.is_empty() {
+        return Err(invalid_argument(violations));
+    }
+    Ok(StartRequest {
+        objective: fields.objective,
+        agent: fields.agent,
+        session_id: fields.session_id,
+        idempotency_key: fields.idempotency_key,
+        limits,
+        labels: fields.labels,
+    })
+}
+
+/// The limits a request asks for, adding a violation for each bad one.
+fn run_limits(limits: pb::RunLimits, violations: &mut Vec<(String, String)>) -> RequestedLimits {
+    if !(0..=MAX_STEPS_LIMIT).contains(&limits.max_steps) {
+        violations.push((
+            "limits.max_steps".into(),
+            format!("must be between 0 (the profile's) and {MAX_STEPS_LIMIT}"),
+        ));
+    }
+    if limits.max_output_tokens < 0 {
+        violations.push((
+            "limits.max_output_tokens".into(),
+            "must not be negative".into(),
+        ));
+    }
+    let timeout = match &limits.timeout {
+        None => None,
+        Some(timeout) => match Duration::try_from(*timeout) {
+            Ok(timeout) if timeout <= MAX_TIMEOUT => Some(timeout).filter(|t| !t.is_zero()),
+            _ => {
+                violations.push((
+                    "limits.timeout".into(),
+                    "must be between 0 (the profile's) and 24h".into(),
+                ));
+                None
+            }
+        },
+    };
+    RequestedLimits {
+        max_steps: limits.max_steps,
+        max_output_tokens: limits.max_output_tokens,
+        timeout,
+    }
+}
+
+/// Checks the filters of a ListRuns request (its page size and token are
+/// the handler's).
+pub(crate) fn list_runs_request(request: &pb::ListRunsRequest) -> Result<(), Status> {
+    let mut violations: Vec<(String, String)> = Vec::new();
+    for (index, state) in request.states.iter().enumerate() {
+        if pb::RunState::try_from(*state).map_or(true, |s| s == pb::RunState::Unspecified) {
+            violations.push((
+                format!("states[{index}]"),
+                format!("{state} is not a run state"),
+            ));
+        }
+    }
+    labels(&request.labels, "labels", &mut violations);
+    if let (Some(start), Some(end)) = (&request.create_time_start, &request.create_time_end)
+        && store::micros_of(start) > store::micros_of(end)
+    {
+        violations.push((
+            "create_time_end".into(),
+            "must not be before create_time_start".into(),
+        ));
+    }
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(invalid_argument(violations))
+    }
+}
+
+/// Checks labels (at most 32; keys of 1 to 63 characters, values of at
+/// most 256), in key order so the violations read the same every time.
+fn labels(labels: &HashMap<String, String>, field: &str, violations: &mut Vec<(String, String)>) {
+    if labels.len() > MAX_LABELS {
+        violations.push((
+            field.to_owned(),
+            format!("has {} labels; at most 32 are allowed", labels.len()),
+        ));
+    }
+    let mut sorted: Vec<_> = labels.iter().collect();
+    sorted.sort();
+    for (key, value) in sorted {
+        if key.is_empty() || key.chars().count() > MAX_LABEL_KEY {
+            violations.push((
+                format!("{field}[{key:?}]"),
+                "label keys are 1 to 63 characters".into(),
+            ));
+        }
+        if value.chars().count() > MAX_VALUE {
+            violations.push((
+                format!("{field}[{key:?}]"),
+                "label values are at most 256 characters".into(),
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic_types::StatusExt as _;
+
+    use super::*;
+
+    fn fields(objective: &str) -> StartFields {
+        pb::StartRunRequest {
+            objective: objective.to_owned(),
+            ..pb::StartRunRequest::default()
+        }
+        .into()
+    }
+
+    /// The fields a refusal's BadRequest names, in order.
+    fn violated(status: &Status) -> Vec<String> {
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        status
+            .get_details_bad_request()
+            .map(|bad| {
+                bad.field_violations
+                    .into_iter()
+                    .map(|violation| violation.field)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_valid_start_keeps_its_values() {
+        let mut request = pb::RunRequest {
+            objective: "add 2 and 2".to_owned(),
+            agent: "default".to_owned(),
+            idempotency_key: "k".to_owned(),
+            limits: Some(pb::RunLimits {
+                max_steps: 3,
+                max_output_tokens: 100,
+                timeout: Some(prost_types::Duration {
+                    seconds: 90,
+                    nanos: 0,
+                }),
+            }),
+            ..pb::RunRequest::default()
+        };
+        request.labels.insert("team".to_owned(), "a".to_owned());
+        let valid = start_request(request.into(), 1024).unwrap();
+        assert_eq!(valid.objective, "add 2 and 2");
+        assert_eq!(valid.agent, "default");
+        assert_eq!(valid.idempotency_key, "k");
+        assert_eq!(
+            valid.limits,
+            RequestedLimits {
+                max_steps: 3,
+                max_output_tokens: 100,
+                timeout: Some(Duration::from_secs(90)),
+            }
+        );
+        assert_eq!(valid.labels.get("team").map(String::as_str), Some("a"));
+
+        // A zero timeout means the profile's.
+        let zero = pb::StartRunRequest {
+            objective: "x".to_owned(),
+            limits: Some(pb::RunLimits {
+                timeout: Some(prost_types::Duration::default()),
+                ..pb::RunLimits::default()
+            }),
+            ..pb::StartRunRequest::default()
+        };
+        assert_eq!(
+            start_request(zero.into(), 1024).unwrap().limits.timeout,
+            None
+        );
+    }
+
+    #[test]
+    fn every_violation_of_a_start_is_named_in_field_order() {
+        let mut request = pb::StartRunRequest {
+            objective: "  ".to_owned(),
+            idempotency_key: "k".repeat(257),
+            limits: Some(pb::RunLimits {
+                max_steps: MAX_STEPS_LIMIT + 1,
+                max_output_tokens: -1,
+                timeout: Some(prost_types::Duration {
+                    seconds: 24 * 3600 + 1,
+                    nanos: 0,
+                }),
+            }),
+            ..pb::StartRunRequest::default()
+        };
+        request.labels.insert("b".to_owned(), "v".repeat(257));
+        request.labels.insert(String::new(), "v".to_owned());
+        let refused = start_request(request.into(), 1024).unwrap_err();
+        assert_eq!(
+            violated(&refused),
+            [
+                "objective",
+                "idempotency_key",
+                "limits.max_steps",
+                "limits.max_output_tokens",
+                "limits.timeout",
+                "labels[\"\"]",
+                "labels[\"b\"]",
+            ]
+        );
+        assert!(
+            refused
+                .message()
+                .starts_with("objective: must not be empty"),
+            "{refused:?}"
+        );
+    }
+
+    #[test]
+    fn an_objective_over_the_limit_is_refused_with_its_size() {
+        let refused = start_request(fields("abcdef"), 5).unwrap_err();
+        assert_eq!(violated(&refused), ["objective"]);
+        assert!(
+            refused
+                .message()
+                .contains("is 6 bytes; the limit is 5 bytes"),
+            "{refused:?}"
+        );
+        assert!(start_request(fields("abcde"), 5).is_ok());
+    }
+
+    #[test]
+    fn too_many_labels_are_refused() {
+        let mut request = pb::StartRunRequest {
+            objective: "x".to_owned(),
+            ..pb::StartRunRequest::default()
+        };
+        for n in 0..=MAX_LABELS {
+            request.labels.insert(format!("k{n}"), String::new());
+        }
+        let refused = start_request(request.into(), 1024).unwrap_err();
+        assert_eq!(violated(&refused), ["labels"]);
+    }
+
+    #[test]
+    fn list_filters_are_checked() {
+        let request = pb::ListRunsRequest {
+            states: vec![pb::RunState::Running.into(), 0, 99],
+            create_time_start: Some(prost_types::Timestamp {
+                seconds: 10,
+                nanos: 0,
+            }),
+            create_time_end: Some(prost_types::Timestamp {
+                seconds: 9,
+                nanos: 0,
+            }),
+            ..pb::ListRunsRequest::default()
+        };
+        let refused = list_runs_request(&request).unwrap_err();
+        assert_eq!(
+            violated(&refused),
+            ["states[1]", "states[2]", "create_time_end"]
+        );
+        let fine = pb::ListRunsRequest {
+            states: vec![pb::RunState::Succeeded.into()],
+            ..pb::ListRunsRequest::default()
+        };
+        assert!(list_runs_request(&fine).is_ok());
+    }
+}
