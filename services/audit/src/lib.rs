@@ -61,7 +61,6 @@ use agentmesh_proto::audit::v1::{
 use agentmesh_storage::LazyDatabase;
 
 pub use config::{Config, RetentionConfig};
-pub use store::MIGRATIONS;
 
 /// The service's name in logs, metrics and file names.
 pub const SERVICE: &str = "audit";
