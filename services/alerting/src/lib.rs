@@ -65,7 +65,6 @@ use tokio::task::JoinHandle;
 
 pub use agentmesh_audit_client::AuditConfig;
 pub use config::{Config, DEFAULT_PORT, SourceConfig};
-pub use store::MIGRATIONS;
 
 use crate::dispatch::Dispatcher;
 use crate::engine::{Engine, EngineSettings};
@@ -119,20 +118,9 @@ pub async fn serve_with_listeners(
     let metrics = Metrics::new(host.metrics().registry())
         .map_err(|err| ServeError::from(std::io::Error::other(format!("alerting metrics: {err}"))))?
         .with_grpc_client(host.metrics().grpc_client().clone());
-    let engine: Arc<OnceLock<Arc<Engine>>> = Arc::default();
-    let limit = config.server.max_message_bytes;
-    host.add_service(
-        AlertingServiceServer::new(service::AlertingServiceImpl::new(
-            Arc::clone(&engine),
-            config.watch_heartbeat,
-        ))
-        .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit),
-    );
-    // WatchAlerts streams run until the client leaves: end them as soon as
-    // a shutdown begins so the drain is not held up.
-    host.end_on_drain("/agentmesh.alerting.v1.AlertingService/WatchAlerts");
-    let database = LazyDatabase::new(config.storage.clone(), SERVICE).with_migrations(&MIGRATIONS);
+    let engine = add_api(&mut host, &config);
+    let database =
+        LazyDatabase::new(config.storage.clone(), SERVICE).with_migrations(&store::MIGRATIONS);
     // Ready while the database answers. The audit stream and the audit
     // service are reported, but the API answers without them.
     host.add_check(database.health_check())
@@ -151,27 +139,11 @@ pub async fn serve_with_listeners(
                 if engine.get().is_some() {
                     return Ok(());
                 }
-                let db = database
-                    .get()
-                    .cloned()
-                    .ok_or_else(|| StartupError::from("the database did not open"))?;
-                let store = store::Store::new(db);
-                let loaded = store
-                    .load()
-                    .await
-                    .map_err(|err| StartupError::from(format!("alerting state: {err}")))?;
                 let Some(parts) = compiled.lock().ok().and_then(|mut parts| parts.take()) else {
                     return Err(StartupError::from("the alerting service was started twice"));
                 };
-                let (started, tasks_and_dispatcher) = start_engine(
-                    &config,
-                    parts,
-                    store,
-                    loaded,
-                    metrics.clone(),
-                    audit.clone(),
-                )
-                .await;
+                let (started, tasks_and_dispatcher) =
+                    open_state(&config, parts, &database, metrics.clone(), audit.clone()).await?;
                 if let Ok(mut running) = running.lock() {
                     *running = Some(tasks_and_dispatcher);
                 }
@@ -192,6 +164,46 @@ pub async fn serve_with_listeners(
     // The drain is over: send what is queued, or spool it.
     audit.shutdown().await;
     result
+}
+
+/// Loads the stored state from the opened database and starts the engine
+/// and its tasks over it.
+async fn open_state(
+    config: &Config,
+    parts: config::Compiled,
+    database: &LazyDatabase,
+    metrics: Metrics,
+    audit: AuditClient,
+) -> Result<(Arc<Engine>, Running), StartupError> {
+    let db = database
+        .get()
+        .cloned()
+        .ok_or_else(|| StartupError::from("the database did not open"))?;
+    let store = store::Store::new(db);
+    let loaded = store
+        .load()
+        .await
+        .map_err(|err| StartupError::from(format!("alerting state: {err}")))?;
+    Ok(start_engine(config, parts, store, loaded, metrics, audit).await)
+}
+
+/// Registers the AlertingService API on `host`. It answers UNAVAILABLE
+/// until the returned cell holds the engine (set once the database opened).
+fn add_api(host: &mut ServiceHost, config: &Config) -> Arc<OnceLock<Arc<Engine>>> {
+    let engine: Arc<OnceLock<Arc<Engine>>> = Arc::default();
+    let limit = config.server.max_message_bytes;
+    host.add_service(
+        AlertingServiceServer::new(service::AlertingServiceImpl::new(
+            Arc::clone(&engine),
+            config.watch_heartbeat,
+        ))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit),
+    );
+    // WatchAlerts streams run until the client leaves: end them as soon as
+    // a shutdown begins so the drain is not held up.
+    host.end_on_drain("/agentmesh.alerting.v1.AlertingService/WatchAlerts");
+    engine
 }
 
 /// The optional readiness check `audit-stream`: connected to
