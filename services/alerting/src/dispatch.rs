@@ -28,6 +28,10 @@
 //! dispatcher rebuilds its groups from the alerts put again, and the nflog
 //! keeps it from notifying again what was already notified within
 //! `repeat_interval`.
+//!
+//! Layout: this module is the handle ([`Dispatcher`]) and its settings;
+//! `groups` is the background task (steps 1, 2 and 4), `delivery` the
+//! delivery task of step 3, `clock` the wall clock tests replace.
 
 mod clock;
 mod delivery;

@@ -20,12 +20,25 @@
 //!                          delivery reports ─▶ NOTIFICATION audit events, metrics, logs
 //! ```
 //!
-//! Modules: `config` (settings, checked at start), `rules` (conditions,
-//! templates, shipped rules), `engine` (the alert state machine), `source`
-//! (the audit stream), `routing` and `dispatch` (Alertmanager's routing
-//! tree, inhibition, grouping and notification log), `receivers` (the wire
-//! formats), `forward` (Alertmanager forwarding), `silence`, `store`,
-//! `service` (the RPC handlers), `matcher` and `model` (shared types).
+//! Layout (every module is private; the library surface is [`Config`] and
+//! its parts, [`serve`], [`serve_with_listeners`], [`SERVICE`] and
+//! [`DEFAULT_PORT`]):
+//!
+//! * `config`: settings, checked and compiled at start.
+//! * `rules`: rule configuration (`config`), the shipped rules
+//!   (`defaults`), checking (`compile`, `condition`), event fields,
+//!   templates, windows and the `evaluator`.
+//! * `engine`: the alert state machine; `source` feeds it the audit stream.
+//! * `routing`: the routing tree; `routing::inhibit` the inhibition rules;
+//!   `routing::text` the key formats the notification log depends on.
+//! * `dispatch`: the handle; `dispatch::groups` the task owning aggregation
+//!   groups and flushes; `dispatch::delivery` one integration's dedup,
+//!   delivery and nflog record; `dispatch::clock` the wall clock tests move.
+//! * `receivers`: the wire formats (webhook, Slack, email, PagerDuty,
+//!   Alertmanager) and retries; `forward`: Alertmanager forwarding.
+//! * `silence`, `store` (alerts, silences, windows, nflog, cursor),
+//!   `service` (the RPC handlers), `metrics`, and the shared types in
+//!   `matcher` and `model`.
 //!
 //! **Health**: ready (SERVING) while the database answers; the audit stream
 //! (`audit-stream`) and the audit service (`audit`) are reported but
@@ -139,11 +152,19 @@ pub async fn serve_with_listeners(
                 if engine.get().is_some() {
                     return Ok(());
                 }
+                let (store, loaded) = load_state(&database).await?;
                 let Some(parts) = compiled.lock().ok().and_then(|mut parts| parts.take()) else {
                     return Err(StartupError::from("the alerting service was started twice"));
                 };
-                let (started, tasks_and_dispatcher) =
-                    open_state(&config, parts, &database, metrics.clone(), audit.clone()).await?;
+                let (started, tasks_and_dispatcher) = start_engine(
+                    &config,
+                    parts,
+                    store,
+                    loaded,
+                    metrics.clone(),
+                    audit.clone(),
+                )
+                .await;
                 if let Ok(mut running) = running.lock() {
                     *running = Some(tasks_and_dispatcher);
                 }
@@ -166,15 +187,10 @@ pub async fn serve_with_listeners(
     result
 }
 
-/// Loads the stored state from the opened database and starts the engine
-/// and its tasks over it.
-async fn open_state(
-    config: &Config,
-    parts: config::Compiled,
+/// The store over the opened database, and the state it holds.
+async fn load_state(
     database: &LazyDatabase,
-    metrics: Metrics,
-    audit: AuditClient,
-) -> Result<(Arc<Engine>, Running), StartupError> {
+) -> Result<(store::Store, store::Loaded), StartupError> {
     let db = database
         .get()
         .cloned()
@@ -184,7 +200,7 @@ async fn open_state(
         .load()
         .await
         .map_err(|err| StartupError::from(format!("alerting state: {err}")))?;
-    Ok(start_engine(config, parts, store, loaded, metrics, audit).await)
+    Ok((store, loaded))
 }
 
 /// Registers the AlertingService API on `host`. It answers UNAVAILABLE

@@ -12,8 +12,13 @@
 //! with [`Route::group_key`] — Alertmanager's `"<route key>:<group labels>"`,
 //! which keys the notification log and so must stay the same across
 //! restarts. The alert state keeper asks the [`Inhibitor`] which firing
-//! alerts mute an alert ([`Inhibitor::inhibited_by`], or [`Inhibitor::index`]
-//! when it checks many alerts against the same set).
+//! alerts mute an alert ([`Inhibitor::index`], then
+//! [`Inhibitions::inhibited_by`](inhibit::Inhibitions::inhibited_by) per
+//! alert).
+//!
+//! Layout: this module holds the tree and its settings; `inhibit` the
+//! inhibition rules; `text` the label-set and matcher text forms that keys
+//! are made of (kept byte-for-byte as Alertmanager writes them).
 
 mod inhibit;
 mod text;
