@@ -5,6 +5,7 @@
 //! and to a real Prometheus Alertmanager; silences; kill -9 in the middle of
 //! a burst; configuration and request errors.
 #![expect(clippy::unwrap_used, reason = "tests")]
+#![expect(clippy::indexing_slicing, reason = "a test fails by panicking")]
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -373,14 +374,44 @@ async fn a_failing_tool_fires_once_and_resolves_once_on_postgres() {
     a_failing_tool_fires_once_and_resolves_once(Backend::Postgres).await;
 }
 
+/// Pushes a firing "Canary" alert (one per `instance`).
+async fn fire_canary(alerting: SocketAddr, instance: &str) {
+    client(alerting)
+        .fire_alert(pb::FireAlertRequest {
+            labels: [("alertname", "Canary"), ("instance", instance)]
+                .into_iter()
+                .map(|(name, value)| (name.to_owned(), value.to_owned()))
+                .collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn a_silence_keeps_the_alert_listed_and_unnotified() {
     let dir = tempfile::tempdir().unwrap();
     let audit = start_audit(dir.path()).await;
     let tool_runner = start_tool_runner(dir.path(), audit.addr).await;
     let (hook, hook_addr) = Hook::start().await;
+    // A second receiver for "Canary" alerts, which the silence does not
+    // match: its notifications show how far the dispatcher has got.
+    let (canary, canary_addr) = Hook::start().await;
+    let routes = format!(
+        r#"{}
+[[route.routes]]
+receiver = "canary"
+matchers = ['alertname="Canary"']
+
+[[receivers]]
+name = "canary"
+[[receivers.webhook_configs]]
+url = "http://{canary_addr}/hook"
+"#,
+        webhook_route(hook_addr)
+    );
     let (alerting, _) = start_alerting(
-        &alerting_toml(audit.addr, "1m", &webhook_route(hook_addr)),
+        &alerting_toml(audit.addr, "1m", &routes),
         Backend::Sqlite,
         dir.path(),
     )
@@ -427,8 +458,16 @@ async fn a_silence_keeps_the_alert_listed_and_unnotified() {
     )
     .await;
     assert_eq!(silenced.silenced_by, std::slice::from_ref(&silence.id));
-    // group_wait and a group_interval pass: nothing is sent.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The silenced alert's group flushes after group_wait, then every
+    // group_interval, and would send at each flush. A canary group opened
+    // after it flushes no earlier, and the one dispatcher flushes groups in
+    // order of their due time (then age): so once the canary's first and
+    // second notifications (after group_wait, then after one group_interval)
+    // have arrived, the silenced group has flushed twice too.
+    fire_canary(alerting.addr, "1").await;
+    exactly(&canary, 1, Duration::ZERO).await;
+    fire_canary(alerting.addr, "2").await;
+    exactly(&canary, 2, Duration::ZERO).await;
     assert!(hook.payloads().is_empty(), "{:#?}", hook.payloads());
 
     // Expired, the silence lets the alert through at the next flush.

@@ -234,13 +234,14 @@ impl Engine {
             pb::AlertChangeType::StateChanged
         };
         let mut changes = vec![(kind, previous, alert.clone())];
-        state.alerts.insert(fingerprint, alert);
+        state.alerts.insert(fingerprint, alert.clone());
         self.reconcile_marks(&mut state, now, &mut changes);
         let mut commit = Commit::default();
         self.publish(&mut state, now, changes, &mut commit);
         self.write(&mut state, commit).await;
-        // Inserted above under the same lock; nothing removes it since.
-        Ok(state.alerts[&fingerprint].clone())
+        // Inserted above under the same lock, so nothing removed it since;
+        // the stored copy carries the marks set after the insert.
+        Ok(state.alerts.get(&fingerprint).cloned().unwrap_or(alert))
     }
 
     /// Stores a new silence and re-marks the alerts.
@@ -248,7 +249,7 @@ impl Engine {
         self.store.put_silence(&silence).await?;
         let mut state = self.state.lock().await;
         state.silences.insert(silence.id.clone(), silence.clone());
-        self.remark(&mut state).await;
+        self.remark(&mut state);
         Ok(silence)
     }
 
@@ -262,7 +263,7 @@ impl Engine {
         if silence.expire(now) {
             self.store.put_silence(&silence).await?;
             state.silences.insert(silence.id.clone(), silence.clone());
-            self.remark(&mut state).await;
+            self.remark(&mut state);
         }
         Ok(Some(silence))
     }
@@ -319,7 +320,7 @@ impl Engine {
             .collect()
     }
 
-    async fn remark(&self, state: &mut State) {
+    fn remark(&self, state: &mut State) {
         let now = SystemTime::now();
         let mut changes = Vec::new();
         self.reconcile_marks(state, now, &mut changes);
@@ -335,6 +336,22 @@ impl Engine {
             commit.rule_groups.insert((rule, group_key), group);
         }
         let mut changes: Vec<(pb::AlertChangeType, AlertState, Alert)> = Vec::new();
+        let seen = self.track(state, active, now, &mut changes);
+        self.sweep(state, &seen, now, &mut changes);
+        self.reconcile_marks(state, now, &mut changes);
+        self.publish(state, now, changes, commit);
+    }
+
+    /// Brings the alerts of the rules' active groups up to date: new ones
+    /// pending or firing, pending ones firing once due, annotations and
+    /// values refreshed. Returns the fingerprints seen.
+    fn track(
+        &self,
+        state: &mut State,
+        active: Vec<RuleAlert>,
+        now: SystemTime,
+        changes: &mut Vec<(pb::AlertChangeType, AlertState, Alert)>,
+    ) -> HashSet<Fingerprint> {
         let mut seen: HashSet<Fingerprint> = HashSet::with_capacity(active.len());
         for rule_alert in active {
             let fingerprint = Fingerprint::of(&rule_alert.labels);
@@ -392,6 +409,19 @@ impl Engine {
                 }
             }
         }
+        seen
+    }
+
+    /// Resolves the firing alerts whose rule group is no longer active (or,
+    /// pushed, whose end has passed), drops pending ones that went away,
+    /// and removes resolved alerts past their retention.
+    fn sweep(
+        &self,
+        state: &mut State,
+        seen: &HashSet<Fingerprint>,
+        now: SystemTime,
+        changes: &mut Vec<(pb::AlertChangeType, AlertState, Alert)>,
+    ) {
         let mut removed = Vec::new();
         for (fingerprint, alert) in &mut state.alerts {
             let from_rule = !alert.rule.is_empty();
@@ -427,8 +457,6 @@ impl Engine {
                 changes.push((pb::AlertChangeType::Removed, previous, alert));
             }
         }
-        self.reconcile_marks(state, now, &mut changes);
-        self.publish(state, now, changes, commit);
     }
 
     /// Recomputes the silenced and inhibited marks, recording changed ones.

@@ -20,12 +20,25 @@
 //!                          delivery reports ─▶ NOTIFICATION audit events, metrics, logs
 //! ```
 //!
-//! Modules: `config` (settings, checked at start), `rules` (conditions,
-//! templates, shipped rules), `engine` (the alert state machine), `source`
-//! (the audit stream), `routing` and `dispatch` (Alertmanager's routing
-//! tree, inhibition, grouping and notification log), `receivers` (the wire
-//! formats), `forward` (Alertmanager forwarding), `silence`, `store`,
-//! `service` (the RPC handlers), `matcher` and `model` (shared types).
+//! Layout (every module is private; the library surface is [`Config`] and
+//! its parts, [`serve`], [`serve_with_listeners`], [`SERVICE`] and
+//! [`DEFAULT_PORT`]):
+//!
+//! * `config`: settings, checked and compiled at start.
+//! * `rules`: rule configuration (`config`), the shipped rules
+//!   (`defaults`), checking (`compile`, `condition`), event fields,
+//!   templates, windows and the `evaluator`.
+//! * `engine`: the alert state machine; `source` feeds it the audit stream.
+//! * `routing`: the routing tree; `routing::inhibit` the inhibition rules;
+//!   `routing::text` the key formats the notification log depends on.
+//! * `dispatch`: the handle; `dispatch::groups` the task owning aggregation
+//!   groups and flushes; `dispatch::delivery` one integration's dedup,
+//!   delivery and nflog record; `dispatch::clock` the wall clock tests move.
+//! * `receivers`: the wire formats (webhook, Slack, email, PagerDuty,
+//!   Alertmanager) and retries; `forward`: Alertmanager forwarding.
+//! * `silence`, `store` (alerts, silences, windows, nflog, cursor),
+//!   `service` (the RPC handlers), `metrics`, and the shared types in
+//!   `matcher` and `model`.
 //!
 //! **Health**: ready (SERVING) while the database answers; the audit stream
 //! (`audit-stream`) and the audit service (`audit`) are reported but
@@ -65,7 +78,6 @@ use tokio::task::JoinHandle;
 
 pub use agentmesh_audit_client::AuditConfig;
 pub use config::{Config, DEFAULT_PORT, SourceConfig};
-pub use store::MIGRATIONS;
 
 use crate::dispatch::Dispatcher;
 use crate::engine::{Engine, EngineSettings};
@@ -119,20 +131,9 @@ pub async fn serve_with_listeners(
     let metrics = Metrics::new(host.metrics().registry())
         .map_err(|err| ServeError::from(std::io::Error::other(format!("alerting metrics: {err}"))))?
         .with_grpc_client(host.metrics().grpc_client().clone());
-    let engine: Arc<OnceLock<Arc<Engine>>> = Arc::default();
-    let limit = config.server.max_message_bytes;
-    host.add_service(
-        AlertingServiceServer::new(service::AlertingServiceImpl::new(
-            Arc::clone(&engine),
-            config.watch_heartbeat,
-        ))
-        .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit),
-    );
-    // WatchAlerts streams run until the client leaves: end them as soon as
-    // a shutdown begins so the drain is not held up.
-    host.end_on_drain("/agentmesh.alerting.v1.AlertingService/WatchAlerts");
-    let database = LazyDatabase::new(config.storage.clone(), SERVICE).with_migrations(&MIGRATIONS);
+    let engine = add_api(&mut host, &config);
+    let database =
+        LazyDatabase::new(config.storage.clone(), SERVICE).with_migrations(&store::MIGRATIONS);
     // Ready while the database answers. The audit stream and the audit
     // service are reported, but the API answers without them.
     host.add_check(database.health_check())
@@ -151,15 +152,7 @@ pub async fn serve_with_listeners(
                 if engine.get().is_some() {
                     return Ok(());
                 }
-                let db = database
-                    .get()
-                    .cloned()
-                    .ok_or_else(|| StartupError::from("the database did not open"))?;
-                let store = store::Store::new(db);
-                let loaded = store
-                    .load()
-                    .await
-                    .map_err(|err| StartupError::from(format!("alerting state: {err}")))?;
+                let (store, loaded) = load_state(&database).await?;
                 let Some(parts) = compiled.lock().ok().and_then(|mut parts| parts.take()) else {
                     return Err(StartupError::from("the alerting service was started twice"));
                 };
@@ -192,6 +185,41 @@ pub async fn serve_with_listeners(
     // The drain is over: send what is queued, or spool it.
     audit.shutdown().await;
     result
+}
+
+/// The store over the opened database, and the state it holds.
+async fn load_state(
+    database: &LazyDatabase,
+) -> Result<(store::Store, store::Loaded), StartupError> {
+    let db = database
+        .get()
+        .cloned()
+        .ok_or_else(|| StartupError::from("the database did not open"))?;
+    let store = store::Store::new(db);
+    let loaded = store
+        .load()
+        .await
+        .map_err(|err| StartupError::from(format!("alerting state: {err}")))?;
+    Ok((store, loaded))
+}
+
+/// Registers the AlertingService API on `host`. It answers UNAVAILABLE
+/// until the returned cell holds the engine (set once the database opened).
+fn add_api(host: &mut ServiceHost, config: &Config) -> Arc<OnceLock<Arc<Engine>>> {
+    let engine: Arc<OnceLock<Arc<Engine>>> = Arc::default();
+    let limit = config.server.max_message_bytes;
+    host.add_service(
+        AlertingServiceServer::new(service::AlertingServiceImpl::new(
+            Arc::clone(&engine),
+            config.watch_heartbeat,
+        ))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit),
+    );
+    // WatchAlerts streams run until the client leaves: end them as soon as
+    // a shutdown begins so the drain is not held up.
+    host.end_on_drain("/agentmesh.alerting.v1.AlertingService/WatchAlerts");
+    engine
 }
 
 /// The optional readiness check `audit-stream`: connected to

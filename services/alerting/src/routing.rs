@@ -12,18 +12,28 @@
 //! with [`Route::group_key`] — Alertmanager's `"<route key>:<group labels>"`,
 //! which keys the notification log and so must stay the same across
 //! restarts. The alert state keeper asks the [`Inhibitor`] which firing
-//! alerts mute an alert ([`Inhibitor::inhibited_by`], or [`Inhibitor::index`]
-//! when it checks many alerts against the same set).
+//! alerts mute an alert ([`Inhibitor::index`], then
+//! [`Inhibitions::inhibited_by`](inhibit::Inhibitions::inhibited_by) per
+//! alert).
+//!
+//! Layout: this module holds the tree and its settings; `inhibit` the
+//! inhibition rules; `text` the label-set and matcher text forms that keys
+//! are made of (kept byte-for-byte as Alertmanager writes them).
 
-use std::collections::{BTreeSet, HashMap};
-use std::fmt::Write as _;
+mod inhibit;
+mod text;
+
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use agentmesh_kit::ConfigError;
 use serde::{Deserialize, Serialize};
 
-use crate::matcher::{MatchOp, Matcher, all_match, is_prometheus_label_name};
-use crate::model::{Alert, AlertState, Fingerprint, LabelSet};
+pub(crate) use self::inhibit::{InhibitRuleConfig, Inhibitor};
+pub(crate) use self::text::label_set_string;
+use self::text::{matchers_string, op_rank};
+use crate::matcher::{Matcher, all_match, is_prometheus_label_name};
+use crate::model::LabelSet;
 
 /// `group_wait` of the root route when not set (Alertmanager's default).
 pub(crate) const DEFAULT_GROUP_WAIT: Duration = Duration::from_secs(30);
@@ -72,21 +82,6 @@ pub(crate) struct RouteConfig {
     pub(crate) repeat_interval: Option<Duration>,
     /// Child routes, tried in order.
     pub(crate) routes: Vec<RouteConfig>,
-}
-
-/// One inhibition rule as configured (`[[alerting.inhibit_rules]]`): while
-/// an alert matching `source_matchers` fires, alerts matching
-/// `target_matchers` with the same values of the `equal` labels are muted.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub(crate) struct InhibitRuleConfig {
-    /// What the inhibiting (source) alerts match, in matcher syntax.
-    pub(crate) source_matchers: Vec<String>,
-    /// What the inhibited (target) alerts match, in matcher syntax.
-    pub(crate) target_matchers: Vec<String>,
-    /// Labels whose values must be equal on source and target (a label
-    /// missing on both sides counts as equal).
-    pub(crate) equal: Vec<String>,
 }
 
 /// How a route forms its aggregation groups.
@@ -211,50 +206,8 @@ impl Route {
         if let Some(group_by) = &config.group_by {
             opts.group_by = compile_group_by(group_by, setting)?;
         }
-        for (name, value, target) in [
-            ("group_wait", config.group_wait, &mut opts.group_wait),
-            (
-                "group_interval",
-                config.group_interval,
-                &mut opts.group_interval,
-            ),
-            (
-                "repeat_interval",
-                config.repeat_interval,
-                &mut opts.repeat_interval,
-            ),
-        ] {
-            let Some(value) = value else { continue };
-            // Alertmanager accepts a zero group_wait (notify at once); a zero
-            // interval would make the group flush in a busy loop.
-            if value.is_zero() && name != "group_wait" {
-                return Err(ConfigError::new(
-                    format!("{setting}.{name}"),
-                    format!("{name} must be greater than 0, e.g. \"5m\""),
-                ));
-            }
-            if value > MAX_DURATION {
-                return Err(ConfigError::new(
-                    format!("{setting}.{name}"),
-                    format!(
-                        "{name} is {}, longer than the longest accepted ({})",
-                        humantime_serde::re::humantime::format_duration(value),
-                        humantime_serde::re::humantime::format_duration(MAX_DURATION)
-                    ),
-                ));
-            }
-            *target = value;
-        }
-        let mut matchers = Vec::with_capacity(config.matchers.len());
-        for (index, text) in config.matchers.iter().enumerate() {
-            let matcher = Matcher::parse(text).map_err(|err| {
-                ConfigError::new(
-                    format!("{setting}.matchers[{index}]"),
-                    format!("{err}; write matchers as name=\"value\", name!=\"value\", name=~\"regex\" or name!~\"regex\""),
-                )
-            })?;
-            matchers.push(matcher);
-        }
+        apply_timings(config, setting, &mut opts)?;
+        let mut matchers = compile_matchers(&config.matchers, setting, "matchers")?;
         matchers.sort_by(|a, b| {
             (a.name.as_str(), a.value.as_str(), op_rank(a.op)).cmp(&(
                 b.name.as_str(),
@@ -380,97 +333,48 @@ impl Route {
     }
 }
 
-/// A label set in Alertmanager's text form (Prometheus `LabelSet.String`):
-/// `{alertname="ToolFailing", tool="files"}`, sorted by name, values quoted
-/// as Go's `%q` does. The output depends only on the labels, so group keys
-/// stay the same across restarts and versions.
-pub(crate) fn label_set_string(labels: &LabelSet) -> String {
-    let mut out = String::from("{");
-    for (index, (name, value)) in labels.iter().enumerate() {
-        if index > 0 {
-            out.push_str(", ");
+/// Sets the timings `config` sets on `opts`, checking each is positive
+/// (`group_wait` may be 0) and at most [`MAX_DURATION`].
+fn apply_timings(
+    config: &RouteConfig,
+    setting: &str,
+    opts: &mut RouteOpts,
+) -> Result<(), ConfigError> {
+    for (name, value, target) in [
+        ("group_wait", config.group_wait, &mut opts.group_wait),
+        (
+            "group_interval",
+            config.group_interval,
+            &mut opts.group_interval,
+        ),
+        (
+            "repeat_interval",
+            config.repeat_interval,
+            &mut opts.repeat_interval,
+        ),
+    ] {
+        let Some(value) = value else { continue };
+        // Alertmanager accepts a zero group_wait (notify at once); a zero
+        // interval would make the group flush in a busy loop.
+        if value.is_zero() && name != "group_wait" {
+            return Err(ConfigError::new(
+                format!("{setting}.{name}"),
+                format!("{name} must be greater than 0, e.g. \"5m\""),
+            ));
         }
-        out.push_str(name);
-        out.push('=');
-        go_quote(value, &mut out);
-    }
-    out.push('}');
-    out
-}
-
-/// Go's `strconv.Quote` for what label values hold: the usual backslash
-/// escapes, `\xHH` for other ASCII controls, `\uHHHH`/`\UHHHHHHHH` for other
-/// control and non-space whitespace characters; everything else as is.
-/// Written out rather than using Rust's `{:?}`, whose escaping is not
-/// promised to stay the same between Rust versions.
-fn go_quote(value: &str, out: &mut String) {
-    out.push('"');
-    for c in value.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\u{7}' => out.push_str("\\a"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{b}' => out.push_str("\\v"),
-            c if c.is_ascii_control() => {
-                let _ = write!(out, "\\x{:02x}", u32::from(c));
-            }
-            c if c.is_control() || (c.is_whitespace() && c != ' ') => {
-                let code = u32::from(c);
-                if code < 0x10000 {
-                    let _ = write!(out, "\\u{code:04x}");
-                } else {
-                    let _ = write!(out, "\\U{code:08x}");
-                }
-            }
-            c => out.push(c),
+        if value > MAX_DURATION {
+            return Err(ConfigError::new(
+                format!("{setting}.{name}"),
+                format!(
+                    "{name} is {}, longer than the longest accepted ({})",
+                    humantime_serde::re::humantime::format_duration(value),
+                    humantime_serde::re::humantime::format_duration(MAX_DURATION)
+                ),
+            ));
         }
+        *target = value;
     }
-    out.push('"');
-}
-
-/// Alertmanager's `Matchers.String`: `{a="b",c=~"d"}`, values escaped as
-/// OpenMetrics does (backslash, newline, double quote).
-fn matchers_string(matchers: &[Matcher]) -> String {
-    let mut out = String::from("{");
-    for (index, matcher) in matchers.iter().enumerate() {
-        if index > 0 {
-            out.push(',');
-        }
-        out.push_str(&matcher.name);
-        out.push_str(match matcher.op {
-            MatchOp::Equal => "=",
-            MatchOp::NotEqual => "!=",
-            MatchOp::Regex => "=~",
-            MatchOp::NotRegex => "!~",
-        });
-        out.push('"');
-        for c in matcher.value.chars() {
-            match c {
-                '\\' => out.push_str("\\\\"),
-                '\n' => out.push_str("\\n"),
-                '"' => out.push_str("\\\""),
-                c => out.push(c),
-            }
-        }
-        out.push('"');
-    }
-    out.push('}');
-    out
-}
-
-/// The order of Alertmanager's match types, used to sort matchers.
-fn op_rank(op: MatchOp) -> u8 {
-    match op {
-        MatchOp::Equal => 0,
-        MatchOp::NotEqual => 1,
-        MatchOp::Regex => 2,
-        MatchOp::NotRegex => 3,
-    }
+    Ok(())
 }
 
 fn compile_group_by(group_by: &[String], setting: &str) -> Result<GroupBy, ConfigError> {
@@ -516,119 +420,8 @@ fn known_receivers(receivers: &[String]) -> String {
     }
 }
 
-/// The compiled inhibition rules.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Inhibitor {
-    rules: Vec<InhibitRule>,
-}
-
-#[derive(Debug, Clone)]
-struct InhibitRule {
-    source: Vec<Matcher>,
-    target: Vec<Matcher>,
-    equal: Vec<String>,
-}
-
-impl InhibitRule {
-    /// The values of the `equal` labels ("" when missing, so that a label
-    /// missing on both sides counts as equal, as in Alertmanager).
-    fn equal_values(&self, labels: &LabelSet) -> Vec<String> {
-        self.equal
-            .iter()
-            .map(|name| labels.get(name).cloned().unwrap_or_default())
-            .collect()
-    }
-}
-
-impl Inhibitor {
-    /// Compiles the `inhibit_rules` setting.
-    pub(crate) fn compile(rules: &[InhibitRuleConfig]) -> Result<Inhibitor, ConfigError> {
-        let mut compiled = Vec::with_capacity(rules.len());
-        for (index, rule) in rules.iter().enumerate() {
-            let setting = format!("inhibit_rules[{index}]");
-            let source = compile_matchers(&rule.source_matchers, &setting, "source_matchers")?;
-            let target = compile_matchers(&rule.target_matchers, &setting, "target_matchers")?;
-            // Alertmanager accepts empty sides, but an empty side matches
-            // every alert: any firing alert would mute the targets, or the
-            // source would mute everything. That is never what was meant.
-            if source.is_empty() {
-                return Err(ConfigError::new(
-                    format!("{setting}.source_matchers"),
-                    "an inhibition rule needs source matchers: without, every firing alert would mute \
-                     the targets",
-                ));
-            }
-            if target.is_empty() {
-                return Err(ConfigError::new(
-                    format!("{setting}.target_matchers"),
-                    "an inhibition rule needs target matchers: without, the source alerts would mute \
-                     every other alert",
-                ));
-            }
-            for (at, name) in rule.equal.iter().enumerate() {
-                if !is_prometheus_label_name(name) {
-                    return Err(ConfigError::new(
-                        format!("{setting}.equal[{at}]"),
-                        format!("{name:?} is not a label name ([a-zA-Z_][a-zA-Z0-9_]*)"),
-                    ));
-                }
-            }
-            compiled.push(InhibitRule {
-                source,
-                target,
-                equal: rule.equal.clone(),
-            });
-        }
-        Ok(Inhibitor { rules: compiled })
-    }
-
-    /// True when there are no rules (nothing is ever inhibited).
-    #[cfg(test)]
-    pub(crate) fn is_empty(&self) -> bool {
-        self.rules.is_empty()
-    }
-
-    /// The firing alerts among `alerts` that inhibit `target`, sorted and
-    /// without repeats (empty: not inhibited). See [`Inhibitions::inhibited_by`].
-    #[cfg(test)]
-    pub(crate) fn inhibited_by(&self, target: &Alert, alerts: &[Alert]) -> Vec<Fingerprint> {
-        if self.rules.is_empty() {
-            return Vec::new();
-        }
-        self.index(alerts).inhibited_by(target)
-    }
-
-    /// Indexes the firing source alerts among `alerts` by the values of
-    /// each rule's `equal` labels, so that checking many targets against
-    /// the same alerts costs one lookup per rule each.
-    pub(crate) fn index<'b>(&self, alerts: impl IntoIterator<Item = &'b Alert>) -> Inhibitions<'_> {
-        let mut sources: Vec<HashMap<Vec<String>, Vec<Source>>> =
-            vec![HashMap::new(); self.rules.len()];
-        for alert in alerts {
-            // Only firing alerts inhibit: resolved ones (Alertmanager's
-            // source cache may hold them) and pending ones never do.
-            if alert.state != AlertState::Firing {
-                continue;
-            }
-            for (rule, by_equal) in self.rules.iter().zip(sources.iter_mut()) {
-                if all_match(&rule.source, &alert.labels) {
-                    by_equal
-                        .entry(rule.equal_values(&alert.labels))
-                        .or_default()
-                        .push(Source {
-                            fingerprint: alert.fingerprint,
-                            matches_target: all_match(&rule.target, &alert.labels),
-                        });
-                }
-            }
-        }
-        Inhibitions {
-            inhibitor: self,
-            sources,
-        }
-    }
-}
-
+/// Parses the matchers of `setting.field`, naming the one that does not
+/// parse.
 fn compile_matchers(
     texts: &[String],
     setting: &str,
@@ -646,52 +439,6 @@ fn compile_matchers(
             })
         })
         .collect()
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Source {
-    fingerprint: Fingerprint,
-    /// Whether the source also matches the rule's target side.
-    matches_target: bool,
-}
-
-/// The firing source alerts of every rule, indexed (see
-/// [`Inhibitor::index`]).
-#[derive(Debug)]
-pub(crate) struct Inhibitions<'a> {
-    inhibitor: &'a Inhibitor,
-    /// Per rule: the sources by their `equal` label values.
-    sources: Vec<HashMap<Vec<String>, Vec<Source>>>,
-}
-
-impl Inhibitions<'_> {
-    /// The firing alerts that inhibit `target`, as Alertmanager's
-    /// `Inhibitor.Mutes`: for every rule whose target matchers `target`
-    /// matches, the firing alerts matching its source matchers whose
-    /// `equal` labels have the same values. When `target` matches the
-    /// rule's source matchers too, sources that also match its target
-    /// matchers are left out, so an alert never inhibits itself and alerts
-    /// matching both sides do not mute each other. Sorted, no repeats.
-    pub(crate) fn inhibited_by(&self, target: &Alert) -> Vec<Fingerprint> {
-        let mut by = BTreeSet::new();
-        for (rule, by_equal) in self.inhibitor.rules.iter().zip(&self.sources) {
-            if !all_match(&rule.target, &target.labels) {
-                continue;
-            }
-            let Some(sources) = by_equal.get(&rule.equal_values(&target.labels)) else {
-                continue;
-            };
-            let two_sided = all_match(&rule.source, &target.labels);
-            by.extend(
-                sources
-                    .iter()
-                    .filter(|source| !(two_sided && source.matches_target))
-                    .filter(|source| source.fingerprint != target.fingerprint)
-                    .map(|source| source.fingerprint),
-            );
-        }
-        by.into_iter().collect()
-    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use futures::Stream;
 use prost::Message;
 use sha2::{Digest, Sha256};
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{broadcast, mpsc};
 use tonic::{Request, Response, Status};
 
 use crate::engine::{Change, Engine, PushError, Pushed};
@@ -58,6 +59,10 @@ fn page_size(requested: i32) -> Result<usize, Status> {
 
 /// A short hash of the request's fields other than paging, so that a page
 /// token cannot be used with other filters.
+#[expect(
+    clippy::indexing_slicing,
+    reason = "a SHA-256 digest is 32 bytes, so its first 6 always exist"
+)]
 fn request_hash(message: &impl Message) -> String {
     hex::encode(&Sha256::digest(message.encode_to_vec())[..6])
 }
@@ -193,6 +198,105 @@ fn time_field(
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchAlertsResponse, Status>> + Send>>;
 
+/// What a WatchAlerts stream sends.
+type WatchItem = Result<pb::WatchAlertsResponse, Status>;
+
+/// One WatchAlerts stream: the snapshot of the alerts matching `filter`
+/// (unless skipped), then every matching change, with a heartbeat whenever
+/// `heartbeat` passes without one. Ends when the client leaves, the watcher
+/// falls behind (ABORTED) or the service stops (UNAVAILABLE).
+async fn watch(
+    snapshot: Vec<Alert>,
+    mut changes: broadcast::Receiver<Change>,
+    filter: AlertFilter,
+    skip_snapshot: bool,
+    heartbeat: Duration,
+    sender: mpsc::Sender<WatchItem>,
+) {
+    if !skip_snapshot && !send_snapshot(&snapshot, &filter, &sender).await {
+        return;
+    }
+    loop {
+        let next = tokio::time::timeout(heartbeat, changes.recv()).await;
+        let item = match next {
+            Err(_) => watch_message(
+                pb::AlertChangeType::Heartbeat,
+                None,
+                pb::AlertState::Unspecified,
+            ),
+            Ok(Ok(Change {
+                kind,
+                alert,
+                previous,
+                time,
+            })) => {
+                if !filter.matches(&alert) {
+                    continue;
+                }
+                Ok(pb::WatchAlertsResponse {
+                    r#type: kind as i32,
+                    alert: Some(alert.to_proto()),
+                    previous_state: previous as i32,
+                    time: Some(time.into()),
+                })
+            }
+            Ok(Err(RecvError::Lagged(missed))) => Err(Status::aborted(format!(
+                "this watcher fell {missed} changes behind; call WatchAlerts again for a fresh snapshot"
+            ))),
+            Ok(Err(RecvError::Closed)) => Err(Status::unavailable(
+                "the alerting service is shutting down; reconnect",
+            )),
+        };
+        let last = item.is_err();
+        if sender.send(item).await.is_err() || last {
+            return;
+        }
+    }
+}
+
+/// Sends the snapshot and its end marker; false when the client has left.
+async fn send_snapshot(
+    snapshot: &[Alert],
+    filter: &AlertFilter,
+    sender: &mpsc::Sender<WatchItem>,
+) -> bool {
+    for alert in snapshot.iter().filter(|alert| filter.matches(alert)) {
+        if sender
+            .send(watch_message(
+                pb::AlertChangeType::Snapshot,
+                Some(alert),
+                pb::AlertState::Unspecified,
+            ))
+            .await
+            .is_err()
+        {
+            return false;
+        }
+    }
+    sender
+        .send(watch_message(
+            pb::AlertChangeType::SnapshotEnd,
+            None,
+            pb::AlertState::Unspecified,
+        ))
+        .await
+        .is_ok()
+}
+
+/// A stream message stamped now.
+fn watch_message(
+    kind: pb::AlertChangeType,
+    alert: Option<&Alert>,
+    previous: pb::AlertState,
+) -> WatchItem {
+    Ok(pb::WatchAlertsResponse {
+        r#type: kind as i32,
+        alert: alert.map(Alert::to_proto),
+        previous_state: previous as i32,
+        time: Some(prost_types::Timestamp::from(SystemTime::now())),
+    })
+}
+
 #[tonic::async_trait]
 impl AlertingService for AlertingServiceImpl {
     type WatchAlertsStream = WatchStream;
@@ -308,83 +412,17 @@ impl AlertingService for AlertingServiceImpl {
             None,
         )?;
         let engine = Arc::clone(self.engine()?);
-        let (snapshot, mut changes) = engine.snapshot_and_subscribe().await;
+        let (snapshot, changes) = engine.snapshot_and_subscribe().await;
         let heartbeat = self.heartbeat;
         let (sender, receiver) = tokio::sync::mpsc::channel(64);
-        tokio::spawn(async move {
-            let now = || Some(prost_types::Timestamp::from(SystemTime::now()));
-            let message =
-                |kind: pb::AlertChangeType, alert: Option<&Alert>, previous: pb::AlertState| {
-                    Ok(pb::WatchAlertsResponse {
-                        r#type: kind as i32,
-                        alert: alert.map(Alert::to_proto),
-                        previous_state: previous as i32,
-                        time: now(),
-                    })
-                };
-            if !request.skip_snapshot {
-                for alert in snapshot.iter().filter(|alert| filter.matches(alert)) {
-                    if sender
-                        .send(message(
-                            pb::AlertChangeType::Snapshot,
-                            Some(alert),
-                            pb::AlertState::Unspecified,
-                        ))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                if sender
-                    .send(message(
-                        pb::AlertChangeType::SnapshotEnd,
-                        None,
-                        pb::AlertState::Unspecified,
-                    ))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
-            loop {
-                let next = tokio::time::timeout(heartbeat, changes.recv()).await;
-                let item = match next {
-                    Err(_) => message(
-                        pb::AlertChangeType::Heartbeat,
-                        None,
-                        pb::AlertState::Unspecified,
-                    ),
-                    Ok(Ok(Change {
-                        kind,
-                        alert,
-                        previous,
-                        time,
-                    })) => {
-                        if !filter.matches(&alert) {
-                            continue;
-                        }
-                        Ok(pb::WatchAlertsResponse {
-                            r#type: kind as i32,
-                            alert: Some(alert.to_proto()),
-                            previous_state: previous as i32,
-                            time: Some(time.into()),
-                        })
-                    }
-                    Ok(Err(RecvError::Lagged(missed))) => Err(Status::aborted(format!(
-                        "this watcher fell {missed} changes behind; call WatchAlerts again for a fresh snapshot"
-                    ))),
-                    Ok(Err(RecvError::Closed)) => Err(Status::unavailable(
-                        "the alerting service is shutting down; reconnect",
-                    )),
-                };
-                let last = item.is_err();
-                if sender.send(item).await.is_err() || last {
-                    return;
-                }
-            }
-        });
+        tokio::spawn(watch(
+            snapshot,
+            changes,
+            filter,
+            request.skip_snapshot,
+            heartbeat,
+            sender,
+        ));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(receiver),
         )))

@@ -71,23 +71,7 @@ impl Silence {
         if !silence.id.is_empty() {
             problem("id", "must be empty: the server assigns it");
         }
-        let mut matchers = Vec::new();
-        if silence.matchers.is_empty() {
-            problem("matchers", "at least one matcher is required");
-        }
-        for (index, matcher) in silence.matchers.iter().enumerate() {
-            match Matcher::from_proto(matcher) {
-                Ok(matcher) => matchers.push(matcher),
-                Err(err) => problem(&format!("matchers[{index}]"), &err.0),
-            }
-        }
-        if !matchers.is_empty() && matchers.iter().all(|matcher| matcher.matches_value("")) {
-            problem(
-                "matchers",
-                "every matcher matches the empty string, so the silence would match every alert; \
-                 add one that needs a label, e.g. alertname=\"…\"",
-            );
-        }
+        let matchers = checked_matchers(&silence.matchers, &mut problem);
         let starts_at = match &silence.starts_at {
             None => Some(now),
             Some(ts) => match SystemTime::try_from(*ts) {
@@ -155,6 +139,29 @@ impl Silence {
         self.updated_at = now;
         true
     }
+}
+
+/// The matchers of a new silence; reports (to `problem`) a missing list,
+/// matchers that do not parse, and a list that would match every alert.
+fn checked_matchers(given: &[pb::Matcher], problem: &mut impl FnMut(&str, &str)) -> Vec<Matcher> {
+    let mut matchers = Vec::new();
+    if given.is_empty() {
+        problem("matchers", "at least one matcher is required");
+    }
+    for (index, matcher) in given.iter().enumerate() {
+        match Matcher::from_proto(matcher) {
+            Ok(matcher) => matchers.push(matcher),
+            Err(err) => problem(&format!("matchers[{index}]"), &err.0),
+        }
+    }
+    if !matchers.is_empty() && matchers.iter().all(|matcher| matcher.matches_value("")) {
+        problem(
+            "matchers",
+            "every matcher matches the empty string, so the silence would match every alert; \
+             add one that needs a label, e.g. alertname=\"…\"",
+        );
+    }
+    matchers
 }
 
 #[cfg(test)]

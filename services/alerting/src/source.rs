@@ -14,8 +14,8 @@ use std::time::{Duration, SystemTime};
 
 use agentmesh_proto::alerting::v1 as alerting;
 use agentmesh_proto::audit::v1::{
-    AuditEvent, EventFilter, EventType, SubscribeRequest, audit_service_client::AuditServiceClient,
-    subscribe_response::Item,
+    AuditEvent, EventFilter, EventType, SubscribeRequest, SubscribeResponse,
+    audit_service_client::AuditServiceClient, subscribe_response::Item,
 };
 use futures::FutureExt;
 use futures::StreamExt;
@@ -101,91 +101,13 @@ pub(crate) async fn run(
             engine.cursor().await
         };
         restart_from_lookback = false;
-        let filter = EventFilter {
-            types: interest.types.clone(),
-            // A first start replays the longest window back, so rules see
-            // what happened just before the service started.
-            start_time: cursor
-                .is_none()
-                .then(|| (SystemTime::now() - interest.lookback).into()),
-            ..EventFilter::default()
-        };
-        let request = SubscribeRequest {
-            filter: Some(filter),
-            from_beginning: cursor.is_none(),
-            after_cursor: cursor.clone().unwrap_or_default(),
-        };
+        let request = subscribe_request(&interest, cursor.as_deref());
         match client.subscribe(request).await {
             Ok(response) => {
                 tracing::info!(url = %config.url, after = cursor.as_deref().unwrap_or("(start)"), "audit stream connected");
                 metrics.stream_connected(true);
-                let mut stream = response.into_inner();
-                loop {
-                    let Some(first) = stream.next().await else {
-                        tracing::warn!("the audit stream ended; reconnecting");
-                        break;
-                    };
-                    let mut items = vec![first];
-                    // Whatever else is already here joins the batch.
-                    while items.len() < config.batch_size {
-                        match stream.next().now_or_never() {
-                            Some(Some(item)) => items.push(item),
-                            _ => break,
-                        }
-                    }
-                    let mut events: Vec<AuditEvent> = Vec::with_capacity(items.len());
-                    let mut position: Option<String> = None;
-                    let mut failure = None;
-                    for item in items {
-                        match item {
-                            Ok(message) => match message.item {
-                                Some(Item::Event(event)) => {
-                                    // Joins the alerting side of a request
-                                    // to its logs elsewhere (debug level:
-                                    // one line per event).
-                                    tracing::debug!(
-                                        event_id = %event.event_id,
-                                        event_type = event.r#type().as_str_name(),
-                                        sequence = %event.cursor,
-                                        run_id = %event.run_id,
-                                        request_id = %event.request_id,
-                                        trace_id = %event.trace_id,
-                                        "evaluating audit event"
-                                    );
-                                    position = Some(event.cursor.clone());
-                                    events.push(event);
-                                }
-                                Some(Item::Heartbeat(heartbeat))
-                                    if !heartbeat.cursor.is_empty() =>
-                                {
-                                    position = Some(heartbeat.cursor);
-                                }
-                                Some(Item::Heartbeat(_)) | None => {}
-                            },
-                            Err(status) => {
-                                failure = Some(status);
-                                break;
-                            }
-                        }
-                    }
-                    if !events.is_empty() || position.is_some() {
-                        engine.observe(&events, position).await;
-                        backoff = config.reconnect_backoff;
-                    }
-                    if let Some(status) = failure {
-                        if status.code() == tonic::Code::OutOfRange {
-                            tracing::error!(
-                                error = %status.message(),
-                                "the audit log no longer holds the stream position (retention); \
-                                 resuming from the rules' longest window back"
-                            );
-                            restart_from_lookback = true;
-                        } else {
-                            tracing::warn!(code = ?status.code(), error = %status.message(), "the audit stream failed; reconnecting");
-                        }
-                        break;
-                    }
-                }
+                restart_from_lookback =
+                    follow(&engine, response.into_inner(), &config, &mut backoff).await;
                 metrics.stream_connected(false);
                 metrics.stream_reconnect();
             }
@@ -207,6 +129,103 @@ pub(crate) async fn run(
         tokio::time::sleep(jitter(backoff)).await;
         backoff = (backoff * 2).min(config.max_reconnect_backoff);
     }
+}
+
+/// The subscription from `cursor`, or (none yet) from the longest window
+/// back.
+fn subscribe_request(interest: &Interest, cursor: Option<&str>) -> SubscribeRequest {
+    let filter = EventFilter {
+        types: interest.types.clone(),
+        // A first start replays the longest window back, so rules see
+        // what happened just before the service started.
+        start_time: cursor
+            .is_none()
+            .then(|| (SystemTime::now() - interest.lookback).into()),
+        ..EventFilter::default()
+    };
+    SubscribeRequest {
+        filter: Some(filter),
+        from_beginning: cursor.is_none(),
+        after_cursor: cursor.unwrap_or_default().to_owned(),
+    }
+}
+
+/// Feeds a connected stream to the engine, batch by batch, until it ends or
+/// fails; a batch that moved the position resets `backoff`. True when the
+/// audit log no longer holds the position (resume from the lookback).
+async fn follow(
+    engine: &Engine,
+    mut stream: tonic::Streaming<SubscribeResponse>,
+    config: &SourceConfig,
+    backoff: &mut Duration,
+) -> bool {
+    loop {
+        let Some(first) = stream.next().await else {
+            tracing::warn!("the audit stream ended; reconnecting");
+            return false;
+        };
+        let mut items = vec![first];
+        // Whatever else is already here joins the batch.
+        while items.len() < config.batch_size {
+            match stream.next().now_or_never() {
+                Some(Some(item)) => items.push(item),
+                _ => break,
+            }
+        }
+        let (events, position, failure) = unpack(items);
+        if !events.is_empty() || position.is_some() {
+            engine.observe(&events, position).await;
+            *backoff = config.reconnect_backoff;
+        }
+        if let Some(status) = failure {
+            if status.code() == tonic::Code::OutOfRange {
+                tracing::error!(
+                    error = %status.message(),
+                    "the audit log no longer holds the stream position (retention); \
+                     resuming from the rules' longest window back"
+                );
+                return true;
+            }
+            tracing::warn!(code = ?status.code(), error = %status.message(), "the audit stream failed; reconnecting");
+            return false;
+        }
+    }
+}
+
+/// A batch of stream items as the events in it, the position after it
+/// (the last event's or heartbeat's cursor), and the error that ended it.
+fn unpack(
+    items: Vec<Result<SubscribeResponse, tonic::Status>>,
+) -> (Vec<AuditEvent>, Option<String>, Option<tonic::Status>) {
+    let mut events: Vec<AuditEvent> = Vec::with_capacity(items.len());
+    let mut position: Option<String> = None;
+    for item in items {
+        match item {
+            Ok(message) => match message.item {
+                Some(Item::Event(event)) => {
+                    // Joins the alerting side of a request to its logs
+                    // elsewhere (debug level: one line per event).
+                    tracing::debug!(
+                        event_id = %event.event_id,
+                        event_type = event.r#type().as_str_name(),
+                        sequence = %event.cursor,
+                        run_id = %event.run_id,
+                        request_id = %event.request_id,
+                        trace_id = %event.trace_id,
+                        "evaluating audit event"
+                    );
+                    position = Some(event.cursor.clone());
+                    events.push(event);
+                }
+                Some(Item::Heartbeat(heartbeat)) if !heartbeat.cursor.is_empty() => {
+                    position = Some(heartbeat.cursor);
+                }
+                Some(Item::Heartbeat(_)) | None => {}
+            },
+            Err(status) => return (events, position, Some(status)),
+        }
+    }
+    (events, position, None)
 }
 
 /// Between half and all of `backoff`, so replicas do not reconnect in step.

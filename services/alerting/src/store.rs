@@ -21,7 +21,7 @@ use crate::model::{
 use crate::silence::Silence;
 
 /// The alerting schema, per backend.
-pub static MIGRATIONS: Migrations = Migrations {
+pub(crate) static MIGRATIONS: Migrations = Migrations {
     sqlite: &[EmbeddedMigration {
         version: 1,
         description: "alerts, silences, notification log, rule windows, stream position",

@@ -241,6 +241,54 @@ pub(crate) async fn run(
     }
 }
 
+/// One page as CSV rows, after the header row when it is the `first`.
+fn csv_chunk(
+    page: &[(i64, i64, AuditEvent)],
+    columns: &[Column],
+    descriptor: &MessageDescriptor,
+    first: bool,
+) -> Result<Vec<u8>, Status> {
+    let mut data = Vec::new();
+    let mut writer = csv::Writer::from_writer(&mut data);
+    if first {
+        writer
+            .write_record(columns.iter().map(column_name))
+            .map_err(|err| Status::internal(format!("writing CSV: {err}")))?;
+    }
+    for (_, _, event) in page {
+        let message = DynamicMessage::decode(descriptor.clone(), event.encode_to_vec().as_slice())
+            .map_err(|err| Status::internal(format!("re-reading an event: {err}")))?;
+        writer
+            .write_record(
+                columns
+                    .iter()
+                    .map(|column| column_value(&message, event, column)),
+            )
+            .map_err(|err| Status::internal(format!("writing CSV: {err}")))?;
+    }
+    writer
+        .flush()
+        .map_err(|err| Status::internal(format!("writing CSV: {err}")))?;
+    drop(writer);
+    Ok(data)
+}
+
+/// One page as JSON lines, one event each.
+fn jsonl_chunk(
+    page: &[(i64, i64, AuditEvent)],
+    descriptor: &MessageDescriptor,
+) -> Result<Vec<u8>, Status> {
+    let mut data = Vec::new();
+    for (_, _, event) in page {
+        let message = DynamicMessage::decode(descriptor.clone(), event.encode_to_vec().as_slice())
+            .map_err(|err| Status::internal(format!("re-reading an event: {err}")))?;
+        serde_json::to_writer(&mut data, &message)
+            .map_err(|err| Status::internal(format!("writing JSON: {err}")))?;
+        data.push(b'\n');
+    }
+    Ok(data)
+}
+
 async fn export(
     store: &Store,
     filter: &Filter,
@@ -275,39 +323,11 @@ async fn export(
             .await
             .map_err(unavailable)?;
         let done = page.len() < chunk_events;
-        let mut data = Vec::new();
-        if csv {
-            let mut writer = csv::Writer::from_writer(&mut data);
-            if first {
-                writer
-                    .write_record(columns.iter().map(column_name))
-                    .map_err(|err| Status::internal(format!("writing CSV: {err}")))?;
-            }
-            for (_, _, event) in &page {
-                let message =
-                    DynamicMessage::decode(descriptor.clone(), event.encode_to_vec().as_slice())
-                        .map_err(|err| Status::internal(format!("re-reading an event: {err}")))?;
-                writer
-                    .write_record(
-                        columns
-                            .iter()
-                            .map(|column| column_value(&message, event, column)),
-                    )
-                    .map_err(|err| Status::internal(format!("writing CSV: {err}")))?;
-            }
-            writer
-                .flush()
-                .map_err(|err| Status::internal(format!("writing CSV: {err}")))?;
+        let data = if csv {
+            csv_chunk(&page, &columns, &descriptor, first)?
         } else {
-            for (_, _, event) in &page {
-                let message =
-                    DynamicMessage::decode(descriptor.clone(), event.encode_to_vec().as_slice())
-                        .map_err(|err| Status::internal(format!("re-reading an event: {err}")))?;
-                serde_json::to_writer(&mut data, &message)
-                    .map_err(|err| Status::internal(format!("writing JSON: {err}")))?;
-                data.push(b'\n');
-            }
-        }
+            jsonl_chunk(&page, &descriptor)?
+        };
         let count = page.len();
         after = page.last().map(|(time_us, seq, _)| (*time_us, *seq));
         if count > 0 || first {

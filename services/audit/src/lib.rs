@@ -16,9 +16,13 @@
 //! retention task ──▶ store.delete_before ──▶ a RETENTION event through the writer
 //! ```
 //!
-//! Modules:
+//! Layout (every module is private; the library surface is [`Config`],
+//! [`RetentionConfig`], [`serve`], [`serve_with_listeners`], [`SERVICE`] and
+//! [`DEFAULT_PORT`]):
 //! * `event`: validation, the stored body and its columns, chains, hashes.
-//! * `store`: schema and every SQL statement, both backends.
+//! * `store`: schema, errors and the read queries, both backends;
+//!   `store::append` the sealed, locked write of a batch; `store::retain`
+//!   retention's delete that keeps every chain verifiable.
 //! * `writer`: one task grouping concurrent writes into one transaction.
 //! * `filter`, `subscribe`, `export`, `report`, `verify`, `retention`: one
 //!   concern each; `service` holds the RPC handlers.
@@ -61,7 +65,6 @@ use agentmesh_proto::audit::v1::{
 use agentmesh_storage::LazyDatabase;
 
 pub use config::{Config, RetentionConfig};
-pub use store::MIGRATIONS;
 
 /// The service's name in logs, metrics and file names.
 pub const SERVICE: &str = "audit";

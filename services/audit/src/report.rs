@@ -27,98 +27,102 @@ use crate::store::Store;
 const DEFAULT_PAGE: usize = 1000;
 const MAX_PAGE: usize = 10_000;
 
+/// The metric columns of a USAGE report: (SQL expression, alias).
+const USAGE: &[(&str, &str)] = &[
+    (
+        "CAST(SUM(CASE WHEN e.type = 1 THEN 1 ELSE 0 END) AS BIGINT)",
+        "runs_started",
+    ),
+    (
+        "CAST(SUM(CASE WHEN e.type = 2 THEN 1 ELSE 0 END) AS BIGINT)",
+        "runs_succeeded",
+    ),
+    (
+        "CAST(SUM(CASE WHEN e.type = 3 THEN 1 ELSE 0 END) AS BIGINT)",
+        "runs_failed",
+    ),
+    (
+        "CAST(SUM(CASE WHEN e.type = 4 THEN 1 ELSE 0 END) AS BIGINT)",
+        "runs_cancelled",
+    ),
+    (
+        "CAST(SUM(CASE WHEN e.type = 5 THEN 1 ELSE 0 END) AS BIGINT)",
+        "llm_calls",
+    ),
+    (
+        "CAST(SUM(CASE WHEN e.type = 5 AND e.outcome IN (2, 3) THEN 1 ELSE 0 END) AS BIGINT)",
+        "llm_call_failures",
+    ),
+    (
+        "CAST(SUM(CASE WHEN e.type = 5 THEN e.input_tokens ELSE 0 END) AS BIGINT)",
+        "input_tokens",
+    ),
+    (
+        "CAST(SUM(CASE WHEN e.type = 5 THEN e.output_tokens ELSE 0 END) AS BIGINT)",
+        "output_tokens",
+    ),
+    (
+        "CAST(SUM(CASE WHEN e.type = 6 THEN 1 ELSE 0 END) AS BIGINT)",
+        "tool_calls",
+    ),
+    (
+        "CAST(SUM(CASE WHEN e.type = 6 AND e.outcome IN (2, 3) THEN 1 ELSE 0 END) AS BIGINT)",
+        "tool_call_failures",
+    ),
+    (
+        "CAST(SUM(CASE WHEN e.type = 5 THEN COALESCE(e.cost_usd, 0.0) ELSE 0.0 END) AS DOUBLE PRECISION)",
+        "cost_usd",
+    ),
+];
+/// The metric columns of a SECURITY report.
+const SECURITY: &[(&str, &str)] = &[
+    (
+        "CAST(SUM(CASE WHEN e.type = 7 AND e.outcome IN (2, 3) THEN 1 ELSE 0 END) AS BIGINT)",
+        "authentication_failures",
+    ),
+    (
+        "CAST(SUM(CASE WHEN e.type = 8 AND e.outcome = 3 THEN 1 ELSE 0 END) AS BIGINT)",
+        "authorization_denials",
+    ),
+    (
+        "CAST(SUM(CASE WHEN e.type = 9 THEN 1 ELSE 0 END) AS BIGINT)",
+        "rate_limited",
+    ),
+    (
+        "CAST(SUM(CASE WHEN e.outcome = 3 THEN 1 ELSE 0 END) AS BIGINT)",
+        "denied",
+    ),
+    (
+        "CAST(SUM(CASE WHEN e.type = 7 AND e.outcome = 1 THEN 1 ELSE 0 END) AS BIGINT)",
+        "authentication_successes",
+    ),
+];
+/// The metric columns of a COST report.
+const COST: &[(&str, &str)] = &[
+    (
+        "CAST(SUM(CASE WHEN e.type = 5 THEN COALESCE(e.cost_usd, 0.0) ELSE 0.0 END) AS DOUBLE PRECISION)",
+        "cost_usd",
+    ),
+    (
+        "CAST(SUM(CASE WHEN e.type = 5 THEN e.input_tokens ELSE 0 END) AS BIGINT)",
+        "input_tokens",
+    ),
+    (
+        "CAST(SUM(CASE WHEN e.type = 5 THEN e.output_tokens ELSE 0 END) AS BIGINT)",
+        "output_tokens",
+    ),
+    (
+        "CAST(SUM(CASE WHEN e.type = 5 THEN 1 ELSE 0 END) AS BIGINT)",
+        "llm_calls",
+    ),
+    (
+        "CAST(SUM(CASE WHEN e.type = 5 AND e.cost_usd IS NULL THEN 1 ELSE 0 END) AS BIGINT)",
+        "unpriced_llm_calls",
+    ),
+];
+
 /// The metric columns of each kind: (SQL expression, alias).
 fn metric_sql(kind: ReportKind) -> &'static [(&'static str, &'static str)] {
-    const USAGE: &[(&str, &str)] = &[
-        (
-            "CAST(SUM(CASE WHEN e.type = 1 THEN 1 ELSE 0 END) AS BIGINT)",
-            "runs_started",
-        ),
-        (
-            "CAST(SUM(CASE WHEN e.type = 2 THEN 1 ELSE 0 END) AS BIGINT)",
-            "runs_succeeded",
-        ),
-        (
-            "CAST(SUM(CASE WHEN e.type = 3 THEN 1 ELSE 0 END) AS BIGINT)",
-            "runs_failed",
-        ),
-        (
-            "CAST(SUM(CASE WHEN e.type = 4 THEN 1 ELSE 0 END) AS BIGINT)",
-            "runs_cancelled",
-        ),
-        (
-            "CAST(SUM(CASE WHEN e.type = 5 THEN 1 ELSE 0 END) AS BIGINT)",
-            "llm_calls",
-        ),
-        (
-            "CAST(SUM(CASE WHEN e.type = 5 AND e.outcome IN (2, 3) THEN 1 ELSE 0 END) AS BIGINT)",
-            "llm_call_failures",
-        ),
-        (
-            "CAST(SUM(CASE WHEN e.type = 5 THEN e.input_tokens ELSE 0 END) AS BIGINT)",
-            "input_tokens",
-        ),
-        (
-            "CAST(SUM(CASE WHEN e.type = 5 THEN e.output_tokens ELSE 0 END) AS BIGINT)",
-            "output_tokens",
-        ),
-        (
-            "CAST(SUM(CASE WHEN e.type = 6 THEN 1 ELSE 0 END) AS BIGINT)",
-            "tool_calls",
-        ),
-        (
-            "CAST(SUM(CASE WHEN e.type = 6 AND e.outcome IN (2, 3) THEN 1 ELSE 0 END) AS BIGINT)",
-            "tool_call_failures",
-        ),
-        (
-            "CAST(SUM(CASE WHEN e.type = 5 THEN COALESCE(e.cost_usd, 0.0) ELSE 0.0 END) AS DOUBLE PRECISION)",
-            "cost_usd",
-        ),
-    ];
-    const SECURITY: &[(&str, &str)] = &[
-        (
-            "CAST(SUM(CASE WHEN e.type = 7 AND e.outcome IN (2, 3) THEN 1 ELSE 0 END) AS BIGINT)",
-            "authentication_failures",
-        ),
-        (
-            "CAST(SUM(CASE WHEN e.type = 8 AND e.outcome = 3 THEN 1 ELSE 0 END) AS BIGINT)",
-            "authorization_denials",
-        ),
-        (
-            "CAST(SUM(CASE WHEN e.type = 9 THEN 1 ELSE 0 END) AS BIGINT)",
-            "rate_limited",
-        ),
-        (
-            "CAST(SUM(CASE WHEN e.outcome = 3 THEN 1 ELSE 0 END) AS BIGINT)",
-            "denied",
-        ),
-        (
-            "CAST(SUM(CASE WHEN e.type = 7 AND e.outcome = 1 THEN 1 ELSE 0 END) AS BIGINT)",
-            "authentication_successes",
-        ),
-    ];
-    const COST: &[(&str, &str)] = &[
-        (
-            "CAST(SUM(CASE WHEN e.type = 5 THEN COALESCE(e.cost_usd, 0.0) ELSE 0.0 END) AS DOUBLE PRECISION)",
-            "cost_usd",
-        ),
-        (
-            "CAST(SUM(CASE WHEN e.type = 5 THEN e.input_tokens ELSE 0 END) AS BIGINT)",
-            "input_tokens",
-        ),
-        (
-            "CAST(SUM(CASE WHEN e.type = 5 THEN e.output_tokens ELSE 0 END) AS BIGINT)",
-            "output_tokens",
-        ),
-        (
-            "CAST(SUM(CASE WHEN e.type = 5 THEN 1 ELSE 0 END) AS BIGINT)",
-            "llm_calls",
-        ),
-        (
-            "CAST(SUM(CASE WHEN e.type = 5 AND e.cost_usd IS NULL THEN 1 ELSE 0 END) AS BIGINT)",
-            "unpriced_llm_calls",
-        ),
-    ];
     match kind {
         ReportKind::Usage => USAGE,
         ReportKind::Security => SECURITY,
@@ -231,31 +235,8 @@ fn plan(request: &ReportRequest, max_buckets: usize) -> Result<Plan, Status> {
     let bucket = TimeBucket::try_from(request.bucket).map_err(|_| {
         invalid_argument([("bucket", format!("{} is not a TimeBucket", request.bucket))])
     })?;
-    let mut dims = Vec::new();
-    for (i, value) in request.group_by.iter().enumerate() {
-        match ReportDimension::try_from(*value).ok().and_then(dimension) {
-            Some(dim) if !dims.contains(&dim) => dims.push(dim),
-            Some(_) => violations.push((format!("group_by[{i}]"), "is repeated".into())),
-            None => violations.push((
-                format!("group_by[{i}]"),
-                format!("{value} is not a report dimension"),
-            )),
-        }
-    }
-    let zone = if request.time_zone.is_empty() {
-        jiff::tz::TimeZone::UTC
-    } else {
-        match jiff::tz::TimeZone::get(&request.time_zone) {
-            Ok(zone) => zone,
-            Err(_) => {
-                violations.push((
-                    "time_zone".into(),
-                    format!("{:?} is not a known IANA time zone", request.time_zone),
-                ));
-                jiff::tz::TimeZone::UTC
-            }
-        }
-    };
+    let dims = dimensions(request, &mut violations);
+    let zone = time_zone(request, &mut violations);
     if request.page_size < 0 {
         violations.push(("page_size".into(), "must not be negative".into()));
     }
@@ -269,6 +250,68 @@ fn plan(request: &ReportRequest, max_buckets: usize) -> Result<Plan, Status> {
         )]));
     };
     let buckets = buckets(start_us, end_us, bucket, &zone, max_buckets)?;
+    let (page_size, offset, fingerprint) = page(request)?;
+    Ok(Plan {
+        kind,
+        filter,
+        bucketed: bucket != TimeBucket::Unspecified,
+        buckets,
+        dims,
+        page_size,
+        offset,
+        fingerprint,
+    })
+}
+
+/// The requested dimensions, in order; unknown and repeated ones are
+/// recorded in `violations`.
+fn dimensions(
+    request: &ReportRequest,
+    violations: &mut Vec<(String, String)>,
+) -> Vec<(&'static str, &'static str)> {
+    let mut dims = Vec::new();
+    for (i, value) in request.group_by.iter().enumerate() {
+        match ReportDimension::try_from(*value).ok().and_then(dimension) {
+            Some(dim) if !dims.contains(&dim) => dims.push(dim),
+            Some(_) => violations.push((format!("group_by[{i}]"), "is repeated".into())),
+            None => violations.push((
+                format!("group_by[{i}]"),
+                format!("{value} is not a report dimension"),
+            )),
+        }
+    }
+    dims
+}
+
+/// The zone buckets are cut in (UTC when unset); an unknown one is
+/// recorded in `violations`.
+fn time_zone(
+    request: &ReportRequest,
+    violations: &mut Vec<(String, String)>,
+) -> jiff::tz::TimeZone {
+    if request.time_zone.is_empty() {
+        jiff::tz::TimeZone::UTC
+    } else {
+        match jiff::tz::TimeZone::get(&request.time_zone) {
+            Ok(zone) => zone,
+            Err(_) => {
+                violations.push((
+                    "time_zone".into(),
+                    format!("{:?} is not a known IANA time zone", request.time_zone),
+                ));
+                jiff::tz::TimeZone::UTC
+            }
+        }
+    }
+}
+
+/// The page size, the offset the page token carries, and the request's
+/// fingerprint that binds the token to the other fields.
+#[expect(
+    clippy::indexing_slicing,
+    reason = "a SHA-256 digest is 32 bytes, so its first 8 always exist"
+)]
+fn page(request: &ReportRequest) -> Result<(usize, usize, String), Status> {
     let page_size = match usize::try_from(request.page_size).unwrap_or(0) {
         0 => DEFAULT_PAGE,
         n => n.min(MAX_PAGE),
@@ -287,16 +330,7 @@ fn plan(request: &ReportRequest, max_buckets: usize) -> Result<Plan, Status> {
             )])
         })?
     };
-    Ok(Plan {
-        kind,
-        filter,
-        bucketed: bucket != TimeBucket::Unspecified,
-        buckets,
-        dims,
-        page_size,
-        offset,
-        fingerprint,
-    })
+    Ok((page_size, offset, fingerprint))
 }
 
 fn parse_token(token: &str, fingerprint: &str) -> Option<usize> {
@@ -372,6 +406,72 @@ fn empty_row(kind: ReportKind) -> ReportRow {
     }
 }
 
+/// The report's `SELECT` up to its `WHERE 1 = 1`: the buckets as a
+/// `VALUES` table joined to the events, the dimensions as `g0`, `g1`, …
+/// and the metric columns.
+fn select_sql(
+    buckets: &[(i64, i64)],
+    dims: &[(&'static str, &'static str)],
+    metrics: &[(&str, &str)],
+) -> String {
+    // Bucket bounds are integers computed here, written into the SQL as
+    // literals: a VALUES table of any length costs no bind parameters.
+    let mut sql = String::from("WITH buckets (bucket_start, bucket_end) AS (VALUES ");
+    for (i, (start, end)) in buckets.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!("(CAST({start} AS BIGINT), CAST({end} AS BIGINT))"));
+    }
+    sql.push_str(") SELECT b.bucket_start AS bucket_start");
+    for (i, (column, _)) in dims.iter().enumerate() {
+        sql.push_str(&format!(", {column} AS g{i}"));
+    }
+    for (expression, alias) in metrics {
+        sql.push_str(&format!(", {expression} AS {alias}"));
+    }
+    sql.push_str(" FROM audit_events e JOIN buckets b ON e.time_us >= b.bucket_start AND e.time_us < b.bucket_end WHERE 1 = 1");
+    sql
+}
+
+/// The metrics of one result row of a `kind` report, read by column alias
+/// (`get` for counts, `cost` for the cost column).
+fn read_metrics(
+    kind: ReportKind,
+    get: impl Fn(&str) -> Result<i64, sqlx::Error>,
+    cost: impl Fn() -> Result<f64, sqlx::Error>,
+) -> Result<Metrics, sqlx::Error> {
+    Ok(match kind {
+        ReportKind::Usage => Metrics::Usage(UsageMetrics {
+            runs_started: get("runs_started")?,
+            runs_succeeded: get("runs_succeeded")?,
+            runs_failed: get("runs_failed")?,
+            runs_cancelled: get("runs_cancelled")?,
+            llm_calls: get("llm_calls")?,
+            llm_call_failures: get("llm_call_failures")?,
+            input_tokens: get("input_tokens")?,
+            output_tokens: get("output_tokens")?,
+            tool_calls: get("tool_calls")?,
+            tool_call_failures: get("tool_call_failures")?,
+            estimated_cost_usd: cost()?,
+        }),
+        ReportKind::Security => Metrics::Security(SecurityMetrics {
+            authentication_failures: get("authentication_failures")?,
+            authorization_denials: get("authorization_denials")?,
+            rate_limited: get("rate_limited")?,
+            denied: get("denied")?,
+            authentication_successes: get("authentication_successes")?,
+        }),
+        ReportKind::Cost | ReportKind::Unspecified => Metrics::Cost(CostMetrics {
+            estimated_cost_usd: cost()?,
+            input_tokens: get("input_tokens")?,
+            output_tokens: get("output_tokens")?,
+            llm_calls: get("llm_calls")?,
+            unpriced_llm_calls: get("unpriced_llm_calls")?,
+        }),
+    })
+}
+
 async fn query(
     store: &Store,
     plan: &Plan,
@@ -386,24 +486,7 @@ async fn query(
     let unavailable =
         |err: sqlx::Error| Status::unavailable(format!("the audit database cannot be read: {err}"));
     with_pool!(store.database(), |pool| {
-        // Bucket bounds are integers computed here, written into the SQL as
-        // literals: a VALUES table of any length costs no bind parameters.
-        let mut sql = String::from("WITH buckets (bucket_start, bucket_end) AS (VALUES ");
-        for (i, (start, end)) in buckets.iter().enumerate() {
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&format!("(CAST({start} AS BIGINT), CAST({end} AS BIGINT))"));
-        }
-        sql.push_str(") SELECT b.bucket_start AS bucket_start");
-        for (i, (column, _)) in dims.iter().enumerate() {
-            sql.push_str(&format!(", {column} AS g{i}"));
-        }
-        for (expression, alias) in metrics {
-            sql.push_str(&format!(", {expression} AS {alias}"));
-        }
-        sql.push_str(" FROM audit_events e JOIN buckets b ON e.time_us >= b.bucket_start AND e.time_us < b.bucket_end WHERE 1 = 1");
-        let mut query = QueryBuilder::new(sql);
+        let mut query = QueryBuilder::new(select_sql(buckets, dims, metrics));
         plan.filter.push_sql(&mut query);
         let mut group = String::from(" GROUP BY b.bucket_start");
         for (column, _) in dims {
@@ -430,35 +513,7 @@ async fn query(
                     row.try_get::<Option<f64>, _>("cost_usd")
                         .map(Option::unwrap_or_default)
                 };
-                let metrics = match plan.kind {
-                    ReportKind::Usage => Metrics::Usage(UsageMetrics {
-                        runs_started: get("runs_started")?,
-                        runs_succeeded: get("runs_succeeded")?,
-                        runs_failed: get("runs_failed")?,
-                        runs_cancelled: get("runs_cancelled")?,
-                        llm_calls: get("llm_calls")?,
-                        llm_call_failures: get("llm_call_failures")?,
-                        input_tokens: get("input_tokens")?,
-                        output_tokens: get("output_tokens")?,
-                        tool_calls: get("tool_calls")?,
-                        tool_call_failures: get("tool_call_failures")?,
-                        estimated_cost_usd: cost()?,
-                    }),
-                    ReportKind::Security => Metrics::Security(SecurityMetrics {
-                        authentication_failures: get("authentication_failures")?,
-                        authorization_denials: get("authorization_denials")?,
-                        rate_limited: get("rate_limited")?,
-                        denied: get("denied")?,
-                        authentication_successes: get("authentication_successes")?,
-                    }),
-                    ReportKind::Cost | ReportKind::Unspecified => Metrics::Cost(CostMetrics {
-                        estimated_cost_usd: cost()?,
-                        input_tokens: get("input_tokens")?,
-                        output_tokens: get("output_tokens")?,
-                        llm_calls: get("llm_calls")?,
-                        unpriced_llm_calls: get("unpriced_llm_calls")?,
-                    }),
-                };
+                let metrics = read_metrics(plan.kind, get, cost)?;
                 let mut group = HashMap::new();
                 for (i, (_, key)) in dims.iter().enumerate() {
                     group.insert(

@@ -7,7 +7,8 @@ use std::time::SystemTime;
 use agentmesh_audit_client::Redactor;
 use agentmesh_kit::status::{invalid_argument, to_rpc_status};
 use agentmesh_proto::audit::v1::{
-    self as pb, RecordResult, RecordStatus, SortOrder, audit_service_server::AuditService,
+    self as pb, AuditEvent, RecordResult, RecordStatus, SortOrder,
+    audit_service_server::AuditService,
 };
 use futures::stream::BoxStream;
 use prost::Message;
@@ -69,6 +70,10 @@ fn store_unavailable(err: impl std::fmt::Display) -> Status {
 
 /// A short fingerprint of a request's fields other than paging, so a page
 /// token cannot be replayed with other filters.
+#[expect(
+    clippy::indexing_slicing,
+    reason = "a SHA-256 digest is 32 bytes, so its first 8 always exist"
+)]
 fn fingerprint(filter: Option<&pb::EventFilter>, order: i32) -> String {
     let mut hasher = Sha256::new();
     hasher.update(filter.map(Message::encode_to_vec).unwrap_or_default());
@@ -113,16 +118,9 @@ fn newest_first(order: i32, field: &str, default_newest: bool) -> Result<bool, S
     }
 }
 
-#[tonic::async_trait]
-impl AuditService for AuditServiceImpl {
-    type SubscribeStream = BoxStream<'static, Result<pb::SubscribeResponse, Status>>;
-    type ExportStream = BoxStream<'static, Result<pb::ExportResponse, Status>>;
-
-    async fn record(
-        &self,
-        request: Request<pb::RecordRequest>,
-    ) -> Result<Response<pb::RecordResponse>, Status> {
-        let events = request.into_inner().events;
+impl AuditServiceImpl {
+    /// Refuses an empty batch and one over `max_batch_events`.
+    fn check_batch_size(&self, events: &[AuditEvent]) -> Result<(), Status> {
         if events.is_empty() {
             return Err(invalid_argument([(
                 "events",
@@ -139,8 +137,17 @@ impl AuditService for AuditServiceImpl {
                 ),
             )]));
         }
-        let ready = self.ready()?;
-        let now = SystemTime::now();
+        Ok(())
+    }
+
+    /// Validates and redacts each event of a batch: one result per event
+    /// (rejected with its field violation, or to be filled in once
+    /// written), and the events to write.
+    fn prepare(
+        &self,
+        events: Vec<AuditEvent>,
+        now: SystemTime,
+    ) -> (Vec<RecordResult>, Vec<Prepared>) {
         let mut results: Vec<RecordResult> = Vec::with_capacity(events.len());
         let mut prepared = Vec::with_capacity(events.len());
         for (index, mut event) in events.into_iter().enumerate() {
@@ -169,6 +176,23 @@ impl AuditService for AuditServiceImpl {
             });
             prepared.push(Prepared::new(index, event, now));
         }
+        (results, prepared)
+    }
+}
+
+#[tonic::async_trait]
+impl AuditService for AuditServiceImpl {
+    type SubscribeStream = BoxStream<'static, Result<pb::SubscribeResponse, Status>>;
+    type ExportStream = BoxStream<'static, Result<pb::ExportResponse, Status>>;
+
+    async fn record(
+        &self,
+        request: Request<pb::RecordRequest>,
+    ) -> Result<Response<pb::RecordResponse>, Status> {
+        let events = request.into_inner().events;
+        self.check_batch_size(&events)?;
+        let ready = self.ready()?;
+        let (mut results, prepared) = self.prepare(events, SystemTime::now());
         ready
             .writer
             .metrics()

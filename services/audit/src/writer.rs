@@ -104,8 +104,8 @@ async fn run(
     metrics: AuditMetrics,
 ) {
     while let Some(first) = receiver.recv().await {
+        let mut count = first.events.len();
         let mut group = vec![first];
-        let mut count = group[0].events.len();
         while count < max_commit_events {
             match receiver.try_recv() {
                 Ok(write) => {

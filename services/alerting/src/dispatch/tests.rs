@@ -3,14 +3,19 @@
 //! exact and nothing sleeps for real. The wall clock the dispatcher reads
 //! follows the virtual clock, plus an offset a test can move by hand.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::SystemTime;
 
 use futures::future::BoxFuture;
-use tokio::time::timeout;
+use tokio::time::{Instant, timeout};
 
 use super::*;
 use crate::model::labels;
-use crate::model::{Delivery, PersistError};
+use crate::model::{
+    AlertState, Delivery, Fingerprint, IntegrationId, Notification, NotifiedEntry, NotifiedKey,
+    PersistError,
+};
 use crate::routing::RouteConfig;
 
 // ---- fakes ----------------------------------------------------------------

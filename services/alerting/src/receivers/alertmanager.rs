@@ -184,11 +184,13 @@ impl AlertmanagerForwarder {
         Ok(built)
     }
 
-    fn build_one(
+    /// The alerts endpoint under the configured base URL, and the
+    /// Alertmanager's "host:port" label; refuses credentials, queries and
+    /// fragments in the URL.
+    fn endpoint(
         config: &AlertmanagerConfig,
         setting: &str,
-        resolver: &Resolver<'_>,
-    ) -> Result<Self, ConfigError> {
+    ) -> Result<(String, String), ConfigError> {
         let url_setting = format!("{setting}.url");
         if config.url.trim().is_empty() {
             return Err(ConfigError::new(
@@ -215,19 +217,17 @@ impl AlertmanagerForwarder {
             _ => return Err(ConfigError::new(url_setting, "has no host")),
         };
         let endpoint = format!("{}/api/v2/alerts", url.as_str().trim_end_matches('/'));
-        if config.resend_interval.is_zero() {
-            return Err(ConfigError::new(
-                format!("{setting}.resend_interval"),
-                "must be greater than zero (e.g. \"1m\")",
-            ));
-        }
-        if config.timeout.is_zero() {
-            return Err(ConfigError::new(
-                format!("{setting}.timeout"),
-                "must be greater than zero",
-            ));
-        }
-        let mut redactor = Redactor::default();
+        Ok((endpoint, label))
+    }
+
+    /// The configured authentication (basic or a scheme, not both), its
+    /// secrets read through `resolver` and added to `redactor`.
+    fn auth(
+        config: &AlertmanagerConfig,
+        setting: &str,
+        resolver: &Resolver<'_>,
+        redactor: &mut Redactor,
+    ) -> Result<ForwarderAuth, ConfigError> {
         let auth = match (&config.basic_auth, &config.authorization) {
             (Some(_), Some(_)) => {
                 return Err(ConfigError::new(
@@ -280,6 +280,29 @@ impl AlertmanagerForwarder {
             }
             (None, None) => ForwarderAuth::None,
         };
+        Ok(auth)
+    }
+
+    fn build_one(
+        config: &AlertmanagerConfig,
+        setting: &str,
+        resolver: &Resolver<'_>,
+    ) -> Result<Self, ConfigError> {
+        let (endpoint, label) = Self::endpoint(config, setting)?;
+        if config.resend_interval.is_zero() {
+            return Err(ConfigError::new(
+                format!("{setting}.resend_interval"),
+                "must be greater than zero (e.g. \"1m\")",
+            ));
+        }
+        if config.timeout.is_zero() {
+            return Err(ConfigError::new(
+                format!("{setting}.timeout"),
+                "must be greater than zero",
+            ));
+        }
+        let mut redactor = Redactor::default();
+        let auth = Self::auth(config, setting, resolver, &mut redactor)?;
         Ok(Self {
             endpoint,
             label,

@@ -159,7 +159,7 @@ async fn read_body(mut response: reqwest::Response) -> Result<String, reqwest::E
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await? {
         let room = MAX_BODY_BYTES.saturating_sub(body.len());
-        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        body.extend(chunk.iter().take(room));
         if body.len() >= MAX_BODY_BYTES {
             break;
         }

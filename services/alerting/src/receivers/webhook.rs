@@ -160,8 +160,10 @@ pub(crate) fn message(notification: &Notification, max_alerts: usize) -> Message
     } else {
         total.min(max_alerts)
     };
-    let alerts = notification.alerts[..kept]
+    let alerts = notification
+        .alerts
         .iter()
+        .take(kept)
         .map(|alert| WebhookAlert {
             status: text::alert_status(alert),
             labels: &alert.labels,

@@ -4,7 +4,7 @@ use agentmesh_kit::{LogConfig, ServerConfig};
 use serde::{Deserialize, Serialize};
 
 use super::*;
-use crate::model::labels;
+use crate::model::{Alert, AlertState, labels};
 
 fn receivers() -> Vec<String> {
     ["default", "pager", "chat", "db"]

@@ -13,18 +13,16 @@ use std::time::Duration;
 
 use agentmesh_kit::ConfigError;
 use agentmesh_proto::alerting::v1 as pb;
-use agentmesh_proto::audit::v1::{AuditEvent, Outcome};
+use agentmesh_proto::audit::v1::AuditEvent;
 
+pub(crate) use super::condition::Condition;
+use super::condition::{check_span, compile_condition, parse_outcome};
 use super::config::RuleConfig;
 use super::defaults;
 use super::fields::{self, FIELD_HELP, Field};
 use super::template::{Name, SPECIALS, Template, Var};
 use crate::matcher::{Matcher, is_prometheus_label_name};
 use crate::model::{ALERTNAME, SEVERITY};
-
-/// The longest window, absence duration or `for` accepted: long enough for
-/// any alerting purpose, short enough that time arithmetic cannot overflow.
-const MAX_SPAN: Duration = Duration::from_secs(366 * 24 * 3600);
 
 /// A checked rule, ready to evaluate.
 #[derive(Debug, Clone)]
@@ -76,58 +74,6 @@ impl Filter {
                 .matchers
                 .iter()
                 .all(|(matcher, field)| matcher.matches_value(&field.get(event)))
-    }
-}
-
-/// When a rule's alert is active.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Condition {
-    /// At least `threshold` events within `window`.
-    Count {
-        /// At least 1.
-        threshold: u64,
-        /// More than zero.
-        window: Duration,
-    },
-    /// At least `min_events` events within `window`, and the share with a
-    /// failure outcome at least `threshold`.
-    FailureRatio {
-        /// In (0, 1].
-        threshold: f64,
-        /// More than zero.
-        window: Duration,
-        /// At least 1.
-        min_events: u64,
-        /// Outcomes counted as failed (never empty).
-        failure_outcomes: Vec<i32>,
-    },
-    /// No event for `duration`.
-    Absence {
-        /// More than zero.
-        duration: Duration,
-    },
-}
-
-impl Condition {
-    /// The time the condition looks back over: the window, or the absence
-    /// duration. Events older than this (at the evaluator's clock) are
-    /// ignored.
-    pub(crate) fn span(&self) -> Duration {
-        match self {
-            Self::Count { window, .. } | Self::FailureRatio { window, .. } => *window,
-            Self::Absence { duration } => *duration,
-        }
-    }
-
-    /// True for an outcome counted as failed (for `{{ratio}}` of a count
-    /// condition: FAILURE).
-    pub(crate) fn is_failure(&self, outcome: i32) -> bool {
-        match self {
-            Self::FailureRatio {
-                failure_outcomes, ..
-            } => failure_outcomes.contains(&outcome),
-            Self::Count { .. } | Self::Absence { .. } => outcome == Outcome::Failure as i32,
-        }
     }
 }
 
@@ -212,7 +158,7 @@ pub(crate) fn compile(
     configured: &[RuleConfig],
     disabled: &[String],
 ) -> Result<Vec<Rule>, ConfigError> {
-    let mut positions: HashMap<&str, usize> = HashMap::new();
+    let mut positions: HashMap<&str, (usize, &RuleConfig)> = HashMap::new();
     for (index, rule) in configured.iter().enumerate() {
         if rule.name.is_empty() {
             return Err(ConfigError::new(
@@ -230,7 +176,7 @@ pub(crate) fn compile(
                 ),
             ));
         }
-        if let Some(first) = positions.insert(&rule.name, index) {
+        if let Some((first, _)) = positions.insert(&rule.name, (index, rule)) {
             return Err(ConfigError::new(
                 format!("rules[{}].name", rule.name),
                 format!(
@@ -243,7 +189,7 @@ pub(crate) fn compile(
     let mut rules = Vec::with_capacity(configured.len() + 6);
     for shipped in defaults::rules() {
         let rule = match positions.remove(shipped.name.as_str()) {
-            Some(index) => compile_rule(&configured[index], false)?,
+            Some((_, rule)) => compile_rule(rule, false)?,
             None => compile_rule(&shipped, true)?,
         };
         rules.push(rule);
@@ -276,6 +222,38 @@ pub(super) fn compile_rule(config: &RuleConfig, builtin: bool) -> Result<Rule, C
     let at = |setting: &str| format!("rules[{}]{setting}", config.name);
     let error = |setting: &str, message: String| ConfigError::new(at(setting), message);
 
+    let severity = compile_severity(config, &error)?;
+    check_span(config.for_duration, true).map_err(|message| error(".for", message))?;
+    let filter = compile_filter(config, &error)?;
+    let condition = compile_condition(config, &filter, &error)?;
+    let group_by = compile_group_by(config, &error)?;
+    let group_labels: Vec<&str> = group_by.iter().map(|group| group.label.as_str()).collect();
+    let resolve = |name: Name<'_>| resolve_var(name, &group_labels);
+    let labels = compile_labels(config, &group_labels, &resolve, &error)?;
+    let annotations = compile_annotations(config, &resolve, &error)?;
+    let template_fields = template_fields(&labels, &annotations);
+
+    Ok(Rule {
+        name: config.name.clone(),
+        description: config.description.clone(),
+        severity,
+        for_duration: config.for_duration,
+        filter,
+        condition,
+        group_by,
+        labels,
+        annotations,
+        builtin,
+        enabled: config.enabled,
+        template_fields,
+    })
+}
+
+/// The rule's `severity` setting.
+fn compile_severity(
+    config: &RuleConfig,
+    error: &impl Fn(&str, String) -> ConfigError,
+) -> Result<pb::Severity, ConfigError> {
     let severity = match config.severity.trim().to_ascii_lowercase().as_str() {
         "critical" => pb::Severity::Critical,
         "warning" => pb::Severity::Warning,
@@ -290,8 +268,14 @@ pub(super) fn compile_rule(config: &RuleConfig, builtin: bool) -> Result<Rule, C
             ));
         }
     };
-    check_span(config.for_duration, true).map_err(|message| error(".for", message))?;
+    Ok(severity)
+}
 
+/// The rule's `filter`: event types, outcomes and field matchers.
+fn compile_filter(
+    config: &RuleConfig,
+    error: &impl Fn(&str, String) -> ConfigError,
+) -> Result<Filter, ConfigError> {
     let mut filter = Filter::default();
     for (index, name) in config.filter.types.iter().enumerate() {
         let kind = fields::parse_type(name).ok_or_else(|| {
@@ -325,9 +309,15 @@ pub(super) fn compile_rule(config: &RuleConfig, builtin: bool) -> Result<Rule, C
         })?;
         filter.matchers.push((matcher, field));
     }
+    Ok(filter)
+}
 
-    let condition = compile_condition(config, &filter, &error)?;
-
+/// The rule's `group_by` fields and the labels they give, each a valid
+/// label name not set by the rule itself and given once.
+fn compile_group_by(
+    config: &RuleConfig,
+    error: &impl Fn(&str, String) -> ConfigError,
+) -> Result<Vec<GroupBy>, ConfigError> {
     let mut group_by: Vec<GroupBy> = Vec::with_capacity(config.group_by.len());
     for (index, name) in config.group_by.iter().enumerate() {
         let setting = format!(".group_by[{index}]");
@@ -343,7 +333,7 @@ pub(super) fn compile_rule(config: &RuleConfig, builtin: bool) -> Result<Rule, C
                 &setting,
                 format!(
                     "{name:?} would give the label {label:?}, which is not a valid label name \
-                     (letters, digits, underscores, not starting with a digit or \"__\")"
+                 (letters, digits, underscores, not starting with a digit or \"__\")"
                 ),
             ));
         }
@@ -353,21 +343,32 @@ pub(super) fn compile_rule(config: &RuleConfig, builtin: bool) -> Result<Rule, C
                 format!("{name:?} would give the label {label:?}, which the rule sets itself"),
             ));
         }
-        if let Some(other) = group_by.iter().position(|group| group.label == label) {
+        // `group_by` holds one entry per name checked so far, in order.
+        if let Some((other, (_, other_name))) = group_by
+            .iter()
+            .zip(&config.group_by)
+            .enumerate()
+            .find(|(_, (group, _))| group.label == label)
+        {
             return Err(error(
                 &setting,
                 format!(
-                    "{name:?} and group_by[{other}] ({:?}) both give the label {label:?}: group by one of them",
-                    config.group_by[other]
+                    "{name:?} and group_by[{other}] ({other_name:?}) both give the label {label:?}: group by one of them",
                 ),
             ));
         }
         group_by.push(GroupBy { field, label });
     }
+    Ok(group_by)
+}
 
-    let group_labels: Vec<&str> = group_by.iter().map(|group| group.label.as_str()).collect();
-    let resolve = |name: Name<'_>| resolve_var(name, &group_labels);
-
+/// The rule's extra `labels`, as templates over `resolve`.
+fn compile_labels(
+    config: &RuleConfig,
+    group_labels: &[&str],
+    resolve: &impl Fn(Name<'_>) -> Result<Var, String>,
+    error: &impl Fn(&str, String) -> ConfigError,
+) -> Result<Vec<(String, Template)>, ConfigError> {
     let mut labels = Vec::with_capacity(config.labels.len());
     for (name, value) in &config.labels {
         let setting = format!(".labels.{name}");
@@ -376,7 +377,7 @@ pub(super) fn compile_rule(config: &RuleConfig, builtin: bool) -> Result<Rule, C
                 &setting,
                 format!(
                     "{name:?} is not a valid label name (letters, digits, underscores, not starting with a digit \
-                     or \"__\")"
+                 or \"__\")"
                 ),
             ));
         }
@@ -401,6 +402,15 @@ pub(super) fn compile_rule(config: &RuleConfig, builtin: bool) -> Result<Rule, C
             Template::parse(value, resolve).map_err(|m| error(&setting, m))?,
         ));
     }
+    Ok(labels)
+}
+
+/// The rule's `annotations`, as templates over `resolve`.
+fn compile_annotations(
+    config: &RuleConfig,
+    resolve: &impl Fn(Name<'_>) -> Result<Var, String>,
+    error: &impl Fn(&str, String) -> ConfigError,
+) -> Result<Vec<(String, Template)>, ConfigError> {
     let mut annotations = Vec::with_capacity(config.annotations.len());
     for (name, value) in &config.annotations {
         let setting = format!(".annotations.{name}");
@@ -415,9 +425,16 @@ pub(super) fn compile_rule(config: &RuleConfig, builtin: bool) -> Result<Rule, C
             Template::parse(value, resolve).map_err(|m| error(&setting, m))?,
         ));
     }
+    Ok(annotations)
+}
 
+/// The event fields the rule's templates read, each once.
+fn template_fields(
+    labels: &[(String, Template)],
+    annotations: &[(String, Template)],
+) -> Vec<Field> {
     let mut template_fields: Vec<Field> = Vec::new();
-    for (_, template) in labels.iter().chain(&annotations) {
+    for (_, template) in labels.iter().chain(annotations) {
         for var in template.vars() {
             if let Var::Field(name) = var
                 && !template_fields.iter().any(|field| field.name() == name)
@@ -427,146 +444,7 @@ pub(super) fn compile_rule(config: &RuleConfig, builtin: bool) -> Result<Rule, C
             }
         }
     }
-
-    Ok(Rule {
-        name: config.name.clone(),
-        description: config.description.clone(),
-        severity,
-        for_duration: config.for_duration,
-        filter,
-        condition,
-        group_by,
-        labels,
-        annotations,
-        builtin,
-        enabled: config.enabled,
-        template_fields,
-    })
-}
-
-fn compile_condition(
-    config: &RuleConfig,
-    filter: &Filter,
-    error: &impl Fn(&str, String) -> ConfigError,
-) -> Result<Condition, ConfigError> {
-    let set: Vec<&str> = [
-        config.count.as_ref().map(|_| "count"),
-        config.failure_ratio.as_ref().map(|_| "failure_ratio"),
-        config.absence.as_ref().map(|_| "absence"),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    if set.len() != 1 {
-        let found = if set.is_empty() {
-            "none is set".to_owned()
-        } else {
-            format!("{} are set", set.join(" and "))
-        };
-        return Err(error(
-            "",
-            format!(
-                "a rule needs exactly one condition, [rules.count], [rules.failure_ratio] or [rules.absence]; {found}"
-            ),
-        ));
-    }
-    if let Some(count) = &config.count {
-        if count.threshold < 1 {
-            return Err(error(
-                ".count.threshold",
-                format!("must be at least 1, got {}", count.threshold),
-            ));
-        }
-        let window =
-            required_span(count.window, "window").map_err(|m| error(".count.window", m))?;
-        return Ok(Condition::Count {
-            threshold: u64::try_from(count.threshold).unwrap_or(1),
-            window,
-        });
-    }
-    if let Some(ratio) = &config.failure_ratio {
-        let threshold = ratio.threshold.ok_or_else(|| {
-            error(
-                ".failure_ratio.threshold",
-                "missing: set the failed share that fires, e.g. threshold = 0.5".to_owned(),
-            )
-        })?;
-        if !(threshold > 0.0 && threshold <= 1.0) {
-            return Err(error(
-                ".failure_ratio.threshold",
-                format!(
-                    "must be greater than 0 and at most 1 (e.g. 0.5 for half), got {threshold}"
-                ),
-            ));
-        }
-        let window =
-            required_span(ratio.window, "window").map_err(|m| error(".failure_ratio.window", m))?;
-        if ratio.min_events < 1 {
-            return Err(error(
-                ".failure_ratio.min_events",
-                format!("must be at least 1, got {}", ratio.min_events),
-            ));
-        }
-        let mut failure_outcomes = Vec::with_capacity(ratio.failure_outcomes.len().max(1));
-        for (index, name) in ratio.failure_outcomes.iter().enumerate() {
-            failure_outcomes.push(
-                parse_outcome(name)
-                    .map_err(|m| error(&format!(".failure_ratio.failure_outcomes[{index}]"), m))?,
-            );
-        }
-        if failure_outcomes.is_empty() {
-            failure_outcomes.push(Outcome::Failure as i32);
-        }
-        // An outcome filter leaving only failures (or only successes) makes
-        // the ratio constant: the rule would fire always or never.
-        if !filter.outcomes.is_empty() {
-            let failing = filter
-                .outcomes
-                .iter()
-                .filter(|outcome| failure_outcomes.contains(outcome))
-                .count();
-            if failing == 0 || failing == filter.outcomes.len() {
-                return Err(error(
-                    ".filter.outcomes",
-                    "a failure ratio needs both the failed and the other events: leave filter.outcomes empty \
-                     (failure_ratio.failure_outcomes says which outcomes count as failed)"
-                        .to_owned(),
-                ));
-            }
-        }
-        return Ok(Condition::FailureRatio {
-            threshold,
-            window,
-            min_events: u64::try_from(ratio.min_events).unwrap_or(1),
-            failure_outcomes,
-        });
-    }
-    let duration = config.absence.as_ref().and_then(|absence| absence.duration);
-    let duration =
-        required_span(duration, "duration").map_err(|m| error(".absence.duration", m))?;
-    Ok(Condition::Absence { duration })
-}
-
-fn parse_outcome(name: &str) -> Result<i32, String> {
-    fields::parse_outcome(name)
-        .map(|outcome| outcome as i32)
-        .ok_or_else(|| format!("unknown outcome {name:?}: use SUCCESS, FAILURE or DENIED"))
-}
-
-fn required_span(value: Option<Duration>, what: &str) -> Result<Duration, String> {
-    let value = value.ok_or_else(|| format!("missing: set the {what}, e.g. {what} = \"5m\""))?;
-    check_span(value, false)?;
-    Ok(value)
-}
-
-fn check_span(value: Duration, zero_ok: bool) -> Result<(), String> {
-    if value.is_zero() && !zero_ok {
-        return Err("must be longer than 0s, e.g. \"5m\"".to_owned());
-    }
-    if value > MAX_SPAN {
-        return Err("must be at most 366 days".to_owned());
-    }
-    Ok(())
+    template_fields
 }
 
 /// What a template name stands for in a rule grouping by `group_labels`:

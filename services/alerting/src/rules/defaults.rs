@@ -26,112 +26,149 @@ use super::config::{CountConfig, FailureRatioConfig, FilterConfig, RuleConfig};
 /// The shipped rules, in the order ListRules shows them.
 pub(crate) fn rules() -> Vec<RuleConfig> {
     vec![
-        RuleConfig {
-            description: "A tool keeps failing: at least 5 failed calls to the same tool within a minute.".into(),
-            severity: "warning".into(),
-            group_by: texts(&["tool"]),
-            filter: filter(&["TOOL_CALL"], &["FAILURE"]),
-            count: Some(CountConfig {
-                threshold: 5,
-                window: Some(minutes(1)),
-            }),
-            annotations: annotations(
-                "Tool {{tool}} failed {{count}} times in {{window}}",
-                "Calls to the tool {{tool}} through the tool runner failed {{count}} times in the last {{window}} \
-                 (alerting at {{threshold}}). Latest error ({{tool_call.error_kind}}): {{reason}}",
-            ),
-            ..RuleConfig::named("ToolFailing")
-        },
-        RuleConfig {
-            description: "An LLM provider fails at least half of its calls over 5 minutes (at least 10 calls).".into(),
-            severity: "critical".into(),
-            group_by: texts(&["provider"]),
-            filter: filter(&["LLM_CALL"], &[]),
-            failure_ratio: Some(FailureRatioConfig {
-                threshold: Some(0.5),
-                window: Some(minutes(5)),
-                min_events: 10,
-                failure_outcomes: texts(&["FAILURE"]),
-            }),
-            annotations: annotations(
-                "LLM provider {{provider}} fails {{ratio}} of its calls",
-                "{{ratio}} of the {{count}} model calls served by {{provider}} in the last {{window}} failed \
-                 (alerting at {{threshold}}). Latest: {{llm_call.error_code}} on model {{llm_call.model}}: {{reason}}",
-            ),
-            ..RuleConfig::named("LlmProviderFailing")
-        },
-        RuleConfig {
-            description: "A circuit breaker opened: calls to its target fail fast.".into(),
-            severity: "critical".into(),
-            group_by: texts(&["circuit.target"]),
-            filter: filter(&["CIRCUIT_OPENED"], &[]),
-            count: Some(CountConfig {
-                threshold: 1,
-                window: Some(minutes(5)),
-            }),
-            annotations: annotations(
-                "Circuit breaker for {{target}} opened",
-                "The circuit breaker guarding {{target}} in {{service}} opened ({{count}} times in the last \
-                 {{window}}): calls to it fail fast until it recovers. Last error: {{circuit.last_error}}",
-            ),
-            ..RuleConfig::named("CircuitOpen")
-        },
-        RuleConfig {
-            description: "A tenant is rate limited often: at least 20 refused requests within 5 minutes.".into(),
-            severity: "warning".into(),
-            group_by: texts(&["tenant"]),
-            filter: filter(&["RATE_LIMITED"], &[]),
-            count: Some(CountConfig {
-                threshold: 20,
-                window: Some(minutes(5)),
-            }),
-            annotations: annotations(
-                "Tenant {{tenant}} was rate limited {{count}} times in {{window}}",
-                "Requests of tenant {{tenant}} were refused by a rate or concurrency limit {{count}} times in the \
-                 last {{window}}. Latest: the {{rate_limit.scope}} limit on {{rate_limit.resource}} \
-                 ({{rate_limit.limit}}) refused {{rate_limit.method}}.",
-            ),
-            ..RuleConfig::named("TenantRateLimited")
-        },
-        RuleConfig {
-            description: "Callers fail to authenticate to a service: at least 10 failures within 5 minutes.".into(),
-            severity: "warning".into(),
-            group_by: texts(&["service"]),
-            filter: filter(&["AUTHENTICATION"], &["FAILURE", "DENIED"]),
-            count: Some(CountConfig {
-                threshold: 10,
-                window: Some(minutes(5)),
-            }),
-            annotations: annotations(
-                "{{count}} failed authentications at {{service}} in {{window}}",
-                "Callers failed to authenticate to {{service}} {{count}} times in the last {{window}}: a \
-                 misconfigured client or someone guessing credentials. Latest: {{access.mechanism}} from \
-                 {{access.peer}} calling {{access.method}}: {{reason}}",
-            ),
-            ..RuleConfig::named("AuthenticationFailures")
-        },
-        RuleConfig {
-            description: "Runs of an agent fail: at least half of the runs that ended within 10 minutes failed \
-                          (at least 5 runs; cancelled runs are not counted)."
-                .into(),
-            severity: "warning".into(),
-            group_by: texts(&["run.agent"]),
-            filter: filter(&["RUN_FINISHED", "RUN_FAILED"], &[]),
-            failure_ratio: Some(FailureRatioConfig {
-                threshold: Some(0.5),
-                window: Some(minutes(10)),
-                min_events: 5,
-                failure_outcomes: texts(&["FAILURE"]),
-            }),
-            annotations: annotations(
-                "Runs of agent {{agent}} fail ({{ratio}} of {{count}} in {{window}})",
-                "{{ratio}} of the {{count}} runs of agent {{agent}} that ended in the last {{window}} failed \
-                 (alerting at {{threshold}}). Latest: run {{run_id}} of tenant {{tenant}} ended with \
-                 {{run.error_code}}: {{reason}}",
-            ),
-            ..RuleConfig::named("RunsFailing")
-        },
+        tool_failing(),
+        llm_provider_failing(),
+        circuit_open(),
+        tenant_rate_limited(),
+        authentication_failures(),
+        runs_failing(),
     ]
+}
+
+/// `ToolFailing`: failed calls of one tool (count).
+fn tool_failing() -> RuleConfig {
+    RuleConfig {
+        description:
+            "A tool keeps failing: at least 5 failed calls to the same tool within a minute.".into(),
+        severity: "warning".into(),
+        group_by: texts(&["tool"]),
+        filter: filter(&["TOOL_CALL"], &["FAILURE"]),
+        count: Some(CountConfig {
+            threshold: 5,
+            window: Some(minutes(1)),
+        }),
+        annotations: annotations(
+            "Tool {{tool}} failed {{count}} times in {{window}}",
+            "Calls to the tool {{tool}} through the tool runner failed {{count}} times in the last {{window}} \
+             (alerting at {{threshold}}). Latest error ({{tool_call.error_kind}}): {{reason}}",
+        ),
+        ..RuleConfig::named("ToolFailing")
+    }
+}
+
+/// `LlmProviderFailing`: the failure ratio of one LLM provider.
+fn llm_provider_failing() -> RuleConfig {
+    RuleConfig {
+        description:
+            "An LLM provider fails at least half of its calls over 5 minutes (at least 10 calls)."
+                .into(),
+        severity: "critical".into(),
+        group_by: texts(&["provider"]),
+        filter: filter(&["LLM_CALL"], &[]),
+        failure_ratio: Some(FailureRatioConfig {
+            threshold: Some(0.5),
+            window: Some(minutes(5)),
+            min_events: 10,
+            failure_outcomes: texts(&["FAILURE"]),
+        }),
+        annotations: annotations(
+            "LLM provider {{provider}} fails {{ratio}} of its calls",
+            "{{ratio}} of the {{count}} model calls served by {{provider}} in the last {{window}} failed \
+             (alerting at {{threshold}}). Latest: {{llm_call.error_code}} on model {{llm_call.model}}: {{reason}}",
+        ),
+        ..RuleConfig::named("LlmProviderFailing")
+    }
+}
+
+/// `CircuitOpen`: a circuit breaker opened.
+fn circuit_open() -> RuleConfig {
+    RuleConfig {
+        description: "A circuit breaker opened: calls to its target fail fast.".into(),
+        severity: "critical".into(),
+        group_by: texts(&["circuit.target"]),
+        filter: filter(&["CIRCUIT_OPENED"], &[]),
+        count: Some(CountConfig {
+            threshold: 1,
+            window: Some(minutes(5)),
+        }),
+        annotations: annotations(
+            "Circuit breaker for {{target}} opened",
+            "The circuit breaker guarding {{target}} in {{service}} opened ({{count}} times in the last \
+             {{window}}): calls to it fail fast until it recovers. Last error: {{circuit.last_error}}",
+        ),
+        ..RuleConfig::named("CircuitOpen")
+    }
+}
+
+/// `TenantRateLimited`: refused requests of one tenant (count).
+fn tenant_rate_limited() -> RuleConfig {
+    RuleConfig {
+        description:
+            "A tenant is rate limited often: at least 20 refused requests within 5 minutes.".into(),
+        severity: "warning".into(),
+        group_by: texts(&["tenant"]),
+        filter: filter(&["RATE_LIMITED"], &[]),
+        count: Some(CountConfig {
+            threshold: 20,
+            window: Some(minutes(5)),
+        }),
+        annotations: annotations(
+            "Tenant {{tenant}} was rate limited {{count}} times in {{window}}",
+            "Requests of tenant {{tenant}} were refused by a rate or concurrency limit {{count}} times in the \
+             last {{window}}. Latest: the {{rate_limit.scope}} limit on {{rate_limit.resource}} \
+             ({{rate_limit.limit}}) refused {{rate_limit.method}}.",
+        ),
+        ..RuleConfig::named("TenantRateLimited")
+    }
+}
+
+/// `AuthenticationFailures`: failed authentications at one service (count).
+fn authentication_failures() -> RuleConfig {
+    RuleConfig {
+        description:
+            "Callers fail to authenticate to a service: at least 10 failures within 5 minutes."
+                .into(),
+        severity: "warning".into(),
+        group_by: texts(&["service"]),
+        filter: filter(&["AUTHENTICATION"], &["FAILURE", "DENIED"]),
+        count: Some(CountConfig {
+            threshold: 10,
+            window: Some(minutes(5)),
+        }),
+        annotations: annotations(
+            "{{count}} failed authentications at {{service}} in {{window}}",
+            "Callers failed to authenticate to {{service}} {{count}} times in the last {{window}}: a \
+             misconfigured client or someone guessing credentials. Latest: {{access.mechanism}} from \
+             {{access.peer}} calling {{access.method}}: {{reason}}",
+        ),
+        ..RuleConfig::named("AuthenticationFailures")
+    }
+}
+
+/// `RunsFailing`: the failure ratio of one agent profile's runs.
+fn runs_failing() -> RuleConfig {
+    RuleConfig {
+        description:
+            "Runs of an agent fail: at least half of the runs that ended within 10 minutes failed \
+                      (at least 5 runs; cancelled runs are not counted)."
+                .into(),
+        severity: "warning".into(),
+        group_by: texts(&["run.agent"]),
+        filter: filter(&["RUN_FINISHED", "RUN_FAILED"], &[]),
+        failure_ratio: Some(FailureRatioConfig {
+            threshold: Some(0.5),
+            window: Some(minutes(10)),
+            min_events: 5,
+            failure_outcomes: texts(&["FAILURE"]),
+        }),
+        annotations: annotations(
+            "Runs of agent {{agent}} fail ({{ratio}} of {{count}} in {{window}})",
+            "{{ratio}} of the {{count}} runs of agent {{agent}} that ended in the last {{window}} failed \
+             (alerting at {{threshold}}). Latest: run {{run_id}} of tenant {{tenant}} ended with \
+             {{run.error_code}}: {{reason}}",
+        ),
+        ..RuleConfig::named("RunsFailing")
+    }
 }
 
 fn texts(values: &[&str]) -> Vec<String> {

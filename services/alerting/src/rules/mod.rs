@@ -12,12 +12,15 @@
 //! - [`defaults`]: the rules shipped with agentmesh;
 //! - [`compile`](mod@compile): checks and resolves rules (errors name the rule and setting),
 //!   and the API form of a rule (`Rule::to_proto`);
+//! - [`condition`]: the three conditions (count, failure ratio, absence) and
+//!   their checks;
 //! - [`fields`]: the event fields rules read by name;
 //! - [`template`]: `{{name}}` templates of labels and annotations;
 //! - [`window`]: the bounded sliding window of one group;
 //! - [`evaluator`]: the evaluator itself.
 
 mod compile;
+mod condition;
 mod config;
 mod defaults;
 mod evaluator;
