@@ -21,7 +21,9 @@
 //!
 //! tower's `ConcurrencyLimit` queues without bound and `LoadShed` has no
 //! queue at all; a bulkhead is the bounded middle, built on tokio's fair
-//! semaphore. [`BulkheadLayer`] puts one in front of a tower service.
+//! semaphore. Callers enter it by hand rather than through a tower layer:
+//! a service that streams must answer a refusal as a status before its
+//! stream starts, and hold the place while a task relays the stream.
 
 use std::fmt;
 use std::future::Future;
@@ -279,93 +281,8 @@ impl Bulkhead {
     }
 }
 
-// === as a tower layer ===
-
-/// What a [`BulkheadLayer`] service fails with.
-#[derive(Debug, thiserror::Error)]
-pub enum BulkheadError<E> {
-    /// Refused: no place and no queue slot.
-    #[error(transparent)]
-    Full(BulkheadFull),
-    /// The inner service failed.
-    #[error(transparent)]
-    Inner(E),
-}
-
-/// Puts a [`Bulkhead`] in front of a service: a call waits for a place (or
-/// is refused) before the inner service sees it, and holds the place until
-/// its response future ends.
-#[derive(Debug, Clone)]
-pub struct BulkheadLayer {
-    bulkhead: Bulkhead,
-}
-
-impl BulkheadLayer {
-    /// A layer over `bulkhead`.
-    pub fn new(bulkhead: Bulkhead) -> Self {
-        Self { bulkhead }
-    }
-}
-
-impl<S> tower::Layer<S> for BulkheadLayer {
-    type Service = BulkheadService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        BulkheadService {
-            inner,
-            bulkhead: self.bulkhead.clone(),
-        }
-    }
-}
-
-/// The service made by [`BulkheadLayer`]. The inner service must be ready
-/// whenever asked (a `service_fn`, a `Buffer`, a cloneable client), since the
-/// wait happens inside the call.
-#[derive(Debug, Clone)]
-pub struct BulkheadService<S> {
-    inner: S,
-    bulkhead: Bulkhead,
-}
-
-impl<S, R> tower::Service<R> for BulkheadService<S>
-where
-    S: tower::Service<R> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    S::Response: Send + 'static,
-    R: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = BulkheadError<S::Error>;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: R) -> Self::Future {
-        let bulkhead = self.bulkhead.clone();
-        // The clone answers this call; `self.inner` stays for the next.
-        let mut inner = self.inner.clone();
-        Box::pin(async move {
-            let permit = bulkhead.acquire().await.map_err(BulkheadError::Full)?;
-            let result = tower::ServiceExt::ready(&mut inner)
-                .await
-                .map_err(BulkheadError::Inner)?
-                .call(request)
-                .await
-                .map_err(BulkheadError::Inner);
-            drop(permit);
-            result
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use tokio::sync::oneshot;
-    use tower::{Layer, Service, ServiceExt};
-
     use super::*;
 
     #[tokio::test]
@@ -455,31 +372,5 @@ mod tests {
             tokio::task::yield_now().await;
         }
         next.abort();
-    }
-
-    #[tokio::test]
-    async fn the_layer_holds_a_place_for_the_whole_call() {
-        let (release, released) = oneshot::channel::<()>();
-        let released = Arc::new(tokio::sync::Mutex::new(Some(released)));
-        let inner = tower::service_fn(move |hold: bool| {
-            let released = Arc::clone(&released);
-            async move {
-                if hold && let Some(released) = released.lock().await.take() {
-                    let _ = released.await;
-                }
-                Ok::<_, std::convert::Infallible>(hold)
-            }
-        });
-        let bulkhead = Bulkhead::new("tool", 1, 0);
-        let mut service = BulkheadLayer::new(bulkhead.clone()).layer(inner);
-        let held = tokio::spawn(service.clone().oneshot(true));
-        while bulkhead.in_use() == 0 {
-            tokio::task::yield_now().await;
-        }
-        let refused = service.ready().await.unwrap().call(false).await;
-        assert!(matches!(refused, Err(BulkheadError::Full(_))));
-        release.send(()).unwrap();
-        assert!(held.await.unwrap().unwrap());
-        assert!(!service.ready().await.unwrap().call(false).await.unwrap());
     }
 }

@@ -20,15 +20,12 @@
 //! breaker's observer ([`CircuitBreaker::on_transition`]): services turn
 //! them into CIRCUIT_OPENED / CIRCUIT_CLOSED audit events and a gauge.
 //!
-//! [`CircuitBreakerLayer`] puts a breaker in front of any tower service, with
-//! a classifier saying which results are failures.
+//! The attempt loop ([`crate::attempt`]) asks a target's breaker before each
+//! attempt and reports each attempt's outcome to it.
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -469,133 +466,9 @@ impl Drop for CallPermit {
     }
 }
 
-// === as a tower layer ===
-
-/// What a [`CircuitBreakerLayer`] service fails with.
-#[derive(Debug, thiserror::Error)]
-pub enum CircuitError<E> {
-    /// Refused: the circuit is open.
-    #[error(transparent)]
-    Open(CircuitOpen),
-    /// The inner service failed.
-    #[error(transparent)]
-    Inner(E),
-}
-
-/// How a [`CircuitBreakerLayer`] reads a result: `Some(reason)` for a
-/// failure that counts against the target, `None` for a success or a
-/// failure that is the caller's (a bad request).
-pub type Classifier<T, E> = Arc<dyn Fn(&Result<T, E>) -> Option<String> + Send + Sync>;
-
-/// Guards a service with a [`CircuitBreaker`].
-pub struct CircuitBreakerLayer<T, E> {
-    breaker: CircuitBreaker,
-    classify: Classifier<T, E>,
-}
-
-impl<T, E> Clone for CircuitBreakerLayer<T, E> {
-    fn clone(&self) -> Self {
-        Self {
-            breaker: self.breaker.clone(),
-            classify: Arc::clone(&self.classify),
-        }
-    }
-}
-
-impl<T, E> fmt::Debug for CircuitBreakerLayer<T, E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CircuitBreakerLayer")
-            .field("breaker", &self.breaker)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<T, E> CircuitBreakerLayer<T, E> {
-    /// A layer calling through `breaker`, classifying results with
-    /// `classify`.
-    pub fn new(
-        breaker: CircuitBreaker,
-        classify: impl Fn(&Result<T, E>) -> Option<String> + Send + Sync + 'static,
-    ) -> Self {
-        Self {
-            breaker,
-            classify: Arc::new(classify),
-        }
-    }
-}
-
-impl<S, T, E> tower::Layer<S> for CircuitBreakerLayer<T, E> {
-    type Service = CircuitBreakerService<S, T, E>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        CircuitBreakerService {
-            inner,
-            layer: self.clone(),
-        }
-    }
-}
-
-/// The service made by [`CircuitBreakerLayer`].
-pub struct CircuitBreakerService<S, T, E> {
-    inner: S,
-    layer: CircuitBreakerLayer<T, E>,
-}
-
-impl<S: Clone, T, E> Clone for CircuitBreakerService<S, T, E> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-            layer: self.layer.clone(),
-        }
-    }
-}
-
-impl<S, T, E> fmt::Debug for CircuitBreakerService<S, T, E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CircuitBreakerService")
-            .field("breaker", &self.layer.breaker)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<S, R, T, E> tower::Service<R> for CircuitBreakerService<S, T, E>
-where
-    S: tower::Service<R, Response = T, Error = E>,
-    S::Future: Send + 'static,
-    T: Send + 'static,
-    E: Send + 'static,
-{
-    type Response = T;
-    type Error = CircuitError<E>;
-    type Future = Pin<Box<dyn Future<Output = Result<T, CircuitError<E>>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(CircuitError::Inner)
-    }
-
-    fn call(&mut self, request: R) -> Self::Future {
-        let permit = match self.layer.breaker.try_acquire() {
-            Ok(permit) => permit,
-            Err(open) => return Box::pin(std::future::ready(Err(CircuitError::Open(open)))),
-        };
-        let classify = Arc::clone(&self.layer.classify);
-        let future = self.inner.call(request);
-        Box::pin(async move {
-            let result = future.await;
-            match classify(&result) {
-                Some(reason) => permit.failure(&reason),
-                None => permit.success(),
-            }
-            result.map_err(CircuitError::Inner)
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
-
-    use tower::{Layer, Service, ServiceExt};
 
     use super::*;
 
@@ -716,30 +589,5 @@ mod tests {
             ..CircuitConfig::default()
         };
         assert_eq!(bad.validate().unwrap_err().0, "half_open_probes");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_layer_fails_fast_once_open() {
-        let breaker = CircuitBreaker::new("tool:flaky", streak_only(2));
-        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counted = Arc::clone(&calls);
-        let inner = tower::service_fn(move |fail: bool| {
-            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            async move { if fail { Err("boom") } else { Ok(()) } }
-        });
-        let mut service = CircuitBreakerLayer::new(breaker.clone(), |result: &Result<(), &str>| {
-            result.as_ref().err().map(|err| (*err).to_owned())
-        })
-        .layer(inner);
-        for _ in 0..2 {
-            let result = service.ready().await.unwrap().call(true).await;
-            assert!(matches!(result, Err(CircuitError::Inner("boom"))));
-        }
-        let result = service.ready().await.unwrap().call(false).await;
-        assert!(matches!(result, Err(CircuitError::Open(_))));
-        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
-        tokio::time::advance(Duration::from_secs(10)).await;
-        service.ready().await.unwrap().call(false).await.unwrap();
-        assert_eq!(breaker.state(), CircuitState::Closed);
     }
 }

@@ -2,18 +2,15 @@
 //! jitter, a floor from the server's `retry-after`, a stop at the caller's
 //! deadline, and a budget that caps retries at a fraction of the traffic.
 //!
-//! A caller that retries by hand (the gateway's attempt loop, which must
-//! also fall back between targets and reset streams) uses the parts:
+//! [`Retries`] holds the settings and the one budget a service shares
+//! across its calls; the attempt loop ([`crate::attempt`]) applies them to
+//! each call:
 //!
 //! ```text
 //! budget.deposit()                       once per call
-//! attempt ── fails, retryable ──▶ retry_delay(n, retry_after, deadline)?
+//! attempt ── fails, retryable ──▶ backoff.delay(n, retry_after, deadline)?
 //!                                   └─ budget.withdraw()? ─▶ sleep ─▶ attempt
 //! ```
-//!
-//! [`RetryPolicy`] puts the same rules into a `tower::retry::Policy`, for
-//! services whose requests can be cloned (the tool runner's idempotent
-//! tools).
 //!
 //! The budget is tower's [`TpsBudget`] (Finagle's design): every call
 //! deposits, every retry withdraws, deposits expire after `budget_ttl`, and a
@@ -119,6 +116,8 @@ pub struct Backoff {
 /// Why no retry is made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NoRetry {
+    /// The caller's deadline had passed when the attempt failed.
+    DeadlinePassed,
     /// The wait would end after the caller's deadline.
     Deadline,
     /// The server asked for a wait longer than `max_retry_after`.
@@ -132,6 +131,7 @@ pub enum NoRetry {
 impl fmt::Display for NoRetry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Self::DeadlinePassed => f.write_str("the caller's deadline passed"),
             Self::Deadline => f.write_str("no time left before the deadline"),
             Self::RetryAfterTooLong(wait) => {
                 write!(
@@ -191,6 +191,35 @@ impl Backoff {
     }
 }
 
+/// The retry settings and the one budget shared by every call of a
+/// service, so that retries stay a small share of all its calls. Cheap to
+/// clone (the budget is shared).
+#[derive(Debug, Clone)]
+pub struct Retries {
+    config: RetryConfig,
+    budget: RetryBudget,
+}
+
+impl Retries {
+    /// The settings of `config` and a budget of its own.
+    pub fn new(config: &RetryConfig) -> Self {
+        Self {
+            config: config.clone(),
+            budget: RetryBudget::new(config),
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &RetryConfig {
+        &self.config
+    }
+
+    /// The shared budget.
+    pub fn budget(&self) -> &RetryBudget {
+        &self.budget
+    }
+}
+
 /// Caps retries at a share of the calls (shared by every call it covers).
 #[derive(Clone)]
 pub struct RetryBudget {
@@ -232,129 +261,8 @@ impl RetryBudget {
     }
 }
 
-// === as a tower retry policy ===
-
-/// What a [`RetryPolicy`]'s classifier says about a result.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// Done: a success, or a failure not worth retrying.
-    Done,
-    /// Retry, waiting at least this long when the server said so.
-    Retry(Option<Duration>),
-}
-
-/// Names a retry's reason for metrics: the classifier's label.
-pub type Classify<Req, Res, E> =
-    Arc<dyn Fn(&Req, &Result<Res, E>) -> (Verdict, &'static str) + Send + Sync>;
-
-/// Observes each retry made (its reason), e.g. to count them.
-pub type OnRetry = Arc<dyn Fn(&'static str) + Send + Sync>;
-
-/// A `tower::retry::Policy` with backoff, budget, attempts and a deadline.
-pub struct RetryPolicy<Req, Res, E> {
-    config: Arc<RetryConfig>,
-    budget: RetryBudget,
-    classify: Classify<Req, Res, E>,
-    on_retry: Option<OnRetry>,
-    deadline: Option<Instant>,
-    attempt: u32,
-}
-
-impl<Req, Res, E> Clone for RetryPolicy<Req, Res, E> {
-    fn clone(&self) -> Self {
-        Self {
-            config: Arc::clone(&self.config),
-            budget: self.budget.clone(),
-            classify: Arc::clone(&self.classify),
-            on_retry: self.on_retry.clone(),
-            deadline: self.deadline,
-            attempt: self.attempt,
-        }
-    }
-}
-
-impl<Req, Res, E> fmt::Debug for RetryPolicy<Req, Res, E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RetryPolicy")
-            .field("config", &self.config)
-            .field("attempt", &self.attempt)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<Req, Res, E> RetryPolicy<Req, Res, E> {
-    /// A policy of `config` drawing on `budget`, retrying what `classify`
-    /// says to.
-    pub fn new(
-        config: RetryConfig,
-        budget: RetryBudget,
-        classify: impl Fn(&Req, &Result<Res, E>) -> (Verdict, &'static str) + Send + Sync + 'static,
-    ) -> Self {
-        Self {
-            config: Arc::new(config),
-            budget,
-            classify: Arc::new(classify),
-            on_retry: None,
-            deadline: None,
-            attempt: 1,
-        }
-    }
-
-    /// Calls `on_retry` with the reason of each retry.
-    pub fn on_retry(mut self, on_retry: impl Fn(&'static str) + Send + Sync + 'static) -> Self {
-        self.on_retry = Some(Arc::new(on_retry));
-        self
-    }
-
-    /// This policy for one call that must end by `deadline`.
-    pub fn with_deadline(&self, deadline: Option<Instant>) -> Self {
-        let mut policy = self.clone();
-        policy.deadline = deadline;
-        policy.attempt = 1;
-        policy
-    }
-}
-
-impl<Req: Clone, Res, E> tower::retry::Policy<Req, Res, E> for RetryPolicy<Req, Res, E> {
-    type Future = tokio::time::Sleep;
-
-    fn retry(&mut self, request: &mut Req, result: &mut Result<Res, E>) -> Option<Self::Future> {
-        if self.attempt == 1 {
-            self.budget.deposit();
-        }
-        let (verdict, reason) = (self.classify)(request, result);
-        let Verdict::Retry(retry_after) = verdict else {
-            return None;
-        };
-        if self.attempt >= self.config.max_attempts {
-            return None;
-        }
-        let delay = self
-            .config
-            .backoff()
-            .delay(self.attempt, retry_after, self.deadline)
-            .ok()?;
-        if !self.budget.withdraw() {
-            return None;
-        }
-        self.attempt += 1;
-        if let Some(on_retry) = &self.on_retry {
-            on_retry(reason);
-        }
-        Some(tokio::time::sleep(delay))
-    }
-
-    fn clone_request(&mut self, request: &Req) -> Option<Req> {
-        Some(request.clone())
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicU32, Ordering};
-
-    use tower::{ServiceBuilder, ServiceExt};
-
     use super::*;
 
     #[test]
@@ -447,70 +355,5 @@ mod tests {
         ] {
             assert_eq!(bad.validate().unwrap_err().0, field);
         }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_tower_policy_retries_transient_failures_up_to_the_attempts() {
-        let config = RetryConfig {
-            max_attempts: 3,
-            ..RetryConfig::default()
-        };
-        let budget = RetryBudget::new(&config);
-        let retried = Arc::new(AtomicU32::new(0));
-        let counted = Arc::clone(&retried);
-        let policy =
-            RetryPolicy::new(
-                config,
-                budget,
-                |_: &u32, result: &Result<u32, &str>| match result {
-                    Err("transient") => (Verdict::Retry(None), "transient"),
-                    _ => (Verdict::Done, "done"),
-                },
-            )
-            .on_retry(move |_| {
-                counted.fetch_add(1, Ordering::SeqCst);
-            });
-        let calls = Arc::new(AtomicU32::new(0));
-
-        // Fails twice, then succeeds: two retries.
-        let seen = Arc::clone(&calls);
-        let service = ServiceBuilder::new()
-            .retry(policy.with_deadline(None))
-            .service_fn(move |request: u32| {
-                let call = seen.fetch_add(1, Ordering::SeqCst);
-                async move {
-                    if call < 2 {
-                        Err("transient")
-                    } else {
-                        Ok(request)
-                    }
-                }
-            });
-        assert_eq!(service.oneshot(7).await.unwrap(), 7);
-        assert_eq!(retried.load(Ordering::SeqCst), 2);
-
-        // A permanent failure is not retried.
-        let seen = Arc::new(AtomicU32::new(0));
-        let counter = Arc::clone(&seen);
-        let service = ServiceBuilder::new()
-            .retry(policy.with_deadline(None))
-            .service_fn(move |_: u32| {
-                counter.fetch_add(1, Ordering::SeqCst);
-                async { Err::<u32, _>("permanent") }
-            });
-        assert_eq!(service.oneshot(1).await.unwrap_err(), "permanent");
-        assert_eq!(seen.load(Ordering::SeqCst), 1);
-
-        // Always transient: three attempts in all.
-        let seen = Arc::new(AtomicU32::new(0));
-        let counter = Arc::clone(&seen);
-        let service = ServiceBuilder::new()
-            .retry(policy.with_deadline(None))
-            .service_fn(move |_: u32| {
-                counter.fetch_add(1, Ordering::SeqCst);
-                async { Err::<u32, _>("transient") }
-            });
-        assert!(service.oneshot(1).await.is_err());
-        assert_eq!(seen.load(Ordering::SeqCst), 3);
     }
 }

@@ -40,8 +40,9 @@
 //! How the limits, the breakers and the retries act on a call is in the
 //! crate docs ("How a call flows").
 //!
-//! [`Config::validate`] runs when the configuration is loaded (the kit calls
-//! it) and again when the service starts, by building the tool registry:
+//! [`Config::validate`] (defined beside the registry it builds) runs when
+//! the configuration is loaded (the kit calls it) and again when the service
+//! starts, by building the tool registry:
 //! every schema is compiled then, and a bad one stops the service with a
 //! message naming the setting, e.g.
 //! `tool_runner.commands.word_count.parameters_json`.
@@ -55,7 +56,6 @@ use agentmesh_kit::{ConfigError, LogConfig, ServerConfig};
 use agentmesh_resilience::{CircuitConfig, RetryConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::registry::Registry;
 use crate::{DEFAULT_PORT, SERVICE};
 
 /// The service's configuration (section `[tool_runner]`, environment
@@ -146,15 +146,9 @@ agentmesh_kit::service_config!(
 );
 
 impl Config {
-    /// Checks every setting, including each command tool, by building the
-    /// registry (which compiles every JSON Schema). Setting names in errors
-    /// are relative to the `[tool_runner]` section.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        self.audit.validate()?;
-        Registry::from_config(self).map(|_| ())
-    }
-
-    /// Checks the settings that are not about a single tool.
+    /// Checks the settings that are not about a single tool. The whole
+    /// check, [`Config::validate`], builds the tool registry and is defined
+    /// with it: the settings do not depend on what is built from them.
     pub(crate) fn validate_limits(&self) -> Result<(), ConfigError> {
         if self.workspaces_dir.as_os_str().is_empty() {
             return Err(ConfigError::new("workspaces_dir", "must not be empty"));

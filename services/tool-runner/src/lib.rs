@@ -47,10 +47,13 @@
 //!
 //! # Layout
 //!
-//! * [`config`]: [`Config`] and [`CommandToolConfig`] (the `[tool_runner]`
+//! * `config`: [`Config`] and [`CommandToolConfig`] (the `[tool_runner]`
 //!   section; command tools are the plugin mechanism).
-//! * `registry`: the tools, their compiled JSON Schemas, schema messages.
-//! * `runner`: request checks, timeouts, admission, attempts, results.
+//! * `registry`: the tools, their compiled JSON Schemas, schema messages;
+//!   building it is the configuration check ([`Config::validate`]).
+//! * `runner`: request checks, timeouts, admission, results; its child
+//!   `attempts` gives the shared attempt loop (`agentmesh-resilience`) what
+//!   one attempt is, what is retried and what counts against a circuit.
 //! * `resilience`: the per-tool guards (bulkhead, circuit breaker, retries
 //!   of idempotent tools), their statuses and what counts as a failure;
 //!   reported through the service's one `ResilienceReporter` (circuit
@@ -74,7 +77,7 @@
 
 mod builtin;
 mod command;
-pub mod config;
+mod config;
 mod metrics;
 mod outcome;
 mod registry;

@@ -1,9 +1,10 @@
 //! The tool registry: every tool the service can run, built once at start
 //! from the built-ins and the configured command tools.
 //!
-//! Building it is also the configuration check: names are validated, and
-//! each tool's JSON Schemas are compiled here, once, so a call only runs the
-//! compiled validator. The `jsonschema` crate is used without its default
+//! Building it is also the configuration check ([`Config::validate`] is
+//! defined here, so the settings need not know the registry): names are
+//! validated, and each tool's JSON Schemas are compiled here, once, so a
+//! call only runs the compiled validator. The `jsonschema` crate is used without its default
 //! features, so a schema can never make the service fetch anything over the
 //! network or from disk: a remote `$ref` is a configuration error.
 //!
@@ -122,6 +123,16 @@ fn describe_violations<'a>(
 }
 
 /// All tools, by name.
+impl Config {
+    /// Checks every setting, including each command tool, by building the
+    /// registry (which compiles every JSON Schema). Setting names in errors
+    /// are relative to the `[tool_runner]` section.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.audit.validate()?;
+        Registry::from_config(self).map(|_| ())
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Registry {
     tools: BTreeMap<String, Arc<RegisteredTool>>,

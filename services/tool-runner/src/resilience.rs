@@ -19,13 +19,12 @@
 //!             └─▶ sleep(backoff) ─▶ attempt again
 //! ```
 //!
-//! The crate's tower pieces (`BulkheadLayer`, `CircuitBreakerLayer`,
-//! `tower::retry` with `RetryPolicy`) are not used, only the primitives they
-//! are built on, with the same rules: ExecuteToolStream must answer a refusal
-//! as a gRPC status before its stream starts, while the attempts run later,
-//! in a task that relays the tool's progress — a tower service's single
-//! response future would have to carry both. A plain admission step and an
-//! attempt loop keep the two RPCs on one path.
+//! Admission is a plain step rather than a tower layer: ExecuteToolStream
+//! must answer a refusal as a gRPC status before its stream starts, while
+//! the attempts run later, in a task that relays the tool's progress. The
+//! attempts are the shared attempt loop's (`agentmesh_resilience::attempt`),
+//! which starts on the circuit's leave taken at admission; this module gives
+//! it the tool's rules ([`retry_reason`], [`health_failure`]).
 //!
 //! Every refusal and retry is reported through the service's
 //! [`ResilienceReporter`]: circuit changes (CIRCUIT_OPENED / CIRCUIT_CLOSED
@@ -38,34 +37,15 @@ use std::time::Duration;
 
 use agentmesh_audit_client::resilience::{Refusal, ResilienceReporter};
 use agentmesh_proto::tools::v1::ToolErrorKind;
-use agentmesh_resilience::{
-    BulkheadFull, BulkheadPermit, CallPermit, CircuitOpen, RetryBudget, RetryConfig,
-};
+use agentmesh_resilience::{BulkheadFull, BulkheadPermit, CallPermit, CircuitOpen};
 use tonic::{Code, Status};
 
 use crate::config::format_duration;
-use crate::outcome::{ToolFailure, ToolOutcome};
+use crate::outcome::ToolFailure;
 use crate::registry::{Implementation, RegisteredTool};
 
 /// How long a caller refused by a full bulkhead is told to wait.
 pub(crate) const QUEUE_FULL_RETRY_AFTER: Duration = Duration::from_secs(1);
-
-/// The retry settings shared by every call: attempts and backoff, and one
-/// budget, so retries stay a small share of all calls.
-#[derive(Debug, Clone)]
-pub(crate) struct Retries {
-    pub(crate) config: RetryConfig,
-    pub(crate) budget: RetryBudget,
-}
-
-impl Retries {
-    pub(crate) fn new(config: &RetryConfig) -> Self {
-        Self {
-            config: config.clone(),
-            budget: RetryBudget::new(config),
-        }
-    }
-}
 
 /// A call let through its tool's guards: it holds a place in the bulkhead
 /// until it is dropped (after the result), and leave from the circuit for
@@ -147,14 +127,13 @@ pub(crate) fn queue_timeout(tool: &RegisteredTool, timeout: Duration) -> Status 
 
 // === outcomes ===
 
-/// The failure an outcome counts against the tool's circuit, if any: runs
+/// The failure a failed attempt counts against the tool's circuit, if any: runs
 /// that time out, and command tools that fail, speak about the tool's
 /// health. Bad arguments, refusals and bad output are the caller's or the
 /// program's contract, not its health; and a built-in's EXECUTION_FAILED
 /// comes from its input (a file that does not exist, a division by zero),
 /// so a confused model cannot open a built-in's circuit for everyone.
-pub(crate) fn health_failure(tool: &RegisteredTool, outcome: &ToolOutcome) -> Option<String> {
-    let failure = outcome.as_ref().err()?;
+pub(crate) fn health_failure(tool: &RegisteredTool, failure: &ToolFailure) -> Option<String> {
     match (failure.kind, &tool.implementation) {
         (ToolErrorKind::Timeout, _)
         | (ToolErrorKind::ExecutionFailed, Implementation::Command(_)) => {
@@ -244,9 +223,8 @@ mod tests {
         for (name, counts, retried) in expected {
             let tool = registry.get(name).unwrap();
             for (index, failure) in failures.iter().enumerate() {
-                let outcome: ToolOutcome = Err(failure.clone());
                 assert_eq!(
-                    health_failure(tool, &outcome).is_some(),
+                    health_failure(tool, failure).is_some(),
                     counts[index],
                     "{name}: {failure:?}"
                 );
@@ -256,7 +234,6 @@ mod tests {
                     "{name}: {failure:?}"
                 );
             }
-            assert_eq!(health_failure(tool, &Ok(serde_json::json!(1))), None);
         }
     }
 

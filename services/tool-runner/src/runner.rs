@@ -10,6 +10,8 @@
 //! The effective timeout bounds the whole call from its arrival: the wait
 //! for a place in the tool's bulkhead, every attempt and the backoff between
 //! them all end at the call's deadline (see `resilience` for the guards).
+//! The attempts are made by the shared attempt loop; `attempts` says what
+//! one attempt is and what its failures mean.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,28 +20,26 @@ use std::time::{Duration, Instant};
 use agentmesh_audit_client::resilience::ResilienceReporter;
 use agentmesh_kit::ConfigError;
 use agentmesh_kit::status::invalid_argument;
-use agentmesh_proto::tools::v1::{
-    self, ExecuteToolStreamResponse, ToolErrorKind, ToolProgress,
-    execute_tool_stream_response::Event,
-};
-use agentmesh_resilience::{CircuitState, Entry};
+use agentmesh_proto::tools::v1::{self, ToolErrorKind};
+use agentmesh_resilience::{AttemptLoop, CircuitState, Entry, Retries};
 use serde_json::Value;
 use tonic::Status;
 
 use crate::builtin::files::FileLimits;
-use crate::builtin::{self, BuiltinContext};
 use crate::command::EventSender;
-use crate::config::{Config, format_duration};
-use crate::metrics::{Outcome, ToolMetrics};
-use crate::outcome::{ToolFailure, ToolOutcome, truncate};
-use crate::registry::{Implementation, RegisteredTool, Registry};
-use crate::resilience::{self, Admission, Retries};
-use crate::workspace::{check_run_id, workspace_dir};
+use crate::config::Config;
+use crate::metrics::ToolMetrics;
+use crate::outcome::{ToolOutcome, truncate};
+use crate::registry::{RegisteredTool, Registry};
+use crate::resilience::{self, Admission};
+use crate::workspace::check_run_id;
+
+mod attempts;
+
+use attempts::ToolAttempts;
 
 /// The longest `call_id` accepted.
 pub(crate) const MAX_CALL_ID_LENGTH: usize = 256;
-/// How much of a failed attempt's message a retry's progress quotes.
-const MAX_QUOTED_FAILURE: usize = 200;
 /// How many known tool names a NOT_FOUND message lists.
 const LISTED_TOOL_NAMES: usize = 10;
 
@@ -316,185 +316,62 @@ impl ToolRunner {
         } = admission;
         let tool = &*call.tool;
         let started = Instant::now();
-        let retry = &self.retries.config;
-        let backoff = retry.backoff();
+        // No retry whose backoff would end past the deadline.
         let deadline = tokio::time::Instant::from_std(call.deadline);
-        // Every call counts towards the budget that retries draw on.
-        self.retries.budget.deposit();
-        let mut permit = Some(permit);
-        let mut attempts: u32 = 0;
-        let outcome = loop {
-            attempts += 1;
-            let outcome = self.attempt(call, events, waited).await;
-            if let Some(permit) = permit.take() {
-                match (&outcome, resilience::health_failure(tool, &outcome)) {
-                    (Ok(_), _) => permit.success(),
-                    (Err(_), Some(reason)) => permit.failure(&reason),
-                    // Says nothing about the tool's health: counts for nothing.
-                    (Err(_), None) => drop(permit),
-                }
-            }
-            let Err(failure) = &outcome else {
-                break outcome;
-            };
-            let Some(reason) = resilience::retry_reason(tool, failure) else {
-                break outcome;
-            };
-            if attempts >= retry.max_attempts {
-                break outcome;
-            }
-            // No retry whose backoff would end past the deadline, nor one
-            // the budget cannot pay for.
-            let Ok(delay) = backoff.delay(attempts, None, Some(deadline)) else {
-                break outcome;
-            };
-            if !self.retries.budget.withdraw() {
-                tracing::info!(tool = tool.name(), "retry budget spent; not retrying");
-                break outcome;
-            }
-            tracing::info!(
-                tool = tool.name(),
-                call_id = %call.call_id,
-                attempt = attempts,
-                reason,
-                delay_ms = delay.as_millis(),
-                error = %failure.message,
-                "tool attempt failed; retrying"
-            );
-            tokio::time::sleep(delay).await;
-            // Runs that failed meanwhile (this call's or others') may have
-            // opened the circuit: then this failure is the answer.
-            match tool.breaker.try_acquire() {
-                Ok(next) => permit = Some(next),
-                Err(_) => break outcome,
-            }
-            if let Some(reporter) = &self.reporter {
-                reporter.retried(tool.target(), reason);
-            }
-            progress(
+        let ended = AttemptLoop::new(&self.retries, Some(deadline))
+            .target(Some(tool.breaker.clone()))
+            .first_permit(permit)
+            .run(&mut ToolAttempts {
+                runner: self,
+                call,
                 events,
-                format!(
-                    "attempt {attempts} failed ({}); retrying, attempt {} of {}",
-                    truncate(&failure.message, MAX_QUOTED_FAILURE),
-                    attempts + 1,
-                    retry.max_attempts
-                ),
-            )
+                waited,
+            })
             .await;
-        };
         let duration = started.elapsed();
         // The place is given back before the result is sent on.
         drop(place);
-        let result = match outcome {
-            Ok(output) => v1::ToolResult {
-                output_json: output.to_string(),
-                ..v1::ToolResult::default()
-            },
-            Err(failure) => v1::ToolResult {
-                output_json: failure.output_json,
-                is_error: true,
-                error_message: failure.message,
-                error_kind: failure.kind.into(),
-                ..v1::ToolResult::default()
-            },
-        };
-        let result = v1::ToolResult {
-            duration: prost_types::Duration::try_from(duration).ok(),
-            call_id: call.call_id.clone(),
-            attempts: i32::try_from(attempts).unwrap_or(i32::MAX),
-            ..result
-        };
+        let result = tool_result(ended.result, duration, &call.call_id, ended.attempts);
         tracing::info!(
             tool = tool.name(),
             call_id = %call.call_id,
             run_id = %call.run_id,
             duration_ms = duration.as_millis(),
             waited_ms = waited.as_millis(),
-            attempts,
+            attempts = ended.attempts,
             is_error = result.is_error,
             error_kind = ToolErrorKind::try_from(result.error_kind).map_or("unknown", |kind| kind.as_str_name()),
             "tool call finished"
         );
         result
     }
-
-    /// One attempt, until the call's deadline; counted in the metrics as one
-    /// execution.
-    async fn attempt(
-        &self,
-        call: &Call,
-        events: Option<&EventSender>,
-        waited: Duration,
-    ) -> ToolOutcome {
-        // Dropped with this future when the caller goes away: then it counts
-        // the execution as cancelled.
-        let execution = self
-            .metrics
-            .as_ref()
-            .map(|metrics| metrics.start(call.tool.name()));
-        let deadline = tokio::time::Instant::from_std(call.deadline);
-        let outcome = match tokio::time::timeout_at(deadline, self.run(call, events)).await {
-            Ok(outcome) => outcome,
-            Err(_) => Err(ToolFailure::timeout(timeout_message(call.timeout, waited))),
-        };
-        if let Some(execution) = execution {
-            execution.finish(match &outcome {
-                Ok(_) => Outcome::Ok,
-                Err(failure) => Outcome::of_failure(failure.kind),
-            });
-        }
-        outcome
-    }
-
-    async fn run(&self, call: &Call, events: Option<&EventSender>) -> ToolOutcome {
-        let tool = &call.tool;
-        tool.check_arguments(&call.arguments)?;
-        let workspace_dir = workspace_dir(&self.workspaces_dir, &call.run_id);
-        match &tool.implementation {
-            Implementation::Builtin(builtin) => {
-                let context = BuiltinContext {
-                    workspace_dir,
-                    limits: self.file_limits,
-                };
-                builtin::run(*builtin, call.arguments.clone(), &context).await
-            }
-            Implementation::Command(command) => {
-                let output = command.run(&call.arguments, &workspace_dir, events).await?;
-                tool.check_output(&output)?;
-                Ok(output)
-            }
-        }
-    }
 }
 
-/// Why an attempt was stopped: the call's timeout, and the part of it spent
-/// waiting for a place, if any.
-fn timeout_message(timeout: Duration, waited: Duration) -> String {
-    let waited = Duration::from_millis(u64::try_from(waited.as_millis()).unwrap_or(u64::MAX));
-    if waited.is_zero() {
-        format!("timed out after {}", format_duration(timeout))
-    } else {
-        format!(
-            "timed out after {} (of which {} waiting for a place)",
-            format_duration(timeout),
-            format_duration(waited)
-        )
-    }
-}
-
-/// Tells a streaming caller what happens (a retry), as progress.
-async fn progress(events: Option<&EventSender>, message: String) {
-    if let Some(events) = events {
-        // The receiver is gone only when the client left; the caller
-        // notices and stops the call.
-        let _ = events
-            .send(Ok(ExecuteToolStreamResponse {
-                event: Some(Event::Progress(ToolProgress {
-                    percent: None,
-                    message,
-                })),
-            }))
-            .await;
+/// The result message of a call that ran.
+fn tool_result(
+    outcome: ToolOutcome,
+    duration: Duration,
+    call_id: &str,
+    attempts: u32,
+) -> v1::ToolResult {
+    let result = match outcome {
+        Ok(output) => v1::ToolResult {
+            output_json: output.to_string(),
+            ..v1::ToolResult::default()
+        },
+        Err(failure) => v1::ToolResult {
+            output_json: failure.output_json,
+            is_error: true,
+            error_message: failure.message,
+            error_kind: failure.kind.into(),
+            ..v1::ToolResult::default()
+        },
+    };
+    v1::ToolResult {
+        duration: prost_types::Duration::try_from(duration).ok(),
+        call_id: call_id.to_owned(),
+        attempts: i32::try_from(attempts).unwrap_or(i32::MAX),
+        ..result
     }
 }
 

@@ -6,6 +6,7 @@
 //! polled, never slept, and no assertion depends on how fast the machine is.
 
 #![expect(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
+#![expect(clippy::panic, reason = "a test fails by panicking")]
 
 mod common;
 

@@ -8,7 +8,7 @@ use std::fs;
 use std::io::{Read, Write};
 
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::outcome::{ToolFailure, ToolOutcome};
 use crate::workspace::{PathError, Workspace};
@@ -188,21 +188,24 @@ pub(crate) fn list_files(
                 .strip_prefix(&start)
                 .map(|relative| relative.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let mut item = json!({ "name": name, "path": workspace.relative(&path) });
+            let mut item = serde_json::Map::new();
+            item.insert("name".into(), json!(name));
+            item.insert("path".into(), json!(workspace.relative(&path)));
             if file_type.is_symlink() {
-                item["kind"] = json!("symlink");
+                item.insert("kind".into(), json!("symlink"));
             } else if file_type.is_dir() {
-                item["kind"] = json!("dir");
+                item.insert("kind".into(), json!("dir"));
                 if args.recursive {
                     pending.push(path);
                 }
             } else if file_type.is_file() {
-                item["kind"] = json!("file");
-                item["size"] = json!(entry.metadata().map(|meta| meta.len()).unwrap_or(0));
+                item.insert("kind".into(), json!("file"));
+                let size = entry.metadata().map(|meta| meta.len()).unwrap_or(0);
+                item.insert("size".into(), json!(size));
             } else {
-                item["kind"] = json!("other");
+                item.insert("kind".into(), json!("other"));
             }
-            entries.push(item);
+            entries.push(Value::Object(item));
         }
     }
     entries.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
