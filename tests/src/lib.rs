@@ -77,11 +77,30 @@ impl InProcess {
         let grpc = listeners.grpc_addr().unwrap();
         let admin = listeners.admin_addr().unwrap();
         let stop = CancellationToken::new();
+        let served = Self::serve(name, listeners, &stop, data.path()).await;
+        let task = tokio::spawn(served);
+        Self {
+            grpc,
+            admin,
+            stop,
+            task,
+            _data: data,
+        }
+    }
+
+    /// The service `name`'s `serve` future on `listeners`, until `stop`.
+    async fn serve(
+        name: &str,
+        listeners: Listeners,
+        stop: &CancellationToken,
+        data_dir: &Path,
+    ) -> BoxFuture<'static, Result<(), ServeError>> {
+        let server = test_server_config();
         let shutdown = stop.clone().cancelled_owned();
-        let data_dir = data.path().to_path_buf();
-        let served: BoxFuture<'static, Result<(), ServeError>> = match name {
+        let data_dir = data_dir.to_path_buf();
+        match name {
             "orchestrator" => {
-                let peers = Peers::start(&stop, &data_dir).await;
+                let peers = Peers::start(stop, &data_dir).await;
                 let mut config = agentmesh_orchestrator::Config {
                     server,
                     llm_gateway_url: format!("http://{}", peers.gateway),
@@ -141,14 +160,6 @@ impl InProcess {
                 ))
             }
             other => panic!("no service called {other}"),
-        };
-        let task = tokio::spawn(served);
-        Self {
-            grpc,
-            admin,
-            stop,
-            task,
-            _data: data,
         }
     }
 
