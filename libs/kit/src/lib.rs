@@ -41,6 +41,7 @@ pub mod limits;
 pub mod logging;
 pub mod main_support;
 pub mod metrics;
+pub mod paging;
 pub mod propagation;
 pub mod retry_after;
 pub mod server;
