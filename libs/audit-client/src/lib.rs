@@ -290,12 +290,9 @@ impl AuditClient {
         if let Some(max) = self.inner.capture_limit() {
             // Redact before cutting, so a cut never leaves a secret's prefix.
             let text = self.inner.redact(text);
-            let mut end = text.len().min(max);
-            while !text.is_char_boundary(end) {
-                end -= 1;
-            }
-            content.truncated = end < text.len();
-            content.text = Some(text[..end].to_owned());
+            let kept = agentmesh_kit::text::prefix_within(&text, max);
+            content.truncated = kept.len() < text.len();
+            content.text = Some(kept.to_owned());
         }
         content
     }

@@ -8,10 +8,15 @@
 //!
 //! Modules mirror the proto packages without the leading `agentmesh`:
 //! `agentmesh.orchestrator.v1` is [`orchestrator::v1`], and so on.
+//!
+//! The crate follows the workspace lints; each generated module expects only
+//! the lints that fire on code we do not write (tonic's `#[allow]`s, and a
+//! oneof whose variant sizes the contract decides).
 
 /// `agentmesh.orchestrator.v1`: runs, their events, agent profiles.
 pub mod orchestrator {
     /// Version 1 of the orchestrator API.
+    #[expect(clippy::allow_attributes, reason = "generated code")]
     pub mod v1 {
         tonic::include_proto!("agentmesh.orchestrator.v1");
     }
@@ -20,6 +25,7 @@ pub mod orchestrator {
 /// `agentmesh.llm.v1`: the LLM gateway (generation, streaming, model routes).
 pub mod llm {
     /// Version 1 of the LLM gateway API.
+    #[expect(clippy::allow_attributes, reason = "generated code")]
     pub mod v1 {
         tonic::include_proto!("agentmesh.llm.v1");
     }
@@ -28,6 +34,7 @@ pub mod llm {
 /// `agentmesh.tools.v1`: the tool runner (registry and execution).
 pub mod tools {
     /// Version 1 of the tool runner API.
+    #[expect(clippy::allow_attributes, reason = "generated code")]
     pub mod v1 {
         tonic::include_proto!("agentmesh.tools.v1");
     }
@@ -36,6 +43,11 @@ pub mod tools {
 /// `agentmesh.audit.v1`: the append-only, tamper-evident audit log.
 pub mod audit {
     /// Version 1 of the audit API.
+    #[expect(
+        clippy::allow_attributes,
+        clippy::large_enum_variant,
+        reason = "generated code"
+    )]
     pub mod v1 {
         tonic::include_proto!("agentmesh.audit.v1");
     }
@@ -44,6 +56,7 @@ pub mod audit {
 /// `agentmesh.alerting.v1`: alert rules, alerts, silences and receivers.
 pub mod alerting {
     /// Version 1 of the alerting API.
+    #[expect(clippy::allow_attributes, reason = "generated code")]
     pub mod v1 {
         tonic::include_proto!("agentmesh.alerting.v1");
     }

@@ -7,6 +7,15 @@
 //! applies the SQLite settings that make it safe for a server (WAL journal,
 //! a busy timeout, foreign keys on). Services run their own migrations on the
 //! pool they get back.
+//!
+//! A store's failures are one [`StoreError`] ([`error`]), which becomes a
+//! gRPC status one way in every service: no database text to clients, the
+//! request id in its place, UNAVAILABLE / DATA_LOSS / INTERNAL by what the
+//! client can do about it.
+
+pub mod error;
+
+pub use error::StoreError;
 
 use std::path::PathBuf;
 use std::str::FromStr;

@@ -8,14 +8,16 @@
 //!   429, hangs, cut streams, broken SSE frames, outages), counting what it
 //!   saw, for resilience tests and benchmarks.
 //! * [`eventually`]: waits for a condition with a patience bound, instead of
-//!   sleeping a guessed amount.
+//!   sleeping a guessed amount; [`within`] bounds one step, so a hang fails
+//!   the test instead of blocking CI.
 //! * [`find_program`]: locates an external program a test drives (grpcurl,
 //!   python3) and says how to install it when it is missing.
 
 #![expect(
     clippy::expect_used,
+    clippy::panic,
     clippy::print_stderr,
-    reason = "test helpers fail loudly"
+    reason = "test helpers fail loudly: a failing test panics"
 )]
 
 pub mod fault_provider;
@@ -44,6 +46,14 @@ where
     }
 }
 
+/// Runs `future` for at most `limit`; panics naming `what` when it takes
+/// longer, so a hang fails the test with a reason instead of blocking CI.
+pub async fn within<F: Future>(what: &str, limit: Duration, future: F) -> F::Output {
+    tokio::time::timeout(limit, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {limit:?}"))
+}
+
 /// The path of `program` on `PATH`, or a panic saying how to get it.
 pub fn find_program(program: &str, install_hint: &str) -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
@@ -51,4 +61,28 @@ pub fn find_program(program: &str, install_hint: &str) -> PathBuf {
         .map(|dir| dir.join(program))
         .find(|candidate| candidate.is_file())
         .unwrap_or_else(|| panic!("`{program}` is not on PATH; install it with: {install_hint}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn within_passes_the_output_through() {
+        assert_eq!(
+            within("a ready future", Duration::from_secs(1), async { 7 }).await,
+            7
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    #[should_panic(expected = "the hang did not finish within 5s")]
+    async fn within_fails_a_hang_naming_it() {
+        within(
+            "the hang",
+            Duration::from_secs(5),
+            std::future::pending::<()>(),
+        )
+        .await;
+    }
 }
