@@ -10,7 +10,6 @@
     reason = "test helpers fail loudly"
 )]
 
-use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -428,12 +427,7 @@ impl RunningBinary {
     }
 }
 
-/// Runs `future` with a bound, panicking with `what` when it takes longer.
-pub async fn within<T>(what: &str, limit: Duration, future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(limit, future)
-        .await
-        .unwrap_or_else(|_| panic!("{what} took longer than {limit:?}"))
-}
+pub use agentmesh_testkit::within;
 
 /// The three services of an agent run, in this process, wired together: the
 /// gateway (scripted provider), the tool runner and the orchestrator.

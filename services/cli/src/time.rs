@@ -18,18 +18,9 @@ pub(crate) fn parse_duration(text: &str) -> Option<SignedDuration> {
     span.to_duration(SpanRelativeTo::days_are_24_hours()).ok()
 }
 
-/// A time as the services take it.
-pub(crate) fn to_proto(time: Timestamp) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: time.as_second(),
-        nanos: time.subsec_nanosecond(),
-    }
-}
-
-/// A time the services sent; `None` when unset or out of range.
-pub(crate) fn from_proto(time: Option<&prost_types::Timestamp>) -> Option<Timestamp> {
-    time.and_then(|t| Timestamp::new(t.seconds, t.nanos).ok())
-}
+// A time as the services take it, and a time the services sent (`None` when
+// unset or out of range): the kit's one conversion, named for this crate.
+pub(crate) use agentmesh_kit::time::{jiff_of as from_proto, timestamp_from_jiff as to_proto};
 
 /// Seconds-precision RFC 3339 in UTC, whatever the local time zone.
 pub(crate) fn utc_text(time: Timestamp) -> String {
