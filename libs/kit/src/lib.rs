@@ -45,6 +45,7 @@ pub mod main_support;
 pub mod metrics;
 pub mod paging;
 pub mod propagation;
+pub mod request_context;
 pub mod retry_after;
 pub mod server;
 pub mod shutdown;
@@ -56,5 +57,5 @@ pub mod trace;
 
 pub use config::{ConfigError, LogConfig, ServerConfig, ServiceConfig};
 pub use drain::Drain;
-pub use propagation::RequestContext;
+pub use request_context::RequestContext;
 pub use server::{Listeners, ServeError, ServiceHost, StartupError};
