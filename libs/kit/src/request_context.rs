@@ -79,7 +79,8 @@ impl RequestContext {
         CURRENT.try_with(Clone::clone).ok()
     }
 
-    /// The context stored in a tonic request's extensions by [`PropagationLayer`].
+    /// The context stored in a tonic request's extensions by
+    /// [`crate::propagation::PropagationLayer`].
     pub fn from_request<T>(request: &tonic::Request<T>) -> Option<Self> {
         request.extensions().get::<Self>().cloned()
     }

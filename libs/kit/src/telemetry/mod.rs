@@ -13,14 +13,16 @@
 //!
 //! # Data flow
 //!
-//! [`crate::logging::init`] builds the tracer provider here ([`export`], kept
+//! [`crate::logging::init`] builds the tracer provider here (`export`, kept
 //! until [`shutdown`]) and adds a
 //! `tracing-opentelemetry` layer to the subscriber, so `tracing` spans become
 //! OpenTelemetry spans. Each service a process hosts exports its spans under
 //! its own `service.name` (the CLI hosts five): [`crate::ServiceHost`] asks
 //! for its [`service_context`], which carries that service's tracer, and
 //! every span opened within it (its calls' server spans, their children, its
-//! start-up work) is started by that tracer ([`scope`]). Spans are handed to a batch processor that exports
+//! start-up work) is started by that tracer (`scope`).
+//!
+//! Spans are handed to a batch processor that exports
 //! them from its own thread through a bounded queue: a request never waits
 //! for the exporter, and a full queue drops spans rather than block.
 //!
