@@ -46,6 +46,17 @@
 //! formats, and [`AuditConfig::redact_patterns`] — are replaced by
 //! `[REDACTED]` in every string of every event before it leaves the process
 //! or reaches the spool (see [`Redactor`]).
+//!
+//! # Layout
+//!
+//! * this module: [`AuditConfig`] and [`AuditClient`], the handle services
+//!   hold (emit, capture, shutdown, delivery health);
+//! * `sender`: the queue and the sender task (with `active`, `task` and
+//!   `metrics` beneath it);
+//! * `spool`: the append-only segment files events wait in;
+//! * `redact`: [`Redactor`], applied to every string of every event;
+//! * [`resilience`]: resilience decisions (circuit changes, refusals,
+//!   retries) as metrics and, where an operator needs them, audit events.
 
 mod redact;
 pub mod resilience;

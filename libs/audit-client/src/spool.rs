@@ -232,8 +232,10 @@ impl Spool {
                 tracing::error!(event_id = %event.event_id, "audit spool: event could not be encoded; dropped");
                 continue;
             }
-            let sum = checksum(&buffer[payload_at..]);
-            buffer[checksum_at..payload_at].copy_from_slice(&sum);
+            let sum = checksum(buffer.get(payload_at..).unwrap_or_default());
+            if let Some(slot) = buffer.get_mut(checksum_at..payload_at) {
+                slot.copy_from_slice(&sum);
+            }
         }
         if buffer.is_empty() {
             return Ok(());
@@ -445,7 +447,9 @@ fn parse_segment_name(name: &str) -> Option<u64> {
 fn checksum(payload: &[u8]) -> [u8; CHECKSUM_BYTES] {
     let digest = Sha256::digest(payload);
     let mut sum = [0; CHECKSUM_BYTES];
-    sum.copy_from_slice(&digest[..CHECKSUM_BYTES]);
+    for (byte, from) in sum.iter_mut().zip(digest.iter()) {
+        *byte = *from;
+    }
     sum
 }
 

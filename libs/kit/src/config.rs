@@ -5,7 +5,9 @@
 //!
 //! 1. the struct's `Default` (the embedded mode: SQLite, default ports);
 //! 2. a TOML file: either a file for this service alone (top-level keys) or one
-//!    file with a section per service (`[orchestrator]`, `[llm_gateway]`, …);
+//!    file with a section per service (`[orchestrator]`, `[llm_gateway]`, …;
+//!    see [`FileLayout`]): a service without a section in a sectioned file
+//!    keeps its defaults;
 //! 3. environment variables `AGENTMESH_<SECTION>__<KEY>__<SUBKEY>`, for example
 //!    `AGENTMESH_ORCHESTRATOR__SERVER__PORT=6000`;
 //! 4. command-line flags (`--port`, `--set server.grace_period=5s`).
@@ -288,17 +290,77 @@ pub struct Overrides {
     pub set: Vec<(String, String)>,
 }
 
+/// The sections of the five services in a shared configuration file.
+pub const SERVICE_SECTIONS: [&str; 5] = [
+    "orchestrator",
+    "llm_gateway",
+    "tool_runner",
+    "audit",
+    "alerting",
+];
+
+/// How a configuration file holds a service's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileLayout {
+    /// Decided by the file: it is sectioned when it has a table named after
+    /// this service, or after another service that is not also one of this
+    /// service's own settings (the producers of audit events have an `audit`
+    /// setting, so `[audit]` alone leaves a producer's file flat); otherwise
+    /// its top-level keys are this service's settings.
+    Detect,
+    /// A section per service, known to the caller (e.g. the whole mesh's
+    /// file): this service reads its own section, or keeps its defaults.
+    Sectioned,
+}
+
 /// Reads a service's configuration: defaults, then `file`, then the
-/// environment, then `overrides`; then validates it.
+/// environment, then `overrides`; then validates it. The file's layout is
+/// detected ([`FileLayout::Detect`]).
 pub fn load<C: ServiceConfig>(
     file: Option<&Path>,
     overrides: &Overrides,
 ) -> Result<C, ConfigError> {
+    load_with_layout(file, FileLayout::Detect, overrides)
+}
+
+/// As [`load`], with the file's layout given.
+pub fn load_with_layout<C: ServiceConfig>(
+    file: Option<&Path>,
+    layout: FileLayout,
+    overrides: &Overrides,
+) -> Result<C, ConfigError> {
     load_from_env(
         file,
+        layout,
         overrides,
         Env::prefixed(&env_prefix::<C>()).split("__"),
     )
+}
+
+/// Whether the file at `path` has a section (a top-level table) named after
+/// any of the five services. A file that cannot be read or parsed has none
+/// (loading it then reports why).
+pub fn has_service_section(path: &Path) -> bool {
+    let file = Figment::from(Toml::file_exact(path));
+    SERVICE_SECTIONS
+        .iter()
+        .any(|section| has_table(&file, section))
+}
+
+fn has_table(file: &Figment, name: &str) -> bool {
+    file.find_value(name)
+        .is_ok_and(|value| value.as_dict().is_some())
+}
+
+/// Whether `file` is sectioned for `C` ([`FileLayout::Detect`]).
+fn detect_sectioned<C: ServiceConfig>(file: &Figment) -> bool {
+    if has_table(file, C::SECTION) {
+        return true;
+    }
+    let own_settings = serde_json::to_value(C::default()).unwrap_or_default();
+    SERVICE_SECTIONS
+        .iter()
+        .any(|section| own_settings.get(section).is_none() && has_table(file, section))
 }
 
 /// The environment prefix of a service, e.g. `AGENTMESH_LLM_GATEWAY__`.
@@ -308,6 +370,7 @@ pub fn env_prefix<C: ServiceConfig>() -> String {
 
 fn load_from_env<C: ServiceConfig>(
     file: Option<&Path>,
+    layout: FileLayout,
     overrides: &Overrides,
     env: Env,
 ) -> Result<C, ConfigError> {
@@ -321,9 +384,12 @@ fn load_from_env<C: ServiceConfig>(
             ));
         }
         let file = Figment::from(Toml::file_exact(path));
-        let sectioned = file
-            .find_value(section)
-            .is_ok_and(|value| value.as_dict().is_some());
+        let sectioned = match layout {
+            FileLayout::Sectioned => true,
+            FileLayout::Detect => detect_sectioned::<C>(&file),
+        };
+        // A sectioned file without this service's section leaves it its
+        // defaults (focusing on a missing key yields nothing).
         figment = if sectioned {
             figment.merge(file.focus(section))
         } else {
@@ -379,6 +445,8 @@ mod tests {
         server: ServerConfig,
         log: LogConfig,
         greeting: String,
+        /// A setting named like a service, as the producers' `audit`.
+        audit: std::collections::BTreeMap<String, String>,
     }
 
     impl Default for TestConfig {
@@ -387,6 +455,7 @@ mod tests {
                 server: ServerConfig::with_port(50099),
                 log: LogConfig::default(),
                 greeting: "hello".into(),
+                audit: std::collections::BTreeMap::new(),
             }
         }
     }
@@ -411,7 +480,7 @@ mod tests {
     fn load_with(file: Option<&Path>, overrides: &Overrides) -> Result<TestConfig, ConfigError> {
         // An empty environment source keeps these tests away from the process environment.
         let env = Env::prefixed("AGENTMESH_TEST_SVC_UNUSED__").split("__");
-        load_from_env::<TestConfig>(file, overrides, env)
+        load_from_env::<TestConfig>(file, FileLayout::Detect, overrides, env)
     }
 
     #[test]
@@ -521,5 +590,51 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("does not exist"), "{err}");
+    }
+
+    #[test]
+    fn a_service_without_a_section_in_a_sectioned_file_keeps_its_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mesh.toml");
+        std::fs::write(
+            &path,
+            "[alerting.route]\nreceiver = \"team\"\n[[alerting.receivers]]\nname = \"team\"\n",
+        )
+        .unwrap();
+        assert!(has_service_section(&path));
+        let config = load_with(Some(&path), &Overrides::default()).unwrap();
+        assert_eq!(config, TestConfig::default());
+    }
+
+    #[test]
+    fn a_setting_named_like_a_service_leaves_a_file_flat() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("svc.toml");
+        std::fs::write(&path, "greeting = \"hi\"\n[audit]\nurl = \"\"\n").unwrap();
+        let config = load_with(Some(&path), &Overrides::default()).unwrap();
+        assert_eq!(config.greeting, "hi");
+        assert_eq!(config.audit.get("url").map(String::as_str), Some(""));
+        // Known to be sectioned (the mesh's file), `[audit]` is the audit
+        // service's, and this service keeps its defaults.
+        let env = Env::prefixed("AGENTMESH_TEST_SVC_UNUSED__").split("__");
+        let config = load_from_env::<TestConfig>(
+            Some(&path),
+            FileLayout::Sectioned,
+            &Overrides::default(),
+            env,
+        )
+        .unwrap();
+        assert_eq!(config, TestConfig::default());
+    }
+
+    #[test]
+    fn a_file_without_service_sections_is_flat() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("svc.toml");
+        std::fs::write(&path, "[server]\nport = 7000\n").unwrap();
+        assert!(!has_service_section(&path));
+        assert!(!has_service_section(&dir.path().join("missing.toml")));
+        let config = load_with(Some(&path), &Overrides::default()).unwrap();
+        assert_eq!(config.server.port, 7000);
     }
 }

@@ -15,11 +15,19 @@
 //!   call, server and client side), [`metrics`] (gRPC
 //!   server and client metrics), [`limits`] (load shedding), [`drain`] (ending streams
 //!   at shutdown). [`body`] holds the response-body wrapper they share.
-//! * [`telemetry`]: the OpenTelemetry exporter and W3C trace propagation.
-//! * [`health`], [`admin`] (`/metrics`, `/healthz`, `/readyz`), [`logging`],
-//!   [`shutdown`] (signals), [`client`] (channels to other services),
-//!   [`status`] (errors a person can act on), [`main_support`] (a service
-//!   binary's `main`).
+//! * [`request_context`]: the [`RequestContext`] a call carries (forwarded
+//!   headers, deadline), read by both [`propagation`] and [`trace`].
+//! * [`telemetry`]: the OpenTelemetry exporters (one per hosted service, so
+//!   each exports under its own `service.name`) and W3C trace propagation.
+//! * [`health`] (with its dependency checks), [`admin`] (`/metrics`,
+//!   `/livez`, `/readyz`), [`logging`], [`shutdown`] (signals), [`client`]
+//!   (channels to other services), [`status`] (errors a person can act on),
+//!   [`main_support`] (a service binary's `main`), [`config_error`] (the
+//!   error every setting check returns).
+//! * What every service does the same way: [`paging`] (page tokens and page
+//!   sizes of the List RPCs), [`time`] (timestamps and stored microseconds),
+//!   [`ident`] (the contract's identifier rule), [`text`] (cutting text at
+//!   character boundaries).
 //!
 //! # Data flow of a call
 //!
@@ -45,6 +53,7 @@ pub mod main_support;
 pub mod metrics;
 pub mod paging;
 pub mod propagation;
+pub mod request_context;
 pub mod retry_after;
 pub mod server;
 pub mod shutdown;
@@ -56,5 +65,5 @@ pub mod trace;
 
 pub use config::{ConfigError, LogConfig, ServerConfig, ServiceConfig};
 pub use drain::Drain;
-pub use propagation::RequestContext;
+pub use request_context::RequestContext;
 pub use server::{Listeners, ServeError, ServiceHost, StartupError};

@@ -55,7 +55,9 @@ pub fn init(service: &str, config: &LogConfig) {
     };
     let traces = provider.as_ref().map(|provider| {
         use opentelemetry::trace::TracerProvider as _;
-        let tracer = provider.tracer(format!("agentmesh-{service}"));
+        // Spans of the services this process hosts go to their own
+        // tracers (see `telemetry::service_context`); the rest to this one.
+        let tracer = telemetry::MeshTracer::new(provider.tracer(format!("agentmesh-{service}")));
         // Spans at info and above from agentmesh's crates (a target prefix),
         // whatever the log level.
         let targets = Targets::new().with_target("agentmesh", tracing::Level::INFO);
@@ -77,6 +79,6 @@ pub fn init(service: &str, config: &LogConfig) {
     // An error means a subscriber is already installed: keep that one, and
     // drop the provider made for nothing.
     if let (Ok(()), Some(provider)) = (result, provider) {
-        telemetry::install(provider);
+        telemetry::install(service, &config.traces, provider);
     }
 }

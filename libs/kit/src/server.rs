@@ -28,6 +28,7 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use opentelemetry::context::FutureExt as _;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -200,12 +201,33 @@ impl ServiceHost {
     /// `startup` is the service's start-up work (connecting to its database,
     /// say): it runs while health says NOT_SERVING and is retried with backoff
     /// until it succeeds; then health says SERVING, as long as every required
-    /// dependency check passes.
+    /// dependency check passes. Spans opened while serving (the calls', the
+    /// start-up's) are exported as this service's
+    /// ([`crate::telemetry::service_context`]).
     pub async fn serve<Start, StartFuture>(
+        self,
+        listeners: Listeners,
+        startup: Start,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServeError>
+    where
+        Start: FnMut() -> StartFuture,
+        StartFuture: Future<Output = Result<(), StartupError>>,
+    {
+        let trace_scope = crate::telemetry::service_context(self.service);
+        Box::pin(self.serve_within(listeners, startup, shutdown, trace_scope.clone()))
+            .with_context(trace_scope)
+            .await
+    }
+
+    /// [`Self::serve`], its spans in `trace_scope`: wires health, reflection
+    /// and the layers, serves, and drains at shutdown.
+    async fn serve_within<Start, StartFuture>(
         mut self,
         listeners: Listeners,
-        mut startup: Start,
+        startup: Start,
         shutdown: impl Future<Output = ()>,
+        trace_scope: opentelemetry::Context,
     ) -> Result<(), ServeError>
     where
         Start: FnMut() -> StartFuture,
@@ -215,24 +237,12 @@ impl ServiceHost {
         let grpc_addr = listeners.grpc_addr()?;
         let admin_addr = listeners.admin_addr()?;
 
-        let (health, health_server) =
-            Health::new(service, self.names.clone(), self.metrics.registry()).await?;
-        self.routes.add_service(health_server);
-        // Checked from now on, start-up or not; the tasks end with `serve`.
-        let _checks = health.spawn_checks(
-            std::mem::take(&mut self.checks),
-            self.config.health_check_interval,
-            self.config.health_check_timeout,
-        );
-        let (reflection_v1, reflection_v1alpha) = reflection(&self.names)?;
-        self.routes.add_service(reflection_v1);
-        self.routes.add_service(reflection_v1alpha);
-
+        let (health, _checks) = self.add_health_and_reflection().await?;
         let methods = Arc::new(KnownMethods::mesh());
         let grpc_metrics = GrpcServerMetrics::register(self.metrics.registry())?;
         let layers = tower::ServiceBuilder::new()
             .layer(PropagationLayer)
-            .layer(ServerTraceLayer)
+            .layer(ServerTraceLayer::new(trace_scope))
             .layer(GrpcMetricsLayer::new(grpc_metrics, methods))
             .layer(
                 InFlightLimitLayer::new(self.config.max_concurrent_requests)
@@ -263,32 +273,6 @@ impl ServiceHost {
         ));
         tracing::info!(%service, grpc = %grpc_addr, admin = %admin_addr, "listening (NOT_SERVING until started)");
 
-        // === starting, then serving ===
-        let ready = async {
-            let mut backoff = Duration::from_millis(500);
-            loop {
-                match startup().await {
-                    Ok(()) => break,
-                    Err(err) => {
-                        tracing::warn!(%service, error = %err, retry_in = ?backoff, "start-up failed; staying NOT_SERVING");
-                        health.record(STARTUP, Err(err.to_string())).await;
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
-                    }
-                }
-            }
-            // SERVING once every required dependency is up too (logged then).
-            health.mark_started().await;
-            let waiting: Vec<String> = health
-                .report()
-                .failing_required()
-                .map(|component| component.name.clone())
-                .collect();
-            if !waiting.is_empty() {
-                tracing::info!(%service, waiting_for = %waiting.join(", "), "started; NOT_SERVING until the dependencies are up");
-            }
-            std::future::pending::<()>().await;
-        };
         tokio::select! {
             result = &mut server => {
                 stop_admin.cancel();
@@ -296,48 +280,12 @@ impl ServiceHost {
                 return Ok(());
             }
             () = shutdown => {}
-            () = ready => {}
+            () = start_up(service, &health, startup) => {}
         }
 
-        // === draining ===
         let begun = Instant::now();
-        let grace = self.config.grace_period;
         health.begin_drain().await;
-        tracing::info!(%service, grace_period = ?grace, drain_delay = ?self.config.drain_delay, "shutting down: NOT_SERVING");
-        let keep_accepting_until = begun + self.config.drain_delay;
-        let finished = tokio::select! {
-            result = &mut server => Some(result),
-            () = tokio::time::sleep_until(keep_accepting_until) => None,
-        };
-        let result = match finished {
-            Some(result) => result,
-            None => {
-                stop_accepting.cancel();
-                self.drain.advance(DrainPhase::Draining);
-                // Leave time at the end of the grace period to end what is
-                // still open cleanly rather than cut connections.
-                let margin = (grace / 4).min(Duration::from_secs(2));
-                let force_at = begun + grace.saturating_sub(margin);
-                let finished = tokio::select! {
-                    result = &mut server => Some(result),
-                    () = tokio::time::sleep_until(force_at) => None,
-                };
-                match finished {
-                    Some(result) => result,
-                    None => {
-                        tracing::warn!(%service, "grace period nearly over: ending the streams still open");
-                        self.drain.advance(DrainPhase::Forced);
-                        match tokio::time::timeout_at(begun + grace, &mut server).await {
-                            Ok(result) => result,
-                            Err(_) => {
-                                tracing::warn!(%service, "connections still open at the end of the grace period; closing them");
-                                Ok(())
-                            }
-                        }
-                    }
-                }
-            }
-        };
+        let result = self.drain_server(server, stop_accepting, begun).await;
         stop_admin.cancel();
         if tokio::time::timeout(Duration::from_secs(1), admin)
             .await
@@ -348,6 +296,101 @@ impl ServiceHost {
         tracing::info!(%service, took = ?begun.elapsed(), "stopped");
         result.map_err(ServeError::from)
     }
+
+    /// Adds the health and reflection services to the routes and starts the
+    /// dependency checks, which run from now on, start-up or not (the tasks
+    /// end when the returned set is dropped, with `serve`).
+    async fn add_health_and_reflection(
+        &mut self,
+    ) -> Result<(Health, tokio::task::JoinSet<()>), ServeError> {
+        let (health, health_server) =
+            Health::new(self.service, self.names.clone(), self.metrics.registry()).await?;
+        self.routes.add_service(health_server);
+        let checks = health.spawn_checks(
+            std::mem::take(&mut self.checks),
+            self.config.health_check_interval,
+            self.config.health_check_timeout,
+        );
+        let (reflection_v1, reflection_v1alpha) = reflection(&self.names)?;
+        self.routes.add_service(reflection_v1);
+        self.routes.add_service(reflection_v1alpha);
+        Ok((health, checks))
+    }
+
+    /// Shutdown, health already NOT_SERVING since `begun`: keeps accepting
+    /// for `drain_delay`, then stops accepting and lets calls finish; near
+    /// the end of the grace period ends the streams still open, and at its
+    /// end stops waiting for connections.
+    async fn drain_server<Served>(
+        &self,
+        mut server: std::pin::Pin<&mut Served>,
+        stop_accepting: CancellationToken,
+        begun: Instant,
+    ) -> Result<(), tonic::transport::Error>
+    where
+        Served: Future<Output = Result<(), tonic::transport::Error>>,
+    {
+        let service = self.service;
+        let grace = self.config.grace_period;
+        tracing::info!(%service, grace_period = ?grace, drain_delay = ?self.config.drain_delay, "shutting down: NOT_SERVING");
+        let keep_accepting_until = begun + self.config.drain_delay;
+        tokio::select! {
+            result = &mut server => return result,
+            () = tokio::time::sleep_until(keep_accepting_until) => {}
+        }
+        stop_accepting.cancel();
+        self.drain.advance(DrainPhase::Draining);
+        // Leave time at the end of the grace period to end what is still
+        // open cleanly rather than cut connections.
+        let margin = (grace / 4).min(Duration::from_secs(2));
+        let force_at = begun + grace.saturating_sub(margin);
+        tokio::select! {
+            result = &mut server => return result,
+            () = tokio::time::sleep_until(force_at) => {}
+        }
+        tracing::warn!(%service, "grace period nearly over: ending the streams still open");
+        self.drain.advance(DrainPhase::Forced);
+        match tokio::time::timeout_at(begun + grace, &mut server).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!(%service, "connections still open at the end of the grace period; closing them");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Runs the service's start-up work until it succeeds (NOT_SERVING, retried
+/// with backoff), then marks the service started (SERVING once every
+/// required dependency is up too) and never returns: serving goes on until
+/// shutdown.
+async fn start_up<Start, StartFuture>(service: &str, health: &Health, mut startup: Start)
+where
+    Start: FnMut() -> StartFuture,
+    StartFuture: Future<Output = Result<(), StartupError>>,
+{
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match startup().await {
+            Ok(()) => break,
+            Err(err) => {
+                tracing::warn!(%service, error = %err, retry_in = ?backoff, "start-up failed; staying NOT_SERVING");
+                health.record(STARTUP, Err(err.to_string())).await;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+    health.mark_started().await;
+    let waiting: Vec<String> = health
+        .report()
+        .failing_required()
+        .map(|component| component.name.clone())
+        .collect();
+    if !waiting.is_empty() {
+        tracing::info!(%service, waiting_for = %waiting.join(", "), "started; NOT_SERVING until the dependencies are up");
+    }
+    std::future::pending::<()>().await;
 }
 
 /// Reflection v1 and v1alpha listing exactly the services this process serves.

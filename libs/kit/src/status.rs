@@ -27,14 +27,6 @@ where
     Status::with_error_details(Code::InvalidArgument, message, details)
 }
 
-/// UNIMPLEMENTED for an RPC of the contract whose behaviour is not built yet,
-/// saying so plainly (never a fake success).
-pub fn not_built_yet(rpc: &str, what: &str) -> Status {
-    Status::unimplemented(format!(
-        "{rpc} is part of the agentmesh contract but is not implemented in this build yet: {what}"
-    ))
-}
-
 /// A tonic status as a `google.rpc.Status` message (keeping its details), for
 /// responses that carry a per-item error.
 pub fn to_rpc_status(status: &Status) -> tonic_types::pb::Status {
@@ -82,15 +74,5 @@ mod tests {
         let bad_request = details.bad_request().unwrap();
         assert_eq!(bad_request.field_violations.len(), 2);
         assert_eq!(bad_request.field_violations[1].field, "limits.max_steps");
-    }
-
-    #[test]
-    fn not_built_yet_is_unimplemented_and_says_what() {
-        let status = not_built_yet(
-            "AuditService/Record",
-            "the audit log arrives with the audit issue",
-        );
-        assert_eq!(status.code(), Code::Unimplemented);
-        assert!(status.message().contains("AuditService/Record"));
     }
 }

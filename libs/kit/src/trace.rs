@@ -24,7 +24,7 @@ use tracing::Instrument;
 use tracing::field::Empty;
 
 use crate::body::EndGuard;
-use crate::propagation::RequestContext;
+use crate::request_context::RequestContext;
 use crate::telemetry;
 
 /// Whether calls to `path` get spans.
@@ -88,14 +88,27 @@ pub fn code_name(code: Code) -> &'static str {
 
 /// Opens a server span for every traced incoming call. Goes inside
 /// [`crate::propagation::PropagationLayer`], whose context it reads.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ServerTraceLayer;
+#[derive(Debug, Clone, Default)]
+pub struct ServerTraceLayer {
+    service: opentelemetry::Context,
+}
+
+impl ServerTraceLayer {
+    /// Server spans exported as the service of `service`
+    /// ([`telemetry::service_context`]).
+    pub fn new(service: opentelemetry::Context) -> Self {
+        Self { service }
+    }
+}
 
 impl<S> tower::Layer<S> for ServerTraceLayer {
     type Service = ServerTrace<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ServerTrace { inner }
+        ServerTrace {
+            inner,
+            service: self.service.clone(),
+        }
     }
 }
 
@@ -103,6 +116,7 @@ impl<S> tower::Layer<S> for ServerTraceLayer {
 #[derive(Debug, Clone)]
 pub struct ServerTrace<S> {
     inner: S,
+    service: opentelemetry::Context,
 }
 
 impl<S, ReqBody> tower::Service<Request<ReqBody>> for ServerTrace<S>
@@ -146,7 +160,7 @@ where
             span_id = Empty,
         );
         if telemetry::enabled() {
-            telemetry::extract(&span, request.headers());
+            telemetry::extract_within(&span, request.headers(), &self.service);
             telemetry::record_ids(&span);
         } else if let Some(trace_id) = request
             .headers()

@@ -215,7 +215,8 @@ mod tests {
 
     #[test]
     fn corruption_is_data_loss() {
-        let decode = prost::DecodeError::new("invalid wire type");
+        // A field that promises five bytes and ends: what a torn row holds.
+        let decode = <String as prost::Message>::decode(&[0x0a_u8, 0x05][..]).unwrap_err();
         for err in [
             StoreError::from(decode),
             StoreError::Corrupt("bad json".into()),

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use agentmesh_audit_client::AuditConfig;
-use agentmesh_kit::config::{self, Overrides, ServiceConfig};
+use agentmesh_kit::config::{self, FileLayout, Overrides, ServiceConfig};
 use agentmesh_kit::{ConfigError, Listeners, ServeError, ServerConfig};
 use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
@@ -45,10 +45,11 @@ impl MeshConfigs {
         ports: Ports,
         data_dir: &Path,
     ) -> Result<Self, ConfigError> {
+        let layout = layout_of(file);
         let mut configs = Self {
-            orchestrator: load_one(file, ports, 0, Some(data_dir))?,
-            llm_gateway: load_one(file, ports, 1, None)?,
-            tool_runner: load_one(file, ports, 2, None).map(
+            orchestrator: load_one(file, layout, ports, 0, Some(data_dir))?,
+            llm_gateway: load_one(file, layout, ports, 1, None)?,
+            tool_runner: load_one(file, layout, ports, 2, None).map(
                 |mut c: agentmesh_tool_runner::Config| {
                     // Run workspaces live beside the databases.
                     if c.workspaces_dir == agentmesh_tool_runner::Config::default().workspaces_dir {
@@ -58,7 +59,7 @@ impl MeshConfigs {
                 },
             )?,
             audit: load_audit(file, ports, data_dir)?,
-            alerting: load_one(file, ports, 4, Some(data_dir))?,
+            alerting: load_one(file, layout, ports, 4, Some(data_dir))?,
         };
         // Audit events that cannot be sent yet wait beside the databases.
         let default_spool = AuditConfig::default().spool_dir;
@@ -88,11 +89,23 @@ pub(crate) fn load_audit(
     ports: Ports,
     data_dir: &Path,
 ) -> Result<agentmesh_audit::Config, ConfigError> {
-    load_one(file, ports, AUDIT_INDEX, Some(data_dir))
+    load_one(file, layout_of(file), ports, AUDIT_INDEX, Some(data_dir))
+}
+
+/// How the mesh's file is read: one with any service's section is sectioned
+/// for all five (a service without a section keeps its defaults), so that
+/// `[audit.storage]` alone is the audit service's, not the producers' audit
+/// settings; one without is read by every service as its own settings.
+fn layout_of(file: Option<&Path>) -> FileLayout {
+    match file {
+        Some(path) if config::has_service_section(path) => FileLayout::Sectioned,
+        _ => FileLayout::Detect,
+    }
 }
 
 fn load_one<C: ServiceConfig>(
     file: Option<&Path>,
+    layout: FileLayout,
     ports: Ports,
     index: u16,
     data_dir: Option<&Path>,
@@ -126,7 +139,7 @@ fn load_one<C: ServiceConfig>(
             set,
         },
     };
-    config::load::<C>(file, &overrides)
+    config::load_with_layout::<C>(file, layout, &overrides)
 }
 
 /// An address a client on this machine can reach (`0.0.0.0` → loopback).
@@ -380,5 +393,56 @@ impl Mesh {
         let mut failures = self.producers.stop().await?;
         failures.extend(self.audit.services.stop().await?);
         all_ok(failures)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// Loads the mesh's configurations from a file holding `text`, in a
+    /// directory of its own (removed afterwards).
+    fn load(text: &str) -> Result<MeshConfigs, ConfigError> {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let dir: PathBuf = std::env::temp_dir().join(format!(
+            "agentmesh-mesh-config-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("mesh.toml");
+        std::fs::write(&path, text).unwrap();
+        let loaded = MeshConfigs::load(Some(&path), Ports::Ephemeral, &dir);
+        std::fs::remove_dir_all(&dir).unwrap();
+        loaded
+    }
+
+    #[test]
+    fn services_without_a_section_keep_their_defaults() {
+        let configs = load(
+            "[alerting.route]\nreceiver = \"team\"\n\n[[alerting.receivers]]\nname = \"team\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            configs.llm_gateway.log,
+            agentmesh_llm_gateway::Config::default().log
+        );
+        let configs = load("[audit.storage]\nmax_connections = 3\n").unwrap();
+        assert_eq!(configs.audit.storage.max_connections, 3);
+        assert_eq!(
+            configs.orchestrator.audit.url,
+            AuditConfig::default().url,
+            "the producers keep their own audit settings"
+        );
+    }
+
+    #[test]
+    fn a_file_without_sections_is_every_service_s_own() {
+        let configs = load("[log]\nlevel = \"debug\"\n").unwrap();
+        assert_eq!(configs.orchestrator.log.level, "debug");
+        assert_eq!(configs.alerting.log.level, "debug");
     }
 }

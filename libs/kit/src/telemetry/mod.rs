@@ -13,10 +13,16 @@
 //!
 //! # Data flow
 //!
-//! [`crate::logging::init`] builds the tracer provider here (kept until
-//! [`shutdown`]) and adds a
+//! [`crate::logging::init`] builds the tracer provider here (`export`, kept
+//! until [`shutdown`]) and adds a
 //! `tracing-opentelemetry` layer to the subscriber, so `tracing` spans become
-//! OpenTelemetry spans. Spans are handed to a batch processor that exports
+//! OpenTelemetry spans. Each service a process hosts exports its spans under
+//! its own `service.name` (the CLI hosts five): [`crate::ServiceHost`] asks
+//! for its [`service_context`], which carries that service's tracer, and
+//! every span opened within it (its calls' server spans, their children, its
+//! start-up work) is started by that tracer (`scope`).
+//!
+//! Spans are handed to a batch processor that exports
 //! them from its own thread through a bounded queue: a request never waits
 //! for the exporter, and a full queue drops spans rather than block.
 //!
@@ -27,21 +33,26 @@
 //! exporter, no propagator, and incoming trace headers are forwarded as they
 //! came (which is all an Istio sidecar needs).
 
+mod export;
+mod scope;
+
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, OnceLock};
 
 use http::HeaderMap;
 use opentelemetry::propagation::{
     Extractor, Injector, TextMapCompositePropagator, TextMapPropagator,
 };
 use opentelemetry::trace::TraceContextExt;
-use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
-use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde::{Deserialize, Serialize};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::config_error::ConfigError;
+
+pub(crate) use export::{install, provider};
+pub use export::{service_context, shutdown};
+pub(crate) use scope::MeshTracer;
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 static CAPTURE_CONTENT: AtomicBool = AtomicBool::new(false);
@@ -112,7 +123,7 @@ impl TracesConfig {
     }
 
     /// Whether traces are to be exported, given the environment.
-    fn wanted(&self, env: impl Fn(&str) -> Option<String>) -> bool {
+    pub(crate) fn wanted(&self, env: impl Fn(&str) -> Option<String>) -> bool {
         let set = |name: &str| env(name).is_some_and(|value| !value.trim().is_empty());
         if env("OTEL_SDK_DISABLED").is_some_and(|value| value.trim().eq_ignore_ascii_case("true")) {
             return false;
@@ -141,92 +152,6 @@ pub fn enabled() -> bool {
 /// Whether contents (prompts, completions, tool arguments) go on spans.
 pub fn capture_content() -> bool {
     CAPTURE_CONTENT.load(Ordering::Relaxed)
-}
-
-/// The installed tracer provider, kept for [`shutdown`].
-static INSTALLED: Mutex<Option<SdkTracerProvider>> = Mutex::new(None);
-
-/// Keeps `provider` for [`shutdown`].
-pub(crate) fn install(provider: SdkTracerProvider) {
-    if let Ok(mut installed) = INSTALLED.lock() {
-        *installed = Some(provider);
-    }
-}
-
-/// Exports the spans still queued and stops the exporter; call at the very
-/// end, inside the Tokio runtime (the exporter's connection lives on it).
-/// Does nothing when traces are off.
-pub fn shutdown() {
-    let provider = INSTALLED
-        .lock()
-        .ok()
-        .and_then(|mut installed| installed.take());
-    if let Some(provider) = provider
-        && let Err(err) = provider.shutdown_with_timeout(std::time::Duration::from_secs(5))
-    {
-        tracing::warn!(%err, "could not export the last spans");
-    }
-}
-
-/// Builds the tracer provider for `service` when `config` and the
-/// environment ask for traces. Must run inside a Tokio runtime (the gRPC
-/// exporter's connection lives on it).
-pub(crate) fn provider(
-    service: &str,
-    config: &TracesConfig,
-) -> Result<Option<SdkTracerProvider>, String> {
-    CAPTURE_CONTENT.store(config.capture_content, Ordering::Relaxed);
-    if !config.wanted(|name| std::env::var(name).ok()) {
-        return Ok(None);
-    }
-    let protocol = if config.protocol.is_empty() {
-        std::env::var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-            .or_else(|_| std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL"))
-            .unwrap_or_else(|_| "grpc".to_owned())
-    } else {
-        config.protocol.clone()
-    };
-    let exporter = match protocol.trim() {
-        "http/protobuf" => {
-            let mut builder = opentelemetry_otlp::SpanExporter::builder().with_http();
-            if !config.endpoint.is_empty() {
-                let base = config.endpoint.trim_end_matches('/');
-                builder = builder.with_endpoint(format!("{base}/v1/traces"));
-            }
-            builder.build()
-        }
-        "grpc" | "" => {
-            let mut builder = opentelemetry_otlp::SpanExporter::builder().with_tonic();
-            if !config.endpoint.is_empty() {
-                builder = builder.with_endpoint(config.endpoint.clone());
-            }
-            builder.build()
-        }
-        other => {
-            return Err(format!(
-                "OTLP protocol `{other}` is not supported: use grpc or http/protobuf"
-            ));
-        }
-    }
-    .map_err(|err| format!("cannot build the OTLP span exporter: {err}"))?;
-
-    let detected = opentelemetry_sdk::Resource::builder().build();
-    let named = std::env::var("OTEL_SERVICE_NAME").is_ok_and(|name| !name.is_empty())
-        || detected
-            .get(&opentelemetry::Key::from_static_str("service.name"))
-            .is_some_and(|name| !name.as_str().starts_with("unknown_service"));
-    let mut resource = opentelemetry_sdk::Resource::builder().with_attribute(
-        opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
-    );
-    if !named {
-        resource = resource.with_service_name(format!("agentmesh-{service}"));
-    }
-    let provider = SdkTracerProvider::builder()
-        .with_resource(resource.build())
-        .with_batch_exporter(exporter)
-        .build();
-    ENABLED.store(true, Ordering::Relaxed);
-    Ok(Some(provider))
 }
 
 fn propagator() -> &'static TextMapCompositePropagator {
@@ -267,8 +192,15 @@ impl Injector for HeaderInjector<'_> {
 /// Makes the trace context in `headers` (W3C `traceparent`, `tracestate`,
 /// `baggage`) the parent of `span`.
 pub fn extract(span: &tracing::Span, headers: &HeaderMap) {
-    let parent = propagator().extract(&HeaderExtractor(headers));
-    if parent.span().span_context().is_valid() {
+    extract_within(span, headers, &opentelemetry::Context::current());
+}
+
+/// As [`extract`], within a service's context ([`service_context`]): the
+/// span, and every span under it, is exported as that service's, whether it
+/// continues the caller's trace or starts one.
+pub fn extract_within(span: &tracing::Span, headers: &HeaderMap, service: &opentelemetry::Context) {
+    let parent = propagator().extract_with_context(service, &HeaderExtractor(headers));
+    if parent.span().span_context().is_valid() || scope::names_a_service(service) {
         // An error only means the span is disabled: nothing to parent.
         drop(span.set_parent(parent));
     }
