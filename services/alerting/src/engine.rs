@@ -23,6 +23,7 @@ use std::time::{Duration, SystemTime};
 
 use agentmesh_proto::alerting::v1 as pb;
 use agentmesh_proto::audit::v1::AuditEvent;
+use agentmesh_storage::StoreError;
 use tokio::sync::{Mutex, broadcast};
 
 use crate::dispatch::Dispatcher;
@@ -31,7 +32,7 @@ use crate::model::{ALERTNAME, Alert, AlertState, Annotations, Fingerprint, Label
 use crate::routing::Inhibitor;
 use crate::rules::{Evaluator, RuleAlert};
 use crate::silence::Silence;
-use crate::store::{Commit, Loaded, Store, StoreError};
+use crate::store::{Commit, Loaded, Store};
 
 /// How an alert changed, for `WatchAlerts`.
 #[derive(Debug, Clone)]

@@ -5,11 +5,10 @@ use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
+use agentmesh_kit::paging::{FilterHash, Page, PageLimits};
 use agentmesh_kit::status::invalid_argument;
 use agentmesh_proto::alerting::v1::{self as pb, alerting_service_server::AlertingService};
 use futures::Stream;
-use prost::Message;
-use sha2::{Digest, Sha256};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, mpsc};
 use tonic::{Request, Response, Status};
@@ -20,8 +19,7 @@ use crate::model::{Alert, Annotations, LabelSet};
 use crate::silence::Silence;
 
 /// Default and largest page sizes of the List RPCs.
-const DEFAULT_PAGE_SIZE: usize = 100;
-const MAX_PAGE_SIZE: usize = 1000;
+const PAGES: PageLimits = PageLimits::new(100, 1000);
 
 /// The handlers; answer UNAVAILABLE until the engine is ready.
 #[derive(Clone)]
@@ -47,49 +45,6 @@ impl AlertingServiceImpl {
             .get()
             .ok_or_else(|| Status::unavailable("the alerting service is starting; retry shortly"))
     }
-}
-
-fn page_size(requested: i32) -> Result<usize, Status> {
-    match usize::try_from(requested) {
-        Ok(0) => Ok(DEFAULT_PAGE_SIZE),
-        Ok(size) => Ok(size.min(MAX_PAGE_SIZE)),
-        Err(_) => Err(invalid_argument([("page_size", "must not be negative")])),
-    }
-}
-
-/// A short hash of the request's fields other than paging, so that a page
-/// token cannot be used with other filters.
-#[expect(
-    clippy::indexing_slicing,
-    reason = "a SHA-256 digest is 32 bytes, so its first 6 always exist"
-)]
-fn request_hash(message: &impl Message) -> String {
-    hex::encode(&Sha256::digest(message.encode_to_vec())[..6])
-}
-
-/// An opaque token carrying the last item's key and the request's hash.
-fn page_token(key: &str, hash: &str) -> String {
-    hex::encode(format!("{hash}|{key}"))
-}
-
-fn parse_page_token(token: &str, hash: &str) -> Result<Option<String>, Status> {
-    if token.is_empty() {
-        return Ok(None);
-    }
-    hex::decode(token)
-        .ok()
-        .and_then(|bytes| String::from_utf8(bytes).ok())
-        .and_then(|text| {
-            let (token_hash, key) = text.split_once('|')?;
-            (token_hash == hash).then(|| key.to_owned())
-        })
-        .map(Some)
-        .ok_or_else(|| {
-            invalid_argument([(
-                "page_token",
-                "is not a page token of this request (the other fields must stay the same between pages)",
-            )])
-        })
 }
 
 /// The alert filter shared by ListAlerts and WatchAlerts.
@@ -362,7 +317,16 @@ impl AlertingService for AlertingServiceImpl {
         request: Request<pb::ListAlertsRequest>,
     ) -> Result<Response<pb::ListAlertsResponse>, Status> {
         let request = request.into_inner();
-        let size = page_size(request.page_size)?;
+        let page = Page::<String>::from_request(
+            PAGES,
+            request.page_size,
+            &request.page_token,
+            FilterHash::of_message(&pb::ListAlertsRequest {
+                page_size: 0,
+                page_token: String::new(),
+                ..request.clone()
+            }),
+        )?;
         let filter = AlertFilter::parse(
             &request.states,
             &request.severities,
@@ -370,31 +334,18 @@ impl AlertingService for AlertingServiceImpl {
             request.silenced,
             request.inhibited,
         )?;
-        let hash = request_hash(&pb::ListAlertsRequest {
-            page_size: 0,
-            page_token: String::new(),
-            ..request.clone()
-        });
-        let after = parse_page_token(&request.page_token, &hash)?;
         let alerts = self.engine()?.alerts().await;
         // The list is sorted; the token names the last alert of the page by
         // its sort key, so pages hold whatever changed between calls.
-        let mut page: Vec<Alert> = alerts
+        let mut alerts: Vec<Alert> = alerts
             .into_iter()
             .filter(|alert| filter.matches(alert))
-            .filter(|alert| after.as_ref().is_none_or(|after| sort_key(alert) > *after))
-            .take(size + 1)
+            .filter(|alert| page.after().is_none_or(|after| sort_key(alert) > *after))
+            .take(page.fetch_size())
             .collect();
-        let next_page_token = if page.len() > size {
-            page.truncate(size);
-            page.last()
-                .map(|alert| page_token(&sort_key(alert), &hash))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = page.finish(&mut alerts, sort_key);
         Ok(Response::new(pb::ListAlertsResponse {
-            alerts: page.iter().map(Alert::to_proto).collect(),
+            alerts: alerts.iter().map(Alert::to_proto).collect(),
             next_page_token,
         }))
     }
@@ -435,9 +386,11 @@ impl AlertingService for AlertingServiceImpl {
         let request = request.into_inner();
         let now = SystemTime::now();
         let silence = Silence::create(request.silence.as_ref(), now).map_err(invalid_argument)?;
-        let silence = self.engine()?.add_silence(silence).await.map_err(|err| {
-            Status::unavailable(format!("the silence could not be stored: {err}"))
-        })?;
+        let silence = self
+            .engine()?
+            .add_silence(silence)
+            .await
+            .map_err(Status::from)?;
         tracing::info!(
             id = %silence.id,
             created_by = %silence.created_by,
@@ -454,7 +407,16 @@ impl AlertingService for AlertingServiceImpl {
         request: Request<pb::ListSilencesRequest>,
     ) -> Result<Response<pb::ListSilencesResponse>, Status> {
         let request = request.into_inner();
-        let size = page_size(request.page_size)?;
+        let page = Page::<String>::from_request(
+            PAGES,
+            request.page_size,
+            &request.page_token,
+            FilterHash::of_message(&pb::ListSilencesRequest {
+                page_size: 0,
+                page_token: String::new(),
+                states: request.states.clone(),
+            }),
+        )?;
         let mut problems = Vec::new();
         for (index, state) in request.states.iter().enumerate() {
             match pb::SilenceState::try_from(*state) {
@@ -468,12 +430,6 @@ impl AlertingService for AlertingServiceImpl {
         if !problems.is_empty() {
             return Err(invalid_argument(problems));
         }
-        let hash = request_hash(&pb::ListSilencesRequest {
-            page_size: 0,
-            page_token: String::new(),
-            states: request.states.clone(),
-        });
-        let after = parse_page_token(&request.page_token, &hash)?;
         let now = SystemTime::now();
         let silences = self.engine()?.silences().await;
         let key = |silence: &Silence| {
@@ -485,24 +441,20 @@ impl AlertingService for AlertingServiceImpl {
                 silence.id
             )
         };
-        let mut page: Vec<Silence> = silences
+        let mut silences: Vec<Silence> = silences
             .into_iter()
             .filter(|silence| {
                 request.states.is_empty() || request.states.contains(&(silence.state(now) as i32))
             })
-            .filter(|silence| after.as_ref().is_none_or(|after| key(silence) > *after))
-            .take(size + 1)
+            .filter(|silence| page.after().is_none_or(|after| key(silence) > *after))
+            .take(page.fetch_size())
             .collect();
-        let next_page_token = if page.len() > size {
-            page.truncate(size);
-            page.last()
-                .map(|s| page_token(&key(s), &hash))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = page.finish(&mut silences, key);
         Ok(Response::new(pb::ListSilencesResponse {
-            silences: page.iter().map(|silence| silence.to_proto(now)).collect(),
+            silences: silences
+                .iter()
+                .map(|silence| silence.to_proto(now))
+                .collect(),
             next_page_token,
         }))
     }
@@ -519,7 +471,7 @@ impl AlertingService for AlertingServiceImpl {
             .engine()?
             .expire_silence(&request.id)
             .await
-            .map_err(|err| Status::unavailable(format!("the silence could not be stored: {err}")))?
+            .map_err(Status::from)?
             .ok_or_else(|| Status::not_found(format!("no silence has id {:?}", request.id)))?;
         tracing::info!(id = %silence.id, "silence expired");
         Ok(Response::new(pb::DeleteSilenceResponse {
@@ -532,26 +484,23 @@ impl AlertingService for AlertingServiceImpl {
         request: Request<pb::ListRulesRequest>,
     ) -> Result<Response<pb::ListRulesResponse>, Status> {
         let request = request.into_inner();
-        let size = page_size(request.page_size)?;
-        let hash = request_hash(&pb::ListRulesRequest::default());
-        let after = parse_page_token(&request.page_token, &hash)?;
+        // No filters: the token is bound to the empty request.
+        let page = Page::<String>::from_request(
+            PAGES,
+            request.page_size,
+            &request.page_token,
+            FilterHash::of_message(&pb::ListRulesRequest::default()),
+        )?;
         let mut rules = self.engine()?.rules().await;
         rules.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut page: Vec<pb::Rule> = rules
+        let mut rules: Vec<pb::Rule> = rules
             .into_iter()
-            .filter(|rule| after.as_ref().is_none_or(|after| rule.name > *after))
-            .take(size + 1)
+            .filter(|rule| page.after().is_none_or(|after| rule.name > *after))
+            .take(page.fetch_size())
             .collect();
-        let next_page_token = if page.len() > size {
-            page.truncate(size);
-            page.last()
-                .map(|rule| page_token(&rule.name, &hash))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = page.finish(&mut rules, |rule| rule.name.clone());
         Ok(Response::new(pb::ListRulesResponse {
-            rules: page,
+            rules,
             next_page_token,
         }))
     }
@@ -568,3 +517,6 @@ fn sort_key(alert: &Alert) -> String {
     let start = alert.starts_at.or(alert.active_at).map_or(0, micros_u64);
     format!("{severity}|{:020}|{}", u64::MAX - start, alert.fingerprint)
 }
+
+#[cfg(test)]
+mod tests;

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use agentmesh_storage::{Database, EmbeddedMigration, Migrations, with_pool};
+use agentmesh_storage::{Database, EmbeddedMigration, Migrations, StoreError, with_pool};
 use futures::future::BoxFuture;
 use sqlx::Row;
 
@@ -36,15 +36,6 @@ pub(crate) static MIGRATIONS: Migrations = Migrations {
 
 /// The `alerting_state` row holding the audit cursor.
 const CURSOR: &str = "audit_cursor";
-
-/// A failure of the store.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum StoreError {
-    #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
-    #[error("stored data cannot be read: {0}")]
-    Corrupt(String),
-}
 
 impl From<StoreError> for PersistError {
     fn from(err: StoreError) -> Self {

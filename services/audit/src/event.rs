@@ -12,6 +12,7 @@
 
 use std::time::SystemTime;
 
+use agentmesh_kit::time::micros_or_zero;
 use agentmesh_proto::audit::v1::{AuditEvent, EventType, Outcome, audit_event::Details};
 use prost::Message;
 use sha2::{Digest, Sha256};
@@ -63,8 +64,8 @@ impl Columns {
         let mut keys: Vec<&str> = event.attributes.keys().map(String::as_str).collect();
         keys.sort_unstable();
         Self {
-            time_us: micros(event.time.as_ref()),
-            record_time_us: micros(event.record_time.as_ref()),
+            time_us: micros_or_zero(event.time.as_ref()),
+            record_time_us: micros_or_zero(event.record_time.as_ref()),
             event_type: event.r#type,
             service: event.service.clone(),
             tenant: event.tenant.clone(),
@@ -251,23 +252,6 @@ pub(crate) fn validate(
     Ok(())
 }
 
-/// Microseconds since the Unix epoch of a timestamp (0 when unset).
-pub(crate) fn micros(time: Option<&prost_types::Timestamp>) -> i64 {
-    time.map_or(0, |t| {
-        t.seconds
-            .saturating_mul(1_000_000)
-            .saturating_add(i64::from(t.nanos / 1000))
-    })
-}
-
-/// The timestamp of some microseconds since the Unix epoch.
-pub(crate) fn timestamp(micros: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: micros.div_euclid(1_000_000),
-        nanos: i32::try_from(micros.rem_euclid(1_000_000) * 1000).unwrap_or(0),
-    }
-}
-
 /// The cursor of a stored event: its sequence number, in decimal. Opaque to
 /// clients; decimal keeps it readable in grpcurl output.
 pub(crate) fn cursor(seq: i64) -> String {
@@ -306,13 +290,6 @@ mod tests {
         assert_ne!(base, content_hash("system", "00", b"body"));
         assert_ne!(base, content_hash("system", "", b"bodz"));
         assert_eq!(base, content_hash("system", "", b"body"));
-    }
-
-    #[test]
-    fn micros_round_trip() {
-        for us in [0, 1, 1_700_000_000_123_456, -5] {
-            assert_eq!(micros(Some(&timestamp(us))), us);
-        }
     }
 
     #[test]

@@ -297,10 +297,7 @@ async fn export(
     chunk_events: usize,
     sender: &mpsc::Sender<Result<ExportResponse, Status>>,
 ) -> Result<(), Status> {
-    let unavailable = |err: crate::store::StoreError| {
-        Status::unavailable(format!("the audit database cannot be read: {err}"))
-    };
-    let (last_seq, _) = store.state().await.map_err(unavailable)?;
+    let (last_seq, _) = store.state().await.map_err(Status::from)?;
     let csv = format == ExportFormat::Csv;
     let content_type = if csv { "text/csv" } else { "application/jsonl" };
     let descriptor = event_descriptor()
@@ -310,7 +307,7 @@ async fn export(
             &store
                 .attribute_keys(filter, last_seq)
                 .await
-                .map_err(unavailable)?,
+                .map_err(Status::from)?,
         )?
     } else {
         Vec::new()
@@ -321,7 +318,7 @@ async fn export(
         let page = store
             .page(filter, newest_first, after, Some(last_seq), chunk_events)
             .await
-            .map_err(unavailable)?;
+            .map_err(Status::from)?;
         let done = page.len() < chunk_events;
         let data = if csv {
             csv_chunk(&page, &columns, &descriptor, first)?

@@ -4,11 +4,12 @@
 //! with AND, the values of one field with OR, an empty field matches all.
 
 use agentmesh_kit::status::invalid_argument;
+use agentmesh_kit::time::{micros_of, micros_or_zero};
 use agentmesh_proto::audit::v1::{AuditEvent, EventFilter, EventType, Outcome};
 use sqlx::QueryBuilder;
 use tonic::Status;
 
-use crate::event::{DetailKeys, micros};
+use crate::event::DetailKeys;
 
 /// A checked filter.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -49,7 +50,7 @@ impl Filter {
             }
         }
         if let (Some(start), Some(end)) = (&filter.start_time, &filter.end_time)
-            && micros(Some(start)) > micros(Some(end))
+            && micros_of(start) > micros_of(end)
         {
             violations.push((
                 format!("{field}.end_time"),
@@ -76,8 +77,8 @@ impl Filter {
             return Err(invalid_argument(violations));
         }
         Ok(Self {
-            start_us: filter.start_time.as_ref().map(|t| micros(Some(t))),
-            end_us: filter.end_time.as_ref().map(|t| micros(Some(t))),
+            start_us: filter.start_time.as_ref().map(micros_of),
+            end_us: filter.end_time.as_ref().map(micros_of),
             tenants: filter.tenants.clone(),
             subjects: filter.subjects.clone(),
             run_ids: filter.run_ids.clone(),
@@ -96,7 +97,7 @@ impl Filter {
         // Runs for every live event of every subscription: reads the event
         // in place rather than building its columns.
         let keys = DetailKeys::of(event);
-        let time_us = micros(event.time.as_ref());
+        let time_us = micros_or_zero(event.time.as_ref());
         let any =
             |values: &[String], value: &str| values.is_empty() || values.iter().any(|v| v == value);
         self.start_us.is_none_or(|start| time_us >= start)

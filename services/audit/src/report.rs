@@ -8,24 +8,22 @@
 
 use std::collections::HashMap;
 
+use agentmesh_kit::paging::{FilterHash, Page, PageLimits};
 use agentmesh_kit::status::invalid_argument;
+use agentmesh_kit::time::timestamp_from_micros;
 use agentmesh_proto::audit::v1::{
     CostMetrics, ReportDimension, ReportKind, ReportRequest, ReportResponse, ReportRow,
     SecurityMetrics, TimeBucket, UsageMetrics, report_row::Metrics,
 };
-use agentmesh_storage::with_pool;
-use prost::Message;
-use sha2::{Digest, Sha256};
+use agentmesh_storage::{StoreError, with_pool};
 use sqlx::{QueryBuilder, Row};
 use tonic::Status;
 
-use crate::event::timestamp;
 use crate::filter::Filter;
 use crate::store::Store;
 
 /// Rows per page by default, and at most.
-const DEFAULT_PAGE: usize = 1000;
-const MAX_PAGE: usize = 10_000;
+const REPORT_PAGES: PageLimits = PageLimits::new(1000, 10_000);
 
 /// The metric columns of a USAGE report: (SQL expression, alias).
 const USAGE: &[(&str, &str)] = &[
@@ -208,9 +206,7 @@ struct Plan {
     bucketed: bool,
     buckets: Vec<(i64, i64)>,
     dims: Vec<(&'static str, &'static str)>,
-    page_size: usize,
-    offset: usize,
-    fingerprint: String,
+    page: Page<usize>,
 }
 
 fn plan(request: &ReportRequest, max_buckets: usize) -> Result<Plan, Status> {
@@ -237,8 +233,8 @@ fn plan(request: &ReportRequest, max_buckets: usize) -> Result<Plan, Status> {
     })?;
     let dims = dimensions(request, &mut violations);
     let zone = time_zone(request, &mut violations);
-    if request.page_size < 0 {
-        violations.push(("page_size".into(), "must not be negative".into()));
+    if let Err(violation) = REPORT_PAGES.size(request.page_size) {
+        violations.push(violation);
     }
     if !violations.is_empty() {
         return Err(invalid_argument(violations));
@@ -250,16 +246,14 @@ fn plan(request: &ReportRequest, max_buckets: usize) -> Result<Plan, Status> {
         )]));
     };
     let buckets = buckets(start_us, end_us, bucket, &zone, max_buckets)?;
-    let (page_size, offset, fingerprint) = page(request)?;
+    let page = page(request)?;
     Ok(Plan {
         kind,
         filter,
         bucketed: bucket != TimeBucket::Unspecified,
         buckets,
         dims,
-        page_size,
-        offset,
-        fingerprint,
+        page,
     })
 }
 
@@ -305,39 +299,20 @@ fn time_zone(
     }
 }
 
-/// The page size, the offset the page token carries, and the request's
-/// fingerprint that binds the token to the other fields.
-#[expect(
-    clippy::indexing_slicing,
-    reason = "a SHA-256 digest is 32 bytes, so its first 8 always exist"
-)]
-fn page(request: &ReportRequest) -> Result<(usize, usize, String), Status> {
-    let page_size = match usize::try_from(request.page_size).unwrap_or(0) {
-        0 => DEFAULT_PAGE,
-        n => n.min(MAX_PAGE),
-    };
-    let mut fingerprinted = request.clone();
-    fingerprinted.page_token.clear();
-    fingerprinted.page_size = 0;
-    let fingerprint = hex::encode(&Sha256::digest(fingerprinted.encode_to_vec())[..8]);
-    let offset = if request.page_token.is_empty() {
-        0
-    } else {
-        parse_token(&request.page_token, &fingerprint).ok_or_else(|| {
-            invalid_argument([(
-                "page_token",
-                "is not a page token of this report (the other fields must stay the same between pages)",
-            )])
-        })?
-    };
-    Ok((page_size, offset, fingerprint))
-}
-
-fn parse_token(token: &str, fingerprint: &str) -> Option<usize> {
-    let text = String::from_utf8(hex::decode(token).ok()?).ok()?;
-    let (offset, print) = text.split_once('|')?;
-    (print == fingerprint).then_some(())?;
-    offset.parse().ok()
+/// The page a request asks for: its size and the offset its token carries,
+/// the token bound to every other field of the request.
+fn page(request: &ReportRequest) -> Result<Page<usize>, Status> {
+    let filter_hash = FilterHash::of_message(&ReportRequest {
+        page_size: 0,
+        page_token: String::new(),
+        ..request.clone()
+    });
+    Page::from_request(
+        REPORT_PAGES,
+        request.page_size,
+        &request.page_token,
+        filter_hash,
+    )
 }
 
 /// Computes a report page.
@@ -347,12 +322,14 @@ pub(crate) async fn report(
     max_buckets: usize,
 ) -> Result<ReportResponse, Status> {
     let plan = plan(request, max_buckets)?;
-    let rows = query(
+    // Rows are paged by offset: the token carries where the next page starts.
+    let offset = plan.page.after().copied().unwrap_or(0);
+    let mut rows = query(
         store,
         &plan,
         &plan.buckets,
         &plan.dims,
-        Some((plan.page_size + 1, plan.offset)),
+        Some((plan.page.fetch_size(), offset)),
     )
     .await?;
     let (Some(start), Some(end)) = (plan.filter.start_us, plan.filter.end_us) else {
@@ -362,17 +339,13 @@ pub(crate) async fn report(
         )]));
     };
     let totals = query(store, &plan, &[(start, end)], &[], None).await?;
-    let more = rows.len() > plan.page_size;
-    let rows: Vec<ReportRow> = rows
-        .into_iter()
-        .take(plan.page_size)
-        .map(|mut row| {
-            if !plan.bucketed {
-                row.bucket_start = None;
-            }
-            row
-        })
-        .collect();
+    let next_offset = offset.saturating_add(plan.page.size());
+    let next_page_token = plan.page.finish(&mut rows, |_| next_offset);
+    if !plan.bucketed {
+        for row in &mut rows {
+            row.bucket_start = None;
+        }
+    }
     let mut totals = totals
         .into_iter()
         .next()
@@ -382,15 +355,7 @@ pub(crate) async fn report(
         kind: plan.kind as i32,
         rows,
         totals: Some(totals),
-        next_page_token: if more {
-            hex::encode(format!(
-                "{}|{}",
-                plan.offset + plan.page_size,
-                plan.fingerprint
-            ))
-        } else {
-            String::new()
-        },
+        next_page_token,
     })
 }
 
@@ -483,8 +448,7 @@ async fn query(
         return Ok(Vec::new());
     }
     let metrics = metric_sql(plan.kind);
-    let unavailable =
-        |err: sqlx::Error| Status::unavailable(format!("the audit database cannot be read: {err}"));
+    let failed = |err: sqlx::Error| Status::from(StoreError::from(err));
     with_pool!(store.database(), |pool| {
         let mut query = QueryBuilder::new(select_sql(buckets, dims, metrics));
         plan.filter.push_sql(&mut query);
@@ -502,7 +466,7 @@ async fn query(
                 .push(" OFFSET ")
                 .push_bind(i64::try_from(offset).unwrap_or(i64::MAX));
         }
-        let rows = query.build().fetch_all(pool).await.map_err(unavailable)?;
+        let rows = query.build().fetch_all(pool).await.map_err(failed)?;
         rows.iter()
             .map(|row| {
                 let get = |name: &str| {
@@ -522,13 +486,13 @@ async fn query(
                     );
                 }
                 Ok(ReportRow {
-                    bucket_start: Some(timestamp(row.try_get("bucket_start")?)),
+                    bucket_start: Some(timestamp_from_micros(row.try_get("bucket_start")?)),
                     group,
                     metrics: Some(metrics),
                 })
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()
-            .map_err(unavailable)
+            .map_err(failed)
     })
 }
 

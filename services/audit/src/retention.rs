@@ -6,13 +6,15 @@
 
 use std::time::{Duration, SystemTime};
 
+use agentmesh_kit::time::timestamp_from_micros;
 use agentmesh_proto::audit::v1::{
     AuditEvent, ChainAnchor, EventType, Outcome, RetentionDetails, audit_event::Details,
 };
+use agentmesh_storage::StoreError;
 
 use crate::config::RetentionConfig;
-use crate::event::{Prepared, timestamp};
-use crate::store::{Store, StoreError};
+use crate::event::Prepared;
+use crate::store::Store;
 use crate::writer::Writer;
 
 /// Runs retention passes every `config.interval` until the task is dropped.
@@ -60,7 +62,7 @@ pub(crate) async fn pass(
             service: crate::SERVICE.to_owned(),
             outcome: Outcome::Success as i32,
             details: Some(Details::Retention(RetentionDetails {
-                cutoff_time: Some(timestamp(cutoff_us)),
+                cutoff_time: Some(timestamp_from_micros(cutoff_us)),
                 deleted_count: i64::try_from(deleted).unwrap_or(i64::MAX),
                 anchors: anchors
                     .into_iter()

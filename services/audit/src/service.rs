@@ -5,6 +5,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use agentmesh_audit_client::Redactor;
+use agentmesh_kit::paging::{FilterHash, Page, PageLimits};
 use agentmesh_kit::status::{invalid_argument, to_rpc_status};
 use agentmesh_proto::audit::v1::{
     self as pb, AuditEvent, RecordResult, RecordStatus, SortOrder,
@@ -12,7 +13,6 @@ use agentmesh_proto::audit::v1::{
 };
 use futures::stream::BoxStream;
 use prost::Message;
-use sha2::{Digest, Sha256};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -21,7 +21,7 @@ use crate::event::{Prepared, cursor, parse_cursor, validate};
 use crate::filter::Filter;
 use crate::store::{Store, Written};
 use crate::subscribe::{Start, Subscription};
-use crate::writer::Writer;
+use crate::writer::{Writer, WriterStopped};
 
 /// What the handlers need once the database is open.
 #[derive(Debug, Clone)]
@@ -39,8 +39,7 @@ pub(crate) struct AuditServiceImpl {
 }
 
 /// Events per Query page by default, and at most.
-const DEFAULT_PAGE: usize = 100;
-const MAX_PAGE: usize = 1000;
+const QUERY_PAGES: PageLimits = PageLimits::new(100, 1000);
 
 impl AuditServiceImpl {
     pub(crate) fn new(
@@ -62,48 +61,6 @@ impl AuditServiceImpl {
             )
         })
     }
-}
-
-fn store_unavailable(err: impl std::fmt::Display) -> Status {
-    Status::unavailable(format!("the audit database cannot be used: {err}; retry"))
-}
-
-/// A short fingerprint of a request's fields other than paging, so a page
-/// token cannot be replayed with other filters.
-#[expect(
-    clippy::indexing_slicing,
-    reason = "a SHA-256 digest is 32 bytes, so its first 8 always exist"
-)]
-fn fingerprint(filter: Option<&pb::EventFilter>, order: i32) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(filter.map(Message::encode_to_vec).unwrap_or_default());
-    hasher.update(order.to_le_bytes());
-    hex::encode(&hasher.finalize()[..8])
-}
-
-fn page_token(time_us: i64, seq: i64, fingerprint: &str) -> String {
-    hex::encode(format!("{time_us}|{seq}|{fingerprint}"))
-}
-
-fn parse_page_token(token: &str, fingerprint: &str) -> Result<Option<(i64, i64)>, Status> {
-    if token.is_empty() {
-        return Ok(None);
-    }
-    let parsed = hex::decode(token)
-        .ok()
-        .and_then(|bytes| String::from_utf8(bytes).ok())
-        .and_then(|text| {
-            let mut parts = text.split('|');
-            let time_us = parts.next()?.parse().ok()?;
-            let seq = parts.next()?.parse().ok()?;
-            (parts.next()? == fingerprint && parts.next().is_none()).then_some((time_us, seq))
-        });
-    parsed.map(Some).ok_or_else(|| {
-        invalid_argument([(
-            "page_token",
-            "is not a page token of this query (the filter and order must stay the same between pages)",
-        )])
-    })
 }
 
 fn newest_first(order: i32, field: &str, default_newest: bool) -> Result<bool, Status> {
@@ -203,8 +160,8 @@ impl AuditService for AuditServiceImpl {
                 .writer
                 .write(prepared)
                 .await
-                .map_err(store_unavailable)?
-                .map_err(store_unavailable)?;
+                .map_err(|stopped: WriterStopped| Status::unavailable(format!("{stopped}; retry")))?
+                .map_err(|err| Status::from(&*err))?;
             for (index, outcome) in indexes.into_iter().zip(written) {
                 let (status, seq) = match outcome {
                     Written::Stored(seq) => (RecordStatus::Accepted, seq),
@@ -235,29 +192,33 @@ impl AuditService for AuditServiceImpl {
         let request = request.into_inner();
         let filter = Filter::parse(request.filter.as_ref(), "filter")?;
         let newest = newest_first(request.order, "order", true)?;
-        let size = match request.page_size {
-            n if n < 0 => return Err(invalid_argument([("page_size", "must not be negative")])),
-            0 => DEFAULT_PAGE,
-            n => usize::try_from(n).unwrap_or(MAX_PAGE).min(MAX_PAGE),
-        };
-        let print = fingerprint(request.filter.as_ref(), request.order);
-        let after = parse_page_token(&request.page_token, &print)?;
+        // The token is bound to the filter and the order.
+        let filter_hash = FilterHash::of_message(&pb::QueryRequest {
+            page_size: 0,
+            page_token: String::new(),
+            ..request.clone()
+        });
+        let page = Page::<(i64, i64)>::from_request(
+            QUERY_PAGES,
+            request.page_size,
+            &request.page_token,
+            filter_hash,
+        )?;
         let ready = self.ready()?;
-        let mut page = ready
+        let mut events = ready
             .store
-            .page(&filter, newest, after, None, size + 1)
+            .page(
+                &filter,
+                newest,
+                page.after().copied(),
+                None,
+                page.fetch_size(),
+            )
             .await
-            .map_err(store_unavailable)?;
-        let next_page_token = if page.len() > size {
-            page.truncate(size);
-            page.last()
-                .map(|(time_us, seq, _)| page_token(*time_us, *seq, &print))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+            .map_err(Status::from)?;
+        let next_page_token = page.finish(&mut events, |(time_us, seq, _)| (*time_us, *seq));
         Ok(Response::new(pb::QueryResponse {
-            events: page.into_iter().map(|(_, _, event)| event).collect(),
+            events: events.into_iter().map(|(_, _, event)| event).collect(),
             next_page_token,
         }))
     }
@@ -364,3 +325,6 @@ impl AuditService for AuditServiceImpl {
             .map(Response::new)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,5 +1,5 @@
-//! The log as stored, on SQLite or PostgreSQL: the schema, the errors, and
-//! the read queries; the write path is in `append`, retention's delete in
+//! The log as stored, on SQLite or PostgreSQL: the schema and the read
+//! queries (failing with the shared `StoreError`); the write path is in `append`, retention's delete in
 //! `retain`.
 //!
 //! Writing ([`Store::append`]) happens in one transaction per group of
@@ -20,7 +20,7 @@ mod append;
 mod retain;
 
 use agentmesh_proto::audit::v1::AuditEvent;
-use agentmesh_storage::{Database, EmbeddedMigration, Migrations, with_pool};
+use agentmesh_storage::{Database, EmbeddedMigration, Migrations, StoreError, with_pool};
 use prost::Message;
 use sqlx::{QueryBuilder, Row};
 
@@ -44,21 +44,6 @@ pub(crate) static MIGRATIONS: Migrations = Migrations {
 
 /// The advisory lock key serializing writers of the log in PostgreSQL.
 const WRITE_LOCK_KEY: i64 = 0x6175_6469_7401;
-
-/// A failure of the store.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum StoreError {
-    #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
-    #[error("stored data cannot be read: {0}")]
-    Corrupt(String),
-}
-
-impl From<prost::DecodeError> for StoreError {
-    fn from(err: prost::DecodeError) -> Self {
-        Self::Corrupt(err.to_string())
-    }
-}
 
 /// A chain's head and retention anchor.
 #[derive(Debug, Clone, PartialEq, Eq)]

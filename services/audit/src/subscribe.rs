@@ -16,11 +16,12 @@ use std::time::{Duration, SystemTime};
 use agentmesh_proto::audit::v1::{
     AuditEvent, SubscribeHeartbeat, SubscribeResponse, subscribe_response::Item,
 };
+use agentmesh_storage::StoreError;
 use tokio::sync::{broadcast, mpsc};
 use tonic::Status;
 
 use crate::filter::Filter;
-use crate::store::{Committed, Store, StoreError};
+use crate::store::{Committed, Store};
 use crate::writer::Writer;
 
 /// Events read from the database per query while catching up.
@@ -56,9 +57,17 @@ enum Stop {
 
 impl From<StoreError> for Stop {
     fn from(err: StoreError) -> Self {
-        Self::Failed(Status::unavailable(format!(
-            "the audit database cannot be read: {err}; resubscribe with the last cursor"
-        )))
+        // The shared status (no database text for the client); when the
+        // failure passes, the client resumes where it stopped.
+        let status = err.to_status();
+        if err.is_retryable() {
+            Self::Failed(Status::new(
+                status.code(),
+                format!("{}; resubscribe with the last cursor", status.message()),
+            ))
+        } else {
+            Self::Failed(status)
+        }
     }
 }
 

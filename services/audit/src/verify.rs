@@ -13,14 +13,16 @@
 //! chain heads; publishing the heads elsewhere (e.g. into another system's
 //! log) extends that to a database administrator.
 
+use agentmesh_kit::time::{micros_of, timestamp_from_micros};
 use agentmesh_proto::audit::v1::{
     AuditEvent, ChainBreak, ChainBreakKind, VerifyChainRequest, VerifyChainResponse,
 };
+use agentmesh_storage::StoreError;
 use prost::Message;
 use tonic::Status;
 
-use crate::event::{Columns, content_hash, cursor, micros, timestamp};
-use crate::store::{ChainHead, Store, StoreError, StoredRow};
+use crate::event::{Columns, content_hash, cursor};
+use crate::store::{ChainHead, Store, StoredRow};
 
 /// Rows read per query during a walk.
 const ROWS_PER_PAGE: usize = 2000;
@@ -30,7 +32,7 @@ pub(crate) async fn verify(
     store: &Store,
     request: &VerifyChainRequest,
 ) -> Result<VerifyChainResponse, Status> {
-    let chains = store.chains().await.map_err(unavailable)?;
+    let chains = store.chains().await.map_err(Status::from)?;
     let chains: Vec<ChainHead> = if request.chain.is_empty() {
         chains
     } else {
@@ -46,8 +48,8 @@ pub(crate) async fn verify(
         }
         found
     };
-    let start_us = request.start_time.as_ref().map(|t| micros(Some(t)));
-    let end_us = request.end_time.as_ref().map(|t| micros(Some(t)));
+    let start_us = request.start_time.as_ref().map(micros_of);
+    let end_us = request.end_time.as_ref().map(micros_of);
     let mut response = VerifyChainResponse {
         ok: true,
         ..Default::default()
@@ -56,7 +58,7 @@ pub(crate) async fn verify(
         response.chains_checked += 1;
         let (checked, broken) = walk(store, head, start_us, end_us)
             .await
-            .map_err(unavailable)?;
+            .map_err(Status::from)?;
         response.events_checked += checked;
         if let Some(broken) = broken {
             response.ok = false;
@@ -65,10 +67,6 @@ pub(crate) async fn verify(
         }
     }
     Ok(response)
-}
-
-fn unavailable(err: StoreError) -> Status {
-    Status::unavailable(format!("the audit database cannot be read: {err}"))
 }
 
 async fn walk(
@@ -149,7 +147,7 @@ fn check(head: &ChainHead, row: &StoredRow, expected_previous: &str) -> Option<C
             kind: kind as i32,
             expected_hash: expected,
             actual_hash: actual,
-            time: Some(timestamp(row.columns.time_us)),
+            time: Some(timestamp_from_micros(row.columns.time_us)),
             message,
         };
     let content = |message: String| {

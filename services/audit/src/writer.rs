@@ -11,12 +11,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use agentmesh_kit::telemetry;
+use agentmesh_storage::StoreError;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::field::Empty;
 
 use crate::event::Prepared;
 use crate::metrics::AuditMetrics;
-use crate::store::{Committed, Store, StoreError, Written};
+use crate::store::{Committed, Store, Written};
 
 /// Writes queued ahead of the writer before `Record` calls wait.
 const QUEUED_WRITES: usize = 256;

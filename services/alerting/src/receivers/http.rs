@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 pub(crate) use agentmesh_kit::client::install_tls_crypto;
 use agentmesh_kit::retry_after::parse_retry_after;
 pub(crate) use agentmesh_kit::status::error_chain;
+use agentmesh_kit::text::truncate_chars;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
 
@@ -149,10 +150,7 @@ pub(crate) fn status_line(status: StatusCode) -> String {
 /// single spaces (an HTML error page becomes one readable line).
 pub(crate) fn quote(text: &str) -> String {
     let collapsed = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    match collapsed.char_indices().nth(MAX_QUOTED_CHARS) {
-        Some((cut, _)) => format!("{}…", &collapsed[..cut]),
-        None => collapsed,
-    }
+    truncate_chars(&collapsed, MAX_QUOTED_CHARS).into_owned()
 }
 
 async fn read_body(mut response: reqwest::Response) -> Result<String, reqwest::Error> {

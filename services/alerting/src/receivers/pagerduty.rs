@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use agentmesh_kit::ConfigError;
+use agentmesh_kit::text::truncate_chars_within;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -240,7 +241,8 @@ pub(crate) fn event<'a>(
         event_action: if firing { "trigger" } else { "resolve" },
         dedup_key: dedup_key(&notification.group_key),
         payload: Payload {
-            summary: text::truncate(&text::subject(notification), MAX_SUMMARY_CHARS),
+            summary: truncate_chars_within(&text::subject(notification), MAX_SUMMARY_CHARS)
+                .into_owned(),
             source: config.source.clone().unwrap_or_else(|| client.clone()),
             severity: severity(config, notification),
             class: config.class.clone(),

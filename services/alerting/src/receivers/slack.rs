@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use agentmesh_kit::ConfigError;
+use agentmesh_kit::text::truncate_chars_within;
 use serde::{Deserialize, Serialize};
 
 use super::http::{self, Auth};
@@ -201,13 +202,14 @@ struct Attachment {
 /// The message for `notification` under `config`.
 pub(crate) fn message(config: &SlackConfig, notification: &Notification) -> Message {
     let render = |template: &str| render(template, notification);
-    let title = text::truncate(
+    let title = truncate_chars_within(
         &config
             .title
             .as_deref()
             .map_or_else(|| text::subject(notification), render),
         MAX_TITLE_CHARS,
-    );
+    )
+    .into_owned();
     let title_link =
         text::alerts_link(&notification.external_url, &notification.receiver).unwrap_or_default();
     let body = config
@@ -231,7 +233,7 @@ pub(crate) fn message(config: &SlackConfig, notification: &Notification) -> Mess
         attachments: vec![Attachment {
             title,
             title_link,
-            text: text::truncate(&body, MAX_TEXT_CHARS),
+            text: truncate_chars_within(&body, MAX_TEXT_CHARS).into_owned(),
             fallback,
             callback_id: String::new(),
             footer: String::new(),

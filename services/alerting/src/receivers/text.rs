@@ -119,20 +119,6 @@ pub(crate) fn query_escape(text: &str) -> String {
     escaped
 }
 
-/// `text` cut to at most `max` characters, the last one replaced by "…"
-/// when cut (Alertmanager's `TruncateInRunes`).
-pub(crate) fn truncate(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
-        return text.to_owned();
-    }
-    let keep = max.saturating_sub(1);
-    let cut = text
-        .char_indices()
-        .nth(keep)
-        .map_or(text.len(), |(at, _)| at);
-    format!("{}…", &text[..cut])
-}
-
 /// The name common to the notification's alerts: the "alertname" group or
 /// common label ("" when they differ).
 pub(crate) fn common_alertname(notification: &Notification) -> String {
@@ -248,13 +234,5 @@ pub(crate) mod tests {
             Some("http://am.example.com/#/alerts?receiver=team+a%2Fb".to_owned())
         );
         assert_eq!(alerts_link("", "team"), None);
-    }
-
-    #[test]
-    fn truncation_counts_characters() {
-        assert_eq!(truncate("abc", 3), "abc");
-        assert_eq!(truncate("abcd", 3), "ab…");
-        assert_eq!(truncate("ééééé", 4), "ééé…");
-        assert_eq!(truncate("abcd", 0), "…");
     }
 }

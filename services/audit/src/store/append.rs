@@ -11,10 +11,10 @@
 use std::collections::HashMap;
 
 use agentmesh_proto::audit::v1::AuditEvent;
-use agentmesh_storage::Database;
+use agentmesh_storage::{Database, StoreError};
 use sqlx::{QueryBuilder, Row};
 
-use super::{Store, StoreError, WRITE_LOCK_KEY};
+use super::{Store, WRITE_LOCK_KEY};
 use crate::event::{Prepared, content_hash, stored};
 
 /// Rows per multi-row INSERT on SQLite (23 parameters each, far below its

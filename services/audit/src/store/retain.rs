@@ -8,10 +8,10 @@
 
 use std::collections::HashMap;
 
-use agentmesh_storage::Database;
+use agentmesh_storage::{Database, StoreError};
 use sqlx::Row;
 
-use super::{Store, StoreError, WRITE_LOCK_KEY};
+use super::{Store, WRITE_LOCK_KEY};
 
 impl Store {
     /// Deletes, in one transaction, up to `limit` of the oldest events
