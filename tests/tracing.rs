@@ -515,3 +515,71 @@ async fn one_run_is_one_trace_through_every_service() {
     check_request_id_in_every_log(&mesh).await;
     check_logs_join_the_trace(&mesh.orchestrator);
 }
+
+// The embedded mesh (`agentmesh run`, and `agentmesh up` the same way) hosts
+// five services in one process; each must still export under its own
+// `service.name`, so a trace viewer shows five services, not one.
+#[tokio::test]
+async fn the_embedded_mesh_exports_each_service_under_its_own_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let (collector, endpoint) = Collector::start().await;
+    let output = tokio::process::Command::new(agentmesh_tests::binary("agentmesh"))
+        .args(["run", "What is 17 * 23 + sqrt(144)?", "--data-dir", "state"])
+        .current_dir(dir.path())
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("ANTHROPIC_API_KEY")
+        .env_remove("AGENTMESH_CONFIG")
+        .env_remove("AGENTMESH_ORCHESTRATOR")
+        .stdin(std::process::Stdio::null())
+        .output();
+    let output = agentmesh_tests::within("agentmesh run", Duration::from_secs(60), output)
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let wanted = [
+        "agentmesh-orchestrator",
+        "agentmesh-llm-gateway",
+        "agentmesh-tool-runner",
+        "agentmesh-audit",
+    ];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let services = loop {
+        let services: HashSet<String> = collector
+            .spans
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|span| span.service.clone())
+            .collect();
+        if wanted.iter().all(|name| services.contains(*name))
+            || tokio::time::Instant::now() > deadline
+        {
+            break services;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for name in wanted {
+        assert!(services.contains(name), "no span from {name}: {services:?}");
+    }
+    // Each service's server spans are its own: the gateway's GenerateStream
+    // is not exported as the orchestrator's, nor under the CLI's name.
+    let spans = collector.spans.lock().unwrap();
+    let generate = spans
+        .iter()
+        .find(|span| span.text("rpc.method") == Some("GenerateStream") && span.kind == 2)
+        .expect("a GenerateStream server span");
+    assert_eq!(generate.service, "agentmesh-llm-gateway");
+    let execute = spans
+        .iter()
+        .find(|span| span.text("rpc.method") == Some("ExecuteTool") && span.kind == 2)
+        .expect("an ExecuteTool server span");
+    assert_eq!(execute.service, "agentmesh-tool-runner");
+}
