@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentmesh_proto::orchestrator::v1::{self as pb, run_event};
+use agentmesh_storage::StoreError;
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 use tonic::Status;
@@ -86,7 +87,7 @@ fn is_terminal(event: &pb::RunEvent) -> bool {
 }
 
 impl Follower<'_> {
-    fn store_failed(&self, err: &store::StoreError) -> FollowEnd {
+    fn store_failed(&self, err: &StoreError) -> FollowEnd {
         FollowEnd::Error(self.engine.store_failed(err))
     }
 
