@@ -55,6 +55,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use agentmesh_audit_client::AuditClient;
 use agentmesh_kit::metrics::GrpcClientMetrics;
+use agentmesh_kit::time::now_micros;
 use agentmesh_kit::{RequestContext, telemetry};
 use agentmesh_storage::StoreError;
 use tokio::sync::Semaphore;
@@ -69,7 +70,7 @@ use self::peers::Peers;
 use crate::admission::{Admission, Places};
 use crate::config::Config;
 use crate::metrics::RunMetrics;
-use crate::store::{Checkpoint, RunRow, Store, now_micros};
+use crate::store::{Checkpoint, RunRow, Store};
 
 /// The component named in ERROR audit events about the run store.
 const DATABASE: &str = "database";

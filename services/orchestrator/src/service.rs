@@ -18,6 +18,7 @@ use std::sync::{Arc, OnceLock};
 use agentmesh_kit::RequestContext;
 use agentmesh_kit::paging::{FilterHash, Page, PageLimits};
 use agentmesh_kit::status::invalid_argument;
+use agentmesh_kit::time::micros_of;
 use agentmesh_proto::orchestrator::v1::{
     self as pb, orchestrator_service_server::OrchestratorService,
 };
@@ -30,7 +31,7 @@ use tonic::{Request, Response, Status};
 use self::start::Starter;
 use crate::config::Config;
 use crate::engine::Engine;
-use crate::store::{self, RunFilter, RunRow};
+use crate::store::{RunFilter, RunRow};
 use crate::validate;
 
 const TENANT: &str = "x-agentmesh-tenant";
@@ -276,8 +277,8 @@ impl OrchestratorService for OrchestratorServiceImpl {
             labels: request.labels.clone().into_iter().collect(),
             agent: request.agent.clone(),
             session_id: request.session_id.clone(),
-            create_time_start: request.create_time_start.as_ref().map(store::micros_of),
-            create_time_end: request.create_time_end.as_ref().map(store::micros_of),
+            create_time_start: request.create_time_start.as_ref().map(micros_of),
+            create_time_end: request.create_time_end.as_ref().map(micros_of),
         };
         let engine = self.engine()?;
         let mut runs = engine

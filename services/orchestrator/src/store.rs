@@ -10,13 +10,14 @@ mod row;
 
 use std::collections::BTreeMap;
 
+use agentmesh_kit::time::now_micros;
 use agentmesh_proto::llm::v1 as llm;
 use agentmesh_proto::orchestrator::v1 as pb;
 use agentmesh_storage::{Database, EmbeddedMigration, Migrations, StoreError, with_pool};
 use prost::Message as _;
 
 use row::run_from_row;
-pub(crate) use row::{Checkpoint, Limits, RunRow, micros_of, now_micros, timestamp, usage};
+pub(crate) use row::{Checkpoint, Limits, RunRow, usage};
 
 /// The orchestrator's schema, per backend.
 pub(crate) static MIGRATIONS: Migrations = Migrations {
