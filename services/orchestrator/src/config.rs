@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use agentmesh_audit_client::AuditConfig;
+use agentmesh_kit::ident::check_identifier_setting;
 use agentmesh_kit::{ConfigError, LogConfig, ServerConfig};
 use agentmesh_proto::orchestrator::v1 as pb;
 use agentmesh_storage::StorageConfig;
@@ -241,17 +242,7 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
 /// Checks one agent profile; errors name `agents.<name>.<field>`.
 fn validate_profile(name: &str, profile: &AgentProfile) -> Result<(), ConfigError> {
     let setting = |field: &str| format!("agents.{name}.{field}");
-    if name.is_empty()
-        || name.len() > 64
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
-        return Err(ConfigError::new(
-            format!("agents.{name}"),
-            "profile names are 1 to 64 letters, digits, '-' or '_'",
-        ));
-    }
+    check_identifier_setting(format!("agents.{name}"), name)?;
     if !(1..=MAX_STEPS_LIMIT).contains(&profile.max_steps) {
         return Err(ConfigError::new(
             setting("max_steps"),
@@ -335,6 +326,22 @@ mod tests {
                 .max_concurrent_runs,
             2
         );
+    }
+
+    #[test]
+    fn profile_names_follow_the_identifier_rule() {
+        for bad in ["", "a b", "é", &"x".repeat(65)] {
+            let mut config = Config::default();
+            config
+                .agents
+                .insert(bad.to_owned(), AgentProfile::default());
+            assert_eq!(setting_of(&config), format!("orchestrator.agents.{bad}"));
+        }
+        let mut config = Config::default();
+        config
+            .agents
+            .insert("x".repeat(64), AgentProfile::default());
+        agentmesh_kit::config::validate(&config).unwrap();
     }
 
     #[test]

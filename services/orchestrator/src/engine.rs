@@ -55,7 +55,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use agentmesh_audit_client::AuditClient;
 use agentmesh_kit::metrics::GrpcClientMetrics;
+use agentmesh_kit::time::now_micros;
 use agentmesh_kit::{RequestContext, telemetry};
+use agentmesh_storage::StoreError;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tonic::Status;
@@ -68,7 +70,7 @@ use self::peers::Peers;
 use crate::admission::{Admission, Places};
 use crate::config::Config;
 use crate::metrics::RunMetrics;
-use crate::store::{self, Checkpoint, RunRow, Store, now_micros};
+use crate::store::{Checkpoint, RunRow, Store};
 
 /// The component named in ERROR audit events about the run store.
 const DATABASE: &str = "database";
@@ -199,10 +201,11 @@ impl Engine {
         );
     }
 
-    /// A store failure as the status a caller gets ([`store_status`]),
-    /// recorded as an ERROR audit event.
-    pub(crate) fn store_failed(&self, err: &store::StoreError) -> Status {
-        let status = store_status(err);
+    /// A store failure as the status a caller gets (the shared mapping:
+    /// logged with the request id, no database text in the message), also
+    /// recorded as an ERROR audit event with the full error for operators.
+    pub(crate) fn store_failed(&self, err: &StoreError) -> Status {
+        let status = err.to_status();
         self.audit_error(DATABASE, status.code(), err.to_string(), None);
         status
     }
@@ -215,27 +218,4 @@ fn mark_failed(span: &tracing::Span, status: &Status) {
         "error.type",
         agentmesh_audit_client::code_name(status.code()),
     );
-}
-
-/// The status code of a store failure (see [`store_status`]).
-fn store_code(err: &store::StoreError) -> tonic::Code {
-    match err {
-        store::StoreError::Database(_) => tonic::Code::Unavailable,
-        store::StoreError::Corrupt(_) => tonic::Code::Internal,
-    }
-}
-
-/// A store failure as a status: the database is a dependency that may come
-/// back, so UNAVAILABLE (retryable), with no SQL in the message.
-fn store_status(err: &store::StoreError) -> Status {
-    match err {
-        store::StoreError::Database(_) => {
-            tracing::error!(error = %err, "database error");
-            Status::unavailable("the run store is unavailable; retry shortly")
-        }
-        store::StoreError::Corrupt(_) => {
-            tracing::error!(error = %err, "corrupt stored data");
-            Status::internal("stored run data cannot be read")
-        }
-    }
 }

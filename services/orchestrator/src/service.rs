@@ -2,7 +2,9 @@
 //! ([`crate::validate`]), then hand over to the [`Engine`] (runs) or read
 //! the [`Store`](crate::store::Store). Starting a run — this instance's
 //! queue bound, the tenant's and the profile's bulkheads, storing it — is
-//! [`start`]'s. List page tokens are made and checked here.
+//! [`start`]'s. List pages use the kit's page tokens
+//! ([`agentmesh_kit::paging`]); which filters a token is bound to is said
+//! here.
 //!
 //! `Run` is `StartRun` and `StreamRun` in one call, with one difference: its
 //! run ends at the caller's deadline, and its stream ends then with
@@ -10,31 +12,32 @@
 
 mod start;
 
-use std::collections::BTreeMap;
-use std::hash::{Hash as _, Hasher as _};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, OnceLock};
 
 use agentmesh_kit::RequestContext;
+use agentmesh_kit::paging::{FilterHash, Page, PageLimits};
 use agentmesh_kit::status::invalid_argument;
+use agentmesh_kit::time::micros_of;
 use agentmesh_proto::orchestrator::v1::{
     self as pb, orchestrator_service_server::OrchestratorService,
 };
 use futures::StreamExt as _;
 use futures::stream::BoxStream;
+use prost::Message as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use self::start::Starter;
 use crate::config::Config;
 use crate::engine::Engine;
-use crate::store::{self, RunFilter, RunRow};
+use crate::store::{RunFilter, RunRow};
 use crate::validate;
 
 const TENANT: &str = "x-agentmesh-tenant";
 const SUBJECT: &str = "x-agentmesh-subject";
 /// Default and largest page sizes of the List RPCs.
-const DEFAULT_PAGE: usize = 50;
-const MAX_PAGE: usize = 1000;
+const PAGE_LIMITS: PageLimits = PageLimits::new(50, 1000);
 /// The methods that start runs, as refusals name them.
 const START_RUN: &str = "/agentmesh.orchestrator.v1.OrchestratorService/StartRun";
 const RUN: &str = "/agentmesh.orchestrator.v1.OrchestratorService/Run";
@@ -136,74 +139,33 @@ fn until_deadline(
     })
 }
 
-/// The page size a request asks for.
-fn page_size(requested: i32) -> Result<usize, Status> {
-    match usize::try_from(requested) {
-        Err(_) => Err(invalid_argument([("page_size", "must not be negative")])),
-        Ok(0) => Ok(DEFAULT_PAGE),
-        Ok(n) => Ok(n.min(MAX_PAGE)),
-    }
-}
+/// The position a ListRuns page ends at: the last run's `(create_time,
+/// run_id)`, the order runs are listed in (newest first).
+type RunPosition = (i64, String);
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
-/// ListRuns page tokens: the last run's position and a fingerprint of the
-/// filters, so a token is not reused with other filters.
-fn filter_fingerprint(request: &pb::ListRunsRequest) -> u64 {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    request.states.hash(&mut hasher);
+/// The filters a ListRuns page token is bound to: every field but the page
+/// size and token. The labels are fed in key order (a map's encoding order
+/// differs between processes).
+fn runs_filter(request: &pb::ListRunsRequest) -> FilterHash {
+    let fields = pb::ListRunsRequest {
+        page_size: 0,
+        page_token: String::new(),
+        labels: HashMap::new(),
+        ..request.clone()
+    };
     let labels: BTreeMap<_, _> = request.labels.iter().collect();
-    labels.hash(&mut hasher);
-    request.agent.hash(&mut hasher);
-    request.session_id.hash(&mut hasher);
-    request
-        .create_time_start
-        .map(|t| (t.seconds, t.nanos))
-        .hash(&mut hasher);
-    request
-        .create_time_end
-        .map(|t| (t.seconds, t.nanos))
-        .hash(&mut hasher);
-    hasher.finish()
+    labels
+        .into_iter()
+        .fold(
+            FilterHash::hasher().field(fields.encode_to_vec()),
+            |hasher, (key, value)| hasher.field(key).field(value),
+        )
+        .finish()
 }
 
-fn runs_page_token(last: &RunRow, fingerprint: u64) -> String {
-    hex(format!("{}|{}|{fingerprint:x}", last.create_time, last.run_id).as_bytes())
-}
-
-fn parse_runs_page_token(token: &str, fingerprint: u64) -> Result<Option<(i64, String)>, Status> {
-    if token.is_empty() {
-        return Ok(None);
-    }
-    let bad = || {
-        invalid_argument([(
-            "page_token",
-            "is not a page token of this query (filters must stay the same between pages)",
-        )])
-    };
-    let text = unhex(token)
-        .and_then(|bytes| String::from_utf8(bytes).ok())
-        .ok_or_else(bad)?;
-    let mut parts = text.splitn(3, '|');
-    let (Some(time), Some(run_id), Some(print)) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(bad());
-    };
-    if print != format!("{fingerprint:x}") {
-        return Err(bad());
-    }
-    Ok(Some((time.parse().map_err(|_| bad())?, run_id.to_owned())))
+/// ListAgents has no filters: its tokens are bound to the empty request.
+fn agents_filter() -> FilterHash {
+    FilterHash::of_message(&pb::ListAgentsRequest::default())
 }
 
 #[tonic::async_trait]
@@ -299,32 +261,33 @@ impl OrchestratorService for OrchestratorServiceImpl {
     ) -> Result<Response<pb::ListRunsResponse>, Status> {
         let tenant = caller(&request).tenant;
         let request = request.into_inner();
-        let size = page_size(request.page_size)?;
+        // The page size first, then the filters, then the token, as before.
+        PAGE_LIMITS
+            .size(request.page_size)
+            .map_err(|violation| invalid_argument([violation]))?;
         validate::list_runs_request(&request)?;
-        let fingerprint = filter_fingerprint(&request);
-        let after = parse_runs_page_token(&request.page_token, fingerprint)?;
+        let page = Page::<RunPosition>::from_request(
+            PAGE_LIMITS,
+            request.page_size,
+            &request.page_token,
+            runs_filter(&request),
+        )?;
         let filter = RunFilter {
             states: request.states.clone(),
             labels: request.labels.clone().into_iter().collect(),
             agent: request.agent.clone(),
             session_id: request.session_id.clone(),
-            create_time_start: request.create_time_start.as_ref().map(store::micros_of),
-            create_time_end: request.create_time_end.as_ref().map(store::micros_of),
+            create_time_start: request.create_time_start.as_ref().map(micros_of),
+            create_time_end: request.create_time_end.as_ref().map(micros_of),
         };
         let engine = self.engine()?;
         let mut runs = engine
             .store()
-            .list_runs(&tenant, &filter, after, size + 1)
+            .list_runs(&tenant, &filter, page.after().cloned(), page.fetch_size())
             .await
             .map_err(|e| engine.store_failed(&e))?;
-        let next_page_token = if runs.len() > size {
-            runs.truncate(size);
-            runs.last()
-                .map(|last| runs_page_token(last, fingerprint))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token =
+            page.finish(&mut runs, |last| (last.create_time, last.run_id.clone()));
         Ok(Response::new(pb::ListRunsResponse {
             runs: runs.iter().map(RunRow::to_proto).collect(),
             next_page_token,
@@ -383,35 +346,21 @@ impl OrchestratorService for OrchestratorServiceImpl {
         request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         let request = request.into_inner();
-        let size = page_size(request.page_size)?;
-        let after = if request.page_token.is_empty() {
-            None
-        } else {
-            Some(
-                unhex(&request.page_token)
-                    .and_then(|bytes| String::from_utf8(bytes).ok())
-                    .ok_or_else(|| {
-                        invalid_argument([("page_token", "is not a page token of ListAgents")])
-                    })?,
-            )
-        };
+        let page = Page::<String>::from_request(
+            PAGE_LIMITS,
+            request.page_size,
+            &request.page_token,
+            agents_filter(),
+        )?;
         let mut agents: Vec<pb::Agent> = self
             .config
             .agents
             .iter()
-            .filter(|(name, _)| after.as_ref().is_none_or(|after| *name > after))
-            .take(size + 1)
+            .filter(|(name, _)| page.after().is_none_or(|after| *name > after))
+            .take(page.fetch_size())
             .map(|(name, profile)| profile.to_proto(name, *name == self.config.default_agent))
             .collect();
-        let next_page_token = if agents.len() > size {
-            agents.truncate(size);
-            agents
-                .last()
-                .map(|a| hex(a.name.as_bytes()))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = page.finish(&mut agents, |last| last.name.clone());
         Ok(Response::new(pb::ListAgentsResponse {
             agents,
             next_page_token,
@@ -434,5 +383,73 @@ impl OrchestratorService for OrchestratorServiceImpl {
         Ok(Response::new(pb::GetAgentResponse {
             agent: Some(profile.to_proto(name, *name == self.config.default_agent)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use agentmesh_kit::paging::{decode_token, encode_token};
+
+    use super::*;
+
+    fn with_labels(labels: &[(&str, &str)]) -> pb::ListRunsRequest {
+        pb::ListRunsRequest {
+            labels: labels
+                .iter()
+                .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+                .collect(),
+            ..pb::ListRunsRequest::default()
+        }
+    }
+
+    #[test]
+    fn a_runs_token_is_bound_to_the_filters_not_the_paging() {
+        let filter = runs_filter(&with_labels(&[("team", "red"), ("env", "prod")]));
+        // The labels map in another order, another page size and token.
+        let mut same = with_labels(&[("env", "prod"), ("team", "red")]);
+        same.page_size = 7;
+        same.page_token = "x".into();
+        assert_eq!(runs_filter(&same), filter);
+        for other in [
+            with_labels(&[("team", "red")]),
+            with_labels(&[("team", "blue"), ("env", "prod")]),
+            pb::ListRunsRequest {
+                states: vec![pb::RunState::Failed.into()],
+                ..with_labels(&[("team", "red"), ("env", "prod")])
+            },
+            pb::ListRunsRequest {
+                agent: "default".into(),
+                ..with_labels(&[("team", "red"), ("env", "prod")])
+            },
+        ] {
+            assert_ne!(runs_filter(&other), filter, "{other:?}");
+        }
+    }
+
+    /// Tokens depend only on the filters and the position, not on the
+    /// process: one made by another instance (a replica, or this one before a
+    /// restart) or by an earlier build is good here. The literals are
+    /// committed (and were checked by hand: version 1, the first 16 bytes of
+    /// SHA-256 of the length-prefixed filter fields, JSON of the position):
+    /// changing the format means a new token version, not new literals.
+    #[test]
+    fn tokens_from_another_instance_or_build_are_accepted() {
+        const RUNS: &str = "01f2c9e13f21eed4bb3f9467ca8c0e85ad5b313730303030303030303030303030302c2272756e2d31225d";
+        const AGENTS: &str = "01af5570f5a1810b7af78caf4bc70a660f226265746122";
+        let runs = runs_filter(&with_labels(&[("team", "red"), ("env", "prod")]));
+        let position: RunPosition = (1_700_000_000_000_000, "run-1".to_owned());
+        assert_eq!(encode_token(&position, &runs), RUNS);
+        assert_eq!(
+            decode_token::<RunPosition>(RUNS, &runs).unwrap(),
+            Some(position)
+        );
+        assert_eq!(encode_token(&"beta", &agents_filter()), AGENTS);
+        assert_eq!(
+            decode_token::<String>(AGENTS, &agents_filter()).unwrap(),
+            Some("beta".to_owned())
+        );
+        // A token of the format before is refused (the client starts again).
+        let before = "313730303030303030303030303030307c72756e2d317c61626364";
+        assert!(decode_token::<RunPosition>(before, &runs).is_err());
     }
 }

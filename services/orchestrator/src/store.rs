@@ -10,13 +10,14 @@ mod row;
 
 use std::collections::BTreeMap;
 
+use agentmesh_kit::time::now_micros;
 use agentmesh_proto::llm::v1 as llm;
 use agentmesh_proto::orchestrator::v1 as pb;
-use agentmesh_storage::{Database, EmbeddedMigration, Migrations, with_pool};
+use agentmesh_storage::{Database, EmbeddedMigration, Migrations, StoreError, with_pool};
 use prost::Message as _;
 
 use row::run_from_row;
-pub(crate) use row::{Checkpoint, Limits, RunRow, micros_of, now_micros, timestamp, usage};
+pub(crate) use row::{Checkpoint, Limits, RunRow, usage};
 
 /// The orchestrator's schema, per backend.
 pub(crate) static MIGRATIONS: Migrations = Migrations {
@@ -35,21 +36,6 @@ pub(crate) static MIGRATIONS: Migrations = Migrations {
 /// Rows per multi-row INSERT of events (3 parameters each; far below
 /// SQLite's and PostgreSQL's parameter limits).
 const EVENTS_PER_INSERT: usize = 300;
-
-/// A failure of the store; the service maps it to UNAVAILABLE/INTERNAL.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum StoreError {
-    #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
-    #[error("stored data cannot be read: {0}")]
-    Corrupt(String),
-}
-
-impl From<prost::DecodeError> for StoreError {
-    fn from(err: prost::DecodeError) -> Self {
-        Self::Corrupt(err.to_string())
-    }
-}
 
 /// The outcome of [`Store::create_run`].
 #[derive(Debug)]

@@ -10,11 +10,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use agentmesh_kit::status::invalid_argument;
+use agentmesh_kit::time::micros_of;
 use agentmesh_proto::orchestrator::v1 as pb;
 use tonic::Status;
 
 use crate::config::MAX_STEPS_LIMIT;
-use crate::store;
 
 /// Longest run timeout a request may ask for.
 const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
@@ -179,7 +179,7 @@ pub(crate) fn list_runs_request(request: &pb::ListRunsRequest) -> Result<(), Sta
     }
     labels(&request.labels, "labels", &mut violations);
     if let (Some(start), Some(end)) = (&request.create_time_start, &request.create_time_end)
-        && store::micros_of(start) > store::micros_of(end)
+        && micros_of(start) > micros_of(end)
     {
         violations.push((
             "create_time_end".into(),

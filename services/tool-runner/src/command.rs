@@ -32,6 +32,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 
+use agentmesh_kit::text::{truncate_bytes, truncate_bytes_tail};
 use agentmesh_proto::tools::v1::{
     self, ExecuteToolStreamResponse, OutputStream, ToolOutputChunk, ToolProgress,
     execute_tool_stream_response::Event,
@@ -43,7 +44,7 @@ use tokio::process::Command;
 use tokio::sync::mpsc;
 use tonic::Status;
 
-use crate::outcome::{ToolFailure, ToolOutcome, keep_tail, truncate};
+use crate::outcome::{ToolFailure, ToolOutcome};
 
 /// Where ExecuteToolStream's messages go while a tool runs.
 pub(crate) type EventSender = mpsc::Sender<Result<ExecuteToolStreamResponse, Status>>;
@@ -170,7 +171,7 @@ impl CommandTool {
                 (None, Some(signal)) => format!("was killed by signal {signal}"),
                 (None, None) => "failed".to_owned(),
             };
-            let stderr = keep_tail(stderr.trim(), STDERR_QUOTED_BYTES);
+            let stderr = truncate_bytes_tail(stderr.trim(), STDERR_QUOTED_BYTES);
             let message = if stderr.is_empty() {
                 format!("`{name}` {how} (nothing on stderr)")
             } else {
@@ -190,7 +191,7 @@ impl CommandTool {
         serde_json::from_str(stdout).map_err(|err| {
             ToolFailure::invalid_output(format!(
                 "`{name}` printed output that is not JSON ({err}): {:?}",
-                truncate(stdout, STDOUT_QUOTED_BYTES)
+                truncate_bytes(stdout, STDOUT_QUOTED_BYTES)
             ))
         })
     }
@@ -271,7 +272,7 @@ async fn handle_line(
     }
     diagnostics.push_str(&text);
     if diagnostics.len() > 2 * STDERR_QUOTED_BYTES {
-        *diagnostics = keep_tail(diagnostics, STDERR_QUOTED_BYTES);
+        *diagnostics = truncate_bytes_tail(diagnostics, STDERR_QUOTED_BYTES).into_owned();
     }
     send(
         events,

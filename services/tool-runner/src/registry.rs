@@ -18,6 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentmesh_kit::ConfigError;
+use agentmesh_kit::ident::check_identifier_setting;
+use agentmesh_kit::text::truncate_bytes;
 use agentmesh_proto::tools::v1::{self, ToolKind};
 use agentmesh_resilience::{Bulkhead, CircuitBreaker};
 use serde_json::Value;
@@ -25,7 +27,7 @@ use serde_json::Value;
 use crate::builtin::Builtin;
 use crate::command::{CommandTool, service_path};
 use crate::config::{CommandToolConfig, Config, MAX_CONCURRENCY, MAX_QUEUED, format_duration};
-use crate::outcome::{ToolFailure, truncate};
+use crate::outcome::ToolFailure;
 
 /// At most this many schema violations are listed in one message.
 const MAX_LISTED_VIOLATIONS: usize = 10;
@@ -112,7 +114,7 @@ fn describe_violations<'a>(
             let path = if path.is_empty() { "/" } else { path };
             listed.push(format!(
                 "{path}: {}",
-                truncate(&error.to_string(), MAX_VIOLATION_BYTES)
+                truncate_bytes(&error.to_string(), MAX_VIOLATION_BYTES)
             ));
         }
     }
@@ -153,12 +155,7 @@ impl Registry {
         let path = service_path();
         for (name, command) in &config.commands {
             let setting = format!("commands.{name}");
-            if !is_valid_tool_name(name) {
-                return Err(ConfigError::new(
-                    setting,
-                    "a tool name must be 1 to 64 characters of [a-zA-Z0-9_-]",
-                ));
-            }
+            check_identifier_setting(&setting, name)?;
             if tools.contains_key(name) {
                 return Err(ConfigError::new(
                     setting,
@@ -190,14 +187,6 @@ impl Registry {
     pub(crate) fn len(&self) -> usize {
         self.tools.len()
     }
-}
-
-/// 1 to 64 characters of `[a-zA-Z0-9_-]`, as the contract says.
-pub(crate) fn is_valid_tool_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-'))
 }
 
 fn builtin_tool(builtin: Builtin, config: &Config) -> Result<RegisteredTool, String> {
@@ -408,6 +397,7 @@ fn proto_duration(duration: Duration) -> Option<prost_types::Duration> {
 
 #[cfg(test)]
 mod tests {
+    use agentmesh_kit::ident::is_identifier;
     use serde_json::json;
 
     use super::*;
@@ -431,7 +421,7 @@ mod tests {
             ]
         );
         for tool in registry.iter() {
-            assert!(is_valid_tool_name(tool.name()));
+            assert!(is_identifier(tool.name()));
             assert!(!tool.descriptor.description.is_empty());
             let schema: Value = serde_json::from_str(&tool.descriptor.parameters_json).unwrap();
             assert_eq!(schema["type"], "object");
@@ -605,10 +595,21 @@ mod tests {
 
     #[test]
     fn tool_names_follow_the_contract() {
-        assert!(is_valid_tool_name("word_count-2"));
-        assert!(!is_valid_tool_name(""));
-        assert!(!is_valid_tool_name("a b"));
-        assert!(!is_valid_tool_name("é"));
-        assert!(!is_valid_tool_name(&"a".repeat(65)));
+        assert!(is_identifier("word_count-2"));
+        assert!(!is_identifier(""));
+        assert!(!is_identifier("a b"));
+        assert!(!is_identifier("é"));
+        assert!(!is_identifier(&"a".repeat(65)));
+        let mut config = Config::default();
+        config.commands.insert(
+            "a b".to_owned(),
+            CommandToolConfig {
+                description: "d".into(),
+                command: vec!["true".into()],
+                ..CommandToolConfig::default()
+            },
+        );
+        let err = Registry::from_config(&config).unwrap_err();
+        assert_eq!(err.setting, "commands.a b");
     }
 }

@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use agentmesh_audit_client::resilience::ResilienceReporter;
 use agentmesh_kit::ConfigError;
+use agentmesh_kit::ident::MAX_IDENTIFIER_LEN;
 use agentmesh_kit::status::invalid_argument;
+use agentmesh_kit::text::truncate_bytes;
 use agentmesh_proto::tools::v1::{self, ToolErrorKind};
 use agentmesh_resilience::{AttemptLoop, CircuitState, Entry, Retries};
 use serde_json::Value;
@@ -29,7 +31,7 @@ use crate::builtin::files::FileLimits;
 use crate::command::EventSender;
 use crate::config::Config;
 use crate::metrics::ToolMetrics;
-use crate::outcome::{ToolOutcome, truncate};
+use crate::outcome::ToolOutcome;
 use crate::registry::{RegisteredTool, Registry};
 use crate::resilience::{self, Admission};
 use crate::workspace::check_run_id;
@@ -293,7 +295,7 @@ impl ToolRunner {
         };
         Status::not_found(format!(
             "no tool named {:?}; known tools: {}{more} (ListTools describes them)",
-            truncate(name, 64),
+            truncate_bytes(name, MAX_IDENTIFIER_LEN),
             known.join(", ")
         ))
     }

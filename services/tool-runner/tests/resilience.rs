@@ -31,7 +31,8 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_types::StatusExt as _;
 
-use common::{command, kind, pid_in, process_ends, script, test_server, within};
+use agentmesh_testkit::within;
+use common::{STEP, command, kind, pid_in, process_ends, script, test_server};
 
 // === harness ===
 
@@ -120,20 +121,28 @@ impl Running {
         timeout: Option<Duration>,
     ) -> Result<(Vec<Event>, ToolResult), Status> {
         let mut client = self.client.clone();
-        let mut stream = within(client.execute_tool_stream(ExecuteToolStreamRequest {
-            tool: tool.into(),
-            arguments_json: "{}".into(),
-            timeout: timeout.map(|timeout| prost_types::Duration::try_from(timeout).unwrap()),
-            run_id: run_id.into(),
-            ..ExecuteToolStreamRequest::default()
-        }))
+        let mut stream = within(
+            "ExecuteToolStream",
+            STEP,
+            client.execute_tool_stream(ExecuteToolStreamRequest {
+                tool: tool.into(),
+                arguments_json: "{}".into(),
+                timeout: timeout.map(|timeout| prost_types::Duration::try_from(timeout).unwrap()),
+                run_id: run_id.into(),
+                ..ExecuteToolStreamRequest::default()
+            }),
+        )
         .await?
         .into_inner();
         let mut events = Vec::new();
-        while let Some(message) = within(stream.message()).await? {
+        while let Some(message) = within("the next stream message", STEP, stream.message()).await? {
             match message.event.unwrap() {
                 Event::Result(result) => {
-                    assert!(within(stream.message()).await?.is_none());
+                    assert!(
+                        within("the next stream message", STEP, stream.message())
+                            .await?
+                            .is_none()
+                    );
                     return Ok((events, result));
                 }
                 event => events.push(event),
@@ -144,9 +153,13 @@ impl Running {
 
     /// Asserts that `calculator` answers, whatever the other tools do.
     async fn calculator_works(&self) {
-        let response = within(self.execute("calculator", json!({"expression": "6*7"}), "", None))
-            .await
-            .unwrap();
+        let response = within(
+            "the tool call",
+            STEP,
+            self.execute("calculator", json!({"expression": "6*7"}), "", None),
+        )
+        .await
+        .unwrap();
         assert!(!response.is_error, "{}", response.error_message);
         assert_eq!(response.output_json, r#"{"result":42}"#);
     }
@@ -166,7 +179,7 @@ impl Running {
 
     /// Waits until the metrics hold `sample` (see [`holds`]).
     async fn metrics_show(&self, sample: &str) {
-        within(async {
+        within(&format!("the metrics to show {sample}"), STEP, async {
             loop {
                 if holds(&self.metrics().await, sample) {
                     return;
@@ -181,7 +194,7 @@ impl Running {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        within(self.task).await.unwrap().unwrap();
+        within("the drain", STEP, self.task).await.unwrap().unwrap();
     }
 }
 
@@ -238,9 +251,13 @@ async fn a_hanging_tool_is_cut_at_its_timeout_and_held_to_its_limits_while_other
     let short = Some(Duration::from_millis(300));
 
     // Cut at its timeout, through either RPC, and killed.
-    let response = within(service.execute("hang", json!({}), "cut", short))
-        .await
-        .unwrap();
+    let response = within(
+        "the tool call",
+        STEP,
+        service.execute("hang", json!({}), "cut", short),
+    )
+    .await
+    .unwrap();
     assert_eq!(kind(&response), ToolErrorKind::Timeout);
     assert_eq!(response.error_message, "timed out after 300ms");
     assert_eq!(response.attempts, 1);
@@ -254,10 +271,14 @@ async fn a_hanging_tool_is_cut_at_its_timeout_and_held_to_its_limits_while_other
 
     // ListTools reports the limit.
     let mut client = service.client.clone();
-    let listed = within(client.list_tools(ListToolsRequest {
-        names: vec!["hang".into(), "calculator".into()],
-        ..ListToolsRequest::default()
-    }))
+    let listed = within(
+        "ListTools",
+        STEP,
+        client.list_tools(ListToolsRequest {
+            names: vec!["hang".into(), "calculator".into()],
+            ..ListToolsRequest::default()
+        }),
+    )
     .await
     .unwrap()
     .into_inner();
@@ -276,9 +297,13 @@ async fn a_hanging_tool_is_cut_at_its_timeout_and_held_to_its_limits_while_other
     let holder_pid = pid_in(service.workspace("holder").join("main.pid")).await;
 
     // A call that cannot get a place within its timeout never runs.
-    let status = within(service.execute("hang", json!({}), "queued-out", short))
-        .await
-        .unwrap_err();
+    let status = within(
+        "the tool call",
+        STEP,
+        service.execute("hang", json!({}), "queued-out", short),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     assert!(
         status.message().contains("waited for a place"),
@@ -292,9 +317,13 @@ async fn a_hanging_tool_is_cut_at_its_timeout_and_held_to_its_limits_while_other
     service
         .metrics_show(r#"agentmesh_bulkhead_queue_depth{bulkhead="tool:hang"} 1"#)
         .await;
-    let status = within(service.execute("hang", json!({}), "refused", None))
-        .await
-        .unwrap_err();
+    let status = within(
+        "the tool call",
+        STEP,
+        service.execute("hang", json!({}), "refused", None),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(
         status.message().contains("tool `hang`") && status.message().contains("1 call(s)"),
@@ -319,7 +348,7 @@ async fn a_hanging_tool_is_cut_at_its_timeout_and_held_to_its_limits_while_other
         })
         .collect();
     for (index, call) in calls.into_iter().enumerate() {
-        let response = within(call).await.unwrap().unwrap();
+        let response = within("the tool call", STEP, call).await.unwrap().unwrap();
         assert_eq!(
             response.output_json,
             format!(r#"{{"result":{}}}"#, index + 1)
@@ -387,9 +416,13 @@ async fn a_failing_tool_opens_its_circuit_and_is_refused_without_running() {
     let runs = service.path("broken.runs");
 
     for _ in 0..2 {
-        let response = within(service.execute("broken", json!({}), "", None))
-            .await
-            .unwrap();
+        let response = within(
+            "the tool call",
+            STEP,
+            service.execute("broken", json!({}), "", None),
+        )
+        .await
+        .unwrap();
         assert_eq!(kind(&response), ToolErrorKind::ExecutionFailed);
     }
     assert_eq!(lines_in(&runs), 2);
@@ -397,9 +430,13 @@ async fn a_failing_tool_opens_its_circuit_and_is_refused_without_running() {
         .metrics_show(r#"agentmesh_circuit_state{target="tool:broken"} 1"#)
         .await;
 
-    let status = within(service.execute("broken", json!({}), "", None))
-        .await
-        .unwrap_err();
+    let status = within(
+        "the tool call",
+        STEP,
+        service.execute("broken", json!({}), "", None),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(
         status.message().contains("tool `broken`") && status.message().contains("probed again in"),
@@ -419,9 +456,13 @@ async fn a_failing_tool_opens_its_circuit_and_is_refused_without_running() {
 
     // Bad arguments are the caller's failures, not the tool's.
     for _ in 0..3 {
-        let response = within(service.execute("strict", json!({}), "", None))
-            .await
-            .unwrap();
+        let response = within(
+            "the tool call",
+            STEP,
+            service.execute("strict", json!({}), "", None),
+        )
+        .await
+        .unwrap();
         assert_eq!(kind(&response), ToolErrorKind::InvalidArguments);
     }
     let metrics = service.metrics().await;
@@ -462,9 +503,13 @@ async fn an_open_circuit_is_probed_and_closes_when_the_tool_recovers() {
         );
     })
     .await;
-    let response = within(service.execute("flapping", json!({}), "", None))
-        .await
-        .unwrap();
+    let response = within(
+        "the tool call",
+        STEP,
+        service.execute("flapping", json!({}), "", None),
+    )
+    .await
+    .unwrap();
     assert_eq!(kind(&response), ToolErrorKind::ExecutionFailed);
     service
         .metrics_show(r#"agentmesh_circuit_state{target="tool:flapping"} 1"#)
@@ -473,7 +518,7 @@ async fn an_open_circuit_is_probed_and_closes_when_the_tool_recovers() {
     std::fs::remove_file(service.path("down")).unwrap();
     // Refused until the cool-down ends; then a probe runs, succeeds and
     // closes the circuit.
-    let response = within(async {
+    let response = within("the circuit to close", STEP, async {
         loop {
             match service.execute("flapping", json!({}), "", None).await {
                 Ok(response) => return response,
@@ -521,16 +566,24 @@ async fn only_idempotent_tools_are_retried() {
     })
     .await;
 
-    let response = within(service.execute("flaky_idempotent", json!({}), "", None))
-        .await
-        .unwrap();
+    let response = within(
+        "the tool call",
+        STEP,
+        service.execute("flaky_idempotent", json!({}), "", None),
+    )
+    .await
+    .unwrap();
     assert!(!response.is_error, "{}", response.error_message);
     assert_eq!(response.attempts, 2);
     assert_eq!(response.output_json, r#"{"runs":2}"#);
 
-    let response = within(service.execute("flaky_once", json!({}), "", None))
-        .await
-        .unwrap();
+    let response = within(
+        "the tool call",
+        STEP,
+        service.execute("flaky_once", json!({}), "", None),
+    )
+    .await
+    .unwrap();
     assert!(response.is_error);
     assert_eq!(kind(&response), ToolErrorKind::ExecutionFailed);
     assert_eq!(response.attempts, 1);

@@ -3,7 +3,7 @@
 //! Command tools are small shell and Python scripts written into a temporary
 //! directory by each test.
 
-#![expect(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
+#![expect(clippy::unwrap_used, reason = "tests fail loudly")]
 
 mod common;
 
@@ -24,7 +24,8 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
-use common::{command, kind, pid_in, process_ends, script, test_server, within};
+use agentmesh_testkit::within;
+use common::{STEP, command, kind, pid_in, process_ends, script, test_server};
 
 // === harness ===
 
@@ -87,13 +88,17 @@ impl Running {
         arguments: Value,
         run_id: &str,
     ) -> ExecuteToolResponse {
-        within(self.client.execute_tool(ExecuteToolRequest {
-            tool: tool.into(),
-            arguments_json: arguments.to_string(),
-            call_id: "call-1".into(),
-            run_id: run_id.into(),
-            ..ExecuteToolRequest::default()
-        }))
+        within(
+            "ExecuteTool",
+            STEP,
+            self.client.execute_tool(ExecuteToolRequest {
+                tool: tool.into(),
+                arguments_json: arguments.to_string(),
+                call_id: "call-1".into(),
+                run_id: run_id.into(),
+                ..ExecuteToolRequest::default()
+            }),
+        )
         .await
         .unwrap()
         .into_inner()
@@ -103,7 +108,7 @@ impl Running {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        within(self.task).await.unwrap().unwrap();
+        within("the drain", STEP, self.task).await.unwrap().unwrap();
     }
 }
 
@@ -147,10 +152,14 @@ async fn list_tools_orders_filters_and_pages() {
     })
     .await;
 
-    let all = within(service.client.list_tools(ListToolsRequest::default()))
-        .await
-        .unwrap()
-        .into_inner();
+    let all = within(
+        "ListTools",
+        STEP,
+        service.client.list_tools(ListToolsRequest::default()),
+    )
+    .await
+    .unwrap()
+    .into_inner();
     let names: Vec<&str> = all.tools.iter().map(|tool| tool.name.as_str()).collect();
     assert_eq!(
         names,
@@ -175,52 +184,112 @@ async fn list_tools_orders_filters_and_pages() {
     assert_eq!(word_count.timeout.unwrap().seconds, 30);
 
     // Two at a time, then the rest.
-    let first = within(service.client.list_tools(ListToolsRequest {
-        page_size: 2,
-        ..ListToolsRequest::default()
-    }))
+    let first = within(
+        "ListTools",
+        STEP,
+        service.client.list_tools(ListToolsRequest {
+            page_size: 2,
+            ..ListToolsRequest::default()
+        }),
+    )
     .await
     .unwrap()
     .into_inner();
     assert_eq!(first.tools.len(), 2);
     assert!(!first.next_page_token.is_empty());
-    let rest = within(service.client.list_tools(ListToolsRequest {
-        page_size: 10,
-        page_token: first.next_page_token.clone(),
-        ..ListToolsRequest::default()
-    }))
+    let rest = within(
+        "ListTools",
+        STEP,
+        service.client.list_tools(ListToolsRequest {
+            page_size: 10,
+            page_token: first.next_page_token.clone(),
+            ..ListToolsRequest::default()
+        }),
+    )
     .await
     .unwrap()
     .into_inner();
     assert_eq!(rest.tools.len(), 4);
     assert_eq!(rest.tools[0].name, "list_files");
 
-    let commands = within(service.client.list_tools(ListToolsRequest {
-        kinds: vec![ToolKind::Command.into()],
-        ..ListToolsRequest::default()
-    }))
+    let commands = within(
+        "ListTools",
+        STEP,
+        service.client.list_tools(ListToolsRequest {
+            kinds: vec![ToolKind::Command.into()],
+            ..ListToolsRequest::default()
+        }),
+    )
     .await
     .unwrap()
     .into_inner();
     assert_eq!(commands.tools.len(), 1);
 
-    let status = within(service.client.list_tools(ListToolsRequest {
-        page_size: -1,
-        ..ListToolsRequest::default()
-    }))
+    let status = within(
+        "ListTools",
+        STEP,
+        service.client.list_tools(ListToolsRequest {
+            page_size: -1,
+            ..ListToolsRequest::default()
+        }),
+    )
     .await
     .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(violated_fields(&status), ["page_size"]);
 
-    let status = within(service.client.list_tools(ListToolsRequest {
-        page_token: "not-a-token".into(),
-        ..ListToolsRequest::default()
-    }))
+    let status = within(
+        "ListTools",
+        STEP,
+        service.client.list_tools(ListToolsRequest {
+            page_token: "not-a-token".into(),
+            ..ListToolsRequest::default()
+        }),
+    )
     .await
     .unwrap_err();
     assert_eq!(violated_fields(&status), ["page_token"]);
     service.stop().await;
+}
+
+#[tokio::test]
+async fn a_next_page_token_survives_a_restart() {
+    let commands = |_: &Path| {
+        BTreeMap::from([
+            ("alpha".to_owned(), command(&["true"])),
+            ("beta".to_owned(), command(&["true"])),
+        ])
+    };
+    let page = |page_token: String| ListToolsRequest {
+        page_size: 3,
+        page_token,
+        kinds: vec![ToolKind::Command.into(), ToolKind::Builtin.into()],
+        ..ListToolsRequest::default()
+    };
+    let mut before = Running::start(commands).await;
+    let first = within(
+        "ListTools",
+        STEP,
+        before.client.list_tools(page(String::new())),
+    )
+    .await
+    .unwrap()
+    .into_inner();
+    let names: Vec<&str> = first.tools.iter().map(|tool| tool.name.as_str()).collect();
+    assert_eq!(names, ["alpha", "beta", "calculator"]);
+    let token = first.next_page_token;
+    assert!(!token.is_empty());
+    before.stop().await;
+
+    // Another process of the same service (here: started again) takes it.
+    let mut after = Running::start(commands).await;
+    let rest = within("ListTools", STEP, after.client.list_tools(page(token)))
+        .await
+        .unwrap()
+        .into_inner();
+    let rest: Vec<&str> = rest.tools.iter().map(|tool| tool.name.as_str()).collect();
+    assert_eq!(rest, ["current_time", "list_files", "read_file"]);
+    after.stop().await;
 }
 
 // === ExecuteTool: statuses ===
@@ -230,7 +299,11 @@ async fn calls_that_cannot_be_attempted_are_statuses() {
     let service = Running::builtins().await;
     let execute = |request: ExecuteToolRequest| {
         let mut client = service.client.clone();
-        async move { within(client.execute_tool(request)).await.unwrap_err() }
+        async move {
+            within("ExecuteTool", STEP, client.execute_tool(request))
+                .await
+                .unwrap_err()
+        }
     };
 
     let status = execute(ExecuteToolRequest {
@@ -348,10 +421,14 @@ async fn the_calculator_answers_exactly_and_explains_errors() {
 
     // Empty arguments mean `{}`.
     let mut client = service.client.clone();
-    let response = within(client.execute_tool(ExecuteToolRequest {
-        tool: "current_time".into(),
-        ..ExecuteToolRequest::default()
-    }))
+    let response = within(
+        "ExecuteTool",
+        STEP,
+        client.execute_tool(ExecuteToolRequest {
+            tool: "current_time".into(),
+            ..ExecuteToolRequest::default()
+        }),
+    )
     .await
     .unwrap()
     .into_inner();
@@ -559,16 +636,20 @@ async fn a_command_past_its_timeout_is_stopped_with_what_it_started() {
     })
     .await;
     let mut client = service.client.clone();
-    let response = within(client.execute_tool(ExecuteToolRequest {
-        tool: "sleeper".into(),
-        arguments_json: "{}".into(),
-        timeout: Some(prost_types::Duration {
-            seconds: 0,
-            nanos: 300_000_000,
+    let response = within(
+        "ExecuteTool",
+        STEP,
+        client.execute_tool(ExecuteToolRequest {
+            tool: "sleeper".into(),
+            arguments_json: "{}".into(),
+            timeout: Some(prost_types::Duration {
+                seconds: 0,
+                nanos: 300_000_000,
+            }),
+            run_id: "slow".into(),
+            ..ExecuteToolRequest::default()
         }),
-        run_id: "slow".into(),
-        ..ExecuteToolRequest::default()
-    }))
+    )
     .await
     .unwrap()
     .into_inner();
@@ -661,6 +742,8 @@ async fn the_stream_relays_progress_and_output_then_the_result() {
     })
     .await;
     let mut stream = within(
+        "ExecuteToolStream",
+        STEP,
         service
             .client
             .execute_tool_stream(ExecuteToolStreamRequest {
@@ -674,7 +757,10 @@ async fn the_stream_relays_progress_and_output_then_the_result() {
     .unwrap()
     .into_inner();
     let mut events = Vec::new();
-    while let Some(message) = within(stream.message()).await.unwrap() {
+    while let Some(message) = within("the next stream message", STEP, stream.message())
+        .await
+        .unwrap()
+    {
         events.push(message.event.unwrap());
     }
     assert_eq!(events.len(), 4, "{events:?}");
@@ -705,6 +791,8 @@ async fn the_stream_relays_progress_and_output_then_the_result() {
 async fn the_stream_of_a_builtin_is_its_result_and_errors_come_first() {
     let mut service = Running::builtins().await;
     let mut stream = within(
+        "ExecuteToolStream",
+        STEP,
         service
             .client
             .execute_tool_stream(ExecuteToolStreamRequest {
@@ -716,14 +804,24 @@ async fn the_stream_of_a_builtin_is_its_result_and_errors_come_first() {
     .await
     .unwrap()
     .into_inner();
-    let first = within(stream.message()).await.unwrap().unwrap();
+    let first = within("the next stream message", STEP, stream.message())
+        .await
+        .unwrap()
+        .unwrap();
     let Some(Event::Result(result)) = first.event else {
         panic!("expected the result: {first:?}");
     };
     assert_eq!(result.output_json, r#"{"result":1024}"#);
-    assert!(within(stream.message()).await.unwrap().is_none());
+    assert!(
+        within("the next stream message", STEP, stream.message())
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     let status = within(
+        "ExecuteToolStream",
+        STEP,
         service
             .client
             .execute_tool_stream(ExecuteToolStreamRequest {
@@ -735,6 +833,8 @@ async fn the_stream_of_a_builtin_is_its_result_and_errors_come_first() {
     .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
     let status = within(
+        "ExecuteToolStream",
+        STEP,
         service
             .client
             .execute_tool_stream(ExecuteToolStreamRequest {
@@ -761,6 +861,8 @@ async fn cancelling_the_stream_kills_the_command() {
     })
     .await;
     let mut stream = within(
+        "ExecuteToolStream",
+        STEP,
         service
             .client
             .execute_tool_stream(ExecuteToolStreamRequest {
@@ -773,7 +875,10 @@ async fn cancelling_the_stream_kills_the_command() {
     .await
     .unwrap()
     .into_inner();
-    let first = within(stream.message()).await.unwrap().unwrap();
+    let first = within("the next stream message", STEP, stream.message())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(matches!(first.event, Some(Event::Output(_))), "{first:?}");
     let pid = pid_in(service.workspace("cancelled").join("main.pid")).await;
     drop(stream);
@@ -812,7 +917,7 @@ async fn abandoning_a_call_or_its_deadline_passing_kills_the_command() {
         ..ExecuteToolRequest::default()
     });
     request.set_timeout(Duration::from_millis(300));
-    match within(client.execute_tool(request)).await {
+    match within("ExecuteTool", STEP, client.execute_tool(request)).await {
         // Whichever side notices first: the client's deadline (tonic reports
         // its own timer as CANCELLED) or the tool's timeout.
         Err(status) => assert!(
@@ -842,11 +947,11 @@ async fn a_bad_command_tool_stops_the_start_naming_the_setting() {
         ..Config::default()
     };
     let listeners = Listeners::bind(&config.server).await.unwrap();
-    let err = within(agentmesh_tool_runner::serve_with_listeners(
-        config,
-        listeners,
-        std::future::pending(),
-    ))
+    let err = within(
+        "the start-up refusing a broken schema",
+        STEP,
+        agentmesh_tool_runner::serve_with_listeners(config, listeners, std::future::pending()),
+    )
     .await
     .unwrap_err();
     assert!(

@@ -16,13 +16,13 @@
 
 use std::sync::{Arc, Mutex};
 
+use agentmesh_kit::time::{now_micros, timestamp_from_micros};
 use agentmesh_proto::orchestrator::v1::{self as pb, run_event};
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::sync::WaitForCancellationFuture;
 
 use super::lock;
-use crate::store::{self, now_micros};
 
 /// Events a slow follower may fall behind before it re-reads from the store.
 const FOLLOWER_BUFFER: usize = 1024;
@@ -89,7 +89,7 @@ impl ActiveRun {
         let event = pb::RunEvent {
             run_id: self.run_id.clone(),
             sequence: live.last_sequence,
-            time: Some(store::timestamp(now_micros())),
+            time: Some(timestamp_from_micros(now_micros())),
             event: Some(event),
         };
         live.pending.push(event.clone());
@@ -108,7 +108,7 @@ impl ActiveRun {
         pb::RunEvent {
             run_id: self.run_id.clone(),
             sequence: live.last_sequence,
-            time: Some(store::timestamp(now_micros())),
+            time: Some(timestamp_from_micros(now_micros())),
             event: Some(event),
         }
     }

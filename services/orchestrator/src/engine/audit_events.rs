@@ -13,13 +13,14 @@
 use std::time::Duration;
 
 use agentmesh_audit_client::code_name;
+use agentmesh_kit::time::now_micros;
 use agentmesh_proto::audit::v1::{
     AuditEvent, ErrorDetails, EventType, Outcome, RunDetails, audit_event::Details,
 };
 
 use super::Engine;
 use super::drive::Ending;
-use crate::store::{RunRow, now_micros};
+use crate::store::RunRow;
 
 /// What the audit log says about how a run ended.
 #[derive(Debug)]

@@ -29,6 +29,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use agentmesh_kit::time::now_micros;
 use agentmesh_proto::llm::v1 as llm;
 use agentmesh_proto::orchestrator::v1::{self as pb, run_event};
 use tokio::time::Instant;
@@ -42,7 +43,7 @@ use super::{Engine, lock, mark_failed};
 use crate::admission::Places;
 use crate::config::AgentProfile;
 use crate::metrics::RunEnd;
-use crate::store::{self, Checkpoint, RunRow, now_micros};
+use crate::store::{self, Checkpoint, RunRow};
 
 /// How close to the caller's deadline a failed call counts as cut by it
 /// (a peer's or the client's own timer may fire a hair before ours:

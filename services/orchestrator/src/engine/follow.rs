@@ -21,14 +21,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use agentmesh_kit::time::{now_micros, timestamp_from_micros};
 use agentmesh_proto::orchestrator::v1::{self as pb, run_event};
+use agentmesh_storage::StoreError;
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 use tonic::Status;
 
 use super::Engine;
 use super::active::{ActiveRun, Snapshot};
-use crate::store::{self, RunRow, now_micros};
+use crate::store::RunRow;
 
 /// How often a follower of a run driven elsewhere looks for new events.
 const REMOTE_POLL: Duration = Duration::from_millis(200);
@@ -86,7 +88,7 @@ fn is_terminal(event: &pb::RunEvent) -> bool {
 }
 
 impl Follower<'_> {
-    fn store_failed(&self, err: &store::StoreError) -> FollowEnd {
+    fn store_failed(&self, err: &StoreError) -> FollowEnd {
         FollowEnd::Error(self.engine.store_failed(err))
     }
 
@@ -122,7 +124,7 @@ impl Follower<'_> {
         let beat = pb::RunEvent {
             run_id: self.run_id.clone(),
             sequence: 0,
-            time: Some(store::timestamp(now_micros())),
+            time: Some(timestamp_from_micros(now_micros())),
             event: Some(run_event::Event::Heartbeat(pb::Heartbeat {
                 last_sequence: self.last,
                 state: state.into(),

@@ -14,7 +14,7 @@ use std::time::Duration;
 use agentmesh_proto::orchestrator::v1 as pb;
 
 use super::active::ActiveRun;
-use super::{DATABASE, Engine, store_code};
+use super::{DATABASE, Engine};
 use crate::store::{Checkpoint, RunRow};
 
 /// Attempts at storing a run's end before giving up on it (another instance
@@ -53,7 +53,7 @@ impl Engine {
                 tracing::error!(run_id = %run.run_id, error = %err, "cannot store the run's step");
                 self.audit_error(
                     DATABASE,
-                    store_code(&err),
+                    err.code(),
                     format!("cannot store a step of run {}: {err}", run.run_id),
                     Some(run),
                 );
@@ -94,7 +94,7 @@ impl Engine {
                     tracing::error!(run_id = %run.run_id, error = %err, "could not store the end of the run; another instance will resume it from its last checkpoint");
                     self.audit_error(
                         DATABASE,
-                        store_code(&err),
+                        err.code(),
                         format!("could not store the end of run {}: {err}", run.run_id),
                         Some(run),
                     );

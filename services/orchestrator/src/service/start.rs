@@ -19,6 +19,7 @@
 use std::time::Duration;
 
 use agentmesh_kit::RequestContext;
+use agentmesh_kit::time::now_micros;
 use agentmesh_proto::orchestrator::v1 as pb;
 use tokio::time::Instant;
 use tonic::Status;
@@ -28,7 +29,7 @@ use super::{Caller, OrchestratorServiceImpl, not_found};
 use crate::admission::Places;
 use crate::config::{AgentProfile, Config};
 use crate::engine::Engine;
-use crate::store::{Created, Limits, RunRow, now_micros};
+use crate::store::{Created, Limits, RunRow};
 use crate::validate::{self, RequestedLimits, StartFields, StartRequest};
 
 /// How a run is started: by which method, and (for `Run`) until when its

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use agentmesh_kit::time::timestamp_from_micros;
 use agentmesh_proto::llm::v1 as llm;
 use agentmesh_proto::orchestrator::v1 as pb;
 use prost::Message as _;
@@ -68,9 +69,9 @@ impl RunRow {
             labels: self.labels.clone().into_iter().collect(),
             idempotency_key: self.idempotency_key.clone().unwrap_or_default(),
             model: self.model.clone(),
-            create_time: Some(timestamp(self.create_time)),
-            start_time: self.start_time.map(timestamp),
-            end_time: self.end_time.map(timestamp),
+            create_time: Some(timestamp_from_micros(self.create_time)),
+            start_time: self.start_time.map(timestamp_from_micros),
+            end_time: self.end_time.map(timestamp_from_micros),
             output: self.output.clone(),
             error: self.error.clone(),
             usage: Some(usage(self.input_tokens, self.output_tokens)),
@@ -100,30 +101,6 @@ pub(crate) fn usage(input_tokens: i64, output_tokens: i64) -> llm::Usage {
         total_tokens: clamp(input_tokens.saturating_add(output_tokens)),
         ..llm::Usage::default()
     }
-}
-
-/// Microseconds since the Unix epoch as a protobuf timestamp.
-pub(crate) fn timestamp(micros: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: micros.div_euclid(1_000_000),
-        nanos: i32::try_from(micros.rem_euclid(1_000_000) * 1000).unwrap_or(0),
-    }
-}
-
-/// A protobuf timestamp as microseconds since the Unix epoch.
-pub(crate) fn micros_of(timestamp: &prost_types::Timestamp) -> i64 {
-    timestamp
-        .seconds
-        .saturating_mul(1_000_000)
-        .saturating_add(i64::from(timestamp.nanos) / 1000)
-}
-
-/// Now, in microseconds since the Unix epoch.
-pub(crate) fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 fn duration_from_millis(millis: i64) -> prost_types::Duration {

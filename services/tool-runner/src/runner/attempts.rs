@@ -13,6 +13,7 @@
 
 use std::time::Duration;
 
+use agentmesh_kit::text::truncate_bytes;
 use agentmesh_proto::tools::v1::execute_tool_stream_response::Event;
 use agentmesh_proto::tools::v1::{ExecuteToolStreamResponse, ToolProgress};
 use agentmesh_resilience::{Attempt, AttemptEvent, Attempts, CircuitOpen, NoRetry, Verdict};
@@ -23,7 +24,7 @@ use crate::builtin::{self, BuiltinContext};
 use crate::command::EventSender;
 use crate::config::format_duration;
 use crate::metrics::Outcome;
-use crate::outcome::{ToolFailure, ToolOutcome, truncate};
+use crate::outcome::{ToolFailure, ToolOutcome};
 use crate::registry::Implementation;
 use crate::resilience;
 use crate::workspace::workspace_dir;
@@ -52,7 +53,7 @@ impl Attempts for ToolAttempts<'_> {
                 format!(
                     "attempt {} failed ({}); retrying, attempt {} of {}",
                     attempt.number.saturating_sub(1),
-                    truncate(&failed.message, MAX_QUOTED_FAILURE),
+                    truncate_bytes(&failed.message, MAX_QUOTED_FAILURE),
                     attempt.number,
                     self.runner.retries.config().max_attempts
                 ),

@@ -2,13 +2,13 @@
 //! configuration, bounded waits, test tools, and watching the processes
 //! command tools start.
 
-use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use agentmesh_kit::ServerConfig;
 use agentmesh_proto::tools::v1::{ExecuteToolResponse, ToolErrorKind};
+use agentmesh_testkit::within;
 use agentmesh_tool_runner::CommandToolConfig;
 
 /// Ephemeral loopback ports for gRPC and admin, and a short drain.
@@ -22,12 +22,9 @@ pub(crate) fn test_server() -> ServerConfig {
     }
 }
 
-/// Bounds every wait of a test, so a hang fails instead of blocking CI.
-pub(crate) async fn within<T>(future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(30), future)
-        .await
-        .expect("the test step did not finish within 30s")
-}
+/// How long any one step of a test may take ([`within`]), so a hang fails
+/// instead of blocking CI.
+pub(crate) const STEP: Duration = Duration::from_secs(30);
 
 /// Writes a script into `dir` and returns its path.
 pub(crate) fn script(dir: &Path, name: &str, text: &str) -> String {
@@ -52,7 +49,7 @@ pub(crate) fn kind(response: &ExecuteToolResponse) -> ToolErrorKind {
 
 /// Waits until process `pid` is gone (or a zombie: dead, not yet reaped).
 pub(crate) async fn process_ends(pid: u32) {
-    within(async {
+    within(&format!("process {pid} to end"), STEP, async {
         loop {
             match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
                 Err(_) => return,
@@ -72,7 +69,7 @@ pub(crate) async fn process_ends(pid: u32) {
 
 /// Reads a pid a script wrote, waiting until it is there.
 pub(crate) async fn pid_in(path: PathBuf) -> u32 {
-    within(async {
+    within(&format!("a pid in {}", path.display()), STEP, async {
         loop {
             if let Ok(text) = std::fs::read_to_string(&path)
                 && let Ok(pid) = text.trim().parse()

@@ -261,3 +261,37 @@ async fn a_run_that_no_longer_exists_ends_the_stream_with_not_found() {
     assert_eq!(status.code(), tonic::Code::NotFound);
     assert!(receiver.recv().await.is_none());
 }
+
+/// Stored data that cannot be read ends the stream with DATA_LOSS (not a
+/// retryable UNAVAILABLE: retrying cannot help), and the client is told
+/// where to look, not what the stored data holds.
+#[tokio::test]
+async fn unreadable_stored_data_ends_the_stream_with_data_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&dir, Duration::from_secs(3600)).await;
+    let (run, _active) = active_run(&engine).await;
+    lock(&engine.active).remove(&run.run_id);
+    let storage = StorageConfig {
+        data_dir: dir.path().to_owned(),
+        ..StorageConfig::default()
+    };
+    let Database::Sqlite(pool) = Database::connect(&storage, "orchestrator").await.unwrap() else {
+        panic!("the default storage is SQLite");
+    };
+    sqlx::query("UPDATE runs SET state = 4242 WHERE run_id = $1")
+        .bind(&run.run_id)
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    let (sender, mut receiver) = mpsc::channel(16);
+    tokio::spawn(Arc::clone(&engine).follow(run, 0, sender));
+    let status = tokio::time::timeout(PATIENCE, receiver.recv())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::DataLoss, "{status:?}");
+    assert!(!status.message().contains("4242"), "{status:?}");
+    assert!(status.message().contains("service log"), "{status:?}");
+}
