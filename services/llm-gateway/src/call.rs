@@ -1,19 +1,24 @@
 //! What the unary and the streaming path share once a call is admitted: the
-//! [`Prepared`] call (validated, resolved, within the rate limits, with its
-//! plan of attempts and the caller's deadline), the final status of a call
-//! that failed for good, and the accounting of usage across attempts.
+//! [`Prepared`] call (validated, resolved, within the rate limits, with the
+//! caller's deadline) and its attempt loop over the route's chain, how both
+//! paths count and log the loop's retries and fallbacks, the final status
+//! of a call that failed for good, and the accounting of usage across
+//! attempts.
 //!
 //! ```text
 //! request ─▶ validate ─▶ Gateway::resolve ─▶ register provider keys as secrets
-//!         ─▶ Limits::admit (tenant, route) ─▶ Plan over the chain ─▶ Prepared
+//!         ─▶ Limits::admit (tenant, route)
+//!         ─▶ AttemptLoop over the chain's circuits ─▶ (Prepared, AttemptLoop)
 //! ```
 
 use std::sync::Arc;
 use std::time::Instant as StdInstant;
 
 use agentmesh_audit_client::AuditClient;
+use agentmesh_audit_client::resilience::ResilienceReporter;
 use agentmesh_kit::RequestContext;
 use agentmesh_proto::llm::v1::{GenerateRequest, Usage};
+use agentmesh_resilience::{AttemptEvent, AttemptLoop};
 use tonic::Status;
 
 use crate::audit::{KeyRegistry, LlmCallRecord};
@@ -21,10 +26,10 @@ use crate::completion::Completion;
 use crate::error::ProviderError;
 use crate::gateway::{Gateway, Resolved};
 use crate::providers::ProviderCall;
-use crate::resilience::{Charges, Plan};
+use crate::resilience::Charges;
 use crate::validate::validate_request;
 
-/// A call that passed its checks and limits, with its plan of attempts.
+/// A call that passed its checks and limits.
 pub(crate) struct Prepared {
     /// Where the call goes first, and its chain.
     pub(crate) resolved: Resolved,
@@ -32,8 +37,6 @@ pub(crate) struct Prepared {
     pub(crate) request: Arc<GenerateRequest>,
     /// When the caller stops waiting, if it said.
     pub(crate) caller_deadline: Option<tokio::time::Instant>,
-    /// The attempts over the chain.
-    pub(crate) plan: Plan,
     /// Tokens taken from the rate limits, settled with the real usage.
     pub(crate) charges: Charges,
 }
@@ -42,7 +45,8 @@ impl Prepared {
     /// Validates and resolves `request`, registers the keys of every target
     /// it may reach as secrets, applies the rate limits, and captures the
     /// caller's deadline (the task-local context is gone once a stream is
-    /// being polled).
+    /// being polled). With it comes the call's attempt loop over the chain,
+    /// made now so the call counts in the retry budget from its admission.
     pub(crate) fn new(
         gateway: &Gateway,
         keys: &KeyRegistry,
@@ -50,7 +54,7 @@ impl Prepared {
         request: GenerateRequest,
         record: &mut LlmCallRecord,
         method: &str,
-    ) -> Result<Self, Status> {
+    ) -> Result<(Self, AttemptLoop), Status> {
         validate_request(&request)?;
         let resolved = gateway.resolve(&request.model)?;
         record.resolved(&resolved);
@@ -75,45 +79,90 @@ impl Prepared {
         let caller_deadline = context
             .and_then(|context| context.deadline())
             .map(|deadline| tokio::time::Instant::from_std(deadline.min(far_future())));
-        let plan = Plan::new(
-            Arc::clone(&resolved.chain),
-            Arc::clone(&resolved.fallback_on),
-            gateway.retry(),
-            caller_deadline,
-        );
-        Ok(Self {
+        let attempt_loop = AttemptLoop::new(gateway.retries(), caller_deadline)
+            .targets(resolved.chain.iter().map(|target| target.circuit.clone()));
+        let prepared = Self {
             resolved,
             request: Arc::new(request),
             caller_deadline,
-            plan,
             charges,
-        })
+        };
+        Ok((prepared, attempt_loop))
     }
 
-    /// The provider call for the plan's current target.
-    pub(crate) fn call(&self) -> ProviderCall {
+    /// The resolution at `target` of the chain (an index the attempt loop
+    /// handed out, so always in it; the first target otherwise).
+    pub(crate) fn at(&self, target: usize) -> Resolved {
+        self.resolved
+            .chain
+            .get(target)
+            .map_or_else(|| self.resolved.clone(), |target| self.resolved.at(target))
+    }
+
+    /// The provider call to `resolved`.
+    pub(crate) fn call(&self, resolved: &Resolved) -> ProviderCall {
         ProviderCall {
-            model: self.plan.target().model.clone(),
+            model: resolved.model.clone(),
             request: Arc::clone(&self.request),
             caller_deadline: self.caller_deadline,
         }
     }
 
-    /// The status a call that failed for good ends with: the last error's,
-    /// saying how many attempts were made and why retrying stopped.
-    pub(crate) fn final_status(&self, err: ProviderError) -> Status {
-        let resolved = self.resolved.at(self.plan.target());
-        let attempts = self.plan.attempts();
-        let status = log_failure(&resolved, err);
-        if attempts <= 1 && self.plan.stopped().is_none() {
+    /// Counts and logs the retries and fallbacks the attempt loop decides:
+    /// a retry under its failure's class, a fallback as `fallback_<class>`,
+    /// both against the target that failed. A fallback past an open
+    /// circuit is counted but not logged (nothing was attempted). `error`
+    /// finds the provider's failure in the path's own failure type.
+    pub(crate) fn observe<E>(
+        &self,
+        reporter: &ResilienceReporter,
+        event: &AttemptEvent<'_, E>,
+        error: impl Fn(&E) -> Option<&ProviderError>,
+    ) {
+        match *event {
+            AttemptEvent::Retrying {
+                target,
+                reason,
+                failure,
+                ..
+            } => {
+                let resolved = self.at(target);
+                reporter.retried(&resolved.target_name(), reason);
+                if let Some(err) = error(failure) {
+                    log_retry(&resolved, err, "retrying");
+                }
+            }
+            AttemptEvent::FallingBack {
+                from,
+                reason,
+                attempted,
+                failure,
+                ..
+            } => {
+                let resolved = self.at(from);
+                reporter.retried(&resolved.target_name(), &format!("fallback_{reason}"));
+                if attempted && let Some(err) = error(failure) {
+                    log_retry(&resolved, err, "falling back");
+                }
+            }
+            AttemptEvent::Attempting { .. } | AttemptEvent::NotRetrying { .. } => {}
+        }
+    }
+
+    /// The status a call that failed for good at `target` ends with: the
+    /// last error's, with the attempt loop's `summary` (how many attempts
+    /// were made and why retrying stopped) when it has one.
+    pub(crate) fn final_status(
+        &self,
+        err: ProviderError,
+        target: usize,
+        summary: Option<String>,
+    ) -> Status {
+        let status = log_failure(&self.at(target), err);
+        let Some(summary) = summary else {
             return status;
-        }
-        let mut message = format!("{} (after {attempts} attempts", status.message());
-        if let Some(why) = self.plan.stopped() {
-            message.push_str("; no further retry: ");
-            message.push_str(why);
-        }
-        message.push(')');
+        };
+        let message = format!("{} ({summary})", status.message());
         Status::with_details(status.code(), message, status.details().to_vec().into())
     }
 
@@ -172,7 +221,7 @@ pub(crate) async fn within_caller_deadline<F: Future>(
     }
 }
 
-pub(crate) fn log_retry(resolved: &Resolved, err: &ProviderError, action: &str) {
+fn log_retry(resolved: &Resolved, err: &ProviderError, action: &str) {
     tracing::info!(
         route = %resolved.route,
         provider = %resolved.instance,

@@ -1,6 +1,7 @@
 //! The gateway's state: provider instances, routes with their chains of
-//! targets (each with its circuit breaker), prices, the retry policy and the
-//! rate limits, built once from the configuration.
+//! targets (each with its circuit breaker), prices, the retry settings with
+//! their shared budget, the resilience reporter and the rate limits, built
+//! once from the configuration.
 //!
 //! [`Gateway::resolve`] turns a request's `model` (empty = the default
 //! route, a route name, or `instance/model`) into a [`Resolved`]: where the
@@ -19,12 +20,12 @@ use agentmesh_kit::status::invalid_argument;
 use agentmesh_proto::llm::v1::{
     self, ListModelsRequest, ListModelsResponse, Model, ModelTarget, Usage,
 };
-use agentmesh_resilience::{CircuitBreaker, CircuitState};
+use agentmesh_resilience::{CircuitBreaker, CircuitState, Retries};
 use tonic::Status;
 
 use crate::config::{Config, FailureClass, Price, join_names, price_of, split_target};
 use crate::providers::ProviderInstance;
-use crate::resilience::{Circuits, Limits, RetryPolicy, Target};
+use crate::resilience::{Circuits, Limits, Target};
 
 /// ListModels page size when the request gives 0.
 const DEFAULT_PAGE_SIZE: usize = 50;
@@ -41,7 +42,8 @@ pub struct Gateway {
     providers: BTreeMap<String, ProviderInstance>,
     prices: BTreeMap<String, Price>,
     circuits: Circuits,
-    retry: RetryPolicy,
+    retries: Retries,
+    reporter: ResilienceReporter,
     limits: Arc<Limits>,
 }
 
@@ -71,6 +73,11 @@ pub(crate) struct Resolved {
 }
 
 impl Resolved {
+    /// `instance/model` of the target being tried, as retries are counted.
+    pub(crate) fn target_name(&self) -> String {
+        format!("{}/{}", self.instance, self.model)
+    }
+
     /// This resolution, at `target` of its chain.
     pub(crate) fn at(&self, target: &Target) -> Self {
         Self {
@@ -85,7 +92,8 @@ impl Resolved {
 impl Gateway {
     /// Builds routes and provider instances from a configuration that passed
     /// [`Config::validate`]; fails on a rules file that cannot be loaded.
-    /// Circuit changes and refusals are reported nowhere (see [`Self::build`]).
+    /// Circuit changes, retries and refusals are reported nowhere (the server
+    /// builds its gateway with a reporter).
     pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
         Self::build(
             config,
@@ -140,8 +148,9 @@ impl Gateway {
             providers,
             prices: config.prices.clone(),
             circuits,
-            retry: RetryPolicy::new(&config.retry, reporter.clone()),
-            limits: Arc::new(Limits::new(config, reporter)),
+            retries: Retries::new(&config.retry),
+            limits: Arc::new(Limits::new(config, reporter.clone())),
+            reporter,
         })
     }
 
@@ -157,9 +166,16 @@ impl Gateway {
             .or_else(|| price_of(&self.prices, &resolved.instance, reported_model))
     }
 
-    /// The retry policy every call's plan follows.
-    pub(crate) fn retry(&self) -> &RetryPolicy {
-        &self.retry
+    /// The retry settings every call's attempt loop follows, and the
+    /// budget they share.
+    pub(crate) fn retries(&self) -> &Retries {
+        &self.retries
+    }
+
+    /// Where retries and fallbacks are counted (with circuit changes and
+    /// rate-limit refusals).
+    pub(crate) fn reporter(&self) -> &ResilienceReporter {
+        &self.reporter
     }
 
     /// The rate limits per tenant and route.

@@ -10,10 +10,10 @@
 //! ```text
 //! Generate / GenerateStream                                   (service)
 //!   └─ LLM_CALL record opened (audit; metrics at its end)     (audit, metrics)
-//!   └─ validate ─ resolve `model` to a route's chain ─ rate limits ─ plan
-//!                                          (validate, gateway, resilience, call)
-//!   └─ attempt loop over the plan: retry with backoff, fall back along the
-//!      chain, skip open circuits                              (unary | relay)
+//!   └─ validate ─ resolve `model` to a route's chain ─ rate limits
+//!      ─ the call's attempt loop          (validate, gateway, resilience, call)
+//!   └─ the shared attempt loop (agentmesh-resilience): retry with backoff,
+//!      fall back along the chain, skip open circuits          (unary | relay)
 //!        └─ Provider (openai | anthropic | scripted)          (providers)
 //!             request  → provider wire JSON  → POST (pooled HTTP client)
 //!             response ← SSE events / JSON  ← ProviderEvent / Completion
@@ -31,15 +31,18 @@
 //!   routes and their chains of targets, prices — resolution of a request's
 //!   `model` to a `Resolved` target, and ListModels.
 //! * `call`: the prepared call (validated, resolved, admitted by the rate
-//!   limits, with its plan and the caller's deadline) and what both call
-//!   paths share: the final status, usage across attempts.
-//! * `unary`: `Generate`, its attempt loop in one function.
-//! * `relay`: `GenerateStream`'s relay task, its attempt loop with resets
-//!   in one function; a stream that breaks after output ends with
-//!   `finished` FINISH_REASON_ERROR, then the error status.
-//! * `resilience`: the plan of attempts (retry, backoff, budget, fallback),
-//!   circuit breakers of targets, rate limits; the mechanisms themselves are
-//!   in `agentmesh-resilience`.
+//!   limits, with the caller's deadline) and its attempt loop, and what both
+//!   call paths share: retries and fallbacks counted and logged, the final
+//!   status, usage across attempts.
+//! * `unary`: `Generate`: what one attempt of the shared attempt loop is
+//!   (a completion), and the response.
+//! * `relay`: `GenerateStream`'s relay task, run by the shared attempt loop,
+//!   with resets between attempts; a stream that breaks after output ends
+//!   with `finished` FINISH_REASON_ERROR, then the error status.
+//! * `resilience`: what a provider failure means to the attempt loop
+//!   (retry, fall back, count against the circuit), circuit breakers of
+//!   targets, rate limits; the mechanisms themselves, and the attempt loop,
+//!   are in `agentmesh-resilience`.
 //! * `validate`: request checks, INVALID_ARGUMENT with field violations.
 //! * `providers`: the `Provider` trait and one module per wire protocol;
 //!   `providers::http` holds the shared HTTP client, timeouts and SSE

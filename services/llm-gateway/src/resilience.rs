@@ -1,22 +1,22 @@
-//! How the gateway keeps answering when providers fail: the plan of
-//! attempts for one call, the circuit breakers of provider targets, and the
-//! rate limits per tenant and route.
+//! How the gateway keeps answering when providers fail: what a provider
+//! failure means to the attempt loop, the circuit breakers of provider
+//! targets, and the rate limits per tenant and route.
 //!
 //! ```text
 //! call ─▶ Limits::admit (tenant, route)        RESOURCE_EXHAUSTED + RetryInfo, RATE_LIMITED
-//!      ─▶ Plan over the route's chain:
-//!           target 1: circuit? ─▶ attempt ─▶ fails, retryable? ─▶ backoff (jitter, retry-after,
-//!                     │                                           deadline) + budget ─▶ attempt …
-//!                     └─ open, or failed for good with a class in fallback_on
-//!           target 2: (a fallback takes from the retry budget too) …
+//!      ─▶ the shared AttemptLoop over the route's chain (one Circuits breaker per target):
+//!           attempt fails ─▶ classify ─▶ verdict: retry the class? fall back (fallback_on)?
+//!                                        retry-after
+//!                        ─▶ circuit_failure: counts against the target's circuit, or not
 //!      ─▶ Charges::settle(real tokens)
 //! ```
 //!
-//! [`Plan`] only decides; the attempt loops of the unary path
-//! ([`crate::unary`]) and the stream relay ([`crate::relay`]) make the
-//! attempts (a stream that already sent output must send a reset before the
-//! next attempt). The mechanisms themselves (breaker,
-//! backoff, budget, GCRA) are in `agentmesh-resilience`.
+//! The loop itself (attempts, backoff, budget, deadline, circuit leave) is
+//! `agentmesh_resilience::attempt`; the unary path ([`crate::unary`]) and
+//! the stream relay ([`crate::relay`]) say what an attempt is, and read a
+//! failure through [`verdict`] and [`circuit_failure`]. The mechanisms
+//! themselves (breaker, backoff, budget, GCRA) are in
+//! `agentmesh-resilience`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -25,10 +25,9 @@ use std::time::Duration;
 use agentmesh_audit_client::resilience::{Refusal, ResilienceReporter};
 use agentmesh_proto::llm::v1::GenerateRequest;
 use agentmesh_resilience::{
-    Backoff, CallPermit, CircuitBreaker, CircuitConfig, KeyedRateLimiter, RateLimited, RetryBudget,
-    RetryConfig, TokenCharge, rate_limit::PERIOD,
+    CircuitBreaker, CircuitConfig, KeyedRateLimiter, RateLimited, TokenCharge, Verdict,
+    rate_limit::PERIOD,
 };
-use tokio::time::Instant;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -61,7 +60,7 @@ pub(crate) fn classify(err: &ProviderError) -> FailureClass {
 }
 
 /// The `retry-after` a failure carries.
-pub(crate) fn retry_after(err: &ProviderError) -> Option<Duration> {
+fn retry_after(err: &ProviderError) -> Option<Duration> {
     match err {
         ProviderError::Http { retry_after, .. } => *retry_after,
         _ => None,
@@ -79,13 +78,6 @@ pub(crate) struct Target {
     pub provider: ProviderInstance,
     /// Its circuit, when guarded.
     pub circuit: Option<CircuitBreaker>,
-}
-
-impl Target {
-    /// `instance/model`.
-    pub(crate) fn name(&self) -> String {
-        format!("{}/{}", self.instance, self.model)
-    }
 }
 
 /// The circuit breakers of every provider target.
@@ -132,178 +124,25 @@ impl Circuits {
     }
 }
 
-/// What to do after an attempt failed.
-#[derive(Debug)]
-pub(crate) enum Next {
-    /// Try the same target again after the delay.
-    Retry(Duration),
-    /// Go to the next target of the chain at once.
-    Fallback,
-    /// Stop: answer with the failure.
-    GiveUp,
-}
-
-/// The attempts of one call over its chain of targets.
-#[derive(Debug)]
-pub(crate) struct Plan {
-    chain: Arc<[Target]>,
-    fallback_on: Arc<[FailureClass]>,
-    max_attempts: u32,
-    backoff: Backoff,
-    budget: RetryBudget,
-    deadline: Option<Instant>,
-    reporter: ResilienceReporter,
-    /// Index of the current target.
-    target: usize,
-    /// Attempts made at the current target.
-    at_target: u32,
-    /// Upstream attempts made in all (what the response's `attempts` says).
-    attempts: u32,
-    /// Why the last retry or fallback stopped, for the final message.
-    stopped: Option<String>,
-}
-
-impl Plan {
-    /// A plan over `chain`; counts the call in the budget.
-    pub(crate) fn new(
-        chain: Arc<[Target]>,
-        fallback_on: Arc<[FailureClass]>,
-        policy: &RetryPolicy,
-        deadline: Option<Instant>,
-    ) -> Self {
-        policy.budget.deposit();
-        Self {
-            chain,
-            fallback_on,
-            max_attempts: policy.config.max_attempts.max(1),
-            backoff: policy.config.backoff(),
-            budget: policy.budget.clone(),
-            deadline,
-            reporter: policy.reporter.clone(),
-            target: 0,
-            at_target: 0,
-            attempts: 0,
-            stopped: None,
-        }
-    }
-
-    /// The current target.
-    #[expect(
-        clippy::indexing_slicing,
-        reason = "the chain is never empty (a route has its target, a direct call its one) and \
-                  `target` only moves to valid indexes"
-    )]
-    pub(crate) fn target(&self) -> &Target {
-        &self.chain[self.target.min(self.chain.len() - 1)]
-    }
-
-    /// Upstream attempts made.
-    pub(crate) fn attempts(&self) -> u32 {
-        self.attempts
-    }
-
-    /// Why retrying stopped early, if it did (budget, deadline).
-    pub(crate) fn stopped(&self) -> Option<&str> {
-        self.stopped.as_deref()
-    }
-
-    /// Asks the current target's circuit for leave to call it. `Err` with
-    /// the next step when it is open.
-    pub(crate) fn admit(&mut self) -> Result<Option<CallPermit>, (Next, ProviderError)> {
-        let target = self.target().clone();
-        let Some(circuit) = &target.circuit else {
-            self.attempts += 1;
-            self.at_target += 1;
-            return Ok(None);
-        };
-        match circuit.try_acquire() {
-            Ok(permit) => {
-                self.attempts += 1;
-                self.at_target += 1;
-                Ok(Some(permit))
-            }
-            Err(open) => {
-                let err = ProviderError::CircuitOpen(open.to_string());
-                let next = self.fallback(FailureClass::CircuitOpen, false);
-                Err((next, err))
-            }
-        }
-    }
-
-    /// Decides what follows a failed attempt at the current target.
-    pub(crate) fn after_failure(&mut self, err: &ProviderError) -> Next {
-        let class = classify(err);
-        if self
-            .deadline
-            .is_some_and(|deadline| Instant::now() >= deadline)
-        {
-            self.stopped = Some("the caller's deadline passed".to_owned());
-            return Next::GiveUp;
-        }
-        if class.retryable() && self.at_target < self.max_attempts {
-            match self
-                .backoff
-                .delay(self.at_target, retry_after(err), self.deadline)
-            {
-                Ok(delay) if self.budget.withdraw() => {
-                    self.reporter.retried(&self.target().name(), class.as_str());
-                    return Next::Retry(delay);
-                }
-                Ok(_) => self.stopped = Some("the retry budget is spent".to_owned()),
-                Err(why) => self.stopped = Some(why.to_string()),
-            }
-        }
-        self.fallback(class, true)
-    }
-
-    /// Moves to the next target when `class` allows it; a fallback after
-    /// an upstream attempt takes from the budget.
-    fn fallback(&mut self, class: FailureClass, attempted: bool) -> Next {
-        if !self.fallback_on.contains(&class) || self.target + 1 >= self.chain.len() {
-            return Next::GiveUp;
-        }
-        if attempted && !self.budget.withdraw() {
-            self.stopped = Some("the retry budget is spent".to_owned());
-            return Next::GiveUp;
-        }
-        self.reporter.retried(
-            &self.target().name(),
-            &format!("fallback_{}", class.as_str()),
-        );
-        self.target += 1;
-        self.at_target = 0;
-        Next::Fallback
+/// What the shared attempt loop should make of a failure: retry its class
+/// when it is retryable, fall back when the route's `fallback_on` names it,
+/// and wait at least the provider's `retry-after`.
+pub(crate) fn verdict(err: &ProviderError, fallback_on: &[FailureClass]) -> Verdict {
+    let class = classify(err);
+    Verdict {
+        reason: class.as_str(),
+        retry: class.retryable(),
+        fall_back: fallback_on.contains(&class),
+        retry_after: retry_after(err),
     }
 }
 
-/// Retry settings and the budget shared by every call.
-#[derive(Debug, Clone)]
-pub(crate) struct RetryPolicy {
-    config: RetryConfig,
-    budget: RetryBudget,
-    reporter: ResilienceReporter,
-}
-
-impl RetryPolicy {
-    /// The policy of `config`.
-    pub(crate) fn new(config: &RetryConfig, reporter: ResilienceReporter) -> Self {
-        Self {
-            config: config.clone(),
-            budget: RetryBudget::new(config),
-            reporter,
-        }
-    }
-}
-
-/// Reports how a circuit permit's call ended.
-pub(crate) fn settle_permit(permit: Option<CallPermit>, result: Result<(), &ProviderError>) {
-    let Some(permit) = permit else { return };
-    match result {
-        Ok(()) => permit.success(),
-        Err(err) if classify(err).counts_against_circuit() => permit.failure(&err.to_string()),
-        // A bad request or a 429 says nothing about the target's health.
-        Err(_) => drop(permit),
-    }
+/// The failure a failed attempt counts against its target's circuit: none
+/// for a bad request or a 429, which say nothing about the target's health.
+pub(crate) fn circuit_failure(err: &ProviderError) -> Option<String> {
+    classify(err)
+        .counts_against_circuit()
+        .then(|| err.to_string())
 }
 
 // === rate limits ===
@@ -444,5 +283,50 @@ mod tests {
             assert!(!class.retryable());
         }
         assert!(!FailureClass::RateLimited.counts_against_circuit());
+    }
+
+    #[test]
+    fn the_attempt_loop_reads_a_failure_by_its_class_and_the_route() {
+        let limited = ProviderError::Http {
+            status: 429,
+            message: "slow down".into(),
+            param: None,
+            retry_after: Some(Duration::from_secs(2)),
+        };
+        let fallback_on = [FailureClass::ServerError, FailureClass::RateLimited];
+        assert_eq!(
+            verdict(&limited, &fallback_on),
+            Verdict {
+                reason: "rate_limited",
+                retry: true,
+                fall_back: true,
+                retry_after: Some(Duration::from_secs(2)),
+            }
+        );
+        assert_eq!(
+            verdict(&limited, &[]),
+            Verdict::retry("rate_limited").with_retry_after(Some(Duration::from_secs(2)))
+        );
+        // A 429 says nothing about the target's health.
+        assert_eq!(circuit_failure(&limited), None);
+
+        let bad = ProviderError::Http {
+            status: 400,
+            message: "bad".into(),
+            param: None,
+            retry_after: None,
+        };
+        assert_eq!(
+            verdict(&bad, &fallback_on),
+            Verdict::stop("invalid_request")
+        );
+        assert_eq!(circuit_failure(&bad), None);
+
+        let down = ProviderError::Broken("reset".into());
+        assert_eq!(verdict(&down, &[]), Verdict::retry("broken"));
+        assert_eq!(circuit_failure(&down), Some(down.to_string()));
+        let open = ProviderError::CircuitOpen("open".into());
+        assert!(verdict(&open, &[FailureClass::CircuitOpen]).fall_back);
+        assert!(!verdict(&open, &[]).fall_back);
     }
 }

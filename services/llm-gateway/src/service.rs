@@ -15,6 +15,7 @@ use agentmesh_proto::llm::v1::{
     GenerateRequest, GenerateResponse, GenerateStreamRequest, ListModelsRequest,
     ListModelsResponse, llm_gateway_service_server::LlmGatewayService,
 };
+use agentmesh_resilience::AttemptLoop;
 use tonic::{Request, Response, Status};
 
 use crate::audit::{CallEnd, KeyRegistry, LlmCallRecord};
@@ -64,14 +65,14 @@ impl LlmGatewayServiceImpl {
         self
     }
 
-    /// The call's record and the prepared call; a call refused here is
-    /// recorded as failed.
+    /// The call's record, the prepared call and its attempt loop; a call
+    /// refused here is recorded as failed.
     fn admit(
         &self,
         request: GenerateRequest,
         streaming: bool,
         method: &str,
-    ) -> Result<(LlmCallRecord, Prepared), Status> {
+    ) -> Result<(LlmCallRecord, Prepared, AttemptLoop), Status> {
         let mut record =
             LlmCallRecord::new(&self.audit, &request, streaming).with_metrics(self.metrics.clone());
         match Prepared::new(
@@ -82,7 +83,7 @@ impl LlmGatewayServiceImpl {
             &mut record,
             method,
         ) {
-            Ok(prepared) => Ok((record, prepared)),
+            Ok((prepared, attempt_loop)) => Ok((record, prepared, attempt_loop)),
             Err(status) => {
                 record.failed(&status, &CallEnd::default());
                 Err(status)
@@ -101,8 +102,8 @@ impl LlmGatewayService for LlmGatewayServiceImpl {
     ) -> Result<Response<GenerateResponse>, Status> {
         // The record is dropped with this future when the caller goes
         // away: then it records the call as abandoned.
-        let (record, prepared) = self.admit(request.into_inner(), false, GENERATE)?;
-        crate::unary::generate(&self.gateway, record, prepared)
+        let (record, prepared, attempt_loop) = self.admit(request.into_inner(), false, GENERATE)?;
+        crate::unary::generate(&self.gateway, record, prepared, attempt_loop)
             .await
             .map(Response::new)
     }
@@ -114,8 +115,8 @@ impl LlmGatewayService for LlmGatewayServiceImpl {
         let request = into_generate_request(request.into_inner());
         // The record goes with the stream; dropped before its end is
         // recorded (the caller went away), it records the call as abandoned.
-        let (record, prepared) = self.admit(request, true, GENERATE_STREAM)?;
-        crate::relay::start(Arc::clone(&self.gateway), record, prepared)
+        let (record, prepared, attempt_loop) = self.admit(request, true, GENERATE_STREAM)?;
+        crate::relay::start(Arc::clone(&self.gateway), record, prepared, attempt_loop)
             .await
             .map(Response::new)
     }

@@ -1,33 +1,50 @@
-//! `Generate`: one complete answer. The attempt loop ([`attempt_loop`])
-//! follows the call's plan — retries with backoff, fallbacks along the
-//! route, each attempt bounded by the caller's deadline and settled with the
-//! target's circuit — and the answer is priced, recorded (audit event and
+//! `Generate`: one complete answer. The call's attempt loop (the shared
+//! `AttemptLoop`: retries with backoff, fallbacks along the route, each
+//! attempt asked of and settled with the target's circuit) runs
+//! [`UnaryAttempts`]: each attempt one provider completion bounded by the
+//! caller's deadline. The answer is priced, recorded (audit event and
 //! metrics, through the call's record) and mapped to the response.
+//!
+//! ```text
+//! generate ─▶ AttemptLoop::run(UnaryAttempts) ─▶ Ok: respond (priced, recorded, settled)
+//!                                             └▶ Err: final status, recorded as failed
+//! ```
 
 use std::sync::Arc;
 use std::time::Instant as StdInstant;
 
 use agentmesh_proto::llm::v1::GenerateResponse;
+use agentmesh_resilience::{Attempt, AttemptEvent, AttemptLoop, Attempts, CircuitOpen, Verdict};
 use tonic::Status;
 use tracing::Instrument as _;
 
 use crate::audit::{CallEnd, LlmCallRecord};
-use crate::call::{Prepared, log_retry, reported_model, within_caller_deadline};
+use crate::call::{Prepared, reported_model, within_caller_deadline};
 use crate::completion::Completion;
+use crate::error::ProviderError;
 use crate::gateway::{Gateway, Resolved};
-use crate::resilience::{Next, settle_permit};
+use crate::resilience::{circuit_failure, verdict};
 
-/// Answers a prepared call. Dropped with the caller's request, `record`
-/// records the call as abandoned.
+/// Answers a prepared call by running its attempt loop. Dropped with the
+/// caller's request, `record` records the call as abandoned.
 pub(crate) async fn generate(
     gateway: &Gateway,
     mut record: LlmCallRecord,
     mut prepared: Prepared,
+    attempt_loop: AttemptLoop,
 ) -> Result<GenerateResponse, Status> {
     let started = StdInstant::now();
-    let (resolved, completion) = match attempt_loop(&mut prepared, &mut record).await {
+    let mut attempts = UnaryAttempts {
+        gateway,
+        prepared: &prepared,
+        record: &mut record,
+    };
+    let ended = attempt_loop.run(&mut attempts).await;
+    let summary = ended.summary();
+    let (resolved, completion) = match ended.result {
         Ok(answer) => answer,
-        Err(status) => {
+        Err(err) => {
+            let status = prepared.final_status(err, ended.target, summary);
             record.failed(&status, &CallEnd::default());
             return Err(status);
         }
@@ -36,54 +53,59 @@ pub(crate) async fn generate(
         gateway,
         record,
         &mut prepared,
-        resolved,
-        completion,
+        (resolved, completion),
+        ended.attempts,
         started,
     ))
 }
 
-/// The attempts of one call over its plan: the first completion, with the
-/// target that gave it, or the final status once the plan gives up.
-async fn attempt_loop(
-    prepared: &mut Prepared,
-    record: &mut LlmCallRecord,
-) -> Result<(Resolved, Completion), Status> {
-    let deadline = prepared.caller_deadline;
-    loop {
-        let permit = match prepared.plan.admit() {
-            Ok(permit) => permit,
-            Err((Next::Fallback, _)) => continue,
-            Err((_, err)) => return Err(prepared.final_status(err)),
-        };
-        let resolved = prepared.resolved.at(prepared.plan.target());
-        record.resolved(&resolved);
-        let result = within_caller_deadline(
-            deadline,
+/// The attempts of one call as the attempt loop sees them: a completion
+/// from the chain's target, bounded by the caller's deadline.
+struct UnaryAttempts<'a> {
+    gateway: &'a Gateway,
+    prepared: &'a Prepared,
+    record: &'a mut LlmCallRecord,
+}
+
+impl Attempts for UnaryAttempts<'_> {
+    /// The completion, with the target that gave it.
+    type Output = (Resolved, Completion);
+    type Error = ProviderError;
+
+    async fn attempt(
+        &mut self,
+        attempt: Attempt<'_, ProviderError>,
+    ) -> Result<(Resolved, Completion), ProviderError> {
+        let resolved = self.prepared.at(attempt.target);
+        self.record.resolved(&resolved);
+        let completion = within_caller_deadline(
+            self.prepared.caller_deadline,
             resolved
                 .provider
                 .provider
-                .generate(prepared.call())
-                .instrument(record.span().clone()),
+                .generate(self.prepared.call(&resolved))
+                .instrument(self.record.span().clone()),
         )
         .await
-        .and_then(|result| result);
-        match result {
-            Ok(completion) => {
-                settle_permit(permit, Ok(()));
-                return Ok((resolved, completion));
-            }
-            Err(err) => {
-                settle_permit(permit, Err(&err));
-                match prepared.plan.after_failure(&err) {
-                    Next::Retry(delay) => {
-                        log_retry(&resolved, &err, "retrying");
-                        tokio::time::sleep(delay).await;
-                    }
-                    Next::Fallback => log_retry(&resolved, &err, "falling back"),
-                    Next::GiveUp => return Err(prepared.final_status(err)),
-                }
-            }
-        }
+        .and_then(|result| result)?;
+        Ok((resolved, completion))
+    }
+
+    fn classify(&self, err: &ProviderError) -> Verdict {
+        verdict(err, &self.prepared.resolved.fallback_on)
+    }
+
+    fn circuit_failure(&self, err: &ProviderError) -> Option<String> {
+        circuit_failure(err)
+    }
+
+    fn refused(&mut self, open: CircuitOpen, _previous: Option<ProviderError>) -> ProviderError {
+        ProviderError::CircuitOpen(open.to_string())
+    }
+
+    fn observe(&mut self, event: AttemptEvent<'_, ProviderError>) {
+        self.prepared
+            .observe(self.gateway.reporter(), &event, |err| Some(err));
     }
 }
 
@@ -93,8 +115,8 @@ fn respond(
     gateway: &Gateway,
     mut record: LlmCallRecord,
     prepared: &mut Prepared,
-    resolved: Resolved,
-    completion: Completion,
+    (resolved, completion): (Resolved, Completion),
+    attempts: u32,
     started: StdInstant,
 ) -> GenerateResponse {
     let request = Arc::clone(&prepared.request);
@@ -103,7 +125,7 @@ fn respond(
         &completion.model,
         completion.final_usage(&request),
     );
-    record.attempts(prepared.plan.attempts());
+    record.attempts(attempts);
     record.succeeded(&CallEnd {
         completion: Some(&completion),
         usage: Some(&usage),
@@ -117,7 +139,7 @@ fn respond(
         finish_reason = ?completion.finish_reason,
         input_tokens = usage.input_tokens,
         output_tokens = usage.output_tokens,
-        attempts = prepared.plan.attempts(),
+        attempts,
         took = ?started.elapsed(),
         run_id = %request.run_id,
         "generated"
@@ -129,7 +151,7 @@ fn respond(
         model: reported_model(&completion, &resolved),
         route: resolved.route,
         response_id: completion.response_id,
-        attempts: i32::try_from(prepared.plan.attempts()).unwrap_or(i32::MAX),
+        attempts: i32::try_from(attempts).unwrap_or(i32::MAX),
         provider_finish_reason: completion.provider_finish_reason,
         message: Some(completion.message),
     }

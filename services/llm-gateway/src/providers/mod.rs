@@ -12,8 +12,8 @@
 //!
 //! [`http`] holds what the two HTTP providers share: the pooled client,
 //! timeouts, error responses and SSE decoding. Retries and fallbacks wrap
-//! this trait (the attempt loops of [`crate::unary`] and [`crate::relay`]);
-//! the providers know nothing of them.
+//! this trait (the shared attempt loop, run by [`crate::unary`] and
+//! [`crate::relay`]); the providers know nothing of them.
 
 pub(crate) mod anthropic;
 pub(crate) mod http;
