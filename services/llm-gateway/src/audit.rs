@@ -32,7 +32,7 @@ use crate::completion::Completion;
 use crate::config::ProviderConfig;
 use crate::gateway::Resolved;
 use crate::metrics::{CallOutcome, CallSeries, GatewayMetrics};
-use crate::text::prefix_bytes;
+use agentmesh_kit::text::prefix_within;
 
 /// Longest run id or model name recorded (longer ones are cut).
 const MAX_AUDITED_ID: usize = 128;
@@ -322,7 +322,7 @@ pub(crate) fn finish_reason_name(reason: FinishReason) -> &'static str {
 }
 
 fn cut(text: &str) -> String {
-    prefix_bytes(text, MAX_AUDITED_ID).to_owned()
+    prefix_within(text, MAX_AUDITED_ID).to_owned()
 }
 
 /// The prompt as captured: the messages and tool specs sent, as JSON.

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use agentmesh_audit_client::AuditClient;
 use agentmesh_audit_client::resilience::ResilienceReporter;
 use agentmesh_kit::ConfigError;
+use agentmesh_kit::paging::{FilterHash, Page, PageLimits};
 use agentmesh_kit::status::invalid_argument;
 use agentmesh_proto::llm::v1::{
     self, ListModelsRequest, ListModelsResponse, Model, ModelTarget, Usage,
@@ -27,12 +28,8 @@ use crate::config::{Config, FailureClass, Price, join_names, price_of, split_tar
 use crate::providers::ProviderInstance;
 use crate::resilience::{Circuits, Limits, Target};
 
-/// ListModels page size when the request gives 0.
-const DEFAULT_PAGE_SIZE: usize = 50;
-/// Largest ListModels page.
-const MAX_PAGE_SIZE: usize = 1000;
-/// Prefix of page tokens, so a token from another listing is recognised.
-const PAGE_TOKEN_PREFIX: &str = "routes-after:";
+/// ListModels page sizes: 50 when the request gives 0, at most 1,000.
+const MODEL_PAGES: PageLimits = PageLimits::new(50, 1000);
 
 /// Routes and provider instances: everything a call needs.
 #[derive(Debug)]
@@ -257,46 +254,24 @@ impl Gateway {
         &self,
         request: &ListModelsRequest,
     ) -> Result<ListModelsResponse, Status> {
-        let page_size = match usize::try_from(request.page_size) {
-            Err(_) => {
-                return Err(invalid_argument([(
-                    "page_size",
-                    "must not be negative (0 = the default of 50)",
-                )]));
-            }
-            Ok(0) => DEFAULT_PAGE_SIZE,
-            Ok(size) => size.min(MAX_PAGE_SIZE),
-        };
-        let after = if request.page_token.is_empty() {
-            None
-        } else {
-            Some(decode_page_token(&request.page_token).ok_or_else(|| {
-                invalid_argument([(
-                    "page_token",
-                    "is not a page token of ListModels: pass a next_page_token unchanged",
-                )])
-            })?)
-        };
-        let remaining: Vec<(&String, &Route)> = match &after {
-            Some(after) => self
-                .routes
-                .range::<String, _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
-                .collect(),
-            None => self.routes.iter().collect(),
-        };
-        let models = remaining
-            .iter()
-            .take(page_size)
+        // ListModels has no filters: every token is bound to the same
+        // (empty) filter, and its position is the last route name served.
+        let page = Page::<String>::from_request(
+            MODEL_PAGES,
+            request.page_size,
+            &request.page_token,
+            FilterHash::hasher().finish(),
+        )?;
+        let after = page.after().map_or(std::ops::Bound::Unbounded, |after| {
+            std::ops::Bound::Excluded(after.clone())
+        });
+        let mut models = self
+            .routes
+            .range::<String, _>((after, std::ops::Bound::Unbounded))
+            .take(page.fetch_size())
             .map(|(name, route)| self.model(name, route))
             .collect::<Vec<_>>();
-        let next_page_token = if remaining.len() > page_size {
-            models
-                .last()
-                .map(|model| encode_page_token(&model.name))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = page.finish(&mut models, |model| model.name.clone());
         Ok(ListModelsResponse {
             models,
             next_page_token,
@@ -349,29 +324,6 @@ impl Gateway {
             available,
         }
     }
-}
-
-fn encode_page_token(last_name: &str) -> String {
-    let hex: String = last_name
-        .bytes()
-        .map(|byte| format!("{byte:02x}"))
-        .collect();
-    format!("{PAGE_TOKEN_PREFIX}{hex}")
-}
-
-fn decode_page_token(token: &str) -> Option<String> {
-    let hex = token.strip_prefix(PAGE_TOKEN_PREFIX)?;
-    if hex.len() % 2 != 0 {
-        return None;
-    }
-    let bytes = (0..hex.len())
-        .step_by(2)
-        .map(|at| {
-            hex.get(at..at + 2)
-                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
-        })
-        .collect::<Option<Vec<u8>>>()?;
-    String::from_utf8(bytes).ok()
 }
 
 #[cfg(test)]
@@ -465,9 +417,5 @@ mod tests {
             })
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
-        assert_eq!(
-            decode_page_token(&encode_page_token("é/x")).as_deref(),
-            Some("é/x")
-        );
     }
 }

@@ -90,7 +90,6 @@ mod relay;
 mod resilience;
 mod scripted_rules;
 mod service;
-mod text;
 mod unary;
 mod validate;
 

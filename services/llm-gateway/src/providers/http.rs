@@ -26,7 +26,7 @@ use crate::completion::ProviderEvent;
 use crate::config::ProviderConfig;
 use crate::error::{ProviderError, redact};
 use crate::providers::EventStream;
-use crate::text::ellipsize;
+use agentmesh_kit::text::truncate_chars;
 
 /// Largest non-streamed response body read.
 const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
@@ -336,7 +336,7 @@ async fn read_body(
 
 /// `text`, cut at 1000 characters with an ellipsis.
 pub(crate) fn truncate(text: &str) -> String {
-    ellipsize(text, MAX_QUOTED_CHARS)
+    truncate_chars(text, MAX_QUOTED_CHARS).into_owned()
 }
 
 // === impl Timing ===

@@ -40,7 +40,7 @@ use crate::config::ProviderConfig;
 use crate::error::ProviderError;
 use crate::providers::{EventStream, Provider, ProviderCall};
 use crate::scripted_rules::{Answer, On, Rule, RuleSet, RulesError, Template};
-use crate::text::ellipsize;
+use agentmesh_kit::text::truncate_chars;
 
 /// How much of an unmatched message the fallback answer quotes.
 const QUOTE_CHARS: usize = 80;
@@ -218,7 +218,7 @@ fn last_subject(request: &GenerateRequest) -> &str {
 
 fn quote(text: &str) -> String {
     let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    ellipsize(&flat, QUOTE_CHARS)
+    truncate_chars(&flat, QUOTE_CHARS).into_owned()
 }
 
 /// Text split into words, each keeping the whitespace after it (and the

@@ -38,9 +38,7 @@ pub const PATIENCE: Duration = Duration::from_secs(20);
 
 /// Fails the test when `future` takes longer than [`PATIENCE`].
 pub async fn within<F: Future>(what: &str, future: F) -> F::Output {
-    tokio::time::timeout(PATIENCE, future)
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not finish within {PATIENCE:?}"))
+    agentmesh_testkit::within(what, PATIENCE, future).await
 }
 
 /// A recorded wire file under `tests/wire/`.
