@@ -58,6 +58,7 @@
 //! * [`resilience`]: resilience decisions (circuit changes, refusals,
 //!   retries) as metrics and, where an operator needs them, audit events.
 
+mod access;
 mod redact;
 pub mod resilience;
 mod sender;
@@ -239,7 +240,11 @@ impl AuditClient {
         registry: &prometheus::Registry,
         client_metrics: &agentmesh_kit::metrics::GrpcClientMetrics,
     ) -> Result<Self, AuditError> {
-        sender::start(config, service, registry, client_metrics).map(|inner| Self { inner })
+        let clients = agentmesh_kit::client::Clients::new(
+            client_metrics.clone(),
+            agentmesh_kit::auth::ServiceCredential::none(),
+        );
+        sender::start(config, service, registry, &clients).map(|inner| Self { inner })
     }
 
     /// A producer that discards every event (auditing off).
@@ -449,16 +454,16 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// `metrics`.
 pub fn start_service<C: agentmesh_kit::ServiceConfig>(
     audit: &AuditConfig,
-    service: &'static str,
-    metrics: &agentmesh_kit::metrics::Metrics,
+    host: &agentmesh_kit::ServiceHost,
     effective: &impl Serialize,
 ) -> Result<AuditClient, agentmesh_kit::ServeError> {
-    let client = AuditClient::start_with_client_metrics(
+    let client = sender::start(
         audit,
-        service,
-        metrics.registry(),
-        metrics.grpc_client(),
+        host.service(),
+        host.metrics().registry(),
+        host.clients(),
     )
+    .map(|inner| AuditClient { inner })
     .map_err(|err| {
         agentmesh_kit::ServeError::Io(std::io::Error::other(format!(
             "cannot start the audit producer (settings `{}.audit.*`): {err}",
@@ -479,6 +484,8 @@ pub fn start_service<C: agentmesh_kit::ServiceConfig>(
         },
     ));
     client.emit(event);
+    // The service's access decisions go to the audit trail.
+    host.access().set_sink(std::sync::Arc::new(client.clone()));
     Ok(client)
 }
 

@@ -402,8 +402,19 @@ impl Walk<'_> {
                 permission,
                 resource,
                 peer,
+                credential_id,
+                count: _,
+                actor,
             }) => {
-                for text in [method, mechanism, permission, resource, peer] {
+                for text in [
+                    method,
+                    mechanism,
+                    permission,
+                    resource,
+                    peer,
+                    credential_id,
+                    actor,
+                ] {
                     self.text(text);
                 }
             }

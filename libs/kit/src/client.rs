@@ -18,8 +18,56 @@ use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
 
+use crate::auth::ServiceCredential;
 use crate::metrics::{GrpcClientMetrics, GrpcClientMetricsLayer, GrpcClientMetricsService};
 use crate::propagation::{Forwarding, ForwardingLayer};
+
+/// What every channel of a service shares: its client metrics and the
+/// credential it presents to its peers. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Clients {
+    metrics: GrpcClientMetrics,
+    credential: ServiceCredential,
+}
+
+/// Channels counted nowhere, presenting no credential (tests, tools).
+impl Default for Clients {
+    fn default() -> Self {
+        Self::new(GrpcClientMetrics::disabled(), ServiceCredential::none())
+    }
+}
+
+impl Clients {
+    /// Channels counted in `metrics`, presenting `credential`.
+    pub fn new(metrics: GrpcClientMetrics, credential: ServiceCredential) -> Self {
+        Self {
+            metrics,
+            credential,
+        }
+    }
+
+    /// A lazily-connecting channel to `uri` (e.g. `http://127.0.0.1:50052`).
+    pub fn channel(&self, uri: &str) -> Result<MeshChannel, tonic::transport::Error> {
+        let metered = tower::Layer::layer(
+            &GrpcClientMetricsLayer::new(self.metrics.clone()),
+            plain_channel(uri)?,
+        );
+        Ok(tower::Layer::layer(
+            &ForwardingLayer::with_credential(self.credential.clone()),
+            metered,
+        ))
+    }
+
+    /// The client metrics.
+    pub fn metrics(&self) -> &GrpcClientMetrics {
+        &self.metrics
+    }
+
+    /// The credential.
+    pub fn credential(&self) -> &ServiceCredential {
+        &self.credential
+    }
+}
 
 /// A channel that forwards request metadata and records client metrics;
 /// generated clients take it as is (`FooClient::new(channel)`).
@@ -37,11 +85,7 @@ pub fn channel_with_metrics(
     uri: &str,
     metrics: &GrpcClientMetrics,
 ) -> Result<MeshChannel, tonic::transport::Error> {
-    let metered = tower::Layer::layer(
-        &GrpcClientMetricsLayer::new(metrics.clone()),
-        plain_channel(uri)?,
-    );
-    Ok(tower::Layer::layer(&ForwardingLayer, metered))
+    Clients::new(metrics.clone(), ServiceCredential::none()).channel(uri)
 }
 
 /// A lazily-connecting channel without metadata forwarding, for tools that

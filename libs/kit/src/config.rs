@@ -26,6 +26,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 pub use crate::config_error::ConfigError;
+pub use agentmesh_auth::AuthConfig;
 
 /// What a service's configuration struct provides to the kit.
 pub trait ServiceConfig:
@@ -40,14 +41,17 @@ pub trait ServiceConfig:
     fn server(&self) -> &ServerConfig;
     /// Logging settings.
     fn log(&self) -> &LogConfig;
+    /// Identity and access settings (`[<service>.auth]`).
+    fn auth(&self) -> &agentmesh_auth::AuthConfig;
     /// Checks the service's own settings (the server settings are checked by the kit).
     fn validate(&self) -> Result<(), ConfigError> {
         Ok(())
     }
 }
 
-/// Implements [`ServiceConfig`] for a struct with `server: ServerConfig` and
-/// `log: LogConfig` fields, optionally with the service's own checks:
+/// Implements [`ServiceConfig`] for a struct with `server: ServerConfig`,
+/// `log: LogConfig` and `auth: AuthConfig` fields, optionally with the
+/// service's own checks:
 ///
 /// ```ignore
 /// agentmesh_kit::service_config!(Config, service = "audit", section = "audit",
@@ -68,6 +72,10 @@ macro_rules! service_config {
                 &self.log
             }
 
+            fn auth(&self) -> &$crate::config::AuthConfig {
+                &self.auth
+            }
+
             $(
             fn validate(&self) -> Result<(), $crate::config::ConfigError> {
                 let validate: fn(&Self) -> Result<(), $crate::config::ConfigError> = $validate;
@@ -82,8 +90,12 @@ macro_rules! service_config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
-    /// Address both servers listen on.
+    /// Address the gRPC server listens on: loopback by default; set it (with
+    /// `auth`) to serve the network.
     pub host: IpAddr,
+    /// Address the admin HTTP server listens on (`/metrics`, `/livez`,
+    /// `/readyz`, `/health/deep`, which carry no credentials); unset = `host`.
+    pub admin_host: Option<IpAddr>,
     /// gRPC port; 0 picks a free one.
     pub port: u16,
     /// Admin HTTP port (`/metrics`, `/healthz`, `/readyz`); unset = `port + 1000`.
@@ -219,7 +231,8 @@ impl ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
-            host: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            admin_host: None,
             port: 0,
             admin_port: None,
             grace_period: Duration::from_secs(30),
@@ -426,8 +439,17 @@ pub fn validate<C: ServiceConfig>(config: &C) -> Result<(), ConfigError> {
         .server()
         .validate()
         .and_then(|()| config.log().validate())
+        .and_then(|()| validate_auth(config.auth(), config.server()))
         .and_then(|()| config.validate())
         .map_err(|err| err.within(C::SECTION))
+}
+
+/// The auth settings, and `none` only where the service listens on
+/// loopback (unless forced).
+fn validate_auth(auth: &AuthConfig, server: &ServerConfig) -> Result<(), ConfigError> {
+    auth.validate()
+        .and_then(|()| auth.check_listen_address(server.host))
+        .map_err(|err| ConfigError::new(format!("auth.{}", err.setting), err.problem))
 }
 
 /// Renders a configuration as TOML, for `--dump-config`.
@@ -444,6 +466,7 @@ mod tests {
     struct TestConfig {
         server: ServerConfig,
         log: LogConfig,
+        auth: AuthConfig,
         greeting: String,
         /// A setting named like a service, as the producers' `audit`.
         audit: std::collections::BTreeMap<String, String>,
@@ -454,6 +477,7 @@ mod tests {
             Self {
                 server: ServerConfig::with_port(50099),
                 log: LogConfig::default(),
+                auth: AuthConfig::default(),
                 greeting: "hello".into(),
                 audit: std::collections::BTreeMap::new(),
             }
@@ -468,6 +492,9 @@ mod tests {
         }
         fn log(&self) -> &LogConfig {
             &self.log
+        }
+        fn auth(&self) -> &AuthConfig {
+            &self.auth
         }
         fn validate(&self) -> Result<(), ConfigError> {
             if self.greeting.is_empty() {

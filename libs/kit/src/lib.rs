@@ -15,8 +15,12 @@
 //!   call, server and client side), [`metrics`] (gRPC
 //!   server and client metrics), [`limits`] (load shedding), [`drain`] (ending streams
 //!   at shutdown). [`body`] holds the response-body wrapper they share.
+//! * [`auth`]: the layer that authenticates and authorizes every call (the
+//!   rules are `agentmesh_auth`'s), and the credential a service presents to
+//!   its peers.
 //! * [`request_context`]: the [`RequestContext`] a call carries (forwarded
-//!   headers, deadline), read by both [`propagation`] and [`trace`].
+//!   headers, deadline, verified identity), read by [`propagation`],
+//!   [`trace`] and the handlers.
 //! * [`telemetry`]: the OpenTelemetry exporters (one per hosted service, so
 //!   each exports under its own `service.name`) and W3C trace propagation.
 //! * [`health`] (with its dependency checks), [`admin`] (`/metrics`,
@@ -33,13 +37,16 @@
 //!
 //! An incoming call passes [`propagation::PropagationLayer`] (its headers and
 //! deadline become the current [`RequestContext`]), is counted by
-//! [`metrics::GrpcMetricsLayer`], refused by [`limits::InFlightLimitLayer`]
+//! [`metrics::GrpcMetricsLayer`], authenticated and authorized by
+//! [`auth::AuthLayer`] (which makes the verified identity part of the
+//! context), refused by [`limits::InFlightLimitLayer`]
 //! if the server is full, and reaches its handler; the response body is
 //! watched by [`drain::DrainLayer`] so shutdown can end it cleanly. Calls the
 //! handler makes through a [`client::channel`] carry the same context on,
 //! each in a client span whose context they carry as `traceparent`.
 
 pub mod admin;
+pub mod auth;
 pub mod body;
 pub mod client;
 pub mod config;

@@ -15,9 +15,10 @@
 //! forwarded `traceparent`; when they are not, trace headers pass through as
 //! they came, as Istio asks of applications.
 //!
-//! `authorization` is deliberately not forwarded: credentials are checked at
-//! the edge, and downstream services trust the tenant and subject the edge
-//! derived from them.
+//! `authorization` is deliberately not forwarded: each service presents its
+//! own credential to its peers ([`crate::auth::ServiceCredential`]), and the
+//! end user it acts for travels in the verified `x-agentmesh-*` headers,
+//! which peers believe only from a service.
 
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -25,6 +26,7 @@ use std::time::Instant;
 use http::{Request, Response};
 use tracing::Instrument;
 
+use crate::auth::ServiceCredential;
 use crate::body::{EndGuard, ObservedBody};
 use crate::request_context::CURRENT;
 
@@ -84,15 +86,28 @@ where
 
 // === impl ForwardingLayer ===
 
-/// Client side: adds the current [`RequestContext`] to every outgoing call.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ForwardingLayer;
+/// Client side: adds the current [`RequestContext`] to every outgoing call,
+/// and the service's own credential when it has one.
+#[derive(Debug, Clone, Default)]
+pub struct ForwardingLayer {
+    credential: ServiceCredential,
+}
+
+impl ForwardingLayer {
+    /// Forwarding that also presents `credential` as `authorization`.
+    pub fn with_credential(credential: ServiceCredential) -> Self {
+        Self { credential }
+    }
+}
 
 impl<S> tower::Layer<S> for ForwardingLayer {
     type Service = Forwarding<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Forwarding { inner }
+        Forwarding {
+            inner,
+            credential: self.credential.clone(),
+        }
     }
 }
 
@@ -100,6 +115,7 @@ impl<S> tower::Layer<S> for ForwardingLayer {
 #[derive(Debug, Clone)]
 pub struct Forwarding<S> {
     inner: S,
+    credential: ServiceCredential,
 }
 
 impl<S, ReqBody, ResBody> tower::Service<Request<ReqBody>> for Forwarding<S>
@@ -123,6 +139,11 @@ where
         let span = crate::trace::client_span(request.uri().path());
         if let Some(span) = &span {
             crate::telemetry::inject(span, request.headers_mut());
+        }
+        if let Some(credential) = self.credential.header() {
+            request
+                .headers_mut()
+                .insert(http::header::AUTHORIZATION, (*credential).clone());
         }
         if let Some(context) = RequestContext::current()
             && let Err(status) = context.apply(request.headers_mut(), Instant::now())
@@ -226,7 +247,7 @@ mod tests {
     async fn a_handler_call_forwards_the_incoming_metadata() {
         // The "downstream" channel, seen through the forwarding layer.
         let (downstream, mut downstream_handle) = mock::pair::<Request<()>, Response<()>>();
-        let client = ForwardingLayer.layer(downstream);
+        let client = ForwardingLayer::default().layer(downstream);
 
         // The "handler": makes one downstream call while serving.
         let (handler, mut handler_handle) = mock::pair::<Request<()>, Response<()>>();

@@ -6,7 +6,10 @@
 //! spans of [`crate::trace`] read it, while propagation opens those spans.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use agentmesh_auth::Identity;
 
 use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
@@ -22,6 +25,9 @@ pub const GRPC_TIMEOUT: &str = "grpc-timeout";
 pub const FORWARDED_HEADERS: &[&str] = &[
     "x-agentmesh-tenant",
     "x-agentmesh-subject",
+    "x-agentmesh-scopes",
+    "x-agentmesh-credential",
+    "x-agentmesh-allow",
     REQUEST_ID,
     "traceparent",
     "tracestate",
@@ -44,6 +50,7 @@ tokio::task_local! {
 pub struct RequestContext {
     headers: Vec<(HeaderName, HeaderValue)>,
     deadline: Option<Instant>,
+    identity: Option<Arc<Identity>>,
 }
 
 impl RequestContext {
@@ -71,7 +78,42 @@ impl RequestContext {
         Self {
             headers: forwarded,
             deadline,
+            identity: None,
         }
+    }
+
+    /// The context of work done for `identity` that no call of theirs is
+    /// waiting on (a run resumed after a restart): their identity headers,
+    /// a fresh request id, no deadline.
+    pub fn acting_for(identity: Identity) -> Self {
+        let mut headers = HeaderMap::new();
+        identity.write_headers(&mut headers);
+        Self::from_incoming(&mut headers, Instant::now()).with_identity(Arc::new(identity), None)
+    }
+
+    /// The same context for a verified identity: its identity headers are
+    /// replaced by those of `verified` (the call's headers after the auth
+    /// layer rewrote them), or kept when `None`.
+    pub fn with_identity(mut self, identity: Arc<Identity>, verified: Option<&HeaderMap>) -> Self {
+        if let Some(headers) = verified {
+            self.headers
+                .retain(|(name, _)| !agentmesh_auth::identity::FORWARDED.contains(&name.as_str()));
+            for name in agentmesh_auth::identity::FORWARDED {
+                if let Some(value) = headers.get(name) {
+                    self.headers
+                        .push((HeaderName::from_static(name), value.clone()));
+                }
+            }
+        }
+        self.identity = Some(identity);
+        self
+    }
+
+    /// Who the call is for, as the auth layer verified it (`None` for
+    /// calls that were not checked: health checks, and contexts made by
+    /// hand).
+    pub fn identity(&self) -> Option<&Identity> {
+        self.identity.as_deref()
     }
 
     /// The context of the call being handled, if any.

@@ -4,11 +4,11 @@
 //! [`ServiceHost::serve`]. The host does all the cross-cutting wiring:
 //!
 //! ```text
-//!  client ─▶ Propagation ─▶ ServerTrace ─▶ GrpcMetrics ─▶ InFlightLimit ─▶ Drain ─▶ routes
-//!            (context,       (the call's   (count,        (shed load      (end     ├─ the service
-//!             request id)     span)         time)          at the limit)   streams ├─ grpc.health.v1.Health
-//!                                                                          on      └─ reflection v1 + v1alpha
-//!                                                                          shutdown)
+//!  client ─▶ Propagation ─▶ ServerTrace ─▶ GrpcMetrics ─▶ Auth ─▶ InFlightLimit ─▶ Drain ─▶ routes
+//!            (context,       (the call's   (count,        (who,   (shed load      (end     ├─ the service
+//!             request id)     span)         time)          may     at the limit)   streams ├─ grpc.health.v1.Health
+//!                                                          they?)                  on      └─ reflection v1 + v1alpha
+//!                                                                                  shutdown)
 //! ```
 //!
 //! plus the admin HTTP server (`/metrics`, `/livez`, `/readyz`,
@@ -38,7 +38,11 @@ use tonic::service::RoutesBuilder;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
-use crate::config::ServerConfig;
+use agentmesh_auth::ScopeTable;
+
+use crate::auth::{AccessControl, AuthLayer, ServiceCredential};
+use crate::client::Clients;
+use crate::config::{ServerConfig, ServiceConfig};
 use crate::drain::{Drain, DrainLayer, DrainPhase};
 use crate::health::{DependencyCheck, Health, STARTUP};
 use crate::limits::InFlightLimitLayer;
@@ -73,6 +77,9 @@ pub enum ServeError {
     /// Another I/O failure.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The auth settings cannot be used (the keys file, the credential).
+    #[error("{0}")]
+    Auth(String),
 }
 
 /// The bound gRPC and admin listeners of a service. Binding before serving
@@ -87,7 +94,10 @@ impl Listeners {
     /// Binds both listeners as `config` says.
     pub async fn bind(config: &ServerConfig) -> Result<Self, ServeError> {
         let grpc_addr = SocketAddr::new(config.host, config.port);
-        let admin_addr = SocketAddr::new(config.host, config.admin_port());
+        let admin_addr = SocketAddr::new(
+            config.admin_host.unwrap_or(config.host),
+            config.admin_port(),
+        );
         let grpc = TcpListener::bind(grpc_addr)
             .await
             .map_err(|source| ServeError::Bind {
@@ -132,14 +142,20 @@ pub struct ServiceHost {
     checks: Vec<DependencyCheck>,
     metrics: Metrics,
     drain: Drain,
+    access: Arc<AccessControl>,
+    clients: Clients,
 }
 
 /// Fully-qualified name of the health service.
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
 
 impl ServiceHost {
-    /// A host for the service called `service` (e.g. `orchestrator`).
+    /// A host for the service called `service` (e.g. `orchestrator`)
+    /// without access control: for tests and benchmarks. Services use
+    /// [`Self::for_config`], which applies their `auth` settings.
     pub fn new(service: &'static str, config: &ServerConfig) -> Self {
+        let metrics = Metrics::new(service);
+        let clients = Clients::new(metrics.grpc_client().clone(), ServiceCredential::none());
         Self {
             service,
             config: config.clone(),
@@ -147,9 +163,49 @@ impl ServiceHost {
             names: Vec::new(),
             end_on_drain: HashSet::from([format!("/{HEALTH_SERVICE}/Watch")]),
             checks: Vec::new(),
-            metrics: Metrics::new(service),
+            metrics,
             drain: Drain::new(),
+            access: Arc::new(AccessControl::none()),
+            clients,
         }
+    }
+
+    /// The host of a service as its configuration says: its server
+    /// settings, and access control over the methods of `tables` by its
+    /// `auth` settings (the keys file is read now; the service's own
+    /// credential for its peers too).
+    pub fn for_config<C: ServiceConfig>(
+        config: &C,
+        tables: &[ScopeTable],
+    ) -> Result<Self, ServeError> {
+        let mut host = Self::new(C::SERVICE, config.server());
+        let auth = config.auth();
+        let setting =
+            |err: &dyn std::fmt::Display| ServeError::Auth(format!("{}.{err}", C::SECTION));
+        let access = AccessControl::new(auth, tables)
+            .map_err(|err| setting(&err))?
+            .counted(host.metrics.registry())?;
+        let credential = ServiceCredential::from_config(auth).map_err(|err| setting(&err))?;
+        host.clients = Clients::new(host.metrics.grpc_client().clone(), credential);
+        host.access = Arc::new(access);
+        Ok(host)
+    }
+
+    /// The service's name.
+    pub fn service(&self) -> &'static str {
+        self.service
+    }
+
+    /// Channels to other services: counted in this service's metrics,
+    /// presenting its credential.
+    pub fn clients(&self) -> &Clients {
+        &self.clients
+    }
+
+    /// The service's access control, to give it a decision sink (the audit
+    /// producer).
+    pub fn access(&self) -> &Arc<AccessControl> {
+        &self.access
     }
 
     /// Adds a tonic service; its name gets a health status and is listed by
@@ -238,12 +294,14 @@ impl ServiceHost {
         let admin_addr = listeners.admin_addr()?;
 
         let (health, _checks) = self.add_health_and_reflection().await?;
+        let _auth_tasks = self.spawn_auth_tasks();
         let methods = Arc::new(KnownMethods::mesh());
         let grpc_metrics = GrpcServerMetrics::register(self.metrics.registry())?;
         let layers = tower::ServiceBuilder::new()
             .layer(PropagationLayer)
             .layer(ServerTraceLayer::new(trace_scope))
             .layer(GrpcMetricsLayer::new(grpc_metrics, methods))
+            .layer(AuthLayer::new(Arc::clone(&self.access)))
             .layer(
                 InFlightLimitLayer::new(self.config.max_concurrent_requests)
                     .counted(self.metrics.registry())?,
@@ -295,6 +353,15 @@ impl ServiceHost {
         }
         tracing::info!(%service, took = ?begun.elapsed(), "stopped");
         result.map_err(ServeError::from)
+    }
+
+    /// Starts what keeps identity current while serving: key reloads, the
+    /// decision log's flushes and the service credential's re-reads (they
+    /// stop when the returned guard is dropped, with `serve`).
+    fn spawn_auth_tasks(&self) -> AbortOnDrop {
+        let mut tasks = self.access.spawn_background();
+        tasks.extend(self.clients.credential().watch(Duration::from_secs(5)));
+        AbortOnDrop(tasks)
     }
 
     /// Adds the health and reflection services to the routes and starts the
@@ -356,6 +423,17 @@ impl ServiceHost {
                 tracing::warn!(%service, "connections still open at the end of the grace period; closing them");
                 Ok(())
             }
+        }
+    }
+}
+
+/// Background tasks that end with the server.
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
         }
     }
 }

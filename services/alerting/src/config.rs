@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use agentmesh_audit_client::AuditConfig;
+use agentmesh_kit::config::AuthConfig;
 use agentmesh_kit::{ConfigError, LogConfig, ServerConfig};
 use agentmesh_storage::StorageConfig;
 use serde::{Deserialize, Serialize};
@@ -34,6 +35,9 @@ pub struct Config {
     pub server: ServerConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Identity and access: who may call, with which credential this
+    /// service calls its peers.
+    pub auth: AuthConfig,
     /// Where the service keeps alerts, silences, the notification log and
     /// its position in the audit stream.
     pub storage: StorageConfig,
@@ -118,6 +122,7 @@ impl Default for Config {
         Self {
             server: ServerConfig::with_port(DEFAULT_PORT),
             log: LogConfig::default(),
+            auth: AuthConfig::default(),
             storage: StorageConfig::default(),
             audit: AuditConfig::default(),
             source: SourceConfig::default(),

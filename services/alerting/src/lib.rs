@@ -69,6 +69,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use agentmesh_audit_client::{AuditClient, without_password};
+use agentmesh_kit::auth::{Scope, ScopeTable};
 use agentmesh_kit::health::DependencyCheck;
 use agentmesh_kit::{Listeners, ServeError, ServiceHost, StartupError};
 use agentmesh_proto::alerting::v1::alerting_service_server::AlertingServiceServer;
@@ -83,6 +84,22 @@ use crate::dispatch::Dispatcher;
 use crate::engine::{Engine, EngineSettings};
 use crate::metrics::Metrics;
 use crate::model::{DeliveryReport, NotificationLog, Notifier};
+
+/// The scope each RPC needs (`agentmesh auth scopes` prints every
+/// service's table). A new RPC must be added here: the access matrix test
+/// fails for a method no table lists.
+pub const SCOPES: ScopeTable = ScopeTable {
+    service: "agentmesh.alerting.v1.AlertingService",
+    methods: &[
+        ("FireAlert", Scope::AlertsWrite),
+        ("ListAlerts", Scope::AlertsRead),
+        ("WatchAlerts", Scope::AlertsRead),
+        ("CreateSilence", Scope::AlertsWrite),
+        ("ListSilences", Scope::AlertsRead),
+        ("DeleteSilence", Scope::AlertsWrite),
+        ("ListRules", Scope::AlertsRead),
+    ],
+};
 
 /// The service's name in logs, metrics and file names.
 pub const SERVICE: &str = "alerting";
@@ -119,18 +136,13 @@ pub async fn serve_with_listeners(
             err.setting, err.message
         )))
     })?;
-    let mut host = ServiceHost::new(SERVICE, &config.server);
+    let mut host = ServiceHost::for_config(&config, &[SCOPES])?;
     let mut effective = config.clone();
     effective.storage.url = effective.storage.url.as_deref().map(without_password);
-    let audit = agentmesh_audit_client::start_service::<Config>(
-        &config.audit,
-        SERVICE,
-        host.metrics(),
-        &effective,
-    )?;
+    let audit = agentmesh_audit_client::start_service::<Config>(&config.audit, &host, &effective)?;
     let metrics = Metrics::new(host.metrics().registry())
         .map_err(|err| ServeError::from(std::io::Error::other(format!("alerting metrics: {err}"))))?
-        .with_grpc_client(host.metrics().grpc_client().clone());
+        .with_clients(host.clients().clone());
     let engine = add_api(&mut host, &config);
     let database =
         LazyDatabase::new(config.storage.clone(), SERVICE).with_migrations(&store::MIGRATIONS);

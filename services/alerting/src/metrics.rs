@@ -2,7 +2,7 @@
 //! ones): alerts by state, audit events evaluated, the audit stream's
 //! connection, notifications by receiver, integration and outcome.
 
-use agentmesh_kit::metrics::GrpcClientMetrics;
+use agentmesh_kit::client::Clients;
 use prometheus::core::Collector;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
@@ -20,8 +20,9 @@ pub(crate) struct Metrics {
     store_failures: IntCounter,
     notifications: IntCounterVec,
     forwarded: IntCounterVec,
-    /// The service's `grpc_client_*` metrics, for the audit stream's channel.
-    grpc_client: GrpcClientMetrics,
+    /// The service's channels (its `grpc_client_*` metrics and its
+    /// credential), for the audit stream.
+    clients: Clients,
 }
 
 impl Metrics {
@@ -74,7 +75,7 @@ impl Metrics {
                 ),
                 &["alertmanager", "outcome"],
             )?,
-            grpc_client: GrpcClientMetrics::disabled(),
+            clients: Clients::default(),
         };
         let collectors: [Box<dyn Collector>; 9] = [
             Box::new(metrics.alerts.clone()),
@@ -95,16 +96,16 @@ impl Metrics {
         Ok(metrics)
     }
 
-    /// Also counts the audit stream's calls in `grpc_client` (the service's
-    /// gRPC client metrics).
-    pub(crate) fn with_grpc_client(mut self, grpc_client: GrpcClientMetrics) -> Self {
-        self.grpc_client = grpc_client;
+    /// Makes the audit stream's channel the service's: counted in its
+    /// `grpc_client_*` metrics, presenting its credential.
+    pub(crate) fn with_clients(mut self, clients: Clients) -> Self {
+        self.clients = clients;
         self
     }
 
-    /// The service's gRPC client metrics.
-    pub(crate) fn grpc_client(&self) -> &GrpcClientMetrics {
-        &self.grpc_client
+    /// The service's channels.
+    pub(crate) fn clients(&self) -> &Clients {
+        &self.clients
     }
 
     /// Sets the alerts gauge from the current alerts.

@@ -81,10 +81,7 @@ pub(crate) async fn run(
 ) {
     // Counted in the service's grpc_client_* metrics; there is no request
     // context to forward here, so the channel forwards nothing.
-    let mut client = match agentmesh_kit::client::channel_with_metrics(
-        &config.url,
-        metrics.grpc_client(),
-    ) {
+    let mut client = match metrics.clients().channel(&config.url) {
         Ok(channel) => AuditServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024),
         Err(err) => {
             // The URL was checked at start; this is unreachable in practice.

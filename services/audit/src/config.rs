@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use agentmesh_kit::config::AuthConfig;
 use agentmesh_kit::{ConfigError, LogConfig, ServerConfig};
 use agentmesh_storage::StorageConfig;
 use serde::{Deserialize, Serialize};
@@ -17,6 +18,9 @@ pub struct Config {
     pub server: ServerConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Identity and access: who may call, with which credential this
+    /// service calls its peers.
+    pub auth: AuthConfig,
     /// Where the service keeps the log.
     pub storage: StorageConfig,
     /// Most events one `Record` call may carry.
@@ -76,6 +80,7 @@ impl Default for Config {
         Self {
             server: ServerConfig::with_port(DEFAULT_PORT),
             log: LogConfig::default(),
+            auth: AuthConfig::default(),
             storage: StorageConfig::default(),
             max_batch_events: 1000,
             max_event_bytes: 64 * 1024,

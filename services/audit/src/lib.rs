@@ -57,6 +57,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use agentmesh_audit_client::Redactor;
+use agentmesh_kit::auth::{Scope, ScopeTable};
 use agentmesh_kit::{Listeners, ServeError, ServiceHost, StartupError};
 use agentmesh_proto::audit::v1::{
     AuditEvent, ConfigDetails, EventType, Outcome, audit_event::Details,
@@ -68,6 +69,21 @@ pub use config::{Config, RetentionConfig};
 
 /// The service's name in logs, metrics and file names.
 pub const SERVICE: &str = "audit";
+/// The scope each RPC needs (`agentmesh auth scopes` prints every
+/// service's table). A new RPC must be added here: the access matrix test
+/// fails for a method no table lists.
+pub const SCOPES: ScopeTable = ScopeTable {
+    service: "agentmesh.audit.v1.AuditService",
+    methods: &[
+        ("Record", Scope::AuditWrite),
+        ("Query", Scope::AuditRead),
+        ("Subscribe", Scope::AuditRead),
+        ("Export", Scope::AuditRead),
+        ("Report", Scope::AuditRead),
+        ("VerifyChain", Scope::AuditRead),
+    ],
+};
+
 /// The default gRPC port (the admin port is this plus 1000).
 pub const DEFAULT_PORT: u16 = 50054;
 
@@ -91,7 +107,7 @@ pub async fn serve_with_listeners(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let config = Arc::new(config);
-    let mut host = ServiceHost::new(SERVICE, &config.server);
+    let mut host = ServiceHost::for_config(&*config, &[SCOPES])?;
     let metrics = metrics::AuditMetrics::new(host.metrics().registry())?;
     let limit = config.server.max_message_bytes;
     // Patterns were checked by Config::validate, so this only fails for a

@@ -151,12 +151,14 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(err) => return fail(&format!("cannot start the runtime: {err}")),
     };
+    // The embedded mesh makes some commands' futures large: boxed, so the
+    // dispatch does not copy them around the stack.
     let result = runtime.block_on(async move {
         let result = match cli.command {
             Command::Up(args) => up(args).await,
-            Command::Run(args) => commands::run(args).await,
-            Command::Runs(command) => commands::runs(command).await,
-            Command::Tools(command) => commands::tools(command).await,
+            Command::Run(args) => Box::pin(commands::run(args)).await,
+            Command::Runs(command) => Box::pin(commands::runs(command)).await,
+            Command::Tools(command) => Box::pin(commands::tools(command)).await,
             Command::Audit(command) => audit::audit(command).await,
             Command::Alerts(command) => alerts::alerts(command).await,
             Command::Silences(command) => silences::silences(command).await,

@@ -97,6 +97,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use agentmesh_audit_client::resilience::ResilienceReporter;
+use agentmesh_kit::auth::{Scope, ScopeTable};
 use agentmesh_kit::health::DependencyCheck;
 use agentmesh_kit::{Listeners, ServeError, ServiceHost, StartupError};
 use agentmesh_proto::llm::v1::llm_gateway_service_server::LlmGatewayServiceServer;
@@ -108,6 +109,18 @@ pub use config::{
 };
 pub use gateway::Gateway;
 pub use service::LlmGatewayServiceImpl;
+
+/// The scope each RPC needs (`agentmesh auth scopes` prints every
+/// service's table). A new RPC must be added here: the access matrix test
+/// fails for a method no table lists.
+pub const SCOPES: ScopeTable = ScopeTable {
+    service: "agentmesh.llm.v1.LlmGatewayService",
+    methods: &[
+        ("Generate", Scope::LlmGenerate),
+        ("GenerateStream", Scope::LlmGenerate),
+        ("ListModels", Scope::LlmGenerate),
+    ],
+};
 
 /// The service's name in logs, metrics and file names.
 pub const SERVICE: &str = "llm-gateway";
@@ -139,15 +152,10 @@ pub async fn serve_with_listeners(
     if !providers::http::install_tls_crypto() {
         tracing::warn!("no TLS crypto provider: calls to https providers will fail");
     }
-    let mut host = ServiceHost::new(SERVICE, &config.server);
+    let mut host = ServiceHost::for_config(&config, &[SCOPES])?;
     // The configuration names the environment variables holding the API
     // keys, never the keys: it is recorded as it is.
-    let audit = agentmesh_audit_client::start_service::<Config>(
-        &config.audit,
-        SERVICE,
-        host.metrics(),
-        &config,
-    )?;
+    let audit = agentmesh_audit_client::start_service::<Config>(&config.audit, &host, &config)?;
     let reporter = ResilienceReporter::new(audit.clone(), host.metrics().registry());
     let gateway = Gateway::build(&config, reporter).map_err(|err| {
         refused(format!(

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use agentmesh_audit_client::AuditConfig;
+use agentmesh_kit::config::AuthConfig;
 use agentmesh_kit::ident::check_identifier_setting;
 use agentmesh_kit::{ConfigError, LogConfig, ServerConfig};
 use agentmesh_proto::orchestrator::v1 as pb;
@@ -22,6 +23,9 @@ pub struct Config {
     pub server: ServerConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Identity and access: who may call, with which credential this
+    /// service calls its peers.
+    pub auth: AuthConfig,
     /// Where the service keeps its database.
     pub storage: StorageConfig,
     /// The LLM gateway, e.g. `http://127.0.0.1:50052`.
@@ -64,6 +68,7 @@ impl Default for Config {
         Self {
             server: ServerConfig::with_port(DEFAULT_PORT),
             log: LogConfig::default(),
+            auth: AuthConfig::default(),
             storage: StorageConfig::default(),
             llm_gateway_url: "http://127.0.0.1:50052".to_owned(),
             tool_runner_url: "http://127.0.0.1:50053".to_owned(),

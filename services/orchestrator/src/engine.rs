@@ -54,7 +54,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use agentmesh_audit_client::AuditClient;
-use agentmesh_kit::metrics::GrpcClientMetrics;
+use agentmesh_kit::client::Clients;
 use agentmesh_kit::time::now_micros;
 use agentmesh_kit::{RequestContext, telemetry};
 use agentmesh_storage::StoreError;
@@ -106,10 +106,10 @@ impl Engine {
         store: Store,
         audit: AuditClient,
         metrics: RunMetrics,
-        client_metrics: &GrpcClientMetrics,
+        clients: &Clients,
         admission: Admission,
     ) -> Result<Arc<Self>, tonic::transport::Error> {
-        let peers = Peers::new(&config, client_metrics, admission.reporter().clone())?;
+        let peers = Peers::new(&config, clients, admission.reporter().clone())?;
         Ok(Arc::new(Self {
             store,
             slots: Arc::new(Semaphore::new(config.max_concurrent_runs)),

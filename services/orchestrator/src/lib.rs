@@ -84,8 +84,9 @@ use std::sync::{Arc, OnceLock};
 
 use agentmesh_audit_client::resilience::ResilienceReporter;
 use agentmesh_audit_client::{AuditClient, without_password};
+use agentmesh_kit::auth::{Scope, ScopeTable};
+use agentmesh_kit::client::Clients;
 use agentmesh_kit::health::DependencyCheck;
-use agentmesh_kit::metrics::GrpcClientMetrics;
 use agentmesh_kit::{Listeners, ServeError, ServiceHost, StartupError};
 use agentmesh_proto::orchestrator::v1::orchestrator_service_server::OrchestratorServiceServer;
 use agentmesh_storage::LazyDatabase;
@@ -97,6 +98,23 @@ use engine::Engine;
 
 /// The service's name in logs, metrics and file names.
 pub const SERVICE: &str = "orchestrator";
+/// The scope each RPC needs (`agentmesh auth scopes` prints every
+/// service's table). A new RPC must be added here: the access matrix test
+/// fails for a method no table lists.
+pub const SCOPES: ScopeTable = ScopeTable {
+    service: "agentmesh.orchestrator.v1.OrchestratorService",
+    methods: &[
+        ("StartRun", Scope::RunsWrite),
+        ("StreamRun", Scope::RunsRead),
+        ("Run", Scope::RunsWrite),
+        ("GetRun", Scope::RunsRead),
+        ("ListRuns", Scope::RunsRead),
+        ("CancelRun", Scope::RunsWrite),
+        ("ListAgents", Scope::AgentsRead),
+        ("GetAgent", Scope::AgentsRead),
+    ],
+};
+
 /// The default gRPC port (the admin port is this plus 1000).
 pub const DEFAULT_PORT: u16 = 50051;
 
@@ -113,21 +131,16 @@ pub async fn serve_with_listeners(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let config = Arc::new(config);
-    let mut host = ServiceHost::new(SERVICE, &config.server);
+    let mut host = ServiceHost::for_config(&*config, &[SCOPES])?;
     let mut effective = (*config).clone();
     effective.storage.url = effective.storage.url.as_deref().map(without_password);
-    let audit = agentmesh_audit_client::start_service::<Config>(
-        &config.audit,
-        SERVICE,
-        host.metrics(),
-        &effective,
-    )?;
+    let audit = agentmesh_audit_client::start_service::<Config>(&config.audit, &host, &effective)?;
     let startup = Startup {
         run_metrics: metrics::RunMetrics::new(
             host.metrics().registry(),
             config.agents.keys().map(String::as_str),
         )?,
-        client_metrics: host.metrics().grpc_client().clone(),
+        clients: host.clients().clone(),
         reporter: ResilienceReporter::new(audit.clone(), host.metrics().registry()),
         database: LazyDatabase::new(config.storage.clone(), SERVICE)
             .with_migrations(&store::MIGRATIONS),
@@ -179,7 +192,7 @@ struct Startup {
     config: Arc<Config>,
     audit: AuditClient,
     run_metrics: metrics::RunMetrics,
-    client_metrics: GrpcClientMetrics,
+    clients: Clients,
     reporter: ResilienceReporter,
     database: LazyDatabase,
     /// Set once the database is open; the handlers answer UNAVAILABLE until.
@@ -204,7 +217,7 @@ impl Startup {
                 store::Store::new(db),
                 self.audit.clone(),
                 self.run_metrics.clone(),
-                &self.client_metrics,
+                &self.clients,
                 admission::Admission::new(&self.config, self.reporter.clone()),
             )
             .map_err(|err| StartupError::from(err.to_string()))?;

@@ -52,6 +52,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use agentmesh_audit_client::AuditConfig;
+use agentmesh_kit::config::AuthConfig;
 use agentmesh_kit::{ConfigError, LogConfig, ServerConfig};
 use agentmesh_resilience::{CircuitConfig, RetryConfig};
 use serde::{Deserialize, Serialize};
@@ -67,6 +68,9 @@ pub struct Config {
     pub server: ServerConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Identity and access: who may call, with which credential this
+    /// service calls its peers.
+    pub auth: AuthConfig,
     /// Directory holding one workspace directory per run
     /// (`<workspaces_dir>/<run_id>`, and `_shared` for calls without a run).
     /// The file tools cannot reach outside a run's workspace; command tools
@@ -116,6 +120,7 @@ impl Default for Config {
         Self {
             server: ServerConfig::with_port(DEFAULT_PORT),
             log: LogConfig::default(),
+            auth: AuthConfig::default(),
             workspaces_dir: PathBuf::from("data/workspaces"),
             max_file_bytes: 1024 * 1024,
             max_output_bytes: 1024 * 1024,

@@ -93,6 +93,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use agentmesh_audit_client::resilience::ResilienceReporter;
+use agentmesh_kit::auth::{Scope, ScopeTable};
 use agentmesh_kit::health::DependencyCheck;
 use agentmesh_kit::{Listeners, ServeError, ServiceHost, StartupError};
 use agentmesh_proto::tools::v1::tool_runner_service_server::ToolRunnerServiceServer;
@@ -105,6 +106,18 @@ use crate::service::ToolRunnerServiceImpl;
 
 /// The service's name in logs, metrics and file names.
 pub const SERVICE: &str = "tool-runner";
+/// The scope each RPC needs (`agentmesh auth scopes` prints every
+/// service's table). A new RPC must be added here: the access matrix test
+/// fails for a method no table lists.
+pub const SCOPES: ScopeTable = ScopeTable {
+    service: "agentmesh.tools.v1.ToolRunnerService",
+    methods: &[
+        ("ListTools", Scope::ToolsRead),
+        ("ExecuteTool", Scope::ToolsExecute),
+        ("ExecuteToolStream", Scope::ToolsExecute),
+    ],
+};
+
 /// The default gRPC port (the admin port is this plus 1000).
 pub const DEFAULT_PORT: u16 = 50053;
 
@@ -126,12 +139,11 @@ pub async fn serve_with_listeners(
 ) -> Result<(), ServeError> {
     agentmesh_kit::config::validate(&config).map_err(invalid_config)?;
     let runner = ToolRunner::new(&config).map_err(invalid_config)?;
-    let mut host = ServiceHost::new(SERVICE, &config.server);
+    let mut host = ServiceHost::for_config(&config, &[SCOPES])?;
     let metrics = metrics::ToolMetrics::new(host.metrics().registry(), runner.registry().names())?;
     let audit = agentmesh_audit_client::start_service::<Config>(
         &config.audit,
-        SERVICE,
-        host.metrics(),
+        &host,
         &effective_config(&config),
     )?;
     // One reporter for the service: circuits, refusals, retries and

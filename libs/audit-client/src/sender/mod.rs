@@ -67,7 +67,6 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use agentmesh_kit::client::MeshChannel;
-use agentmesh_kit::metrics::GrpcClientMetrics;
 use agentmesh_proto::audit::v1::audit_service_client::AuditServiceClient;
 use agentmesh_proto::audit::v1::{AuditEvent, RecordRequest, RecordStatus};
 use prometheus::core::Collector;
@@ -113,7 +112,7 @@ pub(crate) fn start(
     config: &AuditConfig,
     service: &'static str,
     registry: &Registry,
-    client_metrics: &GrpcClientMetrics,
+    clients: &agentmesh_kit::client::Clients,
 ) -> Result<Arc<Shared>, AuditError> {
     if config.url.is_empty() {
         tracing::warn!(service, "audit disabled: events are discarded");
@@ -126,7 +125,8 @@ pub(crate) fn start(
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
         AuditError::Config("AuditClient::start must be called within a Tokio runtime".to_owned())
     })?;
-    let channel = agentmesh_kit::client::channel_with_metrics(&config.url, client_metrics)
+    let channel = clients
+        .channel(&config.url)
         .map_err(|err| AuditError::Config(format!("audit.url {:?}: {err}", config.url)))?;
     let dir = config.spool_dir.join(service);
     let spool = Spool::open(&dir).map_err(|source| AuditError::Spool {

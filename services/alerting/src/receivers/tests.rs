@@ -73,6 +73,7 @@ fn in_a_minute() -> Instant {
 struct TestConfig {
     server: agentmesh_kit::ServerConfig,
     log: agentmesh_kit::LogConfig,
+    auth: agentmesh_kit::config::AuthConfig,
     receivers: Vec<ReceiverConfig>,
     alertmanagers: Vec<AlertmanagerConfig>,
     delivery: DeliveryConfig,

@@ -389,6 +389,7 @@ fn absurdly_deep_trees_are_refused() {
 struct FileConfig {
     server: ServerConfig,
     log: LogConfig,
+    auth: agentmesh_kit::config::AuthConfig,
     route: RouteConfig,
     inhibit_rules: Vec<InhibitRuleConfig>,
 }

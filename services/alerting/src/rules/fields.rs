@@ -366,6 +366,9 @@ static DETAIL_FIELDS: &[(&str, Getter)] = &{
         detail!("access.permission", Access, |d| text(&d.permission)),
         detail!("access.resource", Access, |d| text(&d.resource)),
         detail!("access.peer", Access, |d| text(&d.peer)),
+        detail!("access.credential_id", Access, |d| text(&d.credential_id)),
+        detail!("access.count", Access, |d| num(d.count)),
+        detail!("access.actor", Access, |d| text(&d.actor)),
         // RateLimitDetails.
         detail!("rate_limit.scope", RateLimit, |d| text(&d.scope)),
         detail!("rate_limit.key", RateLimit, |d| text(&d.key)),

@@ -656,6 +656,7 @@ fn labels_and_annotations_are_checked() {
 struct TestConfig {
     server: ServerConfig,
     log: LogConfig,
+    auth: agentmesh_kit::config::AuthConfig,
     rules: Vec<RuleConfig>,
     disable_rules: Vec<String>,
 }

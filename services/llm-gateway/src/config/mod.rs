@@ -45,6 +45,7 @@ mod routes;
 use std::collections::BTreeMap;
 
 use agentmesh_audit_client::AuditConfig;
+use agentmesh_kit::config::AuthConfig;
 use agentmesh_kit::{ConfigError, LogConfig, ServerConfig};
 use agentmesh_resilience::{CircuitConfig, RetryConfig};
 use serde::{Deserialize, Serialize};
@@ -71,6 +72,9 @@ pub struct Config {
     pub server: ServerConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Identity and access: who may call, with which credential this
+    /// service calls its peers.
+    pub auth: AuthConfig,
     /// Route used when a request's `model` is empty.
     pub default_route: String,
     /// Provider instances by name (the `provider` of `provider/model`).
@@ -133,6 +137,7 @@ impl Default for Config {
         Self {
             server: ServerConfig::with_port(DEFAULT_PORT),
             log: LogConfig::default(),
+            auth: AuthConfig::default(),
             default_route: "default".to_owned(),
             providers,
             routes,

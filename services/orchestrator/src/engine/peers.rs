@@ -12,8 +12,8 @@
 use std::time::Duration;
 
 use agentmesh_audit_client::resilience::ResilienceReporter;
+use agentmesh_kit::client::Clients;
 use agentmesh_kit::client::MeshChannel;
-use agentmesh_kit::metrics::GrpcClientMetrics;
 use agentmesh_proto::llm::v1 as llm;
 use agentmesh_proto::tools::v1 as tools;
 use agentmesh_resilience::Backoff;
@@ -43,13 +43,14 @@ pub(super) struct Peers {
 
 impl Peers {
     /// Clients of the configured gateway and tool runner (connected on
-    /// first use), their calls counted in `client_metrics`.
+    /// first use), through the service's `clients` (its metrics and its
+    /// credential).
     pub(super) fn new(
         config: &Config,
-        client_metrics: &GrpcClientMetrics,
+        clients: &Clients,
         reporter: ResilienceReporter,
     ) -> Result<Self, tonic::transport::Error> {
-        let channel = |uri: &str| agentmesh_kit::client::channel_with_metrics(uri, client_metrics);
+        let channel = |uri: &str| clients.channel(uri);
         let gateway = LlmGatewayServiceClient::new(channel(&config.llm_gateway_url)?)
             .max_decoding_message_size(config.server.max_message_bytes)
             .max_encoding_message_size(config.server.max_message_bytes);

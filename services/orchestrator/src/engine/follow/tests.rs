@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use agentmesh_audit_client::AuditClient;
 use agentmesh_audit_client::resilience::ResilienceReporter;
-use agentmesh_kit::metrics::GrpcClientMetrics;
 use agentmesh_kit::metrics::prometheus::Registry;
 use agentmesh_storage::{Database, StorageConfig};
 use tokio::sync::mpsc;
@@ -39,7 +38,7 @@ async fn engine(dir: &tempfile::TempDir, heartbeat_interval: Duration) -> Arc<En
         Store::new(db),
         AuditClient::disabled("test"),
         RunMetrics::new(&Registry::new(), [DEFAULT_AGENT]).unwrap(),
-        &GrpcClientMetrics::disabled(),
+        &agentmesh_kit::client::Clients::default(),
         admission,
     )
     .unwrap()

@@ -1,0 +1,367 @@
+//! [`KeyStore`]: the keys file in memory, reloaded when it changes.
+//!
+//! A check looks the presented key's id up, hashes the key and compares the
+//! hashes in constant time. The loaded file is swapped in whole on reload
+//! (readers never wait for a reload, and never see half a file); a reload
+//! that fails keeps the last good file and logs why.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+
+use crate::identity::{AllowLists, Identity, Mechanism};
+use crate::keys::file::{KeysFile, KeysFileError};
+use crate::keys::{ApiKey, KeyHash};
+use crate::scope::ScopeSet;
+
+/// Why a presented key was not accepted. All of them look the same to the
+/// caller (a message must not reveal whether a key exists); the audit trail
+/// and the metrics tell them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRefusal {
+    /// No entry has the key's id.
+    Unknown,
+    /// An entry has the id, but not the key's hash.
+    Mismatch,
+    /// The key expired.
+    Expired,
+    /// The key was revoked.
+    Revoked,
+}
+
+impl KeyRefusal {
+    /// The reason's name in audit events and metrics.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown_key",
+            Self::Mismatch => "wrong_key",
+            Self::Expired => "expired",
+            Self::Revoked => "revoked",
+        }
+    }
+}
+
+/// One usable key.
+#[derive(Debug)]
+struct Loaded {
+    hash: KeyHash,
+    tenant: String,
+    subject: String,
+    scopes: ScopeSet,
+    allow: AllowLists,
+    expires: Option<jiff::Timestamp>,
+    revoked: bool,
+}
+
+/// A keys file ready for checks.
+#[derive(Debug, Default)]
+struct Index {
+    keys: HashMap<String, Loaded>,
+}
+
+impl Index {
+    fn from_file(file: &KeysFile) -> Result<Self, KeysFileError> {
+        file.check()?;
+        let mut keys = HashMap::with_capacity(file.keys.len());
+        for (index, entry) in file.keys.iter().enumerate() {
+            let checked = entry.checked().map_err(|(field, problem)| KeysFileError {
+                at: format!("keys[{index}].{field}"),
+                problem,
+            })?;
+            let tenant_allow = file
+                .tenants
+                .get(&entry.tenant)
+                .map(|policy| policy.allow_lists())
+                .unwrap_or_default();
+            keys.insert(
+                entry.id.clone(),
+                Loaded {
+                    hash: checked.hash,
+                    tenant: entry.tenant.clone(),
+                    subject: entry.subject.clone(),
+                    scopes: checked.scopes,
+                    allow: checked.allow.intersect(&tenant_allow),
+                    expires: entry.expires,
+                    revoked: entry.revoked,
+                },
+            );
+        }
+        Ok(Self { keys })
+    }
+}
+
+/// What identifies a version of the file on disk: a change of any of these
+/// triggers a reload (a Kubernetes Secret update swaps a symlink, which
+/// changes them all).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp {
+    modified: Option<SystemTime>,
+    len: u64,
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some(Stamp {
+        modified: meta.modified().ok(),
+        len: meta.len(),
+    })
+}
+
+/// A keys file that cannot be read or used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyStoreError {
+    /// The file cannot be read.
+    #[error("cannot read the keys file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file's content is wrong.
+    #[error("the keys file {path} is invalid at {error}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Where and what.
+        error: KeysFileError,
+    },
+}
+
+/// The keys of one keys file, shared by every call of a service.
+#[derive(Debug, Clone)]
+pub struct KeyStore {
+    index: Arc<ArcSwap<Index>>,
+    path: Option<PathBuf>,
+    /// The file's stamp when it was read: taken before reading, so a change
+    /// made while reading is seen by the next check.
+    loaded: Option<Stamp>,
+}
+
+impl KeyStore {
+    /// The keys of a file, read now.
+    pub fn open(path: &Path) -> Result<Self, KeyStoreError> {
+        let loaded = stamp(path);
+        let index = read(path)?;
+        Ok(Self {
+            index: Arc::new(ArcSwap::from_pointee(index)),
+            path: Some(path.to_owned()),
+            loaded,
+        })
+    }
+
+    /// The keys of a file already in memory (tests, the embedded mesh's own
+    /// service key).
+    pub fn from_file(file: &KeysFile) -> Result<Self, KeysFileError> {
+        Ok(Self {
+            index: Arc::new(ArcSwap::from_pointee(Index::from_file(file)?)),
+            path: None,
+            loaded: None,
+        })
+    }
+
+    /// The identity of a presented key, or why it is refused.
+    pub fn verify(&self, key: &ApiKey, now: jiff::Timestamp) -> Result<Identity, KeyRefusal> {
+        let index = self.index.load();
+        let loaded = index.keys.get(key.id()).ok_or(KeyRefusal::Unknown)?;
+        // The hash comparison comes first and always runs, so that a
+        // revoked or expired key takes as long as any other.
+        if !loaded.hash.matches(&key.hash()) {
+            return Err(KeyRefusal::Mismatch);
+        }
+        if loaded.revoked {
+            return Err(KeyRefusal::Revoked);
+        }
+        if loaded.expires.is_some_and(|expires| expires <= now) {
+            return Err(KeyRefusal::Expired);
+        }
+        Ok(Identity {
+            tenant: loaded.tenant.clone(),
+            subject: loaded.subject.clone(),
+            scopes: loaded.scopes,
+            allow: loaded.allow.clone(),
+            credential_id: key.id().to_owned(),
+            mechanism: Mechanism::ApiKey,
+            actor: None,
+        })
+    }
+
+    /// How many keys are loaded.
+    pub fn len(&self) -> usize {
+        self.index.load().keys.len()
+    }
+
+    /// Whether no key is loaded.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Re-reads the file when it changed on disk, every `interval`, until the
+    /// returned task is aborted. A file that became unreadable or invalid
+    /// keeps the last good keys, with a warning naming the problem.
+    pub fn watch(&self, interval: Duration) -> Option<tokio::task::JoinHandle<()>> {
+        let path = self.path.clone()?;
+        let index = Arc::clone(&self.index);
+        let mut last = self.loaded.clone();
+        Some(tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let now = stamp(&path);
+                if now == last {
+                    continue;
+                }
+                last = now;
+                // A writer may not be done yet: the next change of the stamp
+                // reads the file again.
+                match read(&path) {
+                    Ok(fresh) => {
+                        tracing::info!(path = %path.display(), keys = fresh.keys.len(), "reloaded the keys file");
+                        index.store(Arc::new(fresh));
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "keeping the keys loaded before: the keys file changed but cannot be used");
+                    }
+                }
+            }
+        }))
+    }
+}
+
+fn read(path: &Path) -> Result<Index, KeyStoreError> {
+    let text = std::fs::read_to_string(path).map_err(|source| KeyStoreError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let file = KeysFile::parse(&text).map_err(|error| KeyStoreError::Invalid {
+        path: path.to_owned(),
+        error,
+    })?;
+    Index::from_file(&file).map_err(|error| KeyStoreError::Invalid {
+        path: path.to_owned(),
+        error,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::file::{KeyEntry, TenantPolicy};
+    use crate::scope::Scope;
+
+    fn entry(key: &ApiKey, tenant: &str) -> KeyEntry {
+        KeyEntry {
+            id: key.id().to_owned(),
+            sha256: key.hash().to_hex(),
+            tenant: tenant.to_owned(),
+            subject: "alice".to_owned(),
+            scopes: vec!["runs:read".to_owned()],
+            label: String::new(),
+            expires: None,
+            agents: None,
+            routes: None,
+            tools: Some(vec!["calculator".to_owned(), "run_command".to_owned()]),
+            revoked: false,
+        }
+    }
+
+    fn now() -> jiff::Timestamp {
+        jiff::Timestamp::now()
+    }
+
+    #[test]
+    fn a_known_key_gives_its_identity_with_the_tenant_policy_applied() {
+        let key = ApiKey::generate("live").unwrap();
+        let mut file = KeysFile {
+            keys: vec![entry(&key, "acme")],
+            ..KeysFile::default()
+        };
+        file.tenants.insert(
+            "acme".to_owned(),
+            TenantPolicy {
+                tools: Some(vec!["calculator".to_owned()]),
+                ..TenantPolicy::default()
+            },
+        );
+        let store = KeyStore::from_file(&file).unwrap();
+        let identity = store.verify(&key, now()).unwrap();
+        assert_eq!(identity.tenant, "acme");
+        assert_eq!(identity.credential_id, key.id());
+        assert!(identity.scopes.contains(Scope::RunsRead));
+        assert!(identity.allow.tools.allows("calculator"));
+        assert!(!identity.allow.tools.allows("run_command"));
+    }
+
+    #[test]
+    fn unknown_wrong_expired_and_revoked_keys_are_refused() {
+        let key = ApiKey::generate("live").unwrap();
+        let other = ApiKey::generate("live").unwrap();
+        let mut expired = entry(&other, "acme");
+        expired.expires = Some(jiff::Timestamp::UNIX_EPOCH);
+        let revoked_key = ApiKey::generate("test").unwrap();
+        let mut revoked = entry(&revoked_key, "acme");
+        revoked.revoked = true;
+        let store = KeyStore::from_file(&KeysFile {
+            keys: vec![expired, revoked],
+            ..KeysFile::default()
+        })
+        .unwrap();
+        assert_eq!(store.verify(&key, now()), Err(KeyRefusal::Unknown));
+        assert_eq!(store.verify(&other, now()), Err(KeyRefusal::Expired));
+        assert_eq!(store.verify(&revoked_key, now()), Err(KeyRefusal::Revoked));
+        // Same id, another secret.
+        let forged = ApiKey::parse(&format!("{}{}", other.id(), "x".repeat(24))).unwrap();
+        assert_eq!(store.verify(&forged, now()), Err(KeyRefusal::Mismatch));
+    }
+
+    #[tokio::test]
+    async fn a_changed_file_is_reloaded_and_a_broken_one_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.toml");
+        let first = ApiKey::generate("live").unwrap();
+        let second = ApiKey::generate("live").unwrap();
+        let write = |keys: Vec<KeyEntry>| {
+            std::fs::write(
+                &path,
+                KeysFile {
+                    keys,
+                    ..KeysFile::default()
+                }
+                .to_toml(),
+            )
+            .unwrap();
+        };
+        write(vec![entry(&first, "acme")]);
+        let store = KeyStore::open(&path).unwrap();
+        let watch = store.watch(Duration::from_millis(10)).unwrap();
+        assert!(store.verify(&first, now()).is_ok());
+
+        write(vec![entry(&first, "acme"), entry(&second, "beta")]);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while store.verify(&second, now()).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the new key was never loaded"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+
+        std::fs::write(&path, "this is not toml [").unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            store.verify(&second, now()).is_ok(),
+            "a broken file replaced good keys"
+        );
+        watch.abort();
+    }
+
+    #[test]
+    fn a_missing_file_names_the_path() {
+        let err = KeyStore::open(Path::new("/nonexistent/keys.toml")).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/keys.toml"), "{err}");
+    }
+}

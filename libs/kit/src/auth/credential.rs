@@ -1,0 +1,159 @@
+//! [`ServiceCredential`]: what a service presents on its calls to its peers
+//! (`authorization: Bearer <API key or JWT>`), read from
+//! `auth.credential_file` (re-read when it changes, so a rotated Secret is
+//! picked up without a restart) or from `AGENTMESH_SERVICE_CREDENTIAL`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use agentmesh_auth::config::{AuthConfig, CREDENTIAL_ENV};
+use arc_swap::ArcSwapOption;
+use http::header::HeaderValue;
+
+/// The credential of a service, shared by its channels.
+#[derive(Clone, Default)]
+pub struct ServiceCredential {
+    header: Arc<ArcSwapOption<HeaderValue>>,
+    file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for ServiceCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secret.
+        f.debug_struct("ServiceCredential")
+            .field("present", &self.header.load().is_some())
+            .field("file", &self.file)
+            .finish()
+    }
+}
+
+/// A credential file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("auth.credential_file {path}: {problem}")]
+pub struct CredentialError {
+    path: PathBuf,
+    problem: String,
+}
+
+impl ServiceCredential {
+    /// No credential: calls go out without `authorization` (the embedded
+    /// mode, or a mesh whose sidecars authenticate the services).
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// A fixed credential (tests, the embedded mesh's own service key).
+    pub fn fixed(credential: &str) -> Option<Self> {
+        let header = bearer(credential)?;
+        Some(Self {
+            header: Arc::new(ArcSwapOption::from_pointee(header)),
+            file: None,
+        })
+    }
+
+    /// The credential `config` names: its file, else the environment
+    /// variable, else none.
+    pub fn from_config(config: &AuthConfig) -> Result<Self, CredentialError> {
+        if let Some(path) = &config.credential_file {
+            let header = read(path)?;
+            return Ok(Self {
+                header: Arc::new(ArcSwapOption::from_pointee(header)),
+                file: Some(path.clone()),
+            });
+        }
+        Ok(std::env::var(CREDENTIAL_ENV)
+            .ok()
+            .and_then(|value| Self::fixed(&value))
+            .unwrap_or_default())
+    }
+
+    /// The `authorization` value to send, if any.
+    pub fn header(&self) -> Option<Arc<HeaderValue>> {
+        self.header.load_full()
+    }
+
+    /// Re-reads the file when it changes, every `interval`, until the task
+    /// is aborted; a file that became unusable keeps the last credential.
+    pub fn watch(&self, interval: Duration) -> Option<tokio::task::JoinHandle<()>> {
+        let path = self.file.clone()?;
+        let header = Arc::clone(&self.header);
+        Some(tokio::spawn(async move {
+            let mut last = modified(&path);
+            let mut ticks = tokio::time::interval(interval);
+            loop {
+                ticks.tick().await;
+                let now = modified(&path);
+                if now == last {
+                    continue;
+                }
+                last = now;
+                match read(&path) {
+                    Ok(fresh) => {
+                        tracing::info!(path = %path.display(), "reloaded the service credential");
+                        header.store(Some(Arc::new(fresh)));
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "keeping the service credential loaded before")
+                    }
+                }
+            }
+        }))
+    }
+}
+
+fn modified(path: &Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+fn read(path: &Path) -> Result<HeaderValue, CredentialError> {
+    let text = std::fs::read_to_string(path).map_err(|err| CredentialError {
+        path: path.to_owned(),
+        problem: err.to_string(),
+    })?;
+    bearer(text.trim()).ok_or_else(|| CredentialError {
+        path: path.to_owned(),
+        problem: "must hold one API key or token on one line".to_owned(),
+    })
+}
+
+fn bearer(credential: &str) -> Option<HeaderValue> {
+    let credential = credential.trim();
+    if credential.is_empty() {
+        return None;
+    }
+    let mut value = HeaderValue::from_str(&format!("Bearer {credential}")).ok()?;
+    // Kept out of HPACK's dynamic table and out of debug output.
+    value.set_sensitive(true);
+    Some(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_credential_is_read_and_its_problems_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("credential");
+        std::fs::write(&path, "am_test_0123456789abcdefghijABCDEFGHIJKL\n").unwrap();
+        let config = AuthConfig {
+            credential_file: Some(path.clone()),
+            ..AuthConfig::default()
+        };
+        let credential = ServiceCredential::from_config(&config).unwrap();
+        let header = credential.header().unwrap();
+        assert_eq!(
+            header.to_str().unwrap(),
+            "Bearer am_test_0123456789abcdefghijABCDEFGHIJKL"
+        );
+        assert!(header.is_sensitive());
+        assert!(!format!("{credential:?}").contains("am_test_"));
+
+        std::fs::write(&path, "").unwrap();
+        let err = ServiceCredential::from_config(&config).unwrap_err();
+        assert!(err.to_string().contains("auth.credential_file"), "{err}");
+        assert!(ServiceCredential::none().header().is_none());
+    }
+}
