@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use agentmesh_auth::config::AuthConfig;
 use agentmesh_kit::{Listeners, ServeError, ServerConfig};
 use futures::future::BoxFuture;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -70,13 +71,19 @@ impl InProcess {
     /// spool). The orchestrator comes with an LLM gateway and a tool runner
     /// of its own: its readiness depends on them.
     pub async fn start(name: &str) -> Self {
+        Self::start_with_auth(name, AuthConfig::default()).await
+    }
+
+    /// [`Self::start`], the service (not the orchestrator's own gateway and
+    /// tool runner) checking callers as `auth` says.
+    pub async fn start_with_auth(name: &str, auth: AuthConfig) -> Self {
         let data = tempfile::tempdir().unwrap();
         let server = test_server_config();
         let listeners = Listeners::bind(&server).await.unwrap();
         let grpc = listeners.grpc_addr().unwrap();
         let admin = listeners.admin_addr().unwrap();
         let stop = CancellationToken::new();
-        let served = Self::serve(name, listeners, &stop, data.path()).await;
+        let served = Self::serve(name, listeners, &stop, data.path(), auth).await;
         let task = tokio::spawn(served);
         Self {
             grpc,
@@ -93,6 +100,7 @@ impl InProcess {
         listeners: Listeners,
         stop: &CancellationToken,
         data_dir: &Path,
+        auth: AuthConfig,
     ) -> BoxFuture<'static, Result<(), ServeError>> {
         let server = test_server_config();
         let shutdown = stop.clone().cancelled_owned();
@@ -105,6 +113,7 @@ impl InProcess {
                     llm_gateway_url: format!("http://{}", peers.gateway),
                     tool_runner_url: format!("http://{}", peers.tool_runner),
                     audit: agentmesh_orchestrator::AuditConfig::disabled(),
+                    auth,
                     ..Default::default()
                 };
                 config.storage.data_dir = data_dir;
@@ -119,6 +128,7 @@ impl InProcess {
                 let config = agentmesh_llm_gateway::Config {
                     server,
                     audit: agentmesh_llm_gateway::AuditConfig::disabled(),
+                    auth,
                     ..Default::default()
                 };
                 Box::pin(agentmesh_llm_gateway::serve_with_listeners(
@@ -129,6 +139,7 @@ impl InProcess {
                 let config = agentmesh_tool_runner::Config {
                     server,
                     audit: agentmesh_tool_runner::AuditConfig::disabled(),
+                    auth,
                     ..Default::default()
                 };
                 Box::pin(agentmesh_tool_runner::serve_with_listeners(
@@ -138,6 +149,7 @@ impl InProcess {
             "audit" => {
                 let mut config = agentmesh_audit::Config {
                     server,
+                    auth,
                     ..Default::default()
                 };
                 config.storage.data_dir = data_dir;
@@ -151,6 +163,7 @@ impl InProcess {
                 let mut config = agentmesh_alerting::Config::default();
                 config.server = server;
                 config.audit = agentmesh_alerting::AuditConfig::disabled();
+                config.auth = auth;
                 config.storage.data_dir = data_dir;
                 // No audit service here: a port nothing listens on.
                 config.source.url = "http://127.0.0.1:9".to_owned();

@@ -39,7 +39,7 @@ pub enum Requirement {
     Exempt,
     /// A valid credential with this scope.
     Scope(Scope),
-    /// A valid credential: a method no table lists (the server answers
+    /// A valid credential: a service no table lists (the server answers
     /// UNIMPLEMENTED to it, but only to a caller it knows).
     Authenticated,
 }
@@ -79,11 +79,12 @@ impl Policy {
         if service == HEALTH || (self.reflection_exempt && service.starts_with(REFLECTION)) {
             return Requirement::Exempt;
         }
-        self.tables
-            .iter()
-            .find(|table| table.service == service)
-            .and_then(|table| table.scope_of(method))
-            .map_or(Requirement::Authenticated, Requirement::Scope)
+        match self.tables.iter().find(|table| table.service == service) {
+            // A method the service's table forgot fails closed: only an
+            // admin may call it until the table says otherwise.
+            Some(table) => Requirement::Scope(table.scope_of(method).unwrap_or(Scope::Admin)),
+            None => Requirement::Authenticated,
+        }
     }
 
     /// The tables, for `agentmesh auth scopes` and the docs.
@@ -110,6 +111,11 @@ mod tests {
         );
         assert_eq!(
             policy.requirement("/agentmesh.audit.v1.AuditService/Nope"),
+            Requirement::Scope(Scope::Admin),
+            "a method missing from its service's table fails closed"
+        );
+        assert_eq!(
+            policy.requirement("/agentmesh.other.v1.Other/Call"),
             Requirement::Authenticated
         );
         assert_eq!(
