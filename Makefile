@@ -3,7 +3,7 @@
 #   make run      all five services in one process (embedded mode: SQLite under ./data)
 #   make test     every test: unit, in-process gRPC, real binaries with grpcurl, PostgreSQL
 #   make lint     rustfmt, clippy -D warnings, module structure, cargo deny, buf lint, buf format
-#   make bench    benchmark programs (the kit's per-hop cost against bare tonic)
+#   make bench    benchmark programs that print figures (hop cost, run step, audit ingest, gateway faults, auth)
 #   make rules    check and unit-test the Prometheus alert rules (promtool)
 #   make build    the workspace
 
@@ -41,6 +41,7 @@ bench:
 	$(CARGO) bench -p agentmesh-tests --bench run_step
 	$(CARGO) bench -p agentmesh-tests --bench audit_ingest
 	$(CARGO) bench -p agentmesh-tests --bench gateway_faults
+	$(CARGO) bench -p agentmesh-tests --bench auth
 
 # The Prometheus alert rules: syntax, their unit tests, and the generated
 # PrometheusRule of the monitoring overlay being up to date.

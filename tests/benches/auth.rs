@@ -1,0 +1,168 @@
+//! What authentication adds to a call.
+//!
+//! Two measures, in one run:
+//! - the access decision itself (`AccessControl::check`: parse the bearer,
+//!   verify the credential, check the RPC's scope), each call timed on its
+//!   own, with an API key;
+//! - a unary `ListTools` on the tool runner over loopback gRPC, the same
+//!   server code with `auth.methods = ["none"]` and with `["api_key"]`,
+//!   measured in interleaved rounds so drift on the machine hits both alike.
+//!
+//! The target of the contract: the p99 added by authentication on a unary
+//! call stays under 20 µs. Run with `make bench`.
+
+#![expect(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    reason = "a benchmark program"
+)]
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use agentmesh_auth::authenticate::Authenticator;
+use agentmesh_auth::config::{AuthConfig, Method};
+use agentmesh_auth::keys::ApiKey;
+use agentmesh_auth::keys::file::{KeyEntry, KeysFile};
+use agentmesh_auth::keys::store::KeyStore;
+use agentmesh_kit::auth::AccessControl;
+use agentmesh_proto::tools::v1::ListToolsRequest;
+use agentmesh_proto::tools::v1::tool_runner_service_client::ToolRunnerServiceClient;
+use agentmesh_tests::{InProcess, percentile};
+use tonic::metadata::MetadataValue;
+
+const CHECKS: usize = 200_000;
+const ROUNDS: usize = 10;
+const CALLS_PER_ROUND: usize = 2_000;
+const PATH: &str = "/agentmesh.tools.v1.ToolRunnerService/ListTools";
+
+fn keys_file(key: &ApiKey) -> KeysFile {
+    KeysFile {
+        keys: vec![KeyEntry {
+            id: key.id().to_owned(),
+            sha256: key.hash().to_hex(),
+            tenant: "acme".into(),
+            subject: "bench".into(),
+            scopes: vec!["tools:read".into(), "tools:execute".into()],
+            label: String::new(),
+            expires: None,
+            agents: None,
+            routes: None,
+            tools: None,
+            revoked: false,
+        }],
+        ..KeysFile::default()
+    }
+}
+
+fn micros(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1e6
+}
+
+/// Times `check` on its own, `CHECKS` times.
+fn decision_cost(access: &AccessControl, headers: &http::HeaderMap) -> Vec<Duration> {
+    let peer = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 40_000)));
+    let mut times = Vec::with_capacity(CHECKS);
+    for _ in 0..CHECKS {
+        let start = Instant::now();
+        let decided = access.check(PATH, headers, peer);
+        times.push(start.elapsed());
+        assert!(black_box(decided).is_ok());
+    }
+    times.sort();
+    times
+}
+
+async fn round(
+    client: &mut ToolRunnerServiceClient<tonic::transport::Channel>,
+    bearer: Option<&str>,
+    into: &mut Vec<Duration>,
+) {
+    for _ in 0..CALLS_PER_ROUND {
+        let mut request = tonic::Request::new(ListToolsRequest::default());
+        if let Some(bearer) = bearer {
+            request
+                .metadata_mut()
+                .insert("authorization", MetadataValue::try_from(bearer).unwrap());
+        }
+        let start = Instant::now();
+        client.list_tools(request).await.unwrap();
+        into.push(start.elapsed());
+    }
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let key = ApiKey::generate("bench").unwrap();
+        let bearer = format!("Bearer {}", key.expose());
+        let file = keys_file(&key);
+
+        // The decision alone.
+        let access = AccessControl::with_authenticator(
+            Authenticator::with_keys(KeyStore::from_file(&file).unwrap(), 30),
+            &[agentmesh_tool_runner::SCOPES],
+            &AuthConfig::default(),
+        );
+        let mut headers = http::HeaderMap::new();
+        headers.insert("authorization", bearer.parse().unwrap());
+        let checks = decision_cost(&access, &headers);
+
+        // The same unary call without and with authentication.
+        let dir = tempfile::tempdir().unwrap();
+        let keys_path = dir.path().join("keys.toml");
+        std::fs::write(&keys_path, file.to_toml()).unwrap();
+        let open = InProcess::start("tool-runner").await;
+        let guarded = InProcess::start_with_auth(
+            "tool-runner",
+            AuthConfig {
+                methods: vec![Method::ApiKey],
+                keys_file: Some(keys_path),
+                ..AuthConfig::default()
+            },
+        )
+        .await;
+        let mut open_client = ToolRunnerServiceClient::new(open.channel());
+        let mut guarded_client = ToolRunnerServiceClient::new(guarded.channel());
+        let (mut none, mut api_key) = (Vec::new(), Vec::new());
+        // Warm-up, then interleaved rounds.
+        round(&mut open_client, None, &mut Vec::new()).await;
+        round(&mut guarded_client, Some(&bearer), &mut Vec::new()).await;
+        for _ in 0..ROUNDS {
+            round(&mut open_client, None, &mut none).await;
+            round(&mut guarded_client, Some(&bearer), &mut api_key).await;
+        }
+        none.sort();
+        api_key.sort();
+        open.stop().await.unwrap();
+        guarded.stop().await.unwrap();
+
+        println!("the access decision alone (AccessControl::check, API key, {CHECKS} calls)");
+        println!(
+            "  p50 {:.2} µs   p99 {:.2} µs   p99.9 {:.2} µs",
+            micros(percentile(&checks, 0.5)),
+            micros(percentile(&checks, 0.99)),
+            micros(percentile(&checks, 0.999)),
+        );
+        let calls = ROUNDS * CALLS_PER_ROUND;
+        println!(
+            "unary ListTools on loopback, one connection, {calls} calls each in {ROUNDS} interleaved rounds"
+        );
+        println!("{:<10} {:>12} {:>12}", "auth", "median µs", "p99 µs");
+        for (name, times) in [("none", &none), ("api_key", &api_key)] {
+            println!(
+                "{name:<10} {:>12.1} {:>12.1}",
+                micros(percentile(times, 0.5)),
+                micros(percentile(times, 0.99)),
+            );
+        }
+        println!(
+            "added by API keys: median {:+.1} µs, p99 {:+.1} µs (target: p99 under 20 µs)",
+            micros(percentile(&api_key, 0.5)) - micros(percentile(&none, 0.5)),
+            micros(percentile(&api_key, 0.99)) - micros(percentile(&none, 0.99)),
+        );
+    });
+}
