@@ -4,7 +4,7 @@
 //! peer over its failure budget? ──yes──▶ refused (too many failures)
 //!        │ no
 //! authorization: Bearer am_…  ──▶ API keys ─┐
-//! authorization: Bearer <other> ─▶ JWT ─────┼─▶ caller's identity ─▶ forwarded identity?
+//! authorization: Bearer <a.b.c> ─▶ JWT ─────┼─▶ caller's identity ─▶ forwarded identity?
 //! no credential, method none ─▶ labels ─────┘         │                 (x-agentmesh-*)
 //!                                                    │  from a service: the end user's, with the service as actor
 //!                                                    │  from anyone else: refused (PERMISSION_DENIED)
@@ -27,6 +27,7 @@ use http::HeaderMap;
 
 use crate::config::{AuthConfig, AuthConfigError, Method};
 use crate::identity::{self, Actor, AllowLists, Identity, Mechanism};
+use crate::jwt::{self, JwtVerifier};
 use crate::keys::ApiKey;
 use crate::keys::store::{KeyStore, KeyStoreError};
 use crate::scope::{Scope, ScopeSet};
@@ -89,6 +90,7 @@ const TOO_MANY_FAILURES: &str =
 pub struct Authenticator {
     none: bool,
     keys: Option<KeyStore>,
+    jwt: Option<JwtVerifier>,
     failures: FailureBudget,
 }
 
@@ -110,9 +112,19 @@ impl Authenticator {
             })?),
             _ => None,
         };
+        let jwt = config
+            .methods
+            .contains(&Method::Jwt)
+            .then(|| JwtVerifier::from_config(&config.jwt))
+            .transpose()
+            .map_err(|(setting, problem)| AuthConfigError {
+                setting: format!("jwt.{setting}"),
+                problem,
+            })?;
         Ok(Self {
             none: config.is_none(),
             keys,
+            jwt,
             failures: FailureBudget::new(config.max_failures_per_minute),
         })
     }
@@ -122,6 +134,7 @@ impl Authenticator {
         Self {
             none: true,
             keys: None,
+            jwt: None,
             failures: FailureBudget::new(30),
         }
     }
@@ -131,8 +144,17 @@ impl Authenticator {
         Self {
             none: false,
             keys: Some(store),
+            jwt: None,
             failures: FailureBudget::new(max_failures_per_minute),
         }
+    }
+
+    /// Also accepts the JWTs `verifier` checks (tests, the embedded mesh).
+    #[must_use]
+    pub fn with_jwt(mut self, verifier: JwtVerifier) -> Self {
+        self.none = false;
+        self.jwt = Some(verifier);
+        self
     }
 
     /// Whether nobody is asked.
@@ -140,12 +162,14 @@ impl Authenticator {
         self.none
     }
 
-    /// Reloads the keys file when it changes, every `interval`; the tasks
-    /// end when the returned handles are aborted.
+    /// Reloads the keys file and a JWKS file when they change, every
+    /// `interval`, and fetches a JWKS URL; the tasks end when the returned
+    /// handles are aborted.
     pub fn watch(&self, interval: Duration) -> Vec<tokio::task::JoinHandle<()>> {
         self.keys
             .iter()
             .filter_map(|keys| keys.watch(interval))
+            .chain(self.jwt.iter().map(|jwt| jwt.watch(interval)))
             .collect()
     }
 
@@ -209,9 +233,21 @@ impl Authenticator {
                     )
                 });
         }
+        if jwt::looks_like_jwt(token) {
+            let verifier = self.jwt.as_ref().ok_or_else(|| {
+                Refusal::unauthenticated("method_off", Mechanism::Jwt, String::new())
+            })?;
+            return verifier.verify(token).map_err(|refused| {
+                Refusal::unauthenticated(
+                    refused.reason.as_str(),
+                    Mechanism::Jwt,
+                    refused.credential_id,
+                )
+            });
+        }
         Err(Refusal::unauthenticated(
-            "method_off",
-            Mechanism::Jwt,
+            "malformed",
+            Mechanism::None,
             String::new(),
         ))
     }
@@ -558,6 +594,134 @@ mod tests {
         );
         let elsewhere = Some(IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2)));
         assert!(f.auth.authenticate(&good, elsewhere).is_ok());
+    }
+
+    fn jwt_fixture(max_failures: u32) -> (Fixture, tempfile::TempDir) {
+        use crate::jwt::testing;
+        let dir = tempfile::tempdir().unwrap();
+        let keys_file = dir.path().join("keys.toml");
+        let f = fixture(max_failures);
+        let user = f.user.clone();
+        std::fs::write(
+            &keys_file,
+            KeysFile {
+                keys: vec![key_entry(&user, "acme", "alice", &["runs:read"])],
+                ..KeysFile::default()
+            }
+            .to_toml(),
+        )
+        .unwrap();
+        let config = AuthConfig {
+            methods: vec![Method::ApiKey, Method::Jwt],
+            keys_file: Some(keys_file),
+            jwt: testing::config(testing::fixture_path("jwks.json")),
+            max_failures_per_minute: max_failures,
+            ..AuthConfig::default()
+        };
+        let auth = Authenticator::from_config(&config).unwrap();
+        (Fixture { auth, ..f }, dir)
+    }
+
+    #[test]
+    fn bearers_go_to_the_api_keys_or_the_jwt_verifier_by_their_shape() {
+        use crate::jwt::testing;
+        let (f, _dir) = jwt_fixture(100);
+        let key = f
+            .auth
+            .authenticate(&headers(&[("authorization", &bearer_of(&f.user))]), PEER)
+            .unwrap();
+        assert_eq!(key.mechanism, Mechanism::ApiKey);
+        let token = testing::rsa().sign(&testing::claims());
+        let jwt = f
+            .auth
+            .authenticate(
+                &headers(&[("authorization", &format!("Bearer {token}"))]),
+                PEER,
+            )
+            .unwrap();
+        assert_eq!(
+            (jwt.tenant.as_str(), jwt.mechanism),
+            ("acme", Mechanism::Jwt)
+        );
+        assert!(jwt.credential_id.starts_with("jwt:"));
+
+        let expired = testing::rsa().sign(&testing::claims_with(serde_json::json!({"exp": 1})));
+        let refusal = f
+            .auth
+            .authenticate(
+                &headers(&[("authorization", &format!("Bearer {expired}"))]),
+                PEER,
+            )
+            .unwrap_err();
+        assert_eq!(
+            (refusal.code, refusal.reason, refusal.mechanism),
+            (RefusalCode::Unauthenticated, "expired", Mechanism::Jwt)
+        );
+        // The caller hears what an unknown API key hears.
+        assert_eq!(refusal.message, INVALID_CREDENTIAL);
+        assert!(!refusal.credential_id.contains(&expired));
+
+        let refusal = f
+            .auth
+            .authenticate(&headers(&[("authorization", "Bearer opaque-token")]), PEER)
+            .unwrap_err();
+        assert_eq!(refusal.reason, "malformed");
+
+        // Without the jwt method, a JWT is refused as such.
+        let keys_only = fixture(100);
+        let refusal = keys_only
+            .auth
+            .authenticate(
+                &headers(&[("authorization", &format!("Bearer {token}"))]),
+                PEER,
+            )
+            .unwrap_err();
+        assert_eq!(
+            (refusal.reason, refusal.mechanism),
+            ("method_off", Mechanism::Jwt)
+        );
+    }
+
+    #[test]
+    fn a_service_token_may_forward_an_identity_and_bad_tokens_spend_the_budget() {
+        use crate::jwt::testing;
+        let (f, _dir) = jwt_fixture(2);
+        let service = testing::rsa().sign(&testing::claims_with(serde_json::json!({
+            "sub": "orchestrator", "tenant": "platform", "scope": "service llm:generate"
+        })));
+        let forwarded = headers(&[
+            ("authorization", &format!("Bearer {service}")),
+            ("x-agentmesh-tenant", "globex"),
+            ("x-agentmesh-subject", "bob"),
+        ]);
+        let identity = f.auth.authenticate(&forwarded, PEER).unwrap();
+        assert_eq!(identity.tenant, "globex");
+        assert_eq!(identity.actor.unwrap().mechanism, Mechanism::Jwt);
+
+        let forged = testing::fresh_ec("ec-1").sign(&testing::claims());
+        let bad = headers(&[("authorization", &format!("Bearer {forged}"))]);
+        for _ in 0..3 {
+            let _ = f.auth.authenticate(&bad, PEER);
+        }
+        let good = testing::rsa().sign(&testing::claims());
+        let refusal = f
+            .auth
+            .authenticate(
+                &headers(&[("authorization", &format!("Bearer {good}"))]),
+                PEER,
+            )
+            .unwrap_err();
+        assert!(matches!(refusal.code, RefusalCode::TooManyFailures { .. }));
+    }
+
+    #[test]
+    fn a_jwt_method_without_usable_settings_names_the_setting() {
+        let config = AuthConfig {
+            methods: vec![Method::Jwt],
+            ..AuthConfig::default()
+        };
+        let err = Authenticator::from_config(&config).unwrap_err();
+        assert_eq!(err.setting, "jwt.issuer");
     }
 
     #[test]

@@ -47,9 +47,10 @@ pub enum AuditSuccesses {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
-    /// Authenticators, tried in the order of the credential's kind (an
-    /// `am_…` bearer goes to `api_key`, any other bearer to `jwt`). `none`
-    /// stands alone.
+    /// Authenticators, chosen by the credential's kind (an `am_…` bearer
+    /// goes to `api_key`, a bearer shaped like a JWT — three base64url
+    /// parts — to `jwt`, any other bearer is malformed). `none` stands
+    /// alone.
     pub methods: Vec<Method>,
     /// The keys file (`api_key`).
     pub keys_file: Option<PathBuf>,
@@ -233,6 +234,13 @@ mod tests {
             ..AuthConfig::default()
         };
         assert_eq!(config.validate().unwrap_err().setting, "keys_file");
+        let config = AuthConfig {
+            methods: vec![Method::ApiKey, Method::Jwt],
+            keys_file: Some("keys.toml".into()),
+            ..AuthConfig::default()
+        };
+        // JWT settings are checked only when the method is on.
+        assert_eq!(config.validate().unwrap_err().setting, "jwt.issuer");
         let config = AuthConfig {
             methods: vec![],
             ..AuthConfig::default()

@@ -197,8 +197,8 @@ pub struct Identity {
     /// The end user's allow-lists (the credential's and the tenant's, both
     /// applied).
     pub allow: AllowLists,
-    /// The id of the end user's credential (an API key's id, `jwt:<iss>`,
-    /// `none`), never the secret.
+    /// The id of the end user's credential (an API key's id,
+    /// `jwt:<iss>#<sub>`, `none`), never the secret.
     pub credential_id: String,
     /// How the end user authenticated.
     pub mechanism: Mechanism,
