@@ -44,6 +44,7 @@ use agentmesh_proto::audit::v1::AuditEvent;
 use serde::{Deserialize, Serialize};
 
 use super::compile::{Condition, Rule};
+use super::condition::summand;
 use super::fields::effective_outcome;
 use super::template::Var;
 use super::window::{Bucket, Window};
@@ -223,7 +224,14 @@ impl Evaluator {
                 }
             };
             if let (Some(window), Some(at)) = (&mut group.window, bucket) {
-                window.add(at, rule.condition.is_failure(outcome));
+                let n = match &rule.condition {
+                    Condition::Count {
+                        sum_of: Some(field),
+                        ..
+                    } => summand(&field.get(event)),
+                    _ => 1,
+                };
+                window.add_many(at, n, rule.condition.is_failure(outcome));
             }
             if group.last_seen.is_none_or(|seen| seen < time) {
                 group.last_seen = Some(time);
