@@ -157,51 +157,64 @@ pub async fn serve_with_listeners(
         LazyDatabase::new(config.storage.clone(), SERVICE).with_migrations(&store::MIGRATIONS);
     // Ready only while the database answers (opened and migrated at start-up).
     host.add_check(database.health_check());
-    let retention: Arc<OnceLock<tokio::task::JoinHandle<()>>> = Arc::default();
-    let recording: Arc<OnceLock<tokio::task::JoinHandle<()>>> = Arc::default();
+    let background: OnceLock<Vec<tokio::task::JoinHandle<()>>> = OnceLock::new();
     let result = host
         .serve(
             listeners,
             || async {
                 database.open().await.map_err(StartupError::from)?;
                 if ready.get().is_none() {
-                    let db = database
-                        .get()
-                        .cloned()
-                        .ok_or_else(|| StartupError::from("the database did not open"))?;
-                    let store = store::Store::new(db);
-                    let writer = writer::Writer::start(
-                        store.clone(),
-                        config.max_commit_events,
-                        metrics.clone(),
-                    );
-                    retention::record_own(&writer, config_loaded(&config)).await;
-                    let task = tokio::spawn(retention::run(
-                        store.clone(),
-                        writer.clone(),
-                        config.retention.clone(),
-                    ));
-                    let _ = retention.set(task);
-                    if let Some(receiver) = pending_decisions.take() {
-                        let task = tokio::spawn(decisions::run(
-                            receiver,
-                            writer.clone(),
-                            Arc::clone(&redactor),
-                        ));
-                        let _ = recording.set(task);
-                    }
-                    let _ = ready.set(service::Ready { store, writer });
+                    let (opened, tasks) =
+                        start_writing(&database, &config, &metrics, &pending_decisions, &redactor)
+                            .await?;
+                    let _ = background.set(tasks);
+                    let _ = ready.set(opened);
                 }
                 Ok(())
             },
             shutdown,
         )
         .await;
-    for task in [retention.get(), recording.get()].into_iter().flatten() {
-        task.abort();
-    }
+    background
+        .get()
+        .into_iter()
+        .flatten()
+        .for_each(|task| task.abort());
     database.close().await;
     result
+}
+
+/// Once the database is open: the writer (recording the service's
+/// CONFIG_LOADED first), and the tasks writing through it — retention and
+/// the service's own access decisions.
+async fn start_writing(
+    database: &LazyDatabase,
+    config: &Config,
+    metrics: &metrics::AuditMetrics,
+    pending_decisions: &decisions::Pending,
+    redactor: &Arc<Redactor>,
+) -> Result<(service::Ready, Vec<tokio::task::JoinHandle<()>>), StartupError> {
+    let db = database
+        .get()
+        .cloned()
+        .ok_or_else(|| StartupError::from("the database did not open"))?;
+    let store = store::Store::new(db);
+    let writer = writer::Writer::start(store.clone(), config.max_commit_events, metrics.clone());
+    retention::record_own(&writer, config_loaded(config)).await;
+    let mut tasks = vec![tokio::spawn(retention::run(
+        store.clone(),
+        writer.clone(),
+        config.retention.clone(),
+    ))];
+    if let Some(receiver) = pending_decisions.take() {
+        let redactor = Arc::clone(redactor);
+        tasks.push(tokio::spawn(decisions::run(
+            receiver,
+            writer.clone(),
+            redactor,
+        )));
+    }
+    Ok((service::Ready { store, writer }, tasks))
 }
 
 /// The CONFIG_LOADED event of the audit service itself.

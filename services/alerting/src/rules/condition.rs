@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use agentmesh_kit::ConfigError;
-use agentmesh_proto::audit::v1::Outcome;
+use agentmesh_proto::audit::v1::{AuditEvent, Outcome};
 
 use super::compile::Filter;
 use super::config::{FailureRatioConfig, RuleConfig};
@@ -57,6 +57,18 @@ impl Condition {
         match self {
             Self::Count { window, .. } | Self::FailureRatio { window, .. } => *window,
             Self::Absence { duration } => *duration,
+        }
+    }
+
+    /// What `event` adds to the window: 1, or for a count with `sum_of`
+    /// the field's value (see [`summand`]).
+    pub(crate) fn summand(&self, event: &AuditEvent) -> u64 {
+        match self {
+            Self::Count {
+                sum_of: Some(field),
+                ..
+            } => summand(&field.get(event)),
+            _ => 1,
         }
     }
 

@@ -44,7 +44,6 @@ use agentmesh_proto::audit::v1::AuditEvent;
 use serde::{Deserialize, Serialize};
 
 use super::compile::{Condition, Rule};
-use super::condition::summand;
 use super::fields::effective_outcome;
 use super::template::Var;
 use super::window::{Bucket, Window};
@@ -224,13 +223,7 @@ impl Evaluator {
                 }
             };
             if let (Some(window), Some(at)) = (&mut group.window, bucket) {
-                let n = match &rule.condition {
-                    Condition::Count {
-                        sum_of: Some(field),
-                        ..
-                    } => summand(&field.get(event)),
-                    _ => 1,
-                };
+                let n = rule.condition.summand(event);
                 window.add_many(at, n, rule.condition.is_failure(outcome));
             }
             if group.last_seen.is_none_or(|seen| seen < time) {
