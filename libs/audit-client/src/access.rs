@@ -1,6 +1,9 @@
 //! Access decisions as audit events: the auth layer of every service that
 //! has a producer records its AUTHENTICATION and AUTHORIZATION decisions
-//! here (already aggregated, see `agentmesh_auth::decision`).
+//! here (already aggregated, see `agentmesh_auth::decision`). The audit
+//! service, which cannot send its own decisions to itself through a
+//! producer, builds the same events with [`access_event`] and appends them
+//! to its log directly.
 
 use agentmesh_auth::decision::{Decision, DecisionKind, DecisionSink};
 use agentmesh_proto::audit::v1::audit_event::Details;
@@ -10,19 +13,22 @@ use crate::AuditClient;
 
 impl DecisionSink for AuditClient {
     fn record(&self, decision: Decision) {
-        self.emit(access_event(self, decision));
+        self.emit(access_event(self.service(), decision));
     }
 }
 
-/// The audit event of a decision.
-fn access_event(
-    client: &AuditClient,
-    decision: Decision,
-) -> agentmesh_proto::audit::v1::AuditEvent {
-    let mut event = client.event(match decision.kind {
-        DecisionKind::Authentication => EventType::Authentication,
-        DecisionKind::Authorization => EventType::Authorization,
-    });
+/// The audit event of a decision made by `service`'s auth layer: outcome
+/// SUCCESS or DENIED, the reason of a refusal, the identity's tenant and
+/// subject (empty when the caller was not identified), and the credential's
+/// id and count in [`AccessDetails`] — never a secret.
+pub fn access_event(service: &str, decision: Decision) -> agentmesh_proto::audit::v1::AuditEvent {
+    let mut event = crate::new_event(
+        service,
+        match decision.kind {
+            DecisionKind::Authentication => EventType::Authentication,
+            DecisionKind::Authorization => EventType::Authorization,
+        },
+    );
     event.outcome = if decision.allowed {
         Outcome::Success
     } else {
@@ -55,9 +61,8 @@ mod tests {
 
     #[test]
     fn a_refusal_becomes_a_denied_access_event_with_its_count() {
-        let client = AuditClient::disabled("llm-gateway");
         let event = access_event(
-            &client,
+            "llm-gateway",
             Decision {
                 kind: DecisionKind::Authentication,
                 allowed: false,

@@ -73,6 +73,7 @@ use agentmesh_proto::audit::v1::{AuditEvent, CapturedContent, EventType, Outcome
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use access::access_event;
 pub use redact::{MIN_SECRET_LEN, REDACTED, Redactor};
 
 /// What to do when the spool is full and the audit service still away.
@@ -264,18 +265,7 @@ impl AuditClient {
     /// a request — the tenant, subject, request id and trace id of the
     /// current request ([`RequestContext::current`]).
     pub fn event(&self, event_type: EventType) -> AuditEvent {
-        let mut event = AuditEvent {
-            event_id: uuid::Uuid::now_v7().to_string(),
-            time: Some(prost_types::Timestamp::from(SystemTime::now())),
-            r#type: event_type as i32,
-            service: self.service().to_owned(),
-            outcome: Outcome::Success as i32,
-            ..AuditEvent::default()
-        };
-        if let Some(context) = RequestContext::current() {
-            apply_context(&mut event, &context);
-        }
-        event
+        new_event(self.service(), event_type)
     }
 
     /// Records `event`; never awaits. Fills in an empty id, time or service.
@@ -403,6 +393,22 @@ impl Delivery {
         }
         Ok(())
     }
+}
+
+/// A new event of `event_type` by `service` (see [`AuditClient::event`]).
+fn new_event(service: &str, event_type: EventType) -> AuditEvent {
+    let mut event = AuditEvent {
+        event_id: uuid::Uuid::now_v7().to_string(),
+        time: Some(prost_types::Timestamp::from(SystemTime::now())),
+        r#type: event_type as i32,
+        service: service.to_owned(),
+        outcome: Outcome::Success as i32,
+        ..AuditEvent::default()
+    };
+    if let Some(context) = RequestContext::current() {
+        apply_context(&mut event, &context);
+    }
+    event
 }
 
 /// Copies the caller's identity and trace from a request context.

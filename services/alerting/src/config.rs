@@ -90,6 +90,14 @@ pub struct Config {
 }
 
 /// The audit stream the rules are evaluated over.
+///
+/// The stream is read with the service's own credential
+/// (`[alerting.auth] credential_file`, or `AGENTMESH_SERVICE_CREDENTIAL`),
+/// and covers every tenant: with auth on, that credential needs the scopes
+/// `service`, `audit:read` and `admin` at the audit service (without
+/// `admin` the audit service refuses a subscription across tenants with
+/// PERMISSION_DENIED: the stream stays down, the `audit-stream` check
+/// fails and the log names the refusal).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SourceConfig {

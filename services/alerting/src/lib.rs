@@ -40,6 +40,14 @@
 //!   `service` (the RPC handlers), `metrics`, and the shared types in
 //!   `matcher` and `model`.
 //!
+//! **Access**: an operator API, not split by tenant (rules group events
+//! across tenants): reading alerts, silences and rules needs `alerts:read`,
+//! firing alerts and managing silences `alerts:write` ([`SCOPES`]). The
+//! audit stream is read with the service's own credential, which needs
+//! `audit:read` and `admin` at the audit service (every tenant's events)
+//! besides `service`; its own events (notifications, configuration, access
+//! decisions) go through its audit producer with `audit:write`.
+//!
 //! **Health**: ready (SERVING) while the database answers; the audit stream
 //! (`audit-stream`) and the audit service (`audit`) are reported but
 //! optional: the API answers without them.

@@ -79,8 +79,10 @@ pub(crate) async fn run(
     interest: Interest,
     metrics: Metrics,
 ) {
-    // Counted in the service's grpc_client_* metrics; there is no request
-    // context to forward here, so the channel forwards nothing.
+    // Counted in the service's grpc_client_* metrics, and presenting the
+    // service's own credential (which needs `audit:read` and `admin`: the
+    // rules read every tenant's events); there is no request context to
+    // forward here, so the channel forwards no end user's identity.
     let mut client = match metrics.clients().channel(&config.url) {
         Ok(channel) => AuditServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024),
         Err(err) => {

@@ -14,7 +14,20 @@
 //!                                  live commits ──▶ Subscribe (alerting, tails)
 //! Query / Export / Report / VerifyChain ◀── store
 //! retention task ──▶ store.delete_before ──▶ a RETENTION event through the writer
+//! own auth layer ──▶ decisions: AUTHENTICATION / AUTHORIZATION events ──▶ writer
 //! ```
+//!
+//! **Access.** Every call is authenticated by the kit's auth layer
+//! (`[audit.auth]`); `Record` needs `audit:write` (services), the reads
+//! `audit:read`. The reads return only the caller's tenant's events and
+//! refuse a filter naming another tenant (PERMISSION_DENIED); only `admin`
+//! reads across tenants, and the events outside any tenant. `Record` stamps
+//! the verified tenant and subject into events that leave them empty and
+//! refuses events an end user writes for another tenant; a service
+//! recording for itself is trusted to set them (`access`). The service's
+//! own access decisions cannot go through a producer to itself: they are
+//! appended to its log directly (`decisions`), so failed authentications
+//! against the audit service are audited too.
 //!
 //! Layout (every module is private; the library surface is [`Config`],
 //! [`RetentionConfig`], [`serve`], [`serve_with_listeners`], [`SERVICE`] and
@@ -26,6 +39,8 @@
 //! * `writer`: one task grouping concurrent writes into one transaction.
 //! * `filter`, `subscribe`, `export`, `report`, `verify`, `retention`: one
 //!   concern each; `service` holds the RPC handlers.
+//! * `access`: tenant isolation of reads, stamping and checking of writes;
+//!   `decisions`: the service's own access decisions into its log.
 //! * `metrics`: events ingested by type, duplicates, invalid events, group
 //!   commit durations, live subscribers (the kit adds the gRPC metrics).
 //!
@@ -39,7 +54,9 @@
 //! log and keeps, per chain, the hash of the last deleted event as the
 //! chain's anchor, so what remains still verifies.
 
+mod access;
 mod config;
+mod decisions;
 mod event;
 mod export;
 mod filter;
@@ -118,12 +135,17 @@ pub async fn serve_with_listeners(
         )))
     })?;
     let redactor = Arc::new(redactor);
+    // The service's own access decisions go straight to its log (see
+    // `decisions`), once the database is open.
+    let (own_decisions, pending_decisions) =
+        decisions::OwnDecisions::new(host.metrics().registry())?;
+    host.access().set_sink(own_decisions);
     let ready: Arc<OnceLock<service::Ready>> = Arc::default();
     host.add_service(
         AuditServiceServer::new(service::AuditServiceImpl::new(
             Arc::clone(&config),
             Arc::clone(&ready),
-            redactor,
+            Arc::clone(&redactor),
         ))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit),
@@ -135,42 +157,64 @@ pub async fn serve_with_listeners(
         LazyDatabase::new(config.storage.clone(), SERVICE).with_migrations(&store::MIGRATIONS);
     // Ready only while the database answers (opened and migrated at start-up).
     host.add_check(database.health_check());
-    let retention: Arc<OnceLock<tokio::task::JoinHandle<()>>> = Arc::default();
+    let background: OnceLock<Vec<tokio::task::JoinHandle<()>>> = OnceLock::new();
     let result = host
         .serve(
             listeners,
             || async {
                 database.open().await.map_err(StartupError::from)?;
                 if ready.get().is_none() {
-                    let db = database
-                        .get()
-                        .cloned()
-                        .ok_or_else(|| StartupError::from("the database did not open"))?;
-                    let store = store::Store::new(db);
-                    let writer = writer::Writer::start(
-                        store.clone(),
-                        config.max_commit_events,
-                        metrics.clone(),
-                    );
-                    retention::record_own(&writer, config_loaded(&config)).await;
-                    let task = tokio::spawn(retention::run(
-                        store.clone(),
-                        writer.clone(),
-                        config.retention.clone(),
-                    ));
-                    let _ = retention.set(task);
-                    let _ = ready.set(service::Ready { store, writer });
+                    let (opened, tasks) =
+                        start_writing(&database, &config, &metrics, &pending_decisions, &redactor)
+                            .await?;
+                    let _ = background.set(tasks);
+                    let _ = ready.set(opened);
                 }
                 Ok(())
             },
             shutdown,
         )
         .await;
-    if let Some(task) = retention.get() {
-        task.abort();
-    }
+    background
+        .get()
+        .into_iter()
+        .flatten()
+        .for_each(|task| task.abort());
     database.close().await;
     result
+}
+
+/// Once the database is open: the writer (recording the service's
+/// CONFIG_LOADED first), and the tasks writing through it — retention and
+/// the service's own access decisions.
+async fn start_writing(
+    database: &LazyDatabase,
+    config: &Config,
+    metrics: &metrics::AuditMetrics,
+    pending_decisions: &decisions::Pending,
+    redactor: &Arc<Redactor>,
+) -> Result<(service::Ready, Vec<tokio::task::JoinHandle<()>>), StartupError> {
+    let db = database
+        .get()
+        .cloned()
+        .ok_or_else(|| StartupError::from("the database did not open"))?;
+    let store = store::Store::new(db);
+    let writer = writer::Writer::start(store.clone(), config.max_commit_events, metrics.clone());
+    retention::record_own(&writer, config_loaded(config)).await;
+    let mut tasks = vec![tokio::spawn(retention::run(
+        store.clone(),
+        writer.clone(),
+        config.retention.clone(),
+    ))];
+    if let Some(receiver) = pending_decisions.take() {
+        let redactor = Arc::clone(redactor);
+        tasks.push(tokio::spawn(decisions::run(
+            receiver,
+            writer.clone(),
+            redactor,
+        )));
+    }
+    Ok((service::Ready { store, writer }, tasks))
 }
 
 /// The CONFIG_LOADED event of the audit service itself.

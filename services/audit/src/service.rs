@@ -5,6 +5,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use agentmesh_audit_client::Redactor;
+use agentmesh_kit::RequestContext;
+use agentmesh_kit::auth::Identity;
 use agentmesh_kit::paging::{FilterHash, Page, PageLimits};
 use agentmesh_kit::status::{invalid_argument, to_rpc_status};
 use agentmesh_proto::audit::v1::{
@@ -16,6 +18,7 @@ use prost::Message;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::access::{Reader, stamp};
 use crate::config::Config;
 use crate::event::{Prepared, cursor, parse_cursor, validate};
 use crate::filter::Filter;
@@ -61,6 +64,17 @@ impl AuditServiceImpl {
             )
         })
     }
+}
+
+/// The identity the auth layer verified for `request` (`None` for calls
+/// made in-process without a host).
+fn identity_of<T>(request: &Request<T>) -> Option<Identity> {
+    RequestContext::from_request(request).and_then(|context| context.identity().cloned())
+}
+
+/// What the caller of `request` may read.
+fn reader_of<T>(request: &Request<T>) -> Result<Reader, Status> {
+    Reader::of(identity_of(request).as_ref())
 }
 
 fn newest_first(order: i32, field: &str, default_newest: bool) -> Result<bool, Status> {
@@ -146,8 +160,10 @@ impl AuditService for AuditServiceImpl {
         &self,
         request: Request<pb::RecordRequest>,
     ) -> Result<Response<pb::RecordResponse>, Status> {
-        let events = request.into_inner().events;
+        let identity = identity_of(&request);
+        let mut events = request.into_inner().events;
         self.check_batch_size(&events)?;
+        stamp(identity.as_ref(), &mut events)?;
         let ready = self.ready()?;
         let (mut results, prepared) = self.prepare(events, SystemTime::now());
         ready
@@ -189,7 +205,9 @@ impl AuditService for AuditServiceImpl {
         &self,
         request: Request<pb::QueryRequest>,
     ) -> Result<Response<pb::QueryResponse>, Status> {
-        let request = request.into_inner();
+        let reader = reader_of(&request)?;
+        let mut request = request.into_inner();
+        reader.restrict(&mut request.filter, "filter")?;
         let filter = Filter::parse(request.filter.as_ref(), "filter")?;
         let newest = newest_first(request.order, "order", true)?;
         // The token is bound to the filter and the order.
@@ -227,7 +245,9 @@ impl AuditService for AuditServiceImpl {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let request = request.into_inner();
+        let reader = reader_of(&request)?;
+        let mut request = request.into_inner();
+        reader.restrict(&mut request.filter, "filter")?;
         let filter = Filter::parse(request.filter.as_ref(), "filter")?;
         let start = if request.after_cursor.is_empty() {
             if request.from_beginning {
@@ -265,7 +285,9 @@ impl AuditService for AuditServiceImpl {
         &self,
         request: Request<pb::ExportRequest>,
     ) -> Result<Response<Self::ExportStream>, Status> {
-        let request = request.into_inner();
+        let reader = reader_of(&request)?;
+        let mut request = request.into_inner();
+        reader.restrict(&mut request.filter, "filter")?;
         let filter = Filter::parse(request.filter.as_ref(), "filter")?;
         let format = match pb::ExportFormat::try_from(request.format) {
             Ok(pb::ExportFormat::Csv) => pb::ExportFormat::Csv,
@@ -297,7 +319,9 @@ impl AuditService for AuditServiceImpl {
         &self,
         request: Request<pb::ReportRequest>,
     ) -> Result<Response<pb::ReportResponse>, Status> {
-        let request = request.into_inner();
+        let reader = reader_of(&request)?;
+        let mut request = request.into_inner();
+        reader.restrict(&mut request.filter, "filter")?;
         let ready = self.ready()?;
         crate::report::report(&ready.store, &request, self.config.max_report_buckets)
             .await
@@ -308,6 +332,7 @@ impl AuditService for AuditServiceImpl {
         &self,
         request: Request<pb::VerifyChainRequest>,
     ) -> Result<Response<pb::VerifyChainResponse>, Status> {
+        let reader = reader_of(&request)?;
         let request = request.into_inner();
         for (field, time) in [
             ("start_time", &request.start_time),
@@ -320,7 +345,7 @@ impl AuditService for AuditServiceImpl {
             }
         }
         let ready = self.ready()?;
-        crate::verify::verify(&ready.store, &request)
+        crate::verify::verify(&ready.store, &request, &reader)
             .await
             .map(Response::new)
     }

@@ -21,33 +21,20 @@ use agentmesh_storage::StoreError;
 use prost::Message;
 use tonic::Status;
 
+use crate::access::Reader;
 use crate::event::{Columns, content_hash, cursor};
 use crate::store::{ChainHead, Store, StoredRow};
 
 /// Rows read per query during a walk.
 const ROWS_PER_PAGE: usize = 2000;
 
-/// Verifies the chains a request names.
+/// Verifies the chains a request names, of those `reader` may read.
 pub(crate) async fn verify(
     store: &Store,
     request: &VerifyChainRequest,
+    reader: &Reader,
 ) -> Result<VerifyChainResponse, Status> {
-    let chains = store.chains().await.map_err(Status::from)?;
-    let chains: Vec<ChainHead> = if request.chain.is_empty() {
-        chains
-    } else {
-        let found: Vec<ChainHead> = chains
-            .into_iter()
-            .filter(|c| c.chain == request.chain)
-            .collect();
-        if found.is_empty() {
-            return Err(Status::not_found(format!(
-                "no chain {:?}: chains are \"system\" and \"tenant:<name>\" for tenants that have events",
-                request.chain
-            )));
-        }
-        found
-    };
+    let chains = reader.chains(&request.chain, store.chains().await)?;
     let start_us = request.start_time.as_ref().map(micros_of);
     let end_us = request.end_time.as_ref().map(micros_of);
     let mut response = VerifyChainResponse {

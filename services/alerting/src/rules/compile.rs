@@ -91,12 +91,18 @@ impl Rule {
     pub(crate) fn to_proto(&self) -> pb::Rule {
         let duration = |d: Duration| Some(prost_types::Duration::try_from(d).unwrap_or_default());
         let condition = match &self.condition {
-            Condition::Count { threshold, window } => {
-                pb::rule::Condition::Count(pb::CountCondition {
-                    threshold: i64::try_from(*threshold).unwrap_or(i64::MAX),
-                    window: duration(*window),
-                })
-            }
+            Condition::Count {
+                threshold,
+                window,
+                sum_of,
+            } => pb::rule::Condition::Count(pb::CountCondition {
+                threshold: i64::try_from(*threshold).unwrap_or(i64::MAX),
+                window: duration(*window),
+                sum_of: sum_of
+                    .as_ref()
+                    .map(|field| field.name().to_owned())
+                    .unwrap_or_default(),
+            }),
             Condition::FailureRatio {
                 threshold,
                 window,

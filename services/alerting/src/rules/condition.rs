@@ -1,4 +1,5 @@
-//! A rule's condition — `count`, `failure_ratio` or `absence` — as
+//! A rule's condition — `count` (of events, or the sum of a field with
+//! `sum_of`), `failure_ratio` or `absence` — as
 //! configured and as checked: [`compile_condition`] turns the one set in a
 //! [`RuleConfig`] into a [`Condition`] the evaluator runs, or an error
 //! naming the setting.
@@ -6,11 +7,11 @@
 use std::time::Duration;
 
 use agentmesh_kit::ConfigError;
-use agentmesh_proto::audit::v1::Outcome;
+use agentmesh_proto::audit::v1::{AuditEvent, Outcome};
 
 use super::compile::Filter;
 use super::config::{FailureRatioConfig, RuleConfig};
-use super::fields;
+use super::fields::{self, FIELD_HELP, Field};
 
 /// The longest window, absence duration or `for` accepted: long enough for
 /// any alerting purpose, short enough that time arithmetic cannot overflow.
@@ -19,12 +20,15 @@ const MAX_SPAN: Duration = Duration::from_secs(366 * 24 * 3600);
 /// When a rule's alert is active.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Condition {
-    /// At least `threshold` events within `window`.
+    /// At least `threshold` events within `window` (or, with `sum_of`, a
+    /// sum of that field of at least `threshold`).
     Count {
         /// At least 1.
         threshold: u64,
         /// More than zero.
         window: Duration,
+        /// The numeric field summed instead of counting events.
+        sum_of: Option<Field>,
     },
     /// At least `min_events` events within `window`, and the share with a
     /// failure outcome at least `threshold`.
@@ -53,6 +57,18 @@ impl Condition {
         match self {
             Self::Count { window, .. } | Self::FailureRatio { window, .. } => *window,
             Self::Absence { duration } => *duration,
+        }
+    }
+
+    /// What `event` adds to the window: 1, or for a count with `sum_of`
+    /// the field's value (see [`summand`]).
+    pub(crate) fn summand(&self, event: &AuditEvent) -> u64 {
+        match self {
+            Self::Count {
+                sum_of: Some(field),
+                ..
+            } => summand(&field.get(event)),
+            _ => 1,
         }
     }
 
@@ -105,9 +121,19 @@ pub(super) fn compile_condition(
         }
         let window =
             required_span(count.window, "window").map_err(|m| error(".count.window", m))?;
+        let sum_of = match count.sum_of.as_deref() {
+            None => None,
+            Some(name) => Some(Field::resolve(name).ok_or_else(|| {
+                error(
+                    ".count.sum_of",
+                    format!("unknown event field {name:?}: sum a numeric field such as \"access.count\" ({FIELD_HELP})"),
+                )
+            })?),
+        };
         return Ok(Condition::Count {
             threshold: u64::try_from(count.threshold).unwrap_or(1),
             window,
+            sum_of,
         });
     }
     if let Some(ratio) = &config.failure_ratio {
@@ -180,6 +206,22 @@ fn compile_failure_ratio(
         min_events: u64::try_from(ratio.min_events).unwrap_or(1),
         failure_outcomes,
     })
+}
+
+/// What one event adds to a `sum_of` count: its value of the field, at
+/// least 1 (so an `access.count` of 0, which means 1, counts once, and an
+/// event without the field still counts), fractions rounded.
+pub(crate) fn summand(value: &str) -> u64 {
+    match value.trim().parse::<f64>() {
+        // In range: the cast is exact up to 2^53 and saturates beyond.
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "checked finite and at least 1; `as` saturates"
+        )]
+        Ok(number) if number.is_finite() && number >= 1.0 => number.round() as u64,
+        _ => 1,
+    }
 }
 
 /// An outcome's number from its name.

@@ -19,6 +19,8 @@
 //! [alerting.rules.count]            # exactly one of count, failure_ratio, absence
 //! threshold = 5                     # default 1
 //! window = "1m"
+//! # sum_of = "access.count"         # sum a numeric field instead of counting
+//!                                   # events (each adds at least 1)
 //! # [alerting.rules.failure_ratio]
 //! # threshold = 0.5, window = "5m", min_events = 10 (default 1),
 //! # failure_outcomes = ["FAILURE"] (the default)
@@ -137,6 +139,12 @@ pub(crate) struct CountConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub(crate) window: Option<Duration>,
+    /// Sum this numeric event field instead of counting events (e.g.
+    /// `access.count`: one AUTHENTICATION event stands for that many
+    /// failures). Each event adds its value, at least 1: missing, zero,
+    /// negative or non-numeric values add 1, fractions are rounded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) sum_of: Option<String>,
 }
 
 /// `[rules.failure_ratio]`.

@@ -17,6 +17,15 @@
 //!   and error code are in the description.
 //! - `ToolFailing` and `LlmProviderFailing` overlap with `RunsFailing` on
 //!   purpose: they name the cause when there is one (a tool, a provider).
+//! - `AuthenticationFailures` sums `access.count` instead of counting
+//!   events: a service's auth layer records a burst of failures of one
+//!   credential from one peer as one event at once plus one carrying the
+//!   rest of the interval's count, so counting events would see two where
+//!   a thousand guesses were made. It fires at 20 failures within a
+//!   minute at one service (grouped by service, not by peer or credential:
+//!   a guesser rotating keys or addresses still adds up), which a person
+//!   mistyping a key does not reach but a script does, within the auth
+//!   layer's `audit_interval` (10 s by default) of the burst.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -46,6 +55,7 @@ fn tool_failing() -> RuleConfig {
         count: Some(CountConfig {
             threshold: 5,
             window: Some(minutes(1)),
+            sum_of: None,
         }),
         annotations: annotations(
             "Tool {{tool}} failed {{count}} times in {{window}}",
@@ -90,6 +100,7 @@ fn circuit_open() -> RuleConfig {
         count: Some(CountConfig {
             threshold: 1,
             window: Some(minutes(5)),
+            sum_of: None,
         }),
         annotations: annotations(
             "Circuit breaker for {{target}} opened",
@@ -111,6 +122,7 @@ fn tenant_rate_limited() -> RuleConfig {
         count: Some(CountConfig {
             threshold: 20,
             window: Some(minutes(5)),
+            sum_of: None,
         }),
         annotations: annotations(
             "Tenant {{tenant}} was rate limited {{count}} times in {{window}}",
@@ -122,24 +134,28 @@ fn tenant_rate_limited() -> RuleConfig {
     }
 }
 
-/// `AuthenticationFailures`: failed authentications at one service (count).
+/// `AuthenticationFailures`: failed authentications at one service (the
+/// sum of their `access.count`).
 fn authentication_failures() -> RuleConfig {
     RuleConfig {
         description:
-            "Callers fail to authenticate to a service: at least 10 failures within 5 minutes."
+            "Callers fail to authenticate to a service: at least 20 failed authentications within a minute \
+             (a brute-force burst or a misconfigured client)."
                 .into(),
         severity: "warning".into(),
         group_by: texts(&["service"]),
         filter: filter(&["AUTHENTICATION"], &["FAILURE", "DENIED"]),
         count: Some(CountConfig {
-            threshold: 10,
-            window: Some(minutes(5)),
+            threshold: 20,
+            window: Some(minutes(1)),
+            sum_of: Some("access.count".into()),
         }),
         annotations: annotations(
             "{{count}} failed authentications at {{service}} in {{window}}",
-            "Callers failed to authenticate to {{service}} {{count}} times in the last {{window}}: a \
-             misconfigured client or someone guessing credentials. Latest: {{access.mechanism}} from \
-             {{access.peer}} calling {{access.method}}: {{reason}}",
+            "Callers failed to authenticate to {{service}} {{count}} times in the last {{window}} \
+             (alerting at {{threshold}}): a misconfigured client or someone guessing credentials. Latest: \
+             {{access.mechanism}} credential {{access.credential_id}} from {{access.peer}} calling \
+             {{access.method}}: {{reason}}",
         ),
         ..RuleConfig::named("AuthenticationFailures")
     }

@@ -223,7 +223,8 @@ impl Evaluator {
                 }
             };
             if let (Some(window), Some(at)) = (&mut group.window, bucket) {
-                window.add(at, rule.condition.is_failure(outcome));
+                let n = rule.condition.summand(event);
+                window.add_many(at, n, rule.condition.is_failure(outcome));
             }
             if group.last_seen.is_none_or(|seen| seen < time) {
                 group.last_seen = Some(time);

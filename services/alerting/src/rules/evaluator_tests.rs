@@ -87,6 +87,7 @@ fn count_rule(threshold: i64, window: Duration) -> RuleConfig {
         count: Some(CountConfig {
             threshold,
             window: Some(window),
+            sum_of: None,
         }),
         ..RuleConfig::named("ToolFailing")
     }
@@ -437,6 +438,7 @@ fn any_event_rule(filter: FilterConfig) -> RuleConfig {
         count: Some(CountConfig {
             threshold: 1,
             window: Some(secs(60)),
+            sum_of: None,
         }),
         ..RuleConfig::named("Any")
     }
@@ -527,6 +529,103 @@ fn filters_on_types_outcomes_fields_attributes_and_short_forms() {
         ..event(EventType::Authentication, Outcome::Denied, at(0))
     };
     assert!(matches(matchers(&["access.mechanism=bearer"]), &auth));
+}
+
+/// A refusal as a service's auth layer records it: `count` failures of one
+/// credential from one peer (0 means 1).
+fn auth_failure(service: &str, count: i32, time: SystemTime) -> AuditEvent {
+    AuditEvent {
+        service: service.into(),
+        tenant: String::new(),
+        reason: "unknown_key".into(),
+        details: Some(Details::Access(AccessDetails {
+            mechanism: "api_key".into(),
+            credential_id: "am_test_abcdefgh".into(),
+            peer: "10.0.0.9".into(),
+            count,
+            ..Default::default()
+        })),
+        ..event(EventType::Authentication, Outcome::Denied, time)
+    }
+}
+
+/// The shipped rules, as the service runs them.
+fn shipped() -> Evaluator {
+    let rules = crate::rules::compile::compile(&[], &[]).unwrap();
+    Evaluator::new(rules, t0(), 100)
+}
+
+#[test]
+fn the_shipped_authentication_rule_sums_aggregated_failures() {
+    // A burst of 20 bad keys within a minute at one service: the auth
+    // layer records the first at once and the other 19 as one event.
+    let mut ev = shipped();
+    ev.observe(&auth_failure("tool-runner", 1, at(0)));
+    ev.observe(&auth_failure("tool-runner", 19, at(10)));
+    let alerts = ev.evaluate(at(11));
+    let alert = alerts
+        .iter()
+        .find(|alert| alert.rule == "AuthenticationFailures")
+        .expect("20 failures in a minute fire");
+    assert!(alert.firing);
+    assert_eq!(alert.value, 20.0);
+    assert_eq!(label(alert, "service"), Some("tool-runner"));
+    assert!(
+        alert.annotations["summary"].starts_with("20 failed authentications at tool-runner"),
+        "{:?}",
+        alert.annotations
+    );
+    assert!(
+        alert.annotations["description"].contains("am_test_abcdefgh from 10.0.0.9"),
+        "{:?}",
+        alert.annotations
+    );
+    // A minute later the burst slid out of the window.
+    assert!(
+        ev.evaluate(at(71))
+            .iter()
+            .all(|alert| alert.rule != "AuthenticationFailures")
+    );
+}
+
+#[test]
+fn nineteen_failures_or_a_slow_trickle_do_not_fire() {
+    let mut ev = shipped();
+    // 0 means 1: 18 + 1.
+    ev.observe(&auth_failure("audit", 18, at(0)));
+    ev.observe(&auth_failure("audit", 0, at(1)));
+    // Elsewhere, and long ago, does not add up.
+    ev.observe(&auth_failure("llm-gateway", 1, at(2)));
+    assert!(
+        ev.evaluate(at(3))
+            .iter()
+            .all(|alert| alert.rule != "AuthenticationFailures")
+    );
+    ev.observe(&auth_failure("audit", 5, at(61)));
+    assert!(
+        ev.evaluate(at(62))
+            .iter()
+            .all(|alert| alert.rule != "AuthenticationFailures"),
+        "the first 18 slid out"
+    );
+    ev.observe(&auth_failure("audit", 15, at(62)));
+    assert!(
+        ev.evaluate(at(63))
+            .iter()
+            .any(|alert| alert.rule == "AuthenticationFailures")
+    );
+}
+
+#[test]
+fn summands_are_at_least_one() {
+    use crate::rules::condition::summand;
+    assert_eq!(summand("19"), 19);
+    assert_eq!(summand("0"), 1);
+    assert_eq!(summand(""), 1);
+    assert_eq!(summand("-4"), 1);
+    assert_eq!(summand("2.6"), 3);
+    assert_eq!(summand("NaN"), 1);
+    assert_eq!(summand("1e30"), u64::MAX);
 }
 
 #[test]

@@ -27,6 +27,7 @@ fn custom() -> RuleConfig {
         count: Some(CountConfig {
             threshold: 3,
             window: Some(Duration::from_secs(120)),
+            sum_of: None,
         }),
         ..RuleConfig::named("Custom")
     }
@@ -93,6 +94,7 @@ fn default_rules_compile_and_list() {
                 seconds: 60,
                 nanos: 0
             }),
+            sum_of: String::new(),
         }))
     );
 
@@ -125,6 +127,18 @@ fn default_rules_compile_and_list() {
     assert_eq!(
         auth.filter.unwrap().outcomes,
         [Outcome::Failure as i32, Outcome::Denied as i32]
+    );
+    assert_eq!(
+        auth.condition,
+        Some(pb::rule::Condition::Count(pb::CountCondition {
+            threshold: 20,
+            window: Some(prost_types::Duration {
+                seconds: 60,
+                nanos: 0
+            }),
+            sum_of: "access.count".into(),
+        })),
+        "20 failed authentications in a minute, however they were aggregated"
     );
     let runs = find(&rules, "RunsFailing").to_proto();
     assert_eq!(
@@ -200,6 +214,7 @@ fn the_api_form_is_complete() {
                     seconds: 120,
                     nanos: 0
                 }),
+                sum_of: String::new(),
             })),
             for_duration: Some(prost_types::Duration {
                 seconds: 1,
@@ -316,7 +331,11 @@ fn exactly_one_condition() {
 #[test]
 fn condition_settings_are_checked() {
     let count = |threshold: i64, window: Option<Duration>| RuleConfig {
-        count: Some(CountConfig { threshold, window }),
+        count: Some(CountConfig {
+            threshold,
+            window,
+            sum_of: None,
+        }),
         ..custom()
     };
     let minute = Some(Duration::from_secs(60));
@@ -739,6 +758,42 @@ duration = "30m"
         Some(pb::rule::Condition::FailureRatio(ref ratio)) if ratio.failure_outcomes == [Outcome::Failure as i32, Outcome::Denied as i32]
     ));
     assert_eq!(find(&rules, "NoRuns").severity, pb::Severity::Info);
+}
+
+#[test]
+fn a_count_may_sum_a_field() {
+    let config = load(
+        r#"
+[[alerting.rules]]
+name = "TokenBurst"
+group_by = ["tenant"]
+[alerting.rules.filter]
+types = ["LLM_CALL"]
+[alerting.rules.count]
+threshold = 100000
+window = "5m"
+sum_of = "llm_call.input_tokens"
+"#,
+    )
+    .unwrap();
+    let rules = compile(&config.rules, &[]).unwrap();
+    let burst = find(&rules, "TokenBurst").to_proto();
+    assert!(matches!(
+        burst.condition,
+        Some(pb::rule::Condition::Count(ref count)) if count.sum_of == "llm_call.input_tokens"
+    ));
+    let unknown = RuleConfig {
+        count: Some(CountConfig {
+            sum_of: Some("access.counts".into()),
+            ..custom().count.unwrap()
+        }),
+        ..custom()
+    };
+    assert_error(
+        &error_of(&[unknown], &[]),
+        "rules[Custom].count.sum_of",
+        "unknown event field \"access.counts\"",
+    );
 }
 
 #[test]

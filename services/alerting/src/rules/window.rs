@@ -1,6 +1,7 @@
 //! The sliding window of one rule group: how many matching events (and how
-//! many of them failed) fell within the last `window`, in bounded memory
-//! whatever the traffic.
+//! many of them failed) fell within the last `window` — or, for a count
+//! with `sum_of`, the sum of a field over them — in bounded memory whatever
+//! the traffic.
 //!
 //! Time is cut into buckets of `window / 600` (at least 1 ms), numbered from
 //! the Unix epoch. The window keeps, oldest first, only the buckets that hold
@@ -84,26 +85,33 @@ impl Window {
     }
 
     /// Counts one event in bucket `at`.
+    #[cfg(test)]
     pub(crate) fn add(&mut self, at: u64, failed: bool) {
-        let failed = u64::from(failed);
-        self.total = self.total.saturating_add(1);
+        self.add_many(at, 1, failed);
+    }
+
+    /// Counts `n` in bucket `at` (one event, or the value a `sum_of`
+    /// condition reads from it), all failed or none.
+    pub(crate) fn add_many(&mut self, at: u64, n: u64, failed: bool) {
+        let failed = if failed { n } else { 0 };
+        self.total = self.total.saturating_add(n);
         self.failed = self.failed.saturating_add(failed);
         match self.buckets.back_mut() {
             // The common case: events in stream order.
             Some(last) if last.0 == at => {
-                last.1 = last.1.saturating_add(1);
+                last.1 = last.1.saturating_add(n);
                 last.2 = last.2.saturating_add(failed);
             }
             Some(last) if last.0 > at => match self.buckets.binary_search_by_key(&at, |b| b.0) {
                 Ok(found) => {
                     if let Some(bucket) = self.buckets.get_mut(found) {
-                        bucket.1 = bucket.1.saturating_add(1);
+                        bucket.1 = bucket.1.saturating_add(n);
                         bucket.2 = bucket.2.saturating_add(failed);
                     }
                 }
-                Err(position) => self.buckets.insert(position, Bucket(at, 1, failed)),
+                Err(position) => self.buckets.insert(position, Bucket(at, n, failed)),
             },
-            _ => self.buckets.push_back(Bucket(at, 1, failed)),
+            _ => self.buckets.push_back(Bucket(at, n, failed)),
         }
     }
 
@@ -237,6 +245,18 @@ mod tests {
         window.prune(window.index(at(91)));
         assert!(window.is_empty());
         assert_eq!((window.total(), window.failed()), (0, 0));
+    }
+
+    #[test]
+    fn sums_count_each_event_as_its_value() {
+        let mut window = Window::new(Duration::from_secs(60));
+        window.add_many(window.index(at(0)), 19, true);
+        window.add_many(window.index(at(0)), 1, false);
+        window.add_many(window.index(at(30)), 5, true);
+        assert_eq!((window.total(), window.failed()), (25, 24));
+        assert_eq!(window.buckets().len(), 2);
+        window.prune(window.index(at(60)));
+        assert_eq!((window.total(), window.failed()), (5, 5));
     }
 
     #[test]
