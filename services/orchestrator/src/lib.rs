@@ -151,10 +151,13 @@ pub async fn serve_with_listeners(
     };
     let limit = startup.config.server.max_message_bytes;
     host.add_service(
-        OrchestratorServiceServer::new(service::OrchestratorServiceImpl::new(
-            Arc::clone(&startup.config),
-            Arc::clone(&startup.engine),
-        ))
+        OrchestratorServiceServer::new(
+            service::OrchestratorServiceImpl::new(
+                Arc::clone(&startup.config),
+                Arc::clone(&startup.engine),
+            )
+            .with_access(Arc::clone(host.access())),
+        )
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit),
     );

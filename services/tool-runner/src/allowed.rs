@@ -18,6 +18,10 @@ use agentmesh_kit::RequestContext;
 use agentmesh_kit::auth::AccessControl;
 use tonic::Status;
 
+/// Longest tool name recorded in an audit event (a longer one is unknown
+/// anyway, and is cut).
+pub(crate) const MAX_AUDITED_NAME: usize = 128;
+
 /// The reason a refusal is counted and audited under.
 const TOOL_NOT_ALLOWED: &str = "tool_not_allowed";
 
@@ -60,7 +64,7 @@ impl ToolAccess {
             return Ok(());
         };
         // The name is the caller's input: cut before it is recorded.
-        let name = agentmesh_kit::text::truncate_bytes(tool, crate::service::MAX_AUDITED_NAME);
+        let name = agentmesh_kit::text::truncate_bytes(tool, MAX_AUDITED_NAME);
         if let Some(access) = &self.access {
             access.refuse_resource(identity, method, TOOL_NOT_ALLOWED, &name, peer);
         }

@@ -25,7 +25,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 use tracing::field::Empty;
 
-use crate::allowed::{ToolAccess, identity_of};
+use crate::allowed::{MAX_AUDITED_NAME, ToolAccess, identity_of};
 use crate::resilience::Admission;
 use crate::runner::{Call, CallRequest, ToolRunner};
 use crate::workspace::check_run_id;
@@ -39,10 +39,6 @@ const STREAM_BUFFER: usize = 32;
 /// The gRPC methods, as refusals name them.
 const EXECUTE_TOOL: &str = "/agentmesh.tools.v1.ToolRunnerService/ExecuteTool";
 const EXECUTE_TOOL_STREAM: &str = "/agentmesh.tools.v1.ToolRunnerService/ExecuteToolStream";
-
-/// Longest tool name recorded in an audit event (a longer one is unknown
-/// anyway, and is cut).
-pub(crate) const MAX_AUDITED_NAME: usize = 128;
 
 /// The service, sharing one [`ToolRunner`] across calls, recording each
 /// call as a TOOL_CALL audit event.
