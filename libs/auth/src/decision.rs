@@ -50,6 +50,9 @@ pub struct Decision {
     pub reason: &'static str,
     /// The scope or permission checked (authorization).
     pub permission: String,
+    /// What was refused, when a handler checked an allow-list (the agent,
+    /// route or tool); "" otherwise.
+    pub resource: String,
     /// The identity's tenant, when known.
     pub tenant: String,
     /// The identity's subject, when known.
@@ -226,6 +229,7 @@ mod tests {
             peer: peer.into(),
             reason: "unknown_key",
             permission: String::new(),
+            resource: String::new(),
             tenant: String::new(),
             subject: String::new(),
             count: 1,

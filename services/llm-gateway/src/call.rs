@@ -6,8 +6,9 @@
 //! attempts.
 //!
 //! ```text
-//! request ─▶ validate ─▶ Gateway::resolve ─▶ register provider keys as secrets
-//!         ─▶ Limits::admit (tenant, route)
+//! request ─▶ validate ─▶ Gateway::resolve ─▶ the caller's route allow-list
+//!         ─▶ register provider keys as secrets
+//!         ─▶ Limits::admit (the verified tenant, route)
 //!         ─▶ AttemptLoop over the chain's circuits ─▶ (Prepared, AttemptLoop)
 //! ```
 
@@ -21,6 +22,7 @@ use agentmesh_proto::llm::v1::{GenerateRequest, Usage};
 use agentmesh_resilience::{AttemptEvent, AttemptLoop};
 use tonic::Status;
 
+use crate::allowed::RouteAccess;
 use crate::audit::{KeyRegistry, LlmCallRecord};
 use crate::completion::Completion;
 use crate::error::ProviderError;
@@ -28,6 +30,14 @@ use crate::gateway::{Gateway, Resolved};
 use crate::providers::ProviderCall;
 use crate::resilience::Charges;
 use crate::validate::validate_request;
+
+/// How a call came in: its method (as refusals name it), the caller's
+/// address, and the allow-list check its route goes through.
+pub(crate) struct Admission<'a> {
+    pub(crate) method: &'a str,
+    pub(crate) peer: Option<std::net::SocketAddr>,
+    pub(crate) routes: &'a RouteAccess,
+}
 
 /// A call that passed its checks and limits.
 pub(crate) struct Prepared {
@@ -53,26 +63,36 @@ impl Prepared {
         audit: &AuditClient,
         request: GenerateRequest,
         record: &mut LlmCallRecord,
-        method: &str,
+        admission: &Admission<'_>,
     ) -> Result<(Self, AttemptLoop), Status> {
+        let method = admission.method;
         validate_request(&request)?;
         let resolved = gateway.resolve(&request.model)?;
         record.resolved(&resolved);
-        for target in resolved.chain.iter() {
-            keys.register(audit, &target.provider.config);
-        }
-        let context = RequestContext::current();
-        let tenant = context
-            .as_ref()
-            .and_then(|context| context.header("x-agentmesh-tenant"))
-            .filter(|tenant| !tenant.is_empty())
-            .unwrap_or("-")
-            .to_owned();
         let route_key = if resolved.route.is_empty() {
             format!("{}/{}", resolved.instance, resolved.model)
         } else {
             resolved.route.clone()
         };
+        let context = RequestContext::current();
+        let identity = context.as_ref().and_then(RequestContext::identity);
+        admission
+            .routes
+            .check(identity, &route_key, method, admission.peer)?;
+        for target in resolved.chain.iter() {
+            keys.register(audit, &target.provider.config);
+        }
+        // The verified tenant (in the embedded mode, the header's label).
+        let tenant = identity
+            .map(|identity| identity.tenant.as_str())
+            .or_else(|| {
+                context
+                    .as_ref()
+                    .and_then(|context| context.header("x-agentmesh-tenant"))
+            })
+            .filter(|tenant| !tenant.is_empty())
+            .unwrap_or("-")
+            .to_owned();
         let charges = gateway
             .limits()
             .admit(&tenant, &route_key, &request, method)?;

@@ -248,11 +248,12 @@ impl Gateway {
         })
     }
 
-    /// One page of ListModels: the routes in name order, after the page
-    /// token's route.
+    /// One page of ListModels: the routes `allowed` lets through, in name
+    /// order, after the page token's route.
     pub(crate) fn list_models(
         &self,
         request: &ListModelsRequest,
+        allowed: impl Fn(&str) -> bool,
     ) -> Result<ListModelsResponse, Status> {
         // ListModels has no filters: every token is bound to the same
         // (empty) filter, and its position is the last route name served.
@@ -268,6 +269,7 @@ impl Gateway {
         let mut models = self
             .routes
             .range::<String, _>((after, std::ops::Bound::Unbounded))
+            .filter(|(name, _)| allowed(name))
             .take(page.fetch_size())
             .map(|(name, route)| self.model(name, route))
             .collect::<Vec<_>>();
@@ -386,10 +388,13 @@ mod tests {
         let mut token = String::new();
         loop {
             let page = gateway
-                .list_models(&ListModelsRequest {
-                    page_size: 3,
-                    page_token: token.clone(),
-                })
+                .list_models(
+                    &ListModelsRequest {
+                        page_size: 3,
+                        page_token: token.clone(),
+                    },
+                    |_| true,
+                )
                 .unwrap();
             assert!(page.models.len() <= 3);
             names.extend(page.models.into_iter().map(|model| model.name));
@@ -403,18 +408,32 @@ mod tests {
             ["default", "fast", "r00", "r01", "r02", "r03", "r04"]
         );
 
-        let err = gateway
-            .list_models(&ListModelsRequest {
-                page_size: -1,
-                page_token: String::new(),
+        let allowed = gateway
+            .list_models(&ListModelsRequest::default(), |route| {
+                ["fast", "r03"].contains(&route)
             })
+            .unwrap();
+        let names: Vec<_> = allowed.models.into_iter().map(|model| model.name).collect();
+        assert_eq!(names, ["fast", "r03"]);
+
+        let err = gateway
+            .list_models(
+                &ListModelsRequest {
+                    page_size: -1,
+                    page_token: String::new(),
+                },
+                |_| true,
+            )
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
         let err = gateway
-            .list_models(&ListModelsRequest {
-                page_size: 0,
-                page_token: "garbage".into(),
-            })
+            .list_models(
+                &ListModelsRequest {
+                    page_size: 0,
+                    page_token: "garbage".into(),
+                },
+                |_| true,
+            )
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
     }

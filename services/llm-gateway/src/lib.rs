@@ -78,6 +78,7 @@
 //! provider (the `providers` check); the audit service is reported but
 //! optional.
 
+mod allowed;
 mod audit;
 mod call;
 mod completion;
@@ -171,7 +172,8 @@ pub async fn serve_with_listeners(
     host.add_service(
         LlmGatewayServiceServer::new(
             LlmGatewayServiceImpl::with_audit(Arc::new(gateway), audit.clone())
-                .with_metrics(metrics),
+                .with_metrics(metrics)
+                .with_access(allowed::RouteAccess::new(Arc::clone(host.access()))),
         )
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit),

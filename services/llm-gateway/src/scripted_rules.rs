@@ -32,6 +32,10 @@
 //! # text = "The answer is ${result}."
 //! # This rule's own pace, overriding the file's.
 //! # pace = "200ms"
+//! # A tool-call rule answers only when the request offers its tools (or
+//! # none at all); `unoffered_tools = true` makes it ask anyway, as a model
+//! # that ignores the tool list would (to test what the caller does then).
+//! # unoffered_tools = true
 //! ```
 //!
 //! Loading checks every rule (exactly one of `text` and `tool_calls`, a
@@ -73,6 +77,8 @@ struct RuleSpec {
     tool_calls: Option<Vec<ToolCallSpec>>,
     #[serde(default, with = "humantime_serde")]
     pace: Option<Duration>,
+    #[serde(default)]
+    unoffered_tools: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -132,6 +138,9 @@ pub(crate) struct Rule {
     pub(crate) answer: Answer,
     /// Its own pace, overriding the file's.
     pub(crate) pace: Option<Duration>,
+    /// Whether its tool calls are made even when the request does not
+    /// offer those tools (a model ignoring the tool list).
+    pub(crate) unoffered_tools: bool,
 }
 
 /// A rule's answer: text, or tool calls (name and arguments template).
@@ -237,6 +246,7 @@ fn compile_rule(spec: RuleSpec) -> Result<Rule, String> {
         regex,
         answer,
         pace: spec.pace,
+        unoffered_tools: spec.unoffered_tools,
     })
 }
 

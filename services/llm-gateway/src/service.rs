@@ -18,8 +18,9 @@ use agentmesh_proto::llm::v1::{
 use agentmesh_resilience::AttemptLoop;
 use tonic::{Request, Response, Status};
 
+use crate::allowed::RouteAccess;
 use crate::audit::{CallEnd, KeyRegistry, LlmCallRecord};
-use crate::call::Prepared;
+use crate::call::{Admission, Prepared};
 use crate::gateway::Gateway;
 use crate::metrics::GatewayMetrics;
 use crate::relay::ResponseStream;
@@ -35,6 +36,7 @@ pub struct LlmGatewayServiceImpl {
     audit: AuditClient,
     keys: Arc<KeyRegistry>,
     metrics: Option<Arc<GatewayMetrics>>,
+    routes: RouteAccess,
 }
 
 impl LlmGatewayServiceImpl {
@@ -56,12 +58,20 @@ impl LlmGatewayServiceImpl {
             audit,
             keys,
             metrics: None,
+            routes: RouteAccess::default(),
         }
     }
 
     /// Also records every call in `metrics` (the GenAI metrics).
     pub(crate) fn with_metrics(mut self, metrics: Arc<GatewayMetrics>) -> Self {
         self.metrics = Some(metrics);
+        self
+    }
+
+    /// Checks every call's route against the caller's allow-list, refusals
+    /// recorded through `routes`.
+    pub(crate) fn with_access(mut self, routes: RouteAccess) -> Self {
+        self.routes = routes;
         self
     }
 
@@ -72,6 +82,7 @@ impl LlmGatewayServiceImpl {
         request: GenerateRequest,
         streaming: bool,
         method: &str,
+        peer: Option<std::net::SocketAddr>,
     ) -> Result<(LlmCallRecord, Prepared, AttemptLoop), Status> {
         let mut record =
             LlmCallRecord::new(&self.audit, &request, streaming).with_metrics(self.metrics.clone());
@@ -81,7 +92,11 @@ impl LlmGatewayServiceImpl {
             &self.audit,
             request,
             &mut record,
-            method,
+            &Admission {
+                method,
+                peer,
+                routes: &self.routes,
+            },
         ) {
             Ok((prepared, attempt_loop)) => Ok((record, prepared, attempt_loop)),
             Err(status) => {
@@ -102,7 +117,9 @@ impl LlmGatewayService for LlmGatewayServiceImpl {
     ) -> Result<Response<GenerateResponse>, Status> {
         // The record is dropped with this future when the caller goes
         // away: then it records the call as abandoned.
-        let (record, prepared, attempt_loop) = self.admit(request.into_inner(), false, GENERATE)?;
+        let peer = request.remote_addr();
+        let (record, prepared, attempt_loop) =
+            self.admit(request.into_inner(), false, GENERATE, peer)?;
         crate::unary::generate(&self.gateway, record, prepared, attempt_loop)
             .await
             .map(Response::new)
@@ -112,10 +129,11 @@ impl LlmGatewayService for LlmGatewayServiceImpl {
         &self,
         request: Request<GenerateStreamRequest>,
     ) -> Result<Response<Self::GenerateStreamStream>, Status> {
+        let peer = request.remote_addr();
         let request = into_generate_request(request.into_inner());
         // The record goes with the stream; dropped before its end is
         // recorded (the caller went away), it records the call as abandoned.
-        let (record, prepared, attempt_loop) = self.admit(request, true, GENERATE_STREAM)?;
+        let (record, prepared, attempt_loop) = self.admit(request, true, GENERATE_STREAM, peer)?;
         crate::relay::start(Arc::clone(&self.gateway), record, prepared, attempt_loop)
             .await
             .map(Response::new)
@@ -125,8 +143,13 @@ impl LlmGatewayService for LlmGatewayServiceImpl {
         &self,
         request: Request<ListModelsRequest>,
     ) -> Result<Response<ListModelsResponse>, Status> {
+        // Only the routes the caller may call.
+        let identity = agentmesh_kit::RequestContext::from_request(&request)
+            .and_then(|context| context.identity().cloned());
         self.gateway
-            .list_models(request.get_ref())
+            .list_models(request.get_ref(), |route| {
+                RouteAccess::allows(identity.as_ref(), route)
+            })
             .map(Response::new)
     }
 }

@@ -47,6 +47,14 @@
 //!   ones, with no gap or duplicate; a client that leaves does not stop the
 //!   run. A run started by `Run` ends at its caller's deadline
 //!   (`grpc-timeout`), DEADLINE_EXCEEDED.
+//! * Identity: a run belongs to the verified identity that started it (its
+//!   tenant; in the embedded mode the tenant header's label), which is
+//!   stored with the run and acted for on every call the run makes to the
+//!   gateway and the tool runner (this service's credential plus the end
+//!   user's identity headers), also after a resume. Reads see only the
+//!   caller's tenant (another tenant's run is NOT_FOUND) unless the caller
+//!   authenticated as `admin`; agents, and the tools offered to the model,
+//!   are bounded by the end user's allow-lists.
 //! * Every instance claims the runs it drives for a lease it keeps renewing;
 //!   an unfinished run whose lease ran out (its instance died) is claimed by
 //!   another instance and resumed from its last checkpoint.
@@ -151,10 +159,13 @@ pub async fn serve_with_listeners(
     };
     let limit = startup.config.server.max_message_bytes;
     host.add_service(
-        OrchestratorServiceServer::new(service::OrchestratorServiceImpl::new(
-            Arc::clone(&startup.config),
-            Arc::clone(&startup.engine),
-        ))
+        OrchestratorServiceServer::new(
+            service::OrchestratorServiceImpl::new(
+                Arc::clone(&startup.config),
+                Arc::clone(&startup.engine),
+            )
+            .with_access(Arc::clone(host.access())),
+        )
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit),
     );

@@ -15,7 +15,9 @@ mod start;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, OnceLock};
 
+use agentmesh_auth::{Identity, Mechanism};
 use agentmesh_kit::RequestContext;
+use agentmesh_kit::auth::AccessControl;
 use agentmesh_kit::paging::{FilterHash, Page, PageLimits};
 use agentmesh_kit::status::invalid_argument;
 use agentmesh_kit::time::micros_of;
@@ -31,11 +33,9 @@ use tonic::{Request, Response, Status};
 use self::start::Starter;
 use crate::config::Config;
 use crate::engine::Engine;
-use crate::store::{RunFilter, RunRow};
+use crate::store::{RunFilter, RunRow, Tenants};
 use crate::validate;
 
-const TENANT: &str = "x-agentmesh-tenant";
-const SUBJECT: &str = "x-agentmesh-subject";
 /// Default and largest page sizes of the List RPCs.
 const PAGE_LIMITS: PageLimits = PageLimits::new(50, 1000);
 /// The methods that start runs, as refusals name them.
@@ -47,11 +47,24 @@ const RUN: &str = "/agentmesh.orchestrator.v1.OrchestratorService/Run";
 pub(crate) struct OrchestratorServiceImpl {
     config: Arc<Config>,
     engine: Arc<OnceLock<Arc<Engine>>>,
+    /// Where refusals of agents outside a caller's allow-list are recorded.
+    access: Option<Arc<AccessControl>>,
 }
 
 impl OrchestratorServiceImpl {
     pub(crate) fn new(config: Arc<Config>, engine: Arc<OnceLock<Arc<Engine>>>) -> Self {
-        Self { config, engine }
+        Self {
+            config,
+            engine,
+            access: None,
+        }
+    }
+
+    /// Records refusals of agents outside a caller's allow-list through
+    /// `access` (the host's: counted and audited).
+    pub(crate) fn with_access(mut self, access: Arc<AccessControl>) -> Self {
+        self.access = Some(access);
+        self
     }
 
     fn engine(&self) -> Result<&Arc<Engine>, Status> {
@@ -61,21 +74,52 @@ impl OrchestratorServiceImpl {
     }
 }
 
-/// Who is calling: the tenant owns the runs it starts.
+/// Who is calling: the verified identity, whose tenant owns the runs it
+/// starts. In the embedded mode (nobody is asked) it is the tenant and
+/// subject headers, as labels.
 #[derive(Debug)]
 struct Caller {
-    tenant: String,
-    subject: String,
+    identity: Identity,
     /// Identity and trace, handed to the task of a run it starts.
     context: RequestContext,
+    peer: Option<std::net::SocketAddr>,
 }
 
 fn caller<T>(request: &Request<T>) -> Caller {
     let context = RequestContext::from_request(request).unwrap_or_default();
+    let identity = context.identity().cloned().unwrap_or_else(|| {
+        Identity::unauthenticated(
+            context
+                .header(agentmesh_auth::identity::TENANT)
+                .unwrap_or_default(),
+            context
+                .header(agentmesh_auth::identity::SUBJECT)
+                .unwrap_or_default(),
+        )
+    });
     Caller {
-        tenant: context.header(TENANT).unwrap_or_default().to_owned(),
-        subject: context.header(SUBJECT).unwrap_or_default().to_owned(),
+        identity,
         context,
+        peer: request.remote_addr(),
+    }
+}
+
+impl Caller {
+    /// Whose runs the caller may see and act on: an authenticated `admin`
+    /// every tenant's; anyone else its own tenant's. In the embedded mode
+    /// every label holds every scope, so there `admin` means nothing and
+    /// the tenant header still picks the runs, as it always did.
+    fn tenants(&self) -> Tenants<'_> {
+        if self.identity.is_admin() && self.identity.mechanism != Mechanism::None {
+            Tenants::All
+        } else {
+            Tenants::One(&self.identity.tenant)
+        }
+    }
+
+    /// Whether the caller may start runs of (and see) agent `name`.
+    fn allows_agent(&self, name: &str) -> bool {
+        self.identity.allow.agents.allows(name)
     }
 }
 
@@ -96,14 +140,16 @@ impl OrchestratorServiceImpl {
         Ok(ReceiverStream::new(receiver))
     }
 
-    async fn run_of(&self, tenant: &str, run_id: &str) -> Result<RunRow, Status> {
+    /// The run `run_id` of `tenants`: another tenant's is NOT_FOUND, as an
+    /// unknown one is.
+    async fn run_of(&self, tenants: Tenants<'_>, run_id: &str) -> Result<RunRow, Status> {
         if run_id.is_empty() {
             return Err(invalid_argument([("run_id", "must not be empty")]));
         }
         let engine = self.engine()?;
         engine
             .store()
-            .get_run(tenant, run_id)
+            .get_run(tenants, run_id)
             .await
             .map_err(|e| engine.store_failed(&e))?
             .ok_or_else(|| not_found("run", run_id))
@@ -198,7 +244,7 @@ impl OrchestratorService for OrchestratorServiceImpl {
         &self,
         request: Request<pb::StreamRunRequest>,
     ) -> Result<Response<Self::StreamRunStream>, Status> {
-        let tenant = caller(&request).tenant;
+        let caller = caller(&request);
         let request = request.into_inner();
         if request.after_sequence < 0 {
             return Err(invalid_argument([(
@@ -206,7 +252,7 @@ impl OrchestratorService for OrchestratorServiceImpl {
                 "must not be negative (0 = from the first event)",
             )]));
         }
-        let run = self.run_of(&tenant, &request.run_id).await?;
+        let run = self.run_of(caller.tenants(), &request.run_id).await?;
         let events = self.follow(run, request.after_sequence)?;
         Ok(Response::new(
             events
@@ -248,8 +294,10 @@ impl OrchestratorService for OrchestratorServiceImpl {
         &self,
         request: Request<pb::GetRunRequest>,
     ) -> Result<Response<pb::GetRunResponse>, Status> {
-        let tenant = caller(&request).tenant;
-        let run = self.run_of(&tenant, &request.get_ref().run_id).await?;
+        let caller = caller(&request);
+        let run = self
+            .run_of(caller.tenants(), &request.get_ref().run_id)
+            .await?;
         Ok(Response::new(pb::GetRunResponse {
             run: Some(run.to_proto()),
         }))
@@ -259,7 +307,7 @@ impl OrchestratorService for OrchestratorServiceImpl {
         &self,
         request: Request<pb::ListRunsRequest>,
     ) -> Result<Response<pb::ListRunsResponse>, Status> {
-        let tenant = caller(&request).tenant;
+        let caller = caller(&request);
         let request = request.into_inner();
         // The page size first, then the filters, then the token, as before.
         PAGE_LIMITS
@@ -283,7 +331,12 @@ impl OrchestratorService for OrchestratorServiceImpl {
         let engine = self.engine()?;
         let mut runs = engine
             .store()
-            .list_runs(&tenant, &filter, page.after().cloned(), page.fetch_size())
+            .list_runs(
+                caller.tenants(),
+                &filter,
+                page.after().cloned(),
+                page.fetch_size(),
+            )
             .await
             .map_err(|e| engine.store_failed(&e))?;
         let next_page_token =
@@ -298,11 +351,10 @@ impl OrchestratorService for OrchestratorServiceImpl {
         &self,
         request: Request<pb::CancelRunRequest>,
     ) -> Result<Response<pb::CancelRunResponse>, Status> {
-        let Caller {
-            tenant, subject, ..
-        } = caller(&request);
+        let caller = caller(&request);
+        let subject = caller.identity.subject.clone();
         let request = request.into_inner();
-        let run = self.run_of(&tenant, &request.run_id).await?;
+        let run = self.run_of(caller.tenants(), &request.run_id).await?;
         if run.is_terminal() {
             return Err(Status::failed_precondition(format!(
                 "run {} has already ended ({})",
@@ -328,7 +380,7 @@ impl OrchestratorService for OrchestratorServiceImpl {
         };
         active.cancel(reason, subject);
         active.ended().await;
-        let run = self.run_of(&tenant, &run.run_id).await?;
+        let run = self.run_of(Tenants::One(&run.tenant), &run.run_id).await?;
         if run.state != pb::RunState::Cancelled {
             return Err(Status::failed_precondition(format!(
                 "run {} ended ({}) before the cancel took effect",
@@ -345,6 +397,7 @@ impl OrchestratorService for OrchestratorServiceImpl {
         &self,
         request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        let caller = caller(&request);
         let request = request.into_inner();
         let page = Page::<String>::from_request(
             PAGE_LIMITS,
@@ -356,6 +409,7 @@ impl OrchestratorService for OrchestratorServiceImpl {
             .config
             .agents
             .iter()
+            .filter(|(name, _)| caller.allows_agent(name))
             .filter(|(name, _)| page.after().is_none_or(|after| *name > after))
             .take(page.fetch_size())
             .map(|(name, profile)| profile.to_proto(name, *name == self.config.default_agent))
@@ -371,14 +425,17 @@ impl OrchestratorService for OrchestratorServiceImpl {
         &self,
         request: Request<pb::GetAgentRequest>,
     ) -> Result<Response<pb::GetAgentResponse>, Status> {
+        let caller = caller(&request);
         let name = &request.get_ref().name;
         if name.is_empty() {
             return Err(invalid_argument([("name", "must not be empty")]));
         }
+        // An agent the caller may not use is as unknown to it as a missing one.
         let profile = self
             .config
             .agents
             .get(name)
+            .filter(|_| caller.allows_agent(name))
             .ok_or_else(|| not_found("agent", name))?;
         Ok(Response::new(pb::GetAgentResponse {
             agent: Some(profile.to_proto(name, *name == self.config.default_agent)),

@@ -21,16 +21,30 @@ pub(crate) use row::{Checkpoint, Limits, RunRow, usage};
 
 /// The orchestrator's schema, per backend.
 pub(crate) static MIGRATIONS: Migrations = Migrations {
-    sqlite: &[EmbeddedMigration {
-        version: 1,
-        description: "runs, events, checkpoints, sessions",
-        sql: include_str!("../migrations/sqlite/0001_runs.sql"),
-    }],
-    postgres: &[EmbeddedMigration {
-        version: 1,
-        description: "runs, events, checkpoints, sessions",
-        sql: include_str!("../migrations/postgres/0001_runs.sql"),
-    }],
+    sqlite: &[
+        EmbeddedMigration {
+            version: 1,
+            description: "runs, events, checkpoints, sessions",
+            sql: include_str!("../migrations/sqlite/0001_runs.sql"),
+        },
+        EmbeddedMigration {
+            version: 2,
+            description: "the identity a run was started with",
+            sql: include_str!("../migrations/sqlite/0002_run_identity.sql"),
+        },
+    ],
+    postgres: &[
+        EmbeddedMigration {
+            version: 1,
+            description: "runs, events, checkpoints, sessions",
+            sql: include_str!("../migrations/postgres/0001_runs.sql"),
+        },
+        EmbeddedMigration {
+            version: 2,
+            description: "the identity a run was started with",
+            sql: include_str!("../migrations/postgres/0002_run_identity.sql"),
+        },
+    ],
 };
 
 /// Rows per multi-row INSERT of events (3 parameters each; far below
@@ -57,6 +71,15 @@ pub(crate) struct RunFilter {
     pub(crate) create_time_end: Option<i64>,
 }
 
+/// Whose runs a read may see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tenants<'a> {
+    /// One tenant's (every caller's own).
+    One(&'a str),
+    /// Every tenant's (an authenticated `admin`).
+    All,
+}
+
 /// The orchestrator's database.
 #[derive(Debug, Clone)]
 pub(crate) struct Store {
@@ -68,7 +91,7 @@ macro_rules! run_columns {
     () => {
         "run_id, tenant, subject, agent, session_id, objective, state, idempotency_key, model, \
          max_steps, max_output_tokens, timeout_ms, labels, create_time, start_time, end_time, \
-         output, error, input_tokens, output_tokens, steps, tool_calls, last_sequence"
+         output, error, input_tokens, output_tokens, steps, tool_calls, last_sequence, identity"
     };
 }
 
@@ -98,8 +121,7 @@ impl Store {
         if let Some(existing) = self.find_by_idempotency_key(run).await? {
             return Ok(Created::Existing(existing));
         }
-        let labels = serde_json::to_string(&run.labels)
-            .map_err(|err| StoreError::Corrupt(err.to_string()))?;
+        let (labels, identity) = run.encoded()?;
         let inserted: Result<(), sqlx::Error> = with_pool!(&self.db, |pool| {
             async {
                 let mut tx = pool.begin().await?;
@@ -118,8 +140,9 @@ impl Store {
                 sqlx::query(
                     "INSERT INTO runs (run_id, tenant, subject, agent, session_id, objective, \
                      state, idempotency_key, model, max_steps, max_output_tokens, timeout_ms, \
-                     labels, create_time, owner, lease_until) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+                     labels, create_time, owner, lease_until, credential_id, identity) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
+                     $16, $17, $18)",
                 )
                 .bind(&run.run_id)
                 .bind(&run.tenant)
@@ -137,6 +160,8 @@ impl Store {
                 .bind(run.create_time)
                 .bind(owner)
                 .bind(lease_until)
+                .bind(run.identity.as_ref().map(|who| who.credential_id.as_str()))
+                .bind(&identity)
                 .execute(&mut *tx)
                 .await?;
                 for (key, value) in &run.labels {
@@ -179,12 +204,15 @@ impl Store {
         })
     }
 
-    /// A run of `tenant`.
+    /// A run of `tenant` (of any tenant for [`Tenants::All`]).
     pub(crate) async fn get_run(
         &self,
-        tenant: &str,
+        tenants: Tenants<'_>,
         run_id: &str,
     ) -> Result<Option<RunRow>, StoreError> {
+        let Tenants::One(tenant) = tenants else {
+            return self.get_run_any_tenant(run_id).await;
+        };
         with_pool!(&self.db, |pool| {
             sqlx::query(select_runs!("WHERE tenant = $1 AND run_id = $2"))
                 .bind(tenant)
@@ -211,11 +239,11 @@ impl Store {
         })
     }
 
-    /// Runs of `tenant`, newest first, after the `(create_time, run_id)`
+    /// Runs of `tenants`, newest first, after the `(create_time, run_id)`
     /// position of the previous page.
     pub(crate) async fn list_runs(
         &self,
-        tenant: &str,
+        tenants: Tenants<'_>,
         filter: &RunFilter,
         after: Option<(i64, String)>,
         limit: usize,
@@ -223,8 +251,11 @@ impl Store {
         with_pool!(&self.db, |pool| {
             let mut query = sqlx::QueryBuilder::new("SELECT ");
             query.push(run_columns!());
-            query.push(" FROM runs r WHERE tenant = ");
-            query.push_bind(tenant);
+            query.push(" FROM runs r WHERE ");
+            match tenants {
+                Tenants::One(tenant) => query.push("tenant = ").push_bind(tenant),
+                Tenants::All => query.push("1 = 1"),
+            };
             if !filter.states.is_empty() {
                 query.push(" AND state IN (");
                 let mut states = query.separated(", ");

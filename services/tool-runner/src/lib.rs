@@ -13,6 +13,8 @@
 //! ExecuteTool / ExecuteToolStream
 //!   │ validate the request      INVALID_ARGUMENT (field violations): empty tool,
 //!   │                           arguments_json not JSON, negative timeout, bad run_id
+//!   │ the caller's allow-list   PERMISSION_DENIED naming the tool (audited as an
+//!   │                           AUTHORIZATION denial); the tool never runs
 //!   │ look the tool up          NOT_FOUND, listing known tools
 //!   │ effective timeout         min(request timeout, tool timeout, max_timeout,
 //!   │                           caller's gRPC deadline), from the call's arrival: it
@@ -60,7 +62,9 @@
 //!   gauges and audit events, refusals, retries, bulkhead gauges).
 //! * `metrics`: executions by tool and outcome, their duration, those in
 //!   flight (the kit adds the gRPC metrics).
-//! * `service`: the gRPC handlers and ListTools paging.
+//! * `service`: the gRPC handlers and ListTools paging; `allowed`: the
+//!   identity's tool allow-list (PERMISSION_DENIED, audited, before a call
+//!   is admitted; ListTools shows only allowed tools).
 //! * `builtin`: `calculator`, `current_time`, `read_file`, `write_file`,
 //!   `list_files`; `workspace`: per-run directories and path confinement;
 //!   `command`: running configured programs.
@@ -75,6 +79,7 @@
 //! metrics, limits, metadata forwarding and graceful shutdown; `main.rs`
 //! only calls it.
 
+mod allowed;
 mod builtin;
 mod command;
 mod config;
@@ -152,9 +157,12 @@ pub async fn serve_with_listeners(
     let runner = runner.with_metrics(metrics).with_reporter(reporter);
     let limit = config.server.max_message_bytes;
     host.add_service(
-        ToolRunnerServiceServer::new(ToolRunnerServiceImpl::new(runner, audit.clone()))
-            .max_decoding_message_size(limit)
-            .max_encoding_message_size(limit),
+        ToolRunnerServiceServer::new(
+            ToolRunnerServiceImpl::new(runner, audit.clone())
+                .with_access(allowed::ToolAccess::new(Arc::clone(host.access()))),
+        )
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit),
     );
     let commands = Arc::new(config.commands.clone());
     host.add_check(tools_check(Arc::clone(&commands)))

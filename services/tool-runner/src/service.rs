@@ -25,6 +25,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 use tracing::field::Empty;
 
+use crate::allowed::{MAX_AUDITED_NAME, ToolAccess, identity_of};
 use crate::resilience::Admission;
 use crate::runner::{Call, CallRequest, ToolRunner};
 use crate::workspace::check_run_id;
@@ -39,16 +40,13 @@ const STREAM_BUFFER: usize = 32;
 const EXECUTE_TOOL: &str = "/agentmesh.tools.v1.ToolRunnerService/ExecuteTool";
 const EXECUTE_TOOL_STREAM: &str = "/agentmesh.tools.v1.ToolRunnerService/ExecuteToolStream";
 
-/// Longest tool name recorded in an audit event (a longer one is unknown
-/// anyway, and is cut).
-const MAX_AUDITED_NAME: usize = 128;
-
 /// The service, sharing one [`ToolRunner`] across calls, recording each
 /// call as a TOOL_CALL audit event.
 #[derive(Debug, Clone)]
 pub(crate) struct ToolRunnerServiceImpl {
     runner: Arc<ToolRunner>,
     audit: AuditClient,
+    access: ToolAccess,
 }
 
 impl ToolRunnerServiceImpl {
@@ -56,7 +54,15 @@ impl ToolRunnerServiceImpl {
         Self {
             runner: Arc::new(runner),
             audit,
+            access: ToolAccess::default(),
         }
+    }
+
+    /// Checks every call's tool against the caller's allow-list, refusals
+    /// recorded through `access`.
+    pub(crate) fn with_access(mut self, access: ToolAccess) -> Self {
+        self.access = access;
+        self
     }
 
     fn deadline() -> Option<std::time::Instant> {
@@ -65,7 +71,14 @@ impl ToolRunnerServiceImpl {
 
     /// Checks a request and lets it through its tool's guards: everything
     /// that can refuse a call with a status.
-    async fn admit(&self, request: CallRequest, method: &str) -> Result<(Call, Admission), Status> {
+    async fn admit(
+        &self,
+        request: CallRequest,
+        caller: &Caller,
+        method: &str,
+    ) -> Result<(Call, Admission), Status> {
+        self.access
+            .check(caller.identity.as_ref(), &request.tool, method, caller.peer)?;
         let call = self.runner.prepare(request, Self::deadline())?;
         let admission = self.runner.admit(&call, method).await?;
         Ok((call, admission))
@@ -80,20 +93,22 @@ impl ToolRunnerService for ToolRunnerServiceImpl {
         &self,
         request: Request<v1::ListToolsRequest>,
     ) -> Result<Response<v1::ListToolsResponse>, Status> {
-        list_tools(&self.runner, request.into_inner()).map(Response::new)
+        let identity = identity_of(&request);
+        list_tools(&self.runner, identity.as_ref(), request.into_inner()).map(Response::new)
     }
 
     async fn execute_tool(
         &self,
         request: Request<v1::ExecuteToolRequest>,
     ) -> Result<Response<v1::ExecuteToolResponse>, Status> {
+        let caller = Caller::of(&request);
         let request: CallRequest = request.into_inner().into();
         let record = ToolCallRecord::new(&self.audit, &request);
         // If the client cancels, tonic drops this future, and with it the
         // call waiting for a place or the running tool (a command is killed),
         // and the record (which then records the call as cancelled).
         let (call, admission) = match self
-            .admit(request, EXECUTE_TOOL)
+            .admit(request, &caller, EXECUTE_TOOL)
             .instrument(record.span())
             .await
         {
@@ -124,12 +139,13 @@ impl ToolRunnerService for ToolRunnerServiceImpl {
         &self,
         request: Request<v1::ExecuteToolStreamRequest>,
     ) -> Result<Response<Self::ExecuteToolStreamStream>, Status> {
+        let caller = Caller::of(&request);
         let request: CallRequest = request.into_inner().into();
         let record = ToolCallRecord::new(&self.audit, &request);
         // Admitted before the stream starts, so that a refusal is the
         // call's status; the wait for a place happens here too.
         let (call, admission) = match self
-            .admit(request, EXECUTE_TOOL_STREAM)
+            .admit(request, &caller, EXECUTE_TOOL_STREAM)
             .instrument(record.span())
             .await
         {
@@ -163,6 +179,22 @@ impl ToolRunnerService for ToolRunnerServiceImpl {
                 .await;
         }.instrument(span)));
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+}
+
+/// Who makes a call, for the allow-list check.
+#[derive(Debug)]
+struct Caller {
+    identity: Option<agentmesh_auth::Identity>,
+    peer: Option<std::net::SocketAddr>,
+}
+
+impl Caller {
+    fn of<T>(request: &Request<T>) -> Self {
+        Self {
+            identity: identity_of(request),
+            peer: request.remote_addr(),
+        }
     }
 }
 
@@ -335,11 +367,13 @@ fn error_kind_name(kind: i32) -> &'static str {
     }
 }
 
-/// Filters, orders (by name) and pages the registry. The page token's
+/// Filters (the caller's allowed tools, then the request's filters),
+/// orders (by name) and pages the registry. The page token's
 /// position is the last tool's name, not an offset, so a page stays correct
 /// across replicas and restarts with a changed tool list.
 fn list_tools(
     runner: &ToolRunner,
+    identity: Option<&agentmesh_auth::Identity>,
     request: v1::ListToolsRequest,
 ) -> Result<v1::ListToolsResponse, Status> {
     let mut kind_violations: Vec<Violation> = Vec::new();
@@ -381,6 +415,7 @@ fn list_tools(
     let mut tools: Vec<v1::Tool> = runner
         .registry()
         .iter()
+        .filter(|tool| ToolAccess::allows(identity, tool.name()))
         .filter(|tool| names.is_empty() || names.contains(tool.name()))
         .filter(|tool| kinds.is_empty() || kinds.contains(&tool.descriptor.kind))
         .filter(|tool| {
@@ -446,6 +481,7 @@ mod tests {
         loop {
             let response = list_tools(
                 &runner,
+                None,
                 v1::ListToolsRequest {
                     page_token: token.clone(),
                     ..Default::default()
@@ -473,6 +509,7 @@ mod tests {
         let runner = runner_with_commands(0);
         let response = list_tools(
             &runner,
+            None,
             v1::ListToolsRequest {
                 page_size: 5,
                 ..Default::default()
@@ -488,6 +525,7 @@ mod tests {
         let runner = runner_with_commands(2);
         let response = list_tools(
             &runner,
+            None,
             v1::ListToolsRequest {
                 names: vec!["read_file".into(), "calculator".into(), "nope".into()],
                 ..Default::default()
@@ -497,6 +535,7 @@ mod tests {
         assert_eq!(names(&response), ["calculator", "read_file"]);
         let response = list_tools(
             &runner,
+            None,
             v1::ListToolsRequest {
                 kinds: vec![ToolKind::Command.into()],
                 ..Default::default()
@@ -506,6 +545,7 @@ mod tests {
         assert_eq!(names(&response), ["cmd_000", "cmd_001"]);
         let response = list_tools(
             &runner,
+            None,
             v1::ListToolsRequest {
                 kinds: vec![ToolKind::Mcp.into()],
                 ..Default::default()
@@ -519,7 +559,7 @@ mod tests {
     fn bad_requests_name_the_field() {
         let runner = runner_with_commands(0);
         let field = |request: v1::ListToolsRequest| {
-            let status = list_tools(&runner, request).unwrap_err();
+            let status = list_tools(&runner, None, request).unwrap_err();
             assert_eq!(status.code(), Code::InvalidArgument);
             status.message().split(':').next().unwrap().to_owned()
         };
@@ -554,6 +594,7 @@ mod tests {
         // A token made for other filters is refused.
         let first = list_tools(
             &runner,
+            None,
             v1::ListToolsRequest {
                 page_size: 1,
                 ..Default::default()
@@ -606,18 +647,19 @@ mod tests {
             names: names.iter().map(|name| (*name).to_owned()).collect(),
             ..Default::default()
         };
-        let first = list_tools(&runner_with_commands(3), request("", &[])).unwrap();
+        let first = list_tools(&runner_with_commands(3), None, request("", &[])).unwrap();
         assert_eq!(names(&first), ["calculator", "cmd_000"]);
         assert_eq!(first.next_page_token, EARLIER);
-        let rest = list_tools(&runner_with_commands(3), request(EARLIER, &[])).unwrap();
+        let rest = list_tools(&runner_with_commands(3), None, request(EARLIER, &[])).unwrap();
         assert_eq!(names(&rest), ["cmd_001", "cmd_002"]);
 
         // The names filter is a set: order and repeats do not matter.
         let wanted = ["read_file", "calculator", "list_files"];
-        let first = list_tools(&runner_with_commands(0), request("", &wanted)).unwrap();
+        let first = list_tools(&runner_with_commands(0), None, request("", &wanted)).unwrap();
         let again = ["list_files", "calculator", "read_file", "calculator"];
         let rest = list_tools(
             &runner_with_commands(0),
+            None,
             request(&first.next_page_token, &again),
         )
         .unwrap();

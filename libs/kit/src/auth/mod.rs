@@ -67,7 +67,7 @@ impl AuthMetrics {
         let decisions = prometheus::IntCounterVec::new(
             prometheus::Opts::new(
                 "agentmesh_auth_decisions_total",
-                "Authentication and authorization decisions: result is allowed or refused; reason is ok, missing, malformed, unknown_key, wrong_key, expired, revoked, method_off, invalid_token, forwarded_identity_from_non_service, malformed_forwarded_identity, too_many_failures or missing_scope.",
+                "Authentication and authorization decisions: result is allowed or refused; reason is ok, missing, malformed, unknown_key, wrong_key, expired, revoked, method_off, invalid_token, forwarded_identity_from_non_service, malformed_forwarded_identity, too_many_failures, missing_scope, or (refused by a handler's allow-list) agent_not_allowed, route_not_allowed, tool_not_allowed.",
             ),
             &["result", "reason"],
         )?;
@@ -217,6 +217,31 @@ impl AccessControl {
         Ok(Some(identity))
     }
 
+    /// Records a refusal a handler made where the scope tables cannot see:
+    /// a resource (agent, route, tool) outside the identity's allow-lists.
+    /// Counted as `agentmesh_auth_decisions_total{result="refused",reason}`
+    /// and audited as an AUTHORIZATION denial naming the resource.
+    pub fn refuse_resource(
+        &self,
+        identity: &Identity,
+        method: &str,
+        reason: &'static str,
+        resource: &str,
+        peer: Option<SocketAddr>,
+    ) {
+        self.count(reason);
+        let mut denial = decision(
+            DecisionKind::Authorization,
+            false,
+            reason,
+            identity,
+            method,
+            peer,
+        );
+        denial.resource = resource.to_owned();
+        self.log.refused(denial);
+    }
+
     fn count(&self, reason: &str) {
         if let Some(metrics) = &self.metrics {
             metrics
@@ -240,6 +265,7 @@ impl AccessControl {
             peer: peer.map(|peer| peer.ip().to_string()).unwrap_or_default(),
             reason: refusal.reason,
             permission: String::new(),
+            resource: String::new(),
             tenant: String::new(),
             subject: String::new(),
             count: 1,
@@ -306,6 +332,7 @@ fn decision(
         peer: peer.map(|peer| peer.ip().to_string()).unwrap_or_default(),
         reason,
         permission: String::new(),
+        resource: String::new(),
         tenant: identity.tenant.clone(),
         subject: identity.subject.clone(),
         count: 1,

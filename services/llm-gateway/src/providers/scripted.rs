@@ -177,6 +177,7 @@ impl Rule {
             })?,
         };
         if let Answer::ToolCalls(calls) = &self.answer
+            && !self.unoffered_tools
             && !tools_offered(request, calls)
         {
             return None;
@@ -530,6 +531,24 @@ mod tests {
                 .events
                 .iter()
                 .any(|event| matches!(event, ProviderEvent::ToolCallDelta { .. }))
+        );
+        // Unless the rule ignores the tool list, as some models do.
+        let rules = RuleSet::parse(
+            r#"
+            [[rules]]
+            on = "user"
+            tool_calls = [{ name = "calculator" }]
+            unoffered_tools = true
+            "#,
+            "test rules",
+        )
+        .unwrap();
+        let script = Scripted::new(rules, None).script("demo", &request);
+        assert!(
+            script
+                .events
+                .iter()
+                .any(|event| matches!(event, ProviderEvent::ToolCallDelta { name, .. } if name == "calculator"))
         );
     }
 

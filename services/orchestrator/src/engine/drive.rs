@@ -289,7 +289,14 @@ impl Engine {
         checkpoint: &mut Checkpoint,
         deadline: Instant,
     ) -> Result<String, Status> {
-        let specs = self.peers.tool_specs(profile, deadline).await?;
+        // Only the tools the run's end user may use are offered (a run
+        // stored before identities were is not restricted).
+        let allowed = run
+            .identity
+            .as_ref()
+            .map(|identity| identity.allow.tools.clone())
+            .unwrap_or_default();
+        let specs = self.peers.tool_specs(profile, &allowed, deadline).await?;
         let cx = StepContext {
             active,
             profile,

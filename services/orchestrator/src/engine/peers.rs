@@ -6,12 +6,20 @@
 //! [`downstream`]); a failed tool call becomes the tool's result, which the
 //! model sees and may recover from. The tool list is cached briefly, and
 //! `ListTools` (idempotent) is retried while the tool runner is UNAVAILABLE.
+//!
+//! Every call is made for the run's end user (the run's task has their
+//! identity current; the kit adds this service's credential): the model is
+//! offered only the tools their allow-list holds (the tool list is cached
+//! per allow-list), and a tool the tool runner refuses to them
+//! (PERMISSION_DENIED) is a tool error the model sees, not a failed run.
 //! Connections are made lazily and reused; the kit's `grpc_client_*`
 //! metrics count every call.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use agentmesh_audit_client::resilience::ResilienceReporter;
+use agentmesh_auth::AllowList;
 use agentmesh_kit::client::Clients;
 use agentmesh_kit::client::MeshChannel;
 use agentmesh_proto::llm::v1 as llm;
@@ -27,16 +35,22 @@ use crate::store::RunRow;
 
 /// How long the tool list is cached.
 const TOOL_CACHE: Duration = Duration::from_secs(10);
+/// Tool lists cached at once (one per distinct tools allow-list).
+const TOOL_CACHE_ENTRIES: usize = 64;
 /// Attempts at listing the tools when the tool runner is UNAVAILABLE
 /// (draining or restarting): the call is idempotent.
 const LIST_TOOLS_ATTEMPTS: u32 = 3;
+
+type ToolCache = HashMap<Option<Vec<String>>, (Instant, Vec<tools::Tool>)>;
 
 /// The clients of the gateway and the tool runner, shared by every run.
 #[derive(Debug)]
 pub(super) struct Peers {
     gateway: LlmGatewayServiceClient<MeshChannel>,
     tools: ToolRunnerServiceClient<MeshChannel>,
-    tool_cache: tokio::sync::Mutex<Option<(Instant, Vec<tools::Tool>)>>,
+    /// The tool runner's list as seen by each tools allow-list (`None`:
+    /// every tool), with when it was fetched.
+    tool_cache: tokio::sync::Mutex<ToolCache>,
     /// Counts the retries of ListTools.
     reporter: ResilienceReporter,
 }
@@ -60,7 +74,7 @@ impl Peers {
         Ok(Self {
             gateway,
             tools,
-            tool_cache: tokio::sync::Mutex::new(None),
+            tool_cache: tokio::sync::Mutex::new(HashMap::new()),
             reporter,
         })
     }
@@ -115,6 +129,13 @@ impl Peers {
         request.set_timeout(deadline.saturating_duration_since(Instant::now()));
         match self.tools.clone().execute_tool(request).await {
             Ok(response) => response.into_inner(),
+            // The end user's allow-list leaves the tool out: the model is
+            // told so, and may answer without it.
+            Err(status) if status.code() == tonic::Code::PermissionDenied => failed(format!(
+                "tool {:?} is not allowed for this tenant or key: {}",
+                call.name,
+                status.message()
+            )),
             // The model gets the error as the tool's result and may recover.
             Err(status) => failed(format!(
                 "the tool call failed ({:?}): {}",
@@ -124,19 +145,24 @@ impl Peers {
         }
     }
 
-    /// The tool specs the profile may use, from the tool runner (cached
-    /// briefly: tools change rarely and a run needs them at every step).
+    /// The tool specs the profile and the run's end user (`allowed`, their
+    /// tools allow-list) may use, from the tool runner (cached briefly:
+    /// tools change rarely and a run needs them at every step).
     pub(super) async fn tool_specs(
         &self,
         profile: &AgentProfile,
+        allowed: &AllowList,
         deadline: Instant,
     ) -> Result<Vec<llm::ToolSpec>, Status> {
         if profile.tools.is_empty() {
             return Ok(Vec::new());
         }
+        // The tool runner lists what the current identity may use: one
+        // entry per allow-list.
+        let key = allowed.names().map(<[String]>::to_vec);
         let mut cache = self.tool_cache.lock().await;
         let fresh = cache
-            .as_ref()
+            .get(&key)
             .is_some_and(|(fetched, _)| fetched.elapsed() < TOOL_CACHE);
         if !fresh {
             let mut all = Vec::new();
@@ -152,13 +178,19 @@ impl Peers {
                 }
                 page_token = page.next_page_token;
             }
-            *cache = Some((Instant::now(), all));
+            if cache.len() >= TOOL_CACHE_ENTRIES {
+                cache.retain(|_, (fetched, _)| fetched.elapsed() < TOOL_CACHE);
+                if cache.len() >= TOOL_CACHE_ENTRIES {
+                    cache.clear();
+                }
+            }
+            cache.insert(key.clone(), (Instant::now(), all));
         }
         Ok(cache
-            .as_ref()
+            .get(&key)
             .map(|(_, all)| {
                 all.iter()
-                    .filter(|tool| profile.allows(&tool.name))
+                    .filter(|tool| profile.allows(&tool.name) && allowed.allows(&tool.name))
                     .map(|tool| llm::ToolSpec {
                         name: tool.name.clone(),
                         description: tool.description.clone(),

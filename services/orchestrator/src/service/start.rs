@@ -2,13 +2,17 @@
 //!
 //! ```text
 //! validate::start_request  the request alone            INVALID_ARGUMENT
-//! profile                  the agent profile exists      NOT_FOUND
+//! profile                  the caller may use the agent  PERMISSION_DENIED
+//!                          (its allow-list; audited)
+//!                          the agent profile exists      NOT_FOUND
 //! session                  the session exists (or new)   NOT_FOUND
 //! instance_room            this instance's queue bound   RESOURCE_EXHAUSTED
 //! new_run                  the run row: limits resolved from the profile
 //! no_run_in_progress       one run at a time per session FAILED_PRECONDITION
 //! admission                tenant's and profile's places RESOURCE_EXHAUSTED
-//! create                   stored (QUEUED), or the run its idempotency
+//! create                   stored (QUEUED) with the caller's identity
+//!                          (acted for on every call the run makes, also
+//!                          after a resume), or the run its idempotency
 //!                          key names; a new run is audited and handed to
 //!                          the engine with its places
 //! ```
@@ -18,6 +22,7 @@
 
 use std::time::Duration;
 
+use agentmesh_auth::Identity;
 use agentmesh_kit::RequestContext;
 use agentmesh_kit::time::now_micros;
 use agentmesh_proto::orchestrator::v1 as pb;
@@ -52,10 +57,11 @@ impl OrchestratorServiceImpl {
     ) -> Result<(RunRow, bool), Status> {
         let engine = self.engine()?;
         let mut request = validate::start_request(fields, self.config.max_objective_bytes)?;
-        let (agent, profile) = profile(&self.config, std::mem::take(&mut request.agent))?;
+        let agent = std::mem::take(&mut request.agent);
+        let (agent, profile) = self.profile(&caller, agent, starter.method)?;
         let (session_id, new_session) = session(
             engine,
-            &caller.tenant,
+            &caller.identity.tenant,
             std::mem::take(&mut request.session_id),
         )
         .await?;
@@ -64,8 +70,12 @@ impl OrchestratorServiceImpl {
             request,
             profile,
             RunOwner {
-                tenant: caller.tenant,
-                subject: caller.subject,
+                identity: Identity {
+                    // The run is the end user's; the service that forwarded
+                    // them (if any) is not whom the run acts for.
+                    actor: None,
+                    ..caller.identity
+                },
                 agent,
                 session_id,
             },
@@ -83,19 +93,60 @@ impl OrchestratorServiceImpl {
     }
 }
 
-/// The profile a request names (empty: the default one), with its name.
-fn profile(config: &Config, agent: String) -> Result<(String, &AgentProfile), Status> {
-    let agent = if agent.is_empty() {
-        config.default_agent.clone()
-    } else {
-        agent
-    };
-    match config.agents.get(&agent) {
-        Some(profile) => Ok((agent, profile)),
-        None => Err(Status::not_found(format!(
-            "agent {agent:?} not found; configured agents: {}",
-            config.agents.keys().cloned().collect::<Vec<_>>().join(", ")
-        ))),
+impl OrchestratorServiceImpl {
+    /// The profile a request names (empty: the default one), with its
+    /// name: PERMISSION_DENIED naming it when the caller's allow-list
+    /// leaves it out (counted and audited; whether it exists is not said),
+    /// NOT_FOUND listing the agents the caller may use when it does not
+    /// exist.
+    fn profile(
+        &self,
+        caller: &Caller,
+        agent: String,
+        method: &str,
+    ) -> Result<(String, &AgentProfile), Status> {
+        let config = &self.config;
+        let agent = if agent.is_empty() {
+            config.default_agent.clone()
+        } else {
+            agent
+        };
+        if !caller.allows_agent(&agent) {
+            if let Some(access) = &self.access {
+                access.refuse_resource(
+                    &caller.identity,
+                    method,
+                    "agent_not_allowed",
+                    &agent,
+                    caller.peer,
+                );
+            }
+            return Err(Status::permission_denied(format!(
+                "agent {agent:?} is not allowed for this tenant or key ({}); allowed agents: {}",
+                caller.identity.credential_id,
+                caller
+                    .identity
+                    .allow
+                    .agents
+                    .names()
+                    .map(|names| names.join(", "))
+                    .filter(|names| !names.is_empty())
+                    .unwrap_or_else(|| "none".to_owned())
+            )));
+        }
+        match config.agents.get(&agent) {
+            Some(profile) => Ok((agent, profile)),
+            None => Err(Status::not_found(format!(
+                "agent {agent:?} not found; configured agents: {}",
+                config
+                    .agents
+                    .keys()
+                    .filter(|name| caller.allows_agent(name))
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
     }
 }
 
@@ -155,8 +206,7 @@ async fn no_run_in_progress(engine: &Engine, session_id: &str) -> Result<(), Sta
 
 /// Whose the run is, and where.
 struct RunOwner {
-    tenant: String,
-    subject: String,
+    identity: Identity,
     agent: String,
     session_id: String,
 }
@@ -171,8 +221,8 @@ fn new_run(
 ) -> RunRow {
     RunRow {
         run_id: uuid::Uuid::now_v7().to_string(),
-        tenant: owner.tenant,
-        subject: owner.subject,
+        tenant: owner.identity.tenant.clone(),
+        subject: owner.identity.subject.clone(),
         agent: owner.agent,
         session_id: owner.session_id,
         objective: request.objective,
@@ -191,6 +241,7 @@ fn new_run(
         steps: 0,
         tool_calls: 0,
         last_sequence: 0,
+        identity: Some(owner.identity),
     }
 }
 

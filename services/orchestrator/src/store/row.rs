@@ -1,11 +1,14 @@
 //! The run row and the checkpoint as the orchestrator holds them, and their
 //! mapping to and from what is stored and what the API shows: a `runs` row
 //! is read into a [`RunRow`] ([`run_from_row`]), shown as a `pb::Run`
-//! ([`RunRow::to_proto`]); a [`Checkpoint`] is stored protobuf-encoded.
+//! ([`RunRow::to_proto`]); a [`Checkpoint`] is stored protobuf-encoded;
+//! the identity a run was started with is stored as JSON (never a secret,
+//! never the service that forwarded it), NULL for runs stored before it was.
 //! Times are microseconds since the Unix epoch throughout.
 
 use std::collections::BTreeMap;
 
+use agentmesh_auth::Identity;
 use agentmesh_kit::time::timestamp_from_micros;
 use agentmesh_proto::llm::v1 as llm;
 use agentmesh_proto::orchestrator::v1 as pb;
@@ -45,12 +48,38 @@ pub(crate) struct RunRow {
     pub(crate) steps: i32,
     pub(crate) tool_calls: i32,
     pub(crate) last_sequence: i32,
+    /// Who started the run: the end user's identity, acted for on every
+    /// call the run makes (also after a resume). `None` for runs stored
+    /// before identities were.
+    pub(crate) identity: Option<Identity>,
 }
 
 impl RunRow {
     /// Whether the run has ended.
     pub(crate) fn is_terminal(&self) -> bool {
         is_terminal(self.state)
+    }
+
+    /// The stored forms of the run's labels and identity (JSON).
+    pub(super) fn encoded(&self) -> Result<(String, Option<String>), StoreError> {
+        let labels = serde_json::to_string(&self.labels)
+            .map_err(|err| StoreError::Corrupt(err.to_string()))?;
+        Ok((labels, self.identity_json()?))
+    }
+
+    /// The stored form of the run's identity.
+    fn identity_json(&self) -> Result<Option<String>, StoreError> {
+        self.identity
+            .as_ref()
+            .map(|identity| {
+                let identity = Identity {
+                    actor: None,
+                    ..identity.clone()
+                };
+                serde_json::to_string(&identity)
+                    .map_err(|err| StoreError::Corrupt(format!("run identity: {err}")))
+            })
+            .transpose()
     }
 
     /// The run as the API shows it.
@@ -145,6 +174,7 @@ where
     let state: i32 = row.try_get("state")?;
     let labels: String = row.try_get("labels")?;
     let error: Option<Vec<u8>> = row.try_get("error")?;
+    let identity: Option<String> = row.try_get("identity")?;
     Ok(RunRow {
         run_id: row.try_get("run_id")?,
         tenant: row.try_get("tenant")?,
@@ -175,5 +205,9 @@ where
         steps: row.try_get("steps")?,
         tool_calls: row.try_get("tool_calls")?,
         last_sequence: row.try_get("last_sequence")?,
+        identity: identity
+            .map(|json| serde_json::from_str::<Identity>(&json))
+            .transpose()
+            .map_err(|err| StoreError::Corrupt(format!("run identity: {err}")))?,
     })
 }
