@@ -46,6 +46,7 @@ mod alerting;
 mod alerts;
 mod audit;
 mod commands;
+mod credential;
 mod health;
 mod mesh;
 mod output;

@@ -5,6 +5,9 @@
 //! events, so it starts first and stops last, after they have flushed their
 //! queues. [`EmbeddedAudit`] is that service alone, which the `agentmesh
 //! audit` commands also start on their own over the data directory.
+//!
+//! `auth`: the mesh's one `[auth]` section and the service keys the services
+//! present to each other when it asks for credentials.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -14,6 +17,10 @@ use agentmesh_kit::config::{self, FileLayout, Overrides, ServiceConfig};
 use agentmesh_kit::{ConfigError, Listeners, ServeError, ServerConfig};
 use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
+
+mod auth;
+
+pub(crate) use auth::require_credential;
 
 /// The five services' configurations.
 #[derive(Debug, Clone)]
@@ -58,9 +65,16 @@ impl MeshConfigs {
                     c
                 },
             )?,
-            audit: load_audit(file, ports, data_dir)?,
+            audit: load_one(file, layout, ports, AUDIT_INDEX, Some(data_dir))?,
             alerting: load_one(file, layout, ports, 4, Some(data_dir))?,
         };
+        let shared = auth::shared(file)?;
+        let shared = shared.as_ref();
+        auth::apply_shared(&mut configs.orchestrator, |c| &mut c.auth, file, shared)?;
+        auth::apply_shared(&mut configs.llm_gateway, |c| &mut c.auth, file, shared)?;
+        auth::apply_shared(&mut configs.tool_runner, |c| &mut c.auth, file, shared)?;
+        auth::apply_shared(&mut configs.audit, |c| &mut c.auth, file, shared)?;
+        auth::apply_shared(&mut configs.alerting, |c| &mut c.auth, file, shared)?;
         // Audit events that cannot be sent yet wait beside the databases.
         let default_spool = AuditConfig::default().spool_dir;
         for audit in configs.producers_audit() {
@@ -89,7 +103,11 @@ pub(crate) fn load_audit(
     ports: Ports,
     data_dir: &Path,
 ) -> Result<agentmesh_audit::Config, ConfigError> {
-    load_one(file, layout_of(file), ports, AUDIT_INDEX, Some(data_dir))
+    let mut config: agentmesh_audit::Config =
+        load_one(file, layout_of(file), ports, AUDIT_INDEX, Some(data_dir))?;
+    let shared = auth::shared(file)?;
+    auth::apply_shared(&mut config, |c| &mut c.auth, file, shared.as_ref())?;
+    Ok(config)
 }
 
 /// How the mesh's file is read: one with any service's section is sectioned
@@ -298,9 +316,11 @@ pub(crate) struct Mesh {
 impl Mesh {
     /// Binds every service's ports, points the orchestrator at the gateway
     /// and the tool runner, and every producer of audit events at the audit
-    /// service it just bound, and starts all five. A service that fails
+    /// service it just bound, gives each its service key when they ask for
+    /// credentials, and starts all five. A service that fails
     /// stops the others, so no half mesh keeps running.
     pub(crate) async fn start(mut configs: MeshConfigs) -> anyhow::Result<Self> {
+        auth::issue_service_keys(&mut configs)?;
         let (orchestrator_listeners, orchestrator) = bind(&configs.orchestrator.server).await?;
         let (gateway_listeners, gateway) = bind(&configs.llm_gateway.server).await?;
         let (tools_listeners, tool_runner) = bind(&configs.tool_runner.server).await?;
