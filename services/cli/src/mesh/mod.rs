@@ -465,4 +465,69 @@ mod tests {
         assert_eq!(configs.orchestrator.log.level, "debug");
         assert_eq!(configs.alerting.log.level, "debug");
     }
+
+    #[test]
+    fn the_shared_auth_section_is_every_service_s_unless_it_has_its_own() {
+        let configs = load(
+            "[auth]\nmethods = [\"api_key\"]\nkeys_file = \"keys.toml\"\n\n\
+             [audit.auth]\nmethods = [\"none\"]\n",
+        )
+        .unwrap();
+        for auth in [
+            &configs.orchestrator.auth,
+            &configs.llm_gateway.auth,
+            &configs.tool_runner.auth,
+            &configs.alerting.auth,
+        ] {
+            assert_eq!(auth.methods, [agentmesh_auth::Method::ApiKey]);
+            assert_eq!(auth.keys_file, Some(PathBuf::from("keys.toml")));
+        }
+        assert!(configs.audit.auth.is_none(), "its own section wins");
+
+        let err = load("[auth]\nmethods = [\"api_key\"]\n\n[audit.log]\nlevel = \"info\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("auth.keys_file"), "{err}");
+        let err = load("[auth]\nmethodz = []\n\n[audit.log]\nlevel = \"info\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("methodz"), "{err}");
+    }
+
+    #[test]
+    fn service_keys_are_made_only_when_auth_is_on_each_with_its_scopes() {
+        use agentmesh_auth::Scope;
+
+        let mut configs = load("[log]\nlevel = \"info\"\n").unwrap();
+        auth::issue_service_keys(&mut configs).unwrap();
+        assert!(configs.orchestrator.auth.in_memory_keys.is_none());
+
+        let mut configs = load(
+            "[auth]\nmethods = [\"api_key\"]\nkeys_file = \"keys.toml\"\n\n[audit.log]\nlevel = \"info\"\n",
+        )
+        .unwrap();
+        auth::issue_service_keys(&mut configs).unwrap();
+        let keys = |auth: &agentmesh_auth::AuthConfig| auth.in_memory_keys.clone().unwrap();
+        let orchestrator = keys(&configs.orchestrator.auth);
+        let alerting = keys(&configs.alerting.auth);
+        assert_eq!(orchestrator.accepted().len(), 5);
+        assert_eq!(orchestrator.accepted(), alerting.accepted());
+        assert_ne!(orchestrator.own(), alerting.own());
+        let scopes_of = |keys: &agentmesh_auth::keys::store::InMemoryKeys| {
+            let entry = keys
+                .accepted()
+                .iter()
+                .find(|entry| entry.id == keys.own().id())
+                .unwrap()
+                .clone();
+            assert_eq!(entry.tenant, "");
+            agentmesh_auth::ScopeSet::parse_list(&entry.scopes.join(" ")).unwrap()
+        };
+        let scopes = scopes_of(&orchestrator);
+        assert!(scopes.contains(Scope::Service) && scopes.contains(Scope::LlmGenerate));
+        assert!(!scopes.contains(Scope::Admin));
+        assert!(scopes_of(&alerting).contains(Scope::Admin));
+        assert!(!scopes_of(&keys(&configs.llm_gateway.auth)).contains(Scope::ToolsExecute));
+        assert!(!format!("{orchestrator:?}").contains(orchestrator.own().expose()));
+    }
 }
