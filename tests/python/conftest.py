@@ -3,6 +3,11 @@
 `stubs` compiles proto/ into Python modules with grpcio-tools (the same way a
 platform team would), into a fresh directory, once per session. `mesh` runs the
 real `agentmesh up` binary on free loopback ports and stops it with SIGINT.
+
+`connect(address, api_key=...)` is the client helper every test opens its
+channels with: it sends the API key (given, or from `AGENTMESH_API_KEY`, as the
+`api_key` fixture reads it) as `authorization: Bearer …` metadata on every
+call, as any gRPC client of a mesh with auth on must.
 """
 
 import os
@@ -20,6 +25,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BIN_DIR = pathlib.Path(os.environ.get("AGENTMESH_BIN_DIR", ROOT / "target" / "debug"))
+
+API_KEY_ENV = "AGENTMESH_API_KEY"
 
 SERVICES = [
     ("orchestrator", "agentmesh.orchestrator.v1.OrchestratorService"),
@@ -51,6 +58,51 @@ def stubs():
     sys.path.insert(0, str(out))
     yield out
     sys.path.remove(str(out))
+
+
+class _Bearer(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds `authorization: Bearer <credential>` to every call."""
+
+    def __init__(self, credential):
+        self._header = ("authorization", f"Bearer {credential}")
+
+    def _with_header(self, details):
+        metadata = [m for m in (details.metadata or ()) if m[0] != "authorization"]
+        metadata.append(self._header)
+        return details._replace(metadata=metadata)
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._with_header(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._with_header(details), request)
+
+    def intercept_stream_unary(self, continuation, details, requests):
+        return continuation(self._with_header(details), requests)
+
+    def intercept_stream_stream(self, continuation, details, requests):
+        return continuation(self._with_header(details), requests)
+
+
+def connect(address, api_key=None):
+    """A channel to `address` presenting `api_key` (default: $AGENTMESH_API_KEY;
+    none when neither is set). Usable in a `with` block like any channel."""
+    credential = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+    channel = grpc.insecure_channel(address)
+    if not credential:
+        return channel
+    return grpc.intercept_channel(channel, _Bearer(credential))
+
+
+@pytest.fixture(scope="session")
+def api_key():
+    """The API key the tests present ($AGENTMESH_API_KEY), or None."""
+    return os.environ.get(API_KEY_ENV) or None
 
 
 def _port_free(port):

@@ -10,6 +10,7 @@ import uuid
 import grpc
 from google.protobuf import timestamp_pb2
 
+from conftest import connect
 from test_runs import _field_violations
 
 
@@ -39,12 +40,12 @@ def test_tool_failures_fire_the_shipped_rule(stubs, mesh):
         event.tool_call.tool = tool
         event.tool_call.is_error = True
         batch.append(event)
-    with grpc.insecure_channel(mesh["audit"]) as channel:
+    with connect(mesh["audit"]) as channel:
         answer = audit_grpc.AuditServiceStub(channel).Record(audit.RecordRequest(events=batch), timeout=10)
         assert answer.accepted_count == 5
 
     matcher = alert.Matcher(name="tool", value=tool, type=alert.MATCH_TYPE_EQUAL)
-    with grpc.insecure_channel(mesh["alerting"]) as channel:
+    with connect(mesh["alerting"]) as channel:
         stub = alerting_grpc.AlertingServiceStub(channel)
         deadline = time.monotonic() + 30
         while True:
@@ -73,7 +74,7 @@ def test_a_silence_ending_before_it_starts_is_refused(stubs, mesh):
             comment="maintenance",
         )
     )
-    with grpc.insecure_channel(mesh["alerting"]) as channel:
+    with connect(mesh["alerting"]) as channel:
         stub = alerting_grpc.AlertingServiceStub(channel)
         try:
             stub.CreateSilence(request, timeout=5)

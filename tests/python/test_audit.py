@@ -11,6 +11,7 @@ import json
 import grpc
 import pytest
 
+from conftest import connect
 from test_runs import _field_violations
 
 
@@ -37,7 +38,7 @@ def _tool_call(events, event_id, tenant, tool, failed=False):
 
 def test_query_pages_and_export_is_csv_python_reads(stubs, mesh):
     messages, events, services = _audit(stubs)
-    with grpc.insecure_channel(mesh["audit"]) as channel:
+    with connect(mesh["audit"]) as channel:
         stub = services.AuditServiceStub(channel)
         batch = [_tool_call(events, f"py-{i:03d}", "py-tenant", "calculator", failed=i % 4 == 0) for i in range(45)]
         bad = events.AuditEvent(service="python-test")  # no event_id, no type
@@ -92,7 +93,7 @@ def test_query_pages_and_export_is_csv_python_reads(stubs, mesh):
 
 def test_bad_requests_name_the_field(stubs, mesh):
     messages, events, services = _audit(stubs)
-    with grpc.insecure_channel(mesh["audit"]) as channel:
+    with connect(mesh["audit"]) as channel:
         stub = services.AuditServiceStub(channel)
         with pytest.raises(grpc.RpcError) as empty:
             stub.Record(messages.RecordRequest(), timeout=10)

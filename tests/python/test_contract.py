@@ -7,7 +7,7 @@ import grpc
 from google.rpc import status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from conftest import SERVICES
+from conftest import SERVICES, connect
 
 def test_stubs_compile_and_carry_the_contract(stubs):
     run = importlib.import_module("agentmesh.orchestrator.v1.run_pb2")
@@ -22,7 +22,7 @@ def test_stubs_compile_and_carry_the_contract(stubs):
 
 def test_every_service_is_serving(mesh):
     for name, grpc_name in SERVICES:
-        with grpc.insecure_channel(mesh[name]) as channel:
+        with connect(mesh[name]) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             for service in ("", grpc_name):
                 answer = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
@@ -30,7 +30,7 @@ def test_every_service_is_serving(mesh):
 
 
 def test_request_id_is_echoed(mesh):
-    with grpc.insecure_channel(mesh["audit"]) as channel:
+    with connect(mesh["audit"]) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         _, call = stub.Check.with_call(
             health_pb2.HealthCheckRequest(service=""), timeout=5, metadata=[("x-request-id", "py-abc")]

@@ -76,3 +76,55 @@ def test_istio_policy_covers_every_service():
     for vs in (d for d in docs if d["kind"] == "VirtualService"):
         route = vs["spec"]["http"][0]
         assert route["route"][0]["destination"]["port"]["number"] == PORTS[vs["metadata"]["name"]]
+
+
+def _env(container):
+    return {e["name"]: e.get("value") for e in container["env"]}
+
+
+def test_listening_beyond_loopback_comes_with_api_keys_from_mounted_secrets():
+    for doc in _base():
+        if doc["kind"] != "Deployment":
+            continue
+        name = doc["metadata"]["name"]
+        section = name.replace("-", "_").upper()
+        pod = doc["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        env = _env(container)
+        prefix = f"AGENTMESH_{section}__"
+        assert env[prefix + "SERVER__HOST"] == "0.0.0.0", name
+        assert env[prefix + "AUTH__METHODS"] == '["api_key"]', name
+        assert "none" not in env[prefix + "AUTH__METHODS"]
+        assert prefix + "AUTH__ALLOW_NONE_OFF_LOOPBACK" not in env, name
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        files = [env[prefix + "AUTH__KEYS_FILE"]]
+        if name != "audit":  # the audit service calls no peer
+            files.append(env[prefix + "AUTH__CREDENTIAL_FILE"])
+        for path in files:
+            directory, _ = path.rsplit("/", 1)
+            mount = mounts[directory]  # the directory, never a subPath
+            assert mount.get("readOnly") and "subPath" not in mount, (name, path)
+            assert "secret" in volumes[mount["name"]], (name, path)
+        keys = volumes[mounts["/etc/agentmesh/keys"]["name"]]["secret"]["secretName"]
+        assert keys == "agentmesh-keys", name
+
+
+def test_the_binaries_refuse_the_manifests_address_without_auth():
+    # The check behind the pairing: drop the auth settings and the address
+    # alone is refused at start.
+    for doc in _base():
+        if doc["kind"] != "Deployment":
+            continue
+        name = doc["metadata"]["name"]
+        container = doc["spec"]["template"]["spec"]["containers"][0]
+        env = {k: v for k, v in _env(container).items() if v is not None and "__AUTH__" not in k}
+        result = subprocess.run(
+            [str(BIN_DIR / f"agentmesh-{name}"), "--dump-config"],
+            env={"PATH": "/usr/bin:/bin", **env},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.returncode != 0, f"{name} started on 0.0.0.0 with no auth"
+        assert "allow_none_off_loopback" in result.stderr, result.stderr

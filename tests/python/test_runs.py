@@ -10,6 +10,8 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
+from conftest import connect
+
 
 def _orchestrator(stubs):
     messages = importlib.import_module("agentmesh.orchestrator.v1.orchestrator_service_pb2")
@@ -33,7 +35,7 @@ def _field_violations(error):
 
 def test_a_stream_resumed_after_a_disconnect_gets_every_event_exactly_once(stubs, mesh):
     messages, services = _orchestrator(stubs)
-    with grpc.insecure_channel(mesh["orchestrator"]) as channel:
+    with connect(mesh["orchestrator"]) as channel:
         stub = services.OrchestratorServiceStub(channel)
         started = stub.StartRun(messages.StartRunRequest(objective="What is 17 * 23 + sqrt(144)?"), timeout=10)
         assert started.run_id and not started.existing
@@ -73,7 +75,7 @@ def test_a_stream_resumed_after_a_disconnect_gets_every_event_exactly_once(stubs
 
 def test_errors_have_the_documented_codes(stubs, mesh):
     messages, services = _orchestrator(stubs)
-    with grpc.insecure_channel(mesh["orchestrator"]) as channel:
+    with connect(mesh["orchestrator"]) as channel:
         stub = services.OrchestratorServiceStub(channel)
 
         with pytest.raises(grpc.RpcError) as empty:

@@ -29,7 +29,8 @@ use crate::config::{AuthConfig, AuthConfigError, Method};
 use crate::identity::{self, Actor, AllowLists, Identity, Mechanism};
 use crate::jwt::{self, JwtVerifier};
 use crate::keys::ApiKey;
-use crate::keys::store::{KeyStore, KeyStoreError};
+use crate::keys::file::KeysFile;
+use crate::keys::store::{InMemoryKeys, KeyStore, KeyStoreError};
 use crate::scope::{Scope, ScopeSet};
 
 /// The longest credential looked at.
@@ -98,18 +99,38 @@ impl Authenticator {
     /// Builds the authenticators `config` names (reads the keys file).
     pub fn from_config(config: &AuthConfig) -> Result<Self, AuthConfigError> {
         config.validate()?;
+        let extra = config
+            .in_memory_keys
+            .as_ref()
+            .map(InMemoryKeys::accepted)
+            .unwrap_or_default();
         let keys = match (&config.keys_file, config.methods.contains(&Method::ApiKey)) {
-            (Some(path), true) => Some(KeyStore::open(path).map_err(|err| AuthConfigError {
-                setting: "keys_file".to_owned(),
-                problem: match err {
-                    KeyStoreError::Read { source, .. } => {
-                        format!("cannot read {}: {source}", path.display())
-                    }
-                    KeyStoreError::Invalid { error, .. } => {
-                        format!("{} is invalid at {error}", path.display())
-                    }
-                },
-            })?),
+            (Some(path), true) => {
+                Some(
+                    KeyStore::open_with(path, extra).map_err(|err| AuthConfigError {
+                        setting: "keys_file".to_owned(),
+                        problem: match err {
+                            KeyStoreError::Read { source, .. } => {
+                                format!("cannot read {}: {source}", path.display())
+                            }
+                            KeyStoreError::Invalid { error, .. } => {
+                                format!("{} is invalid at {error}", path.display())
+                            }
+                        },
+                    })?,
+                )
+            }
+            // The embedded mesh's service keys work without a keys file.
+            _ if !extra.is_empty() && !config.is_none() => Some(
+                KeyStore::from_file(&KeysFile {
+                    keys: extra.to_vec(),
+                    ..KeysFile::default()
+                })
+                .map_err(|err| AuthConfigError {
+                    setting: "in_memory_keys".to_owned(),
+                    problem: err.to_string(),
+                })?,
+            ),
             _ => None,
         };
         let jwt = config

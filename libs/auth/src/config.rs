@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::jwt::JwtConfig;
+use crate::keys::store::InMemoryKeys;
 
 /// An authenticator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +80,12 @@ pub struct AuthConfig {
     /// Failed authentications one peer address may make per minute; beyond
     /// them its calls are refused unchecked until the minute has passed.
     pub max_failures_per_minute: u32,
+    /// Service keys known only in memory (the embedded mesh makes them at
+    /// start): accepted on top of the keys file's, and the own one presented
+    /// to peers instead of `credential_file`. Never read from or written to
+    /// configuration.
+    #[serde(skip)]
+    pub in_memory_keys: Option<InMemoryKeys>,
 }
 
 impl Default for AuthConfig {
@@ -94,6 +101,7 @@ impl Default for AuthConfig {
             audit_successes: AuditSuccesses::FirstUse,
             audit_interval: Duration::from_secs(10),
             max_failures_per_minute: 30,
+            in_memory_keys: None,
         }
     }
 }

@@ -22,6 +22,7 @@ use anyhow::Context as _;
 use tonic::transport::Channel;
 use tonic_types::StatusExt as _;
 
+use crate::credential::{self, CliChannel, CredentialArgs};
 use crate::mesh::{Mesh, MeshConfigs, Ports};
 
 /// Where to find the mesh.
@@ -33,6 +34,8 @@ pub(crate) struct Target {
     orchestrator: Option<String>,
     #[command(flatten)]
     embedded: Embedded,
+    #[command(flatten)]
+    credential: CredentialArgs,
 }
 
 /// The services started in this process when no address is given.
@@ -140,8 +143,8 @@ pub(crate) enum ToolsCommand {
 
 /// A connection to the mesh, embedded or remote.
 struct Connection {
-    orchestrator: Channel,
-    tool_runner: Option<Channel>,
+    orchestrator: CliChannel,
+    tool_runner: Option<CliChannel>,
     embedded: Option<Mesh>,
 }
 
@@ -158,11 +161,12 @@ impl Connection {
         model: Option<&str>,
         announce: bool,
     ) -> anyhow::Result<Self> {
+        let credential = target.credential.resolve()?;
         if let Some(address) = &target.orchestrator {
             let orchestrator = agentmesh_kit::client::plain_channel(address)
                 .with_context(|| format!("bad orchestrator address {address:?}"))?;
             return Ok(Self {
-                orchestrator,
+                orchestrator: credential::channel(orchestrator, &credential),
                 tool_runner: None,
                 embedded: None,
             });
@@ -175,6 +179,7 @@ impl Connection {
             &embedded.data_dir,
         )
         .map_err(|err| anyhow::anyhow!("{err}"))?;
+        configs.require_credential(&credential)?;
         let provider = choose_provider(&mut configs.llm_gateway, model);
         if announce && provider == Provider::ScriptedDemo {
             let _ = writeln!(
@@ -184,7 +189,7 @@ impl Connection {
                  model."
             );
         }
-        let mesh = Mesh::start(configs).await?;
+        let mesh = Box::pin(Mesh::start(configs)).await?;
         let orchestrator =
             agentmesh_kit::client::plain_channel(&format!("http://{}", mesh.orchestrator))?;
         let tool_runner =
@@ -195,8 +200,8 @@ impl Connection {
         )
         .await?;
         Ok(Self {
-            orchestrator,
-            tool_runner: Some(tool_runner),
+            orchestrator: credential::channel(orchestrator, &credential),
+            tool_runner: Some(credential::channel(tool_runner, &credential)),
             embedded: Some(mesh),
         })
     }
@@ -469,8 +474,11 @@ pub(crate) async fn tools(command: ToolsCommand) -> anyhow::Result<ExitCode> {
     }
     let (channel, connection) = match tool_runner {
         Some(address) => (
-            agentmesh_kit::client::plain_channel(&address)
-                .with_context(|| format!("bad tool runner address {address:?}"))?,
+            credential::channel(
+                agentmesh_kit::client::plain_channel(&address)
+                    .with_context(|| format!("bad tool runner address {address:?}"))?,
+                &target.credential.resolve()?,
+            ),
             None,
         ),
         None => {

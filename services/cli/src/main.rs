@@ -20,6 +20,11 @@
 //!   `grpc.health.v1` status and prints a table; `--deep` adds every
 //!   dependency of each (from its admin port's `/health/deep`) with the
 //!   reason of each failing one. The exit code says whether all are ready.
+//! * `agentmesh keys create|list|revoke` makes API keys and keeps the keys
+//!   file, like `htpasswd`; `agentmesh auth scopes` prints the scope each
+//!   RPC needs.
+//! * Every client command takes `--api-key` (`AGENTMESH_API_KEY`) or
+//!   `--token` (`AGENTMESH_TOKEN`) and presents it on each call.
 //!
 //! # Layout
 //!
@@ -38,6 +43,9 @@
 //!   connection, the output choice, the label matchers (and, in tests, a
 //!   fake alerting service). `alerts/`: the flags and requests, `list`,
 //!   `watch`, `render`. `silences`: add, list, expire.
+//! * `credential`: the caller's key or token and the channels that send it.
+//! * `keys/`: the keys commands (`create`, and `file`: changes of the keys
+//!   file, atomic); `scopes`: `auth scopes`.
 //! * `output`: protobuf JSON lines and the one table formatter; `time`: the
 //!   one duration grammar (`30m`, `1h30m`, `PT2H`) and the conversions
 //!   between jiff and protobuf timestamps.
@@ -46,10 +54,13 @@ mod alerting;
 mod alerts;
 mod audit;
 mod commands;
+mod credential;
 mod health;
+mod keys;
 mod mesh;
 mod output;
 mod run;
+mod scopes;
 mod silences;
 mod time;
 
@@ -111,6 +122,12 @@ enum Command {
     Silences(silences::SilencesCommand),
     /// Show the health status of each service of a running mesh.
     Health(health::HealthArgs),
+    /// Make, list and revoke API keys in a keys file.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+    /// Identity and access: the scope each RPC needs.
+    #[command(subcommand)]
+    Auth(scopes::AuthCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -163,6 +180,8 @@ fn main() -> ExitCode {
             Command::Alerts(command) => alerts::alerts(command).await,
             Command::Silences(command) => silences::silences(command).await,
             Command::Health(args) => health::health(args).await,
+            Command::Keys(command) => keys::keys(command),
+            Command::Auth(command) => scopes::auth(command),
         };
         // The embedded services' last spans, when traces are on.
         // (It blocks while it exports: off the runtime's threads.)

@@ -6,11 +6,11 @@ use std::io::{IsTerminal as _, Write as _};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::credential::CliChannel;
 use agentmesh_proto::orchestrator::v1::{
     self as pb, orchestrator_service_client::OrchestratorServiceClient, run_event,
 };
 use indicatif::{ProgressBar, ProgressStyle};
-use tonic::transport::Channel;
 
 use crate::output::ProtoJson;
 
@@ -199,7 +199,7 @@ fn exit_of(event: &pb::RunEvent) -> Option<ExitCode> {
 /// Runs `request` on the orchestrator at `channel`, showing it; the first
 /// Ctrl-C cancels the run (and waits for it to say so).
 pub(crate) async fn run_and_show(
-    channel: Channel,
+    channel: CliChannel,
     request: pb::RunRequest,
     json: bool,
 ) -> anyhow::Result<ExitCode> {

@@ -14,9 +14,9 @@
 use std::io::Write;
 use std::process::ExitCode;
 
+use crate::credential::CliChannel;
 use agentmesh_proto::alerting::v1::{self as pb, alerting_service_client::AlertingServiceClient};
 use jiff::{SignedDuration, Timestamp};
-use tonic::transport::Channel;
 
 use crate::alerting::matchers::{matcher_text, parse_matchers};
 use crate::alerting::{AlertingTarget, MAX_PAGE, Output};
@@ -206,7 +206,7 @@ async fn add(args: AddArgs) -> anyhow::Result<ExitCode> {
 /// Creates the silence and writes its id (or, as JSON, the silence) to
 /// `out`.
 async fn add_to(
-    client: &mut AlertingServiceClient<Channel>,
+    client: &mut AlertingServiceClient<CliChannel>,
     request: pb::CreateSilenceRequest,
     output: Output,
     out: &mut impl Write,
@@ -237,7 +237,7 @@ async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
 
 /// Lists every silence `request` selects, page after page, to `out`.
 async fn list_to(
-    client: &mut AlertingServiceClient<Channel>,
+    client: &mut AlertingServiceClient<CliChannel>,
     mut request: pb::ListSilencesRequest,
     output: Output,
     out: &mut impl Write,
@@ -282,7 +282,7 @@ async fn expire(args: ExpireArgs) -> anyhow::Result<ExitCode> {
 /// Expires each silence in turn: a line on `out` for each one expired, an
 /// error line on stderr for each failure (and then a failed exit code).
 async fn expire_to(
-    client: &mut AlertingServiceClient<Channel>,
+    client: &mut AlertingServiceClient<CliChannel>,
     ids: &[String],
     out: &mut impl Write,
 ) -> anyhow::Result<ExitCode> {

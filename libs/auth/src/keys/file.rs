@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::identity::{AllowList, AllowLists};
-use crate::keys::{KeyHash, is_key_id};
+use crate::keys::{ApiKey, KeyHash, is_key_id};
 use crate::scope::{Scope, ScopeSet};
 
 /// The whole keys file.
@@ -197,7 +197,70 @@ impl KeysFile {
     }
 }
 
+/// Where a key stands at a moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyState {
+    /// It works.
+    Active,
+    /// Its `expires` has passed.
+    Expired,
+    /// It was revoked.
+    Revoked,
+}
+
+impl KeyState {
+    /// The state's name in listings.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Expired => "expired",
+            Self::Revoked => "revoked",
+        }
+    }
+}
+
 impl KeyEntry {
+    /// The entry of `key` (its id and hash), with no label, expiry or
+    /// allow-lists.
+    pub fn new(key: &ApiKey, tenant: &str, subject: &str, scopes: ScopeSet) -> Self {
+        Self {
+            id: key.id().to_owned(),
+            sha256: key.hash().to_hex(),
+            tenant: tenant.to_owned(),
+            subject: subject.to_owned(),
+            scopes: scopes
+                .iter()
+                .map(|scope| scope.as_str().to_owned())
+                .collect(),
+            label: String::new(),
+            expires: None,
+            agents: None,
+            routes: None,
+            tools: None,
+            revoked: false,
+        }
+    }
+
+    /// The entry as a `[[keys]]` block of a keys file, to append to one.
+    pub fn to_toml(&self) -> String {
+        #[derive(Serialize)]
+        struct One<'a> {
+            keys: [&'a KeyEntry; 1],
+        }
+        toml::to_string(&One { keys: [self] }).unwrap_or_default()
+    }
+
+    /// Whether the key works at `now`.
+    pub fn state(&self, now: jiff::Timestamp) -> KeyState {
+        if self.revoked {
+            KeyState::Revoked
+        } else if self.expires.is_some_and(|expires| expires <= now) {
+            KeyState::Expired
+        } else {
+            KeyState::Active
+        }
+    }
+
     /// The entry's hash, scopes and allow-lists, or the field that is wrong.
     pub(crate) fn checked(&self) -> Result<CheckedKey, (&'static str, String)> {
         let hash = KeyHash::from_hex(&self.sha256).ok_or((
@@ -249,7 +312,6 @@ fn line_of(text: &str, byte: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::ApiKey;
 
     fn entry(key: &ApiKey) -> String {
         format!(
@@ -293,5 +355,45 @@ mod tests {
         assert!(err.at.starts_with("line 2"), "{err}");
         let err = KeysFile::parse(&entry(&key).replace(key.id(), "am_live_x")).unwrap_err();
         assert_eq!(err.at, "keys[0].id");
+    }
+
+    #[test]
+    fn a_new_entry_is_a_block_that_appends_to_a_file() {
+        let key = ApiKey::generate("test").unwrap();
+        let mut entry = KeyEntry::new(
+            &key,
+            "acme",
+            "ci",
+            ScopeSet::parse_list("runs:write runs:read").unwrap(),
+        );
+        entry.expires = Some("2030-01-02T03:04:05Z".parse().unwrap());
+        entry.tools = Some(vec!["calculator".to_owned()]);
+        let block = entry.to_toml();
+        assert!(block.starts_with("[[keys]]\n"), "{block}");
+        assert!(
+            block.contains("scopes = [\"runs:read\", \"runs:write\"]"),
+            "{block}"
+        );
+        let other = ApiKey::generate("test").unwrap();
+        let text = format!(
+            "# keys of acme\n[tenants.acme]\ntools = [\"calculator\"]\n\n{}\n{block}",
+            KeyEntry::new(&other, "acme", "bob", ScopeSet::EMPTY).to_toml()
+        );
+        let file = KeysFile::parse(&text).unwrap();
+        assert_eq!(file.keys.len(), 2);
+        assert_eq!(file.keys[1], entry);
+        assert!(file.keys[1].checked().unwrap().hash.matches(&key.hash()));
+    }
+
+    #[test]
+    fn the_state_says_revoked_before_expired() {
+        let key = ApiKey::generate("test").unwrap();
+        let mut entry = KeyEntry::new(&key, "acme", "ci", ScopeSet::EMPTY);
+        let now: jiff::Timestamp = "2030-01-01T00:00:00Z".parse().unwrap();
+        assert_eq!(entry.state(now), KeyState::Active);
+        entry.expires = Some(now);
+        assert_eq!(entry.state(now), KeyState::Expired);
+        entry.revoked = true;
+        assert_eq!(entry.state(now), KeyState::Revoked);
     }
 }

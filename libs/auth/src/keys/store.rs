@@ -4,6 +4,10 @@
 //! hashes in constant time. The loaded file is swapped in whole on reload
 //! (readers never wait for a reload, and never see half a file); a reload
 //! that fails keeps the last good file and logs why.
+//!
+//! Keys known only in memory ([`InMemoryKeys`]: the embedded mesh's own
+//! service keys, made at start and never written anywhere) are added to the
+//! file's on every load.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,7 +17,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 
 use crate::identity::{AllowLists, Identity, Mechanism};
-use crate::keys::file::{KeysFile, KeysFileError};
+use crate::keys::file::{KeyEntry, KeysFile, KeysFileError};
 use crate::keys::{ApiKey, KeyHash};
 use crate::scope::ScopeSet;
 
@@ -63,6 +67,17 @@ struct Index {
 }
 
 impl Index {
+    /// The keys of `file` and the `extra` entries (checked together, so an
+    /// extra id that clashes with the file's is an error).
+    fn with_extra(file: &KeysFile, extra: &[KeyEntry]) -> Result<Self, KeysFileError> {
+        if extra.is_empty() {
+            return Self::from_file(file);
+        }
+        let mut file = file.clone();
+        file.keys.extend(extra.iter().cloned());
+        Self::from_file(&file)
+    }
+
     fn from_file(file: &KeysFile) -> Result<Self, KeysFileError> {
         file.check()?;
         let mut keys = HashMap::with_capacity(file.keys.len());
@@ -131,6 +146,42 @@ pub enum KeyStoreError {
     },
 }
 
+/// The embedded mesh's service keys: made when it starts, known only to
+/// this process, never written anywhere. Every service accepts all of them
+/// (on top of its keys file's) and presents its own to its peers.
+#[derive(Clone, PartialEq)]
+pub struct InMemoryKeys {
+    own: ApiKey,
+    accepted: Arc<[KeyEntry]>,
+}
+
+impl InMemoryKeys {
+    /// A service's own key and the entries of every service's key.
+    pub fn new(own: ApiKey, accepted: Arc<[KeyEntry]>) -> Self {
+        Self { own, accepted }
+    }
+
+    /// The key this service presents.
+    pub fn own(&self) -> &ApiKey {
+        &self.own
+    }
+
+    /// The entries every service accepts.
+    pub fn accepted(&self) -> &[KeyEntry] {
+        &self.accepted
+    }
+}
+
+impl std::fmt::Debug for InMemoryKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The id only: the ApiKey's own Debug never shows the secret either.
+        f.debug_struct("InMemoryKeys")
+            .field("own", &self.own.id())
+            .field("accepted", &self.accepted.len())
+            .finish()
+    }
+}
+
 /// The keys of one keys file, shared by every call of a service.
 #[derive(Debug, Clone)]
 pub struct KeyStore {
@@ -139,17 +190,27 @@ pub struct KeyStore {
     /// The file's stamp when it was read: taken before reading, so a change
     /// made while reading is seen by the next check.
     loaded: Option<Stamp>,
+    /// Entries added to the file's on every load.
+    extra: Arc<[KeyEntry]>,
 }
 
 impl KeyStore {
     /// The keys of a file, read now.
     pub fn open(path: &Path) -> Result<Self, KeyStoreError> {
+        Self::open_with(path, &[])
+    }
+
+    /// The keys of a file, read now, and `extra` entries known only in
+    /// memory, kept on every reload (the embedded mesh's service keys).
+    pub fn open_with(path: &Path, extra: &[KeyEntry]) -> Result<Self, KeyStoreError> {
         let loaded = stamp(path);
-        let index = read(path)?;
+        let extra: Arc<[KeyEntry]> = extra.into();
+        let index = read(path, &extra)?;
         Ok(Self {
             index: Arc::new(ArcSwap::from_pointee(index)),
             path: Some(path.to_owned()),
             loaded,
+            extra,
         })
     }
 
@@ -160,6 +221,7 @@ impl KeyStore {
             index: Arc::new(ArcSwap::from_pointee(Index::from_file(file)?)),
             path: None,
             loaded: None,
+            extra: Arc::new([]),
         })
     }
 
@@ -205,6 +267,7 @@ impl KeyStore {
     pub fn watch(&self, interval: Duration) -> Option<tokio::task::JoinHandle<()>> {
         let path = self.path.clone()?;
         let index = Arc::clone(&self.index);
+        let extra = Arc::clone(&self.extra);
         let mut last = self.loaded.clone();
         Some(tokio::spawn(async move {
             let mut ticks = tokio::time::interval(interval);
@@ -218,7 +281,7 @@ impl KeyStore {
                 last = now;
                 // A writer may not be done yet: the next change of the stamp
                 // reads the file again.
-                match read(&path) {
+                match read(&path, &extra) {
                     Ok(fresh) => {
                         tracing::info!(path = %path.display(), keys = fresh.keys.len(), "reloaded the keys file");
                         index.store(Arc::new(fresh));
@@ -232,7 +295,7 @@ impl KeyStore {
     }
 }
 
-fn read(path: &Path) -> Result<Index, KeyStoreError> {
+fn read(path: &Path, extra: &[KeyEntry]) -> Result<Index, KeyStoreError> {
     let text = std::fs::read_to_string(path).map_err(|source| KeyStoreError::Read {
         path: path.to_owned(),
         source,
@@ -241,7 +304,7 @@ fn read(path: &Path) -> Result<Index, KeyStoreError> {
         path: path.to_owned(),
         error,
     })?;
-    Index::from_file(&file).map_err(|error| KeyStoreError::Invalid {
+    Index::with_extra(&file, extra).map_err(|error| KeyStoreError::Invalid {
         path: path.to_owned(),
         error,
     })
@@ -357,6 +420,46 @@ mod tests {
             "a broken file replaced good keys"
         );
         watch.abort();
+    }
+
+    #[tokio::test]
+    async fn in_memory_keys_are_kept_across_reloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.toml");
+        let user = ApiKey::generate("live").unwrap();
+        let service = ApiKey::generate("live").unwrap();
+        let write = |keys: Vec<KeyEntry>| {
+            std::fs::write(
+                &path,
+                KeysFile {
+                    keys,
+                    ..KeysFile::default()
+                }
+                .to_toml(),
+            )
+            .unwrap();
+        };
+        write(vec![entry(&user, "acme")]);
+        let store = KeyStore::open_with(&path, &[entry(&service, "")]).unwrap();
+        let watch = store.watch(Duration::from_millis(10)).unwrap();
+        assert!(store.verify(&service, now()).is_ok());
+        assert!(store.verify(&user, now()).is_ok());
+
+        write(Vec::new());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while store.verify(&user, now()).is_ok() {
+            assert!(std::time::Instant::now() < deadline, "never reloaded");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            store.verify(&service, now()).is_ok(),
+            "a reload dropped the in-memory key"
+        );
+        watch.abort();
+
+        // An in-memory id that clashes with the file's is an error.
+        write(vec![entry(&user, "acme")]);
+        assert!(KeyStore::open_with(&path, &[entry(&user, "")]).is_err());
     }
 
     #[test]

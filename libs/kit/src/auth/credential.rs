@@ -1,7 +1,8 @@
 //! [`ServiceCredential`]: what a service presents on its calls to its peers
 //! (`authorization: Bearer <API key or JWT>`), read from
 //! `auth.credential_file` (re-read when it changes, so a rotated Secret is
-//! picked up without a restart) or from `AGENTMESH_SERVICE_CREDENTIAL`.
+//! picked up without a restart) or from `AGENTMESH_SERVICE_CREDENTIAL`; in
+//! the embedded mesh, the service key it made in memory.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -55,6 +56,14 @@ impl ServiceCredential {
     /// The credential `config` names: its file, else the environment
     /// variable, else none.
     pub fn from_config(config: &AuthConfig) -> Result<Self, CredentialError> {
+        // The embedded mesh's own key: every peer in this process accepts it.
+        if let Some(own) = config
+            .in_memory_keys
+            .as_ref()
+            .and_then(|keys| Self::fixed(keys.own().expose()))
+        {
+            return Ok(own);
+        }
         if let Some(path) = &config.credential_file {
             let header = read(path)?;
             return Ok(Self {
@@ -155,5 +164,22 @@ mod tests {
         let err = ServiceCredential::from_config(&config).unwrap_err();
         assert!(err.to_string().contains("auth.credential_file"), "{err}");
         assert!(ServiceCredential::none().header().is_none());
+    }
+
+    #[test]
+    fn an_in_memory_key_is_presented_before_the_file() {
+        use agentmesh_auth::keys::ApiKey;
+        use agentmesh_auth::keys::store::InMemoryKeys;
+        let key = ApiKey::generate("embedded").unwrap();
+        let config = AuthConfig {
+            credential_file: Some("/nonexistent/credential".into()),
+            in_memory_keys: Some(InMemoryKeys::new(key.clone(), std::sync::Arc::new([]))),
+            ..AuthConfig::default()
+        };
+        let credential = ServiceCredential::from_config(&config).unwrap();
+        assert_eq!(
+            credential.header().unwrap().to_str().unwrap(),
+            format!("Bearer {}", key.expose())
+        );
     }
 }

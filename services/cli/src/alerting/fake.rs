@@ -179,6 +179,7 @@ pub(crate) async fn serve(fake: Fake) -> (Arc<Fake>, AlertingTarget) {
         fake,
         AlertingTarget {
             address: address.to_string(),
+            credential: crate::credential::CredentialArgs::default(),
         },
     )
 }

@@ -9,7 +9,9 @@
 use std::time::Duration;
 
 use agentmesh_proto::alerting::v1::alerting_service_client::AlertingServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
+
+use crate::credential::{self, CliChannel, CredentialArgs};
 
 #[cfg(test)]
 pub(crate) mod fake;
@@ -37,6 +39,8 @@ pub(crate) struct AlertingTarget {
         default_value = DEFAULT_ALERTING
     )]
     pub(crate) address: String,
+    #[command(flatten)]
+    pub(crate) credential: CredentialArgs,
 }
 
 /// How results are printed.
@@ -72,7 +76,8 @@ impl AlertingTarget {
 
     /// A client of the alerting service, connected: a service that cannot be
     /// reached is one line naming the address.
-    pub(crate) async fn connect(&self) -> anyhow::Result<AlertingServiceClient<Channel>> {
+    pub(crate) async fn connect(&self) -> anyhow::Result<AlertingServiceClient<CliChannel>> {
+        let credential = self.credential.resolve()?;
         let uri = self.uri();
         let endpoint = Endpoint::from_shared(uri.clone())
             .map_err(|err| {
@@ -97,7 +102,10 @@ impl AlertingTarget {
                 root_cause(&err)
             )
         })?;
-        Ok(AlertingServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES))
+        Ok(
+            AlertingServiceClient::new(credential::channel(channel, &credential))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
     }
 }
 
@@ -109,6 +117,7 @@ mod tests {
     fn addresses_get_a_scheme() {
         let target = |address: &str| AlertingTarget {
             address: address.to_owned(),
+            credential: CredentialArgs::default(),
         };
         assert_eq!(target("localhost:1").uri(), "http://localhost:1");
         assert_eq!(
@@ -127,6 +136,7 @@ mod tests {
             .port();
         let target = AlertingTarget {
             address: format!("127.0.0.1:{port}"),
+            credential: CredentialArgs::default(),
         };
         let err = format!("{:#}", target.connect().await.unwrap_err());
         assert!(err.contains(&format!("http://127.0.0.1:{port}")), "{err}");
@@ -135,6 +145,7 @@ mod tests {
 
         let bad = AlertingTarget {
             address: "http://bad host".to_owned(),
+            credential: CredentialArgs::default(),
         };
         let err = format!("{:#}", bad.connect().await.unwrap_err());
         assert!(err.starts_with("bad alerting service address"), "{err}");

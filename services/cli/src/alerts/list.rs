@@ -5,9 +5,9 @@
 use std::io::Write;
 use std::process::ExitCode;
 
+use crate::credential::CliChannel;
 use agentmesh_proto::alerting::v1::{self as pb, alerting_service_client::AlertingServiceClient};
 use jiff::Timestamp;
-use tonic::transport::Channel;
 
 use super::render::alert_table;
 use super::{ListArgs, list_request};
@@ -37,7 +37,7 @@ pub(super) async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
 /// `limit` (none or 0: all); a table with start times relative to `now`, or
 /// JSON lines.
 pub(super) async fn list_to(
-    client: &mut AlertingServiceClient<Channel>,
+    client: &mut AlertingServiceClient<CliChannel>,
     mut request: pb::ListAlertsRequest,
     limit: Option<u32>,
     output: Output,

@@ -6,8 +6,8 @@ use std::future::Future;
 use std::io::Write;
 use std::process::ExitCode;
 
+use crate::credential::CliChannel;
 use agentmesh_proto::alerting::v1::{self as pb, alerting_service_client::AlertingServiceClient};
-use tonic::transport::Channel;
 
 use super::render::change_line;
 use super::{WatchArgs, watch_request};
@@ -35,7 +35,7 @@ pub(super) async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
 /// to `out` as it comes, until `stop` resolves (Ctrl-C) or the server ends
 /// the stream.
 pub(super) async fn watch_to(
-    client: &mut AlertingServiceClient<Channel>,
+    client: &mut AlertingServiceClient<CliChannel>,
     request: pb::WatchAlertsRequest,
     output: Output,
     out: &mut impl Write,

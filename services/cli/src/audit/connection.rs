@@ -7,10 +7,10 @@ use std::io::Write;
 
 use agentmesh_proto::audit::v1::audit_service_client::AuditServiceClient;
 use anyhow::Context as _;
-use tonic::transport::Channel;
 
 use super::flags::AuditTarget;
 use crate::commands::wait_serving;
+use crate::credential::{self, CliChannel};
 use crate::mesh::{self, EmbeddedAudit, Ports};
 
 /// The audit service's fully-qualified gRPC name (its health status key).
@@ -23,12 +23,13 @@ const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 /// A channel to the audit service, and the service itself when it runs in
 /// this process.
 pub(super) struct Connection {
-    channel: Channel,
+    channel: CliChannel,
     embedded: Option<EmbeddedAudit>,
 }
 
 impl Connection {
     pub(super) async fn open(target: &AuditTarget) -> anyhow::Result<Self> {
+        let credential = target.credential.resolve()?;
         if let Some(address) = &target.address {
             let uri = if address.contains("://") {
                 address.clone()
@@ -38,7 +39,7 @@ impl Connection {
             let channel = agentmesh_kit::client::plain_channel(&uri)
                 .with_context(|| format!("bad audit service address {address:?}"))?;
             return Ok(Self {
-                channel,
+                channel: credential::channel(channel, &credential),
                 embedded: None,
             });
         }
@@ -50,6 +51,7 @@ impl Connection {
             &embedded.data_dir,
         )
         .map_err(|err| anyhow::anyhow!("{err}"))?;
+        mesh::require_credential(&config.auth, &credential)?;
         let audit = EmbeddedAudit::start(config).await?;
         let channel = agentmesh_kit::client::plain_channel(&format!("http://{}", audit.addr))?;
         let ready = tokio::select! {
@@ -64,12 +66,12 @@ impl Connection {
             });
         }
         Ok(Self {
-            channel,
+            channel: credential::channel(channel, &credential),
             embedded: Some(audit),
         })
     }
 
-    pub(super) fn client(&self) -> AuditServiceClient<Channel> {
+    pub(super) fn client(&self) -> AuditServiceClient<CliChannel> {
         AuditServiceClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES)
     }
 

@@ -6,17 +6,17 @@ use std::io::{ErrorKind, Write};
 use std::path::Path;
 use std::process::ExitCode;
 
+use crate::credential::CliChannel;
 use agentmesh_proto::audit::v1::{self as pb, audit_service_client::AuditServiceClient};
 use anyhow::Context as _;
 use tonic::Streaming;
-use tonic::transport::Channel;
 
 use super::filter::build_filter;
 use super::flags::{ExportArgs, ExportFormat};
 use crate::commands::print_status;
 
 pub(super) async fn export(
-    mut client: AuditServiceClient<Channel>,
+    mut client: AuditServiceClient<CliChannel>,
     args: ExportArgs,
 ) -> anyhow::Result<ExitCode> {
     let filter = build_filter(&args.selectors, args.range.since, args.range.until)

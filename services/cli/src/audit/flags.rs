@@ -10,6 +10,7 @@ use jiff::Timestamp;
 
 use super::filter::{parse_event_type, parse_outcome, time_arg};
 use crate::commands::Embedded;
+use crate::credential::CredentialArgs;
 
 /// Where to find the audit service.
 #[derive(Debug, Clone, clap::Args)]
@@ -26,6 +27,8 @@ pub(crate) struct AuditTarget {
     pub(super) address: Option<String>,
     #[command(flatten)]
     pub(super) embedded: Embedded,
+    #[command(flatten)]
+    pub(super) credential: CredentialArgs,
 }
 
 #[derive(Debug, clap::Subcommand)]

@@ -4,8 +4,8 @@
 use std::io::Write;
 use std::process::ExitCode;
 
+use crate::credential::CliChannel;
 use agentmesh_proto::audit::v1::{self as pb, audit_service_client::AuditServiceClient};
-use tonic::transport::Channel;
 
 use super::events::event_line;
 use super::filter::build_filter;
@@ -17,7 +17,7 @@ use crate::output::{ProtoJson, quiet_on_broken_pipe};
 const MAX_QUERY_PAGE: u32 = 1000;
 
 pub(super) async fn query(
-    mut client: AuditServiceClient<Channel>,
+    mut client: AuditServiceClient<CliChannel>,
     args: QueryArgs,
 ) -> anyhow::Result<ExitCode> {
     let filter = build_filter(&args.selectors, args.range.since, args.range.until)

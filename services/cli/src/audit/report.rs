@@ -6,12 +6,12 @@
 use std::io::Write;
 use std::process::ExitCode;
 
+use crate::credential::CliChannel;
 use agentmesh_proto::audit::v1::{
     self as pb, audit_service_client::AuditServiceClient, report_row,
 };
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
-use tonic::transport::Channel;
 
 use super::filter::build_filter;
 use super::flags::{Bucket, Dimension, ReportArgs, ReportKind};
@@ -20,7 +20,7 @@ use crate::output::{Align, ProtoJson, columns, quiet_on_broken_pipe};
 use crate::time::{from_proto, utc_text};
 
 pub(super) async fn report(
-    mut client: AuditServiceClient<Channel>,
+    mut client: AuditServiceClient<CliChannel>,
     args: ReportArgs,
 ) -> anyhow::Result<ExitCode> {
     let until = args.until.unwrap_or_else(Timestamp::now);

@@ -6,8 +6,8 @@ use std::fmt::Write as _;
 use std::io::Write;
 use std::process::ExitCode;
 
+use crate::credential::CliChannel;
 use agentmesh_proto::audit::v1::{self as pb, audit_service_client::AuditServiceClient};
-use tonic::transport::Channel;
 
 use super::filter::build_filter;
 use super::flags::{Selectors, VerifyArgs};
@@ -15,7 +15,7 @@ use crate::commands::print_status;
 use crate::time::proto_utc_text;
 
 pub(super) async fn verify(
-    mut client: AuditServiceClient<Channel>,
+    mut client: AuditServiceClient<CliChannel>,
     args: VerifyArgs,
 ) -> anyhow::Result<ExitCode> {
     let filter = build_filter(&Selectors::default(), args.range.since, args.range.until)

@@ -5,6 +5,9 @@
 //! events, so it starts first and stops last, after they have flushed their
 //! queues. [`EmbeddedAudit`] is that service alone, which the `agentmesh
 //! audit` commands also start on their own over the data directory.
+//!
+//! `auth`: the mesh's one `[auth]` section and the service keys the services
+//! present to each other when it asks for credentials.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -14,6 +17,10 @@ use agentmesh_kit::config::{self, FileLayout, Overrides, ServiceConfig};
 use agentmesh_kit::{ConfigError, Listeners, ServeError, ServerConfig};
 use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
+
+mod auth;
+
+pub(crate) use auth::require_credential;
 
 /// The five services' configurations.
 #[derive(Debug, Clone)]
@@ -58,9 +65,16 @@ impl MeshConfigs {
                     c
                 },
             )?,
-            audit: load_audit(file, ports, data_dir)?,
+            audit: load_one(file, layout, ports, AUDIT_INDEX, Some(data_dir))?,
             alerting: load_one(file, layout, ports, 4, Some(data_dir))?,
         };
+        let shared = auth::shared(file)?;
+        let shared = shared.as_ref();
+        auth::apply_shared(&mut configs.orchestrator, |c| &mut c.auth, file, shared)?;
+        auth::apply_shared(&mut configs.llm_gateway, |c| &mut c.auth, file, shared)?;
+        auth::apply_shared(&mut configs.tool_runner, |c| &mut c.auth, file, shared)?;
+        auth::apply_shared(&mut configs.audit, |c| &mut c.auth, file, shared)?;
+        auth::apply_shared(&mut configs.alerting, |c| &mut c.auth, file, shared)?;
         // Audit events that cannot be sent yet wait beside the databases.
         let default_spool = AuditConfig::default().spool_dir;
         for audit in configs.producers_audit() {
@@ -89,7 +103,11 @@ pub(crate) fn load_audit(
     ports: Ports,
     data_dir: &Path,
 ) -> Result<agentmesh_audit::Config, ConfigError> {
-    load_one(file, layout_of(file), ports, AUDIT_INDEX, Some(data_dir))
+    let mut config: agentmesh_audit::Config =
+        load_one(file, layout_of(file), ports, AUDIT_INDEX, Some(data_dir))?;
+    let shared = auth::shared(file)?;
+    auth::apply_shared(&mut config, |c| &mut c.auth, file, shared.as_ref())?;
+    Ok(config)
 }
 
 /// How the mesh's file is read: one with any service's section is sectioned
@@ -298,9 +316,11 @@ pub(crate) struct Mesh {
 impl Mesh {
     /// Binds every service's ports, points the orchestrator at the gateway
     /// and the tool runner, and every producer of audit events at the audit
-    /// service it just bound, and starts all five. A service that fails
+    /// service it just bound, gives each its service key when they ask for
+    /// credentials, and starts all five. A service that fails
     /// stops the others, so no half mesh keeps running.
     pub(crate) async fn start(mut configs: MeshConfigs) -> anyhow::Result<Self> {
+        auth::issue_service_keys(&mut configs)?;
         let (orchestrator_listeners, orchestrator) = bind(&configs.orchestrator.server).await?;
         let (gateway_listeners, gateway) = bind(&configs.llm_gateway.server).await?;
         let (tools_listeners, tool_runner) = bind(&configs.tool_runner.server).await?;
@@ -444,5 +464,70 @@ mod tests {
         let configs = load("[log]\nlevel = \"debug\"\n").unwrap();
         assert_eq!(configs.orchestrator.log.level, "debug");
         assert_eq!(configs.alerting.log.level, "debug");
+    }
+
+    #[test]
+    fn the_shared_auth_section_is_every_service_s_unless_it_has_its_own() {
+        let configs = load(
+            "[auth]\nmethods = [\"api_key\"]\nkeys_file = \"keys.toml\"\n\n\
+             [audit.auth]\nmethods = [\"none\"]\n",
+        )
+        .unwrap();
+        for auth in [
+            &configs.orchestrator.auth,
+            &configs.llm_gateway.auth,
+            &configs.tool_runner.auth,
+            &configs.alerting.auth,
+        ] {
+            assert_eq!(auth.methods, [agentmesh_auth::Method::ApiKey]);
+            assert_eq!(auth.keys_file, Some(PathBuf::from("keys.toml")));
+        }
+        assert!(configs.audit.auth.is_none(), "its own section wins");
+
+        let err = load("[auth]\nmethods = [\"api_key\"]\n\n[audit.log]\nlevel = \"info\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("auth.keys_file"), "{err}");
+        let err = load("[auth]\nmethodz = []\n\n[audit.log]\nlevel = \"info\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("methodz"), "{err}");
+    }
+
+    #[test]
+    fn service_keys_are_made_only_when_auth_is_on_each_with_its_scopes() {
+        use agentmesh_auth::Scope;
+
+        let mut configs = load("[log]\nlevel = \"info\"\n").unwrap();
+        auth::issue_service_keys(&mut configs).unwrap();
+        assert!(configs.orchestrator.auth.in_memory_keys.is_none());
+
+        let mut configs = load(
+            "[auth]\nmethods = [\"api_key\"]\nkeys_file = \"keys.toml\"\n\n[audit.log]\nlevel = \"info\"\n",
+        )
+        .unwrap();
+        auth::issue_service_keys(&mut configs).unwrap();
+        let keys = |auth: &agentmesh_auth::AuthConfig| auth.in_memory_keys.clone().unwrap();
+        let orchestrator = keys(&configs.orchestrator.auth);
+        let alerting = keys(&configs.alerting.auth);
+        assert_eq!(orchestrator.accepted().len(), 5);
+        assert_eq!(orchestrator.accepted(), alerting.accepted());
+        assert_ne!(orchestrator.own(), alerting.own());
+        let scopes_of = |keys: &agentmesh_auth::keys::store::InMemoryKeys| {
+            let entry = keys
+                .accepted()
+                .iter()
+                .find(|entry| entry.id == keys.own().id())
+                .unwrap()
+                .clone();
+            assert_eq!(entry.tenant, "");
+            agentmesh_auth::ScopeSet::parse_list(&entry.scopes.join(" ")).unwrap()
+        };
+        let scopes = scopes_of(&orchestrator);
+        assert!(scopes.contains(Scope::Service) && scopes.contains(Scope::LlmGenerate));
+        assert!(!scopes.contains(Scope::Admin));
+        assert!(scopes_of(&alerting).contains(Scope::Admin));
+        assert!(!scopes_of(&keys(&configs.llm_gateway.auth)).contains(Scope::ToolsExecute));
+        assert!(!format!("{orchestrator:?}").contains(orchestrator.own().expose()));
     }
 }
