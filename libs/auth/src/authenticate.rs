@@ -5,6 +5,7 @@
 //!        │ no
 //! authorization: Bearer am_…  ──▶ API keys ─┐
 //! authorization: Bearer <other> ─▶ JWT ─────┼─▶ caller's identity ─▶ forwarded identity?
+//! no bearer, verified client certificate ─▶ mTLS principals ─┤
 //! no credential, method none ─▶ labels ─────┘         │                 (x-agentmesh-*)
 //!                                                    │  from a service: the end user's, with the service as actor
 //!                                                    │  from anyone else: refused (PERMISSION_DENIED)
@@ -29,6 +30,7 @@ use crate::config::{AuthConfig, AuthConfigError, Method};
 use crate::identity::{self, Actor, AllowLists, Identity, Mechanism};
 use crate::keys::ApiKey;
 use crate::keys::store::{KeyStore, KeyStoreError};
+use crate::mtls::{CertificateNames, MtlsPrincipals, Peer};
 use crate::scope::{Scope, ScopeSet};
 
 /// The longest credential looked at.
@@ -67,7 +69,11 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    fn unauthenticated(reason: &'static str, mechanism: Mechanism, credential_id: String) -> Self {
+    pub(crate) fn unauthenticated(
+        reason: &'static str,
+        mechanism: Mechanism,
+        credential_id: String,
+    ) -> Self {
         Self {
             code: RefusalCode::Unauthenticated,
             reason,
@@ -89,6 +95,7 @@ const TOO_MANY_FAILURES: &str =
 pub struct Authenticator {
     none: bool,
     keys: Option<KeyStore>,
+    mtls: MtlsPrincipals,
     failures: FailureBudget,
 }
 
@@ -110,9 +117,17 @@ impl Authenticator {
             })?),
             _ => None,
         };
+        let mtls =
+            MtlsPrincipals::new(&config.mtls_principals).map_err(|(index, setting, problem)| {
+                AuthConfigError {
+                    setting: format!("mtls_principals[{index}].{setting}"),
+                    problem,
+                }
+            })?;
         Ok(Self {
             none: config.is_none(),
             keys,
+            mtls,
             failures: FailureBudget::new(config.max_failures_per_minute),
         })
     }
@@ -122,6 +137,7 @@ impl Authenticator {
         Self {
             none: true,
             keys: None,
+            mtls: MtlsPrincipals::default(),
             failures: FailureBudget::new(30),
         }
     }
@@ -131,8 +147,17 @@ impl Authenticator {
         Self {
             none: false,
             keys: Some(store),
+            mtls: MtlsPrincipals::default(),
             failures: FailureBudget::new(max_failures_per_minute),
         }
+    }
+
+    /// Also accepts client certificates mapped by `principals` (tests, the
+    /// embedded mesh).
+    #[must_use]
+    pub fn with_mtls(mut self, principals: MtlsPrincipals) -> Self {
+        self.mtls = principals;
+        self
     }
 
     /// Whether nobody is asked.
@@ -149,12 +174,17 @@ impl Authenticator {
             .collect()
     }
 
-    /// The identity a call is for, or why it is refused.
-    pub fn authenticate(
+    /// The identity a call is for, or why it is refused. `peer` is the
+    /// caller's address, or a [`Peer`] with its verified client certificate.
+    pub fn authenticate<'peer>(
         &self,
         headers: &HeaderMap,
-        peer: Option<IpAddr>,
+        peer: impl Into<Peer<'peer>>,
     ) -> Result<Identity, Refusal> {
+        let Peer {
+            ip: peer,
+            certificate,
+        } = peer.into();
         if self.none {
             return Ok(unauthenticated(headers));
         }
@@ -168,7 +198,7 @@ impl Authenticator {
             });
         }
         let result = self
-            .verify(headers)
+            .verify(headers, certificate)
             .and_then(|caller| with_forwarded(caller, headers));
         if let (Err(refusal), Some(peer)) = (&result, peer)
             && refusal.code == RefusalCode::Unauthenticated
@@ -179,8 +209,16 @@ impl Authenticator {
     }
 
     /// The caller's own identity, from its credential.
-    fn verify(&self, headers: &HeaderMap) -> Result<Identity, Refusal> {
+    fn verify(
+        &self,
+        headers: &HeaderMap,
+        certificate: Option<&CertificateNames>,
+    ) -> Result<Identity, Refusal> {
         let Some(value) = headers.get(http::header::AUTHORIZATION) else {
+            // A bearer, when sent, wins over the connection's certificate.
+            if let Some(result) = certificate.and_then(|names| self.mtls.authenticate(names)) {
+                return result;
+            }
             return Err(Refusal {
                 message: NO_CREDENTIAL,
                 ..Refusal::unauthenticated("missing", Mechanism::None, String::new())

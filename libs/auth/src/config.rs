@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::jwt::JwtConfig;
+use crate::mtls::{MtlsPrincipal, MtlsPrincipals};
 
 /// An authenticator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,6 +21,9 @@ pub enum Method {
     ApiKey,
     /// JWTs signed by a configured issuer.
     Jwt,
+    /// Client certificates verified by the TLS listener, mapped to
+    /// identities by `mtls_principals`.
+    Mtls,
 }
 
 impl Method {
@@ -29,6 +33,7 @@ impl Method {
             Self::None => "none",
             Self::ApiKey => "api_key",
             Self::Jwt => "jwt",
+            Self::Mtls => "mtls",
         }
     }
 }
@@ -78,6 +83,9 @@ pub struct AuthConfig {
     /// Failed authentications one peer address may make per minute; beyond
     /// them its calls are refused unchecked until the minute has passed.
     pub max_failures_per_minute: u32,
+    /// Client certificate names and the identities they stand for (`mtls`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mtls_principals: Vec<MtlsPrincipal>,
 }
 
 impl Default for AuthConfig {
@@ -93,6 +101,7 @@ impl Default for AuthConfig {
             audit_successes: AuditSuccesses::FirstUse,
             audit_interval: Duration::from_secs(10),
             max_failures_per_minute: 30,
+            mtls_principals: Vec::new(),
         }
     }
 }
@@ -151,6 +160,7 @@ impl AuthConfig {
                 AuthConfigError::new(&format!("jwt.{setting}"), problem)
             })?;
         }
+        self.validate_mtls()?;
         if self.reload_interval < Duration::from_millis(100) {
             return Err(AuthConfigError::new(
                 "reload_interval",
@@ -170,6 +180,27 @@ impl AuthConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The `mtls` method needs principals, and principals need the method.
+    fn validate_mtls(&self) -> Result<(), AuthConfigError> {
+        MtlsPrincipals::new(&self.mtls_principals).map_err(|(index, setting, problem)| {
+            AuthConfigError::new(&format!("mtls_principals[{index}].{setting}"), problem)
+        })?;
+        match (
+            self.methods.contains(&Method::Mtls),
+            self.mtls_principals.is_empty(),
+        ) {
+            (true, true) => Err(AuthConfigError::new(
+                "mtls_principals",
+                "the mtls method needs at least one [[auth.mtls_principals]] entry mapping a certificate name to an identity",
+            )),
+            (false, false) => Err(AuthConfigError::new(
+                "methods",
+                "[[auth.mtls_principals]] is set but \"mtls\" is not in auth.methods: add it, or remove the principals",
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Checks that `none` is not served to the network unless forced; a
