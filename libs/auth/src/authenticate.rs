@@ -69,11 +69,7 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    pub(crate) fn unauthenticated(
-        reason: &'static str,
-        mechanism: Mechanism,
-        credential_id: String,
-    ) -> Self {
+    fn unauthenticated(reason: &'static str, mechanism: Mechanism, credential_id: String) -> Self {
         Self {
             code: RefusalCode::Unauthenticated,
             reason,
@@ -217,7 +213,9 @@ impl Authenticator {
         let Some(value) = headers.get(http::header::AUTHORIZATION) else {
             // A bearer, when sent, wins over the connection's certificate.
             if let Some(result) = certificate.and_then(|names| self.mtls.authenticate(names)) {
-                return result;
+                return result.map_err(|credential_id| {
+                    Refusal::unauthenticated("unknown_certificate", Mechanism::Mtls, credential_id)
+                });
             }
             return Err(Refusal {
                 message: NO_CREDENTIAL,

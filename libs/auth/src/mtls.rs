@@ -29,7 +29,6 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::authenticate::Refusal;
 use crate::identity::{AllowList, AllowLists, Identity, Mechanism};
 use crate::scope::{Scope, ScopeSet};
 
@@ -173,24 +172,21 @@ impl MtlsPrincipals {
 
 impl MtlsPrincipals {
     /// The identity of a caller that sent no bearer but a verified
-    /// certificate; `None` when mTLS is off here (the certificate then
-    /// proves nothing and the call has no credential).
+    /// certificate, or the credential id of a certificate that maps to
+    /// nobody; `None` when mTLS is off here (the certificate then proves
+    /// nothing and the call has no credential).
     pub(crate) fn authenticate(
         &self,
         names: &CertificateNames,
-    ) -> Option<Result<Identity, Refusal>> {
+    ) -> Option<Result<Identity, String>> {
         if self.is_empty() {
             return None;
         }
         Some(self.identify(names).ok_or_else(|| {
-            Refusal::unauthenticated(
-                "unknown_certificate",
-                Mechanism::Mtls,
-                names
-                    .first()
-                    .map(|name| format!("mtls:{name}"))
-                    .unwrap_or_else(|| "mtls:".to_owned()),
-            )
+            names
+                .first()
+                .map(|name| format!("mtls:{name}"))
+                .unwrap_or_else(|| "mtls:".to_owned())
         }))
     }
 }
