@@ -64,15 +64,9 @@ impl Clients {
     /// A lazily-connecting channel to `uri` (e.g. `http://127.0.0.1:50052`,
     /// or `https://…` for TLS).
     pub fn channel(&self, uri: &str) -> Result<MeshChannel, tonic::transport::Error> {
-        let endpoint = endpoint(uri)?;
-        let endpoint = if is_https(&endpoint) {
-            endpoint.tls_config(self.tls.config())?
-        } else {
-            endpoint
-        };
         let metered = tower::Layer::layer(
             &GrpcClientMetricsLayer::new(self.metrics.clone()),
-            endpoint.connect_lazy(),
+            tls_channel(uri, Some(&self.tls))?,
         );
         Ok(tower::Layer::layer(
             &ForwardingLayer::with_credential(self.credential.clone()),
@@ -88,6 +82,11 @@ impl Clients {
     /// The credential.
     pub fn credential(&self) -> &ServiceCredential {
         &self.credential
+    }
+
+    /// The client TLS for `https://` peers.
+    pub fn tls(&self) -> &ClientTlsFiles {
+        &self.tls
     }
 }
 
@@ -114,9 +113,21 @@ pub fn channel_with_metrics(
 /// are themselves the edge (the CLI). An `https://` peer is verified
 /// against the platform's roots.
 pub fn plain_channel(uri: &str) -> Result<Channel, tonic::transport::Error> {
+    tls_channel(uri, None)
+}
+
+/// A lazily-connecting channel without metadata forwarding, reaching an
+/// `https://` peer with `tls` (the platform's roots without it).
+pub fn tls_channel(
+    uri: &str,
+    tls: Option<&ClientTlsFiles>,
+) -> Result<Channel, tonic::transport::Error> {
     let endpoint = endpoint(uri)?;
     let endpoint = if is_https(&endpoint) {
-        endpoint.tls_config(ClientTlsConfig::new().with_native_roots())?
+        endpoint.tls_config(tls.map_or_else(
+            || ClientTlsConfig::new().with_native_roots(),
+            ClientTlsFiles::config,
+        ))?
     } else {
         endpoint
     };

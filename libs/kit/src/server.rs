@@ -266,6 +266,7 @@ impl ServiceHost {
     /// says NOT_SERVING. Names must differ from each other and from
     /// `startup`.
     pub fn add_check(&mut self, check: DependencyCheck) -> &mut Self {
+        check.use_client_tls(self.clients.tls());
         self.checks.push(check);
         self
     }

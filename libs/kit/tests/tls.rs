@@ -17,6 +17,7 @@ use std::time::Duration;
 use agentmesh_kit::auth::{Scope, ScopeTable};
 use agentmesh_kit::client::Clients;
 use agentmesh_kit::config::{AuthConfig, LogConfig, ServerConfig};
+use agentmesh_kit::health::DependencyCheck;
 use agentmesh_kit::tls::{ClientAuth, ClientTls, ClientTlsFiles, ServerTls};
 use agentmesh_kit::{Listeners, RequestContext, ServiceHost};
 use agentmesh_proto::tools::v1::tool_runner_service_client::ToolRunnerServiceClient;
@@ -197,6 +198,7 @@ fn client_tls(dir: &Path, tag: &str, ca_pem: &str, leaf: Option<&Leaf>) -> Clien
 
 struct Running {
     addr: SocketAddr,
+    admin: SocketAddr,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), agentmesh_kit::ServeError>>,
 }
@@ -223,15 +225,25 @@ fn server_config(tls: ServerTls, auth: AuthConfig) -> TestConfig {
 async fn start(config: &TestConfig) -> Running {
     let mut host = ServiceHost::for_config(config, &[TABLE]).unwrap();
     host.add_service(ToolRunnerServiceServer::new(WhoAmI));
+    serve(host, config).await
+}
+
+async fn serve(host: ServiceHost, config: &TestConfig) -> Running {
     let listeners = Listeners::bind(&config.server).await.unwrap();
     let addr = listeners.grpc_addr().unwrap();
+    let admin = listeners.admin_addr().unwrap();
     let stop = CancellationToken::new();
     let task = tokio::spawn(host.serve(
         listeners,
         || async { Ok(()) },
         stop.clone().cancelled_owned(),
     ));
-    Running { addr, stop, task }
+    Running {
+        addr,
+        admin,
+        stop,
+        task,
+    }
 }
 
 /// ListTools through `clients` to `uri` with `headers`: who the server
@@ -361,6 +373,28 @@ async fn a_tls_server_answers_tls_clients_that_trust_its_ca_only() {
     );
     // The failed handshakes left the listener serving.
     assert!(who(&trusting, &https, &[]).await.is_ok());
+
+    // A service whose client TLS trusts the CA sees the peer SERVING
+    // through its health check of the `https://` address.
+    let mut caller = TestConfig::default();
+    caller.server.grace_period = Duration::from_secs(1);
+    caller.server.health_check_interval = Duration::from_millis(100);
+    caller.server.client_tls.ca_file = Some(dir.path().join("trusting-ca.pem"));
+    let mut host = ServiceHost::for_config(&caller, &[]).unwrap();
+    host.add_check(DependencyCheck::grpc_peer("tls-peer", &https, true));
+    let caller = serve(host, &caller).await;
+    let admin = caller.admin.to_string();
+    eventually(
+        "the health check over TLS",
+        Duration::from_secs(10),
+        || async {
+            let report =
+                agentmesh_kit::admin::fetch_deep_health(&admin, Duration::from_secs(2)).await;
+            report.ok().filter(|report| report.ready).map(|_| ())
+        },
+    )
+    .await;
+    caller.stop().await;
 
     let ca_file = dir.path().join("trusting-ca.pem");
     let (ok, out) = grpcurl(&[
