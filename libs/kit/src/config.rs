@@ -133,10 +133,12 @@ pub struct ServerConfig {
     /// stays either way.
     pub deep_health: bool,
     /// TLS on the gRPC listener (`[server.tls]`); absent = plain HTTP/2.
+    /// (Boxed, as `client_tls`: configurations are held by start-up futures
+    /// that are cheaper to move small.)
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls: Option<crate::tls::ServerTls>,
+    pub tls: Option<Box<crate::tls::ServerTls>>,
     /// How calls to `https://` peers are secured (`[server.client_tls]`).
-    pub client_tls: crate::tls::ClientTls,
+    pub client_tls: Box<crate::tls::ClientTls>,
 }
 
 /// The admin port is the gRPC port plus this, as DESIGN fixes (51051 for 50051).
@@ -258,7 +260,7 @@ impl Default for ServerConfig {
             health_check_timeout: Duration::from_secs(2),
             deep_health: true,
             tls: None,
-            client_tls: crate::tls::ClientTls::default(),
+            client_tls: Box::default(),
         }
     }
 }
@@ -648,13 +650,13 @@ mod tests {
         }];
         let err = validate(&config).unwrap_err();
         assert_eq!(err.setting, "test_svc.auth.methods", "{err}");
-        config.server.tls = Some(crate::tls::ServerTls {
+        config.server.tls = Some(Box::new(crate::tls::ServerTls {
             cert_file: "cert.pem".into(),
             key_file: "key.pem".into(),
             client_ca_file: Some("ca.pem".into()),
             client_auth: crate::tls::ClientAuth::Required,
             ..crate::tls::ServerTls::default()
-        });
+        }));
         validate(&config).unwrap();
         // The TLS settings read from a file, with their defaults.
         let dir = tempfile::tempdir().unwrap();

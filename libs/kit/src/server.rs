@@ -28,7 +28,6 @@ use std::collections::HashSet;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -340,7 +339,6 @@ impl ServiceHost {
                 std::mem::take(&mut self.end_on_drain),
             ))
             .into_inner();
-
         let stop_accepting = CancellationToken::new();
         let router = Server::builder()
             .http2_keepalive_interval(Some(self.config.keepalive_interval))
@@ -348,9 +346,8 @@ impl ServiceHost {
             .max_concurrent_streams(Some(self.config.max_concurrent_streams_per_connection))
             .layer(layers)
             .add_routes(std::mem::take(&mut self.routes).routes());
-        let (server, _tls_tasks) =
+        let (mut server, _tls_tasks) =
             serve_grpc(router, listeners.grpc, self.tls()?, stop_accepting.clone());
-        let mut server = pin!(server);
 
         let stop_admin = CancellationToken::new();
         let admin = tokio::spawn(crate::admin::serve(
@@ -376,7 +373,9 @@ impl ServiceHost {
 
         let begun = Instant::now();
         health.begin_drain().await;
-        let result = self.drain_server(server, stop_accepting, begun).await;
+        let result = self
+            .drain_server(server.as_mut(), stop_accepting, begun)
+            .await;
         stop_admin.cancel();
         if tokio::time::timeout(Duration::from_secs(1), admin)
             .await
@@ -474,14 +473,15 @@ impl ServiceHost {
 
 /// Serves `router` on `listener` until `stop` is cancelled: plain TCP, or
 /// TLS when `tls` is given (with the accept loop and the files' watch as
-/// the returned tasks).
+/// the returned tasks). The server is on the heap: its state machine would
+/// otherwise make every future that awaits `serve` large to move.
 fn serve_grpc<L, ResBody>(
     router: tonic::transport::server::Router<L>,
     listener: TcpListener,
     tls: Option<Arc<ReloadingAcceptor>>,
     stop: CancellationToken,
 ) -> (
-    impl Future<Output = Result<(), tonic::transport::Error>>,
+    std::pin::Pin<Box<impl Future<Output = Result<(), tonic::transport::Error>>>>,
     Option<AbortOnDrop>,
 )
 where
@@ -501,13 +501,16 @@ where
         None => {
             let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
             let server = router.serve_with_incoming_shutdown(incoming, signal);
-            (futures::future::Either::Left(server), None)
+            (Box::pin(futures::future::Either::Left(server)), None)
         }
         Some(tls) => {
             let (incoming, accept) = crate::tls::incoming(listener, Arc::clone(&tls), stop);
             let server = router.serve_with_incoming_shutdown(incoming, signal);
             let tasks = AbortOnDrop(vec![accept, tls.watch()]);
-            (futures::future::Either::Right(server), Some(tasks))
+            (
+                Box::pin(futures::future::Either::Right(server)),
+                Some(tasks),
+            )
         }
     }
 }

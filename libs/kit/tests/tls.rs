@@ -216,7 +216,7 @@ impl Running {
 fn server_config(tls: ServerTls, auth: AuthConfig) -> TestConfig {
     let mut config = TestConfig::default();
     config.server.grace_period = Duration::from_secs(1);
-    config.server.tls = Some(tls);
+    config.server.tls = Some(Box::new(tls));
     config.auth = auth;
     agentmesh_kit::config::validate(&config).unwrap();
     config

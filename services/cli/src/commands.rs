@@ -184,7 +184,7 @@ impl Connection {
                  model."
             );
         }
-        let mesh = Mesh::start(configs).await?;
+        let mesh = Box::pin(Mesh::start(configs)).await?;
         let orchestrator =
             agentmesh_kit::client::plain_channel(&format!("http://{}", mesh.orchestrator))?;
         let tool_runner =
