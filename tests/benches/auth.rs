@@ -65,7 +65,7 @@ fn decision_cost(access: &AccessControl, headers: &http::HeaderMap) -> Vec<Durat
     let mut times = Vec::with_capacity(CHECKS);
     for _ in 0..CHECKS {
         let start = Instant::now();
-        let decided = access.check(PATH, headers, peer);
+        let decided = access.check(PATH, headers, peer, None);
         times.push(start.elapsed());
         assert!(black_box(decided).is_ok());
     }

@@ -5,6 +5,8 @@
 //!        │ no
 //! authorization: Bearer am_…  ──▶ API keys ─┐
 //! authorization: Bearer <a.b.c> ─▶ JWT ─────┼─▶ caller's identity ─▶ forwarded identity?
+//! authorization: Bearer <other> ─▶ JWT ─────┼─▶ caller's identity ─▶ forwarded identity?
+//! no bearer, verified client certificate ─▶ mTLS principals ─┤
 //! no credential, method none ─▶ labels ─────┘         │                 (x-agentmesh-*)
 //!                                                    │  from a service: the end user's, with the service as actor
 //!                                                    │  from anyone else: refused (PERMISSION_DENIED)
@@ -31,6 +33,7 @@ use crate::jwt::{self, JwtVerifier};
 use crate::keys::ApiKey;
 use crate::keys::file::KeysFile;
 use crate::keys::store::{InMemoryKeys, KeyStore, KeyStoreError};
+use crate::mtls::{CertificateNames, MtlsPrincipals, Peer};
 use crate::scope::{Scope, ScopeSet};
 
 /// The longest credential looked at.
@@ -92,6 +95,7 @@ pub struct Authenticator {
     none: bool,
     keys: Option<KeyStore>,
     jwt: Option<JwtVerifier>,
+    mtls: MtlsPrincipals,
     failures: FailureBudget,
 }
 
@@ -142,10 +146,18 @@ impl Authenticator {
                 setting: format!("jwt.{setting}"),
                 problem,
             })?;
+        let mtls =
+            MtlsPrincipals::new(&config.mtls_principals).map_err(|(index, setting, problem)| {
+                AuthConfigError {
+                    setting: format!("mtls_principals[{index}].{setting}"),
+                    problem,
+                }
+            })?;
         Ok(Self {
             none: config.is_none(),
             keys,
             jwt,
+            mtls,
             failures: FailureBudget::new(config.max_failures_per_minute),
         })
     }
@@ -156,6 +168,7 @@ impl Authenticator {
             none: true,
             keys: None,
             jwt: None,
+            mtls: MtlsPrincipals::default(),
             failures: FailureBudget::new(30),
         }
     }
@@ -166,6 +179,7 @@ impl Authenticator {
             none: false,
             keys: Some(store),
             jwt: None,
+            mtls: MtlsPrincipals::default(),
             failures: FailureBudget::new(max_failures_per_minute),
         }
     }
@@ -175,6 +189,14 @@ impl Authenticator {
     pub fn with_jwt(mut self, verifier: JwtVerifier) -> Self {
         self.none = false;
         self.jwt = Some(verifier);
+        self
+    }
+
+    /// Also accepts client certificates mapped by `principals` (tests, the
+    /// embedded mesh).
+    #[must_use]
+    pub fn with_mtls(mut self, principals: MtlsPrincipals) -> Self {
+        self.mtls = principals;
         self
     }
 
@@ -194,12 +216,17 @@ impl Authenticator {
             .collect()
     }
 
-    /// The identity a call is for, or why it is refused.
-    pub fn authenticate(
+    /// The identity a call is for, or why it is refused. `peer` is the
+    /// caller's address, or a [`Peer`] with its verified client certificate.
+    pub fn authenticate<'peer>(
         &self,
         headers: &HeaderMap,
-        peer: Option<IpAddr>,
+        peer: impl Into<Peer<'peer>>,
     ) -> Result<Identity, Refusal> {
+        let Peer {
+            ip: peer,
+            certificate,
+        } = peer.into();
         if self.none {
             return Ok(unauthenticated(headers));
         }
@@ -213,7 +240,7 @@ impl Authenticator {
             });
         }
         let result = self
-            .verify(headers)
+            .verify(headers, certificate)
             .and_then(|caller| with_forwarded(caller, headers));
         if let (Err(refusal), Some(peer)) = (&result, peer)
             && refusal.code == RefusalCode::Unauthenticated
@@ -224,8 +251,18 @@ impl Authenticator {
     }
 
     /// The caller's own identity, from its credential.
-    fn verify(&self, headers: &HeaderMap) -> Result<Identity, Refusal> {
+    fn verify(
+        &self,
+        headers: &HeaderMap,
+        certificate: Option<&CertificateNames>,
+    ) -> Result<Identity, Refusal> {
         let Some(value) = headers.get(http::header::AUTHORIZATION) else {
+            // A bearer, when sent, wins over the connection's certificate.
+            if let Some(result) = certificate.and_then(|names| self.mtls.authenticate(names)) {
+                return result.map_err(|credential_id| {
+                    Refusal::unauthenticated("unknown_certificate", Mechanism::Mtls, credential_id)
+                });
+            }
             return Err(Refusal {
                 message: NO_CREDENTIAL,
                 ..Refusal::unauthenticated("missing", Mechanism::None, String::new())

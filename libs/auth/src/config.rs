@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::jwt::JwtConfig;
 use crate::keys::store::InMemoryKeys;
+use crate::mtls::{MtlsPrincipal, MtlsPrincipals};
 
 /// An authenticator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,6 +22,9 @@ pub enum Method {
     ApiKey,
     /// JWTs signed by a configured issuer.
     Jwt,
+    /// Client certificates verified by the TLS listener, mapped to
+    /// identities by `mtls_principals`.
+    Mtls,
 }
 
 impl Method {
@@ -30,6 +34,7 @@ impl Method {
             Self::None => "none",
             Self::ApiKey => "api_key",
             Self::Jwt => "jwt",
+            Self::Mtls => "mtls",
         }
     }
 }
@@ -86,6 +91,9 @@ pub struct AuthConfig {
     /// configuration.
     #[serde(skip)]
     pub in_memory_keys: Option<InMemoryKeys>,
+    /// Client certificate names and the identities they stand for (`mtls`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mtls_principals: Vec<MtlsPrincipal>,
 }
 
 impl Default for AuthConfig {
@@ -102,6 +110,7 @@ impl Default for AuthConfig {
             audit_interval: Duration::from_secs(10),
             max_failures_per_minute: 30,
             in_memory_keys: None,
+            mtls_principals: Vec::new(),
         }
     }
 }
@@ -160,6 +169,7 @@ impl AuthConfig {
                 AuthConfigError::new(&format!("jwt.{setting}"), problem)
             })?;
         }
+        self.validate_mtls()?;
         if self.reload_interval < Duration::from_millis(100) {
             return Err(AuthConfigError::new(
                 "reload_interval",
@@ -179,6 +189,27 @@ impl AuthConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The `mtls` method needs principals, and principals need the method.
+    fn validate_mtls(&self) -> Result<(), AuthConfigError> {
+        MtlsPrincipals::new(&self.mtls_principals).map_err(|(index, setting, problem)| {
+            AuthConfigError::new(&format!("mtls_principals[{index}].{setting}"), problem)
+        })?;
+        match (
+            self.methods.contains(&Method::Mtls),
+            self.mtls_principals.is_empty(),
+        ) {
+            (true, true) => Err(AuthConfigError::new(
+                "mtls_principals",
+                "the mtls method needs at least one [[auth.mtls_principals]] entry mapping a certificate name to an identity",
+            )),
+            (false, false) => Err(AuthConfigError::new(
+                "methods",
+                "[[auth.mtls_principals]] is set but \"mtls\" is not in auth.methods: add it, or remove the principals",
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Checks that `none` is not served to the network unless forced; a

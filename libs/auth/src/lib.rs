@@ -6,7 +6,8 @@
 //! 1. [`authenticate::Authenticator`] turns a call's `authorization` header
 //!    into an [`Identity`]: an API key looked up in the keys file
 //!    ([`keys`], hashed, compared in constant time, reloaded when the file
-//!    changes), a JWT ([`jwt`]), or, in the embedded single-user mode,
+//!    changes), a JWT ([`jwt`]), a client certificate the TLS listener
+//!    verified ([`mtls`], when no bearer is sent), or, in the embedded single-user mode,
 //!    nobody asked (`none`). A service of the mesh may then present the
 //!    end user it acts for in the `x-agentmesh-*` headers
 //!    ([`identity::FORWARDED`]); anyone else sending them is refused.
@@ -27,10 +28,12 @@ pub mod decision;
 pub mod identity;
 pub mod jwt;
 pub mod keys;
+pub mod mtls;
 pub mod scope;
 
 pub use authenticate::{Authenticator, Refusal, RefusalCode};
 pub use authorize::{Policy, Requirement, ScopeTable};
 pub use config::{AuthConfig, Method};
 pub use identity::{AllowList, AllowLists, Identity, Mechanism};
+pub use mtls::{CertificateNames, Peer};
 pub use scope::{Scope, ScopeSet};

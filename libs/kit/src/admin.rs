@@ -12,7 +12,8 @@
 //!   Kubernetes components do (`[+]database ok`, `[-]tool-runner failed:
 //!   …`, then `readyz check passed|failed`).
 //! * `/health/deep`: the whole [`DeepHealth`] report as JSON (always 200:
-//!   the body says whether the service is ready).
+//!   the body says whether the service is ready). It names internal
+//!   addresses, so `server.deep_health = false` leaves it out (404).
 //!
 //! Everything comes from the service's [`Health`]; this module only renders
 //! it. [`fetch_deep_health`] reads `/health/deep` of another process (for
@@ -39,15 +40,19 @@ struct AdminState {
     health: Health,
 }
 
-/// The admin routes for a service.
-pub fn router(metrics: Metrics, health: Health) -> Router {
-    Router::new()
+/// The admin routes for a service; `/health/deep` only when `deep_health`.
+pub fn router(metrics: Metrics, health: Health, deep_health: bool) -> Router {
+    let router = Router::new()
         .route("/metrics", get(metrics_text))
         .route("/livez", get(live))
         .route("/healthz", get(live))
-        .route("/readyz", get(ready))
-        .route("/health/deep", get(deep))
-        .with_state(AdminState { metrics, health })
+        .route("/readyz", get(ready));
+    let router = if deep_health {
+        router.route("/health/deep", get(deep))
+    } else {
+        router
+    };
+    router.with_state(AdminState { metrics, health })
 }
 
 /// Serves the admin routes on `listener` until `shutdown` resolves.
@@ -207,7 +212,20 @@ mod tests {
             .unwrap();
         health.add_component("tool-runner", true);
         health.add_component("audit", false);
-        (router(metrics, health.clone()), health)
+        (router(metrics, health.clone(), true), health)
+    }
+
+    #[tokio::test]
+    async fn deep_health_can_be_turned_off() {
+        let metrics = Metrics::new("test");
+        let (health, _server) = Health::new("test", Vec::new(), metrics.registry())
+            .await
+            .unwrap();
+        let without = router(metrics, health, false);
+        assert_eq!(get_text(&without, "/health/deep").await.0, 404);
+        assert_eq!(get_text(&without, "/livez").await.0, 200);
+        let (with, _health) = service().await;
+        assert_eq!(get_text(&with, "/health/deep").await.0, 200);
     }
 
     #[tokio::test]

@@ -13,21 +13,27 @@
 //!
 //! so every call forwards the current request's metadata and deadline, and
 //! is counted in the calling service's `grpc_client_*` metrics.
+//!
+//! A peer whose URL is `https://` is reached over TLS as
+//! `[server.client_tls]` says ([`crate::tls::ClientTlsFiles`]: the CA to
+//! trust, the client certificate to present); `http://` stays plain.
 
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::auth::ServiceCredential;
 use crate::metrics::{GrpcClientMetrics, GrpcClientMetricsLayer, GrpcClientMetricsService};
 use crate::propagation::{Forwarding, ForwardingLayer};
+use crate::tls::ClientTlsFiles;
 
-/// What every channel of a service shares: its client metrics and the
-/// credential it presents to its peers. Cheap to clone.
+/// What every channel of a service shares: its client metrics, the
+/// credential it presents to its peers and its client TLS. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Clients {
     metrics: GrpcClientMetrics,
     credential: ServiceCredential,
+    tls: ClientTlsFiles,
 }
 
 /// Channels counted nowhere, presenting no credential (tests, tools).
@@ -43,14 +49,24 @@ impl Clients {
         Self {
             metrics,
             credential,
+            tls: ClientTlsFiles::default(),
         }
     }
 
-    /// A lazily-connecting channel to `uri` (e.g. `http://127.0.0.1:50052`).
+    /// The same, reaching `https://` peers with `tls` (the platform's roots
+    /// and no client certificate without it).
+    #[must_use]
+    pub fn with_tls(mut self, tls: ClientTlsFiles) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// A lazily-connecting channel to `uri` (e.g. `http://127.0.0.1:50052`,
+    /// or `https://…` for TLS).
     pub fn channel(&self, uri: &str) -> Result<MeshChannel, tonic::transport::Error> {
         let metered = tower::Layer::layer(
             &GrpcClientMetricsLayer::new(self.metrics.clone()),
-            plain_channel(uri)?,
+            tls_channel(uri, Some(&self.tls))?,
         );
         Ok(tower::Layer::layer(
             &ForwardingLayer::with_credential(self.credential.clone()),
@@ -66,6 +82,11 @@ impl Clients {
     /// The credential.
     pub fn credential(&self) -> &ServiceCredential {
         &self.credential
+    }
+
+    /// The client TLS for `https://` peers.
+    pub fn tls(&self) -> &ClientTlsFiles {
+        &self.tls
     }
 }
 
@@ -89,15 +110,42 @@ pub fn channel_with_metrics(
 }
 
 /// A lazily-connecting channel without metadata forwarding, for tools that
-/// are themselves the edge (the CLI).
+/// are themselves the edge (the CLI). An `https://` peer is verified
+/// against the platform's roots.
 pub fn plain_channel(uri: &str) -> Result<Channel, tonic::transport::Error> {
+    tls_channel(uri, None)
+}
+
+/// A lazily-connecting channel without metadata forwarding, reaching an
+/// `https://` peer with `tls` (the platform's roots without it).
+pub fn tls_channel(
+    uri: &str,
+    tls: Option<&ClientTlsFiles>,
+) -> Result<Channel, tonic::transport::Error> {
+    let endpoint = endpoint(uri)?;
+    let endpoint = if is_https(&endpoint) {
+        endpoint.tls_config(tls.map_or_else(
+            || ClientTlsConfig::new().with_native_roots(),
+            ClientTlsFiles::config,
+        ))?
+    } else {
+        endpoint
+    };
+    Ok(endpoint.connect_lazy())
+}
+
+/// The settings every channel shares.
+fn endpoint(uri: &str) -> Result<Endpoint, tonic::transport::Error> {
     Ok(Endpoint::from_shared(uri.to_owned())?
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10))
-        .keep_alive_while_idle(true)
-        .connect_lazy())
+        .keep_alive_while_idle(true))
+}
+
+fn is_https(endpoint: &Endpoint) -> bool {
+    endpoint.uri().scheme() == Some(&http::uri::Scheme::HTTPS)
 }
 
 /// Makes rustls on ring the process's TLS crypto provider, unless one is

@@ -128,6 +128,17 @@ pub struct ServerConfig {
     /// How long one dependency check may take before it counts as failed.
     #[serde(with = "humantime_serde")]
     pub health_check_timeout: Duration,
+    /// Whether the admin server answers `/health/deep`, whose report names
+    /// internal addresses (the peers and databases checked); `/readyz`
+    /// stays either way.
+    pub deep_health: bool,
+    /// TLS on the gRPC listener (`[server.tls]`); absent = plain HTTP/2.
+    /// (Boxed, as `client_tls`: configurations are held by start-up futures
+    /// that are cheaper to move small.)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Box<crate::tls::ServerTls>>,
+    /// How calls to `https://` peers are secured (`[server.client_tls]`).
+    pub client_tls: Box<crate::tls::ClientTls>,
 }
 
 /// The admin port is the gRPC port plus this, as DESIGN fixes (51051 for 50051).
@@ -224,7 +235,10 @@ impl ServerConfig {
                 "must be positive",
             ));
         }
-        Ok(())
+        if let Some(tls) = &self.tls {
+            tls.validate()?;
+        }
+        self.client_tls.validate()
     }
 }
 
@@ -244,6 +258,9 @@ impl Default for ServerConfig {
             keepalive_timeout: Duration::from_secs(10),
             health_check_interval: Duration::from_secs(5),
             health_check_timeout: Duration::from_secs(2),
+            deep_health: true,
+            tls: None,
+            client_tls: Box::default(),
         }
     }
 }
@@ -449,7 +466,18 @@ pub fn validate<C: ServiceConfig>(config: &C) -> Result<(), ConfigError> {
 fn validate_auth(auth: &AuthConfig, server: &ServerConfig) -> Result<(), ConfigError> {
     auth.validate()
         .and_then(|()| auth.check_listen_address(server.host))
-        .map_err(|err| ConfigError::new(format!("auth.{}", err.setting), err.problem))
+        .map_err(|err| ConfigError::new(format!("auth.{}", err.setting), err.problem))?;
+    let verifies_clients = server
+        .tls
+        .as_ref()
+        .is_some_and(|tls| tls.client_auth != crate::tls::ClientAuth::None);
+    if auth.methods.contains(&agentmesh_auth::Method::Mtls) && !verifies_clients {
+        return Err(ConfigError::new(
+            "auth.methods",
+            "\"mtls\" needs client certificates verified by the listener: set [server.tls] with client_ca_file and client_auth = \"optional\" or \"required\"",
+        ));
+    }
+    Ok(())
 }
 
 /// Renders a configuration as TOML, for `--dump-config`.
@@ -596,6 +624,8 @@ mod tests {
             ("server.drain_delay", "1h"),
             ("server.health_check_interval", "0s"),
             ("server.health_check_timeout", "0s"),
+            ("server.tls.cert_file", "\"\""),
+            ("server.client_tls.server_name", "\"not a name\""),
             ("log.level", "[[["),
             ("greeting", "\"\""),
         ];
@@ -607,6 +637,41 @@ mod tests {
             let err = load_with(None, &overrides).unwrap_err();
             assert_eq!(err.setting, format!("test_svc.{key}"), "{err}");
         }
+    }
+
+    #[test]
+    fn the_mtls_method_needs_a_listener_that_verifies_client_certificates() {
+        let mut config = TestConfig::default();
+        config.auth.methods = vec![agentmesh_auth::Method::Mtls];
+        config.auth.mtls_principals = vec![agentmesh_auth::mtls::MtlsPrincipal {
+            dns: Some("batch.acme.internal".into()),
+            subject: "batch".into(),
+            ..Default::default()
+        }];
+        let err = validate(&config).unwrap_err();
+        assert_eq!(err.setting, "test_svc.auth.methods", "{err}");
+        config.server.tls = Some(Box::new(crate::tls::ServerTls {
+            cert_file: "cert.pem".into(),
+            key_file: "key.pem".into(),
+            client_ca_file: Some("ca.pem".into()),
+            client_auth: crate::tls::ClientAuth::Required,
+            ..crate::tls::ServerTls::default()
+        }));
+        validate(&config).unwrap();
+        // The TLS settings read from a file, with their defaults.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("svc.toml");
+        std::fs::write(
+            &path,
+            "[server]\ndeep_health = false\n[server.tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n[server.client_tls]\nca_file = \"ca.pem\"\n",
+        )
+        .unwrap();
+        let config = load_with(Some(&path), &Overrides::default()).unwrap();
+        let tls = config.server.tls.unwrap();
+        assert_eq!(tls.reload_interval, Duration::from_secs(10));
+        assert_eq!(tls.client_auth, crate::tls::ClientAuth::None);
+        assert!(!config.server.deep_health);
+        assert!(to_toml(&TestConfig::default()).contains("deep_health = true"));
     }
 
     #[test]

@@ -15,6 +15,9 @@
 //!   call, server and client side), [`metrics`] (gRPC
 //!   server and client metrics), [`limits`] (load shedding), [`drain`] (ending streams
 //!   at shutdown). [`body`] holds the response-body wrapper they share.
+//! * [`tls`]: optional TLS on the gRPC listener (certificates reloaded on
+//!   change, client certificates verified for mTLS) and on channels to
+//!   `https://` peers.
 //! * [`auth`]: the layer that authenticates and authorizes every call (the
 //!   rules are `agentmesh_auth`'s), and the credential a service presents to
 //!   its peers.
@@ -68,6 +71,7 @@ pub mod status;
 pub mod telemetry;
 pub mod text;
 pub mod time;
+pub mod tls;
 pub mod trace;
 
 pub use config::{ConfigError, LogConfig, ServerConfig, ServiceConfig};

@@ -11,8 +11,12 @@
 //!                                                                                  shutdown)
 //! ```
 //!
+//! With `[server.tls]` the gRPC listener speaks TLS ([`crate::tls`]): the
+//! certificate files are reloaded when they change, and a verified client
+//! certificate reaches the auth layer with every call of its connection.
+//!
 //! plus the admin HTTP server (`/metrics`, `/livez`, `/readyz`,
-//! `/health/deep`), and the life cycle: health is NOT_SERVING while the
+//! `/health/deep` unless `server.deep_health = false`), and the life cycle: health is NOT_SERVING while the
 //! service's start-up work runs (retried with backoff until it succeeds),
 //! SERVING after while its required dependency checks pass (see
 //! [`crate::health`]), and NOT_SERVING again the moment shutdown begins.
@@ -24,7 +28,6 @@ use std::collections::HashSet;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,6 +51,7 @@ use crate::health::{DependencyCheck, Health, STARTUP};
 use crate::limits::InFlightLimitLayer;
 use crate::metrics::{GrpcMetricsLayer, GrpcServerMetrics, KnownMethods, Metrics};
 use crate::propagation::PropagationLayer;
+use crate::tls::{ClientTlsFiles, ReloadingAcceptor};
 use crate::trace::ServerTraceLayer;
 
 /// Why a service could not serve.
@@ -80,6 +84,9 @@ pub enum ServeError {
     /// The auth settings cannot be used (the keys file, the credential).
     #[error("{0}")]
     Auth(String),
+    /// A TLS file cannot be used (`server.tls.*`, `server.client_tls.*`).
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// The bound gRPC and admin listeners of a service. Binding before serving
@@ -144,6 +151,7 @@ pub struct ServiceHost {
     drain: Drain,
     access: Arc<AccessControl>,
     clients: Clients,
+    tls: Option<Arc<ReloadingAcceptor>>,
 }
 
 /// Fully-qualified name of the health service.
@@ -155,7 +163,14 @@ impl ServiceHost {
     /// [`Self::for_config`], which applies their `auth` settings.
     pub fn new(service: &'static str, config: &ServerConfig) -> Self {
         let metrics = Metrics::new(service);
-        let clients = Clients::new(metrics.grpc_client().clone(), ServiceCredential::none());
+        let client_tls = ClientTlsFiles::load(&config.client_tls).unwrap_or_else(|err| {
+            // `for_config` refuses this at start; here the platform's roots
+            // stand in, and `https://` peers with a private CA fail to verify.
+            tracing::warn!(%service, error = %err, "client TLS files not loaded");
+            ClientTlsFiles::default()
+        });
+        let clients = Clients::new(metrics.grpc_client().clone(), ServiceCredential::none())
+            .with_tls(client_tls);
         Self {
             service,
             config: config.clone(),
@@ -167,6 +182,7 @@ impl ServiceHost {
             drain: Drain::new(),
             access: Arc::new(AccessControl::none()),
             clients,
+            tls: None,
         }
     }
 
@@ -186,8 +202,19 @@ impl ServiceHost {
             .map_err(|err| setting(&err))?
             .counted(host.metrics.registry())?;
         let credential = ServiceCredential::from_config(auth).map_err(|err| setting(&err))?;
-        host.clients = Clients::new(host.metrics.grpc_client().clone(), credential);
+        let client_tls = ClientTlsFiles::load(&config.server().client_tls)
+            .map_err(|err| tls_error(C::SECTION, &err))?;
+        host.clients =
+            Clients::new(host.metrics.grpc_client().clone(), credential).with_tls(client_tls);
         host.access = Arc::new(access);
+        // Read now, so a bad file stops the service before it listens.
+        host.tls = config
+            .server()
+            .tls
+            .as_ref()
+            .map(|tls| ReloadingAcceptor::load(tls).map(Arc::new))
+            .transpose()
+            .map_err(|err| tls_error(C::SECTION, &err))?;
         Ok(host)
     }
 
@@ -238,6 +265,7 @@ impl ServiceHost {
     /// says NOT_SERVING. Names must differ from each other and from
     /// `startup`.
     pub fn add_check(&mut self, check: DependencyCheck) -> &mut Self {
+        check.use_client_tls(self.clients.tls());
         self.checks.push(check);
         self
     }
@@ -311,25 +339,27 @@ impl ServiceHost {
                 std::mem::take(&mut self.end_on_drain),
             ))
             .into_inner();
-
         let stop_accepting = CancellationToken::new();
-        let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
-        let server = Server::builder()
+        let router = Server::builder()
             .http2_keepalive_interval(Some(self.config.keepalive_interval))
             .http2_keepalive_timeout(Some(self.config.keepalive_timeout))
             .max_concurrent_streams(Some(self.config.max_concurrent_streams_per_connection))
             .layer(layers)
-            .add_routes(std::mem::take(&mut self.routes).routes())
-            .serve_with_incoming_shutdown(incoming, stop_accepting.clone().cancelled_owned());
-        let mut server = pin!(server);
+            .add_routes(std::mem::take(&mut self.routes).routes());
+        let (mut server, _tls_tasks) =
+            serve_grpc(router, listeners.grpc, self.tls()?, stop_accepting.clone());
 
         let stop_admin = CancellationToken::new();
         let admin = tokio::spawn(crate::admin::serve(
             listeners.admin,
-            crate::admin::router(self.metrics.clone(), health.clone()),
+            crate::admin::router(
+                self.metrics.clone(),
+                health.clone(),
+                self.config.deep_health,
+            ),
             stop_admin.clone().cancelled_owned(),
         ));
-        tracing::info!(%service, grpc = %grpc_addr, admin = %admin_addr, "listening (NOT_SERVING until started)");
+        tracing::info!(%service, grpc = %grpc_addr, admin = %admin_addr, tls = self.config.tls.is_some(), "listening (NOT_SERVING until started)");
 
         tokio::select! {
             result = &mut server => {
@@ -343,7 +373,9 @@ impl ServiceHost {
 
         let begun = Instant::now();
         health.begin_drain().await;
-        let result = self.drain_server(server, stop_accepting, begun).await;
+        let result = self
+            .drain_server(server.as_mut(), stop_accepting, begun)
+            .await;
         stop_admin.cancel();
         if tokio::time::timeout(Duration::from_secs(1), admin)
             .await
@@ -353,6 +385,18 @@ impl ServiceHost {
         }
         tracing::info!(%service, took = ?begun.elapsed(), "stopped");
         result.map_err(ServeError::from)
+    }
+
+    /// The listener's TLS: as loaded by [`Self::for_config`], or read now
+    /// from `server.tls` (hosts made by [`Self::new`]); `None` for plain.
+    fn tls(&self) -> Result<Option<Arc<ReloadingAcceptor>>, ServeError> {
+        match (&self.tls, &self.config.tls) {
+            (Some(tls), _) => Ok(Some(Arc::clone(tls))),
+            (None, Some(settings)) => ReloadingAcceptor::load(settings)
+                .map(|tls| Some(Arc::new(tls)))
+                .map_err(|err| ServeError::Tls(err.to_string())),
+            (None, None) => Ok(None),
+        }
     }
 
     /// Starts what keeps identity current while serving: key reloads, the
@@ -425,6 +469,55 @@ impl ServiceHost {
             }
         }
     }
+}
+
+/// Serves `router` on `listener` until `stop` is cancelled: plain TCP, or
+/// TLS when `tls` is given (with the accept loop and the files' watch as
+/// the returned tasks). The server is on the heap: its state machine would
+/// otherwise make every future that awaits `serve` large to move.
+fn serve_grpc<L, ResBody>(
+    router: tonic::transport::server::Router<L>,
+    listener: TcpListener,
+    tls: Option<Arc<ReloadingAcceptor>>,
+    stop: CancellationToken,
+) -> (
+    std::pin::Pin<Box<impl Future<Output = Result<(), tonic::transport::Error>>>>,
+    Option<AbortOnDrop>,
+)
+where
+    L: tower::Layer<tonic::service::Routes>,
+    L::Service: tower::Service<http::Request<Body>, Response = http::Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
+    <L::Service as tower::Service<http::Request<Body>>>::Future: Send,
+    <L::Service as tower::Service<http::Request<Body>>>::Error:
+        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+    ResBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    ResBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let signal = stop.clone().cancelled_owned();
+    match tls {
+        None => {
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            let server = router.serve_with_incoming_shutdown(incoming, signal);
+            (Box::pin(futures::future::Either::Left(server)), None)
+        }
+        Some(tls) => {
+            let (incoming, accept) = crate::tls::incoming(listener, Arc::clone(&tls), stop);
+            let server = router.serve_with_incoming_shutdown(incoming, signal);
+            let tasks = AbortOnDrop(vec![accept, tls.watch()]);
+            (
+                Box::pin(futures::future::Either::Right(server)),
+                Some(tasks),
+            )
+        }
+    }
+}
+
+/// A TLS file error, named within the service's section.
+fn tls_error(section: &str, err: &crate::tls::TlsFileError) -> ServeError {
+    ServeError::Tls(format!("{section}.{err}"))
 }
 
 /// Background tasks that end with the server.

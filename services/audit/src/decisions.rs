@@ -130,6 +130,7 @@ mod tests {
             permission: String::new(),
             tenant: String::new(),
             subject: String::new(),
+            resource: String::new(),
             count: 1,
         };
         for _ in 0..QUEUED + 3 {

@@ -10,7 +10,9 @@
 //!
 //! 1. the [`Policy`] says what the path requires; health checks (and
 //!    reflection, unless configured otherwise) pass untouched;
-//! 2. the [`Authenticator`] verifies the credential: UNAUTHENTICATED,
+//! 2. the [`Authenticator`] verifies the credential (the bearer, or the
+//!    client certificate the TLS listener verified, from the connection's
+//!    [`TlsPeer`](crate::tls::TlsPeer)): UNAUTHENTICATED,
 //!    PERMISSION_DENIED (identity headers from a non-service caller) or
 //!    RESOURCE_EXHAUSTED (a peer over its failure budget) on refusal;
 //! 3. the method's scope is checked: PERMISSION_DENIED naming it;
@@ -31,7 +33,8 @@ use std::time::{Duration, Instant};
 
 use agentmesh_auth::decision::{Decision, DecisionKind, DecisionLog, DecisionSink};
 use agentmesh_auth::{
-    AuthConfig, Authenticator, Mechanism, Policy, Refusal, RefusalCode, Requirement,
+    AuthConfig, Authenticator, CertificateNames, Mechanism, Peer, Policy, Refusal, RefusalCode,
+    Requirement,
 };
 use http::{Request, Response};
 use tonic::body::Body;
@@ -67,7 +70,7 @@ impl AuthMetrics {
         let decisions = prometheus::IntCounterVec::new(
             prometheus::Opts::new(
                 "agentmesh_auth_decisions_total",
-                "Authentication and authorization decisions: result is allowed or refused; reason is ok, missing, malformed, unknown_key, wrong_key, expired, revoked, method_off, invalid_token, forwarded_identity_from_non_service, malformed_forwarded_identity, too_many_failures, missing_scope, or (refused by a handler's allow-list) agent_not_allowed, route_not_allowed, tool_not_allowed.",
+                "Authentication and authorization decisions: result is allowed or refused; reason is ok, missing, malformed, unknown_key, unknown_certificate, wrong_key, expired, revoked, method_off, invalid_token, forwarded_identity_from_non_service, malformed_forwarded_identity, too_many_failures, missing_scope, or (refused by a handler's allow-list) agent_not_allowed, route_not_allowed, tool_not_allowed.",
             ),
             &["result", "reason"],
         )?;
@@ -171,13 +174,15 @@ impl AccessControl {
         tasks
     }
 
-    /// The decision for a call to `path` with `headers` from `peer`: the
-    /// identity, or the status to answer with.
+    /// The decision for a call to `path` with `headers` from `peer` (with
+    /// the names of its verified client certificate, if any): the identity,
+    /// or the status to answer with.
     pub fn check(
         &self,
         path: &str,
         headers: &http::HeaderMap,
         peer: Option<SocketAddr>,
+        certificate: Option<&CertificateNames>,
     ) -> Result<Option<Identity>, tonic::Status> {
         let requirement = self.policy.requirement(path);
         if requirement == Requirement::Exempt {
@@ -185,7 +190,13 @@ impl AccessControl {
         }
         let identity = self
             .authenticator
-            .authenticate(headers, peer.map(|peer| peer.ip()))
+            .authenticate(
+                headers,
+                Peer {
+                    ip: peer.map(|peer| peer.ip()),
+                    certificate,
+                },
+            )
             .map_err(|refusal| self.refuse(&refusal, path, peer))?;
         if let Requirement::Scope(scope) = requirement
             && !identity.allows(scope)
@@ -339,12 +350,26 @@ fn decision(
     }
 }
 
-/// The peer address tonic put in a request's extensions.
+/// The peer address tonic put in a request's extensions (a plain TCP or a
+/// TLS connection's).
 pub fn peer_addr<B>(request: &Request<B>) -> Option<SocketAddr> {
-    request
-        .extensions()
+    let extensions = request.extensions();
+    extensions
         .get::<tonic::transport::server::TcpConnectInfo>()
         .and_then(tonic::transport::server::TcpConnectInfo::remote_addr)
+        .or_else(|| {
+            extensions
+                .get::<crate::tls::TlsPeer>()
+                .and_then(|peer| peer.remote_addr)
+        })
+}
+
+/// The verified client certificate of a request's TLS connection, if any.
+pub fn peer_certificate<B>(request: &Request<B>) -> Option<Arc<crate::tls::ClientCertificate>> {
+    request
+        .extensions()
+        .get::<crate::tls::TlsPeer>()
+        .and_then(|peer| peer.certificate.clone())
 }
 
 // === impl AuthLayer ===
@@ -400,10 +425,13 @@ where
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         use futures::future::Either;
         let peer = peer_addr(&request);
-        let identity = match self
-            .access
-            .check(request.uri().path(), request.headers(), peer)
-        {
+        let certificate = peer_certificate(&request);
+        let identity = match self.access.check(
+            request.uri().path(),
+            request.headers(),
+            peer,
+            certificate.as_ref().map(|certificate| &certificate.names),
+        ) {
             Ok(Some(identity)) => identity,
             Ok(None) => return Either::Right(Box::pin(self.inner.call(request))),
             Err(status) => return Either::Left(std::future::ready(Ok(status.into_http()))),

@@ -27,6 +27,9 @@ pub struct DependencyCheck {
     required: bool,
     target: Option<String>,
     check: Arc<CheckFn>,
+    /// The host's client TLS, for checks of `https://` peers (set when the
+    /// check is added to a host).
+    tls: Arc<OnceLock<crate::tls::ClientTlsFiles>>,
 }
 
 impl fmt::Debug for DependencyCheck {
@@ -51,7 +54,14 @@ impl DependencyCheck {
             required,
             target: None,
             check: Arc::new(move || check().boxed()),
+            tls: Arc::default(),
         }
+    }
+
+    /// Reaches `https://` peers with `tls` (the host's `[server.client_tls]`);
+    /// the first one given counts.
+    pub(crate) fn use_client_tls(&self, tls: &crate::tls::ClientTlsFiles) {
+        let _ = self.tls.set(tls.clone());
     }
 
     /// A check readiness depends on.
@@ -90,7 +100,10 @@ impl DependencyCheck {
         let target = format!("peer {address}");
         let uri = uri.to_owned();
         let channel: Arc<OnceLock<Result<Channel, String>>> = Arc::default();
-        Self::new(name, required, move || {
+        let tls: Arc<OnceLock<crate::tls::ClientTlsFiles>> = Arc::default();
+        let host_tls = Arc::clone(&tls);
+        let mut check = Self::new(name, required, move || {
+            let tls = Arc::clone(&tls);
             let channel = Arc::clone(&channel);
             let uri = uri.clone();
             let address = address.clone();
@@ -98,14 +111,16 @@ impl DependencyCheck {
                 // Made here rather than up front: a channel needs a runtime.
                 let channel = channel
                     .get_or_init(|| {
-                        crate::client::plain_channel(&uri).map_err(|err| err.to_string())
+                        crate::client::tls_channel(&uri, tls.get()).map_err(|err| err.to_string())
                     })
                     .clone()
                     .map_err(|err| format!("peer {address}: unusable address {uri:?}: {err}"))?;
                 check_peer(channel, &address).await
             }
         })
-        .with_target(target)
+        .with_target(target);
+        check.tls = host_tls;
+        check
     }
 
     /// The check's name.
