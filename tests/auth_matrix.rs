@@ -12,18 +12,26 @@
 //! run, the audit trail of one tenant) is shown by the tenancy tests of each
 //! service; this file shows that no RPC is reachable without its scope.
 
-#![expect(clippy::expect_used, clippy::unwrap_used, reason = "tests fail loudly")]
+#![expect(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "tests fail loudly"
+)]
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use agentmesh_auth::authorize::ScopeTable;
 use agentmesh_auth::config::{AuthConfig, Method};
+use agentmesh_auth::jwt::testing;
 use agentmesh_auth::keys::ApiKey;
 use agentmesh_auth::keys::file::{KeyEntry, KeysFile};
 use agentmesh_auth::scope::Scope;
 use agentmesh_tests::{InProcess, SERVICES};
 use prost::Message;
+use serde_json::json;
 use tonic::Code;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
@@ -151,6 +159,72 @@ impl Keys {
     }
 }
 
+/// Bearer values of each kind the matrix presents, and the settings of the
+/// service that accepts them.
+struct Credentials {
+    only: BTreeMap<Scope, String>,
+    all_but: BTreeMap<Scope, String>,
+    service: String,
+    unknown: String,
+    auth: AuthConfig,
+}
+
+impl Credentials {
+    /// API keys in a keys file.
+    fn api_keys(dir: &Path) -> Self {
+        let keys = Keys::new();
+        let bearer = |key: &ApiKey| format!("Bearer {}", key.expose());
+        Self {
+            only: keys
+                .only
+                .iter()
+                .map(|(scope, key)| (*scope, bearer(key)))
+                .collect(),
+            all_but: keys
+                .all_but
+                .iter()
+                .map(|(scope, key)| (*scope, bearer(key)))
+                .collect(),
+            service: bearer(&keys.service),
+            unknown: bearer(&ApiKey::generate("test").unwrap()),
+            auth: keys.auth_config(dir),
+        }
+    }
+
+    /// JWTs signed by the test issuer's RSA key, checked against its JWKS.
+    fn jwts() -> Self {
+        let issuer = testing::rsa();
+        let token = |subject: &str, scopes: &[Scope]| {
+            let names: Vec<&str> = scopes.iter().map(|scope| scope.as_str()).collect();
+            let claims = testing::claims_with(json!({"sub": subject, "scope": names.join(" ")}));
+            format!("Bearer {}", issuer.sign(&claims))
+        };
+        let mut only = BTreeMap::new();
+        let mut all_but = BTreeMap::new();
+        for scope in Scope::ALL {
+            only.insert(scope, token("alice", &[scope]));
+            let others: Vec<Scope> = Scope::ALL
+                .into_iter()
+                .filter(|other| *other != scope && *other != Scope::Admin)
+                .collect();
+            all_but.insert(scope, token("bob", &others));
+        }
+        let stranger = testing::fresh_ec("rsa-1");
+        Self {
+            only,
+            all_but,
+            service: token("mesh", &[Scope::Service]),
+            unknown: format!("Bearer {}", stranger.sign(&testing::claims())),
+            auth: AuthConfig {
+                methods: vec![Method::Jwt],
+                jwt: testing::config(testing::fixture_path("jwks.json")),
+                max_failures_per_minute: 1_000_000,
+                ..AuthConfig::default()
+            },
+        }
+    }
+}
+
 /// How a call ended, as far as access is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
@@ -185,17 +259,24 @@ async fn call(channel: &Channel, rpc: &Rpc, headers: &[(&'static str, String)]) 
     }
 }
 
-fn bearer(key: &ApiKey) -> (&'static str, String) {
-    ("authorization", format!("Bearer {}", key.expose()))
+fn bearer(value: &str) -> (&'static str, String) {
+    ("authorization", value.to_owned())
 }
 
 #[tokio::test]
-async fn every_rpc_of_every_service_demands_a_credential_and_its_scope() {
+async fn every_rpc_of_every_service_demands_an_api_key_and_its_scope() {
     let dir = tempfile::tempdir().unwrap();
-    let keys = Keys::new();
-    let auth = keys.auth_config(dir.path());
+    matrix(&Credentials::api_keys(dir.path())).await;
+}
+
+#[tokio::test]
+async fn every_rpc_of_every_service_demands_a_jwt_and_its_scope() {
+    matrix(&Credentials::jwts()).await;
+}
+
+/// Runs the matrix over every service with `credentials`.
+async fn matrix(credentials: &Credentials) {
     let tables = tables();
-    let unknown = ApiKey::generate("test").unwrap();
     let mut checked = 0;
     for (name, service) in SERVICES {
         let table = tables
@@ -203,7 +284,7 @@ async fn every_rpc_of_every_service_demands_a_credential_and_its_scope() {
             .unwrap_or_else(|| panic!("{service} declares no scope table"));
         let rpcs = rpcs_of(service);
         assert!(!rpcs.is_empty(), "{service} has no RPCs in the contract");
-        let running = InProcess::start_with_auth(name, auth.clone()).await;
+        let running = InProcess::start_with_auth(name, credentials.auth.clone()).await;
         let channel = running.channel();
         for rpc in &rpcs {
             let path = rpc.path();
@@ -225,26 +306,26 @@ async fn every_rpc_of_every_service_demands_a_credential_and_its_scope() {
             )
             .await;
             expect(
-                vec![bearer(&unknown)],
+                vec![bearer(&credentials.unknown)],
                 Outcome::Refused(Code::Unauthenticated),
-                "with an unknown key",
+                "with an unknown credential",
             )
             .await;
             expect(
-                vec![bearer(&keys.all_but[&scope])],
+                vec![bearer(&credentials.all_but[&scope])],
                 Outcome::Refused(Code::PermissionDenied),
                 &format!("with every scope but {scope}"),
             )
             .await;
             expect(
-                vec![bearer(&keys.only[&scope])],
+                vec![bearer(&credentials.only[&scope])],
                 Outcome::Through,
                 &format!("with {scope}"),
             )
             .await;
             expect(
                 vec![
-                    bearer(&keys.only[&scope]),
+                    bearer(&credentials.only[&scope]),
                     ("x-agentmesh-tenant", "globex".into()),
                 ],
                 Outcome::Refused(Code::PermissionDenied),
@@ -253,7 +334,7 @@ async fn every_rpc_of_every_service_demands_a_credential_and_its_scope() {
             .await;
             expect(
                 vec![
-                    bearer(&keys.service),
+                    bearer(&credentials.service),
                     ("x-agentmesh-tenant", "globex".into()),
                     ("x-agentmesh-subject", "carol".into()),
                     ("x-agentmesh-scopes", scope.as_str().into()),
@@ -273,8 +354,7 @@ async fn every_rpc_of_every_service_demands_a_credential_and_its_scope() {
 #[tokio::test]
 async fn health_is_open_and_reflection_is_exempt_only_by_default() {
     let dir = tempfile::tempdir().unwrap();
-    let keys = Keys::new();
-    let mut auth = keys.auth_config(dir.path());
+    let mut auth = Keys::new().auth_config(dir.path());
     let health = Rpc {
         service: "grpc.health.v1.Health".into(),
         method: "Check".into(),
@@ -300,4 +380,63 @@ async fn health_is_open_and_reflection_is_exempt_only_by_default() {
         Outcome::Refused(Code::Unauthenticated)
     );
     strict.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn forged_and_stale_tokens_are_refused_on_the_wire() {
+    let issuer = testing::rsa();
+    let list_tools = Rpc {
+        service: "agentmesh.tools.v1.ToolRunnerService".into(),
+        method: "ListTools".into(),
+        server_streaming: false,
+    };
+    let running = InProcess::start_with_auth("tool-runner", Credentials::jwts().auth).await;
+    let channel = running.channel();
+    let good = testing::claims_with(json!({"scope": "tools:read"}));
+    let now = testing::now();
+    let header = |alg: &str| json!({"alg": alg, "kid": issuer.kid, "typ": "JWT"});
+    let unsigned = {
+        let input = format!(
+            "{}.{}",
+            testing::b64(header("none").to_string().as_bytes()),
+            testing::b64(good.to_string().as_bytes())
+        );
+        format!("{input}.")
+    };
+    let cases = [
+        ("a good token", issuer.sign(&good), Outcome::Through),
+        (
+            "an expired token",
+            issuer.sign(&testing::claims_with(
+                json!({"scope": "tools:read", "iat": now - 7200, "exp": now - 3600}),
+            )),
+            Outcome::Refused(Code::Unauthenticated),
+        ),
+        (
+            "a token for another audience",
+            issuer.sign(&testing::claims_with(
+                json!({"scope": "tools:read", "aud": "somebody-else"}),
+            )),
+            Outcome::Refused(Code::Unauthenticated),
+        ),
+        (
+            "an alg: none token",
+            unsigned,
+            Outcome::Refused(Code::Unauthenticated),
+        ),
+        (
+            "an HS256 token keyed with the RSA public key",
+            testing::hs256(
+                &header("HS256"),
+                &good,
+                testing::fixture("rsa-public.pem").as_bytes(),
+            ),
+            Outcome::Refused(Code::Unauthenticated),
+        ),
+    ];
+    for (what, token, want) in cases {
+        let headers = [bearer(&format!("Bearer {token}"))];
+        assert_eq!(call(&channel, &list_tools, &headers).await, want, "{what}");
+    }
+    running.stop().await.unwrap();
 }

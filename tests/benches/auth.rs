@@ -3,10 +3,12 @@
 //! Two measures, in one run:
 //! - the access decision itself (`AccessControl::check`: parse the bearer,
 //!   verify the credential, check the RPC's scope), each call timed on its
-//!   own, with an API key;
+//!   own, with an API key and with a JWT (verified once, then from the
+//!   cache of verified tokens, as a client reusing its token gets);
 //! - a unary `ListTools` on the tool runner over loopback gRPC, the same
-//!   server code with `auth.methods = ["none"]` and with `["api_key"]`,
-//!   measured in interleaved rounds so drift on the machine hits both alike.
+//!   server code with `auth.methods = ["none"]`, `["api_key"]` and
+//!   `["jwt"]`, measured in interleaved rounds so drift on the machine hits
+//!   all alike.
 //!
 //! The target of the contract: the p99 added by authentication on a unary
 //! call stays under 20 µs. Run with `make bench`.
@@ -22,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use agentmesh_auth::authenticate::Authenticator;
 use agentmesh_auth::config::{AuthConfig, Method};
+use agentmesh_auth::jwt::{JwtVerifier, testing};
 use agentmesh_auth::keys::ApiKey;
 use agentmesh_auth::keys::file::{KeyEntry, KeysFile};
 use agentmesh_auth::keys::store::KeyStore;
@@ -111,6 +114,22 @@ fn main() {
         headers.insert("authorization", bearer.parse().unwrap());
         let checks = decision_cost(&access, &headers);
 
+        let jwt_config = testing::config(testing::fixture_path("jwks.json"));
+        let token = format!(
+            "Bearer {}",
+            testing::rsa().sign(&testing::claims_with(
+                serde_json::json!({"scope": "tools:read", "exp": testing::now() + 3600})
+            ))
+        );
+        let jwt_access = AccessControl::with_authenticator(
+            Authenticator::none().with_jwt(JwtVerifier::from_config(&jwt_config).unwrap()),
+            &[agentmesh_tool_runner::SCOPES],
+            &AuthConfig::default(),
+        );
+        let mut jwt_headers = http::HeaderMap::new();
+        jwt_headers.insert("authorization", token.parse().unwrap());
+        let jwt_checks = decision_cost(&jwt_access, &jwt_headers);
+
         // The same unary call without and with authentication.
         let dir = tempfile::tempdir().unwrap();
         let keys_path = dir.path().join("keys.toml");
@@ -125,44 +144,62 @@ fn main() {
             },
         )
         .await;
+        let signed = InProcess::start_with_auth(
+            "tool-runner",
+            AuthConfig {
+                methods: vec![Method::Jwt],
+                jwt: jwt_config,
+                ..AuthConfig::default()
+            },
+        )
+        .await;
         let mut open_client = ToolRunnerServiceClient::new(open.channel());
         let mut guarded_client = ToolRunnerServiceClient::new(guarded.channel());
-        let (mut none, mut api_key) = (Vec::new(), Vec::new());
+        let mut signed_client = ToolRunnerServiceClient::new(signed.channel());
+        let (mut none, mut api_key, mut jwt) = (Vec::new(), Vec::new(), Vec::new());
         // Warm-up, then interleaved rounds.
         round(&mut open_client, None, &mut Vec::new()).await;
         round(&mut guarded_client, Some(&bearer), &mut Vec::new()).await;
+        round(&mut signed_client, Some(&token), &mut Vec::new()).await;
         for _ in 0..ROUNDS {
             round(&mut open_client, None, &mut none).await;
             round(&mut guarded_client, Some(&bearer), &mut api_key).await;
+            round(&mut signed_client, Some(&token), &mut jwt).await;
         }
         none.sort();
         api_key.sort();
+        jwt.sort();
         open.stop().await.unwrap();
         guarded.stop().await.unwrap();
+        signed.stop().await.unwrap();
 
-        println!("the access decision alone (AccessControl::check, API key, {CHECKS} calls)");
-        println!(
-            "  p50 {:.2} µs   p99 {:.2} µs   p99.9 {:.2} µs",
-            micros(percentile(&checks, 0.5)),
-            micros(percentile(&checks, 0.99)),
-            micros(percentile(&checks, 0.999)),
-        );
+        println!("the access decision alone (AccessControl::check, {CHECKS} calls each)");
+        for (name, times) in [("API key", &checks), ("cached JWT", &jwt_checks)] {
+            println!(
+                "  {name:<11} p50 {:.2} µs   p99 {:.2} µs   p99.9 {:.2} µs",
+                micros(percentile(times, 0.5)),
+                micros(percentile(times, 0.99)),
+                micros(percentile(times, 0.999)),
+            );
+        }
         let calls = ROUNDS * CALLS_PER_ROUND;
         println!(
             "unary ListTools on loopback, one connection, {calls} calls each in {ROUNDS} interleaved rounds"
         );
         println!("{:<10} {:>12} {:>12}", "auth", "median µs", "p99 µs");
-        for (name, times) in [("none", &none), ("api_key", &api_key)] {
+        for (name, times) in [("none", &none), ("api_key", &api_key), ("jwt", &jwt)] {
             println!(
                 "{name:<10} {:>12.1} {:>12.1}",
                 micros(percentile(times, 0.5)),
                 micros(percentile(times, 0.99)),
             );
         }
-        println!(
-            "added by API keys: median {:+.1} µs, p99 {:+.1} µs (target: p99 under 20 µs)",
-            micros(percentile(&api_key, 0.5)) - micros(percentile(&none, 0.5)),
-            micros(percentile(&api_key, 0.99)) - micros(percentile(&none, 0.99)),
-        );
+        for (name, times) in [("API keys", &api_key), ("JWTs", &jwt)] {
+            println!(
+                "added by {name}: median {:+.1} µs, p99 {:+.1} µs (target: p99 under 20 µs)",
+                micros(percentile(times, 0.5)) - micros(percentile(&none, 0.5)),
+                micros(percentile(times, 0.99)) - micros(percentile(&none, 0.99)),
+            );
+        }
     });
 }

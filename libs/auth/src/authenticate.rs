@@ -295,13 +295,23 @@ impl Authenticator {
             let verifier = self.jwt.as_ref().ok_or_else(|| {
                 Refusal::unauthenticated("method_off", Mechanism::Jwt, String::new())
             })?;
-            return verifier.verify(token).map_err(|refused| {
+            let mut identity = verifier.verify(token).map_err(|refused| {
                 Refusal::unauthenticated(
                     refused.reason.as_str(),
                     Mechanism::Jwt,
                     refused.credential_id,
                 )
-            });
+            })?;
+            // A tenant's allow-lists in the keys file bind its token users
+            // as they bind its keys.
+            if let Some(tenant_allow) = self
+                .keys
+                .as_ref()
+                .and_then(|keys| keys.tenant_allow(&identity.tenant))
+            {
+                identity.allow = identity.allow.intersect(&tenant_allow);
+            }
+            return Ok(identity);
         }
         Err(Refusal::unauthenticated(
             "malformed",
@@ -678,6 +688,51 @@ mod tests {
         };
         let auth = Authenticator::from_config(&config).unwrap();
         (Fixture { auth, ..f }, dir)
+    }
+
+    #[test]
+    fn a_tenants_allow_lists_in_the_keys_file_bind_its_token_users_too() {
+        use crate::jwt::testing;
+        use crate::keys::file::TenantPolicy;
+        let dir = tempfile::tempdir().unwrap();
+        let keys_file = dir.path().join("keys.toml");
+        let mut file = KeysFile::default();
+        file.tenants.insert(
+            "acme".to_owned(),
+            TenantPolicy {
+                tools: Some(vec!["calculator".to_owned()]),
+                ..TenantPolicy::default()
+            },
+        );
+        std::fs::write(&keys_file, file.to_toml()).unwrap();
+        let auth = Authenticator::from_config(&AuthConfig {
+            methods: vec![Method::ApiKey, Method::Jwt],
+            keys_file: Some(keys_file),
+            jwt: testing::config(testing::fixture_path("jwks.json")),
+            ..AuthConfig::default()
+        })
+        .unwrap();
+        let bearer = |claims| format!("Bearer {}", testing::rsa().sign(&claims));
+        let acme = auth
+            .authenticate(
+                &headers(&[("authorization", &bearer(testing::claims()))]),
+                PEER,
+            )
+            .unwrap();
+        assert!(acme.allow.tools.allows("calculator"));
+        assert!(!acme.allow.tools.allows("http_get"), "{:?}", acme.allow);
+        let globex = auth
+            .authenticate(
+                &headers(&[(
+                    "authorization",
+                    &bearer(testing::claims_with(
+                        serde_json::json!({"tenant": "globex"}),
+                    )),
+                )]),
+                PEER,
+            )
+            .unwrap();
+        assert!(globex.allow.tools.allows("http_get"));
     }
 
     #[test]

@@ -26,8 +26,8 @@ mod claims;
 mod keyset;
 mod provider;
 mod source;
-#[cfg(test)]
-pub(crate) mod testing;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 #[cfg(test)]
 mod tests;
 

@@ -1,6 +1,16 @@
 //! Test support: tokens signed with the fixture keys (and keys made on the
 //! spot) by ring, built by hand so tests can also make the tokens no
 //! library would (`alg: none`, HMAC with a public key as the secret).
+//!
+//! Built for this crate's tests and, behind the `testing` feature, for the
+//! mesh's cross-service tests and benchmarks; the keys are the public test
+//! fixtures under `tests/fixtures`, never anything a deployment trusts.
+
+#![expect(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    reason = "test support: a broken fixture fails the test that uses it"
+)]
 
 use std::path::PathBuf;
 
@@ -12,21 +22,23 @@ use serde_json::{Value, json};
 
 use super::JwtConfig;
 
-pub(crate) const ISSUER: &str = "https://idp.example.test/realms/agentmesh";
-pub(crate) const AUDIENCE: &str = "agentmesh";
+/// The test issuer.
+pub const ISSUER: &str = "https://idp.example.test/realms/agentmesh";
+/// The test audience.
+pub const AUDIENCE: &str = "agentmesh";
 
-pub(crate) fn fixture_path(name: &str) -> PathBuf {
+pub fn fixture_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name)
 }
 
-pub(crate) fn fixture(name: &str) -> String {
+pub fn fixture(name: &str) -> String {
     std::fs::read_to_string(fixture_path(name)).unwrap()
 }
 
 /// The DER inside a PEM file.
-pub(crate) fn pem_der(pem: &str) -> Vec<u8> {
+pub fn pem_der(pem: &str) -> Vec<u8> {
     let body: String = pem
         .lines()
         .filter(|line| !line.starts_with("-----"))
@@ -34,28 +46,30 @@ pub(crate) fn pem_der(pem: &str) -> Vec<u8> {
     STANDARD.decode(body).unwrap()
 }
 
-pub(crate) fn b64(bytes: &[u8]) -> String {
+pub fn b64(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-pub(crate) fn now() -> u64 {
+pub fn now() -> u64 {
     super::unix_now()
 }
 
+#[derive(Debug)]
 enum Pair {
     Rsa(ring_sig::RsaKeyPair),
     Ec(ring_sig::EcdsaKeyPair),
 }
 
 /// A private key that signs tokens with its kid in the header.
-pub(crate) struct Signer {
+#[derive(Debug)]
+pub struct Signer {
     pair: Pair,
-    pub(crate) kid: String,
-    pub(crate) alg: &'static str,
+    pub kid: String,
+    pub alg: &'static str,
 }
 
 /// The fixture RSA key (`rsa-1`, RS256).
-pub(crate) fn rsa() -> Signer {
+pub fn rsa() -> Signer {
     let der = pem_der(&fixture("rsa-private.pem"));
     Signer {
         pair: Pair::Rsa(ring_sig::RsaKeyPair::from_pkcs8(&der).unwrap()),
@@ -65,7 +79,7 @@ pub(crate) fn rsa() -> Signer {
 }
 
 /// The fixture EC P-256 key (`ec-1`, ES256).
-pub(crate) fn ec() -> Signer {
+pub fn ec() -> Signer {
     let der = pem_der(&fixture("ec-private.pem"));
     let pair = ring_sig::EcdsaKeyPair::from_pkcs8(
         &ring_sig::ECDSA_P256_SHA256_FIXED_SIGNING,
@@ -81,7 +95,7 @@ pub(crate) fn ec() -> Signer {
 }
 
 /// A new EC P-256 key named `kid`.
-pub(crate) fn fresh_ec(kid: &str) -> Signer {
+pub fn fresh_ec(kid: &str) -> Signer {
     let rng = SystemRandom::new();
     let alg = &ring_sig::ECDSA_P256_SHA256_FIXED_SIGNING;
     let pkcs8 = ring_sig::EcdsaKeyPair::generate_pkcs8(alg, &rng).unwrap();
@@ -94,7 +108,7 @@ pub(crate) fn fresh_ec(kid: &str) -> Signer {
 
 impl Signer {
     /// The public JWK.
-    pub(crate) fn jwk(&self) -> Value {
+    pub fn jwk(&self) -> Value {
         match &self.pair {
             Pair::Rsa(pair) => {
                 let parts = ring_sig::RsaPublicKeyComponents::<Vec<u8>>::from(pair.public());
@@ -110,7 +124,7 @@ impl Signer {
     }
 
     /// A token with `header` and `claims`, signed by this key.
-    pub(crate) fn sign_with(&self, header: &Value, claims: &Value) -> String {
+    pub fn sign_with(&self, header: &Value, claims: &Value) -> String {
         let input = format!(
             "{}.{}",
             b64(header.to_string().as_bytes()),
@@ -135,7 +149,7 @@ impl Signer {
     }
 
     /// A token with `claims`, its header naming this key.
-    pub(crate) fn sign(&self, claims: &Value) -> String {
+    pub fn sign(&self, claims: &Value) -> String {
         self.sign_with(
             &json!({"alg": self.alg, "kid": self.kid, "typ": "JWT"}),
             claims,
@@ -144,12 +158,12 @@ impl Signer {
 }
 
 /// A JWKS document of `signers`.
-pub(crate) fn jwks(signers: &[&Signer]) -> String {
+pub fn jwks(signers: &[&Signer]) -> String {
     json!({"keys": signers.iter().map(|signer| signer.jwk()).collect::<Vec<_>>()}).to_string()
 }
 
 /// Good claims for alice of acme, valid for ten minutes.
-pub(crate) fn claims() -> Value {
+pub fn claims() -> Value {
     let now = now();
     json!({
         "iss": ISSUER,
@@ -163,7 +177,7 @@ pub(crate) fn claims() -> Value {
 }
 
 /// `claims()` with `changes` applied (a null removes a claim).
-pub(crate) fn claims_with(changes: Value) -> Value {
+pub fn claims_with(changes: Value) -> Value {
     let mut claims = claims();
     for (name, value) in changes.as_object().unwrap() {
         if value.is_null() {
@@ -176,7 +190,7 @@ pub(crate) fn claims_with(changes: Value) -> Value {
 }
 
 /// An HS256 token whose HMAC secret is `secret`.
-pub(crate) fn hs256(header: &Value, claims: &Value, secret: &[u8]) -> String {
+pub fn hs256(header: &Value, claims: &Value, secret: &[u8]) -> String {
     let input = format!(
         "{}.{}",
         b64(header.to_string().as_bytes()),
@@ -188,7 +202,7 @@ pub(crate) fn hs256(header: &Value, claims: &Value, secret: &[u8]) -> String {
 }
 
 /// The settings for tokens of the test issuer, keys from `jwks_file`.
-pub(crate) fn config(jwks_file: PathBuf) -> JwtConfig {
+pub fn config(jwks_file: PathBuf) -> JwtConfig {
     JwtConfig {
         issuer: ISSUER.to_owned(),
         audiences: vec![AUDIENCE.to_owned()],

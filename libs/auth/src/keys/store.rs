@@ -64,6 +64,9 @@ struct Loaded {
 #[derive(Debug, Default)]
 struct Index {
     keys: HashMap<String, Loaded>,
+    /// The `[tenants.<name>]` allow-lists, which bind every credential of
+    /// the tenant (tokens too, not only the file's keys).
+    tenants: HashMap<String, AllowLists>,
 }
 
 impl Index {
@@ -104,7 +107,12 @@ impl Index {
                 },
             );
         }
-        Ok(Self { keys })
+        let tenants = file
+            .tenants
+            .iter()
+            .map(|(tenant, policy)| (tenant.clone(), policy.allow_lists()))
+            .collect();
+        Ok(Self { keys, tenants })
     }
 }
 
@@ -195,6 +203,11 @@ pub struct KeyStore {
 }
 
 impl KeyStore {
+    /// The allow-lists the keys file sets for `tenant` (none: no limit).
+    pub fn tenant_allow(&self, tenant: &str) -> Option<AllowLists> {
+        self.index.load().tenants.get(tenant).cloned()
+    }
+
     /// The keys of a file, read now.
     pub fn open(path: &Path) -> Result<Self, KeyStoreError> {
         Self::open_with(path, &[])
