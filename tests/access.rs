@@ -587,6 +587,7 @@ async fn a_tool_outside_the_allow_list_is_a_tool_error_for_the_model_and_never_r
         panic!("{denial:?}");
     };
     assert_eq!(access.credential_id, keys.acme_calculator.id());
+    assert_eq!(access.actor, "mesh", "the orchestrator's service key acted");
     assert_eq!(
         access.method,
         "/agentmesh.tools.v1.ToolRunnerService/ExecuteTool"

@@ -48,7 +48,7 @@ pub fn access_event(service: &str, decision: Decision) -> agentmesh_proto::audit
         peer: decision.peer,
         credential_id: decision.credential_id,
         count: i32::try_from(decision.count).unwrap_or(i32::MAX),
-        actor: String::new(),
+        actor: decision.actor,
     }));
     event
 }
@@ -75,6 +75,7 @@ mod tests {
                 resource: String::new(),
                 tenant: String::new(),
                 subject: String::new(),
+                actor: String::new(),
                 count: 42,
             },
         );

@@ -57,6 +57,9 @@ pub struct Decision {
     pub tenant: String,
     /// The identity's subject, when known.
     pub subject: String,
+    /// The service of the mesh that made the call for the subject, if one
+    /// did (its subject, e.g. `orchestrator`); "" otherwise.
+    pub actor: String,
     /// How many calls this decision stands for.
     pub count: u32,
 }
@@ -232,6 +235,7 @@ mod tests {
             resource: String::new(),
             tenant: String::new(),
             subject: String::new(),
+            actor: String::new(),
             count: 1,
         }
     }

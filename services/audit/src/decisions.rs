@@ -131,6 +131,7 @@ mod tests {
             tenant: String::new(),
             subject: String::new(),
             resource: String::new(),
+            actor: String::new(),
             count: 1,
         };
         for _ in 0..QUEUED + 3 {

@@ -279,6 +279,7 @@ impl AccessControl {
             resource: String::new(),
             tenant: String::new(),
             subject: String::new(),
+            actor: String::new(),
             count: 1,
         });
         match refusal.code {
@@ -346,6 +347,11 @@ fn decision(
         resource: String::new(),
         tenant: identity.tenant.clone(),
         subject: identity.subject.clone(),
+        actor: identity
+            .actor
+            .as_ref()
+            .map(|actor| actor.subject.clone())
+            .unwrap_or_default(),
         count: 1,
     }
 }
