@@ -25,6 +25,7 @@ pub mod authenticate;
 pub mod authorize;
 pub mod config;
 pub mod decision;
+pub mod file_stamp;
 pub mod identity;
 pub mod jwt;
 pub mod keys;

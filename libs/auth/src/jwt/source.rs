@@ -11,12 +11,13 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
 use super::keyset::{KeySet, KeySetError};
+use crate::file_stamp::FileStamp;
 
 /// The shortest time between two fetches asked for by unknown key ids.
 pub(crate) const REFETCH_MIN_INTERVAL: Duration = Duration::from_secs(30);
@@ -27,28 +28,13 @@ const MAX_JWKS_BYTES: usize = 1024 * 1024;
 /// How soon a failed fetch is retried (unless `jwks_refresh` is sooner).
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30);
 
-/// What identifies a version of a file on disk (as for the keys file).
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Stamp {
-    modified: Option<SystemTime>,
-    len: u64,
-}
-
-fn stamp(path: &Path) -> Option<Stamp> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some(Stamp {
-        modified: meta.modified().ok(),
-        len: meta.len(),
-    })
-}
-
 /// Where the keys are read from.
 #[derive(Debug)]
 enum Origin {
     File {
         path: PathBuf,
         /// The file's stamp when it was read (taken before reading).
-        loaded: Option<Stamp>,
+        loaded: Option<FileStamp>,
     },
     Url {
         url: reqwest::Url,
@@ -84,7 +70,7 @@ pub(crate) enum SourceError {
 impl KeySource {
     /// Keys from a JWKS file, read now.
     pub(crate) fn file(path: &Path) -> Result<Self, SourceError> {
-        let loaded = stamp(path);
+        let loaded = FileStamp::of(path);
         let set = read_file(path)?;
         Ok(Self {
             keys: Arc::new(ArcSwap::from_pointee(set)),
@@ -145,13 +131,9 @@ impl KeySource {
     ) -> tokio::task::JoinHandle<()> {
         let keys = Arc::clone(&self.keys);
         match &self.origin {
-            Origin::File { path, loaded } => tokio::spawn(watch_file(
-                path.clone(),
-                loaded.clone(),
-                interval,
-                keys,
-                on_change,
-            )),
+            Origin::File { path, loaded } => {
+                tokio::spawn(watch_file(path.clone(), *loaded, interval, keys, on_change))
+            }
             Origin::Url {
                 url, refresh, wake, ..
             } => tokio::spawn(fetch_loop(
@@ -178,7 +160,7 @@ fn read_file(path: &Path) -> Result<KeySet, SourceError> {
 
 async fn watch_file(
     path: PathBuf,
-    mut last: Option<Stamp>,
+    mut last: Option<FileStamp>,
     interval: Duration,
     keys: Arc<ArcSwap<KeySet>>,
     on_change: impl Fn(),
@@ -187,7 +169,7 @@ async fn watch_file(
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let now = stamp(&path);
+        let now = FileStamp::of(&path);
         if now == last {
             continue;
         }

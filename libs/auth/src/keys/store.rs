@@ -12,10 +12,11 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
+use crate::file_stamp::FileStamp;
 use crate::identity::{AllowLists, Identity, Mechanism};
 use crate::keys::file::{KeyEntry, KeysFile, KeysFileError};
 use crate::keys::{ApiKey, KeyHash};
@@ -116,23 +117,6 @@ impl Index {
     }
 }
 
-/// What identifies a version of the file on disk: a change of any of these
-/// triggers a reload (a Kubernetes Secret update swaps a symlink, which
-/// changes them all).
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Stamp {
-    modified: Option<SystemTime>,
-    len: u64,
-}
-
-fn stamp(path: &Path) -> Option<Stamp> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some(Stamp {
-        modified: meta.modified().ok(),
-        len: meta.len(),
-    })
-}
-
 /// A keys file that cannot be read or used.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyStoreError {
@@ -197,7 +181,7 @@ pub struct KeyStore {
     path: Option<PathBuf>,
     /// The file's stamp when it was read: taken before reading, so a change
     /// made while reading is seen by the next check.
-    loaded: Option<Stamp>,
+    loaded: Option<FileStamp>,
     /// Entries added to the file's on every load.
     extra: Arc<[KeyEntry]>,
 }
@@ -216,7 +200,7 @@ impl KeyStore {
     /// The keys of a file, read now, and `extra` entries known only in
     /// memory, kept on every reload (the embedded mesh's service keys).
     pub fn open_with(path: &Path, extra: &[KeyEntry]) -> Result<Self, KeyStoreError> {
-        let loaded = stamp(path);
+        let loaded = FileStamp::of(path);
         let extra: Arc<[KeyEntry]> = extra.into();
         let index = read(path, &extra)?;
         Ok(Self {
@@ -281,13 +265,13 @@ impl KeyStore {
         let path = self.path.clone()?;
         let index = Arc::clone(&self.index);
         let extra = Arc::clone(&self.extra);
-        let mut last = self.loaded.clone();
+        let mut last = self.loaded;
         Some(tokio::spawn(async move {
             let mut ticks = tokio::time::interval(interval);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticks.tick().await;
-                let now = stamp(&path);
+                let now = FileStamp::of(&path);
                 if now == last {
                     continue;
                 }

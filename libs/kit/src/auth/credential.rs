@@ -6,9 +6,10 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use agentmesh_auth::config::{AuthConfig, CREDENTIAL_ENV};
+use agentmesh_auth::file_stamp::FileStamp;
 use arc_swap::ArcSwapOption;
 use http::header::HeaderValue;
 
@@ -88,11 +89,11 @@ impl ServiceCredential {
         let path = self.file.clone()?;
         let header = Arc::clone(&self.header);
         Some(tokio::spawn(async move {
-            let mut last = modified(&path);
+            let mut last = FileStamp::of(&path);
             let mut ticks = tokio::time::interval(interval);
             loop {
                 ticks.tick().await;
-                let now = modified(&path);
+                let now = FileStamp::of(&path);
                 if now == last {
                     continue;
                 }
@@ -109,11 +110,6 @@ impl ServiceCredential {
             }
         }))
     }
-}
-
-fn modified(path: &Path) -> Option<(SystemTime, u64)> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
 }
 
 fn read(path: &Path) -> Result<HeaderValue, CredentialError> {

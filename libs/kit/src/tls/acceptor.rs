@@ -12,8 +12,9 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
+use agentmesh_auth::file_stamp::FileStamp;
 use arc_swap::ArcSwap;
 use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject as _;
@@ -38,21 +39,13 @@ pub struct TlsFileError {
     pub problem: String,
 }
 
-/// The last-modified time and length of a file, to notice changes cheaply.
-type Stamp = Option<(SystemTime, u64)>;
-
-fn stamp(path: &Path) -> Stamp {
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
-}
-
 /// The server side of the listener's TLS, current as of the last check.
 #[derive(Debug)]
 pub struct ReloadingAcceptor {
     settings: ServerTls,
     current: ArcSwap<rustls::ServerConfig>,
     /// The stamps of the files as last looked at (loaded or not).
-    seen: Mutex<Vec<Stamp>>,
+    seen: Mutex<Vec<Option<FileStamp>>>,
 }
 
 impl ReloadingAcceptor {
@@ -129,7 +122,7 @@ impl ReloadingAcceptor {
     }
 }
 
-fn stamps(settings: &ServerTls) -> Vec<Stamp> {
+fn stamps(settings: &ServerTls) -> Vec<Option<FileStamp>> {
     [
         Some(settings.cert_file.as_path()),
         Some(settings.key_file.as_path()),
@@ -137,7 +130,7 @@ fn stamps(settings: &ServerTls) -> Vec<Stamp> {
     ]
     .into_iter()
     .flatten()
-    .map(stamp)
+    .map(FileStamp::of)
     .collect()
 }
 

@@ -7,6 +7,7 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use agentmesh_auth::file_stamp::FileStamp;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use super::acceptor::TlsFileError;
@@ -21,7 +22,7 @@ pub struct ClientTlsFiles {
 
 #[derive(Debug, Default)]
 struct Loaded {
-    stamps: Vec<Option<(std::time::SystemTime, u64)>>,
+    stamps: Vec<Option<FileStamp>>,
     config: Option<ClientTlsConfig>,
 }
 
@@ -63,14 +64,11 @@ impl ClientTlsFiles {
     }
 }
 
-fn stamps(settings: &ClientTls) -> Vec<Option<(std::time::SystemTime, u64)>> {
+fn stamps(settings: &ClientTls) -> Vec<Option<FileStamp>> {
     [&settings.ca_file, &settings.cert_file, &settings.key_file]
         .into_iter()
         .flatten()
-        .map(|path| {
-            let meta = std::fs::metadata(path).ok()?;
-            Some((meta.modified().ok()?, meta.len()))
-        })
+        .map(|path| FileStamp::of(path))
         .collect()
 }
 
