@@ -233,7 +233,7 @@ pub(crate) async fn within_caller_deadline<F: Future>(
         Some(deadline) => tokio::time::timeout_at(deadline, future)
             .await
             .map_err(|_| {
-                ProviderError::Timeout(
+                ProviderError::CallerDeadline(
                     "the caller's deadline passed before the provider finished".to_owned(),
                 )
             }),

@@ -396,7 +396,10 @@ impl Attempts for Relay {
 
     fn refused(&mut self, open: CircuitOpen, _previous: Option<RelayFailure>) -> RelayFailure {
         RelayFailure::Failed(
-            ProviderError::CircuitOpen(open.to_string()),
+            ProviderError::CircuitOpen {
+                message: open.to_string(),
+                retry_in: open.retry_in,
+            },
             false,
             Box::default(),
         )

@@ -100,7 +100,10 @@ impl Attempts for UnaryAttempts<'_> {
     }
 
     fn refused(&mut self, open: CircuitOpen, _previous: Option<ProviderError>) -> ProviderError {
-        ProviderError::CircuitOpen(open.to_string())
+        ProviderError::CircuitOpen {
+            message: open.to_string(),
+            retry_in: open.retry_in,
+        }
     }
 
     fn observe(&mut self, event: AttemptEvent<'_, ProviderError>) {
