@@ -49,14 +49,17 @@ pub(crate) async fn generate(
             return Err(status);
         }
     };
-    Ok(respond(
+    let response = respond(
         gateway,
         record,
         &mut prepared,
         (resolved, completion),
         ended.attempts,
         started,
-    ))
+    );
+    // The spend is written before the caller can make its next call.
+    prepared.spend.recorded().await;
+    Ok(response)
 }
 
 /// The attempts of one call as the attempt loop sees them: a completion
@@ -134,7 +137,7 @@ fn respond(
         usage: Some(&usage),
         finish_reason: Some(completion.finish_reason),
     });
-    prepared.charges.settle(Prepared::used_tokens(&usage));
+    prepared.settle(&usage);
     tracing::info!(
         route = %resolved.route,
         provider = %resolved.instance,
