@@ -206,8 +206,19 @@ pub trait Attempts {
     fn classify(&self, failure: &Self::Error) -> Verdict;
 
     /// The failure a failed attempt counts against its target's circuit,
-    /// or `None` when it says nothing about the target's health (a bad
-    /// request, a caller that went away): then it counts for nothing.
+    /// or `None` when it says nothing about the target's health: then it
+    /// counts for nothing.
+    ///
+    /// The rule every caller follows: only the target's failures count —
+    /// no connection, a server error (5xx), the target's own time limit
+    /// passing, a broken stream. The caller's are never the target's: its
+    /// deadline passing first (an attempt bounded by the caller's deadline
+    /// that ends there says nothing of a target that would have answered
+    /// within its own limit), its cancel (a client that went away), a
+    /// request the target rejects as invalid (400/404/422, too long a
+    /// context), a quota the target enforces (429). Otherwise a flood of
+    /// short-deadline or malformed calls from one caller opens the circuit
+    /// for every other caller.
     fn circuit_failure(&self, failure: &Self::Error) -> Option<String>;
 
     /// The failure that stands for a refusal by `open`'s circuit, given

@@ -12,7 +12,12 @@
 //!
 //! A caller asks [`CircuitBreaker::try_acquire`] before each call: in OPEN
 //! it is refused at once ([`CircuitOpen`], with the time left), in HALF_OPEN
-//! only `half_open_probes` calls at a time get through. The [`CallPermit`]
+//! only `half_open_probes` calls at a time get through. The others are
+//! refused at once too, never queued (a queue would hold callers for as long
+//! as a slow probe takes), with the time until a probe place can free up at
+//! the latest: a probe out for `probe_timeout` is presumed lost and its
+//! place is given to the next caller, so a refusal never says "now" and a
+//! probe that hangs cannot keep the circuit half-open for ever. The [`CallPermit`]
 //! it gets says how the call ended ([`CallPermit::success`],
 //! [`CallPermit::failure`]); a permit dropped without either (the caller went
 //! away, or the error says nothing about the target's health, like a bad
@@ -52,6 +57,12 @@ pub struct CircuitConfig {
     /// Calls let through at once while half-open; that many successes close
     /// the circuit, one failure opens it again.
     pub half_open_probes: u32,
+    /// How long a half-open probe holds its place: after it the probe is
+    /// presumed lost and another caller may probe. Callers refused while
+    /// the probes are out are told to retry when the oldest probe's place
+    /// frees up at the latest.
+    #[serde(with = "humantime_serde")]
+    pub probe_timeout: Duration,
 }
 
 impl Default for CircuitConfig {
@@ -63,6 +74,7 @@ impl Default for CircuitConfig {
             minimum_calls: 20,
             open_for: Duration::from_secs(30),
             half_open_probes: 1,
+            probe_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -88,6 +100,9 @@ impl CircuitConfig {
         }
         if self.half_open_probes == 0 {
             return Err(("half_open_probes", "must be at least 1".into()));
+        }
+        if self.probe_timeout.is_zero() {
+            return Err(("probe_timeout", "must be positive".into()));
         }
         Ok(())
     }
@@ -149,17 +164,43 @@ pub struct Transition {
     pub last_error: String,
 }
 
-/// A call refused because the circuit is open.
+/// A call refused because the circuit is open (or half-open with every
+/// probe place taken).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "the circuit of {target} is open after repeated failures; it is probed again in {retry_in:?}"
-)]
+#[error("{}", self.describe())]
 pub struct CircuitOpen {
     /// The guarded target.
     pub target: String,
-    /// Time until the circuit lets a probe through.
+    /// Time until the circuit lets a probe through: never zero, so a
+    /// caller that waits it does not come straight back.
     pub retry_in: Duration,
+    /// Whether the circuit is half-open with its probes out (rather than
+    /// open and cooling down).
+    pub probing: bool,
 }
+
+impl CircuitOpen {
+    fn describe(&self) -> String {
+        // Whole milliseconds: the rest is noise to a person.
+        let millis = u64::try_from(self.retry_in.as_millis()).unwrap_or(u64::MAX);
+        let retry_in =
+            humantime_serde::re::humantime::format_duration(Duration::from_millis(millis.max(1)));
+        if self.probing {
+            format!(
+                "the circuit of {} is half-open after repeated failures and its probe calls are out; retry in {retry_in}",
+                self.target
+            )
+        } else {
+            format!(
+                "the circuit of {} is open after repeated failures; it is probed again in {retry_in}",
+                self.target
+            )
+        }
+    }
+}
+
+/// The shortest retry delay a refusal gives, so it never reads as "now".
+const MIN_RETRY_IN: Duration = Duration::from_millis(1);
 
 /// Most outcomes a window keeps: under heavy traffic the ratio is over the
 /// latest calls rather than the whole window, which bounds memory.
@@ -188,8 +229,15 @@ struct Inner {
     failures_in_window: u32,
     /// When an open circuit starts probing.
     open_until: Instant,
-    /// Probes in flight and successes so far, while half-open.
-    probes_in_flight: u32,
+    /// Probes in flight while half-open (id, when admitted), at most
+    /// `half_open_probes`; a probe out for `probe_timeout` leaves it.
+    probes: Vec<(u64, Instant)>,
+    /// The id of the next probe.
+    next_probe: u64,
+    /// The first probe id of the current half-open spell: outcomes of
+    /// probes from an earlier spell count as plain calls.
+    spell_start: u64,
+    /// Successful probes so far, while half-open.
     probe_successes: u32,
 }
 
@@ -215,7 +263,9 @@ impl CircuitBreaker {
                     window: VecDeque::new(),
                     failures_in_window: 0,
                     open_until: Instant::now(),
-                    probes_in_flight: 0,
+                    probes: Vec::new(),
+                    next_probe: 0,
+                    spell_start: 0,
                     probe_successes: 0,
                 }),
                 observer: Mutex::new(None),
@@ -260,27 +310,22 @@ impl CircuitBreaker {
             let mut inner = lock(&self.shared.state);
             if inner.state == CircuitState::Open && now >= inner.open_until {
                 inner.state = CircuitState::HalfOpen;
-                inner.probes_in_flight = 0;
+                inner.probes.clear();
+                inner.spell_start = inner.next_probe;
                 inner.probe_successes = 0;
                 transition =
                     Some(self.transition(&inner, CircuitState::Open, CircuitState::HalfOpen, ""));
             }
             match inner.state {
-                CircuitState::Closed => Ok(false),
-                CircuitState::HalfOpen
-                    if inner.probes_in_flight < self.shared.config.half_open_probes =>
-                {
-                    inner.probes_in_flight += 1;
-                    Ok(true)
-                }
-                CircuitState::HalfOpen => Err(CircuitOpen {
-                    target: self.shared.target.clone(),
-                    // A probe is out; its answer decides.
-                    retry_in: Duration::ZERO,
-                }),
+                CircuitState::Closed => Ok(None),
+                CircuitState::HalfOpen => self.probe(&mut inner, now),
                 CircuitState::Open => Err(CircuitOpen {
                     target: self.shared.target.clone(),
-                    retry_in: inner.open_until.saturating_duration_since(now),
+                    retry_in: inner
+                        .open_until
+                        .saturating_duration_since(now)
+                        .max(MIN_RETRY_IN),
+                    probing: false,
                 }),
             }
         };
@@ -291,7 +336,36 @@ impl CircuitBreaker {
         })
     }
 
-    fn record(&self, probe: bool, failure: Option<&str>) {
+    /// A probe place while half-open, or the refusal saying when one frees
+    /// up at the latest (the oldest probe's `probe_timeout` ends).
+    fn probe(&self, inner: &mut Inner, now: Instant) -> Result<Option<u64>, CircuitOpen> {
+        let config = &self.shared.config;
+        // Probes out for longer than probe_timeout are presumed lost.
+        inner.probes.retain(|&(_, admitted)| {
+            now.saturating_duration_since(admitted) < config.probe_timeout
+        });
+        if u32::try_from(inner.probes.len()).unwrap_or(u32::MAX) < config.half_open_probes {
+            let id = inner.next_probe;
+            inner.next_probe = inner.next_probe.wrapping_add(1);
+            inner.probes.push((id, now));
+            return Ok(Some(id));
+        }
+        let oldest = inner
+            .probes
+            .iter()
+            .map(|&(_, admitted)| admitted)
+            .min()
+            .unwrap_or(now);
+        Err(CircuitOpen {
+            target: self.shared.target.clone(),
+            retry_in: (oldest + config.probe_timeout)
+                .saturating_duration_since(now)
+                .max(MIN_RETRY_IN),
+            probing: true,
+        })
+    }
+
+    fn record(&self, probe: Option<u64>, failure: Option<&str>) {
         let now = Instant::now();
         let config = &self.shared.config;
         let mut transition = None;
@@ -319,9 +393,12 @@ impl CircuitBreaker {
             } else {
                 inner.consecutive_failures = 0;
             }
+            // A probe of this half-open spell (one presumed lost still
+            // counts: its answer speaks about the target all the same).
+            let probe = probe.filter(|&id| id >= inner.spell_start);
             match (inner.state, failure) {
-                (CircuitState::HalfOpen, _) if probe => {
-                    inner.probes_in_flight = inner.probes_in_flight.saturating_sub(1);
+                (CircuitState::HalfOpen, _) if probe.is_some() => {
+                    inner.probes.retain(|&(id, _)| Some(id) != probe);
                     if let Some(error) = failure {
                         transition =
                             Some(self.open(&mut inner, now, CircuitState::HalfOpen, error));
@@ -365,15 +442,15 @@ impl CircuitBreaker {
     fn open(&self, inner: &mut Inner, now: Instant, from: CircuitState, error: &str) -> Transition {
         inner.state = CircuitState::Open;
         inner.open_until = now + self.shared.config.open_for;
-        inner.probes_in_flight = 0;
+        inner.probes.clear();
         inner.probe_successes = 0;
         self.transition(inner, from, CircuitState::Open, error)
     }
 
-    fn release_probe(&self) {
+    fn release_probe(&self, probe: u64) {
         let mut inner = lock(&self.shared.state);
         if inner.state == CircuitState::HalfOpen {
-            inner.probes_in_flight = inner.probes_in_flight.saturating_sub(1);
+            inner.probes.retain(|&(id, _)| id != probe);
         }
     }
 
@@ -421,13 +498,14 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 #[must_use = "report the call's outcome with success() or failure()"]
 pub struct CallPermit {
     breaker: Option<CircuitBreaker>,
-    probe: bool,
+    /// The probe's id, for a half-open probe.
+    probe: Option<u64>,
 }
 
 impl fmt::Debug for CallPermit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CallPermit")
-            .field("probe", &self.probe)
+            .field("probe", &self.probe.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -435,7 +513,7 @@ impl fmt::Debug for CallPermit {
 impl CallPermit {
     /// Whether this call is a half-open probe.
     pub fn is_probe(&self) -> bool {
-        self.probe
+        self.probe.is_some()
     }
 
     /// The call succeeded.
@@ -459,9 +537,9 @@ impl Drop for CallPermit {
     /// probe's place is freed.
     fn drop(&mut self) {
         if let Some(breaker) = self.breaker.take()
-            && self.probe
+            && let Some(probe) = self.probe
         {
-            breaker.release_probe();
+            breaker.release_probe(probe);
         }
     }
 }
@@ -576,6 +654,69 @@ mod tests {
         assert_eq!(breaker.state(), CircuitState::Open);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn callers_refused_while_probes_are_out_get_a_real_retry_delay() {
+        let config = CircuitConfig {
+            half_open_probes: 2,
+            probe_timeout: Duration::from_secs(4),
+            ..streak_only(1)
+        };
+        let (breaker, _) = breaker(config);
+        breaker.try_acquire().unwrap().failure("HTTP 503");
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let first = breaker.try_acquire().unwrap();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let second = breaker.try_acquire().unwrap();
+        assert!(first.is_probe() && second.is_probe());
+        // Every probe place is taken: refused with the time until the
+        // oldest probe's place frees up, never zero.
+        let refused = breaker.try_acquire().unwrap_err();
+        assert!(refused.probing);
+        assert_eq!(refused.retry_in, Duration::from_secs(3));
+        let message = refused.to_string();
+        assert!(message.contains("half-open"), "{message}");
+        assert!(message.contains("retry in 3s"), "{message}");
+        assert!(!message.contains("0ns"), "{message}");
+        // Just before the oldest probe's time is up, still refused, with
+        // the shortest delay rather than none.
+        tokio::time::advance(Duration::from_millis(2999)).await;
+        let refused = breaker.try_acquire().unwrap_err();
+        assert_eq!(refused.retry_in, Duration::from_millis(1));
+        // Then its place is given to the next caller.
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let third = breaker.try_acquire().unwrap();
+        assert!(third.is_probe());
+        // The lost probe's late answer still counts, as do the others'.
+        first.success();
+        second.success();
+        assert_eq!(breaker.state(), CircuitState::Closed);
+        // A probe of a spell that is over counts as a plain call.
+        third.failure("late");
+        assert_eq!(breaker.state(), CircuitState::Open);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_from_an_earlier_spell_does_not_decide_the_next_one() {
+        let config = CircuitConfig {
+            probe_timeout: Duration::from_secs(1),
+            ..streak_only(1)
+        };
+        let (breaker, _) = breaker(config);
+        breaker.try_acquire().unwrap().failure("HTTP 503");
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let stale = breaker.try_acquire().unwrap();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        // The stale probe's place went to this one, which fails.
+        breaker.try_acquire().unwrap().failure("HTTP 503");
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let probe = breaker.try_acquire().unwrap();
+        // The earlier spell's probe succeeding closes nothing.
+        stale.success();
+        assert_eq!(breaker.state(), CircuitState::HalfOpen);
+        probe.success();
+        assert_eq!(breaker.state(), CircuitState::Closed);
+    }
+
     #[test]
     fn settings_are_checked() {
         CircuitConfig::default().validate().unwrap();
@@ -589,5 +730,10 @@ mod tests {
             ..CircuitConfig::default()
         };
         assert_eq!(bad.validate().unwrap_err().0, "half_open_probes");
+        let bad = CircuitConfig {
+            probe_timeout: Duration::ZERO,
+            ..CircuitConfig::default()
+        };
+        assert_eq!(bad.validate().unwrap_err().0, "probe_timeout");
     }
 }

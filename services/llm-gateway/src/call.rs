@@ -10,13 +10,18 @@
 //!         ─▶ register provider keys as secrets
 //!         ─▶ Limits::admit (the verified tenant, route)
 //!         ─▶ AttemptLoop over the chain's circuits ─▶ (Prepared, AttemptLoop)
+//!         ─▶ (async, by the service) Budgets::admit (tenant, key) ─▶ Spend
 //! ```
+//!
+//! When the call ends, [`Prepared::settle`] settles the rate limits' tokens
+//! and records the usage against the budgets.
 
 use std::sync::Arc;
 use std::time::Instant as StdInstant;
 
 use agentmesh_audit_client::AuditClient;
 use agentmesh_audit_client::resilience::ResilienceReporter;
+use agentmesh_auth::Mechanism;
 use agentmesh_kit::RequestContext;
 use agentmesh_proto::llm::v1::{GenerateRequest, Usage};
 use agentmesh_resilience::{AttemptEvent, AttemptLoop};
@@ -24,6 +29,7 @@ use tonic::Status;
 
 use crate::allowed::RouteAccess;
 use crate::audit::{KeyRegistry, LlmCallRecord};
+use crate::budget::{Payer, Spend};
 use crate::completion::Completion;
 use crate::error::ProviderError;
 use crate::gateway::{Gateway, Resolved};
@@ -49,6 +55,11 @@ pub(crate) struct Prepared {
     pub(crate) caller_deadline: Option<tokio::time::Instant>,
     /// Tokens taken from the rate limits, settled with the real usage.
     pub(crate) charges: Charges,
+    /// Who pays: the tenant and the credential, for the budgets.
+    pub(crate) payer: Payer,
+    /// Where the usage goes once the call ends (set when the budgets
+    /// admit the call).
+    pub(crate) spend: Spend,
 }
 
 impl Prepared {
@@ -96,6 +107,12 @@ impl Prepared {
         let charges = gateway
             .limits()
             .admit(&tenant, &route_key, &request, method)?;
+        let payer = Payer {
+            key: identity
+                .filter(|identity| identity.mechanism != Mechanism::None)
+                .map(|identity| identity.credential_id.clone()),
+            tenant,
+        };
         let caller_deadline = context
             .and_then(|context| context.deadline())
             .map(|deadline| tokio::time::Instant::from_std(deadline.min(far_future())));
@@ -106,6 +123,8 @@ impl Prepared {
             request: Arc::new(request),
             caller_deadline,
             charges,
+            payer,
+            spend: Spend::default(),
         };
         Ok((prepared, attempt_loop))
     }
@@ -186,6 +205,14 @@ impl Prepared {
         Status::with_details(status.code(), message, status.details().to_vec().into())
     }
 
+    /// Settles the call's tokens with the rate limits and records its
+    /// usage against its budgets (the write starts now; await
+    /// [`Spend::recorded`] before answering).
+    pub(crate) fn settle(&mut self, usage: &Usage) {
+        self.charges.settle(Self::used_tokens(usage));
+        self.spend.record(usage);
+    }
+
     /// Tokens used, for the token limits.
     pub(crate) fn used_tokens(usage: &Usage) -> u64 {
         u64::try_from(usage.input_tokens.max(0)).unwrap_or(0)
@@ -233,7 +260,7 @@ pub(crate) async fn within_caller_deadline<F: Future>(
         Some(deadline) => tokio::time::timeout_at(deadline, future)
             .await
             .map_err(|_| {
-                ProviderError::Timeout(
+                ProviderError::CallerDeadline(
                     "the caller's deadline passed before the provider finished".to_owned(),
                 )
             }),

@@ -61,15 +61,26 @@ pub(crate) enum ProviderError {
     /// The provider sent something that is not its protocol.
     #[error("malformed response: {0}")]
     Malformed(String),
-    /// A time limit passed.
+    /// The provider's own time limit passed (its first-token, request or
+    /// connect timeout): the target's failure.
     #[error("{0}")]
     Timeout(String),
+    /// The caller's deadline passed before the provider finished, within
+    /// the provider's own time limits: the caller's, not the target's.
+    #[error("{0}")]
+    CallerDeadline(String),
     /// The gateway cannot make the call at all (e.g. no TLS roots).
     #[error("{0}")]
     Setup(String),
-    /// The target's circuit is open: no call was made.
-    #[error("{0}")]
-    CircuitOpen(String),
+    /// The target's circuit is open (or half-open with its probes out): no
+    /// call was made.
+    #[error("{message}")]
+    CircuitOpen {
+        /// What the breaker said.
+        message: String,
+        /// When a probe may go through, for RetryInfo.
+        retry_in: Duration,
+    },
 }
 
 impl ProviderError {
@@ -79,10 +90,11 @@ impl ProviderError {
             Self::MissingKey { .. } | Self::Setup(_) => Code::FailedPrecondition,
             Self::Http { status, .. } => http_status_code(*status),
             Self::Upstream { kind, .. } => upstream_error_code(kind),
-            Self::Connect { .. } | Self::Broken(_) | Self::Malformed(_) | Self::CircuitOpen(_) => {
-                Code::Unavailable
-            }
-            Self::Timeout(_) => Code::DeadlineExceeded,
+            Self::Connect { .. }
+            | Self::Broken(_)
+            | Self::Malformed(_)
+            | Self::CircuitOpen { .. } => Code::Unavailable,
+            Self::Timeout(_) | Self::CallerDeadline(_) => Code::DeadlineExceeded,
         }
     }
 
@@ -106,6 +118,10 @@ impl ProviderError {
             }
             Self::Upstream { .. } if code == Code::ResourceExhausted => {
                 let details = ErrorDetails::with_retry_info(Some(DEFAULT_RETRY_DELAY));
+                Status::with_error_details(code, message, details)
+            }
+            Self::CircuitOpen { retry_in, .. } => {
+                let details = ErrorDetails::with_retry_info(Some(retry_in));
                 Status::with_error_details(code, message, details)
             }
             _ => Status::new(code, message),
@@ -200,6 +216,18 @@ mod tests {
         assert!(status.message().contains("provider openai (model gpt-4o)"));
         let retry = status.get_details_retry_info().unwrap();
         assert_eq!(retry.retry_delay, Some(Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn an_open_circuit_says_when_to_come_back() {
+        let status = ProviderError::CircuitOpen {
+            message: "the circuit of openai/gpt-4o is open".into(),
+            retry_in: Duration::from_millis(1500),
+        }
+        .into_status("openai", "gpt-4o");
+        assert_eq!(status.code(), Code::Unavailable);
+        let retry = status.get_details_retry_info().unwrap();
+        assert_eq!(retry.retry_delay, Some(Duration::from_millis(1500)));
     }
 
     #[test]

@@ -24,6 +24,7 @@ use agentmesh_proto::llm::v1::{
 use agentmesh_resilience::{CircuitBreaker, CircuitState, Retries};
 use tonic::Status;
 
+use crate::budget::Budgets;
 use crate::config::{Config, FailureClass, Price, join_names, price_of, split_target};
 use crate::providers::ProviderInstance;
 use crate::resilience::{Circuits, Limits, Target};
@@ -42,6 +43,7 @@ pub struct Gateway {
     retries: Retries,
     reporter: ResilienceReporter,
     limits: Arc<Limits>,
+    budgets: Arc<Budgets>,
 }
 
 #[derive(Debug, Clone)]
@@ -147,6 +149,11 @@ impl Gateway {
             circuits,
             retries: Retries::new(&config.retry),
             limits: Arc::new(Limits::new(config, reporter.clone())),
+            budgets: Arc::new(Budgets::new(
+                &config.budgets,
+                &config.storage,
+                reporter.clone(),
+            )),
             reporter,
         })
     }
@@ -173,6 +180,11 @@ impl Gateway {
     /// rate-limit refusals).
     pub(crate) fn reporter(&self) -> &ResilienceReporter {
         &self.reporter
+    }
+
+    /// The token and cost budgets per tenant and key.
+    pub(crate) fn budgets(&self) -> &Arc<Budgets> {
+        &self.budgets
     }
 
     /// The rate limits per tenant and route.

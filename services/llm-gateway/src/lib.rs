@@ -39,6 +39,9 @@
 //! * `relay`: `GenerateStream`'s relay task, run by the shared attempt loop,
 //!   with resets between attempts; a stream that breaks after output ends
 //!   with `finished` FINISH_REASON_ERROR, then the error status.
+//! * `budget`: token and cost budgets per tenant and API key per UTC day
+//!   or month, checked before a call and charged after it, the spend in the
+//!   service's database (SQLite, or PostgreSQL shared by replicas).
 //! * `resilience`: what a provider failure means to the attempt loop
 //!   (retry, fall back, count against the circuit), circuit breakers of
 //!   targets, rate limits; the mechanisms themselves, and the attempt loop,
@@ -62,7 +65,7 @@
 //!
 //! The modules form layers, none reaching back up: `text`,
 //! `scripted_rules`, `completion`, `error` and `validate` at the bottom;
-//! `config`; `providers`; `resilience`; `gateway`; `metrics`, then `audit`;
+//! `config`; `providers`; `resilience`; `budget`; `gateway`; `metrics`, then `audit`;
 //! `call`; `unary` and `relay`; `service` on top.
 //!
 //! # Library surface
@@ -80,6 +83,7 @@
 
 mod allowed;
 mod audit;
+mod budget;
 mod call;
 mod completion;
 mod config;
@@ -105,8 +109,8 @@ use agentmesh_proto::llm::v1::llm_gateway_service_server::LlmGatewayServiceServe
 
 pub use agentmesh_audit_client::AuditConfig;
 pub use config::{
-    Config, DEFAULT_PORT, FailureClass, Price, ProviderConfig, ProviderKind, RateLimitsConfig,
-    RouteConfig,
+    BudgetConfig, BudgetPeriod, BudgetScope, Config, DEFAULT_PORT, FailureClass, Price,
+    ProviderConfig, ProviderKind, RateLimitsConfig, RouteConfig,
 };
 pub use gateway::Gateway;
 pub use service::LlmGatewayServiceImpl;
@@ -155,15 +159,21 @@ pub async fn serve_with_listeners(
     }
     let mut host = ServiceHost::for_config(&config, &[SCOPES])?;
     // The configuration names the environment variables holding the API
-    // keys, never the keys: it is recorded as it is.
-    let audit = agentmesh_audit_client::start_service::<Config>(&config.audit, &host, &config)?;
+    // keys, never the keys; a database URL's password is left out.
+    let mut effective = config.clone();
+    effective.storage.url = effective
+        .storage
+        .url
+        .as_deref()
+        .map(agentmesh_audit_client::without_password);
+    let audit = agentmesh_audit_client::start_service::<Config>(&config.audit, &host, &effective)?;
     let reporter = ResilienceReporter::new(audit.clone(), host.metrics().registry());
-    let gateway = Gateway::build(&config, reporter).map_err(|err| {
+    let gateway = Arc::new(Gateway::build(&config, reporter).map_err(|err| {
         refused(format!(
             "invalid setting `llm_gateway.{}`: {}",
             err.setting, err.message
         ))
-    })?;
+    })?);
     let metrics = Arc::new(metrics::GatewayMetrics::new(
         host.metrics().registry(),
         &config,
@@ -171,7 +181,7 @@ pub async fn serve_with_listeners(
     let limit = config.server.max_message_bytes;
     host.add_service(
         LlmGatewayServiceServer::new(
-            LlmGatewayServiceImpl::with_audit(Arc::new(gateway), audit.clone())
+            LlmGatewayServiceImpl::with_audit(Arc::clone(&gateway), audit.clone())
                 .with_metrics(metrics)
                 .with_access(allowed::RouteAccess::new(Arc::clone(host.access()))),
         )
@@ -180,9 +190,27 @@ pub async fn serve_with_listeners(
     );
     host.add_check(providers_check(&config))
         .add_check(audit.health_check());
+    // The budgets' spend database, only when budgets are configured: opened
+    // (and migrated) at start, required for readiness.
+    let spend_database = gateway.budgets().database().cloned();
+    if let Some(database) = &spend_database {
+        host.add_check(database.health_check());
+    }
     let result = host
-        .serve(listeners, || async { Ok::<(), StartupError>(()) }, shutdown)
+        .serve(
+            listeners,
+            || async {
+                if let Some(database) = &spend_database {
+                    database.open().await.map_err(StartupError::from)?;
+                }
+                Ok::<(), StartupError>(())
+            },
+            shutdown,
+        )
         .await;
+    if let Some(database) = &spend_database {
+        database.close().await;
+    }
     // The drain is over: send what is queued, or spool it.
     audit.shutdown().await;
     result

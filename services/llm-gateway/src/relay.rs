@@ -218,6 +218,8 @@ impl Relay {
                 }),
                 ProviderEvent::Finished { .. } => {
                     let finished = self.finished(resolved, &assembler, number, None);
+                    // The spend is written before the caller has its answer.
+                    self.prepared.spend.recorded().await;
                     let _ = self.sender.send(Ok(finished)).await;
                     return Ok(());
                 }
@@ -262,6 +264,7 @@ impl Relay {
             self.settle(&usage);
             record.failed(&status, &CallEnd::default());
         }
+        self.prepared.spend.recorded().await;
         let _ = self.sender.send(Err(status)).await;
     }
 
@@ -284,7 +287,7 @@ impl Relay {
     }
 
     fn settle(&mut self, usage: &Usage) {
-        self.prepared.charges.settle(Prepared::used_tokens(usage));
+        self.prepared.settle(usage);
     }
 
     /// An attempt's usage so far (`complete` false) or final, with its cost.
@@ -396,7 +399,10 @@ impl Attempts for Relay {
 
     fn refused(&mut self, open: CircuitOpen, _previous: Option<RelayFailure>) -> RelayFailure {
         RelayFailure::Failed(
-            ProviderError::CircuitOpen(open.to_string()),
+            ProviderError::CircuitOpen {
+                message: open.to_string(),
+                retry_in: open.retry_in,
+            },
             false,
             Box::default(),
         )

@@ -46,8 +46,15 @@ pub(crate) fn classify(err: &ProviderError) -> FailureClass {
         ProviderError::Connect { .. } => FailureClass::Connect,
         ProviderError::Broken(_) | ProviderError::Malformed(_) => FailureClass::Broken,
         ProviderError::Timeout(_) => FailureClass::Timeout,
+        ProviderError::CallerDeadline(_) => FailureClass::CallerDeadline,
         ProviderError::MissingKey { .. } | ProviderError::Setup(_) => FailureClass::Unconfigured,
-        ProviderError::CircuitOpen(_) => FailureClass::CircuitOpen,
+        ProviderError::CircuitOpen { .. } => FailureClass::CircuitOpen,
+        // Any other 4xx (405, 415, …) rejects the request: the caller's.
+        ProviderError::Http { status, .. }
+            if (400..500).contains(status) && err.code() == Code::Unknown =>
+        {
+            FailureClass::InvalidRequest
+        }
         ProviderError::Http { .. } | ProviderError::Upstream { .. } => match err.code() {
             Code::InvalidArgument => FailureClass::InvalidRequest,
             Code::PermissionDenied => FailureClass::PermissionDenied,
@@ -283,6 +290,49 @@ mod tests {
             assert!(!class.retryable());
         }
         assert!(!FailureClass::RateLimited.counts_against_circuit());
+        // Any other 4xx is a rejected request, not a sick target.
+        assert_eq!(classify(&http(415)), FailureClass::InvalidRequest);
+        assert_eq!(classify(&http(408)), FailureClass::ServerError);
+    }
+
+    #[test]
+    fn only_the_targets_failures_count_against_its_circuit() {
+        let http = |status| ProviderError::Http {
+            status,
+            message: String::new(),
+            param: None,
+            retry_after: None,
+        };
+        let targets = [
+            http(500),
+            http(503),
+            ProviderError::Connect {
+                url: "http://x".into(),
+                message: "refused".into(),
+            },
+            ProviderError::Broken("reset".into()),
+            ProviderError::Timeout("no response within first_token_timeout (1s)".into()),
+        ];
+        for err in targets {
+            assert!(circuit_failure(&err).is_some(), "{err:?}");
+        }
+        let callers = [
+            http(400),
+            http(404),
+            http(413),
+            http(422),
+            ProviderError::Upstream {
+                kind: "context_length_exceeded".into(),
+                message: "too long".into(),
+            },
+            ProviderError::CallerDeadline(
+                "the caller's deadline passed before the provider finished".into(),
+            ),
+        ];
+        for err in callers {
+            assert_eq!(circuit_failure(&err), None, "{err:?}");
+            assert!(!verdict(&err, &[]).retry, "{err:?}");
+        }
     }
 
     #[test]
@@ -325,7 +375,10 @@ mod tests {
         let down = ProviderError::Broken("reset".into());
         assert_eq!(verdict(&down, &[]), Verdict::retry("broken"));
         assert_eq!(circuit_failure(&down), Some(down.to_string()));
-        let open = ProviderError::CircuitOpen("open".into());
+        let open = ProviderError::CircuitOpen {
+            message: "open".into(),
+            retry_in: Duration::from_secs(1),
+        };
         assert!(verdict(&open, &[FailureClass::CircuitOpen]).fall_back);
         assert!(!verdict(&open, &[]).fall_back);
     }

@@ -107,6 +107,28 @@ impl LlmGatewayServiceImpl {
     }
 }
 
+impl LlmGatewayServiceImpl {
+    /// Admits a prepared call by its payer's budgets, before any provider
+    /// is called; a refused call is recorded as failed.
+    async fn within_budgets(
+        &self,
+        record: LlmCallRecord,
+        prepared: &mut Prepared,
+        method: &str,
+    ) -> Result<LlmCallRecord, Status> {
+        match self.gateway.budgets().admit(&prepared.payer, method).await {
+            Ok(spend) => {
+                prepared.spend = spend;
+                Ok(record)
+            }
+            Err(status) => {
+                record.failed(&status, &CallEnd::default());
+                Err(status)
+            }
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl LlmGatewayService for LlmGatewayServiceImpl {
     type GenerateStreamStream = ResponseStream;
@@ -118,8 +140,9 @@ impl LlmGatewayService for LlmGatewayServiceImpl {
         // The record is dropped with this future when the caller goes
         // away: then it records the call as abandoned.
         let peer = request.remote_addr();
-        let (record, prepared, attempt_loop) =
+        let (record, mut prepared, attempt_loop) =
             self.admit(request.into_inner(), false, GENERATE, peer)?;
+        let record = self.within_budgets(record, &mut prepared, GENERATE).await?;
         crate::unary::generate(&self.gateway, record, prepared, attempt_loop)
             .await
             .map(Response::new)
@@ -133,7 +156,11 @@ impl LlmGatewayService for LlmGatewayServiceImpl {
         let request = into_generate_request(request.into_inner());
         // The record goes with the stream; dropped before its end is
         // recorded (the caller went away), it records the call as abandoned.
-        let (record, prepared, attempt_loop) = self.admit(request, true, GENERATE_STREAM, peer)?;
+        let (record, mut prepared, attempt_loop) =
+            self.admit(request, true, GENERATE_STREAM, peer)?;
+        let record = self
+            .within_budgets(record, &mut prepared, GENERATE_STREAM)
+            .await?;
         crate::relay::start(Arc::clone(&self.gateway), record, prepared, attempt_loop)
             .await
             .map(Response::new)

@@ -49,14 +49,17 @@ pub(crate) async fn generate(
             return Err(status);
         }
     };
-    Ok(respond(
+    let response = respond(
         gateway,
         record,
         &mut prepared,
         (resolved, completion),
         ended.attempts,
         started,
-    ))
+    );
+    // The spend is written before the caller can make its next call.
+    prepared.spend.recorded().await;
+    Ok(response)
 }
 
 /// The attempts of one call as the attempt loop sees them: a completion
@@ -100,7 +103,10 @@ impl Attempts for UnaryAttempts<'_> {
     }
 
     fn refused(&mut self, open: CircuitOpen, _previous: Option<ProviderError>) -> ProviderError {
-        ProviderError::CircuitOpen(open.to_string())
+        ProviderError::CircuitOpen {
+            message: open.to_string(),
+            retry_in: open.retry_in,
+        }
     }
 
     fn observe(&mut self, event: AttemptEvent<'_, ProviderError>) {
@@ -131,7 +137,7 @@ fn respond(
         usage: Some(&usage),
         finish_reason: Some(completion.finish_reason),
     });
-    prepared.charges.settle(Prepared::used_tokens(&usage));
+    prepared.settle(&usage);
     tracing::info!(
         route = %resolved.route,
         provider = %resolved.instance,

@@ -1,9 +1,13 @@
 //! Checks a generate request before any provider sees it, so callers get
 //! INVALID_ARGUMENT with every offending field named (`messages[2].tool_call_id`)
-//! instead of a provider's less specific 400.
+//! instead of a provider's less specific 400: the model name against a
+//! strict grammar ([`check_model`]), tool parameter and response schemas
+//! against the JSON Schema meta-schema of their draft, messages, tools and
+//! sampling settings.
 
 use std::collections::HashSet;
 
+use agentmesh_kit::text::truncate_chars;
 use agentmesh_proto::llm::v1::{
     GenerateRequest, Message, ResponseFormat, ResponseFormatType, Role, ToolChoice, ToolChoiceMode,
 };
@@ -13,6 +17,12 @@ use tonic::Status;
 pub(crate) const MAX_STOP_SEQUENCES: usize = 4;
 /// Longest tool or schema name.
 const MAX_NAME_CHARS: usize = 64;
+/// Longest `model` (a route name or `provider/model`).
+pub(crate) const MAX_MODEL_BYTES: usize = 256;
+/// Longest provider instance name in `provider/model`.
+const MAX_PROVIDER_BYTES: usize = 64;
+/// How much of a meta-schema error a violation quotes.
+const MAX_SCHEMA_ERROR_CHARS: usize = 200;
 
 /// Every field violation of `request`, or `Ok` when there is none.
 pub(crate) fn validate_request(request: &GenerateRequest) -> Result<(), Status> {
@@ -21,6 +31,9 @@ pub(crate) fn validate_request(request: &GenerateRequest) -> Result<(), Status> 
         violations.push((field, description.to_owned()));
     };
 
+    if let Err(problem) = check_model(&request.model) {
+        violate("model".into(), &problem);
+    }
     if request.messages.is_empty() {
         violate("messages".into(), "at least one message is required");
     }
@@ -59,11 +72,17 @@ fn check_tools(request: &GenerateRequest, violate: &mut impl FnMut(String, &str)
                 "another tool of this request has the same name",
             );
         }
-        if !tool.parameters_json.trim().is_empty() && !is_json_object(&tool.parameters_json) {
-            violate(
-                field("parameters_json"),
-                "must be a JSON Schema as a JSON object, e.g. {\"type\":\"object\",\"properties\":{}}",
-            );
+        if !tool.parameters_json.trim().is_empty()
+            && let Err(problem) = check_schema(&tool.parameters_json)
+        {
+            // The tool's name when it is a well-formed one (bounded, safe
+            // to echo), else its index alone.
+            let description = if is_name(&tool.name) {
+                format!("tool `{}`: {problem}", tool.name)
+            } else {
+                problem
+            };
+            violate(field("parameters_json"), &description);
         }
     }
 }
@@ -114,11 +133,13 @@ fn check_response_format(format: &ResponseFormat, violate: &mut impl FnMut(Strin
             "unknown response format type",
         ),
         Ok(ResponseFormatType::JsonSchema) => {
-            if !is_json_object(&format.schema_json) {
+            if format.schema_json.trim().is_empty() {
                 violate(
                     "response_format.schema_json".into(),
                     "required with RESPONSE_FORMAT_TYPE_JSON_SCHEMA: a JSON Schema as a JSON object",
                 );
+            } else if let Err(problem) = check_schema(&format.schema_json) {
+                violate("response_format.schema_json".into(), &problem);
             }
             if !format.schema_name.is_empty() && !is_name(&format.schema_name) {
                 violate(
@@ -224,8 +245,77 @@ fn is_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-fn is_json_object(text: &str) -> bool {
-    serde_json::from_str::<serde_json::Value>(text).is_ok_and(|value| value.is_object())
+/// `text` is a JSON Schema: a JSON object valid against the meta-schema of
+/// its draft (`$schema`, 2020-12 when absent). `{"type":"banana"}` is JSON
+/// but no schema; a `$schema` naming no bundled draft is refused too (it
+/// is never fetched).
+fn check_schema(text: &str) -> Result<(), String> {
+    let value = serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .filter(serde_json::Value::is_object)
+        .ok_or_else(|| {
+            "must be a JSON Schema as a JSON object, e.g. {\"type\":\"object\",\"properties\":{}}"
+                .to_owned()
+        })?;
+    jsonschema::meta::validate(&value).map_err(|err| {
+        let path = err.instance_path().to_string();
+        let at = if path.is_empty() {
+            String::new()
+        } else {
+            format!(" at `{}`", truncate_chars(&path, MAX_SCHEMA_ERROR_CHARS))
+        };
+        format!(
+            "is not a valid JSON Schema{at}: {}",
+            truncate_chars(&err.to_string(), MAX_SCHEMA_ERROR_CHARS)
+        )
+    })
+}
+
+/// `model` follows the grammar of model names: empty (the default route),
+/// a route name, or `provider/model`:
+///
+/// ```text
+/// model    = route | provider "/" name
+/// route    = 1*(ALPHA / DIGIT / "_" / "-" / "." / ":")
+/// provider = 1*64(ALPHA / DIGIT / "_" / "-")
+/// name     = segment *("/" segment)       ; org/model names, as vLLM serves them
+/// segment  = 1*(ALPHA / DIGIT / "_" / "-" / "." / ":" / "@" / "+"), not "." or ".."
+/// ```
+///
+/// at most 256 bytes in all. Nothing that reads as a path step (`..`,
+/// `.`, an empty segment, `\`) or a control character gets through, so a
+/// name never addresses anything but a model.
+pub(crate) fn check_model(model: &str) -> Result<(), String> {
+    if model.is_empty() {
+        return Ok(());
+    }
+    if model.len() > MAX_MODEL_BYTES {
+        return Err(format!("must be at most {MAX_MODEL_BYTES} bytes"));
+    }
+    let segment_ok = |segment: &str, extra: &[u8]| {
+        !segment.is_empty()
+            && segment != "."
+            && segment != ".."
+            && segment
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b) || extra.contains(&b))
+    };
+    let Some((provider, name)) = model.split_once('/') else {
+        return if segment_ok(model, b".:") {
+            Ok(())
+        } else {
+            Err("must be a route name or provider/model: letters, digits and `_-.:` (no `.` or `..` alone)".to_owned())
+        };
+    };
+    if provider.len() > MAX_PROVIDER_BYTES || !segment_ok(provider, b"") {
+        return Err(format!(
+            "the provider before `/` must be 1-{MAX_PROVIDER_BYTES} letters, digits, `_` and `-`"
+        ));
+    }
+    if !name.split('/').all(|segment| segment_ok(segment, b".:@+")) {
+        return Err("the model after `provider/` must be `/`-separated parts of letters, digits and `_-.:@+`, none empty, `.` or `..`".to_owned());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -345,6 +435,120 @@ mod tests {
                 "stop[1]",
             ]
         );
+    }
+
+    #[test]
+    fn model_names_follow_the_grammar() {
+        for good in [
+            "",
+            "default",
+            "fast-v2.1",
+            "scripted/demo",
+            "openai/gpt-4o-mini",
+            "vllm/meta-llama/Llama-3.1-8B-Instruct",
+            "bedrock/anthropic.claude-3:0",
+        ] {
+            check_model(good).unwrap_or_else(|err| panic!("{good}: {err}"));
+        }
+        let long = format!("scripted/{}", "a".repeat(MAX_MODEL_BYTES));
+        for bad in [
+            "scripted/../../x",
+            "scripted/..",
+            "scripted/./x",
+            "scripted/a//b",
+            "scripted/",
+            "/x",
+            "..",
+            "scripted\\x",
+            "scripted/a\\b",
+            "scripted/a b",
+            "scripted/a\nb",
+            "scr ipted/x",
+            "scripted/é",
+            long.as_str(),
+        ] {
+            assert!(check_model(bad).is_err(), "{bad:?} was accepted");
+        }
+        let request = GenerateRequest {
+            model: "scripted/../../x".into(),
+            messages: vec![user("hi")],
+            ..GenerateRequest::default()
+        };
+        let status = validate_request(&request).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(fields(&status), ["model"]);
+    }
+
+    #[test]
+    fn tool_schemas_must_be_json_schemas() {
+        let tool = |name: &str, schema: &str| ToolSpec {
+            name: name.into(),
+            parameters_json: schema.into(),
+            ..ToolSpec::default()
+        };
+        let request = GenerateRequest {
+            messages: vec![user("hi")],
+            tools: vec![
+                tool(
+                    "fine",
+                    r#"{"type":"object","properties":{"x":{"type":"string"}}}"#,
+                ),
+                tool("banana", r#"{"type":"banana"}"#),
+                tool(
+                    "deep",
+                    r#"{"type":"object","properties":{"x":{"minLength":-1}}}"#,
+                ),
+                tool(
+                    "remote",
+                    r#"{"$schema":"http://example.invalid/meta","type":"object"}"#,
+                ),
+            ],
+            ..GenerateRequest::default()
+        };
+        let status = validate_request(&request).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        let violations = status.get_details_bad_request().unwrap().field_violations;
+        let fields: Vec<_> = violations.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "tools[1].parameters_json",
+                "tools[2].parameters_json",
+                "tools[3].parameters_json",
+            ]
+        );
+        assert!(
+            violations[0].description.contains("tool `banana`"),
+            "{violations:?}"
+        );
+        assert!(
+            violations[0]
+                .description
+                .contains("not a valid JSON Schema"),
+            "{violations:?}"
+        );
+        assert!(
+            violations[1]
+                .description
+                .contains("/properties/x/minLength"),
+            "{violations:?}"
+        );
+
+        let format = GenerateRequest {
+            messages: vec![user("hi")],
+            response_format: Some(ResponseFormat {
+                r#type: ResponseFormatType::JsonSchema.into(),
+                schema_json: r#"{"type":"banana"}"#.into(),
+                ..ResponseFormat::default()
+            }),
+            ..GenerateRequest::default()
+        };
+        let status = validate_request(&format).unwrap_err();
+        assert_eq!(fields_of(&status), ["response_format.schema_json"]);
+    }
+
+    fn fields_of(status: &Status) -> Vec<String> {
+        fields(status)
     }
 
     #[test]

@@ -33,10 +33,13 @@
 //! * [`providers`](ProviderConfig): provider instances and their checks;
 //! * [`routes`](RouteConfig): routes, fallbacks and [`FailureClass`];
 //! * [`prices`](Price): prices and how a call finds its price;
-//! * [`limits`](RateLimitsConfig): rate limits per tenant and route.
+//! * [`limits`](RateLimitsConfig): rate limits per tenant and route;
+//! * [`budgets`](BudgetConfig): token and cost budgets per tenant and API
+//!   key per UTC day or month, kept in `storage`.
 //!
 //! [`Config::validate`] checks them all, naming the setting that is wrong.
 
+mod budgets;
 mod limits;
 mod prices;
 mod providers;
@@ -48,8 +51,10 @@ use agentmesh_audit_client::AuditConfig;
 use agentmesh_kit::config::AuthConfig;
 use agentmesh_kit::{ConfigError, LogConfig, ServerConfig};
 use agentmesh_resilience::{CircuitConfig, RetryConfig};
+use agentmesh_storage::StorageConfig;
 use serde::{Deserialize, Serialize};
 
+pub use budgets::{BudgetConfig, BudgetPeriod, BudgetScope};
 pub use limits::RateLimitsConfig;
 pub use prices::Price;
 pub(crate) use prices::price_of;
@@ -94,6 +99,13 @@ pub struct Config {
     pub circuit_breaker: CircuitConfig,
     /// Rate limits per tenant and per route, on requests and tokens.
     pub rate_limits: RateLimitsConfig,
+    /// Token and cost budgets per tenant and API key per UTC day or month
+    /// (`[[llm_gateway.budgets]]`); none by default.
+    pub budgets: Vec<BudgetConfig>,
+    /// Where the budgets' spend is kept (SQLite `<data_dir>/llm-gateway.db`
+    /// by default, PostgreSQL by URL, shared by replicas); opened only when
+    /// budgets are configured.
+    pub storage: StorageConfig,
 }
 
 impl Default for Config {
@@ -146,6 +158,8 @@ impl Default for Config {
             retry: RetryConfig::default(),
             circuit_breaker: CircuitConfig::default(),
             rate_limits: RateLimitsConfig::default(),
+            budgets: Vec::new(),
+            storage: StorageConfig::default(),
         }
     }
 }
@@ -169,6 +183,10 @@ impl Config {
         }
         for (key, price) in &self.prices {
             validate_price(key, price)?;
+        }
+        budgets::validate_budgets(&self.budgets)?;
+        if !self.budgets.is_empty() {
+            self.storage.validate()?;
         }
         self.audit.validate()?;
         self.retry

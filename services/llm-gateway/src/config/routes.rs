@@ -31,6 +31,12 @@ pub enum FailureClass {
     PermissionDenied,
     /// HTTP 404: the provider does not know the model. Never retried.
     NotFound,
+    /// The caller's deadline passed before the provider finished (within
+    /// the provider's own time limits), or the caller went away: the
+    /// caller's failure, never retried, never counted against a circuit.
+    /// Not a setting: no fallback can answer a caller whose time is up.
+    #[serde(skip)]
+    CallerDeadline,
 }
 
 impl FailureClass {
@@ -47,6 +53,7 @@ impl FailureClass {
             Self::InvalidRequest => "invalid_request",
             Self::PermissionDenied => "permission_denied",
             Self::NotFound => "not_found",
+            Self::CallerDeadline => "caller_deadline",
         }
     }
 
@@ -59,8 +66,10 @@ impl FailureClass {
     }
 
     /// Whether the failure says the target is unhealthy (and counts against
-    /// its circuit). A 429 is the provider protecting our quota, not a sick
-    /// target: it is retried after its delay but does not open the circuit.
+    /// its circuit): only the target's own failures. A 429 is the provider
+    /// protecting our quota, not a sick target: it is retried after its
+    /// delay but does not open the circuit. A request the provider rejects
+    /// (4xx) and a caller's deadline are the caller's.
     pub fn counts_against_circuit(self) -> bool {
         matches!(
             self,

@@ -395,6 +395,17 @@ impl Timing {
         }
     }
 
+    /// The failure of a limit passing at `at`: the caller's when it is
+    /// the caller's deadline (it came before the provider's own limits),
+    /// else the provider's (a timeout that counts against its circuit).
+    fn passed(&self, at: Instant, message: String) -> ProviderError {
+        if self.caller_deadline_binds && at >= self.end_by {
+            ProviderError::CallerDeadline(message)
+        } else {
+            ProviderError::Timeout(message)
+        }
+    }
+
     /// Runs `future` until the first-event limit.
     pub(crate) async fn before_first_event<F: Future>(
         &self,
@@ -402,7 +413,7 @@ impl Timing {
     ) -> Result<F::Output, ProviderError> {
         tokio::time::timeout_at(self.first_event_by, future)
             .await
-            .map_err(|_| ProviderError::Timeout(self.first_event_message()))
+            .map_err(|_| self.passed(self.first_event_by, self.first_event_message()))
     }
 
     /// Runs `future` until the end of the call.
@@ -412,7 +423,7 @@ impl Timing {
     ) -> Result<F::Output, ProviderError> {
         tokio::time::timeout_at(self.end_by, future)
             .await
-            .map_err(|_| ProviderError::Timeout(self.end_message()))
+            .map_err(|_| self.passed(self.end_by, self.end_message()))
     }
 }
 
@@ -586,5 +597,42 @@ mod tests {
                 .contains("first_token_timeout (1m)")
         );
         assert!(timing.end_message().contains("request_timeout (5m)"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_callers_deadline_is_the_callers_and_the_providers_limits_its_own() {
+        let never = std::future::pending::<()>;
+        let start = Instant::now();
+        // The caller gives up before the provider's limits: its failure.
+        let timing = Timing::new(
+            start,
+            Duration::from_secs(60),
+            Duration::from_secs(300),
+            Some(start + Duration::from_millis(200)),
+        );
+        let err = timing.before_first_event(never()).await.unwrap_err();
+        assert!(matches!(err, ProviderError::CallerDeadline(_)), "{err:?}");
+        let err = timing.before_end(never()).await.unwrap_err();
+        assert!(matches!(err, ProviderError::CallerDeadline(_)), "{err:?}");
+        // The provider's first-token limit passes within the caller's
+        // deadline: the provider's failure.
+        let start = Instant::now();
+        let timing = Timing::new(
+            start,
+            Duration::from_millis(100),
+            Duration::from_secs(300),
+            Some(start + Duration::from_secs(5)),
+        );
+        let err = timing.before_first_event(never()).await.unwrap_err();
+        assert!(matches!(err, ProviderError::Timeout(_)), "{err:?}");
+        // Its own request limit, with no caller deadline or a later one.
+        let timing = Timing::new(
+            Instant::now(),
+            Duration::from_secs(60),
+            Duration::from_millis(300),
+            None,
+        );
+        let err = timing.before_end(never()).await.unwrap_err();
+        assert!(matches!(err, ProviderError::Timeout(_)), "{err:?}");
     }
 }

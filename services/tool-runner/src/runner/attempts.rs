@@ -7,7 +7,8 @@
 //! ```text
 //! AttemptLoop ──attempt──▶ ToolAttempts::attempt ─▶ progress (for a retry) ─▶ run the tool
 //!             ──classify─▶ resilience::retry_reason (idempotent tools only)
-//!             ──circuit──▶ resilience::health_failure
+//!             ──circuit──▶ resilience::health_failure (a timeout only when
+//!                          the tool's own limit, not the caller's, bound it)
 //!             ──observe──▶ retries counted, retries and a spent budget logged
 //! ```
 
@@ -15,7 +16,7 @@ use std::time::Duration;
 
 use agentmesh_kit::text::truncate_bytes;
 use agentmesh_proto::tools::v1::execute_tool_stream_response::Event;
-use agentmesh_proto::tools::v1::{ExecuteToolStreamResponse, ToolProgress};
+use agentmesh_proto::tools::v1::{ExecuteToolStreamResponse, ToolErrorKind, ToolProgress};
 use agentmesh_resilience::{Attempt, AttemptEvent, Attempts, CircuitOpen, NoRetry, Verdict};
 use serde_json::Value;
 
@@ -73,6 +74,13 @@ impl Attempts for ToolAttempts<'_> {
     }
 
     fn circuit_failure(&self, failure: &ToolFailure) -> Option<String> {
+        // A timeout is the tool's only when its own limit bound the call:
+        // when the caller's deadline or requested timeout was shorter, the
+        // caller's time ran out, not the tool's.
+        let own_limit = self.call.tool().timeout.min(self.runner.max_timeout);
+        if failure.kind == ToolErrorKind::Timeout && self.call.timeout < own_limit {
+            return None;
+        }
         resilience::health_failure(self.call.tool(), failure)
     }
 
