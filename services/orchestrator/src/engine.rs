@@ -33,8 +33,9 @@
 //!   RUN_CANCELLED and ERROR audit events.
 //! * [`follow`]: `StreamRun`/`Run` followers: replay stored events, then
 //!   tail the live ones with no gap or duplicate; heartbeats when idle.
-//! * [`maintain`](mod@maintain): renews this instance's claims on its runs and resumes
-//!   runs whose instance died.
+//! * [`maintain`](mod@maintain): renews this instance's claims on its runs,
+//!   adopts runs claimed here that no task drives, and resumes runs whose
+//!   instance died.
 //!
 //! Deadlines: every call to a peer carries a `grpc-timeout` of what is left
 //! of the run's time. A run started by `Run` also ends at its caller's
@@ -49,6 +50,8 @@ mod maintain;
 mod peers;
 mod persist;
 mod step;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -88,6 +91,9 @@ pub(crate) struct Engine {
     audit: AuditClient,
     metrics: RunMetrics,
     admission: Admission,
+    /// Serialises adopting runs claimed here but not driven (maintenance,
+    /// CancelRun), so that one run is never adopted twice.
+    adopting: tokio::sync::Mutex<()>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -120,6 +126,7 @@ impl Engine {
             audit,
             metrics,
             admission,
+            adopting: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -160,16 +167,20 @@ impl Engine {
     /// that started it; its deadline is dropped (a run outlives the call
     /// that started it) unless given again as `caller_deadline`, by `Run`,
     /// whose run ends at its caller's deadline.
+    ///
+    /// `active` is the run's buffer from [`Self::register`]: a run is
+    /// registered before it is stored, so that a run claimed by this
+    /// instance is always either registered or an orphan the maintenance
+    /// adopts (see [`maintain`](mod@maintain)).
     pub(crate) fn spawn(
         self: &Arc<Self>,
         run: RunRow,
+        active: Arc<ActiveRun>,
         resume: Option<Checkpoint>,
         context: RequestContext,
         places: Places,
         caller_deadline: Option<Instant>,
     ) {
-        let active = ActiveRun::new(run.run_id.clone(), run.last_sequence, run.state);
-        lock(&self.active).insert(run.run_id.clone(), Arc::clone(&active));
         let engine = Arc::clone(self);
         // The run's span: a child of the call that started it (or a root
         // when a run resumes after a restart), open until the run ends.
@@ -199,6 +210,25 @@ impl Engine {
                 })
                 .instrument(span),
         );
+    }
+
+    /// Registers `run` as driven here (its live buffer) before its task
+    /// starts; `None` when it is registered already (another task drives
+    /// it, or is about to).
+    pub(crate) fn register(&self, run: &RunRow) -> Option<Arc<ActiveRun>> {
+        let mut active = lock(&self.active);
+        if active.contains_key(&run.run_id) {
+            return None;
+        }
+        let buffer = ActiveRun::new(run.run_id.clone(), run.last_sequence, run.state);
+        active.insert(run.run_id.clone(), Arc::clone(&buffer));
+        Some(buffer)
+    }
+
+    /// Forgets a run registered by [`Self::register`] whose task was never
+    /// spawned (it was not stored after all).
+    pub(crate) fn forget(&self, run_id: &str) {
+        lock(&self.active).remove(run_id);
     }
 
     /// A store failure as the status a caller gets (the shared mapping:

@@ -363,7 +363,13 @@ impl OrchestratorService for OrchestratorServiceImpl {
             )));
         }
         let engine = self.engine()?;
-        let Some(active) = engine.active(&run.run_id) else {
+        // The task driving it here; or, if none does and the run is this
+        // instance's (or its claim ran out), the run adopted now.
+        let Some(active) = engine
+            .take_over(&run.run_id)
+            .await
+            .map_err(|e| engine.store_failed(&e))?
+        else {
             return Err(Status::unavailable(format!(
                 "run {} is driven by another orchestrator instance that is not reachable from here; retry shortly (it resumes here once its claim runs out)",
                 run.run_id
