@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! Engine::spawn ─▶ drive (one task per run)
-//!                    wait: places (admission) + a slot of this instance  QUEUED
+//!                    wait: its place (admission: fair across tenants)    QUEUED
 //!                    start or resume ─▶ the loop over steps             RUNNING
 //!                      step: GenerateStream ─▶ ExecuteTool × n ─▶ checkpoint
 //!                    end: terminal event + row + checkpoint stored, then
@@ -61,7 +61,6 @@ use agentmesh_kit::client::Clients;
 use agentmesh_kit::time::now_micros;
 use agentmesh_kit::{RequestContext, telemetry};
 use agentmesh_storage::StoreError;
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tonic::Status;
 use tracing::Instrument as _;
@@ -85,7 +84,6 @@ pub(crate) struct Engine {
     config: Arc<Config>,
     peers: Peers,
     active: Mutex<HashMap<String, Arc<ActiveRun>>>,
-    slots: Arc<Semaphore>,
     /// This instance's name in the runs it claims.
     owner: String,
     audit: AuditClient,
@@ -105,7 +103,7 @@ impl Engine {
     /// An engine over `store`, calling the gateway and the tool runner at
     /// the configured addresses (connections are made lazily and reused),
     /// recording run starts and ends in `audit`, runs in `metrics`, the
-    /// calls to its peers in `client_metrics`, and bulkheads, refusals and
+    /// calls to its peers in `client_metrics`, and admission, refusals and
     /// retries through `admission`.
     pub(crate) fn new(
         config: Arc<Config>,
@@ -118,7 +116,6 @@ impl Engine {
         let peers = Peers::new(&config, clients, admission.reporter().clone())?;
         Ok(Arc::new(Self {
             store,
-            slots: Arc::new(Semaphore::new(config.max_concurrent_runs)),
             config,
             peers,
             active: Mutex::new(HashMap::new()),
@@ -130,7 +127,7 @@ impl Engine {
         }))
     }
 
-    /// The bulkheads runs are admitted through.
+    /// Where runs are admitted (fair across tenants).
     pub(crate) fn admission(&self) -> &Admission {
         &self.admission
     }
@@ -151,7 +148,8 @@ impl Engine {
             .saturating_add(i64::try_from(self.config.run_lease.as_micros()).unwrap_or(i64::MAX))
     }
 
-    /// Runs driven here and not yet started (waiting for a slot) or running.
+    /// Runs driven here and not yet started (waiting for a place) or running.
+    #[cfg(test)]
     pub(crate) fn active_count(&self) -> usize {
         lock(&self.active).len()
     }
@@ -162,7 +160,7 @@ impl Engine {
     }
 
     /// Starts driving a stored run in the background, from its checkpoint
-    /// when `resume` is set, once it holds `places` (and a slot of this
+    /// when `resume` is set, once it holds its place (`places`, from
     /// instance). `context` carries the identity and trace of the request
     /// that started it; its deadline is dropped (a run outlives the call
     /// that started it) unless given again as `caller_deadline`, by `Run`,

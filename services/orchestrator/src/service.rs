@@ -1,7 +1,7 @@
 //! The `agentmesh.orchestrator.v1.OrchestratorService` handlers: validate
 //! ([`crate::validate`]), then hand over to the [`Engine`] (runs) or read
 //! the [`Store`](crate::store::Store). Starting a run — this instance's
-//! queue bound, the tenant's and the profile's bulkheads, storing it — is
+//! admission (fair across tenants), storing it — is
 //! [`start`]'s. List pages use the kit's page tokens
 //! ([`agentmesh_kit::paging`]); which filters a token is bound to is said
 //! here.

@@ -110,7 +110,7 @@ impl Store {
     /// Stores a new run (and its new session), or returns the run an
     /// idempotency key already names.
     /// `owner` claims the run until `lease_until` (so no other instance takes
-    /// it for an orphan while it waits for a slot).
+    /// it for an orphan while it waits for a place).
     pub(crate) async fn create_run(
         &self,
         run: &RunRow,

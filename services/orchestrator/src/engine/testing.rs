@@ -40,6 +40,7 @@ pub(crate) async fn engine(dir: &tempfile::TempDir, config: Config) -> Arc<Engin
     db.migrate(&MIGRATIONS).await.unwrap();
     let admission = Admission::new(
         &config,
+        None,
         ResilienceReporter::without_metrics(AuditClient::disabled("test")),
     );
     Engine::new(

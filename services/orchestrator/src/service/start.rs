@@ -6,10 +6,11 @@
 //!                          (its allow-list; audited)
 //!                          the agent profile exists      NOT_FOUND
 //! session                  the session exists (or new)   NOT_FOUND
-//! instance_room            this instance's queue bound   RESOURCE_EXHAUSTED
 //! new_run                  the run row: limits resolved from the profile
 //! no_run_in_progress       one run at a time per session FAILED_PRECONDITION
-//! admission                tenant's and profile's places RESOURCE_EXHAUSTED
+//! admission                a place now or a turn in the  RESOURCE_EXHAUSTED
+//!                          queue (instance's, tenant's,
+//!                          profile's bounds)
 //! create                   stored (QUEUED) with the caller's identity
 //!                          (acted for on every call the run makes, also
 //!                          after a resume), or the run its idempotency
@@ -29,12 +30,11 @@ use agentmesh_kit::time::now_micros;
 use agentmesh_proto::orchestrator::v1 as pb;
 use tokio::time::Instant;
 use tonic::Status;
-use tonic_types::{ErrorDetails, StatusExt as _};
 use tracing::Instrument as _;
 
 use super::{Caller, OrchestratorServiceImpl, not_found};
 use crate::admission::Places;
-use crate::config::{AgentProfile, Config};
+use crate::config::AgentProfile;
 use crate::engine::Engine;
 use crate::store::{Created, Limits, RunRow};
 use crate::validate::{self, RequestedLimits, StartFields, StartRequest};
@@ -67,7 +67,6 @@ impl OrchestratorServiceImpl {
             std::mem::take(&mut request.session_id),
         )
         .await?;
-        instance_room(engine, &self.config)?;
         let run = new_run(
             request,
             profile,
@@ -86,8 +85,8 @@ impl OrchestratorServiceImpl {
         if !new_session {
             no_run_in_progress(engine, &run.session_id).await?;
         }
-        // Places in the tenant's and the profile's bulkheads, held or
-        // queued, before the run exists; given back if it is not started.
+        // A place, held or queued, before the run exists; given back if
+        // the run is not created.
         let places = engine
             .admission()
             .admit(&run.tenant, &run.agent, starter.method)?;
@@ -171,24 +170,6 @@ async fn session(
         return Err(not_found("session", &session_id));
     }
     Ok((session_id, false))
-}
-
-/// RESOURCE_EXHAUSTED when this instance already runs or queues as many
-/// runs as it takes.
-fn instance_room(engine: &Engine, config: &Config) -> Result<(), Status> {
-    let queued = engine.active_count();
-    if queued < config.max_concurrent_runs + config.max_queued_runs {
-        return Ok(());
-    }
-    let mut details = ErrorDetails::new();
-    details.set_retry_info(Some(Duration::from_secs(5)));
-    Err(Status::with_error_details(
-        tonic::Code::ResourceExhausted,
-        format!(
-            "{queued} runs are running or queued on this instance, the most it takes; retry later"
-        ),
-        details,
-    ))
 }
 
 /// FAILED_PRECONDITION when the session has a run that has not ended.
