@@ -340,16 +340,16 @@ async fn a_tenants_burst_is_queued_then_refused_without_touching_another_tenant(
     cancel("tenant-b", b_queued).await;
     // Every place is given back.
     let (_, metrics) = http_get(mesh.orchestrator_admin, "/metrics").await;
-    for (name, tenant) in [
-        ("agentmesh_bulkhead_in_use", "tenant:tenant-a"),
-        ("agentmesh_bulkhead_queue_depth", "tenant:tenant-a"),
-        ("agentmesh_bulkhead_in_use", "tenant:tenant-b"),
-        ("agentmesh_bulkhead_queue_depth", "tenant:tenant-b"),
+    for name in [
+        "agentmesh_admission_in_use",
+        "agentmesh_admission_queue_depth",
+        "agentmesh_admission_tenant_in_use",
+        "agentmesh_admission_tenant_queue_depth",
     ] {
         assert_eq!(
-            metric(&metrics, name, &[("bulkhead", tenant)]),
+            metric(&metrics, name, &[("service", "orchestrator")]),
             Some(0.0),
-            "{name} {tenant} in\n{metrics}"
+            "{name} in\n{metrics}"
         );
     }
     mesh.stop().await;
