@@ -249,33 +249,39 @@ async fn a_tenants_burst_is_queued_then_refused_without_touching_another_tenant(
         by_state.push((tenant, running, queued));
     }
 
-    // The refusal and the bulkheads show in the metrics.
+    // The refusal and the admission gauges show in the metrics; tenants
+    // the configuration does not name count under `other`, never by name.
     let (status, metrics) = http_get(mesh.orchestrator_admin, "/metrics").await;
     assert_eq!(status, 200);
-    for (name, labels) in [
+    for (name, labels, value) in [
         (
             "agentmesh_rate_limited_total",
-            [("scope", "tenant"), ("resource", "concurrency")],
+            &[("scope", "tenant"), ("resource", "concurrency")][..],
+            1.0,
         ),
         (
-            "agentmesh_bulkhead_in_use",
-            [("bulkhead", "tenant:tenant-a"), ("service", "orchestrator")],
+            "agentmesh_admission_tenant_in_use",
+            &[("tenant", "other"), ("service", "orchestrator")][..],
+            2.0,
         ),
         (
-            "agentmesh_bulkhead_queue_depth",
-            [("bulkhead", "tenant:tenant-a"), ("service", "orchestrator")],
+            "agentmesh_admission_tenant_queue_depth",
+            &[("tenant", "other"), ("service", "orchestrator")][..],
+            2.0,
         ),
         (
-            "agentmesh_bulkhead_in_use",
-            [("bulkhead", "tenant:tenant-b"), ("service", "orchestrator")],
+            "agentmesh_admission_in_use",
+            &[("service", "orchestrator")][..],
+            2.0,
         ),
     ] {
         assert_eq!(
-            metric(&metrics, name, &labels),
-            Some(1.0),
+            metric(&metrics, name, labels),
+            Some(value),
             "{name} {labels:?} in\n{metrics}"
         );
     }
+    assert!(!metrics.contains("tenant-a"), "{metrics}");
 
     // A queued run cancelled leaves the queue: the tenant may queue again.
     let mut client = mesh.client();
@@ -334,16 +340,16 @@ async fn a_tenants_burst_is_queued_then_refused_without_touching_another_tenant(
     cancel("tenant-b", b_queued).await;
     // Every place is given back.
     let (_, metrics) = http_get(mesh.orchestrator_admin, "/metrics").await;
-    for (name, tenant) in [
-        ("agentmesh_bulkhead_in_use", "tenant:tenant-a"),
-        ("agentmesh_bulkhead_queue_depth", "tenant:tenant-a"),
-        ("agentmesh_bulkhead_in_use", "tenant:tenant-b"),
-        ("agentmesh_bulkhead_queue_depth", "tenant:tenant-b"),
+    for name in [
+        "agentmesh_admission_in_use",
+        "agentmesh_admission_queue_depth",
+        "agentmesh_admission_tenant_in_use",
+        "agentmesh_admission_tenant_queue_depth",
     ] {
         assert_eq!(
-            metric(&metrics, name, &[("bulkhead", tenant)]),
+            metric(&metrics, name, &[("service", "orchestrator")]),
             Some(0.0),
-            "{name} {tenant} in\n{metrics}"
+            "{name} in\n{metrics}"
         );
     }
     mesh.stop().await;

@@ -1,206 +1,493 @@
-//! Admission of runs: a bulkhead per tenant and one per agent profile (when
-//! the profile sets a limit), so that one tenant's burst, or one busy
-//! profile, cannot take every run slot of an instance.
+//! Admission of runs with per-tenant fairness, in the manner of Kubernetes'
+//! API priority and fairness: a cap on the runs this instance drives at
+//! once, a share per tenant, and a bounded wait queue served round-robin
+//! across tenants, so that one tenant's burst cannot starve the others.
 //!
 //! ```text
 //! StartRun / Run ── Admission::admit(tenant, agent) ── before the run is stored
-//!     tenant bulkhead "tenant:<t>" ─ place │ queue slot │ full ─▶ RESOURCE_EXHAUSTED
-//!     agent bulkhead  "agent:<a>"  ─ place │ queue slot │ full ─▶ RESOURCE_EXHAUSTED
-//!         └─▶ Places, handed to the run's task, which stays QUEUED until it
-//!             holds the tenant place, then the agent place, then the
-//!             instance slot, and gives them all back when the run ends
+//!     room now?  instance below max_concurrent_runs, tenant below
+//!                max_concurrent_runs_per_tenant with nobody of its own
+//!                waiting, profile below its max_concurrent_runs ─▶ place held
+//!     else queue: instance queue (max_queued_runs), the tenant's
+//!                 (max_queued_runs_per_tenant), the profile's (its
+//!                 max_queued_runs) ─ full ─▶ RESOURCE_EXHAUSTED + RetryInfo
+//!          └─▶ Places, handed to the run's task, which stays QUEUED until
+//!              granted (or cancelled, or its caller's deadline, or
+//!              max_queue_wait: FAILED, RESOURCE_EXHAUSTED)
+//! a place given back ─▶ dispatch: to the tenant holding the fewest places
+//!     among those with a run that may go (round-robin among equals); each
+//!     tenant's runs in order, skipping a run whose profile is full; until
+//!     the instance is full or nobody can go
 //! ```
 //!
-//! A place that is not free at once is a [`Queued`] ticket from
-//! [`Bulkhead::enter`]: it holds a slot in the bulkhead's queue from the
-//! RPC on, and the run's task awaits it. Dropping it (a queued run
-//! cancelled, or its caller's deadline passed) leaves the queue.
+//! Runs resumed here ([`Admission::later`]: after a restart, or adopted)
+//! were admitted once: they queue like others but beyond the bounds, and
+//! are never refused nor timed out.
 //!
-//! Places are taken in order: an agent place is only taken once the tenant
-//! place is held, so a tenant queued behind its own limit does not sit on
-//! places of a profile other tenants share. While the tenant place is
-//! queued, the agent bulkhead is only checked for room; the run waits for
-//! its agent place later (never refused once admitted). Runs resumed after a
-//! restart ([`Admission::later`]) wait for every place the same way.
+//! All of it is one lock-protected state, small and never held across an
+//! await; a [`Places`] dropped (its run ended, or left the queue) gives back
+//! what it held and dispatches. Tenants without runs are forgotten.
 //!
-//! Tenants' bulkheads are made on first use; the map drops bulkheads nobody
-//! uses once it grows past [`IDLE_TENANTS`]. Every bulkhead is watched by
-//! the reporter, which keeps its gauges (`agentmesh_bulkhead_in_use`,
-//! `agentmesh_bulkhead_queue_depth`) current; every refusal is counted in
-//! `agentmesh_rate_limited_total{scope,resource="concurrency"}` and recorded
-//! as a RATE_LIMITED audit event.
+//! Metrics ([`metrics`]) have a series per tenant only for the tenants the
+//! configuration names (`metric_tenants`), every other tenant counting
+//! under `other`, plus the instance's totals: traffic never makes a label.
+//! Every refusal is also counted in
+//! `agentmesh_rate_limited_total{scope,resource="concurrency"}` and
+//! recorded as a RATE_LIMITED audit event (which names the tenant).
 
-use std::collections::HashMap;
+mod metrics;
+
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use agentmesh_audit_client::resilience::{Refusal, ResilienceReporter};
-use agentmesh_resilience::{Bulkhead, BulkheadFull, BulkheadPermit, Entry, Queued};
+use agentmesh_kit::metrics::prometheus::Registry;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
 use tonic::Status;
 use tonic_types::{ErrorDetails, StatusExt as _};
 
+use self::metrics::{AdmissionMetrics, Rejection};
 use crate::config::Config;
 
-/// Tenants' bulkheads kept beyond which unused ones are dropped.
-pub(crate) const IDLE_TENANTS: usize = 1024;
-/// What a refused caller is told to wait.
+/// What a caller refused for its tenant's or a profile's limit is told to
+/// wait.
 const RETRY_AFTER: Duration = Duration::from_secs(2);
+/// What a caller refused because the instance's queue is full is told.
+const INSTANCE_RETRY_AFTER: Duration = Duration::from_secs(5);
 /// The tenant name of calls without `x-agentmesh-tenant`.
 const NO_TENANT: &str = "-";
 
-/// The bulkheads runs are admitted through; one per engine.
-pub(crate) struct Admission {
-    per_tenant: usize,
+/// The limits, from the configuration.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    running: usize,
+    running_per_tenant: usize,
+    queued: usize,
     queued_per_tenant: usize,
-    tenants: Mutex<HashMap<String, Arc<Bulkhead>>>,
-    /// Profiles with a limit: the bulkhead and its queue bound.
-    agents: HashMap<String, (Arc<Bulkhead>, usize)>,
+    max_wait: Option<Duration>,
+}
+
+/// A profile's limit (only profiles with one).
+#[derive(Debug, Clone, Copy)]
+struct AgentLimit {
+    running: usize,
+    queued: usize,
+}
+
+/// Runs holding a place and runs waiting.
+#[derive(Debug, Default, Clone, Copy)]
+struct Usage {
+    running: usize,
+    queued: usize,
+}
+
+/// A run waiting for its place.
+#[derive(Debug)]
+struct Waiter {
+    ticket: u64,
+    agent: String,
+    since: Instant,
+    granted: oneshot::Sender<()>,
+}
+
+/// One tenant's runs here.
+#[derive(Debug, Default)]
+struct Tenant {
+    running: usize,
+    queue: VecDeque<Waiter>,
+}
+
+/// Everything admission knows, under one lock.
+#[derive(Debug, Default)]
+struct State {
+    total: Usage,
+    tenants: HashMap<String, Tenant>,
+    /// Tenants with waiting runs, in the order they are served.
+    ring: VecDeque<String>,
+    /// Limited profiles' usage.
+    agents: HashMap<String, Usage>,
+    next_ticket: u64,
+}
+
+struct Inner {
+    limits: Limits,
+    agents: HashMap<String, AgentLimit>,
+    state: Mutex<State>,
+    metrics: AdmissionMetrics,
+}
+
+/// Admits the runs of one engine.
+pub(crate) struct Admission {
+    inner: Arc<Inner>,
     reporter: ResilienceReporter,
 }
 
 impl fmt::Debug for Admission {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Admission")
-            .field("per_tenant", &self.per_tenant)
-            .field("queued_per_tenant", &self.queued_per_tenant)
-            .field("agents", &self.agents.keys().collect::<Vec<_>>())
+            .field("limits", &self.inner.limits)
+            .field("agents", &self.inner.agents)
             .finish_non_exhaustive()
     }
 }
 
-/// How a place of a run stands.
-enum State {
-    /// Held until dropped.
-    Held(
-        #[expect(dead_code, reason = "held for its Drop, which gives the place back")]
-        BulkheadPermit,
-    ),
-    /// In the bulkhead's queue.
-    Queued(Queued),
-    /// Not asked for yet (or given back).
+/// Why a run was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Full {
+    Instance,
+    Tenant,
+    Agent,
+}
+
+/// How a run stands in admission.
+#[derive(Debug)]
+enum Stage {
+    /// Holds its place until dropped.
+    Held,
+    /// Waiting; `granted` fires when it is given its place.
+    Waiting {
+        ticket: u64,
+        granted: oneshot::Receiver<()>,
+    },
+    /// Not queued yet (a resumed run).
     Later,
 }
 
-/// A run's place in one bulkhead.
-struct Place {
-    bulkhead: Arc<Bulkhead>,
-    state: State,
+/// A run's place: held, or its turn in the queue. Dropping it gives back
+/// the place or leaves the queue.
+pub(crate) struct Places {
+    inner: Arc<Inner>,
+    tenant: String,
+    agent: String,
+    stage: Stage,
+    /// When a queued new run gives up (`max_queue_wait`).
+    deadline: Option<Instant>,
 }
 
-impl fmt::Debug for Place {
+impl fmt::Debug for Places {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match self.state {
-            State::Held(_) => "held",
-            State::Queued(_) => "queued",
-            State::Later => "later",
-        };
-        f.debug_struct("Place")
-            .field("bulkhead", &self.bulkhead.name())
-            .field("state", &state)
-            .finish()
+        f.debug_struct("Places")
+            .field("tenant", &self.tenant)
+            .field("agent", &self.agent)
+            .field("stage", &self.stage)
+            .finish_non_exhaustive()
     }
 }
 
-impl Place {
-    fn new(bulkhead: Arc<Bulkhead>, state: State) -> Self {
-        Self { bulkhead, state }
-    }
-
-    /// A place of `bulkhead` now, a slot in its queue (kept by the
-    /// ticket), or full; never waits.
-    fn try_take(bulkhead: &Arc<Bulkhead>) -> Result<Self, BulkheadFull> {
-        let state = match bulkhead.enter()? {
-            Entry::Held(permit) => State::Held(permit),
-            Entry::Queued(queued) => State::Queued(queued),
-        };
-        Ok(Self::new(Arc::clone(bulkhead), state))
-    }
-
-    fn held(&self) -> bool {
-        matches!(self.state, State::Held(_))
-    }
-
-    /// Waits for the place (never refused).
-    async fn acquire(&mut self) {
-        let permit = match &mut self.state {
-            State::Held(_) => return,
-            State::Queued(queued) => match queued.await {
-                Ok(permit) => permit,
-                // A queued acquire is not refused; wait anyway if it were.
-                Err(_) => wait(&self.bulkhead).await,
-            },
-            State::Later => wait(&self.bulkhead).await,
-        };
-        self.state = State::Held(permit);
-    }
+fn tenant_key(tenant: &str) -> &str {
+    if tenant.is_empty() { NO_TENANT } else { tenant }
 }
 
-/// A place of `bulkhead` for a run that must not be refused: when even the
-/// queue is full, look again a little later.
-async fn wait(bulkhead: &Bulkhead) -> BulkheadPermit {
-    let mut delay = Duration::from_millis(50);
-    loop {
-        match bulkhead.acquire().await {
-            Ok(permit) => return permit,
-            Err(_) => {
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(1));
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Plain counters behind it: keep going after a panic elsewhere.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether a run of `agent` may take a place of its profile now.
+    fn agent_has_room(&self, state: &State, agent: &str) -> bool {
+        self.agents.get(agent).is_none_or(|limit| {
+            state
+                .agents
+                .get(agent)
+                .is_none_or(|usage| usage.running < limit.running)
+        })
+    }
+
+    /// Counts a place taken by a run of `tenant` and `agent`.
+    fn take(&self, state: &mut State, tenant: &str, agent: &str) {
+        state.total.running += 1;
+        state.tenants.entry(tenant.to_owned()).or_default().running += 1;
+        if self.agents.contains_key(agent) {
+            state.agents.entry(agent.to_owned()).or_default().running += 1;
+        }
+        self.metrics.running(tenant, 1);
+    }
+
+    /// Queues a run of `tenant` and `agent`; returns its ticket and the
+    /// receiver of its grant.
+    fn enqueue(
+        &self,
+        state: &mut State,
+        tenant: &str,
+        agent: &str,
+    ) -> (u64, oneshot::Receiver<()>) {
+        let ticket = state.next_ticket;
+        state.next_ticket += 1;
+        let (sender, receiver) = oneshot::channel();
+        state.total.queued += 1;
+        if self.agents.contains_key(agent) {
+            state.agents.entry(agent.to_owned()).or_default().queued += 1;
+        }
+        let entry = state.tenants.entry(tenant.to_owned()).or_default();
+        entry.queue.push_back(Waiter {
+            ticket,
+            agent: agent.to_owned(),
+            since: Instant::now(),
+            granted: sender,
+        });
+        if entry.queue.len() == 1 {
+            state.ring.push_back(tenant.to_owned());
+        }
+        self.metrics.queued(tenant, 1);
+        (ticket, receiver)
+    }
+
+    /// Gives back a place.
+    fn release(&self, state: &mut State, tenant: &str, agent: &str) {
+        state.total.running = state.total.running.saturating_sub(1);
+        if let Some(entry) = state.tenants.get_mut(tenant) {
+            entry.running = entry.running.saturating_sub(1);
+        }
+        if let Some(usage) = state.agents.get_mut(agent) {
+            usage.running = usage.running.saturating_sub(1);
+        }
+        self.metrics.running(tenant, -1);
+        Self::forget_if_idle(state, tenant);
+    }
+
+    /// Takes a run out of the queue without a place.
+    fn leave(&self, state: &mut State, tenant: &str, ticket: u64) {
+        let Some(entry) = state.tenants.get_mut(tenant) else {
+            return;
+        };
+        let Some(at) = entry.queue.iter().position(|w| w.ticket == ticket) else {
+            return;
+        };
+        let Some(waiter) = entry.queue.remove(at) else {
+            return;
+        };
+        if entry.queue.is_empty() {
+            state.ring.retain(|t| t != tenant);
+        }
+        state.total.queued = state.total.queued.saturating_sub(1);
+        if let Some(usage) = state.agents.get_mut(&waiter.agent) {
+            usage.queued = usage.queued.saturating_sub(1);
+        }
+        self.metrics.queued(tenant, -1);
+        Self::forget_if_idle(state, tenant);
+    }
+
+    fn forget_if_idle(state: &mut State, tenant: &str) {
+        if state
+            .tenants
+            .get(tenant)
+            .is_some_and(|t| t.running == 0 && t.queue.is_empty())
+        {
+            state.tenants.remove(tenant);
+        }
+    }
+
+    /// Gives places to waiting runs while the instance has room. Each
+    /// place goes to the tenant with the fewest runs holding one among
+    /// those with a run that may go (below its share, its profile not
+    /// full), the earliest in turn on a tie, which then goes to the back of
+    /// the turn: fair queuing by runs held, round-robin among equals.
+    fn dispatch(&self, state: &mut State) {
+        while state.total.running < self.limits.running {
+            let mut best: Option<(usize, usize)> = None;
+            for (at, tenant) in state.ring.iter().enumerate() {
+                let Some(entry) = state.tenants.get(tenant) else {
+                    continue;
+                };
+                if entry.running >= self.limits.running_per_tenant
+                    || best.is_some_and(|(_, fewest)| entry.running >= fewest)
+                    || !entry
+                        .queue
+                        .iter()
+                        .any(|w| self.agent_has_room(state, &w.agent))
+                {
+                    continue;
+                }
+                best = Some((at, entry.running));
+            }
+            let Some(tenant) = best.and_then(|(at, _)| state.ring.remove(at)) else {
+                return;
+            };
+            self.grant_one(state, &tenant);
+            if state
+                .tenants
+                .get(&tenant)
+                .is_some_and(|t| !t.queue.is_empty())
+            {
+                state.ring.push_back(tenant);
             }
         }
     }
-}
 
-/// The places of one run: its tenant's, then its profile's (if limited).
-/// Everything is given back when dropped.
-#[derive(Debug, Default)]
-pub(crate) struct Places {
-    tenant: Option<Place>,
-    agent: Option<Place>,
+    /// Gives a place to the first run of `tenant` that may go; whether one
+    /// did.
+    fn grant_one(&self, state: &mut State, tenant: &str) -> bool {
+        let Some(entry) = state.tenants.get(tenant) else {
+            return false;
+        };
+        if entry.running >= self.limits.running_per_tenant {
+            return false;
+        }
+        let Some(at) = entry
+            .queue
+            .iter()
+            .position(|w| self.agent_has_room(state, &w.agent))
+        else {
+            return false;
+        };
+        let Some(waiter) = state
+            .tenants
+            .get_mut(tenant)
+            .and_then(|entry| entry.queue.remove(at))
+        else {
+            return false;
+        };
+        state.total.queued = state.total.queued.saturating_sub(1);
+        if let Some(usage) = state.agents.get_mut(&waiter.agent) {
+            usage.queued = usage.queued.saturating_sub(1);
+        }
+        self.metrics.queued(tenant, -1);
+        self.take(state, tenant, &waiter.agent);
+        self.metrics.waited(waiter.since.elapsed());
+        // Its Places leaves the queue under this lock before dropping the
+        // receiver, so this is received (or seen by `Places::drop`).
+        let _ = waiter.granted.send(());
+        true
+    }
+
+    /// Why a new run of `tenant` and `agent` cannot queue, if it cannot.
+    fn full(&self, state: &State, tenant: &str, agent: &str) -> Option<Full> {
+        if state.total.queued >= self.limits.queued {
+            return Some(Full::Instance);
+        }
+        let queued = state.tenants.get(tenant).map_or(0, |t| t.queue.len());
+        if queued >= self.limits.queued_per_tenant {
+            return Some(Full::Tenant);
+        }
+        if let Some(limit) = self.agents.get(agent) {
+            let usage = state.agents.get(agent).copied().unwrap_or_default();
+            if usage.running >= limit.running && usage.queued >= limit.queued {
+                return Some(Full::Agent);
+            }
+        }
+        None
+    }
 }
 
 impl Places {
-    /// Waits until every place is held: the tenant's first, then the
-    /// profile's. Dropping the future keeps what is held and queued; dropping
-    /// the places gives everything back.
+    /// Waits until the run holds its place (never refused). Dropping the
+    /// future keeps the run's turn; dropping the places gives it up.
     pub(crate) async fn acquire(&mut self) {
-        if let Some(tenant) = &mut self.tenant {
-            tenant.acquire().await;
-        }
-        if let Some(agent) = &mut self.agent {
-            agent.acquire().await;
+        loop {
+            match &mut self.stage {
+                Stage::Held => return,
+                Stage::Later => {
+                    let inner = Arc::clone(&self.inner);
+                    let mut state = inner.lock();
+                    let (ticket, granted) = inner.enqueue(&mut state, &self.tenant, &self.agent);
+                    inner.dispatch(&mut state);
+                    self.stage = Stage::Waiting { ticket, granted };
+                }
+                Stage::Waiting { granted, .. } => {
+                    if granted.await.is_ok() {
+                        self.stage = Stage::Held;
+                        return;
+                    }
+                    // Never happens (the grant is sent before the sender
+                    // goes); queue again rather than run without a place.
+                    self.stage = Stage::Later;
+                }
+            }
         }
     }
 
-    /// Whether every place is held.
+    /// When a queued new run stops waiting (`max_queue_wait`); none for a
+    /// resumed run, or without the setting.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Counts a run that waited until its [`Self::deadline`].
+    pub(crate) fn timed_out(&self) -> Status {
+        self.inner
+            .metrics
+            .rejected(&self.tenant, Rejection::WaitTimeout);
+        let waited = self.inner.limits.max_wait.unwrap_or_default();
+        let mut details = ErrorDetails::new();
+        details.set_retry_info(Some(RETRY_AFTER));
+        Status::with_error_details(
+            tonic::Code::ResourceExhausted,
+            format!(
+                "the run waited {waited:?} in this orchestrator's queue without getting a place \
+                 (max_queue_wait); its tenant or the instance stayed at its limit; retry later"
+            ),
+            details,
+        )
+    }
+
+    /// Whether the run holds its place.
     #[cfg(test)]
     pub(crate) fn held(&self) -> bool {
-        self.tenant.as_ref().is_none_or(Place::held) && self.agent.as_ref().is_none_or(Place::held)
+        matches!(self.stage, Stage::Held)
+    }
+}
+
+impl Drop for Places {
+    fn drop(&mut self) {
+        let inner = Arc::clone(&self.inner);
+        let mut state = inner.lock();
+        match &mut self.stage {
+            Stage::Held => inner.release(&mut state, &self.tenant, &self.agent),
+            Stage::Waiting { ticket, granted } => {
+                // Under the lock: either granted already (then give the
+                // place back) or still queued (then leave the queue).
+                if granted.try_recv().is_ok() {
+                    inner.release(&mut state, &self.tenant, &self.agent);
+                } else {
+                    inner.leave(&mut state, &self.tenant, *ticket);
+                }
+            }
+            Stage::Later => return,
+        }
+        inner.dispatch(&mut state);
     }
 }
 
 impl Admission {
-    /// The bulkheads `config` asks for, reported through `reporter`.
-    pub(crate) fn new(config: &Config, reporter: ResilienceReporter) -> Self {
+    /// Admission with the limits of `config`, its metrics in `registry`
+    /// (none without), refusals reported through `reporter`.
+    pub(crate) fn new(
+        config: &Config,
+        registry: Option<&Registry>,
+        reporter: ResilienceReporter,
+    ) -> Self {
         let agents = config
             .agents
             .iter()
             .filter(|(_, profile)| profile.max_concurrent_runs > 0)
             .map(|(name, profile)| {
-                let bulkhead = Arc::new(Bulkhead::new(
-                    format!("agent:{name}"),
-                    profile.max_concurrent_runs,
-                    profile.max_queued_runs,
-                ));
-                reporter.watch_bulkhead(&bulkhead);
-                (name.clone(), (bulkhead, profile.max_queued_runs))
+                (
+                    name.clone(),
+                    AgentLimit {
+                        running: profile.max_concurrent_runs,
+                        queued: profile.max_queued_runs,
+                    },
+                )
             })
             .collect();
-        Self {
-            per_tenant: config.max_concurrent_runs_per_tenant,
+        let limits = Limits {
+            running: config.max_concurrent_runs.max(1),
+            running_per_tenant: config.max_concurrent_runs_per_tenant.max(1),
+            queued: config.max_queued_runs,
             queued_per_tenant: config.max_queued_runs_per_tenant,
-            tenants: Mutex::new(HashMap::new()),
-            agents,
+            max_wait: Some(config.max_queue_wait).filter(|wait| !wait.is_zero()),
+        };
+        Self {
+            inner: Arc::new(Inner {
+                limits,
+                agents,
+                state: Mutex::new(State::default()),
+                metrics: AdmissionMetrics::new(registry, &config.metric_tenants),
+            }),
             reporter,
         }
     }
@@ -210,363 +497,146 @@ impl Admission {
         &self.reporter
     }
 
-    /// The bulkhead of `tenant`, made on first use.
-    fn tenant(&self, tenant: &str) -> Arc<Bulkhead> {
-        let key = if tenant.is_empty() { NO_TENANT } else { tenant };
-        let mut tenants = self.tenants.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(bulkhead) = tenants.get(key) {
-            return Arc::clone(bulkhead);
-        }
-        if tenants.len() >= IDLE_TENANTS {
-            // A bulkhead only the map holds has no run holding or waiting
-            // for a place: dropping it loses nothing. (Under the lock, so no
-            // caller is between looking it up and using it.)
-            tenants.retain(|_, bulkhead| Arc::strong_count(bulkhead) > 1);
-        }
-        let bulkhead = Arc::new(Bulkhead::new(
-            format!("tenant:{key}"),
-            self.per_tenant,
-            self.queued_per_tenant,
-        ));
-        self.reporter.watch_bulkhead(&bulkhead);
-        tenants.insert(key.to_owned(), Arc::clone(&bulkhead));
-        bulkhead
-    }
-
-    /// Tenants with a bulkhead now.
-    #[cfg(test)]
-    pub(crate) fn tenants(&self) -> usize {
-        self.tenants
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
-    }
-
     /// Admits a new run of `agent` for `tenant`, called by `method`: its
-    /// places, held or queued, or RESOURCE_EXHAUSTED (with RetryInfo,
-    /// counted and audited) when a queue is full. Does not wait.
+    /// place, held or queued, or RESOURCE_EXHAUSTED (with RetryInfo,
+    /// counted and audited) when its queue is full. Does not wait.
     pub(crate) fn admit(&self, tenant: &str, agent: &str, method: &str) -> Result<Places, Status> {
-        let key = if tenant.is_empty() { NO_TENANT } else { tenant };
-        let tenant_place = match Place::try_take(&self.tenant(tenant)) {
-            Ok(place) => place,
-            Err(full) => return Err(self.refuse("tenant", key, &full, method)),
+        let tenant = tenant_key(tenant);
+        let inner = &self.inner;
+        let stage = {
+            let mut state = inner.lock();
+            // Room everywhere means nobody waiting could take this place
+            // (every change dispatches): a run of its own tenant still
+            // waiting is held by its profile's limit.
+            let may_run = state.total.running < inner.limits.running
+                && state
+                    .tenants
+                    .get(tenant)
+                    .is_none_or(|t| t.running < inner.limits.running_per_tenant)
+                && inner.agent_has_room(&state, agent);
+            if may_run {
+                inner.take(&mut state, tenant, agent);
+                Stage::Held
+            } else if let Some(full) = inner.full(&state, tenant, agent) {
+                drop(state);
+                return Err(self.refuse(full, tenant, agent, method));
+            } else {
+                let (ticket, granted) = inner.enqueue(&mut state, tenant, agent);
+                Stage::Waiting { ticket, granted }
+            }
         };
-        let agent_place = match self.agents.get(agent) {
-            None => None,
-            Some((bulkhead, _)) if tenant_place.held() => {
-                match Place::try_take(bulkhead) {
-                    Ok(place) => Some(place),
-                    // Dropping the tenant place gives it back.
-                    Err(full) => return Err(self.refuse("agent", agent, &full, method)),
-                }
-            }
-            Some((bulkhead, max_queued)) => {
-                // Queued for the tenant: take no agent place yet, but refuse
-                // now if the profile has no room either.
-                if bulkhead.in_use() >= bulkhead.max_concurrent()
-                    && bulkhead.queued() >= *max_queued
-                {
-                    let full = BulkheadFull {
-                        name: bulkhead.name().to_owned(),
-                        max_concurrent: bulkhead.max_concurrent(),
-                        max_queued: *max_queued,
-                    };
-                    return Err(self.refuse("agent", agent, &full, method));
-                }
-                Some(Place::new(Arc::clone(bulkhead), State::Later))
-            }
+        let deadline = match stage {
+            Stage::Held => None,
+            _ => inner.limits.max_wait.map(|wait| Instant::now() + wait),
         };
         Ok(Places {
-            tenant: Some(tenant_place),
-            agent: agent_place,
+            inner: Arc::clone(inner),
+            tenant: tenant.to_owned(),
+            agent: agent.to_owned(),
+            stage,
+            deadline,
         })
     }
 
-    /// The places of a run resumed after a restart: nothing taken yet, and
-    /// never refused (the run waits for them).
+    /// The place of a run resumed here: queued when it first waits, never
+    /// refused nor timed out.
     pub(crate) fn later(&self, tenant: &str, agent: &str) -> Places {
         Places {
-            tenant: Some(Place::new(self.tenant(tenant), State::Later)),
-            agent: self
-                .agents
-                .get(agent)
-                .map(|(bulkhead, _)| Place::new(Arc::clone(bulkhead), State::Later)),
+            inner: Arc::clone(&self.inner),
+            tenant: tenant_key(tenant).to_owned(),
+            agent: agent.to_owned(),
+            stage: Stage::Later,
+            deadline: None,
         }
     }
 
+    /// Runs holding a place and runs waiting, on this instance.
+    #[cfg(test)]
+    pub(crate) fn usage(&self) -> (usize, usize) {
+        let state = self.inner.lock();
+        (state.total.running, state.total.queued)
+    }
+
+    /// Tenants with runs here now.
+    #[cfg(test)]
+    pub(crate) fn tenants(&self) -> usize {
+        self.inner.lock().tenants.len()
+    }
+
     /// Reports a refusal and returns the status the caller gets.
-    fn refuse(&self, scope: &str, key: &str, full: &BulkheadFull, method: &str) -> Status {
+    fn refuse(&self, full: Full, tenant: &str, agent: &str, method: &str) -> Status {
+        let limits = self.inner.limits;
+        let (scope, key, limit, retry_after, message) = match full {
+            Full::Instance => (
+                "instance",
+                tenant,
+                limits.running,
+                INSTANCE_RETRY_AFTER,
+                format!(
+                    "this orchestrator runs {} runs and has {} queued, its limit \
+                     (max_concurrent_runs = {}, max_queued_runs = {}); retry later",
+                    limits.running, limits.queued, limits.running, limits.queued
+                ),
+            ),
+            Full::Tenant => (
+                "tenant",
+                tenant,
+                limits.running_per_tenant,
+                RETRY_AFTER,
+                format!(
+                    "tenant {tenant:?} has runs running and {} queued on this orchestrator, its \
+                     limit (max_concurrent_runs_per_tenant = {}, max_queued_runs_per_tenant = {}); \
+                     retry once some of its runs end",
+                    limits.queued_per_tenant, limits.running_per_tenant, limits.queued_per_tenant
+                ),
+            ),
+            Full::Agent => {
+                let limit = self.inner.agents.get(agent).copied().unwrap_or(AgentLimit {
+                    running: 0,
+                    queued: 0,
+                });
+                (
+                    "agent",
+                    agent,
+                    limit.running,
+                    RETRY_AFTER,
+                    format!(
+                        "agent profile {agent:?} has {} runs running and {} queued on this \
+                         orchestrator, its limit (agents.{agent}.max_concurrent_runs = {}, \
+                         max_queued_runs = {}); retry once some of its runs end",
+                        limit.running, limit.queued, limit.running, limit.queued
+                    ),
+                )
+            }
+        };
+        self.inner.metrics.rejected(
+            tenant,
+            match full {
+                Full::Instance => Rejection::InstanceQueueFull,
+                Full::Tenant => Rejection::TenantQueueFull,
+                Full::Agent => Rejection::AgentQueueFull,
+            },
+        );
         #[expect(
             clippy::cast_precision_loss,
             reason = "a concurrency limit is far below 2^52"
         )]
-        let limit = full.max_concurrent as f64;
+        let limit = limit as f64;
         self.reporter.refused(&Refusal {
             scope,
             key,
             resource: "concurrency",
             limit,
             period: None,
-            retry_after: RETRY_AFTER,
+            retry_after,
             method,
         });
-        let message = if scope == "tenant" {
-            format!(
-                "tenant {key:?} has {} runs running and {} queued on this orchestrator, its limit \
-                 (max_concurrent_runs_per_tenant = {}, max_queued_runs_per_tenant = {}); retry \
-                 once some of its runs end",
-                full.max_concurrent, full.max_queued, full.max_concurrent, full.max_queued
-            )
-        } else {
-            format!(
-                "agent profile {key:?} has {} runs running and {} queued on this orchestrator, \
-                 its limit (agents.{key}.max_concurrent_runs = {}, max_queued_runs = {}); retry \
-                 once some of its runs end",
-                full.max_concurrent, full.max_queued, full.max_concurrent, full.max_queued
-            )
-        };
         tracing::info!(scope, key, method, "run refused: {message}");
         let mut details = ErrorDetails::new();
-        details.set_retry_info(Some(RETRY_AFTER));
+        details.set_retry_info(Some(retry_after));
         Status::with_error_details(tonic::Code::ResourceExhausted, message, details)
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use agentmesh_audit_client::AuditClient;
-    use tonic_types::StatusExt as _;
-
-    use super::*;
-    use crate::config::{AgentProfile, DEFAULT_AGENT};
-
-    const METHOD: &str = "/agentmesh.orchestrator.v1.OrchestratorService/StartRun";
-
-    fn admission(per_tenant: usize, queued: usize, agent: Option<(usize, usize)>) -> Admission {
-        let mut config = Config {
-            max_concurrent_runs_per_tenant: per_tenant,
-            max_queued_runs_per_tenant: queued,
-            ..Config::default()
-        };
-        if let Some((max, max_queued)) = agent {
-            config.agents.insert(
-                "limited".to_owned(),
-                AgentProfile {
-                    max_concurrent_runs: max,
-                    max_queued_runs: max_queued,
-                    ..AgentProfile::default()
-                },
-            );
-        }
-        Admission::new(
-            &config,
-            ResilienceReporter::without_metrics(AuditClient::disabled("test")),
-        )
-    }
-
-    #[tokio::test]
-    async fn a_tenant_gets_its_places_then_its_queue_then_a_refusal() {
-        let admission = admission(1, 1, None);
-        let first = admission.admit("a", DEFAULT_AGENT, METHOD).unwrap();
-        assert!(first.held());
-        let second = admission.admit("a", DEFAULT_AGENT, METHOD).unwrap();
-        assert!(!second.held());
-        let refused = admission.admit("a", DEFAULT_AGENT, METHOD).unwrap_err();
-        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
-        assert!(refused.message().contains("tenant \"a\""), "{refused:?}");
-        assert!(
-            refused
-                .message()
-                .contains("max_concurrent_runs_per_tenant = 1"),
-            "{refused:?}"
-        );
-        assert_eq!(
-            refused.get_details_retry_info().and_then(|r| r.retry_delay),
-            Some(RETRY_AFTER)
-        );
-        // Another tenant is not affected.
-        assert!(admission.admit("b", DEFAULT_AGENT, METHOD).unwrap().held());
-        // Calls without a tenant share one.
-        assert!(admission.admit("", DEFAULT_AGENT, METHOD).unwrap().held());
-
-        // The queued place moves to the run's task, as the engine does; the
-        // first run ends and the queued one gets its place.
-        let waiting = tokio::spawn(async move {
-            let mut second = second;
-            second.acquire().await;
-            second
-        });
-        tokio::task::yield_now().await;
-        drop(first);
-        let second = tokio::time::timeout(Duration::from_secs(5), waiting)
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(second.held());
-    }
-
-    #[tokio::test]
-    async fn a_dropped_queued_run_leaves_the_queue() {
-        let admission = admission(1, 1, None);
-        let _running = admission.admit("a", DEFAULT_AGENT, METHOD).unwrap();
-        let queued = admission.admit("a", DEFAULT_AGENT, METHOD).unwrap();
-        drop(queued);
-        let again = admission.admit("a", DEFAULT_AGENT, METHOD).unwrap();
-        assert!(!again.held());
-    }
-
-    #[tokio::test]
-    async fn a_profile_limit_applies_across_tenants() {
-        let admission = admission(4, 4, Some((1, 0)));
-        let running = admission.admit("a", "limited", METHOD).unwrap();
-        assert!(running.held());
-        let refused = admission.admit("b", "limited", METHOD).unwrap_err();
-        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
-        assert!(
-            refused.message().contains("agent profile \"limited\""),
-            "{refused:?}"
-        );
-        assert!(
-            refused
-                .message()
-                .contains("agents.limited.max_concurrent_runs = 1"),
-            "{refused:?}"
-        );
-        // The refused run gave its tenant place back.
-        let tenant_b = admission.tenant("b");
-        assert_eq!(tenant_b.in_use(), 0);
-        // Other profiles are not limited.
-        assert!(admission.admit("b", DEFAULT_AGENT, METHOD).unwrap().held());
-        drop(running);
-        assert!(admission.admit("b", "limited", METHOD).unwrap().held());
-    }
-
-    #[tokio::test]
-    async fn a_run_queued_for_its_tenant_takes_no_profile_place() {
-        let admission = admission(1, 1, Some((1, 1)));
-        let first = admission.admit("a", "limited", METHOD).unwrap();
-        let mut second = admission.admit("a", "limited", METHOD).unwrap();
-        assert!(!second.held());
-        // Tenant b's run queues for the profile, ahead of a's second run.
-        let mut other = admission.admit("b", "limited", METHOD).unwrap();
-        assert!(!other.held());
-        drop(first);
-        tokio::time::timeout(Duration::from_secs(5), other.acquire())
-            .await
-            .unwrap();
-        drop(other);
-        tokio::time::timeout(Duration::from_secs(5), second.acquire())
-            .await
-            .unwrap();
-        assert!(second.held());
-    }
-
-    #[tokio::test]
-    async fn resumed_runs_wait_rather_than_being_refused() {
-        let admission = admission(1, 0, None);
-        let running = admission.admit("a", DEFAULT_AGENT, METHOD).unwrap();
-        let mut resumed = admission.later("a", DEFAULT_AGENT);
-        assert!(!resumed.held());
-        let waiting = tokio::spawn(async move {
-            resumed.acquire().await;
-            resumed
-        });
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        drop(running);
-        let resumed = tokio::time::timeout(Duration::from_secs(5), waiting)
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(resumed.held());
-    }
-
-    #[tokio::test]
-    async fn a_queued_run_keeps_its_queue_slot_until_it_gets_its_place() {
-        let admission = admission(1, 1, None);
-        let first = admission.admit("a", DEFAULT_AGENT, METHOD).unwrap();
-        let mut second = admission.admit("a", DEFAULT_AGENT, METHOD).unwrap();
-        assert!(!second.held());
-        // The queue's one slot is the second run's, however long it waits.
-        for _ in 0..3 {
-            let refused = admission.admit("a", DEFAULT_AGENT, METHOD).unwrap_err();
-            assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
-            tokio::task::yield_now().await;
-        }
-        drop(first);
-        tokio::time::timeout(Duration::from_secs(5), second.acquire())
-            .await
-            .unwrap();
-        assert!(second.held());
-        // It left the queue for the place: the queue has room again, the
-        // place does not.
-        let third = admission.admit("a", DEFAULT_AGENT, METHOD).unwrap();
-        assert!(!third.held());
-        assert!(admission.admit("a", DEFAULT_AGENT, METHOD).is_err());
-        assert_eq!(admission.tenant("a").in_use(), 1);
-        assert_eq!(admission.tenant("a").queued(), 1);
-    }
-
-    #[tokio::test]
-    async fn a_full_profile_queue_refuses_across_tenants() {
-        let admission = admission(4, 4, Some((1, 1)));
-        let running = admission.admit("a", "limited", METHOD).unwrap();
-        assert!(running.held());
-        let queued = admission.admit("b", "limited", METHOD).unwrap();
-        assert!(!queued.held());
-        let refused = admission.admit("c", "limited", METHOD).unwrap_err();
-        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
-        assert!(
-            refused.message().contains("agent profile \"limited\""),
-            "{refused:?}"
-        );
-        // The refused run's tenant place was given back.
-        assert_eq!(admission.tenant("c").in_use(), 0);
-        // The queued run leaving frees the profile's queue slot.
-        drop(queued);
-        assert!(!admission.admit("c", "limited", METHOD).unwrap().held());
-        drop(running);
-    }
-
-    #[tokio::test]
-    async fn a_run_queued_for_its_tenant_is_refused_if_its_profile_has_no_room() {
-        let admission = admission(1, 1, Some((1, 0)));
-        let running = admission.admit("a", "limited", METHOD).unwrap();
-        // Queued for tenant a, and the profile is full with no queue.
-        let refused = admission.admit("a", "limited", METHOD).unwrap_err();
-        assert!(
-            refused.message().contains("agent profile \"limited\""),
-            "{refused:?}"
-        );
-        // The tenant queue slot it had was given back.
-        assert_eq!(admission.tenant("a").queued(), 0);
-        // Another profile of the same tenant still queues.
-        assert!(!admission.admit("a", DEFAULT_AGENT, METHOD).unwrap().held());
-        drop(running);
-    }
-
-    #[tokio::test]
-    async fn idle_tenants_are_dropped_once_there_are_many() {
-        let admission = admission(1, 1, None);
-        let held = admission.admit("busy", DEFAULT_AGENT, METHOD).unwrap();
-        for tenant in 0..IDLE_TENANTS + 10 {
-            drop(
-                admission
-                    .admit(&format!("t{tenant}"), DEFAULT_AGENT, METHOD)
-                    .unwrap(),
-            );
-        }
-        assert!(
-            admission.tenants() <= IDLE_TENANTS,
-            "{}",
-            admission.tenants()
-        );
-        // The busy tenant's bulkhead survived: it is still full.
-        assert!(
-            !admission
-                .admit("busy", DEFAULT_AGENT, METHOD)
-                .unwrap()
-                .held()
-        );
-        drop(held);
-    }
-}
+mod tests;

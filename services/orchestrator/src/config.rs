@@ -42,18 +42,29 @@ pub struct Config {
     /// How long a run stream may stay silent before it gets a heartbeat.
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
-    /// Runs driven at the same time by this instance; more wait QUEUED.
+    /// Runs driven at the same time by this instance (every tenant's);
+    /// more wait QUEUED, and are given places tenant by tenant in turn.
     pub max_concurrent_runs: usize,
-    /// Runs waiting for a slot beyond which StartRun answers
-    /// RESOURCE_EXHAUSTED.
+    /// Runs waiting for a place on this instance beyond which StartRun and
+    /// Run answer RESOURCE_EXHAUSTED (0 = no queue).
     pub max_queued_runs: usize,
-    /// Runs of one tenant (the `x-agentmesh-tenant` value; calls without one
-    /// share the tenant `-`) driven at the same time by this instance; more
-    /// wait QUEUED, so one tenant's burst cannot take every slot.
+    /// Runs of one tenant (its verified tenant; in the embedded mode the
+    /// `x-agentmesh-tenant` label, calls without one sharing the tenant
+    /// `-`) driven at the same time by this instance: its share, so one
+    /// tenant's burst cannot take every place.
     pub max_concurrent_runs_per_tenant: usize,
     /// Runs of one tenant waiting for a place beyond which StartRun and Run
     /// answer RESOURCE_EXHAUSTED (0 = no queue: refused at once when full).
     pub max_queued_runs_per_tenant: usize,
+    /// How long a new run may wait QUEUED for a place before it ends
+    /// FAILED (RESOURCE_EXHAUSTED, "retry later"); 0 = as long as it takes.
+    /// Runs resumed after a restart wait as long as it takes.
+    #[serde(with = "humantime_serde")]
+    pub max_queue_wait: Duration,
+    /// Tenants whose admission metrics get series of their own (`tenant`
+    /// label); every other tenant counts under `other`, so that request
+    /// values never become label values.
+    pub metric_tenants: Vec<String>,
     /// How long this instance's claim on a run lasts without renewal; an
     /// unfinished run whose claim ran out (its instance died) is resumed from
     /// its last checkpoint by the next instance that starts or looks.
@@ -80,6 +91,8 @@ impl Default for Config {
             max_queued_runs: 1024,
             max_concurrent_runs_per_tenant: 16,
             max_queued_runs_per_tenant: 64,
+            max_queue_wait: Duration::from_secs(600),
+            metric_tenants: Vec::new(),
             run_lease: Duration::from_secs(30),
             audit: AuditConfig::default(),
         }
@@ -238,8 +251,41 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
             "must be at least 1",
         ));
     }
+    validate_metric_tenants(&config.metric_tenants)?;
     if config.run_lease < Duration::from_secs(1) {
         return Err(ConfigError::new("run_lease", "must be at least 1s"));
+    }
+    Ok(())
+}
+
+/// Tenants with metric series of their own, at most this many.
+const MAX_METRIC_TENANTS: usize = 256;
+
+/// Checks `metric_tenants`: a bounded list of plain names.
+fn validate_metric_tenants(tenants: &[String]) -> Result<(), ConfigError> {
+    if tenants.len() > MAX_METRIC_TENANTS {
+        return Err(ConfigError::new(
+            "metric_tenants",
+            format!(
+                "lists {} tenants, at most {MAX_METRIC_TENANTS}",
+                tenants.len()
+            ),
+        ));
+    }
+    for (at, tenant) in tenants.iter().enumerate() {
+        let setting = format!("metric_tenants[{at}]");
+        if tenant.is_empty() || tenant.len() > 128 || tenant.chars().any(char::is_control) {
+            return Err(ConfigError::new(
+                setting,
+                "must be 1 to 128 bytes without control characters",
+            ));
+        }
+        if tenant == "other" {
+            return Err(ConfigError::new(
+                setting,
+                "`other` is the label of every tenant not listed",
+            ));
+        }
     }
     Ok(())
 }
@@ -291,7 +337,7 @@ mod tests {
     }
 
     #[test]
-    fn run_limits_default_to_per_tenant_bulkheads_and_no_profile_limit() {
+    fn run_limits_default_to_per_tenant_shares_and_no_profile_limit() {
         let config = Config::default();
         agentmesh_kit::config::validate(&config).unwrap();
         assert_eq!(config.max_concurrent_runs_per_tenant, 16);
@@ -299,6 +345,25 @@ mod tests {
         let profile = &config.agents[DEFAULT_AGENT];
         assert_eq!(profile.max_concurrent_runs, 0);
         assert_eq!(profile.to_proto(DEFAULT_AGENT, true).max_concurrent_runs, 0);
+    }
+
+    #[test]
+    fn metric_tenants_are_a_bounded_list_of_plain_names() {
+        let mut config = Config {
+            metric_tenants: vec!["acme".into(), "globex".into()],
+            ..Config::default()
+        };
+        agentmesh_kit::config::validate(&config).unwrap();
+        for bad in ["", "other", "a\nb", &"x".repeat(129)] {
+            config.metric_tenants = vec!["acme".into(), bad.to_owned()];
+            assert_eq!(
+                setting_of(&config),
+                "orchestrator.metric_tenants[1]",
+                "{bad:?}"
+            );
+        }
+        config.metric_tenants = (0..=MAX_METRIC_TENANTS).map(|n| format!("t{n}")).collect();
+        assert_eq!(setting_of(&config), "orchestrator.metric_tenants");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! Engine::spawn ─▶ drive (one task per run)
-//!                    wait: places (admission) + a slot of this instance  QUEUED
+//!                    wait: its place (admission: fair across tenants)    QUEUED
 //!                    start or resume ─▶ the loop over steps             RUNNING
 //!                      step: GenerateStream ─▶ ExecuteTool × n ─▶ checkpoint
 //!                    end: terminal event + row + checkpoint stored, then
@@ -33,8 +33,9 @@
 //!   RUN_CANCELLED and ERROR audit events.
 //! * [`follow`]: `StreamRun`/`Run` followers: replay stored events, then
 //!   tail the live ones with no gap or duplicate; heartbeats when idle.
-//! * [`maintain`](mod@maintain): renews this instance's claims on its runs and resumes
-//!   runs whose instance died.
+//! * [`maintain`](mod@maintain): renews this instance's claims on its runs,
+//!   adopts runs claimed here that no task drives, and resumes runs whose
+//!   instance died.
 //!
 //! Deadlines: every call to a peer carries a `grpc-timeout` of what is left
 //! of the run's time. A run started by `Run` also ends at its caller's
@@ -49,6 +50,8 @@ mod maintain;
 mod peers;
 mod persist;
 mod step;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -58,7 +61,6 @@ use agentmesh_kit::client::Clients;
 use agentmesh_kit::time::now_micros;
 use agentmesh_kit::{RequestContext, telemetry};
 use agentmesh_storage::StoreError;
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tonic::Status;
 use tracing::Instrument as _;
@@ -82,12 +84,14 @@ pub(crate) struct Engine {
     config: Arc<Config>,
     peers: Peers,
     active: Mutex<HashMap<String, Arc<ActiveRun>>>,
-    slots: Arc<Semaphore>,
     /// This instance's name in the runs it claims.
     owner: String,
     audit: AuditClient,
     metrics: RunMetrics,
     admission: Admission,
+    /// Serialises adopting runs claimed here but not driven (maintenance,
+    /// CancelRun), so that one run is never adopted twice.
+    adopting: tokio::sync::Mutex<()>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -99,7 +103,7 @@ impl Engine {
     /// An engine over `store`, calling the gateway and the tool runner at
     /// the configured addresses (connections are made lazily and reused),
     /// recording run starts and ends in `audit`, runs in `metrics`, the
-    /// calls to its peers in `client_metrics`, and bulkheads, refusals and
+    /// calls to its peers in `client_metrics`, and admission, refusals and
     /// retries through `admission`.
     pub(crate) fn new(
         config: Arc<Config>,
@@ -112,7 +116,6 @@ impl Engine {
         let peers = Peers::new(&config, clients, admission.reporter().clone())?;
         Ok(Arc::new(Self {
             store,
-            slots: Arc::new(Semaphore::new(config.max_concurrent_runs)),
             config,
             peers,
             active: Mutex::new(HashMap::new()),
@@ -120,10 +123,11 @@ impl Engine {
             audit,
             metrics,
             admission,
+            adopting: tokio::sync::Mutex::new(()),
         }))
     }
 
-    /// The bulkheads runs are admitted through.
+    /// Where runs are admitted (fair across tenants).
     pub(crate) fn admission(&self) -> &Admission {
         &self.admission
     }
@@ -144,7 +148,8 @@ impl Engine {
             .saturating_add(i64::try_from(self.config.run_lease.as_micros()).unwrap_or(i64::MAX))
     }
 
-    /// Runs driven here and not yet started (waiting for a slot) or running.
+    /// Runs driven here and not yet started (waiting for a place) or running.
+    #[cfg(test)]
     pub(crate) fn active_count(&self) -> usize {
         lock(&self.active).len()
     }
@@ -155,21 +160,25 @@ impl Engine {
     }
 
     /// Starts driving a stored run in the background, from its checkpoint
-    /// when `resume` is set, once it holds `places` (and a slot of this
+    /// when `resume` is set, once it holds its place (`places`, from
     /// instance). `context` carries the identity and trace of the request
     /// that started it; its deadline is dropped (a run outlives the call
     /// that started it) unless given again as `caller_deadline`, by `Run`,
     /// whose run ends at its caller's deadline.
+    ///
+    /// `active` is the run's buffer from [`Self::register`]: a run is
+    /// registered before it is stored, so that a run claimed by this
+    /// instance is always either registered or an orphan the maintenance
+    /// adopts (see [`maintain`](mod@maintain)).
     pub(crate) fn spawn(
         self: &Arc<Self>,
         run: RunRow,
+        active: Arc<ActiveRun>,
         resume: Option<Checkpoint>,
         context: RequestContext,
         places: Places,
         caller_deadline: Option<Instant>,
     ) {
-        let active = ActiveRun::new(run.run_id.clone(), run.last_sequence, run.state);
-        lock(&self.active).insert(run.run_id.clone(), Arc::clone(&active));
         let engine = Arc::clone(self);
         // The run's span: a child of the call that started it (or a root
         // when a run resumes after a restart), open until the run ends.
@@ -199,6 +208,25 @@ impl Engine {
                 })
                 .instrument(span),
         );
+    }
+
+    /// Registers `run` as driven here (its live buffer) before its task
+    /// starts; `None` when it is registered already (another task drives
+    /// it, or is about to).
+    pub(crate) fn register(&self, run: &RunRow) -> Option<Arc<ActiveRun>> {
+        let mut active = lock(&self.active);
+        if active.contains_key(&run.run_id) {
+            return None;
+        }
+        let buffer = ActiveRun::new(run.run_id.clone(), run.last_sequence, run.state);
+        active.insert(run.run_id.clone(), Arc::clone(&buffer));
+        Some(buffer)
+    }
+
+    /// Forgets a run registered by [`Self::register`] whose task was never
+    /// spawned (it was not stored after all).
+    pub(crate) fn forget(&self, run_id: &str) {
+        lock(&self.active).remove(run_id);
     }
 
     /// A store failure as the status a caller gets (the shared mapping:

@@ -8,11 +8,12 @@
 //!
 //! ```text
 //! service ──▶ validate          the request alone (INVALID_ARGUMENT)
-//!    │   └──▶ service::start    profile, session, this instance's queue
-//!    │             │            bound, admission, create the run (QUEUED)
-//!    │             └──▶ admission   tenant's and profile's bulkheads
+//!    │   └──▶ service::start    profile, session, admission, create the
+//!    │             │            run (QUEUED) in a task the call awaits
+//!    │             └──▶ admission   a place: instance cap, tenant share,
+//!    │                              fair queue across tenants
 //!    ▼
-//! engine ──▶ drive  (one task per run: wait for places and a slot, the
+//! engine ──▶ drive  (one task per run: wait for its place, the
 //!    │               loop over steps, deadlines, cancel, the run's end)
 //!    │         └──▶ step   (GenerateStream, the tool calls, checkpoint)
 //!    │                └──▶ peers  (LLM gateway, tool runner)
@@ -31,12 +32,13 @@
 //!   `service::start`: the agent profile and the session must exist, this
 //!   instance must have room (RESOURCE_EXHAUSTED otherwise), the session
 //!   must have no run in progress, and the run is admitted through its
-//!   tenant's and its profile's bulkheads (`admission`: places held or
-//!   queued, RESOURCE_EXHAUSTED when their queues are full). The run is
+//!   instance's admission (`admission`: a place held or a turn in a
+//!   queue served fairly across tenants, RESOURCE_EXHAUSTED when the
+//!   instance's, the tenant's or the profile's queue is full). The run is
 //!   stored QUEUED (or the run its idempotency key names is returned),
 //!   audited (RUN_STARTED) and handed to the `engine`.
 //! * The engine drives each run in a task of its own once it holds its
-//!   places and a slot of this instance. The loop over steps is the run's
+//!   place. The loop over steps is the run's
 //!   strategy, separate from what one step does — `GenerateStream` on the
 //!   gateway (text relayed live as `token_delta` events), `ExecuteTool` on
 //!   the tool runner for each tool call (in parallel), and one transaction
@@ -67,9 +69,10 @@
 //!   (CONFIG_LOADED at start).
 //! * Metrics (`metrics`): runs started, active, queued and finished by
 //!   state, run and step durations, by agent profile; the calls to the peers
-//!   are counted in the kit's `grpc_client_*` metrics; bulkhead gauges,
+//!   are counted in the kit's `grpc_client_*` metrics; admission gauges by
+//!   configured tenant (`agentmesh_admission_*`, others under `other`);
 //!   refusals and retries in the shared resilience metrics
-//!   (`agentmesh_bulkhead_*`, `agentmesh_rate_limited_total`,
+//!   (`agentmesh_rate_limited_total`,
 //!   `agentmesh_retries_total`).
 //!
 //! [`serve`] binds the listeners and hands the service to the kit's
@@ -150,6 +153,7 @@ pub async fn serve_with_listeners(
         )?,
         clients: host.clients().clone(),
         reporter: ResilienceReporter::new(audit.clone(), host.metrics().registry()),
+        registry: host.metrics().registry().clone(),
         database: LazyDatabase::new(config.storage.clone(), SERVICE)
             .with_migrations(&store::MIGRATIONS),
         engine: Arc::default(),
@@ -205,6 +209,8 @@ struct Startup {
     run_metrics: metrics::RunMetrics,
     clients: Clients,
     reporter: ResilienceReporter,
+    /// Where admission's metrics go (registered once the engine starts).
+    registry: agentmesh_kit::metrics::prometheus::Registry,
     database: LazyDatabase,
     /// Set once the database is open; the handlers answer UNAVAILABLE until.
     engine: Arc<OnceLock<Arc<Engine>>>,
@@ -229,7 +235,11 @@ impl Startup {
                 self.audit.clone(),
                 self.run_metrics.clone(),
                 &self.clients,
-                admission::Admission::new(&self.config, self.reporter.clone()),
+                admission::Admission::new(
+                    &self.config,
+                    Some(&self.registry),
+                    self.reporter.clone(),
+                ),
             )
             .map_err(|err| StartupError::from(err.to_string()))?;
             let _ = self.engine.set(Arc::clone(&started));

@@ -19,7 +19,7 @@
 //!
 //! [`RunMetrics::new`] resolves every label child of every configured agent
 //! once. The engine's task driving a run holds a [`Queued`] guard while the
-//! run waits for a slot (QUEUED), then counts it started and holds a
+//! run waits for its place (QUEUED), then counts it started and holds a
 //! [`Running`] guard while it runs; guards release the gauges however the
 //! task ends. Each completed step is counted with its duration, and the run's
 //! end once it is stored (by the instance that stored it, as for the audit
@@ -172,7 +172,7 @@ impl RunMetrics {
         };
         let queue_depth = IntGauge::new(
             "agentmesh_run_queue_depth",
-            "Runs waiting for a slot (QUEUED, not yet picked up; see max_concurrent_runs).",
+            "Runs waiting for a place (QUEUED, not yet picked up; see max_concurrent_runs).",
         )?;
         registry.register(Box::new(families.started.clone()))?;
         registry.register(Box::new(families.finished.clone()))?;
@@ -197,7 +197,7 @@ impl RunMetrics {
         self.by_agent.get(agent).unwrap_or(&self.other)
     }
 
-    /// A run starts waiting for a slot; it stops when the guard is dropped.
+    /// A run starts waiting for its place; it stops when the guard is dropped.
     pub(crate) fn queued(&self) -> Queued {
         self.queue_depth.inc();
         Queued(self.queue_depth.clone())

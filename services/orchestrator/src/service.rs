@@ -1,7 +1,7 @@
 //! The `agentmesh.orchestrator.v1.OrchestratorService` handlers: validate
 //! ([`crate::validate`]), then hand over to the [`Engine`] (runs) or read
 //! the [`Store`](crate::store::Store). Starting a run — this instance's
-//! queue bound, the tenant's and the profile's bulkheads, storing it — is
+//! admission (fair across tenants), storing it — is
 //! [`start`]'s. List pages use the kit's page tokens
 //! ([`agentmesh_kit::paging`]); which filters a token is bound to is said
 //! here.
@@ -363,7 +363,13 @@ impl OrchestratorService for OrchestratorServiceImpl {
             )));
         }
         let engine = self.engine()?;
-        let Some(active) = engine.active(&run.run_id) else {
+        // The task driving it here; or, if none does and the run is this
+        // instance's (or its claim ran out), the run adopted now.
+        let Some(active) = engine
+            .take_over(&run.run_id)
+            .await
+            .map_err(|e| engine.store_failed(&e))?
+        else {
             return Err(Status::unavailable(format!(
                 "run {} is driven by another orchestrator instance that is not reachable from here; retry shortly (it resumes here once its claim runs out)",
                 run.run_id

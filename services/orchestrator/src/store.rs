@@ -110,7 +110,7 @@ impl Store {
     /// Stores a new run (and its new session), or returns the run an
     /// idempotency key already names.
     /// `owner` claims the run until `lease_until` (so no other instance takes
-    /// it for an orphan while it waits for a slot).
+    /// it for an orphan while it waits for a place).
     pub(crate) async fn create_run(
         &self,
         run: &RunRow,
@@ -480,6 +480,53 @@ impl Store {
                 .await?;
         });
         Ok(())
+    }
+
+    /// Unfinished runs `owner` claims, oldest first, at most `limit`: the
+    /// maintenance checks that each is driven.
+    pub(crate) async fn claimed_by(
+        &self,
+        owner: &str,
+        limit: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(with_pool!(&self.db, |pool| {
+            sqlx::query_scalar(
+                "SELECT run_id FROM runs WHERE owner = $1 AND state IN (1, 2) \
+                 ORDER BY create_time LIMIT $2",
+            )
+            .bind(owner)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+        }))
+    }
+
+    /// Claims one unfinished run for `owner` until `lease_until` if it is
+    /// `owner`'s already or its claim ran out; returns the run if so (a
+    /// conditional update: never taken from a live instance).
+    pub(crate) async fn claim(
+        &self,
+        run_id: &str,
+        owner: &str,
+        lease_until: i64,
+    ) -> Result<Option<RunRow>, StoreError> {
+        let rows = with_pool!(&self.db, |pool| {
+            sqlx::query(
+                "UPDATE runs SET owner = $2, lease_until = $3 \
+                 WHERE run_id = $1 AND state IN (1, 2) AND (owner = $2 OR lease_until < $4)",
+            )
+            .bind(run_id)
+            .bind(owner)
+            .bind(lease_until)
+            .bind(now_micros())
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        if rows != 1 {
+            return Ok(None);
+        }
+        self.get_run_any_tenant(run_id).await
     }
 
     /// Claims unfinished runs whose claim ran out (their instance is gone),

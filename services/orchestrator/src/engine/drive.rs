@@ -1,8 +1,8 @@
 //! A run's task, from QUEUED to its end.
 //!
 //! ```text
-//! drive ─ wait_for_places: tenant place, profile place, instance slot   QUEUED
-//!       │   (or a cancel, or the caller's deadline)
+//! drive ─ wait_for_places: its place (admission, fair across tenants)   QUEUED
+//!       │   (or a cancel, the caller's deadline, max_queue_wait)
 //!       ├ begin: RUN_STARTED stored, or "step restarted" after a resume  RUNNING
 //!       ├ run_until_end: run_steps under the run's deadline, or a cancel
 //!       │   └ run_steps — THE STRATEGY: the loop over steps
@@ -58,11 +58,13 @@ pub(super) enum Ending {
     Cancelled(String),
 }
 
-/// How a queued run's wait for its places and slot ended.
+/// How a queued run's wait for its place ended.
 enum Wait {
-    Admitted(tokio::sync::OwnedSemaphorePermit),
+    Admitted,
     Cancelled,
     CallerDeadline,
+    /// Waited `max_queue_wait`.
+    TooLong,
 }
 
 /// The clocks a running run's deadline is computed from.
@@ -135,14 +137,13 @@ impl Engine {
         };
         let started = Instant::now();
         let mut running = None;
-        let mut permit = None;
         let ending = match wait {
             Wait::Cancelled => Ending::Cancelled(active.cancel_reason()),
             Wait::CallerDeadline => {
                 Ending::Failed(caller_deadline_passed(queued_at.elapsed(), true))
             }
-            Wait::Admitted(slot) => {
-                permit = Some(slot);
+            Wait::TooLong => Ending::Failed(places.timed_out()),
+            Wait::Admitted => {
                 // Time the run already ran (on an instance that stopped),
                 // measured now: storing its start below takes time too.
                 let elapsed_before = run
@@ -167,8 +168,7 @@ impl Engine {
                     .await
             }
         };
-        // Give back the slot and the places: the run has stopped working.
-        drop(permit);
+        // Give back the place: the run has stopped working.
         drop(places);
         if let Ending::Failed(status) = &ending {
             mark_failed(&tracing::Span::current(), status);
@@ -180,26 +180,21 @@ impl Engine {
         active.mark_ended();
     }
 
-    /// Waits for the tenant's place, the profile's and a slot of this
-    /// instance (QUEUED), unless cancelled or out of the caller's time
-    /// meanwhile; leaving drops the queue slots.
+    /// Waits for the run's place (QUEUED), unless cancelled, out of the
+    /// caller's time or of `max_queue_wait` meanwhile; leaving drops the
+    /// run's turn.
     async fn wait_for_places(
         &self,
         active: &ActiveRun,
         places: &mut Places,
         caller_deadline: Option<Instant>,
     ) -> Wait {
+        let too_long = places.deadline();
         tokio::select! {
-            permit = async {
-                places.acquire().await;
-                Arc::clone(&self.slots).acquire_owned().await
-            } => match permit {
-                Ok(permit) => Wait::Admitted(permit),
-                // The semaphore is never closed.
-                Err(_) => Wait::Cancelled,
-            },
+            () = places.acquire() => Wait::Admitted,
             () = active.cancelled() => Wait::Cancelled,
             () = until(caller_deadline) => Wait::CallerDeadline,
+            () = until(too_long) => Wait::TooLong,
         }
     }
 

@@ -1,8 +1,17 @@
-//! Keeping runs alive across instances: this instance renews its claims on
-//! the runs it drives every third of `run_lease`, and claims unfinished runs
-//! whose claim ran out (their instance died), resuming each from its last
-//! checkpoint through [`Engine::spawn`]. A resumed run waits for its places
-//! like any other, but is never refused.
+//! Keeping runs alive across instances: every third of `run_lease` this
+//! instance renews its claims on its runs, adopts the runs it claims that no
+//! task of it drives, and claims unfinished runs whose claim ran out (their
+//! instance died), resuming each from its last checkpoint through
+//! [`Engine::spawn`]. A resumed or adopted run waits for its places like
+//! any other, but is never refused.
+//!
+//! A run claimed here but not driven is a defect, not a state: the run is
+//! registered before it is stored, so it is driven unless something went
+//! wrong between the two (a task that stopped, an end that could not be
+//! stored). Such a run would otherwise keep its claim — renewed with the
+//! others — and sit QUEUED or RUNNING until a restart. The look finds it,
+//! says so (warn), and drives it; CancelRun adopts it at once
+//! ([`Engine::take_over`]).
 //!
 //! No call is waiting on a resumed run, so its identity comes from the run
 //! itself: the one it was started with, stored with it, is made current
@@ -14,60 +23,174 @@ use std::sync::Arc;
 
 use agentmesh_auth::{Identity, Mechanism};
 use agentmesh_kit::RequestContext;
+use agentmesh_storage::StoreError;
 use http::HeaderMap;
 use http::header::HeaderValue;
 
-use super::Engine;
+use super::{ActiveRun, Engine};
 use crate::config::Config;
+use crate::store::{Checkpoint, RunRow};
 
 /// Orphans claimed per look.
 const ORPHANS_PER_LOOK: i64 = 16;
+/// This instance's claims checked per look for a driver.
+const CLAIMS_PER_LOOK: i64 = 4096;
 
-/// Keeps this instance's claims on its runs alive, and resumes runs whose
-/// instance died (their claim ran out), from their last checkpoint. Runs
-/// until the task is aborted.
+/// Keeps this instance's claims on its runs alive, drives the ones nothing
+/// drives, and resumes runs whose instance died (their claim ran out), from
+/// their last checkpoint. Runs until the task is aborted.
 pub(crate) async fn maintain(engine: Arc<Engine>, config: Arc<Config>) {
     let period = config.run_lease / 3;
     loop {
-        if let Err(err) = engine
-            .store()
-            .renew_leases(engine.owner(), engine.lease_until())
-            .await
-        {
-            tracing::warn!(error = %err, "cannot renew the claims on this instance's runs");
-        }
-        resume_orphans(&engine).await;
+        engine.look().await;
         tokio::time::sleep(period).await;
     }
 }
 
-/// Claims runs whose instance stopped and drives them here.
-async fn resume_orphans(engine: &Arc<Engine>) {
-    let runs = match engine
-        .store()
-        .claim_orphans(engine.owner(), engine.lease_until(), ORPHANS_PER_LOOK)
-        .await
-    {
-        Ok(runs) => runs,
-        Err(err) => {
-            tracing::warn!(error = %err, "cannot look for orphaned runs");
-            return;
+/// Why a run is adopted, as its log line says.
+#[derive(Debug, Clone, Copy)]
+enum Why {
+    /// Its instance stopped (its claim ran out).
+    Orphan,
+    /// Claimed by this instance, but no task drives it.
+    Undriven,
+    /// CancelRun asked for it.
+    Cancel,
+}
+
+impl Engine {
+    /// One look of the maintenance: renew, adopt the undriven, resume
+    /// orphans.
+    pub(crate) async fn look(self: &Arc<Self>) {
+        if let Err(err) = self
+            .store()
+            .renew_leases(self.owner(), self.lease_until())
+            .await
+        {
+            tracing::warn!(error = %err, "cannot renew the claims on this instance's runs");
         }
-    };
-    for run in runs {
-        let checkpoint = match engine.store().checkpoint(&run.run_id).await {
-            Ok(checkpoint) => checkpoint,
+        self.adopt_undriven().await;
+        self.resume_orphans().await;
+    }
+
+    /// Drives the runs this instance claims that no task of it drives.
+    async fn adopt_undriven(self: &Arc<Self>) {
+        let claimed = match self.store().claimed_by(self.owner(), CLAIMS_PER_LOOK).await {
+            Ok(claimed) => claimed,
             Err(err) => {
-                tracing::warn!(run_id = %run.run_id, error = %err, "cannot read the checkpoint of an orphaned run");
-                continue;
+                tracing::warn!(error = %err, "cannot list the runs this instance claims");
+                return;
             }
         };
-        tracing::info!(run_id = %run.run_id, step = checkpoint.as_ref().map_or(0, |c| c.step), "resuming a run whose instance stopped");
-        // Resumed runs take their places too, but wait for them
-        // rather than being refused.
-        let places = engine.admission().later(&run.tenant, &run.agent);
+        for run_id in claimed {
+            if self.active(&run_id).is_some() {
+                continue;
+            }
+            if let Err(err) = self.adopt(&run_id, Why::Undriven).await {
+                tracing::warn!(run_id = %run_id, error = %err, "cannot adopt a run this instance claims");
+            }
+        }
+    }
+
+    /// Claims runs whose instance stopped and drives them here.
+    async fn resume_orphans(self: &Arc<Self>) {
+        let runs = match self
+            .store()
+            .claim_orphans(self.owner(), self.lease_until(), ORPHANS_PER_LOOK)
+            .await
+        {
+            Ok(runs) => runs,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot look for orphaned runs");
+                return;
+            }
+        };
+        for run in runs {
+            if let Err(err) = self.adopt(&run.run_id, Why::Orphan).await {
+                tracing::warn!(run_id = %run.run_id, error = %err, "cannot resume an orphaned run");
+            }
+        }
+    }
+
+    /// The run's live buffer for CancelRun: the task driving it here, or,
+    /// when no task does, the run adopted now if this instance claims it or
+    /// its claim ran out. `None`: another live instance drives it.
+    pub(crate) async fn take_over(
+        self: &Arc<Self>,
+        run_id: &str,
+    ) -> Result<Option<Arc<ActiveRun>>, StoreError> {
+        if let Some(active) = self.active(run_id) {
+            return Ok(Some(active));
+        }
+        self.adopt(run_id, Why::Cancel).await
+    }
+
+    /// Claims the unfinished run `run_id` (if it is this instance's or its
+    /// claim ran out) and drives it from its checkpoint, unless a task of
+    /// this instance drives it already. One adoption at a time, so the
+    /// checks and the spawn are not raced by another adoption; a run's own
+    /// task registers it before it is stored, so it is never raced by one.
+    async fn adopt(
+        self: &Arc<Self>,
+        run_id: &str,
+        why: Why,
+    ) -> Result<Option<Arc<ActiveRun>>, StoreError> {
+        let _one_at_a_time = self.adopting.lock().await;
+        if let Some(active) = self.active(run_id) {
+            return Ok(Some(active));
+        }
+        // Claimed again now (this instance's, or an orphan's claim ran out):
+        // read after the check above, so a run that ended since is seen
+        // ended and left alone.
+        let Some(run) = self
+            .store()
+            .claim(run_id, self.owner(), self.lease_until())
+            .await?
+        else {
+            return Ok(None);
+        };
+        if run.is_terminal() {
+            return Ok(None);
+        }
+        let checkpoint = self.store().checkpoint(run_id).await?;
+        let step = checkpoint.as_ref().map_or(0, |c| c.step);
+        match why {
+            Why::Orphan => {
+                tracing::info!(run_id, step, "resuming a run whose instance stopped");
+            }
+            Why::Undriven => tracing::warn!(
+                run_id,
+                step,
+                state = run.state.as_str_name(),
+                "found a run claimed by this instance that no task drives; driving it now"
+            ),
+            Why::Cancel => tracing::warn!(
+                run_id,
+                step,
+                state = run.state.as_str_name(),
+                "a cancel found a run claimed by this instance that no task drives; adopting it \
+                 to cancel it"
+            ),
+        }
+        Ok(self.resume(run, checkpoint))
+    }
+
+    /// Drives `run` from `checkpoint` with places it waits for (never
+    /// refused), acting for its stored identity; the buffer of the task that
+    /// drives it.
+    fn resume(
+        self: &Arc<Self>,
+        run: RunRow,
+        checkpoint: Option<Checkpoint>,
+    ) -> Option<Arc<ActiveRun>> {
+        let Some(active) = self.register(&run) else {
+            // A task registered it meanwhile and drives it.
+            return self.active(&run.run_id);
+        };
+        let places = self.admission().later(&run.tenant, &run.agent);
         let context = acting_for(run.identity.clone());
-        engine.spawn(run, checkpoint, context, places, None);
+        self.spawn(run, Arc::clone(&active), checkpoint, context, places, None);
+        Some(active)
     }
 }
 
@@ -98,6 +221,8 @@ pub(crate) fn acting_for(identity: Option<Identity>) -> RequestContext {
     }
 }
 
+#[cfg(test)]
+mod adopt_tests;
 #[cfg(test)]
 mod tests {
     use agentmesh_auth::{AllowList, AllowLists, Scope, ScopeSet};

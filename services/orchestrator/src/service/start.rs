@@ -6,10 +6,11 @@
 //!                          (its allow-list; audited)
 //!                          the agent profile exists      NOT_FOUND
 //! session                  the session exists (or new)   NOT_FOUND
-//! instance_room            this instance's queue bound   RESOURCE_EXHAUSTED
 //! new_run                  the run row: limits resolved from the profile
 //! no_run_in_progress       one run at a time per session FAILED_PRECONDITION
-//! admission                tenant's and profile's places RESOURCE_EXHAUSTED
+//! admission                a place now or a turn in the  RESOURCE_EXHAUSTED
+//!                          queue (instance's, tenant's,
+//!                          profile's bounds)
 //! create                   stored (QUEUED) with the caller's identity
 //!                          (acted for on every call the run makes, also
 //!                          after a resume), or the run its idempotency
@@ -20,6 +21,7 @@
 //! Nothing is stored before the last step, and places taken by admission
 //! are given back (dropped) if the run is not created.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use agentmesh_auth::Identity;
@@ -28,11 +30,11 @@ use agentmesh_kit::time::now_micros;
 use agentmesh_proto::orchestrator::v1 as pb;
 use tokio::time::Instant;
 use tonic::Status;
-use tonic_types::{ErrorDetails, StatusExt as _};
+use tracing::Instrument as _;
 
 use super::{Caller, OrchestratorServiceImpl, not_found};
 use crate::admission::Places;
-use crate::config::{AgentProfile, Config};
+use crate::config::AgentProfile;
 use crate::engine::Engine;
 use crate::store::{Created, Limits, RunRow};
 use crate::validate::{self, RequestedLimits, StartFields, StartRequest};
@@ -65,7 +67,6 @@ impl OrchestratorServiceImpl {
             std::mem::take(&mut request.session_id),
         )
         .await?;
-        instance_room(engine, &self.config)?;
         let run = new_run(
             request,
             profile,
@@ -84,8 +85,8 @@ impl OrchestratorServiceImpl {
         if !new_session {
             no_run_in_progress(engine, &run.session_id).await?;
         }
-        // Places in the tenant's and the profile's bulkheads, held or
-        // queued, before the run exists; given back if it is not started.
+        // A place, held or queued, before the run exists; given back if
+        // the run is not created.
         let places = engine
             .admission()
             .admit(&run.tenant, &run.agent, starter.method)?;
@@ -169,24 +170,6 @@ async fn session(
         return Err(not_found("session", &session_id));
     }
     Ok((session_id, false))
-}
-
-/// RESOURCE_EXHAUSTED when this instance already runs or queues as many
-/// runs as it takes.
-fn instance_room(engine: &Engine, config: &Config) -> Result<(), Status> {
-    let queued = engine.active_count();
-    if queued < config.max_concurrent_runs + config.max_queued_runs {
-        return Ok(());
-    }
-    let mut details = ErrorDetails::new();
-    details.set_retry_info(Some(Duration::from_secs(5)));
-    Err(Status::with_error_details(
-        tonic::Code::ResourceExhausted,
-        format!(
-            "{queued} runs are running or queued on this instance, the most it takes; retry later"
-        ),
-        details,
-    ))
 }
 
 /// FAILED_PRECONDITION when the session has a run that has not ended.
@@ -285,27 +268,69 @@ fn timeout_ms(timeout: Duration, caller_deadline: Option<Instant>) -> i64 {
 /// Stores the run and hands it to the engine with its places; or returns
 /// the run its idempotency key already names (ALREADY_EXISTS if that one
 /// has another objective or agent).
+///
+/// Runs in a task of its own, which the call only awaits: a call dropped
+/// midway (its caller's deadline, a reset stream) must not leave a run
+/// stored and claimed here with no task driving it. The run is registered
+/// with the engine before it is stored, so the maintenance never takes a
+/// run being created for one nothing drives.
 async fn create(
-    engine: &std::sync::Arc<Engine>,
+    engine: &Arc<Engine>,
     run: RunRow,
     new_session: bool,
     context: RequestContext,
     places: Places,
     starter: Starter,
 ) -> Result<(RunRow, bool), Status> {
-    match engine
+    let task = {
+        let engine = Arc::clone(engine);
+        let scope = context.clone().with_deadline(None);
+        tokio::spawn(
+            scope.scope(
+                async move {
+                    store_and_spawn(&engine, run, new_session, context, places, starter).await
+                }
+                .in_current_span(),
+            ),
+        )
+    };
+    task.await
+        .map_err(|err| Status::internal(format!("storing the run stopped: {err}")))?
+}
+
+/// [`create`]'s task.
+async fn store_and_spawn(
+    engine: &Arc<Engine>,
+    run: RunRow,
+    new_session: bool,
+    context: RequestContext,
+    places: Places,
+    starter: Starter,
+) -> Result<(RunRow, bool), Status> {
+    // A new id: nothing else registers it.
+    let Some(active) = engine.register(&run) else {
+        return Err(Status::internal("a new run id is taken"));
+    };
+    let created = engine
         .store()
         .create_run(&run, new_session, engine.owner(), engine.lease_until())
-        .await
-        .map_err(|e| engine.store_failed(&e))?
-    {
-        Created::New(run) => {
+        .await;
+    match created {
+        Ok(Created::New(run)) => {
             tracing::info!(run_id = %run.run_id, agent = %run.agent, "run queued");
             engine.audit_run_started(&run);
-            engine.spawn(run.clone(), None, context, places, starter.caller_deadline);
+            engine.spawn(
+                run.clone(),
+                active,
+                None,
+                context,
+                places,
+                starter.caller_deadline,
+            );
             Ok((run, false))
         }
-        Created::Existing(existing) => {
+        Ok(Created::Existing(existing)) => {
+            engine.forget(&run.run_id);
             if existing.objective != run.objective || existing.agent != run.agent {
                 return Err(Status::already_exists(format!(
                     "idempotency key {:?} was used for run {} with a different objective or agent",
@@ -315,12 +340,93 @@ async fn create(
             }
             Ok((existing, true))
         }
+        Err(err) => {
+            // Not stored as far as we know; should the commit have gone
+            // through after all, the run is claimed here and the maintenance
+            // adopts it.
+            engine.forget(&run.run_id);
+            Err(engine.store_failed(&err))
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future as _;
+    use std::sync::OnceLock;
+
     use super::*;
+    use crate::engine::testing::{self, undriven};
+    use crate::service::{Caller, RUN};
+
+    /// The interleaving behind runs stuck QUEUED: the call starting a run
+    /// dropped (its caller's deadline, a reset stream) while the run's
+    /// INSERT commits. The start is polled step by step, each step given
+    /// time to finish its database work, and dropped after 1, 2, … polls,
+    /// so one drop lands while the commit is in flight. Every run stored
+    /// must be driven (it ends: its peers are not there), none left claimed
+    /// here with no task.
+    #[tokio::test]
+    async fn a_start_dropped_at_any_point_leaves_no_run_that_nothing_drives() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = testing::engine(&dir, testing::config()).await;
+        let cell = Arc::new(OnceLock::new());
+        cell.set(Arc::clone(&engine)).unwrap();
+        let service = OrchestratorServiceImpl::new(Arc::new(testing::config()), cell);
+        for polls in 1..=16 {
+            let caller = Caller {
+                identity: Identity::unauthenticated("t", "alice"),
+                context: RequestContext::default(),
+                peer: None,
+            };
+            let fields = pb::RunRequest {
+                objective: format!("dropped after {polls} polls"),
+                ..pb::RunRequest::default()
+            };
+            let starter = Starter {
+                method: RUN,
+                caller_deadline: Some(Instant::now() + Duration::from_secs(60)),
+            };
+            let mut start = Box::pin(service.start(fields.into(), caller, starter));
+            for _ in 0..polls {
+                let poll = std::future::poll_fn(|cx| {
+                    std::task::Poll::Ready(start.as_mut().poll(cx).is_ready())
+                });
+                if poll.await {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            drop(start);
+        }
+        let mut left = Vec::new();
+        for _ in 0..200 {
+            left = undriven(&engine).await;
+            if left.is_empty() && engine.active_count() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            left.is_empty(),
+            "runs claimed here that nothing drives: {left:?}"
+        );
+        assert_eq!(engine.active_count(), 0);
+        // Each start, once polled past its checks, stored its run: the
+        // drops did not lose them either.
+        let runs = engine
+            .store()
+            .list_runs(
+                crate::store::Tenants::All,
+                &crate::store::RunFilter::default(),
+                None,
+                100,
+            )
+            .await
+            .unwrap();
+        assert_eq!(runs.len(), 16);
+        assert!(runs.iter().all(RunRow::is_terminal), "{runs:?}");
+    }
 
     #[test]
     fn a_request_s_limits_win_over_the_profile_s() {

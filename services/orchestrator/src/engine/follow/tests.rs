@@ -31,6 +31,7 @@ async fn engine(dir: &tempfile::TempDir, heartbeat_interval: Duration) -> Arc<En
     db.migrate(&MIGRATIONS).await.unwrap();
     let admission = Admission::new(
         &config,
+        None,
         ResilienceReporter::without_metrics(AuditClient::disabled("test")),
     );
     Engine::new(
