@@ -53,9 +53,15 @@ fn gateway_config(
     secondary: &FaultProvider,
     retry: RetryConfig,
 ) -> Config {
+    // A hang is detected by these limits. They are generous next to the
+    // fault provider's instant answers because on a loaded machine (CI runs
+    // many test processes on two cores) a healthy answer can take a few
+    // hundred milliseconds, and a healthy answer cut off by a limit is a
+    // failure the gateway cannot recover from through a fallback whose answer
+    // is equally slow.
     let tuned = |url: &str| agentmesh_llm_gateway::ProviderConfig {
-        first_token_timeout: Duration::from_millis(250),
-        request_timeout: Duration::from_millis(500),
+        first_token_timeout: Duration::from_millis(1_000),
+        request_timeout: Duration::from_millis(2_000),
         ..provider(ProviderKind::Openai, url, "")
     };
     let mut config = config_with(
