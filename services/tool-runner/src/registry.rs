@@ -28,6 +28,7 @@ use crate::builtin::Builtin;
 use crate::command::{CommandTool, service_path};
 use crate::config::{CommandToolConfig, Config, MAX_CONCURRENCY, MAX_QUEUED, format_duration};
 use crate::outcome::ToolFailure;
+use crate::sandbox::{ToolSandbox, validate_read_paths};
 
 /// At most this many schema violations are listed in one message.
 const MAX_LISTED_VIOLATIONS: usize = 10;
@@ -258,6 +259,16 @@ fn command_tool(
         ));
     }
     let (concurrency, queued) = limits(command, config, setting)?;
+    let sandbox = ToolSandbox::resolve(
+        &config.sandbox,
+        command.sandbox,
+        command.network,
+        &command.limits,
+        &command.read_paths,
+        &command.command,
+    );
+    sandbox.limits.validate(&format!("{setting}.limits"))?;
+    validate_read_paths(setting, &command.read_paths)?;
     let parameters_setting = format!("{setting}.parameters_json");
     let parameters = parse_schema(&command.parameters_json)
         .map_err(|message| ConfigError::new(&parameters_setting, message))?;
@@ -297,6 +308,7 @@ fn command_tool(
             env: command.env.clone(),
             path,
             max_output_bytes: config.max_output_bytes,
+            sandbox,
         }),
         arguments,
         output,
