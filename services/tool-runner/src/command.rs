@@ -35,7 +35,7 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 
 use agentmesh_kit::text::{truncate_bytes, truncate_bytes_tail};
@@ -110,15 +110,7 @@ impl CommandTool {
         events: Option<&EventSender>,
     ) -> ToolOutcome {
         let owner = env.host.and_then(SandboxHost::user);
-        let dir = env.workspace_dir.to_path_buf();
-        // Absolute, so that `HOME` means the same wherever the program looks
-        // (`workspaces_dir` may be relative to the service's directory).
-        let workspace_dir = tokio::task::spawn_blocking(move || {
-            Workspace::open_owned(&dir, owner).map(|workspace| workspace.root().to_path_buf())
-        })
-        .await
-        .map_err(|err| ToolFailure::failed(format!("cannot open the run's workspace: {err}")))?
-        .map_err(|err| ToolFailure::failed(format!("cannot open the run's workspace: {err}")))?;
+        let workspace_dir = open_workspace(env.workspace_dir, owner).await?;
         let line = match env.host {
             Some(host) => {
                 host.command_line(&self.sandbox, &self.argv, &workspace_dir, env.file_size_cap)
@@ -222,6 +214,20 @@ impl CommandTool {
             ))
         })
     }
+}
+
+/// Creates the run's workspace when missing (owned by the sandbox user) and
+/// returns its absolute path, so that `HOME` means the same wherever the
+/// program looks (`workspaces_dir` may be relative to the service's
+/// directory).
+async fn open_workspace(dir: &Path, owner: Option<(u32, u32)>) -> Result<PathBuf, ToolFailure> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        Workspace::open_owned(&dir, owner).map(|workspace| workspace.root().to_path_buf())
+    })
+    .await
+    .map_err(|err| ToolFailure::failed(format!("cannot open the run's workspace: {err}")))?
+    .map_err(|err| ToolFailure::failed(format!("cannot open the run's workspace: {err}")))
 }
 
 /// Reads stdout to its end, failing as soon as it exceeds `max` bytes (which

@@ -236,47 +236,7 @@ impl Quotas {
         let run_used = run_state.used.plus(run_state.pending);
         let need_now = need.unwrap_or_default();
         if need.is_some() {
-            let checks = [
-                (
-                    "run_bytes",
-                    "run",
-                    self.config.run_bytes,
-                    run_used.bytes,
-                    need_now.bytes,
-                ),
-                (
-                    "run_files",
-                    "run",
-                    self.config.run_files,
-                    run_used.files,
-                    need_now.files,
-                ),
-                (
-                    "tenant_bytes",
-                    "tenant",
-                    self.config.tenant_bytes,
-                    tenant_used.bytes,
-                    need_now.bytes,
-                ),
-                (
-                    "tenant_files",
-                    "tenant",
-                    self.config.tenant_files,
-                    tenant_used.files,
-                    need_now.files,
-                ),
-            ];
-            for (quota, scope, limit, used, need) in checks {
-                if used.saturating_add(need) > limit {
-                    return Err(QuotaHit {
-                        quota,
-                        scope,
-                        limit,
-                        used,
-                        need,
-                    });
-                }
-            }
+            self.check(run_used, tenant_used, need_now)?;
         }
         let bytes_left = self
             .config
@@ -294,6 +254,53 @@ impl Quotas {
             bytes_left,
             settled: false,
         })
+    }
+
+    /// Refuses `need` when it would take the run or the tenant past a quota.
+    fn check(&self, run_used: Usage, tenant_used: Usage, need: Usage) -> Result<(), QuotaHit> {
+        let config = &self.config;
+        let checks = [
+            (
+                "run_bytes",
+                "run",
+                config.run_bytes,
+                run_used.bytes,
+                need.bytes,
+            ),
+            (
+                "run_files",
+                "run",
+                config.run_files,
+                run_used.files,
+                need.files,
+            ),
+            (
+                "tenant_bytes",
+                "tenant",
+                config.tenant_bytes,
+                tenant_used.bytes,
+                need.bytes,
+            ),
+            (
+                "tenant_files",
+                "tenant",
+                config.tenant_files,
+                tenant_used.files,
+                need.files,
+            ),
+        ];
+        for (quota, scope, limit, used, need) in checks {
+            if used.saturating_add(need) > limit {
+                return Err(QuotaHit {
+                    quota,
+                    scope,
+                    limit,
+                    used,
+                    need,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Scans a tenant's workspaces the first time it is seen.

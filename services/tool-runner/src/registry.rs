@@ -238,16 +238,7 @@ fn command_tool(
     }
     check_argv(&command.command)
         .map_err(|message| ConfigError::new(format!("{setting}.command"), message))?;
-    for (key, value) in &command.env {
-        if key.is_empty() || key.contains(['=', '\0']) || value.contains('\0') {
-            return Err(ConfigError::new(
-                format!("{setting}.env"),
-                format!(
-                    "`{key}` is not a valid environment variable name (or its value holds a NUL character)"
-                ),
-            ));
-        }
-    }
+    check_env(command, setting)?;
     let timeout = command.timeout.unwrap_or(config.default_timeout);
     if timeout.is_zero() || timeout > config.max_timeout {
         return Err(ConfigError::new(
@@ -259,16 +250,7 @@ fn command_tool(
         ));
     }
     let (concurrency, queued) = limits(command, config, setting)?;
-    let sandbox = ToolSandbox::resolve(
-        &config.sandbox,
-        command.sandbox,
-        command.network,
-        &command.limits,
-        &command.read_paths,
-        &command.command,
-    );
-    sandbox.limits.validate(&format!("{setting}.limits"))?;
-    validate_read_paths(setting, &command.read_paths)?;
+    let sandbox = tool_sandbox(command, config, setting)?;
     let parameters_setting = format!("{setting}.parameters_json");
     let parameters = parse_schema(&command.parameters_json)
         .map_err(|message| ConfigError::new(&parameters_setting, message))?;
@@ -313,6 +295,40 @@ fn command_tool(
         arguments,
         output,
     })
+}
+
+/// Environment variable names must be settable, values free of NUL.
+fn check_env(command: &CommandToolConfig, setting: &str) -> Result<(), ConfigError> {
+    for (key, value) in &command.env {
+        if key.is_empty() || key.contains(['=', '\0']) || value.contains('\0') {
+            return Err(ConfigError::new(
+                format!("{setting}.env"),
+                format!(
+                    "`{key}` is not a valid environment variable name (or its value holds a NUL character)"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A command tool's sandbox settings, checked.
+fn tool_sandbox(
+    command: &CommandToolConfig,
+    config: &Config,
+    setting: &str,
+) -> Result<ToolSandbox, ConfigError> {
+    let sandbox = ToolSandbox::resolve(
+        &config.sandbox,
+        command.sandbox,
+        command.network,
+        &command.limits,
+        &command.read_paths,
+        &command.command,
+    );
+    sandbox.limits.validate(&format!("{setting}.limits"))?;
+    validate_read_paths(setting, &command.read_paths)?;
+    Ok(sandbox)
 }
 
 /// A command tool's concurrency limit and queue: its own, or the service's
