@@ -66,13 +66,20 @@
 //!   identity's tool allow-list (PERMISSION_DENIED, audited, before a call
 //!   is admitted; ListTools shows only allowed tools).
 //! * `builtin`: `calculator`, `current_time`, `read_file`, `write_file`,
-//!   `list_files`; `workspace`: per-run directories and path confinement;
-//!   `command`: running configured programs.
+//!   `list_files`; `workspace`: per-tenant, per-run directories and path
+//!   confinement; `command`: running configured programs.
+//! * `sandbox`: how command tools are isolated (a helper mode of this binary
+//!   applies rlimits, a network namespace, Landlock and an unprivileged
+//!   user, then executes the program), probed and reported at start;
+//!   `quota`: workspace quotas per run and tenant, and the sweeper that
+//!   removes workspaces unused for `quota.retention` (docs/sandbox.md).
 //!
 //! Health: ready (SERVING) while every command tool's program is there to
 //! run (the `tools` check, also a start-up step retried with backoff, so a
 //! program installed late is picked up); the audit service is reported but
-//! optional.
+//! optional, and so is `sandbox` (failing while a command tool runs with
+//! less than full isolation). A quota refusal is RESOURCE_EXHAUSTED naming
+//! the quota, audited as RATE_LIMITED.
 //!
 //! [`serve`] binds the gRPC and admin listeners from [`Config`] and hands
 //! the service to the kit's [`ServiceHost`], which adds health, reflection,
