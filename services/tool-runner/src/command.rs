@@ -16,20 +16,26 @@
 //!   `progress: {"percent": 50, "message": "halfway"}` (both fields optional)
 //!   is relayed as `ToolProgress` instead.
 //!
+//! # Isolation
+//!
+//! Unless its sandbox mode is `off` (or the host has no sandbox helper), the
+//! program is started through the helper, which applies its resource
+//! limits, network and file-system isolation and user before executing it
+//! (see `sandbox`). `TMPDIR` is the workspace too: the program can write
+//! nowhere else.
+//!
 //! # Stopping it
 //!
 //! The program runs in its own process group. When the call ends before the
 //! program does — timeout, the client cancelling, output too large — the
 //! future running it is dropped: tokio kills the program (`kill_on_drop`)
-//! and [`ProcessGroup`] kills whatever it started. The standard library has
-//! no `killpg` and this crate forbids `unsafe`, so the group is signalled
-//! through the `kill` program; a direct system call (e.g. through `rustix`)
-//! would be better once such a dependency is available.
+//! and [`ProcessGroup`] kills whatever it started (one `kill(-pgid)`, which
+//! also ends a fork bomb: the kernel fails forks of a group being killed).
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 
 use agentmesh_kit::text::{truncate_bytes, truncate_bytes_tail};
@@ -45,6 +51,8 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 use crate::outcome::{ToolFailure, ToolOutcome};
+use crate::sandbox::{SandboxHost, ToolSandbox};
+use crate::workspace::Workspace;
 
 /// Where ExecuteToolStream's messages go while a tool runs.
 pub(crate) type EventSender = mpsc::Sender<Result<ExecuteToolStreamResponse, Status>>;
@@ -71,6 +79,19 @@ pub(crate) struct CommandTool {
     pub(crate) path: OsString,
     /// Largest stdout accepted.
     pub(crate) max_output_bytes: usize,
+    /// Its isolation settings.
+    pub(crate) sandbox: ToolSandbox,
+}
+
+/// Where and how one call's program runs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RunEnv<'a> {
+    /// The run's workspace directory (created when missing).
+    pub(crate) workspace_dir: &'a Path,
+    /// The sandbox helper and what it gives; `None`: run directly.
+    pub(crate) host: Option<&'a SandboxHost>,
+    /// The most bytes one file may take: what the quotas leave.
+    pub(crate) file_size_cap: Option<u64>,
 }
 
 /// The `PATH` programs get: the service's, or a conventional one.
@@ -85,34 +106,35 @@ impl CommandTool {
     pub(crate) async fn run(
         &self,
         arguments: &Value,
-        workspace_dir: &Path,
+        env: RunEnv<'_>,
         events: Option<&EventSender>,
     ) -> ToolOutcome {
-        let Some((program, args)) = self.argv.split_first() else {
+        let owner = env.host.and_then(SandboxHost::user);
+        let workspace_dir = open_workspace(env.workspace_dir, owner).await?;
+        let line = match env.host {
+            Some(host) => {
+                host.command_line(&self.sandbox, &self.argv, &workspace_dir, env.file_size_cap)
+            }
+            None => self
+                .argv
+                .split_first()
+                .map(|(program, args)| (program.into(), args.iter().map(Into::into).collect())),
+        };
+        let Some((program, args)) = line else {
             return Err(ToolFailure::failed(format!(
                 "`{}` has no command configured",
                 self.name
             )));
         };
-        tokio::fs::create_dir_all(workspace_dir)
-            .await
-            .map_err(|err| {
-                ToolFailure::failed(format!("cannot create the run's workspace: {err}"))
-            })?;
-        // Absolute, so that `HOME` means the same wherever the program looks
-        // (`workspaces_dir` may be relative to the service's directory).
-        let workspace_dir = tokio::fs::canonicalize(workspace_dir)
-            .await
-            .map_err(|err| {
-                ToolFailure::failed(format!("cannot open the run's workspace: {err}"))
-            })?;
-        let mut command = Command::new(program);
+        let shown = self.argv.first().map_or("", String::as_str);
+        let mut command = Command::new(&program);
         command
-            .args(args)
+            .args(&args)
             .current_dir(&workspace_dir)
             .env_clear()
             .env("PATH", &self.path)
             .env("HOME", &workspace_dir)
+            .env("TMPDIR", &workspace_dir)
             .env("LANG", "C.UTF-8")
             .envs(&self.env)
             .stdin(Stdio::piped())
@@ -121,10 +143,7 @@ impl CommandTool {
             .kill_on_drop(true)
             .process_group(0);
         let mut child = command.spawn().map_err(|err| {
-            ToolFailure::failed(format!(
-                "`{}` could not start `{program}`: {err}",
-                self.name
-            ))
+            ToolFailure::failed(format!("`{}` could not start `{shown}`: {err}", self.name))
         })?;
         let mut group = ProcessGroup { id: child.id() };
         let (Some(mut stdin), Some(stdout), Some(stderr)) =
@@ -195,6 +214,20 @@ impl CommandTool {
             ))
         })
     }
+}
+
+/// Creates the run's workspace when missing (owned by the sandbox user) and
+/// returns its absolute path, so that `HOME` means the same wherever the
+/// program looks (`workspaces_dir` may be relative to the service's
+/// directory).
+async fn open_workspace(dir: &Path, owner: Option<(u32, u32)>) -> Result<PathBuf, ToolFailure> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        Workspace::open_owned(&dir, owner).map(|workspace| workspace.root().to_path_buf())
+    })
+    .await
+    .map_err(|err| ToolFailure::failed(format!("cannot open the run's workspace: {err}")))?
+    .map_err(|err| ToolFailure::failed(format!("cannot open the run's workspace: {err}")))
 }
 
 /// Reads stdout to its end, failing as soon as it exceeds `max` bytes (which
@@ -324,30 +357,20 @@ impl Drop for ProcessGroup {
     }
 }
 
-/// Sends SIGKILL to every process of group `id` with `kill -KILL -- -<id>`.
+/// Sends SIGKILL to every process of group `id`.
 fn kill_process_group(id: u32) {
-    let group = format!("-{id}");
-    let args = ["-KILL", "--", group.as_str()];
-    let result = if tokio::runtime::Handle::try_current().is_ok() {
-        // tokio reaps the `kill` process in the background.
-        Command::new("kill")
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map(drop)
-    } else {
-        std::process::Command::new("kill")
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map(drop)
+    let Some(group) = i32::try_from(id)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return;
     };
-    if let Err(err) = result {
-        tracing::warn!(process_group = id, error = %err, "cannot stop the processes a command tool started");
+    match rustix::process::kill_process_group(group, rustix::process::Signal::KILL) {
+        // Already gone: nothing left to stop.
+        Ok(()) | Err(rustix::io::Errno::SRCH) => {}
+        Err(err) => {
+            tracing::warn!(process_group = id, error = %err, "cannot stop the processes a command tool started");
+        }
     }
 }
 

@@ -35,6 +35,30 @@
 //! idempotent = true     # safe to run twice: failed runs may be retried
 //! max_concurrency = 4   # 0 = max_concurrency_per_tool
 //! max_queued = 8        # 0 = max_queued_per_tool
+//! sandbox = "required"  # off | auto | required; unset = sandbox.mode
+//! network = false       # true: the tool may use the network
+//! limits = { processes = 32, cpu_seconds = 10 }   # over sandbox.limits
+//! read_paths = ["/opt/tools/data"]                # readable besides the defaults
+//!
+//! [tool_runner.sandbox]           # see docs/sandbox.md
+//! mode = "auto"
+//! helper = ""                     # empty: this executable
+//! user = 65534                    # when the service runs as root
+//! group = 65534
+//! [tool_runner.sandbox.limits]
+//! cpu_seconds = 60
+//! memory_bytes = 2147483648
+//! file_size_bytes = 67108864
+//! processes = 256
+//! open_files = 256
+//!
+//! [tool_runner.quota]
+//! run_bytes = 104857600
+//! run_files = 10000
+//! tenant_bytes = 1073741824
+//! tenant_files = 100000
+//! retention = "24h"               # after a workspace's last use
+//! sweep_interval = "10m"
 //! ```
 //!
 //! How the limits, the breakers and the retries act on a call is in the
@@ -57,6 +81,8 @@ use agentmesh_kit::{ConfigError, LogConfig, ServerConfig};
 use agentmesh_resilience::{CircuitConfig, RetryConfig};
 use serde::{Deserialize, Serialize};
 
+use crate::quota::QuotaConfig;
+use crate::sandbox::{LimitOverrides, SandboxConfig, SandboxMode};
 use crate::{DEFAULT_PORT, SERVICE};
 
 /// The service's configuration (section `[tool_runner]`, environment
@@ -108,6 +134,12 @@ pub struct Config {
     pub commands: BTreeMap<String, CommandToolConfig>,
     /// Where audit events go.
     pub audit: AuditConfig,
+    /// How command tools are isolated (`[tool_runner.sandbox]`): defaults
+    /// for every tool, which a tool may override.
+    pub sandbox: SandboxConfig,
+    /// Workspace quotas and the removal of unused workspaces
+    /// (`[tool_runner.quota]`).
+    pub quota: QuotaConfig,
 }
 
 /// The most places a tool's bulkhead may have.
@@ -139,6 +171,8 @@ impl Default for Config {
             },
             commands: BTreeMap::new(),
             audit: AuditConfig::default(),
+            sandbox: SandboxConfig::default(),
+            quota: QuotaConfig::default(),
         }
     }
 }
@@ -221,6 +255,8 @@ impl Config {
         self.retry
             .validate()
             .map_err(|(field, message)| ConfigError::new(format!("retry.{field}"), message))?;
+        self.sandbox.validate()?;
+        self.quota.validate()?;
         Ok(())
     }
 }
@@ -262,6 +298,16 @@ pub struct CommandToolConfig {
     pub max_queued: u32,
     /// Free-form labels shown by ListTools (e.g. `category = "text"`).
     pub labels: BTreeMap<String, String>,
+    /// How much isolation the tool demands; unset = `sandbox.mode`.
+    /// `required`: the service does not start unless the host gives it all.
+    pub sandbox: Option<SandboxMode>,
+    /// True when the tool needs the network; otherwise it has none.
+    pub network: bool,
+    /// Its own resource limits; unset ones are `sandbox.limits`.
+    pub limits: LimitOverrides,
+    /// More paths it may read (and execute) besides `sandbox.read_only_paths`;
+    /// its program and the absolute paths among its arguments are added.
+    pub read_paths: Vec<PathBuf>,
 }
 
 impl Default for CommandToolConfig {
@@ -278,6 +324,10 @@ impl Default for CommandToolConfig {
             max_concurrency: 0,
             max_queued: 0,
             labels: BTreeMap::new(),
+            sandbox: None,
+            network: false,
+            limits: LimitOverrides::default(),
+            read_paths: Vec::new(),
         }
     }
 }

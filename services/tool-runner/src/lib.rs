@@ -66,13 +66,20 @@
 //!   identity's tool allow-list (PERMISSION_DENIED, audited, before a call
 //!   is admitted; ListTools shows only allowed tools).
 //! * `builtin`: `calculator`, `current_time`, `read_file`, `write_file`,
-//!   `list_files`; `workspace`: per-run directories and path confinement;
-//!   `command`: running configured programs.
+//!   `list_files`; `workspace`: per-tenant, per-run directories and path
+//!   confinement; `command`: running configured programs.
+//! * `sandbox`: how command tools are isolated (a helper mode of this binary
+//!   applies rlimits, a network namespace, Landlock and an unprivileged
+//!   user, then executes the program), probed and reported at start;
+//!   `quota`: workspace quotas per run and tenant, and the sweeper that
+//!   removes workspaces unused for `quota.retention` (docs/sandbox.md).
 //!
 //! Health: ready (SERVING) while every command tool's program is there to
 //! run (the `tools` check, also a start-up step retried with backoff, so a
 //! program installed late is picked up); the audit service is reported but
-//! optional.
+//! optional, and so is `sandbox` (failing while a command tool runs with
+//! less than full isolation). A quota refusal is RESOURCE_EXHAUSTED naming
+//! the quota, audited as RATE_LIMITED.
 //!
 //! [`serve`] binds the gRPC and admin listeners from [`Config`] and hands
 //! the service to the kit's [`ServiceHost`], which adds health, reflection,
@@ -85,9 +92,11 @@ mod command;
 mod config;
 mod metrics;
 mod outcome;
+mod quota;
 mod registry;
 mod resilience;
 mod runner;
+pub mod sandbox;
 mod service;
 mod workspace;
 
@@ -105,8 +114,12 @@ use agentmesh_proto::tools::v1::tool_runner_service_server::ToolRunnerServiceSer
 
 pub use agentmesh_audit_client::AuditConfig;
 pub use config::{CommandToolConfig, Config};
+pub use quota::QuotaConfig;
+pub use sandbox::{LimitOverrides, ResourceLimits, SandboxConfig, SandboxMode};
 
+use crate::registry::Implementation;
 use crate::runner::ToolRunner;
+use crate::sandbox::{SandboxHost, ToolSandbox};
 use crate::service::ToolRunnerServiceImpl;
 
 /// The service's name in logs, metrics and file names.
@@ -144,8 +157,15 @@ pub async fn serve_with_listeners(
 ) -> Result<(), ServeError> {
     agentmesh_kit::config::validate(&config).map_err(invalid_config)?;
     let runner = ToolRunner::new(&config).map_err(invalid_config)?;
+    let sandbox = start_sandbox(&config, &runner).await?;
+    let runner = runner.with_sandbox(Arc::clone(&sandbox));
     let mut host = ServiceHost::for_config(&config, &[SCOPES])?;
     let metrics = metrics::ToolMetrics::new(host.metrics().registry(), runner.registry().names())?;
+    metrics::export_sandbox(host.metrics().registry(), &sandbox.summary())?;
+    let sweeper = tokio::spawn(sweep_workspaces(
+        Arc::clone(runner.quotas()),
+        config.quota.sweep_interval,
+    ));
     let audit = agentmesh_audit_client::start_service::<Config>(
         &config.audit,
         &host,
@@ -166,6 +186,7 @@ pub async fn serve_with_listeners(
     );
     let commands = Arc::new(config.commands.clone());
     host.add_check(tools_check(Arc::clone(&commands)))
+        .add_check(sandbox_check(&runner_sandbox_shortfalls(&sandbox, &config)))
         .add_check(audit.health_check());
     // A program that is not installed yet keeps the service NOT_SERVING,
     // with the reason logged, and is looked for again with backoff.
@@ -174,9 +195,105 @@ pub async fn serve_with_listeners(
         async move { result.map_err(StartupError::from) }
     };
     let result = host.serve(listeners, startup, shutdown).await;
+    sweeper.abort();
     // The drain is over: send what is queued, or spool it.
     audit.shutdown().await;
     result
+}
+
+/// Finds what isolation the host gives command tools, logs it, and refuses
+/// to start when a `required` tool cannot have all of it.
+async fn start_sandbox(
+    config: &Config,
+    runner: &ToolRunner,
+) -> Result<Arc<SandboxHost>, ServeError> {
+    let settings = config.sandbox.clone();
+    let workspaces_dir = config.workspaces_dir.clone();
+    // The probe starts the helper once and waits for it.
+    let sandbox =
+        tokio::task::spawn_blocking(move || SandboxHost::start(&settings, &workspaces_dir))
+            .await
+            .map_err(|err| ServeError::Io(std::io::Error::other(err.to_string())))?;
+    let summary = sandbox.summary();
+    tracing::info!(
+        filesystem = summary.filesystem,
+        network = summary.network,
+        user = summary.user,
+        uid = sandbox.user().map(|(user, _)| user),
+        limits = summary.limits,
+        landlock_abi = summary.landlock_abi,
+        "command tool isolation"
+    );
+    for tool in runner.registry().iter() {
+        let Implementation::Command(command) = &tool.implementation else {
+            continue;
+        };
+        let missing = sandbox.shortfall(&command.sandbox);
+        if missing.is_empty() {
+            continue;
+        }
+        if command.sandbox.mode == SandboxMode::Required {
+            return Err(invalid_config(agentmesh_kit::ConfigError::new(
+                format!("commands.{}.sandbox", tool.name()),
+                format!(
+                    "`required`, but this host cannot give it: {}",
+                    missing.join("; ")
+                ),
+            )));
+        }
+        tracing::warn!(tool = tool.name(), missing = %missing.join("; "), "command tool runs with less than full isolation");
+    }
+    Ok(Arc::new(sandbox))
+}
+
+/// Each command tool that runs with less than full isolation, and what it
+/// lacks.
+fn runner_sandbox_shortfalls(sandbox: &SandboxHost, config: &Config) -> Vec<String> {
+    config
+        .commands
+        .iter()
+        .filter_map(|(name, command)| {
+            let tool = ToolSandbox::resolve(
+                &config.sandbox,
+                command.sandbox,
+                command.network,
+                &command.limits,
+                &command.read_paths,
+                &command.command,
+            );
+            let missing = sandbox.shortfall(&tool);
+            (!missing.is_empty()).then(|| format!("tool `{name}`: {}", missing.join(", ")))
+        })
+        .collect()
+}
+
+/// The optional check `sandbox`: failing (reported, readiness unchanged)
+/// while some command tool runs with less than full isolation, naming it.
+fn sandbox_check(shortfalls: &[String]) -> DependencyCheck {
+    let result = if shortfalls.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("partial isolation: {}", shortfalls.join("; ")))
+    };
+    DependencyCheck::optional("sandbox", move || {
+        let result = result.clone();
+        async move { result }
+    })
+}
+
+/// Removes expired workspaces every `interval`, until aborted.
+async fn sweep_workspaces(quotas: Arc<quota::Quotas>, interval: std::time::Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let quotas = Arc::clone(&quotas);
+        let removed =
+            tokio::task::spawn_blocking(move || quotas.sweep(std::time::SystemTime::now())).await;
+        if let Ok(removed @ 1..) = removed {
+            tracing::info!(removed, "expired workspaces removed");
+        }
+    }
 }
 
 /// The required readiness check `tools`: the registry is loaded (it is, once

@@ -9,6 +9,13 @@
 //! | `agentmesh_tool_executions_total` | counter | `tool`, `outcome` |
 //! | `agentmesh_tool_execution_duration_seconds` | histogram | `tool` |
 //! | `agentmesh_tool_executions_in_flight` | gauge | `tool` |
+//! | `agentmesh_tool_sandbox_info` | gauge (1) | `filesystem`, `network`, `user` |
+//! | `agentmesh_tool_sandbox_landlock_abi` | gauge | — |
+//!
+//! The sandbox series say which isolation is in force for command tools,
+//! from a fixed set of words: `filesystem` is `landlock`,
+//! `landlock_partial` or `none`; `network` is `namespace`, `landlock_tcp`
+//! or `none`; `user` is `unprivileged` or `service`.
 //!
 //! `outcome` is what the runner distinguishes: `ok`; `invalid_arguments`
 //! (the arguments break the tool's schema); `timeout`; `invalid_output` (the
@@ -218,6 +225,30 @@ impl Drop for Execution {
         // Dropped unfinished: the caller went away and the tool was stopped.
         self.end(Outcome::Cancelled);
     }
+}
+
+/// Exports which isolation command tools get (see the table above).
+pub(crate) fn export_sandbox(
+    registry: &Registry,
+    summary: &crate::sandbox::Summary,
+) -> prometheus::Result<()> {
+    let info = IntGaugeVec::new(
+        Opts::new(
+            "agentmesh_tool_sandbox_info",
+            "The isolation command tools run with (always 1; the labels say which).",
+        ),
+        &["filesystem", "network", "user"],
+    )?;
+    let abi = IntGauge::new(
+        "agentmesh_tool_sandbox_landlock_abi",
+        "The kernel's Landlock ABI version as the sandbox found it (0: none or no helper).",
+    )?;
+    registry.register(Box::new(info.clone()))?;
+    registry.register(Box::new(abi.clone()))?;
+    info.with_label_values(&[summary.filesystem, summary.network, summary.user])
+        .set(1);
+    abi.set(i64::from(summary.landlock_abi));
+    Ok(())
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ use crate::builtin::Builtin;
 use crate::command::{CommandTool, service_path};
 use crate::config::{CommandToolConfig, Config, MAX_CONCURRENCY, MAX_QUEUED, format_duration};
 use crate::outcome::ToolFailure;
+use crate::sandbox::{ToolSandbox, validate_read_paths};
 
 /// At most this many schema violations are listed in one message.
 const MAX_LISTED_VIOLATIONS: usize = 10;
@@ -237,16 +238,7 @@ fn command_tool(
     }
     check_argv(&command.command)
         .map_err(|message| ConfigError::new(format!("{setting}.command"), message))?;
-    for (key, value) in &command.env {
-        if key.is_empty() || key.contains(['=', '\0']) || value.contains('\0') {
-            return Err(ConfigError::new(
-                format!("{setting}.env"),
-                format!(
-                    "`{key}` is not a valid environment variable name (or its value holds a NUL character)"
-                ),
-            ));
-        }
-    }
+    check_env(command, setting)?;
     let timeout = command.timeout.unwrap_or(config.default_timeout);
     if timeout.is_zero() || timeout > config.max_timeout {
         return Err(ConfigError::new(
@@ -258,6 +250,7 @@ fn command_tool(
         ));
     }
     let (concurrency, queued) = limits(command, config, setting)?;
+    let sandbox = tool_sandbox(command, config, setting)?;
     let parameters_setting = format!("{setting}.parameters_json");
     let parameters = parse_schema(&command.parameters_json)
         .map_err(|message| ConfigError::new(&parameters_setting, message))?;
@@ -297,10 +290,45 @@ fn command_tool(
             env: command.env.clone(),
             path,
             max_output_bytes: config.max_output_bytes,
+            sandbox,
         }),
         arguments,
         output,
     })
+}
+
+/// Environment variable names must be settable, values free of NUL.
+fn check_env(command: &CommandToolConfig, setting: &str) -> Result<(), ConfigError> {
+    for (key, value) in &command.env {
+        if key.is_empty() || key.contains(['=', '\0']) || value.contains('\0') {
+            return Err(ConfigError::new(
+                format!("{setting}.env"),
+                format!(
+                    "`{key}` is not a valid environment variable name (or its value holds a NUL character)"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A command tool's sandbox settings, checked.
+fn tool_sandbox(
+    command: &CommandToolConfig,
+    config: &Config,
+    setting: &str,
+) -> Result<ToolSandbox, ConfigError> {
+    let sandbox = ToolSandbox::resolve(
+        &config.sandbox,
+        command.sandbox,
+        command.network,
+        &command.limits,
+        &command.read_paths,
+        &command.command,
+    );
+    sandbox.limits.validate(&format!("{setting}.limits"))?;
+    validate_read_paths(setting, &command.read_paths)?;
+    Ok(sandbox)
 }
 
 /// A command tool's concurrency limit and queue: its own, or the service's

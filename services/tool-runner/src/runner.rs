@@ -27,14 +27,18 @@ use agentmesh_resilience::{AttemptLoop, CircuitState, Entry, Retries};
 use serde_json::Value;
 use tonic::Status;
 
+use crate::builtin::Builtin;
 use crate::builtin::files::FileLimits;
 use crate::command::EventSender;
 use crate::config::Config;
 use crate::metrics::ToolMetrics;
 use crate::outcome::ToolOutcome;
+use crate::quota::{QuotaHit, Quotas, Ticket, Usage};
+use crate::registry::Implementation;
 use crate::registry::{RegisteredTool, Registry};
 use crate::resilience::{self, Admission};
-use crate::workspace::check_run_id;
+use crate::sandbox::SandboxHost;
+use crate::workspace::{check_run_id, run_dir_name, tenant_dir_name, workspace_dir};
 
 mod attempts;
 
@@ -53,6 +57,8 @@ pub(crate) struct CallRequest {
     pub(crate) call_id: String,
     pub(crate) timeout: Option<prost_types::Duration>,
     pub(crate) run_id: String,
+    /// The caller's tenant (its identity's); "" without one.
+    pub(crate) tenant: String,
 }
 
 impl From<v1::ExecuteToolRequest> for CallRequest {
@@ -63,6 +69,7 @@ impl From<v1::ExecuteToolRequest> for CallRequest {
             call_id: request.call_id,
             timeout: request.timeout,
             run_id: request.run_id,
+            tenant: String::new(),
         }
     }
 }
@@ -75,6 +82,7 @@ impl From<v1::ExecuteToolStreamRequest> for CallRequest {
             call_id: request.call_id,
             timeout: request.timeout,
             run_id: request.run_id,
+            tenant: String::new(),
         }
     }
 }
@@ -90,12 +98,29 @@ pub(crate) struct Call {
     timeout: Duration,
     /// When it must end: its arrival plus `timeout`.
     deadline: Instant,
+    /// The directory name of the caller's tenant under `workspaces_dir`.
+    tenant_dir: String,
+    /// The run's workspace directory.
+    workspace_dir: PathBuf,
+    /// The most bytes one file of a command may take (what the quotas left
+    /// when the call was admitted).
+    file_size_cap: Option<u64>,
 }
 
 impl Call {
     /// The tool to run.
     pub(crate) fn tool(&self) -> &RegisteredTool {
         &self.tool
+    }
+
+    /// The tenant's directory name and the run's, for quotas and audit.
+    pub(crate) fn workspace_key(&self) -> (&str, &str) {
+        (&self.tenant_dir, run_dir_name(&self.run_id))
+    }
+
+    /// The run id ("" for the shared workspace).
+    pub(crate) fn run_id(&self) -> &str {
+        &self.run_id
     }
 
     /// How long it may run.
@@ -116,6 +141,10 @@ pub(crate) struct ToolRunner {
     retries: Retries,
     /// Reports refusals, retries, circuit changes and bulkhead gauges.
     reporter: Option<ResilienceReporter>,
+    /// How command tools are isolated; `None`: they run directly.
+    sandbox: Option<Arc<SandboxHost>>,
+    /// Workspace usage and quotas.
+    quotas: Arc<Quotas>,
 }
 
 impl ToolRunner {
@@ -133,7 +162,60 @@ impl ToolRunner {
             metrics: None,
             retries: Retries::new(&config.retry),
             reporter: None,
+            sandbox: None,
+            quotas: Quotas::new(config.quota.clone(), config.workspaces_dir.clone()),
         })
+    }
+
+    /// Runs command tools through `host`'s sandbox.
+    pub(crate) fn with_sandbox(mut self, host: Arc<SandboxHost>) -> Self {
+        self.sandbox = Some(host);
+        self
+    }
+
+    /// The workspace quotas (the sweeper uses them).
+    pub(crate) fn quotas(&self) -> &Arc<Quotas> {
+        &self.quotas
+    }
+
+    /// Takes the call's hold on its workspace: for a tool that writes there
+    /// (write_file, a command), checked against the run's and the tenant's
+    /// quotas; for one that reads, only "in use". `None` for tools without
+    /// a workspace.
+    pub(crate) async fn reserve(&self, call: &mut Call) -> Result<Option<Ticket>, QuotaHit> {
+        let need = match &call.tool.implementation {
+            Implementation::Builtin(Builtin::WriteFile) => {
+                let bytes = call
+                    .arguments
+                    .get("content")
+                    .and_then(serde_json::Value::as_str)
+                    .map_or(0, str::len);
+                Some(Usage {
+                    bytes: u64::try_from(bytes).unwrap_or(u64::MAX),
+                    files: 1,
+                })
+            }
+            Implementation::Builtin(Builtin::ReadFile | Builtin::ListFiles) => None,
+            Implementation::Builtin(_) => return Ok(None),
+            // A command may start while anything is left.
+            Implementation::Command(_) => Some(Usage { bytes: 1, files: 1 }),
+        };
+        let quotas = Arc::clone(&self.quotas);
+        let (tenant, run) = call.workspace_key();
+        let (tenant, run) = (tenant.to_owned(), run.to_owned());
+        let ticket = tokio::task::spawn_blocking(move || quotas.reserve(&tenant, &run, need))
+            .await
+            .map_err(|_| QuotaHit {
+                quota: "run_files",
+                scope: "run",
+                limit: 0,
+                used: 0,
+                need: 0,
+            })??;
+        if matches!(call.tool.implementation, Implementation::Command(_)) {
+            call.file_size_cap = Some(ticket.bytes_left);
+        }
+        Ok(Some(ticket))
     }
 
     /// Also reports every resilience decision through `reporter`: each
@@ -227,13 +309,17 @@ impl ToolRunner {
             }
             timeout = timeout.min(left);
         }
+        let tenant_dir = tenant_dir_name(&request.tenant);
         Ok(Call {
             tool: Arc::clone(tool),
             arguments,
             call_id: request.call_id,
+            workspace_dir: workspace_dir(&self.workspaces_dir, &tenant_dir, &request.run_id),
             run_id: request.run_id,
             timeout,
             deadline: arrived + timeout,
+            tenant_dir,
+            file_size_cap: None,
         })
     }
 
@@ -309,6 +395,7 @@ impl ToolRunner {
         &self,
         call: &Call,
         admission: Admission,
+        ticket: Option<Ticket>,
         events: Option<&EventSender>,
     ) -> v1::ToolResult {
         let Admission {
@@ -333,6 +420,10 @@ impl ToolRunner {
         let duration = started.elapsed();
         // The place is given back before the result is sent on.
         drop(place);
+        if let Some(ticket) = ticket {
+            // What the call left in the workspace counts from now on.
+            let _ = tokio::task::spawn_blocking(move || ticket.settle()).await;
+        }
         let result = tool_result(ended.result, duration, &call.call_id, ended.attempts);
         tracing::info!(
             tool = tool.name(),

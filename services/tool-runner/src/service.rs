@@ -12,7 +12,7 @@ use agentmesh_kit::status::invalid_argument;
 use agentmesh_kit::text::truncate_bytes;
 use agentmesh_kit::{RequestContext, telemetry};
 use agentmesh_proto::audit::v1::{
-    AuditEvent, EventType, Outcome, ToolCallDetails, audit_event::Details,
+    AuditEvent, EventType, Outcome, RateLimitDetails, ToolCallDetails, audit_event::Details,
 };
 use agentmesh_proto::tools::v1::{
     self, ExecuteToolStreamResponse, ToolErrorKind, ToolKind, execute_tool_stream_response::Event,
@@ -26,6 +26,7 @@ use tracing::Instrument as _;
 use tracing::field::Empty;
 
 use crate::allowed::{MAX_AUDITED_NAME, ToolAccess, identity_of};
+use crate::quota::{QuotaHit, Ticket};
 use crate::resilience::Admission;
 use crate::runner::{Call, CallRequest, ToolRunner};
 use crate::workspace::check_run_id;
@@ -73,15 +74,63 @@ impl ToolRunnerServiceImpl {
     /// that can refuse a call with a status.
     async fn admit(
         &self,
-        request: CallRequest,
+        mut request: CallRequest,
         caller: &Caller,
         method: &str,
-    ) -> Result<(Call, Admission), Status> {
+    ) -> Result<(Call, Admission, Option<Ticket>), Status> {
         self.access
             .check(caller.identity.as_ref(), &request.tool, method, caller.peer)?;
-        let call = self.runner.prepare(request, Self::deadline())?;
+        if let Some(identity) = &caller.identity {
+            request.tenant.clone_from(&identity.tenant);
+        }
+        let mut call = self.runner.prepare(request, Self::deadline())?;
+        // Before a place is taken: a run over its quota must not hold one.
+        let ticket = match self.runner.reserve(&mut call).await {
+            Ok(ticket) => ticket,
+            Err(hit) => return Err(self.quota_refused(&call, &hit, method)),
+        };
         let admission = self.runner.admit(&call, method).await?;
-        Ok((call, admission))
+        Ok((call, admission, ticket))
+    }
+
+    /// A quota refusal: audited (RATE_LIMITED, DENIED, naming the quota)
+    /// and answered with RESOURCE_EXHAUSTED.
+    fn quota_refused(&self, call: &Call, hit: &QuotaHit, method: &str) -> Status {
+        let message = hit.message();
+        let (tenant_dir, _) = call.workspace_key();
+        let key = if hit.scope == "run" {
+            call.run_id().to_owned()
+        } else {
+            tenant_dir.to_owned()
+        };
+        let mut event = self.audit.event(EventType::RateLimited);
+        event.outcome = Outcome::Denied.into();
+        event.reason.clone_from(&message);
+        event.run_id = call.run_id().to_owned();
+        event.attributes.insert(
+            "quota".to_owned(),
+            format!("tool_runner.quota.{}", hit.quota),
+        );
+        event.details = Some(Details::RateLimit(RateLimitDetails {
+            scope: format!("workspace_{}", hit.scope),
+            key,
+            resource: if hit.quota.ends_with("bytes") {
+                "workspace_bytes".to_owned()
+            } else {
+                "workspace_files".to_owned()
+            },
+            limit: hit.limit as f64,
+            method: method.to_owned(),
+            ..RateLimitDetails::default()
+        }));
+        self.audit.emit(event);
+        tracing::warn!(
+            tool = call.tool().name(),
+            run_id = call.run_id(),
+            quota = hit.quota,
+            "workspace quota reached; call refused"
+        );
+        Status::resource_exhausted(message)
     }
 }
 
@@ -107,7 +156,7 @@ impl ToolRunnerService for ToolRunnerServiceImpl {
         // If the client cancels, tonic drops this future, and with it the
         // call waiting for a place or the running tool (a command is killed),
         // and the record (which then records the call as cancelled).
-        let (call, admission) = match self
+        let (call, admission, ticket) = match self
             .admit(request, &caller, EXECUTE_TOOL)
             .instrument(record.span())
             .await
@@ -120,7 +169,7 @@ impl ToolRunnerService for ToolRunnerServiceImpl {
         };
         let result = self
             .runner
-            .execute(&call, admission, None)
+            .execute(&call, admission, ticket, None)
             .instrument(record.span())
             .await;
         record.finished(&result);
@@ -144,7 +193,7 @@ impl ToolRunnerService for ToolRunnerServiceImpl {
         let record = ToolCallRecord::new(&self.audit, &request);
         // Admitted before the stream starts, so that a refusal is the
         // call's status; the wait for a place happens here too.
-        let (call, admission) = match self
+        let (call, admission, ticket) = match self
             .admit(request, &caller, EXECUTE_TOOL_STREAM)
             .instrument(record.span())
             .await
@@ -164,7 +213,7 @@ impl ToolRunnerService for ToolRunnerServiceImpl {
         let span = record.span();
         tokio::spawn(context.scope(async move {
             let result = tokio::select! {
-                result = runner.execute(&call, admission, Some(&events)) => result,
+                result = runner.execute(&call, admission, ticket, Some(&events)) => result,
                 () = events.closed() => {
                     tracing::info!(tool = call.tool().name(), "client left; tool call stopped");
                     // Dropping the record records the call as cancelled.

@@ -1,7 +1,12 @@
 //! Per-run workspace directories, and keeping tool paths inside them.
 //!
-//! Each run gets `<workspaces_dir>/<run_id>` (calls without a run share
-//! `<workspaces_dir>/_shared`), created on first use. The file tools take
+//! Each run gets `<workspaces_dir>/<tenant>/<run_id>` (calls without a run
+//! share `<workspaces_dir>/<tenant>/_shared`), created on first use: tenants
+//! never share a workspace, even with equal run ids. `<tenant>` is the
+//! tenant's name when it is a plain identifier, else a digest of it (see
+//! [`tenant_dir_name`]). When command tools run as an unprivileged user,
+//! run directories are owned by it and the directories above them are
+//! traversable but not listable (0711). The file tools take
 //! paths relative to it, and [`Workspace`] refuses anything that could reach
 //! outside: absolute paths, `..` components, and symbolic links whose target
 //! is outside the workspace — whether the link is the file itself or one of
@@ -20,6 +25,7 @@
 use std::fmt;
 use std::fs;
 use std::io;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Component, Path, PathBuf};
 
 /// The workspace directory of calls without a run. It cannot collide with a
@@ -49,14 +55,42 @@ pub(crate) fn check_run_id(run_id: &str) -> Result<(), String> {
     }
 }
 
-/// The directory of a run's workspace (not created). `run_id` must have
-/// passed [`check_run_id`] or be empty.
-pub(crate) fn workspace_dir(workspaces_dir: &Path, run_id: &str) -> PathBuf {
+/// The directory name of a run's workspace: its id, or `_shared`. `run_id`
+/// must have passed [`check_run_id`] or be empty.
+pub(crate) fn run_dir_name(run_id: &str) -> &str {
     if run_id.is_empty() {
-        workspaces_dir.join(SHARED_WORKSPACE)
+        SHARED_WORKSPACE
     } else {
-        workspaces_dir.join(run_id)
+        run_id
     }
+}
+
+/// The directory name of a tenant's workspaces: the name itself when it is
+/// 1 to 64 of `[A-Za-z0-9_-]` starting with a letter or digit; `_none`
+/// without a tenant; else `~` and a SHA-256 prefix of the name (any bytes,
+/// any length, never a path separator).
+pub(crate) fn tenant_dir_name(tenant: &str) -> String {
+    let plain = tenant.len() <= 64
+        && tenant
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && tenant
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'));
+    if tenant.is_empty() {
+        "_none".to_owned()
+    } else if plain {
+        tenant.to_owned()
+    } else {
+        let digest = agentmesh_audit_client::sha256_hex(tenant.as_bytes());
+        format!("~{}", digest.get(..32).unwrap_or(&digest))
+    }
+}
+
+/// The directory of a run's workspace (not created).
+pub(crate) fn workspace_dir(workspaces_dir: &Path, tenant_dir: &str, run_id: &str) -> PathBuf {
+    workspaces_dir.join(tenant_dir).join(run_dir_name(run_id))
 }
 
 /// Why a path was not resolved.
@@ -81,19 +115,51 @@ impl fmt::Display for PathError {
 #[derive(Debug, Clone)]
 pub(crate) struct Workspace {
     root: PathBuf,
+    /// Who owns what the file tools create (the sandbox user), if not the
+    /// service.
+    owner: Option<(u32, u32)>,
 }
 
 impl Workspace {
     /// Creates the directory when missing and resolves its canonical path.
+    #[cfg(test)]
     pub(crate) fn open(dir: &Path) -> io::Result<Self> {
+        Self::open_owned(dir, None)
+    }
+
+    /// Creates the directory when missing, owned by `owner` (with the
+    /// directories above it traversable by it), and resolves its path.
+    pub(crate) fn open_owned(dir: &Path, owner: Option<(u32, u32)>) -> io::Result<Self> {
+        if let Some((user, group)) = owner
+            && !dir.is_dir()
+        {
+            // The tenant's directory and the workspaces directory: others
+            // may pass through but not list them.
+            for parent in dir.ancestors().skip(1).take(2) {
+                fs::create_dir_all(parent)?;
+                fs::set_permissions(parent, fs::Permissions::from_mode(0o711))?;
+            }
+            fs::create_dir_all(dir)?;
+            std::os::unix::fs::chown(dir, Some(user), Some(group))?;
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+        }
         fs::create_dir_all(dir)?;
         Ok(Self {
             root: fs::canonicalize(dir)?,
+            owner,
         })
     }
 
+    /// Gives what the service created to the sandbox user, so command tools
+    /// of the run can change it.
+    pub(crate) fn own(&self, path: &Path) -> io::Result<()> {
+        match self.owner {
+            Some((user, group)) => std::os::unix::fs::chown(path, Some(user), Some(group)),
+            None => Ok(()),
+        }
+    }
+
     /// The canonical path of the workspace.
-    #[cfg(test)]
     pub(crate) fn root(&self) -> &Path {
         &self.root
     }
@@ -146,7 +212,12 @@ impl Workspace {
                 Ok(_) => return Err(PathError::Failed(format!("`{shown}` is not a directory"))),
                 Err(err) if err.kind() == io::ErrorKind::NotFound => {
                     match fs::create_dir(&next) {
-                        Ok(()) => next,
+                        Ok(()) => {
+                            self.own(&next).map_err(|err| {
+                                PathError::Failed(format!("cannot hand `{shown}` over: {err}"))
+                            })?;
+                            next
+                        }
                         // Created meanwhile by someone else: check it like any other.
                         Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
                             let target = fs::canonicalize(&next).map_err(|err| {
@@ -277,10 +348,35 @@ mod tests {
             assert!(check_run_id(bad).is_err(), "{bad}");
         }
         assert_eq!(
-            workspace_dir(Path::new("/w"), ""),
-            PathBuf::from("/w/_shared")
+            workspace_dir(Path::new("/w"), "t", ""),
+            PathBuf::from("/w/t/_shared")
         );
-        assert_eq!(workspace_dir(Path::new("/w"), "r1"), PathBuf::from("/w/r1"));
+        assert_eq!(
+            workspace_dir(Path::new("/w"), "t", "r1"),
+            PathBuf::from("/w/t/r1")
+        );
+    }
+
+    #[test]
+    fn tenants_get_safe_distinct_directory_names() {
+        assert_eq!(tenant_dir_name("acme"), "acme");
+        assert_eq!(tenant_dir_name(""), "_none");
+        let odd = [
+            "..",
+            "a/b",
+            "_shared",
+            ".hidden",
+            "a\nb",
+            "é",
+            &"x".repeat(65),
+        ];
+        let mut names: Vec<String> = odd.iter().map(|tenant| tenant_dir_name(tenant)).collect();
+        for name in &names {
+            assert!(name.starts_with('~') && name.len() == 33, "{name}");
+        }
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), odd.len());
     }
 
     #[test]

@@ -84,7 +84,8 @@ impl Running {
     }
 
     fn workspace(&self, run_id: &str) -> PathBuf {
-        self.dir.path().join("workspaces").join(run_id)
+        // Calls without a tenant: its workspaces are under `_none`.
+        self.dir.path().join("workspaces/_none").join(run_id)
     }
 
     /// Runs `tool` through ExecuteTool, in workspace `run_id`, with an

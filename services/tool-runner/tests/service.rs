@@ -75,7 +75,8 @@ impl Running {
     }
 
     fn workspace(&self, run_id: &str) -> PathBuf {
-        self.dir.path().join("workspaces").join(run_id)
+        // Calls without a tenant: its workspaces are under `_none`.
+        self.dir.path().join("workspaces/_none").join(run_id)
     }
 
     async fn call(&mut self, tool: &str, arguments: Value) -> ExecuteToolResponse {
@@ -692,7 +693,7 @@ async fn a_command_runs_in_a_scrubbed_environment_in_its_workspace() {
     let env: BTreeMap<String, String> = serde_json::from_value(dumped["env"].clone()).unwrap();
 
     // Python may add LC_CTYPE when it coerces a C locale; nothing else may appear.
-    let allowed: BTreeSet<&str> = ["PATH", "HOME", "LANG", "GREETING", "LC_CTYPE"].into();
+    let allowed: BTreeSet<&str> = ["PATH", "HOME", "TMPDIR", "LANG", "GREETING", "LC_CTYPE"].into();
     let leaked: Vec<&String> = env
         .keys()
         .filter(|key| !allowed.contains(key.as_str()))
@@ -708,6 +709,7 @@ async fn a_command_runs_in_a_scrubbed_environment_in_its_workspace() {
     let workspace = std::fs::canonicalize(service.workspace("run-env")).unwrap();
     assert_eq!(env["GREETING"], "hello");
     assert_eq!(env["LANG"], "C.UTF-8");
+    assert_eq!(Path::new(&env["TMPDIR"]).canonicalize().unwrap(), workspace);
     assert_eq!(Path::new(&env["HOME"]).canonicalize().unwrap(), workspace);
     assert_eq!(
         Path::new(dumped["cwd"].as_str().unwrap())

@@ -133,6 +133,7 @@ pub(crate) fn write_file(
             )));
         }
     }
+    let created = !path.exists();
     let mut options = fs::OpenOptions::new();
     options.create(true);
     if args.append {
@@ -144,6 +145,12 @@ pub(crate) fn write_file(
         .open(&path)
         .and_then(|mut file| file.write_all(args.content.as_bytes()))
         .map_err(|err| ToolFailure::failed(format!("cannot write `{}`: {err}", args.path)))?;
+    if created {
+        // Command tools of the run (an unprivileged user) may change it too.
+        workspace.own(&path).map_err(|err| {
+            ToolFailure::failed(format!("cannot hand `{}` over: {err}", args.path))
+        })?;
+    }
     Ok(json!({
         "path": workspace.relative(&path),
         "bytes_written": length,

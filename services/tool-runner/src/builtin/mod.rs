@@ -253,6 +253,9 @@ pub(crate) struct BuiltinContext {
     pub(crate) workspace_dir: PathBuf,
     /// Size and count limits of the file tools.
     pub(crate) limits: FileLimits,
+    /// Who owns what the file tools create (the sandbox user), if not the
+    /// service.
+    pub(crate) owner: Option<(u32, u32)>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -324,8 +327,9 @@ where
 {
     let dir = context.workspace_dir.clone();
     let limits = context.limits;
+    let owner = context.owner;
     blocking(move || {
-        let workspace = Workspace::open(&dir).map_err(|err| {
+        let workspace = Workspace::open_owned(&dir, owner).map_err(|err| {
             ToolFailure::failed(format!("cannot open the run's workspace: {err}"))
         })?;
         work(&workspace, limits)

@@ -23,12 +23,12 @@ use serde_json::Value;
 use super::{Call, ToolRunner};
 use crate::builtin::{self, BuiltinContext};
 use crate::command::EventSender;
+use crate::command::RunEnv;
 use crate::config::format_duration;
 use crate::metrics::Outcome;
 use crate::outcome::{ToolFailure, ToolOutcome};
 use crate::registry::Implementation;
 use crate::resilience;
-use crate::workspace::workspace_dir;
 
 /// How much of a failed attempt's message a retry's progress quotes.
 const MAX_QUOTED_FAILURE: usize = 200;
@@ -161,17 +161,24 @@ impl ToolRunner {
     async fn run(&self, call: &Call, events: Option<&EventSender>) -> ToolOutcome {
         let tool = &call.tool;
         tool.check_arguments(&call.arguments)?;
-        let workspace_dir = workspace_dir(&self.workspaces_dir, &call.run_id);
+        let workspace_dir = call.workspace_dir.clone();
+        let host = self.sandbox.as_deref();
         match &tool.implementation {
             Implementation::Builtin(builtin) => {
                 let context = BuiltinContext {
                     workspace_dir,
                     limits: self.file_limits,
+                    owner: host.and_then(crate::sandbox::SandboxHost::user),
                 };
                 builtin::run(*builtin, call.arguments.clone(), &context).await
             }
             Implementation::Command(command) => {
-                let output = command.run(&call.arguments, &workspace_dir, events).await?;
+                let env = RunEnv {
+                    workspace_dir: &workspace_dir,
+                    host,
+                    file_size_cap: call.file_size_cap,
+                };
+                let output = command.run(&call.arguments, env, events).await?;
                 tool.check_output(&output)?;
                 Ok(output)
             }
