@@ -160,6 +160,11 @@ enum LogFormatArg {
 }
 
 fn main() -> ExitCode {
+    // The embedded tool runner re-runs this executable as the sandbox helper
+    // of its command tools; in that mode it never reaches the CLI.
+    if let Some(code) = agentmesh_tool_runner::sandbox::helper_main() {
+        return code;
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
