@@ -57,6 +57,7 @@ use agentmesh_kit::{ConfigError, LogConfig, ServerConfig};
 use agentmesh_resilience::{CircuitConfig, RetryConfig};
 use serde::{Deserialize, Serialize};
 
+use crate::builtin::http::HttpToolConfig;
 use crate::{DEFAULT_PORT, SERVICE};
 
 /// The service's configuration (section `[tool_runner]`, environment
@@ -104,6 +105,9 @@ pub struct Config {
     /// Retries of idempotent tools whose run failed or timed out
     /// (`[tool_runner.retry]`); `max_attempts` counts the first run.
     pub retry: RetryConfig,
+    /// The `http_request` built-in tool (`[tool_runner.http]`): off by
+    /// default; where it may go is its `egress` policy.
+    pub http: HttpToolConfig,
     /// Command tools by name.
     pub commands: BTreeMap<String, CommandToolConfig>,
     /// Where audit events go.
@@ -137,6 +141,7 @@ impl Default for Config {
                 max_attempts: 2,
                 ..RetryConfig::default()
             },
+            http: HttpToolConfig::default(),
             commands: BTreeMap::new(),
             audit: AuditConfig::default(),
         }
@@ -221,6 +226,7 @@ impl Config {
         self.retry
             .validate()
             .map_err(|(field, message)| ConfigError::new(format!("retry.{field}"), message))?;
+        self.http.validate(self.server.max_message_bytes)?;
         Ok(())
     }
 }

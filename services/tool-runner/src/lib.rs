@@ -66,7 +66,8 @@
 //!   identity's tool allow-list (PERMISSION_DENIED, audited, before a call
 //!   is admitted; ListTools shows only allowed tools).
 //! * `builtin`: `calculator`, `current_time`, `read_file`, `write_file`,
-//!   `list_files`; `workspace`: per-run directories and path confinement;
+//!   `list_files`, `http_request` (opt-in, through `agentmesh-egress`);
+//!   `workspace`: per-run directories and path confinement;
 //!   `command`: running configured programs.
 //!
 //! Health: ready (SERVING) while every command tool's program is there to
@@ -104,6 +105,7 @@ use agentmesh_kit::{Listeners, ServeError, ServiceHost, StartupError};
 use agentmesh_proto::tools::v1::tool_runner_service_server::ToolRunnerServiceServer;
 
 pub use agentmesh_audit_client::AuditConfig;
+pub use builtin::http::HttpToolConfig;
 pub use config::{CommandToolConfig, Config};
 
 use crate::runner::ToolRunner;

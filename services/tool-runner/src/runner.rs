@@ -28,6 +28,7 @@ use serde_json::Value;
 use tonic::Status;
 
 use crate::builtin::files::FileLimits;
+use crate::builtin::http::HttpTool;
 use crate::command::EventSender;
 use crate::config::Config;
 use crate::metrics::ToolMetrics;
@@ -111,6 +112,8 @@ pub(crate) struct ToolRunner {
     registry: Registry,
     workspaces_dir: PathBuf,
     file_limits: FileLimits,
+    /// `http_request`'s guarded client, when the tool is enabled.
+    http: Option<HttpTool>,
     max_timeout: Duration,
     metrics: Option<ToolMetrics>,
     retries: Retries,
@@ -129,6 +132,7 @@ impl ToolRunner {
                 max_file_bytes: config.max_file_bytes,
                 max_list_entries: config.max_list_entries,
             },
+            http: HttpTool::from_config(&config.http)?,
             max_timeout: config.max_timeout,
             metrics: None,
             retries: Retries::new(&config.retry),

@@ -159,6 +159,7 @@ impl ToolRunner {
                 let context = BuiltinContext {
                     workspace_dir,
                     limits: self.file_limits,
+                    http: self.http.clone(),
                 };
                 builtin::run(*builtin, call.arguments.clone(), &context).await
             }
