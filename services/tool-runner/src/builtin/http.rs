@@ -276,6 +276,12 @@ fn build_request(tool: &HttpTool, args: HttpArgs) -> Result<reqwest::Request, To
     let url = reqwest::Url::parse(&args.url).map_err(|err| {
         ToolFailure::invalid_arguments(format!("url: not an absolute URL: {err}"))
     })?;
+    // Checked here as well as when sent: reqwest refuses to build requests
+    // for some schemes, which must still be the policy's refusal.
+    tool.client
+        .policy()
+        .check_url(&url)
+        .map_err(|refusal| ToolFailure::denied(refusal.to_string()))?;
     let timeout = match args.timeout_seconds {
         Some(seconds) if seconds.is_finite() && seconds > 0.0 => {
             Duration::try_from_secs_f64(seconds)
