@@ -43,6 +43,11 @@ pub struct Config {
     /// Most time buckets one `Report` may span (e.g. 8784 = a leap year of
     /// hours).
     pub max_report_buckets: usize,
+    /// Most `VerifyChain` walks running at once (a chain is walked by one
+    /// call at a time); beyond, RESOURCE_EXHAUSTED with a retry delay. At
+    /// most `storage.max_connections - 1` apply, so writers keep a
+    /// connection.
+    pub max_concurrent_verifications: usize,
     /// Extra regular expressions redacted from every stored event (producers
     /// redact too; this is the last line of defence).
     pub redact_patterns: Vec<String>,
@@ -89,6 +94,7 @@ impl Default for Config {
             subscribe_end_grace: Duration::from_secs(5),
             export_chunk_events: 1000,
             max_report_buckets: 8784,
+            max_concurrent_verifications: 2,
             redact_patterns: Vec::new(),
             retention: RetentionConfig::default(),
         }
@@ -105,6 +111,10 @@ impl Config {
             ("max_commit_events", self.max_commit_events),
             ("export_chunk_events", self.export_chunk_events),
             ("max_report_buckets", self.max_report_buckets),
+            (
+                "max_concurrent_verifications",
+                self.max_concurrent_verifications,
+            ),
             ("retention.batch_size", self.retention.batch_size),
         ];
         for (name, value) in positive {

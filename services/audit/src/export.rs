@@ -262,7 +262,7 @@ fn csv_chunk(
             .write_record(
                 columns
                     .iter()
-                    .map(|column| column_value(&message, event, column)),
+                    .map(|column| neutralize(column_value(&message, event, column))),
             )
             .map_err(|err| Status::internal(format!("writing CSV: {err}")))?;
     }
@@ -271,6 +271,23 @@ fn csv_chunk(
         .map_err(|err| Status::internal(format!("writing CSV: {err}")))?;
     drop(writer);
     Ok(data)
+}
+
+/// A cell a spreadsheet would not run: text starting with `=`, `+`, `-`,
+/// `@`, a tab or a carriage return is a formula to Excel, LibreOffice and
+/// Google Sheets (OWASP's CSV injection), so it gets a leading `'`, which
+/// they show as text. Numbers (`-1.5`) stay numbers. Quoting is the CSV
+/// writer's, as for any cell.
+fn neutralize(cell: String) -> String {
+    let risky = matches!(
+        cell.as_bytes().first(),
+        Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r')
+    );
+    if risky && cell.parse::<f64>().is_err() {
+        format!("'{cell}")
+    } else {
+        cell
+    }
 }
 
 /// One page as JSON lines, one event each.
@@ -360,6 +377,49 @@ mod tests {
         );
         assert_eq!(strip_enum_prefix("Outcome", "OUTCOME_DENIED"), "DENIED");
         assert_eq!(strip_enum_prefix("Outcome", "OTHER"), "OTHER");
+    }
+
+    #[test]
+    fn formulas_are_neutralized_and_numbers_kept() {
+        for (cell, expected) in [
+            (
+                "=HYPERLINK(\"http://x\",\"y\")",
+                "'=HYPERLINK(\"http://x\",\"y\")",
+            ),
+            ("+1+cmd|' /C calc'!A0", "'+1+cmd|' /C calc'!A0"),
+            ("-2+3", "'-2+3"),
+            ("@SUM(A1:A2)", "'@SUM(A1:A2)"),
+            ("\t=1", "'\t=1"),
+            ("\r=1", "'\r=1"),
+            ("-1.5", "-1.5"),
+            ("+3", "+3"),
+            ("plain", "plain"),
+            ("a=b", "a=b"),
+            ("", ""),
+        ] {
+            assert_eq!(neutralize(cell.to_owned()), expected, "{cell:?}");
+        }
+    }
+
+    #[test]
+    fn a_neutralized_cell_is_still_quoted_properly() {
+        let mut data = Vec::new();
+        let mut writer = csv::Writer::from_writer(&mut data);
+        writer
+            .write_record([
+                neutralize("=1,\"2\"\n".to_owned()),
+                neutralize("ok".to_owned()),
+            ])
+            .unwrap();
+        writer.flush().unwrap();
+        drop(writer);
+        let text = String::from_utf8(data).unwrap();
+        assert_eq!(text, "\"'=1,\"\"2\"\"\n\",ok\n");
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .from_reader(text.as_bytes());
+        let record = reader.records().next().unwrap().unwrap();
+        assert_eq!(&record[0], "'=1,\"2\"\n");
     }
 
     #[test]

@@ -50,7 +50,10 @@
 //! **Chains.** Each tenant's events form one hash chain (`tenant:<name>`);
 //! events without a tenant form the chain `system`. Each event stores
 //! SHA-256 over its chain, the previous event's hash and its stored body;
-//! `VerifyChain` recomputes them. Retention deletes the oldest events of the
+//! `VerifyChain` recomputes them (bounded: one call per chain at a time,
+//! `max_concurrent_verifications` at once). Event ids are unique per chain,
+//! so `Record`'s idempotency never lets one tenant claim another's ids.
+//! Retention deletes the oldest events of the
 //! log and keeps, per chain, the hash of the last deleted event as the
 //! chain's anchor, so what remains still verifies.
 

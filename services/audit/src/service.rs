@@ -24,6 +24,7 @@ use crate::event::{Prepared, cursor, parse_cursor, validate};
 use crate::filter::Filter;
 use crate::store::{Store, Written};
 use crate::subscribe::{Start, Subscription};
+use crate::verify::VerifyGate;
 use crate::writer::{Writer, WriterStopped};
 
 /// What the handlers need once the database is open.
@@ -39,6 +40,8 @@ pub(crate) struct AuditServiceImpl {
     config: Arc<Config>,
     ready: Arc<OnceLock<Ready>>,
     redactor: Arc<Redactor>,
+    /// Bounds concurrent `VerifyChain` walks.
+    verify_gate: Arc<VerifyGate>,
 }
 
 /// Events per Query page by default, and at most.
@@ -50,10 +53,15 @@ impl AuditServiceImpl {
         ready: Arc<OnceLock<Ready>>,
         redactor: Arc<Redactor>,
     ) -> Self {
+        let verify_gate = Arc::new(VerifyGate::new(
+            config.max_concurrent_verifications,
+            usize::try_from(config.storage.max_connections).unwrap_or(usize::MAX),
+        ));
         Self {
             config,
             ready,
             redactor,
+            verify_gate,
         }
     }
 
@@ -345,7 +353,7 @@ impl AuditService for AuditServiceImpl {
             }
         }
         let ready = self.ready()?;
-        crate::verify::verify(&ready.store, &request, &reader)
+        crate::verify::verify(&ready.store, &request, &reader, &self.verify_gate)
             .await
             .map(Response::new)
     }

@@ -6,7 +6,9 @@
 //! batches, holding the log's write lock (SQLite: `BEGIN IMMEDIATE`;
 //! PostgreSQL: a transaction-scoped advisory lock), so that even several
 //! replicas of the service write one after the other. Under that lock the
-//! transaction looks up which event ids are already stored (idempotency),
+//! transaction looks up which event ids are already stored in the events'
+//! chains (idempotency: an id is unique per chain, i.e. per tenant, so one
+//! tenant cannot claim another's ids),
 //! reads the heads of the chains involved, gives out sequence numbers after
 //! the last one (kept in `audit_log_state`, never reused), seals each event
 //! with its hash, inserts all rows in a few statements, and moves the chain
@@ -18,6 +20,8 @@
 
 mod append;
 mod retain;
+#[cfg(test)]
+mod tests;
 
 use agentmesh_proto::audit::v1::AuditEvent;
 use agentmesh_storage::{Database, EmbeddedMigration, Migrations, StoreError, with_pool};
@@ -30,16 +34,30 @@ use crate::filter::Filter;
 
 /// The audit schema, per backend.
 pub(crate) static MIGRATIONS: Migrations = Migrations {
-    sqlite: &[EmbeddedMigration {
-        version: 1,
-        description: "append-only audit events, chains, log state",
-        sql: include_str!("../migrations/sqlite/0001_events.sql"),
-    }],
-    postgres: &[EmbeddedMigration {
-        version: 1,
-        description: "append-only audit events, chains, log state",
-        sql: include_str!("../migrations/postgres/0001_events.sql"),
-    }],
+    sqlite: &[
+        EmbeddedMigration {
+            version: 1,
+            description: "append-only audit events, chains, log state",
+            sql: include_str!("../migrations/sqlite/0001_events.sql"),
+        },
+        EmbeddedMigration {
+            version: 2,
+            description: "event ids unique per chain",
+            sql: include_str!("../migrations/sqlite/0002_event_id_per_chain.sql"),
+        },
+    ],
+    postgres: &[
+        EmbeddedMigration {
+            version: 1,
+            description: "append-only audit events, chains, log state",
+            sql: include_str!("../migrations/postgres/0001_events.sql"),
+        },
+        EmbeddedMigration {
+            version: 2,
+            description: "event ids unique per chain",
+            sql: include_str!("../migrations/postgres/0002_event_id_per_chain.sql"),
+        },
+    ],
 };
 
 /// The advisory lock key serializing writers of the log in PostgreSQL.

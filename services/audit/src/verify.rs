@@ -9,6 +9,13 @@
 //! reordered). A walk to the end also checks that the last event is the
 //! chain head recorded at write time, so deleting the newest events shows.
 //!
+//! A walk reads the chain in pages of [`ROWS_PER_PAGE`] rows, one
+//! statement each outside any transaction (it holds no lock and a database
+//! connection only while a page is read), and checks each page on the
+//! blocking thread pool, so hashing never holds up the request threads.
+//! How many walks run at once, and that a chain is walked by one call at a
+//! time, is [`gate`]'s.
+//!
 //! This proves the log unaltered against anyone who cannot also rewrite the
 //! chain heads; publishing the heads elsewhere (e.g. into another system's
 //! log) extends that to a database administrator.
@@ -17,24 +24,30 @@ use agentmesh_kit::time::{micros_of, timestamp_from_micros};
 use agentmesh_proto::audit::v1::{
     AuditEvent, ChainBreak, ChainBreakKind, VerifyChainRequest, VerifyChainResponse,
 };
-use agentmesh_storage::StoreError;
 use prost::Message;
 use tonic::Status;
+
+mod gate;
+
+pub(crate) use gate::VerifyGate;
 
 use crate::access::Reader;
 use crate::event::{Columns, content_hash, cursor};
 use crate::store::{ChainHead, Store, StoredRow};
 
 /// Rows read per query during a walk.
-const ROWS_PER_PAGE: usize = 2000;
+const ROWS_PER_PAGE: usize = 500;
 
 /// Verifies the chains a request names, of those `reader` may read.
 pub(crate) async fn verify(
     store: &Store,
     request: &VerifyChainRequest,
     reader: &Reader,
+    gate: &VerifyGate,
 ) -> Result<VerifyChainResponse, Status> {
     let chains = reader.chains(&request.chain, store.chains().await)?;
+    let names: Vec<String> = chains.iter().map(|head| head.chain.clone()).collect();
+    let _pass = gate.enter(&names)?;
     let start_us = request.start_time.as_ref().map(micros_of);
     let end_us = request.end_time.as_ref().map(micros_of);
     let mut response = VerifyChainResponse {
@@ -43,9 +56,7 @@ pub(crate) async fn verify(
     };
     for head in &chains {
         response.chains_checked += 1;
-        let (checked, broken) = walk(store, head, start_us, end_us)
-            .await
-            .map_err(Status::from)?;
+        let (checked, broken) = walk(store, head, start_us, end_us).await?;
         response.events_checked += checked;
         if let Some(broken) = broken {
             response.ok = false;
@@ -61,7 +72,7 @@ async fn walk(
     head: &ChainHead,
     start_us: Option<i64>,
     end_us: Option<i64>,
-) -> Result<(i64, Option<ChainBreak>), StoreError> {
+) -> Result<(i64, Option<ChainBreak>), Status> {
     let (mut position, mut expected_previous) = match start_us {
         Some(start) => store
             .chain_position_before(&head.chain, start)
@@ -76,14 +87,19 @@ async fn walk(
             .chain_rows(&head.chain, position, end_us, ROWS_PER_PAGE)
             .await?;
         let full = rows.len() == ROWS_PER_PAGE;
-        for row in rows {
-            checked += 1;
-            if let Some(broken) = check(head, &row, &expected_previous) {
-                return Ok((checked, Some(broken)));
-            }
-            position = row.seq;
-            expected_previous.clone_from(&row.hash);
-            last_seen = Some(row);
+        let page_head = head.clone();
+        let page =
+            tokio::task::spawn_blocking(move || check_page(&page_head, rows, expected_previous))
+                .await
+                .map_err(|err| Status::internal(format!("the chain check stopped: {err}")))?;
+        checked += page.checked;
+        if page.broken.is_some() {
+            return Ok((checked, page.broken));
+        }
+        expected_previous = page.expected_previous;
+        if let Some(last) = page.last {
+            position = last.seq;
+            last_seen = Some(last);
         }
         if !full {
             break;
@@ -122,6 +138,40 @@ async fn walk(
         }
     }
     Ok((checked, None))
+}
+
+/// What checking one page found.
+struct Page {
+    checked: i64,
+    broken: Option<ChainBreak>,
+    /// The hash the next row must link to.
+    expected_previous: String,
+    last: Option<StoredRow>,
+}
+
+/// Checks a page of rows in order, stopping at the first problem.
+fn check_page(head: &ChainHead, rows: Vec<StoredRow>, mut expected_previous: String) -> Page {
+    let mut checked = 0;
+    let mut last = None;
+    for row in rows {
+        checked += 1;
+        if let Some(broken) = check(head, &row, &expected_previous) {
+            return Page {
+                checked,
+                broken: Some(broken),
+                expected_previous,
+                last,
+            };
+        }
+        expected_previous.clone_from(&row.hash);
+        last = Some(row);
+    }
+    Page {
+        checked,
+        broken: None,
+        expected_previous,
+        last,
+    }
 }
 
 /// The problem with one row, if any.

@@ -83,6 +83,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::quota::QuotaConfig;
 use crate::sandbox::{LimitOverrides, SandboxConfig, SandboxMode};
+use crate::builtin::http::HttpToolConfig;
 use crate::{DEFAULT_PORT, SERVICE};
 
 /// The service's configuration (section `[tool_runner]`, environment
@@ -130,6 +131,9 @@ pub struct Config {
     /// Retries of idempotent tools whose run failed or timed out
     /// (`[tool_runner.retry]`); `max_attempts` counts the first run.
     pub retry: RetryConfig,
+    /// The `http_request` built-in tool (`[tool_runner.http]`): off by
+    /// default; where it may go is its `egress` policy.
+    pub http: HttpToolConfig,
     /// Command tools by name.
     pub commands: BTreeMap<String, CommandToolConfig>,
     /// Where audit events go.
@@ -169,6 +173,7 @@ impl Default for Config {
                 max_attempts: 2,
                 ..RetryConfig::default()
             },
+            http: HttpToolConfig::default(),
             commands: BTreeMap::new(),
             audit: AuditConfig::default(),
             sandbox: SandboxConfig::default(),
@@ -257,6 +262,7 @@ impl Config {
             .map_err(|(field, message)| ConfigError::new(format!("retry.{field}"), message))?;
         self.sandbox.validate()?;
         self.quota.validate()?;
+        self.http.validate(self.server.max_message_bytes)?;
         Ok(())
     }
 }

@@ -66,8 +66,9 @@
 //!   identity's tool allow-list (PERMISSION_DENIED, audited, before a call
 //!   is admitted; ListTools shows only allowed tools).
 //! * `builtin`: `calculator`, `current_time`, `read_file`, `write_file`,
-//!   `list_files`; `workspace`: per-tenant, per-run directories and path
-//!   confinement; `command`: running configured programs.
+//!   `list_files`, `http_request` (opt-in, through `agentmesh-egress`);
+//!   `workspace`: per-tenant, per-run directories and path confinement;
+//!   `command`: running configured programs.
 //! * `sandbox`: how command tools are isolated (a helper mode of this binary
 //!   applies rlimits, a network namespace, Landlock and an unprivileged
 //!   user, then executes the program), probed and reported at start;
@@ -113,6 +114,7 @@ use agentmesh_kit::{Listeners, ServeError, ServiceHost, StartupError};
 use agentmesh_proto::tools::v1::tool_runner_service_server::ToolRunnerServiceServer;
 
 pub use agentmesh_audit_client::AuditConfig;
+pub use builtin::http::HttpToolConfig;
 pub use config::{CommandToolConfig, Config};
 pub use quota::QuotaConfig;
 pub use sandbox::{LimitOverrides, ResourceLimits, SandboxConfig, SandboxMode};

@@ -147,7 +147,7 @@ impl Registry {
     pub(crate) fn from_config(config: &Config) -> Result<Self, ConfigError> {
         config.validate_limits()?;
         let mut tools = BTreeMap::new();
-        for builtin in Builtin::ALL {
+        for builtin in Builtin::ALL.into_iter().filter(|b| b.enabled(&config.http)) {
             let tool = builtin_tool(builtin, config).map_err(|message| {
                 ConfigError::new("", format!("built-in tool {}: {message}", builtin.name()))
             })?;
@@ -191,7 +191,7 @@ impl Registry {
 }
 
 fn builtin_tool(builtin: Builtin, config: &Config) -> Result<RegisteredTool, String> {
-    let parameters = builtin.parameters(config.max_file_bytes);
+    let parameters = builtin.parameters(config.max_file_bytes, &config.http);
     let output = builtin.output_schema();
     let arguments = compile(&parameters)?;
     // Built-in outputs are ours and tested; the schema is published for the

@@ -29,6 +29,7 @@ use tonic::Status;
 
 use crate::builtin::Builtin;
 use crate::builtin::files::FileLimits;
+use crate::builtin::http::HttpTool;
 use crate::command::EventSender;
 use crate::config::Config;
 use crate::metrics::ToolMetrics;
@@ -136,6 +137,8 @@ pub(crate) struct ToolRunner {
     registry: Registry,
     workspaces_dir: PathBuf,
     file_limits: FileLimits,
+    /// `http_request`'s guarded client, when the tool is enabled.
+    http: Option<HttpTool>,
     max_timeout: Duration,
     metrics: Option<ToolMetrics>,
     retries: Retries,
@@ -158,6 +161,7 @@ impl ToolRunner {
                 max_file_bytes: config.max_file_bytes,
                 max_list_entries: config.max_list_entries,
             },
+            http: HttpTool::from_config(&config.http)?,
             max_timeout: config.max_timeout,
             metrics: None,
             retries: Retries::new(&config.retry),

@@ -71,25 +71,30 @@ impl Store {
 /// stored yet. Runs under the write lock.
 fn seal<'a>(
     batch: &'a [Prepared],
-    existing: &HashMap<String, i64>,
+    existing: &HashMap<(String, String), i64>,
     heads: &mut HashMap<String, String>,
     mut last_seq: i64,
 ) -> (Vec<Written>, Vec<Sealed<'a>>) {
-    let mut new_ids: HashMap<&str, i64> = HashMap::new();
+    // Ids are unique per chain: the same id in another tenant's chain is
+    // another event.
+    let mut new_ids: HashMap<(&str, &str), i64> = HashMap::new();
     let mut written = Vec::with_capacity(batch.len());
     let mut sealed = Vec::with_capacity(batch.len());
     for prepared in batch {
         let id = prepared.event.event_id.as_str();
-        if let Some(seq) = existing.get(id).or_else(|| new_ids.get(id)) {
+        let chain = &prepared.columns.chain;
+        let duplicate = existing
+            .get(&(chain.clone(), id.to_owned()))
+            .or_else(|| new_ids.get(&(chain.as_str(), id)));
+        if let Some(seq) = duplicate {
             written.push(Written::Duplicate(*seq));
             continue;
         }
         last_seq += 1;
-        let chain = &prepared.columns.chain;
         let previous_hash = heads.get(chain).cloned().unwrap_or_default();
         let hash = content_hash(chain, &previous_hash, &prepared.body);
         heads.insert(chain.clone(), hash.clone());
-        new_ids.insert(id, last_seq);
+        new_ids.insert((chain.as_str(), id), last_seq);
         written.push(Written::Stored(last_seq));
         sealed.push(Sealed {
             seq: last_seq,
@@ -143,8 +148,9 @@ async fn append_sqlite(
     batch: &[Prepared],
 ) -> Result<(Vec<Written>, Committed), StoreError> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    let existing = stored_ids_sqlite(&mut tx, batch).await?;
-    let mut heads = chain_heads_sqlite(&mut tx, &chains_of(batch)).await?;
+    let chains = chains_of(batch);
+    let existing = stored_ids_sqlite(&mut tx, batch, &chains).await?;
+    let mut heads = chain_heads_sqlite(&mut tx, &chains).await?;
     let prev_seq: i64 = sqlx::query_scalar("SELECT last_seq FROM audit_log_state WHERE id = 1")
         .fetch_one(&mut *tx)
         .await?;
@@ -172,22 +178,33 @@ async fn append_sqlite(
     Ok((written, committed))
 }
 
-/// The sequence numbers of the batch's event ids already stored.
+/// The sequence numbers of the batch's events already stored, by (chain,
+/// event id). Rows of the same ids in chains the batch does not write are
+/// filtered out by the query; those of another of its chains by the key.
 async fn stored_ids_sqlite(
     tx: &mut sqlx::SqliteConnection,
     batch: &[Prepared],
-) -> Result<HashMap<String, i64>, StoreError> {
+    chains: &[String],
+) -> Result<HashMap<(String, String), i64>, StoreError> {
     let mut existing = HashMap::new();
     for ids in batch.chunks(SQLITE_IDS_PER_LOOKUP) {
         let mut query =
-            QueryBuilder::new("SELECT event_id, seq FROM audit_events WHERE event_id IN (");
+            QueryBuilder::new("SELECT chain, event_id, seq FROM audit_events WHERE event_id IN (");
         let mut list = query.separated(", ");
         for prepared in ids {
             list.push_bind(prepared.event.event_id.clone());
         }
+        query.push(") AND chain IN (");
+        let mut list = query.separated(", ");
+        for chain in chains {
+            list.push_bind(chain.clone());
+        }
         query.push(")");
         for row in query.build().fetch_all(&mut *tx).await? {
-            existing.insert(row.try_get("event_id")?, row.try_get("seq")?);
+            existing.insert(
+                (row.try_get("chain")?, row.try_get("event_id")?),
+                row.try_get("seq")?,
+            );
         }
     }
     Ok(existing)
@@ -262,15 +279,21 @@ async fn append_postgres(
         .execute(&mut *tx)
         .await?;
     let ids: Vec<String> = batch.iter().map(|p| p.event.event_id.clone()).collect();
-    let mut existing = HashMap::new();
-    for row in sqlx::query("SELECT event_id, seq FROM audit_events WHERE event_id = ANY($1)")
-        .bind(&ids)
-        .fetch_all(&mut *tx)
-        .await?
-    {
-        existing.insert(row.try_get("event_id")?, row.try_get("seq")?);
-    }
     let chains = chains_of(batch);
+    let mut existing = HashMap::new();
+    for row in sqlx::query(
+        "SELECT chain, event_id, seq FROM audit_events WHERE event_id = ANY($1) AND chain = ANY($2)",
+    )
+    .bind(&ids)
+    .bind(&chains)
+    .fetch_all(&mut *tx)
+    .await?
+    {
+        existing.insert(
+            (row.try_get("chain")?, row.try_get("event_id")?),
+            row.try_get("seq")?,
+        );
+    }
     let mut heads = HashMap::new();
     for row in sqlx::query("SELECT chain, head_hash FROM audit_chains WHERE chain = ANY($1)")
         .bind(&chains)

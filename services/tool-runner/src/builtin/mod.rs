@@ -6,6 +6,8 @@
 //! * `current_time` ([`clock`]): the time in UTC and an IANA time zone.
 //! * `read_file`, `write_file`, `list_files` ([`files`]): confined to the
 //!   run's workspace.
+//! * `http_request` ([`http`]): an HTTP request through the outbound-URL
+//!   guard; offered only when `[tool_runner.http] enabled`.
 //!
 //! The calculator is cheap CPU work and runs inline; everything that touches
 //! the file system runs on the blocking thread pool.
@@ -13,6 +15,7 @@
 pub(crate) mod calculator;
 pub(crate) mod clock;
 pub(crate) mod files;
+pub(crate) mod http;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -33,17 +36,24 @@ pub(crate) enum Builtin {
     ReadFile,
     WriteFile,
     ListFiles,
+    HttpRequest,
 }
 
 impl Builtin {
     /// Every built-in tool.
-    pub(crate) const ALL: [Self; 5] = [
+    pub(crate) const ALL: [Self; 6] = [
         Self::Calculator,
         Self::CurrentTime,
         Self::ReadFile,
         Self::WriteFile,
         Self::ListFiles,
+        Self::HttpRequest,
     ];
+
+    /// Whether the configuration offers it (`http_request` is opt-in).
+    pub(crate) fn enabled(self, http: &http::HttpToolConfig) -> bool {
+        self != Self::HttpRequest || http.enabled
+    }
 
     /// The tool's name.
     pub(crate) fn name(self) -> &'static str {
@@ -53,6 +63,7 @@ impl Builtin {
             Self::ReadFile => "read_file",
             Self::WriteFile => "write_file",
             Self::ListFiles => "list_files",
+            Self::HttpRequest => http::NAME,
         }
     }
 
@@ -85,11 +96,12 @@ impl Builtin {
                  optionally recursively: each entry's name, path, kind (file, dir, symlink) \
                  and size of files."
             }
+            Self::HttpRequest => http::DESCRIPTION,
         }
     }
 
     /// JSON Schema of the arguments.
-    pub(crate) fn parameters(self, max_file_bytes: u64) -> Value {
+    pub(crate) fn parameters(self, max_file_bytes: u64, http: &http::HttpToolConfig) -> Value {
         let path = json!({
             "type": "string",
             "minLength": 1,
@@ -166,6 +178,7 @@ impl Builtin {
                 },
                 "additionalProperties": false
             }),
+            Self::HttpRequest => http::parameters(http),
         }
     }
 
@@ -226,13 +239,14 @@ impl Builtin {
                 },
                 "required": ["path", "entries", "truncated"]
             }),
+            Self::HttpRequest => http::output_schema(),
         }
     }
 
     /// Whether running it twice has the same effect as once.
     pub(crate) fn idempotent(self) -> bool {
-        // write_file can append, so twice is not once.
-        !matches!(self, Self::WriteFile)
+        // write_file can append, and a POST is not a GET: twice is not once.
+        !matches!(self, Self::WriteFile | Self::HttpRequest)
     }
 
     /// Labels shown by ListTools.
@@ -241,6 +255,7 @@ impl Builtin {
             Self::Calculator => "math",
             Self::CurrentTime => "time",
             Self::ReadFile | Self::WriteFile | Self::ListFiles => "files",
+            Self::HttpRequest => "network",
         };
         BTreeMap::from([("category".to_owned(), category.to_owned())])
     }
@@ -256,6 +271,8 @@ pub(crate) struct BuiltinContext {
     /// Who owns what the file tools create (the sandbox user), if not the
     /// service.
     pub(crate) owner: Option<(u32, u32)>,
+    /// `http_request`, when enabled.
+    pub(crate) http: Option<http::HttpTool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -310,6 +327,7 @@ pub(crate) async fn run(
             })
             .await
         }
+        Builtin::HttpRequest => http::run(context.http.as_ref(), parse(arguments)?).await,
     }
 }
 

@@ -169,6 +169,7 @@ impl ToolRunner {
                     workspace_dir,
                     limits: self.file_limits,
                     owner: host.and_then(crate::sandbox::SandboxHost::user),
+                    http: self.http.clone(),
                 };
                 builtin::run(*builtin, call.arguments.clone(), &context).await
             }
