@@ -98,6 +98,25 @@ impl ResilienceReporter {
         breaker.on_transition(move |transition| reporter.circuit(transition));
     }
 
+    /// Watches `breaker` of a target no configuration lists (a model a
+    /// caller named): audit events as for any circuit, its changes counted
+    /// under `label` — a bounded name shared by all such targets, e.g.
+    /// `openai/other` — and no state gauge (one series cannot hold the
+    /// state of several circuits). Label values never come from a request.
+    pub fn watch_unlisted_circuit(&self, breaker: &CircuitBreaker, label: &str) {
+        let reporter = self.clone();
+        let label = label.to_owned();
+        breaker.on_transition(move |transition| {
+            if let Some(metrics) = &reporter.metrics {
+                metrics
+                    .transitions
+                    .with_label_values(&[label.as_str(), transition.to.as_str()])
+                    .inc();
+            }
+            reporter.audit_circuit(transition);
+        });
+    }
+
     /// Reports one circuit change: gauge and counter always; an audit
     /// event for changes to OPEN (CIRCUIT_OPENED) and to CLOSED
     /// (CIRCUIT_CLOSED). OPEN → HALF_OPEN is only a metric.
@@ -112,6 +131,12 @@ impl ResilienceReporter {
                 .with_label_values(&[transition.target.as_str(), transition.to.as_str()])
                 .inc();
         }
+        self.audit_circuit(transition);
+    }
+
+    /// The log line and audit event of a circuit change (CIRCUIT_OPENED,
+    /// CIRCUIT_CLOSED; none for OPEN → HALF_OPEN).
+    fn audit_circuit(&self, transition: &Transition) {
         let event_type = match transition.to {
             CircuitState::Open => EventType::CircuitOpened,
             CircuitState::Closed => EventType::CircuitClosed,
@@ -274,6 +299,35 @@ mod tests {
     use agentmesh_resilience::CircuitConfig;
 
     use super::*;
+
+    #[test]
+    fn unlisted_circuits_share_one_bounded_label() {
+        let registry = Registry::new();
+        let reporter = ResilienceReporter::new(AuditClient::disabled("test"), &registry);
+        let config = CircuitConfig {
+            consecutive_failures: 1,
+            ..CircuitConfig::default()
+        };
+        for model in ["caller-chose-this", "and-this-one"] {
+            let breaker = CircuitBreaker::new(format!("openai/{model}"), config.clone());
+            reporter.watch_unlisted_circuit(&breaker, "openai/other");
+            breaker.try_acquire().unwrap().failure("HTTP 500");
+        }
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&registry.gather())
+            .unwrap();
+        assert!(
+            !text.contains("caller-chose-this") && !text.contains("and-this-one"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "agentmesh_circuit_transitions_total{target=\"openai/other\",to=\"OPEN\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("agentmesh_circuit_state{"), "{text}");
+    }
 
     #[test]
     fn circuit_changes_and_refusals_are_counted() {

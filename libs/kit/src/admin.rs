@@ -28,7 +28,6 @@ use axum::extract::State;
 use axum::http::{StatusCode, Uri, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use tokio::net::TcpListener;
 
 use crate::health::{DeepHealth, Health};
 use crate::metrics::Metrics;
@@ -55,9 +54,10 @@ pub fn router(metrics: Metrics, health: Health, deep_health: bool) -> Router {
     router.with_state(AdminState { metrics, health })
 }
 
-/// Serves the admin routes on `listener` until `shutdown` resolves.
+/// Serves the admin routes on `listener` (under its connection limits)
+/// until `shutdown` resolves.
 pub async fn serve(
-    listener: TcpListener,
+    listener: crate::connections::LimitedListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -317,8 +317,18 @@ mod tests {
     async fn the_report_can_be_fetched_over_the_network() {
         let (router, health) = service().await;
         health.mark_started().await;
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
+        let metrics =
+            crate::connections::ConnectionMetrics::register(&prometheus::Registry::new()).unwrap();
+        let settings = crate::connections::ConnectionSettings::default();
+        let shared =
+            crate::connections::ListenerShared::new("test", "admin", 4, &settings, &metrics);
+        let listener = crate::connections::LimitedListener::new(
+            listener,
+            shared,
+            crate::connections::Protocol::Http1,
+        );
         let stop = tokio_util::sync::CancellationToken::new();
         let server = tokio::spawn(serve(listener, router, stop.clone().cancelled_owned()));
         let report = fetch_deep_health(&address, Duration::from_secs(10))

@@ -115,6 +115,12 @@ pub struct ServerConfig {
     pub max_concurrent_requests: usize,
     /// HTTP/2 streams one connection may have open at once.
     pub max_concurrent_streams_per_connection: u32,
+    /// Largest header list (all metadata of a call, as HTTP/2 counts it) a
+    /// client may send, in bytes; more resets the stream.
+    pub max_header_list_bytes: u32,
+    /// Limits on the connections of both listeners
+    /// (`[server.connections]`: caps, handshake and idle timeouts, backlog).
+    pub connections: crate::connections::ConnectionSettings,
     /// Interval of HTTP/2 keep-alive pings on idle connections.
     #[serde(with = "humantime_serde")]
     pub keepalive_interval: Duration,
@@ -164,7 +170,6 @@ impl ServerConfig {
 
     /// Checks the values that types alone do not rule out.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        const MIB: usize = 1024 * 1024;
         if self.port != 0 && self.admin_port.is_none() && self.port > u16::MAX - ADMIN_PORT_OFFSET {
             return Err(ConfigError::new(
                 "server.admin_port",
@@ -180,28 +185,7 @@ impl ServerConfig {
                 format!("must differ from server.port ({})", self.port),
             ));
         }
-        if !(1024..=256 * MIB).contains(&self.max_message_bytes) {
-            return Err(ConfigError::new(
-                "server.max_message_bytes",
-                format!(
-                    "{} is out of range: use 1024 to {} bytes",
-                    self.max_message_bytes,
-                    256 * MIB
-                ),
-            ));
-        }
-        if self.max_concurrent_requests == 0 {
-            return Err(ConfigError::new(
-                "server.max_concurrent_requests",
-                "must be at least 1",
-            ));
-        }
-        if self.max_concurrent_streams_per_connection == 0 {
-            return Err(ConfigError::new(
-                "server.max_concurrent_streams_per_connection",
-                "must be at least 1",
-            ));
-        }
+        self.validate_limits()?;
         if self.grace_period.is_zero() || self.grace_period > Duration::from_secs(3600) {
             return Err(ConfigError::new(
                 "server.grace_period",
@@ -240,6 +224,44 @@ impl ServerConfig {
         }
         self.client_tls.validate()
     }
+
+    /// The checks of the size and count limits, and of
+    /// `[server.connections]`.
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        const MIB: usize = 1024 * 1024;
+        if !(1024..=256 * MIB).contains(&self.max_message_bytes) {
+            return Err(ConfigError::new(
+                "server.max_message_bytes",
+                format!(
+                    "{} is out of range: use 1024 to {} bytes",
+                    self.max_message_bytes,
+                    256 * MIB
+                ),
+            ));
+        }
+        if self.max_concurrent_requests == 0 {
+            return Err(ConfigError::new(
+                "server.max_concurrent_requests",
+                "must be at least 1",
+            ));
+        }
+        if self.max_concurrent_streams_per_connection == 0 {
+            return Err(ConfigError::new(
+                "server.max_concurrent_streams_per_connection",
+                "must be at least 1",
+            ));
+        }
+        if !(1024..=1024 * 1024).contains(&self.max_header_list_bytes) {
+            return Err(ConfigError::new(
+                "server.max_header_list_bytes",
+                format!(
+                    "{} is out of range: use 1024 to 1048576 bytes",
+                    self.max_header_list_bytes
+                ),
+            ));
+        }
+        self.connections.validate()
+    }
 }
 
 impl Default for ServerConfig {
@@ -254,6 +276,8 @@ impl Default for ServerConfig {
             max_message_bytes: 4 * 1024 * 1024,
             max_concurrent_requests: 1024,
             max_concurrent_streams_per_connection: 256,
+            max_header_list_bytes: 16 * 1024,
+            connections: crate::connections::ConnectionSettings::default(),
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
             health_check_interval: Duration::from_secs(5),
@@ -624,6 +648,9 @@ mod tests {
             ("server.drain_delay", "1h"),
             ("server.health_check_interval", "0s"),
             ("server.health_check_timeout", "0s"),
+            ("server.max_header_list_bytes", "10"),
+            ("server.connections.max_grpc", "0"),
+            ("server.connections.handshake_timeout", "0s"),
             ("server.tls.cert_file", "\"\""),
             ("server.client_tls.server_name", "\"not a name\""),
             ("log.level", "[[["),

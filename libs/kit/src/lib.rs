@@ -15,6 +15,11 @@
 //!   call, server and client side), [`metrics`] (gRPC
 //!   server and client metrics), [`limits`] (load shedding), [`drain`] (ending streams
 //!   at shutdown). [`body`] holds the response-body wrapper they share.
+//! * [`connections`]: transport limits of every listener (a cap on the
+//!   connections held, derived from the descriptor limit; handshake and
+//!   idle timeouts; the listen backlog) with their metrics; [`listen`] binds
+//!   a service's two listeners under them and serves the gRPC one;
+//!   [`serve_error`] is the error of a service that cannot serve.
 //! * [`tls`]: optional TLS on the gRPC listener (certificates reloaded on
 //!   change, client certificates verified for mTLS) and on channels to
 //!   `https://` peers.
@@ -54,10 +59,12 @@ pub mod body;
 pub mod client;
 pub mod config;
 pub mod config_error;
+pub mod connections;
 pub mod drain;
 pub mod health;
 pub mod ident;
 pub mod limits;
+pub mod listen;
 pub mod logging;
 pub mod main_support;
 pub mod metrics;
@@ -65,6 +72,7 @@ pub mod paging;
 pub mod propagation;
 pub mod request_context;
 pub mod retry_after;
+pub mod serve_error;
 pub mod server;
 pub mod shutdown;
 pub mod status;

@@ -11,6 +11,10 @@
 //!                                                                                  shutdown)
 //! ```
 //!
+//! Both listeners are bound and limited by [`crate::listen`]: a cap on the
+//! connections each holds, handshake and idle deadlines
+//! ([`crate::connections`], whose `StreamCountLayer` is outermost above).
+//!
 //! With `[server.tls]` the gRPC listener speaks TLS ([`crate::tls`]): the
 //! certificate files are reloaded when they change, and a verified client
 //! certificate reaches the auth layer with every call of its connection.
@@ -27,113 +31,32 @@
 use std::collections::HashSet;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry::context::FutureExt as _;
-use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
-use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 
 use agentmesh_auth::ScopeTable;
 
 use crate::auth::{AccessControl, AuthLayer, ServiceCredential};
 use crate::client::Clients;
 use crate::config::{ServerConfig, ServiceConfig};
+use crate::connections::StreamCountLayer;
 use crate::drain::{Drain, DrainLayer, DrainPhase};
 use crate::health::{DependencyCheck, Health, STARTUP};
 use crate::limits::InFlightLimitLayer;
+pub use crate::listen::Listeners;
+use crate::listen::{AbortOnDrop, grpc_server, serve_grpc};
 use crate::metrics::{GrpcMetricsLayer, GrpcServerMetrics, KnownMethods, Metrics};
 use crate::propagation::PropagationLayer;
+pub use crate::serve_error::ServeError;
 use crate::tls::{ClientTlsFiles, ReloadingAcceptor};
 use crate::trace::ServerTraceLayer;
-
-/// Why a service could not serve.
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    /// A listener could not be bound.
-    #[error("cannot listen on {addr} for {what} (setting `{setting}`): {source}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// `gRPC` or `admin HTTP`.
-        what: &'static str,
-        /// The setting that chose the address.
-        setting: &'static str,
-        /// The operating system's error.
-        source: std::io::Error,
-    },
-    /// The reflection service could not be built from the descriptors.
-    #[error("cannot build gRPC reflection: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
-    /// Metrics could not be registered.
-    #[error("cannot register metrics: {0}")]
-    Metrics(#[from] prometheus::Error),
-    /// The gRPC server failed.
-    #[error("gRPC server failed: {0}")]
-    Transport(#[from] tonic::transport::Error),
-    /// Another I/O failure.
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    /// The auth settings cannot be used (the keys file, the credential).
-    #[error("{0}")]
-    Auth(String),
-    /// A TLS file cannot be used (`server.tls.*`, `server.client_tls.*`).
-    #[error("{0}")]
-    Tls(String),
-}
-
-/// The bound gRPC and admin listeners of a service. Binding before serving
-/// lets tests use port 0 and learn the ports.
-#[derive(Debug)]
-pub struct Listeners {
-    grpc: TcpListener,
-    admin: TcpListener,
-}
-
-impl Listeners {
-    /// Binds both listeners as `config` says.
-    pub async fn bind(config: &ServerConfig) -> Result<Self, ServeError> {
-        let grpc_addr = SocketAddr::new(config.host, config.port);
-        let admin_addr = SocketAddr::new(
-            config.admin_host.unwrap_or(config.host),
-            config.admin_port(),
-        );
-        let grpc = TcpListener::bind(grpc_addr)
-            .await
-            .map_err(|source| ServeError::Bind {
-                addr: grpc_addr,
-                what: "gRPC",
-                setting: "server.port",
-                source,
-            })?;
-        let admin = TcpListener::bind(admin_addr)
-            .await
-            .map_err(|source| ServeError::Bind {
-                addr: admin_addr,
-                what: "admin HTTP",
-                setting: "server.admin_port",
-                source,
-            })?;
-        Ok(Self { grpc, admin })
-    }
-
-    /// The gRPC listener's address.
-    pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
-        self.grpc.local_addr()
-    }
-
-    /// The admin listener's address.
-    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
-        self.admin.local_addr()
-    }
-}
 
 /// A boxed error from a service's start-up work.
 pub type StartupError = Box<dyn std::error::Error + Send + Sync>;
@@ -318,14 +241,16 @@ impl ServiceHost {
         StartFuture: Future<Output = Result<(), StartupError>>,
     {
         let service = self.service;
-        let grpc_addr = listeners.grpc_addr()?;
-        let admin_addr = listeners.admin_addr()?;
+        let (grpc_addr, admin_addr) = (listeners.grpc_addr()?, listeners.admin_addr()?);
 
         let (health, _checks) = self.add_health_and_reflection().await?;
         let _auth_tasks = self.spawn_auth_tasks();
         let methods = Arc::new(KnownMethods::mesh());
         let grpc_metrics = GrpcServerMetrics::register(self.metrics.registry())?;
+        let (grpc_listener, admin_listener) =
+            listeners.limited(service, &self.config.connections, self.metrics.registry())?;
         let layers = tower::ServiceBuilder::new()
+            .layer(StreamCountLayer)
             .layer(PropagationLayer)
             .layer(ServerTraceLayer::new(trace_scope))
             .layer(GrpcMetricsLayer::new(grpc_metrics, methods))
@@ -340,18 +265,15 @@ impl ServiceHost {
             ))
             .into_inner();
         let stop_accepting = CancellationToken::new();
-        let router = Server::builder()
-            .http2_keepalive_interval(Some(self.config.keepalive_interval))
-            .http2_keepalive_timeout(Some(self.config.keepalive_timeout))
-            .max_concurrent_streams(Some(self.config.max_concurrent_streams_per_connection))
+        let router = grpc_server(&self.config)
             .layer(layers)
             .add_routes(std::mem::take(&mut self.routes).routes());
         let (mut server, _tls_tasks) =
-            serve_grpc(router, listeners.grpc, self.tls()?, stop_accepting.clone());
+            serve_grpc(router, grpc_listener, self.tls()?, stop_accepting.clone());
 
         let stop_admin = CancellationToken::new();
         let admin = tokio::spawn(crate::admin::serve(
-            listeners.admin,
+            admin_listener,
             crate::admin::router(
                 self.metrics.clone(),
                 health.clone(),
@@ -471,64 +393,9 @@ impl ServiceHost {
     }
 }
 
-/// Serves `router` on `listener` until `stop` is cancelled: plain TCP, or
-/// TLS when `tls` is given (with the accept loop and the files' watch as
-/// the returned tasks). The server is on the heap: its state machine would
-/// otherwise make every future that awaits `serve` large to move.
-fn serve_grpc<L, ResBody>(
-    router: tonic::transport::server::Router<L>,
-    listener: TcpListener,
-    tls: Option<Arc<ReloadingAcceptor>>,
-    stop: CancellationToken,
-) -> (
-    std::pin::Pin<Box<impl Future<Output = Result<(), tonic::transport::Error>>>>,
-    Option<AbortOnDrop>,
-)
-where
-    L: tower::Layer<tonic::service::Routes>,
-    L::Service: tower::Service<http::Request<Body>, Response = http::Response<ResBody>>
-        + Clone
-        + Send
-        + 'static,
-    <L::Service as tower::Service<http::Request<Body>>>::Future: Send,
-    <L::Service as tower::Service<http::Request<Body>>>::Error:
-        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
-    ResBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    ResBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let signal = stop.clone().cancelled_owned();
-    match tls {
-        None => {
-            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-            let server = router.serve_with_incoming_shutdown(incoming, signal);
-            (Box::pin(futures::future::Either::Left(server)), None)
-        }
-        Some(tls) => {
-            let (incoming, accept) = crate::tls::incoming(listener, Arc::clone(&tls), stop);
-            let server = router.serve_with_incoming_shutdown(incoming, signal);
-            let tasks = AbortOnDrop(vec![accept, tls.watch()]);
-            (
-                Box::pin(futures::future::Either::Right(server)),
-                Some(tasks),
-            )
-        }
-    }
-}
-
 /// A TLS file error, named within the service's section.
 fn tls_error(section: &str, err: &crate::tls::TlsFileError) -> ServeError {
     ServeError::Tls(format!("{section}.{err}"))
-}
-
-/// Background tasks that end with the server.
-struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        for task in &self.0 {
-            task.abort();
-        }
-    }
 }
 
 /// Runs the service's start-up work until it succeeds (NOT_SERVING, retried

@@ -166,7 +166,7 @@ impl Prepared {
                 ..
             } => {
                 let resolved = self.at(target);
-                reporter.retried(&resolved.target_name(), reason);
+                reporter.retried(&resolved.label, reason);
                 if let Some(err) = error(failure) {
                     log_retry(&resolved, err, "retrying");
                 }
@@ -179,7 +179,7 @@ impl Prepared {
                 ..
             } => {
                 let resolved = self.at(from);
-                reporter.retried(&resolved.target_name(), &format!("fallback_{reason}"));
+                reporter.retried(&resolved.label, &format!("fallback_{reason}"));
                 if attempted && let Some(err) = error(failure) {
                     log_retry(&resolved, err, "falling back");
                 }

@@ -63,6 +63,8 @@ pub(crate) struct Resolved {
     pub instance: String,
     /// The provider's model name (of the target being tried).
     pub model: String,
+    /// The target's metric label (see [`Target::label`]).
+    pub label: Arc<str>,
     /// The instance.
     pub provider: ProviderInstance,
     /// Every target of the route, in fallback order.
@@ -82,6 +84,7 @@ impl Resolved {
         Self {
             instance: target.instance.clone(),
             model: target.model.clone(),
+            label: Arc::clone(&target.label),
             provider: target.provider.clone(),
             ..self.clone()
         }
@@ -124,9 +127,11 @@ impl Gateway {
                         format!("provider `{instance}` is not configured"),
                     )
                 })?;
+                // Made now, so their state shows before the first call.
+                let (circuit, label) = circuits.of(instance, model, true);
                 chain.push(Target {
-                    // Made now, so their state shows before the first call.
-                    circuit: circuits.of(instance, model, true),
+                    circuit,
+                    label,
                     instance: instance.to_owned(),
                     model: model.to_owned(),
                     provider,
@@ -232,8 +237,10 @@ impl Gateway {
                     format!("`{requested}` names no model after `{instance}/`"),
                 )]));
             }
+            let (circuit, label) = self.circuits.of(instance, model, false);
             let target = Target {
-                circuit: self.circuits.of(instance, model, false),
+                circuit,
+                label,
                 instance: instance.to_owned(),
                 model: model.to_owned(),
                 provider: provider.clone(),
@@ -254,6 +261,7 @@ impl Gateway {
             route,
             instance: first.instance,
             model: first.model,
+            label: first.label,
             provider: first.provider,
             chain,
             fallback_on,

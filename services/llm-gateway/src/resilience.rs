@@ -85,6 +85,10 @@ pub(crate) struct Target {
     pub provider: ProviderInstance,
     /// Its circuit, when guarded.
     pub circuit: Option<CircuitBreaker>,
+    /// Its name in metric labels: `instance/model` when a route targets
+    /// it, else `instance/other` — a model a caller names is never a
+    /// label value.
+    pub label: Arc<str>,
 }
 
 /// The circuit breakers of every provider target.
@@ -92,7 +96,7 @@ pub(crate) struct Target {
 pub(crate) struct Circuits {
     config: CircuitConfig,
     reporter: ResilienceReporter,
-    by_target: Mutex<HashMap<String, CircuitBreaker>>,
+    by_target: Mutex<HashMap<String, (CircuitBreaker, Arc<str>)>>,
 }
 
 impl Circuits {
@@ -106,30 +110,41 @@ impl Circuits {
     }
 
     /// The breaker of `instance/model`, made on first use (bounded for
-    /// targets no route names).
+    /// targets no route names), and the target's metric label.
     pub(crate) fn of(
         &self,
         instance: &str,
         model: &str,
         configured: bool,
-    ) -> Option<CircuitBreaker> {
+    ) -> (Option<CircuitBreaker>, Arc<str>) {
         let name = format!("{instance}/{model}");
         let mut by_target = self
             .by_target
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(breaker) = by_target.get(&name) {
-            return Some(breaker.clone());
+        if let Some((breaker, label)) = by_target.get(&name) {
+            return (Some(breaker.clone()), Arc::clone(label));
         }
+        let unlisted: Arc<str> = Arc::from(format!("{instance}/{UNLISTED_MODEL}"));
         if !configured && by_target.len() >= MAX_DIRECT_CIRCUITS {
-            return None;
+            return (None, unlisted);
         }
         let breaker = CircuitBreaker::new(name.clone(), self.config.clone());
-        self.reporter.watch_circuit(&breaker);
-        by_target.insert(name, breaker.clone());
-        Some(breaker)
+        let label = if configured {
+            self.reporter.watch_circuit(&breaker);
+            Arc::from(name.as_str())
+        } else {
+            // Audited as any circuit, counted under the instance alone.
+            self.reporter.watch_unlisted_circuit(&breaker, &unlisted);
+            unlisted
+        };
+        by_target.insert(name, (breaker.clone(), Arc::clone(&label)));
+        (Some(breaker), label)
     }
 }
+
+/// The model part of the metric label of a target no route names.
+const UNLISTED_MODEL: &str = "other";
 
 /// What the shared attempt loop should make of a failure: retry its class
 /// when it is retryable, fall back when the route's `fallback_on` names it,

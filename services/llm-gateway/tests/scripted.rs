@@ -269,7 +269,11 @@ async fn a_bad_rules_file_stops_the_start_naming_the_rule() {
     let listeners = Listeners::bind(&config.server).await.unwrap();
     let err = within(
         "a refused start",
-        agentmesh_llm_gateway::serve_with_listeners(config, listeners, std::future::pending()),
+        Box::pin(agentmesh_llm_gateway::serve_with_listeners(
+            config,
+            listeners,
+            std::future::pending(),
+        )),
     )
     .await
     .unwrap_err()

@@ -3,9 +3,13 @@
 //! the finished [`TlsConnection`]s to tonic as its incoming stream.
 //!
 //! ```text
-//! TcpListener ─accept─▶ handshake task (timeout) ─ok─▶ channel ─▶ tonic (serve_with_incoming)
-//!                              └─ failed / timed out: logged at debug, connection dropped
+//! LimitedListener ─accept (under the cap)─▶ handshake task (timeout) ─ok─▶ channel ─▶ tonic (serve_with_incoming)
+//!                                                 └─ failed / timed out: logged at debug, connection dropped
 //! ```
+//!
+//! Each connection holds its place under the listener's cap from accept
+//! on; after the handshake it is [`Guarded`] as a plain one is (HTTP/2
+//! opening and idle deadlines).
 //!
 //! A failed handshake never ends the accept loop. Each connection carries a
 //! [`TlsPeer`] (tonic puts it in every request's extensions, as it does
@@ -18,18 +22,18 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use agentmesh_auth::CertificateNames;
 use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 
 use super::acceptor::ReloadingAcceptor;
+use crate::connections::{Guarded, LimitedListener, Protocol};
 
 /// Handshakes in progress at once; beyond them new connections are dropped
 /// at once (slow or idle handshakes cannot pile up tasks).
@@ -156,11 +160,11 @@ pub fn names_of(certificate: &CertificateDer<'_>) -> CertificateNames {
 /// cancelled (or the stream is dropped); the returned task is the accept
 /// loop, to abort with the server.
 pub fn incoming(
-    listener: TcpListener,
+    listener: LimitedListener,
     tls: Arc<ReloadingAcceptor>,
     stop: CancellationToken,
 ) -> (
-    ReceiverStream<Result<TlsConnection, io::Error>>,
+    ReceiverStream<Result<Guarded<TlsConnection>, io::Error>>,
     tokio::task::JoinHandle<()>,
 ) {
     let (sender, receiver) = mpsc::channel(64);
@@ -169,34 +173,22 @@ pub fn incoming(
 }
 
 async fn accept_loop(
-    listener: TcpListener,
+    mut listener: LimitedListener,
     tls: Arc<ReloadingAcceptor>,
-    sender: mpsc::Sender<Result<TlsConnection, io::Error>>,
+    sender: mpsc::Sender<Result<Guarded<TlsConnection>, io::Error>>,
     stop: CancellationToken,
 ) {
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     loop {
-        let accepted = tokio::select! {
+        let (tcp, remote, place) = tokio::select! {
             () = stop.cancelled() => return,
             () = sender.closed() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let (tcp, remote) = match accepted {
-            Ok(accepted) => accepted,
-            Err(err) => {
-                // Out of descriptors and the like: wait a little rather
-                // than spin, and go on accepting.
-                tracing::warn!(error = %err, "cannot accept a gRPC connection");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
+            accepted = listener.accept_admitted() => accepted,
         };
         let Ok(permit) = Arc::clone(&handshakes).try_acquire_owned() else {
             tracing::warn!(peer = %remote, "too many TLS handshakes in progress: dropping the connection");
             continue;
         };
-        // Small streamed messages otherwise stall behind Nagle's algorithm.
-        let _ = tcp.set_nodelay(true);
         let acceptor = tls.acceptor();
         let timeout = tls.handshake_timeout();
         let sender = sender.clone();
@@ -204,7 +196,9 @@ async fn accept_loop(
             let _permit = permit;
             match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => {
-                    let _ = sender.send(Ok(TlsConnection::new(stream))).await;
+                    let connection = TlsConnection::new(stream);
+                    let guarded = Guarded::new(connection, Protocol::Http2, place);
+                    let _ = sender.send(Ok(guarded)).await;
                 }
                 Ok(Err(err)) => {
                     tracing::debug!(peer = %remote, error = %err, "TLS handshake failed");
