@@ -14,7 +14,10 @@
 //!   context and metadata forwarding, both directions), [`trace`] (a span per
 //!   call, server and client side), [`metrics`] (gRPC
 //!   server and client metrics), [`limits`] (load shedding), [`drain`] (ending streams
-//!   at shutdown). [`body`] holds the response-body wrapper they share.
+//!   at shutdown), [`bounded_status`] (every answered status cut to size),
+//!   [`grpc_timeout`] (a malformed `grpc-timeout` is INVALID_ARGUMENT, a
+//!   passed deadline DEADLINE_EXCEEDED), [`request_frames`] (an oversized
+//!   request message is RESOURCE_EXHAUSTED). [`body`] holds the response-body wrapper they share.
 //! * [`tls`]: optional TLS on the gRPC listener (certificates reloaded on
 //!   change, client certificates verified for mTLS) and on channels to
 //!   `https://` peers.
@@ -51,10 +54,12 @@
 pub mod admin;
 pub mod auth;
 pub mod body;
+pub mod bounded_status;
 pub mod client;
 pub mod config;
 pub mod config_error;
 pub mod drain;
+pub mod grpc_timeout;
 pub mod health;
 pub mod ident;
 pub mod limits;
@@ -64,6 +69,7 @@ pub mod metrics;
 pub mod paging;
 pub mod propagation;
 pub mod request_context;
+pub mod request_frames;
 pub mod retry_after;
 pub mod server;
 pub mod shutdown;

@@ -11,6 +11,11 @@
 //!                                                                                  shutdown)
 //! ```
 //!
+//! Three more guard the edge: [`crate::bounded_status`] (outermost) cuts
+//! every answered status to size, and between GrpcMetrics and Auth
+//! [`crate::grpc_timeout`] checks the caller's `grpc-timeout` and
+//! [`crate::request_frames`] the size and framing of request messages.
+//!
 //! With `[server.tls]` the gRPC listener speaks TLS ([`crate::tls`]): the
 //! certificate files are reloaded when they change, and a verified client
 //! certificate reaches the auth layer with every call of its connection.
@@ -44,13 +49,16 @@ use tonic::transport::server::TcpIncoming;
 use agentmesh_auth::ScopeTable;
 
 use crate::auth::{AccessControl, AuthLayer, ServiceCredential};
+use crate::bounded_status::BoundedStatusLayer;
 use crate::client::Clients;
 use crate::config::{ServerConfig, ServiceConfig};
 use crate::drain::{Drain, DrainLayer, DrainPhase};
+use crate::grpc_timeout::GrpcTimeoutLayer;
 use crate::health::{DependencyCheck, Health, STARTUP};
 use crate::limits::InFlightLimitLayer;
 use crate::metrics::{GrpcMetricsLayer, GrpcServerMetrics, KnownMethods, Metrics};
 use crate::propagation::PropagationLayer;
+use crate::request_frames::RequestFramesLayer;
 use crate::tls::{ClientTlsFiles, ReloadingAcceptor};
 use crate::trace::ServerTraceLayer;
 
@@ -326,9 +334,12 @@ impl ServiceHost {
         let methods = Arc::new(KnownMethods::mesh());
         let grpc_metrics = GrpcServerMetrics::register(self.metrics.registry())?;
         let layers = tower::ServiceBuilder::new()
+            .layer(BoundedStatusLayer)
             .layer(PropagationLayer)
             .layer(ServerTraceLayer::new(trace_scope))
             .layer(GrpcMetricsLayer::new(grpc_metrics, methods))
+            .layer(GrpcTimeoutLayer)
+            .layer(RequestFramesLayer::new(self.config.max_message_bytes))
             .layer(AuthLayer::new(Arc::clone(&self.access)))
             .layer(
                 InFlightLimitLayer::new(self.config.max_concurrent_requests)
