@@ -36,6 +36,7 @@
 //!   error every setting check returns).
 //! * What every service does the same way: [`paging`] (page tokens and page
 //!   sizes of the List RPCs), [`time`] (timestamps and stored microseconds),
+//!   [`duration`] (a request's Durations checked),
 //!   [`ident`] (the contract's identifier rule), [`text`] (cutting text at
 //!   character boundaries).
 //!
@@ -59,6 +60,7 @@ pub mod client;
 pub mod config;
 pub mod config_error;
 pub mod drain;
+pub mod duration;
 pub mod grpc_timeout;
 pub mod health;
 pub mod ident;

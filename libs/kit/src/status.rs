@@ -69,12 +69,14 @@ impl Violations {
         Self::default()
     }
 
+    /// Adds one violation (a field path and what is wrong with it), as a
+    /// `Vec<(String, String)>` of violations would.
+    pub fn push(&mut self, (field, description): (String, String)) {
+        self.add(field, description);
+    }
+
     /// Adds one violation (a field path and what is wrong with it).
-    pub fn push<F, D>(&mut self, (field, description): (F, D))
-    where
-        F: Into<String>,
-        D: Into<String>,
-    {
+    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
         if self.kept.len() < MAX_VIOLATIONS {
             let field = cut(field.into(), MAX_FIELD_BYTES);
             let description = cut(description.into(), MAX_DESCRIPTION_BYTES);
@@ -137,8 +139,8 @@ impl Violations {
 
 impl<F: Into<String>, D: Into<String>> Extend<(F, D)> for Violations {
     fn extend<I: IntoIterator<Item = (F, D)>>(&mut self, iter: I) {
-        for violation in iter {
-            self.push(violation);
+        for (field, description) in iter {
+            self.add(field, description);
         }
     }
 }

@@ -120,6 +120,18 @@ impl Stream {
                      resubscribe with from_beginning to continue from the oldest retained event"
                 ))));
             }
+            // OUT_OF_RANGE, as gRPC's guidance says for reading past the
+            // end: unlike INVALID_ARGUMENT it tells the caller the cursor
+            // may become valid as the log grows, and it is what a client
+            // iterating the log can tell apart from a malformed request.
+            // Calling it "live" would silently skip the events between the
+            // end and the cursor once they are written.
+            Start::After(seq) if seq > last_seq => {
+                return Err(Stop::Failed(Status::out_of_range(format!(
+                    "cursor {seq} is past the end of the log (the last event is {last_seq}); \
+                     resume from a cursor this service returned, or subscribe from now"
+                ))));
+            }
             Start::After(seq) => seq,
             Start::Beginning => retained_from - 1,
             Start::Now => last_seq,
