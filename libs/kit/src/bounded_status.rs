@@ -17,11 +17,28 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use tonic::Status;
 use tonic::body::Body;
 
+use tower::layer::util::Stack;
+
+use crate::grpc_timeout::GrpcTimeoutLayer;
+use crate::request_frames::RequestFramesLayer;
 use crate::status::{MAX_DETAILS_BYTES, MAX_MESSAGE_WIRE_BYTES, bounded};
 
 /// `grpc-status-details-bin` is base64 without padding: 4 characters per 3
 /// bytes.
 const MAX_DETAILS_HEADER_BYTES: usize = MAX_DETAILS_BYTES.div_ceil(3) * 4;
+
+/// The checks at a server's edge, outermost first: [`BoundedStatusLayer`],
+/// [`crate::grpc_timeout::GrpcTimeoutLayer`] and
+/// [`crate::request_frames::RequestFramesLayer`] for messages of at most
+/// `max_message` bytes.
+pub fn edge_layers(
+    max_message: usize,
+) -> Stack<RequestFramesLayer, Stack<GrpcTimeoutLayer, BoundedStatusLayer>> {
+    Stack::new(
+        RequestFramesLayer::new(max_message),
+        Stack::new(GrpcTimeoutLayer, BoundedStatusLayer),
+    )
+}
 
 /// Bounds the status of every response (see the module documentation).
 #[derive(Debug, Clone, Copy, Default)]

@@ -11,8 +11,8 @@
 //!                                                                                  shutdown)
 //! ```
 //!
-//! Three more guard the edge: [`crate::bounded_status`] (outermost) cuts
-//! every answered status to size, and between GrpcMetrics and Auth
+//! Between GrpcMetrics and Auth, three more guard the edge:
+//! [`crate::bounded_status`] cuts every answered status to size,
 //! [`crate::grpc_timeout`] checks the caller's `grpc-timeout` and
 //! [`crate::request_frames`] the size and framing of request messages.
 //!
@@ -49,16 +49,13 @@ use tonic::transport::server::TcpIncoming;
 use agentmesh_auth::ScopeTable;
 
 use crate::auth::{AccessControl, AuthLayer, ServiceCredential};
-use crate::bounded_status::BoundedStatusLayer;
 use crate::client::Clients;
 use crate::config::{ServerConfig, ServiceConfig};
 use crate::drain::{Drain, DrainLayer, DrainPhase};
-use crate::grpc_timeout::GrpcTimeoutLayer;
 use crate::health::{DependencyCheck, Health, STARTUP};
 use crate::limits::InFlightLimitLayer;
 use crate::metrics::{GrpcMetricsLayer, GrpcServerMetrics, KnownMethods, Metrics};
 use crate::propagation::PropagationLayer;
-use crate::request_frames::RequestFramesLayer;
 use crate::tls::{ClientTlsFiles, ReloadingAcceptor};
 use crate::trace::ServerTraceLayer;
 
@@ -313,7 +310,8 @@ impl ServiceHost {
     }
 
     /// [`Self::serve`], its spans in `trace_scope`: wires health, reflection
-    /// and the layers, serves, and drains at shutdown.
+    /// and the layers, serves, and drains at shutdown. Kept whole: the
+    /// layers' order and the life cycle read best top to bottom.
     async fn serve_within<Start, StartFuture>(
         mut self,
         listeners: Listeners,
@@ -334,12 +332,12 @@ impl ServiceHost {
         let methods = Arc::new(KnownMethods::mesh());
         let grpc_metrics = GrpcServerMetrics::register(self.metrics.registry())?;
         let layers = tower::ServiceBuilder::new()
-            .layer(BoundedStatusLayer)
             .layer(PropagationLayer)
             .layer(ServerTraceLayer::new(trace_scope))
             .layer(GrpcMetricsLayer::new(grpc_metrics, methods))
-            .layer(GrpcTimeoutLayer)
-            .layer(RequestFramesLayer::new(self.config.max_message_bytes))
+            .layer(crate::bounded_status::edge_layers(
+                self.config.max_message_bytes,
+            ))
             .layer(AuthLayer::new(Arc::clone(&self.access)))
             .layer(
                 InFlightLimitLayer::new(self.config.max_concurrent_requests)

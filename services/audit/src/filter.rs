@@ -44,41 +44,7 @@ impl Filter {
             return Ok(Self::default());
         };
         let mut violations = Violations::new();
-        let lists: [(&str, usize); 10] = [
-            ("tenants", filter.tenants.len()),
-            ("subjects", filter.subjects.len()),
-            ("run_ids", filter.run_ids.len()),
-            ("types", filter.types.len()),
-            ("outcomes", filter.outcomes.len()),
-            ("services", filter.services.len()),
-            ("tools", filter.tools.len()),
-            ("models", filter.models.len()),
-            ("providers", filter.providers.len()),
-            ("trace_id", usize::from(!filter.trace_id.is_empty())),
-        ];
-        let mut total = 0_usize;
-        for (name, count) in lists {
-            total = total.saturating_add(count);
-            if count > MAX_VALUES_PER_FIELD {
-                violations.add(
-                    format!("{field}.{name}"),
-                    format!(
-                        "lists {count} values; a filter field takes at most {MAX_VALUES_PER_FIELD}"
-                    ),
-                );
-            }
-        }
-        if total > MAX_VALUES {
-            violations.add(
-                field,
-                format!("lists {total} values in all; a filter takes at most {MAX_VALUES}"),
-            );
-        }
-        if !violations.is_empty() {
-            // The values themselves are not checked one by one: the lists
-            // are what is wrong.
-            return Err(violations.into_status());
-        }
+        check_list_sizes(filter, field)?;
         for (name, time) in [
             ("start_time", &filter.start_time),
             ("end_time", &filter.end_time),
@@ -206,6 +172,44 @@ impl Filter {
             query.push(")");
         }
     }
+}
+
+/// Refuses a filter that lists more values than the query may bind.
+fn check_list_sizes(filter: &EventFilter, field: &str) -> Result<(), Status> {
+    let mut violations = Violations::new();
+    let lists: [(&str, usize); 10] = [
+        ("tenants", filter.tenants.len()),
+        ("subjects", filter.subjects.len()),
+        ("run_ids", filter.run_ids.len()),
+        ("types", filter.types.len()),
+        ("outcomes", filter.outcomes.len()),
+        ("services", filter.services.len()),
+        ("tools", filter.tools.len()),
+        ("models", filter.models.len()),
+        ("providers", filter.providers.len()),
+        ("trace_id", usize::from(!filter.trace_id.is_empty())),
+    ];
+    let mut total = 0_usize;
+    for (name, count) in lists {
+        total = total.saturating_add(count);
+        if count > MAX_VALUES_PER_FIELD {
+            violations.add(
+                format!("{field}.{name}"),
+                format!(
+                    "lists {count} values; a filter field takes at most {MAX_VALUES_PER_FIELD}"
+                ),
+            );
+        }
+    }
+    if total > MAX_VALUES {
+        violations.add(
+            field,
+            format!("lists {total} values in all; a filter takes at most {MAX_VALUES}"),
+        );
+    }
+    // The values themselves are not checked one by one: the lists are
+    // what is wrong.
+    violations.into_result()
 }
 
 fn push_in<DB>(query: &mut QueryBuilder<DB>, column: &str, values: &[String])
