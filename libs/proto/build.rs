@@ -29,13 +29,38 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prost::Message::encode_to_vec(&descriptors),
     )?;
 
+    // Messages and servers: a request the server cannot decode is the
+    // caller's mistake, so servers decode with `crate::codec::RequestCodec`
+    // (INVALID_ARGUMENT) instead of tonic's codec (INTERNAL).
     tonic_prost_build::configure()
         // google.rpc.Status and its details come from tonic-types, so our
         // messages and tonic's richer-error helpers share one type.
         .extern_path(".google.rpc", "::tonic_types::pb")
-        .compile_fds(descriptors)?;
+        .build_client(false)
+        .codec_path("crate::codec::RequestCodec")
+        .compile_fds(descriptors.clone())?;
+
+    // Clients, in their own directory, over the messages above: a response
+    // a client cannot decode is the server's fault, and stays INTERNAL.
+    let clients = out_dir.join("clients");
+    std::fs::create_dir_all(&clients)?;
+    let mut client_build = tonic_prost_build::configure()
+        .extern_path(".google.rpc", "::tonic_types::pb")
+        .build_server(false)
+        .out_dir(&clients);
+    for package in AREAS {
+        client_build = client_build.extern_path(
+            format!(".agentmesh.{package}.v1"),
+            format!("crate::{package}::v1"),
+        );
+    }
+    client_build.compile_fds(descriptors)?;
     Ok(())
 }
+
+/// The contract's packages (`agentmesh.<area>.v1`), which are also the
+/// crate's modules.
+const AREAS: [&str; 5] = ["orchestrator", "llm", "tools", "audit", "alerting"];
 
 fn collect_protos(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {

@@ -14,7 +14,11 @@
 //!   context and metadata forwarding, both directions), [`trace`] (a span per
 //!   call, server and client side), [`metrics`] (gRPC
 //!   server and client metrics), [`limits`] (load shedding), [`drain`] (ending streams
-//!   at shutdown). [`body`] holds the response-body wrapper they share.
+//!   at shutdown), [`bounded_status`] (every answered status cut to size),
+//!   [`grpc_timeout`] (a malformed `grpc-timeout` is INVALID_ARGUMENT, a
+//!   passed deadline DEADLINE_EXCEEDED), [`request_frames`] (an oversized
+//!   request message is RESOURCE_EXHAUSTED). [`body`] holds the
+//!   response-body wrapper they share.
 //! * [`connections`]: transport limits of every listener (a cap on the
 //!   connections held, derived from the descriptor limit; handshake and
 //!   idle timeouts; the listen backlog) with their metrics; [`listen`] binds
@@ -38,6 +42,7 @@
 //!   error every setting check returns).
 //! * What every service does the same way: [`paging`] (page tokens and page
 //!   sizes of the List RPCs), [`time`] (timestamps and stored microseconds),
+//!   [`duration`] (a request's Durations checked),
 //!   [`ident`] (the contract's identifier rule), [`text`] (cutting text at
 //!   character boundaries).
 //!
@@ -56,11 +61,14 @@
 pub mod admin;
 pub mod auth;
 pub mod body;
+pub mod bounded_status;
 pub mod client;
 pub mod config;
 pub mod config_error;
 pub mod connections;
 pub mod drain;
+pub mod duration;
+pub mod grpc_timeout;
 pub mod health;
 pub mod ident;
 pub mod limits;
@@ -71,6 +79,7 @@ pub mod metrics;
 pub mod paging;
 pub mod propagation;
 pub mod request_context;
+pub mod request_frames;
 pub mod retry_after;
 pub mod serve_error;
 pub mod server;

@@ -14,6 +14,10 @@
 //! Both listeners are bound and limited by [`crate::listen`]: a cap on the
 //! connections each holds, handshake and idle deadlines
 //! ([`crate::connections`], whose `StreamCountLayer` is outermost above).
+//! Between GrpcMetrics and Auth, three more guard the edge:
+//! [`crate::bounded_status`] cuts every answered status to size,
+//! [`crate::grpc_timeout`] checks the caller's `grpc-timeout` and
+//! [`crate::request_frames`] the size and framing of request messages.
 //!
 //! With `[server.tls]` the gRPC listener speaks TLS ([`crate::tls`]): the
 //! certificate files are reloaded when they change, and a verified client
@@ -228,7 +232,8 @@ impl ServiceHost {
     }
 
     /// [`Self::serve`], its spans in `trace_scope`: wires health, reflection
-    /// and the layers, serves, and drains at shutdown.
+    /// and the layers, serves, and drains at shutdown. Kept whole: the
+    /// layers' order and the life cycle read best top to bottom.
     async fn serve_within<Start, StartFuture>(
         mut self,
         listeners: Listeners,
@@ -254,6 +259,9 @@ impl ServiceHost {
             .layer(PropagationLayer)
             .layer(ServerTraceLayer::new(trace_scope))
             .layer(GrpcMetricsLayer::new(grpc_metrics, methods))
+            .layer(crate::bounded_status::edge_layers(
+                self.config.max_message_bytes,
+            ))
             .layer(AuthLayer::new(Arc::clone(&self.access)))
             .layer(
                 InFlightLimitLayer::new(self.config.max_concurrent_requests)

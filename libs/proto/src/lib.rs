@@ -2,7 +2,9 @@
 //!
 //! `build.rs` compiles the `.proto` files with protox (no system `protoc`) and
 //! tonic-prost-build, so each area below holds the prost messages plus the tonic
-//! client (`*_client`) and server (`*_server`) for its service. The same build
+//! client (`*_client`) and server (`*_server`) for its service. Servers
+//! decode requests with [`codec::RequestCodec`] (an undecodable request is
+//! INVALID_ARGUMENT); clients with tonic's prost codec. The same build
 //! writes [`FILE_DESCRIPTOR_SET`], which the service kit registers with gRPC
 //! reflection so `grpcurl list` and `describe` work without proto files.
 //!
@@ -19,6 +21,10 @@ pub mod orchestrator {
     #[expect(clippy::allow_attributes, reason = "generated code")]
     pub mod v1 {
         tonic::include_proto!("agentmesh.orchestrator.v1");
+        include!(concat!(
+            env!("OUT_DIR"),
+            "/clients/agentmesh.orchestrator.v1.rs"
+        ));
     }
 }
 
@@ -28,6 +34,7 @@ pub mod llm {
     #[expect(clippy::allow_attributes, reason = "generated code")]
     pub mod v1 {
         tonic::include_proto!("agentmesh.llm.v1");
+        include!(concat!(env!("OUT_DIR"), "/clients/agentmesh.llm.v1.rs"));
     }
 }
 
@@ -37,6 +44,7 @@ pub mod tools {
     #[expect(clippy::allow_attributes, reason = "generated code")]
     pub mod v1 {
         tonic::include_proto!("agentmesh.tools.v1");
+        include!(concat!(env!("OUT_DIR"), "/clients/agentmesh.tools.v1.rs"));
     }
 }
 
@@ -50,6 +58,7 @@ pub mod audit {
     )]
     pub mod v1 {
         tonic::include_proto!("agentmesh.audit.v1");
+        include!(concat!(env!("OUT_DIR"), "/clients/agentmesh.audit.v1.rs"));
     }
 }
 
@@ -59,8 +68,14 @@ pub mod alerting {
     #[expect(clippy::allow_attributes, reason = "generated code")]
     pub mod v1 {
         tonic::include_proto!("agentmesh.alerting.v1");
+        include!(concat!(
+            env!("OUT_DIR"),
+            "/clients/agentmesh.alerting.v1.rs"
+        ));
     }
 }
+
+pub mod codec;
 
 /// The encoded `google.protobuf.FileDescriptorSet` of every agentmesh proto file
 /// and its imports, with source info (comments), for gRPC server reflection.

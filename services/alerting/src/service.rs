@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use agentmesh_kit::paging::{FilterHash, Page, PageLimits};
-use agentmesh_kit::status::invalid_argument;
+use agentmesh_kit::status::{Violations, invalid_argument};
 use agentmesh_proto::alerting::v1::{self as pb, alerting_service_server::AlertingService};
 use futures::Stream;
 use tokio::sync::broadcast::error::RecvError;
@@ -64,7 +64,7 @@ impl AlertFilter {
         silenced: Option<bool>,
         inhibited: Option<bool>,
     ) -> Result<Self, Status> {
-        let mut problems: Vec<(String, String)> = Vec::new();
+        let mut problems = Violations::new();
         for (index, state) in states.iter().enumerate() {
             match pb::AlertState::try_from(*state) {
                 Ok(pb::AlertState::Unspecified) | Err(_) => problems.push((
@@ -91,7 +91,7 @@ impl AlertFilter {
             }
         }
         if !problems.is_empty() {
-            return Err(invalid_argument(problems));
+            return Err(problems.into_status());
         }
         Ok(Self {
             states: states.to_vec(),
@@ -122,7 +122,7 @@ impl AlertFilter {
 fn check_names(
     field: &str,
     map: &std::collections::HashMap<String, String>,
-    problems: &mut Vec<(String, String)>,
+    problems: &mut Violations,
 ) {
     let mut names: Vec<&String> = map.keys().collect();
     names.sort();
@@ -139,7 +139,7 @@ fn check_names(
 fn time_field(
     field: &str,
     value: Option<&prost_types::Timestamp>,
-    problems: &mut Vec<(String, String)>,
+    problems: &mut Violations,
 ) -> Option<SystemTime> {
     let value = value?;
     match SystemTime::try_from(*value) {
@@ -261,7 +261,7 @@ impl AlertingService for AlertingServiceImpl {
         request: Request<pb::FireAlertRequest>,
     ) -> Result<Response<pb::FireAlertResponse>, Status> {
         let request = request.into_inner();
-        let mut problems = Vec::new();
+        let mut problems = Violations::new();
         if request.labels.is_empty() {
             problems.push((
                 "labels".to_owned(),
@@ -295,7 +295,7 @@ impl AlertingService for AlertingServiceImpl {
             ));
         }
         if !problems.is_empty() {
-            return Err(invalid_argument(problems));
+            return Err(problems.into_status());
         }
         let pushed = Pushed {
             labels: request.labels.into_iter().collect::<LabelSet>(),
@@ -385,7 +385,8 @@ impl AlertingService for AlertingServiceImpl {
     ) -> Result<Response<pb::CreateSilenceResponse>, Status> {
         let request = request.into_inner();
         let now = SystemTime::now();
-        let silence = Silence::create(request.silence.as_ref(), now).map_err(invalid_argument)?;
+        let silence =
+            Silence::create(request.silence.as_ref(), now).map_err(Violations::into_status)?;
         let silence = self
             .engine()?
             .add_silence(silence)
@@ -417,18 +418,19 @@ impl AlertingService for AlertingServiceImpl {
                 states: request.states.clone(),
             }),
         )?;
-        let mut problems = Vec::new();
+        let mut problems = Violations::new();
         for (index, state) in request.states.iter().enumerate() {
             match pb::SilenceState::try_from(*state) {
                 Ok(pb::SilenceState::Unspecified) | Err(_) => problems.push((
                     format!("states[{index}]"),
-                    "must be SILENCE_STATE_PENDING, SILENCE_STATE_ACTIVE or SILENCE_STATE_EXPIRED",
+                    "must be SILENCE_STATE_PENDING, SILENCE_STATE_ACTIVE or SILENCE_STATE_EXPIRED"
+                        .to_owned(),
                 )),
                 Ok(_) => {}
             }
         }
         if !problems.is_empty() {
-            return Err(invalid_argument(problems));
+            return Err(problems.into_status());
         }
         let now = SystemTime::now();
         let silences = self.engine()?.silences().await;
@@ -472,7 +474,12 @@ impl AlertingService for AlertingServiceImpl {
             .expire_silence(&request.id)
             .await
             .map_err(Status::from)?
-            .ok_or_else(|| Status::not_found(format!("no silence has id {:?}", request.id)))?;
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "no silence has id {}",
+                    agentmesh_kit::status::quote(&request.id)
+                ))
+            })?;
         tracing::info!(id = %silence.id, "silence expired");
         Ok(Response::new(pb::DeleteSilenceResponse {
             silence: Some(silence.to_proto(SystemTime::now())),

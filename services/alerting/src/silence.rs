@@ -5,6 +5,7 @@
 
 use std::time::SystemTime;
 
+use agentmesh_kit::status::Violations;
 use agentmesh_proto::alerting::v1 as pb;
 
 use crate::matcher::Matcher;
@@ -60,11 +61,11 @@ impl Silence {
     pub(crate) fn create(
         request: Option<&pb::Silence>,
         now: SystemTime,
-    ) -> Result<Self, Vec<(String, String)>> {
+    ) -> Result<Self, Violations> {
         let Some(silence) = request else {
-            return Err(vec![("silence".into(), "is required".into())]);
+            return Err([("silence", "is required")].into_iter().collect());
         };
-        let mut problems: Vec<(String, String)> = Vec::new();
+        let mut problems = Violations::new();
         let mut problem = |field: &str, what: &str| {
             problems.push((format!("silence.{field}"), what.to_owned()));
         };
@@ -212,8 +213,9 @@ mod tests {
         bad.starts_at = Some((now + Duration::from_secs(120)).into());
         let fields: Vec<String> = Silence::create(Some(&bad), now)
             .unwrap_err()
-            .into_iter()
-            .map(|(field, _)| field)
+            .kept()
+            .iter()
+            .map(|(field, _)| field.clone())
             .collect();
         assert_eq!(
             fields,
@@ -228,10 +230,13 @@ mod tests {
         let mut no_end = request(&[("a", "b")], Duration::from_secs(60));
         no_end.ends_at = None;
         assert_eq!(
-            Silence::create(Some(&no_end), now).unwrap_err()[0].0,
+            Silence::create(Some(&no_end), now).unwrap_err().kept()[0].0,
             "silence.ends_at"
         );
-        assert_eq!(Silence::create(None, now).unwrap_err()[0].0, "silence");
+        assert_eq!(
+            Silence::create(None, now).unwrap_err().kept()[0].0,
+            "silence"
+        );
     }
 
     #[test]

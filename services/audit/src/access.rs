@@ -139,7 +139,8 @@ impl Reader {
         let found: Vec<ChainHead> = stored.into_iter().filter(|c| c.chain == wanted).collect();
         if found.is_empty() {
             return Err(Status::not_found(format!(
-                "no chain {wanted:?}: chains are \"system\" and \"tenant:<name>\" for tenants that have events"
+                "no chain {}: chains are \"system\" and \"tenant:<name>\" for tenants that have events",
+                agentmesh_kit::status::quote(&wanted)
             )));
         }
         Ok(found)

@@ -3,13 +3,21 @@
 //! live tail of a subscription). Both follow the same rules: fields combine
 //! with AND, the values of one field with OR, an empty field matches all.
 
-use agentmesh_kit::status::invalid_argument;
+use agentmesh_kit::status::Violations;
 use agentmesh_kit::time::{micros_of, micros_or_zero};
 use agentmesh_proto::audit::v1::{AuditEvent, EventFilter, EventType, Outcome};
 use sqlx::QueryBuilder;
 use tonic::Status;
 
 use crate::event::DetailKeys;
+
+/// The most values one field of a filter may list. A filter is a query's
+/// `IN (…)` list, one bound variable per value: SQLite refuses more than
+/// 32,766 variables in a statement, and long lists make slow queries.
+pub(crate) const MAX_VALUES_PER_FIELD: usize = 256;
+
+/// The most values all fields of a filter may list together.
+pub(crate) const MAX_VALUES: usize = 1024;
 
 /// A checked filter.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -35,7 +43,8 @@ impl Filter {
         let Some(filter) = filter else {
             return Ok(Self::default());
         };
-        let mut violations = Vec::new();
+        let mut violations = Violations::new();
+        check_list_sizes(filter, field)?;
         for (name, time) in [
             ("start_time", &filter.start_time),
             ("end_time", &filter.end_time),
@@ -74,7 +83,7 @@ impl Filter {
             }
         }
         if !violations.is_empty() {
-            return Err(invalid_argument(violations));
+            return Err(violations.into_status());
         }
         Ok(Self {
             start_us: filter.start_time.as_ref().map(micros_of),
@@ -163,6 +172,44 @@ impl Filter {
             query.push(")");
         }
     }
+}
+
+/// Refuses a filter that lists more values than the query may bind.
+fn check_list_sizes(filter: &EventFilter, field: &str) -> Result<(), Status> {
+    let mut violations = Violations::new();
+    let lists: [(&str, usize); 10] = [
+        ("tenants", filter.tenants.len()),
+        ("subjects", filter.subjects.len()),
+        ("run_ids", filter.run_ids.len()),
+        ("types", filter.types.len()),
+        ("outcomes", filter.outcomes.len()),
+        ("services", filter.services.len()),
+        ("tools", filter.tools.len()),
+        ("models", filter.models.len()),
+        ("providers", filter.providers.len()),
+        ("trace_id", usize::from(!filter.trace_id.is_empty())),
+    ];
+    let mut total = 0_usize;
+    for (name, count) in lists {
+        total = total.saturating_add(count);
+        if count > MAX_VALUES_PER_FIELD {
+            violations.add(
+                format!("{field}.{name}"),
+                format!(
+                    "lists {count} values; a filter field takes at most {MAX_VALUES_PER_FIELD}"
+                ),
+            );
+        }
+    }
+    if total > MAX_VALUES {
+        violations.add(
+            field,
+            format!("lists {total} values in all; a filter takes at most {MAX_VALUES}"),
+        );
+    }
+    // The values themselves are not checked one by one: the lists are
+    // what is wrong.
+    violations.into_result()
 }
 
 fn push_in<DB>(query: &mut QueryBuilder<DB>, column: &str, values: &[String])
@@ -281,5 +328,37 @@ mod tests {
             .err()
             .map(|s| s.message().to_owned());
         assert!(status.is_some_and(|m| m.contains("filter.types[0]")));
+    }
+
+    #[test]
+    fn too_many_values_name_the_limit() {
+        let many = EventFilter {
+            run_ids: vec!["r".to_owned(); 33_000],
+            ..Default::default()
+        };
+        let status = Filter::parse(Some(&many), "filter").unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(
+            status
+                .message()
+                .contains("filter.run_ids: lists 33000 values")
+        );
+        assert!(status.message().contains("at most 256"));
+
+        let spread = EventFilter {
+            tenants: vec!["t".to_owned(); 200],
+            subjects: vec!["s".to_owned(); 200],
+            run_ids: vec!["r".to_owned(); 200],
+            services: vec!["v".to_owned(); 200],
+            tools: vec!["x".to_owned(); 200],
+            models: vec!["m".to_owned(); 200],
+            ..Default::default()
+        };
+        let status = Filter::parse(Some(&spread), "filter").unwrap_err();
+        assert!(
+            status
+                .message()
+                .contains("filter: lists 1200 values in all")
+        );
     }
 }

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use agentmesh_kit::paging::{FilterHash, Page, PageLimits};
-use agentmesh_kit::status::invalid_argument;
+use agentmesh_kit::status::{Violations, invalid_argument};
 use agentmesh_kit::time::timestamp_from_micros;
 use agentmesh_proto::audit::v1::{
     CostMetrics, ReportDimension, ReportKind, ReportRequest, ReportResponse, ReportRow,
@@ -210,7 +210,7 @@ struct Plan {
 }
 
 fn plan(request: &ReportRequest, max_buckets: usize) -> Result<Plan, Status> {
-    let mut violations: Vec<(String, String)> = Vec::new();
+    let mut violations = Violations::new();
     let kind = ReportKind::try_from(request.kind).unwrap_or(ReportKind::Unspecified);
     if kind == ReportKind::Unspecified {
         violations.push(("kind".into(), "is required: USAGE, SECURITY or COST".into()));
@@ -237,7 +237,7 @@ fn plan(request: &ReportRequest, max_buckets: usize) -> Result<Plan, Status> {
         violations.push(violation);
     }
     if !violations.is_empty() {
-        return Err(invalid_argument(violations));
+        return Err(violations.into_status());
     }
     let (Some(start_us), Some(end_us)) = (filter.start_us, filter.end_us) else {
         return Err(invalid_argument([(
@@ -261,7 +261,7 @@ fn plan(request: &ReportRequest, max_buckets: usize) -> Result<Plan, Status> {
 /// recorded in `violations`.
 fn dimensions(
     request: &ReportRequest,
-    violations: &mut Vec<(String, String)>,
+    violations: &mut Violations,
 ) -> Vec<(&'static str, &'static str)> {
     let mut dims = Vec::new();
     for (i, value) in request.group_by.iter().enumerate() {
@@ -279,10 +279,7 @@ fn dimensions(
 
 /// The zone buckets are cut in (UTC when unset); an unknown one is
 /// recorded in `violations`.
-fn time_zone(
-    request: &ReportRequest,
-    violations: &mut Vec<(String, String)>,
-) -> jiff::tz::TimeZone {
+fn time_zone(request: &ReportRequest, violations: &mut Violations) -> jiff::tz::TimeZone {
     if request.time_zone.is_empty() {
         jiff::tz::TimeZone::UTC
     } else {

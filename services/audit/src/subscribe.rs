@@ -96,6 +96,35 @@ pub(crate) async fn run(store: Store, writer: Writer, subscription: Subscription
     }
 }
 
+/// Where a subscription starting at `start` stands, the log holding
+/// `retained_from..=last_seq`; or why it cannot start.
+fn start_position(start: Start, last_seq: i64, retained_from: i64) -> Result<i64, Stop> {
+    let position = match start {
+        Start::After(seq) if seq < retained_from - 1 => {
+            return Err(Stop::Failed(Status::out_of_range(format!(
+                "cursor {seq} points before the oldest retained event ({retained_from}): older events were deleted by retention; \
+                 resubscribe with from_beginning to continue from the oldest retained event"
+            ))));
+        }
+        // OUT_OF_RANGE, as gRPC's guidance says for reading past the
+        // end: unlike INVALID_ARGUMENT it tells the caller the cursor
+        // may become valid as the log grows, and it is what a client
+        // iterating the log can tell apart from a malformed request.
+        // Calling it "live" would silently skip the events between the
+        // end and the cursor once they are written.
+        Start::After(seq) if seq > last_seq => {
+            return Err(Stop::Failed(Status::out_of_range(format!(
+                "cursor {seq} is past the end of the log (the last event is {last_seq}); \
+                 resume from a cursor this service returned, or subscribe from now"
+            ))));
+        }
+        Start::After(seq) => seq,
+        Start::Beginning => retained_from - 1,
+        Start::Now => last_seq,
+    };
+    Ok(position)
+}
+
 struct Stream {
     store: Store,
     filter: Filter,
@@ -113,17 +142,7 @@ impl Stream {
         end_grace: Duration,
     ) -> Result<(), Stop> {
         let (last_seq, retained_from) = self.store.state().await?;
-        self.position = match start {
-            Start::After(seq) if seq < retained_from - 1 => {
-                return Err(Stop::Failed(Status::out_of_range(format!(
-                    "cursor {seq} points before the oldest retained event ({retained_from}): older events were deleted by retention; \
-                     resubscribe with from_beginning to continue from the oldest retained event"
-                ))));
-            }
-            Start::After(seq) => seq,
-            Start::Beginning => retained_from - 1,
-            Start::Now => last_seq,
-        };
+        self.position = start_position(start, last_seq, retained_from)?;
         self.catch_up(last_seq).await?;
         self.heartbeat().await?;
         let end_at = self.filter.end_us.map(|end| {

@@ -17,7 +17,7 @@ use agentmesh_audit_client::AuditClient;
 use agentmesh_audit_client::resilience::ResilienceReporter;
 use agentmesh_kit::ConfigError;
 use agentmesh_kit::paging::{FilterHash, Page, PageLimits};
-use agentmesh_kit::status::invalid_argument;
+use agentmesh_kit::status::{invalid_argument, quote};
 use agentmesh_proto::llm::v1::{
     self, ListModelsRequest, ListModelsResponse, Model, ModelTarget, Usage,
 };
@@ -227,14 +227,20 @@ impl Gateway {
         } else if let Some((instance, model)) = split_target(requested) {
             let Some(provider) = self.providers.get(instance) else {
                 return Err(Status::not_found(format!(
-                    "provider `{instance}` (from model `{requested}`) is not configured; configured providers: {}",
+                    "provider {} (from model {}) is not configured; configured providers: {}",
+                    quote(instance),
+                    quote(requested),
                     join_names(self.providers.keys())
                 )));
             };
             if model.is_empty() {
                 return Err(invalid_argument([(
                     "model",
-                    format!("`{requested}` names no model after `{instance}/`"),
+                    format!(
+                        "{} names no model after `{}/`",
+                        quote(requested),
+                        quote(instance)
+                    ),
                 )]));
             }
             let (circuit, label) = self.circuits.of(instance, model, false);
@@ -248,7 +254,8 @@ impl Gateway {
             (String::new(), Arc::from([target]), Arc::from([]))
         } else {
             return Err(Status::not_found(format!(
-                "model route `{requested}` is not configured; routes: {}; or address a provider directly as `provider/model` with provider one of: {}",
+                "model route {} is not configured; routes: {}; or address a provider directly as `provider/model` with provider one of: {}",
+                quote(requested),
                 join_names(self.routes.keys()),
                 join_names(self.providers.keys())
             )));

@@ -124,7 +124,10 @@ impl Caller {
 }
 
 fn not_found(what: &str, id: &str) -> Status {
-    Status::not_found(format!("{what} {id:?} not found"))
+    Status::not_found(format!(
+        "{what} {} not found",
+        agentmesh_kit::status::quote(id)
+    ))
 }
 
 impl OrchestratorServiceImpl {

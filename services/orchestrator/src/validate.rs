@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use agentmesh_kit::status::invalid_argument;
+use agentmesh_kit::status::Violations;
 use agentmesh_kit::time::micros_of;
 use agentmesh_proto::orchestrator::v1 as pb;
 use tonic::Status;
@@ -94,7 +94,7 @@ pub(crate) fn start_request(
     fields: StartFields,
     max_objective_bytes: usize,
 ) -> Result<StartRequest, Status> {
-    let mut violations: Vec<(String, String)> = Vec::new();
+    let mut violations = Violations::new();
     if fields.objective.trim().is_empty() {
         violations.push((
             "objective".into(),
@@ -119,7 +119,7 @@ pub(crate) fn start_request(
     let limits = run_limits(fields.limits.unwrap_or_default(), &mut violations);
     labels(&fields.labels, "labels", &mut violations);
     if !violations.is_empty() {
-        return Err(invalid_argument(violations));
+        return Err(violations.into_status());
     }
     Ok(StartRequest {
         objective: fields.objective,
@@ -132,7 +132,7 @@ pub(crate) fn start_request(
 }
 
 /// The limits a request asks for, adding a violation for each bad one.
-fn run_limits(limits: pb::RunLimits, violations: &mut Vec<(String, String)>) -> RequestedLimits {
+fn run_limits(limits: pb::RunLimits, violations: &mut Violations) -> RequestedLimits {
     if !(0..=MAX_STEPS_LIMIT).contains(&limits.max_steps) {
         violations.push((
             "limits.max_steps".into(),
@@ -147,13 +147,20 @@ fn run_limits(limits: pb::RunLimits, violations: &mut Vec<(String, String)>) -> 
     }
     let timeout = match &limits.timeout {
         None => None,
-        Some(timeout) => match Duration::try_from(*timeout) {
+        Some(timeout) => match agentmesh_kit::duration::length_of_time(timeout) {
             Ok(timeout) if timeout <= MAX_TIMEOUT => Some(timeout).filter(|t| !t.is_zero()),
-            _ => {
-                violations.push((
-                    "limits.timeout".into(),
-                    "must be between 0 (the profile's) and 24h".into(),
-                ));
+            Ok(_) => {
+                violations.add(
+                    "limits.timeout",
+                    "must be between 0 (the profile's) and 24h",
+                );
+                None
+            }
+            Err(problem) => {
+                violations.add(
+                    "limits.timeout",
+                    format!("{problem}; use 0 (the profile's) to 24h"),
+                );
                 None
             }
         },
@@ -168,7 +175,7 @@ fn run_limits(limits: pb::RunLimits, violations: &mut Vec<(String, String)>) -> 
 /// Checks the filters of a ListRuns request (its page size and token are
 /// the handler's).
 pub(crate) fn list_runs_request(request: &pb::ListRunsRequest) -> Result<(), Status> {
-    let mut violations: Vec<(String, String)> = Vec::new();
+    let mut violations = Violations::new();
     for (index, state) in request.states.iter().enumerate() {
         if pb::RunState::try_from(*state).map_or(true, |s| s == pb::RunState::Unspecified) {
             violations.push((
@@ -189,13 +196,13 @@ pub(crate) fn list_runs_request(request: &pb::ListRunsRequest) -> Result<(), Sta
     if violations.is_empty() {
         Ok(())
     } else {
-        Err(invalid_argument(violations))
+        Err(violations.into_status())
     }
 }
 
 /// Checks labels (at most 32; keys of 1 to 63 characters, values of at
 /// most 256), in key order so the violations read the same every time.
-fn labels(labels: &HashMap<String, String>, field: &str, violations: &mut Vec<(String, String)>) {
+fn labels(labels: &HashMap<String, String>, field: &str, violations: &mut Violations) {
     if labels.len() > MAX_LABELS {
         violations.push((
             field.to_owned(),

@@ -476,15 +476,8 @@ fn tool_result(
 /// prost-types' conversion, which negates `seconds` and would overflow on
 /// `i64::MIN`.
 fn to_std_duration(duration: &prost_types::Duration) -> Result<Duration, String> {
-    if duration.seconds < 0 || duration.nanos < 0 {
-        return Err("must not be negative (0 or unset = the tool's own timeout)".to_owned());
-    }
-    let seconds = u64::try_from(duration.seconds).unwrap_or(u64::MAX);
-    let nanos = u32::try_from(duration.nanos).unwrap_or(u32::MAX);
-    if nanos >= 1_000_000_000 {
-        return Err("nanos must be between 0 and 999,999,999".to_owned());
-    }
-    Ok(Duration::new(seconds, nanos))
+    agentmesh_kit::duration::length_of_time(duration)
+        .map_err(|problem| format!("{problem} (0 or unset = the tool's own timeout)"))
 }
 
 #[cfg(test)]

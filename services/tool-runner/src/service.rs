@@ -425,21 +425,32 @@ fn list_tools(
     identity: Option<&agentmesh_auth::Identity>,
     request: v1::ListToolsRequest,
 ) -> Result<v1::ListToolsResponse, Status> {
-    let mut kind_violations: Vec<Violation> = Vec::new();
-    let mut kinds = BTreeSet::new();
-    for (index, kind) in request.kinds.iter().enumerate() {
-        match ToolKind::try_from(*kind) {
-            Ok(ToolKind::Unspecified) | Err(_) => kind_violations.push((
-                format!("kinds[{index}]"),
-                format!(
-                    "{kind} is not a tool kind to filter by; use TOOL_KIND_BUILTIN, TOOL_KIND_COMMAND or TOOL_KIND_MCP"
-                ),
-            )),
-            Ok(kind) => {
-                kinds.insert(kind as i32);
-            }
-        }
-    }
+    // The bad kinds are described lazily, when the error is built, so a
+    // request with a million of them stores none.
+    let is_kind =
+        |kind: i32| !matches!(ToolKind::try_from(kind), Ok(ToolKind::Unspecified) | Err(_));
+    let kind_violations = || {
+        request
+            .kinds
+            .iter()
+            .enumerate()
+            .filter(|(_, kind)| !is_kind(**kind))
+            .map(|(index, kind)| -> Violation {
+                (
+                    format!("kinds[{index}]"),
+                    format!(
+                        "{kind} is not a tool kind to filter by; use TOOL_KIND_BUILTIN, TOOL_KIND_COMMAND or TOOL_KIND_MCP"
+                    ),
+                )
+            })
+    };
+    let kinds: BTreeSet<i32> = request
+        .kinds
+        .iter()
+        .copied()
+        .filter(|kind| is_kind(*kind))
+        .collect();
+    let bad_kinds = request.kinds.iter().any(|kind| !is_kind(*kind));
     let names: BTreeSet<&str> = request.names.iter().map(String::as_str).collect();
     let page = match Page::<String>::check(
         PAGE_LIMITS,
@@ -447,7 +458,7 @@ fn list_tools(
         &request.page_token,
         filter_hash(&names, &kinds),
     ) {
-        Ok(page) if kind_violations.is_empty() => page,
+        Ok(page) if !bad_kinds => page,
         page => {
             // In the order of the fields: page_size, kinds, page_token.
             let (size, token): (Vec<_>, Vec<_>) = page
@@ -456,7 +467,7 @@ fn list_tools(
                 .into_iter()
                 .partition(|(field, _)| field == "page_size");
             return Err(invalid_argument(
-                size.into_iter().chain(kind_violations).chain(token),
+                size.into_iter().chain(kind_violations()).chain(token),
             ));
         }
     };

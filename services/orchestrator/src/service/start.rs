@@ -138,7 +138,8 @@ impl OrchestratorServiceImpl {
         match config.agents.get(&agent) {
             Some(profile) => Ok((agent, profile)),
             None => Err(Status::not_found(format!(
-                "agent {agent:?} not found; configured agents: {}",
+                "agent {} not found; configured agents: {}",
+                agentmesh_kit::status::quote(&agent),
                 config
                     .agents
                     .keys()
@@ -181,7 +182,8 @@ async fn no_run_in_progress(engine: &Engine, session_id: &str) -> Result<(), Sta
         .map_err(|e| engine.store_failed(&e))?
     {
         Some(other) => Err(Status::failed_precondition(format!(
-            "session {session_id} has a run in progress ({other}); wait for it to end or cancel it"
+            "session {} has a run in progress ({other}); wait for it to end or cancel it",
+            agentmesh_kit::status::quote(session_id)
         ))),
         None => Ok(()),
     }
@@ -333,8 +335,8 @@ async fn store_and_spawn(
             engine.forget(&run.run_id);
             if existing.objective != run.objective || existing.agent != run.agent {
                 return Err(Status::already_exists(format!(
-                    "idempotency key {:?} was used for run {} with a different objective or agent",
-                    run.idempotency_key.unwrap_or_default(),
+                    "idempotency key {} was used for run {} with a different objective or agent",
+                    agentmesh_kit::status::quote(&run.idempotency_key.unwrap_or_default()),
                     existing.run_id
                 )));
             }

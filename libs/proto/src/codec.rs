@@ -1,0 +1,108 @@
+//! The codec of the generated servers: tonic's prost codec, except that a
+//! request that does not decode (bad wire data, invalid UTF-8 in a string
+//! field) answers INVALID_ARGUMENT.
+//!
+//! tonic maps every protobuf decode error to INTERNAL, which gRPC reserves
+//! for the server's own broken invariants; a caller's undecodable request
+//! is its own mistake and must not count as the server's errors. Clients
+//! keep tonic's codec: a response they cannot decode is the server's
+//! fault.
+
+use std::marker::PhantomData;
+
+use prost::Message;
+use tonic::Status;
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
+use tonic_prost::{ProstCodec, ProstEncoder};
+
+/// The longest part of a decode error kept in the message.
+const MAX_ERROR_BYTES: usize = 256;
+
+/// A server's codec: encodes responses `T` as tonic does, decodes requests
+/// `U` with INVALID_ARGUMENT on failure.
+#[derive(Debug, Clone)]
+pub struct RequestCodec<T, U> {
+    _types: PhantomData<(T, U)>,
+}
+
+impl<T, U> Default for RequestCodec<T, U> {
+    fn default() -> Self {
+        Self {
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<T, U> Codec for RequestCodec<T, U>
+where
+    T: Message + Send + 'static,
+    U: Message + Default + Send + 'static,
+{
+    type Encode = T;
+    type Decode = U;
+    type Encoder = ProstEncoder<T>;
+    type Decoder = RequestDecoder<U>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ProstCodec::<T, U>::default().encoder()
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RequestDecoder { _type: PhantomData }
+    }
+}
+
+/// Decodes a request message `U`.
+#[derive(Debug, Clone)]
+pub struct RequestDecoder<U> {
+    _type: PhantomData<U>,
+}
+
+impl<U: Message + Default> Decoder for RequestDecoder<U> {
+    type Item = U;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
+        U::decode(buf)
+            .map(Some)
+            .map_err(|err| invalid_request(&err))
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::default()
+    }
+}
+
+/// INVALID_ARGUMENT for a request that does not decode.
+pub fn invalid_request(err: &prost::DecodeError) -> Status {
+    let mut reason = err.to_string();
+    if reason.len() > MAX_ERROR_BYTES {
+        let end = (0..=MAX_ERROR_BYTES)
+            .rev()
+            .find(|at| reason.is_char_boundary(*at))
+            .unwrap_or(0);
+        reason.truncate(end);
+    }
+    Status::invalid_argument(format!(
+        "the request is not a valid protobuf message of this method: {reason}"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_utf8_is_invalid_argument() {
+        // Field 1 (string) of length 2 holding invalid UTF-8.
+        let bytes = [0x0a, 0x02, 0xff, 0xfe];
+        let err = crate::orchestrator::v1::GetRunRequest::decode(&bytes[..]).unwrap_err();
+        let status = invalid_request(&err);
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(
+            status
+                .message()
+                .starts_with("the request is not a valid protobuf")
+        );
+    }
+}
