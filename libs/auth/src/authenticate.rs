@@ -385,8 +385,12 @@ fn with_forwarded(caller: Identity, headers: &HeaderMap) -> Result<Identity, Ref
         value => AllowLists::from_header(value).ok_or_else(malformed)?,
     };
     let credential_id = field(identity::CREDENTIAL)?.to_owned();
+    let tenant = field(identity::TENANT)?;
+    if !identity::is_tenant_name(tenant) {
+        return Err(malformed());
+    }
     Ok(Identity {
-        tenant: field(identity::TENANT)?.to_owned(),
+        tenant: tenant.to_owned(),
         subject: field(identity::SUBJECT)?.to_owned(),
         // A service cannot lend itself the right to act as a service.
         scopes: ScopeSet::iter(scopes)

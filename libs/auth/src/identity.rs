@@ -17,6 +17,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::scope::{Scope, ScopeSet};
 
+/// The longest tenant name the mesh accepts.
+pub const MAX_TENANT_BYTES: usize = 256;
+
+/// Whether `name` may be a tenant: at most [`MAX_TENANT_BYTES`] visible
+/// ASCII characters, no spaces ("" means no tenant). Tenants travel in
+/// headers, label audit chains and name workspace directories, where a
+/// newline, NUL or other control character would forge lines or paths.
+pub fn is_tenant_name(name: &str) -> bool {
+    name.len() <= MAX_TENANT_BYTES && name.bytes().all(|byte| byte.is_ascii_graphic())
+}
+
 /// The tenant header.
 pub const TENANT: &str = "x-agentmesh-tenant";
 /// The subject header.
@@ -314,6 +325,17 @@ mod tests {
         assert_eq!(key.intersect(&tenant), AllowList::only(["b"]));
         assert_eq!(AllowList::any().intersect(&tenant), tenant);
         assert!(key.intersect(&AllowList::any()).allows("a"));
+    }
+
+    #[test]
+    fn tenant_names_are_short_visible_ascii_without_control_characters() {
+        for good in ["", "acme", "team-7_x", "a.b@c"] {
+            assert!(is_tenant_name(good), "{good:?}");
+        }
+        let long = "a".repeat(MAX_TENANT_BYTES + 1);
+        for bad in ["a\nb", "a\0b", "a b", "a\tb", "caf\u{e9}", long.as_str()] {
+            assert!(!is_tenant_name(bad), "{bad:?}");
+        }
     }
 
     #[test]

@@ -81,9 +81,9 @@ use agentmesh_kit::{ConfigError, LogConfig, ServerConfig};
 use agentmesh_resilience::{CircuitConfig, RetryConfig};
 use serde::{Deserialize, Serialize};
 
+use crate::builtin::http::HttpToolConfig;
 use crate::quota::QuotaConfig;
 use crate::sandbox::{LimitOverrides, SandboxConfig, SandboxMode};
-use crate::builtin::http::HttpToolConfig;
 use crate::{DEFAULT_PORT, SERVICE};
 
 /// The service's configuration (section `[tool_runner]`, environment

@@ -166,6 +166,12 @@ impl KeysFile {
                     problem: format!("{} appears twice", key.id),
                 });
             }
+            if !crate::identity::is_tenant_name(&key.tenant) {
+                return Err(KeysFileError {
+                    at: at("tenant"),
+                    problem: tenant_problem(),
+                });
+            }
             key.checked().map_err(|(field, problem)| KeysFileError {
                 at: at(field),
                 problem,
@@ -182,6 +188,12 @@ impl KeysFile {
             }
         }
         for (tenant, policy) in &self.tenants {
+            if tenant.is_empty() || !crate::identity::is_tenant_name(tenant) {
+                return Err(KeysFileError {
+                    at: format!("tenants.{}", tenant.escape_debug()),
+                    problem: tenant_problem(),
+                });
+            }
             for (field, names) in [
                 ("agents", &policy.agents),
                 ("routes", &policy.routes),
@@ -285,6 +297,14 @@ impl KeyEntry {
     }
 }
 
+/// Why a tenant name was refused.
+fn tenant_problem() -> String {
+    format!(
+        "a tenant is at most {} visible ASCII characters: no spaces, newlines, NUL or other control characters",
+        crate::identity::MAX_TENANT_BYTES
+    )
+}
+
 /// Allow-list names travel in the `x-agentmesh-allow` header: no separators
 /// of its syntax, no control characters.
 fn check_names(names: Option<&Vec<String>>) -> Result<(), String> {
@@ -355,6 +375,14 @@ mod tests {
         assert!(err.at.starts_with("line 2"), "{err}");
         let err = KeysFile::parse(&entry(&key).replace(key.id(), "am_live_x")).unwrap_err();
         assert_eq!(err.at, "keys[0].id");
+        for tenant in ["ac\\nme", "ac\\u0000me", "acme corp"] {
+            let text = entry(&key).replace("tenant = \"acme\"", &format!("tenant = \"{tenant}\""));
+            let err = KeysFile::parse(&text).unwrap_err();
+            assert_eq!(err.at, "keys[0].tenant", "{tenant}");
+            assert!(err.problem.contains("control characters"), "{err}");
+        }
+        let err = KeysFile::parse("[tenants.\"a\\nb\"]\ntools = []\n").unwrap_err();
+        assert_eq!(err.at, "tenants.a\\nb", "{err}");
     }
 
     #[test]
