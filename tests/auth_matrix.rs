@@ -29,8 +29,8 @@ use agentmesh_auth::jwt::testing;
 use agentmesh_auth::keys::ApiKey;
 use agentmesh_auth::keys::file::{KeyEntry, KeysFile};
 use agentmesh_auth::scope::Scope;
+use agentmesh_tests::contract::{Rpc, rpcs_of};
 use agentmesh_tests::{InProcess, SERVICES};
-use prost::Message;
 use serde_json::json;
 use tonic::Code;
 use tonic::metadata::MetadataValue;
@@ -48,48 +48,6 @@ fn tables() -> BTreeMap<&'static str, ScopeTable> {
     .into_iter()
     .map(|table| (table.service, table))
     .collect()
-}
-
-/// One RPC as the descriptors declare it.
-#[derive(Debug, Clone)]
-struct Rpc {
-    service: String,
-    method: String,
-    server_streaming: bool,
-}
-
-impl Rpc {
-    fn path(&self) -> String {
-        format!("/{}/{}", self.service, self.method)
-    }
-}
-
-/// Every RPC of `service` in the compiled contract.
-fn rpcs_of(service: &str) -> Vec<Rpc> {
-    let set = prost_types::FileDescriptorSet::decode(agentmesh_proto::FILE_DESCRIPTOR_SET)
-        .expect("the contract's descriptors decode");
-    let mut rpcs = Vec::new();
-    for file in &set.file {
-        for declared in &file.service {
-            let name = format!("{}.{}", file.package(), declared.name());
-            if name != service {
-                continue;
-            }
-            for method in &declared.method {
-                assert!(
-                    !method.client_streaming(),
-                    "{name}/{} streams from the client: teach the matrix to call it",
-                    method.name()
-                );
-                rpcs.push(Rpc {
-                    service: name.clone(),
-                    method: method.name().to_owned(),
-                    server_streaming: method.server_streaming(),
-                });
-            }
-        }
-    }
-    rpcs
 }
 
 /// The keys of the matrix: per scope, one key with only that scope and one
@@ -358,11 +316,13 @@ async fn health_is_open_and_reflection_is_exempt_only_by_default() {
     let health = Rpc {
         service: "grpc.health.v1.Health".into(),
         method: "Check".into(),
+        input_type: ".grpc.health.v1.HealthCheckRequest".into(),
         server_streaming: false,
     };
     let reflection = Rpc {
         service: "grpc.reflection.v1.ServerReflection".into(),
         method: "ServerReflectionInfo".into(),
+        input_type: ".grpc.reflection.v1.ServerReflectionRequest".into(),
         server_streaming: true,
     };
     let open = InProcess::start_with_auth("tool-runner", auth.clone()).await;
@@ -388,6 +348,7 @@ async fn forged_and_stale_tokens_are_refused_on_the_wire() {
     let list_tools = Rpc {
         service: "agentmesh.tools.v1.ToolRunnerService".into(),
         method: "ListTools".into(),
+        input_type: ".agentmesh.tools.v1.ListToolsRequest".into(),
         server_streaming: false,
     };
     let running = InProcess::start_with_auth("tool-runner", Credentials::jwts().auth).await;

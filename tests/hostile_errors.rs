@@ -17,6 +17,7 @@ use agentmesh_proto::alerting::v1 as alerting;
 use agentmesh_proto::audit::v1 as audit;
 use agentmesh_proto::orchestrator::v1 as orchestrator;
 use agentmesh_proto::tools::v1 as tools;
+use agentmesh_tests::contract::RawCodec;
 use agentmesh_tests::{InProcess, RunningBinary, channel, http_get, wait_serving};
 use tonic::{Code, Status};
 
@@ -264,49 +265,6 @@ async fn malformed_calls_get_the_codes_grpc_gives_them() {
     // DEADLINE_EXCEEDED arrives (the kit's grpc_timeout tests cover the
     // server's answer).
     service.stop().await.unwrap();
-}
-
-/// Sends and receives raw message bytes.
-#[derive(Debug, Clone, Copy, Default)]
-struct RawCodec;
-
-impl tonic::codec::Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        RawCodec
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        RawCodec
-    }
-}
-
-impl tonic::codec::Encoder for RawCodec {
-    type Item = Vec<u8>;
-    type Error = Status;
-
-    fn encode(
-        &mut self,
-        item: Vec<u8>,
-        dst: &mut tonic::codec::EncodeBuf<'_>,
-    ) -> Result<(), Status> {
-        bytes::BufMut::put_slice(dst, &item);
-        Ok(())
-    }
-}
-
-impl tonic::codec::Decoder for RawCodec {
-    type Item = Vec<u8>;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
-        use bytes::Buf as _;
-        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
-    }
 }
 
 // === the real binary ===

@@ -10,6 +10,8 @@
     reason = "test helpers fail loudly"
 )]
 
+pub mod contract;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
