@@ -18,7 +18,9 @@
 //! Inputs come from a random seed (proptest's default), so every run explores
 //! new inputs; `PROPTEST_RNG_SEED=<u64>` makes a run repeatable.
 
+use std::cell::{Cell, RefCell};
 use std::fmt::Debug;
+use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use proptest::strategy::Strategy;
@@ -55,6 +57,36 @@ impl Budget {
             _ => Self::Cases(u64::from(Config::default().cases)),
         }
     }
+}
+
+thread_local! {
+    /// Whether this thread is running a property (its panics are findings,
+    /// reported once, not printed at each shrinking step).
+    static IN_PROPERTY: Cell<bool> = const { Cell::new(false) };
+    /// Where the first panic of the current run happened.
+    static FIRST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Installs, once per process, a panic hook that keeps properties' panics
+/// quiet (recording where the first one happened) and leaves every other
+/// panic to the previous hook.
+fn quiet_panics_in_properties() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if IN_PROPERTY.with(Cell::get) {
+                FIRST_PANIC.with(|first| {
+                    first.borrow_mut().get_or_insert_with(|| {
+                        info.location()
+                            .map_or_else(String::new, ToString::to_string)
+                    });
+                });
+            } else {
+                previous(info);
+            }
+        }));
+    });
 }
 
 /// What one run of a target did.
@@ -98,6 +130,9 @@ where
     S: Strategy,
     S::Value: Debug,
 {
+    quiet_panics_in_properties();
+    FIRST_PANIC.with(|first| first.borrow_mut().take());
+    IN_PROPERTY.with(|flag| flag.set(true));
     let started = Instant::now();
     let (cases, deadline) = match budget {
         Budget::Cases(cases) => (cases, None),
@@ -134,8 +169,12 @@ where
             }
             Err(TestError::Fail(reason, input)) => {
                 report.executions += 1;
+                let location = FIRST_PANIC
+                    .with(|first| first.borrow_mut().take())
+                    .map(|location| format!(" (panicked at {location})"))
+                    .unwrap_or_default();
                 report.finding = Some(format!(
-                    "{reason}; minimal failing input: {}",
+                    "{reason}{location}; minimal failing input: {}",
                     render(&input)
                 ));
                 break;
@@ -146,6 +185,7 @@ where
             }
         }
     }
+    IN_PROPERTY.with(|flag| flag.set(false));
     report.elapsed = started.elapsed();
     report
 }
@@ -222,6 +262,10 @@ mod tests {
         });
         let finding = report.finding.expect("a value over 200 is generated");
         assert!(finding.contains("minimal failing input: 200"), "{finding}");
+        assert!(
+            finding.contains("(panicked at libs/testkit/src/fuzz.rs:"),
+            "{finding}"
+        );
     }
 
     #[test]
