@@ -191,11 +191,13 @@ where
 }
 
 /// Proptest's configuration for [`run`]: no failure files (a finding is
-/// reported, not replayed from disk), and shrinking bounded so a finding is
-/// reported within a minute.
+/// reported, not replayed from disk), rejections bounded by [`run`] itself
+/// (proptest's global count would end a long timed run), and shrinking
+/// bounded so a finding is reported within a minute.
 fn config() -> Config {
     Config {
         failure_persistence: None,
+        max_global_rejects: u32::MAX,
         max_shrink_iters: 100_000,
         max_shrink_time: 60_000,
         ..Config::default()
