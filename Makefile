@@ -3,6 +3,8 @@
 #   make run      all five services in one process (embedded mode: SQLite under ./data)
 #   make test     every test: unit, in-process gRPC, real binaries with grpcurl, PostgreSQL
 #   make lint     rustfmt, clippy -D warnings, module structure, cargo deny, buf lint, buf format
+#   make fuzz     every fuzz target for FUZZ_SECONDS each (default 60), then a summary
+#                 of executions and findings per target (CI runs them too, 256 cases each)
 #   make bench    benchmark programs that print figures (hop cost, run step, audit ingest, gateway faults, auth)
 #   make rules    check and unit-test the Prometheus alert rules (promtool)
 #   make build    the workspace
@@ -10,7 +12,7 @@
 CARGO ?= cargo
 PYTHON ?= python3
 
-.PHONY: all build run up test lint fmt proto bench rules clean
+.PHONY: all build run up test fuzz lint fmt proto bench rules clean
 
 all: build
 
@@ -34,6 +36,27 @@ test:
 	$(CARGO) build --workspace --bins
 	$(CARGO) nextest run --workspace --no-fail-fast
 	$(PYTHON) -m pytest -q tests/python
+
+# Fuzz targets are property tests named fuzz_* (proptest on stable Rust,
+# run through agentmesh_testkit::fuzz). `make test` runs each for
+# PROPTEST_CASES cases (default 256); here each parser target runs for
+# FUZZ_SECONDS instead, and the RPC targets of tests/fuzz_rpc.rs (when
+# present) for FUZZ_RPC_CASES cases. --no-capture runs them one at a time,
+# so each gets the whole time, and shows the line every target prints:
+# "fuzz <target>: <n> executions in <s> s, <k> findings" (a finding fails
+# the target and names its minimal failing input).
+FUZZ_SECONDS ?= 60
+FUZZ_RPC_CASES ?= 2000
+FUZZ_FILTER = test(/(^|::)fuzz_/)$(if $(wildcard tests/fuzz_rpc.rs), | binary(=fuzz_rpc))
+
+fuzz:
+	@mkdir -p target
+	{ FUZZ_SECONDS=$(FUZZ_SECONDS) PROPTEST_CASES=$(FUZZ_RPC_CASES) \
+	  $(CARGO) nextest run --workspace --no-fail-fast --no-capture -E '$(FUZZ_FILTER)'; \
+	  echo $$? > target/fuzz.status; } 2>&1 | tee target/fuzz.log
+	@echo "== fuzz: executions and findings per target (FUZZ_SECONDS=$(FUZZ_SECONDS)) =="
+	@grep -E '^fuzz [^ ]+: [0-9]+ executions|^fuzz [^ ]+: finding:|(PASS|FAIL) .*fuzz_rpc' target/fuzz.log || true
+	@exit $$(cat target/fuzz.status)
 
 # Benchmark programs that print figures (release build).
 bench:

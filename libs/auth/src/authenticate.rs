@@ -484,6 +484,9 @@ fn mechanism_of(credential_id: &str) -> Mechanism {
 }
 
 #[cfg(test)]
+mod fuzz_tests;
+
+#[cfg(test)]
 mod tests {
     use http::header::HeaderValue;
 

@@ -264,6 +264,9 @@ impl<P: Serialize + DeserializeOwned> Page<P> {
 }
 
 #[cfg(test)]
+mod fuzz_tests;
+
+#[cfg(test)]
 mod tests {
     use tonic::Code;
     use tonic_types::StatusExt;

@@ -10,6 +10,8 @@
 //! * [`eventually`]: waits for a condition with a patience bound, instead of
 //!   sleeping a guessed amount; [`within`] bounds one step, so a hang fails
 //!   the test instead of blocking CI.
+//! * [`fuzz`]: property-based fuzz targets on stable Rust, bounded by a
+//!   case count in CI and by time under `make fuzz`.
 //! * [`find_program`]: locates an external program a test drives (grpcurl,
 //!   python3) and says how to install it when it is missing.
 
@@ -21,6 +23,7 @@
 )]
 
 pub mod fault_provider;
+pub mod fuzz;
 pub mod postgres;
 
 use std::future::Future;

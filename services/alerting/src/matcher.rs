@@ -75,9 +75,13 @@ impl Matcher {
         }
         let regex = match op {
             MatchOp::Regex | MatchOp::NotRegex => {
-                Some(Regex::new(&format!("^(?:{value})$")).map_err(|err| {
-                    MatcherError(format!("invalid regular expression {value:?}: {err}"))
-                })?)
+                let invalid =
+                    |err| MatcherError(format!("invalid regular expression {value:?}: {err}"));
+                // The value must be a regex on its own: `a)|(b` or a
+                // trailing `\` would otherwise break out of the anchors
+                // around it and match values it does not name.
+                Regex::new(&value).map_err(invalid)?;
+                Some(Regex::new(&format!("^(?:{value})$")).map_err(invalid)?)
             }
             MatchOp::Equal | MatchOp::NotEqual => None,
         };
@@ -195,8 +199,20 @@ pub(crate) fn all_match(matchers: &[Matcher], labels: &LabelSet) -> bool {
 }
 
 impl fmt::Display for Matcher {
+    /// The text form [`Matcher::parse`] reads back exactly: the value quoted
+    /// with only the escapes `unescape` knows (`\\`, `\"`, `\n`), as
+    /// matchers are stored in this form.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}{}{:?}", self.name, self.op.symbol(), self.value)
+        write!(f, "{}{}\"", self.name, self.op.symbol())?;
+        for c in self.value.chars() {
+            match c {
+                '\\' => f.write_str("\\\\")?,
+                '"' => f.write_str("\\\"")?,
+                '\n' => f.write_str("\\n")?,
+                other => fmt::Write::write_char(f, other)?,
+            }
+        }
+        f.write_str("\"")
     }
 }
 
@@ -250,6 +266,9 @@ fn unescape(text: &str) -> Option<String> {
     }
     Some(out)
 }
+
+#[cfg(test)]
+mod fuzz_tests;
 
 #[cfg(test)]
 mod tests {

@@ -47,6 +47,9 @@ pub(crate) mod testing {
 }
 
 #[cfg(test)]
+mod fuzz_tests;
+
+#[cfg(test)]
 mod tests {
     use super::testing::at;
     use super::*;

@@ -424,6 +424,9 @@ fn proto_duration(duration: Duration) -> Option<prost_types::Duration> {
 }
 
 #[cfg(test)]
+mod fuzz_tests;
+
+#[cfg(test)]
 mod tests {
     use agentmesh_kit::ident::is_identifier;
     use serde_json::json;

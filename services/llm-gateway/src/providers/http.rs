@@ -471,7 +471,7 @@ pub(crate) fn decode_sse<D: SseDecoder>(
     timing: Timing,
 ) -> EventStream {
     let state = SseState {
-        events: bytes.eventsource().boxed(),
+        events: super::sse_input::normalise(bytes).eventsource().boxed(),
         decoder,
         pending: VecDeque::new(),
         timing,

@@ -16,9 +16,12 @@
 //! [`crate::relay`]); the providers know nothing of them.
 
 pub(crate) mod anthropic;
+#[cfg(test)]
+mod fuzz_tests;
 pub(crate) mod http;
 pub(crate) mod openai;
 pub(crate) mod scripted;
+mod sse_input;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -520,6 +520,9 @@ fn finite(value: f64, what: &str) -> Result<f64, CalcError> {
 }
 
 #[cfg(test)]
+mod fuzz_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
