@@ -14,7 +14,7 @@
 //!   on codes.
 //!
 //! After each property the service must still answer its health check. The
-//! case count comes from `PROPTEST_CASES` (proptest's own variable; 64 when
+//! case count comes from `PROPTEST_CASES` (proptest's own variable; 256 when
 //! unset, which keeps CI short); `make fuzz` raises it.
 
 #![expect(
@@ -47,7 +47,7 @@ fn config() -> Config {
     let cases = std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|cases| cases.parse().ok())
-        .unwrap_or(64);
+        .unwrap_or(256);
     Config {
         cases,
         failure_persistence: None,
@@ -226,6 +226,7 @@ fn fuzz_service(service: &str, structured: bool) {
         proptest::collection::vec(any::<u8>(), 0..256),
     );
     let mut runner = TestRunner::new(config());
+    let started = std::time::Instant::now();
     let codes = std::sync::Mutex::new(std::collections::BTreeMap::<String, usize>::new());
     let outcome = runner.run(&strategy, |(index, seed, raw)| {
         let rpc = &rpcs[index];
@@ -266,15 +267,18 @@ fn fuzz_service(service: &str, structured: bool) {
         }
         Ok(())
     });
+    // The line `make fuzz` collects, as the testkit's runner prints it.
     let kind = if structured {
         "structured"
     } else {
-        "raw bytes"
+        "raw_bytes"
     };
     let codes = codes.into_inner().unwrap();
     eprintln!(
-        "{service} ({kind}): {} calls over {} RPCs answered {codes:?}",
+        "fuzz rpc_{kind}_{service}: {} executions in {:.1} s, {} findings (over {} RPCs; answered {codes:?})",
         codes.values().sum::<usize>(),
+        started.elapsed().as_secs_f64(),
+        usize::from(outcome.is_err()),
         rpcs.len(),
     );
     runtime.block_on(async {
