@@ -275,7 +275,10 @@ pub struct LazyDatabase {
     config: StorageConfig,
     service: &'static str,
     migrations: Option<&'static Migrations>,
-    database: std::sync::Arc<std::sync::OnceLock<Database>>,
+    /// A tokio cell, so that concurrent first uses (start-up and an early
+    /// call) wait for one opener instead of migrating the same database
+    /// twice at once, which fails on SQLite.
+    database: std::sync::Arc<tokio::sync::OnceCell<Database>>,
 }
 
 impl LazyDatabase {
@@ -297,17 +300,17 @@ impl LazyDatabase {
 
     /// Opens and checks the database; does nothing if it is already open.
     pub async fn open(&self) -> Result<(), StorageError> {
-        if self.database.get().is_some() {
-            return Ok(());
-        }
-        let database = Database::connect(&self.config, self.service).await?;
-        database.ping().await?;
-        if let Some(migrations) = self.migrations {
-            database.migrate(migrations).await?;
-        }
-        tracing::info!(service = self.service, backend = ?database.backend(), "database ready");
-        // A concurrent opener may have won; its pool is as good as ours.
-        let _ = self.database.set(database);
+        self.database
+            .get_or_try_init(|| async {
+                let database = Database::connect(&self.config, self.service).await?;
+                database.ping().await?;
+                if let Some(migrations) = self.migrations {
+                    database.migrate(migrations).await?;
+                }
+                tracing::info!(service = self.service, backend = ?database.backend(), "database ready");
+                Ok::<_, StorageError>(database)
+            })
+            .await?;
         Ok(())
     }
 
