@@ -1,11 +1,7 @@
 //! Black-box tests of the real binaries, driven by clients nobody here wrote
 //! (grpcurl) and by real signals.
 
-#![expect(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    reason = "test helpers fail loudly"
-)]
+#![expect(clippy::unwrap_used, reason = "test helpers fail loudly")]
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -245,25 +241,10 @@ async fn a_bad_setting_stops_the_binary_with_one_line_naming_it() {
     );
 }
 
-/// A base port with ten free ports (five gRPC, five admin) on loopback.
-fn free_base_port() -> u16 {
-    let seed = u16::try_from(std::process::id() % 2000).unwrap_or(0);
-    (0..200u16)
-        .map(|i| 20000 + ((seed + i * 37) % 9000) * 2)
-        .find(|base| {
-            (0..5).all(|i| {
-                [base + i, base + i + 1000]
-                    .iter()
-                    .all(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok())
-            })
-        })
-        .expect("ten free loopback ports")
-}
-
 #[tokio::test]
 async fn agentmesh_up_runs_all_five_and_agentmesh_health_sees_them() {
     let dir = tempfile::tempdir().unwrap();
-    let base = free_base_port();
+    let base = agentmesh_tests::free_base_port(20000, 37, 9000);
     let base_text = base.to_string();
     let mut up = Command::new(binary("agentmesh"))
         .args([

@@ -13,11 +13,7 @@
 //! run); every such label set is fixed by the code, so the difference is
 //! bounded whatever the tenant count.
 
-#![expect(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    reason = "test code fails loudly"
-)]
+#![expect(clippy::unwrap_used, reason = "test code fails loudly")]
 
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -40,21 +36,6 @@ const SLACK: usize = 40;
 const CONCURRENCY: usize = 48;
 /// The prefix of every tenant (and caller-chosen name) the test makes.
 const PREFIX: &str = "hostile-";
-
-/// A base port with ten free ports (five gRPC, five admin) on loopback.
-fn free_base_port() -> u16 {
-    let seed = u16::try_from(std::process::id() % 2000).unwrap_or(0);
-    (0..200u16)
-        .map(|i| 39001 + ((seed + i * 43) % 6000) * 2)
-        .find(|base| {
-            (0..5).all(|i| {
-                [base + i, base + i + 1000]
-                    .iter()
-                    .all(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok())
-            })
-        })
-        .expect("ten free loopback ports")
-}
 
 /// `message` as tenant `tenant` sends it.
 fn as_tenant<T>(tenant: &str, message: T) -> tonic::Request<T> {
@@ -182,7 +163,7 @@ async fn series(admins: &[SocketAddr]) -> Vec<(&'static str, Vec<String>)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_new_tenants_add_no_series() {
     let dir = tempfile::tempdir().unwrap();
-    let base = free_base_port();
+    let base = agentmesh_tests::free_base_port(39001, 43, 6000);
     let _up = Command::new(binary("agentmesh"))
         .args([
             "up",

@@ -95,21 +95,6 @@ print(json.dumps({"admitted": len(held), "refused": refused, "hung": hung,
     "not_closed": len(selector.get_map()), "slowest_close": slowest_close}), flush=True)
 "#;
 
-/// A base port with ten free ports (five gRPC, five admin) on loopback.
-fn free_base_port() -> u16 {
-    let seed = u16::try_from(std::process::id() % 2000).unwrap_or(0);
-    (0..200u16)
-        .map(|i| 23001 + ((seed + i * 37) % 8000) * 2)
-        .find(|base| {
-            (0..5).all(|i| {
-                [base + i, base + i + 1000]
-                    .iter()
-                    .all(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok())
-            })
-        })
-        .expect("ten free loopback ports")
-}
-
 /// The mesh's configuration: a short handshake deadline on every service,
 /// the caps derived from the lowered descriptor limit.
 fn mesh_config() -> String {
@@ -206,7 +191,7 @@ async fn everything_answers(health: &[Channel], admins: &[SocketAddr]) {
 async fn a_connection_flood_is_shed_while_the_mesh_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("mesh.toml"), mesh_config()).unwrap();
-    let base = free_base_port();
+    let base = agentmesh_tests::free_base_port(23001, 37, 8000);
     let log_path = dir.path().join("up.log");
     let log = std::fs::File::create(&log_path).unwrap();
     let limit = format!("--nofile={DESCRIPTOR_LIMIT}:{DESCRIPTOR_LIMIT}");

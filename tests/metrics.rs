@@ -11,11 +11,7 @@
 //! exported (names exported and not listed are fine: the list is what the
 //! dashboards may use).
 
-#![expect(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    reason = "test helpers fail loudly"
-)]
+#![expect(clippy::unwrap_used, reason = "test helpers fail loudly")]
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -146,21 +142,6 @@ async fn promtool_check(promtool: &Path, text: &str) -> (bool, String) {
     (output.status.success(), printed)
 }
 
-/// A base port with ten free ports (five gRPC, five admin) on loopback.
-fn free_base_port() -> u16 {
-    let seed = u16::try_from(std::process::id() % 2000).unwrap_or(0);
-    (0..200u16)
-        .map(|i| 21000 + ((seed + i * 41) % 8500) * 2)
-        .find(|base| {
-            (0..5).all(|i| {
-                [base + i, base + i + 1000]
-                    .iter()
-                    .all(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok())
-            })
-        })
-        .expect("ten free loopback ports")
-}
-
 #[tokio::test]
 async fn every_service_exports_lint_clean_metrics_after_a_run() {
     let Some(promtool) = promtool() else {
@@ -170,7 +151,7 @@ async fn every_service_exports_lint_clean_metrics_after_a_run() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let base = free_base_port();
+    let base = agentmesh_tests::free_base_port(21000, 41, 8500);
     let base_text = base.to_string();
     let mut up = Command::new(binary("agentmesh"))
         .args(["up", "--base-port", &base_text, "--data-dir", "state"])

@@ -236,6 +236,25 @@ impl Peers {
     }
 }
 
+/// A base port with ten free loopback ports (five gRPC at `base..base+5`,
+/// five admin at `base+1000..`), for the binaries `agentmesh up` starts on
+/// fixed ports. Candidates are `first + ((pid seed + i * step) % span) * 2`:
+/// each test file passes its own numbers, so files running in parallel
+/// probe different ports.
+pub fn free_base_port(first: u16, step: u16, span: u16) -> u16 {
+    let seed = u16::try_from(std::process::id() % 2000).unwrap_or(0);
+    (0..200u16)
+        .map(|i| first + ((seed + i * step) % span) * 2)
+        .find(|base| {
+            (0..5).all(|i| {
+                [base + i, base + i + 1000]
+                    .iter()
+                    .all(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok())
+            })
+        })
+        .expect("ten free loopback ports")
+}
+
 /// A lazily-connecting channel to `addr`.
 pub fn channel(addr: SocketAddr) -> Channel {
     agentmesh_kit::client::plain_channel(&format!("http://{addr}")).unwrap()

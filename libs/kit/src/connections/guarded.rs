@@ -272,11 +272,13 @@ impl<IO: AsyncRead> AsyncRead for Guarded<IO> {
     }
 }
 
-impl<IO: AsyncWrite> AsyncWrite for Guarded<IO> {
-    fn poll_write(
+impl<IO: AsyncWrite> Guarded<IO> {
+    /// One write through the connection's deadline (both write forms share
+    /// it); on HTTP/1, bytes written count as activity.
+    fn guarded_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        buf: &[u8],
+        write: impl FnOnce(Pin<&mut IO>, &mut Context<'_>) -> Poll<io::Result<usize>>,
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let shared = this.place.shared();
@@ -290,7 +292,7 @@ impl<IO: AsyncWrite> AsyncWrite for Guarded<IO> {
         ) {
             return Poll::Ready(Err(err));
         }
-        let result = this.io.poll_write(cx, buf);
+        let result = write(this.io, cx);
         if *this.protocol == Protocol::Http1
             && let Poll::Ready(Ok(written)) = result
             && written > 0
@@ -299,32 +301,23 @@ impl<IO: AsyncWrite> AsyncWrite for Guarded<IO> {
         }
         result
     }
+}
+
+impl<IO: AsyncWrite> AsyncWrite for Guarded<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.guarded_write(cx, |io, cx| io.poll_write(cx, buf))
+    }
 
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        let shared = this.place.shared();
-        if let Err(err) = check_deadline(
-            cx,
-            this.opening,
-            *this.accepted,
-            this.activity,
-            this.timer,
-            shared,
-        ) {
-            return Poll::Ready(Err(err));
-        }
-        let result = this.io.poll_write_vectored(cx, bufs);
-        if *this.protocol == Protocol::Http1
-            && let Poll::Ready(Ok(written)) = result
-            && written > 0
-        {
-            this.activity.touch();
-        }
-        result
+        self.guarded_write(cx, |io, cx| io.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -3,18 +3,13 @@
 
 use std::time::Duration;
 
-use agentmesh_audit_client::AuditClient;
-use agentmesh_audit_client::resilience::ResilienceReporter;
-use agentmesh_kit::metrics::prometheus::Registry;
 use agentmesh_storage::{Database, StorageConfig};
 use tokio::sync::mpsc;
 
 use super::*;
-use crate::admission::Admission;
 use crate::config::{Config, DEFAULT_AGENT};
 use crate::engine::lock;
-use crate::metrics::RunMetrics;
-use crate::store::{Created, Limits, MIGRATIONS, Store};
+use crate::store::{Created, Limits};
 
 const PATIENCE: Duration = Duration::from_secs(10);
 
@@ -23,26 +18,7 @@ async fn engine(dir: &tempfile::TempDir, heartbeat_interval: Duration) -> Arc<En
         heartbeat_interval,
         ..Config::default()
     };
-    let storage = StorageConfig {
-        data_dir: dir.path().to_owned(),
-        ..StorageConfig::default()
-    };
-    let db = Database::connect(&storage, "orchestrator").await.unwrap();
-    db.migrate(&MIGRATIONS).await.unwrap();
-    let admission = Admission::new(
-        &config,
-        None,
-        ResilienceReporter::without_metrics(AuditClient::disabled("test")),
-    );
-    Engine::new(
-        Arc::new(config),
-        Store::new(db),
-        AuditClient::disabled("test"),
-        RunMetrics::new(&Registry::new(), [DEFAULT_AGENT]).unwrap(),
-        &agentmesh_kit::client::Clients::default(),
-        admission,
-    )
-    .unwrap()
+    crate::engine::testing::engine(dir, config).await
 }
 
 /// A run stored QUEUED, with its buffer registered as if its task drove it.
