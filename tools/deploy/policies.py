@@ -51,12 +51,12 @@ def load(path):
     try:
         doc = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as err:
-        raise Invalid(f"{path}: {err}") from err
+        raise Invalid(str(err)) from err
     if not isinstance(doc, dict):
-        raise Invalid(f"{path}: expected a mapping at the top")
+        raise Invalid("expected a mapping at the top")
     for key in ("namespace", "services", "sources", "calls"):
         if key not in doc:
-            raise Invalid(f"{path}: `{key}` is missing")
+            raise Invalid(f"`{key}` is missing")
     if not isinstance(doc["namespace"], str) or not doc["namespace"]:
         raise Invalid("namespace: expected a non-empty string")
     services = doc["services"]
