@@ -68,14 +68,18 @@ def test_the_manifests_environment_is_accepted_by_the_binaries():
 
 
 def test_istio_policy_covers_every_service():
-    docs = _documents(ROOT / "istio/mesh-policy.yaml")
-    peer = next(d for d in docs if d["kind"] == "PeerAuthentication")
-    assert peer["spec"]["mtls"]["mode"] == "STRICT"
+    peers = _documents(ROOT / "istio/peer-authentication.yaml")
+    assert {d["spec"]["mtls"]["mode"] for d in peers} == {"STRICT"}
+    docs = _documents(ROOT / "istio/traffic.yaml")
     hosts = {d["spec"]["host"] for d in docs if d["kind"] == "DestinationRule"}
     assert hosts == set(PORTS)
     for vs in (d for d in docs if d["kind"] == "VirtualService"):
-        route = vs["spec"]["http"][0]
-        assert route["route"][0]["destination"]["port"]["number"] == PORTS[vs["metadata"]["name"]]
+        # Each port routed to itself: the admin port never reaches gRPC.
+        for route in vs["spec"]["http"]:
+            port = route["match"][0]["port"]
+            assert route["route"][0]["destination"]["port"]["number"] == port
+        grpc = vs["spec"]["http"][0]["match"][0]["port"]
+        assert grpc == PORTS[vs["metadata"]["name"]]
 
 
 def _env(container):
