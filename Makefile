@@ -67,7 +67,8 @@ bench:
 	$(CARGO) bench -p agentmesh-tests --bench auth
 
 # The Prometheus alert rules: syntax, their unit tests, and the generated
-# PrometheusRule of the monitoring overlay being up to date.
+# PrometheusRule of the monitoring component (k8s/components/monitoring) being
+# up to date.
 rules:
 	promtool check rules deploy/prometheus/agentmesh.rules.yml
 	promtool test rules deploy/prometheus/agentmesh.rules.test.yml

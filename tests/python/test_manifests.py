@@ -1,14 +1,49 @@
-"""The Kubernetes and Istio manifests agree with the services they deploy:
-ports, probes, protocol names, and environment variables that the real
-binaries accept as settings."""
+"""The Kubernetes manifests agree with the services they deploy.
 
+Each overlay (k8s/overlays/dev, k8s/overlays/prod) and the base are rendered
+with `kubectl kustomize`; the rendered objects are checked for ports, probes,
+protocol names, drain timing, availability objects and image pinning, and
+each Deployment's environment is handed to the real binary (`--dump-config`),
+whose *effective* configuration must then name peers that are Services of the
+render and write only under the container's writable volumes."""
+
+import hashlib
+import itertools
+import os
+import re
+import shutil
 import subprocess
+import tomllib
 
+import pytest
 import yaml
 
 from conftest import BIN_DIR, ROOT, SERVICES
 
 PORTS = {name: 50051 + i for i, (name, _) in enumerate(SERVICES)}
+NAMES = list(PORTS)
+# Services that keep data: PostgreSQL in the base, a claim in sqlite-single.
+STATEFUL = {"orchestrator", "llm-gateway", "audit", "alerting"}
+# The gateway opens its database on first use (budgets): its URL is optional.
+STORAGE_REQUIRED = {"orchestrator", "audit", "alerting"}
+SCRATCH_VOLUMES = {"spool", "workspaces"}
+COMPONENTS = ["sqlite-single", "secrets-example", "network-policies", "monitoring"]
+EXAMPLE = ROOT / "k8s/components/secrets-example"
+
+
+def _kubectl():
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed (it renders the kustomizations)")
+    return kubectl
+
+
+def _render(path):
+    result = subprocess.run(
+        [_kubectl(), "kustomize", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, f"{path}: {result.stderr}"
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
 def _documents(path):
@@ -16,21 +51,98 @@ def _documents(path):
         return [doc for doc in yaml.safe_load_all(f) if doc]
 
 
-def _base():
-    kustomization = yaml.safe_load((ROOT / "k8s/base/kustomization.yaml").read_text())
-    docs = []
-    for resource in kustomization["resources"]:
-        docs.extend(_documents(ROOT / "k8s/base" / resource))
-    return docs
+_RENDERS = {}
+
+
+def _rendered(name):
+    """The rendered objects of `base`, `dev` or `prod` (once per session)."""
+    if name not in _RENDERS:
+        path = ROOT / ("k8s/base" if name == "base" else f"k8s/overlays/{name}")
+        _RENDERS[name] = _render(path)
+    return _RENDERS[name]
+
+
+def _of(docs, kind):
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+def _section(name):
+    return name.replace("-", "_").upper()
+
+
+def _container(deployment):
+    return deployment["spec"]["template"]["spec"]["containers"][0]
+
+
+def _env(container):
+    return {e["name"]: e.get("value") for e in container["env"]}
+
+
+def _env_refs(container):
+    """env name -> (kind, object name, key, optional) of every valueFrom."""
+    refs = {}
+    for e in container["env"]:
+        for kind in ("secretKeyRef", "configMapKeyRef"):
+            ref = e.get("valueFrom", {}).get(kind)
+            if ref:
+                refs[e["name"]] = (kind, ref["name"], ref["key"], ref.get("optional", False))
+    return refs
+
+
+def _dump_config(name, env):
+    result = subprocess.run(
+        [str(BIN_DIR / f"agentmesh-{name}"), "--dump-config"],
+        env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, f"{name}: {result.stderr}"
+    return tomllib.loads(result.stdout)
+
+
+def _effective(deployment, extra=None):
+    """The binary's effective configuration under the container's literal env."""
+    name = deployment["metadata"]["name"]
+    env = {k: v for k, v in _env(_container(deployment)).items() if v is not None}
+    return _dump_config(name, {**env, **(extra or {})})
+
+
+def _seconds(text):
+    match = re.fullmatch(r"(\d+)s", text)
+    assert match, f"{text!r} is not a whole number of seconds"
+    return int(match.group(1))
+
+
+def test_every_overlay_and_every_combination_of_components_renders(tmp_path):
+    _kubectl()
+    for overlay in ("dev", "prod"):
+        assert _rendered(overlay)
+    # Every combination of the components on the base (istio included);
+    # kustomize takes relative paths only.
+    work = tmp_path
+
+    def rel(path):
+        return os.path.relpath(ROOT / path, work)
+
+    paths = [rel(f"k8s/components/{c}") for c in COMPONENTS] + [rel("istio")]
+    for n in range(len(paths) + 1):
+        for combo in itertools.combinations(paths, n):
+            (work / "kustomization.yaml").write_text(
+                yaml.safe_dump({"resources": [rel("k8s/base")], "components": list(combo)})
+            )
+            docs = _render(work)
+            assert len(_of(docs, "Deployment")) == 5, combo
 
 
 def test_each_service_has_a_deployment_and_a_grpc_service():
-    docs = _base()
-    for name, _ in SERVICES:
+    docs = _rendered("base")
+    deployments, services = _of(docs, "Deployment"), _of(docs, "Service")
+    for name in NAMES:
         port = PORTS[name]
-        deployment = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == name)
-        pod = deployment["spec"]["template"]["spec"]
+        pod = deployments[name]["spec"]["template"]["spec"]
         container = pod["containers"][0]
+        assert container["name"] == name
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         assert ports == {"grpc": port, "http-admin": port + 1000}, name
         # Readiness follows the dependencies (""); liveness never does.
@@ -38,33 +150,249 @@ def test_each_service_has_a_deployment_and_a_grpc_service():
         assert container["livenessProbe"]["grpc"] == {"port": port, "service": "liveness"}
         # A dependency down at start keeps the pod unready, never restarts it.
         assert container["startupProbe"]["grpc"] == {"port": port, "service": "liveness"}
-        env = {e["name"]: e.get("value") for e in container["env"]}
-        section = name.replace("-", "_").upper()
-        grace = int(env[f"AGENTMESH_{section}__SERVER__GRACE_PERIOD"].rstrip("s"))
-        drain = int(env[f"AGENTMESH_{section}__SERVER__DRAIN_DELAY"].rstrip("s"))
-        assert pod["terminationGracePeriodSeconds"] > grace + drain, name
-
-        service = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == name)
-        grpc_port = next(p for p in service["spec"]["ports"] if p["name"] == "grpc")
+        assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        grpc_port = next(p for p in services[name]["spec"]["ports"] if p["name"] == "grpc")
         assert grpc_port["port"] == port and grpc_port["appProtocol"] == "grpc"
+        assert services[name]["spec"]["selector"] == {"app.kubernetes.io/name": name}
+
+
+def test_the_drain_fits_the_termination_grace_period_and_the_sidecar_drains_longer():
+    for name, deployment in _of(_rendered("base"), "Deployment").items():
+        pod = deployment["spec"]["template"]["spec"]
+        config = _effective(deployment)
+        server = config["server"]
+        app_drain = _seconds(server["drain_delay"]) + _seconds(server["grace_period"])
+        assert app_drain > 0 and _seconds(server["drain_delay"]) > 0, name
+        # The audit producer flushes after the drain, within its timeout.
+        flush = _seconds(config["audit"]["shutdown_timeout"]) if "audit" in config else 0
+        proxy = yaml.safe_load(deployment["spec"]["template"]["metadata"]["annotations"]["proxy.istio.io/config"])
+        assert proxy["holdApplicationUntilProxyStarts"] is True, name
+        sidecar = _seconds(proxy["terminationDrainDuration"])
+        # The sidecar passes traffic for as long as the app drains and flushes…
+        assert sidecar >= app_drain + flush, name
+        # …and the kubelet waits for both before SIGKILL.
+        assert pod["terminationGracePeriodSeconds"] > max(sidecar, app_drain + flush), name
 
 
 def test_the_manifests_environment_is_accepted_by_the_binaries():
-    for doc in _base():
-        if doc["kind"] != "Deployment":
+    for overlay in ("base", "dev", "prod"):
+        for deployment in _of(_rendered(overlay), "Deployment").values():
+            assert _effective(deployment)["server"]["grace_period"] == "25s"
+
+
+def test_peers_are_services_of_the_render():
+    docs = _rendered("prod")
+    services = _of(docs, "Service")
+    expected = {
+        "orchestrator": {"llm_gateway_url": "llm-gateway", "tool_runner_url": "tool-runner"},
+        "alerting": {"source.url": "audit"},
+    }
+    for name, deployment in _of(docs, "Deployment").items():
+        config = _effective(deployment)
+        urls = {key: config[key] for key in ("llm_gateway_url", "tool_runner_url") if key in config}
+        if "audit" in config:
+            urls["audit.url"] = config["audit"]["url"]
+        if "source" in config:
+            urls["source.url"] = config["source"]["url"]
+        if name != "audit":
+            assert "audit.url" in urls, f"{name} records no audit events"
+        for key, url in urls.items():
+            match = re.fullmatch(r"http://([a-z0-9-]+):(\d+)", url)
+            assert match, f"{name} {key} = {url!r} is not a Service address"
+            host, port = match.group(1), int(match.group(2))
+            assert host in services, f"{name} {key}: no Service {host}"
+            assert port in {p["port"] for p in services[host]["spec"]["ports"] if p["name"] == "grpc"}, (name, key)
+            if key == "audit.url":
+                assert host == "audit", name
+        for key, host in expected.get(name, {}).items():
+            assert urls[key].startswith(f"http://{host}:"), (name, key, urls[key])
+
+
+def _writable_mounts(deployment, docs):
+    """mountPath -> volume of every writable mount, checked for kind."""
+    pod = deployment["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    claims = _of(docs, "PersistentVolumeClaim")
+    mounts = {}
+    for mount in _container(deployment)["volumeMounts"]:
+        volume = volumes[mount["name"]]
+        if mount.get("readOnly"):
             continue
-        name = doc["metadata"]["name"]
-        container = doc["spec"]["template"]["spec"]["containers"][0]
-        env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
-        result = subprocess.run(
-            [str(BIN_DIR / f"agentmesh-{name}"), "--dump-config"],
-            env={"PATH": "/usr/bin:/bin", **env},
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        assert result.returncode == 0, f"{name}: {result.stderr}"
-        assert "grace_period = \"25s\"" in result.stdout, result.stdout
+        if "emptyDir" in volume:
+            # Scratch only, bounded: never stored data.
+            assert mount["name"] in SCRATCH_VOLUMES, (deployment["metadata"]["name"], mount)
+            assert volume["emptyDir"].get("sizeLimit"), (deployment["metadata"]["name"], mount)
+        else:
+            assert "persistentVolumeClaim" in volume, (deployment["metadata"]["name"], mount)
+            assert volume["persistentVolumeClaim"]["claimName"] in claims
+        mounts[mount["mountPath"].rstrip("/")] = volume
+    return mounts
+
+
+def _under(path, mounts):
+    return any(path == m or path.startswith(m + "/") for m in mounts)
+
+
+def test_every_path_the_services_write_is_on_a_volume_of_the_right_kind():
+    for overlay in ("dev", "prod"):
+        docs = _rendered(overlay)
+        for name, deployment in _of(docs, "Deployment").items():
+            container = _container(deployment)
+            assert container["securityContext"]["readOnlyRootFilesystem"] is True, name
+            mounts = _writable_mounts(deployment, docs)
+            config = _effective(deployment)
+            writes = []
+            if "audit" in config:
+                writes.append(("audit.spool_dir", config["audit"]["spool_dir"]))
+            if "workspaces_dir" in config:
+                writes.append(("workspaces_dir", config["workspaces_dir"]))
+            refs = _env_refs(container)
+            url_ref = refs.get(f"AGENTMESH_{_section(name)}__STORAGE__URL")
+            if "storage" in config and url_ref is None:
+                # SQLite under data_dir: must be a claim, never scratch.
+                data_dir = config["storage"]["data_dir"]
+                writes.append(("storage.data_dir", data_dir))
+                assert _under(data_dir, [m for m, v in mounts.items() if "persistentVolumeClaim" in v]), (
+                    overlay,
+                    name,
+                    data_dir,
+                )
+            for key, path in writes:
+                assert path.startswith("/"), (overlay, name, key, path)
+                assert _under(path, mounts), f"{overlay}: {name} writes {key} = {path} on the read-only root"
+
+
+def test_the_base_keeps_data_in_postgresql_and_sqlite_single_on_claims():
+    base = _of(_rendered("base"), "Deployment")
+    for name in STATEFUL:
+        refs = _env_refs(_container(base[name]))
+        kind, secret, key, optional = refs[f"AGENTMESH_{_section(name)}__STORAGE__URL"]
+        assert (kind, secret, key) == ("secretKeyRef", "agentmesh-databases", name)
+        assert optional == (name not in STORAGE_REQUIRED), name
+        assert not any("persistentVolumeClaim" in v for v in base[name]["spec"]["template"]["spec"]["volumes"])
+    dev_docs = _rendered("dev")
+    dev = _of(dev_docs, "Deployment")
+    assert not _of(dev_docs, "HorizontalPodAutoscaler"), "an autoscaler would add SQLite writers"
+    for name, deployment in dev.items():
+        assert deployment["spec"]["replicas"] == 1, name
+        assert f"AGENTMESH_{_section(name)}__STORAGE__URL" not in _env_refs(_container(deployment))
+        claims = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if "persistentVolumeClaim" in v]
+        assert bool(claims) == (name in STATEFUL), name
+        if claims:
+            # A ReadWriteOnce claim cannot be attached to two pods at once.
+            assert deployment["spec"]["strategy"] == {"type": "Recreate"}, name
+
+
+def test_the_image_is_pinned_through_the_overlays():
+    for name, deployment in _of(_rendered("base"), "Deployment").items():
+        assert _container(deployment)["image"] == "agentmesh", name
+    for overlay in ("dev", "prod"):
+        kustomization = yaml.safe_load((ROOT / f"k8s/overlays/{overlay}/kustomization.yaml").read_text())
+        image = next(i for i in kustomization["images"] if i["name"] == "agentmesh")
+        assert "/" in image["newName"], "the image names a registry"
+        assert image.get("digest") or image["newTag"] not in ("", "latest"), overlay
+        for name, deployment in _of(_rendered(overlay), "Deployment").items():
+            container = _container(deployment)
+            assert container["image"].startswith(image["newName"] + (":" if image.get("newTag") else "@")), name
+            assert container["imagePullPolicy"] == "IfNotPresent", name
+            assert container["command"] == [f"/usr/local/bin/agentmesh-{name}"], name
+
+
+def test_provider_keys_come_from_an_optional_secret_under_the_names_the_gateway_reads():
+    deployment = _of(_rendered("base"), "Deployment")["llm-gateway"]
+    config = _effective(deployment)
+    names = {p["api_key_env"] for p in config["providers"].values() if p["api_key_env"]}
+    assert names == {"OPENAI_API_KEY", "ANTHROPIC_API_KEY"}
+    refs = _env_refs(_container(deployment))
+    for name in names:
+        assert refs[name] == ("secretKeyRef", "agentmesh-provider-keys", name, True), name
+
+
+def test_prod_runs_replicas_with_disruption_budgets_autoscalers_and_spread():
+    docs = _rendered("prod")
+    deployments = _of(docs, "Deployment")
+    budgets = _of(docs, "PodDisruptionBudget")
+    autoscalers = _of(docs, "HorizontalPodAutoscaler")
+    namespace = _of(docs, "Namespace")["agentmesh"]
+    assert namespace["metadata"]["labels"]["istio-injection"] == "enabled"
+    for d in docs:
+        if d["kind"] != "Namespace":
+            assert d["metadata"].get("namespace") == "agentmesh", (d["kind"], d["metadata"]["name"])
+    for name, deployment in deployments.items():
+        assert deployment["spec"]["replicas"] >= 2, name
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        budget = budgets[name]["spec"]
+        assert all(labels.get(k) == v for k, v in budget["selector"]["matchLabels"].items()), name
+        # Never blocks a drain, never lets a drain take every pod.
+        assert budget.get("maxUnavailable") == 1 or 1 <= budget.get("minAvailable", 0) < deployment["spec"]["replicas"]
+        spread = deployment["spec"]["template"]["spec"]["topologySpreadConstraints"]
+        keys = {c["topologyKey"] for c in spread}
+        assert keys == {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}, name
+        assert all(c["whenUnsatisfiable"] == "ScheduleAnyway" for c in spread), name
+    assert set(autoscalers) == {"orchestrator", "llm-gateway"}
+    for name, hpa in autoscalers.items():
+        spec = hpa["spec"]
+        assert hpa["apiVersion"] == "autoscaling/v2"
+        assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
+        assert spec["minReplicas"] >= 2
+        assert spec["metrics"][0]["resource"]["name"] == "cpu"
+
+
+def test_every_secret_and_config_map_the_pods_use_exists_or_is_optional():
+    for overlay in ("dev", "prod"):
+        docs = _rendered(overlay)
+        present = {("secretKeyRef", n) for n in _of(docs, "Secret")} | {
+            ("configMapKeyRef", n) for n in _of(docs, "ConfigMap")
+        }
+        secrets = _of(docs, "Secret")
+        for name, deployment in _of(docs, "Deployment").items():
+            for env, (kind, obj, key, optional) in _env_refs(_container(deployment)).items():
+                if overlay == "dev" and not optional:
+                    assert (kind, obj) in present, f"dev: {name} {env} needs {kind} {obj}"
+            for volume in deployment["spec"]["template"]["spec"]["volumes"]:
+                if "secret" in volume and overlay == "dev":
+                    assert volume["secret"]["secretName"] in secrets, (name, volume)
+        if overlay == "prod":
+            # Production Secrets are the operator's, never the published examples.
+            assert not secrets, sorted(secrets)
+
+
+def _example_keys():
+    return tomllib.loads((EXAMPLE / "keys.toml").read_text())["keys"]
+
+
+def _entry_of(credential):
+    digest = hashlib.sha256(credential.strip().encode()).hexdigest()
+    matches = [k for k in _example_keys() if k["sha256"] == digest]
+    assert len(matches) == 1, "the credential is not an entry of the example keys file"
+    return matches[0]
+
+
+def test_the_example_secrets_are_a_working_set_of_keys():
+    # The keys file parses as the services read it.
+    audit = _of(_rendered("base"), "Deployment")["audit"]
+    env = {k: v for k, v in _env(_container(audit)).items() if v is not None}
+    env["AGENTMESH_AUDIT__AUTH__KEYS_FILE"] = str(EXAMPLE / "keys.toml")
+    _dump_config("audit", env)
+    scopes = {
+        "orchestrator": {"service", "llm:generate", "tools:read", "tools:execute", "audit:write"},
+        "llm-gateway": {"service", "audit:write"},
+        "tool-runner": {"service", "audit:write"},
+        "alerting": {"service", "audit:read", "audit:write"},
+    }
+    for name, needed in scopes.items():
+        entry = _entry_of((EXAMPLE / f"{name}.credential").read_text())
+        assert entry["subject"] == name and entry["tenant"] == ""
+        assert needed <= set(entry["scopes"]), (name, entry["scopes"])
+    client = _entry_of((EXAMPLE / "client.credential").read_text())
+    assert client["tenant"], "the client key acts in a tenant"
+    assert {"runs:write", "runs:read", "audit:read"} <= set(client["scopes"])
+    assert "service" not in client["scopes"] and "admin" not in client["scopes"]
+    # Every example key says what it is.
+    assert all("EXAMPLE ONLY" in k["label"] for k in _example_keys())
+    dev = _of(_rendered("dev"), "Secret")
+    assert "agentmesh-client-credential" in dev and "credential" in dev["agentmesh-client-credential"]["data"]
 
 
 def test_istio_policy_covers_every_service():
@@ -82,29 +410,23 @@ def test_istio_policy_covers_every_service():
         assert grpc == PORTS[vs["metadata"]["name"]]
 
 
-def _env(container):
-    return {e["name"]: e.get("value") for e in container["env"]}
-
-
 def test_listening_beyond_loopback_comes_with_api_keys_from_mounted_secrets():
-    for doc in _base():
-        if doc["kind"] != "Deployment":
-            continue
-        name = doc["metadata"]["name"]
-        section = name.replace("-", "_").upper()
-        pod = doc["spec"]["template"]["spec"]
+    for deployment in _of(_rendered("base"), "Deployment").values():
+        name = deployment["metadata"]["name"]
+        prefix = f"AGENTMESH_{_section(name)}__"
+        pod = deployment["spec"]["template"]["spec"]
         container = pod["containers"][0]
         env = _env(container)
-        prefix = f"AGENTMESH_{section}__"
         assert env[prefix + "SERVER__HOST"] == "0.0.0.0", name
         assert env[prefix + "AUTH__METHODS"] == '["api_key"]', name
-        assert "none" not in env[prefix + "AUTH__METHODS"]
         assert prefix + "AUTH__ALLOW_NONE_OFF_LOOPBACK" not in env, name
         mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
         volumes = {v["name"]: v for v in pod["volumes"]}
         files = [env[prefix + "AUTH__KEYS_FILE"]]
         if name != "audit":  # the audit service calls no peer
             files.append(env[prefix + "AUTH__CREDENTIAL_FILE"])
+            secret = volumes[mounts["/etc/agentmesh/credential"]["name"]]["secret"]["secretName"]
+            assert secret == f"agentmesh-{name}-credential", name
         for path in files:
             directory, _ = path.rsplit("/", 1)
             mount = mounts[directory]  # the directory, never a subPath
@@ -112,17 +434,18 @@ def test_listening_beyond_loopback_comes_with_api_keys_from_mounted_secrets():
             assert "secret" in volumes[mount["name"]], (name, path)
         keys = volumes[mounts["/etc/agentmesh/keys"]["name"]]["secret"]["secretName"]
         assert keys == "agentmesh-keys", name
+        # The JWT issuer settings are optional: no ConfigMap, no variables.
+        for env_name, (_, obj, _, optional) in _env_refs(container).items():
+            if "__AUTH__JWT__" in env_name:
+                assert obj == "agentmesh-jwt" and optional, (name, env_name)
 
 
 def test_the_binaries_refuse_the_manifests_address_without_auth():
     # The check behind the pairing: drop the auth settings and the address
     # alone is refused at start.
-    for doc in _base():
-        if doc["kind"] != "Deployment":
-            continue
-        name = doc["metadata"]["name"]
-        container = doc["spec"]["template"]["spec"]["containers"][0]
-        env = {k: v for k, v in _env(container).items() if v is not None and "__AUTH__" not in k}
+    for deployment in _of(_rendered("base"), "Deployment").values():
+        name = deployment["metadata"]["name"]
+        env = {k: v for k, v in _env(_container(deployment)).items() if v is not None and "__AUTH__" not in k}
         result = subprocess.run(
             [str(BIN_DIR / f"agentmesh-{name}"), "--dump-config"],
             env={"PATH": "/usr/bin:/bin", **env},

@@ -2,7 +2,7 @@
 unit tests (`promtool test rules`), every alert is complete (severity,
 summary, description, a runbook section that exists) and tested both ways,
 they only use metrics the services export, and the PrometheusRule of the
-monitoring overlay holds the same groups."""
+monitoring component holds the same groups."""
 
 import re
 import shutil
@@ -15,7 +15,7 @@ from conftest import ROOT
 
 RULES = ROOT / "deploy/prometheus/agentmesh.rules.yml"
 RULE_TESTS = ROOT / "deploy/prometheus/agentmesh.rules.test.yml"
-PROMETHEUS_RULE = ROOT / "k8s/overlays/monitoring/prometheusrule.yaml"
+PROMETHEUS_RULE = ROOT / "k8s/components/monitoring/prometheusrule.yaml"
 RUNBOOKS = ROOT / "docs/runbooks.md"
 EXPORTED = ROOT / "deploy/grafana/exported-metrics.txt"
 
@@ -141,7 +141,7 @@ def test_the_prometheus_rule_holds_the_same_groups():
     assert rule["apiVersion"] == "monitoring.coreos.com/v1"
     assert rule["kind"] == "PrometheusRule"
     assert rule["spec"]["groups"] == _groups(RULES), (
-        "k8s/overlays/monitoring/prometheusrule.yaml is stale: run deploy/prometheus/gen-prometheusrule.py"
+        "k8s/components/monitoring/prometheusrule.yaml is stale: run deploy/prometheus/gen-prometheusrule.py"
     )
     result = subprocess.run(
         ["python3", str(ROOT / "deploy/prometheus/gen-prometheusrule.py"), "--check"],
@@ -152,10 +152,12 @@ def test_the_prometheus_rule_holds_the_same_groups():
     assert result.returncode == 0, result.stderr
 
 
-def test_the_monitoring_overlay_adds_the_rules_and_the_scrape_to_the_base():
-    kustomization = yaml.safe_load((ROOT / "k8s/overlays/monitoring/kustomization.yaml").read_text())
-    assert "../../base" in kustomization["resources"]
-    assert "prometheusrule.yaml" in kustomization["resources"]
+def test_the_monitoring_component_adds_the_rules_and_the_scrape_to_the_prod_overlay():
+    component = yaml.safe_load((ROOT / "k8s/components/monitoring/kustomization.yaml").read_text())
+    assert component["kind"] == "Component"
+    assert "prometheusrule.yaml" in component["resources"]
+    prod = yaml.safe_load((ROOT / "k8s/overlays/prod/kustomization.yaml").read_text())
+    assert "../../components/monitoring" in prod["components"]
     base = yaml.safe_load((ROOT / "k8s/base/kustomization.yaml").read_text())
     # The operator's kinds stay out of the base: it must apply without CRDs.
     assert not any("prometheusrule" in resource or "servicemonitor" in resource for resource in base["resources"])
@@ -163,7 +165,7 @@ def test_the_monitoring_overlay_adds_the_rules_and_the_scrape_to_the_base():
     if kubectl is None:
         return
     result = subprocess.run(
-        [kubectl, "kustomize", str(ROOT / "k8s/overlays/monitoring")],
+        [kubectl, "kustomize", str(ROOT / "k8s/overlays/prod")],
         capture_output=True,
         text=True,
         timeout=60,
