@@ -25,8 +25,9 @@ directory); Compose reads them as you and hands them to the containers as
 environment variables. keys.toml holds only hashes and is readable by the
 services' user (65532) through its 0755 directory.
 
-Existing secrets are never overwritten unless --force is given (a new keys
-file then replaces the old one: every earlier key stops working).
+Existing secrets are never overwritten unless --force is given: a new keys
+file then replaces the old one (every earlier key stops working); the
+PostgreSQL password is kept, since the database volume holds it.
 """
 
 import argparse
@@ -102,6 +103,18 @@ def write_private(path, lines):
         f.write("".join(f"{line}\n" for line in lines))
 
 
+def read_password(path):
+    """The password of an earlier run (kept by --force), if any."""
+    if not path.is_file():
+        return None
+    for line in path.read_text().splitlines():
+        key, _, value = line.partition("=")
+        # Hex, as made below: nothing in it needs escaping in a URL or an env file.
+        if key == "POSTGRES_PASSWORD" and value and all(c in "0123456789abcdef" for c in value):
+            return value
+    return None
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--agentmesh", help="the agentmesh CLI (default: on PATH, else target/{release,debug}/agentmesh)")
@@ -126,6 +139,9 @@ def main(argv=None):
     keys_dir.mkdir(exist_ok=True)
     keys_dir.chmod(0o755)
     keys_file = out / KEYS_FILE
+    # PostgreSQL sets the password only on an empty volume: a replaced
+    # password would lock the services out of the existing databases.
+    password = read_password(out / "postgres.env") or secrets.token_hex(24)
     for path in made:
         if path.exists():
             path.unlink()
@@ -138,8 +154,6 @@ def main(argv=None):
     # Only hashes: the services' user (65532) reads it through the mount.
     keys_file.chmod(0o644)
 
-    # Hex: nothing in it needs escaping in a URL or an env file.
-    password = secrets.token_hex(24)
     write_private(out / "postgres.env", [f"POSTGRES_PASSWORD={password}"])
     for service in ("orchestrator", "llm-gateway", "tool-runner", "audit", "alerting"):
         lines = []

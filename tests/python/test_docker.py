@@ -136,3 +136,25 @@ def test_the_services_accept_the_compose_settings(tmp_path):
         for key, value in env.items():
             if key.endswith("URL") and "://" in value:
                 assert f'"{value}"' in config, f"{name}: {key} not in its configuration"
+
+
+def test_init_secrets_keeps_what_exists_and_the_database_password(tmp_path):
+    secrets = tmp_path / "secrets"
+
+    def init(*extra):
+        return subprocess.run(
+            [sys.executable, str(INIT_SECRETS), "--agentmesh", str(BIN_DIR / "agentmesh"), "--dir", str(secrets), *extra],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    assert init().returncode == 0
+    first = {p.name: p.read_text() for p in secrets.glob("*.env")}
+    again = init()
+    assert again.returncode != 0 and "--force" in again.stderr
+    assert {p.name: p.read_text() for p in secrets.glob("*.env")} == first
+    assert init("--force").returncode == 0
+    # New keys, but the password the database volume already holds.
+    assert (secrets / "postgres.env").read_text() == first["postgres.env"]
+    assert (secrets / "orchestrator.env").read_text() != first["orchestrator.env"]
