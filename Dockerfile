@@ -74,10 +74,10 @@ COPY --from=build /out/bin/ /usr/local/bin/
 # them and never write them.
 COPY --from=build /out/etc/agentmesh/ /etc/agentmesh/
 # The working directory (data, audit spool, tool workspaces) belongs to the
-# user the services run as. Copying /var/lib/'s entries (rather than the
-# directory's contents) sets the owner on the directory itself; a named
-# volume mounted there starts with the same owner.
-COPY --from=build --chown=65532:65532 /out/var/lib/ /var/lib/
+# user the services run as: copied as a new directory, it takes the owner
+# given here (WORKDIR would make it root's); a named volume mounted there
+# starts with the same owner.
+COPY --from=build --chown=65532:65532 /out/var/lib/agentmesh /var/lib/agentmesh
 USER 65532:65532
 WORKDIR /var/lib/agentmesh
 # The tool runner sandboxes command tools by running its own binary again in

@@ -13,6 +13,7 @@ observability profile's Prometheus configuration. It installs nothing.
    vendored as deploy/compose/compose-spec.json (deploy/compose/README.md
    says where from).
 3. What the schema cannot see:
+   - the image runs as a non-root user who owns its working directory;
    - every binary the image ships is a `[[bin]]` of the Cargo workspace (or a
      package's src/main.rs), every workspace binary is shipped, and every
      binary a compose service runs is one the image ships;
@@ -116,7 +117,7 @@ def expand(value: str, args: dict[str, str]) -> str:
 def dockerfile_facts(text: str, build_args: dict[str, str]) -> dict:
     """Base images (resolved), shipped binaries, final WORKDIR and ENTRYPOINT."""
     args, stages, bases, shipped = {}, set(), [], set()
-    workdir, entrypoint, seen_from = "/", [], False
+    workdir, entrypoint, seen_from, user, owned = "/", [], False, "", {}
     for keyword, rest in instructions(text):
         if keyword == "ARG" and not seen_from:
             name, _, default = rest.partition("=")
@@ -129,14 +130,27 @@ def dockerfile_facts(text: str, build_args: dict[str, str]) -> dict:
                 bases.append(image)
             if len(words) >= 3 and words[1].upper() == "AS":
                 stages.add(words[2])
-            workdir = "/"
+            workdir, user, owned = "/", "", {}
+        elif keyword == "USER":
+            user = rest
+        elif keyword == "COPY":
+            chown = re.search(r"--chown=(\S+)", rest)
+            if chown:
+                owned[rest.split()[-1].rstrip("/")] = chown.group(1)
         elif keyword == "WORKDIR":
             workdir = rest
         elif keyword == "ENTRYPOINT":
             entrypoint = json.loads(rest)
         elif keyword == "RUN":
             shipped.update(re.findall(r"target/release/(agentmesh[a-z0-9_-]*)", rest))
-    return {"bases": bases, "shipped": shipped, "workdir": workdir, "entrypoint": entrypoint}
+    return {
+        "bases": bases,
+        "shipped": shipped,
+        "workdir": workdir,
+        "entrypoint": entrypoint,
+        "user": user,
+        "workdir_owner": owned.get(workdir.rstrip("/")),
+    }
 
 
 def check_dockerfile(ctx: dict) -> list[str]:
@@ -155,6 +169,14 @@ def check_dockerfile(ctx: dict) -> list[str]:
         problems.append(f"{path.name}: ships target/release/{name}, which is no binary of the Cargo workspace")
     for name in sorted(workspace - facts["shipped"]):
         problems.append(f"{path.name}: the workspace builds {name}, but the image does not ship it")
+    uid = facts["user"].split(":")[0]
+    if uid in ("", "0", "root"):
+        problems.append(f"{path.name}: the image runs as root (USER {facts['user'] or 'unset'}); it must name a non-root user")
+    elif facts["workdir_owner"] is None or facts["workdir_owner"].split(":")[0] != uid:
+        problems.append(
+            f"{path.name}: the working directory {facts['workdir']} is not copied with --chown={facts['user']}: "
+            "the non-root user could not write it"
+        )
     entry = facts["entrypoint"][:1]
     if entry and pathlib.PurePosixPath(entry[0]).name not in facts["shipped"]:
         problems.append(f"{path.name}: ENTRYPOINT {entry[0]} is not a binary the image ships")
@@ -431,6 +453,8 @@ MUTATIONS = [
     ("dependency without health check", _edit(lambda c: c["services"]["audit"].pop("healthcheck")), "has no health check"),
     ("undeclared volume", _edit(lambda c: c["volumes"].pop("audit-data")), "not declared"),
     ("env file nobody makes", _edit(lambda c: c["services"]["audit"].update(env_file=["deploy/compose/secrets/audit-db.env"])), "init-secrets.py"),
+    ("image runs as root", _edit(dockerfile_fn=lambda d: d.replace("USER 65532:65532", "USER root")), "runs as root"),
+    ("working directory left to root", _edit(dockerfile_fn=lambda d: d.replace("--chown=65532:65532 ", "")), "not copied with --chown"),
     ("hadolint finding", _edit(dockerfile_fn=lambda d: d.replace("WORKDIR /src", "RUN cd /src", 1)), "hadolint"),
     ("binary not in the workspace", _edit(dockerfile_fn=lambda d: d.replace("target/release/agentmesh-alerting", "target/release/agentmesh-alerter")), "no binary of the Cargo workspace"),
 ]
