@@ -309,6 +309,17 @@ def test_provider_keys_come_from_an_optional_secret_under_the_names_the_gateway_
         assert refs[name] == ("secretKeyRef", "agentmesh-provider-keys", name, True), name
 
 
+def test_prod_routes_go_to_the_providers_and_only_dev_to_the_scripted_model():
+    # A cluster must not answer from the demo model by accident.
+    for overlay, scripted in (("prod", False), ("dev", True)):
+        deployment = _of(_rendered(overlay), "Deployment")["llm-gateway"]
+        routes = _effective(deployment)["routes"]
+        for name, route in routes.items():
+            targets = [route["target"], *route["fallbacks"]]
+            on_scripted = [t for t in targets if t.startswith("scripted/")]
+            assert bool(on_scripted) == scripted, f"{overlay}: route {name} -> {targets}"
+
+
 def test_prod_runs_replicas_with_disruption_budgets_autoscalers_and_spread():
     docs = _rendered("prod")
     deployments = _of(docs, "Deployment")
