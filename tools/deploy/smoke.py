@@ -52,11 +52,16 @@ How a cluster is emulated, and where the emulation stops:
   `--no-new-privs` when `allowPrivilegeEscalation: false`. Its working
   directory is a fresh root-owned directory of mode 0755 it cannot write (the
   image's WORKDIR stands for the read-only root file system), unless
-  `workingDir` lies on a volume. Limit: `readOnlyRootFilesystem` is emulated
-  only by that working directory; absolute paths outside the mounts (/tmp,
-  /var/tmp, /dev/shm) stay writable here, so a service that writes to one of
-  them is not caught. Resource limits, network policies and Istio are not
-  emulated either.
+  `workingDir` lies on a volume. With `readOnlyRootFilesystem: true` the
+  container also gets a private mount namespace (`unshare --mount`, then this
+  script re-entered with `--enter-read-only-root`) in which every file system
+  is remounted read-only except its writable volume directories (each bound
+  onto itself) and the kernel's ones (/proc, /sys, /dev, /dev/shm), as in a
+  pod; read-only mounts and secret/configMap volumes are read-only there too.
+  Where mount namespaces are not permitted (or with `--no-mount-namespace`)
+  only the working directory is unwritable: absolute paths outside the mounts
+  (/tmp, /var/tmp) then stay writable and a service writing there is not
+  caught. Resource limits, network policies and Istio are not emulated.
 * Probes run against the pod address and the named or numbered port: gRPC
   health with the named `service`, httpGet, tcpSocket and exec (run as the
   container's user with its env). startupProbe must pass within
@@ -96,6 +101,8 @@ LISTEN_ANY = {"0.0.0.0", "::"}
 IMAGE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 LOG_LINES = 40
 MUTANTS = ("no-peer-env", "no-spool-volume", "loopback-listen", "no-secret")
+# Not a fault: the deployment must still come up without them.
+BENIGN = ("no-optional-secrets",)
 # The audit events one run of the demo objective must leave, by the service
 # that records them: each proves that service's audit producer reaches audit.
 REQUIRED_EVENTS = {
@@ -169,6 +176,19 @@ def required_secret_refs(dep: dict) -> list[str]:
     return names
 
 
+def optional_secret_refs(dep: dict) -> list[str]:
+    names = []
+    for vol in pod_spec(dep).get("volumes") or []:
+        refs = [vol["secret"]] if "secret" in vol else []
+        refs += [src["secret"] for src in (vol.get("projected") or {}).get("sources") or [] if "secret" in src]
+        names += [r.get("secretName", r.get("name", "")) for r in refs if r.get("optional")]
+    for c in all_containers(dep):
+        refs = [(e.get("valueFrom") or {}).get("secretKeyRef") for e in c.get("env") or []]
+        refs += [ef.get("secretRef") for ef in c.get("envFrom") or []]
+        names += [r.get("name", "") for r in refs if r and r.get("optional")]
+    return names
+
+
 def mutate(objs: list[dict], mutant: str) -> tuple[list[dict], list[str]]:
     """Applies one named fault of the issue to the rendered objects."""
     name, _, arg = mutant.partition("=")
@@ -177,6 +197,12 @@ def mutate(objs: list[dict], mutant: str) -> tuple[list[dict], list[str]]:
     changed: list[str] = []
 
     def drop_env(pred, what):
+        # Env set in ConfigMaps (envFrom) counts as env too.
+        for cm in of_kind(objs, "ConfigMap"):
+            data = cm.get("data") or {}
+            for key in [k for k, v in data.items() if pred({"name": k, "value": v})]:
+                del data[key]
+                changed.append(f"ConfigMap {cm['metadata']['name']}: {what} {key}")
         for dep in deps:
             for c in all_containers(dep):
                 keep = []
@@ -213,8 +239,17 @@ def mutate(objs: list[dict], mutant: str) -> tuple[list[dict], list[str]]:
         if len(kept) != len(objs):
             changed.append(f"removed Secret {wanted}")
             objs = kept
+    elif name == "no-optional-secrets":
+        required = {n for d in deps for n in required_secret_refs(d)}
+        optional = {n for d in deps for n in optional_secret_refs(d)} - required
+        if not optional:
+            raise UsageError(f"--mutate {mutant}: no Secret is referenced as optional")
+        kept = [o for o in objs if not (o.get("kind") == "Secret" and o["metadata"]["name"] in optional)]
+        changed.append(f"removed Secrets {sorted(optional)} (referenced only as optional; "
+                       f"{len(objs) - len(kept)} of them were rendered)")
+        objs = kept
     else:
-        raise UsageError(f"--mutate: unknown fault {mutant!r} (known: {', '.join(MUTANTS)})")
+        raise UsageError(f"--mutate: unknown fault {mutant!r} (known: {', '.join(MUTANTS + BENIGN)})")
     if not changed:
         raise UsageError(f"--mutate {mutant}: changes nothing in these manifests")
     return objs, changed
@@ -237,6 +272,10 @@ class Container:
     groups: list[int] = field(default_factory=list)
     proc: subprocess.Popen | None = None
     log: Path | None = None
+    # Volume directories as mounted: writable ones, and read-only ones
+    # (readOnly mounts; secret/configMap volumes are always read-only).
+    rw_mounts: list[str] = field(default_factory=list)
+    ro_mounts: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -530,6 +569,9 @@ def prepare(pod: Pod, secrets, cms, bin_dir: Path, default_user: int) -> None:
             if m["name"] not in vols:
                 raise SmokeFailure("config", f"{where}: volumeMount {m['name']!r} names no volume")
             mounts[m["mountPath"]] = vols[m["name"]] / m.get("subPath", "")
+            ro = m.get("readOnly") or any(k in vol for vol in pod.spec.get("volumes") or []
+                                          if vol["name"] == m["name"] for k in ("secret", "configMap", "projected"))
+            (c.ro_mounts if ro else c.rw_mounts).append(str(mounts[m["mountPath"]]))
         env = resolve_env(pod, spec, secrets, cms)
         for k, v in env.items():
             v = pod.ip if v in LISTEN_ANY else v
@@ -558,11 +600,45 @@ def prepare(pod: Pod, secrets, cms, bin_dir: Path, default_user: int) -> None:
         pod.mounts[c.name] = mounts
 
 
-def start(pod: Pod, deadline: float) -> None:
+def read_only_root(c: Container) -> list[str]:
+    """The command prefix that gives the container a private mount namespace
+    whose file systems are read-only but for its writable volumes."""
+    plan = json.dumps({"rw": c.rw_mounts, "ro": c.ro_mounts})
+    return ["unshare", "--mount", "--propagation", "private", sys.executable, str(Path(__file__).resolve()),
+            "--enter-read-only-root", plan, "--"]
+
+
+# File systems a container keeps writable with readOnlyRootFilesystem: the
+# kernel's and the runtime's (/proc, /sys, /dev, /dev/shm), as in a pod.
+KEEP_WRITABLE = {"proc", "sysfs", "cgroup", "cgroup2", "devtmpfs", "devpts", "mqueue", "securityfs",
+                 "debugfs", "tracefs", "bpf", "fusectl", "pstore", "configfs", "binfmt_misc", "hugetlbfs"}
+
+
+def enter_read_only_root(plan_json: str, argv: list[str]) -> int:
+    """Runs inside `unshare --mount`: bind every volume onto itself (its own
+    mount), remount every other file system read-only, then exec argv."""
+    plan = json.loads(plan_json)
+    for d in plan["rw"] + plan["ro"]:
+        subprocess.run(["mount", "--bind", d, d], check=True)
+    volumes = set(plan["rw"]) | set(plan["ro"])
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+        fstype = fields[fields.index("-") + 1]
+        if point in volumes or fstype in KEEP_WRITABLE or point == "/dev/shm":
+            continue
+        subprocess.run(["mount", "-o", "remount,bind,ro", point], stderr=subprocess.DEVNULL)
+    for d in plan["ro"]:
+        subprocess.run(["mount", "-o", "remount,bind,ro", d], check=True)
+    os.execvp(argv[0], argv)
+
+
+def start(pod: Pod, deadline: float, mount_ns: bool) -> None:
     for c in pod.containers:
         security = c.spec.get("securityContext") or {}
+        prefix = read_only_root(c) if mount_ns and security.get("readOnlyRootFilesystem") else []
         with open(c.log, "wb") as log:
-            c.proc = subprocess.Popen(setpriv(c, security) + c.argv, cwd=c.cwd, env=c.env,
+            c.proc = subprocess.Popen(prefix + setpriv(c, security) + c.argv, cwd=c.cwd, env=c.env,
                                       stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                       start_new_session=True)
         if c.init:
@@ -753,7 +829,9 @@ def make_client(args, objs, by_service, secrets, root: Path) -> Client:
         methods += " ".join(v for k, v in c.env.items() if k.upper().endswith("__AUTH__METHODS"))
     if "api_key" in methods:
         name, _, key = args.client_secret.partition("/")
-        value = secrets.get(name, {}).get(key)
+        # A secretGenerator without disableNameSuffixHash appends a hash.
+        hashed = [n for n in secrets if re.fullmatch(re.escape(name) + r"-[a-z0-9]{10}", n)]
+        value = secrets.get(name, secrets.get(hashed[0] if hashed else "", {})).get(key)
         if value is None:
             raise SmokeFailure("run", f"the orchestrator asks for API keys but Secret {name!r} has no key {key!r} "
                                "with a client key (--client-secret)")
@@ -839,17 +917,24 @@ def measure(pods: list[Pod], client: Client, runs: int, parallel: int, objective
         except SmokeFailure as err:
             failures.append(err.message)
 
-    with ThreadPoolExecutor(max_workers=parallel) as pool:
+    pool = ThreadPoolExecutor(max_workers=parallel)
+    try:
         list(pool.map(one, range(runs)))
+    finally:
+        # On an interrupt, leave the queued runs: the services are stopped next.
+        pool.shutdown(wait=False, cancel_futures=True)
     wall = time.monotonic() - started
     check_alive(pods)
-    print(f"\n== resources: {runs} runs, {parallel} at a time, {wall:.1f}s wall, {len(failures)} failed ==")
-    print(f"{'container':<28} {'peak RSS MiB':>12} {'CPU s/100 runs':>15}   manifest requests / limits")
+    print(f"\n== resources: {runs} runs, {parallel} at a time, {wall:.1f}s wall ({runs / wall:.1f} runs/s), "
+          f"{len(failures)} failed ==")
+    print(f"{'container':<28} {'peak RSS MiB':>12} {'CPU s/100 runs':>15} {'cores at this rate':>18}   "
+          "manifest requests / limits")
     for p, c in procs:
         hwm, cpu = proc_figures(c.proc.pid)
         res = c.spec.get("resources") or {}
-        print(f"{p.deployment + '/' + c.name:<28} {hwm / 1024:>12.1f} "
-              f"{(cpu - before[c.name + p.deployment]) * 100 / max(runs, 1):>15.2f}   "
+        used = cpu - before[c.name + p.deployment]
+        print(f"{p.deployment + '/' + c.name:<28} {hwm / 1024:>12.1f} {used * 100 / max(runs, 1):>15.2f} "
+              f"{used / wall:>18.3f}   "
               f"{json.dumps(res.get('requests', {}))} / {json.dumps(res.get('limits', {}))}")
     if failures:
         raise SmokeFailure("measure", f"{len(failures)} of {runs} runs failed, first: {failures[0]}")
@@ -898,8 +983,12 @@ def smoke(args, root: Path, pods_out: list[Pod]) -> None:
     deadline = time.monotonic() + args.timeout
     for pod in pods:
         prepare(pod, secrets, cms, args.bin_dir, args.default_user)
+    mount_ns = args.mount_namespace and subprocess.run(["unshare", "--mount", "true"],
+                                                       stderr=subprocess.DEVNULL).returncode == 0
+    if not mount_ns:
+        print("note: no private mount namespaces: readOnlyRootFilesystem is emulated by the working directory only")
     for pod in pods:
-        start(pod, deadline)
+        start(pod, deadline, mount_ns)
     for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
         wait_probes(pods, kind, deadline)
     client = make_client(args, objs, by_service, secrets, root)
@@ -919,7 +1008,8 @@ def parse_args(argv):
     ap.add_argument("--bin-dir", type=Path, default=REPO / "target/debug", help="where the container commands' binaries are (by basename)")
     ap.add_argument("--timeout", type=float, default=60, help="seconds for the pods to become ready, run and audit (default 60)")
     ap.add_argument("--mutate", action="append", default=[], metavar="FAULT",
-                    help=f"apply a fault first (repeatable): {', '.join(MUTANTS)} (no-secret=NAME picks the Secret)")
+                    help=f"apply a fault first (repeatable): {', '.join(MUTANTS)} (no-secret=NAME picks the Secret); "
+                         f"or {', '.join(BENIGN)}, with which the smoke must still pass")
     ap.add_argument("--expect-failure", action="store_true", help="succeed only if a check fails (for mutants)")
     ap.add_argument("--measure", type=int, default=0, metavar="RUNS", help="after the smoke, RUNS runs and resource figures")
     ap.add_argument("--parallel", type=int, default=4, help="runs at a time for --measure (default 4)")
@@ -931,6 +1021,8 @@ def parse_args(argv):
     ap.add_argument("--first-ip", type=int, default=11, help="first pod address 127.0.0.N (default 11)")
     ap.add_argument("--default-user", type=int, default=65532, help="user when a manifest names none (distroless nonroot)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, volumes)")
+    ap.add_argument("--no-mount-namespace", dest="mount_namespace", action="store_false",
+                    help="emulate readOnlyRootFilesystem by the unwritable working directory only")
     ap.add_argument("--clean-hosts", action="store_true", help="remove stale entries from /etc/hosts and exit")
     args = ap.parse_args(argv)
     for path in ("kustomize", "bin_dir"):
@@ -943,6 +1035,9 @@ def parse_args(argv):
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--enter-read-only-root"] and len(argv) > 3 and argv[2] == "--":
+        return enter_read_only_root(argv[1], argv[3:])
     args = parse_args(argv)
     if os.geteuid() != 0:
         print("smoke: needs root (it edits /etc/hosts and runs each container as its user)", file=sys.stderr)
