@@ -103,7 +103,7 @@ proto:
 # optional Secrets (provider keys) left out must not keep a pod from starting.
 SMOKE_DIR ?= k8s/overlays/dev
 SMOKE_BIN_DIR ?= target/debug
-SMOKE_MUTANTS ?= no-peer-env no-spool-volume loopback-listen no-secret
+SMOKE_MUTANTS ?= no-peer-env no-spool-volume no-workspaces-volume loopback-listen no-secret
 SMOKE_MUTANT_TIMEOUT ?= 20
 SMOKE = $(PYTHON) tools/deploy/smoke.py --kustomize $(SMOKE_DIR) --bin-dir $(SMOKE_BIN_DIR)
 

@@ -6,7 +6,9 @@ Flow: `kubectl kustomize DIR` -> optional faults (`--mutate`) -> one "pod" per
 Deployment (a process per container) -> every container's startupProbe, then
 readinessProbe and livenessProbe, as written -> one run through the
 orchestrator Service address -> that run's audit events read back through the
-audit Service address. Optionally (`--measure RUNS`) more runs, and each
+audit Service address -> a `write_file` into that run's workspace through the
+tool-runner Service address, with the orchestrator's own credential (the demo
+model calls no file tool, and the workspaces must lie on a volume). Optionally (`--measure RUNS`) more runs, and each
 container's peak RSS and CPU per 100 runs. Needs root (it edits /etc/hosts and
 switches users) and the binaries in `--bin-dir`.
 
@@ -100,7 +102,7 @@ END = "# END agentmesh deploy-smoke"
 LISTEN_ANY = {"0.0.0.0", "::"}
 IMAGE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 LOG_LINES = 40
-MUTANTS = ("no-peer-env", "no-spool-volume", "loopback-listen", "no-secret")
+MUTANTS = ("no-peer-env", "no-spool-volume", "no-workspaces-volume", "loopback-listen", "no-secret")
 # Not a fault: the deployment must still come up without them.
 BENIGN = ("no-optional-secrets",)
 # The audit events one run of the demo objective must leave, by the service
@@ -226,6 +228,16 @@ def mutate(objs: list[dict], mutant: str) -> tuple[list[dict], list[str]]:
         for dep in deps:
             spec = pod_spec(dep)
             gone = {v["name"] for v in spec.get("volumes") or [] if "spool" in v["name"]}
+            if gone:
+                spec["volumes"] = [v for v in spec["volumes"] if v["name"] not in gone]
+                for c in all_containers(dep):
+                    c["volumeMounts"] = [m for m in c.get("volumeMounts") or [] if m["name"] not in gone]
+                changed.append(f"{dep['metadata']['name']}: dropped volumes {sorted(gone)}")
+    elif name == "no-workspaces-volume":
+        drop_env(lambda e: e["name"].upper().endswith("WORKSPACES_DIR"), "dropped")
+        for dep in deps:
+            spec = pod_spec(dep)
+            gone = {v["name"] for v in spec.get("volumes") or [] if "workspace" in v["name"]}
             if gone:
                 spec["volumes"] = [v for v in spec["volumes"] if v["name"] not in gone]
                 for c in all_containers(dep):
@@ -864,6 +876,83 @@ def run_once(client: Client, objective: str, timeout: float) -> str:
     return run_id
 
 
+def pb_varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def pb_string(number: int, value: str) -> bytes:
+    data = value.encode()
+    return pb_varint(number << 3 | 2) + pb_varint(len(data)) + data
+
+
+def pb_fields(data: bytes) -> dict[int, object]:
+    """The top-level fields of a protobuf message (last value wins):
+    enough for the few scalar fields read here, without generated stubs."""
+    fields, i = {}, 0
+
+    def varint():
+        nonlocal i
+        n = shift = 0
+        while True:
+            b = data[i]
+            i += 1
+            n |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                return n
+
+    while i < len(data):
+        key = varint()
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            fields[number] = varint()
+        elif wire == 2:
+            size = varint()
+            fields[number] = data[i:i + size]
+            i += size
+        elif wire in (1, 5):
+            i += 8 if wire == 1 else 4
+        else:
+            raise ValueError(f"protobuf wire type {wire}")
+    return fields
+
+
+def workspace_write(pods: list[Pod], by_service: dict[str, Pod], objs, args, run_id: str) -> str:
+    """The orchestrator's call of a file tool, made with its own credential:
+    `write_file` in the run's workspace on the tool runner, which shows that
+    the workspaces lie on a writable volume (the demo model uses no file tool)."""
+    import grpc
+
+    caller = by_service.get(args.orchestrator_service)
+    key = ""
+    for c in caller.containers if caller else []:
+        for name, value in c.env.items():
+            if name.upper().endswith("__AUTH__CREDENTIAL_FILE") and value:
+                try:
+                    key = Path(value).read_text().strip()
+                except OSError as err:
+                    raise SmokeFailure("workspace", f"the orchestrator's credential file: {err}")
+    url = service_url(args.tool_runner_service, by_service, objs)
+    request = pb_string(1, "write_file") + pb_string(2, json.dumps({"path": "smoke/check.txt", "content": run_id})) \
+        + pb_string(5, run_id)
+    with grpc.insecure_channel(url.removeprefix("http://")) as channel:
+        call = channel.unary_unary("/agentmesh.tools.v1.ToolRunnerService/ExecuteTool")
+        try:
+            reply = call(request, timeout=30, metadata=[("authorization", f"Bearer {key}")] if key else None)
+        except grpc.RpcError as err:
+            raise SmokeFailure("workspace", f"ExecuteTool write_file at {url}: {err.code().name} {err.details()}")
+    fields = pb_fields(reply)
+    if fields.get(2):
+        message = bytes(fields.get(3, b"")).decode(errors="replace")
+        raise SmokeFailure("workspace", f"write_file in run {run_id}'s workspace at {url}: {message}")
+    return url
+
+
 def audit_events(client: Client, run_id: str, deadline: float) -> dict[str, str]:
     seen: dict[str, str] = {}
     detail = ""
@@ -995,6 +1084,8 @@ def smoke(args, root: Path, pods_out: list[Pod]) -> None:
     run_id = run_once(client, args.objective, max(10.0, deadline - time.monotonic()))
     print(f"run {run_id} through {client.orchestrator}: finished")
     seen = audit_events(client, run_id, max(deadline, time.monotonic() + 10))
+    url = workspace_write(pods, by_service, objs, args, run_id)
+    print(f"write_file in the run's workspace at {url}: ok")
     print(f"audit at {client.audit}: " + ", ".join(f"{t.removeprefix('EVENT_TYPE_').lower()} ({s})"
                                                    for t, s in sorted(seen.items())))
     if args.measure:
@@ -1016,6 +1107,7 @@ def parse_args(argv):
     ap.add_argument("--objective", default="What is 17 * 23?", help="objective of the runs (the demo model does arithmetic with the calculator)")
     ap.add_argument("--orchestrator-service", default="orchestrator")
     ap.add_argument("--audit-service", default="audit")
+    ap.add_argument("--tool-runner-service", default="tool-runner")
     ap.add_argument("--client-secret", default="agentmesh-client-credential/credential", metavar="SECRET/KEY",
                     help="the client's API key, when the orchestrator asks for one")
     ap.add_argument("--first-ip", type=int, default=11, help="first pod address 127.0.0.N (default 11)")
