@@ -1016,14 +1016,14 @@ def measure(pods: list[Pod], client: Client, runs: int, parallel: int, objective
     check_alive(pods)
     print(f"\n== resources: {runs} runs, {parallel} at a time, {wall:.1f}s wall ({runs / wall:.1f} runs/s), "
           f"{len(failures)} failed ==")
-    print(f"{'container':<28} {'peak RSS MiB':>12} {'CPU s/100 runs':>15} {'cores at this rate':>18}   "
+    print(f"{'container':<28} {'peak RSS MiB':>12} {'CPU s/100 runs':>15} {'cores at this rate':>20}   "
           "manifest requests / limits")
     for p, c in procs:
         hwm, cpu = proc_figures(c.proc.pid)
         res = c.spec.get("resources") or {}
         used = cpu - before[c.name + p.deployment]
         print(f"{p.deployment + '/' + c.name:<28} {hwm / 1024:>12.1f} {used * 100 / max(runs, 1):>15.2f} "
-              f"{used / wall:>18.3f}   "
+              f"{used / wall:>20.3f}   "
               f"{json.dumps(res.get('requests', {}))} / {json.dumps(res.get('limits', {}))}")
     if failures:
         raise SmokeFailure("measure", f"{len(failures)} of {runs} runs failed, first: {failures[0]}")
@@ -1084,10 +1084,10 @@ def smoke(args, root: Path, pods_out: list[Pod]) -> None:
     run_id = run_once(client, args.objective, max(10.0, deadline - time.monotonic()))
     print(f"run {run_id} through {client.orchestrator}: finished")
     seen = audit_events(client, run_id, max(deadline, time.monotonic() + 10))
-    url = workspace_write(pods, by_service, objs, args, run_id)
-    print(f"write_file in the run's workspace at {url}: ok")
     print(f"audit at {client.audit}: " + ", ".join(f"{t.removeprefix('EVENT_TYPE_').lower()} ({s})"
                                                    for t, s in sorted(seen.items())))
+    url = workspace_write(pods, by_service, objs, args, run_id)
+    print(f"write_file in the run's workspace at {url}: ok")
     if args.measure:
         measure(pods, client, args.measure, args.parallel, args.objective)
 
@@ -1158,6 +1158,10 @@ def main(argv=None) -> int:
         failure = err
     except UsageError as err:
         print(f"{label}: cannot run: {err}", file=sys.stderr)
+        return 2
+    except (KeyError, TypeError, AttributeError) as err:
+        # A manifest without a field this runner reads, or of the wrong shape.
+        print(f"{label}: cannot run: malformed manifest ({type(err).__name__}: {err})", file=sys.stderr)
         return 2
     except Interrupted as err:
         print(f"{label}: interrupted ({err})", file=sys.stderr)
