@@ -594,7 +594,7 @@ def prepare(pod: Pod, secrets, cms, bin_dir: Path, default_user: int) -> None:
             raise UsageError(f"{where}: no command (the image's ENTRYPOINT is not known here)")
         binary = bin_dir / Path(command[0]).name
         if not os.access(binary, os.X_OK):
-            raise UsageError(f"{where}: no executable {binary.name} in {bin_dir}")
+            raise UsageError(f"{where}: no executable {binary.name} in {bin_dir} (cargo build --workspace --bins)")
         c.argv = [str(binary)] + [rewrite_paths(a, mounts) for a in command[1:] + args]
         env.setdefault("HOSTNAME", pod.name)
         env.setdefault("PATH", IMAGE_PATH)
