@@ -256,6 +256,17 @@ def _render_one(name, directory, cache):
     return name, objects, None
 
 
+def _kustomize_error(stderr):
+    """The message of kubectl's last error line, without the log prefix."""
+    lines = [line for line in stderr.splitlines() if line.strip()] or ["kubectl kustomize failed"]
+    line = re.sub(r"^[EWIF]\d{4} [\d:.]+\s+\d+ [^\]]+\] ", "", lines[-1])
+    match = re.search(r'err="(.*)"\s*$', line)
+    if match:
+        line = match.group(1).replace('\\"', '"')
+    line = line.replace(str(ROOT) + "/", "")
+    return line if len(line) <= 400 else line[:400] + "…"
+
+
 def render_all(plan):
     """{render name: [objects]} and the render failures."""
     cache_root = WORK / "cache"
@@ -270,9 +281,12 @@ def render_all(plan):
         for job in jobs:
             name, objects, error = job.result()
             if error is not None:
-                directory = next(d for n, d, _ in plan if n == name)
-                failures.append(Failure(name, "Kustomization", os.path.relpath(directory, ROOT), "render",
-                                        error.splitlines()[-1][:400], "kubectl kustomize"))
+                directory, is_overlay = next((d, o) for n, d, o in plan if n == name)
+                # Named alike across the generated ones, so the same error in
+                # several combinations is reported once.
+                label = os.path.relpath(directory, ROOT) if is_overlay else "base+components"
+                failures.append(Failure(name, "Kustomization", label, "render", _kustomize_error(error),
+                                        "kubectl kustomize"))
                 continue
             renders[name] = objects
     return renders, failures
@@ -305,8 +319,11 @@ class Schemas:
     built once each; results cached per distinct object."""
 
     def __init__(self):
-        import jsonschema
-        import kubernetes_validate.utils as kv
+        try:
+            import jsonschema
+            import kubernetes_validate.utils as kv
+        except ImportError as error:
+            raise SystemExit(f"FAIL setup: {error} (tools/install-test-deps deploy installs it)") from None
 
         self._jsonschema = jsonschema
         self._kv = kv
@@ -1105,7 +1122,40 @@ def rule_istio_routes(render):
                         f"{port.get('name')} ({port.get('port')})", "spec.trafficPolicy.connectionPool.http"
 
 
+def rule_network_policies(render):
+    """NetworkPolicies select workloads of the render, let in peers of the
+    render, on ports those workloads have."""
+    for policy in render.kind("NetworkPolicy"):
+        spec = policy.get("spec") or {}
+        selector = _match_labels(spec.get("podSelector"))
+        workloads = render.selected_workloads(selector) if selector else render.workloads()
+        if selector and not workloads:
+            yield policy, "netpol-selector", f"podSelector {selector} matches no workload", "spec.podSelector"
+            continue
+        # Ingress only: egress may go to pods the manifests do not hold
+        # (a PostgreSQL in the same namespace).
+        for i, rule in enumerate(spec.get("ingress", []) or []):
+            for j, peer in enumerate(rule.get("from", []) or []):
+                peer_labels = _match_labels(peer.get("podSelector"))
+                if peer_labels and "namespaceSelector" not in peer and not render.selected_workloads(peer_labels):
+                    yield policy, "netpol-selector", f"podSelector {peer_labels} matches no workload", \
+                        f"spec.ingress[{i}].from[{j}].podSelector"
+            for j, port in enumerate(rule.get("ports", []) or []):
+                number = port.get("port")
+                if number is None:
+                    continue
+                ok = all(
+                    any((number in c.port_names()) if isinstance(number, str) else (number in c.port_numbers())
+                        for c in render.containers(w))
+                    for w in workloads
+                )
+                if not ok:
+                    yield policy, "netpol-port", f"port {number} is not a container port of every selected " \
+                        "workload", f"spec.ingress[{i}].ports[{j}].port"
+
+
 RULES = (
+    rule_network_policies,
     rule_peer_urls,
     rule_services,
     rule_probes,
@@ -1202,7 +1252,7 @@ def check():
           f"{objects} objects ({len(schemas._results)} distinct) against Kubernetes "
           f"{' and '.join(K8S_VERSIONS)} and {len(schemas._crds)} CRD schemas, {len(RULES)} rule sets: "
           f"{distinct} failure{'s' if distinct != 1 else ''}"
-          f"{'' if not failures else f' in {len({f.render for f in failures} & set(renders))} renders'}")
+          f"{'' if not failures else f' in {len({f.render for f in failures} & {n for n, _, _ in plan})} renders'}")
     return 1 if failures else 0
 
 
