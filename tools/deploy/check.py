@@ -34,6 +34,7 @@ status is 1 on any failure.
 """
 
 import argparse
+import atexit
 import concurrent.futures
 import copy
 import dataclasses
@@ -47,6 +48,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import yaml
 
@@ -111,11 +113,12 @@ DEFAULT_WORKDIR = "/"
 
 # Secrets the operator creates before applying (k8s/base/kustomization.yaml
 # and docs/identity.md: the keys file and each service's credential; the
-# postgres storage: the database URLs; the provider keys for the gateway).
+# PostgreSQL storage: the database URLs). The provider keys' Secret is not
+# here: those references must be optional (rule_provider_keys).
 # A reference to a Secret outside this list must be optional or the Secret
 # must be part of the render (components/secrets-example).
 OPERATOR_SECRETS = frozenset(
-    {"agentmesh-keys", "agentmesh-databases", "agentmesh-providers"}
+    {"agentmesh-keys", "agentmesh-databases"}
     | {f"agentmesh-{service}-credential" for service in SERVICES}
 )
 
@@ -210,9 +213,11 @@ def render_plan():
     base with every subset of the components."""
     overlays, components = discover()
     plan = [(name, directory, True) for name, directory in overlays]
-    gen = WORK / "gen"
-    if gen.exists():
-        shutil.rmtree(gen)
+    # One directory per run (removed at exit), so runs side by side do not
+    # clash; the cache is keyed by render name, not by this directory.
+    (WORK / "gen").mkdir(parents=True, exist_ok=True)
+    gen = pathlib.Path(tempfile.mkdtemp(dir=WORK / "gen"))
+    atexit.register(shutil.rmtree, gen, True)
     for size in range(len(components) + 1):
         for subset in itertools.combinations(components, size):
             name = "+".join(["base"] + [c for c, _ in subset])
@@ -1188,9 +1193,10 @@ def check_render(render):
 
 
 def run_calls():
-    """Failures of the generators' own checks; a missing script is skipped
-    (with a note), so the check runs before each of them exists."""
-    failures = []
+    """Failures of the generators' own checks, and the last lines each
+    failing one printed; a missing script is skipped (with a note), so the
+    check runs before each of them exists."""
+    failures, details = [], []
     for script, args in CALLS:
         path = ROOT / script
         if not path.is_file():
@@ -1199,15 +1205,18 @@ def run_calls():
         result = subprocess.run([sys.executable, str(path), *args], cwd=ROOT, capture_output=True, text=True)
         if result.returncode != 0:
             output = (result.stdout + result.stderr).strip().splitlines()
-            for line in output[-20:]:
-                print(f"  | {line}")
             last = output[-1] if output else "no output"
             failures.append(Failure("calls", "Script", script, "call", f"exited {result.returncode}: {last}",
                                     " ".join([script, *args])))
-    return failures
+            details.append((script, output[-20:]))
+    return failures, details
 
 
 # --------------------------------------------------------------------- main
+
+
+def _n(count, word):
+    return f"{count} {word}{'' if count == 1 else 's'}"
 
 
 def _report(failures):
@@ -1245,14 +1254,22 @@ def check():
             for rule, what, field in schemas.check(obj):
                 failures.append(Failure(name, kind, obj_name, rule, what, field))
         failures.extend(check_render(Render(name, renders[name], is_overlay)))
-    failures.extend(run_calls())
+    call_failures, details = run_calls()
+    failures.extend(call_failures)
     distinct = _report(failures)
+    for script, lines in details:
+        print(f"{script} said:")
+        for line in lines:
+            print(f"  | {line}")
     overlays = sum(1 for _, _, o in plan if o)
-    print(f"deploy-check: {len(plan)} renders ({overlays} overlays, {len(plan) - overlays} component combinations), "
-          f"{objects} objects ({len(schemas._results)} distinct) against Kubernetes "
-          f"{' and '.join(K8S_VERSIONS)} and {len(schemas._crds)} CRD schemas, {len(RULES)} rule sets: "
-          f"{distinct} failure{'s' if distinct != 1 else ''}"
-          f"{'' if not failures else f' in {len({f.render for f in failures} & {n for n, _, _ in plan})} renders'}")
+    affected = len({f.render for f in failures} & {n for n, _, _ in plan})
+    calls = sum(1 for script, _ in CALLS if (ROOT / script).is_file())
+    print(f"deploy-check: {_n(len(plan), 'render')} ({_n(overlays, 'overlay')}, "
+          f"{_n(len(plan) - overlays, 'component combination')}), {_n(objects, 'object')} "
+          f"({len(schemas._results)} distinct) against Kubernetes {' and '.join(K8S_VERSIONS)} and "
+          f"{_n(len(schemas._crds), 'CRD schema')}, {_n(len(RULES), 'rule set')}, {_n(calls, 'generator check')}: "
+          f"{_n(distinct, 'failure')}"
+          f"{f' ({affected} of {len(plan)} renders affected)' if affected else ''}")
     return 1 if failures else 0
 
 
