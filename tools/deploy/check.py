@@ -1159,7 +1159,60 @@ def rule_network_policies(render):
                         "workload", f"spec.ingress[{i}].ports[{j}].port"
 
 
+def _scraped(render):
+    """(monitor, field, endpoint, workload, container port number) of every
+    port a ServiceMonitor or PodMonitor scrapes."""
+    for monitor in render.kind("ServiceMonitor"):
+        spec = monitor.get("spec") or {}
+        selector = _match_labels(spec.get("selector"))
+        services = [s for s in render.kind("Service") if _labels_match(selector, s.get("metadata", {}).get("labels") or {})]
+        for i, endpoint in enumerate(spec.get("endpoints", []) or []):
+            for service in services:
+                for port in _service_ports(service):
+                    if port.get("name") != endpoint.get("port"):
+                        continue
+                    found = _target_container_port(render, service, port.get("port"))
+                    if found:
+                        number = found[1] if isinstance(found[1], int) else found[0].port_names().get(found[1])
+                        yield monitor, f"spec.endpoints[{i}]", endpoint, found[0].workload, number
+    for monitor in render.kind("PodMonitor"):
+        spec = monitor.get("spec") or {}
+        for workload in render.selected_workloads(_match_labels(spec.get("selector"))):
+            for i, endpoint in enumerate(spec.get("podMetricsEndpoints", []) or []):
+                for container in render.containers(workload):
+                    number = container.port_names().get(endpoint.get("port"))
+                    if number is not None:
+                        yield monitor, f"spec.podMetricsEndpoints[{i}]", endpoint, workload, number
+
+
+def rule_scrape_mtls(render):
+    """Prometheus (outside the mesh) can scrape what the monitors name: a
+    STRICT PeerAuthentication leaves the scraped port PERMISSIVE, unless the
+    endpoint scrapes over TLS with the mesh's certificates."""
+    strict = []
+    for policy in render.kind("PeerAuthentication"):
+        spec = policy.get("spec") or {}
+        if ((spec.get("mtls") or {}).get("mode")) != "STRICT":
+            continue
+        selector = _match_labels(spec.get("selector"))
+        levels = {str(k): (v or {}).get("mode") for k, v in (spec.get("portLevelMtls") or {}).items()}
+        strict.append((policy, selector, levels))
+    if not strict:
+        return
+    for monitor, field, endpoint, workload, number in _scraped(render):
+        if endpoint.get("scheme") == "https" or endpoint.get("tlsConfig"):
+            continue
+        for policy, selector, levels in strict:
+            if selector and not _labels_match(selector, _pod_labels(workload)):
+                continue
+            if levels.get(str(number)) not in ("PERMISSIVE", "DISABLE"):
+                yield monitor, "scrape-mtls", f"scrapes port {number} of {workload['metadata']['name']}, which " \
+                    f"PeerAuthentication {policy['metadata']['name']} keeps STRICT: Prometheus outside the mesh " \
+                    "is refused", f"{field}.port"
+
+
 RULES = (
+    rule_scrape_mtls,
     rule_network_policies,
     rule_peer_urls,
     rule_services,
