@@ -269,7 +269,8 @@ def _kustomize_error(stderr):
     if match:
         line = match.group(1).replace('\\"', '"')
     line = line.replace(str(ROOT) + "/", "")
-    return line if len(line) <= 400 else line[:400] + "…"
+    # kustomize puts the object first and the reason last: keep both ends.
+    return line if len(line) <= 500 else line[:200] + " … " + line[-300:]
 
 
 def render_all(plan):
