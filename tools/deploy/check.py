@@ -19,10 +19,46 @@ How data flows:
    Istio and Prometheus Operator objects against the openAPIV3Schema of
    their CRDs vendored in deploy/schemas/ (strict as well). An object of a
    kind neither knows fails. Each distinct object is validated once.
-3. Rules (RULES below: cross-references and static rules) on each render.
+3. Rules (RULES below) on each render, each failure named by its rule id:
+   cross-references
+     service-selector, target-port  Services select pods that have the port
+     probe-port                     probes ask a port the container declares
+     monitor-port                   ServiceMonitor/PodMonitor ports exist
+     authz-port, authz-selector     AuthorizationPolicy ports/selectors exist
+     principal                      principals are ServiceAccounts of the render
+                                    (namespace too when the render has one)
+     peer-env, peer-url             every peer address a service needs is set,
+                                    and every http(s) URL in env names a
+                                    Service and port (reaching the right
+                                    service's grpc port), or EXTERNAL_HOSTS
+     secret-ref, configmap-ref,     what the pods mount or read exists, is
+     pvc-ref, service-account,      optional, or is a Secret the operator
+     hpa-target                     creates (OPERATOR_SECRETS)
+     netpol-selector, netpol-port   NetworkPolicies select pods and ports
+     route-host, route-port-match,  VirtualServices route to Service ports,
+     h2-upgrade                     per port; no h2 upgrade of HTTP/1 ports
+     scrape-mtls                    STRICT mTLS leaves scraped ports open
+   static rules
+     read-only-root, writable-path  read-only root; every path the service
+                                    writes (WRITABLE_PATHS) on a writable volume
+     emptydir-data, emptydir-size   SQLite data never on emptyDir; scratch
+                                    on emptyDir only with a sizeLimit
+     image-latest, image-untagged,  images pinned, never :latest; pull
+     pull-policy, pull-policy-unset policy set, and not Always when pinned
+     termination-grace              terminationGracePeriodSeconds > the app's
+                                    grace_period + drain_delay
+     sidecar-drain                  with Istio in the render, the sidecar
+                                    drains (proxy.istio.io/config, else
+                                    Istio's 5 s) at least the app's grace
+                                    period, unless it is a native sidecar
+     alerting-leader, rwo-replicas  alerting x2 only on PostgreSQL; no RWO
+                                    claim shared by replicas
+     pdb                            every workload has a PodDisruptionBudget
+     provider-keys                  the gateway's provider keys from a
+                                    Secret, optional
    A few only make sense for what is deployed as is, so they apply to
-   overlays only (OVERLAY_ONLY): the image pinning (the base leaves the tag
-   to the overlays' `images:`) and the PodDisruptionBudgets.
+   overlays only (OVERLAY_ONLY): image-untagged and pull-policy-unset (the
+   base leaves the tag to the overlays' `images:`) and pdb.
 4. Calls: the generators' own checks when the tree has them
    (tools/deploy/policies.py --check, tools/deploy/docker_check.py,
    deploy/prometheus/gen-prometheusrule.py --check).
@@ -507,10 +543,12 @@ class Render:
         self.by_kind = {}
         for obj in objects:
             self.by_kind.setdefault(obj.get("kind"), []).append(obj)
-        namespaces = {o.get("metadata", {}).get("namespace") for o in objects if o.get("kind") != "Namespace"}
+        # The one namespace the objects are in (an overlay's `namespace:`),
+        # None when they leave it to `kubectl apply -n` (the base).
+        namespaces = {(o.get("metadata") or {}).get("namespace") for o in objects} - {None}
         self.namespace = next(iter(namespaces)) if len(namespaces) == 1 else None
         self.istio = any(o.get("apiVersion", "").split("/")[0].endswith("istio.io") for o in objects) or any(
-            (o.get("metadata", {}).get("labels") or {}).get("istio-injection") == "enabled"
+            ((o.get("metadata") or {}).get("labels") or {}).get("istio-injection") == "enabled"
             for o in self.by_kind.get("Namespace", [])
         )
 
@@ -518,7 +556,7 @@ class Render:
         return self.by_kind.get(kind, [])
 
     def get(self, kind, name):
-        return next((o for o in self.kind(kind) if o.get("metadata", {}).get("name") == name), None)
+        return next((o for o in self.kind(kind) if (o.get("metadata") or {}).get("name") == name), None)
 
     def workloads(self):
         return self.kind("Deployment") + self.kind("StatefulSet")
@@ -573,7 +611,8 @@ def _pod_annotations(workload):
 
 
 def _meta(obj):
-    return obj.get("kind", "?"), obj.get("metadata", {}).get("name", "?")
+    """(kind, name) of an object, "?" for what it lacks."""
+    return str(obj.get("kind", "?")), str((obj.get("metadata") or {}).get("name", "?"))
 
 
 def _dockerfile_workdir():
@@ -746,7 +785,7 @@ def rule_monitors(render):
         spec = monitor.get("spec") or {}
         selector = _match_labels(spec.get("selector"))
         services = [s for s in render.kind("Service")
-                    if _labels_match(selector, s.get("metadata", {}).get("labels") or {})]
+                    if _labels_match(selector, (s.get("metadata") or {}).get("labels") or {})]
         if not services:
             yield monitor, "monitor-port", f"selector {selector} matches no Service", "spec.selector"
             continue
@@ -754,7 +793,7 @@ def rule_monitors(render):
             port = endpoint.get("port")
             if port is None:
                 continue
-            missing = [s["metadata"]["name"] for s in services
+            missing = [_meta(s)[1] for s in services
                        if port not in {p.get("name") for p in (s.get("spec") or {}).get("ports", []) or []}]
             if missing:
                 yield monitor, "monitor-port", f"port {port} is not a port of Service(s) {', '.join(missing)}", \
@@ -770,7 +809,7 @@ def rule_monitors(render):
             port = endpoint.get("port")
             if port is None:
                 continue
-            missing = [w["metadata"]["name"] for w in workloads
+            missing = [_meta(w)[1] for w in workloads
                        if not any(port in c.port_names() for c in render.containers(w))]
             if missing:
                 yield monitor, "monitor-port", f"port {port} is not a container port of {', '.join(missing)}", \
@@ -1166,7 +1205,7 @@ def _scraped(render):
     for monitor in render.kind("ServiceMonitor"):
         spec = monitor.get("spec") or {}
         selector = _match_labels(spec.get("selector"))
-        services = [s for s in render.kind("Service") if _labels_match(selector, s.get("metadata", {}).get("labels") or {})]
+        services = [s for s in render.kind("Service") if _labels_match(selector, (s.get("metadata") or {}).get("labels") or {})]
         for i, endpoint in enumerate(spec.get("endpoints", []) or []):
             for service in services:
                 for port in _service_ports(service):
@@ -1207,8 +1246,8 @@ def rule_scrape_mtls(render):
             if selector and not _labels_match(selector, _pod_labels(workload)):
                 continue
             if levels.get(str(number)) not in ("PERMISSIVE", "DISABLE"):
-                yield monitor, "scrape-mtls", f"scrapes port {number} of {workload['metadata']['name']}, which " \
-                    f"PeerAuthentication {policy['metadata']['name']} keeps STRICT: Prometheus outside the mesh " \
+                yield monitor, "scrape-mtls", f"scrapes port {number} of {_meta(workload)[1]}, which " \
+                    f"PeerAuthentication {_meta(policy)[1]} keeps STRICT: Prometheus outside the mesh " \
                     "is refused", f"{field}.port"
 
 
@@ -1232,10 +1271,18 @@ RULES = (
 
 
 def check_render(render):
-    """Every rule's failures for one render."""
+    """Every rule's failures for one render. A rule that trips over a shape
+    it did not expect (schema validation reports the shape) is a failure of
+    its own, not the end of the run."""
     failures = []
     for rule in RULES:
-        for obj, rule_id, what, field in rule(render):
+        try:
+            found = list(rule(render))
+        except (AttributeError, KeyError, TypeError, ValueError, IndexError) as error:
+            failures.append(Failure(render.name, "Rule", rule.__name__, "internal",
+                                    f"could not check this render: {type(error).__name__}: {error}", rule.__name__))
+            continue
+        for obj, rule_id, what, field in found:
             if rule_id in OVERLAY_ONLY and not render.is_overlay:
                 continue
             kind, name = _meta(obj)
