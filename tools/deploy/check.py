@@ -234,6 +234,8 @@ def _tree_digest():
     digest = hashlib.sha256()
     version = subprocess.run(["kubectl", "version", "--client"], capture_output=True, text=True)
     digest.update(version.stdout.encode())
+    # This script too: it writes the generated kustomizations.
+    digest.update(pathlib.Path(__file__).read_bytes())
     for top in ("k8s", "istio", "deploy"):
         base = ROOT / top
         if not base.is_dir():
@@ -949,11 +951,18 @@ def writable_paths(render, container):
     env = render.env(container)
     workdir = container.spec.get("workingDir") or WORKDIR
     out = []
+    url_key = f"AGENTMESH_{section}__STORAGE__URL"
+    url = env.get(url_key, (None, None))[0]
     for what, suffix, default, kind in WRITABLE_PATHS.get(container.service, []):
         key = f"AGENTMESH_{section}__{suffix}"
         if kind == "data" and _storage_is_postgres(render, container):
             continue
         value = env.get(key, (default, "default"))[0] or default
+        if kind == "data" and isinstance(url, str) and url.startswith("sqlite:"):
+            # An SQLite URL names the database file itself (sqlite://rel.db,
+            # sqlite:///abs.db); its directory is what must persist.
+            database = re.sub(r"^sqlite:(//)?", "", url).split("?")[0]
+            value, key = posixpath.dirname(database) or ".", url_key
         out.append((what, posixpath.normpath(posixpath.join(workdir, value)), kind, key))
     return out
 
