@@ -169,6 +169,10 @@ EXTERNAL_PRINCIPALS = (
     "*/ns/monitoring/sa/*",
 )
 
+# Ports the injected sidecar listens on in every pod (status and health,
+# merged metrics, Envoy's own metrics): a policy may name them.
+ISTIO_SIDECAR_PORTS = frozenset({15020, 15021, 15090})
+
 # The provider keys the llm-gateway reads (llm-gateway config: api_key_env).
 PROVIDER_KEYS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY")
 
@@ -836,7 +840,7 @@ def rule_authorization(render):
         workloads = render.selected_workloads(selector) if selector else render.workloads()
         if selector and not workloads:
             yield policy, "authz-selector", f"selector {selector} matches no workload", "spec.selector"
-        numbers = {n for w in workloads for c in render.containers(w) for n in c.port_numbers()}
+        numbers = {n for w in workloads for c in render.containers(w) for n in c.port_numbers()} | ISTIO_SIDECAR_PORTS
         for i, rule in enumerate(spec.get("rules", []) or []):
             for j, to in enumerate(rule.get("to", []) or []):
                 operation = to.get("operation") or {}
@@ -844,7 +848,7 @@ def rule_authorization(render):
                     for port in operation.get(field, []) or []:
                         if workloads and not (str(port).isdigit() and int(port) in numbers):
                             yield policy, "authz-port", f"port {port} is not a container port of the selected " \
-                                "workloads", f"spec.rules[{i}].to[{j}].operation.{field}"
+                                "workloads (nor a sidecar port)", f"spec.rules[{i}].to[{j}].operation.{field}"
             for j, source in enumerate(rule.get("from", []) or []):
                 source = source.get("source") or {}
                 for field in ("principals", "notPrincipals"):
