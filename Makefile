@@ -7,6 +7,9 @@
 #                 of executions and findings per target (CI runs them too, 256 cases each)
 #   make bench    benchmark programs that print figures (hop cost, run step, audit ingest, gateway faults, auth)
 #   make rules    check and unit-test the Prometheus alert rules (promtool)
+#   make deploy-check  render every overlay and combination of kustomize components,
+#                 validate them (Kubernetes, Istio and Prometheus Operator schemas),
+#                 cross-check them against each other and the services; then its self-test
 #   make build    the workspace
 #   make deploy-smoke      run the rendered dev overlay as local processes (one pod per Deployment,
 #                          its env, user, volumes and probes), one run and its audit events; then
@@ -16,7 +19,7 @@
 CARGO ?= cargo
 PYTHON ?= python3
 
-.PHONY: all build run up test fuzz lint fmt proto bench rules clean deploy-smoke deploy-resources
+.PHONY: all build run up test fuzz lint fmt proto bench rules clean deploy-check deploy-smoke deploy-resources
 
 all: build
 
@@ -77,6 +80,16 @@ rules:
 	promtool check rules deploy/prometheus/agentmesh.rules.yml
 	promtool test rules deploy/prometheus/agentmesh.rules.test.yml
 	$(PYTHON) deploy/prometheus/gen-prometheusrule.py --check
+
+# The manifests as a cluster would get them (tools/deploy/check.py says
+# what is checked), then the check's self-test: each break it must catch,
+# made on purpose in a rendered overlay, is caught. Both run; either fails it.
+deploy-check:
+	tools/install-test-deps deploy
+	@status=0; \
+	$(PYTHON) tools/deploy/check.py || status=1; \
+	$(PYTHON) tools/deploy/check.py --self-test || status=1; \
+	exit $$status
 
 lint:
 	tools/install-test-deps lint
