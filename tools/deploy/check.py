@@ -38,6 +38,14 @@ How data flows:
      route-host, route-port-match,  VirtualServices route to Service ports,
      h2-upgrade                     per port; no h2 upgrade of HTTP/1 ports
      scrape-mtls                    STRICT mTLS leaves scraped ports open
+     outlier-provider               outlier detection counts only the pod's
+                                    own (local-origin) failures: a provider
+                                    outage answered as UNAVAILABLE (503) must
+                                    not eject healthy llm-gateway pods
+     mesh-retries                   every in-mesh and ingress route sets
+                                    retries.attempts 0: Istio's default (2
+                                    retries on unavailable/reset) would replay
+                                    server-streaming RPCs and model calls
    static rules
      read-only-root, writable-path  read-only root; every path the service
                                     writes (WRITABLE_PATHS) on a writable volume
@@ -1180,6 +1188,45 @@ def rule_istio_routes(render):
                         f"{port.get('name')} ({port.get('port')})", "spec.trafficPolicy.connectionPool.http"
 
 
+def rule_outlier_detection(render):
+    """Outlier detection ejects a pod for its own failures only. Envoy maps a
+    gRPC status to an HTTP code for outlier detection (UNAVAILABLE -> 503),
+    and the gateway answers UNAVAILABLE when a provider is down (marked by
+    the PROVIDER_UNAVAILABLE ErrorInfo): counting 5xx or gateway errors would
+    eject every healthy gateway pod during a provider outage."""
+    for rule in render.kind("DestinationRule"):
+        policy = (rule.get("spec") or {}).get("trafficPolicy") or {}
+        levels = [("spec.trafficPolicy", policy)] + [
+            (f"spec.trafficPolicy.portLevelSettings[{i}]", p)
+            for i, p in enumerate(policy.get("portLevelSettings", []) or [])]
+        for field, level in levels:
+            outlier = level.get("outlierDetection")
+            if outlier is None:
+                continue
+            # Istio's defaults when outlierDetection is set: 5 consecutive
+            # 5xx, errors not split by origin.
+            if not outlier.get("splitExternalLocalOriginErrors"):
+                yield rule, "outlier-provider", "outlier detection does not split local-origin " \
+                    "errors from upstream answers", f"{field}.outlierDetection.splitExternalLocalOriginErrors"
+            for key in ("consecutive5xxErrors", "consecutiveGatewayErrors"):
+                if outlier.get(key, 5 if key == "consecutive5xxErrors" else 0) != 0:
+                    yield rule, "outlier-provider", f"{key} ejects pods for answers (a provider outage " \
+                        "is answered UNAVAILABLE = 503)", f"{field}.outlierDetection.{key}"
+
+
+def rule_mesh_retries(render):
+    """No retries by the mesh: Istio retries a route twice by default on
+    `unavailable`, `reset` and the like, which would replay a server-streaming
+    RPC or a model call; the services retry what is safe themselves."""
+    for vs in render.kind("VirtualService"):
+        for i, route in enumerate((vs.get("spec") or {}).get("http", []) or []):
+            attempts = (route.get("retries") or {}).get("attempts")
+            if attempts != 0:
+                what = "Istio's default (2)" if attempts is None else attempts
+                yield vs, "mesh-retries", f"route {route.get('name', i)} retries {what} times: " \
+                    "streams and model calls would be replayed", f"spec.http[{i}].retries.attempts"
+
+
 def rule_network_policies(render):
     """NetworkPolicies select workloads of the render, let in peers of the
     render, on ports those workloads have."""
@@ -1239,26 +1286,29 @@ def _scraped(render):
 
 
 def rule_scrape_mtls(render):
-    """Prometheus (outside the mesh) can scrape what the monitors name: a
-    STRICT PeerAuthentication leaves the scraped port PERMISSIVE, unless the
-    endpoint scrapes over TLS with the mesh's certificates."""
-    strict = []
+    """Prometheus (outside the mesh) can scrape what the monitors name: the
+    PeerAuthentication in force for the scraped pod leaves the port
+    PERMISSIVE, unless the endpoint scrapes over TLS with the mesh's
+    certificates. As in Istio, a policy selecting the workload overrides the
+    namespace-wide one (no selector)."""
+    policies = []
     for policy in render.kind("PeerAuthentication"):
         spec = policy.get("spec") or {}
-        if ((spec.get("mtls") or {}).get("mode")) != "STRICT":
-            continue
+        mode = (spec.get("mtls") or {}).get("mode")
         selector = _match_labels(spec.get("selector"))
         levels = {str(k): (v or {}).get("mode") for k, v in (spec.get("portLevelMtls") or {}).items()}
-        strict.append((policy, selector, levels))
-    if not strict:
+        policies.append((policy, selector, mode, levels))
+    if not policies:
         return
     for monitor, field, endpoint, workload, number in _scraped(render):
         if endpoint.get("scheme") == "https" or endpoint.get("tlsConfig"):
             continue
-        for policy, selector, levels in strict:
-            if selector and not _labels_match(selector, _pod_labels(workload)):
-                continue
-            if levels.get(str(number)) not in ("PERMISSIVE", "DISABLE"):
+        labels = _pod_labels(workload)
+        specific = [p for p in policies if p[1] and _labels_match(p[1], labels)]
+        in_force = specific or [p for p in policies if not p[1]]
+        for policy, _selector, mode, levels in in_force:
+            port_mode = levels.get(str(number), mode)
+            if port_mode == "STRICT":
                 yield monitor, "scrape-mtls", f"scrapes port {number} of {_meta(workload)[1]}, which " \
                     f"PeerAuthentication {_meta(policy)[1]} keeps STRICT: Prometheus outside the mesh " \
                     "is refused", f"{field}.port"
@@ -1280,6 +1330,8 @@ RULES = (
     rule_pdb,
     rule_provider_keys,
     rule_istio_routes,
+    rule_outlier_detection,
+    rule_mesh_retries,
 )
 
 
@@ -1515,6 +1567,60 @@ def _mut_drop_provider_key(objects, render):
     return True
 
 
+def _first(objects, kind, name=None):
+    for obj in objects:
+        if obj.get("kind") == kind and (name is None or (obj.get("metadata") or {}).get("name") == name):
+            return obj
+    return None
+
+
+def _mut_strict_admin_port(objects, render):
+    changed = False
+    for obj in objects:
+        if obj.get("kind") == "PeerAuthentication" and (obj.get("spec") or {}).pop("portLevelMtls", None):
+            changed = True
+    return changed
+
+
+def _mut_h2_admin_port(objects, render):
+    rule = _first(objects, "DestinationRule", "llm-gateway")
+    if rule is None:
+        return False
+    policy = rule["spec"].setdefault("trafficPolicy", {})
+    policy.setdefault("connectionPool", {}).setdefault("http", {})["h2UpgradePolicy"] = "UPGRADE"
+    policy.pop("portLevelSettings", None)
+    return True
+
+
+def _mut_route_without_port(objects, render):
+    vs = _first(objects, "VirtualService", "llm-gateway")
+    if vs is None:
+        return False
+    for route in vs["spec"].get("http", []):
+        route.pop("match", None)
+    return True
+
+
+def _mut_eject_on_5xx(objects, render):
+    rule = _first(objects, "DestinationRule", "llm-gateway")
+    if rule is None:
+        return False
+    for level in rule["spec"].get("trafficPolicy", {}).get("portLevelSettings", []):
+        if "outlierDetection" in level:
+            level["outlierDetection"] = {"consecutive5xxErrors": 5, "interval": "10s"}
+            return True
+    return False
+
+
+def _mut_default_retries(objects, render):
+    vs = _first(objects, "VirtualService", "orchestrator")
+    if vs is None:
+        return False
+    for route in vs["spec"].get("http", []):
+        route.pop("retries", None)
+    return True
+
+
 MUTATIONS = (
     ("drop a peer URL env", "peer-env", _mut_drop_peer),
     ("put stored data on an emptyDir", "emptydir-data", _mut_data_on_emptydir),
@@ -1526,6 +1632,11 @@ MUTATIONS = (
     ("run alerting x2 on SQLite", "alerting-leader", _mut_alerting_sqlite),
     ("drain the sidecar before the app", "sidecar-drain", _mut_short_sidecar_drain),
     ("drop a provider key", "provider-keys", _mut_drop_provider_key),
+    ("keep the admin port STRICT", "scrape-mtls", _mut_strict_admin_port),
+    ("upgrade the admin port to HTTP/2", "h2-upgrade", _mut_h2_admin_port),
+    ("route without a port match", "route-port-match", _mut_route_without_port),
+    ("eject gateways on 503", "outlier-provider", _mut_eject_on_5xx),
+    ("leave Istio's default retries", "mesh-retries", _mut_default_retries),
 )
 
 
