@@ -33,6 +33,12 @@ use tools::tool_runner_service_client::ToolRunnerServiceClient;
 use crate::config::{AgentProfile, Config};
 use crate::store::RunRow;
 
+/// The metadata naming the run a tool call belongs to. A run's files live
+/// in its workspace on one tool-runner pod: a mesh that balances per request
+/// keeps a run on one pod by hashing this header (the tool-runner
+/// DestinationRule in `istio/traffic.yaml` does).
+pub(crate) const RUN_ID_HEADER: &str = "x-agentmesh-run-id";
+
 /// How long the tool list is cached.
 const TOOL_CACHE: Duration = Duration::from_secs(10);
 /// Tool lists cached at once (one per distinct tools allow-list).
@@ -119,14 +125,7 @@ impl Peers {
                 profile.tools.join(", ")
             ));
         }
-        let mut request = tonic::Request::new(tools::ExecuteToolRequest {
-            tool: call.name.clone(),
-            arguments_json: call.arguments_json.clone(),
-            call_id: call.id.clone(),
-            timeout: None,
-            run_id: run.run_id.clone(),
-        });
-        request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        let request = tool_request(&run.run_id, call, deadline);
         match self.tools.clone().execute_tool(request).await {
             Ok(response) => response.into_inner(),
             // The end user's allow-list leaves the tool out: the model is
@@ -248,4 +247,55 @@ pub(super) fn downstream(what: &str, status: Status) -> Status {
         format!("{what} failed: {}", status.message()),
         status.details().to_vec().into(),
     )
+}
+
+/// The `ExecuteTool` request of `call` in run `run_id`: the run's time left
+/// as its deadline, and the run id in the metadata too, where a mesh can
+/// route on it (the body is opaque to the mesh).
+fn tool_request(
+    run_id: &str,
+    call: &llm::ToolCall,
+    deadline: Instant,
+) -> tonic::Request<tools::ExecuteToolRequest> {
+    let mut request = tonic::Request::new(tools::ExecuteToolRequest {
+        tool: call.name.clone(),
+        arguments_json: call.arguments_json.clone(),
+        call_id: call.id.clone(),
+        timeout: None,
+        run_id: run_id.to_owned(),
+    });
+    request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+    // Run ids are ASCII identifiers; one that is not simply goes unrouted.
+    if let Ok(value) = tonic::metadata::MetadataValue::try_from(run_id) {
+        request.metadata_mut().insert(RUN_ID_HEADER, value);
+    }
+    request
+}
+
+#[cfg(test)]
+mod tool_request_tests {
+    use super::*;
+
+    #[test]
+    fn a_tool_call_names_its_run_in_the_metadata_and_the_body() {
+        let call = llm::ToolCall {
+            id: "call-1".into(),
+            name: "calculator".into(),
+            arguments_json: "{}".into(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let request = tool_request("01a24938-5847-734d-8f99-aadecf2016e7", &call, deadline);
+        assert_eq!(
+            request
+                .metadata()
+                .get(RUN_ID_HEADER)
+                .and_then(|v| v.to_str().ok()),
+            Some("01a24938-5847-734d-8f99-aadecf2016e7")
+        );
+        assert_eq!(
+            request.get_ref().run_id,
+            "01a24938-5847-734d-8f99-aadecf2016e7"
+        );
+        assert!(request.metadata().get("grpc-timeout").is_some());
+    }
 }
