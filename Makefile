@@ -1,7 +1,8 @@
 # agentmesh: the one entry point for building, running, testing and linting.
 #
 #   make run      all five services in one process (embedded mode: SQLite under ./data)
-#   make test     every test: unit, in-process gRPC, real binaries with grpcurl, PostgreSQL
+#   make test     every test: unit, in-process gRPC, real binaries with grpcurl, PostgreSQL,
+#                 then deploy-check and deploy-smoke
 #   make lint     rustfmt, clippy -D warnings, module structure, cargo deny, buf lint, buf format
 #   make fuzz     every fuzz target for FUZZ_SECONDS each (default 60), then a summary
 #                 of executions and findings per target (CI runs them too, 256 cases each)
@@ -37,12 +38,15 @@ up:
 # Installs what is missing first (PostgreSQL, grpcurl, promtool, Alertmanager,
 # the Python packages, cargo-nextest). The black-box tests drive the real
 # binaries, so build them first; nextest runs each test in its own process,
-# in parallel.
+# in parallel. Then the deployment: the manifests checked statically
+# (deploy-check) and the dev overlay run as processes (deploy-smoke).
 test:
 	tools/install-test-deps test
 	$(CARGO) build --workspace --bins
 	$(CARGO) nextest run --workspace --no-fail-fast
 	$(PYTHON) -m pytest -q tests/python
+	$(MAKE) deploy-check
+	$(MAKE) deploy-smoke
 
 # Fuzz targets are property tests named fuzz_* (proptest on stable Rust,
 # run through agentmesh_testkit::fuzz). `make test` runs each for
