@@ -300,7 +300,10 @@ async fn the_gateways_own_unavailable_carries_no_provider_error_info() {
         .await
         .unwrap()
         .expect("an event");
-    assert!(matches!(first.event, Some(Event::TextDelta(_))), "{first:?}");
+    assert!(
+        matches!(first.event, Some(Event::TextDelta(_))),
+        "{first:?}"
+    );
 
     // Shed: the second call is refused at once.
     let status = generate(&gateway, "slow").await;
