@@ -14,6 +14,8 @@
 //! client can do about it.
 
 pub mod error;
+#[cfg(test)]
+mod migrate_tests;
 
 pub use error::StoreError;
 
@@ -173,6 +175,29 @@ pub enum Database {
     Postgres(PgPool),
 }
 
+/// The migrator of `list`: locking on (sqlx's default, stated here because
+/// concurrent starts depend on it), and applied migrations missing from
+/// `list` ignored (an older binary during a rolling upgrade; see
+/// [`Database::migrate`]).
+fn migrator(list: &[EmbeddedMigration]) -> sqlx::migrate::Migrator {
+    use sqlx::SqlSafeStr as _;
+    let mut migrator = sqlx::migrate::Migrator::with_migrations(
+        list.iter()
+            .map(|m| {
+                sqlx::migrate::Migration::new(
+                    m.version,
+                    std::borrow::Cow::Borrowed(m.description),
+                    sqlx::migrate::MigrationType::Simple,
+                    m.sql.into_sql_str(),
+                    false,
+                )
+            })
+            .collect(),
+    );
+    migrator.set_locking(true).set_ignore_missing(true);
+    migrator
+}
+
 impl Database {
     /// Connects to the database for `service` that `config` names, creating
     /// the SQLite file (and its directory) when it does not exist.
@@ -216,27 +241,46 @@ impl Database {
 
     /// Which backend this is.
     /// Brings the schema up to date (applied migrations are recorded in
-    /// `_sqlx_migrations`; a changed applied migration is an error).
+    /// `_sqlx_migrations`).
+    ///
+    /// Safe with several replicas starting at once: on PostgreSQL the
+    /// migrator holds a session-level advisory lock (`pg_advisory_lock`,
+    /// keyed by the database's name) while it reads and applies, so
+    /// concurrent starts run one after the other and each migration is
+    /// applied once. (A SQLite file has one replica: the embedded and
+    /// single-replica setups.)
+    ///
+    /// Safe in a rolling upgrade: an applied migration this binary does not
+    /// know (a newer release's) is tolerated, because migrations are
+    /// additive (tables, nullable or defaulted columns, indexes; never a
+    /// drop or rename of what a released version reads or writes), so an
+    /// older binary keeps working on the newer schema. A known migration
+    /// whose SQL changed after it was applied is still an error.
     pub async fn migrate(&self, migrations: &Migrations) -> Result<(), StorageError> {
-        use sqlx::SqlSafeStr as _;
-        let list = match self.backend() {
+        let migrator = migrator(match self.backend() {
             Backend::Sqlite => migrations.sqlite,
             Backend::Postgres => migrations.postgres,
-        };
-        let migrator = sqlx::migrate::Migrator::with_migrations(
-            list.iter()
-                .map(|m| {
-                    sqlx::migrate::Migration::new(
-                        m.version,
-                        std::borrow::Cow::Borrowed(m.description),
-                        sqlx::migrate::MigrationType::Simple,
-                        m.sql.into_sql_str(),
-                        false,
-                    )
-                })
-                .collect(),
-        );
-        with_pool!(self, |pool| migrator.run(pool).await?);
+        });
+        match self {
+            Self::Sqlite(pool) => migrator.run(pool).await?,
+            Self::Postgres(pool) => {
+                let mut connection = pool.acquire().await?;
+                // What `Migrator::run` does once it has a connection; called
+                // directly because `run(&mut connection)` makes a future
+                // that is not `Send` (sqlx's `Acquire` is not general
+                // enough), and the connection must be ours to close.
+                let result = migrator.run_direct(None, &mut *connection, false).await;
+                if result.is_err() {
+                    // On failure the migrator returns with its advisory lock
+                    // still held by this session; ending the session frees it
+                    // for the next replica instead of leaving it in the pool.
+                    if let Err(err) = connection.close().await {
+                        tracing::warn!(error = %err, "closing the migration connection failed");
+                    }
+                }
+                result?;
+            }
+        }
         Ok(())
     }
 

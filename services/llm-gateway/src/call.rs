@@ -279,7 +279,7 @@ fn log_retry(resolved: &Resolved, err: &ProviderError, action: &str) {
 }
 
 fn log_failure(resolved: &Resolved, err: ProviderError) -> Status {
-    let status = err.into_status(&resolved.instance, &resolved.model);
+    let status = err.into_status(&resolved.route, &resolved.instance, &resolved.model);
     tracing::warn!(
         route = %resolved.route,
         provider = %resolved.instance,

@@ -112,6 +112,7 @@ pub use config::{
     BudgetConfig, BudgetPeriod, BudgetScope, Config, DEFAULT_PORT, FailureClass, Price,
     ProviderConfig, ProviderKind, RateLimitsConfig, RouteConfig,
 };
+pub use error::{ERROR_DOMAIN, provider_reason};
 pub use gateway::Gateway;
 pub use service::LlmGatewayServiceImpl;
 

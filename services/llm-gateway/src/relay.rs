@@ -154,7 +154,9 @@ impl Relay {
         };
         let next_target = self.prepared.at(next.target).target_name();
         let reason = format!("{}: {err}; {action} to {next_target}", failed.target_name());
-        let cause = err.clone().into_status(&failed.instance, &failed.model);
+        let cause = err
+            .clone()
+            .into_status(&failed.route, &failed.instance, &failed.model);
         GenerateStreamResponse {
             event: Some(Event::Reset(StreamReset {
                 reason,
