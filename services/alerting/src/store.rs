@@ -220,6 +220,30 @@ impl Store {
         })
     }
 
+    /// The stored alerts and silences (what a standby answers reads from).
+    pub(crate) async fn alerts_and_silences(
+        &self,
+    ) -> Result<(Vec<Alert>, Vec<Silence>), StoreError> {
+        with_pool!(&self.db, |pool| {
+            async {
+                let alerts = sqlx::query("SELECT * FROM alerts")
+                    .fetch_all(pool)
+                    .await?
+                    .iter()
+                    .map(alert_from_row)
+                    .collect::<Result<Vec<_>, _>>()?;
+                let silences = sqlx::query("SELECT * FROM silences")
+                    .fetch_all(pool)
+                    .await?
+                    .iter()
+                    .map(silence_from_row)
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((alerts, silences))
+            }
+            .await
+        })
+    }
+
     /// Writes one batch's changes in one transaction.
     pub(crate) async fn commit(&self, commit: &Commit) -> Result<(), StoreError> {
         if commit.is_empty() {
