@@ -29,6 +29,10 @@
 //!   (`defaults`), checking (`compile`, `condition`), event fields,
 //!   templates, windows and the `evaluator`.
 //! * `engine`: the alert state machine; `source` feeds it the audit stream.
+//! * `leader`: the PostgreSQL advisory lock replicas compete for and the
+//!   fence every batch, tick and delivery checks; `replica`: this
+//!   replica's role (leader or standby), the loop moving it between them,
+//!   and what a standby answers reads from.
 //! * `routing`: the routing tree; `routing::inhibit` the inhibition rules;
 //!   `routing::text` the key formats the notification log depends on.
 //! * `dispatch`: the handle; `dispatch::groups` the task owning aggregation
@@ -48,11 +52,16 @@
 //! besides `service`; its own events (notifications, configuration, access
 //! decisions) go through its audit producer with `audit:write`.
 //!
-//! **Health**: ready (SERVING) while the database answers; the audit stream
-//! (`audit-stream`) and the audit service (`audit`) are reported but
-//! optional: the API answers without them.
+//! **Replicas**: of several processes on one PostgreSQL database, the one
+//! holding the advisory lock leads (engine, audit stream, dispatcher); the
+//! others stand by, answer the List RPCs from the database and try for the
+//! lock every `leader.retry`. On SQLite the process always leads.
 //!
-//! **After a restart** the service resumes the audit stream from the cursor
+//! **Health**: ready (SERVING) while the database answers, leader or
+//! standby; the audit stream (`audit-stream`) and the audit service
+//! (`audit`) are reported but optional: the API answers without them.
+//!
+//! **After a restart or a takeover** the service resumes the audit stream from the cursor
 //! committed with its rule windows (nothing missed, nothing counted twice),
 //! and the persisted notification log keeps it from notifying again what it
 //! notified before, as Alertmanager's nflog does.
@@ -296,26 +305,8 @@ async fn start_engine(
     audit: AuditClient,
     fence: Fence,
 ) -> (Arc<Engine>, Running) {
-    let (reports, report_receiver) = tokio::sync::mpsc::unbounded_channel();
-    // Every delivery checks the leader lock first and is cut off when the
-    // term ends.
-    let notifier: Arc<dyn Notifier> = Arc::new(FencedNotifier {
-        inner: Arc::new(parts.receivers),
-        fence: fence.clone(),
-    });
-    let log: Arc<dyn NotificationLog> = Arc::new(store.clone());
-    let dispatcher = Dispatcher::start_with(
-        dispatch::DispatcherLimits {
-            max_groups: config.max_aggregation_groups,
-            shutdown_grace: config.server.grace_period,
-        },
-        Arc::new(parts.route),
-        notifier,
-        log,
-        reports,
-        config.external_url.clone(),
-        dispatch::Clock::system(),
-    );
+    let (dispatcher, report_receiver) =
+        start_dispatcher(config, parts.receivers, parts.route, &store, fence.clone());
     let evaluator =
         rules::Evaluator::new(parts.rules, SystemTime::now(), config.max_groups_per_rule);
     let interest = source::Interest::of(
@@ -373,6 +364,40 @@ async fn start_engine(
         )));
     }
     (engine, Running { dispatcher, tasks })
+}
+
+/// The dispatcher of a term, delivering through the receivers behind the
+/// fence: every delivery checks the leader lock first and is cut off when
+/// the term ends. Returns it and the receiver of its delivery reports.
+fn start_dispatcher(
+    config: &Config,
+    receivers: receivers::Receivers,
+    route: routing::Route,
+    store: &store::Store,
+    fence: Fence,
+) -> (
+    Dispatcher,
+    tokio::sync::mpsc::UnboundedReceiver<DeliveryReport>,
+) {
+    let (reports, report_receiver) = tokio::sync::mpsc::unbounded_channel();
+    let notifier: Arc<dyn Notifier> = Arc::new(FencedNotifier {
+        inner: Arc::new(receivers),
+        fence,
+    });
+    let log: Arc<dyn NotificationLog> = Arc::new(store.clone());
+    let dispatcher = Dispatcher::start_with(
+        dispatch::DispatcherLimits {
+            max_groups: config.max_aggregation_groups,
+            shutdown_grace: config.server.grace_period,
+        },
+        Arc::new(route),
+        notifier,
+        log,
+        reports,
+        config.external_url.clone(),
+        dispatch::Clock::system(),
+    );
+    (dispatcher, report_receiver)
 }
 
 /// Re-evaluates the rules every `interval`, events or not, while this
