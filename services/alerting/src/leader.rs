@@ -315,7 +315,8 @@ mod tests {
         let mut other = PgConnection::connect(&url).await.unwrap();
         let terminated: Vec<bool> = sqlx::query_scalar(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE application_name = 'agentmesh-alerting-leader'",
+             WHERE application_name = 'agentmesh-alerting-leader' \
+             AND datname = current_database()",
         )
         .fetch_all(&mut other)
         .await

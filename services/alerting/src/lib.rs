@@ -503,6 +503,19 @@ mod tests {
     }
 
     #[test]
+    fn the_leader_retry_is_bounded() {
+        for retry in [Duration::ZERO, Duration::from_secs(4)] {
+            let mut config = Config::default();
+            config.leader.retry = retry;
+            let err = agentmesh_kit::config::validate(&config).unwrap_err();
+            assert_eq!(err.setting, "alerting.leader.retry", "{retry:?}");
+        }
+        let mut config = Config::default();
+        config.leader.retry = Duration::from_millis(200);
+        agentmesh_kit::config::validate(&config).unwrap();
+    }
+
+    #[test]
     fn the_defaults_are_valid() {
         agentmesh_kit::config::validate(&Config::default()).unwrap();
     }

@@ -140,7 +140,7 @@ impl StandbyView {
 
     /// The stored silences, newest first.
     pub(crate) async fn silences(&self) -> Result<Vec<Silence>, StoreError> {
-        let (_, mut silences) = self.store.alerts_and_silences().await?;
+        let mut silences = self.store.silences().await?;
         sort_silences(&mut silences);
         Ok(silences)
     }

@@ -224,21 +224,30 @@ impl Store {
     pub(crate) async fn alerts_and_silences(
         &self,
     ) -> Result<(Vec<Alert>, Vec<Silence>), StoreError> {
-        with_pool!(&self.db, |pool| {
+        let alerts = with_pool!(&self.db, |pool| {
             async {
-                let alerts = sqlx::query("SELECT * FROM alerts")
+                sqlx::query("SELECT * FROM alerts")
                     .fetch_all(pool)
                     .await?
                     .iter()
                     .map(alert_from_row)
-                    .collect::<Result<Vec<_>, _>>()?;
-                let silences = sqlx::query("SELECT * FROM silences")
+                    .collect::<Result<Vec<_>, StoreError>>()
+            }
+            .await
+        })?;
+        Ok((alerts, self.silences().await?))
+    }
+
+    /// The stored silences.
+    pub(crate) async fn silences(&self) -> Result<Vec<Silence>, StoreError> {
+        with_pool!(&self.db, |pool| {
+            async {
+                sqlx::query("SELECT * FROM silences")
                     .fetch_all(pool)
                     .await?
                     .iter()
                     .map(silence_from_row)
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok((alerts, silences))
+                    .collect::<Result<Vec<_>, StoreError>>()
             }
             .await
         })
