@@ -11,77 +11,30 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use agentmesh_kit::{Listeners, ServeError};
 use agentmesh_proto::alerting::v1::{self as pb, alerting_service_client::AlertingServiceClient};
-use agentmesh_proto::audit::v1::{
-    self as audit, AuditEvent, EventType, Outcome, ToolCallDetails, audit_event::Details,
-    audit_service_client::AuditServiceClient,
-};
+use agentmesh_proto::audit::v1::{AuditEvent, audit_service_client::AuditServiceClient};
 use agentmesh_proto::tools::v1 as tools;
 use agentmesh_testkit::eventually;
 use agentmesh_tests::{RunningBinary, channel, test_server_config, wait_serving, within};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::Channel;
 
-const ALERTING: &str = "agentmesh.alerting.v1.AlertingService";
+#[path = "alerting_support.rs"]
+mod alerting_support;
+use alerting_support::{
+    ALERTING, Hook, Served, alerting_toml, exactly, record, serve, start_audit, tool_failure,
+    webhook_route,
+};
 
 /// Which database the alerting service keeps its state in.
 #[derive(Debug, Clone, Copy)]
 enum Backend {
     Sqlite,
     Postgres,
-}
-
-/// A service in this process.
-struct Served {
-    addr: SocketAddr,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), ServeError>>,
-}
-
-impl Served {
-    async fn stop(self) {
-        self.stop.cancel();
-        within("a service to stop", Duration::from_secs(15), self.task)
-            .await
-            .unwrap()
-            .unwrap();
-    }
-}
-
-async fn serve<F>(
-    server: &agentmesh_kit::ServerConfig,
-    run: impl FnOnce(Listeners, CancellationToken) -> F,
-) -> Served
-where
-    F: Future<Output = Result<(), ServeError>> + Send + 'static,
-{
-    let listeners = Listeners::bind(server).await.unwrap();
-    let addr = listeners.grpc_addr().unwrap();
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(run(listeners, stop.clone()));
-    wait_serving(channel(addr), "").await;
-    Served { addr, stop, task }
-}
-
-/// The audit service on SQLite in `dir`.
-async fn start_audit(dir: &Path) -> Served {
-    let mut config = agentmesh_audit::Config {
-        server: test_server_config(),
-        ..Default::default()
-    };
-    config.storage.data_dir = dir.join("audit");
-    config.subscribe_heartbeat = Duration::from_millis(200);
-    let server = config.server.clone();
-    serve(&server, |listeners, stop| {
-        agentmesh_audit::serve_with_listeners(config, listeners, stop.cancelled_owned())
-    })
-    .await
 }
 
 /// The tool runner, sending its audit events to `audit`.
@@ -99,66 +52,6 @@ async fn start_tool_runner(dir: &Path, audit: SocketAddr) -> Served {
         agentmesh_tool_runner::serve_with_listeners(config, listeners, stop.cancelled_owned())
     })
     .await
-}
-
-/// The alerting service's settings for the tests: fast timings, the rule
-/// "ToolFailing" (5 failures of one tool within `window`), and `extra` TOML
-/// (receivers, route, …) on top.
-fn alerting_toml(audit: SocketAddr, window: &str, extra: &str) -> String {
-    format!(
-        r#"
-evaluation_interval = "100ms"
-resolved_retention = "1m"
-
-[source]
-url = "http://{audit}"
-reconnect_backoff = "100ms"
-max_reconnect_backoff = "500ms"
-
-[audit]
-url = ""
-
-[delivery]
-initial_backoff = "50ms"
-max_backoff = "200ms"
-
-[[rules]]
-name = "ToolFailing"
-description = "A tool fails repeatedly"
-severity = "warning"
-group_by = ["tool"]
-[rules.filter]
-types = ["TOOL_CALL"]
-outcomes = ["FAILURE"]
-[rules.count]
-threshold = 5
-window = "{window}"
-[rules.annotations]
-summary = "tool {{{{tool}}}} failed {{{{count}}}} times in {{{{window}}}}"
-
-{extra}
-"#
-    )
-}
-
-/// A webhook receiver and a route sending everything to it, grouped by
-/// alert name and tool.
-fn webhook_route(hook: SocketAddr) -> String {
-    format!(
-        r#"
-[route]
-receiver = "hook"
-group_by = ["alertname", "tool"]
-group_wait = "200ms"
-group_interval = "500ms"
-repeat_interval = "1h"
-
-[[receivers]]
-name = "hook"
-[[receivers.webhook_configs]]
-url = "http://{hook}/hook"
-"#
-    )
 }
 
 async fn start_alerting(
@@ -190,38 +83,6 @@ async fn start_alerting(
     .await;
     wait_serving(channel(served.addr), ALERTING).await;
     (served, postgres)
-}
-
-/// An HTTP server recording the JSON bodies POSTed to it.
-#[derive(Clone, Default)]
-struct Hook {
-    received: Arc<Mutex<Vec<serde_json::Value>>>,
-}
-
-impl Hook {
-    async fn start() -> (Self, SocketAddr) {
-        let hook = Self::default();
-        let recorded = hook.clone();
-        let app = axum::Router::new().route(
-            "/hook",
-            axum::routing::post(move |body: axum::body::Bytes| {
-                let recorded = recorded.clone();
-                async move {
-                    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
-                    recorded.received.lock().unwrap().push(json);
-                    "ok"
-                }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        (hook, addr)
-    }
-
-    fn payloads(&self) -> Vec<serde_json::Value> {
-        self.received.lock().unwrap().clone()
-    }
 }
 
 /// Calls the calculator with an expression that fails, `times` times.
@@ -259,20 +120,6 @@ async fn alerts(addr: SocketAddr, request: pb::ListAlertsRequest) -> Vec<pb::Ale
 
 fn state(alert: &pb::Alert) -> pb::AlertState {
     pb::AlertState::try_from(alert.state).unwrap()
-}
-
-/// Waits for `count` payloads, then a little longer to see that no more come.
-async fn exactly(hook: &Hook, count: usize, settle: Duration) -> Vec<serde_json::Value> {
-    eventually(
-        &format!("{count} webhook payloads"),
-        Duration::from_secs(20),
-        || async { (hook.payloads().len() >= count).then_some(()) },
-    )
-    .await;
-    tokio::time::sleep(settle).await;
-    let payloads = hook.payloads();
-    assert_eq!(payloads.len(), count, "{payloads:#?}");
-    payloads
 }
 
 async fn a_failing_tool_fires_once_and_resolves_once(backend: Backend) {
@@ -857,36 +704,6 @@ resend_interval = "1s"
 
     alerting.stop().await;
     audit.stop().await;
-}
-
-/// A TOOL_CALL failure of `tool`, as the tool runner records it.
-fn tool_failure(tool: &str) -> AuditEvent {
-    AuditEvent {
-        event_id: uuid::Uuid::now_v7().to_string(),
-        time: Some(std::time::SystemTime::now().into()),
-        r#type: EventType::ToolCall as i32,
-        service: "tool-runner".into(),
-        outcome: Outcome::Failure as i32,
-        reason: "EXECUTION: boom".into(),
-        details: Some(Details::ToolCall(ToolCallDetails {
-            tool: tool.into(),
-            is_error: true,
-            error: "boom".into(),
-            error_kind: "EXECUTION".into(),
-            attempts: 1,
-            ..Default::default()
-        })),
-        ..Default::default()
-    }
-}
-
-async fn record(audit: &mut AuditServiceClient<Channel>, events: Vec<AuditEvent>) {
-    let response = audit
-        .record(audit::RecordRequest { events })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(response.rejected_count, 0, "{response:?}");
 }
 
 #[tokio::test]

@@ -45,6 +45,8 @@ pub struct Config {
     pub audit: AuditConfig,
     /// Where the audit events the rules look at come from.
     pub source: SourceConfig,
+    /// Leader election among replicas sharing a PostgreSQL database.
+    pub leader: LeaderConfig,
     /// How often rules are evaluated when no event arrives (windows slide,
     /// pending alerts fire, absences start).
     #[serde(with = "humantime_serde")]
@@ -114,6 +116,32 @@ pub struct SourceConfig {
     pub batch_size: usize,
 }
 
+/// Leader election: of several replicas on one PostgreSQL database, the
+/// one holding a PostgreSQL advisory lock evaluates rules, advances the
+/// audit cursor and notifies; the others stand by and try for the lock
+/// every `retry`. On SQLite the single process always leads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LeaderConfig {
+    /// How often a standby tries for the lock, and how often (and how
+    /// long at most) the leader checks that it still holds it. A standby
+    /// takes over within about this long after the leader's process dies.
+    #[serde(with = "humantime_serde")]
+    pub retry: Duration,
+}
+
+/// The longest `leader.retry`: a leader must notice a lost lock well before
+/// PostgreSQL's keepalive hands it to another replica.
+pub(crate) const MAX_LEADER_RETRY: Duration = Duration::from_secs(3);
+
+impl Default for LeaderConfig {
+    fn default() -> Self {
+        Self {
+            retry: Duration::from_secs(2),
+        }
+    }
+}
+
 impl Default for SourceConfig {
     fn default() -> Self {
         Self {
@@ -134,6 +162,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             audit: AuditConfig::default(),
             source: SourceConfig::default(),
+            leader: LeaderConfig::default(),
             evaluation_interval: Duration::from_secs(10),
             resolve_timeout: Duration::from_secs(5 * 60),
             resolved_retention: Duration::from_secs(15 * 60),
@@ -202,10 +231,20 @@ impl Config {
             ("evaluation_interval", self.evaluation_interval),
             ("resolve_timeout", self.resolve_timeout),
             ("watch_heartbeat", self.watch_heartbeat),
+            ("leader.retry", self.leader.retry),
         ] {
             if value.is_zero() {
                 return Err(ConfigError::new(setting, "must be longer than 0s"));
             }
+        }
+        if self.leader.retry > MAX_LEADER_RETRY {
+            return Err(ConfigError::new(
+                "leader.retry",
+                format!(
+                    "must be at most {MAX_LEADER_RETRY:?}: a leader checks its lock this often and must \
+                     give up before PostgreSQL frees the lock of a vanished leader"
+                ),
+            ));
         }
         for (setting, value) in [
             ("max_alerts", self.max_alerts),

@@ -273,11 +273,7 @@ impl Engine {
     pub(crate) async fn silences(&self) -> Vec<Silence> {
         let state = self.state.lock().await;
         let mut silences: Vec<Silence> = state.silences.values().cloned().collect();
-        silences.sort_by(|a, b| {
-            b.created_at
-                .cmp(&a.created_at)
-                .then_with(|| b.id.cmp(&a.id))
-        });
+        sort_silences(&mut silences);
         silences
     }
 
@@ -558,24 +554,42 @@ impl Engine {
 
 /// Sets every alert's silenced and inhibited marks at `now`.
 fn mark(state: &mut State, inhibitor: &Inhibitor, now: SystemTime) {
-    for alert in state.alerts.values_mut() {
-        alert.silenced_by = state
-            .silences
+    mark_alerts(&mut state.alerts, &state.silences, inhibitor, now);
+}
+
+/// Sets the silenced and inhibited marks of `alerts` at `now` (marks are
+/// derived, never stored: a standby computes them the same way).
+pub(crate) fn mark_alerts(
+    alerts: &mut BTreeMap<Fingerprint, Alert>,
+    silences: &BTreeMap<String, Silence>,
+    inhibitor: &Inhibitor,
+    now: SystemTime,
+) {
+    for alert in alerts.values_mut() {
+        alert.silenced_by = silences
             .values()
             .filter(|silence| silence.silences(&alert.labels, now))
             .map(|silence| silence.id.clone())
             .collect();
     }
-    let firing: Vec<Alert> = state
-        .alerts
+    let firing: Vec<Alert> = alerts
         .values()
         .filter(|alert| alert.state == AlertState::Firing)
         .cloned()
         .collect();
     let index = inhibitor.index(&firing);
-    for alert in state.alerts.values_mut() {
+    for alert in alerts.values_mut() {
         alert.inhibited_by = index.inhibited_by(alert);
     }
+}
+
+/// Newest first, then by id.
+pub(crate) fn sort_silences(silences: &mut [Silence]) {
+    silences.sort_by(|a, b| {
+        b.created_at
+            .cmp(&a.created_at)
+            .then_with(|| b.id.cmp(&a.id))
+    });
 }
 
 /// Critical first, then the newest start first, then by fingerprint.

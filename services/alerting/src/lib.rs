@@ -29,6 +29,10 @@
 //!   (`defaults`), checking (`compile`, `condition`), event fields,
 //!   templates, windows and the `evaluator`.
 //! * `engine`: the alert state machine; `source` feeds it the audit stream.
+//! * `leader`: the PostgreSQL advisory lock replicas compete for and the
+//!   fence every batch, tick and delivery checks; `replica`: this
+//!   replica's role (leader or standby), the loop moving it between them,
+//!   and what a standby answers reads from.
 //! * `routing`: the routing tree; `routing::inhibit` the inhibition rules;
 //!   `routing::text` the key formats the notification log depends on.
 //! * `dispatch`: the handle; `dispatch::groups` the task owning aggregation
@@ -48,11 +52,16 @@
 //! besides `service`; its own events (notifications, configuration, access
 //! decisions) go through its audit producer with `audit:write`.
 //!
-//! **Health**: ready (SERVING) while the database answers; the audit stream
-//! (`audit-stream`) and the audit service (`audit`) are reported but
-//! optional: the API answers without them.
+//! **Replicas**: of several processes on one PostgreSQL database, the one
+//! holding the advisory lock leads (engine, audit stream, dispatcher); the
+//! others stand by, answer the List RPCs from the database and try for the
+//! lock every `leader.retry`. On SQLite the process always leads.
 //!
-//! **After a restart** the service resumes the audit stream from the cursor
+//! **Health**: ready (SERVING) while the database answers, leader or
+//! standby; the audit stream (`audit-stream`) and the audit service
+//! (`audit`) are reported but optional: the API answers without them.
+//!
+//! **After a restart or a takeover** the service resumes the audit stream from the cursor
 //! committed with its rule windows (nothing missed, nothing counted twice),
 //! and the persisted notification log keeps it from notifying again what it
 //! notified before, as Alertmanager's nflog does.
@@ -61,10 +70,12 @@ mod config;
 mod dispatch;
 mod engine;
 mod forward;
+mod leader;
 mod matcher;
 mod metrics;
 mod model;
 mod receivers;
+mod replica;
 mod routing;
 mod rules;
 mod service;
@@ -73,7 +84,7 @@ mod source;
 mod store;
 
 use std::future::Future;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use agentmesh_audit_client::{AuditClient, without_password};
@@ -86,12 +97,14 @@ use agentmesh_storage::LazyDatabase;
 use tokio::task::JoinHandle;
 
 pub use agentmesh_audit_client::AuditConfig;
-pub use config::{Config, DEFAULT_PORT, SourceConfig};
+pub use config::{Config, DEFAULT_PORT, LeaderConfig, SourceConfig};
 
 use crate::dispatch::Dispatcher;
 use crate::engine::{Engine, EngineSettings};
+use crate::leader::{Election, Fence, FencedNotifier};
 use crate::metrics::Metrics;
 use crate::model::{DeliveryReport, NotificationLog, Notifier};
+use crate::replica::{Replica, Running, StandbyView, Supervisor};
 
 /// The scope each RPC needs (`agentmesh auth scopes` prints every
 /// service's table). A new RPC must be added here: the access matrix test
@@ -125,12 +138,6 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     serve_with_listeners(config, listeners, shutdown).await
 }
 
-/// What runs once the database is open.
-struct Running {
-    dispatcher: Dispatcher,
-    tasks: Vec<JoinHandle<()>>,
-}
-
 /// Serves on listeners bound by the caller (tests bind port 0).
 pub async fn serve_with_listeners(
     config: Config,
@@ -138,7 +145,7 @@ pub async fn serve_with_listeners(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     // Checked by the kit at start; a config that skipped it stops here.
-    let compiled = config.compile().map_err(|err| {
+    config.compile().map_err(|err| {
         ServeError::from(std::io::Error::other(format!(
             "alerting.{}: {}",
             err.setting, err.message
@@ -151,55 +158,45 @@ pub async fn serve_with_listeners(
     let metrics = Metrics::new(host.metrics().registry())
         .map_err(|err| ServeError::from(std::io::Error::other(format!("alerting metrics: {err}"))))?
         .with_clients(host.clients().clone());
-    let engine = add_api(&mut host, &config);
+    let replica = add_api(&mut host, &config);
     let database =
         LazyDatabase::new(config.storage.clone(), SERVICE).with_migrations(&store::MIGRATIONS);
-    // Ready while the database answers. The audit stream and the audit
-    // service are reported, but the API answers without them.
+    // Ready while the database answers, leader or standby (a standby
+    // serves reads). The audit stream and the audit service are reported,
+    // but the API answers without them.
     host.add_check(database.health_check())
         .add_check(audit_stream_check(
             metrics.clone(),
             config.source.url.clone(),
         ))
         .add_check(audit.health_check());
-    let compiled = Mutex::new(Some(compiled));
-    let running: Mutex<Option<Running>> = Mutex::new(None);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let supervisor: Mutex<Option<JoinHandle<()>>> = Mutex::new(None);
     let result = host
         .serve(
             listeners,
             || async {
                 database.open().await.map_err(StartupError::from)?;
-                if engine.get().is_some() {
+                if supervisor.lock().is_ok_and(|task| task.is_some()) {
                     return Ok(());
                 }
-                let (store, loaded) = load_state(&database).await?;
-                let Some(parts) = compiled.lock().ok().and_then(|mut parts| parts.take()) else {
-                    return Err(StartupError::from("the alerting service was started twice"));
-                };
-                let (started, tasks_and_dispatcher) = start_engine(
-                    &config,
-                    parts,
-                    store,
-                    loaded,
-                    metrics.clone(),
-                    audit.clone(),
-                )
-                .await;
-                if let Ok(mut running) = running.lock() {
-                    *running = Some(tasks_and_dispatcher);
+                let mut elected = elect(&config, &database, &replica, &metrics, &audit)?;
+                // The first attempt before reporting ready: a single
+                // replica leads as soon as it serves.
+                elected.try_lead().await;
+                if let Ok(mut task) = supervisor.lock() {
+                    *task = Some(tokio::spawn(elected.run(stopped.clone())));
                 }
-                let _ = engine.set(started);
                 Ok(())
             },
             shutdown,
         )
         .await;
-    let running = running.lock().ok().and_then(|mut running| running.take());
-    if let Some(running) = running {
-        for task in &running.tasks {
-            task.abort();
-        }
-        running.dispatcher.shutdown().await;
+    // A leader drains its deliveries, then frees the lock for a standby.
+    stop.send_replace(true);
+    let task = supervisor.lock().ok().and_then(|mut task| task.take());
+    if let Some(task) = task {
+        let _ = task.await;
     }
     database.close().await;
     // The drain is over: send what is queued, or spool it.
@@ -207,30 +204,71 @@ pub async fn serve_with_listeners(
     result
 }
 
-/// The store over the opened database, and the state it holds.
-async fn load_state(
+/// The supervisor of this replica's role over the opened database; sets
+/// the standby's view.
+fn elect(
+    config: &Config,
     database: &LazyDatabase,
-) -> Result<(store::Store, store::Loaded), StartupError> {
+    replica: &Arc<Replica>,
+    metrics: &Metrics,
+    audit: &AuditClient,
+) -> Result<Supervisor, StartupError> {
     let db = database
         .get()
         .cloned()
         .ok_or_else(|| StartupError::from("the database did not open"))?;
     let store = store::Store::new(db);
-    let loaded = store
-        .load()
-        .await
-        .map_err(|err| StartupError::from(format!("alerting state: {err}")))?;
-    Ok((store, loaded))
+    let parts = config
+        .compile()
+        .map_err(|err| StartupError::from(format!("alerting.{}: {}", err.setting, err.message)))?;
+    replica.set_standby_view(StandbyView {
+        store: store.clone(),
+        inhibitor: parts.inhibitor,
+        rules: parts.rules.iter().map(rules::Rule::to_proto).collect(),
+    });
+    let election = Election::for_url(&config.storage.url_for(SERVICE), config.leader.retry)
+        .map_err(StartupError::from)?;
+    let starter = {
+        let config = config.clone();
+        let metrics = metrics.clone();
+        let audit = audit.clone();
+        Box::new(move |fence: Fence| {
+            let config = config.clone();
+            let store = store.clone();
+            let metrics = metrics.clone();
+            let audit = audit.clone();
+            Box::pin(async move {
+                // Built again for every term: each term starts from what
+                // the previous leader stored.
+                let parts = config
+                    .compile()
+                    .map_err(|err| format!("alerting.{}: {}", err.setting, err.message))?;
+                let loaded = store
+                    .load()
+                    .await
+                    .map_err(|err| format!("alerting state: {err}"))?;
+                Ok(start_engine(&config, parts, store, loaded, metrics, audit, fence).await)
+            }) as futures::future::BoxFuture<'static, _>
+        })
+    };
+    Ok(Supervisor::new(
+        Arc::clone(replica),
+        election,
+        starter,
+        metrics.clone(),
+        config.leader.retry,
+    ))
 }
 
 /// Registers the AlertingService API on `host`. It answers UNAVAILABLE
-/// until the returned cell holds the engine (set once the database opened).
-fn add_api(host: &mut ServiceHost, config: &Config) -> Arc<OnceLock<Arc<Engine>>> {
-    let engine: Arc<OnceLock<Arc<Engine>>> = Arc::default();
+/// until the database opened; then from the engine while this replica
+/// leads, from the store while it stands by.
+fn add_api(host: &mut ServiceHost, config: &Config) -> Arc<Replica> {
+    let replica: Arc<Replica> = Arc::default();
     let limit = config.server.max_message_bytes;
     host.add_service(
         AlertingServiceServer::new(service::AlertingServiceImpl::new(
-            Arc::clone(&engine),
+            Arc::clone(&replica),
             config.watch_heartbeat,
         ))
         .max_decoding_message_size(limit)
@@ -239,7 +277,7 @@ fn add_api(host: &mut ServiceHost, config: &Config) -> Arc<OnceLock<Arc<Engine>>
     // WatchAlerts streams run until the client leaves: end them as soon as
     // a shutdown begins so the drain is not held up.
     host.end_on_drain("/agentmesh.alerting.v1.AlertingService/WatchAlerts");
-    engine
+    replica
 }
 
 /// The optional readiness check `audit-stream`: connected to
@@ -265,22 +303,10 @@ async fn start_engine(
     loaded: store::Loaded,
     metrics: Metrics,
     audit: AuditClient,
+    fence: Fence,
 ) -> (Arc<Engine>, Running) {
-    let (reports, report_receiver) = tokio::sync::mpsc::unbounded_channel();
-    let notifier: Arc<dyn Notifier> = Arc::new(parts.receivers);
-    let log: Arc<dyn NotificationLog> = Arc::new(store.clone());
-    let dispatcher = Dispatcher::start_with(
-        dispatch::DispatcherLimits {
-            max_groups: config.max_aggregation_groups,
-            shutdown_grace: config.server.grace_period,
-        },
-        Arc::new(parts.route),
-        notifier,
-        log,
-        reports,
-        config.external_url.clone(),
-        dispatch::Clock::system(),
-    );
+    let (dispatcher, report_receiver) =
+        start_dispatcher(config, parts.receivers, parts.route, &store, fence.clone());
     let evaluator =
         rules::Evaluator::new(parts.rules, SystemTime::now(), config.max_groups_per_rule);
     let interest = source::Interest::of(
@@ -310,10 +336,12 @@ async fn start_engine(
             config.source.clone(),
             interest,
             metrics.clone(),
+            fence.clone(),
         )),
         tokio::spawn(evaluate_every(
             Arc::clone(&engine),
             config.evaluation_interval,
+            fence,
         )),
         tokio::spawn(housekeeping(
             Arc::clone(&engine),
@@ -338,12 +366,48 @@ async fn start_engine(
     (engine, Running { dispatcher, tasks })
 }
 
-/// Re-evaluates the rules every `interval`, events or not.
-async fn evaluate_every(engine: Arc<Engine>, interval: Duration) {
+/// The dispatcher of a term, delivering through the receivers behind the
+/// fence: every delivery checks the leader lock first and is cut off when
+/// the term ends. Returns it and the receiver of its delivery reports.
+fn start_dispatcher(
+    config: &Config,
+    receivers: receivers::Receivers,
+    route: routing::Route,
+    store: &store::Store,
+    fence: Fence,
+) -> (
+    Dispatcher,
+    tokio::sync::mpsc::UnboundedReceiver<DeliveryReport>,
+) {
+    let (reports, report_receiver) = tokio::sync::mpsc::unbounded_channel();
+    let notifier: Arc<dyn Notifier> = Arc::new(FencedNotifier {
+        inner: Arc::new(receivers),
+        fence,
+    });
+    let log: Arc<dyn NotificationLog> = Arc::new(store.clone());
+    let dispatcher = Dispatcher::start_with(
+        dispatch::DispatcherLimits {
+            max_groups: config.max_aggregation_groups,
+            shutdown_grace: config.server.grace_period,
+        },
+        Arc::new(route),
+        notifier,
+        log,
+        reports,
+        config.external_url.clone(),
+        dispatch::Clock::system(),
+    );
+    (dispatcher, report_receiver)
+}
+
+/// Re-evaluates the rules every `interval`, events or not, while this
+/// replica holds the leader lock.
+async fn evaluate_every(engine: Arc<Engine>, interval: Duration, fence: Fence) {
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
+        fence.ensure().await;
         engine.tick().await;
     }
 }
@@ -436,6 +500,19 @@ mod tests {
         config.audit.batch_size = 0;
         let err = agentmesh_kit::config::validate(&config).unwrap_err();
         assert_eq!(err.setting, "alerting.audit.batch_size");
+    }
+
+    #[test]
+    fn the_leader_retry_is_bounded() {
+        for retry in [Duration::ZERO, Duration::from_secs(4)] {
+            let mut config = Config::default();
+            config.leader.retry = retry;
+            let err = agentmesh_kit::config::validate(&config).unwrap_err();
+            assert_eq!(err.setting, "alerting.leader.retry", "{retry:?}");
+        }
+        let mut config = Config::default();
+        config.leader.retry = Duration::from_millis(200);
+        agentmesh_kit::config::validate(&config).unwrap();
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The alerting service's own Prometheus metrics (the kit adds the gRPC
 //! ones): alerts by state, audit events evaluated, the audit stream's
-//! connection, notifications by receiver, integration and outcome.
+//! connection, notifications by receiver, integration and outcome, and
+//! whether the replica leads.
 
 use agentmesh_kit::client::Clients;
 use prometheus::core::Collector;
@@ -15,6 +16,7 @@ pub(crate) struct Metrics {
     events: IntCounter,
     stream_connected: IntGauge,
     stream_reconnects: IntCounter,
+    leader: IntGauge,
     dropped_alerts: IntCounter,
     dropped_rule_events: IntCounter,
     store_failures: IntCounter,
@@ -49,6 +51,10 @@ impl Metrics {
                 "agentmesh_alerting_audit_stream_reconnects_total",
                 "Times the audit stream was lost and reconnected.",
             )?,
+            leader: IntGauge::new(
+                "agentmesh_alerting_leader",
+                "1 while this replica leads (evaluates rules and notifies), 0 while it stands by.",
+            )?,
             dropped_alerts: IntCounter::new(
                 "agentmesh_alerting_alerts_dropped_total",
                 "Alerts not created because max_alerts alerts were held.",
@@ -77,7 +83,8 @@ impl Metrics {
             )?,
             clients: Clients::default(),
         };
-        let collectors: [Box<dyn Collector>; 9] = [
+        let collectors: [Box<dyn Collector>; 10] = [
+            Box::new(metrics.leader.clone()),
             Box::new(metrics.alerts.clone()),
             Box::new(metrics.dropped_rule_events.clone()),
             Box::new(metrics.events.clone()),
@@ -139,6 +146,11 @@ impl Metrics {
 
     pub(crate) fn stream_reconnect(&self) {
         self.stream_reconnects.inc();
+    }
+
+    /// Whether this replica leads.
+    pub(crate) fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
     }
 
     pub(crate) fn alert_dropped(&self) {

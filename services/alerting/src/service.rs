@@ -2,7 +2,7 @@
 //! request (field violations name the field), then ask the [`Engine`].
 
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use agentmesh_kit::paging::{FilterHash, Page, PageLimits};
@@ -16,15 +16,18 @@ use tonic::{Request, Response, Status};
 use crate::engine::{Change, Engine, PushError, Pushed};
 use crate::matcher::{Matcher, is_prometheus_label_name};
 use crate::model::{Alert, Annotations, LabelSet};
+use crate::replica::{Reader, Replica};
 use crate::silence::Silence;
 
 /// Default and largest page sizes of the List RPCs.
 const PAGES: PageLimits = PageLimits::new(100, 1000);
 
-/// The handlers; answer UNAVAILABLE until the engine is ready.
+/// The handlers; answer UNAVAILABLE until the database is open. A
+/// standby replica answers the List RPCs from the store and the rest
+/// UNAVAILABLE (see `replica`).
 #[derive(Clone)]
 pub(crate) struct AlertingServiceImpl {
-    engine: Arc<OnceLock<Arc<Engine>>>,
+    replica: Arc<Replica>,
     heartbeat: Duration,
 }
 
@@ -36,14 +39,13 @@ impl std::fmt::Debug for AlertingServiceImpl {
 }
 
 impl AlertingServiceImpl {
-    pub(crate) fn new(engine: Arc<OnceLock<Arc<Engine>>>, heartbeat: Duration) -> Self {
-        Self { engine, heartbeat }
+    pub(crate) fn new(replica: Arc<Replica>, heartbeat: Duration) -> Self {
+        Self { replica, heartbeat }
     }
 
-    fn engine(&self) -> Result<&Arc<Engine>, Status> {
-        self.engine
-            .get()
-            .ok_or_else(|| Status::unavailable("the alerting service is starting; retry shortly"))
+    /// The leader's engine (writes and WatchAlerts).
+    fn engine(&self) -> Result<Arc<Engine>, Status> {
+        self.replica.leader()
     }
 }
 
@@ -199,7 +201,7 @@ async fn watch(
                 "this watcher fell {missed} changes behind; call WatchAlerts again for a fresh snapshot"
             ))),
             Ok(Err(RecvError::Closed)) => Err(Status::unavailable(
-                "the alerting service is shutting down; reconnect",
+                "the alerting service is shutting down, or this replica stopped leading; reconnect",
             )),
         };
         let last = item.is_err();
@@ -334,7 +336,10 @@ impl AlertingService for AlertingServiceImpl {
             request.silenced,
             request.inhibited,
         )?;
-        let alerts = self.engine()?.alerts().await;
+        let alerts = match self.replica.reader()? {
+            Reader::Leader(engine) => engine.alerts().await,
+            Reader::Standby(view) => view.alerts().await.map_err(Status::from)?,
+        };
         // The list is sorted; the token names the last alert of the page by
         // its sort key, so pages hold whatever changed between calls.
         let mut alerts: Vec<Alert> = alerts
@@ -362,7 +367,7 @@ impl AlertingService for AlertingServiceImpl {
             None,
             None,
         )?;
-        let engine = Arc::clone(self.engine()?);
+        let engine = self.engine()?;
         let (snapshot, changes) = engine.snapshot_and_subscribe().await;
         let heartbeat = self.heartbeat;
         let (sender, receiver) = tokio::sync::mpsc::channel(64);
@@ -433,7 +438,10 @@ impl AlertingService for AlertingServiceImpl {
             return Err(problems.into_status());
         }
         let now = SystemTime::now();
-        let silences = self.engine()?.silences().await;
+        let silences = match self.replica.reader()? {
+            Reader::Leader(engine) => engine.silences().await,
+            Reader::Standby(view) => view.silences().await.map_err(Status::from)?,
+        };
         let key = |silence: &Silence| {
             // Newest first: a descending creation time sorts ascending as
             // its complement.
@@ -498,7 +506,10 @@ impl AlertingService for AlertingServiceImpl {
             &request.page_token,
             FilterHash::of_message(&pb::ListRulesRequest::default()),
         )?;
-        let mut rules = self.engine()?.rules().await;
+        let mut rules = match self.replica.reader()? {
+            Reader::Leader(engine) => engine.rules().await,
+            Reader::Standby(view) => view.rules.clone(),
+        };
         rules.sort_by(|a, b| a.name.cmp(&b.name));
         let mut rules: Vec<pb::Rule> = rules
             .into_iter()

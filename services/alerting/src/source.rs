@@ -22,6 +22,7 @@ use futures::StreamExt;
 
 use crate::config::SourceConfig;
 use crate::engine::Engine;
+use crate::leader::Fence;
 use crate::metrics::Metrics;
 
 /// What to ask the audit service for, from the rules in effect.
@@ -78,6 +79,7 @@ pub(crate) async fn run(
     config: SourceConfig,
     interest: Interest,
     metrics: Metrics,
+    fence: Fence,
 ) {
     // Counted in the service's grpc_client_* metrics, and presenting the
     // service's own credential (which needs `audit:read` and `admin`: the
@@ -105,8 +107,14 @@ pub(crate) async fn run(
             Ok(response) => {
                 tracing::info!(url = %config.url, after = cursor.as_deref().unwrap_or("(start)"), "audit stream connected");
                 metrics.stream_connected(true);
-                restart_from_lookback =
-                    follow(&engine, response.into_inner(), &config, &mut backoff).await;
+                restart_from_lookback = follow(
+                    &engine,
+                    response.into_inner(),
+                    &config,
+                    &mut backoff,
+                    &fence,
+                )
+                .await;
                 metrics.stream_connected(false);
                 metrics.stream_reconnect();
             }
@@ -157,6 +165,7 @@ async fn follow(
     mut stream: tonic::Streaming<SubscribeResponse>,
     config: &SourceConfig,
     backoff: &mut Duration,
+    fence: &Fence,
 ) -> bool {
     loop {
         let Some(first) = stream.next().await else {
@@ -173,6 +182,8 @@ async fn follow(
         }
         let (events, position, failure) = unpack(items);
         if !events.is_empty() || position.is_some() {
+            // Only the leader advances the shared cursor.
+            fence.ensure().await;
             engine.observe(&events, position).await;
             *backoff = config.reconnect_backoff;
         }

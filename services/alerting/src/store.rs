@@ -220,6 +220,39 @@ impl Store {
         })
     }
 
+    /// The stored alerts and silences (what a standby answers reads from).
+    pub(crate) async fn alerts_and_silences(
+        &self,
+    ) -> Result<(Vec<Alert>, Vec<Silence>), StoreError> {
+        let alerts = with_pool!(&self.db, |pool| {
+            async {
+                sqlx::query("SELECT * FROM alerts")
+                    .fetch_all(pool)
+                    .await?
+                    .iter()
+                    .map(alert_from_row)
+                    .collect::<Result<Vec<_>, StoreError>>()
+            }
+            .await
+        })?;
+        Ok((alerts, self.silences().await?))
+    }
+
+    /// The stored silences.
+    pub(crate) async fn silences(&self) -> Result<Vec<Silence>, StoreError> {
+        with_pool!(&self.db, |pool| {
+            async {
+                sqlx::query("SELECT * FROM silences")
+                    .fetch_all(pool)
+                    .await?
+                    .iter()
+                    .map(silence_from_row)
+                    .collect::<Result<Vec<_>, StoreError>>()
+            }
+            .await
+        })
+    }
+
     /// Writes one batch's changes in one transaction.
     pub(crate) async fn commit(&self, commit: &Commit) -> Result<(), StoreError> {
         if commit.is_empty() {

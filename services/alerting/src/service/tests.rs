@@ -47,9 +47,10 @@ async fn service_without_tables(dir: &std::path::Path) -> AlertingServiceImpl {
         },
         Metrics::new(&Registry::new()).unwrap(),
     );
-    let cell = Arc::new(OnceLock::new());
-    assert!(cell.set(engine).is_ok());
-    AlertingServiceImpl::new(cell, Duration::from_secs(30))
+    AlertingServiceImpl::new(
+        Arc::new(crate::replica::Replica::leading(engine)),
+        Duration::from_secs(30),
+    )
 }
 
 #[tokio::test]
