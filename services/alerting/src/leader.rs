@@ -246,8 +246,18 @@ impl Fence {
     pub(crate) async fn release(&self) {
         self.inner.lost.send_replace(true);
         if let Some(lock) = &self.inner.lock
-            && let Some(conn) = lock.lock().await.take()
+            && let Some(mut conn) = lock.lock().await.take()
         {
+            // Unlock before closing: a closed session's locks are freed only
+            // once its backend has exited, which lags the close, and a
+            // standby should find the lock free as soon as this returns.
+            let _ = tokio::time::timeout(
+                self.inner.timeout,
+                sqlx::query("SELECT pg_advisory_unlock($1)")
+                    .bind(LOCK_KEY)
+                    .execute(&mut conn),
+            )
+            .await;
             let _ = conn.close().await;
         }
     }
