@@ -693,6 +693,25 @@ def _target_container_port(render, service, port_number):
     return None
 
 
+def _own_pod_address(container, key, variable, port):
+    """Why `key`=`http://$(variable):port` is not this pod's own gRPC
+    address, or None when it is: `variable` is set before `key` in the
+    container's env (Kubernetes expands only earlier ones) from the Downward
+    API's `status.podIP`, and `port` is its grpc port."""
+    for var in container.spec.get("env", []) or []:
+        if var.get("name") == key:
+            break
+        if var.get("name") != variable:
+            continue
+        field = ((var.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath")
+        if field != "status.podIP":
+            return f"$({variable}) is not set from fieldRef status.podIP"
+        if port is None or port != container.port_names().get("grpc"):
+            return f"port {port} is not the container's grpc port"
+        return None
+    return f"$({variable}) is not set before it is used in this container's env"
+
+
 def rule_peer_urls(render):
     """Every peer a service needs has its URL set, and every URL in env names
     a Service and port of the render (or an allowed external host)."""
@@ -732,6 +751,15 @@ def rule_peer_urls(render):
                 if host in EXTERNAL_HOSTS:
                     continue
                 field = f"{container.field}.env.{key}"
+                variable = re.fullmatch(r"\$\((\w+)\)", host)
+                if variable:
+                    # The pod's own address, advertised to its replicas
+                    # (alerting's leader): only from the Downward API's
+                    # status.podIP, and only on this container's grpc port.
+                    reason = _own_pod_address(container, key, variable.group(1), port)
+                    if reason:
+                        yield workload, "peer-url", f"{key}={value}: {reason}", field
+                    continue
                 if host in ("localhost", "0.0.0.0") or host.startswith("127.") or host == "[::1]":
                     yield workload, "peer-url", f"{key}={value} is the pod itself, not a peer", field
                     continue

@@ -120,6 +120,10 @@ pub struct SourceConfig {
 /// one holding a PostgreSQL advisory lock evaluates rules, advances the
 /// audit cursor and notifies; the others stand by and try for the lock
 /// every `retry`. On SQLite the single process always leads.
+///
+/// A standby forwards FireAlert, CreateSilence, DeleteSilence and
+/// WatchAlerts to the leader at the address the leader advertises
+/// (`advertise_url`, stored in the database while it leads).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LeaderConfig {
@@ -128,6 +132,12 @@ pub struct LeaderConfig {
     /// takes over within about this long after the leader's process dies.
     #[serde(with = "humantime_serde")]
     pub retry: Duration,
+    /// The gRPC address the other replicas reach this one at while it
+    /// leads, e.g. `http://10.0.3.7:50055` (on Kubernetes the pod IP:
+    /// `http://$(POD_IP):50055`). Empty: nothing is advertised, and
+    /// standbys answer writes and WatchAlerts UNAVAILABLE instead of
+    /// forwarding them.
+    pub advertise_url: String,
 }
 
 /// The longest `leader.retry`: a leader must notice a lost lock well before
@@ -138,6 +148,7 @@ impl Default for LeaderConfig {
     fn default() -> Self {
         Self {
             retry: Duration::from_secs(2),
+            advertise_url: String::new(),
         }
     }
 }
@@ -217,6 +228,16 @@ impl Config {
             return Err(ConfigError::new(
                 "source.url",
                 format!("{:?} must start with http:// or https://", self.source.url),
+            ));
+        }
+        let advertised = &self.leader.advertise_url;
+        if !advertised.is_empty()
+            && !advertised.starts_with("http://")
+            && !advertised.starts_with("https://")
+        {
+            return Err(ConfigError::new(
+                "leader.advertise_url",
+                format!("{advertised:?} must start with http:// or https:// (or be empty)"),
             ));
         }
         if self.source.batch_size == 0 {

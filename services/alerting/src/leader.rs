@@ -136,7 +136,15 @@ impl Election {
         .map_err(|_| format!("the leader lock attempt took longer than {timeout:?}"))?
         .map_err(|err| format!("the leader lock attempt failed: {err}"))?;
         if granted {
-            return Ok(Some(Fence::holding(conn, *timeout)));
+            // The store's fence names the lock session by its backend pid.
+            let pid = tokio::time::timeout(
+                *timeout,
+                sqlx::query_scalar::<_, i32>("SELECT pg_backend_pid()").fetch_one(&mut conn),
+            )
+            .await
+            .map_err(|_| format!("the leader lock session did not answer within {timeout:?}"))?
+            .map_err(|err| format!("the leader lock session failed: {err}"))?;
+            return Ok(Some(Fence::holding(conn, pid, *timeout)));
         }
         // Kept for the next attempt: no new session every retry.
         *slot = Some(conn);
@@ -164,6 +172,8 @@ struct FenceInner {
     /// The lock's session; `None` inside for a lost term. The outer `None`
     /// is the single-process term, which holds nothing.
     lock: Option<Mutex<Option<PgConnection>>>,
+    /// The backend pid of the lock's session (PostgreSQL only).
+    pid: Option<i32>,
     timeout: Duration,
     lost: watch::Sender<bool>,
 }
@@ -179,22 +189,29 @@ impl std::fmt::Debug for Fence {
 impl Fence {
     /// The single-process term: held until released.
     pub(crate) fn single() -> Self {
-        Self::new(None, Duration::ZERO)
+        Self::new(None, None, Duration::ZERO)
     }
 
-    fn holding(conn: PgConnection, timeout: Duration) -> Self {
-        Self::new(Some(Mutex::new(Some(conn))), timeout)
+    fn holding(conn: PgConnection, pid: i32, timeout: Duration) -> Self {
+        Self::new(Some(Mutex::new(Some(conn))), Some(pid), timeout)
     }
 
-    fn new(lock: Option<Mutex<Option<PgConnection>>>, timeout: Duration) -> Self {
+    fn new(lock: Option<Mutex<Option<PgConnection>>>, pid: Option<i32>, timeout: Duration) -> Self {
         let (lost, _) = watch::channel(false);
         Self {
             inner: Arc::new(FenceInner {
                 lock,
+                pid,
                 timeout,
                 lost,
             }),
         }
+    }
+
+    /// The backend pid of the lock's session, which the store's writes
+    /// check in `pg_locks` (`None` for the single-process term).
+    pub(crate) fn lock_pid(&self) -> Option<i32> {
+        self.inner.pid
     }
 
     /// Whether the lock is still held, asked of the database on the lock's

@@ -32,7 +32,8 @@
 //! * `leader`: the PostgreSQL advisory lock replicas compete for and the
 //!   fence every batch, tick and delivery checks; `replica`: this
 //!   replica's role (leader or standby), the loop moving it between them,
-//!   and what a standby answers reads from.
+//!   and what a standby answers reads from; `peer`: a standby's forwarding
+//!   of writes and WatchAlerts to the leader.
 //! * `routing`: the routing tree; `routing::inhibit` the inhibition rules;
 //!   `routing::text` the key formats the notification log depends on.
 //! * `dispatch`: the handle; `dispatch::groups` the task owning aggregation
@@ -53,9 +54,13 @@
 //! decisions) go through its audit producer with `audit:write`.
 //!
 //! **Replicas**: of several processes on one PostgreSQL database, the one
-//! holding the advisory lock leads (engine, audit stream, dispatcher); the
-//! others stand by, answer the List RPCs from the database and try for the
-//! lock every `leader.retry`. On SQLite the process always leads.
+//! holding the advisory lock leads (engine, audit stream, dispatcher) and
+//! advertises `leader.advertise_url` in the database; the others stand by,
+//! answer the List RPCs from the database, forward writes and WatchAlerts
+//! to the leader with the caller's identity, and try for the lock every
+//! `leader.retry`. The leader's cursor and notification log writes are
+//! fenced in the database (refused unless its lock session still holds
+//! the lock). On SQLite the process always leads.
 //!
 //! **Health**: ready (SERVING) while the database answers, leader or
 //! standby; the audit stream (`audit-stream`) and the audit service
@@ -74,6 +79,7 @@ mod leader;
 mod matcher;
 mod metrics;
 mod model;
+mod peer;
 mod receivers;
 mod replica;
 mod routing;
@@ -159,6 +165,7 @@ pub async fn serve_with_listeners(
         .map_err(|err| ServeError::from(std::io::Error::other(format!("alerting metrics: {err}"))))?
         .with_clients(host.clients().clone());
     let replica = add_api(&mut host, &config);
+    let clients = host.clients().clone();
     let database =
         LazyDatabase::new(config.storage.clone(), SERVICE).with_migrations(&store::MIGRATIONS);
     // Ready while the database answers, leader or standby (a standby
@@ -180,7 +187,7 @@ pub async fn serve_with_listeners(
                 if supervisor.lock().is_ok_and(|task| task.is_some()) {
                     return Ok(());
                 }
-                let mut elected = elect(&config, &database, &replica, &metrics, &audit)?;
+                let mut elected = elect(&config, &database, &replica, &metrics, &audit, &clients)?;
                 // The first attempt before reporting ready: a single
                 // replica leads as soon as it serves.
                 elected.try_lead().await;
@@ -212,6 +219,7 @@ fn elect(
     replica: &Arc<Replica>,
     metrics: &Metrics,
     audit: &AuditClient,
+    clients: &agentmesh_kit::client::Clients,
 ) -> Result<Supervisor, StartupError> {
     let db = database
         .get()
@@ -225,6 +233,12 @@ fn elect(
         store: store.clone(),
         inhibitor: parts.inhibitor,
         rules: parts.rules.iter().map(rules::Rule::to_proto).collect(),
+        peer: peer::LeaderPeer::new(
+            store.clone(),
+            clients.clone(),
+            config.leader.advertise_url.clone(),
+            config.server.max_message_bytes,
+        ),
     });
     let election = Election::for_url(&config.storage.url_for(SERVICE), config.leader.retry)
         .map_err(StartupError::from)?;
@@ -247,7 +261,16 @@ fn elect(
                     .load()
                     .await
                     .map_err(|err| format!("alerting state: {err}"))?;
-                Ok(start_engine(&config, parts, store, loaded, metrics, audit, fence).await)
+                let lock_pid = fence.lock_pid();
+                let store = store.fenced(lock_pid);
+                let (engine, mut running) =
+                    start_engine(&config, parts, store.clone(), loaded, metrics, audit, fence)
+                        .await;
+                if let Some(pid) = lock_pid {
+                    advertise(&store, &config.leader.advertise_url, pid).await;
+                    running.advertised = Some((store, pid));
+                }
+                Ok((engine, running))
             }) as futures::future::BoxFuture<'static, _>
         })
     };
@@ -258,6 +281,25 @@ fn elect(
         metrics.clone(),
         config.leader.retry,
     ))
+}
+
+/// Records where the standbys reach this new leader (the address may be
+/// empty: they then answer UNAVAILABLE naming the setting). A failure is
+/// logged: the replica leads all the same, and standbys answer UNAVAILABLE
+/// until a later leader advertises.
+async fn advertise(store: &store::Store, url: &str, lock_pid: i32) {
+    match store.advertise(url, lock_pid).await {
+        Ok(()) if url.is_empty() => tracing::info!(
+            "leading without an advertised address: standbys cannot forward writes and \
+             WatchAlerts (set leader.advertise_url)"
+        ),
+        Ok(()) => {
+            tracing::info!(advertise_url = %url, "standbys forward writes and WatchAlerts here")
+        }
+        Err(error) => {
+            tracing::warn!(%error, "this leader's address could not be advertised; standbys answer writes UNAVAILABLE")
+        }
+    }
 }
 
 /// Registers the AlertingService API on `host`. It answers UNAVAILABLE
@@ -363,7 +405,14 @@ async fn start_engine(
             audit.clone(),
         )));
     }
-    (engine, Running { dispatcher, tasks })
+    (
+        engine,
+        Running {
+            dispatcher,
+            tasks,
+            advertised: None,
+        },
+    )
 }
 
 /// The dispatcher of a term, delivering through the receivers behind the

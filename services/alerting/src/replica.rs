@@ -15,9 +15,11 @@
 //! The API asks [`Replica`] what to answer from: the engine while this
 //! replica leads; while it stands by, the store (alerts and silences as
 //! the leader last wrote them, marks computed here; the configured rules).
-//! Writes and WatchAlerts need the engine, so a standby answers them
-//! UNAVAILABLE (retryable: another replica leads). Every change of role is
-//! logged and shown by the gauge `agentmesh_alerting_leader`.
+//! Writes and WatchAlerts need the engine, so a standby forwards them to
+//! the leader (`peer`), or answers UNAVAILABLE (retryable) when it cannot.
+//! A leader advertises its address in the database for the term and
+//! withdraws it when it steps down. Every change of role is logged and
+//! shown by the gauge `agentmesh_alerting_leader`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock, RwLock};
@@ -35,6 +37,7 @@ use crate::engine::{Engine, mark_alerts, sort_alerts, sort_silences};
 use crate::leader::{Election, Fence};
 use crate::metrics::Metrics;
 use crate::model::Alert;
+use crate::peer::{LeaderPeer, not_leading};
 use crate::routing::Inhibitor;
 use crate::silence::Silence;
 use crate::store::Store;
@@ -43,6 +46,8 @@ use crate::store::Store;
 pub(crate) struct Running {
     pub(crate) dispatcher: Dispatcher,
     pub(crate) tasks: Vec<JoinHandle<()>>,
+    /// The store and lock pid this term advertised its address with.
+    pub(crate) advertised: Option<(Store, i32)>,
 }
 
 /// Starts the engine and its tasks for a term held by the fence.
@@ -54,6 +59,14 @@ pub(crate) type Starter =
 pub(crate) struct Replica {
     engine: RwLock<Option<Arc<Engine>>>,
     standby: OnceLock<StandbyView>,
+}
+
+/// Who takes a write or a WatchAlerts.
+pub(crate) enum Writer<'a> {
+    /// This replica leads.
+    Leader(Arc<Engine>),
+    /// This replica stands by: the leader takes it, through this peer.
+    Forward(&'a LeaderPeer),
 }
 
 /// The source of a read.
@@ -90,14 +103,14 @@ impl Replica {
         let _ = self.standby.set(view);
     }
 
-    /// The engine, for writes and WatchAlerts.
-    pub(crate) fn leader(&self) -> Result<Arc<Engine>, Status> {
+    /// Who takes a write or WatchAlerts: the engine while this replica
+    /// leads, else the leader. A call a standby `forwarded` is never
+    /// forwarded again.
+    pub(crate) fn writer(&self, forwarded: bool) -> Result<Writer<'_>, Status> {
         match self.reader()? {
-            Reader::Leader(engine) => Ok(engine),
-            Reader::Standby(_) => Err(Status::unavailable(
-                "this alerting replica is a standby (another replica leads); it serves \
-                 ListAlerts, ListSilences and ListRules only: retry, the leader takes this call",
-            )),
+            Reader::Leader(engine) => Ok(Writer::Leader(engine)),
+            Reader::Standby(_) if forwarded => Err(not_leading()),
+            Reader::Standby(view) => Ok(Writer::Forward(&view.peer)),
         }
     }
 
@@ -118,6 +131,8 @@ pub(crate) struct StandbyView {
     pub(crate) store: Store,
     pub(crate) inhibitor: Inhibitor,
     pub(crate) rules: Vec<pb::Rule>,
+    /// Where writes and WatchAlerts go.
+    pub(crate) peer: LeaderPeer,
 }
 
 impl StandbyView {
@@ -237,6 +252,14 @@ impl Supervisor {
         self.replica.set_engine(None);
         for task in &running.tasks {
             task.abort();
+        }
+        if let Some((store, pid)) = &running.advertised {
+            // Bounded: a database that no longer answers must not hold
+            // up the step-down (a stale row is ignored by standbys).
+            let withdrawn = tokio::time::timeout(self.retry, store.withdraw(*pid)).await;
+            if !matches!(withdrawn, Ok(Ok(()))) {
+                tracing::debug!("the leader's advertised address could not be withdrawn");
+            }
         }
         if drain {
             running.dispatcher.shutdown().await;

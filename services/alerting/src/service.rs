@@ -1,10 +1,12 @@
 //! The `agentmesh.alerting.v1.AlertingService` handlers: validate the
-//! request (field violations name the field), then ask the [`Engine`].
+//! request (field violations name the field), then ask the [`Engine`] —
+//! or, on a standby, forward writes and WatchAlerts to the leader (`peer`).
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use agentmesh_kit::auth::Scope;
 use agentmesh_kit::paging::{FilterHash, Page, PageLimits};
 use agentmesh_kit::status::{Violations, invalid_argument};
 use agentmesh_proto::alerting::v1::{self as pb, alerting_service_server::AlertingService};
@@ -13,18 +15,19 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, mpsc};
 use tonic::{Request, Response, Status};
 
-use crate::engine::{Change, Engine, PushError, Pushed};
+use crate::engine::{Change, PushError, Pushed};
 use crate::matcher::{Matcher, is_prometheus_label_name};
 use crate::model::{Alert, Annotations, LabelSet};
-use crate::replica::{Reader, Replica};
+use crate::peer::{authorize_forwarded, forwarded};
+use crate::replica::{Reader, Replica, Writer};
 use crate::silence::Silence;
 
 /// Default and largest page sizes of the List RPCs.
 const PAGES: PageLimits = PageLimits::new(100, 1000);
 
 /// The handlers; answer UNAVAILABLE until the database is open. A
-/// standby replica answers the List RPCs from the store and the rest
-/// UNAVAILABLE (see `replica`).
+/// standby replica answers the List RPCs from the store and forwards the
+/// rest to the leader (see `replica` and `peer`).
 #[derive(Clone)]
 pub(crate) struct AlertingServiceImpl {
     replica: Arc<Replica>,
@@ -43,9 +46,11 @@ impl AlertingServiceImpl {
         Self { replica, heartbeat }
     }
 
-    /// The leader's engine (writes and WatchAlerts).
-    fn engine(&self) -> Result<Arc<Engine>, Status> {
-        self.replica.leader()
+    /// Who takes a write or WatchAlerts; a call a standby forwarded is
+    /// authorized as its original caller.
+    fn writer<T>(&self, request: &Request<T>, scope: Scope) -> Result<Writer<'_>, Status> {
+        authorize_forwarded(request, scope)?;
+        self.replica.writer(forwarded(request))
     }
 }
 
@@ -262,6 +267,7 @@ impl AlertingService for AlertingServiceImpl {
         &self,
         request: Request<pb::FireAlertRequest>,
     ) -> Result<Response<pb::FireAlertResponse>, Status> {
+        let writer = self.writer(&request, Scope::AlertsWrite)?;
         let request = request.into_inner();
         let mut problems = Violations::new();
         if request.labels.is_empty() {
@@ -299,6 +305,10 @@ impl AlertingService for AlertingServiceImpl {
         if !problems.is_empty() {
             return Err(problems.into_status());
         }
+        let engine = match writer {
+            Writer::Leader(engine) => engine,
+            Writer::Forward(peer) => return peer.fire_alert(request).await,
+        };
         let pushed = Pushed {
             labels: request.labels.into_iter().collect::<LabelSet>(),
             annotations: request.annotations.into_iter().collect::<Annotations>(),
@@ -306,7 +316,7 @@ impl AlertingService for AlertingServiceImpl {
             ends_at,
             generator_url: request.generator_url,
         };
-        let alert = self.engine()?.push(pushed).await.map_err(|err| match err {
+        let alert = engine.push(pushed).await.map_err(|err| match err {
             PushError::TooManyAlerts(_) => Status::resource_exhausted(err.to_string()),
         })?;
         Ok(Response::new(pb::FireAlertResponse {
@@ -359,6 +369,7 @@ impl AlertingService for AlertingServiceImpl {
         &self,
         request: Request<pb::WatchAlertsRequest>,
     ) -> Result<Response<Self::WatchAlertsStream>, Status> {
+        let writer = self.writer(&request, Scope::AlertsRead)?;
         let request = request.into_inner();
         let filter = AlertFilter::parse(
             &request.states,
@@ -367,7 +378,13 @@ impl AlertingService for AlertingServiceImpl {
             None,
             None,
         )?;
-        let engine = self.engine()?;
+        let engine = match writer {
+            Writer::Leader(engine) => engine,
+            Writer::Forward(peer) => {
+                let stream = peer.watch_alerts(request).await?;
+                return Ok(Response::new(Box::pin(stream)));
+            }
+        };
         let (snapshot, changes) = engine.snapshot_and_subscribe().await;
         let heartbeat = self.heartbeat;
         let (sender, receiver) = tokio::sync::mpsc::channel(64);
@@ -388,15 +405,16 @@ impl AlertingService for AlertingServiceImpl {
         &self,
         request: Request<pb::CreateSilenceRequest>,
     ) -> Result<Response<pb::CreateSilenceResponse>, Status> {
+        let writer = self.writer(&request, Scope::AlertsWrite)?;
         let request = request.into_inner();
         let now = SystemTime::now();
         let silence =
             Silence::create(request.silence.as_ref(), now).map_err(Violations::into_status)?;
-        let silence = self
-            .engine()?
-            .add_silence(silence)
-            .await
-            .map_err(Status::from)?;
+        let engine = match writer {
+            Writer::Leader(engine) => engine,
+            Writer::Forward(peer) => return peer.create_silence(request).await,
+        };
+        let silence = engine.add_silence(silence).await.map_err(Status::from)?;
         tracing::info!(
             id = %silence.id,
             created_by = %silence.created_by,
@@ -473,12 +491,16 @@ impl AlertingService for AlertingServiceImpl {
         &self,
         request: Request<pb::DeleteSilenceRequest>,
     ) -> Result<Response<pb::DeleteSilenceResponse>, Status> {
+        let writer = self.writer(&request, Scope::AlertsWrite)?;
         let request = request.into_inner();
         if request.id.is_empty() {
             return Err(invalid_argument([("id", "is required")]));
         }
-        let silence = self
-            .engine()?
+        let engine = match writer {
+            Writer::Leader(engine) => engine,
+            Writer::Forward(peer) => return peer.delete_silence(request).await,
+        };
+        let silence = engine
             .expire_silence(&request.id)
             .await
             .map_err(Status::from)?

@@ -1,6 +1,7 @@
 //! The alerting service's database, on SQLite or PostgreSQL: alerts,
 //! silences, the notification log, the rule windows and the position in
-//! the audit stream.
+//! the audit stream; `leadership` the leader's advertised address and the
+//! fence its writes pass.
 //!
 //! The state that follows from audit events (rule windows, alerts, the
 //! cursor) is written by [`Store::commit`] in one transaction per processed
@@ -20,18 +21,36 @@ use crate::model::{
 };
 use crate::silence::Silence;
 
+mod leadership;
+
+pub(crate) use leadership::LeaderAddress;
+
 /// The alerting schema, per backend.
 pub(crate) static MIGRATIONS: Migrations = Migrations {
-    sqlite: &[EmbeddedMigration {
-        version: 1,
-        description: "alerts, silences, notification log, rule windows, stream position",
-        sql: include_str!("../migrations/sqlite/0001_alerting.sql"),
-    }],
-    postgres: &[EmbeddedMigration {
-        version: 1,
-        description: "alerts, silences, notification log, rule windows, stream position",
-        sql: include_str!("../migrations/postgres/0001_alerting.sql"),
-    }],
+    sqlite: &[
+        EmbeddedMigration {
+            version: 1,
+            description: "alerts, silences, notification log, rule windows, stream position",
+            sql: include_str!("../migrations/sqlite/0001_alerting.sql"),
+        },
+        EmbeddedMigration {
+            version: 2,
+            description: "the leading replica and its address",
+            sql: include_str!("../migrations/sqlite/0002_leader.sql"),
+        },
+    ],
+    postgres: &[
+        EmbeddedMigration {
+            version: 1,
+            description: "alerts, silences, notification log, rule windows, stream position",
+            sql: include_str!("../migrations/postgres/0001_alerting.sql"),
+        },
+        EmbeddedMigration {
+            version: 2,
+            description: "the leading replica and its address",
+            sql: include_str!("../migrations/postgres/0002_leader.sql"),
+        },
+    ],
 };
 
 /// The `alerting_state` row holding the audit cursor.
@@ -87,6 +106,10 @@ impl Commit {
 #[derive(Debug, Clone)]
 pub(crate) struct Store {
     db: Database,
+    /// A leader's store: the backend pid of its lock session. The writes
+    /// that matter (cursor, notification log) check inside their
+    /// transaction that this session still holds the leader lock.
+    fence: Option<i32>,
 }
 
 /// Microseconds since the Unix epoch (0 before it).
@@ -179,7 +202,16 @@ where
 impl Store {
     /// A store over an opened, migrated database.
     pub(crate) fn new(db: Database) -> Self {
-        Self { db }
+        Self { db, fence: None }
+    }
+
+    /// The same database, for a leader whose lock session is the backend
+    /// `lock_pid` (`None`: nothing to check, the single-process term).
+    pub(crate) fn fenced(&self, lock_pid: Option<i32>) -> Self {
+        Self {
+            db: self.db.clone(),
+            fence: lock_pid,
+        }
     }
 
     /// Reads everything the service needs at start.
@@ -261,6 +293,7 @@ impl Store {
         with_pool!(&self.db, |pool| {
             async {
                 let mut tx = pool.begin().await?;
+                leadership::ensure_leader(&mut *tx, self.fence).await?;
                 if let Some(cursor) = &commit.cursor {
                     sqlx::query(
                         "INSERT INTO alerting_state (name, value) VALUES ($1, $2) \
@@ -430,24 +463,29 @@ impl Store {
             to_json(&set.iter().map(ToString::to_string).collect::<Vec<_>>())
         };
         with_pool!(&self.db, |pool| {
-            sqlx::query(
-                "INSERT INTO notification_log (receiver, integration, group_key, firing, resolved, \
-                 notified_at) VALUES ($1, $2, $3, $4, $5, $6) \
-                 ON CONFLICT (receiver, integration, group_key) DO UPDATE SET \
-                 firing = excluded.firing, resolved = excluded.resolved, \
-                 notified_at = excluded.notified_at",
-            )
-            .bind(&key.receiver)
-            .bind(&key.integration)
-            .bind(&key.group_key)
-            .bind(list(&entry.firing))
-            .bind(list(&entry.resolved))
-            .bind(micros(entry.time.unwrap_or_else(SystemTime::now)))
-            .execute(pool)
+            async {
+                let mut tx = pool.begin().await?;
+                leadership::ensure_leader(&mut *tx, self.fence).await?;
+                sqlx::query(
+                    "INSERT INTO notification_log (receiver, integration, group_key, firing, \
+                     resolved, notified_at) VALUES ($1, $2, $3, $4, $5, $6) \
+                     ON CONFLICT (receiver, integration, group_key) DO UPDATE SET \
+                     firing = excluded.firing, resolved = excluded.resolved, \
+                     notified_at = excluded.notified_at",
+                )
+                .bind(&key.receiver)
+                .bind(&key.integration)
+                .bind(&key.group_key)
+                .bind(list(&entry.firing))
+                .bind(list(&entry.resolved))
+                .bind(micros(entry.time.unwrap_or_else(SystemTime::now)))
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            }
             .await
-            .map(drop)
-        })?;
-        Ok(())
+        })
     }
 }
 

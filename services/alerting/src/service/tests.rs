@@ -10,7 +10,7 @@ use tonic::Code;
 use super::*;
 use crate::config::Config;
 use crate::dispatch::{Clock, Dispatcher, DispatcherLimits};
-use crate::engine::EngineSettings;
+use crate::engine::{Engine, EngineSettings};
 use crate::metrics::Metrics;
 use crate::rules::Evaluator;
 use crate::store::{Loaded, Store};
