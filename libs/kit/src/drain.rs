@@ -84,6 +84,15 @@ impl Drain {
             .await;
     }
 
+    /// Resolves once the grace period is nearly over (every stream still
+    /// open ends now): work a shutdown lets finish must stop waiting.
+    pub async fn forced(&self) {
+        let mut receiver = self.phase.subscribe();
+        let _ = receiver
+            .wait_for(|phase| *phase >= DrainPhase::Forced)
+            .await;
+    }
+
     fn subscribe(&self) -> watch::Receiver<DrainPhase> {
         self.phase.subscribe()
     }

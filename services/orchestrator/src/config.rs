@@ -70,6 +70,13 @@ pub struct Config {
     /// its last checkpoint by the next instance that starts or looks.
     #[serde(with = "humantime_serde")]
     pub run_lease: Duration,
+    /// The gRPC address the other replicas (on one PostgreSQL database)
+    /// reach this one at, e.g. `http://10.0.3.7:50051` (on Kubernetes the
+    /// pod IP: `http://$(POD_IP):50051`): a follower on another replica of
+    /// a run this one drives is served live from here. Empty: nothing is
+    /// advertised, and such followers read the stored events only (each
+    /// step as it is stored).
+    pub advertise_url: String,
     /// Where audit events go.
     pub audit: AuditConfig,
 }
@@ -94,6 +101,7 @@ impl Default for Config {
             max_queue_wait: Duration::from_secs(600),
             metric_tenants: Vec::new(),
             run_lease: Duration::from_secs(30),
+            advertise_url: String::new(),
             audit: AuditConfig::default(),
         }
     }
@@ -214,6 +222,16 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
                 format!("{url:?} is not an http:// or https:// address"),
             ));
         }
+    }
+    let advertised = &config.advertise_url;
+    if !advertised.is_empty()
+        && (!(advertised.starts_with("http://") || advertised.starts_with("https://"))
+            || advertised.parse::<http::Uri>().is_err())
+    {
+        return Err(ConfigError::new(
+            "advertise_url",
+            format!("{advertised:?} is not an http:// or https:// address (or empty)"),
+        ));
     }
     if !config.agents.contains_key(&config.default_agent) {
         return Err(ConfigError::new(

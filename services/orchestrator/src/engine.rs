@@ -36,6 +36,10 @@
 //! * [`maintain`](mod@maintain): renews this instance's claims on its runs,
 //!   adopts runs claimed here that no task drives, and resumes runs whose
 //!   instance died.
+//! * [`replicas`](mod@replicas): what replicas on one PostgreSQL database
+//!   tell each other (cancels, released runs) and the hand-over of this
+//!   instance's runs at shutdown; follows of runs driven elsewhere are
+//!   forwarded to the driving replica ([`follow`]).
 //!
 //! Deadlines: every call to a peer carries a `grpc-timeout` of what is left
 //! of the run's time. A run started by `Run` also ends at its caller's
@@ -49,11 +53,13 @@ mod follow;
 mod maintain;
 mod peers;
 mod persist;
+mod replicas;
 mod step;
 #[cfg(test)]
 pub(crate) mod testing;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use agentmesh_audit_client::AuditClient;
@@ -69,13 +75,24 @@ use tracing::field::Empty;
 pub(crate) use self::active::ActiveRun;
 pub(crate) use self::maintain::maintain;
 use self::peers::Peers;
+pub(crate) use self::replicas::{FORWARDED_BY, hand_over_at_shutdown, listen};
 use crate::admission::{Admission, Places};
 use crate::config::Config;
 use crate::metrics::RunMetrics;
-use crate::store::{Checkpoint, RunRow, Store};
+use crate::store::{Checkpoint, Claimed, RunRow, Store};
 
 /// The component named in ERROR audit events about the run store.
 const DATABASE: &str = "database";
+
+/// Where a run driven again from the store picks up.
+#[derive(Debug, Default)]
+pub(crate) struct Resume {
+    /// Its last checkpoint (`None`: it never stored one, and starts anew).
+    pub(crate) checkpoint: Option<Checkpoint>,
+    /// The sequence numbers its previous driver may have streamed and never
+    /// stored, named by the restart marker.
+    pub(crate) abandoned: Option<std::ops::RangeInclusive<i32>>,
+}
 
 /// The runs this instance drives, and what it needs to drive them.
 #[derive(Debug)]
@@ -92,6 +109,12 @@ pub(crate) struct Engine {
     /// Serialises adopting runs claimed here but not driven (maintenance,
     /// CancelRun), so that one run is never adopted twice.
     adopting: tokio::sync::Mutex<()>,
+    /// Set once a shutdown hands this instance's runs over (see
+    /// [`replicas`](mod@replicas)).
+    handing_over: AtomicBool,
+    /// The channels to other replicas, by address (forwarded follows).
+    replica_channels: Mutex<HashMap<String, agentmesh_kit::client::MeshChannel>>,
+    clients: Clients,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -124,6 +147,9 @@ impl Engine {
             metrics,
             admission,
             adopting: tokio::sync::Mutex::new(()),
+            handing_over: AtomicBool::new(false),
+            replica_channels: Mutex::new(HashMap::new()),
+            clients: clients.clone(),
         }))
     }
 
@@ -140,6 +166,11 @@ impl Engine {
     /// This instance's name in run claims.
     pub(crate) fn owner(&self) -> &str {
         &self.owner
+    }
+
+    /// Whether this instance is handing its runs over (shutting down).
+    pub(crate) fn is_handing_over(&self) -> bool {
+        self.handing_over.load(Ordering::Relaxed)
     }
 
     /// When a claim made now runs out.
@@ -174,7 +205,7 @@ impl Engine {
         self: &Arc<Self>,
         run: RunRow,
         active: Arc<ActiveRun>,
-        resume: Option<Checkpoint>,
+        resume: Option<Resume>,
         context: RequestContext,
         places: Places,
         caller_deadline: Option<Instant>,
@@ -213,12 +244,22 @@ impl Engine {
     /// Registers `run` as driven here (its live buffer) before its task
     /// starts; `None` when it is registered already (another task drives
     /// it, or is about to).
-    pub(crate) fn register(&self, run: &RunRow) -> Option<Arc<ActiveRun>> {
+    /// A new run numbers from 0 and has no reservation yet (its first event
+    /// is stored before it goes out); a claimed one from its [`Claimed`].
+    pub(crate) fn register(
+        &self,
+        run: &RunRow,
+        claimed: Option<&Claimed>,
+    ) -> Option<Arc<ActiveRun>> {
         let mut active = lock(&self.active);
         if active.contains_key(&run.run_id) {
             return None;
         }
-        let buffer = ActiveRun::new(run.run_id.clone(), run.last_sequence, run.state);
+        let numbering = claimed.map_or((run.last_sequence, run.last_sequence), |claim| {
+            (claim.sequence_from, claim.reserved)
+        });
+        let buffer =
+            ActiveRun::numbered(run.run_id.clone(), run.last_sequence, numbering, run.state);
         active.insert(run.run_id.clone(), Arc::clone(&buffer));
         Some(buffer)
     }

@@ -59,7 +59,11 @@
 //!   are bounded by the end user's allow-lists.
 //! * Every instance claims the runs it drives for a lease it keeps renewing;
 //!   an unfinished run whose lease ran out (its instance died) is claimed by
-//!   another instance and resumed from its last checkpoint.
+//!   another instance and resumed from its last checkpoint. Replicas on one
+//!   PostgreSQL database cooperate (docs/scale-out.md): a follower on any
+//!   replica is served live by the one driving the run, a cancel recorded
+//!   on any replica reaches the driver at once (NOTIFY), and a replica
+//!   shutting down hands its runs over at their next checkpoint.
 //! * Health: ready (SERVING) only while the LLM gateway, the tool runner
 //!   (their own health) and the database answer; the audit service is
 //!   reported but optional (events are spooled while it is away).
@@ -158,6 +162,7 @@ pub async fn serve_with_listeners(
             .with_migrations(&store::MIGRATIONS),
         engine: Arc::default(),
         maintenance: OnceLock::new(),
+        drain: host.drain(),
         audit,
         config,
     };
@@ -191,8 +196,28 @@ pub async fn serve_with_listeners(
         let startup = &startup;
         host.serve(listeners, || startup.open(), shutdown).await
     };
-    if let Some(task) = startup.maintenance.get() {
-        task.abort();
+    if let Some(tasks) = startup.maintenance.get() {
+        tasks.maintain.abort();
+        tasks.listen.abort();
+    }
+    if let Some(tasks) = startup.maintenance.get()
+        && !tasks.hand_over.is_finished()
+    {
+        // The drain is over: the runs it released are being handed off.
+        let hand_over = tasks.hand_over.abort_handle();
+        let wait = async {
+            while !hand_over.is_finished() {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        };
+        if tokio::time::timeout(std::time::Duration::from_secs(5), wait)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "runs still being handed over at exit; they resume once their claim runs out"
+            );
+        }
     }
     startup.database.close().await;
     // The drain is over: send what is queued, or spool it. (Runs still
@@ -214,8 +239,18 @@ struct Startup {
     database: LazyDatabase,
     /// Set once the database is open; the handlers answer UNAVAILABLE until.
     engine: Arc<OnceLock<Arc<Engine>>>,
-    /// The task renewing claims and resuming orphaned runs.
-    maintenance: OnceLock<JoinHandle<()>>,
+    /// The tasks renewing claims and resuming orphaned runs, listening to
+    /// the other replicas, and handing runs over at shutdown.
+    maintenance: OnceLock<Background>,
+    /// The shutdown's phases (the hand-over starts when draining does).
+    drain: agentmesh_kit::drain::Drain,
+}
+
+/// The engine's background tasks.
+struct Background {
+    maintain: JoinHandle<()>,
+    listen: JoinHandle<()>,
+    hand_over: JoinHandle<()>,
 }
 
 impl Startup {
@@ -243,10 +278,14 @@ impl Startup {
             )
             .map_err(|err| StartupError::from(err.to_string()))?;
             let _ = self.engine.set(Arc::clone(&started));
-            let _ = self.maintenance.set(tokio::spawn(engine::maintain(
-                started,
-                Arc::clone(&self.config),
-            )));
+            let _ = self.maintenance.set(Background {
+                maintain: tokio::spawn(engine::maintain(
+                    Arc::clone(&started),
+                    Arc::clone(&self.config),
+                )),
+                listen: tokio::spawn(engine::listen(Arc::clone(&started))),
+                hand_over: tokio::spawn(engine::hand_over_at_shutdown(started, self.drain.clone())),
+            });
         }
         Ok(())
     }

@@ -11,6 +11,8 @@
 //! | `agentmesh_run_step_duration_seconds` | histogram | `agent` |
 //! | `agentmesh_run_queue_depth` | gauge | — |
 //!
+//! plus the replicas' metrics ([`replicas`]).
+//!
 //! `agent` is a configured agent profile; a run of a profile that is no
 //! longer configured (resumed after a configuration change) counts as
 //! `other`.
@@ -26,6 +28,8 @@
 //! event), with the run's duration from its start (or its creation, for a
 //! run cancelled while queued) to its end.
 
+mod replicas;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +39,8 @@ use agentmesh_kit::metrics::prometheus::{
     Opts, Registry,
 };
 use agentmesh_proto::orchestrator::v1::RunState;
+
+pub(crate) use replicas::ReplicaMetrics;
 
 /// The label value of an agent that is not configured.
 const OTHER: &str = "other";
@@ -95,6 +101,7 @@ pub(crate) struct RunMetrics {
     by_agent: Arc<HashMap<String, Arc<AgentSeries>>>,
     other: Arc<AgentSeries>,
     queue_depth: IntGauge,
+    replicas: ReplicaMetrics,
 }
 
 /// The label children of one agent.
@@ -189,7 +196,13 @@ impl RunMetrics {
             by_agent: Arc::new(by_agent),
             other: Arc::new(families.series(OTHER)),
             queue_depth,
+            replicas: ReplicaMetrics::new(registry)?,
         })
+    }
+
+    /// The replicas' metrics.
+    pub(crate) fn replicas(&self) -> &ReplicaMetrics {
+        &self.replicas
     }
 
     /// The series of `agent` (`other` when it is not configured).

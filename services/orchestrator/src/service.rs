@@ -15,7 +15,7 @@ mod start;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, OnceLock};
 
-use agentmesh_auth::{Identity, Mechanism};
+use agentmesh_auth::{Identity, Mechanism, Scope};
 use agentmesh_kit::RequestContext;
 use agentmesh_kit::auth::AccessControl;
 use agentmesh_kit::paging::{FilterHash, Page, PageLimits};
@@ -32,7 +32,7 @@ use tonic::{Request, Response, Status};
 
 use self::start::Starter;
 use crate::config::Config;
-use crate::engine::Engine;
+use crate::engine::{Engine, FORWARDED_BY};
 use crate::store::{RunFilter, RunRow, Tenants};
 use crate::validate;
 
@@ -132,14 +132,24 @@ fn not_found(what: &str, id: &str) -> Status {
 
 impl OrchestratorServiceImpl {
     /// A stream of the run's events after `after`.
+    /// The run's events after `after`, followed in a task acting in the
+    /// caller's `context` (a follow forwarded to the replica driving the run
+    /// carries the caller's identity); `forwarded`: this call is such a
+    /// follow.
     fn follow(
         &self,
         run: RunRow,
         after: i32,
+        context: RequestContext,
+        forwarded: bool,
     ) -> Result<ReceiverStream<Result<pb::RunEvent, Status>>, Status> {
         let engine = Arc::clone(self.engine()?);
         let (sender, receiver) = tokio::sync::mpsc::channel(256);
-        tokio::spawn(engine.follow(run, after, sender));
+        tokio::spawn(
+            context
+                .with_deadline(None)
+                .scope(engine.follow(run, after, sender, forwarded)),
+        );
         Ok(ReceiverStream::new(receiver))
     }
 
@@ -248,6 +258,18 @@ impl OrchestratorService for OrchestratorServiceImpl {
         request: Request<pb::StreamRunRequest>,
     ) -> Result<Response<Self::StreamRunStream>, Status> {
         let caller = caller(&request);
+        let forwarded = request.metadata().contains_key(FORWARDED_BY);
+        // A follow another replica forwarded: the auth layer accepted that
+        // replica's credential acting for the caller; the caller's own
+        // scopes must allow it too.
+        if forwarded
+            && caller.context.identity().is_some()
+            && !caller.identity.scopes.allows(Scope::RunsRead)
+        {
+            return Err(Status::permission_denied(
+                "the caller this follow was forwarded for lacks the scope runs:read",
+            ));
+        }
         let request = request.into_inner();
         if request.after_sequence < 0 {
             return Err(invalid_argument([(
@@ -256,7 +278,7 @@ impl OrchestratorService for OrchestratorServiceImpl {
             )]));
         }
         let run = self.run_of(caller.tenants(), &request.run_id).await?;
-        let events = self.follow(run, request.after_sequence)?;
+        let events = self.follow(run, request.after_sequence, caller.context, forwarded)?;
         Ok(Response::new(
             events
                 .map(|event| event.map(|event| pb::StreamRunResponse { event: Some(event) }))
@@ -278,10 +300,11 @@ impl OrchestratorService for OrchestratorServiceImpl {
             method: RUN,
             caller_deadline,
         };
+        let context = caller.context.clone();
         let (run, _) = self
             .start(request.into_inner().into(), caller, starter)
             .await?;
-        let events = self.follow(run, 0)?;
+        let events = self.follow(run, 0, context, false)?;
         let events = match caller_deadline {
             Some(deadline) => until_deadline(events, deadline).boxed(),
             None => events.boxed(),
@@ -365,19 +388,6 @@ impl OrchestratorService for OrchestratorServiceImpl {
                 run.state.as_str_name()
             )));
         }
-        let engine = self.engine()?;
-        // The task driving it here; or, if none does and the run is this
-        // instance's (or its claim ran out), the run adopted now.
-        let Some(active) = engine
-            .take_over(&run.run_id)
-            .await
-            .map_err(|e| engine.store_failed(&e))?
-        else {
-            return Err(Status::unavailable(format!(
-                "run {} is driven by another orchestrator instance that is not reachable from here; retry shortly (it resumes here once its claim runs out)",
-                run.run_id
-            )));
-        };
         let reason = if request.reason.is_empty() {
             if subject.is_empty() {
                 "cancelled by request".to_owned()
@@ -387,8 +397,26 @@ impl OrchestratorService for OrchestratorServiceImpl {
         } else {
             request.reason
         };
-        active.cancel(reason, subject);
-        active.ended().await;
+        let engine = self.engine()?;
+        // Recorded first: whichever replica drives the run (told at once),
+        // or resumes it later, cancels it. The first cancel's reason wins.
+        let recorded = engine
+            .store()
+            .request_cancel(&run.run_id, &reason, &subject)
+            .await
+            .map_err(|e| engine.store_failed(&e))?;
+        if recorded.is_some()
+            && !engine
+                .cancel_everywhere(&run.run_id)
+                .await
+                .map_err(|e| engine.store_failed(&e))?
+        {
+            return Err(Status::unavailable(format!(
+                "the cancel of run {} is recorded, but the replica driving it has not ended it \
+                 yet; it takes effect at the run's next checkpoint (GetRun shows when)",
+                run.run_id
+            )));
+        }
         let run = self.run_of(Tenants::One(&run.tenant), &run.run_id).await?;
         if run.state != pb::RunState::Cancelled {
             return Err(Status::failed_precondition(format!(

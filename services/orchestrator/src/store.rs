@@ -16,6 +16,7 @@ use agentmesh_proto::orchestrator::v1 as pb;
 use agentmesh_storage::{Database, EmbeddedMigration, Migrations, StoreError, with_pool};
 use prost::Message as _;
 
+pub(crate) use replicas::{CHANNEL, Claimed, Flushed, RESERVE_BLOCK, RecordedCancel};
 use row::run_from_row;
 pub(crate) use row::{Checkpoint, Limits, RunRow, usage};
 
@@ -32,6 +33,11 @@ pub(crate) static MIGRATIONS: Migrations = Migrations {
             description: "the identity a run was started with",
             sql: include_str!("../migrations/sqlite/0002_run_identity.sql"),
         },
+        EmbeddedMigration {
+            version: 3,
+            description: "replicas: sequence reservations, recorded cancels, replica addresses",
+            sql: include_str!("../migrations/sqlite/0003_replicas.sql"),
+        },
     ],
     postgres: &[
         EmbeddedMigration {
@@ -43,6 +49,11 @@ pub(crate) static MIGRATIONS: Migrations = Migrations {
             version: 2,
             description: "the identity a run was started with",
             sql: include_str!("../migrations/postgres/0002_run_identity.sql"),
+        },
+        EmbeddedMigration {
+            version: 3,
+            description: "replicas: sequence reservations, recorded cancels, replica addresses",
+            sql: include_str!("../migrations/postgres/0003_replicas.sql"),
         },
     ],
 };
@@ -100,6 +111,9 @@ macro_rules! select_runs {
         concat!("SELECT ", run_columns!(), " FROM runs ", $tail)
     };
 }
+
+// After the macros above, which it uses.
+mod replicas;
 
 impl Store {
     /// A store over an opened, migrated database.
@@ -400,37 +414,34 @@ impl Store {
             .collect()
     }
 
-    /// Writes one step in one transaction: the step's events, the run row's
-    /// changing columns, the checkpoint (when given), and this instance's
-    /// claim on the run until `lease_until`.
+    /// Writes one step in one transaction: the run row's changing columns
+    /// and this instance's claim on the run until `lease_until`, the step's
+    /// events, the checkpoint (when given), and the sequence reservation
+    /// raised to at least `reserve_to` ([`replicas`]). Fenced: nothing is
+    /// written unless `owner` still claims the run ([`Flushed::ClaimLost`]).
     pub(crate) async fn flush(
         &self,
         run: &RunRow,
         events: &[pb::RunEvent],
         checkpoint: Option<&Checkpoint>,
-        owner: &str,
-        lease_until: i64,
-    ) -> Result<(), StoreError> {
+        claim: (&str, i64),
+        reserve_to: i32,
+    ) -> Result<Flushed, StoreError> {
+        let (owner, lease_until) = claim;
         let error = run.error.as_ref().map(prost::Message::encode_to_vec);
         let checkpoint = checkpoint.map(|c| (c.step, c.encode_to_vec()));
         let now = now_micros();
-        with_pool!(&self.db, |pool| {
+        Ok(with_pool!(&self.db, |pool| {
             let mut tx = pool.begin().await?;
-            for chunk in events.chunks(EVENTS_PER_INSERT) {
-                let mut insert =
-                    sqlx::QueryBuilder::new("INSERT INTO run_events (run_id, sequence, event) ");
-                insert.push_values(chunk, |mut row, event| {
-                    row.push_bind(&run.run_id)
-                        .push_bind(event.sequence)
-                        .push_bind(event.encode_to_vec());
-                });
-                insert.build().execute(&mut *tx).await?;
-            }
-            sqlx::query(
+            // The row first: when the claim is lost, nothing else is tried
+            // (the events' numbers may be taken by the new driver).
+            let cancel: Option<(Option<String>, String)> = sqlx::query_as(
                 "UPDATE runs SET state = $2, start_time = $3, end_time = $4, output = $5, \
                  error = $6, input_tokens = $7, output_tokens = $8, steps = $9, \
-                 tool_calls = $10, last_sequence = $11, owner = $12, lease_until = $13 \
-                 WHERE run_id = $1",
+                 tool_calls = $10, last_sequence = $11, lease_until = $13, \
+                 sequence_reserved = CASE WHEN sequence_reserved > $14 \
+                 THEN sequence_reserved ELSE $14 END \
+                 WHERE run_id = $1 AND owner = $12 RETURNING cancel_reason, cancelled_by",
             )
             .bind(&run.run_id)
             .bind(i32::from(run.state))
@@ -445,8 +456,22 @@ impl Store {
             .bind(run.last_sequence)
             .bind(owner)
             .bind(lease_until)
-            .execute(&mut *tx)
+            .bind(reserve_to)
+            .fetch_optional(&mut *tx)
             .await?;
+            let Some((cancel_reason, cancelled_by)) = cancel else {
+                return Ok(Flushed::ClaimLost);
+            };
+            for chunk in events.chunks(EVENTS_PER_INSERT) {
+                let mut insert =
+                    sqlx::QueryBuilder::new("INSERT INTO run_events (run_id, sequence, event) ");
+                insert.push_values(chunk, |mut row, event| {
+                    row.push_bind(&run.run_id)
+                        .push_bind(event.sequence)
+                        .push_bind(event.encode_to_vec());
+                });
+                insert.build().execute(&mut *tx).await?;
+            }
             if let Some((step, state)) = &checkpoint {
                 sqlx::query(
                     "INSERT INTO checkpoints (run_id, step, state, update_time) \
@@ -462,8 +487,13 @@ impl Store {
                 .await?;
             }
             tx.commit().await?;
-        });
-        Ok(())
+            Flushed::Stored {
+                cancel: cancel_reason.map(|reason| RecordedCancel {
+                    reason,
+                    by: cancelled_by,
+                }),
+            }
+        }))
     }
 
     /// Extends this instance's claim on the runs it drives.
@@ -499,83 +529,5 @@ impl Store {
             .fetch_all(pool)
             .await?
         }))
-    }
-
-    /// Claims one unfinished run for `owner` until `lease_until` if it is
-    /// `owner`'s already or its claim ran out; returns the run if so (a
-    /// conditional update: never taken from a live instance).
-    pub(crate) async fn claim(
-        &self,
-        run_id: &str,
-        owner: &str,
-        lease_until: i64,
-    ) -> Result<Option<RunRow>, StoreError> {
-        let rows = with_pool!(&self.db, |pool| {
-            sqlx::query(
-                "UPDATE runs SET owner = $2, lease_until = $3 \
-                 WHERE run_id = $1 AND state IN (1, 2) AND (owner = $2 OR lease_until < $4)",
-            )
-            .bind(run_id)
-            .bind(owner)
-            .bind(lease_until)
-            .bind(now_micros())
-            .execute(pool)
-            .await?
-            .rows_affected()
-        });
-        if rows != 1 {
-            return Ok(None);
-        }
-        self.get_run_any_tenant(run_id).await
-    }
-
-    /// Claims unfinished runs whose claim ran out (their instance is gone),
-    /// at most `limit`, for `owner` until `lease_until`. Each is claimed with
-    /// a conditional update, so two instances never both take one.
-    pub(crate) async fn claim_orphans(
-        &self,
-        owner: &str,
-        lease_until: i64,
-        limit: i64,
-    ) -> Result<Vec<RunRow>, StoreError> {
-        let now = now_micros();
-        let candidates: Vec<String> = with_pool!(&self.db, |pool| {
-            sqlx::query_scalar(
-                "SELECT run_id FROM runs WHERE state IN (1, 2) AND lease_until < $1 \
-                 ORDER BY create_time LIMIT $2",
-            )
-            .bind(now)
-            .bind(limit)
-            .fetch_all(pool)
-            .await?
-        });
-        let mut claimed = Vec::new();
-        for run_id in candidates {
-            let rows = with_pool!(&self.db, |pool| {
-                sqlx::query(
-                    "UPDATE runs SET owner = $2, lease_until = $3 \
-                     WHERE run_id = $1 AND state IN (1, 2) AND lease_until < $4",
-                )
-                .bind(&run_id)
-                .bind(owner)
-                .bind(lease_until)
-                .bind(now)
-                .execute(pool)
-                .await?
-                .rows_affected()
-            });
-            if rows == 1 {
-                let run = with_pool!(&self.db, |pool| {
-                    sqlx::query(select_runs!("WHERE run_id = $1"))
-                        .bind(&run_id)
-                        .fetch_optional(pool)
-                        .await?
-                        .map(|row| run_from_row(&row))
-                        .transpose()?
-                });
-                claimed.extend(run);
-            }
-        }
-        Ok(claimed)
     }
 }

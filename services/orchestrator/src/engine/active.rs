@@ -8,6 +8,13 @@
 //! until it is stored ([`ActiveRun::publish_stored`]), so a client that sees
 //! a run's end finds it ended everywhere.
 //!
+//! Sequence numbers go out only up to the run's stored reservation
+//! (`reserved`): [`ActiveRun::reservation_needed`] says when the engine
+//! must raise it first (see `store::replicas`). A run whose driver must
+//! stop driving it here (its claim lost, or handed over at shutdown) is
+//! [`ActiveRun::release`]d: its task stops without an end, and another
+//! replica resumes it.
+//!
 //! A follower joining mid-run takes a [`Snapshot`] under the buffer's one
 //! lock: the highest stored sequence, the pending events and a subscription.
 //! Every event is then in exactly one of three places — the store (up to
@@ -32,6 +39,8 @@ const FOLLOWER_BUFFER: usize = 1024;
 pub(crate) struct ActiveRun {
     run_id: String,
     cancel: CancellationToken,
+    /// Set when this replica stops driving the run without ending it.
+    release: CancellationToken,
     /// The first cancel's reason and the subject who asked for it.
     cancel_reason: Mutex<Option<(String, String)>>,
     live: Mutex<Live>,
@@ -47,6 +56,8 @@ struct Live {
     /// Events with a larger sequence, in order.
     pending: Vec<pb::RunEvent>,
     last_sequence: i32,
+    /// The highest sequence the store lets this driver use.
+    reserved: i32,
     state: pb::RunState,
     followers: broadcast::Sender<pb::RunEvent>,
 }
@@ -64,16 +75,32 @@ pub(super) struct Snapshot {
 impl ActiveRun {
     /// The buffer of run `run_id`, whose events up to `last_sequence` are
     /// stored, in `state`.
+    #[cfg(test)]
     pub(super) fn new(run_id: String, last_sequence: i32, state: pb::RunState) -> Arc<Self> {
+        Self::numbered(run_id, last_sequence, (last_sequence, i32::MAX), state)
+    }
+
+    /// The buffer of run `run_id` whose events up to `last_sequence` are
+    /// stored, numbering its events after `from` (the last number a previous
+    /// driver may have used) and up to `reserved` until the reservation is
+    /// raised.
+    pub(super) fn numbered(
+        run_id: String,
+        last_sequence: i32,
+        (from, reserved): (i32, i32),
+        state: pb::RunState,
+    ) -> Arc<Self> {
         let (followers, _) = broadcast::channel(FOLLOWER_BUFFER);
         Arc::new(Self {
             run_id,
             cancel: CancellationToken::new(),
+            release: CancellationToken::new(),
             cancel_reason: Mutex::new(None),
             live: Mutex::new(Live {
                 stored: last_sequence,
                 pending: Vec::new(),
-                last_sequence,
+                last_sequence: from.max(last_sequence),
+                reserved,
                 state,
                 followers,
             }),
@@ -96,6 +123,29 @@ impl ActiveRun {
         // No followers is fine: the event is stored at the end of the step.
         let _ = live.followers.send(event.clone());
         event
+    }
+
+    /// The reservation to store before the next event can be numbered:
+    /// `Some(upto)` when the next number is beyond the reserved ones.
+    pub(super) fn reservation_needed(&self, block: i32) -> Option<i32> {
+        let live = lock(&self.live);
+        (live.last_sequence >= live.reserved).then(|| live.last_sequence.saturating_add(block))
+    }
+
+    /// Records that the store reserved numbers up to `upto`.
+    pub(super) fn reserved(&self, upto: i32) {
+        let mut live = lock(&self.live);
+        live.reserved = live.reserved.max(upto);
+    }
+
+    /// The last sequence this driver numbered an event with.
+    pub(super) fn last_used(&self) -> i32 {
+        lock(&self.live).last_sequence
+    }
+
+    /// The run's id.
+    pub(super) fn run_id(&self) -> &str {
+        &self.run_id
     }
 
     /// Gives the terminal event its sequence number without publishing it:
@@ -180,6 +230,22 @@ impl ActiveRun {
             .as_ref()
             .map(|(_, by)| by.clone())
             .unwrap_or_default()
+    }
+
+    /// Stops driving the run here without ending it (its claim was lost,
+    /// or it is handed over): its task stops at its next wait.
+    pub(crate) fn release(&self) {
+        self.release.cancel();
+    }
+
+    /// Resolves once the run is released.
+    pub(super) fn released(&self) -> WaitForCancellationFuture<'_> {
+        self.release.cancelled()
+    }
+
+    /// Whether [`Self::release`] was called.
+    pub(super) fn is_released(&self) -> bool {
+        self.release.is_cancelled()
     }
 
     /// Marks the run's terminal event stored and the run gone from here.

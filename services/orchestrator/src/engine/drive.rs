@@ -39,7 +39,7 @@ use super::active::ActiveRun;
 use super::audit_events::RunEndAudit;
 use super::persist::apply;
 use super::step::{StepContext, StepOutcome, percent};
-use super::{Engine, lock, mark_failed};
+use super::{Engine, Resume, lock, mark_failed};
 use crate::admission::Places;
 use crate::config::AgentProfile;
 use crate::metrics::RunEnd;
@@ -49,6 +49,10 @@ use crate::store::{self, Checkpoint, RunRow};
 /// (a peer's or the client's own timer may fire a hair before ours:
 /// `grpc-timeout` values are truncated to their unit).
 const DEADLINE_SLACK: Duration = Duration::from_millis(5);
+
+/// Attempts at storing a run's first event before leaving the run to be
+/// driven again (about 6 s).
+const FIRST_EVENT_ATTEMPTS: u32 = 8;
 
 /// How a run's loop ended.
 #[derive(Debug)]
@@ -65,6 +69,8 @@ enum Wait {
     CallerDeadline,
     /// Waited `max_queue_wait`.
     TooLong,
+    /// Released: another replica drives it.
+    Released,
 }
 
 /// The clocks a running run's deadline is computed from.
@@ -113,7 +119,7 @@ impl Engine {
         self: Arc<Self>,
         mut run: RunRow,
         active: Arc<ActiveRun>,
-        resume: Option<Checkpoint>,
+        resume: Option<Resume>,
         mut places: Places,
         caller_deadline: Option<Instant>,
     ) {
@@ -131,18 +137,27 @@ impl Engine {
             .cloned()
             .unwrap_or_default();
         // What the loop carries from step to step, stored after each one.
-        let mut checkpoint = match resume {
+        let Resume {
+            checkpoint: resumed,
+            abandoned,
+        } = resume.unwrap_or_default();
+        let mut checkpoint = match resumed {
             Some(checkpoint) => checkpoint,
             None => self.first_checkpoint(&run, &profile).await,
         };
         let started = Instant::now();
         let mut running = None;
+        // `None`: not ended here — released (handed over at shutdown, or its
+        // claim taken by another replica, which drives it from its last
+        // checkpoint).
         let ending = match wait {
-            Wait::Cancelled => Ending::Cancelled(active.cancel_reason()),
-            Wait::CallerDeadline => {
-                Ending::Failed(caller_deadline_passed(queued_at.elapsed(), true))
-            }
-            Wait::TooLong => Ending::Failed(places.timed_out()),
+            Wait::Released => None,
+            Wait::Cancelled => Some(Ending::Cancelled(active.cancel_reason())),
+            Wait::CallerDeadline => Some(Ending::Failed(caller_deadline_passed(
+                queued_at.elapsed(),
+                true,
+            ))),
+            Wait::TooLong => Some(Ending::Failed(places.timed_out())),
             Wait::Admitted => {
                 // Time the run already ran (on an instance that stopped),
                 // measured now: storing its start below takes time too.
@@ -157,24 +172,33 @@ impl Engine {
                         .agent(&run.agent)
                         .running(run.start_time.is_none()),
                 );
-                self.begin(&mut run, &active, &checkpoint).await;
+                self.begin(&mut run, &active, &checkpoint, abandoned).await;
                 let clock = Clock {
                     queued_at,
                     started,
                     elapsed_before,
                     caller_deadline,
                 };
-                self.run_until_end(&mut run, &active, &profile, &mut checkpoint, &clock)
-                    .await
+                if active.is_released() {
+                    None
+                } else {
+                    self.run_until_end(&mut run, &active, &profile, &mut checkpoint, &clock)
+                        .await
+                }
             }
         };
         // Give back the place: the run has stopped working.
         drop(places);
-        if let Ending::Failed(status) = &ending {
+        if let Some(Ending::Failed(status)) = &ending {
             mark_failed(&tracing::Span::current(), status);
         }
-        self.finish(&mut run, &active, checkpoint, ending, started.elapsed())
-            .await;
+        match ending {
+            Some(ending) => {
+                self.finish(&mut run, &active, checkpoint, ending, started.elapsed())
+                    .await;
+            }
+            None => self.hand_off(&run, &active).await,
+        }
         drop(running);
         lock(&self.active).remove(&run_id);
         active.mark_ended();
@@ -191,6 +215,8 @@ impl Engine {
     ) -> Wait {
         let too_long = places.deadline();
         tokio::select! {
+            biased;
+            () = active.released() => Wait::Released,
             () = places.acquire() => Wait::Admitted,
             () = active.cancelled() => Wait::Cancelled,
             () = until(caller_deadline) => Wait::CallerDeadline,
@@ -198,39 +224,82 @@ impl Engine {
         }
     }
 
-    /// Marks a run that starts now RUNNING (RUN_STARTED, stored at once), or
-    /// tells the followers of a resumed run that its step restarts.
-    async fn begin(&self, run: &mut RunRow, active: &ActiveRun, checkpoint: &Checkpoint) {
+    /// Marks a run that starts now RUNNING (RUN_STARTED, stored before it
+    /// goes out), or tells the followers of a resumed run that its step
+    /// restarts, naming the sequence numbers its previous driver abandoned.
+    /// A run whose first event cannot be stored is released (the
+    /// maintenance drives it again).
+    async fn begin(
+        &self,
+        run: &mut RunRow,
+        active: &ActiveRun,
+        checkpoint: &Checkpoint,
+        abandoned: Option<std::ops::RangeInclusive<i32>>,
+    ) {
         if run.start_time.is_none() {
             run.start_time = Some(now_micros());
             run.state = pb::RunState::Running;
             active.set_state(run.state);
-            active.emit(run_event::Event::RunStarted(pb::RunStarted {
+            let started = active.reserve(run_event::Event::RunStarted(pb::RunStarted {
                 agent: run.agent.clone(),
                 model: run.model.clone(),
                 session_id: run.session_id.clone(),
                 limits: run.to_proto().limits,
                 objective: run.objective.clone(),
             }));
-            self.flush(run, active, Some(checkpoint)).await;
+            let mut delay = Duration::from_millis(50);
+            for attempt in 1..=FIRST_EVENT_ATTEMPTS {
+                if self
+                    .flush_with(run, active, Some(checkpoint), Some(&started))
+                    .await
+                {
+                    active.publish_stored(started);
+                    return;
+                }
+                if active.is_released() || attempt == FIRST_EVENT_ATTEMPTS {
+                    break;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            tracing::warn!(run_id = %run.run_id, "could not store the run's start; leaving it to be driven again");
+            active.release();
         } else {
             // Resumed after the instance that drove it stopped.
-            active.emit(run_event::Event::Progress(pb::Progress {
-                step: checkpoint.step + 1,
-                max_steps: run.limits.max_steps,
-                percent: percent(checkpoint.step, run.limits.max_steps),
-                message: format!(
-                    "step {} restarted: the run resumed from its checkpoint after the \
-                     instance driving it stopped",
-                    checkpoint.step + 1
-                ),
-                step_restarted: true,
-            }));
+            let step = checkpoint.step + 1;
+            let (first, last) = abandoned
+                .as_ref()
+                .map_or((0, 0), |range| (*range.start(), *range.end()));
+            let message = if abandoned.is_some() {
+                format!(
+                    "step {step} restarted: the run resumed from its checkpoint after the \
+                     instance driving it stopped; events {first} to {last} were abandoned"
+                )
+            } else {
+                format!(
+                    "step {step} restarted: the run resumed from its checkpoint after the \
+                     instance driving it stopped"
+                )
+            };
+            self.emit(
+                active,
+                run_event::Event::Progress(pb::Progress {
+                    step,
+                    max_steps: run.limits.max_steps,
+                    percent: percent(checkpoint.step, run.limits.max_steps),
+                    message,
+                    step_restarted: true,
+                    abandoned_first_sequence: first,
+                    abandoned_last_sequence: last,
+                }),
+            )
+            .await;
         }
     }
 
     /// Runs the steps until an ending: an answer, a failure, the run's
-    /// timeout or its caller's deadline, or a cancel.
+    /// timeout or its caller's deadline, or a cancel; `None` when the run
+    /// is released.
     async fn run_until_end(
         &self,
         run: &mut RunRow,
@@ -238,7 +307,7 @@ impl Engine {
         profile: &AgentProfile,
         checkpoint: &mut Checkpoint,
         clock: &Clock,
-    ) -> Ending {
+    ) -> Option<Ending> {
         let timeout = run_timeout(run);
         // The run's own timeout (less what it ran before a resume), or its
         // caller's deadline if sooner.
@@ -251,7 +320,9 @@ impl Engine {
             .map_or(own_deadline, |caller| caller.min(own_deadline));
         let run_id = run.run_id.clone();
         let work = self.run_steps(run, active, profile, checkpoint, deadline);
-        tokio::select! {
+        let ending = tokio::select! {
+            biased;
+            () = active.released() => return None,
             () = active.cancelled() => Ending::Cancelled(active.cancel_reason()),
             result = tokio::time::timeout_at(deadline, work) => match result {
                 Ok(Ok(output)) => Ending::Finished(output),
@@ -269,7 +340,8 @@ impl Engine {
                     "the run exceeded its timeout of {timeout:?}"
                 ))),
             },
-        }
+        };
+        Some(ending)
     }
 
     /// The loop over steps: the run's strategy (see the module's doc).
@@ -364,7 +436,8 @@ impl Engine {
         active.set_state(run.state);
         let terminal = active.reserve(event);
         // Recorded once, by the instance that stored the end; when storing
-        // failed, the instance that resumes the run records its end.
+        // failed, the instance that resumes the run records its end, and
+        // the end is not sent (it never happened as far as the store knows).
         if self.store_end(run, active, &checkpoint, &terminal).await {
             self.audit_run_end(run, audit);
             if let Some(end) = RunEnd::of(run.state) {
@@ -374,8 +447,8 @@ impl Engine {
                 );
                 self.metrics.agent(&run.agent).finished(end, took);
             }
+            active.publish_stored(terminal);
         }
-        active.publish_stored(terminal);
     }
 }
 

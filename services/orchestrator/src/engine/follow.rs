@@ -10,6 +10,15 @@
 //!                                         poll again (driven elsewhere)
 //! ```
 //!
+//! A run driven by another replica (on one PostgreSQL database) is
+//! followed there: `follow_remote` opens StreamRun on that replica (marked
+//! [`FORWARDED_BY`], so it is served from what that replica has and never
+//! forwarded again) from the last sequence sent, and relays its events as
+//! they come, tokens included. When that stream ends without the run's end
+//! (the run moved, the replica stopped), the follower looks again: the
+//! store, then the run's new driver. A replica that advertises no address,
+//! or cannot be reached, is followed through the store.
+//!
 //! A follower only ever sends events with a sequence above the last it
 //! sent, so the hand-over between the store, the pending events and the
 //! subscription — and between follow_live and follow_stored when the run
@@ -28,8 +37,11 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 use tonic::Status;
 
+use agentmesh_proto::orchestrator::v1::orchestrator_service_client::OrchestratorServiceClient;
+
 use super::Engine;
 use super::active::{ActiveRun, Snapshot};
+use super::replicas::FORWARDED_BY;
 use crate::store::RunRow;
 
 /// How often a follower of a run driven elsewhere looks for new events.
@@ -39,11 +51,16 @@ impl Engine {
     /// Sends the run's events after `after` to `sender`: the stored ones,
     /// then the live ones, until the terminal event or until the receiver
     /// goes away. Idle periods get heartbeats.
+    ///
+    /// `context` is the follower's call (its identity goes with a follow
+    /// forwarded to the replica driving the run); `forwarded` says that
+    /// call is itself such a follow: it is served from this replica only.
     pub(crate) async fn follow(
         self: Arc<Self>,
         run: RunRow,
         after: i32,
         sender: mpsc::Sender<Result<pb::RunEvent, Status>>,
+        forwarded: bool,
     ) {
         let mut follower = Follower {
             engine: &self,
@@ -51,6 +68,7 @@ impl Engine {
             last: after,
             sender,
             next_heartbeat: Instant::now() + self.config.heartbeat_interval,
+            forwarded,
         };
         if let Err(FollowEnd::Error(status)) = follower.run().await {
             let _ = follower.sender.send(Err(status)).await;
@@ -73,6 +91,8 @@ struct Follower<'a> {
     last: i32,
     sender: mpsc::Sender<Result<pb::RunEvent, Status>>,
     next_heartbeat: Instant,
+    /// Another replica forwarded this follow here.
+    forwarded: bool,
 }
 
 /// Whether `event` ends its run.
@@ -94,9 +114,14 @@ impl Follower<'_> {
 
     async fn run(&mut self) -> Result<(), FollowEnd> {
         loop {
-            match self.engine.active(&self.run_id) {
-                Some(active) => self.follow_live(&active).await?,
-                None => self.follow_stored().await?,
+            if let Some(active) = self.engine.active(&self.run_id) {
+                self.follow_live(&active).await?;
+            } else if self.forwarded {
+                self.follow_stored_here().await?;
+            } else if let Some(channel) = self.engine.driver_channel(&self.run_id).await {
+                self.follow_remote(channel).await?;
+            } else {
+                self.follow_stored().await?;
             }
         }
     }
@@ -108,6 +133,14 @@ impl Follower<'_> {
             return Ok(());
         }
         self.last = event.sequence;
+        if let Some(time) = &event.time {
+            let lag = now_micros() - (time.seconds * 1_000_000 + i64::from(time.nanos / 1000));
+            #[expect(clippy::cast_precision_loss, reason = "a lag in microseconds")]
+            self.engine
+                .metrics
+                .replicas()
+                .follower_lag(lag as f64 / 1e6);
+        }
         let terminal = is_terminal(&event);
         self.sender
             .send(Ok(event))
@@ -163,11 +196,15 @@ impl Follower<'_> {
         }
         loop {
             tokio::select! {
+                biased;
                 received = live.recv() => match received {
                     Ok(event) => self.send(event).await?,
                     // Fell behind, or the run ended: catch up again.
                     Err(broadcast::error::RecvError::Lagged(_) | broadcast::error::RecvError::Closed) => return Ok(()),
                 },
+                // Ended, or released to another replica without an end:
+                // look again (the store, or the run's new driver).
+                () = active.ended() => return Ok(()),
                 () = tokio::time::sleep_until(self.next_heartbeat) => {
                     let state = active.state();
                     self.heartbeat(state).await?;
@@ -178,6 +215,86 @@ impl Follower<'_> {
                 return Ok(());
             }
         }
+    }
+
+    /// Follows the run on the replica driving it, from the last sequence
+    /// sent, until that stream ends (the run ended, moved or that replica
+    /// stops); the store is read for one poll instead when it cannot be
+    /// reached or sends nothing.
+    async fn follow_remote(
+        &mut self,
+        channel: agentmesh_kit::client::MeshChannel,
+    ) -> Result<(), FollowEnd> {
+        let limit = self.engine.config.server.max_message_bytes;
+        let mut client = OrchestratorServiceClient::new(channel)
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit);
+        let mut request = tonic::Request::new(pb::StreamRunRequest {
+            run_id: self.run_id.clone(),
+            after_sequence: self.last,
+        });
+        request.metadata_mut().insert(
+            FORWARDED_BY,
+            tonic::metadata::MetadataValue::from_static("orchestrator"),
+        );
+        let mut stream = match client.stream_run(request).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => {
+                tracing::debug!(run_id = %self.run_id, error = %status, "cannot follow the run on the replica driving it; reading the store");
+                return self.follow_stored().await;
+            }
+        };
+        self.engine.metrics.replicas().forwarded_follow();
+        let mut relayed = false;
+        loop {
+            tokio::select! {
+                message = stream.message() => match message {
+                    Ok(Some(pb::StreamRunResponse { event: Some(event) })) => {
+                        // Heartbeats are this follower's own business.
+                        if event.sequence > 0 {
+                            relayed = true;
+                            self.send(event).await?;
+                        }
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) if relayed => return Ok(()),
+                    Ok(None) | Err(_) => return self.follow_stored().await,
+                },
+                () = tokio::time::sleep_until(self.next_heartbeat) => {
+                    self.heartbeat(pb::RunState::Running).await?;
+                }
+                () = self.sender.closed() => return Err(FollowEnd::Done),
+            }
+        }
+    }
+
+    /// A forwarded follow of a run not (or no longer) driven here: what the
+    /// store has, then the run's end, or UNAVAILABLE so that the replica
+    /// that forwarded it looks for the run's driver again.
+    async fn follow_stored_here(&mut self) -> Result<(), FollowEnd> {
+        let ended = self
+            .engine
+            .store
+            .get_run_any_tenant(&self.run_id)
+            .await
+            .map_err(|err| self.store_failed(&err))?
+            .is_some_and(|run| run.is_terminal());
+        for event in self
+            .engine
+            .store
+            .events(&self.run_id, self.last, i32::MAX)
+            .await
+            .map_err(|err| self.store_failed(&err))?
+        {
+            self.send(event).await?;
+        }
+        if ended {
+            return Err(FollowEnd::Done);
+        }
+        Err(FollowEnd::Error(Status::unavailable(format!(
+            "run {} is not driven by this orchestrator replica (any more); follow it again              through any replica",
+            self.run_id
+        ))))
     }
 
     /// Replay from the store; for a run driven elsewhere, look again

@@ -27,9 +27,9 @@ use agentmesh_storage::StoreError;
 use http::HeaderMap;
 use http::header::HeaderValue;
 
-use super::{ActiveRun, Engine};
+use super::{ActiveRun, Engine, Resume};
 use crate::config::Config;
-use crate::store::{Checkpoint, RunRow};
+use crate::store::{Checkpoint, Claimed};
 
 /// Orphans claimed per look.
 const ORPHANS_PER_LOOK: i64 = 16;
@@ -69,6 +69,12 @@ impl Engine {
         {
             tracing::warn!(error = %err, "cannot renew the claims on this instance's runs");
         }
+        self.advertise().await;
+        self.apply_recorded_cancels().await;
+        if self.is_handing_over() {
+            // Its runs go to the other replicas now: take none.
+            return;
+        }
         self.adopt_undriven().await;
         self.resume_orphans().await;
     }
@@ -92,8 +98,9 @@ impl Engine {
         }
     }
 
-    /// Claims runs whose instance stopped and drives them here.
-    async fn resume_orphans(self: &Arc<Self>) {
+    /// Claims runs whose instance stopped (or handed them over) and drives
+    /// them here.
+    pub(super) async fn resume_orphans(self: &Arc<Self>) {
         let runs = match self
             .store()
             .claim_orphans(self.owner(), self.lease_until(), ORPHANS_PER_LOOK)
@@ -105,9 +112,10 @@ impl Engine {
                 return;
             }
         };
-        for run in runs {
-            if let Err(err) = self.adopt(&run.run_id, Why::Orphan).await {
-                tracing::warn!(run_id = %run.run_id, error = %err, "cannot resume an orphaned run");
+        for claim in runs {
+            let run_id = claim.run.run_id.clone();
+            if let Err(err) = self.adopt_claimed(claim, Why::Orphan).await {
+                tracing::warn!(run_id = %run_id, error = %err, "cannot resume an orphaned run");
             }
         }
     }
@@ -142,13 +150,39 @@ impl Engine {
         // Claimed again now (this instance's, or an orphan's claim ran out):
         // read after the check above, so a run that ended since is seen
         // ended and left alone.
-        let Some(run) = self
+        let Some(claim) = self
             .store()
             .claim(run_id, self.owner(), self.lease_until())
             .await?
         else {
             return Ok(None);
         };
+        self.drive_claimed(claim, why).await
+    }
+
+    /// Drives a run claimed by [`Store::claim_orphans`] here, unless a task
+    /// of this instance drives it already.
+    async fn adopt_claimed(
+        self: &Arc<Self>,
+        claim: Claimed,
+        why: Why,
+    ) -> Result<Option<Arc<ActiveRun>>, StoreError> {
+        let _one_at_a_time = self.adopting.lock().await;
+        if let Some(active) = self.active(&claim.run.run_id) {
+            return Ok(Some(active));
+        }
+        self.drive_claimed(claim, why).await
+    }
+
+    /// Drives the claimed run from its checkpoint (the caller holds
+    /// `adopting`); a cancel recorded for it takes effect at once.
+    async fn drive_claimed(
+        self: &Arc<Self>,
+        claim: Claimed,
+        why: Why,
+    ) -> Result<Option<Arc<ActiveRun>>, StoreError> {
+        let run = &claim.run;
+        let run_id = run.run_id.as_str();
         if run.is_terminal() {
             return Ok(None);
         }
@@ -172,24 +206,43 @@ impl Engine {
                  to cancel it"
             ),
         }
-        Ok(self.resume(run, checkpoint))
+        let cancel = self.store().recorded_cancel(run_id).await?;
+        let active = self.resume(claim, checkpoint);
+        if let (Some(active), Some(cancel)) = (&active, cancel) {
+            active.cancel(cancel.reason, cancel.by);
+        }
+        if !matches!(why, Why::Cancel) {
+            self.metrics.replicas().resumed();
+        }
+        Ok(active)
     }
 
-    /// Drives `run` from `checkpoint` with places it waits for (never
+    /// Drives the claimed run from `checkpoint` with places it waits for (never
     /// refused), acting for its stored identity; the buffer of the task that
     /// drives it.
     fn resume(
         self: &Arc<Self>,
-        run: RunRow,
+        claim: Claimed,
         checkpoint: Option<Checkpoint>,
     ) -> Option<Arc<ActiveRun>> {
-        let Some(active) = self.register(&run) else {
+        let Some(active) = self.register(&claim.run, Some(&claim)) else {
             // A task registered it meanwhile and drives it.
-            return self.active(&run.run_id);
+            return self.active(&claim.run.run_id);
         };
-        let places = self.admission().later(&run.tenant, &run.agent);
-        let context = acting_for(run.identity.clone());
-        self.spawn(run, Arc::clone(&active), checkpoint, context, places, None);
+        let places = self.admission().later(&claim.run.tenant, &claim.run.agent);
+        let context = acting_for(claim.run.identity.clone());
+        let resume = Resume {
+            checkpoint,
+            abandoned: claim.abandoned,
+        };
+        self.spawn(
+            claim.run,
+            Arc::clone(&active),
+            Some(resume),
+            context,
+            places,
+            None,
+        );
         Some(active)
     }
 }

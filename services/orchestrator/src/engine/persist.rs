@@ -8,14 +8,22 @@
 //! stores the run's end the same way, with the withheld terminal event,
 //! retrying a while because an end that is not stored makes another
 //! instance resume the run.
+//!
+//! Every write is fenced by this instance's claim: a driver whose claim was
+//! taken (it stalled past its lease and another replica resumed the run)
+//! writes nothing and stops driving the run ([`ActiveRun::release`]). A
+//! flush also raises the run's sequence reservation, and brings back a
+//! cancel recorded by another replica. [`Engine::emit`] numbers an event
+//! only within the reservation, storing a larger one first when a step
+//! outgrows it.
 
 use std::time::Duration;
 
-use agentmesh_proto::orchestrator::v1 as pb;
+use agentmesh_proto::orchestrator::v1::{self as pb, run_event};
 
 use super::active::ActiveRun;
 use super::{DATABASE, Engine};
-use crate::store::{Checkpoint, RunRow};
+use crate::store::{Checkpoint, Flushed, RESERVE_BLOCK, RunRow};
 
 /// Attempts at storing a run's end before giving up on it (another instance
 /// resumes the run from its last checkpoint once its claim runs out).
@@ -31,23 +39,59 @@ pub(super) fn apply(run: &mut RunRow, checkpoint: &Checkpoint) {
 
 impl Engine {
     /// Stores the pending events, the run row and the checkpoint; true when
-    /// stored. A failure keeps the events pending for the next flush.
+    /// stored. A failure keeps the events pending for the next flush; a
+    /// lost claim releases the run (see the module's doc).
     pub(super) async fn flush(
         &self,
         run: &mut RunRow,
         active: &ActiveRun,
         checkpoint: Option<&Checkpoint>,
     ) -> bool {
-        let (events, last_sequence) = active.unstored();
+        self.flush_with(run, active, checkpoint, None).await
+    }
+
+    /// [`Self::flush`], storing also `first`: an event numbered but not yet
+    /// sent (a run's first event is stored before it goes out, so that a
+    /// run that never stored one has streamed nothing).
+    pub(super) async fn flush_with(
+        &self,
+        run: &mut RunRow,
+        active: &ActiveRun,
+        checkpoint: Option<&Checkpoint>,
+        first: Option<&pb::RunEvent>,
+    ) -> bool {
+        let (mut events, mut last_sequence) = active.unstored();
+        if let Some(first) = first {
+            events.push(first.clone());
+            last_sequence = last_sequence.max(first.sequence);
+        }
         run.last_sequence = last_sequence;
-        match self
+        let reserve_to = last_sequence.saturating_add(RESERVE_BLOCK);
+        let flushed = self
             .store
-            .flush(run, &events, checkpoint, &self.owner, self.lease_until())
-            .await
-        {
-            Ok(()) => {
+            .flush(
+                run,
+                &events,
+                checkpoint,
+                (&self.owner, self.lease_until()),
+                reserve_to,
+            )
+            .await;
+        match flushed {
+            Ok(Flushed::Stored { cancel }) => {
                 active.stored(last_sequence);
+                active.reserved(reserve_to);
+                if let Some(cancel) = cancel {
+                    active.cancel(cancel.reason, cancel.by);
+                }
+                if self.is_handing_over() {
+                    active.release();
+                }
                 true
+            }
+            Ok(Flushed::ClaimLost) => {
+                self.claim_lost(active);
+                false
             }
             Err(err) => {
                 tracing::error!(run_id = %run.run_id, error = %err, "cannot store the run's step");
@@ -60,6 +104,45 @@ impl Engine {
                 false
             }
         }
+    }
+
+    /// Another replica claims the run now: stop driving it here.
+    fn claim_lost(&self, active: &ActiveRun) {
+        tracing::warn!(
+            run_id = active.run_id(),
+            "another replica claims this run now (this one stalled past its lease); \
+             stopping it here without storing more"
+        );
+        self.metrics.replicas().claim_lost();
+        active.release();
+    }
+
+    /// Numbers `event` and sends it to the followers, first storing a
+    /// larger sequence reservation when the run has used up its own
+    /// (retried while the store fails: an event never goes out unreserved).
+    /// A lost claim releases the run, and the event is dropped.
+    pub(super) async fn emit(&self, active: &ActiveRun, event: run_event::Event) {
+        if let Some(upto) = active.reservation_needed(RESERVE_BLOCK) {
+            let mut delay = Duration::from_millis(50);
+            loop {
+                match self.store.reserve(active.run_id(), &self.owner, upto).await {
+                    Ok(true) => {
+                        active.reserved(upto);
+                        break;
+                    }
+                    Ok(false) => {
+                        self.claim_lost(active);
+                        return;
+                    }
+                    Err(err) => {
+                        tracing::warn!(run_id = active.run_id(), error = %err, "cannot reserve sequence numbers yet; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(2));
+                    }
+                }
+            }
+        }
+        active.emit(event);
     }
 
     /// Stores the run's end: the pending events and the reserved `terminal`
@@ -78,18 +161,24 @@ impl Engine {
             let (mut events, _) = active.unstored();
             events.push(terminal.clone());
             run.last_sequence = terminal.sequence;
+            let reserve_to = terminal.sequence;
             match self
                 .store
                 .flush(
                     run,
                     &events,
                     Some(checkpoint),
-                    &self.owner,
-                    self.lease_until(),
+                    (&self.owner, self.lease_until()),
+                    reserve_to,
                 )
                 .await
             {
-                Ok(()) => return true,
+                Ok(Flushed::Stored { .. }) => return true,
+                Ok(Flushed::ClaimLost) => {
+                    // The replica that claims it now ends it.
+                    self.claim_lost(active);
+                    return false;
+                }
                 Err(err) if attempt == END_ATTEMPTS => {
                     tracing::error!(run_id = %run.run_id, error = %err, "could not store the end of the run; another instance will resume it from its last checkpoint");
                     self.audit_error(

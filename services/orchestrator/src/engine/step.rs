@@ -73,13 +73,17 @@ impl Engine {
     ) -> Result<StepOutcome, Status> {
         let step_started = Instant::now();
         let step = checkpoint.step + 1;
-        cx.active.emit(run_event::Event::Progress(pb::Progress {
-            step,
-            max_steps: run.limits.max_steps,
-            percent: percent(step - 1, run.limits.max_steps),
-            message: format!("step {step}: asking the model"),
-            step_restarted: false,
-        }));
+        self.emit(
+            cx.active,
+            run_event::Event::Progress(pb::Progress {
+                step,
+                max_steps: run.limits.max_steps,
+                percent: percent(step - 1, run.limits.max_steps),
+                message: format!("step {step}: asking the model"),
+                ..pb::Progress::default()
+            }),
+        )
+        .await;
         // A span per step: the model call and the tool calls it asks for.
         let span = tracing::info_span!(
             target: "agentmesh::run",
@@ -146,19 +150,28 @@ impl Engine {
         {
             match message.event {
                 Some(generate_stream_response::Event::TextDelta(delta)) => {
-                    cx.active.emit(run_event::Event::TokenDelta(pb::TokenDelta {
-                        text: delta.text,
-                        step,
-                    }));
+                    self.emit(
+                        cx.active,
+                        run_event::Event::TokenDelta(pb::TokenDelta {
+                            text: delta.text,
+                            step,
+                        }),
+                    )
+                    .await;
                 }
                 Some(generate_stream_response::Event::Reset(reset)) => {
-                    cx.active.emit(run_event::Event::Progress(pb::Progress {
-                        step,
-                        max_steps: run.limits.max_steps,
-                        percent: percent(step - 1, run.limits.max_steps),
-                        message: format!("step {step} restarted: {}", reset.reason),
-                        step_restarted: true,
-                    }));
+                    self.emit(
+                        cx.active,
+                        run_event::Event::Progress(pb::Progress {
+                            step,
+                            max_steps: run.limits.max_steps,
+                            percent: percent(step - 1, run.limits.max_steps),
+                            message: format!("step {step} restarted: {}", reset.reason),
+                            step_restarted: true,
+                            ..pb::Progress::default()
+                        }),
+                    )
+                    .await;
                 }
                 Some(generate_stream_response::Event::Finished(done)) => finished = Some(done),
                 Some(generate_stream_response::Event::ToolCallDelta(_)) | None => {}
@@ -178,13 +191,16 @@ impl Engine {
         step: i32,
     ) -> Vec<llm::Message> {
         for call in calls {
-            cx.active
-                .emit(run_event::Event::ToolCallStarted(pb::ToolCallStarted {
+            self.emit(
+                cx.active,
+                run_event::Event::ToolCallStarted(pb::ToolCallStarted {
                     call_id: call.id.clone(),
                     tool: call.name.clone(),
                     arguments_json: call.arguments_json.clone(),
                     step,
-                }));
+                }),
+            )
+            .await;
         }
         let mut pending: FuturesUnordered<_> = calls
             .iter()
@@ -199,8 +215,9 @@ impl Engine {
             .collect();
         let mut results: Vec<Option<llm::Message>> = vec![None; calls.len()];
         while let Some((index, call, result)) = pending.next().await {
-            cx.active
-                .emit(run_event::Event::ToolCallFinished(pb::ToolCallFinished {
+            self.emit(
+                cx.active,
+                run_event::Event::ToolCallFinished(pb::ToolCallFinished {
                     call_id: call.id.clone(),
                     output_json: result.output_json.clone(),
                     is_error: result.is_error,
@@ -208,7 +225,9 @@ impl Engine {
                     duration: result.duration,
                     tool: call.name.clone(),
                     step,
-                }));
+                }),
+            )
+            .await;
             let content = if result.is_error {
                 serde_json::json!({ "error": result.error_message }).to_string()
             } else {

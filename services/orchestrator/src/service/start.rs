@@ -58,6 +58,13 @@ impl OrchestratorServiceImpl {
         starter: Starter,
     ) -> Result<(RunRow, bool), Status> {
         let engine = self.engine()?;
+        if engine.is_handing_over() {
+            // Shutting down: its runs go to the other replicas; so does this.
+            return Err(Status::unavailable(
+                "this orchestrator replica is shutting down and hands its runs over; retry \
+                 (another replica takes the call; an idempotency key makes the retry safe)",
+            ));
+        }
         let mut request = validate::start_request(fields, self.config.max_objective_bytes)?;
         let agent = std::mem::take(&mut request.agent);
         let (agent, profile) = self.profile(&caller, agent, starter.method)?;
@@ -310,7 +317,7 @@ async fn store_and_spawn(
     starter: Starter,
 ) -> Result<(RunRow, bool), Status> {
     // A new id: nothing else registers it.
-    let Some(active) = engine.register(&run) else {
+    let Some(active) = engine.register(&run, None) else {
         return Err(Status::internal("a new run id is taken"));
     };
     let created = engine

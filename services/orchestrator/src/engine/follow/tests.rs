@@ -124,7 +124,7 @@ async fn replay_then_tail_sends_every_event_once() {
 
     // The client saw event 1 already.
     let (sender, receiver) = mpsc::channel(256);
-    let follower = tokio::spawn(Arc::clone(&engine).follow(run.clone(), 1, sender));
+    let follower = tokio::spawn(Arc::clone(&engine).follow(run.clone(), 1, sender, false));
     // Events while the follower catches up, a step stored, more events.
     active.emit(delta(5));
     tokio::task::yield_now().await;
@@ -152,7 +152,7 @@ async fn a_follower_that_falls_behind_catches_up_without_a_gap() {
     let (mut run, active) = active_run(&engine).await;
     // A slow client: room for one event at a time.
     let (sender, mut receiver) = mpsc::channel(1);
-    let follower = tokio::spawn(Arc::clone(&engine).follow(run.clone(), 0, sender));
+    let follower = tokio::spawn(Arc::clone(&engine).follow(run.clone(), 0, sender, false));
     active.emit(delta(1));
     let first = tokio::time::timeout(PATIENCE, receiver.recv())
         .await
@@ -192,12 +192,14 @@ async fn a_run_not_driven_here_is_replayed_from_the_store() {
     assert!(engine.active(&run.run_id).is_none());
 
     let (sender, receiver) = mpsc::channel(256);
-    Arc::clone(&engine).follow(run.clone(), 0, sender).await;
+    Arc::clone(&engine)
+        .follow(run.clone(), 0, sender, false)
+        .await;
     assert_eq!(sequences(&received(receiver).await), [1, 2, 3, 4]);
 
     // From the middle, too.
     let (sender, receiver) = mpsc::channel(256);
-    Arc::clone(&engine).follow(run, 2, sender).await;
+    Arc::clone(&engine).follow(run, 2, sender, false).await;
     assert_eq!(sequences(&received(receiver).await), [3, 4]);
 }
 
@@ -209,7 +211,7 @@ async fn an_idle_run_gets_heartbeats_with_the_last_sequence_sent() {
     active.set_state(pb::RunState::Running);
     active.emit(delta(1));
     let (sender, mut receiver) = mpsc::channel(256);
-    let follower = tokio::spawn(Arc::clone(&engine).follow(run.clone(), 0, sender));
+    let follower = tokio::spawn(Arc::clone(&engine).follow(run.clone(), 0, sender, false));
     assert_eq!(next(&mut receiver).await.sequence, 1);
     let beat = next(&mut receiver).await;
     assert_eq!(beat.sequence, 0);
@@ -233,7 +235,7 @@ async fn a_run_that_no_longer_exists_ends_the_stream_with_not_found() {
     lock(&engine.active).clear();
     run.run_id = "gone".into();
     let (sender, mut receiver) = mpsc::channel(256);
-    Arc::clone(&engine).follow(run, 0, sender).await;
+    Arc::clone(&engine).follow(run, 0, sender, false).await;
     let status = receiver.recv().await.unwrap().unwrap_err();
     assert_eq!(status.code(), tonic::Code::NotFound);
     assert!(receiver.recv().await.is_none());
@@ -262,7 +264,7 @@ async fn unreadable_stored_data_ends_the_stream_with_data_loss() {
         .unwrap();
 
     let (sender, mut receiver) = mpsc::channel(16);
-    tokio::spawn(Arc::clone(&engine).follow(run, 0, sender));
+    tokio::spawn(Arc::clone(&engine).follow(run, 0, sender, false));
     let status = tokio::time::timeout(PATIENCE, receiver.recv())
         .await
         .unwrap()

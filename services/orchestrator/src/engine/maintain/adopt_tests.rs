@@ -10,6 +10,7 @@ use agentmesh_proto::orchestrator::v1 as pb;
 use super::*;
 use crate::config::DEFAULT_AGENT;
 use crate::engine::testing::{self, undriven};
+use crate::store::RunRow;
 use crate::store::{Created, Tenants};
 
 const PATIENCE: Duration = Duration::from_secs(20);
