@@ -44,8 +44,9 @@ text = "done after five pauses"
 text = "I only know how to be slow."
 "#;
 
-/// The slow tool: waits 300 ms, answers its argument plus one.
-const PAUSE: &str = "import json,sys,time; a=json.load(sys.stdin); time.sleep(0.3); print(json.dumps({'result': int(a['n'])+1}))";
+/// The slow tool: waits `PAUSE` seconds, answers its argument plus one.
+const PAUSE: &str = "import json,os,sys,time; a=json.load(sys.stdin); \
+     time.sleep(float(os.environ['PAUSE'])); print(json.dumps({'result': int(a['n'])+1}))";
 
 const SLOW_ANSWER: &str = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen twenty";
 
@@ -60,7 +61,8 @@ struct Cluster {
 }
 
 impl Cluster {
-    async fn start(database: &str) -> Self {
+    /// The shared services; the slow tool waits `pause` seconds.
+    async fn start(database: &str, pause: &str) -> Self {
         let server = agentmesh_testkit::postgres::shared().await;
         let database = server.create_database(database).await;
         let dir = tempfile::tempdir().unwrap();
@@ -69,7 +71,8 @@ impl Cluster {
         std::fs::write(
             &gateway_config,
             format!(
-                "[llm_gateway.audit]\nurl = \"\"\n[llm_gateway.providers.scripted]\nrules_file = {:?}\n",
+                "[llm_gateway.audit]\nurl = \"\"\n[llm_gateway.providers.scripted]\nrules_file = {:?}\n\
+                 [llm_gateway.rate_limits.tenant]\nrequests_per_minute = 100000\n",
                 dir.path().join("rules.toml").display().to_string()
             ),
         )
@@ -88,6 +91,7 @@ impl Cluster {
                 "[tool_runner]\nworkspaces_dir = \"workspaces\"\n[tool_runner.audit]\nurl = \"\"\n\
                  [tool_runner.commands.pause]\ndescription = \"waits, then counts one up\"\n\
                  command = [\"python3\", \"-c\", {}]\nsandbox = \"off\"\nidempotent = true\n\
+                 env = {{ PAUSE = {pause:?} }}\nmax_concurrency = 64\nmax_queued = 64\n\
                  parameters_json = '{{\"type\":\"object\",\"properties\":{{\"n\":{{\"type\":\"string\"}}}},\"required\":[\"n\"]}}'\n",
                 toml::Value::String(PAUSE.to_owned())
             ),
@@ -139,6 +143,11 @@ impl Cluster {
                 ("AGENTMESH_ORCHESTRATOR__AUDIT__URL", ""),
                 ("AGENTMESH_ORCHESTRATOR__SERVER__DRAIN_DELAY", "100ms"),
                 ("AGENTMESH_ORCHESTRATOR__SERVER__GRACE_PERIOD", "10s"),
+                // One tenant's 50 runs all run at once on any replica.
+                (
+                    "AGENTMESH_ORCHESTRATOR__MAX_CONCURRENT_RUNS_PER_TENANT",
+                    "64",
+                ),
             ],
             self.dir.path(),
         )
@@ -247,7 +256,7 @@ async fn state_of(replica: &RunningBinary, run_id: &str) -> pb::Run {
 
 #[tokio::test]
 async fn a_follower_on_another_replica_gets_the_tokens_live() {
-    let cluster = Cluster::start("scale_out_follow").await;
+    let cluster = Cluster::start("scale_out_follow", "0.3").await;
     let driver = cluster.replica("30s").await;
     let other = cluster.replica("30s").await;
     let run_id = start_run(&driver, "slow answer").await;
@@ -298,7 +307,7 @@ async fn a_follower_on_another_replica_gets_the_tokens_live() {
 
 #[tokio::test]
 async fn a_cancel_on_another_replica_stops_the_run_at_once() {
-    let cluster = Cluster::start("scale_out_cancel").await;
+    let cluster = Cluster::start("scale_out_cancel", "0.3").await;
     let driver = cluster.replica("30s").await;
     let other = cluster.replica("30s").await;
     let run_id = start_run(&driver, "slow answer").await;
@@ -393,7 +402,7 @@ fn check_events(received: &[Received]) -> Duration {
 
 #[tokio::test]
 async fn a_replica_shutting_down_hands_its_runs_over_at_their_next_checkpoint() {
-    let cluster = Cluster::start("scale_out_handover").await;
+    let cluster = Cluster::start("scale_out_handover", "0.3").await;
     // A 30 s lease: a run that waited for it would stall far longer than
     // one step.
     let mut leaving = cluster.replica("30s").await;
@@ -438,7 +447,7 @@ async fn a_replica_shutting_down_hands_its_runs_over_at_their_next_checkpoint() 
 
 #[tokio::test]
 async fn a_killed_replicas_run_resumes_and_the_marker_names_what_it_abandoned() {
-    let cluster = Cluster::start("scale_out_kill").await;
+    let cluster = Cluster::start("scale_out_kill", "0.3").await;
     let mut doomed = cluster.replica("2s").await;
     let survivor = cluster.replica("2s").await;
     let run_id = start_run(&doomed, "slow answer").await;
@@ -473,4 +482,139 @@ async fn a_killed_replicas_run_resumes_and_the_marker_names_what_it_abandoned() 
             .all(|sequence| !sequences.contains_key(&sequence)),
         "an abandoned number was stored"
     );
+}
+
+/// Follows `run_id` to its end as a client would through a load balancer:
+/// on any replica in `live`, and again on another one from the last
+/// sequence seen whenever a stream breaks (its replica shutting down).
+async fn follow_anywhere(
+    live: std::sync::Arc<std::sync::Mutex<Vec<std::net::SocketAddr>>>,
+    run_id: String,
+    first: usize,
+) -> Vec<Received> {
+    let mut received: Vec<Received> = Vec::new();
+    let mut attempt = first;
+    loop {
+        let replica = {
+            let live = live.lock().unwrap();
+            live.get(attempt % live.len()).copied().unwrap()
+        };
+        attempt += 1;
+        let after = received.last().map_or(0, |r| r.event.sequence);
+        let mut client = OrchestratorServiceClient::new(channel(replica));
+        let stream = client
+            .stream_run(pb::StreamRunRequest {
+                run_id: run_id.clone(),
+                after_sequence: after,
+            })
+            .await;
+        let Ok(stream) = stream else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let mut stream = stream.into_inner();
+        while let Some(Ok(message)) = stream.next().await {
+            let event = message.event.unwrap();
+            if event.sequence == 0 {
+                continue;
+            }
+            let terminal = matches!(
+                event.event,
+                Some(
+                    run_event::Event::RunFinished(_)
+                        | run_event::Event::RunFailed(_)
+                        | run_event::Event::RunCancelled(_)
+                )
+            );
+            received.push(Received {
+                event,
+                at: Instant::now(),
+                wall: SystemTime::now(),
+            });
+            if terminal {
+                return received;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_rolling_restart_of_three_replicas_under_load_loses_and_stalls_no_run() {
+    const RUNS: usize = 50;
+    // Six steps of 1.5 s: every run is in flight through the whole rollout.
+    let cluster = Cluster::start("scale_out_rolling", "1.5").await;
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(cluster.replica("30s").await);
+    }
+    let live = std::sync::Arc::new(std::sync::Mutex::new(
+        replicas.iter().map(|r| r.grpc).collect::<Vec<_>>(),
+    ));
+    let mut runs = Vec::new();
+    for i in 0..RUNS {
+        runs.push(start_run(&replicas[i % 3], "chain of pauses").await);
+    }
+    let followers: Vec<_> = runs
+        .iter()
+        .enumerate()
+        .map(|(i, run_id)| tokio::spawn(follow_anywhere(live.clone(), run_id.clone(), i)))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let rollout = Instant::now();
+    let mut handed_over = 0;
+    for i in 0..3 {
+        let mut leaving = replicas.remove(0);
+        live.lock().unwrap().retain(|addr| *addr != leaving.grpc);
+        let signalled = Instant::now();
+        leaving.signal("TERM").await;
+        let (exit, log) = leaving.exit_and_log(Duration::from_secs(20)).await;
+        assert!(exit.success(), "{log}");
+        handed_over += log.matches("handed the run over").count();
+        eprintln!("replica {i} exited {:?} after SIGTERM", signalled.elapsed());
+        let replacement = cluster.replica("30s").await;
+        live.lock().unwrap().push(replacement.grpc);
+        replicas.push(replacement);
+    }
+    eprintln!(
+        "rollout of 3 replicas took {:?}; {handed_over} hand-overs",
+        rollout.elapsed()
+    );
+    let mut longest = Duration::ZERO;
+    let mut worst_handover = Duration::ZERO;
+    for follower in followers {
+        let received = within("a run to end", Duration::from_secs(60), follower)
+            .await
+            .unwrap();
+        let silence = check_events(&received);
+        // A hand-over shows as the silence before a restart marker; a step
+        // is the longest other silence of the run (this machine may be
+        // loaded: a step takes what it takes).
+        let (mut handover, mut step) = (Duration::ZERO, Duration::ZERO);
+        for pair in received.windows(2) {
+            let gap = pair[1].at.duration_since(pair[0].at);
+            match &pair[1].event.event {
+                Some(run_event::Event::Progress(p)) if p.step_restarted => {
+                    handover = handover.max(gap);
+                }
+                _ => step = step.max(gap),
+            }
+        }
+        assert!(
+            handover < step + Duration::from_secs(1),
+            "a hand-over stalled run {} for {handover:?} (its longest step {step:?})",
+            received[0].event.run_id
+        );
+        worst_handover = worst_handover.max(handover);
+        longest = longest.max(silence);
+    }
+    for run_id in &runs {
+        let run = state_of(&replicas[0], run_id).await;
+        assert_eq!(run.state(), pb::RunState::Succeeded, "{run_id}");
+        assert_eq!(run.output, "done after five pauses");
+    }
+    eprintln!(
+        "{RUNS} runs, longest silence of a run: {longest:?}, longest across a hand-over: \
+         {worst_handover:?}"
+    );
+    assert!(handed_over > 0, "no run was in flight at a SIGTERM");
 }

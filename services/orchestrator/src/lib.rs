@@ -178,6 +178,11 @@ pub async fn serve_with_listeners(
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit),
     );
+    // A run outlives the replica following it: at shutdown its followers
+    // end at once (UNAVAILABLE), to resume on another replica from their
+    // last sequence, while the runs are handed over.
+    host.end_on_drain("/agentmesh.orchestrator.v1.OrchestratorService/StreamRun")
+        .end_on_drain("/agentmesh.orchestrator.v1.OrchestratorService/Run");
     // Ready only while both peers of a run and the database are; audit
     // events are spooled meanwhile, so the audit service is optional.
     host.add_check(DependencyCheck::grpc_peer(
@@ -203,17 +208,16 @@ pub async fn serve_with_listeners(
     if let Some(tasks) = startup.maintenance.get()
         && !tasks.hand_over.is_finished()
     {
-        // The drain is over: the runs it released are being handed off.
+        // The server may stop before the runs reach their checkpoints (no
+        // call open): the hand-over goes on, bounded by the grace period.
         let hand_over = tasks.hand_over.abort_handle();
         let wait = async {
             while !hand_over.is_finished() {
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             }
         };
-        if tokio::time::timeout(std::time::Duration::from_secs(5), wait)
-            .await
-            .is_err()
-        {
+        let limit = startup.config.server.grace_period + std::time::Duration::from_secs(2);
+        if tokio::time::timeout(limit, wait).await.is_err() {
             tracing::warn!(
                 "runs still being handed over at exit; they resume once their claim runs out"
             );
@@ -244,6 +248,18 @@ struct Startup {
     maintenance: OnceLock<Background>,
     /// The shutdown's phases (the hand-over starts when draining does).
     drain: agentmesh_kit::drain::Drain,
+}
+
+/// How long after draining begins the runs still in a step are released
+/// where they are: the grace period less the drain delay and the margin the
+/// server keeps to end its streams (a quarter of the grace period, at most
+/// 2 s).
+fn until_forced(server: &agentmesh_kit::ServerConfig) -> std::time::Duration {
+    let margin = (server.grace_period / 4).min(std::time::Duration::from_secs(2));
+    server
+        .grace_period
+        .saturating_sub(server.drain_delay)
+        .saturating_sub(margin)
 }
 
 /// The engine's background tasks.
@@ -284,7 +300,11 @@ impl Startup {
                     Arc::clone(&self.config),
                 )),
                 listen: tokio::spawn(engine::listen(Arc::clone(&started))),
-                hand_over: tokio::spawn(engine::hand_over_at_shutdown(started, self.drain.clone())),
+                hand_over: tokio::spawn(engine::hand_over_at_shutdown(
+                    started,
+                    self.drain.clone(),
+                    until_forced(&self.config.server),
+                )),
             });
         }
         Ok(())

@@ -372,6 +372,12 @@ impl Engine {
             series: Arc::clone(self.metrics.agent(&run.agent)),
         };
         loop {
+            if active.is_released() {
+                // Handed over at its checkpoint: start no step, and wait for
+                // the caller to see the release (it may not have yet, when
+                // the checkpoint released it within this same poll).
+                std::future::pending::<()>().await;
+            }
             if checkpoint.step + 1 > run.limits.max_steps {
                 return Err(Status::resource_exhausted(format!(
                     "the run reached its step limit ({}) without a final answer",

@@ -81,10 +81,17 @@ pub(crate) async fn listen(engine: Arc<Engine>) {
 
 /// On shutdown (`drain` moving to draining), hands this instance's runs
 /// over: each is released at its next checkpoint, a queued one at once,
-/// and those still running when the grace period is nearly over are
-/// released where they are (their step in flight is run again elsewhere).
-pub(crate) async fn hand_over_at_shutdown(engine: Arc<Engine>, drain: Drain) {
+/// and those still running when the grace period is nearly over (the
+/// server's forced phase, or `until_forced` after draining began, whichever
+/// comes first: the server may stop early, with no call open) are released
+/// where they are (their step in flight is run again elsewhere).
+pub(crate) async fn hand_over_at_shutdown(
+    engine: Arc<Engine>,
+    drain: Drain,
+    until_forced: Duration,
+) {
     drain.draining().await;
+    let force_at = tokio::time::Instant::now() + until_forced;
     engine.handing_over.store(true, Ordering::Relaxed);
     let runs: Vec<Arc<ActiveRun>> = lock(&engine.active).values().cloned().collect();
     tracing::info!(
@@ -99,7 +106,12 @@ pub(crate) async fn hand_over_at_shutdown(engine: Arc<Engine>, drain: Drain) {
     }
     tokio::select! {
         () = engine.all_ended() => {}
-        () = drain.forced() => {
+        () = async {
+            tokio::select! {
+                () = drain.forced() => {}
+                () = tokio::time::sleep_until(force_at) => {}
+            }
+        } => {
             let left: Vec<Arc<ActiveRun>> = lock(&engine.active).values().cloned().collect();
             tracing::warn!(runs = left.len(), "grace period nearly over: handing over runs mid-step");
             for active in left {
