@@ -16,9 +16,13 @@
 //!              max_queue_wait: FAILED, RESOURCE_EXHAUSTED)
 //! a place given back ─▶ dispatch: to the tenant holding the fewest places
 //!     among those with a run that may go (round-robin among equals); each
-//!     tenant's runs in order, skipping a run whose profile is full; until
-//!     the instance is full or nobody can go
+//!     tenant's runs by priority, then age, skipping a run whose profile is
+//!     full; until the instance is full or nobody can go
 //! ```
+//!
+//! Fairness across tenants comes before priority: a run's `priority` orders
+//! it only within its tenant's queue, so no tenant's high priorities can
+//! starve another tenant of places.
 //!
 //! Runs resumed here ([`Admission::later`]: after a restart, or adopted)
 //! were admitted once: they queue like others but beyond the bounds, and
@@ -88,6 +92,8 @@ struct Usage {
 #[derive(Debug)]
 struct Waiter {
     ticket: u64,
+    /// Higher first within the tenant's queue; then the lower ticket.
+    priority: i32,
     agent: String,
     since: Instant,
     granted: oneshot::Sender<()>,
@@ -162,6 +168,7 @@ pub(crate) struct Places {
     inner: Arc<Inner>,
     tenant: String,
     agent: String,
+    priority: i32,
     stage: Stage,
     /// When a queued new run gives up (`max_queue_wait`).
     deadline: Option<Instant>,
@@ -214,6 +221,7 @@ impl Inner {
         state: &mut State,
         tenant: &str,
         agent: &str,
+        priority: i32,
     ) -> (u64, oneshot::Receiver<()>) {
         let ticket = state.next_ticket;
         state.next_ticket += 1;
@@ -223,12 +231,23 @@ impl Inner {
             state.agents.entry(agent.to_owned()).or_default().queued += 1;
         }
         let entry = state.tenants.entry(tenant.to_owned()).or_default();
-        entry.queue.push_back(Waiter {
-            ticket,
-            agent: agent.to_owned(),
-            since: Instant::now(),
-            granted: sender,
-        });
+        // Behind every run of the same or a higher priority (they came
+        // first), ahead of the lower ones.
+        let at = entry
+            .queue
+            .iter()
+            .position(|waiter| waiter.priority < priority)
+            .unwrap_or(entry.queue.len());
+        entry.queue.insert(
+            at,
+            Waiter {
+                ticket,
+                priority,
+                agent: agent.to_owned(),
+                since: Instant::now(),
+                granted: sender,
+            },
+        );
         if entry.queue.len() == 1 {
             state.ring.push_back(tenant.to_owned());
         }
@@ -383,7 +402,8 @@ impl Places {
                 Stage::Later => {
                     let inner = Arc::clone(&self.inner);
                     let mut state = inner.lock();
-                    let (ticket, granted) = inner.enqueue(&mut state, &self.tenant, &self.agent);
+                    let (ticket, granted) =
+                        inner.enqueue(&mut state, &self.tenant, &self.agent, self.priority);
                     inner.dispatch(&mut state);
                     self.stage = Stage::Waiting { ticket, granted };
                 }
@@ -500,7 +520,20 @@ impl Admission {
     /// Admits a new run of `agent` for `tenant`, called by `method`: its
     /// place, held or queued, or RESOURCE_EXHAUSTED (with RetryInfo,
     /// counted and audited) when its queue is full. Does not wait.
+    #[cfg(test)]
     pub(crate) fn admit(&self, tenant: &str, agent: &str, method: &str) -> Result<Places, Status> {
+        self.admit_at(tenant, agent, method, 0)
+    }
+
+    /// [`Self::admit`] for a run of `priority` (higher first in its
+    /// tenant's queue).
+    pub(crate) fn admit_at(
+        &self,
+        tenant: &str,
+        agent: &str,
+        method: &str,
+        priority: i32,
+    ) -> Result<Places, Status> {
         let tenant = tenant_key(tenant);
         let inner = &self.inner;
         let stage = {
@@ -521,7 +554,7 @@ impl Admission {
                 drop(state);
                 return Err(self.refuse(full, tenant, agent, method));
             } else {
-                let (ticket, granted) = inner.enqueue(&mut state, tenant, agent);
+                let (ticket, granted) = inner.enqueue(&mut state, tenant, agent, priority);
                 Stage::Waiting { ticket, granted }
             }
         };
@@ -533,6 +566,7 @@ impl Admission {
             inner: Arc::clone(inner),
             tenant: tenant.to_owned(),
             agent: agent.to_owned(),
+            priority,
             stage,
             deadline,
         })
@@ -540,11 +574,12 @@ impl Admission {
 
     /// The place of a run resumed here: queued when it first waits, never
     /// refused nor timed out.
-    pub(crate) fn later(&self, tenant: &str, agent: &str) -> Places {
+    pub(crate) fn later(&self, tenant: &str, agent: &str, priority: i32) -> Places {
         Places {
             inner: Arc::clone(&self.inner),
             tenant: tenant_key(tenant).to_owned(),
             agent: agent.to_owned(),
+            priority,
             stage: Stage::Later,
             deadline: None,
         }

@@ -102,7 +102,8 @@ macro_rules! run_columns {
     () => {
         "run_id, tenant, subject, agent, session_id, objective, state, idempotency_key, model, \
          max_steps, max_output_tokens, timeout_ms, labels, create_time, start_time, end_time, \
-         output, error, input_tokens, output_tokens, steps, tool_calls, last_sequence, identity"
+         output, error, input_tokens, output_tokens, steps, tool_calls, last_sequence, identity, \
+         priority"
     };
 }
 
@@ -154,9 +155,10 @@ impl Store {
                 sqlx::query(
                     "INSERT INTO runs (run_id, tenant, subject, agent, session_id, objective, \
                      state, idempotency_key, model, max_steps, max_output_tokens, timeout_ms, \
-                     labels, create_time, owner, lease_until, credential_id, identity) \
+                     labels, create_time, owner, lease_until, credential_id, identity, \
+                     priority) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
-                     $16, $17, $18)",
+                     $16, $17, $18, $19)",
                 )
                 .bind(&run.run_id)
                 .bind(&run.tenant)
@@ -176,6 +178,7 @@ impl Store {
                 .bind(lease_until)
                 .bind(run.identity.as_ref().map(|who| who.credential_id.as_str()))
                 .bind(&identity)
+                .bind(run.priority)
                 .execute(&mut *tx)
                 .await?;
                 for (key, value) in &run.labels {

@@ -22,6 +22,9 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 const MAX_LABELS: usize = 32;
 /// Longest label key, in characters.
 const MAX_LABEL_KEY: usize = 63;
+/// The largest priority a run may ask for (and the lowest, negated).
+pub(crate) const MAX_PRIORITY: i32 = 100;
+
 /// Longest label value, and longest idempotency key, in characters.
 const MAX_VALUE: usize = 256;
 
@@ -34,6 +37,7 @@ pub(crate) struct StartFields {
     idempotency_key: String,
     limits: Option<pb::RunLimits>,
     labels: HashMap<String, String>,
+    priority: i32,
 }
 
 impl From<pb::StartRunRequest> for StartFields {
@@ -45,6 +49,7 @@ impl From<pb::StartRunRequest> for StartFields {
             idempotency_key: r.idempotency_key,
             limits: r.limits,
             labels: r.labels,
+            priority: r.priority,
         }
     }
 }
@@ -58,6 +63,7 @@ impl From<pb::RunRequest> for StartFields {
             idempotency_key: r.idempotency_key,
             limits: r.limits,
             labels: r.labels,
+            priority: r.priority,
         }
     }
 }
@@ -75,6 +81,8 @@ pub(crate) struct StartRequest {
     pub(crate) idempotency_key: String,
     pub(crate) limits: RequestedLimits,
     pub(crate) labels: HashMap<String, String>,
+    /// -[`MAX_PRIORITY`] to [`MAX_PRIORITY`].
+    pub(crate) priority: i32,
 }
 
 /// The limits a request asks for; 0 or `None` means the profile's.
@@ -118,6 +126,15 @@ pub(crate) fn start_request(
     }
     let limits = run_limits(fields.limits.unwrap_or_default(), &mut violations);
     labels(&fields.labels, "labels", &mut violations);
+    if !(-MAX_PRIORITY..=MAX_PRIORITY).contains(&fields.priority) {
+        violations.push((
+            "priority".into(),
+            format!(
+                "is {}; it must be between -{MAX_PRIORITY} and {MAX_PRIORITY} (higher goes first)",
+                fields.priority
+            ),
+        ));
+    }
     if !violations.is_empty() {
         return Err(violations.into_status());
     }
@@ -128,6 +145,7 @@ pub(crate) fn start_request(
         idempotency_key: fields.idempotency_key,
         limits,
         labels: fields.labels,
+        priority: fields.priority,
     })
 }
 
@@ -299,6 +317,38 @@ mod tests {
             start_request(zero.into(), 1024).unwrap().limits.timeout,
             None
         );
+    }
+
+    #[test]
+    fn a_priority_is_kept_within_its_range_and_refused_beyond() {
+        for priority in [-MAX_PRIORITY, 0, 7, MAX_PRIORITY] {
+            let request = pb::StartRunRequest {
+                objective: "x".to_owned(),
+                priority,
+                ..pb::StartRunRequest::default()
+            };
+            assert_eq!(
+                start_request(request.into(), 1024).unwrap().priority,
+                priority
+            );
+        }
+        for priority in [-MAX_PRIORITY - 1, MAX_PRIORITY + 1, i32::MIN, i32::MAX] {
+            let request = pb::RunRequest {
+                objective: "x".to_owned(),
+                priority,
+                ..pb::RunRequest::default()
+            };
+            let refused = start_request(request.into(), 1024).unwrap_err();
+            assert_eq!(violated(&refused), ["priority"]);
+            assert!(
+                refused.message().contains("between -100 and 100") || {
+                    let bad = refused.get_details_bad_request().unwrap();
+                    bad.field_violations[0]
+                        .description
+                        .contains("between -100 and 100")
+                }
+            );
+        }
     }
 
     #[test]

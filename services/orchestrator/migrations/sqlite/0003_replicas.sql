@@ -13,6 +13,10 @@ ALTER TABLE runs ADD COLUMN sequence_reserved INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE runs ADD COLUMN cancel_reason TEXT;
 ALTER TABLE runs ADD COLUMN cancelled_by TEXT NOT NULL DEFAULT '';
 
+-- The run's priority (-100 to 100): its place in its tenant's queue on
+-- the replica it waits at, kept when another replica resumes it.
+ALTER TABLE runs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+
 -- The live orchestrator replicas and where the others reach them: a
 -- follower on one replica of a run another drives follows it there.
 -- `seen_until` is the replica's lease, renewed with its run claims.

@@ -139,6 +139,44 @@ async fn places_go_to_the_tenant_holding_fewest_not_the_first_queued() {
     assert!(!gets_place_now(&mut a_queue[1]).await);
 }
 
+/// Within a tenant, a higher priority goes first, then the older run; a
+/// tenant's high priorities do not jump the turn of another tenant.
+#[tokio::test]
+async fn a_tenants_runs_go_by_priority_then_age_and_tenants_still_take_turns() {
+    let admission = admission_of(&config(2, 2, 100, 50), None);
+    let a_running = admission.admit("a", DEFAULT_AGENT, METHOD).unwrap();
+    let b_running = admission.admit("b", DEFAULT_AGENT, METHOD).unwrap();
+    let mut low = admission.admit_at("a", DEFAULT_AGENT, METHOD, -5).unwrap();
+    let mut normal = admission.admit_at("a", DEFAULT_AGENT, METHOD, 0).unwrap();
+    let mut urgent = admission.admit_at("a", DEFAULT_AGENT, METHOD, 50).unwrap();
+    let mut urgent_later = admission.admit_at("a", DEFAULT_AGENT, METHOD, 50).unwrap();
+    let mut b_low = admission
+        .admit_at("b", DEFAULT_AGENT, METHOD, -100)
+        .unwrap();
+    // a's place frees: a's most urgent, oldest first.
+    drop(a_running);
+    granted(&mut urgent).await;
+    assert!(!gets_place_now(&mut urgent_later).await);
+    // b's frees: b holds none now, so b's run goes despite its priority.
+    drop(b_running);
+    granted(&mut b_low).await;
+    assert!(!gets_place_now(&mut urgent_later).await);
+    drop(urgent);
+    granted(&mut urgent_later).await;
+    drop(urgent_later);
+    granted(&mut normal).await;
+    assert!(!gets_place_now(&mut low).await);
+    drop(normal);
+    granted(&mut low).await;
+    // A resumed run keeps its priority.
+    let mut resumed = admission.later("a", DEFAULT_AGENT, 10);
+    let mut queued = admission.admit_at("a", DEFAULT_AGENT, METHOD, 0).unwrap();
+    assert!(!gets_place_now(&mut resumed).await);
+    drop(low);
+    granted(&mut resumed).await;
+    assert!(!gets_place_now(&mut queued).await);
+}
+
 #[tokio::test]
 async fn the_instance_cap_holds_across_tenants_and_its_queue_is_bounded() {
     let admission = admission_of(&config(3, 2, 2, 10), None);
@@ -190,7 +228,7 @@ async fn resumed_runs_wait_beyond_the_bounds_rather_than_being_refused() {
     let admission = admission(1, 0, None);
     let running = admission.admit("a", DEFAULT_AGENT, METHOD).unwrap();
     assert!(admission.admit("a", DEFAULT_AGENT, METHOD).is_err());
-    let mut resumed = admission.later("a", DEFAULT_AGENT);
+    let mut resumed = admission.later("a", DEFAULT_AGENT, 0);
     assert!(resumed.deadline().is_none());
     assert!(!gets_place_now(&mut resumed).await);
     drop(running);

@@ -229,7 +229,9 @@ impl Engine {
             // A task registered it meanwhile and drives it.
             return self.active(&claim.run.run_id);
         };
-        let places = self.admission().later(&claim.run.tenant, &claim.run.agent);
+        let places =
+            self.admission()
+                .later(&claim.run.tenant, &claim.run.agent, claim.run.priority);
         let context = acting_for(claim.run.identity.clone());
         let resume = Resume {
             checkpoint,

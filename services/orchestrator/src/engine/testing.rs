@@ -82,6 +82,7 @@ pub(crate) fn run(tenant: &str) -> RunRow {
         steps: 0,
         tool_calls: 0,
         last_sequence: 0,
+        priority: 0,
         identity: None,
     }
 }

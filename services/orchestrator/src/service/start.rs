@@ -94,9 +94,10 @@ impl OrchestratorServiceImpl {
         }
         // A place, held or queued, before the run exists; given back if
         // the run is not created.
-        let places = engine
-            .admission()
-            .admit(&run.tenant, &run.agent, starter.method)?;
+        let places =
+            engine
+                .admission()
+                .admit_at(&run.tenant, &run.agent, starter.method, run.priority)?;
         create(engine, run, new_session, caller.context, places, starter).await
     }
 }
@@ -233,6 +234,7 @@ fn new_run(
         steps: 0,
         tool_calls: 0,
         last_sequence: 0,
+        priority: request.priority,
         identity: Some(owner.identity),
     }
 }

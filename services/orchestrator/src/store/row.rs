@@ -48,6 +48,8 @@ pub(crate) struct RunRow {
     pub(crate) steps: i32,
     pub(crate) tool_calls: i32,
     pub(crate) last_sequence: i32,
+    /// -100 to 100: its place in its tenant's queue (higher first).
+    pub(crate) priority: i32,
     /// Who started the run: the end user's identity, acted for on every
     /// call the run makes (also after a resume). `None` for runs stored
     /// before identities were.
@@ -109,6 +111,7 @@ impl RunRow {
             last_sequence: self.last_sequence,
             tenant: self.tenant.clone(),
             subject: self.subject.clone(),
+            priority: self.priority,
         }
     }
 }
@@ -205,6 +208,7 @@ where
         steps: row.try_get("steps")?,
         tool_calls: row.try_get("tool_calls")?,
         last_sequence: row.try_get("last_sequence")?,
+        priority: row.try_get("priority")?,
         identity: identity
             .map(|json| serde_json::from_str::<Identity>(&json))
             .transpose()

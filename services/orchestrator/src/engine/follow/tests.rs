@@ -49,6 +49,7 @@ async fn active_run(engine: &Arc<Engine>) -> (RunRow, Arc<ActiveRun>) {
         steps: 0,
         tool_calls: 0,
         last_sequence: 0,
+        priority: 0,
         identity: None,
     };
     let created = engine
