@@ -77,8 +77,96 @@ pub struct Config {
     /// advertised, and such followers read the stored events only (each
     /// step as it is stored).
     pub advertise_url: String,
+    /// Deleting finished runs (with their events and checkpoints).
+    pub retention: RetentionConfig,
     /// Where audit events go.
     pub audit: AuditConfig,
+}
+
+/// Retention of finished runs: a background pass on every replica deletes,
+/// a bounded batch per statement, the runs that ended longer ago than their
+/// final state's age, with their events, labels and checkpoints, then the
+/// sessions left without runs.
+///
+/// ```toml
+/// [orchestrator.retention]
+/// max_age = "30d"      # every finished run; unset keeps them (the default)
+/// failed = "90d"       # a final state's own age (succeeded, failed, cancelled)
+/// interval = "1h"
+/// batch_size = 500
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Finished runs that ended longer ago than this are deleted; unset
+    /// keeps them (unless their state sets its own age).
+    #[serde(with = "humantime_serde")]
+    pub max_age: Option<Duration>,
+    /// The age of SUCCEEDED runs, instead of `max_age`.
+    #[serde(with = "humantime_serde")]
+    pub succeeded: Option<Duration>,
+    /// The age of FAILED runs, instead of `max_age`.
+    #[serde(with = "humantime_serde")]
+    pub failed: Option<Duration>,
+    /// The age of CANCELLED runs, instead of `max_age`.
+    #[serde(with = "humantime_serde")]
+    pub cancelled: Option<Duration>,
+    /// How often a pass runs.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Runs deleted per statement, so a pass never holds the tables long.
+    pub batch_size: i64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            max_age: None,
+            succeeded: None,
+            failed: None,
+            cancelled: None,
+            interval: Duration::from_secs(3600),
+            batch_size: 500,
+        }
+    }
+}
+
+impl RetentionConfig {
+    /// The age after which runs that ended in `state` are deleted, if any.
+    pub(crate) fn age_of(&self, state: pb::RunState) -> Option<Duration> {
+        match state {
+            pb::RunState::Succeeded => self.succeeded.or(self.max_age),
+            pb::RunState::Failed => self.failed.or(self.max_age),
+            pb::RunState::Cancelled => self.cancelled.or(self.max_age),
+            _ => None,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (setting, age) in [
+            ("retention.max_age", self.max_age),
+            ("retention.succeeded", self.succeeded),
+            ("retention.failed", self.failed),
+            ("retention.cancelled", self.cancelled),
+        ] {
+            if age.is_some_and(|age| age.is_zero()) {
+                return Err(ConfigError::new(
+                    setting,
+                    "must be above zero (unset it to keep the runs)",
+                ));
+            }
+        }
+        if self.interval.is_zero() {
+            return Err(ConfigError::new("retention.interval", "must be above zero"));
+        }
+        if !(1..=100_000).contains(&self.batch_size) {
+            return Err(ConfigError::new(
+                "retention.batch_size",
+                format!("is {}; it must be 1 to 100000", self.batch_size),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for Config {
@@ -102,6 +190,7 @@ impl Default for Config {
             metric_tenants: Vec::new(),
             run_lease: Duration::from_secs(30),
             advertise_url: String::new(),
+            retention: RetentionConfig::default(),
             audit: AuditConfig::default(),
         }
     }
@@ -209,6 +298,7 @@ agentmesh_kit::service_config!(
 
 fn validate(config: &Config) -> Result<(), ConfigError> {
     config.storage.validate()?;
+    config.retention.validate()?;
     config.audit.validate()?;
     for (setting, url) in [
         ("llm_gateway_url", &config.llm_gateway_url),

@@ -90,6 +90,7 @@ mod admission;
 mod config;
 mod engine;
 mod metrics;
+mod retention;
 mod service;
 mod store;
 mod validate;
@@ -108,7 +109,7 @@ use agentmesh_storage::LazyDatabase;
 use tokio::task::JoinHandle;
 
 pub use agentmesh_audit_client::AuditConfig;
-pub use config::{AgentProfile, Config};
+pub use config::{AgentProfile, Config, RetentionConfig};
 use engine::Engine;
 
 /// The service's name in logs, metrics and file names.
@@ -204,6 +205,7 @@ pub async fn serve_with_listeners(
     if let Some(tasks) = startup.maintenance.get() {
         tasks.maintain.abort();
         tasks.listen.abort();
+        tasks.retention.abort();
     }
     if let Some(tasks) = startup.maintenance.get()
         && !tasks.hand_over.is_finished()
@@ -266,6 +268,7 @@ fn until_forced(server: &agentmesh_kit::ServerConfig) -> std::time::Duration {
 struct Background {
     maintain: JoinHandle<()>,
     listen: JoinHandle<()>,
+    retention: JoinHandle<()>,
     hand_over: JoinHandle<()>,
 }
 
@@ -300,6 +303,11 @@ impl Startup {
                     Arc::clone(&self.config),
                 )),
                 listen: tokio::spawn(engine::listen(Arc::clone(&started))),
+                retention: tokio::spawn(retention::run(
+                    started.store().clone(),
+                    self.config.retention.clone(),
+                    self.run_metrics.deleted(),
+                )),
                 hand_over: tokio::spawn(engine::hand_over_at_shutdown(
                     started,
                     self.drain.clone(),

@@ -10,6 +10,7 @@
 //! | `agentmesh_run_steps_total` | counter | `agent` |
 //! | `agentmesh_run_step_duration_seconds` | histogram | `agent` |
 //! | `agentmesh_run_queue_depth` | gauge | — |
+//! | `agentmesh_runs_deleted_total` | counter | — |
 //!
 //! plus the replicas' metrics ([`replicas`]).
 //!
@@ -101,6 +102,7 @@ pub(crate) struct RunMetrics {
     by_agent: Arc<HashMap<String, Arc<AgentSeries>>>,
     other: Arc<AgentSeries>,
     queue_depth: IntGauge,
+    deleted: IntCounter,
     replicas: ReplicaMetrics,
 }
 
@@ -188,6 +190,11 @@ impl RunMetrics {
         registry.register(Box::new(families.steps.clone()))?;
         registry.register(Box::new(families.step_duration.clone()))?;
         registry.register(Box::new(queue_depth.clone()))?;
+        let deleted = IntCounter::new(
+            "agentmesh_runs_deleted_total",
+            "Finished runs deleted by retention (with their events and checkpoints).",
+        )?;
+        registry.register(Box::new(deleted.clone()))?;
         let by_agent = agents
             .into_iter()
             .map(|agent| (agent.to_owned(), Arc::new(families.series(agent))))
@@ -196,8 +203,14 @@ impl RunMetrics {
             by_agent: Arc::new(by_agent),
             other: Arc::new(families.series(OTHER)),
             queue_depth,
+            deleted,
             replicas: ReplicaMetrics::new(registry)?,
         })
+    }
+
+    /// Runs deleted by retention.
+    pub(crate) fn deleted(&self) -> IntCounter {
+        self.deleted.clone()
     }
 
     /// The replicas' metrics.

@@ -115,6 +115,7 @@ macro_rules! select_runs {
 
 // After the macros above, which it uses.
 mod replicas;
+mod retention;
 
 impl Store {
     /// A store over an opened, migrated database.
