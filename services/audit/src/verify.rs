@@ -83,10 +83,16 @@ async fn walk(
     let mut checked = 0;
     let mut last_seen: Option<StoredRow> = None;
     loop {
-        let rows = store
+        let mut rows = store
             .chain_rows(&head.chain, position, end_us, ROWS_PER_PAGE)
             .await?;
-        let full = rows.len() == ROWS_PER_PAGE;
+        let mut full = rows.len() == ROWS_PER_PAGE;
+        // Events appended since the head was read are not this check's: the
+        // walk ends at the head it compares with.
+        if rows.last().is_some_and(|row| row.seq > head.head_seq) {
+            rows.retain(|row| row.seq <= head.head_seq);
+            full = false;
+        }
         let page_head = head.clone();
         let page =
             tokio::task::spawn_blocking(move || check_page(&page_head, rows, expected_previous))
@@ -226,4 +232,57 @@ fn check(head: &ChainHead, row: &StoredRow, expected_previous: &str) -> Option<C
         ));
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use agentmesh_proto::audit::v1::{AuditEvent, EventType};
+    use agentmesh_storage::{Database, StorageConfig};
+
+    use super::*;
+    use crate::event::Prepared;
+    use crate::store::MIGRATIONS;
+
+    fn prepared(index: usize, id: &str) -> Prepared {
+        Prepared::new(
+            index,
+            AuditEvent {
+                event_id: id.into(),
+                tenant: "acme".into(),
+                r#type: EventType::ToolCall as i32,
+                ..AuditEvent::default()
+            },
+            SystemTime::now(),
+        )
+    }
+
+    /// Events recorded while a check walks a chain are not a break: the
+    /// walk ends at the head it read.
+    #[tokio::test]
+    async fn events_appended_after_the_head_was_read_are_not_a_deletion() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StorageConfig {
+            data_dir: dir.path().to_owned(),
+            ..StorageConfig::default()
+        };
+        let db = Database::connect(&config, "audit").await.unwrap();
+        db.migrate(&MIGRATIONS).await.unwrap();
+        let store = Store::new(db);
+        store
+            .append(&[prepared(0, "e1"), prepared(1, "e2")])
+            .await
+            .unwrap();
+        let heads = store.chains().await.unwrap();
+        store
+            .append(&[prepared(0, "e3"), prepared(1, "e4")])
+            .await
+            .unwrap();
+        for head in &heads {
+            let (checked, broken) = walk(&store, head, None, None).await.unwrap();
+            assert!(broken.is_none(), "{broken:?}");
+            assert_eq!(checked, 2);
+        }
+    }
 }
