@@ -142,7 +142,10 @@ impl Cluster {
                 ("AGENTMESH_ORCHESTRATOR__RUN_LEASE", lease),
                 ("AGENTMESH_ORCHESTRATOR__AUDIT__URL", ""),
                 ("AGENTMESH_ORCHESTRATOR__SERVER__DRAIN_DELAY", "100ms"),
-                ("AGENTMESH_ORCHESTRATOR__SERVER__GRACE_PERIOD", "10s"),
+                // Long enough for a step in flight on a loaded machine to
+                // reach its checkpoint (runs are released mid-step only
+                // when the grace period is nearly over).
+                ("AGENTMESH_ORCHESTRATOR__SERVER__GRACE_PERIOD", "30s"),
                 // One tenant's 50 runs all run at once on any replica.
                 (
                     "AGENTMESH_ORCHESTRATOR__MAX_CONCURRENT_RUNS_PER_TENANT",
