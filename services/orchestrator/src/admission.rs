@@ -40,6 +40,7 @@
 //! recorded as a RATE_LIMITED audit event (which names the tenant).
 
 mod metrics;
+mod places;
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -389,86 +390,6 @@ impl Inner {
             }
         }
         None
-    }
-}
-
-impl Places {
-    /// Waits until the run holds its place (never refused). Dropping the
-    /// future keeps the run's turn; dropping the places gives it up.
-    pub(crate) async fn acquire(&mut self) {
-        loop {
-            match &mut self.stage {
-                Stage::Held => return,
-                Stage::Later => {
-                    let inner = Arc::clone(&self.inner);
-                    let mut state = inner.lock();
-                    let (ticket, granted) =
-                        inner.enqueue(&mut state, &self.tenant, &self.agent, self.priority);
-                    inner.dispatch(&mut state);
-                    self.stage = Stage::Waiting { ticket, granted };
-                }
-                Stage::Waiting { granted, .. } => {
-                    if granted.await.is_ok() {
-                        self.stage = Stage::Held;
-                        return;
-                    }
-                    // Never happens (the grant is sent before the sender
-                    // goes); queue again rather than run without a place.
-                    self.stage = Stage::Later;
-                }
-            }
-        }
-    }
-
-    /// When a queued new run stops waiting (`max_queue_wait`); none for a
-    /// resumed run, or without the setting.
-    pub(crate) fn deadline(&self) -> Option<Instant> {
-        self.deadline
-    }
-
-    /// Counts a run that waited until its [`Self::deadline`].
-    pub(crate) fn timed_out(&self) -> Status {
-        self.inner
-            .metrics
-            .rejected(&self.tenant, Rejection::WaitTimeout);
-        let waited = self.inner.limits.max_wait.unwrap_or_default();
-        let mut details = ErrorDetails::new();
-        details.set_retry_info(Some(RETRY_AFTER));
-        Status::with_error_details(
-            tonic::Code::ResourceExhausted,
-            format!(
-                "the run waited {waited:?} in this orchestrator's queue without getting a place \
-                 (max_queue_wait); its tenant or the instance stayed at its limit; retry later"
-            ),
-            details,
-        )
-    }
-
-    /// Whether the run holds its place.
-    #[cfg(test)]
-    pub(crate) fn held(&self) -> bool {
-        matches!(self.stage, Stage::Held)
-    }
-}
-
-impl Drop for Places {
-    fn drop(&mut self) {
-        let inner = Arc::clone(&self.inner);
-        let mut state = inner.lock();
-        match &mut self.stage {
-            Stage::Held => inner.release(&mut state, &self.tenant, &self.agent),
-            Stage::Waiting { ticket, granted } => {
-                // Under the lock: either granted already (then give the
-                // place back) or still queued (then leave the queue).
-                if granted.try_recv().is_ok() {
-                    inner.release(&mut state, &self.tenant, &self.agent);
-                } else {
-                    inner.leave(&mut state, &self.tenant, *ticket);
-                }
-            }
-            Stage::Later => return,
-        }
-        inner.dispatch(&mut state);
     }
 }
 

@@ -141,6 +141,8 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
 }
 
 /// Serves on listeners bound by the caller (tests bind port 0).
+/// Kept whole: start-up and shutdown of the service and its background
+/// tasks, in order, read best in one place.
 pub async fn serve_with_listeners(
     config: Config,
     listeners: Listeners,

@@ -114,7 +114,8 @@ fn run_timeout(run: &RunRow) -> Duration {
 
 impl Engine {
     /// Drives `run` from QUEUED to its stored end (see the module's doc),
-    /// then forgets it.
+    /// then forgets it. Kept whole: the run's life cycle — wait, begin,
+    /// steps, then its end or its release — reads best in one place.
     pub(super) async fn drive(
         self: Arc<Self>,
         mut run: RunRow,
