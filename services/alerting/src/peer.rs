@@ -21,7 +21,6 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use agentmesh_kit::RequestContext;
 use agentmesh_kit::auth::Scope;
 use agentmesh_kit::client::{Clients, MeshChannel};
 use agentmesh_proto::alerting::v1::{self as pb, alerting_service_client::AlertingServiceClient};
@@ -61,21 +60,13 @@ pub(crate) fn forwarded<T>(request: &Request<T>) -> bool {
     request.metadata().contains_key(FORWARDED_BY)
 }
 
-/// A forwarded call is authorized as the original caller: the auth layer
-/// accepted it on the standby's service credential acting for that
-/// caller, and that credential's own scopes (`admin` for the audit
-/// stream) would allow anything; here the end user's own scopes must.
+/// A forwarded call is authorized as the original caller (the standby's
+/// credential, `admin` for the audit stream, would allow anything).
 pub(crate) fn authorize_forwarded<T>(request: &Request<T>, scope: Scope) -> Result<(), Status> {
     if !forwarded(request) {
         return Ok(());
     }
-    let context = RequestContext::from_request(request);
-    match context.as_ref().and_then(RequestContext::identity) {
-        Some(identity) if !identity.scopes.allows(scope) => Err(Status::permission_denied(
-            format!("the caller this call was forwarded for lacks the scope {scope}"),
-        )),
-        _ => Ok(()),
-    }
+    agentmesh_kit::auth::forwarded_caller_allows(request, scope)
 }
 
 /// The refusal of a forwarded call by a replica that does not lead.

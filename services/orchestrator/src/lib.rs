@@ -153,7 +153,7 @@ pub async fn serve_with_listeners(
     let mut effective = (*config).clone();
     effective.storage.url = effective.storage.url.as_deref().map(without_password);
     let audit = agentmesh_audit_client::start_service::<Config>(&config.audit, &host, &effective)?;
-    let startup = Startup {
+    let mut startup = Startup {
         run_metrics: metrics::RunMetrics::new(
             host.metrics().registry(),
             config.agents.keys().map(String::as_str),
@@ -204,24 +204,14 @@ pub async fn serve_with_listeners(
         let startup = &startup;
         host.serve(listeners, || startup.open(), shutdown).await
     };
-    if let Some(tasks) = startup.maintenance.get() {
+    if let Some(tasks) = startup.maintenance.take() {
         tasks.maintain.abort();
         tasks.listen.abort();
         tasks.retention.abort();
-    }
-    if let Some(tasks) = startup.maintenance.get()
-        && !tasks.hand_over.is_finished()
-    {
         // The server may stop before the runs reach their checkpoints (no
         // call open): the hand-over goes on, bounded by the grace period.
-        let hand_over = tasks.hand_over.abort_handle();
-        let wait = async {
-            while !hand_over.is_finished() {
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
-        };
         let limit = startup.config.server.grace_period + std::time::Duration::from_secs(2);
-        if tokio::time::timeout(limit, wait).await.is_err() {
+        if tokio::time::timeout(limit, tasks.hand_over).await.is_err() {
             tracing::warn!(
                 "runs still being handed over at exit; they resume once their claim runs out"
             );

@@ -259,16 +259,8 @@ impl OrchestratorService for OrchestratorServiceImpl {
     ) -> Result<Response<Self::StreamRunStream>, Status> {
         let caller = caller(&request);
         let forwarded = request.metadata().contains_key(FORWARDED_BY);
-        // A follow another replica forwarded: the auth layer accepted that
-        // replica's credential acting for the caller; the caller's own
-        // scopes must allow it too.
-        if forwarded
-            && caller.context.identity().is_some()
-            && !caller.identity.scopes.allows(Scope::RunsRead)
-        {
-            return Err(Status::permission_denied(
-                "the caller this follow was forwarded for lacks the scope runs:read",
-            ));
+        if forwarded {
+            agentmesh_kit::auth::forwarded_caller_allows(&request, Scope::RunsRead)?;
         }
         let request = request.into_inner();
         if request.after_sequence < 0 {

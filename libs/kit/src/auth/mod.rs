@@ -356,6 +356,24 @@ fn decision(
     }
 }
 
+/// Checks a call one replica forwarded to another for its caller: the auth
+/// layer accepted the forwarding replica's service credential acting for
+/// the caller, and that credential's own scopes may allow anything; the
+/// end user's own scopes must allow `scope` too. Calls nobody checked
+/// (auth off) pass.
+pub fn forwarded_caller_allows<T>(
+    request: &tonic::Request<T>,
+    scope: Scope,
+) -> Result<(), tonic::Status> {
+    let context = RequestContext::from_request(request);
+    match context.as_ref().and_then(RequestContext::identity) {
+        Some(identity) if !identity.scopes.allows(scope) => Err(tonic::Status::permission_denied(
+            format!("the caller this call was forwarded for lacks the scope {scope}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The peer address tonic put in a request's extensions (a plain TCP or a
 /// TLS connection's).
 pub fn peer_addr<B>(request: &Request<B>) -> Option<SocketAddr> {

@@ -112,9 +112,29 @@ impl ActiveRun {
     /// flush and sends it to the followers.
     pub(super) fn emit(&self, event: run_event::Event) -> pb::RunEvent {
         let mut live = lock(&self.live);
+        Self::publish(&self.run_id, &mut live, event)
+    }
+
+    /// [`Self::emit`] while the next number is reserved (`None`); else
+    /// the event back, with the reservation to store first (the last number
+    /// used plus `block`).
+    pub(super) fn emit_reserved(
+        &self,
+        event: run_event::Event,
+        block: i32,
+    ) -> Option<(run_event::Event, i32)> {
+        let mut live = lock(&self.live);
+        if live.last_sequence >= live.reserved {
+            return Some((event, live.last_sequence.saturating_add(block)));
+        }
+        Self::publish(&self.run_id, &mut live, event);
+        None
+    }
+
+    fn publish(run_id: &str, live: &mut Live, event: run_event::Event) -> pb::RunEvent {
         live.last_sequence += 1;
         let event = pb::RunEvent {
-            run_id: self.run_id.clone(),
+            run_id: run_id.to_owned(),
             sequence: live.last_sequence,
             time: Some(timestamp_from_micros(now_micros())),
             event: Some(event),
@@ -123,13 +143,6 @@ impl ActiveRun {
         // No followers is fine: the event is stored at the end of the step.
         let _ = live.followers.send(event.clone());
         event
-    }
-
-    /// The reservation to store before the next event can be numbered:
-    /// `Some(upto)` when the next number is beyond the reserved ones.
-    pub(super) fn reservation_needed(&self, block: i32) -> Option<i32> {
-        let live = lock(&self.live);
-        (live.last_sequence >= live.reserved).then(|| live.last_sequence.saturating_add(block))
     }
 
     /// Records that the store reserved numbers up to `upto`.

@@ -38,7 +38,7 @@ use tonic::Status;
 use super::active::ActiveRun;
 use super::audit_events::RunEndAudit;
 use super::persist::apply;
-use super::step::{StepContext, StepOutcome, percent};
+use super::step::{StepContext, StepOutcome, progress};
 use super::{Engine, Resume, lock, mark_failed};
 use crate::admission::Places;
 use crate::config::AgentProfile;
@@ -285,13 +285,10 @@ impl Engine {
             self.emit(
                 active,
                 run_event::Event::Progress(pb::Progress {
-                    step,
-                    max_steps: run.limits.max_steps,
-                    percent: percent(checkpoint.step, run.limits.max_steps),
-                    message,
                     step_restarted: true,
                     abandoned_first_sequence: first,
                     abandoned_last_sequence: last,
+                    ..progress(run, step, message)
                 }),
             )
             .await;

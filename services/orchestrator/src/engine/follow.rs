@@ -272,27 +272,10 @@ impl Follower<'_> {
     /// store has, then the run's end, or UNAVAILABLE so that the replica
     /// that forwarded it looks for the run's driver again.
     async fn follow_stored_here(&mut self) -> Result<(), FollowEnd> {
-        let ended = self
-            .engine
-            .store
-            .get_run_any_tenant(&self.run_id)
-            .await
-            .map_err(|err| self.store_failed(&err))?
-            .is_some_and(|run| run.is_terminal());
-        for event in self
-            .engine
-            .store
-            .events(&self.run_id, self.last, i32::MAX)
-            .await
-            .map_err(|err| self.store_failed(&err))?
-        {
-            self.send(event).await?;
-        }
-        if ended {
-            return Err(FollowEnd::Done);
-        }
+        self.replay_stored().await?;
         Err(FollowEnd::Error(Status::unavailable(format!(
-            "run {} is not driven by this orchestrator replica (any more); follow it again              through any replica",
+            "run {} is not driven by this orchestrator replica (any more); follow it again \
+             through any replica",
             self.run_id
         ))))
     }
@@ -300,6 +283,20 @@ impl Follower<'_> {
     /// Replay from the store; for a run driven elsewhere, look again
     /// periodically.
     async fn follow_stored(&mut self) -> Result<(), FollowEnd> {
+        let run = self.replay_stored().await?;
+        tokio::select! {
+            () = tokio::time::sleep(REMOTE_POLL) => {}
+            () = self.sender.closed() => return Err(FollowEnd::Done),
+        }
+        if Instant::now() >= self.next_heartbeat {
+            self.heartbeat(run.state).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends the stored events after the last one sent: `Done` once the
+    /// run's end went out, else the run as read before them.
+    async fn replay_stored(&mut self) -> Result<RunRow, FollowEnd> {
         let run = self
             .engine
             .store
@@ -325,14 +322,7 @@ impl Follower<'_> {
             // The terminal event is always stored with the terminal state.
             return Err(FollowEnd::Done);
         }
-        tokio::select! {
-            () = tokio::time::sleep(REMOTE_POLL) => {}
-            () = self.sender.closed() => return Err(FollowEnd::Done),
-        }
-        if Instant::now() >= self.next_heartbeat {
-            self.heartbeat(run.state).await?;
-        }
-        Ok(())
+        Ok(run)
     }
 }
 

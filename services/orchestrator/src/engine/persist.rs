@@ -122,23 +122,25 @@ impl Engine {
     /// (retried while the store fails: an event never goes out unreserved).
     /// A lost claim releases the run, and the event is dropped.
     pub(super) async fn emit(&self, active: &ActiveRun, event: run_event::Event) {
-        if let Some(upto) = active.reservation_needed(RESERVE_BLOCK) {
-            let mut delay = Duration::from_millis(50);
-            loop {
-                match self.store.reserve(active.run_id(), &self.owner, upto).await {
-                    Ok(true) => {
-                        active.reserved(upto);
-                        break;
-                    }
-                    Ok(false) => {
-                        self.claim_lost(active);
-                        return;
-                    }
-                    Err(err) => {
-                        tracing::warn!(run_id = active.run_id(), error = %err, "cannot reserve sequence numbers yet; retrying");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(2));
-                    }
+        // One lock for an event within the reservation (every token).
+        let Some((event, upto)) = active.emit_reserved(event, RESERVE_BLOCK) else {
+            return;
+        };
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match self.store.reserve(active.run_id(), &self.owner, upto).await {
+                Ok(true) => {
+                    active.reserved(upto);
+                    break;
+                }
+                Ok(false) => {
+                    self.claim_lost(active);
+                    return;
+                }
+                Err(err) => {
+                    tracing::warn!(run_id = active.run_id(), error = %err, "cannot reserve sequence numbers yet; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
                 }
             }
         }

@@ -34,6 +34,9 @@ use crate::store::CHANNEL;
 /// forwarding it again.
 pub(crate) const FORWARDED_BY: &str = "x-orchestrator-forwarded-by";
 
+/// Channels to other replicas kept at most (see `driver_channel`).
+const MAX_REPLICA_CHANNELS: usize = 64;
+
 /// How long a listener waits before connecting again after a failure.
 const RECONNECT: Duration = Duration::from_secs(1);
 
@@ -267,6 +270,11 @@ impl Engine {
         }
         match self.clients.channel(&url) {
             Ok(channel) => {
+                // Replicas come and go with new addresses: forget the old
+                // channels rather than keep one per address ever seen.
+                if channels.len() >= MAX_REPLICA_CHANNELS {
+                    channels.clear();
+                }
                 channels.insert(url, channel.clone());
                 Some(channel)
             }

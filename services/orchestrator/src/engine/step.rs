@@ -75,13 +75,11 @@ impl Engine {
         let step = checkpoint.step + 1;
         self.emit(
             cx.active,
-            run_event::Event::Progress(pb::Progress {
+            run_event::Event::Progress(progress(
+                run,
                 step,
-                max_steps: run.limits.max_steps,
-                percent: percent(step - 1, run.limits.max_steps),
-                message: format!("step {step}: asking the model"),
-                ..pb::Progress::default()
-            }),
+                format!("step {step}: asking the model"),
+            )),
         )
         .await;
         // A span per step: the model call and the tool calls it asks for.
@@ -163,12 +161,12 @@ impl Engine {
                     self.emit(
                         cx.active,
                         run_event::Event::Progress(pb::Progress {
-                            step,
-                            max_steps: run.limits.max_steps,
-                            percent: percent(step - 1, run.limits.max_steps),
-                            message: format!("step {step} restarted: {}", reset.reason),
                             step_restarted: true,
-                            ..pb::Progress::default()
+                            ..progress(
+                                run,
+                                step,
+                                format!("step {step} restarted: {}", reset.reason),
+                            )
                         }),
                     )
                     .await;
@@ -249,8 +247,19 @@ impl Engine {
     }
 }
 
+/// The progress of `run` as `step` begins (the steps before it done).
+pub(super) fn progress(run: &RunRow, step: i32, message: String) -> pb::Progress {
+    pb::Progress {
+        step,
+        max_steps: run.limits.max_steps,
+        percent: percent(step - 1, run.limits.max_steps),
+        message,
+        ..pb::Progress::default()
+    }
+}
+
 /// How far a run is, in percent of its step limit.
-pub(super) fn percent(done: i32, max: i32) -> f32 {
+fn percent(done: i32, max: i32) -> f32 {
     if max <= 0 {
         return 0.0;
     }
