@@ -130,7 +130,7 @@ async fn main() {
         "shared through PostgreSQL",
         admitted,
         refused,
-        &format!("leases: {admitted_leases} / {refused_leases} for {admits} admits each"),
+        &format!("{admitted_leases} and {refused_leases} leases for {admits} admits each"),
     );
 
     // A database that is not there: the first lease fails, then every call
