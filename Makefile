@@ -6,7 +6,8 @@
 #   make lint     rustfmt, clippy -D warnings, module structure, cargo deny, buf lint, buf format
 #   make fuzz     every fuzz target for FUZZ_SECONDS each (default 60), then a summary
 #                 of executions and findings per target (CI runs them too, 256 cases each)
-#   make bench    benchmark programs that print figures (hop cost, run step, audit ingest, gateway faults, auth)
+#   make bench    benchmark programs that print figures (hop cost, run step, audit ingest, gateway faults, auth,
+#                 rate limits)
 #   make rules    check and unit-test the Prometheus alert rules (promtool)
 #   make deploy-check  render every overlay and combination of kustomize components,
 #                 validate them (Kubernetes, Istio and Prometheus Operator schemas),
@@ -76,6 +77,7 @@ bench:
 	$(CARGO) bench -p agentmesh-tests --bench audit_ingest
 	$(CARGO) bench -p agentmesh-tests --bench gateway_faults
 	$(CARGO) bench -p agentmesh-tests --bench auth
+	$(CARGO) bench -p agentmesh-tests --bench rate_limits
 
 # The Prometheus alert rules: syntax, their unit tests, and the generated
 # PrometheusRule of the monitoring component (k8s/components/monitoring) being

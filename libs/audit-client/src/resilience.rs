@@ -11,6 +11,9 @@
 //!                                                                    agentmesh_rate_limited_total
 //! retry made ──────────────────────▶ ResilienceReporter::retried ──▶ agentmesh_retries_total
 //! Bulkhead ── on_change ─────────▶ ResilienceReporter::watch_bulkhead ▶ agentmesh_bulkhead_in_use / _queue_depth
+//! SharedRateLimiter ── on_event ─▶ ResilienceReporter::watch_rate_limiter ▶ agentmesh_rate_limit_mode{scope,mode}
+//!                                                                    agentmesh_rate_limit_leases_total{scope,outcome}
+//!                                                                    a log line per change of mode
 //! ```
 //!
 //! One reporter per service; its families live in the service's registry.
@@ -21,7 +24,10 @@ use std::time::Duration;
 use agentmesh_proto::audit::v1::{
     CircuitDetails, EventType, Outcome, RateLimitDetails, audit_event::Details,
 };
-use agentmesh_resilience::{Bulkhead, CircuitBreaker, CircuitState, Transition};
+use agentmesh_resilience::{
+    Bulkhead, CircuitBreaker, CircuitState, LimiterEvent, LimiterMode, SharedRateLimiter,
+    Transition,
+};
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 
 use crate::{AuditClient, duration};
@@ -60,6 +66,8 @@ struct Families {
     retries: IntCounterVec,
     bulkhead_in_use: IntGaugeVec,
     bulkhead_queued: IntGaugeVec,
+    limiter_mode: IntGaugeVec,
+    leases: IntCounterVec,
 }
 
 impl ResilienceReporter {
@@ -216,6 +224,54 @@ impl ResilienceReporter {
         bulkhead.on_change(move |bulkhead| reporter.bulkhead(bulkhead));
     }
 
+    /// Watches a rate limiter shared by replicas: its mode gauge from now on
+    /// (1 for the mode in effect, 0 for the other), its leases counted by
+    /// outcome (`granted`, `empty`: the row had no room, `failed`), and a
+    /// log line at each change of mode — a warning when it falls back to
+    /// local limits, so an outage is logged once, not per call.
+    pub fn watch_rate_limiter(&self, limiter: &SharedRateLimiter) {
+        let scope = limiter.scope().to_owned();
+        self.limiter_mode(&scope, limiter.mode());
+        let reporter = self.clone();
+        limiter.on_event(move |event| match event {
+            LimiterEvent::Mode { mode, reason } => {
+                reporter.limiter_mode(&scope, *mode);
+                match (mode, reason) {
+                    (LimiterMode::Local, reason) => tracing::warn!(
+                        scope = %scope,
+                        reason = reason.as_deref().unwrap_or(""),
+                        "the shared rate-limit store is unreachable: each replica now enforces its share (1/N) of every limit on its own"
+                    ),
+                    (LimiterMode::Shared, _) => tracing::info!(
+                        scope = %scope,
+                        "the shared rate-limit store answers again: rate limits are shared"
+                    ),
+                }
+            }
+            LimiterEvent::Leased { granted } => {
+                reporter.lease(&scope, if *granted > 0 { "granted" } else { "empty" });
+            }
+            LimiterEvent::LeaseFailed => reporter.lease(&scope, "failed"),
+        });
+    }
+
+    fn limiter_mode(&self, scope: &str, mode: LimiterMode) {
+        if let Some(metrics) = &self.metrics {
+            for each in [LimiterMode::Shared, LimiterMode::Local] {
+                metrics
+                    .limiter_mode
+                    .with_label_values(&[scope, each.as_str()])
+                    .set(i64::from(each == mode));
+            }
+        }
+    }
+
+    fn lease(&self, scope: &str, outcome: &str) {
+        if let Some(metrics) = &self.metrics {
+            metrics.leases.with_label_values(&[scope, outcome]).inc();
+        }
+    }
+
     /// Sets the gauges of `bulkhead` to what it holds now.
     fn bulkhead(&self, bulkhead: &Bulkhead) {
         if let Some(metrics) = &self.metrics {
@@ -277,12 +333,28 @@ impl Families {
             ),
             &["bulkhead"],
         )?;
+        let limiter_mode = IntGaugeVec::new(
+            Opts::new(
+                "agentmesh_rate_limit_mode",
+                "Where a shared rate limiter's decisions come from, per scope: 1 for the mode in effect (shared: the store; local: this replica alone at 1/N, the store being unreachable), 0 for the other.",
+            ),
+            &["scope", "mode"],
+        )?;
+        let leases = IntCounterVec::new(
+            Opts::new(
+                "agentmesh_rate_limit_leases_total",
+                "Leases of rate-limit cells from the shared store, per scope and outcome (granted, empty: no room, failed).",
+            ),
+            &["scope", "outcome"],
+        )?;
         registry.register(Box::new(circuit_state.clone()))?;
         registry.register(Box::new(transitions.clone()))?;
         registry.register(Box::new(refused.clone()))?;
         registry.register(Box::new(retries.clone()))?;
         registry.register(Box::new(bulkhead_in_use.clone()))?;
         registry.register(Box::new(bulkhead_queued.clone()))?;
+        registry.register(Box::new(limiter_mode.clone()))?;
+        registry.register(Box::new(leases.clone()))?;
         Ok(Self {
             circuit_state,
             transitions,
@@ -290,6 +362,8 @@ impl Families {
             retries,
             bulkhead_in_use,
             bulkhead_queued,
+            limiter_mode,
+            leases,
         })
     }
 }

@@ -15,8 +15,12 @@
 //!   with an observer for state changes (audit events, gauges).
 //! * [`bulkhead`]: bounded concurrency with a bounded queue, refusing beyond
 //!   it, with an observer for its gauges.
-//! * [`rate_limit`]: requests per minute per key by GCRA (`governor`), and
-//!   tokens per minute charged by estimate and reconciled with real usage.
+//! * [`rate_limit`]: requests per minute per key by GCRA, and tokens per
+//!   minute charged by estimate and reconciled with real usage, behind one
+//!   interface ([`KeyedLimiter`]): in this process's memory (`governor`),
+//!   or shared by replicas through a store of GCRA rows from which each
+//!   leases small batches, falling back to 1/N of each limit when the
+//!   store is down.
 //!
 //! ```text
 //! call ─▶ rate limit ─▶ bulkhead place ─▶ AttemptLoop over targets
@@ -44,5 +48,9 @@ pub use bulkhead::{Bulkhead, BulkheadFull, BulkheadPermit, Entry, Queued};
 pub use circuit::{
     CallPermit, CircuitBreaker, CircuitConfig, CircuitOpen, CircuitState, Transition,
 };
-pub use rate_limit::{KeyedRateLimiter, Limit, RateLimited, Resource, TokenCharge};
+pub use rate_limit::{
+    Gcra, KeyedLimiter, KeyedRateLimiter, Lease, LeaseError, LeaseRequest, LeaseStore, Limit,
+    LimiterEvent, LimiterMode, RateLimited, Resource, SharedRateLimiter, SharedSettings,
+    TokenCharge,
+};
 pub use retry::{Backoff, NoRetry, Retries, RetryBudget, RetryConfig};

@@ -1,44 +1,52 @@
-//! Rate limits per key (a tenant, a route): requests per minute by GCRA
-//! (`governor`), and tokens per minute by a bucket that is charged an
-//! estimate before the call and the real count after it.
+//! Rate limits per key (a tenant, a route): requests per minute by GCRA,
+//! and tokens per minute by a bucket that is charged an estimate before the
+//! call and the real count after it — behind one interface,
+//! [`KeyedLimiter`], with two implementations:
+//!
+//! * [`KeyedRateLimiter`] ([`local`]): the state in this process's memory
+//!   (`governor`'s GCRA and a small token bucket). One replica, or several
+//!   that each enforce their own copy.
+//! * [`SharedRateLimiter`] ([`shared`]): the state in a store every replica
+//!   shares (a [`LeaseStore`], e.g. a PostgreSQL table), so a key's limit
+//!   holds across replicas. Calls do not wait for the store: each replica
+//!   leases small batches of cells from the key's GCRA row ([`lease`]) and
+//!   spends them locally, refilling in the background; when the store is
+//!   unreachable it falls back to a local limiter at 1/N of each limit.
 //!
 //! ```text
-//! admit(key, estimate) ─▶ tokens: bucket holds the estimate?   no ─▶ RateLimited(tokens)
+//! admit(key, estimate) ─▶ tokens: room for the estimate?   no ─▶ RateLimited(tokens)
 //!                           │ yes: take the estimate
 //!                           ▼
-//!                         requests: GCRA cell free?            no ─▶ give the tokens back,
-//!                           │ yes                                     RateLimited(requests)
+//!                         requests: a cell free?           no ─▶ give the tokens back,
+//!                           │ yes                                 RateLimited(requests)
 //!                           ▼
 //!                         TokenCharge ── after the call ──▶ reconcile(charge, real tokens)
 //! ```
 //!
 //! A token limit cannot be known before a model answers, so the bucket may
 //! go into debt when the real count exceeds the estimate: the key then waits
-//! until the refill pays it back. GCRA cannot be charged after the fact,
-//! which is why tokens have their own small bucket.
-//!
-//! State is in this process's memory. With several replicas each enforces
-//! its own copy, so a key's effective limit is the configured one times the
-//! replicas its calls are spread over (the docs say how to size for that).
+//! until the refill pays it back. Both resources are GCRA meters: a meter
+//! emits one cell every `interval` and holds `burst` at once; a token meter
+//! is one whose cells are tokens and whose burst is a minute's worth.
 
-use std::collections::{BTreeMap, HashMap};
+pub mod lease;
+pub mod local;
+pub mod shared;
+
 use std::fmt;
-use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use governor::clock::{Clock as _, DefaultClock};
-use governor::state::{InMemoryState, NotKeyed};
-use governor::{Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
-use tokio::time::Instant;
+
+pub use lease::{Gcra, Lease, LeaseError, LeaseRequest, LeaseStore};
+pub use local::KeyedRateLimiter;
+pub use shared::{LimiterEvent, LimiterMode, SharedRateLimiter, SharedSettings};
 
 /// The period every limit is expressed over.
 pub const PERIOD: Duration = Duration::from_secs(60);
-/// Keys kept before idle ones are dropped (their buckets are full again).
-const MAX_KEYS: usize = 10_000;
-/// A key unused this long has a full bucket and a free cell: forgettable.
-const IDLE: Duration = Duration::from_secs(120);
 
 /// A limit on one key; 0 = no limit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +65,43 @@ impl Limit {
     /// True when neither requests nor tokens are limited.
     pub fn is_unlimited(&self) -> bool {
         self.requests_per_minute == 0 && self.tokens_per_minute == 0
+    }
+
+    /// The requests burst in effect (`burst`, or a minute's worth).
+    pub fn effective_burst(&self) -> u32 {
+        if self.burst == 0 {
+            self.requests_per_minute
+        } else {
+            self.burst
+        }
+    }
+
+    /// One of `replicas` equal shares of this limit: every rate and the
+    /// burst divided by `replicas`, rounded down but never below 1, so
+    /// that `replicas` processes each enforcing their share together stay
+    /// within the limit (unless it is smaller than `replicas`).
+    pub fn share(&self, replicas: u32) -> Self {
+        let replicas = replicas.max(1);
+        let part = |value: u32| {
+            if value == 0 {
+                0
+            } else {
+                (value / replicas).max(1)
+            }
+        };
+        Self {
+            requests_per_minute: part(self.requests_per_minute),
+            burst: if self.requests_per_minute == 0 {
+                0
+            } else {
+                part(self.effective_burst())
+            },
+            tokens_per_minute: if self.tokens_per_minute == 0 {
+                0
+            } else {
+                (self.tokens_per_minute / u64::from(replicas)).max(1)
+            },
+        }
     }
 }
 
@@ -93,187 +138,55 @@ pub struct RateLimited {
     pub retry_after: Duration,
 }
 
-/// Tokens taken for a call, to settle with [`KeyedRateLimiter::reconcile`].
+/// Tokens taken for a call, to settle with [`KeyedLimiter::reconcile`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenCharge {
     key: String,
     tokens: u64,
+    /// Taken from a shared limiter's local fallback, which settles it.
+    fallback: bool,
 }
 
-/// Rate limits for many keys: one default, overrides by key.
-pub struct KeyedRateLimiter {
-    default: Limit,
-    overrides: BTreeMap<String, Limit>,
-    entries: Mutex<HashMap<String, Arc<Entry>>>,
-}
-
-impl fmt::Debug for KeyedRateLimiter {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KeyedRateLimiter")
-            .field("default", &self.default)
-            .field("overrides", &self.overrides)
-            .finish_non_exhaustive()
-    }
-}
-
-struct Entry {
-    limit: Limit,
-    requests: Option<RateLimiter<NotKeyed, InMemoryState, DefaultClock>>,
-    tokens: Mutex<Bucket>,
-}
-
-struct Bucket {
-    /// Tokens available; negative = debt.
-    available: f64,
-    refilled: Instant,
-    used: Instant,
-}
-
-impl KeyedRateLimiter {
-    /// Limits of `default` for every key, except those in `overrides`.
-    pub fn new(default: Limit, overrides: BTreeMap<String, Limit>) -> Self {
+impl TokenCharge {
+    fn new(key: &str, tokens: u64) -> Self {
         Self {
-            default,
-            overrides,
-            entries: Mutex::new(HashMap::new()),
+            key: key.to_owned(),
+            tokens,
+            fallback: false,
         }
     }
+}
 
+/// What [`KeyedLimiter::admit`] returns: a future, because a shared
+/// limiter may have to wait for a lease (rarely: it refills ahead).
+pub type Admit<'a> = Pin<Box<dyn Future<Output = Result<TokenCharge, RateLimited>> + Send + 'a>>;
+
+/// Rate limits for many keys: one default limit, overrides by key.
+pub trait KeyedLimiter: fmt::Debug + Send + Sync {
     /// The limit that applies to `key`.
-    pub fn limit_of(&self, key: &str) -> Limit {
-        self.overrides.get(key).copied().unwrap_or(self.default)
-    }
+    fn limit_of(&self, key: &str) -> Limit;
 
     /// True when no key is limited at all.
-    pub fn is_unlimited(&self) -> bool {
-        self.default.is_unlimited() && self.overrides.values().all(Limit::is_unlimited)
-    }
+    fn is_unlimited(&self) -> bool;
 
     /// Admits one request expected to use `estimated_tokens`, or says which
     /// limit refused it and when to retry. Nothing is taken on a refusal.
-    pub fn admit(&self, key: &str, estimated_tokens: u64) -> Result<TokenCharge, RateLimited> {
-        let limit = self.limit_of(key);
-        let charge = TokenCharge {
-            key: key.to_owned(),
-            tokens: 0,
-        };
-        if limit.is_unlimited() {
-            return Ok(charge);
-        }
-        let entry = self.entry(key, limit);
-        let now = Instant::now();
-        let mut charged = 0;
-        if limit.tokens_per_minute > 0 {
-            let mut bucket = lock(&entry.tokens);
-            bucket.refill(limit.tokens_per_minute, now);
-            let capacity = limit.tokens_per_minute as f64;
-            // A request larger than the whole bucket passes when it is full
-            // (and leaves it in debt), else it could never pass.
-            let need = (estimated_tokens as f64).min(capacity);
-            if bucket.available < need {
-                let per_second = capacity / PERIOD.as_secs_f64();
-                return Err(RateLimited {
-                    key: key.to_owned(),
-                    resource: Resource::Tokens,
-                    limit: capacity,
-                    retry_after: Duration::from_secs_f64(
-                        ((need - bucket.available) / per_second).max(0.001),
-                    ),
-                });
-            }
-            bucket.available -= estimated_tokens as f64;
-            bucket.used = now;
-            charged = estimated_tokens;
-        }
-        if let Some(requests) = &entry.requests
-            && let Err(not_until) = requests.check()
-        {
-            if charged > 0 {
-                lock(&entry.tokens).available += charged as f64;
-            }
-            return Err(RateLimited {
-                key: key.to_owned(),
-                resource: Resource::Requests,
-                limit: f64::from(limit.requests_per_minute),
-                retry_after: not_until
-                    .wait_time_from(DefaultClock::default().now())
-                    .max(Duration::from_millis(1)),
-            });
-        }
-        lock(&entry.tokens).used = now;
-        Ok(TokenCharge {
-            tokens: charged,
-            ..charge
-        })
-    }
-
-    /// Gives back tokens taken by an admitted request that never reached a
-    /// model (e.g. another limit refused it).
-    pub fn refund(&self, charge: TokenCharge) {
-        self.reconcile(charge, 0);
-    }
+    fn admit<'a>(&'a self, key: &'a str, estimated_tokens: u64) -> Admit<'a>;
 
     /// Settles a request's tokens with what it really used (input plus
     /// output): gives back an over-estimate, takes the rest of an
     /// under-estimate (possibly into debt).
-    pub fn reconcile(&self, charge: TokenCharge, actual_tokens: u64) {
-        let limit = self.limit_of(&charge.key);
-        if limit.tokens_per_minute == 0 {
-            return;
-        }
-        let entry = self.entry(&charge.key, limit);
-        let mut bucket = lock(&entry.tokens);
-        bucket.refill(limit.tokens_per_minute, Instant::now());
-        bucket.available += charge.tokens as f64 - actual_tokens as f64;
-        bucket.available = bucket.available.min(limit.tokens_per_minute as f64);
-    }
+    fn reconcile(&self, charge: TokenCharge, actual_tokens: u64);
 
-    fn entry(&self, key: &str, limit: Limit) -> Arc<Entry> {
-        let mut entries = lock(&self.entries);
-        if let Some(entry) = entries.get(key)
-            && entry.limit == limit
-        {
-            return Arc::clone(entry);
-        }
-        if entries.len() >= MAX_KEYS {
-            let now = Instant::now();
-            entries
-                .retain(|_, entry| now.saturating_duration_since(lock(&entry.tokens).used) < IDLE);
-        }
-        let entry = Arc::new(Entry::new(limit));
-        entries.insert(key.to_owned(), Arc::clone(&entry));
-        entry
+    /// Gives back tokens taken by an admitted request that never reached a
+    /// model (e.g. another limit refused it).
+    fn refund(&self, charge: TokenCharge) {
+        self.reconcile(charge, 0);
     }
 }
 
-impl Entry {
-    fn new(limit: Limit) -> Self {
-        let requests = NonZeroU32::new(limit.requests_per_minute).map(|per_minute| {
-            let burst = NonZeroU32::new(limit.burst).unwrap_or(per_minute);
-            RateLimiter::direct(Quota::per_minute(per_minute).allow_burst(burst))
-        });
-        let now = Instant::now();
-        Self {
-            limit,
-            requests,
-            tokens: Mutex::new(Bucket {
-                available: limit.tokens_per_minute as f64,
-                refilled: now,
-                used: now,
-            }),
-        }
-    }
-}
-
-impl Bucket {
-    fn refill(&mut self, per_minute: u64, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
-        let capacity = per_minute as f64;
-        self.available = (self.available + elapsed * capacity / PERIOD.as_secs_f64()).min(capacity);
-        self.refilled = now;
-    }
-}
-
+/// A mutex's data even when a panic poisoned it: the state here is
+/// counters, never left half-updated across a panic point.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -283,98 +196,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn requests_are_limited_per_key_with_a_retry_delay() {
-        let limiter = KeyedRateLimiter::new(
+    fn a_share_divides_every_rate_and_the_burst_never_below_one() {
+        let limit = Limit {
+            requests_per_minute: 60,
+            burst: 0,
+            tokens_per_minute: 1000,
+        };
+        assert_eq!(
+            limit.share(4),
             Limit {
-                requests_per_minute: 2,
-                ..Limit::default()
-            },
-            BTreeMap::from([(
-                "big".to_owned(),
-                Limit {
-                    requests_per_minute: 100,
-                    ..Limit::default()
-                },
-            )]),
+                requests_per_minute: 15,
+                burst: 15,
+                tokens_per_minute: 250,
+            }
         );
-        limiter.admit("acme", 0).unwrap();
-        limiter.admit("acme", 0).unwrap();
-        let refused = limiter.admit("acme", 0).unwrap_err();
-        assert_eq!(refused.resource, Resource::Requests);
-        assert_eq!(refused.limit, 2.0);
-        // One cell every 30 s.
-        assert!(refused.retry_after > Duration::from_secs(25), "{refused:?}");
-        assert!(
-            refused.retry_after <= Duration::from_secs(30),
-            "{refused:?}"
-        );
-        assert!(refused.to_string().contains("acme"));
-        // Another key is not affected; an override applies.
-        limiter.admit("globex", 0).unwrap();
-        for _ in 0..100 {
-            limiter.admit("big", 0).unwrap();
-        }
-        assert!(limiter.admit("big", 0).is_err());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn tokens_are_charged_an_estimate_then_reconciled() {
-        let limiter = KeyedRateLimiter::new(
-            Limit {
-                tokens_per_minute: 600,
-                ..Limit::default()
-            },
-            BTreeMap::new(),
-        );
-        let charge = limiter.admit("acme", 100).unwrap();
-        // The call really used 600: the bucket now holds 0.
-        limiter.reconcile(charge, 600);
-        let refused = limiter.admit("acme", 100).unwrap_err();
-        assert_eq!(refused.resource, Resource::Tokens);
-        // 10 tokens per second: 100 tokens in 10 s.
-        assert_eq!(refused.retry_after, Duration::from_secs(10));
-        tokio::time::advance(Duration::from_secs(10)).await;
-        let charge = limiter.admit("acme", 100).unwrap();
-        // Over-estimated: 80 come back.
-        limiter.reconcile(charge, 20);
-        tokio::time::advance(Duration::from_secs(2)).await;
-        limiter.admit("acme", 100).unwrap();
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_request_over_the_whole_bucket_passes_when_full_and_leaves_debt() {
-        let limiter = KeyedRateLimiter::new(
-            Limit {
-                tokens_per_minute: 60,
-                ..Limit::default()
-            },
-            BTreeMap::new(),
-        );
-        limiter.admit("acme", 120).unwrap();
-        // 60 tokens in debt: even 1 token waits 61 s.
-        let refused = limiter.admit("acme", 1).unwrap_err();
-        assert_eq!(refused.retry_after, Duration::from_secs(61));
-    }
-
-    #[test]
-    fn a_request_refusal_gives_the_tokens_back() {
-        let limiter = KeyedRateLimiter::new(
+        let small = Limit {
+            requests_per_minute: 3,
+            burst: 2,
+            tokens_per_minute: 0,
+        };
+        assert_eq!(
+            small.share(5),
             Limit {
                 requests_per_minute: 1,
-                tokens_per_minute: 100,
-                ..Limit::default()
-            },
-            BTreeMap::new(),
+                burst: 1,
+                tokens_per_minute: 0,
+            }
         );
-        let charge = limiter.admit("acme", 60).unwrap();
-        limiter.reconcile(charge, 60);
-        assert_eq!(
-            limiter.admit("acme", 40).unwrap_err().resource,
-            Resource::Requests
-        );
-        // The 40 were given back.
-        let entry = limiter.entry("acme", limiter.limit_of("acme"));
-        assert!(lock(&entry.tokens).available >= 40.0);
-        assert!(KeyedRateLimiter::new(Limit::default(), BTreeMap::new()).is_unlimited());
+        assert_eq!(limit.share(0), limit.share(1));
+        assert!(Limit::default().share(3).is_unlimited());
     }
 }

@@ -44,7 +44,6 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::config::{BudgetConfig, BudgetPeriod, BudgetScope};
-pub(crate) use store::MIGRATIONS;
 use store::Spent;
 
 /// Who pays for a call: its tenant and the id of its credential.
@@ -84,7 +83,8 @@ impl Budgets {
         reporter: ResilienceReporter,
     ) -> Self {
         let database = (!budgets.is_empty()).then(|| {
-            LazyDatabase::new(storage.clone(), crate::SERVICE).with_migrations(&MIGRATIONS)
+            LazyDatabase::new(storage.clone(), crate::SERVICE)
+                .with_migrations(&crate::schema::MIGRATIONS)
         });
         Self {
             budgets: budgets.to_vec(),

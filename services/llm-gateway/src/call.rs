@@ -33,8 +33,8 @@ use crate::budget::{Payer, Spend};
 use crate::completion::Completion;
 use crate::error::ProviderError;
 use crate::gateway::{Gateway, Resolved};
+use crate::limits::Charges;
 use crate::providers::ProviderCall;
-use crate::resilience::Charges;
 use crate::validate::validate_request;
 
 /// How a call came in: its method (as refusals name it), the caller's
@@ -68,7 +68,7 @@ impl Prepared {
     /// caller's deadline (the task-local context is gone once a stream is
     /// being polled). With it comes the call's attempt loop over the chain,
     /// made now so the call counts in the retry budget from its admission.
-    pub(crate) fn new(
+    pub(crate) async fn new(
         gateway: &Gateway,
         keys: &KeyRegistry,
         audit: &AuditClient,
@@ -106,7 +106,8 @@ impl Prepared {
             .to_owned();
         let charges = gateway
             .limits()
-            .admit(&tenant, &route_key, &request, method)?;
+            .admit(&tenant, &route_key, &request, method)
+            .await?;
         let payer = Payer {
             key: identity
                 .filter(|identity| identity.mechanism != Mechanism::None)

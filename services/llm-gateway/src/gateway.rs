@@ -26,8 +26,9 @@ use tonic::Status;
 
 use crate::budget::Budgets;
 use crate::config::{Config, FailureClass, Price, join_names, price_of, split_target};
+use crate::limits::Limits;
 use crate::providers::ProviderInstance;
-use crate::resilience::{Circuits, Limits, Target};
+use crate::resilience::{Circuits, Target};
 
 /// ListModels page sizes: 50 when the request gives 0, at most 1,000.
 const MODEL_PAGES: PageLimits = PageLimits::new(50, 1000);

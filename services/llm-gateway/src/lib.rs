@@ -11,7 +11,7 @@
 //! Generate / GenerateStream                                   (service)
 //!   └─ LLM_CALL record opened (audit; metrics at its end)     (audit, metrics)
 //!   └─ validate ─ resolve `model` to a route's chain ─ rate limits
-//!      ─ the call's attempt loop          (validate, gateway, resilience, call)
+//!      ─ the call's attempt loop          (validate, gateway, limits, call)
 //!   └─ the shared attempt loop (agentmesh-resilience): retry with backoff,
 //!      fall back along the chain, skip open circuits          (unary | relay)
 //!        └─ Provider (openai | anthropic | scripted)          (providers)
@@ -44,8 +44,12 @@
 //!   service's database (SQLite, or PostgreSQL shared by replicas).
 //! * `resilience`: what a provider failure means to the attempt loop
 //!   (retry, fall back, count against the circuit), circuit breakers of
-//!   targets, rate limits; the mechanisms themselves, and the attempt loop,
-//!   are in `agentmesh-resilience`.
+//!   targets; the mechanisms themselves, and the attempt loop, are in
+//!   `agentmesh-resilience`.
+//! * `limits`: the rate limits per tenant and route, in memory or shared by
+//!   replicas through PostgreSQL (`limits::store`: GCRA rows leased from in
+//!   batches), with the status and event of a refusal.
+//! * `schema`: the migrations of the gateway's databases.
 //! * `validate`: request checks, INVALID_ARGUMENT with field violations.
 //! * `providers`: the `Provider` trait and one module per wire protocol;
 //!   `providers::http` holds the shared HTTP client, timeouts and SSE
@@ -65,7 +69,8 @@
 //!
 //! The modules form layers, none reaching back up: `text`,
 //! `scripted_rules`, `completion`, `error` and `validate` at the bottom;
-//! `config`; `providers`; `resilience`; `budget`; `gateway`; `metrics`, then `audit`;
+//! `config`, `schema`; `providers`; `resilience`, `limits`; `budget`; `gateway`;
+//! `metrics`, then `audit`;
 //! `call`; `unary` and `relay`; `service` on top.
 //!
 //! # Library surface
@@ -89,10 +94,12 @@ mod completion;
 mod config;
 mod error;
 mod gateway;
+mod limits;
 mod metrics;
 mod providers;
 mod relay;
 mod resilience;
+mod schema;
 mod scripted_rules;
 mod service;
 mod unary;
@@ -110,10 +117,11 @@ use agentmesh_proto::llm::v1::llm_gateway_service_server::LlmGatewayServiceServe
 pub use agentmesh_audit_client::AuditConfig;
 pub use config::{
     BudgetConfig, BudgetPeriod, BudgetScope, Config, DEFAULT_PORT, FailureClass, Price,
-    ProviderConfig, ProviderKind, RateLimitsConfig, RouteConfig,
+    ProviderConfig, ProviderKind, RateLimitsConfig, RouteConfig, SharedLimitsConfig,
 };
 pub use error::{ERROR_DOMAIN, provider_reason};
 pub use gateway::Gateway;
+pub use limits::RateLimitStore;
 pub use service::LlmGatewayServiceImpl;
 
 /// The scope each RPC needs (`agentmesh auth scopes` prints every
@@ -159,15 +167,8 @@ pub async fn serve_with_listeners(
         tracing::warn!("no TLS crypto provider: calls to https providers will fail");
     }
     let mut host = ServiceHost::for_config(&config, &[SCOPES])?;
-    // The configuration names the environment variables holding the API
-    // keys, never the keys; a database URL's password is left out.
-    let mut effective = config.clone();
-    effective.storage.url = effective
-        .storage
-        .url
-        .as_deref()
-        .map(agentmesh_audit_client::without_password);
-    let audit = agentmesh_audit_client::start_service::<Config>(&config.audit, &host, &effective)?;
+    let audit =
+        agentmesh_audit_client::start_service::<Config>(&config.audit, &host, &effective(&config))?;
     let reporter = ResilienceReporter::new(audit.clone(), host.metrics().registry());
     let gateway = Arc::new(Gateway::build(&config, reporter).map_err(|err| {
         refused(format!(
@@ -191,30 +192,90 @@ pub async fn serve_with_listeners(
     );
     host.add_check(providers_check(&config))
         .add_check(audit.health_check());
-    // The budgets' spend database, only when budgets are configured: opened
-    // (and migrated) at start, required for readiness.
-    let spend_database = gateway.budgets().database().cloned();
-    if let Some(database) = &spend_database {
-        host.add_check(database.health_check());
-    }
-    let result = host
-        .serve(
-            listeners,
-            || async {
-                if let Some(database) = &spend_database {
-                    database.open().await.map_err(StartupError::from)?;
-                }
-                Ok::<(), StartupError>(())
-            },
-            shutdown,
-        )
-        .await;
-    if let Some(database) = &spend_database {
-        database.close().await;
-    }
+    let stores = Stores::of(&gateway, &mut host);
+    let result = host.serve(listeners, || stores.open(), shutdown).await;
+    stores.close().await;
     // The drain is over: send what is queued, or spool it.
     audit.shutdown().await;
     result
+}
+
+/// The configuration as recorded: it names the environment variables
+/// holding the API keys, never the keys, and database URLs go without their
+/// passwords.
+fn effective(config: &Config) -> Config {
+    let mut effective = config.clone();
+    effective.storage.url = effective
+        .storage
+        .url
+        .as_deref()
+        .map(agentmesh_audit_client::without_password);
+    effective.shared_limits.url =
+        agentmesh_audit_client::without_password(&effective.shared_limits.url);
+    effective
+}
+
+/// The databases the gateway opens at start and closes after the drain.
+struct Stores {
+    /// The budgets' spend, only when budgets are configured: opened (and
+    /// migrated) at start, required for readiness.
+    spend: Option<agentmesh_storage::LazyDatabase>,
+    /// The shared limits' database: opened (and migrated) at start when it
+    /// answers, never required (without it the limits are local, 1/N),
+    /// swept of idle rows while the gateway runs.
+    limits: Option<RateLimitStore>,
+    sweeper: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Stores {
+    /// The stores of `gateway`, their readiness checks added to `host`.
+    fn of(gateway: &Gateway, host: &mut ServiceHost) -> Self {
+        let spend = gateway.budgets().database().cloned();
+        if let Some(database) = &spend {
+            host.add_check(database.health_check());
+        }
+        let limits = gateway.limits().store().cloned();
+        if let Some(store) = &limits {
+            host.add_check(store.health_check());
+        }
+        let sweeper = limits
+            .clone()
+            .map(|store| tokio::spawn(store.keep_sweeping()));
+        Self {
+            spend,
+            limits,
+            sweeper,
+        }
+    }
+
+    /// Opens them during start-up: the spend database must open; the
+    /// limits' may not (a warning, and local limits until it does).
+    async fn open(&self) -> Result<(), StartupError> {
+        if let Some(database) = &self.spend {
+            database.open().await.map_err(StartupError::from)?;
+        }
+        if let Some(store) = &self.limits
+            && let Err(err) = store.open().await
+        {
+            tracing::warn!(
+                error = %err,
+                "the shared rate-limit database cannot be opened: rate limits are local (1/N) until it can"
+            );
+        }
+        Ok(())
+    }
+
+    async fn close(self) {
+        if let Some(sweeper) = self.sweeper {
+            sweeper.abort();
+        }
+        if let Some(database) = &self.spend {
+            database.close().await;
+        }
+        if let Some(store) = &self.limits {
+            store.close().await;
+        }
+    }
 }
 
 /// The required readiness check `providers`: at least one route leads to a

@@ -1,9 +1,9 @@
 //! How the gateway keeps answering when providers fail: what a provider
-//! failure means to the attempt loop, the circuit breakers of provider
-//! targets, and the rate limits per tenant and route.
+//! failure means to the attempt loop, and the circuit breakers of provider
+//! targets (the rate limits are [`crate::limits`]).
 //!
 //! ```text
-//! call ─▶ Limits::admit (tenant, route)        RESOURCE_EXHAUSTED + RetryInfo, RATE_LIMITED
+//! call ─▶ Limits::admit (tenant, route)        (crate::limits)
 //!      ─▶ the shared AttemptLoop over the route's chain (one Circuits breaker per target):
 //!           attempt fails ─▶ classify ─▶ verdict: retry the class? fall back (fallback_on)?
 //!                                        retry-after
@@ -15,24 +15,24 @@
 //! `agentmesh_resilience::attempt`; the unary path ([`crate::unary`]) and
 //! the stream relay ([`crate::relay`]) say what an attempt is, and read a
 //! failure through [`verdict`] and [`circuit_failure`]. The mechanisms
-//! themselves (breaker, backoff, budget, GCRA) are in
-//! `agentmesh-resilience`.
+//! themselves (breaker, backoff, budget) are in `agentmesh-resilience`.
+//!
+//! Circuit state stays in each process, on purpose: a replica learns that a
+//! target fails from its own calls within a few of them, with no store on
+//! the failure path; each replica's connections to a provider (and their
+//! network path) can fail on their own; and a shared breaker would add a
+//! round trip to every failure and let one replica's view open the circuit
+//! of every other.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use agentmesh_audit_client::resilience::{Refusal, ResilienceReporter};
-use agentmesh_proto::llm::v1::GenerateRequest;
-use agentmesh_resilience::{
-    CircuitBreaker, CircuitConfig, KeyedRateLimiter, RateLimited, TokenCharge, Verdict,
-    rate_limit::PERIOD,
-};
-use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
+use agentmesh_audit_client::resilience::ResilienceReporter;
+use agentmesh_resilience::{CircuitBreaker, CircuitConfig, Verdict};
+use tonic::Code;
 
-use crate::completion::estimate_input_tokens;
-use crate::config::{Config, FailureClass};
+use crate::config::FailureClass;
 use crate::error::ProviderError;
 use crate::providers::ProviderInstance;
 
@@ -165,107 +165,6 @@ pub(crate) fn circuit_failure(err: &ProviderError) -> Option<String> {
     classify(err)
         .counts_against_circuit()
         .then(|| err.to_string())
-}
-
-// === rate limits ===
-
-/// The rate limits per tenant and per route.
-#[derive(Debug)]
-pub(crate) struct Limits {
-    tenants: KeyedRateLimiter,
-    routes: KeyedRateLimiter,
-    reporter: ResilienceReporter,
-}
-
-/// Tokens taken from the limits for one call, settled with its real usage.
-#[derive(Debug)]
-pub(crate) struct Charges {
-    limits: Arc<Limits>,
-    tenant: Option<TokenCharge>,
-    route: Option<TokenCharge>,
-}
-
-impl Limits {
-    /// The limits of `config`.
-    pub(crate) fn new(config: &Config, reporter: ResilienceReporter) -> Self {
-        let limits = &config.rate_limits;
-        Self {
-            tenants: KeyedRateLimiter::new(limits.tenant, limits.tenants.clone()),
-            routes: KeyedRateLimiter::new(limits.route, limits.routes.clone()),
-            reporter,
-        }
-    }
-
-    /// Admits a call of `tenant` on `route`, charged the estimated input
-    /// tokens of `request`, or refuses it with RESOURCE_EXHAUSTED and
-    /// RetryInfo (and a RATE_LIMITED event).
-    pub(crate) fn admit(
-        self: &Arc<Self>,
-        tenant: &str,
-        route: &str,
-        request: &GenerateRequest,
-        method: &str,
-    ) -> Result<Charges, Status> {
-        let mut charges = Charges {
-            limits: Arc::clone(self),
-            tenant: None,
-            route: None,
-        };
-        if self.tenants.is_unlimited() && self.routes.is_unlimited() {
-            return Ok(charges);
-        }
-        let estimated_tokens = estimate_input_tokens(request);
-        if !self.tenants.is_unlimited() {
-            let charge = self
-                .tenants
-                .admit(tenant, estimated_tokens)
-                .map_err(|refused| self.refuse("tenant", &refused, method))?;
-            charges.tenant = Some(charge);
-        }
-        if !self.routes.is_unlimited() {
-            match self.routes.admit(route, estimated_tokens) {
-                Ok(charge) => charges.route = Some(charge),
-                Err(refused) => {
-                    if let Some(charge) = charges.tenant.take() {
-                        self.tenants.refund(charge);
-                    }
-                    return Err(self.refuse("route", &refused, method));
-                }
-            }
-        }
-        Ok(charges)
-    }
-
-    fn refuse(&self, scope: &str, refused: &RateLimited, method: &str) -> Status {
-        self.reporter.refused(&Refusal {
-            scope,
-            key: &refused.key,
-            resource: refused.resource.as_str(),
-            limit: refused.limit,
-            period: Some(PERIOD),
-            retry_after: refused.retry_after,
-            method,
-        });
-        let details = ErrorDetails::with_retry_info(Some(refused.retry_after));
-        Status::with_error_details(
-            Code::ResourceExhausted,
-            format!("{scope} {refused}"),
-            details,
-        )
-    }
-}
-
-impl Charges {
-    /// Settles the tokens taken with what the call used (input + output);
-    /// once (later calls do nothing).
-    pub(crate) fn settle(&mut self, used_tokens: u64) {
-        if let Some(charge) = self.tenant.take() {
-            self.limits.tenants.reconcile(charge, used_tokens);
-        }
-        if let Some(charge) = self.route.take() {
-            self.limits.routes.reconcile(charge, used_tokens);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -77,7 +77,7 @@ impl LlmGatewayServiceImpl {
 
     /// The call's record, the prepared call and its attempt loop; a call
     /// refused here is recorded as failed.
-    fn admit(
+    async fn admit(
         &self,
         request: GenerateRequest,
         streaming: bool,
@@ -97,7 +97,9 @@ impl LlmGatewayServiceImpl {
                 peer,
                 routes: &self.routes,
             },
-        ) {
+        )
+        .await
+        {
             Ok((prepared, attempt_loop)) => Ok((record, prepared, attempt_loop)),
             Err(status) => {
                 record.failed(&status, &CallEnd::default());
@@ -140,8 +142,9 @@ impl LlmGatewayService for LlmGatewayServiceImpl {
         // The record is dropped with this future when the caller goes
         // away: then it records the call as abandoned.
         let peer = request.remote_addr();
-        let (record, mut prepared, attempt_loop) =
-            self.admit(request.into_inner(), false, GENERATE, peer)?;
+        let (record, mut prepared, attempt_loop) = self
+            .admit(request.into_inner(), false, GENERATE, peer)
+            .await?;
         let record = self.within_budgets(record, &mut prepared, GENERATE).await?;
         crate::unary::generate(&self.gateway, record, prepared, attempt_loop)
             .await
@@ -157,7 +160,7 @@ impl LlmGatewayService for LlmGatewayServiceImpl {
         // The record goes with the stream; dropped before its end is
         // recorded (the caller went away), it records the call as abandoned.
         let (record, mut prepared, attempt_loop) =
-            self.admit(request, true, GENERATE_STREAM, peer)?;
+            self.admit(request, true, GENERATE_STREAM, peer).await?;
         let record = self
             .within_budgets(record, &mut prepared, GENERATE_STREAM)
             .await?;

@@ -5,24 +5,10 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use agentmesh_storage::{Database, EmbeddedMigration, Migrations, StoreError, with_pool};
+use agentmesh_storage::{Database, StoreError, with_pool};
 use sqlx::Row;
 
 use super::Account;
-
-/// The gateway's schema, per backend.
-pub(crate) static MIGRATIONS: Migrations = Migrations {
-    sqlite: &[EmbeddedMigration {
-        version: 1,
-        description: "budget spend per subject and period",
-        sql: include_str!("../../migrations/sqlite/0001_budget_spend.sql"),
-    }],
-    postgres: &[EmbeddedMigration {
-        version: 1,
-        description: "budget spend per subject and period",
-        sql: include_str!("../../migrations/postgres/0001_budget_spend.sql"),
-    }],
-};
 
 /// Tokens and estimated dollars spent in one account's period.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]

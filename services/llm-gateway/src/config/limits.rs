@@ -18,9 +18,10 @@ use serde::{Deserialize, Serialize};
 /// tokens_per_minute = 10000000
 /// ```
 ///
-/// The state is in this process's memory: with N replicas behind a load
-/// balancer, a key may get up to N times its limit. Divide the limits by the
-/// replica count, or keep one replica's share in mind.
+/// The state is in this process's memory unless `shared_limits` names a
+/// database: then replicas share it, and a key's limit holds across them.
+/// Without it, with N replicas behind a load balancer a key may get up to N
+/// times its limit.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimitsConfig {

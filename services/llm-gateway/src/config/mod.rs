@@ -34,6 +34,8 @@
 //! * [`routes`](RouteConfig): routes, fallbacks and [`FailureClass`];
 //! * [`prices`](Price): prices and how a call finds its price;
 //! * [`limits`](RateLimitsConfig): rate limits per tenant and route;
+//! * [`shared_limits`](SharedLimitsConfig): the PostgreSQL database that
+//!   shares those limits across replicas (none by default);
 //! * [`budgets`](BudgetConfig): token and cost budgets per tenant and API
 //!   key per UTC day or month, kept in `storage`.
 //!
@@ -44,6 +46,7 @@ mod limits;
 mod prices;
 mod providers;
 mod routes;
+mod shared_limits;
 
 use std::collections::BTreeMap;
 
@@ -61,6 +64,7 @@ pub(crate) use prices::price_of;
 pub use providers::{ProviderConfig, ProviderKind};
 pub(crate) use routes::split_target;
 pub use routes::{FailureClass, RouteConfig};
+pub use shared_limits::SharedLimitsConfig;
 
 use prices::{default_prices, validate_price};
 use providers::validate_provider;
@@ -99,6 +103,9 @@ pub struct Config {
     pub circuit_breaker: CircuitConfig,
     /// Rate limits per tenant and per route, on requests and tokens.
     pub rate_limits: RateLimitsConfig,
+    /// Where the rate limits are shared by replicas (PostgreSQL); none by
+    /// default: each replica limits on its own.
+    pub shared_limits: SharedLimitsConfig,
     /// Token and cost budgets per tenant and API key per UTC day or month
     /// (`[[llm_gateway.budgets]]`); none by default.
     pub budgets: Vec<BudgetConfig>,
@@ -158,6 +165,7 @@ impl Default for Config {
             retry: RetryConfig::default(),
             circuit_breaker: CircuitConfig::default(),
             rate_limits: RateLimitsConfig::default(),
+            shared_limits: SharedLimitsConfig::default(),
             budgets: Vec::new(),
             storage: StorageConfig::default(),
         }
@@ -184,6 +192,7 @@ impl Config {
         for (key, price) in &self.prices {
             validate_price(key, price)?;
         }
+        self.shared_limits.validate()?;
         budgets::validate_budgets(&self.budgets)?;
         if !self.budgets.is_empty() {
             self.storage.validate()?;
