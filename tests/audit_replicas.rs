@@ -15,8 +15,12 @@
 //! "Promptly" is a bound far below the poll, not a timing claim; the lag
 //! figures are the benchmark's (`make bench`, `audit_ingest`).
 
-#![expect(clippy::unwrap_used, reason = "a test fails by panicking")]
-#![expect(clippy::indexing_slicing, reason = "a test fails by panicking")]
+#![expect(
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "a test fails by panicking"
+)]
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -156,13 +160,14 @@ impl Tail {
             stream,
             cursor: String::new(),
         };
-        within("the first heartbeat", PROMPTLY, tail.stream.next())
+        let first = within("the first heartbeat", PROMPTLY, tail.stream.next())
             .await
-            .map(|item| match item.unwrap().item {
-                Some(Item::Heartbeat(heartbeat)) => tail.cursor = heartbeat.cursor,
-                other => panic!("expected a heartbeat first, got {other:?}"),
-            })
+            .unwrap()
             .unwrap();
+        match first.item {
+            Some(Item::Heartbeat(heartbeat)) => tail.cursor = heartbeat.cursor,
+            other => panic!("expected a heartbeat first, got {other:?}"),
+        }
         tail
     }
 

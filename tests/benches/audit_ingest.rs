@@ -177,10 +177,13 @@ async fn tail_lag(a: &Service, b: &Service) -> (Vec<Duration>, Vec<Duration>) {
             .await
             .unwrap();
         for (receiver, lags) in [(&mut on_a, &mut same), (&mut on_b, &mut other)] {
-            let (got, at) = tokio::time::timeout(Duration::from_secs(10), receiver.recv())
-                .await
-                .expect("the event did not arrive within 10 s")
-                .unwrap();
+            let (got, at) = agentmesh_tests::within(
+                "the event on a subscriber",
+                Duration::from_secs(10),
+                receiver.recv(),
+            )
+            .await
+            .unwrap();
             assert_eq!(got, id);
             lags.push(at - sent);
         }
