@@ -6,8 +6,8 @@
 #   make lint     rustfmt, clippy -D warnings, module structure, cargo deny, buf lint, buf format
 #   make fuzz     every fuzz target for FUZZ_SECONDS each (default 60), then a summary
 #                 of executions and findings per target (CI runs them too, 256 cases each)
-#   make bench    benchmark programs that print figures (hop cost, run step, audit ingest, gateway faults, auth,
-#                 rate limits)
+#   make bench    benchmark programs that print figures (hop cost, run step, audit ingest and tail lag,
+#                 gateway faults, auth, rate limits)
 #   make rules    check and unit-test the Prometheus alert rules (promtool)
 #   make deploy-check  render every overlay and combination of kustomize components,
 #                 validate them (Kubernetes, Istio and Prometheus Operator schemas),

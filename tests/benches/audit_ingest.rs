@@ -1,11 +1,19 @@
 //! What the audit trail costs: sustained ingestion into the real audit
 //! service (real gRPC on loopback, hash chain, group commit) on SQLite and on
-//! PostgreSQL, and the latency of `emit` at the caller with the real producer
-//! sending to that service in the background. Run with `make bench`.
+//! PostgreSQL, the latency of `emit` at the caller with the real producer
+//! sending to that service in the background, and the tail lag across
+//! replicas. Run with `make bench`.
 //!
 //! Ingestion: `PRODUCERS` concurrent clients each send `Record` batches of
 //! `BATCH` events (the producer library's default batch size), spread over
 //! four tenants (four chains), until `EVENTS` events are stored.
+//!
+//! Tail lag: two replicas on one PostgreSQL database, a `Subscribe` stream on
+//! each; `TAIL_EVENTS` events recorded one at a time through replica A. Each
+//! lag runs from the `Record` call on A to the event's receipt by the
+//! stream, on A itself (the writer's live tail in memory) and on B (the
+//! commit's NOTIFY, B's listener, a read of the store). The replicas poll
+//! only every 30 s, so no figure comes from the poll.
 
 #![expect(
     clippy::unwrap_used,
@@ -21,7 +29,7 @@ use agentmesh_audit_client::{AuditClient, AuditConfig};
 use agentmesh_kit::Listeners;
 use agentmesh_proto::audit::v1::{
     self as pb, AuditEvent, EventType, LlmCallDetails, Outcome, audit_event::Details,
-    audit_service_client::AuditServiceClient,
+    audit_service_client::AuditServiceClient, subscribe_response::Item,
 };
 use agentmesh_tests::{percentile, test_server_config, wait_serving};
 use futures::StreamExt;
@@ -31,6 +39,7 @@ const PRODUCERS: usize = 8;
 const BATCH: usize = 500;
 const EVENTS: usize = 200_000;
 const EMITS: usize = 200_000;
+const TAIL_EVENTS: usize = 1000;
 
 fn event(n: usize) -> AuditEvent {
     AuditEvent {
@@ -67,6 +76,8 @@ async fn start(url: String) -> Service {
     };
     config.storage.url = Some(url);
     config.storage.max_connections = 16;
+    // The tail lag must not come from the fallback poll.
+    config.subscribe_heartbeat = Duration::from_secs(30);
     let listeners = Listeners::bind(&config.server).await.unwrap();
     let addr = listeners.grpc_addr().unwrap();
     let stop = CancellationToken::new();
@@ -120,6 +131,66 @@ async fn ingest(service: &Service) -> f64 {
     EVENTS as f64 / elapsed.as_secs_f64()
 }
 
+/// A `Subscribe` stream of the benchmark's events on `service`, live once
+/// this returns; each event's id and arrival time go to the channel.
+async fn follow(service: &Service) -> tokio::sync::mpsc::UnboundedReceiver<(String, Instant)> {
+    let mut stream = AuditServiceClient::new(agentmesh_tests::channel(service.addr))
+        .subscribe(pb::SubscribeRequest {
+            filter: Some(pb::EventFilter {
+                types: vec![EventType::LlmCall as i32],
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // The first heartbeat follows the (empty) replay: the stream is live.
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(matches!(first.item, Some(Item::Heartbeat(_))), "{first:?}");
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(Ok(response)) = stream.next().await {
+            if let Some(Item::Event(event)) = response.item
+                && sender.send((event.event_id, Instant::now())).is_err()
+            {
+                return;
+            }
+        }
+    });
+    receiver
+}
+
+/// The lags from `Record` on `a` to receipt on `a` and on `b`.
+async fn tail_lag(a: &Service, b: &Service) -> (Vec<Duration>, Vec<Duration>) {
+    let (mut on_a, mut on_b) = (follow(a).await, follow(b).await);
+    let mut client = AuditServiceClient::new(agentmesh_tests::channel(a.addr));
+    let (mut same, mut other) = (Vec::new(), Vec::new());
+    for n in 0..TAIL_EVENTS {
+        let event = event(n);
+        let id = event.event_id.clone();
+        let sent = Instant::now();
+        client
+            .record(pb::RecordRequest {
+                events: vec![event],
+            })
+            .await
+            .unwrap();
+        for (receiver, lags) in [(&mut on_a, &mut same), (&mut on_b, &mut other)] {
+            let (got, at) = agentmesh_tests::within(
+                "the event on a subscriber",
+                Duration::from_secs(10),
+                receiver.recv(),
+            )
+            .await
+            .unwrap();
+            assert_eq!(got, id);
+            lags.push(at - sent);
+        }
+    }
+    (same, other)
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -171,5 +242,20 @@ fn main() {
         let rate = ingest(&postgres).await;
         println!("audit ingest, PostgreSQL: {rate:>9.0} events/s ({EVENTS} events, {PRODUCERS} producers x batches of {BATCH})");
         postgres.stop().await;
+
+        let url = server.create_database("audit_tail_bench").await;
+        let (a, b) = (start(url.clone()).await, start(url).await);
+        let (mut same, mut other) = tail_lag(&a, &b).await;
+        for (on, lags) in [("A", &mut same), ("B", &mut other)] {
+            lags.sort_unstable();
+            println!(
+                "audit tail, Record on A to Subscribe on {on}: p50 {:?}, p99 {:?}, max {:?} ({TAIL_EVENTS} events one at a time, PostgreSQL)",
+                percentile(lags, 0.5),
+                percentile(lags, 0.99),
+                lags[lags.len() - 1],
+            );
+        }
+        a.stop().await;
+        b.stop().await;
     });
 }

@@ -6,6 +6,9 @@
 //! directory and `pg_ctl start` on a free loopback port, run as the
 //! `postgres` account when the tests run as root (PostgreSQL refuses root).
 //! Every test gets a database of its own, so tests run in parallel.
+//!
+//! A test that needs to stop the server (a database restart) takes a
+//! [`private`] one instead: always started by this process, never shared.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -26,6 +29,9 @@ pub struct PostgresServer {
 struct OwnedServer {
     bin_dir: PathBuf,
     data_dir: PathBuf,
+    /// The server's options (port, socket directory, settings), for a restart.
+    options: String,
+    log: PathBuf,
     _temp: TempDir,
 }
 
@@ -48,6 +54,14 @@ pub async fn shared() -> Arc<PostgresServer> {
     .expect("starting PostgreSQL panicked")
 }
 
+/// A server of the calling test's own, started now, which it may stop and
+/// start again ([`PostgresServer::restart`]); it stops when dropped.
+pub async fn private() -> PostgresServer {
+    tokio::task::spawn_blocking(PostgresServer::start_owned)
+        .await
+        .expect("starting PostgreSQL panicked")
+}
+
 impl PostgresServer {
     fn start() -> Self {
         if let Ok(url) = std::env::var("AGENTMESH_TEST_POSTGRES_URL") {
@@ -56,6 +70,10 @@ impl PostgresServer {
                 owned: None,
             };
         }
+        Self::start_owned()
+    }
+
+    fn start_owned() -> Self {
         let bin_dir = find_bin_dir();
         let temp = tempfile::Builder::new()
             .prefix("agentmesh-pg-")
@@ -85,20 +103,45 @@ impl PostgresServer {
             "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
             temp.path().display()
         );
-        run(postgres_command(&bin_dir.join("pg_ctl"), as_root)
-            .args(["-w", "-t", "60", "-l"])
-            .arg(temp.path().join("server.log"))
-            .arg("-D")
-            .arg(&data_dir)
-            .args(["-o", &options, "start"]));
+        let owned = OwnedServer {
+            bin_dir,
+            data_dir,
+            options,
+            log: temp.path().join("server.log"),
+            _temp: temp,
+        };
+        start_server(&owned.bin_dir, &owned.data_dir, &owned.options, &owned.log);
         Self {
             base_url: format!("postgres://postgres@127.0.0.1:{port}"),
-            owned: Some(OwnedServer {
-                bin_dir,
-                data_dir,
-                _temp: temp,
-            }),
+            owned: Some(owned),
         }
+    }
+
+    /// Stops the server (fast shutdown: every session is cut, as when a
+    /// database fails over), keeps it down for `down`, then starts it
+    /// again on the same port and data. Panics for a server this process
+    /// does not own: take it from [`private`].
+    pub async fn restart(&self, down: std::time::Duration) {
+        let owned = self
+            .owned
+            .as_ref()
+            .expect("restart needs a server of this process (postgres::private)");
+        let (bin_dir, data_dir, options, log) = (
+            owned.bin_dir.clone(),
+            owned.data_dir.clone(),
+            owned.options.clone(),
+            owned.log.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            run(postgres_command(&bin_dir.join("pg_ctl"), is_root())
+                .args(["-w", "-m", "fast", "-D"])
+                .arg(&data_dir)
+                .arg("stop"));
+            std::thread::sleep(down);
+            start_server(&bin_dir, &data_dir, &options, &log);
+        })
+        .await
+        .expect("restarting PostgreSQL panicked");
     }
 
     /// Creates a fresh database whose name starts with `prefix` and returns
@@ -139,6 +182,16 @@ impl Drop for PostgresServer {
             }
         }
     }
+}
+
+/// `pg_ctl start`, waiting until the server accepts connections.
+fn start_server(bin_dir: &Path, data_dir: &Path, options: &str, log: &Path) {
+    run(postgres_command(&bin_dir.join("pg_ctl"), is_root())
+        .args(["-w", "-t", "60", "-l"])
+        .arg(log)
+        .arg("-D")
+        .arg(data_dir)
+        .args(["-o", options, "start"]));
 }
 
 fn find_bin_dir() -> PathBuf {

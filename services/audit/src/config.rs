@@ -30,8 +30,9 @@ pub struct Config {
     /// Most events written in one transaction: concurrent `Record` calls are
     /// grouped up to this many (group commit).
     pub max_commit_events: usize,
-    /// How often an idle `Subscribe` stream gets a heartbeat (and looks for
-    /// events written by other replicas).
+    /// How often an idle `Subscribe` stream gets a heartbeat and polls the
+    /// database for events written by other replicas (on PostgreSQL their
+    /// commits wake it at once; the poll is the fallback).
     #[serde(with = "humantime_serde")]
     pub subscribe_heartbeat: Duration,
     /// How long after a `Subscribe` filter's `end_time` the stream keeps

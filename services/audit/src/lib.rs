@@ -10,8 +10,11 @@
 //!                                              ▼
 //!                                     writer: group commit ──▶ store (SQLite | PostgreSQL)
 //!                                              │                 audit_events, audit_chains
+//!                                              ▼                 │ PostgreSQL: NOTIFY at each commit
+//!                                  live tail of commits ◀── listener: other replicas' commits
+//!                                              │
 //!                                              ▼
-//!                                  live commits ──▶ Subscribe (alerting, tails)
+//!                                  Subscribe (alerting, tails)
 //! Query / Export / Report / VerifyChain ◀── store
 //! retention task ──▶ store.delete_before ──▶ a RETENTION event through the writer
 //! own auth layer ──▶ decisions: AUTHENTICATION / AUTHORIZATION events ──▶ writer
@@ -36,13 +39,18 @@
 //! * `store`: schema, errors and the read queries, both backends;
 //!   `store::append` the sealed, locked write of a batch; `store::retain`
 //!   retention's delete that keeps every chain verifiable.
-//! * `writer`: one task grouping concurrent writes into one transaction.
+//! * `writer`: one task grouping concurrent writes into one transaction,
+//!   and the live tail of commits that subscriptions follow.
+//! * `listener`: on PostgreSQL, other replicas' commits into that tail as
+//!   they commit (LISTEN/NOTIFY), so a subscriber on any replica sees every
+//!   commit within milliseconds.
 //! * `filter`, `subscribe`, `export`, `report`, `verify`, `retention`: one
 //!   concern each; `service` holds the RPC handlers.
 //! * `access`: tenant isolation of reads, stamping and checking of writes;
 //!   `decisions`: the service's own access decisions into its log.
 //! * `metrics`: events ingested by type, duplicates, invalid events, group
-//!   commit durations, live subscribers (the kit adds the gRPC metrics).
+//!   commit durations, live subscribers and their tail lag, the listener
+//!   (the kit adds the gRPC metrics).
 //!
 //! **Health.** Ready (SERVING) once the database is opened and migrated, and
 //! while it answers `SELECT 1` (the `database` check).
@@ -63,6 +71,7 @@ mod decisions;
 mod event;
 mod export;
 mod filter;
+mod listener;
 mod metrics;
 mod report;
 mod retention;
@@ -83,7 +92,7 @@ use agentmesh_proto::audit::v1::{
     AuditEvent, ConfigDetails, EventType, Outcome, audit_event::Details,
     audit_service_server::AuditServiceServer,
 };
-use agentmesh_storage::LazyDatabase;
+use agentmesh_storage::{Database, LazyDatabase};
 
 pub use config::{Config, RetentionConfig};
 
@@ -188,8 +197,9 @@ pub async fn serve_with_listeners(
 }
 
 /// Once the database is open: the writer (recording the service's
-/// CONFIG_LOADED first), and the tasks writing through it — retention and
-/// the service's own access decisions.
+/// CONFIG_LOADED first), the tasks writing through it — retention and
+/// the service's own access decisions — and, on PostgreSQL, the listener
+/// for other replicas' commits.
 async fn start_writing(
     database: &LazyDatabase,
     config: &Config,
@@ -209,6 +219,14 @@ async fn start_writing(
         writer.clone(),
         config.retention.clone(),
     ))];
+    if let Database::Postgres(pool) = store.database() {
+        tasks.push(tokio::spawn(listener::run(
+            pool.clone(),
+            store.clone(),
+            writer.clone(),
+            config.storage.connect_timeout,
+        )));
+    }
     if let Some(receiver) = pending_decisions.take() {
         let redactor = Arc::clone(redactor);
         tasks.push(tokio::spawn(decisions::run(

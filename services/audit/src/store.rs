@@ -17,11 +17,18 @@
 //!
 //! Reads ([`Store::page`], [`Store::after_seq`], the chain walks of
 //! `VerifyChain`) take no lock: they only see committed transactions.
+//!
+//! On PostgreSQL each commit that stores something also sends a
+//! notification to the other replicas (`notify`), from inside the
+//! transaction, so that it is delivered when — and only if — it commits.
 
 mod append;
+pub(crate) mod notify;
 mod retain;
 #[cfg(test)]
 mod tests;
+
+use std::sync::Arc;
 
 use agentmesh_proto::audit::v1::AuditEvent;
 use agentmesh_storage::{Database, EmbeddedMigration, Migrations, StoreError, with_pool};
@@ -88,6 +95,9 @@ pub(crate) struct StoredRow {
 #[derive(Debug, Clone)]
 pub(crate) struct Store {
     db: Database,
+    /// This process among the replicas writing the log: its commit
+    /// notifications carry it, so its own listener can skip them.
+    origin: Arc<str>,
 }
 
 /// The columns selected to rebuild an event.
@@ -152,11 +162,19 @@ macro_rules! stored_row {
 
 impl Store {
     pub(crate) fn new(db: Database) -> Self {
-        Self { db }
+        Self {
+            db,
+            origin: uuid::Uuid::new_v4().simple().to_string().into(),
+        }
     }
 
     pub(crate) fn database(&self) -> &Database {
         &self.db
+    }
+
+    /// This process's id in commit notifications.
+    pub(crate) fn origin(&self) -> &str {
+        &self.origin
     }
 
     /// The last sequence number given out and the first one retained.

@@ -7,10 +7,14 @@
 //! came before it: when that is where the stream stands, the commit is
 //! delivered from memory; when the stream stands further back (it lagged, or
 //! another replica wrote in between), it catches up from the database first.
+//! A commit of another replica comes as its last sequence number only (on
+//! PostgreSQL, from the replica's listener), and the stream reads up to it
+//! from the database. The heartbeat's timer is also a poll of the database:
+//! the fallback for commits no notification announced (SQLite has one
+//! replica; a listener may be reconnecting; an older replica does not notify).
 //! Heartbeats carry the position reached, filtered-out events included, so a
 //! consumer resuming from a heartbeat's cursor skips nothing it wants.
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use agentmesh_proto::audit::v1::{
@@ -21,8 +25,9 @@ use tokio::sync::{broadcast, mpsc};
 use tonic::Status;
 
 use crate::filter::Filter;
-use crate::store::{Committed, Store};
-use crate::writer::Writer;
+use crate::metrics::AuditMetrics;
+use crate::store::Store;
+use crate::writer::{Live, Writer};
 
 /// Events read from the database per query while catching up.
 const CATCH_UP_PAGE: usize = 500;
@@ -82,6 +87,8 @@ pub(crate) async fn run(store: Store, writer: Writer, subscription: Subscription
         filter: subscription.filter,
         sender,
         position: 0,
+        metrics: writer.metrics().clone(),
+        replayed: false,
     };
     let result = stream
         .run(
@@ -131,12 +138,16 @@ struct Stream {
     sender: Sender,
     /// The last sequence number looked at.
     position: i64,
+    metrics: AuditMetrics,
+    /// The replay of the events before the stream's start is done: what it
+    /// sends now counts in the tail lag.
+    replayed: bool,
 }
 
 impl Stream {
     async fn run(
         &mut self,
-        mut live: broadcast::Receiver<Arc<Committed>>,
+        mut live: broadcast::Receiver<Live>,
         start: Start,
         heartbeat: Duration,
         end_grace: Duration,
@@ -144,6 +155,7 @@ impl Stream {
         let (last_seq, retained_from) = self.store.state().await?;
         self.position = start_position(start, last_seq, retained_from)?;
         self.catch_up(last_seq).await?;
+        self.replayed = true;
         self.heartbeat().await?;
         let end_at = self.filter.end_us.map(|end| {
             let end =
@@ -159,7 +171,7 @@ impl Stream {
             }
             tokio::select! {
                 commit = live.recv() => match commit {
-                    Ok(commit) => {
+                    Ok(Live::Committed(commit)) => {
                         if commit.last_seq <= self.position {
                             continue;
                         }
@@ -177,6 +189,7 @@ impl Stream {
                             self.catch_up(commit.last_seq).await?;
                         }
                     }
+                    Ok(Live::Elsewhere(last_seq)) => self.catch_up(last_seq).await?,
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         let (last_seq, _) = self.store.state().await?;
                         self.catch_up(last_seq).await?;
@@ -219,7 +232,16 @@ impl Stream {
     }
 
     async fn send_event(&self, event: AuditEvent) -> Result<(), Stop> {
-        self.send(Item::Event(event)).await
+        let recorded = event
+            .record_time
+            .and_then(|time| SystemTime::try_from(time).ok());
+        self.send(Item::Event(event)).await?;
+        if self.replayed
+            && let Some(recorded) = recorded
+        {
+            self.metrics.tail_lag(recorded);
+        }
+        Ok(())
     }
 
     async fn heartbeat(&self) -> Result<(), Stop> {

@@ -4,7 +4,9 @@
 //! fsync — is paid once per group, not once per call. After each commit the
 //! new events are published to the live tail of subscriptions, in sequence
 //! order, tagged with the sequence number before them so a subscriber can
-//! tell whether it missed anything. When traces are exported, each event
+//! tell whether it missed anything. Commits of other replicas enter the same
+//! tail as their last sequence number only (see `listener`): subscribers read
+//! those events from the store. When traces are exported, each event
 //! that names the span it came from gets an `audit.write` span under it.
 
 use std::sync::Arc;
@@ -26,6 +28,16 @@ const QUEUED_WRITES: usize = 256;
 /// from the database.
 const LIVE_BUFFER: usize = 1024;
 
+/// What the live tail carries, in the order this replica learns of it.
+#[derive(Debug, Clone)]
+pub(crate) enum Live {
+    /// A commit of this replica, its events at hand.
+    Committed(Arc<Committed>),
+    /// Another replica committed events up to this sequence number: they
+    /// are in the store.
+    Elsewhere(i64),
+}
+
 struct Write {
     events: Vec<Prepared>,
     reply: oneshot::Sender<Result<Vec<Written>, Arc<StoreError>>>,
@@ -35,7 +47,7 @@ struct Write {
 #[derive(Debug, Clone)]
 pub(crate) struct Writer {
     writes: mpsc::Sender<Write>,
-    live: broadcast::Sender<Arc<Committed>>,
+    live: broadcast::Sender<Live>,
     metrics: AuditMetrics,
 }
 
@@ -92,15 +104,22 @@ impl Writer {
     }
 
     /// The live tail: every commit from now on.
-    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Arc<Committed>> {
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Live> {
         self.live.subscribe()
+    }
+
+    /// Wakes every subscription: the log holds events up to `last_seq`,
+    /// committed by another replica (or while this one was not listening).
+    pub(crate) fn committed_elsewhere(&self, last_seq: i64) {
+        // No subscriber is not an error.
+        let _ = self.live.send(Live::Elsewhere(last_seq));
     }
 }
 
 async fn run(
     store: Store,
     mut receiver: mpsc::Receiver<Write>,
-    live: broadcast::Sender<Arc<Committed>>,
+    live: broadcast::Sender<Live>,
     max_commit_events: usize,
     metrics: AuditMetrics,
 ) {
@@ -155,7 +174,7 @@ async fn run(
                 }
                 if !committed.events.is_empty() {
                     // No subscriber is not an error.
-                    let _ = live.send(Arc::new(committed));
+                    let _ = live.send(Live::Committed(Arc::new(committed)));
                 }
             }
             Err(err) => {

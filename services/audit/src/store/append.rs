@@ -6,7 +6,8 @@
 //! involved and the last sequence number, [`seal`] the new events (sequence
 //! numbers and hashes, computed here), insert them, move the chain heads and
 //! the last sequence number, commit. SQLite inserts multi-row `VALUES`
-//! chunks; PostgreSQL one `UNNEST` statement per write.
+//! chunks; PostgreSQL one `UNNEST` statement per write, and a commit
+//! notification for the other replicas (`super::notify`).
 
 use std::collections::HashMap;
 
@@ -14,7 +15,7 @@ use agentmesh_proto::audit::v1::AuditEvent;
 use agentmesh_storage::{Database, StoreError};
 use sqlx::{QueryBuilder, Row};
 
-use super::{Store, WRITE_LOCK_KEY};
+use super::{Store, WRITE_LOCK_KEY, notify};
 use crate::event::{Prepared, content_hash, stored};
 
 /// Rows per multi-row INSERT on SQLite (23 parameters each, far below its
@@ -62,7 +63,7 @@ impl Store {
     ) -> Result<(Vec<Written>, Committed), StoreError> {
         match &self.db {
             Database::Sqlite(pool) => append_sqlite(pool, batch).await,
-            Database::Postgres(pool) => append_postgres(pool, batch).await,
+            Database::Postgres(pool) => append_postgres(pool, batch, &self.origin).await,
         }
     }
 }
@@ -272,6 +273,7 @@ async fn insert_rows_sqlite(
 async fn append_postgres(
     pool: &sqlx::PgPool,
     batch: &[Prepared],
+    origin: &str,
 ) -> Result<(Vec<Written>, Committed), StoreError> {
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -328,6 +330,13 @@ async fn append_postgres(
     if !sealed.is_empty() {
         sqlx::query("UPDATE audit_log_state SET last_seq = $1 WHERE id = 1")
             .bind(committed.last_seq)
+            .execute(&mut *tx)
+            .await?;
+        // Delivered to the other replicas' listeners at the commit, never
+        // for a rollback: they wake their subscribers at once (`notify`).
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(notify::CHANNEL)
+            .bind(notify::payload(committed.last_seq, origin))
             .execute(&mut *tx)
             .await?;
     }
