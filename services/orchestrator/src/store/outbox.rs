@@ -205,3 +205,7 @@ impl Store {
         }))
     }
 }
+
+#[cfg(test)]
+#[path = "outbox_tests.rs"]
+mod tests;
