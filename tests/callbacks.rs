@@ -11,7 +11,13 @@
 //! * a private or cloud-metadata target is refused at StartRun with a field
 //!   violation on `callback.url`.
 
-#![expect(clippy::unwrap_used, reason = "tests fail loudly")]
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "tests fail loudly"
+)]
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
