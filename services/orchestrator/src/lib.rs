@@ -225,44 +225,7 @@ pub async fn serve_with_listeners(
         let startup = &startup;
         host.serve(listeners, || startup.open(), shutdown).await
     };
-    if let Some(tasks) = startup.maintenance.get() {
-        tasks.maintain.abort();
-        tasks.listen.abort();
-        tasks.retention.abort();
-        tasks.deliver.abort();
-    }
-    if let Some(engine) = startup.engine.get() {
-        // Attempts cut short are due again at once, here or elsewhere.
-        if let Err(err) = engine
-            .store()
-            .release_callback_claims(Some(engine.owner()))
-            .await
-        {
-            tracing::warn!(error = %err, "cannot release this replica's callback claims; they are due again once their lease runs out");
-        }
-    }
-    if let Some(tasks) = startup.maintenance.get()
-        && !tasks.hand_over.is_finished()
-    {
-        // The server may stop before the runs reach their checkpoints (no
-        // call open): the hand-over goes on, bounded by the grace period.
-        let hand_over = tasks.hand_over.abort_handle();
-        let wait = async {
-            while !hand_over.is_finished() {
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
-        };
-        let limit = startup.config.server.grace_period + std::time::Duration::from_secs(2);
-        if tokio::time::timeout(limit, wait).await.is_err() {
-            tracing::warn!(
-                "runs still being handed over at exit; they resume once their claim runs out"
-            );
-        }
-    }
-    startup.database.close().await;
-    // The drain is over: send what is queued, or spool it. (Runs still
-    // being driven record their end in the spool.)
-    startup.audit.shutdown().await;
+    startup.close().await;
     result
 }
 
@@ -311,6 +274,50 @@ struct Background {
 }
 
 impl Startup {
+    /// After the server stopped: stops the background tasks, gives up this
+    /// replica's callback claims, lets the hand-over finish (bounded),
+    /// closes the database and flushes the audit queue.
+    async fn close(&self) {
+        if let Some(tasks) = self.maintenance.get() {
+            tasks.maintain.abort();
+            tasks.listen.abort();
+            tasks.retention.abort();
+            tasks.deliver.abort();
+        }
+        if let Some(engine) = self.engine.get() {
+            // Attempts cut short are due again at once, here or elsewhere.
+            if let Err(err) = engine
+                .store()
+                .release_callback_claims(Some(engine.owner()))
+                .await
+            {
+                tracing::warn!(error = %err, "cannot release this replica's callback claims; they are due again once their lease runs out");
+            }
+        }
+        if let Some(tasks) = self.maintenance.get()
+            && !tasks.hand_over.is_finished()
+        {
+            // The server may stop before the runs reach their checkpoints (no
+            // call open): the hand-over goes on, bounded by the grace period.
+            let hand_over = tasks.hand_over.abort_handle();
+            let wait = async {
+                while !hand_over.is_finished() {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            };
+            let limit = self.config.server.grace_period + std::time::Duration::from_secs(2);
+            if tokio::time::timeout(limit, wait).await.is_err() {
+                tracing::warn!(
+                    "runs still being handed over at exit; they resume once their claim runs out"
+                );
+            }
+        }
+        self.database.close().await;
+        // The drain is over: send what is queued, or spool it. (Runs still
+        // being driven record their end in the spool.)
+        self.audit.shutdown().await;
+    }
+
     /// Opens the database, then starts the engine and its maintenance task
     /// (once; start-up is retried until the database opens).
     async fn open(&self) -> Result<(), StartupError> {

@@ -140,6 +140,9 @@ impl Store {
     /// idempotency key already names.
     /// `owner` claims the run until `lease_until` (so no other instance takes
     /// it for an orphan while it waits for a place).
+    // Kept whole: one transaction (session, run, labels) whose statements
+    // share the backend-generic transaction of `with_pool!`; split, each part
+    // would need that type spelled out for both backends.
     pub(crate) async fn create_run(
         &self,
         run: &RunRow,
@@ -440,6 +443,9 @@ impl Store {
     /// the step or end (when given; [`outbox`]: at most one per run and
     /// event). Fenced: nothing is written unless `owner` still claims the
     /// run ([`Flushed::ClaimLost`]).
+    // Kept whole: one transaction whose first statement fences the rest,
+    // all on the backend-generic transaction of `with_pool!`; split, each
+    // part would need that type spelled out for both backends.
     pub(crate) async fn flush(
         &self,
         run: &RunRow,
