@@ -31,9 +31,9 @@ use std::fmt;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use agentmesh_proto::audit::v1::{
-    AccessDetails, AuditEvent, CapturedContent, ChainAnchor, CircuitDetails, ConfigDetails,
-    ErrorDetails, LlmCallDetails, NotificationDetails, RateLimitDetails, RetentionDetails,
-    RunDetails, ToolCallDetails, audit_event::Details,
+    AccessDetails, AuditEvent, CallbackDetails, CapturedContent, ChainAnchor, CircuitDetails,
+    ConfigDetails, ErrorDetails, LlmCallDetails, NotificationDetails, RateLimitDetails,
+    RetentionDetails, RunDetails, ToolCallDetails, audit_event::Details,
 };
 use regex::{Regex, RegexSet};
 
@@ -487,6 +487,19 @@ impl Walk<'_> {
                 error,
             }) => {
                 for text in [receiver, receiver_kind, group_key, status, error] {
+                    self.text(text);
+                }
+            }
+            Details::Callback(CallbackDetails {
+                delivery_id,
+                event,
+                host,
+                attempts: _,
+                http_status: _,
+                error,
+                delay: _,
+            }) => {
+                for text in [delivery_id, event, host, error] {
                     self.text(text);
                 }
             }

@@ -18,11 +18,12 @@
 //!   bounded number of hops; credentials never follow a redirect to another
 //!   origin; bodies are read up to a cap.
 //!
-//! Today the mesh fetches no other tenant-supplied URL: provider base URLs,
-//! the JWKS URL and alert receivers' webhooks come from the operator's
-//! configuration and use plain clients. Any future fetch of a URL a tenant
-//! or a model supplies (callbacks, webhooks configured per tenant, MCP
-//! servers over HTTP) must go through an [`EgressClient`].
+//! The orchestrator's run callbacks (a URL the tenant gives at StartRun)
+//! go through it too. Provider base URLs, the JWKS URL and alert
+//! receivers' webhooks come from the operator's configuration and use
+//! plain clients. Any future fetch of a URL a tenant or a model supplies
+//! (webhooks configured per tenant, MCP servers over HTTP) must go through
+//! an [`EgressClient`].
 
 pub mod address;
 pub mod client;

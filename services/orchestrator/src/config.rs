@@ -1,5 +1,5 @@
-//! The orchestrator's configuration: where its peers are, its limits, and the
-//! agent profiles it can run.
+//! The orchestrator's configuration: where its peers are, its limits, the
+//! agent profiles it can run, and run callbacks ([`callbacks`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -13,6 +13,10 @@ use agentmesh_storage::StorageConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::{DEFAULT_PORT, SERVICE};
+
+mod callbacks;
+
+pub use callbacks::CallbacksConfig;
 
 /// The service's configuration (section `[orchestrator]`, environment
 /// `AGENTMESH_ORCHESTRATOR__*`).
@@ -79,6 +83,8 @@ pub struct Config {
     pub advertise_url: String,
     /// Deleting finished runs (with their events and checkpoints).
     pub retention: RetentionConfig,
+    /// Run callbacks: signing secrets, allowed destinations, retries.
+    pub callbacks: CallbacksConfig,
     /// Where audit events go.
     pub audit: AuditConfig,
 }
@@ -191,6 +197,7 @@ impl Default for Config {
             run_lease: Duration::from_secs(30),
             advertise_url: String::new(),
             retention: RetentionConfig::default(),
+            callbacks: CallbacksConfig::default(),
             audit: AuditConfig::default(),
         }
     }
@@ -363,7 +370,7 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
     if config.run_lease < Duration::from_secs(1) {
         return Err(ConfigError::new("run_lease", "must be at least 1s"));
     }
-    Ok(())
+    config.callbacks.validate()
 }
 
 /// Tenants with metric series of their own, at most this many.

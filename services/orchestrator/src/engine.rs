@@ -27,8 +27,9 @@
 //!   back, the step stored with its checkpoint.
 //! * [`peers`]: the calls to the LLM gateway and the tool runner (deadlines
 //!   as `grpc-timeout`, the tool list cached briefly, ListTools retried).
-//! * [`persist`]: one transaction per step (events, run row, checkpoint),
-//!   and the run's end, retried until stored.
+//! * [`persist`]: one transaction per step (events, run row, checkpoint,
+//!   the step's callback), and the run's end (with its callback), retried
+//!   until stored.
 //! * [`audit_events`]: RUN_STARTED / RUN_FINISHED / RUN_FAILED /
 //!   RUN_CANCELLED and ERROR audit events.
 //! * [`follow`]: `StreamRun`/`Run` followers: replay stored events, then
@@ -77,6 +78,7 @@ pub(crate) use self::maintain::maintain;
 use self::peers::Peers;
 pub(crate) use self::replicas::{FORWARDED_BY, hand_over_at_shutdown, listen};
 use crate::admission::{Admission, Places};
+use crate::callbacks::Callbacks;
 use crate::config::Config;
 use crate::metrics::RunMetrics;
 use crate::store::{Checkpoint, Claimed, RunRow, Store};
@@ -115,6 +117,8 @@ pub(crate) struct Engine {
     /// The channels to other replicas, by address (forwarded follows).
     replica_channels: Mutex<HashMap<String, agentmesh_kit::client::MeshChannel>>,
     clients: Clients,
+    /// Run callbacks: checked at StartRun, stored with steps and ends.
+    callbacks: Arc<Callbacks>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -127,7 +131,8 @@ impl Engine {
     /// the configured addresses (connections are made lazily and reused),
     /// recording run starts and ends in `audit`, runs in `metrics`, the
     /// calls to its peers in `client_metrics`, and admission, refusals and
-    /// retries through `admission`.
+    /// retries through `admission`; runs' callbacks are stored with their
+    /// steps and ends, and `callbacks` told.
     pub(crate) fn new(
         config: Arc<Config>,
         store: Store,
@@ -135,6 +140,7 @@ impl Engine {
         metrics: RunMetrics,
         clients: &Clients,
         admission: Admission,
+        callbacks: Arc<Callbacks>,
     ) -> Result<Arc<Self>, tonic::transport::Error> {
         let peers = Peers::new(&config, clients, admission.reporter().clone())?;
         Ok(Arc::new(Self {
@@ -150,7 +156,13 @@ impl Engine {
             handing_over: AtomicBool::new(false),
             replica_channels: Mutex::new(HashMap::new()),
             clients: clients.clone(),
+            callbacks,
         }))
+    }
+
+    /// Run callbacks (StartRun checks a requested one here).
+    pub(crate) fn callbacks(&self) -> &Callbacks {
+        &self.callbacks
     }
 
     /// Where runs are admitted (fair across tenants).

@@ -22,7 +22,10 @@
 //!    ├──▶ follow   (StreamRun/Run: stored events, then the live ones)
 //!    ├──▶ audit_events, metrics
 //!    └──▶ maintain (claims renewed, orphaned runs resumed)
-//! store  (runs, events, checkpoints, sessions; store::row maps them)
+//! store  (runs, events, checkpoints, sessions; store::row maps them;
+//!         store::outbox: the run callbacks to deliver)
+//! callbacks ──▶ target (StartRun's check), payload (stored with a step
+//!               or end), deliver (one task: claim, sign, POST, retry)
 //! ```
 //!
 //! # Data flow
@@ -64,6 +67,13 @@
 //!   replica is served live by the one driving the run, a cancel recorded
 //!   on any replica reaches the driver at once (NOTIFY), and a replica
 //!   shutting down hands its runs over at their next checkpoint.
+//! * Run callbacks (`callbacks`, docs/callbacks.md): a run started with a
+//!   `callback` has its end (or every stored step) POSTed to the client's
+//!   URL, signed with its tenant's secret (HMAC-SHA256), the row stored in
+//!   the step's or end's transaction (an outbox) and delivered by a task
+//!   on any replica, retried with backoff, each outcome audited
+//!   (RUN_CALLBACK). Destinations pass the outbound-URL guard
+//!   (`agentmesh-egress`) at StartRun and again at each delivery.
 //! * Health: ready (SERVING) only while the LLM gateway, the tool runner
 //!   (their own health) and the database answer; the audit service is
 //!   reported but optional (events are spooled while it is away).
@@ -83,10 +93,11 @@
 //! [`ServiceHost`] (health, reflection, metrics, limits, metadata forwarding,
 //! graceful shutdown); start-up opens the database and starts the engine.
 //! `main.rs` only calls [`serve`]. The library exposes only [`Config`]
-//! (with [`AgentProfile`] and [`AuditConfig`]), [`serve`],
+//! (with [`AgentProfile`], [`CallbacksConfig`] and [`AuditConfig`]), [`serve`],
 //! [`serve_with_listeners`], [`SERVICE`] and [`DEFAULT_PORT`].
 
 mod admission;
+mod callbacks;
 mod config;
 mod engine;
 mod metrics;
@@ -109,7 +120,7 @@ use agentmesh_storage::LazyDatabase;
 use tokio::task::JoinHandle;
 
 pub use agentmesh_audit_client::AuditConfig;
-pub use config::{AgentProfile, Config, RetentionConfig};
+pub use config::{AgentProfile, CallbacksConfig, Config, RetentionConfig};
 use engine::Engine;
 
 /// The service's name in logs, metrics and file names.
@@ -153,7 +164,19 @@ pub async fn serve_with_listeners(
     let mut effective = (*config).clone();
     effective.storage.url = effective.storage.url.as_deref().map(without_password);
     let audit = agentmesh_audit_client::start_service::<Config>(&config.audit, &host, &effective)?;
-    let mut startup = Startup {
+    let callbacks = callbacks::Callbacks::new(
+        &config.callbacks,
+        audit.clone(),
+        metrics::CallbackMetrics::new(host.metrics().registry())?,
+    )
+    .map_err(|problem| {
+        ServeError::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("invalid setting `{SERVICE}.{problem}`"),
+        ))
+    })?;
+    let startup = Startup {
+        callbacks: Arc::new(callbacks),
         run_metrics: metrics::RunMetrics::new(
             host.metrics().registry(),
             config.agents.keys().map(String::as_str),
@@ -204,23 +227,7 @@ pub async fn serve_with_listeners(
         let startup = &startup;
         host.serve(listeners, || startup.open(), shutdown).await
     };
-    if let Some(tasks) = startup.maintenance.take() {
-        tasks.maintain.abort();
-        tasks.listen.abort();
-        tasks.retention.abort();
-        // The server may stop before the runs reach their checkpoints (no
-        // call open): the hand-over goes on, bounded by the grace period.
-        let limit = startup.config.server.grace_period + std::time::Duration::from_secs(2);
-        if tokio::time::timeout(limit, tasks.hand_over).await.is_err() {
-            tracing::warn!(
-                "runs still being handed over at exit; they resume once their claim runs out"
-            );
-        }
-    }
-    startup.database.close().await;
-    // The drain is over: send what is queued, or spool it. (Runs still
-    // being driven record their end in the spool.)
-    startup.audit.shutdown().await;
+    startup.close().await;
     result
 }
 
@@ -242,6 +249,8 @@ struct Startup {
     maintenance: OnceLock<Background>,
     /// The shutdown's phases (the hand-over starts when draining does).
     drain: agentmesh_kit::drain::Drain,
+    /// Run callbacks (checked at StartRun, delivered by a task).
+    callbacks: Arc<callbacks::Callbacks>,
 }
 
 /// How long after draining begins the runs still in a step are released
@@ -262,9 +271,55 @@ struct Background {
     listen: JoinHandle<()>,
     retention: JoinHandle<()>,
     hand_over: JoinHandle<()>,
+    /// Delivers run callbacks from the outbox.
+    deliver: JoinHandle<()>,
 }
 
 impl Startup {
+    /// After the server stopped: stops the background tasks, gives up this
+    /// replica's callback claims, lets the hand-over finish (bounded),
+    /// closes the database and flushes the audit queue.
+    async fn close(&self) {
+        if let Some(tasks) = self.maintenance.get() {
+            tasks.maintain.abort();
+            tasks.listen.abort();
+            tasks.retention.abort();
+            tasks.deliver.abort();
+        }
+        if let Some(engine) = self.engine.get() {
+            // Attempts cut short are due again at once, here or elsewhere.
+            if let Err(err) = engine
+                .store()
+                .release_callback_claims(Some(engine.owner()))
+                .await
+            {
+                tracing::warn!(error = %err, "cannot release this replica's callback claims; they are due again once their lease runs out");
+            }
+        }
+        if let Some(tasks) = self.maintenance.get()
+            && !tasks.hand_over.is_finished()
+        {
+            // The server may stop before the runs reach their checkpoints (no
+            // call open): the hand-over goes on, bounded by the grace period.
+            let hand_over = tasks.hand_over.abort_handle();
+            let wait = async {
+                while !hand_over.is_finished() {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            };
+            let limit = self.config.server.grace_period + std::time::Duration::from_secs(2);
+            if tokio::time::timeout(limit, wait).await.is_err() {
+                tracing::warn!(
+                    "runs still being handed over at exit; they resume once their claim runs out"
+                );
+            }
+        }
+        self.database.close().await;
+        // The drain is over: send what is queued, or spool it. (Runs still
+        // being driven record their end in the spool.)
+        self.audit.shutdown().await;
+    }
+
     /// Opens the database, then starts the engine and its maintenance task
     /// (once; start-up is retried until the database opens).
     async fn open(&self) -> Result<(), StartupError> {
@@ -286,6 +341,7 @@ impl Startup {
                     Some(&self.registry),
                     self.reporter.clone(),
                 ),
+                Arc::clone(&self.callbacks),
             )
             .map_err(|err| StartupError::from(err.to_string()))?;
             let _ = self.engine.set(Arc::clone(&started));
@@ -299,6 +355,11 @@ impl Startup {
                     started.store().clone(),
                     self.config.retention.clone(),
                     self.run_metrics.deleted(),
+                )),
+                deliver: tokio::spawn(callbacks::deliver(
+                    Arc::clone(&self.callbacks),
+                    started.store().clone(),
+                    started.owner().to_owned(),
                 )),
                 hand_over: tokio::spawn(engine::hand_over_at_shutdown(
                     started,

@@ -12,7 +12,8 @@
 //! | `agentmesh_run_queue_depth` | gauge | — |
 //! | `agentmesh_runs_deleted_total` | counter | — |
 //!
-//! plus the replicas' metrics ([`replicas`]).
+//! plus the replicas' metrics ([`replicas`]) and the run callbacks'
+//! ([`callbacks`], registered by the callbacks' start-up).
 //!
 //! `agent` is a configured agent profile; a run of a profile that is no
 //! longer configured (resumed after a configuration change) counts as
@@ -29,6 +30,7 @@
 //! event), with the run's duration from its start (or its creation, for a
 //! run cancelled while queued) to its end.
 
+mod callbacks;
 mod replicas;
 
 use std::collections::HashMap;
@@ -41,6 +43,7 @@ use agentmesh_kit::metrics::prometheus::{
 };
 use agentmesh_proto::orchestrator::v1::RunState;
 
+pub(crate) use callbacks::{AttemptOutcome, CallbackMetrics};
 pub(crate) use replicas::ReplicaMetrics;
 
 /// The label value of an agent that is not configured.

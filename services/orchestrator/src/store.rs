@@ -2,9 +2,10 @@
 //! sessions, on SQLite or PostgreSQL through the same queries.
 //!
 //! The engine is the only writer of a run while it drives it. It writes once
-//! per step ([`Store::flush`]: the step's events, the run row and the
-//! checkpoint in one transaction), never once per token, so a crash loses at
-//! most the step in flight, which is then run again from the checkpoint.
+//! per step ([`Store::flush`]: the step's events, the run row, the
+//! checkpoint and the step's callback in one transaction), never once per
+//! token, so a crash loses at most the step in flight, which is then run
+//! again from the checkpoint. The callbacks' outbox is [`outbox`].
 
 mod row;
 
@@ -16,9 +17,10 @@ use agentmesh_proto::orchestrator::v1 as pb;
 use agentmesh_storage::{Database, EmbeddedMigration, Migrations, StoreError, with_pool};
 use prost::Message as _;
 
+pub(crate) use outbox::{DueCallback, NewCallback, Settled};
 pub(crate) use replicas::{CHANNEL, Claimed, Flushed, RESERVE_BLOCK, RecordedCancel};
 use row::run_from_row;
-pub(crate) use row::{Checkpoint, Limits, RunRow, usage};
+pub(crate) use row::{Checkpoint, Limits, RunCallback, RunRow, usage};
 
 /// The orchestrator's schema, per backend.
 pub(crate) static MIGRATIONS: Migrations = Migrations {
@@ -38,6 +40,11 @@ pub(crate) static MIGRATIONS: Migrations = Migrations {
             description: "replicas: sequence reservations, recorded cancels, replica addresses",
             sql: include_str!("../migrations/sqlite/0003_replicas.sql"),
         },
+        EmbeddedMigration {
+            version: 4,
+            description: "run callbacks: the run's callback, the outbox",
+            sql: include_str!("../migrations/sqlite/0004_run_callbacks.sql"),
+        },
     ],
     postgres: &[
         EmbeddedMigration {
@@ -54,6 +61,11 @@ pub(crate) static MIGRATIONS: Migrations = Migrations {
             version: 3,
             description: "replicas: sequence reservations, recorded cancels, replica addresses",
             sql: include_str!("../migrations/postgres/0003_replicas.sql"),
+        },
+        EmbeddedMigration {
+            version: 4,
+            description: "run callbacks: the run's callback, the outbox",
+            sql: include_str!("../migrations/postgres/0004_run_callbacks.sql"),
         },
     ],
 };
@@ -103,7 +115,7 @@ macro_rules! run_columns {
         "run_id, tenant, subject, agent, session_id, objective, state, idempotency_key, model, \
          max_steps, max_output_tokens, timeout_ms, labels, create_time, start_time, end_time, \
          output, error, input_tokens, output_tokens, steps, tool_calls, last_sequence, identity, \
-         priority"
+         priority, callback_url, callback_events"
     };
 }
 
@@ -113,7 +125,8 @@ macro_rules! select_runs {
     };
 }
 
-// After the macros above, which it uses.
+// After the macros above, which they use.
+mod outbox;
 mod replicas;
 mod retention;
 
@@ -127,6 +140,9 @@ impl Store {
     /// idempotency key already names.
     /// `owner` claims the run until `lease_until` (so no other instance takes
     /// it for an orphan while it waits for a place).
+    // Kept whole: one transaction (session, run, labels) whose statements
+    // share the backend-generic transaction of `with_pool!`; split, each part
+    // would need that type spelled out for both backends.
     pub(crate) async fn create_run(
         &self,
         run: &RunRow,
@@ -157,9 +173,9 @@ impl Store {
                     "INSERT INTO runs (run_id, tenant, subject, agent, session_id, objective, \
                      state, idempotency_key, model, max_steps, max_output_tokens, timeout_ms, \
                      labels, create_time, owner, lease_until, credential_id, identity, \
-                     priority) \
+                     priority, callback_url, callback_events) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
-                     $16, $17, $18, $19)",
+                     $16, $17, $18, $19, $20, $21)",
                 )
                 .bind(&run.run_id)
                 .bind(&run.tenant)
@@ -180,6 +196,8 @@ impl Store {
                 .bind(run.identity.as_ref().map(|who| who.credential_id.as_str()))
                 .bind(&identity)
                 .bind(run.priority)
+                .bind(run.callback.as_ref().map(|callback| callback.url.as_str()))
+                .bind(run.callback.as_ref().map_or(0, RunCallback::events_number))
                 .execute(&mut *tx)
                 .await?;
                 for (key, value) in &run.labels {
@@ -420,9 +438,14 @@ impl Store {
 
     /// Writes one step in one transaction: the run row's changing columns
     /// and this instance's claim on the run until `lease_until`, the step's
-    /// events, the checkpoint (when given), and the sequence reservation
-    /// raised to at least `reserve_to` ([`replicas`]). Fenced: nothing is
-    /// written unless `owner` still claims the run ([`Flushed::ClaimLost`]).
+    /// events, the checkpoint (when given), the sequence reservation raised
+    /// to at least `reserve_to` ([`replicas`]), and the callback reporting
+    /// the step or end (when given; [`outbox`]: at most one per run and
+    /// event). Fenced: nothing is written unless `owner` still claims the
+    /// run ([`Flushed::ClaimLost`]).
+    // Kept whole: one transaction whose first statement fences the rest,
+    // all on the backend-generic transaction of `with_pool!`; split, each
+    // part would need that type spelled out for both backends.
     pub(crate) async fn flush(
         &self,
         run: &RunRow,
@@ -430,6 +453,7 @@ impl Store {
         checkpoint: Option<&Checkpoint>,
         claim: (&str, i64),
         reserve_to: i32,
+        callback: Option<&NewCallback>,
     ) -> Result<Flushed, StoreError> {
         let (owner, lease_until) = claim;
         let error = run.error.as_ref().map(prost::Message::encode_to_vec);
@@ -486,6 +510,23 @@ impl Store {
                 .bind(&run.run_id)
                 .bind(*step)
                 .bind(state)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            if let Some(callback) = callback {
+                sqlx::query(
+                    "INSERT INTO run_callbacks (delivery_id, run_id, event, tenant, url, \
+                     payload, create_time, next_attempt_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
+                     ON CONFLICT (run_id, event) DO NOTHING",
+                )
+                .bind(&callback.delivery_id)
+                .bind(&run.run_id)
+                .bind(&callback.event)
+                .bind(&run.tenant)
+                .bind(&callback.url)
+                .bind(&callback.payload)
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;

@@ -1,5 +1,6 @@
 //! Request validation: the checks that need nothing but the request (and a
-//! configured size limit). Each check collects every field violation, and
+//! configured size limit; a callback's URL alone, by
+//! `crate::callbacks::parse`). Each check collects every field violation, and
 //! a request with any is refused as INVALID_ARGUMENT with a
 //! `google.rpc.BadRequest` naming each field; a valid `StartRun`/`Run`
 //! request comes back as a [`StartRequest`] whose values the handlers can
@@ -14,6 +15,7 @@ use agentmesh_kit::time::micros_of;
 use agentmesh_proto::orchestrator::v1 as pb;
 use tonic::Status;
 
+use crate::callbacks::{self, RequestedCallback};
 use crate::config::MAX_STEPS_LIMIT;
 
 /// Longest run timeout a request may ask for.
@@ -38,6 +40,7 @@ pub(crate) struct StartFields {
     limits: Option<pb::RunLimits>,
     labels: HashMap<String, String>,
     priority: i32,
+    callback: Option<pb::RunCallback>,
 }
 
 impl From<pb::StartRunRequest> for StartFields {
@@ -50,6 +53,7 @@ impl From<pb::StartRunRequest> for StartFields {
             limits: r.limits,
             labels: r.labels,
             priority: r.priority,
+            callback: r.callback,
         }
     }
 }
@@ -64,6 +68,7 @@ impl From<pb::RunRequest> for StartFields {
             limits: r.limits,
             labels: r.labels,
             priority: r.priority,
+            callback: r.callback,
         }
     }
 }
@@ -83,6 +88,9 @@ pub(crate) struct StartRequest {
     pub(crate) labels: HashMap<String, String>,
     /// -[`MAX_PRIORITY`] to [`MAX_PRIORITY`].
     pub(crate) priority: i32,
+    /// A well-formed callback (its destination is checked against the
+    /// policy by the handler); `None`: none asked for.
+    pub(crate) callback: Option<RequestedCallback>,
 }
 
 /// The limits a request asks for; 0 or `None` means the profile's.
@@ -135,6 +143,9 @@ pub(crate) fn start_request(
             ),
         ));
     }
+    let callback = fields
+        .callback
+        .and_then(|callback| callbacks::parse(callback, &mut violations));
     if !violations.is_empty() {
         return Err(violations.into_status());
     }
@@ -146,6 +157,7 @@ pub(crate) fn start_request(
         limits,
         labels: fields.labels,
         priority: fields.priority,
+        callback,
     })
 }
 
@@ -303,6 +315,23 @@ mod tests {
             }
         );
         assert_eq!(valid.labels.get("team").map(String::as_str), Some("a"));
+        assert_eq!(valid.callback, None);
+
+        // A callback comes back parsed, the same from Run and StartRun.
+        let with_callback = pb::StartRunRequest {
+            objective: "x".to_owned(),
+            callback: Some(pb::RunCallback {
+                url: "https://hooks.example.com/runs".to_owned(),
+                events: pb::CallbackEvents::EveryStep.into(),
+            }),
+            ..pb::StartRunRequest::default()
+        };
+        let callback = start_request(with_callback.into(), 1024)
+            .unwrap()
+            .callback
+            .unwrap();
+        assert_eq!(callback.url.as_str(), "https://hooks.example.com/runs");
+        assert!(callback.every_step);
 
         // A zero timeout means the profile's.
         let zero = pb::StartRunRequest {
@@ -368,6 +397,10 @@ mod tests {
         };
         request.labels.insert("b".to_owned(), "v".repeat(257));
         request.labels.insert(String::new(), "v".to_owned());
+        request.callback = Some(pb::RunCallback {
+            url: "gopher://example.com/".to_owned(),
+            events: 9,
+        });
         let refused = start_request(request.into(), 1024).unwrap_err();
         assert_eq!(
             violated(&refused),
@@ -379,6 +412,8 @@ mod tests {
                 "limits.timeout",
                 "labels[\"\"]",
                 "labels[\"b\"]",
+                "callback.events",
+                "callback.url",
             ]
         );
         assert!(

@@ -139,6 +139,22 @@ fn event_summary(event: &pb::AuditEvent) -> String {
             &format!("alerts={}", notification.alert_count),
             &notification.error,
         ])),
+        // The reason repeats the callback's error: shown once.
+        Some(Details::Callback(callback)) => join(&[
+            &callback.event,
+            &callback.host,
+            &format!("attempts={}", callback.attempts),
+            &if callback.http_status == 0 {
+                String::new()
+            } else {
+                format!("status={}", callback.http_status)
+            },
+            if callback.error.is_empty() {
+                reason
+            } else {
+                &callback.error
+            },
+        ]),
         None => reason.to_owned(),
     }
 }

@@ -1,8 +1,11 @@
 //! Storing what a run did: once per step, never once per token.
 //!
 //! [`Engine::flush`] writes a step in one transaction — the events pending
-//! in the run's [`ActiveRun`] buffer, the run row, the checkpoint and this
-//! instance's claim — and only then marks the events stored; a failure keeps
+//! in the run's [`ActiveRun`] buffer, the run row, the checkpoint, this
+//! instance's claim, and the step's callback when the run's callback asks
+//! for every step (the run's end always has one, stored by
+//! [`Engine::store_end`]; see `crate::callbacks`) — and only then marks the
+//! events stored; a failure keeps
 //! them pending for the next flush, so a crash loses at most the step in
 //! flight, which is run again from the checkpoint. [`Engine::store_end`]
 //! stores the run's end the same way, with the withheld terminal event,
@@ -19,10 +22,12 @@
 
 use std::time::Duration;
 
+use agentmesh_kit::time::now_micros;
 use agentmesh_proto::orchestrator::v1::{self as pb, run_event};
 
 use super::active::ActiveRun;
 use super::{DATABASE, Engine};
+use crate::callbacks::{end_callback, step_callback};
 use crate::store::{Checkpoint, Flushed, RESERVE_BLOCK, RunRow};
 
 /// Attempts at storing a run's end before giving up on it (another instance
@@ -67,6 +72,11 @@ impl Engine {
         }
         run.last_sequence = last_sequence;
         let reserve_to = last_sequence.saturating_add(RESERVE_BLOCK);
+        // A completed step (not a run's start, step 0) is reported to a
+        // callback that asks for every step.
+        let callback = checkpoint
+            .filter(|checkpoint| checkpoint.step >= 1)
+            .and_then(|checkpoint| step_callback(run, checkpoint.step, now_micros()));
         let flushed = self
             .store
             .flush(
@@ -75,10 +85,14 @@ impl Engine {
                 checkpoint,
                 (&self.owner, self.lease_until()),
                 reserve_to,
+                callback.as_ref(),
             )
             .await;
         match flushed {
             Ok(Flushed::Stored { cancel }) => {
+                if callback.is_some() {
+                    self.callbacks.wake();
+                }
                 active.stored(last_sequence);
                 active.reserved(reserve_to);
                 if let Some(cancel) = cancel {
@@ -159,10 +173,13 @@ impl Engine {
         terminal: &pb::RunEvent,
     ) -> bool {
         let mut delay = Duration::from_millis(50);
+        run.last_sequence = terminal.sequence;
+        // Built once: every try stores the same delivery (at most one end
+        // callback per run is stored anyway).
+        let callback = end_callback(run, terminal, now_micros());
         for attempt in 1..=END_ATTEMPTS {
             let (mut events, _) = active.unstored();
             events.push(terminal.clone());
-            run.last_sequence = terminal.sequence;
             let reserve_to = terminal.sequence;
             match self
                 .store
@@ -172,10 +189,16 @@ impl Engine {
                     Some(checkpoint),
                     (&self.owner, self.lease_until()),
                     reserve_to,
+                    callback.as_ref(),
                 )
                 .await
             {
-                Ok(Flushed::Stored { .. }) => return true,
+                Ok(Flushed::Stored { .. }) => {
+                    if callback.is_some() {
+                        self.callbacks.wake();
+                    }
+                    return true;
+                }
                 Ok(Flushed::ClaimLost) => {
                     // The replica that claims it now ends it.
                     self.claim_lost(active);

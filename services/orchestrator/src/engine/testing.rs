@@ -14,8 +14,9 @@ use agentmesh_storage::{Database, StorageConfig};
 
 use super::Engine;
 use crate::admission::Admission;
+use crate::callbacks::Callbacks;
 use crate::config::{Config, DEFAULT_AGENT};
-use crate::metrics::RunMetrics;
+use crate::metrics::{CallbackMetrics, RunMetrics};
 use crate::store::{Limits, MIGRATIONS, RunRow, Store, Tenants};
 
 /// Where nothing listens.
@@ -43,6 +44,12 @@ pub(crate) async fn engine(dir: &tempfile::TempDir, config: Config) -> Arc<Engin
         None,
         ResilienceReporter::without_metrics(AuditClient::disabled("test")),
     );
+    let callbacks = Callbacks::new(
+        &config.callbacks,
+        AuditClient::disabled("test"),
+        CallbackMetrics::new(&Registry::new()).unwrap(),
+    )
+    .unwrap();
     Engine::new(
         Arc::new(config),
         Store::new(db),
@@ -50,6 +57,7 @@ pub(crate) async fn engine(dir: &tempfile::TempDir, config: Config) -> Arc<Engin
         RunMetrics::new(&Registry::new(), [DEFAULT_AGENT]).unwrap(),
         &agentmesh_kit::client::Clients::default(),
         admission,
+        Arc::new(callbacks),
     )
     .unwrap()
 }
@@ -84,6 +92,7 @@ pub(crate) fn run(tenant: &str) -> RunRow {
         last_sequence: 0,
         priority: 0,
         identity: None,
+        callback: None,
     }
 }
 

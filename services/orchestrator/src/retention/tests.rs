@@ -1,6 +1,6 @@
 //! Retention over a real (SQLite) store: only finished runs past their
-//! state's age go, with their events and checkpoints; the sessions left
-//! without runs go too.
+//! state's age go, with their events, checkpoints and callbacks; the
+//! sessions left without runs go too.
 
 use std::time::{Duration, SystemTime};
 
@@ -8,12 +8,12 @@ use agentmesh_proto::orchestrator::v1 as pb;
 
 use super::*;
 use crate::engine::testing;
-use crate::store::{Checkpoint, Created, Flushed, Tenants};
+use crate::store::{Checkpoint, Created, Flushed, NewCallback, Tenants};
 
 const DAY: Duration = Duration::from_secs(86_400);
 
 /// Stores a run of `state` that ended `ago` before `now` (unfinished runs
-/// have no end), with one event and a checkpoint.
+/// have no end), with one event, a checkpoint and a callback to deliver.
 async fn stored(
     store: &Store,
     state: pb::RunState,
@@ -38,6 +38,12 @@ async fn stored(
             Some(&Checkpoint::default()),
             ("me", i64::MAX),
             1,
+            Some(&NewCallback {
+                delivery_id: uuid::Uuid::now_v7().to_string(),
+                event: "end".into(),
+                url: "https://hooks.example.com/".into(),
+                payload: "{}".into(),
+            }),
         )
         .await
         .unwrap();
@@ -63,8 +69,11 @@ async fn only_finished_runs_past_their_states_age_are_deleted_with_what_they_own
         batch_size: 1,
         ..RetentionConfig::default()
     };
+    assert_eq!(store.pending_callbacks().await.unwrap(), 6);
     // Batches of one: the pass goes on until nothing is left.
     assert_eq!(pass(&store, &config, now).await.unwrap(), 3);
+    // The deleted runs' callbacks went with them.
+    assert_eq!(store.pending_callbacks().await.unwrap(), 3);
     for (run_id, kept) in [
         (&old_success, false),
         (&new_success, true),

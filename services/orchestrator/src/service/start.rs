@@ -6,6 +6,9 @@
 //!                          (its allow-list; audited)
 //!                          the agent profile exists      NOT_FOUND
 //! session                  the session exists (or new)   NOT_FOUND
+//! callback                 a secret for the tenant       FAILED_PRECONDITION
+//!                          the destination, resolved,    INVALID_ARGUMENT
+//!                          allowed (crate::callbacks)
 //! new_run                  the run row: limits resolved from the profile
 //! no_run_in_progress       one run at a time per session FAILED_PRECONDITION
 //! admission                a place now or a turn in the  RESOURCE_EXHAUSTED
@@ -74,7 +77,16 @@ impl OrchestratorServiceImpl {
             std::mem::take(&mut request.session_id),
         )
         .await?;
-        let run = new_run(
+        let callback = match request.callback.take() {
+            Some(requested) => Some(
+                engine
+                    .callbacks()
+                    .check(&caller.identity.tenant, requested)
+                    .await?,
+            ),
+            None => None,
+        };
+        let mut run = new_run(
             request,
             profile,
             RunOwner {
@@ -89,6 +101,7 @@ impl OrchestratorServiceImpl {
             },
             starter.caller_deadline,
         );
+        run.callback = callback;
         if !new_session {
             no_run_in_progress(engine, &run.session_id).await?;
         }
@@ -236,6 +249,7 @@ fn new_run(
         last_sequence: 0,
         priority: request.priority,
         identity: Some(owner.identity),
+        callback: None,
     }
 }
 

@@ -3,7 +3,8 @@
 //! is read into a [`RunRow`] ([`run_from_row`]), shown as a `pb::Run`
 //! ([`RunRow::to_proto`]); a [`Checkpoint`] is stored protobuf-encoded;
 //! the identity a run was started with is stored as JSON (never a secret,
-//! never the service that forwarded it), NULL for runs stored before it was.
+//! never the service that forwarded it), NULL for runs stored before it was;
+//! its callback as its URL and events (NULL: none).
 //! Times are microseconds since the Unix epoch throughout.
 
 use std::collections::BTreeMap;
@@ -54,6 +55,28 @@ pub(crate) struct RunRow {
     /// call the run makes (also after a resume). `None` for runs stored
     /// before identities were.
     pub(crate) identity: Option<Identity>,
+    /// Where the run's end (or every step) is POSTed; `None`: nowhere.
+    pub(crate) callback: Option<RunCallback>,
+}
+
+/// A run's callback, as checked at StartRun (docs/callbacks.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RunCallback {
+    /// The URL, checked against the callback egress policy.
+    pub(crate) url: String,
+    /// Whether every stored step is sent too (not only the end).
+    pub(crate) every_step: bool,
+}
+
+impl RunCallback {
+    /// The stored `callback_events` number.
+    pub(super) fn events_number(&self) -> i32 {
+        if self.every_step {
+            pb::CallbackEvents::EveryStep.into()
+        } else {
+            pb::CallbackEvents::Terminal.into()
+        }
+    }
 }
 
 impl RunRow {
@@ -178,6 +201,8 @@ where
     let labels: String = row.try_get("labels")?;
     let error: Option<Vec<u8>> = row.try_get("error")?;
     let identity: Option<String> = row.try_get("identity")?;
+    let callback_url: Option<String> = row.try_get("callback_url")?;
+    let callback_events: i32 = row.try_get("callback_events")?;
     Ok(RunRow {
         run_id: row.try_get("run_id")?,
         tenant: row.try_get("tenant")?,
@@ -213,5 +238,9 @@ where
             .map(|json| serde_json::from_str::<Identity>(&json))
             .transpose()
             .map_err(|err| StoreError::Corrupt(format!("run identity: {err}")))?,
+        callback: callback_url.map(|url| RunCallback {
+            url,
+            every_step: callback_events == i32::from(pb::CallbackEvents::EveryStep),
+        }),
     })
 }

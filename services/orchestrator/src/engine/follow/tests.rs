@@ -51,6 +51,7 @@ async fn active_run(engine: &Arc<Engine>) -> (RunRow, Arc<ActiveRun>) {
         last_sequence: 0,
         priority: 0,
         identity: None,
+        callback: None,
     };
     let created = engine
         .store
