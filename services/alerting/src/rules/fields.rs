@@ -425,6 +425,14 @@ static DETAIL_FIELDS: &[(&str, Getter)] = &{
         )),
         detail!("notification.attempts", Notification, |d| num(d.attempts)),
         detail!("notification.error", Notification, |d| text(&d.error)),
+        // CallbackDetails.
+        detail!("callback.delivery_id", Callback, |d| text(&d.delivery_id)),
+        detail!("callback.event", Callback, |d| text(&d.event)),
+        detail!("callback.host", Callback, |d| text(&d.host)),
+        detail!("callback.attempts", Callback, |d| num(d.attempts)),
+        detail!("callback.http_status", Callback, |d| num(d.http_status)),
+        detail!("callback.error", Callback, |d| text(&d.error)),
+        detail!("callback.delay", Callback, |d| seconds(d.delay.as_ref())),
     ]
 };
 
