@@ -6,6 +6,8 @@
 #   make lint     rustfmt, clippy -D warnings, module structure, cargo deny, buf lint, buf format
 #   make fuzz     every fuzz target for FUZZ_SECONDS each (default 60), then a summary
 #                 of executions and findings per target (CI runs them too, 256 cases each)
+#   make chaos    the chaos suite at full size (500 runs while processes are killed and
+#                 restarted for 180 s; CI runs 100 runs for 60 s), then its report
 #   make bench    benchmark programs that print figures (hop cost, run step, audit ingest and tail lag,
 #                 gateway faults, auth, rate limits)
 #   make rules    check and unit-test the Prometheus alert rules (promtool)
@@ -21,7 +23,7 @@
 CARGO ?= cargo
 PYTHON ?= python3
 
-.PHONY: all build run up test fuzz lint fmt proto bench rules clean deploy-check deploy-smoke deploy-resources
+.PHONY: all build run up test fuzz chaos lint fmt proto bench rules clean deploy-check deploy-smoke deploy-resources
 
 all: build
 
@@ -69,6 +71,16 @@ fuzz:
 	@echo "== fuzz: executions and findings per target (FUZZ_SECONDS=$(FUZZ_SECONDS)) =="
 	@grep -E '^fuzz [^ ]+: [0-9]+ executions|^fuzz [^ ]+: finding:|(PASS|FAIL) .*fuzz_rpc' target/fuzz.log || true
 	@exit $$(cat target/fuzz.status)
+
+# The chaos suite at full size (tests/chaos.rs): CHAOS_RUNS runs while
+# processes are killed and restarted for CHAOS_SECONDS; `make test` runs a
+# bounded size of it. CHAOS_SEED replays one run of it.
+CHAOS_RUNS ?= 500
+CHAOS_SECONDS ?= 180
+chaos:
+	AGENTMESH_CHAOS_RUNS=$(CHAOS_RUNS) AGENTMESH_CHAOS_SECONDS=$(CHAOS_SECONDS) \
+	  $(if $(CHAOS_SEED),AGENTMESH_CHAOS_SEED=$(CHAOS_SEED)) \
+	  $(CARGO) nextest run --workspace --no-capture -E 'binary(=chaos)'
 
 # Benchmark programs that print figures (release build).
 bench:

@@ -11,11 +11,15 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime};
 
+#[path = "replica_support.rs"]
+#[expect(dead_code, reason = "the chaos suite uses more of it than this file")]
+mod replica_support;
+use replica_support::{Received, Rejoins, follow, follow_anywhere, text};
+
 use agentmesh_proto::orchestrator::v1::{
     self as pb, orchestrator_service_client::OrchestratorServiceClient, run_event,
 };
 use agentmesh_tests::{RunningBinary, channel, http_get, percentile, wait_serving, within};
-use futures::StreamExt as _;
 use tonic::transport::Channel;
 
 /// A one-step answer streamed word by word (40 ms a word, 20 words), and a
@@ -185,53 +189,8 @@ async fn start_run(replica: &RunningBinary, objective: &str) -> String {
         .run_id
 }
 
-/// An event as a follower got it, with when.
-#[derive(Debug)]
-struct Received {
-    event: pb::RunEvent,
-    at: Instant,
-    wall: SystemTime,
-}
-
-/// Follows `run_id` on `replica` from `after` to the end of its stream
-/// (heartbeats dropped), noting when each event arrived.
-async fn follow(replica: std::net::SocketAddr, run_id: String, after: i32) -> Vec<Received> {
-    let mut client = OrchestratorServiceClient::new(channel(replica));
-    let mut stream = client
-        .stream_run(pb::StreamRunRequest {
-            run_id,
-            after_sequence: after,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut received = Vec::new();
-    while let Some(message) = stream.next().await {
-        let event = message.unwrap().event.unwrap();
-        if event.sequence == 0 {
-            continue;
-        }
-        received.push(Received {
-            event,
-            at: Instant::now(),
-            wall: SystemTime::now(),
-        });
-    }
-    received
-}
-
 fn is_token(event: &pb::RunEvent) -> bool {
     matches!(event.event, Some(run_event::Event::TokenDelta(_)))
-}
-
-fn text(events: &[pb::RunEvent]) -> String {
-    events
-        .iter()
-        .filter_map(|event| match &event.event {
-            Some(run_event::Event::TokenDelta(delta)) => Some(delta.text.as_str()),
-            _ => None,
-        })
-        .collect()
 }
 
 /// A metric's value on `replica`'s admin server (0 when absent).
@@ -358,49 +317,12 @@ async fn a_cancel_on_another_replica_stops_the_run_at_once() {
     );
 }
 
-/// Checks a follower's events of one run: sequences only grow; a gap is
-/// explained by the restart marker right after it; the answer assembled
-/// (discarding abandoned events) is the run's output. Returns the longest
-/// silence between two events.
+/// Checks a follower's events (see [`replica_support::check_events`]);
+/// returns the longest silence between two events.
 fn check_events(received: &[Received]) -> Duration {
-    let mut last = 0;
-    let mut kept: Vec<pb::RunEvent> = Vec::new();
-    let mut longest = Duration::ZERO;
-    let mut previous: Option<Instant> = None;
-    for r in received {
-        let event = &r.event;
-        assert!(
-            event.sequence > last,
-            "sequence {} after {last}",
-            event.sequence
-        );
-        if let Some(run_event::Event::Progress(progress)) = &event.event
-            && progress.abandoned_last_sequence > 0
-        {
-            assert!(progress.step_restarted);
-            assert_eq!(event.sequence, progress.abandoned_last_sequence + 1);
-            kept.retain(|e| e.sequence < progress.abandoned_first_sequence);
-        } else {
-            assert_eq!(event.sequence, last + 1, "an unexplained gap after {last}");
-        }
-        last = event.sequence;
-        kept.push(event.clone());
-        if let Some(previous) = previous {
-            longest = longest.max(r.at.duration_since(previous));
-        }
-        previous = Some(r.at);
-    }
-    let output = kept.last().and_then(|last| match &last.event {
-        Some(run_event::Event::RunFinished(finished)) => Some(finished.output.clone()),
-        _ => None,
-    });
-    assert_eq!(
-        Some(text(&kept)),
-        output,
-        "the run did not succeed: {:?}",
-        kept.last()
-    );
-    longest
+    let checked = replica_support::check_events(received);
+    assert!(checked.is_ok(), "{checked:?}: {received:#?}");
+    checked.unwrap().longest_silence
 }
 
 #[tokio::test]
@@ -487,60 +409,6 @@ async fn a_killed_replicas_run_resumes_and_the_marker_names_what_it_abandoned() 
     );
 }
 
-/// Follows `run_id` to its end as a client would through a load balancer:
-/// on any replica in `live`, and again on another one from the last
-/// sequence seen whenever a stream breaks (its replica shutting down).
-async fn follow_anywhere(
-    live: std::sync::Arc<std::sync::Mutex<Vec<std::net::SocketAddr>>>,
-    run_id: String,
-    first: usize,
-) -> Vec<Received> {
-    let mut received: Vec<Received> = Vec::new();
-    let mut attempt = first;
-    loop {
-        let replica = {
-            let live = live.lock().unwrap();
-            live.get(attempt % live.len()).copied().unwrap()
-        };
-        attempt += 1;
-        let after = received.last().map_or(0, |r| r.event.sequence);
-        let mut client = OrchestratorServiceClient::new(channel(replica));
-        let stream = client
-            .stream_run(pb::StreamRunRequest {
-                run_id: run_id.clone(),
-                after_sequence: after,
-            })
-            .await;
-        let Ok(stream) = stream else {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            continue;
-        };
-        let mut stream = stream.into_inner();
-        while let Some(Ok(message)) = stream.next().await {
-            let event = message.event.unwrap();
-            if event.sequence == 0 {
-                continue;
-            }
-            let terminal = matches!(
-                event.event,
-                Some(
-                    run_event::Event::RunFinished(_)
-                        | run_event::Event::RunFailed(_)
-                        | run_event::Event::RunCancelled(_)
-                )
-            );
-            received.push(Received {
-                event,
-                at: Instant::now(),
-                wall: SystemTime::now(),
-            });
-            if terminal {
-                return received;
-            }
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_rolling_restart_of_three_replicas_under_load_loses_and_stalls_no_run() {
     const RUNS: usize = 50;
@@ -560,7 +428,16 @@ async fn a_rolling_restart_of_three_replicas_under_load_loses_and_stalls_no_run(
     let followers: Vec<_> = runs
         .iter()
         .enumerate()
-        .map(|(i, run_id)| tokio::spawn(follow_anywhere(live.clone(), run_id.clone(), i)))
+        .map(|(i, run_id)| {
+            let follower = follow_anywhere(
+                live.clone(),
+                run_id.clone(),
+                i as u64,
+                Rejoins::NEVER,
+                Duration::from_secs(120),
+            );
+            tokio::spawn(async move { follower.await.received })
+        })
         .collect();
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     let rollout = Instant::now();
