@@ -271,12 +271,25 @@ def test_the_base_keeps_data_in_postgresql_and_sqlite_single_on_claims():
         assert (kind, secret, key) == ("secretKeyRef", "agentmesh-databases", name)
         assert optional == (name not in STORAGE_REQUIRED), name
         assert not any("persistentVolumeClaim" in v for v in base[name]["spec"]["template"]["spec"]["volumes"])
+    # The gateway's replicas share their rate limits in its database (the
+    # same optional Secret key), expecting as many replicas as it runs.
+    gateway = _container(base["llm-gateway"])
+    assert _env_refs(gateway)["AGENTMESH_LLM_GATEWAY__SHARED_LIMITS__URL"] == (
+        "secretKeyRef",
+        "agentmesh-databases",
+        "llm-gateway",
+        True,
+    )
+    assert _env(gateway)["AGENTMESH_LLM_GATEWAY__SHARED_LIMITS__EXPECTED_REPLICAS"] == str(
+        base["llm-gateway"]["spec"]["replicas"]
+    )
     dev_docs = _rendered("dev")
     dev = _of(dev_docs, "Deployment")
     assert not _of(dev_docs, "HorizontalPodAutoscaler"), "an autoscaler would add SQLite writers"
     for name, deployment in dev.items():
         assert deployment["spec"]["replicas"] == 1, name
         assert f"AGENTMESH_{_section(name)}__STORAGE__URL" not in _env_refs(_container(deployment))
+        assert not any("__SHARED_LIMITS__" in env for env in _env(_container(deployment))), name
         claims = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if "persistentVolumeClaim" in v]
         assert bool(claims) == (name in STATEFUL), name
         if claims:
