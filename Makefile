@@ -132,7 +132,7 @@ proto:
 # what is emulated and how). The smoke must pass, then every mutant (one of
 # the deployment faults the smoke exists to catch) must fail within
 # SMOKE_MUTANT_TIMEOUT seconds; each prints the check that caught it. Last,
-# optional Secrets (provider keys) left out must not keep a pod from starting.
+# optional Secrets (provider keys, callback secrets) left out must not keep a pod from starting.
 SMOKE_DIR ?= k8s/overlays/dev
 SMOKE_BIN_DIR ?= target/debug
 SMOKE_MUTANTS ?= no-peer-env no-spool-volume no-workspaces-volume loopback-listen no-secret
@@ -145,7 +145,7 @@ deploy-smoke:
 	  echo "== mutant $$m: must fail"; \
 	  $(SMOKE) --mutate $$m --timeout $(SMOKE_MUTANT_TIMEOUT) --expect-failure || exit 1; \
 	done
-	@echo "== without the Secrets referenced only as optional (provider keys): must still pass"
+	@echo "== without the Secrets referenced only as optional (provider keys, callback secrets): must still pass"
 	$(SMOKE) --mutate no-optional-secrets
 
 # The figures the manifests' resource requests and limits are set from

@@ -271,12 +271,25 @@ def test_the_base_keeps_data_in_postgresql_and_sqlite_single_on_claims():
         assert (kind, secret, key) == ("secretKeyRef", "agentmesh-databases", name)
         assert optional == (name not in STORAGE_REQUIRED), name
         assert not any("persistentVolumeClaim" in v for v in base[name]["spec"]["template"]["spec"]["volumes"])
+    # The gateway's replicas share their rate limits in its database (the
+    # same optional Secret key), expecting as many replicas as it runs.
+    gateway = _container(base["llm-gateway"])
+    assert _env_refs(gateway)["AGENTMESH_LLM_GATEWAY__SHARED_LIMITS__URL"] == (
+        "secretKeyRef",
+        "agentmesh-databases",
+        "llm-gateway",
+        True,
+    )
+    assert _env(gateway)["AGENTMESH_LLM_GATEWAY__SHARED_LIMITS__EXPECTED_REPLICAS"] == str(
+        base["llm-gateway"]["spec"]["replicas"]
+    )
     dev_docs = _rendered("dev")
     dev = _of(dev_docs, "Deployment")
     assert not _of(dev_docs, "HorizontalPodAutoscaler"), "an autoscaler would add SQLite writers"
     for name, deployment in dev.items():
         assert deployment["spec"]["replicas"] == 1, name
         assert f"AGENTMESH_{_section(name)}__STORAGE__URL" not in _env_refs(_container(deployment))
+        assert not any("__SHARED_LIMITS__" in env for env in _env(_container(deployment))), name
         claims = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if "persistentVolumeClaim" in v]
         assert bool(claims) == (name in STATEFUL), name
         if claims:
@@ -362,11 +375,27 @@ def test_every_secret_and_config_map_the_pods_use_exists_or_is_optional():
                 if overlay == "dev" and not optional:
                     assert (kind, obj) in present, f"dev: {name} {env} needs {kind} {obj}"
             for volume in deployment["spec"]["template"]["spec"]["volumes"]:
-                if "secret" in volume and overlay == "dev":
+                if "secret" in volume and overlay == "dev" and not volume["secret"].get("optional"):
                     assert volume["secret"]["secretName"] in secrets, (name, volume)
         if overlay == "prod":
             # Production Secrets are the operator's, never the published examples.
             assert not secrets, sorted(secrets)
+
+
+def test_run_callbacks_are_off_until_an_overlay_sets_the_secrets_file():
+    # The signing secrets' Secret is mounted, optional; the path is set by
+    # an overlay that has the Secret, since a set path whose file is missing
+    # stops the orchestrator at start.
+    for overlay in ("base", "dev", "prod"):
+        deployment = _of(_rendered(overlay), "Deployment")["orchestrator"]
+        pod = deployment["spec"]["template"]["spec"]
+        container = _container(deployment)
+        assert "AGENTMESH_ORCHESTRATOR__CALLBACKS__SECRETS_FILE" not in _env(container), overlay
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        mount = next(m for m in container["volumeMounts"] if m["mountPath"] == "/etc/agentmesh/callbacks")
+        assert mount.get("readOnly") and "subPath" not in mount, overlay
+        secret = volumes[mount["name"]]["secret"]
+        assert secret["secretName"] == "agentmesh-callback-secrets" and secret["optional"], overlay
 
 
 def _example_keys():
