@@ -11,7 +11,7 @@
 //! * a side-effecting tool ran at most once per step attempt;
 //! * every tool call has its audit event, every model step its LLM call
 //!   event, and the hash chains verify;
-//! * every cancel that was accepted took effect;
+//! * every cancel that was accepted took effect, and no run failed;
 //! * alerting has exactly one leader.
 //!
 //! Size: `AGENTMESH_CHAOS_RUNS` runs (default 100) started over the first
@@ -247,6 +247,7 @@ async fn the_mesh_keeps_every_promise_while_its_processes_are_killed_and_restart
     let ended = Instant::now();
     let checks = check_runs(&mesh, &driven).await;
     problems.extend(checks.problems.iter().cloned());
+    problems.extend(checks.failures.iter().map(|f| format!("failed: {f}")));
     problems.extend(check_audit(&mesh, &driven, &checks.ledger).await);
     problems.extend(check_alerting(&mesh).await);
     report(&mesh, &driven, &checks, ended.duration_since(began));
@@ -267,6 +268,9 @@ struct Checks {
     /// Ledger lines per run.
     ledger: BTreeMap<String, usize>,
     markers: usize,
+    /// Why the failed runs failed: every dependency has a replica up at
+    /// all times, so a failed run is a run the chaos lost.
+    failures: Vec<String>,
     stalls: Vec<Duration>,
     times: Vec<Duration>,
 }
@@ -338,7 +342,14 @@ async fn check_run(
         .state();
     let ends = match &last.event.event {
         Some(run_event::Event::RunFinished(_)) => pb::RunState::Succeeded,
-        Some(run_event::Event::RunFailed(_)) => pb::RunState::Failed,
+        Some(run_event::Event::RunFailed(failed)) => {
+            let error = failed.error.clone().unwrap_or_default();
+            checks.failures.push(format!(
+                "run {}: {}: {}",
+                run.run_id, error.code, error.message
+            ));
+            pb::RunState::Failed
+        }
         _ => pb::RunState::Cancelled,
     };
     if state != ends {
@@ -549,6 +560,19 @@ fn report(mesh: &Mesh, driven: &[Driven], checks: &Checks, took: Duration) {
         checks.markers,
         checks.ledger.values().sum::<usize>()
     );
+    for failure in &checks.failures {
+        eprintln!("  failed: {failure}");
+        let run_id = failure
+            .split(' ')
+            .nth(1)
+            .unwrap_or_default()
+            .trim_end_matches(':');
+        for p in &mesh.processes {
+            for line in p.log_lines(run_id).iter().take(30) {
+                eprintln!("    {line}");
+            }
+        }
+    }
     for p in &mesh.processes {
         eprintln!(
             "  {:<16} kill -9: {}  SIGTERM: {}",

@@ -82,6 +82,8 @@ pub(crate) struct Process {
     pub(crate) running: Option<RunningBinary>,
     pub(crate) kills: usize,
     pub(crate) terms: usize,
+    /// The log lines of its earlier lives.
+    pub(crate) past_logs: Vec<String>,
 }
 
 impl Process {
@@ -108,6 +110,7 @@ impl Process {
         let mut running = self.running.take().expect("the process runs");
         running.signal(signal).await;
         let (status, log) = running.exit_and_log(Duration::from_secs(60)).await;
+        self.past_logs.extend(log.lines().map(str::to_owned));
         if signal == "TERM" && !status.success() {
             let tail: Vec<&str> = log.lines().rev().take(20).collect();
             return Err(format!(
@@ -116,6 +119,21 @@ impl Process {
             ));
         }
         Ok(())
+    }
+
+    /// Its log lines (every life) that mention `needle`.
+    pub(crate) fn log_lines(&self, needle: &str) -> Vec<String> {
+        let current = self
+            .running
+            .as_ref()
+            .map(|r| r.log.lock().unwrap().clone())
+            .unwrap_or_default();
+        self.past_logs
+            .iter()
+            .chain(current.iter())
+            .filter(|line| line.contains(needle))
+            .map(|line| format!("{}: {line}", self.name))
+            .collect()
     }
 
     /// A metric's value on its admin server (0 when absent or not running).
@@ -224,6 +242,7 @@ fn process(
         running: None,
         kills: 0,
         terms: 0,
+        past_logs: Vec::new(),
     }
 }
 

@@ -5,7 +5,9 @@
 //! A failed model call fails the step (the status says which call failed,
 //! [`downstream`]); a failed tool call becomes the tool's result, which the
 //! model sees and may recover from. The tool list is cached briefly, and
-//! `ListTools` (idempotent) is retried while the tool runner is UNAVAILABLE.
+//! `ListTools` (idempotent) is retried while the tool runner is UNAVAILABLE;
+//! opening the model stream is retried when the call never reached a
+//! gateway that would answer it (a gateway draining or restarting).
 //!
 //! Every call is made for the run's end user (the run's task has their
 //! identity current; the kit adds this service's credential): the model is
@@ -43,9 +45,10 @@ pub(crate) const RUN_ID_HEADER: &str = "x-agentmesh-run-id";
 const TOOL_CACHE: Duration = Duration::from_secs(10);
 /// Tool lists cached at once (one per distinct tools allow-list).
 const TOOL_CACHE_ENTRIES: usize = 64;
-/// Attempts at listing the tools when the tool runner is UNAVAILABLE
-/// (draining or restarting): the call is idempotent.
-const LIST_TOOLS_ATTEMPTS: u32 = 3;
+/// Attempts at a call that did not reach a peer which would answer it:
+/// listing the tools (idempotent), opening the model stream (nothing came
+/// back yet).
+const OPEN_ATTEMPTS: u32 = 3;
 
 type ToolCache = HashMap<Option<Vec<String>>, (Instant, Vec<tools::Tool>)>;
 
@@ -86,20 +89,70 @@ impl Peers {
     }
 
     /// Opens the model's answer stream, with what is left until `deadline`.
+    /// Opened again (up to [`OPEN_ATTEMPTS`] times) when the call never
+    /// reached a gateway that would answer it: UNAVAILABLE (a gateway
+    /// draining or restarting refused it) or CANCELLED (the connection it
+    /// was queued on closed under it, as when a gateway shuts down). No
+    /// answer has come yet, so the step is unchanged.
     pub(super) async fn generate_stream(
         &self,
         request: llm::GenerateStreamRequest,
         deadline: Instant,
     ) -> Result<tonic::Streaming<llm::GenerateStreamResponse>, Status> {
-        let mut request = tonic::Request::new(request);
-        request.set_timeout(deadline.saturating_duration_since(Instant::now()));
-        Ok(self
-            .gateway
-            .clone()
-            .generate_stream(request)
+        let open = || {
+            let mut request = tonic::Request::new(request.clone());
+            request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+            let mut gateway = self.gateway.clone();
+            async move { gateway.generate_stream(request).await }
+        };
+        let unsent = |status: &Status| {
+            matches!(
+                status.code(),
+                tonic::Code::Unavailable | tonic::Code::Cancelled
+            )
+        };
+        self.retried("llm-gateway/GenerateStream", deadline, unsent, open)
             .await
-            .map_err(|status| downstream("the model call", status))?
-            .into_inner())
+            .map(tonic::Response::into_inner)
+            .map_err(|status| downstream("the model call", status))
+    }
+
+    /// `call` until it succeeds, fails with a status `retryable` refuses,
+    /// has been made [`OPEN_ATTEMPTS`] times, or the deadline leaves no
+    /// room for a jittered backoff; each retry is reported.
+    async fn retried<T, F, Fut>(
+        &self,
+        target: &str,
+        deadline: Instant,
+        retryable: impl Fn(&Status) -> bool,
+        mut call: F,
+    ) -> Result<T, Status>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        let backoff = Backoff::new(
+            Duration::from_millis(50),
+            Duration::from_millis(500),
+            Duration::ZERO,
+        );
+        let mut attempt = 1;
+        loop {
+            let status = match call().await {
+                Ok(answer) => return Ok(answer),
+                Err(status) => status,
+            };
+            if !retryable(&status) || attempt >= OPEN_ATTEMPTS {
+                return Err(status);
+            }
+            let Ok(delay) = backoff.delay(attempt, None, Some(deadline)) else {
+                return Err(status);
+            };
+            tracing::debug!(attempt, ?delay, error = %status, target, "calling again");
+            self.reporter.retried(target, class(&status));
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
     }
 
     /// Runs one tool call of `run`; a refusal or a failure is the result,
@@ -208,35 +261,28 @@ impl Peers {
         page_token: &str,
         deadline: Instant,
     ) -> Result<tools::ListToolsResponse, Status> {
-        let backoff = Backoff::new(
-            Duration::from_millis(50),
-            Duration::from_millis(500),
-            Duration::ZERO,
-        );
-        let mut attempt = 1;
-        loop {
+        let list = || {
             let mut request = tonic::Request::new(tools::ListToolsRequest {
                 page_size: 1000,
                 page_token: page_token.to_owned(),
                 ..tools::ListToolsRequest::default()
             });
             request.set_timeout(deadline.saturating_duration_since(Instant::now()));
-            let status = match self.tools.clone().list_tools(request).await {
-                Ok(response) => return Ok(response.into_inner()),
-                Err(status) => status,
-            };
-            if status.code() != tonic::Code::Unavailable || attempt >= LIST_TOOLS_ATTEMPTS {
-                return Err(status);
-            }
-            let Ok(delay) = backoff.delay(attempt, None, Some(deadline)) else {
-                return Err(status);
-            };
-            tracing::debug!(attempt, ?delay, error = %status, "the tool runner is unavailable; listing the tools again");
-            self.reporter
-                .retried("tool-runner/ListTools", "unavailable");
-            tokio::time::sleep(delay).await;
-            attempt += 1;
-        }
+            let mut tools = self.tools.clone();
+            async move { tools.list_tools(request).await }
+        };
+        let unavailable = |status: &Status| status.code() == tonic::Code::Unavailable;
+        self.retried("tool-runner/ListTools", deadline, unavailable, list)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+}
+
+/// The retry class a status is reported under.
+fn class(status: &Status) -> &'static str {
+    match status.code() {
+        tonic::Code::Cancelled => "cancelled",
+        _ => "unavailable",
     }
 }
 
