@@ -517,6 +517,47 @@ def _match_labels(selector):
     return selector.get("matchLabels", {}) or {}
 
 
+def _selects(selector, labels):
+    """A full LabelSelector (matchLabels and matchExpressions, as the
+    Prometheus Operator's monitors take) selects `labels`; an empty one, or
+    one with an operator this does not know, selects nothing here."""
+    if not isinstance(selector, dict):
+        return False
+    match = selector.get("matchLabels") or {}
+    expressions = selector.get("matchExpressions") or []
+    if not match and not expressions:
+        return False
+    if any(labels.get(k) != v for k, v in match.items()):
+        return False
+    for expression in expressions:
+        key, operator = expression.get("key"), expression.get("operator")
+        values = expression.get("values") or []
+        if operator == "In":
+            ok = key in labels and labels[key] in values
+        elif operator == "NotIn":
+            ok = key not in labels or labels[key] not in values
+        elif operator == "Exists":
+            ok = key in labels
+        elif operator == "DoesNotExist":
+            ok = key not in labels
+        else:
+            ok = False
+        if not ok:
+            return False
+    return True
+
+
+def _selector_text(selector):
+    """A monitor's selector as a failure names it."""
+    if not isinstance(selector, dict):
+        return "{}"
+    parts = [f"{k}={v}" for k, v in (selector.get("matchLabels") or {}).items()]
+    for expression in selector.get("matchExpressions") or []:
+        values = ",".join(map(str, expression.get("values") or []))
+        parts.append(f"{expression.get('key')} {expression.get('operator')}" + (f" ({values})" if values else ""))
+    return "{" + ", ".join(parts) + "}"
+
+
 @dataclasses.dataclass
 class Container:
     """A container of a workload, with what the rules ask of it."""
@@ -825,11 +866,11 @@ def rule_monitors(render):
     name container ports of selected pods."""
     for monitor in render.kind("ServiceMonitor"):
         spec = monitor.get("spec") or {}
-        selector = _match_labels(spec.get("selector"))
+        selector = spec.get("selector")
         services = [s for s in render.kind("Service")
-                    if _labels_match(selector, (s.get("metadata") or {}).get("labels") or {})]
+                    if _selects(selector, (s.get("metadata") or {}).get("labels") or {})]
         if not services:
-            yield monitor, "monitor-port", f"selector {selector} matches no Service", "spec.selector"
+            yield monitor, "monitor-port", f"selector {_selector_text(selector)} matches no Service", "spec.selector"
             continue
         for i, endpoint in enumerate(spec.get("endpoints", []) or []):
             port = endpoint.get("port")
@@ -842,9 +883,9 @@ def rule_monitors(render):
                     f"spec.endpoints[{i}].port"
     for monitor in render.kind("PodMonitor"):
         spec = monitor.get("spec") or {}
-        workloads = render.selected_workloads(_match_labels(spec.get("selector")))
+        workloads = [w for w in render.workloads() if _selects(spec.get("selector"), _pod_labels(w))]
         if not workloads:
-            yield monitor, "monitor-port", f"selector {_match_labels(spec.get('selector'))} matches no pods", \
+            yield monitor, "monitor-port", f"selector {_selector_text(spec.get('selector'))} matches no pods", \
                 "spec.selector"
             continue
         for i, endpoint in enumerate(spec.get("podMetricsEndpoints", []) or []):
@@ -1292,8 +1333,8 @@ def _scraped(render):
     port a ServiceMonitor or PodMonitor scrapes."""
     for monitor in render.kind("ServiceMonitor"):
         spec = monitor.get("spec") or {}
-        selector = _match_labels(spec.get("selector"))
-        services = [s for s in render.kind("Service") if _labels_match(selector, (s.get("metadata") or {}).get("labels") or {})]
+        selector = spec.get("selector")
+        services = [s for s in render.kind("Service") if _selects(selector, (s.get("metadata") or {}).get("labels") or {})]
         for i, endpoint in enumerate(spec.get("endpoints", []) or []):
             for service in services:
                 for port in _service_ports(service):
@@ -1305,7 +1346,7 @@ def _scraped(render):
                         yield monitor, f"spec.endpoints[{i}]", endpoint, found[0].workload, number
     for monitor in render.kind("PodMonitor"):
         spec = monitor.get("spec") or {}
-        for workload in render.selected_workloads(_match_labels(spec.get("selector"))):
+        for workload in (w for w in render.workloads() if _selects(spec.get("selector"), _pod_labels(w))):
             for i, endpoint in enumerate(spec.get("podMetricsEndpoints", []) or []):
                 for container in render.containers(workload):
                     number = container.port_names().get(endpoint.get("port"))
