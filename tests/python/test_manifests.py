@@ -209,6 +209,105 @@ def test_peers_are_services_of_the_render():
             assert urls[key].startswith(f"http://{host}:"), (name, key, urls[key])
 
 
+# The replicas that dial each other at their pods' own addresses: the env
+# key of the advertised address, its key in the effective configuration, and
+# the headless Service that makes it routable under Istio.
+ADVERTISED = {
+    "orchestrator": ("AGENTMESH_ORCHESTRATOR__ADVERTISE_URL", ("advertise_url",), "orchestrator-peers"),
+    "alerting": ("AGENTMESH_ALERTING__LEADER__ADVERTISE_URL", ("leader", "advertise_url"), "alerting-peers"),
+}
+# Port name prefixes by which a Service declares its protocol to Istio.
+ISTIO_PROTOCOLS = ("grpc-web", "http2", "https", "http", "tcp", "tls", "grpc", "mongo", "mysql", "redis", "udp")
+
+
+def _selects(selector, labels):
+    """matchLabels and the NotIn expressions the ServiceMonitor uses."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        assert expression["operator"] == "NotIn", expression
+        if labels.get(expression["key"]) in expression["values"]:
+            return False
+    return True
+
+
+def test_replicas_reach_each_other_through_headless_services():
+    for overlay in ("base", "dev", "prod"):
+        docs = _rendered(overlay)
+        deployments, services = _of(docs, "Deployment"), _of(docs, "Service")
+        for name, (key, config_key, peers) in ADVERTISED.items():
+            port = PORTS[name]
+            container = _container(deployments[name])
+            # The pod's own IP, from the Downward API, before it is used.
+            names = [e["name"] for e in container["env"]]
+            pod_ip = container["env"][names.index("POD_IP")]
+            assert pod_ip["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP", name
+            assert names.index("POD_IP") < names.index(key), name
+            assert _env(container)[key] == f"http://$(POD_IP):{port}", (overlay, name)
+            # The binary takes the address as the kubelet expands it.
+            env = {k: v for k, v in _env(container).items() if v is not None}
+            env[key] = env[key].replace("$(POD_IP)", "10.0.3.7")
+            config = _dump_config(name, env)
+            for part in config_key:
+                config = config[part]
+            assert config == f"http://10.0.3.7:{port}", (overlay, name)
+
+            spec = services[peers]["spec"]
+            assert spec["clusterIP"] == "None", (overlay, peers)
+            # A draining or unready replica is still called by its peers.
+            assert spec["publishNotReadyAddresses"] is True, (overlay, peers)
+            # The pods of the service's own Service, and only those.
+            assert spec["selector"] == services[name]["spec"]["selector"], (overlay, peers)
+            selected = [
+                d for d, deployment in deployments.items()
+                if all(deployment["spec"]["template"]["metadata"]["labels"].get(k) == v
+                       for k, v in spec["selector"].items())
+            ]
+            assert selected == [name], (overlay, peers, selected)
+            # One port: the container's gRPC port under its own number (a
+            # headless Service maps none), its protocol left to Istio's
+            # detection, so that Istio sets up a listener per pod IP.
+            [peer_port] = spec["ports"]
+            grpc = {p["name"]: p["containerPort"] for p in container["ports"]}["grpc"]
+            assert peer_port["port"] == grpc == port, (overlay, peers)
+            assert peer_port["targetPort"] in ("grpc", grpc), (overlay, peers)
+            assert "appProtocol" not in peer_port, (overlay, peers)
+            assert not any(peer_port["name"] == p or peer_port["name"].startswith(p + "-") for p in ISTIO_PROTOCOLS)
+    # Prometheus scrapes each pod once, through the service's own Service:
+    # the peers Services have no admin port and are left out.
+    prod = _rendered("prod")
+    [monitor] = _of(prod, "ServiceMonitor").values()
+    selector = monitor["spec"]["selector"]
+    scraped = [n for n, svc in _of(prod, "Service").items() if _selects(selector, svc["metadata"]["labels"])]
+    assert sorted(scraped) == sorted(NAMES)
+    # Under Istio, no retries by the mesh on these routes either.
+    traffic = _documents(ROOT / "istio/traffic.yaml")
+    routes = {d["metadata"]["name"]: d for d in traffic if d["kind"] == "VirtualService"}
+    for name, (_, _, peers) in ADVERTISED.items():
+        [route] = routes[peers]["spec"]["http"]
+        assert route["retries"] == {"attempts": 0}, peers
+        assert route["route"][0]["destination"] == {"host": peers, "port": {"number": PORTS[name]}}, peers
+
+
+def test_the_smoke_resolves_headless_services_to_their_pods(tmp_path):
+    # tools/deploy/smoke.py maps each Service name to the loopback address of
+    # the one pod it selects; a headless Service's name resolves to its pods'
+    # addresses in a cluster too, so the peers Services map like the others.
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("deploy_smoke", ROOT / "tools/deploy/smoke.py")
+    smoke = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = smoke  # its dataclasses look their module up
+    spec.loader.exec_module(smoke)
+    docs = _rendered("dev")
+    pods = smoke.plan_pods(docs, 11, tmp_path)
+    lines, by_service = smoke.service_hosts(docs, pods)
+    for name, (_, _, peers) in ADVERTISED.items():
+        assert by_service[peers] is by_service[name], peers
+        assert any(names[0] == peers and ip == by_service[name].ip for ip, names in lines), peers
+
+
 def _writable_mounts(deployment, docs):
     """mountPath -> volume of every writable mount, checked for kind."""
     pod = deployment["spec"]["template"]["spec"]
@@ -447,7 +546,8 @@ def test_istio_policy_covers_every_service():
             port = route["match"][0]["port"]
             assert route["route"][0]["destination"]["port"]["number"] == port
         grpc = vs["spec"]["http"][0]["match"][0]["port"]
-        assert grpc == PORTS[vs["metadata"]["name"]]
+        # The headless peers Services route the same gRPC port.
+        assert grpc == PORTS[vs["metadata"]["name"].removesuffix("-peers")]
 
 
 def test_listening_beyond_loopback_comes_with_api_keys_from_mounted_secrets():

@@ -31,6 +31,12 @@ How data flows:
                                     and every http(s) URL in env names a
                                     Service and port (reaching the right
                                     service's grpc port), or EXTERNAL_HOSTS
+     advertised-peer                a replica's advertised own address
+                                    (http://$(POD_IP):port, used on
+                                    PostgreSQL) is routable in the mesh: a
+                                    headless Service selects its pods on that
+                                    port, leaves the protocol to Istio's
+                                    detection and publishes not-ready pods
      secret-ref, configmap-ref,     what the pods mount or read exists, is
      pvc-ref, service-account,      optional, or is a Secret the operator
      hpa-target                     creates (OPERATOR_SECRETS)
@@ -43,8 +49,10 @@ How data flows:
                                     outage answered as UNAVAILABLE (503) must
                                     not eject healthy llm-gateway pods
      mesh-retries                   every in-mesh and ingress route sets
-                                    retries.attempts 0: Istio's default (2
-                                    retries on unavailable/reset) would replay
+                                    retries.attempts 0, and with Istio every
+                                    Service has an in-mesh VirtualService:
+                                    Istio's default (2 retries on
+                                    unavailable/reset) would replay
                                     server-streaming RPCs and model calls
    static rules
      read-only-root, writable-path  read-only root; every path the service
@@ -165,6 +173,11 @@ OPERATOR_SECRETS = frozenset(
     {"agentmesh-keys", "agentmesh-databases"}
     | {f"agentmesh-{service}-credential" for service in SERVICES}
 )
+
+# The protocols a Service port can declare to Istio, by its name's prefix
+# (`<protocol>[-<suffix>]`) or its appProtocol (istio.io, "Protocol
+# Selection"); a port declaring none is left to Istio's detection.
+ISTIO_PROTOCOLS = ("grpc-web", "http2", "https", "http", "tcp", "tls", "grpc", "mongo", "mysql", "redis", "udp")
 
 # Hosts outside the cluster that env URLs may name (the model providers).
 EXTERNAL_HOSTS = frozenset({"api.openai.com", "api.anthropic.com"})
@@ -517,6 +530,47 @@ def _match_labels(selector):
     return selector.get("matchLabels", {}) or {}
 
 
+def _selects(selector, labels):
+    """A full LabelSelector (matchLabels and matchExpressions, as the
+    Prometheus Operator's monitors take) selects `labels`; an empty one, or
+    one with an operator this does not know, selects nothing here."""
+    if not isinstance(selector, dict):
+        return False
+    match = selector.get("matchLabels") or {}
+    expressions = selector.get("matchExpressions") or []
+    if not match and not expressions:
+        return False
+    if any(labels.get(k) != v for k, v in match.items()):
+        return False
+    for expression in expressions:
+        key, operator = expression.get("key"), expression.get("operator")
+        values = expression.get("values") or []
+        if operator == "In":
+            ok = key in labels and labels[key] in values
+        elif operator == "NotIn":
+            ok = key not in labels or labels[key] not in values
+        elif operator == "Exists":
+            ok = key in labels
+        elif operator == "DoesNotExist":
+            ok = key not in labels
+        else:
+            ok = False
+        if not ok:
+            return False
+    return True
+
+
+def _selector_text(selector):
+    """A monitor's selector as a failure names it."""
+    if not isinstance(selector, dict):
+        return "{}"
+    parts = [f"{k}={v}" for k, v in (selector.get("matchLabels") or {}).items()]
+    for expression in selector.get("matchExpressions") or []:
+        values = ",".join(map(str, expression.get("values") or []))
+        parts.append(f"{expression.get('key')} {expression.get('operator')}" + (f" ({values})" if values else ""))
+    return "{" + ", ".join(parts) + "}"
+
+
 @dataclasses.dataclass
 class Container:
     """A container of a workload, with what the rules ask of it."""
@@ -777,6 +831,74 @@ def rule_peer_urls(render):
                     yield workload, "peer-url", f"{key}={value}: no pod behind Service {host} port {port}", field
 
 
+def _istio_protocol(port):
+    """The protocol a Service port declares to Istio, None when it leaves
+    it to detection."""
+    if port.get("appProtocol"):
+        return str(port["appProtocol"])
+    name = str(port.get("name", "")).lower()
+    return next((p for p in ISTIO_PROTOCOLS if name == p or name.startswith(p + "-")), None)
+
+
+def rule_advertised_peers(render):
+    """A replica's advertised own address, `http://$(POD_IP):port` (the
+    orchestrator's advertise_url, alerting's leader.advertise_url; the other
+    replicas dial it, so it matters on PostgreSQL only), is routable through
+    Istio's sidecars. gRPC is routed by :authority, and a bare pod IP is no
+    host the mesh knows: a call to it is refused (REGISTRY_ONLY) or sent in
+    plaintext (ALLOW_ANY), unless a headless Service selects the pods on that
+    port with a protocol Istio leaves to detection, for which Istio sets up
+    a listener per pod IP. Not-ready pods must stay published: a draining
+    orchestrator still serves its runs' followers, an unready leader still
+    leads."""
+    services = render.kind("Service")
+    for workload in render.workloads():
+        labels = _pod_labels(workload)
+        for container in render.containers(workload):
+            if container.service is None or not _storage_is_postgres(render, container):
+                continue
+            for key, (value, _) in render.env(container).items():
+                target = _url_target(value)
+                variable = re.fullmatch(r"\$\((\w+)\)", target[0]) if target else None
+                if not variable or _own_pod_address(container, key, variable.group(1), target[1]):
+                    continue  # not an advertised own address (peer-url reports a wrong one)
+                port = target[1]
+                field = f"{container.field}.env.{key}"
+                headless = [
+                    (service, i, spec_port)
+                    for service in services
+                    if (service.get("spec") or {}).get("clusterIP") == "None"
+                    and _labels_match((service.get("spec") or {}).get("selector") or {}, labels)
+                    for i, spec_port in enumerate(_service_ports(service))
+                    if spec_port.get("port") == port
+                ]
+                if not headless:
+                    yield (workload, "advertised-peer", f"{key}={value}: no headless Service (clusterIP: None) "
+                           f"selects these pods on port {port}: under Istio a call to a bare pod IP matches no route",
+                           field)
+                    continue
+                for service, i, spec_port in headless:
+                    found = _target_container_port(render, service, port)
+                    if found is None or found[1] not in ("grpc", found[0].port_names().get("grpc")):
+                        yield (service, "advertised-peer", f"port {port} does not reach the grpc port of "
+                               f"{_meta(workload)[1]} ({key})", f"spec.ports[{i}].targetPort")
+                    declared = _istio_protocol(spec_port)
+                    if declared in ("http", "http2", "grpc", "grpc-web") or "h2c" in (declared or ""):
+                        yield (service, "advertised-peer", f"port {port} declares {declared} to Istio, which then "
+                               "routes it by :authority (the bare pod IP here: no route) instead of a listener "
+                               "per pod IP; name it without a protocol prefix and drop appProtocol",
+                               f"spec.ports[{i}]")
+                    elif declared:
+                        yield (service, "advertised-peer", f"port {port} declares {declared} to Istio: the pods' "
+                               "gRPC port would then be opaque to it, for these calls and, where this Service "
+                               "is the older one, for every call (the authorization policy's paths never match "
+                               "there); leave the protocol to detection", f"spec.ports[{i}]")
+                    if (service.get("spec") or {}).get("publishNotReadyAddresses") is not True:
+                        yield (service, "advertised-peer", "not-ready pods are not published: a draining or "
+                               f"unready {_meta(workload)[1]} replica that its peers still call drops out of the "
+                               "mesh's routes", "spec.publishNotReadyAddresses")
+
+
 def rule_services(render):
     """Service selectors select a workload whose pods have the targetPort."""
     for service in render.kind("Service"):
@@ -825,11 +947,11 @@ def rule_monitors(render):
     name container ports of selected pods."""
     for monitor in render.kind("ServiceMonitor"):
         spec = monitor.get("spec") or {}
-        selector = _match_labels(spec.get("selector"))
+        selector = spec.get("selector")
         services = [s for s in render.kind("Service")
-                    if _labels_match(selector, (s.get("metadata") or {}).get("labels") or {})]
+                    if _selects(selector, (s.get("metadata") or {}).get("labels") or {})]
         if not services:
-            yield monitor, "monitor-port", f"selector {selector} matches no Service", "spec.selector"
+            yield monitor, "monitor-port", f"selector {_selector_text(selector)} matches no Service", "spec.selector"
             continue
         for i, endpoint in enumerate(spec.get("endpoints", []) or []):
             port = endpoint.get("port")
@@ -842,9 +964,9 @@ def rule_monitors(render):
                     f"spec.endpoints[{i}].port"
     for monitor in render.kind("PodMonitor"):
         spec = monitor.get("spec") or {}
-        workloads = render.selected_workloads(_match_labels(spec.get("selector")))
+        workloads = [w for w in render.workloads() if _selects(spec.get("selector"), _pod_labels(w))]
         if not workloads:
-            yield monitor, "monitor-port", f"selector {_match_labels(spec.get('selector'))} matches no pods", \
+            yield monitor, "monitor-port", f"selector {_selector_text(spec.get('selector'))} matches no pods", \
                 "spec.selector"
             continue
         for i, endpoint in enumerate(spec.get("podMetricsEndpoints", []) or []):
@@ -1253,6 +1375,24 @@ def rule_mesh_retries(render):
                 what = "Istio's default (2)" if attempts is None else attempts
                 yield vs, "mesh-retries", f"route {route.get('name', i)} retries {what} times: " \
                     "streams and model calls would be replayed", f"spec.http[{i}].retries.attempts"
+    if not render.istio:
+        return
+    # A Service no in-mesh VirtualService names gets Istio's default route,
+    # retries included.
+    routed = set()
+    for vs in render.kind("VirtualService"):
+        spec = vs.get("spec") or {}
+        gateways = spec.get("gateways") or []
+        if gateways and "mesh" not in gateways:
+            continue
+        for host in spec.get("hosts", []) or []:
+            service, _ = _service_of_host(render, host)
+            if service is not None:
+                routed.add(_meta(service)[1])
+    for service in render.kind("Service"):
+        if (service.get("spec") or {}).get("selector") and _meta(service)[1] not in routed:
+            yield service, "mesh-retries", "no in-mesh VirtualService names it: calls to it get Istio's " \
+                "default route, which retries twice", "metadata.name"
 
 
 def rule_network_policies(render):
@@ -1292,8 +1432,8 @@ def _scraped(render):
     port a ServiceMonitor or PodMonitor scrapes."""
     for monitor in render.kind("ServiceMonitor"):
         spec = monitor.get("spec") or {}
-        selector = _match_labels(spec.get("selector"))
-        services = [s for s in render.kind("Service") if _labels_match(selector, (s.get("metadata") or {}).get("labels") or {})]
+        selector = spec.get("selector")
+        services = [s for s in render.kind("Service") if _selects(selector, (s.get("metadata") or {}).get("labels") or {})]
         for i, endpoint in enumerate(spec.get("endpoints", []) or []):
             for service in services:
                 for port in _service_ports(service):
@@ -1305,7 +1445,7 @@ def _scraped(render):
                         yield monitor, f"spec.endpoints[{i}]", endpoint, found[0].workload, number
     for monitor in render.kind("PodMonitor"):
         spec = monitor.get("spec") or {}
-        for workload in render.selected_workloads(_match_labels(spec.get("selector"))):
+        for workload in (w for w in render.workloads() if _selects(spec.get("selector"), _pod_labels(w))):
             for i, endpoint in enumerate(spec.get("podMetricsEndpoints", []) or []):
                 for container in render.containers(workload):
                     number = container.port_names().get(endpoint.get("port"))
@@ -1346,6 +1486,7 @@ RULES = (
     rule_scrape_mtls,
     rule_network_policies,
     rule_peer_urls,
+    rule_advertised_peers,
     rule_services,
     rule_probes,
     rule_monitors,
@@ -1649,6 +1790,53 @@ def _mut_default_retries(objects, render):
     return True
 
 
+def _peers_service(objects, render):
+    """The index of the orchestrator's headless Service, when the render
+    keeps the orchestrator on PostgreSQL (the only case it is dialled)."""
+    workload, spec = _workload_of(objects, "orchestrator")
+    if workload is None or not _storage_is_postgres(render, Container(workload, spec, 0)):
+        return None
+    for i, obj in enumerate(objects):
+        spec = obj.get("spec") or {}
+        if (obj.get("kind") == "Service" and spec.get("clusterIP") == "None"
+                and _labels_match(spec.get("selector") or {}, _pod_labels(workload))):
+            return i
+    return None
+
+
+def _mut_drop_peers_service(objects, render):
+    i = _peers_service(objects, render)
+    if i is None:
+        return False
+    del objects[i]
+    return True
+
+
+def _mut_declare_peers_grpc(objects, render):
+    i = _peers_service(objects, render)
+    if i is None:
+        return False
+    for port in objects[i]["spec"].get("ports", []) or []:
+        port["appProtocol"] = "grpc"
+    return True
+
+
+def _mut_drop_peers_route(objects, render):
+    for i, obj in enumerate(objects):
+        if obj.get("kind") == "VirtualService" and (obj.get("metadata") or {}).get("name", "").endswith("-peers"):
+            del objects[i]
+            return True
+    return False
+
+
+def _mut_scrape_peers(objects, render):
+    for obj in objects:
+        if obj.get("kind") == "ServiceMonitor" and (obj.get("spec") or {}).get("selector", {}).pop(
+                "matchExpressions", None):
+            return True
+    return False
+
+
 MUTATIONS = (
     ("drop a peer URL env", "peer-env", _mut_drop_peer),
     ("put stored data on an emptyDir", "emptydir-data", _mut_data_on_emptydir),
@@ -1665,6 +1853,10 @@ MUTATIONS = (
     ("route without a port match", "route-port-match", _mut_route_without_port),
     ("eject gateways on 503", "outlier-provider", _mut_eject_on_5xx),
     ("leave Istio's default retries", "mesh-retries", _mut_default_retries),
+    ("drop a headless peers Service", "advertised-peer", _mut_drop_peers_service),
+    ("declare the peers port gRPC", "advertised-peer", _mut_declare_peers_grpc),
+    ("drop a peers VirtualService", "mesh-retries", _mut_drop_peers_route),
+    ("scrape the peers Services", "monitor-port", _mut_scrape_peers),
 )
 
 

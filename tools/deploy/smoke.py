@@ -23,6 +23,11 @@ How a cluster is emulated, and where the emulation stops:
   removed at exit (also on failure, Ctrl-C and SIGTERM). The runner refuses to
   start while stale markers exist (`--clean-hosts` removes them). There is no
   kube-proxy: a Service whose port differs from its target port is refused.
+  A headless Service (`clusterIP: None`, the replicas' orchestrator-peers and
+  alerting-peers) maps the same way, as in a cluster its name resolves to
+  the addresses of the pods it selects (here the one pod); `status.podIP`
+  is the pod's 127.0.0.N, so an address a pod advertises to its replicas
+  is its own. Nothing calls a peer here: one pod per Deployment has none.
 * Environment. A container gets exactly the env of its manifest (`env` with
   `value`, `$(VAR)` expansion, `valueFrom.secretKeyRef`/`configMapKeyRef`/
   `fieldRef`, and `envFrom`), plus HOSTNAME (the pod name) and PATH (the usual
