@@ -18,7 +18,9 @@ use agentmesh_proto::alerting::v1::{self as pb, alerting_service_client::Alertin
 use agentmesh_proto::audit::v1::{AuditEvent, audit_service_client::AuditServiceClient};
 use agentmesh_proto::tools::v1 as tools;
 use agentmesh_testkit::eventually;
-use agentmesh_tests::{RunningBinary, channel, test_server_config, wait_serving, within};
+use agentmesh_tests::{
+    RunningBinary, channel, free_port, test_server_config, wait_serving, within,
+};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tonic::Code;
 use tonic::transport::Channel;
@@ -598,14 +600,6 @@ fn alertmanager_binary() -> Option<std::path::PathBuf> {
                 .map(|dir| dir.join(name))
                 .find(|candidate| candidate.is_file())
         })
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test]

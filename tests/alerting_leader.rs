@@ -17,7 +17,7 @@ use std::time::Duration;
 use agentmesh_proto::alerting::v1::{self as pb, alerting_service_client::AlertingServiceClient};
 use agentmesh_proto::audit::v1::{AuditEvent, audit_service_client::AuditServiceClient};
 use agentmesh_testkit::eventually;
-use agentmesh_tests::{RunningBinary, channel, http_get, wait_serving};
+use agentmesh_tests::{RunningBinary, channel, free_port, http_get, wait_serving};
 use tonic::Code;
 
 #[path = "alerting_support.rs"]
@@ -61,14 +61,6 @@ async fn start_replica(config: &str, dir: &Path) -> RunningBinary {
     let replica = RunningBinary::start("agentmesh-alerting", &["--config", config], &[], dir).await;
     wait_serving(channel(replica.grpc), ALERTING).await;
     replica
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A replica advertising `advertise` as its address (its own by default:

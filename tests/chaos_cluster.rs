@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentmesh_testkit::fault_provider::{Fault, FaultConfig, FaultMix, FaultProvider};
-use agentmesh_tests::{RunningBinary, channel, http_get, wait_serving, within};
+use agentmesh_tests::{RunningBinary, channel, free_port, http_get, wait_serving, within};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
@@ -195,15 +195,6 @@ async fn relay(mut inbound: TcpStream, backends: Arc<Vec<SocketAddr>>, first: us
             return;
         }
     }
-}
-
-/// A loopback port nothing listens on now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The whole mesh.

@@ -19,7 +19,9 @@ use replica_support::{Received, Rejoins, follow, follow_anywhere, text};
 use agentmesh_proto::orchestrator::v1::{
     self as pb, orchestrator_service_client::OrchestratorServiceClient, run_event,
 };
-use agentmesh_tests::{RunningBinary, channel, http_get, percentile, wait_serving, within};
+use agentmesh_tests::{
+    RunningBinary, channel, free_port, http_get, percentile, wait_serving, within,
+};
 use tonic::transport::Channel;
 
 /// A one-step answer streamed word by word (40 ms a word, 20 words), and a
@@ -123,12 +125,7 @@ impl Cluster {
     /// An orchestrator replica advertising its own address, with claims of
     /// `lease` (short leases make a killed replica's runs resume quickly).
     async fn replica(&self, lease: &str) -> RunningBinary {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-            .to_string();
+        let port = free_port().to_string();
         let own = format!("http://127.0.0.1:{port}");
         let gateway = format!("http://{}", self.gateway.grpc);
         let tools = format!("http://{}", self.tools.grpc);

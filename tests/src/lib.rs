@@ -255,6 +255,16 @@ pub fn free_base_port(first: u16, step: u16, span: u16) -> u16 {
         .expect("ten free loopback ports")
 }
 
+/// A loopback port nothing listens on now, for a process that must keep
+/// its port across restarts (its address is advertised or balanced to).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A lazily-connecting channel to `addr`.
 pub fn channel(addr: SocketAddr) -> Channel {
     agentmesh_kit::client::plain_channel(&format!("http://{addr}")).unwrap()
