@@ -60,7 +60,7 @@ pub(crate) struct Selectors {
     /// Only events of this type: run_started, run_finished, run_failed,
     /// run_cancelled, llm_call, tool_call, authentication, authorization,
     /// rate_limited, circuit_opened, circuit_closed, config_loaded, error,
-    /// retention, notification (comma-separated or repeated).
+    /// retention, notification, run_callback (comma-separated or repeated).
     #[arg(long = "type", value_name = "TYPE", value_parser = parse_event_type, value_delimiter = ',')]
     pub(super) types: Vec<pb::EventType>,
     /// Only events with this outcome: success, failure, denied.
