@@ -235,6 +235,22 @@ mod tests {
             .await
             .unwrap();
         assert!(terminated);
+        // pg_terminate_backend only signals the backend: wait until its
+        // session has ended (and released the lock), as the test means.
+        for _ in 0..500 {
+            let alive: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1) \
+                 OR EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = $1)",
+            )
+            .bind(pid)
+            .fetch_one(&mut other)
+            .await
+            .unwrap();
+            if !alive {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let refused = leader.commit(&cursor("two")).await.unwrap_err();
         assert!(refused.to_string().contains(NOT_LEADER), "{refused}");
         let entry = NotifiedEntry {
