@@ -248,7 +248,7 @@ async fn the_mesh_keeps_every_promise_while_its_processes_are_killed_and_restart
     let checks = check_runs(&mesh, &driven).await;
     problems.extend(checks.problems.iter().cloned());
     problems.extend(checks.failures.iter().map(|f| format!("failed: {f}")));
-    problems.extend(check_audit(&mesh, &driven, &checks.ledger).await);
+    problems.extend(check_audit(&mesh, &driven, &checks).await);
     problems.extend(check_alerting(&mesh).await);
     report(&mesh, &driven, &checks, ended.duration_since(began));
     assert!(
@@ -267,6 +267,8 @@ struct Checks {
     states: BTreeMap<String, usize>,
     /// Ledger lines per run.
     ledger: BTreeMap<String, usize>,
+    /// Model steps per run, from its stored log.
+    model_steps: BTreeMap<String, usize>,
     markers: usize,
     /// Why the failed runs failed: every dependency has a replica up at
     /// all times, so a failed run is a run the chaos lost.
@@ -364,7 +366,17 @@ async fn check_run(
     *checks.states.entry(format!("{state:?}")).or_default() += 1;
     checks.stalls.push(followed.longest_silence);
     checks.times.push(last.at.duration_since(run.started));
-    check_ledger(&run.run_id, &stored_events(&stored), executions, checks)
+    let stored = stored_events(&stored);
+    let steps: std::collections::BTreeSet<i32> = stored
+        .iter()
+        .filter_map(|e| match &e.event {
+            Some(run_event::Event::TokenDelta(d)) => Some(d.step),
+            Some(run_event::Event::ToolCallStarted(c)) => Some(c.step),
+            _ => None,
+        })
+        .collect();
+    checks.model_steps.insert(run.run_id.clone(), steps.len());
+    check_ledger(&run.run_id, &stored, executions, checks)
 }
 
 fn stored_events(stored: &[replica_support::Received]) -> Vec<pb::RunEvent> {
@@ -416,40 +428,26 @@ fn check_ledger(
 /// Every ledger execution has its audit event, every model step an LLM call
 /// event; the hash chains verify. The producers' spools may still be
 /// draining: counts are awaited for a while.
-async fn check_audit(
-    mesh: &Mesh,
-    driven: &[Driven],
-    ledger: &BTreeMap<String, usize>,
-) -> Vec<String> {
+async fn check_audit(mesh: &Mesh, driven: &[Driven], checks: &Checks) -> Vec<String> {
     let mut audit = AuditServiceClient::new(channel(mesh.audit.addr));
     let mut problems = Vec::new();
-    let replica = mesh.orchestrators()[0];
     let deadline = Instant::now() + Duration::from_secs(60);
     for run in driven {
-        let stored = stored_events(&follow(replica, run.run_id.clone(), 0).await);
-        let steps: std::collections::BTreeSet<i32> = stored
-            .iter()
-            .filter_map(|e| match &e.event {
-                Some(run_event::Event::TokenDelta(d)) => Some(d.step),
-                Some(run_event::Event::ToolCallStarted(c)) => Some(c.step),
-                _ => None,
-            })
-            .collect();
-        let calls = ledger.get(&run.run_id).copied().unwrap_or(0);
+        let calls = checks.ledger.get(&run.run_id).copied().unwrap_or(0);
+        let steps = checks.model_steps.get(&run.run_id).copied().unwrap_or(0);
         loop {
             let tools = count(&mut audit, &run.run_id, EventType::ToolCall, &["ledger"]).await;
             let models = count(&mut audit, &run.run_id, EventType::LlmCall, &[]).await;
             // More audit events than executions are calls refused before
             // the command started (a tool runner draining, a caller gone).
-            if tools >= calls && models >= steps.len() {
+            if tools >= calls && models >= steps {
                 break;
             }
             if Instant::now() > deadline {
                 problems.push(format!(
                     "run {}: {tools} ledger audit events for {calls} calls, {models} LLM call \
-                     events for {} model steps",
-                    run.run_id,
-                    steps.len()
+                     events for {steps} model steps",
+                    run.run_id
                 ));
                 break;
             }

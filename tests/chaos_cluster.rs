@@ -262,33 +262,19 @@ impl Mesh {
         .await;
         let gateway_db = server.create_database("chaos_gateway").await;
         let gateway_config = write_gateway_config(dir.path(), audit.addr, &provider, &gateway_db);
-        for i in 0..2 {
-            let name = format!("gateway-{i}");
-            let args = ["--config", gateway_config.as_str()];
-            let spool = format!("spool/{name}");
-            let envs = [("AGENTMESH_LLM_GATEWAY__AUDIT__SPOOL_DIR", spool.as_str())];
-            processes.push(process(
-                Kind::Gateway,
-                &name,
-                "agentmesh-llm-gateway",
-                &args,
-                &envs,
-            ));
-        }
+        let gateway = (
+            "gateway",
+            "agentmesh-llm-gateway",
+            "AGENTMESH_LLM_GATEWAY__AUDIT__SPOOL_DIR",
+        );
+        processes.extend(producers(Kind::Gateway, gateway, &gateway_config));
         let tools_config = write_tools_config(dir.path(), audit.addr, &ledger);
-        for i in 0..2 {
-            let name = format!("tool-runner-{i}");
-            let args = ["--config", tools_config.as_str()];
-            let spool = format!("spool/{name}");
-            let envs = [("AGENTMESH_TOOL_RUNNER__AUDIT__SPOOL_DIR", spool.as_str())];
-            processes.push(process(
-                Kind::ToolRunner,
-                &name,
-                "agentmesh-tool-runner",
-                &args,
-                &envs,
-            ));
-        }
+        let tool_runner = (
+            "tool-runner",
+            "agentmesh-tool-runner",
+            "AGENTMESH_TOOL_RUNNER__AUDIT__SPOOL_DIR",
+        );
+        processes.extend(producers(Kind::ToolRunner, tool_runner, &tools_config));
         let gateways = Balancer::start(addrs(&processes, Kind::Gateway)).await;
         let tools = Balancer::start(addrs(&processes, Kind::ToolRunner)).await;
         let orchestrator_db = server.create_database("chaos_orchestrator").await;
@@ -341,6 +327,28 @@ impl Mesh {
     pub(crate) fn orchestrators(&self) -> Vec<SocketAddr> {
         addrs(&self.processes, Kind::Orchestrator)
     }
+}
+
+/// Two replicas of a service that records audit events, from `config`,
+/// each spooling them in a folder of its own (`spool_env` names it).
+fn producers(
+    kind: Kind,
+    (prefix, binary, spool_env): (&str, &'static str, &str),
+    config: &str,
+) -> Vec<Process> {
+    (0..2)
+        .map(|i| {
+            let name = format!("{prefix}-{i}");
+            let spool = format!("spool/{name}");
+            process(
+                kind,
+                &name,
+                binary,
+                &["--config", config],
+                &[(spool_env, &spool)],
+            )
+        })
+        .collect()
 }
 
 fn addrs(processes: &[Process], kind: Kind) -> Vec<SocketAddr> {
