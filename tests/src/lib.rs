@@ -503,6 +503,17 @@ impl RunMesh {
         tweak_gateway: impl FnOnce(&mut agentmesh_llm_gateway::Config),
         tweak: impl FnOnce(&mut agentmesh_orchestrator::Config),
     ) -> Self {
+        Self::start_with_tools(rules, tweak_gateway, |_| {}, tweak).await
+    }
+
+    /// [`RunMesh::start_with`], with `tweak_tools` adjusting the tool
+    /// runner's configuration too (command tools, pipelines).
+    pub async fn start_with_tools(
+        rules: Option<&str>,
+        tweak_gateway: impl FnOnce(&mut agentmesh_llm_gateway::Config),
+        tweak_tools: impl FnOnce(&mut agentmesh_tool_runner::Config),
+        tweak: impl FnOnce(&mut agentmesh_orchestrator::Config),
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let stop = CancellationToken::new();
         let mut tasks = Vec::new();
@@ -533,6 +544,7 @@ impl RunMesh {
             ..Default::default()
         };
         tools.workspaces_dir = dir.path().join("workspaces");
+        tweak_tools(&mut tools);
         let listeners = Listeners::bind(&tools.server).await.unwrap();
         let tools_addr = listeners.grpc_addr().unwrap();
         let served: BoxFuture<'static, _> = Box::pin(agentmesh_tool_runner::serve_with_listeners(

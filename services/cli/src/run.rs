@@ -14,6 +14,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::output::ProtoJson;
 
+mod strategy_lines;
+use strategy_lines::strategy_line;
+
 /// How events are shown.
 pub(crate) struct Renderer {
     json: Option<ProtoJson>,
@@ -22,6 +25,9 @@ pub(crate) struct Renderer {
     mid_line: bool,
     /// Text of the current step, kept to undo on a restarted step.
     step_text: String,
+    /// Plan steps being worked on: their text is not printed (parallel
+    /// steps would interleave it); each step's result is shown when it ends.
+    plan_steps_running: usize,
 }
 
 impl Renderer {
@@ -46,6 +52,7 @@ impl Renderer {
             spinner,
             mid_line: false,
             step_text: String::new(),
+            plan_steps_running: 0,
         })
     }
 
@@ -76,6 +83,7 @@ impl Renderer {
             show_json(json, event);
             return exit_of(event);
         }
+        self.count_plan_steps(event);
         match &event.event {
             Some(run_event::Event::RunStarted(started)) => {
                 let model = if started.model.is_empty() {
@@ -88,6 +96,7 @@ impl Renderer {
                     event.run_id, started.agent
                 ));
             }
+            Some(run_event::Event::TokenDelta(_)) if self.plan_steps_running > 0 => {}
             Some(run_event::Event::TokenDelta(delta)) => {
                 if let Some(bar) = &self.spinner {
                     bar.suspend(|| print_text(&delta.text));
@@ -135,8 +144,25 @@ impl Renderer {
                 ));
             }
             Some(run_event::Event::Heartbeat(_)) | None => {}
+            // The plan, its steps, recovery choices, evaluations, sub-runs.
+            Some(_) => {
+                if let Some(line) = strategy_line(event) {
+                    self.note(&line);
+                }
+            }
         }
         exit_of(event)
+    }
+
+    /// Keeps count of the plan steps being worked on.
+    fn count_plan_steps(&mut self, event: &pb::RunEvent) {
+        match &event.event {
+            Some(run_event::Event::PlanStepStarted(_)) => self.plan_steps_running += 1,
+            Some(run_event::Event::PlanStepFinished(_)) => {
+                self.plan_steps_running = self.plan_steps_running.saturating_sub(1);
+            }
+            _ => {}
+        }
     }
 
     fn finish_line(&mut self) {

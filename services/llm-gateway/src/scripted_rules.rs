@@ -21,6 +21,11 @@
 //! #   "tool_error" the last message, when it is a tool result flagged is_error;
 //! #   "any"        the last user or tool message (the default).
 //! on = "user"
+//! # Only requests made for this strategy role (the request's `agent_role`,
+//! # e.g. "planner", "validator", "recovery", "executor", "synthesizer",
+//! # "router", "generator", "evaluator", "lead", "worker"). Unset: any
+//! # request, whatever its role.
+//! # role = "planner"
 //! # A regex (Rust `regex` syntax). The first matching rule wins; a rule
 //! # without `match` matches anything (`${0}` is then the whole message).
 //! match = '(?i)^\s*(?:what is|calculate)\s+(?P<expr>[-+*/^%()., 0-9a-z]+?)\s*\??\s*$'
@@ -79,6 +84,8 @@ struct RuleSpec {
     pace: Option<Duration>,
     #[serde(default)]
     unoffered_tools: bool,
+    #[serde(default)]
+    role: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -141,6 +148,8 @@ pub(crate) struct Rule {
     /// Whether its tool calls are made even when the request does not
     /// offer those tools (a model ignoring the tool list).
     pub(crate) unoffered_tools: bool,
+    /// The strategy role a request must be made for (`None`: any).
+    pub(crate) role: Option<String>,
 }
 
 /// A rule's answer: text, or tool calls (name and arguments template).
@@ -241,12 +250,22 @@ fn compile_rule(spec: RuleSpec) -> Result<Rule, String> {
             Answer::ToolCalls(compiled)
         }
     };
+    if let Some(role) = &spec.role
+        && (role.is_empty()
+            || role.len() > 64
+            || !role.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+    {
+        return Err(format!(
+            "role `{role}` must be 1-64 characters of `a`-`z` and `_` (e.g. `planner`)"
+        ));
+    }
     Ok(Rule {
         on: spec.on,
         regex,
         answer,
         pace: spec.pace,
         unoffered_tools: spec.unoffered_tools,
+        role: spec.role,
     })
 }
 

@@ -199,5 +199,6 @@ fn into_generate_request(request: GenerateStreamRequest) -> GenerateRequest {
         seed: request.seed,
         parallel_tool_calls: request.parallel_tool_calls,
         run_id: request.run_id,
+        agent_role: request.agent_role,
     }
 }

@@ -48,6 +48,17 @@ pub(crate) fn validate_request(request: &GenerateRequest) -> Result<(), Status> 
         check_response_format(format, &mut violate);
     }
     check_generation(request, &mut violate);
+    if request.agent_role.len() > MAX_NAME_CHARS
+        || !request
+            .agent_role
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b == b'_')
+    {
+        violate(
+            "agent_role".into(),
+            "must be at most 64 characters of `a`-`z` and `_` (e.g. `planner`), or empty",
+        );
+    }
 
     if violations.is_empty() {
         Ok(())

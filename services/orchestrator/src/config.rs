@@ -15,8 +15,11 @@ use serde::{Deserialize, Serialize};
 use crate::{DEFAULT_PORT, SERVICE};
 
 mod callbacks;
+mod strategy;
 
 pub use callbacks::CallbacksConfig;
+pub(crate) use strategy::Prompts;
+pub use strategy::{EvaluatorSettings, PlanSettings, PromptSettings, Strategy};
 
 /// The service's configuration (section `[orchestrator]`, environment
 /// `AGENTMESH_ORCHESTRATOR__*`).
@@ -234,6 +237,14 @@ pub struct AgentProfile {
     /// Run answer RESOURCE_EXHAUSTED (0 = no queue). Only with
     /// `max_concurrent_runs` above 0.
     pub max_queued_runs: usize,
+    /// How runs work towards their objective (see [`Strategy`]).
+    pub strategy: Strategy,
+    /// `plan_execute`'s settings.
+    pub plan: PlanSettings,
+    /// `evaluator_optimizer`'s settings.
+    pub evaluator: EvaluatorSettings,
+    /// The prompts of the strategy's roles (planner, validator, ...).
+    pub prompts: PromptSettings,
 }
 
 impl Default for AgentProfile {
@@ -261,6 +272,10 @@ impl Default for AgentProfile {
             temperature: None,
             max_concurrent_runs: 0,
             max_queued_runs: 0,
+            strategy: Strategy::default(),
+            plan: PlanSettings::default(),
+            evaluator: EvaluatorSettings::default(),
+            prompts: PromptSettings::default(),
         }
     }
 }
@@ -289,6 +304,7 @@ impl AgentProfile {
             }),
             temperature: self.temperature,
             max_concurrent_runs: i32::try_from(self.max_concurrent_runs).unwrap_or(i32::MAX),
+            strategy: self.strategy.name().to_owned(),
         }
     }
 }
@@ -440,7 +456,7 @@ fn validate_profile(name: &str, profile: &AgentProfile) -> Result<(), ConfigErro
             ),
         ));
     }
-    Ok(())
+    strategy::validate(name, &profile.plan, &profile.evaluator, &profile.prompts)
 }
 
 #[cfg(test)]

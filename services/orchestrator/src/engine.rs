@@ -56,6 +56,7 @@ mod peers;
 mod persist;
 mod replicas;
 mod step;
+mod strategy;
 #[cfg(test)]
 pub(crate) mod testing;
 
@@ -79,7 +80,7 @@ use self::peers::Peers;
 pub(crate) use self::replicas::{FORWARDED_BY, hand_over_at_shutdown, listen};
 use crate::admission::{Admission, Places};
 use crate::callbacks::Callbacks;
-use crate::config::Config;
+use crate::config::{Config, PromptSettings, Prompts};
 use crate::metrics::RunMetrics;
 use crate::store::{Checkpoint, Claimed, RunRow, Store};
 
@@ -119,6 +120,8 @@ pub(crate) struct Engine {
     clients: Clients,
     /// Run callbacks: checked at StartRun, stored with steps and ends.
     callbacks: Arc<Callbacks>,
+    /// The strategy roles' prompts of each profile (read at start).
+    prompts: HashMap<String, Arc<Prompts>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -143,6 +146,24 @@ impl Engine {
         callbacks: Arc<Callbacks>,
     ) -> Result<Arc<Self>, tonic::transport::Error> {
         let peers = Peers::new(&config, clients, admission.reporter().clone())?;
+        let prompts = config
+            .agents
+            .iter()
+            .map(|(name, profile)| {
+                let prompts = profile
+                    .prompts
+                    .resolve(&format!("agents.{name}.prompts"))
+                    .unwrap_or_else(|err| {
+                        // Checked when the configuration loaded; a file
+                        // gone since falls back to the shipped prompts.
+                        tracing::warn!(error = %err, "using the shipped prompts");
+                        PromptSettings::default()
+                            .resolve("prompts")
+                            .unwrap_or_default()
+                    });
+                (name.clone(), Arc::new(prompts))
+            })
+            .collect();
         Ok(Arc::new(Self {
             store,
             config,
@@ -157,7 +178,20 @@ impl Engine {
             replica_channels: Mutex::new(HashMap::new()),
             clients: clients.clone(),
             callbacks,
+            prompts,
         }))
+    }
+
+    /// The strategy roles' prompts of profile `agent` (the shipped ones for
+    /// a profile no longer configured).
+    fn prompts_of(&self, agent: &str) -> Arc<Prompts> {
+        self.prompts.get(agent).cloned().unwrap_or_else(|| {
+            Arc::new(
+                PromptSettings::default()
+                    .resolve("prompts")
+                    .unwrap_or_default(),
+            )
+        })
     }
 
     /// Run callbacks (StartRun checks a requested one here).

@@ -120,7 +120,10 @@ use agentmesh_storage::LazyDatabase;
 use tokio::task::JoinHandle;
 
 pub use agentmesh_audit_client::AuditConfig;
-pub use config::{AgentProfile, CallbacksConfig, Config, RetentionConfig};
+pub use config::{
+    AgentProfile, CallbacksConfig, Config, EvaluatorSettings, PlanSettings, PromptSettings,
+    RetentionConfig, Strategy,
+};
 use engine::Engine;
 
 /// The service's name in logs, metrics and file names.

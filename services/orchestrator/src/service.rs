@@ -31,7 +31,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use self::start::Starter;
-use crate::config::Config;
+use crate::config::{Config, Strategy};
 use crate::engine::{Engine, FORWARDED_BY};
 use crate::store::{RunFilter, RunRow, Tenants};
 use crate::validate;
@@ -316,9 +316,23 @@ impl OrchestratorService for OrchestratorServiceImpl {
         let run = self
             .run_of(caller.tenants(), &request.get_ref().run_id)
             .await?;
-        Ok(Response::new(pb::GetRunResponse {
-            run: Some(run.to_proto()),
-        }))
+        let mut shown = run.to_proto();
+        // The plan of a planning agent's run is in its last checkpoint.
+        if self
+            .config
+            .agents
+            .get(&run.agent)
+            .is_some_and(|profile| profile.strategy == Strategy::PlanExecute)
+        {
+            let engine = self.engine()?;
+            shown.plan = engine
+                .store()
+                .checkpoint(&run.run_id)
+                .await
+                .map_err(|e| engine.store_failed(&e))?
+                .and_then(|checkpoint| checkpoint.plan);
+        }
+        Ok(Response::new(pb::GetRunResponse { run: Some(shown) }))
     }
 
     async fn list_runs(

@@ -19,6 +19,7 @@ use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
 mod auth;
+mod demo;
 
 pub(crate) use auth::require_credential;
 
@@ -68,6 +69,7 @@ impl MeshConfigs {
             audit: load_one(file, layout, ports, AUDIT_INDEX, Some(data_dir))?,
             alerting: load_one(file, layout, ports, 4, Some(data_dir))?,
         };
+        demo::add_demo_profiles(&mut configs.orchestrator)?;
         let shared = auth::shared(file)?;
         let shared = shared.as_ref();
         auth::apply_shared(&mut configs.orchestrator, |c| &mut c.auth, file, shared)?;

@@ -166,6 +166,13 @@ impl Scripted {
 impl Rule {
     /// The captures when this rule answers `request`.
     fn answer_for<'r>(&self, request: &'r GenerateRequest) -> Option<Captures<'r>> {
+        if self
+            .role
+            .as_ref()
+            .is_some_and(|role| *role != request.agent_role)
+        {
+            return None;
+        }
         let last = request.messages.last()?;
         let role = Role::try_from(last.role).unwrap_or_default();
         let subject = match self.on {

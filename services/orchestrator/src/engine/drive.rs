@@ -38,7 +38,7 @@ use tonic::Status;
 use super::active::ActiveRun;
 use super::audit_events::RunEndAudit;
 use super::persist::apply;
-use super::step::{StepContext, StepOutcome, progress};
+use super::step::{StepContext, progress};
 use super::{Engine, Resume, lock, mark_failed};
 use crate::admission::Places;
 use crate::config::AgentProfile;
@@ -342,10 +342,8 @@ impl Engine {
         Some(ending)
     }
 
-    /// The loop over steps: the run's strategy (see the module's doc).
-    /// Asks the model, runs the tools it called, and repeats until an
-    /// answer without tool calls (the run's output) or the step limit
-    /// (RESOURCE_EXHAUSTED).
+    /// The run's strategy (see the module's doc and [`super::strategy`]),
+    /// given what every step needs.
     async fn run_steps(
         &self,
         run: &mut RunRow,
@@ -362,31 +360,16 @@ impl Engine {
             .map(|identity| identity.allow.tools.clone())
             .unwrap_or_default();
         let specs = self.peers.tool_specs(profile, &allowed, deadline).await?;
+        let prompts = self.prompts_of(&run.agent);
         let cx = StepContext {
             active,
             profile,
             specs: &specs,
             deadline,
             series: Arc::clone(self.metrics.agent(&run.agent)),
+            prompts: &prompts,
         };
-        loop {
-            if active.is_released() {
-                // Handed over at its checkpoint: start no step, and wait for
-                // the caller to see the release (it may not have yet, when
-                // the checkpoint released it within this same poll).
-                std::future::pending::<()>().await;
-            }
-            if checkpoint.step + 1 > run.limits.max_steps {
-                return Err(Status::resource_exhausted(format!(
-                    "the run reached its step limit ({}) without a final answer",
-                    run.limits.max_steps
-                )));
-            }
-            match self.step(run, &cx, checkpoint).await? {
-                StepOutcome::Answer(output) => return Ok(output),
-                StepOutcome::ToolsCalled => {}
-            }
-        }
+        self.run_strategy(run, &cx, checkpoint).await
     }
 
     /// The conversation a new run starts with: the profile's system prompt,

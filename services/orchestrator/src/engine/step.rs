@@ -32,7 +32,7 @@ use tracing::field::Empty;
 use super::active::ActiveRun;
 use super::peers::downstream;
 use super::{Engine, mark_failed};
-use crate::config::AgentProfile;
+use crate::config::{AgentProfile, Prompts};
 use crate::metrics::AgentSeries;
 use crate::store::{Checkpoint, RunRow};
 
@@ -47,6 +47,25 @@ pub(super) struct StepContext<'a> {
     pub(super) deadline: Instant,
     /// The run's profile's metrics.
     pub(super) series: Arc<AgentSeries>,
+    /// The prompts of the profile's strategy roles.
+    pub(super) prompts: &'a Prompts,
+}
+
+/// What one model call asks for.
+#[derive(Debug)]
+pub(super) struct ModelCall<'m> {
+    /// The call's number in the run (events carry it as their `step`).
+    pub(super) step: i32,
+    /// What the strategy asks it for (`GenerateStreamRequest.agent_role`);
+    /// empty for a plain tool-loop step.
+    pub(super) role: &'static str,
+    pub(super) messages: &'m [llm::Message],
+    /// The tools offered (none for a structured answer).
+    pub(super) tools: &'m [llm::ToolSpec],
+    pub(super) response_format: Option<llm::ResponseFormat>,
+    /// Whether its text goes out as `token_delta` events (not for
+    /// structured answers: plans and verdicts have events of their own).
+    pub(super) relay: bool,
 }
 
 /// How a step ended.
@@ -93,8 +112,16 @@ impl Engine {
             span_id = Empty,
         );
         telemetry::record_ids(&span);
+        let call = ModelCall {
+            step,
+            role: "",
+            messages: &checkpoint.messages,
+            tools: cx.specs,
+            response_format: None,
+            relay: true,
+        };
         let answer = self
-            .generate(run, cx, &checkpoint.messages, step)
+            .generate(run, cx, call)
             .instrument(span.clone())
             .await
             .inspect_err(|status| mark_failed(&span, status))?;
@@ -111,7 +138,7 @@ impl Engine {
             return Ok(StepOutcome::Answer(message.content));
         }
         let results = self
-            .call_tools(run, cx, &message.tool_calls, step)
+            .call_tools(run, cx, &message.tool_calls, step, "")
             .instrument(span)
             .await;
         checkpoint.tool_calls += i32::try_from(results.len()).unwrap_or(i32::MAX);
@@ -122,21 +149,23 @@ impl Engine {
         Ok(StepOutcome::ToolsCalled)
     }
 
-    /// One model call, its text relayed as it arrives.
-    async fn generate(
+    /// One model call, its text relayed as it arrives when `call.relay`.
+    pub(super) async fn generate(
         &self,
         run: &RunRow,
         cx: &StepContext<'_>,
-        messages: &[llm::Message],
-        step: i32,
+        call: ModelCall<'_>,
     ) -> Result<llm::StreamFinished, Status> {
+        let step = call.step;
         let request = llm::GenerateStreamRequest {
             model: run.model.clone(),
-            messages: messages.to_vec(),
-            tools: cx.specs.to_vec(),
+            messages: call.messages.to_vec(),
+            tools: call.tools.to_vec(),
+            response_format: call.response_format,
             temperature: cx.profile.temperature,
             max_output_tokens: run.limits.max_output_tokens,
             run_id: run.run_id.clone(),
+            agent_role: call.role.to_owned(),
             ..llm::GenerateStreamRequest::default()
         };
         let mut stream = self.peers.generate_stream(request, cx.deadline).await?;
@@ -147,7 +176,7 @@ impl Engine {
             .map_err(|status| downstream("the model stream", status))?
         {
             match message.event {
-                Some(generate_stream_response::Event::TextDelta(delta)) => {
+                Some(generate_stream_response::Event::TextDelta(delta)) if call.relay => {
                     self.emit(
                         cx.active,
                         run_event::Event::TokenDelta(pb::TokenDelta {
@@ -172,7 +201,11 @@ impl Engine {
                     .await;
                 }
                 Some(generate_stream_response::Event::Finished(done)) => finished = Some(done),
-                Some(generate_stream_response::Event::ToolCallDelta(_)) | None => {}
+                Some(
+                    generate_stream_response::Event::ToolCallDelta(_)
+                    | generate_stream_response::Event::TextDelta(_),
+                )
+                | None => {}
             }
         }
         finished
@@ -181,18 +214,21 @@ impl Engine {
 
     /// Runs the tool calls of one answer in parallel; each result (or error)
     /// becomes a tool message for the model, in the order of the calls.
-    async fn call_tools(
+    /// The events name each call `id_prefix` + the model's call id (calls
+    /// of parallel plan steps would otherwise share ids).
+    pub(super) async fn call_tools(
         &self,
         run: &RunRow,
         cx: &StepContext<'_>,
         calls: &[llm::ToolCall],
         step: i32,
+        id_prefix: &str,
     ) -> Vec<llm::Message> {
         for call in calls {
             self.emit(
                 cx.active,
                 run_event::Event::ToolCallStarted(pb::ToolCallStarted {
-                    call_id: call.id.clone(),
+                    call_id: format!("{id_prefix}{}", call.id),
                     tool: call.name.clone(),
                     arguments_json: call.arguments_json.clone(),
                     step,
@@ -216,7 +252,7 @@ impl Engine {
             self.emit(
                 cx.active,
                 run_event::Event::ToolCallFinished(pb::ToolCallFinished {
-                    call_id: call.id.clone(),
+                    call_id: format!("{id_prefix}{}", call.id),
                     output_json: result.output_json.clone(),
                     is_error: result.is_error,
                     error_message: result.error_message.clone(),

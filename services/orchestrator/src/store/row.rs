@@ -135,6 +135,7 @@ impl RunRow {
             tenant: self.tenant.clone(),
             subject: self.subject.clone(),
             priority: self.priority,
+            plan: None,
         }
     }
 }
@@ -184,6 +185,12 @@ pub(crate) struct Checkpoint {
     pub(crate) input_tokens: i64,
     #[prost(int64, tag = "5")]
     pub(crate) output_tokens: i64,
+    /// `plan_execute`: the plan and where each step stands.
+    #[prost(message, optional, tag = "6")]
+    pub(crate) plan: Option<pb::Plan>,
+    /// `evaluator_optimizer`: the rounds done (answer and verdict).
+    #[prost(int32, tag = "7")]
+    pub(crate) rounds: i32,
 }
 
 pub(super) fn run_from_row<R>(row: &R) -> Result<RunRow, StoreError>
