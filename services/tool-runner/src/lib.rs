@@ -93,6 +93,7 @@ mod command;
 mod config;
 mod metrics;
 mod outcome;
+mod pipeline;
 mod quota;
 mod registry;
 mod resilience;
@@ -116,6 +117,7 @@ use agentmesh_proto::tools::v1::tool_runner_service_server::ToolRunnerServiceSer
 pub use agentmesh_audit_client::AuditConfig;
 pub use builtin::http::HttpToolConfig;
 pub use config::{CommandToolConfig, Config};
+pub use pipeline::{PipelineConfig, StepCondition, StepConfig};
 pub use quota::QuotaConfig;
 pub use sandbox::{LimitOverrides, ResourceLimits, SandboxConfig, SandboxMode};
 
