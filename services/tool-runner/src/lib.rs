@@ -65,6 +65,11 @@
 //! * `service`: the gRPC handlers and ListTools paging; `allowed`: the
 //!   identity's tool allow-list (PERMISSION_DENIED, audited, before a call
 //!   is admitted; ListTools shows only allowed tools).
+//! * `pipeline`: composite tools from the configuration
+//!   (`[tool_runner.pipelines.NAME]`): steps over the other tools, with
+//!   fan-outs, conditions and JSON mapping between steps, each step a call
+//!   on the same path as ExecuteTool's (the service's `steps`); a caller
+//!   must be allowed the pipeline and every tool its steps call.
 //! * `builtin`: `calculator`, `current_time`, `read_file`, `write_file`,
 //!   `list_files`, `http_request` (opt-in, through `agentmesh-egress`);
 //!   `workspace`: per-tenant, per-run directories and path confinement;
