@@ -40,6 +40,18 @@
 //! limits = { processes = 32, cpu_seconds = 10 }   # over sandbox.limits
 //! read_paths = ["/opt/tools/data"]                # readable besides the defaults
 //!
+//! [tool_runner.pipelines.sum_and_sqrt]   # a composite tool (see `pipeline`)
+//! description = "Adds two numbers and takes the square root of the sum"
+//! parameters_json = '{"type":"object","properties":{"a":{"type":"number"},"b":{"type":"number"}},"required":["a","b"]}'
+//! [[tool_runner.pipelines.sum_and_sqrt.steps]]
+//! id = "sum"
+//! tool = "calculator"
+//! arguments = { expression = "${/input/a} + ${/input/b}" }
+//! [[tool_runner.pipelines.sum_and_sqrt.steps]]
+//! id = "root"
+//! tool = "calculator"
+//! arguments = { expression = "sqrt(${/steps/sum/output/result})" }
+//!
 //! [tool_runner.sandbox]           # see docs/sandbox.md
 //! mode = "auto"
 //! helper = ""                     # empty: this executable
@@ -82,6 +94,7 @@ use agentmesh_resilience::{CircuitConfig, RetryConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::builtin::http::HttpToolConfig;
+use crate::pipeline::PipelineConfig;
 use crate::quota::QuotaConfig;
 use crate::sandbox::{LimitOverrides, SandboxConfig, SandboxMode};
 use crate::{DEFAULT_PORT, SERVICE};
@@ -136,6 +149,9 @@ pub struct Config {
     pub http: HttpToolConfig,
     /// Command tools by name.
     pub commands: BTreeMap<String, CommandToolConfig>,
+    /// Pipelines by name: composite tools whose steps call the other tools
+    /// (`[tool_runner.pipelines.NAME]`, see [`PipelineConfig`]).
+    pub pipelines: BTreeMap<String, PipelineConfig>,
     /// Where audit events go.
     pub audit: AuditConfig,
     /// How command tools are isolated (`[tool_runner.sandbox]`): defaults
@@ -175,6 +191,7 @@ impl Default for Config {
             },
             http: HttpToolConfig::default(),
             commands: BTreeMap::new(),
+            pipelines: BTreeMap::new(),
             audit: AuditConfig::default(),
             sandbox: SandboxConfig::default(),
             quota: QuotaConfig::default(),
@@ -675,6 +692,70 @@ mod tests {
         for (config, setting) in cases {
             assert_eq!(setting_of(&config), setting);
         }
+    }
+
+    #[test]
+    fn pipelines_load_from_a_file_and_dump_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agentmesh.toml");
+        std::fs::write(
+            &path,
+            r#"
+                [tool_runner.pipelines.sum_and_sqrt]
+                description = "Adds two numbers and takes the square root of the sum"
+                parameters_json = '{"type":"object","required":["a","b"]}'
+                output = { root = "${/steps/root/output/result}", parts = ["${/input/a}", 2] }
+                timeout = "10s"
+                [[tool_runner.pipelines.sum_and_sqrt.steps]]
+                id = "fan"
+                when = { path = "/input/a", not_equals = 0 }
+                [[tool_runner.pipelines.sum_and_sqrt.steps.parallel]]
+                id = "left"
+                tool = "calculator"
+                arguments = { expression = "${/input/a}" }
+                [[tool_runner.pipelines.sum_and_sqrt.steps.parallel]]
+                id = "right"
+                tool = "calculator"
+                arguments = { expression = "${/input/b}" }
+                [[tool_runner.pipelines.sum_and_sqrt.steps]]
+                id = "sum"
+                tool = "calculator"
+                arguments = { expression = "${/steps/left/output/result} + ${/steps/right/output/result}" }
+                [[tool_runner.pipelines.sum_and_sqrt.steps]]
+                id = "root"
+                tool = "calculator"
+                arguments = { expression = "sqrt(${/steps/sum/output/result})" }
+            "#,
+        )
+        .unwrap();
+        let overrides = agentmesh_kit::config::Overrides::default();
+        let config: Config = agentmesh_kit::config::load(Some(&path), &overrides).unwrap();
+        let pipeline = &config.pipelines["sum_and_sqrt"];
+        assert_eq!(pipeline.steps.len(), 3);
+        assert_eq!(pipeline.steps[0].parallel.len(), 2);
+        assert_eq!(pipeline.timeout, Some(Duration::from_secs(10)));
+        assert_eq!(
+            pipeline.steps[0].when.as_ref().unwrap().not_equals,
+            Some(serde_json::json!(0))
+        );
+
+        let dumped = agentmesh_kit::config::to_toml(&config);
+        let reread: Config = toml::from_str(&dumped).unwrap();
+        assert_eq!(reread, config);
+
+        // The example in this module's docs is a working pipeline.
+        let docs = include_str!("config.rs");
+        let example: String = docs
+            .lines()
+            .skip_while(|line| !line.starts_with("//! [tool_runner.pipelines."))
+            .take_while(|line| !line.starts_with("//! [tool_runner.sandbox]"))
+            .map(|line| format!("{}\n", line.trim_start_matches("//!")))
+            .collect();
+        let example: toml::Table = toml::from_str(&example).unwrap();
+        let section = toml::to_string(&example["tool_runner"]).unwrap();
+        let config: Config = toml::from_str(&section).unwrap();
+        assert_eq!(config.pipelines.len(), 1);
+        agentmesh_kit::config::validate(&config).unwrap();
     }
 
     #[test]

@@ -65,6 +65,11 @@
 //! * `service`: the gRPC handlers and ListTools paging; `allowed`: the
 //!   identity's tool allow-list (PERMISSION_DENIED, audited, before a call
 //!   is admitted; ListTools shows only allowed tools).
+//! * `pipeline`: composite tools from the configuration
+//!   (`[tool_runner.pipelines.NAME]`): steps over the other tools, with
+//!   fan-outs, conditions and JSON mapping between steps, each step a call
+//!   on the same path as ExecuteTool's (the service's `steps`); a caller
+//!   must be allowed the pipeline and every tool its steps call.
 //! * `builtin`: `calculator`, `current_time`, `read_file`, `write_file`,
 //!   `list_files`, `http_request` (opt-in, through `agentmesh-egress`);
 //!   `workspace`: per-tenant, per-run directories and path confinement;
@@ -93,6 +98,7 @@ mod command;
 mod config;
 mod metrics;
 mod outcome;
+mod pipeline;
 mod quota;
 mod registry;
 mod resilience;
@@ -116,6 +122,7 @@ use agentmesh_proto::tools::v1::tool_runner_service_server::ToolRunnerServiceSer
 pub use agentmesh_audit_client::AuditConfig;
 pub use builtin::http::HttpToolConfig;
 pub use config::{CommandToolConfig, Config};
+pub use pipeline::{PipelineConfig, StepCondition, StepConfig};
 pub use quota::QuotaConfig;
 pub use sandbox::{LimitOverrides, ResourceLimits, SandboxConfig, SandboxMode};
 

@@ -28,7 +28,13 @@ use crate::builtin::Builtin;
 use crate::command::{CommandTool, service_path};
 use crate::config::{CommandToolConfig, Config, MAX_CONCURRENCY, MAX_QUEUED, format_duration};
 use crate::outcome::ToolFailure;
+use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::sandbox::{ToolSandbox, validate_read_paths};
+
+/// The label ListTools shows on a pipeline (`agentmesh.kind = pipeline`):
+/// the contract's `ToolKind` has no value for pipelines, so they are
+/// listed as `TOOL_KIND_UNSPECIFIED` with this label.
+pub(crate) const PIPELINE_LABEL: &str = "agentmesh.kind";
 
 /// At most this many schema violations are listed in one message.
 const MAX_LISTED_VIOLATIONS: usize = 10;
@@ -41,6 +47,8 @@ const MAX_VIOLATION_BYTES: usize = 300;
 pub(crate) enum Implementation {
     Builtin(Builtin),
     Command(CommandTool),
+    /// Steps calling the other tools (never another pipeline).
+    Pipeline(Pipeline),
 }
 
 /// One tool: its public description, compiled schemas and implementation.
@@ -63,6 +71,15 @@ impl RegisteredTool {
     /// The tool's name.
     pub(crate) fn name(&self) -> &str {
         &self.descriptor.name
+    }
+
+    /// The tools a call of this one also calls (a pipeline's steps'), which
+    /// a caller must be allowed too.
+    pub(crate) fn inner_tools(&self) -> &[String] {
+        match &self.implementation {
+            Implementation::Pipeline(pipeline) => pipeline.tools(),
+            _ => &[],
+        }
     }
 
     /// `tool:<name>`: how its bulkhead and circuit are named in metrics,
@@ -166,6 +183,31 @@ impl Registry {
             let tool = command_tool(name, command, config, &setting, path.clone())?;
             tools.insert(name.clone(), Arc::new(tool));
         }
+        // Compiled against the built-in and command tools only: a step may
+        // not call a pipeline, so pipelines can never form a cycle.
+        let mut pipelines = Vec::with_capacity(config.pipelines.len());
+        for (name, pipeline) in &config.pipelines {
+            let setting = format!("pipelines.{name}");
+            check_identifier_setting(&setting, name)?;
+            if let Some(tool) = tools.get(name) {
+                return Err(ConfigError::new(
+                    setting,
+                    format!(
+                        "`{name}` is already the name of a {} tool; choose another name",
+                        if matches!(tool.implementation, Implementation::Builtin(_)) {
+                            "built-in"
+                        } else {
+                            "command"
+                        }
+                    ),
+                ));
+            }
+            let usable = |tool: &str| step_tool_usable(tool, &tools, config);
+            pipelines.push(pipeline_tool(name, pipeline, config, &setting, usable)?);
+        }
+        for tool in pipelines {
+            tools.insert(tool.name().to_owned(), Arc::new(tool));
+        }
         Ok(Self { tools })
     }
 
@@ -230,26 +272,13 @@ fn command_tool(
     setting: &str,
     path: std::ffi::OsString,
 ) -> Result<RegisteredTool, ConfigError> {
-    if command.description.trim().is_empty() {
-        return Err(ConfigError::new(
-            format!("{setting}.description"),
-            "required: say what the tool does and when to use it, for the model",
-        ));
-    }
+    check_description(&command.description, setting)?;
     check_argv(&command.command)
         .map_err(|message| ConfigError::new(format!("{setting}.command"), message))?;
     check_env(command, setting)?;
-    let timeout = command.timeout.unwrap_or(config.default_timeout);
-    if timeout.is_zero() || timeout > config.max_timeout {
-        return Err(ConfigError::new(
-            format!("{setting}.timeout"),
-            format!(
-                "must be positive and at most max_timeout ({})",
-                format_duration(config.max_timeout)
-            ),
-        ));
-    }
-    let (concurrency, queued) = limits(command, config, setting)?;
+    let timeout = own_timeout(command.timeout, config, setting)?;
+    let (concurrency, queued) =
+        limits(command.max_concurrency, command.max_queued, config, setting)?;
     let sandbox = tool_sandbox(command, config, setting)?;
     let parameters_setting = format!("{setting}.parameters_json");
     let parameters = parse_schema(&command.parameters_json)
@@ -297,6 +326,115 @@ fn command_tool(
     })
 }
 
+/// A pipeline tool: its steps compiled (see `pipeline`), and the limits,
+/// schema and descriptor every configured tool has.
+fn pipeline_tool(
+    name: &str,
+    pipeline: &PipelineConfig,
+    config: &Config,
+    setting: &str,
+    step_tool_usable: impl Fn(&str) -> Result<(), String>,
+) -> Result<RegisteredTool, ConfigError> {
+    check_description(&pipeline.description, setting)?;
+    let timeout = own_timeout(pipeline.timeout, config, setting)?;
+    let (concurrency, queued) = limits(
+        pipeline.max_concurrency,
+        pipeline.max_queued,
+        config,
+        setting,
+    )?;
+    let parameters_setting = format!("{setting}.parameters_json");
+    let parameters = parse_schema(&pipeline.parameters_json)
+        .map_err(|message| ConfigError::new(&parameters_setting, message))?;
+    let arguments =
+        compile(&parameters).map_err(|message| ConfigError::new(&parameters_setting, message))?;
+    let compiled = Pipeline::compile(
+        name,
+        pipeline,
+        setting,
+        config.max_output_bytes,
+        step_tool_usable,
+    )?;
+    let mut labels = pipeline.labels.clone();
+    // The contract has no pipeline kind (yet): the label tells clients.
+    labels.insert(PIPELINE_LABEL.to_owned(), "pipeline".to_owned());
+    Ok(RegisteredTool {
+        descriptor: v1::Tool {
+            name: name.to_owned(),
+            description: pipeline.description.clone(),
+            parameters_json: parameters.to_string(),
+            output_schema_json: String::new(),
+            kind: ToolKind::Unspecified.into(),
+            // Never retried whole: its idempotent steps are retried on
+            // their own.
+            idempotent: false,
+            // It reports each step's end as progress.
+            streaming: true,
+            timeout: proto_duration(timeout),
+            max_concurrency: max_concurrency(concurrency),
+            labels: labels.into_iter().collect(),
+        },
+        timeout,
+        bulkhead: bulkhead(name, concurrency, queued),
+        breaker: breaker(name, config),
+        implementation: Implementation::Pipeline(compiled),
+        arguments,
+        output: None,
+    })
+}
+
+/// Whether a pipeline step may call `tool`: a registered built-in or
+/// command tool, not a pipeline; else why not.
+fn step_tool_usable(
+    tool: &str,
+    tools: &BTreeMap<String, Arc<RegisteredTool>>,
+    config: &Config,
+) -> Result<(), String> {
+    if tools.contains_key(tool) {
+        return Ok(());
+    }
+    if config.pipelines.contains_key(tool) {
+        return Err(format!(
+            "`{tool}` is a pipeline: a pipeline's steps call built-in and command tools, not other pipelines"
+        ));
+    }
+    let known: Vec<&str> = tools.keys().map(String::as_str).collect();
+    Err(format!(
+        "no tool named `{tool}`; steps can call: {}",
+        known.join(", ")
+    ))
+}
+
+fn check_description(description: &str, setting: &str) -> Result<(), ConfigError> {
+    if description.trim().is_empty() {
+        return Err(ConfigError::new(
+            format!("{setting}.description"),
+            "required: say what the tool does and when to use it, for the model",
+        ));
+    }
+    Ok(())
+}
+
+/// A configured tool's timeout: its own, or `default_timeout`; at most
+/// `max_timeout`.
+fn own_timeout(
+    timeout: Option<Duration>,
+    config: &Config,
+    setting: &str,
+) -> Result<Duration, ConfigError> {
+    let timeout = timeout.unwrap_or(config.default_timeout);
+    if timeout.is_zero() || timeout > config.max_timeout {
+        return Err(ConfigError::new(
+            format!("{setting}.timeout"),
+            format!(
+                "must be positive and at most max_timeout ({})",
+                format_duration(config.max_timeout)
+            ),
+        ));
+    }
+    Ok(timeout)
+}
+
 /// Environment variable names must be settable, values free of NUL.
 fn check_env(command: &CommandToolConfig, setting: &str) -> Result<(), ConfigError> {
     for (key, value) in &command.env {
@@ -331,35 +469,34 @@ fn tool_sandbox(
     Ok(sandbox)
 }
 
-/// A command tool's concurrency limit and queue: its own, or the service's
-/// defaults where it sets 0.
+/// A configured tool's concurrency limit and queue: its own, or the
+/// service's defaults where it sets 0.
 fn limits(
-    command: &CommandToolConfig,
+    max_concurrency: u32,
+    max_queued: u32,
     config: &Config,
     setting: &str,
 ) -> Result<(u32, u32), ConfigError> {
-    if command.max_concurrency > MAX_CONCURRENCY {
+    if max_concurrency > MAX_CONCURRENCY {
         return Err(ConfigError::new(
             format!("{setting}.max_concurrency"),
             format!(
-                "{} is out of range: use 1 to {MAX_CONCURRENCY}, or 0 for max_concurrency_per_tool",
-                command.max_concurrency
+                "{max_concurrency} is out of range: use 1 to {MAX_CONCURRENCY}, or 0 for max_concurrency_per_tool"
             ),
         ));
     }
-    if command.max_queued > MAX_QUEUED {
+    if max_queued > MAX_QUEUED {
         return Err(ConfigError::new(
             format!("{setting}.max_queued"),
             format!(
-                "{} is out of range: use 1 to {MAX_QUEUED}, or 0 for max_queued_per_tool",
-                command.max_queued
+                "{max_queued} is out of range: use 1 to {MAX_QUEUED}, or 0 for max_queued_per_tool"
             ),
         ));
     }
     let or_default = |own: u32, default: u32| if own == 0 { default } else { own };
     Ok((
-        or_default(command.max_concurrency, config.max_concurrency_per_tool),
-        or_default(command.max_queued, config.max_queued_per_tool),
+        or_default(max_concurrency, config.max_concurrency_per_tool),
+        or_default(max_queued, config.max_queued_per_tool),
     ))
 }
 
@@ -622,6 +759,124 @@ mod tests {
         let calculator = registry.get("calculator").unwrap();
         assert_eq!(calculator.descriptor.max_concurrency, 3);
         assert_eq!(calculator.target(), "tool:calculator");
+    }
+
+    fn pipeline(steps: &str) -> crate::pipeline::PipelineConfig {
+        toml::from_str(&format!("description = \"d\"\n{steps}")).unwrap()
+    }
+
+    fn with_pipeline(name: &str, pipeline: crate::pipeline::PipelineConfig) -> Config {
+        let mut config = Config::default();
+        config.commands.insert(
+            "word".into(),
+            CommandToolConfig {
+                description: "d".into(),
+                command: vec!["true".into()],
+                ..CommandToolConfig::default()
+            },
+        );
+        config.pipelines.insert(name.into(), pipeline);
+        config
+    }
+
+    const ONE_STEP: &str = "[[steps]]\nid = \"a\"\ntool = \"calculator\"";
+
+    #[test]
+    fn pipelines_are_tools_with_their_own_schema_and_guards() {
+        let mut config = with_pipeline("twice", pipeline(ONE_STEP));
+        config.pipelines.get_mut("twice").unwrap().max_concurrency = 2;
+        let registry = Registry::from_config(&config).unwrap();
+        let tool = registry.get("twice").unwrap();
+        assert!(matches!(tool.implementation, Implementation::Pipeline(_)));
+        assert_eq!(tool.descriptor.kind, i32::from(ToolKind::Unspecified));
+        assert_eq!(tool.descriptor.labels[PIPELINE_LABEL], "pipeline");
+        assert_eq!(tool.descriptor.max_concurrency, 2);
+        assert_eq!(tool.target(), "tool:twice");
+        assert_eq!(tool.inner_tools(), ["calculator"]);
+        assert!(registry.get("calculator").unwrap().inner_tools().is_empty());
+        tool.check_arguments(&json!({})).unwrap();
+        assert!(tool.check_arguments(&json!([])).is_err());
+    }
+
+    #[test]
+    fn bad_pipelines_name_the_setting() {
+        let with = |name: &str, text: &str| with_pipeline(name, pipeline(text));
+        let mut no_description = pipeline(ONE_STEP);
+        no_description.description = " ".into();
+        let mut bad_schema = pipeline(ONE_STEP);
+        bad_schema.parameters_json = r#"{"type": 5}"#.into();
+        let mut long = pipeline(ONE_STEP);
+        long.timeout = Some(Duration::from_secs(3600));
+        let mut wide = pipeline(ONE_STEP);
+        wide.max_queued = MAX_QUEUED + 1;
+        let mut other = with("first", ONE_STEP);
+        other.pipelines.insert(
+            "second".into(),
+            pipeline("[[steps]]\nid = \"a\"\ntool = \"first\""),
+        );
+        let cases = [
+            (
+                with("calculator", ONE_STEP),
+                "pipelines.calculator",
+                "built-in",
+            ),
+            (with("word", ONE_STEP), "pipelines.word", "command"),
+            (with("a b", ONE_STEP), "pipelines.a b", "must be"),
+            (
+                with_pipeline("p", no_description),
+                "pipelines.p.description",
+                "required",
+            ),
+            (
+                with_pipeline("p", bad_schema),
+                "pipelines.p.parameters_json",
+                "JSON Schema",
+            ),
+            (
+                with_pipeline("p", long),
+                "pipelines.p.timeout",
+                "max_timeout",
+            ),
+            (
+                with_pipeline("p", wide),
+                "pipelines.p.max_queued",
+                "out of range",
+            ),
+            (
+                other,
+                "pipelines.second.steps[0].tool",
+                "`first` is a pipeline",
+            ),
+            (
+                with("p", "[[steps]]\nid = \"a\"\ntool = \"http_request\""),
+                "pipelines.p.steps[0].tool",
+                "no tool named `http_request`; steps can call: calculator, current_time",
+            ),
+        ];
+        for (config, setting, words) in cases {
+            let err = Registry::from_config(&config).unwrap_err();
+            assert_eq!(err.setting, setting);
+            assert!(err.message.contains(words), "{setting}: {}", err.message);
+        }
+    }
+
+    /// The example in the `pipeline` module's docs is a working pipeline.
+    #[test]
+    fn the_documented_pipeline_is_valid() {
+        let example: String = include_str!("pipeline.rs")
+            .lines()
+            .skip_while(|line| *line != "//! ```toml")
+            .skip(1)
+            .take_while(|line| *line != "//! ```")
+            .map(|line| format!("{}\n", line.trim_start_matches("//!")))
+            .collect();
+        let example: toml::Table = toml::from_str(&example).unwrap();
+        let config: Config =
+            toml::from_str(&toml::to_string(&example["tool_runner"]).unwrap()).unwrap();
+        let registry = Registry::from_config(&config).unwrap();
+        let tool = registry.get("hypotenuse").unwrap();
+        assert_eq!(tool.inner_tools(), ["calculator"]);
+        assert_eq!(tool.timeout, Duration::from_secs(20));
     }
 
     #[test]

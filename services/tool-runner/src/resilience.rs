@@ -133,8 +133,12 @@ pub(crate) fn queue_timeout(tool: &RegisteredTool, timeout: Duration) -> Status 
 /// program's contract, not its health; and a built-in's EXECUTION_FAILED
 /// comes from its input (a file that does not exist, a division by zero),
 /// so a confused model cannot open a built-in's circuit for everyone.
+/// A pipeline's failures are its steps', already counted against their
+/// own tools' circuits: counting them again would shut every pipeline that
+/// uses a flaky tool, even for calls that would not reach it.
 pub(crate) fn health_failure(tool: &RegisteredTool, failure: &ToolFailure) -> Option<String> {
     match (failure.kind, &tool.implementation) {
+        (_, Implementation::Pipeline(_)) => None,
         (ToolErrorKind::Timeout, _)
         | (ToolErrorKind::ExecutionFailed, Implementation::Command(_)) => {
             Some(failure.message.clone())

@@ -34,6 +34,7 @@ use crate::command::EventSender;
 use crate::config::Config;
 use crate::metrics::ToolMetrics;
 use crate::outcome::ToolOutcome;
+use crate::pipeline::StepCaller;
 use crate::quota::{QuotaHit, Quotas, Ticket, Usage};
 use crate::registry::Implementation;
 use crate::registry::{RegisteredTool, Registry};
@@ -106,6 +107,8 @@ pub(crate) struct Call {
     /// The most bytes one file of a command may take (what the quotas left
     /// when the call was admitted).
     file_size_cap: Option<u64>,
+    /// How a pipeline's steps call their tools; `None` for other tools.
+    steps: Option<Arc<dyn StepCaller>>,
 }
 
 impl Call {
@@ -122,6 +125,12 @@ impl Call {
     /// The run id ("" for the shared workspace).
     pub(crate) fn run_id(&self) -> &str {
         &self.run_id
+    }
+
+    /// Lets a pipeline's steps call their tools through `steps` (the
+    /// service's path for a call, with this call's caller).
+    pub(crate) fn set_steps(&mut self, steps: Arc<dyn StepCaller>) {
+        self.steps = Some(steps);
     }
 
     /// How long it may run.
@@ -200,7 +209,8 @@ impl ToolRunner {
                 })
             }
             Implementation::Builtin(Builtin::ReadFile | Builtin::ListFiles) => None,
-            Implementation::Builtin(_) => return Ok(None),
+            // A pipeline's steps reserve for themselves.
+            Implementation::Builtin(_) | Implementation::Pipeline(_) => return Ok(None),
             // A command may start while anything is left.
             Implementation::Command(_) => Some(Usage { bytes: 1, files: 1 }),
         };
@@ -324,6 +334,7 @@ impl ToolRunner {
             deadline: arrived + timeout,
             tenant_dir,
             file_size_cap: None,
+            steps: None,
         })
     }
 

@@ -26,10 +26,16 @@ use tracing::Instrument as _;
 use tracing::field::Empty;
 
 use crate::allowed::{MAX_AUDITED_NAME, ToolAccess, identity_of};
+use crate::pipeline::StepCall;
 use crate::quota::{QuotaHit, Ticket};
+use crate::registry::Implementation;
 use crate::resilience::Admission;
 use crate::runner::{Call, CallRequest, ToolRunner};
 use crate::workspace::check_run_id;
+
+mod steps;
+
+use steps::StepsThroughService;
 
 /// ListTools' page size when the request sets none, and its largest page.
 const PAGE_LIMITS: PageLimits = PageLimits::new(50, 1000);
@@ -71,19 +77,25 @@ impl ToolRunnerServiceImpl {
     }
 
     /// Checks a request and lets it through its tool's guards: everything
-    /// that can refuse a call with a status.
+    /// that can refuse a call with a status. `deadline` bounds the call
+    /// besides its own timeout: the caller's gRPC deadline, or for a
+    /// pipeline's step the pipeline call's.
     async fn admit(
         &self,
         mut request: CallRequest,
         caller: &Caller,
-        method: &str,
+        method: &'static str,
+        deadline: Option<Instant>,
     ) -> Result<(Call, Admission, Option<Ticket>), Status> {
         self.access
             .check(caller.identity.as_ref(), &request.tool, method, caller.peer)?;
         if let Some(identity) = &caller.identity {
             request.tenant.clone_from(&identity.tenant);
         }
-        let mut call = self.runner.prepare(request, Self::deadline())?;
+        let mut call = self.runner.prepare(request, deadline)?;
+        if matches!(call.tool().implementation, Implementation::Pipeline(_)) {
+            self.admit_pipeline(&mut call, caller, method)?;
+        }
         // Before a place is taken: a run over its quota must not hold one.
         let ticket = match self.runner.reserve(&mut call).await {
             Ok(ticket) => ticket,
@@ -91,6 +103,70 @@ impl ToolRunnerServiceImpl {
         };
         let admission = self.runner.admit(&call, method).await?;
         Ok((call, admission, ticket))
+    }
+
+    /// A pipeline runs only for a caller allowed every tool its steps call,
+    /// checked before any step runs so that none has run when it is
+    /// refused (each step is checked again on its way, like any call). Its
+    /// steps then call their tools the way this call came in.
+    fn admit_pipeline(
+        &self,
+        call: &mut Call,
+        caller: &Caller,
+        method: &'static str,
+    ) -> Result<(), Status> {
+        for tool in call.tool().inner_tools() {
+            self.access
+                .check(caller.identity.as_ref(), tool, method, caller.peer)
+                .map_err(|status| {
+                    Status::permission_denied(format!(
+                        "pipeline `{}` has a step calling a tool this caller may not use: {}",
+                        call.tool().name(),
+                        status.message()
+                    ))
+                })?;
+        }
+        let steps = StepsThroughService::new(self.clone(), caller.clone(), method, call.run_id());
+        call.set_steps(Arc::new(steps));
+        Ok(())
+    }
+
+    /// One call from its checks to its result, recorded as a TOOL_CALL:
+    /// ExecuteTool's whole path, which each step of a pipeline takes too
+    /// (`step` says which, for its audit event).
+    async fn call(
+        &self,
+        request: CallRequest,
+        caller: &Caller,
+        method: &'static str,
+        deadline: Option<Instant>,
+        step: Option<&StepCall>,
+    ) -> Result<v1::ToolResult, Status> {
+        let mut record = ToolCallRecord::new(&self.audit, &request);
+        if let Some(step) = step {
+            record.in_pipeline(step);
+        }
+        // If the client cancels, tonic drops this future, and with it the
+        // call waiting for a place or the running tool (a command is killed),
+        // and the record (which then records the call as cancelled).
+        let (call, admission, ticket) = match self
+            .admit(request, caller, method, deadline)
+            .instrument(record.span())
+            .await
+        {
+            Ok(admitted) => admitted,
+            Err(status) => {
+                record.refused(&status);
+                return Err(status);
+            }
+        };
+        let result = self
+            .runner
+            .execute(&call, admission, ticket, None)
+            .instrument(record.span())
+            .await;
+        record.finished(&result);
+        Ok(result)
     }
 
     /// A quota refusal: audited (RATE_LIMITED, DENIED, naming the quota)
@@ -152,27 +228,9 @@ impl ToolRunnerService for ToolRunnerServiceImpl {
     ) -> Result<Response<v1::ExecuteToolResponse>, Status> {
         let caller = Caller::of(&request);
         let request: CallRequest = request.into_inner().into();
-        let record = ToolCallRecord::new(&self.audit, &request);
-        // If the client cancels, tonic drops this future, and with it the
-        // call waiting for a place or the running tool (a command is killed),
-        // and the record (which then records the call as cancelled).
-        let (call, admission, ticket) = match self
-            .admit(request, &caller, EXECUTE_TOOL)
-            .instrument(record.span())
-            .await
-        {
-            Ok(admitted) => admitted,
-            Err(status) => {
-                record.refused(&status);
-                return Err(status);
-            }
-        };
         let result = self
-            .runner
-            .execute(&call, admission, ticket, None)
-            .instrument(record.span())
-            .await;
-        record.finished(&result);
+            .call(request, &caller, EXECUTE_TOOL, Self::deadline(), None)
+            .await?;
         Ok(Response::new(v1::ExecuteToolResponse {
             output_json: result.output_json,
             is_error: result.is_error,
@@ -194,7 +252,7 @@ impl ToolRunnerService for ToolRunnerServiceImpl {
         // Admitted before the stream starts, so that a refusal is the
         // call's status; the wait for a place happens here too.
         let (call, admission, ticket) = match self
-            .admit(request, &caller, EXECUTE_TOOL_STREAM)
+            .admit(request, &caller, EXECUTE_TOOL_STREAM, Self::deadline())
             .instrument(record.span())
             .await
         {
@@ -232,7 +290,7 @@ impl ToolRunnerService for ToolRunnerServiceImpl {
 }
 
 /// Who makes a call, for the allow-list check.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Caller {
     identity: Option<agentmesh_auth::Identity>,
     peer: Option<std::net::SocketAddr>,
@@ -308,6 +366,20 @@ impl ToolCallRecord {
             event: Some(event),
             started: Instant::now(),
             span,
+        }
+    }
+
+    /// Marks the call as a pipeline's step: which pipeline, which step, and
+    /// the pipeline call's id, to find a pipeline call's steps in the log.
+    fn in_pipeline(&mut self, step: &StepCall) {
+        if let Some(event) = &mut self.event {
+            for (key, value) in [
+                ("pipeline", &step.pipeline),
+                ("pipeline_step", &step.step),
+                ("pipeline_call_id", &step.parent_call_id),
+            ] {
+                event.attributes.insert(key.to_owned(), value.clone());
+            }
         }
     }
 
@@ -476,6 +548,12 @@ fn list_tools(
         .registry()
         .iter()
         .filter(|tool| ToolAccess::allows(identity, tool.name()))
+        // A pipeline is listed only to those who may run all of it.
+        .filter(|tool| {
+            tool.inner_tools()
+                .iter()
+                .all(|inner| ToolAccess::allows(identity, inner))
+        })
         .filter(|tool| names.is_empty() || names.contains(tool.name()))
         .filter(|tool| kinds.is_empty() || kinds.contains(&tool.descriptor.kind))
         .filter(|tool| {

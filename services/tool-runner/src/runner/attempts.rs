@@ -27,6 +27,7 @@ use crate::command::RunEnv;
 use crate::config::format_duration;
 use crate::metrics::Outcome;
 use crate::outcome::{ToolFailure, ToolOutcome};
+use crate::pipeline::PipelineCall;
 use crate::registry::Implementation;
 use crate::resilience;
 
@@ -172,6 +173,23 @@ impl ToolRunner {
                     http: self.http.clone(),
                 };
                 builtin::run(*builtin, call.arguments.clone(), &context).await
+            }
+            Implementation::Pipeline(pipeline) => {
+                // Only the service runs a pipeline, and it always gives its
+                // steps a way to call their tools.
+                let Some(steps) = &call.steps else {
+                    return Err(ToolFailure::failed(format!(
+                        "pipeline `{}` cannot call its steps' tools here",
+                        tool.name()
+                    )));
+                };
+                let context = PipelineCall {
+                    steps: &**steps,
+                    call_id: &call.call_id,
+                    deadline: call.deadline,
+                    events,
+                };
+                pipeline.run(&call.arguments, context).await
             }
             Implementation::Command(command) => {
                 let env = RunEnv {
