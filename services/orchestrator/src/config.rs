@@ -1,5 +1,6 @@
 //! The orchestrator's configuration: where its peers are, its limits, the
-//! agent profiles it can run, and run callbacks ([`callbacks`]).
+//! agent profiles it can run, run callbacks ([`callbacks`]) and long-term
+//! memory ([`memory`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -15,8 +16,11 @@ use serde::{Deserialize, Serialize};
 use crate::{DEFAULT_PORT, SERVICE};
 
 mod callbacks;
+mod memory;
 
 pub use callbacks::CallbacksConfig;
+pub(crate) use memory::MAX_TOP_K;
+pub use memory::{MemoryConfig, MemoryProfile, MemoryScope};
 
 /// The service's configuration (section `[orchestrator]`, environment
 /// `AGENTMESH_ORCHESTRATOR__*`).
@@ -85,6 +89,8 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// Run callbacks: signing secrets, allowed destinations, retries.
     pub callbacks: CallbacksConfig,
+    /// Long-term memory: what each tenant may keep, and for how long.
+    pub memory: MemoryConfig,
     /// Where audit events go.
     pub audit: AuditConfig,
 }
@@ -198,6 +204,7 @@ impl Default for Config {
             advertise_url: String::new(),
             retention: RetentionConfig::default(),
             callbacks: CallbacksConfig::default(),
+            memory: MemoryConfig::default(),
             audit: AuditConfig::default(),
         }
     }
@@ -234,6 +241,8 @@ pub struct AgentProfile {
     /// Run answer RESOURCE_EXHAUSTED (0 = no queue). Only with
     /// `max_concurrent_runs` above 0.
     pub max_queued_runs: usize,
+    /// Long-term memory: off unless enabled.
+    pub memory: MemoryProfile,
 }
 
 impl Default for AgentProfile {
@@ -261,6 +270,7 @@ impl Default for AgentProfile {
             temperature: None,
             max_concurrent_runs: 0,
             max_queued_runs: 0,
+            memory: MemoryProfile::default(),
         }
     }
 }
@@ -306,6 +316,7 @@ agentmesh_kit::service_config!(
 fn validate(config: &Config) -> Result<(), ConfigError> {
     config.storage.validate()?;
     config.retention.validate()?;
+    config.memory.validate()?;
     config.audit.validate()?;
     for (setting, url) in [
         ("llm_gateway_url", &config.llm_gateway_url),
@@ -440,7 +451,7 @@ fn validate_profile(name: &str, profile: &AgentProfile) -> Result<(), ConfigErro
             ),
         ));
     }
-    Ok(())
+    profile.memory.validate(name)
 }
 
 #[cfg(test)]

@@ -93,7 +93,8 @@
 //! [`ServiceHost`] (health, reflection, metrics, limits, metadata forwarding,
 //! graceful shutdown); start-up opens the database and starts the engine.
 //! `main.rs` only calls [`serve`]. The library exposes only [`Config`]
-//! (with [`AgentProfile`], [`CallbacksConfig`] and [`AuditConfig`]), [`serve`],
+//! (with [`AgentProfile`], [`CallbacksConfig`], [`MemoryConfig`] and
+//! [`AuditConfig`]), [`serve`],
 //! [`serve_with_listeners`], [`SERVICE`] and [`DEFAULT_PORT`].
 
 mod admission;
@@ -120,7 +121,9 @@ use agentmesh_storage::LazyDatabase;
 use tokio::task::JoinHandle;
 
 pub use agentmesh_audit_client::AuditConfig;
-pub use config::{AgentProfile, CallbacksConfig, Config, RetentionConfig};
+pub use config::{
+    AgentProfile, CallbacksConfig, Config, MemoryConfig, MemoryProfile, MemoryScope, RetentionConfig,
+};
 use engine::Engine;
 
 /// The service's name in logs, metrics and file names.
