@@ -4,7 +4,8 @@
 //!
 //! * the built-in patterns: bearer tokens, `authorization` values, OpenAI and
 //!   Anthropic style keys (`sk-…`, `sk-proj-…`, `sk-ant-…`), AWS access key
-//!   ids, GitHub, Slack, Google and Stripe keys, PEM private keys, the
+//!   ids, GitHub, Slack, Google and Stripe keys, agentmesh API keys
+//!   (`am_<env>_…`, not their public ids), PEM private keys, the
 //!   password of a URL (`scheme://user:password@host`), and the value of
 //!   `api_key=…`, `secret: …`, `password=…`, `token: …` and the like;
 //! * the extra regular expressions of the configuration
@@ -68,6 +69,9 @@ const BUILTIN_PATTERNS: &[&str] = &[
     r"(?-u:\b)AIza[0-9A-Za-z_-]{35}",
     // Stripe secret and restricted keys.
     r"(?-u:\b)[rs]k_(?:live|test)_[A-Za-z0-9]{16,}",
+    // agentmesh API keys (`am_<env>_<32 base62 characters>`). A key's id
+    // (`am_live_` and 8 characters) is public and stays readable.
+    r"(?-u:\b)am_[a-z0-9]{1,16}_[A-Za-z0-9]{32}(?-u:\b)",
     // PEM private keys, up to their end marker (or the end of the text when
     // it was cut).
     r"-----BEGIN [A-Z ]*PRIVATE KEY-----(?s:.*?)(?:-----END [A-Z ]*PRIVATE KEY-----|\z)",
@@ -568,10 +572,16 @@ mod tests {
             "xoxb-1234567890-abcdef",
             "AIzaSyA1234567890abcdefghijklmnopqrstuv",
             "sk_live_abcdefghijklmnop1234",
+            "am_live_4fT9qLx2abcdefghijklmnopqrstuvwx",
         ] {
             let text = format!("key {key} used");
             assert_eq!(r.redact(&text), "key [REDACTED] used", "{key}");
         }
+        // An agentmesh key's id is public: audit events name it.
+        assert_eq!(
+            r.redact("key am_live_4fT9qLx2 used"),
+            "key am_live_4fT9qLx2 used"
+        );
     }
 
     #[test]

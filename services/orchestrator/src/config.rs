@@ -1,5 +1,6 @@
 //! The orchestrator's configuration: where its peers are, its limits, the
-//! agent profiles it can run, and run callbacks ([`callbacks`]).
+//! agent profiles it can run, run callbacks ([`callbacks`]) and long-term
+//! memory ([`memory`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -15,9 +16,12 @@ use serde::{Deserialize, Serialize};
 use crate::{DEFAULT_PORT, SERVICE};
 
 mod callbacks;
+mod memory;
 mod strategy;
 
 pub use callbacks::CallbacksConfig;
+pub(crate) use memory::MAX_TOP_K;
+pub use memory::{MemoryConfig, MemoryProfile, MemoryScope};
 pub(crate) use strategy::Prompts;
 pub use strategy::{EvaluatorSettings, PlanSettings, PromptSettings, Strategy};
 
@@ -88,6 +92,8 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// Run callbacks: signing secrets, allowed destinations, retries.
     pub callbacks: CallbacksConfig,
+    /// Long-term memory: what each tenant may keep, and for how long.
+    pub memory: MemoryConfig,
     /// Where audit events go.
     pub audit: AuditConfig,
 }
@@ -201,6 +207,7 @@ impl Default for Config {
             advertise_url: String::new(),
             retention: RetentionConfig::default(),
             callbacks: CallbacksConfig::default(),
+            memory: MemoryConfig::default(),
             audit: AuditConfig::default(),
         }
     }
@@ -245,6 +252,8 @@ pub struct AgentProfile {
     pub evaluator: EvaluatorSettings,
     /// The prompts of the strategy's roles (planner, validator, ...).
     pub prompts: PromptSettings,
+    /// Long-term memory: off unless enabled.
+    pub memory: MemoryProfile,
 }
 
 impl Default for AgentProfile {
@@ -276,6 +285,7 @@ impl Default for AgentProfile {
             plan: PlanSettings::default(),
             evaluator: EvaluatorSettings::default(),
             prompts: PromptSettings::default(),
+            memory: MemoryProfile::default(),
         }
     }
 }
@@ -322,6 +332,7 @@ agentmesh_kit::service_config!(
 fn validate(config: &Config) -> Result<(), ConfigError> {
     config.storage.validate()?;
     config.retention.validate()?;
+    config.memory.validate()?;
     config.audit.validate()?;
     for (setting, url) in [
         ("llm_gateway_url", &config.llm_gateway_url),
@@ -456,6 +467,7 @@ fn validate_profile(name: &str, profile: &AgentProfile) -> Result<(), ConfigErro
             ),
         ));
     }
+    profile.memory.validate(name)?;
     strategy::validate(name, &profile.plan, &profile.evaluator, &profile.prompts)
 }
 

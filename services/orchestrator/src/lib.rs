@@ -26,6 +26,8 @@
 //!         store::outbox: the run callbacks to deliver)
 //! callbacks ──▶ target (StartRun's check), payload (stored with a step
 //!               or end), deliver (one task: claim, sign, POST, retry)
+//! memory ──▶ fulltext (long-term notes per tenant: remember, recall by
+//!            full text, forget, prune; SQL in store::memory), query
 //! ```
 //!
 //! # Data flow
@@ -74,6 +76,10 @@
 //!   on any replica, retried with backoff, each outcome audited
 //!   (RUN_CALLBACK). Destinations pass the outbound-URL guard
 //!   (`agentmesh-egress`) at StartRun and again at each delivery.
+//! * Long-term memory (`memory`): notes per tenant (and optionally per
+//!   agent) kept in this database, redacted before they are stored, and
+//!   recalled by full-text search (FTS5 on SQLite, `tsvector` on
+//!   PostgreSQL), behind the `MemoryIndex` trait; not used by runs yet.
 //! * Health: ready (SERVING) only while the LLM gateway, the tool runner
 //!   (their own health) and the database answer; the audit service is
 //!   reported but optional (events are spooled while it is away).
@@ -93,13 +99,25 @@
 //! [`ServiceHost`] (health, reflection, metrics, limits, metadata forwarding,
 //! graceful shutdown); start-up opens the database and starts the engine.
 //! `main.rs` only calls [`serve`]. The library exposes only [`Config`]
-//! (with [`AgentProfile`], [`CallbacksConfig`] and [`AuditConfig`]), [`serve`],
+//! (with [`AgentProfile`], [`CallbacksConfig`], [`MemoryConfig`] and
+//! [`AuditConfig`]), [`serve`],
 //! [`serve_with_listeners`], [`SERVICE`] and [`DEFAULT_PORT`].
 
 mod admission;
 mod callbacks;
 mod config;
 mod engine;
+// Runs do not use long-term memory yet (its tests do): once they do,
+// these expectations are no longer met, and go.
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        unused_imports,
+        reason = "long-term memory is not wired into runs yet"
+    )
+)]
+mod memory;
 mod metrics;
 mod retention;
 mod service;
@@ -121,8 +139,8 @@ use tokio::task::JoinHandle;
 
 pub use agentmesh_audit_client::AuditConfig;
 pub use config::{
-    AgentProfile, CallbacksConfig, Config, EvaluatorSettings, PlanSettings, PromptSettings,
-    RetentionConfig, Strategy,
+    AgentProfile, CallbacksConfig, Config, EvaluatorSettings, MemoryConfig, MemoryProfile,
+    MemoryScope, PlanSettings, PromptSettings, RetentionConfig, Strategy,
 };
 use engine::Engine;
 

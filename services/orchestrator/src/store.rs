@@ -5,7 +5,8 @@
 //! per step ([`Store::flush`]: the step's events, the run row, the
 //! checkpoint and the step's callback in one transaction), never once per
 //! token, so a crash loses at most the step in flight, which is then run
-//! again from the checkpoint. The callbacks' outbox is [`outbox`].
+//! again from the checkpoint. The callbacks' outbox is [`outbox`]; the
+//! long-term memory's notes are [`memory`].
 
 mod row;
 
@@ -45,6 +46,11 @@ pub(crate) static MIGRATIONS: Migrations = Migrations {
             description: "run callbacks: the run's callback, the outbox",
             sql: include_str!("../migrations/sqlite/0004_run_callbacks.sql"),
         },
+        EmbeddedMigration {
+            version: 5,
+            description: "long-term memory: notes and their full-text index",
+            sql: include_str!("../migrations/sqlite/0005_memory.sql"),
+        },
     ],
     postgres: &[
         EmbeddedMigration {
@@ -66,6 +72,11 @@ pub(crate) static MIGRATIONS: Migrations = Migrations {
             version: 4,
             description: "run callbacks: the run's callback, the outbox",
             sql: include_str!("../migrations/postgres/0004_run_callbacks.sql"),
+        },
+        EmbeddedMigration {
+            version: 5,
+            description: "long-term memory: notes and their full-text index",
+            sql: include_str!("../migrations/postgres/0005_memory.sql"),
         },
     ],
 };
@@ -126,6 +137,7 @@ macro_rules! select_runs {
 }
 
 // After the macros above, which they use.
+pub(crate) mod memory;
 mod outbox;
 mod replicas;
 mod retention;
