@@ -52,6 +52,7 @@ mod audit_events;
 mod drive;
 mod follow;
 mod maintain;
+mod memory_tools;
 mod peers;
 mod persist;
 mod replicas;
@@ -81,6 +82,7 @@ pub(crate) use self::replicas::{FORWARDED_BY, hand_over_at_shutdown, listen};
 use crate::admission::{Admission, Places};
 use crate::callbacks::Callbacks;
 use crate::config::{Config, PromptSettings, Prompts};
+use crate::memory::{FullTextIndex, MemoryIndex};
 use crate::metrics::RunMetrics;
 use crate::store::{Checkpoint, Claimed, RunRow, Store};
 
@@ -122,6 +124,8 @@ pub(crate) struct Engine {
     callbacks: Arc<Callbacks>,
     /// The strategy roles' prompts of each profile (read at start).
     prompts: HashMap<String, Arc<Prompts>>,
+    /// Long-term memory (the `remember`/`recall`/`forget` tools).
+    memory: Arc<dyn MemoryIndex>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -144,8 +148,10 @@ impl Engine {
         clients: &Clients,
         admission: Admission,
         callbacks: Arc<Callbacks>,
-    ) -> Result<Arc<Self>, tonic::transport::Error> {
+    ) -> Result<Arc<Self>, Box<dyn std::error::Error + Send + Sync>> {
         let peers = Peers::new(&config, clients, admission.reporter().clone())?;
+        let memory: Arc<dyn MemoryIndex> =
+            Arc::new(FullTextIndex::for_config(store.clone(), &config)?);
         let prompts = config
             .agents
             .iter()
@@ -179,6 +185,7 @@ impl Engine {
             clients: clients.clone(),
             callbacks,
             prompts,
+            memory,
         }))
     }
 
@@ -192,6 +199,11 @@ impl Engine {
                     .unwrap_or_default(),
             )
         })
+    }
+
+    /// Long-term memory (its pruning runs beside the engine).
+    pub(crate) fn memory(&self) -> Arc<dyn MemoryIndex> {
+        Arc::clone(&self.memory)
     }
 
     /// Run callbacks (StartRun checks a requested one here).

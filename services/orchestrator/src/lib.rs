@@ -107,16 +107,6 @@ mod admission;
 mod callbacks;
 mod config;
 mod engine;
-// Runs do not use long-term memory yet (its tests do): once they do,
-// these expectations are no longer met, and go.
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        unused_imports,
-        reason = "long-term memory is not wired into runs yet"
-    )
-)]
 mod memory;
 mod metrics;
 mod retention;
@@ -294,6 +284,8 @@ struct Background {
     hand_over: JoinHandle<()>,
     /// Delivers run callbacks from the outbox.
     deliver: JoinHandle<()>,
+    /// Deletes aged and surplus long-term memory notes.
+    prune_memory: JoinHandle<()>,
 }
 
 impl Startup {
@@ -306,6 +298,7 @@ impl Startup {
             tasks.listen.abort();
             tasks.retention.abort();
             tasks.deliver.abort();
+            tasks.prune_memory.abort();
         }
         if let Some(engine) = self.engine.get() {
             // Attempts cut short are due again at once, here or elsewhere.
@@ -376,6 +369,11 @@ impl Startup {
                     started.store().clone(),
                     self.config.retention.clone(),
                     self.run_metrics.deleted(),
+                )),
+                prune_memory: tokio::spawn(memory::prune_periodically(
+                    started.memory(),
+                    memory::Retention::of(&self.config.memory),
+                    self.config.memory.prune_interval,
                 )),
                 deliver: tokio::spawn(callbacks::deliver(
                     Arc::clone(&self.callbacks),

@@ -80,6 +80,16 @@ pub(crate) struct Retention {
     pub(crate) max_notes_per_tenant: usize,
 }
 
+impl Retention {
+    /// The retention `config` sets.
+    pub(crate) fn of(config: &crate::config::MemoryConfig) -> Self {
+        Self {
+            max_age: config.max_age,
+            max_notes_per_tenant: config.max_notes_per_tenant,
+        }
+    }
+}
+
 /// Why memory refused or failed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum MemoryError {
@@ -106,6 +116,7 @@ impl MemoryError {
 
     /// The status for a client: INVALID_ARGUMENT with this message for the
     /// caller's errors; the store's status (no database text) otherwise.
+    #[cfg(test)]
     pub(crate) fn to_status(&self) -> tonic::Status {
         match self {
             Self::Store(err) => err.to_status(),

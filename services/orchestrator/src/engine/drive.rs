@@ -37,6 +37,7 @@ use tonic::Status;
 
 use super::active::ActiveRun;
 use super::audit_events::RunEndAudit;
+use super::memory_tools;
 use super::persist::apply;
 use super::step::{StepContext, progress};
 use super::{Engine, Resume, lock, mark_failed};
@@ -359,7 +360,14 @@ impl Engine {
             .as_ref()
             .map(|identity| identity.allow.tools.clone())
             .unwrap_or_default();
-        let specs = self.peers.tool_specs(profile, &allowed, deadline).await?;
+        let mut specs = self.peers.tool_specs(profile, &allowed, deadline).await?;
+        if profile.memory.enabled {
+            specs.extend(
+                memory_tools::specs()
+                    .into_iter()
+                    .filter(|spec| allowed.allows(&spec.name)),
+            );
+        }
         let prompts = self.prompts_of(&run.agent);
         let cx = StepContext {
             active,
@@ -374,7 +382,11 @@ impl Engine {
 
     /// The conversation a new run starts with: the profile's system prompt,
     /// the session's history, the objective.
-    async fn first_checkpoint(&self, run: &RunRow, profile: &AgentProfile) -> Checkpoint {
+    pub(super) async fn first_checkpoint(
+        &self,
+        run: &RunRow,
+        profile: &AgentProfile,
+    ) -> Checkpoint {
         let mut messages = Vec::new();
         let history = match self.store.session_history(&run.session_id).await {
             Ok(history) => history,
@@ -383,12 +395,18 @@ impl Engine {
                 Vec::new()
             }
         };
+        let recalled = self.auto_recall(run, profile).await;
         if history.first().map(|m| m.role()) != Some(llm::Role::System)
-            && !profile.system_prompt.is_empty()
+            && (!profile.system_prompt.is_empty() || recalled.is_some())
         {
+            let content = match &recalled {
+                Some(notes) if profile.system_prompt.is_empty() => notes.clone(),
+                Some(notes) => format!("{}\n\n{notes}", profile.system_prompt),
+                None => profile.system_prompt.clone(),
+            };
             messages.push(llm::Message {
                 role: llm::Role::System.into(),
-                content: profile.system_prompt.clone(),
+                content,
                 ..llm::Message::default()
             });
         }

@@ -30,6 +30,7 @@ use tracing::Instrument as _;
 use tracing::field::Empty;
 
 use super::active::ActiveRun;
+use super::memory_tools::is_memory_tool;
 use super::peers::downstream;
 use super::{Engine, mark_failed};
 use crate::config::{AgentProfile, Prompts};
@@ -240,10 +241,13 @@ impl Engine {
             .iter()
             .enumerate()
             .map(|(index, call)| async move {
-                let result = self
-                    .peers
-                    .call_tool(run, cx.profile, call, cx.deadline)
-                    .await;
+                let result = if cx.profile.memory.enabled && is_memory_tool(&call.name) {
+                    self.call_memory_tool(run, cx.profile, call).await
+                } else {
+                    self.peers
+                        .call_tool(run, cx.profile, call, cx.deadline)
+                        .await
+                };
                 (index, call, result)
             })
             .collect();

@@ -80,11 +80,9 @@ impl FullTextIndex {
     }
 
     /// What pruning deletes, as configured.
+    #[cfg(test)]
     pub(crate) fn retention(&self) -> Retention {
-        Retention {
-            max_age: self.config.max_age,
-            max_notes_per_tenant: self.config.max_notes_per_tenant,
-        }
+        Retention::of(&self.config)
     }
 
     async fn remember_note(&self, new: NewNote) -> Result<Note, MemoryError> {
