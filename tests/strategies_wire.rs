@@ -1,15 +1,18 @@
-//! Strategies as a real deployment runs them, over real
+//! Strategies and composite tools as a real deployment runs them, over real
 //! gRPC (gateway, tool runner, orchestrator in this process):
 //!
 //! * the demo `planner` profile (`demo/agentmesh.toml`) on an OpenAI model:
 //!   the gateway's `openai` provider talks to a mock upstream that speaks
 //!   Chat Completions (SSE chunks, tool-call deltas, usage) and replays
 //!   responses of such a run (`wire/plan_execute_openai/`). The upstream
-//!   checks that each request is one OpenAI takes and carries nothing of
-//!   agentmesh's own (no `agent_role`), picks its answer by what a model
-//!   sees, and records the requests: the roles' prompts are the files of
-//!   `services/orchestrator/prompts/`;
-//! * the same upstream answering the gateway's one-shot `Generate`.
+//!   checks each request against what OpenAI's API accepts and that it
+//!   carries nothing of agentmesh's own (no `agent_role`), picks its answer
+//!   by what a model sees, and records the requests: the roles' prompts are
+//!   the files of `services/orchestrator/prompts/`;
+//! * the same upstream answering the gateway's one-shot `Generate`;
+//! * a pipeline tool (a fan-out, then two sequential steps) called by the
+//!   model inside a run: one tool call in the run's events, the pipeline's
+//!   result, the answer built from it.
 #![expect(
     clippy::unwrap_used,
     clippy::indexing_slicing,
@@ -26,6 +29,7 @@ use agentmesh_orchestrator::AgentProfile;
 use agentmesh_proto::llm::v1::{FinishReason, GenerateRequest, Message, Role, ToolCall, ToolSpec};
 use agentmesh_proto::orchestrator::v1::{self as pb, PlanStepState, run_event::Event};
 use agentmesh_tests::RunMesh;
+use agentmesh_tool_runner::{PipelineConfig, StepConfig};
 use serde_json::{Value, json};
 use support::{GatewayAlone, MockOpenAi, Seen, openai_at, present_env_var, prompt, repository};
 
@@ -440,4 +444,113 @@ async fn generate_gets_the_same_answers_as_one_completion() {
         }
     }
     gateway.stop().await;
+}
+
+// === a pipeline inside a run ===
+
+/// The scripted model: asks the pipeline for the hypotenuse, then answers
+/// with the length in its result.
+const PIPELINE_RULES: &str = r#"
+pace = "0s"
+
+[[rules]]
+on = "user"
+match = 'legs (?P<a>[0-9]+) and (?P<b>[0-9]+)'
+tool_calls = [{ name = "hypotenuse", arguments = '{"a": ${a}, "b": ${b}}' }]
+
+[[rules]]
+on = "tool"
+match = '"length":\s*(?P<length>[0-9.]+)'
+text = "The hypotenuse is ${length}."
+"#;
+
+/// Three steps: the squares of both legs at once (a fan-out), their sum,
+/// its square root.
+fn hypotenuse() -> PipelineConfig {
+    let calculator = |id: &str, expression: &str| StepConfig {
+        id: id.to_owned(),
+        tool: "calculator".to_owned(),
+        arguments: Some(json!({ "expression": expression })),
+        ..StepConfig::default()
+    };
+    PipelineConfig {
+        description: "Length of the hypotenuse of a right triangle with legs a and b".to_owned(),
+        parameters_json: r#"{"type":"object","required":["a","b"],"additionalProperties":false,
+            "properties":{"a":{"type":"number","minimum":0},"b":{"type":"number","minimum":0}}}"#
+            .to_owned(),
+        steps: vec![
+            StepConfig {
+                id: "squares".to_owned(),
+                parallel: vec![
+                    calculator("a2", "${/input/a} ^ 2"),
+                    calculator("b2", "${/input/b} ^ 2"),
+                ],
+                ..StepConfig::default()
+            },
+            calculator(
+                "sum",
+                "${/steps/a2/output/result} + ${/steps/b2/output/result}",
+            ),
+            calculator("root", "sqrt(${/steps/sum/output/result})"),
+        ],
+        output: Some(json!({
+            "length": "${/steps/root/output/result}",
+            "squares": "${/steps/squares/output}",
+        })),
+        ..PipelineConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn a_pipeline_of_three_steps_runs_as_one_tool_call_inside_a_run() {
+    let mesh = RunMesh::start_with_tools(
+        Some(PIPELINE_RULES),
+        |_| {},
+        |tools| {
+            tools
+                .pipelines
+                .insert("hypotenuse".to_owned(), hypotenuse());
+        },
+        |orchestrator| {
+            let profile = orchestrator.agents.get_mut("default").unwrap();
+            profile.tools = vec!["hypotenuse".to_owned(), "calculator".to_owned()];
+        },
+    )
+    .await;
+    let events = run_to_end(
+        &mesh,
+        "",
+        "What is the hypotenuse of a right triangle with legs 3 and 4?",
+    )
+    .await;
+    let calls: Vec<&Event> = events
+        .iter()
+        .filter(|e| matches!(e, Event::ToolCallStarted(_) | Event::ToolCallFinished(_)))
+        .collect();
+    let [
+        Event::ToolCallStarted(started),
+        Event::ToolCallFinished(finished),
+    ] = calls[..]
+    else {
+        panic!("not one tool call: {events:#?}");
+    };
+    assert_eq!(
+        (started.tool.as_str(), started.arguments_json.as_str()),
+        ("hypotenuse", r#"{"a": 3, "b": 4}"#)
+    );
+    assert_eq!(
+        (&finished.call_id, &finished.tool, finished.is_error),
+        (&started.call_id, &started.tool, false),
+        "{finished:?}"
+    );
+    let output: Value = serde_json::from_str(&finished.output_json).unwrap();
+    assert_eq!(
+        output,
+        json!({"length": 5, "squares": {"a2": {"result": 9}, "b2": {"result": 16}}})
+    );
+    match events.last() {
+        Some(Event::RunFinished(done)) => assert_eq!(done.output, "The hypotenuse is 5."),
+        other => panic!("the run did not succeed: {other:?}"),
+    }
+    mesh.stop().await;
 }
