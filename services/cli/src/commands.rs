@@ -232,15 +232,28 @@ enum Provider {
 fn choose_provider(gateway: &mut agentmesh_llm_gateway::Config, model: Option<&str>) -> Provider {
     let route = gateway.default_route.clone();
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    // `provider/model` naming a configured provider is a target as it is;
+    // a bare model name is the keyed provider's.
+    let named = model.filter(|model| {
+        model
+            .split_once('/')
+            .is_some_and(|(provider, _)| gateway.providers.contains_key(provider))
+    });
     let target = if env("OPENAI_API_KEY").is_some() {
         if let (Some(url), Some(openai)) =
             (env("OPENAI_BASE_URL"), gateway.providers.get_mut("openai"))
         {
             openai.base_url = url;
         }
-        format!("openai/{}", model.unwrap_or("gpt-4o-mini"))
+        named.map_or_else(
+            || format!("openai/{}", model.unwrap_or("gpt-4o-mini")),
+            str::to_owned,
+        )
     } else if env("ANTHROPIC_API_KEY").is_some() {
-        format!("anthropic/{}", model.unwrap_or("claude-sonnet-4-5"))
+        named.map_or_else(
+            || format!("anthropic/{}", model.unwrap_or("claude-sonnet-4-5")),
+            str::to_owned,
+        )
     } else {
         return Provider::ScriptedDemo;
     };

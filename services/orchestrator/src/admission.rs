@@ -161,6 +161,10 @@ enum Stage {
     },
     /// Not queued yet (a resumed run).
     Later,
+    /// A sub-run: it runs in its parent's place (a parent waiting for its
+    /// sub-runs must not hold the place they need), takes none of its own
+    /// and gives none back.
+    Inherited,
 }
 
 /// A run's place: held, or its turn in the queue. Dropping it gives back
@@ -502,6 +506,18 @@ impl Admission {
             agent: agent.to_owned(),
             priority,
             stage: Stage::Later,
+            deadline: None,
+        }
+    }
+
+    /// The place of a sub-run: its parent's (see [`Stage::Inherited`]).
+    pub(crate) fn inherited(&self, tenant: &str, agent: &str) -> Places {
+        Places {
+            inner: Arc::clone(&self.inner),
+            tenant: tenant_key(tenant).to_owned(),
+            agent: agent.to_owned(),
+            priority: 0,
+            stage: Stage::Inherited,
             deadline: None,
         }
     }

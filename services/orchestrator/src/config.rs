@@ -23,7 +23,9 @@ pub use callbacks::CallbacksConfig;
 pub(crate) use memory::MAX_TOP_K;
 pub use memory::{MemoryConfig, MemoryProfile, MemoryScope};
 pub(crate) use strategy::Prompts;
-pub use strategy::{EvaluatorSettings, PlanSettings, PromptSettings, Strategy};
+pub use strategy::{
+    EvaluatorSettings, PlanSettings, PromptSettings, RouterSettings, Strategy, WorkerSettings,
+};
 
 /// The service's configuration (section `[orchestrator]`, environment
 /// `AGENTMESH_ORCHESTRATOR__*`).
@@ -250,6 +252,10 @@ pub struct AgentProfile {
     pub plan: PlanSettings,
     /// `evaluator_optimizer`'s settings.
     pub evaluator: EvaluatorSettings,
+    /// `router`'s settings.
+    pub router: RouterSettings,
+    /// `orchestrator_workers`' settings.
+    pub workers: WorkerSettings,
     /// The prompts of the strategy's roles (planner, validator, ...).
     pub prompts: PromptSettings,
     /// Long-term memory: off unless enabled.
@@ -284,6 +290,8 @@ impl Default for AgentProfile {
             strategy: Strategy::default(),
             plan: PlanSettings::default(),
             evaluator: EvaluatorSettings::default(),
+            router: RouterSettings::default(),
+            workers: WorkerSettings::default(),
             prompts: PromptSettings::default(),
             memory: MemoryProfile::default(),
         }
@@ -368,6 +376,12 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
     }
     for (name, profile) in &config.agents {
         validate_profile(name, profile)?;
+        strategy::validate_references(
+            name,
+            profile.strategy,
+            (&profile.router, &profile.workers),
+            |other| config.agents.contains_key(other),
+        )?;
     }
     if config.max_objective_bytes == 0 {
         return Err(ConfigError::new(
@@ -583,5 +597,47 @@ mod tests {
         assert_eq!(profile.max_queued_runs, 5);
         // The rest of the profile keeps its defaults.
         assert_eq!(profile.max_steps, AgentProfile::default().max_steps);
+    }
+
+    #[test]
+    fn routers_and_leads_must_name_other_configured_profiles() {
+        let mut config = Config::default();
+        config.agents.insert(
+            "triage".to_owned(),
+            AgentProfile {
+                strategy: Strategy::Router,
+                ..AgentProfile::default()
+            },
+        );
+        assert_eq!(
+            setting_of(&config),
+            "orchestrator.agents.triage.router.routes"
+        );
+        let triage = config.agents.get_mut("triage").unwrap();
+        triage.router.routes = vec!["nobody".to_owned()];
+        assert_eq!(
+            setting_of(&config),
+            "orchestrator.agents.triage.router.routes"
+        );
+        let triage = config.agents.get_mut("triage").unwrap();
+        triage.router.routes = vec!["default".to_owned()];
+        triage.router.fallback = "triage".to_owned();
+        assert_eq!(
+            setting_of(&config),
+            "orchestrator.agents.triage.router.fallback"
+        );
+        config.agents.get_mut("triage").unwrap().router.fallback = String::new();
+        assert!(agentmesh_kit::config::validate(&config).is_ok());
+        config.agents.insert(
+            "team".to_owned(),
+            AgentProfile {
+                strategy: Strategy::OrchestratorWorkers,
+                ..AgentProfile::default()
+            },
+        );
+        assert_eq!(
+            setting_of(&config),
+            "orchestrator.agents.team.workers.agents"
+        );
     }
 }

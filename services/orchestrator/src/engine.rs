@@ -58,6 +58,7 @@ mod persist;
 mod replicas;
 mod step;
 mod strategy;
+mod sub_runs;
 #[cfg(test)]
 pub(crate) mod testing;
 
@@ -126,6 +127,8 @@ pub(crate) struct Engine {
     prompts: HashMap<String, Arc<Prompts>>,
     /// Long-term memory (the `remember`/`recall`/`forget` tools).
     memory: Arc<dyn MemoryIndex>,
+    /// This engine, for the tasks it spawns itself (sub-runs).
+    me: std::sync::Weak<Engine>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -170,7 +173,8 @@ impl Engine {
                 (name.clone(), Arc::new(prompts))
             })
             .collect();
-        Ok(Arc::new(Self {
+        Ok(Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             store,
             config,
             peers,

@@ -130,7 +130,8 @@ use tokio::task::JoinHandle;
 pub use agentmesh_audit_client::AuditConfig;
 pub use config::{
     AgentProfile, CallbacksConfig, Config, EvaluatorSettings, MemoryConfig, MemoryProfile,
-    MemoryScope, PlanSettings, PromptSettings, RetentionConfig, Strategy,
+    MemoryScope, PlanSettings, PromptSettings, RetentionConfig, RouterSettings, Strategy,
+    WorkerSettings,
 };
 use engine::Engine;
 

@@ -357,6 +357,7 @@ impl OrchestratorService for OrchestratorServiceImpl {
             labels: request.labels.clone().into_iter().collect(),
             agent: request.agent.clone(),
             session_id: request.session_id.clone(),
+            parent_run_id: request.parent_run_id.clone(),
             create_time_start: request.create_time_start.as_ref().map(micros_of),
             create_time_end: request.create_time_end.as_ref().map(micros_of),
         };

@@ -51,6 +51,11 @@ pub(crate) static MIGRATIONS: Migrations = Migrations {
             description: "long-term memory: notes and their full-text index",
             sql: include_str!("../migrations/sqlite/0005_memory.sql"),
         },
+        EmbeddedMigration {
+            version: 6,
+            description: "sub-runs: a run's parent",
+            sql: include_str!("../migrations/sqlite/0006_sub_runs.sql"),
+        },
     ],
     postgres: &[
         EmbeddedMigration {
@@ -78,6 +83,11 @@ pub(crate) static MIGRATIONS: Migrations = Migrations {
             description: "long-term memory: notes and their full-text index",
             sql: include_str!("../migrations/postgres/0005_memory.sql"),
         },
+        EmbeddedMigration {
+            version: 6,
+            description: "sub-runs: a run's parent",
+            sql: include_str!("../migrations/postgres/0006_sub_runs.sql"),
+        },
     ],
 };
 
@@ -101,6 +111,8 @@ pub(crate) struct RunFilter {
     pub(crate) labels: BTreeMap<String, String>,
     pub(crate) agent: String,
     pub(crate) session_id: String,
+    /// Only sub-runs of this run (empty: any run).
+    pub(crate) parent_run_id: String,
     pub(crate) create_time_start: Option<i64>,
     pub(crate) create_time_end: Option<i64>,
 }
@@ -126,7 +138,7 @@ macro_rules! run_columns {
         "run_id, tenant, subject, agent, session_id, objective, state, idempotency_key, model, \
          max_steps, max_output_tokens, timeout_ms, labels, create_time, start_time, end_time, \
          output, error, input_tokens, output_tokens, steps, tool_calls, last_sequence, identity, \
-         priority, callback_url, callback_events"
+         priority, callback_url, callback_events, parent_run_id"
     };
 }
 
@@ -141,6 +153,7 @@ pub(crate) mod memory;
 mod outbox;
 mod replicas;
 mod retention;
+mod runs;
 
 impl Store {
     /// A store over an opened, migrated database.
@@ -185,9 +198,9 @@ impl Store {
                     "INSERT INTO runs (run_id, tenant, subject, agent, session_id, objective, \
                      state, idempotency_key, model, max_steps, max_output_tokens, timeout_ms, \
                      labels, create_time, owner, lease_until, credential_id, identity, \
-                     priority, callback_url, callback_events) \
+                     priority, callback_url, callback_events, parent_run_id) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
-                     $16, $17, $18, $19, $20, $21)",
+                     $16, $17, $18, $19, $20, $21, $22)",
                 )
                 .bind(&run.run_id)
                 .bind(&run.tenant)
@@ -210,6 +223,7 @@ impl Store {
                 .bind(run.priority)
                 .bind(run.callback.as_ref().map(|callback| callback.url.as_str()))
                 .bind(run.callback.as_ref().map_or(0, RunCallback::events_number))
+                .bind(&run.parent_run_id)
                 .execute(&mut *tx)
                 .await?;
                 for (key, value) in &run.labels {
@@ -284,76 +298,6 @@ impl Store {
                 .await?
                 .map(|row| run_from_row(&row))
                 .transpose()
-        })
-    }
-
-    /// Runs of `tenants`, newest first, after the `(create_time, run_id)`
-    /// position of the previous page.
-    pub(crate) async fn list_runs(
-        &self,
-        tenants: Tenants<'_>,
-        filter: &RunFilter,
-        after: Option<(i64, String)>,
-        limit: usize,
-    ) -> Result<Vec<RunRow>, StoreError> {
-        with_pool!(&self.db, |pool| {
-            let mut query = sqlx::QueryBuilder::new("SELECT ");
-            query.push(run_columns!());
-            query.push(" FROM runs r WHERE ");
-            match tenants {
-                Tenants::One(tenant) => query.push("tenant = ").push_bind(tenant),
-                Tenants::All => query.push("1 = 1"),
-            };
-            if !filter.states.is_empty() {
-                query.push(" AND state IN (");
-                let mut states = query.separated(", ");
-                for state in &filter.states {
-                    states.push_bind(*state);
-                }
-                query.push(")");
-            }
-            if !filter.agent.is_empty() {
-                query.push(" AND agent = ").push_bind(&filter.agent);
-            }
-            if !filter.session_id.is_empty() {
-                query
-                    .push(" AND session_id = ")
-                    .push_bind(&filter.session_id);
-            }
-            if let Some(start) = filter.create_time_start {
-                query.push(" AND create_time >= ").push_bind(start);
-            }
-            if let Some(end) = filter.create_time_end {
-                query.push(" AND create_time < ").push_bind(end);
-            }
-            for (key, value) in &filter.labels {
-                query
-                    .push(" AND EXISTS (SELECT 1 FROM run_labels l WHERE l.run_id = r.run_id AND l.key = ")
-                    .push_bind(key)
-                    .push(" AND l.value = ")
-                    .push_bind(value)
-                    .push(")");
-            }
-            if let Some((time, run_id)) = &after {
-                query
-                    .push(" AND (create_time < ")
-                    .push_bind(*time)
-                    .push(" OR (create_time = ")
-                    .push_bind(*time)
-                    .push(" AND run_id < ")
-                    .push_bind(run_id)
-                    .push("))");
-            }
-            query
-                .push(" ORDER BY create_time DESC, run_id DESC LIMIT ")
-                .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
-            query
-                .build()
-                .fetch_all(pool)
-                .await?
-                .iter()
-                .map(run_from_row)
-                .collect()
         })
     }
 

@@ -215,6 +215,12 @@ pub(crate) fn list_runs_request(request: &pb::ListRunsRequest) -> Result<(), Sta
         }
     }
     labels(&request.labels, "labels", &mut violations);
+    if request.parent_run_id.len() > 128 {
+        violations.push((
+            "parent_run_id".into(),
+            "must be a run id (at most 128 bytes)".into(),
+        ));
+    }
     if let (Some(start), Some(end)) = (&request.create_time_start, &request.create_time_end)
         && micros_of(start) > micros_of(end)
     {

@@ -64,17 +64,31 @@ pub(super) fn strategy_line(event: &pb::RunEvent) -> Option<String> {
             "⇉ sub-run {} · agent {}: {}",
             started.run_id, started.agent, started.objective
         ),
-        Event::SubRunFinished(finished) => format!(
-            "⇇ sub-run {} {}",
-            finished.run_id,
-            finished
-                .state()
-                .as_str_name()
-                .trim_start_matches("RUN_STATE_")
-                .to_lowercase()
-        ),
+        Event::SubRunFinished(finished) => sub_run_finished(finished),
         _ => return None,
     })
+}
+
+/// `⇇ sub-run <id> succeeded: <output>` (or its error).
+fn sub_run_finished(finished: &pb::SubRunFinished) -> String {
+    let outcome = if finished.output.is_empty() {
+        finished
+            .error
+            .as_ref()
+            .map(|error| error.message.clone())
+            .unwrap_or_default()
+    } else {
+        one_line(&finished.output)
+    };
+    format!(
+        "⇇ sub-run {} {}: {outcome}",
+        finished.run_id,
+        finished
+            .state()
+            .as_str_name()
+            .trim_start_matches("RUN_STATE_")
+            .to_lowercase()
+    )
 }
 
 /// A plan as indented lines: `  s2 (after s1): description`.

@@ -16,7 +16,7 @@ impl Places {
     pub(crate) async fn acquire(&mut self) {
         loop {
             match &mut self.stage {
-                Stage::Held => return,
+                Stage::Held | Stage::Inherited => return,
                 Stage::Later => {
                     let inner = Arc::clone(&self.inner);
                     let mut state = inner.lock();
@@ -84,7 +84,7 @@ impl Drop for Places {
                     inner.leave(&mut state, &self.tenant, *ticket);
                 }
             }
-            Stage::Later => return,
+            Stage::Later | Stage::Inherited => return,
         }
         inner.dispatch(&mut state);
     }

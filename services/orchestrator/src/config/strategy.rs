@@ -21,8 +21,22 @@
 //! criteria = "Answers the question in one sentence and names its source."
 //! ```
 //!
+//! ```toml
+//! [orchestrator.agents.triage]
+//! strategy = "router"
+//! [orchestrator.agents.triage.router]
+//! routes = ["billing", "support"]   # other profiles, one chosen per run
+//! fallback = "support"              # when the router's choice is none of them
+//!
+//! [orchestrator.agents.team]
+//! strategy = "orchestrator_workers"
+//! [orchestrator.agents.team.workers]
+//! agents = ["researcher", "writer"] # what the lead's `delegate` tool may start
+//! max_sub_runs = 8                  # sub-runs one run may start
+//! ```
+//!
 //! The prompts of each role (planner, executor, validator, recovery,
-//! synthesizer, evaluator) ship in `prompts/` of this crate and
+//! synthesizer, evaluator, router) ship in `prompts/` of this crate and
 //! can be replaced per profile (`[orchestrator.agents.NAME.prompts]`, or a
 //! `prompts_dir` holding `<role>.md` files, read at start).
 
@@ -43,13 +57,13 @@ pub enum Strategy {
     /// then synthesise the answer.
     PlanExecute,
     /// Pick one of the profile's routes by the objective and run it as a
-    /// sub-run (not built yet: runs fail with UNIMPLEMENTED).
+    /// sub-run.
     Router,
     /// Answer, judge the answer against the profile's criteria, revise
     /// until it passes or `max_rounds`.
     EvaluatorOptimizer,
-    /// A lead model delegating to sub-runs (not built yet: runs fail with
-    /// UNIMPLEMENTED).
+    /// A lead model delegating to sub-runs (its `delegate` tool), in
+    /// parallel.
     OrchestratorWorkers,
 }
 
@@ -121,6 +135,36 @@ impl Default for EvaluatorSettings {
     }
 }
 
+/// Settings of `router`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouterSettings {
+    /// The profiles a run may be routed to.
+    pub routes: Vec<String>,
+    /// The profile used when the router's choice is none of `routes`
+    /// (empty: such a run fails).
+    pub fallback: String,
+}
+
+/// Settings of `orchestrator_workers`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// The profiles the lead's `delegate` tool may start sub-runs of.
+    pub agents: Vec<String>,
+    /// Sub-runs one run may start.
+    pub max_sub_runs: usize,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            agents: Vec::new(),
+            max_sub_runs: 8,
+        }
+    }
+}
+
 /// The prompts of a strategy's roles; an empty one takes the shipped
 /// default (or the file of `prompts_dir`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,16 +179,18 @@ pub struct PromptSettings {
     pub recovery: String,
     pub synthesizer: String,
     pub evaluator: String,
+    pub router: String,
 }
 
 /// The roles with prompts, and the prompt each ships with.
-const SHIPPED: [(&str, &str); 6] = [
+const SHIPPED: [(&str, &str); 7] = [
     ("planner", include_str!("../../prompts/planner.md")),
     ("executor", include_str!("../../prompts/executor.md")),
     ("validator", include_str!("../../prompts/validator.md")),
     ("recovery", include_str!("../../prompts/recovery.md")),
     ("synthesizer", include_str!("../../prompts/synthesizer.md")),
     ("evaluator", include_str!("../../prompts/evaluator.md")),
+    ("router", include_str!("../../prompts/router.md")),
 ];
 
 /// Every role's prompt, resolved.
@@ -156,6 +202,7 @@ pub(crate) struct Prompts {
     pub(crate) recovery: String,
     pub(crate) synthesizer: String,
     pub(crate) evaluator: String,
+    pub(crate) router: String,
 }
 
 impl PromptSettings {
@@ -167,6 +214,7 @@ impl PromptSettings {
             "recovery" => &self.recovery,
             "synthesizer" => &self.synthesizer,
             "evaluator" => &self.evaluator,
+            "router" => &self.router,
             _ => "",
         }
     }
@@ -205,8 +253,62 @@ impl PromptSettings {
             recovery: next(),
             synthesizer: next(),
             evaluator: next(),
+            router: next(),
         })
     }
+}
+
+/// Checks that a profile's routes and workers name other configured
+/// profiles; errors name `agents.<name>.<section>.<field>`.
+pub(crate) fn validate_references(
+    name: &str,
+    strategy: Strategy,
+    (router, workers): (&RouterSettings, &WorkerSettings),
+    exists: impl Fn(&str) -> bool,
+) -> Result<(), ConfigError> {
+    if strategy == Strategy::Router && router.routes.is_empty() {
+        return Err(ConfigError::new(
+            format!("agents.{name}.router.routes"),
+            "a router needs at least one route (another agent profile)",
+        ));
+    }
+    if strategy == Strategy::OrchestratorWorkers && workers.agents.is_empty() {
+        return Err(ConfigError::new(
+            format!("agents.{name}.workers.agents"),
+            "a lead needs at least one agent profile to delegate to",
+        ));
+    }
+    let named = router
+        .routes
+        .iter()
+        .map(|route| ("router.routes", route))
+        .chain(
+            Some(&router.fallback)
+                .filter(|fallback| !fallback.is_empty())
+                .map(|fallback| ("router.fallback", fallback)),
+        )
+        .chain(workers.agents.iter().map(|agent| ("workers.agents", agent)));
+    for (field, other) in named {
+        if other == name {
+            return Err(ConfigError::new(
+                format!("agents.{name}.{field}"),
+                "names the profile itself; a run would start itself",
+            ));
+        }
+        if !exists(other) {
+            return Err(ConfigError::new(
+                format!("agents.{name}.{field}"),
+                format!("{other:?} is not a configured agent profile"),
+            ));
+        }
+    }
+    if !(1..=64).contains(&workers.max_sub_runs) {
+        return Err(ConfigError::new(
+            format!("agents.{name}.workers.max_sub_runs"),
+            format!("is {}; it must be 1 to 64", workers.max_sub_runs),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks a profile's strategy settings; errors name

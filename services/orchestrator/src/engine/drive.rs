@@ -40,9 +40,10 @@ use super::audit_events::RunEndAudit;
 use super::memory_tools;
 use super::persist::apply;
 use super::step::{StepContext, progress};
+use super::strategy;
 use super::{Engine, Resume, lock, mark_failed};
 use crate::admission::Places;
-use crate::config::AgentProfile;
+use crate::config::{AgentProfile, Strategy};
 use crate::metrics::RunEnd;
 use crate::store::{self, Checkpoint, RunRow};
 
@@ -198,6 +199,12 @@ impl Engine {
             Some(ending) => {
                 self.finish(&mut run, &active, checkpoint, ending, started.elapsed())
                     .await;
+                if matches!(
+                    profile.strategy,
+                    Strategy::Router | Strategy::OrchestratorWorkers
+                ) {
+                    self.cancel_sub_runs(&run).await;
+                }
             }
             None => self.hand_off(&run, &active).await,
         }
@@ -368,6 +375,7 @@ impl Engine {
                     .filter(|spec| allowed.allows(&spec.name)),
             );
         }
+        specs.extend(strategy::delegate_spec(profile));
         let prompts = self.prompts_of(&run.agent);
         let cx = StepContext {
             active,
@@ -376,6 +384,7 @@ impl Engine {
             deadline,
             series: Arc::clone(self.metrics.agent(&run.agent)),
             prompts: &prompts,
+            sub_runs: std::sync::atomic::AtomicUsize::new(0),
         };
         self.run_strategy(run, &cx, checkpoint).await
     }

@@ -229,9 +229,14 @@ impl Engine {
             // A task registered it meanwhile and drives it.
             return self.active(&claim.run.run_id);
         };
-        let places =
+        // A sub-run resumes in its parent's place, as it started.
+        let places = if claim.run.parent_run_id.is_some() {
             self.admission()
-                .later(&claim.run.tenant, &claim.run.agent, claim.run.priority);
+                .inherited(&claim.run.tenant, &claim.run.agent)
+        } else {
+            self.admission()
+                .later(&claim.run.tenant, &claim.run.agent, claim.run.priority)
+        };
         let context = acting_for(claim.run.identity.clone());
         let resume = Resume {
             checkpoint,

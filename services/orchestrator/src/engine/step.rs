@@ -32,8 +32,9 @@ use tracing::field::Empty;
 use super::active::ActiveRun;
 use super::memory_tools::is_memory_tool;
 use super::peers::downstream;
+use super::strategy::DELEGATE;
 use super::{Engine, mark_failed};
-use crate::config::{AgentProfile, Prompts};
+use crate::config::{AgentProfile, Prompts, Strategy};
 use crate::metrics::AgentSeries;
 use crate::store::{Checkpoint, RunRow};
 
@@ -50,6 +51,8 @@ pub(super) struct StepContext<'a> {
     pub(super) series: Arc<AgentSeries>,
     /// The prompts of the profile's strategy roles.
     pub(super) prompts: &'a Prompts,
+    /// Sub-runs this driver started (`workers.max_sub_runs`).
+    pub(super) sub_runs: std::sync::atomic::AtomicUsize,
 }
 
 /// What one model call asks for.
@@ -113,9 +116,18 @@ impl Engine {
             span_id = Empty,
         );
         telemetry::record_ids(&span);
+        // A lead delegating to sub-runs, or a sub-run's own loop: scripted
+        // models (and logs) can tell them from a plain run.
+        let role = if cx.profile.strategy == Strategy::OrchestratorWorkers {
+            "lead"
+        } else if run.parent_run_id.is_some() {
+            "worker"
+        } else {
+            ""
+        };
         let call = ModelCall {
             step,
-            role: "",
+            role,
             messages: &checkpoint.messages,
             tools: cx.specs,
             response_format: None,
@@ -243,6 +255,10 @@ impl Engine {
             .map(|(index, call)| async move {
                 let result = if cx.profile.memory.enabled && is_memory_tool(&call.name) {
                     self.call_memory_tool(run, cx.profile, call).await
+                } else if call.name == DELEGATE
+                    && cx.profile.strategy == Strategy::OrchestratorWorkers
+                {
+                    self.delegate(run, cx, call, step).await
                 } else {
                     self.peers
                         .call_tool(run, cx.profile, call, cx.deadline)

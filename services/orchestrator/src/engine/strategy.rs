@@ -7,6 +7,8 @@
 //!   plan_execute        plan ─▶ steps in parallel ─▶ validate ─▶ recover
 //!                       ─▶ synthesise                          — every transition stored
 //!   evaluator_optimizer answer ─▶ verdict ─▶ revise …          — every round stored
+//!   orchestrator_workers the tool loop with `delegate`: sub-runs in parallel
+//!   router              route ─▶ one sub-run                   (sub_runs.rs)
 //! ```
 //!
 //! Every strategy has the same shape: a state machine over the run's
@@ -24,6 +26,9 @@
 mod evaluator;
 mod plan;
 mod plan_execute;
+mod team;
+
+pub(super) use team::{DELEGATE, delegate_spec};
 
 use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
 
@@ -114,14 +119,9 @@ impl Engine {
             Strategy::ToolLoop => self.tool_loop(run, cx, checkpoint).await,
             Strategy::PlanExecute => self.plan_execute(run, cx, checkpoint).await,
             Strategy::EvaluatorOptimizer => self.evaluator_optimizer(run, cx, checkpoint).await,
-            Strategy::Router | Strategy::OrchestratorWorkers => {
-                Err(Status::unimplemented(format!(
-                    "agent {:?} uses the strategy {}, which is not built yet; use tool_loop, \
-                 plan_execute or evaluator_optimizer",
-                    run.agent,
-                    cx.profile.strategy.name()
-                )))
-            }
+            Strategy::Router => self.route(run, cx, checkpoint).await,
+            // The lead is a tool loop whose `delegate` calls start sub-runs.
+            Strategy::OrchestratorWorkers => self.tool_loop(run, cx, checkpoint).await,
         }
     }
 

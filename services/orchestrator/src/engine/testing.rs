@@ -93,6 +93,7 @@ pub(crate) fn run(tenant: &str) -> RunRow {
         priority: 0,
         identity: None,
         callback: None,
+        parent_run_id: None,
     }
 }
 

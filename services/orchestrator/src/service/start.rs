@@ -250,6 +250,7 @@ fn new_run(
         priority: request.priority,
         identity: Some(owner.identity),
         callback: None,
+        parent_run_id: None,
     }
 }
 

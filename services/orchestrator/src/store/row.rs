@@ -57,6 +57,8 @@ pub(crate) struct RunRow {
     pub(crate) identity: Option<Identity>,
     /// Where the run's end (or every step) is POSTed; `None`: nowhere.
     pub(crate) callback: Option<RunCallback>,
+    /// The run that started this one as its sub-run, if any.
+    pub(crate) parent_run_id: Option<String>,
 }
 
 /// A run's callback, as checked at StartRun (docs/callbacks.md).
@@ -136,6 +138,7 @@ impl RunRow {
             subject: self.subject.clone(),
             priority: self.priority,
             plan: None,
+            parent_run_id: self.parent_run_id.clone().unwrap_or_default(),
         }
     }
 }
@@ -210,6 +213,7 @@ where
     let identity: Option<String> = row.try_get("identity")?;
     let callback_url: Option<String> = row.try_get("callback_url")?;
     let callback_events: i32 = row.try_get("callback_events")?;
+    let parent_run_id: Option<String> = row.try_get("parent_run_id")?;
     Ok(RunRow {
         run_id: row.try_get("run_id")?,
         tenant: row.try_get("tenant")?,
@@ -249,5 +253,6 @@ where
             url,
             every_step: callback_events == i32::from(pb::CallbackEvents::EveryStep),
         }),
+        parent_run_id,
     })
 }

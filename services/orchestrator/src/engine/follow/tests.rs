@@ -52,6 +52,7 @@ async fn active_run(engine: &Arc<Engine>) -> (RunRow, Arc<ActiveRun>) {
         priority: 0,
         identity: None,
         callback: None,
+        parent_run_id: None,
     };
     let created = engine
         .store

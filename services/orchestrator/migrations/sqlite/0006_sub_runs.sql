@@ -1,0 +1,7 @@
+-- Sub-runs (strategies router and orchestrator_workers): a run started by
+-- another run names it. Additive: a replica of the previous version neither
+-- reads nor writes it (it starts no sub-run).
+ALTER TABLE runs ADD COLUMN parent_run_id TEXT;
+
+-- A parent's sub-runs (ListRuns by parent_run_id; cancelling a parent).
+CREATE INDEX runs_by_parent ON runs (parent_run_id, create_time) WHERE parent_run_id IS NOT NULL;
