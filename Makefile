@@ -8,8 +8,9 @@
 #                 of executions and findings per target (CI runs them too, 256 cases each)
 #   make chaos    the chaos suite at full size (500 runs while processes are killed and
 #                 restarted for 180 s; CI runs 100 runs for 60 s), then its report
-#   make bench    benchmark programs that print figures (hop cost, run step, audit ingest and tail lag,
-#                 gateway faults, auth, rate limits)
+#   make bench    benchmark programs that print figures (hop cost, run step, plan_execute against
+#                 the tool loop per model call, audit ingest and tail lag, gateway faults, auth,
+#                 rate limits)
 #   make rules    check and unit-test the Prometheus alert rules (promtool)
 #   make deploy-check  render every overlay and combination of kustomize components,
 #                 validate them (Kubernetes, Istio and Prometheus Operator schemas),
@@ -86,6 +87,7 @@ chaos:
 bench:
 	$(CARGO) bench -p agentmesh-kit --bench hop
 	$(CARGO) bench -p agentmesh-tests --bench run_step
+	$(CARGO) bench -p agentmesh-tests --bench strategy_step
 	$(CARGO) bench -p agentmesh-tests --bench audit_ingest
 	$(CARGO) bench -p agentmesh-tests --bench gateway_faults
 	$(CARGO) bench -p agentmesh-tests --bench auth
