@@ -362,6 +362,7 @@ async fn bad_input_gets_a_clear_status_and_changes_nothing() {
             limits: Some(pb::RunLimits {
                 max_steps: -1,
                 max_output_tokens: -5,
+                max_tokens: -3,
                 timeout: None,
             }),
             ..Default::default()
@@ -370,7 +371,11 @@ async fn bad_input_gets_a_clear_status_and_changes_nothing() {
         .unwrap_err();
     assert_eq!(
         field_violations(&limits),
-        ["limits.max_steps", "limits.max_output_tokens"]
+        [
+            "limits.max_steps",
+            "limits.max_output_tokens",
+            "limits.max_tokens"
+        ]
     );
 
     let agent = client

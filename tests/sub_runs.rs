@@ -303,3 +303,42 @@ async fn a_router_sends_two_objectives_to_two_agents() {
     }
     mesh.stop().await;
 }
+
+#[tokio::test]
+async fn a_token_budget_shared_with_sub_runs_stops_the_tree_naming_it() {
+    let mesh = mesh().await;
+    let request = pb::RunRequest {
+        objective: "Research rust, go and zig".to_owned(),
+        agent: "team".to_owned(),
+        limits: Some(pb::RunLimits {
+            max_tokens: 150,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut stream = mesh.client().run(request).await.unwrap().into_inner();
+    let mut events = Vec::new();
+    while let Some(response) = stream.message().await.unwrap() {
+        events.extend(response.event);
+    }
+    // The lead's first call and the three workers spend more than the
+    // budget between them: the lead's next call is refused.
+    let Some(Event::RunFailed(failed)) = &events.last().unwrap().event else {
+        panic!("the tree went past its budget: {events:#?}");
+    };
+    let error = failed.error.clone().unwrap();
+    assert_eq!(error.code, tonic::Code::ResourceExhausted as i32);
+    assert!(
+        error.message.contains("max_tokens = 150"),
+        "{}",
+        error.message
+    );
+    assert!(
+        error.message.contains("sub-runs included"),
+        "{}",
+        error.message
+    );
+    let usage = failed.usage.unwrap();
+    assert!(usage.input_tokens + usage.output_tokens < 150, "{usage:?}");
+    mesh.stop().await;
+}

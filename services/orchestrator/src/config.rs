@@ -234,6 +234,9 @@ pub struct AgentProfile {
     pub max_steps: i32,
     /// Output tokens per model call; 0 = the gateway's default.
     pub max_output_tokens: i32,
+    /// Tokens (input + output) a run may use, its sub-runs included;
+    /// 0 = no budget.
+    pub max_tokens: i64,
     /// Wall-clock limit of a run.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
@@ -283,6 +286,7 @@ impl Default for AgentProfile {
             .to_vec(),
             max_steps: 8,
             max_output_tokens: 0,
+            max_tokens: 0,
             timeout: Duration::from_secs(300),
             temperature: None,
             max_concurrent_runs: 0,
@@ -318,6 +322,7 @@ impl AgentProfile {
             limits: Some(pb::RunLimits {
                 max_steps: self.max_steps,
                 max_output_tokens: self.max_output_tokens,
+                max_tokens: self.max_tokens,
                 timeout: prost_types::Duration::try_from(self.timeout).ok(),
             }),
             temperature: self.temperature,
@@ -454,6 +459,12 @@ fn validate_profile(name: &str, profile: &AgentProfile) -> Result<(), ConfigErro
         return Err(ConfigError::new(
             setting("max_steps"),
             format!("must be between 1 and {MAX_STEPS_LIMIT}"),
+        ));
+    }
+    if profile.max_tokens < 0 {
+        return Err(ConfigError::new(
+            setting("max_tokens"),
+            "must not be negative (0: no budget)",
         ));
     }
     if profile.max_output_tokens < 0 {

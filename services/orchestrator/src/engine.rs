@@ -49,6 +49,7 @@
 
 mod active;
 mod audit_events;
+mod budget;
 mod drive;
 mod follow;
 mod maintain;
@@ -129,6 +130,8 @@ pub(crate) struct Engine {
     memory: Arc<dyn MemoryIndex>,
     /// This engine, for the tasks it spawns itself (sub-runs).
     me: std::sync::Weak<Engine>,
+    /// The token budgets of the run trees driven here, by run.
+    budgets: Mutex<HashMap<String, Arc<budget::TreeBudget>>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -175,6 +178,7 @@ impl Engine {
             .collect();
         Ok(Arc::new_cyclic(|me| Self {
             me: me.clone(),
+            budgets: Mutex::new(HashMap::new()),
             store,
             config,
             peers,

@@ -100,6 +100,8 @@ pub(crate) struct RequestedLimits {
     pub(crate) max_steps: i32,
     /// Not negative.
     pub(crate) max_output_tokens: i32,
+    /// 0: the profile's.
+    pub(crate) max_tokens: i64,
     /// Above zero, at most 24h.
     pub(crate) timeout: Option<Duration>,
 }
@@ -175,6 +177,12 @@ fn run_limits(limits: pb::RunLimits, violations: &mut Violations) -> RequestedLi
             "must not be negative".into(),
         ));
     }
+    if limits.max_tokens < 0 {
+        violations.push((
+            "limits.max_tokens".into(),
+            "must not be negative (0 takes the agent profile's budget)".into(),
+        ));
+    }
     let timeout = match &limits.timeout {
         None => None,
         Some(timeout) => match agentmesh_kit::duration::length_of_time(timeout) {
@@ -198,6 +206,7 @@ fn run_limits(limits: pb::RunLimits, violations: &mut Violations) -> RequestedLi
     RequestedLimits {
         max_steps: limits.max_steps,
         max_output_tokens: limits.max_output_tokens,
+        max_tokens: limits.max_tokens,
         timeout,
     }
 }
@@ -300,6 +309,7 @@ mod tests {
             limits: Some(pb::RunLimits {
                 max_steps: 3,
                 max_output_tokens: 100,
+                max_tokens: 0,
                 timeout: Some(prost_types::Duration {
                     seconds: 90,
                     nanos: 0,
@@ -317,6 +327,7 @@ mod tests {
             RequestedLimits {
                 max_steps: 3,
                 max_output_tokens: 100,
+                max_tokens: 0,
                 timeout: Some(Duration::from_secs(90)),
             }
         );
@@ -394,6 +405,7 @@ mod tests {
             limits: Some(pb::RunLimits {
                 max_steps: MAX_STEPS_LIMIT + 1,
                 max_output_tokens: -1,
+                max_tokens: 0,
                 timeout: Some(prost_types::Duration {
                     seconds: 24 * 3600 + 1,
                     nanos: 0,

@@ -209,6 +209,7 @@ impl Engine {
             None => self.hand_off(&run, &active).await,
         }
         drop(running);
+        self.drop_budget(&run_id);
         lock(&self.active).remove(&run_id);
         active.mark_ended();
     }

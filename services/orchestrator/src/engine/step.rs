@@ -181,6 +181,10 @@ impl Engine {
             agent_role: call.role.to_owned(),
             ..llm::GenerateStreamRequest::default()
         };
+        let budget = self.budget_for(run);
+        if let Some(budget) = &budget {
+            budget.check()?;
+        }
         let mut stream = self.peers.generate_stream(request, cx.deadline).await?;
         let mut finished = None;
         while let Some(message) = stream
@@ -221,8 +225,13 @@ impl Engine {
                 | None => {}
             }
         }
-        finished
-            .ok_or_else(|| Status::unavailable("the model stream ended without its final message"))
+        let finished = finished.ok_or_else(|| {
+            Status::unavailable("the model stream ended without its final message")
+        })?;
+        if let (Some(budget), Some(usage)) = (&budget, &finished.usage) {
+            budget.spend(i64::from(usage.input_tokens) + i64::from(usage.output_tokens));
+        }
+        Ok(finished)
     }
 
     /// Runs the tool calls of one answer in parallel; each result (or error)

@@ -142,6 +142,10 @@ impl Engine {
                 max_steps: profile.max_steps.min(ask.max_steps).max(1),
                 max_output_tokens: profile.max_output_tokens,
                 timeout_ms: i64::try_from(left.as_millis()).unwrap_or(i64::MAX).max(1),
+                // What the tree has left, as its own budget (see budget.rs).
+                max_tokens: self
+                    .budget_for(parent)
+                    .map_or(profile.max_tokens, |budget| budget.left().max(1)),
             },
             labels: parent.labels.clone(),
             create_time: now_micros(),
@@ -176,6 +180,7 @@ impl Engine {
             .await;
         match created {
             Ok(Created::New(child)) => {
+                self.share_budget(parent, &child.run_id);
                 tracing::info!(run_id = %child.run_id, parent = %parent.run_id, agent = %child.agent, "sub-run started");
                 self.audit_run_started(&child);
                 let places = self.admission.inherited(&child.tenant, &child.agent);
@@ -185,6 +190,7 @@ impl Engine {
             }
             Ok(Created::Existing(existing)) => {
                 self.forget(&child.run_id);
+                self.share_budget(parent, &existing.run_id);
                 Ok(existing)
             }
             Err(err) => {

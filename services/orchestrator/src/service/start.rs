@@ -271,6 +271,11 @@ fn limits(
         } else {
             profile.max_output_tokens
         },
+        max_tokens: if requested.max_tokens > 0 {
+            requested.max_tokens
+        } else {
+            profile.max_tokens
+        },
         timeout_ms: timeout_ms(
             requested.timeout.unwrap_or(profile.timeout),
             caller_deadline,
@@ -460,6 +465,7 @@ mod tests {
         let asked = RequestedLimits {
             max_steps: 3,
             max_output_tokens: 100,
+            max_tokens: 5000,
             timeout: Some(Duration::from_secs(2)),
         };
         assert_eq!(
@@ -468,11 +474,13 @@ mod tests {
                 max_steps: 3,
                 max_output_tokens: 100,
                 timeout_ms: 2000,
+                max_tokens: 5000,
             }
         );
         let none = RequestedLimits {
             max_steps: 0,
             max_output_tokens: 0,
+            max_tokens: 0,
             timeout: None,
         };
         assert_eq!(
@@ -481,6 +489,7 @@ mod tests {
                 max_steps: profile.max_steps,
                 max_output_tokens: profile.max_output_tokens,
                 timeout_ms: i64::try_from(profile.timeout.as_millis()).unwrap(),
+                max_tokens: profile.max_tokens,
             }
         );
     }

@@ -23,6 +23,8 @@ pub(crate) struct Limits {
     pub(crate) max_steps: i32,
     pub(crate) max_output_tokens: i32,
     pub(crate) timeout_ms: i64,
+    /// Tokens the run's tree may use (0: no budget).
+    pub(crate) max_tokens: i64,
 }
 
 /// A run as stored in `runs`.
@@ -120,6 +122,7 @@ impl RunRow {
             limits: Some(pb::RunLimits {
                 max_steps: self.limits.max_steps,
                 max_output_tokens: self.limits.max_output_tokens,
+                max_tokens: self.limits.max_tokens,
                 timeout: Some(duration_from_millis(self.limits.timeout_ms)),
             }),
             labels: self.labels.clone().into_iter().collect(),
@@ -228,6 +231,7 @@ where
         limits: Limits {
             max_steps: row.try_get("max_steps")?,
             max_output_tokens: row.try_get("max_output_tokens")?,
+            max_tokens: row.try_get("max_tokens")?,
             timeout_ms: row.try_get("timeout_ms")?,
         },
         labels: serde_json::from_str(&labels)

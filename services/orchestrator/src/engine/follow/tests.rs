@@ -37,6 +37,7 @@ async fn active_run(engine: &Arc<Engine>) -> (RunRow, Arc<ActiveRun>) {
             max_steps: 8,
             max_output_tokens: 0,
             timeout_ms: 60_000,
+            max_tokens: 0,
         },
         labels: std::collections::BTreeMap::new(),
         create_time: now_micros(),
