@@ -397,6 +397,7 @@ async fn tenants_cannot_see_each_other_s_runs(mesh: &Mesh) {
             pb::StreamRunRequest {
                 run_id: acme_run.clone(),
                 after_sequence: 0,
+                ..Default::default()
             },
         ))
         .await
@@ -886,6 +887,7 @@ async fn a_run_resumed_after_a_crash_still_acts_for_its_identity() {
             pb::StreamRunRequest {
                 run_id: run_id.clone(),
                 after_sequence: 0,
+                ..Default::default()
             },
         ))
         .await

@@ -665,6 +665,7 @@ text = "after a long think one two three four five six the answer is ${result}"
         .stream_run(pb::StreamRunRequest {
             run_id: run_id.clone(),
             after_sequence: 0,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -697,6 +698,7 @@ text = "after a long think one two three four five six the answer is ${result}"
         .stream_run(pb::StreamRunRequest {
             run_id: run_id.clone(),
             after_sequence: 0,
+            ..Default::default()
         })
         .await
         .unwrap()

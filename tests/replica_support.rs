@@ -62,6 +62,7 @@ pub(crate) async fn follow(replica: SocketAddr, run_id: String, after: i32) -> V
         .stream_run(pb::StreamRunRequest {
             run_id,
             after_sequence: after,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -140,6 +141,7 @@ pub(crate) async fn follow_anywhere(
         let request = pb::StreamRunRequest {
             run_id: run_id.clone(),
             after_sequence: after,
+            ..Default::default()
         };
         let Ok(Ok(stream)) =
             tokio::time::timeout(Duration::from_secs(5), client.stream_run(request)).await

@@ -177,6 +177,7 @@ async fn a_run_calls_the_calculator_and_streams_the_answer_in_sequence() {
             .stream_run(pb::StreamRunRequest {
                 run_id: run.run_id.clone(),
                 after_sequence: 0,
+                ..Default::default()
             })
             .await
             .unwrap(),
@@ -199,6 +200,7 @@ async fn a_stream_resumed_after_a_disconnect_gets_every_event_exactly_once() {
             .stream_run(pb::StreamRunRequest {
                 run_id: run_id.clone(),
                 after_sequence: 0,
+                ..Default::default()
             })
             .await
             .unwrap(),
@@ -221,6 +223,7 @@ async fn a_stream_resumed_after_a_disconnect_gets_every_event_exactly_once() {
                 .stream_run(pb::StreamRunRequest {
                     run_id: run_id.clone(),
                     after_sequence: seen.last().unwrap().sequence,
+                    ..Default::default()
                 })
                 .await
                 .unwrap(),
@@ -243,6 +246,7 @@ async fn a_stream_resumed_after_a_disconnect_gets_every_event_exactly_once() {
             .stream_run(pb::StreamRunRequest {
                 run_id,
                 after_sequence: 0,
+                ..Default::default()
             })
             .await
             .unwrap(),
@@ -410,6 +414,7 @@ async fn bad_input_gets_a_clear_status_and_changes_nothing() {
             .stream_run(pb::StreamRunRequest {
                 run_id: "no-such-run".into(),
                 after_sequence: 0,
+                ..Default::default()
             })
             .await
             .err()
@@ -428,6 +433,7 @@ async fn bad_input_gets_a_clear_status_and_changes_nothing() {
         .stream_run(pb::StreamRunRequest {
             run_id: "x".into(),
             after_sequence: -1,
+            ..Default::default()
         })
         .await
         .err()
@@ -552,6 +558,7 @@ async fn runs_are_listed_by_label_and_state_page_by_page_and_sessions_continue()
                 .stream_run(pb::StreamRunRequest {
                     run_id: response.run_id.clone(),
                     after_sequence: 0,
+                    ..Default::default()
                 })
                 .await
                 .unwrap(),
@@ -661,6 +668,7 @@ async fn runs_are_stored_in_postgres_too() {
             .stream_run(pb::StreamRunRequest {
                 run_id: run_id.clone(),
                 after_sequence: 3,
+                ..Default::default()
             })
             .await
             .unwrap(),

@@ -395,6 +395,7 @@ async fn stored_events(orchestrator: &RunningBinary, run_id: &str) -> Vec<Event>
     let request = pb::StreamRunRequest {
         run_id: run_id.to_owned(),
         after_sequence: 0,
+        ..Default::default()
     };
     let mut stream = client.stream_run(request).await.unwrap().into_inner();
     let mut events = Vec::new();
@@ -426,6 +427,7 @@ async fn a_plan_resumes_after_its_orchestrator_is_killed_without_running_finishe
     let request = pb::StreamRunRequest {
         run_id: run_id.clone(),
         after_sequence: 0,
+        ..Default::default()
     };
     let mut stream = client.stream_run(request).await.unwrap().into_inner();
     let s2_finished = async {

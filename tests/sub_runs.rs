@@ -121,6 +121,25 @@ async fn get(mesh: &RunMesh, run_id: &str) -> pb::Run {
         .unwrap()
 }
 
+/// The last event of the run's stream, read from its start.
+async fn last_event(mesh: &RunMesh, run_id: &str) -> Option<Event> {
+    let mut stream = mesh
+        .client()
+        .stream_run(pb::StreamRunRequest {
+            run_id: run_id.to_owned(),
+            after_sequence: 0,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = None;
+    while let Some(response) = stream.message().await.unwrap() {
+        last = response.event.and_then(|event| event.event);
+    }
+    last
+}
+
 fn micros(time: Option<&prost_types::Timestamp>) -> i64 {
     let time = time.unwrap();
     time.seconds * 1_000_000 + i64::from(time.nanos) / 1000
@@ -163,19 +182,7 @@ async fn a_lead_runs_three_workers_as_parallel_sub_runs_each_a_run_of_its_own() 
             micros(run.start_time.as_ref()),
             micros(run.end_time.as_ref()),
         ));
-        let mut stream = mesh
-            .client()
-            .stream_run(pb::StreamRunRequest {
-                run_id: child.run_id.clone(),
-                after_sequence: 0,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let mut last = None;
-        while let Some(response) = stream.message().await.unwrap() {
-            last = response.event.and_then(|event| event.event);
-        }
+        let last = last_event(&mesh, &child.run_id).await;
         assert!(matches!(last, Some(Event::RunFinished(_))), "{last:?}");
     }
     // In parallel: every worker started before any ended.
@@ -257,19 +264,7 @@ async fn cancelling_the_parent_cancels_its_sub_runs() {
         })
         .await;
         assert_eq!(ended.state(), pb::RunState::Cancelled, "{ended:?}");
-        let mut stream = mesh
-            .client()
-            .stream_run(pb::StreamRunRequest {
-                run_id: child.run_id.clone(),
-                after_sequence: 0,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let mut last = None;
-        while let Some(response) = stream.message().await.unwrap() {
-            last = response.event.and_then(|event| event.event);
-        }
+        let last = last_event(&mesh, &child.run_id).await;
         match last {
             Some(Event::RunCancelled(cancelled)) => {
                 assert!(cancelled.reason.contains(&parent), "{}", cancelled.reason);
@@ -340,5 +335,74 @@ async fn a_token_budget_shared_with_sub_runs_stops_the_tree_naming_it() {
     );
     let usage = failed.usage.unwrap();
     assert!(usage.input_tokens + usage.output_tokens < 150, "{usage:?}");
+    mesh.stop().await;
+}
+
+/// A merged stream of `run_id` and its sub-runs: (run id, sequence, cursor)
+/// of every event but heartbeats.
+async fn merged(mesh: &RunMesh, run_id: &str, cursor: &str) -> Vec<(String, i32, String)> {
+    let mut stream = mesh
+        .client()
+        .stream_run(pb::StreamRunRequest {
+            run_id: run_id.to_owned(),
+            include_sub_runs: true,
+            cursor: cursor.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = Vec::new();
+    while let Some(response) = stream.message().await.unwrap() {
+        let event = response.event.unwrap();
+        if event.sequence > 0 {
+            seen.push((event.run_id, event.sequence, response.cursor));
+        }
+    }
+    seen
+}
+
+#[tokio::test]
+async fn a_parent_streams_with_its_sub_runs_and_resumes_by_cursor() {
+    let mesh = mesh().await;
+    let events = run(&mesh, "team", "Research rust, go and zig").await;
+    let parent = events[0].run_id.clone();
+    let all = merged(&mesh, &parent, "").await;
+    // The parent's and its three workers' events, each run's in order,
+    // none twice, every run to its end.
+    let mut by_run: std::collections::BTreeMap<String, Vec<i32>> = Default::default();
+    for (run_id, sequence, _) in &all {
+        by_run.entry(run_id.clone()).or_default().push(*sequence);
+    }
+    assert_eq!(by_run.len(), 4, "{by_run:?}");
+    for (run_id, sequences) in &by_run {
+        assert!(
+            sequences.windows(2).all(|w| w[0] < w[1]),
+            "{run_id}: {sequences:?}"
+        );
+        let run = get(&mesh, run_id).await;
+        assert_eq!(*sequences.last().unwrap(), run.last_sequence, "{run_id}");
+    }
+    // Resumed from the cursor of the 10th event: exactly the rest.
+    let cut = 10;
+    let rest = merged(&mesh, &parent, &all[cut - 1].2).await;
+    let key = |(run_id, sequence, _): &(String, i32, String)| (run_id.clone(), *sequence);
+    let mut expected: Vec<_> = all[cut..].iter().map(key).collect();
+    let mut got: Vec<_> = rest.iter().map(key).collect();
+    expected.sort();
+    got.sort();
+    assert_eq!(got, expected);
+    // A cursor is only for a merged stream of its own run.
+    let status = mesh
+        .client()
+        .stream_run(pb::StreamRunRequest {
+            run_id: parent.clone(),
+            include_sub_runs: true,
+            cursor: "not-a-cursor".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
     mesh.stop().await;
 }

@@ -11,6 +11,7 @@
 //! DEADLINE_EXCEEDED.
 
 mod start;
+mod tree;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, OnceLock};
@@ -43,7 +44,7 @@ const START_RUN: &str = "/agentmesh.orchestrator.v1.OrchestratorService/StartRun
 const RUN: &str = "/agentmesh.orchestrator.v1.OrchestratorService/Run";
 
 /// The handlers; the engine is set once start-up has opened the database.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct OrchestratorServiceImpl {
     config: Arc<Config>,
     engine: Arc<OnceLock<Arc<Engine>>>,
@@ -270,10 +271,34 @@ impl OrchestratorService for OrchestratorServiceImpl {
             )]));
         }
         let run = self.run_of(caller.tenants(), &request.run_id).await?;
+        if request.include_sub_runs {
+            let last = if request.cursor.is_empty() {
+                HashMap::from([(run.run_id.clone(), request.after_sequence)])
+            } else {
+                tree::parse_cursor(&request.cursor, &run.run_id)?
+            };
+            let tenants = match caller.tenants() {
+                Tenants::One(tenant) => Some(tenant.to_owned()),
+                Tenants::All => None,
+            };
+            let merged = self.follow_tree(run, last, tenants, caller.context).await?;
+            return Ok(Response::new(merged));
+        }
+        if !request.cursor.is_empty() {
+            return Err(invalid_argument([(
+                "cursor",
+                "only resumes a merged stream: set include_sub_runs too, or use after_sequence",
+            )]));
+        }
         let events = self.follow(run, request.after_sequence, caller.context, forwarded)?;
         Ok(Response::new(
             events
-                .map(|event| event.map(|event| pb::StreamRunResponse { event: Some(event) }))
+                .map(|event| {
+                    event.map(|event| pb::StreamRunResponse {
+                        event: Some(event),
+                        cursor: String::new(),
+                    })
+                })
                 .boxed(),
         ))
     }

@@ -232,6 +232,7 @@ impl Follower<'_> {
         let mut request = tonic::Request::new(pb::StreamRunRequest {
             run_id: self.run_id.clone(),
             after_sequence: self.last,
+            ..pb::StreamRunRequest::default()
         });
         request.metadata_mut().insert(
             FORWARDED_BY,
@@ -249,7 +250,9 @@ impl Follower<'_> {
         loop {
             tokio::select! {
                 message = stream.message() => match message {
-                    Ok(Some(pb::StreamRunResponse { event: Some(event) })) => {
+                    Ok(Some(pb::StreamRunResponse {
+                        event: Some(event), ..
+                    })) => {
                         // Heartbeats are this follower's own business.
                         if event.sequence > 0 {
                             relayed = true;

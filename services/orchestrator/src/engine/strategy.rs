@@ -117,8 +117,17 @@ impl Engine {
     ) -> Result<String, Status> {
         match cx.profile.strategy {
             Strategy::ToolLoop => self.tool_loop(run, cx, checkpoint).await,
-            Strategy::PlanExecute => self.plan_execute(run, cx, checkpoint).await,
-            Strategy::EvaluatorOptimizer => self.evaluator_optimizer(run, cx, checkpoint).await,
+            Strategy::PlanExecute | Strategy::EvaluatorOptimizer => {
+                let tally = Tally::of(checkpoint, run.limits.max_steps);
+                let result = if cx.profile.strategy == Strategy::PlanExecute {
+                    self.plan_execute(run, cx, &tally, checkpoint).await
+                } else {
+                    self.evaluator_optimizer(run, cx, &tally, checkpoint).await
+                };
+                // A failed run's end still counts what it used.
+                tally.copy_to(checkpoint);
+                result
+            }
             Strategy::Router => self.route(run, cx, checkpoint).await,
             // The lead is a tool loop whose `delegate` calls start sub-runs.
             Strategy::OrchestratorWorkers => self.tool_loop(run, cx, checkpoint).await,
@@ -242,8 +251,39 @@ impl Engine {
         Ok(answer.message.unwrap_or_default().content)
     }
 
-    /// A verdict on `result` against `criteria` by the role `role`
-    /// (validator, evaluator) with `prompt`. An answer that is not a
+    /// A structured answer `parse` accepts: asked for (as
+    /// [`Self::ask_json`]), and when it does not parse, asked again once,
+    /// told what was wrong (`again`); `Ok(Err(problem))` when the second
+    /// answer does not parse either.
+    async fn ask_parsed<T>(
+        &self,
+        run: &RunRow,
+        cx: &StepContext<'_>,
+        tally: &Tally,
+        (role, schema): (&'static str, (&str, &str)),
+        mut messages: Vec<llm::Message>,
+        (parse, again): (impl Fn(&str) -> Result<T, String>, impl Fn(&str) -> String),
+    ) -> Result<Result<T, String>, Status> {
+        let mut problem = String::new();
+        for attempt in 1..=2 {
+            let answer = self
+                .ask_json(run, cx, tally, role, &messages, schema)
+                .await?;
+            match parse(&answer) {
+                Ok(parsed) => return Ok(Ok(parsed)),
+                Err(why) => {
+                    tracing::info!(run_id = %run.run_id, role, problem = %why, attempt, "an answer was refused");
+                    messages.push(assistant(answer));
+                    messages.push(user(again(&why)));
+                    problem = why;
+                }
+            }
+        }
+        Ok(Err(problem))
+    }
+
+    /// A verdict on `request` (a result and its criteria) by the role
+    /// `role` (validator, evaluator) with `prompt`. An answer that is not a
     /// verdict is asked for again once, then counts as failed.
     async fn judge(
         &self,
@@ -253,29 +293,26 @@ impl Engine {
         (role, prompt): (&'static str, &str),
         request: String,
     ) -> Result<pb::Verdict, Status> {
-        let mut messages = vec![system(prompt), user(request)];
-        for attempt in 1..=2 {
-            let answer = self
-                .ask_json(run, cx, tally, role, &messages, ("verdict", VERDICT_SCHEMA))
-                .await?;
-            match parse_verdict(&answer) {
-                Ok(verdict) => return Ok(verdict),
-                Err(problem) if attempt == 1 => {
-                    messages.push(assistant(answer));
-                    messages.push(user(format!(
-                        "That is not a verdict ({problem}). Answer with JSON only: \
-                         {{\"passed\": true or false, \"feedback\": \"...\"}}"
-                    )));
-                }
-                Err(problem) => {
-                    return Ok(pb::Verdict {
-                        passed: false,
-                        feedback: format!("the {role} gave no verdict: {problem}"),
-                    });
-                }
-            }
-        }
-        Ok(pb::Verdict::default())
+        let again = |problem: &str| {
+            format!(
+                "That is not a verdict ({problem}). Answer with JSON only: \
+                 {{\"passed\": true or false, \"feedback\": \"...\"}}"
+            )
+        };
+        let verdict = self
+            .ask_parsed(
+                run,
+                cx,
+                tally,
+                (role, ("verdict", VERDICT_SCHEMA)),
+                vec![system(prompt), user(request)],
+                (parse_verdict, again),
+            )
+            .await?;
+        Ok(verdict.unwrap_or_else(|problem| pb::Verdict {
+            passed: false,
+            feedback: format!("the {role} gave no verdict: {problem}"),
+        }))
     }
 }
 

@@ -23,21 +23,9 @@ use crate::engine::step::StepContext;
 use crate::store::{Checkpoint, RunRow};
 
 impl Engine {
-    /// Runs `evaluator_optimizer` from `checkpoint` to its answer.
+    /// Runs `evaluator_optimizer` from `checkpoint` to its answer,
+    /// counting in `tally`.
     pub(super) async fn evaluator_optimizer(
-        &self,
-        run: &mut RunRow,
-        cx: &StepContext<'_>,
-        checkpoint: &mut Checkpoint,
-    ) -> Result<String, Status> {
-        let tally = Tally::of(checkpoint, run.limits.max_steps);
-        let result = self.rounds(run, cx, &tally, checkpoint).await;
-        // A failed run's end still counts what it used.
-        tally.copy_to(checkpoint);
-        result
-    }
-
-    async fn rounds(
         &self,
         run: &mut RunRow,
         cx: &StepContext<'_>,

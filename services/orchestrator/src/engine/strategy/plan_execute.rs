@@ -44,21 +44,9 @@ struct Attempt {
 }
 
 impl Engine {
-    /// Runs `plan_execute` from `checkpoint` to the synthesised answer.
+    /// Runs `plan_execute` from `checkpoint` to the synthesised answer,
+    /// counting in `tally`.
     pub(super) async fn plan_execute(
-        &self,
-        run: &mut RunRow,
-        cx: &StepContext<'_>,
-        checkpoint: &mut Checkpoint,
-    ) -> Result<String, Status> {
-        let tally = Tally::of(checkpoint, run.limits.max_steps);
-        let result = self.execute_plan(run, cx, &tally, checkpoint).await;
-        // A failed run's end still counts what it used.
-        tally.copy_to(checkpoint);
-        result
-    }
-
-    async fn execute_plan(
         &self,
         run: &mut RunRow,
         cx: &StepContext<'_>,
@@ -219,29 +207,27 @@ impl Engine {
                 plan::describe(current)
             ));
         }
-        let mut messages = vec![system(&cx.prompts.planner), user(request)];
         let max_steps = cx.profile.plan.max_plan_steps;
-        for attempt in 1..=2 {
-            let answer = self
-                .ask_json(run, cx, tally, "planner", &messages, ("plan", PLAN_SCHEMA))
-                .await?;
-            match plan::parse_steps(&answer, max_steps, kept) {
-                Ok(steps) => return Ok(steps),
-                Err(problem) if attempt == 1 => {
-                    tracing::info!(run_id = %run.run_id, problem = %problem, "the planner's plan was refused; asking again");
-                    messages.push(assistant(answer));
-                    messages.push(user(format!(
-                        "The plan was refused: {problem}. Answer with a corrected plan."
-                    )));
-                }
-                Err(problem) => {
-                    return Err(Status::aborted(format!(
-                        "the planner gave no usable plan in two attempts: {problem}"
-                    )));
-                }
-            }
-        }
-        Err(Status::aborted("the planner gave no usable plan"))
+        let again = |problem: &str| {
+            format!("The plan was refused: {problem}. Answer with a corrected plan.")
+        };
+        self.ask_parsed(
+            run,
+            cx,
+            tally,
+            ("planner", ("plan", PLAN_SCHEMA)),
+            vec![system(&cx.prompts.planner), user(request)],
+            (
+                |answer: &str| plan::parse_steps(answer, max_steps, kept),
+                again,
+            ),
+        )
+        .await?
+        .map_err(|problem| {
+            Status::aborted(format!(
+                "the planner gave no usable plan in two attempts: {problem}"
+            ))
+        })
     }
 
     /// One attempt at a plan step: the executor's tool loop, the validator's
@@ -342,37 +328,25 @@ impl Engine {
             step.description,
             verdict.feedback
         );
-        let mut messages = vec![system(&cx.prompts.recovery), user(request)];
-        for attempt in 1..=2 {
-            let answer = self
-                .ask_json(
-                    run,
-                    cx,
-                    tally,
-                    "recovery",
-                    &messages,
-                    ("recovery", RECOVERY_SCHEMA),
-                )
-                .await?;
-            match parse_recovery(&answer, &step.id) {
-                Ok(decided) => return Ok(decided),
-                Err(problem) if attempt == 1 => {
-                    messages.push(assistant(answer));
-                    messages.push(user(format!(
-                        "That is not a recovery choice ({problem}). Answer with JSON only."
-                    )));
-                }
-                Err(problem) => {
-                    return Ok(pb::RecoveryDecided {
-                        step_id: step.id.clone(),
-                        action: RecoveryAction::Abort.into(),
-                        reason: format!("the model gave no recovery choice: {problem}"),
-                        revised_description: String::new(),
-                    });
-                }
-            }
-        }
-        Err(Status::aborted("no recovery choice"))
+        let again = |problem: &str| {
+            format!("That is not a recovery choice ({problem}). Answer with JSON only.")
+        };
+        let decided = self
+            .ask_parsed(
+                run,
+                cx,
+                tally,
+                ("recovery", ("recovery", RECOVERY_SCHEMA)),
+                vec![system(&cx.prompts.recovery), user(request)],
+                (|answer: &str| parse_recovery(answer, &step.id), again),
+            )
+            .await?;
+        Ok(decided.unwrap_or_else(|problem| pb::RecoveryDecided {
+            step_id: step.id.clone(),
+            action: RecoveryAction::Abort.into(),
+            reason: format!("the model gave no recovery choice: {problem}"),
+            revised_description: String::new(),
+        }))
     }
 
     /// Applies a step's outcome to the plan (events included); the reason
