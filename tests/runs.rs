@@ -367,6 +367,7 @@ async fn bad_input_gets_a_clear_status_and_changes_nothing() {
                 max_steps: -1,
                 max_output_tokens: -5,
                 max_tokens: -3,
+                max_cost_usd: -1.0,
                 timeout: None,
             }),
             ..Default::default()
@@ -378,6 +379,7 @@ async fn bad_input_gets_a_clear_status_and_changes_nothing() {
         [
             "limits.max_steps",
             "limits.max_output_tokens",
+            "limits.max_cost_usd",
             "limits.max_tokens"
         ]
     );

@@ -195,7 +195,7 @@ async fn a_lead_runs_three_workers_as_parallel_sub_runs_each_a_run_of_its_own() 
     let listed = mesh
         .client()
         .list_runs(pb::ListRunsRequest {
-            parent_run_id: parent_id,
+            parent_run_id: parent_id.clone(),
             ..Default::default()
         })
         .await
@@ -203,6 +203,26 @@ async fn a_lead_runs_three_workers_as_parallel_sub_runs_each_a_run_of_its_own() 
         .into_inner()
         .runs;
     assert_eq!(listed.len(), 3);
+    // And shown by its GetRun.
+    let mut tree: Vec<(String, String, pb::RunState)> = get(&mesh, &parent_id)
+        .await
+        .sub_runs
+        .into_iter()
+        .map(|child| (child.run_id.clone(), child.agent.clone(), child.state()))
+        .collect();
+    let mut expected: Vec<_> = started
+        .iter()
+        .map(|child| {
+            (
+                child.run_id.clone(),
+                "worker".to_owned(),
+                pb::RunState::Succeeded,
+            )
+        })
+        .collect();
+    expected.sort();
+    tree.sort();
+    assert_eq!(tree, expected);
     mesh.stop().await;
 }
 
@@ -404,5 +424,44 @@ async fn a_parent_streams_with_its_sub_runs_and_resumes_by_cursor() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn a_cost_budget_shared_with_sub_runs_stops_the_tree_naming_it() {
+    // A dollar per thousand tokens, both ways, for the scripted model.
+    let mesh = RunMesh::start_with(
+        Some(RULES),
+        |gateway| {
+            gateway.prices.insert(
+                "demo".to_owned(),
+                agentmesh_llm_gateway::Price::new(1000.0, 1000.0),
+            );
+        },
+        |orchestrator| {
+            let mut team = profile(Strategy::OrchestratorWorkers);
+            team.workers = WorkerSettings {
+                agents: vec!["worker".to_owned()],
+                ..WorkerSettings::default()
+            };
+            team.max_cost_usd = 0.15;
+            orchestrator
+                .agents
+                .insert("worker".to_owned(), profile(Strategy::ToolLoop));
+            orchestrator.agents.insert("team".to_owned(), team);
+        },
+    )
+    .await;
+    let events = run(&mesh, "team", "Research rust, go and zig").await;
+    let Some(Event::RunFailed(failed)) = &events.last().unwrap().event else {
+        panic!("the tree went past its budget: {events:#?}");
+    };
+    let error = failed.error.clone().unwrap();
+    assert_eq!(error.code, tonic::Code::ResourceExhausted as i32);
+    assert!(
+        error.message.contains("max_cost_usd = $0.150000"),
+        "{}",
+        error.message
+    );
     mesh.stop().await;
 }

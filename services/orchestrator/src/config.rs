@@ -237,6 +237,9 @@ pub struct AgentProfile {
     /// Tokens (input + output) a run may use, its sub-runs included;
     /// 0 = no budget.
     pub max_tokens: i64,
+    /// US dollars a run may spend, its sub-runs included, by the gateway's
+    /// prices; 0 = no budget.
+    pub max_cost_usd: f64,
     /// Wall-clock limit of a run.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
@@ -287,6 +290,7 @@ impl Default for AgentProfile {
             max_steps: 8,
             max_output_tokens: 0,
             max_tokens: 0,
+            max_cost_usd: 0.0,
             timeout: Duration::from_secs(300),
             temperature: None,
             max_concurrent_runs: 0,
@@ -323,6 +327,7 @@ impl AgentProfile {
                 max_steps: self.max_steps,
                 max_output_tokens: self.max_output_tokens,
                 max_tokens: self.max_tokens,
+                max_cost_usd: self.max_cost_usd,
                 timeout: prost_types::Duration::try_from(self.timeout).ok(),
             }),
             temperature: self.temperature,
@@ -330,6 +335,23 @@ impl AgentProfile {
             strategy: self.strategy.name().to_owned(),
         }
     }
+}
+
+/// The largest cost budget a run may ask for, in US dollars.
+pub(crate) const MAX_COST_USD: f64 = 1_000_000.0;
+
+/// US dollars as micro-dollars (what budgets count in), for amounts
+/// checked to be within [0, MAX_COST_USD].
+pub(crate) fn usd_to_micros(usd: f64) -> i64 {
+    if !usd.is_finite() || usd <= 0.0 {
+        return 0;
+    }
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "bounded by MAX_COST_USD: at most 1e12 micro-dollars"
+    )]
+    let micros = (usd.min(MAX_COST_USD) * 1e6).round() as i64;
+    micros
 }
 
 /// Largest step limit a profile or request may set.
@@ -459,6 +481,12 @@ fn validate_profile(name: &str, profile: &AgentProfile) -> Result<(), ConfigErro
         return Err(ConfigError::new(
             setting("max_steps"),
             format!("must be between 1 and {MAX_STEPS_LIMIT}"),
+        ));
+    }
+    if !profile.max_cost_usd.is_finite() || !(0.0..=MAX_COST_USD).contains(&profile.max_cost_usd) {
+        return Err(ConfigError::new(
+            setting("max_cost_usd"),
+            format!("must be 0 to {} (0: no budget)", MAX_COST_USD),
         ));
     }
     if profile.max_tokens < 0 {

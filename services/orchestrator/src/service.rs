@@ -75,6 +75,9 @@ impl OrchestratorServiceImpl {
     }
 }
 
+/// Sub-runs GetRun lists at most (a run starts at most 64).
+const MAX_SHOWN_SUB_RUNS: usize = 256;
+
 /// Who is calling: the verified identity, whose tenant owns the runs it
 /// starts. In the embedded mode (nobody is asked) it is the tenant and
 /// subject headers, as labels.
@@ -152,6 +155,48 @@ impl OrchestratorServiceImpl {
                 .scope(engine.follow(run, after, sender, forwarded)),
         );
         Ok(ReceiverStream::new(receiver))
+    }
+
+    /// The run as GetRun shows it: with its plan (in its last checkpoint)
+    /// for a planning agent, its sub-runs for an agent that starts some.
+    async fn shown(&self, tenants: Tenants<'_>, run: RunRow) -> Result<pb::Run, Status> {
+        let mut shown = run.to_proto();
+        let strategy = self
+            .config
+            .agents
+            .get(&run.agent)
+            .map(|profile| profile.strategy)
+            .unwrap_or_default();
+        let engine = self.engine()?;
+        if strategy == Strategy::PlanExecute {
+            shown.plan = engine
+                .store()
+                .checkpoint(&run.run_id)
+                .await
+                .map_err(|e| engine.store_failed(&e))?
+                .and_then(|checkpoint| checkpoint.plan);
+        }
+        if matches!(strategy, Strategy::Router | Strategy::OrchestratorWorkers) {
+            let filter = RunFilter {
+                parent_run_id: run.run_id.clone(),
+                ..RunFilter::default()
+            };
+            let children = engine
+                .store()
+                .list_runs(tenants, &filter, None, MAX_SHOWN_SUB_RUNS)
+                .await
+                .map_err(|e| engine.store_failed(&e))?;
+            shown.sub_runs = children
+                .into_iter()
+                .rev()
+                .map(|child| pb::SubRunSummary {
+                    run_id: child.run_id,
+                    agent: child.agent,
+                    state: child.state.into(),
+                })
+                .collect();
+        }
+        Ok(shown)
     }
 
     /// The run `run_id` of `tenants`: another tenant's is NOT_FOUND, as an
@@ -341,22 +386,7 @@ impl OrchestratorService for OrchestratorServiceImpl {
         let run = self
             .run_of(caller.tenants(), &request.get_ref().run_id)
             .await?;
-        let mut shown = run.to_proto();
-        // The plan of a planning agent's run is in its last checkpoint.
-        if self
-            .config
-            .agents
-            .get(&run.agent)
-            .is_some_and(|profile| profile.strategy == Strategy::PlanExecute)
-        {
-            let engine = self.engine()?;
-            shown.plan = engine
-                .store()
-                .checkpoint(&run.run_id)
-                .await
-                .map_err(|e| engine.store_failed(&e))?
-                .and_then(|checkpoint| checkpoint.plan);
-        }
+        let shown = self.shown(caller.tenants(), run).await?;
         Ok(Response::new(pb::GetRunResponse { run: Some(shown) }))
     }
 

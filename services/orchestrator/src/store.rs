@@ -138,7 +138,7 @@ macro_rules! run_columns {
         "run_id, tenant, subject, agent, session_id, objective, state, idempotency_key, model, \
          max_steps, max_output_tokens, timeout_ms, labels, create_time, start_time, end_time, \
          output, error, input_tokens, output_tokens, steps, tool_calls, last_sequence, identity, \
-         priority, callback_url, callback_events, parent_run_id, max_tokens"
+         priority, callback_url, callback_events, parent_run_id, max_tokens, max_cost_micros"
     };
 }
 
@@ -198,9 +198,10 @@ impl Store {
                     "INSERT INTO runs (run_id, tenant, subject, agent, session_id, objective, \
                      state, idempotency_key, model, max_steps, max_output_tokens, timeout_ms, \
                      labels, create_time, owner, lease_until, credential_id, identity, \
-                     priority, callback_url, callback_events, parent_run_id, max_tokens) \
+                     priority, callback_url, callback_events, parent_run_id, max_tokens, \
+                     max_cost_micros) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
-                     $16, $17, $18, $19, $20, $21, $22, $23)",
+                     $16, $17, $18, $19, $20, $21, $22, $23, $24)",
                 )
                 .bind(&run.run_id)
                 .bind(&run.tenant)
@@ -225,6 +226,7 @@ impl Store {
                 .bind(run.callback.as_ref().map_or(0, RunCallback::events_number))
                 .bind(&run.parent_run_id)
                 .bind(run.limits.max_tokens)
+                .bind(run.limits.max_cost_micros)
                 .execute(&mut *tx)
                 .await?;
                 for (key, value) in &run.labels {

@@ -102,6 +102,8 @@ pub(crate) struct RequestedLimits {
     pub(crate) max_output_tokens: i32,
     /// 0: the profile's.
     pub(crate) max_tokens: i64,
+    /// Micro-dollars; 0: the profile's.
+    pub(crate) max_cost_micros: i64,
     /// Above zero, at most 24h.
     pub(crate) timeout: Option<Duration>,
 }
@@ -177,6 +179,18 @@ fn run_limits(limits: pb::RunLimits, violations: &mut Violations) -> RequestedLi
             "must not be negative".into(),
         ));
     }
+    if !limits.max_cost_usd.is_finite()
+        || limits.max_cost_usd < 0.0
+        || limits.max_cost_usd > crate::config::MAX_COST_USD
+    {
+        violations.push((
+            "limits.max_cost_usd".into(),
+            format!(
+                "must be 0 to {} (0 takes the agent profile's budget)",
+                crate::config::MAX_COST_USD
+            ),
+        ));
+    }
     if limits.max_tokens < 0 {
         violations.push((
             "limits.max_tokens".into(),
@@ -207,6 +221,7 @@ fn run_limits(limits: pb::RunLimits, violations: &mut Violations) -> RequestedLi
         max_steps: limits.max_steps,
         max_output_tokens: limits.max_output_tokens,
         max_tokens: limits.max_tokens,
+        max_cost_micros: crate::config::usd_to_micros(limits.max_cost_usd),
         timeout,
     }
 }
@@ -310,6 +325,7 @@ mod tests {
                 max_steps: 3,
                 max_output_tokens: 100,
                 max_tokens: 0,
+                max_cost_usd: 0.0,
                 timeout: Some(prost_types::Duration {
                     seconds: 90,
                     nanos: 0,
@@ -327,6 +343,7 @@ mod tests {
             RequestedLimits {
                 max_steps: 3,
                 max_output_tokens: 100,
+                max_cost_micros: 0,
                 max_tokens: 0,
                 timeout: Some(Duration::from_secs(90)),
             }
@@ -406,6 +423,7 @@ mod tests {
                 max_steps: MAX_STEPS_LIMIT + 1,
                 max_output_tokens: -1,
                 max_tokens: 0,
+                max_cost_usd: 0.0,
                 timeout: Some(prost_types::Duration {
                     seconds: 24 * 3600 + 1,
                     nanos: 0,

@@ -1,10 +1,12 @@
-//! Token budgets a run shares with its sub-runs (`RunLimits.max_tokens`).
+//! Token and cost budgets a run shares with its sub-runs
+//! (`RunLimits.max_tokens`, `RunLimits.max_cost_usd`).
 //!
 //! ```text
 //! a run with a budget starts here ─▶ its TreeBudget (used: what it
 //!   stored so far) ─▶ each sub-run started here draws on the same one
 //! every model call: check (spent: RESOURCE_EXHAUSTED naming the budget)
-//!   ─▶ GenerateStream ─▶ spend (input + output tokens)
+//!   ─▶ GenerateStream ─▶ spend (input + output tokens, the gateway's
+//!   estimated cost in micro-dollars)
 //! ```
 //!
 //! A sub-run is also given, as its own `max_tokens`, what its tree had
@@ -24,33 +26,68 @@ use crate::store::RunRow;
 pub(super) struct TreeBudget {
     /// The run the budget was set on.
     root: String,
+    /// 0: no token budget.
     max_tokens: i64,
     used: AtomicI64,
+    /// 0: no cost budget.
+    max_cost_micros: i64,
+    spent_micros: AtomicI64,
 }
 
 impl TreeBudget {
-    /// RESOURCE_EXHAUSTED once the tree has spent its budget.
+    /// RESOURCE_EXHAUSTED once the tree has spent one of its budgets.
     pub(super) fn check(&self) -> Result<(), Status> {
         let used = self.used.load(Ordering::Relaxed);
-        if used >= self.max_tokens {
+        if self.max_tokens > 0 && used >= self.max_tokens {
             return Err(Status::resource_exhausted(format!(
                 "the token budget of run {} is spent: {used} tokens used of max_tokens = {}, \
                  its sub-runs included",
                 self.root, self.max_tokens
             )));
         }
+        let spent = self.spent_micros.load(Ordering::Relaxed);
+        if self.max_cost_micros > 0 && spent >= self.max_cost_micros {
+            return Err(Status::resource_exhausted(format!(
+                "the cost budget of run {} is spent: ${} of max_cost_usd = ${}, its sub-runs \
+                 included (by the gateway's prices)",
+                self.root,
+                dollars(spent),
+                dollars(self.max_cost_micros)
+            )));
+        }
         Ok(())
     }
 
-    /// Counts `tokens` used by a model call of the tree.
-    pub(super) fn spend(&self, tokens: i64) {
+    /// Counts what a model call of the tree used: `tokens`, and its cost
+    /// when the gateway priced it.
+    pub(super) fn spend(&self, tokens: i64, cost_usd: Option<f64>) {
         self.used.fetch_add(tokens, Ordering::Relaxed);
+        if let Some(cost) = cost_usd {
+            self.spent_micros
+                .fetch_add(crate::config::usd_to_micros(cost), Ordering::Relaxed);
+        }
     }
 
-    /// What the tree has left.
-    pub(super) fn left(&self) -> i64 {
-        (self.max_tokens - self.used.load(Ordering::Relaxed)).max(0)
+    /// What the tree has left: tokens, micro-dollars (0 where it has no
+    /// such budget).
+    pub(super) fn left(&self) -> (i64, i64) {
+        let left = |max: i64, used: &AtomicI64| {
+            if max > 0 {
+                (max - used.load(Ordering::Relaxed)).max(1)
+            } else {
+                0
+            }
+        };
+        (
+            left(self.max_tokens, &self.used),
+            left(self.max_cost_micros, &self.spent_micros),
+        )
     }
+}
+
+/// Micro-dollars as dollars, for messages.
+fn dollars(micros: i64) -> String {
+    format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)
 }
 
 impl Engine {
@@ -61,13 +98,17 @@ impl Engine {
         if let Some(budget) = budgets.get(&run.run_id) {
             return Some(Arc::clone(budget));
         }
-        if run.limits.max_tokens <= 0 {
+        if run.limits.max_tokens <= 0 && run.limits.max_cost_micros <= 0 {
             return None;
         }
+        // The cost a resumed run spent before is not stored: it counts
+        // from here (its tokens are).
         let budget = Arc::new(TreeBudget {
             root: run.run_id.clone(),
-            max_tokens: run.limits.max_tokens,
+            max_tokens: run.limits.max_tokens.max(0),
             used: AtomicI64::new(run.input_tokens + run.output_tokens),
+            max_cost_micros: run.limits.max_cost_micros.max(0),
+            spent_micros: AtomicI64::new(0),
         });
         budgets.insert(run.run_id.clone(), Arc::clone(&budget));
         Some(budget)

@@ -229,7 +229,10 @@ impl Engine {
             Status::unavailable("the model stream ended without its final message")
         })?;
         if let (Some(budget), Some(usage)) = (&budget, &finished.usage) {
-            budget.spend(i64::from(usage.input_tokens) + i64::from(usage.output_tokens));
+            budget.spend(
+                i64::from(usage.input_tokens) + i64::from(usage.output_tokens),
+                usage.estimated_cost_usd,
+            );
         }
         Ok(finished)
     }

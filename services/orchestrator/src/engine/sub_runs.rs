@@ -123,6 +123,7 @@ impl Engine {
             )));
         }
         let left = ask.deadline.saturating_duration_since(Instant::now());
+        let tree_left = self.budget_for(parent).map(|budget| budget.left());
         if left < Duration::from_millis(10) {
             return Err(Status::deadline_exceeded(
                 "no time is left for a sub-run before the parent's deadline",
@@ -142,10 +143,12 @@ impl Engine {
                 max_steps: profile.max_steps.min(ask.max_steps).max(1),
                 max_output_tokens: profile.max_output_tokens,
                 timeout_ms: i64::try_from(left.as_millis()).unwrap_or(i64::MAX).max(1),
-                // What the tree has left, as its own budget (see budget.rs).
-                max_tokens: self
-                    .budget_for(parent)
-                    .map_or(profile.max_tokens, |budget| budget.left().max(1)),
+                // What the tree has left, as its own budgets (budget.rs).
+                max_tokens: tree_left.map_or(profile.max_tokens, |(tokens, _)| tokens),
+                max_cost_micros: tree_left.map_or_else(
+                    || crate::config::usd_to_micros(profile.max_cost_usd),
+                    |(_, micros)| micros,
+                ),
             },
             labels: parent.labels.clone(),
             create_time: now_micros(),

@@ -79,6 +79,7 @@ pub(crate) fn run(tenant: &str) -> RunRow {
             max_output_tokens: 0,
             timeout_ms: 60_000,
             max_tokens: 0,
+            max_cost_micros: 0,
         },
         labels: std::collections::BTreeMap::new(),
         create_time: now_micros(),

@@ -276,6 +276,11 @@ fn limits(
         } else {
             profile.max_tokens
         },
+        max_cost_micros: if requested.max_cost_micros > 0 {
+            requested.max_cost_micros
+        } else {
+            crate::config::usd_to_micros(profile.max_cost_usd)
+        },
         timeout_ms: timeout_ms(
             requested.timeout.unwrap_or(profile.timeout),
             caller_deadline,
@@ -466,6 +471,7 @@ mod tests {
             max_steps: 3,
             max_output_tokens: 100,
             max_tokens: 5000,
+            max_cost_micros: 0,
             timeout: Some(Duration::from_secs(2)),
         };
         assert_eq!(
@@ -475,12 +481,14 @@ mod tests {
                 max_output_tokens: 100,
                 timeout_ms: 2000,
                 max_tokens: 5000,
+                max_cost_micros: 0,
             }
         );
         let none = RequestedLimits {
             max_steps: 0,
             max_output_tokens: 0,
             max_tokens: 0,
+            max_cost_micros: 0,
             timeout: None,
         };
         assert_eq!(
@@ -490,6 +498,7 @@ mod tests {
                 max_output_tokens: profile.max_output_tokens,
                 timeout_ms: i64::try_from(profile.timeout.as_millis()).unwrap(),
                 max_tokens: profile.max_tokens,
+                max_cost_micros: 0,
             }
         );
     }

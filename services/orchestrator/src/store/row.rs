@@ -25,6 +25,8 @@ pub(crate) struct Limits {
     pub(crate) timeout_ms: i64,
     /// Tokens the run's tree may use (0: no budget).
     pub(crate) max_tokens: i64,
+    /// Micro-dollars the run's tree may spend (0: no budget).
+    pub(crate) max_cost_micros: i64,
 }
 
 /// A run as stored in `runs`.
@@ -123,6 +125,8 @@ impl RunRow {
                 max_steps: self.limits.max_steps,
                 max_output_tokens: self.limits.max_output_tokens,
                 max_tokens: self.limits.max_tokens,
+                #[expect(clippy::cast_precision_loss, reason = "at most 1e12")]
+                max_cost_usd: self.limits.max_cost_micros as f64 / 1e6,
                 timeout: Some(duration_from_millis(self.limits.timeout_ms)),
             }),
             labels: self.labels.clone().into_iter().collect(),
@@ -142,6 +146,7 @@ impl RunRow {
             priority: self.priority,
             plan: None,
             parent_run_id: self.parent_run_id.clone().unwrap_or_default(),
+            sub_runs: Vec::new(),
         }
     }
 }
@@ -232,6 +237,7 @@ where
             max_steps: row.try_get("max_steps")?,
             max_output_tokens: row.try_get("max_output_tokens")?,
             max_tokens: row.try_get("max_tokens")?,
+            max_cost_micros: row.try_get("max_cost_micros")?,
             timeout_ms: row.try_get("timeout_ms")?,
         },
         labels: serde_json::from_str(&labels)

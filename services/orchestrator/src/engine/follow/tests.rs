@@ -38,6 +38,7 @@ async fn active_run(engine: &Arc<Engine>) -> (RunRow, Arc<ActiveRun>) {
             max_output_tokens: 0,
             timeout_ms: 60_000,
             max_tokens: 0,
+            max_cost_micros: 0,
         },
         labels: std::collections::BTreeMap::new(),
         create_time: now_micros(),
