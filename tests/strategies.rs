@@ -4,7 +4,8 @@
 //! step fails validation once and is revised; an `evaluator_optimizer` run
 //! that passes on round 2; and, with the services as processes, a plan run whose
 //! orchestrator is killed (-9) mid-plan resuming on another one without
-//! running its finished steps again.
+//! running its finished steps again, and a lead killed while its workers
+//! run resuming with the same workers (none started twice).
 #![expect(clippy::unwrap_used, reason = "tests")]
 
 use std::collections::BTreeMap;
@@ -308,11 +309,17 @@ struct Processes {
     tools: RunningBinary,
 }
 
+/// The plan test's profile.
+const PLANNER: &str = "[orchestrator.agents.planner]\nstrategy = \"plan_execute\"\n\
+                       tools = [\"slow_echo\"]\nmax_steps = 30\n";
+
 impl Processes {
-    async fn start() -> Self {
+    /// The services, the model answering by `rules`, the orchestrators
+    /// configured by `orchestrator` (TOML).
+    async fn start(rules: &str, orchestrator: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = |name: &str| dir.path().join(name).display().to_string();
-        std::fs::write(path("rules.toml"), PLAN_RULES).unwrap();
+        std::fs::write(path("rules.toml"), rules).unwrap();
         std::fs::write(
             path("gateway.toml"),
             format!(
@@ -336,12 +343,7 @@ impl Processes {
             ),
         )
         .unwrap();
-        std::fs::write(
-            path("orchestrator.toml"),
-            "[orchestrator.agents.planner]\nstrategy = \"plan_execute\"\n\
-             tools = [\"slow_echo\"]\nmax_steps = 30\n",
-        )
-        .unwrap();
+        std::fs::write(path("orchestrator.toml"), orchestrator).unwrap();
         let gateway = RunningBinary::start(
             "agentmesh-llm-gateway",
             &["--config", &path("gateway.toml")],
@@ -410,7 +412,7 @@ async fn stored_events(orchestrator: &RunningBinary, run_id: &str) -> Vec<Event>
 
 #[tokio::test]
 async fn a_plan_resumes_after_its_orchestrator_is_killed_without_running_finished_steps_again() {
-    let processes = Processes::start().await;
+    let processes = Processes::start(PLAN_RULES, PLANNER).await;
     let mut doomed = processes.orchestrator().await;
     let mut client = OrchestratorServiceClient::new(channel(doomed.grpc));
     let run_id = client
@@ -482,5 +484,96 @@ async fn a_plan_resumes_after_its_orchestrator_is_killed_without_running_finishe
         lines.last().map(String::as_str),
         Some("run finished \"The answer is 63.\""),
         "{lines:#?}"
+    );
+}
+
+/// A lead delegating to three slow workers (3 s each).
+const TEAM_RULES: &str = r#"
+pace = "0s"
+[[rules]]
+role = "lead"
+on = "user"
+tool_calls = [
+  { name = "delegate", arguments = '{"agent": "worker", "objective": "Describe rust"}' },
+  { name = "delegate", arguments = '{"agent": "worker", "objective": "Describe go"}' },
+  { name = "delegate", arguments = '{"agent": "worker", "objective": "Describe zig"}' },
+]
+[[rules]]
+role = "lead"
+on = "tool"
+text = "The team finished."
+[[rules]]
+role = "worker"
+pace = "300ms"
+text = "one two three four five six seven eight nine ten"
+"#;
+
+const TEAM: &str = "[orchestrator.agents.worker]\ntools = []\n\
+                    [orchestrator.agents.team]\nstrategy = \"orchestrator_workers\"\ntools = []\n\
+                    [orchestrator.agents.team.workers]\nagents = [\"worker\"]\n";
+
+#[tokio::test]
+async fn a_lead_and_its_workers_resume_after_their_orchestrator_is_killed_without_new_workers() {
+    let processes = Processes::start(TEAM_RULES, TEAM).await;
+    let mut doomed = processes.orchestrator().await;
+    let mut client = OrchestratorServiceClient::new(channel(doomed.grpc));
+    let parent = client
+        .start_run(pb::StartRunRequest {
+            objective: "Research three languages".to_owned(),
+            agent: "team".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .run_id;
+    let running = pb::ListRunsRequest {
+        parent_run_id: parent.clone(),
+        states: vec![pb::RunState::Running.into()],
+        ..Default::default()
+    };
+    within("three running workers", Duration::from_secs(30), async {
+        while client
+            .list_runs(running.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .runs
+            .len()
+            < 3
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    doomed.signal("KILL").await;
+    let _ = doomed.exit_and_log(Duration::from_secs(5)).await;
+
+    let survivor = processes.orchestrator().await;
+    let events = within(
+        "the resumed lead to end",
+        Duration::from_secs(60),
+        stored_events(&survivor, &parent),
+    )
+    .await;
+    match events.last() {
+        Some(Event::RunFinished(finished)) => assert_eq!(finished.output, "The team finished."),
+        other => panic!("the lead did not finish: {other:?}"),
+    }
+    // The workers it had started were found again, not started twice.
+    let mut client = OrchestratorServiceClient::new(channel(survivor.grpc));
+    let workers = client
+        .list_runs(pb::ListRunsRequest {
+            parent_run_id: parent,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .runs;
+    assert_eq!(workers.len(), 3, "{workers:#?}");
+    assert!(
+        workers.iter().all(|w| w.state() == pb::RunState::Succeeded),
+        "{workers:#?}"
     );
 }

@@ -465,3 +465,36 @@ async fn a_cost_budget_shared_with_sub_runs_stops_the_tree_naming_it() {
     );
     mesh.stop().await;
 }
+
+#[tokio::test]
+async fn the_step_limit_of_a_lead_counts_its_workers_model_calls() {
+    let mesh = mesh().await;
+    let request = pb::RunRequest {
+        objective: "Research rust, go and zig".to_owned(),
+        agent: "team".to_owned(),
+        limits: Some(pb::RunLimits {
+            max_steps: 3,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut stream = mesh.client().run(request).await.unwrap().into_inner();
+    let mut last = None;
+    while let Some(response) = stream.message().await.unwrap() {
+        last = response.event.and_then(|event| event.event);
+    }
+    // One call of the lead and one of each worker: the lead's second call
+    // would be the tree's fifth, over its three.
+    let Some(Event::RunFailed(failed)) = last else {
+        panic!("the tree went past its step limit: {last:?}");
+    };
+    let error = failed.error.unwrap();
+    assert_eq!(error.code, tonic::Code::ResourceExhausted as i32);
+    assert!(error.message.contains("max_steps = 3"), "{}", error.message);
+    assert!(
+        error.message.contains("sub-runs included"),
+        "{}",
+        error.message
+    );
+    mesh.stop().await;
+}

@@ -123,7 +123,8 @@ impl Engine {
             )));
         }
         let left = ask.deadline.saturating_duration_since(Instant::now());
-        let tree_left = self.budget_for(parent).map(|budget| budget.left());
+        let tree = self.tree_budget(parent);
+        let (tokens_left, micros_left) = tree.left();
         if left < Duration::from_millis(10) {
             return Err(Status::deadline_exceeded(
                 "no time is left for a sub-run before the parent's deadline",
@@ -140,15 +141,24 @@ impl Engine {
             idempotency_key: Some(format!("sub-run:{}:{}", parent.run_id, ask.key)),
             model: profile.model.clone(),
             limits: Limits {
-                max_steps: profile.max_steps.min(ask.max_steps).max(1),
+                max_steps: profile
+                    .max_steps
+                    .min(ask.max_steps)
+                    .min(tree.calls_left())
+                    .max(1),
                 max_output_tokens: profile.max_output_tokens,
                 timeout_ms: i64::try_from(left.as_millis()).unwrap_or(i64::MAX).max(1),
                 // What the tree has left, as its own budgets (budget.rs).
-                max_tokens: tree_left.map_or(profile.max_tokens, |(tokens, _)| tokens),
-                max_cost_micros: tree_left.map_or_else(
-                    || crate::config::usd_to_micros(profile.max_cost_usd),
-                    |(_, micros)| micros,
-                ),
+                max_tokens: if tokens_left > 0 {
+                    tokens_left
+                } else {
+                    profile.max_tokens
+                },
+                max_cost_micros: if micros_left > 0 {
+                    micros_left
+                } else {
+                    crate::config::usd_to_micros(profile.max_cost_usd)
+                },
             },
             labels: parent.labels.clone(),
             create_time: now_micros(),
