@@ -169,9 +169,7 @@ impl Engine {
                         // Checked when the configuration loaded; a file
                         // gone since falls back to the shipped prompts.
                         tracing::warn!(error = %err, "using the shipped prompts");
-                        PromptSettings::default()
-                            .resolve("prompts")
-                            .unwrap_or_default()
+                        shipped_prompts()
                     });
                 (name.clone(), Arc::new(prompts))
             })
@@ -200,13 +198,10 @@ impl Engine {
     /// The strategy roles' prompts of profile `agent` (the shipped ones for
     /// a profile no longer configured).
     fn prompts_of(&self, agent: &str) -> Arc<Prompts> {
-        self.prompts.get(agent).cloned().unwrap_or_else(|| {
-            Arc::new(
-                PromptSettings::default()
-                    .resolve("prompts")
-                    .unwrap_or_default(),
-            )
-        })
+        self.prompts
+            .get(agent)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(shipped_prompts()))
     }
 
     /// Long-term memory (its pruning runs beside the engine).
@@ -344,6 +339,13 @@ impl Engine {
         self.audit_error(DATABASE, status.code(), err.to_string(), None);
         status
     }
+}
+
+/// The prompts the roles ship with (no file to read: never fails).
+fn shipped_prompts() -> Prompts {
+    PromptSettings::default()
+        .resolve("prompts")
+        .unwrap_or_default()
 }
 
 /// Marks a span failed with `status`'s code as its `error.type`.

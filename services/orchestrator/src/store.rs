@@ -154,6 +154,8 @@ mod outbox;
 mod replicas;
 mod retention;
 mod runs;
+#[cfg(test)]
+pub(crate) mod testing;
 
 impl Store {
     /// A store over an opened, migrated database.

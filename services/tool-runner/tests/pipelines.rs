@@ -9,29 +9,26 @@
     reason = "the helpers for command tools serve the other API tests"
 )]
 mod common;
+#[path = "common/served.rs"]
+mod served;
 
-use std::net::SocketAddr;
 use std::path::Path;
 
 use agentmesh_auth::config::Method;
 use agentmesh_auth::keys::ApiKey;
 use agentmesh_auth::keys::file::{KeyEntry, KeysFile};
 use agentmesh_kit::config::AuthConfig;
-use agentmesh_kit::{Listeners, ServeError};
 use agentmesh_proto::tools::v1::{
     ExecuteToolRequest, ExecuteToolResponse, ExecuteToolStreamRequest, ListToolsRequest,
     ToolErrorKind, ToolKind, execute_tool_stream_response::Event,
-    tool_runner_service_client::ToolRunnerServiceClient,
 };
 use agentmesh_tool_runner::{AuditConfig, Config};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::sync::oneshot;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use agentmesh_testkit::within;
 use common::{STEP, kind, test_server};
+use served::Served;
 
 /// The pipelines of these tests, as an operator writes them.
 const PIPELINES: &str = r#"
@@ -88,11 +85,7 @@ arguments = { path = "notes/note.txt" }
 /// A tool runner serving on loopback with [`PIPELINES`], its workspaces in
 /// a temporary directory.
 struct Running {
-    client: ToolRunnerServiceClient<Channel>,
-    admin: SocketAddr,
-    dir: tempfile::TempDir,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), ServeError>>,
+    served: Served,
 }
 
 impl Running {
@@ -106,24 +99,8 @@ impl Running {
         config.workspaces_dir = dir.path().join("workspaces");
         config.audit = AuditConfig::disabled();
         configure(dir.path(), &mut config);
-        let listeners = Listeners::bind(&config.server).await.unwrap();
-        let addr = listeners.grpc_addr().unwrap();
-        let admin = listeners.admin_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(agentmesh_tool_runner::serve_with_listeners(
-            config,
-            listeners,
-            async {
-                let _ = stopped.await;
-            },
-        ));
-        let channel = agentmesh_kit::client::plain_channel(&format!("http://{addr}")).unwrap();
         Self {
-            client: ToolRunnerServiceClient::new(channel),
-            admin,
-            dir,
-            stop: Some(stop),
-            task,
+            served: Served::start(dir, config).await,
         }
     }
 
@@ -143,7 +120,7 @@ impl Running {
         within(
             "ExecuteTool",
             STEP,
-            self.client.clone().execute_tool(request),
+            self.served.client.clone().execute_tool(request),
         )
         .await
         .map(tonic::Response::into_inner)
@@ -151,22 +128,11 @@ impl Running {
 
     /// The service's Prometheus text.
     async fn metrics(&self) -> String {
-        let mut stream = tokio::net::TcpStream::connect(self.admin).await.unwrap();
-        let request = format!(
-            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.admin
-        );
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
-        response
+        self.served.metrics().await
     }
 
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        within("the drain", STEP, self.task).await.unwrap().unwrap();
+    async fn stop(self) {
+        self.served.stop().await;
     }
 }
 
@@ -220,7 +186,7 @@ async fn list_tools_shows_a_pipeline_with_its_own_schema() {
     let listed = within(
         "ListTools",
         STEP,
-        service.client.clone().list_tools(ListToolsRequest {
+        service.served.client.clone().list_tools(ListToolsRequest {
             names: vec!["hypotenuse".into()],
             ..ListToolsRequest::default()
         }),
@@ -249,6 +215,7 @@ async fn a_streamed_pipeline_reports_each_step() {
         "ExecuteToolStream",
         STEP,
         service
+            .served
             .client
             .clone()
             .execute_tool_stream(ExecuteToolStreamRequest {
@@ -292,6 +259,7 @@ async fn steps_work_in_the_run_s_workspace() {
         .unwrap();
     assert_eq!(output(&response)["content"], "remember the milk");
     let written = service
+        .served
         .dir
         .path()
         .join("workspaces/_none/run-42/notes/note.txt");
@@ -478,7 +446,7 @@ async fn a_caller_needs_the_pipeline_and_every_tool_its_steps_call() {
         arguments_json: r#"{"a": 3, "b": 4}"#.into(),
         ..ExecuteToolRequest::default()
     };
-    let mut client = service.client.clone();
+    let mut client = service.served.client.clone();
 
     let status = within(
         "ExecuteTool",
@@ -544,7 +512,9 @@ async fn a_bad_pipeline_stops_the_start_naming_the_setting() {
     .unwrap();
     config.server = test_server();
     config.audit = AuditConfig::disabled();
-    let listeners = Listeners::bind(&config.server).await.unwrap();
+    let listeners = agentmesh_kit::Listeners::bind(&config.server)
+        .await
+        .unwrap();
     let err = within(
         "the start-up refusing a broken pipeline",
         STEP,

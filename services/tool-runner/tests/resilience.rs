@@ -9,41 +9,34 @@
 #![expect(clippy::panic, reason = "a test fails by panicking")]
 
 mod common;
+#[path = "common/served.rs"]
+mod served;
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use agentmesh_kit::{Listeners, ServeError};
 use agentmesh_proto::tools::v1::{
     ExecuteToolRequest, ExecuteToolResponse, ExecuteToolStreamRequest, ListToolsRequest,
     ToolErrorKind, ToolResult, execute_tool_stream_response::Event,
-    tool_runner_service_client::ToolRunnerServiceClient,
 };
 use agentmesh_resilience::CircuitConfig;
 use agentmesh_tool_runner::{AuditConfig, CommandToolConfig, Config};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::sync::oneshot;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_types::StatusExt as _;
 
 use agentmesh_testkit::within;
 use common::{STEP, command, kind, pid_in, process_ends, script, test_server};
+use served::Served;
 
 // === harness ===
 
 /// A tool runner serving on loopback, with its workspaces and scripts in a
 /// temporary directory.
 struct Running {
-    client: ToolRunnerServiceClient<Channel>,
-    admin: SocketAddr,
-    dir: tempfile::TempDir,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), ServeError>>,
+    served: Served,
 }
 
 impl Running {
@@ -58,34 +51,18 @@ impl Running {
             ..Config::default()
         };
         configure(dir.path(), &mut config);
-        let listeners = Listeners::bind(&config.server).await.unwrap();
-        let addr = listeners.grpc_addr().unwrap();
-        let admin = listeners.admin_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(agentmesh_tool_runner::serve_with_listeners(
-            config,
-            listeners,
-            async {
-                let _ = stopped.await;
-            },
-        ));
-        let channel = agentmesh_kit::client::plain_channel(&format!("http://{addr}")).unwrap();
         Self {
-            client: ToolRunnerServiceClient::new(channel),
-            admin,
-            dir,
-            stop: Some(stop),
-            task,
+            served: Served::start(dir, config).await,
         }
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        self.served.dir.path().join(name)
     }
 
     fn workspace(&self, run_id: &str) -> PathBuf {
         // Calls without a tenant: its workspaces are under `_none`.
-        self.dir.path().join("workspaces/_none").join(run_id)
+        self.served.dir.path().join("workspaces/_none").join(run_id)
     }
 
     /// Runs `tool` through ExecuteTool, in workspace `run_id`, with an
@@ -97,7 +74,7 @@ impl Running {
         run_id: &str,
         timeout: Option<Duration>,
     ) -> impl Future<Output = Result<ExecuteToolResponse, Status>> + Send + 'static {
-        let mut client = self.client.clone();
+        let mut client = self.served.client.clone();
         let request = ExecuteToolRequest {
             tool: tool.into(),
             arguments_json: arguments.to_string(),
@@ -121,7 +98,7 @@ impl Running {
         run_id: &str,
         timeout: Option<Duration>,
     ) -> Result<(Vec<Event>, ToolResult), Status> {
-        let mut client = self.client.clone();
+        let mut client = self.served.client.clone();
         let mut stream = within(
             "ExecuteToolStream",
             STEP,
@@ -167,15 +144,7 @@ impl Running {
 
     /// The service's Prometheus text.
     async fn metrics(&self) -> String {
-        let mut stream = tokio::net::TcpStream::connect(self.admin).await.unwrap();
-        let request = format!(
-            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.admin
-        );
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
-        response
+        self.served.metrics().await
     }
 
     /// Waits until the metrics hold `sample` (see [`holds`]).
@@ -191,11 +160,8 @@ impl Running {
         .await;
     }
 
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        within("the drain", STEP, self.task).await.unwrap().unwrap();
+    async fn stop(self) {
+        self.served.stop().await;
     }
 }
 
@@ -271,7 +237,7 @@ async fn a_hanging_tool_is_cut_at_its_timeout_and_held_to_its_limits_while_other
     process_ends(pid_in(service.workspace("cut-stream").join("main.pid")).await).await;
 
     // ListTools reports the limit.
-    let mut client = service.client.clone();
+    let mut client = service.served.client.clone();
     let listed = within(
         "ListTools",
         STEP,

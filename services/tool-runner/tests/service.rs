@@ -6,36 +6,34 @@
 #![expect(clippy::unwrap_used, reason = "tests fail loudly")]
 
 mod common;
+#[expect(dead_code, reason = "these tests read no metrics")]
+#[path = "common/served.rs"]
+mod served;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use agentmesh_kit::{Listeners, ServeError};
+use agentmesh_kit::Listeners;
 use agentmesh_proto::tools::v1::{
     ExecuteToolRequest, ExecuteToolResponse, ExecuteToolStreamRequest, ListToolsRequest,
     OutputStream, ToolErrorKind, ToolKind, execute_tool_stream_response::Event,
-    tool_runner_service_client::ToolRunnerServiceClient,
 };
 use agentmesh_tool_runner::{AuditConfig, CommandToolConfig, Config};
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
 use agentmesh_testkit::within;
 use common::{STEP, command, kind, pid_in, process_ends, script, test_server};
+use served::Served;
 
 // === harness ===
 
 /// A tool runner serving on loopback, with its workspaces and scripts in a
 /// temporary directory.
 struct Running {
-    client: ToolRunnerServiceClient<Channel>,
-    dir: tempfile::TempDir,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), ServeError>>,
+    served: Served,
 }
 
 impl Running {
@@ -50,22 +48,8 @@ impl Running {
             audit: AuditConfig::disabled(),
             ..Config::default()
         };
-        let listeners = Listeners::bind(&config.server).await.unwrap();
-        let addr = listeners.grpc_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(agentmesh_tool_runner::serve_with_listeners(
-            config,
-            listeners,
-            async {
-                let _ = stopped.await;
-            },
-        ));
-        let channel = agentmesh_kit::client::plain_channel(&format!("http://{addr}")).unwrap();
         Self {
-            client: ToolRunnerServiceClient::new(channel),
-            dir,
-            stop: Some(stop),
-            task,
+            served: Served::start(dir, config).await,
         }
     }
 
@@ -76,7 +60,7 @@ impl Running {
 
     fn workspace(&self, run_id: &str) -> PathBuf {
         // Calls without a tenant: its workspaces are under `_none`.
-        self.dir.path().join("workspaces/_none").join(run_id)
+        self.served.dir.path().join("workspaces/_none").join(run_id)
     }
 
     async fn call(&mut self, tool: &str, arguments: Value) -> ExecuteToolResponse {
@@ -92,7 +76,7 @@ impl Running {
         within(
             "ExecuteTool",
             STEP,
-            self.client.execute_tool(ExecuteToolRequest {
+            self.served.client.execute_tool(ExecuteToolRequest {
                 tool: tool.into(),
                 arguments_json: arguments.to_string(),
                 call_id: "call-1".into(),
@@ -105,11 +89,8 @@ impl Running {
         .into_inner()
     }
 
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        within("the drain", STEP, self.task).await.unwrap().unwrap();
+    async fn stop(self) {
+        self.served.stop().await;
     }
 }
 
@@ -156,7 +137,10 @@ async fn list_tools_orders_filters_and_pages() {
     let all = within(
         "ListTools",
         STEP,
-        service.client.list_tools(ListToolsRequest::default()),
+        service
+            .served
+            .client
+            .list_tools(ListToolsRequest::default()),
     )
     .await
     .unwrap()
@@ -188,7 +172,7 @@ async fn list_tools_orders_filters_and_pages() {
     let first = within(
         "ListTools",
         STEP,
-        service.client.list_tools(ListToolsRequest {
+        service.served.client.list_tools(ListToolsRequest {
             page_size: 2,
             ..ListToolsRequest::default()
         }),
@@ -201,7 +185,7 @@ async fn list_tools_orders_filters_and_pages() {
     let rest = within(
         "ListTools",
         STEP,
-        service.client.list_tools(ListToolsRequest {
+        service.served.client.list_tools(ListToolsRequest {
             page_size: 10,
             page_token: first.next_page_token.clone(),
             ..ListToolsRequest::default()
@@ -216,7 +200,7 @@ async fn list_tools_orders_filters_and_pages() {
     let commands = within(
         "ListTools",
         STEP,
-        service.client.list_tools(ListToolsRequest {
+        service.served.client.list_tools(ListToolsRequest {
             kinds: vec![ToolKind::Command.into()],
             ..ListToolsRequest::default()
         }),
@@ -229,7 +213,7 @@ async fn list_tools_orders_filters_and_pages() {
     let status = within(
         "ListTools",
         STEP,
-        service.client.list_tools(ListToolsRequest {
+        service.served.client.list_tools(ListToolsRequest {
             page_size: -1,
             ..ListToolsRequest::default()
         }),
@@ -242,7 +226,7 @@ async fn list_tools_orders_filters_and_pages() {
     let status = within(
         "ListTools",
         STEP,
-        service.client.list_tools(ListToolsRequest {
+        service.served.client.list_tools(ListToolsRequest {
             page_token: "not-a-token".into(),
             ..ListToolsRequest::default()
         }),
@@ -271,7 +255,7 @@ async fn a_next_page_token_survives_a_restart() {
     let first = within(
         "ListTools",
         STEP,
-        before.client.list_tools(page(String::new())),
+        before.served.client.list_tools(page(String::new())),
     )
     .await
     .unwrap()
@@ -284,10 +268,14 @@ async fn a_next_page_token_survives_a_restart() {
 
     // Another process of the same service (here: started again) takes it.
     let mut after = Running::start(commands).await;
-    let rest = within("ListTools", STEP, after.client.list_tools(page(token)))
-        .await
-        .unwrap()
-        .into_inner();
+    let rest = within(
+        "ListTools",
+        STEP,
+        after.served.client.list_tools(page(token)),
+    )
+    .await
+    .unwrap()
+    .into_inner();
     let rest: Vec<&str> = rest.tools.iter().map(|tool| tool.name.as_str()).collect();
     assert_eq!(rest, ["current_time", "list_files", "read_file"]);
     after.stop().await;
@@ -299,7 +287,7 @@ async fn a_next_page_token_survives_a_restart() {
 async fn calls_that_cannot_be_attempted_are_statuses() {
     let service = Running::builtins().await;
     let execute = |request: ExecuteToolRequest| {
-        let mut client = service.client.clone();
+        let mut client = service.served.client.clone();
         async move {
             within("ExecuteTool", STEP, client.execute_tool(request))
                 .await
@@ -421,7 +409,7 @@ async fn the_calculator_answers_exactly_and_explains_errors() {
     );
 
     // Empty arguments mean `{}`.
-    let mut client = service.client.clone();
+    let mut client = service.served.client.clone();
     let response = within(
         "ExecuteTool",
         STEP,
@@ -517,7 +505,7 @@ async fn file_tools_stay_inside_the_run_workspace() {
 
     // A link planted in the workspace that leads outside is refused, for
     // reading and for writing through it.
-    let outside = service.dir.path().join("outside");
+    let outside = service.served.dir.path().join("outside");
     std::fs::create_dir(&outside).unwrap();
     std::fs::write(outside.join("secret"), "secret").unwrap();
     std::os::unix::fs::symlink(&outside, service.workspace("run-1").join("escape")).unwrap();
@@ -636,7 +624,7 @@ async fn a_command_past_its_timeout_is_stopped_with_what_it_started() {
         BTreeMap::from([("sleeper".to_owned(), command(&["sh", &sleeper]))])
     })
     .await;
-    let mut client = service.client.clone();
+    let mut client = service.served.client.clone();
     let response = within(
         "ExecuteTool",
         STEP,
@@ -747,6 +735,7 @@ async fn the_stream_relays_progress_and_output_then_the_result() {
         "ExecuteToolStream",
         STEP,
         service
+            .served
             .client
             .execute_tool_stream(ExecuteToolStreamRequest {
                 tool: "steps".into(),
@@ -796,6 +785,7 @@ async fn the_stream_of_a_builtin_is_its_result_and_errors_come_first() {
         "ExecuteToolStream",
         STEP,
         service
+            .served
             .client
             .execute_tool_stream(ExecuteToolStreamRequest {
                 tool: "calculator".into(),
@@ -825,6 +815,7 @@ async fn the_stream_of_a_builtin_is_its_result_and_errors_come_first() {
         "ExecuteToolStream",
         STEP,
         service
+            .served
             .client
             .execute_tool_stream(ExecuteToolStreamRequest {
                 tool: "nope".into(),
@@ -838,6 +829,7 @@ async fn the_stream_of_a_builtin_is_its_result_and_errors_come_first() {
         "ExecuteToolStream",
         STEP,
         service
+            .served
             .client
             .execute_tool_stream(ExecuteToolStreamRequest {
                 tool: "calculator".into(),
@@ -866,6 +858,7 @@ async fn cancelling_the_stream_kills_the_command() {
         "ExecuteToolStream",
         STEP,
         service
+            .served
             .client
             .execute_tool_stream(ExecuteToolStreamRequest {
                 tool: "waits".into(),
@@ -897,7 +890,7 @@ async fn abandoning_a_call_or_its_deadline_passing_kills_the_command() {
     .await;
 
     // The client gives up on a unary call (the HTTP/2 stream is reset).
-    let mut client = service.client.clone();
+    let mut client = service.served.client.clone();
     let call = client.execute_tool(ExecuteToolRequest {
         tool: "waits".into(),
         arguments_json: "{}".into(),
@@ -911,7 +904,7 @@ async fn abandoning_a_call_or_its_deadline_passing_kills_the_command() {
     process_ends(pid).await;
 
     // The caller's gRPC deadline bounds the tool even without a request timeout.
-    let mut client = service.client.clone();
+    let mut client = service.served.client.clone();
     let mut request = tonic::Request::new(ExecuteToolRequest {
         tool: "waits".into(),
         arguments_json: "{}".into(),

@@ -10,14 +10,13 @@ use agentmesh_audit_client::resilience::ResilienceReporter;
 use agentmesh_kit::metrics::prometheus::Registry;
 use agentmesh_kit::time::now_micros;
 use agentmesh_proto::orchestrator::v1 as pb;
-use agentmesh_storage::{Database, StorageConfig};
 
 use super::Engine;
 use crate::admission::Admission;
 use crate::callbacks::Callbacks;
 use crate::config::{Config, DEFAULT_AGENT};
 use crate::metrics::{CallbackMetrics, RunMetrics};
-use crate::store::{Limits, MIGRATIONS, RunRow, Store, Tenants};
+use crate::store::{Limits, RunRow, Tenants};
 
 /// Where nothing listens.
 pub(crate) const NOWHERE: &str = "http://127.0.0.1:9";
@@ -33,12 +32,7 @@ pub(crate) fn config() -> Config {
 
 /// An engine over a new database in `dir`.
 pub(crate) async fn engine(dir: &tempfile::TempDir, config: Config) -> Arc<Engine> {
-    let storage = StorageConfig {
-        data_dir: dir.path().to_owned(),
-        ..StorageConfig::default()
-    };
-    let db = Database::connect(&storage, "orchestrator").await.unwrap();
-    db.migrate(&MIGRATIONS).await.unwrap();
+    let store = crate::store::testing::sqlite(dir).await;
     let admission = Admission::new(
         &config,
         None,
@@ -52,7 +46,7 @@ pub(crate) async fn engine(dir: &tempfile::TempDir, config: Config) -> Arc<Engin
     .unwrap();
     Engine::new(
         Arc::new(config),
-        Store::new(db),
+        store,
         AuditClient::disabled("test"),
         RunMetrics::new(&Registry::new(), [DEFAULT_AGENT]).unwrap(),
         &agentmesh_kit::client::Clients::default(),

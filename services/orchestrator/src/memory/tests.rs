@@ -7,36 +7,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use agentmesh_storage::{Database, StorageConfig};
 use agentmesh_testkit::postgres::PostgresServer;
 
 use super::query::Terms;
 use super::*;
 use crate::config::{Config, MAX_TOP_K, MemoryConfig};
-use crate::store::{MIGRATIONS, Store};
+use crate::store::Store;
 
 /// 2026-01-01T00:00:00Z, in microseconds: the tests' clocks start here.
 const START: i64 = 1_767_225_600_000_000;
 const HOUR: Duration = Duration::from_secs(3600);
 
-pub(super) async fn sqlite(dir: &tempfile::TempDir) -> Store {
-    let storage = StorageConfig {
-        data_dir: dir.path().to_owned(),
-        ..StorageConfig::default()
-    };
-    let db = Database::connect(&storage, "orchestrator").await.unwrap();
-    db.migrate(&MIGRATIONS).await.unwrap();
-    Store::new(db)
-}
+pub(super) use crate::store::testing::sqlite;
 
 pub(super) async fn postgres(server: &PostgresServer) -> Store {
-    let storage = StorageConfig {
-        url: Some(server.create_database("memory").await),
-        ..StorageConfig::default()
-    };
-    let db = Database::connect(&storage, "orchestrator").await.unwrap();
-    db.migrate(&MIGRATIONS).await.unwrap();
-    Store::new(db)
+    crate::store::testing::postgres(server, "memory").await
 }
 
 /// An index over `store` whose clock is `clock` (microseconds).

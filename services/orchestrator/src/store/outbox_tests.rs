@@ -6,34 +6,16 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use agentmesh_kit::time::now_micros;
-use agentmesh_storage::{Database, StorageConfig};
-
 use super::*;
 use crate::engine::testing;
-use crate::store::{Flushed, MIGRATIONS, RunRow};
+use crate::store::testing::sqlite;
+use crate::store::{Flushed, RunRow};
+use agentmesh_kit::time::now_micros;
 
 const OWNER: &str = "replica-a";
 
-async fn sqlite(dir: &tempfile::TempDir) -> Store {
-    let storage = StorageConfig {
-        data_dir: dir.path().to_owned(),
-        ..StorageConfig::default()
-    };
-    let db = Database::connect(&storage, "orchestrator").await.unwrap();
-    db.migrate(&MIGRATIONS).await.unwrap();
-    Store::new(db)
-}
-
 async fn postgres(server: &agentmesh_testkit::postgres::PostgresServer) -> Store {
-    let storage = StorageConfig {
-        url: Some(server.create_database("outbox").await),
-        max_connections: 16,
-        ..StorageConfig::default()
-    };
-    let db = Database::connect(&storage, "orchestrator").await.unwrap();
-    db.migrate(&MIGRATIONS).await.unwrap();
-    Store::new(db)
+    crate::store::testing::postgres(server, "outbox").await
 }
 
 fn callback(event: &str) -> NewCallback {
