@@ -249,6 +249,7 @@ async fn agentmesh_up_runs_all_five_and_agentmesh_health_sees_them() {
     let mut up = Command::new(binary("agentmesh"))
         .args([
             "up",
+            "--no-edge",
             "--base-port",
             &base_text,
             "--data-dir",

@@ -167,6 +167,7 @@ async fn ten_thousand_new_tenants_add_no_series() {
     let _up = Command::new(binary("agentmesh"))
         .args([
             "up",
+            "--no-edge",
             "--base-port",
             &base.to_string(),
             "--data-dir",

@@ -201,6 +201,7 @@ async fn a_connection_flood_is_shed_while_the_mesh_keeps_serving() {
         .arg(binary("agentmesh"))
         .args([
             "up",
+            "--no-edge",
             "--base-port",
             &base.to_string(),
             "--data-dir",

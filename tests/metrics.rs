@@ -154,7 +154,14 @@ async fn every_service_exports_lint_clean_metrics_after_a_run() {
     let base = agentmesh_tests::free_base_port(21000, 41, 8500);
     let base_text = base.to_string();
     let mut up = Command::new(binary("agentmesh"))
-        .args(["up", "--base-port", &base_text, "--data-dir", "state"])
+        .args([
+            "up",
+            "--no-edge",
+            "--base-port",
+            &base_text,
+            "--data-dir",
+            "state",
+        ])
         .current_dir(dir.path())
         .env_remove("OPENAI_API_KEY")
         .env_remove("ANTHROPIC_API_KEY")

@@ -16,17 +16,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     collect_protos(&contract, &mut files)?;
     files.sort();
 
-    let descriptors = protox::Compiler::new([&contract, &third_party])?
+    let mut compiler = protox::Compiler::new([&contract, &third_party])?;
+    compiler
         .include_imports(true)
         // Source info carries the proto comments: `grpcurl describe` shows them.
         .include_source_info(true)
-        .open_files(&files)?
-        .file_descriptor_set();
+        .open_files(&files)?;
+    let descriptors = compiler.file_descriptor_set();
 
+    // Encoded by protox itself, which keeps the methods' options (the
+    // `google.api.http` rules the edge routes by); prost's own types would
+    // drop them as unknown fields.
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(
         out_dir.join("agentmesh_descriptor.bin"),
-        prost::Message::encode_to_vec(&descriptors),
+        compiler.encode_file_descriptor_set(),
     )?;
 
     // Messages and servers: a request the server cannot decode is the

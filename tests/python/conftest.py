@@ -2,7 +2,8 @@
 
 `stubs` compiles proto/ into Python modules with grpcio-tools (the same way a
 platform team would), into a fresh directory, once per session. `mesh` runs the
-real `agentmesh up` binary on free loopback ports and stops it with SIGINT.
+real `agentmesh up` binary on free loopback ports (the HTTP edge too: its
+base URL is `mesh["edge"]`) and stops it with SIGINT.
 
 `connect(address, api_key=...)` is the client helper every test opens its
 channels with: it sends the API key (given, or from `AGENTMESH_API_KEY`, as the
@@ -10,6 +11,7 @@ channels with: it sends the API key (given, or from `AGENTMESH_API_KEY`, as the
 call, as any gRPC client of a mesh with auth on must.
 """
 
+import contextlib
 import os
 import pathlib
 import signal
@@ -18,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 import grpc
 import pytest
@@ -115,10 +118,26 @@ def _port_free(port):
 
 
 def _free_base_port():
+    """Five consecutive free ports (and their admin ports), and a sixth
+    (with its admin port) for the HTTP edge."""
     for base in range(31000 + os.getpid() % 500 * 2, 40000, 7):
-        if all(_port_free(base + i) and _port_free(base + i + 1000) for i in range(5)):
+        if all(_port_free(base + i) and _port_free(base + i + 1000) for i in range(6)):
             return base
-    raise RuntimeError("no ten free loopback ports")
+    raise RuntimeError("no twelve free loopback ports")
+
+
+def wait_http(url, patience=20.0):
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{url} not ready after {patience}s")
+        time.sleep(0.05)
 
 
 def wait_serving(channel, service="", patience=20.0):
@@ -136,23 +155,35 @@ def wait_serving(channel, service="", patience=20.0):
         time.sleep(0.05)
 
 
-@pytest.fixture(scope="session")
-def mesh():
+@contextlib.contextmanager
+def running_mesh(config=None, env=None):
+    """`agentmesh up` on free loopback ports, with the configuration file
+    `config` and extra environment `env`; yields the addresses."""
     binary = BIN_DIR / "agentmesh"
     assert binary.is_file(), f"{binary} is not built: run `make test`"
     base = _free_base_port()
     data = tempfile.mkdtemp(prefix="agentmesh-data-")
+    args = [
+        str(binary), "up", "--base-port", str(base), "--edge-port", str(base + 5),
+        "--data-dir", data, "--log-format", "json",
+    ]
+    if config is not None:
+        args += ["--config", str(config)]
     process = subprocess.Popen(
-        [str(binary), "up", "--base-port", str(base), "--data-dir", data, "--log-format", "json"],
+        args,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        env={**os.environ, **(env or {})},
     )
     addresses = {name: f"127.0.0.1:{base + i}" for i, (name, _) in enumerate(SERVICES)}
+    # The HTTP edge: `edge` is its base URL.
+    addresses["edge"] = f"http://127.0.0.1:{base + 5}"
     try:
         for name, _ in SERVICES:
             with grpc.insecure_channel(addresses[name]) as channel:
                 wait_serving(channel)
+        wait_http(f"http://127.0.0.1:{base + 5 + 1000}/readyz")
         yield addresses
     finally:
         process.send_signal(signal.SIGINT)
@@ -162,3 +193,9 @@ def mesh():
             if process.poll() is None:
                 process.kill()
     assert process.returncode == 0, process.stderr.read().decode(errors="replace")[-2000:]
+
+
+@pytest.fixture(scope="session")
+def mesh():
+    with running_mesh() as addresses:
+        yield addresses

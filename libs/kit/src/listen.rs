@@ -96,6 +96,22 @@ impl Listeners {
     }
 }
 
+impl Listeners {
+    /// Both listeners under their limits for a service whose main port
+    /// serves HTTP/1.1 (the edge) rather than gRPC: as [`Self::limited`],
+    /// with the main listener's connections watched as HTTP/1 (open once a
+    /// request's headers are read, idle while no byte passes).
+    pub fn limited_http(
+        self,
+        service: &'static str,
+        settings: &ConnectionSettings,
+        registry: &Registry,
+    ) -> Result<(LimitedListener, LimitedListener), ServeError> {
+        let (main, admin) = self.limited(service, settings, registry)?;
+        Ok((main.with_protocol(Protocol::Http1), admin))
+    }
+}
+
 /// The tonic server with the HTTP/2 limits of `config`: keep-alive pings
 /// (a peer that does not answer within the timeout is dropped), streams
 /// per connection, header list size.

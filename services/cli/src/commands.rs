@@ -50,6 +50,10 @@ pub(crate) struct Embedded {
     /// Show the embedded services' logs at this level (e.g. info).
     #[arg(long, default_value = "error", global = true)]
     pub(crate) log_level: String,
+    /// Serve the HTTP edge too, on this loopback port (0: any free port)
+    /// while the command runs; its address is printed on stderr.
+    #[arg(long, global = true)]
+    pub(crate) edge_port: Option<u16>,
 }
 
 impl Embedded {
@@ -179,6 +183,15 @@ impl Connection {
             &embedded.data_dir,
         )
         .map_err(|err| anyhow::anyhow!("{err}"))?;
+        if let Some(port) = embedded.edge_port {
+            configs = configs
+                .with_edge(
+                    embedded.config.as_deref(),
+                    std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+                    Some(port),
+                )
+                .map_err(|err| anyhow::anyhow!("{err}"))?;
+        }
         configs.require_credential(&credential)?;
         let provider = choose_provider(&mut configs.llm_gateway, model);
         if announce && provider == Provider::ScriptedDemo {
@@ -190,6 +203,9 @@ impl Connection {
             );
         }
         let mesh = Box::pin(Mesh::start(configs)).await?;
+        if let Some(edge) = mesh.edge {
+            let _ = writeln!(std::io::stderr(), "agentmesh: HTTP edge on http://{edge}");
+        }
         let orchestrator =
             agentmesh_kit::client::plain_channel(&format!("http://{}", mesh.orchestrator))?;
         let tool_runner =

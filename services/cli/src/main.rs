@@ -151,6 +151,14 @@ struct UpArgs {
     /// Log filter (e.g. `info`, `debug`); RUST_LOG wins when set.
     #[arg(long, default_value = "info")]
     log_level: String,
+    /// Port of the HTTP edge (OpenAI-compatible API, runs over REST, SSE
+    /// and WebSocket); its admin port is this + 1000. Unset: `[edge]`
+    /// `server.port` of the configuration, 8080 by default.
+    #[arg(long)]
+    edge_port: Option<u16>,
+    /// Do not serve the HTTP edge.
+    #[arg(long)]
+    no_edge: bool,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -223,14 +231,21 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         args.config.as_deref(),
         mesh::Ports::From(args.host, args.base_port),
         &args.data_dir,
-    ) {
+    )
+    .and_then(|configs| {
+        if args.no_edge {
+            Ok(configs)
+        } else {
+            configs.with_edge(args.config.as_deref(), args.host, args.edge_port)
+        }
+    }) {
         Ok(configs) => configs,
         Err(err) => {
             let _ = writeln!(std::io::stderr(), "agentmesh: {err}");
             return Ok(ExitCode::from(agentmesh_kit::main_support::EXIT_CONFIG));
         }
     };
-    let mesh = mesh::Mesh::start(configs).await?;
+    let mesh = Box::pin(mesh::Mesh::start(configs)).await?;
     let stopper = mesh.stopper();
     tokio::select! {
         () = agentmesh_kit::shutdown::signal() => {}

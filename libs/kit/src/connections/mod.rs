@@ -235,6 +235,14 @@ impl LimitedListener {
     }
 }
 
+impl LimitedListener {
+    /// The same listener, its connections watched as `protocol` speaks.
+    pub(crate) fn with_protocol(mut self, protocol: Protocol) -> Self {
+        self.protocol = protocol;
+        self
+    }
+}
+
 impl axum::serve::Listener for LimitedListener {
     type Io = Guarded<TcpStream>;
     type Addr = SocketAddr;

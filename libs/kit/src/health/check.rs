@@ -60,7 +60,7 @@ impl DependencyCheck {
 
     /// Reaches `https://` peers with `tls` (the host's `[server.client_tls]`);
     /// the first one given counts.
-    pub(crate) fn use_client_tls(&self, tls: &crate::tls::ClientTlsFiles) {
+    pub fn use_client_tls(&self, tls: &crate::tls::ClientTlsFiles) {
         let _ = self.tls.set(tls.clone());
     }
 

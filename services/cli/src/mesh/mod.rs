@@ -1,5 +1,6 @@
 //! The whole mesh in this process: five services, each on its own loopback
-//! (or configured) port, talking real gRPC to each other.
+//! (or configured) port, talking real gRPC to each other, and optionally
+//! the HTTP edge in front of them.
 //!
 //! The audit service runs apart from the other four: they send it their audit
 //! events, so it starts first and stops last, after they have flushed their
@@ -31,6 +32,9 @@ pub(crate) struct MeshConfigs {
     pub(crate) tool_runner: agentmesh_tool_runner::Config,
     pub(crate) audit: agentmesh_audit::Config,
     pub(crate) alerting: agentmesh_alerting::Config,
+    /// The HTTP edge, when it is served too (its own port: 8080 unless
+    /// configured; any free one with ephemeral ports).
+    pub(crate) edge: Option<agentmesh_edge::Config>,
 }
 
 /// Where a service gets its ports from.
@@ -68,6 +72,7 @@ impl MeshConfigs {
             )?,
             audit: load_one(file, layout, ports, AUDIT_INDEX, Some(data_dir))?,
             alerting: load_one(file, layout, ports, 4, Some(data_dir))?,
+            edge: None,
         };
         demo::add_demo_profiles(&mut configs.orchestrator)?;
         let shared = auth::shared(file)?;
@@ -95,6 +100,32 @@ impl MeshConfigs {
             &mut self.tool_runner.audit,
             &mut self.alerting.audit,
         ]
+    }
+}
+
+impl MeshConfigs {
+    /// Serves the edge too: its section of `file` (if any) and its
+    /// environment, on `host` (its configured port, or `port` when given).
+    pub(crate) fn with_edge(
+        mut self,
+        file: Option<&Path>,
+        host: std::net::IpAddr,
+        port: Option<u16>,
+    ) -> Result<Self, ConfigError> {
+        let overrides = Overrides {
+            host: Some(host),
+            port,
+            admin_port: port.map(|port| {
+                if port == 0 {
+                    0
+                } else {
+                    port.saturating_add(config::ADMIN_PORT_OFFSET)
+                }
+            }),
+            set: Vec::new(),
+        };
+        self.edge = Some(config::load_with_layout(file, layout_of(file), &overrides)?);
+        Ok(self)
     }
 }
 
@@ -178,6 +209,21 @@ async fn bind(server: &ServerConfig) -> anyhow::Result<(Listeners, SocketAddr)> 
     let listeners = Listeners::bind(server).await?;
     let addr = reachable(listeners.grpc_addr()?);
     Ok((listeners, addr))
+}
+
+/// The edge's configuration pointed at the services bound here, and its
+/// listeners.
+async fn bind_edge(
+    mut config: agentmesh_edge::Config,
+    orchestrator: SocketAddr,
+    gateway: SocketAddr,
+    tool_runner: SocketAddr,
+) -> anyhow::Result<(agentmesh_edge::Config, Listeners, SocketAddr)> {
+    config.orchestrator_url = format!("http://{orchestrator}");
+    config.llm_gateway_url = format!("http://{gateway}");
+    config.tool_runner_url = format!("http://{tool_runner}");
+    let (listeners, addr) = bind(&config.server).await?;
+    Ok((config, listeners, addr))
 }
 
 // === impl Services ===
@@ -306,6 +352,8 @@ pub(crate) struct Mesh {
     pub(crate) orchestrator: SocketAddr,
     /// Where the tool runner listens.
     pub(crate) tool_runner: SocketAddr,
+    /// Where the HTTP edge listens, when it is served.
+    pub(crate) edge: Option<SocketAddr>,
     /// Cancelled to stop the mesh, or by a service that failed.
     stop: CancellationToken,
     /// The four services that produce audit events; they stop on `stop`.
@@ -319,8 +367,10 @@ impl Mesh {
     /// Binds every service's ports, points the orchestrator at the gateway
     /// and the tool runner, and every producer of audit events at the audit
     /// service it just bound, gives each its service key when they ask for
-    /// credentials, and starts all five. A service that fails
-    /// stops the others, so no half mesh keeps running.
+    /// credentials, and starts all five (and the edge, when configured). A
+    /// service that fails stops the others, so no half mesh keeps running.
+    /// Kept whole: binding, wiring and starting the services, in the order
+    /// they depend on each other, read best in one place.
     pub(crate) async fn start(mut configs: MeshConfigs) -> anyhow::Result<Self> {
         auth::issue_service_keys(&mut configs)?;
         let (orchestrator_listeners, orchestrator) = bind(&configs.orchestrator.server).await?;
@@ -343,6 +393,12 @@ impl Mesh {
             configs.alerting.source.url = format!("http://{audit}");
         }
 
+        let edge = match configs.edge.take() {
+            Some(config) => Some(bind_edge(config, orchestrator, gateway, tool_runner).await?),
+            None => None,
+        };
+        let edge_addr = edge.as_ref().map(|(_, _, addr)| *addr);
+
         let stop = CancellationToken::new();
         // The audit service first, so that the producers' first events find it.
         let audit = EmbeddedAudit::spawn(configs.audit, audit_listeners, audit, stop.clone());
@@ -350,47 +406,55 @@ impl Mesh {
         // only when `stop()` has seen them finish.
         let producers_stop = stop.child_token();
         let signal = || producers_stop.clone().cancelled_owned();
-        let producers = Services::spawn(
-            producers_stop.clone(),
-            vec![
-                (
-                    "orchestrator",
-                    Box::pin(agentmesh_orchestrator::serve_with_listeners(
-                        configs.orchestrator,
-                        orchestrator_listeners,
-                        signal(),
-                    )),
-                ),
-                (
-                    "llm-gateway",
-                    Box::pin(agentmesh_llm_gateway::serve_with_listeners(
-                        configs.llm_gateway,
-                        gateway_listeners,
-                        signal(),
-                    )),
-                ),
-                (
-                    "tool-runner",
-                    Box::pin(agentmesh_tool_runner::serve_with_listeners(
-                        configs.tool_runner,
-                        tools_listeners,
-                        signal(),
-                    )),
-                ),
-                (
-                    "alerting",
-                    Box::pin(agentmesh_alerting::serve_with_listeners(
-                        configs.alerting,
-                        alerting_listeners,
-                        signal(),
-                    )),
-                ),
-            ],
-            &stop,
-        );
+        let mut services: Vec<(&'static str, Served)> = vec![
+            (
+                "orchestrator",
+                Box::pin(agentmesh_orchestrator::serve_with_listeners(
+                    configs.orchestrator,
+                    orchestrator_listeners,
+                    signal(),
+                )),
+            ),
+            (
+                "llm-gateway",
+                Box::pin(agentmesh_llm_gateway::serve_with_listeners(
+                    configs.llm_gateway,
+                    gateway_listeners,
+                    signal(),
+                )),
+            ),
+            (
+                "tool-runner",
+                Box::pin(agentmesh_tool_runner::serve_with_listeners(
+                    configs.tool_runner,
+                    tools_listeners,
+                    signal(),
+                )),
+            ),
+            (
+                "alerting",
+                Box::pin(agentmesh_alerting::serve_with_listeners(
+                    configs.alerting,
+                    alerting_listeners,
+                    signal(),
+                )),
+            ),
+        ];
+        if let Some((config, listeners, _)) = edge {
+            services.push((
+                "edge",
+                Box::pin(agentmesh_edge::serve_with_listeners(
+                    config,
+                    listeners,
+                    signal(),
+                )),
+            ));
+        }
+        let producers = Services::spawn(producers_stop.clone(), services, &stop);
         Ok(Self {
             orchestrator,
             tool_runner,
+            edge: edge_addr,
             stop,
             producers,
             audit,
