@@ -2,7 +2,8 @@
 package against the OpenAI-compatible API (the scripted provider, a
 fault-injecting upstream behind a fallback, a rate limit), `curl -N` on a
 run's Server-Sent Events, the `websockets` package on its WebSocket, and
-`openapi-spec-validator` on /openapi.json, whose every route is then called.
+`openapi-spec-validator` on /openapi.json, whose every route is then called,
+and the official `mcp` SDK on the MCP server at /mcp.
 """
 
 import http.server
@@ -326,3 +327,39 @@ def test_openapi_is_valid_and_every_route_in_it_is_served(mesh):
             assert b"no route" not in body, f"{verb} {path} is documented but not served"
             checked += 1
     assert checked >= 12
+
+
+# === the MCP server ===
+
+
+def test_the_mcp_sdk_lists_and_calls_the_mesh_tools_and_runs_an_agent(mesh):
+    import anyio
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    async def session_work():
+        async with streamable_http_client(f"{mesh['edge']}/mcp") as streams:
+            async with ClientSession(streams[0], streams[1]) as session:
+                await session.initialize()
+                tools = {tool.name: tool for tool in (await session.list_tools()).tools}
+                assert {"calculator", "run_agent"} <= set(tools)
+                assert tools["calculator"].input_schema["type"] == "object"
+                calculated = await session.call_tool("calculator", {"expression": "17 * 23 + sqrt(144)"})
+                assert not calculated.is_error and calculated.structured_content == {"result": 403}
+                progress = []
+
+                async def on_progress(value, total, message):
+                    progress.append((value, message))
+
+                answer = await session.call_tool(
+                    "run_agent", {"objective": OBJECTIVE}, progress_callback=on_progress
+                )
+                return answer, progress
+
+    answer, progress = anyio.run(session_work)
+    assert not answer.is_error
+    assert "403" in answer.content[0].text
+    assert answer.structured_content["run_id"]
+    messages = [message for _, message in progress]
+    assert "calling calculator" in messages, messages
+    assert [value for value, _ in progress] == sorted(value for value, _ in progress)

@@ -7,6 +7,7 @@
 //!            /v1/runs/{run_id}/events (SSE)       events
 //!            /v1/runs/{run_id}/ws (WebSocket)     ws
 //!            /openapi.json                        openapi
+//!            /mcp (MCP, streamable HTTP)           mcp
 //!            every other `google.api.http` route  transcode (fallback)
 //! ```
 
@@ -64,7 +65,24 @@ pub(crate) fn router(
         .route("/v1/runs/{run_id}/events", get(crate::events::run_events))
         .route("/v1/runs/{run_id}/ws", get(crate::ws::run_socket))
         .route("/openapi.json", get(crate::openapi::document))
-        .fallback(crate::transcode::handle)
+        .fallback(crate::transcode::handle);
+    let router = if config.mcp.enabled {
+        router.route_service(
+            "/mcp",
+            tower::ServiceBuilder::new()
+                .layer(axum::middleware::from_fn_with_state(
+                    crate::mcp::access::Gate {
+                        edge: edge.clone(),
+                        verified: Arc::default(),
+                    },
+                    crate::mcp::access::verify,
+                ))
+                .service(crate::mcp::service(&edge)),
+        )
+    } else {
+        router
+    };
+    let router = router
         .with_state(edge)
         .layer(axum::extract::DefaultBodyLimit::max(
             config.server.max_message_bytes,

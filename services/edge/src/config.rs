@@ -63,6 +63,10 @@ pub struct McpConfig {
     /// The longest `run_agent` waits for a run's answer.
     #[serde(with = "humantime_serde")]
     pub run_timeout: Duration,
+    /// The `Host` names (or `host:port`) `/mcp` answers, against DNS
+    /// rebinding. Empty: loopback names when the edge listens on loopback,
+    /// any otherwise (credentials guard a network-facing edge).
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for Config {
@@ -89,6 +93,7 @@ impl Default for McpConfig {
             stateless: false,
             session_idle_timeout: Duration::from_secs(600),
             run_timeout: Duration::from_secs(600),
+            allowed_hosts: Vec::new(),
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The edge: the mesh for clients that do not speak gRPC. It holds no state
-//! of its own (but MCP sessions, later); every request becomes calls to the
+//! of its own but MCP sessions; every request becomes calls to the
 //! other services through the kit's channels, carrying the caller's
 //! `authorization`, request id, trace context and a deadline.
 //!
@@ -16,6 +16,8 @@
 //!            │     └ codec    (calls made from descriptors)
 //!            ├─▶ events      run events as SSE (StreamRun, Run)
 //!            ├─▶ ws          run events over a WebSocket
+//!            ├─▶ mcp         /mcp: the tools and run_agent as an MCP server
+//!            │     (rmcp, streamable HTTP; access: who may reach it)
 //!            └─▶ openapi     /openapi.json from the same bindings
 //! state (what the handlers share), caller (the credential each call
 //! carries), protojson (proto3 JSON ⇄ messages), error (gRPC status →
@@ -53,6 +55,7 @@ mod error;
 mod events;
 mod fields;
 mod host;
+mod mcp;
 mod metrics;
 mod openai;
 mod openapi;

@@ -163,6 +163,17 @@ fn add_untranscoded(paths: &mut BTreeMap<String, Map<String, Value>>) {
                 "responses": {"101": {"description": "Switching Protocols"}, "default": error_response()},
             }),
         ),
+        (
+            "/mcp",
+            "post",
+            json!({
+                "operationId": "Mcp",
+                "tags": ["MCP"],
+                "summary": "The MCP server (streamable HTTP, protocol 2025-06-18): the mesh's tools and run_agent. GET opens the session's event stream, DELETE ends the session.",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object"}}}},
+                "responses": {"200": {"description": "A JSON-RPC answer, as JSON or Server-Sent Events."}, "default": error_response()},
+            }),
+        ),
         ("/v1/chat/completions", "post", {
             let mut operation = openai(
                 "Creates a chat completion (stream: true answers as SSE chunks ending with [DONE]).",

@@ -7,6 +7,7 @@ use agentmesh_kit::ServeError;
 use agentmesh_kit::client::{Clients, MeshChannel};
 use agentmesh_proto::llm::v1::llm_gateway_service_client::LlmGatewayServiceClient;
 use agentmesh_proto::orchestrator::v1::orchestrator_service_client::OrchestratorServiceClient;
+use agentmesh_proto::tools::v1::tool_runner_service_client::ToolRunnerServiceClient;
 use tokio_util::sync::CancellationToken;
 
 use crate::Config;
@@ -18,6 +19,7 @@ use crate::protojson::EventRenderer;
 pub(crate) struct Peers {
     pub(crate) orchestrator: OrchestratorServiceClient<MeshChannel>,
     pub(crate) gateway: LlmGatewayServiceClient<MeshChannel>,
+    pub(crate) tools: ToolRunnerServiceClient<MeshChannel>,
     /// The orchestrator's channel, for calls made from descriptors.
     pub(crate) orchestrator_channel: MeshChannel,
 }
@@ -33,6 +35,9 @@ impl Peers {
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit),
             gateway: LlmGatewayServiceClient::new(clients.channel(&config.llm_gateway_url)?)
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
+            tools: ToolRunnerServiceClient::new(clients.channel(&config.tool_runner_url)?)
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit),
             orchestrator_channel,

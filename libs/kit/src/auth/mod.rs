@@ -42,6 +42,7 @@ use tonic_types::{ErrorDetails, StatusExt as _};
 
 use crate::request_context::{CURRENT, RequestContext};
 
+pub use agentmesh_auth::identity::FORWARDED as FORWARDED_IDENTITY;
 pub use agentmesh_auth::{Identity, Scope, ScopeTable};
 pub use credential::ServiceCredential;
 
