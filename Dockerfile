@@ -1,4 +1,4 @@
-# The agentmesh image: the five service binaries and the CLI, on a distroless
+# The agentmesh image: the six service binaries and the CLI, on a distroless
 # base (glibc, libgcc, CA certificates, /etc/passwd with `nonroot` = 65532; no
 # shell, no package manager).
 #
@@ -58,6 +58,7 @@ RUN cargo build --release --locked --workspace --bins \
           target/release/agentmesh-tool-runner \
           target/release/agentmesh-audit \
           target/release/agentmesh-alerting \
+          target/release/agentmesh-edge \
           /out/bin/ \
     && printf '%s\n' \
       '# agentmesh up in the image: every address, API keys required.' \
