@@ -1,4 +1,4 @@
-# The agentmesh image: the five service binaries and the CLI, on a distroless
+# The agentmesh image: the six service binaries and the CLI, on a distroless
 # base (glibc, libgcc, CA certificates, /etc/passwd with `nonroot` = 65532; no
 # shell, no package manager).
 #
@@ -7,10 +7,11 @@
 # One image, one binary per container: the Kubernetes manifests and
 # docker-compose.yml set the command (`/usr/local/bin/agentmesh-<service>`)
 # and each service's address, peers and auth through AGENTMESH_… variables.
-# Without a command it runs the whole mesh in one process (`agentmesh up`) on
-# every address, so it asks every call for an API key: mount a keys file made
-# with `agentmesh keys create --file keys.toml` (docs/identity.md):
-#   docker run -p 127.0.0.1:50051-50055:50051-50055 \
+# Without a command it runs the whole mesh in one process (`agentmesh up`,
+# the HTTP edge on 8080 included) on every address, so it asks every call for
+# an API key: mount a keys file made with `agentmesh keys create --file
+# keys.toml` (docs/identity.md):
+#   docker run -p 127.0.0.1:50051-50055:50051-50055 -p 127.0.0.1:8080:8080 \
 #     -v "$PWD/keys.toml:/etc/agentmesh/keys/keys.toml:ro" agentmesh:dev
 # Without one it stops at start, naming the missing file.
 #
@@ -58,6 +59,7 @@ RUN cargo build --release --locked --workspace --bins \
           target/release/agentmesh-tool-runner \
           target/release/agentmesh-audit \
           target/release/agentmesh-alerting \
+          target/release/agentmesh-edge \
           /out/bin/ \
     && printf '%s\n' \
       '# agentmesh up in the image: every address, API keys required.' \
@@ -84,7 +86,7 @@ WORKDIR /var/lib/agentmesh
 # a helper mode (/proc/self/exe): nothing else from the image is needed.
 # Command tools run programs of the image, and distroless has none: an image
 # for command tools adds them in a layer on top of this one.
-EXPOSE 50051 50052 50053 50054 50055
+EXPOSE 50051 50052 50053 50054 50055 8080
 # `agentmesh up`'s readiness: every service SERVING (health checks need no
 # credentials). A service run alone overrides it (docker-compose.yml).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \

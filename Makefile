@@ -17,7 +17,8 @@
 #                 cross-check them against each other and the services; then its self-test
 #   make build    the workspace
 #   make deploy-smoke      run the rendered dev overlay as local processes (one pod per Deployment,
-#                          its env, user, volumes and probes), one run and its audit events; then
+#                          its env, user, volumes and probes), one run and its audit events, and a
+#                          run over HTTP through the edge (REST and Server-Sent Events); then
 #                          each fault of SMOKE_MUTANTS must make it fail (root; needs the built binaries)
 #   make deploy-resources  after the smoke, RUNS runs (default 200): peak RSS and CPU per 100 runs per container
 
@@ -137,7 +138,7 @@ proto:
 # optional Secrets (provider keys, callback secrets) left out must not keep a pod from starting.
 SMOKE_DIR ?= k8s/overlays/dev
 SMOKE_BIN_DIR ?= target/debug
-SMOKE_MUTANTS ?= no-peer-env no-spool-volume no-workspaces-volume loopback-listen no-secret
+SMOKE_MUTANTS ?= no-peer-env no-spool-volume no-workspaces-volume loopback-listen no-secret edge-orchestrator-nowhere
 SMOKE_MUTANT_TIMEOUT ?= 20
 SMOKE = $(PYTHON) tools/deploy/smoke.py --kustomize $(SMOKE_DIR) --bin-dir $(SMOKE_BIN_DIR)
 

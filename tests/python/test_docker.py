@@ -138,6 +138,30 @@ def test_the_services_accept_the_compose_settings(tmp_path):
                 assert f'"{value}"' in config, f"{name}: {key} not in its configuration"
 
 
+def test_the_edge_accepts_its_compose_settings():
+    # The edge holds no key (no env file) and asks nobody itself: it passes
+    # each request's authorization on to the services behind it.
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    service = compose["services"]["edge"]
+    assert service["entrypoint"] == ["/usr/local/bin/agentmesh-edge"]
+    assert "env_file" not in service and "volumes" not in service
+    assert "127.0.0.1:8080:8080" in service["ports"]
+    env = {k: _interpolate(str(v)) for k, v in service["environment"].items() if v is not None}
+    result = subprocess.run(
+        [str(BIN_DIR / "agentmesh-edge"), "--dump-config"],
+        env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    config = result.stdout
+    assert 'host = "0.0.0.0"' in config, config
+    assert 'orchestrator_url = "http://orchestrator:50051"' in config, config
+    assert 'llm_gateway_url = "http://llm-gateway:50052"' in config, config
+    assert 'tool_runner_url = "http://tool-runner:50053"' in config, config
+
+
 def test_init_secrets_keeps_what_exists_and_the_database_password(tmp_path):
     secrets = tmp_path / "secrets"
 

@@ -22,6 +22,11 @@ from conftest import BIN_DIR, ROOT, SERVICES
 
 PORTS = {name: 50051 + i for i, (name, _) in enumerate(SERVICES)}
 NAMES = list(PORTS)
+# The HTTP edge: HTTP on 8080, admin on 9080, no gRPC health, no credential.
+EDGE = "edge"
+EDGE_PORTS = {"http": 8080, "http-admin": 9080}
+# Every Deployment of the base.
+ALL = NAMES + [EDGE]
 # Services that keep data: PostgreSQL in the base, a claim in sqlite-single.
 STATEFUL = {"orchestrator", "llm-gateway", "audit", "alerting"}
 # The gateway opens its database on first use (budgets): its URL is optional.
@@ -132,7 +137,7 @@ def test_every_overlay_and_every_combination_of_components_renders(tmp_path):
                 yaml.safe_dump({"resources": [rel("k8s/base")], "components": list(combo)})
             )
             docs = _render(work)
-            assert len(_of(docs, "Deployment")) == 5, combo
+            assert sorted(_of(docs, "Deployment")) == sorted(ALL), combo
 
 
 def test_each_service_has_a_deployment_and_a_grpc_service():
@@ -155,6 +160,41 @@ def test_each_service_has_a_deployment_and_a_grpc_service():
         grpc_port = next(p for p in services[name]["spec"]["ports"] if p["name"] == "grpc")
         assert grpc_port["port"] == port and grpc_port["appProtocol"] == "grpc"
         assert services[name]["spec"]["selector"] == {"app.kubernetes.io/name": name}
+
+
+def test_the_edge_is_an_http_service_without_credentials():
+    docs = _rendered("base")
+    deployment, service = _of(docs, "Deployment")[EDGE], _of(docs, "Service")[EDGE]
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["name"] == EDGE and container["command"] == ["/usr/local/bin/agentmesh-edge"]
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == EDGE_PORTS
+    # No gRPC health: HTTP probes on the admin port; liveness and start-up
+    # never follow the dependencies.
+    assert container["readinessProbe"]["httpGet"] == {"port": "http-admin", "path": "/readyz"}
+    assert container["livenessProbe"]["httpGet"] == {"port": "http-admin", "path": "/livez"}
+    assert container["startupProbe"]["httpGet"] == {"port": "http-admin", "path": "/livez"}
+    # HTTP for Istio's protocol selection (HTTP/1.1, WebSocket upgrades).
+    ports = {p["name"]: p for p in service["spec"]["ports"]}
+    assert ports["http"]["port"] == 8080 and ports["http"]["appProtocol"] == "http"
+    assert ports["http-admin"]["port"] == 9080
+    # Hardened like the others, and nothing to mount: no keys, no
+    # credential, no file written.
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert not pod.get("volumes") and not container.get("volumeMounts")
+    assert not _env_refs(container)
+    # The binary takes the manifest's settings: every address, its peers by
+    # their Services, auth left to the services behind it.
+    config = _effective(deployment)
+    assert config["server"]["host"] == "0.0.0.0" and config["server"]["port"] == 8080
+    assert config["auth"]["methods"] == ["none"] and config["auth"]["allow_none_off_loopback"] is True
+    assert "credential_file" not in config["auth"] and "keys_file" not in config["auth"]
+    assert config["orchestrator_url"] == "http://orchestrator:50051"
+    assert config["llm_gateway_url"] == "http://llm-gateway:50052"
+    assert config["tool_runner_url"] == "http://tool-runner:50053"
 
 
 def test_the_drain_fits_the_termination_grace_period_and_the_sidecar_drains_longer():
@@ -187,15 +227,16 @@ def test_peers_are_services_of_the_render():
     expected = {
         "orchestrator": {"llm_gateway_url": "llm-gateway", "tool_runner_url": "tool-runner"},
         "alerting": {"source.url": "audit"},
+        EDGE: {"orchestrator_url": "orchestrator", "llm_gateway_url": "llm-gateway", "tool_runner_url": "tool-runner"},
     }
     for name, deployment in _of(docs, "Deployment").items():
         config = _effective(deployment)
-        urls = {key: config[key] for key in ("llm_gateway_url", "tool_runner_url") if key in config}
+        urls = {key: config[key] for key in ("orchestrator_url", "llm_gateway_url", "tool_runner_url") if key in config}
         if "audit" in config:
             urls["audit.url"] = config["audit"]["url"]
         if "source" in config:
             urls["source.url"] = config["source"]["url"]
-        if name != "audit":
+        if name not in ("audit", EDGE):  # the edge records nothing itself
             assert "audit.url" in urls, f"{name} records no audit events"
         for key, url in urls.items():
             match = re.fullmatch(r"http://([a-z0-9-]+):(\d+)", url)
@@ -279,7 +320,7 @@ def test_replicas_reach_each_other_through_headless_services():
     [monitor] = _of(prod, "ServiceMonitor").values()
     selector = monitor["spec"]["selector"]
     scraped = [n for n, svc in _of(prod, "Service").items() if _selects(selector, svc["metadata"]["labels"])]
-    assert sorted(scraped) == sorted(NAMES)
+    assert sorted(scraped) == sorted(ALL)
     # Under Istio, no retries by the mesh on these routes either.
     traffic = _documents(ROOT / "istio/traffic.yaml")
     routes = {d["metadata"]["name"]: d for d in traffic if d["kind"] == "VirtualService"}
@@ -311,10 +352,10 @@ def test_the_smoke_resolves_headless_services_to_their_pods(tmp_path):
 def _writable_mounts(deployment, docs):
     """mountPath -> volume of every writable mount, checked for kind."""
     pod = deployment["spec"]["template"]["spec"]
-    volumes = {v["name"]: v for v in pod["volumes"]}
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
     claims = _of(docs, "PersistentVolumeClaim")
     mounts = {}
-    for mount in _container(deployment)["volumeMounts"]:
+    for mount in _container(deployment).get("volumeMounts", []):
         volume = volumes[mount["name"]]
         if mount.get("readOnly"):
             continue
@@ -389,7 +430,7 @@ def test_the_base_keeps_data_in_postgresql_and_sqlite_single_on_claims():
         assert deployment["spec"]["replicas"] == 1, name
         assert f"AGENTMESH_{_section(name)}__STORAGE__URL" not in _env_refs(_container(deployment))
         assert not any("__SHARED_LIMITS__" in env for env in _env(_container(deployment))), name
-        claims = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if "persistentVolumeClaim" in v]
+        claims = [v for v in deployment["spec"]["template"]["spec"].get("volumes", []) if "persistentVolumeClaim" in v]
         assert bool(claims) == (name in STATEFUL), name
         if claims:
             # A ReadWriteOnce claim cannot be attached to two pods at once.
@@ -453,7 +494,7 @@ def test_prod_runs_replicas_with_disruption_budgets_autoscalers_and_spread():
         keys = {c["topologyKey"] for c in spread}
         assert keys == {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}, name
         assert all(c["whenUnsatisfiable"] == "ScheduleAnyway" for c in spread), name
-    assert set(autoscalers) == {"orchestrator", "llm-gateway"}
+    assert set(autoscalers) == {"orchestrator", "llm-gateway", EDGE}
     for name, hpa in autoscalers.items():
         spec = hpa["spec"]
         assert hpa["apiVersion"] == "autoscaling/v2"
@@ -473,7 +514,7 @@ def test_every_secret_and_config_map_the_pods_use_exists_or_is_optional():
             for env, (kind, obj, key, optional) in _env_refs(_container(deployment)).items():
                 if overlay == "dev" and not optional:
                     assert (kind, obj) in present, f"dev: {name} {env} needs {kind} {obj}"
-            for volume in deployment["spec"]["template"]["spec"]["volumes"]:
+            for volume in deployment["spec"]["template"]["spec"].get("volumes", []):
                 if "secret" in volume and overlay == "dev" and not volume["secret"].get("optional"):
                     assert volume["secret"]["secretName"] in secrets, (name, volume)
         if overlay == "prod":
@@ -526,7 +567,8 @@ def test_the_example_secrets_are_a_working_set_of_keys():
         assert needed <= set(entry["scopes"]), (name, entry["scopes"])
     client = _entry_of((EXAMPLE / "client.credential").read_text())
     assert client["tenant"], "the client key acts in a tenant"
-    assert {"runs:write", "runs:read", "audit:read"} <= set(client["scopes"])
+    # llm:generate: the smoke lists the models through the edge.
+    assert {"runs:write", "runs:read", "audit:read", "llm:generate"} <= set(client["scopes"])
     assert "service" not in client["scopes"] and "admin" not in client["scopes"]
     # Every example key says what it is.
     assert all("EXAMPLE ONLY" in k["label"] for k in _example_keys())
@@ -539,20 +581,36 @@ def test_istio_policy_covers_every_service():
     assert {d["spec"]["mtls"]["mode"] for d in peers} == {"STRICT"}
     docs = _documents(ROOT / "istio/traffic.yaml")
     hosts = {d["spec"]["host"] for d in docs if d["kind"] == "DestinationRule"}
-    assert hosts == set(PORTS)
+    assert hosts == set(ALL)
+    main_ports = {**PORTS, EDGE: EDGE_PORTS["http"]}
     for vs in (d for d in docs if d["kind"] == "VirtualService"):
         # Each port routed to itself: the admin port never reaches gRPC.
         for route in vs["spec"]["http"]:
             port = route["match"][0]["port"]
             assert route["route"][0]["destination"]["port"]["number"] == port
-        grpc = vs["spec"]["http"][0]["match"][0]["port"]
+        main = vs["spec"]["http"][0]["match"][0]["port"]
         # The headless peers Services route the same gRPC port.
-        assert grpc == PORTS[vs["metadata"]["name"].removesuffix("-peers")]
+        assert main == main_ports[vs["metadata"]["name"].removesuffix("-peers")]
+    # The edge is HTTP/1.1 (WebSocket upgrades): never upgraded to HTTP/2.
+    edge_rule = next(d for d in docs if d["kind"] == "DestinationRule" and d["spec"]["host"] == EDGE)
+    assert "h2UpgradePolicy" not in str(edge_rule)
+    # Through the ingress: the edge's HTTP paths, no retries (a POST
+    # /v1/runs without an idempotency key would start a second run), no
+    # route timeout (event streams last as long as the run).
+    [ingress] = _documents(ROOT / "istio/ingress-routes.yaml")
+    [edge_route] = [r for r in ingress["spec"]["http"] if r["route"][0]["destination"]["host"] == EDGE]
+    assert edge_route["route"][0]["destination"]["port"]["number"] == EDGE_PORTS["http"]
+    assert edge_route["retries"] == {"attempts": 0} and edge_route["timeout"] == "0s"
+    matches = [m["uri"] for m in edge_route["match"]]
+    assert {"prefix": "/v1/"} in matches and {"exact": "/openapi.json"} in matches and {"exact": "/mcp"} in matches
+    assert ingress["spec"]["http"][-1] is edge_route, "the HTTP routes come after the gRPC ones"
 
 
 def test_listening_beyond_loopback_comes_with_api_keys_from_mounted_secrets():
     for deployment in _of(_rendered("base"), "Deployment").values():
         name = deployment["metadata"]["name"]
+        if name == EDGE:
+            continue  # no keys of its own: test_the_edge_is_an_http_service_without_credentials
         prefix = f"AGENTMESH_{_section(name)}__"
         pod = deployment["spec"]["template"]["spec"]
         container = pod["containers"][0]

@@ -23,6 +23,13 @@ How data flows:
    cross-references
      service-selector, target-port  Services select pods that have the port
      probe-port                     probes ask a port the container declares
+     probe-protocol                 gRPC probes ask a gRPC port (the edge
+                                    serves no gRPC health); HTTP probes ask
+                                    the admin port, liveness and start-up
+                                    on /livez or /healthz, never /readyz
+     listen-address                 every service listens beyond loopback
+                                    (server.host), or its Service reaches
+                                    nothing
      monitor-port                   ServiceMonitor/PodMonitor ports exist
      authz-port, authz-selector     AuthorizationPolicy ports/selectors exist
      principal                      principals are ServiceAccounts of the render
@@ -112,9 +119,17 @@ SCHEMAS = ROOT / "deploy" / "schemas"
 # minor release we claim (kubernetes-validate ships the schemas of both).
 K8S_VERSIONS = ("1.30", "1.33")
 
-# The five services, as the binaries name their configuration sections
-# (environment AGENTMESH_<SECTION>__…).
-SERVICES = ("orchestrator", "llm-gateway", "tool-runner", "audit", "alerting")
+# The services, as the binaries name their configuration sections
+# (environment AGENTMESH_<SECTION>__…): five gRPC services and the HTTP edge.
+SERVICES = ("orchestrator", "llm-gateway", "tool-runner", "audit", "alerting", "edge")
+# Services that speak HTTP, not gRPC: no gRPC health (HTTP probes on the
+# admin port), and no credential of their own (the edge passes its callers'
+# `authorization` on).
+HTTP_SERVICES = frozenset({"edge"})
+# The admin server's paths (libs/kit admin.rs) a probe may ask: /livez and
+# /healthz answer while the process does, /readyz follows the dependencies.
+LIVE_PATHS = frozenset({"/livez", "/healthz"})
+ADMIN_PROBE_PATHS = LIVE_PATHS | {"/readyz"}
 
 # The peer addresses each service needs (all default to 127.0.0.1, which in
 # a pod is the pod itself): env key -> the service that must answer there.
@@ -129,6 +144,11 @@ REQUIRED_PEERS = {
     "alerting": {
         "AGENTMESH_ALERTING__AUDIT__URL": "audit",
         "AGENTMESH_ALERTING__SOURCE__URL": "audit",
+    },
+    "edge": {
+        "AGENTMESH_EDGE__ORCHESTRATOR_URL": "orchestrator",
+        "AGENTMESH_EDGE__LLM_GATEWAY_URL": "llm-gateway",
+        "AGENTMESH_EDGE__TOOL_RUNNER_URL": "tool-runner",
     },
 }
 
@@ -148,6 +168,8 @@ WRITABLE_PATHS = {
     "audit": [("data dir", "STORAGE__DATA_DIR", "data", "data")],
     "alerting": [("audit spool", "AUDIT__SPOOL_DIR", "data/spool", "scratch"),
                  ("data dir", "STORAGE__DATA_DIR", "data", "data")],
+    # The edge writes no file: no audit producer, no storage.
+    "edge": [],
 }
 
 # The server's shutdown defaults (libs/kit config.rs): grace_period 30 s,
@@ -169,9 +191,10 @@ DEFAULT_WORKDIR = "/"
 # here: those references must be optional (rule_provider_keys).
 # A reference to a Secret outside this list must be optional or the Secret
 # must be part of the render (components/secrets-example).
+# The edge has no credential: a reference to one is a Secret nobody makes.
 OPERATOR_SECRETS = frozenset(
     {"agentmesh-keys", "agentmesh-databases"}
-    | {f"agentmesh-{service}-credential" for service in SERVICES}
+    | {f"agentmesh-{service}-credential" for service in SERVICES if service not in HTTP_SERVICES}
 )
 
 # The protocols a Service port can declare to Istio, by its name's prefix
@@ -942,6 +965,74 @@ def rule_probes(render):
                         f"{container.spec.get('name')}", f"{container.field}.{probe}.{handler}.port"
 
 
+def rule_probe_protocols(render):
+    """A gRPC probe asks the container's gRPC port (an HTTP service such as
+    the edge has none: it serves no gRPC health, and the kubelet's gRPC
+    probe would fail forever); an HTTP probe of a service asks its admin
+    port (`http-admin`) on a path the admin server serves, and liveness and
+    start-up never ask `/readyz`, which follows the dependencies (an outage
+    elsewhere would restart every pod)."""
+    for workload in render.workloads():
+        for container in render.containers(workload):
+            if container.service is None:
+                continue
+            names = container.port_names()
+            for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+                spec = container.spec.get(probe) or {}
+                field = f"{container.field}.{probe}"
+                if "grpc" in spec:
+                    port = spec["grpc"].get("port")
+                    if "grpc" not in names or port not in ("grpc", names["grpc"]):
+                        what = (f"{container.service} serves no gRPC health (an HTTP service): probe its admin "
+                                "port over HTTP" if "grpc" not in names else f"port {port} is not its grpc port")
+                        yield workload, "probe-protocol", f"{probe} is a gRPC probe: {what}", f"{field}.grpc.port"
+                if "httpGet" in spec:
+                    port, path = spec["httpGet"].get("port"), spec["httpGet"].get("path", "/")
+                    if port not in ("http-admin", names.get("http-admin")):
+                        yield workload, "probe-protocol", f"{probe} asks port {port}, not the admin port " \
+                            "(http-admin), where the health endpoints are", f"{field}.httpGet.port"
+                    elif path not in ADMIN_PROBE_PATHS:
+                        yield workload, "probe-protocol", f"{probe} asks {path}: the admin server serves " \
+                            f"{', '.join(sorted(ADMIN_PROBE_PATHS))}", f"{field}.httpGet.path"
+                    elif probe != "readinessProbe" and path not in LIVE_PATHS:
+                        yield workload, "probe-protocol", f"{probe} asks {path}, which follows the dependencies: " \
+                            "an outage elsewhere would restart every pod (use /livez)", f"{field}.httpGet.path"
+
+
+def rule_listen_addresses(render):
+    """Every service listens beyond loopback: its server.host defaults to
+    127.0.0.1, where its Service (the pod IP) reaches nothing. The admin
+    host follows server.host unless set."""
+    import ipaddress
+
+    for workload in render.workloads():
+        for container in render.containers(workload):
+            if container.service is None:
+                continue
+            section = container.service.replace("-", "_").upper()
+            env = render.env(container)
+            for key, fallback in ((f"AGENTMESH_{section}__SERVER__HOST", None),
+                                  (f"AGENTMESH_{section}__SERVER__ADMIN_HOST", f"AGENTMESH_{section}__SERVER__HOST")):
+                value, source = env.get(key, (None, None))
+                if source is None and fallback is not None:
+                    continue  # the admin host follows server.host (checked on its own)
+                field = f"{container.field}.env"
+                if source is None:
+                    yield workload, "listen-address", f"{key} is not set: {container.service} listens on " \
+                        "127.0.0.1 (the default), and its Service reaches nothing", field
+                    continue
+                if value is None:
+                    continue  # from a Secret: not visible here
+                try:
+                    loopback = ipaddress.ip_address(value.strip("[]")).is_loopback
+                except ValueError:
+                    yield workload, "listen-address", f"{key}={value} is not an IP address", f"{field}.{key}"
+                    continue
+                if loopback:
+                    yield workload, "listen-address", f"{key}={value}: loopback, which its Service does not " \
+                        "reach", f"{field}.{key}"
+
+
 def rule_monitors(render):
     """ServiceMonitor ports name ports of selected Services; PodMonitor ports
     name container ports of selected pods."""
@@ -1489,6 +1580,8 @@ RULES = (
     rule_advertised_peers,
     rule_services,
     rule_probes,
+    rule_probe_protocols,
+    rule_listen_addresses,
     rule_monitors,
     rule_authorization,
     rule_references,
@@ -1837,6 +1930,53 @@ def _mut_scrape_peers(objects, render):
     return False
 
 
+def _mut_edge_grpc_probe(objects, render):
+    _, container = _workload_of(objects, "edge")
+    if container is None or "readinessProbe" not in container:
+        return False
+    container["readinessProbe"] = {"grpc": {"port": 9080, "service": ""}, "periodSeconds": 5}
+    return True
+
+
+def _mut_edge_liveness_on_readyz(objects, render):
+    _, container = _workload_of(objects, "edge")
+    if container is None or "httpGet" not in (container.get("livenessProbe") or {}):
+        return False
+    container["livenessProbe"]["httpGet"]["path"] = "/readyz"
+    return True
+
+
+def _mut_edge_loopback(objects, render):
+    _, container = _workload_of(objects, "edge")
+    key = "AGENTMESH_EDGE__SERVER__HOST"
+    env = (container or {}).get("env") or []
+    if not any(v.get("name") == key for v in env):
+        return False
+    container["env"] = [v for v in env if v.get("name") not in (key, "AGENTMESH_EDGE__SERVER__ADMIN_HOST")]
+    return True
+
+
+def _mut_edge_credential(objects, render):
+    workload, container = _workload_of(objects, "edge")
+    if container is None:
+        return False
+    _pod(workload).setdefault("volumes", []).append(
+        {"name": "credential", "secret": {"secretName": "agentmesh-edge-credential"}})
+    container.setdefault("volumeMounts", []).append(
+        {"name": "credential", "mountPath": "/etc/agentmesh/credential", "readOnly": True})
+    return True
+
+
+def _mut_edge_drop_orchestrator(objects, render):
+    _, container = _workload_of(objects, "edge")
+    key = "AGENTMESH_EDGE__ORCHESTRATOR_URL"
+    env = (container or {}).get("env") or []
+    if not any(v.get("name") == key for v in env):
+        return False
+    container["env"] = [v for v in env if v.get("name") != key]
+    return True
+
+
 MUTATIONS = (
     ("drop a peer URL env", "peer-env", _mut_drop_peer),
     ("put stored data on an emptyDir", "emptydir-data", _mut_data_on_emptydir),
@@ -1857,6 +1997,11 @@ MUTATIONS = (
     ("declare the peers port gRPC", "advertised-peer", _mut_declare_peers_grpc),
     ("drop a peers VirtualService", "mesh-retries", _mut_drop_peers_route),
     ("scrape the peers Services", "monitor-port", _mut_scrape_peers),
+    ("probe the edge over gRPC", "probe-protocol", _mut_edge_grpc_probe),
+    ("probe the edge's liveness on /readyz", "probe-protocol", _mut_edge_liveness_on_readyz),
+    ("leave the edge on loopback", "listen-address", _mut_edge_loopback),
+    ("give the edge a credential Secret", "secret-ref", _mut_edge_credential),
+    ("drop the edge's orchestrator URL", "peer-env", _mut_edge_drop_orchestrator),
 )
 
 

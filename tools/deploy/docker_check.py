@@ -24,7 +24,12 @@ observability profile's Prometheus configuration. It installs nothing.
      settings, exposes its gRPC and admin ports, is health-checked on its own
      gRPC port with `agentmesh health`, asks for credentials when it listens
      beyond loopback, and has its writable paths (data, spool, workspaces)
-     on a volume, the root file system being read-only;
+     on a volume, the root file system being read-only; the HTTP edge
+     exposes its HTTP and admin ports, has no `agentmesh health` check (it
+     serves no gRPC health), writes no file, and off loopback keeps
+     auth.methods ["none"] only with auth.allow_none_off_loopback (it
+     passes its callers' credentials on; without it the binary refuses to
+     start);
    - host ports are published on 127.0.0.1 only; named volumes are declared;
      bind-mounted files exist (secrets excepted: init-secrets.py makes them,
      and compose may name no env file it does not make); a `service_healthy`
@@ -55,14 +60,19 @@ import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BIN_DIR = "/usr/local/bin"
-# The binaries' default gRPC ports (`--dump-config`); admin = gRPC + 1000.
+# The binaries' default gRPC ports (`--dump-config`), the edge's HTTP port;
+# admin = that port + 1000.
 DEFAULT_PORTS = {
     "orchestrator": 50051,
     "llm-gateway": 50052,
     "tool-runner": 50053,
     "audit": 50054,
     "alerting": 50055,
+    "edge": 8080,
 }
+# Services that speak HTTP, serve no gRPC health, hold no credential of
+# their own and write no file.
+HTTP_SERVICES = frozenset({"edge"})
 ADMIN_OFFSET = 1000
 # Settings naming a path the service writes, and their defaults.
 WRITABLE = {"STORAGE__DATA_DIR": "data", "AUDIT__SPOOL_DIR": "data/spool", "WORKSPACES_DIR": "data/workspaces"}
@@ -259,11 +269,22 @@ def check_agentmesh_service(name: str, service: dict, binary: str, workdir: str)
         if port not in exposed(service):
             problems.append(f"compose {name}: port {port} of {binary} is not exposed")
     test = (service.get("healthcheck") or {}).get("test") or []
+    host = env.get(prefix + "SERVER__HOST") or "127.0.0.1"
+    methods = env.get(prefix + "AUTH__METHODS") or '["none"]'
+    if svc in HTTP_SERVICES:
+        # No gRPC health to ask, and `agentmesh health` asks nothing else.
+        if "health" in test:
+            problems.append(f"compose {name}: {binary} serves no gRPC health: `agentmesh health` cannot check it")
+        # It asks nobody itself and passes its callers' credentials on; the
+        # kit refuses ["none"] off loopback unless allowed.
+        if host not in LOOPBACK and "none" in methods and \
+                str(env.get(prefix + "AUTH__ALLOW_NONE_OFF_LOOPBACK")).lower() != "true":
+            problems.append(f"compose {name}: listens on {host} with auth.methods [\"none\"] but without "
+                            f"{prefix}AUTH__ALLOW_NONE_OFF_LOOPBACK: {binary} refuses to start")
+        return problems
     want = ["CMD", f"{BIN_DIR}/agentmesh", "health", f"--{svc}", f"127.0.0.1:{grpc}"]
     if test != want:
         problems.append(f"compose {name}: healthcheck should be {want}, not {test}")
-    host = env.get(prefix + "SERVER__HOST") or "127.0.0.1"
-    methods = env.get(prefix + "AUTH__METHODS") or '["none"]'
     if host not in LOOPBACK and ("none" in methods or not env.get(prefix + "AUTH__KEYS_FILE")):
         problems.append(f"compose {name}: listens on {host} without API keys ({prefix}AUTH__METHODS and __KEYS_FILE)")
     problems += check_writable(name, service, env, prefix, workdir)
@@ -456,6 +477,9 @@ MUTATIONS = [
     ("image runs as root", _edit(dockerfile_fn=lambda d: d.replace("USER 65532:65532", "USER root")), "runs as root"),
     ("working directory left to root", _edit(dockerfile_fn=lambda d: d.replace("--chown=65532:65532 ", "")), "not copied with --chown"),
     ("hadolint finding", _edit(dockerfile_fn=lambda d: d.replace("WORKDIR /src", "RUN cd /src", 1)), "hadolint"),
+    ("edge's orchestrator on loopback", _set_env("edge", "AGENTMESH_EDGE__ORCHESTRATOR_URL", "http://127.0.0.1:50051"), "loopback"),
+    ("edge on every address, refused", _edit(lambda c: c["services"]["edge"]["environment"].pop("AGENTMESH_EDGE__AUTH__ALLOW_NONE_OFF_LOOPBACK")), "refuses to start"),
+    ("edge not exposed", _edit(lambda c: (c["services"]["edge"].pop("expose"), c["services"]["edge"].pop("ports"))), "port 8080 of agentmesh-edge is not exposed"),
     ("binary not in the workspace", _edit(dockerfile_fn=lambda d: d.replace("target/release/agentmesh-alerting", "target/release/agentmesh-alerter")), "no binary of the Cargo workspace"),
 ]
 

@@ -8,7 +8,12 @@ readinessProbe and livenessProbe, as written -> one run through the
 orchestrator Service address -> that run's audit events read back through the
 audit Service address -> a `write_file` into that run's workspace through the
 tool-runner Service address, with the orchestrator's own credential (the demo
-model calls no file tool, and the workspaces must lie on a volume). Optionally (`--measure RUNS`) more runs, and each
+model calls no file tool, and the workspaces must lie on a volume) -> when the
+render has the HTTP edge, over HTTP through the `edge` Service address with
+the client's key: `GET /v1/models` (the gateway's routes), `POST /v1/runs` and
+that run's `GET /v1/runs/{id}/events` Server-Sent Events up to
+`run_finished` (the edge holds no key: each call carries the client's,
+which the orchestrator and the gateway check). Optionally (`--measure RUNS`) more runs, and each
 container's peak RSS and CPU per 100 runs. Needs root (it edits /etc/hosts and
 switches users) and the binaries in `--bin-dir`.
 
@@ -107,7 +112,8 @@ END = "# END agentmesh deploy-smoke"
 LISTEN_ANY = {"0.0.0.0", "::"}
 IMAGE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 LOG_LINES = 40
-MUTANTS = ("no-peer-env", "no-spool-volume", "no-workspaces-volume", "loopback-listen", "no-secret")
+MUTANTS = ("no-peer-env", "no-spool-volume", "no-workspaces-volume", "loopback-listen", "no-secret",
+           "edge-orchestrator-nowhere")
 # Not a fault: the deployment must still come up without them.
 BENIGN = ("no-optional-secrets",)
 # The audit events one run of the demo objective must leave, by the service
@@ -250,6 +256,11 @@ def mutate(objs: list[dict], mutant: str) -> tuple[list[dict], list[str]]:
                 changed.append(f"{dep['metadata']['name']}: dropped volumes {sorted(gone)}")
     elif name == "loopback-listen":
         drop_env(lambda e: str(e.get("value", "")) in LISTEN_ANY, "dropped listen address")
+    elif name == "edge-orchestrator-nowhere":
+        # The edge's orchestrator URL left at its default (127.0.0.1:50051,
+        # the edge's own pod, where nothing listens), as when the variable
+        # is misspelt or dropped: the edge starts, and must not pass.
+        drop_env(lambda e: e["name"] == "AGENTMESH_EDGE__ORCHESTRATOR_URL", "dropped")
     elif name == "no-secret":
         wanted = arg or next((n for d in deps for n in required_secret_refs(d)), "")
         kept = [o for o in objs if not (o.get("kind") == "Secret" and o["metadata"]["name"] == wanted)]
@@ -983,6 +994,55 @@ def audit_events(client: Client, run_id: str, deadline: float) -> dict[str, str]
         time.sleep(0.5)
 
 
+def edge_http(client: Client, url: str, objective: str, timeout: float) -> str:
+    """The HTTP edge through its Service: the OpenAI-compatible model list,
+    then a run started over REST and its events read as Server-Sent Events
+    until `run_finished`. Returns the run id."""
+    key = client.env.get("AGENTMESH_API_KEY")
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+
+    def call(method, path, body=None, accept="application/json"):
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(url + path, data=data, method=method,
+                                         headers={**headers, "accept": accept,
+                                                  **({"content-type": "application/json"} if data else {})})
+        try:
+            return urllib.request.urlopen(request, timeout=timeout)
+        except urllib.error.HTTPError as err:
+            detail = err.read().decode(errors="replace")[:500]
+            raise SmokeFailure("edge", f"{method} {url}{path}: HTTP {err.code}: {detail}")
+        except (OSError, urllib.error.URLError) as err:
+            raise SmokeFailure("edge", f"{method} {url}{path}: {err}")
+
+    with call("GET", "/v1/models") as answer:
+        models = [m.get("id") for m in json.loads(answer.read()).get("data", [])]
+    if not models:
+        raise SmokeFailure("edge", f"GET {url}/v1/models: no model (the gateway's routes)")
+    with call("POST", "/v1/runs", {"objective": objective}) as answer:
+        started = json.loads(answer.read())
+    run_id = started.get("run_id") or (started.get("run") or {}).get("run_id", "")
+    if not run_id:
+        raise SmokeFailure("edge", f"POST {url}/v1/runs: no run_id in {started}")
+    kinds, last_id = [], ""
+    with call("GET", f"/v1/runs/{run_id}/events", accept="text/event-stream") as stream:
+        if not stream.headers.get("content-type", "").startswith("text/event-stream"):
+            raise SmokeFailure("edge", f"GET {url}/v1/runs/{run_id}/events: content-type "
+                               f"{stream.headers.get('content-type')!r}, not text/event-stream")
+        for raw in stream:
+            line = raw.decode(errors="replace").rstrip("\r\n")
+            if line.startswith("event:"):
+                kinds.append(line.removeprefix("event:").strip())
+            elif line.startswith("id:"):
+                last_id = line.removeprefix("id:").strip()
+            if kinds and kinds[-1] in ("run_finished", "run_failed", "run_cancelled", "error"):
+                break
+    if not kinds or kinds[-1] != "run_finished":
+        raise SmokeFailure("edge", f"GET {url}/v1/runs/{run_id}/events ended without run_finished: {kinds}")
+    print(f"edge at {url}: models {models}; run {run_id} over REST, {len(kinds)} events over SSE "
+          f"(last id {last_id}): {', '.join(dict.fromkeys(kinds))}")
+    return run_id
+
+
 # --------------------------------------------------------------------------
 # Resource figures
 
@@ -1093,6 +1153,11 @@ def smoke(args, root: Path, pods_out: list[Pod]) -> None:
                                                    for t, s in sorted(seen.items())))
     url = workspace_write(pods, by_service, objs, args, run_id)
     print(f"write_file in the run's workspace at {url}: ok")
+    if args.edge_service in by_service:
+        edge_url = service_url(args.edge_service, by_service, objs, port_name="http")
+        edge_http(client, edge_url, args.objective, max(10.0, deadline - time.monotonic()))
+    elif any(s["metadata"]["name"] == args.edge_service for s in of_kind(objs, "Service")):
+        raise SmokeFailure("edge", f"Service {args.edge_service} selects no Deployment")
     if args.measure:
         measure(pods, client, args.measure, args.parallel, args.objective)
 
@@ -1113,6 +1178,8 @@ def parse_args(argv):
     ap.add_argument("--orchestrator-service", default="orchestrator")
     ap.add_argument("--audit-service", default="audit")
     ap.add_argument("--tool-runner-service", default="tool-runner")
+    ap.add_argument("--edge-service", default="edge", help="the HTTP edge's Service (its steps are skipped when the "
+                    "render has no such Service)")
     ap.add_argument("--client-secret", default="agentmesh-client-credential/credential", metavar="SECRET/KEY",
                     help="the client's API key, when the orchestrator asks for one")
     ap.add_argument("--first-ip", type=int, default=11, help="first pod address 127.0.0.N (default 11)")
