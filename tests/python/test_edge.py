@@ -10,6 +10,7 @@ import http.server
 import importlib
 import json
 import pathlib
+import secrets
 import subprocess
 import tempfile
 import threading
@@ -363,3 +364,83 @@ def test_the_mcp_sdk_lists_and_calls_the_mesh_tools_and_runs_an_agent(mesh):
     messages = [message for _, message in progress]
     assert "calling calculator" in messages, messages
     assert [value for value, _ in progress] == sorted(value for value, _ in progress)
+
+
+# === LiteLLM's proxy with the edge as its OpenAI upstream ===
+
+
+@pytest.fixture(scope="module")
+def litellm_proxy(mesh):
+    """LiteLLM's proxy (the `litellm` command of `litellm[proxy]`) with the
+    edge as an `openai/…` upstream, configured as one would point it at
+    OpenAI."""
+    import shutil
+    import socket
+
+    command = shutil.which("litellm")
+    assert command, "the litellm proxy is not installed: run tools/install-test-deps"
+    config = pathlib.Path(tempfile.mkdtemp(prefix="agentmesh-litellm-")) / "litellm.yaml"
+    master_key = "sk-" + secrets.token_hex(24)
+    config.write_text(
+        f"""general_settings:
+  master_key: {master_key}
+model_list:
+  - model_name: agentmesh
+    litellm_params:
+      model: openai/default
+      api_base: {mesh['edge']}/v1
+      api_key: sk-unused
+"""
+    )
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [command, "--config", str(config), "--port", str(port), "--num_workers", "1"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/health/liveliness", timeout=1):
+                    break
+            except OSError:
+                assert process.poll() is None, process.stderr.read().decode(errors="replace")[-2000:]
+                assert time.monotonic() < deadline, "litellm did not come up"
+                time.sleep(0.25)
+        yield base, master_key
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def test_litellm_proxies_to_the_edge_unchanged(litellm_proxy):
+    base, master_key = litellm_proxy
+    through = openai.OpenAI(base_url=base, api_key=master_key, max_retries=0)
+    first = through.chat.completions.create(
+        model="agentmesh", messages=[{"role": "user", "content": OBJECTIVE}], tools=[CALCULATOR]
+    )
+    call = first.choices[0].message.tool_calls[0]
+    assert call.function.name == "calculator"
+    assert first.usage.prompt_tokens > 0
+    second = through.chat.completions.create(
+        model="agentmesh",
+        messages=[
+            {"role": "user", "content": OBJECTIVE},
+            first.choices[0].message.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"result": 403})},
+        ],
+        tools=[CALCULATOR],
+    )
+    assert "403" in second.choices[0].message.content
+    stream = through.chat.completions.create(
+        model="agentmesh", messages=[{"role": "user", "content": "hello"}], stream=True
+    )
+    assert "scripted" in "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
