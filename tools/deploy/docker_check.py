@@ -275,12 +275,11 @@ def check_agentmesh_service(name: str, service: dict, binary: str, workdir: str)
         # No gRPC health to ask, and `agentmesh health` asks nothing else.
         if "health" in test:
             problems.append(f"compose {name}: {binary} serves no gRPC health: `agentmesh health` cannot check it")
-        # It asks nobody itself and passes its callers' credentials on; the
-        # kit refuses ["none"] off loopback unless allowed.
-        if host not in LOOPBACK and "none" in methods and \
-                str(env.get(prefix + "AUTH__ALLOW_NONE_OFF_LOOPBACK")).lower() != "true":
-            problems.append(f"compose {name}: listens on {host} with auth.methods [\"none\"] but without "
-                            f"{prefix}AUTH__ALLOW_NONE_OFF_LOOPBACK: {binary} refuses to start")
+        # It asks nobody itself (the services behind its routes check each
+        # caller), so it needs no auth settings of its own, but it must be
+        # reachable.
+        if host in LOOPBACK:
+            problems.append(f"compose {name}: {binary} listens on {host}: nothing outside its container reaches it")
         return problems
     want = ["CMD", f"{BIN_DIR}/agentmesh", "health", f"--{svc}", f"127.0.0.1:{grpc}"]
     if test != want:
@@ -478,7 +477,7 @@ MUTATIONS = [
     ("working directory left to root", _edit(dockerfile_fn=lambda d: d.replace("--chown=65532:65532 ", "")), "not copied with --chown"),
     ("hadolint finding", _edit(dockerfile_fn=lambda d: d.replace("WORKDIR /src", "RUN cd /src", 1)), "hadolint"),
     ("edge's orchestrator on loopback", _set_env("edge", "AGENTMESH_EDGE__ORCHESTRATOR_URL", "http://127.0.0.1:50051"), "loopback"),
-    ("edge on every address, refused", _edit(lambda c: c["services"]["edge"]["environment"].pop("AGENTMESH_EDGE__AUTH__ALLOW_NONE_OFF_LOOPBACK")), "refuses to start"),
+    ("edge on loopback", _edit(lambda c: c["services"]["edge"]["environment"].pop("AGENTMESH_EDGE__SERVER__HOST")), "nothing outside its container reaches it"),
     ("edge not exposed", _edit(lambda c: (c["services"]["edge"].pop("expose"), c["services"]["edge"].pop("ports"))), "port 8080 of agentmesh-edge is not exposed"),
     ("binary not in the workspace", _edit(dockerfile_fn=lambda d: d.replace("target/release/agentmesh-alerting", "target/release/agentmesh-alerter")), "no binary of the Cargo workspace"),
 ]

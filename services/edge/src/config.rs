@@ -19,10 +19,10 @@ pub struct Config {
     pub server: ServerConfig,
     /// Logging.
     pub log: LogConfig,
-    /// Read like every service's `[auth]` section, but the edge holds no
-    /// keys and presents no credential: it passes each request's
-    /// `authorization` on to the service the route maps to, which checks it
-    /// exactly as it checks a gRPC call.
+    /// Not used: the edge holds no keys and presents no credential; it
+    /// passes each request's `authorization` on to the service the route
+    /// maps to, which checks it exactly as it checks a gRPC call (so it
+    /// may listen off loopback with no `auth` settings of its own).
     pub auth: AuthConfig,
     /// The orchestrator (runs over REST, SSE and WebSocket; `run_agent`).
     pub orchestrator_url: String,
@@ -133,12 +133,28 @@ impl Config {
     }
 }
 
-agentmesh_kit::service_config!(
-    Config,
-    service = "edge",
-    section = "edge",
-    validate = Config::check
-);
+impl agentmesh_kit::config::ServiceConfig for Config {
+    const SERVICE: &'static str = "edge";
+    const SECTION: &'static str = "edge";
+    // The services behind the routes check every caller.
+    const CHECKS_CALLERS: bool = false;
+
+    fn server(&self) -> &ServerConfig {
+        &self.server
+    }
+
+    fn log(&self) -> &LogConfig {
+        &self.log
+    }
+
+    fn auth(&self) -> &AuthConfig {
+        &self.auth
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.check()
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -164,6 +180,13 @@ mod tests {
                 .is_some_and(|err| err.contains("edge.llm_gateway_url")),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn the_edge_may_serve_the_network_without_auth_settings() {
+        let mut config = Config::default();
+        config.server.host = std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+        assert!(agentmesh_kit::config::validate(&config).is_ok());
     }
 
     #[test]
