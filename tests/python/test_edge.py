@@ -180,6 +180,11 @@ target = "scripted/demo"
 [llm_gateway.rate_limits.routes.limited]
 requests_per_minute = 1
 burst = 1
+[llm_gateway.routes.limited_node]
+target = "scripted/demo"
+[llm_gateway.rate_limits.routes.limited_node]
+requests_per_minute = 1
+burst = 1
 """
     )
     with running_mesh(config, env={"FLAKY_API_KEY": "sk-test"}) as addresses:
@@ -211,6 +216,30 @@ def test_a_rate_limit_is_a_rate_limit_error_with_its_delay(faulty_mesh):
     # The streaming form is refused the same way, before any chunk.
     with pytest.raises(openai.RateLimitError):
         client(faulty_mesh).chat.completions.create(model="limited", messages=messages, stream=True)
+
+
+def test_the_openai_npm_package_against_the_edge(faulty_mesh):
+    """The official `openai` npm package (tests/openai-node): a tool call
+    round trip with usage, a stream with its usage chunk, a 429 as its
+    RateLimitError with the retry delay; `flaky` answers through the
+    gateway's fallback."""
+    node_dir = pathlib.Path(__file__).resolve().parents[1] / "openai-node"
+    assert (node_dir / "node_modules" / "openai").is_dir(), "run tools/install-test-deps"
+    result = subprocess.run(
+        ["node", "check.mjs", f"{faulty_mesh['edge']}/v1", "flaky", "limited_node"],
+        cwd=node_dir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen["tool"] == "calculator" and "sqrt(144)" in seen["arguments"]["expression"]
+    assert seen["usage"]["prompt_tokens"] > 0
+    assert "403" in seen["answer"]
+    assert "scripted" in seen["streamed"] and seen["streamUsage"]["completion_tokens"] > 0
+    assert seen["rateLimited"] is True and seen["status"] == 429
+    assert 1 <= float(seen["retryAfter"]) <= 60
 
 
 # === runs over REST, SSE and WebSocket ===
