@@ -56,7 +56,8 @@ pub trait ServiceConfig:
 
 /// Implements [`ServiceConfig`] for a struct with `server: ServerConfig`,
 /// `log: LogConfig` and `auth: AuthConfig` fields, optionally with the
-/// service's own checks:
+/// service's own checks (and `checks_callers = false` for a service that
+/// checks no caller itself):
 ///
 /// ```ignore
 /// agentmesh_kit::service_config!(Config, service = "audit", section = "audit",
@@ -64,10 +65,11 @@ pub trait ServiceConfig:
 /// ```
 #[macro_export]
 macro_rules! service_config {
-    ($config:ty, service = $service:expr, section = $section:literal $(, validate = $validate:expr)? $(,)?) => {
+    ($config:ty, service = $service:expr, section = $section:literal $(, validate = $validate:expr)? $(, checks_callers = $checks:expr)? $(,)?) => {
         impl $crate::config::ServiceConfig for $config {
             const SERVICE: &'static str = $service;
             const SECTION: &'static str = $section;
+            $(const CHECKS_CALLERS: bool = $checks;)?
 
             fn server(&self) -> &$crate::config::ServerConfig {
                 &self.server

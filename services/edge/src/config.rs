@@ -133,28 +133,14 @@ impl Config {
     }
 }
 
-impl agentmesh_kit::config::ServiceConfig for Config {
-    const SERVICE: &'static str = "edge";
-    const SECTION: &'static str = "edge";
-    // The services behind the routes check every caller.
-    const CHECKS_CALLERS: bool = false;
-
-    fn server(&self) -> &ServerConfig {
-        &self.server
-    }
-
-    fn log(&self) -> &LogConfig {
-        &self.log
-    }
-
-    fn auth(&self) -> &AuthConfig {
-        &self.auth
-    }
-
-    fn validate(&self) -> Result<(), ConfigError> {
-        self.check()
-    }
-}
+// The services behind the routes check every caller: the edge checks none.
+agentmesh_kit::service_config!(
+    Config,
+    service = "edge",
+    section = "edge",
+    validate = Config::check,
+    checks_callers = false
+);
 
 #[cfg(test)]
 mod tests {
