@@ -57,7 +57,7 @@
 //! args = ["-y", "@modelcontextprotocol/server-everything"]
 //! # url = "https://mcp.example.com/mcp"  # ... or streamable HTTP
 //! # headers.Authorization = { env = "EXAMPLE_TOKEN", prefix = "Bearer " }
-//! prefix = "everything."                 # the default: NAME.
+//! prefix = "everything_"                # the default: NAME_
 //! timeout = "60s"
 //!
 //! [tool_runner.sandbox]           # see docs/sandbox.md

@@ -1,6 +1,6 @@
 //! MCP servers as tool sources (`[tool_runner.mcp_servers.NAME]`): their
 //! tools are listed and run like any other tool, under a prefix
-//! (`NAME.` by default), through the official Rust SDK (`rmcp`), as a client
+//! (`NAME_` by default), through the official Rust SDK (`rmcp`), as a client
 //! of a child process over stdio or of a streamable HTTP endpoint.
 //!
 //! ```text
@@ -19,6 +19,12 @@
 //!                 circuit, audit, metrics) ─▶ call: tools/call with a
 //!                 progress token; `notifications/progress` ─▶ ToolProgress
 //! ```
+//!
+//! Tool names are identifiers (`[A-Za-z0-9_-]`, at most 64 bytes), as the
+//! gateway and model providers require of the tools offered to a model:
+//! the prefix must be one, and a server's tool whose prefixed name is not
+//! is left out (logged), rather than listed and then refused by every
+//! model call of an agent allowed all tools.
 //!
 //! The service serves while its servers start: a server that is down never
 //! stops it. Its tools stay listed with what it last said (so a model's

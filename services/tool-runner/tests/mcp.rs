@@ -176,35 +176,35 @@ async fn stdio_tools_are_listed_prefixed_with_their_schemas_and_run() {
         stdio_server(&dir.path().join("pid")),
     )]))
     .await;
-    let tools = mcp_tools(&served, "everything.echo").await;
+    let tools = mcp_tools(&served, "everything_echo").await;
     for name in [
-        "everything.echo",
-        "everything.get-sum",
-        "everything.trigger-long-running-operation",
+        "everything_echo",
+        "everything_get-sum",
+        "everything_trigger-long-running-operation",
     ] {
         assert!(tools.contains_key(name), "{name} not in {:?}", tools.keys());
     }
-    let echo = &tools["everything.echo"];
+    let echo = &tools["everything_echo"];
     assert_eq!(echo.description, "Echoes back the input string");
     let schema: Value = serde_json::from_str(&echo.parameters_json).unwrap();
     assert_eq!(schema["properties"]["message"]["type"], "string");
     assert_eq!(echo.labels["mcp.server"], "everything");
     assert_eq!(echo.labels["mcp.tool"], "echo");
 
-    let echoed = execute(&served, "everything.echo", json!({"message": "hello mesh"}))
+    let echoed = execute(&served, "everything_echo", json!({"message": "hello mesh"}))
         .await
         .unwrap();
     assert!(!echoed.is_error, "{}", echoed.error_message);
     let output: Value = serde_json::from_str(&echoed.output_json).unwrap();
     assert_eq!(output["content"][0]["text"], "Echo: hello mesh");
 
-    let sum = execute(&served, "everything.get-sum", json!({"a": 2, "b": 40}))
+    let sum = execute(&served, "everything_get-sum", json!({"a": 2, "b": 40}))
         .await
         .unwrap();
     assert!(sum.output_json.contains("42"), "{}", sum.output_json);
 
     // The schema is checked here, before the server is asked.
-    let bad = execute(&served, "everything.get-sum", json!({"a": "two"}))
+    let bad = execute(&served, "everything_get-sum", json!({"a": "two"}))
         .await
         .unwrap();
     assert!(bad.is_error);
@@ -225,7 +225,7 @@ async fn stdio_tools_are_listed_prefixed_with_their_schemas_and_run() {
     let metrics = served.metrics().await;
     assert!(
         metrics
-            .contains(r#"agentmesh_tool_executions_total{outcome="ok",tool="everything.echo",service="tool-runner"} 1"#),
+            .contains(r#"agentmesh_tool_executions_total{outcome="ok",tool="everything_echo",service="tool-runner"} 1"#),
         "{metrics}"
     );
     served.stop().await;
@@ -238,7 +238,7 @@ async fn streamable_http_tools_run_and_report_progress() {
         "remote".to_owned(),
         McpServerConfig {
             url: http.url.clone(),
-            prefix: Some("web.".into()),
+            prefix: Some("web_".into()),
             headers: BTreeMap::from([(
                 "X-Agentmesh-Test".to_owned(),
                 HeaderSource {
@@ -250,9 +250,9 @@ async fn streamable_http_tools_run_and_report_progress() {
         },
     )]))
     .await;
-    let tools = mcp_tools(&served, "web.trigger-long-running-operation").await;
-    assert!(tools.contains_key("web.echo"), "{:?}", tools.keys());
-    let echoed = execute(&served, "web.echo", json!({"message": "over http"}))
+    let tools = mcp_tools(&served, "web_trigger-long-running-operation").await;
+    assert!(tools.contains_key("web_echo"), "{:?}", tools.keys());
+    let echoed = execute(&served, "web_echo", json!({"message": "over http"}))
         .await
         .unwrap();
     assert!(
@@ -265,7 +265,7 @@ async fn streamable_http_tools_run_and_report_progress() {
         .client
         .clone()
         .execute_tool_stream(ExecuteToolStreamRequest {
-            tool: "web.trigger-long-running-operation".into(),
+            tool: "web_trigger-long-running-operation".into(),
             arguments_json: json!({"duration": 1, "steps": 4}).to_string(),
             call_id: "long-1".into(),
             ..ExecuteToolStreamRequest::default()
@@ -292,12 +292,11 @@ async fn streamable_http_tools_run_and_report_progress() {
         "{}",
         result.output_json
     );
+    // Reports of the 4 steps, in order (the last may travel behind the
+    // result, which ends the stream: progress is best effort).
     assert!(percents.len() >= 2, "{percents:?}");
-    assert_eq!(
-        percents.last().copied().flatten(),
-        Some(100.0),
-        "{percents:?}"
-    );
+    assert!(percents.iter().all(Option::is_some), "{percents:?}");
+    assert!(percents.is_sorted(), "{percents:?}");
     served.stop().await;
     drop(http);
 }
@@ -311,7 +310,7 @@ async fn a_killed_server_is_refused_meanwhile_then_restarted() {
         stdio_server(&pid_file),
     )]))
     .await;
-    mcp_tools(&served, "everything.echo").await;
+    mcp_tools(&served, "everything_echo").await;
     let first_pid = std::fs::read_to_string(&pid_file).unwrap();
     let status = std::process::Command::new("kill")
         .args(["-9", first_pid.trim()])
@@ -322,7 +321,7 @@ async fn a_killed_server_is_refused_meanwhile_then_restarted() {
     // Down: refused with UNAVAILABLE naming the server, until it is back.
     let refusal = within("the server to be seen down", STEP, async {
         loop {
-            match execute(&served, "everything.echo", json!({"message": "x"})).await {
+            match execute(&served, "everything_echo", json!({"message": "x"})).await {
                 Err(status) => return status,
                 Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
@@ -340,7 +339,7 @@ async fn a_killed_server_is_refused_meanwhile_then_restarted() {
 
     let back = within("the server to be started again", STEP, async {
         loop {
-            match execute(&served, "everything.echo", json!({"message": "again"})).await {
+            match execute(&served, "everything_echo", json!({"message": "again"})).await {
                 Ok(response) if !response.is_error => return response,
                 _ => tokio::time::sleep(Duration::from_millis(100)).await,
             }
@@ -378,7 +377,7 @@ async fn a_server_that_cannot_start_leaves_the_service_serving() {
     })
     .await;
     assert!(!calculator.is_error);
-    let status = execute(&served, "broken.anything", json!({}))
+    let status = execute(&served, "broken_anything", json!({}))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);

@@ -73,11 +73,16 @@ pub(crate) async fn call(
     tokio::pin!(response);
     let answer = loop {
         tokio::select! {
-            answer = &mut response => break answer,
+            biased;
             Some(update) = progress.next() => relay(events, &update).await,
+            answer = &mut response => break answer,
         }
     };
     cancel.peer = None;
+    // Reports that came with the answer (they travel apart from it).
+    while let Some(Some(update)) = futures::FutureExt::now_or_never(progress.next()) {
+        relay(events, &update).await;
+    }
     match answer {
         Ok(ServerResult::CallToolResult(result)) => outcome(result, server.max_output_bytes),
         Ok(_) => Err(ToolFailure::invalid_output(format!(

@@ -17,8 +17,8 @@ use std::time::Duration;
 use agentmesh_kit::ConfigError;
 use serde::{Deserialize, Serialize};
 
-/// The longest tool-name prefix.
-pub(crate) const MAX_PREFIX_LEN: usize = 64;
+/// The longest tool-name prefix (a tool name is at most 64 bytes).
+pub(crate) const MAX_PREFIX_LEN: usize = 48;
 
 /// Headers the transport sets itself: configuring them would break the
 /// protocol (or, for `host`, send requests somewhere unexpected).
@@ -60,7 +60,9 @@ pub struct McpServerConfig {
     /// Streamable HTTP: headers sent with every request, by name.
     pub headers: BTreeMap<String, HeaderSource>,
     /// What its tools are called: this prefix and the server's name of the
-    /// tool. Unset = `NAME.` (the server's name and a dot).
+    /// tool. Unset = `NAME_` (the server's name and an underscore). Letters,
+    /// digits, `_` and `-` only: tool names offered to a model allow no
+    /// more.
     pub prefix: Option<String>,
     /// Only these tools (the server's names); empty = all.
     pub include: Vec<String>,
@@ -151,7 +153,7 @@ pub(crate) enum Transport {
 impl McpServerConfig {
     /// The prefix of its tools' names.
     pub(crate) fn prefix_of(&self, name: &str) -> String {
-        self.prefix.clone().unwrap_or_else(|| format!("{name}."))
+        self.prefix.clone().unwrap_or_else(|| format!("{name}_"))
     }
 
     /// Checks the settings that do not depend on the rest of the
@@ -351,19 +353,19 @@ fn check_env_name(name: &str, setting: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// A prefix may hold what tool names may: ASCII letters and digits, `_`,
-/// `-` and `.`.
+/// A prefix may hold what tool names offered to a model may: ASCII
+/// letters and digits, `_` and `-`.
 pub(crate) fn check_prefix(prefix: &str, setting: &str) -> Result<(), ConfigError> {
     if prefix.is_empty()
         || prefix.len() > MAX_PREFIX_LEN
         || !prefix
             .bytes()
-            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-' | b'.'))
+            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-'))
     {
         return Err(ConfigError::new(
             setting,
             format!(
-                "`{prefix}` must be 1 to {MAX_PREFIX_LEN} ASCII letters, digits, `_`, `-` or `.`"
+                "`{prefix}` must be 1 to {MAX_PREFIX_LEN} ASCII letters, digits, `_` or `-` (tool names offered to a model allow no more; e.g. `github_`)"
             ),
         ));
     }
@@ -480,10 +482,11 @@ mod tests {
             config.transport("s").unwrap_err().setting,
             "s.initial_backoff"
         );
-        check_prefix("github.", "p").unwrap();
+        check_prefix("github_", "p").unwrap();
         assert!(check_prefix("", "p").is_err());
         assert!(check_prefix("a b", "p").is_err());
-        assert_eq!(stdio().prefix_of("fs"), "fs.");
+        assert!(check_prefix("github.", "p").is_err());
+        assert_eq!(stdio().prefix_of("fs"), "fs_");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use agentmesh_kit::ConfigError;
-use agentmesh_kit::ident::check_identifier_setting;
+use agentmesh_kit::ident::{MAX_IDENTIFIER_LEN, check_identifier_setting, is_identifier};
 use agentmesh_proto::tools::v1::{self, ToolKind};
 use agentmesh_resilience::{CircuitBreaker, CircuitConfig};
 use serde_json::Value;
@@ -21,9 +21,6 @@ use super::{
 use crate::config::Config;
 use crate::mcp::McpServer;
 
-/// The longest tool name an MCP server may give (the MCP specification's
-/// limit for tool names).
-const MAX_REMOTE_NAME: usize = 128;
 /// Tools taken from one server at most (the rest are left out, logged).
 const MAX_TOOLS: usize = 1000;
 /// The label naming a tool's MCP server in ListTools.
@@ -110,14 +107,10 @@ impl McpSource {
         previous: Option<&RegisteredTool>,
     ) -> Result<RegisteredTool, String> {
         let remote_name = remote.name.as_ref();
-        if remote_name.is_empty()
-            || remote_name.len() > MAX_REMOTE_NAME
-            || !remote_name
-                .bytes()
-                .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-' | b'.'))
-        {
+        // What the gateway and model providers accept as a tool name.
+        if !is_identifier(name) {
             return Err(format!(
-                "the server's tool name is not 1 to {MAX_REMOTE_NAME} ASCII letters, digits, `_`, `-` or `.`"
+                "the name is not 1 to {MAX_IDENTIFIER_LEN} ASCII letters, digits, `_` or `-`, which models require"
             ));
         }
         let parameters = Value::Object((*remote.input_schema).clone());
@@ -267,10 +260,10 @@ mod tests {
         let mut config = Config::default();
         config.mcp_servers.insert("everything".into(), server(None));
         let registry = Registry::from_config(&config).unwrap();
-        let Lookup::ServerDown(down) = registry.lookup("everything.echo") else {
+        let Lookup::ServerDown(down) = registry.lookup("everything_echo") else {
             panic!("not down");
         };
-        let status = crate::resilience::server_down(&down, "everything.echo").unwrap();
+        let status = crate::resilience::server_down(&down, "everything_echo").unwrap();
         assert_eq!(status.code(), tonic::Code::Unavailable);
         assert!(
             status.message().contains("MCP server `everything` is down"),
@@ -278,6 +271,6 @@ mod tests {
             status.message()
         );
         assert!(matches!(registry.lookup("calculator"), Lookup::Tool(_)));
-        assert!(matches!(registry.lookup("nothing.echo"), Lookup::Missing));
+        assert!(matches!(registry.lookup("nothing_echo"), Lookup::Missing));
     }
 }
