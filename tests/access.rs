@@ -591,7 +591,7 @@ async fn a_tool_outside_the_allow_list_is_a_tool_error_for_the_model_and_never_r
     assert_eq!(access.actor, "mesh", "the orchestrator's service key acted");
     assert_eq!(
         access.method,
-        "/agentmesh.tools.v1.ToolRunnerService/ExecuteTool"
+        "/agentmesh.tools.v1.ToolRunnerService/ExecuteToolStream"
     );
     // Nothing in the trail holds a secret.
     let everything = audit_client

@@ -362,7 +362,7 @@ fn check_hops(spans: &[Span]) {
         .collect();
     for (service, method) in [
         ("agentmesh-llm-gateway", "GenerateStream"),
-        ("agentmesh-tool-runner", "ExecuteTool"),
+        ("agentmesh-tool-runner", "ExecuteToolStream"),
     ] {
         let server = spans
             .iter()
@@ -579,7 +579,7 @@ async fn the_embedded_mesh_exports_each_service_under_its_own_name() {
     assert_eq!(generate.service, "agentmesh-llm-gateway");
     let execute = spans
         .iter()
-        .find(|span| span.text("rpc.method") == Some("ExecuteTool") && span.kind == 2)
-        .expect("an ExecuteTool server span");
+        .find(|span| span.text("rpc.method") == Some("ExecuteToolStream") && span.kind == 2)
+        .expect("an ExecuteToolStream server span");
     assert_eq!(execute.service, "agentmesh-tool-runner");
 }

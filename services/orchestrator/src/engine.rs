@@ -5,7 +5,7 @@
 //! Engine::spawn ─▶ drive (one task per run)
 //!                    wait: its place (admission: fair across tenants)    QUEUED
 //!                    start or resume ─▶ the loop over steps             RUNNING
-//!                      step: GenerateStream ─▶ ExecuteTool × n ─▶ checkpoint
+//!                      step: GenerateStream ─▶ ExecuteToolStream × n ─▶ checkpoint
 //!                    end: terminal event + row + checkpoint stored, then
 //!                         published; audit event and metrics
 //!      every event ─▶ active (numbered, broadcast at once, pending until

@@ -45,9 +45,11 @@
 //! * The engine drives each run in a task of its own once it holds its
 //!   place. The loop over steps is the run's
 //!   strategy, separate from what one step does — `GenerateStream` on the
-//!   gateway (text relayed live as `token_delta` events), `ExecuteTool` on
-//!   the tool runner for each tool call (in parallel), and one transaction
-//!   in the `store` (the step's events, the run row, the checkpoint) — so
+//!   gateway (text relayed live as `token_delta` events), `ExecuteToolStream`
+//!   on the tool runner for each tool call (in parallel; what a tool
+//!   reports while it runs becomes `progress` events naming the call), and
+//!   one transaction in the `store` (the step's events, the run row, the
+//!   checkpoint) — so
 //!   another strategy can drive the same steps differently.
 //! * Every event is numbered in the run's live buffer and broadcast at once;
 //!   `StreamRun`/`Run` followers replay stored events, then tail the live

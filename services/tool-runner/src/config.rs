@@ -52,6 +52,14 @@
 //! tool = "calculator"
 //! arguments = { expression = "sqrt(${/steps/sum/output/result})" }
 //!
+//! [tool_runner.mcp_servers.everything]   # an MCP server's tools (docs/mcp.md)
+//! command = "npx"                        # stdio: a child process ...
+//! args = ["-y", "@modelcontextprotocol/server-everything"]
+//! # url = "https://mcp.example.com/mcp"  # ... or streamable HTTP
+//! # headers.Authorization = { env = "EXAMPLE_TOKEN", prefix = "Bearer " }
+//! prefix = "everything_"                # the default: NAME_
+//! timeout = "60s"
+//!
 //! [tool_runner.sandbox]           # see docs/sandbox.md
 //! mode = "auto"
 //! helper = ""                     # empty: this executable
@@ -94,6 +102,7 @@ use agentmesh_resilience::{CircuitConfig, RetryConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::builtin::http::HttpToolConfig;
+use crate::mcp::McpServerConfig;
 use crate::pipeline::PipelineConfig;
 use crate::quota::QuotaConfig;
 use crate::sandbox::{LimitOverrides, SandboxConfig, SandboxMode};
@@ -152,6 +161,10 @@ pub struct Config {
     /// Pipelines by name: composite tools whose steps call the other tools
     /// (`[tool_runner.pipelines.NAME]`, see [`PipelineConfig`]).
     pub pipelines: BTreeMap<String, PipelineConfig>,
+    /// MCP servers whose tools are offered, prefixed
+    /// (`[tool_runner.mcp_servers.NAME]`, see [`McpServerConfig`] and
+    /// docs/mcp.md).
+    pub mcp_servers: BTreeMap<String, McpServerConfig>,
     /// Where audit events go.
     pub audit: AuditConfig,
     /// How command tools are isolated (`[tool_runner.sandbox]`): defaults
@@ -192,6 +205,7 @@ impl Default for Config {
             http: HttpToolConfig::default(),
             commands: BTreeMap::new(),
             pipelines: BTreeMap::new(),
+            mcp_servers: BTreeMap::new(),
             audit: AuditConfig::default(),
             sandbox: SandboxConfig::default(),
             quota: QuotaConfig::default(),

@@ -15,11 +15,13 @@
 //!   │                           arguments_json not JSON, negative timeout, bad run_id
 //!   │ the caller's allow-list   PERMISSION_DENIED naming the tool (audited as an
 //!   │                           AUTHORIZATION denial); the tool never runs
-//!   │ look the tool up          NOT_FOUND, listing known tools
+//!   │ look the tool up          NOT_FOUND, listing known tools; a name under the
+//!   │                           prefix of an MCP server that is down: UNAVAILABLE
 //!   │ effective timeout         min(request timeout, tool timeout, max_timeout,
 //!   │                           caller's gRPC deadline), from the call's arrival: it
 //!   │                           bounds the wait for a place, every attempt and backoff
 //!   │ the tool's circuit        open: UNAVAILABLE, RetryInfo = when it is probed
+//!   │ an MCP tool's server      down: UNAVAILABLE, RetryInfo = its next attempt
 //!   │ the tool's bulkhead       a place (max_concurrency), or a wait in its queue
 //!   │                           (max_queued); queue full: RESOURCE_EXHAUSTED with
 //!   │                           RetryInfo; timeout while waiting: DEADLINE_EXCEEDED
@@ -28,8 +30,10 @@
 //!   │ │ schema check            INVALID_ARGUMENTS, each violation with its JSON pointer
 //!   │ │ run                     built-in: calculator inline, file and time tools on
 //!   │ │                         the blocking pool; command: a child process
-//!   │ │                         (EXECUTION_FAILED, TIMEOUT, INVALID_OUTPUT, DENIED)
-//!   │ │ circuit                 TIMEOUT and a command's EXECUTION_FAILED are failures
+//!   │ │                         (EXECUTION_FAILED, TIMEOUT, INVALID_OUTPUT, DENIED);
+//!   │ │                         MCP: tools/call on the server's connection
+//!   │ │ circuit                 TIMEOUT, a command's EXECUTION_FAILED and an MCP
+//!   │ │                         server out of reach are failures
 //!   │ └ retry                   idempotent tools only: EXECUTION_FAILED (and TIMEOUT
 //!   │                           with time left), after a backoff that ends before the
 //!   │                           deadline, within the retry budget, circuit permitting
@@ -44,15 +48,26 @@
 //! it, or as cancelled when the caller went away.
 //!
 //! ExecuteToolStream relays a command tool's stderr as output chunks and its
-//! `progress:` lines as progress while it runs, then sends the result. If
-//! the client goes away, the running tool is dropped, which kills a command.
+//! `progress:` lines as progress while it runs (an MCP server's
+//! `notifications/progress` too), then sends the result. If the client goes
+//! away, the running tool is dropped, which kills a command (and sends an
+//! MCP server `notifications/cancelled`).
 //!
 //! # Layout
 //!
 //! * `config`: [`Config`] and [`CommandToolConfig`] (the `[tool_runner]`
 //!   section; command tools are the plugin mechanism).
 //! * `registry`: the tools, their compiled JSON Schemas, schema messages;
-//!   building it is the configuration check ([`Config::validate`]).
+//!   building it is the configuration check ([`Config::validate`]). The
+//!   configured tools are fixed at start; each MCP server's tools are its
+//!   own part of it, replaced when the server lists them.
+//! * `mcp`: MCP servers as tool sources (`[tool_runner.mcp_servers.NAME]`,
+//!   [`McpServerConfig`], docs/mcp.md), through the `rmcp` SDK: a child
+//!   process over stdio or streamable HTTP; one supervisor task per server
+//!   connects it in the background, lists its tools (again on
+//!   `notifications/tools/list_changed`) and restarts or reconnects it with
+//!   exponential backoff when it dies; `mcp::call` makes one `tools/call`,
+//!   relaying its progress.
 //! * `runner`: request checks, timeouts, admission, results; its child
 //!   `attempts` gives the shared attempt loop (`agentmesh-resilience`) what
 //!   one attempt is, what is retried and what counts against a circuit.
@@ -84,7 +99,8 @@
 //! run (the `tools` check, also a start-up step retried with backoff, so a
 //! program installed late is picked up); the audit service is reported but
 //! optional, and so is `sandbox` (failing while a command tool runs with
-//! less than full isolation). A quota refusal is RESOURCE_EXHAUSTED naming
+//! less than full isolation), and each MCP server (`mcp:NAME`, failing
+//! while it is down: its tools are then refused, the service serves on). A quota refusal is RESOURCE_EXHAUSTED naming
 //! the quota, audited as RATE_LIMITED.
 //!
 //! [`serve`] binds the gRPC and admin listeners from [`Config`] and hands
@@ -96,6 +112,7 @@ mod allowed;
 mod builtin;
 mod command;
 mod config;
+mod mcp;
 mod metrics;
 mod outcome;
 mod pipeline;
@@ -122,6 +139,7 @@ use agentmesh_proto::tools::v1::tool_runner_service_server::ToolRunnerServiceSer
 pub use agentmesh_audit_client::AuditConfig;
 pub use builtin::http::HttpToolConfig;
 pub use config::{CommandToolConfig, Config};
+pub use mcp::{HeaderSource, McpServerConfig};
 pub use pipeline::{PipelineConfig, StepCondition, StepConfig};
 pub use quota::QuotaConfig;
 pub use sandbox::{LimitOverrides, ResourceLimits, SandboxConfig, SandboxMode};
@@ -183,7 +201,10 @@ pub async fn serve_with_listeners(
     // One reporter for the service: circuits, refusals, retries and
     // bulkhead gauges of every tool, in the service's registry.
     let reporter = ResilienceReporter::new(audit.clone(), host.metrics().registry());
-    let runner = runner.with_metrics(metrics).with_reporter(reporter);
+    let runner = runner
+        .with_metrics(metrics.clone())
+        .with_reporter(reporter.clone());
+    let mcp_sources = runner.registry().mcp_sources().to_vec();
     let limit = config.server.max_message_bytes;
     host.add_service(
         ToolRunnerServiceServer::new(
@@ -197,6 +218,10 @@ pub async fn serve_with_listeners(
     host.add_check(tools_check(Arc::clone(&commands)))
         .add_check(sandbox_check(&runner_sandbox_shortfalls(&sandbox, &config)))
         .add_check(audit.health_check());
+    for source in &mcp_sources {
+        host.add_check(source.server.health_check());
+    }
+    let supervisors = start_mcp_servers(&mcp_sources, &reporter, &metrics);
     // A program that is not installed yet keeps the service NOT_SERVING,
     // with the reason logged, and is looked for again with backoff.
     let startup = || {
@@ -205,9 +230,39 @@ pub async fn serve_with_listeners(
     };
     let result = host.serve(listeners, startup, shutdown).await;
     sweeper.abort();
+    supervisors.stop().await;
     // The drain is over: send what is queued, or spool it.
     audit.shutdown().await;
     result
+}
+
+/// Starts (or reaches) the MCP servers in the background: one that is slow
+/// or down never keeps the service from serving. Each list a server gives
+/// becomes its tools in the registry; a tool listed for the first time gets
+/// its guards watched and its metrics, as the configured tools got theirs.
+fn start_mcp_servers(
+    sources: &[Arc<registry::McpSource>],
+    reporter: &ResilienceReporter,
+    metrics: &metrics::ToolMetrics,
+) -> mcp::Supervisors {
+    let servers = sources
+        .iter()
+        .map(|source| {
+            let server = Arc::clone(&source.server);
+            let source = Arc::clone(source);
+            let reporter = reporter.clone();
+            let metrics = metrics.clone();
+            let listed: mcp::Listed = Arc::new(move |tools| {
+                source.install(tools, &|tool: &registry::RegisteredTool| {
+                    reporter.watch_circuit(&tool.breaker);
+                    reporter.watch_bulkhead(&tool.bulkhead);
+                    metrics.add(tool.name());
+                })
+            });
+            (server, listed)
+        })
+        .collect();
+    mcp::Supervisors::start(servers)
 }
 
 /// Finds what isolation the host gives command tools, logs it, and refuses
@@ -373,6 +428,11 @@ fn effective_config(config: &Config) -> Config {
     let mut effective = config.clone();
     for command in effective.commands.values_mut() {
         for value in command.env.values_mut() {
+            "[REDACTED]".clone_into(value);
+        }
+    }
+    for server in effective.mcp_servers.values_mut() {
+        for value in server.env.values_mut() {
             "[REDACTED]".clone_into(value);
         }
     }

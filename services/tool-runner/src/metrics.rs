@@ -22,8 +22,9 @@
 //! tool's output is not JSON or breaks its output schema); `denied` (refused
 //! by policy); `error` (the tool ran and failed); `cancelled` (the caller
 //! went away while the tool ran, so it was stopped). `tool` is a registered
-//! tool (built-in or configured command); anything else would be `other`,
-//! though only registered tools ever execute. Calls refused before they
+//! tool (built-in, configured command or pipeline, or an MCP server's tool,
+//! whose series appear when the server first lists it); anything else would
+//! be `other`, though only registered tools ever execute. Calls refused before they
 //! execute (unknown tool, malformed request, a full bulkhead, an open
 //! circuit) are gRPC errors, counted by the kit's `grpc_server_handled_total`.
 //!
@@ -37,7 +38,7 @@
 //! went away — counts as `cancelled`.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
 use agentmesh_kit::metrics::prometheus::{
@@ -114,11 +115,37 @@ impl Outcome {
     }
 }
 
+/// Tools with series of their own at most: an MCP server that keeps
+/// renaming its tools cannot grow the metrics without bound (later ones
+/// count as `other`).
+const MAX_TOOL_SERIES: usize = 10_000;
+
 /// The tool metrics; cheap to clone.
 #[derive(Debug, Clone)]
 pub(crate) struct ToolMetrics {
-    by_tool: Arc<HashMap<String, Arc<ToolSeries>>>,
+    families: Arc<Families>,
+    /// Grows when an MCP server lists a new tool; read by every execution
+    /// (never held across an await).
+    by_tool: Arc<RwLock<HashMap<String, Arc<ToolSeries>>>>,
     other: Arc<ToolSeries>,
+}
+
+#[derive(Debug)]
+struct Families {
+    executions: IntCounterVec,
+    duration: HistogramVec,
+    in_flight: IntGaugeVec,
+}
+
+impl Families {
+    fn series(&self, tool: &str) -> Arc<ToolSeries> {
+        Arc::new(ToolSeries {
+            outcomes: Outcome::ALL
+                .map(|outcome| self.executions.with_label_values(&[tool, outcome.label()])),
+            duration: self.duration.with_label_values(&[tool]),
+            in_flight: self.in_flight.with_label_values(&[tool]),
+        })
+    }
 }
 
 /// The label children of one tool.
@@ -161,27 +188,41 @@ impl ToolMetrics {
         registry.register(Box::new(executions.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
-        let series = |tool: &str| {
-            Arc::new(ToolSeries {
-                outcomes: Outcome::ALL
-                    .map(|outcome| executions.with_label_values(&[tool, outcome.label()])),
-                duration: duration.with_label_values(&[tool]),
-                in_flight: in_flight.with_label_values(&[tool]),
-            })
+        let families = Families {
+            executions,
+            duration,
+            in_flight,
         };
         let by_tool = tools
             .into_iter()
-            .map(|tool| (tool.to_owned(), series(tool)))
+            .map(|tool| (tool.to_owned(), families.series(tool)))
             .collect();
         Ok(Self {
-            by_tool: Arc::new(by_tool),
-            other: series(OTHER),
+            other: families.series(OTHER),
+            families: Arc::new(families),
+            by_tool: Arc::new(RwLock::new(by_tool)),
         })
+    }
+
+    /// Gives `tool` (an MCP server's, listed after the start) series of its
+    /// own, exported at zero from now on.
+    pub(crate) fn add(&self, tool: &str) {
+        let mut by_tool = self.by_tool.write().unwrap_or_else(PoisonError::into_inner);
+        if by_tool.len() < MAX_TOOL_SERIES && !by_tool.contains_key(tool) {
+            let series = self.families.series(tool);
+            by_tool.insert(tool.to_owned(), series);
+        }
     }
 
     /// An execution of `tool` starts.
     pub(crate) fn start(&self, tool: &str) -> Execution {
-        let series = Arc::clone(self.by_tool.get(tool).unwrap_or(&self.other));
+        let series = Arc::clone(
+            self.by_tool
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(tool)
+                .unwrap_or(&self.other),
+        );
         series.in_flight.inc();
         Execution {
             series,

@@ -12,6 +12,9 @@ pub(crate) struct ToolFailure {
     pub(crate) message: String,
     /// JSON the tool produced describing the failure; empty when none.
     pub(crate) output_json: String,
+    /// The tool could not be reached at all (an MCP server's connection
+    /// is gone): a sign of its health, unlike an error it answered.
+    pub(crate) unreachable: bool,
 }
 
 impl ToolFailure {
@@ -20,6 +23,16 @@ impl ToolFailure {
             kind,
             message: message.into(),
             output_json: String::new(),
+            unreachable: false,
+        }
+    }
+
+    /// The tool could not be reached (EXECUTION_FAILED, counted against
+    /// its circuit).
+    pub(crate) fn unreachable(message: impl Into<String>) -> Self {
+        Self {
+            unreachable: true,
+            ..Self::new(ToolErrorKind::ExecutionFailed, message)
         }
     }
 

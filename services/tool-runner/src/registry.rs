@@ -11,6 +11,11 @@
 //! Each tool also gets its guards here, named `tool:<name>`: a bulkhead of
 //! its concurrency limit and queue, and a circuit breaker (see `runner` for
 //! how a call passes them).
+//!
+//! The configured tools are fixed at start; an MCP server's tools are its
+//! own part of the registry, replaced whenever the server lists them (see
+//! `mcp`; the child module `mcp` keeps and builds them). Lookups and
+//! listings see both.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -27,9 +32,14 @@ use serde_json::Value;
 use crate::builtin::Builtin;
 use crate::command::{CommandTool, service_path};
 use crate::config::{CommandToolConfig, Config, MAX_CONCURRENCY, MAX_QUEUED, format_duration};
+use crate::mcp::McpServer;
 use crate::outcome::ToolFailure;
 use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::sandbox::{ToolSandbox, validate_read_paths};
+
+mod mcp;
+
+pub(crate) use mcp::{McpSource, McpTool};
 
 /// The label ListTools shows on a pipeline (`agentmesh.kind = pipeline`):
 /// the contract's `ToolKind` has no value for pipelines, so they are
@@ -49,6 +59,8 @@ pub(crate) enum Implementation {
     Command(CommandTool),
     /// Steps calling the other tools (never another pipeline).
     Pipeline(Pipeline),
+    /// A tool of an MCP server.
+    Mcp(McpTool),
 }
 
 /// One tool: its public description, compiled schemas and implementation.
@@ -155,7 +167,19 @@ impl Config {
 
 #[derive(Debug)]
 pub(crate) struct Registry {
+    /// The configured tools: built-in, command, pipeline.
     tools: BTreeMap<String, Arc<RegisteredTool>>,
+    /// The enabled MCP servers, each with its tools as last listed.
+    mcp: Vec<Arc<McpSource>>,
+}
+
+/// What a tool name stands for.
+#[derive(Debug)]
+pub(crate) enum Lookup {
+    Tool(Arc<RegisteredTool>),
+    /// Under the prefix of an MCP server that is down and never listed it.
+    ServerDown(Arc<McpServer>),
+    Missing,
 }
 
 impl Registry {
@@ -208,27 +232,61 @@ impl Registry {
         for tool in pipelines {
             tools.insert(tool.name().to_owned(), Arc::new(tool));
         }
-        Ok(Self { tools })
+        let mcp = mcp::sources(config, &tools)?;
+        Ok(Self { tools, mcp })
     }
 
-    /// The tool called `name`.
+    /// The configured tool called `name` (not an MCP server's).
+    #[cfg(test)]
     pub(crate) fn get(&self, name: &str) -> Option<&Arc<RegisteredTool>> {
         self.tools.get(name)
     }
 
-    /// Every tool, ordered by name.
+    /// The tool called `name`, of any kind.
+    pub(crate) fn lookup(&self, name: &str) -> Lookup {
+        if let Some(tool) = self.tools.get(name) {
+            return Lookup::Tool(Arc::clone(tool));
+        }
+        // Prefixes are checked to be disjoint: one server at most.
+        let Some(source) = self
+            .mcp
+            .iter()
+            .find(|source| name.starts_with(&source.server.prefix))
+        else {
+            return Lookup::Missing;
+        };
+        match source.tools().get(name) {
+            Some(tool) => Lookup::Tool(Arc::clone(tool)),
+            None if source.server.peer().is_none() => {
+                Lookup::ServerDown(Arc::clone(&source.server))
+            }
+            None => Lookup::Missing,
+        }
+    }
+
+    /// The configured tools, ordered by name.
     pub(crate) fn iter(&self) -> impl Iterator<Item = &RegisteredTool> {
         self.tools.values().map(|tool| &**tool)
     }
 
-    /// The names, ordered.
+    /// Every tool now, configured and MCP servers', ordered by name.
+    pub(crate) fn all(&self) -> Vec<Arc<RegisteredTool>> {
+        let mut all: Vec<Arc<RegisteredTool>> = self.tools.values().cloned().collect();
+        for source in &self.mcp {
+            all.extend(source.tools().values().cloned());
+        }
+        all.sort_by(|a, b| a.name().cmp(b.name()));
+        all
+    }
+
+    /// The names of the configured tools, ordered.
     pub(crate) fn names(&self) -> impl Iterator<Item = &str> {
         self.tools.keys().map(String::as_str)
     }
 
-    /// How many tools there are.
-    pub(crate) fn len(&self) -> usize {
-        self.tools.len()
+    /// The enabled MCP servers, with their tools.
+    pub(crate) fn mcp_sources(&self) -> &[Arc<McpSource>] {
+        &self.mcp
     }
 }
 

@@ -41,6 +41,7 @@ use agentmesh_resilience::{BulkheadFull, BulkheadPermit, CallPermit, CircuitOpen
 use tonic::{Code, Status};
 
 use crate::config::format_duration;
+use crate::mcp::McpServer;
 use crate::outcome::ToolFailure;
 use crate::registry::{Implementation, RegisteredTool};
 
@@ -114,6 +115,37 @@ pub(crate) fn circuit_open(tool: &RegisteredTool, open: &CircuitOpen) -> Status 
     )
 }
 
+/// UNAVAILABLE for a call of `tool` while its MCP server is down, with
+/// RetryInfo: when the server is tried again; `None` while it is up.
+pub(crate) fn server_down(server: &McpServer, tool: &str) -> Option<Status> {
+    let (reason, retry_in) = server.down()?;
+    let (when, retry_in) = match retry_in {
+        Some(retry_in) => {
+            let retry_in = Duration::from_secs(retry_in.as_secs().max(1));
+            (
+                format!(
+                    "it is {} again in about {}",
+                    server.comes_back(),
+                    format_duration(retry_in)
+                ),
+                retry_in,
+            )
+        }
+        None => (
+            format!("it is being {} now", server.comes_back()),
+            Duration::from_secs(1),
+        ),
+    };
+    Some(with_retry_info(
+        Code::Unavailable,
+        format!(
+            "tool `{tool}` is unavailable: its MCP server `{}` is down ({reason}); {when}",
+            server.name
+        ),
+        retry_in,
+    ))
+}
+
 /// DEADLINE_EXCEEDED for a call whose time ran out while it waited for a
 /// place (it never ran).
 pub(crate) fn queue_timeout(tool: &RegisteredTool, timeout: Duration) -> Status {
@@ -143,6 +175,11 @@ pub(crate) fn health_failure(tool: &RegisteredTool, failure: &ToolFailure) -> Op
         | (ToolErrorKind::ExecutionFailed, Implementation::Command(_)) => {
             Some(failure.message.clone())
         }
+        // An MCP tool's error result is its answer; a server out of reach
+        // is its health.
+        (ToolErrorKind::ExecutionFailed, Implementation::Mcp(_)) if failure.unreachable => {
+            Some(failure.message.clone())
+        }
         _ => None,
     }
 }
@@ -158,6 +195,9 @@ pub(crate) fn retry_reason(tool: &RegisteredTool, failure: &ToolFailure) -> Opti
     }
     match (failure.kind, &tool.implementation) {
         (ToolErrorKind::ExecutionFailed, Implementation::Command(_)) => Some("execution_failed"),
+        (ToolErrorKind::ExecutionFailed, Implementation::Mcp(_)) if failure.unreachable => {
+            Some("unreachable")
+        }
         (ToolErrorKind::Timeout, _) => Some("timeout"),
         _ => None,
     }

@@ -37,7 +37,7 @@ use crate::outcome::ToolOutcome;
 use crate::pipeline::StepCaller;
 use crate::quota::{QuotaHit, Quotas, Ticket, Usage};
 use crate::registry::Implementation;
-use crate::registry::{RegisteredTool, Registry};
+use crate::registry::{Lookup, RegisteredTool, Registry};
 use crate::resilience::{self, Admission};
 use crate::sandbox::SandboxHost;
 use crate::workspace::{check_run_id, run_dir_name, tenant_dir_name, workspace_dir};
@@ -209,8 +209,11 @@ impl ToolRunner {
                 })
             }
             Implementation::Builtin(Builtin::ReadFile | Builtin::ListFiles) => None,
-            // A pipeline's steps reserve for themselves.
-            Implementation::Builtin(_) | Implementation::Pipeline(_) => return Ok(None),
+            // A pipeline's steps reserve for themselves; an MCP server has
+            // no workspace.
+            Implementation::Builtin(_) | Implementation::Pipeline(_) | Implementation::Mcp(_) => {
+                return Ok(None);
+            }
             // A command may start while anything is left.
             Implementation::Command(_) => Some(Usage { bytes: 1, files: 1 }),
         };
@@ -305,9 +308,7 @@ impl ToolRunner {
             return Err(invalid_argument(violations));
         }
 
-        let Some(tool) = self.registry.get(&request.tool) else {
-            return Err(self.unknown_tool(&request.tool));
-        };
+        let tool = self.find(&request.tool)?;
 
         let arrived = Instant::now();
         let mut timeout = tool.timeout.min(self.max_timeout);
@@ -325,7 +326,7 @@ impl ToolRunner {
         }
         let tenant_dir = tenant_dir_name(&request.tenant);
         Ok(Call {
-            tool: Arc::clone(tool),
+            tool,
             arguments,
             call_id: request.call_id,
             workspace_dir: workspace_dir(&self.workspaces_dir, &tenant_dir, &request.run_id),
@@ -353,6 +354,13 @@ impl ToolRunner {
             && let Err(open) = tool.breaker.try_acquire()
         {
             return Err(resilience::circuit_open(tool, &open));
+        }
+        // An MCP server that is down: refused before a place is taken, as
+        // no run could succeed.
+        if let Implementation::Mcp(mcp) = &tool.implementation
+            && let Some(refusal) = resilience::server_down(&mcp.server, tool.name())
+        {
+            return Err(refusal);
         }
 
         let queued_at = Instant::now();
@@ -386,9 +394,27 @@ impl ToolRunner {
         })
     }
 
+    /// The tool called `name`: NOT_FOUND when there is none, UNAVAILABLE
+    /// when the name is under the prefix of an MCP server that is down.
+    fn find(&self, name: &str) -> Result<Arc<RegisteredTool>, Status> {
+        match self.registry.lookup(name) {
+            Lookup::Tool(tool) => Ok(tool),
+            Lookup::ServerDown(server) => {
+                Err(resilience::server_down(&server, name)
+                    .unwrap_or_else(|| self.unknown_tool(name)))
+            }
+            Lookup::Missing => Err(self.unknown_tool(name)),
+        }
+    }
+
     fn unknown_tool(&self, name: &str) -> Status {
-        let known: Vec<&str> = self.registry.names().take(LISTED_TOOL_NAMES).collect();
-        let more = self.registry.len().saturating_sub(known.len());
+        let all = self.registry.all();
+        let known: Vec<&str> = all
+            .iter()
+            .map(|tool| tool.name())
+            .take(LISTED_TOOL_NAMES)
+            .collect();
+        let more = all.len().saturating_sub(known.len());
         let more = if more > 0 {
             format!(" and {more} more")
         } else {

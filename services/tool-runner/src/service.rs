@@ -546,7 +546,8 @@ fn list_tools(
 
     let mut tools: Vec<v1::Tool> = runner
         .registry()
-        .iter()
+        .all()
+        .into_iter()
         .filter(|tool| ToolAccess::allows(identity, tool.name()))
         // A pipeline is listed only to those who may run all of it.
         .filter(|tool| {

@@ -1,5 +1,12 @@
 //! The calls a run makes to its peers: `GenerateStream` on the LLM gateway,
-//! `ListTools` and `ExecuteTool` on the tool runner.
+//! `ListTools` and `ExecuteToolStream` on the tool runner.
+//!
+//! A tool call is streamed so that what a long tool reports while it runs
+//! (a command's `progress:` lines, an MCP server's progress notifications)
+//! reaches the run's events as it happens: each report is sent to the
+//! caller's `progress` channel (at most one per [`PROGRESS_INTERVAL`], and
+//! [`MAX_PROGRESS_PER_CALL`] in all, so a chatty tool cannot flood the
+//! run's stored events); the stream's last message is the result.
 //!
 //! Every call carries a `grpc-timeout` of what is left of the run's time.
 //! A failed model call fails the step (the status says which call failed,
@@ -40,6 +47,12 @@ use crate::store::RunRow;
 /// keeps a run on one pod by hashing this header (the tool-runner
 /// DestinationRule in `istio/traffic.yaml` does).
 pub(crate) const RUN_ID_HEADER: &str = "x-agentmesh-run-id";
+
+/// The shortest time between two progress reports of one tool call
+/// relayed to the run's events (those in between are dropped).
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+/// Progress reports of one tool call relayed at most.
+const MAX_PROGRESS_PER_CALL: u32 = 1000;
 
 /// How long the tool list is cached.
 const TOOL_CACHE: Duration = Duration::from_secs(10);
@@ -155,14 +168,16 @@ impl Peers {
         }
     }
 
-    /// Runs one tool call of `run`; a refusal or a failure is the result,
-    /// marked as an error, for the model to see.
+    /// Runs one tool call of `run`, sending what the tool reports while it
+    /// runs to `progress`; a refusal or a failure is the result, marked as
+    /// an error, for the model to see.
     pub(super) async fn call_tool(
         &self,
         run: &RunRow,
         profile: &AgentProfile,
         call: &llm::ToolCall,
         deadline: Instant,
+        progress: tokio::sync::mpsc::Sender<tools::ToolProgress>,
     ) -> tools::ExecuteToolResponse {
         let failed = |message: String| tools::ExecuteToolResponse {
             is_error: true,
@@ -179,8 +194,20 @@ impl Peers {
             ));
         }
         let request = tool_request(&run.run_id, call, deadline);
-        match self.tools.clone().execute_tool(request).await {
-            Ok(response) => response.into_inner(),
+        let streamed = match self.tools.clone().execute_tool_stream(request).await {
+            Ok(response) => relay(response.into_inner(), &progress).await,
+            Err(status) => Err(status),
+        };
+        match streamed {
+            Ok(result) => tools::ExecuteToolResponse {
+                output_json: result.output_json,
+                is_error: result.is_error,
+                error_message: result.error_message,
+                duration: result.duration,
+                call_id: result.call_id,
+                error_kind: result.error_kind,
+                attempts: result.attempts,
+            },
             // The end user's allow-list leaves the tool out: the model is
             // told so, and may answer without it.
             Err(status) if status.code() == tonic::Code::PermissionDenied => failed(format!(
@@ -278,6 +305,41 @@ impl Peers {
     }
 }
 
+/// Reads a tool call's stream to its result, sending progress to
+/// `progress` (rate-limited, see the module docs); a stream that ends
+/// without a result is UNAVAILABLE (the tool runner went away mid-call).
+async fn relay(
+    mut stream: tonic::Streaming<tools::ExecuteToolStreamResponse>,
+    progress: &tokio::sync::mpsc::Sender<tools::ToolProgress>,
+) -> Result<tools::ToolResult, Status> {
+    use tools::execute_tool_stream_response::Event;
+    let mut relayed = 0_u32;
+    let mut last: Option<Instant> = None;
+    while let Some(message) = stream.message().await? {
+        match message.event {
+            Some(Event::Result(result)) => {
+                // Read to the end (the status), so the call ends as OK on
+                // both sides rather than as cancelled by this side.
+                while let Ok(Some(_)) = stream.message().await {}
+                return Ok(result);
+            }
+            Some(Event::Progress(update)) => {
+                let due = last.is_none_or(|at| at.elapsed() >= PROGRESS_INTERVAL);
+                if due && relayed < MAX_PROGRESS_PER_CALL {
+                    relayed += 1;
+                    last = Some(Instant::now());
+                    // Gone only when the step stopped waiting for the call.
+                    let _ = progress.send(update).await;
+                }
+            }
+            Some(Event::Output(_)) | None => {}
+        }
+    }
+    Err(Status::unavailable(
+        "the tool runner ended the call's stream without its result",
+    ))
+}
+
 /// The retry class a status is reported under.
 fn class(status: &Status) -> &'static str {
     match status.code() {
@@ -295,15 +357,15 @@ pub(super) fn downstream(what: &str, status: Status) -> Status {
     )
 }
 
-/// The `ExecuteTool` request of `call` in run `run_id`: the run's time left
-/// as its deadline, and the run id in the metadata too, where a mesh can
-/// route on it (the body is opaque to the mesh).
+/// The `ExecuteToolStream` request of `call` in run `run_id`: the run's
+/// time left as its deadline, and the run id in the metadata too, where a
+/// mesh can route on it (the body is opaque to the mesh).
 fn tool_request(
     run_id: &str,
     call: &llm::ToolCall,
     deadline: Instant,
-) -> tonic::Request<tools::ExecuteToolRequest> {
-    let mut request = tonic::Request::new(tools::ExecuteToolRequest {
+) -> tonic::Request<tools::ExecuteToolStreamRequest> {
+    let mut request = tonic::Request::new(tools::ExecuteToolStreamRequest {
         tool: call.name.clone(),
         arguments_json: call.arguments_json.clone(),
         call_id: call.id.clone(),

@@ -272,9 +272,7 @@ impl Engine {
                 {
                     self.delegate(run, cx, call, step).await
                 } else {
-                    self.peers
-                        .call_tool(run, cx.profile, call, cx.deadline)
-                        .await
+                    self.call_tool(run, cx, call, step, id_prefix).await
                 };
                 (index, call, result)
             })
@@ -312,6 +310,43 @@ impl Engine {
             }
         }
         results.into_iter().flatten().collect()
+    }
+}
+
+impl Engine {
+    /// One call on the tool runner; what the tool reports while it runs is
+    /// the run's progress, naming the call.
+    async fn call_tool(
+        &self,
+        run: &RunRow,
+        cx: &StepContext<'_>,
+        call: &llm::ToolCall,
+        step: i32,
+        id_prefix: &str,
+    ) -> agentmesh_proto::tools::v1::ExecuteToolResponse {
+        let (sender, mut updates) = tokio::sync::mpsc::channel(16);
+        let calling = self
+            .peers
+            .call_tool(run, cx.profile, call, cx.deadline, sender);
+        tokio::pin!(calling);
+        loop {
+            let update = tokio::select! {
+                // Reports first: the result is sent after the last of them.
+                biased;
+                Some(update) = updates.recv() => update,
+                result = &mut calling => return result,
+            };
+            let message = format!("step {step}: {}: {}", call.name, update.message);
+            self.emit(
+                cx.active,
+                run_event::Event::Progress(pb::Progress {
+                    tool_call_id: format!("{id_prefix}{}", call.id),
+                    tool_percent: update.percent,
+                    ..progress(run, step, message)
+                }),
+            )
+            .await;
+        }
     }
 }
 

@@ -191,6 +191,9 @@ impl ToolRunner {
                 };
                 pipeline.run(&call.arguments, context).await
             }
+            Implementation::Mcp(mcp) => {
+                crate::mcp::call(&mcp.server, &mcp.remote, &call.arguments, events).await
+            }
             Implementation::Command(command) => {
                 let env = RunEnv {
                     workspace_dir: &workspace_dir,

@@ -76,6 +76,8 @@ impl StepCaller for StepsThroughService {
                     kind,
                     message: result.error_message,
                     output_json: result.output_json,
+                    // The step's own call counted against its tool.
+                    unreachable: false,
                 });
             }
             serde_json::from_str(&result.output_json).map_err(|err| {

@@ -50,9 +50,14 @@ impl Served {
 
     /// The service's Prometheus text.
     pub(crate) async fn metrics(&self) -> String {
+        self.admin_get("/metrics").await
+    }
+
+    /// The admin server's whole HTTP response to `GET path`.
+    pub(crate) async fn admin_get(&self, path: &str) -> String {
         let mut stream = tokio::net::TcpStream::connect(self.admin).await.unwrap();
         let request = format!(
-            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
             self.admin
         );
         stream.write_all(request.as_bytes()).await.unwrap();
