@@ -96,16 +96,22 @@ print(json.dumps({"admitted": len(held), "refused": refused, "hung": hung,
 "#;
 
 /// The mesh's configuration: a short handshake deadline on every service,
-/// the caps derived from the lowered descriptor limit.
+/// the caps derived from the lowered descriptor limit. The flooders tell an
+/// admitted connection by the server's SETTINGS frame, which a listener that
+/// also takes HTTP/1.1 (gRPC-Web) sends only once the client's first bytes
+/// say HTTP/2: the orchestrator's gRPC-Web is off here, and the kit's
+/// connection tests hold that listener to the same deadlines.
 fn mesh_config() -> String {
-    ["orchestrator", "llm_gateway", "tool_runner", "audit", "alerting"]
+    let mut config: String = ["orchestrator", "llm_gateway", "tool_runner", "audit", "alerting"]
         .iter()
         .map(|section| {
             format!(
                 "[{section}.server.connections]\nhandshake_timeout = \"{HANDSHAKE_TIMEOUT_S}s\"\nidle_timeout = \"120s\"\n"
             )
         })
-        .collect()
+        .collect();
+    config.push_str("[orchestrator.server.grpc_web]\nenabled = false\n");
+    config
 }
 
 /// A channel connected now (so it is held before the flood).

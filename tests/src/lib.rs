@@ -350,12 +350,17 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 
 // === real binaries ===
 
-/// The path of a binary of this workspace, built next to the test binary.
+/// The path of a binary of this workspace, built next to the test binary
+/// (or in `AGENTMESH_BIN_DIR`, as the Python tests read it).
 pub fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/<test> → target/<profile>/<name>
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let path = dir.join(name);
+    let path = match std::env::var_os("AGENTMESH_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir).join(name),
+        None => {
+            let exe = std::env::current_exe().unwrap();
+            // target/<profile>/deps/<test> → target/<profile>/<name>
+            exe.parent().and_then(Path::parent).unwrap().join(name)
+        }
+    };
     assert!(
         path.is_file(),
         "{} is not built; run the tests through `make test` (cargo builds the workspace binaries first)",

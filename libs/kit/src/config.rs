@@ -152,6 +152,9 @@ pub struct ServerConfig {
     pub tls: Option<Box<crate::tls::ServerTls>>,
     /// How calls to `https://` peers are secured (`[server.client_tls]`).
     pub client_tls: Box<crate::tls::ClientTls>,
+    /// gRPC-Web for browsers on the gRPC listener, and its CORS
+    /// (`[server.grpc_web]`; see [`crate::grpc_web`]).
+    pub grpc_web: crate::grpc_web::GrpcWebConfig,
 }
 
 /// The admin port is the gRPC port plus this, as DESIGN fixes (51051 for 50051).
@@ -229,6 +232,7 @@ impl ServerConfig {
         if let Some(tls) = &self.tls {
             tls.validate()?;
         }
+        self.grpc_web.validate()?;
         self.client_tls.validate()
     }
 
@@ -292,6 +296,7 @@ impl Default for ServerConfig {
             deep_health: true,
             tls: None,
             client_tls: Box::default(),
+            grpc_web: crate::grpc_web::GrpcWebConfig::default(),
         }
     }
 }
@@ -641,6 +646,31 @@ mod tests {
         assert!(line.contains("abc"), "{line}");
         assert!(line.contains("svc.toml"), "{line}");
         assert!(!line.contains('\n'), "{line}");
+    }
+
+    #[test]
+    fn grpc_web_settings_load_and_a_bad_origin_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("svc.toml");
+        std::fs::write(
+            &path,
+            "[server.grpc_web]\nenabled = true\nallowed_origins = [\"http://localhost:5173\"]\nmax_age = \"1h\"\n",
+        )
+        .unwrap();
+        let config = load_with(Some(&path), &Overrides::default()).unwrap();
+        assert!(config.server.grpc_web.enabled);
+        assert_eq!(config.server.grpc_web.max_age, Duration::from_secs(3600));
+
+        let overrides = Overrides {
+            set: vec![(
+                "server.grpc_web.allowed_origins".into(),
+                "[\"http://localhost:5173/\"]".into(),
+            )],
+            ..Overrides::default()
+        };
+        let err = load_with(Some(&path), &overrides).unwrap_err();
+        assert_eq!(err.setting, "test_svc.server.grpc_web.allowed_origins");
+        assert!(err.to_string().contains("localhost:5173/"), "{err}");
     }
 
     #[test]

@@ -24,6 +24,9 @@
 //!   idle timeouts; the listen backlog) with their metrics; [`listen`] binds
 //!   a service's two listeners under them and serves the gRPC one;
 //!   [`serve_error`] is the error of a service that cannot serve.
+//! * [`grpc_web`]: optional gRPC-Web (browsers) on the gRPC listener, with
+//!   HTTP/1.1 beside HTTP/2 and CORS closed unless origins are configured;
+//!   its calls become gRPC calls before any other layer sees them.
 //! * [`tls`]: optional TLS on the gRPC listener (certificates reloaded on
 //!   change, client certificates verified for mTLS) and on channels to
 //!   `https://` peers.
@@ -48,7 +51,10 @@
 //!
 //! # Data flow of a call
 //!
-//! An incoming call passes [`propagation::PropagationLayer`] (its headers and
+//! Where gRPC-Web is on, [`grpc_web::GrpcWebLayer`] first answers CORS
+//! preflights and turns a gRPC-Web call into the gRPC call it carries, so
+//! that what follows is the same for both. An incoming call then passes
+//! [`propagation::PropagationLayer`] (its headers and
 //! deadline become the current [`RequestContext`]), is counted by
 //! [`metrics::GrpcMetricsLayer`], authenticated and authorized by
 //! [`auth::AuthLayer`] (which makes the verified identity part of the
@@ -69,6 +75,7 @@ pub mod connections;
 pub mod drain;
 pub mod duration;
 pub mod grpc_timeout;
+pub mod grpc_web;
 pub mod health;
 pub mod ident;
 pub mod limits;

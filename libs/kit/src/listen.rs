@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! Listeners::bind ─▶ Listeners::limited(service, settings, registry)
-//!                      ├─ gRPC:  LimitedListener (Http2) ─▶ serve_grpc ─▶ tonic (plain, or TLS accept loop first)
+//!                      ├─ gRPC:  LimitedListener (Http2, or Http2OrHttp1 with gRPC-Web)
+//!                      │           ─▶ serve_grpc ─▶ tonic (plain, or TLS accept loop first)
 //!                      └─ admin: LimitedListener (Http1) ─▶ crate::admin::serve (axum)
 //! ```
 
@@ -69,11 +70,13 @@ impl Listeners {
 
     /// Both listeners under their limits, `(gRPC, admin)`: the caps as
     /// `settings` says or derived from the descriptor limit now, counted
-    /// in `registry`.
+    /// in `registry`; the gRPC one speaking HTTP/1.1 too when `http1`
+    /// (gRPC-Web).
     pub(crate) fn limited(
         self,
         service: &'static str,
         settings: &ConnectionSettings,
+        http1: bool,
         registry: &Registry,
     ) -> Result<(LimitedListener, LimitedListener), ServeError> {
         let metrics = ConnectionMetrics::register(registry)?;
@@ -89,8 +92,13 @@ impl Listeners {
         );
         let shared =
             |listener, cap| ListenerShared::new(service, listener, cap, settings, &metrics);
+        let grpc_protocol = if http1 {
+            Protocol::Http2OrHttp1
+        } else {
+            Protocol::Http2
+        };
         Ok((
-            LimitedListener::new(self.grpc, shared("grpc", grpc_cap), Protocol::Http2),
+            LimitedListener::new(self.grpc, shared("grpc", grpc_cap), grpc_protocol),
             LimitedListener::new(self.admin, shared("admin", admin_cap), Protocol::Http1),
         ))
     }
@@ -114,9 +122,12 @@ impl Listeners {
 
 /// The tonic server with the HTTP/2 limits of `config`: keep-alive pings
 /// (a peer that does not answer within the timeout is dropped), streams
-/// per connection, header list size.
+/// per connection, header list size; HTTP/1.1 accepted too when gRPC-Web
+/// is on (browsers without HTTP/2 to the server, and Node's gRPC-Web
+/// clients, call over it).
 pub(crate) fn grpc_server(config: &ServerConfig) -> tonic::transport::Server {
     tonic::transport::Server::builder()
+        .accept_http1(config.grpc_web.enabled)
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_timeout))
         .max_concurrent_streams(Some(config.max_concurrent_streams_per_connection))

@@ -37,4 +37,8 @@ pub enum ServeError {
     /// A TLS file cannot be used (`server.tls.*`, `server.client_tls.*`).
     #[error("{0}")]
     Tls(String),
+    /// A setting cannot be used (checked at load for configured services;
+    /// here for hosts built in code).
+    #[error("{0}")]
+    Setting(#[from] crate::config_error::ConfigError),
 }

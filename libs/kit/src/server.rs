@@ -4,7 +4,7 @@
 //! [`ServiceHost::serve`]. The host does all the cross-cutting wiring:
 //!
 //! ```text
-//!  client ─▶ Propagation ─▶ ServerTrace ─▶ GrpcMetrics ─▶ Auth ─▶ InFlightLimit ─▶ Drain ─▶ routes
+//!  client ─▶ [GrpcWeb] ─▶ Propagation ─▶ ServerTrace ─▶ GrpcMetrics ─▶ Auth ─▶ InFlightLimit ─▶ Drain ─▶ routes
 //!            (context,       (the call's   (count,        (who,   (shed load      (end     ├─ the service
 //!             request id)     span)         time)          may     at the limit)   streams ├─ grpc.health.v1.Health
 //!                                                          they?)                  on      └─ reflection v1 + v1alpha
@@ -18,6 +18,11 @@
 //! [`crate::bounded_status`] cuts every answered status to size,
 //! [`crate::grpc_timeout`] checks the caller's `grpc-timeout` and
 //! [`crate::request_frames`] the size and framing of request messages.
+//!
+//! With `[server.grpc_web] enabled` the gRPC listener also accepts HTTP/1.1
+//! and the outermost layer, [`crate::grpc_web`], turns gRPC-Web calls into
+//! gRPC calls (and answers CORS preflights), so every layer after it
+//! treats both protocols alike: the same metrics, auth, limits and drain.
 //!
 //! With `[server.tls]` the gRPC listener speaks TLS ([`crate::tls`]): the
 //! certificate files are reloaded when they change, and a verified client
@@ -52,6 +57,7 @@ use crate::client::Clients;
 use crate::config::{ServerConfig, ServiceConfig};
 use crate::connections::StreamCountLayer;
 use crate::drain::{Drain, DrainLayer, DrainPhase};
+use crate::grpc_web::GrpcWebLayer;
 use crate::health::{DependencyCheck, Health, STARTUP};
 use crate::limits::InFlightLimitLayer;
 pub use crate::listen::Listeners;
@@ -252,10 +258,17 @@ impl ServiceHost {
         let _auth_tasks = self.spawn_auth_tasks();
         let methods = Arc::new(KnownMethods::mesh());
         let grpc_metrics = GrpcServerMetrics::register(self.metrics.registry())?;
-        let (grpc_listener, admin_listener) =
-            listeners.limited(service, &self.config.connections, self.metrics.registry())?;
+        let grpc_web = GrpcWebLayer::new(&self.config.grpc_web, self.config.max_message_bytes)
+            .map_err(ServeError::from)?;
+        let (grpc_listener, admin_listener) = listeners.limited(
+            service,
+            &self.config.connections,
+            grpc_web.enabled(),
+            self.metrics.registry(),
+        )?;
         let layers = tower::ServiceBuilder::new()
             .layer(StreamCountLayer)
+            .layer(grpc_web)
             .layer(PropagationLayer)
             .layer(ServerTraceLayer::new(trace_scope))
             .layer(GrpcMetricsLayer::new(grpc_metrics, methods))

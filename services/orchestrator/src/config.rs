@@ -189,7 +189,15 @@ impl RetentionConfig {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            server: ServerConfig::with_port(DEFAULT_PORT),
+            server: ServerConfig {
+                // Browsers are the orchestrator's clients: gRPC-Web is on
+                // (CORS stays closed until origins are configured).
+                grpc_web: agentmesh_kit::grpc_web::GrpcWebConfig {
+                    enabled: true,
+                    ..Default::default()
+                },
+                ..ServerConfig::with_port(DEFAULT_PORT)
+            },
             log: LogConfig::default(),
             auth: AuthConfig::default(),
             storage: StorageConfig::default(),

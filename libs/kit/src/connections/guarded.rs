@@ -40,6 +40,11 @@ pub enum Protocol {
     /// The admin HTTP/1 port: open once the first request's headers are
     /// read; idle while no byte passes either way.
     Http1,
+    /// gRPC with gRPC-Web: each connection is HTTP/2 or HTTP/1.1, told
+    /// apart by its first bytes (the HTTP/2 preface or not); open as
+    /// either says; idle, either way, while no call is open (a gRPC-Web
+    /// stream over HTTP/1.1 is a call like any other).
+    Http2OrHttp1,
 }
 
 /// The calls open on a connection and since when it has had none, shared
@@ -109,12 +114,21 @@ enum Opening {
     Http1 {
         last: u32,
     },
+    /// Either: the first bytes read so far, until there are enough to
+    /// tell the HTTP/2 preface from an HTTP/1.1 request line.
+    Sniff {
+        read: usize,
+        first: [u8; SNIFF],
+    },
     Done,
 }
 
 /// The HTTP/2 connection preface's length.
 const PREFACE: usize = 24;
 const FRAME_HEADER: usize = 9;
+/// Bytes that tell the HTTP/2 preface (`PRI * HTTP/2.0…`) from any
+/// HTTP/1.1 request line (`POST /…`, `OPTIONS /…`).
+const SNIFF: usize = 4;
 
 impl Opening {
     fn new(protocol: Protocol) -> Self {
@@ -124,6 +138,10 @@ impl Opening {
                 header: [0; FRAME_HEADER],
             },
             Protocol::Http1 => Self::Http1 { last: 0 },
+            Protocol::Http2OrHttp1 => Self::Sniff {
+                read: 0,
+                first: [0; SNIFF],
+            },
         }
     }
 
@@ -131,6 +149,31 @@ impl Opening {
     fn feed(&mut self, bytes: &[u8]) {
         match self {
             Self::Done => {}
+            Self::Sniff { read, first } => {
+                let mut rest = bytes;
+                while let Some((&byte, tail)) = rest.split_first() {
+                    if let Some(slot) = first.get_mut(*read) {
+                        *slot = byte;
+                    }
+                    *read += 1;
+                    rest = tail;
+                    if *read == SNIFF {
+                        let first = *first;
+                        *self = if &first == b"PRI " {
+                            Self::Http2 {
+                                read: SNIFF,
+                                header: [0; FRAME_HEADER],
+                            }
+                        } else {
+                            Self::Http1 {
+                                last: u32::from_be_bytes(first),
+                            }
+                        };
+                        self.feed(rest);
+                        return;
+                    }
+                }
+            }
             Self::Http1 { last } => {
                 for &byte in bytes {
                     *last = (*last << 8) | u32::from(byte);
@@ -392,6 +435,28 @@ mod tests {
         bytes.extend([0, 0, 0, 4, 0, 0, 0, 0, 0]);
         empty.feed(&bytes);
         assert!(empty.done());
+    }
+
+    #[test]
+    fn either_opening_follows_what_the_first_bytes_say() {
+        let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        let mut h2 = Opening::new(Protocol::Http2OrHttp1);
+        h2.feed(&preface[..2]);
+        h2.feed(&preface[2..]);
+        // An empty SETTINGS frame after the preface ends the opening.
+        h2.feed(&[0, 0, 0, 4, 0, 0, 0, 0]);
+        assert!(!h2.done());
+        h2.feed(&[0]);
+        assert!(h2.done());
+
+        let mut h1 = Opening::new(Protocol::Http2OrHttp1);
+        let request = b"POST /pkg.Service/Method HTTP/1.1\r\nhost: x\r\n\r\n";
+        h1.feed(&request[..3]);
+        assert!(!h1.done());
+        h1.feed(&request[3..request.len() - 1]);
+        assert!(!h1.done());
+        h1.feed(&request[request.len() - 1..]);
+        assert!(h1.done());
     }
 
     #[test]

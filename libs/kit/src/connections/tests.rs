@@ -20,12 +20,21 @@ fn settings(handshake: Duration) -> ConnectionSettings {
 /// keeps each admitted connection open (reading, as a server does) until
 /// its deadline closes it.
 fn serve(cap: usize, handshake: Duration) -> (SocketAddr, prometheus::Registry) {
+    serve_speaking(cap, handshake, Protocol::Http2)
+}
+
+/// [`serve`], the listener speaking `protocol`.
+fn serve_speaking(
+    cap: usize,
+    handshake: Duration,
+    protocol: Protocol,
+) -> (SocketAddr, prometheus::Registry) {
     let registry = prometheus::Registry::new();
     let metrics = ConnectionMetrics::register(&registry).unwrap();
     let shared = ListenerShared::new("test", "grpc", cap, &settings(handshake), &metrics);
     let tcp = bind("127.0.0.1:0".parse().unwrap(), 16).unwrap();
     let addr = tcp.local_addr().unwrap();
-    let mut listener = LimitedListener::new(tcp, shared, Protocol::Http2);
+    let mut listener = LimitedListener::new(tcp, shared, protocol);
     tokio::spawn(async move {
         loop {
             let (mut io, _) = listener.accept_guarded().await;
@@ -128,4 +137,41 @@ async fn a_connection_that_never_finishes_its_preface_is_closed_at_the_deadline(
         }
     })
     .await;
+}
+
+#[tokio::test]
+async fn with_http1_too_each_opening_has_the_same_deadline() {
+    let (addr, registry) = serve_speaking(8, Duration::from_millis(300), Protocol::Http2OrHttp1);
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let mut partial_preface = TcpStream::connect(addr).await.unwrap();
+    partial_preface
+        .write_all(b"PRI * HTTP/2.0\r\n")
+        .await
+        .unwrap();
+    let mut partial_request = TcpStream::connect(addr).await.unwrap();
+    partial_request
+        .write_all(b"POST /pkg.Service/Method HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let mut whole_request = TcpStream::connect(addr).await.unwrap();
+    whole_request
+        .write_all(b"POST /pkg.Service/Method HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    for stream in [&mut silent, &mut partial_preface, &mut partial_request] {
+        assert_eq!(first_read(stream).await.as_deref(), Some(&b"hello"[..]));
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest).await;
+    }
+    let closed =
+        "agentmesh_connections_closed_total{listener=\"grpc\",reason=\"handshake_timeout\"}";
+    agentmesh_testkit::within("the closes counted", Duration::from_secs(10), async {
+        while value(&registry, closed) != "3" {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // The request whose headers came whole is open: its call decides now.
+    assert_eq!(value(&registry, "agentmesh_connections_open"), "1");
+    drop(whole_request);
 }
