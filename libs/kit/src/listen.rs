@@ -115,7 +115,7 @@ impl Listeners {
         settings: &ConnectionSettings,
         registry: &Registry,
     ) -> Result<(LimitedListener, LimitedListener), ServeError> {
-        let (main, admin) = self.limited(service, settings, registry)?;
+        let (main, admin) = self.limited(service, settings, false, registry)?;
         Ok((main.with_protocol(Protocol::Http1), admin))
     }
 }
