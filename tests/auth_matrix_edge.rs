@@ -25,10 +25,8 @@ use std::time::Duration;
 
 use access_support::{Keys, unknown_key};
 use agentmesh_auth::scope::Scope;
-use agentmesh_tests::{binary, free_base_port, free_port};
+use agentmesh_tests::{free_base_port, free_port, interrupt, spawn_up};
 use serde_json::{Value, json};
-use std::process::Stdio;
-use tokio::process::Command;
 
 /// The scope a route needs: the scope of the RPC behind it (the services'
 /// own tables), by the route's OpenAPI operation id.
@@ -138,9 +136,9 @@ async fn every_edge_route_demands_an_api_key_and_the_scope_of_its_rpc() {
         })
         .expect("a free port for the edge and its admin port");
     let (base_text, edge_text) = (base.to_string(), edge_port.to_string());
-    let mut mesh = Command::new(binary("agentmesh"))
-        .args([
-            "up",
+    let mesh = spawn_up(
+        dir.path(),
+        &[
             "--base-port",
             &base_text,
             "--edge-port",
@@ -149,18 +147,10 @@ async fn every_edge_route_demands_an_api_key_and_the_scope_of_its_rpc() {
             "state",
             "--config",
             "mesh.toml",
-            "--log-format",
-            "json",
             "--log-level",
             "warn",
-        ])
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+        ],
+    );
     let edge = format!("http://127.0.0.1:{edge_port}");
     let client = reqwest::Client::new();
     wait_ready(&client, edge_port + 1000).await;
@@ -274,17 +264,7 @@ async fn every_edge_route_demands_an_api_key_and_the_scope_of_its_rpc() {
         );
     }
 
-    let pid = mesh.id().unwrap().to_string();
-    Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .await
-        .unwrap();
-    let exit = tokio::time::timeout(Duration::from_secs(30), mesh.wait())
-        .await
-        .expect("agentmesh up stops on Ctrl-C")
-        .unwrap();
-    assert!(exit.success(), "agentmesh up exited with {exit}");
+    interrupt(mesh, "agentmesh up to stop on Ctrl-C").await;
 }
 
 async fn wait_ready(client: &reqwest::Client, admin_port: u16) {

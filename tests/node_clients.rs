@@ -11,15 +11,24 @@
 //! The Node packages come from `tools/install-test-deps` (`make test` and CI
 //! run it first).
 
-#![expect(clippy::unwrap_used, reason = "test helpers fail loudly")]
+#![expect(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    reason = "test helpers fail loudly"
+)]
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use agentmesh_auth::keys::ApiKey;
-use agentmesh_auth::keys::file::{KeyEntry, KeysFile};
-use agentmesh_tests::{RunningBinary, SERVICES, binary, channel, wait_serving, within};
+#[expect(dead_code, reason = "the access tests share more than this file uses")]
+#[path = "access_support.rs"]
+mod access_support;
+
+use access_support::Keys;
+use agentmesh_tests::{
+    RunningBinary, SERVICES, channel, interrupt, spawn_up, wait_serving, within,
+};
 use tokio::process::Command;
 
 /// The origin the second orchestrator lets call from a browser.
@@ -29,66 +38,24 @@ fn node_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("node")
 }
 
-/// A keys file with one key that may list agents; the key's bearer value.
-fn keys_file(dir: &Path) -> (PathBuf, String) {
-    let key = ApiKey::generate("test").unwrap();
-    let mut file = KeysFile::default();
-    file.keys.push(KeyEntry {
-        id: key.id().to_owned(),
-        sha256: key.hash().to_hex(),
-        tenant: "acme".into(),
-        subject: "browser".into(),
-        scopes: vec!["agents:read".into(), "runs:read".into()],
-        label: String::new(),
-        expires: None,
-        agents: None,
-        routes: None,
-        tools: None,
-        revoked: false,
-    });
-    let path = dir.join("keys.toml");
-    std::fs::write(&path, file.to_toml()).unwrap();
-    (path, key.expose().to_owned())
-}
-
-/// `agentmesh up` on free ports in `dir`; the base port.
+/// `agentmesh up` on free ports in `dir` (no HTTP edge); the base port.
 async fn start_mesh(dir: &Path) -> (tokio::process::Child, u16) {
     let base = agentmesh_tests::free_base_port(24000, 41, 8000);
-    let up = Command::new(binary("agentmesh"))
-        .args([
-            "up",
+    let up = spawn_up(
+        dir,
+        &[
+            "--no-edge",
             "--base-port",
             &base.to_string(),
             "--data-dir",
             "state",
-        ])
-        .args(["--log-format", "json"])
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+        ],
+    );
     for (index, (_, grpc_name)) in SERVICES.iter().enumerate() {
         let port = base + u16::try_from(index).unwrap();
         wait_serving(channel(([127, 0, 0, 1], port).into()), grpc_name).await;
     }
     (up, base)
-}
-
-/// Stops `child` as Ctrl-C would and checks that it exits cleanly.
-async fn interrupt(mut child: tokio::process::Child, what: &str) {
-    let pid = child.id().unwrap().to_string();
-    Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .await
-        .unwrap();
-    let exit = within(what, Duration::from_secs(20), child.wait())
-        .await
-        .unwrap();
-    assert!(exit.success(), "{what}: {exit}");
 }
 
 #[tokio::test]
@@ -109,7 +76,11 @@ async fn node_clients_speak_grpc_and_grpc_web_to_the_mesh() {
     let (mesh, base) = start_mesh(dir.path()).await;
     let orchestrator = format!("127.0.0.1:{base}");
 
-    let (keys, api_key) = keys_file(dir.path());
+    let keys = Keys::write(
+        dir.path(),
+        &[("browser", "acme", "browser", &["agents:read", "runs:read"])],
+    );
+    let (keys, api_key) = (keys.path.clone(), keys.key("browser").to_owned());
     let args = [
         format!("llm_gateway_url=\"http://127.0.0.1:{}\"", base + 1),
         format!("tool_runner_url=\"http://127.0.0.1:{}\"", base + 2),
