@@ -10,7 +10,8 @@
 #                 restarted for 180 s; CI runs 100 runs for 60 s), then its report
 #   make bench    benchmark programs that print figures (hop cost, run step, plan_execute against
 #                 the tool loop per model call, audit ingest and tail lag, gateway faults, auth,
-#                 rate limits, the HTTP edge next to LiteLLM)
+#                 rate limits, the HTTP edge next to LiteLLM, the web console drawing
+#                 a 5,000-event run and a run streaming 500 tokens/s in Chromium)
 #   make rules    check and unit-test the Prometheus alert rules (promtool)
 #   make deploy-check  render every overlay and combination of kustomize components,
 #                 validate them (Kubernetes, Istio and Prometheus Operator schemas),
@@ -94,6 +95,8 @@ bench:
 	$(CARGO) bench -p agentmesh-tests --bench auth
 	$(CARGO) bench -p agentmesh-tests --bench rate_limits
 	$(CARGO) bench -p agentmesh-tests --bench edge_overhead
+	$(CARGO) build --workspace --bins
+	$(PYTHON) tests/benches/console_render.py
 
 # The Prometheus alert rules: syntax, their unit tests, and the generated
 # PrometheusRule of the monitoring component (k8s/components/monitoring) being

@@ -8,7 +8,8 @@
 //! route's scope gets through (whatever the service then says of the
 //! request, it is not 401 or 403); the same key naming another tenant in
 //! `x-agentmesh-tenant` is 403. And a run is another tenant's NOT_FOUND
-//! through the edge too.
+//! through the edge too. Then the console's sign-in: the session cookie
+//! stands for its key, and changes made with it are guarded.
 
 #![expect(
     clippy::unwrap_used,
@@ -43,11 +44,18 @@ fn scope_of(operation: &str) -> Scope {
         }
         "RunEventsWebSocket" => rpc(&agentmesh_orchestrator::SCOPES, "StreamRun"),
         "Mcp" => rpc(&agentmesh_tool_runner::SCOPES, "ListTools"),
-        method => agentmesh_orchestrator::SCOPES
-            .scope_of(method)
-            .unwrap_or_else(|| {
-                panic!("the edge's operation {method} maps to no known RPC: add it to this matrix")
-            }),
+        // The mesh's deep health is the operator API's, as listing rules.
+        "MeshHealth" => rpc(&agentmesh_alerting::SCOPES, "ListRules"),
+        method => [
+            &agentmesh_orchestrator::SCOPES,
+            &agentmesh_audit::SCOPES,
+            &agentmesh_alerting::SCOPES,
+        ]
+        .into_iter()
+        .find_map(|table| table.scope_of(method))
+        .unwrap_or_else(|| {
+            panic!("the edge's operation {method} maps to no known RPC: add it to this matrix")
+        }),
     }
 }
 
@@ -92,6 +100,7 @@ fn request(
         path.replace("{run_id}", "no-such-run")
             .replace("{name}", "default")
             .replace("{model}", "default")
+            .replace("{id}", "no-such-silence")
     );
     let builder = client.request(verb.to_uppercase().parse().unwrap(), url);
     match operation {
@@ -115,9 +124,19 @@ fn request(
     }
 }
 
-#[tokio::test]
-async fn every_edge_route_demands_an_api_key_and_the_scope_of_its_rpc() {
+/// `agentmesh up` with API keys on, its keys, the edge's base URL and an
+/// HTTP client.
+struct KeyedMesh {
+    _dir: tempfile::TempDir,
+    keys: Keys,
+    mesh: tokio::process::Child,
+    edge: String,
+    client: reqwest::Client,
+}
+
+async fn keyed_mesh() -> KeyedMesh {
     agentmesh_kit::client::install_tls_crypto();
+    let client = reqwest::Client::new();
     let dir = tempfile::tempdir().unwrap();
     let keys = write_keys(dir.path());
     std::fs::write(
@@ -134,7 +153,7 @@ async fn every_edge_route_demands_an_api_key_and_the_scope_of_its_rpc() {
         .find(|port| {
             *port < 64000 && std::net::TcpListener::bind(("127.0.0.1", port + 1000)).is_ok()
         })
-        .expect("a free port for the edge and its admin port");
+        .unwrap_or_else(|| panic!("no free port for the edge and its admin port"));
     let (base_text, edge_text) = (base.to_string(), edge_port.to_string());
     let mesh = spawn_up(
         dir.path(),
@@ -151,9 +170,25 @@ async fn every_edge_route_demands_an_api_key_and_the_scope_of_its_rpc() {
             "warn",
         ],
     );
-    let edge = format!("http://127.0.0.1:{edge_port}");
-    let client = reqwest::Client::new();
     wait_ready(&client, edge_port + 1000).await;
+    KeyedMesh {
+        _dir: dir,
+        keys,
+        mesh,
+        edge: format!("http://127.0.0.1:{edge_port}"),
+        client,
+    }
+}
+
+#[tokio::test]
+async fn every_edge_route_demands_an_api_key_and_the_scope_of_its_rpc() {
+    let KeyedMesh {
+        _dir,
+        keys,
+        mesh,
+        edge,
+        client,
+    } = keyed_mesh().await;
 
     let document: Value = client
         .get(format!("{edge}/openapi.json"))
@@ -223,7 +258,7 @@ async fn every_edge_route_demands_an_api_key_and_the_scope_of_its_rpc() {
         );
     }
     assert!(
-        routes.len() >= 13,
+        routes.len() >= 22,
         "only {} routes were checked",
         routes.len()
     );
@@ -264,6 +299,8 @@ async fn every_edge_route_demands_an_api_key_and_the_scope_of_its_rpc() {
         );
     }
 
+    the_console_session_stands_for_its_key_and_guards_changes(&client, &edge, &keys).await;
+
     interrupt(mesh, "agentmesh up to stop on Ctrl-C").await;
 }
 
@@ -280,4 +317,119 @@ async fn wait_ready(client: &reqwest::Client, admin_port: u16) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("the edge did not become ready");
+}
+
+/// The console's sign-in: an API key becomes an HttpOnly, SameSite=Strict
+/// session cookie that stands for the key; changes made with it need its
+/// CSRF token and this origin; an unknown key gets no session, an altered
+/// cookie stands for nothing; signing out clears it.
+async fn the_console_session_stands_for_its_key_and_guards_changes(
+    client: &reqwest::Client,
+    edge: &str,
+    keys: &Keys,
+) {
+    let login = |body: Value| {
+        client
+            .post(format!("{edge}/console/login"))
+            .json(&body)
+            .send()
+    };
+    let refused = login(json!({"api_key": unknown_key()})).await.unwrap();
+    assert_eq!(refused.status().as_u16(), 401, "an unknown key");
+    assert!(refused.headers().get("set-cookie").is_none());
+
+    let signed = login(json!({"api_key": keys.key("acme-runs")}))
+        .await
+        .unwrap();
+    assert_eq!(signed.status().as_u16(), 200);
+    let set_cookie = signed.headers()["set-cookie"].to_str().unwrap().to_owned();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age="] {
+        assert!(
+            set_cookie.contains(attribute),
+            "{attribute} in {set_cookie}"
+        );
+    }
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    let csrf = signed.json::<Value>().await.unwrap()["csrf_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Reads with the cookie alone.
+    let runs = client
+        .get(format!("{edge}/v1/runs"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(runs.status().as_u16(), 200, "the cookie stands for the key");
+    let session: Value = client
+        .get(format!("{edge}/console/session"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(session["signed_in"], true);
+    assert_eq!(session["csrf_token"], csrf.as_str());
+
+    // Changes: the CSRF token is required, and another origin is refused.
+    let start = |csrf: Option<&str>, origin: Option<&str>| {
+        let mut builder = client
+            .post(format!("{edge}/v1/runs"))
+            .header("cookie", &cookie)
+            .json(&json!({"objective": "What is 1 + 1?"}));
+        if let Some(csrf) = csrf {
+            builder = builder.header("x-csrf-token", csrf);
+        }
+        if let Some(origin) = origin {
+            builder = builder.header("origin", origin);
+        }
+        async move { builder.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(start(None, None).await, 403, "no CSRF token");
+    assert_eq!(start(Some("forged"), None).await, 403, "a wrong CSRF token");
+    assert_eq!(
+        start(Some(&csrf), Some("http://evil.example")).await,
+        403,
+        "another origin"
+    );
+    assert_eq!(start(Some(&csrf), Some(edge)).await, 200, "the console");
+
+    // Signing out clears the cookie (sealed sessions expire by themselves).
+    let out = client
+        .post(format!("{edge}/console/logout"))
+        .header("cookie", &cookie)
+        .header("x-csrf-token", &csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status().as_u16(), 204);
+    assert!(
+        out.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    let altered = format!("{}x", cookie.trim_end_matches('A'));
+    let forged = client
+        .get(format!("{edge}/v1/runs"))
+        .header("cookie", &altered)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status().as_u16(), 401, "an altered cookie");
+
+    // A page of another site cannot make a keyless change either.
+    let cross = client
+        .post(format!("{edge}/v1/runs"))
+        .header("origin", "http://evil.example")
+        .bearer_auth(keys.key("acme-runs"))
+        .json(&json!({"objective": "What is 1 + 1?"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cross.status().as_u16(), 403);
 }

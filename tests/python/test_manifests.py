@@ -178,13 +178,18 @@ def test_the_edge_is_an_http_service_without_credentials():
     ports = {p["name"]: p for p in service["spec"]["ports"]}
     assert ports["http"]["port"] == 8080 and ports["http"]["appProtocol"] == "http"
     assert ports["http-admin"]["port"] == 9080
-    # Hardened like the others, and nothing to mount: no keys, no
-    # credential, no file written.
+    # Hardened like the others; no keys, no credential, no file written:
+    # one read-only Secret, the console's session key.
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
-    assert not pod.get("volumes") and not container.get("volumeMounts")
+    assert pod["volumes"] == [
+        {"name": "console-session-key", "secret": {"secretName": "agentmesh-edge-session-key", "defaultMode": 0o440}}
+    ]
+    assert container["volumeMounts"] == [
+        {"name": "console-session-key", "mountPath": "/etc/agentmesh/console", "readOnly": True}
+    ]
     assert not _env_refs(container)
     # The binary takes the manifest's settings: every address, its peers by
     # their Services, auth left to the services behind it.
@@ -197,6 +202,9 @@ def test_the_edge_is_an_http_service_without_credentials():
     assert config["orchestrator_url"] == "http://orchestrator:50051"
     assert config["llm_gateway_url"] == "http://llm-gateway:50052"
     assert config["tool_runner_url"] == "http://tool-runner:50053"
+    assert config["audit_url"] == "http://audit:50054"
+    assert config["alerting_url"] == "http://alerting:50055"
+    assert config["console"]["session_key_file"] == "/etc/agentmesh/console/key"
 
 
 def test_the_drain_fits_the_termination_grace_period_and_the_sidecar_drains_longer():

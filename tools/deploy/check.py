@@ -193,7 +193,7 @@ DEFAULT_WORKDIR = "/"
 # must be part of the render (components/secrets-example).
 # The edge has no credential: a reference to one is a Secret nobody makes.
 OPERATOR_SECRETS = frozenset(
-    {"agentmesh-keys", "agentmesh-databases"}
+    {"agentmesh-keys", "agentmesh-databases", "agentmesh-edge-session-key"}
     | {f"agentmesh-{service}-credential" for service in SERVICES if service not in HTTP_SERVICES}
 )
 

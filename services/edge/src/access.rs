@@ -1,16 +1,19 @@
-//! Who may reach `/mcp`: the mesh decides, as for every other route. The
-//! first request of a credential asks the tool runner for one tool (the
-//! call an MCP client makes first anyway, and the scope it needs:
-//! `tools:read`); a refusal is answered 401 (with `WWW-Authenticate:
-//! Bearer`) or 403 in the REST error shape, before any MCP message is
-//! read. Answers are remembered for a few seconds per credential (by its
-//! SHA-256, never the credential itself), so a session's requests do not
-//! each cost a call.
+//! Who may reach the routes that are not one RPC (`/mcp`, `/v1/health`):
+//! the mesh decides, as for every other route. The first request of a
+//! credential makes a one-item call that needs the route's scope (the
+//! route's `Probe`): for `/mcp`, one tool from the tool runner (the call an
+//! MCP client makes first anyway: `tools:read`); for `/v1/health`, one rule
+//! from the alerting service (the operator API: `alerts:read`). A refusal
+//! is answered 401 (with `WWW-Authenticate: Bearer`) or 403 in the REST
+//! error shape, before the route runs. Answers are remembered for a few
+//! seconds per credential and probe (by a SHA-256, never the credential
+//! itself), so a session's requests do not each cost a call.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use agentmesh_proto::alerting::v1::ListRulesRequest;
 use agentmesh_proto::tools::v1::ListToolsRequest;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
@@ -36,11 +39,58 @@ pub(crate) struct Verified {
     decisions: Mutex<HashMap<[u8; 32], Decision>>,
 }
 
-/// The middleware's state: the edge, and its recent decisions.
+/// The call that tells whether a caller may use a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Probe {
+    /// One tool from the tool runner: `tools:read`.
+    ListTools,
+    /// One rule from the alerting service: `alerts:read`.
+    ListRules,
+}
+
+/// The middleware's state: the edge, the route's probe, and its recent
+/// decisions.
 #[derive(Debug, Clone)]
 pub(crate) struct Gate {
     pub(crate) edge: Edge,
+    pub(crate) probe: Probe,
     pub(crate) verified: std::sync::Arc<Verified>,
+}
+
+impl Gate {
+    pub(crate) fn new(edge: &Edge, probe: Probe) -> Self {
+        Self {
+            edge: edge.clone(),
+            probe,
+            verified: std::sync::Arc::default(),
+        }
+    }
+}
+
+impl Probe {
+    /// Makes the call as `caller`.
+    async fn call(self, edge: &Edge, caller: &Caller) -> Result<(), tonic::Status> {
+        let timeout = Some(edge.config.call_timeout);
+        match self {
+            Self::ListTools => {
+                let probe = ListToolsRequest {
+                    page_size: 1,
+                    ..ListToolsRequest::default()
+                };
+                let mut tools = edge.peers.tools.clone();
+                tools.list_tools(caller.request(probe, timeout)).await?;
+            }
+            Self::ListRules => {
+                let probe = ListRulesRequest {
+                    page_size: 1,
+                    ..ListRulesRequest::default()
+                };
+                let mut alerting = edge.peers.alerting.clone();
+                alerting.list_rules(caller.request(probe, timeout)).await?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Verified {
@@ -76,25 +126,21 @@ fn key_of(headers: &http::HeaderMap) -> [u8; 32] {
     digest.finalize().into()
 }
 
-/// The middleware in front of `/mcp`.
+/// The middleware in front of a gated route.
 pub(crate) async fn verify(State(gate): State<Gate>, request: Request, next: Next) -> Response {
-    let Gate { edge, verified } = gate;
+    let Gate {
+        edge,
+        probe,
+        verified,
+    } = gate;
     let key = key_of(request.headers());
     let now = Instant::now();
     let refusal = match verified.recall(&key, now) {
         Some(decision) => decision,
         None => {
             let caller = Caller::of(request.headers());
-            let probe = ListToolsRequest {
-                page_size: 1,
-                ..ListToolsRequest::default()
-            };
-            let mut tools = edge.peers.tools.clone();
-            match tools
-                .list_tools(caller.request(probe, Some(edge.config.call_timeout)))
-                .await
-            {
-                Ok(_) => {
+            match probe.call(&edge, &caller).await {
+                Ok(()) => {
                     verified.remember(key, now, None);
                     None
                 }
@@ -107,7 +153,7 @@ pub(crate) async fn verify(State(gate): State<Gate>, request: Request, next: Nex
                     verified.remember(key, now, Some(status.clone()));
                     Some(status)
                 }
-                // The tool runner is away: nothing to remember.
+                // The service asked is away: nothing to remember.
                 Err(status) => Some(status),
             }
         }

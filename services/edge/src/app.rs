@@ -3,11 +3,15 @@
 //! ```text
 //! request ─▶ Propagation (request id, trace context, deadline: the kit's)
 //!         ─▶ observe (a span per request; agentmesh_http_server_* metrics)
+//!         ─▶ secure_headers (CSP & co. on every answer)
+//!         ─▶ guard (DNS rebinding, cross-origin changes, console session)
 //!         ─▶ /v1/chat/completions, /v1/models      openai
 //!            /v1/runs/{run_id}/events (SSE)       events
 //!            /v1/runs/{run_id}/ws (WebSocket)     ws
 //!            /openapi.json                        openapi
-//!            /mcp (MCP, streamable HTTP)           mcp
+//!            /v1/health (the mesh's deep health)  health, behind access
+//!            /mcp (MCP, streamable HTTP)           mcp, behind access
+//!            /, /runs…, /console/…                console
 //!            every other `google.api.http` route  transcode (fallback)
 //! ```
 
@@ -15,6 +19,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use agentmesh_kit::ServeError;
+use agentmesh_kit::health::Health;
 use agentmesh_kit::propagation::PropagationLayer;
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
@@ -29,13 +34,14 @@ use crate::metrics::HttpMetrics;
 use crate::protojson::EventRenderer;
 use crate::state::{Edge, Peers};
 
-/// The edge's routes, with the layers every request passes.
-pub(crate) fn router(
+/// What the handlers share: the mapping read from the contract, the
+/// console's session key, the peers.
+fn shared(
     config: &Config,
     peers: Peers,
-    registry: &prometheus::Registry,
+    health: Health,
     streams_end: CancellationToken,
-) -> Result<Router, ServeError> {
+) -> Result<Edge, ServeError> {
     let contract = |err: String| {
         ServeError::Io(std::io::Error::other(format!(
             "the HTTP mapping of the contract cannot be read: {err}"
@@ -43,16 +49,45 @@ pub(crate) fn router(
     };
     let pool = prost_reflect::DescriptorPool::decode(agentmesh_proto::FILE_DESCRIPTOR_SET)
         .map_err(|err| contract(err.to_string()))?;
-    let transcoder =
-        Transcoder::of_service(&pool, crate::bindings::ORCHESTRATOR).map_err(contract)?;
+    let transcoder = Transcoder::of_services(&pool).map_err(contract)?;
     let renderer = EventRenderer::new(&pool).map_err(contract)?;
-    let edge = Edge {
+    Ok(Edge {
         config: Arc::new(config.clone()),
         peers,
         openapi: Arc::new(crate::openapi::build(&transcoder)),
         transcoder: Arc::new(transcoder),
         renderer: Arc::new(renderer),
         streams_end,
+        health,
+        sessions: Arc::new(
+            crate::sessions::Sessions::from_key_file(
+                config.console.session_ttl,
+                &config.console.session_key_file,
+            )
+            .map_err(|err| {
+                ServeError::Setting(agentmesh_kit::ConfigError::new(
+                    "edge.console.session_key_file",
+                    err,
+                ))
+            })?,
+        ),
+    })
+}
+
+/// The edge's routes, with the layers every request passes.
+pub(crate) fn router(
+    config: &Config,
+    peers: Peers,
+    registry: &prometheus::Registry,
+    health: Health,
+    streams_end: CancellationToken,
+) -> Result<Router, ServeError> {
+    let edge = shared(config, peers, health, streams_end)?;
+    let gated = |probe| {
+        axum::middleware::from_fn_with_state(
+            crate::access::Gate::new(&edge, probe),
+            crate::access::verify,
+        )
     };
     let metrics = HttpMetrics::register(registry)?;
     let router = Router::new()
@@ -65,25 +100,33 @@ pub(crate) fn router(
         .route("/v1/runs/{run_id}/events", get(crate::events::run_events))
         .route("/v1/runs/{run_id}/ws", get(crate::ws::run_socket))
         .route("/openapi.json", get(crate::openapi::document))
+        .route(
+            "/v1/health",
+            get(crate::health::mesh_health).layer(gated(crate::access::Probe::ListRules)),
+        )
         .fallback(crate::transcode::handle);
+    let router = if config.console.enabled {
+        router.merge(crate::console::routes())
+    } else {
+        router
+    };
     let router = if config.mcp.enabled {
         router.route_service(
             "/mcp",
             tower::ServiceBuilder::new()
-                .layer(axum::middleware::from_fn_with_state(
-                    crate::mcp::access::Gate {
-                        edge: edge.clone(),
-                        verified: Arc::default(),
-                    },
-                    crate::mcp::access::verify,
-                ))
+                .layer(gated(crate::access::Probe::ListTools))
                 .service(crate::mcp::service(&edge)),
         )
     } else {
         router
     };
     let router = router
-        .with_state(edge)
+        .with_state(edge.clone())
+        .layer(axum::middleware::from_fn_with_state(
+            edge,
+            crate::console::guard,
+        ))
+        .layer(axum::middleware::from_fn(crate::console::secure_headers))
         .layer(axum::extract::DefaultBodyLimit::max(
             config.server.max_message_bytes,
         ))

@@ -1,7 +1,8 @@
 //! The edge's configuration (section `[edge]`, environment
 //! `AGENTMESH_EDGE__*`): where the services it fronts listen, how long its
-//! calls and streams may take, and its MCP sessions.
+//! calls and streams may take, its MCP sessions and the web console.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use agentmesh_kit::config::AuthConfig;
@@ -30,6 +31,17 @@ pub struct Config {
     pub llm_gateway_url: String,
     /// The tool runner (the tools the MCP server lists).
     pub tool_runner_url: String,
+    /// The audit service (`/v1/audit/…`: the console's audit search, cost
+    /// chart and chain check).
+    pub audit_url: String,
+    /// The alerting service (`/v1/alerts`, `/v1/silences`, `/v1/rules`).
+    pub alerting_url: String,
+    /// The admin address (`host:port`) of a service, by name
+    /// (`orchestrator`, `llm-gateway`, `tool-runner`, `audit`, `alerting`),
+    /// where `/v1/health` reads its `/health/deep`. A service not named here
+    /// is read at its URL's host and port + 1000, as every service
+    /// defaults to.
+    pub admin_addresses: BTreeMap<String, String>,
     /// The deadline of a unary call made for an HTTP request (the HTTP
     /// client has no way to say its own).
     #[serde(with = "humantime_serde")]
@@ -44,6 +56,31 @@ pub struct Config {
     pub stream_heartbeat: Duration,
     /// The MCP server at `/mcp`.
     pub mcp: McpConfig,
+    /// The web console at `/`.
+    pub console: ConsoleConfig,
+}
+
+/// The web console's settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// Whether `/` serves the console (and `/console/…` its login).
+    pub enabled: bool,
+    /// How long a console session (the cookie a login sets) lasts.
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: Duration,
+    /// A file of at least 32 bytes (e.g. from a Secret) the session cookies
+    /// are sealed with; every replica given the same file reads every
+    /// session. Empty: a key drawn at start (sessions hold on this replica
+    /// until it restarts).
+    pub session_key_file: String,
+    /// Mark the session cookie `Secure` (sent over HTTPS only). Set it when
+    /// a TLS-terminating proxy fronts the edge; a request forwarded with
+    /// `X-Forwarded-Proto: https` gets a `Secure` cookie in any case.
+    pub secure_cookie: bool,
+    /// The link from a run to its trace: `{trace_id}` is replaced, e.g.
+    /// `http://jaeger:16686/trace/{trace_id}`. Empty: no link.
+    pub trace_url_template: String,
 }
 
 /// The MCP server's settings. Its sessions are the edge's only state: an
@@ -78,10 +115,26 @@ impl Default for Config {
             orchestrator_url: "http://127.0.0.1:50051".to_owned(),
             llm_gateway_url: "http://127.0.0.1:50052".to_owned(),
             tool_runner_url: "http://127.0.0.1:50053".to_owned(),
+            audit_url: "http://127.0.0.1:50054".to_owned(),
+            alerting_url: "http://127.0.0.1:50055".to_owned(),
+            admin_addresses: BTreeMap::new(),
             call_timeout: Duration::from_secs(30),
             completion_timeout: Duration::from_secs(600),
             stream_heartbeat: Duration::from_secs(15),
             mcp: McpConfig::default(),
+            console: ConsoleConfig::default(),
+        }
+    }
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            session_ttl: Duration::from_secs(30 * 60),
+            session_key_file: String::new(),
+            secure_cookie: false,
+            trace_url_template: String::new(),
         }
     }
 }
@@ -105,6 +158,8 @@ impl Config {
             ("orchestrator_url", &self.orchestrator_url),
             ("llm_gateway_url", &self.llm_gateway_url),
             ("tool_runner_url", &self.tool_runner_url),
+            ("audit_url", &self.audit_url),
+            ("alerting_url", &self.alerting_url),
         ] {
             if !(url.starts_with("http://") || url.starts_with("https://"))
                 || url.parse::<http::Uri>().is_err()
@@ -121,6 +176,7 @@ impl Config {
             ("stream_heartbeat", self.stream_heartbeat),
             ("mcp.session_idle_timeout", self.mcp.session_idle_timeout),
             ("mcp.run_timeout", self.mcp.run_timeout),
+            ("console.session_ttl", self.console.session_ttl),
         ] {
             if value.is_zero() {
                 return Err(ConfigError::new(
@@ -129,7 +185,57 @@ impl Config {
                 ));
             }
         }
+        for (name, address) in &self.admin_addresses {
+            if !crate::health::SERVICES.contains(&name.as_str()) {
+                return Err(ConfigError::new(
+                    format!("edge.admin_addresses.{name}"),
+                    format!(
+                        "unknown service; use one of {}",
+                        crate::health::SERVICES.join(", ")
+                    ),
+                ));
+            }
+            if address.parse::<http::uri::Authority>().is_err() || !address.contains(':') {
+                return Err(ConfigError::new(
+                    format!("edge.admin_addresses.{name}"),
+                    format!("`{address}` is not host:port"),
+                ));
+            }
+        }
+        let template = &self.console.trace_url_template;
+        if !template.is_empty()
+            && !(template.contains("{trace_id}")
+                && (template.starts_with("http://") || template.starts_with("https://")))
+        {
+            return Err(ConfigError::new(
+                "edge.console.trace_url_template",
+                format!("`{template}` must be an http(s) URL containing {{trace_id}}"),
+            ));
+        }
         Ok(())
+    }
+
+    /// The admin address of `service` (one of `crate::health::SERVICES`).
+    pub(crate) fn admin_address(&self, service: &str) -> Option<String> {
+        if let Some(address) = self.admin_addresses.get(service) {
+            return Some(address.clone());
+        }
+        let url = match service {
+            "orchestrator" => &self.orchestrator_url,
+            "llm-gateway" => &self.llm_gateway_url,
+            "tool-runner" => &self.tool_runner_url,
+            "audit" => &self.audit_url,
+            "alerting" => &self.alerting_url,
+            _ => return None,
+        };
+        let uri = url.parse::<http::Uri>().ok()?;
+        let default_port = if uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        };
+        let port = uri.port_u16().unwrap_or(default_port).checked_add(1000)?;
+        Some(format!("{}:{port}", uri.host()?))
     }
 }
 
@@ -173,6 +279,33 @@ mod tests {
         let mut config = Config::default();
         config.server.host = std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
         assert!(agentmesh_kit::config::validate(&config).is_ok());
+    }
+
+    #[test]
+    fn admin_addresses_default_to_the_grpc_port_plus_1000() {
+        let mut config = Config::default();
+        assert_eq!(
+            config.admin_address("alerting").as_deref(),
+            Some("127.0.0.1:51055")
+        );
+        config
+            .admin_addresses
+            .insert("audit".to_owned(), "audit:9999".to_owned());
+        assert_eq!(config.admin_address("audit").as_deref(), Some("audit:9999"));
+        assert!(config.check().is_ok());
+        config
+            .admin_addresses
+            .insert("nope".to_owned(), "x:1".to_owned());
+        assert!(config.check().is_err());
+    }
+
+    #[test]
+    fn a_trace_link_needs_the_trace_id() {
+        let mut config = Config::default();
+        config.console.trace_url_template = "http://jaeger:16686/trace/".to_owned();
+        assert!(config.check().is_err());
+        config.console.trace_url_template = "http://jaeger:16686/trace/{trace_id}".to_owned();
+        assert!(config.check().is_ok());
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub(crate) async fn serve(
         DependencyCheck::grpc_peer("orchestrator", &config.orchestrator_url, true),
         DependencyCheck::grpc_peer("llm-gateway", &config.llm_gateway_url, true),
         DependencyCheck::grpc_peer("tool-runner", &config.tool_runner_url, false),
+        DependencyCheck::grpc_peer("audit", &config.audit_url, false),
+        DependencyCheck::grpc_peer("alerting", &config.alerting_url, false),
     ];
     for check in &checks {
         check.use_client_tls(&client_tls);
@@ -56,7 +58,13 @@ pub(crate) async fn serve(
 
     let streams_end = CancellationToken::new();
     let peers = Peers::connect(&clients, &config)?;
-    let router = app::router(&config, peers, metrics.registry(), streams_end.clone())?;
+    let router = app::router(
+        &config,
+        peers,
+        metrics.registry(),
+        health.clone(),
+        streams_end.clone(),
+    )?;
     let stop_accepting = CancellationToken::new();
     let server = axum::serve(main_listener, router)
         .with_graceful_shutdown(stop_accepting.clone().cancelled_owned());

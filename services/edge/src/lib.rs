@@ -1,23 +1,30 @@
-//! The edge: the mesh for clients that do not speak gRPC. It holds no state
-//! of its own but MCP sessions; every request becomes calls to the
+//! The edge: the mesh for clients that do not speak gRPC, and the web
+//! console. It holds no state of its own but MCP sessions (a console
+//! session is sealed in its cookie); every request becomes calls to the
 //! other services through the kit's channels, carrying the caller's
 //! `authorization`, request id, trace context and a deadline.
 //!
 //! # Layout
 //!
 //! ```text
-//! host ──▶ app (routes; Propagation + observe on every request)
+//! host ──▶ app (routes; Propagation, observe, secure headers and the
+//!            │   console's guard on every request)
 //!            ├─▶ openai      /v1/chat/completions, /v1/models ──▶ LlmGatewayService
 //!            │     ├ request (OpenAI → GenerateRequest), response (→ OpenAI JSON)
 //!            │     └ stream  (GenerateStream → chat.completion.chunk SSE)
-//!            ├─▶ transcode   every `google.api.http` route of
-//!            │     │         OrchestratorService, read from the descriptors
+//!            ├─▶ transcode   every `google.api.http` route of the
+//!            │     │         orchestrator, audit and alerting services,
+//!            │     │         read from the descriptors
 //!            │     ├ template (path templates)
 //!            │     └ codec    (calls made from descriptors)
 //!            ├─▶ events      run events as SSE (StreamRun, Run)
 //!            ├─▶ ws          run events over a WebSocket
 //!            ├─▶ mcp         /mcp: the tools and run_agent as an MCP server
-//!            │     (rmcp, streamable HTTP; access: who may reach it)
+//!            │               (rmcp, streamable HTTP)
+//!            ├─▶ health      /v1/health: every service's deep health
+//!            ├─▶ access      who may reach /mcp and /v1/health
+//!            ├─▶ console     the web console at /, and its sign-in
+//!            │               (sessions: sealed in the cookie)
 //!            └─▶ openapi     /openapi.json from the same bindings
 //! state (what the handlers share), caller (the credential each call
 //! carries), protojson (proto3 JSON ⇄ messages), error (gRPC status →
@@ -47,19 +54,23 @@
 //!
 //! [`serve`] is the whole service; `main.rs` only calls it.
 
+mod access;
 mod app;
 mod bindings;
 mod caller;
 mod config;
+mod console;
 mod error;
 mod events;
 mod fields;
+mod health;
 mod host;
 mod mcp;
 mod metrics;
 mod openai;
 mod openapi;
 mod protojson;
+mod sessions;
 mod state;
 mod transcode;
 mod transcode_codec;
@@ -69,7 +80,7 @@ use std::future::Future;
 
 use agentmesh_kit::{Listeners, ServeError};
 
-pub use config::{Config, DEFAULT_PORT, McpConfig};
+pub use config::{Config, ConsoleConfig, DEFAULT_PORT, McpConfig};
 
 /// The service's name in logs, metrics and file names.
 pub const SERVICE: &str = "edge";

@@ -53,7 +53,7 @@ pub(crate) fn build(transcoder: &Transcoder) -> Value {
         "info": {
             "title": "agentmesh HTTP API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Runs over REST, Server-Sent Events and WebSocket (the google.api.http mapping of agentmesh.orchestrator.v1.OrchestratorService), and the OpenAI-compatible chat completions API. Send `Authorization: Bearer <API key or JWT>` when the mesh has auth on.",
+            "description": "Runs over REST, Server-Sent Events and WebSocket (the google.api.http mapping of agentmesh.orchestrator.v1.OrchestratorService), the audit and alerting RPCs the web console needs (their google.api.http mappings), the mesh's deep health, and the OpenAI-compatible chat completions API. Send `Authorization: Bearer <API key or JWT>` when the mesh has auth on.",
         },
         "paths": paths,
         "components": {
@@ -85,7 +85,7 @@ fn operation(binding: &Binding, schemas: &mut Schemas) -> Value {
                 .fields()
                 .filter(|field| !variables.contains(&field.name()))
             {
-                parameters.push(query_parameter(&field, schemas));
+                query_parameters(&field, "", schemas, &mut parameters);
             }
         }
         BodyRule::Whole => {
@@ -163,6 +163,7 @@ fn add_untranscoded(paths: &mut BTreeMap<String, Map<String, Value>>) {
                 "responses": {"101": {"description": "Switching Protocols"}, "default": error_response()},
             }),
         ),
+        ("/v1/health", "get", health_operation()),
         (
             "/mcp",
             "post",
@@ -210,17 +211,47 @@ fn add_untranscoded(paths: &mut BTreeMap<String, Map<String, Value>>) {
     }
 }
 
-/// A query parameter for a request field.
-fn query_parameter(field: &FieldDescriptor, schemas: &mut Schemas) -> Value {
+/// `GET /v1/health`.
+fn health_operation() -> Value {
+    json!({
+        "operationId": "MeshHealth",
+        "tags": ["Health"],
+        "summary": "The mesh's deep health: the edge's, then each service's /health/deep read from its admin port. Needs what listing alerting rules needs (alerts:read).",
+        "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}, "default": error_response()},
+    })
+}
+
+/// The query parameters of a request field: one for a scalar, repeated
+/// or map field; one per field, dotted (`filter.run_ids`), for a singular
+/// message that is not a well-known type (as the edge reads them).
+fn query_parameters(
+    field: &FieldDescriptor,
+    prefix: &str,
+    schemas: &mut Schemas,
+    parameters: &mut Vec<Value>,
+) {
+    let name = format!("{prefix}{}", field.name());
+    if let Kind::Message(message) = field.kind()
+        && !field.is_list()
+        && !field.is_map()
+        && well_known(message.full_name()).is_none()
+        && !prefix.contains('.')
+    {
+        for inner in message.fields() {
+            query_parameters(&inner, &format!("{name}."), schemas, parameters);
+        }
+        return;
+    }
     let schema = schemas.field(field);
     if field.is_map() {
-        return json!({
-            "name": field.name(), "in": "query", "required": false,
+        parameters.push(json!({
+            "name": name, "in": "query", "required": false,
             "style": "deepObject", "explode": true, "schema": schema,
-            "description": format!("As `{}[key]=value`.", field.name()),
-        });
+            "description": format!("As `{name}[key]=value`."),
+        }));
+        return;
     }
-    json!({"name": field.name(), "in": "query", "required": false, "schema": schema})
+    parameters.push(json!({"name": name, "in": "query", "required": false, "schema": schema}));
 }
 
 /// The schemas referenced so far, each message once.
@@ -318,7 +349,7 @@ mod tests {
 
     #[test]
     fn every_binding_is_documented_with_its_schemas() {
-        let transcoder = match Transcoder::for_orchestrator() {
+        let transcoder = match Transcoder::for_contract() {
             Ok(transcoder) => transcoder,
             Err(err) => panic!("{err}"),
         };
@@ -332,6 +363,14 @@ mod tests {
             ("/v1/runs/{run_id}/ws", "get"),
             ("/v1/agents", "get"),
             ("/v1/chat/completions", "post"),
+            ("/v1/audit/events", "get"),
+            ("/v1/audit/report", "get"),
+            ("/v1/audit:verifyChain", "get"),
+            ("/v1/alerts", "get"),
+            ("/v1/silences", "post"),
+            ("/v1/silences/{id}", "delete"),
+            ("/v1/rules", "get"),
+            ("/v1/health", "get"),
         ] {
             assert!(document["paths"][path][verb].is_object(), "{verb} {path}");
         }
@@ -350,5 +389,10 @@ mod tests {
             list.as_array()
                 .is_some_and(|params| params.iter().any(|p| p["name"] == "states"))
         );
+        let query = &document["paths"]["/v1/audit/events"]["get"]["parameters"];
+        assert!(query.as_array().is_some_and(|params| {
+            params.iter().any(|p| p["name"] == "filter.run_ids")
+                && params.iter().any(|p| p["name"] == "filter.start_time")
+        }));
     }
 }

@@ -83,29 +83,39 @@ pub(crate) fn build(
 }
 
 /// One `key=value` of a query string onto the JSON object: `states=A&
-/// states=B` for a repeated field, `labels[team]=x` for a map.
+/// states=B` for a repeated field, `labels[team]=x` for a map,
+/// `filter.run_ids=r1` for a field of a message field.
 fn add_query_pair(
     descriptor: &MessageDescriptor,
     object: &mut Map<String, Value>,
     key: &str,
     value: &str,
 ) -> Result<(), BadInput> {
-    let (name, map_key) = match key.split_once('[') {
-        Some((name, rest)) => (name, rest.strip_suffix(']')),
+    let (path, map_key) = match key.split_once('[') {
+        Some((path, rest)) => (path, rest.strip_suffix(']')),
         None => (key, None),
+    };
+    let (parents, name) = match path.rsplit_once('.') {
+        Some((parents, name)) => (Some(parents), name),
+        None => (None, path),
+    };
+    let (descriptor, object) = match parents {
+        None => (descriptor.clone(), object),
+        Some(parents) => nested(descriptor, object, parents)?,
+    };
+    let unknown = |name: &str| {
+        BadInput::field(
+            path,
+            format!(
+                "unknown query parameter `{path}`: {} has no field `{name}`",
+                descriptor.name()
+            ),
+        )
     };
     let field = descriptor
         .get_field_by_name(name)
         .or_else(|| descriptor.get_field_by_json_name(name))
-        .ok_or_else(|| {
-            BadInput::field(
-                name,
-                format!(
-                    "unknown query parameter `{name}`: {} has no such field",
-                    descriptor.name()
-                ),
-            )
-        })?;
+        .ok_or_else(|| unknown(name))?;
     let name = field.name().to_owned();
     if field.is_map() {
         let Some(map_key) = map_key else {
@@ -142,6 +152,54 @@ fn add_query_pair(
         ));
     }
     Ok(())
+}
+
+/// The message field at the dotted `parents` path (e.g. `filter`), and its
+/// JSON object inside `object` (made if absent).
+fn nested<'a>(
+    descriptor: &MessageDescriptor,
+    mut object: &'a mut Map<String, Value>,
+    parents: &str,
+) -> Result<(MessageDescriptor, &'a mut Map<String, Value>), BadInput> {
+    let mut descriptor = descriptor.clone();
+    for part in parents.split('.') {
+        let field = descriptor
+            .get_field_by_name(part)
+            .or_else(|| descriptor.get_field_by_json_name(part))
+            .ok_or_else(|| {
+                BadInput::field(
+                    parents,
+                    format!(
+                        "unknown query parameter `{parents}…`: {} has no field `{part}`",
+                        descriptor.name()
+                    ),
+                )
+            })?;
+        let Kind::Message(inner) = field.kind() else {
+            return Err(BadInput::field(
+                parents,
+                format!("`{part}` is not a message: it takes no `.field`"),
+            ));
+        };
+        if field.is_list() || field.is_map() {
+            return Err(BadInput::field(
+                parents,
+                format!("`{part}` is repeated: its fields cannot be set from the query"),
+            ));
+        }
+        let slot = object
+            .entry(field.name().to_owned())
+            .or_insert_with(|| Value::Object(Map::new()));
+        let Value::Object(inner_object) = slot else {
+            return Err(BadInput::field(
+                parents,
+                format!("`{part}` is set twice, in the body and the query"),
+            ));
+        };
+        object = inner_object;
+        descriptor = inner;
+    }
+    Ok((descriptor, object))
 }
 
 /// A query value as the JSON the field's kind takes: numbers for 32-bit
@@ -245,6 +303,43 @@ mod tests {
         assert_eq!(json["states"][1], "RUN_STATE_QUEUED");
         assert_eq!(json["labels"]["team"], "search");
         assert_eq!(json["create_time_start"], "2026-01-02T03:04:05Z");
+    }
+
+    #[test]
+    fn dotted_query_keys_fill_fields_of_message_fields() {
+        let query_request = descriptor("agentmesh.audit.v1.QueryRequest");
+        let query = pairs(&[
+            ("filter.run_ids", "r1"),
+            ("filter.types", "EVENT_TYPE_LLM_CALL"),
+            ("filter.types", "EVENT_TYPE_TOOL_CALL"),
+            ("filter.startTime", "2026-01-02T03:04:05Z"),
+            ("page_size", "3"),
+        ]);
+        let built = build(&query_request, None, &[], &query);
+        let Ok(message) = built else {
+            panic!("{built:?}");
+        };
+        let json = render(&message);
+        assert_eq!(json["filter"]["run_ids"], serde_json::json!(["r1"]));
+        assert_eq!(
+            json["filter"]["types"],
+            serde_json::json!(["EVENT_TYPE_LLM_CALL", "EVENT_TYPE_TOOL_CALL"])
+        );
+        assert_eq!(json["filter"]["start_time"], "2026-01-02T03:04:05Z");
+        for (key, named) in [
+            ("filter.nope", "filter.nope"),
+            ("nope.run_ids", "nope.run_ids"),
+            ("page_size.x", "page_size.x"),
+        ] {
+            let bad = build(&query_request, None, &[], &pairs(&[(key, "1")]));
+            let Err(bad) = bad else {
+                panic!("{key} accepted");
+            };
+            assert!(
+                bad.message.contains(named.split('.').next().unwrap_or("")),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use agentmesh_kit::ServeError;
 use agentmesh_kit::client::{Clients, MeshChannel};
+use agentmesh_kit::health::Health;
+use agentmesh_proto::alerting::v1::alerting_service_client::AlertingServiceClient;
 use agentmesh_proto::llm::v1::llm_gateway_service_client::LlmGatewayServiceClient;
 use agentmesh_proto::orchestrator::v1::orchestrator_service_client::OrchestratorServiceClient;
 use agentmesh_proto::tools::v1::tool_runner_service_client::ToolRunnerServiceClient;
@@ -20,8 +22,12 @@ pub(crate) struct Peers {
     pub(crate) orchestrator: OrchestratorServiceClient<MeshChannel>,
     pub(crate) gateway: LlmGatewayServiceClient<MeshChannel>,
     pub(crate) tools: ToolRunnerServiceClient<MeshChannel>,
-    /// The orchestrator's channel, for calls made from descriptors.
-    pub(crate) orchestrator_channel: MeshChannel,
+    pub(crate) alerting: AlertingServiceClient<MeshChannel>,
+    /// The channels of the services with REST bindings, for calls made
+    /// from descriptors: orchestrator, audit, alerting.
+    orchestrator_channel: MeshChannel,
+    audit_channel: MeshChannel,
+    alerting_channel: MeshChannel,
 }
 
 impl Peers {
@@ -30,6 +36,7 @@ impl Peers {
     pub(crate) fn connect(clients: &Clients, config: &Config) -> Result<Self, ServeError> {
         let limit = config.server.max_message_bytes;
         let orchestrator_channel = clients.channel(&config.orchestrator_url)?;
+        let alerting_channel = clients.channel(&config.alerting_url)?;
         Ok(Self {
             orchestrator: OrchestratorServiceClient::new(orchestrator_channel.clone())
                 .max_decoding_message_size(limit)
@@ -40,8 +47,24 @@ impl Peers {
             tools: ToolRunnerServiceClient::new(clients.channel(&config.tool_runner_url)?)
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit),
+            alerting: AlertingServiceClient::new(alerting_channel.clone()),
             orchestrator_channel,
+            audit_channel: clients.channel(&config.audit_url)?,
+            alerting_channel,
         })
+    }
+
+    /// The channel to the service named `service` (a full gRPC service
+    /// name of `crate::bindings::SERVICES`), with its short name for errors.
+    pub(crate) fn channel_of(&self, service: &str) -> Option<(&'static str, MeshChannel)> {
+        match service {
+            crate::bindings::ORCHESTRATOR => {
+                Some(("orchestrator", self.orchestrator_channel.clone()))
+            }
+            crate::bindings::AUDIT => Some(("audit", self.audit_channel.clone())),
+            crate::bindings::ALERTING => Some(("alerting", self.alerting_channel.clone())),
+            _ => None,
+        }
     }
 }
 
@@ -57,4 +80,8 @@ pub(crate) struct Edge {
     pub(crate) openapi: Arc<serde_json::Value>,
     /// Cancelled when the edge drains: event streams end.
     pub(crate) streams_end: CancellationToken,
+    /// The edge's own health (the first entry of `/v1/health`).
+    pub(crate) health: Health,
+    /// The console's sessions.
+    pub(crate) sessions: Arc<crate::sessions::Sessions>,
 }

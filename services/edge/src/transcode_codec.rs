@@ -64,19 +64,23 @@ fn path_of(method: &MethodDescriptor) -> Result<http::uri::PathAndQuery, Status>
         .map_err(|err| Status::internal(format!("bad method path: {err}")))
 }
 
-/// Calls the unary `method` on the orchestrator.
+/// Calls the unary `method` on the service that serves it.
 pub(crate) async fn unary(
     edge: &Edge,
     method: &MethodDescriptor,
     request: tonic::Request<DynamicMessage>,
 ) -> Result<tonic::Response<DynamicMessage>, Status> {
     let limit = edge.config.server.max_message_bytes;
-    let mut grpc = tonic::client::Grpc::new(edge.peers.orchestrator_channel.clone())
+    let service = method.parent_service();
+    let (name, channel) = edge.peers.channel_of(service.full_name()).ok_or_else(|| {
+        Status::unimplemented(format!("{} is not served over HTTP", service.full_name()))
+    })?;
+    let mut grpc = tonic::client::Grpc::new(channel)
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
-    grpc.ready()
-        .await
-        .map_err(|err| Status::unavailable(format!("the orchestrator cannot be reached: {err}")))?;
+    grpc.ready().await.map_err(|err| {
+        Status::unavailable(format!("the {name} service cannot be reached: {err}"))
+    })?;
     let codec = DynamicCodec {
         output: method.output(),
     };

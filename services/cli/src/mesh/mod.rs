@@ -211,17 +211,28 @@ async fn bind(server: &ServerConfig) -> anyhow::Result<(Listeners, SocketAddr)> 
     Ok((listeners, addr))
 }
 
-/// The edge's configuration pointed at the services bound here, and its
-/// listeners.
+/// Where one service bound here listens: its gRPC and admin addresses.
+type Bound = (SocketAddr, SocketAddr);
+
+/// The edge's configuration pointed at the services bound here (their gRPC
+/// and admin addresses, by name), and its listeners.
 async fn bind_edge(
     mut config: agentmesh_edge::Config,
-    orchestrator: SocketAddr,
-    gateway: SocketAddr,
-    tool_runner: SocketAddr,
+    bound: [(&str, Bound); 5],
 ) -> anyhow::Result<(agentmesh_edge::Config, Listeners, SocketAddr)> {
-    config.orchestrator_url = format!("http://{orchestrator}");
-    config.llm_gateway_url = format!("http://{gateway}");
-    config.tool_runner_url = format!("http://{tool_runner}");
+    for (name, (grpc, admin)) in bound {
+        let url = format!("http://{grpc}");
+        match name {
+            "orchestrator" => config.orchestrator_url = url,
+            "llm-gateway" => config.llm_gateway_url = url,
+            "tool-runner" => config.tool_runner_url = url,
+            "audit" => config.audit_url = url,
+            _ => config.alerting_url = url,
+        }
+        config
+            .admin_addresses
+            .insert(name.to_owned(), admin.to_string());
+    }
     let (listeners, addr) = bind(&config.server).await?;
     Ok((config, listeners, addr))
 }
@@ -377,7 +388,29 @@ impl Mesh {
         let (gateway_listeners, gateway) = bind(&configs.llm_gateway.server).await?;
         let (tools_listeners, tool_runner) = bind(&configs.tool_runner.server).await?;
         let (audit_listeners, audit) = bind(&configs.audit.server).await?;
-        let (alerting_listeners, _) = bind(&configs.alerting.server).await?;
+        let (alerting_listeners, alerting) = bind(&configs.alerting.server).await?;
+        let bound = [
+            (
+                "orchestrator",
+                (
+                    orchestrator,
+                    reachable(orchestrator_listeners.admin_addr()?),
+                ),
+            ),
+            (
+                "llm-gateway",
+                (gateway, reachable(gateway_listeners.admin_addr()?)),
+            ),
+            (
+                "tool-runner",
+                (tool_runner, reachable(tools_listeners.admin_addr()?)),
+            ),
+            ("audit", (audit, reachable(audit_listeners.admin_addr()?))),
+            (
+                "alerting",
+                (alerting, reachable(alerting_listeners.admin_addr()?)),
+            ),
+        ];
         configs.orchestrator.llm_gateway_url = format!("http://{gateway}");
         configs.orchestrator.tool_runner_url = format!("http://{tool_runner}");
         // Every producer sends its events to the audit service bound here,
@@ -394,7 +427,7 @@ impl Mesh {
         }
 
         let edge = match configs.edge.take() {
-            Some(config) => Some(bind_edge(config, orchestrator, gateway, tool_runner).await?),
+            Some(config) => Some(bind_edge(config, bound).await?),
             None => None,
         };
         let edge_addr = edge.as_ref().map(|(_, _, addr)| *addr);

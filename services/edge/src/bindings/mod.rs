@@ -1,4 +1,4 @@
-//! The HTTP bindings of `OrchestratorService`, read from the contract
+//! The HTTP bindings of the services the edge maps (`SERVICES`), read from the contract
 //! itself: each RPC's `google.api.http` option (in the descriptors the
 //! proto crate embeds) is a route, so the edge (`crate::transcode`), Envoy's
 //! transcoder, grpc-gateway and the OpenAPI document (`crate::openapi`) all
@@ -11,8 +11,11 @@ use prost_reflect::{DescriptorPool, MethodDescriptor, Value};
 
 pub(crate) use template::Template;
 
-/// The contract's service the REST mapping covers.
+/// The services of the contract whose REST mapping the edge serves.
 pub(crate) const ORCHESTRATOR: &str = "agentmesh.orchestrator.v1.OrchestratorService";
+pub(crate) const AUDIT: &str = "agentmesh.audit.v1.AuditService";
+pub(crate) const ALERTING: &str = "agentmesh.alerting.v1.AlertingService";
+pub(crate) const SERVICES: [&str; 3] = [ORCHESTRATOR, AUDIT, ALERTING];
 
 /// Which request fields the body carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,12 +51,21 @@ pub(crate) enum Found<'a> {
 }
 
 impl Transcoder {
-    /// The bindings of `OrchestratorService` from the built-in descriptors.
+    /// The bindings of the contract from the built-in descriptors.
     #[cfg(test)]
-    pub(crate) fn for_orchestrator() -> Result<Self, String> {
+    pub(crate) fn for_contract() -> Result<Self, String> {
         let pool = DescriptorPool::decode(agentmesh_proto::FILE_DESCRIPTOR_SET)
             .map_err(|err| err.to_string())?;
-        Self::of_service(&pool, ORCHESTRATOR)
+        Self::of_services(&pool)
+    }
+
+    /// The bindings of every service of `SERVICES` in `pool`, in order.
+    pub(crate) fn of_services(pool: &DescriptorPool) -> Result<Self, String> {
+        let mut bindings = Vec::new();
+        for service in SERVICES {
+            bindings.extend(Self::of_service(pool, service)?.bindings);
+        }
+        Ok(Self { bindings })
     }
 
     /// The bindings of `service` in `pool`: one per RPC with a
@@ -160,14 +172,14 @@ mod tests {
     use super::*;
 
     fn transcoder() -> Transcoder {
-        match Transcoder::for_orchestrator() {
+        match Transcoder::for_contract() {
             Ok(transcoder) => transcoder,
             Err(err) => panic!("{err}"),
         }
     }
 
     #[test]
-    fn the_contract_maps_every_orchestrator_rpc() {
+    fn the_contract_maps_the_orchestrator_and_the_consoles_rpcs() {
         let transcoder = transcoder();
         let routes: Vec<String> = transcoder
             .bindings()
@@ -183,13 +195,21 @@ mod tests {
             "GET /v1/runs/{run_id}/events",
             "POST /v1/runs:stream",
             "GET /v1/agents/{name}",
+            "GET /v1/audit/events",
+            "GET /v1/audit/report",
+            "GET /v1/audit:verifyChain",
+            "GET /v1/alerts",
+            "POST /v1/silences",
+            "GET /v1/silences",
+            "DELETE /v1/silences/{id}",
+            "GET /v1/rules",
         ] {
             assert!(
                 routes.iter().any(|route| route == expected),
                 "{expected} in {routes:?}"
             );
         }
-        assert_eq!(routes.len(), 8);
+        assert_eq!(routes.len(), 16);
     }
 
     #[test]

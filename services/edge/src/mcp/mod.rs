@@ -9,7 +9,7 @@
 //! Identity is the caller's, as everywhere on the edge: every MCP HTTP
 //! request's `authorization` goes with the calls its messages cause. A
 //! request whose credential the mesh refuses is answered 401 / 403 before
-//! the MCP layer sees it (`access`: the tool runner's answer to a one-item
+//! the MCP layer sees it (`crate::access`: the tool runner's answer to a one-item
 //! `ListTools`, remembered a few seconds per credential), so a client that
 //! may not use the tools cannot open a session either.
 //!
@@ -18,7 +18,6 @@
 //! clients need session affinity on that header, or `edge.mcp.stateless`
 //! (every request answered on its own; no notifications between requests).
 
-pub(crate) mod access;
 mod handler;
 mod run_agent;
 
