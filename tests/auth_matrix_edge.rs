@@ -422,6 +422,24 @@ async fn the_console_session_stands_for_its_key_and_guards_changes(
         .unwrap();
     assert_eq!(forged.status().as_u16(), 401, "an altered cookie");
 
+    // Behind an OIDC proxy: the proxy's bearer token, no key in the body.
+    let proxied = client
+        .post(format!("{edge}/console/login"))
+        .bearer_auth(keys.key("acme-runs"))
+        .json(&json!({"api_key": ""}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(proxied.status().as_u16(), 200);
+    let proxied_cookie = proxied.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let proxied_runs = client
+        .get(format!("{edge}/v1/runs"))
+        .header("cookie", proxied_cookie.split(';').next().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(proxied_runs.status().as_u16(), 200);
+
     // A page of another site cannot make a keyless change either.
     let cross = client
         .post(format!("{edge}/v1/runs"))

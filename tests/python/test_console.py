@@ -6,8 +6,10 @@ person would and checks the outcome through the mesh's own APIs.
 
 Screenshots go to target/console-screenshots/ (their paths are printed)."""
 
+import importlib
 import json
 import pathlib
+import re
 import shutil
 import subprocess
 import tempfile
@@ -22,6 +24,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "target" / "console-screenshots"
 DEMO_RULES = ROOT / "services" / "llm-gateway" / "demo" / "rules.toml"
 SLOW_WORDS = 40
+TRACES = "http://traces.example/trace"
 
 # Rules put before the demo's: the first that matches answers.
 EXTRA_RULES = f"""
@@ -74,7 +77,11 @@ def console():
     rules = folder / "rules.toml"
     rules.write_text(head + EXTRA_RULES + "\n[[rules]]\n" + rest)
     config = folder / "mesh.toml"
-    config.write_text(f'[llm_gateway.providers.scripted]\nrules_file = "{rules}"\n')
+    config.write_text(
+        f'[llm_gateway.providers.scripted]\nrules_file = "{rules}"\n'
+        '[orchestrator.agents.planner]\nstrategy = "plan_execute"\ntools = ["calculator"]\nmax_steps = 40\n'
+        f'[edge.console]\ntrace_url_template = "{TRACES}/{{trace_id}}"\n'
+    )
     with running_mesh(config) as addresses:
         yield addresses
 
@@ -143,8 +150,29 @@ def test_a_run_started_from_the_page_streams_the_calculator_and_the_answer(page,
     assert "403" in tool.locator(".tool-result").inner_text()
     assert page.get_by_test_id("run-state").inner_text() == "finished"
     assert page.locator("ol.timeline li.span.tool").count() >= 1
+    # Started from the page, the run is one trace, linked to the trace UI.
+    trace = page.get_by_role("link", name="open the trace").get_attribute("href")
+    assert re.fullmatch(TRACES + r"/[0-9a-f]{32}", trace), trace
     _shot(page, "run")
     assert _wait_terminal(console, run_id)["output"] == output.inner_text()
+    assert not page.errors, page.errors
+
+
+def test_a_plan_is_shown_in_stages_with_each_steps_state(page, console):
+    page.goto(console["edge"] + "/runs")
+    page.get_by_role("form", name="Start a run").get_by_label("Agent").select_option("planner")
+    page.get_by_label("Objective").fill("What is 17 * 23 + sqrt(144)?")
+    page.get_by_role("button", name="Start").click()
+    page.wait_for_url("**/runs/*")
+    page.get_by_test_id("run-output").wait_for(timeout=30_000)
+    assert "403" in page.get_by_test_id("run-output").inner_text()
+    steps = page.locator("li.plan-step")
+    assert steps.count() == 3, page.locator("section.plan").inner_text()
+    assert page.locator("li.plan-step.succeeded").count() == 3
+    # s3 depends on s1 and s2: it is drawn in the second stage.
+    assert "s3" in page.locator("ol.plan-layers > li").nth(1).inner_text()
+    assert page.locator("ol.timeline li.span.tool").count() >= 3
+    _shot(page, "plan")
     assert not page.errors, page.errors
 
 
@@ -202,8 +230,6 @@ def test_markup_in_an_answer_and_a_tool_result_is_shown_not_run(page, console):
 
 
 def _alerting(console):
-    import importlib
-
     alerting = importlib.import_module("agentmesh.alerting.v1.alerting_service_pb2")
     alert = importlib.import_module("agentmesh.alerting.v1.alert_pb2")
     stub_module = importlib.import_module("agentmesh.alerting.v1.alerting_service_pb2_grpc")
@@ -239,6 +265,19 @@ def test_a_failing_tools_alert_is_shown_and_silenced_from_the_page(stubs, page, 
     assert any(s.comment == "known: a test breaks it on purpose" for s in silences)
     page.locator("li.alert[data-silenced=true]").first.wait_for(timeout=15_000)
     _shot(page, "alerts")
+    # Expiring it from the page ends it.
+    page.locator("table.silences tbody tr").first.get_by_role("button", name="Expire").click()
+    with connect(console["alerting"]) as channel:
+        stub = stub_module.AlertingServiceStub(channel)
+        deadline = time.monotonic() + 20
+        while True:
+            silences = stub.ListSilences(alerting.ListSilencesRequest(), timeout=5).silences
+            mine = [s for s in silences if s.comment == "known: a test breaks it on purpose"]
+            expired = importlib.import_module("agentmesh.alerting.v1.silence_pb2").SILENCE_STATE_EXPIRED
+            if mine and all(s.state == expired for s in mine):
+                break
+            assert time.monotonic() < deadline, f"not expired: {mine}"
+            time.sleep(0.2)
     assert not page.errors, page.errors
 
 

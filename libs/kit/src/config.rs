@@ -356,13 +356,15 @@ pub struct Overrides {
     pub set: Vec<(String, String)>,
 }
 
-/// The sections of the five services in a shared configuration file.
-pub const SERVICE_SECTIONS: [&str; 5] = [
+/// The sections of the five services and the edge in a shared
+/// configuration file.
+pub const SERVICE_SECTIONS: [&str; 6] = [
     "orchestrator",
     "llm_gateway",
     "tool_runner",
     "audit",
     "alerting",
+    "edge",
 ];
 
 /// How a configuration file holds a service's settings.

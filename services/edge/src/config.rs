@@ -9,6 +9,9 @@ use agentmesh_kit::config::AuthConfig;
 use agentmesh_kit::{ConfigError, LogConfig, ServerConfig};
 use serde::{Deserialize, Serialize};
 
+/// The longest console session.
+const MAX_SESSION_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// The default HTTP port (the admin port is this plus 1000: 9080).
 pub const DEFAULT_PORT: u16 = 8080;
 
@@ -202,6 +205,12 @@ impl Config {
                 ));
             }
         }
+        if self.console.session_ttl > MAX_SESSION_TTL {
+            return Err(ConfigError::new(
+                "edge.console.session_ttl",
+                "at most 7 days: a console session is meant to be short",
+            ));
+        }
         let template = &self.console.trace_url_template;
         if !template.is_empty()
             && !(template.contains("{trace_id}")
@@ -306,6 +315,13 @@ mod tests {
         assert!(config.check().is_err());
         config.console.trace_url_template = "http://jaeger:16686/trace/{trace_id}".to_owned();
         assert!(config.check().is_ok());
+    }
+
+    #[test]
+    fn a_console_session_is_short() {
+        let mut config = Config::default();
+        config.console.session_ttl = Duration::from_secs(8 * 24 * 3600);
+        assert!(config.check().is_err());
     }
 
     #[test]

@@ -270,7 +270,9 @@ fn sse(
 }
 
 /// The stream up to and including the run's terminal event (or its
-/// first error).
+/// first error). A merged stream (a run with its sub-runs: events carry a
+/// cursor) holds several runs' terminal events; the orchestrator ends it
+/// when every run of it has ended, so it is not cut here.
 pub(crate) fn ended_after_terminal(
     events: impl Stream<Item = Result<Outgoing, tonic::Status>> + Send + 'static,
 ) -> impl Stream<Item = Result<Outgoing, tonic::Status>> + Send + 'static {
@@ -279,7 +281,7 @@ pub(crate) fn ended_after_terminal(
             return std::future::ready(None);
         }
         *done = match &item {
-            Ok(outgoing) => outgoing.is_terminal(),
+            Ok(outgoing) => outgoing.cursor.is_empty() && outgoing.is_terminal(),
             Err(_) => true,
         };
         std::future::ready(Some(item))
@@ -331,6 +333,27 @@ mod tests {
         assert!(request.include_sub_runs);
         assert_eq!(request.cursor, "eyJ9");
         assert_eq!(request.after_sequence, 0);
+    }
+
+    fn finished(run_id: &str, cursor: &str) -> Result<Outgoing, tonic::Status> {
+        Ok(Outgoing {
+            event: RunEvent {
+                run_id: run_id.to_owned(),
+                event: Some(run_event::Event::RunFinished(
+                    agentmesh_proto::orchestrator::v1::RunFinished::default(),
+                )),
+                ..RunEvent::default()
+            },
+            cursor: cursor.to_owned(),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_run_ends_its_stream_but_a_sub_run_does_not_end_a_merged_one() {
+        let single = futures::stream::iter([finished("r", ""), finished("r", "")]);
+        assert_eq!(ended_after_terminal(single).count().await, 1);
+        let merged = futures::stream::iter([finished("sub", "c1"), finished("r", "c2")]);
+        assert_eq!(ended_after_terminal(merged).count().await, 2);
     }
 
     #[test]

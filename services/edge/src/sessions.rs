@@ -111,7 +111,11 @@ impl Sessions {
         if authorization.len() > MAX_AUTHORIZATION_BYTES {
             return None;
         }
-        let expires = (now + self.ttl).duration_since(UNIX_EPOCH).ok()?.as_secs();
+        let expires = now
+            .checked_add(self.ttl)?
+            .duration_since(UNIX_EPOCH)
+            .ok()?
+            .as_secs();
         let mut nonce = [0_u8; NONCE_LEN];
         self.random.fill(&mut nonce).ok()?;
         let mut sealed = expires.to_be_bytes().to_vec();
@@ -157,6 +161,14 @@ impl Sessions {
         })
     }
 
+    /// Whether `token` is the CSRF token of the cookie value `cookie`
+    /// (compared in constant time).
+    pub(crate) fn csrf_matches(&self, cookie: &str, token: &str) -> bool {
+        URL_SAFE_NO_PAD
+            .decode(token)
+            .is_ok_and(|tag| hmac::verify(&self.csrf, cookie.as_bytes(), &tag).is_ok())
+    }
+
     /// The CSRF token of the cookie value `cookie`.
     fn csrf_of(&self, cookie: &str) -> String {
         let tag = hmac::sign(&self.csrf, cookie.as_bytes());
@@ -194,6 +206,9 @@ mod tests {
             Some(HeaderValue::from_static("Bearer k"))
         );
         assert_eq!(found.map(|session| session.csrf), Some(csrf.clone()));
+        assert!(sessions.csrf_matches(&cookie, &csrf));
+        assert!(!sessions.csrf_matches(&cookie, "forged"));
+        assert!(!sessions.csrf_matches(&cookie, ""));
         // Another replica with the same key reads it too.
         assert!(self::sessions(&[7; 32]).find(&cookie, now).is_some());
         assert!(

@@ -2,9 +2,10 @@
 // annotations), silences (create with matchers, expire), and the rules in
 // effect. Refreshed every five seconds.
 
-import { html, useEffect, useState } from "../vendor/preact-htm.js";
+import { html, useState } from "../vendor/preact-htm.js";
 import { api } from "./api.js";
 import { enumName, labels, time } from "./format.js";
+import { usePolled } from "./poll.js";
 
 const REFRESH_MS = 5000;
 const OPERATORS = { "=": "MATCH_TYPE_EQUAL", "!=": "MATCH_TYPE_NOT_EQUAL", "=~": "MATCH_TYPE_REGEX", "!~": "MATCH_TYPE_NOT_REGEX" };
@@ -22,26 +23,6 @@ export function parseMatchers(text) {
       if (value.length >= 2 && value.startsWith('"') && value.endsWith('"')) value = value.slice(1, -1);
       return { name: found[1], type: OPERATORS[found[2]], value };
     });
-}
-
-function useRefreshed(path, query) {
-  const [answer, setAnswer] = useState(null);
-  const [error, setError] = useState("");
-  const [tick, setTick] = useState(0);
-  useEffect(() => {
-    let stopped = false;
-    const load = () =>
-      api(path, { query })
-        .then((next) => !stopped && (setAnswer(next), setError("")))
-        .catch((err) => !stopped && setError(err.message));
-    load();
-    const timer = setInterval(() => document.visibilityState === "visible" && load(), REFRESH_MS);
-    return () => {
-      stopped = true;
-      clearInterval(timer);
-    };
-  }, [path, tick]);
-  return [answer, error, () => setTick(tick + 1)];
 }
 
 function Pairs({ entries }) {
@@ -91,9 +72,9 @@ function NewSilence({ matchers, setMatchers, onCreated }) {
 }
 
 export function AlertsPage() {
-  const [alerts, alertsError, reloadAlerts] = useRefreshed("/v1/alerts");
-  const [silences, silencesError, reloadSilences] = useRefreshed("/v1/silences");
-  const [rules, rulesError] = useRefreshed("/v1/rules", { page_size: 1000 });
+  const [alerts, alertsError, reloadAlerts] = usePolled("/v1/alerts", {}, REFRESH_MS);
+  const [silences, silencesError, reloadSilences] = usePolled("/v1/silences", {}, REFRESH_MS);
+  const [rules, rulesError] = usePolled("/v1/rules", { page_size: 1000 }, REFRESH_MS);
   const [matchers, setMatchers] = useState("");
   const [error, setError] = useState("");
   const reload = () => {

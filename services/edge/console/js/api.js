@@ -35,7 +35,7 @@ async function errorOf(response) {
 }
 
 /** A JSON call to the edge: GET by default; `body` is sent as JSON. */
-export async function api(path, { method = "GET", body, query } = {}) {
+export async function api(path, { method = "GET", body, query, headers: extra } = {}) {
   let url = path;
   if (query) {
     const params = new URLSearchParams();
@@ -48,7 +48,7 @@ export async function api(path, { method = "GET", body, query } = {}) {
     const text = params.toString();
     if (text) url += (url.includes("?") ? "&" : "?") + text;
   }
-  const headers = { Accept: "application/json" };
+  const headers = { Accept: "application/json", ...(extra || {}) };
   if (body !== undefined) headers["Content-Type"] = "application/json";
   if (method !== "GET" && csrfToken) headers["X-CSRF-Token"] = csrfToken;
   const response = await fetch(url, {
@@ -64,6 +64,16 @@ export async function api(path, { method = "GET", body, query } = {}) {
   }
   if (response.status === 204) return {};
   return response.json();
+}
+
+/**
+ * A new W3C `traceparent` (a random trace id, sampled), so that a run started
+ * here is one trace from the click on: the mesh continues it, and the run's
+ * audit events name it.
+ */
+export function newTraceparent() {
+  const hex = (bytes) => Array.from(crypto.getRandomValues(new Uint8Array(bytes)), (b) => b.toString(16).padStart(2, "0")).join("");
+  return `00-${hex(16)}-${hex(8)}-01`;
 }
 
 /** Reads the session: whether signed in, and the edge's console settings. */

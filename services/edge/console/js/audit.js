@@ -12,7 +12,8 @@ const TYPES = [
   "AUTHORIZATION", "RATE_LIMITED", "CIRCUIT_OPENED", "CIRCUIT_CLOSED", "CONFIG_LOADED", "ERROR", "RETENTION",
   "NOTIFICATION", "RUN_CALLBACK",
 ];
-const DAY_MS = 24 * 3600 * 1000;
+const HOUR_MS = 3600 * 1000;
+const HOURS = 24;
 
 /** A datetime-local value as RFC 3339, or "". */
 function rfc3339(local) {
@@ -109,15 +110,17 @@ function Chain() {
 function CostChart() {
   const [rows, setRows] = useState(null);
   const [error, setError] = useState("");
+  const [range] = useState(() => {
+    const end = Math.ceil(Date.now() / HOUR_MS) * HOUR_MS;
+    return { start: end - HOURS * HOUR_MS, end };
+  });
   useEffect(() => {
-    const end = new Date(Math.ceil(Date.now() / 3600000) * 3600000);
-    const start = new Date(end.getTime() - DAY_MS);
     api("/v1/audit/report", {
       query: {
         kind: "REPORT_KIND_COST",
         bucket: "TIME_BUCKET_HOUR",
-        "filter.start_time": start.toISOString(),
-        "filter.end_time": end.toISOString(),
+        "filter.start_time": new Date(range.start).toISOString(),
+        "filter.end_time": new Date(range.end).toISOString(),
       },
     })
       .then((answer) => setRows(answer.rows || []))
@@ -125,8 +128,10 @@ function CostChart() {
   }, []);
   if (error) return html`<p class="error" role="alert">${error}</p>`;
   if (!rows) return null;
+  // Hours without calls have no row: each row goes to its own hour's slot.
   const points = rows.map((row) => ({
     at: row.bucket_start,
+    slot: Math.floor((Date.parse(row.bucket_start) - range.start) / HOUR_MS),
     cost: Number((row.cost && row.cost.estimated_cost_usd) || 0),
     tokens: Number((row.cost && row.cost.input_tokens) || 0) + Number((row.cost && row.cost.output_tokens) || 0),
     calls: Number((row.cost && row.cost.llm_calls) || 0),
@@ -135,20 +140,21 @@ function CostChart() {
   const value = (point) => (priced ? point.cost : point.tokens);
   const top = Math.max(1e-9, ...points.map(value));
   const [width, height, gap] = [640, 160, 4];
-  const bar = points.length ? width / points.length : width;
+  const bar = width / HOURS;
   return html`<section aria-labelledby="cost-title">
     <h2 id="cost-title">${priced ? "Cost" : "Tokens"} per hour, last 24 hours</h2>
     ${points.length === 0
       ? html`<p class="muted">No model calls in the last 24 hours.</p>`
       : html`<svg class="chart" viewBox=${`0 0 ${width} ${height + 20}`} role="img" data-testid="cost-chart"
           aria-label=${`${priced ? "cost" : "tokens"} per hour`}>
-          ${points.map((point, index) => {
+          ${points.map((point) => {
             const h = Math.max((value(point) / top) * height, 1);
-            return html`<rect class="bar" x=${index * bar + gap / 2} y=${height - h} width=${Math.max(bar - gap, 1)} height=${h}>
+            return html`<rect class="bar" x=${point.slot * bar + gap / 2} y=${height - h} width=${Math.max(bar - gap, 1)} height=${h}>
               <title>${time(point.at)}: ${priced ? cost(point.cost) : `${point.tokens} tokens`}, ${point.calls} calls</title>
             </rect>`;
           })}
-          <text x="0" y=${height + 16} class="axis">${time(points[0].at)}</text>
+          <text x="0" y=${height + 16} class="axis">${time(new Date(range.start).toISOString())}</text>
+          <text x=${width} y=${height + 16} class="axis" text-anchor="end">now</text>
         </svg>
         <p class="muted">${points.reduce((sum, point) => sum + point.calls, 0)} model calls,
           ${priced ? cost(points.reduce((sum, point) => sum + point.cost, 0)) : `${points.reduce((sum, point) => sum + point.tokens, 0)} tokens (no prices configured)`}.</p>`}

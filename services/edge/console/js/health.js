@@ -1,26 +1,12 @@
 // The mesh's deep health at a glance: each service, each of its
 // components (start-up, peers, databases, tools), from /v1/health.
 
-import { html, useEffect, useState } from "../vendor/preact-htm.js";
-import { api } from "./api.js";
+import { html } from "../vendor/preact-htm.js";
+import { usePolled } from "./poll.js";
 import { time } from "./format.js";
 
 export function HealthPage() {
-  const [health, setHealth] = useState(null);
-  const [error, setError] = useState("");
-  useEffect(() => {
-    let stopped = false;
-    const load = () =>
-      api("/v1/health")
-        .then((answer) => !stopped && (setHealth(answer), setError("")))
-        .catch((err) => !stopped && setError(err.message));
-    load();
-    const timer = setInterval(() => document.visibilityState === "visible" && load(), 5000);
-    return () => {
-      stopped = true;
-      clearInterval(timer);
-    };
-  }, []);
+  const [health, error] = usePolled("/v1/health", {}, 5000);
   return html`<h1>Health</h1>
     ${error && html`<p class="error" role="alert">${error}</p>`}
     ${health &&

@@ -51,7 +51,15 @@ function SignIn({ reason, onSignedIn }) {
 
 function View({ path }) {
   const run = path.match(/^\/runs\/([^/]+)$/);
-  if (run) return html`<${RunPage} runId=${decodeURIComponent(run[1])} />`;
+  if (run) {
+    let runId;
+    try {
+      runId = decodeURIComponent(run[1]);
+    } catch (_) {
+      return html`<p class="error" role="alert">This is not a run's address.</p>`;
+    }
+    return html`<${RunPage} runId=${runId} />`;
+  }
   switch (path) {
     case "/audit":
       return html`<${AuditPage} />`;

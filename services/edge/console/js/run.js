@@ -9,7 +9,7 @@ import { html, useEffect, useRef, useState } from "../vendor/preact-htm.js";
 import { api, traceUrl } from "./api.js";
 import { cost, duration, enumName, labels, prettyJson, time, tokens } from "./format.js";
 import { Link } from "./nav.js";
-import { answerText, applyEvents, emptyModel, planLayers } from "./run_model.js";
+import { EVENT_KINDS, answerText, applyEvents, emptyModel, planLayers } from "./run_model.js";
 
 const TERMINAL = new Set(["RUN_STATE_SUCCEEDED", "RUN_STATE_FAILED", "RUN_STATE_CANCELLED"]);
 
@@ -41,14 +41,19 @@ function useRunEvents(runId) {
       if (message.type.startsWith("run_") && message.type !== "run_started" && event.run_id === runId) ended = true;
       if (!frame) frame = requestAnimationFrame(flush);
     };
-    for (const kind of ["run_started", "token_delta", "tool_call_started", "tool_call_finished", "progress", "run_finished", "run_failed", "run_cancelled", "plan_created", "plan_updated"]) {
-      source.addEventListener(kind, onEvent);
-    }
+    // Named events reach only their own listeners.
+    for (const kind of EVENT_KINDS) source.addEventListener(kind, onEvent);
     source.addEventListener("open", () => setConnected(true));
     source.addEventListener("error", (message) => {
       setConnected(false);
       // A stream that ended after the run's last event is not reopened.
-      if (message.data || ended) source.close();
+      if (message.data || ended) {
+        source.close();
+        return;
+      }
+      // EventSource hides the HTTP status: ask once more, so that a
+      // refused credential brings up the sign-in.
+      api(`/v1/runs/${encodeURIComponent(runId)}`).catch(() => {});
     });
     return () => {
       source.close();
@@ -157,13 +162,34 @@ export function RunPage({ runId }) {
       .catch((err) => setError(err.message));
   }, [runId, terminal]);
   useEffect(() => {
+    // The run's audit events name its trace; they are recorded a moment
+    // after the fact, so ask again every second until one does.
+    let stopped = false;
+    let timer = 0;
+    const look = (triesLeft) =>
+      api("/v1/audit/events", { query: { "filter.run_ids": runId, page_size: 1, order: "SORT_ORDER_OLDEST_FIRST" } })
+        .then((answer) => (answer.events || []).map((event) => event.trace_id).find(Boolean))
+        .catch(() => undefined)
+        .then((traceId) => {
+          if (stopped) return;
+          if (traceId) setTrace(traceUrl(traceId));
+          else if (triesLeft > 0) timer = setTimeout(() => look(triesLeft - 1), 1000);
+        });
+    if (traceUrl("x")) look(30);
+    return () => {
+      stopped = true;
+      clearTimeout(timer);
+    };
+  }, [runId]);
+  useEffect(() => {
     api("/v1/audit/events", { query: { "filter.run_ids": runId, page_size: 1, order: "SORT_ORDER_OLDEST_FIRST" } })
       .then((answer) => {
         const traceId = (answer.events || []).map((event) => event.trace_id).find(Boolean);
         setTrace(traceUrl(traceId));
       })
       .catch(() => setTrace(""));
-  }, [runId]);
+    // Audit events are recorded a moment after the fact: ask again at the end.
+  }, [runId, terminal]);
   const cancel = () =>
     api(`/v1/runs/${encodeURIComponent(runId)}:cancel`, { method: "POST", body: { reason: "cancelled from the console" } }).catch((err) =>
       setError(err.message),
@@ -183,7 +209,7 @@ export function RunPage({ runId }) {
         ${Object.keys(run.labels || {}).length > 0 && html`<div><dt>Labels</dt><dd>${labels(run.labels)}</dd></div>`}
         ${run.parent_run_id && html`<div><dt>Parent</dt><dd><${Link} href=${`/runs/${encodeURIComponent(run.parent_run_id)}`}>${run.parent_run_id}<//></dd></div>`}`}
       <div><dt>Tokens</dt><dd>${tokens(usage)}</dd></div>
-      <div><dt>Cost</dt><dd>${cost(usage && usage.estimated_cost_usd)}</dd></div>
+      <div><dt>Cost</dt><dd>${usage && (usage.estimated_cost_usd === undefined || usage.estimated_cost_usd === null) ? "not priced" : cost(usage && usage.estimated_cost_usd)}</dd></div>
       ${model.progress && !terminal && html`<div><dt>Progress</dt><dd>step ${model.progress.step} of ${model.progress.max_steps}</dd></div>`}
       ${trace && html`<div><dt>Trace</dt><dd><a href=${trace} rel="noopener noreferrer" target="_blank">open the trace</a></dd></div>`}
     </dl>

@@ -11,7 +11,7 @@ export function emptyModel(runId) {
   return {
     runId,
     seen: new Set(),
-    events: [], // the root run's accepted events, for a rebuild after an abandon
+    events: [], // every accepted event, for a rebuild after an abandon
     items: [], // the transcript: {kind: "text"|"tool"|"progress"|"restart", …}
     tools: new Map(), // call id → its transcript item
     plan: null,
@@ -29,23 +29,33 @@ export function emptyModel(runId) {
   };
 }
 
+/** Every kind of RunEvent (the names of its `event` oneof's fields). */
+export const EVENT_KINDS = [
+  "run_started",
+  "token_delta",
+  "tool_call_started",
+  "tool_call_finished",
+  "progress",
+  "run_finished",
+  "run_failed",
+  "run_cancelled",
+  "plan_created",
+  "plan_updated",
+  "plan_step_started",
+  "plan_step_finished",
+  "recovery_decided",
+  "evaluation",
+  "sub_run_started",
+  "sub_run_finished",
+];
+
 function kindOf(event) {
-  for (const kind of [
-    "token_delta",
-    "tool_call_started",
-    "tool_call_finished",
-    "progress",
-    "run_started",
-    "run_finished",
-    "run_failed",
-    "run_cancelled",
-    "plan_created",
-    "plan_updated",
-    "heartbeat",
-  ]) {
-    if (event[kind]) return kind;
-  }
-  return "event";
+  return EVENT_KINDS.find((kind) => event[kind]) || "event";
+}
+
+/** The plan step `stepId` of the model's plan, if any. */
+function planStep(model, stepId) {
+  return model.plan && (model.plan.steps || []).find((step) => step.id === stepId);
 }
 
 function ms(text) {
@@ -150,6 +160,34 @@ function apply(model, event) {
       if (root) model.plan = event[kind].plan || null;
       break;
     }
+    case "plan_step_started":
+    case "plan_step_finished": {
+      const body = event[kind];
+      const step = root && planStep(model, body.step_id);
+      if (step) {
+        step.state = kind === "plan_step_started" ? "PLAN_STEP_STATE_RUNNING" : body.state || step.state;
+        step.attempts = body.attempt || step.attempts;
+        if (kind === "plan_step_finished" && body.result) step.result = body.result;
+      }
+      break;
+    }
+    case "recovery_decided": {
+      const body = event.recovery_decided;
+      if (root) model.items.push({ kind: "progress", message: `step ${body.step_id}: ${body.action ? body.action.replace("RECOVERY_ACTION_", "").toLowerCase().replace(/_/g, " ") : "recovery"}${body.reason ? ` (${body.reason})` : ""}` });
+      break;
+    }
+    case "sub_run_started":
+    case "sub_run_finished": {
+      const body = event[kind];
+      const run = subRun(model, body.run_id);
+      if (body.agent) run.agent = body.agent;
+      if (body.objective) run.objective = body.objective;
+      if (kind === "sub_run_finished" && run.state === "running") {
+        run.state = (body.state || "").replace("RUN_STATE_", "").toLowerCase().replace("succeeded", "finished");
+        run.output = body.output || run.output;
+      }
+      break;
+    }
     case "run_finished":
     case "run_failed":
     case "run_cancelled": {
@@ -186,23 +224,25 @@ function abandoned(event) {
 export function applyEvents(model, events) {
   let next = model;
   for (const event of events) {
-    const key = `${event.run_id || model.runId}:${event.sequence}`;
+    const runId = event.run_id || model.runId;
+    const key = `${runId}:${event.sequence}`;
     if (next.seen.has(key)) continue;
     next.seen.add(key);
     const range = abandoned(event);
-    if (range && (event.run_id || next.runId) === next.runId) {
-      // Rebuild without the abandoned events of the run.
-      const kept = next.events.filter((old) => old.sequence < range[0] || old.sequence > range[1]);
+    if (range) {
+      // Rebuild without the events of that run the marker abandons.
+      const kept = next.events.filter(
+        (old) => (old.run_id || model.runId) !== runId || old.sequence < range[0] || old.sequence > range[1],
+      );
       const rebuilt = emptyModel(next.runId);
       rebuilt.seen = next.seen;
-      rebuilt.subRuns = next.subRuns;
       for (const old of kept) {
         rebuilt.events.push(old);
         apply(rebuilt, old);
       }
       next = rebuilt;
     }
-    if ((event.run_id || next.runId) === next.runId) next.events.push(event);
+    next.events.push(event);
     apply(next, event);
   }
   return { ...next };

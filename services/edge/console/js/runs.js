@@ -3,9 +3,10 @@
 // seconds while the page is visible.
 
 import { html, useEffect, useState } from "../vendor/preact-htm.js";
-import { api } from "./api.js";
+import { api, newTraceparent } from "./api.js";
 import { between, cost, duration, enumName, labels, tokens } from "./format.js";
 import { Link, navigate } from "./nav.js";
+import { usePolled } from "./poll.js";
 
 const STATES = ["RUN_STATE_QUEUED", "RUN_STATE_RUNNING", "RUN_STATE_SUCCEEDED", "RUN_STATE_FAILED", "RUN_STATE_CANCELLED"];
 const PAGE_SIZE = 25;
@@ -31,7 +32,11 @@ function StartRun() {
     setBusy(true);
     setError("");
     try {
-      const answer = await api("/v1/runs", { method: "POST", body: { agent, objective } });
+      const answer = await api("/v1/runs", {
+        method: "POST",
+        body: { agent, objective },
+        headers: { traceparent: newTraceparent() },
+      });
       navigate(`/runs/${encodeURIComponent(answer.run_id)}`);
     } catch (err) {
       setError(err.message);
@@ -73,30 +78,19 @@ function Filters({ filters, onChange }) {
 
 function query(filters, pageToken) {
   const query = { page_size: PAGE_SIZE, page_token: pageToken, states: filters.state, agent: filters.agent };
-  const [key, value] = filters.label.split("=");
-  if (key && value !== undefined) query[`labels[${key.trim()}]`] = value.trim();
+  const split = filters.label.indexOf("=");
+  const key = split > 0 ? filters.label.slice(0, split).trim() : "";
+  if (key) query[`labels[${key}]`] = filters.label.slice(split + 1).trim();
   return query;
 }
 
 export function RunsPage() {
   const [filters, setFilters] = useState({ state: "", agent: "", label: "" });
   const [pages, setPages] = useState([""]); // the tokens of the pages visited
-  const [answer, setAnswer] = useState({ runs: [] });
-  const [error, setError] = useState("");
   const token = pages[pages.length - 1];
-  useEffect(() => {
-    let stopped = false;
-    const load = () =>
-      api("/v1/runs", { query: query(filters, token) })
-        .then((next) => !stopped && (setAnswer(next), setError("")))
-        .catch((err) => !stopped && setError(err.message));
-    load();
-    const timer = setInterval(() => document.visibilityState === "visible" && load(), REFRESH_MS);
-    return () => {
-      stopped = true;
-      clearInterval(timer);
-    };
-  }, [filters, token]);
+  const asked = query(filters, token);
+  const [polled, error] = usePolled("/v1/runs", asked, REFRESH_MS, JSON.stringify(asked));
+  const answer = polled || { runs: [] };
   const changeFilters = (next) => {
     setFilters(next);
     setPages([""]);

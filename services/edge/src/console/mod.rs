@@ -60,6 +60,7 @@ const ASSETS: &[Asset] = &[
     asset!("js/main.js", "text/javascript; charset=utf-8"),
     asset!("js/api.js", "text/javascript; charset=utf-8"),
     asset!("js/nav.js", "text/javascript; charset=utf-8"),
+    asset!("js/poll.js", "text/javascript; charset=utf-8"),
     asset!("js/format.js", "text/javascript; charset=utf-8"),
     asset!("js/runs.js", "text/javascript; charset=utf-8"),
     asset!("js/run.js", "text/javascript; charset=utf-8"),

@@ -15,7 +15,8 @@
 //!   anything (`guard` has the details)
 //! ```
 //!
-//! Sessions live in the replica that made them (`crate::sessions`).
+//! The session is sealed in the cookie (`crate::sessions`): any replica
+//! with the same key reads it.
 
 use std::time::SystemTime;
 
@@ -50,15 +51,21 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, value)| value)
 }
 
+/// The name the client addressed the edge by: `Host`, or over HTTP/2 the
+/// `:authority` (which hyper puts in the URI).
+fn addressed_host<'a>(headers: &'a HeaderMap, uri: &'a http::Uri) -> Option<&'a str> {
+    headers
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .or_else(|| uri.authority().map(http::uri::Authority::as_str))
+}
+
 /// Whether the browser's `Origin` (when it sent one) is this edge, as the
-/// request's `Host` names it.
-fn same_origin(headers: &HeaderMap) -> bool {
+/// request addresses it.
+fn same_origin(headers: &HeaderMap, host: Option<&str>) -> bool {
     let Some(origin) = headers.get(header::ORIGIN) else {
         return true;
     };
-    let host = headers
-        .get(header::HOST)
-        .and_then(|host| host.to_str().ok());
     let origin_host = origin
         .to_str()
         .ok()
@@ -84,31 +91,30 @@ fn listens_on_localhost(host: std::net::IpAddr) -> bool {
     }
 }
 
-/// Whether the request's `Host` is a loopback name.
-fn loopback_host(headers: &HeaderMap) -> bool {
-    let Some(host) = headers
-        .get(header::HOST)
-        .and_then(|host| host.to_str().ok())
-    else {
-        // HTTP/2 names it in `:authority`, which hyper turns into the URI.
+/// Whether `host` (a `Host` value) is a loopback name, or one of `allowed`
+/// (names or `name:port`, as `edge.mcp.allowed_hosts` lists them). No name
+/// at all (an HTTP/1.0 client) is let through: browsers always send one.
+fn allowed_host(host: Option<&str>, allowed: &[String]) -> bool {
+    let Some(host) = host else {
         return true;
     };
     let name = match host.rsplit_once(':') {
         Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
         _ => host,
     };
-    matches!(
-        name.to_ascii_lowercase().as_str(),
-        "localhost" | "127.0.0.1" | "[::1]"
-    )
+    let name = name.to_ascii_lowercase();
+    matches!(name.as_str(), "localhost" | "127.0.0.1" | "[::1]")
+        || allowed.iter().any(|allowed| {
+            allowed.eq_ignore_ascii_case(host) || allowed.eq_ignore_ascii_case(&name)
+        })
 }
 
 /// The middleware in front of every route: what a browser may do here, and
 /// a session's credential onto the requests it carries.
 ///
-/// - An edge on 127.0.0.1 or ::1 answers loopback `Host` names only, so a
-///   page that rebinds its own name to 127.0.0.1 cannot read the mesh (DNS
-///   rebinding).
+/// - An edge on 127.0.0.1 or ::1 answers loopback `Host` names only (and
+///   those of `edge.mcp.allowed_hosts`), so a page that rebinds its own
+///   name to 127.0.0.1 cannot read the mesh (DNS rebinding).
 /// - A browser's request that changes something, or opens a WebSocket,
 ///   from another origin is refused, with or without a session: in the
 ///   embedded mode, with no credentials at all, the edge is otherwise open
@@ -116,9 +122,9 @@ fn loopback_host(headers: &HeaderMap) -> bool {
 /// - A cookie-borne change must also carry the session's `x-csrf-token`.
 pub(crate) async fn guard(State(edge): State<Edge>, mut request: Request, next: Next) -> Response {
     let headers = request.headers();
+    let host = addressed_host(headers, request.uri());
     if listens_on_localhost(edge.config.server.host)
-        && !loopback_host(headers)
-        && edge.config.mcp.allowed_hosts.is_empty()
+        && !allowed_host(host, &edge.config.mcp.allowed_hosts)
     {
         let mut response =
             forbidden("this edge listens on loopback: address it as localhost or 127.0.0.1");
@@ -130,20 +136,21 @@ pub(crate) async fn guard(State(edge): State<Edge>, mut request: Request, next: 
         Method::GET | Method::HEAD | Method::OPTIONS
     );
     let upgrade = headers.contains_key(header::UPGRADE);
-    if (!safe || upgrade) && !same_origin(headers) {
+    if (!safe || upgrade) && !same_origin(headers, host) {
         return forbidden("a browser request from another origin may not change anything here");
     }
     let session = match cookie(headers, COOKIE) {
-        Some(id) if !headers.contains_key(header::AUTHORIZATION) => {
-            edge.sessions.find(id, SystemTime::now())
-        }
+        Some(id) if !headers.contains_key(header::AUTHORIZATION) => edge
+            .sessions
+            .find(id, SystemTime::now())
+            .map(|session| (id, session)),
         _ => None,
     };
-    if let Some(session) = session {
+    if let Some((id, session)) = session {
         let token = headers
             .get(CSRF_HEADER)
             .and_then(|value| value.to_str().ok());
-        if !safe && token.map(str::as_bytes) != Some(session.csrf.as_bytes()) {
+        if !safe && !token.is_some_and(|token| edge.sessions.csrf_matches(id, token)) {
             return forbidden(
                 "a change made with the console's session needs its x-csrf-token header",
             );
@@ -293,25 +300,40 @@ mod tests {
     #[test]
     fn origins_must_match_the_host() {
         let mut headers = HeaderMap::new();
-        assert!(same_origin(&headers));
-        headers.insert(header::HOST, HeaderValue::from_static("127.0.0.1:8080"));
+        let host = Some("127.0.0.1:8080");
+        assert!(same_origin(&headers, host));
         headers.insert(
             header::ORIGIN,
             HeaderValue::from_static("http://127.0.0.1:8080"),
         );
-        assert!(same_origin(&headers));
+        assert!(same_origin(&headers, host));
+        assert!(!same_origin(&headers, None));
         headers.insert(
             header::ORIGIN,
             HeaderValue::from_static("http://evil.example"),
         );
-        assert!(!same_origin(&headers));
+        assert!(!same_origin(&headers, host));
         headers.insert(header::ORIGIN, HeaderValue::from_static("null"));
-        assert!(!same_origin(&headers));
+        assert!(!same_origin(&headers, host));
+    }
+
+    #[test]
+    fn http2_requests_are_addressed_by_their_authority() {
+        let headers = HeaderMap::new();
+        let uri: http::Uri = "http://localhost:8080/v1/runs".parse().unwrap_or_default();
+        assert_eq!(addressed_host(&headers, &uri), Some("localhost:8080"));
     }
 
     #[test]
     fn loopback_names_are_told_apart() {
-        let mut headers = HeaderMap::new();
+        assert!(allowed_host(
+            Some("mesh.internal:8080"),
+            &["mesh.internal".to_owned()]
+        ));
+        assert!(!allowed_host(
+            Some("evil.example"),
+            &["mesh.internal".to_owned()]
+        ));
         for (host, loopback) in [
             ("127.0.0.1:8080", true),
             ("localhost", true),
@@ -320,8 +342,7 @@ mod tests {
             ("evil.example:8080", false),
             ("127.0.0.1.evil.example", false),
         ] {
-            headers.insert(header::HOST, HeaderValue::from_static(host));
-            assert_eq!(loopback_host(&headers), loopback, "{host}");
+            assert_eq!(allowed_host(Some(host), &[]), loopback, "{host}");
         }
     }
 }
