@@ -356,13 +356,17 @@ async fn the_console_session_stands_for_its_key_and_guards_changes(
         .to_owned();
 
     // Reads with the cookie alone.
-    let runs = client
-        .get(format!("{edge}/v1/runs"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(runs.status().as_u16(), 200, "the cookie stands for the key");
+    let list_runs = |cookie: String| {
+        let request = client
+            .get(format!("{edge}/v1/runs"))
+            .header("cookie", cookie);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(
+        list_runs(cookie.clone()).await,
+        200,
+        "the cookie stands for the key"
+    );
     let session: Value = client
         .get(format!("{edge}/console/session"))
         .header("cookie", &cookie)
@@ -414,13 +418,7 @@ async fn the_console_session_stands_for_its_key_and_guards_changes(
             .contains("Max-Age=0")
     );
     let altered = format!("{}x", cookie.trim_end_matches('A'));
-    let forged = client
-        .get(format!("{edge}/v1/runs"))
-        .header("cookie", &altered)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(forged.status().as_u16(), 401, "an altered cookie");
+    assert_eq!(list_runs(altered).await, 401, "an altered cookie");
 
     // Behind an OIDC proxy: the proxy's bearer token, no key in the body.
     let proxied = client
@@ -431,14 +429,9 @@ async fn the_console_session_stands_for_its_key_and_guards_changes(
         .await
         .unwrap();
     assert_eq!(proxied.status().as_u16(), 200);
-    let proxied_cookie = proxied.headers()["set-cookie"].to_str().unwrap().to_owned();
-    let proxied_runs = client
-        .get(format!("{edge}/v1/runs"))
-        .header("cookie", proxied_cookie.split(';').next().unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(proxied_runs.status().as_u16(), 200);
+    let proxied_cookie = proxied.headers()["set-cookie"].to_str().unwrap();
+    let proxied_cookie = proxied_cookie.split(';').next().unwrap().to_owned();
+    assert_eq!(list_runs(proxied_cookie).await, 200);
 
     // A page of another site cannot make a keyless change either.
     let cross = client

@@ -199,3 +199,13 @@ def running_mesh(config=None, env=None):
 def mesh():
     with running_mesh() as addresses:
         yield addresses
+
+
+# The screenshots the console's browser tests saved: listed at the end of
+# the run, so their paths are in the log even when every test passes.
+SCREENSHOTS = []
+
+
+def pytest_terminal_summary(terminalreporter):
+    for path in SCREENSHOTS:
+        terminalreporter.write_line(f"console screenshot: {path}")

@@ -4,7 +4,8 @@ scripted model with a few extra rules: a slow answer, an answer and a tool
 result carrying markup, a tool that fails). Each test works the page as a
 person would and checks the outcome through the mesh's own APIs.
 
-Screenshots go to target/console-screenshots/ (their paths are printed)."""
+Screenshots go to target/console-screenshots/ (their paths are printed at
+the end of the run)."""
 
 import importlib
 import json
@@ -18,7 +19,7 @@ import urllib.request
 
 import pytest
 
-from conftest import BIN_DIR, connect, running_mesh
+from conftest import BIN_DIR, SCREENSHOTS, connect, running_mesh
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "target" / "console-screenshots"
@@ -112,7 +113,7 @@ def _shot(page, name):
     SHOTS.mkdir(parents=True, exist_ok=True)
     path = SHOTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
-    print(f"console screenshot: {path}")
+    SCREENSHOTS.append(path)
     return path
 
 
