@@ -7,7 +7,6 @@
 //! events naming the tool call.
 #![expect(clippy::unwrap_used, reason = "tests")]
 
-use std::path::Path;
 use std::time::Duration;
 
 use agentmesh_orchestrator::AgentProfile;
@@ -20,13 +19,7 @@ use agentmesh_tool_runner::McpServerConfig;
 const RULES: &str = include_str!("rules/mcp.toml");
 
 fn everything() -> McpServerConfig {
-    let entry = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("mcp-servers/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
-    assert!(
-        entry.is_file(),
-        "the test MCP server is not installed at {}: run tools/install-test-deps",
-        entry.display()
-    );
+    let entry = agentmesh_testkit::mcp_everything_server();
     McpServerConfig {
         command: "node".into(),
         args: vec![entry.display().to_string(), "stdio".into()],

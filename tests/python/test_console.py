@@ -230,7 +230,7 @@ def test_markup_in_an_answer_and_a_tool_result_is_shown_not_run(page, console):
     assert headers["X-Content-Type-Options"] == "nosniff"
 
 
-def _alerting(console):
+def _alerting():
     alerting = importlib.import_module("agentmesh.alerting.v1.alerting_service_pb2")
     alert = importlib.import_module("agentmesh.alerting.v1.alert_pb2")
     stub_module = importlib.import_module("agentmesh.alerting.v1.alerting_service_pb2_grpc")
@@ -251,7 +251,7 @@ def test_a_failing_tools_alert_is_shown_and_silenced_from_the_page(stubs, page, 
     page.get_by_label("Comment").fill("known: a test breaks it on purpose")
     page.get_by_role("button", name="Create silence").click()
     page.locator("table.silences tbody tr").first.wait_for(timeout=10_000)
-    alerting, alert, stub_module = _alerting(console)
+    alerting, alert, stub_module = _alerting()
     matcher = alert.Matcher(name="alertname", value="ToolFailing", type=alert.MATCH_TYPE_EQUAL)
     with connect(console["alerting"]) as channel:
         stub = stub_module.AlertingServiceStub(channel)

@@ -13,7 +13,8 @@
 //! * [`fuzz`]: property-based fuzz targets on stable Rust, bounded by a
 //!   case count in CI and by time under `make fuzz`.
 //! * [`find_program`]: locates an external program a test drives (grpcurl,
-//!   python3) and says how to install it when it is missing.
+//!   python3) and says how to install it when it is missing;
+//!   [`mcp_everything_server`] the reference MCP server the MCP tests run.
 
 #![expect(
     clippy::expect_used,
@@ -64,6 +65,22 @@ pub fn find_program(program: &str, install_hint: &str) -> PathBuf {
         .map(|dir| dir.join(program))
         .find(|candidate| candidate.is_file())
         .unwrap_or_else(|| panic!("`{program}` is not on PATH; install it with: {install_hint}"))
+}
+
+/// The entry point of the reference MCP server (`@modelcontextprotocol/
+/// server-everything`, run with `node <entry> stdio`), installed by
+/// tools/install-test-deps in tests/mcp-servers; a missing install fails the
+/// test with what to run.
+pub fn mcp_everything_server() -> PathBuf {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(
+        "../../tests/mcp-servers/node_modules/@modelcontextprotocol/server-everything/dist/index.js",
+    );
+    assert!(
+        path.is_file(),
+        "the test MCP server is not installed at {}: run tools/install-test-deps",
+        path.display()
+    );
+    path
 }
 
 #[cfg(test)]

@@ -37,7 +37,6 @@ pub(crate) const MAX_AUTHORIZATION_BYTES: usize = 2800;
 #[derive(Debug, Clone)]
 pub(crate) struct Session {
     pub(crate) authorization: HeaderValue,
-    pub(crate) csrf: String,
     pub(crate) expires: SystemTime,
 }
 
@@ -156,7 +155,6 @@ impl Sessions {
         authorization.set_sensitive(true);
         Some(Session {
             authorization,
-            csrf: self.csrf_of(cookie),
             expires,
         })
     }
@@ -170,7 +168,7 @@ impl Sessions {
     }
 
     /// The CSRF token of the cookie value `cookie`.
-    fn csrf_of(&self, cookie: &str) -> String {
+    pub(crate) fn csrf_of(&self, cookie: &str) -> String {
         let tag = hmac::sign(&self.csrf, cookie.as_bytes());
         URL_SAFE_NO_PAD.encode(tag.as_ref())
     }
@@ -205,7 +203,7 @@ mod tests {
             found.as_ref().map(|session| session.authorization.clone()),
             Some(HeaderValue::from_static("Bearer k"))
         );
-        assert_eq!(found.map(|session| session.csrf), Some(csrf.clone()));
+        assert_eq!(sessions.csrf_of(&cookie), csrf);
         assert!(sessions.csrf_matches(&cookie, &csrf));
         assert!(!sessions.csrf_matches(&cookie, "forged"));
         assert!(!sessions.csrf_matches(&cookie, ""));

@@ -17,7 +17,7 @@ mod common;
 mod served;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use agentmesh_proto::tools::v1::{
@@ -34,19 +34,6 @@ use served::Served;
 
 // === harness ===
 
-/// The installed server's entry point; a missing install fails the test
-/// with what to run.
-fn everything() -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/mcp-servers/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
-    assert!(
-        path.is_file(),
-        "the test MCP server is not installed at {}: run tools/install-test-deps",
-        path.display()
-    );
-    path
-}
-
 /// A server started over stdio through `sh`, which writes its pid (the
 /// node process it then becomes) to `pid_file` first.
 fn stdio_server(pid_file: &Path) -> McpServerConfig {
@@ -57,7 +44,7 @@ fn stdio_server(pid_file: &Path) -> McpServerConfig {
             format!(
                 "echo $$ > '{}'; exec node '{}' stdio",
                 pid_file.display(),
-                everything().display()
+                agentmesh_testkit::mcp_everything_server().display()
             ),
         ],
         initial_backoff: Duration::from_secs(1),
@@ -142,7 +129,7 @@ impl HttpServer {
             .unwrap()
             .port();
         let child = tokio::process::Command::new("node")
-            .arg(everything())
+            .arg(agentmesh_testkit::mcp_everything_server())
             .arg("streamableHttp")
             .env("PORT", port.to_string())
             .stdout(std::process::Stdio::null())

@@ -215,20 +215,21 @@ async fn bind(server: &ServerConfig) -> anyhow::Result<(Listeners, SocketAddr)> 
 type Bound = (SocketAddr, SocketAddr);
 
 /// The edge's configuration pointed at the services bound here (their gRPC
-/// and admin addresses, by name), and its listeners.
+/// and admin addresses, by name, in the order of the edge's URL settings
+/// below), and its listeners.
 async fn bind_edge(
     mut config: agentmesh_edge::Config,
     bound: [(&str, Bound); 5],
 ) -> anyhow::Result<(agentmesh_edge::Config, Listeners, SocketAddr)> {
-    for (name, (grpc, admin)) in bound {
-        let url = format!("http://{grpc}");
-        match name {
-            "orchestrator" => config.orchestrator_url = url,
-            "llm-gateway" => config.llm_gateway_url = url,
-            "tool-runner" => config.tool_runner_url = url,
-            "audit" => config.audit_url = url,
-            _ => config.alerting_url = url,
-        }
+    let urls = [
+        &mut config.orchestrator_url,
+        &mut config.llm_gateway_url,
+        &mut config.tool_runner_url,
+        &mut config.audit_url,
+        &mut config.alerting_url,
+    ];
+    for ((name, (grpc, admin)), url) in bound.into_iter().zip(urls) {
+        *url = format!("http://{grpc}");
         config
             .admin_addresses
             .insert(name.to_owned(), admin.to_string());

@@ -11,7 +11,7 @@ const REFRESH_MS = 5000;
 const OPERATORS = { "=": "MATCH_TYPE_EQUAL", "!=": "MATCH_TYPE_NOT_EQUAL", "=~": "MATCH_TYPE_REGEX", "!~": "MATCH_TYPE_NOT_REGEX" };
 
 /** "name=value" lines (or !=, =~, !~) as matchers; throws naming a bad line. */
-export function parseMatchers(text) {
+function parseMatchers(text) {
   return text
     .split("\n")
     .map((line) => line.trim())

@@ -96,6 +96,11 @@ export async function signOut() {
   csrfToken = "";
 }
 
+/** Whether the edge names a trace UI to link runs to. */
+export function hasTraceUi() {
+  return Boolean(traceTemplate);
+}
+
 /** The trace UI's link for `traceId`, or "" when none is configured. */
 export function traceUrl(traceId) {
   if (!traceTemplate || !traceId) return "";

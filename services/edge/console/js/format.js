@@ -7,7 +7,7 @@ export function enumName(value, prefix) {
   return (text.startsWith(prefix) ? text.slice(prefix.length) : text).toLowerCase().replace(/_/g, " ");
 }
 
-/** A proto3 JSON duration ("1.5s") or a number of milliseconds as text. */
+/** A number of milliseconds as text. */
 export function duration(milliseconds) {
   if (milliseconds === undefined || milliseconds === null || Number.isNaN(milliseconds)) return "";
   if (milliseconds < 1000) return `${Math.round(milliseconds)} ms`;
@@ -15,12 +15,6 @@ export function duration(milliseconds) {
   if (seconds < 60) return `${seconds.toFixed(1)} s`;
   const minutes = Math.floor(seconds / 60);
   return `${minutes} min ${Math.round(seconds % 60)} s`;
-}
-
-/** Milliseconds of a proto3 JSON Duration ("0.250s"). */
-export function durationMs(text) {
-  if (!text || typeof text !== "string") return 0;
-  return parseFloat(text) * 1000;
 }
 
 /** Milliseconds between two RFC 3339 times (the second defaults to now). */

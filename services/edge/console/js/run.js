@@ -5,8 +5,8 @@
 // plan and sub-runs as a tree, a timeline, usage and cost, the trace link,
 // and Cancel.
 
-import { html, useEffect, useRef, useState } from "../vendor/preact-htm.js";
-import { api, traceUrl } from "./api.js";
+import { html, useEffect, useState } from "../vendor/preact-htm.js";
+import { api, hasTraceUi, traceUrl } from "./api.js";
 import { cost, duration, enumName, labels, prettyJson, time, tokens } from "./format.js";
 import { Link } from "./nav.js";
 import { EVENT_KINDS, answerText, applyEvents, emptyModel, planLayers } from "./run_model.js";
@@ -175,7 +175,7 @@ export function RunPage({ runId }) {
           if (traceId) setTrace(traceUrl(traceId));
           else if (triesLeft > 0) timer = setTimeout(() => look(triesLeft - 1), 1000);
         });
-    if (traceUrl("x")) look(30);
+    if (hasTraceUi()) look(30);
     return () => {
       stopped = true;
       clearTimeout(timer);

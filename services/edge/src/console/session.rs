@@ -253,12 +253,13 @@ pub(crate) async fn login(
 /// token, and what the page needs to know of the edge's settings.
 pub(crate) async fn session(State(edge): State<Edge>, headers: HeaderMap) -> Response {
     let now = SystemTime::now();
-    let found = cookie(&headers, COOKIE).and_then(|id| edge.sessions.find(id, now));
+    let found = cookie(&headers, COOKIE)
+        .and_then(|id| edge.sessions.find(id, now).map(|session| (id, session)));
     let trace = &edge.config.console.trace_url_template;
     match found {
-        Some(session) => Json(json!({
+        Some((id, session)) => Json(json!({
             "signed_in": true,
-            "csrf_token": session.csrf,
+            "csrf_token": edge.sessions.csrf_of(id),
             "expires_in_seconds": session.expires.duration_since(now).unwrap_or_default().as_secs(),
             "trace_url_template": trace,
         }))
