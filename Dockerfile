@@ -47,11 +47,12 @@ COPY --from=planner /src/recipe.json recipe.json
 # The dependency layer, built exactly as the lock file says.
 RUN cargo chef cook --release --locked --recipe-path recipe.json
 COPY . .
-# The binaries the image ships (each a [[bin]] of the workspace:
+# The binaries the image ships (each a [[bin]] of the workspace but the
+# benchmark's floors, agentmesh-bench:
 # tools/deploy/docker_check.py checks this list against the workspace), the
 # configuration of `agentmesh up` in the image, and the working directory:
 # distroless has no shell to make them in, so they are made here and copied.
-RUN cargo build --release --locked --workspace --bins \
+RUN cargo build --release --locked --workspace --exclude agentmesh-bench --bins \
     && mkdir -p /out/bin /out/etc/agentmesh/keys /out/var/lib/agentmesh \
     && cp target/release/agentmesh \
           target/release/agentmesh-orchestrator \

@@ -8,10 +8,16 @@
 #                 of executions and findings per target (CI runs them too, 256 cases each)
 #   make chaos    the chaos suite at full size (500 runs while processes are killed and
 #                 restarted for 180 s; CI runs 100 runs for 60 s), then its report
-#   make bench    benchmark programs that print figures (hop cost, run step, plan_execute against
+#   make bench    agentmesh side by side with its floors, in one run (bench/run.py: the gateway
+#                 against a null tonic server and the mock upstream called directly, runs across
+#                 the five processes on SQLite and PostgreSQL, open runs' memory, a start burst),
+#                 written to bench/results/<timestamp>/report.md and results.json; then the
+#                 benchmark programs that print figures (hop cost, run step, plan_execute against
 #                 the tool loop per model call, audit ingest and tail lag, gateway faults, auth,
 #                 rate limits, the HTTP edge next to LiteLLM, the web console drawing
 #                 a 5,000-event run and a run streaming 500 tokens/s in Chromium)
+#   make bench-quick  every phase of bench/run.py at tiny sizes on the debug binaries (part of
+#                 `make test`): it checks that each phase ran and produced figures, never a timing
 #   make rules    check and unit-test the Prometheus alert rules (promtool)
 #   make deploy-check  render every overlay and combination of kustomize components,
 #                 validate them (Kubernetes, Istio and Prometheus Operator schemas),
@@ -26,7 +32,7 @@
 CARGO ?= cargo
 PYTHON ?= python3
 
-.PHONY: all build run up test fuzz chaos lint fmt proto bench rules clean deploy-check deploy-smoke deploy-resources
+.PHONY: all build run up test fuzz chaos lint fmt proto bench bench-quick rules clean deploy-check deploy-smoke deploy-resources
 
 all: build
 
@@ -51,6 +57,7 @@ test:
 	$(CARGO) build --workspace --bins
 	$(CARGO) nextest run --workspace --no-fail-fast
 	$(PYTHON) -m pytest -q tests/python
+	$(MAKE) bench-quick
 	$(MAKE) deploy-check
 	$(MAKE) deploy-smoke
 
@@ -85,8 +92,12 @@ chaos:
 	  $(if $(CHAOS_SEED),AGENTMESH_CHAOS_SEED=$(CHAOS_SEED)) \
 	  $(CARGO) nextest run --workspace --no-capture -E 'binary(=chaos)'
 
-# Benchmark programs that print figures (release build).
+# The side-by-side report first (release build), then the benchmark programs
+# that print figures.
 bench:
+	tools/install-test-deps test
+	$(CARGO) build --release --workspace --bins
+	$(PYTHON) bench/run.py
 	$(CARGO) bench -p agentmesh-kit --bench hop
 	$(CARGO) bench -p agentmesh-tests --bench run_step
 	$(CARGO) bench -p agentmesh-tests --bench strategy_step
@@ -97,6 +108,10 @@ bench:
 	$(CARGO) bench -p agentmesh-tests --bench edge_overhead
 	$(CARGO) build --workspace --bins
 	$(PYTHON) tests/benches/console_render.py
+
+# The report's harness at tiny sizes, on the binaries `make test` built.
+bench-quick:
+	$(PYTHON) bench/run.py --quick
 
 # The Prometheus alert rules: syntax, their unit tests, and the generated
 # PrometheusRule of the monitoring component (k8s/components/monitoring) being

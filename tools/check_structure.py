@@ -23,7 +23,7 @@ from pathlib import Path
 
 MAX_FILE_LINES = 600
 MAX_FN_LINES = 80
-ROOTS = ("libs", "services", "tests")
+ROOTS = ("libs", "services", "tests", "bench")
 
 CFG_TEST = re.compile(r"^\s*#\[cfg\(test\)\]")
 MOD_DECL = re.compile(r"^\s*(?:pub(?:\([^)]*\))?\s+)?mod\s+([a-z_][a-z0-9_]*)\s*;")

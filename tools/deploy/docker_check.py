@@ -85,12 +85,16 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def workspace_binaries(root: pathlib.Path) -> set[str]:
-    """Names of the binaries `cargo build --workspace --bins` makes."""
+    """Names of the binaries `cargo build --workspace --bins` makes, but for
+    packages marked `[package.metadata.agentmesh] image = false` (the
+    benchmark's floors), which the image build excludes."""
     manifest = tomllib.loads((root / "Cargo.toml").read_text())
     names = set()
     for member in manifest.get("workspace", {}).get("members", []):
         package_dir = root / member
         package = tomllib.loads((package_dir / "Cargo.toml").read_text())
+        if package.get("package", {}).get("metadata", {}).get("agentmesh", {}).get("image", True) is False:
+            continue
         names.update(b["name"] for b in package.get("bin", []) if "name" in b)
         if package.get("package", {}).get("autobins", True):
             if (package_dir / "src/main.rs").is_file():

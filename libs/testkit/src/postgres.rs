@@ -144,6 +144,14 @@ impl PostgresServer {
         .expect("restarting PostgreSQL panicked");
     }
 
+    /// The process id of the server this process started (from its
+    /// `postmaster.pid`), to measure its CPU; `None` for one it did not.
+    pub fn pid(&self) -> Option<u32> {
+        let owned = self.owned.as_ref()?;
+        let text = std::fs::read_to_string(owned.data_dir.join("postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
+    }
+
     /// Creates a fresh database whose name starts with `prefix` and returns
     /// its URL.
     pub async fn create_database(&self, prefix: &str) -> String {

@@ -79,6 +79,11 @@ impl Credential {
     pub(crate) fn is_some(&self) -> bool {
         self.0.is_some()
     }
+
+    /// The `authorization` metadata value, when a credential is presented.
+    pub(crate) fn authorization(&self) -> Option<&AsciiMetadataValue> {
+        self.0.as_ref()
+    }
 }
 
 impl tonic::service::Interceptor for Credential {

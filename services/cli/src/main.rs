@@ -23,6 +23,9 @@
 //! * `agentmesh keys create|list|revoke` makes API keys and keeps the keys
 //!   file, like `htpasswd`; `agentmesh auth scopes` prints the scope each
 //!   RPC needs.
+//! * `agentmesh load run|generate|http` puts load on a running mesh at a
+//!   fixed rate or concurrency and reports latencies (the client `make
+//!   bench` uses).
 //! * Every client command takes `--api-key` (`AGENTMESH_API_KEY`) or
 //!   `--token` (`AGENTMESH_TOKEN`) and presents it on each call.
 //!
@@ -43,6 +46,7 @@
 //!   connection, the output choice, the label matchers (and, in tests, a
 //!   fake alerting service). `alerts/`: the flags and requests, `list`,
 //!   `watch`, `render`. `silences`: add, list, expire.
+//! * `load`: `agentmesh load` (the load client is `agentmesh-load`).
 //! * `credential`: the caller's key or token and the channels that send it.
 //! * `keys/`: the keys commands (`create`, and `file`: changes of the keys
 //!   file, atomic); `scopes`: `auth scopes`.
@@ -57,6 +61,7 @@ mod commands;
 mod credential;
 mod health;
 mod keys;
+mod load;
 mod mesh;
 mod output;
 mod run;
@@ -128,6 +133,9 @@ enum Command {
     /// Identity and access: the scope each RPC needs.
     #[command(subcommand)]
     Auth(scopes::AuthCommand),
+    /// Put load on a running mesh (runs, gateway calls or HTTP requests) at
+    /// a fixed rate or concurrency, and report latencies and errors.
+    Load(load::LoadArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -195,6 +203,7 @@ fn main() -> ExitCode {
             Command::Health(args) => health::health(args).await,
             Command::Keys(command) => keys::keys(command),
             Command::Auth(command) => scopes::auth(command),
+            Command::Load(args) => load::load(args).await,
         };
         // The embedded services' last spans, when traces are on.
         // (It blocks while it exports: off the runtime's threads.)

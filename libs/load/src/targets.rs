@@ -1,0 +1,255 @@
+//! The calls a load test makes: agent runs, gateway calls, HTTP requests.
+//! Each holds what every call shares (a channel or client, the request)
+//! and makes the call anew each time; failures are classed by gRPC code
+//! name, HTTP status or, for runs, by how the run ended.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use agentmesh_kit::trace::code_name;
+use agentmesh_proto::llm::v1::{
+    GenerateRequest, GenerateStreamRequest, Message, Role,
+    llm_gateway_service_client::LlmGatewayServiceClient,
+};
+use agentmesh_proto::orchestrator::v1::{
+    RunRequest, orchestrator_service_client::OrchestratorServiceClient, run_event::Event,
+};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use tonic::metadata::AsciiMetadataValue;
+use tonic::transport::Channel;
+
+use crate::drive::{Outcome, Target};
+
+/// Connections to one server, taken in turn: a server caps the calls in
+/// flight on one HTTP/2 connection (256 by default), so a load of more
+/// calls at once needs more connections.
+#[derive(Debug)]
+pub struct Connections {
+    channels: Vec<Channel>,
+    next: AtomicUsize,
+}
+
+impl Connections {
+    /// Calls go to `channels` in turn (at least one is needed).
+    pub fn new(channels: Vec<Channel>) -> Self {
+        Self {
+            channels,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    fn pick(&self) -> Channel {
+        let count = self.channels.len().max(1);
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % count;
+        self.channels
+            .get(index)
+            .or_else(|| self.channels.first())
+            .cloned()
+            .unwrap_or_else(|| {
+                // No channel: a lazily connecting one to nowhere, whose calls
+                // fail as UNAVAILABLE rather than panic.
+                Channel::from_static("http://0.0.0.0:1").connect_lazy()
+            })
+    }
+}
+
+/// `message` with the credential, when there is one.
+fn request<T>(message: T, authorization: Option<&AsciiMetadataValue>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(value) = authorization {
+        request
+            .metadata_mut()
+            .insert("authorization", value.clone());
+    }
+    request
+}
+
+fn failed(status: &tonic::Status, first_event: Option<std::time::Duration>) -> Outcome {
+    Outcome::failed(code_name(status.code()), first_event)
+}
+
+/// An agent run over `OrchestratorService.Run`, to its end: it succeeds
+/// when the run finishes; the first event is `run_started`.
+#[derive(Debug)]
+pub struct RunTarget {
+    /// The orchestrator.
+    pub connections: Connections,
+    /// `authorization` metadata (`Bearer …`), when the mesh wants one.
+    pub authorization: Option<AsciiMetadataValue>,
+    /// The agent profile (empty: the default).
+    pub agent: String,
+    /// The objective of every run.
+    pub objective: String,
+}
+
+impl Target for RunTarget {
+    fn call(&self) -> BoxFuture<'static, Outcome> {
+        let mut client = OrchestratorServiceClient::new(self.connections.pick());
+        let message = RunRequest {
+            objective: self.objective.clone(),
+            agent: self.agent.clone(),
+            ..RunRequest::default()
+        };
+        let request = request(message, self.authorization.as_ref());
+        Box::pin(async move {
+            let sent = Instant::now();
+            let mut stream = match client.run(request).await {
+                Ok(answer) => answer.into_inner(),
+                Err(status) => return failed(&status, None),
+            };
+            let mut first_event = None;
+            let mut end = None;
+            loop {
+                match stream.message().await {
+                    Ok(Some(message)) => {
+                        first_event.get_or_insert_with(|| sent.elapsed());
+                        match message.event.and_then(|event| event.event) {
+                            Some(Event::RunFinished(_)) => end = Some(Ok(())),
+                            Some(Event::RunFailed(_)) => end = Some(Err("run_failed")),
+                            Some(Event::RunCancelled(_)) => end = Some(Err("run_cancelled")),
+                            _ => {}
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(status) => return failed(&status, first_event),
+                }
+            }
+            match end {
+                Some(Ok(())) => Outcome::ok(first_event),
+                Some(Err(class)) => Outcome::failed(class, first_event),
+                None => Outcome::failed("no_end_event", first_event),
+            }
+        })
+    }
+}
+
+/// A call of the LLM gateway: `Generate`, or `GenerateStream` read to its
+/// end (its first event is the first streamed message).
+#[derive(Debug)]
+pub struct GenerateTarget {
+    /// The gateway.
+    pub connections: Connections,
+    /// `authorization` metadata, when the gateway wants one.
+    pub authorization: Option<AsciiMetadataValue>,
+    /// A route name or `provider/model` (empty: the default route).
+    pub model: String,
+    /// The user message of every call.
+    pub prompt: String,
+    /// Stream the answer.
+    pub stream: bool,
+}
+
+impl GenerateTarget {
+    fn messages(&self) -> Vec<Message> {
+        vec![Message {
+            role: Role::User.into(),
+            content: self.prompt.clone(),
+            ..Message::default()
+        }]
+    }
+}
+
+impl Target for GenerateTarget {
+    fn call(&self) -> BoxFuture<'static, Outcome> {
+        let mut client = LlmGatewayServiceClient::new(self.connections.pick());
+        let authorization = self.authorization.as_ref();
+        if !self.stream {
+            let message = GenerateRequest {
+                model: self.model.clone(),
+                messages: self.messages(),
+                ..GenerateRequest::default()
+            };
+            let request = request(message, authorization);
+            return Box::pin(async move {
+                match client.generate(request).await {
+                    Ok(_) => Outcome::ok(None),
+                    Err(status) => failed(&status, None),
+                }
+            });
+        }
+        let message = GenerateStreamRequest {
+            model: self.model.clone(),
+            messages: self.messages(),
+            ..GenerateStreamRequest::default()
+        };
+        let request = request(message, authorization);
+        Box::pin(async move {
+            let sent = Instant::now();
+            let mut stream = match client.generate_stream(request).await {
+                Ok(answer) => answer.into_inner(),
+                Err(status) => return failed(&status, None),
+            };
+            let mut first_event = None;
+            loop {
+                match stream.message().await {
+                    Ok(Some(_)) => {
+                        first_event.get_or_insert_with(|| sent.elapsed());
+                    }
+                    Ok(None) => return Outcome::ok(first_event),
+                    Err(status) => return failed(&status, first_event),
+                }
+            }
+        })
+    }
+}
+
+/// An HTTP request (`POST` with a body, or `GET` without one), its answer
+/// read to the end; it succeeds on a 2xx status. The first event is the
+/// first chunk of the body (for Server-Sent Events, the first event).
+#[derive(Debug, Clone)]
+pub struct HttpTarget {
+    /// The client (its pool is shared by every call).
+    pub client: reqwest::Client,
+    /// The URL.
+    pub url: reqwest::Url,
+    /// Headers of every request.
+    pub headers: http::HeaderMap,
+    /// The body: `POST` it when set.
+    pub body: Option<Bytes>,
+}
+
+impl Target for HttpTarget {
+    fn call(&self) -> BoxFuture<'static, Outcome> {
+        let builder = match &self.body {
+            Some(body) => self.client.post(self.url.clone()).body(body.clone()),
+            None => self.client.get(self.url.clone()),
+        };
+        let builder = builder.headers(self.headers.clone());
+        Box::pin(async move {
+            let sent = Instant::now();
+            let mut answer = match builder.send().await {
+                Ok(answer) => answer,
+                Err(err) => return Outcome::failed(http_error_class(&err), None),
+            };
+            let status = answer.status();
+            let mut first_event = None;
+            loop {
+                match answer.chunk().await {
+                    Ok(Some(_)) => {
+                        first_event.get_or_insert_with(|| sent.elapsed());
+                    }
+                    Ok(None) => break,
+                    Err(err) => return Outcome::failed(http_error_class(&err), first_event),
+                }
+            }
+            if status.is_success() {
+                Outcome::ok(first_event)
+            } else {
+                Outcome::failed(format!("HTTP {}", status.as_u16()), first_event)
+            }
+        })
+    }
+}
+
+fn http_error_class(err: &reqwest::Error) -> &'static str {
+    if err.is_connect() {
+        "connect"
+    } else if err.is_timeout() {
+        "timeout"
+    } else if err.is_body() || err.is_decode() {
+        "body"
+    } else {
+        "request"
+    }
+}
