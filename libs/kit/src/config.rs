@@ -322,6 +322,12 @@ pub struct LogConfig {
     pub level: String,
     /// OpenTelemetry trace export (`[log.traces]`).
     pub traces: crate::telemetry::TracesConfig,
+    /// A call that succeeds (a model call, a tool call) is logged at info
+    /// only when it took at least this long, as a slow call; every one is
+    /// logged at debug. A line per call would cost more CPU than the call
+    /// itself at high rates; errors are always logged.
+    #[serde(with = "humantime_serde")]
+    pub slow_call_threshold: Duration,
 }
 
 impl Default for LogConfig {
@@ -330,6 +336,7 @@ impl Default for LogConfig {
             format: LogFormat::Json,
             level: "info".to_owned(),
             traces: crate::telemetry::TracesConfig::default(),
+            slow_call_threshold: Duration::from_secs(30),
         }
     }
 }

@@ -45,6 +45,8 @@ pub struct Gateway {
     reporter: ResilienceReporter,
     limits: Arc<Limits>,
     budgets: Arc<Budgets>,
+    /// Successful calls at least this slow are logged at info.
+    slow_call: std::time::Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -154,6 +156,7 @@ impl Gateway {
             prices: config.prices.clone(),
             circuits,
             retries: Retries::new(&config.retry),
+            slow_call: config.log.slow_call_threshold,
             limits: Arc::new(Limits::new(config, reporter.clone())),
             budgets: Arc::new(Budgets::new(
                 &config.budgets,
@@ -186,6 +189,11 @@ impl Gateway {
     /// rate-limit refusals).
     pub(crate) fn reporter(&self) -> &ResilienceReporter {
         &self.reporter
+    }
+
+    /// Successful calls that took at least this long are logged at info.
+    pub(crate) fn slow_call(&self) -> std::time::Duration {
+        self.slow_call
     }
 
     /// The token and cost budgets per tenant and key.

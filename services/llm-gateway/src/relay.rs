@@ -339,17 +339,13 @@ impl Relay {
             }
         }
         if override_reason.is_none() {
-            tracing::info!(
-                route = %resolved.route,
-                provider = %resolved.instance,
-                model = %resolved.model,
-                finish_reason = ?finish_reason,
-                input_tokens = usage.input_tokens,
-                output_tokens = usage.output_tokens,
-                attempts,
-                took = ?self.started.elapsed(),
-                run_id = %self.prepared.request.run_id,
-                "streamed"
+            crate::call::log_success(
+                &self.gateway,
+                resolved,
+                (finish_reason, &usage),
+                (attempts, self.started.elapsed()),
+                &self.prepared.request.run_id,
+                "streamed",
             );
         }
         GenerateStreamResponse {

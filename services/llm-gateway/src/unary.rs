@@ -138,17 +138,13 @@ fn respond(
         finish_reason: Some(completion.finish_reason),
     });
     prepared.settle(&usage);
-    tracing::info!(
-        route = %resolved.route,
-        provider = %resolved.instance,
-        model = %resolved.model,
-        finish_reason = ?completion.finish_reason,
-        input_tokens = usage.input_tokens,
-        output_tokens = usage.output_tokens,
-        attempts,
-        took = ?started.elapsed(),
-        run_id = %request.run_id,
-        "generated"
+    crate::call::log_success(
+        gateway,
+        &resolved,
+        (completion.finish_reason, &usage),
+        (attempts, started.elapsed()),
+        &request.run_id,
+        "generated",
     );
     GenerateResponse {
         finish_reason: completion.finish_reason.into(),

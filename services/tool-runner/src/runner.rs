@@ -157,6 +157,8 @@ pub(crate) struct ToolRunner {
     sandbox: Option<Arc<SandboxHost>>,
     /// Workspace usage and quotas.
     quotas: Arc<Quotas>,
+    /// Calls that succeed within this are logged at debug only.
+    slow_call: Duration,
 }
 
 impl ToolRunner {
@@ -177,6 +179,7 @@ impl ToolRunner {
             reporter: None,
             sandbox: None,
             quotas: Quotas::new(config.quota.clone(), config.workspaces_dir.clone()),
+            slow_call: config.log.slow_call_threshold,
         })
     }
 
@@ -466,18 +469,49 @@ impl ToolRunner {
             let _ = tokio::task::spawn_blocking(move || ticket.settle()).await;
         }
         let result = tool_result(ended.result, duration, &call.call_id, ended.attempts);
-        tracing::info!(
-            tool = tool.name(),
-            call_id = %call.call_id,
-            run_id = %call.run_id,
-            duration_ms = duration.as_millis(),
-            waited_ms = waited.as_millis(),
-            attempts = ended.attempts,
-            is_error = result.is_error,
-            error_kind = ToolErrorKind::try_from(result.error_kind).map_or("unknown", |kind| kind.as_str_name()),
-            "tool call finished"
+        log_call(
+            tool,
+            call,
+            &result,
+            (duration, waited, ended.attempts),
+            self.slow_call,
         );
         result
+    }
+}
+
+/// Logs a finished call: at info when it failed or was slow
+/// (`log.slow_call_threshold`), else at debug (a line per call costs more
+/// than many calls at high rates).
+fn log_call(
+    tool: &RegisteredTool,
+    call: &Call,
+    result: &v1::ToolResult,
+    (duration, waited, attempts): (Duration, Duration, u32),
+    slow_call: Duration,
+) {
+    let error_kind =
+        ToolErrorKind::try_from(result.error_kind).map_or("unknown", |kind| kind.as_str_name());
+    // One field list for both levels (a level must be a constant).
+    macro_rules! line {
+        ($level:ident) => {
+            tracing::$level!(
+                tool = tool.name(),
+                call_id = %call.call_id,
+                run_id = %call.run_id,
+                duration_ms = duration.as_millis(),
+                waited_ms = waited.as_millis(),
+                attempts,
+                is_error = result.is_error,
+                error_kind,
+                "tool call finished"
+            )
+        };
+    }
+    if result.is_error || duration >= slow_call {
+        line!(info);
+    } else {
+        line!(debug);
     }
 }
 

@@ -353,7 +353,7 @@ async fn store_and_spawn(
         .await;
     match created {
         Ok(Created::New(run)) => {
-            tracing::info!(run_id = %run.run_id, agent = %run.agent, "run queued");
+            tracing::debug!(run_id = %run.run_id, agent = %run.agent, "run queued");
             engine.audit_run_started(&run);
             engine.spawn(
                 run.clone(),
