@@ -26,31 +26,28 @@ use crate::drive::{Outcome, Target};
 /// calls at once needs more connections.
 #[derive(Debug)]
 pub struct Connections {
-    channels: Vec<Channel>,
+    first: Channel,
+    rest: Vec<Channel>,
     next: AtomicUsize,
 }
 
 impl Connections {
-    /// Calls go to `channels` in turn (at least one is needed).
-    pub fn new(channels: Vec<Channel>) -> Self {
+    /// Calls go to `first` and each of `rest` in turn.
+    pub fn new(first: Channel, rest: Vec<Channel>) -> Self {
         Self {
-            channels,
+            first,
+            rest,
             next: AtomicUsize::new(0),
         }
     }
 
     fn pick(&self) -> Channel {
-        let count = self.channels.len().max(1);
-        let index = self.next.fetch_add(1, Ordering::Relaxed) % count;
-        self.channels
-            .get(index)
-            .or_else(|| self.channels.first())
-            .cloned()
-            .unwrap_or_else(|| {
-                // No channel: a lazily connecting one to nowhere, whose calls
-                // fail as UNAVAILABLE rather than panic.
-                Channel::from_static("http://0.0.0.0:1").connect_lazy()
-            })
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % (self.rest.len() + 1);
+        index
+            .checked_sub(1)
+            .and_then(|index| self.rest.get(index))
+            .unwrap_or(&self.first)
+            .clone()
     }
 }
 

@@ -136,14 +136,17 @@ impl Shape {
     }
 }
 
+/// `count` connections to `address` (each channel is a connection of its own).
 fn connections(address: &str, what: &str, count: usize) -> anyhow::Result<Connections> {
-    let channels = (0..count.max(1))
-        .map(|_| {
-            agentmesh_kit::client::plain_channel(address)
-                .with_context(|| format!("bad {what} address {address:?}"))
-        })
+    let channel = || {
+        agentmesh_kit::client::plain_channel(address)
+            .with_context(|| format!("bad {what} address {address:?}"))
+    };
+    let first = channel()?;
+    let rest = (1..count)
+        .map(|_| channel())
         .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(Connections::new(channels))
+    Ok(Connections::new(first, rest))
 }
 
 fn target(target: LoadTarget, count: usize) -> anyhow::Result<Arc<dyn Target>> {
