@@ -8,6 +8,19 @@
 //! a busy timeout, foreign keys on). Services run their own migrations on the
 //! pool they get back.
 //!
+//! SQLite lets one connection write at a time. Eight pooled connections that
+//! all write spend their time waiting on each other's lock (the busy handler
+//! sleeps, and a step's insert could wait a second), so SQLite gets two
+//! pools ([`SqlitePools`]): **one writer connection**, kept open, that every
+//! statement goes through by default ([`with_pool!`]) — writes queue in
+//! order in the pool instead of fighting for the lock, and a write
+//! transaction starts with `BEGIN IMMEDIATE` ([`BeginWrite`]) so it holds the
+//! lock from its first statement — and **readers** (`query_only`) for the
+//! reads a service marks as such ([`with_reader!`]), which WAL lets run
+//! beside the writer. Durability is unchanged: WAL with `synchronous =
+//! NORMAL` (a commit survives a process crash; the last commits before a
+//! power loss may not).
+//!
 //! A store's failures are one [`StoreError`] ([`error`]), which becomes a
 //! gRPC status one way in every service: no database text to clients, the
 //! request id in its place, UNAVAILABLE / DATA_LOSS / INTERNAL by what the
@@ -19,15 +32,17 @@ mod migrate_tests;
 
 pub use error::StoreError;
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
 use agentmesh_kit::ConfigError;
 use serde::{Deserialize, Serialize};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, Postgres};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    Sqlite, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
 };
 
 /// Where a service keeps its data.
@@ -39,7 +54,8 @@ pub struct StorageConfig {
     /// Database URL: `sqlite://PATH` or `postgres://USER@HOST:PORT/DB`.
     /// Unset means `sqlite://<data_dir>/<service>.db`.
     pub url: Option<String>,
-    /// Largest number of pooled connections.
+    /// Largest number of pooled connections. On SQLite, the readers'
+    /// pool; writes go through one connection of their own.
     pub max_connections: u32,
     /// How long to wait for a connection.
     #[serde(with = "humantime_serde")]
@@ -156,11 +172,33 @@ pub struct Migrations {
 /// `&SqlitePool` in one arm and a `&PgPool` in the other, so the body is
 /// written once and type-checked for both backends. Queries use `$1, $2…`
 /// placeholders, which both SQLite and PostgreSQL understand.
+///
+/// On SQLite this is the writer connection: anything may run here. Reads
+/// that need no ordering with writes use [`with_reader!`].
 #[macro_export]
 macro_rules! with_pool {
     ($database:expr, |$pool:ident| $body:expr) => {
         match $database {
-            $crate::Database::Sqlite($pool) => $body,
+            $crate::Database::Sqlite(pools) => {
+                let $pool = pools.writer();
+                $body
+            }
+            $crate::Database::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// [`with_pool!`] for a read: on SQLite it runs on the readers' pool
+/// (`query_only`: a write there fails instead of contending with the
+/// writer), beside the writer; on PostgreSQL it is the one pool.
+#[macro_export]
+macro_rules! with_reader {
+    ($database:expr, |$pool:ident| $body:expr) => {
+        match $database {
+            $crate::Database::Sqlite(pools) => {
+                let $pool = pools.readers();
+                $body
+            }
             $crate::Database::Postgres($pool) => $body,
         }
     };
@@ -169,10 +207,99 @@ macro_rules! with_pool {
 /// A pool of connections to a service's database.
 #[derive(Debug, Clone)]
 pub enum Database {
-    /// SQLite.
-    Sqlite(SqlitePool),
+    /// SQLite: one writer, several readers.
+    Sqlite(SqlitePools),
     /// PostgreSQL.
     Postgres(PgPool),
+}
+
+/// SQLite's connections: one that writes, and readers (see the crate docs).
+#[derive(Debug, Clone)]
+pub struct SqlitePools {
+    writer: SqlitePool,
+    readers: SqlitePool,
+}
+
+impl SqlitePools {
+    /// The pool of the one writer connection.
+    pub fn writer(&self) -> &SqlitePool {
+        &self.writer
+    }
+
+    /// The readers' pool (`query_only`).
+    pub fn readers(&self) -> &SqlitePool {
+        &self.readers
+    }
+
+    async fn connect(url: &str, config: &StorageConfig) -> Result<Self, StorageError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        // The writer first: it creates the file and puts it in WAL mode (a
+        // setting of the file, which the readers then share). It stays open
+        // so the WAL and its index are not torn down between bursts.
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .acquire_timeout(config.connect_timeout)
+            .connect_with(
+                options
+                    .clone()
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal),
+            )
+            .await?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(config.max_connections)
+            .acquire_timeout(config.connect_timeout)
+            .connect_with(options.pragma("query_only", "ON"))
+            .await?;
+        Ok(Self { writer, readers })
+    }
+
+    async fn close(&self) {
+        self.readers.close().await;
+        self.writer.close().await;
+    }
+}
+
+/// A write transaction, the same call on either backend. On SQLite it is
+/// `BEGIN IMMEDIATE`: the write lock is taken at the start (waiting there,
+/// under the busy timeout, if another process holds it) rather than at the
+/// first write, where a deferred transaction that meets a busy lock cannot
+/// wait and fails.
+pub trait BeginWrite {
+    /// The database of the transaction.
+    type Db: sqlx::Database;
+
+    /// Begins a write transaction.
+    fn begin_write(
+        &self,
+    ) -> impl Future<Output = Result<sqlx::Transaction<'static, Self::Db>, sqlx::Error>> + Send;
+}
+
+impl BeginWrite for SqlitePool {
+    type Db = Sqlite;
+
+    fn begin_write(
+        &self,
+    ) -> impl Future<Output = Result<sqlx::Transaction<'static, Sqlite>, sqlx::Error>> + Send {
+        self.begin_with("BEGIN IMMEDIATE")
+    }
+}
+
+impl BeginWrite for PgPool {
+    type Db = Postgres;
+
+    fn begin_write(
+        &self,
+    ) -> impl Future<Output = Result<sqlx::Transaction<'static, Postgres>, sqlx::Error>> + Send
+    {
+        self.begin()
+    }
 }
 
 /// The migrator of `list`: locking on (sqlx's default, stated here because
@@ -213,18 +340,7 @@ impl Database {
                         }
                     })?;
                 }
-                let options = SqliteConnectOptions::from_str(&url)?
-                    .create_if_missing(true)
-                    .journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Normal)
-                    .foreign_keys(true)
-                    .busy_timeout(Duration::from_secs(5));
-                let pool = SqlitePoolOptions::new()
-                    .max_connections(config.max_connections)
-                    .acquire_timeout(config.connect_timeout)
-                    .connect_with(options)
-                    .await?;
-                Ok(Self::Sqlite(pool))
+                Ok(Self::Sqlite(SqlitePools::connect(&url, config).await?))
             }
             Some(Backend::Postgres) => {
                 let options = PgConnectOptions::from_str(&url)?;
@@ -262,7 +378,7 @@ impl Database {
             Backend::Postgres => migrations.postgres,
         });
         match self {
-            Self::Sqlite(pool) => migrator.run(pool).await?,
+            Self::Sqlite(pools) => migrator.run(pools.writer()).await?,
             Self::Postgres(pool) => {
                 let mut connection = pool.acquire().await?;
                 // What `Migrator::run` does once it has a connection; called
@@ -294,7 +410,11 @@ impl Database {
     /// Checks that the database answers a query.
     pub async fn ping(&self) -> Result<(), StorageError> {
         match self {
-            Self::Sqlite(pool) => sqlx::query("SELECT 1").execute(pool).await?,
+            Self::Sqlite(pools) => {
+                // Both pools: a reader alone can answer while writes fail.
+                sqlx::query("SELECT 1").execute(pools.writer()).await?;
+                sqlx::query("SELECT 1").execute(pools.readers()).await?
+            }
             Self::Postgres(pool) => {
                 sqlx::query("SELECT 1").execute(pool).await?;
                 return Ok(());
@@ -306,7 +426,7 @@ impl Database {
     /// Closes every connection (at shutdown).
     pub async fn close(&self) {
         match self {
-            Self::Sqlite(pool) => pool.close().await,
+            Self::Sqlite(pools) => pools.close().await,
             Self::Postgres(pool) => pool.close().await,
         }
     }
@@ -413,6 +533,57 @@ mod tests {
         db.ping().await.unwrap();
         assert_eq!(db.backend(), Backend::Sqlite);
         assert!(dir.path().join("nested/data/audit.db").is_file());
+        db.close().await;
+    }
+
+    #[tokio::test]
+    async fn sqlite_writes_queue_on_one_connection_and_readers_cannot_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StorageConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..StorageConfig::default()
+        };
+        let db = Database::connect(&config, "orchestrator").await.unwrap();
+        with_pool!(&db, |pool| {
+            sqlx::query("CREATE TABLE t (n INTEGER NOT NULL)")
+                .execute(pool)
+                .await
+                .unwrap();
+        });
+        // Many write transactions at once: each waits its turn for the one
+        // writer instead of failing on SQLite's lock.
+        let writes = (0..64).map(|n| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                with_pool!(&db, |pool| {
+                    let mut tx = pool.begin_write().await?;
+                    sqlx::query("INSERT INTO t (n) VALUES ($1)")
+                        .bind(n)
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await
+                })
+            })
+        });
+        for write in futures::future::join_all(writes).await {
+            write.unwrap().unwrap();
+        }
+        let count: i64 = with_reader!(&db, |pool| {
+            sqlx::query_scalar("SELECT count(*) FROM t")
+                .fetch_one(pool)
+                .await
+                .unwrap()
+        });
+        assert_eq!(count, 64);
+        // A write on a reader is refused, not slipped past the writer.
+        let Database::Sqlite(pools) = &db else {
+            return assert_eq!(db.backend(), Backend::Sqlite);
+        };
+        let err = sqlx::query("INSERT INTO t (n) VALUES (1)")
+            .execute(pools.readers())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("readonly"), "{err}");
         db.close().await;
     }
 

@@ -11,7 +11,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use agentmesh_storage::{Database, EmbeddedMigration, Migrations, StoreError, with_pool};
+use agentmesh_storage::{
+    BeginWrite as _, Database, EmbeddedMigration, Migrations, StoreError, with_pool,
+};
 use futures::future::BoxFuture;
 use sqlx::Row;
 
@@ -292,7 +294,7 @@ impl Store {
         }
         with_pool!(&self.db, |pool| {
             async {
-                let mut tx = pool.begin().await?;
+                let mut tx = pool.begin_write().await?;
                 leadership::ensure_leader(&mut *tx, self.fence).await?;
                 if let Some(cursor) = &commit.cursor {
                     sqlx::query(
@@ -464,7 +466,7 @@ impl Store {
         };
         with_pool!(&self.db, |pool| {
             async {
-                let mut tx = pool.begin().await?;
+                let mut tx = pool.begin_write().await?;
                 leadership::ensure_leader(&mut *tx, self.fence).await?;
                 sqlx::query(
                     "INSERT INTO notification_log (receiver, integration, group_key, firing, \

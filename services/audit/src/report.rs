@@ -15,7 +15,7 @@ use agentmesh_proto::audit::v1::{
     CostMetrics, ReportDimension, ReportKind, ReportRequest, ReportResponse, ReportRow,
     SecurityMetrics, TimeBucket, UsageMetrics, report_row::Metrics,
 };
-use agentmesh_storage::{StoreError, with_pool};
+use agentmesh_storage::{StoreError, with_reader};
 use sqlx::{QueryBuilder, Row};
 use tonic::Status;
 
@@ -446,7 +446,7 @@ async fn query(
     }
     let metrics = metric_sql(plan.kind);
     let failed = |err: sqlx::Error| Status::from(StoreError::from(err));
-    with_pool!(store.database(), |pool| {
+    with_reader!(store.database(), |pool| {
         let mut query = QueryBuilder::new(select_sql(buckets, dims, metrics));
         plan.filter.push_sql(&mut query);
         let mut group = String::from(" GROUP BY b.bucket_start");

@@ -31,7 +31,9 @@ mod tests;
 use std::sync::Arc;
 
 use agentmesh_proto::audit::v1::AuditEvent;
-use agentmesh_storage::{Database, EmbeddedMigration, Migrations, StoreError, with_pool};
+use agentmesh_storage::{
+    Database, EmbeddedMigration, Migrations, StoreError, with_pool, with_reader,
+};
 use prost::Message;
 use sqlx::{QueryBuilder, Row};
 
@@ -198,7 +200,7 @@ impl Store {
         max_seq: Option<i64>,
         limit: usize,
     ) -> Result<Vec<(i64, i64, AuditEvent)>, StoreError> {
-        with_pool!(&self.db, |pool| {
+        with_reader!(&self.db, |pool| {
             let mut query = QueryBuilder::new(format!(
                 "SELECT time_us, {EVENT_COLUMNS} FROM audit_events WHERE 1 = 1"
             ));
@@ -243,7 +245,7 @@ impl Store {
         upto: i64,
         limit: usize,
     ) -> Result<Vec<(i64, AuditEvent)>, StoreError> {
-        with_pool!(&self.db, |pool| {
+        with_reader!(&self.db, |pool| {
             let mut query = QueryBuilder::new(format!(
                 "SELECT {EVENT_COLUMNS} FROM audit_events WHERE seq > "
             ));
@@ -264,7 +266,7 @@ impl Store {
         filter: &Filter,
         max_seq: i64,
     ) -> Result<Vec<String>, StoreError> {
-        with_pool!(&self.db, |pool| {
+        with_reader!(&self.db, |pool| {
             let mut query = QueryBuilder::new(
                 "SELECT DISTINCT attribute_keys FROM audit_events WHERE attribute_keys <> ''",
             );
@@ -282,7 +284,7 @@ impl Store {
 
     /// The heads of all chains, by name.
     pub(crate) async fn chains(&self) -> Result<Vec<ChainHead>, StoreError> {
-        with_pool!(&self.db, |pool| {
+        with_reader!(&self.db, |pool| {
             let rows = sqlx::query(
                 "SELECT chain, head_seq, head_hash, anchor_seq, anchor_hash FROM audit_chains ORDER BY chain",
             )
@@ -311,7 +313,7 @@ impl Store {
         end_us: Option<i64>,
         limit: usize,
     ) -> Result<Vec<StoredRow>, StoreError> {
-        with_pool!(&self.db, |pool| {
+        with_reader!(&self.db, |pool| {
             let mut query = QueryBuilder::new(format!(
                 "SELECT {ROW_COLUMNS} FROM audit_events WHERE chain = "
             ));
@@ -337,7 +339,7 @@ impl Store {
         chain: &str,
         start_us: i64,
     ) -> Result<Option<(i64, String)>, StoreError> {
-        with_pool!(&self.db, |pool| {
+        with_reader!(&self.db, |pool| {
             let row = sqlx::query(
                 "SELECT seq, hash FROM audit_events WHERE chain = $1 AND record_time_us < $2 ORDER BY seq DESC LIMIT 1",
             )

@@ -15,7 +15,9 @@ use std::collections::BTreeMap;
 use agentmesh_kit::time::now_micros;
 use agentmesh_proto::llm::v1 as llm;
 use agentmesh_proto::orchestrator::v1 as pb;
-use agentmesh_storage::{Database, EmbeddedMigration, Migrations, StoreError, with_pool};
+use agentmesh_storage::{
+    BeginWrite as _, Database, EmbeddedMigration, Migrations, StoreError, with_pool, with_reader,
+};
 use prost::Message as _;
 
 pub(crate) use outbox::{DueCallback, NewCallback, Settled};
@@ -183,7 +185,7 @@ impl Store {
         let (labels, identity) = run.encoded()?;
         let inserted: Result<(), sqlx::Error> = with_pool!(&self.db, |pool| {
             async {
-                let mut tx = pool.begin().await?;
+                let mut tx = pool.begin_write().await?;
                 if new_session {
                     sqlx::query(
                         "INSERT INTO sessions (session_id, tenant, agent, create_time) \
@@ -260,7 +262,7 @@ impl Store {
         let Some(key) = &run.idempotency_key else {
             return Ok(None);
         };
-        with_pool!(&self.db, |pool| {
+        with_reader!(&self.db, |pool| {
             sqlx::query(select_runs!("WHERE tenant = $1 AND idempotency_key = $2"))
                 .bind(&run.tenant)
                 .bind(key)
@@ -280,7 +282,7 @@ impl Store {
         let Tenants::One(tenant) = tenants else {
             return self.get_run_any_tenant(run_id).await;
         };
-        with_pool!(&self.db, |pool| {
+        with_reader!(&self.db, |pool| {
             sqlx::query(select_runs!("WHERE tenant = $1 AND run_id = $2"))
                 .bind(tenant)
                 .bind(run_id)
@@ -296,7 +298,7 @@ impl Store {
         &self,
         run_id: &str,
     ) -> Result<Option<RunRow>, StoreError> {
-        with_pool!(&self.db, |pool| {
+        with_reader!(&self.db, |pool| {
             sqlx::query(select_runs!("WHERE run_id = $1"))
                 .bind(run_id)
                 .fetch_optional(pool)
@@ -312,7 +314,7 @@ impl Store {
         tenant: &str,
         session_id: &str,
     ) -> Result<bool, StoreError> {
-        let found: Option<i64> = with_pool!(&self.db, |pool| {
+        let found: Option<i64> = with_reader!(&self.db, |pool| {
             sqlx::query_scalar(
                 "SELECT create_time FROM sessions WHERE tenant = $1 AND session_id = $2",
             )
@@ -329,7 +331,7 @@ impl Store {
         &self,
         session_id: &str,
     ) -> Result<Option<String>, StoreError> {
-        Ok(with_pool!(&self.db, |pool| {
+        Ok(with_reader!(&self.db, |pool| {
             sqlx::query_scalar(
                 "SELECT run_id FROM runs WHERE session_id = $1 AND state IN (1, 2) LIMIT 1",
             )
@@ -345,7 +347,7 @@ impl Store {
         &self,
         session_id: &str,
     ) -> Result<Vec<llm::Message>, StoreError> {
-        let state: Option<Vec<u8>> = with_pool!(&self.db, |pool| {
+        let state: Option<Vec<u8>> = with_reader!(&self.db, |pool| {
             sqlx::query_scalar(
                 "SELECT c.state FROM checkpoints c JOIN runs r ON r.run_id = c.run_id \
                  WHERE r.session_id = $1 AND r.state = 3 \
@@ -363,7 +365,7 @@ impl Store {
 
     /// The run's latest checkpoint.
     pub(crate) async fn checkpoint(&self, run_id: &str) -> Result<Option<Checkpoint>, StoreError> {
-        let state: Option<Vec<u8>> = with_pool!(&self.db, |pool| {
+        let state: Option<Vec<u8>> = with_reader!(&self.db, |pool| {
             sqlx::query_scalar("SELECT state FROM checkpoints WHERE run_id = $1")
                 .bind(run_id)
                 .fetch_optional(pool)
@@ -381,7 +383,7 @@ impl Store {
         after: i32,
         upto: i32,
     ) -> Result<Vec<pb::RunEvent>, StoreError> {
-        let rows: Vec<Vec<u8>> = with_pool!(&self.db, |pool| {
+        let rows: Vec<Vec<u8>> = with_reader!(&self.db, |pool| {
             sqlx::query_scalar(
                 "SELECT event FROM run_events WHERE run_id = $1 AND sequence > $2 \
                  AND sequence <= $3 ORDER BY sequence",
@@ -421,7 +423,7 @@ impl Store {
         let checkpoint = checkpoint.map(|c| (c.step, c.encode_to_vec()));
         let now = now_micros();
         Ok(with_pool!(&self.db, |pool| {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             // The row first: when the claim is lost, nothing else is tried
             // (the events' numbers may be taken by the new driver).
             let cancel: Option<(Option<String>, String)> = sqlx::query_as(
@@ -525,7 +527,7 @@ impl Store {
         owner: &str,
         limit: i64,
     ) -> Result<Vec<String>, StoreError> {
-        Ok(with_pool!(&self.db, |pool| {
+        Ok(with_reader!(&self.db, |pool| {
             sqlx::query_scalar(
                 "SELECT run_id FROM runs WHERE owner = $1 AND state IN (1, 2) \
                  ORDER BY create_time LIMIT $2",

@@ -62,7 +62,7 @@ impl Store {
         batch: &[Prepared],
     ) -> Result<(Vec<Written>, Committed), StoreError> {
         match &self.db {
-            Database::Sqlite(pool) => append_sqlite(pool, batch).await,
+            Database::Sqlite(pools) => append_sqlite(pools.writer(), batch).await,
             Database::Postgres(pool) => append_postgres(pool, batch, &self.origin).await,
         }
     }

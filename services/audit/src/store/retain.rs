@@ -72,8 +72,8 @@ impl Store {
             }};
         }
         match &self.db {
-            Database::Sqlite(pool) => {
-                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+            Database::Sqlite(pools) => {
+                let mut tx = pools.writer().begin_with("BEGIN IMMEDIATE").await?;
                 sqlx::query("UPDATE audit_retention_guard SET active = 1 WHERE id = 1")
                     .execute(&mut *tx)
                     .await?;

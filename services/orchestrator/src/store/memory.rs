@@ -11,7 +11,7 @@
 
 pub(crate) mod query;
 
-use agentmesh_storage::{Database, StoreError, with_pool};
+use agentmesh_storage::{BeginWrite as _, Database, StoreError, with_pool};
 use serde::Serialize;
 
 use self::query::Search;
@@ -84,7 +84,7 @@ impl Store {
             .map_err(|err| StoreError::Corrupt(format!("note tags: {err}")))?;
         let keep = i64::try_from(keep).unwrap_or(i64::MAX);
         Ok(with_pool!(&self.db, |pool| {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             sqlx::query(
                 "INSERT INTO memory_notes (id, tenant, agent, text, tags, create_time, \
                  expire_time) VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -125,14 +125,14 @@ impl Store {
         }
         let limit = i64::try_from(search.limit).unwrap_or(i64::MAX);
         match &self.db {
-            Database::Sqlite(pool) => sqlx::query(SQLITE_SEARCH)
+            Database::Sqlite(pools) => sqlx::query(SQLITE_SEARCH)
                 .bind(search.terms.fts5_match())
                 .bind(search.tenant)
                 .bind(search.agent)
                 .bind(search.alive_at)
                 .bind(search.created_since)
                 .bind(limit)
-                .fetch_all(pool)
+                .fetch_all(pools.readers())
                 .await?
                 .iter()
                 .map(found_from_row)

@@ -106,13 +106,13 @@ impl Store {
                 .fetch_all(pool)
                 .await?
             }
-            Database::Sqlite(pool) => {
+            Database::Sqlite(pools) => {
                 sqlx::query_as(claim_callbacks!(due_callbacks!()))
                     .bind(owner)
                     .bind(lease_until)
                     .bind(now)
                     .bind(limit)
-                    .fetch_all(pool)
+                    .fetch_all(pools.writer())
                     .await?
             }
         };

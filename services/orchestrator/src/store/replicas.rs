@@ -25,7 +25,7 @@ use std::ops::RangeInclusive;
 
 use agentmesh_kit::time::now_micros;
 use agentmesh_proto::orchestrator::v1 as pb;
-use agentmesh_storage::{Database, StoreError, with_pool};
+use agentmesh_storage::{BeginWrite as _, Database, StoreError, with_pool};
 
 use super::row::run_from_row;
 use super::{RunRow, Store};
@@ -224,7 +224,7 @@ impl Store {
         by: &str,
     ) -> Result<Option<RecordedCancel>, StoreError> {
         let recorded: Option<(Option<String>, String)> = with_pool!(&self.db, |pool| {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             sqlx::query(
                 "UPDATE runs SET cancel_reason = $2, cancelled_by = $3 \
                  WHERE run_id = $1 AND state IN (1, 2) AND cancel_reason IS NULL",

@@ -1,7 +1,7 @@
 //! Reading runs: the pages of `ListRuns` (filtered, newest first) and a
 //! run's sub-runs.
 
-use agentmesh_storage::{StoreError, with_pool};
+use agentmesh_storage::{StoreError, with_reader};
 
 use super::row::{RunRow, run_from_row};
 use super::{RunFilter, Store, Tenants};
@@ -16,7 +16,7 @@ impl Store {
         after: Option<(i64, String)>,
         limit: usize,
     ) -> Result<Vec<RunRow>, StoreError> {
-        with_pool!(&self.db, |pool| {
+        with_reader!(&self.db, |pool| {
             let mut query = sqlx::QueryBuilder::new("SELECT ");
             query.push(run_columns!());
             query.push(" FROM runs r WHERE ");
@@ -87,7 +87,7 @@ impl Store {
         &self,
         parent_run_id: &str,
     ) -> Result<Vec<String>, StoreError> {
-        let ids: Vec<String> = with_pool!(&self.db, |pool| {
+        let ids: Vec<String> = with_reader!(&self.db, |pool| {
             sqlx::query_scalar(
                 "SELECT run_id FROM runs WHERE parent_run_id = $1 AND state IN ($2, $3) \
                  ORDER BY run_id",

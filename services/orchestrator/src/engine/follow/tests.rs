@@ -264,7 +264,7 @@ async fn unreadable_stored_data_ends_the_stream_with_data_loss() {
     };
     sqlx::query("UPDATE runs SET state = 4242 WHERE run_id = $1")
         .bind(&run.run_id)
-        .execute(&pool)
+        .execute(pool.writer())
         .await
         .unwrap();
 
