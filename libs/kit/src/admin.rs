@@ -14,6 +14,8 @@
 //! * `/health/deep`: the whole [`DeepHealth`] report as JSON (always 200:
 //!   the body says whether the service is ready). It names internal
 //!   addresses, so `server.deep_health = false` leaves it out (404).
+//! * `/debug/…`: profiles and heap figures, only with
+//!   `server.profiling = true` ([`crate::profiling`]).
 //!
 //! Everything comes from the service's [`Health`]; this module only renders
 //! it. [`fetch_deep_health`] reads `/health/deep` of another process (for
@@ -29,6 +31,7 @@ use axum::http::{StatusCode, Uri, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
+use crate::config::ServerConfig;
 use crate::health::{DeepHealth, Health};
 use crate::metrics::Metrics;
 use crate::status::error_chain;
@@ -39,18 +42,20 @@ struct AdminState {
     health: Health,
 }
 
-/// The admin routes for a service; `/health/deep` only when `deep_health`.
-pub fn router(metrics: Metrics, health: Health, deep_health: bool) -> Router {
-    let router = Router::new()
+/// The admin routes for a service: `/health/deep` only with
+/// `server.deep_health`, the profiling routes only with `server.profiling`.
+pub fn router(metrics: Metrics, health: Health, config: &ServerConfig) -> Router {
+    let mut router = Router::new()
         .route("/metrics", get(metrics_text))
         .route("/livez", get(live))
         .route("/healthz", get(live))
         .route("/readyz", get(ready));
-    let router = if deep_health {
-        router.route("/health/deep", get(deep))
-    } else {
-        router
-    };
+    if config.deep_health {
+        router = router.route("/health/deep", get(deep));
+    }
+    if config.profiling {
+        router = router.merge(crate::profiling::router());
+    }
     router.with_state(AdminState { metrics, health })
 }
 
@@ -212,7 +217,11 @@ mod tests {
             .unwrap();
         health.add_component("tool-runner", true);
         health.add_component("audit", false);
-        (router(metrics, health.clone(), true), health)
+        let config = ServerConfig {
+            profiling: true,
+            ..ServerConfig::default()
+        };
+        (router(metrics, health.clone(), &config), health)
     }
 
     #[tokio::test]
@@ -221,11 +230,18 @@ mod tests {
         let (health, _server) = Health::new("test", Vec::new(), metrics.registry())
             .await
             .unwrap();
-        let without = router(metrics, health, false);
+        let config = ServerConfig {
+            deep_health: false,
+            ..ServerConfig::default()
+        };
+        let without = router(metrics, health, &config);
         assert_eq!(get_text(&without, "/health/deep").await.0, 404);
+        // Profiling is off unless asked for.
+        assert_eq!(get_text(&without, "/debug/heap").await.0, 404);
         assert_eq!(get_text(&without, "/livez").await.0, 200);
         let (with, _health) = service().await;
         assert_eq!(get_text(&with, "/health/deep").await.0, 200);
+        assert_eq!(get_text(&with, "/debug/heap").await.0, 200);
     }
 
     #[tokio::test]

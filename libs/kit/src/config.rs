@@ -145,6 +145,14 @@ pub struct ServerConfig {
     /// internal addresses (the peers and databases checked); `/readyz`
     /// stays either way.
     pub deep_health: bool,
+    /// Whether the admin server answers the profiling routes
+    /// (`/debug/pprof/profile`, `/debug/heap`; see [`crate::profiling`]).
+    /// Off by default: a profile names every function of the binary.
+    pub profiling: bool,
+    /// How often the service checks whether much of its heap is free and,
+    /// if so, gives it back to the system (see [`crate::heap`]); `0s` never.
+    #[serde(with = "humantime_serde")]
+    pub heap_trim_interval: Duration,
     /// TLS on the gRPC listener (`[server.tls]`); absent = plain HTTP/2.
     /// (Boxed, as `client_tls`: configurations are held by start-up futures
     /// that are cheaper to move small.)
@@ -294,6 +302,8 @@ impl Default for ServerConfig {
             health_check_interval: Duration::from_secs(5),
             health_check_timeout: Duration::from_secs(2),
             deep_health: true,
+            profiling: false,
+            heap_trim_interval: Duration::from_secs(10),
             tls: None,
             client_tls: Box::default(),
             grpc_web: crate::grpc_web::GrpcWebConfig::default(),

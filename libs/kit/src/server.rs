@@ -295,13 +295,10 @@ impl ServiceHost {
         let stop_admin = CancellationToken::new();
         let admin = tokio::spawn(crate::admin::serve(
             admin_listener,
-            crate::admin::router(
-                self.metrics.clone(),
-                health.clone(),
-                self.config.deep_health,
-            ),
+            crate::admin::router(self.metrics.clone(), health.clone(), &self.config),
             stop_admin.clone().cancelled_owned(),
         ));
+        crate::heap::spawn_trimmer(self.config.heap_trim_interval, stop_admin.clone());
         tracing::info!(%service, grpc = %grpc_addr, admin = %admin_addr, tls = self.config.tls.is_some(), "listening (NOT_SERVING until started)");
 
         tokio::select! {

@@ -73,9 +73,10 @@ pub(crate) async fn serve(
     let stop_admin = CancellationToken::new();
     let admin = tokio::spawn(agentmesh_kit::admin::serve(
         admin_listener,
-        agentmesh_kit::admin::router(metrics.clone(), health.clone(), config.server.deep_health),
+        agentmesh_kit::admin::router(metrics.clone(), health.clone(), &config.server),
         stop_admin.clone().cancelled_owned(),
     ));
+    agentmesh_kit::heap::spawn_trimmer(config.server.heap_trim_interval, stop_admin.clone());
     health.mark_started().await;
     tracing::info!(%service, http = %main_addr, admin = %admin_addr, "listening");
 
