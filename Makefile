@@ -10,12 +10,14 @@
 #                 restarted for 180 s; CI runs 100 runs for 60 s), then its report
 #   make bench    agentmesh side by side with its floors, in one run (bench/run.py: the gateway
 #                 against a null tonic server and the mock upstream called directly, runs across
-#                 the five processes on SQLite and PostgreSQL, open runs' memory, a start burst),
-#                 written to bench/results/<timestamp>/report.md and results.json; then the
-#                 benchmark programs that print figures (hop cost, run step, plan_execute against
-#                 the tool loop per model call, audit ingest and tail lag, gateway faults, auth,
-#                 rate limits, the HTTP edge next to LiteLLM, the web console drawing
-#                 a 5,000-event run and a run streaming 500 tokens/s in Chromium)
+#                 the five processes on SQLite and PostgreSQL, open runs' memory, a start burst,
+#                 the same runs on LangGraph in process, the official openai SDK through the
+#                 edge, audit ingest and tail lag, auth), written to
+#                 bench/results/<timestamp>/report.md and results.json; then the benchmark
+#                 programs that print figures (hop cost, run step, plan_execute against the tool
+#                 loop per model call, gateway faults, rate limits, the HTTP edge next to
+#                 LiteLLM, the web console drawing a 5,000-event run and a run streaming
+#                 500 tokens/s in Chromium)
 #   make bench-quick  every phase of bench/run.py at tiny sizes on the debug binaries (part of
 #                 `make test`): it checks that each phase ran and produced figures, never a timing
 #   make rules    check and unit-test the Prometheus alert rules (promtool)
@@ -92,18 +94,18 @@ chaos:
 	  $(if $(CHAOS_SEED),AGENTMESH_CHAOS_SEED=$(CHAOS_SEED)) \
 	  $(CARGO) nextest run --workspace --no-capture -E 'binary(=chaos)'
 
-# The side-by-side report first (release build), then the benchmark programs
-# that print figures.
+# The side-by-side report first (release build; bench/run.py also runs the
+# audit_ingest and auth programs and puts their figures in the report), then
+# the benchmark programs that print figures. `install-test-deps bench` adds
+# LangGraph (bench/requirements.txt) to the test tools.
 bench:
-	tools/install-test-deps test
+	tools/install-test-deps bench
 	$(CARGO) build --release --workspace --bins
-	$(PYTHON) bench/run.py
+	CARGO='$(CARGO)' $(PYTHON) bench/run.py
 	$(CARGO) bench -p agentmesh-kit --bench hop
 	$(CARGO) bench -p agentmesh-tests --bench run_step
 	$(CARGO) bench -p agentmesh-tests --bench strategy_step
-	$(CARGO) bench -p agentmesh-tests --bench audit_ingest
 	$(CARGO) bench -p agentmesh-tests --bench gateway_faults
-	$(CARGO) bench -p agentmesh-tests --bench auth
 	$(CARGO) bench -p agentmesh-tests --bench rate_limits
 	$(CARGO) bench -p agentmesh-tests --bench edge_overhead
 	$(CARGO) build --workspace --bins

@@ -2,14 +2,23 @@
 and on its floor, in turns, and returns its raw measures and its figures.
 
 A figure is a dict: `label`, `value`, `unit`, optionally `floor` (the same
-measure on the floor, from this run) and `goal` (`["<=", x]` or `[">=", x]`).
+measure on the floor, from this run), `peer` (the same measure of another
+system, LangGraph, from this run) and `goal` (`["<=", x]` or `[">=", x]`).
+
+A phase that cannot run here (quick mode, a package missing) returns
+`skipped(note)`: the report says why, and bench-quick does not count it as
+missing.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import resource
+import shlex
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +27,10 @@ from procs import Proc, wait_idle
 
 BUSY = 0.15
 SERVICE_PROCS = ["orchestrator", "llm-gateway", "tool-runner", "audit", "alerting"]
+HERE = Path(__file__).resolve().parent
+# The private PostgreSQL server's databases: the two services that store,
+# and one for LangGraph's checkpointers.
+DATABASES = ["orchestrator", "audit", "langgraph"]
 
 
 @dataclass
@@ -27,8 +40,28 @@ class Context:
     floors: object
     sizes: dict
     work: Path
+    quick: bool = False
+    # Extra arguments of `cargo bench` (e.g. `--profile dev` to try the
+    # benchmark programs without a release build).
+    cargo_args: list = field(default_factory=list)
+    # The results of the phases run so far, by name (the LangGraph phase
+    # sets agentmesh's run figures of this run beside its own).
+    done: dict = field(default_factory=dict)
     postgres: Proc | None = None
+    database_urls: dict = field(default_factory=dict)
     busy_phases: list = field(default_factory=list)
+
+    def databases(self) -> dict:
+        """The private PostgreSQL server's database URLs by name, the
+        server started on first use (only phases that need it pay for it)."""
+        if self.postgres is None:
+            proc = Proc("postgres", [str(self.bin_dir / "agentmesh-bench"), "postgres",
+                                     "--databases", ",".join(DATABASES)],
+                        self.work / "logs", stdin_pipe=True, tree=True)
+            line = proc.first_line(timeout=120)
+            proc.measured_pid = line.get("pid") or proc.pid
+            self.postgres, self.database_urls = proc, line["urls"]
+        return self.database_urls
 
     def proc(self, name: str) -> Proc:
         if name == "postgres":
@@ -81,14 +114,34 @@ def p(measure: dict, stat: str = "latency_ms", quantile: str = "p50") -> float |
     return stats[quantile] if stats else None
 
 
-def figure(label: str, value, unit: str, floor=None, goal=None, floor_label: str = "") -> dict:
+def figure(label: str, value, unit: str, floor=None, goal=None, floor_label: str = "",
+           peer=None, peer_label: str = "") -> dict:
     out = {"label": label, "value": value, "unit": unit}
     if floor is not None:
         out["floor"] = floor
         out["floor_label"] = floor_label
+    if peer is not None:
+        out["peer"] = peer
+        out["peer_label"] = peer_label
     if goal is not None:
         out["goal"] = goal
     return out
+
+
+def skipped(note: str) -> dict:
+    """A phase that cannot run here: the report shows `note` instead."""
+    return {"skipped": note, "measures": {}, "figures": {}}
+
+
+def run_json(argv: list[str], timeout: float, cwd: Path | None = None) -> tuple[dict, str]:
+    """Runs a program whose last JSON line on stdout is its result; returns
+    that line and the whole output. A failure raises with its stderr, so
+    the phase fails instead of reporting nothing."""
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode or not lines:
+        raise RuntimeError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+    return json.loads(lines[-1]), done.stdout
 
 
 def diff(a, b):
@@ -220,6 +273,41 @@ def edge_openai(ctx: Context) -> dict:
     return {"measures": {"upstream": upstream, "gateway": gateway, "edge": edge}, "figures": figures}
 
 
+# The kinds of call bench/openai_sdk_run.py times, and what each is.
+SDK_CALLS = (("unary", "non-streaming"), ("stream", "streamed, read whole"), ("first_chunk", "streamed, first chunk"))
+
+
+def edge_openai_sdk(ctx: Context) -> dict:
+    """The official `openai` Python SDK, one call after another, through the
+    edge (-> gateway -> mock) and straight to the mock (bench/openai_sdk_run.py):
+    what the edge adds as a user's client sees it, non-streaming and
+    streaming. The floor of each is the SDK's own call to the mock."""
+    if importlib.util.find_spec("openai") is None:
+        return skipped("the `openai` package is not installed (tools/install-test-deps installs it)")
+    s, floors, mesh = ctx.sizes, ctx.floors, ctx.mesh
+    busy = wait_idle(threshold=BUSY)
+    # The edge's services take any bearer in the bench's `none` auth mode;
+    # the SDK insists on sending one.
+    answer, _ = run_json([sys.executable, str(HERE / "openai_sdk_run.py"),
+                          "--edge", f"{mesh.url('edge')}/v1", "--edge-model", "mock",
+                          "--upstream", floors.upstream_url, "--api-key", "agentmesh-bench",
+                          "--calls", str(s["sdk_calls"])], timeout=600 + s["sdk_calls"])
+    edge, upstream = answer["edge"], answer["upstream"]
+    sdk = f"openai {answer['versions']['openai']}"
+    figures = {}
+    for kind, what in SDK_CALLS:
+        for q in ("p50", "p99"):
+            figures[f"sdk_edge_{kind}_added_{q}"] = figure(
+                f"openai SDK through the edge, {what}: added latency, {q}",
+                diff(edge[kind].get(q), upstream[kind].get(q)), "ms",
+                floor=upstream[kind].get(q), floor_label="the SDK straight to the mock")
+    rows = [[target, what, *(answer[target][kind].get(q) for q in ("p50", "p99", "max"))]
+            for kind, what in SDK_CALLS for target in ("edge", "upstream")]
+    return {"measures": {"sdk": answer}, "busy_before": round(busy, 3), "figures": figures,
+            "tables": [{"title": f"{sdk} SDK, {answer['calls']} sequential calls of each kind per target:",
+                        "columns": ["target", "call", "p50 ms", "p99 ms", "max ms"], "rows": rows}]}
+
+
 # === runs ===
 
 def runs_on(ctx: Context, store: str) -> dict:
@@ -262,6 +350,10 @@ def runs_sqlite(ctx: Context) -> dict:
 
 
 def runs_postgres(ctx: Context) -> dict:
+    """`runs_sqlite` with the orchestrator and the audit service moved to
+    the private PostgreSQL server (restarted on it)."""
+    urls = ctx.databases()
+    ctx.mesh.restart_on({name: urls[name] for name in ("orchestrator", "audit")})
     return runs_on(ctx, "postgres")
 
 
@@ -322,13 +414,172 @@ def burst(ctx: Context) -> dict:
     }}
 
 
+# === LangGraph, the same runs in process ===
+
+# agentmesh's figure (from runs_sqlite / runs_postgres of this run), the
+# LangGraph measure beside it (mode, checkpointer, stat, quantile), and
+# what the comparison is of.
+LANGGRAPH_PAIRS = [
+    ("run_sqlite_p50", ("sequential", "none", "latency_ms", "p50"), "one 3-step run, p50 (SQLite)"),
+    ("run_sqlite_p50", ("sequential", "sqlite", "latency_ms", "p50"), "one 3-step run, p50 (SQLite)"),
+    ("run_postgres_p50", ("sequential", "postgres", "latency_ms", "p50"), "one 3-step run, p50 (PostgreSQL)"),
+    ("run_sqlite_p99", ("sequential", "none", "latency_ms", "p99"), "one 3-step run, p99 (SQLite)"),
+    ("run_sqlite_p99", ("sequential", "sqlite", "latency_ms", "p99"), "one 3-step run, p99 (SQLite)"),
+    ("run_postgres_p99", ("sequential", "postgres", "latency_ms", "p99"), "one 3-step run, p99 (PostgreSQL)"),
+    ("run_sqlite_cpu_per_run", ("sequential", "none", "cpu_ms_per_run", None),
+     "CPU per run (SQLite; agentmesh: five services, LangGraph: its process)"),
+    ("run_sqlite_cpu_per_run", ("sequential", "sqlite", "cpu_ms_per_run", None),
+     "CPU per run (SQLite; agentmesh: five services, LangGraph: its process)"),
+    ("run_postgres_cpu_per_run", ("sequential", "postgres", "cpu_ms_per_run", None),
+     "CPU per run (PostgreSQL, the server not counted)"),
+    ("run_sqlite_throughput", ("in_flight", "memory", "throughput", None), "runs in flight, runs/s (SQLite)"),
+    ("run_sqlite_throughput", ("in_flight", "sqlite", "throughput", None), "runs in flight, runs/s (SQLite)"),
+    ("run_postgres_throughput", ("in_flight", "postgres", "throughput", None), "runs in flight, runs/s (PostgreSQL)"),
+    ("run_sqlite_in_flight_p99", ("in_flight", "memory", "latency_ms", "p99"), "runs in flight, p99 (SQLite)"),
+    ("run_sqlite_in_flight_p99", ("in_flight", "sqlite", "latency_ms", "p99"), "runs in flight, p99 (SQLite)"),
+    ("run_postgres_in_flight_p99", ("in_flight", "postgres", "latency_ms", "p99"),
+     "runs in flight, p99 (PostgreSQL)"),
+]
+CHECKPOINTERS = {
+    ("sequential", "none"): "no checkpointer", ("sequential", "sqlite"): "SqliteSaver",
+    ("sequential", "postgres"): "PostgresSaver", ("in_flight", "memory"): "InMemorySaver",
+    ("in_flight", "sqlite"): "AsyncSqliteSaver", ("in_flight", "postgres"): "AsyncPostgresSaver",
+}
+
+
+def langgraph(ctx: Context) -> dict:
+    """The 3-step agent of the runs phases (model -> calculator -> model,
+    the model scripted at zero delay) built on LangGraph and run in process
+    (bench/langgraph_run.py), as many runs as runs_sqlite / runs_postgres:
+    its figures are set beside agentmesh's from this run (value: agentmesh,
+    peer: LangGraph; the ratio is agentmesh's over LangGraph's)."""
+    if ctx.quick:
+        return skipped("full run only: `make bench` installs LangGraph (bench/requirements.txt); "
+                       "quick mode (CI) installs nothing for it")
+    if importlib.util.find_spec("langgraph") is None:
+        return skipped("LangGraph is not installed: pip install -r bench/requirements.txt")
+    s = ctx.sizes
+    url = ctx.databases()["langgraph"]
+    busy = wait_idle(threshold=BUSY)
+    answer, _ = run_json([sys.executable, str(HERE / "langgraph_run.py"), "--runs", str(s["runs_sequential"]),
+                          "--in-flight", str(s["runs_in_flight"]), "--duration", str(s["runs_duration"]),
+                          "--postgres-url", url], timeout=1800)
+    ours = {key: value for phase in ctx.done.values() for key, value in phase.get("figures", {}).items()}
+    return {"measures": {"langgraph": answer}, "busy_before": round(busy, 3),
+            "figures": langgraph_figures(answer, ours), "tables": [langgraph_table(answer)]}
+
+
+def langgraph_figures(answer: dict, ours: dict) -> dict:
+    """agentmesh's figure of each pair (absent when its phase did not run)
+    with LangGraph's measure as the peer, and agentmesh's goal."""
+    version = answer["versions"].get("langgraph", "?")
+    figures = {}
+    for key, (mode, saver, stat, quantile), what in LANGGRAPH_PAIRS:
+        measure = answer[mode].get(saver, {}).get(stat)
+        theirs = measure.get(quantile) if isinstance(measure, dict) else measure
+        mine = ours.get(key, {})
+        name = CHECKPOINTERS[(mode, saver)]
+        unit = "runs/s" if stat == "throughput" else "ms"
+        figures[f"langgraph_{key.removeprefix('run_')}_{saver}"] = figure(
+            f"{what}: agentmesh vs LangGraph, {name}", mine.get("value"), unit,
+            goal=mine.get("goal"), peer=theirs, peer_label=f"LangGraph {version}, {name}")
+    return figures
+
+
+def langgraph_table(answer: dict) -> dict:
+    """LangGraph's own measures, one row per checkpointer."""
+    rows = []
+    for (mode, saver), name in CHECKPOINTERS.items():
+        m = answer[mode].get(saver)
+        if m:
+            lat = m["latency_ms"]
+            rows.append([name, "sequential" if mode == "sequential" else f"{m['slots']} in flight",
+                         m.get("runs") or m.get("ok"), m.get("errors", 0), m.get("throughput", ""),
+                         lat.get("p50"), lat.get("p99"), lat.get("max"), m.get("cpu_ms_per_run")])
+    return {"title": f"LangGraph {answer['versions'].get('langgraph', '?')} in process, durability "
+                     f"`{answer['settings']['durability']}` (each run a new thread):",
+            "columns": ["checkpointer", "how", "runs", "failed", "runs/s", "p50 ms", "p99 ms", "max ms", "CPU ms/run"],
+            "rows": rows}
+
+
+# === the benchmark programs (cargo bench) ===
+
+def cargo_bench(ctx: Context, name: str) -> tuple[dict, str, float]:
+    """Builds `cargo bench -p agentmesh-tests --bench NAME` first, then runs
+    it on an idle box: its JSON summary line, its output, how busy the box
+    was before."""
+    root = HERE.parent
+    argv = [*shlex.split(os.environ.get("CARGO", "cargo")), "bench", *ctx.cargo_args,
+            "-p", "agentmesh-tests", "--bench", name]
+    build = subprocess.run([*argv, "--no-run"], cwd=root, capture_output=True, text=True, timeout=3600)
+    if build.returncode:
+        raise RuntimeError(f"{' '.join(argv)} --no-run failed: {build.stderr.strip()[-2000:]}")
+    busy = wait_idle(threshold=BUSY)
+    summary, output = run_json(argv, timeout=3600, cwd=root)
+    if summary.get("bench") != name:
+        raise RuntimeError(f"{name}: no JSON summary line in its output")
+    return summary, output, busy
+
+
+def audit_ingest(ctx: Context) -> dict:
+    """tests/benches/audit_ingest.rs: the audit service in process (real
+    gRPC on loopback, hash chain, group commit) taking batches from 8
+    producers on SQLite and on PostgreSQL, `emit` timed at the caller
+    while the producer sends, and the tail lag across two replicas."""
+    if ctx.quick:
+        return skipped("full run only: a `cargo bench` program (release build)")
+    summary, output, busy = cargo_bench(ctx, "audit_ingest")
+    what = f"{summary['events']:,} events, {summary['producers']} producers × batches of {summary['batch']}"
+    emit = summary["emit_us"]
+    return {"measures": {"audit_ingest": summary}, "busy_before": round(busy, 3), "output": output, "figures": {
+        "audit_ingest_postgres": figure(
+            f"audit ingest on PostgreSQL ({what})", round(summary["postgres_events_per_s"]), "events/s",
+            peer=round(summary["sqlite_events_per_s"]), peer_label="on SQLite, same program", goal=[">=", 50000]),
+        "audit_emit_p99": figure(
+            f"audit emit() on the caller's path, p99 ({summary['emits']:,} emits, the producer sending meanwhile)",
+            emit["p99"], "µs", goal=["<=", 1.0]),
+    }}
+
+
+def auth(ctx: Context) -> dict:
+    """tests/benches/auth.rs: what authentication adds to a call, the auth
+    layer in process over a handler that answers at once (API key, cached
+    JWT), against the same layer in the `none` mode; and a unary ListTools
+    on the tool runner over loopback, without and with authentication."""
+    if ctx.quick:
+        return skipped("full run only: a `cargo bench` program (release build)")
+    summary, output, busy = cargo_bench(ctx, "auth")
+    layer, unary = summary["layer_us"], summary["unary_us"]
+    methods = (("api_key", "API key"), ("jwt", "cached JWT"))
+    figures = {}
+    for method, name in methods:
+        figures[f"auth_added_p99_{method}"] = figure(
+            f"authentication added p99, {name} (the auth layer in process, {summary['checks']:,} calls)",
+            diff(layer[method]["p99"], layer["none"]["p99"]), "µs",
+            floor=round(layer["none"]["p99"], 3), floor_label="the layer's own p99 in `none` mode",
+            goal=["<=", 20])
+    for method, name in methods:
+        figures[f"auth_unary_added_p99_{method}"] = figure(
+            f"authentication added p99, {name}, unary ListTools on loopback "
+            f"({summary['calls']:,} calls, loopback noise included)",
+            diff(unary[method]["p99"], unary["none"]["p99"]), "µs",
+            floor=round(unary["none"]["p99"], 3), floor_label="the call's p99 without auth")
+    return {"measures": {"auth": summary}, "busy_before": round(busy, 3), "output": output, "figures": figures}
+
+
 ALL = {
     "gateway_open": gateway_open,
     "gateway_capacity": gateway_capacity,
     "gateway_stream": gateway_stream,
     "edge_openai": edge_openai,
+    "edge_openai_sdk": edge_openai_sdk,
     "runs_sqlite": runs_sqlite,
     "burst": burst,
     "open_runs": open_runs,
     "runs_postgres": runs_postgres,
+    # After the runs phases, whose figures it is set beside.
+    "langgraph": langgraph,
+    # The benchmark programs, last: they bring their own services.
+    "audit_ingest": audit_ingest,
+    "auth": auth,
 }

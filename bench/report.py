@@ -1,6 +1,7 @@
 """The report of a benchmark run: report.md from results.json, each figure
-beside its floor from the same run, its goal, and its change against the
-committed baseline (informational)."""
+beside its floor (or its peer: the same measure of another system, LangGraph)
+from the same run, its goal, and its change against the committed baseline
+(informational)."""
 
 from __future__ import annotations
 
@@ -24,10 +25,26 @@ def _met(figure: dict):
 
 
 def _vs_floor(figure: dict) -> str:
-    value, floor = figure.get("value"), figure.get("floor")
+    value, floor = figure.get("value"), figure.get("floor", figure.get("peer"))
     if value is None or floor in (None, 0):
         return ""
     return f"{value / floor:.2f}×"
+
+
+def _floor_text(figure: dict) -> str:
+    unit = figure["unit"]
+    if figure.get("floor") is not None:
+        return f"{_number(figure['floor'], unit)} ({figure.get('floor_label', '')})"
+    if figure.get("peer") is not None:
+        return f"{_number(figure['peer'], unit)} (peer: {figure.get('peer_label', '')})"
+    return ""
+
+
+def _table(table: dict) -> list[str]:
+    """A phase's own table (what a program measured, beyond its figures)."""
+    cells = lambda row: "| " + " | ".join("" if cell is None else str(cell) for cell in row) + " |"
+    return ["", table["title"], "", cells(table["columns"]), "|" + "---|" * len(table["columns"]),
+            *(cells(row) for row in table["rows"])]
 
 
 def figures_of(results: dict) -> dict:
@@ -52,6 +69,8 @@ def render(results: dict, baseline: dict | None) -> str:
     ]
     busy = [(name, load["busy_before"]) for name, phase in results["phases"].items()
             for load in _loads(phase) if load["busy_before"] > 0.15]
+    busy += [(name, phase["busy_before"]) for name, phase in results["phases"].items()
+             if phase.get("busy_before", 0) > 0.15]
     if busy:
         lines.append("- **The machine was busy** before " + ", ".join(
             f"{name} ({share:.0%})" for name, share in busy) + ": those figures are less reliable.")
@@ -60,13 +79,15 @@ def render(results: dict, baseline: dict | None) -> str:
         lines.append(f"- Baseline: {baseline.get('started', '?')} at {baseline['versions'].get('commit', '?')} "
                      "(change is informational).")
     for name, phase in results["phases"].items():
+        if phase.get("skipped"):
+            lines += ["", f"## {name}", "", f"Skipped: {phase['skipped']}."]
+            continue
         lines += ["", f"## {name}", "",
-                  "| figure | value | floor (this run) | vs floor | goal | met | baseline | change |",
+                  "| figure | value | floor or peer (this run) | vs floor or peer | goal | met | baseline | change |",
                   "|---|---|---|---|---|---|---|---|"]
         for key, figure in phase.get("figures", {}).items():
             unit = figure["unit"]
-            floor = figure.get("floor")
-            floor_text = f"{_number(floor, unit)} ({figure.get('floor_label', '')})" if floor is not None else ""
+            floor_text = _floor_text(figure)
             goal = figure.get("goal")
             goal_text = f"{'≤' if goal[0] == '<=' else '≥'} {_number(goal[1], unit)}" if goal else ""
             met = _met(figure)
@@ -82,6 +103,13 @@ def render(results: dict, baseline: dict | None) -> str:
                       "| process | CPU ms/run | switches/run |", "|---|---|---|"]
             for proc, cpu in phase["per_run_cpu_ms"].items():
                 lines.append(f"| {proc} | {cpu} | {phase['per_run_switches'].get(proc, '')} |")
+        for table in phase.get("tables", []):
+            lines += _table(table)
+        if phase.get("output"):
+            lines += ["", "<details><summary>the program's output</summary>", "", "```",
+                      phase["output"].rstrip(), "```", "", "</details>"]
+        if not _loads(phase):
+            continue
         lines += ["", "<details><summary>loads</summary>", "",
                   "| load | sent | ok | errors | ok/s | p50 ms | p99 ms | max ms | first event p50/p99 ms |",
                   "|---|---|---|---|---|---|---|---|---|"]
@@ -120,6 +148,8 @@ def missing_figures(results: dict, wanted: list[str]) -> list[str]:
     missing = []
     for name in wanted:
         phase = results["phases"].get(name)
+        if phase and phase.get("skipped"):
+            continue
         if not phase or not phase.get("figures"):
             missing.append(f"{name} (did not run)")
             continue

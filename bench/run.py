@@ -12,8 +12,16 @@ so the report means something on a noisy machine. Last, write
 bench/results/<timestamp>/results.json (everything) and report.md (the
 figures, their floors and goals, and the change against bench/baseline.json).
 
+Then, beside them: the same 3-step agent on LangGraph in process (its
+figures set against agentmesh's runs of this run), the official `openai`
+Python SDK through the edge, and the benchmark programs whose figures belong
+in the report (`cargo bench`: audit ingest, authentication), each run by its
+phase and parsed from the JSON line it prints.
+
 `--quick` runs every phase at tiny sizes with the debug binaries the tests
 built, and checks that each phase produced its figures: never a timing.
+The phases that need what quick mode does not install or build (LangGraph,
+the release-built benchmark programs) are skipped there, with a note.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ sys.path.insert(0, str(HERE))
 import phases  # noqa: E402
 import report  # noqa: E402
 from mesh import Floors, Mesh  # noqa: E402
-from procs import Proc, machine  # noqa: E402
+from procs import machine  # noqa: E402
 
 SIZES = {
     "full": {
@@ -41,14 +49,14 @@ SIZES = {
         "stream_rate": 200, "edge_rate": 1000,
         "runs_sequential": 1000, "runs_in_flight": 50, "runs_duration": 15,
         "open_runs": 10000, "open_ramp": 10, "slow_tokens": 40, "slow_pace_us": 1_000_000,
-        "burst": 5000, "burst_rate": 1000,
+        "burst": 5000, "burst_rate": 1000, "sdk_calls": 1000,
     },
     "quick": {
         "duration": 1, "rates": [100], "in_flight": 4,
         "stream_rate": 20, "edge_rate": 50,
         "runs_sequential": 10, "runs_in_flight": 4, "runs_duration": 1,
         "open_runs": 20, "open_ramp": 1, "slow_tokens": 6, "slow_pace_us": 500_000,
-        "burst": 40, "burst_rate": 40,
+        "burst": 40, "burst_rate": 40, "sdk_calls": 20,
     },
 }
 
@@ -78,6 +86,9 @@ def main() -> int:
     parser.add_argument("--baseline", type=Path, default=HERE / "baseline.json")
     parser.add_argument("--service-env", action="append", default=[], metavar="KEY=VALUE",
                         help="environment of the services (e.g. RUST_LOG=warn, LD_PRELOAD=…)")
+    parser.add_argument("--cargo-profile", default="",
+                        help="the profile `cargo bench` builds the benchmark programs with "
+                             "(default: its own, optimised; `dev` tries them without a release build)")
     args = parser.parse_args()
     size = "quick" if args.quick else "full"
     sizes = SIZES[size]
@@ -97,26 +108,20 @@ def main() -> int:
         floors = Floors(bench_bin, work / "logs", sizes["slow_pace_us"], sizes["slow_tokens"])
         service_env = dict(item.split("=", 1) for item in args.service_env)
         mesh = Mesh(bin_dir, work, floors, max_runs=max(sizes["open_runs"], 1000) * 2, env=service_env)
-        postgres = None
+        context = phases.Context(bin_dir, mesh, floors, sizes, work, quick=args.quick,
+                                 cargo_args=["--profile", args.cargo_profile] if args.cargo_profile else [],
+                                 done=results["phases"])
         try:
             mesh.start_all()
-            context = phases.Context(bin_dir, mesh, floors, sizes, work)
             for name in wanted:
-                if name == "runs_postgres" and postgres is None:
-                    postgres = Proc("postgres", [str(bench_bin), "postgres"], work / "logs",
-                                    stdin_pipe=True, tree=True)
-                    line = postgres.first_line(timeout=120)
-                    postgres.measured_pid = line.get("pid") or postgres.pid
-                    context.postgres = postgres
-                    mesh.restart_on(line["urls"])
                 print(f"== {name}", flush=True)
                 results["phases"][name] = phases.ALL[name](context)
         finally:
             mesh.stop()
             for proc in floors.procs():
                 proc.stop()
-            if postgres:
-                postgres.stop()
+            if context.postgres:
+                context.postgres.stop()
             results["seconds"] = round(time.monotonic() - started, 1)
             (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
             for log in (work / "logs").iterdir():

@@ -200,8 +200,8 @@ fn main() {
         let data = tempfile::tempdir().unwrap();
 
         let sqlite = start(format!("sqlite://{}", data.path().join("audit.db").display())).await;
-        let rate = ingest(&sqlite).await;
-        println!("audit ingest, SQLite:     {rate:>9.0} events/s ({EVENTS} events, {PRODUCERS} producers x batches of {BATCH})");
+        let sqlite_rate = ingest(&sqlite).await;
+        println!("audit ingest, SQLite:     {sqlite_rate:>9.0} events/s ({EVENTS} events, {PRODUCERS} producers x batches of {BATCH})");
 
         // emit() at the caller, the producer sending to the service meanwhile.
         let config = AuditConfig {
@@ -228,6 +228,7 @@ fn main() {
         let delivered = started.elapsed();
         producer.shutdown().await;
         latencies.sort_unstable();
+        let emit = quantiles_us(&latencies);
         println!(
             "emit at the caller:       p50 {:?}, p99 {:?}, max {:?} ({EMITS} emits over {offered:.2?}; all delivered after {delivered:.2?}, spool {} bytes)",
             percentile(&latencies, 0.5),
@@ -239,8 +240,8 @@ fn main() {
 
         let server = agentmesh_testkit::postgres::shared().await;
         let postgres = start(server.create_database("audit_bench").await).await;
-        let rate = ingest(&postgres).await;
-        println!("audit ingest, PostgreSQL: {rate:>9.0} events/s ({EVENTS} events, {PRODUCERS} producers x batches of {BATCH})");
+        let postgres_rate = ingest(&postgres).await;
+        println!("audit ingest, PostgreSQL: {postgres_rate:>9.0} events/s ({EVENTS} events, {PRODUCERS} producers x batches of {BATCH})");
         postgres.stop().await;
 
         let url = server.create_database("audit_tail_bench").await;
@@ -257,5 +258,33 @@ fn main() {
         }
         a.stop().await;
         b.stop().await;
+
+        // The same figures as one JSON line, for bench/run.py's report.
+        println!(
+            "{}",
+            serde_json::json!({
+                "bench": "audit_ingest",
+                "events": EVENTS,
+                "producers": PRODUCERS,
+                "batch": BATCH,
+                "sqlite_events_per_s": sqlite_rate.round(),
+                "postgres_events_per_s": postgres_rate.round(),
+                "emits": EMITS,
+                "emit_us": emit,
+                "tail_events": TAIL_EVENTS,
+                "tail_same_replica_us": quantiles_us(&same),
+                "tail_other_replica_us": quantiles_us(&other),
+            })
+        );
     });
+}
+
+/// p50, p99 and max of sorted `latencies`, in µs.
+fn quantiles_us(latencies: &[Duration]) -> serde_json::Value {
+    let us = |d: Duration| (d.as_secs_f64() * 1e9).round() / 1e3;
+    serde_json::json!({
+        "p50": us(percentile(latencies, 0.5)),
+        "p99": us(percentile(latencies, 0.99)),
+        "max": us(latencies[latencies.len() - 1]),
+    })
 }

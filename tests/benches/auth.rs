@@ -268,5 +268,24 @@ fn main() {
                 micros(percentile(times, 0.99)) - micros(percentile(&none, 0.99)),
             );
         }
+
+        // The same figures as one JSON line, for bench/run.py's report.
+        let us = |times: &[Duration]| {
+            serde_json::json!({
+                "p50": micros(percentile(times, 0.5)),
+                "p99": micros(percentile(times, 0.99)),
+            })
+        };
+        println!(
+            "{}",
+            serde_json::json!({
+                "bench": "auth",
+                "checks": CHECKS,
+                "calls": calls,
+                "decision_us": {"api_key": us(&checks), "jwt": us(&jwt_checks)},
+                "layer_us": {"none": us(&layer_none), "api_key": us(&layer_key), "jwt": us(&layer_jwt)},
+                "unary_us": {"none": us(&none), "api_key": us(&api_key), "jwt": us(&jwt)},
+            })
+        );
     });
 }
