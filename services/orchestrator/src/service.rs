@@ -10,6 +10,7 @@
 //! run ends at the caller's deadline, and its stream ends then with
 //! DEADLINE_EXCEEDED.
 
+mod driven;
 mod start;
 mod tree;
 
@@ -28,7 +29,6 @@ use agentmesh_proto::orchestrator::v1::{
 use futures::StreamExt as _;
 use futures::stream::BoxStream;
 use prost::Message as _;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use self::start::Starter;
@@ -135,26 +135,25 @@ fn not_found(what: &str, id: &str) -> Status {
 }
 
 impl OrchestratorServiceImpl {
-    /// A stream of the run's events after `after`.
-    /// The run's events after `after`, followed in a task acting in the
-    /// caller's `context` (a follow forwarded to the replica driving the run
-    /// carries the caller's identity); `forwarded`: this call is such a
-    /// follow.
+    /// The run's events after `after`, followed — as the stream is read,
+    /// by the stream itself ([`driven`]) — acting in the caller's `context`
+    /// (a follow forwarded to the replica driving the run carries the
+    /// caller's identity); `forwarded`: this call is such a follow.
     fn follow(
         &self,
         run: RunRow,
         after: i32,
         context: RequestContext,
         forwarded: bool,
-    ) -> Result<ReceiverStream<Result<pb::RunEvent, Status>>, Status> {
+    ) -> Result<driven::Driven<Result<pb::RunEvent, Status>>, Status> {
         let engine = Arc::clone(self.engine()?);
         let (sender, receiver) = tokio::sync::mpsc::channel(256);
-        tokio::spawn(
+        Ok(driven::Driven::new(
             context
                 .with_deadline(None)
                 .scope(engine.follow(run, after, sender, forwarded)),
-        );
-        Ok(ReceiverStream::new(receiver))
+            receiver,
+        ))
     }
 
     /// The run as GetRun shows it: with its plan (in its last checkpoint)
