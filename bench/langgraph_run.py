@@ -43,6 +43,7 @@ from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
+from stats import quantiles
 
 OBJECTIVE = "What is 17 * 23 + sqrt(144)?"
 EXPRESSION = "17 * 23 + sqrt(144)"
@@ -115,19 +116,6 @@ def check(answer: dict) -> None:
 
 
 # === measuring ===
-
-def quantiles(latencies: list[float]) -> dict:
-    """p50/p99/max in ms (nearest rank), as `agentmesh load` reports them."""
-    if not latencies:
-        return {}
-    ordered = sorted(latencies)
-
-    def at(q: float) -> float:
-        return round(ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))] * 1000, 3)
-
-    return {"p50": at(0.5), "p99": at(0.99), "max": round(ordered[-1] * 1000, 3),
-            "mean": round(sum(ordered) / len(ordered) * 1000, 3)}
-
 
 def options(graph, durability: str) -> dict:
     """`durability` means nothing (and warns) without a checkpointer."""

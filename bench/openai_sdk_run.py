@@ -18,26 +18,14 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
-import math
 import time
 
 import openai
+from stats import quantiles
 
 ROUNDS = 10
 WARMUP = 10
 MESSAGES = [{"role": "user", "content": "say your tokens"}]
-
-
-def quantiles(latencies: list[float]) -> dict:
-    """p50/p99/max in ms (nearest rank), as `agentmesh load` reports them."""
-    if not latencies:
-        return {}
-    ordered = sorted(latencies)
-
-    def at(q: float) -> float:
-        return round(ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))] * 1000, 3)
-
-    return {"p50": at(0.5), "p99": at(0.99), "max": round(ordered[-1] * 1000, 3), "calls": len(ordered)}
 
 
 def unary(client: openai.OpenAI, model: str, into: dict) -> None:
