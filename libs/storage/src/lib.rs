@@ -17,7 +17,9 @@
 //! transaction starts with `BEGIN IMMEDIATE` ([`BeginWrite`]) so it holds the
 //! lock from its first statement — and **readers** (`query_only`) for the
 //! reads a service marks as such ([`with_reader!`]), which WAL lets run
-//! beside the writer. Durability is unchanged: WAL with `synchronous =
+//! beside the writer. A service's most frequent write can go further and
+//! share its commits with the same write of other callers
+//! ([`group_commit`]). Durability is unchanged: WAL with `synchronous =
 //! NORMAL` (a commit survives a process crash; the last commits before a
 //! power loss may not).
 //!
@@ -27,10 +29,12 @@
 //! client can do about it.
 
 pub mod error;
+pub mod group_commit;
 #[cfg(test)]
 mod migrate_tests;
 
 pub use error::StoreError;
+pub use group_commit::{GroupCommit, GroupWrite};
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -60,6 +64,11 @@ pub struct StorageConfig {
     /// How long to wait for a connection.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// On SQLite, whether a service commits its most frequent write (the
+    /// orchestrator's steps) together with the same writes of other
+    /// callers waiting meanwhile ([`group_commit`]); false: each in a
+    /// transaction of its own. No effect on PostgreSQL.
+    pub group_commit: bool,
 }
 
 impl Default for StorageConfig {
@@ -69,6 +78,7 @@ impl Default for StorageConfig {
             url: None,
             max_connections: 8,
             connect_timeout: Duration::from_secs(5),
+            group_commit: true,
         }
     }
 }

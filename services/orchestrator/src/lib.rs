@@ -349,7 +349,7 @@ impl Startup {
                 .ok_or_else(|| StartupError::from("the database did not open"))?;
             let started = Engine::new(
                 Arc::clone(&self.config),
-                store::Store::new(db),
+                store::Store::new(db, self.config.storage.group_commit),
                 self.audit.clone(),
                 self.run_metrics.clone(),
                 &self.clients,

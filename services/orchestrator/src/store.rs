@@ -2,9 +2,9 @@
 //! sessions, on SQLite or PostgreSQL through the same queries.
 //!
 //! The engine is the only writer of a run while it drives it. It writes once
-//! per step ([`Store::flush`]: the step's events, the run row, the
-//! checkpoint and the step's callback in one transaction), never once per
-//! token, so a crash loses at most the step in flight, which is then run
+//! per step ([`Store::flush`], [`step`]: the step's events, the run row, the
+//! checkpoint and the step's callback in one transaction, on SQLite shared
+//! with other runs' steps), never once per token, so a crash loses at most the step in flight, which is then run
 //! again from the checkpoint. The callbacks' outbox is [`outbox`]; the
 //! long-term memory's notes are [`memory`].
 
@@ -12,11 +12,11 @@ mod row;
 
 use std::collections::BTreeMap;
 
-use agentmesh_kit::time::now_micros;
 use agentmesh_proto::llm::v1 as llm;
 use agentmesh_proto::orchestrator::v1 as pb;
 use agentmesh_storage::{
-    BeginWrite as _, Database, EmbeddedMigration, Migrations, StoreError, with_pool, with_reader,
+    BeginWrite as _, Database, EmbeddedMigration, GroupCommit, Migrations, StoreError, with_pool,
+    with_reader,
 };
 use prost::Message as _;
 
@@ -132,6 +132,8 @@ pub(crate) enum Tenants<'a> {
 #[derive(Debug, Clone)]
 pub(crate) struct Store {
     db: Database,
+    /// On SQLite, the group commit of steps ([`step`]).
+    steps: Option<GroupCommit<step::StepWrite>>,
 }
 
 /// The `runs` columns a [`RunRow`] is read from.
@@ -156,13 +158,22 @@ mod outbox;
 mod replicas;
 mod retention;
 mod runs;
+mod step;
 #[cfg(test)]
 pub(crate) mod testing;
 
 impl Store {
-    /// A store over an opened, migrated database.
-    pub(crate) fn new(db: Database) -> Self {
-        Self { db }
+    /// A store over an opened, migrated database. On SQLite with
+    /// `group_commit` (`storage.group_commit`) this starts the task that
+    /// commits steps together, so it must be called within a Tokio runtime.
+    pub(crate) fn new(db: Database, group_commit: bool) -> Self {
+        let steps = match &db {
+            Database::Sqlite(pools) if group_commit => {
+                Some(GroupCommit::start(pools.writer().clone()))
+            }
+            Database::Sqlite(_) | Database::Postgres(_) => None,
+        };
+        Self { db, steps }
     }
 
     /// Stores a new run (and its new session), or returns the run an
@@ -397,111 +408,6 @@ impl Store {
         rows.iter()
             .map(|bytes| Ok(pb::RunEvent::decode(bytes.as_slice())?))
             .collect()
-    }
-
-    /// Writes one step in one transaction: the run row's changing columns
-    /// and this instance's claim on the run until `lease_until`, the step's
-    /// events, the checkpoint (when given), the sequence reservation raised
-    /// to at least `reserve_to` ([`replicas`]), and the callback reporting
-    /// the step or end (when given; [`outbox`]: at most one per run and
-    /// event). Fenced: nothing is written unless `owner` still claims the
-    /// run ([`Flushed::ClaimLost`]).
-    // Kept whole: one transaction whose first statement fences the rest,
-    // all on the backend-generic transaction of `with_pool!`; split, each
-    // part would need that type spelled out for both backends.
-    pub(crate) async fn flush(
-        &self,
-        run: &RunRow,
-        events: &[pb::RunEvent],
-        checkpoint: Option<&Checkpoint>,
-        claim: (&str, i64),
-        reserve_to: i32,
-        callback: Option<&NewCallback>,
-    ) -> Result<Flushed, StoreError> {
-        let (owner, lease_until) = claim;
-        let error = run.error.as_ref().map(prost::Message::encode_to_vec);
-        let checkpoint = checkpoint.map(|c| (c.step, c.encode_to_vec()));
-        let now = now_micros();
-        Ok(with_pool!(&self.db, |pool| {
-            let mut tx = pool.begin_write().await?;
-            // The row first: when the claim is lost, nothing else is tried
-            // (the events' numbers may be taken by the new driver).
-            let cancel: Option<(Option<String>, String)> = sqlx::query_as(
-                "UPDATE runs SET state = $2, start_time = $3, end_time = $4, output = $5, \
-                 error = $6, input_tokens = $7, output_tokens = $8, steps = $9, \
-                 tool_calls = $10, last_sequence = $11, lease_until = $13, \
-                 sequence_reserved = CASE WHEN sequence_reserved > $14 \
-                 THEN sequence_reserved ELSE $14 END \
-                 WHERE run_id = $1 AND owner = $12 RETURNING cancel_reason, cancelled_by",
-            )
-            .bind(&run.run_id)
-            .bind(i32::from(run.state))
-            .bind(run.start_time)
-            .bind(run.end_time)
-            .bind(&run.output)
-            .bind(&error)
-            .bind(run.input_tokens)
-            .bind(run.output_tokens)
-            .bind(run.steps)
-            .bind(run.tool_calls)
-            .bind(run.last_sequence)
-            .bind(owner)
-            .bind(lease_until)
-            .bind(reserve_to)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some((cancel_reason, cancelled_by)) = cancel else {
-                return Ok(Flushed::ClaimLost);
-            };
-            for chunk in events.chunks(EVENTS_PER_INSERT) {
-                let mut insert =
-                    sqlx::QueryBuilder::new("INSERT INTO run_events (run_id, sequence, event) ");
-                insert.push_values(chunk, |mut row, event| {
-                    row.push_bind(&run.run_id)
-                        .push_bind(event.sequence)
-                        .push_bind(event.encode_to_vec());
-                });
-                insert.build().execute(&mut *tx).await?;
-            }
-            if let Some((step, state)) = &checkpoint {
-                sqlx::query(
-                    "INSERT INTO checkpoints (run_id, step, state, update_time) \
-                     VALUES ($1, $2, $3, $4) ON CONFLICT (run_id) DO UPDATE \
-                     SET step = excluded.step, state = excluded.state, \
-                     update_time = excluded.update_time",
-                )
-                .bind(&run.run_id)
-                .bind(*step)
-                .bind(state)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-            }
-            if let Some(callback) = callback {
-                sqlx::query(
-                    "INSERT INTO run_callbacks (delivery_id, run_id, event, tenant, url, \
-                     payload, create_time, next_attempt_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
-                     ON CONFLICT (run_id, event) DO NOTHING",
-                )
-                .bind(&callback.delivery_id)
-                .bind(&run.run_id)
-                .bind(&callback.event)
-                .bind(&run.tenant)
-                .bind(&callback.url)
-                .bind(&callback.payload)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-            }
-            tx.commit().await?;
-            Flushed::Stored {
-                cancel: cancel_reason.map(|reason| RecordedCancel {
-                    reason,
-                    by: cancelled_by,
-                }),
-            }
-        }))
     }
 
     /// Extends this instance's claim on the runs it drives.

@@ -9,7 +9,7 @@ use super::{MIGRATIONS, Store};
 async fn open(storage: StorageConfig) -> Store {
     let db = Database::connect(&storage, "orchestrator").await.unwrap();
     db.migrate(&MIGRATIONS).await.unwrap();
-    Store::new(db)
+    Store::new(db, storage.group_commit)
 }
 
 /// A store on a new SQLite database in `dir`.
