@@ -79,6 +79,13 @@ pub struct ProviderConfig {
     /// Time allowed to open a connection.
     #[serde(default = "defaults::connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Idle connections to the provider kept open for the next calls (each
+    /// streamed call holds a connection of its own while it streams). A
+    /// burst of more calls at once opens more; those beyond this many are
+    /// closed when their call ends, giving back their buffers instead of
+    /// holding them for the 90 s idle timeout.
+    #[serde(default = "defaults::max_idle_connections")]
+    pub max_idle_connections: usize,
     /// Time allowed until a streamed answer's response headers and first
     /// event. (A one-shot answer's headers come only when it is complete, so
     /// `request_timeout` bounds those.)
@@ -110,6 +117,9 @@ mod defaults {
     pub(super) fn connect_timeout() -> Duration {
         Duration::from_secs(5)
     }
+    pub(super) fn max_idle_connections() -> usize {
+        256
+    }
     pub(super) fn first_token_timeout() -> Duration {
         Duration::from_secs(60)
     }
@@ -128,6 +138,7 @@ impl ProviderConfig {
             kind,
             base_url: String::new(),
             api_key_env: String::new(),
+            max_idle_connections: defaults::max_idle_connections(),
             connect_timeout: defaults::connect_timeout(),
             first_token_timeout: defaults::first_token_timeout(),
             request_timeout: defaults::request_timeout(),

@@ -206,6 +206,7 @@ fn build_client(config: &ProviderConfig) -> Result<reqwest::Client, String> {
         .tcp_nodelay(true)
         .connect_timeout(config.connect_timeout)
         .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(config.max_idle_connections)
         .user_agent(concat!("agentmesh-llm-gateway/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|err| error_chain(&err))
