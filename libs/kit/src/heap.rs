@@ -7,7 +7,10 @@
 //! [`MIN_FREE_BYTES`] and more than a quarter of what is in use — asks glibc
 //! to return the free pages ([`agentmesh_heap::trim`]). Under steady load the
 //! free part stays small and nothing is trimmed: trimming walks every arena
-//! under its lock, so it is kept for when it pays.
+//! under its lock, so it is kept for when it pays. glibc still counts the
+//! pages it gave back as free, so after one trim the heap keeps looking
+//! worth trimming; the trimmer therefore trims again only once the resident
+//! size has grown by [`MIN_FREE_BYTES`] since its last trim (a new peak).
 
 use std::time::Duration;
 
@@ -21,6 +24,12 @@ pub fn worth_trimming(stats: &agentmesh_heap::HeapStats) -> bool {
     stats.free_bytes > MIN_FREE_BYTES && stats.free_bytes > stats.in_use_bytes / 4
 }
 
+/// Whether the resident size grew enough since the last trim (none yet:
+/// yes) for another trim to give anything back.
+pub fn grown_since_trim(resident: u64, after_last_trim: Option<u64>) -> bool {
+    after_last_trim.is_none_or(|after| resident > after.saturating_add(MIN_FREE_BYTES))
+}
+
 /// Checks the heap every `interval` until `stop` is cancelled (`interval`
 /// zero: never), trimming when [`worth_trimming`].
 pub fn spawn_trimmer(interval: Duration, stop: CancellationToken) {
@@ -31,21 +40,26 @@ pub fn spawn_trimmer(interval: Duration, stop: CancellationToken) {
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticks.tick().await;
+        // The resident size right after the last trim.
+        let mut after_last_trim = None;
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
                 _ = ticks.tick() => {}
             }
-            let trimmed = tokio::task::spawn_blocking(|| {
+            let trimmed = tokio::task::spawn_blocking(move || {
                 let before = agentmesh_heap::stats()?;
-                if !worth_trimming(&before) {
+                let (resident, _) = crate::profiling::resident_bytes()?;
+                if !worth_trimming(&before) || !grown_since_trim(resident, after_last_trim) {
                     return None;
                 }
                 agentmesh_heap::trim();
-                Some((before, agentmesh_heap::stats()?))
+                let (resident_after, _) = crate::profiling::resident_bytes()?;
+                Some((before, agentmesh_heap::stats()?, resident_after))
             })
             .await;
-            if let Ok(Some((before, after))) = trimmed {
+            if let Ok(Some((before, after, resident_after))) = trimmed {
+                after_last_trim = Some(resident_after);
                 tracing::debug!(
                     free_before = before.free_bytes,
                     free_after = after.free_bytes,
@@ -80,5 +94,16 @@ mod tests {
         // A big busy heap with the churn of its load free.
         assert!(!worth_trimming(&heap(2_000, 300)));
         assert!(worth_trimming(&heap(2_000, 600)));
+    }
+
+    #[test]
+    fn a_trimmed_heap_is_trimmed_again_only_after_a_new_peak() {
+        const MIB: u64 = 1 << 20;
+        assert!(grown_since_trim(150 * MIB, None));
+        // Right after a trim, and while the size holds, nothing to give back.
+        assert!(!grown_since_trim(150 * MIB, Some(140 * MIB)));
+        assert!(!grown_since_trim(204 * MIB, Some(140 * MIB)));
+        // Grown again by more than MIN_FREE_BYTES: worth another trim.
+        assert!(grown_since_trim(300 * MIB, Some(140 * MIB)));
     }
 }

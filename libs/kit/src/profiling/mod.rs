@@ -182,7 +182,7 @@ fn sample(request: &ProfileRequest) -> Result<Response, String> {
 }
 
 /// The process's resident and peak resident bytes, from `/proc/self/status`.
-fn resident_bytes() -> Option<(u64, u64)> {
+pub(crate) fn resident_bytes() -> Option<(u64, u64)> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let field = |name: &str| -> Option<u64> {
         let line = status.lines().find(|line| line.starts_with(name))?;
