@@ -20,6 +20,10 @@ use tracing_subscriber::{EnvFilter, Layer};
 use crate::config::{LogConfig, LogFormat};
 use crate::telemetry;
 
+mod span_fields;
+
+use span_fields::{SpanFieldsLayer, write_span_fields};
+
 /// Installs the global subscriber for `service` (e.g. `orchestrator`) and,
 /// when configured, the trace exporter; call [`telemetry::shutdown`] at the
 /// end to export the last spans. Must run inside a Tokio runtime when traces
@@ -39,9 +43,10 @@ pub fn init(service: &str, config: &LogConfig) {
                 .with_timer("timestamp", tracing_subscriber::fmt::time::SystemTime)
                 .with_level("level")
                 .with_target("target")
-                .with_top_level_flattened_span_list()
                 .with_flattened_event();
-            layer.boxed()
+            // The spans' fields, kept by `SpanFieldsLayer` (see there why).
+            layer.add_multiple_dynamic_fields(write_span_fields);
+            SpanFieldsLayer::new(layer).boxed()
         }
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
             .compact()
