@@ -24,7 +24,7 @@ use agentmesh_proto::audit::v1::{
     AuditEvent, EventType, LlmCallDetails, Outcome, audit_event::Details,
 };
 use agentmesh_proto::llm::v1::{FinishReason, GenerateRequest, Message, Role, Usage};
-use serde_json::{Map, Value, json};
+use serde::Serialize;
 use tonic::Status;
 use tracing::field::Empty;
 
@@ -327,57 +327,93 @@ fn cut(text: &str) -> String {
 
 /// The prompt as captured: the messages and tool specs sent, as JSON.
 pub(crate) fn prompt_text(request: &GenerateRequest) -> String {
-    let messages: Vec<Value> = request.messages.iter().map(message_json).collect();
-    let tools: Vec<Value> = request
-        .tools
-        .iter()
-        .map(|tool| {
-            json!({
-                "name": tool.name,
-                "description": tool.description,
-                "parameters_json": tool.parameters_json,
+    let prompt = CapturedPrompt {
+        messages: request.messages.iter().map(CapturedMessage::of).collect(),
+        tools: request
+            .tools
+            .iter()
+            .map(|tool| CapturedTool {
+                description: &tool.description,
+                name: &tool.name,
+                parameters_json: &tool.parameters_json,
             })
-        })
-        .collect();
-    json!({ "messages": messages, "tools": tools }).to_string()
+            .collect(),
+    };
+    captured_json(&prompt)
 }
 
 /// The answer as captured: its text and tool calls, as JSON.
 pub(crate) fn completion_text(message: &Message) -> String {
-    message_json(message).to_string()
+    captured_json(&CapturedMessage::of(message))
 }
 
-fn message_json(message: &Message) -> Value {
-    let role = Role::try_from(message.role).unwrap_or(Role::Unspecified);
-    let mut value = Map::new();
-    value.insert(
-        "role".into(),
-        json!(
-            role.as_str_name()
-                .strip_prefix("ROLE_")
-                .unwrap_or_default()
-                .to_ascii_lowercase()
-        ),
-    );
-    value.insert("content".into(), json!(message.content));
-    if !message.tool_calls.is_empty() {
-        let calls = message
-            .tool_calls
-            .iter()
-            .map(|call| {
-                json!({
-                    "id": call.id,
-                    "name": call.name,
-                    "arguments_json": call.arguments_json,
+/// Serialises borrowed structs straight to text (no `Value` tree on the
+/// call's path). Their members are in alphabetical order, as a
+/// `serde_json::Map` writes them, so a prompt's text (and its SHA-256 in
+/// the audit log) is what it has always been.
+fn captured_json(value: &impl Serialize) -> String {
+    // Strings and vectors of them cannot fail to serialise.
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+#[derive(Serialize)]
+struct CapturedPrompt<'a> {
+    messages: Vec<CapturedMessage<'a>>,
+    tools: Vec<CapturedTool<'a>>,
+}
+
+#[derive(Serialize)]
+struct CapturedTool<'a> {
+    description: &'a str,
+    name: &'a str,
+    parameters_json: &'a str,
+}
+
+#[derive(Serialize)]
+struct CapturedMessage<'a> {
+    content: &'a str,
+    role: &'static str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    tool_call_id: &'a str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<CapturedCall<'a>>,
+}
+
+#[derive(Serialize)]
+struct CapturedCall<'a> {
+    arguments_json: &'a str,
+    id: &'a str,
+    name: &'a str,
+}
+
+impl<'a> CapturedMessage<'a> {
+    fn of(message: &'a Message) -> Self {
+        Self {
+            content: &message.content,
+            role: role_name(Role::try_from(message.role).unwrap_or(Role::Unspecified)),
+            tool_call_id: &message.tool_call_id,
+            tool_calls: message
+                .tool_calls
+                .iter()
+                .map(|call| CapturedCall {
+                    arguments_json: &call.arguments_json,
+                    id: &call.id,
+                    name: &call.name,
                 })
-            })
-            .collect();
-        value.insert("tool_calls".into(), Value::Array(calls));
+                .collect(),
+        }
     }
-    if !message.tool_call_id.is_empty() {
-        value.insert("tool_call_id".into(), json!(message.tool_call_id));
+}
+
+/// A role as captured: the enum name without its prefix, in lower case.
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Unspecified => "unspecified",
+        Role::System => "system",
+        Role::User => "user",
+        Role::Assistant => "assistant",
+        Role::Tool => "tool",
     }
-    Value::Object(value)
 }
 
 // === impl KeyRegistry ===
@@ -418,6 +454,7 @@ impl KeyRegistry {
 #[cfg(test)]
 mod tests {
     use agentmesh_proto::llm::v1::{ToolCall, ToolSpec};
+    use serde_json::{Value, json};
 
     use super::*;
 
@@ -460,6 +497,77 @@ mod tests {
         assert_eq!(prompt["messages"][0]["content"], "What is 2+2?");
         assert_eq!(prompt["messages"][1]["tool_calls"][0]["name"], "calculator");
         assert_eq!(prompt["tools"][0]["name"], "calculator");
+    }
+
+    /// The text as it was built before, through a `Value` tree.
+    fn message_value(message: &Message) -> Value {
+        let role = Role::try_from(message.role).unwrap_or(Role::Unspecified);
+        let mut value = serde_json::Map::new();
+        let role = role.as_str_name().strip_prefix("ROLE_").unwrap_or_default();
+        value.insert("role".into(), json!(role.to_ascii_lowercase()));
+        value.insert("content".into(), json!(message.content));
+        if !message.tool_calls.is_empty() {
+            let calls = message
+                .tool_calls
+                .iter()
+                .map(|call| json!({"id": call.id, "name": call.name, "arguments_json": call.arguments_json}))
+                .collect();
+            value.insert("tool_calls".into(), Value::Array(calls));
+        }
+        if !message.tool_call_id.is_empty() {
+            value.insert("tool_call_id".into(), json!(message.tool_call_id));
+        }
+        Value::Object(value)
+    }
+
+    #[test]
+    fn captured_text_is_byte_for_byte_the_value_trees() {
+        let roles = [
+            Role::Unspecified,
+            Role::System,
+            Role::User,
+            Role::Assistant,
+            Role::Tool,
+        ];
+        let messages: Vec<Message> = roles
+            .iter()
+            .enumerate()
+            .map(|(i, role)| Message {
+                role: (*role).into(),
+                content: format!("say \"{i}\" é\n"),
+                tool_call_id: if i % 2 == 0 {
+                    String::new()
+                } else {
+                    format!("c{i}")
+                },
+                tool_calls: (0..i % 3)
+                    .map(|n| ToolCall {
+                        id: format!("t{n}"),
+                        name: "calc".into(),
+                        arguments_json: "{\"x\":1}".into(),
+                    })
+                    .collect(),
+                ..Message::default()
+            })
+            .collect();
+        let request = GenerateRequest {
+            messages: messages.clone(),
+            tools: vec![ToolSpec {
+                name: "calc".into(),
+                description: "d \"q\"".into(),
+                parameters_json: "{}".into(),
+            }],
+            ..GenerateRequest::default()
+        };
+        let want = json!({
+            "messages": messages.iter().map(message_value).collect::<Vec<_>>(),
+            "tools": [{"name": "calc", "description": "d \"q\"", "parameters_json": "{}"}],
+        })
+        .to_string();
+        assert_eq!(prompt_text(&request), want);
+        for message in &messages {
+            assert_eq!(completion_text(message), message_value(message).to_string());
+        }
     }
 
     #[test]

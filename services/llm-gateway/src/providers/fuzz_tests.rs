@@ -15,7 +15,7 @@ use crate::completion::ProviderEvent;
 use crate::error::ProviderError;
 use crate::providers::anthropic::EventDecoder;
 use crate::providers::http::{SseDecoder, Timing, decode_sse};
-use crate::providers::openai::ChunkDecoder;
+use crate::providers::openai_answer::ChunkDecoder;
 
 type Decoded = Vec<Result<ProviderEvent, ProviderError>>;
 
@@ -321,4 +321,168 @@ fn fuzz_sse_anthropic_framing_transparency() {
         "sse_anthropic_framing_transparency",
         ANTHROPIC_RECORDINGS,
     );
+}
+
+// === typed and lenient Chat Completions parsing agree ===
+
+/// A JSON value of any kind, well-typed ones most likely.
+fn any_json(typed: BoxedStrategy<serde_json::Value>) -> BoxedStrategy<serde_json::Value> {
+    use serde_json::{Value, json};
+    prop_oneof![
+        6 => typed,
+        1 => Just(Value::Null),
+        1 => any::<bool>().prop_map(Value::from),
+        1 => prop_oneof![Just(json!(-1)), Just(json!(2.5)), Just(json!(7))],
+        1 => "[a-z\"\\\\é]{0,4}".prop_map(Value::from),
+        1 => Just(json!([])),
+        1 => Just(json!({})),
+    ]
+    .boxed()
+}
+
+fn text_json() -> BoxedStrategy<serde_json::Value> {
+    any_json(
+        "[a-z \"\\\\é]{0,6}"
+            .prop_map(serde_json::Value::from)
+            .boxed(),
+    )
+}
+
+fn count_json() -> BoxedStrategy<serde_json::Value> {
+    any_json((0u64..1000).prop_map(serde_json::Value::from).boxed())
+}
+
+/// An object with each of `members` present or not.
+fn object(
+    members: Vec<(&'static str, BoxedStrategy<serde_json::Value>)>,
+) -> BoxedStrategy<serde_json::Value> {
+    let members: Vec<_> = members
+        .into_iter()
+        .map(|(name, value)| prop::option::of(value).prop_map(move |value| (name, value)))
+        .collect();
+    members
+        .prop_map(|members| {
+            serde_json::Value::Object(
+                members
+                    .into_iter()
+                    .filter_map(|(name, value)| Some((name.to_owned(), value?)))
+                    .collect(),
+            )
+        })
+        .boxed()
+}
+
+/// Completions and chunks as providers send them, and broken ones.
+fn chat_answer() -> BoxedStrategy<serde_json::Value> {
+    let function = object(vec![("name", text_json()), ("arguments", text_json())]);
+    let call = object(vec![
+        ("index", count_json()),
+        ("id", text_json()),
+        ("function", any_json(function)),
+    ]);
+    let message = object(vec![
+        ("content", text_json()),
+        ("refusal", text_json()),
+        (
+            "tool_calls",
+            any_json(
+                prop::collection::vec(any_json(call), 0..3)
+                    .prop_map(serde_json::Value::from)
+                    .boxed(),
+            ),
+        ),
+    ]);
+    let choice = object(vec![
+        ("message", any_json(message.clone())),
+        ("delta", any_json(message)),
+        ("finish_reason", text_json()),
+    ]);
+    let usage = object(vec![
+        ("prompt_tokens", count_json()),
+        ("completion_tokens", count_json()),
+        (
+            "prompt_tokens_details",
+            any_json(object(vec![("cached_tokens", count_json())])),
+        ),
+        (
+            "completion_tokens_details",
+            any_json(object(vec![("reasoning_tokens", count_json())])),
+        ),
+    ]);
+    let error = object(vec![("type", text_json()), ("message", text_json())]);
+    object(vec![
+        ("id", text_json()),
+        ("model", text_json()),
+        (
+            "choices",
+            any_json(
+                prop::collection::vec(any_json(choice), 0..3)
+                    .prop_map(serde_json::Value::from)
+                    .boxed(),
+            ),
+        ),
+        ("usage", any_json(usage)),
+        (
+            "error",
+            prop_oneof![3 => Just(serde_json::Value::Null), 1 => any_json(error)].boxed(),
+        ),
+        ("message", text_json()),
+    ])
+}
+
+#[test]
+fn fuzz_openai_typed_answers_read_as_the_lenient_path() {
+    use crate::providers::openai_answer::{
+        completion_from_body, parse_completion, typed_completion,
+    };
+    use crate::providers::openai_wire::Answer;
+    check("openai_typed_answers", chat_answer(), |value| {
+        let body = serde_json::to_vec(&value).unwrap();
+        // A completion: whichever path reads it, the same result.
+        let lenient = format!("{:?}", parse_completion(&value));
+        prop_assert_eq!(
+            format!("{:?}", completion_from_body(&body)),
+            lenient.clone()
+        );
+        if let Some(answer) = Answer::parse(&body) {
+            prop_assert_eq!(format!("{:?}", typed_completion(&answer)), lenient);
+        }
+        // A chunk, twice (the second continues the first's tool calls):
+        // the same events.
+        let mut typed = ChunkDecoder::default();
+        let mut plain = ChunkDecoder::default();
+        for _ in 0..2 {
+            let event = Event {
+                data: String::from_utf8(body.clone()).unwrap(),
+                ..Event::default()
+            };
+            let got = typed.on_event(&event);
+            let want = plain.value_chunk(&value);
+            prop_assert_eq!(format!("{got:?}"), format!("{want:?}"));
+        }
+        // The state each kept (the finish reason) shows at the end.
+        let done = Event {
+            data: "[DONE]".to_owned(),
+            ..Event::default()
+        };
+        prop_assert_eq!(
+            format!("{:?}", typed.on_event(&done)),
+            format!("{:?}", plain.on_event(&done))
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn well_formed_answers_take_the_typed_path() {
+    use crate::providers::openai_wire::Answer;
+    for (_, data) in recorded_events(&OPENAI_RECORDINGS[..2]) {
+        if data.trim() != "[DONE]" {
+            assert!(Answer::parse(data.as_bytes()).is_some(), "{data}");
+        }
+    }
+    let completion = br#"{"id":"c1","model":"m","choices":[{"message":{"role":"assistant","content":"hi \"there\"","tool_calls":[{"id":"t","type":"function","function":{"name":"f","arguments":"{}"}}]},"finish_reason":"tool_calls"}],"usage":{"prompt_tokens":3,"completion_tokens":2,"prompt_tokens_details":{"cached_tokens":1}}}"#;
+    assert!(Answer::parse(completion).is_some());
+    assert!(Answer::parse(br#"{"error":{"message":"no"}}"#).is_none());
+    assert!(Answer::parse(br#"{"choices":[],"error":null}"#).is_none());
 }

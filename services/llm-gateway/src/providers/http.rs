@@ -237,7 +237,7 @@ async fn error_response(
         .get(RETRY_AFTER)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| parse_retry_after(value, SystemTime::now()));
-    let body = read_body(response, MAX_ERROR_BODY_BYTES, timing)
+    let body = read_body_within(response, MAX_ERROR_BODY_BYTES, timing)
         .await
         .unwrap_or_default();
     let text = String::from_utf8_lossy(&body);
@@ -305,12 +305,25 @@ pub(crate) async fn read_json(
     response: reqwest::Response,
     timing: &Timing,
 ) -> Result<Value, ProviderError> {
-    let body = read_body(response, MAX_BODY_BYTES, timing).await?;
-    serde_json::from_slice(&body)
+    body_json(&read_body(response, timing).await?)
+}
+
+/// A response body read whole (at most [`MAX_BODY_BYTES`]) within the
+/// call's time limit.
+pub(crate) async fn read_body(
+    response: reqwest::Response,
+    timing: &Timing,
+) -> Result<Vec<u8>, ProviderError> {
+    read_body_within(response, MAX_BODY_BYTES, timing).await
+}
+
+/// A response body parsed as JSON.
+pub(crate) fn body_json(body: &[u8]) -> Result<Value, ProviderError> {
+    serde_json::from_slice(body)
         .map_err(|err| ProviderError::Malformed(format!("the response body is not JSON: {err}")))
 }
 
-async fn read_body(
+async fn read_body_within(
     mut response: reqwest::Response,
     limit: usize,
     timing: &Timing,

@@ -20,6 +20,8 @@ pub(crate) mod anthropic;
 mod fuzz_tests;
 pub(crate) mod http;
 pub(crate) mod openai;
+mod openai_answer;
+mod openai_wire;
 pub(crate) mod scripted;
 mod sse_input;
 

@@ -14,25 +14,23 @@
 //! fragments), the finish reason and the final usage chunk (asked for with
 //! `stream_options.include_usage`) into provider events. An `error` object
 //! in a data line ends the stream with that error. One-shot answers are
-//! mapped by [`parse_completion`].
+//! mapped by [`completion_from_body`]; both are in `openai_answer`.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use agentmesh_proto::llm::v1::{
-    FinishReason, GenerateRequest, Message, ResponseFormat, ResponseFormatType, Role, ToolCall,
-    ToolChoiceMode,
+    GenerateRequest, Message, ResponseFormat, ResponseFormatType, Role, ToolChoiceMode,
 };
-use eventsource_stream::Event;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use serde_json::{Map, Value, json};
 
-use crate::completion::{Completion, ProviderEvent, ReportedUsage, assistant_message};
+use crate::completion::Completion;
 use crate::config::{ProviderConfig, ProviderKind};
 use crate::error::ProviderError;
-use crate::providers::http::{HttpCore, SseDecoder, error_object, event_json, read_json};
+use crate::providers::http::{HttpCore, read_body};
+use crate::providers::openai_answer::{ChunkDecoder, completion_from_body};
 use crate::providers::{EventStream, Provider, ProviderCall};
 
 /// An OpenAI-protocol provider instance.
@@ -110,8 +108,7 @@ impl Provider for OpenAi {
                     &timing,
                 )
                 .await?;
-            let value = read_json(response, &timing).await?;
-            parse_completion(&value)
+            completion_from_body(&read_body(response, &timing).await?)
         }
         .boxed()
     }
@@ -319,189 +316,15 @@ pub(crate) fn parameters_schema(parameters_json: &str) -> Value {
         .unwrap_or_else(|_| json!({"type": "object", "properties": {}}))
 }
 
-// === response mapping ===
-
-/// OpenAI finish reason → ours.
-pub(crate) fn finish_reason(reason: &str) -> FinishReason {
-    match reason {
-        "stop" => FinishReason::Stop,
-        "length" => FinishReason::Length,
-        "tool_calls" | "function_call" => FinishReason::ToolCalls,
-        "content_filter" => FinishReason::ContentFilter,
-        _ => FinishReason::Unspecified,
-    }
-}
-
-/// The usage object (`prompt_tokens`, `completion_tokens`, and the cached
-/// and reasoning details).
-pub(crate) fn usage(value: &Value) -> ReportedUsage {
-    let count = |pointer: &str| value.pointer(pointer).and_then(Value::as_u64);
-    ReportedUsage {
-        input_tokens: count("/prompt_tokens"),
-        output_tokens: count("/completion_tokens"),
-        cached_input_tokens: count("/prompt_tokens_details/cached_tokens"),
-        reasoning_tokens: count("/completion_tokens_details/reasoning_tokens"),
-        estimated: false,
-    }
-}
-
-fn str_at<'a>(value: &'a Value, pointer: &str) -> &'a str {
-    value.pointer(pointer).and_then(Value::as_str).unwrap_or("")
-}
-
-/// A non-streamed `chat.completion` object → [`Completion`].
-pub(crate) fn parse_completion(value: &Value) -> Result<Completion, ProviderError> {
-    if let Some((kind, message)) = value.get("error").and_then(|_| error_object(value)) {
-        return Err(ProviderError::Upstream { kind, message });
-    }
-    let choice = value
-        .pointer("/choices/0")
-        .ok_or_else(|| ProviderError::Malformed("the response has no choices".to_owned()))?;
-    let mut message = assistant_message();
-    message.content = [
-        str_at(choice, "/message/content"),
-        str_at(choice, "/message/refusal"),
-    ]
-    .concat();
-    if let Some(calls) = choice
-        .pointer("/message/tool_calls")
-        .and_then(Value::as_array)
-    {
-        message.tool_calls = calls
-            .iter()
-            .map(|call| ToolCall {
-                id: str_at(call, "/id").to_owned(),
-                name: str_at(call, "/function/name").to_owned(),
-                arguments_json: str_at(call, "/function/arguments").to_owned(),
-            })
-            .collect();
-    }
-    let provider_finish_reason = str_at(choice, "/finish_reason").to_owned();
-    let reason =
-        crate::completion::normalise_finish(finish_reason(&provider_finish_reason), &message);
-    Ok(Completion {
-        message,
-        finish_reason: reason,
-        provider_finish_reason,
-        usage: value.get("usage").map(usage).unwrap_or_default(),
-        response_id: str_at(value, "/id").to_owned(),
-        model: str_at(value, "/model").to_owned(),
-    })
-}
-
-// === impl ChunkDecoder ===
-
-/// Decodes the `chat.completion.chunk` events of a streamed answer.
-#[derive(Debug, Default)]
-pub(crate) struct ChunkDecoder {
-    metadata_sent: bool,
-    finish_reason: Option<String>,
-    /// Provider tool-call index → ours (dense, in order of appearance).
-    tool_indexes: HashMap<u64, usize>,
-    /// Ids of the calls seen, by our index (for servers that omit `index`).
-    tool_ids: Vec<String>,
-    done: bool,
-}
-
-impl ChunkDecoder {
-    fn tool_index(&mut self, delta: &Value) -> usize {
-        let id = str_at(delta, "/id");
-        if let Some(index) = delta.get("index").and_then(Value::as_u64) {
-            let next = self.tool_ids.len();
-            let ours = *self.tool_indexes.entry(index).or_insert(next);
-            if ours == next {
-                self.tool_ids.push(id.to_owned());
-            }
-            return ours;
-        }
-        // No index: a new id starts a new call, anything else continues the last.
-        match self
-            .tool_ids
-            .iter()
-            .position(|seen| !id.is_empty() && seen == id)
-        {
-            Some(ours) => ours,
-            None if !id.is_empty() || self.tool_ids.is_empty() => {
-                self.tool_ids.push(id.to_owned());
-                self.tool_ids.len() - 1
-            }
-            None => self.tool_ids.len() - 1,
-        }
-    }
-}
-
-impl SseDecoder for ChunkDecoder {
-    fn on_event(&mut self, event: &Event) -> Result<Vec<ProviderEvent>, ProviderError> {
-        if event.data.trim() == "[DONE]" {
-            self.done = true;
-            let provider_finish_reason = self.finish_reason.take().unwrap_or_default();
-            return Ok(vec![ProviderEvent::Finished {
-                finish_reason: finish_reason(&provider_finish_reason),
-                provider_finish_reason,
-            }]);
-        }
-        let chunk = event_json(event)?;
-        if chunk.get("error").is_some_and(|error| !error.is_null()) {
-            let (kind, message) =
-                error_object(&chunk).unwrap_or_else(|| ("error".to_owned(), chunk.to_string()));
-            return Err(ProviderError::Upstream { kind, message });
-        }
-        let mut events = Vec::new();
-        if !self.metadata_sent {
-            let response_id = str_at(&chunk, "/id");
-            let model = str_at(&chunk, "/model");
-            if !response_id.is_empty() || !model.is_empty() {
-                self.metadata_sent = true;
-                events.push(ProviderEvent::Metadata {
-                    response_id: response_id.to_owned(),
-                    model: model.to_owned(),
-                });
-            }
-        }
-        let choices = chunk.get("choices").and_then(Value::as_array);
-        // We ask for one choice (n = 1); anything else is ignored.
-        if let Some(choice) = choices.and_then(|choices| choices.first()) {
-            let delta = choice.get("delta").unwrap_or(&Value::Null);
-            for text in [str_at(delta, "/content"), str_at(delta, "/refusal")] {
-                if !text.is_empty() {
-                    events.push(ProviderEvent::Text(text.to_owned()));
-                }
-            }
-            if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
-                for call in calls {
-                    let index = self.tool_index(call);
-                    events.push(ProviderEvent::ToolCallDelta {
-                        index,
-                        id: str_at(call, "/id").to_owned(),
-                        name: str_at(call, "/function/name").to_owned(),
-                        arguments_fragment: str_at(call, "/function/arguments").to_owned(),
-                    });
-                }
-            }
-            if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
-                self.finish_reason = Some(reason.to_owned());
-            }
-        }
-        if let Some(reported) = chunk.get("usage").filter(|usage| usage.is_object()) {
-            events.push(ProviderEvent::Usage(usage(reported)));
-        }
-        Ok(events)
-    }
-
-    fn is_complete(&self) -> bool {
-        self.done
-    }
-
-    fn end_marker(&self) -> &'static str {
-        "`data: [DONE]`"
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use agentmesh_proto::llm::v1::{ResponseFormat, ToolChoice, ToolSpec};
+    use agentmesh_proto::llm::v1::{FinishReason, ResponseFormat, ToolCall, ToolChoice, ToolSpec};
+    use eventsource_stream::Event;
 
     use super::*;
+    use crate::completion::{ProviderEvent, ReportedUsage};
+    use crate::providers::http::SseDecoder;
+    use crate::providers::openai_answer::parse_completion;
 
     fn message(role: Role, content: &str) -> Message {
         Message {
@@ -731,15 +554,6 @@ mod tests {
         let last = events.last().unwrap().as_ref().unwrap_err();
         assert_eq!(last.code(), tonic::Code::Unavailable);
         assert!(last.to_string().contains("[DONE]"), "{last}");
-    }
-
-    #[test]
-    fn calls_without_index_are_told_apart_by_id() {
-        let mut decoder = ChunkDecoder::default();
-        assert_eq!(decoder.tool_index(&json!({"id": "a"})), 0);
-        assert_eq!(decoder.tool_index(&json!({})), 0);
-        assert_eq!(decoder.tool_index(&json!({"id": "b"})), 1);
-        assert_eq!(decoder.tool_index(&json!({"id": "a"})), 0);
     }
 
     #[test]
