@@ -77,17 +77,18 @@ impl Engine {
         let callback = checkpoint
             .filter(|checkpoint| checkpoint.step >= 1)
             .and_then(|checkpoint| step_callback(run, checkpoint.step, now_micros()));
-        let flushed = self
-            .store
-            .flush(
-                run,
-                &events,
-                checkpoint,
-                (&self.owner, self.lease_until()),
-                reserve_to,
-                callback.as_ref(),
-            )
-            .await;
+        // Boxed: a store write's future is some 9 KiB (the database
+        // driver's), and unboxed it would be part of every open run's task
+        // for the run's whole life, not only while it writes.
+        let flushed = Box::pin(self.store.flush(
+            run,
+            &events,
+            checkpoint,
+            (&self.owner, self.lease_until()),
+            reserve_to,
+            callback.as_ref(),
+        ))
+        .await;
         match flushed {
             Ok(Flushed::Stored { cancel }) => {
                 if callback.is_some() {
@@ -181,18 +182,16 @@ impl Engine {
             let (mut events, _) = active.unstored();
             events.push(terminal.clone());
             let reserve_to = terminal.sequence;
-            match self
-                .store
-                .flush(
-                    run,
-                    &events,
-                    Some(checkpoint),
-                    (&self.owner, self.lease_until()),
-                    reserve_to,
-                    callback.as_ref(),
-                )
-                .await
-            {
+            // Boxed, as in `flush_with`.
+            let stored = Box::pin(self.store.flush(
+                run,
+                &events,
+                Some(checkpoint),
+                (&self.owner, self.lease_until()),
+                reserve_to,
+                callback.as_ref(),
+            ));
+            match stored.await {
                 Ok(Flushed::Stored { .. }) => {
                     if callback.is_some() {
                         self.callbacks.wake();

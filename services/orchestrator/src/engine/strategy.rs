@@ -115,20 +115,24 @@ impl Engine {
         cx: &StepContext<'_>,
         checkpoint: &mut Checkpoint,
     ) -> Result<String, Status> {
+        // A run's task holds its strategy's future for the run's whole
+        // life, sized by the largest strategy unless boxed: the other
+        // strategies are boxed, so a tool loop (most runs) holds none of
+        // their state (the router's is twice a tool loop's).
         match cx.profile.strategy {
             Strategy::ToolLoop => self.tool_loop(run, cx, checkpoint).await,
             Strategy::PlanExecute | Strategy::EvaluatorOptimizer => {
                 let tally = Tally::of(checkpoint, run.limits.max_steps);
                 let result = if cx.profile.strategy == Strategy::PlanExecute {
-                    self.plan_execute(run, cx, &tally, checkpoint).await
+                    Box::pin(self.plan_execute(run, cx, &tally, checkpoint)).await
                 } else {
-                    self.evaluator_optimizer(run, cx, &tally, checkpoint).await
+                    Box::pin(self.evaluator_optimizer(run, cx, &tally, checkpoint)).await
                 };
                 // A failed run's end still counts what it used.
                 tally.copy_to(checkpoint);
                 result
             }
-            Strategy::Router => self.route(run, cx, checkpoint).await,
+            Strategy::Router => Box::pin(self.route(run, cx, checkpoint)).await,
             // The lead is a tool loop whose `delegate` calls start sub-runs.
             Strategy::OrchestratorWorkers => self.tool_loop(run, cx, checkpoint).await,
         }

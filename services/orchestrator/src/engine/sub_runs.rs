@@ -237,7 +237,8 @@ impl Engine {
     /// Cancels `run`'s sub-runs that have not ended (its end is theirs):
     /// recorded for whichever replica drives them, at once here.
     pub(super) async fn cancel_sub_runs(&self, run: &RunRow) {
-        let children = match self.store.unfinished_sub_runs(&run.run_id).await {
+        // Boxed, as store writes are in `persist`: not part of every run's task.
+        let children = match Box::pin(self.store.unfinished_sub_runs(&run.run_id)).await {
             Ok(children) => children,
             Err(err) => {
                 tracing::warn!(run_id = %run.run_id, error = %err, "cannot list the run's sub-runs to cancel them");
@@ -250,7 +251,7 @@ impl Engine {
             run.state.as_str_name()
         );
         for child in children {
-            if let Err(err) = self.store.request_cancel(&child, &reason, "").await {
+            if let Err(err) = Box::pin(self.store.request_cancel(&child, &reason, "")).await {
                 tracing::warn!(run_id = %child, error = %err, "cannot record the cancel of a sub-run");
             }
             let local = lock(&self.active).get(&child).cloned();
