@@ -3,14 +3,16 @@
 //! glibc keeps freed memory in its arenas for reuse, so a service that
 //! held many runs or large requests at once stays at its peak resident size
 //! long after. Every `server.heap_trim_interval` (10 s by default) the
-//! trimmer reads the heap's figures and, when much of it is free — more than
-//! [`MIN_FREE_BYTES`] and more than a quarter of what is in use — asks glibc
-//! to return the free pages ([`agentmesh_heap::trim`]). Under steady load the
-//! free part stays small and nothing is trimmed: trimming walks every arena
-//! under its lock, so it is kept for when it pays. glibc still counts the
-//! pages it gave back as free, so after one trim the heap keeps looking
-//! worth trimming; the trimmer therefore trims again only once the resident
-//! size has grown by [`MIN_FREE_BYTES`] since its last trim (a new peak).
+//! trimmer reads the heap's figures and, when much of what is resident holds
+//! nothing — more than a quarter of what is in use, and [`MIN_FREE_BYTES`]
+//! more than right after its last trim — asks glibc to return the free pages
+//! ([`agentmesh_heap::trim`]). Under steady load the free part stays small
+//! and nothing is trimmed: trimming walks every arena under its lock, so it
+//! is kept for when it pays. What is resident and not in use is the measure,
+//! not glibc's free figure: glibc still counts the pages it gave back as
+//! free, so by that figure a heap looks worth trimming forever after its
+//! first trim; and the resident size alone does not move when the runs of
+//! a peak end (their memory turns free where it is).
 
 use std::time::Duration;
 
@@ -19,15 +21,18 @@ use tokio_util::sync::CancellationToken;
 /// Free heap below this is left for reuse.
 pub const MIN_FREE_BYTES: u64 = 64 * 1024 * 1024;
 
-/// Whether a heap in this state is worth trimming.
-pub fn worth_trimming(stats: &agentmesh_heap::HeapStats) -> bool {
-    stats.free_bytes > MIN_FREE_BYTES && stats.free_bytes > stats.in_use_bytes / 4
-}
-
-/// Whether the resident size grew enough since the last trim (none yet:
-/// yes) for another trim to give anything back.
-pub fn grown_since_trim(resident: u64, after_last_trim: Option<u64>) -> bool {
-    after_last_trim.is_none_or(|after| resident > after.saturating_add(MIN_FREE_BYTES))
+/// Whether a heap in this state is worth trimming: `resident` is the
+/// process's resident size now, `unused_after_last_trim` what was resident
+/// and not in use right after the last trim (0 before any).
+pub fn worth_trimming(
+    stats: &agentmesh_heap::HeapStats,
+    resident: u64,
+    unused_after_last_trim: u64,
+) -> bool {
+    let unused = resident.saturating_sub(stats.in_use_bytes);
+    stats.free_bytes > MIN_FREE_BYTES
+        && unused > stats.in_use_bytes / 4
+        && unused > unused_after_last_trim.saturating_add(MIN_FREE_BYTES)
 }
 
 /// Checks the heap every `interval` until `stop` is cancelled (`interval`
@@ -40,8 +45,8 @@ pub fn spawn_trimmer(interval: Duration, stop: CancellationToken) {
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticks.tick().await;
-        // The resident size right after the last trim.
-        let mut after_last_trim = None;
+        // What was resident and not in use right after the last trim.
+        let mut unused_after_last_trim = 0;
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
@@ -50,16 +55,21 @@ pub fn spawn_trimmer(interval: Duration, stop: CancellationToken) {
             let trimmed = tokio::task::spawn_blocking(move || {
                 let before = agentmesh_heap::stats()?;
                 let (resident, _) = crate::profiling::resident_bytes()?;
-                if !worth_trimming(&before) || !grown_since_trim(resident, after_last_trim) {
+                if !worth_trimming(&before, resident, unused_after_last_trim) {
                     return None;
                 }
                 agentmesh_heap::trim();
                 let (resident_after, _) = crate::profiling::resident_bytes()?;
-                Some((before, agentmesh_heap::stats()?, resident_after))
+                let after = agentmesh_heap::stats()?;
+                Some((
+                    before,
+                    resident_after.saturating_sub(after.in_use_bytes),
+                    after,
+                ))
             })
             .await;
-            if let Ok(Some((before, after, resident_after))) = trimmed {
-                after_last_trim = Some(resident_after);
+            if let Ok(Some((before, unused_after, after))) = trimmed {
+                unused_after_last_trim = unused_after;
                 tracing::debug!(
                     free_before = before.free_bytes,
                     free_after = after.free_bytes,
@@ -85,25 +95,32 @@ mod tests {
         }
     }
 
+    const MIB: u64 = 1 << 20;
+
     #[test]
     fn only_a_heap_that_is_mostly_free_is_trimmed() {
         // After 10,000 runs ended: most of the heap is free.
-        assert!(worth_trimming(&heap(80, 1_200)));
+        assert!(worth_trimming(&heap(80, 1_200), 1_300 * MIB, 0));
         // Small free lists are reused, not trimmed.
-        assert!(!worth_trimming(&heap(10, 40)));
+        assert!(!worth_trimming(&heap(10, 40), 60 * MIB, 0));
         // A big busy heap with the churn of its load free.
-        assert!(!worth_trimming(&heap(2_000, 300)));
-        assert!(worth_trimming(&heap(2_000, 600)));
+        assert!(!worth_trimming(&heap(2_000, 300), 2_300 * MIB, 0));
+        assert!(worth_trimming(&heap(2_000, 600), 2_600 * MIB, 0));
     }
 
     #[test]
-    fn a_trimmed_heap_is_trimmed_again_only_after_a_new_peak() {
-        const MIB: u64 = 1 << 20;
-        assert!(grown_since_trim(150 * MIB, None));
-        // Right after a trim, and while the size holds, nothing to give back.
-        assert!(!grown_since_trim(150 * MIB, Some(140 * MIB)));
-        assert!(!grown_since_trim(204 * MIB, Some(140 * MIB)));
-        // Grown again by more than MIN_FREE_BYTES: worth another trim.
-        assert!(grown_since_trim(300 * MIB, Some(140 * MIB)));
+    fn a_trimmed_heap_is_not_trimmed_again_for_nothing() {
+        // Right after a trim glibc still counts the pages it gave back as
+        // free, but they are no longer resident.
+        assert!(!worth_trimming(&heap(80, 1_200), 150 * MIB, 70 * MIB));
+        // Some pages could not be given back: that much unused stays put.
+        assert!(!worth_trimming(&heap(80, 1_200), 250 * MIB, 170 * MIB));
+    }
+
+    #[test]
+    fn a_heap_trimmed_at_its_peak_is_trimmed_again_when_the_runs_end() {
+        // Trimmed while 600 MiB were in use; then the runs ended and their
+        // memory turned free where it was, the resident size unchanged.
+        assert!(worth_trimming(&heap(30, 620), 650 * MIB, 50 * MIB));
     }
 }
