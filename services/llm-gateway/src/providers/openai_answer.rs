@@ -19,8 +19,6 @@ use crate::error::ProviderError;
 use crate::providers::http::{SseDecoder, body_json, error_object, event_json};
 use crate::providers::openai_wire::{Answer, text};
 
-// === response mapping ===
-
 /// OpenAI finish reason → ours.
 pub(crate) fn finish_reason(reason: &str) -> FinishReason {
     match reason {
@@ -50,7 +48,7 @@ fn str_at<'a>(value: &'a Value, pointer: &str) -> &'a str {
 }
 
 /// A non-streamed answer's body → [`Completion`]: typed when it is a
-/// well-formed completion ([`openai_wire`]), read leniently otherwise.
+/// well-formed completion ([`super::openai_wire`]), read leniently otherwise.
 pub(crate) fn completion_from_body(body: &[u8]) -> Result<Completion, ProviderError> {
     match Answer::parse(body) {
         Some(answer) => typed_completion(&answer),
@@ -198,8 +196,8 @@ impl ChunkDecoder {
     }
 
     /// The events of a well-formed chunk (the fast path; see
-    /// [`openai_wire`]), the same as [`Self::value_chunk`]'s.
-    pub(crate) fn typed_chunk(&mut self, chunk: &Answer<'_>) -> Vec<ProviderEvent> {
+    /// [`super::openai_wire`]), the same as [`Self::value_chunk`]'s.
+    fn typed_chunk(&mut self, chunk: &Answer<'_>) -> Vec<ProviderEvent> {
         let mut events = Vec::new();
         self.metadata(text(&chunk.id), text(&chunk.model), &mut events);
         // We ask for one choice (n = 1); anything else is ignored.

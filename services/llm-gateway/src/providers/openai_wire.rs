@@ -1,5 +1,5 @@
 //! Chat Completions answers as typed, borrowed structs: the fast path of
-//! [`super::openai`]'s response mapping.
+//! [`super::openai_answer`].
 //!
 //! Parsing into these reads each string in place (escaped ones are the only
 //! copies) instead of building a `serde_json::Value` tree, looking fields up
@@ -8,7 +8,7 @@
 //! (every field optional, unknown fields ignored); anything else — a field
 //! of another type, an `error` object — fails to parse here and is mapped
 //! by the lenient `Value` path, so both paths give the same result for the
-//! same body (tested in `super::openai`).
+//! same body (a fuzz target in `super::fuzz_tests`).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -41,7 +41,7 @@ pub(crate) struct Answer<'a> {
 struct Present(bool);
 
 impl<'de> Deserialize<'de> for Present {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         serde::de::IgnoredAny::deserialize(deserializer)?;
         Ok(Self(true))
     }
