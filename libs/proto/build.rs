@@ -45,12 +45,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .compile_fds(descriptors.clone())?;
 
     // Clients, in their own directory, over the messages above: a response
-    // a client cannot decode is the server's fault, and stays INTERNAL.
+    // a client cannot decode is the server's fault, and stays INTERNAL
+    // (`crate::codec::ResponseCodec`: tonic's codec, smaller buffers).
     let clients = out_dir.join("clients");
     std::fs::create_dir_all(&clients)?;
     let mut client_build = tonic_prost_build::configure()
         .extern_path(".google.rpc", "::tonic_types::pb")
         .build_server(false)
+        .codec_path("crate::codec::ResponseCodec")
         .out_dir(&clients);
     for package in AREAS {
         client_build = client_build.extern_path(

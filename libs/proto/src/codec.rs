@@ -5,18 +5,37 @@
 //! tonic maps every protobuf decode error to INTERNAL, which gRPC reserves
 //! for the server's own broken invariants; a caller's undecodable request
 //! is its own mistake and must not count as the server's errors. Clients
-//! keep tonic's codec: a response they cannot decode is the server's
-//! fault.
+//! ([`ResponseCodec`]) keep tonic's errors: a response they cannot decode
+//! is the server's fault.
+//!
+//! Both start each call's buffers at [`BUFFER_BYTES`] instead of tonic's
+//! 8 KiB. tonic allocates an encoding buffer for every response and a
+//! decoding buffer for every call, up front, and a stream holds them while
+//! it is open: a run streams its events to its caller and its model's
+//! tokens from the gateway, so 10,000 open runs held 160 MiB of buffers in
+//! the orchestrator alone for messages of a few hundred bytes. A larger
+//! message grows its buffer as it needs.
 
 use std::marker::PhantomData;
 
 use prost::Message;
 use tonic::Status;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
-use tonic_prost::{ProstCodec, ProstEncoder};
+use tonic_prost::{ProstDecoder, ProstEncoder};
 
 /// The longest part of a decode error kept in the message.
 const MAX_ERROR_BYTES: usize = 256;
+
+/// Each call's encoding and decoding buffers start this large. Most
+/// messages (events, tokens, tool calls) fit.
+pub const BUFFER_BYTES: usize = 1024;
+
+/// Encoded messages of a stream sent together when ready at once: tonic's.
+const YIELD_THRESHOLD: usize = 32 * 1024;
+
+fn buffer_settings() -> BufferSettings {
+    BufferSettings::new(BUFFER_BYTES, YIELD_THRESHOLD)
+}
 
 /// A server's codec: encodes responses `T` as tonic does, decodes requests
 /// `U` with INVALID_ARGUMENT on failure.
@@ -44,11 +63,45 @@ where
     type Decoder = RequestDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        ProstCodec::<T, U>::default().encoder()
+        ProstEncoder::new(buffer_settings())
     }
 
     fn decoder(&mut self) -> Self::Decoder {
         RequestDecoder { _type: PhantomData }
+    }
+}
+
+/// A client's codec: tonic's prost codec (a response that does not decode
+/// is INTERNAL), with [`BUFFER_BYTES`] buffers.
+#[derive(Debug, Clone)]
+pub struct ResponseCodec<T, U> {
+    _types: PhantomData<(T, U)>,
+}
+
+impl<T, U> Default for ResponseCodec<T, U> {
+    fn default() -> Self {
+        Self {
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<T, U> Codec for ResponseCodec<T, U>
+where
+    T: Message + Send + 'static,
+    U: Message + Default + Send + 'static,
+{
+    type Encode = T;
+    type Decode = U;
+    type Encoder = ProstEncoder<T>;
+    type Decoder = ProstDecoder<U>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ProstEncoder::new(buffer_settings())
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        ProstDecoder::new(buffer_settings())
     }
 }
 
@@ -69,7 +122,7 @@ impl<U: Message + Default> Decoder for RequestDecoder<U> {
     }
 
     fn buffer_settings(&self) -> BufferSettings {
-        BufferSettings::default()
+        buffer_settings()
     }
 }
 
