@@ -49,8 +49,14 @@ use crate::resilience::{circuit_failure, verdict};
 /// The stream a GenerateStream call answers with.
 pub(crate) type ResponseStream = BoxStream<'static, Result<GenerateStreamResponse, Status>>;
 
-/// Messages the relay may run ahead of a slow caller.
+/// Messages the relay may run ahead of a slow caller. They cross the
+/// channel boxed ([`Message`]).
 const STREAM_BUFFER: usize = 32;
+
+/// A message to the caller as it crosses the channel: boxed, because
+/// tokio's channel takes its buffer 32 slots at a time, and a message
+/// inline is about 280 bytes, so every open stream held 9 KiB of slots.
+type Message = Box<Result<GenerateStreamResponse, Status>>;
 
 /// Starts relaying a prepared call, and answers once its first message is
 /// there: a call that fails before any output (no key, refused connection,
@@ -75,7 +81,7 @@ pub(crate) async fn start(
         started: StdInstant::now(),
     };
     tokio::spawn(relay.run(attempt_loop).instrument(span));
-    let first = match receiver.recv().await {
+    let first = match receiver.recv().await.map(|message| *message) {
         Some(Ok(first)) => first,
         Some(Err(status)) => return Err(status),
         None => {
@@ -85,7 +91,7 @@ pub(crate) async fn start(
         }
     };
     let rest = futures::stream::unfold(receiver, |mut receiver| async move {
-        receiver.recv().await.map(|message| (message, receiver))
+        receiver.recv().await.map(|message| (*message, receiver))
     });
     Ok(futures::stream::once(async move { Ok(first) })
         .chain(rest)
@@ -101,7 +107,7 @@ struct Relay {
     prepared: Prepared,
     /// The call's audit record, until its end is recorded.
     record: Option<LlmCallRecord>,
-    sender: mpsc::Sender<Result<GenerateStreamResponse, Status>>,
+    sender: mpsc::Sender<Message>,
     /// Usage of abandoned attempts.
     spent: Usage,
     /// Whether any delta reached the caller (in any attempt).
@@ -222,7 +228,7 @@ impl Relay {
                     let finished = self.finished(resolved, &assembler, number, None);
                     // The spend is written before the caller has its answer.
                     self.prepared.spend.recorded().await;
-                    let _ = self.sender.send(Ok(finished)).await;
+                    let _ = self.sender.send(Box::new(Ok(finished))).await;
                     return Ok(());
                 }
                 ProviderEvent::Text(_)
@@ -233,7 +239,7 @@ impl Relay {
             };
             if self
                 .sender
-                .send(Ok(GenerateStreamResponse { event: Some(out) }))
+                .send(Box::new(Ok(GenerateStreamResponse { event: Some(out) })))
                 .await
                 .is_err()
             {
@@ -259,7 +265,7 @@ impl Relay {
         let resolved = self.prepared.at(target);
         if self.output_sent {
             let finished = self.finished(&resolved, assembler, attempts, Some(&status));
-            let _ = self.sender.send(Ok(finished)).await;
+            let _ = self.sender.send(Box::new(Ok(finished))).await;
         } else if let Some(record) = self.record.take() {
             let mut usage = self.spent;
             add_usage(&mut usage, &self.usage_of(&resolved, assembler, false));
@@ -267,7 +273,7 @@ impl Relay {
             record.failed(&status, &CallEnd::default());
         }
         self.prepared.spend.recorded().await;
-        let _ = self.sender.send(Err(status)).await;
+        let _ = self.sender.send(Box::new(Err(status))).await;
     }
 
     /// The caller went away mid-answer, after `attempts` attempts: record
@@ -426,7 +432,7 @@ impl Attempts for Relay {
         // it to discard it.
         let reset = self.reset(&failed, err, &next, attempt_usage);
         tracing::debug!(reason = %err, "stream reset sent");
-        if self.sender.send(Ok(reset)).await.is_err() {
+        if self.sender.send(Box::new(Ok(reset))).await.is_err() {
             return Err(RelayFailure::Gone(Box::default()));
         }
         Ok(())

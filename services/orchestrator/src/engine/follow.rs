@@ -59,7 +59,7 @@ impl Engine {
         self: Arc<Self>,
         run: RunRow,
         after: i32,
-        sender: mpsc::Sender<Result<pb::RunEvent, Status>>,
+        sender: mpsc::Sender<Box<Result<pb::RunEvent, Status>>>,
         forwarded: bool,
     ) {
         let mut follower = Follower {
@@ -71,7 +71,7 @@ impl Engine {
             forwarded,
         };
         if let Err(FollowEnd::Error(status)) = follower.run().await {
-            let _ = follower.sender.send(Err(status)).await;
+            let _ = follower.sender.send(Box::new(Err(status))).await;
         }
     }
 }
@@ -89,7 +89,7 @@ struct Follower<'a> {
     run_id: String,
     /// The last sequence sent.
     last: i32,
-    sender: mpsc::Sender<Result<pb::RunEvent, Status>>,
+    sender: mpsc::Sender<Box<Result<pb::RunEvent, Status>>>,
     next_heartbeat: Instant,
     /// Another replica forwarded this follow here.
     forwarded: bool,
@@ -114,14 +114,16 @@ impl Follower<'_> {
 
     async fn run(&mut self) -> Result<(), FollowEnd> {
         loop {
+            // The other ways are boxed: a follow's future lives as long as
+            // its stream, and most of it is spent in `follow_live`.
             if let Some(active) = self.engine.active(&self.run_id) {
                 self.follow_live(&active).await?;
             } else if self.forwarded {
-                self.follow_stored_here().await?;
-            } else if let Some(channel) = self.engine.driver_channel(&self.run_id).await {
-                self.follow_remote(channel).await?;
+                Box::pin(self.follow_stored_here()).await?;
+            } else if let Some(channel) = Box::pin(self.engine.driver_channel(&self.run_id)).await {
+                Box::pin(self.follow_remote(channel)).await?;
             } else {
-                self.follow_stored().await?;
+                Box::pin(self.follow_stored()).await?;
             }
         }
     }
@@ -143,7 +145,7 @@ impl Follower<'_> {
         }
         let terminal = is_terminal(&event);
         self.sender
-            .send(Ok(event))
+            .send(Box::new(Ok(event)))
             .await
             .map_err(|_| FollowEnd::Done)?;
         self.next_heartbeat = Instant::now() + self.engine.config.heartbeat_interval;
@@ -164,7 +166,7 @@ impl Follower<'_> {
             })),
         };
         self.sender
-            .send(Ok(beat))
+            .send(Box::new(Ok(beat)))
             .await
             .map_err(|_| FollowEnd::Done)?;
         self.next_heartbeat = Instant::now() + self.engine.config.heartbeat_interval;
@@ -181,10 +183,8 @@ impl Follower<'_> {
             mut live,
         } = active.snapshot();
         if stored > self.last {
-            for event in self
-                .engine
-                .store
-                .events(&self.run_id, self.last, stored)
+            // Boxed, as the other ways in `run`: this read is brief.
+            for event in Box::pin(self.engine.store.events(&self.run_id, self.last, stored))
                 .await
                 .map_err(|err| self.store_failed(&err))?
             {
@@ -198,7 +198,7 @@ impl Follower<'_> {
             tokio::select! {
                 biased;
                 received = live.recv() => match received {
-                    Ok(event) => self.send(event).await?,
+                    Ok(event) => self.send(Arc::unwrap_or_clone(event)).await?,
                     // Fell behind, or the run ended: catch up again.
                     Err(broadcast::error::RecvError::Lagged(_) | broadcast::error::RecvError::Closed) => return Ok(()),
                 },

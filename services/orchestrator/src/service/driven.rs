@@ -10,6 +10,10 @@
 //! The follower still runs only as fast as the client reads, within the
 //! channel's capacity, and it is dropped with the stream when the client
 //! goes away (a spawned follower noticed that at its next send).
+//!
+//! Items cross the channel boxed: tokio's channel takes its buffer 32 slots
+//! at a time, and a run's event inline is about 200 bytes, so every open
+//! stream held 6 KiB of slots for a few events.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,14 +27,14 @@ use tokio::sync::mpsc;
 /// its items are read.
 pub(crate) struct Driven<T> {
     producer: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
-    receiver: mpsc::Receiver<T>,
+    receiver: mpsc::Receiver<Box<T>>,
 }
 
 impl<T> Driven<T> {
     /// `producer` must hold the only senders of `receiver`'s channel.
     pub(crate) fn new(
         producer: impl Future<Output = ()> + Send + 'static,
-        receiver: mpsc::Receiver<T>,
+        receiver: mpsc::Receiver<Box<T>>,
     ) -> Self {
         Self {
             producer: Some(Box::pin(producer)),
@@ -53,7 +57,7 @@ impl<T> Stream for Driven<T> {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
         // What was produced already goes first.
         if let Poll::Ready(item) = self.receiver.poll_recv(cx) {
-            return Poll::Ready(item);
+            return Poll::Ready(item.map(|item| *item));
         }
         let Some(producer) = self.producer.as_mut() else {
             // Ended and drained (the senders went with it).
@@ -64,7 +68,7 @@ impl<T> Stream for Driven<T> {
         }
         // What this poll produced, or the end once all is read.
         match self.receiver.poll_recv(cx) {
-            Poll::Ready(item) => Poll::Ready(item),
+            Poll::Ready(item) => Poll::Ready(item.map(|item| *item)),
             Poll::Pending if self.producer.is_none() => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
@@ -89,7 +93,7 @@ mod tests {
                 }
                 // More items than the channel holds: the producer waits
                 // for the stream to be read, inside the stream's own poll.
-                if sender.send(n).await.is_err() {
+                if sender.send(Box::new(n)).await.is_err() {
                     return;
                 }
             }
@@ -105,7 +109,7 @@ mod tests {
         let producer = async move {
             let _gone = dropped_sender;
             for n in 0.. {
-                if sender.send(n).await.is_err() {
+                if sender.send(Box::new(n)).await.is_err() {
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(1)).await;
@@ -121,7 +125,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_empty_producer_is_an_empty_stream() {
-        let (_, receiver) = mpsc::channel::<u8>(1);
+        let (_, receiver) = mpsc::channel::<Box<u8>>(1);
         let stream = Driven::new(async {}, receiver);
         assert_eq!(stream.collect::<Vec<_>>().await, Vec::<u8>::new());
     }

@@ -24,11 +24,11 @@ fn sequences(events: &[pb::RunEvent]) -> Vec<i32> {
 }
 
 /// Every event a subscription has received so far.
-fn drain(live: &mut broadcast::Receiver<pb::RunEvent>) -> Vec<pb::RunEvent> {
+fn drain(live: &mut broadcast::Receiver<Arc<pb::RunEvent>>) -> Vec<pb::RunEvent> {
     let mut out = Vec::new();
     loop {
         match live.try_recv() {
-            Ok(event) => out.push(event),
+            Ok(event) => out.push(Arc::unwrap_or_clone(event)),
             Err(TryRecvError::Empty | TryRecvError::Closed) => return out,
             Err(TryRecvError::Lagged(n)) => panic!("lagged by {n}"),
         }

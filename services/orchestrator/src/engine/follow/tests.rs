@@ -91,7 +91,9 @@ async fn end(engine: &Engine, run: &mut RunRow, active: &ActiveRun) {
 }
 
 /// Everything the follower sends until it closes the stream.
-async fn received(mut receiver: mpsc::Receiver<Result<pb::RunEvent, Status>>) -> Vec<pb::RunEvent> {
+async fn received(
+    mut receiver: mpsc::Receiver<Box<Result<pb::RunEvent, Status>>>,
+) -> Vec<pb::RunEvent> {
     let mut events = Vec::new();
     while let Some(event) = tokio::time::timeout(PATIENCE, receiver.recv())
         .await
@@ -103,7 +105,7 @@ async fn received(mut receiver: mpsc::Receiver<Result<pb::RunEvent, Status>>) ->
 }
 
 /// The next event the follower sends.
-async fn next(receiver: &mut mpsc::Receiver<Result<pb::RunEvent, Status>>) -> pb::RunEvent {
+async fn next(receiver: &mut mpsc::Receiver<Box<Result<pb::RunEvent, Status>>>) -> pb::RunEvent {
     tokio::time::timeout(PATIENCE, receiver.recv())
         .await
         .unwrap()
