@@ -8,13 +8,13 @@
 //! ([`ResponseCodec`]) keep tonic's errors: a response they cannot decode
 //! is the server's fault.
 //!
-//! Both start each call's buffers at [`BUFFER_BYTES`] instead of tonic's
-//! 8 KiB. tonic allocates an encoding buffer for every response and a
-//! decoding buffer for every call, up front, and a stream holds them while
-//! it is open: a run streams its events to its caller and its model's
-//! tokens from the gateway, so 10,000 open runs held 160 MiB of buffers in
-//! the orchestrator alone for messages of a few hundred bytes. A larger
-//! message grows its buffer as it needs.
+//! Responses are encoded, and clients decode them, in buffers that start at
+//! [`BUFFER_BYTES`] instead of tonic's 8 KiB. tonic allocates them for every
+//! call, up front, and a stream holds them while it is open: a run streams
+//! its events to its caller and its model's tokens from the gateway, so
+//! 10,000 open runs held 160 MiB of buffers in the orchestrator alone for
+//! messages of a few hundred bytes. A larger message grows its buffer as
+//! it needs. Servers decode requests in tonic's buffers.
 
 use std::marker::PhantomData;
 
@@ -121,8 +121,11 @@ impl<U: Message + Default> Decoder for RequestDecoder<U> {
             .map_err(|err| invalid_request(&err))
     }
 
+    // tonic's: a server decodes a call's request once (a streaming request
+    // aside) and drops its buffer then, so a small one would save nothing
+    // while the call stays open, and a large request would grow it more often.
     fn buffer_settings(&self) -> BufferSettings {
-        buffer_settings()
+        BufferSettings::default()
     }
 }
 
