@@ -97,6 +97,10 @@ class Floors:
             "upstream-slow", "upstream", "--tokens", str(slow_tokens), "--pace-us", str(slow_pace_us)
         )
         self.upstream_slow_url = line["url"]
+        self.upstream_slow_h2, line = floor(
+            "upstream-slow-h2", "upstream", "--tokens", str(slow_tokens), "--pace-us", str(slow_pace_us), "--http2"
+        )
+        self.upstream_slow_h2_url = line["url"]
         self.null, line = floor("null-gateway", "null-gateway", "--upstream", self.upstream_url)
         self.null_addr = line["grpc"]
         self.null_stream, line = floor("null-gateway-stream", "null-gateway", "--upstream",
@@ -104,7 +108,8 @@ class Floors:
         self.null_stream_addr = line["grpc"]
 
     def procs(self) -> list[Proc]:
-        return [self.upstream, self.upstream_stream, self.upstream_slow, self.null, self.null_stream]
+        return [self.upstream, self.upstream_stream, self.upstream_slow, self.upstream_slow_h2, self.null,
+                self.null_stream]
 
 
 class Mesh:
@@ -147,12 +152,14 @@ class Mesh:
                     "mock": upstream(self.floors.upstream_url),
                     "mockstream": upstream(self.floors.upstream_stream_url),
                     "mockslow": upstream(self.floors.upstream_slow_url),
+                    "mockslowh2": {**upstream(self.floors.upstream_slow_h2_url), "http2": True},
                 },
                 "routes": {
                     "default": {"target": "scripted/demo"},
                     "mock": {"target": "mock/gpt-4o-mini"},
                     "stream": {"target": "mockstream/gpt-4o-mini"},
                     "slow": {"target": "mockslow/gpt-4o-mini"},
+                    "slowh2": {"target": "mockslowh2/gpt-4o-mini"},
                 },
             },
             "orchestrator": {
@@ -168,6 +175,7 @@ class Mesh:
                 "agents": {
                     "default": {"model": "default", "tools": ["calculator", "current_time"]},
                     "slow": {"model": "slow", "tools": []},
+                    "slowh2": {"model": "slowh2", "tools": []},
                 },
             },
             "edge": {

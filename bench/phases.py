@@ -359,7 +359,41 @@ def runs_postgres(ctx: Context) -> dict:
 
 def open_runs(ctx: Context) -> dict:
     """Many runs open at once, each streaming slowly: memory per open run
-    in the orchestrator and the gateway, and whether it is given back."""
+    in the orchestrator and the gateway, and whether it is given back; then
+    the same with the gateway speaking HTTP/2 to the provider (one
+    connection for all the calls instead of one each)."""
+    s = ctx.sizes
+    count = s["open_runs"]
+    http1 = _open_runs(ctx, "slow")
+    http2 = _open_runs(ctx, "slowh2")
+    total = lambda measured: round(sum(measured["per_run_kib"].values()), 1)
+    peak = lambda measured: round(sum(measured["rss_peak"].values()) / 2**20, 1)
+    before = lambda measured: round(sum(measured["rss_before"].values()) / 2**20, 1)
+    figures = {
+        "open_run_memory": figure(f"memory per open streaming run ({count} open), orchestrator + gateway",
+                                  total(http1), "KiB", goal=["<=", 64]),
+        "open_runs_rss": figure(f"RSS with {count} runs open, orchestrator + gateway",
+                                peak(http1), "MiB", floor=before(http1), floor_label="before",
+                                goal=["<=", 700] if count >= 10000 else None),
+        "open_runs_returned": figure("RSS 12 s after they ended, orchestrator + gateway",
+                                     round(sum(http1["rss_after"].values()) / 2**20, 1), "MiB",
+                                     floor=before(http1), floor_label="before"),
+        "open_runs_first_event_max": figure("open runs: slowest first event",
+                                            p(http1["runs"], "first_event_ms", "max"), "ms"),
+        "open_run_memory_http2": figure(f"the same, the provider over HTTP/2: memory per open run ({count} open)",
+                                        total(http2), "KiB", goal=["<=", 64],
+                                        floor=total(http1), floor_label="over HTTP/1.1"),
+        "open_runs_rss_http2": figure(f"the same, the provider over HTTP/2: RSS with {count} runs open",
+                                      peak(http2), "MiB", floor=before(http2), floor_label="before",
+                                      goal=["<=", 700] if count >= 10000 else None),
+    }
+    return {"measures": {**http1, "http2": http2}, "figures": figures}
+
+
+def _open_runs(ctx: Context, agent: str) -> dict:
+    """`open_runs` of runs of `agent`, on fresh orchestrator and gateway
+    processes: the load, and the resident sets before, at the peak and
+    12 s after."""
     s, mesh = ctx.sizes, ctx.mesh
     count, ramp = s["open_runs"], s["open_ramp"]
     names = ["orchestrator", "llm-gateway"]
@@ -367,7 +401,7 @@ def open_runs(ctx: Context) -> dict:
     mesh.restart(names)
     rss = lambda: {name: mesh.procs[name].rss() for name in names}
     before = rss()
-    finish = ctx.load("run", ["--orchestrator", mesh.url("orchestrator"), "--agent", "slow"], names,
+    finish = ctx.load("run", ["--orchestrator", mesh.url("orchestrator"), "--agent", agent], names,
                       duration=ramp, rate=count / ramp, timeout="600s", background=True,
                       connections=max(1, count // 200))
     run_seconds = s["slow_tokens"] * s["slow_pace_us"] / 1e6
@@ -380,20 +414,8 @@ def open_runs(ctx: Context) -> dict:
     after = rss()
     opened = measure["summary"]["ok"]
     per_run = {name: round((peak[name] - before[name]) / 1024 / max(opened, 1), 1) for name in names}
-    figures = {
-        "open_run_memory": figure(f"memory per open streaming run ({count} open), orchestrator + gateway",
-                                  round(sum(per_run.values()), 1), "KiB", goal=["<=", 64]),
-        "open_runs_rss": figure(f"RSS with {count} runs open, orchestrator + gateway",
-                                round(sum(peak.values()) / 2**20, 1), "MiB",
-                                floor=round(sum(before.values()) / 2**20, 1), floor_label="before",
-                                goal=["<=", 700] if count >= 10000 else None),
-        "open_runs_returned": figure("RSS 12 s after they ended, orchestrator + gateway",
-                                     round(sum(after.values()) / 2**20, 1), "MiB",
-                                     floor=round(sum(before.values()) / 2**20, 1), floor_label="before"),
-        "open_runs_first_event_max": figure("open runs: slowest first event", p(measure, "first_event_ms", "max"), "ms"),
-    }
-    return {"measures": {"runs": measure, "rss_before": before, "rss_peak": peak, "rss_after": after,
-                         "per_run_kib": per_run}, "figures": figures}
+    return {"runs": measure, "rss_before": before, "rss_peak": peak, "rss_after": after,
+            "per_run_kib": per_run}
 
 
 def burst(ctx: Context) -> dict:

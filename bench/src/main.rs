@@ -60,6 +60,10 @@ enum Command {
         /// answer waits as long as streaming it would take).
         #[arg(long, default_value_t = 0)]
         pace_us: u64,
+        /// Speak HTTP/2 without TLS (h2c, prior knowledge) instead of
+        /// HTTP/1.1.
+        #[arg(long)]
+        http2: bool,
     },
     /// A bare tonic LlmGatewayService forwarding to an upstream.
     NullGateway {
@@ -90,10 +94,15 @@ fn main() -> std::process::ExitCode {
     };
     runtime.block_on(async move {
         match cli.command {
-            Command::Upstream { tokens, pace_us } => {
+            Command::Upstream {
+                tokens,
+                pace_us,
+                http2,
+            } => {
                 let provider = FaultProvider::start(FaultConfig {
                     answer_tokens: tokens.max(1),
                     pace: Duration::from_micros(pace_us),
+                    http2,
                     ..FaultConfig::named("mock")
                 })
                 .await;

@@ -305,6 +305,29 @@ pub(super) async fn stream_answer(
     stream.write_all(head.as_bytes()).await?;
     stream.flush().await?;
 
+    let events = stream_events(config, chat, ending);
+    for (index, event) in events.iter().enumerate() {
+        if index > 0 && !config.pace.is_zero() {
+            tokio::time::sleep(config.pace).await;
+        }
+        write_chunk(stream, event).await?;
+    }
+    if matches!(ending, Ending::Cut(_)) {
+        // No terminating chunk: the caller shuts the socket down.
+        return Ok(After::Close);
+    }
+    stream.write_all(b"0\r\n\r\n").await?;
+    stream.flush().await?;
+    Ok(if close {
+        After::Close
+    } else {
+        After::KeepAlive
+    })
+}
+
+/// The events of a streamed answer that ends as `ending` says, each an SSE
+/// frame.
+pub(super) fn stream_events(config: &FaultConfig, chat: &Chat, ending: Ending) -> Vec<Vec<u8>> {
     let tokens = config.answer_tokens;
     let mut events: Vec<Vec<u8>> = Vec::new();
     let token_events = match ending {
@@ -332,24 +355,7 @@ pub(super) async fn stream_answer(
         Ending::Broken(_) => events.push(b"data: {\"choices\": [\n\n".to_vec()),
         Ending::Cut(_) => {}
     }
-
-    for (index, event) in events.iter().enumerate() {
-        if index > 0 && !config.pace.is_zero() {
-            tokio::time::sleep(config.pace).await;
-        }
-        write_chunk(stream, event).await?;
-    }
-    if matches!(ending, Ending::Cut(_)) {
-        // No terminating chunk: the caller shuts the socket down.
-        return Ok(After::Close);
-    }
-    stream.write_all(b"0\r\n\r\n").await?;
-    stream.flush().await?;
-    Ok(if close {
-        After::Close
-    } else {
-        After::KeepAlive
-    })
+    events
 }
 
 /// Holds a request unanswered until the client closes the connection, then

@@ -27,11 +27,16 @@
 //! Dropping the [`FaultProvider`] aborts the accept task, whose set of
 //! connection tasks aborts with it: nothing outlives the test.
 //!
+//! With [`FaultConfig::http2`] it speaks HTTP/2 without TLS instead (h2c,
+//! prior knowledge; module `h2`, hyper's server): answers as without
+//! faults and the outage switch only.
+//!
 //! Layout: this module holds the faults, their configuration and counts, and
 //! the server (accept loop, shared state); `http` reads requests and writes
 //! responses; `chat` answers Chat Completions, faults included.
 
 mod chat;
+mod h2;
 mod http;
 
 use std::io;
@@ -207,6 +212,10 @@ pub struct FaultConfig {
     /// Good token chunks before a cut or a broken frame (default 3, at most
     /// `answer_tokens - 1`).
     pub cut_after_tokens: usize,
+    /// Speak HTTP/2 without TLS (h2c, prior knowledge) instead of HTTP/1.1
+    /// (default false). Faults are not drawn then: they need bytes written
+    /// by hand.
+    pub http2: bool,
 }
 
 impl Default for FaultConfig {
@@ -219,6 +228,7 @@ impl Default for FaultConfig {
             seed: 0,
             retry_after: Duration::from_millis(50),
             cut_after_tokens: 3,
+            http2: false,
         }
     }
 }
@@ -322,6 +332,11 @@ impl FaultProvider {
         self.shared.requests.load(Ordering::SeqCst)
     }
 
+    /// Requests that came over HTTP/2 (in the [`FaultConfig::http2`] mode).
+    pub fn http2_requests(&self) -> u64 {
+        self.shared.http2_requests.load(Ordering::SeqCst)
+    }
+
     /// How the requests so far ended.
     pub fn outcomes(&self) -> FaultCounts {
         self.shared.counts.snapshot()
@@ -353,6 +368,7 @@ struct Shared {
     draw: Mutex<DrawState>,
     down: AtomicBool,
     requests: AtomicU64,
+    http2_requests: AtomicU64,
     next_id: AtomicU64,
     counts: Counters,
     hangs: Mutex<Hangs>,
@@ -434,6 +450,7 @@ impl Shared {
             draw: Mutex::new(draw),
             down: AtomicBool::new(false),
             requests: AtomicU64::new(0),
+            http2_requests: AtomicU64::new(0),
             next_id: AtomicU64::new(0),
             counts: Counters::default(),
             hangs: Mutex::new(Hangs::default()),
@@ -465,7 +482,11 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         while connections.try_join_next().is_some() {}
         match listener.accept().await {
             Ok((stream, _)) => {
-                connections.spawn(serve_connection(stream, Arc::clone(&shared)));
+                if shared.config.http2 {
+                    connections.spawn(h2::serve_connection_h2(stream, Arc::clone(&shared)));
+                } else {
+                    connections.spawn(serve_connection(stream, Arc::clone(&shared)));
+                }
             }
             // Out of descriptors and the like: wait a little, keep serving.
             Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,

@@ -86,6 +86,14 @@ pub struct ProviderConfig {
     /// holding them for the 90 s idle timeout.
     #[serde(default = "defaults::max_idle_connections")]
     pub max_idle_connections: usize,
+    /// `openai` and `anthropic`: speak HTTP/2 to the provider (without TLS
+    /// as h2c, prior knowledge; with TLS, offering only `h2`), so that calls
+    /// share one connection instead of holding one each while they stream.
+    /// The provider's limit on streams per connection then bounds the
+    /// calls in flight to it; calls beyond it wait for a stream. Off
+    /// (default): HTTP/1.1.
+    #[serde(default)]
+    pub http2: bool,
     /// Time allowed until a streamed answer's response headers and first
     /// event. (A one-shot answer's headers come only when it is complete, so
     /// `request_timeout` bounds those.)
@@ -139,6 +147,7 @@ impl ProviderConfig {
             base_url: String::new(),
             api_key_env: String::new(),
             max_idle_connections: defaults::max_idle_connections(),
+            http2: false,
             connect_timeout: defaults::connect_timeout(),
             first_token_timeout: defaults::first_token_timeout(),
             request_timeout: defaults::request_timeout(),

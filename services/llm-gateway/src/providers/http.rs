@@ -196,13 +196,22 @@ impl HttpCore {
 }
 
 /// Builds the instance's client: pooled connections, TCP_NODELAY (streamed
-/// events are small; Nagle's algorithm would hold them back), rustls on ring.
+/// events are small; Nagle's algorithm would hold them back), rustls on ring,
+/// HTTP/1.1 or (`http2`) HTTP/2 only.
 fn build_client(config: &ProviderConfig) -> Result<reqwest::Client, String> {
     // Checked here too: building a client without a provider would panic.
     if !install_tls_crypto() {
         return Err("no TLS crypto provider could be installed".to_owned());
     }
-    reqwest::Client::builder()
+    let builder = reqwest::Client::builder();
+    // Not negotiated: HTTP/2 multiplexes every call over one connection, which
+    // the provider's stream limit then bounds; that is the setting's choice.
+    let builder = if config.http2 {
+        builder.http2_prior_knowledge()
+    } else {
+        builder.http1_only()
+    };
+    builder
         .tcp_nodelay(true)
         .connect_timeout(config.connect_timeout)
         .pool_idle_timeout(Duration::from_secs(90))
