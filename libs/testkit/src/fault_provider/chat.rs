@@ -118,57 +118,68 @@ pub(super) fn content_words(message: &Value) -> usize {
     }
 }
 
+/// Why a request gets no answer: its status, message and error type.
+#[derive(Debug)]
+pub(super) struct Refusal {
+    pub(super) status: u16,
+    pub(super) message: String,
+    pub(super) kind: &'static str,
+}
+
+/// The checks every request passes before it is answered, whichever HTTP
+/// it came over: the route, a Chat Completions body, the outage switch.
+/// A refusal is counted here.
+pub(super) fn admit(
+    shared: &Shared,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Result<Chat, Refusal> {
+    let refuse = |status, message, kind, outcome| {
+        shared.counts.count(outcome);
+        Refusal {
+            status,
+            message,
+            kind,
+        }
+    };
+    let known_path = matches!(path, "/v1/chat/completions" | "/chat/completions");
+    if method != "POST" || !known_path {
+        let message = format!("no route for {method} {path}");
+        return Err(refuse(
+            404,
+            message,
+            "invalid_request_error",
+            Outcome::Rejected,
+        ));
+    }
+    let id = shared.next_id.fetch_add(1, Ordering::SeqCst);
+    let chat = Chat::parse(body, id, &shared.config.name)
+        .map_err(|message| refuse(400, message, "invalid_request_error", Outcome::Rejected))?;
+    if shared.down.load(Ordering::SeqCst) {
+        let message = "injected outage".to_owned();
+        return Err(refuse(503, message, "server_error", Outcome::Down));
+    }
+    Ok(chat)
+}
+
 pub(super) async fn answer(
     shared: &Shared,
     stream: &mut TcpStream,
     request: Request,
 ) -> io::Result<After> {
     let keep_alive = request.keep_alive;
-    let known_path = matches!(
-        request.path.as_str(),
-        "/v1/chat/completions" | "/chat/completions"
-    );
-    if request.method != "POST" || !known_path {
-        shared.counts.count(Outcome::Rejected);
-        let message = format!("no route for {} {}", request.method, request.path);
-        return write_error(
-            stream,
-            404,
-            &[],
-            &message,
-            "invalid_request_error",
-            keep_alive,
-        )
-        .await;
-    }
-    let id = shared.next_id.fetch_add(1, Ordering::SeqCst);
-    let chat = match Chat::parse(&request.body, id, &shared.config.name) {
+    let chat = match admit(shared, &request.method, &request.path, &request.body) {
         Ok(chat) => chat,
-        Err(message) => {
-            shared.counts.count(Outcome::Rejected);
-            return write_error(
-                stream,
-                400,
-                &[],
-                &message,
-                "invalid_request_error",
-                keep_alive,
-            )
-            .await;
+        Err(refused) => {
+            let Refusal {
+                status,
+                message,
+                kind,
+            } = refused;
+            return write_error(stream, status, &[], &message, kind, keep_alive).await;
         }
     };
-    if shared.down.load(Ordering::SeqCst) {
-        shared.counts.count(Outcome::Down);
-        return write_error(
-            stream,
-            503,
-            &[],
-            "injected outage",
-            "server_error",
-            keep_alive,
-        )
-        .await;
-    }
     let fault = shared.draw();
     shared
         .counts

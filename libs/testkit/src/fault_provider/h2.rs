@@ -40,19 +40,8 @@ async fn answer_h2(shared: &Shared, request: Request<Incoming>) -> Response<Body
     if request.version() == hyper::Version::HTTP_2 {
         shared.http2_requests.fetch_add(1, Ordering::SeqCst);
     }
-    let known_path = matches!(
-        request.uri().path(),
-        "/v1/chat/completions" | "/chat/completions"
-    );
-    if request.method() != hyper::Method::POST || !known_path {
-        shared.counts.count(Outcome::Rejected);
-        let message = format!("no route for {} {}", request.method(), request.uri().path());
-        return error(StatusCode::NOT_FOUND, &message, "invalid_request_error");
-    }
-    let body = match Limited::new(request.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await
-    {
+    let (parts, body) = request.into_parts();
+    let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
         Ok(body) => body.to_bytes(),
         Err(err) => {
             shared.counts.count(Outcome::Rejected);
@@ -64,22 +53,14 @@ async fn answer_h2(shared: &Shared, request: Request<Incoming>) -> Response<Body
             );
         }
     };
-    let id = shared.next_id.fetch_add(1, Ordering::SeqCst);
-    let chat = match Chat::parse(&body, id, &shared.config.name) {
+    let chat = match admit(shared, parts.method.as_str(), parts.uri.path(), &body) {
         Ok(chat) => chat,
-        Err(message) => {
-            shared.counts.count(Outcome::Rejected);
-            return error(StatusCode::BAD_REQUEST, &message, "invalid_request_error");
+        Err(refused) => {
+            let status =
+                StatusCode::from_u16(refused.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return error(status, &refused.message, refused.kind);
         }
     };
-    if shared.down.load(Ordering::SeqCst) {
-        shared.counts.count(Outcome::Down);
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "injected outage",
-            "server_error",
-        );
-    }
     shared.counts.count(Outcome::Ok);
     let config = &shared.config;
     if !chat.stream {
