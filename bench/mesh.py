@@ -97,6 +97,8 @@ class Floors:
             "upstream-slow", "upstream", "--tokens", str(slow_tokens), "--pace-us", str(slow_pace_us)
         )
         self.upstream_slow_url = line["url"]
+        self.upstream_h2, line = floor("upstream-h2", "upstream", "--tokens", "8", "--http2")
+        self.upstream_h2_url = line["url"]
         self.upstream_slow_h2, line = floor(
             "upstream-slow-h2", "upstream", "--tokens", str(slow_tokens), "--pace-us", str(slow_pace_us), "--http2"
         )
@@ -108,8 +110,8 @@ class Floors:
         self.null_stream_addr = line["grpc"]
 
     def procs(self) -> list[Proc]:
-        return [self.upstream, self.upstream_stream, self.upstream_slow, self.upstream_slow_h2, self.null,
-                self.null_stream]
+        return [self.upstream, self.upstream_stream, self.upstream_slow, self.upstream_h2, self.upstream_slow_h2,
+                self.null, self.null_stream]
 
 
 class Mesh:
@@ -152,6 +154,7 @@ class Mesh:
                     "mock": upstream(self.floors.upstream_url),
                     "mockstream": upstream(self.floors.upstream_stream_url),
                     "mockslow": upstream(self.floors.upstream_slow_url),
+                    "mockh2": {**upstream(self.floors.upstream_h2_url), "http2": True},
                     "mockslowh2": {**upstream(self.floors.upstream_slow_h2_url), "http2": True},
                 },
                 "routes": {
@@ -159,6 +162,7 @@ class Mesh:
                     "mock": {"target": "mock/gpt-4o-mini"},
                     "stream": {"target": "mockstream/gpt-4o-mini"},
                     "slow": {"target": "mockslow/gpt-4o-mini"},
+                    "mockh2": {"target": "mockh2/gpt-4o-mini"},
                     "slowh2": {"target": "mockslowh2/gpt-4o-mini"},
                 },
             },

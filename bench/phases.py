@@ -197,6 +197,9 @@ def gateway_capacity(ctx: Context) -> dict:
                        ["llm-gateway", "upstream", "audit"], **common)
     upstream = ctx.load("http", [f"{floors.upstream_url}/chat/completions",
                                  "--body", chat_body("gpt-4o-mini")], ["upstream"], **common)
+    # The same calls with the gateway speaking HTTP/2 to a provider of its own.
+    http2 = ctx.load("generate", ["--gateway", mesh.url("llm-gateway"), "--model", "mockh2"],
+                     ["llm-gateway", "upstream-h2", "audit"], **common)
 
     def per_thousand(measure: dict, name: str) -> float | None:
         ok = measure["summary"]["ok"]
@@ -204,7 +207,7 @@ def gateway_capacity(ctx: Context) -> dict:
 
     n = s["in_flight"]
     return {
-        "measures": {"null": null, "gateway": gateway, "upstream": upstream},
+        "measures": {"null": null, "gateway": gateway, "upstream": upstream, "http2": http2},
         "figures": {
             "gateway_capacity": figure(
                 f"gateway: capacity, {n} in flight", round(gateway["summary"]["throughput"], 1), "req/s",
@@ -212,6 +215,13 @@ def gateway_capacity(ctx: Context) -> dict:
             "gateway_cpu_per_1000": figure(
                 "gateway: CPU per 1,000 calls", per_thousand(gateway, "llm-gateway"), "CPU-s",
                 floor=per_thousand(null, "null-gateway"), floor_label="null tonic", goal=["<=", 0.12]),
+            "gateway_capacity_http2": figure(
+                f"the same, the provider over HTTP/2: capacity, {n} in flight",
+                round(http2["summary"]["throughput"], 1), "req/s",
+                floor=round(null["summary"]["throughput"], 1), floor_label="null tonic"),
+            "gateway_cpu_per_1000_http2": figure(
+                "the same, the provider over HTTP/2: CPU per 1,000 calls", per_thousand(http2, "llm-gateway"),
+                "CPU-s", floor=per_thousand(null, "null-gateway"), floor_label="null tonic"),
             "upstream_capacity": figure(
                 f"mock upstream directly: capacity, {n} in flight",
                 round(upstream["summary"]["throughput"], 1), "req/s"),
