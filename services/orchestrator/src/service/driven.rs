@@ -24,7 +24,8 @@ use tokio::sync::mpsc;
 
 /// The items `producer` sends into the channel whose receiver is given,
 /// produced as the stream is polled. Ends when the producer has ended and
-/// its items are read.
+/// its items are read: the channel's own end, since the producer held its
+/// senders.
 pub(crate) struct Driven<T> {
     producer: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     receiver: mpsc::Receiver<Box<T>>,
@@ -60,18 +61,19 @@ impl<T> Stream for Driven<T> {
             return Poll::Ready(item.map(|item| *item));
         }
         let Some(producer) = self.producer.as_mut() else {
-            // Ended and drained (the senders went with it).
-            return Poll::Ready(None);
+            // The producer ended and its senders with it, so `poll_recv`
+            // itself says when all is read (`Ready(None)`). Pending here is
+            // tokio's cooperative budget, spent with items still queued: it
+            // has arranged the next poll, and the items are not lost.
+            return Poll::Pending;
         };
         if producer.as_mut().poll(cx).is_ready() {
             self.producer = None;
         }
         // What this poll produced, or the end once all is read.
-        match self.receiver.poll_recv(cx) {
-            Poll::Ready(item) => Poll::Ready(item.map(|item| *item)),
-            Poll::Pending if self.producer.is_none() => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
+        self.receiver
+            .poll_recv(cx)
+            .map(|item| item.map(|item| *item))
     }
 }
 
@@ -100,6 +102,21 @@ mod tests {
         };
         let items: Vec<i32> = Driven::new(producer, receiver).collect().await;
         assert_eq!(items, (0..10).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn every_item_of_an_ended_producer_comes_out() {
+        // More items than tokio's cooperative budget lets one poll of the
+        // task receive: past it, `poll_recv` answers Pending with items
+        // still queued, which is not the end.
+        let (sender, receiver) = mpsc::channel(1_000);
+        let producer = async move {
+            for n in 0..600 {
+                sender.send(Box::new(n)).await.unwrap();
+            }
+        };
+        let items: Vec<i32> = Driven::new(producer, receiver).collect().await;
+        assert_eq!(items, (0..600).collect::<Vec<_>>());
     }
 
     #[tokio::test]
