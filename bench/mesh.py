@@ -4,8 +4,10 @@ file with a section per service.
 
 Routes of the gateway: `default` (the scripted demo model at zero delay: a
 run is model -> calculator -> model), `mock` (the mock OpenAI upstream, 8
-tokens), `stream` (the same, 100 tokens) and `slow` (tokens paced, for runs
-that stay open). Agent profiles: `default` on `default`, `slow` on `slow`.
+tokens), `stream` (the same, 100 tokens), `slow` (tokens paced, for runs
+that stay open), `relay` (tokens paced, for the relay through a run) and
+`mockh2`/`slowh2` (the provider over HTTP/2). Agent profiles: `default` on
+`default`, and one without tools on each of `slow`, `slowh2` and `relay`.
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ class Floors:
     """The mock upstreams and the null gateways (bare tonic servers that
     forward each call to an upstream), as processes."""
 
-    def __init__(self, bench_bin: Path, logs: Path, slow_pace_us: int, slow_tokens: int):
+    def __init__(self, bench_bin: Path, logs: Path, sizes: dict):
         def floor(name: str, *args: str) -> tuple[Proc, dict]:
             proc = Proc(name, [str(bench_bin), *args], logs, stdin_pipe=True, preexec=raise_fd_limit)
             return proc, proc.first_line()
@@ -93,6 +95,7 @@ class Floors:
         self.upstream_url = line["url"]
         self.upstream_stream, line = floor("upstream-stream", "upstream", "--tokens", "100")
         self.upstream_stream_url = line["url"]
+        slow_tokens, slow_pace_us = sizes["slow_tokens"], sizes["slow_pace_us"]
         self.upstream_slow, line = floor(
             "upstream-slow", "upstream", "--tokens", str(slow_tokens), "--pace-us", str(slow_pace_us)
         )
@@ -103,6 +106,11 @@ class Floors:
             "upstream-slow-h2", "upstream", "--tokens", str(slow_tokens), "--pace-us", str(slow_pace_us), "--http2"
         )
         self.upstream_slow_h2_url = line["url"]
+        self.upstream_relay, line = floor(
+            "upstream-relay", "upstream", "--tokens", str(sizes["relay_tokens"]),
+            "--pace-us", str(sizes["relay_pace_us"])
+        )
+        self.upstream_relay_url = line["url"]
         self.null, line = floor("null-gateway", "null-gateway", "--upstream", self.upstream_url)
         self.null_addr = line["grpc"]
         self.null_stream, line = floor("null-gateway-stream", "null-gateway", "--upstream",
@@ -111,7 +119,7 @@ class Floors:
 
     def procs(self) -> list[Proc]:
         return [self.upstream, self.upstream_stream, self.upstream_slow, self.upstream_h2, self.upstream_slow_h2,
-                self.null, self.null_stream]
+                self.upstream_relay, self.null, self.null_stream]
 
 
 class Mesh:
@@ -156,6 +164,7 @@ class Mesh:
                     "mockslow": upstream(self.floors.upstream_slow_url),
                     "mockh2": {**upstream(self.floors.upstream_h2_url), "http2": True},
                     "mockslowh2": {**upstream(self.floors.upstream_slow_h2_url), "http2": True},
+                    "mockrelay": upstream(self.floors.upstream_relay_url),
                 },
                 "routes": {
                     "default": {"target": "scripted/demo"},
@@ -164,6 +173,7 @@ class Mesh:
                     "slow": {"target": "mockslow/gpt-4o-mini"},
                     "mockh2": {"target": "mockh2/gpt-4o-mini"},
                     "slowh2": {"target": "mockslowh2/gpt-4o-mini"},
+                    "relay": {"target": "mockrelay/gpt-4o-mini"},
                 },
             },
             "orchestrator": {
@@ -180,6 +190,7 @@ class Mesh:
                     "default": {"model": "default", "tools": ["calculator", "current_time"]},
                     "slow": {"model": "slow", "tools": []},
                     "slowh2": {"model": "slowh2", "tools": []},
+                    "relay": {"model": "relay", "tools": []},
                 },
             },
             "edge": {

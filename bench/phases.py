@@ -320,6 +320,44 @@ def edge_openai_sdk(ctx: Context) -> dict:
 
 # === runs ===
 
+def token_relay(ctx: Context) -> dict:
+    """A model's answer streamed through a run (gateway -> orchestrator ->
+    client) against the same stream from the gateway directly, one answer
+    after another, its tokens paced by the mock upstream as a model would.
+
+    What the relay adds to a token is measured at the step's first token:
+    from the step's start as the orchestrator stamped it (the step's
+    progress event, right before it calls the gateway) to the token at the
+    client, less the gateway's own time to first token on the same route.
+    The two clocks are one here (the same host)."""
+    s, mesh = ctx.sizes, ctx.mesh
+    common = {"duration": s["relay_duration"], "concurrency": 1}
+    direct = ctx.load("generate", ["--gateway", mesh.url("llm-gateway"), "--model", "relay", "--stream"],
+                      ["llm-gateway", "upstream-relay"], **common)
+    run = ctx.load("run", ["--orchestrator", mesh.url("orchestrator"), "--agent", "relay"],
+                   SERVICE_PROCS + ["upstream-relay"], **common)
+    tokens, pace_ms = s["relay_tokens"], s["relay_pace_us"] / 1000
+    figures = {}
+    for q in ("p50", "p99"):
+        figures[f"relay_added_{q}"] = figure(
+            f"token relay through a run: added to the first token, {q}",
+            diff(p(run, "step_first_token_ms", q), p(direct, "first_token_ms", q)), "ms",
+            goal=["<=", 1.0])
+    figures["relay_gap_p99"] = figure(
+        f"token relay through a run: gap between tokens ({pace_ms:g} ms apart upstream), p99",
+        p(run, "token_gap_ms", "p99"), "ms", floor=p(direct, "token_gap_ms", "p99"),
+        floor_label="the gateway directly")
+    figures["relay_run_first_token_p50"] = figure(
+        "a run's first token, from the call that starts it, p50",
+        p(run, "first_token_ms"), "ms", floor=p(direct, "first_token_ms"),
+        floor_label="the gateway directly")
+    answers = run["summary"]["ok"]
+    figures["relay_cpu_per_run"] = figure(
+        f"token relay through a run: orchestrator CPU per run of {tokens} tokens",
+        round(run["cpu_s"]["orchestrator"] / answers * 1000, 3) if answers else None, "ms")
+    return {"measures": {"direct": direct, "run": run}, "figures": figures}
+
+
 def runs_on(ctx: Context, store: str) -> dict:
     """One 3-step run (model -> calculator -> model) after another, then
     many in flight: latency, throughput, and per run the CPU and context
@@ -603,6 +641,7 @@ ALL = {
     "gateway_open": gateway_open,
     "gateway_capacity": gateway_capacity,
     "gateway_stream": gateway_stream,
+    "token_relay": token_relay,
     "edge_openai": edge_openai,
     "edge_openai_sdk": edge_openai_sdk,
     "runs_sqlite": runs_sqlite,

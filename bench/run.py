@@ -50,6 +50,7 @@ SIZES = {
         "runs_sequential": 1000, "runs_in_flight": 50, "runs_duration": 15,
         "open_runs": 10000, "open_ramp": 10, "slow_tokens": 40, "slow_pace_us": 1_000_000,
         "burst": 5000, "burst_rate": 1000, "sdk_calls": 1000,
+        "relay_tokens": 50, "relay_pace_us": 2000, "relay_duration": 20,
     },
     "quick": {
         "duration": 1, "rates": [100], "in_flight": 4,
@@ -57,6 +58,7 @@ SIZES = {
         "runs_sequential": 10, "runs_in_flight": 4, "runs_duration": 1,
         "open_runs": 20, "open_ramp": 1, "slow_tokens": 6, "slow_pace_us": 500_000,
         "burst": 40, "burst_rate": 40, "sdk_calls": 20,
+        "relay_tokens": 5, "relay_pace_us": 1000, "relay_duration": 1,
     },
 }
 
@@ -105,7 +107,7 @@ def main() -> int:
         work = Path(work)
         (work / "logs").mkdir()
         bench_bin = bin_dir / "agentmesh-bench"
-        floors = Floors(bench_bin, work / "logs", sizes["slow_pace_us"], sizes["slow_tokens"])
+        floors = Floors(bench_bin, work / "logs", sizes)
         service_env = dict(item.split("=", 1) for item in args.service_env)
         mesh = Mesh(bin_dir, work, floors, max_runs=max(sizes["open_runs"], 1000) * 2, env=service_env)
         context = phases.Context(bin_dir, mesh, floors, sizes, work, quick=args.quick,

@@ -9,36 +9,9 @@ use futures::future::BoxFuture;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::outcome::Outcome;
 use crate::plan::{Load, Plan};
 use crate::summary::{Recorded, Summary};
-
-/// How one call went.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcome {
-    /// `Ok`, or the class of the failure (a gRPC code name, `HTTP 503`,
-    /// `run_failed` …): the summary counts errors by it.
-    pub result: Result<(), String>,
-    /// For streams: when the first message arrived, since the call was sent.
-    pub first_event: Option<Duration>,
-}
-
-impl Outcome {
-    /// A call that succeeded.
-    pub fn ok(first_event: Option<Duration>) -> Self {
-        Self {
-            result: Ok(()),
-            first_event,
-        }
-    }
-
-    /// A call that failed with `class`.
-    pub fn failed(class: impl Into<String>, first_event: Option<Duration>) -> Self {
-        Self {
-            result: Err(class.into()),
-            first_event,
-        }
-    }
-}
 
 /// Something to call.
 pub trait Target: Send + Sync + 'static {
@@ -68,9 +41,9 @@ impl Counters {
     }
 }
 
-/// One finished call: latency from its due time, time to first event from
-/// its due time, and how it went.
-type Finished = (Duration, Option<Duration>, Result<(), String>);
+/// One finished call: its latency from its due time, and how it went (its
+/// times to the first event and token from its due time too).
+type Finished = (Duration, Outcome);
 
 /// Runs `plan` against `target`, updating `counters` as calls end.
 pub async fn drive(plan: Plan, target: Arc<dyn Target>, counters: Arc<Counters>) -> Summary {
@@ -80,8 +53,8 @@ pub async fn drive(plan: Plan, target: Arc<dyn Target>, counters: Arc<Counters>)
         Load::Concurrency(workers) => closed_loop(plan, workers, target, &counters).await,
     };
     let mut recorded = Recorded::default();
-    for (latency, first_event, result) in finished {
-        recorded.add(latency, first_event, result);
+    for (latency, outcome) in finished {
+        recorded.add(latency, outcome);
     }
     recorded.summarise(plan, begun.elapsed(), max_send_lag)
 }
@@ -91,15 +64,13 @@ async fn timed_call(target: &dyn Target, due: Instant, timeout: Duration) -> Fin
     let sent = Instant::now();
     let call = target.call();
     match tokio::time::timeout_at(due + timeout, call).await {
-        Ok(outcome) => {
+        Ok(mut outcome) => {
             let lag = sent.saturating_duration_since(due);
-            (
-                due.elapsed(),
-                outcome.first_event.map(|first| first + lag),
-                outcome.result,
-            )
+            outcome.first_event = outcome.first_event.map(|first| first + lag);
+            outcome.tokens.first = outcome.tokens.first.map(|first| first + lag);
+            (due.elapsed(), outcome)
         }
-        Err(_) => (due.elapsed(), None, Err("timeout".to_owned())),
+        Err(_) => (due.elapsed(), Outcome::failed("timeout", None)),
     }
 }
 
@@ -127,7 +98,7 @@ async fn open_loop(
         let (target, counters) = (Arc::clone(&target), Arc::clone(counters));
         calls.spawn(async move {
             let call = timed_call(target.as_ref(), due, plan.timeout).await;
-            counters.record(&call.2);
+            counters.record(&call.1.result);
             call
         });
         // Reap what has ended, so a long test does not hold every task.
@@ -162,7 +133,7 @@ async fn closed_loop(
             while Instant::now() < end && take_one(&budget) {
                 counters.sent.fetch_add(1, Ordering::Relaxed);
                 let call = timed_call(target.as_ref(), Instant::now(), plan.timeout).await;
-                counters.record(&call.2);
+                counters.record(&call.1.result);
                 finished.push(call);
             }
             finished
@@ -187,6 +158,7 @@ fn take_one(budget: &AtomicU64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outcome::Tokens;
 
     /// A target that answers after `delay`, failing every `fail_every`th call.
     struct Sleepy {
@@ -205,7 +177,11 @@ mod tests {
                 if fail {
                     Outcome::failed("UNAVAILABLE", Some(delay / 2))
                 } else {
-                    Outcome::ok(Some(delay / 2))
+                    Outcome::ok(Some(delay / 2)).with_tokens(Tokens {
+                        first: Some(delay / 4),
+                        gaps: vec![delay / 8; 3],
+                        step_to_first: Vec::new(),
+                    })
                 }
             })
         }
@@ -237,6 +213,11 @@ mod tests {
         assert!((20.0..21.0).contains(&latency.p50), "{latency:?}");
         let first = summary.first_event_ms.unwrap();
         assert!((10.0..11.0).contains(&first.p50), "{first:?}");
+        let first_token = summary.first_token_ms.unwrap();
+        assert!((5.0..6.0).contains(&first_token.p50), "{first_token:?}");
+        let gaps = summary.token_gap_ms.unwrap();
+        assert_eq!((gaps.count, gaps.p50), (270, 2.5), "{gaps:?}");
+        assert_eq!(summary.step_first_token_ms, None);
     }
 
     /// A call stuck behind a stall counts from when it was due: the

@@ -5,13 +5,15 @@
 //! A [`Plan`] says how hard to push: a fixed rate (open loop) or a fixed
 //! number of calls in flight (closed loop), for a duration and at most a
 //! number of calls. A [`Target`] makes one call and says how it went
-//! ([`Outcome`]): an agent run over `OrchestratorService.Run`
-//! ([`targets::RunTarget`]), a gateway call ([`targets::GenerateTarget`]),
-//! or an HTTP request ([`targets::HttpTarget`]).
+//! ([`Outcome`], with when its tokens came, [`Tokens`]): an agent run over
+//! `OrchestratorService.Run` ([`targets::RunTarget`]), a gateway call
+//! ([`targets::GenerateTarget`]), or an HTTP request
+//! ([`targets::HttpTarget`]).
 //!
-//! Data flow: [`drive`] schedules the calls; each call's latency (and its
-//! time to first event, for streams) is recorded with the error class when
-//! it failed; live totals go to shared [`Counters`] a progress bar reads;
+//! Data flow: [`drive`] schedules the calls; each call's latency (and, for
+//! streams, its times to first event and first token and the gaps between
+//! tokens) is recorded with the error class when it failed; live totals go
+//! to shared [`Counters`] a progress bar reads;
 //! at the end the latencies become a [`Summary`] (percentiles, errors by
 //! status, throughput), which serialises to JSON and prints as a table.
 //!
@@ -23,10 +25,12 @@
 //! ([`Summary::max_send_lag_ms`]).
 
 mod drive;
+mod outcome;
 mod plan;
 mod summary;
 pub mod targets;
 
-pub use drive::{Counters, Outcome, Target, drive};
+pub use drive::{Counters, Target, drive};
+pub use outcome::{Outcome, Tokens};
 pub use plan::{Load, Plan};
 pub use summary::{Stats, Summary};

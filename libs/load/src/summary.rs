@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::outcome::Outcome;
 use crate::plan::{Load, Plan};
 
 /// Percentiles of a set of durations, in milliseconds.
@@ -78,6 +79,18 @@ pub struct Summary {
     /// Time to the first streamed message, for streams (open loop: from
     /// the scheduled send time).
     pub first_event_ms: Option<Stats>,
+    /// Time to the first token of a model's answer, for calls that stream
+    /// one (open loop: from the scheduled send time).
+    #[serde(default)]
+    pub first_token_ms: Option<Stats>,
+    /// Gaps between successive tokens of one answer.
+    #[serde(default)]
+    pub token_gap_ms: Option<Stats>,
+    /// Runs: from each model step's start, as the orchestrator stamped it,
+    /// to the step's first token at the client (needs the two clocks to
+    /// agree).
+    #[serde(default)]
+    pub step_first_token_ms: Option<Stats>,
     /// How far behind its schedule the open loop sent a call, at worst: a
     /// large figure means the load client itself could not keep the rate.
     pub max_send_lag_ms: f64,
@@ -88,6 +101,9 @@ pub struct Summary {
 pub(crate) struct Recorded {
     latencies: Vec<u64>,
     first_events: Vec<u64>,
+    first_tokens: Vec<u64>,
+    token_gaps: Vec<u64>,
+    step_first_tokens: Vec<u64>,
     errors: BTreeMap<String, u64>,
     sent: u64,
 }
@@ -97,17 +113,17 @@ fn micros(duration: Duration) -> u64 {
 }
 
 impl Recorded {
-    pub(crate) fn add(
-        &mut self,
-        latency: Duration,
-        first_event: Option<Duration>,
-        result: Result<(), String>,
-    ) {
+    pub(crate) fn add(&mut self, latency: Duration, outcome: Outcome) {
         self.sent += 1;
-        match result {
+        match outcome.result {
             Ok(()) => {
                 self.latencies.push(micros(latency));
-                self.first_events.extend(first_event.map(micros));
+                self.first_events.extend(outcome.first_event.map(micros));
+                let tokens = outcome.tokens;
+                self.first_tokens.extend(tokens.first.map(micros));
+                self.token_gaps.extend(tokens.gaps.into_iter().map(micros));
+                self.step_first_tokens
+                    .extend(tokens.step_to_first.into_iter().map(micros));
             }
             Err(class) => *self.errors.entry(class).or_default() += 1,
         }
@@ -135,6 +151,9 @@ impl Recorded {
             throughput: ok as f64 / elapsed.as_secs_f64().max(f64::MIN_POSITIVE),
             latency_ms: Stats::of(&mut self.latencies),
             first_event_ms: Stats::of(&mut self.first_events),
+            first_token_ms: Stats::of(&mut self.first_tokens),
+            token_gap_ms: Stats::of(&mut self.token_gaps),
+            step_first_token_ms: Stats::of(&mut self.step_first_tokens),
             max_send_lag_ms: max_send_lag.as_secs_f64() * 1000.0,
         }
     }
@@ -158,17 +177,20 @@ impl fmt::Display for Summary {
         )?;
         writeln!(
             f,
-            "{:<12}{:>9} {:>9} {:>9} {:>9} {:>9}",
+            "{:<16}{:>9} {:>9} {:>9} {:>9} {:>9}",
             "", "p50 ms", "p90 ms", "p99 ms", "max ms", "mean ms"
         )?;
         for (name, stats) in [
             ("latency", self.latency_ms),
             ("first event", self.first_event_ms),
+            ("first token", self.first_token_ms),
+            ("token gap", self.token_gap_ms),
+            ("step to token", self.step_first_token_ms),
         ] {
             if let Some(stats) = stats {
                 writeln!(
                     f,
-                    "{name:<12}{:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
+                    "{name:<16}{:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
                     stats.p50, stats.p90, stats.p99, stats.max, stats.mean
                 )?;
             }

@@ -4,11 +4,12 @@
 //! name, HTTP status or, for runs, by how the run ended.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use agentmesh_kit::time::{micros_of, now_micros};
 use agentmesh_kit::trace::code_name;
 use agentmesh_proto::llm::v1::{
-    GenerateRequest, GenerateStreamRequest, Message, Role,
+    GenerateRequest, GenerateStreamRequest, Message, Role, generate_stream_response,
     llm_gateway_service_client::LlmGatewayServiceClient,
 };
 use agentmesh_proto::orchestrator::v1::{
@@ -19,7 +20,8 @@ use futures::future::BoxFuture;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::Channel;
 
-use crate::drive::{Outcome, Target};
+use crate::drive::Target;
+use crate::outcome::{Outcome, Tokens};
 
 /// Connections to one server, taken in turn: a server caps the calls in
 /// flight on one HTTP/2 connection (256 by default), so a load of more
@@ -62,12 +64,70 @@ fn request<T>(message: T, authorization: Option<&AsciiMetadataValue>) -> tonic::
     request
 }
 
-fn failed(status: &tonic::Status, first_event: Option<std::time::Duration>) -> Outcome {
+fn failed(status: &tonic::Status, first_event: Option<Duration>) -> Outcome {
     Outcome::failed(code_name(status.code()), first_event)
 }
 
+/// Notes when the tokens of a streamed answer arrive.
+#[derive(Debug)]
+struct TokenWatch {
+    sent: Instant,
+    tokens: Tokens,
+    /// The answer (a run's step) the last token belonged to, and when it came.
+    last: Option<(i32, Instant)>,
+    /// The step that began last and has had no token yet, with the
+    /// orchestrator's stamp on its start (µs since the Unix epoch).
+    begun: Option<(i32, i64)>,
+}
+
+impl TokenWatch {
+    fn new(sent: Instant) -> Self {
+        Self {
+            sent,
+            tokens: Tokens::default(),
+            last: None,
+            begun: None,
+        }
+    }
+
+    /// Model step `step` of a run began, stamped `at` by the orchestrator.
+    fn step_begins(&mut self, step: i32, at: Option<&prost_types::Timestamp>) {
+        self.begun = at.map(|at| (step, micros_of(at)));
+    }
+
+    /// The answer starts over (a model call restarted): the next token is
+    /// not a gap after the last.
+    fn restart(&mut self) {
+        self.last = None;
+    }
+
+    /// A token of `step` (0 for a gateway stream) arrived.
+    fn token(&mut self, step: i32) {
+        let now = Instant::now();
+        self.tokens
+            .first
+            .get_or_insert_with(|| now.duration_since(self.sent));
+        match self.last.replace((step, now)) {
+            Some((last_step, at)) if last_step == step => {
+                self.tokens.gaps.push(now.duration_since(at));
+            }
+            _ => {}
+        }
+        if let Some((begun, at)) = self.begun
+            && begun == step
+        {
+            self.begun = None;
+            // A clock behind the orchestrator's gives no figure rather than a false one.
+            if let Ok(lag) = u64::try_from(now_micros().saturating_sub(at)) {
+                self.tokens.step_to_first.push(Duration::from_micros(lag));
+            }
+        }
+    }
+}
+
 /// An agent run over `OrchestratorService.Run`, to its end: it succeeds
-/// when the run finishes; the first event is `run_started`.
+/// when the run finishes; the first event is `run_started`, the tokens are
+/// its `token_delta` events.
 #[derive(Debug)]
 pub struct RunTarget {
     /// The orchestrator.
@@ -97,11 +157,21 @@ impl Target for RunTarget {
             };
             let mut first_event = None;
             let mut end = None;
+            let mut tokens = TokenWatch::new(sent);
             loop {
                 match stream.message().await {
                     Ok(Some(message)) => {
                         first_event.get_or_insert_with(|| sent.elapsed());
-                        match message.event.and_then(|event| event.event) {
+                        let Some(event) = message.event else { continue };
+                        match event.event {
+                            Some(Event::TokenDelta(delta)) => tokens.token(delta.step),
+                            Some(Event::Progress(progress)) if progress.step_restarted => {
+                                tokens.restart();
+                            }
+                            // A step's start, not a tool's report within it.
+                            Some(Event::Progress(progress)) if progress.tool_call_id.is_empty() => {
+                                tokens.step_begins(progress.step, event.time.as_ref());
+                            }
                             Some(Event::RunFinished(_)) => end = Some(Ok(())),
                             Some(Event::RunFailed(_)) => end = Some(Err("run_failed")),
                             Some(Event::RunCancelled(_)) => end = Some(Err("run_cancelled")),
@@ -112,17 +182,19 @@ impl Target for RunTarget {
                     Err(status) => return failed(&status, first_event),
                 }
             }
-            match end {
+            let outcome = match end {
                 Some(Ok(())) => Outcome::ok(first_event),
                 Some(Err(class)) => Outcome::failed(class, first_event),
                 None => Outcome::failed("no_end_event", first_event),
-            }
+            };
+            outcome.with_tokens(tokens.tokens)
         })
     }
 }
 
 /// A call of the LLM gateway: `Generate`, or `GenerateStream` read to its
-/// end (its first event is the first streamed message).
+/// end (its first event is the first streamed message, its tokens the
+/// `text_delta` messages).
 #[derive(Debug)]
 pub struct GenerateTarget {
     /// The gateway.
@@ -178,13 +250,21 @@ impl Target for GenerateTarget {
                 Err(status) => return failed(&status, None),
             };
             let mut first_event = None;
+            let mut tokens = TokenWatch::new(sent);
             loop {
                 match stream.message().await {
-                    Ok(Some(_)) => {
+                    Ok(Some(message)) => {
                         first_event.get_or_insert_with(|| sent.elapsed());
+                        match message.event {
+                            Some(generate_stream_response::Event::TextDelta(_)) => tokens.token(0),
+                            Some(generate_stream_response::Event::Reset(_)) => tokens.restart(),
+                            _ => {}
+                        }
                     }
-                    Ok(None) => return Outcome::ok(first_event),
-                    Err(status) => return failed(&status, first_event),
+                    Ok(None) => return Outcome::ok(first_event).with_tokens(tokens.tokens),
+                    Err(status) => {
+                        return failed(&status, first_event).with_tokens(tokens.tokens);
+                    }
                 }
             }
         })
@@ -248,5 +328,44 @@ fn http_error_class(err: &reqwest::Error) -> &'static str {
         "body"
     } else {
         "request"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use agentmesh_kit::time::timestamp_from_micros;
+
+    use super::*;
+
+    #[test]
+    fn gaps_stay_within_one_answer_and_a_step_start_meets_its_first_token() {
+        let mut watch = TokenWatch::new(Instant::now());
+        let started = timestamp_from_micros(now_micros() - 5_000);
+        watch.step_begins(1, Some(&started));
+        for _ in 0..3 {
+            watch.token(1);
+        }
+        // A tool ran between the steps: not a gap between tokens.
+        watch.step_begins(2, None);
+        watch.token(2);
+        // The model call restarted: the next token starts the answer over.
+        watch.restart();
+        watch.token(2);
+        watch.token(2);
+        let tokens = watch.tokens;
+        assert!(tokens.first.is_some());
+        assert_eq!(tokens.gaps.len(), 3, "{tokens:?}");
+        assert_eq!(tokens.step_to_first.len(), 1, "{tokens:?}");
+        assert!(tokens.step_to_first[0] >= Duration::from_millis(5));
+    }
+
+    #[test]
+    fn a_step_stamped_ahead_of_the_clients_clock_gives_no_figure() {
+        let mut watch = TokenWatch::new(Instant::now());
+        let ahead = timestamp_from_micros(now_micros() + 60_000_000);
+        watch.step_begins(1, Some(&ahead));
+        watch.token(1);
+        assert!(watch.tokens.step_to_first.is_empty());
+        assert!(watch.tokens.first.is_some());
     }
 }

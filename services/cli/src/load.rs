@@ -1,7 +1,8 @@
 //! `agentmesh load`: puts load on a running deployment — agent runs, gateway
 //! calls, or HTTP requests — at a fixed rate or concurrency for a duration,
 //! and prints latency percentiles (coordinated omission corrected), time to
-//! first event, errors by status and throughput, as a table or JSON. The
+//! first event, to first token and between tokens (runs and streams),
+//! errors by status and throughput, as a table or JSON. The
 //! calls are made by `agentmesh-load`, the same client `make bench` uses.
 
 use std::io::Write as _;
@@ -61,7 +62,8 @@ enum LoadTarget {
         /// The user message of every call.
         #[arg(long, default_value = "Say hello.")]
         prompt: String,
-        /// Stream the answers (time to first event is measured).
+        /// Stream the answers (time to first event and token, and the gaps
+        /// between tokens, are measured).
         #[arg(long)]
         stream: bool,
         #[command(flatten)]
