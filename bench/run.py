@@ -50,7 +50,7 @@ SIZES = {
         "runs_sequential": 1000, "runs_in_flight": 50, "runs_duration": 15,
         "open_runs": 10000, "open_ramp": 10, "slow_tokens": 40, "slow_pace_us": 1_000_000,
         "burst": 5000, "burst_rate": 1000, "sdk_calls": 1000,
-        "relay_tokens": 50, "relay_pace_us": 2000, "relay_duration": 20,
+        "relay_tokens": 20, "relay_pace_us": 1000, "relay_duration": 20,
     },
     "quick": {
         "duration": 1, "rates": [100], "in_flight": 4,
