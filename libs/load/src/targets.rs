@@ -107,11 +107,10 @@ impl TokenWatch {
         self.tokens
             .first
             .get_or_insert_with(|| now.duration_since(self.sent));
-        match self.last.replace((step, now)) {
-            Some((last_step, at)) if last_step == step => {
-                self.tokens.gaps.push(now.duration_since(at));
-            }
-            _ => {}
+        if let Some((last_step, at)) = self.last.replace((step, now))
+            && last_step == step
+        {
+            self.tokens.gaps.push(now.duration_since(at));
         }
         if let Some((begun, at)) = self.begun
             && begun == step
@@ -262,9 +261,8 @@ impl Target for GenerateTarget {
                         }
                     }
                     Ok(None) => return Outcome::ok(first_event).with_tokens(tokens.tokens),
-                    Err(status) => {
-                        return failed(&status, first_event).with_tokens(tokens.tokens);
-                    }
+                    // Only successful calls' times are summarised.
+                    Err(status) => return failed(&status, first_event),
                 }
             }
         })
